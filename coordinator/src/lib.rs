@@ -1,0 +1,1 @@
+//! strata-coordinator: placement, scheduling and the OpenAI API (arrives with the multi-worker issue).

@@ -1,0 +1,2 @@
+//! The CPU backend: reference for every other backend, and a real backend
+//! for CPU-only boxes.

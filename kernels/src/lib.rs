@@ -1,0 +1,2 @@
+//! strata-kernels: the ops a transformer block needs, behind a backend.
+pub mod cpu;

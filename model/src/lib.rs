@@ -1,0 +1,15 @@
+//! strata-model: everything about a model that is not compute.
+//!
+//! - [`gguf`]: memory-mapped, validated GGUF reading; a writer for tests and
+//!   synthetic models.
+//! - [`quant`]: block layouts of the GGML quant types, dequantization and
+//!   scalar reference dot products.
+//! - [`arch`]: hyper-parameters of the supported architectures, from metadata.
+//! - [`profile`]: per-layer memory profile, what the planner stands on.
+//! - [`tokenizer`], [`chat`]: text in and out.
+
+pub mod gguf;
+pub mod quant;
+
+pub use gguf::{GgufFile, MetaValue, TensorInfo};
+pub use quant::GgmlType;

@@ -1,0 +1,36 @@
+//! Shared helpers for the end-to-end tests: where the real models and the
+//! llama.cpp references are.
+use std::path::PathBuf;
+
+/// The model cache `scripts/fetch-models.sh` fills.
+pub fn models_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("STRATA_MODELS") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(".cache/strata/models")
+}
+
+/// A real test model; panics with the fix when it has not been fetched.
+pub fn model_path(file: &str) -> PathBuf {
+    let p = models_dir().join(file);
+    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
+    p
+}
+
+pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
+
+/// `shared/reference/`, beside the checkout (or `STRATA_REFERENCE`).
+pub fn reference_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("STRATA_REFERENCE") {
+        return PathBuf::from(d);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference")
+}
+
+pub fn reference(file: &str) -> serde_json::Value {
+    let p = reference_dir().join(file);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}

@@ -1,0 +1,1 @@
+//! strata-worker: a stage runs a contiguous layer range of a model.
