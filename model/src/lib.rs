@@ -8,8 +8,12 @@
 //! - [`profile`]: per-layer memory profile, what the planner stands on.
 //! - [`tokenizer`], [`chat`]: text in and out.
 
+pub mod arch;
+pub mod chat;
 pub mod gguf;
+pub mod profile;
 pub mod quant;
+pub mod tokenizer;
 
 pub use gguf::{GgufFile, MetaValue, TensorInfo};
 pub use quant::GgmlType;

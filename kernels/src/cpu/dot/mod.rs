@@ -1,0 +1,1 @@
+//! Quantized dot products: activations quantized once per row, weights read in place.

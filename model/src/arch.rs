@@ -1,0 +1,1 @@
+//! Architecture hyper-parameters from GGUF metadata.

@@ -1,0 +1,1 @@
+//! Per-layer memory profile of a model.
