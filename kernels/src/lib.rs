@@ -1,2 +1,12 @@
-//! strata-kernels: the ops a transformer block needs, behind a backend.
+//! strata-kernels: the ops a transformer block needs, behind a [`Backend`].
+//!
+//! The CPU backend is always built: it is the reference every other backend
+//! is tested against, and a real backend for CPU-only boxes.
+
+pub mod backend;
 pub mod cpu;
+pub mod kv;
+
+pub use backend::{AttentionBatch, Backend, KernelError, RopeConfig};
+pub use cpu::CpuBackend;
+pub use kv::{KvBlockId, KvGeometry, KV_BLOCK_TOKENS};

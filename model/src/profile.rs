@@ -1,1 +1,121 @@
-//! Per-layer memory profile of a model.
+//! Per-layer memory profile of a model: what the placement planner needs to
+//! know without loading anything.
+
+use crate::arch::HyperParams;
+use crate::gguf::GgufFile;
+
+/// KV cache element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvType {
+    F16,
+    Q8_0,
+}
+
+impl KvType {
+    /// Bytes to store `n` values (n a multiple of 32 for q8_0).
+    pub fn bytes_for(self, n: usize) -> usize {
+        match self {
+            KvType::F16 => 2 * n,
+            KvType::Q8_0 => n.div_ceil(32) * 34,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::Q8_0 => "q8_0",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerProfile {
+    pub weight_bytes: u64,
+    /// K and V bytes per token of context for this layer, by KV type.
+    pub kv_bytes_per_token_f16: u64,
+    pub kv_bytes_per_token_q8_0: u64,
+    /// Sliding-window layers never hold more than the window.
+    pub kv_window_tokens: Option<usize>,
+}
+
+impl LayerProfile {
+    pub fn kv_bytes_per_token(&self, kv: KvType) -> u64 {
+        match kv {
+            KvType::F16 => self.kv_bytes_per_token_f16,
+            KvType::Q8_0 => self.kv_bytes_per_token_q8_0,
+        }
+    }
+    /// KV bytes for `ctx_tokens` of context (windowed layers cap at the window).
+    pub fn kv_bytes(&self, kv: KvType, ctx_tokens: usize) -> u64 {
+        let held = self.kv_window_tokens.map_or(ctx_tokens, |w| w.min(ctx_tokens));
+        self.kv_bytes_per_token(kv) * held as u64
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryProfile {
+    pub layers: Vec<LayerProfile>,
+    /// Token embedding table (needed by the first stage).
+    pub embedding_bytes: u64,
+    /// Final norm + output head (the last stage). With tied embeddings the
+    /// head is the embedding table again, so the last stage holds a copy.
+    pub head_bytes: u64,
+    pub tied_embeddings: bool,
+    /// f32 activations of one token through a layer (hidden, QKV, FFN), for
+    /// sizing scratch: multiply by the largest batch in tokens.
+    pub scratch_bytes_per_token: u64,
+    /// f32 logits of one sequence.
+    pub logits_bytes: u64,
+}
+
+impl MemoryProfile {
+    pub fn from_gguf(f: &GgufFile, hp: &HyperParams) -> Self {
+        let mut layers = vec![0u64; hp.n_layers];
+        let mut embedding_bytes = 0;
+        let mut head_bytes = 0;
+        let mut has_output = false;
+        for t in &f.tensors {
+            if let Some(rest) = t.name.strip_prefix("blk.") {
+                if let Some(il) = rest.split('.').next().and_then(|s| s.parse::<usize>().ok()) {
+                    if il < layers.len() {
+                        layers[il] += t.size_bytes;
+                    }
+                }
+            } else if t.name == "token_embd.weight" {
+                embedding_bytes += t.size_bytes;
+            } else if t.name == "output.weight" {
+                has_output = true;
+                head_bytes += t.size_bytes;
+            } else {
+                // output_norm, rope_freqs: small, carried by the last stage.
+                head_bytes += t.size_bytes;
+            }
+        }
+        if !has_output {
+            head_bytes += embedding_bytes;
+        }
+        let kv_vals = hp.k_dim() + hp.v_dim();
+        let layers = layers
+            .into_iter()
+            .enumerate()
+            .map(|(il, weight_bytes)| LayerProfile {
+                weight_bytes,
+                kv_bytes_per_token_f16: KvType::F16.bytes_for(kv_vals) as u64,
+                kv_bytes_per_token_q8_0: (KvType::Q8_0.bytes_for(hp.k_dim()) + KvType::Q8_0.bytes_for(hp.v_dim())) as u64,
+                kv_window_tokens: if hp.is_sliding(il) { hp.sliding_window } else { None },
+            })
+            .collect();
+        let per_token_f32 = hp.d_model * 3 + hp.q_dim() + hp.k_dim() + hp.v_dim() + 2 * hp.d_ff;
+        MemoryProfile {
+            layers,
+            embedding_bytes,
+            head_bytes,
+            tied_embeddings: !has_output,
+            scratch_bytes_per_token: 4 * per_token_f32 as u64,
+            logits_bytes: 4 * hp.vocab_size as u64,
+        }
+    }
+
+    pub fn total_weight_bytes(&self) -> u64 {
+        self.layers.iter().map(|l| l.weight_bytes).sum::<u64>() + self.embedding_bytes + self.head_bytes
+    }
+}

@@ -1,1 +1,13 @@
-//! strata-worker: a stage runs a contiguous layer range of a model.
+//! strata-worker: a [`Stage`] runs a contiguous layer range of a model on one
+//! backend, owns those layers' weights and KV cache, and (on the last stage)
+//! turns hidden states into logits and samples.
+
+pub mod generate;
+pub mod kv_blocks;
+pub mod sampler;
+pub mod stage;
+mod weights;
+
+pub use kv_blocks::BlockAllocator;
+pub use sampler::{Sampler, SamplingParams, TokenLogprob};
+pub use stage::{BatchSeq, LayerRange, Stage, StageError, StageInput, StageOutput};

@@ -1,3 +1,176 @@
 //! The CPU backend: reference for every other backend, and a real backend
-//! for CPU-only boxes.
+//! for CPU-only boxes. Weights stay quantized; activations are quantized once
+//! per matmul and every weight row is dotted in place (`dot`). Work is split
+//! over rayon's pool (size it with `--threads`).
+
+mod attention;
 pub mod dot;
+mod matmul;
+mod ops;
+
+use strata_model::arch::Activation;
+use strata_model::quant::dequantize_row;
+use strata_model::GgmlType;
+
+use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig};
+use crate::kv::KvGeometry;
+
+pub use attention::CpuKvCache;
+
+/// Row-major `rows x cols` f32 activations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuAct {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl CpuAct {
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+/// A weight in its GGUF type: `rows` rows of `cols` elements.
+#[derive(Debug, Clone)]
+pub struct CpuWeight {
+    pub name: String,
+    pub dtype: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_bytes: usize,
+    pub bytes: Vec<u8>,
+    /// Dequantized copy for small 1-D tensors (norms, biases, rope factors).
+    pub f32: Option<Vec<f32>>,
+}
+
+impl CpuWeight {
+    pub fn row_data(&self, r: usize) -> &[u8] {
+        &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+    fn vector(&self) -> &[f32] {
+        self.f32.as_deref().expect("1-D weights are kept as f32 at load")
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+impl Backend for CpuBackend {
+    type Act = CpuAct;
+    type Weight = CpuWeight;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads, {})", rayon::current_num_threads(), dot::simd_name())
+    }
+
+    fn load_weight(&self, name: &str, dtype: GgmlType, dims: &[u64], bytes: &[u8]) -> Result<CpuWeight, KernelError> {
+        let bad = |what: String| KernelError::BadWeight { name: name.to_string(), what };
+        let cols = usize::try_from(*dims.first().ok_or_else(|| bad("no dimensions".into()))?)
+            .map_err(|_| bad("too large".into()))?;
+        let rows = usize::try_from(dims.iter().skip(1).product::<u64>()).map_err(|_| bad("too large".into()))?;
+        let row_bytes = dtype.row_bytes(cols as u64).ok_or_else(|| bad(format!("{cols} is not a whole number of {dtype} blocks")))?
+            as usize;
+        if bytes.len() != row_bytes * rows {
+            return Err(bad(format!("{} bytes, expected {}", bytes.len(), row_bytes * rows)));
+        }
+        let f32 = if rows == 1 {
+            let mut v = vec![0f32; cols];
+            dequantize_row(dtype, bytes, &mut v).map_err(|e| bad(e.to_string()))?;
+            Some(v)
+        } else {
+            None
+        };
+        Ok(CpuWeight { name: name.to_string(), dtype, rows, cols, row_bytes, bytes: bytes.to_vec(), f32 })
+    }
+
+    fn new_kv_cache(&self, geometry: KvGeometry) -> Result<CpuKvCache, KernelError> {
+        CpuKvCache::new(geometry)
+    }
+
+    fn act_zeros(&self, rows: usize, cols: usize) -> CpuAct {
+        CpuAct { data: vec![0.0; rows * cols], rows, cols }
+    }
+
+    fn act_from_host(&self, data: &[f32], rows: usize, cols: usize) -> CpuAct {
+        assert_eq!(data.len(), rows * cols, "activation shape");
+        CpuAct { data: data.to_vec(), rows, cols }
+    }
+
+    fn act_to_host(&self, a: &CpuAct) -> Vec<f32> {
+        a.data.clone()
+    }
+
+    fn act_shape(&self, a: &CpuAct) -> (usize, usize) {
+        (a.rows, a.cols)
+    }
+
+    fn select_rows(&self, a: &CpuAct, rows: &[usize]) -> CpuAct {
+        let mut data = Vec::with_capacity(rows.len() * a.cols);
+        for &r in rows {
+            data.extend_from_slice(a.row(r));
+        }
+        CpuAct { data, rows: rows.len(), cols: a.cols }
+    }
+
+    fn embed(&self, table: &CpuWeight, ids: &[u32], scale: f32) -> Result<CpuAct, KernelError> {
+        let mut out = self.act_zeros(ids.len(), table.cols);
+        for (t, &id) in ids.iter().enumerate() {
+            if id as usize >= table.rows {
+                return Err(KernelError::Invalid(format!("token id {id} is outside the vocabulary of {}", table.rows)));
+            }
+            let dst = &mut out.data[t * table.cols..(t + 1) * table.cols];
+            dequantize_row(table.dtype, table.row_data(id as usize), dst)
+                .map_err(|e| KernelError::BadWeight { name: table.name.clone(), what: e.to_string() })?;
+            if scale != 1.0 {
+                dst.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+        Ok(out)
+    }
+
+    fn rms_norm(&self, x: &CpuAct, w: &CpuWeight, eps: f32) -> CpuAct {
+        ops::rms_norm(x, w.vector(), eps)
+    }
+
+    fn matmul(&self, w: &CpuWeight, x: &CpuAct) -> CpuAct {
+        matmul::matmul(w, x)
+    }
+
+    fn add_bias(&self, x: &mut CpuAct, bias: &CpuWeight) {
+        let b = bias.vector();
+        x.data.chunks_mut(x.cols).for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+    }
+
+    fn rope(&self, x: &mut CpuAct, positions: &[u32], rope: &RopeConfig, freq_factors: Option<&CpuWeight>) {
+        ops::rope(x, positions, rope, freq_factors.map(|w| w.vector()))
+    }
+
+    fn gated(&self, gate: &CpuAct, up: &CpuAct, act: Activation) -> CpuAct {
+        ops::gated(gate, up, act)
+    }
+
+    fn add_assign(&self, x: &mut CpuAct, y: &CpuAct) {
+        x.data.iter_mut().zip(&y.data).for_each(|(a, b)| *a += b);
+    }
+
+    fn attention(
+        &self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        q: &CpuAct,
+        k: &CpuAct,
+        v: &CpuAct,
+        batch: &AttentionBatch<'_>,
+    ) -> CpuAct {
+        cache.write(layer, k, v, batch);
+        cache.attend(layer, q, batch)
+    }
+}

@@ -1,0 +1,90 @@
+//! The `Backend` trait: the ops of a transformer block over a backend's own
+//! buffers. Activations are row-major `rows x cols` f32 matrices (one row
+//! per token); weights stay in their GGUF type on the device.
+
+use strata_model::arch::{Activation, RopeStyle};
+use strata_model::GgmlType;
+
+use crate::kv::{KvBlockId, KvGeometry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("tensor {name:?}: {what}")]
+    BadWeight { name: String, what: String },
+    #[error("{backend}: out of memory allocating {bytes} bytes for {what}")]
+    OutOfMemory { backend: String, bytes: u64, what: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// RoPE of one layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeConfig {
+    pub style: RopeStyle,
+    pub head_dim: usize,
+    /// Rotated dimensions per head (<= head_dim).
+    pub dims: usize,
+    pub freq_base: f32,
+    pub freq_scale: f32,
+}
+
+/// Which KV slots a batch writes and which positions each token attends.
+/// Token `t` belongs to sequence `token_seq[t]` at position `positions[t]`;
+/// it attends positions `max(0, pos + 1 - window) ..= pos` of its sequence.
+#[derive(Debug, Clone)]
+pub struct AttentionBatch<'a> {
+    pub positions: &'a [u32],
+    pub token_seq: &'a [u32],
+    /// Block table of each sequence in the batch.
+    pub block_tables: &'a [&'a [KvBlockId]],
+    pub n_heads: usize,
+    pub scale: f32,
+    pub window: Option<usize>,
+}
+
+pub trait Backend: Send + Sync {
+    /// An activation matrix in device memory.
+    type Act: Send;
+    /// A weight tensor in device memory, in its GGUF type.
+    type Weight: Send + Sync;
+    /// A stage's KV block pool.
+    type KvCache: Send;
+
+    fn name(&self) -> String;
+
+    /// Takes a weight from its GGUF bytes (`dims` in ggml order: row length first).
+    fn load_weight(&self, name: &str, dtype: GgmlType, dims: &[u64], bytes: &[u8]) -> Result<Self::Weight, KernelError>;
+    fn new_kv_cache(&self, geometry: KvGeometry) -> Result<Self::KvCache, KernelError>;
+
+    fn act_zeros(&self, rows: usize, cols: usize) -> Self::Act;
+    fn act_from_host(&self, data: &[f32], rows: usize, cols: usize) -> Self::Act;
+    fn act_to_host(&self, a: &Self::Act) -> Vec<f32>;
+    fn act_shape(&self, a: &Self::Act) -> (usize, usize);
+    /// Keeps the given rows (in order), for the output head on last positions.
+    fn select_rows(&self, a: &Self::Act, rows: &[usize]) -> Self::Act;
+
+    /// `out[t] = table[ids[t]] * scale`.
+    fn embed(&self, table: &Self::Weight, ids: &[u32], scale: f32) -> Result<Self::Act, KernelError>;
+    /// RMSNorm over groups of `w.len()` values (a whole row, or each head).
+    fn rms_norm(&self, x: &Self::Act, w: &Self::Weight, eps: f32) -> Self::Act;
+    /// `out[t] = W x[t]` (+ bias).
+    fn matmul(&self, w: &Self::Weight, x: &Self::Act) -> Self::Act;
+    fn add_bias(&self, x: &mut Self::Act, bias: &Self::Weight);
+    /// Rotates every head of every row by its token's position.
+    fn rope(&self, x: &mut Self::Act, positions: &[u32], rope: &RopeConfig, freq_factors: Option<&Self::Weight>);
+    /// `act(gate) * up`.
+    fn gated(&self, gate: &Self::Act, up: &Self::Act, act: Activation) -> Self::Act;
+    /// `x += y`.
+    fn add_assign(&self, x: &mut Self::Act, y: &Self::Act);
+    /// Writes this batch's K/V rows into their slots of `layer`, then
+    /// attends: returns `rows x (n_heads * head_dim_v)`.
+    fn attention(
+        &self,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        q: &Self::Act,
+        k: &Self::Act,
+        v: &Self::Act,
+        batch: &AttentionBatch<'_>,
+    ) -> Self::Act;
+}

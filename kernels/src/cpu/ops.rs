@@ -1,0 +1,76 @@
+//! Element-wise and per-row ops: RMSNorm, RoPE, gated activations.
+
+use rayon::prelude::*;
+use strata_model::arch::{Activation, RopeStyle};
+
+use super::CpuAct;
+use crate::backend::RopeConfig;
+
+/// RMSNorm over groups of `w.len()` values: rows, or heads within rows.
+pub fn rms_norm(x: &CpuAct, w: &[f32], eps: f32) -> CpuAct {
+    let n = w.len();
+    assert_eq!(x.cols % n, 0, "rms_norm: row of {} is not a multiple of {n}", x.cols);
+    let mut out = x.clone();
+    // Enough groups per task to amortise rayon's overhead.
+    let per_task = n * (4096 / n).max(1);
+    out.data.par_chunks_mut(per_task).for_each(|chunk| {
+        for g in chunk.chunks_mut(n) {
+            let ss: f32 = g.iter().map(|v| v * v).sum::<f32>() / n as f32;
+            let s = 1.0 / (ss + eps).sqrt();
+            g.iter_mut().zip(w).for_each(|(v, w)| *v = *v * s * w);
+        }
+    });
+    out
+}
+
+/// ggml's RoPE without YaRN: theta_i = pos * scale * base^(-2i/dims) / factor_i.
+pub fn rope(x: &mut CpuAct, positions: &[u32], cfg: &RopeConfig, freq_factors: Option<&[f32]>) {
+    let half = cfg.dims / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| {
+            let f = cfg.freq_base.powf(-2.0 * i as f32 / cfg.dims as f32);
+            f / freq_factors.map_or(1.0, |ff| ff[i])
+        })
+        .collect();
+    let cols = x.cols;
+    x.data.par_chunks_mut(cols).zip(positions.par_iter()).for_each(|(row, &pos)| {
+        let p = pos as f32 * cfg.freq_scale;
+        let cs: Vec<(f32, f32)> = inv_freq.iter().map(|f| (p * f).sin_cos()).map(|(s, c)| (c, s)).collect();
+        for head in row.chunks_mut(cfg.head_dim) {
+            match cfg.style {
+                RopeStyle::Normal => {
+                    for (i, &(c, s)) in cs.iter().enumerate() {
+                        let (a, b) = (head[2 * i], head[2 * i + 1]);
+                        head[2 * i] = a * c - b * s;
+                        head[2 * i + 1] = a * s + b * c;
+                    }
+                }
+                RopeStyle::Neox => {
+                    for (i, &(c, s)) in cs.iter().enumerate() {
+                        let (a, b) = (head[i], head[i + half]);
+                        head[i] = a * c - b * s;
+                        head[i + half] = a * s + b * c;
+                    }
+                }
+            }
+        }
+    });
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+}
+
+pub fn gated(gate: &CpuAct, up: &CpuAct, act: Activation) -> CpuAct {
+    let f = match act {
+        Activation::Silu => silu,
+        Activation::GeluTanh => gelu_tanh,
+    };
+    let data = gate.data.par_iter().zip(&up.data).map(|(&g, &u)| f(g) * u).collect();
+    CpuAct { data, rows: gate.rows, cols: gate.cols }
+}

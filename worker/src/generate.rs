@@ -1,0 +1,107 @@
+//! Single-process use of a whole-model stage: generation and perplexity.
+//! The distributed path runs the same `Stage::forward`, split over workers.
+
+use strata_kernels::Backend;
+
+use crate::sampler::{log_sum_exp, Sampled, Sampler};
+use crate::stage::{BatchSeq, Stage, StageError, StageInput, StageOutput};
+
+/// Prompt tokens per forward call, like llama.cpp's default ubatch.
+pub const PREFILL_CHUNK_TOKENS: usize = 512;
+
+fn logits_of<A>(out: StageOutput<A>) -> Result<Vec<Vec<f32>>, StageError> {
+    match out {
+        StageOutput::Logits(l) => Ok(l),
+        StageOutput::Hidden(_) => Err(StageError::Batch("this stage does not end the model".into())),
+    }
+}
+
+/// Feeds `tokens` to sequence `seq` from `start_pos`, in chunks; returns the
+/// logits after the last token (or of every token with `all_logits`).
+pub fn prefill<B: Backend>(
+    stage: &mut Stage<B>,
+    seq: u64,
+    start_pos: usize,
+    tokens: &[u32],
+    all_logits: bool,
+) -> Result<Vec<Vec<f32>>, StageError> {
+    let mut out = Vec::new();
+    for (i, chunk) in tokens.chunks(PREFILL_CHUNK_TOKENS).enumerate() {
+        let batch = [BatchSeq { seq, start_pos: start_pos + i * PREFILL_CHUNK_TOKENS, n_tokens: chunk.len(), all_logits }];
+        let logits = logits_of(stage.forward(&batch, StageInput::Tokens(chunk.to_vec()))?)?;
+        if all_logits {
+            out.extend(logits);
+        } else {
+            out = logits;
+        }
+    }
+    Ok(out)
+}
+
+/// Generates up to `max_tokens` after `prompt`, calling `on_token` for each;
+/// stops early when `on_token` returns false. Frees the sequence at the end.
+pub fn generate<B: Backend>(
+    stage: &mut Stage<B>,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampler: &mut Sampler,
+    mut on_token: impl FnMut(&Sampled) -> bool,
+) -> Result<Vec<Sampled>, StageError> {
+    const SEQ: u64 = 0;
+    if prompt.is_empty() {
+        return Err(StageError::Batch("empty prompt".into()));
+    }
+    let result = (|| {
+        let mut history = prompt.to_vec();
+        let mut logits = prefill(stage, SEQ, 0, prompt, false)?.pop().unwrap_or_default();
+        let mut out = Vec::new();
+        for _ in 0..max_tokens {
+            let s = sampler.sample(&logits, &history);
+            history.push(s.token);
+            let go_on = on_token(&s);
+            out.push(s);
+            if !go_on || out.len() == max_tokens {
+                break;
+            }
+            let batch = [BatchSeq { seq: SEQ, start_pos: history.len() - 1, n_tokens: 1, all_logits: false }];
+            let step = stage.forward(&batch, StageInput::Tokens(vec![*history.last().unwrap_or(&0)]))?;
+            logits = logits_of(step)?.pop().unwrap_or_default();
+        }
+        Ok(out)
+    })();
+    stage.release(SEQ);
+    result
+}
+
+/// Perplexity as `llama-perplexity -c CTX` measures it: the token stream is
+/// cut into chunks of `ctx`, the first token of each replaced by `bos` when
+/// given, and the second half of each chunk scored. Returns the running
+/// perplexity after each chunk.
+pub fn perplexity<B: Backend>(
+    stage: &mut Stage<B>,
+    tokens: &[u32],
+    ctx: usize,
+    bos: Option<u32>,
+) -> Result<Vec<f64>, StageError> {
+    const SEQ: u64 = 0;
+    let first = ctx / 2;
+    let mut nll = 0.0f64;
+    let mut count = 0usize;
+    let mut running = Vec::new();
+    for chunk in tokens.chunks_exact(ctx) {
+        let mut input = chunk.to_vec();
+        if let Some(b) = bos {
+            input[0] = b;
+        }
+        let logits = prefill(stage, SEQ, 0, &input, true);
+        stage.release(SEQ);
+        let logits = logits?;
+        for j in first..ctx - 1 {
+            let row = &logits[j];
+            nll += (log_sum_exp(row) - row[chunk[j + 1] as usize]) as f64;
+            count += 1;
+        }
+        running.push((nll / count as f64).exp());
+    }
+    Ok(running)
+}

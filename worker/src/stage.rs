@@ -1,0 +1,286 @@
+//! A stage: a contiguous layer range of one model on one backend.
+//!
+//! The first stage embeds tokens, the last applies the final norm and output
+//! head. Between them, hidden states are `n_tokens x d_model` activations.
+
+use strata_kernels::{AttentionBatch, Backend, KernelError, KvGeometry, RopeConfig, KV_BLOCK_TOKENS};
+use strata_model::arch::HyperParams;
+use strata_model::profile::KvType;
+use strata_model::GgufFile;
+
+use crate::kv_blocks::{BlockAllocator, KvError};
+use crate::weights::{LayerWeights, WeightLoader};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{0}")]
+    Model(String),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("bad batch: {0}")]
+    Batch(String),
+}
+
+/// Layers `first..end` of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerRange {
+    pub first: usize,
+    pub end: usize,
+}
+
+impl LayerRange {
+    pub fn len(&self) -> usize {
+        self.end - self.first
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.first
+    }
+}
+
+/// One sequence's run of consecutive tokens in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchSeq {
+    pub seq: u64,
+    /// Position of the first token of the run; earlier positions must be in
+    /// the KV cache already. Positions at or past it are overwritten.
+    pub start_pos: usize,
+    pub n_tokens: usize,
+    /// Logits for every token of the run (perplexity), not just the last.
+    pub all_logits: bool,
+}
+
+pub enum StageInput<A> {
+    /// Token ids, all runs concatenated (first stage).
+    Tokens(Vec<u32>),
+    /// Hidden states from the previous stage.
+    Hidden(A),
+}
+
+pub enum StageOutput<A> {
+    Hidden(A),
+    /// Logit rows, in batch order: the last token of each run, or every
+    /// token of runs that asked for all.
+    Logits(Vec<Vec<f32>>),
+}
+
+pub struct Stage<B: Backend> {
+    backend: B,
+    hp: HyperParams,
+    range: LayerRange,
+    embedding: Option<B::Weight>,
+    layers: Vec<LayerWeights<B>>,
+    head: Option<(B::Weight, B::Weight)>,
+    rope_freqs: Option<B::Weight>,
+    kv: B::KvCache,
+    blocks: BlockAllocator,
+}
+
+impl<B: Backend> Stage<B> {
+    /// Loads layers `range` (with the embedding if it starts at 0 and the
+    /// head if it ends at the last layer) and a KV pool for `kv_tokens`
+    /// tokens of context over all sequences.
+    pub fn load(backend: B, file: &GgufFile, range: LayerRange, kv_tokens: usize) -> Result<Self, StageError> {
+        let hp = HyperParams::from_gguf(file).map_err(|e| StageError::Model(e.to_string()))?;
+        if range.is_empty() || range.end > hp.n_layers {
+            return Err(StageError::Model(format!(
+                "layer range {}..{} is not within the model's {} layers",
+                range.first, range.end, hp.n_layers
+            )));
+        }
+        let loader = WeightLoader { file, backend: &backend };
+        let is_first = range.first == 0;
+        let is_last = range.end == hp.n_layers;
+        let embedding = if is_first {
+            Some(loader.required("token_embd.weight", &[hp.d_model, hp.vocab_size])?)
+        } else {
+            None
+        };
+        let mut layers = Vec::with_capacity(range.len());
+        for il in range.first..range.end {
+            layers.push(loader.layer(&hp, il)?);
+        }
+        let head = if is_last {
+            let norm = loader.required("output_norm.weight", &[hp.d_model])?;
+            let out = match loader.optional("output.weight", &[hp.d_model, hp.vocab_size])? {
+                Some(w) => w,
+                None => loader.required("token_embd.weight", &[hp.d_model, hp.vocab_size])?,
+            };
+            Some((norm, out))
+        } else {
+            None
+        };
+        let rope_freqs = loader.optional("rope_freqs.weight", &[hp.rope.dims / 2])?;
+        let n_blocks = kv_tokens.div_ceil(KV_BLOCK_TOKENS).max(1);
+        let kv = backend.new_kv_cache(KvGeometry {
+            n_layers: range.len(),
+            n_kv_heads: hp.n_kv_heads,
+            head_dim_k: hp.head_dim,
+            head_dim_v: hp.head_dim_v,
+            kv_type: KvType::F16,
+            n_blocks,
+        })?;
+        Ok(Stage { backend, hp, range, embedding, layers, head, rope_freqs, kv, blocks: BlockAllocator::new(n_blocks) })
+    }
+
+    pub fn hyper_params(&self) -> &HyperParams {
+        &self.hp
+    }
+    pub fn range(&self) -> LayerRange {
+        self.range
+    }
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+    pub fn blocks(&self) -> &BlockAllocator {
+        &self.blocks
+    }
+    pub fn is_first(&self) -> bool {
+        self.embedding.is_some()
+    }
+    pub fn is_last(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// Frees a sequence's KV blocks.
+    pub fn release(&mut self, seq: u64) {
+        self.blocks.release(seq);
+    }
+
+    /// Runs one batch through this stage's layers.
+    pub fn forward(&mut self, batch: &[BatchSeq], input: StageInput<B::Act>) -> Result<StageOutput<B::Act>, StageError> {
+        let n_tokens: usize = batch.iter().map(|s| s.n_tokens).sum();
+        if n_tokens == 0 {
+            return Err(StageError::Batch("no tokens".into()));
+        }
+        let mut positions = Vec::with_capacity(n_tokens);
+        let mut token_seq = Vec::with_capacity(n_tokens);
+        for (i, s) in batch.iter().enumerate() {
+            if s.start_pos > self.blocks.seq_len(s.seq) {
+                return Err(StageError::Batch(format!(
+                    "sequence {} starts at position {} but only {} are cached",
+                    s.seq,
+                    s.start_pos,
+                    self.blocks.seq_len(s.seq)
+                )));
+            }
+            positions.extend((s.start_pos..s.start_pos + s.n_tokens).map(|p| p as u32));
+            token_seq.extend(std::iter::repeat_n(i as u32, s.n_tokens));
+        }
+        for s in batch {
+            self.blocks.truncate(s.seq, s.start_pos);
+            self.blocks.reserve(s.seq, s.start_pos + s.n_tokens)?;
+        }
+
+        let b = &self.backend;
+        let hp = &self.hp;
+        let mut x = match (input, &self.embedding) {
+            (StageInput::Tokens(ids), Some(emb)) => {
+                if ids.len() != n_tokens {
+                    return Err(StageError::Batch(format!("{} token ids for {n_tokens} positions", ids.len())));
+                }
+                b.embed(emb, &ids, hp.embedding_scale.unwrap_or(1.0))?
+            }
+            (StageInput::Hidden(h), None) => {
+                if b.act_shape(&h) != (n_tokens, hp.d_model) {
+                    return Err(StageError::Batch(format!(
+                        "hidden states of shape {:?}, expected ({n_tokens}, {})",
+                        b.act_shape(&h),
+                        hp.d_model
+                    )));
+                }
+                h
+            }
+            (StageInput::Tokens(_), None) => return Err(StageError::Batch("token ids sent to a middle stage".into())),
+            (StageInput::Hidden(_), Some(_)) => return Err(StageError::Batch("hidden states sent to the first stage".into())),
+        };
+
+        let tables: Vec<&[u32]> = batch.iter().map(|s| self.blocks.block_table(s.seq)).collect();
+        for (li, w) in self.layers.iter().enumerate() {
+            let il = self.range.first + li;
+            let attn_batch = AttentionBatch {
+                positions: &positions,
+                token_seq: &token_seq,
+                block_tables: &tables,
+                n_heads: hp.n_heads,
+                scale: hp.attention_scale,
+                window: if hp.is_sliding(il) { hp.sliding_window } else { None },
+            };
+            let rope = RopeConfig {
+                style: hp.rope.style,
+                head_dim: hp.head_dim,
+                dims: hp.rope.dims,
+                freq_base: hp.rope_base(il),
+                freq_scale: hp.rope.freq_scale,
+            };
+            x = layer_forward(b, hp, w, x, &attn_batch, &rope, self.rope_freqs.as_ref(), &mut self.kv, li);
+        }
+
+        let Some((norm, out)) = &self.head else { return Ok(StageOutput::Hidden(x)) };
+        let mut rows = Vec::new();
+        let mut offset = 0;
+        for s in batch {
+            if s.all_logits {
+                rows.extend(offset..offset + s.n_tokens);
+            } else {
+                rows.push(offset + s.n_tokens - 1);
+            }
+            offset += s.n_tokens;
+        }
+        let x = if rows.len() == n_tokens { x } else { b.select_rows(&x, &rows) };
+        let logits = b.act_to_host(&b.matmul(out, &b.rms_norm(&x, norm, hp.rms_eps)));
+        Ok(StageOutput::Logits(logits.chunks(hp.vocab_size).map(<[f32]>::to_vec).collect()))
+    }
+}
+
+/// One transformer block: attention and gated feed-forward, pre-norm, with
+/// Gemma-3's extra post-norms and Q/K norms where the model has them.
+#[allow(clippy::too_many_arguments)]
+fn layer_forward<B: Backend>(
+    b: &B,
+    hp: &HyperParams,
+    w: &LayerWeights<B>,
+    mut x: B::Act,
+    batch: &AttentionBatch<'_>,
+    rope: &RopeConfig,
+    rope_freqs: Option<&B::Weight>,
+    kv: &mut B::KvCache,
+    layer: usize,
+) -> B::Act {
+    let h = b.rms_norm(&x, &w.attn_norm, hp.rms_eps);
+    let mut q = b.matmul(&w.wq, &h);
+    let mut k = b.matmul(&w.wk, &h);
+    let mut v = b.matmul(&w.wv, &h);
+    if let Some(bias) = &w.bq {
+        b.add_bias(&mut q, bias);
+    }
+    if let Some(bias) = &w.bk {
+        b.add_bias(&mut k, bias);
+    }
+    if let Some(bias) = &w.bv {
+        b.add_bias(&mut v, bias);
+    }
+    if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+        q = b.rms_norm(&q, qn, hp.rms_eps);
+        k = b.rms_norm(&k, kn, hp.rms_eps);
+    }
+    b.rope(&mut q, batch.positions, rope, rope_freqs);
+    b.rope(&mut k, batch.positions, rope, rope_freqs);
+    let attn = b.attention(kv, layer, &q, &k, &v, batch);
+    let mut o = b.matmul(&w.wo, &attn);
+    if let Some(n) = &w.post_attn_norm {
+        o = b.rms_norm(&o, n, hp.rms_eps);
+    }
+    b.add_assign(&mut x, &o);
+
+    let h = b.rms_norm(&x, &w.ffn_norm, hp.rms_eps);
+    let g = b.matmul(&w.gate, &h);
+    let u = b.matmul(&w.up, &h);
+    let mut f = b.matmul(&w.down, &b.gated(&g, &u, hp.activation));
+    if let Some(n) = &w.post_ffn_norm {
+        f = b.rms_norm(&f, n, hp.rms_eps);
+    }
+    b.add_assign(&mut x, &f);
+    x
+}
