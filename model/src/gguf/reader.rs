@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+use super::split::{parse_shard_path, shard_path, SplitInfo, KEY_SPLIT_COUNT, KEY_SPLIT_TENSORS_COUNT};
 use super::value::MetaValue;
 use crate::quant::GgmlType;
 
@@ -16,6 +17,16 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 pub const MAX_DIMS: u32 = 4;
 /// Nesting depth of metadata arrays we accept (GGUF writers use 1).
 const MAX_ARRAY_DEPTH: u32 = 2;
+/// Longest string we accept (key, value or tensor name). Real metadata
+/// strings (chat templates) are tens of KiB; this bounds what a corrupted
+/// length in a 40 GB file can make us copy.
+pub const MAX_STRING_BYTES: u64 = 64 << 20;
+/// Most elements in one metadata array. Real vocabularies and merge lists
+/// hold under a million; each element costs ~32 bytes in memory.
+pub const MAX_ARRAY_ELEMS: u64 = 1 << 24;
+/// Most entries reserved up front from a count read from the file; past it
+/// vectors grow as entries actually parse.
+const MAX_RESERVE: u64 = 1 << 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
@@ -33,6 +44,8 @@ pub enum GgufError {
     BadTensor { path: PathBuf, tensor: String, what: String },
     #[error("{path}: metadata key {key:?}: {what}")]
     BadMetadata { path: PathBuf, key: String, what: String },
+    #[error("{path}: split model: {what}")]
+    Split { path: PathBuf, what: String },
 }
 
 /// Where one tensor lives and what it holds.
@@ -90,43 +103,129 @@ impl std::fmt::Debug for GgufFile {
 }
 
 impl GgufFile {
-    /// Opens and validates a GGUF file.
+    /// Opens and validates a GGUF file. A shard of a split model
+    /// (`PREFIX-00001-of-00003.gguf`, with `split.*` metadata) opens all its
+    /// shards: tensors are merged, metadata comes from the first shard.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
-        let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| GgufError::Io { path: path.clone(), source })?;
-        // SAFETY: the map is read-only; a file changed underneath us can give
-        // wrong numbers but every read is bounds-checked against the map.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| GgufError::Io { path: path.clone(), source })?;
-        let parsed = parse(&path, &map, 0)?;
-        let mut gguf = GgufFile {
-            shards: vec![Shard { path, map, data_start: parsed.data_start }],
-            version: parsed.version,
-            alignment: parsed.alignment,
-            metadata: parsed.metadata,
-            tensors: parsed.tensors,
-            index: BTreeMap::new(),
+        let path = path.as_ref();
+        let first = map_shard(path)?;
+        let Some(split) = SplitInfo::from_metadata(path, &first.1.metadata)? else {
+            return Self::assemble(vec![first]);
         };
-        gguf.build_index()?;
-        Ok(gguf)
+        if split.count == 1 {
+            return Self::assemble(vec![first]);
+        }
+        let split_err = |what: String| GgufError::Split { path: path.to_path_buf(), what };
+        let (prefix, name_no, name_count) = parse_shard_path(path).ok_or_else(|| {
+            split_err(format!(
+                "{KEY_SPLIT_COUNT} is {} but the file name does not follow PREFIX-%05d-of-%05d.gguf",
+                split.count
+            ))
+        })?;
+        if (name_no, name_count) != (split.no, split.count) {
+            return Err(split_err(format!(
+                "the name says shard {} of {name_count} but the metadata says shard {} of {}",
+                name_no + 1,
+                split.no + 1,
+                split.count
+            )));
+        }
+        let mut first = Some(first);
+        let mut parts = Vec::with_capacity(split.count);
+        for no in 0..split.count {
+            let part = match first.take_if(|_| no == split.no) {
+                Some(part) => part,
+                None => {
+                    let shard_path = shard_path(&prefix, no, split.count);
+                    if !shard_path.exists() {
+                        return Err(GgufError::Split {
+                            path: shard_path,
+                            what: format!("shard {} of {} is missing (opened from {})", no + 1, split.count, path.display()),
+                        });
+                    }
+                    map_shard(&shard_path)?
+                }
+            };
+            parts.push(part);
+        }
+        Self::assemble(parts)
     }
 
     /// Parses GGUF bytes already in memory (for tests and fuzzing): the bytes
     /// are copied into an anonymous map.
     pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Self, GgufError> {
-        let path = PathBuf::from(name);
-        let mut anon = memmap2::MmapMut::map_anon(bytes.len().max(1))
-            .map_err(|source| GgufError::Io { path: path.clone(), source })?;
-        anon[..bytes.len()].copy_from_slice(bytes);
-        let map = anon.make_read_only().map_err(|source| GgufError::Io { path: path.clone(), source })?;
-        let parsed = parse(&path, &map[..bytes.len()], 0)?;
+        Self::from_shard_bytes(&[(name, bytes)])
+    }
+
+    /// Parses all shards of a split model from memory, in shard order.
+    pub fn from_shard_bytes(shards: &[(&str, &[u8])]) -> Result<Self, GgufError> {
+        let mut parts = Vec::with_capacity(shards.len());
+        for &(name, bytes) in shards {
+            let path = PathBuf::from(name);
+            let mut anon = memmap2::MmapMut::map_anon(bytes.len().max(1))
+                .map_err(|source| GgufError::Io { path: path.clone(), source })?;
+            anon[..bytes.len()].copy_from_slice(bytes);
+            let map = anon.make_read_only().map_err(|source| GgufError::Io { path: path.clone(), source })?;
+            let parsed = parse(&path, &map[..bytes.len()], parts.len())?;
+            parts.push((Shard { path, map, data_start: parsed.data_start }, parsed));
+        }
+        Self::assemble(parts)
+    }
+
+    /// Checks the shards against each other and merges their tensor lists.
+    fn assemble(parts: Vec<(Shard, Parsed)>) -> Result<Self, GgufError> {
+        let Some(first) = parts.first() else {
+            return Err(GgufError::Split { path: PathBuf::new(), what: "no shards given".into() });
+        };
+        let first_path = first.0.path.clone();
+        let first_split = SplitInfo::from_metadata(&first_path, &first.1.metadata)?;
+        let n_tensors: u64 = parts.iter().map(|(_, p)| p.tensors.len() as u64).sum();
+        if let Some(s) = first_split {
+            if s.tensors_count != n_tensors {
+                return Err(GgufError::Split {
+                    path: first_path,
+                    what: format!("{KEY_SPLIT_TENSORS_COUNT} is {} but the shards hold {n_tensors} tensors", s.tensors_count),
+                });
+            }
+        }
+        for (no, (shard, parsed)) in parts.iter().enumerate() {
+            let split = SplitInfo::from_metadata(&shard.path, &parsed.metadata)?;
+            let expected = SplitInfo { no, count: parts.len(), tensors_count: n_tensors };
+            let consistent = match split {
+                None => parts.len() == 1,
+                Some(s) => s == expected,
+            };
+            if !consistent {
+                let found = split.map_or("no split keys".to_string(), |s| {
+                    format!("shard {} of {} with {} tensors in all", s.no + 1, s.count, s.tensors_count)
+                });
+                return Err(GgufError::Split {
+                    path: shard.path.clone(),
+                    what: format!(
+                        "expected shard {} of {} with {n_tensors} tensors in all, the metadata says {found}",
+                        no + 1,
+                        parts.len()
+                    ),
+                });
+            }
+        }
+        let mut parts = parts.into_iter();
+        let Some((shard0, parsed0)) = parts.next() else {
+            return Err(GgufError::Split { path: PathBuf::new(), what: "no shards given".into() });
+        };
         let mut gguf = GgufFile {
-            shards: vec![Shard { path, map, data_start: parsed.data_start }],
-            version: parsed.version,
-            alignment: parsed.alignment,
-            metadata: parsed.metadata,
-            tensors: parsed.tensors,
+            shards: vec![shard0],
+            version: parsed0.version,
+            alignment: parsed0.alignment,
+            metadata: parsed0.metadata,
+            tensors: parsed0.tensors,
             index: BTreeMap::new(),
         };
+        for (shard, parsed) in parts {
+            let no = gguf.shards.len();
+            gguf.tensors.extend(parsed.tensors.into_iter().map(|t| TensorInfo { shard: no, ..t }));
+            gguf.shards.push(shard);
+        }
         gguf.build_index()?;
         Ok(gguf)
     }
@@ -135,7 +234,7 @@ impl GgufFile {
         for (i, t) in self.tensors.iter().enumerate() {
             if self.index.insert(t.name.clone(), i).is_some() {
                 return Err(GgufError::BadTensor {
-                    path: self.path().to_path_buf(),
+                    path: self.shards[t.shard].path.clone(),
                     tensor: t.name.clone(),
                     what: "appears twice".into(),
                 });
@@ -147,6 +246,11 @@ impl GgufFile {
     /// Path of the (first) file.
     pub fn path(&self) -> &Path {
         &self.shards[0].path
+    }
+
+    /// Paths of all shards, in order (one for an unsplit file).
+    pub fn shard_paths(&self) -> Vec<&Path> {
+        self.shards.iter().map(|s| s.path.as_path()).collect()
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
@@ -189,6 +293,16 @@ impl GgufFile {
     pub fn tensor_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.size_bytes).sum()
     }
+}
+
+/// Maps one file and parses it.
+fn map_shard(path: &Path) -> Result<(Shard, Parsed), GgufError> {
+    let file = File::open(path).map_err(|source| GgufError::Io { path: path.to_path_buf(), source })?;
+    // SAFETY: the map is read-only; a file changed underneath us can give
+    // wrong numbers but every read is bounds-checked against the map.
+    let map = unsafe { Mmap::map(&file) }.map_err(|source| GgufError::Io { path: path.to_path_buf(), source })?;
+    let parsed = parse(path, &map, 0)?;
+    Ok((Shard { path: path.to_path_buf(), map, data_start: parsed.data_start }, parsed))
 }
 
 struct Parsed {
@@ -238,7 +352,11 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
     fn string(&mut self, what: &str) -> Result<String, GgufError> {
+        let at = self.pos;
         let len = self.u64(what)?;
+        if len > MAX_STRING_BYTES {
+            return Err(self.invalid(format!("{what} at byte {at} has absurd length {len} (limit {MAX_STRING_BYTES})")));
+        }
         let bytes = self.take(len, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| self.invalid(format!("{what} is not valid UTF-8")))
     }
@@ -297,6 +415,13 @@ fn read_value(c: &mut Cursor<'_>, type_id: u32, key: &str, depth: u32) -> Result
                 key: key.to_string(),
                 what: format!("unknown array element type {elem_type}"),
             })?;
+            if count > MAX_ARRAY_ELEMS {
+                return Err(GgufError::BadMetadata {
+                    path: c.path.to_path_buf(),
+                    key: key.to_string(),
+                    what: format!("array of {count} elements is beyond the limit of {MAX_ARRAY_ELEMS}"),
+                });
+            }
             // Never allocate by a count the file cannot hold.
             if count.saturating_mul(min) > c.remaining() {
                 return Err(GgufError::BadMetadata {
@@ -305,7 +430,7 @@ fn read_value(c: &mut Cursor<'_>, type_id: u32, key: &str, depth: u32) -> Result
                     what: format!("array of {count} elements cannot fit in the {} bytes left", c.remaining()),
                 });
             }
-            let mut items = Vec::with_capacity(count as usize);
+            let mut items = Vec::with_capacity(count.min(MAX_RESERVE) as usize);
             for _ in 0..count {
                 items.push(read_value(c, elem_type, key, depth + 1)?);
             }
@@ -369,7 +494,7 @@ fn parse(path: &Path, bytes: &[u8], shard: usize) -> Result<Parsed, GgufError> {
         },
     };
 
-    let mut tensors = Vec::with_capacity(n_tensors as usize);
+    let mut tensors = Vec::with_capacity(n_tensors.min(MAX_RESERVE) as usize);
     for _ in 0..n_tensors {
         let name = c.string("tensor name")?;
         let bad = |what: String| GgufError::BadTensor { path: path.to_path_buf(), tensor: name.clone(), what };
