@@ -1,11 +1,50 @@
-//! The `strata` binary: parses flags and calls library code.
-use clap::Parser;
+//! The `strata` binary: parses flags and calls library code. Logs go to
+//! stderr; stdout carries only what a command produces.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "strata", version, about = "Pool GPUs over several machines into one LLM host")]
-enum Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _ = Cli::parse();
-    Ok(())
+#[derive(Subcommand)]
+enum Command {
+    /// Print a model's architecture, shapes, tensor types and memory profile.
+    Inspect(cmd::inspect::Args),
+    /// Generate text from a raw prompt (no chat template).
+    Generate(cmd::generate::Args),
+    /// Measure prompt and generation speed (like llama-bench pp/tg).
+    Bench(cmd::bench::Args),
+    /// Measure perplexity over a text file (like llama-perplexity).
+    Perplexity(cmd::perplexity::Args),
+    /// Write a random-weight GGUF with a real model's shape.
+    Synth(cmd::synth::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let result = match Cli::parse().command {
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Perplexity(a) => cmd::perplexity::run(a),
+        Command::Synth(a) => cmd::synth::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -13,6 +13,7 @@ pub mod chat;
 pub mod gguf;
 pub mod profile;
 pub mod quant;
+pub mod synth;
 pub mod tokenizer;
 
 pub use gguf::{GgufFile, MetaValue, TensorInfo};

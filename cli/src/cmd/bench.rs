@@ -1,0 +1,72 @@
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use strata_worker::generate::prefill;
+use strata_worker::{BatchSeq, StageInput};
+
+use super::RunArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Prompt tokens processed in one go (llama-bench's pp).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Tokens generated one at a time (llama-bench's tg).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long, default_value_t = 3)]
+    pub repetitions: usize,
+}
+
+pub fn run(mut args: Args) -> anyhow::Result<()> {
+    args.run.ctx_size = args.run.ctx_size.max(args.n_prompt + args.n_gen + 1);
+    let (_file, mut stage) = args.run.load()?;
+    let vocab = stage.hyper_params().vocab_size as u32;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut random_tokens = |n: usize| (0..n).map(|_| rng.random_range(0..vocab)).collect::<Vec<u32>>();
+
+    // One warm-up pass, as llama-bench does.
+    prefill(&mut stage, 0, 0, &random_tokens(16.min(args.n_prompt.max(1))), false)?;
+    stage.release(0);
+
+    let mut results = Vec::new();
+    if args.n_prompt > 0 {
+        let mut rates = Vec::new();
+        for _ in 0..args.repetitions {
+            let tokens = random_tokens(args.n_prompt);
+            let t = Instant::now();
+            prefill(&mut stage, 0, 0, &tokens, false)?;
+            rates.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
+            stage.release(0);
+        }
+        results.push((format!("pp{}", args.n_prompt), rates));
+    }
+    if args.n_gen > 0 {
+        let mut rates = Vec::new();
+        for _ in 0..args.repetitions {
+            let tokens = random_tokens(args.n_gen);
+            let t = Instant::now();
+            for (pos, &tok) in tokens.iter().enumerate() {
+                let batch = [BatchSeq { seq: 0, start_pos: pos, n_tokens: 1, all_logits: false }];
+                stage.forward(&batch, StageInput::Tokens(vec![tok]))?;
+            }
+            rates.push(args.n_gen as f64 / t.elapsed().as_secs_f64());
+            stage.release(0);
+        }
+        results.push((format!("tg{}", args.n_gen), rates));
+    }
+
+    let threads = rayon::current_num_threads();
+    println!("| model | backend | threads | test | t/s |");
+    println!("| --- | --- | ---: | ---: | ---: |");
+    let name = args.run.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    for (test, rates) in results {
+        let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+        let sd = (rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rates.len().max(2).saturating_sub(1) as f64).sqrt();
+        println!("| {name} | cpu | {threads} | {test} | {mean:.2} ± {sd:.2} |");
+    }
+    Ok(())
+}

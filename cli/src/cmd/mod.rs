@@ -1,0 +1,68 @@
+pub mod bench;
+pub mod generate;
+pub mod inspect;
+pub mod perplexity;
+pub mod synth;
+
+use std::path::Path;
+
+use anyhow::Context;
+use strata_kernels::CpuBackend;
+use strata_model::GgufFile;
+use strata_worker::{LayerRange, Stage};
+
+/// Flags shared by the commands that run a model.
+#[derive(clap::Args, Clone)]
+pub struct RunArgs {
+    /// GGUF model file (first shard of a split model).
+    #[arg(long, short = 'm')]
+    pub model: std::path::PathBuf,
+    /// CPU threads (default: all cores).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Context size in tokens.
+    #[arg(long, short = 'c', default_value_t = 4096)]
+    pub ctx_size: usize,
+}
+
+impl RunArgs {
+    pub fn init_threads(&self) -> anyhow::Result<()> {
+        if let Some(n) = self.threads {
+            rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("setting up the thread pool")?;
+        }
+        Ok(())
+    }
+
+    /// Opens the model and loads all of its layers on the CPU backend.
+    pub fn load(&self) -> anyhow::Result<(GgufFile, Stage<CpuBackend>)> {
+        self.init_threads()?;
+        let file = open(&self.model)?;
+        let hp = strata_model::arch::HyperParams::from_gguf(&file)?;
+        let started = std::time::Instant::now();
+        let stage = Stage::load(CpuBackend::new(), &file, LayerRange { first: 0, end: hp.n_layers }, self.ctx_size)
+            .with_context(|| format!("loading {}", self.model.display()))?;
+        tracing::info!(
+            "loaded {} ({} layers, {}) on {} in {:.2}s",
+            self.model.display(),
+            hp.n_layers,
+            hp.arch,
+            strata_kernels::Backend::name(stage.backend()),
+            started.elapsed().as_secs_f64()
+        );
+        Ok((file, stage))
+    }
+}
+
+pub fn open(path: &Path) -> anyhow::Result<GgufFile> {
+    Ok(GgufFile::open(path)?)
+}
+
+/// Bytes as GiB/MiB for tables.
+pub fn human_bytes(b: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    if b as f64 >= 1024.0 * MIB {
+        format!("{:.2} GiB", b as f64 / (1024.0 * MIB))
+    } else {
+        format!("{:.1} MiB", b as f64 / MIB)
+    }
+}

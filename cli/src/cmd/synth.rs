@@ -1,0 +1,54 @@
+use anyhow::Context;
+use strata_model::arch::Architecture;
+use strata_model::synth::{QuantScheme, SynthSpec};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// llama, qwen2, qwen3 or gemma3.
+    #[arg(long)]
+    pub arch: String,
+    /// A real model's size: tiny, 135m, 1b, 8b, 70b (llama); 0.5b, 7b, 72b (qwen2);
+    /// 0.6b, 8b, 32b (qwen3); 270m, 1b, 4b, 12b, 27b (gemma3).
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, Q4_K_M, Q5_K_M.
+    #[arg(long, default_value = "Q4_K_M")]
+    pub quant: String,
+    /// Override the number of layers.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output file.
+    #[arg(short = 'o', long)]
+    pub output: std::path::PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let arch = Architecture::from_name(&args.arch)
+        .with_context(|| format!("unknown architecture {:?} (llama, qwen2, qwen3, gemma3)", args.arch))?;
+    let quant = QuantScheme::parse(&args.quant).with_context(|| format!("unknown quant type {:?}", args.quant))?;
+    let mut spec = SynthSpec::from_preset(arch, &args.preset, quant)?;
+    if let Some(n) = args.layers {
+        anyhow::ensure!(n > 0, "--layers must be at least 1");
+        spec.shape.n_layers = n;
+    }
+    spec.seed = args.seed;
+    let total: u64 = spec.writer()?.tensors().iter().map(|t| t.size_bytes).sum();
+    let bar = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("writing {}", args.output.display()));
+    spec.write(&args.output, |done, _| bar.set_position(done))?;
+    bar.finish_and_clear();
+    eprintln!(
+        "wrote {} ({arch} {} layers, d_model {}, {}, {:.2} GiB of weights)",
+        args.output.display(),
+        spec.shape.n_layers,
+        spec.shape.d_model,
+        args.quant.to_ascii_uppercase(),
+        total as f64 / (1u64 << 30) as f64
+    );
+    Ok(())
+}
