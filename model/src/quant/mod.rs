@@ -4,6 +4,24 @@
 
 use std::fmt;
 
+pub mod k_quants;
+pub mod legacy;
+mod row;
+
+pub use row::{dequantize_row, quantize_row, QuantError};
+
+/// Reads the little-endian f16 at byte `at` as f32.
+#[inline]
+pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Writes `v` rounded to f16 (little-endian) at byte `at`.
+#[inline]
+pub(crate) fn put_f16(b: &mut [u8], at: usize, v: f32) {
+    b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+}
+
 /// A tensor element type as GGUF numbers it (`ggml_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GgmlType {
