@@ -1,1 +1,152 @@
-//! Chat templates from `tokenizer.chat_template`, rendered with minijinja.
+//! Chat templates from `tokenizer.chat_template`, rendered with minijinja the
+//! way Hugging Face and llama.cpp's jinja path render them: `trim_blocks` and
+//! `lstrip_blocks` on, Python string methods available, `bos_token`,
+//! `eos_token` and `raise_exception` defined. A GGUF without a template gets
+//! ChatML, as llama.cpp falls back to.
+
+use minijinja::{context, Environment, Error, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use crate::gguf::GgufFile;
+
+/// llama.cpp's ChatML fallback template.
+pub const CHATML_TEMPLATE: &str = "{%- for message in messages -%}\n  \
+{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' -}}\n\
+{%- endfor -%}\n\
+{%- if add_generation_prompt -%}\n  {{- '<|im_start|>assistant\\n' -}}\n{%- endif -%}\n";
+
+const KEY_TEMPLATE: &str = "tokenizer.chat_template";
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+}
+
+/// What went wrong compiling or rendering a template.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("chat template: `{KEY_TEMPLATE}` is not a string")]
+    NotAString,
+    #[error("chat template does not compile: {0:#}")]
+    Compile(Error),
+    #[error("chat template failed to render: {0:#}")]
+    Render(Error),
+}
+
+/// A compiled chat template with the model's BOS and EOS texts.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    source: String,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("source_bytes", &self.source.len())
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish()
+    }
+}
+
+fn raise_exception(msg: String) -> Result<String, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+/// The text of the token whose id is stored under `key`, or "".
+fn special_text(f: &GgufFile, key: &str) -> String {
+    let Some(id) = f.get_u64(key) else { return String::new() };
+    f.get("tokenizer.ggml.tokens")
+        .and_then(|v| v.as_array())
+        .and_then(|a| usize::try_from(id).ok().and_then(|i| a.get(i)))
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+impl ChatTemplate {
+    /// The GGUF's own template, or ChatML when it has none.
+    pub fn from_gguf(f: &GgufFile) -> Result<Self, ChatError> {
+        let source = match f.get(KEY_TEMPLATE) {
+            None => CHATML_TEMPLATE,
+            Some(v) => v.as_str().ok_or(ChatError::NotAString)?,
+        };
+        Self::new(
+            source,
+            special_text(f, "tokenizer.ggml.bos_token_id"),
+            special_text(f, "tokenizer.ggml.eos_token_id"),
+        )
+    }
+
+    /// ChatML, llama.cpp's fallback.
+    pub fn chatml() -> Self {
+        // The built-in template compiles; a failure here is a bug in this file.
+        Self::new(CHATML_TEMPLATE, String::new(), String::new()).expect("the built-in ChatML template compiles")
+    }
+
+    /// Compiles `source` (Jinja) with the given BOS and EOS texts.
+    pub fn new(source: &str, bos_token: String, eos_token: String) -> Result<Self, ChatError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        minijinja_contrib::add_to_environment(&mut env);
+        env.add_function("raise_exception", raise_exception);
+        env.add_template_owned(TEMPLATE_NAME, source.to_string()).map_err(ChatError::Compile)?;
+        Ok(Self { env, source: source.to_string(), bos_token, eos_token })
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders a conversation; with `add_generation_prompt`, the prompt ends
+    /// where the assistant's reply begins.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatError> {
+        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(ChatError::Render)?;
+        tmpl.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        })
+        .map_err(ChatError::Render)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatml_renders() {
+        let t = ChatTemplate::chatml();
+        let msgs = [ChatMessage::new("user", "hi")];
+        assert_eq!(t.render(&msgs, true).unwrap(), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(t.render(&msgs, false).unwrap(), "<|im_start|>user\nhi<|im_end|>\n");
+    }
+
+    #[test]
+    fn raise_exception_is_an_error() {
+        let t = ChatTemplate::new("{{ raise_exception('no') }}", String::new(), String::new()).unwrap();
+        assert!(matches!(t.render(&[], false), Err(ChatError::Render(_))));
+    }
+
+    #[test]
+    fn python_string_methods_work() {
+        let t = ChatTemplate::new("{{ messages[0].content.strip().upper() }}", String::new(), String::new()).unwrap();
+        assert_eq!(t.render(&[ChatMessage::new("user", "  a b ")], false).unwrap(), "A B");
+    }
+}

@@ -1,0 +1,128 @@
+//! The tokenizer on the real test models, against llama.cpp's recorded outputs
+//! (`shared/reference/*.json`).
+use std::path::PathBuf;
+
+use serde_json::Value;
+use strata_model::tokenizer::{TextStream, Tokenizer};
+use strata_model::GgufFile;
+
+fn models_dir() -> PathBuf {
+    std::env::var("STRATA_MODELS").map(Into::into).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/strata/models")
+    })
+}
+
+fn reference_dir() -> PathBuf {
+    std::env::var("STRATA_REFERENCE")
+        .map(Into::into)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference"))
+}
+
+fn load(model: &str, reference: &str) -> (Tokenizer, Value) {
+    let f = GgufFile::open(models_dir().join(model)).unwrap();
+    let tok = Tokenizer::from_gguf(&f).unwrap();
+    let text = std::fs::read_to_string(reference_dir().join(reference)).unwrap();
+    (tok, serde_json::from_str(&text).unwrap())
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn check_tokenize(tok: &Tokenizer, r: &Value) {
+    let entries = r["tokenize"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    let mut failures = Vec::new();
+    for e in entries {
+        let text = e["text"].as_str().unwrap();
+        let want = ids(&e["ids"]);
+        let got = tok.encode(text, false, false);
+        if got != want {
+            failures.push(format!("{text:?}:\n  want {want:?}\n  got  {got:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} tokenize mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+fn check_greedy(tok: &Tokenizer, r: &Value) {
+    let entries = r["greedy"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    for g in entries {
+        let prompt = g["prompt"].as_str().unwrap();
+        assert_eq!(tok.encode(prompt, true, false), ids(&g["prompt_ids"]), "prompt {prompt:?}");
+        let tokens = ids(&g["tokens"]);
+        let content = g["content"].as_str().unwrap();
+        assert_eq!(tok.decode(&tokens), content, "decoding the tokens of {prompt:?}");
+        // Streaming gives the same text, and each step's piece.
+        let mut stream = TextStream::new();
+        let mut streamed = String::new();
+        for (i, &t) in tokens.iter().enumerate() {
+            if let Some(piece) = g["steps"].get(i).and_then(|s| s["piece"].as_str()) {
+                assert_eq!(String::from_utf8_lossy(tok.piece(t)), piece, "step {i} of {prompt:?}");
+            }
+            streamed.push_str(&stream.push_token(tok, t));
+        }
+        streamed.push_str(&stream.finish());
+        assert_eq!(streamed, content);
+    }
+}
+
+#[test]
+fn smollm2_tokenize_matches_llama_cpp() {
+    let (tok, r) = load("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m.json");
+    check_tokenize(&tok, &r);
+}
+
+#[test]
+fn smollm2_prompts_and_decoding_match_llama_cpp() {
+    let (tok, r) = load("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m.json");
+    check_greedy(&tok, &r);
+}
+
+#[test]
+fn gemma3_tokenize_matches_llama_cpp() {
+    let (tok, r) = load("gemma-3-270m-q4_k_m.gguf", "gemma3-270m.json");
+    check_tokenize(&tok, &r);
+}
+
+#[test]
+fn gemma3_prompts_and_decoding_match_llama_cpp() {
+    let (tok, r) = load("gemma-3-270m-q4_k_m.gguf", "gemma3-270m.json");
+    check_greedy(&tok, &r);
+}
+
+#[test]
+fn smollm2_special_tokens() {
+    let (tok, _) = load("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m.json");
+    assert_eq!(tok.vocab_size(), 49152);
+    assert!(!tok.add_bos());
+    let im_start = tok.token_id("<|im_start|>").unwrap();
+    let im_end = tok.token_id("<|im_end|>").unwrap();
+    assert!(tok.is_end_of_generation(im_end));
+    assert!(tok.is_end_of_generation(tok.eos().unwrap()));
+    assert!(!tok.is_end_of_generation(im_start));
+    // Parsed only when asked.
+    let parsed = tok.encode("<|im_start|>user\nhi<|im_end|>", false, true);
+    assert_eq!(parsed.first(), Some(&im_start));
+    assert_eq!(parsed.last(), Some(&im_end));
+    let unparsed = tok.encode("<|im_start|>", false, false);
+    assert!(!unparsed.contains(&im_start));
+    assert_eq!(tok.decode_with_special(&parsed), "<|im_start|>user\nhi<|im_end|>");
+    assert_eq!(tok.decode(&parsed), "user\nhi");
+}
+
+#[test]
+fn gemma3_special_tokens() {
+    let (tok, _) = load("gemma-3-270m-q4_k_m.gguf", "gemma3-270m.json");
+    assert_eq!(tok.vocab_size(), 262144);
+    assert!(tok.add_bos());
+    assert_eq!(tok.bos(), Some(2));
+    let eot = tok.token_id("<end_of_turn>").unwrap();
+    assert!(tok.is_end_of_generation(eot));
+    assert!(tok.is_end_of_generation(tok.eos().unwrap()));
+    let sot = tok.token_id("<start_of_turn>").unwrap();
+    assert_eq!(tok.encode("<start_of_turn>user", true, true)[..2], [2, sot]);
+    // Byte fallback decodes back to the text.
+    let text = "emoji 🦀🚀 and ❤️ 日本語";
+    assert_eq!(tok.decode(&tok.encode(text, false, false)), text);
+}
