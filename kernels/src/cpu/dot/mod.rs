@@ -1,1 +1,165 @@
 //! Quantized dot products: activations quantized once per row, weights read in place.
+//!
+//! As in ggml, each weight type has an activation format (`vec_dot_type`):
+//! Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1/Q8_1, Q8_K for the K-quants
+//! and f32 for F32/F16/BF16. [`quantize_activation`] makes it once per
+//! activation row; [`vec_dot`] then dots it with every weight row.
+//!
+//! A portable scalar kernel exists for every type ([`scalar`]); SIMD kernels
+//! (AVX2+FMA+F16C on x86-64) are chosen once at run time and replace it
+//! type by type.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+pub mod scalar;
+#[cfg(test)]
+mod tests;
+
+use std::sync::OnceLock;
+
+use strata_model::quant::quantize_row;
+use strata_model::GgmlType;
+
+/// The format an activation row takes for dot products with a weight type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationType {
+    F32,
+    Q8_0,
+    Q8_1,
+    Q8K,
+}
+
+impl ActivationType {
+    /// The GGML type of the quantized activation row (`F32` stays f32).
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            Self::F32 => GgmlType::F32,
+            Self::Q8_0 => GgmlType::Q8_0,
+            Self::Q8_1 => GgmlType::Q8_1,
+            Self::Q8K => GgmlType::Q8K,
+        }
+    }
+}
+
+/// ggml's `vec_dot_type` of a weight type.
+pub fn activation_type(weight: GgmlType) -> ActivationType {
+    match weight {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => ActivationType::F32,
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => ActivationType::Q8_0,
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_1 => ActivationType::Q8_1,
+        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K | GgmlType::Q8K => {
+            ActivationType::Q8K
+        }
+    }
+}
+
+/// Quantizes one activation row (len a multiple of the weight's block) for dot products with rows of `weight`.
+///
+/// # Panics
+/// When `x.len()` is not a whole number of the weight's blocks: the caller
+/// checks row lengths once, at load time.
+pub fn quantize_activation(weight: GgmlType, x: &[f32], out: &mut Vec<u8>) {
+    assert!(x.len() % weight.block_elems() == 0, "{weight}: activation row of {} elements is not whole blocks", x.len());
+    let act = activation_type(weight).ggml_type();
+    out.clear();
+    if act == GgmlType::F32 {
+        out.extend(x.iter().flat_map(|v| v.to_le_bytes()));
+        return;
+    }
+    let bytes = x.len() / act.block_elems() * act.block_bytes();
+    out.resize(bytes, 0);
+    if let Err(e) = quantize_row(act, x, out) {
+        // Unreachable: lengths were checked above (Q8 blocks divide every weight block).
+        panic!("{weight}: quantizing activations: {e}");
+    }
+}
+
+/// Dot product of one weight row (raw GGUF bytes, `n` elements) with an activation row from `quantize_activation`.
+///
+/// # Panics
+/// When the row lengths do not match `n` (a caller bug: they are checked at
+/// load time). The check is one comparison per row and keeps the SIMD
+/// kernels' unchecked loads in bounds.
+pub fn vec_dot(weight: GgmlType, n: usize, w_row: &[u8], x: &[u8]) -> f32 {
+    check_lengths(weight, n, w_row, x);
+    let f = kernels().table[index(weight)];
+    // SAFETY: the table holds a SIMD kernel only when its CPU features were
+    // detected, and the lengths were checked above.
+    unsafe { f(n, w_row, x) }
+}
+
+/// The scalar kernel, for tests and comparisons.
+pub fn vec_dot_scalar(weight: GgmlType, n: usize, w_row: &[u8], x: &[u8]) -> f32 {
+    check_lengths(weight, n, w_row, x);
+    scalar_kernel(weight)(n, w_row, x)
+}
+
+/// The instruction set `vec_dot` uses ("avx2" or "scalar").
+pub fn simd_name() -> &'static str {
+    kernels().name
+}
+
+/// Whether `vec_dot` has a SIMD kernel for `weight` on this CPU.
+pub fn has_simd(weight: GgmlType) -> bool {
+    kernels().simd[index(weight)]
+}
+
+fn check_lengths(weight: GgmlType, n: usize, w_row: &[u8], x: &[u8]) {
+    let act = activation_type(weight).ggml_type();
+    let ok = n % weight.block_elems() == 0
+        && weight.row_bytes(n as u64) == Some(w_row.len() as u64)
+        && act.row_bytes(n as u64) == Some(x.len() as u64);
+    assert!(ok, "{weight} vec_dot: n = {n}, weight row {} bytes, activation row {} bytes", w_row.len(), x.len());
+}
+
+pub(crate) type DotFn = unsafe fn(usize, &[u8], &[u8]) -> f32;
+
+struct Kernels {
+    name: &'static str,
+    table: [DotFn; 15],
+    simd: [bool; 15],
+}
+
+fn index(t: GgmlType) -> usize {
+    GgmlType::ALL.iter().position(|&a| a == t).unwrap_or(0)
+}
+
+fn scalar_kernel(t: GgmlType) -> fn(usize, &[u8], &[u8]) -> f32 {
+    match t {
+        GgmlType::F32 => scalar::f32,
+        GgmlType::F16 => scalar::f16_row,
+        GgmlType::BF16 => scalar::bf16,
+        GgmlType::Q4_0 => scalar::q4_0,
+        GgmlType::Q4_1 => scalar::q4_1,
+        GgmlType::Q5_0 => scalar::q5_0,
+        GgmlType::Q5_1 => scalar::q5_1,
+        GgmlType::Q8_0 => scalar::q8_0,
+        GgmlType::Q8_1 => scalar::q8_1,
+        GgmlType::Q2K => scalar::q2_k,
+        GgmlType::Q3K => scalar::q3_k,
+        GgmlType::Q4K => scalar::q4_k,
+        GgmlType::Q5K => scalar::q5_k,
+        GgmlType::Q6K => scalar::q6_k,
+        GgmlType::Q8K => scalar::q8_k,
+    }
+}
+
+fn scalar_as_unsafe(t: GgmlType) -> DotFn {
+    scalar_kernel(t)
+}
+
+fn kernels() -> &'static Kernels {
+    static KERNELS: OnceLock<Kernels> = OnceLock::new();
+    KERNELS.get_or_init(|| {
+        let mut k = Kernels { name: "scalar", table: GgmlType::ALL.map(scalar_as_unsafe), simd: [false; 15] };
+        #[cfg(target_arch = "x86_64")]
+        if avx2::detected() {
+            k.name = "avx2";
+            for (t, f) in avx2::kernels() {
+                k.table[index(t)] = f;
+                k.simd[index(t)] = true;
+            }
+        }
+        k
+    })
+}

@@ -1,0 +1,301 @@
+//! AVX2 + FMA + F16C dot products (x86-64), after ggml's
+//! `ggml-cpu/arch/x86/quants.c`: integer products with `maddubs`/`madd`,
+//! one f32 FMA per block (or sub-block scale folded into the integers).
+//!
+//! Every kernel here is `unsafe`: callers must have checked [`detected`]
+//! and the row lengths (`super::check_lengths`).
+
+use std::arch::x86_64::*;
+
+use strata_model::quant::k_quants::scale_min_k4;
+use strata_model::GgmlType;
+
+use super::scalar::{f16, f32_at};
+use super::DotFn;
+
+pub fn detected() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+}
+
+/// The types with an AVX2 kernel.
+pub fn kernels() -> Vec<(GgmlType, DotFn)> {
+    vec![
+        (GgmlType::Q8_0, q8_0 as DotFn),
+        (GgmlType::Q4_1, q4_1),
+        (GgmlType::Q4_0, q4_0),
+        (GgmlType::Q5_0, q5_0),
+        (GgmlType::Q5_1, q5_1),
+        (GgmlType::Q4K, q4_k),
+        (GgmlType::Q6K, q6_k),
+        (GgmlType::Q5K, q5_k),
+        (GgmlType::F16, f16_row),
+        (GgmlType::F32, f32_row),
+        (GgmlType::BF16, bf16_row),
+    ]
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// 16 bytes of nibbles to 32 bytes: low nibbles first, then high nibbles.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let t = _mm_loadu_si128(p as *const __m128i);
+    let b = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+    _mm256_and_si256(b, _mm256_set1_epi8(0x0F))
+}
+
+/// Byte j is 0xFF where bit j of `x` is set.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn bits_to_bytes(x: u32) -> __m256i {
+    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
+    let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+}
+
+/// Sums of adjacent-4 products of unsigned `a` and signed `b`, as 8 i32.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_us8(a: __m256i, b: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1))
+}
+
+/// Signed x signed via the sign trick (`b` must not hold -128; activations never do).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_s8(a: __m256i, b: __m256i) -> __m256i {
+    dot_us8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
+}
+
+/// Blocks of 32 against Q8_0: `level(block ptr)` gives the 32 signed levels.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum_q8_0(n: usize, w: &[u8], wb: usize, x: &[u8], level: impl Fn(*const u8) -> __m256i) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let (pw, px) = (w.as_ptr(), x.as_ptr());
+    for i in 0..n / 32 {
+        let (bw, bx) = (pw.add(i * wb), px.add(i * 34));
+        let d = _mm256_set1_ps(f16(w, i * wb) * f16(x, i * 34));
+        let q = dot_s8(level(bw), load(bx.add(2)));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc);
+    }
+    hsum(acc)
+}
+
+/// Blocks of 32 with a min against Q8_1: `level` gives 32 unsigned levels.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum_q8_1(n: usize, w: &[u8], wb: usize, x: &[u8], level: impl Fn(*const u8) -> __m256i) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0.0f32;
+    let (pw, px) = (w.as_ptr(), x.as_ptr());
+    for i in 0..n / 32 {
+        let (ow, ox) = (i * wb, i * 36);
+        mins += f16(w, ow + 2) * f16(x, ox + 2);
+        let d = _mm256_set1_ps(f16(w, ow) * f16(x, ox));
+        let q = dot_us8(level(pw.add(ow)), load(px.add(ox + 4)));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc);
+    }
+    hsum(acc) + mins
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    sum_q8_0(n, w, 34, x, |b| load(b.add(2)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    sum_q8_0(n, w, 18, x, |b| _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    sum_q8_0(n, w, 22, x, |b| {
+        let qh = u32::from_le_bytes(std::ptr::read_unaligned(b.add(2) as *const [u8; 4]));
+        // Where the 5th bit is clear, set the high nibble: (q | 0xF0) = q - 16 as i8.
+        let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
+        _mm256_or_si256(nibbles(b.add(6)), hi)
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    sum_q8_1(n, w, 20, x, |b| nibbles(b.add(4)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    sum_q8_1(n, w, 24, x, |b| {
+        let qh = u32::from_le_bytes(std::ptr::read_unaligned(b.add(4) as *const [u8; 4]));
+        let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
+        _mm256_or_si256(nibbles(b.add(8)), hi)
+    })
+}
+
+/// The 16 bsums of a Q8_K block, pairwise summed into 8 sums of 32.
+#[inline]
+fn bsums32(bx: &[u8]) -> [i32; 8] {
+    let g = |k: usize| i16::from_le_bytes([bx[260 + 2 * k], bx[261 + 2 * k]]) as i32;
+    std::array::from_fn(|s| g(2 * s) + g(2 * s + 1))
+}
+
+/// Q4_K and Q5_K: `levels(block, j)` gives the (low, high) 32-byte level
+/// vectors of the 64 elements of chunk j.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn qk_asym(n: usize, w: &[u8], wb: usize, x: &[u8], levels: impl Fn(*const u8, usize) -> (__m256i, __m256i)) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = 0.0f32;
+    for i in 0..n / 256 {
+        let (b, bx) = (&w[i * wb..(i + 1) * wb], &x[i * 292..(i + 1) * 292]);
+        let dy = f32_at(bx, 0);
+        let sums = bsums32(bx);
+        let mut summ = 0i32;
+        let mut sumi = _mm256_setzero_si256();
+        let q8 = bx.as_ptr().add(4);
+        for j in 0..4 {
+            let (sc1, m1) = scale_min_k4(2 * j, &b[4..16]);
+            let (sc2, m2) = scale_min_k4(2 * j + 1, &b[4..16]);
+            summ += m1 as i32 * sums[2 * j] + m2 as i32 * sums[2 * j + 1];
+            let (ql, qh) = levels(b.as_ptr(), j);
+            let pl = _mm256_madd_epi16(_mm256_set1_epi16(sc1 as i16), _mm256_maddubs_epi16(ql, load(q8.add(64 * j))));
+            let ph = _mm256_madd_epi16(_mm256_set1_epi16(sc2 as i16), _mm256_maddubs_epi16(qh, load(q8.add(64 * j + 32))));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+        }
+        let d = dy * f16(b, 0);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        acc_m += dy * f16(b, 2) * summ as f32;
+    }
+    hsum(acc) - acc_m
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    qk_asym(n, w, 144, x, |b, j| {
+        let bits = load(b.add(16 + 32 * j));
+        let m4 = _mm256_set1_epi8(0x0F);
+        (_mm256_and_si256(bits, m4), _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4))
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    qk_asym(n, w, 176, x, |b, j| {
+        let bits = load(b.add(48 + 32 * j));
+        let hbits = load(b.add(16));
+        let (m4, m1) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
+        let h = |bit: i32| {
+            let v = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(bit)), m1);
+            _mm256_slli_epi16(v, 4)
+        };
+        let lo = _mm256_or_si256(_mm256_and_si256(bits, m4), h(2 * j as i32));
+        let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h(2 * j as i32 + 1));
+        (lo, hi)
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let (m4, m2, m32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+    for i in 0..n / 256 {
+        let (b, bx) = (&w[i * 210..(i + 1) * 210], &x[i * 292..(i + 1) * 292]);
+        let (pb, q8) = (b.as_ptr(), bx.as_ptr().add(4));
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            let ql0 = load(pb.add(64 * h));
+            let ql1 = load(pb.add(64 * h + 32));
+            let qh = load(pb.add(128 + 32 * h));
+            let high = |k: i32| {
+                let v = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k)), m2);
+                _mm256_slli_epi16(v, 4)
+            };
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), high(0)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), high(1)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), high(2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high(3)),
+            ];
+            for (k, qk) in q.iter().enumerate() {
+                let y = load(q8.add(128 * h + 32 * k));
+                // (q - 32) * y = q * y - 32 * y, q unsigned in 0..64.
+                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(*qk, y), _mm256_maddubs_epi16(m32, y));
+                let s = 192 + 8 * h + 2 * k;
+                let sc = _mm256_set_m128i(_mm_set1_epi16(b[s + 1] as i8 as i16), _mm_set1_epi16(b[s] as i8 as i16));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
+            }
+        }
+        let d = f32_at(bx, 0) * f16(b, 208);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum(acc)
+}
+
+/// Dense rows (`n` a multiple of 8): four accumulators of 8 lanes; `load8(i)`
+/// loads weights i..i+8 as f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dense(n: usize, x: &[u8], load8: impl Fn(usize) -> __m256) -> f32 {
+    let px = x.as_ptr() as *const f32;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let j = i + 8 * k;
+            *a = _mm256_fmadd_ps(load8(j), _mm256_loadu_ps(px.add(j)), *a);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(load8(i), _mm256_loadu_ps(px.add(i)), acc[0]);
+        i += 8;
+    }
+    hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f32_row(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let pw = w.as_ptr() as *const f32;
+    let head = n / 8 * 8;
+    dense(head, x, |i| _mm256_loadu_ps(pw.add(i))) + tail(head, n, x, |i| f32_at(w, 4 * i))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_row(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let pw = w.as_ptr();
+    let head = n / 8 * 8;
+    let load8 = |i: usize| _mm256_cvtph_ps(_mm_loadu_si128(pw.add(2 * i) as *const __m128i));
+    dense(head, x, load8) + tail(head, n, x, |i| f16(w, 2 * i))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bf16_row(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let pw = w.as_ptr();
+    let head = n / 8 * 8;
+    let load8 = |i: usize| {
+        let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(pw.add(2 * i) as *const __m128i));
+        _mm256_castsi256_ps(_mm256_slli_epi32(h, 16))
+    };
+    dense(head, x, load8) + tail(head, n, x, |i| half::bf16::from_le_bytes([w[2 * i], w[2 * i + 1]]).to_f32())
+}
+
+/// The elements of a dense row past its last group of 8.
+fn tail(from: usize, n: usize, x: &[u8], wv: impl Fn(usize) -> f32) -> f32 {
+    (from..n).map(|i| wv(i) * f32_at(x, 4 * i)).sum()
+}

@@ -1,0 +1,153 @@
+//! Every kernel against the scalar one, and the scalar one against
+//! dequantize-then-f32-dot, on seeded random rows.
+//!
+//! Tolerances, relative to `mag = sum |w_i * x_i|` over the dequantized rows:
+//! - SIMD vs scalar: 1e-5. Integer block sums are exact on both sides; only
+//!   the order of the f32 block accumulation differs.
+//! - scalar vs dequantized f32 dot: 1e-4. The f32 path rounds every element
+//!   (d * q - m) before multiplying; the quantized path rounds per block.
+//!   Q8_1 activations also carry `s = d * sum(q)` as f16, which the
+//!   dequantized path never reads: add 2^-10 * sum |m_w * s_x| over blocks.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use strata_model::quant::{dequantize_row, quantize_row};
+use strata_model::GgmlType;
+
+use super::*;
+
+const SEED: u64 = 0x0D07_2026;
+
+fn f32_row(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    let scale = rng.random_range(0.01f32..3.0);
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect()
+}
+
+/// Byte offsets of the f16 scale fields of a block (set to finite values in random blocks).
+fn f16_fields(t: GgmlType) -> &'static [usize] {
+    match t {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+        GgmlType::Q2K => &[80, 82],
+        GgmlType::Q3K => &[108],
+        GgmlType::Q6K => &[208],
+        _ => &[],
+    }
+}
+
+/// A weight row: quantized from random floats, or (for block types) random
+/// bytes with finite scales, so every bit pattern of the levels shows up.
+fn weight_row(rng: &mut ChaCha8Rng, t: GgmlType, n: usize, random_bytes: bool) -> Vec<u8> {
+    let bytes = t.row_bytes(n as u64).unwrap() as usize;
+    let mut w = vec![0u8; bytes];
+    if !random_bytes || t.block_elems() == 1 {
+        quantize_row(t, &f32_row(rng, n), &mut w).unwrap();
+        return w;
+    }
+    rng.fill(&mut w[..]);
+    for b in w.chunks_mut(t.block_bytes()) {
+        for &o in f16_fields(t) {
+            let v = half::f16::from_f32(rng.random_range(-0.05f32..0.05));
+            b[o..o + 2].copy_from_slice(&v.to_le_bytes());
+        }
+        if t == GgmlType::Q8K {
+            b[0..4].copy_from_slice(&rng.random_range(-0.05f32..0.05).to_le_bytes());
+        }
+    }
+    w
+}
+
+fn dequantized(t: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
+    let mut y = vec![0f32; n];
+    dequantize_row(t, bytes, &mut y).unwrap();
+    y
+}
+
+fn lengths(t: GgmlType) -> Vec<usize> {
+    match t.block_elems() {
+        1 => vec![1, 7, 8, 37, 64, 4096],
+        32 => vec![32, 96, 1024, 4096],
+        _ => vec![256, 768, 4096],
+    }
+}
+
+/// The error bound from Q8_1's f16 `s`: 2^-10 * sum over blocks |m_w * s_x|.
+fn q8_1_sum_rounding(t: GgmlType, w: &[u8], xq: &[u8]) -> f32 {
+    if activation_type(t) != ActivationType::Q8_1 || t == GgmlType::Q8_1 {
+        return 0.0;
+    }
+    let f16 = |b: &[u8]| half::f16::from_le_bytes([b[2], b[3]]).to_f32();
+    let blocks = w.chunks(t.block_bytes()).zip(xq.chunks(36));
+    blocks.map(|(bw, bx)| (f16(bw) * f16(bx)).abs()).sum::<f32>() / 1024.0
+}
+
+#[test]
+fn activation_types_follow_ggml() {
+    assert_eq!(activation_type(GgmlType::Q4_0), ActivationType::Q8_0);
+    assert_eq!(activation_type(GgmlType::Q5_1), ActivationType::Q8_1);
+    assert_eq!(activation_type(GgmlType::Q6K), ActivationType::Q8K);
+    assert_eq!(activation_type(GgmlType::BF16), ActivationType::F32);
+}
+
+#[test]
+fn kernels_match_scalar_and_dequantized_dot() {
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED);
+    let mut xq = Vec::new();
+    for t in GgmlType::ALL {
+        for n in lengths(t) {
+            for random_bytes in [false, true] {
+                let w = weight_row(&mut rng, t, n, random_bytes);
+                let x = f32_row(&mut rng, n);
+                quantize_activation(t, &x, &mut xq);
+                let wd = dequantized(t, &w, n);
+                let xd = dequantized(activation_type(t).ggml_type(), &xq, n);
+                let reference: f32 = wd.iter().zip(&xd).map(|(a, b)| a * b).sum();
+                let mag: f32 = wd.iter().zip(&xd).map(|(a, b)| (a * b).abs()).sum::<f32>() + 1e-6;
+                let tol = 1e-4 * mag + q8_1_sum_rounding(t, &w, &xq);
+                let scalar = vec_dot_scalar(t, n, &w, &xq);
+                let fast = vec_dot(t, n, &w, &xq);
+                let ctx = format!("{t} n={n} random_bytes={random_bytes} seed={SEED:#x} ({})", simd_name());
+                assert!((scalar - reference).abs() <= tol, "{ctx}: scalar {scalar} vs dequantized {reference} (mag {mag})");
+                assert!((fast - scalar).abs() <= 1e-5 * mag, "{ctx}: vec_dot {fast} vs scalar {scalar} (mag {mag})");
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_with_unquantized_activations_is_close() {
+    // End to end: the quantized dot approximates the f32 dot of the original
+    // activations (Q8 activations lose ~1/254 of the block range).
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 1);
+    let mut xq = Vec::new();
+    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F16] {
+        let n = 4096;
+        let w = weight_row(&mut rng, t, n, false);
+        let x = f32_row(&mut rng, n);
+        quantize_activation(t, &x, &mut xq);
+        let wd = dequantized(t, &w, n);
+        let exact: f32 = wd.iter().zip(&x).map(|(a, b)| a * b).sum();
+        let mag: f32 = wd.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+        let got = vec_dot(t, n, &w, &xq);
+        assert!((got - exact).abs() <= 0.01 * mag, "{t} seed {:#x}: {got} vs {exact}", SEED ^ 1);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_covers_the_real_model_types() {
+    if !avx2::detected() {
+        eprintln!("no AVX2 here; SIMD coverage not checked");
+        return;
+    }
+    for t in [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q6K] {
+        assert!(has_simd(t), "{t} has no AVX2 kernel");
+    }
+    assert_eq!(simd_name(), "avx2");
+}
+
+#[test]
+#[should_panic(expected = "vec_dot")]
+fn wrong_lengths_panic_with_a_message() {
+    vec_dot(GgmlType::Q4_0, 64, &[0u8; 18], &[0u8; 68]);
+}
