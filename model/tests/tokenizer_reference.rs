@@ -126,3 +126,27 @@ fn gemma3_special_tokens() {
     let text = "emoji 🦀🚀 and ❤️ 日本語";
     assert_eq!(tok.decode(&tok.encode(text, false, false)), text);
 }
+
+/// The perplexity text, tokenized whole as llama-perplexity does, decodes back
+/// to itself (neither model adds a space prefix or cleans spaces).
+fn check_round_trip(tok: &Tokenizer) {
+    let text = std::fs::read_to_string(reference_dir().join("gpl-3.txt")).unwrap();
+    let start = std::time::Instant::now();
+    let ids = tok.encode(&text, false, false);
+    eprintln!("{} bytes -> {} tokens in {:?}", text.len(), ids.len(), start.elapsed());
+    // llama-perplexity scored 59 chunks of 128 tokens for both models.
+    assert_eq!(ids.len() / 128, 59, "{} tokens", ids.len());
+    assert_eq!(tok.decode(&ids), text);
+}
+
+#[test]
+fn smollm2_round_trips_the_perplexity_text() {
+    let (tok, _) = load("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m.json");
+    check_round_trip(&tok);
+}
+
+#[test]
+fn gemma3_round_trips_the_perplexity_text() {
+    let (tok, _) = load("gemma-3-270m-q4_k_m.gguf", "gemma3-270m.json");
+    check_round_trip(&tok);
+}

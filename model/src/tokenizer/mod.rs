@@ -94,6 +94,7 @@ pub struct Tokenizer {
     bos: Option<u32>,
     eos: Option<u32>,
     eot: Option<u32>,
+    unk: Option<u32>,
     eog: BTreeSet<u32>,
     add_bos: bool,
     add_eos: bool,
@@ -110,6 +111,7 @@ const KEY_BOS: &str = "tokenizer.ggml.bos_token_id";
 const KEY_EOS: &str = "tokenizer.ggml.eos_token_id";
 const KEY_EOT: &str = "tokenizer.ggml.eot_token_id";
 const KEY_EOM: &str = "tokenizer.ggml.eom_token_id";
+const KEY_UNK: &str = "tokenizer.ggml.unknown_token_id";
 const KEY_ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
 const KEY_ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
 const KEY_ADD_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
@@ -220,7 +222,7 @@ impl Tokenizer {
         }
 
         // Defaults as llama.cpp sets them per model type.
-        let (model, default_bos, default_eos, mut add_bos, mut add_space_prefix) = match model_name {
+        let (model, default_bos, default_eos, default_unk, mut add_bos, mut add_space_prefix) = match model_name {
             "gpt2" => {
                 let pre_name = match f.get(KEY_PRE) {
                     None => "default",
@@ -230,17 +232,18 @@ impl Tokenizer {
                 let add_bos = pre.adds_bos_by_default();
                 let merges = string_array(f, KEY_MERGES)?.ok_or(TokenizerError::MissingKey(KEY_MERGES))?;
                 let bpe = bpe::Bpe::new(pre, merges, &token_to_id)?;
-                (Model::Bpe(bpe), 11u32, 11u32, add_bos, false)
+                (Model::Bpe(bpe), Some(11u32), Some(11u32), None, add_bos, false)
             }
-            "llama" => (Model::Spm, 1, 2, true, true),
+            "llama" => (Model::Spm, Some(1), Some(2), Some(0), true, true),
             other => return Err(TokenizerError::UnknownModel(other.to_string())),
         };
         if let Some(v) = flag(f, KEY_ADD_PREFIX)? {
             add_space_prefix = v;
         }
-        let in_range = |id: u32| ((id as usize) < n_tokens).then_some(id);
+        let in_range = |id: Option<u32>| id.filter(|&id| (id as usize) < n_tokens);
         let bos = token_id(f, KEY_BOS, n_tokens)?.or_else(|| in_range(default_bos));
         let eos = token_id(f, KEY_EOS, n_tokens)?.or_else(|| in_range(default_eos));
+        let unk = token_id(f, KEY_UNK, n_tokens)?.or_else(|| in_range(default_unk));
         let mut eot = token_id(f, KEY_EOT, n_tokens)?;
         let eom = token_id(f, KEY_EOM, n_tokens)?;
         if let Some(v) = flag(f, KEY_ADD_BOS)? {
@@ -298,6 +301,7 @@ impl Tokenizer {
             bos,
             eos,
             eot,
+            unk,
             eog,
             add_bos,
             add_eos,
@@ -380,6 +384,11 @@ impl Tokenizer {
     /// The end-of-turn token (`<|im_end|>`, `<end_of_turn>`, …), if any.
     pub fn eot(&self) -> Option<u32> {
         self.eot
+    }
+
+    /// The unknown token, if the vocabulary has one.
+    pub fn unk(&self) -> Option<u32> {
+        self.unk
     }
 
     /// Whether the model asks for BOS at the start of a prompt.

@@ -92,18 +92,13 @@ pub(super) fn encode(tok: &Tokenizer, text: &str, out: &mut Vec<u32>) {
                 for &b in piece.as_bytes() {
                     match tok.byte_token(b) {
                         Some(id) => out.push(id),
-                        None => out.extend(unknown_token(tok)),
+                        None => out.extend(tok.unk()),
                     }
                 }
             }
         }
         i = s.next;
     }
-}
-
-/// The unknown token, for a byte the vocabulary cannot spell.
-fn unknown_token(tok: &Tokenizer) -> Option<u32> {
-    (0..tok.vocab_size() as u32).find(|&id| tok.attr(id) & super::attr::UNKNOWN != 0)
 }
 
 fn push_bigram(tok: &Tokenizer, text: &str, syms: &[Symbol], left: usize, right: usize, queue: &mut BinaryHeap<Bigram>) {
