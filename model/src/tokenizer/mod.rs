@@ -14,7 +14,7 @@ mod bpe;
 mod spm;
 mod stream;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::gguf::{GgufFile, MetaValue};
 
@@ -521,12 +521,20 @@ impl Tokenizer {
             return frags;
         }
         frags.push(Fragment::Text(0, text.len()));
+        // A token whose first four bytes are nowhere in the text cannot occur in it:
+        // a cheap filter for vocabularies with thousands of special tokens.
+        let windows: HashSet<[u8; 4]> = text.as_bytes().windows(4).map(|w| [w[0], w[1], w[2], w[3]]).collect();
         for &id in &self.special_tokens {
             let data = &self.tokens[id as usize];
             if !parse_special && data.attr & (attr::CONTROL | attr::UNKNOWN) != 0 {
                 continue;
             }
             let needle = data.text.as_str();
+            if let Some(&[a, b, c, d]) = needle.as_bytes().get(..4) {
+                if !windows.contains(&[a, b, c, d]) {
+                    continue;
+                }
+            }
             if !frags.iter().any(|f| matches!(*f, Fragment::Text(s, e) if text[s..e].contains(needle))) {
                 continue;
             }
