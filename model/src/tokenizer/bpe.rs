@@ -300,6 +300,17 @@ mod tests {
     }
 
     #[test]
+    fn supported_pre_tokenizers_compile() {
+        for name in ["default", "gpt2", "gpt-2", "smollm", "starcoder", "llama3", "llama-bpe", "qwen2", "dbrx"] {
+            PreTokenizer::from_name(name).unwrap();
+        }
+        let llama3 = PreTokenizer::from_name("llama3").unwrap();
+        assert_eq!(llama3.split("I'm 12345 ok\n\n x"), vec!["I", "'m", " ", "123", "45", " ok", "\n\n", " x"]);
+        let qwen2 = PreTokenizer::from_name("qwen2").unwrap();
+        assert_eq!(qwen2.split("ab 12"), vec!["ab", " ", "1", "2"]);
+    }
+
+    #[test]
     fn unknown_pre_is_an_error() {
         assert!(matches!(PreTokenizer::from_name("nope"), Err(TokenizerError::UnknownPreTokenizer(_))));
     }
