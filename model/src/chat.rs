@@ -145,6 +145,19 @@ mod tests {
     }
 
     #[test]
+    fn blocks_are_trimmed_as_in_hugging_face() {
+        let src = "{% set ns = namespace(n=0) %}\n{% for m in messages %}\n  {% set ns.n = ns.n + 1 %}\n{{ m.role }}: {{ m.content }}\n{% endfor %}\n{{ ns.n }}";
+        let t = ChatTemplate::new(src, String::new(), String::new()).unwrap();
+        let msgs = [ChatMessage::new("user", "hi"), ChatMessage::new("assistant", "yo")];
+        assert_eq!(t.render(&msgs, false).unwrap(), "user: hi\nassistant: yo\n2");
+    }
+
+    #[test]
+    fn bad_template_is_a_compile_error() {
+        assert!(matches!(ChatTemplate::new("{% for %}", String::new(), String::new()), Err(ChatError::Compile(_))));
+    }
+
+    #[test]
     fn python_string_methods_work() {
         let t = ChatTemplate::new("{{ messages[0].content.strip().upper() }}", String::new(), String::new()).unwrap();
         assert_eq!(t.render(&[ChatMessage::new("user", "  a b ")], false).unwrap(), "A B");

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use strata_model::chat::{ChatMessage, ChatTemplate};
+use strata_model::tokenizer::Tokenizer;
 use strata_model::GgufFile;
 
 fn models_dir() -> PathBuf {
@@ -40,4 +41,20 @@ fn smollm2_template_matches_llama_cpp() {
 #[test]
 fn gemma3_falls_back_to_chatml_as_llama_cpp() {
     check("gemma-3-270m-q4_k_m.gguf", "gemma3-270m.json");
+}
+
+/// A rendered prompt tokenizes with its control tokens parsed and decodes back.
+#[test]
+fn rendered_prompts_tokenize_with_their_control_tokens() {
+    for model in ["SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"] {
+        let f = GgufFile::open(models_dir().join(model)).unwrap();
+        let tok = Tokenizer::from_gguf(&f).unwrap();
+        let tmpl = ChatTemplate::from_gguf(&f).unwrap();
+        let prompt = tmpl.render(&[ChatMessage::new("user", "Hi!")], true).unwrap();
+        let ids = tok.encode(&prompt, false, true);
+        if let Some(im_start) = tok.token_id("<|im_start|>") {
+            assert_eq!(ids[0], im_start, "{model}");
+        }
+        assert_eq!(tok.decode_with_special(&ids), prompt, "{model}");
+    }
 }
