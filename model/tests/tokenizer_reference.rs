@@ -64,6 +64,10 @@ fn check_greedy(tok: &Tokenizer, r: &Value) {
         }
         streamed.push_str(&stream.finish());
         assert_eq!(streamed, content);
+        let mut detok = tok.text_stream();
+        let mut text: String = tokens.iter().map(|&t| detok.push(t)).collect();
+        text.push_str(&detok.finish());
+        assert_eq!(text, content);
     }
 }
 

@@ -19,7 +19,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use crate::gguf::{GgufFile, MetaValue};
 
 pub use bpe::PreTokenizer;
-pub use stream::TextStream;
+pub use stream::{Detokenizer, TextStream};
 
 /// What went wrong building a tokenizer from metadata.
 #[derive(Debug, thiserror::Error)]

@@ -68,6 +68,36 @@ impl TextStream {
     }
 }
 
+/// A [`TextStream`] tied to a tokenizer: push generated token ids, get text.
+#[derive(Debug, Clone)]
+pub struct Detokenizer<'a> {
+    tokenizer: &'a Tokenizer,
+    stream: TextStream,
+}
+
+impl<'a> Detokenizer<'a> {
+    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+        Self { tokenizer, stream: TextStream::new() }
+    }
+
+    /// Adds a generated token; returns the text now complete (control tokens give none).
+    pub fn push(&mut self, id: u32) -> String {
+        self.stream.push_token(self.tokenizer, id)
+    }
+
+    /// Ends the stream; an incomplete sequence comes out as U+FFFD.
+    pub fn finish(&mut self) -> String {
+        self.stream.finish()
+    }
+}
+
+impl Tokenizer {
+    /// A streaming detokenizer for generated tokens.
+    pub fn text_stream(&self) -> Detokenizer<'_> {
+        Detokenizer::new(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
