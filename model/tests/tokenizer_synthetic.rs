@@ -129,3 +129,12 @@ fn bad_vocab_arrays_are_an_error() {
     let e = err(bpe(vec![("tokenizer.ggml.tokens", strings(&dup))]));
     assert!(matches!(e, TokenizerError::DuplicateToken { first: 0, second: 2, .. }), "{e}");
 }
+
+#[test]
+fn phi3_special_tokens_swallow_following_whitespace() {
+    let plain = Tokenizer::from_gguf(&gguf(bpe(vec![]))).unwrap();
+    assert_eq!(plain.encode("<|end|> ab", false, true), vec![7, 3, 4]);
+    let phi3 = Tokenizer::from_gguf(&gguf(bpe(vec![("general.name", s("Phi-3 Mini"))]))).unwrap();
+    assert_eq!(phi3.encode("<|end|> \n ab", false, true), vec![7, 4]);
+    assert!(format!("{phi3:?}").contains("vocab_size: 8"));
+}

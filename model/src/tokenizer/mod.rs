@@ -82,7 +82,6 @@ enum Model {
 }
 
 /// A tokenizer for one model's vocabulary.
-#[derive(Debug)]
 pub struct Tokenizer {
     model: Model,
     tokens: Vec<TokenData>,
@@ -291,6 +290,7 @@ impl Tokenizer {
             .filter(|&id| tokens[id as usize].attr & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
             .collect();
         special_tokens.sort_by(|&a, &b| tokens[b as usize].text.len().cmp(&tokens[a as usize].text.len()));
+        set_strip_attrs(f, &mut tokens, &token_to_id, &special_tokens);
 
         let mut tok = Tokenizer {
             model,
@@ -548,7 +548,7 @@ impl Tokenizer {
                     let m = start + pos;
                     let mut left_end = m;
                     if data.attr & attr::LSTRIP != 0 {
-                        while left_end > start && text.as_bytes()[left_end - 1].is_ascii_whitespace() {
+                        while left_end > start && is_c_space(text.as_bytes()[left_end - 1]) {
                             left_end -= 1;
                         }
                     }
@@ -558,7 +558,7 @@ impl Tokenizer {
                     next.push(Fragment::Token(id));
                     start = m + needle.len();
                     if data.attr & attr::RSTRIP != 0 {
-                        while start < end && text.as_bytes()[start].is_ascii_whitespace() {
+                        while start < end && is_c_space(text.as_bytes()[start]) {
                             start += 1;
                         }
                     }
@@ -587,6 +587,52 @@ impl Tokenizer {
             Model::Bpe(_) => self.lookup(bpe::byte_to_char(byte).encode_utf8(&mut [0u8; 4])),
         }
     }
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let model = match &self.model {
+            Model::Bpe(b) => format!("{b:?}"),
+            Model::Spm => "Spm".to_string(),
+        };
+        f.debug_struct("Tokenizer")
+            .field("model", &model)
+            .field("vocab_size", &self.tokens.len())
+            .field("special_tokens", &self.special_tokens.len())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("eot", &self.eot)
+            .field("eog", &self.eog)
+            .field("add_bos", &self.add_bos)
+            .field("add_eos", &self.add_eos)
+            .field("add_space_prefix", &self.add_space_prefix)
+            .finish()
+    }
+}
+
+/// Per-token strip attributes llama.cpp sets by model name (Phi-3: special
+/// tokens swallow the whitespace after them, except `<unk>`, `<s>`, `<|endoftext|>`).
+fn set_strip_attrs(f: &GgufFile, tokens: &mut [TokenData], token_to_id: &HashMap<String, u32>, special: &[u32]) {
+    let name = f.get_str("general.name").unwrap_or_default().to_ascii_lowercase();
+    if !(name.contains("phi-3") || name.contains("phi3")) {
+        return;
+    }
+    for &id in special {
+        tokens[id as usize].attr |= attr::RSTRIP;
+    }
+    if let Some(&id) = token_to_id.get("</s>") {
+        tokens[id as usize].attr |= attr::RSTRIP;
+    }
+    for text in ["<unk>", "<s>", "<|endoftext|>"] {
+        if let Some(&id) = token_to_id.get(text) {
+            tokens[id as usize].attr &= !attr::RSTRIP;
+        }
+    }
+}
+
+/// C's `isspace` in the "C" locale, which llama.cpp strips with.
+fn is_c_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')
 }
 
 /// A piece of the input: raw text (byte range) or an already-recognised token.
