@@ -656,6 +656,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tokenizer_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Tokenizer>();
+        assert_send_sync::<crate::chat::ChatTemplate>();
+    }
+
+    #[test]
     fn byte_tokens_parse() {
         assert_eq!(parse_byte_token("<0x0A>"), Some(10));
         assert_eq!(parse_byte_token("<0xFF>"), Some(255));
