@@ -403,3 +403,31 @@ fn no_panic_on_any_byte_flip() {
         }
     }
 }
+
+#[test]
+fn missing_file_names_the_path() {
+    let path = std::env::temp_dir().join("strata-no-such-model.gguf");
+    let e = GgufFile::open(&path).unwrap_err();
+    assert!(matches!(e, GgufError::Io { .. }), "{e}");
+    mentions(&e, &["strata-no-such-model.gguf"]);
+}
+
+#[test]
+fn corrupt_shard_is_named() {
+    use strata_model::gguf::SplitLimits;
+    let dir = std::env::temp_dir().join(format!("strata-gguf-corrupt-shard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut w = GgufWriter::new();
+    for i in 0..3 {
+        w.add_tensor(format!("t{i}"), &[32], GgmlType::F32).unwrap();
+    }
+    let limits = SplitLimits { max_tensors: Some(1), max_bytes: None };
+    let paths = w.write_split(dir.join("m"), limits, |_, s, out| out.write_all(&vec![0; s.size_bytes as usize])).unwrap();
+    let mut bytes = std::fs::read(&paths[2]).unwrap();
+    bytes.truncate(bytes.len() - 100);
+    std::fs::write(&paths[2], &bytes).unwrap();
+    let e = GgufFile::open(&paths[0]).unwrap_err();
+    assert!(matches!(&e, GgufError::BadTensor { path, tensor, .. } if path == &paths[2] && tensor == "t2"), "{e}");
+    mentions(&e, &["m-00003-of-00003.gguf", "outside"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
