@@ -171,6 +171,11 @@ fn bad_tensors_and_values_are_refused() {
     assert!(matches!(&err, GgufWriteError::BadMetadata { key, .. } if key == "mixed"), "{err}");
 
     let mut w = GgufWriter::new();
+    let long = "x".repeat(strata_model::gguf::MAX_STRING_BYTES as usize + 1);
+    w.add_metadata("long", MetaValue::String(long));
+    assert!(w.to_bytes(|_, _, _| Ok(())).unwrap_err().to_string().contains("over the limit"));
+
+    let mut w = GgufWriter::new();
     let deep = MetaValue::Array(vec![MetaValue::Array(vec![MetaValue::Array(vec![])])]);
     w.add_metadata("deep", deep);
     assert!(w.to_bytes(|_, _, _| Ok(())).unwrap_err().to_string().contains("nested"));

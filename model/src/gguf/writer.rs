@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::reader::{DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
+use super::reader::{DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_ELEMS, MAX_DIMS, MAX_STRING_BYTES};
 use super::split::{shard_path, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
 use super::value::MetaValue;
 use crate::quant::GgmlType;
@@ -92,6 +92,9 @@ impl GgufWriter {
     pub fn add_tensor(&mut self, name: impl Into<String>, dims: &[u64], dtype: GgmlType) -> Result<usize, GgufWriteError> {
         let name = name.into();
         let bad = |what: String| GgufWriteError::BadTensor { tensor: name.clone(), what };
+        if name.len() as u64 > MAX_STRING_BYTES {
+            return Err(bad(format!("name of {} bytes is over the limit of {MAX_STRING_BYTES}", name.len())));
+        }
         if dims.is_empty() || dims.len() > MAX_DIMS as usize {
             return Err(bad(format!("{} dimensions (1 to {MAX_DIMS} allowed)", dims.len())));
         }
@@ -288,10 +291,22 @@ impl GgufWriter {
 }
 
 /// Rejects values the reader would refuse: mixed-type arrays, arrays nested
-/// deeper than one level inside another.
+/// deeper than one level inside another, strings and arrays past the
+/// reader's limits.
 fn check_value(key: &str, value: &MetaValue, depth: u32) -> Result<(), GgufWriteError> {
-    let MetaValue::Array(items) = value else { return Ok(()) };
     let bad = |what: String| GgufWriteError::BadMetadata { key: key.to_string(), what };
+    if depth == 0 && key.len() as u64 > MAX_STRING_BYTES {
+        return Err(bad(format!("key of {} bytes is over the limit of {MAX_STRING_BYTES}", key.len())));
+    }
+    if let MetaValue::String(s) = value {
+        if s.len() as u64 > MAX_STRING_BYTES {
+            return Err(bad(format!("string of {} bytes is over the limit of {MAX_STRING_BYTES}", s.len())));
+        }
+    }
+    let MetaValue::Array(items) = value else { return Ok(()) };
+    if items.len() as u64 > MAX_ARRAY_ELEMS {
+        return Err(bad(format!("array of {} elements is over the limit of {MAX_ARRAY_ELEMS}", items.len())));
+    }
     if depth >= 2 {
         return Err(bad("arrays nested more than two deep".into()));
     }
