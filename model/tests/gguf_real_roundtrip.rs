@@ -39,13 +39,22 @@ fn same_model(a: &GgufFile, b: &GgufFile) {
 
 #[test]
 fn rewrite_smollm2_whole_and_split() {
-    let src = models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    rewrite_whole_and_split("SmolLM2-135M-Instruct.Q4_1.gguf");
+}
+
+#[test]
+fn rewrite_gemma3_whole_and_split() {
+    rewrite_whole_and_split("gemma-3-270m-q4_k_m.gguf");
+}
+
+fn rewrite_whole_and_split(model: &str) {
+    let src = models_dir().join(model);
     if !src.exists() {
         eprintln!("skipping: {} not found", src.display());
         return;
     }
     let f = GgufFile::open(&src).unwrap();
-    let dir = std::env::temp_dir().join(format!("strata-gguf-real-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("strata-gguf-real-{model}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let w = writer_for(&f);
     let copy_data = |i: usize, _: &strata_model::gguf::TensorSpec, out: &mut dyn std::io::Write| {
