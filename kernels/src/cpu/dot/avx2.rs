@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 use strata_model::quant::k_quants::scale_min_k4;
 use strata_model::GgmlType;
 
-use super::scalar::{f16, f32_at};
+use super::scalar::f32_at;
 use super::DotFn;
 
 pub fn detected() -> bool {
@@ -32,6 +32,14 @@ pub fn kernels() -> Vec<(GgmlType, DotFn)> {
         (GgmlType::F32, f32_row),
         (GgmlType::BF16, bf16_row),
     ]
+}
+
+/// The f16 at byte `at`, converted with F16C (`half` detects features per call).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f16(b: &[u8], at: usize) -> f32 {
+    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
 #[inline]
@@ -281,7 +289,7 @@ unsafe fn f16_row(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let pw = w.as_ptr();
     let head = n / 8 * 8;
     let load8 = |i: usize| _mm256_cvtph_ps(_mm_loadu_si128(pw.add(2 * i) as *const __m128i));
-    dense(head, x, load8) + tail(head, n, x, |i| f16(w, 2 * i))
+    dense(head, x, load8) + tail(head, n, x, |i| super::scalar::f16(w, 2 * i))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
