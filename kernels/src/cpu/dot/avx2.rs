@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use strata_model::quant::k_quants::scale_min_k4;
+use strata_model::quant::k_quants::{q3k_scales, scale_min_k4};
 use strata_model::GgmlType;
 
 use super::scalar::f32_at;
@@ -31,6 +31,10 @@ pub fn kernels() -> Vec<(GgmlType, DotFn)> {
         (GgmlType::F16, f16_row),
         (GgmlType::F32, f32_row),
         (GgmlType::BF16, bf16_row),
+        (GgmlType::Q2K, q2_k),
+        (GgmlType::Q3K, q3_k),
+        (GgmlType::Q8K, q8_k),
+        (GgmlType::Q8_1, q8_1),
     ]
 }
 
@@ -154,6 +158,107 @@ unsafe fn q5_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
         let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
         _mm256_or_si256(nibbles(b.add(8)), hi)
     })
+}
+
+/// Q8_1 weights (no min) against Q8_1 activations.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let (pw, px) = (w.as_ptr(), x.as_ptr());
+    for i in 0..n / 32 {
+        let o = i * 36;
+        let d = _mm256_set1_ps(f16(w, o) * f16(x, o));
+        let q = dot_s8(load(pw.add(o + 4)), load(px.add(o + 4)));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc);
+    }
+    hsum(acc)
+}
+
+/// `v >> shift` in each 16-bit lane, then `& mask` per byte: one field of packed levels.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn field(v: __m256i, shift: usize, mask: __m256i) -> __m256i {
+    _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(shift as i32)), mask)
+}
+
+/// Broadcasts two i16 scales over the low and high halves (16 elements each
+/// of a 32-byte level vector, after `maddubs`).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn two_scales(lo: i16, hi: i16) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = 0.0f32;
+    let m3 = _mm256_set1_epi8(3);
+    for i in 0..n / 256 {
+        let (b, bx) = (&w[i * 84..(i + 1) * 84], &x[i * 292..(i + 1) * 292]);
+        let (pb, q8) = (b.as_ptr(), bx.as_ptr().add(4));
+        let bsum = |k: usize| i16::from_le_bytes([bx[260 + 2 * k], bx[261 + 2 * k]]) as i32;
+        let summ: i32 = (0..16).map(|s| (b[s] >> 4) as i32 * bsum(s)).sum();
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            let bits = load(pb.add(16 + 32 * h));
+            for j in 0..4 {
+                let p = _mm256_maddubs_epi16(field(bits, 2 * j, m3), load(q8.add(128 * h + 32 * j)));
+                let s = 8 * h + 2 * j;
+                let sc = two_scales((b[s] & 0xF) as i16, (b[s + 1] & 0xF) as i16);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
+            }
+        }
+        let dy = f32_at(bx, 0);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16(b, 80)), _mm256_cvtepi32_ps(sumi), acc);
+        acc_m += dy * f16(b, 82) * summ as f32;
+    }
+    hsum(acc) - acc_m
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q3_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let (m3, m1, m4s) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1), _mm256_set1_epi8(4));
+    for i in 0..n / 256 {
+        let (b, bx) = (&w[i * 110..(i + 1) * 110], &x[i * 292..(i + 1) * 292]);
+        let (pb, q8) = (b.as_ptr(), bx.as_ptr().add(4));
+        let scales = q3k_scales(&b[96..108]);
+        let hbits = load(pb);
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            let bits = load(pb.add(32 + 32 * h));
+            for j in 0..4 {
+                // u = low | high << 2 in 0..8; the level is u - 4.
+                let hb = _mm256_slli_epi16(field(hbits, 4 * h + j, m1), 2);
+                let u = _mm256_or_si256(field(bits, 2 * j, m3), hb);
+                let y = load(q8.add(128 * h + 32 * j));
+                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(u, y), _mm256_maddubs_epi16(m4s, y));
+                let s = 8 * h + 2 * j;
+                let sc = two_scales(scales[s] as i16, scales[s + 1] as i16);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
+            }
+        }
+        let d = f32_at(bx, 0) * f16(b, 108);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for i in 0..n / 256 {
+        let o = i * 292;
+        let (pw, px) = (w.as_ptr().add(o + 4), x.as_ptr().add(o + 4));
+        let mut sumi = _mm256_setzero_si256();
+        for k in 0..8 {
+            sumi = _mm256_add_epi32(sumi, dot_s8(load(pw.add(32 * k)), load(px.add(32 * k))));
+        }
+        let d = f32_at(w, o) * f32_at(x, o);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum(acc)
 }
 
 /// The 16 bsums of a Q8_K block, pairwise summed into 8 sums of 32.
