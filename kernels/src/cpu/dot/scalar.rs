@@ -37,62 +37,68 @@ pub fn bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
     (0..n).map(|i| half::bf16::from_le_bytes([w[2 * i], w[2 * i + 1]]).to_f32() * act(x, i)).sum()
 }
 
-/// Blocks of 32 against Q8_0 blocks (`d: f16, qs: [i8; 32]`): `level(block, j)`
-/// gives the signed weight level of element j.
+/// Blocks of 32 against Q8_0 blocks (`d: f16, qs: [i8; 32]`): `sumi(block, qs)`
+/// gives the integer dot of one weight block with the activation quants.
 #[inline]
-fn sum_q8_0(n: usize, w: &[u8], wb: usize, x: &[u8], level: impl Fn(&[u8], usize) -> i32) -> f32 {
+fn sum_q8_0(n: usize, w: &[u8], wb: usize, x: &[u8], sumi: impl Fn(&[u8], &[i8]) -> i32) -> f32 {
     let mut sum = 0.0f32;
     for (bw, bx) in w.chunks_exact(wb).zip(x.chunks_exact(34)).take(n / 32) {
-        let sumi: i32 = i8s(&bx[2..34]).enumerate().map(|(j, y)| level(bw, j) * y).sum();
-        sum += sumi as f32 * f16(bw, 0) * f16(bx, 0);
+        let y: &[i8] = bytemuck::cast_slice(&bx[2..34]);
+        sum += sumi(bw, y) as f32 * f16(bw, 0) * f16(bx, 0);
     }
     sum
 }
 
 /// Blocks of 32 with a min against Q8_1 blocks (`d, s = d * sum(qs), qs`).
 #[inline]
-fn sum_q8_1(n: usize, w: &[u8], wb: usize, x: &[u8], level: impl Fn(&[u8], usize) -> i32) -> f32 {
+fn sum_q8_1(n: usize, w: &[u8], wb: usize, x: &[u8], sumi: impl Fn(&[u8], &[i8]) -> i32) -> f32 {
     let mut sum = 0.0f32;
     for (bw, bx) in w.chunks_exact(wb).zip(x.chunks_exact(36)).take(n / 32) {
-        let sumi: i32 = i8s(&bx[4..36]).enumerate().map(|(j, y)| level(bw, j) * y).sum();
-        sum += (f16(bw, 0) * f16(bx, 0)) * sumi as f32 + f16(bw, 2) * f16(bx, 2);
+        let y: &[i8] = bytemuck::cast_slice(&bx[4..36]);
+        sum += (f16(bw, 0) * f16(bx, 0)) * sumi(bw, y) as f32 + f16(bw, 2) * f16(bx, 2);
     }
     sum
 }
 
+/// Integer dot of 16 nibble pairs (low nibble: element j, high: j + 16),
+/// each level minus `offset`, plus the 5th bits of `qh` (0 for 4-bit types).
 #[inline]
-fn nibble(qs: &[u8], j: usize) -> i32 {
-    if j < 16 {
-        (qs[j] & 0xF) as i32
-    } else {
-        (qs[j - 16] >> 4) as i32
+fn nibble_dot(qs: &[u8], qh: u32, offset: i32, y: &[i8]) -> i32 {
+    let (qs, y) = (&qs[..16], &y[..32]);
+    let mut sumi = 0;
+    for j in 0..16 {
+        let h0 = ((qh >> j) & 1) << 4;
+        let h1 = ((qh >> (j + 16)) & 1) << 4;
+        let v0 = ((qs[j] & 0xF) as u32 | h0) as i32 - offset;
+        let v1 = ((qs[j] >> 4) as u32 | h1) as i32 - offset;
+        sumi += v0 * y[j] as i32 + v1 * y[j + 16] as i32;
     }
+    sumi
 }
 
 #[inline]
-fn q5_bit(b: &[u8], at: usize, j: usize) -> i32 {
-    let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-    (((qh >> j) & 1) << 4) as i32
+fn qh_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 pub fn q4_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_0(n, w, 18, x, |b, j| nibble(&b[2..], j) - 8)
+    sum_q8_0(n, w, 18, x, |b, y| nibble_dot(&b[2..], 0, 8, y))
 }
 
 pub fn q4_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_1(n, w, 20, x, |b, j| nibble(&b[4..], j))
+    sum_q8_1(n, w, 20, x, |b, y| nibble_dot(&b[4..], 0, 0, y))
 }
 
 pub fn q5_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_0(n, w, 22, x, |b, j| (nibble(&b[6..], j) | q5_bit(b, 2, j)) - 16)
+    sum_q8_0(n, w, 22, x, |b, y| nibble_dot(&b[6..], qh_at(b, 2), 16, y))
 }
 
 pub fn q5_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_1(n, w, 24, x, |b, j| nibble(&b[8..], j) | q5_bit(b, 4, j))
+    sum_q8_1(n, w, 24, x, |b, y| nibble_dot(&b[8..], qh_at(b, 4), 0, y))
 }
 
 pub fn q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_0(n, w, 34, x, |b, j| b[2 + j] as i8 as i32)
+    sum_q8_0(n, w, 34, x, |b, y| i8s(&b[2..34]).zip(y).map(|(a, &c)| a * c as i32).sum())
 }
 
 /// Q8_1 weights have no min: d * d' * sum.
@@ -107,31 +113,42 @@ pub fn q8_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
 
 /// `block_q8_K` fields: (d, qs, bsums).
 #[inline]
-fn q8k(b: &[u8]) -> (f32, &[u8], impl Fn(usize) -> i32 + '_) {
+fn q8k(b: &[u8]) -> (f32, &[i8], impl Fn(usize) -> i32 + '_) {
     let bsum = move |g: usize| i16::from_le_bytes([b[260 + 2 * g], b[261 + 2 * g]]) as i32;
-    (f32_at(b, 0), &b[4..260], bsum)
-}
-
-/// Sum over `len` elements from `start` of level(e) * q8[e].
-#[inline]
-fn isum(q8: &[u8], start: usize, len: usize, level: impl Fn(usize) -> i32) -> i32 {
-    (start..start + len).map(|e| level(e) * q8[e] as i8 as i32).sum()
+    (f32_at(b, 0), bytemuck::cast_slice(&b[4..260]), bsum)
 }
 
 fn k_blocks<'a>(n: usize, w: &'a [u8], wb: usize, x: &'a [u8]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
     w.chunks_exact(wb).zip(x.chunks_exact(292)).take(n / 256)
 }
 
+/// Integer dots of the 2-bit fields at `shift` of `q` (32 bytes) with `y`,
+/// for the two 16-element halves, each level plus `high(l)`.
+#[inline]
+fn crumb_dots(q: &[u8], shift: usize, y: &[i8], high: impl Fn(usize) -> i32) -> [i32; 2] {
+    let mut s = [0i32; 2];
+    for l in 0..32 {
+        s[l / 16] += (((q[l] >> shift) & 3) as i32 + high(l)) * y[l] as i32;
+    }
+    s
+}
+
 pub fn q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (b, bx) in k_blocks(n, w, 84, x) {
-        let (dy, q8, bsum) = q8k(bx);
+        let (dy, y, bsum) = q8k(bx);
         let (scales, qs) = (&b[0..16], &b[16..80]);
-        let level = |e: usize| ((qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3) as i32;
         let (mut sumi, mut summ) = (0i32, 0i32);
-        for s in 0..16 {
-            sumi += (scales[s] & 0xF) as i32 * isum(q8, 16 * s, 16, level);
-            summ += (scales[s] >> 4) as i32 * bsum(s);
+        for h in 0..2 {
+            for j in 0..4 {
+                let e = 128 * h + 32 * j;
+                let d = crumb_dots(&qs[32 * h..32 * h + 32], 2 * j, &y[e..e + 32], |_| 0);
+                let s = 8 * h + 2 * j;
+                sumi += (scales[s] & 0xF) as i32 * d[0] + (scales[s + 1] & 0xF) as i32 * d[1];
+            }
+        }
+        for (s, sc) in scales.iter().enumerate() {
+            summ += (sc >> 4) as i32 * bsum(s);
         }
         sum += dy * (f16(b, 80) * sumi as f32 - f16(b, 82) * summ as f32);
     }
@@ -141,29 +158,44 @@ pub fn q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 pub fn q3_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (b, bx) in k_blocks(n, w, 110, x) {
-        let (dy, q8, _) = q8k(bx);
+        let (dy, y, _) = q8k(bx);
         let (hmask, qs, scales) = (&b[0..32], &b[32..96], q3k_scales(&b[96..108]));
-        let level = |e: usize| {
-            let (n, j, l) = (e / 128, (e % 128) / 32, e % 32);
-            let low = ((qs[32 * n + l] >> (2 * j)) & 3) as i32;
-            low - if hmask[l] & (1 << (4 * n + j)) != 0 { 0 } else { 4 }
-        };
-        let sumi: i32 = (0..16).map(|s| scales[s] as i32 * isum(q8, 16 * s, 16, level)).sum();
+        let mut sumi = 0i32;
+        for h in 0..2 {
+            for j in 0..4 {
+                let e = 128 * h + 32 * j;
+                let m = 1u8 << (4 * h + j);
+                let high = |l: usize| if hmask[l] & m != 0 { 0 } else { -4 };
+                let d = crumb_dots(&qs[32 * h..32 * h + 32], 2 * j, &y[e..e + 32], high);
+                let s = 8 * h + 2 * j;
+                sumi += scales[s] as i32 * d[0] + scales[s + 1] as i32 * d[1];
+            }
+        }
         sum += f16(b, 108) * dy * sumi as f32;
     }
     sum
 }
 
-/// Q4_K and Q5_K: eight sub-blocks of 32 with 6-bit scales and mins.
-fn qk_asym(n: usize, w: &[u8], wb: usize, x: &[u8], level: impl Fn(&[u8], usize) -> i32) -> f32 {
+/// Q4_K and Q5_K: eight sub-blocks of 32 with 6-bit scales and mins;
+/// `levels(block, j)` gives the 64 levels of chunk j (sub-blocks 2j, 2j+1).
+#[inline]
+fn qk_asym(n: usize, w: &[u8], wb: usize, x: &[u8], levels: impl Fn(&[u8], usize) -> [u8; 64]) -> f32 {
     let mut sum = 0.0f32;
     for (b, bx) in k_blocks(n, w, wb, x) {
-        let (dy, q8, bsum) = q8k(bx);
+        let (dy, y, bsum) = q8k(bx);
         let (mut sumi, mut summ) = (0i32, 0i32);
-        for s in 0..8 {
-            let (sc, m) = scale_min_k4(s, &b[4..16]);
-            sumi += sc as i32 * isum(q8, 32 * s, 32, |e| level(b, e));
-            summ += m as i32 * (bsum(2 * s) + bsum(2 * s + 1));
+        for j in 0..4 {
+            let q = levels(b, j);
+            let y = &y[64 * j..64 * j + 64];
+            let (mut s1, mut s2) = (0i32, 0i32);
+            for l in 0..32 {
+                s1 += q[l] as i32 * y[l] as i32;
+                s2 += q[l + 32] as i32 * y[l + 32] as i32;
+            }
+            let (sc1, m1) = scale_min_k4(2 * j, &b[4..16]);
+            let (sc2, m2) = scale_min_k4(2 * j + 1, &b[4..16]);
+            sumi += sc1 as i32 * s1 + sc2 as i32 * s2;
+            summ += m1 as i32 * (bsum(4 * j) + bsum(4 * j + 1)) + m2 as i32 * (bsum(4 * j + 2) + bsum(4 * j + 3));
         }
         sum += dy * (f16(b, 0) * sumi as f32 - f16(b, 2) * summ as f32);
     }
@@ -171,35 +203,46 @@ fn qk_asym(n: usize, w: &[u8], wb: usize, x: &[u8], level: impl Fn(&[u8], usize)
 }
 
 pub fn q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    qk_asym(n, w, 144, x, |b, e| {
-        let q = b[16 + 32 * (e / 64) + e % 32];
-        (if e % 64 < 32 { q & 0xF } else { q >> 4 }) as i32
+    qk_asym(n, w, 144, x, |b, j| {
+        let q = &b[16 + 32 * j..16 + 32 * j + 32];
+        std::array::from_fn(|e| if e < 32 { q[e] & 0xF } else { q[e - 32] >> 4 })
     })
 }
 
 pub fn q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    qk_asym(n, w, 176, x, |b, e| {
-        let (j, l) = (e / 64, e % 32);
-        let q = b[48 + 32 * j + l];
-        let hi_half = e % 64 >= 32;
-        let low = if hi_half { q >> 4 } else { q & 0xF };
-        let bit = 2 * j + hi_half as usize;
-        (low | (((b[16 + l] >> bit) & 1) << 4)) as i32
+    qk_asym(n, w, 176, x, |b, j| {
+        let (qh, q) = (&b[16..48], &b[48 + 32 * j..48 + 32 * j + 32]);
+        std::array::from_fn(|e| {
+            let (l, hi) = (e % 32, e >= 32);
+            let low = if hi { q[l] >> 4 } else { q[l] & 0xF };
+            low | (((qh[l] >> (2 * j + hi as usize)) & 1) << 4)
+        })
     })
 }
 
 pub fn q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (b, bx) in k_blocks(n, w, 210, x) {
-        let (dy, q8, _) = q8k(bx);
-        let level = |e: usize| {
-            let (h, k, l) = (e / 128, (e % 128) / 32, e % 32);
-            let ql = b[64 * h + 32 * (k & 1) + l];
-            let low = if k < 2 { ql & 0xF } else { ql >> 4 };
-            let high = (b[128 + 32 * h + l] >> (2 * k)) & 3;
-            (low | (high << 4)) as i32 - 32
-        };
-        let sumi: i32 = (0..16).map(|s| b[192 + s] as i8 as i32 * isum(q8, 16 * s, 16, level)).sum();
+        let (dy, y, _) = q8k(bx);
+        let mut sumi = 0i32;
+        for h in 0..2 {
+            let (ql, qh) = (&b[64 * h..64 * h + 64], &b[128 + 32 * h..128 + 32 * h + 32]);
+            let y = &y[128 * h..128 * h + 128];
+            // s[2k + l/16]: sub-block sums of the four 32-element quarters.
+            let mut s = [0i32; 8];
+            for l in 0..32 {
+                let is = l / 16;
+                let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+                let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                s[is] += q1 * y[l] as i32;
+                s[is + 2] += q2 * y[l + 32] as i32;
+                s[is + 4] += q3 * y[l + 64] as i32;
+                s[is + 6] += q4 * y[l + 96] as i32;
+            }
+            sumi += (0..8).map(|k| b[192 + 8 * h + k] as i8 as i32 * s[k]).sum::<i32>();
+        }
         sum += f16(b, 208) * dy * sumi as f32;
     }
     sum
