@@ -1,6 +1,8 @@
 //! GGML quant types: their ids in GGUF, block sizes and bytes per block.
-//! Block layouts, dequantization and reference dot products live in the
-//! submodules; SIMD kernels live in `strata-kernels`.
+//! Block layouts, dequantization and quantizers live in the submodules
+//! ([`legacy`]: the 32-element types, [`k_quants`]: the 256-element ones);
+//! [`dequantize_row`] and [`quantize_row`] are the entry points. Dot
+//! products (scalar and SIMD) live in `strata-kernels` (`cpu::dot`).
 
 use std::fmt;
 

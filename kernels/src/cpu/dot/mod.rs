@@ -5,9 +5,9 @@
 //! and f32 for F32/F16/BF16. [`quantize_activation`] makes it once per
 //! activation row; [`vec_dot`] then dots it with every weight row.
 //!
-//! A portable scalar kernel exists for every type ([`scalar`]); SIMD kernels
-//! (AVX2+FMA+F16C on x86-64) are chosen once at run time and replace it
-//! type by type.
+//! A portable scalar kernel exists for every type ([`scalar`]); AVX2+FMA+F16C
+//! kernels (x86-64, every type) are chosen once at run time when the CPU has
+//! them. Other targets (aarch64: no NEON kernels yet) run the scalar ones.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
