@@ -177,21 +177,16 @@ pub fn q3_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 }
 
 /// Q4_K and Q5_K: eight sub-blocks of 32 with 6-bit scales and mins;
-/// `levels(block, j)` gives the 64 levels of chunk j (sub-blocks 2j, 2j+1).
+/// `dots(block, j, y)` gives the integer dots of sub-blocks 2j and 2j+1
+/// with their 64 activation quants `y`.
 #[inline]
-fn qk_asym(n: usize, w: &[u8], wb: usize, x: &[u8], levels: impl Fn(&[u8], usize) -> [u8; 64]) -> f32 {
+fn qk_asym(n: usize, w: &[u8], wb: usize, x: &[u8], dots: impl Fn(&[u8], usize, &[i8]) -> (i32, i32)) -> f32 {
     let mut sum = 0.0f32;
     for (b, bx) in k_blocks(n, w, wb, x) {
         let (dy, y, bsum) = q8k(bx);
         let (mut sumi, mut summ) = (0i32, 0i32);
         for j in 0..4 {
-            let q = levels(b, j);
-            let y = &y[64 * j..64 * j + 64];
-            let (mut s1, mut s2) = (0i32, 0i32);
-            for l in 0..32 {
-                s1 += q[l] as i32 * y[l] as i32;
-                s2 += q[l + 32] as i32 * y[l + 32] as i32;
-            }
+            let (s1, s2) = dots(b, j, &y[64 * j..64 * j + 64]);
             let (sc1, m1) = scale_min_k4(2 * j, &b[4..16]);
             let (sc2, m2) = scale_min_k4(2 * j + 1, &b[4..16]);
             sumi += sc1 as i32 * s1 + sc2 as i32 * s2;
@@ -203,20 +198,28 @@ fn qk_asym(n: usize, w: &[u8], wb: usize, x: &[u8], levels: impl Fn(&[u8], usize
 }
 
 pub fn q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    qk_asym(n, w, 144, x, |b, j| {
-        let q = &b[16 + 32 * j..16 + 32 * j + 32];
-        std::array::from_fn(|e| if e < 32 { q[e] & 0xF } else { q[e - 32] >> 4 })
+    qk_asym(n, w, 144, x, |b, j, y| {
+        let (q, y) = (&b[16 + 32 * j..16 + 32 * j + 32], &y[..64]);
+        let (mut s1, mut s2) = (0i32, 0i32);
+        for l in 0..32 {
+            s1 += (q[l] & 0xF) as i32 * y[l] as i32;
+            s2 += (q[l] >> 4) as i32 * y[l + 32] as i32;
+        }
+        (s1, s2)
     })
 }
 
 pub fn q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    qk_asym(n, w, 176, x, |b, j| {
-        let (qh, q) = (&b[16..48], &b[48 + 32 * j..48 + 32 * j + 32]);
-        std::array::from_fn(|e| {
-            let (l, hi) = (e % 32, e >= 32);
-            let low = if hi { q[l] >> 4 } else { q[l] & 0xF };
-            low | (((qh[l] >> (2 * j + hi as usize)) & 1) << 4)
-        })
+    qk_asym(n, w, 176, x, |b, j, y| {
+        let (qh, q, y) = (&b[16..48], &b[48 + 32 * j..48 + 32 * j + 32], &y[..64]);
+        let (mut s1, mut s2) = (0i32, 0i32);
+        for l in 0..32 {
+            let h1 = ((qh[l] >> (2 * j)) & 1) << 4;
+            let h2 = ((qh[l] >> (2 * j + 1)) & 1) << 4;
+            s1 += ((q[l] & 0xF) | h1) as i32 * y[l] as i32;
+            s2 += ((q[l] >> 4) | h2) as i32 * y[l + 32] as i32;
+        }
+        (s1, s2)
     })
 }
 
