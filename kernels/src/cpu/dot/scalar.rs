@@ -231,18 +231,21 @@ pub fn q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
         for h in 0..2 {
             let (ql, qh) = (&b[64 * h..64 * h + 64], &b[128 + 32 * h..128 + 32 * h + 32]);
             let y = &y[128 * h..128 * h + 128];
-            // s[2k + l/16]: sub-block sums of the four 32-element quarters.
+            // s[2k + half]: sums of the 16-element sub-blocks of quarter k.
             let mut s = [0i32; 8];
-            for l in 0..32 {
-                let is = l / 16;
-                let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
-                let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-                s[is] += q1 * y[l] as i32;
-                s[is + 2] += q2 * y[l + 32] as i32;
-                s[is + 4] += q3 * y[l + 64] as i32;
-                s[is + 6] += q4 * y[l + 96] as i32;
+            for half in 0..2 {
+                let (mut s1, mut s2, mut s3, mut s4) = (0i32, 0i32, 0i32, 0i32);
+                for l in 16 * half..16 * half + 16 {
+                    let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+                    let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                    s1 += q1 * y[l] as i32;
+                    s2 += q2 * y[l + 32] as i32;
+                    s3 += q3 * y[l + 64] as i32;
+                    s4 += q4 * y[l + 96] as i32;
+                }
+                (s[half], s[half + 2], s[half + 4], s[half + 6]) = (s1, s2, s3, s4);
             }
             sumi += (0..8).map(|k| b[192 + 8 * h + k] as i8 as i32 * s[k]).sum::<i32>();
         }
