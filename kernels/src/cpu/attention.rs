@@ -50,6 +50,11 @@ impl CpuKvCache {
         }
     }
 
+    /// Online-softmax attention with ggml's CPU flash-attention numerics:
+    /// Q rounded to f16, Q.K in f32 over f16 values, and V accumulated in
+    /// f16. Matching them keeps us on llama.cpp's numbers: Q8 activation
+    /// quantization downstream turns any 1e-3 difference into a different
+    /// rounding of many values.
     pub fn attend(&self, layer: usize, q: &CpuAct, batch: &AttentionBatch<'_>) -> CpuAct {
         let g = &self.geo;
         let (hd, hdv) = (g.head_dim_k, g.head_dim_v);
@@ -64,26 +69,27 @@ impl CpuKvCache {
             let seq = batch.token_seq[t] as usize;
             let pos = batch.positions[t] as usize;
             let lo = batch.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let qh = &q.row(t)[h * hd..(h + 1) * hd];
-            let mut scores: Vec<f32> = (lo..=pos)
-                .map(|p| {
-                    let s = Self::slot(batch, seq, p);
-                    let kh = &kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd];
-                    qh.iter().zip(kh).map(|(a, b)| a * b.to_f32()).sum::<f32>() * batch.scale
-                })
-                .collect();
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            scores.iter_mut().for_each(|s| {
-                *s = (*s - max).exp();
-                sum += *s;
-            });
-            for (p, w) in (lo..=pos).zip(&scores) {
+            let qh: Vec<f32> = q.row(t)[h * hd..(h + 1) * hd].iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+            let mut acc = vec![f16::ZERO; hdv];
+            let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+            for p in lo..=pos {
                 let s = Self::slot(batch, seq, p);
+                let kh = &kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd];
+                let score = qh.iter().zip(kh).map(|(a, b)| a * b.to_f32()).sum::<f32>() * batch.scale;
+                let (mut ms, mut vs) = (1.0f32, 1.0f32);
+                if score > m {
+                    ms = (m - score).exp();
+                    m = score;
+                    acc.iter_mut().for_each(|a| *a = f16::from_f32(a.to_f32() * ms));
+                } else {
+                    vs = (score - m).exp();
+                }
                 let vh = &vpool[s * vd + kvh * hdv..s * vd + (kvh + 1) * hdv];
-                let w = w / sum;
-                o.iter_mut().zip(vh).for_each(|(o, v)| *o += w * v.to_f32());
+                acc.iter_mut().zip(vh).for_each(|(a, v)| *a = f16::from_f32(v.to_f32().mul_add(vs, a.to_f32())));
+                sum = sum * ms + vs;
             }
+            let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+            o.iter_mut().zip(&acc).for_each(|(o, a)| *o = a.to_f32() * inv);
         });
         CpuAct { data: out, rows: q.rows, cols: n_out }
     }

@@ -1,5 +1,6 @@
 //! Element-wise and per-row ops: RMSNorm, RoPE, gated activations.
 
+use half::f16;
 use rayon::prelude::*;
 use strata_model::arch::{Activation, RopeStyle};
 
@@ -66,10 +67,23 @@ pub fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
 }
 
+/// GELU as ggml's CPU backend computes it: through a table indexed by the
+/// f16 input, holding f16 outputs. Matching it keeps us on llama.cpp's
+/// numbers; the rounding is far below the model's own quantization noise.
+pub fn gelu_tanh_f16(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        f16::from_f32(gelu_tanh(f16::from_f32(x).to_f32())).to_f32()
+    }
+}
+
 pub fn gated(gate: &CpuAct, up: &CpuAct, act: Activation) -> CpuAct {
     let f = match act {
         Activation::Silu => silu,
-        Activation::GeluTanh => gelu_tanh,
+        Activation::GeluTanh => gelu_tanh_f16,
     };
     let data = gate.data.par_iter().zip(&up.data).map(|(&g, &u)| f(g) * u).collect();
     CpuAct { data, rows: gate.rows, cols: gate.cols }
