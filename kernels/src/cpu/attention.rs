@@ -1,6 +1,6 @@
 //! Attention over the paged KV cache, f16 K/V.
 
-use half::f16;
+use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 use strata_model::profile::KvType;
 
@@ -44,17 +44,18 @@ impl CpuKvCache {
         for t in 0..k.rows {
             let slot = Self::slot(batch, batch.token_seq[t] as usize, batch.positions[t] as usize);
             let kd_dst = &mut self.k[layer][slot * kd..(slot + 1) * kd];
-            kd_dst.iter_mut().zip(k.row(t)).for_each(|(d, s)| *d = f16::from_f32(*s));
+            kd_dst.convert_from_f32_slice(k.row(t));
             let vd_dst = &mut self.v[layer][slot * vd..(slot + 1) * vd];
-            vd_dst.iter_mut().zip(v.row(t)).for_each(|(d, s)| *d = f16::from_f32(*s));
+            vd_dst.convert_from_f32_slice(v.row(t));
         }
     }
 
     /// Online-softmax attention with ggml's CPU flash-attention numerics:
-    /// Q rounded to f16, Q.K in f32 over f16 values, and V accumulated in
-    /// f16. Matching them keeps us on llama.cpp's numbers: Q8 activation
-    /// quantization downstream turns any 1e-3 difference into a different
-    /// rounding of many values.
+    /// Q rounded to f16, Q.K in f32 over f16 values (summed in the order of
+    /// ggml's `ggml_vec_dot_f16`), and V accumulated in f16. Matching them
+    /// keeps us on llama.cpp's numbers: Q8 activation quantization
+    /// downstream turns any 1e-3 difference into a different rounding of
+    /// many values.
     pub fn attend(&self, layer: usize, q: &CpuAct, batch: &AttentionBatch<'_>) -> CpuAct {
         let g = &self.geo;
         let (hd, hdv) = (g.head_dim_k, g.head_dim_v);
@@ -63,35 +64,166 @@ impl CpuKvCache {
         let (kpool, vpool) = (&self.k[layer], &self.v[layer]);
         let n_out = batch.n_heads * hdv;
         let mut out = vec![0f32; q.rows * n_out];
-        out.par_chunks_mut(hdv).enumerate().for_each(|(i, o)| {
-            let (t, h) = (i / batch.n_heads, i % batch.n_heads);
-            let kvh = h / group;
-            let seq = batch.token_seq[t] as usize;
-            let pos = batch.positions[t] as usize;
-            let lo = batch.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let qh: Vec<f32> = q.row(t)[h * hd..(h + 1) * hd].iter().map(|&v| f16::from_f32(v).to_f32()).collect();
-            let mut acc = vec![f16::ZERO; hdv];
-            let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-            for p in lo..=pos {
-                let s = Self::slot(batch, seq, p);
-                let kh = &kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd];
-                let score = qh.iter().zip(kh).map(|(a, b)| a * b.to_f32()).sum::<f32>() * batch.scale;
-                let (mut ms, mut vs) = (1.0f32, 1.0f32);
-                if score > m {
-                    ms = (m - score).exp();
-                    m = score;
-                    acc.iter_mut().for_each(|a| *a = f16::from_f32(a.to_f32() * ms));
-                } else {
-                    vs = (score - m).exp();
+        let k = head_kernels();
+        out.par_chunks_mut(hdv).enumerate().for_each_init(
+            || (vec![f16::ZERO; hd], vec![f16::ZERO; hdv]),
+            |(qh, acc), (i, o)| {
+                let (t, h) = (i / batch.n_heads, i % batch.n_heads);
+                let kvh = h / group;
+                let seq = batch.token_seq[t] as usize;
+                let pos = batch.positions[t] as usize;
+                let lo = batch.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                qh.convert_from_f32_slice(&q.row(t)[h * hd..(h + 1) * hd]);
+                acc.fill(f16::ZERO);
+                let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+                for p in lo..=pos {
+                    let s = Self::slot(batch, seq, p);
+                    let kh = &kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd];
+                    let score = (k.dot)(qh, kh) * batch.scale;
+                    let (mut ms, mut vs) = (1.0f32, 1.0f32);
+                    if score > m {
+                        ms = (m - score).exp();
+                        m = score;
+                        (k.scale)(acc, ms);
+                    } else {
+                        vs = (score - m).exp();
+                    }
+                    let vh = &vpool[s * vd + kvh * hdv..s * vd + (kvh + 1) * hdv];
+                    (k.mad)(acc, vh, vs);
+                    sum = sum * ms + vs;
                 }
-                let vh = &vpool[s * vd + kvh * hdv..s * vd + (kvh + 1) * hdv];
-                acc.iter_mut().zip(vh).for_each(|(a, v)| *a = f16::from_f32(v.to_f32().mul_add(vs, a.to_f32())));
-                sum = sum * ms + vs;
-            }
-            let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-            o.iter_mut().zip(&acc).for_each(|(o, a)| *o = a.to_f32() * inv);
-        });
+                let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+                acc.convert_to_f32_slice(o);
+                o.iter_mut().for_each(|o| *o *= inv);
+            },
+        );
         CpuAct { data: out, rows: q.rows, cols: n_out }
+    }
+}
+
+/// The per-head vector kernels of [`CpuKvCache::attend`]; SIMD ones give
+/// the same bits as the portable ones (the dot sums in ggml's order on both).
+struct HeadKernels {
+    /// f16 . f16 in f32, summed like ggml's `ggml_vec_dot_f16`.
+    dot: fn(&[f16], &[f16]) -> f32,
+    /// acc = f16(acc * s)
+    scale: fn(&mut [f16], f32),
+    /// acc = f16(fma(v, s, acc))
+    mad: fn(&mut [f16], &[f16], f32),
+}
+
+fn head_kernels() -> HeadKernels {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+        // SAFETY (of the calls through these): the features were just detected.
+        return HeadKernels {
+            dot: |a, b| unsafe { simd::dot_f16(a, b) },
+            scale: |a, s| unsafe { simd::scale_f16(a, s) },
+            mad: |a, v, s| unsafe { simd::mad_f16(a, v, s) },
+        };
+    }
+    HeadKernels { dot: portable::dot_f16, scale: portable::scale_f16, mad: portable::mad_f16 }
+}
+
+/// ggml's `ggml_vec_dot_f16` (AVX layout): four 8-lane accumulators over
+/// steps of 32, reduced pairwise, then the leftover elements in f64.
+mod portable {
+    use half::f16;
+
+    pub fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
+        let n = a.len().min(b.len());
+        let np = n & !31;
+        let mut acc = [[0f32; 8]; 4];
+        for i in (0..np).step_by(32) {
+            for (j, lanes) in acc.iter_mut().enumerate() {
+                for (l, s) in lanes.iter_mut().enumerate() {
+                    let k = i + 8 * j + l;
+                    *s = a[k].to_f32().mul_add(b[k].to_f32(), *s);
+                }
+            }
+        }
+        (f64::from(reduce(acc)) + tail(a, b, np, n)) as f32
+    }
+
+    /// GGML_F32x8_REDUCE: x0+x2, x1+x3, then their sum, then hadd twice.
+    pub fn reduce(acc: [[f32; 8]; 4]) -> f32 {
+        let x: [f32; 8] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+        let t: [f32; 4] = std::array::from_fn(|l| x[l] + x[l + 4]);
+        (t[0] + t[1]) + (t[2] + t[3])
+    }
+
+    pub fn tail(a: &[f16], b: &[f16], from: usize, n: usize) -> f64 {
+        (from..n).map(|i| f64::from(a[i].to_f32() * b[i].to_f32())).sum::<f64>()
+    }
+
+    pub fn scale_f16(acc: &mut [f16], s: f32) {
+        acc.iter_mut().for_each(|a| *a = f16::from_f32(a.to_f32() * s));
+    }
+
+    pub fn mad_f16(acc: &mut [f16], v: &[f16], s: f32) {
+        acc.iter_mut().zip(v).for_each(|(a, v)| *a = f16::from_f32(v.to_f32().mul_add(s, a.to_f32())));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load8(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn store8(p: *mut f16, v: __m256) {
+        _mm_storeu_si128(p as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
+        let n = a.len().min(b.len());
+        let np = n & !31;
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut s = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i < np {
+            for (j, sj) in s.iter_mut().enumerate() {
+                *sj = _mm256_fmadd_ps(load8(pa.add(i + 8 * j)), load8(pb.add(i + 8 * j)), *sj);
+            }
+            i += 32;
+        }
+        let x = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
+        let t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+        let t1 = _mm_hadd_ps(t0, t0);
+        let r = _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+        (f64::from(r) + super::portable::tail(a, b, np, n)) as f32
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scale_f16(acc: &mut [f16], s: f32) {
+        let n8 = acc.len() & !7;
+        let p = acc.as_mut_ptr();
+        let vs = _mm256_set1_ps(s);
+        for i in (0..n8).step_by(8) {
+            store8(p.add(i), _mm256_mul_ps(load8(p.add(i)), vs));
+        }
+        super::portable::scale_f16(&mut acc[n8..], s);
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mad_f16(acc: &mut [f16], v: &[f16], s: f32) {
+        let n = acc.len().min(v.len());
+        let n8 = n & !7;
+        let (p, pv) = (acc.as_mut_ptr(), v.as_ptr());
+        let vs = _mm256_set1_ps(s);
+        for i in (0..n8).step_by(8) {
+            store8(p.add(i), _mm256_fmadd_ps(load8(pv.add(i)), vs, load8(p.add(i))));
+        }
+        super::portable::mad_f16(&mut acc[n8..n], &v[n8..n], s);
     }
 }
 
@@ -104,4 +236,40 @@ fn try_zeroed(len: usize, pool_bytes: u64) -> Result<Vec<f16>, KernelError> {
     })?;
     v.resize(len, f16::ZERO);
     Ok(v)
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use half::f16;
+
+    use super::{portable, simd};
+
+    /// The SIMD head kernels give the portable kernels' bits (seeded inputs).
+    #[test]
+    fn simd_head_kernels_match_portable_bits() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")) {
+            return;
+        }
+        let mut state = 0x5EED_2026u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0
+        };
+        for n in [8, 32, 40, 64, 72, 128, 256] {
+            let a: Vec<f16> = (0..n).map(|_| f16::from_f32(next())).collect();
+            let b: Vec<f16> = (0..n).map(|_| f16::from_f32(next())).collect();
+            let s = next();
+            // SAFETY: features detected above.
+            unsafe {
+                assert_eq!(portable::dot_f16(&a, &b).to_bits(), simd::dot_f16(&a, &b).to_bits(), "dot n={n}");
+                let (mut x, mut y) = (a.clone(), a.clone());
+                portable::scale_f16(&mut x, s);
+                simd::scale_f16(&mut y, s);
+                assert_eq!(x, y, "scale n={n}");
+                portable::mad_f16(&mut x, &b, s);
+                simd::mad_f16(&mut y, &b, s);
+                assert_eq!(x, y, "mad n={n}");
+            }
+        }
+    }
 }

@@ -11,7 +11,7 @@ use strata_model::quant::k_quants::{q3k_scales, scale_min_k4};
 use strata_model::GgmlType;
 
 use super::scalar::f32_at;
-use super::DotFn;
+use super::{DotFn, DotFnX4, TOKENS};
 
 pub fn detected() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
@@ -35,6 +35,23 @@ pub fn kernels() -> Vec<(GgmlType, DotFn)> {
         (GgmlType::Q3K, q3_k),
         (GgmlType::Q8K, q8_k),
         (GgmlType::Q8_1, q8_1),
+    ]
+}
+
+/// The types with a kernel for one weight row against [`TOKENS`] activation
+/// rows at once. Each token's result goes through exactly the operations of
+/// the one-row kernel, so the results are the same bits; only the weight
+/// loads and unpacking are shared.
+pub fn kernels_x4() -> Vec<(GgmlType, DotFnX4)> {
+    vec![
+        (GgmlType::Q8_0, q8_0_x4 as DotFnX4),
+        (GgmlType::Q4_0, q4_0_x4),
+        (GgmlType::Q5_0, q5_0_x4),
+        (GgmlType::Q4_1, q4_1_x4),
+        (GgmlType::Q5_1, q5_1_x4),
+        (GgmlType::Q4K, q4_k_x4),
+        (GgmlType::Q5K, q5_k_x4),
+        (GgmlType::Q6K, q6_k_x4),
     ]
 }
 
@@ -420,4 +437,185 @@ unsafe fn bf16_row(n: usize, w: &[u8], x: &[u8]) -> f32 {
 /// The elements of a dense row past its last group of 8.
 fn tail(from: usize, n: usize, x: &[u8], wv: impl Fn(usize) -> f32) -> f32 {
     (from..n).map(|i| wv(i) * f32_at(x, 4 * i)).sum()
+}
+
+// ---- One weight row against TOKENS activation rows (same bits per token). ----
+
+const T: usize = TOKENS;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum_q8_0_x4(n: usize, w: &[u8], wb: usize, x: [&[u8]; T], level: impl Fn(*const u8) -> __m256i) -> [f32; T] {
+    let mut acc = [_mm256_setzero_ps(); T];
+    let pw = w.as_ptr();
+    for i in 0..n / 32 {
+        let bw = pw.add(i * wb);
+        let dw = f16x8(w, i * wb);
+        let lw = level(bw);
+        for t in 0..T {
+            let d = _mm256_mul_ps(dw, f16x8(x[t], i * 34));
+            let q = dot_s8(lw, load(x[t].as_ptr().add(i * 34 + 2)));
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc[t]);
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum_q8_1_x4(n: usize, w: &[u8], wb: usize, x: [&[u8]; T], level: impl Fn(*const u8) -> __m256i) -> [f32; T] {
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut mins = [_mm256_setzero_ps(); T];
+    let pw = w.as_ptr();
+    for i in 0..n / 32 {
+        let (ow, ox) = (i * wb, i * 36);
+        let (dw, mw) = (f16x8(w, ow), f16x8(w, ow + 2));
+        let lw = level(pw.add(ow));
+        for t in 0..T {
+            mins[t] = _mm256_fmadd_ps(mw, f16x8(x[t], ox + 2), mins[t]);
+            let d = _mm256_mul_ps(dw, f16x8(x[t], ox));
+            let q = dot_us8(lw, load(x[t].as_ptr().add(ox + 4)));
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc[t]);
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]) + _mm256_cvtss_f32(mins[t]))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+    sum_q8_0_x4(n, w, 34, x, |b| load(b.add(2)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+    sum_q8_0_x4(n, w, 18, x, |b| _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_0_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+    sum_q8_0_x4(n, w, 22, x, |b| {
+        let qh = u32::from_le_bytes(std::ptr::read_unaligned(b.add(2) as *const [u8; 4]));
+        let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
+        _mm256_or_si256(nibbles(b.add(6)), hi)
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+    sum_q8_1_x4(n, w, 20, x, |b| nibbles(b.add(4)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_1_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+    sum_q8_1_x4(n, w, 24, x, |b| {
+        let qh = u32::from_le_bytes(std::ptr::read_unaligned(b.add(4) as *const [u8; 4]));
+        let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
+        _mm256_or_si256(nibbles(b.add(8)), hi)
+    })
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn qk_asym_x4(
+    n: usize,
+    w: &[u8],
+    wb: usize,
+    x: [&[u8]; T],
+    levels: impl Fn(*const u8, usize) -> (__m256i, __m256i),
+) -> [f32; T] {
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut acc_m = [0.0f32; T];
+    for i in 0..n / 256 {
+        let b = &w[i * wb..(i + 1) * wb];
+        let bx: [&[u8]; T] = std::array::from_fn(|t| &x[t][i * 292..(i + 1) * 292]);
+        let sums: [[i32; 8]; T] = std::array::from_fn(|t| bsums32(bx[t]));
+        let mut summ = [0i32; T];
+        let mut sumi = [_mm256_setzero_si256(); T];
+        for j in 0..4 {
+            let (sc1, m1) = scale_min_k4(2 * j, &b[4..16]);
+            let (sc2, m2) = scale_min_k4(2 * j + 1, &b[4..16]);
+            let (ql, qh) = levels(b.as_ptr(), j);
+            let (s1, s2) = (_mm256_set1_epi16(sc1 as i16), _mm256_set1_epi16(sc2 as i16));
+            for t in 0..T {
+                summ[t] += m1 as i32 * sums[t][2 * j] + m2 as i32 * sums[t][2 * j + 1];
+                let q8 = bx[t].as_ptr().add(4);
+                let pl = _mm256_madd_epi16(s1, _mm256_maddubs_epi16(ql, load(q8.add(64 * j))));
+                let ph = _mm256_madd_epi16(s2, _mm256_maddubs_epi16(qh, load(q8.add(64 * j + 32))));
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(pl, ph));
+            }
+        }
+        let (dw, mw) = (f16(b, 0), f16(b, 2));
+        for t in 0..T {
+            let dy = f32_at(bx[t], 0);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dy * dw), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            acc_m[t] += dy * mw * summ[t] as f32;
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]) - acc_m[t])
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+    qk_asym_x4(n, w, 144, x, |b, j| {
+        let bits = load(b.add(16 + 32 * j));
+        let m4 = _mm256_set1_epi8(0x0F);
+        (_mm256_and_si256(bits, m4), _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4))
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+    qk_asym_x4(n, w, 176, x, |b, j| {
+        let bits = load(b.add(48 + 32 * j));
+        let hbits = load(b.add(16));
+        let (m4, m1) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
+        let h = |bit: i32| {
+            let v = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(bit)), m1);
+            _mm256_slli_epi16(v, 4)
+        };
+        let lo = _mm256_or_si256(_mm256_and_si256(bits, m4), h(2 * j as i32));
+        let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h(2 * j as i32 + 1));
+        (lo, hi)
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+    let mut acc = [_mm256_setzero_ps(); T];
+    let (m4, m2, m32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+    for i in 0..n / 256 {
+        let b = &w[i * 210..(i + 1) * 210];
+        let pb = b.as_ptr();
+        let mut sumi = [_mm256_setzero_si256(); T];
+        for h in 0..2 {
+            let ql0 = load(pb.add(64 * h));
+            let ql1 = load(pb.add(64 * h + 32));
+            let qh = load(pb.add(128 + 32 * h));
+            let high = |k: i32| {
+                let v = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k)), m2);
+                _mm256_slli_epi16(v, 4)
+            };
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), high(0)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), high(1)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), high(2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high(3)),
+            ];
+            for (k, qk) in q.iter().enumerate() {
+                let s = 192 + 8 * h + 2 * k;
+                let sc = _mm256_set_m128i(_mm_set1_epi16(b[s + 1] as i8 as i16), _mm_set1_epi16(b[s] as i8 as i16));
+                for t in 0..T {
+                    let y = load(x[t].as_ptr().add(i * 292 + 4 + 128 * h + 32 * k));
+                    let p = _mm256_sub_epi16(_mm256_maddubs_epi16(*qk, y), _mm256_maddubs_epi16(m32, y));
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(sc, p));
+                }
+            }
+        }
+        let dw = f16(b, 208);
+        for t in 0..T {
+            let d = f32_at(x[t], i * 292) * dw;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]))
 }

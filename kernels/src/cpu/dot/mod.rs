@@ -74,6 +74,29 @@ pub fn quantize_activation(weight: GgmlType, x: &[f32], out: &mut Vec<u8>) {
     }
 }
 
+/// Bytes of one activation row of `n` elements for dot products with rows of `weight`.
+pub fn activation_row_bytes(weight: GgmlType, n: usize) -> usize {
+    activation_type(weight).ggml_type().row_bytes(n as u64).map_or(0, |b| b as usize)
+}
+
+/// [`quantize_activation`] into a slice of [`activation_row_bytes`] bytes
+/// (the same bytes), so callers can keep one buffer for many rows.
+///
+/// # Panics
+/// As [`quantize_activation`], or when `out` has the wrong length.
+pub fn quantize_activation_into(weight: GgmlType, x: &[f32], out: &mut [u8]) {
+    assert!(x.len() % weight.block_elems() == 0, "{weight}: activation row of {} elements is not whole blocks", x.len());
+    assert_eq!(out.len(), activation_row_bytes(weight, x.len()), "{weight}: activation buffer length");
+    let act = activation_type(weight).ggml_type();
+    if act == GgmlType::F32 {
+        out.chunks_exact_mut(4).zip(x).for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes()));
+        return;
+    }
+    if let Err(e) = quantize_row(act, x, out) {
+        panic!("{weight}: quantizing activations: {e}");
+    }
+}
+
 /// Dot product of one weight row (raw GGUF bytes, `n` elements) with an activation row from `quantize_activation`.
 ///
 /// # Panics
@@ -86,6 +109,28 @@ pub fn vec_dot(weight: GgmlType, n: usize, w_row: &[u8], x: &[u8]) -> f32 {
     // SAFETY: the table holds a SIMD kernel only when its CPU features were
     // detected, and the lengths were checked above.
     unsafe { f(n, w_row, x) }
+}
+
+/// Activation rows that [`vec_dot_x4`] dots with one weight row at once.
+pub const TOKENS: usize = 4;
+
+/// One weight row against [`TOKENS`] activation rows: the same bits as
+/// `TOKENS` calls of [`vec_dot`], with the weight row loaded and unpacked
+/// once. `None` when this type has no such kernel on this CPU (then call
+/// [`vec_dot`] per row).
+///
+/// # Panics
+/// As [`vec_dot`], on mismatched lengths.
+pub fn vec_dot_x4(weight: GgmlType, n: usize, w_row: &[u8], x: [&[u8]; TOKENS]) -> Option<[f32; TOKENS]> {
+    let f = kernels().table_x4[index(weight)]?;
+    x.iter().for_each(|x| check_lengths(weight, n, w_row, x));
+    // SAFETY: as in `vec_dot`.
+    Some(unsafe { f(n, w_row, x) })
+}
+
+/// Whether [`vec_dot_x4`] has a kernel for `weight` on this CPU.
+pub fn has_x4(weight: GgmlType) -> bool {
+    kernels().table_x4[index(weight)].is_some()
 }
 
 /// The scalar kernel, for tests and comparisons.
@@ -113,10 +158,12 @@ fn check_lengths(weight: GgmlType, n: usize, w_row: &[u8], x: &[u8]) {
 }
 
 pub(crate) type DotFn = unsafe fn(usize, &[u8], &[u8]) -> f32;
+pub(crate) type DotFnX4 = unsafe fn(usize, &[u8], [&[u8]; TOKENS]) -> [f32; TOKENS];
 
 struct Kernels {
     name: &'static str,
     table: [DotFn; 15],
+    table_x4: [Option<DotFnX4>; 15],
     simd: [bool; 15],
 }
 
@@ -151,13 +198,19 @@ fn scalar_as_unsafe(t: GgmlType) -> DotFn {
 fn kernels() -> &'static Kernels {
     static KERNELS: OnceLock<Kernels> = OnceLock::new();
     KERNELS.get_or_init(|| {
-        let mut k = Kernels { name: "scalar", table: GgmlType::ALL.map(scalar_as_unsafe), simd: [false; 15] };
+        let mut k = Kernels { name: "scalar", table: GgmlType::ALL.map(scalar_as_unsafe),
+            table_x4: [None; 15],
+            simd: [false; 15],
+        };
         #[cfg(target_arch = "x86_64")]
         if avx2::detected() {
             k.name = "avx2";
             for (t, f) in avx2::kernels() {
                 k.table[index(t)] = f;
                 k.simd[index(t)] = true;
+            }
+            for (t, f) in avx2::kernels_x4() {
+                k.table_x4[index(t)] = Some(f);
             }
         }
         k

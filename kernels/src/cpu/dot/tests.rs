@@ -151,3 +151,30 @@ fn avx2_covers_every_type() {
 fn wrong_lengths_panic_with_a_message() {
     vec_dot(GgmlType::Q4_0, 64, &[0u8; 18], &[0u8; 68]);
 }
+
+#[test]
+fn x4_kernels_give_vec_dot_bits() {
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 4);
+    for t in GgmlType::ALL {
+        if !has_x4(t) {
+            continue;
+        }
+        for n in lengths(t) {
+            for random_bytes in [false, true] {
+                let w = weight_row(&mut rng, t, n, random_bytes);
+                let xq: Vec<Vec<u8>> = (0..TOKENS)
+                    .map(|_| {
+                        let mut b = Vec::new();
+                        quantize_activation(t, &f32_row(&mut rng, n), &mut b);
+                        b
+                    })
+                    .collect();
+                let got = vec_dot_x4(t, n, &w, std::array::from_fn(|k| &xq[k][..])).unwrap();
+                for (k, x) in xq.iter().enumerate() {
+                    let one = vec_dot(t, n, &w, x);
+                    assert_eq!(got[k].to_bits(), one.to_bits(), "{t} n={n} token {k} random_bytes={random_bytes} seed={:#x}", SEED ^ 4);
+                }
+            }
+        }
+    }
+}
