@@ -8,6 +8,10 @@ use super::CpuAct;
 use crate::backend::{AttentionBatch, KernelError};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 
+/// Attention up to this many multiply-adds runs on the calling thread (a
+/// short decode step: less work than handing it to the pool).
+const SERIAL_MAX_MACS: usize = 1 << 16;
+
 /// K and V pools of every layer of a stage: `[layer][block][slot][kv_dim]`.
 pub struct CpuKvCache {
     geo: KvGeometry,
@@ -65,38 +69,44 @@ impl CpuKvCache {
         let n_out = batch.n_heads * hdv;
         let mut out = vec![0f32; q.rows * n_out];
         let k = head_kernels();
-        out.par_chunks_mut(hdv).enumerate().for_each_init(
-            || (vec![f16::ZERO; hd], vec![f16::ZERO; hdv]),
-            |(qh, acc), (i, o)| {
-                let (t, h) = (i / batch.n_heads, i % batch.n_heads);
-                let kvh = h / group;
-                let seq = batch.token_seq[t] as usize;
-                let pos = batch.positions[t] as usize;
-                let lo = batch.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                qh.convert_from_f32_slice(&q.row(t)[h * hd..(h + 1) * hd]);
-                acc.fill(f16::ZERO);
-                let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-                for p in lo..=pos {
-                    let s = Self::slot(batch, seq, p);
-                    let kh = &kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd];
-                    let score = (k.dot)(qh, kh) * batch.scale;
-                    let (mut ms, mut vs) = (1.0f32, 1.0f32);
-                    if score > m {
-                        ms = (m - score).exp();
-                        m = score;
-                        (k.scale)(acc, ms);
-                    } else {
-                        vs = (score - m).exp();
-                    }
-                    let vh = &vpool[s * vd + kvh * hdv..s * vd + (kvh + 1) * hdv];
-                    (k.mad)(acc, vh, vs);
-                    sum = sum * ms + vs;
+        let head = |(qh, acc): &mut (Vec<f16>, Vec<f16>), (i, o): (usize, &mut [f32])| {
+            let (t, h) = (i / batch.n_heads, i % batch.n_heads);
+            let kvh = h / group;
+            let seq = batch.token_seq[t] as usize;
+            let pos = batch.positions[t] as usize;
+            let lo = batch.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            qh.convert_from_f32_slice(&q.row(t)[h * hd..(h + 1) * hd]);
+            acc.fill(f16::ZERO);
+            let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+            for p in lo..=pos {
+                let s = Self::slot(batch, seq, p);
+                let kh = &kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd];
+                let score = (k.dot)(qh, kh) * batch.scale;
+                let (mut ms, mut vs) = (1.0f32, 1.0f32);
+                if score > m {
+                    ms = (m - score).exp();
+                    m = score;
+                    (k.scale)(acc, ms);
+                } else {
+                    vs = (score - m).exp();
                 }
-                let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-                acc.convert_to_f32_slice(o);
-                o.iter_mut().for_each(|o| *o *= inv);
-            },
-        );
+                let vh = &vpool[s * vd + kvh * hdv..s * vd + (kvh + 1) * hdv];
+                (k.mad)(acc, vh, vs);
+                sum = sum * ms + vs;
+            }
+            let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+            acc.convert_to_f32_slice(o);
+            o.iter_mut().for_each(|o| *o *= inv);
+        };
+        let scratch = || (vec![f16::ZERO; hd], vec![f16::ZERO; hdv]);
+        // Positions attended, summed over tokens (an upper bound with a window).
+        let span: usize = batch.positions[..q.rows].iter().map(|&p| p as usize + 1).sum();
+        if span * batch.n_heads * (hd + hdv) <= SERIAL_MAX_MACS {
+            let mut s = scratch();
+            out.chunks_mut(hdv).enumerate().for_each(|io| head(&mut s, io));
+        } else {
+            out.par_chunks_mut(hdv).enumerate().for_each_init(scratch, head);
+        }
         CpuAct { data: out, rows: q.rows, cols: n_out }
     }
 }

@@ -13,7 +13,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::dot::{activation_row_bytes, has_x4, quantize_activation_into, vec_dot, vec_dot_x4, TOKENS};
+use super::dot::{activation_row_bytes, quantize_activation_into, RowDot, TOKENS};
 use super::{CpuAct, CpuWeight};
 
 /// Weight rows per task for prompts: the tile stays in L1 while the
@@ -56,6 +56,7 @@ fn matmul_with(w: &CpuWeight, x: &CpuAct, xq: &mut Vec<u8>) -> CpuAct {
     let xq: &[u8] = xq;
     let xrow = |t: usize| &xq[t * xb..(t + 1) * xb];
 
+    let kernel = RowDot::new(w.dtype, w.cols);
     let mut out = vec![0f32; n_tok * w.rows];
     if n_tok == 1 {
         let tasks = rayon::current_num_threads() * DECODE_TASKS_PER_THREAD;
@@ -63,13 +64,13 @@ fn matmul_with(w: &CpuWeight, x: &CpuAct, xq: &mut Vec<u8>) -> CpuAct {
         let x0 = xrow(0);
         out.par_chunks_mut(chunk).enumerate().for_each(|(c, part)| {
             for (i, o) in part.iter_mut().enumerate() {
-                *o = vec_dot(w.dtype, w.cols, w.row_data(c * chunk + i), x0);
+                *o = kernel.dot(w.row_data(c * chunk + i), x0);
             }
         });
     } else {
         let ptr = OutPtr(out.as_mut_ptr());
         let n_rows = w.rows;
-        let grouped = if has_x4(w.dtype) { n_tok / TOKENS * TOKENS } else { 0 };
+        let grouped = if kernel.has_x4() { n_tok / TOKENS * TOKENS } else { 0 };
         (0..n_rows.div_ceil(PROMPT_ROWS_PER_TASK)).into_par_iter().for_each(move |c| {
             let ptr = ptr;
             let rows = c * PROMPT_ROWS_PER_TASK..((c + 1) * PROMPT_ROWS_PER_TASK).min(n_rows);
@@ -78,13 +79,13 @@ fn matmul_with(w: &CpuWeight, x: &CpuAct, xq: &mut Vec<u8>) -> CpuAct {
             for t0 in (0..grouped).step_by(TOKENS) {
                 let xs: [&[u8]; TOKENS] = std::array::from_fn(|k| xrow(t0 + k));
                 for r in rows.clone() {
-                    let v = vec_dot_x4(w.dtype, w.cols, w.row_data(r), xs).expect("has_x4 was checked");
+                    let v = kernel.dot_x4(w.row_data(r), xs);
                     v.iter().enumerate().for_each(|(k, &v)| put(t0 + k, r, v));
                 }
             }
             for t in grouped..n_tok {
                 for r in rows.clone() {
-                    put(t, r, vec_dot(w.dtype, w.cols, w.row_data(r), xrow(t)));
+                    put(t, r, kernel.dot(w.row_data(r), xrow(t)));
                 }
             }
         });

@@ -1,4 +1,8 @@
 //! Element-wise and per-row ops: RMSNorm, RoPE, gated activations.
+//!
+//! Small calls (a decode step's) run on the calling thread: handing a few
+//! microseconds of work to rayon's pool (wake a worker, park the caller)
+//! costs more than the work.
 
 use half::f16;
 use rayon::prelude::*;
@@ -7,6 +11,9 @@ use strata_model::arch::{Activation, RopeStyle};
 use super::CpuAct;
 use crate::backend::RopeConfig;
 
+/// Activations up to this many values are processed on the calling thread.
+pub const SERIAL_MAX_VALUES: usize = 1 << 14;
+
 /// RMSNorm over groups of `w.len()` values: rows, or heads within rows.
 pub fn rms_norm(x: &CpuAct, w: &[f32], eps: f32) -> CpuAct {
     let n = w.len();
@@ -14,13 +21,18 @@ pub fn rms_norm(x: &CpuAct, w: &[f32], eps: f32) -> CpuAct {
     let mut out = x.clone();
     // Enough groups per task to amortise rayon's overhead.
     let per_task = n * (4096 / n).max(1);
-    out.data.par_chunks_mut(per_task).for_each(|chunk| {
+    let norm = |chunk: &mut [f32]| {
         for g in chunk.chunks_mut(n) {
             let ss: f32 = g.iter().map(|v| v * v).sum::<f32>() / n as f32;
             let s = 1.0 / (ss + eps).sqrt();
             g.iter_mut().zip(w).for_each(|(v, w)| *v = *v * s * w);
         }
-    });
+    };
+    if out.data.len() <= SERIAL_MAX_VALUES {
+        norm(&mut out.data);
+    } else {
+        out.data.par_chunks_mut(per_task).for_each(norm);
+    }
     out
 }
 
@@ -34,7 +46,7 @@ pub fn rope(x: &mut CpuAct, positions: &[u32], cfg: &RopeConfig, freq_factors: O
         })
         .collect();
     let cols = x.cols;
-    x.data.par_chunks_mut(cols).zip(positions.par_iter()).for_each(|(row, &pos)| {
+    let rotate = |(row, &pos): (&mut [f32], &u32)| {
         let p = pos as f32 * cfg.freq_scale;
         let cs: Vec<(f32, f32)> = inv_freq.iter().map(|f| (p * f).sin_cos()).map(|(s, c)| (c, s)).collect();
         for head in row.chunks_mut(cfg.head_dim) {
@@ -55,7 +67,12 @@ pub fn rope(x: &mut CpuAct, positions: &[u32], cfg: &RopeConfig, freq_factors: O
                 }
             }
         }
-    });
+    };
+    if x.data.len() <= SERIAL_MAX_VALUES {
+        x.data.chunks_mut(cols).zip(positions).for_each(rotate);
+    } else {
+        x.data.par_chunks_mut(cols).zip(positions.par_iter()).for_each(rotate);
+    }
 }
 
 pub fn silu(x: f32) -> f32 {
@@ -85,6 +102,10 @@ pub fn gated(gate: &CpuAct, up: &CpuAct, act: Activation) -> CpuAct {
         Activation::Silu => silu,
         Activation::GeluTanh => gelu_tanh_f16,
     };
-    let data = gate.data.par_iter().zip(&up.data).map(|(&g, &u)| f(g) * u).collect();
+    let data = if gate.data.len() <= SERIAL_MAX_VALUES {
+        gate.data.iter().zip(&up.data).map(|(&g, &u)| f(g) * u).collect()
+    } else {
+        gate.data.par_iter().zip(&up.data).map(|(&g, &u)| f(g) * u).collect()
+    };
     CpuAct { data, rows: gate.rows, cols: gate.cols }
 }

@@ -298,7 +298,13 @@ fn bsums32(bx: &[u8]) -> [i32; 8] {
 /// vectors of the 64 elements of chunk j.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn qk_asym(n: usize, w: &[u8], wb: usize, x: &[u8], levels: impl Fn(*const u8, usize) -> (__m256i, __m256i)) -> f32 {
+unsafe fn qk_asym(
+    n: usize,
+    w: &[u8],
+    wb: usize,
+    x: &[u8],
+    levels: impl Fn(*const u8, usize) -> (__m256i, __m256i),
+) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut acc_m = 0.0f32;
     for i in 0..n / 256 {
@@ -314,7 +320,8 @@ unsafe fn qk_asym(n: usize, w: &[u8], wb: usize, x: &[u8], levels: impl Fn(*cons
             summ += m1 as i32 * sums[2 * j] + m2 as i32 * sums[2 * j + 1];
             let (ql, qh) = levels(b.as_ptr(), j);
             let pl = _mm256_madd_epi16(_mm256_set1_epi16(sc1 as i16), _mm256_maddubs_epi16(ql, load(q8.add(64 * j))));
-            let ph = _mm256_madd_epi16(_mm256_set1_epi16(sc2 as i16), _mm256_maddubs_epi16(qh, load(q8.add(64 * j + 32))));
+            let ph =
+                _mm256_madd_epi16(_mm256_set1_epi16(sc2 as i16), _mm256_maddubs_epi16(qh, load(q8.add(64 * j + 32))));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
         }
         let d = dy * f16(b, 0);

@@ -59,7 +59,11 @@ pub fn activation_type(weight: GgmlType) -> ActivationType {
 /// When `x.len()` is not a whole number of the weight's blocks: the caller
 /// checks row lengths once, at load time.
 pub fn quantize_activation(weight: GgmlType, x: &[f32], out: &mut Vec<u8>) {
-    assert!(x.len() % weight.block_elems() == 0, "{weight}: activation row of {} elements is not whole blocks", x.len());
+    assert!(
+        x.len() % weight.block_elems() == 0,
+        "{weight}: activation row of {} elements is not whole blocks",
+        x.len()
+    );
     let act = activation_type(weight).ggml_type();
     out.clear();
     if act == GgmlType::F32 {
@@ -85,7 +89,11 @@ pub fn activation_row_bytes(weight: GgmlType, n: usize) -> usize {
 /// # Panics
 /// As [`quantize_activation`], or when `out` has the wrong length.
 pub fn quantize_activation_into(weight: GgmlType, x: &[f32], out: &mut [u8]) {
-    assert!(x.len() % weight.block_elems() == 0, "{weight}: activation row of {} elements is not whole blocks", x.len());
+    assert!(
+        x.len() % weight.block_elems() == 0,
+        "{weight}: activation row of {} elements is not whole blocks",
+        x.len()
+    );
     assert_eq!(out.len(), activation_row_bytes(weight, x.len()), "{weight}: activation buffer length");
     let act = activation_type(weight).ggml_type();
     if act == GgmlType::F32 {
@@ -126,6 +134,50 @@ pub fn vec_dot_x4(weight: GgmlType, n: usize, w_row: &[u8], x: [&[u8]; TOKENS]) 
     x.iter().for_each(|x| check_lengths(weight, n, w_row, x));
     // SAFETY: as in `vec_dot`.
     Some(unsafe { f(n, w_row, x) })
+}
+
+/// [`vec_dot`] and [`vec_dot_x4`] for one weight type and row length, with
+/// the length arithmetic done once (matmul calls it for every row).
+#[derive(Clone, Copy)]
+pub struct RowDot {
+    n: usize,
+    w_bytes: usize,
+    x_bytes: usize,
+    one: DotFn,
+    x4: Option<DotFnX4>,
+}
+
+impl RowDot {
+    pub fn new(weight: GgmlType, n: usize) -> Self {
+        let w_bytes = weight.row_bytes(n as u64).map_or(usize::MAX, |b| b as usize);
+        let x_bytes = activation_row_bytes(weight, n);
+        assert!(n % weight.block_elems() == 0 && w_bytes != usize::MAX, "{weight} vec_dot: rows of {n} elements");
+        let k = kernels();
+        RowDot { n, w_bytes, x_bytes, one: k.table[index(weight)], x4: k.table_x4[index(weight)] }
+    }
+
+    pub fn has_x4(&self) -> bool {
+        self.x4.is_some()
+    }
+
+    /// As [`vec_dot`].
+    #[inline]
+    pub fn dot(&self, w_row: &[u8], x: &[u8]) -> f32 {
+        assert!(w_row.len() == self.w_bytes && x.len() == self.x_bytes, "vec_dot: row lengths");
+        // SAFETY: as in `vec_dot`: kernels are in the table only when detected; lengths checked.
+        unsafe { (self.one)(self.n, w_row, x) }
+    }
+
+    /// As [`vec_dot_x4`]; falls back to [`RowDot::dot`] per row.
+    #[inline]
+    pub fn dot_x4(&self, w_row: &[u8], x: [&[u8]; TOKENS]) -> [f32; TOKENS] {
+        let Some(f) = self.x4 else {
+            return x.map(|x| self.dot(w_row, x));
+        };
+        assert!(w_row.len() == self.w_bytes && x.iter().all(|x| x.len() == self.x_bytes), "vec_dot: row lengths");
+        // SAFETY: as above.
+        unsafe { f(self.n, w_row, x) }
+    }
 }
 
 /// Whether [`vec_dot_x4`] has a kernel for `weight` on this CPU.
@@ -198,7 +250,9 @@ fn scalar_as_unsafe(t: GgmlType) -> DotFn {
 fn kernels() -> &'static Kernels {
     static KERNELS: OnceLock<Kernels> = OnceLock::new();
     KERNELS.get_or_init(|| {
-        let mut k = Kernels { name: "scalar", table: GgmlType::ALL.map(scalar_as_unsafe),
+        let mut k = Kernels {
+            name: "scalar",
+            table: GgmlType::ALL.map(scalar_as_unsafe),
             table_x4: [None; 15],
             simd: [false; 15],
         };

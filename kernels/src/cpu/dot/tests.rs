@@ -107,7 +107,10 @@ fn kernels_match_scalar_and_dequantized_dot() {
                 let scalar = vec_dot_scalar(t, n, &w, &xq);
                 let fast = vec_dot(t, n, &w, &xq);
                 let ctx = format!("{t} n={n} random_bytes={random_bytes} seed={SEED:#x} ({})", simd_name());
-                assert!((scalar - reference).abs() <= tol, "{ctx}: scalar {scalar} vs dequantized {reference} (mag {mag})");
+                assert!(
+                    (scalar - reference).abs() <= tol,
+                    "{ctx}: scalar {scalar} vs dequantized {reference} (mag {mag})"
+                );
                 assert!((fast - scalar).abs() <= 1e-5 * mag, "{ctx}: vec_dot {fast} vs scalar {scalar} (mag {mag})");
             }
         }
@@ -172,7 +175,12 @@ fn x4_kernels_give_vec_dot_bits() {
                 let got = vec_dot_x4(t, n, &w, std::array::from_fn(|k| &xq[k][..])).unwrap();
                 for (k, x) in xq.iter().enumerate() {
                     let one = vec_dot(t, n, &w, x);
-                    assert_eq!(got[k].to_bits(), one.to_bits(), "{t} n={n} token {k} random_bytes={random_bytes} seed={:#x}", SEED ^ 4);
+                    assert_eq!(
+                        got[k].to_bits(),
+                        one.to_bits(),
+                        "{t} n={n} token {k} random_bytes={random_bytes} seed={:#x}",
+                        SEED ^ 4
+                    );
                 }
             }
         }
