@@ -1,1 +1,3 @@
 //! strata-coordinator: placement, scheduling and the OpenAI API (arrives with the multi-worker issue).
+
+pub mod planner;

@@ -1,0 +1,285 @@
+//! The exact dynamic programme over contiguous layer ranges for one worker
+//! order, and the search over worker orders that keep hosts together.
+
+use std::cmp::Ordering;
+
+use super::{Link, Plan, PlanRequest, StagePlan, WorkerSpec, NOMINAL_BANDWIDTH_BYTES_PER_S};
+
+/// Host groups up to this many are tried in every order (6! = 720 orders);
+/// beyond it a few heuristic orders are tried.
+const MAX_PERMUTED_GROUPS: usize = 6;
+
+/// Relative tolerance under which two times count as equal (then memory
+/// balance decides).
+const TIME_TIE_REL: f64 = 1e-9;
+
+/// What the DP minimises: time first, then the fullest stage's fill.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    time_s: f64,
+    worst_fill: f64,
+}
+
+impl Cost {
+    fn then(self, time_s: f64, fill: f64) -> Cost {
+        Cost { time_s: self.time_s + time_s, worst_fill: self.worst_fill.max(fill) }
+    }
+    fn cmp(&self, other: &Cost) -> Ordering {
+        let scale = self.time_s.abs().max(other.time_s.abs());
+        if (self.time_s - other.time_s).abs() > TIME_TIE_REL * scale {
+            self.time_s.total_cmp(&other.time_s)
+        } else {
+            self.worst_fill.total_cmp(&other.worst_fill)
+        }
+    }
+    fn better_than(&self, other: &Option<Cost>) -> bool {
+        other.as_ref().is_none_or(|o| self.cmp(o) == Ordering::Less)
+    }
+}
+
+/// Per-request sums, so a stage's bytes are O(1).
+pub(super) struct Sizes {
+    n: usize,
+    weight_prefix: Vec<u64>,
+    /// KV held for `ctx_size x parallel` tokens.
+    kv_held_prefix: Vec<u64>,
+    /// KV read per token of one sequence at full context.
+    kv_read_prefix: Vec<u64>,
+    embedding: u64,
+    head: u64,
+    scratch: u64,
+    logits: u64,
+}
+
+impl Sizes {
+    pub(super) fn new(req: &PlanRequest) -> Sizes {
+        let p = &req.profile;
+        let prefix = |f: &dyn Fn(usize) -> u64| {
+            let mut v = Vec::with_capacity(p.layers.len() + 1);
+            v.push(0u64);
+            for il in 0..p.layers.len() {
+                v.push(v[il].saturating_add(f(il)));
+            }
+            v
+        };
+        let par = req.parallel as u64;
+        Sizes {
+            n: p.layers.len(),
+            weight_prefix: prefix(&|il| p.layers[il].weight_bytes),
+            kv_held_prefix: prefix(&|il| p.layers[il].kv_bytes(req.kv_type, req.ctx_size).saturating_mul(par)),
+            kv_read_prefix: prefix(&|il| p.layers[il].kv_bytes(req.kv_type, req.ctx_size)),
+            embedding: p.embedding_bytes,
+            head: p.head_bytes,
+            scratch: p.scratch_bytes_per_token.saturating_mul(req.max_batch_tokens as u64),
+            logits: p.logits_bytes.saturating_mul(par),
+        }
+    }
+
+    pub(super) fn weights(&self, a: usize, b: usize) -> u64 {
+        self.weight_prefix[b] - self.weight_prefix[a]
+            + if a == 0 { self.embedding } else { 0 }
+            + if b == self.n { self.head } else { 0 }
+    }
+    pub(super) fn kv(&self, a: usize, b: usize) -> u64 {
+        self.kv_held_prefix[b] - self.kv_held_prefix[a]
+    }
+    pub(super) fn scratch(&self, b: usize) -> u64 {
+        self.scratch + if b == self.n { self.logits } else { 0 }
+    }
+    pub(super) fn memory(&self, a: usize, b: usize) -> u64 {
+        self.weights(a, b).saturating_add(self.kv(a, b)).saturating_add(self.scratch(b))
+    }
+    /// Bytes a stage reads per token (the embedding lookup reads one row).
+    fn read_per_token(&self, a: usize, b: usize) -> u64 {
+        self.weight_prefix[b] - self.weight_prefix[a]
+            + (self.kv_read_prefix[b] - self.kv_read_prefix[a])
+            + if b == self.n { self.head } else { 0 }
+    }
+    /// Everything the model needs on `stages` stages.
+    pub(super) fn total_with_stages(&self, stages: usize) -> u64 {
+        self.memory(0, self.n) + self.scratch * (stages.max(1) as u64 - 1)
+    }
+}
+
+/// Bandwidth of each worker (unknown = mean of the known ones, or nominal).
+pub(super) fn bandwidths(workers: &[WorkerSpec]) -> Vec<f64> {
+    let known: Vec<f64> = workers.iter().filter_map(|w| w.matvec_bandwidth_bytes_per_s).collect();
+    let fallback =
+        if known.is_empty() { NOMINAL_BANDWIDTH_BYTES_PER_S } else { known.iter().sum::<f64>() / known.len() as f64 };
+    workers.iter().map(|w| w.matvec_bandwidth_bytes_per_s.unwrap_or(fallback)).collect()
+}
+
+fn hop_s(a: &WorkerSpec, b: &WorkerSpec, bytes: u64) -> f64 {
+    let link = if a.host == b.host {
+        Link::SAME_HOST
+    } else {
+        Link {
+            latency_s: a.link.latency_s.max(b.link.latency_s),
+            bandwidth_bytes_per_s: a.link.bandwidth_bytes_per_s.min(b.link.bandwidth_bytes_per_s),
+        }
+    };
+    link.transfer_s(bytes)
+}
+
+/// Worker orders to try: host groups (in order of first appearance, members
+/// in given order) permuted, or heuristic orders when there are many groups.
+pub(super) fn worker_orders(workers: &[WorkerSpec], bw: &[f64], usable: &[u64]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, w) in workers.iter().enumerate() {
+        match groups.iter_mut().find(|g| workers[g[0]].host == w.host) {
+            Some(g) => g.push(i),
+            None => groups.push(vec![i]),
+        }
+    }
+    let flatten = |order: &[usize]| order.iter().flat_map(|&g| groups[g].iter().copied()).collect::<Vec<_>>();
+    let mut idx: Vec<usize> = (0..groups.len()).collect();
+    if groups.len() <= MAX_PERMUTED_GROUPS {
+        let mut out = Vec::new();
+        permutations(&mut idx, 0, &mut |p| out.push(flatten(p)));
+        return out;
+    }
+    let group_bw = |g: usize| groups[g].iter().map(|&i| bw[i]).fold(0.0, f64::max);
+    let group_mem = |g: usize| groups[g].iter().map(|&i| usable[i]).sum::<u64>();
+    let mut out = vec![flatten(&idx)];
+    idx.sort_by(|&a, &b| group_bw(b).total_cmp(&group_bw(a)));
+    out.push(flatten(&idx));
+    idx.sort_by_key(|&g| std::cmp::Reverse(group_mem(g)));
+    out.push(flatten(&idx));
+    out
+}
+
+fn permutations(v: &mut [usize], k: usize, f: &mut dyn FnMut(&[usize])) {
+    if k == v.len() {
+        f(v);
+        return;
+    }
+    for i in k..v.len() {
+        v.swap(k, i);
+        permutations(v, k + 1, f);
+        v.swap(k, i);
+    }
+}
+
+/// The best plan over all tried orders, `None` if nothing fits.
+pub(super) fn best_plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<Plan> {
+    let sizes = Sizes::new(req);
+    let bw = bandwidths(workers);
+    let usable: Vec<u64> = workers.iter().map(|w| req.margin.usable_bytes(w)).collect();
+    let mut best: Option<(Cost, Vec<StageRange>)> = None;
+    for order in worker_orders(workers, &bw, &usable) {
+        if let Some((cost, stages)) = plan_order(req, workers, &sizes, &bw, &usable, &order) {
+            if cost.better_than(&best.as_ref().map(|b| b.0)) {
+                best = Some((cost, stages));
+            }
+        }
+    }
+    let (cost, stages) = best?;
+    let stages = stages
+        .into_iter()
+        .map(|(worker, a, b)| {
+            let (weight_bytes, kv_bytes, scratch_bytes) = (sizes.weights(a, b), sizes.kv(a, b), sizes.scratch(b));
+            StagePlan {
+                worker,
+                first_layer: a,
+                end_layer: b,
+                has_embedding: a == 0,
+                has_head: b == sizes.n,
+                weight_bytes,
+                kv_bytes,
+                scratch_bytes,
+                free_after: workers[worker].free_bytes.saturating_sub(weight_bytes + kv_bytes + scratch_bytes),
+                time_per_token_s: sizes.read_per_token(a, b) as f64 / bw[worker],
+            }
+        })
+        .collect::<Vec<_>>();
+    let bandwidth_measured = stages.iter().all(|s| workers[s.worker].matvec_bandwidth_bytes_per_s.is_some());
+    Some(Plan { stages, est_time_per_token_s: cost.time_s, bandwidth_measured })
+}
+
+/// `(worker index, first layer, end layer)`.
+type StageRange = (usize, usize, usize);
+
+#[derive(Clone, Copy)]
+struct Entry {
+    cost: Cost,
+    /// First layer of the stage ending here.
+    first: usize,
+    /// Position of the previous stage's worker (None: this is the first stage).
+    prev: Option<usize>,
+}
+
+/// Exact DP for one worker order: `end[p][l]` is the best way to place layers
+/// `[0, l)` with the last stage on position `p`. Workers may be skipped.
+/// Returns the cost and stages as `(worker index, first, end)`.
+fn plan_order(
+    req: &PlanRequest,
+    workers: &[WorkerSpec],
+    sizes: &Sizes,
+    bw: &[f64],
+    usable: &[u64],
+    order: &[usize],
+) -> Option<(Cost, Vec<StageRange>)> {
+    let n = sizes.n;
+    let m = order.len();
+    let mut end: Vec<Vec<Option<Entry>>> = vec![vec![None; n + 1]; m];
+    for p in 0..m {
+        let wi = order[p];
+        // Best way to arrive at position p with layers [0, a) done.
+        let arrive: Vec<Option<(Cost, usize)>> = (0..=n)
+            .map(|a| {
+                if a == 0 {
+                    return Some((Cost { time_s: 0.0, worst_fill: 0.0 }, usize::MAX));
+                }
+                let mut best: Option<(Cost, usize)> = None;
+                for q in 0..p {
+                    if let Some(e) = end[q][a] {
+                        let c = e.cost.then(hop_s(&workers[order[q]], &workers[wi], req.activation_bytes_per_token), 0.0);
+                        if c.better_than(&best.map(|b| b.0)) {
+                            best = Some((c, q));
+                        }
+                    }
+                }
+                best
+            })
+            .collect();
+        let cap = usable[wi];
+        for (a, arrived) in arrive.iter().enumerate().take(n) {
+            let Some((start, q)) = *arrived else { continue };
+            #[allow(clippy::needless_range_loop)] // b is a layer bound, not only an index
+            for b in a + 1..=n {
+                let mem = sizes.memory(a, b);
+                if mem > cap {
+                    break; // every term only grows with b (head and logits at b == n too)
+                }
+                let fill = if cap == 0 { 1.0 } else { mem as f64 / cap as f64 };
+                let c = start.then(sizes.read_per_token(a, b) as f64 / bw[wi], fill);
+                if c.better_than(&end[p][b].map(|e| e.cost)) {
+                    end[p][b] = Some(Entry { cost: c, first: a, prev: if a == 0 { None } else { Some(q) } });
+                }
+            }
+        }
+    }
+    let (mut p, mut best) = (usize::MAX, None::<Entry>);
+    for (q, row) in end.iter().enumerate() {
+        if let Some(e) = row[n] {
+            if e.cost.better_than(&best.map(|b| b.cost)) {
+                p = q;
+                best = Some(e);
+            }
+        }
+    }
+    let cost = best?.cost;
+    let mut stages = Vec::new();
+    let mut l = n;
+    while l > 0 {
+        let e = end[p][l]?;
+        stages.push((order[p], e.first, l));
+        l = e.first;
+        match e.prev {
+            Some(q) => p = q,
+            None => break,
+        }
+    }
+    stages.reverse();
+    Some((cost, stages))
+}

@@ -1,0 +1,365 @@
+//! Placement planner over real and synthetic model shapes (pure: no sockets,
+//! no tensor data loaded).
+
+use std::path::PathBuf;
+
+use strata_coordinator::planner::synth_profile::synth_profile;
+use strata_coordinator::planner::{
+    plan, try_plan, Backend, Link, Plan, PlanError, PlanRequest, WorkerSpec,
+};
+use strata_model::arch::{Architecture, HyperParams};
+use strata_model::profile::{KvType, MemoryProfile};
+use strata_model::synth::{QuantScheme, SynthSpec};
+use strata_model::GgufFile;
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+fn synth(arch: Architecture, preset: &str) -> (HyperParams, MemoryProfile) {
+    let spec = SynthSpec::from_preset(arch, preset, QuantScheme::Q4KM).expect("preset");
+    synth_profile(&spec).expect("synth profile")
+}
+
+fn real(name: &str) -> Option<(HyperParams, MemoryProfile)> {
+    let path = PathBuf::from(std::env::var("HOME").ok()?).join(".cache/strata/models").join(name);
+    if !path.exists() {
+        eprintln!("skipping: {} not present", path.display());
+        return None;
+    }
+    let f = GgufFile::open(&path).expect("open model");
+    let hp = HyperParams::from_gguf(&f).expect("hyper-parameters");
+    let p = MemoryProfile::from_gguf(&f, &hp);
+    Some((hp, p))
+}
+
+fn request(hp: &HyperParams, p: &MemoryProfile, ctx: usize, kv: KvType) -> PlanRequest {
+    PlanRequest::new(p.clone(), hp.d_model, ctx, kv)
+}
+
+fn gpus(sizes: &[u64]) -> Vec<WorkerSpec> {
+    sizes.iter().enumerate().map(|(i, &s)| WorkerSpec::new(format!("w{i}"), Backend::Cuda, format!("host{i}"), s)).collect()
+}
+
+/// Everything a plan must satisfy.
+fn check(p: &Plan, req: &PlanRequest, workers: &[WorkerSpec]) {
+    let n = req.n_layers();
+    assert!(!p.stages.is_empty());
+    assert_eq!(p.stages[0].first_layer, 0, "layers start at 0");
+    assert_eq!(p.stages.last().unwrap().end_layer, n, "all layers placed");
+    let mut used = vec![false; workers.len()];
+    for (i, s) in p.stages.iter().enumerate() {
+        assert!(s.first_layer < s.end_layer, "stage {i} is empty");
+        if i > 0 {
+            assert_eq!(s.first_layer, p.stages[i - 1].end_layer, "stage {i} not contiguous");
+        }
+        assert!(!used[s.worker], "worker {} used twice", s.worker);
+        used[s.worker] = true;
+        assert_eq!(s.has_embedding, i == 0);
+        assert_eq!(s.has_head, i == p.stages.len() - 1);
+        let w = &workers[s.worker];
+        assert!(
+            s.total_bytes() <= req.margin.usable_bytes(w),
+            "stage {i} on {} uses {} of {} usable",
+            w.name,
+            s.total_bytes(),
+            req.margin.usable_bytes(w)
+        );
+        assert_eq!(s.free_after, w.free_bytes - s.total_bytes());
+        let layers: u64 = req.profile.layers[s.first_layer..s.end_layer].iter().map(|l| l.weight_bytes).sum();
+        let extra = if s.has_embedding { req.profile.embedding_bytes } else { 0 }
+            + if s.has_head { req.profile.head_bytes } else { 0 };
+        assert_eq!(s.weight_bytes, layers + extra);
+        let kv: u64 = req.profile.layers[s.first_layer..s.end_layer]
+            .iter()
+            .map(|l| l.kv_bytes(req.kv_type, req.ctx_size) * req.parallel as u64)
+            .sum();
+        assert_eq!(s.kv_bytes, kv);
+    }
+    let total: u64 = p.stages.iter().map(|s| s.weight_bytes).sum();
+    assert_eq!(total, req.profile.total_weight_bytes(), "every weight counted once (tied head counted as a copy)");
+    assert!(p.est_time_per_token_s > 0.0);
+}
+
+fn fits(req: &PlanRequest, workers: &[WorkerSpec]) -> bool {
+    try_plan(req, workers).unwrap().is_some()
+}
+
+#[test]
+fn smollm2_135m_fits_on_one_worker_and_skips_the_rest() {
+    let Some((hp, p)) = real("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+    let req = request(&hp, &p, 4096, KvType::F16);
+    let workers = gpus(&[16 * GIB, 16 * GIB, 12 * GIB]);
+    let plan = plan(&req, &workers).unwrap();
+    check(&plan, &req, &workers);
+    assert_eq!(plan.stages.len(), 1, "a hop costs time; one worker holds it all");
+    assert!(p.tied_embeddings && plan.stages[0].weight_bytes >= p.embedding_bytes * 2);
+}
+
+#[test]
+fn gemma3_270m_sliding_layers_cap_kv_at_the_window() {
+    let Some((hp, p)) = real("gemma-3-270m-q4_k_m.gguf") else { return };
+    let workers = gpus(&[2 * GIB, GIB, GIB / 2]);
+    let short = request(&hp, &p, 512, KvType::F16);
+    let long = request(&hp, &p, 32768, KvType::F16);
+    let (a, b) = (plan(&short, &workers).unwrap(), plan(&long, &workers).unwrap());
+    check(&a, &short, &workers);
+    check(&b, &long, &workers);
+    let kv = |p: &Plan| p.stages.iter().map(|s| s.kv_bytes).sum::<u64>();
+    let global_layers = p.layers.iter().filter(|l| l.kv_window_tokens.is_none()).count() as u64;
+    assert!(global_layers > 0 && global_layers < p.layers.len() as u64);
+    // Only the global layers grow past the window.
+    let per_token = p.layers.iter().find(|l| l.kv_window_tokens.is_none()).unwrap().kv_bytes_per_token(KvType::F16);
+    assert_eq!(kv(&b) - kv(&a), global_layers * per_token * (32768 - 512));
+}
+
+#[test]
+fn llama_1b_on_small_uneven_budgets() {
+    let (hp, p) = synth(Architecture::Llama, "1b");
+    let req = request(&hp, &p, 2048, KvType::F16);
+    let workers = gpus(&[2 * GIB, GIB, GIB / 2]);
+    let plan = plan(&req, &workers).unwrap();
+    check(&plan, &req, &workers);
+}
+
+#[test]
+fn llama_8b_split_by_memory_when_speeds_are_unknown() {
+    let (hp, p) = synth(Architecture::Llama, "8b");
+    let req = request(&hp, &p, 4096, KvType::F16);
+    // Too big for any two of these, so all three are needed.
+    let workers = gpus(&[2 * GIB + GIB / 2, 2 * GIB + GIB / 2, 2 * GIB]);
+    let plan = plan(&req, &workers).unwrap();
+    check(&plan, &req, &workers);
+    assert_eq!(plan.stages.len(), 3);
+    assert!(!plan.bandwidth_measured);
+    // Balanced by memory: every stage fills about the same share of its usable memory.
+    let fill: Vec<f64> = plan
+        .stages
+        .iter()
+        .map(|s| s.total_bytes() as f64 / req.margin.usable_bytes(&workers[s.worker]) as f64)
+        .collect();
+    let (lo, hi) = fill.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &f| (lo.min(f), hi.max(f)));
+    assert!(hi - lo < 0.15, "fills {fill:?}");
+}
+
+#[test]
+fn forced_uneven_split_gives_the_small_worker_few_layers() {
+    let (hp, p) = synth(Architecture::Llama, "8b");
+    let req = request(&hp, &p, 4096, KvType::F16);
+    let workers = gpus(&[5 * GIB, 3 * GIB / 2]);
+    let plan = plan(&req, &workers).unwrap();
+    check(&plan, &req, &workers);
+    assert_eq!(plan.stages.len(), 2);
+    let small = plan.stages.iter().find(|s| s.worker == 1).unwrap();
+    let big = plan.stages.iter().find(|s| s.worker == 0).unwrap();
+    assert!(small.n_layers() * 3 < big.n_layers(), "{} vs {} layers", small.n_layers(), big.n_layers());
+}
+
+#[test]
+fn faster_worker_gets_more_layers() {
+    let (hp, p) = synth(Architecture::Llama, "8b");
+    let req = request(&hp, &p, 4096, KvType::F16);
+    for fast in 0..2 {
+        let mut workers = gpus(&[4 * GIB, 4 * GIB]);
+        workers[fast].matvec_bandwidth_bytes_per_s = Some(900e9);
+        workers[1 - fast].matvec_bandwidth_bytes_per_s = Some(300e9);
+        let plan = plan(&req, &workers).unwrap();
+        check(&plan, &req, &workers);
+        assert!(plan.bandwidth_measured);
+        let layers = |w: usize| plan.stages.iter().find(|s| s.worker == w).map_or(0, |s| s.n_layers());
+        assert!(layers(fast) > layers(1 - fast) + 8, "fast {} slow {}", layers(fast), layers(1 - fast));
+    }
+}
+
+#[test]
+fn slow_network_prefers_fewer_stages() {
+    let (hp, p) = synth(Architecture::Llama, "8b");
+    let req = request(&hp, &p, 4096, KvType::F16);
+    // One fast GPU that holds it all, one slightly faster over a slow link.
+    let slow = Link { latency_s: 0.05, bandwidth_bytes_per_s: 1e6 };
+    let workers = vec![
+        WorkerSpec::new("a", Backend::Cuda, "h1", 16 * GIB).with_bandwidth(800e9).with_link(slow),
+        WorkerSpec::new("b", Backend::Cuda, "h2", 16 * GIB).with_bandwidth(900e9).with_link(slow),
+    ];
+    let plan = plan(&req, &workers).unwrap();
+    check(&plan, &req, &workers);
+    assert_eq!(plan.stages.len(), 1);
+}
+
+#[test]
+fn same_host_workers_stay_adjacent() {
+    let (hp, p) = synth(Architecture::Llama, "8b");
+    let req = request(&hp, &p, 4096, KvType::F16);
+    let hosts = ["h1", "h2", "h1", "h2"];
+    let workers: Vec<WorkerSpec> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| WorkerSpec::new(format!("w{i}"), Backend::Cuda, *h, 2 * GIB))
+        .collect();
+    let plan = plan(&req, &workers).unwrap();
+    check(&plan, &req, &workers);
+    assert_eq!(plan.stages.len(), 4, "needs all four");
+    let seq: Vec<&str> = plan.stages.iter().map(|s| workers[s.worker].host.as_str()).collect();
+    let changes = seq.windows(2).filter(|w| w[0] != w[1]).count();
+    assert_eq!(changes, 1, "hosts {seq:?}");
+}
+
+#[test]
+fn llama_70b_on_three_24gib_gpus() {
+    let (hp, p) = synth(Architecture::Llama, "70b");
+    let req = request(&hp, &p, 4096, KvType::F16);
+    let workers = gpus(&[24 * GIB, 24 * GIB, 24 * GIB]);
+    let plan = plan(&req, &workers).unwrap();
+    check(&plan, &req, &workers);
+    assert!(plan.stages.len() >= 2);
+}
+
+#[test]
+fn llama_70b_on_16_16_12_gib_explains_and_suggests() {
+    let (hp, p) = synth(Architecture::Llama, "70b");
+    let req = request(&hp, &p, 4096, KvType::F16);
+    let workers = gpus(&[16 * GIB, 16 * GIB, 12 * GIB]);
+    match plan(&req, &workers) {
+        Ok(plan) => check(&plan, &req, &workers),
+        Err(PlanError::DoesNotFit(e)) => {
+            let text = e.to_string();
+            eprintln!("{text}");
+            assert!(text.contains("does not fit"));
+            verify_suggestions(&e, &req, &workers);
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn verify_suggestions(
+    e: &strata_coordinator::planner::DoesNotFit,
+    req: &PlanRequest,
+    workers: &[WorkerSpec],
+) {
+    let s = &e.suggestions;
+    if let Some(c) = s.max_ctx_size {
+        assert!(c < req.ctx_size);
+        let at = |c| PlanRequest { ctx_size: c, ..req.clone() };
+        let ok = plan(&at(c), workers).expect("suggested ctx fits");
+        check(&ok, &at(c), workers);
+        assert!(!fits(&at(c + 256), workers) || c + 256 >= req.ctx_size, "a larger step would fit too");
+    }
+    if let Some(q8) = s.q8_0_kv_fits {
+        assert_eq!(q8, fits(&PlanRequest { kv_type: KvType::Q8_0, ..req.clone() }, workers));
+    }
+    if let Some(c) = s.q8_0_max_ctx_size {
+        assert!(fits(&PlanRequest { kv_type: KvType::Q8_0, ctx_size: c, ..req.clone() }, workers));
+    }
+    if let Some(x) = s.extra_worker_free_bytes {
+        let with = |bytes| {
+            let mut ws = workers.to_vec();
+            ws.push(WorkerSpec::new("extra", Backend::Cuda, "extra", bytes));
+            ws
+        };
+        let ws = with(x);
+        check(&plan(req, &ws).expect("suggested extra worker makes it fit"), req, &ws);
+        assert!(!fits(req, &with(x - MIB)), "1 MiB less should not fit");
+    }
+}
+
+#[test]
+fn does_not_fit_reports_shortfall_and_verified_suggestions() {
+    let (hp, p) = synth(Architecture::Llama, "8b");
+    let req = PlanRequest { parallel: 4, ..request(&hp, &p, 8192, KvType::F16) };
+    let workers = gpus(&[4 * GIB, 4 * GIB]);
+    let Err(PlanError::DoesNotFit(e)) = plan(&req, &workers) else { panic!("expected does-not-fit") };
+    let text = e.to_string();
+    eprintln!("{text}");
+    assert!(e.short_by_bytes > 0);
+    assert_eq!(e.short_by_bytes, e.needed_bytes - e.usable_bytes);
+    assert!(text.contains("short by"), "{text}");
+    assert!(text.contains("--ctx-size"), "{text}");
+    assert!(e.suggestions.q8_0_kv_fits.is_some());
+    assert!(e.suggestions.max_ctx_size.is_some());
+    assert!(e.suggestions.max_parallel.is_some());
+    verify_suggestions(&e, &req, &workers);
+}
+
+#[test]
+fn q8_0_kv_suggested_when_it_is_enough() {
+    let (hp, p) = synth(Architecture::Llama, "8b");
+    let f16 = request(&hp, &p, 32768, KvType::F16);
+    // Find a budget between what q8_0 KV and f16 KV need.
+    let q8 = PlanRequest { kv_type: KvType::Q8_0, ..f16.clone() };
+    let mut size = 4 * GIB;
+    while !fits(&q8, &gpus(&[size, size])) {
+        size += 64 * MIB;
+    }
+    let workers = gpus(&[size, size]);
+    let Err(PlanError::DoesNotFit(e)) = plan(&f16, &workers) else { panic!("f16 KV should not fit") };
+    assert_eq!(e.suggestions.q8_0_kv_fits, Some(true));
+    assert!(e.to_string().contains("--kv-type q8_0 fits"));
+    verify_suggestions(&e, &f16, &workers);
+}
+
+#[test]
+fn fits_in_total_but_not_layer_by_layer() {
+    let (hp, p) = synth(Architecture::Llama, "8b");
+    let req = request(&hp, &p, 4096, KvType::F16);
+    // CPU workers (small fixed margin): the first stage alone (embedding,
+    // one layer, scratch) is bigger than any of them.
+    let workers: Vec<WorkerSpec> =
+        (0..24).map(|i| WorkerSpec::new(format!("c{i}"), Backend::Cpu, format!("h{i}"), 450 * MIB)).collect();
+    let Err(PlanError::DoesNotFit(e)) = plan(&req, &workers) else { panic!("expected does-not-fit") };
+    assert_eq!(e.short_by_bytes, 0);
+    assert!(e.to_string().contains("not layer by layer"), "{e}");
+}
+
+#[test]
+fn cpu_and_gpu_margins_differ() {
+    let m = strata_coordinator::planner::SafetyMargin::default();
+    let gpu = WorkerSpec::new("g", Backend::Cuda, "h", 10 * GIB);
+    let cpu = WorkerSpec::new("c", Backend::Cpu, "h", 10 * GIB);
+    assert_eq!(m.reserved_bytes(&gpu), GIB / 2 + 256 * MIB);
+    assert!(m.usable_bytes(&cpu) > m.usable_bytes(&gpu));
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    let (hp, p) = synth(Architecture::Llama, "tiny");
+    let req = request(&hp, &p, 0, KvType::F16);
+    assert!(matches!(plan(&req, &gpus(&[GIB])), Err(PlanError::Invalid(_))));
+    let req = request(&hp, &p, 128, KvType::F16);
+    assert!(matches!(plan(&req, &[]), Err(PlanError::NoWorkers)));
+}
+
+/// Seeded random budgets over several shapes: a plan always satisfies every
+/// invariant, and "does not fit" is only said when no single stage could
+/// hold... at least when the total is short or a layer is too big somewhere.
+#[test]
+fn random_budgets_never_exceed_memory() {
+    let shapes = [(Architecture::Llama, "1b"), (Architecture::Gemma3, "1b"), (Architecture::Qwen2, "7b")];
+    let seed: u64 = 0x5eed_1234;
+    let mut state = seed;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for (arch, preset) in shapes {
+        let (hp, p) = synth(arch, preset);
+        for round in 0..12 {
+            let n = 1 + (next() % 4) as usize;
+            let sizes: Vec<u64> = (0..n).map(|_| 256 * MIB + next() % (6 * GIB)).collect();
+            let mut workers = gpus(&sizes);
+            for w in &mut workers {
+                if next() % 2 == 0 {
+                    w.matvec_bandwidth_bytes_per_s = Some(1e11 + (next() % 900) as f64 * 1e9);
+                }
+                w.host = format!("h{}", next() % 2);
+            }
+            let ctx = 256 * (1 + (next() % 64) as usize);
+            let req = request(&hp, &p, ctx, if next() % 2 == 0 { KvType::F16 } else { KvType::Q8_0 });
+            match plan(&req, &workers) {
+                Ok(pl) => check(&pl, &req, &workers),
+                Err(PlanError::DoesNotFit(e)) => verify_suggestions(&e, &req, &workers),
+                Err(e) => panic!("seed {seed:#x} {arch} {preset} round {round}: {e}"),
+            }
+        }
+    }
+}
