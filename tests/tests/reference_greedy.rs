@@ -84,7 +84,7 @@ fn teacher_forced(model_file: &str, reference_file: &str) {
     for case in cases(reference_file) {
         let mut input = case.prompt.clone();
         input.extend(&case.tokens[..case.tokens.len() - 1]);
-        let logits = prefill(&mut stage, 0, 0, &input, true).unwrap();
+        let logits = prefill(&mut stage, 0, 0, &input, Some(0)).unwrap();
         stage.release(0);
         for (i, top) in case.top.iter().enumerate() {
             let row = &logits[case.prompt.len() - 1 + i];

@@ -4,7 +4,7 @@
 use strata_kernels::Backend;
 
 use crate::sampler::{log_sum_exp, Sampled, Sampler};
-use crate::stage::{BatchSeq, Stage, StageError, StageInput, StageOutput};
+use crate::stage::{BatchSeq, LogitRows, Stage, StageError, StageInput, StageOutput};
 
 /// Prompt tokens per forward call, like llama.cpp's default ubatch.
 pub const PREFILL_CHUNK_TOKENS: usize = 512;
@@ -17,22 +17,28 @@ fn logits_of<A>(out: StageOutput<A>) -> Result<Vec<Vec<f32>>, StageError> {
 }
 
 /// Feeds `tokens` to sequence `seq` from `start_pos`, in chunks; returns the
-/// logits after the last token (or of every token with `all_logits`).
+/// logits after the last token, or with `Some(first)` those of every token
+/// from index `first` of `tokens` on.
 pub fn prefill<B: Backend>(
     stage: &mut Stage<B>,
     seq: u64,
     start_pos: usize,
     tokens: &[u32],
-    all_logits: bool,
+    logits_from: Option<usize>,
 ) -> Result<Vec<Vec<f32>>, StageError> {
     let mut out = Vec::new();
     for (i, chunk) in tokens.chunks(PREFILL_CHUNK_TOKENS).enumerate() {
-        let batch = [BatchSeq { seq, start_pos: start_pos + i * PREFILL_CHUNK_TOKENS, n_tokens: chunk.len(), all_logits }];
-        let logits = logits_of(stage.forward(&batch, StageInput::Tokens(chunk.to_vec()))?)?;
-        if all_logits {
-            out.extend(logits);
+        let offset = i * PREFILL_CHUNK_TOKENS;
+        let logits = match logits_from {
+            None => LogitRows::Last,
+            Some(first) => LogitRows::From(first.saturating_sub(offset)),
+        };
+        let batch = [BatchSeq { seq, start_pos: start_pos + offset, n_tokens: chunk.len(), logits }];
+        let rows = logits_of(stage.forward(&batch, StageInput::Tokens(chunk.to_vec()))?)?;
+        if logits_from.is_some() {
+            out.extend(rows);
         } else {
-            out = logits;
+            out = rows;
         }
     }
     Ok(out)
@@ -53,7 +59,7 @@ pub fn generate<B: Backend>(
     }
     let result = (|| {
         let mut history = prompt.to_vec();
-        let mut logits = prefill(stage, SEQ, 0, prompt, false)?.pop().unwrap_or_default();
+        let mut logits = prefill(stage, SEQ, 0, prompt, None)?.pop().unwrap_or_default();
         let mut out = Vec::new();
         for _ in 0..max_tokens {
             let s = sampler.sample(&logits, &history);
@@ -63,7 +69,7 @@ pub fn generate<B: Backend>(
             if !go_on || out.len() == max_tokens {
                 break;
             }
-            let batch = [BatchSeq { seq: SEQ, start_pos: history.len() - 1, n_tokens: 1, all_logits: false }];
+            let batch = [BatchSeq { seq: SEQ, start_pos: history.len() - 1, n_tokens: 1, logits: LogitRows::Last }];
             let step = stage.forward(&batch, StageInput::Tokens(vec![*history.last().unwrap_or(&0)]))?;
             logits = logits_of(step)?.pop().unwrap_or_default();
         }
@@ -93,11 +99,11 @@ pub fn perplexity<B: Backend>(
         if let Some(b) = bos {
             input[0] = b;
         }
-        let logits = prefill(stage, SEQ, 0, &input, true);
+        let logits = prefill(stage, SEQ, 0, &input, Some(first));
         stage.release(SEQ);
         let logits = logits?;
         for j in first..ctx - 1 {
-            let row = &logits[j];
+            let row = &logits[j - first];
             nll += (log_sum_exp(row) - row[chunk[j + 1] as usize]) as f64;
             count += 1;
         }

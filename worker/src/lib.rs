@@ -10,4 +10,4 @@ mod weights;
 
 pub use kv_blocks::BlockAllocator;
 pub use sampler::{Sampler, SamplingParams, TokenLogprob};
-pub use stage::{BatchSeq, LayerRange, Stage, StageError, StageInput, StageOutput};
+pub use stage::{BatchSeq, LayerRange, LogitRows, Stage, StageError, StageInput, StageOutput};

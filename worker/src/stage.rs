@@ -47,8 +47,18 @@ pub struct BatchSeq {
     /// the KV cache already. Positions at or past it are overwritten.
     pub start_pos: usize,
     pub n_tokens: usize,
-    /// Logits for every token of the run (perplexity), not just the last.
-    pub all_logits: bool,
+    /// Which tokens of the run get logits (the last stage only).
+    pub logits: LogitRows,
+}
+
+/// Tokens of a run whose logits the last stage returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitRows {
+    /// The last token (generation).
+    Last,
+    /// Every token from this index of the run on (perplexity scores the
+    /// second half of each chunk; `From(0)` is all of them).
+    From(usize),
 }
 
 pub enum StageInput<A> {
@@ -60,8 +70,7 @@ pub enum StageInput<A> {
 
 pub enum StageOutput<A> {
     Hidden(A),
-    /// Logit rows, in batch order: the last token of each run, or every
-    /// token of runs that asked for all.
+    /// Logit rows, in batch order, as each run's `LogitRows` asked.
     Logits(Vec<Vec<f32>>),
 }
 
@@ -221,10 +230,9 @@ impl<B: Backend> Stage<B> {
         let mut rows = Vec::new();
         let mut offset = 0;
         for s in batch {
-            if s.all_logits {
-                rows.extend(offset..offset + s.n_tokens);
-            } else {
-                rows.push(offset + s.n_tokens - 1);
+            match s.logits {
+                LogitRows::Last => rows.push(offset + s.n_tokens - 1),
+                LogitRows::From(first) => rows.extend(offset + first.min(s.n_tokens)..offset + s.n_tokens),
             }
             offset += s.n_tokens;
         }

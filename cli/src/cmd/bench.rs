@@ -2,7 +2,7 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use strata_worker::generate::prefill;
-use strata_worker::{BatchSeq, StageInput};
+use strata_worker::{BatchSeq, LogitRows, StageInput};
 
 use super::RunArgs;
 
@@ -29,7 +29,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let mut random_tokens = |n: usize| (0..n).map(|_| rng.random_range(0..vocab)).collect::<Vec<u32>>();
 
     // One warm-up pass, as llama-bench does.
-    prefill(&mut stage, 0, 0, &random_tokens(16.min(args.n_prompt.max(1))), false)?;
+    prefill(&mut stage, 0, 0, &random_tokens(16.min(args.n_prompt.max(1))), None)?;
     stage.release(0);
 
     let mut results = Vec::new();
@@ -38,7 +38,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         for _ in 0..args.repetitions {
             let tokens = random_tokens(args.n_prompt);
             let t = Instant::now();
-            prefill(&mut stage, 0, 0, &tokens, false)?;
+            prefill(&mut stage, 0, 0, &tokens, None)?;
             rates.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
             stage.release(0);
         }
@@ -50,7 +50,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             let tokens = random_tokens(args.n_gen);
             let t = Instant::now();
             for (pos, &tok) in tokens.iter().enumerate() {
-                let batch = [BatchSeq { seq: 0, start_pos: pos, n_tokens: 1, all_logits: false }];
+                let batch = [BatchSeq { seq: 0, start_pos: pos, n_tokens: 1, logits: LogitRows::Last }];
                 stage.forward(&batch, StageInput::Tokens(vec![tok]))?;
             }
             rates.push(args.n_gen as f64 / t.elapsed().as_secs_f64());
