@@ -1,0 +1,136 @@
+//! `strata plan`: where each layer would go, without loading tensor data.
+
+use anyhow::Context;
+use strata_coordinator::planner::synth_profile::synth_profile;
+use strata_coordinator::planner::units::{format_bytes, parse_devices};
+use strata_coordinator::planner::{plan, Plan, PlanRequest, WorkerSpec};
+use strata_model::arch::{Architecture, HyperParams};
+use strata_model::profile::{KvType, MemoryProfile};
+use strata_model::synth::{QuantScheme, SynthSpec};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// GGUF model file (only its header is read).
+    #[arg(long, short = 'm', required_unless_present = "synth", conflicts_with = "synth")]
+    pub model: Option<std::path::PathBuf>,
+    /// Plan for a synthetic shape without writing it: ARCH:PRESET[:QUANT],
+    /// e.g. llama:70b:Q4_K_M.
+    #[arg(long)]
+    pub synth: Option<String>,
+    /// Devices to plan over: comma-separated [cpu:|cuda:]SIZE[@HOST], e.g.
+    /// 16GiB,16GiB,12GiB (each its own host unless @HOST says otherwise).
+    #[arg(long, required_unless_present = "worker")]
+    pub devices: Option<String>,
+    /// Worker addresses (needs the multi-worker runtime).
+    #[arg(long)]
+    pub worker: Vec<String>,
+    /// Context per sequence, in tokens.
+    #[arg(long, short = 'c', default_value_t = 4096)]
+    pub ctx_size: usize,
+    /// Sequences held at once.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
+    /// KV cache type: f16 or q8_0.
+    #[arg(long, default_value = "f16")]
+    pub kv_type: String,
+    /// Largest batch in tokens (sizes activation scratch).
+    #[arg(long, default_value_t = strata_coordinator::planner::DEFAULT_MAX_BATCH_TOKENS)]
+    pub batch_tokens: usize,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if !args.worker.is_empty() {
+        anyhow::bail!("--worker needs the multi-worker runtime; use --devices");
+    }
+    let devices = args.devices.as_deref().context("--devices is required")?;
+    let workers = parse_devices(devices).map_err(anyhow::Error::msg).context("parsing --devices")?;
+    let kv_type = match args.kv_type.to_ascii_lowercase().as_str() {
+        "f16" => KvType::F16,
+        "q8_0" => KvType::Q8_0,
+        other => anyhow::bail!("unknown --kv-type {other:?} (f16 or q8_0)"),
+    };
+    let (name, hp, profile) = load_profile(&args)?;
+    let req = PlanRequest {
+        parallel: args.parallel,
+        max_batch_tokens: args.batch_tokens,
+        ..PlanRequest::new(profile, hp.d_model, args.ctx_size, kv_type)
+    };
+    println!(
+        "model:   {name} ({}, {} layers, {} of weights)",
+        hp.arch,
+        hp.n_layers,
+        format_bytes(req.profile.total_weight_bytes())
+    );
+    println!(
+        "context: {} tokens x {} sequence(s), KV {}, batch {} tokens",
+        req.ctx_size,
+        req.parallel,
+        kv_type.name(),
+        req.max_batch_tokens
+    );
+    println!("margin:  {}", req.margin);
+    let p = plan(&req, &workers)?;
+    print_plan(&p, &workers);
+    Ok(())
+}
+
+fn load_profile(args: &Args) -> anyhow::Result<(String, HyperParams, MemoryProfile)> {
+    if let Some(s) = &args.synth {
+        let mut parts = s.split(':');
+        let (arch, preset, quant) = (parts.next().unwrap_or(""), parts.next(), parts.next().unwrap_or("Q4_K_M"));
+        let arch = Architecture::from_name(arch)
+            .with_context(|| format!("--synth {s:?}: unknown architecture {arch:?} (llama, qwen2, qwen3, gemma3)"))?;
+        let preset = preset.with_context(|| format!("--synth {s:?}: expected ARCH:PRESET[:QUANT]"))?;
+        let q = QuantScheme::parse(quant).with_context(|| format!("--synth {s:?}: unknown quant type {quant:?}"))?;
+        let spec = SynthSpec::from_preset(arch, preset, q)?;
+        let (hp, profile) = synth_profile(&spec)?;
+        return Ok((format!("synthetic {arch} {preset} {}", quant.to_ascii_uppercase()), hp, profile));
+    }
+    let path = args.model.as_ref().context("--model or --synth is required")?;
+    let f = super::open(path)?;
+    let hp = HyperParams::from_gguf(&f)?;
+    let profile = MemoryProfile::from_gguf(&f, &hp);
+    let name = f.get_str("general.name").map_or_else(|| path.display().to_string(), str::to_string);
+    Ok((name, hp, profile))
+}
+
+fn print_plan(p: &Plan, workers: &[WorkerSpec]) {
+    println!();
+    println!(
+        "{:<5}  {:<24}  {:<21}  {:>10}  {:>10}  {:>10}  {:>10}",
+        "stage", "device", "layers", "weights", "KV", "scratch", "free after"
+    );
+    for (i, s) in p.stages.iter().enumerate() {
+        let w = &workers[s.worker];
+        let mut device = format!("{} {} {}", w.name, w.backend.name(), format_bytes(w.free_bytes));
+        if w.host != w.name {
+            device = format!("{device} @{}", w.host);
+        }
+        let mut layers = format!("{}-{} ({})", s.first_layer, s.end_layer - 1, s.n_layers());
+        if s.has_embedding {
+            layers.push_str(" +emb");
+        }
+        if s.has_head {
+            layers.push_str(" +head");
+        }
+        println!(
+            "{i:<5}  {device:<24}  {layers:<21}  {:>10}  {:>10}  {:>10}  {:>10}",
+            format_bytes(s.weight_bytes),
+            format_bytes(s.kv_bytes),
+            format_bytes(s.scratch_bytes),
+            format_bytes(s.free_after)
+        );
+    }
+    let unused: Vec<&str> = (0..workers.len())
+        .filter(|i| !p.stages.iter().any(|s| s.worker == *i))
+        .map(|i| workers[i].name.as_str())
+        .collect();
+    if !unused.is_empty() {
+        println!("unused:  {} (not needed; each hop costs time)", unused.join(", "));
+    }
+    println!(
+        "est. time per token: {:.2} ms{}",
+        p.est_time_per_token_s * 1e3,
+        if p.bandwidth_measured { "" } else { " (no measured bandwidths: equal speeds assumed, relative only)" }
+    );
+}
