@@ -24,6 +24,8 @@ enum Command {
     Perplexity(cmd::perplexity::Args),
     /// Write a random-weight GGUF with a real model's shape.
     Synth(cmd::synth::Args),
+    /// Show where each layer would go over a set of devices (loads nothing).
+    Plan(cmd::plan::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +41,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Synth(a) => cmd::synth::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,6 +2,7 @@ pub mod bench;
 pub mod generate;
 pub mod inspect;
 pub mod perplexity;
+pub mod plan;
 pub mod synth;
 
 use std::path::Path;
