@@ -4,9 +4,7 @@
 use std::path::PathBuf;
 
 use strata_coordinator::planner::synth_profile::synth_profile;
-use strata_coordinator::planner::{
-    plan, try_plan, Backend, Link, Plan, PlanError, PlanRequest, WorkerSpec,
-};
+use strata_coordinator::planner::{plan, try_plan, Backend, Link, Plan, PlanError, PlanRequest, WorkerSpec};
 use strata_model::arch::{Architecture, HyperParams};
 use strata_model::profile::{KvType, MemoryProfile};
 use strata_model::synth::{QuantScheme, SynthSpec};
@@ -37,7 +35,11 @@ fn request(hp: &HyperParams, p: &MemoryProfile, ctx: usize, kv: KvType) -> PlanR
 }
 
 fn gpus(sizes: &[u64]) -> Vec<WorkerSpec> {
-    sizes.iter().enumerate().map(|(i, &s)| WorkerSpec::new(format!("w{i}"), Backend::Cuda, format!("host{i}"), s)).collect()
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| WorkerSpec::new(format!("w{i}"), Backend::Cuda, format!("host{i}"), s))
+        .collect()
 }
 
 /// Everything a plan must satisfy.
@@ -190,11 +192,8 @@ fn same_host_workers_stay_adjacent() {
     let (hp, p) = synth(Architecture::Llama, "8b");
     let req = request(&hp, &p, 4096, KvType::F16);
     let hosts = ["h1", "h2", "h1", "h2"];
-    let workers: Vec<WorkerSpec> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| WorkerSpec::new(format!("w{i}"), Backend::Cuda, *h, 2 * GIB))
-        .collect();
+    let workers: Vec<WorkerSpec> =
+        hosts.iter().enumerate().map(|(i, h)| WorkerSpec::new(format!("w{i}"), Backend::Cuda, *h, 2 * GIB)).collect();
     let plan = plan(&req, &workers).unwrap();
     check(&plan, &req, &workers);
     assert_eq!(plan.stages.len(), 4, "needs all four");
@@ -230,11 +229,7 @@ fn llama_70b_on_16_16_12_gib_explains_and_suggests() {
     }
 }
 
-fn verify_suggestions(
-    e: &strata_coordinator::planner::DoesNotFit,
-    req: &PlanRequest,
-    workers: &[WorkerSpec],
-) {
+fn verify_suggestions(e: &strata_coordinator::planner::DoesNotFit, req: &PlanRequest, workers: &[WorkerSpec]) {
     let s = &e.suggestions;
     if let Some(c) = s.max_ctx_size {
         assert!(c < req.ctx_size);

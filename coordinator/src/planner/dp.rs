@@ -233,7 +233,8 @@ fn plan_order(
                 let mut best: Option<(Cost, usize)> = None;
                 for q in 0..p {
                     if let Some(e) = end[q][a] {
-                        let c = e.cost.then(hop_s(&workers[order[q]], &workers[wi], req.activation_bytes_per_token), 0.0);
+                        let c =
+                            e.cost.then(hop_s(&workers[order[q]], &workers[wi], req.activation_bytes_per_token), 0.0);
                         if c.better_than(&best.map(|b| b.0)) {
                             best = Some((c, q));
                         }

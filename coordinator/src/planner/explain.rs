@@ -109,7 +109,8 @@ pub(super) fn does_not_fit(req: &PlanRequest, workers: &[WorkerSpec]) -> DoesNot
     let usable_bytes: u64 = usable.iter().sum();
     let largest_layer_bytes = (0..n).map(|il| sizes.memory(il, il + 1)).max().unwrap_or(0);
 
-    let mut s = Suggestions { max_ctx_size: max_ctx(req, workers, req.ctx_size.saturating_sub(1)), ..Default::default() };
+    let mut s =
+        Suggestions { max_ctx_size: max_ctx(req, workers, req.ctx_size.saturating_sub(1)), ..Default::default() };
     if req.parallel > 1 {
         s.max_parallel = largest(1, req.parallel - 1, |p| fits(&PlanRequest { parallel: p, ..req.clone() }, workers));
     }

@@ -277,7 +277,10 @@ pub fn try_plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Result<Option<Plan
         w.matvec_bandwidth_bytes_per_s.is_some_and(|b| !(b > 0.0 && b.is_finite()))
             || !(w.link.bandwidth_bytes_per_s > 0.0 && w.link.latency_s >= 0.0)
     }) {
-        return Err(PlanError::Invalid(format!("worker {}: bandwidths must be positive, latency not negative", w.name)));
+        return Err(PlanError::Invalid(format!(
+            "worker {}: bandwidths must be positive, latency not negative",
+            w.name
+        )));
     }
     Ok(dp::best_plan(req, workers))
 }

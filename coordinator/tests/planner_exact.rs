@@ -1,0 +1,139 @@
+//! The planner's DP against brute force over every ordered subset of workers
+//! and every contiguous split, on small random profiles (seeded).
+
+use strata_coordinator::planner::{try_plan, Backend, Link, PlanRequest, SafetyMargin, WorkerSpec};
+use strata_model::profile::{KvType, LayerProfile, MemoryProfile};
+
+const MIB: u64 = 1 << 20;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn hop(a: &WorkerSpec, b: &WorkerSpec, bytes: u64) -> f64 {
+    let l = if a.host == b.host {
+        Link::SAME_HOST
+    } else {
+        Link {
+            latency_s: a.link.latency_s.max(b.link.latency_s),
+            bandwidth_bytes_per_s: a.link.bandwidth_bytes_per_s.min(b.link.bandwidth_bytes_per_s),
+        }
+    };
+    l.transfer_s(bytes)
+}
+
+/// Best time over all placements by enumeration, `None` if nothing fits.
+fn brute_force(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<f64> {
+    let p = &req.profile;
+    let n = p.layers.len();
+    let stage_mem = |a: usize, b: usize| {
+        let l = &p.layers[a..b];
+        l.iter().map(|x| x.weight_bytes + x.kv_bytes(req.kv_type, req.ctx_size) * req.parallel as u64).sum::<u64>()
+            + if a == 0 { p.embedding_bytes } else { 0 }
+            + if b == n { p.head_bytes + p.logits_bytes * req.parallel as u64 } else { 0 }
+            + p.scratch_bytes_per_token * req.max_batch_tokens as u64
+    };
+    let stage_read = |a: usize, b: usize| {
+        p.layers[a..b].iter().map(|x| x.weight_bytes + x.kv_bytes(req.kv_type, req.ctx_size)).sum::<u64>()
+            + if b == n { p.head_bytes } else { 0 }
+    };
+    // All workers here have a bandwidth.
+    let bw = |w: &WorkerSpec| w.matvec_bandwidth_bytes_per_s.unwrap();
+    let mut best: Option<f64> = None;
+    // Depth-first over (layers placed, last worker, used mask, time so far).
+    let mut stack = vec![(0usize, None::<usize>, 0u32, 0.0f64)];
+    while let Some((l, last, used, t)) = stack.pop() {
+        if l == n {
+            if best.is_none_or(|b| t < b) {
+                best = Some(t);
+            }
+            continue;
+        }
+        for (wi, w) in workers.iter().enumerate() {
+            if used & (1 << wi) != 0 {
+                continue;
+            }
+            let h = last.map_or(0.0, |q| hop(&workers[q], w, req.activation_bytes_per_token));
+            for b in l + 1..=n {
+                if stage_mem(l, b) > req.margin.usable_bytes(w) {
+                    continue;
+                }
+                stack.push((b, Some(wi), used | (1 << wi), t + h + stage_read(l, b) as f64 / bw(w)));
+            }
+        }
+    }
+    best
+}
+
+#[test]
+fn dp_matches_brute_force() {
+    let seed = 0xC0FFEE_u64;
+    let mut rng = Rng(seed);
+    let mut fitted = 0;
+    for round in 0..200 {
+        let n = 2 + rng.below(7) as usize;
+        let layers = (0..n)
+            .map(|_| LayerProfile {
+                weight_bytes: (50 + rng.below(200)) * MIB,
+                kv_bytes_per_token_f16: 2048,
+                kv_bytes_per_token_q8_0: 1088,
+                kv_window_tokens: if rng.below(3) == 0 { Some(512) } else { None },
+            })
+            .collect();
+        let tied = rng.below(2) == 0;
+        let embedding = (20 + rng.below(100)) * MIB;
+        let profile = MemoryProfile {
+            layers,
+            embedding_bytes: embedding,
+            head_bytes: if tied { embedding } else { (20 + rng.below(150)) * MIB },
+            tied_embeddings: tied,
+            scratch_bytes_per_token: 4096,
+            logits_bytes: 4 * 32000,
+        };
+        let req = PlanRequest {
+            margin: SafetyMargin { fraction: 0.05, fixed_gpu_bytes: 32 * MIB, fixed_cpu_bytes: 8 * MIB },
+            ..PlanRequest::new(profile, 2048, 256 * (1 + rng.below(16) as usize), KvType::F16)
+        };
+        let m = 1 + rng.below(4) as usize;
+        let workers: Vec<WorkerSpec> = (0..m)
+            .map(|i| {
+                let link = Link {
+                    latency_s: rng.below(1000) as f64 * 1e-6,
+                    bandwidth_bytes_per_s: 1e8 + rng.below(100) as f64 * 1e8,
+                };
+                WorkerSpec::new(
+                    format!("w{i}"),
+                    if rng.below(4) == 0 { Backend::Cpu } else { Backend::Cuda },
+                    format!("h{i}"),
+                    (100 + rng.below(900)) * MIB,
+                )
+                .with_bandwidth(1e10 + rng.below(100) as f64 * 1e10)
+                .with_link(link)
+            })
+            .collect();
+        let want = brute_force(&req, &workers);
+        let got = try_plan(&req, &workers).unwrap();
+        match (want, &got) {
+            (None, None) => {}
+            (Some(t), Some(p)) => {
+                fitted += 1;
+                let rel = (p.est_time_per_token_s - t).abs() / t;
+                assert!(rel < 1e-6, "seed {seed:#x} round {round}: dp {} vs brute force {t}", p.est_time_per_token_s);
+            }
+            _ => panic!(
+                "seed {seed:#x} round {round}: brute force {want:?}, dp {:?}",
+                got.map(|p| p.est_time_per_token_s)
+            ),
+        }
+    }
+    assert!(fitted > 50, "only {fitted} rounds fitted; the test would say little");
+}
