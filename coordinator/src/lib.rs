@@ -1,3 +1,4 @@
 //! strata-coordinator: placement, scheduling and the OpenAI API (arrives with the multi-worker issue).
 
 pub mod planner;
+pub mod scheduler;
