@@ -358,3 +358,32 @@ fn random_budgets_never_exceed_memory() {
         }
     }
 }
+
+#[test]
+fn workers_within_a_host_are_reordered_when_only_that_fits() {
+    let (hp, p) = synth(Architecture::Llama, "8b");
+    let req = request(&hp, &p, 4096, KvType::F16);
+    let min_stage = |with_emb: bool, with_head: bool| {
+        let l = &p.layers[0];
+        l.weight_bytes
+            + l.kv_bytes(KvType::F16, 4096)
+            + p.scratch_bytes_per_token * req.max_batch_tokens as u64
+            + if with_emb { p.embedding_bytes } else { 0 }
+            + if with_head { p.head_bytes + p.logits_bytes } else { 0 }
+    };
+    // The small GPU can hold the first stage (embedding + a layer) but not
+    // the last (head + a layer); the big one cannot hold everything.
+    let (first, last) = (min_stage(true, false), min_stage(false, true));
+    assert!(first < last);
+    let small_usable = (first + last) / 2;
+    let small_free = ((small_usable + 256 * MIB) as f64 / 0.95) as u64 + 1;
+    let total = p.total_weight_bytes() + p.layers.iter().map(|l| l.kv_bytes(KvType::F16, 4096)).sum::<u64>();
+    let big_free = ((total + 256 * MIB) as f64 / 0.95) as u64 - 256 * MIB;
+    let workers = vec![
+        WorkerSpec::new("big", Backend::Cuda, "box", big_free),
+        WorkerSpec::new("small", Backend::Cuda, "box", small_free),
+    ];
+    let plan = plan(&req, &workers).expect("small first, big last fits");
+    check(&plan, &req, &workers);
+    assert_eq!(plan.stages.iter().map(|s| s.worker).collect::<Vec<_>>(), vec![1, 0]);
+}

@@ -5,8 +5,11 @@ use std::cmp::Ordering;
 
 use super::{Link, Plan, PlanRequest, StagePlan, WorkerSpec, NOMINAL_BANDWIDTH_BYTES_PER_S};
 
-/// Host groups up to this many are tried in every order (6! = 720 orders);
-/// beyond it a few heuristic orders are tried.
+/// Orders of groups and of workers within groups tried exhaustively up to
+/// this many orders.
+const MAX_ORDERS: usize = 720;
+/// Beyond that, host groups up to this many are tried in every order (6! =
+/// 720 orders, members in given order); beyond it a few heuristic orders.
 const MAX_PERMUTED_GROUPS: usize = 6;
 
 /// Relative tolerance under which two times count as equal (then memory
@@ -121,8 +124,11 @@ fn hop_s(a: &WorkerSpec, b: &WorkerSpec, bytes: u64) -> f64 {
     link.transfer_s(bytes)
 }
 
-/// Worker orders to try: host groups (in order of first appearance, members
-/// in given order) permuted, or heuristic orders when there are many groups.
+/// Worker orders to try, always with each host's workers adjacent: every
+/// order of host groups and of the workers inside each group while that is
+/// at most [`MAX_ORDERS`] orders; else every order of groups (members in
+/// given order) up to [`MAX_PERMUTED_GROUPS`] groups; else a few heuristic
+/// orders (given, fastest host first, largest host first).
 pub(super) fn worker_orders(workers: &[WorkerSpec], bw: &[f64], usable: &[u64]) -> Vec<Vec<usize>> {
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for (i, w) in workers.iter().enumerate() {
@@ -131,8 +137,42 @@ pub(super) fn worker_orders(workers: &[WorkerSpec], bw: &[f64], usable: &[u64]) 
             None => groups.push(vec![i]),
         }
     }
-    let flatten = |order: &[usize]| order.iter().flat_map(|&g| groups[g].iter().copied()).collect::<Vec<_>>();
+    let factorial = |k: usize| (1..=k).try_fold(1usize, |acc, x| acc.checked_mul(x));
+    let n_orders = factorial(groups.len())
+        .and_then(|n| groups.iter().try_fold(n, |acc: usize, g| acc.checked_mul(factorial(g.len())?)));
     let mut idx: Vec<usize> = (0..groups.len()).collect();
+    if n_orders.is_some_and(|n| n <= MAX_ORDERS) {
+        let member_orders: Vec<Vec<Vec<usize>>> = groups
+            .iter()
+            .map(|g| {
+                let mut out = Vec::new();
+                permutations(&mut g.clone(), 0, &mut |p| out.push(p.to_vec()));
+                out
+            })
+            .collect();
+        let mut out = Vec::new();
+        permutations(&mut idx, 0, &mut |gp| {
+            let mut choice = vec![0usize; gp.len()];
+            loop {
+                out.push(gp.iter().zip(&choice).flat_map(|(&g, &c)| member_orders[g][c].iter().copied()).collect());
+                // Next combination of member orders (odometer).
+                let mut k = 0;
+                while k < gp.len() {
+                    choice[k] += 1;
+                    if choice[k] < member_orders[gp[k]].len() {
+                        break;
+                    }
+                    choice[k] = 0;
+                    k += 1;
+                }
+                if k == gp.len() {
+                    break;
+                }
+            }
+        });
+        return out;
+    }
+    let flatten = |order: &[usize]| order.iter().flat_map(|&g| groups[g].iter().copied()).collect::<Vec<_>>();
     if groups.len() <= MAX_PERMUTED_GROUPS {
         let mut out = Vec::new();
         permutations(&mut idx, 0, &mut |p| out.push(flatten(p)));
