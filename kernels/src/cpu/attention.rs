@@ -55,8 +55,8 @@ impl CpuKvCache {
     }
 
     /// Online-softmax attention with ggml's CPU flash-attention numerics:
-    /// Q rounded to f16, Q.K in f32 over f16 values (summed in the order of
-    /// ggml's `ggml_vec_dot_f16`), and V accumulated in f16. Matching them
+    /// Q rounded to f16, Q.K in f32 over f16 values, and V accumulated in
+    /// f16. Matching them
     /// keeps us on llama.cpp's numbers: Q8 activation quantization
     /// downstream turns any 1e-3 difference into a different rounding of
     /// many values.
@@ -69,36 +69,44 @@ impl CpuKvCache {
         let n_out = batch.n_heads * hdv;
         let mut out = vec![0f32; q.rows * n_out];
         let k = head_kernels();
-        let head = |(qh, acc): &mut (Vec<f16>, Vec<f16>), (i, o): (usize, &mut [f32])| {
+        let head = |(qh, acc): &mut (Vec<f32>, Vec<f16>), (i, o): (usize, &mut [f32])| {
             let (t, h) = (i / batch.n_heads, i % batch.n_heads);
             let kvh = h / group;
             let seq = batch.token_seq[t] as usize;
             let pos = batch.positions[t] as usize;
             let lo = batch.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            qh.convert_from_f32_slice(&q.row(t)[h * hd..(h + 1) * hd]);
+            // Q rounded to f16 (kept as f32: f16 x f16 products are exact in f32).
+            qh.iter_mut().zip(&q.row(t)[h * hd..(h + 1) * hd]).for_each(|(d, &v)| *d = f16::from_f32(v).to_f32());
             acc.fill(f16::ZERO);
             let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-            for p in lo..=pos {
-                let s = Self::slot(batch, seq, p);
-                let kh = &kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd];
-                let score = (k.dot)(qh, kh) * batch.scale;
-                let (mut ms, mut vs) = (1.0f32, 1.0f32);
-                if score > m {
-                    ms = (m - score).exp();
-                    m = score;
-                    (k.scale)(acc, ms);
-                } else {
-                    vs = (score - m).exp();
+            let mut p0 = lo;
+            while p0 <= pos {
+                // Scores of up to LANES positions at once (the last padded by repeating it).
+                let n = (pos + 1 - p0).min(LANES);
+                let slots: [usize; LANES] = std::array::from_fn(|j| Self::slot(batch, seq, p0 + j.min(n - 1)));
+                let rows = slots.map(|s| &kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd]);
+                let scores = (k.scores)(qh, rows);
+                for (j, &s) in slots.iter().enumerate().take(n) {
+                    let score = scores[j] * batch.scale;
+                    let (mut ms, mut vs) = (1.0f32, 1.0f32);
+                    if score > m {
+                        ms = (m - score).exp();
+                        m = score;
+                        (k.scale)(acc, ms);
+                    } else {
+                        vs = (score - m).exp();
+                    }
+                    let vh = &vpool[s * vd + kvh * hdv..s * vd + (kvh + 1) * hdv];
+                    (k.mad)(acc, vh, vs);
+                    sum = sum * ms + vs;
                 }
-                let vh = &vpool[s * vd + kvh * hdv..s * vd + (kvh + 1) * hdv];
-                (k.mad)(acc, vh, vs);
-                sum = sum * ms + vs;
+                p0 += n;
             }
             let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
             acc.convert_to_f32_slice(o);
             o.iter_mut().for_each(|o| *o *= inv);
         };
-        let scratch = || (vec![f16::ZERO; hd], vec![f16::ZERO; hdv]);
+        let scratch = || (vec![0f32; hd], vec![f16::ZERO; hdv]);
         // Positions attended, summed over tokens (an upper bound with a window).
         let span: usize = batch.positions[..q.rows].iter().map(|&p| p as usize + 1).sum();
         if span * batch.n_heads * (hd + hdv) <= SERIAL_MAX_MACS {
@@ -111,11 +119,15 @@ impl CpuKvCache {
     }
 }
 
+/// Key positions scored at once.
+const LANES: usize = 8;
+
 /// The per-head vector kernels of [`CpuKvCache::attend`]; SIMD ones give
-/// the same bits as the portable ones (the dot sums in ggml's order on both).
+/// the same bits as the portable ones.
 struct HeadKernels {
-    /// f16 . f16 in f32, summed like ggml's `ggml_vec_dot_f16`.
-    dot: fn(&[f16], &[f16]) -> f32,
+    /// Q.K for LANES key rows: each a plain left-to-right f32 sum of the
+    /// (exact) products of the f16-rounded Q and the f16 K.
+    scores: fn(&[f32], [&[f16]; LANES]) -> [f32; LANES],
     /// acc = f16(acc * s)
     scale: fn(&mut [f16], f32),
     /// acc = f16(fma(v, s, acc))
@@ -127,43 +139,21 @@ fn head_kernels() -> HeadKernels {
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
         // SAFETY (of the calls through these): the features were just detected.
         return HeadKernels {
-            dot: |a, b| unsafe { simd::dot_f16(a, b) },
+            scores: |q, k| unsafe { simd::scores(q, k) },
             scale: |a, s| unsafe { simd::scale_f16(a, s) },
             mad: |a, v, s| unsafe { simd::mad_f16(a, v, s) },
         };
     }
-    HeadKernels { dot: portable::dot_f16, scale: portable::scale_f16, mad: portable::mad_f16 }
+    HeadKernels { scores: portable::scores, scale: portable::scale_f16, mad: portable::mad_f16 }
 }
 
-/// ggml's `ggml_vec_dot_f16` (AVX layout): four 8-lane accumulators over
-/// steps of 32, reduced pairwise, then the leftover elements in f64.
 mod portable {
     use half::f16;
 
-    pub fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
-        let n = a.len().min(b.len());
-        let np = n & !31;
-        let mut acc = [[0f32; 8]; 4];
-        for i in (0..np).step_by(32) {
-            for (j, lanes) in acc.iter_mut().enumerate() {
-                for (l, s) in lanes.iter_mut().enumerate() {
-                    let k = i + 8 * j + l;
-                    *s = a[k].to_f32().mul_add(b[k].to_f32(), *s);
-                }
-            }
-        }
-        (f64::from(reduce(acc)) + tail(a, b, np, n)) as f32
-    }
+    use super::LANES;
 
-    /// GGML_F32x8_REDUCE: x0+x2, x1+x3, then their sum, then hadd twice.
-    pub fn reduce(acc: [[f32; 8]; 4]) -> f32 {
-        let x: [f32; 8] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
-        let t: [f32; 4] = std::array::from_fn(|l| x[l] + x[l + 4]);
-        (t[0] + t[1]) + (t[2] + t[3])
-    }
-
-    pub fn tail(a: &[f16], b: &[f16], from: usize, n: usize) -> f64 {
-        (from..n).map(|i| f64::from(a[i].to_f32() * b[i].to_f32())).sum::<f64>()
+    pub fn scores(q: &[f32], k: [&[f16]; LANES]) -> [f32; LANES] {
+        k.map(|k| q.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum::<f32>())
     }
 
     pub fn scale_f16(acc: &mut [f16], s: f32) {
@@ -181,6 +171,8 @@ mod simd {
 
     use half::f16;
 
+    use super::LANES;
+
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn load8(p: *const f16) -> __m256 {
@@ -193,24 +185,56 @@ mod simd {
         _mm_storeu_si128(p as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
     }
 
+    /// Eight key rows at once, one per lane: 8x8 tiles of K transposed so
+    /// each lane adds its products in the order the portable sum does.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
-        let n = a.len().min(b.len());
-        let np = n & !31;
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut s = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i < np {
-            for (j, sj) in s.iter_mut().enumerate() {
-                *sj = _mm256_fmadd_ps(load8(pa.add(i + 8 * j)), load8(pb.add(i + 8 * j)), *sj);
-            }
-            i += 32;
+    pub unsafe fn scores(q: &[f32], k: [&[f16]; LANES]) -> [f32; LANES] {
+        let n = q.len();
+        if n % 8 != 0 || k.iter().any(|k| k.len() != n) {
+            return super::portable::scores(q, k);
         }
-        let x = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
-        let t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
-        let t1 = _mm_hadd_ps(t0, t0);
-        let r = _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
-        (f64::from(r) + super::portable::tail(a, b, np, n)) as f32
+        // -0.0: the start of `Iterator::sum` for f32.
+        let mut acc = _mm256_set1_ps(-0.0);
+        for d in (0..n).step_by(8) {
+            let r: [__m256; 8] = std::array::from_fn(|j| load8(k[j].as_ptr().add(d)));
+            let c = transpose8(r);
+            for (e, ce) in c.iter().enumerate() {
+                // Separate multiply and add, as the portable code (the product is exact anyway).
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(q[d + e]), *ce));
+            }
+        }
+        std::mem::transmute::<__m256, [f32; 8]>(acc)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -269,9 +293,14 @@ mod tests {
             let a: Vec<f16> = (0..n).map(|_| f16::from_f32(next())).collect();
             let b: Vec<f16> = (0..n).map(|_| f16::from_f32(next())).collect();
             let s = next();
+            let q: Vec<f32> = a.iter().map(|v| v.to_f32()).collect();
+            let rows: Vec<Vec<f16>> =
+                (0..super::LANES).map(|_| (0..n).map(|_| f16::from_f32(next())).collect()).collect();
+            let k: [&[f16]; super::LANES] = std::array::from_fn(|j| &rows[j][..]);
             // SAFETY: features detected above.
             unsafe {
-                assert_eq!(portable::dot_f16(&a, &b).to_bits(), simd::dot_f16(&a, &b).to_bits(), "dot n={n}");
+                let (want, got) = (portable::scores(&q, k), simd::scores(&q, k));
+                assert_eq!(want.map(f32::to_bits), got.map(f32::to_bits), "scores n={n}");
                 let (mut x, mut y) = (a.clone(), a.clone());
                 portable::scale_f16(&mut x, s);
                 simd::scale_f16(&mut y, s);

@@ -626,3 +626,51 @@ unsafe fn q6_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
     }
     std::array::from_fn(|t| hsum(acc[t]))
 }
+
+// ---- Activation quantizer. ----
+
+/// Q8_0 (`q8_1 == false`: f16 d, 32 x i8) or Q8_1 (f16 d, f16 d * sum, 32 x i8)
+/// blocks of `x`: the bytes of `strata_model::quant::quantize_row` (scale
+/// amax / 127, multiply by its inverse, round half away from zero).
+///
+/// # Safety
+/// AVX2 and F16C must be present; `x.len()` a multiple of 32 and `out` its blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8(x: &[f32], out: &mut [u8], q8_1: bool) {
+    let bb = if q8_1 { 36 } else { 34 };
+    let hdr = bb - 32;
+    assert!(x.len() % 32 == 0 && out.len() == x.len() / 32 * bb, "quantize_q8: lengths");
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+    let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+    for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(bb)) {
+        let p = xb.as_ptr();
+        let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(p.add(8 * k)));
+        let a: [__m256; 4] = std::array::from_fn(|k| _mm256_and_ps(v[k], abs_mask));
+        let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let q: [__m256i; 4] = std::array::from_fn(|k| {
+            let s = _mm256_mul_ps(v[k], id);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(s);
+            // |s - trunc(s)| is exact; at 0.5 or more, step away from zero.
+            let away = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_and_ps(_mm256_sub_ps(s, t), abs_mask), half);
+            let step = _mm256_or_ps(_mm256_and_ps(s, sign_mask), one);
+            _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_and_ps(away, step)))
+        });
+        let w16 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let bytes = _mm256_permutevar8x32_epi32(w16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(ob.as_mut_ptr().add(hdr) as *mut __m256i, bytes);
+        ob[0..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        if q8_1 {
+            let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)));
+            ob[2..4].copy_from_slice(&half::f16::from_f32(sum as f32 * d).to_le_bytes());
+        }
+    }
+}

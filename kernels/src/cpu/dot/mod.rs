@@ -100,6 +100,12 @@ pub fn quantize_activation_into(weight: GgmlType, x: &[f32], out: &mut [u8]) {
         out.chunks_exact_mut(4).zip(x).for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes()));
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if matches!(act, GgmlType::Q8_0 | GgmlType::Q8_1) && kernels().simd_quantize {
+        // SAFETY: AVX2/F16C detected; lengths checked above.
+        unsafe { avx2::quantize_q8(x, out, act == GgmlType::Q8_1) };
+        return;
+    }
     if let Err(e) = quantize_row(act, x, out) {
         panic!("{weight}: quantizing activations: {e}");
     }
@@ -217,6 +223,8 @@ struct Kernels {
     table: [DotFn; 15],
     table_x4: [Option<DotFnX4>; 15],
     simd: [bool; 15],
+    /// Q8_0/Q8_1 activations quantized with AVX2 (`avx2::quantize_q8`).
+    simd_quantize: bool,
 }
 
 fn index(t: GgmlType) -> usize {
@@ -255,10 +263,12 @@ fn kernels() -> &'static Kernels {
             table: GgmlType::ALL.map(scalar_as_unsafe),
             table_x4: [None; 15],
             simd: [false; 15],
+            simd_quantize: false,
         };
         #[cfg(target_arch = "x86_64")]
         if avx2::detected() {
             k.name = "avx2";
+            k.simd_quantize = true;
             for (t, f) in avx2::kernels() {
                 k.table[index(t)] = f;
                 k.simd[index(t)] = true;

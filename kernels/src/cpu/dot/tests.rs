@@ -186,3 +186,29 @@ fn x4_kernels_give_vec_dot_bits() {
         }
     }
 }
+
+#[test]
+fn simd_activation_quantizer_gives_quantize_row_bytes() {
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 8);
+    // Exact halves (amax 127 makes the scale 1), zeros, and random rows at many scales.
+    let mut rows: Vec<Vec<f32>> = vec![
+        (0..64).map(|i| if i == 0 { 127.0 } else { (i as f32 - 32.0) + 0.5 }).collect(),
+        (0..64).map(|i| if i == 5 { -127.0 } else { -(i as f32 / 2.0) }).collect(),
+        vec![0.0; 64],
+        (0..64).map(|i| if i % 2 == 0 { -0.0 } else { 0.0 }).collect(),
+    ];
+    for _ in 0..200 {
+        let n = 32 * rng.random_range(1..20);
+        let scale = 10f32.powi(rng.random_range(-6..4));
+        rows.push((0..n).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect());
+    }
+    for (i, x) in rows.iter().enumerate() {
+        for (w, act) in [(GgmlType::Q4_0, GgmlType::Q8_0), (GgmlType::Q4_1, GgmlType::Q8_1)] {
+            let mut want = vec![0u8; activation_row_bytes(w, x.len())];
+            quantize_row(act, x, &mut want).unwrap();
+            let mut got = vec![0u8; want.len()];
+            quantize_activation_into(w, x, &mut got);
+            assert_eq!(got, want, "{act} row {i} seed {:#x} ({})", SEED ^ 8, simd_name());
+        }
+    }
+}
