@@ -4,6 +4,8 @@
 //! microseconds of work to rayon's pool (wake a worker, park the caller)
 //! costs more than the work.
 
+use std::sync::OnceLock;
+
 use half::f16;
 use rayon::prelude::*;
 use strata_model::arch::{Activation, RopeStyle};
@@ -93,8 +95,14 @@ pub fn gelu_tanh_f16(x: f32) -> f32 {
     } else if x >= 10.0 {
         x
     } else {
-        f16::from_f32(gelu_tanh(f16::from_f32(x).to_f32())).to_f32()
+        gelu_table()[f16::from_f32(x).to_bits() as usize].to_f32()
     }
+}
+
+/// `f16(gelu_tanh(x))` for every f16 bit pattern `x` (ggml's `ggml_table_gelu_f16`).
+fn gelu_table() -> &'static [f16] {
+    static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32()))).collect())
 }
 
 pub fn gated(gate: &CpuAct, up: &CpuAct, act: Activation) -> CpuAct {
@@ -108,4 +116,24 @@ pub fn gated(gate: &CpuAct, up: &CpuAct, act: Activation) -> CpuAct {
         gate.data.par_iter().zip(&up.data).map(|(&g, &u)| f(g) * u).collect()
     };
     CpuAct { data, rows: gate.rows, cols: gate.cols }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::{gelu_tanh, gelu_tanh_f16};
+
+    /// The table gives the directly computed f16 GELU for every f16 input in range.
+    #[test]
+    fn gelu_table_matches_direct_f16_gelu() {
+        for b in 0..=u16::MAX {
+            let x = f16::from_bits(b).to_f32();
+            if !x.is_finite() || x <= -10.0 || x >= 10.0 {
+                continue;
+            }
+            let direct = f16::from_f32(gelu_tanh(x)).to_f32();
+            assert_eq!(gelu_tanh_f16(x).to_bits(), direct.to_bits(), "x = {x}");
+        }
+    }
 }

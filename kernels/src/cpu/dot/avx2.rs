@@ -535,16 +535,22 @@ unsafe fn qk_asym_x4(
     for i in 0..n / 256 {
         let b = &w[i * wb..(i + 1) * wb];
         let bx: [&[u8]; T] = std::array::from_fn(|t| &x[t][i * 292..(i + 1) * 292]);
-        let sums: [[i32; 8]; T] = std::array::from_fn(|t| bsums32(bx[t]));
-        let mut summ = [0i32; T];
+        // The 8 mins, each twice, against the 16 bsums: m_j * (bsum_2j + bsum_2j+1), summed (exact integers).
+        let mins: [i16; 16] = std::array::from_fn(|k| scale_min_k4(k / 2, &b[4..16]).1 as i16);
+        let mins = _mm256_loadu_si256(mins.as_ptr() as *const __m256i);
+        let summ: [i32; T] = std::array::from_fn(|t| {
+            let p = _mm256_madd_epi16(mins, load(bx[t].as_ptr().add(260)));
+            let s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256::<1>(p));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
+        });
         let mut sumi = [_mm256_setzero_si256(); T];
         for j in 0..4 {
-            let (sc1, m1) = scale_min_k4(2 * j, &b[4..16]);
-            let (sc2, m2) = scale_min_k4(2 * j + 1, &b[4..16]);
+            let (sc1, _) = scale_min_k4(2 * j, &b[4..16]);
+            let (sc2, _) = scale_min_k4(2 * j + 1, &b[4..16]);
             let (ql, qh) = levels(b.as_ptr(), j);
             let (s1, s2) = (_mm256_set1_epi16(sc1 as i16), _mm256_set1_epi16(sc2 as i16));
             for t in 0..T {
-                summ[t] += m1 as i32 * sums[t][2 * j] + m2 as i32 * sums[t][2 * j + 1];
                 let q8 = bx[t].as_ptr().add(4);
                 let pl = _mm256_madd_epi16(s1, _mm256_maddubs_epi16(ql, load(q8.add(64 * j))));
                 let ph = _mm256_madd_epi16(s2, _mm256_maddubs_epi16(qh, load(q8.add(64 * j + 32))));
