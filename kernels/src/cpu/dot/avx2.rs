@@ -680,3 +680,50 @@ pub unsafe fn quantize_q8(x: &[f32], out: &mut [u8], q8_1: bool) {
         }
     }
 }
+
+/// Q8_K blocks of `x` (f32 d, 256 x i8, 16 x i16 bsums): the bytes of
+/// `strata_model::quant::quantize_row` (scale from the first element of
+/// largest magnitude, -127 / max, rounding half to even, clamped to 127).
+///
+/// # Safety
+/// AVX2 must be present; `x.len()` a multiple of 256 and `out` its blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8_k(x: &[f32], out: &mut [u8]) {
+    assert!(x.len() % 256 == 0 && out.len() == x.len() / 256 * 292, "quantize_q8_k: lengths");
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    for (xb, ob) in x.chunks_exact(256).zip(out.chunks_exact_mut(292)) {
+        let p = xb.as_ptr();
+        let mut m = _mm256_setzero_ps();
+        for k in 0..32 {
+            m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(p.add(8 * k)), abs_mask));
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        if amax == 0.0 {
+            ob.fill(0);
+            continue;
+        }
+        // The first element reaching amax, as the scalar strict-greater scan keeps.
+        let max = *xb.iter().find(|v| v.abs() == amax).unwrap_or(&amax);
+        let iscale = -127.0 / max;
+        let vs = _mm256_set1_ps(iscale);
+        let cap = _mm256_set1_epi32(127);
+        let qs = ob.as_mut_ptr().add(4);
+        for g in 0..8 {
+            let q: [__m256i; 4] = std::array::from_fn(|k| {
+                let v = _mm256_mul_ps(vs, _mm256_loadu_ps(p.add(32 * g + 8 * k)));
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                _mm256_min_epi32(_mm256_cvtps_epi32(r), cap)
+            });
+            let w16 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            let bytes = _mm256_permutevar8x32_epi32(w16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(qs.add(32 * g) as *mut __m256i, bytes);
+        }
+        for s in 0..16 {
+            let sum: i32 = ob[4 + 16 * s..4 + 16 * (s + 1)].iter().map(|&b| b as i8 as i32).sum();
+            ob[260 + 2 * s..262 + 2 * s].copy_from_slice(&(sum as i16).to_le_bytes());
+        }
+        ob[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
+    }
+}

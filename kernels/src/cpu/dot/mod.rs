@@ -106,6 +106,12 @@ pub fn quantize_activation_into(weight: GgmlType, x: &[f32], out: &mut [u8]) {
         unsafe { avx2::quantize_q8(x, out, act == GgmlType::Q8_1) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if act == GgmlType::Q8K && kernels().simd_quantize {
+        // SAFETY: as above.
+        unsafe { avx2::quantize_q8_k(x, out) };
+        return;
+    }
     if let Err(e) = quantize_row(act, x, out) {
         panic!("{weight}: quantizing activations: {e}");
     }
@@ -223,7 +229,7 @@ struct Kernels {
     table: [DotFn; 15],
     table_x4: [Option<DotFnX4>; 15],
     simd: [bool; 15],
-    /// Q8_0/Q8_1 activations quantized with AVX2 (`avx2::quantize_q8`).
+    /// Q8_0/Q8_1/Q8_K activations quantized with AVX2 (`avx2::quantize_q8`, `avx2::quantize_q8_k`).
     simd_quantize: bool,
 }
 

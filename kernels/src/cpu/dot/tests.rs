@@ -192,18 +192,51 @@ fn simd_activation_quantizer_gives_quantize_row_bytes() {
     let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 8);
     // Exact halves (amax 127 makes the scale 1), zeros, and random rows at many scales.
     let mut rows: Vec<Vec<f32>> = vec![
-        (0..64).map(|i| if i == 0 { 127.0 } else { (i as f32 - 32.0) + 0.5 }).collect(),
-        (0..64).map(|i| if i == 5 { -127.0 } else { -(i as f32 / 2.0) }).collect(),
-        vec![0.0; 64],
-        (0..64).map(|i| if i % 2 == 0 { -0.0 } else { 0.0 }).collect(),
+        (0..256).map(|i| if i == 0 { 127.0 } else { ((i % 64) as f32 - 32.0) + 0.5 }).collect(),
+        (0..256).map(|i| if i == 5 { -127.0 } else { -((i % 64) as f32 / 2.0) }).collect(),
+        vec![0.0; 256],
+        (0..256).map(|i| if i % 2 == 0 { -0.0 } else { 0.0 }).collect(),
     ];
+    // Ties for the largest magnitude (the first one sets the sign of the Q8_K scale).
+    rows.push(
+        (0..256)
+            .map(|i| {
+                if i == 3 {
+                    2.0
+                } else if i == 9 {
+                    -2.0
+                } else {
+                    (i as f32 - 128.0) / 100.0
+                }
+            })
+            .collect(),
+    );
+    rows.push(
+        (0..256)
+            .map(|i| {
+                if i == 3 {
+                    -2.0
+                } else if i == 9 {
+                    2.0
+                } else {
+                    (i as f32) / 200.0
+                }
+            })
+            .collect(),
+    );
+    rows.push((0..256).map(|i| (i % 7) as f32 - 3.0).collect());
     for _ in 0..200 {
-        let n = 32 * rng.random_range(1..20);
+        let n = 256 * rng.random_range(1..5);
         let scale = 10f32.powi(rng.random_range(-6..4));
         rows.push((0..n).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect());
     }
     for (i, x) in rows.iter().enumerate() {
-        for (w, act) in [(GgmlType::Q4_0, GgmlType::Q8_0), (GgmlType::Q4_1, GgmlType::Q8_1)] {
+        for (w, act) in
+            [(GgmlType::Q4_0, GgmlType::Q8_0), (GgmlType::Q4_1, GgmlType::Q8_1), (GgmlType::Q4K, GgmlType::Q8K)]
+        {
+            if x.len() % w.block_elems() != 0 {
+                continue;
+            }
             let mut want = vec![0u8; activation_row_bytes(w, x.len())];
             quantize_row(act, x, &mut want).unwrap();
             let mut got = vec![0u8; want.len()];
