@@ -1,5 +1,18 @@
-//! Worker RPC and data-plane messages. The gRPC service arrives with the
-//! multi-worker issue; until then this crate only names the wire constants.
+//! Worker RPC and data-plane messages (`proto/worker.proto`), compiled with
+//! protox + tonic-prost-build, plus what both ends of a link share: the
+//! cluster-token check, transport limits and a connect helper.
 
-/// Activations cross stage boundaries as f16 (`shared/DESIGN.md`, data flow).
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("strata.worker.v1");
+}
+
+pub mod auth;
+pub mod link;
+
+pub use auth::{BearerToken, TokenCheck};
+pub use link::{connect, WorkerClient, MAX_MESSAGE_BYTES};
+
+/// Activations cross stage boundaries as f16 by default
+/// (`shared/DESIGN.md`, data flow); `ActDtype::F32` is the lossless option.
 pub const ACTIVATION_BYTES_PER_VALUE: usize = 2;
