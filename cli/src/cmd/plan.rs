@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use strata_coordinator::planner::synth_profile::synth_profile;
-use strata_coordinator::planner::units::{format_bytes, parse_devices};
+use strata_coordinator::planner::units::{format_bytes, parse_bytes, parse_devices};
 use strata_coordinator::planner::{plan, Plan, PlanRequest, WorkerSpec};
 use strata_model::arch::{Architecture, HyperParams};
 use strata_model::profile::{KvType, MemoryProfile};
@@ -21,6 +21,10 @@ pub struct Args {
     /// 16GiB,16GiB,12GiB (each its own host unless @HOST says otherwise).
     #[arg(long, required_unless_present = "worker")]
     pub devices: Option<String>,
+    /// Matvec bandwidth of each device in bytes per second, same order and
+    /// units as --devices (e.g. 900G,900G,300G); unknown = equal speeds.
+    #[arg(long)]
+    pub bandwidths: Option<String>,
     /// Worker addresses (needs the multi-worker runtime).
     #[arg(long)]
     pub worker: Vec<String>,
@@ -43,7 +47,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("--worker needs the multi-worker runtime; use --devices");
     }
     let devices = args.devices.as_deref().context("--devices is required")?;
-    let workers = parse_devices(devices).map_err(anyhow::Error::msg).context("parsing --devices")?;
+    let mut workers = parse_devices(devices).map_err(anyhow::Error::msg).context("parsing --devices")?;
+    if let Some(list) = &args.bandwidths {
+        let bws: Vec<u64> = list
+            .split(',')
+            .map(parse_bytes)
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)
+            .context("parsing --bandwidths")?;
+        anyhow::ensure!(
+            bws.len() == workers.len() && bws.iter().all(|&b| b > 0),
+            "--bandwidths needs one positive value per device ({} devices, {} values)",
+            workers.len(),
+            bws.len()
+        );
+        for (w, bw) in workers.iter_mut().zip(bws) {
+            w.matvec_bandwidth_bytes_per_s = Some(bw as f64);
+        }
+    }
     let kv_type = match args.kv_type.to_ascii_lowercase().as_str() {
         "f16" => KvType::F16,
         "q8_0" => KvType::Q8_0,
@@ -97,8 +118,8 @@ fn load_profile(args: &Args) -> anyhow::Result<(String, HyperParams, MemoryProfi
 fn print_plan(p: &Plan, workers: &[WorkerSpec]) {
     println!();
     println!(
-        "{:<5}  {:<24}  {:<21}  {:>10}  {:>10}  {:>10}  {:>10}",
-        "stage", "device", "layers", "weights", "KV", "scratch", "free after"
+        "{:<5}  {:<24}  {:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>9}",
+        "stage", "device", "layers", "weights", "KV", "scratch", "free after", "ms/token"
     );
     for (i, s) in p.stages.iter().enumerate() {
         let w = &workers[s.worker];
@@ -114,11 +135,12 @@ fn print_plan(p: &Plan, workers: &[WorkerSpec]) {
             layers.push_str(" +head");
         }
         println!(
-            "{i:<5}  {device:<24}  {layers:<21}  {:>10}  {:>10}  {:>10}  {:>10}",
+            "{i:<5}  {device:<24}  {layers:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>9.2}",
             format_bytes(s.weight_bytes),
             format_bytes(s.kv_bytes),
             format_bytes(s.scratch_bytes),
-            format_bytes(s.free_after)
+            format_bytes(s.free_after),
+            s.time_per_token_s * 1e3
         );
     }
     let unused: Vec<&str> = (0..workers.len())
@@ -129,7 +151,7 @@ fn print_plan(p: &Plan, workers: &[WorkerSpec]) {
         println!("unused:  {} (not needed; each hop costs time)", unused.join(", "));
     }
     println!(
-        "est. time per token: {:.2} ms{}",
+        "est. time per token: {:.2} ms (stages + hops){}",
         p.est_time_per_token_s * 1e3,
         if p.bandwidth_measured { "" } else { " (no measured bandwidths: equal speeds assumed, relative only)" }
     );
