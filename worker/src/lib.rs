@@ -5,6 +5,8 @@
 pub mod generate;
 pub mod kv_blocks;
 pub mod sampler;
+pub mod service;
+pub mod slice_cache;
 pub mod stage;
 mod weights;
 

@@ -1,0 +1,116 @@
+//! The link to the next stage: one long-lived `Forward` stream (opened when
+//! the slice loads, reopened on the next frame if it breaks), whose replies
+//! are routed back to the upstream stream each batch came from.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use strata_proto::{v1, WorkerClient};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+pub type ReplySink = mpsc::Sender<Result<v1::StageReply, Status>>;
+
+type Routes = Arc<Mutex<HashMap<u64, ReplySink>>>;
+
+struct Link {
+    frames: mpsc::Sender<v1::BatchFrame>,
+    routes: Routes,
+}
+
+pub struct Downstream {
+    addr: String,
+    token: String,
+    client: tokio::sync::Mutex<Option<WorkerClient>>,
+    link: tokio::sync::Mutex<Option<Link>>,
+}
+
+impl Downstream {
+    pub fn new(addr: String, token: String) -> Self {
+        Downstream { addr, token, client: tokio::sync::Mutex::new(None), link: tokio::sync::Mutex::new(None) }
+    }
+
+    async fn client(&self) -> Result<WorkerClient, String> {
+        let mut guard = self.client.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = strata_proto::connect(&self.addr, &self.token).await.map_err(|e| e.to_string())?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Opens the data stream now (at load time) so the first frame does not
+    /// pay for it.
+    pub async fn open(&self) -> Result<(), String> {
+        let mut link = self.link.lock().await;
+        if link.as_ref().is_none_or(|l| l.frames.is_closed()) {
+            *link = Some(self.open_link().await?);
+        }
+        Ok(())
+    }
+
+    async fn open_link(&self) -> Result<Link, String> {
+        let mut client = self.client().await?;
+        let (tx, rx) = mpsc::channel::<v1::BatchFrame>(64);
+        let mut replies = client
+            .forward(ReceiverStream::new(rx))
+            .await
+            .map_err(|e| format!("opening the data stream to next stage {}: {}", self.addr, e.message()))?
+            .into_inner();
+        let routes: Routes = Arc::default();
+        let relay_routes = routes.clone();
+        let addr = self.addr.clone();
+        tokio::spawn(async move {
+            let end = loop {
+                match replies.message().await {
+                    Ok(Some(reply)) => {
+                        let sink = relay_routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&reply.batch_id);
+                        match sink {
+                            Some(sink) => {
+                                let _ = sink.send(Ok(reply)).await;
+                            }
+                            None => tracing::warn!("reply from {addr} for unknown batch {}", reply.batch_id),
+                        }
+                    }
+                    Ok(None) => break format!("next stage {addr} closed the data stream"),
+                    Err(e) => break format!("data stream to next stage {addr}: {}", e.message()),
+                }
+            };
+            tracing::warn!("{end}");
+            let pending: Vec<(u64, ReplySink)> = relay_routes.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+            for (batch_id, sink) in pending {
+                let _ = sink.send(Ok(v1::StageReply { batch_id, tokens: Vec::new(), error: end.clone() })).await;
+            }
+        });
+        Ok(Link { frames: tx, routes })
+    }
+
+    /// Sends a frame on; its reply will go to `sink`.
+    pub async fn send(&self, frame: v1::BatchFrame, sink: ReplySink) -> Result<(), String> {
+        let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
+        let mut link = self.link.lock().await;
+        if link.as_ref().is_none_or(|l| l.frames.is_closed()) {
+            *link = Some(self.open_link().await?);
+        }
+        let Some(l) = link.as_ref() else { return Err("no link".into()) };
+        l.routes.lock().unwrap_or_else(|p| p.into_inner()).insert(batch_id, sink);
+        if l.frames.send(frame).await.is_err() {
+            l.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&batch_id);
+            *link = None;
+            return Err(format!("data stream to next stage {} is closed", self.addr));
+        }
+        Ok(())
+    }
+
+    /// Releases sequences on the next stage (which passes it on).
+    pub async fn release(&self, seq_ids: Vec<u64>) -> Result<u32, String> {
+        let mut client = self.client().await?;
+        let reply = client
+            .release(v1::ReleaseRequest { seq_ids })
+            .await
+            .map_err(|e| format!("release on next stage {}: {}", self.addr, e.message()))?;
+        Ok(reply.into_inner().stages)
+    }
+}

@@ -1,0 +1,163 @@
+//! Wire frames ↔ stage types: batch headers, activations as bytes, sampling
+//! parameters and sampled tokens. Plain functions, no I/O.
+
+use half::f16;
+use strata_proto::v1;
+
+use crate::sampler::{Sampled, SamplingParams};
+use crate::stage::{BatchSeq, LogitRows};
+
+/// Most tokens one frame may carry (bounds what a peer makes us allocate).
+pub const MAX_FRAME_TOKENS: usize = 1 << 16;
+
+/// Turns a frame header into the stage's batch; checks the token count
+/// against `token_ids` when the frame carries them.
+pub fn batch_of(header: &v1::BatchHeader, n_token_ids: usize, is_last: bool) -> Result<Vec<BatchSeq>, String> {
+    if header.entries.is_empty() {
+        return Err("a frame with no entries".into());
+    }
+    let mut n_tokens = 0usize;
+    let mut batch = Vec::with_capacity(header.entries.len());
+    for e in &header.entries {
+        if e.n_tokens == 0 {
+            return Err(format!("sequence {} has a run of 0 tokens", e.seq_id));
+        }
+        if batch.iter().any(|b: &BatchSeq| b.seq == e.seq_id) {
+            return Err(format!("sequence {} appears twice in one frame", e.seq_id));
+        }
+        n_tokens += e.n_tokens as usize;
+        if n_tokens > MAX_FRAME_TOKENS {
+            return Err(format!("frame of more than {MAX_FRAME_TOKENS} tokens"));
+        }
+        // Only the last stage makes logits; a run that does not sample asks
+        // for none of its rows.
+        let logits = if e.sample { LogitRows::Last } else { LogitRows::From(e.n_tokens as usize) };
+        batch.push(BatchSeq { seq: e.seq_id, start_pos: e.start_pos as usize, n_tokens: e.n_tokens as usize, logits });
+    }
+    if n_token_ids != 0 && n_token_ids != n_tokens {
+        return Err(format!("{n_token_ids} token ids for {n_tokens} positions"));
+    }
+    // The head needs at least one row; a last-stage frame with no sampling
+    // run computes the first run's last row and drops it.
+    if is_last && !header.entries.iter().any(|e| e.sample) {
+        batch[0].logits = LogitRows::Last;
+    }
+    Ok(batch)
+}
+
+/// Activations to little-endian bytes in `dtype`.
+pub fn encode_activations(values: &[f32], dtype: v1::ActDtype) -> Vec<u8> {
+    match dtype {
+        v1::ActDtype::F16 => {
+            let mut out = Vec::with_capacity(values.len() * 2);
+            for &v in values {
+                out.extend_from_slice(&f16::from_f32(v).to_le_bytes());
+            }
+            out
+        }
+        v1::ActDtype::F32 => {
+            let mut out = Vec::with_capacity(values.len() * 4);
+            for &v in values {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out
+        }
+    }
+}
+
+/// Little-endian bytes in `dtype` to `rows x cols` activations.
+pub fn decode_activations(bytes: &[u8], dtype: v1::ActDtype, rows: usize, cols: usize) -> Result<Vec<f32>, String> {
+    let width = match dtype {
+        v1::ActDtype::F16 => 2,
+        v1::ActDtype::F32 => 4,
+    };
+    let expected = rows.checked_mul(cols).and_then(|n| n.checked_mul(width));
+    if expected != Some(bytes.len()) {
+        return Err(format!(
+            "activations of {} bytes, expected {rows} tokens x {cols} x {width} bytes ({:?})",
+            bytes.len(),
+            dtype
+        ));
+    }
+    Ok(match dtype {
+        v1::ActDtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        v1::ActDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+    })
+}
+
+pub fn sampling_from_wire(p: &v1::SamplingParams) -> SamplingParams {
+    SamplingParams {
+        temperature: p.temperature,
+        top_k: p.top_k as usize,
+        top_p: p.top_p,
+        min_p: p.min_p,
+        seed: p.seed,
+        repetition_penalty: p.repetition_penalty,
+        presence_penalty: p.presence_penalty,
+        frequency_penalty: p.frequency_penalty,
+        penalty_last_n: p.penalty_last_n as usize,
+        n_logprobs: p.n_logprobs as usize,
+    }
+}
+
+pub fn sampling_to_wire(p: &SamplingParams) -> v1::SamplingParams {
+    v1::SamplingParams {
+        temperature: p.temperature,
+        top_k: p.top_k as u32,
+        top_p: p.top_p,
+        min_p: p.min_p,
+        seed: p.seed,
+        repetition_penalty: p.repetition_penalty,
+        presence_penalty: p.presence_penalty,
+        frequency_penalty: p.frequency_penalty,
+        penalty_last_n: p.penalty_last_n as u32,
+        n_logprobs: p.n_logprobs as u32,
+    }
+}
+
+pub fn sampled_to_wire(seq: u64, s: &Sampled) -> v1::SampledToken {
+    v1::SampledToken {
+        seq_id: seq,
+        token_id: s.token,
+        logprob: s.logprob,
+        top_logprobs: s.top.iter().map(|t| v1::TokenLogprob { token_id: t.token, logprob: t.logprob }).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, start: u32, n: u32, sample: bool) -> v1::BatchEntry {
+        v1::BatchEntry { seq_id: seq, start_pos: start, n_tokens: n, sample, sampling: None }
+    }
+
+    #[test]
+    fn activations_round_trip() {
+        let v: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 3.0).collect();
+        for dtype in [v1::ActDtype::F16, v1::ActDtype::F32] {
+            let bytes = encode_activations(&v, dtype);
+            assert_eq!(decode_activations(&bytes, dtype, 3, 4).unwrap(), v);
+            assert!(decode_activations(&bytes, dtype, 4, 4).is_err());
+        }
+    }
+
+    #[test]
+    fn batches_check_counts_and_logit_rows() {
+        let h = v1::BatchHeader { batch_id: 1, entries: vec![entry(1, 0, 3, false), entry(2, 5, 1, true)] };
+        let b = batch_of(&h, 4, true).unwrap();
+        assert_eq!(b[0].logits, LogitRows::From(3));
+        assert_eq!(b[1].logits, LogitRows::Last);
+        assert!(batch_of(&h, 5, true).is_err());
+        let h = v1::BatchHeader { batch_id: 1, entries: vec![entry(1, 0, 3, false)] };
+        assert_eq!(batch_of(&h, 3, true).unwrap()[0].logits, LogitRows::Last);
+        let h = v1::BatchHeader { batch_id: 1, entries: vec![entry(1, 0, 3, false), entry(1, 3, 1, true)] };
+        assert!(batch_of(&h, 4, true).is_err());
+    }
+
+    #[test]
+    fn sampling_round_trips() {
+        let p = SamplingParams { temperature: 0.7, top_k: 20, n_logprobs: 3, ..Default::default() };
+        assert_eq!(sampling_from_wire(&sampling_to_wire(&p)), p);
+    }
+}

@@ -1,0 +1,395 @@
+//! The worker's gRPC service (`proto/worker.proto`): loads a slice onto a
+//! backend, runs batch frames through it and forwards hidden states to the
+//! next stage itself; the last stage samples and replies with tokens.
+//!
+//! - [`WorkerService::start`] spawns the compute thread (generic over the
+//!   [`Backend`]; the CPU backend now, CUDA later) and scans `--model-dir`.
+//! - [`WorkerService::serve`] serves it on a listener, every RPC behind the
+//!   cluster token, with raised message limits and HTTP/2 windows.
+//! - [`push_slice`] is the coordinator's sender for PushSlice.
+
+mod downstream;
+pub mod frames;
+mod push;
+mod stage_thread;
+pub mod system;
+
+use std::path::PathBuf;
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+
+use strata_kernels::Backend;
+use strata_model::arch::HyperParams;
+use strata_model::GgufFile;
+use strata_proto::link::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
+use strata_proto::v1::{self, worker_server};
+use strata_proto::{TokenCheck, MAX_MESSAGE_BYTES};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+pub use push::{push_slice, CHUNK_BYTES};
+pub use stage_thread::Snapshot;
+
+use crate::slice_cache::{self, ModelDir, SliceCache};
+use crate::stage::LayerRange;
+use downstream::Downstream;
+use stage_thread::{Command, FrameOut, LoadJob};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("serving: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// How a worker is started (`strata worker` flags).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The cluster token every RPC must carry.
+    pub token: String,
+    /// Caps the memory offered and what a slice may take.
+    pub mem_budget_bytes: Option<u64>,
+    /// Scanned at start for GGUFs by digest.
+    pub model_dir: Option<PathBuf>,
+    /// Where pushed slices are kept.
+    pub cache_dir: PathBuf,
+    pub threads: usize,
+}
+
+struct Shared {
+    config: WorkerConfig,
+    backend_name: String,
+    device_name: String,
+    matvec_bytes_per_second: f64,
+    models: ModelDir,
+    cache: SliceCache,
+    stage: Mutex<std_mpsc::Sender<Command>>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    downstream: tokio::sync::RwLock<Option<Arc<Downstream>>>,
+    /// One LoadSlice at a time.
+    loading: tokio::sync::Mutex<()>,
+}
+
+/// The `Worker` service. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkerService {
+    shared: Arc<Shared>,
+}
+
+impl WorkerService {
+    /// Scans the model dir, measures the host and starts the compute thread.
+    pub fn start<B, F>(config: WorkerConfig, make_backend: F) -> Result<Self, ServiceError>
+    where
+        B: Backend + 'static,
+        F: Fn() -> B + Send + 'static,
+    {
+        let models = match &config.model_dir {
+            Some(d) => ModelDir::scan(d).map_err(|e| ServiceError::Setup(format!("--model-dir: {e}")))?,
+            None => ModelDir::default(),
+        };
+        // `name()` is like "cpu (16 threads, avx2)": the kind goes in
+        // `backend`, the rest with the device name.
+        let full_name = make_backend().name();
+        let backend_name = full_name.split_whitespace().next().unwrap_or("unknown").to_string();
+        let snapshot = Arc::new(Mutex::new(Snapshot {
+            status: v1::health_reply::Status::Idle as i32,
+            message: "idle".into(),
+            ..Default::default()
+        }));
+        let stage = stage_thread::spawn(make_backend, snapshot.clone())
+            .map_err(|e| ServiceError::Setup(format!("starting the compute thread: {e}")))?;
+        let cache = SliceCache::new(config.cache_dir.clone());
+        Ok(WorkerService {
+            shared: Arc::new(Shared {
+                config,
+                backend_name,
+                device_name: format!("{} [{full_name}]", system::cpu_name()),
+                matvec_bytes_per_second: system::measure_read_bandwidth(),
+                models,
+                cache,
+                stage: Mutex::new(stage),
+                snapshot,
+                downstream: tokio::sync::RwLock::new(None),
+                loading: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServiceError> {
+        let check = TokenCheck::new(&self.shared.config.token);
+        let svc = worker_server::WorkerServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let svc = tonic::service::interceptor::InterceptedService::new(svc, check);
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_adaptive_window(Some(true))
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .add_service(svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await?;
+        Ok(())
+    }
+
+    /// What Health reports, for in-process callers.
+    pub fn snapshot(&self) -> Snapshot {
+        self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .stage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(make(tx))
+            .map_err(|_| Status::internal("the compute thread has stopped"))?;
+        rx.await.map_err(|_| Status::internal("the compute thread dropped a request"))
+    }
+
+    /// Memory this worker can still offer: the budget (or what the host has
+    /// available) less the loaded slice.
+    fn free_bytes(&self) -> (u64, u64) {
+        let (total, available) = system::memory_bytes().unwrap_or((0, 0));
+        let used = {
+            let s = self.snapshot();
+            s.weight_bytes + s.kv_bytes
+        };
+        match self.shared.config.mem_budget_bytes {
+            Some(b) => (b.min(total.max(b)), b.saturating_sub(used).min(available + used)),
+            None => (total, available),
+        }
+    }
+
+    async fn run_load(&self, req: v1::LoadSliceRequest, progress: &mpsc::Sender<Result<v1::LoadProgress, Status>>) -> Result<(), Status> {
+        let _one = self.shared.loading.lock().await;
+        let r = req.layers.ok_or_else(|| Status::invalid_argument("LoadSlice without a layer range"))?;
+        let range = LayerRange { first: r.first as usize, end: r.end as usize };
+        if range.first >= range.end {
+            return Err(Status::invalid_argument(format!("empty layer range {}..{}", r.first, r.end)));
+        }
+        if req.kv_type != v1::KvType::F16 as i32 {
+            return Err(Status::unimplemented("only f16 KV is supported by this worker"));
+        }
+        let act_dtype = v1::ActDtype::try_from(req.act_dtype).map_err(|_| Status::invalid_argument("unknown act_dtype"))?;
+        let ctx_tokens = usize::try_from(req.ctx_tokens).map_err(|_| Status::invalid_argument("ctx_tokens too large"))?;
+        if ctx_tokens == 0 {
+            return Err(Status::invalid_argument("ctx_tokens is 0"));
+        }
+        let send = |phase: v1::load_progress::Phase, message: String, p: v1::LoadProgress| {
+            let msg = v1::LoadProgress { phase: phase as i32, message, ..p };
+            let progress = progress.clone();
+            async move {
+                let _ = progress.send(Ok(msg)).await;
+            }
+        };
+        use v1::load_progress::Phase;
+        let total = (range.end - range.first) as u32;
+        send(Phase::Locating, format!("looking for {}", req.model_digest), Default::default()).await;
+
+        // Find and open the file off the async threads (digesting reads ~33 MiB).
+        let shared = self.shared.clone();
+        let digest = req.model_digest.clone();
+        let model_path = req.model_path.clone();
+        let (file, source) = tokio::task::spawn_blocking(move || locate(&shared, &digest, &model_path, range))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        let hp = HyperParams::from_gguf(&file).map_err(|e| Status::invalid_argument(format!("{}: {e}", source.display())))?;
+        if range.end > hp.n_layers {
+            return Err(Status::invalid_argument(format!("layers {}..{} past the model's {}", range.first, range.end, hp.n_layers)));
+        }
+        let (weight_bytes, kv_bytes) = slice_cache::slice_memory_bytes(&file, &hp, range, ctx_tokens);
+        let need = weight_bytes + kv_bytes;
+        // A new load replaces the current slice, so its memory counts as free.
+        let (_, available) = system::memory_bytes().unwrap_or((u64::MAX, u64::MAX));
+        let current = {
+            let s = self.snapshot();
+            s.weight_bytes + s.kv_bytes
+        };
+        let (limit, what) = match self.shared.config.mem_budget_bytes {
+            Some(b) => (b, "--mem-budget"),
+            None => (available.saturating_add(current), "available memory"),
+        };
+        if need > limit {
+            return Err(Status::resource_exhausted(format!(
+                "layers {}..{} need {} MiB ({} MiB weights + {} MiB KV for {ctx_tokens} tokens) but {what} is {} MiB",
+                range.first,
+                range.end,
+                need >> 20,
+                weight_bytes >> 20,
+                kv_bytes >> 20,
+                limit >> 20
+            )));
+        }
+        let sizes = v1::LoadProgress {
+            layers_total: total,
+            source_path: source.display().to_string(),
+            weight_bytes,
+            kv_bytes,
+            ..Default::default()
+        };
+        send(Phase::Loading, format!("loading layers {}..{} from {}", range.first, range.end, source.display()), sizes.clone()).await;
+        *self.shared.downstream.write().await = None;
+        let job = LoadJob { file, source, digest: req.model_digest.clone(), range, ctx_tokens, act_dtype, weight_bytes, kv_bytes };
+        self.command(|tx| Command::Load(Box::new(job), tx)).await?.map_err(Status::internal)?;
+        send(Phase::Loading, "layers loaded".into(), v1::LoadProgress { layers_done: total, ..sizes.clone() }).await;
+
+        if !req.next_stage_addr.is_empty() {
+            send(Phase::ConnectingNext, format!("opening the data stream to {}", req.next_stage_addr), sizes.clone()).await;
+            let next = Arc::new(Downstream::new(req.next_stage_addr.clone(), self.shared.config.token.clone()));
+            // The next stage may load after this one: open lazily if it is not up yet.
+            if let Err(e) = next.open().await {
+                tracing::info!("next stage not reachable yet ({e}); will connect on the first frame");
+            }
+            *self.shared.downstream.write().await = Some(next);
+        }
+        send(Phase::Ready, "ready".into(), v1::LoadProgress { layers_done: total, ..sizes }).await;
+        Ok(())
+    }
+
+    async fn handle_frame(&self, frame: v1::BatchFrame, sink: &downstream::ReplySink) {
+        let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
+        let out = match self.command(|tx| Command::Forward(frame, tx)).await {
+            Ok(out) => out,
+            Err(e) => FrameOut::Reply(v1::StageReply { batch_id, tokens: Vec::new(), error: e.message().to_string() }),
+        };
+        match out {
+            FrameOut::Reply(r) => {
+                let _ = sink.send(Ok(r)).await;
+            }
+            FrameOut::Next(next_frame) => {
+                let next = self.shared.downstream.read().await.clone();
+                let result = match next {
+                    Some(d) => d.send(next_frame, sink.clone()).await,
+                    None => Err("this stage is not the last but has no next stage address".into()),
+                };
+                if let Err(error) = result {
+                    let _ = sink.send(Ok(v1::StageReply { batch_id, tokens: Vec::new(), error })).await;
+                }
+            }
+        }
+    }
+}
+
+/// Finds the model file for `digest`: the given path (checked), the model
+/// dir, then the slice cache.
+fn locate(shared: &Shared, digest: &str, model_path: &str, range: LayerRange) -> Result<(GgufFile, PathBuf), Status> {
+    let open = |p: &std::path::Path| GgufFile::open(p).map_err(|e| Status::failed_precondition(e.to_string()));
+    if !model_path.is_empty() {
+        let path = PathBuf::from(model_path);
+        let file = open(&path)?;
+        let have = slice_cache::model_digest(&file).map_err(|e| Status::failed_precondition(e.to_string()))?;
+        if have != digest {
+            return Err(Status::failed_precondition(format!("{model_path} has digest {have}, not {digest}")));
+        }
+        return Ok((file, path));
+    }
+    if let Some(p) = shared.models.find(digest) {
+        return Ok((open(p)?, p.to_path_buf()));
+    }
+    if let Some(p) = shared.cache.find(digest, range) {
+        return Ok((open(&p)?, p));
+    }
+    Err(Status::not_found(format!(
+        "this worker has no file with digest {digest} (model dir: {}; no cached slice of layers {}..{} in {}): push the slice",
+        shared.config.model_dir.as_ref().map_or("none".into(), |d| d.display().to_string()),
+        range.first,
+        range.end,
+        shared.cache.dir().display()
+    )))
+}
+
+#[tonic::async_trait]
+impl worker_server::Worker for WorkerService {
+    async fn capabilities(&self, _: Request<v1::CapabilitiesRequest>) -> Result<Response<v1::CapabilitiesReply>, Status> {
+        let (total, free) = self.free_bytes();
+        Ok(Response::new(v1::CapabilitiesReply {
+            backend: self.shared.backend_name.clone(),
+            device_name: self.shared.device_name.clone(),
+            total_memory_bytes: total,
+            free_memory_bytes: free,
+            matvec_bytes_per_second: self.shared.matvec_bytes_per_second,
+            worker_version: env!("CARGO_PKG_VERSION").to_string(),
+            threads: self.shared.config.threads as u32,
+            model_digests: self.shared.models.digests(),
+        }))
+    }
+
+    type LoadSliceStream = ReceiverStream<Result<v1::LoadProgress, Status>>;
+
+    async fn load_slice(&self, req: Request<v1::LoadSliceRequest>) -> Result<Response<Self::LoadSliceStream>, Status> {
+        let req = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.run_load(req, &tx).await {
+                tracing::warn!("LoadSlice failed: {}", e.message());
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn push_slice(&self, req: Request<Streaming<v1::SliceChunk>>) -> Result<Response<v1::PushSliceReply>, Status> {
+        push::receive(self.shared.cache.clone(), req.into_inner()).await.map(Response::new)
+    }
+
+    async fn unload(&self, _: Request<v1::UnloadRequest>) -> Result<Response<v1::UnloadReply>, Status> {
+        *self.shared.downstream.write().await = None;
+        self.command(Command::Unload).await?;
+        Ok(Response::new(v1::UnloadReply {}))
+    }
+
+    async fn health(&self, _: Request<v1::HealthRequest>) -> Result<Response<v1::HealthReply>, Status> {
+        let s = self.snapshot();
+        Ok(Response::new(v1::HealthReply {
+            status: s.status,
+            message: s.message,
+            model_digest: s.digest,
+            layers: s.range.map(|r| v1::LayerRange { first: r.first as u32, end: r.end as u32 }),
+            kv_blocks_used: s.kv_blocks_used,
+            kv_blocks_free: s.kv_blocks_free,
+            live_sequences: s.live_sequences,
+            kv_block_tokens: strata_kernels::KV_BLOCK_TOKENS as u64,
+        }))
+    }
+
+    async fn release(&self, req: Request<v1::ReleaseRequest>) -> Result<Response<v1::ReleaseReply>, Status> {
+        let seqs = req.into_inner().seq_ids;
+        self.command(|tx| Command::Release(seqs.clone(), tx)).await?;
+        let next = self.shared.downstream.read().await.clone();
+        let after = match next {
+            Some(d) => d.release(seqs).await.map_err(Status::unavailable)?,
+            None => 0,
+        };
+        Ok(Response::new(v1::ReleaseReply { stages: 1 + after }))
+    }
+
+    type ForwardStream = ReceiverStream<Result<v1::StageReply, Status>>;
+
+    async fn forward(&self, req: Request<Streaming<v1::BatchFrame>>) -> Result<Response<Self::ForwardStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(frame)) => this.handle_frame(frame, &tx).await,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!("upstream data stream ended: {}", e.message());
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

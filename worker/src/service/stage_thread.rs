@@ -1,0 +1,239 @@
+//! The compute thread: owns the loaded [`Stage`] (any [`Backend`]), the
+//! per-sequence samplers and token histories of the last stage, and runs
+//! every load, forward and release in arrival order, off the async threads.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex};
+
+use strata_kernels::Backend;
+use strata_model::GgufFile;
+use strata_proto::v1;
+use tokio::sync::oneshot;
+
+use super::frames;
+use crate::sampler::Sampler;
+use crate::stage::{LayerRange, Stage, StageInput, StageOutput};
+
+/// What the service knows about the slice without asking the thread.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub status: i32,
+    pub message: String,
+    pub digest: String,
+    pub range: Option<LayerRange>,
+    pub weight_bytes: u64,
+    pub kv_bytes: u64,
+    pub kv_blocks_used: u64,
+    pub kv_blocks_free: u64,
+    pub live_sequences: u64,
+}
+
+pub struct LoadJob {
+    pub file: GgufFile,
+    pub source: PathBuf,
+    pub digest: String,
+    pub range: LayerRange,
+    pub ctx_tokens: usize,
+    pub act_dtype: v1::ActDtype,
+    pub weight_bytes: u64,
+    pub kv_bytes: u64,
+}
+
+/// The result of one frame on this stage.
+pub enum FrameOut {
+    /// Hidden states for the next stage.
+    Next(v1::BatchFrame),
+    /// Tokens (last stage) or an error.
+    Reply(v1::StageReply),
+}
+
+pub enum Command {
+    Load(Box<LoadJob>, oneshot::Sender<Result<(), String>>),
+    Forward(v1::BatchFrame, oneshot::Sender<FrameOut>),
+    Release(Vec<u64>, oneshot::Sender<()>),
+    Unload(oneshot::Sender<()>),
+}
+
+struct Loaded<B: Backend> {
+    stage: Stage<B>,
+    _file: GgufFile,
+    act_dtype: v1::ActDtype,
+    label: String,
+    /// Last stage: sampler and token history per live sequence.
+    seqs: HashMap<u64, SeqState>,
+}
+
+#[derive(Default)]
+struct SeqState {
+    sampler: Option<Sampler>,
+    history: Vec<u32>,
+}
+
+/// Starts the thread; `make_backend` builds a backend for each load.
+pub fn spawn<B, F>(make_backend: F, snapshot: Arc<Mutex<Snapshot>>) -> std::io::Result<mpsc::Sender<Command>>
+where
+    B: Backend + 'static,
+    F: Fn() -> B + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Command>();
+    std::thread::Builder::new().name("strata-stage".into()).spawn(move || {
+        let mut loaded: Option<Loaded<B>> = None;
+        while let Ok(cmd) = rx.recv() {
+            match cmd {
+                Command::Load(job, reply) => {
+                    loaded = None;
+                    set_status(&snapshot, v1::health_reply::Status::Loading, "loading");
+                    let result = load(&make_backend, *job, &snapshot).map(|l| loaded = Some(l));
+                    if let Err(e) = &result {
+                        set_status(&snapshot, v1::health_reply::Status::Failed, e);
+                    }
+                    let _ = reply.send(result);
+                }
+                Command::Forward(frame, reply) => {
+                    let out = match loaded.as_mut() {
+                        Some(l) => forward(l, frame),
+                        None => FrameOut::Reply(error_reply(frame.header.map_or(0, |h| h.batch_id), "no slice loaded".into())),
+                    };
+                    let _ = reply.send(out);
+                }
+                Command::Release(seqs, reply) => {
+                    if let Some(l) = loaded.as_mut() {
+                        for s in seqs {
+                            l.stage.release(s);
+                            l.seqs.remove(&s);
+                        }
+                    }
+                    let _ = reply.send(());
+                }
+                Command::Unload(reply) => {
+                    loaded = None;
+                    *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
+                        status: v1::health_reply::Status::Idle as i32,
+                        message: "idle".into(),
+                        ..Default::default()
+                    };
+                    let _ = reply.send(());
+                }
+            }
+            if let Some(l) = &loaded {
+                let mut s = snapshot.lock().unwrap_or_else(|p| p.into_inner());
+                s.kv_blocks_used = l.stage.blocks().used_blocks() as u64;
+                s.kv_blocks_free = l.stage.blocks().free_blocks() as u64;
+                s.live_sequences = l.stage.blocks().n_sequences() as u64;
+            }
+        }
+    })?;
+    Ok(tx)
+}
+
+fn set_status(snapshot: &Mutex<Snapshot>, status: v1::health_reply::Status, message: &str) {
+    let mut s = snapshot.lock().unwrap_or_else(|p| p.into_inner());
+    s.status = status as i32;
+    s.message = message.to_string();
+}
+
+fn load<B: Backend, F: Fn() -> B>(make_backend: &F, job: LoadJob, snapshot: &Mutex<Snapshot>) -> Result<Loaded<B>, String> {
+    let started = std::time::Instant::now();
+    let stage = Stage::load(make_backend(), &job.file, job.range, job.ctx_tokens)
+        .map_err(|e| format!("loading layers {}..{} from {}: {e}", job.range.first, job.range.end, job.source.display()))?;
+    let label = format!("layers {}..{}", job.range.first, job.range.end);
+    tracing::info!(
+        "loaded {label} of {} from {} in {:.2}s",
+        job.digest,
+        job.source.display(),
+        started.elapsed().as_secs_f64()
+    );
+    *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
+        status: v1::health_reply::Status::Ready as i32,
+        message: "ready".into(),
+        digest: job.digest,
+        range: Some(job.range),
+        weight_bytes: job.weight_bytes,
+        kv_bytes: job.kv_bytes,
+        ..Default::default()
+    };
+    Ok(Loaded { stage, _file: job.file, act_dtype: job.act_dtype, label, seqs: HashMap::new() })
+}
+
+fn error_reply(batch_id: u64, error: String) -> v1::StageReply {
+    v1::StageReply { batch_id, tokens: Vec::new(), error }
+}
+
+fn forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> FrameOut {
+    let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
+    let _span = tracing::debug_span!("batch", batch_id, stage = %l.label).entered();
+    match try_forward(l, frame) {
+        Ok(out) => out,
+        Err(e) => FrameOut::Reply(error_reply(batch_id, format!("stage {}: {e}", l.label))),
+    }
+}
+
+fn try_forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<FrameOut, String> {
+    let header = frame.header.ok_or("a frame with no header")?;
+    let is_last = l.stage.is_last();
+    let batch = frames::batch_of(&header, frame.token_ids.len(), is_last)?;
+    let n_tokens: usize = batch.iter().map(|s| s.n_tokens).sum();
+    let input = if l.stage.is_first() {
+        if frame.token_ids.len() != n_tokens {
+            return Err(format!("{} token ids for {n_tokens} positions", frame.token_ids.len()));
+        }
+        StageInput::Tokens(frame.token_ids.clone())
+    } else {
+        let d_model = l.stage.hyper_params().d_model;
+        let dtype = v1::ActDtype::try_from(frame.act_dtype).map_err(|_| format!("unknown act_dtype {}", frame.act_dtype))?;
+        let values = frames::decode_activations(&frame.activations, dtype, n_tokens, d_model)?;
+        StageInput::Hidden(l.stage.backend().act_from_host(&values, n_tokens, d_model))
+    };
+    let out = l.stage.forward(&batch, input).map_err(|e| e.to_string())?;
+    match out {
+        StageOutput::Hidden(act) => {
+            let values = l.stage.backend().act_to_host(&act);
+            Ok(FrameOut::Next(v1::BatchFrame {
+                header: Some(header),
+                token_ids: frame.token_ids,
+                activations: frames::encode_activations(&values, l.act_dtype),
+                act_dtype: l.act_dtype as i32,
+            }))
+        }
+        StageOutput::Logits(rows) => sample(l, &header, &frame.token_ids, rows).map(FrameOut::Reply),
+    }
+}
+
+/// Last stage: update each sequence's history, then sample the runs that
+/// asked for a token with their sequence's parameters.
+fn sample<B: Backend>(
+    l: &mut Loaded<B>,
+    header: &v1::BatchHeader,
+    token_ids: &[u32],
+    rows: Vec<Vec<f32>>,
+) -> Result<v1::StageReply, String> {
+    let mut offset = 0usize;
+    for e in &header.entries {
+        let st = l.seqs.entry(e.seq_id).or_default();
+        if let Some(p) = &e.sampling {
+            st.sampler = Some(Sampler::new(frames::sampling_from_wire(p)));
+        }
+        let n = e.n_tokens as usize;
+        if !token_ids.is_empty() {
+            st.history.truncate(e.start_pos as usize);
+            st.history.extend_from_slice(&token_ids[offset..offset + n]);
+        }
+        offset += n;
+    }
+    // With no sampling run the stage made one row nobody asked for (see
+    // `frames::batch_of`); otherwise one row per sampling run, in order.
+    let mut tokens = Vec::new();
+    let mut rows = rows.into_iter();
+    for e in header.entries.iter().filter(|e| e.sample) {
+        let row = rows.next().ok_or("the stage returned fewer logit rows than asked")?;
+        let st = l.seqs.entry(e.seq_id).or_default();
+        let sampler = st
+            .sampler
+            .as_mut()
+            .ok_or_else(|| format!("sequence {} has no sampling parameters (send them with its first frame)", e.seq_id))?;
+        let s = sampler.sample(&row, &st.history);
+        tokens.push(frames::sampled_to_wire(e.seq_id, &s));
+    }
+    Ok(v1::StageReply { batch_id: header.batch_id, tokens, error: String::new() })
+}

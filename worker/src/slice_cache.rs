@@ -1,0 +1,311 @@
+//! Which model file a worker has: a digest that is cheap on 40 GB files, the
+//! `--model-dir` scan, the tensors that make up a slice, and the on-disk
+//! cache of slices pushed by the coordinator.
+//!
+//! ## The model digest
+//!
+//! `sha256:` + hex of SHA-256 over, for each shard of the model in order:
+//!
+//! 1. the tag `strata-model-digest-v1` and the shard's length in bytes;
+//! 2. the shard's first `min(len, 32 MiB)` bytes: the GGUF header, all
+//!    metadata and the tensor-info table of any real model (tokenizers are a
+//!    few MiB), plus the first tensors' data;
+//! 3. 16 blocks of 64 KiB spread evenly over the whole shard (the first at
+//!    offset 0, the last ending at the end of the file).
+//!
+//! then the parsed tensor table (name, dims, type, shard, offset) so a table
+//! past 32 MiB still counts. That reads at most ~33 MiB per shard, whatever
+//! the model size. Two files with the same digest can differ only in data
+//! bytes no sample touched (a fine-tune that rewrote some tensors in place
+//! with the same shapes and the same header), which the coordinator cannot
+//! tell apart without reading the whole file either.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use strata_model::arch::HyperParams;
+use strata_model::gguf::{GgufWriter, TensorSpec};
+use strata_model::profile::{KvType, MemoryProfile};
+use strata_model::{GgmlType, GgufFile, MetaValue, TensorInfo};
+
+use crate::stage::LayerRange;
+
+const HEAD_BYTES: u64 = 32 << 20;
+const SAMPLE_BLOCKS: u64 = 16;
+const SAMPLE_BYTES: u64 = 64 << 10;
+
+/// Metadata keys a cached slice carries about where it came from.
+pub const KEY_SLICE_DIGEST: &str = "strata.slice.model_digest";
+pub const KEY_SLICE_FIRST: &str = "strata.slice.first_layer";
+pub const KEY_SLICE_END: &str = "strata.slice.end_layer";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SliceCacheError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Model(String),
+    #[error("pushed slice: {0}")]
+    Push(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SliceCacheError + '_ {
+    move |source| SliceCacheError::Io { path: path.to_path_buf(), source }
+}
+
+/// The digest of an open model (see the module docs).
+pub fn model_digest(file: &GgufFile) -> Result<String, SliceCacheError> {
+    let mut h = Sha256::new();
+    for path in file.shard_paths() {
+        let mut f = File::open(path).map_err(io_err(path))?;
+        let len = f.metadata().map_err(io_err(path))?.len();
+        h.update(b"strata-model-digest-v1");
+        h.update(len.to_le_bytes());
+        let mut head = vec![0u8; len.min(HEAD_BYTES) as usize];
+        f.read_exact(&mut head).map_err(io_err(path))?;
+        h.update(&head);
+        let block = SAMPLE_BYTES.min(len);
+        let mut buf = vec![0u8; block as usize];
+        for i in 0..SAMPLE_BLOCKS {
+            let offset = (len - block) * i / (SAMPLE_BLOCKS - 1);
+            f.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
+            f.read_exact(&mut buf).map_err(io_err(path))?;
+            h.update(&buf);
+        }
+    }
+    for t in &file.tensors {
+        h.update((t.name.len() as u64).to_le_bytes());
+        h.update(t.name.as_bytes());
+        for d in &t.dims {
+            h.update(d.to_le_bytes());
+        }
+        h.update(t.dtype.id().to_le_bytes());
+        h.update((t.shard as u64).to_le_bytes());
+        h.update(t.offset.to_le_bytes());
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("sha256:{hex}"))
+}
+
+/// The tensors a stage running `range` of a model with `n_layers` layers
+/// needs: its blocks, the embedding on the first stage, the final norm and
+/// output head (or the tied embedding) on the last, and `rope_freqs` when the
+/// model has one.
+pub fn slice_tensors<'a>(file: &'a GgufFile, range: LayerRange, n_layers: usize) -> Vec<&'a TensorInfo> {
+    let is_first = range.first == 0;
+    let is_last = range.end == n_layers;
+    let tied = file.tensor("output.weight").is_none();
+    file.tensors
+        .iter()
+        .filter(|t| match t.name.as_str() {
+            "token_embd.weight" => is_first || (is_last && tied),
+            "output_norm.weight" | "output.weight" => is_last,
+            "rope_freqs.weight" => true,
+            name => layer_of(name).is_some_and(|il| il >= range.first && il < range.end),
+        })
+        .collect()
+}
+
+/// `blk.N.…` → N.
+fn layer_of(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("blk.")?;
+    rest.split('.').next()?.parse().ok()
+}
+
+/// Memory a slice needs on a worker: weights (as stored) and KV for
+/// `ctx_tokens` tokens, rounded up to whole KV blocks as the stage allocates.
+pub fn slice_memory_bytes(file: &GgufFile, hp: &HyperParams, range: LayerRange, ctx_tokens: usize) -> (u64, u64) {
+    let weights = slice_tensors(file, range, hp.n_layers).iter().map(|t| t.size_bytes).sum();
+    let profile = MemoryProfile::from_gguf(file, hp);
+    let tokens = ctx_tokens.div_ceil(strata_kernels::KV_BLOCK_TOKENS).max(1) * strata_kernels::KV_BLOCK_TOKENS;
+    let kv = profile
+        .layers
+        .get(range.first..range.end)
+        .unwrap_or(&[])
+        .iter()
+        .map(|l| l.kv_bytes_per_token(KvType::F16) * tokens as u64)
+        .sum();
+    (weights, kv)
+}
+
+/// The model's metadata as a GGUF file with no tensors (split keys left
+/// out): what a pushed slice's header carries.
+pub fn metadata_gguf(file: &GgufFile) -> Result<Vec<u8>, SliceCacheError> {
+    let mut w = GgufWriter::new();
+    for (k, v) in &file.metadata {
+        if !k.starts_with("split.") {
+            w.add_metadata(k.clone(), v.clone());
+        }
+    }
+    w.to_bytes(|_, _, _| Ok(())).map_err(|e| SliceCacheError::Model(e.to_string()))
+}
+
+/// A `--model-dir`: the GGUF files in it (not recursive; split models by
+/// their first shard), by digest.
+#[derive(Debug, Default, Clone)]
+pub struct ModelDir {
+    pub models: Vec<(String, PathBuf)>,
+}
+
+impl ModelDir {
+    /// Opens and digests every `*.gguf` in `dir`; files that fail to open
+    /// are logged and skipped.
+    pub fn scan(dir: &Path) -> Result<Self, SliceCacheError> {
+        let mut models = Vec::new();
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            if strata_model::gguf::parse_shard_path(&path).is_some_and(|(_, no, _)| no != 0) {
+                continue;
+            }
+            match GgufFile::open(&path).map_err(|e| SliceCacheError::Model(e.to_string())).and_then(|f| model_digest(&f)) {
+                Ok(d) => {
+                    tracing::info!("model dir: {} is {d}", path.display());
+                    models.push((d, path));
+                }
+                Err(e) => tracing::warn!("model dir: skipping {}: {e}", path.display()),
+            }
+        }
+        Ok(ModelDir { models })
+    }
+
+    pub fn find(&self, digest: &str) -> Option<&Path> {
+        self.models.iter().find(|(d, _)| d == digest).map(|(_, p)| p.as_path())
+    }
+
+    pub fn digests(&self) -> Vec<String> {
+        self.models.iter().map(|(d, _)| d.clone()).collect()
+    }
+}
+
+/// A slice pushed by the coordinator, before its data arrives.
+#[derive(Debug, Clone)]
+pub struct PushedSlice {
+    pub digest: String,
+    pub range: LayerRange,
+    pub metadata: BTreeMap<String, MetaValue>,
+    /// name, dims (ggml order), type, in the order their data arrives.
+    pub tensors: Vec<(String, Vec<u64>, GgmlType)>,
+}
+
+/// Slices pushed to this worker, one GGUF per (digest, layer range):
+/// `DIR/<first 32 hex digits of the digest>-layers-<first>-<end>.gguf`.
+#[derive(Debug, Clone)]
+pub struct SliceCache {
+    dir: PathBuf,
+}
+
+impl SliceCache {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        SliceCache { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path_for(&self, digest: &str, range: LayerRange) -> PathBuf {
+        let hex: String = digest.trim_start_matches("sha256:").chars().filter(char::is_ascii_hexdigit).take(32).collect();
+        self.dir.join(format!("{hex}-layers-{}-{}.gguf", range.first, range.end))
+    }
+
+    /// The cached slice for `digest` and `range`, if one was pushed before
+    /// and its metadata says it is that slice.
+    pub fn find(&self, digest: &str, range: LayerRange) -> Option<PathBuf> {
+        let path = self.path_for(digest, range);
+        let file = GgufFile::open(&path).ok()?;
+        let ok = file.get_str(KEY_SLICE_DIGEST) == Some(digest)
+            && file.get_u64(KEY_SLICE_FIRST) == Some(range.first as u64)
+            && file.get_u64(KEY_SLICE_END) == Some(range.end as u64);
+        ok.then_some(path)
+    }
+
+    /// Writes a pushed slice: `next_chunk` yields `(tensor index, bytes)` in
+    /// tensor order (blocking; `None` ends the stream). The file appears
+    /// under its final name only once complete.
+    pub fn write(
+        &self,
+        slice: &PushedSlice,
+        mut next_chunk: impl FnMut() -> Option<(usize, Vec<u8>)>,
+    ) -> Result<(PathBuf, u64), SliceCacheError> {
+        std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        let mut w = GgufWriter::new();
+        for (k, v) in &slice.metadata {
+            if !k.starts_with("split.") && !k.starts_with("strata.slice.") {
+                w.add_metadata(k.clone(), v.clone());
+            }
+        }
+        w.add_metadata(KEY_SLICE_DIGEST, MetaValue::String(slice.digest.clone()));
+        w.add_metadata(KEY_SLICE_FIRST, MetaValue::U64(slice.range.first as u64));
+        w.add_metadata(KEY_SLICE_END, MetaValue::U64(slice.range.end as u64));
+        for (name, dims, dtype) in &slice.tensors {
+            w.add_tensor(name.clone(), dims, *dtype).map_err(|e| SliceCacheError::Push(e.to_string()))?;
+        }
+        let path = self.path_for(&slice.digest, slice.range);
+        let partial = path.with_extension("gguf.partial");
+        let mut pending: Option<(usize, Vec<u8>)> = None;
+        let mut total = 0u64;
+        let fill = |i: usize, spec: &TensorSpec, out: &mut dyn io::Write| -> io::Result<()> {
+            let mut written = 0u64;
+            while written < spec.size_bytes {
+                let (idx, data) = match pending.take() {
+                    Some(c) => c,
+                    None => next_chunk().ok_or_else(|| {
+                        io::Error::other(format!("stream ended inside tensor {} ({written} of {} bytes)", spec.name, spec.size_bytes))
+                    })?,
+                };
+                if idx != i {
+                    return Err(io::Error::other(format!(
+                        "chunk for tensor #{idx} while tensor #{i} ({}) has {written} of {} bytes",
+                        spec.name, spec.size_bytes
+                    )));
+                }
+                if written + data.len() as u64 > spec.size_bytes {
+                    return Err(io::Error::other(format!("tensor {} gets more than its {} bytes", spec.name, spec.size_bytes)));
+                }
+                out.write_all(&data)?;
+                written += data.len() as u64;
+            }
+            total += written;
+            Ok(())
+        };
+        let result = w.write(&partial, fill);
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&partial);
+            return Err(SliceCacheError::Push(e.to_string()));
+        }
+        if let Some((idx, _)) = next_chunk() {
+            let _ = std::fs::remove_file(&partial);
+            return Err(SliceCacheError::Push(format!("data for tensor #{idx} after the last tensor")));
+        }
+        std::fs::rename(&partial, &path).map_err(io_err(&path))?;
+        Ok((path, total))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_names() {
+        assert_eq!(layer_of("blk.12.attn_q.weight"), Some(12));
+        assert_eq!(layer_of("token_embd.weight"), None);
+        assert_eq!(layer_of("blk.x.attn_q.weight"), None);
+    }
+
+    #[test]
+    fn cache_paths_are_per_digest_and_range() {
+        let c = SliceCache::new("/tmp/x");
+        let a = c.path_for("sha256:00ff", LayerRange { first: 0, end: 7 });
+        assert!(a.ends_with("00ff-layers-0-7.gguf"));
+        assert_ne!(a, c.path_for("sha256:00ff", LayerRange { first: 7, end: 20 }));
+    }
+}
