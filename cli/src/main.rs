@@ -26,6 +26,8 @@ enum Command {
     Synth(cmd::synth::Args),
     /// Show where each layer would go over a set of devices (loads nothing).
     Plan(cmd::plan::Args),
+    /// Serve a layer range of a model to a coordinator (gRPC, token required).
+    Worker(cmd::worker::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Synth(a) => cmd::synth::run(a),
         Command::Plan(a) => cmd::plan::run(a),
+        Command::Worker(a) => cmd::worker::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

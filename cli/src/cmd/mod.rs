@@ -4,6 +4,7 @@ pub mod inspect;
 pub mod perplexity;
 pub mod plan;
 pub mod synth;
+pub mod worker;
 
 use std::path::Path;
 

@@ -138,6 +138,32 @@ impl WorkerService {
         Ok(())
     }
 
+    /// Binds `listen`, serves until Ctrl-C on a runtime of its own (for the
+    /// `strata worker` binary).
+    pub fn serve_blocking(self, listen: std::net::SocketAddr) -> Result<(), ServiceError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("strata-rpc")
+            .enable_all()
+            .build()
+            .map_err(|e| ServiceError::Setup(format!("starting the async runtime: {e}")))?;
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| ServiceError::Setup(format!("listening on {listen}: {e}")))?;
+            let bound = listener.local_addr().map_err(|e| ServiceError::Setup(e.to_string()))?;
+            tracing::info!("worker listening on {bound} ({})", self.shared.device_name);
+            if !bound.ip().is_loopback() {
+                tracing::warn!("listening on {bound}, beyond this machine: the cluster token is the only guard (no TLS yet)");
+            }
+            self.serve(listener, async {
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("shutting down");
+            })
+            .await
+        })
+    }
+
     /// What Health reports, for in-process callers.
     pub fn snapshot(&self) -> Snapshot {
         self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -1,0 +1,66 @@
+//! `strata worker`: serve a layer range of a model to a coordinator.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use strata_kernels::CpuBackend;
+use strata_worker::service::{system, WorkerConfig, WorkerService};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address to listen on; loopback unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: std::net::SocketAddr,
+    /// File holding the cluster token (surrounding whitespace ignored).
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// The cluster token itself (prefer --token-file: argv is visible to other users).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Caps the memory this worker offers and loads into, e.g. 12GiB.
+    #[arg(long, value_parser = parse_size)]
+    pub mem_budget: Option<u64>,
+    /// Directory of GGUF models this worker can read itself (matched by digest).
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// Where slices pushed by the coordinator are kept (default: ~/.cache/strata/slices).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// CPU threads (default: all cores).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    system::parse_bytes(s)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the token file {}", f.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => anyhow::bail!("a worker needs the cluster token: --token-file FILE (or --token)"),
+    };
+    if token.is_empty() {
+        anyhow::bail!("the cluster token is empty");
+    }
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("setting up the thread pool")?;
+    }
+    let cache_dir = args.cache_dir.unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".cache/strata/slices")
+    });
+    let config = WorkerConfig {
+        token,
+        mem_budget_bytes: args.mem_budget,
+        model_dir: args.model_dir,
+        cache_dir,
+        threads: rayon::current_num_threads(),
+    };
+    let service = WorkerService::start(config, CpuBackend::new)?;
+    service.serve_blocking(args.listen)?;
+    Ok(())
+}
