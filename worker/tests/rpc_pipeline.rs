@@ -127,3 +127,33 @@ async fn a_worker_without_the_model_receives_its_slice_and_generates_the_same() 
     let mut data = DataStream::open(&mut client(&ws[0].addr).await).await;
     check_up_to_near_tie(&data.generate_greedy(1, &r.prompt_ids, N_TOKENS).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_data_stream_frees_its_sequences_on_every_stage() {
+    let dir = smollm_model_dir();
+    let ws = [
+        start_worker(Some(dir.path().to_path_buf()), None).await,
+        start_worker(Some(dir.path().to_path_buf()), None).await,
+        start_worker(Some(dir.path().to_path_buf()), None).await,
+    ];
+    load_chain(&[&ws[0], &ws[1], &ws[2]], &digest(), v1::ActDtype::F16).await;
+    let r = reference();
+    let mut data = DataStream::open(&mut client(&ws[0].addr).await).await;
+    data.generate_greedy(3, &r.prompt_ids, 4).await;
+    data.generate_greedy(4, &r.prompt_ids[..3], 2).await;
+    for w in &ws {
+        assert_eq!(health(w).await.live_sequences, 2);
+    }
+    drop(data);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for w in &ws {
+        loop {
+            let h = health(w).await;
+            if (h.live_sequences, h.kv_blocks_used) == (0, 0) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{} still holds {h:?}", w.addr);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -189,7 +189,7 @@ impl WorkerService {
             s.weight_bytes + s.kv_bytes
         };
         match self.shared.config.mem_budget_bytes {
-            Some(b) => (b.min(total.max(b)), b.saturating_sub(used).min(available + used)),
+            Some(b) => (b, b.saturating_sub(used).min(available + used)),
             None => (total, available),
         }
     }
@@ -304,6 +304,20 @@ impl WorkerService {
     }
 }
 
+impl WorkerService {
+    /// Frees sequences here and on every later stage; returns how many
+    /// stages freed them.
+    async fn release_everywhere(&self, seqs: Vec<u64>) -> Result<u32, Status> {
+        self.command(|tx| Command::Release(seqs.clone(), tx)).await?;
+        let next = self.shared.downstream.read().await.clone();
+        let after = match next {
+            Some(d) => d.release(seqs).await.map_err(Status::unavailable)?,
+            None => 0,
+        };
+        Ok(1 + after)
+    }
+}
+
 /// Finds the model file for `digest`: the given path (checked), the model
 /// dir, then the slice cache.
 fn locate(shared: &Shared, digest: &str, model_path: &str, range: LayerRange) -> Result<(GgufFile, PathBuf), Status> {
@@ -388,14 +402,8 @@ impl worker_server::Worker for WorkerService {
     }
 
     async fn release(&self, req: Request<v1::ReleaseRequest>) -> Result<Response<v1::ReleaseReply>, Status> {
-        let seqs = req.into_inner().seq_ids;
-        self.command(|tx| Command::Release(seqs.clone(), tx)).await?;
-        let next = self.shared.downstream.read().await.clone();
-        let after = match next {
-            Some(d) => d.release(seqs).await.map_err(Status::unavailable)?,
-            None => 0,
-        };
-        Ok(Response::new(v1::ReleaseReply { stages: 1 + after }))
+        let stages = self.release_everywhere(req.into_inner().seq_ids).await?;
+        Ok(Response::new(v1::ReleaseReply { stages }))
     }
 
     type ForwardStream = ReceiverStream<Result<v1::StageReply, Status>>;
@@ -405,14 +413,29 @@ impl worker_server::Worker for WorkerService {
         let (tx, rx) = mpsc::channel(64);
         let this = self.clone();
         tokio::spawn(async move {
+            // Sequences belong to the stream that started them: when it ends
+            // (the coordinator went away), their KV is freed on every stage.
+            let mut seqs = std::collections::BTreeSet::new();
             loop {
                 match inbound.message().await {
-                    Ok(Some(frame)) => this.handle_frame(frame, &tx).await,
+                    Ok(Some(frame)) => {
+                        if let Some(h) = &frame.header {
+                            seqs.extend(h.entries.iter().map(|e| e.seq_id));
+                        }
+                        this.handle_frame(frame, &tx).await
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!("upstream data stream ended: {}", e.message());
                         break;
                     }
+                }
+            }
+            if !seqs.is_empty() {
+                let seqs: Vec<u64> = seqs.into_iter().collect();
+                tracing::info!("data stream closed: releasing {} sequences", seqs.len());
+                if let Err(e) = this.release_everywhere(seqs).await {
+                    tracing::warn!("releasing the closed stream's sequences: {}", e.message());
                 }
             }
         });
