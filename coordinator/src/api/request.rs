@@ -1,0 +1,287 @@
+//! OpenAI request bodies and their validation into [`GenerationParams`].
+
+use serde::Deserialize;
+
+use super::error::ApiError;
+
+/// `stop`: one string or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Chat message content: a string, or an array of parts (text only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ContentField {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessageIn {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<ContentField>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Fields shared by both endpoints. Extensions beyond OpenAI (top_k,
+/// min_p, repeat_penalty) follow llama-server's names.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SamplingFields {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    #[serde(alias = "repeat_penalty")]
+    pub repetition_penalty: Option<f32>,
+    pub stop: Option<StopField>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub n: Option<i64>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessageIn>,
+    #[serde(default)]
+    pub logprobs: bool,
+    pub top_logprobs: Option<i64>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+/// `prompt`: a string or an array of one string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub prompt: PromptField,
+    /// Legacy completions: number of top log-probabilities per token.
+    pub logprobs: Option<i64>,
+    #[serde(default)]
+    pub echo: bool,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+/// A validated request, independent of the endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    pub max_tokens: Option<usize>,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub min_p: f32,
+    pub seed: Option<u64>,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub repetition_penalty: f32,
+    pub stop: Vec<String>,
+    /// Top log-probabilities per generated token, when asked.
+    pub logprobs: Option<usize>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// OpenAI caps top_logprobs at 20.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+const MAX_STOP_STRINGS: usize = 16;
+
+fn range(param: &str, v: Option<f32>, lo: f32, hi: f32, default: f32) -> Result<f32, ApiError> {
+    match v {
+        None => Ok(default),
+        Some(x) if x.is_finite() && (lo..=hi).contains(&x) => Ok(x),
+        Some(x) => Err(ApiError::invalid(Some(param.to_string()), format!("{param} must be between {lo} and {hi}, got {x}"))),
+    }
+}
+
+impl SamplingFields {
+    /// Validates the shared fields; `logprobs` comes from the endpoint.
+    pub fn validate(&self, logprobs: Option<usize>) -> Result<GenerationParams, ApiError> {
+        if let Some(n) = self.n {
+            if n != 1 {
+                return Err(ApiError::invalid(Some("n".to_string()), format!("only n=1 is supported, got {n}")));
+            }
+        }
+        let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
+            None => None,
+            Some(m) if m >= 1 => Some(m as usize),
+            Some(m) => return Err(ApiError::invalid(Some("max_tokens".to_string()), format!("max_tokens must be at least 1, got {m}"))),
+        };
+        let top_k = match self.top_k {
+            None => 40,
+            Some(k) if k >= 0 => k as usize,
+            Some(k) => return Err(ApiError::invalid(Some("top_k".to_string()), format!("top_k must be >= 0, got {k}"))),
+        };
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(StopField::One(s)) => vec![s.clone()],
+            Some(StopField::Many(v)) => v.clone(),
+        };
+        if stop.len() > MAX_STOP_STRINGS || stop.iter().any(String::is_empty) {
+            return Err(ApiError::invalid(
+                Some("stop".to_string()),
+                format!("stop takes up to {MAX_STOP_STRINGS} non-empty strings"),
+            ));
+        }
+        Ok(GenerationParams {
+            max_tokens,
+            temperature: range("temperature", self.temperature, 0.0, 2.0, 0.8)?,
+            top_p: range("top_p", self.top_p, 0.0, 1.0, 0.95)?,
+            top_k,
+            min_p: range("min_p", self.min_p, 0.0, 1.0, 0.05)?,
+            seed: self.seed,
+            presence_penalty: range("presence_penalty", self.presence_penalty, -2.0, 2.0, 0.0)?,
+            frequency_penalty: range("frequency_penalty", self.frequency_penalty, -2.0, 2.0, 0.0)?,
+            repetition_penalty: range("repetition_penalty", self.repetition_penalty, 0.0, 10.0, 1.0)?,
+            stop,
+            logprobs,
+            stream: self.stream,
+            include_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        })
+    }
+}
+
+fn top_logprobs(param: &str, n: Option<i64>) -> Result<usize, ApiError> {
+    match n {
+        None => Ok(0),
+        Some(n) if (0..=MAX_TOP_LOGPROBS as i64).contains(&n) => Ok(n as usize),
+        Some(n) => Err(ApiError::invalid(Some(param.to_string()), format!("{param} must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"))),
+    }
+}
+
+impl ChatRequest {
+    pub fn params(&self) -> Result<GenerationParams, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid(Some("messages".to_string()), "messages must not be empty"));
+        }
+        let n = top_logprobs("top_logprobs", self.top_logprobs)?;
+        self.sampling.validate(self.logprobs.then_some(n))
+    }
+
+    /// Messages as (role, text): text parts joined; other parts refused.
+    pub fn text_messages(&self) -> Result<Vec<(String, String)>, ApiError> {
+        self.messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let text = match &m.content {
+                    None => String::new(),
+                    Some(ContentField::Text(t)) => t.clone(),
+                    Some(ContentField::Parts(parts)) => {
+                        let mut text = String::new();
+                        for p in parts {
+                            match (p.kind.as_str(), &p.text) {
+                                ("text", Some(t)) => text.push_str(t),
+                                (kind, _) => {
+                                    return Err(ApiError::invalid(
+                                        Some(format!("messages[{i}].content")),
+                                        format!("content part of type {kind:?} is not supported (text only)"),
+                                    ))
+                                }
+                            }
+                        }
+                        text
+                    }
+                };
+                Ok((m.role.clone(), text))
+            })
+            .collect()
+    }
+}
+
+impl CompletionRequest {
+    pub fn params(&self) -> Result<GenerationParams, ApiError> {
+        if self.echo {
+            return Err(ApiError::invalid(Some("echo".to_string()), "echo is not supported"));
+        }
+        let n = self.logprobs.map(|n| top_logprobs("logprobs", Some(n))).transpose()?;
+        self.sampling.validate(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_defaults_and_validation() {
+        let r: ChatRequest = serde_json::from_str(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+        let p = r.params().unwrap();
+        assert_eq!((p.temperature, p.top_k, p.max_tokens, p.logprobs), (0.8, 40, None, None));
+        let r: ChatRequest = serde_json::from_str(
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
+                "temperature":0,"stop":"\n","logprobs":true,"top_logprobs":3,"max_tokens":5,"stream":true,
+                "stream_options":{"include_usage":true}}"#,
+        )
+        .unwrap();
+        let p = r.params().unwrap();
+        assert_eq!(p.stop, vec!["\n".to_string()]);
+        assert_eq!((p.logprobs, p.max_tokens, p.stream, p.include_usage), (Some(3), Some(5), true, true));
+        assert_eq!(r.text_messages().unwrap(), vec![("user".to_string(), "ab".to_string())]);
+    }
+
+    #[test]
+    fn bad_values_name_their_parameter() {
+        for (body, param) in [
+            (r#"{"messages":[{"role":"user","content":"x"}],"temperature":3}"#, "temperature"),
+            (r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":0}"#, "max_tokens"),
+            (r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#, "n"),
+            (r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":50}"#, "top_logprobs"),
+            (r#"{"messages":[]}"#, "messages"),
+        ] {
+            let r: ChatRequest = serde_json::from_str(body).unwrap();
+            let e = r.params().unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{body}");
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+            assert!(e.json().contains("invalid_request_error"));
+        }
+        let r: ChatRequest =
+            serde_json::from_str(r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#).unwrap();
+        assert!(r.text_messages().unwrap_err().message.contains("image_url"));
+    }
+
+    #[test]
+    fn completion_prompt_forms() {
+        let r: CompletionRequest = serde_json::from_str(r#"{"prompt":"abc","logprobs":2}"#).unwrap();
+        assert!(matches!(r.prompt, PromptField::Text(_)));
+        assert_eq!(r.params().unwrap().logprobs, Some(2));
+        let r: CompletionRequest = serde_json::from_str(r#"{"prompt":[1,2,3]}"#).unwrap();
+        assert!(matches!(r.prompt, PromptField::Tokens(_)));
+        let r: CompletionRequest = serde_json::from_str(r#"{"prompt":"a","echo":true}"#).unwrap();
+        assert_eq!(r.params().unwrap_err().param.as_deref(), Some("echo"));
+    }
+}
