@@ -94,7 +94,7 @@ pub fn model_digest(file: &GgufFile) -> Result<String, SliceCacheError> {
 /// needs: its blocks, the embedding on the first stage, the final norm and
 /// output head (or the tied embedding) on the last, and `rope_freqs` when the
 /// model has one.
-pub fn slice_tensors<'a>(file: &'a GgufFile, range: LayerRange, n_layers: usize) -> Vec<&'a TensorInfo> {
+pub fn slice_tensors(file: &GgufFile, range: LayerRange, n_layers: usize) -> Vec<&TensorInfo> {
     let is_first = range.first == 0;
     let is_last = range.end == n_layers;
     let tied = file.tensor("output.weight").is_none();
@@ -299,6 +299,56 @@ mod tests {
         assert_eq!(layer_of("blk.12.attn_q.weight"), Some(12));
         assert_eq!(layer_of("token_embd.weight"), None);
         assert_eq!(layer_of("blk.x.attn_q.weight"), None);
+    }
+
+    fn write_model(path: &Path, name: &str, fill: u8) {
+        let mut w = GgufWriter::new();
+        w.add_metadata("general.name", MetaValue::String(name.into()));
+        w.add_tensor("blk.0.attn_q.weight", &[64, 4], GgmlType::F32).unwrap();
+        w.write(path, |_, spec, out| out.write_all(&vec![fill; spec.size_bytes as usize])).unwrap();
+    }
+
+    #[test]
+    fn digest_follows_metadata_and_sampled_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = |name: &str, fill: u8| {
+            let p = dir.path().join(format!("{name}-{fill}.gguf"));
+            write_model(&p, name, fill);
+            model_digest(&GgufFile::open(&p).unwrap()).unwrap()
+        };
+        let a = digest("a", 1);
+        assert!(a.starts_with("sha256:") && a.len() == 7 + 64);
+        assert_eq!(a, digest("a", 1));
+        assert_ne!(a, digest("b", 1), "metadata counts");
+        assert_ne!(a, digest("a", 2), "data counts");
+    }
+
+    #[test]
+    fn pushed_slice_round_trips_through_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = SliceCache::new(dir.path());
+        let range = LayerRange { first: 0, end: 1 };
+        let slice = PushedSlice {
+            digest: "sha256:abcd".into(),
+            range,
+            metadata: BTreeMap::from([("general.name".to_string(), MetaValue::String("x".into()))]),
+            tensors: vec![("blk.0.attn_q.weight".into(), vec![64, 4], GgmlType::F32)],
+        };
+        let mut chunks = vec![(0usize, vec![7u8; 512]), (0, vec![8u8; 512])].into_iter();
+        let (path, bytes) = cache.write(&slice, || chunks.next()).unwrap();
+        assert_eq!(bytes, 1024);
+        assert_eq!(cache.find("sha256:abcd", range), Some(path.clone()));
+        assert_eq!(cache.find("sha256:abce", range), None);
+        let f = GgufFile::open(&path).unwrap();
+        let t = f.tensor("blk.0.attn_q.weight").unwrap();
+        assert_eq!(&f.tensor_data(t)[510..514], &[7, 7, 8, 8]);
+
+        // A short stream leaves no file behind.
+        let other = LayerRange { first: 0, end: 2 };
+        let mut short = vec![(0usize, vec![7u8; 512])].into_iter();
+        assert!(cache.write(&PushedSlice { range: other, ..slice }, || short.next()).is_err());
+        assert_eq!(cache.find("sha256:abcd", other), None);
+        assert!(!cache.path_for("sha256:abcd", other).with_extension("gguf.partial").exists());
     }
 
     #[test]

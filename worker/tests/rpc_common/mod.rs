@@ -145,7 +145,7 @@ impl DataStream {
         };
         let mut input = prompt.to_vec();
         while out.len() < n {
-            let reply = self.step(vec![entry.clone()], input).await;
+            let reply = self.step(vec![entry], input).await;
             assert!(reply.error.is_empty(), "stage error: {}", reply.error);
             assert_eq!(reply.tokens.len(), 1);
             let t = reply.tokens[0].token_id;
