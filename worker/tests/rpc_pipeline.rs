@@ -157,3 +157,31 @@ async fn a_dropped_data_stream_frees_its_sequences_on_every_stage() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stage_errors_come_back_by_batch_and_name_the_stage() {
+    let dir = smollm_model_dir();
+    let ws = [
+        start_worker(Some(dir.path().to_path_buf()), None).await,
+        start_worker(Some(dir.path().to_path_buf()), None).await,
+        start_worker(Some(dir.path().to_path_buf()), None).await,
+    ];
+    load_chain(&[&ws[0], &ws[1], &ws[2]], &digest(), v1::ActDtype::F16).await;
+    let mut data = DataStream::open(&mut client(&ws[0].addr).await).await;
+    let entry = |seq, start_pos, sampling| v1::BatchEntry { seq_id: seq, start_pos, n_tokens: 1, sample: true, sampling };
+
+    // Stage 0 refuses a run past what it has cached.
+    let reply = data.step(vec![entry(5, 3, None)], vec![504]).await;
+    assert!(reply.error.contains("layers 0..7") && reply.error.contains("cached"), "{}", reply.error);
+
+    // The last stage refuses to sample a sequence it has no parameters for;
+    // the error is relayed back through the middle stage.
+    let reply = data.step(vec![entry(6, 0, None)], vec![504]).await;
+    assert!(reply.error.contains("layers 20..30") && reply.error.contains("sampling"), "{}", reply.error);
+
+    // The stream carries on.
+    let greedy = strata_worker::service::frames::sampling_to_wire(&strata_worker::SamplingParams::greedy());
+    let reply = data.step(vec![entry(6, 0, Some(greedy))], vec![504]).await;
+    assert!(reply.error.is_empty(), "{}", reply.error);
+    assert_eq!(reply.tokens.len(), 1);
+}
