@@ -185,3 +185,46 @@ async fn stage_errors_come_back_by_batch_and_name_the_stage() {
     assert!(reply.error.is_empty(), "{}", reply.error);
     assert_eq!(reply.tokens.len(), 1);
 }
+
+/// Several frames in flight on one stream (one per stage, as the scheduler
+/// pipelines micro-batches), and several sequences in one frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn frames_pipeline_and_batch_several_sequences() {
+    let dir = smollm_model_dir();
+    let ws = [
+        start_worker(Some(dir.path().to_path_buf()), None).await,
+        start_worker(Some(dir.path().to_path_buf()), None).await,
+        start_worker(Some(dir.path().to_path_buf()), None).await,
+    ];
+    load_chain(&[&ws[0], &ws[1], &ws[2]], &digest(), v1::ActDtype::F32).await;
+    let r = reference();
+    let prompts: [&[u32]; 3] = [&r.prompt_ids, &r.prompt_ids[..3], &r.prompt_ids[1..]];
+    let expected: Vec<Vec<u32>> = prompts.iter().map(|p| single_process_greedy(p, 2)).collect();
+    let greedy = strata_worker::service::frames::sampling_to_wire(&strata_worker::SamplingParams::greedy());
+    let mut data = DataStream::open(&mut client(&ws[0].addr).await).await;
+
+    // Three prompt frames sent back to back, replies read afterwards.
+    let mut ids = Vec::new();
+    for (seq, p) in prompts.iter().enumerate() {
+        let e = v1::BatchEntry { seq_id: seq as u64, start_pos: 0, n_tokens: p.len() as u32, sample: true, sampling: Some(greedy) };
+        ids.push(data.send(vec![e], p.to_vec()).await);
+    }
+    let mut first = [0u32; 3];
+    for id in ids {
+        let reply = data.reply().await;
+        assert_eq!(reply.batch_id, id, "replies come back in order on one chain");
+        assert!(reply.error.is_empty(), "{}", reply.error);
+        first[id as usize] = reply.tokens[0].token_id;
+    }
+    // One decode frame for all three sequences.
+    let entries = (0..3)
+        .map(|seq| v1::BatchEntry { seq_id: seq, start_pos: prompts[seq as usize].len() as u32, n_tokens: 1, sample: true, sampling: None })
+        .collect();
+    let reply = data.step(entries, first.to_vec()).await;
+    assert!(reply.error.is_empty(), "{}", reply.error);
+    for seq in 0..3 {
+        let got = [first[seq], reply.tokens[seq].token_id];
+        assert_eq!(reply.tokens[seq].seq_id, seq as u64);
+        assert_eq!(got.as_slice(), expected[seq].as_slice(), "sequence {seq}");
+    }
+}

@@ -116,6 +116,19 @@ impl DataStream {
         DataStream { frames: tx, replies, next_batch: 0 }
     }
 
+    /// Sends a frame without waiting for its reply; returns its batch id.
+    pub async fn send(&mut self, entries: Vec<v1::BatchEntry>, token_ids: Vec<u32>) -> u64 {
+        let batch_id = self.next_batch;
+        self.next_batch += 1;
+        let frame = v1::BatchFrame { header: Some(v1::BatchHeader { batch_id, entries }), token_ids, ..Default::default() };
+        self.frames.send(frame).await.expect("send frame");
+        batch_id
+    }
+
+    pub async fn reply(&mut self) -> v1::StageReply {
+        self.replies.message().await.expect("reply").expect("stream open")
+    }
+
     pub async fn step(&mut self, entries: Vec<v1::BatchEntry>, token_ids: Vec<u32>) -> v1::StageReply {
         let batch_id = self.next_batch;
         self.next_batch += 1;
