@@ -11,6 +11,7 @@ use std::collections::{BinaryHeap, HashMap};
 
 use fancy_regex::Regex;
 
+use super::symbols::{merge, symbols_of, Symbol};
 use super::{Tokenizer, TokenizerError};
 use crate::gguf::MetaValue;
 
@@ -179,13 +180,10 @@ impl Bpe {
                 return;
             }
         }
-        // Symbols: byte ranges of `word`, linked as a list.
-        let mut syms: Vec<Symbol> = Vec::new();
-        for (i, (start, c)) in word.char_indices().enumerate() {
-            syms.push(Symbol { start, len: c.len_utf8(), prev: i as isize - 1, next: i as isize + 1 });
+        let mut syms = symbols_of(word);
+        if syms.is_empty() {
+            return;
         }
-        let Some(last) = syms.last_mut() else { return };
-        last.next = -1;
 
         let mut queue = BinaryHeap::new();
         for i in 1..syms.len() {
@@ -196,14 +194,7 @@ impl Bpe {
             if l.len == 0 || r.len == 0 || l.len + r.len != b.len || l.next != b.right as isize {
                 continue;
             }
-            let (r_len, r_next) = (r.len, r.next);
-            syms[b.left].len += r_len;
-            syms[b.right].len = 0;
-            syms[b.left].next = r_next;
-            if r_next >= 0 {
-                syms[r_next as usize].prev = b.left as isize;
-            }
-            let prev = syms[b.left].prev;
+            let (prev, r_next) = merge(&mut syms, b.left, b.right);
             if prev >= 0 {
                 self.push_bigram(tok, word, &syms, prev as usize, b.left, &mut queue);
             }
@@ -249,14 +240,6 @@ impl Bpe {
             queue.push(Bigram { rank, left, right, len: l.len + r.len });
         }
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Symbol {
-    start: usize,
-    len: usize,
-    prev: isize,
-    next: isize,
 }
 
 /// A candidate merge; the heap pops the lowest rank, then the leftmost.

@@ -12,6 +12,7 @@
 
 mod bpe;
 mod spm;
+mod symbols;
 mod stream;
 
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -6,15 +6,8 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+use super::symbols::{merge, symbols_of, Symbol};
 use super::Tokenizer;
-
-#[derive(Debug, Clone, Copy)]
-struct Symbol {
-    start: usize,
-    len: usize,
-    prev: isize,
-    next: isize,
-}
 
 #[derive(Debug)]
 struct Bigram {
@@ -47,13 +40,10 @@ impl PartialOrd for Bigram {
 
 /// Tokenizes `text` (spaces already escaped as `▁`), appending to `out`.
 pub(super) fn encode(tok: &Tokenizer, text: &str, out: &mut Vec<u32>) {
-    let mut syms: Vec<Symbol> = text
-        .char_indices()
-        .enumerate()
-        .map(|(i, (start, c))| Symbol { start, len: c.len_utf8(), prev: i as isize - 1, next: i as isize + 1 })
-        .collect();
-    let Some(last) = syms.last_mut() else { return };
-    last.next = -1;
+    let mut syms = symbols_of(text);
+    if syms.is_empty() {
+        return;
+    }
 
     let mut queue = BinaryHeap::new();
     for i in 1..syms.len() {
@@ -64,14 +54,7 @@ pub(super) fn encode(tok: &Tokenizer, text: &str, out: &mut Vec<u32>) {
         if l.len == 0 || r.len == 0 || l.len + r.len != b.len {
             continue;
         }
-        let (r_len, r_next) = (r.len, r.next);
-        syms[b.left].len += r_len;
-        syms[b.right].len = 0;
-        syms[b.left].next = r_next;
-        if r_next >= 0 {
-            syms[r_next as usize].prev = b.left as isize;
-        }
-        let prev = syms[b.left].prev;
+        let (prev, r_next) = merge(&mut syms, b.left, b.right);
         if prev >= 0 {
             push_bigram(tok, text, &syms, prev as usize, b.left, &mut queue);
         }
