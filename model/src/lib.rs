@@ -13,8 +13,10 @@ pub mod chat;
 pub mod gguf;
 pub mod profile;
 pub mod quant;
+pub mod slice;
 pub mod synth;
 pub mod tokenizer;
 
 pub use gguf::{GgufFile, MetaValue, TensorInfo};
+pub use slice::LayerRange;
 pub use quant::GgmlType;

@@ -1,41 +1,16 @@
-//! Which model file a worker has: a digest that is cheap on 40 GB files, the
-//! `--model-dir` scan, the tensors that make up a slice, and the on-disk
-//! cache of slices pushed by the coordinator.
-//!
-//! ## The model digest
-//!
-//! `sha256:` + hex of SHA-256 over, for each shard of the model in order:
-//!
-//! 1. the tag `strata-model-digest-v1` and the shard's length in bytes;
-//! 2. the shard's first `min(len, 32 MiB)` bytes: the GGUF header, all
-//!    metadata and the tensor-info table of any real model (tokenizers are a
-//!    few MiB), plus the first tensors' data;
-//! 3. 16 blocks of 64 KiB spread evenly over the whole shard (the first at
-//!    offset 0, the last ending at the end of the file).
-//!
-//! then the parsed tensor table (name, dims, type, shard, offset) so a table
-//! past 32 MiB still counts. That reads at most ~33 MiB per shard, whatever
-//! the model size. Two files with the same digest can differ only in data
-//! bytes no sample touched (a fine-tune that rewrote some tensors in place
-//! with the same shapes and the same header), which the coordinator cannot
-//! tell apart without reading the whole file either.
+//! What a worker keeps on disk: the `--model-dir` scan (by model digest, see
+//! [`strata_model::slice`]) and the cache of slices pushed by the coordinator.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use strata_model::arch::HyperParams;
 use strata_model::gguf::{GgufWriter, TensorSpec};
 use strata_model::profile::{KvType, MemoryProfile};
-use strata_model::{GgmlType, GgufFile, MetaValue, TensorInfo};
+use strata_model::{GgmlType, GgufFile, MetaValue};
 
-use crate::stage::LayerRange;
-
-const HEAD_BYTES: u64 = 32 << 20;
-const SAMPLE_BLOCKS: u64 = 16;
-const SAMPLE_BYTES: u64 = 64 << 10;
+pub use strata_model::slice::{metadata_gguf, model_digest, slice_tensors, LayerRange};
 
 /// Metadata keys a cached slice carries about where it came from.
 pub const KEY_SLICE_DIGEST: &str = "strata.slice.model_digest";
@@ -56,65 +31,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SliceCacheError + '_ {
     move |source| SliceCacheError::Io { path: path.to_path_buf(), source }
 }
 
-/// The digest of an open model (see the module docs).
-pub fn model_digest(file: &GgufFile) -> Result<String, SliceCacheError> {
-    let mut h = Sha256::new();
-    for path in file.shard_paths() {
-        let mut f = File::open(path).map_err(io_err(path))?;
-        let len = f.metadata().map_err(io_err(path))?.len();
-        h.update(b"strata-model-digest-v1");
-        h.update(len.to_le_bytes());
-        let mut head = vec![0u8; len.min(HEAD_BYTES) as usize];
-        f.read_exact(&mut head).map_err(io_err(path))?;
-        h.update(&head);
-        let block = SAMPLE_BYTES.min(len);
-        let mut buf = vec![0u8; block as usize];
-        for i in 0..SAMPLE_BLOCKS {
-            let offset = (len - block) * i / (SAMPLE_BLOCKS - 1);
-            f.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
-            f.read_exact(&mut buf).map_err(io_err(path))?;
-            h.update(&buf);
-        }
-    }
-    for t in &file.tensors {
-        h.update((t.name.len() as u64).to_le_bytes());
-        h.update(t.name.as_bytes());
-        for d in &t.dims {
-            h.update(d.to_le_bytes());
-        }
-        h.update(t.dtype.id().to_le_bytes());
-        h.update((t.shard as u64).to_le_bytes());
-        h.update(t.offset.to_le_bytes());
-    }
-    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("sha256:{hex}"))
-}
-
-/// The tensors a stage running `range` of a model with `n_layers` layers
-/// needs: its blocks, the embedding on the first stage, the final norm and
-/// output head (or the tied embedding) on the last, and `rope_freqs` when the
-/// model has one.
-pub fn slice_tensors(file: &GgufFile, range: LayerRange, n_layers: usize) -> Vec<&TensorInfo> {
-    let is_first = range.first == 0;
-    let is_last = range.end == n_layers;
-    let tied = file.tensor("output.weight").is_none();
-    file.tensors
-        .iter()
-        .filter(|t| match t.name.as_str() {
-            "token_embd.weight" => is_first || (is_last && tied),
-            "output_norm.weight" | "output.weight" => is_last,
-            "rope_freqs.weight" => true,
-            name => layer_of(name).is_some_and(|il| il >= range.first && il < range.end),
-        })
-        .collect()
-}
-
-/// `blk.N.…` → N.
-fn layer_of(name: &str) -> Option<usize> {
-    let rest = name.strip_prefix("blk.")?;
-    rest.split('.').next()?.parse().ok()
-}
-
 /// Memory a slice needs on a worker: weights (as stored) and KV for
 /// `ctx_tokens` tokens, rounded up to whole KV blocks as the stage allocates.
 pub fn slice_memory_bytes(file: &GgufFile, hp: &HyperParams, range: LayerRange, ctx_tokens: usize) -> (u64, u64) {
@@ -129,18 +45,6 @@ pub fn slice_memory_bytes(file: &GgufFile, hp: &HyperParams, range: LayerRange, 
         .map(|l| l.kv_bytes_per_token(KvType::F16) * tokens as u64)
         .sum();
     (weights, kv)
-}
-
-/// The model's metadata as a GGUF file with no tensors (split keys left
-/// out): what a pushed slice's header carries.
-pub fn metadata_gguf(file: &GgufFile) -> Result<Vec<u8>, SliceCacheError> {
-    let mut w = GgufWriter::new();
-    for (k, v) in &file.metadata {
-        if !k.starts_with("split.") {
-            w.add_metadata(k.clone(), v.clone());
-        }
-    }
-    w.to_bytes(|_, _, _| Ok(())).map_err(|e| SliceCacheError::Model(e.to_string()))
 }
 
 /// A `--model-dir`: the GGUF files in it (not recursive; split models by
@@ -165,7 +69,7 @@ impl ModelDir {
             if strata_model::gguf::parse_shard_path(&path).is_some_and(|(_, no, _)| no != 0) {
                 continue;
             }
-            match GgufFile::open(&path).map_err(|e| SliceCacheError::Model(e.to_string())).and_then(|f| model_digest(&f)) {
+            match GgufFile::open(&path).map_err(|e| SliceCacheError::Model(e.to_string())).and_then(|f| model_digest(&f).map_err(|e| SliceCacheError::Model(e.to_string()))) {
                 Ok(d) => {
                     tracing::info!("model dir: {} is {d}", path.display());
                     models.push((d, path));

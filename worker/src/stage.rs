@@ -7,6 +7,7 @@ use strata_kernels::{AttentionBatch, Backend, KernelError, KvGeometry, RopeConfi
 use strata_model::arch::HyperParams;
 use strata_model::profile::KvType;
 use strata_model::GgufFile;
+pub use strata_model::LayerRange;
 
 use crate::kv_blocks::{BlockAllocator, KvError};
 use crate::weights::{LayerWeights, WeightLoader};
@@ -21,22 +22,6 @@ pub enum StageError {
     Kv(#[from] KvError),
     #[error("bad batch: {0}")]
     Batch(String),
-}
-
-/// Layers `first..end` of a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LayerRange {
-    pub first: usize,
-    pub end: usize,
-}
-
-impl LayerRange {
-    pub fn len(&self) -> usize {
-        self.end - self.first
-    }
-    pub fn is_empty(&self) -> bool {
-        self.end == self.first
-    }
 }
 
 /// One sequence's run of consecutive tokens in a batch.

@@ -6,7 +6,7 @@ mod rpc_common;
 
 use rpc_common::*;
 use strata_proto::v1;
-use strata_worker::service::push_slice;
+use strata_coordinator::cluster::push_slice;
 use strata_worker::LayerRange;
 
 const SPLITS: [(u32, u32); 3] = [(0, 7), (7, 20), (20, 30)];

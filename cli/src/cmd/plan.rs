@@ -3,7 +3,7 @@
 use anyhow::Context;
 use strata_coordinator::planner::synth_profile::synth_profile;
 use strata_coordinator::planner::units::{format_bytes, parse_bytes, parse_devices};
-use strata_coordinator::planner::{plan, Plan, PlanRequest, WorkerSpec};
+use strata_coordinator::planner::{plan, table, PlanRequest};
 use strata_model::arch::{Architecture, HyperParams};
 use strata_model::profile::{KvType, MemoryProfile};
 use strata_model::synth::{QuantScheme, SynthSpec};
@@ -91,7 +91,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("margin:  {}", req.margin);
     let p = plan(&req, &workers)?;
-    print_plan(&p, &workers);
+    println!();
+    print!("{}", table(&p, &workers));
     Ok(())
 }
 
@@ -113,46 +114,4 @@ fn load_profile(args: &Args) -> anyhow::Result<(String, HyperParams, MemoryProfi
     let profile = MemoryProfile::from_gguf(&f, &hp);
     let name = f.get_str("general.name").map_or_else(|| path.display().to_string(), str::to_string);
     Ok((name, hp, profile))
-}
-
-fn print_plan(p: &Plan, workers: &[WorkerSpec]) {
-    println!();
-    println!(
-        "{:<5}  {:<24}  {:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>9}",
-        "stage", "device", "layers", "weights", "KV", "scratch", "free after", "ms/token"
-    );
-    for (i, s) in p.stages.iter().enumerate() {
-        let w = &workers[s.worker];
-        let mut device = format!("{} {} {}", w.name, w.backend.name(), format_bytes(w.free_bytes));
-        if w.host != w.name {
-            device = format!("{device} @{}", w.host);
-        }
-        let mut layers = format!("{}-{} ({})", s.first_layer, s.end_layer - 1, s.n_layers());
-        if s.has_embedding {
-            layers.push_str(" +emb");
-        }
-        if s.has_head {
-            layers.push_str(" +head");
-        }
-        println!(
-            "{i:<5}  {device:<24}  {layers:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>9.2}",
-            format_bytes(s.weight_bytes),
-            format_bytes(s.kv_bytes),
-            format_bytes(s.scratch_bytes),
-            format_bytes(s.free_after),
-            s.time_per_token_s * 1e3
-        );
-    }
-    let unused: Vec<&str> = (0..workers.len())
-        .filter(|i| !p.stages.iter().any(|s| s.worker == *i))
-        .map(|i| workers[i].name.as_str())
-        .collect();
-    if !unused.is_empty() {
-        println!("unused:  {} (not needed; each hop costs time)", unused.join(", "));
-    }
-    println!(
-        "est. time per token: {:.2} ms (stages + hops){}",
-        p.est_time_per_token_s * 1e3,
-        if p.bandwidth_measured { "" } else { " (no measured bandwidths: equal speeds assumed, relative only)" }
-    );
 }

@@ -1,8 +1,14 @@
-//! The OpenAI-compatible HTTP API: request validation and error shapes.
-//! The routes that serve them arrive with the serving loop.
+//! The OpenAI-compatible HTTP API: request validation, error shapes, the
+//! routes, and the text side of generation (detokenizing, stop strings).
 
 pub mod error;
+mod generate;
+pub mod openai;
 pub mod request;
+pub mod server;
+pub mod stop;
+pub mod text;
 
 pub use error::ApiError;
 pub use request::{ChatRequest, CompletionRequest, GenerationParams};
+pub use server::{router, AppState, Phase, Ready};

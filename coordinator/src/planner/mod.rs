@@ -25,6 +25,7 @@
 
 mod dp;
 mod explain;
+mod table;
 pub mod synth_profile;
 pub mod units;
 
@@ -33,6 +34,7 @@ use std::fmt;
 use strata_model::profile::{KvType, MemoryProfile};
 
 pub use explain::{DoesNotFit, Suggestions};
+pub use table::table;
 
 const MIB: u64 = 1024 * 1024;
 

@@ -6,7 +6,6 @@
 //!   [`Backend`]; the CPU backend now, CUDA later) and scans `--model-dir`.
 //! - [`WorkerService::serve`] serves it on a listener, every RPC behind the
 //!   cluster token, with raised message limits and HTTP/2 windows.
-//! - [`push_slice`] is the coordinator's sender for PushSlice.
 
 mod downstream;
 pub mod frames;
@@ -27,7 +26,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
-pub use push::{push_slice, CHUNK_BYTES};
 pub use stage_thread::Snapshot;
 
 use crate::slice_cache::{self, ModelDir, SliceCache};

@@ -1,19 +1,14 @@
-//! PushSlice on both ends: the worker writes the streamed tensors into its
-//! slice cache; [`push_slice`] is the sender the coordinator uses.
-
-use std::sync::Arc;
+//! PushSlice, worker side: writes the streamed tensors into the slice cache.
+//! The sender is the coordinator's (`strata_coordinator::cluster::push_slice`).
 
 use strata_model::{GgmlType, GgufFile};
-use strata_proto::{v1, WorkerClient};
+use strata_proto::v1;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use crate::slice_cache::{self, PushedSlice, SliceCache};
+use crate::slice_cache::{PushedSlice, SliceCache};
 use crate::stage::LayerRange;
 
-/// Bytes of tensor data per message.
-pub const CHUNK_BYTES: usize = 4 << 20;
 /// Most tensors a pushed slice may declare.
 const MAX_TENSORS: usize = 1 << 16;
 
@@ -87,45 +82,4 @@ fn pushed_slice(h: v1::SliceHeader) -> Result<PushedSlice, Status> {
         metadata: meta.metadata,
         tensors,
     })
-}
-
-/// Coordinator side: streams the tensors of `range` of `file` to a worker,
-/// which caches them under `digest`.
-pub async fn push_slice(
-    client: &mut WorkerClient,
-    file: Arc<GgufFile>,
-    digest: &str,
-    range: LayerRange,
-) -> Result<v1::PushSliceReply, Status> {
-    let hp = strata_model::arch::HyperParams::from_gguf(&file).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let metadata_gguf = slice_cache::metadata_gguf(&file).map_err(|e| Status::internal(e.to_string()))?;
-    let names: Vec<String> = slice_cache::slice_tensors(&file, range, hp.n_layers).iter().map(|t| t.name.clone()).collect();
-    let header = v1::SliceHeader {
-        model_digest: digest.to_string(),
-        layers: Some(v1::LayerRange { first: range.first as u32, end: range.end as u32 }),
-        metadata_gguf,
-        tensors: names
-            .iter()
-            .filter_map(|n| file.tensor(n))
-            .map(|t| v1::TensorDesc { name: t.name.clone(), dims: t.dims.clone(), ggml_type: t.dtype.id(), size_bytes: t.size_bytes })
-            .collect(),
-    };
-    let (tx, rx) = mpsc::channel::<v1::SliceChunk>(4);
-    let producer = tokio::task::spawn_blocking(move || {
-        if tx.blocking_send(v1::SliceChunk { part: Some(v1::slice_chunk::Part::Header(header)) }).is_err() {
-            return;
-        }
-        for (i, name) in names.iter().enumerate() {
-            let Some(info) = file.tensor(name) else { continue };
-            for chunk in file.tensor_data(info).chunks(CHUNK_BYTES) {
-                let part = v1::slice_chunk::Part::Data(v1::TensorChunk { tensor_index: i as u32, data: chunk.to_vec() });
-                if tx.blocking_send(v1::SliceChunk { part: Some(part) }).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    let reply = client.push_slice(ReceiverStream::new(rx)).await;
-    producer.abort();
-    Ok(reply?.into_inner())
 }

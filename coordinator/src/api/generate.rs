@@ -1,0 +1,202 @@
+//! `POST /v1/chat/completions` and `/v1/completions`: validate, build the
+//! prompt, submit it to the engine, and answer whole or as an SSE stream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use strata_model::chat::ChatMessage;
+use strata_proto::v1;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
+
+use super::error::ApiError;
+use super::openai::{self, Endpoint, ResponseMeta};
+use super::request::{ChatRequest, CompletionRequest, GenerationParams, PromptField};
+use super::server::{AppState, Ready};
+use super::text::{Step, TextGeneration};
+use crate::engine::{EngineError, GenerationRequest};
+
+/// llama.cpp's default window for repetition penalties.
+const PENALTY_LAST_N: u32 = 64;
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(None, format!("invalid request body: {e}")))
+}
+
+pub async fn chat_completions(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    st.authorize(&headers)?;
+    let ready = st.ready()?;
+    let req: ChatRequest = parse(&body)?;
+    let params = req.params()?;
+    let messages: Vec<ChatMessage> = req.text_messages()?.into_iter().map(|(r, c)| ChatMessage::new(r, c)).collect();
+    let text = ready
+        .template
+        .render(&messages, true)
+        .map_err(|e| ApiError::invalid(Some("messages".to_string()), e.to_string()))?;
+    let tok = &ready.tokenizer;
+    let mut prompt = tok.encode(&text, tok.add_bos(), true);
+    // Templates that write the BOS text themselves (Gemma's) would get two.
+    if prompt.len() >= 2 && tok.bos().is_some_and(|b| prompt[0] == b && prompt[1] == b) {
+        prompt.remove(0);
+    }
+    run(&st, ready, Endpoint::Chat, prompt, params).await
+}
+
+pub async fn completions(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    st.authorize(&headers)?;
+    let ready = st.ready()?;
+    let req: CompletionRequest = parse(&body)?;
+    let params = req.params()?;
+    let tok = &ready.tokenizer;
+    let prompt = match &req.prompt {
+        PromptField::Text(t) => tok.encode(t, tok.add_bos(), true),
+        PromptField::Texts(v) if v.len() == 1 => tok.encode(&v[0], tok.add_bos(), true),
+        PromptField::Texts(v) => {
+            return Err(ApiError::invalid(Some("prompt".to_string()), format!("one prompt per request is supported, got {}", v.len())))
+        }
+        PromptField::Tokens(ids) => {
+            if let Some(bad) = ids.iter().find(|&&t| t as usize >= tok.vocab_size()) {
+                return Err(ApiError::invalid(
+                    Some("prompt".to_string()),
+                    format!("token id {bad} is outside the vocabulary ({} tokens)", tok.vocab_size()),
+                ));
+            }
+            ids.clone()
+        }
+    };
+    run(&st, ready, Endpoint::Completion, prompt, params).await
+}
+
+fn wire_sampling(p: &GenerationParams) -> v1::SamplingParams {
+    v1::SamplingParams {
+        temperature: p.temperature,
+        top_k: p.top_k.min(u32::MAX as usize) as u32,
+        top_p: p.top_p,
+        min_p: p.min_p,
+        seed: p.seed.unwrap_or_else(rand::random),
+        repetition_penalty: p.repetition_penalty,
+        presence_penalty: p.presence_penalty,
+        frequency_penalty: p.frequency_penalty,
+        penalty_last_n: PENALTY_LAST_N,
+        n_logprobs: p.logprobs.unwrap_or(0) as u32,
+    }
+}
+
+fn engine_error(e: EngineError) -> ApiError {
+    match e {
+        EngineError::EmptyPrompt => ApiError::invalid(Some("prompt".to_string()), e.to_string()),
+        EngineError::PromptTooLong { .. } => ApiError::context_length(e.to_string()),
+        EngineError::Busy(_) | EngineError::Stopped(_) => ApiError::unavailable(e.to_string()),
+    }
+}
+
+async fn run(st: &AppState, ready: &Ready, endpoint: Endpoint, prompt: Vec<u32>, params: GenerationParams) -> Result<Response, ApiError> {
+    let prompt_tokens = prompt.len();
+    let generation = ready
+        .engine
+        .submit(GenerationRequest { prompt, sampling: wire_sampling(&params), max_tokens: params.max_tokens.unwrap_or(usize::MAX) })
+        .map_err(engine_error)?;
+    let meta = ResponseMeta::new(endpoint, generation.seq_id(), &st.model_name);
+    let span = tracing::info_span!("request", id = %meta.id, seq = generation.seq_id());
+    let text = TextGeneration::new(generation, ready.tokenizer.clone(), params.stop.clone(), params.logprobs.is_some());
+    if params.stream {
+        return Ok(stream(meta, text, prompt_tokens, params.include_usage, span));
+    }
+    whole(meta, text, prompt_tokens, params.logprobs.is_some()).instrument(span).await
+}
+
+async fn whole(meta: ResponseMeta, mut gen: TextGeneration, prompt_tokens: usize, logprobs: bool) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let mut text = String::new();
+    let mut tokens = Vec::new();
+    loop {
+        match gen.next().await {
+            Some(Step::Text { text: t, tokens: tk }) => {
+                text.push_str(&t);
+                tokens.extend(tk);
+            }
+            Some(Step::Finished { reason, completion_tokens }) => {
+                log_done(prompt_tokens, completion_tokens, started);
+                let body = openai::response(
+                    &meta,
+                    &text,
+                    logprobs.then_some(&tokens[..]),
+                    reason.as_str(),
+                    openai::usage(prompt_tokens, completion_tokens),
+                );
+                return Ok(axum::Json(body).into_response());
+            }
+            Some(Step::Failed(why)) => return Err(ApiError::internal(format!("generation failed: {why}"))),
+            None => return Err(ApiError::internal("generation ended without finishing")),
+        }
+    }
+}
+
+fn log_done(prompt_tokens: usize, completion_tokens: usize, started: Instant) {
+    let s = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "{prompt_tokens} prompt + {completion_tokens} generated tokens in {s:.2}s ({:.1} tokens/s)",
+        completion_tokens as f64 / s.max(1e-9)
+    );
+}
+
+/// Server-sent events: chunks as text arrives, the final chunk with its
+/// finish reason, usage when asked, then `[DONE]`. A client that goes away
+/// ends the task at its next send, which drops (cancels) the generation.
+fn stream(meta: ResponseMeta, mut gen: TextGeneration, prompt_tokens: usize, include_usage: bool, span: tracing::Span) -> Response {
+    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    let json_event = |v: serde_json::Value| Ok(SseEvent::default().data(v.to_string()));
+    tokio::spawn(
+        async move {
+            let started = Instant::now();
+            let mut first = true;
+            let mut offset = 0usize;
+            loop {
+                let event = match gen.next().await {
+                    Some(Step::Text { text, tokens }) => {
+                        let logprobs = (!tokens.is_empty()).then_some(&tokens[..]);
+                        let c = openai::chunk(&meta, &text, first, logprobs, offset, None);
+                        first = false;
+                        offset += text.chars().count();
+                        json_event(c)
+                    }
+                    Some(Step::Finished { reason, completion_tokens }) => {
+                        log_done(prompt_tokens, completion_tokens, started);
+                        if tx.send(json_event(openai::chunk(&meta, "", first, None, offset, Some(reason.as_str())))).await.is_err() {
+                            return;
+                        }
+                        if include_usage {
+                            let u = openai::usage_chunk(&meta, openai::usage(prompt_tokens, completion_tokens));
+                            if tx.send(json_event(u)).await.is_err() {
+                                return;
+                            }
+                        }
+                        break;
+                    }
+                    Some(Step::Failed(why)) => {
+                        let e = ApiError::internal(format!("generation failed: {why}"));
+                        tracing::warn!("{}", e.message);
+                        let _ = tx.send(Ok(SseEvent::default().data(e.json()))).await;
+                        break;
+                    }
+                    None => break,
+                };
+                if tx.send(event).await.is_err() {
+                    tracing::info!("client went away: cancelling");
+                    return;
+                }
+            }
+            let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
+        }
+        .instrument(span),
+    );
+    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()).into_response()
+}

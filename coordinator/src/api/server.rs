@@ -1,0 +1,156 @@
+//! The HTTP server: routes, the API key, and the state that turns ready
+//! once the stages are loaded (503 until then).
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::json;
+use strata_model::chat::ChatTemplate;
+use strata_model::tokenizer::Tokenizer;
+
+use super::error::ApiError;
+use crate::engine::Engine;
+
+/// What serving needs once the model is up.
+pub struct Ready {
+    pub engine: Engine,
+    pub tokenizer: Arc<Tokenizer>,
+    pub template: ChatTemplate,
+    /// Per-stage layer ranges, for `/health`.
+    pub stages: Vec<String>,
+}
+
+/// Where the server is in its life.
+#[derive(Debug, Clone)]
+pub enum Phase {
+    Loading(String),
+    Ready,
+    Failed(String),
+}
+
+pub struct AppState {
+    pub model_name: String,
+    pub api_key: Option<String>,
+    ready: OnceLock<Ready>,
+    phase: Mutex<Phase>,
+}
+
+impl AppState {
+    pub fn new(model_name: String, api_key: Option<String>) -> Arc<Self> {
+        Arc::new(AppState {
+            model_name,
+            api_key,
+            ready: OnceLock::new(),
+            phase: Mutex::new(Phase::Loading("starting".into())),
+        })
+    }
+
+    /// Loading progress shown by `/health` and 503s.
+    pub fn set_loading(&self, message: impl Into<String>) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = Phase::Loading(message.into());
+    }
+
+    pub fn set_failed(&self, message: impl Into<String>) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = Phase::Failed(message.into());
+    }
+
+    pub fn set_ready(&self, ready: Ready) {
+        let _ = self.ready.set(ready);
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = Phase::Ready;
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The ready state, or 503 saying why not.
+    pub fn ready(&self) -> Result<&Ready, ApiError> {
+        match (self.ready.get(), self.phase()) {
+            (Some(r), Phase::Ready) => match r.engine.stats().failure() {
+                None => Ok(r),
+                Some(why) => Err(ApiError::unavailable(format!("the pipeline failed: {why}"))),
+            },
+            (_, Phase::Loading(m)) => Err(ApiError::unavailable(format!("Loading model: {m}"))),
+            (_, Phase::Failed(m)) => Err(ApiError::unavailable(format!("the model failed to load: {m}"))),
+            (None, Phase::Ready) => Err(ApiError::unavailable("Loading model")),
+        }
+    }
+
+    /// With `--api-key`, `Authorization: Bearer <key>` is required.
+    pub fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(key) = &self.api_key else { return Ok(()) };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+        match given {
+            Some(g) if constant_time_eq(g.trim().as_bytes(), key.as_bytes()) => Ok(()),
+            _ => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The OpenAI routes plus `/health` and `/metrics`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(super::generate::chat_completions))
+        .route("/chat/completions", post(super::generate::chat_completions))
+        .route("/v1/completions", post(super::generate::completions))
+        .route("/completions", post(super::generate::completions))
+        .route("/v1/models", get(models))
+        .route("/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state)
+}
+
+async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    st.authorize(&headers)?;
+    Ok(axum::Json(json!({
+        "object": "list",
+        "data": [{"id": st.model_name, "object": "model", "created": 0, "owned_by": "strata"}],
+    }))
+    .into_response())
+}
+
+/// 200 when serving, 503 with the reason while loading or after a failure.
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    match st.ready() {
+        Ok(r) => {
+            let s = r.engine.stats();
+            axum::Json(json!({
+                "status": "ok",
+                "model": st.model_name,
+                "stages": r.stages,
+                "sequences_live": s.live(),
+                "requests_queued": s.queued(),
+            }))
+            .into_response()
+        }
+        Err(e) => {
+            let status = match st.phase() {
+                Phase::Loading(_) => "loading",
+                _ => "error",
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": status, "message": e.message, "error": {"code": 503, "message": e.message, "type": "unavailable_error"}}))).into_response()
+        }
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let body = match st.ready.get() {
+        Some(r) => r.engine.stats().prometheus(),
+        None => "# HELP strata_up 1 while the pipeline can serve.\n# TYPE strata_up gauge\nstrata_up 0\n".to_string(),
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}

@@ -1,0 +1,182 @@
+//! Connecting to workers, turning their capabilities into planner input, and
+//! loading the planned slices back to front (so each stage's next stage is
+//! up when it opens its data stream).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_model::slice::{slice_tensors, LayerRange};
+use strata_model::GgufFile;
+use strata_proto::{v1, WorkerClient};
+
+use crate::planner::{Backend, Link, WorkerSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("worker {addr}: {message}")]
+    Worker { addr: String, message: String },
+    #[error("{0}")]
+    Model(String),
+}
+
+fn worker_err(addr: &str, message: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Worker { addr: addr.to_string(), message: message.to_string() }
+}
+
+/// A connected worker and what it said it offers.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    pub addr: String,
+    pub client: WorkerClient,
+    pub caps: v1::CapabilitiesReply,
+}
+
+/// Connects to every worker and asks for its capabilities.
+pub async fn connect_workers(addrs: &[String], token: &str) -> Result<Vec<WorkerHandle>, ClusterError> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let mut client = strata_proto::connect(addr, token).await.map_err(|e| worker_err(addr, e))?;
+        let caps = client
+            .capabilities(v1::CapabilitiesRequest {})
+            .await
+            .map_err(|e| worker_err(addr, format!("capabilities: {}", e.message())))?
+            .into_inner();
+        tracing::info!(
+            "worker {addr}: {} {}, {} MiB free, {:.1} GB/s",
+            caps.backend,
+            caps.device_name,
+            caps.free_memory_bytes >> 20,
+            caps.matvec_bytes_per_second / 1e9
+        );
+        out.push(WorkerHandle { addr: addr.clone(), client, caps });
+    }
+    Ok(out)
+}
+
+/// The planner's view of connected workers. Workers on one host (same
+/// address host part) are kept adjacent and linked as same-host.
+pub fn worker_specs(workers: &[WorkerHandle]) -> Vec<WorkerSpec> {
+    workers
+        .iter()
+        .map(|w| {
+            let backend = if w.caps.backend == "cuda" { Backend::Cuda } else { Backend::Cpu };
+            let host = w.addr.rsplit_once(':').map_or(w.addr.as_str(), |(h, _)| h).to_string();
+            let mut spec = WorkerSpec::new(w.addr.clone(), backend, host, w.caps.free_memory_bytes).with_link(Link::default());
+            if w.caps.matvec_bytes_per_second > 0.0 && w.caps.matvec_bytes_per_second.is_finite() {
+                spec = spec.with_bandwidth(w.caps.matvec_bytes_per_second);
+            }
+            spec
+        })
+        .collect()
+}
+
+/// One stage to load: which worker, which layers, and (optionally) where
+/// the worker can read the model itself.
+#[derive(Clone)]
+pub struct StageAssignment {
+    pub worker: WorkerHandle,
+    pub range: LayerRange,
+    /// A path valid on the worker's machine (the embedded worker), checked
+    /// against the digest there.
+    pub model_path: Option<String>,
+}
+
+/// What loading reports as it goes.
+#[derive(Debug, Clone)]
+pub enum LoadEvent {
+    /// The worker has no copy: sending `total_bytes` of tensors.
+    Pushing { stage: usize, addr: String, sent_bytes: u64, total_bytes: u64 },
+    /// A progress message from the worker.
+    Progress { stage: usize, addr: String, progress: v1::LoadProgress },
+}
+
+/// What every stage is loaded with.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub digest: String,
+    /// KV capacity of each stage, in tokens over all sequences.
+    pub ctx_tokens: u64,
+    pub act_dtype: v1::ActDtype,
+}
+
+/// Loads every stage, last first, pushing the slice to a worker that has no
+/// copy of the model and retrying.
+pub async fn load_stages(
+    stages: &[StageAssignment],
+    model: Arc<GgufFile>,
+    options: &LoadOptions,
+    mut on_event: impl FnMut(LoadEvent),
+) -> Result<(), ClusterError> {
+    for (i, st) in stages.iter().enumerate().rev() {
+        let next = stages.get(i + 1).map(|n| n.worker.addr.clone()).unwrap_or_default();
+        let req = v1::LoadSliceRequest {
+            model_digest: options.digest.clone(),
+            layers: Some(v1::LayerRange { first: st.range.first as u32, end: st.range.end as u32 }),
+            ctx_tokens: options.ctx_tokens,
+            kv_type: v1::KvType::F16 as i32,
+            next_stage_addr: next,
+            model_path: st.model_path.clone().unwrap_or_default(),
+            act_dtype: options.act_dtype as i32,
+        };
+        match load_one(i, st, req.clone(), &mut on_event).await {
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                push_with_progress(i, st, model.clone(), &options.digest, &mut on_event).await?;
+                load_one(i, st, req, &mut on_event).await.map_err(|e| worker_err(&st.worker.addr, e.message()))?;
+            }
+            Err(e) => return Err(worker_err(&st.worker.addr, format!("loading layers {}: {}", st.range, e.message()))),
+            Ok(()) => {}
+        }
+    }
+    Ok(())
+}
+
+async fn load_one(
+    stage: usize,
+    st: &StageAssignment,
+    req: v1::LoadSliceRequest,
+    on_event: &mut impl FnMut(LoadEvent),
+) -> Result<(), tonic::Status> {
+    let mut client = st.worker.client.clone();
+    let mut stream = client.load_slice(req).await?.into_inner();
+    let mut ready = false;
+    while let Some(progress) = stream.message().await? {
+        ready |= progress.phase == v1::load_progress::Phase::Ready as i32;
+        on_event(LoadEvent::Progress { stage, addr: st.worker.addr.clone(), progress });
+    }
+    if !ready {
+        return Err(tonic::Status::internal("the load ended without READY"));
+    }
+    Ok(())
+}
+
+/// Pushes the slice, reporting bytes sent about four times a second.
+async fn push_with_progress(
+    stage: usize,
+    st: &StageAssignment,
+    model: Arc<GgufFile>,
+    digest: &str,
+    on_event: &mut impl FnMut(LoadEvent),
+) -> Result<(), ClusterError> {
+    let total_bytes: u64 = {
+        let n_layers = strata_model::arch::HyperParams::from_gguf(&model).map_err(|e| ClusterError::Model(e.to_string()))?.n_layers;
+        slice_tensors(&model, st.range, n_layers).iter().map(|t| t.size_bytes).sum()
+    };
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut client = st.worker.client.clone();
+    let addr = st.worker.addr.clone();
+    tracing::info!("worker {addr} has no copy of the model: pushing layers {} ({} MiB)", st.range, total_bytes >> 20);
+    let push = super::push::push_slice_counted(&mut client, model, digest, st.range, sent.clone());
+    tokio::pin!(push);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let result = loop {
+        tokio::select! {
+            r = &mut push => break r,
+            _ = tick.tick() => on_event(LoadEvent::Pushing {
+                stage, addr: addr.clone(), sent_bytes: sent.load(Ordering::Relaxed), total_bytes,
+            }),
+        }
+    };
+    on_event(LoadEvent::Pushing { stage, addr: addr.clone(), sent_bytes: sent.load(Ordering::Relaxed), total_bytes });
+    result.map(drop).map_err(|e| worker_err(&addr, format!("pushing layers {}: {}", st.range, e.message())))
+}

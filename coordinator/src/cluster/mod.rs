@@ -1,0 +1,8 @@
+//! The workers of a cluster: connect, ask what they offer, place the model on
+//! them and load each stage's slice (pushing the tensors a worker lacks).
+
+mod load;
+mod push;
+
+pub use load::{connect_workers, load_stages, worker_specs, ClusterError, LoadEvent, LoadOptions, StageAssignment, WorkerHandle};
+pub use push::{push_slice, CHUNK_BYTES};

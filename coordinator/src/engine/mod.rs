@@ -1,0 +1,177 @@
+//! The serving loop: owns every live sequence, plans micro-batches with the
+//! [`scheduler`](crate::scheduler), keeps up to one batch per group in flight
+//! on the data stream to stage 0, and hands sampled tokens to each request.
+//!
+//! A request gets a [`Generation`]; dropping it (the client went away, a
+//! stop string matched) cancels the sequence, whose KV is then released on
+//! every stage once no batch carrying it is in flight.
+
+mod runner;
+mod stats;
+
+use std::sync::Arc;
+
+use strata_proto::{v1, WorkerClient};
+use tokio::sync::mpsc;
+
+use crate::scheduler::BatchPolicy;
+pub use stats::EngineStats;
+
+/// How the loop schedules.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Context per sequence, in tokens (prompt + generated).
+    pub ctx_size: usize,
+    /// Sequences decoding at once; more wait in a queue.
+    pub max_sequences: usize,
+    /// Micro-batches in flight: one per pipeline stage keeps every stage busy.
+    pub groups: usize,
+    pub policy: BatchPolicy,
+    /// Tokens that end a generation (EOS, EOT, ...).
+    pub stop_tokens: Vec<u32>,
+    /// Requests that may wait for a free sequence slot before new ones get 503.
+    pub max_queued: usize,
+}
+
+/// One generation to run.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    pub prompt: Vec<u32>,
+    pub sampling: v1::SamplingParams,
+    /// At most this many tokens (the context may stop it sooner).
+    pub max_tokens: usize,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token (or, decided above, a stop string).
+    Stop,
+    /// `max_tokens` or the context ran out.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// What a generation yields, in order: tokens, then one `Done` or `Failed`.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A sampled token. An end-of-generation token comes with `Done(Stop)`
+    /// right after it.
+    Token(v1::SampledToken),
+    Done(FinishReason),
+    Failed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the prompt has {prompt} tokens; the context is {ctx} (at least one must be left to generate)")]
+    PromptTooLong { prompt: usize, ctx: usize },
+    #[error("the server is busy: {0} requests are already waiting")]
+    Busy(usize),
+    #[error("the serving loop has stopped: {0}")]
+    Stopped(String),
+}
+
+enum Msg {
+    Submit(u64, GenerationRequest, mpsc::UnboundedSender<Event>),
+    Cancel(u64),
+}
+
+/// Handle to the serving loop. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::UnboundedSender<Msg>,
+    stats: Arc<EngineStats>,
+    config: Arc<EngineConfig>,
+}
+
+impl Engine {
+    /// Opens the data stream to stage 0 and starts the loop.
+    pub async fn start(stage0: WorkerClient, config: EngineConfig) -> Result<Engine, tonic::Status> {
+        let stats = Arc::new(EngineStats::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        runner::spawn(stage0, config.clone(), rx, stats.clone()).await?;
+        Ok(Engine { tx, stats, config: Arc::new(config) })
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Queues a generation. Its events arrive on the returned handle.
+    pub fn submit(&self, req: GenerationRequest) -> Result<Generation, EngineError> {
+        if req.prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if req.prompt.len() >= self.config.ctx_size {
+            return Err(EngineError::PromptTooLong { prompt: req.prompt.len(), ctx: self.config.ctx_size });
+        }
+        if let Some(why) = self.stats.failure() {
+            return Err(EngineError::Stopped(why));
+        }
+        let queued = self.stats.queued();
+        if queued >= self.config.max_queued {
+            return Err(EngineError::Busy(queued));
+        }
+        let seq = self.stats.next_seq_id();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        self.stats.on_submit(req.prompt.len());
+        self.tx
+            .send(Msg::Submit(seq, req, events_tx))
+            .map_err(|_| EngineError::Stopped("the loop is gone".into()))?;
+        Ok(Generation { seq, events, cancel: self.tx.clone(), finished: false })
+    }
+}
+
+/// A running generation; dropping it cancels the sequence.
+pub struct Generation {
+    seq: u64,
+    events: mpsc::UnboundedReceiver<Event>,
+    cancel: mpsc::UnboundedSender<Msg>,
+    finished: bool,
+}
+
+impl Generation {
+    pub fn seq_id(&self) -> u64 {
+        self.seq
+    }
+
+    /// The next event; `None` after `Done` or `Failed`.
+    pub async fn next(&mut self) -> Option<Event> {
+        if self.finished {
+            return None;
+        }
+        let e = self.events.recv().await;
+        match &e {
+            Some(Event::Done(_) | Event::Failed(_)) => self.finished = true,
+            None => {
+                self.finished = true;
+                return Some(Event::Failed("the serving loop dropped the sequence".into()));
+            }
+            Some(Event::Token(_)) => {}
+        }
+        e
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.cancel.send(Msg::Cancel(self.seq));
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Counters of the serving loop, read by `/health` and `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    next_seq: AtomicU64,
+    queued: AtomicU64,
+    live: AtomicU64,
+    requests_total: AtomicU64,
+    prompt_tokens_total: AtomicU64,
+    generated_tokens_total: AtomicU64,
+    cancelled_total: AtomicU64,
+    failed_total: AtomicU64,
+    batches_total: AtomicU64,
+    batch_tokens_total: AtomicU64,
+    in_flight_batches: AtomicU64,
+    failure: Mutex<Option<String>>,
+}
+
+impl EngineStats {
+    pub(super) fn next_seq_id(&self) -> u64 {
+        self.next_seq.fetch_add(1, Relaxed) + 1
+    }
+    pub(super) fn on_submit(&self, prompt_tokens: usize) {
+        self.requests_total.fetch_add(1, Relaxed);
+        self.prompt_tokens_total.fetch_add(prompt_tokens as u64, Relaxed);
+        self.queued.fetch_add(1, Relaxed);
+    }
+    pub(super) fn on_admit(&self) {
+        self.queued.fetch_sub(1, Relaxed);
+        self.live.fetch_add(1, Relaxed);
+    }
+    /// A queued request went away before admission.
+    pub(super) fn on_unqueue(&self) {
+        self.queued.fetch_sub(1, Relaxed);
+    }
+    pub(super) fn on_retire(&self, cancelled: bool, failed: bool) {
+        self.live.fetch_sub(1, Relaxed);
+        if cancelled {
+            self.cancelled_total.fetch_add(1, Relaxed);
+        }
+        if failed {
+            self.failed_total.fetch_add(1, Relaxed);
+        }
+    }
+    pub(super) fn on_batch_sent(&self, tokens: usize) {
+        self.batches_total.fetch_add(1, Relaxed);
+        self.batch_tokens_total.fetch_add(tokens as u64, Relaxed);
+        self.in_flight_batches.fetch_add(1, Relaxed);
+    }
+    pub(super) fn on_batch_done(&self, sampled: usize) {
+        self.in_flight_batches.fetch_sub(1, Relaxed);
+        self.generated_tokens_total.fetch_add(sampled as u64, Relaxed);
+    }
+    pub(super) fn set_failure(&self, why: String) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Why the loop can no longer serve, if it cannot.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    pub fn queued(&self) -> usize {
+        self.queued.load(Relaxed) as usize
+    }
+    pub fn live(&self) -> usize {
+        self.live.load(Relaxed) as usize
+    }
+    pub fn generated_tokens(&self) -> u64 {
+        self.generated_tokens_total.load(Relaxed)
+    }
+
+    /// Prometheus text exposition.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP strata_{name} {help}\n# TYPE strata_{name} {kind}\nstrata_{name} {v}");
+        };
+        metric("requests_total", "counter", "Generations submitted.", self.requests_total.load(Relaxed));
+        metric("prompt_tokens_total", "counter", "Prompt tokens submitted.", self.prompt_tokens_total.load(Relaxed));
+        metric("generated_tokens_total", "counter", "Tokens sampled.", self.generated_tokens_total.load(Relaxed));
+        metric("cancelled_total", "counter", "Generations cancelled by their client.", self.cancelled_total.load(Relaxed));
+        metric("failed_total", "counter", "Generations failed by a stage error.", self.failed_total.load(Relaxed));
+        metric("batches_total", "counter", "Micro-batches sent to stage 0.", self.batches_total.load(Relaxed));
+        metric("batch_tokens_total", "counter", "Tokens in those micro-batches.", self.batch_tokens_total.load(Relaxed));
+        metric("sequences_live", "gauge", "Sequences holding KV on the stages.", self.live.load(Relaxed));
+        metric("requests_queued", "gauge", "Requests waiting for a sequence slot.", self.queued.load(Relaxed));
+        metric("batches_in_flight", "gauge", "Micro-batches in the pipeline.", self.in_flight_batches.load(Relaxed));
+        metric("up", "gauge", "1 while the pipeline can serve.", u64::from(self.failure().is_none()));
+        out
+    }
+}
