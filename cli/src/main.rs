@@ -6,7 +6,11 @@ mod cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "Pool GPUs over several machines into one LLM host")]
+#[command(
+    name = "strata",
+    version,
+    about = "Pool GPUs over several machines into one LLM host"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,6 +30,8 @@ enum Command {
     Synth(cmd::synth::Args),
     /// Show where each layer would go over a set of devices (loads nothing).
     Plan(cmd::plan::Args),
+    /// Serve a model over the OpenAI API, on workers or in this process.
+    Serve(cmd::serve::Args),
     /// Serve a layer range of a model to a coordinator (gRPC, token required).
     Worker(cmd::worker::Args),
 }
@@ -34,7 +40,8 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .init();
     let result = match Cli::parse().command {
@@ -44,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Synth(a) => cmd::synth::run(a),
         Command::Plan(a) => cmd::plan::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Worker(a) => cmd::worker::run(a),
     };
     match result {

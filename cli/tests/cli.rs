@@ -4,24 +4,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn strata(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_strata")).args(args).env("STRATA_LOG", "warn").output().expect("run strata")
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .env("STRATA_LOG", "warn")
+        .output()
+        .expect("run strata")
 }
 
 fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "strata failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "strata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn models_dir() -> PathBuf {
-    std::env::var("STRATA_MODELS").map(Into::into).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/strata/models")
-    })
+    std::env::var("STRATA_MODELS")
+        .map(Into::into)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/strata/models")
+        })
 }
 
 fn synth(dir: &Path, arch: &str, quant: &str, layers: &str) -> PathBuf {
     let path = dir.join(format!("{arch}-{quant}.gguf"));
     let p = path.to_str().unwrap();
-    ok(&strata(&["synth", "--arch", arch, "--preset", "tiny", "--quant", quant, "--layers", layers, "-o", p]));
+    ok(&strata(&[
+        "synth", "--arch", arch, "--preset", "tiny", "--quant", quant, "--layers", layers, "-o", p,
+    ]));
     path
 }
 
@@ -34,7 +46,20 @@ fn synth_models_of_every_architecture_inspect_and_generate() {
         let info = ok(&strata(&["inspect", p]));
         assert!(info.contains(&format!("architecture:  {arch}")), "{info}");
         assert!(info.contains("layers:        3"), "{info}");
-        let text = ok(&strata(&["generate", "-m", p, "-p", "hello", "-n", "8", "--temp", "0", "--ignore-eos", "-t", "2"]));
+        let text = ok(&strata(&[
+            "generate",
+            "-m",
+            p,
+            "-p",
+            "hello",
+            "-n",
+            "8",
+            "--temp",
+            "0",
+            "--ignore-eos",
+            "-t",
+            "2",
+        ]));
         assert!(!text.is_empty(), "{arch}: no text generated");
     }
 }
@@ -42,13 +67,41 @@ fn synth_models_of_every_architecture_inspect_and_generate() {
 #[test]
 fn synth_models_of_every_quant_type_generate() {
     let dir = tempfile::tempdir().unwrap();
-    for quant in ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"] {
+    for quant in [
+        "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
+        "Q5_K", "Q6_K",
+    ] {
         let path = synth(dir.path(), "llama", quant, "2");
         let p = path.to_str().unwrap();
         let info = ok(&strata(&["inspect", p]));
-        assert!(info.contains(&format!("  {quant:<6}")), "{quant} tensors not listed: {info}");
-        let a = ok(&strata(&["generate", "-m", p, "-p", "abc", "-n", "6", "--temp", "0", "--ignore-eos"]));
-        let b = ok(&strata(&["generate", "-m", p, "-p", "abc", "-n", "6", "--temp", "0", "--ignore-eos"]));
+        assert!(
+            info.contains(&format!("  {quant:<6}")),
+            "{quant} tensors not listed: {info}"
+        );
+        let a = ok(&strata(&[
+            "generate",
+            "-m",
+            p,
+            "-p",
+            "abc",
+            "-n",
+            "6",
+            "--temp",
+            "0",
+            "--ignore-eos",
+        ]));
+        let b = ok(&strata(&[
+            "generate",
+            "-m",
+            p,
+            "-p",
+            "abc",
+            "-n",
+            "6",
+            "--temp",
+            "0",
+            "--ignore-eos",
+        ]));
         assert_eq!(a, b, "{quant}: greedy generation is deterministic");
     }
 }
@@ -58,13 +111,23 @@ fn generate_streams_llama_cpp_greedy_text() {
     let model = models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(model.exists(), "run scripts/fetch-models.sh");
     let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/smollm2-135m.json"))
-            .unwrap(),
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/smollm2-135m.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let case = &reference["greedy"][0];
     let out = ok(&strata(&[
-        "generate", "-m", model.to_str().unwrap(), "-p", case["prompt"].as_str().unwrap(), "-n", "32", "--temp", "0",
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        case["prompt"].as_str().unwrap(),
+        "-n",
+        "32",
+        "--temp",
+        "0",
     ]));
     assert_eq!(out, case["content"].as_str().unwrap());
 }
@@ -75,9 +138,21 @@ fn malformed_files_give_clear_errors() {
     let good = synth(dir.path(), "llama", "Q8_0", "1");
     let bytes = std::fs::read(&good).unwrap();
     let cases: [(&str, Vec<u8>, &str); 3] = [
-        ("truncated.gguf", bytes[..bytes.len() / 2].to_vec(), "outside"),
-        ("not-gguf.gguf", b"GGML this is not a model".to_vec(), "not a GGUF file"),
-        ("version.gguf", [&b"GGUF"[..], &99u32.to_le_bytes(), &bytes[8..]].concat(), "unsupported GGUF version 99"),
+        (
+            "truncated.gguf",
+            bytes[..bytes.len() / 2].to_vec(),
+            "outside",
+        ),
+        (
+            "not-gguf.gguf",
+            b"GGML this is not a model".to_vec(),
+            "not a GGUF file",
+        ),
+        (
+            "version.gguf",
+            [&b"GGUF"[..], &99u32.to_le_bytes(), &bytes[8..]].concat(),
+            "unsupported GGUF version 99",
+        ),
     ];
     for (name, data, needle) in cases {
         let path = dir.path().join(name);
@@ -86,12 +161,23 @@ fn malformed_files_give_clear_errors() {
             let args: Vec<&str> = if cmd == "inspect" {
                 vec!["inspect", path.to_str().unwrap()]
             } else {
-                vec!["generate", "-m", path.to_str().unwrap(), "-p", "x", "-n", "1"]
+                vec![
+                    "generate",
+                    "-m",
+                    path.to_str().unwrap(),
+                    "-p",
+                    "x",
+                    "-n",
+                    "1",
+                ]
             };
             let out = strata(&args);
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(1), "{cmd} {name}: {err}");
-            assert!(err.contains(needle) && err.contains(name), "{cmd} {name}: {err}");
+            assert!(
+                err.contains(needle) && err.contains(name),
+                "{cmd} {name}: {err}"
+            );
             assert!(!err.contains("panicked"), "{cmd} {name}: {err}");
         }
     }

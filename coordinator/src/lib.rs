@@ -5,3 +5,4 @@ pub mod cluster;
 pub mod engine;
 pub mod planner;
 pub mod scheduler;
+pub mod serve;

@@ -25,7 +25,10 @@ fn hop(a: &WorkerSpec, b: &WorkerSpec, bytes: u64) -> f64 {
     } else {
         Link {
             latency_s: a.link.latency_s.max(b.link.latency_s),
-            bandwidth_bytes_per_s: a.link.bandwidth_bytes_per_s.min(b.link.bandwidth_bytes_per_s),
+            bandwidth_bytes_per_s: a
+                .link
+                .bandwidth_bytes_per_s
+                .min(b.link.bandwidth_bytes_per_s),
         }
     };
     l.transfer_s(bytes)
@@ -37,13 +40,22 @@ fn brute_force(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<f64> {
     let n = p.layers.len();
     let stage_mem = |a: usize, b: usize| {
         let l = &p.layers[a..b];
-        l.iter().map(|x| x.weight_bytes + x.kv_bytes(req.kv_type, req.ctx_size) * req.parallel as u64).sum::<u64>()
+        l.iter()
+            .map(|x| x.weight_bytes + x.kv_bytes(req.kv_type, req.ctx_size) * req.parallel as u64)
+            .sum::<u64>()
             + if a == 0 { p.embedding_bytes } else { 0 }
-            + if b == n { p.head_bytes + p.logits_bytes * req.parallel as u64 } else { 0 }
+            + if b == n {
+                p.head_bytes + p.logits_bytes * req.parallel as u64
+            } else {
+                0
+            }
             + p.scratch_bytes_per_token * req.max_batch_tokens as u64
     };
     let stage_read = |a: usize, b: usize| {
-        p.layers[a..b].iter().map(|x| x.weight_bytes + x.kv_bytes(req.kv_type, req.ctx_size)).sum::<u64>()
+        p.layers[a..b]
+            .iter()
+            .map(|x| x.weight_bytes + x.kv_bytes(req.kv_type, req.ctx_size))
+            .sum::<u64>()
             + if b == n { p.head_bytes } else { 0 }
     };
     // All workers here have a bandwidth.
@@ -67,7 +79,12 @@ fn brute_force(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<f64> {
                 if stage_mem(l, b) > req.margin.usable_bytes(w) {
                     continue;
                 }
-                stack.push((b, Some(wi), used | (1 << wi), t + h + stage_read(l, b) as f64 / bw(w)));
+                stack.push((
+                    b,
+                    Some(wi),
+                    used | (1 << wi),
+                    t + h + stage_read(l, b) as f64 / bw(w),
+                ));
             }
         }
     }
@@ -94,14 +111,27 @@ fn dp_matches_brute_force() {
         let profile = MemoryProfile {
             layers,
             embedding_bytes: embedding,
-            head_bytes: if tied { embedding } else { (20 + rng.below(150)) * MIB },
+            head_bytes: if tied {
+                embedding
+            } else {
+                (20 + rng.below(150)) * MIB
+            },
             tied_embeddings: tied,
             scratch_bytes_per_token: 4096,
             logits_bytes: 4 * 32000,
         };
         let req = PlanRequest {
-            margin: SafetyMargin { fraction: 0.05, fixed_gpu_bytes: 32 * MIB, fixed_cpu_bytes: 8 * MIB },
-            ..PlanRequest::new(profile, 2048, 256 * (1 + rng.below(16) as usize), KvType::F16)
+            margin: SafetyMargin {
+                fraction: 0.05,
+                fixed_gpu_bytes: 32 * MIB,
+                fixed_cpu_bytes: 8 * MIB,
+            },
+            ..PlanRequest::new(
+                profile,
+                2048,
+                256 * (1 + rng.below(16) as usize),
+                KvType::F16,
+            )
         };
         let m = 1 + rng.below(4) as usize;
         let workers: Vec<WorkerSpec> = (0..m)
@@ -112,7 +142,11 @@ fn dp_matches_brute_force() {
                 };
                 WorkerSpec::new(
                     format!("w{i}"),
-                    if rng.below(4) == 0 { Backend::Cpu } else { Backend::Cuda },
+                    if rng.below(4) == 0 {
+                        Backend::Cpu
+                    } else {
+                        Backend::Cuda
+                    },
                     format!("h{i}"),
                     (100 + rng.below(900)) * MIB,
                 )
@@ -127,7 +161,11 @@ fn dp_matches_brute_force() {
             (Some(t), Some(p)) => {
                 fitted += 1;
                 let rel = (p.est_time_per_token_s - t).abs() / t;
-                assert!(rel < 1e-6, "seed {seed:#x} round {round}: dp {} vs brute force {t}", p.est_time_per_token_s);
+                assert!(
+                    rel < 1e-6,
+                    "seed {seed:#x} round {round}: dp {} vs brute force {t}",
+                    p.est_time_per_token_s
+                );
             }
             _ => panic!(
                 "seed {seed:#x} round {round}: brute force {want:?}, dp {:?}",
@@ -135,5 +173,8 @@ fn dp_matches_brute_force() {
             ),
         }
     }
-    assert!(fitted > 50, "only {fitted} rounds fitted; the test would say little");
+    assert!(
+        fitted > 50,
+        "only {fitted} rounds fitted; the test would say little"
+    );
 }

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use strata_coordinator::planner::synth_profile::synth_profile;
-use strata_coordinator::planner::{plan, try_plan, Backend, Link, Plan, PlanError, PlanRequest, WorkerSpec};
+use strata_coordinator::planner::{
+    plan, try_plan, Backend, Link, Plan, PlanError, PlanRequest, WorkerSpec,
+};
 use strata_model::arch::{Architecture, HyperParams};
 use strata_model::profile::{KvType, MemoryProfile};
 use strata_model::synth::{QuantScheme, SynthSpec};
@@ -19,7 +21,9 @@ fn synth(arch: Architecture, preset: &str) -> (HyperParams, MemoryProfile) {
 }
 
 fn real(name: &str) -> Option<(HyperParams, MemoryProfile)> {
-    let path = PathBuf::from(std::env::var("HOME").ok()?).join(".cache/strata/models").join(name);
+    let path = PathBuf::from(std::env::var("HOME").ok()?)
+        .join(".cache/strata/models")
+        .join(name);
     if !path.exists() {
         eprintln!("skipping: {} not present", path.display());
         return None;
@@ -52,7 +56,11 @@ fn check(p: &Plan, req: &PlanRequest, workers: &[WorkerSpec]) {
     for (i, s) in p.stages.iter().enumerate() {
         assert!(s.first_layer < s.end_layer, "stage {i} is empty");
         if i > 0 {
-            assert_eq!(s.first_layer, p.stages[i - 1].end_layer, "stage {i} not contiguous");
+            assert_eq!(
+                s.first_layer,
+                p.stages[i - 1].end_layer,
+                "stage {i} not contiguous"
+            );
         }
         assert!(!used[s.worker], "worker {} used twice", s.worker);
         used[s.worker] = true;
@@ -67,9 +75,19 @@ fn check(p: &Plan, req: &PlanRequest, workers: &[WorkerSpec]) {
             req.margin.usable_bytes(w)
         );
         assert_eq!(s.free_after, w.free_bytes - s.total_bytes());
-        let layers: u64 = req.profile.layers[s.first_layer..s.end_layer].iter().map(|l| l.weight_bytes).sum();
-        let extra = if s.has_embedding { req.profile.embedding_bytes } else { 0 }
-            + if s.has_head { req.profile.head_bytes } else { 0 };
+        let layers: u64 = req.profile.layers[s.first_layer..s.end_layer]
+            .iter()
+            .map(|l| l.weight_bytes)
+            .sum();
+        let extra = if s.has_embedding {
+            req.profile.embedding_bytes
+        } else {
+            0
+        } + if s.has_head {
+            req.profile.head_bytes
+        } else {
+            0
+        };
         assert_eq!(s.weight_bytes, layers + extra);
         let kv: u64 = req.profile.layers[s.first_layer..s.end_layer]
             .iter()
@@ -78,7 +96,11 @@ fn check(p: &Plan, req: &PlanRequest, workers: &[WorkerSpec]) {
         assert_eq!(s.kv_bytes, kv);
     }
     let total: u64 = p.stages.iter().map(|s| s.weight_bytes).sum();
-    assert_eq!(total, req.profile.total_weight_bytes(), "every weight counted once (tied head counted as a copy)");
+    assert_eq!(
+        total,
+        req.profile.total_weight_bytes(),
+        "every weight counted once (tied head counted as a copy)"
+    );
     assert!(p.est_time_per_token_s > 0.0);
 }
 
@@ -88,29 +110,49 @@ fn fits(req: &PlanRequest, workers: &[WorkerSpec]) -> bool {
 
 #[test]
 fn smollm2_135m_fits_on_one_worker_and_skips_the_rest() {
-    let Some((hp, p)) = real("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+    let Some((hp, p)) = real("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
     let req = request(&hp, &p, 4096, KvType::F16);
     let workers = gpus(&[16 * GIB, 16 * GIB, 12 * GIB]);
     let plan = plan(&req, &workers).unwrap();
     check(&plan, &req, &workers);
-    assert_eq!(plan.stages.len(), 1, "a hop costs time; one worker holds it all");
+    assert_eq!(
+        plan.stages.len(),
+        1,
+        "a hop costs time; one worker holds it all"
+    );
     assert!(p.tied_embeddings && plan.stages[0].weight_bytes >= p.embedding_bytes * 2);
 }
 
 #[test]
 fn gemma3_270m_sliding_layers_cap_kv_at_the_window() {
-    let Some((hp, p)) = real("gemma-3-270m-q4_k_m.gguf") else { return };
+    let Some((hp, p)) = real("gemma-3-270m-q4_k_m.gguf") else {
+        return;
+    };
     let workers = gpus(&[2 * GIB, GIB, GIB / 2]);
     let short = request(&hp, &p, 512, KvType::F16);
     let long = request(&hp, &p, 32768, KvType::F16);
-    let (a, b) = (plan(&short, &workers).unwrap(), plan(&long, &workers).unwrap());
+    let (a, b) = (
+        plan(&short, &workers).unwrap(),
+        plan(&long, &workers).unwrap(),
+    );
     check(&a, &short, &workers);
     check(&b, &long, &workers);
     let kv = |p: &Plan| p.stages.iter().map(|s| s.kv_bytes).sum::<u64>();
-    let global_layers = p.layers.iter().filter(|l| l.kv_window_tokens.is_none()).count() as u64;
+    let global_layers = p
+        .layers
+        .iter()
+        .filter(|l| l.kv_window_tokens.is_none())
+        .count() as u64;
     assert!(global_layers > 0 && global_layers < p.layers.len() as u64);
     // Only the global layers grow past the window.
-    let per_token = p.layers.iter().find(|l| l.kv_window_tokens.is_none()).unwrap().kv_bytes_per_token(KvType::F16);
+    let per_token = p
+        .layers
+        .iter()
+        .find(|l| l.kv_window_tokens.is_none())
+        .unwrap()
+        .kv_bytes_per_token(KvType::F16);
     assert_eq!(kv(&b) - kv(&a), global_layers * per_token * (32768 - 512));
 }
 
@@ -139,7 +181,9 @@ fn llama_8b_split_by_memory_when_speeds_are_unknown() {
         .iter()
         .map(|s| s.total_bytes() as f64 / req.margin.usable_bytes(&workers[s.worker]) as f64)
         .collect();
-    let (lo, hi) = fill.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &f| (lo.min(f), hi.max(f)));
+    let (lo, hi) = fill
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(lo, hi), &f| (lo.min(f), hi.max(f)));
     assert!(hi - lo < 0.15, "fills {fill:?}");
 }
 
@@ -153,7 +197,12 @@ fn forced_uneven_split_gives_the_small_worker_few_layers() {
     assert_eq!(plan.stages.len(), 2);
     let small = plan.stages.iter().find(|s| s.worker == 1).unwrap();
     let big = plan.stages.iter().find(|s| s.worker == 0).unwrap();
-    assert!(small.n_layers() * 3 < big.n_layers(), "{} vs {} layers", small.n_layers(), big.n_layers());
+    assert!(
+        small.n_layers() * 3 < big.n_layers(),
+        "{} vs {} layers",
+        small.n_layers(),
+        big.n_layers()
+    );
 }
 
 #[test]
@@ -167,8 +216,18 @@ fn faster_worker_gets_more_layers() {
         let plan = plan(&req, &workers).unwrap();
         check(&plan, &req, &workers);
         assert!(plan.bandwidth_measured);
-        let layers = |w: usize| plan.stages.iter().find(|s| s.worker == w).map_or(0, |s| s.n_layers());
-        assert!(layers(fast) > layers(1 - fast) + 8, "fast {} slow {}", layers(fast), layers(1 - fast));
+        let layers = |w: usize| {
+            plan.stages
+                .iter()
+                .find(|s| s.worker == w)
+                .map_or(0, |s| s.n_layers())
+        };
+        assert!(
+            layers(fast) > layers(1 - fast) + 8,
+            "fast {} slow {}",
+            layers(fast),
+            layers(1 - fast)
+        );
     }
 }
 
@@ -177,10 +236,17 @@ fn slow_network_prefers_fewer_stages() {
     let (hp, p) = synth(Architecture::Llama, "8b");
     let req = request(&hp, &p, 4096, KvType::F16);
     // One fast GPU that holds it all, one slightly faster over a slow link.
-    let slow = Link { latency_s: 0.05, bandwidth_bytes_per_s: 1e6 };
+    let slow = Link {
+        latency_s: 0.05,
+        bandwidth_bytes_per_s: 1e6,
+    };
     let workers = vec![
-        WorkerSpec::new("a", Backend::Cuda, "h1", 16 * GIB).with_bandwidth(800e9).with_link(slow),
-        WorkerSpec::new("b", Backend::Cuda, "h2", 16 * GIB).with_bandwidth(900e9).with_link(slow),
+        WorkerSpec::new("a", Backend::Cuda, "h1", 16 * GIB)
+            .with_bandwidth(800e9)
+            .with_link(slow),
+        WorkerSpec::new("b", Backend::Cuda, "h2", 16 * GIB)
+            .with_bandwidth(900e9)
+            .with_link(slow),
     ];
     let plan = plan(&req, &workers).unwrap();
     check(&plan, &req, &workers);
@@ -192,12 +258,19 @@ fn same_host_workers_stay_adjacent() {
     let (hp, p) = synth(Architecture::Llama, "8b");
     let req = request(&hp, &p, 4096, KvType::F16);
     let hosts = ["h1", "h2", "h1", "h2"];
-    let workers: Vec<WorkerSpec> =
-        hosts.iter().enumerate().map(|(i, h)| WorkerSpec::new(format!("w{i}"), Backend::Cuda, *h, 2 * GIB)).collect();
+    let workers: Vec<WorkerSpec> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| WorkerSpec::new(format!("w{i}"), Backend::Cuda, *h, 2 * GIB))
+        .collect();
     let plan = plan(&req, &workers).unwrap();
     check(&plan, &req, &workers);
     assert_eq!(plan.stages.len(), 4, "needs all four");
-    let seq: Vec<&str> = plan.stages.iter().map(|s| workers[s.worker].host.as_str()).collect();
+    let seq: Vec<&str> = plan
+        .stages
+        .iter()
+        .map(|s| workers[s.worker].host.as_str())
+        .collect();
     let changes = seq.windows(2).filter(|w| w[0] != w[1]).count();
     assert_eq!(changes, 1, "hosts {seq:?}");
 }
@@ -229,20 +302,46 @@ fn llama_70b_on_16_16_12_gib_explains_and_suggests() {
     }
 }
 
-fn verify_suggestions(e: &strata_coordinator::planner::DoesNotFit, req: &PlanRequest, workers: &[WorkerSpec]) {
+fn verify_suggestions(
+    e: &strata_coordinator::planner::DoesNotFit,
+    req: &PlanRequest,
+    workers: &[WorkerSpec],
+) {
     let s = &e.suggestions;
     if let Some(c) = s.max_ctx_size {
         assert!(c < req.ctx_size);
-        let at = |c| PlanRequest { ctx_size: c, ..req.clone() };
+        let at = |c| PlanRequest {
+            ctx_size: c,
+            ..req.clone()
+        };
         let ok = plan(&at(c), workers).expect("suggested ctx fits");
         check(&ok, &at(c), workers);
-        assert!(!fits(&at(c + 256), workers) || c + 256 >= req.ctx_size, "a larger step would fit too");
+        assert!(
+            !fits(&at(c + 256), workers) || c + 256 >= req.ctx_size,
+            "a larger step would fit too"
+        );
     }
     if let Some(q8) = s.q8_0_kv_fits {
-        assert_eq!(q8, fits(&PlanRequest { kv_type: KvType::Q8_0, ..req.clone() }, workers));
+        assert_eq!(
+            q8,
+            fits(
+                &PlanRequest {
+                    kv_type: KvType::Q8_0,
+                    ..req.clone()
+                },
+                workers
+            )
+        );
     }
     if let Some(c) = s.q8_0_max_ctx_size {
-        assert!(fits(&PlanRequest { kv_type: KvType::Q8_0, ctx_size: c, ..req.clone() }, workers));
+        assert!(fits(
+            &PlanRequest {
+                kv_type: KvType::Q8_0,
+                ctx_size: c,
+                ..req.clone()
+            },
+            workers
+        ));
     }
     if let Some(x) = s.extra_worker_free_bytes {
         let with = |bytes| {
@@ -251,7 +350,11 @@ fn verify_suggestions(e: &strata_coordinator::planner::DoesNotFit, req: &PlanReq
             ws
         };
         let ws = with(x);
-        check(&plan(req, &ws).expect("suggested extra worker makes it fit"), req, &ws);
+        check(
+            &plan(req, &ws).expect("suggested extra worker makes it fit"),
+            req,
+            &ws,
+        );
         assert!(!fits(req, &with(x - MIB)), "1 MiB less should not fit");
     }
 }
@@ -259,9 +362,14 @@ fn verify_suggestions(e: &strata_coordinator::planner::DoesNotFit, req: &PlanReq
 #[test]
 fn does_not_fit_reports_shortfall_and_verified_suggestions() {
     let (hp, p) = synth(Architecture::Llama, "8b");
-    let req = PlanRequest { parallel: 4, ..request(&hp, &p, 8192, KvType::F16) };
+    let req = PlanRequest {
+        parallel: 4,
+        ..request(&hp, &p, 8192, KvType::F16)
+    };
     let workers = gpus(&[4 * GIB, 4 * GIB]);
-    let Err(PlanError::DoesNotFit(e)) = plan(&req, &workers) else { panic!("expected does-not-fit") };
+    let Err(PlanError::DoesNotFit(e)) = plan(&req, &workers) else {
+        panic!("expected does-not-fit")
+    };
     let text = e.to_string();
     eprintln!("{text}");
     assert!(e.short_by_bytes > 0);
@@ -279,13 +387,18 @@ fn q8_0_kv_suggested_when_it_is_enough() {
     let (hp, p) = synth(Architecture::Llama, "8b");
     let f16 = request(&hp, &p, 32768, KvType::F16);
     // Find a budget between what q8_0 KV and f16 KV need.
-    let q8 = PlanRequest { kv_type: KvType::Q8_0, ..f16.clone() };
+    let q8 = PlanRequest {
+        kv_type: KvType::Q8_0,
+        ..f16.clone()
+    };
     let mut size = 4 * GIB;
     while !fits(&q8, &gpus(&[size, size])) {
         size += 64 * MIB;
     }
     let workers = gpus(&[size, size]);
-    let Err(PlanError::DoesNotFit(e)) = plan(&f16, &workers) else { panic!("f16 KV should not fit") };
+    let Err(PlanError::DoesNotFit(e)) = plan(&f16, &workers) else {
+        panic!("f16 KV should not fit")
+    };
     assert_eq!(e.suggestions.q8_0_kv_fits, Some(true));
     assert!(e.to_string().contains("--kv-type q8_0 fits"));
     verify_suggestions(&e, &f16, &workers);
@@ -297,9 +410,12 @@ fn fits_in_total_but_not_layer_by_layer() {
     let req = request(&hp, &p, 4096, KvType::F16);
     // CPU workers (small fixed margin): the first stage alone (embedding,
     // one layer, scratch) is bigger than any of them.
-    let workers: Vec<WorkerSpec> =
-        (0..24).map(|i| WorkerSpec::new(format!("c{i}"), Backend::Cpu, format!("h{i}"), 450 * MIB)).collect();
-    let Err(PlanError::DoesNotFit(e)) = plan(&req, &workers) else { panic!("expected does-not-fit") };
+    let workers: Vec<WorkerSpec> = (0..24)
+        .map(|i| WorkerSpec::new(format!("c{i}"), Backend::Cpu, format!("h{i}"), 450 * MIB))
+        .collect();
+    let Err(PlanError::DoesNotFit(e)) = plan(&req, &workers) else {
+        panic!("expected does-not-fit")
+    };
     assert_eq!(e.short_by_bytes, 0);
     assert!(e.to_string().contains("not layer by layer"), "{e}");
 }
@@ -317,7 +433,10 @@ fn cpu_and_gpu_margins_differ() {
 fn bad_requests_are_errors() {
     let (hp, p) = synth(Architecture::Llama, "tiny");
     let req = request(&hp, &p, 0, KvType::F16);
-    assert!(matches!(plan(&req, &gpus(&[GIB])), Err(PlanError::Invalid(_))));
+    assert!(matches!(
+        plan(&req, &gpus(&[GIB])),
+        Err(PlanError::Invalid(_))
+    ));
     let req = request(&hp, &p, 128, KvType::F16);
     assert!(matches!(plan(&req, &[]), Err(PlanError::NoWorkers)));
 }
@@ -327,7 +446,11 @@ fn bad_requests_are_errors() {
 /// hold... at least when the total is short or a layer is too big somewhere.
 #[test]
 fn random_budgets_never_exceed_memory() {
-    let shapes = [(Architecture::Llama, "1b"), (Architecture::Gemma3, "1b"), (Architecture::Qwen2, "7b")];
+    let shapes = [
+        (Architecture::Llama, "1b"),
+        (Architecture::Gemma3, "1b"),
+        (Architecture::Qwen2, "7b"),
+    ];
     let seed: u64 = 0x5eed_1234;
     let mut state = seed;
     let mut next = move || {
@@ -349,7 +472,16 @@ fn random_budgets_never_exceed_memory() {
                 w.host = format!("h{}", next() % 2);
             }
             let ctx = 256 * (1 + (next() % 64) as usize);
-            let req = request(&hp, &p, ctx, if next() % 2 == 0 { KvType::F16 } else { KvType::Q8_0 });
+            let req = request(
+                &hp,
+                &p,
+                ctx,
+                if next() % 2 == 0 {
+                    KvType::F16
+                } else {
+                    KvType::Q8_0
+                },
+            );
             match plan(&req, &workers) {
                 Ok(pl) => check(&pl, &req, &workers),
                 Err(PlanError::DoesNotFit(e)) => verify_suggestions(&e, &req, &workers),
@@ -369,7 +501,11 @@ fn workers_within_a_host_are_reordered_when_only_that_fits() {
             + l.kv_bytes(KvType::F16, 4096)
             + p.scratch_bytes_per_token * req.max_batch_tokens as u64
             + if with_emb { p.embedding_bytes } else { 0 }
-            + if with_head { p.head_bytes + p.logits_bytes } else { 0 }
+            + if with_head {
+                p.head_bytes + p.logits_bytes
+            } else {
+                0
+            }
     };
     // The small GPU can hold the first stage (embedding + a layer) but not
     // the last (head + a layer); the big one cannot hold everything.
@@ -377,7 +513,11 @@ fn workers_within_a_host_are_reordered_when_only_that_fits() {
     assert!(first < last);
     let small_usable = (first + last) / 2;
     let small_free = ((small_usable + 256 * MIB) as f64 / 0.95) as u64 + 1;
-    let total = p.total_weight_bytes() + p.layers.iter().map(|l| l.kv_bytes(KvType::F16, 4096)).sum::<u64>();
+    let total = p.total_weight_bytes()
+        + p.layers
+            .iter()
+            .map(|l| l.kv_bytes(KvType::F16, 4096))
+            .sum::<u64>();
     let big_free = ((total + 256 * MIB) as f64 / 0.95) as u64 - 256 * MIB;
     let workers = vec![
         WorkerSpec::new("big", Backend::Cuda, "box", big_free),
@@ -385,5 +525,8 @@ fn workers_within_a_host_are_reordered_when_only_that_fits() {
     ];
     let plan = plan(&req, &workers).expect("small first, big last fits");
     check(&plan, &req, &workers);
-    assert_eq!(plan.stages.iter().map(|s| s.worker).collect::<Vec<_>>(), vec![1, 0]);
+    assert_eq!(
+        plan.stages.iter().map(|s| s.worker).collect::<Vec<_>>(),
+        vec![1, 0]
+    );
 }

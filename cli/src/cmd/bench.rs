@@ -26,10 +26,20 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let (_file, mut stage) = args.run.load()?;
     let vocab = stage.hyper_params().vocab_size as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let mut random_tokens = |n: usize| (0..n).map(|_| rng.random_range(0..vocab)).collect::<Vec<u32>>();
+    let mut random_tokens = |n: usize| {
+        (0..n)
+            .map(|_| rng.random_range(0..vocab))
+            .collect::<Vec<u32>>()
+    };
 
     // One warm-up pass, as llama-bench does.
-    prefill(&mut stage, 0, 0, &random_tokens(16.min(args.n_prompt.max(1))), None)?;
+    prefill(
+        &mut stage,
+        0,
+        0,
+        &random_tokens(16.min(args.n_prompt.max(1))),
+        None,
+    )?;
     stage.release(0);
 
     let mut results = Vec::new();
@@ -50,7 +60,12 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             let tokens = random_tokens(args.n_gen);
             let t = Instant::now();
             for (pos, &tok) in tokens.iter().enumerate() {
-                let batch = [BatchSeq { seq: 0, start_pos: pos, n_tokens: 1, logits: LogitRows::Last }];
+                let batch = [BatchSeq {
+                    seq: 0,
+                    start_pos: pos,
+                    n_tokens: 1,
+                    logits: LogitRows::Last,
+                }];
                 stage.forward(&batch, StageInput::Tokens(vec![tok]))?;
             }
             rates.push(args.n_gen as f64 / t.elapsed().as_secs_f64());
@@ -62,10 +77,17 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let threads = rayon::current_num_threads();
     println!("| model | backend | threads | test | t/s |");
     println!("| --- | --- | ---: | ---: | ---: |");
-    let name = args.run.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = args
+        .run
+        .model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     for (test, rates) in results {
         let mean = rates.iter().sum::<f64>() / rates.len() as f64;
-        let sd = (rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rates.len().max(2).saturating_sub(1) as f64).sqrt();
+        let sd = (rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>()
+            / rates.len().max(2).saturating_sub(1) as f64)
+            .sqrt();
         println!("| {name} | cpu | {threads} | {test} | {mean:.2} ± {sd:.2} |");
     }
     Ok(())

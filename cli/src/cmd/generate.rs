@@ -69,7 +69,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let end = !args.ignore_eos && tok.is_end_of_generation(s.token);
         if !end {
             let text = stream.push(s.token);
-            if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+            if let Err(e) = stdout
+                .write_all(text.as_bytes())
+                .and_then(|_| stdout.flush())
+            {
                 write_err = Some(e);
                 return false;
             }

@@ -25,7 +25,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("architecture:  {}", hp.arch);
     println!("layers:        {}", hp.n_layers);
     println!("d_model:       {}", hp.d_model);
-    println!("heads:         {} (KV heads {}, head dim {}/{})", hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.head_dim_v);
+    println!(
+        "heads:         {} (KV heads {}, head dim {}/{})",
+        hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.head_dim_v
+    );
     println!("d_ff:          {}", hp.d_ff);
     println!("vocab:         {}", hp.vocab_size);
     println!("context:       {}", hp.context_length);
@@ -34,10 +37,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         hp.rope.style,
         hp.rope.dims,
         hp.rope.freq_base,
-        if hp.sliding_window.is_some() { format!(" (sliding layers {})", hp.rope.freq_base_swa) } else { String::new() }
+        if hp.sliding_window.is_some() {
+            format!(" (sliding layers {})", hp.rope.freq_base_swa)
+        } else {
+            String::new()
+        }
     );
     if let Some(w) = hp.sliding_window {
-        println!("sliding window: {w} tokens, every {}th layer global", hp.swa_period);
+        println!(
+            "sliding window: {w} tokens, every {}th layer global",
+            hp.swa_period
+        );
     }
 
     let mut by_type: BTreeMap<String, (usize, u64)> = BTreeMap::new();
@@ -46,18 +56,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         e.0 += 1;
         e.1 += t.size_bytes;
     }
-    println!("tensors:       {} ({})", f.tensors.len(), human_bytes(f.tensor_bytes()));
+    println!(
+        "tensors:       {} ({})",
+        f.tensors.len(),
+        human_bytes(f.tensor_bytes())
+    );
     for (ty, (n, bytes)) in &by_type {
         println!("  {ty:<6} {n:>5} tensors  {:>12}", human_bytes(*bytes));
     }
 
     let p = MemoryProfile::from_gguf(&f, &hp);
     println!("memory profile:");
-    println!("  embedding          {:>12}", human_bytes(p.embedding_bytes));
+    println!(
+        "  embedding          {:>12}",
+        human_bytes(p.embedding_bytes)
+    );
     println!(
         "  output head        {:>12}{}",
         human_bytes(p.head_bytes),
-        if p.tied_embeddings { " (tied to the embedding)" } else { "" }
+        if p.tied_embeddings {
+            " (tied to the embedding)"
+        } else {
+            ""
+        }
     );
     println!("  layer  weights       KV/token f16  KV/token q8_0");
     for (i, l) in p.layers.iter().enumerate() {
@@ -66,7 +87,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             human_bytes(l.weight_bytes),
             format!("{} B", l.kv_bytes_per_token(KvType::F16)),
             format!("{} B", l.kv_bytes_per_token(KvType::Q8_0)),
-            l.kv_window_tokens.map(|w| format!("  (window {w})")).unwrap_or_default()
+            l.kv_window_tokens
+                .map(|w| format!("  (window {w})"))
+                .unwrap_or_default()
         );
     }
     if args.tensors {

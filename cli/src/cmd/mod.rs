@@ -3,6 +3,7 @@ pub mod generate;
 pub mod inspect;
 pub mod perplexity;
 pub mod plan;
+pub mod serve;
 pub mod synth;
 pub mod worker;
 
@@ -30,7 +31,10 @@ pub struct RunArgs {
 impl RunArgs {
     pub fn init_threads(&self) -> anyhow::Result<()> {
         if let Some(n) = self.threads {
-            rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("setting up the thread pool")?;
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n.max(1))
+                .build_global()
+                .context("setting up the thread pool")?;
         }
         Ok(())
     }
@@ -41,8 +45,16 @@ impl RunArgs {
         let file = open(&self.model)?;
         let hp = strata_model::arch::HyperParams::from_gguf(&file)?;
         let started = std::time::Instant::now();
-        let stage = Stage::load(CpuBackend::new(), &file, LayerRange { first: 0, end: hp.n_layers }, self.ctx_size)
-            .with_context(|| format!("loading {}", self.model.display()))?;
+        let stage = Stage::load(
+            CpuBackend::new(),
+            &file,
+            LayerRange {
+                first: 0,
+                end: hp.n_layers,
+            },
+            self.ctx_size,
+        )
+        .with_context(|| format!("loading {}", self.model.display()))?;
         tracing::info!(
             "loaded {} ({} layers, {}) on {} in {:.2}s",
             self.model.display(),
@@ -67,4 +79,24 @@ pub fn human_bytes(b: u64) -> String {
     } else {
         format!("{:.1} MiB", b as f64 / MIB)
     }
+}
+
+/// The cluster token from `--token` or `--token-file` (whitespace around it
+/// ignored); `None` when neither was given.
+pub fn read_token(token: Option<&str>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let t = match (token, file) {
+        (Some(t), _) => t.trim().to_string(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the token file {}", f.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => return Ok(None),
+    };
+    anyhow::ensure!(!t.is_empty(), "the cluster token is empty");
+    Ok(Some(t))
+}
+
+/// `--mem-budget` style sizes: 12GiB, 512MiB, 16G.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    strata_worker::service::system::parse_bytes(s)
 }

@@ -17,7 +17,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
     let (file, mut stage) = args.run.load()?;
     let tok = Tokenizer::from_gguf(&file)?;
     let tokens = tok.encode(&text, true, false);
@@ -28,8 +29,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     eprintln!();
     match running.last() {
-        Some(p) => println!("perplexity: {p:.4} over {} chunks of {}", running.len(), args.chunk),
-        None => anyhow::bail!("{} has fewer than {} tokens", args.file.display(), args.chunk),
+        Some(p) => println!(
+            "perplexity: {p:.4} over {} chunks of {}",
+            running.len(),
+            args.chunk
+        ),
+        None => anyhow::bail!(
+            "{} has fewer than {} tokens",
+            args.file.display(),
+            args.chunk
+        ),
     }
     Ok(())
 }

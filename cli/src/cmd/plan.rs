@@ -11,7 +11,12 @@ use strata_model::synth::{QuantScheme, SynthSpec};
 #[derive(clap::Args)]
 pub struct Args {
     /// GGUF model file (only its header is read).
-    #[arg(long, short = 'm', required_unless_present = "synth", conflicts_with = "synth")]
+    #[arg(
+        long,
+        short = 'm',
+        required_unless_present = "synth",
+        conflicts_with = "synth"
+    )]
     pub model: Option<std::path::PathBuf>,
     /// Plan for a synthetic shape without writing it: ARCH:PRESET[:QUANT],
     /// e.g. llama:70b:Q4_K_M.
@@ -47,7 +52,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("--worker needs the multi-worker runtime; use --devices");
     }
     let devices = args.devices.as_deref().context("--devices is required")?;
-    let mut workers = parse_devices(devices).map_err(anyhow::Error::msg).context("parsing --devices")?;
+    let mut workers = parse_devices(devices)
+        .map_err(anyhow::Error::msg)
+        .context("parsing --devices")?;
     if let Some(list) = &args.bandwidths {
         let bws: Vec<u64> = list
             .split(',')
@@ -99,19 +106,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn load_profile(args: &Args) -> anyhow::Result<(String, HyperParams, MemoryProfile)> {
     if let Some(s) = &args.synth {
         let mut parts = s.split(':');
-        let (arch, preset, quant) = (parts.next().unwrap_or(""), parts.next(), parts.next().unwrap_or("Q4_K_M"));
-        let arch = Architecture::from_name(arch)
-            .with_context(|| format!("--synth {s:?}: unknown architecture {arch:?} (llama, qwen2, qwen3, gemma3)"))?;
-        let preset = preset.with_context(|| format!("--synth {s:?}: expected ARCH:PRESET[:QUANT]"))?;
-        let q = QuantScheme::parse(quant).with_context(|| format!("--synth {s:?}: unknown quant type {quant:?}"))?;
+        let (arch, preset, quant) = (
+            parts.next().unwrap_or(""),
+            parts.next(),
+            parts.next().unwrap_or("Q4_K_M"),
+        );
+        let arch = Architecture::from_name(arch).with_context(|| {
+            format!("--synth {s:?}: unknown architecture {arch:?} (llama, qwen2, qwen3, gemma3)")
+        })?;
+        let preset =
+            preset.with_context(|| format!("--synth {s:?}: expected ARCH:PRESET[:QUANT]"))?;
+        let q = QuantScheme::parse(quant)
+            .with_context(|| format!("--synth {s:?}: unknown quant type {quant:?}"))?;
         let spec = SynthSpec::from_preset(arch, preset, q)?;
         let (hp, profile) = synth_profile(&spec)?;
-        return Ok((format!("synthetic {arch} {preset} {}", quant.to_ascii_uppercase()), hp, profile));
+        return Ok((
+            format!("synthetic {arch} {preset} {}", quant.to_ascii_uppercase()),
+            hp,
+            profile,
+        ));
     }
-    let path = args.model.as_ref().context("--model or --synth is required")?;
+    let path = args
+        .model
+        .as_ref()
+        .context("--model or --synth is required")?;
     let f = super::open(path)?;
     let hp = HyperParams::from_gguf(&f)?;
     let profile = MemoryProfile::from_gguf(&f, &hp);
-    let name = f.get_str("general.name").map_or_else(|| path.display().to_string(), str::to_string);
+    let name = f
+        .get_str("general.name")
+        .map_or_else(|| path.display().to_string(), str::to_string);
     Ok((name, hp, profile))
 }

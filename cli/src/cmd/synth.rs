@@ -25,9 +25,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let arch = Architecture::from_name(&args.arch)
-        .with_context(|| format!("unknown architecture {:?} (llama, qwen2, qwen3, gemma3)", args.arch))?;
-    let quant = QuantScheme::parse(&args.quant).with_context(|| format!("unknown quant type {:?}", args.quant))?;
+    let arch = Architecture::from_name(&args.arch).with_context(|| {
+        format!(
+            "unknown architecture {:?} (llama, qwen2, qwen3, gemma3)",
+            args.arch
+        )
+    })?;
+    let quant = QuantScheme::parse(&args.quant)
+        .with_context(|| format!("unknown quant type {:?}", args.quant))?;
     let mut spec = SynthSpec::from_preset(arch, &args.preset, quant)?;
     if let Some(n) = args.layers {
         anyhow::ensure!(n > 0, "--layers must be at least 1");
@@ -36,8 +41,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     spec.seed = args.seed;
     let total: u64 = spec.writer()?.tensors().iter().map(|t| t.size_bytes).sum();
     let bar = indicatif::ProgressBar::new(total).with_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message(format!("writing {}", args.output.display()));
     spec.write(&args.output, |done, _| bar.set_position(done))?;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use strata_kernels::CpuBackend;
-use strata_worker::service::{system, WorkerConfig, WorkerService};
+use strata_worker::service::{WorkerConfig, WorkerService};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,7 +18,7 @@ pub struct Args {
     #[arg(long)]
     pub token: Option<String>,
     /// Caps the memory this worker offers and loads into, e.g. 12GiB.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = super::parse_size)]
     pub mem_budget: Option<u64>,
     /// Directory of GGUF models this worker can read itself (matched by digest).
     #[arg(long)]
@@ -31,27 +31,18 @@ pub struct Args {
     pub threads: Option<usize>,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    system::parse_bytes(s)
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let token = match (&args.token, &args.token_file) {
-        (Some(t), _) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading the token file {}", f.display()))?
-            .trim()
-            .to_string(),
-        (None, None) => anyhow::bail!("a worker needs the cluster token: --token-file FILE (or --token)"),
-    };
-    if token.is_empty() {
-        anyhow::bail!("the cluster token is empty");
-    }
+    let token = super::read_token(args.token.as_deref(), args.token_file.as_deref())?
+        .context("a worker needs the cluster token: --token-file FILE (or --token)")?;
     if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("setting up the thread pool")?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .context("setting up the thread pool")?;
     }
     let cache_dir = args.cache_dir.unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".cache/strata/slices")
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into()))
+            .join(".cache/strata/slices")
     });
     let config = WorkerConfig {
         token,

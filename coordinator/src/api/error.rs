@@ -26,7 +26,10 @@ impl ApiError {
     }
     /// 400 with OpenAI's code for prompts over the context.
     pub fn context_length(message: impl Into<String>) -> Self {
-        ApiError { code: Some("context_length_exceeded"), ..Self::invalid(Some("messages".to_string()), message) }
+        ApiError {
+            code: Some("context_length_exceeded"),
+            ..Self::invalid(Some("messages".to_string()), message)
+        }
     }
     pub fn unauthorized() -> Self {
         ApiError {
@@ -38,11 +41,23 @@ impl ApiError {
         }
     }
     pub fn not_found(what: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::NOT_FOUND, message: what.into(), kind: "invalid_request_error", param: None, code: None }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: what.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+        }
     }
     /// 503: loading, or the pool can no longer hold the model.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), kind: "server_error", param: None, code: None }
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+        }
     }
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {
@@ -72,7 +87,12 @@ struct Inner<'a> {
 impl ApiError {
     pub fn json(&self) -> String {
         serde_json::to_string(&Body {
-            error: Inner { message: &self.message, kind: self.kind, param: self.param.as_deref(), code: self.code },
+            error: Inner {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code,
+            },
         })
         .unwrap_or_else(|_| "{\"error\":{\"message\":\"error\"}}".into())
     }
@@ -80,6 +100,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, [(axum::http::header::CONTENT_TYPE, "application/json")], self.json()).into_response()
+        (
+            self.status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            self.json(),
+        )
+            .into_response()
     }
 }

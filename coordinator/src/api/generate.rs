@@ -28,15 +28,24 @@ use crate::engine::{EngineError, GenerationRequest};
 const PENALTY_LAST_N: u32 = 64;
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid(None, format!("invalid request body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(None, format!("invalid request body: {e}")))
 }
 
-pub async fn chat_completions(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     st.authorize(&headers)?;
     let ready = st.ready()?;
     let req: ChatRequest = parse(&body)?;
     let params = req.params()?;
-    let messages: Vec<ChatMessage> = req.text_messages()?.into_iter().map(|(r, c)| ChatMessage::new(r, c)).collect();
+    let messages: Vec<ChatMessage> = req
+        .text_messages()?
+        .into_iter()
+        .map(|(r, c)| ChatMessage::new(r, c))
+        .collect();
     let text = ready
         .template
         .render(&messages, true)
@@ -50,7 +59,11 @@ pub async fn chat_completions(State(st): State<Arc<AppState>>, headers: HeaderMa
     run(&st, ready, Endpoint::Chat, prompt, params).await
 }
 
-pub async fn completions(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     st.authorize(&headers)?;
     let ready = st.ready()?;
     let req: CompletionRequest = parse(&body)?;
@@ -60,13 +73,19 @@ pub async fn completions(State(st): State<Arc<AppState>>, headers: HeaderMap, bo
         PromptField::Text(t) => tok.encode(t, tok.add_bos(), true),
         PromptField::Texts(v) if v.len() == 1 => tok.encode(&v[0], tok.add_bos(), true),
         PromptField::Texts(v) => {
-            return Err(ApiError::invalid(Some("prompt".to_string()), format!("one prompt per request is supported, got {}", v.len())))
+            return Err(ApiError::invalid(
+                Some("prompt".to_string()),
+                format!("one prompt per request is supported, got {}", v.len()),
+            ))
         }
         PromptField::Tokens(ids) => {
             if let Some(bad) = ids.iter().find(|&&t| t as usize >= tok.vocab_size()) {
                 return Err(ApiError::invalid(
                     Some("prompt".to_string()),
-                    format!("token id {bad} is outside the vocabulary ({} tokens)", tok.vocab_size()),
+                    format!(
+                        "token id {bad} is outside the vocabulary ({} tokens)",
+                        tok.vocab_size()
+                    ),
                 ));
             }
             ids.clone()
@@ -98,32 +117,66 @@ fn engine_error(e: EngineError) -> ApiError {
     }
 }
 
-async fn run(st: &AppState, ready: &Ready, endpoint: Endpoint, prompt: Vec<u32>, params: GenerationParams) -> Result<Response, ApiError> {
+async fn run(
+    st: &AppState,
+    ready: &Ready,
+    endpoint: Endpoint,
+    prompt: Vec<u32>,
+    params: GenerationParams,
+) -> Result<Response, ApiError> {
     let prompt_tokens = prompt.len();
     let generation = ready
         .engine
-        .submit(GenerationRequest { prompt, sampling: wire_sampling(&params), max_tokens: params.max_tokens.unwrap_or(usize::MAX) })
+        .submit(GenerationRequest {
+            prompt,
+            sampling: wire_sampling(&params),
+            max_tokens: params.max_tokens.unwrap_or(usize::MAX),
+        })
         .map_err(engine_error)?;
     let meta = ResponseMeta::new(endpoint, generation.seq_id(), &st.model_name);
     let span = tracing::info_span!("request", id = %meta.id, seq = generation.seq_id());
-    let text = TextGeneration::new(generation, ready.tokenizer.clone(), params.stop.clone(), params.logprobs.is_some());
+    let text = TextGeneration::new(
+        generation,
+        ready.tokenizer.clone(),
+        params.stop.clone(),
+        params.logprobs.is_some(),
+    );
     if params.stream {
-        return Ok(stream(meta, text, prompt_tokens, params.include_usage, span));
+        return Ok(stream(
+            meta,
+            text,
+            prompt_tokens,
+            params.include_usage,
+            span,
+        ));
     }
-    whole(meta, text, prompt_tokens, params.logprobs.is_some()).instrument(span).await
+    whole(meta, text, prompt_tokens, params.logprobs.is_some())
+        .instrument(span)
+        .await
 }
 
-async fn whole(meta: ResponseMeta, mut gen: TextGeneration, prompt_tokens: usize, logprobs: bool) -> Result<Response, ApiError> {
+async fn whole(
+    meta: ResponseMeta,
+    mut gen: TextGeneration,
+    prompt_tokens: usize,
+    logprobs: bool,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let mut text = String::new();
     let mut tokens = Vec::new();
     loop {
         match gen.next().await {
-            Some(Step::Text { text: t, tokens: tk }) => {
+            Some(Step::Text {
+                text: t,
+                tokens: tk,
+            }) => {
                 text.push_str(&t);
                 tokens.extend(tk);
             }
-            Some(Step::Finished { reason, completion_tokens }) => {
+            Some(Step::Finished {
+                reason,
+                completion_tokens,
+            }) => {
                 log_done(prompt_tokens, completion_tokens, started);
                 let body = openai::response(
                     &meta,
@@ -134,7 +187,9 @@ async fn whole(meta: ResponseMeta, mut gen: TextGeneration, prompt_tokens: usize
                 );
                 return Ok(axum::Json(body).into_response());
             }
-            Some(Step::Failed(why)) => return Err(ApiError::internal(format!("generation failed: {why}"))),
+            Some(Step::Failed(why)) => {
+                return Err(ApiError::internal(format!("generation failed: {why}")))
+            }
             None => return Err(ApiError::internal("generation ended without finishing")),
         }
     }
@@ -151,7 +206,13 @@ fn log_done(prompt_tokens: usize, completion_tokens: usize, started: Instant) {
 /// Server-sent events: chunks as text arrives, the final chunk with its
 /// finish reason, usage when asked, then `[DONE]`. A client that goes away
 /// ends the task at its next send, which drops (cancels) the generation.
-fn stream(meta: ResponseMeta, mut gen: TextGeneration, prompt_tokens: usize, include_usage: bool, span: tracing::Span) -> Response {
+fn stream(
+    meta: ResponseMeta,
+    mut gen: TextGeneration,
+    prompt_tokens: usize,
+    include_usage: bool,
+    span: tracing::Span,
+) -> Response {
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let json_event = |v: serde_json::Value| Ok(SseEvent::default().data(v.to_string()));
     tokio::spawn(
@@ -168,13 +229,30 @@ fn stream(meta: ResponseMeta, mut gen: TextGeneration, prompt_tokens: usize, inc
                         offset += text.chars().count();
                         json_event(c)
                     }
-                    Some(Step::Finished { reason, completion_tokens }) => {
+                    Some(Step::Finished {
+                        reason,
+                        completion_tokens,
+                    }) => {
                         log_done(prompt_tokens, completion_tokens, started);
-                        if tx.send(json_event(openai::chunk(&meta, "", first, None, offset, Some(reason.as_str())))).await.is_err() {
+                        if tx
+                            .send(json_event(openai::chunk(
+                                &meta,
+                                "",
+                                first,
+                                None,
+                                offset,
+                                Some(reason.as_str()),
+                            )))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                         if include_usage {
-                            let u = openai::usage_chunk(&meta, openai::usage(prompt_tokens, completion_tokens));
+                            let u = openai::usage_chunk(
+                                &meta,
+                                openai::usage(prompt_tokens, completion_tokens),
+                            );
                             if tx.send(json_event(u)).await.is_err() {
                                 return;
                             }
@@ -198,5 +276,7 @@ fn stream(meta: ResponseMeta, mut gen: TextGeneration, prompt_tokens: usize, inc
         }
         .instrument(span),
     );
-    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()).into_response()
+    Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

@@ -24,12 +24,19 @@ pub struct ResponseMeta {
 
 impl ResponseMeta {
     pub fn new(endpoint: Endpoint, seq: u64, model: &str) -> Self {
-        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let prefix = match endpoint {
             Endpoint::Chat => "chatcmpl",
             Endpoint::Completion => "cmpl",
         };
-        ResponseMeta { endpoint, id: format!("{prefix}-strata-{created:x}-{seq}"), created, model: model.to_string() }
+        ResponseMeta {
+            endpoint,
+            id: format!("{prefix}-strata-{created:x}-{seq}"),
+            created,
+            model: model.to_string(),
+        }
     }
 }
 
@@ -83,7 +90,13 @@ fn logprobs(meta: &ResponseMeta, tokens: Option<&[TokenOut]>, text_offset: usize
 }
 
 /// A whole (non-streamed) response.
-pub fn response(meta: &ResponseMeta, text: &str, tokens: Option<&[TokenOut]>, finish_reason: &str, usage: Value) -> Value {
+pub fn response(
+    meta: &ResponseMeta,
+    text: &str,
+    tokens: Option<&[TokenOut]>,
+    finish_reason: &str,
+    usage: Value,
+) -> Value {
     let choice = match meta.endpoint {
         Endpoint::Chat => json!({
             "index": 0,

@@ -124,7 +124,10 @@ fn range(param: &str, v: Option<f32>, lo: f32, hi: f32, default: f32) -> Result<
     match v {
         None => Ok(default),
         Some(x) if x.is_finite() && (lo..=hi).contains(&x) => Ok(x),
-        Some(x) => Err(ApiError::invalid(Some(param.to_string()), format!("{param} must be between {lo} and {hi}, got {x}"))),
+        Some(x) => Err(ApiError::invalid(
+            Some(param.to_string()),
+            format!("{param} must be between {lo} and {hi}, got {x}"),
+        )),
     }
 }
 
@@ -133,18 +136,31 @@ impl SamplingFields {
     pub fn validate(&self, logprobs: Option<usize>) -> Result<GenerationParams, ApiError> {
         if let Some(n) = self.n {
             if n != 1 {
-                return Err(ApiError::invalid(Some("n".to_string()), format!("only n=1 is supported, got {n}")));
+                return Err(ApiError::invalid(
+                    Some("n".to_string()),
+                    format!("only n=1 is supported, got {n}"),
+                ));
             }
         }
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
             None => None,
             Some(m) if m >= 1 => Some(m as usize),
-            Some(m) => return Err(ApiError::invalid(Some("max_tokens".to_string()), format!("max_tokens must be at least 1, got {m}"))),
+            Some(m) => {
+                return Err(ApiError::invalid(
+                    Some("max_tokens".to_string()),
+                    format!("max_tokens must be at least 1, got {m}"),
+                ))
+            }
         };
         let top_k = match self.top_k {
             None => 40,
             Some(k) if k >= 0 => k as usize,
-            Some(k) => return Err(ApiError::invalid(Some("top_k".to_string()), format!("top_k must be >= 0, got {k}"))),
+            Some(k) => {
+                return Err(ApiError::invalid(
+                    Some("top_k".to_string()),
+                    format!("top_k must be >= 0, got {k}"),
+                ))
+            }
         };
         let stop = match &self.stop {
             None => Vec::new(),
@@ -166,11 +182,20 @@ impl SamplingFields {
             seed: self.seed,
             presence_penalty: range("presence_penalty", self.presence_penalty, -2.0, 2.0, 0.0)?,
             frequency_penalty: range("frequency_penalty", self.frequency_penalty, -2.0, 2.0, 0.0)?,
-            repetition_penalty: range("repetition_penalty", self.repetition_penalty, 0.0, 10.0, 1.0)?,
+            repetition_penalty: range(
+                "repetition_penalty",
+                self.repetition_penalty,
+                0.0,
+                10.0,
+                1.0,
+            )?,
             stop,
             logprobs,
             stream: self.stream,
-            include_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage),
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
         })
     }
 }
@@ -179,14 +204,20 @@ fn top_logprobs(param: &str, n: Option<i64>) -> Result<usize, ApiError> {
     match n {
         None => Ok(0),
         Some(n) if (0..=MAX_TOP_LOGPROBS as i64).contains(&n) => Ok(n as usize),
-        Some(n) => Err(ApiError::invalid(Some(param.to_string()), format!("{param} must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"))),
+        Some(n) => Err(ApiError::invalid(
+            Some(param.to_string()),
+            format!("{param} must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
+        )),
     }
 }
 
 impl ChatRequest {
     pub fn params(&self) -> Result<GenerationParams, ApiError> {
         if self.messages.is_empty() {
-            return Err(ApiError::invalid(Some("messages".to_string()), "messages must not be empty"));
+            return Err(ApiError::invalid(
+                Some("messages".to_string()),
+                "messages must not be empty",
+            ));
         }
         let n = top_logprobs("top_logprobs", self.top_logprobs)?;
         self.sampling.validate(self.logprobs.then_some(n))
@@ -226,9 +257,15 @@ impl ChatRequest {
 impl CompletionRequest {
     pub fn params(&self) -> Result<GenerationParams, ApiError> {
         if self.echo {
-            return Err(ApiError::invalid(Some("echo".to_string()), "echo is not supported"));
+            return Err(ApiError::invalid(
+                Some("echo".to_string()),
+                "echo is not supported",
+            ));
         }
-        let n = self.logprobs.map(|n| top_logprobs("logprobs", Some(n))).transpose()?;
+        let n = self
+            .logprobs
+            .map(|n| top_logprobs("logprobs", Some(n)))
+            .transpose()?;
         self.sampling.validate(n)
     }
 }
@@ -239,9 +276,14 @@ mod tests {
 
     #[test]
     fn chat_defaults_and_validation() {
-        let r: ChatRequest = serde_json::from_str(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+        let r: ChatRequest =
+            serde_json::from_str(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+                .unwrap();
         let p = r.params().unwrap();
-        assert_eq!((p.temperature, p.top_k, p.max_tokens, p.logprobs), (0.8, 40, None, None));
+        assert_eq!(
+            (p.temperature, p.top_k, p.max_tokens, p.logprobs),
+            (0.8, 40, None, None)
+        );
         let r: ChatRequest = serde_json::from_str(
             r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
                 "temperature":0,"stop":"\n","logprobs":true,"top_logprobs":3,"max_tokens":5,"stream":true,
@@ -250,17 +292,32 @@ mod tests {
         .unwrap();
         let p = r.params().unwrap();
         assert_eq!(p.stop, vec!["\n".to_string()]);
-        assert_eq!((p.logprobs, p.max_tokens, p.stream, p.include_usage), (Some(3), Some(5), true, true));
-        assert_eq!(r.text_messages().unwrap(), vec![("user".to_string(), "ab".to_string())]);
+        assert_eq!(
+            (p.logprobs, p.max_tokens, p.stream, p.include_usage),
+            (Some(3), Some(5), true, true)
+        );
+        assert_eq!(
+            r.text_messages().unwrap(),
+            vec![("user".to_string(), "ab".to_string())]
+        );
     }
 
     #[test]
     fn bad_values_name_their_parameter() {
         for (body, param) in [
-            (r#"{"messages":[{"role":"user","content":"x"}],"temperature":3}"#, "temperature"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":0}"#, "max_tokens"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"temperature":3}"#,
+                "temperature",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
+                "max_tokens",
+            ),
             (r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#, "n"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":50}"#, "top_logprobs"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":50}"#,
+                "top_logprobs",
+            ),
             (r#"{"messages":[]}"#, "messages"),
         ] {
             let r: ChatRequest = serde_json::from_str(body).unwrap();
@@ -269,14 +326,17 @@ mod tests {
             assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
             assert!(e.json().contains("invalid_request_error"));
         }
-        let r: ChatRequest =
-            serde_json::from_str(r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#).unwrap();
+        let r: ChatRequest = serde_json::from_str(
+            r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
+        )
+        .unwrap();
         assert!(r.text_messages().unwrap_err().message.contains("image_url"));
     }
 
     #[test]
     fn completion_prompt_forms() {
-        let r: CompletionRequest = serde_json::from_str(r#"{"prompt":"abc","logprobs":2}"#).unwrap();
+        let r: CompletionRequest =
+            serde_json::from_str(r#"{"prompt":"abc","logprobs":2}"#).unwrap();
         assert!(matches!(r.prompt, PromptField::Text(_)));
         assert_eq!(r.params().unwrap().logprobs, Some(2));
         let r: CompletionRequest = serde_json::from_str(r#"{"prompt":[1,2,3]}"#).unwrap();

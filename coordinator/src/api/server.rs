@@ -75,14 +75,18 @@ impl AppState {
                 Some(why) => Err(ApiError::unavailable(format!("the pipeline failed: {why}"))),
             },
             (_, Phase::Loading(m)) => Err(ApiError::unavailable(format!("Loading model: {m}"))),
-            (_, Phase::Failed(m)) => Err(ApiError::unavailable(format!("the model failed to load: {m}"))),
+            (_, Phase::Failed(m)) => Err(ApiError::unavailable(format!(
+                "the model failed to load: {m}"
+            ))),
             (None, Phase::Ready) => Err(ApiError::unavailable("Loading model")),
         }
     }
 
     /// With `--api-key`, `Authorization: Bearer <key>` is required.
     pub fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(key) = &self.api_key else { return Ok(()) };
+        let Some(key) = &self.api_key else {
+            return Ok(());
+        };
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -102,7 +106,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The OpenAI routes plus `/health` and `/metrics`.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(super::generate::chat_completions))
+        .route(
+            "/v1/chat/completions",
+            post(super::generate::chat_completions),
+        )
         .route("/chat/completions", post(super::generate::chat_completions))
         .route("/v1/completions", post(super::generate::completions))
         .route("/completions", post(super::generate::completions))

@@ -23,8 +23,14 @@ pub struct TokenOut {
 #[derive(Debug, Clone)]
 pub enum Step {
     /// New text, and the tokens it came with when log-probs were asked.
-    Text { text: String, tokens: Vec<TokenOut> },
-    Finished { reason: FinishReason, completion_tokens: usize },
+    Text {
+        text: String,
+        tokens: Vec<TokenOut>,
+    },
+    Finished {
+        reason: FinishReason,
+        completion_tokens: usize,
+    },
     Failed(String),
 }
 
@@ -40,7 +46,12 @@ pub struct TextGeneration {
 }
 
 impl TextGeneration {
-    pub fn new(generation: Generation, tokenizer: Arc<Tokenizer>, stops: Vec<String>, logprobs: bool) -> Self {
+    pub fn new(
+        generation: Generation,
+        tokenizer: Arc<Tokenizer>,
+        stops: Vec<String>,
+        logprobs: bool,
+    ) -> Self {
         TextGeneration {
             generation: Some(generation),
             tokenizer,
@@ -81,7 +92,12 @@ impl TextGeneration {
         self.completion_tokens += 1;
         if self.logprobs {
             let tok = &self.tokenizer;
-            let piece = |id: u32| (String::from_utf8_lossy(tok.piece(id)).into_owned(), tok.piece(id).to_vec());
+            let piece = |id: u32| {
+                (
+                    String::from_utf8_lossy(tok.piece(id)).into_owned(),
+                    tok.piece(id).to_vec(),
+                )
+            };
             let (text, bytes) = piece(t.token_id);
             let top = t
                 .top_logprobs
@@ -91,7 +107,12 @@ impl TextGeneration {
                     (text, bytes, c.logprob)
                 })
                 .collect();
-            self.tokens.push(TokenOut { text, bytes, logprob: t.logprob, top });
+            self.tokens.push(TokenOut {
+                text,
+                bytes,
+                logprob: t.logprob,
+                top,
+            });
         }
         if self.tokenizer.is_end_of_generation(t.token_id) {
             return;
@@ -102,15 +123,24 @@ impl TextGeneration {
             // Dropping the generation cancels the sequence on every stage.
             self.finish(text, FinishReason::Stop);
         } else if !text.is_empty() {
-            self.out.push_back(Step::Text { text, tokens: std::mem::take(&mut self.tokens) });
+            self.out.push_back(Step::Text {
+                text,
+                tokens: std::mem::take(&mut self.tokens),
+            });
         }
     }
 
     fn finish(&mut self, text: String, reason: FinishReason) {
         if !text.is_empty() || !self.tokens.is_empty() {
-            self.out.push_back(Step::Text { text, tokens: std::mem::take(&mut self.tokens) });
+            self.out.push_back(Step::Text {
+                text,
+                tokens: std::mem::take(&mut self.tokens),
+            });
         }
-        self.out.push_back(Step::Finished { reason, completion_tokens: self.completion_tokens });
+        self.out.push_back(Step::Finished {
+            reason,
+            completion_tokens: self.completion_tokens,
+        });
         self.generation = None;
     }
 }

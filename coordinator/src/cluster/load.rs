@@ -21,7 +21,10 @@ pub enum ClusterError {
 }
 
 fn worker_err(addr: &str, message: impl std::fmt::Display) -> ClusterError {
-    ClusterError::Worker { addr: addr.to_string(), message: message.to_string() }
+    ClusterError::Worker {
+        addr: addr.to_string(),
+        message: message.to_string(),
+    }
 }
 
 /// A connected worker and what it said it offers.
@@ -33,10 +36,15 @@ pub struct WorkerHandle {
 }
 
 /// Connects to every worker and asks for its capabilities.
-pub async fn connect_workers(addrs: &[String], token: &str) -> Result<Vec<WorkerHandle>, ClusterError> {
+pub async fn connect_workers(
+    addrs: &[String],
+    token: &str,
+) -> Result<Vec<WorkerHandle>, ClusterError> {
     let mut out = Vec::with_capacity(addrs.len());
     for addr in addrs {
-        let mut client = strata_proto::connect(addr, token).await.map_err(|e| worker_err(addr, e))?;
+        let mut client = strata_proto::connect(addr, token)
+            .await
+            .map_err(|e| worker_err(addr, e))?;
         let caps = client
             .capabilities(v1::CapabilitiesRequest {})
             .await
@@ -49,7 +57,11 @@ pub async fn connect_workers(addrs: &[String], token: &str) -> Result<Vec<Worker
             caps.free_memory_bytes >> 20,
             caps.matvec_bytes_per_second / 1e9
         );
-        out.push(WorkerHandle { addr: addr.clone(), client, caps });
+        out.push(WorkerHandle {
+            addr: addr.clone(),
+            client,
+            caps,
+        });
     }
     Ok(out)
 }
@@ -60,9 +72,18 @@ pub fn worker_specs(workers: &[WorkerHandle]) -> Vec<WorkerSpec> {
     workers
         .iter()
         .map(|w| {
-            let backend = if w.caps.backend == "cuda" { Backend::Cuda } else { Backend::Cpu };
-            let host = w.addr.rsplit_once(':').map_or(w.addr.as_str(), |(h, _)| h).to_string();
-            let mut spec = WorkerSpec::new(w.addr.clone(), backend, host, w.caps.free_memory_bytes).with_link(Link::default());
+            let backend = if w.caps.backend == "cuda" {
+                Backend::Cuda
+            } else {
+                Backend::Cpu
+            };
+            let host = w
+                .addr
+                .rsplit_once(':')
+                .map_or(w.addr.as_str(), |(h, _)| h)
+                .to_string();
+            let mut spec = WorkerSpec::new(w.addr.clone(), backend, host, w.caps.free_memory_bytes)
+                .with_link(Link::default());
             if w.caps.matvec_bytes_per_second > 0.0 && w.caps.matvec_bytes_per_second.is_finite() {
                 spec = spec.with_bandwidth(w.caps.matvec_bytes_per_second);
             }
@@ -86,9 +107,18 @@ pub struct StageAssignment {
 #[derive(Debug, Clone)]
 pub enum LoadEvent {
     /// The worker has no copy: sending `total_bytes` of tensors.
-    Pushing { stage: usize, addr: String, sent_bytes: u64, total_bytes: u64 },
+    Pushing {
+        stage: usize,
+        addr: String,
+        sent_bytes: u64,
+        total_bytes: u64,
+    },
     /// A progress message from the worker.
-    Progress { stage: usize, addr: String, progress: v1::LoadProgress },
+    Progress {
+        stage: usize,
+        addr: String,
+        progress: v1::LoadProgress,
+    },
 }
 
 /// What every stage is loaded with.
@@ -109,10 +139,16 @@ pub async fn load_stages(
     mut on_event: impl FnMut(LoadEvent),
 ) -> Result<(), ClusterError> {
     for (i, st) in stages.iter().enumerate().rev() {
-        let next = stages.get(i + 1).map(|n| n.worker.addr.clone()).unwrap_or_default();
+        let next = stages
+            .get(i + 1)
+            .map(|n| n.worker.addr.clone())
+            .unwrap_or_default();
         let req = v1::LoadSliceRequest {
             model_digest: options.digest.clone(),
-            layers: Some(v1::LayerRange { first: st.range.first as u32, end: st.range.end as u32 }),
+            layers: Some(v1::LayerRange {
+                first: st.range.first as u32,
+                end: st.range.end as u32,
+            }),
             ctx_tokens: options.ctx_tokens,
             kv_type: v1::KvType::F16 as i32,
             next_stage_addr: next,
@@ -122,9 +158,16 @@ pub async fn load_stages(
         match load_one(i, st, req.clone(), &mut on_event).await {
             Err(e) if e.code() == tonic::Code::NotFound => {
                 push_with_progress(i, st, model.clone(), &options.digest, &mut on_event).await?;
-                load_one(i, st, req, &mut on_event).await.map_err(|e| worker_err(&st.worker.addr, e.message()))?;
+                load_one(i, st, req, &mut on_event)
+                    .await
+                    .map_err(|e| worker_err(&st.worker.addr, e.message()))?;
             }
-            Err(e) => return Err(worker_err(&st.worker.addr, format!("loading layers {}: {}", st.range, e.message()))),
+            Err(e) => {
+                return Err(worker_err(
+                    &st.worker.addr,
+                    format!("loading layers {}: {}", st.range, e.message()),
+                ))
+            }
             Ok(()) => {}
         }
     }
@@ -142,7 +185,11 @@ async fn load_one(
     let mut ready = false;
     while let Some(progress) = stream.message().await? {
         ready |= progress.phase == v1::load_progress::Phase::Ready as i32;
-        on_event(LoadEvent::Progress { stage, addr: st.worker.addr.clone(), progress });
+        on_event(LoadEvent::Progress {
+            stage,
+            addr: st.worker.addr.clone(),
+            progress,
+        });
     }
     if !ready {
         return Err(tonic::Status::internal("the load ended without READY"));
@@ -159,13 +206,22 @@ async fn push_with_progress(
     on_event: &mut impl FnMut(LoadEvent),
 ) -> Result<(), ClusterError> {
     let total_bytes: u64 = {
-        let n_layers = strata_model::arch::HyperParams::from_gguf(&model).map_err(|e| ClusterError::Model(e.to_string()))?.n_layers;
-        slice_tensors(&model, st.range, n_layers).iter().map(|t| t.size_bytes).sum()
+        let n_layers = strata_model::arch::HyperParams::from_gguf(&model)
+            .map_err(|e| ClusterError::Model(e.to_string()))?
+            .n_layers;
+        slice_tensors(&model, st.range, n_layers)
+            .iter()
+            .map(|t| t.size_bytes)
+            .sum()
     };
     let sent = Arc::new(AtomicU64::new(0));
     let mut client = st.worker.client.clone();
     let addr = st.worker.addr.clone();
-    tracing::info!("worker {addr} has no copy of the model: pushing layers {} ({} MiB)", st.range, total_bytes >> 20);
+    tracing::info!(
+        "worker {addr} has no copy of the model: pushing layers {} ({} MiB)",
+        st.range,
+        total_bytes >> 20
+    );
     let push = super::push::push_slice_counted(&mut client, model, digest, st.range, sent.clone());
     tokio::pin!(push);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -177,6 +233,16 @@ async fn push_with_progress(
             }),
         }
     };
-    on_event(LoadEvent::Pushing { stage, addr: addr.clone(), sent_bytes: sent.load(Ordering::Relaxed), total_bytes });
-    result.map(drop).map_err(|e| worker_err(&addr, format!("pushing layers {}: {}", st.range, e.message())))
+    on_event(LoadEvent::Pushing {
+        stage,
+        addr: addr.clone(),
+        sent_bytes: sent.load(Ordering::Relaxed),
+        total_bytes,
+    });
+    result.map(drop).map_err(|e| {
+        worker_err(
+            &addr,
+            format!("pushing layers {}: {}", st.range, e.message()),
+        )
+    })
 }

@@ -4,5 +4,8 @@
 mod load;
 mod push;
 
-pub use load::{connect_workers, load_stages, worker_specs, ClusterError, LoadEvent, LoadOptions, StageAssignment, WorkerHandle};
+pub use load::{
+    connect_workers, load_stages, worker_specs, ClusterError, LoadEvent, LoadOptions,
+    StageAssignment, WorkerHandle,
+};
 pub use push::{push_slice, CHUNK_BYTES};

@@ -36,27 +36,51 @@ pub(super) async fn push_slice_counted(
 ) -> Result<v1::PushSliceReply, Status> {
     let hp = HyperParams::from_gguf(&file).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let metadata_gguf = metadata_gguf(&file).map_err(|e| Status::internal(e.to_string()))?;
-    let names: Vec<String> = slice_tensors(&file, range, hp.n_layers).iter().map(|t| t.name.clone()).collect();
+    let names: Vec<String> = slice_tensors(&file, range, hp.n_layers)
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
     let header = v1::SliceHeader {
         model_digest: digest.to_string(),
-        layers: Some(v1::LayerRange { first: range.first as u32, end: range.end as u32 }),
+        layers: Some(v1::LayerRange {
+            first: range.first as u32,
+            end: range.end as u32,
+        }),
         metadata_gguf,
         tensors: names
             .iter()
             .filter_map(|n| file.tensor(n))
-            .map(|t| v1::TensorDesc { name: t.name.clone(), dims: t.dims.clone(), ggml_type: t.dtype.id(), size_bytes: t.size_bytes })
+            .map(|t| v1::TensorDesc {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ggml_type: t.dtype.id(),
+                size_bytes: t.size_bytes,
+            })
             .collect(),
     };
     let (tx, rx) = mpsc::channel::<v1::SliceChunk>(4);
     let producer = tokio::task::spawn_blocking(move || {
-        if tx.blocking_send(v1::SliceChunk { part: Some(v1::slice_chunk::Part::Header(header)) }).is_err() {
+        if tx
+            .blocking_send(v1::SliceChunk {
+                part: Some(v1::slice_chunk::Part::Header(header)),
+            })
+            .is_err()
+        {
             return;
         }
         for (i, name) in names.iter().enumerate() {
-            let Some(info) = file.tensor(name) else { continue };
+            let Some(info) = file.tensor(name) else {
+                continue;
+            };
             for chunk in file.tensor_data(info).chunks(CHUNK_BYTES) {
-                let part = v1::slice_chunk::Part::Data(v1::TensorChunk { tensor_index: i as u32, data: chunk.to_vec() });
-                if tx.blocking_send(v1::SliceChunk { part: Some(part) }).is_err() {
+                let part = v1::slice_chunk::Part::Data(v1::TensorChunk {
+                    tensor_index: i as u32,
+                    data: chunk.to_vec(),
+                });
+                if tx
+                    .blocking_send(v1::SliceChunk { part: Some(part) })
+                    .is_err()
+                {
                     return;
                 }
                 sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);

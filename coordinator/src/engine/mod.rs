@@ -97,11 +97,18 @@ pub struct Engine {
 
 impl Engine {
     /// Opens the data stream to stage 0 and starts the loop.
-    pub async fn start(stage0: WorkerClient, config: EngineConfig) -> Result<Engine, tonic::Status> {
+    pub async fn start(
+        stage0: WorkerClient,
+        config: EngineConfig,
+    ) -> Result<Engine, tonic::Status> {
         let stats = Arc::new(EngineStats::default());
         let (tx, rx) = mpsc::unbounded_channel();
         runner::spawn(stage0, config.clone(), rx, stats.clone()).await?;
-        Ok(Engine { tx, stats, config: Arc::new(config) })
+        Ok(Engine {
+            tx,
+            stats,
+            config: Arc::new(config),
+        })
     }
 
     pub fn stats(&self) -> &EngineStats {
@@ -118,7 +125,10 @@ impl Engine {
             return Err(EngineError::EmptyPrompt);
         }
         if req.prompt.len() >= self.config.ctx_size {
-            return Err(EngineError::PromptTooLong { prompt: req.prompt.len(), ctx: self.config.ctx_size });
+            return Err(EngineError::PromptTooLong {
+                prompt: req.prompt.len(),
+                ctx: self.config.ctx_size,
+            });
         }
         if let Some(why) = self.stats.failure() {
             return Err(EngineError::Stopped(why));
@@ -133,7 +143,12 @@ impl Engine {
         self.tx
             .send(Msg::Submit(seq, req, events_tx))
             .map_err(|_| EngineError::Stopped("the loop is gone".into()))?;
-        Ok(Generation { seq, events, cancel: self.tx.clone(), finished: false })
+        Ok(Generation {
+            seq,
+            events,
+            cancel: self.tx.clone(),
+            finished: false,
+        })
     }
 }
 
@@ -160,7 +175,9 @@ impl Generation {
             Some(Event::Done(_) | Event::Failed(_)) => self.finished = true,
             None => {
                 self.finished = true;
-                return Some(Event::Failed("the serving loop dropped the sequence".into()));
+                return Some(Event::Failed(
+                    "the serving loop dropped the sequence".into(),
+                ));
             }
             Some(Event::Token(_)) => {}
         }

@@ -81,7 +81,11 @@ pub(super) async fn spawn(
 }
 
 impl Runner {
-    async fn run(mut self, mut msgs: mpsc::UnboundedReceiver<Msg>, replies: tonic::Streaming<v1::StageReply>) {
+    async fn run(
+        mut self,
+        mut msgs: mpsc::UnboundedReceiver<Msg>,
+        replies: tonic::Streaming<v1::StageReply>,
+    ) {
         let mut replies = Some(replies);
         loop {
             self.admit();
@@ -114,15 +118,24 @@ impl Runner {
             return;
         }
         while self.seqs.len() < self.config.max_sequences {
-            let Some((id, req, events)) = self.queue.pop_front() else { break };
+            let Some((id, req, events)) = self.queue.pop_front() else {
+                break;
+            };
             self.stats.on_admit();
             if events.is_closed() {
                 self.stats.on_retire(true, false);
                 continue;
             }
-            let group = (0..self.group_busy.len()).min_by_key(|g| self.seqs.iter().filter(|s| s.group == *g).count()).unwrap_or(0);
+            let group = (0..self.group_busy.len())
+                .min_by_key(|g| self.seqs.iter().filter(|s| s.group == *g).count())
+                .unwrap_or(0);
             let room = self.config.ctx_size.saturating_sub(req.prompt.len());
-            tracing::debug!(seq = id, group, prompt_tokens = req.prompt.len(), "admitted");
+            tracing::debug!(
+                seq = id,
+                group,
+                prompt_tokens = req.prompt.len(),
+                "admitted"
+            );
             self.seqs.push(Seq {
                 id,
                 group,
@@ -156,7 +169,11 @@ impl Runner {
                     seq: s.id,
                     group,
                     prompt_tokens: s.prompt_len,
-                    phase: if s.cached < s.prompt_len { SeqPhase::Prefill { done: s.cached } } else { SeqPhase::Decode },
+                    phase: if s.cached < s.prompt_len {
+                        SeqPhase::Prefill { done: s.cached }
+                    } else {
+                        SeqPhase::Decode
+                    },
                     cached_tokens: s.cached,
                 })
                 .collect();
@@ -169,7 +186,9 @@ impl Runner {
             let mut wire = Vec::with_capacity(entries.len());
             let mut token_ids = Vec::new();
             for e in &entries {
-                let Some(s) = self.seqs.iter_mut().find(|s| s.id == e.seq) else { continue };
+                let Some(s) = self.seqs.iter_mut().find(|s| s.id == e.seq) else {
+                    continue;
+                };
                 s.in_flight = true;
                 token_ids.extend_from_slice(&s.history[e.start_pos..e.start_pos + e.n_tokens]);
                 wire.push(v1::BatchEntry {
@@ -182,7 +201,10 @@ impl Runner {
             }
             let n_tokens = token_ids.len();
             let frame = v1::BatchFrame {
-                header: Some(v1::BatchHeader { batch_id, entries: wire }),
+                header: Some(v1::BatchHeader {
+                    batch_id,
+                    entries: wire,
+                }),
                 token_ids,
                 activations: Vec::new(),
                 act_dtype: 0,
@@ -209,9 +231,12 @@ impl Runner {
         if failed {
             tracing::warn!("batch {} failed: {}", reply.batch_id, reply.error);
         }
-        let mut sampled: HashMap<u64, v1::SampledToken> = reply.tokens.into_iter().map(|t| (t.seq_id, t)).collect();
+        let mut sampled: HashMap<u64, v1::SampledToken> =
+            reply.tokens.into_iter().map(|t| (t.seq_id, t)).collect();
         for e in &batch.entries {
-            let Some(s) = self.seqs.iter_mut().find(|s| s.id == e.seq) else { continue };
+            let Some(s) = self.seqs.iter_mut().find(|s| s.id == e.seq) else {
+                continue;
+            };
             s.in_flight = false;
             if s.retired.is_some() {
                 continue;
@@ -226,7 +251,10 @@ impl Runner {
                 continue;
             }
             let Some(token) = sampled.remove(&s.id) else {
-                let _ = s.events.send(Event::Failed(format!("the last stage returned no token for sequence {}", s.id)));
+                let _ = s.events.send(Event::Failed(format!(
+                    "the last stage returned no token for sequence {}",
+                    s.id
+                )));
                 s.retired = Some(Retire::Failed);
                 continue;
             };
@@ -285,7 +313,12 @@ impl Runner {
         }
         let mut client = self.release_client.clone();
         tokio::spawn(async move {
-            if let Err(e) = client.release(v1::ReleaseRequest { seq_ids: ids.clone() }).await {
+            if let Err(e) = client
+                .release(v1::ReleaseRequest {
+                    seq_ids: ids.clone(),
+                })
+                .await
+            {
                 tracing::warn!("releasing sequences {ids:?}: {}", e.message());
             }
         });
@@ -309,8 +342,12 @@ impl Runner {
     }
 }
 
-async fn next_reply(replies: &mut Option<tonic::Streaming<v1::StageReply>>) -> Result<v1::StageReply, String> {
-    let Some(stream) = replies.as_mut() else { return std::future::pending().await };
+async fn next_reply(
+    replies: &mut Option<tonic::Streaming<v1::StageReply>>,
+) -> Result<v1::StageReply, String> {
+    let Some(stream) = replies.as_mut() else {
+        return std::future::pending().await;
+    };
     match stream.message().await {
         Ok(Some(r)) => Ok(r),
         Ok(None) => Err("stage 0 closed the data stream".into()),

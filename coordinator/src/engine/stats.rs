@@ -26,7 +26,8 @@ impl EngineStats {
     }
     pub(super) fn on_submit(&self, prompt_tokens: usize) {
         self.requests_total.fetch_add(1, Relaxed);
-        self.prompt_tokens_total.fetch_add(prompt_tokens as u64, Relaxed);
+        self.prompt_tokens_total
+            .fetch_add(prompt_tokens as u64, Relaxed);
         self.queued.fetch_add(1, Relaxed);
     }
     pub(super) fn on_admit(&self) {
@@ -53,7 +54,8 @@ impl EngineStats {
     }
     pub(super) fn on_batch_done(&self, sampled: usize) {
         self.in_flight_batches.fetch_sub(1, Relaxed);
-        self.generated_tokens_total.fetch_add(sampled as u64, Relaxed);
+        self.generated_tokens_total
+            .fetch_add(sampled as u64, Relaxed);
     }
     pub(super) fn set_failure(&self, why: String) {
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
@@ -61,7 +63,10 @@ impl EngineStats {
 
     /// Why the loop can no longer serve, if it cannot.
     pub fn failure(&self) -> Option<String> {
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     pub fn queued(&self) -> usize {
         self.queued.load(Relaxed) as usize
@@ -77,19 +82,77 @@ impl EngineStats {
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP strata_{name} {help}\n# TYPE strata_{name} {kind}\nstrata_{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP strata_{name} {help}\n# TYPE strata_{name} {kind}\nstrata_{name} {v}"
+            );
         };
-        metric("requests_total", "counter", "Generations submitted.", self.requests_total.load(Relaxed));
-        metric("prompt_tokens_total", "counter", "Prompt tokens submitted.", self.prompt_tokens_total.load(Relaxed));
-        metric("generated_tokens_total", "counter", "Tokens sampled.", self.generated_tokens_total.load(Relaxed));
-        metric("cancelled_total", "counter", "Generations cancelled by their client.", self.cancelled_total.load(Relaxed));
-        metric("failed_total", "counter", "Generations failed by a stage error.", self.failed_total.load(Relaxed));
-        metric("batches_total", "counter", "Micro-batches sent to stage 0.", self.batches_total.load(Relaxed));
-        metric("batch_tokens_total", "counter", "Tokens in those micro-batches.", self.batch_tokens_total.load(Relaxed));
-        metric("sequences_live", "gauge", "Sequences holding KV on the stages.", self.live.load(Relaxed));
-        metric("requests_queued", "gauge", "Requests waiting for a sequence slot.", self.queued.load(Relaxed));
-        metric("batches_in_flight", "gauge", "Micro-batches in the pipeline.", self.in_flight_batches.load(Relaxed));
-        metric("up", "gauge", "1 while the pipeline can serve.", u64::from(self.failure().is_none()));
+        metric(
+            "requests_total",
+            "counter",
+            "Generations submitted.",
+            self.requests_total.load(Relaxed),
+        );
+        metric(
+            "prompt_tokens_total",
+            "counter",
+            "Prompt tokens submitted.",
+            self.prompt_tokens_total.load(Relaxed),
+        );
+        metric(
+            "generated_tokens_total",
+            "counter",
+            "Tokens sampled.",
+            self.generated_tokens_total.load(Relaxed),
+        );
+        metric(
+            "cancelled_total",
+            "counter",
+            "Generations cancelled by their client.",
+            self.cancelled_total.load(Relaxed),
+        );
+        metric(
+            "failed_total",
+            "counter",
+            "Generations failed by a stage error.",
+            self.failed_total.load(Relaxed),
+        );
+        metric(
+            "batches_total",
+            "counter",
+            "Micro-batches sent to stage 0.",
+            self.batches_total.load(Relaxed),
+        );
+        metric(
+            "batch_tokens_total",
+            "counter",
+            "Tokens in those micro-batches.",
+            self.batch_tokens_total.load(Relaxed),
+        );
+        metric(
+            "sequences_live",
+            "gauge",
+            "Sequences holding KV on the stages.",
+            self.live.load(Relaxed),
+        );
+        metric(
+            "requests_queued",
+            "gauge",
+            "Requests waiting for a sequence slot.",
+            self.queued.load(Relaxed),
+        );
+        metric(
+            "batches_in_flight",
+            "gauge",
+            "Micro-batches in the pipeline.",
+            self.in_flight_batches.load(Relaxed),
+        );
+        metric(
+            "up",
+            "gauge",
+            "1 while the pipeline can serve.",
+            u64::from(self.failure().is_none()),
+        );
         out
     }
 }

@@ -25,7 +25,10 @@ struct Cost {
 
 impl Cost {
     fn then(self, time_s: f64, fill: f64) -> Cost {
-        Cost { time_s: self.time_s + time_s, worst_fill: self.worst_fill.max(fill) }
+        Cost {
+            time_s: self.time_s + time_s,
+            worst_fill: self.worst_fill.max(fill),
+        }
     }
     fn cmp(&self, other: &Cost) -> Ordering {
         let scale = self.time_s.abs().max(other.time_s.abs());
@@ -69,11 +72,17 @@ impl Sizes {
         Sizes {
             n: p.layers.len(),
             weight_prefix: prefix(&|il| p.layers[il].weight_bytes),
-            kv_held_prefix: prefix(&|il| p.layers[il].kv_bytes(req.kv_type, req.ctx_size).saturating_mul(par)),
+            kv_held_prefix: prefix(&|il| {
+                p.layers[il]
+                    .kv_bytes(req.kv_type, req.ctx_size)
+                    .saturating_mul(par)
+            }),
             kv_read_prefix: prefix(&|il| p.layers[il].kv_bytes(req.kv_type, req.ctx_size)),
             embedding: p.embedding_bytes,
             head: p.head_bytes,
-            scratch: p.scratch_bytes_per_token.saturating_mul(req.max_batch_tokens as u64),
+            scratch: p
+                .scratch_bytes_per_token
+                .saturating_mul(req.max_batch_tokens as u64),
             logits: p.logits_bytes.saturating_mul(par),
         }
     }
@@ -90,7 +99,9 @@ impl Sizes {
         self.scratch + if b == self.n { self.logits } else { 0 }
     }
     pub(super) fn memory(&self, a: usize, b: usize) -> u64 {
-        self.weights(a, b).saturating_add(self.kv(a, b)).saturating_add(self.scratch(b))
+        self.weights(a, b)
+            .saturating_add(self.kv(a, b))
+            .saturating_add(self.scratch(b))
     }
     /// Bytes a stage reads per token (the embedding lookup reads one row).
     fn read_per_token(&self, a: usize, b: usize) -> u64 {
@@ -106,10 +117,19 @@ impl Sizes {
 
 /// Bandwidth of each worker (unknown = mean of the known ones, or nominal).
 pub(super) fn bandwidths(workers: &[WorkerSpec]) -> Vec<f64> {
-    let known: Vec<f64> = workers.iter().filter_map(|w| w.matvec_bandwidth_bytes_per_s).collect();
-    let fallback =
-        if known.is_empty() { NOMINAL_BANDWIDTH_BYTES_PER_S } else { known.iter().sum::<f64>() / known.len() as f64 };
-    workers.iter().map(|w| w.matvec_bandwidth_bytes_per_s.unwrap_or(fallback)).collect()
+    let known: Vec<f64> = workers
+        .iter()
+        .filter_map(|w| w.matvec_bandwidth_bytes_per_s)
+        .collect();
+    let fallback = if known.is_empty() {
+        NOMINAL_BANDWIDTH_BYTES_PER_S
+    } else {
+        known.iter().sum::<f64>() / known.len() as f64
+    };
+    workers
+        .iter()
+        .map(|w| w.matvec_bandwidth_bytes_per_s.unwrap_or(fallback))
+        .collect()
 }
 
 fn hop_s(a: &WorkerSpec, b: &WorkerSpec, bytes: u64) -> f64 {
@@ -118,7 +138,10 @@ fn hop_s(a: &WorkerSpec, b: &WorkerSpec, bytes: u64) -> f64 {
     } else {
         Link {
             latency_s: a.link.latency_s.max(b.link.latency_s),
-            bandwidth_bytes_per_s: a.link.bandwidth_bytes_per_s.min(b.link.bandwidth_bytes_per_s),
+            bandwidth_bytes_per_s: a
+                .link
+                .bandwidth_bytes_per_s
+                .min(b.link.bandwidth_bytes_per_s),
         }
     };
     link.transfer_s(bytes)
@@ -138,8 +161,11 @@ pub(super) fn worker_orders(workers: &[WorkerSpec], bw: &[f64], usable: &[u64]) 
         }
     }
     let factorial = |k: usize| (1..=k).try_fold(1usize, |acc, x| acc.checked_mul(x));
-    let n_orders = factorial(groups.len())
-        .and_then(|n| groups.iter().try_fold(n, |acc: usize, g| acc.checked_mul(factorial(g.len())?)));
+    let n_orders = factorial(groups.len()).and_then(|n| {
+        groups
+            .iter()
+            .try_fold(n, |acc: usize, g| acc.checked_mul(factorial(g.len())?))
+    });
     let mut idx: Vec<usize> = (0..groups.len()).collect();
     if n_orders.is_some_and(|n| n <= MAX_ORDERS) {
         let member_orders: Vec<Vec<Vec<usize>>> = groups
@@ -154,7 +180,12 @@ pub(super) fn worker_orders(workers: &[WorkerSpec], bw: &[f64], usable: &[u64]) 
         permutations(&mut idx, 0, &mut |gp| {
             let mut choice = vec![0usize; gp.len()];
             loop {
-                out.push(gp.iter().zip(&choice).flat_map(|(&g, &c)| member_orders[g][c].iter().copied()).collect());
+                out.push(
+                    gp.iter()
+                        .zip(&choice)
+                        .flat_map(|(&g, &c)| member_orders[g][c].iter().copied())
+                        .collect(),
+                );
                 // Next combination of member orders (odometer).
                 let mut k = 0;
                 while k < gp.len() {
@@ -172,7 +203,12 @@ pub(super) fn worker_orders(workers: &[WorkerSpec], bw: &[f64], usable: &[u64]) 
         });
         return out;
     }
-    let flatten = |order: &[usize]| order.iter().flat_map(|&g| groups[g].iter().copied()).collect::<Vec<_>>();
+    let flatten = |order: &[usize]| {
+        order
+            .iter()
+            .flat_map(|&g| groups[g].iter().copied())
+            .collect::<Vec<_>>()
+    };
     if groups.len() <= MAX_PERMUTED_GROUPS {
         let mut out = Vec::new();
         permutations(&mut idx, 0, &mut |p| out.push(flatten(p)));
@@ -217,7 +253,8 @@ pub(super) fn best_plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<Pla
     let stages = stages
         .into_iter()
         .map(|(worker, a, b)| {
-            let (weight_bytes, kv_bytes, scratch_bytes) = (sizes.weights(a, b), sizes.kv(a, b), sizes.scratch(b));
+            let (weight_bytes, kv_bytes, scratch_bytes) =
+                (sizes.weights(a, b), sizes.kv(a, b), sizes.scratch(b));
             StagePlan {
                 worker,
                 first_layer: a,
@@ -227,13 +264,21 @@ pub(super) fn best_plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<Pla
                 weight_bytes,
                 kv_bytes,
                 scratch_bytes,
-                free_after: workers[worker].free_bytes.saturating_sub(weight_bytes + kv_bytes + scratch_bytes),
+                free_after: workers[worker]
+                    .free_bytes
+                    .saturating_sub(weight_bytes + kv_bytes + scratch_bytes),
                 time_per_token_s: sizes.read_per_token(a, b) as f64 / bw[worker],
             }
         })
         .collect::<Vec<_>>();
-    let bandwidth_measured = stages.iter().all(|s| workers[s.worker].matvec_bandwidth_bytes_per_s.is_some());
-    Some(Plan { stages, est_time_per_token_s: cost.time_s, bandwidth_measured })
+    let bandwidth_measured = stages
+        .iter()
+        .all(|s| workers[s.worker].matvec_bandwidth_bytes_per_s.is_some());
+    Some(Plan {
+        stages,
+        est_time_per_token_s: cost.time_s,
+        bandwidth_measured,
+    })
 }
 
 /// `(worker index, first layer, end layer)`.
@@ -268,13 +313,25 @@ fn plan_order(
         let arrive: Vec<Option<(Cost, usize)>> = (0..=n)
             .map(|a| {
                 if a == 0 {
-                    return Some((Cost { time_s: 0.0, worst_fill: 0.0 }, usize::MAX));
+                    return Some((
+                        Cost {
+                            time_s: 0.0,
+                            worst_fill: 0.0,
+                        },
+                        usize::MAX,
+                    ));
                 }
                 let mut best: Option<(Cost, usize)> = None;
                 for q in 0..p {
                     if let Some(e) = end[q][a] {
-                        let c =
-                            e.cost.then(hop_s(&workers[order[q]], &workers[wi], req.activation_bytes_per_token), 0.0);
+                        let c = e.cost.then(
+                            hop_s(
+                                &workers[order[q]],
+                                &workers[wi],
+                                req.activation_bytes_per_token,
+                            ),
+                            0.0,
+                        );
                         if c.better_than(&best.map(|b| b.0)) {
                             best = Some((c, q));
                         }
@@ -292,10 +349,18 @@ fn plan_order(
                 if mem > cap {
                     break; // every term only grows with b (head and logits at b == n too)
                 }
-                let fill = if cap == 0 { 1.0 } else { mem as f64 / cap as f64 };
+                let fill = if cap == 0 {
+                    1.0
+                } else {
+                    mem as f64 / cap as f64
+                };
                 let c = start.then(sizes.read_per_token(a, b) as f64 / bw[wi], fill);
                 if c.better_than(&end[p][b].map(|e| e.cost)) {
-                    end[p][b] = Some(Entry { cost: c, first: a, prev: if a == 0 { None } else { Some(q) } });
+                    end[p][b] = Some(Entry {
+                        cost: c,
+                        first: a,
+                        prev: if a == 0 { None } else { Some(q) },
+                    });
                 }
             }
         }

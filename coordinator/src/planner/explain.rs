@@ -78,15 +78,27 @@ fn largest(lo: usize, hi: usize, ok: impl Fn(usize) -> bool) -> Option<usize> {
 }
 
 fn max_ctx(req: &PlanRequest, workers: &[WorkerSpec], below: usize) -> Option<usize> {
-    let with_ctx = |c: usize| PlanRequest { ctx_size: c, ..req.clone() };
+    let with_ctx = |c: usize| PlanRequest {
+        ctx_size: c,
+        ..req.clone()
+    };
     let best = largest(1, below, |c| fits(&with_ctx(c), workers))?;
-    Some(if best >= CTX_STEP_TOKENS { best / CTX_STEP_TOKENS * CTX_STEP_TOKENS } else { best })
+    Some(if best >= CTX_STEP_TOKENS {
+        best / CTX_STEP_TOKENS * CTX_STEP_TOKENS
+    } else {
+        best
+    })
 }
 
 fn extra_worker(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<u64> {
     let with = |free_mib: usize| {
         let mut ws = workers.to_vec();
-        ws.push(WorkerSpec::new("another worker", Backend::Cuda, "another host", free_mib as u64 * MIB));
+        ws.push(WorkerSpec::new(
+            "another worker",
+            Backend::Cuda,
+            "another host",
+            free_mib as u64 * MIB,
+        ));
         fits(req, &ws)
     };
     // Enough to hold the whole model alone, margin included.
@@ -109,16 +121,33 @@ pub(super) fn does_not_fit(req: &PlanRequest, workers: &[WorkerSpec]) -> DoesNot
     let usable_bytes: u64 = usable.iter().sum();
     let largest_layer_bytes = (0..n).map(|il| sizes.memory(il, il + 1)).max().unwrap_or(0);
 
-    let mut s =
-        Suggestions { max_ctx_size: max_ctx(req, workers, req.ctx_size.saturating_sub(1)), ..Default::default() };
+    let mut s = Suggestions {
+        max_ctx_size: max_ctx(req, workers, req.ctx_size.saturating_sub(1)),
+        ..Default::default()
+    };
     if req.parallel > 1 {
-        s.max_parallel = largest(1, req.parallel - 1, |p| fits(&PlanRequest { parallel: p, ..req.clone() }, workers));
+        s.max_parallel = largest(1, req.parallel - 1, |p| {
+            fits(
+                &PlanRequest {
+                    parallel: p,
+                    ..req.clone()
+                },
+                workers,
+            )
+        });
     }
     if req.kv_type == KvType::F16 {
-        let q8 = PlanRequest { kv_type: KvType::Q8_0, ..req.clone() };
+        let q8 = PlanRequest {
+            kv_type: KvType::Q8_0,
+            ..req.clone()
+        };
         let ok = fits(&q8, workers);
         s.q8_0_kv_fits = Some(ok);
-        s.q8_0_max_ctx_size = if ok { None } else { max_ctx(&q8, workers, req.ctx_size.saturating_sub(1)) };
+        s.q8_0_max_ctx_size = if ok {
+            None
+        } else {
+            max_ctx(&q8, workers, req.ctx_size.saturating_sub(1))
+        };
     }
     s.extra_worker_free_bytes = extra_worker(req, workers);
 
@@ -179,17 +208,30 @@ impl fmt::Display for DoesNotFit {
         let s = &self.suggestions;
         write!(f, "what would make it fit:")?;
         match s.max_ctx_size {
-            Some(c) => write!(f, "\n  - a smaller context: --ctx-size {c} fits (the largest that does)")?,
+            Some(c) => write!(
+                f,
+                "\n  - a smaller context: --ctx-size {c} fits (the largest that does)"
+            )?,
             None => write!(f, "\n  - no smaller context fits")?,
         }
         if let Some(p) = s.max_parallel {
-            write!(f, "\n  - fewer sequences: --parallel {p} fits at --ctx-size {}", self.ctx_size)?;
+            write!(
+                f,
+                "\n  - fewer sequences: --parallel {p} fits at --ctx-size {}",
+                self.ctx_size
+            )?;
         }
         match (s.q8_0_kv_fits, s.q8_0_max_ctx_size) {
-            (Some(true), _) => write!(f, "\n  - KV in q8_0: --kv-type q8_0 fits at --ctx-size {}", self.ctx_size)?,
-            (Some(false), Some(c)) => {
-                write!(f, "\n  - KV in q8_0 does not fit at --ctx-size {}; with it --ctx-size {c} fits", self.ctx_size)?
-            }
+            (Some(true), _) => write!(
+                f,
+                "\n  - KV in q8_0: --kv-type q8_0 fits at --ctx-size {}",
+                self.ctx_size
+            )?,
+            (Some(false), Some(c)) => write!(
+                f,
+                "\n  - KV in q8_0 does not fit at --ctx-size {}; with it --ctx-size {c} fits",
+                self.ctx_size
+            )?,
             (Some(false), None) => write!(f, "\n  - KV in q8_0 does not fit either")?,
             (None, _) => {}
         }

@@ -25,8 +25,8 @@
 
 mod dp;
 mod explain;
-mod table;
 pub mod synth_profile;
+mod table;
 pub mod units;
 
 use std::fmt;
@@ -63,9 +63,15 @@ pub struct Link {
 
 impl Link {
     /// 10 GbE with a typical RPC round: what we assume when nothing was measured.
-    pub const DEFAULT_NETWORK: Link = Link { latency_s: 200e-6, bandwidth_bytes_per_s: 1.25e9 };
+    pub const DEFAULT_NETWORK: Link = Link {
+        latency_s: 200e-6,
+        bandwidth_bytes_per_s: 1.25e9,
+    };
     /// Two devices of one host (PCIe, shared memory).
-    pub const SAME_HOST: Link = Link { latency_s: 10e-6, bandwidth_bytes_per_s: 20e9 };
+    pub const SAME_HOST: Link = Link {
+        latency_s: 10e-6,
+        bandwidth_bytes_per_s: 20e9,
+    };
 
     pub fn transfer_s(&self, bytes: u64) -> f64 {
         self.latency_s + bytes as f64 / self.bandwidth_bytes_per_s
@@ -97,7 +103,12 @@ pub struct WorkerSpec {
 }
 
 impl WorkerSpec {
-    pub fn new(name: impl Into<String>, backend: Backend, host: impl Into<String>, free_bytes: u64) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        backend: Backend,
+        host: impl Into<String>,
+        free_bytes: u64,
+    ) -> Self {
         WorkerSpec {
             name: name.into(),
             backend,
@@ -132,7 +143,11 @@ pub struct SafetyMargin {
 impl Default for SafetyMargin {
     /// 5% of free memory + 256 MiB per GPU (+ 64 MiB per CPU worker).
     fn default() -> Self {
-        SafetyMargin { fraction: 0.05, fixed_gpu_bytes: 256 * MIB, fixed_cpu_bytes: 64 * MIB }
+        SafetyMargin {
+            fraction: 0.05,
+            fixed_gpu_bytes: 256 * MIB,
+            fixed_cpu_bytes: 64 * MIB,
+        }
     }
 }
 
@@ -257,7 +272,9 @@ pub enum PlanError {
 pub fn plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Result<Plan, PlanError> {
     match try_plan(req, workers)? {
         Some(p) => Ok(p),
-        None => Err(PlanError::DoesNotFit(Box::new(explain::does_not_fit(req, workers)))),
+        None => Err(PlanError::DoesNotFit(Box::new(explain::does_not_fit(
+            req, workers,
+        )))),
     }
 }
 
@@ -276,7 +293,8 @@ pub fn try_plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Result<Option<Plan
         )));
     }
     if let Some(w) = workers.iter().find(|w| {
-        w.matvec_bandwidth_bytes_per_s.is_some_and(|b| !(b > 0.0 && b.is_finite()))
+        w.matvec_bandwidth_bytes_per_s
+            .is_some_and(|b| !(b > 0.0 && b.is_finite()))
             || !(w.link.bandwidth_bytes_per_s > 0.0 && w.link.latency_s >= 0.0)
     }) {
         return Err(PlanError::Invalid(format!(

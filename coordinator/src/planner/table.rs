@@ -9,13 +9,19 @@ use super::{Plan, WorkerSpec};
 /// estimated time per token.
 pub fn table(p: &Plan, workers: &[WorkerSpec]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, 
+    let _ = writeln!(
+        out,
         "{:<5}  {:<24}  {:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>9}",
         "stage", "device", "layers", "weights", "KV", "scratch", "free after", "ms/token"
     );
     for (i, s) in p.stages.iter().enumerate() {
         let w = &workers[s.worker];
-        let mut device = format!("{} {} {}", w.name, w.backend.name(), format_bytes(w.free_bytes));
+        let mut device = format!(
+            "{} {} {}",
+            w.name,
+            w.backend.name(),
+            format_bytes(w.free_bytes)
+        );
         if w.host != w.name {
             device = format!("{device} @{}", w.host);
         }
@@ -26,7 +32,8 @@ pub fn table(p: &Plan, workers: &[WorkerSpec]) -> String {
         if s.has_head {
             layers.push_str(" +head");
         }
-        let _ = writeln!(out, 
+        let _ = writeln!(
+            out,
             "{i:<5}  {device:<24}  {layers:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>9.2}",
             format_bytes(s.weight_bytes),
             format_bytes(s.kv_bytes),
@@ -40,12 +47,21 @@ pub fn table(p: &Plan, workers: &[WorkerSpec]) -> String {
         .map(|i| workers[i].name.as_str())
         .collect();
     if !unused.is_empty() {
-        let _ = writeln!(out, "unused:  {} (not needed; each hop costs time)", unused.join(", "));
+        let _ = writeln!(
+            out,
+            "unused:  {} (not needed; each hop costs time)",
+            unused.join(", ")
+        );
     }
-    let _ = writeln!(out, 
+    let _ = writeln!(
+        out,
         "est. time per token: {:.2} ms (stages + hops){}",
         p.est_time_per_token_s * 1e3,
-        if p.bandwidth_measured { "" } else { " (no measured bandwidths: equal speeds assumed, relative only)" }
+        if p.bandwidth_measured {
+            ""
+        } else {
+            " (no measured bandwidths: equal speeds assumed, relative only)"
+        }
     );
     out
 }

@@ -10,16 +10,24 @@ const KIB: f64 = 1024.0;
 /// A bare number is bytes.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("{s:?}: expected a size like 16GiB, 12G, 512MiB or 1.5GiB"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size like 16GiB, 12G, 512MiB or 1.5GiB"))?;
     let scale = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" | "kib" => KIB,
         "m" | "mb" | "mib" => KIB * KIB,
         "g" | "gb" | "gib" => KIB * KIB * KIB,
         "t" | "tb" | "tib" => KIB * KIB * KIB * KIB,
-        other => return Err(format!("{s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB)")),
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB)"
+            ))
+        }
     };
     let bytes = value * scale;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {

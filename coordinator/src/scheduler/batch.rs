@@ -32,7 +32,10 @@ pub struct BatchPolicy {
 
 impl Default for BatchPolicy {
     fn default() -> Self {
-        BatchPolicy { max_batch_tokens: 512, max_prefill_chunk: 256 }
+        BatchPolicy {
+            max_batch_tokens: 512,
+            max_prefill_chunk: 256,
+        }
     }
 }
 
@@ -53,8 +56,16 @@ pub struct StepEntry {
 pub fn plan_step(seqs: &[SeqProgress], group: usize, policy: &BatchPolicy) -> Vec<StepEntry> {
     let mut entries = Vec::new();
     let mut budget = policy.max_batch_tokens.max(1);
-    for s in seqs.iter().filter(|s| s.group == group && s.phase == SeqPhase::Decode) {
-        entries.push(StepEntry { seq: s.seq, start_pos: s.cached_tokens, n_tokens: 1, samples: true });
+    for s in seqs
+        .iter()
+        .filter(|s| s.group == group && s.phase == SeqPhase::Decode)
+    {
+        entries.push(StepEntry {
+            seq: s.seq,
+            start_pos: s.cached_tokens,
+            n_tokens: 1,
+            samples: true,
+        });
         budget = budget.saturating_sub(1);
     }
     for s in seqs.iter().filter(|s| s.group == group) {
@@ -64,7 +75,12 @@ pub fn plan_step(seqs: &[SeqProgress], group: usize, policy: &BatchPolicy) -> Ve
         if let SeqPhase::Prefill { done } = s.phase {
             let left = s.prompt_tokens - done;
             let n = left.min(policy.max_prefill_chunk.max(1)).min(budget);
-            entries.push(StepEntry { seq: s.seq, start_pos: done, n_tokens: n, samples: n == left });
+            entries.push(StepEntry {
+                seq: s.seq,
+                start_pos: done,
+                n_tokens: n,
+                samples: n == left,
+            });
             budget -= n;
         }
     }
@@ -76,7 +92,13 @@ mod tests {
     use super::*;
 
     fn seq(seq: u64, group: usize, prompt: usize, phase: SeqPhase, cached: usize) -> SeqProgress {
-        SeqProgress { seq, group, prompt_tokens: prompt, phase, cached_tokens: cached }
+        SeqProgress {
+            seq,
+            group,
+            prompt_tokens: prompt,
+            phase,
+            cached_tokens: cached,
+        }
     }
 
     #[test]
@@ -87,15 +109,38 @@ mod tests {
             seq(3, 0, 5, SeqPhase::Decode, 7),
             seq(4, 0, 100, SeqPhase::Prefill { done: 90 }, 90),
         ];
-        let policy = BatchPolicy { max_batch_tokens: 300, max_prefill_chunk: 256 };
+        let policy = BatchPolicy {
+            max_batch_tokens: 300,
+            max_prefill_chunk: 256,
+        };
         let step = plan_step(&seqs, 0, &policy);
         assert_eq!(
             step,
             vec![
-                StepEntry { seq: 1, start_pos: 12, n_tokens: 1, samples: true },
-                StepEntry { seq: 3, start_pos: 7, n_tokens: 1, samples: true },
-                StepEntry { seq: 2, start_pos: 0, n_tokens: 256, samples: false },
-                StepEntry { seq: 4, start_pos: 90, n_tokens: 10, samples: true },
+                StepEntry {
+                    seq: 1,
+                    start_pos: 12,
+                    n_tokens: 1,
+                    samples: true
+                },
+                StepEntry {
+                    seq: 3,
+                    start_pos: 7,
+                    n_tokens: 1,
+                    samples: true
+                },
+                StepEntry {
+                    seq: 2,
+                    start_pos: 0,
+                    n_tokens: 256,
+                    samples: false
+                },
+                StepEntry {
+                    seq: 4,
+                    start_pos: 90,
+                    n_tokens: 10,
+                    samples: true
+                },
             ]
         );
         assert!(step.iter().map(|e| e.n_tokens).sum::<usize>() <= policy.max_batch_tokens);
@@ -103,7 +148,10 @@ mod tests {
 
     #[test]
     fn only_the_requested_group() {
-        let seqs = [seq(1, 0, 3, SeqPhase::Decode, 4), seq(2, 1, 3, SeqPhase::Decode, 4)];
+        let seqs = [
+            seq(1, 0, 3, SeqPhase::Decode, 4),
+            seq(2, 1, 3, SeqPhase::Decode, 4),
+        ];
         let step = plan_step(&seqs, 1, &BatchPolicy::default());
         assert_eq!(step.len(), 1);
         assert_eq!(step[0].seq, 2);
@@ -113,7 +161,10 @@ mod tests {
     fn long_prompt_is_chunked_and_never_starves_decoders() {
         // A 2000-token prompt arrives while two sequences decode: every
         // step still carries both decode tokens.
-        let policy = BatchPolicy { max_batch_tokens: 128, max_prefill_chunk: 128 };
+        let policy = BatchPolicy {
+            max_batch_tokens: 128,
+            max_prefill_chunk: 128,
+        };
         let mut done = 0;
         let mut steps = 0;
         while done < 2000 {
@@ -123,7 +174,10 @@ mod tests {
                 seq(3, 0, 4, SeqPhase::Decode, 4 + steps),
             ];
             let step = plan_step(&seqs, 0, &policy);
-            assert_eq!(step.iter().filter(|e| e.n_tokens == 1 && e.samples).count(), 2);
+            assert_eq!(
+                step.iter().filter(|e| e.n_tokens == 1 && e.samples).count(),
+                2
+            );
             let chunk = step.iter().find(|e| e.seq == 2).unwrap();
             assert_eq!(chunk.start_pos, done);
             assert!(chunk.n_tokens <= 126);

@@ -1,0 +1,204 @@
+//! `strata serve`: the OpenAI API over a model placed on workers; with no
+//! `--worker`, over a worker started in this process.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use strata_coordinator::cluster::LoadEvent;
+use strata_coordinator::serve::{serve, LoadReporter, ServeConfig};
+use strata_kernels::CpuBackend;
+use strata_proto::v1;
+use strata_worker::service::{WorkerConfig, WorkerService};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// GGUF model file (first shard of a split model).
+    #[arg(long, short = 'm')]
+    pub model: PathBuf,
+    /// A worker's address (repeat for each). None: run one in this process.
+    #[arg(long = "worker", value_name = "HOST:PORT")]
+    pub workers: Vec<String>,
+    /// File holding the cluster token the workers were started with.
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// The cluster token itself (prefer --token-file: argv is visible to other users).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Address of the HTTP API; loopback unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Context per sequence, in tokens (capped at the model's).
+    #[arg(long, short = 'c', default_value_t = 4096)]
+    pub ctx_size: usize,
+    /// Sequences served at once (each gets --ctx-size of KV cache).
+    #[arg(long, short = 'n', visible_alias = "np", default_value_t = 4)]
+    pub parallel: usize,
+    /// Require `Authorization: Bearer KEY` on the API.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Model name in the API (default: the model's general.name).
+    #[arg(long)]
+    pub alias: Option<String>,
+    /// Tokens per micro-batch (decode tokens + prompt chunks).
+    #[arg(long, short = 'b', default_value_t = 512)]
+    pub batch_size: usize,
+    /// How hidden states travel between workers: f16 (half the bytes) or
+    /// f32 (lossless).
+    #[arg(long, default_value = "f16")]
+    pub act_dtype: String,
+    /// Embedded worker: CPU threads (default: all cores).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Embedded worker: cap on the memory it loads into, e.g. 12GiB.
+    #[arg(long, value_parser = super::parse_size)]
+    pub mem_budget: Option<u64>,
+}
+
+/// Plan table and a bar for slices being sent, on stderr.
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl LoadReporter for Progress {
+    fn plan(&mut self, table: &str) {
+        eprintln!("{table}");
+    }
+    fn event(&mut self, e: &LoadEvent) {
+        match e {
+            LoadEvent::Pushing {
+                stage,
+                addr,
+                sent_bytes,
+                total_bytes,
+            } => {
+                let bar = self.bar.get_or_insert_with(|| {
+                    let b = ProgressBar::new(*total_bytes);
+                    b.set_style(
+                        ProgressStyle::with_template(
+                            "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    );
+                    b.set_message(format!("stage {stage}: sending the slice to {addr}"));
+                    b
+                });
+                bar.set_position(*sent_bytes);
+                if sent_bytes >= total_bytes {
+                    bar.finish();
+                    self.bar = None;
+                }
+            }
+            LoadEvent::Progress {
+                stage,
+                addr,
+                progress,
+            } => {
+                tracing::info!("stage {stage} ({addr}): {}", progress.message);
+            }
+        }
+    }
+    fn ready(&mut self, addr: std::net::SocketAddr) {
+        eprintln!("serving on http://{addr}/v1");
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let act_dtype = match args.act_dtype.to_ascii_lowercase().as_str() {
+        "f16" => v1::ActDtype::F16,
+        "f32" => v1::ActDtype::F32,
+        other => anyhow::bail!("unknown --act-dtype {other:?} (f16 or f32)"),
+    };
+    anyhow::ensure!(
+        args.parallel >= 1 && args.ctx_size >= 2 && args.batch_size >= 1,
+        "--parallel, --ctx-size and --batch-size must be positive"
+    );
+    let token = super::read_token(args.token.as_deref(), args.token_file.as_deref())?;
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .context("setting up the thread pool")?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("strata-serve")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let mut config = ServeConfig {
+            model_path: args.model.clone(),
+            workers: args.workers.clone(),
+            token: String::new(),
+            local_workers: Vec::new(),
+            listen: args.listen,
+            ctx_size: args.ctx_size,
+            parallel: args.parallel,
+            api_key: args.api_key.clone(),
+            alias: args.alias.clone(),
+            act_dtype,
+            batch_tokens: args.batch_size,
+        };
+        // Keeps the embedded worker serving until we return.
+        let mut _embedded = None;
+        if args.workers.is_empty() {
+            let (addr, token, stop) = start_embedded_worker(args.mem_budget).await?;
+            config.workers = vec![addr.clone()];
+            config.local_workers = vec![addr];
+            config.token = token;
+            _embedded = Some(stop);
+        } else {
+            config.token = token
+                .context("--worker needs the cluster token: --token-file FILE (or --token)")?;
+            anyhow::ensure!(
+                args.mem_budget.is_none(),
+                "--mem-budget is for the embedded worker; give it to `strata worker`"
+            );
+        }
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        };
+        serve(config, Progress { bar: None }, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// A worker in this process on a loopback port with a one-off token.
+async fn start_embedded_worker(
+    mem_budget: Option<u64>,
+) -> anyhow::Result<(String, String, tokio::sync::oneshot::Sender<()>)> {
+    let token: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let cache_dir = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into()))
+        .join(".cache/strata/slices");
+    let config = WorkerConfig {
+        token: token.clone(),
+        mem_budget_bytes: mem_budget,
+        model_dir: None,
+        cache_dir,
+        threads: rayon::current_num_threads(),
+    };
+    let service =
+        tokio::task::spawn_blocking(move || WorkerService::start(config, CpuBackend::new))
+            .await??;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the embedded worker")?;
+    let addr = listener.local_addr()?.to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        if let Err(e) = service
+            .serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        {
+            tracing::error!("embedded worker: {e}");
+        }
+    });
+    tracing::info!("embedded worker on {addr}");
+    Ok((addr, token, stop))
+}
