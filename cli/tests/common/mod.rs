@@ -1,0 +1,289 @@
+//! Shared by the process tests: the test models, llama.cpp's references,
+//! `strata worker` / `strata serve` processes on loopback ports, and a
+//! plain HTTP client for the API.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const TOKEN: &str = "e2e-cluster-secret";
+
+pub fn models_dir() -> PathBuf {
+    std::env::var("STRATA_MODELS")
+        .map(Into::into)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/strata/models")
+        })
+}
+
+pub fn model(file: &str) -> PathBuf {
+    let p = models_dir().join(file);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        p.display()
+    );
+    p
+}
+
+pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
+
+/// `shared/reference/<name>.json`.
+pub fn reference(name: &str) -> Value {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../shared/reference/{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("reference json")
+}
+
+/// A child process whose stderr lines are collected; killed on drop.
+pub struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+    name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(args)
+            .env("STRATA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn strata");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            log: Vec::new(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle`; returns what follows it.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line
+                        .find(needle)
+                        .map(|i| line[i + needle.len()..].to_string());
+                    self.log.push(line);
+                    if let Some(rest) = found {
+                        return rest;
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: no line with {needle:?} within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `strata worker` on a free loopback port.
+pub struct Worker {
+    pub proc: Proc,
+    pub addr: String,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+pub fn token_file(dir: &Path) -> PathBuf {
+    let p = dir.join("token");
+    std::fs::write(&p, format!("{TOKEN}\n")).expect("token file");
+    p
+}
+
+impl Worker {
+    pub fn start(mem_budget: &str, model_dir: Option<&Path>) -> Worker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = token_file(dir.path());
+        let cache = dir.path().join("slices");
+        let mut args = vec![
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            token.to_str().unwrap(),
+            "--mem-budget",
+            mem_budget,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "-t",
+            "1",
+        ];
+        let md;
+        if let Some(d) = model_dir {
+            md = d.display().to_string();
+            args.extend(["--model-dir", &md]);
+        }
+        let mut proc = Proc::spawn("worker", &args);
+        let rest = proc.wait_for("worker listening on ", Duration::from_secs(60));
+        let addr = rest.split_whitespace().next().expect("address").to_string();
+        Worker {
+            proc,
+            addr,
+            _dirs: vec![dir],
+        }
+    }
+
+    /// The worker's Health, over gRPC with the cluster token.
+    pub fn health(&self) -> strata_proto::v1::HealthReply {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut c = strata_proto::connect(&self.addr, TOKEN)
+                .await
+                .expect("connect");
+            c.health(strata_proto::v1::HealthRequest {})
+                .await
+                .expect("health")
+                .into_inner()
+        })
+    }
+}
+
+/// A `strata serve` on a free loopback port, ready to answer.
+pub struct Server {
+    pub proc: Proc,
+    pub base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// `extra` goes after `serve -m MODEL --listen 127.0.0.1:0 --token-file F`.
+    pub fn start(model: &Path, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = token_file(dir.path());
+        let mut args = vec![
+            "serve",
+            "-m",
+            model.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            token.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn("serve", &args);
+        let rest = proc.wait_for("serving on http://", Duration::from_secs(300));
+        let addr = rest.trim().trim_end_matches("/v1").to_string();
+        Server {
+            proc,
+            base: format!("http://{addr}"),
+            _dir: dir,
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(300)))
+        .build()
+        .into()
+}
+
+/// POSTs JSON; returns the status and the parsed body.
+pub fn post(url: &str, body: &Value) -> (u16, Value) {
+    post_with(url, body, None)
+}
+
+pub fn post_with(url: &str, body: &Value, api_key: Option<&str>) -> (u16, Value) {
+    let mut req = agent().post(url).header("content-type", "application/json");
+    if let Some(k) = api_key {
+        req = req.header("authorization", &format!("Bearer {k}"));
+    }
+    let mut resp = req.send(body.to_string()).expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}: {text}")),
+    )
+}
+
+pub fn get(url: &str) -> (u16, String) {
+    let mut resp = agent().get(url).call().expect("request");
+    (
+        resp.status().as_u16(),
+        resp.body_mut().read_to_string().expect("body"),
+    )
+}
+
+/// An SSE response read line by line.
+pub struct EventStream {
+    reader: BufReader<Box<dyn Read + Send + Sync>>,
+}
+
+impl EventStream {
+    pub fn open(url: &str, body: &Value) -> EventStream {
+        let resp = agent()
+            .post(url)
+            .header("content-type", "application/json")
+            .send(body.to_string())
+            .expect("request");
+        assert_eq!(resp.status().as_u16(), 200, "stream status");
+        let reader: Box<dyn Read + Send + Sync> = Box::new(resp.into_body().into_reader());
+        EventStream {
+            reader: BufReader::new(reader),
+        }
+    }
+
+    /// The next `data:` payload; `None` at the end of the stream.
+    pub fn next_data(&mut self) -> Option<String> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if let Some(d) = line.trim_end().strip_prefix("data: ") {
+                return Some(d.to_string());
+            }
+        }
+    }
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}

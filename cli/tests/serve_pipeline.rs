@@ -1,0 +1,175 @@
+//! One model over three `strata worker` processes and a `strata serve`
+//! coordinator on loopback: the budgets force an uneven three-way split,
+//! and greedy output must equal a single-process run and llama.cpp's.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{model, post, reference, EventStream, Server, Worker, GEMMA3, SMOLLM2};
+use serde_json::{json, Value};
+
+/// `strata generate` in one process: the text the pipeline must reproduce.
+fn single_process(model_path: &std::path::Path, prompt: &str, n: usize) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args([
+            "generate",
+            "-m",
+            model_path.to_str().unwrap(),
+            "-p",
+            prompt,
+            "-n",
+            &n.to_string(),
+            "--temp",
+            "0",
+        ])
+        .env("STRATA_LOG", "warn")
+        .output()
+        .expect("run strata generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// llama.cpp's greedy text up to its first near tie (top-2 log-probs within
+/// 0.5): past it, a last-bit difference may pick the other token.
+fn reference_prefix(r: &Value, case: usize) -> (String, String, usize) {
+    let g = &r["greedy"][case];
+    let steps = g["steps"].as_array().expect("steps");
+    let sure = steps
+        .iter()
+        .position(|s| {
+            let top = s["top"].as_array().expect("top");
+            top[0][1].as_f64().unwrap() - top[1][1].as_f64().unwrap() < 0.5
+        })
+        .unwrap_or(steps.len());
+    let text: String = steps[..sure]
+        .iter()
+        .map(|s| s["piece"].as_str().map(str::to_string).unwrap_or_default())
+        .collect();
+    (g["prompt"].as_str().unwrap().to_string(), text, steps.len())
+}
+
+fn stage_ranges(server: &Server) -> Vec<String> {
+    let (status, body) = common::get(&format!("{}/health", server.base));
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn run_three_workers(file: &str, reference_name: &str, budgets: [&str; 3]) {
+    let model_path = model(file);
+    // One worker reads its own copy; the others get their slices pushed.
+    let model_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&model_path, model_dir.path().join(file)).unwrap();
+    let workers = [
+        Worker::start(budgets[0], Some(model_dir.path())),
+        Worker::start(budgets[1], None),
+        Worker::start(budgets[2], None),
+    ];
+    let mut args = vec!["-c", "512", "-n", "2", "--act-dtype", "f32"];
+    for w in &workers {
+        args.extend(["--worker", w.addr.as_str()]);
+    }
+    let server = Server::start(&model_path, &args);
+
+    let stages = stage_ranges(&server);
+    assert_eq!(
+        stages.len(),
+        3,
+        "budgets must force three stages: {stages:?}"
+    );
+    let sizes: Vec<usize> = stages
+        .iter()
+        .map(|s| {
+            let r = s.rsplit(' ').next().unwrap();
+            let (a, b) = r.split_once("..").unwrap();
+            b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap()
+        })
+        .collect();
+    assert!(
+        sizes.iter().any(|&n| n != sizes[0]),
+        "the split should be uneven: {stages:?}"
+    );
+
+    let r = reference(reference_name);
+    let (prompt, sure_prefix, n) = reference_prefix(&r, 0);
+    let expected = single_process(&model_path, &prompt, n);
+    let (status, body) = post(
+        &format!("{}/v1/completions", server.base),
+        &json!({"prompt": prompt, "max_tokens": n, "temperature": 0, "logprobs": 2}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(text, expected, "three workers vs one process");
+    assert!(
+        text.starts_with(&sure_prefix),
+        "vs llama.cpp: {text:?} does not start with {sure_prefix:?}"
+    );
+    if sure_prefix.len() == r["greedy"][0]["content"].as_str().unwrap().len() {
+        assert_eq!(text, r["greedy"][0]["content"].as_str().unwrap());
+    }
+    assert_eq!(body["usage"]["completion_tokens"], n);
+    assert_eq!(
+        body["choices"][0]["logprobs"]["tokens"]
+            .as_array()
+            .unwrap()
+            .len(),
+        n
+    );
+
+    // Every stage holds the sequence's KV only while it runs; a client that
+    // drops its stream frees its blocks on all three.
+    for w in &workers {
+        assert!(
+            common::eventually(Duration::from_secs(10), || w.health().kv_blocks_used == 0),
+            "finished sequence not freed"
+        );
+    }
+    let mut stream = EventStream::open(
+        &format!("{}/v1/completions", server.base),
+        &json!({"prompt": "Once upon a time", "max_tokens": 400, "temperature": 0, "stream": true}),
+    );
+    for _ in 0..3 {
+        stream.next_data().expect("a chunk");
+    }
+    for w in &workers {
+        let h = w.health();
+        assert_eq!(
+            h.live_sequences, 1,
+            "{}: the live sequence holds KV",
+            w.addr
+        );
+        assert!(h.kv_blocks_used >= 1);
+    }
+    drop(stream);
+    for w in &workers {
+        assert!(
+            common::eventually(Duration::from_secs(20), || {
+                let h = w.health();
+                h.live_sequences == 0 && h.kv_blocks_used == 0
+            }),
+            "{}: the dropped stream's blocks were not freed: {:?}",
+            w.addr,
+            w.health()
+        );
+    }
+}
+
+#[test]
+fn three_workers_serve_smollm2_token_for_token() {
+    run_three_workers(SMOLLM2, "smollm2-135m", ["150MiB", "125MiB", "120MiB"]);
+}
+
+#[test]
+fn three_workers_serve_gemma3_token_for_token() {
+    run_three_workers(GEMMA3, "gemma3-270m", ["285MiB", "295MiB", "140MiB"]);
+}
