@@ -173,3 +173,60 @@ fn three_workers_serve_smollm2_token_for_token() {
 fn three_workers_serve_gemma3_token_for_token() {
     run_three_workers(GEMMA3, "gemma3-270m", ["285MiB", "295MiB", "140MiB"]);
 }
+
+#[test]
+fn a_worker_that_dies_fails_its_streams_and_health_says_which() {
+    let model_path = model(SMOLLM2);
+    let mut workers = [Worker::start("200MiB", None), Worker::start("200MiB", None)];
+    let server = Server::start(
+        &model_path,
+        &[
+            "-c",
+            "512",
+            "-n",
+            "2",
+            "--worker",
+            &workers[0].addr,
+            "--worker",
+            &workers[1].addr,
+        ],
+    );
+    let stages = stage_ranges(&server);
+    assert_eq!(stages.len(), 2, "{stages:?}");
+    let last = stages[1].split(' ').next().unwrap().to_string();
+    let mut stream = EventStream::open(
+        &format!("{}/v1/completions", server.base),
+        &json!({"prompt": "Once upon a time", "max_tokens": 480, "temperature": 0, "stream": true, "ignore_eos": true}),
+    );
+    stream.next_data().expect("a first chunk");
+    workers
+        .iter_mut()
+        .find(|w| w.addr == last)
+        .unwrap()
+        .proc
+        .kill();
+    // The stream ends (no hang) with an error, then [DONE].
+    let mut error = None;
+    while let Some(d) = stream.next_data() {
+        if d.contains("\"error\"") {
+            error = Some(d);
+        }
+    }
+    let error = error.expect("an error event before the stream ended");
+    assert!(
+        error.contains(&last),
+        "the error names the dead worker {last}: {error}"
+    );
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            let (status, body) = common::get(&format!("{}/health", server.base));
+            status == 503 && body.contains(&last)
+        }),
+        "/health should say which worker is gone"
+    );
+    let (status, body) = post(
+        &format!("{}/v1/completions", server.base),
+        &json!({"prompt": "Hi", "max_tokens": 4}),
+    );
+    assert_eq!(status, 503, "{body}");
+}

@@ -245,15 +245,20 @@ async fn start_pipeline(
         stop_tokens: model.tokenizer.end_of_generation_tokens().collect(),
         max_queued: 1024,
     };
-    let engine = Engine::start(stages[0].worker.client.clone(), engine_config)
-        .await
-        .map_err(|e| {
-            ServeError::Load(format!(
-                "opening the data stream to stage 0 ({}): {}",
-                stages[0].worker.addr,
-                e.message()
-            ))
-        })?;
+    let engine = Engine::start(
+        stages[0].worker.client.clone(),
+        stages[0].worker.addr.clone(),
+        engine_config,
+    )
+    .await
+    .map_err(|e| {
+        ServeError::Load(format!(
+            "opening the data stream to stage 0 ({}): {}",
+            stages[0].worker.addr,
+            e.message()
+        ))
+    })?;
+    tokio::spawn(watch_stages(stages.clone(), engine.clone()));
     let stage_names = stages
         .iter()
         .map(|s| format!("{} layers {}", s.worker.addr, s.range))
@@ -290,6 +295,46 @@ pub fn describe(e: &LoadEvent, n_stages: usize) -> String {
                 stage + 1,
                 progress.message
             )
+        }
+    }
+}
+
+/// How often every stage's worker is asked for its health.
+const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Fails the engine (503s, `/health` says why) when a stage's worker stops
+/// answering or loses its slice. Re-planning over the others is future work.
+async fn watch_stages(stages: Vec<StageAssignment>, engine: Engine) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    loop {
+        tick.tick().await;
+        for (i, st) in stages.iter().enumerate() {
+            let mut client = st.worker.client.clone();
+            let probe =
+                tokio::time::timeout(HEALTH_INTERVAL * 2, client.health(v1::HealthRequest {}))
+                    .await;
+            let why = match probe {
+                Err(_) => Some("does not answer".to_string()),
+                Ok(Err(e)) => Some(format!("is unreachable: {}", e.message())),
+                Ok(Ok(h)) => {
+                    let h = h.into_inner();
+                    let holds = h.layers.is_some_and(|l| {
+                        l.first as usize == st.range.first && l.end as usize == st.range.end
+                    });
+                    (h.status != v1::health_reply::Status::Ready as i32 || !holds)
+                        .then(|| format!("no longer holds its layers ({})", h.message))
+                }
+            };
+            if let Some(why) = why {
+                engine.fail(format!(
+                    "stage {i} worker {} (layers {}) {why}",
+                    st.worker.addr, st.range
+                ));
+                return;
+            }
+        }
+        if engine.stats().failure().is_some() {
+            return;
         }
     }
 }

@@ -131,6 +131,7 @@ async fn run(
             prompt,
             sampling: wire_sampling(&params),
             max_tokens: params.max_tokens.unwrap_or(usize::MAX),
+            ignore_eos: params.ignore_eos,
         })
         .map_err(engine_error)?;
     let meta = ResponseMeta::new(endpoint, generation.seq_id(), &st.model_name);

@@ -58,6 +58,9 @@ pub struct SamplingFields {
     pub max_tokens: Option<i64>,
     pub max_completion_tokens: Option<i64>,
     pub n: Option<i64>,
+    /// llama-server's: keep generating past end-of-generation tokens.
+    #[serde(default)]
+    pub ignore_eos: bool,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
@@ -114,6 +117,7 @@ pub struct GenerationParams {
     pub logprobs: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
+    pub ignore_eos: bool,
 }
 
 /// OpenAI caps top_logprobs at 20.
@@ -196,6 +200,7 @@ impl SamplingFields {
                 .stream_options
                 .as_ref()
                 .is_some_and(|o| o.include_usage),
+            ignore_eos: self.ignore_eos,
         })
     }
 }

@@ -40,6 +40,8 @@ pub struct GenerationRequest {
     pub sampling: v1::SamplingParams,
     /// At most this many tokens (the context may stop it sooner).
     pub max_tokens: usize,
+    /// Keep going past end-of-generation tokens.
+    pub ignore_eos: bool,
 }
 
 /// Why a generation ended.
@@ -85,6 +87,8 @@ pub enum EngineError {
 enum Msg {
     Submit(u64, GenerationRequest, mpsc::UnboundedSender<Event>),
     Cancel(u64),
+    /// Look at the failure flag now.
+    Wake,
 }
 
 /// Handle to the serving loop. Cheap to clone.
@@ -99,11 +103,12 @@ impl Engine {
     /// Opens the data stream to stage 0 and starts the loop.
     pub async fn start(
         stage0: WorkerClient,
+        stage0_addr: String,
         config: EngineConfig,
     ) -> Result<Engine, tonic::Status> {
         let stats = Arc::new(EngineStats::default());
         let (tx, rx) = mpsc::unbounded_channel();
-        runner::spawn(stage0, config.clone(), rx, stats.clone()).await?;
+        runner::spawn(stage0, stage0_addr, config.clone(), rx, stats.clone()).await?;
         Ok(Engine {
             tx,
             stats,
@@ -117,6 +122,16 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// Stops serving: live and queued requests fail with `why`, new ones get
+    /// it as their error (a stage's worker went away).
+    pub fn fail(&self, why: String) {
+        if self.stats.failure().is_none() {
+            tracing::error!("{why}");
+            self.stats.set_failure(why);
+        }
+        let _ = self.tx.send(Msg::Wake);
     }
 
     /// Queues a generation. Its events arrive on the returned handle.

@@ -22,6 +22,7 @@ struct Seq {
     cached: usize,
     generated: usize,
     max_tokens: usize,
+    ignore_eos: bool,
     /// Sent with the sequence's first frame.
     sampling: Option<v1::SamplingParams>,
     events: mpsc::UnboundedSender<Event>,
@@ -53,11 +54,14 @@ struct Runner {
     next_batch: u64,
     frames: mpsc::Sender<v1::BatchFrame>,
     release_client: WorkerClient,
+    /// For messages: which worker the data stream goes to.
+    stage0_addr: String,
 }
 
 /// Opens the data stream to stage 0 and spawns the loop.
 pub(super) async fn spawn(
     mut stage0: WorkerClient,
+    stage0_addr: String,
     config: EngineConfig,
     msgs: mpsc::UnboundedReceiver<Msg>,
     stats: Arc<EngineStats>,
@@ -75,6 +79,7 @@ pub(super) async fn spawn(
         next_batch: 1,
         frames,
         release_client: stage0,
+        stage0_addr,
     };
     tokio::spawn(runner.run(msgs, replies));
     Ok(())
@@ -94,9 +99,10 @@ impl Runner {
                 m = msgs.recv() => match m {
                     Some(Msg::Submit(id, req, events)) => self.queue.push_back((id, req, events)),
                     Some(Msg::Cancel(id)) => self.cancel(id),
+                    Some(Msg::Wake) => {}
                     None => break,
                 },
-                r = next_reply(&mut replies) => match r {
+                r = next_reply(&mut replies, &self.stage0_addr) => match r {
                     Ok(reply) => self.on_reply(reply),
                     Err(why) => {
                         replies = None;
@@ -144,6 +150,7 @@ impl Runner {
                 cached: 0,
                 generated: 0,
                 max_tokens: req.max_tokens.min(room).max(1),
+                ignore_eos: req.ignore_eos,
                 sampling: Some(req.sampling),
                 events,
                 in_flight: false,
@@ -154,7 +161,10 @@ impl Runner {
 
     /// Sends the next micro-batch of every idle group that has work.
     async fn launch(&mut self) {
-        if self.stats.failure().is_some() {
+        if let Some(why) = self.stats.failure() {
+            if !self.seqs.is_empty() {
+                self.fail_all(why);
+            }
             return;
         }
         for group in 0..self.group_busy.len() {
@@ -214,7 +224,10 @@ impl Runner {
             self.in_flight.insert(batch_id, InFlight { group, entries });
             self.stats.on_batch_sent(n_tokens);
             if self.frames.send(frame).await.is_err() {
-                self.fail_all("the data stream to stage 0 is closed".into());
+                self.fail_all(format!(
+                    "the data stream to stage 0 ({}) is closed",
+                    self.stage0_addr
+                ));
                 return;
             }
         }
@@ -262,7 +275,7 @@ impl Runner {
             s.history.push(id);
             s.generated += 1;
             let _ = s.events.send(Event::Token(token));
-            let finish = if self.config.stop_tokens.contains(&id) {
+            let finish = if !s.ignore_eos && self.config.stop_tokens.contains(&id) {
                 Some(FinishReason::Stop)
             } else if s.generated >= s.max_tokens || s.history.len() >= self.config.ctx_size {
                 Some(FinishReason::Length)
@@ -327,8 +340,10 @@ impl Runner {
     /// The pipeline broke: every live and queued request fails, and so will
     /// every later one (`/health` says why).
     fn fail_all(&mut self, why: String) {
-        tracing::error!("pipeline failed: {why}");
-        self.stats.set_failure(why.clone());
+        if self.stats.failure().is_none() {
+            tracing::error!("pipeline failed: {why}");
+            self.stats.set_failure(why.clone());
+        }
         for s in self.seqs.drain(..) {
             let _ = s.events.send(Event::Failed(why.clone()));
             self.stats.on_retire(false, true);
@@ -344,13 +359,14 @@ impl Runner {
 
 async fn next_reply(
     replies: &mut Option<tonic::Streaming<v1::StageReply>>,
+    addr: &str,
 ) -> Result<v1::StageReply, String> {
     let Some(stream) = replies.as_mut() else {
         return std::future::pending().await;
     };
     match stream.message().await {
         Ok(Some(r)) => Ok(r),
-        Ok(None) => Err("stage 0 closed the data stream".into()),
-        Err(e) => Err(format!("data stream to stage 0: {}", e.message())),
+        Ok(None) => Err(format!("stage 0 ({addr}) closed the data stream")),
+        Err(e) => Err(format!("data stream to stage 0 ({addr}): {}", e.message())),
     }
 }

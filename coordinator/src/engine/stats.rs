@@ -57,7 +57,7 @@ impl EngineStats {
         self.generated_tokens_total
             .fetch_add(sampled as u64, Relaxed);
     }
-    pub(super) fn set_failure(&self, why: String) {
+    pub(crate) fn set_failure(&self, why: String) {
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
     }
 

@@ -52,8 +52,11 @@ pub struct Suggestions {
     /// already is q8_0), and the largest context with q8_0 KV.
     pub q8_0_kv_fits: Option<bool>,
     pub q8_0_max_ctx_size: Option<usize>,
-    /// Free memory one more GPU worker (own host, average speed) would need.
+    /// Free memory one more worker (own host, average speed, a GPU unless
+    /// every worker is a CPU) would need.
     pub extra_worker_free_bytes: Option<u64>,
+    /// "GPU" or "CPU": the kind of that worker.
+    pub extra_worker_kind: &'static str,
 }
 
 fn fits(req: &PlanRequest, workers: &[WorkerSpec]) -> bool {
@@ -90,12 +93,22 @@ fn max_ctx(req: &PlanRequest, workers: &[WorkerSpec], below: usize) -> Option<us
     })
 }
 
+/// The backend of a suggested extra worker: CPU only when every worker is.
+fn extra_backend(workers: &[WorkerSpec]) -> Backend {
+    if workers.iter().all(|w| w.backend == Backend::Cpu) {
+        Backend::Cpu
+    } else {
+        Backend::Cuda
+    }
+}
+
 fn extra_worker(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<u64> {
+    let backend = extra_backend(workers);
     let with = |free_mib: usize| {
         let mut ws = workers.to_vec();
         ws.push(WorkerSpec::new(
             "another worker",
-            Backend::Cuda,
+            backend,
             "another host",
             free_mib as u64 * MIB,
         ));
@@ -150,6 +163,10 @@ pub(super) fn does_not_fit(req: &PlanRequest, workers: &[WorkerSpec]) -> DoesNot
         };
     }
     s.extra_worker_free_bytes = extra_worker(req, workers);
+    s.extra_worker_kind = match extra_backend(workers) {
+        Backend::Cpu => "CPU",
+        Backend::Cuda => "GPU",
+    };
 
     DoesNotFit {
         needed_bytes,
@@ -236,7 +253,12 @@ impl fmt::Display for DoesNotFit {
             (None, _) => {}
         }
         match s.extra_worker_free_bytes {
-            Some(x) => write!(f, "\n  - another GPU worker with at least {} free", b(x))?,
+            Some(x) => write!(
+                f,
+                "\n  - another {} worker with at least {} free",
+                s.extra_worker_kind,
+                b(x)
+            )?,
             None => write!(f, "\n  - no single extra worker makes it fit")?,
         }
         Ok(())

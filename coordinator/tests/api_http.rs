@@ -1,0 +1,131 @@
+//! The HTTP API before the model is up, on a real socket: 503 in OpenAI's
+//! shape while loading (and after a failed load, with the reason), 401 for
+//! a wrong API key, 404 for unknown routes, and `/health`, `/metrics`.
+
+use std::time::Duration;
+
+use strata_coordinator::api::{router, AppState};
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn serve(state: std::sync::Arc<AppState>) -> (String, tokio::runtime::Runtime) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(async move { axum::serve(listener, router(state)).await });
+    (base, rt)
+}
+
+fn call(method: &str, url: &str, key: Option<&str>, body: &str) -> (u16, String) {
+    let a = agent();
+    let mut resp = match method {
+        "GET" => {
+            let mut r = a.get(url);
+            if let Some(k) = key {
+                r = r.header("authorization", &format!("Bearer {k}"));
+            }
+            r.call().unwrap()
+        }
+        _ => {
+            let mut r = a.post(url).header("content-type", "application/json");
+            if let Some(k) = key {
+                r = r.header("authorization", &format!("Bearer {k}"));
+            }
+            r.send(body.to_string()).unwrap()
+        }
+    };
+    (
+        resp.status().as_u16(),
+        resp.body_mut().read_to_string().unwrap(),
+    )
+}
+
+const CHAT: &str = r#"{"messages":[{"role":"user","content":"hi"}]}"#;
+
+#[test]
+fn loading_is_503_and_keys_are_checked_first() {
+    let state = AppState::new("m".into(), Some("sekrit".into()));
+    let (base, _rt) = serve(state.clone());
+    state.set_loading("stage 1/3 (10.0.0.2:7070): loading layers 0..27");
+
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/v1/chat/completions"),
+        Some("sekrit"),
+        CHAT,
+    );
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Loading model: stage 1/3"),
+        "{body}"
+    );
+    assert_eq!(v["error"]["type"], "server_error");
+
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/v1/completions"),
+        Some("wrong"),
+        r#"{"prompt":"x"}"#,
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("invalid_api_key"), "{body}");
+    let (status, _) = call("GET", &format!("{base}/v1/models"), None, "");
+    assert_eq!(status, 401);
+    let (status, body) = call("GET", &format!("{base}/v1/models"), Some("sekrit"), "");
+    assert_eq!(
+        (status, body.contains(r#""id":"m""#)),
+        (200, true),
+        "{body}"
+    );
+
+    // /health is open, says loading and why.
+    let (status, body) = call("GET", &format!("{base}/health"), None, "");
+    assert_eq!(status, 503);
+    assert!(
+        body.contains(r#""status":"loading""#) && body.contains("loading layers 0..27"),
+        "{body}"
+    );
+    let (status, body) = call("GET", &format!("{base}/metrics"), None, "");
+    assert_eq!(
+        (status, body.contains("strata_up 0")),
+        (200, true),
+        "{body}"
+    );
+    let (status, body) = call("GET", &format!("{base}/v2/nothing"), None, "");
+    assert_eq!(status, 404, "{body}");
+
+    state.set_failed("worker 10.0.0.3:7070: connection refused");
+    let (status, body) = call("GET", &format!("{base}/health"), None, "");
+    assert_eq!(status, 503);
+    assert!(
+        body.contains(r#""status":"error""#) && body.contains("connection refused"),
+        "{body}"
+    );
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/v1/chat/completions"),
+        Some("sekrit"),
+        CHAT,
+    );
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("failed to load") && body.contains("10.0.0.3:7070"),
+        "{body}"
+    );
+}
