@@ -39,6 +39,8 @@ pub struct ServeConfig {
     pub alias: Option<String>,
     pub act_dtype: v1::ActDtype,
     pub batch_tokens: usize,
+    /// Micro-batches in flight (default: one per stage).
+    pub micro_batches: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,7 +239,7 @@ async fn start_pipeline(
     let engine_config = EngineConfig {
         ctx_size,
         max_sequences: config.parallel,
-        groups: n_stages,
+        groups: config.micro_batches.unwrap_or(n_stages).max(1),
         policy: BatchPolicy {
             max_batch_tokens: config.batch_tokens,
             max_prefill_chunk: config.batch_tokens.div_ceil(2).max(1),

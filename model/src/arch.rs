@@ -122,14 +122,24 @@ pub enum ArchError {
 impl HyperParams {
     pub fn from_gguf(f: &GgufFile) -> Result<Self, ArchError> {
         let path = f.path().display().to_string();
-        let arch_name = f.architecture().ok_or_else(|| ArchError::NoArchitecture { path: path.clone() })?;
-        let arch = Architecture::from_name(arch_name)
-            .ok_or_else(|| ArchError::Unsupported { path: path.clone(), arch: arch_name.to_string() })?;
+        let arch_name = f
+            .architecture()
+            .ok_or_else(|| ArchError::NoArchitecture { path: path.clone() })?;
+        let arch = Architecture::from_name(arch_name).ok_or_else(|| ArchError::Unsupported {
+            path: path.clone(),
+            arch: arch_name.to_string(),
+        })?;
         let key = |k: &str| format!("{arch_name}.{k}");
-        let missing = |k: String| ArchError::MissingKey { path: path.clone(), key: k };
+        let missing = |k: String| ArchError::MissingKey {
+            path: path.clone(),
+            key: k,
+        };
         let req_usize = |k: &str| -> Result<usize, ArchError> {
             let k = key(k);
-            f.get_u64(&k).and_then(|v| usize::try_from(v).ok()).filter(|&v| v > 0).ok_or_else(|| missing(k))
+            f.get_u64(&k)
+                .and_then(|v| usize::try_from(v).ok())
+                .filter(|&v| v > 0)
+                .ok_or_else(|| missing(k))
         };
         let opt_usize = |k: &str| f.get_u64(&key(k)).and_then(|v| usize::try_from(v).ok());
         let opt_f32 = |k: &str| f.get_f64(&key(k)).map(|v| v as f32);
@@ -142,41 +152,56 @@ impl HyperParams {
         let context_length = req_usize("context_length")?;
         let head_dim = opt_usize("attention.key_length").unwrap_or(d_model / n_heads);
         let head_dim_v = opt_usize("attention.value_length").unwrap_or(head_dim);
-        let rms_eps =
-            opt_f32("attention.layer_norm_rms_epsilon").ok_or_else(|| missing(key("attention.layer_norm_rms_epsilon")))?;
+        let rms_eps = opt_f32("attention.layer_norm_rms_epsilon")
+            .ok_or_else(|| missing(key("attention.layer_norm_rms_epsilon")))?;
         let vocab_size = match opt_usize("vocab_size") {
             Some(v) => v,
             None => f
                 .get("tokenizer.ggml.tokens")
                 .and_then(|v| v.as_array())
                 .map(|a| a.len())
-                .or_else(|| f.tensor("token_embd.weight").and_then(|t| usize::try_from(t.n_rows()).ok()))
+                .or_else(|| {
+                    f.tensor("token_embd.weight")
+                        .and_then(|t| usize::try_from(t.n_rows()).ok())
+                })
                 .ok_or_else(|| missing(key("vocab_size")))?,
         };
         if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(ArchError::Invalid {
                 path,
-                what: format!("{n_heads} attention heads are not a multiple of {n_kv_heads} KV heads"),
+                what: format!(
+                    "{n_heads} attention heads are not a multiple of {n_kv_heads} KV heads"
+                ),
             });
         }
         let rope_dims = opt_usize("rope.dimension_count").unwrap_or(head_dim);
         if rope_dims > head_dim || rope_dims % 2 != 0 {
-            return Err(ArchError::Invalid { path, what: format!("rope dimension {rope_dims} vs head dim {head_dim}") });
+            return Err(ArchError::Invalid {
+                path,
+                what: format!("rope dimension {rope_dims} vs head dim {head_dim}"),
+            });
         }
         let freq_base = opt_f32("rope.freq_base").unwrap_or(10_000.0);
         let freq_scale = match f.get_str(&key("rope.scaling.type")) {
             None | Some("none") => 1.0,
             Some("linear") => {
-                let factor = opt_f32("rope.scaling.factor").ok_or_else(|| missing(key("rope.scaling.factor")))?;
+                let factor = opt_f32("rope.scaling.factor")
+                    .ok_or_else(|| missing(key("rope.scaling.factor")))?;
                 if !(factor > 0.0) {
-                    return Err(ArchError::Invalid { path, what: format!("rope scaling factor {factor}") });
+                    return Err(ArchError::Invalid {
+                        path,
+                        what: format!("rope scaling factor {factor}"),
+                    });
                 }
                 1.0 / factor
             }
             // llama3-style scaling comes as the rope_freqs tensor, not here.
             Some("llama3") => 1.0,
             Some(other) => {
-                return Err(ArchError::Invalid { path, what: format!("unsupported rope scaling type {other:?}") })
+                return Err(ArchError::Invalid {
+                    path,
+                    what: format!("unsupported rope scaling type {other:?}"),
+                })
             }
         };
 
@@ -192,7 +217,13 @@ impl HyperParams {
             vocab_size,
             context_length,
             rms_eps,
-            rope: RopeParams { style: RopeStyle::Normal, dims: rope_dims, freq_base, freq_base_swa: freq_base, freq_scale },
+            rope: RopeParams {
+                style: RopeStyle::Normal,
+                dims: rope_dims,
+                freq_base,
+                freq_base_swa: freq_base,
+                freq_scale,
+            },
             activation: Activation::Silu,
             embedding_scale: None,
             attention_scale: 1.0 / (head_dim as f32).sqrt(),

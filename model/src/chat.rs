@@ -27,7 +27,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -66,7 +69,9 @@ fn raise_exception(msg: String) -> Result<String, Error> {
 
 /// The text of the token whose id is stored under `key`, or "".
 fn special_text(f: &GgufFile, key: &str) -> String {
-    let Some(id) = f.get_u64(key) else { return String::new() };
+    let Some(id) = f.get_u64(key) else {
+        return String::new();
+    };
     f.get("tokenizer.ggml.tokens")
         .and_then(|v| v.as_array())
         .and_then(|a| usize::try_from(id).ok().and_then(|i| a.get(i)))
@@ -92,7 +97,8 @@ impl ChatTemplate {
     /// ChatML, llama.cpp's fallback.
     pub fn chatml() -> Self {
         // The built-in template compiles; a failure here is a bug in this file.
-        Self::new(CHATML_TEMPLATE, String::new(), String::new()).expect("the built-in ChatML template compiles")
+        Self::new(CHATML_TEMPLATE, String::new(), String::new())
+            .expect("the built-in ChatML template compiles")
     }
 
     /// Compiles `source` (Jinja) with the given BOS and EOS texts.
@@ -103,8 +109,14 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         minijinja_contrib::add_to_environment(&mut env);
         env.add_function("raise_exception", raise_exception);
-        env.add_template_owned(TEMPLATE_NAME, source.to_string()).map_err(ChatError::Compile)?;
-        Ok(Self { env, source: source.to_string(), bos_token, eos_token })
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(ChatError::Compile)?;
+        Ok(Self {
+            env,
+            source: source.to_string(),
+            bos_token,
+            eos_token,
+        })
     }
 
     /// The template's Jinja source.
@@ -114,8 +126,15 @@ impl ChatTemplate {
 
     /// Renders a conversation; with `add_generation_prompt`, the prompt ends
     /// where the assistant's reply begins.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatError> {
-        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(ChatError::Render)?;
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(ChatError::Render)?;
         tmpl.render(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -134,13 +153,20 @@ mod tests {
     fn chatml_renders() {
         let t = ChatTemplate::chatml();
         let msgs = [ChatMessage::new("user", "hi")];
-        assert_eq!(t.render(&msgs, true).unwrap(), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
-        assert_eq!(t.render(&msgs, false).unwrap(), "<|im_start|>user\nhi<|im_end|>\n");
+        assert_eq!(
+            t.render(&msgs, true).unwrap(),
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            t.render(&msgs, false).unwrap(),
+            "<|im_start|>user\nhi<|im_end|>\n"
+        );
     }
 
     #[test]
     fn raise_exception_is_an_error() {
-        let t = ChatTemplate::new("{{ raise_exception('no') }}", String::new(), String::new()).unwrap();
+        let t =
+            ChatTemplate::new("{{ raise_exception('no') }}", String::new(), String::new()).unwrap();
         assert!(matches!(t.render(&[], false), Err(ChatError::Render(_))));
     }
 
@@ -148,18 +174,36 @@ mod tests {
     fn blocks_are_trimmed_as_in_hugging_face() {
         let src = "{% set ns = namespace(n=0) %}\n{% for m in messages %}\n  {% set ns.n = ns.n + 1 %}\n{{ m.role }}: {{ m.content }}\n{% endfor %}\n{{ ns.n }}";
         let t = ChatTemplate::new(src, String::new(), String::new()).unwrap();
-        let msgs = [ChatMessage::new("user", "hi"), ChatMessage::new("assistant", "yo")];
-        assert_eq!(t.render(&msgs, false).unwrap(), "user: hi\nassistant: yo\n2");
+        let msgs = [
+            ChatMessage::new("user", "hi"),
+            ChatMessage::new("assistant", "yo"),
+        ];
+        assert_eq!(
+            t.render(&msgs, false).unwrap(),
+            "user: hi\nassistant: yo\n2"
+        );
     }
 
     #[test]
     fn bad_template_is_a_compile_error() {
-        assert!(matches!(ChatTemplate::new("{% for %}", String::new(), String::new()), Err(ChatError::Compile(_))));
+        assert!(matches!(
+            ChatTemplate::new("{% for %}", String::new(), String::new()),
+            Err(ChatError::Compile(_))
+        ));
     }
 
     #[test]
     fn python_string_methods_work() {
-        let t = ChatTemplate::new("{{ messages[0].content.strip().upper() }}", String::new(), String::new()).unwrap();
-        assert_eq!(t.render(&[ChatMessage::new("user", "  a b ")], false).unwrap(), "A B");
+        let t = ChatTemplate::new(
+            "{{ messages[0].content.strip().upper() }}",
+            String::new(),
+            String::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "  a b ")], false)
+                .unwrap(),
+            "A B"
+        );
     }
 }

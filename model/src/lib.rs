@@ -18,5 +18,5 @@ pub mod synth;
 pub mod tokenizer;
 
 pub use gguf::{GgufFile, MetaValue, TensorInfo};
-pub use slice::LayerRange;
 pub use quant::GgmlType;
+pub use slice::LayerRange;

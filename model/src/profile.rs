@@ -46,7 +46,9 @@ impl LayerProfile {
     }
     /// KV bytes for `ctx_tokens` of context (windowed layers cap at the window).
     pub fn kv_bytes(&self, kv: KvType, ctx_tokens: usize) -> u64 {
-        let held = self.kv_window_tokens.map_or(ctx_tokens, |w| w.min(ctx_tokens));
+        let held = self
+            .kv_window_tokens
+            .map_or(ctx_tokens, |w| w.min(ctx_tokens));
         self.kv_bytes_per_token(kv) * held as u64
     }
 }
@@ -100,8 +102,14 @@ impl MemoryProfile {
             .map(|(il, weight_bytes)| LayerProfile {
                 weight_bytes,
                 kv_bytes_per_token_f16: KvType::F16.bytes_for(kv_vals) as u64,
-                kv_bytes_per_token_q8_0: (KvType::Q8_0.bytes_for(hp.k_dim()) + KvType::Q8_0.bytes_for(hp.v_dim())) as u64,
-                kv_window_tokens: if hp.is_sliding(il) { hp.sliding_window } else { None },
+                kv_bytes_per_token_q8_0: (KvType::Q8_0.bytes_for(hp.k_dim())
+                    + KvType::Q8_0.bytes_for(hp.v_dim()))
+                    as u64,
+                kv_window_tokens: if hp.is_sliding(il) {
+                    hp.sliding_window
+                } else {
+                    None
+                },
             })
             .collect();
         let per_token_f32 = hp.d_model * 3 + hp.q_dim() + hp.k_dim() + hp.v_dim() + 2 * hp.d_ff;
@@ -116,6 +124,8 @@ impl MemoryProfile {
     }
 
     pub fn total_weight_bytes(&self) -> u64 {
-        self.layers.iter().map(|l| l.weight_bytes).sum::<u64>() + self.embedding_bytes + self.head_bytes
+        self.layers.iter().map(|l| l.weight_bytes).sum::<u64>()
+            + self.embedding_bytes
+            + self.head_bytes
     }
 }

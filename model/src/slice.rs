@@ -64,7 +64,10 @@ pub enum SliceError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SliceError + '_ {
-    move |source| SliceError::Io { path: path.to_path_buf(), source }
+    move |source| SliceError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The digest of an open model (see the module docs).
@@ -135,6 +138,18 @@ pub fn metadata_gguf(file: &GgufFile) -> Result<Vec<u8>, SliceError> {
             w.add_metadata(k.clone(), v.clone());
         }
     }
-    w.to_bytes(|_, _, _| Ok(())).map_err(|e| SliceError::Metadata(e.to_string()))
+    w.to_bytes(|_, _, _| Ok(()))
+        .map_err(|e| SliceError::Metadata(e.to_string()))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_names() {
+        assert_eq!(layer_of("blk.12.attn_q.weight"), Some(12));
+        assert_eq!(layer_of("token_embd.weight"), None);
+        assert_eq!(layer_of("blk.x.attn_q.weight"), None);
+    }
+}

@@ -65,7 +65,9 @@ pub fn preset(arch: Architecture, name: &str) -> Option<Shape> {
         (Architecture::Gemma3, "1b") => s(26, 1152, 4, 1, 256, 6912, 262_144, 1_000_000.0, true),
         (Architecture::Gemma3, "4b") => s(34, 2560, 8, 4, 256, 10240, 262_144, 1_000_000.0, true),
         (Architecture::Gemma3, "12b") => s(48, 3840, 16, 8, 256, 15360, 262_144, 1_000_000.0, true),
-        (Architecture::Gemma3, "27b") => s(62, 5376, 32, 16, 128, 21504, 262_144, 1_000_000.0, true),
+        (Architecture::Gemma3, "27b") => {
+            s(62, 5376, 32, 16, 128, 21504, 262_144, 1_000_000.0, true)
+        }
         _ => return None,
     })
 }
@@ -120,11 +122,16 @@ impl QuantScheme {
 
     /// The type of a 2-D weight: `role` is the GGUF tensor name's last part.
     fn weight_type(self, role: &str, layer: Option<usize>, n_layers: usize) -> GgmlType {
-        let more_bits = |il: usize| il < n_layers / 8 || il >= 7 * n_layers / 8 || (il - n_layers / 8) % 3 == 2;
+        let more_bits =
+            |il: usize| il < n_layers / 8 || il >= 7 * n_layers / 8 || (il - n_layers / 8) % 3 == 2;
         match self {
             Self::Uniform(t) => t,
             Self::Q4KM | Self::Q5KM => {
-                let base = if self == Self::Q4KM { GgmlType::Q4K } else { GgmlType::Q5K };
+                let base = if self == Self::Q4KM {
+                    GgmlType::Q4K
+                } else {
+                    GgmlType::Q5K
+                };
                 match (role, layer) {
                     ("output", _) => GgmlType::Q6K,
                     ("attn_v" | "ffn_down", Some(il)) if more_bits(il) => GgmlType::Q6K,
@@ -151,7 +158,11 @@ fn fit_row(t: GgmlType, row_len: usize) -> GgmlType {
 #[derive(Debug, thiserror::Error)]
 pub enum SynthError {
     #[error("unknown preset {preset:?} for {arch} (known: {known})")]
-    UnknownPreset { arch: Architecture, preset: String, known: String },
+    UnknownPreset {
+        arch: Architecture,
+        preset: String,
+        known: String,
+    },
     #[error(transparent)]
     Write(#[from] GgufWriteError),
 }
@@ -166,13 +177,22 @@ pub struct SynthSpec {
 }
 
 impl SynthSpec {
-    pub fn from_preset(arch: Architecture, preset_name: &str, quant: QuantScheme) -> Result<Self, SynthError> {
+    pub fn from_preset(
+        arch: Architecture,
+        preset_name: &str,
+        quant: QuantScheme,
+    ) -> Result<Self, SynthError> {
         let shape = preset(arch, preset_name).ok_or_else(|| SynthError::UnknownPreset {
             arch,
             preset: preset_name.to_string(),
             known: presets(arch).join(", "),
         })?;
-        Ok(SynthSpec { arch, shape, quant, seed: 0 })
+        Ok(SynthSpec {
+            arch,
+            shape,
+            quant,
+            seed: 0,
+        })
     }
 
     /// The writer with all metadata and tensor specs (no data yet).
@@ -181,20 +201,48 @@ impl SynthSpec {
         let mut w = GgufWriter::new();
         let key = |k: &str| format!("{a}.{k}");
         w.add_metadata("general.architecture", MetaValue::String(a.into()));
-        w.add_metadata("general.name", MetaValue::String(format!("strata synth {a} {} layers", s.n_layers)));
+        w.add_metadata(
+            "general.name",
+            MetaValue::String(format!("strata synth {a} {} layers", s.n_layers)),
+        );
         w.add_metadata("general.file_type", MetaValue::U32(self.quant.file_type()));
         w.add_metadata("general.quantization_version", MetaValue::U32(2));
         w.add_metadata(key("block_count"), MetaValue::U32(s.n_layers as u32));
-        w.add_metadata(key("context_length"), MetaValue::U32(if self.arch == Architecture::Llama { 131_072 } else { 32_768 }));
+        w.add_metadata(
+            key("context_length"),
+            MetaValue::U32(if self.arch == Architecture::Llama {
+                131_072
+            } else {
+                32_768
+            }),
+        );
         w.add_metadata(key("embedding_length"), MetaValue::U32(s.d_model as u32));
         w.add_metadata(key("feed_forward_length"), MetaValue::U32(s.d_ff as u32));
-        w.add_metadata(key("attention.head_count"), MetaValue::U32(s.n_heads as u32));
-        w.add_metadata(key("attention.head_count_kv"), MetaValue::U32(s.n_kv_heads as u32));
-        w.add_metadata(key("attention.key_length"), MetaValue::U32(s.head_dim as u32));
-        w.add_metadata(key("attention.value_length"), MetaValue::U32(s.head_dim as u32));
-        w.add_metadata(key("attention.layer_norm_rms_epsilon"), MetaValue::F32(1e-6));
+        w.add_metadata(
+            key("attention.head_count"),
+            MetaValue::U32(s.n_heads as u32),
+        );
+        w.add_metadata(
+            key("attention.head_count_kv"),
+            MetaValue::U32(s.n_kv_heads as u32),
+        );
+        w.add_metadata(
+            key("attention.key_length"),
+            MetaValue::U32(s.head_dim as u32),
+        );
+        w.add_metadata(
+            key("attention.value_length"),
+            MetaValue::U32(s.head_dim as u32),
+        );
+        w.add_metadata(
+            key("attention.layer_norm_rms_epsilon"),
+            MetaValue::F32(1e-6),
+        );
         w.add_metadata(key("rope.freq_base"), MetaValue::F32(s.rope_base));
-        w.add_metadata(key("rope.dimension_count"), MetaValue::U32(s.head_dim as u32));
+        w.add_metadata(
+            key("rope.dimension_count"),
+            MetaValue::U32(s.head_dim as u32),
+        );
         w.add_metadata(key("vocab_size"), MetaValue::U32(s.vocab_size as u32));
         if self.arch == Architecture::Gemma3 {
             w.add_metadata(key("attention.sliding_window"), MetaValue::U32(512));
@@ -202,12 +250,27 @@ impl SynthSpec {
         add_tokenizer(&mut w, s.vocab_size);
 
         let n = s.n_layers;
-        let tensor = |w: &mut GgufWriter, name: String, dims: &[usize], t: GgmlType| -> Result<(), GgufWriteError> {
+        let tensor = |w: &mut GgufWriter,
+                      name: String,
+                      dims: &[usize],
+                      t: GgmlType|
+         -> Result<(), GgufWriteError> {
             let dims: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
-            w.add_tensor(name, &dims, fit_row(t, dims[0] as usize)).map(|_| ())
+            w.add_tensor(name, &dims, fit_row(t, dims[0] as usize))
+                .map(|_| ())
         };
-        let (d, q, kv, ff) = (s.d_model, s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim, s.d_ff);
-        tensor(&mut w, "token_embd.weight".into(), &[d, s.vocab_size], self.quant.weight_type("token_embd", None, n))?;
+        let (d, q, kv, ff) = (
+            s.d_model,
+            s.n_heads * s.head_dim,
+            s.n_kv_heads * s.head_dim,
+            s.d_ff,
+        );
+        tensor(
+            &mut w,
+            "token_embd.weight".into(),
+            &[d, s.vocab_size],
+            self.quant.weight_type("token_embd", None, n),
+        )?;
         for il in 0..n {
             let wt = |role: &str| self.quant.weight_type(role, Some(il), n);
             let b = |name: &str| format!("blk.{il}.{name}");
@@ -221,8 +284,18 @@ impl SynthSpec {
                 tensor(&mut w, b("attn_v.bias"), &[kv], GgmlType::F32)?;
             }
             if matches!(self.arch, Architecture::Qwen3 | Architecture::Gemma3) {
-                tensor(&mut w, b("attn_q_norm.weight"), &[s.head_dim], GgmlType::F32)?;
-                tensor(&mut w, b("attn_k_norm.weight"), &[s.head_dim], GgmlType::F32)?;
+                tensor(
+                    &mut w,
+                    b("attn_q_norm.weight"),
+                    &[s.head_dim],
+                    GgmlType::F32,
+                )?;
+                tensor(
+                    &mut w,
+                    b("attn_k_norm.weight"),
+                    &[s.head_dim],
+                    GgmlType::F32,
+                )?;
             }
             tensor(&mut w, b("attn_output.weight"), &[q, d], wt("attn_output"))?;
             tensor(&mut w, b("ffn_norm.weight"), &[d], GgmlType::F32)?;
@@ -236,7 +309,12 @@ impl SynthSpec {
         }
         tensor(&mut w, "output_norm.weight".into(), &[d], GgmlType::F32)?;
         if !s.tied_embeddings {
-            tensor(&mut w, "output.weight".into(), &[d, s.vocab_size], self.quant.weight_type("output", None, n))?;
+            tensor(
+                &mut w,
+                "output.weight".into(),
+                &[d, s.vocab_size],
+                self.quant.weight_type("output", None, n),
+            )?;
         }
         Ok(w)
     }
@@ -248,7 +326,14 @@ impl SynthSpec {
         let mut done = 0u64;
         let seed = self.seed;
         w.write(path, |i, spec, out| {
-            write_tensor_data(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), spec.dims[0] as usize, spec.dtype, spec.size_bytes, &spec.name, out)?;
+            write_tensor_data(
+                seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                spec.dims[0] as usize,
+                spec.dtype,
+                spec.size_bytes,
+                &spec.name,
+                out,
+            )?;
             done += spec.size_bytes;
             progress(done, total);
             Ok(())
@@ -260,10 +345,20 @@ impl SynthSpec {
 /// Rows drawn per tensor; the data cycles through them.
 const POOL_ROWS: usize = 64;
 
-fn write_tensor_data(seed: u64, row_len: usize, dtype: GgmlType, size_bytes: u64, name: &str, out: &mut dyn Write) -> io::Result<()> {
+fn write_tensor_data(
+    seed: u64,
+    row_len: usize,
+    dtype: GgmlType,
+    size_bytes: u64,
+    name: &str,
+    out: &mut dyn Write,
+) -> io::Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let is_norm = name.ends_with("norm.weight");
-    let row_bytes = dtype.row_bytes(row_len as u64).ok_or_else(|| io::Error::other(format!("{name}: bad row length")))? as usize;
+    let row_bytes = dtype
+        .row_bytes(row_len as u64)
+        .ok_or_else(|| io::Error::other(format!("{name}: bad row length")))?
+        as usize;
     let n_rows = (size_bytes / row_bytes as u64) as usize;
     let pool_rows = n_rows.min(POOL_ROWS);
     let mut pool = vec![0u8; pool_rows * row_bytes];
@@ -271,9 +366,18 @@ fn write_tensor_data(seed: u64, row_len: usize, dtype: GgmlType, size_bytes: u64
     for r in 0..pool_rows {
         for v in values.iter_mut() {
             // Norm weights near 1, biases and matrices small (std ~0.02).
-            *v = if is_norm { 1.0 + rng.random_range(-0.1..0.1) } else { rng.random_range(-0.035..0.035) };
+            *v = if is_norm {
+                1.0 + rng.random_range(-0.1..0.1)
+            } else {
+                rng.random_range(-0.035..0.035)
+            };
         }
-        quantize_row(dtype, &values, &mut pool[r * row_bytes..(r + 1) * row_bytes]).map_err(io::Error::other)?;
+        quantize_row(
+            dtype,
+            &values,
+            &mut pool[r * row_bytes..(r + 1) * row_bytes],
+        )
+        .map_err(io::Error::other)?;
     }
     let mut r = 0;
     let mut step = 1usize;
@@ -331,7 +435,8 @@ fn gpt2_byte_chars() -> Vec<char> {
     let mut chars = vec!['\0'; 256];
     let mut next = 256u32;
     for b in 0..256u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         chars[b as usize] = if printable {
             char::from_u32(b).unwrap_or('?')
         } else {

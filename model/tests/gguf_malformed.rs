@@ -11,16 +11,27 @@ fn valid() -> Vec<u8> {
     let mut w = GgufWriter::new();
     w.add_metadata("general.architecture", MetaValue::String("llama".into()));
     w.add_metadata("test.u32", MetaValue::U32(7));
-    w.add_metadata("test.array", MetaValue::Array(vec![MetaValue::U32(1), MetaValue::U32(2), MetaValue::U32(3)]));
+    w.add_metadata(
+        "test.array",
+        MetaValue::Array(vec![
+            MetaValue::U32(1),
+            MetaValue::U32(2),
+            MetaValue::U32(3),
+        ]),
+    );
     w.add_metadata("test.str", MetaValue::String("hello".into()));
     w.add_metadata("test.bool", MetaValue::Bool(true));
     w.add_tensor("a.weight", &[32, 2], GgmlType::F32).unwrap();
     w.add_tensor("b.weight", &[64], GgmlType::Q8_0).unwrap();
-    w.to_bytes(|i, spec, out| out.write_all(&vec![i as u8 + 1; spec.size_bytes as usize])).unwrap()
+    w.to_bytes(|i, spec, out| out.write_all(&vec![i as u8 + 1; spec.size_bytes as usize]))
+        .unwrap()
 }
 
 fn find(bytes: &[u8], needle: &[u8]) -> usize {
-    bytes.windows(needle.len()).position(|w| w == needle).unwrap_or_else(|| panic!("{needle:?} not in file"))
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in file"))
 }
 
 /// Offset of a length-prefixed string (its u64 length) in the file.
@@ -84,7 +95,10 @@ fn bad_magic() {
     let mut b = valid();
     b[..4].copy_from_slice(b"GGML");
     let e = parse(&b);
-    assert!(matches!(e, GgufError::BadMagic { magic, .. } if &magic == b"GGML"), "{e}");
+    assert!(
+        matches!(e, GgufError::BadMagic { magic, .. } if &magic == b"GGML"),
+        "{e}"
+    );
     mentions(&e, &["not a GGUF file"]);
 }
 
@@ -94,7 +108,10 @@ fn unsupported_versions() {
         let mut b = valid();
         put_u32(&mut b, 4, version);
         let e = parse(&b);
-        assert!(matches!(e, GgufError::UnsupportedVersion { version: v, .. } if v == version), "{e}");
+        assert!(
+            matches!(e, GgufError::UnsupportedVersion { version: v, .. } if v == version),
+            "{e}"
+        );
         mentions(&e, &["unsupported GGUF version", &version.to_string()]);
     }
 }
@@ -102,9 +119,18 @@ fn unsupported_versions() {
 #[test]
 fn truncated_header() {
     let b = valid();
-    for (len, what) in [(0, "magic"), (3, "magic"), (6, "version"), (12, "tensor count"), (20, "metadata count")] {
+    for (len, what) in [
+        (0, "magic"),
+        (3, "magic"),
+        (6, "version"),
+        (12, "tensor count"),
+        (20, "metadata count"),
+    ] {
         let e = parse(&b[..len]);
-        assert!(matches!(&e, GgufError::Truncated { what: w, .. } if w == what), "{len}: {e}");
+        assert!(
+            matches!(&e, GgufError::Truncated { what: w, .. } if w == what),
+            "{len}: {e}"
+        );
         mentions(&e, &["truncated", what]);
     }
 }
@@ -115,21 +141,34 @@ fn truncated_metadata() {
     // Cut inside the value "hello" of test.str.
     let cut = string_at(&b, "hello") + 10;
     let e = parse(&b[..cut]);
-    assert!(matches!(&e, GgufError::Truncated { what, .. } if what.contains("test.str")), "{e}");
+    assert!(
+        matches!(&e, GgufError::Truncated { what, .. } if what.contains("test.str")),
+        "{e}"
+    );
     mentions(&e, &["truncated", "test.str"]);
     // Cut inside a key.
     let cut = string_at(&b, "test.bool") + 10;
     let e = parse(&b[..cut]);
-    assert!(matches!(&e, GgufError::Truncated { what, .. } if what == "metadata key"), "{e}");
+    assert!(
+        matches!(&e, GgufError::Truncated { what, .. } if what == "metadata key"),
+        "{e}"
+    );
 }
 
 #[test]
 fn truncated_tensor_infos() {
     let b = valid();
     let (_, dims_at, type_at, offset_at) = tensor_fields(&b, "b.weight");
-    for (cut, what) in [(dims_at + 3, "tensor dim"), (type_at + 1, "tensor type"), (offset_at + 7, "tensor offset")] {
+    for (cut, what) in [
+        (dims_at + 3, "tensor dim"),
+        (type_at + 1, "tensor type"),
+        (offset_at + 7, "tensor offset"),
+    ] {
         let e = parse(&b[..cut]);
-        assert!(matches!(&e, GgufError::Truncated { what: w, .. } if w == what), "{e}");
+        assert!(
+            matches!(&e, GgufError::Truncated { what: w, .. } if w == what),
+            "{e}"
+        );
         mentions(&e, &["truncated", what]);
     }
 }
@@ -140,7 +179,10 @@ fn truncated_data() {
     let data_start = b.len() - 352;
     // b.weight occupies data [256, 324).
     let e = parse(&b[..data_start + 300]);
-    assert!(matches!(&e, GgufError::BadTensor { tensor, .. } if tensor == "b.weight"), "{e}");
+    assert!(
+        matches!(&e, GgufError::BadTensor { tensor, .. } if tensor == "b.weight"),
+        "{e}"
+    );
     mentions(&e, &["b.weight", "outside", "truncated"]);
     // No data section at all: the file ends right after the tensor infos.
     let (_, _, _, offset_at) = tensor_fields(&b, "b.weight");
@@ -189,13 +231,19 @@ fn absurd_string_lengths() {
     put_u64(&mut t, at, 1 << 62);
     let e = parse(&t);
     assert!(matches!(e, GgufError::Invalid { .. }), "{e}");
-    mentions(&e, &["metadata key", "absurd length", &(1u64 << 62).to_string()]);
+    mentions(
+        &e,
+        &["metadata key", "absurd length", &(1u64 << 62).to_string()],
+    );
 
     // Under the limit but longer than the file.
     let mut t = b.clone();
     put_u64(&mut t, at, 1 << 20);
     let e = parse(&t);
-    assert!(matches!(e, GgufError::Truncated { needed, .. } if needed == 1 << 20), "{e}");
+    assert!(
+        matches!(e, GgufError::Truncated { needed, .. } if needed == 1 << 20),
+        "{e}"
+    );
 
     // A string value and a tensor name.
     let mut t = b.clone();
@@ -210,11 +258,17 @@ fn absurd_string_lengths() {
 fn absurd_array_counts() {
     let b = valid();
     let count_at = key_type_at(&b, "test.array") + 4 + 4;
-    for (count, words) in [(u64::MAX, &["beyond the limit"][..]), (1 << 20, &["cannot fit"][..])] {
+    for (count, words) in [
+        (u64::MAX, &["beyond the limit"][..]),
+        (1 << 20, &["cannot fit"][..]),
+    ] {
         let mut t = b.clone();
         put_u64(&mut t, count_at, count);
         let e = parse(&t);
-        assert!(matches!(&e, GgufError::BadMetadata { key, .. } if key == "test.array"), "{e}");
+        assert!(
+            matches!(&e, GgufError::BadMetadata { key, .. } if key == "test.array"),
+            "{e}"
+        );
         mentions(&e, words);
         mentions(&e, &[&count.to_string()]);
     }
@@ -226,13 +280,19 @@ fn unknown_metadata_value_types() {
     let mut t = b.clone();
     put_u32(&mut t, key_type_at(&b, "test.u32"), 99);
     let e = parse(&t);
-    assert!(matches!(&e, GgufError::BadMetadata { key, .. } if key == "test.u32"), "{e}");
+    assert!(
+        matches!(&e, GgufError::BadMetadata { key, .. } if key == "test.u32"),
+        "{e}"
+    );
     mentions(&e, &["unknown value type 99"]);
 
     let mut t = b.clone();
     put_u32(&mut t, key_type_at(&b, "test.array") + 4, 77);
     let e = parse(&t);
-    assert!(matches!(&e, GgufError::BadMetadata { key, .. } if key == "test.array"), "{e}");
+    assert!(
+        matches!(&e, GgufError::BadMetadata { key, .. } if key == "test.array"),
+        "{e}"
+    );
     mentions(&e, &["unknown array element type 77"]);
 }
 
@@ -265,7 +325,10 @@ fn bad_alignment() {
         let at = key_type_at(&b, "general.alignment") + 4;
         put_u32(&mut b, at, a);
         let e = parse(&b);
-        assert!(matches!(&e, GgufError::BadMetadata { key, .. } if key == "general.alignment"), "{e}");
+        assert!(
+            matches!(&e, GgufError::BadMetadata { key, .. } if key == "general.alignment"),
+            "{e}"
+        );
         mentions(&e, &["power of two"]);
     }
 }
@@ -278,7 +341,10 @@ fn unknown_tensor_types() {
         let mut t = b.clone();
         put_u32(&mut t, type_at, id);
         let e = parse(&t);
-        assert!(matches!(&e, GgufError::BadTensor { tensor, .. } if tensor == "a.weight"), "{e}");
+        assert!(
+            matches!(&e, GgufError::BadTensor { tensor, .. } if tensor == "a.weight"),
+            "{e}"
+        );
         mentions(&e, &[&format!("unknown tensor type id {id}")]);
     }
 }
@@ -291,7 +357,10 @@ fn tensor_data_outside_file() {
         let mut t = b.clone();
         put_u64(&mut t, offset_at, offset);
         let e = parse(&t);
-        assert!(matches!(&e, GgufError::BadTensor { tensor, .. } if tensor == "b.weight"), "{offset}: {e}");
+        assert!(
+            matches!(&e, GgufError::BadTensor { tensor, .. } if tensor == "b.weight"),
+            "{offset}: {e}"
+        );
         mentions(&e, &["outside"]);
     }
 }
@@ -316,7 +385,10 @@ fn misaligned_offsets() {
     let mut t = b.clone();
     put_u64(&mut t, offset_at, 257);
     let e = parse(&t);
-    assert!(matches!(&e, GgufError::BadTensor { tensor, .. } if tensor == "b.weight"), "{e}");
+    assert!(
+        matches!(&e, GgufError::BadTensor { tensor, .. } if tensor == "b.weight"),
+        "{e}"
+    );
     mentions(&e, &["offset 257", "not aligned to 32"]);
 }
 
@@ -327,14 +399,20 @@ fn duplicate_names() {
     let at = string_at(&b, "b.weight") + 8;
     t[at] = b'a';
     let e = parse(&t);
-    assert!(matches!(&e, GgufError::BadTensor { tensor, .. } if tensor == "a.weight"), "{e}");
+    assert!(
+        matches!(&e, GgufError::BadTensor { tensor, .. } if tensor == "a.weight"),
+        "{e}"
+    );
     mentions(&e, &["appears twice"]);
 
     let mut t = b.clone();
     let at = string_at(&b, "test.str") + 8;
     t[at..at + 8].copy_from_slice(b"test.u32");
     let e = parse(&t);
-    assert!(matches!(&e, GgufError::BadMetadata { key, .. } if key == "test.u32"), "{e}");
+    assert!(
+        matches!(&e, GgufError::BadMetadata { key, .. } if key == "test.u32"),
+        "{e}"
+    );
     mentions(&e, &["appears twice"]);
 }
 
@@ -346,7 +424,10 @@ fn bad_dims() {
     put_u64(&mut t, dims_at, 1 << 40);
     put_u64(&mut t, dims_at + 8, 1 << 40);
     let e = parse(&t);
-    assert!(matches!(&e, GgufError::BadTensor { tensor, .. } if tensor == "a.weight"), "{e}");
+    assert!(
+        matches!(&e, GgufError::BadTensor { tensor, .. } if tensor == "a.weight"),
+        "{e}"
+    );
     mentions(&e, &["overflow"]);
 
     // Elements fit in u64 but bytes do not.
@@ -369,7 +450,10 @@ fn bad_dims() {
     let (_, dims_at, _, _) = tensor_fields(&b, "b.weight");
     let mut t = b.clone();
     put_u64(&mut t, dims_at, 48);
-    mentions(&parse(&t), &["b.weight", "not a whole number of Q8_0 blocks"]);
+    mentions(
+        &parse(&t),
+        &["b.weight", "not a whole number of Q8_0 blocks"],
+    );
 }
 
 #[test]
@@ -415,19 +499,30 @@ fn missing_file_names_the_path() {
 #[test]
 fn corrupt_shard_is_named() {
     use strata_model::gguf::SplitLimits;
-    let dir = std::env::temp_dir().join(format!("strata-gguf-corrupt-shard-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("strata-gguf-corrupt-shard-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut w = GgufWriter::new();
     for i in 0..3 {
         w.add_tensor(format!("t{i}"), &[32], GgmlType::F32).unwrap();
     }
-    let limits = SplitLimits { max_tensors: Some(1), max_bytes: None };
-    let paths = w.write_split(dir.join("m"), limits, |_, s, out| out.write_all(&vec![0; s.size_bytes as usize])).unwrap();
+    let limits = SplitLimits {
+        max_tensors: Some(1),
+        max_bytes: None,
+    };
+    let paths = w
+        .write_split(dir.join("m"), limits, |_, s, out| {
+            out.write_all(&vec![0; s.size_bytes as usize])
+        })
+        .unwrap();
     let mut bytes = std::fs::read(&paths[2]).unwrap();
     bytes.truncate(bytes.len() - 100);
     std::fs::write(&paths[2], &bytes).unwrap();
     let e = GgufFile::open(&paths[0]).unwrap_err();
-    assert!(matches!(&e, GgufError::BadTensor { path, tensor, .. } if path == &paths[2] && tensor == "t2"), "{e}");
+    assert!(
+        matches!(&e, GgufError::BadTensor { path, tensor, .. } if path == &paths[2] && tensor == "t2"),
+        "{e}"
+    );
     mentions(&e, &["m-00003-of-00003.gguf", "outside"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use strata_model::gguf::{GgufFile, GgufWriter, SplitLimits};
 
 fn models_dir() -> PathBuf {
-    std::env::var("STRATA_MODELS").map(Into::into).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/strata/models")
-    })
+    std::env::var("STRATA_MODELS")
+        .map(Into::into)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/strata/models")
+        })
 }
 
 /// A writer holding `f`'s metadata and tensor specs (split keys left out).
@@ -32,8 +34,15 @@ fn same_model(a: &GgufFile, b: &GgufFile) {
     }
     assert_eq!(a.tensors.len(), b.tensors.len());
     for (ta, tb) in a.tensors.iter().zip(&b.tensors) {
-        assert_eq!((&ta.name, &ta.dims, ta.dtype), (&tb.name, &tb.dims, tb.dtype));
-        assert!(a.tensor_data(ta) == b.tensor_data(tb), "{} data differs", ta.name);
+        assert_eq!(
+            (&ta.name, &ta.dims, ta.dtype),
+            (&tb.name, &tb.dims, tb.dtype)
+        );
+        assert!(
+            a.tensor_data(ta) == b.tensor_data(tb),
+            "{} data differs",
+            ta.name
+        );
     }
 }
 
@@ -66,7 +75,10 @@ fn rewrite_whole_and_split(model: &str) {
     same_model(&f, &GgufFile::open(&whole).unwrap());
     std::fs::remove_file(&whole).unwrap();
 
-    let limits = SplitLimits { max_tensors: None, max_bytes: Some(30 << 20) };
+    let limits = SplitLimits {
+        max_tensors: None,
+        max_bytes: Some(30 << 20),
+    };
     let paths = w.write_split(dir.join("smol"), limits, copy_data).unwrap();
     assert!(paths.len() >= 3, "{} shards", paths.len());
     let split = GgufFile::open(&paths[paths.len() - 1]).unwrap();

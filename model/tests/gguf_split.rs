@@ -2,8 +2,8 @@
 use std::path::{Path, PathBuf};
 
 use strata_model::gguf::{
-    shard_path, GgufError, GgufFile, GgufWriter, MetaValue, SplitLimits, KEY_SPLIT_COUNT, KEY_SPLIT_NO,
-    KEY_SPLIT_TENSORS_COUNT,
+    shard_path, GgufError, GgufFile, GgufWriter, MetaValue, SplitLimits, KEY_SPLIT_COUNT,
+    KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT,
 };
 use strata_model::GgmlType;
 
@@ -11,7 +11,8 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("strata-gguf-split-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("strata-gguf-split-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
@@ -28,21 +29,38 @@ fn model(n_tensors: usize) -> GgufWriter {
     let mut w = GgufWriter::new();
     w.add_metadata("general.architecture", MetaValue::String("llama".into()));
     w.add_metadata("llama.block_count", MetaValue::U32(n_tensors as u32));
-    w.add_metadata("tokenizer.ggml.tokens", MetaValue::Array(vec![MetaValue::String("a".into()); 10]));
+    w.add_metadata(
+        "tokenizer.ggml.tokens",
+        MetaValue::Array(vec![MetaValue::String("a".into()); 10]),
+    );
     for i in 0..n_tensors {
-        w.add_tensor(format!("blk.{i}.weight"), &[32 * (i as u64 + 1), 2], GgmlType::Q8_0).unwrap();
+        w.add_tensor(
+            format!("blk.{i}.weight"),
+            &[32 * (i as u64 + 1), 2],
+            GgmlType::Q8_0,
+        )
+        .unwrap();
     }
     w
 }
 
-fn fill(i: usize, spec: &strata_model::gguf::TensorSpec, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+fn fill(
+    i: usize,
+    spec: &strata_model::gguf::TensorSpec,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
     out.write_all(&vec![i as u8; spec.size_bytes as usize])
 }
 
 fn check_model(f: &GgufFile, n_tensors: usize) {
     assert_eq!(f.architecture(), Some("llama"));
     assert_eq!(f.get_u64("llama.block_count"), Some(n_tensors as u64));
-    assert_eq!(f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()), Some(10));
+    assert_eq!(
+        f.get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+            .map(|a| a.len()),
+        Some(10)
+    );
     assert_eq!(f.tensors.len(), n_tensors);
     for i in 0..n_tensors {
         let t = f.tensor(&format!("blk.{i}.weight")).unwrap();
@@ -56,17 +74,33 @@ fn split_by_tensor_count_opens_from_any_shard() {
     let dir = TempDir::new("count");
     let prefix = dir.0.join("model");
     let w = model(5);
-    let paths = w.write_split(&prefix, SplitLimits { max_tensors: Some(2), max_bytes: None }, fill).unwrap();
+    let paths = w
+        .write_split(
+            &prefix,
+            SplitLimits {
+                max_tensors: Some(2),
+                max_bytes: None,
+            },
+            fill,
+        )
+        .unwrap();
     assert_eq!(paths.len(), 3);
     assert_eq!(paths[0], dir.0.join("model-00001-of-00003.gguf"));
     for p in &paths {
         let f = GgufFile::open(p).unwrap();
         check_model(&f, 5);
-        assert_eq!(f.shard_paths(), paths.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+        assert_eq!(
+            f.shard_paths(),
+            paths.iter().map(PathBuf::as_path).collect::<Vec<_>>()
+        );
         let shards: Vec<usize> = f.tensors.iter().map(|t| t.shard).collect();
         assert_eq!(shards, [0, 0, 1, 1, 2]);
         assert_eq!(f.get_u64(KEY_SPLIT_COUNT), Some(3));
-        assert_eq!(f.get_u64(KEY_SPLIT_NO), Some(0), "metadata comes from shard 0");
+        assert_eq!(
+            f.get_u64(KEY_SPLIT_NO),
+            Some(0),
+            "metadata comes from shard 0"
+        );
     }
     // Later shards carry only the split keys, as gguf-split writes them.
     let bytes = std::fs::read(&paths[2]).unwrap();
@@ -80,7 +114,10 @@ fn split_by_bytes() {
     let prefix = dir.0.join("m");
     let w = model(6);
     // Tensor i holds 2 * (i + 1) blocks of 34 bytes: 68, 136, ..., 408.
-    let limits = SplitLimits { max_tensors: None, max_bytes: Some(400) };
+    let limits = SplitLimits {
+        max_tensors: None,
+        max_bytes: Some(400),
+    };
     let paths = w.write_split(&prefix, limits, fill).unwrap();
     let f = GgufFile::open(&paths[0]).unwrap();
     check_model(&f, 6);
@@ -93,7 +130,9 @@ fn split_by_bytes() {
 #[test]
 fn one_shard_split_is_a_plain_file() {
     let dir = TempDir::new("one");
-    let paths = model(3).write_split(dir.0.join("m"), SplitLimits::default(), fill).unwrap();
+    let paths = model(3)
+        .write_split(dir.0.join("m"), SplitLimits::default(), fill)
+        .unwrap();
     assert_eq!(paths, [dir.0.join("m-00001-of-00001.gguf")]);
     check_model(&GgufFile::open(&paths[0]).unwrap(), 3);
     let bytes = std::fs::read(&paths[0]).unwrap();
@@ -103,23 +142,48 @@ fn one_shard_split_is_a_plain_file() {
 #[test]
 fn from_shard_bytes_merges() {
     let dir = TempDir::new("bytes-merge");
-    let paths = model(4).write_split(dir.0.join("m"), SplitLimits { max_tensors: Some(3), max_bytes: None }, fill).unwrap();
+    let paths = model(4)
+        .write_split(
+            dir.0.join("m"),
+            SplitLimits {
+                max_tensors: Some(3),
+                max_bytes: None,
+            },
+            fill,
+        )
+        .unwrap();
     let data: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
     let parts: Vec<(&str, &[u8])> = vec![("a.gguf", &data[0]), ("b.gguf", &data[1])];
     check_model(&GgufFile::from_shard_bytes(&parts).unwrap(), 4);
     // Out of order.
-    let err = GgufFile::from_shard_bytes(&[("b.gguf", &data[1]), ("a.gguf", &data[0])]).unwrap_err();
-    assert!(matches!(&err, GgufError::Split { path, .. } if path == Path::new("b.gguf")), "{err}");
+    let err =
+        GgufFile::from_shard_bytes(&[("b.gguf", &data[1]), ("a.gguf", &data[0])]).unwrap_err();
+    assert!(
+        matches!(&err, GgufError::Split { path, .. } if path == Path::new("b.gguf")),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_shard() {
     let dir = TempDir::new("missing");
-    let paths = model(5).write_split(dir.0.join("m"), SplitLimits { max_tensors: Some(2), max_bytes: None }, fill).unwrap();
+    let paths = model(5)
+        .write_split(
+            dir.0.join("m"),
+            SplitLimits {
+                max_tensors: Some(2),
+                max_bytes: None,
+            },
+            fill,
+        )
+        .unwrap();
     std::fs::remove_file(&paths[1]).unwrap();
     for p in [&paths[0], &paths[2]] {
         let err = GgufFile::open(p).unwrap_err();
-        assert!(matches!(&err, GgufError::Split { path, .. } if path == &paths[1]), "{err}");
+        assert!(
+            matches!(&err, GgufError::Split { path, .. } if path == &paths[1]),
+            "{err}"
+        );
         let msg = err.to_string();
         assert!(msg.contains("shard 2 of 3 is missing"), "{msg}");
     }
@@ -139,7 +203,13 @@ fn shard(path: &Path, no: u16, count: u16, tensors_count: i32, names: &[&str]) {
 
 fn open_err(path: &Path) -> String {
     let err = GgufFile::open(path).unwrap_err();
-    assert!(matches!(err, GgufError::Split { .. } | GgufError::BadMetadata { .. } | GgufError::BadTensor { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            GgufError::Split { .. } | GgufError::BadMetadata { .. } | GgufError::BadTensor { .. }
+        ),
+        "{err}"
+    );
     err.to_string()
 }
 
@@ -152,13 +222,19 @@ fn inconsistent_counts() {
     shard(&p(0, 2), 0, 2, 5, &["a"]);
     shard(&p(1, 2), 1, 2, 5, &["b"]);
     let msg = open_err(&p(0, 2));
-    assert!(msg.contains("split.tensors.count is 5") && msg.contains("hold 2 tensors"), "{msg}");
+    assert!(
+        msg.contains("split.tensors.count is 5") && msg.contains("hold 2 tensors"),
+        "{msg}"
+    );
 
     // The second shard says it is shard 1 again.
     shard(&p(0, 2), 0, 2, 2, &["a"]);
     shard(&p(1, 2), 0, 2, 2, &["b"]);
     let msg = open_err(&p(0, 2));
-    assert!(msg.contains("expected shard 2 of 2") && msg.contains("says shard 1 of 2"), "{msg}");
+    assert!(
+        msg.contains("expected shard 2 of 2") && msg.contains("says shard 1 of 2"),
+        "{msg}"
+    );
 
     // The second shard belongs to a 3-shard model.
     shard(&p(1, 2), 1, 3, 2, &["b"]);
@@ -168,7 +244,10 @@ fn inconsistent_counts() {
     // The same tensor in two shards.
     shard(&p(1, 2), 1, 2, 2, &["a"]);
     let msg = open_err(&p(0, 2));
-    assert!(msg.contains("\"a\"") && msg.contains("appears twice"), "{msg}");
+    assert!(
+        msg.contains("\"a\"") && msg.contains("appears twice"),
+        "{msg}"
+    );
 
     // Consistent again: opens.
     shard(&p(1, 2), 1, 2, 2, &["b"]);
@@ -182,13 +261,19 @@ fn inconsistent_counts() {
     // split.no beyond split.count.
     shard(&p(0, 2), 4, 2, 2, &["a"]);
     let msg = open_err(&p(0, 2));
-    assert!(msg.contains("split.no") && msg.contains("shard 4 of a 2-shard model"), "{msg}");
+    assert!(
+        msg.contains("split.no") && msg.contains("shard 4 of a 2-shard model"),
+        "{msg}"
+    );
 
     // Split keys but a name that is not a shard name.
     let plain = dir.0.join("plain.gguf");
     shard(&plain, 0, 2, 2, &["a"]);
     let msg = open_err(&plain);
-    assert!(msg.contains("does not follow PREFIX-%05d-of-%05d.gguf"), "{msg}");
+    assert!(
+        msg.contains("does not follow PREFIX-%05d-of-%05d.gguf"),
+        "{msg}"
+    );
 
     // split.count present, split.no absent.
     let mut w = GgufWriter::new();

@@ -31,12 +31,26 @@ fn every_value() -> Vec<(&'static str, MetaValue)> {
         ("t.arr.i64", Array(vec![I64(-(1 << 40))])),
         ("t.arr.f32", Array(vec![F32(0.25), F32(f32::MAX)])),
         ("t.arr.f64", Array(vec![F64(-0.125)])),
-        ("t.arr.bool", Array(vec![Bool(true), Bool(false), Bool(true)])),
-        ("t.arr.string", Array(vec![String("<s>".into()), String("".into()), String("▁the".into())])),
+        (
+            "t.arr.bool",
+            Array(vec![Bool(true), Bool(false), Bool(true)]),
+        ),
+        (
+            "t.arr.string",
+            Array(vec![
+                String("<s>".into()),
+                String("".into()),
+                String("▁the".into()),
+            ]),
+        ),
         ("t.arr.empty", Array(vec![])),
         (
             "t.arr.nested",
-            Array(vec![Array(vec![U32(1), U32(2)]), Array(vec![String("x".into())]), Array(vec![])]),
+            Array(vec![
+                Array(vec![U32(1), U32(2)]),
+                Array(vec![String("x".into())]),
+                Array(vec![]),
+            ]),
         ),
     ]
 }
@@ -46,7 +60,11 @@ fn fill_byte(i: usize, k: u64) -> u8 {
     (i as u64 * 31 + k * 7) as u8
 }
 
-fn fill(i: usize, spec: &strata_model::gguf::TensorSpec, out: &mut dyn Write) -> std::io::Result<()> {
+fn fill(
+    i: usize,
+    spec: &strata_model::gguf::TensorSpec,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     // Several writes per tensor, as a streaming producer would do.
     let bytes: Vec<u8> = (0..spec.size_bytes).map(|k| fill_byte(i, k)).collect();
     for chunk in bytes.chunks(100) {
@@ -75,10 +93,19 @@ fn check(f: &GgufFile, w: &GgufWriter) {
     assert_eq!(f.tensors.len(), w.tensors().len());
     for (i, spec) in w.tensors().iter().enumerate() {
         let t = f.tensor(&spec.name).unwrap();
-        assert_eq!((&t.dims, t.dtype, t.size_bytes), (&spec.dims, spec.dtype, spec.size_bytes));
+        assert_eq!(
+            (&t.dims, t.dtype, t.size_bytes),
+            (&spec.dims, spec.dtype, spec.size_bytes)
+        );
         assert_eq!(t.offset % f.alignment, 0);
         let data = f.tensor_data(t);
-        assert!(data.iter().enumerate().all(|(k, &b)| b == fill_byte(i, k as u64)), "{}", spec.name);
+        assert!(
+            data.iter()
+                .enumerate()
+                .all(|(k, &b)| b == fill_byte(i, k as u64)),
+            "{}",
+            spec.name
+        );
     }
 }
 
@@ -119,14 +146,19 @@ fn alignment_is_honoured() {
             assert_eq!(t.offset % align as u64, 0, "{} at {}", t.name, t.offset);
         }
         check(&f, &w);
-        assert_eq!(w.data_offsets().unwrap(), f.tensors.iter().map(|t| t.offset).collect::<Vec<_>>());
+        assert_eq!(
+            w.data_offsets().unwrap(),
+            f.tensors.iter().map(|t| t.offset).collect::<Vec<_>>()
+        );
     }
 }
 
 #[test]
 fn metadata_keys_replace_and_keep_order() {
     let mut w = GgufWriter::new();
-    w.add_metadata("a", MetaValue::U8(1)).add_metadata("b", MetaValue::U8(2)).add_metadata("a", MetaValue::U8(3));
+    w.add_metadata("a", MetaValue::U8(1))
+        .add_metadata("b", MetaValue::U8(2))
+        .add_metadata("a", MetaValue::U8(3));
     let keys: Vec<&str> = w.metadata().iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["a", "b"]);
     let f = GgufFile::from_bytes("m.gguf", &w.to_bytes(|_, _, _| Ok(())).unwrap()).unwrap();
@@ -140,16 +172,25 @@ fn callback_must_write_exactly_the_tensor_size() {
     for delta in [-1i64, 1] {
         let err = w
             .to_bytes(|i, spec, out| {
-                let n = if i == 2 { (spec.size_bytes as i64 + delta) as usize } else { spec.size_bytes as usize };
+                let n = if i == 2 {
+                    (spec.size_bytes as i64 + delta) as usize
+                } else {
+                    spec.size_bytes as usize
+                };
                 out.write_all(&vec![0; n])
             })
             .unwrap_err();
-        assert!(matches!(&err, GgufWriteError::WrongSize { tensor, .. } if tensor == "q4k"), "{err}");
+        assert!(
+            matches!(&err, GgufWriteError::WrongSize { tensor, .. } if tensor == "q4k"),
+            "{err}"
+        );
         let msg = err.to_string();
         assert!(msg.contains("q4k") && msg.contains("expected 288"), "{msg}");
     }
     // A callback's own error comes back as an I/O error naming the file.
-    let err = w.to_bytes(|_, _, _| Err(std::io::Error::other("generator failed"))).unwrap_err();
+    let err = w
+        .to_bytes(|_, _, _| Err(std::io::Error::other("generator failed")))
+        .unwrap_err();
     assert!(err.to_string().contains("generator failed"), "{err}");
 }
 
@@ -160,25 +201,45 @@ fn bad_tensors_and_values_are_refused() {
     let msg = |e: GgufWriteError| e.to_string();
     assert!(msg(w.add_tensor("x", &[32], GgmlType::F32).unwrap_err()).contains("added twice"));
     assert!(msg(w.add_tensor("y", &[], GgmlType::F32).unwrap_err()).contains("0 dimensions"));
-    assert!(msg(w.add_tensor("y", &[1, 1, 1, 1, 1], GgmlType::F32).unwrap_err()).contains("5 dimensions"));
+    assert!(msg(w
+        .add_tensor("y", &[1, 1, 1, 1, 1], GgmlType::F32)
+        .unwrap_err())
+    .contains("5 dimensions"));
     assert!(msg(w.add_tensor("y", &[0, 4], GgmlType::F32).unwrap_err()).contains("zero-sized"));
     assert!(msg(w.add_tensor("y", &[100], GgmlType::Q4K).unwrap_err()).contains("Q4_K blocks"));
-    assert!(msg(w.add_tensor("y", &[1 << 40, 1 << 40], GgmlType::F32).unwrap_err()).contains("overflow"));
+    assert!(msg(w
+        .add_tensor("y", &[1 << 40, 1 << 40], GgmlType::F32)
+        .unwrap_err())
+    .contains("overflow"));
 
     let mut w = GgufWriter::new();
-    w.add_metadata("mixed", MetaValue::Array(vec![MetaValue::U8(1), MetaValue::I8(1)]));
+    w.add_metadata(
+        "mixed",
+        MetaValue::Array(vec![MetaValue::U8(1), MetaValue::I8(1)]),
+    );
     let err = w.to_bytes(|_, _, _| Ok(())).unwrap_err();
-    assert!(matches!(&err, GgufWriteError::BadMetadata { key, .. } if key == "mixed"), "{err}");
+    assert!(
+        matches!(&err, GgufWriteError::BadMetadata { key, .. } if key == "mixed"),
+        "{err}"
+    );
 
     let mut w = GgufWriter::new();
     let long = "x".repeat(strata_model::gguf::MAX_STRING_BYTES as usize + 1);
     w.add_metadata("long", MetaValue::String(long));
-    assert!(w.to_bytes(|_, _, _| Ok(())).unwrap_err().to_string().contains("over the limit"));
+    assert!(w
+        .to_bytes(|_, _, _| Ok(()))
+        .unwrap_err()
+        .to_string()
+        .contains("over the limit"));
 
     let mut w = GgufWriter::new();
     let deep = MetaValue::Array(vec![MetaValue::Array(vec![MetaValue::Array(vec![])])]);
     w.add_metadata("deep", deep);
-    assert!(w.to_bytes(|_, _, _| Ok(())).unwrap_err().to_string().contains("nested"));
+    assert!(w
+        .to_bytes(|_, _, _| Ok(()))
+        .unwrap_err()
+        .to_string()
+        .contains("nested"));
 }
 
 #[test]
@@ -187,7 +248,8 @@ fn writes_stream_without_holding_data() {
     // buffers tensor data (a 40 GB synth model goes the same way).
     let mut w = GgufWriter::new();
     for l in 0..16 {
-        w.add_tensor(format!("blk.{l}.w"), &[4096, 1024], GgmlType::F32).unwrap();
+        w.add_tensor(format!("blk.{l}.w"), &[4096, 1024], GgmlType::F32)
+            .unwrap();
     }
     struct CountingSink(u64);
     impl Write for CountingSink {
@@ -229,7 +291,11 @@ fn random_files_round_trip() {
             5 => I32(rng.random()),
             6 => F32(rng.random_range(-1e30..1e30)),
             7 => Bool(rng.random()),
-            8 => String((0..rng.random_range(0..20)).map(|_| rng.random_range('a'..='ÿ')).collect()),
+            8 => String(
+                (0..rng.random_range(0..20))
+                    .map(|_| rng.random_range('a'..='ÿ'))
+                    .collect(),
+            ),
             10 => U64(rng.random()),
             11 => I64(rng.random()),
             _ => F64(rng.random_range(-1e300..1e300)),
@@ -242,7 +308,12 @@ fn random_files_round_trip() {
         }
         let n = rng.random_range(0..6);
         if depth == 0 && rng.random_bool(0.3) {
-            return MetaValue::Array((0..n).map(|_| value(rng, 1)).filter(|v| v.as_array().is_some()).collect());
+            return MetaValue::Array(
+                (0..n)
+                    .map(|_| value(rng, 1))
+                    .filter(|v| v.as_array().is_some())
+                    .collect(),
+            );
         }
         let elem = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12][rng.random_range(0..12)];
         MetaValue::Array((0..n).map(|_| scalar(rng, elem)).collect())
@@ -264,20 +335,39 @@ fn random_files_round_trip() {
             let dtype = GgmlType::ALL[rng.random_range(0..GgmlType::ALL.len())];
             let dims: Vec<u64> = (0..rng.random_range(1..=4))
                 .enumerate()
-                .map(|(d, _)| if d == 0 { dtype.block_elems() as u64 * rng.random_range(1..4) } else { rng.random_range(1..4) })
+                .map(|(d, _)| {
+                    if d == 0 {
+                        dtype.block_elems() as u64 * rng.random_range(1..4)
+                    } else {
+                        rng.random_range(1..4)
+                    }
+                })
                 .collect();
             w.add_tensor(format!("t{t}"), &dims, dtype).unwrap();
         }
-        let bytes = w.to_bytes(fill).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        let f = GgufFile::from_bytes("random.gguf", &bytes).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let bytes = w
+            .to_bytes(fill)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let f = GgufFile::from_bytes("random.gguf", &bytes)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         for (k, v) in &expected {
             assert_eq!(f.get(k), Some(v), "seed {seed}: {k}");
         }
         assert_eq!(f.tensors.len(), w.tensors().len(), "seed {seed}");
         for (i, (t, spec)) in f.tensors.iter().zip(w.tensors()).enumerate() {
-            assert_eq!((&t.name, &t.dims, t.dtype), (&spec.name, &spec.dims, spec.dtype), "seed {seed}");
+            assert_eq!(
+                (&t.name, &t.dims, t.dtype),
+                (&spec.name, &spec.dims, spec.dtype),
+                "seed {seed}"
+            );
             let data = f.tensor_data(t);
-            assert!(data.iter().enumerate().all(|(k, &b)| b == fill_byte(i, k as u64)), "seed {seed}: {}", t.name);
+            assert!(
+                data.iter()
+                    .enumerate()
+                    .all(|(k, &b)| b == fill_byte(i, k as u64)),
+                "seed {seed}: {}",
+                t.name
+            );
         }
     }
 }

@@ -19,7 +19,9 @@ fn dir() -> PathBuf {
 
 fn read_f32(path: &PathBuf) -> Vec<f32> {
     let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 struct Vector {
@@ -40,7 +42,10 @@ fn vectors() -> Vec<Vector> {
         .map(|t| {
             let name = t["type"].as_str().unwrap();
             let dtype = GgmlType::from_name(name).unwrap();
-            let x = t["has_input"].as_bool().unwrap().then(|| read_f32(&dir().join(format!("{name}.x.f32"))));
+            let x = t["has_input"]
+                .as_bool()
+                .unwrap()
+                .then(|| read_f32(&dir().join(format!("{name}.x.f32"))));
             Vector {
                 dtype,
                 elems: t["elems"].as_u64().unwrap() as usize,
@@ -60,7 +65,11 @@ fn dequantize_matches_gguf_py_bit_exactly() {
         let be = v.dtype.block_elems().max(32);
         for (blk, (ours, theirs)) in y.chunks(be).zip(v.y.chunks(be)).enumerate() {
             for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
-                assert!(a.to_bits() == b.to_bits(), "{} block {blk} elem {i}: ours {a} gguf-py {b}", v.dtype);
+                assert!(
+                    a.to_bits() == b.to_bits(),
+                    "{} block {blk} elem {i}: ours {a} gguf-py {b}",
+                    v.dtype
+                );
             }
         }
     }
@@ -83,8 +92,14 @@ fn quantizers_match_gguf_py() {
             continue;
         }
         eprintln!("{}: blocks differ from gguf-py; comparing levels", v.dtype);
-        let (be, bb) = (v.dtype.block_elems().max(32), v.dtype.block_bytes() * (32 / v.dtype.block_elems()).max(1));
-        let (ours, theirs) = (dequantized(v.dtype, &q, v.elems), dequantized(v.dtype, &v.q, v.elems));
+        let (be, bb) = (
+            v.dtype.block_elems().max(32),
+            v.dtype.block_bytes() * (32 / v.dtype.block_elems()).max(1),
+        );
+        let (ours, theirs) = (
+            dequantized(v.dtype, &q, v.elems),
+            dequantized(v.dtype, &v.q, v.elems),
+        );
         let mut differing = 0;
         for (blk, (qa, qb)) in q.chunks(bb).zip(v.q.chunks(bb)).enumerate() {
             if qa == qb {
@@ -96,17 +111,31 @@ fn quantizers_match_gguf_py() {
                 GgmlType::F16 | GgmlType::BF16 => 0,
                 _ => 2,
             };
-            assert_eq!(qa[..scale_bytes], qb[..scale_bytes], "{} block {blk}: scales differ", v.dtype);
+            assert_eq!(
+                qa[..scale_bytes],
+                qb[..scale_bytes],
+                "{} block {blk}: scales differ",
+                v.dtype
+            );
             let step = half::f16::from_le_bytes([qa[0], qa[1]]).to_f32().abs();
             for i in blk * be..(blk + 1) * be {
                 let diff = (ours[i] - theirs[i]).abs();
                 if diff > 0.0 {
                     differing += 1;
                     let ok = diff <= step * 1.0001 && step > 0.0;
-                    assert!(ok, "{} block {blk} elem {i}: ours {} gguf-py {} (step {step})", v.dtype, ours[i], theirs[i]);
+                    assert!(
+                        ok,
+                        "{} block {blk} elem {i}: ours {} gguf-py {} (step {step})",
+                        v.dtype, ours[i], theirs[i]
+                    );
                 }
             }
         }
-        assert!(differing * 100 <= v.elems, "{}: {differing} of {} elements differ", v.dtype, v.elems);
+        assert!(
+            differing * 100 <= v.elems,
+            "{}: {differing} of {} elements differ",
+            v.dtype,
+            v.elems
+        );
     }
 }

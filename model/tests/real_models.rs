@@ -2,9 +2,12 @@
 use strata_model::{GgmlType, GgufFile};
 
 fn models_dir() -> std::path::PathBuf {
-    std::env::var("STRATA_MODELS").map(Into::into).unwrap_or_else(|_| {
-        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/strata/models")
-    })
+    std::env::var("STRATA_MODELS")
+        .map(Into::into)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/strata/models")
+        })
 }
 
 #[test]
@@ -26,5 +29,8 @@ fn reads_gemma3() {
     let f = GgufFile::open(models_dir().join("gemma-3-270m-q4_k_m.gguf")).unwrap();
     assert_eq!(f.architecture(), Some("gemma3"));
     assert_eq!(f.tensors.len(), 236);
-    assert_eq!(f.tensor("blk.0.ffn_down.weight").unwrap().dtype, GgmlType::Q6K);
+    assert_eq!(
+        f.tensor("blk.0.ffn_down.weight").unwrap().dtype,
+        GgmlType::Q6K
+    );
 }

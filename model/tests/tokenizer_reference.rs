@@ -7,15 +7,19 @@ use strata_model::tokenizer::{TextStream, Tokenizer};
 use strata_model::GgufFile;
 
 fn models_dir() -> PathBuf {
-    std::env::var("STRATA_MODELS").map(Into::into).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/strata/models")
-    })
+    std::env::var("STRATA_MODELS")
+        .map(Into::into)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/strata/models")
+        })
 }
 
 fn reference_dir() -> PathBuf {
     std::env::var("STRATA_REFERENCE")
         .map(Into::into)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference"))
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference")
+        })
 }
 
 fn load(model: &str, reference: &str) -> (Tokenizer, Value) {
@@ -26,7 +30,11 @@ fn load(model: &str, reference: &str) -> (Tokenizer, Value) {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn check_tokenize(tok: &Tokenizer, r: &Value) {
@@ -41,7 +49,12 @@ fn check_tokenize(tok: &Tokenizer, r: &Value) {
             failures.push(format!("{text:?}:\n  want {want:?}\n  got  {got:?}"));
         }
     }
-    assert!(failures.is_empty(), "{} tokenize mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} tokenize mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn check_greedy(tok: &Tokenizer, r: &Value) {
@@ -49,16 +62,28 @@ fn check_greedy(tok: &Tokenizer, r: &Value) {
     assert!(!entries.is_empty());
     for g in entries {
         let prompt = g["prompt"].as_str().unwrap();
-        assert_eq!(tok.encode(prompt, true, false), ids(&g["prompt_ids"]), "prompt {prompt:?}");
+        assert_eq!(
+            tok.encode(prompt, true, false),
+            ids(&g["prompt_ids"]),
+            "prompt {prompt:?}"
+        );
         let tokens = ids(&g["tokens"]);
         let content = g["content"].as_str().unwrap();
-        assert_eq!(tok.decode(&tokens), content, "decoding the tokens of {prompt:?}");
+        assert_eq!(
+            tok.decode(&tokens),
+            content,
+            "decoding the tokens of {prompt:?}"
+        );
         // Streaming gives the same text, and each step's piece.
         let mut stream = TextStream::new();
         let mut streamed = String::new();
         for (i, &t) in tokens.iter().enumerate() {
             if let Some(piece) = g["steps"].get(i).and_then(|s| s["piece"].as_str()) {
-                assert_eq!(String::from_utf8_lossy(tok.piece(t)), piece, "step {i} of {prompt:?}");
+                assert_eq!(
+                    String::from_utf8_lossy(tok.piece(t)),
+                    piece,
+                    "step {i} of {prompt:?}"
+                );
             }
             streamed.push_str(&stream.push_token(tok, t));
         }
@@ -111,7 +136,10 @@ fn smollm2_special_tokens() {
     assert_eq!(parsed.last(), Some(&im_end));
     let unparsed = tok.encode("<|im_start|>", false, false);
     assert!(!unparsed.contains(&im_start));
-    assert_eq!(tok.decode_with_special(&parsed), "<|im_start|>user\nhi<|im_end|>");
+    assert_eq!(
+        tok.decode_with_special(&parsed),
+        "<|im_start|>user\nhi<|im_end|>"
+    );
     assert_eq!(tok.decode(&parsed), "user\nhi");
 }
 
@@ -137,7 +165,12 @@ fn check_round_trip(tok: &Tokenizer) {
     let text = std::fs::read_to_string(reference_dir().join("gpl-3.txt")).unwrap();
     let start = std::time::Instant::now();
     let ids = tok.encode(&text, false, false);
-    eprintln!("{} bytes -> {} tokens in {:?}", text.len(), ids.len(), start.elapsed());
+    eprintln!(
+        "{} bytes -> {} tokens in {:?}",
+        text.len(),
+        ids.len(),
+        start.elapsed()
+    );
     // llama-perplexity scored 59 chunks of 128 tokens for both models.
     assert_eq!(ids.len() / 128, 59, "{} tokens", ids.len());
     assert_eq!(tok.decode(&ids), text);

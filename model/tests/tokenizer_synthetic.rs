@@ -14,7 +14,12 @@ fn gguf(meta: Vec<(&str, MetaValue)>) -> GgufFile {
 }
 
 fn strings(items: &[&str]) -> MetaValue {
-    MetaValue::Array(items.iter().map(|s| MetaValue::String(s.to_string())).collect())
+    MetaValue::Array(
+        items
+            .iter()
+            .map(|s| MetaValue::String(s.to_string()))
+            .collect(),
+    )
 }
 
 fn s(v: &str) -> MetaValue {
@@ -30,7 +35,10 @@ fn bpe(extra: Vec<(&'static str, MetaValue)>) -> Vec<(&'static str, MetaValue)> 
         ("tokenizer.ggml.pre", s("gpt-2")),
         ("tokenizer.ggml.tokens", strings(BPE_TOKENS)),
         ("tokenizer.ggml.merges", strings(BPE_MERGES)),
-        ("tokenizer.ggml.token_type", MetaValue::Array([1, 1, 1, 1, 1, 1, 1, 3].map(MetaValue::I32).to_vec())),
+        (
+            "tokenizer.ggml.token_type",
+            MetaValue::Array([1, 1, 1, 1, 1, 1, 1, 3].map(MetaValue::I32).to_vec()),
+        ),
         ("tokenizer.ggml.bos_token_id", MetaValue::U32(7)),
         ("tokenizer.ggml.eos_token_id", MetaValue::U32(7)),
     ];
@@ -60,14 +68,22 @@ fn bpe_merges_by_rank() {
 
 #[test]
 fn spm_merges_by_score_with_byte_fallback() {
-    let tokens = ["<unk>", "<s>", "</s>", "▁", "a", "b", "▁a", "ab", "▁ab", "<0xC3>", "<0xA9>"];
+    let tokens = [
+        "<unk>", "<s>", "</s>", "▁", "a", "b", "▁a", "ab", "▁ab", "<0xC3>", "<0xA9>",
+    ];
     let scores = [0.0, 0.0, 0.0, -3.0, -4.0, -4.0, -1.0, -2.0, -0.5, 0.0, 0.0];
     let types = [2, 3, 3, 1, 1, 1, 1, 1, 1, 6, 6];
     let f = gguf(vec![
         ("tokenizer.ggml.model", s("llama")),
         ("tokenizer.ggml.tokens", strings(&tokens)),
-        ("tokenizer.ggml.scores", MetaValue::Array(scores.map(MetaValue::F32).to_vec())),
-        ("tokenizer.ggml.token_type", MetaValue::Array(types.map(MetaValue::I32).to_vec())),
+        (
+            "tokenizer.ggml.scores",
+            MetaValue::Array(scores.map(MetaValue::F32).to_vec()),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            MetaValue::Array(types.map(MetaValue::I32).to_vec()),
+        ),
     ]);
     let tok = Tokenizer::from_gguf(&f).unwrap();
     assert!(tok.add_bos());
@@ -84,16 +100,31 @@ fn spm_merges_by_score_with_byte_fallback() {
 #[test]
 fn missing_or_wrong_metadata_is_an_error() {
     let e = err(vec![("tokenizer.ggml.model", s("gpt2"))]);
-    assert!(matches!(e, TokenizerError::MissingKey("tokenizer.ggml.tokens")), "{e}");
+    assert!(
+        matches!(e, TokenizerError::MissingKey("tokenizer.ggml.tokens")),
+        "{e}"
+    );
     let e = err(vec![("tokenizer.ggml.tokens", strings(BPE_TOKENS))]);
-    assert!(matches!(e, TokenizerError::MissingKey("tokenizer.ggml.model")), "{e}");
+    assert!(
+        matches!(e, TokenizerError::MissingKey("tokenizer.ggml.model")),
+        "{e}"
+    );
     let e = err(bpe(vec![("tokenizer.ggml.model", s("wordpiece9"))]));
     assert!(matches!(e, TokenizerError::UnknownModel(_)), "{e}");
     let e = err(bpe(vec![("tokenizer.ggml.pre", s("mystery"))]));
-    assert!(matches!(e, TokenizerError::UnknownPreTokenizer(_)) && e.to_string().contains("mystery"), "{e}");
-    let e = err(bpe(vec![("tokenizer.ggml.tokens", MetaValue::Array(vec![MetaValue::U32(1)]))]));
+    assert!(
+        matches!(e, TokenizerError::UnknownPreTokenizer(_)) && e.to_string().contains("mystery"),
+        "{e}"
+    );
+    let e = err(bpe(vec![(
+        "tokenizer.ggml.tokens",
+        MetaValue::Array(vec![MetaValue::U32(1)]),
+    )]));
     assert!(matches!(e, TokenizerError::WrongType { .. }), "{e}");
-    let e = err(bpe(vec![("tokenizer.ggml.tokens", MetaValue::Array(vec![]))]));
+    let e = err(bpe(vec![(
+        "tokenizer.ggml.tokens",
+        MetaValue::Array(vec![]),
+    )]));
     assert!(matches!(e, TokenizerError::EmptyVocab), "{e}");
 }
 
@@ -101,33 +132,80 @@ fn missing_or_wrong_metadata_is_an_error() {
 fn bad_merges_are_an_error() {
     let mut meta = bpe(vec![]);
     meta.retain(|(k, _)| *k != "tokenizer.ggml.merges");
-    assert!(matches!(err(meta), TokenizerError::MissingKey("tokenizer.ggml.merges")));
-    let e = err(bpe(vec![("tokenizer.ggml.merges", strings(&["a b", "a zz"]))]));
-    assert!(matches!(e, TokenizerError::BadMerge { index: 1, .. }), "{e}");
+    assert!(matches!(
+        err(meta),
+        TokenizerError::MissingKey("tokenizer.ggml.merges")
+    ));
+    let e = err(bpe(vec![(
+        "tokenizer.ggml.merges",
+        strings(&["a b", "a zz"]),
+    )]));
+    assert!(
+        matches!(e, TokenizerError::BadMerge { index: 1, .. }),
+        "{e}"
+    );
     let e = err(bpe(vec![("tokenizer.ggml.merges", strings(&["ab"]))]));
-    assert!(matches!(e, TokenizerError::BadMerge { index: 0, .. }), "{e}");
+    assert!(
+        matches!(e, TokenizerError::BadMerge { index: 0, .. }),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_special_ids_are_an_error() {
-    let e = err(bpe(vec![("tokenizer.ggml.bos_token_id", MetaValue::U32(8))]));
-    assert!(matches!(e, TokenizerError::TokenIdOutOfRange { id: 8, .. }), "{e}");
-    let e = err(bpe(vec![("tokenizer.ggml.eos_token_id", MetaValue::U64(u64::MAX))]));
+    let e = err(bpe(vec![(
+        "tokenizer.ggml.bos_token_id",
+        MetaValue::U32(8),
+    )]));
+    assert!(
+        matches!(e, TokenizerError::TokenIdOutOfRange { id: 8, .. }),
+        "{e}"
+    );
+    let e = err(bpe(vec![(
+        "tokenizer.ggml.eos_token_id",
+        MetaValue::U64(u64::MAX),
+    )]));
     assert!(matches!(e, TokenizerError::TokenIdOutOfRange { .. }), "{e}");
     // add_bos with no usable BOS id (the BPE default, 11, is past this vocabulary).
-    let mut meta = bpe(vec![("tokenizer.ggml.add_bos_token", MetaValue::Bool(true))]);
+    let mut meta = bpe(vec![(
+        "tokenizer.ggml.add_bos_token",
+        MetaValue::Bool(true),
+    )]);
     meta.retain(|(k, _)| *k != "tokenizer.ggml.bos_token_id");
     assert!(matches!(err(meta), TokenizerError::MissingSpecial { .. }));
 }
 
 #[test]
 fn bad_vocab_arrays_are_an_error() {
-    let e = err(bpe(vec![("tokenizer.ggml.token_type", MetaValue::Array(vec![MetaValue::I32(1)]))]));
-    assert!(matches!(e, TokenizerError::LengthMismatch { got: 1, n_tokens: 8, .. }), "{e}");
+    let e = err(bpe(vec![(
+        "tokenizer.ggml.token_type",
+        MetaValue::Array(vec![MetaValue::I32(1)]),
+    )]));
+    assert!(
+        matches!(
+            e,
+            TokenizerError::LengthMismatch {
+                got: 1,
+                n_tokens: 8,
+                ..
+            }
+        ),
+        "{e}"
+    );
     let mut dup = BPE_TOKENS.to_vec();
     dup[2] = "a";
     let e = err(bpe(vec![("tokenizer.ggml.tokens", strings(&dup))]));
-    assert!(matches!(e, TokenizerError::DuplicateToken { first: 0, second: 2, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            TokenizerError::DuplicateToken {
+                first: 0,
+                second: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]

@@ -12,7 +12,9 @@ pub const PREFILL_CHUNK_TOKENS: usize = 512;
 fn logits_of<A>(out: StageOutput<A>) -> Result<Vec<Vec<f32>>, StageError> {
     match out {
         StageOutput::Logits(l) => Ok(l),
-        StageOutput::Hidden(_) => Err(StageError::Batch("this stage does not end the model".into())),
+        StageOutput::Hidden(_) => Err(StageError::Batch(
+            "this stage does not end the model".into(),
+        )),
     }
 }
 
@@ -33,7 +35,12 @@ pub fn prefill<B: Backend>(
             None => LogitRows::Last,
             Some(first) => LogitRows::From(first.saturating_sub(offset)),
         };
-        let batch = [BatchSeq { seq, start_pos: start_pos + offset, n_tokens: chunk.len(), logits }];
+        let batch = [BatchSeq {
+            seq,
+            start_pos: start_pos + offset,
+            n_tokens: chunk.len(),
+            logits,
+        }];
         let rows = logits_of(stage.forward(&batch, StageInput::Tokens(chunk.to_vec()))?)?;
         if logits_from.is_some() {
             out.extend(rows);
@@ -59,7 +66,9 @@ pub fn generate<B: Backend>(
     }
     let result = (|| {
         let mut history = prompt.to_vec();
-        let mut logits = prefill(stage, SEQ, 0, prompt, None)?.pop().unwrap_or_default();
+        let mut logits = prefill(stage, SEQ, 0, prompt, None)?
+            .pop()
+            .unwrap_or_default();
         let mut out = Vec::new();
         for _ in 0..max_tokens {
             let s = sampler.sample(&logits, &history);
@@ -69,8 +78,16 @@ pub fn generate<B: Backend>(
             if !go_on || out.len() == max_tokens {
                 break;
             }
-            let batch = [BatchSeq { seq: SEQ, start_pos: history.len() - 1, n_tokens: 1, logits: LogitRows::Last }];
-            let step = stage.forward(&batch, StageInput::Tokens(vec![*history.last().unwrap_or(&0)]))?;
+            let batch = [BatchSeq {
+                seq: SEQ,
+                start_pos: history.len() - 1,
+                n_tokens: 1,
+                logits: LogitRows::Last,
+            }];
+            let step = stage.forward(
+                &batch,
+                StageInput::Tokens(vec![*history.last().unwrap_or(&0)]),
+            )?;
             logits = logits_of(step)?.pop().unwrap_or_default();
         }
         Ok(out)

@@ -8,7 +8,11 @@ use strata_kernels::{KvBlockId, KV_BLOCK_TOKENS};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
     #[error("KV cache full: sequence {seq} needs {needed} more blocks, {free} free")]
-    Full { seq: u64, needed: usize, free: usize },
+    Full {
+        seq: u64,
+        needed: usize,
+        free: usize,
+    },
 }
 
 #[derive(Debug, Default, Clone)]
@@ -30,7 +34,11 @@ impl BlockAllocator {
     pub fn new(n_blocks: usize) -> Self {
         // Pop from the end: lowest ids first.
         let free = (0..n_blocks as KvBlockId).rev().collect();
-        BlockAllocator { free, n_blocks, seqs: HashMap::new() }
+        BlockAllocator {
+            free,
+            n_blocks,
+            seqs: HashMap::new(),
+        }
     }
 
     pub fn free_blocks(&self) -> usize {
@@ -54,7 +62,11 @@ impl BlockAllocator {
         let want = new_len.div_ceil(KV_BLOCK_TOKENS);
         let needed = want.saturating_sub(have);
         if needed > self.free.len() {
-            return Err(KvError::Full { seq, needed, free: self.free.len() });
+            return Err(KvError::Full {
+                seq,
+                needed,
+                free: self.free.len(),
+            });
         }
         let entry = self.seqs.entry(seq).or_default();
         for _ in 0..needed {
@@ -96,7 +108,14 @@ mod tests {
         a.reserve(2, 1).unwrap();
         assert_eq!(a.block_table(2), &[2]);
         let err = a.reserve(2, 3 * KV_BLOCK_TOKENS).unwrap_err();
-        assert_eq!(err, KvError::Full { seq: 2, needed: 2, free: 1 });
+        assert_eq!(
+            err,
+            KvError::Full {
+                seq: 2,
+                needed: 2,
+                free: 1
+            }
+        );
         assert_eq!(a.block_table(2), &[2], "a failed reserve takes nothing");
         a.release(1);
         assert_eq!(a.free_blocks(), 3);

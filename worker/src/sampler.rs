@@ -46,7 +46,10 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 }
 
@@ -87,20 +90,34 @@ impl Sampler {
         let log_z = log_sum_exp(logits);
         let logprob = |t: u32| logits[t as usize] - log_z;
         let top = if p.n_logprobs > 0 {
-            top_n(logits, p.n_logprobs).into_iter().map(|t| TokenLogprob { token: t, logprob: logprob(t) }).collect()
+            top_n(logits, p.n_logprobs)
+                .into_iter()
+                .map(|t| TokenLogprob {
+                    token: t,
+                    logprob: logprob(t),
+                })
+                .collect()
         } else {
             Vec::new()
         };
 
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
         apply_penalties(&mut cand, history, p);
         let token = if p.temperature <= 0.0 {
             argmax(&cand)
         } else {
-            cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-            if p.top_k > 0 {
+            let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
+            if p.top_k > 0 && p.top_k < cand.len() {
+                // Select the top k first: sorting a whole vocabulary per
+                // token showed in profiles.
+                cand.select_nth_unstable_by(p.top_k - 1, by_logit);
                 cand.truncate(p.top_k);
             }
+            cand.sort_unstable_by(by_logit);
             let probs = softmax(&cand, 1.0);
             if p.top_p < 1.0 {
                 let mut acc = 0.0;
@@ -128,7 +145,11 @@ impl Sampler {
             }
             chosen
         };
-        Sampled { token, logprob: logprob(token), top }
+        Sampled {
+            token,
+            logprob: logprob(token),
+            top,
+        }
     }
 }
 
@@ -142,7 +163,9 @@ fn apply_penalties(cand: &mut [(u32, f32)], history: &[u32], p: &SamplingParams)
         *counts.entry(t).or_default() += 1;
     }
     for (&t, &n) in &counts {
-        let Some(c) = cand.get_mut(t as usize) else { continue };
+        let Some(c) = cand.get_mut(t as usize) else {
+            continue;
+        };
         if c.1 > 0.0 {
             c.1 /= p.repetition_penalty;
         } else {
@@ -165,7 +188,10 @@ fn argmax(cand: &[(u32, f32)]) -> u32 {
 
 fn softmax(cand: &[(u32, f32)], temperature: f32) -> Vec<f32> {
     let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = cand.iter().map(|c| ((c.1 - max) / temperature).exp()).collect();
+    let e: Vec<f32> = cand
+        .iter()
+        .map(|c| ((c.1 - max) / temperature).exp())
+        .collect();
     let sum: f32 = e.iter().sum();
     e.into_iter().map(|v| v / sum).collect()
 }
@@ -195,7 +221,10 @@ mod tests {
     #[test]
     fn greedy_picks_max_and_reports_logprobs() {
         let logits = [0.0, 3.0, 1.0, 3.0];
-        let mut s = Sampler::new(SamplingParams { n_logprobs: 2, ..SamplingParams::greedy() });
+        let mut s = Sampler::new(SamplingParams {
+            n_logprobs: 2,
+            ..SamplingParams::greedy()
+        });
         let out = s.sample(&logits, &[]);
         assert_eq!(out.token, 1);
         assert_eq!(out.top.len(), 2);
@@ -206,7 +235,14 @@ mod tests {
     #[test]
     fn seeded_sampling_repeats_and_respects_top_k() {
         let logits: Vec<f32> = (0..100).map(|i| (i % 7) as f32).collect();
-        let params = SamplingParams { temperature: 1.0, top_k: 3, top_p: 1.0, min_p: 0.0, seed: 42, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 3,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 42,
+            ..Default::default()
+        };
         let a: Vec<u32> = {
             let mut s = Sampler::new(params.clone());
             (0..50).map(|_| s.sample(&logits, &[]).token).collect()
@@ -216,13 +252,19 @@ mod tests {
             (0..50).map(|_| s.sample(&logits, &[]).token).collect()
         };
         assert_eq!(a, b);
-        assert!(a.iter().all(|&t| t % 7 == 6), "top_k=3 over ties keeps only value-6 logits: {a:?}");
+        assert!(
+            a.iter().all(|&t| t % 7 == 6),
+            "top_k=3 over ties keeps only value-6 logits: {a:?}"
+        );
     }
 
     #[test]
     fn repetition_penalty_moves_greedy_choice() {
         let logits = [2.0, 1.9];
-        let mut s = Sampler::new(SamplingParams { repetition_penalty: 1.5, ..SamplingParams::greedy() });
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 1.5,
+            ..SamplingParams::greedy()
+        });
         assert_eq!(s.sample(&logits, &[0]).token, 1);
     }
 }

@@ -28,15 +28,27 @@ pub enum SliceCacheError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SliceCacheError + '_ {
-    move |source| SliceCacheError::Io { path: path.to_path_buf(), source }
+    move |source| SliceCacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Memory a slice needs on a worker: weights (as stored) and KV for
 /// `ctx_tokens` tokens, rounded up to whole KV blocks as the stage allocates.
-pub fn slice_memory_bytes(file: &GgufFile, hp: &HyperParams, range: LayerRange, ctx_tokens: usize) -> (u64, u64) {
-    let weights = slice_tensors(file, range, hp.n_layers).iter().map(|t| t.size_bytes).sum();
+pub fn slice_memory_bytes(
+    file: &GgufFile,
+    hp: &HyperParams,
+    range: LayerRange,
+    ctx_tokens: usize,
+) -> (u64, u64) {
+    let weights = slice_tensors(file, range, hp.n_layers)
+        .iter()
+        .map(|t| t.size_bytes)
+        .sum();
     let profile = MemoryProfile::from_gguf(file, hp);
-    let tokens = ctx_tokens.div_ceil(strata_kernels::KV_BLOCK_TOKENS).max(1) * strata_kernels::KV_BLOCK_TOKENS;
+    let tokens = ctx_tokens.div_ceil(strata_kernels::KV_BLOCK_TOKENS).max(1)
+        * strata_kernels::KV_BLOCK_TOKENS;
     let kv = profile
         .layers
         .get(range.first..range.end)
@@ -69,7 +81,10 @@ impl ModelDir {
             if strata_model::gguf::parse_shard_path(&path).is_some_and(|(_, no, _)| no != 0) {
                 continue;
             }
-            match GgufFile::open(&path).map_err(|e| SliceCacheError::Model(e.to_string())).and_then(|f| model_digest(&f).map_err(|e| SliceCacheError::Model(e.to_string()))) {
+            match GgufFile::open(&path)
+                .map_err(|e| SliceCacheError::Model(e.to_string()))
+                .and_then(|f| model_digest(&f).map_err(|e| SliceCacheError::Model(e.to_string())))
+            {
                 Ok(d) => {
                     tracing::info!("model dir: {} is {d}", path.display());
                     models.push((d, path));
@@ -81,7 +96,10 @@ impl ModelDir {
     }
 
     pub fn find(&self, digest: &str) -> Option<&Path> {
-        self.models.iter().find(|(d, _)| d == digest).map(|(_, p)| p.as_path())
+        self.models
+            .iter()
+            .find(|(d, _)| d == digest)
+            .map(|(_, p)| p.as_path())
     }
 
     pub fn digests(&self) -> Vec<String> {
@@ -116,8 +134,14 @@ impl SliceCache {
     }
 
     pub fn path_for(&self, digest: &str, range: LayerRange) -> PathBuf {
-        let hex: String = digest.trim_start_matches("sha256:").chars().filter(char::is_ascii_hexdigit).take(32).collect();
-        self.dir.join(format!("{hex}-layers-{}-{}.gguf", range.first, range.end))
+        let hex: String = digest
+            .trim_start_matches("sha256:")
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(32)
+            .collect();
+        self.dir
+            .join(format!("{hex}-layers-{}-{}.gguf", range.first, range.end))
     }
 
     /// The cached slice for `digest` and `range`, if one was pushed before
@@ -150,7 +174,8 @@ impl SliceCache {
         w.add_metadata(KEY_SLICE_FIRST, MetaValue::U64(slice.range.first as u64));
         w.add_metadata(KEY_SLICE_END, MetaValue::U64(slice.range.end as u64));
         for (name, dims, dtype) in &slice.tensors {
-            w.add_tensor(name.clone(), dims, *dtype).map_err(|e| SliceCacheError::Push(e.to_string()))?;
+            w.add_tensor(name.clone(), dims, *dtype)
+                .map_err(|e| SliceCacheError::Push(e.to_string()))?;
         }
         let path = self.path_for(&slice.digest, slice.range);
         let partial = path.with_extension("gguf.partial");
@@ -162,7 +187,10 @@ impl SliceCache {
                 let (idx, data) = match pending.take() {
                     Some(c) => c,
                     None => next_chunk().ok_or_else(|| {
-                        io::Error::other(format!("stream ended inside tensor {} ({written} of {} bytes)", spec.name, spec.size_bytes))
+                        io::Error::other(format!(
+                            "stream ended inside tensor {} ({written} of {} bytes)",
+                            spec.name, spec.size_bytes
+                        ))
                     })?,
                 };
                 if idx != i {
@@ -172,7 +200,10 @@ impl SliceCache {
                     )));
                 }
                 if written + data.len() as u64 > spec.size_bytes {
-                    return Err(io::Error::other(format!("tensor {} gets more than its {} bytes", spec.name, spec.size_bytes)));
+                    return Err(io::Error::other(format!(
+                        "tensor {} gets more than its {} bytes",
+                        spec.name, spec.size_bytes
+                    )));
                 }
                 out.write_all(&data)?;
                 written += data.len() as u64;
@@ -187,7 +218,9 @@ impl SliceCache {
         }
         if let Some((idx, _)) = next_chunk() {
             let _ = std::fs::remove_file(&partial);
-            return Err(SliceCacheError::Push(format!("data for tensor #{idx} after the last tensor")));
+            return Err(SliceCacheError::Push(format!(
+                "data for tensor #{idx} after the last tensor"
+            )));
         }
         std::fs::rename(&partial, &path).map_err(io_err(&path))?;
         Ok((path, total))
@@ -198,18 +231,15 @@ impl SliceCache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn layer_names() {
-        assert_eq!(layer_of("blk.12.attn_q.weight"), Some(12));
-        assert_eq!(layer_of("token_embd.weight"), None);
-        assert_eq!(layer_of("blk.x.attn_q.weight"), None);
-    }
-
     fn write_model(path: &Path, name: &str, fill: u8) {
         let mut w = GgufWriter::new();
         w.add_metadata("general.name", MetaValue::String(name.into()));
-        w.add_tensor("blk.0.attn_q.weight", &[64, 4], GgmlType::F32).unwrap();
-        w.write(path, |_, spec, out| out.write_all(&vec![fill; spec.size_bytes as usize])).unwrap();
+        w.add_tensor("blk.0.attn_q.weight", &[64, 4], GgmlType::F32)
+            .unwrap();
+        w.write(path, |_, spec, out| {
+            out.write_all(&vec![fill; spec.size_bytes as usize])
+        })
+        .unwrap();
     }
 
     #[test]
@@ -250,9 +280,20 @@ mod tests {
         // A short stream leaves no file behind.
         let other = LayerRange { first: 0, end: 2 };
         let mut short = vec![(0usize, vec![7u8; 512])].into_iter();
-        assert!(cache.write(&PushedSlice { range: other, ..slice }, || short.next()).is_err());
+        assert!(cache
+            .write(
+                &PushedSlice {
+                    range: other,
+                    ..slice
+                },
+                || short.next()
+            )
+            .is_err());
         assert_eq!(cache.find("sha256:abcd", other), None);
-        assert!(!cache.path_for("sha256:abcd", other).with_extension("gguf.partial").exists());
+        assert!(!cache
+            .path_for("sha256:abcd", other)
+            .with_extension("gguf.partial")
+            .exists());
     }
 
     #[test]
@@ -260,6 +301,9 @@ mod tests {
         let c = SliceCache::new("/tmp/x");
         let a = c.path_for("sha256:00ff", LayerRange { first: 0, end: 7 });
         assert!(a.ends_with("00ff-layers-0-7.gguf"));
-        assert_ne!(a, c.path_for("sha256:00ff", LayerRange { first: 7, end: 20 }));
+        assert_ne!(
+            a,
+            c.path_for("sha256:00ff", LayerRange { first: 7, end: 20 })
+        );
     }
 }

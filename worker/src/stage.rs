@@ -3,7 +3,9 @@
 //! The first stage embeds tokens, the last applies the final norm and output
 //! head. Between them, hidden states are `n_tokens x d_model` activations.
 
-use strata_kernels::{AttentionBatch, Backend, KernelError, KvGeometry, RopeConfig, KV_BLOCK_TOKENS};
+use strata_kernels::{
+    AttentionBatch, Backend, KernelError, KvGeometry, RopeConfig, KV_BLOCK_TOKENS,
+};
 use strata_model::arch::HyperParams;
 use strata_model::profile::KvType;
 use strata_model::GgufFile;
@@ -75,7 +77,12 @@ impl<B: Backend> Stage<B> {
     /// Loads layers `range` (with the embedding if it starts at 0 and the
     /// head if it ends at the last layer) and a KV pool for `kv_tokens`
     /// tokens of context over all sequences.
-    pub fn load(backend: B, file: &GgufFile, range: LayerRange, kv_tokens: usize) -> Result<Self, StageError> {
+    pub fn load(
+        backend: B,
+        file: &GgufFile,
+        range: LayerRange,
+        kv_tokens: usize,
+    ) -> Result<Self, StageError> {
         let hp = HyperParams::from_gguf(file).map_err(|e| StageError::Model(e.to_string()))?;
         if range.is_empty() || range.end > hp.n_layers {
             return Err(StageError::Model(format!(
@@ -83,7 +90,10 @@ impl<B: Backend> Stage<B> {
                 range.first, range.end, hp.n_layers
             )));
         }
-        let loader = WeightLoader { file, backend: &backend };
+        let loader = WeightLoader {
+            file,
+            backend: &backend,
+        };
         let is_first = range.first == 0;
         let is_last = range.end == hp.n_layers;
         let embedding = if is_first {
@@ -115,7 +125,17 @@ impl<B: Backend> Stage<B> {
             kv_type: KvType::F16,
             n_blocks,
         })?;
-        Ok(Stage { backend, hp, range, embedding, layers, head, rope_freqs, kv, blocks: BlockAllocator::new(n_blocks) })
+        Ok(Stage {
+            backend,
+            hp,
+            range,
+            embedding,
+            layers,
+            head,
+            rope_freqs,
+            kv,
+            blocks: BlockAllocator::new(n_blocks),
+        })
     }
 
     pub fn hyper_params(&self) -> &HyperParams {
@@ -143,7 +163,11 @@ impl<B: Backend> Stage<B> {
     }
 
     /// Runs one batch through this stage's layers.
-    pub fn forward(&mut self, batch: &[BatchSeq], input: StageInput<B::Act>) -> Result<StageOutput<B::Act>, StageError> {
+    pub fn forward(
+        &mut self,
+        batch: &[BatchSeq],
+        input: StageInput<B::Act>,
+    ) -> Result<StageOutput<B::Act>, StageError> {
         let n_tokens: usize = batch.iter().map(|s| s.n_tokens).sum();
         if n_tokens == 0 {
             return Err(StageError::Batch("no tokens".into()));
@@ -172,7 +196,10 @@ impl<B: Backend> Stage<B> {
         let mut x = match (input, &self.embedding) {
             (StageInput::Tokens(ids), Some(emb)) => {
                 if ids.len() != n_tokens {
-                    return Err(StageError::Batch(format!("{} token ids for {n_tokens} positions", ids.len())));
+                    return Err(StageError::Batch(format!(
+                        "{} token ids for {n_tokens} positions",
+                        ids.len()
+                    )));
                 }
                 b.embed(emb, &ids, hp.embedding_scale.unwrap_or(1.0))?
             }
@@ -186,11 +213,20 @@ impl<B: Backend> Stage<B> {
                 }
                 h
             }
-            (StageInput::Tokens(_), None) => return Err(StageError::Batch("token ids sent to a middle stage".into())),
-            (StageInput::Hidden(_), Some(_)) => return Err(StageError::Batch("hidden states sent to the first stage".into())),
+            (StageInput::Tokens(_), None) => {
+                return Err(StageError::Batch("token ids sent to a middle stage".into()))
+            }
+            (StageInput::Hidden(_), Some(_)) => {
+                return Err(StageError::Batch(
+                    "hidden states sent to the first stage".into(),
+                ))
+            }
         };
 
-        let tables: Vec<&[u32]> = batch.iter().map(|s| self.blocks.block_table(s.seq)).collect();
+        let tables: Vec<&[u32]> = batch
+            .iter()
+            .map(|s| self.blocks.block_table(s.seq))
+            .collect();
         for (li, w) in self.layers.iter().enumerate() {
             let il = self.range.first + li;
             let attn_batch = AttentionBatch {
@@ -199,7 +235,11 @@ impl<B: Backend> Stage<B> {
                 block_tables: &tables,
                 n_heads: hp.n_heads,
                 scale: hp.attention_scale,
-                window: if hp.is_sliding(il) { hp.sliding_window } else { None },
+                window: if hp.is_sliding(il) {
+                    hp.sliding_window
+                } else {
+                    None
+                },
             };
             let rope = RopeConfig {
                 style: hp.rope.style,
@@ -208,22 +248,42 @@ impl<B: Backend> Stage<B> {
                 freq_base: hp.rope_base(il),
                 freq_scale: hp.rope.freq_scale,
             };
-            x = layer_forward(b, hp, w, x, &attn_batch, &rope, self.rope_freqs.as_ref(), &mut self.kv, li);
+            x = layer_forward(
+                b,
+                hp,
+                w,
+                x,
+                &attn_batch,
+                &rope,
+                self.rope_freqs.as_ref(),
+                &mut self.kv,
+                li,
+            );
         }
 
-        let Some((norm, out)) = &self.head else { return Ok(StageOutput::Hidden(x)) };
+        let Some((norm, out)) = &self.head else {
+            return Ok(StageOutput::Hidden(x));
+        };
         let mut rows = Vec::new();
         let mut offset = 0;
         for s in batch {
             match s.logits {
                 LogitRows::Last => rows.push(offset + s.n_tokens - 1),
-                LogitRows::From(first) => rows.extend(offset + first.min(s.n_tokens)..offset + s.n_tokens),
+                LogitRows::From(first) => {
+                    rows.extend(offset + first.min(s.n_tokens)..offset + s.n_tokens)
+                }
             }
             offset += s.n_tokens;
         }
-        let x = if rows.len() == n_tokens { x } else { b.select_rows(&x, &rows) };
+        let x = if rows.len() == n_tokens {
+            x
+        } else {
+            b.select_rows(&x, &rows)
+        };
         let logits = b.act_to_host(&b.matmul(out, &b.rms_norm(&x, norm, hp.rms_eps)));
-        Ok(StageOutput::Logits(logits.chunks(hp.vocab_size).map(<[f32]>::to_vec).collect()))
+        Ok(StageOutput::Logits(
+            logits.chunks(hp.vocab_size).map(<[f32]>::to_vec).collect(),
+        ))
     }
 }
 

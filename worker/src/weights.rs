@@ -33,7 +33,9 @@ pub struct WeightLoader<'a, B: Backend> {
 
 impl<'a, B: Backend> WeightLoader<'a, B> {
     pub fn optional(&self, name: &str, dims: &[usize]) -> Result<Option<B::Weight>, StageError> {
-        let Some(info) = self.file.tensor(name) else { return Ok(None) };
+        let Some(info) = self.file.tensor(name) else {
+            return Ok(None);
+        };
         // ggml drops trailing dimensions of 1.
         let mut have: Vec<u64> = info.dims.clone();
         while have.len() > 1 && have.last() == Some(&1) {
@@ -47,13 +49,18 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
                 info.dims
             )));
         }
-        let w = self.backend.load_weight(name, info.dtype, &info.dims, self.file.tensor_data(info))?;
+        let w =
+            self.backend
+                .load_weight(name, info.dtype, &info.dims, self.file.tensor_data(info))?;
         Ok(Some(w))
     }
 
     pub fn required(&self, name: &str, dims: &[usize]) -> Result<B::Weight, StageError> {
         self.optional(name, dims)?.ok_or_else(|| {
-            StageError::Model(format!("{}: missing tensor {name:?}", self.file.path().display()))
+            StageError::Model(format!(
+                "{}: missing tensor {name:?}",
+                self.file.path().display()
+            ))
         })
     }
 

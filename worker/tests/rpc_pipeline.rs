@@ -5,8 +5,8 @@
 mod rpc_common;
 
 use rpc_common::*;
-use strata_proto::v1;
 use strata_coordinator::cluster::push_slice;
+use strata_proto::v1;
 use strata_worker::LayerRange;
 
 const SPLITS: [(u32, u32); 3] = [(0, 7), (7, 20), (20, 30)];
@@ -16,18 +16,31 @@ const N_TOKENS: usize = 32;
 /// stage 0's client.
 async fn load_chain(workers: &[&TestWorker], digest: &str, act: v1::ActDtype) {
     for i in (0..3).rev() {
-        let next = if i == 2 { String::new() } else { workers[i + 1].addr.clone() };
+        let next = if i == 2 {
+            String::new()
+        } else {
+            workers[i + 1].addr.clone()
+        };
         let mut c = client(&workers[i].addr).await;
-        let progress = load(&mut c, digest, SPLITS[i].0, SPLITS[i].1, &next, act).await.expect("load");
+        let progress = load(&mut c, digest, SPLITS[i].0, SPLITS[i].1, &next, act)
+            .await
+            .expect("load");
         let last = progress.last().expect("progress");
         assert_eq!(last.phase, v1::load_progress::Phase::Ready as i32);
         assert_eq!(last.layers_done, SPLITS[i].1 - SPLITS[i].0);
-        assert!(progress.iter().any(|p| p.phase == v1::load_progress::Phase::Loading as i32));
+        assert!(progress
+            .iter()
+            .any(|p| p.phase == v1::load_progress::Phase::Loading as i32));
     }
 }
 
 async fn health(w: &TestWorker) -> v1::HealthReply {
-    client(&w.addr).await.health(v1::HealthRequest {}).await.unwrap().into_inner()
+    client(&w.addr)
+        .await
+        .health(v1::HealthRequest {})
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// With f32 activations between stages the split run does the same
@@ -35,7 +48,11 @@ async fn health(w: &TestWorker) -> v1::HealthReply {
 fn check_exact(got: &[u32]) {
     let r = reference();
     let single = single_process_greedy(&r.prompt_ids, N_TOKENS);
-    assert_eq!(got, single.as_slice(), "three stages (f32 links) vs one process");
+    assert_eq!(
+        got,
+        single.as_slice(),
+        "three stages (f32 links) vs one process"
+    );
     check_reference(got, &r);
 }
 
@@ -52,9 +69,15 @@ fn check_up_to_near_tie(got: &[u32]) {
             "f16 links differ from one process at step {i} where the top-2 gap is {} nats: {got:?} vs {single:?}",
             r.top2_gaps[i]
         );
-        eprintln!("f16 links flip the near-tie at step {i} (gap {:.4} nats)", r.top2_gaps[i]);
+        eprintln!(
+            "f16 links flip the near-tie at step {i} (gap {:.4} nats)",
+            r.top2_gaps[i]
+        );
     }
-    check_reference(&got[..got.iter().zip(&single).take_while(|(a, b)| a == b).count()], &r);
+    check_reference(
+        &got[..got.iter().zip(&single).take_while(|(a, b)| a == b).count()],
+        &r,
+    );
 }
 
 /// llama.cpp's tokens, up to the first near-tie (agreement of the single
@@ -62,7 +85,11 @@ fn check_up_to_near_tie(got: &[u32]) {
 fn check_reference(got: &[u32], r: &Reference) {
     for (i, (a, b)) in got.iter().zip(&r.tokens).enumerate() {
         if a != b {
-            assert!(r.top2_gaps[i] < NEAR_TIE_NATS, "step {i}: {a} vs llama.cpp's {b} (gap {} nats)", r.top2_gaps[i]);
+            assert!(
+                r.top2_gaps[i] < NEAR_TIE_NATS,
+                "step {i}: {a} vs llama.cpp's {b} (gap {} nats)",
+                r.top2_gaps[i]
+            );
             return;
         }
     }
@@ -91,11 +118,21 @@ async fn three_stages_generate_like_one_process_and_release_frees_every_stage() 
         assert_eq!(h.live_sequences, 1);
         assert!(h.kv_blocks_used > 0);
     }
-    let reply = client(&ws[0].addr).await.release(v1::ReleaseRequest { seq_ids: vec![7] }).await.unwrap().into_inner();
+    let reply = client(&ws[0].addr)
+        .await
+        .release(v1::ReleaseRequest { seq_ids: vec![7] })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.stages, 3);
     for w in &ws {
         let h = health(w).await;
-        assert_eq!((h.live_sequences, h.kv_blocks_used), (0, 0), "after release on {}", w.addr);
+        assert_eq!(
+            (h.live_sequences, h.kv_blocks_used),
+            (0, 0),
+            "after release on {}",
+            w.addr
+        );
     }
 
     // The stream stays usable: the same sequence id starts afresh.
@@ -113,14 +150,28 @@ async fn a_worker_without_the_model_receives_its_slice_and_generates_the_same() 
     ];
     let digest = digest();
     let mut middle = client(&ws[1].addr).await;
-    let err = load(&mut middle, &digest, 7, 20, &ws[2].addr, v1::ActDtype::F16).await.unwrap_err();
+    let err = load(&mut middle, &digest, 7, 20, &ws[2].addr, v1::ActDtype::F16)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
 
     let model = open_model();
-    let pushed = push_slice(&mut middle, model.clone(), &digest, LayerRange { first: 7, end: 20 }).await.expect("push");
+    let pushed = push_slice(
+        &mut middle,
+        model.clone(),
+        &digest,
+        LayerRange { first: 7, end: 20 },
+    )
+    .await
+    .expect("push");
     assert!(pushed.bytes_written > 0);
     // Only the slice's tensors travelled.
-    assert!(pushed.bytes_written < model.tensor_bytes() / 2, "{} of {}", pushed.bytes_written, model.tensor_bytes());
+    assert!(
+        pushed.bytes_written < model.tensor_bytes() / 2,
+        "{} of {}",
+        pushed.bytes_written,
+        model.tensor_bytes()
+    );
 
     load_chain(&[&ws[0], &ws[1], &ws[2]], &digest, v1::ActDtype::F16).await;
     let r = reference();
@@ -152,7 +203,11 @@ async fn a_dropped_data_stream_frees_its_sequences_on_every_stage() {
             if (h.live_sequences, h.kv_blocks_used) == (0, 0) {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "{} still holds {h:?}", w.addr);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} still holds {h:?}",
+                w.addr
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
@@ -168,19 +223,34 @@ async fn stage_errors_come_back_by_batch_and_name_the_stage() {
     ];
     load_chain(&[&ws[0], &ws[1], &ws[2]], &digest(), v1::ActDtype::F16).await;
     let mut data = DataStream::open(&mut client(&ws[0].addr).await).await;
-    let entry = |seq, start_pos, sampling| v1::BatchEntry { seq_id: seq, start_pos, n_tokens: 1, sample: true, sampling };
+    let entry = |seq, start_pos, sampling| v1::BatchEntry {
+        seq_id: seq,
+        start_pos,
+        n_tokens: 1,
+        sample: true,
+        sampling,
+    };
 
     // Stage 0 refuses a run past what it has cached.
     let reply = data.step(vec![entry(5, 3, None)], vec![504]).await;
-    assert!(reply.error.contains("layers 0..7") && reply.error.contains("cached"), "{}", reply.error);
+    assert!(
+        reply.error.contains("layers 0..7") && reply.error.contains("cached"),
+        "{}",
+        reply.error
+    );
 
     // The last stage refuses to sample a sequence it has no parameters for;
     // the error is relayed back through the middle stage.
     let reply = data.step(vec![entry(6, 0, None)], vec![504]).await;
-    assert!(reply.error.contains("layers 20..30") && reply.error.contains("sampling"), "{}", reply.error);
+    assert!(
+        reply.error.contains("layers 20..30") && reply.error.contains("sampling"),
+        "{}",
+        reply.error
+    );
 
     // The stream carries on.
-    let greedy = strata_worker::service::frames::sampling_to_wire(&strata_worker::SamplingParams::greedy());
+    let greedy =
+        strata_worker::service::frames::sampling_to_wire(&strata_worker::SamplingParams::greedy());
     let reply = data.step(vec![entry(6, 0, Some(greedy))], vec![504]).await;
     assert!(reply.error.is_empty(), "{}", reply.error);
     assert_eq!(reply.tokens.len(), 1);
@@ -199,26 +269,45 @@ async fn frames_pipeline_and_batch_several_sequences() {
     load_chain(&[&ws[0], &ws[1], &ws[2]], &digest(), v1::ActDtype::F32).await;
     let r = reference();
     let prompts: [&[u32]; 3] = [&r.prompt_ids, &r.prompt_ids[..3], &r.prompt_ids[1..]];
-    let expected: Vec<Vec<u32>> = prompts.iter().map(|p| single_process_greedy(p, 2)).collect();
-    let greedy = strata_worker::service::frames::sampling_to_wire(&strata_worker::SamplingParams::greedy());
+    let expected: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| single_process_greedy(p, 2))
+        .collect();
+    let greedy =
+        strata_worker::service::frames::sampling_to_wire(&strata_worker::SamplingParams::greedy());
     let mut data = DataStream::open(&mut client(&ws[0].addr).await).await;
 
     // Three prompt frames sent back to back, replies read afterwards.
     let mut ids = Vec::new();
     for (seq, p) in prompts.iter().enumerate() {
-        let e = v1::BatchEntry { seq_id: seq as u64, start_pos: 0, n_tokens: p.len() as u32, sample: true, sampling: Some(greedy) };
+        let e = v1::BatchEntry {
+            seq_id: seq as u64,
+            start_pos: 0,
+            n_tokens: p.len() as u32,
+            sample: true,
+            sampling: Some(greedy),
+        };
         ids.push(data.send(vec![e], p.to_vec()).await);
     }
     let mut first = [0u32; 3];
     for id in ids {
         let reply = data.reply().await;
-        assert_eq!(reply.batch_id, id, "replies come back in order on one chain");
+        assert_eq!(
+            reply.batch_id, id,
+            "replies come back in order on one chain"
+        );
         assert!(reply.error.is_empty(), "{}", reply.error);
         first[id as usize] = reply.tokens[0].token_id;
     }
     // One decode frame for all three sequences.
     let entries = (0..3)
-        .map(|seq| v1::BatchEntry { seq_id: seq, start_pos: prompts[seq as usize].len() as u32, n_tokens: 1, sample: true, sampling: None })
+        .map(|seq| v1::BatchEntry {
+            seq_id: seq,
+            start_pos: prompts[seq as usize].len() as u32,
+            n_tokens: 1,
+            sample: true,
+            sampling: None,
+        })
         .collect();
     let reply = data.step(entries, first.to_vec()).await;
     assert!(reply.error.is_empty(), "{}", reply.error);

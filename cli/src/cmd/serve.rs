@@ -43,6 +43,10 @@ pub struct Args {
     /// Tokens per micro-batch (decode tokens + prompt chunks).
     #[arg(long, short = 'b', default_value_t = 512)]
     pub batch_size: usize,
+    /// Micro-batches in flight; the running sequences are split among them
+    /// (default: one per stage, so every stage has work).
+    #[arg(long)]
+    pub micro_batches: Option<usize>,
     /// How hidden states travel between workers: f16 (half the bytes) or
     /// f32 (lossless).
     #[arg(long, default_value = "f16")]
@@ -139,6 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             alias: args.alias.clone(),
             act_dtype,
             batch_tokens: args.batch_size,
+            micro_batches: args.micro_batches,
         };
         // Keeps the embedded worker serving until we return.
         let mut _embedded = None;

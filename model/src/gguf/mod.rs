@@ -11,7 +11,12 @@ mod split;
 mod value;
 mod writer;
 
-pub use reader::{GgufError, GgufFile, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_ELEMS, MAX_DIMS, MAX_STRING_BYTES};
-pub use split::{parse_shard_path, shard_path, SplitInfo, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
+pub use reader::{
+    GgufError, GgufFile, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_ELEMS, MAX_DIMS,
+    MAX_STRING_BYTES,
+};
+pub use split::{
+    parse_shard_path, shard_path, SplitInfo, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT,
+};
 pub use value::MetaValue;
 pub use writer::{GgufWriteError, GgufWriter, SplitLimits, TensorSpec, WRITE_VERSION};

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::split::{parse_shard_path, shard_path, SplitInfo, KEY_SPLIT_COUNT, KEY_SPLIT_TENSORS_COUNT};
+use super::split::{
+    parse_shard_path, shard_path, SplitInfo, KEY_SPLIT_COUNT, KEY_SPLIT_TENSORS_COUNT,
+};
 use super::value::MetaValue;
 use crate::quant::GgmlType;
 
@@ -31,19 +33,36 @@ const MAX_RESERVE: u64 = 1 << 16;
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a GGUF file (magic {magic:02x?}, expected \"GGUF\")")]
     BadMagic { path: PathBuf, magic: [u8; 4] },
     #[error("{path}: unsupported GGUF version {version} (supported: 2, 3)")]
     UnsupportedVersion { path: PathBuf, version: u32 },
     #[error("{path}: truncated: {what} at byte {offset} needs {needed} bytes, file has {len}")]
-    Truncated { path: PathBuf, what: String, offset: u64, needed: u64, len: u64 },
+    Truncated {
+        path: PathBuf,
+        what: String,
+        offset: u64,
+        needed: u64,
+        len: u64,
+    },
     #[error("{path}: {what}")]
     Invalid { path: PathBuf, what: String },
     #[error("{path}: tensor {tensor:?}: {what}")]
-    BadTensor { path: PathBuf, tensor: String, what: String },
+    BadTensor {
+        path: PathBuf,
+        tensor: String,
+        what: String,
+    },
     #[error("{path}: metadata key {key:?}: {what}")]
-    BadMetadata { path: PathBuf, key: String, what: String },
+    BadMetadata {
+        path: PathBuf,
+        key: String,
+        what: String,
+    },
     #[error("{path}: split model: {what}")]
     Split { path: PathBuf, what: String },
 }
@@ -115,7 +134,10 @@ impl GgufFile {
         if split.count == 1 {
             return Self::assemble(vec![first]);
         }
-        let split_err = |what: String| GgufError::Split { path: path.to_path_buf(), what };
+        let split_err = |what: String| GgufError::Split {
+            path: path.to_path_buf(),
+            what,
+        };
         let (prefix, name_no, name_count) = parse_shard_path(path).ok_or_else(|| {
             split_err(format!(
                 "{KEY_SPLIT_COUNT} is {} but the file name does not follow PREFIX-%05d-of-%05d.gguf",
@@ -140,7 +162,12 @@ impl GgufFile {
                     if !shard_path.exists() {
                         return Err(GgufError::Split {
                             path: shard_path,
-                            what: format!("shard {} of {} is missing (opened from {})", no + 1, split.count, path.display()),
+                            what: format!(
+                                "shard {} of {} is missing (opened from {})",
+                                no + 1,
+                                split.count,
+                                path.display()
+                            ),
                         });
                     }
                     map_shard(&shard_path)?
@@ -162,12 +189,25 @@ impl GgufFile {
         let mut parts = Vec::with_capacity(shards.len());
         for &(name, bytes) in shards {
             let path = PathBuf::from(name);
-            let mut anon = memmap2::MmapMut::map_anon(bytes.len().max(1))
-                .map_err(|source| GgufError::Io { path: path.clone(), source })?;
+            let mut anon =
+                memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|source| GgufError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
             anon[..bytes.len()].copy_from_slice(bytes);
-            let map = anon.make_read_only().map_err(|source| GgufError::Io { path: path.clone(), source })?;
+            let map = anon.make_read_only().map_err(|source| GgufError::Io {
+                path: path.clone(),
+                source,
+            })?;
             let parsed = parse(&path, &map[..bytes.len()], parts.len())?;
-            parts.push((Shard { path, map, data_start: parsed.data_start }, parsed));
+            parts.push((
+                Shard {
+                    path,
+                    map,
+                    data_start: parsed.data_start,
+                },
+                parsed,
+            ));
         }
         Self::assemble(parts)
     }
@@ -175,7 +215,10 @@ impl GgufFile {
     /// Checks the shards against each other and merges their tensor lists.
     fn assemble(parts: Vec<(Shard, Parsed)>) -> Result<Self, GgufError> {
         let Some(first) = parts.first() else {
-            return Err(GgufError::Split { path: PathBuf::new(), what: "no shards given".into() });
+            return Err(GgufError::Split {
+                path: PathBuf::new(),
+                what: "no shards given".into(),
+            });
         };
         let first_path = first.0.path.clone();
         let first_split = SplitInfo::from_metadata(&first_path, &first.1.metadata)?;
@@ -184,20 +227,32 @@ impl GgufFile {
             if s.tensors_count != n_tensors {
                 return Err(GgufError::Split {
                     path: first_path,
-                    what: format!("{KEY_SPLIT_TENSORS_COUNT} is {} but the shards hold {n_tensors} tensors", s.tensors_count),
+                    what: format!(
+                        "{KEY_SPLIT_TENSORS_COUNT} is {} but the shards hold {n_tensors} tensors",
+                        s.tensors_count
+                    ),
                 });
             }
         }
         for (no, (shard, parsed)) in parts.iter().enumerate() {
             let split = SplitInfo::from_metadata(&shard.path, &parsed.metadata)?;
-            let expected = SplitInfo { no, count: parts.len(), tensors_count: n_tensors };
+            let expected = SplitInfo {
+                no,
+                count: parts.len(),
+                tensors_count: n_tensors,
+            };
             let consistent = match split {
                 None => parts.len() == 1,
                 Some(s) => s == expected,
             };
             if !consistent {
                 let found = split.map_or("no split keys".to_string(), |s| {
-                    format!("shard {} of {} with {} tensors in all", s.no + 1, s.count, s.tensors_count)
+                    format!(
+                        "shard {} of {} with {} tensors in all",
+                        s.no + 1,
+                        s.count,
+                        s.tensors_count
+                    )
                 });
                 return Err(GgufError::Split {
                     path: shard.path.clone(),
@@ -211,7 +266,10 @@ impl GgufFile {
         }
         let mut parts = parts.into_iter();
         let Some((shard0, parsed0)) = parts.next() else {
-            return Err(GgufError::Split { path: PathBuf::new(), what: "no shards given".into() });
+            return Err(GgufError::Split {
+                path: PathBuf::new(),
+                what: "no shards given".into(),
+            });
         };
         let mut gguf = GgufFile {
             shards: vec![shard0],
@@ -223,7 +281,12 @@ impl GgufFile {
         };
         for (shard, parsed) in parts {
             let no = gguf.shards.len();
-            gguf.tensors.extend(parsed.tensors.into_iter().map(|t| TensorInfo { shard: no, ..t }));
+            gguf.tensors.extend(
+                parsed
+                    .tensors
+                    .into_iter()
+                    .map(|t| TensorInfo { shard: no, ..t }),
+            );
             gguf.shards.push(shard);
         }
         gguf.build_index()?;
@@ -297,12 +360,25 @@ impl GgufFile {
 
 /// Maps one file and parses it.
 fn map_shard(path: &Path) -> Result<(Shard, Parsed), GgufError> {
-    let file = File::open(path).map_err(|source| GgufError::Io { path: path.to_path_buf(), source })?;
+    let file = File::open(path).map_err(|source| GgufError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     // SAFETY: the map is read-only; a file changed underneath us can give
     // wrong numbers but every read is bounds-checked against the map.
-    let map = unsafe { Mmap::map(&file) }.map_err(|source| GgufError::Io { path: path.to_path_buf(), source })?;
+    let map = unsafe { Mmap::map(&file) }.map_err(|source| GgufError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let parsed = parse(path, &map, 0)?;
-    Ok((Shard { path: path.to_path_buf(), map, data_start: parsed.data_start }, parsed))
+    Ok((
+        Shard {
+            path: path.to_path_buf(),
+            map,
+            data_start: parsed.data_start,
+        },
+        parsed,
+    ))
 }
 
 struct Parsed {
@@ -355,13 +431,19 @@ impl<'a> Cursor<'a> {
         let at = self.pos;
         let len = self.u64(what)?;
         if len > MAX_STRING_BYTES {
-            return Err(self.invalid(format!("{what} at byte {at} has absurd length {len} (limit {MAX_STRING_BYTES})")));
+            return Err(self.invalid(format!(
+                "{what} at byte {at} has absurd length {len} (limit {MAX_STRING_BYTES})"
+            )));
         }
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.invalid(format!("{what} is not valid UTF-8")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| self.invalid(format!("{what} is not valid UTF-8")))
     }
     fn invalid(&self, what: String) -> GgufError {
-        GgufError::Invalid { path: self.path.to_path_buf(), what }
+        GgufError::Invalid {
+            path: self.path.to_path_buf(),
+            what,
+        }
     }
 }
 
@@ -378,7 +460,12 @@ fn min_encoded_size(type_id: u32) -> Option<u64> {
     })
 }
 
-fn read_value(c: &mut Cursor<'_>, type_id: u32, key: &str, depth: u32) -> Result<MetaValue, GgufError> {
+fn read_value(
+    c: &mut Cursor<'_>,
+    type_id: u32,
+    key: &str,
+    depth: u32,
+) -> Result<MetaValue, GgufError> {
     let what = || format!("value of {key:?}");
     Ok(match type_id {
         0 => MetaValue::U8(c.array::<1>(&what())?[0]),
@@ -419,7 +506,9 @@ fn read_value(c: &mut Cursor<'_>, type_id: u32, key: &str, depth: u32) -> Result
                 return Err(GgufError::BadMetadata {
                     path: c.path.to_path_buf(),
                     key: key.to_string(),
-                    what: format!("array of {count} elements is beyond the limit of {MAX_ARRAY_ELEMS}"),
+                    what: format!(
+                        "array of {count} elements is beyond the limit of {MAX_ARRAY_ELEMS}"
+                    ),
                 });
             }
             // Never allocate by a count the file cannot hold.
@@ -427,7 +516,10 @@ fn read_value(c: &mut Cursor<'_>, type_id: u32, key: &str, depth: u32) -> Result
                 return Err(GgufError::BadMetadata {
                     path: c.path.to_path_buf(),
                     key: key.to_string(),
-                    what: format!("array of {count} elements cannot fit in the {} bytes left", c.remaining()),
+                    what: format!(
+                        "array of {count} elements cannot fit in the {} bytes left",
+                        c.remaining()
+                    ),
                 });
             }
             let mut items = Vec::with_capacity(count.min(MAX_RESERVE) as usize);
@@ -450,24 +542,40 @@ fn read_value(c: &mut Cursor<'_>, type_id: u32, key: &str, depth: u32) -> Result
 }
 
 fn parse(path: &Path, bytes: &[u8], shard: usize) -> Result<Parsed, GgufError> {
-    let mut c = Cursor { path, bytes, pos: 0 };
+    let mut c = Cursor {
+        path,
+        bytes,
+        pos: 0,
+    };
     let magic: [u8; 4] = c.array("magic")?;
     if magic != GGUF_MAGIC {
-        return Err(GgufError::BadMagic { path: path.to_path_buf(), magic });
+        return Err(GgufError::BadMagic {
+            path: path.to_path_buf(),
+            magic,
+        });
     }
     let version = c.u32("version")?;
     if !(2..=3).contains(&version) {
-        return Err(GgufError::UnsupportedVersion { path: path.to_path_buf(), version });
+        return Err(GgufError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            version,
+        });
     }
     let n_tensors = c.u64("tensor count")?;
     let n_kv = c.u64("metadata count")?;
     // A key is at least a u64 length plus a u32 type plus one byte of value;
     // a tensor info at least name length + n_dims + one dim + type + offset.
     if n_kv.saturating_mul(13) > c.remaining() {
-        return Err(c.invalid(format!("metadata count {n_kv} cannot fit in a {}-byte file", bytes.len())));
+        return Err(c.invalid(format!(
+            "metadata count {n_kv} cannot fit in a {}-byte file",
+            bytes.len()
+        )));
     }
     if n_tensors.saturating_mul(8 + 4 + 8 + 4 + 8) > c.remaining() {
-        return Err(c.invalid(format!("tensor count {n_tensors} cannot fit in a {}-byte file", bytes.len())));
+        return Err(c.invalid(format!(
+            "tensor count {n_tensors} cannot fit in a {}-byte file",
+            bytes.len()
+        )));
     }
 
     let mut metadata = BTreeMap::new();
@@ -476,7 +584,11 @@ fn parse(path: &Path, bytes: &[u8], shard: usize) -> Result<Parsed, GgufError> {
         let type_id = c.u32("metadata type")?;
         let value = read_value(&mut c, type_id, &key, 0)?;
         if metadata.insert(key.clone(), value).is_some() {
-            return Err(GgufError::BadMetadata { path: path.to_path_buf(), key, what: "appears twice".into() });
+            return Err(GgufError::BadMetadata {
+                path: path.to_path_buf(),
+                key,
+                what: "appears twice".into(),
+            });
         }
     }
 
@@ -497,10 +609,16 @@ fn parse(path: &Path, bytes: &[u8], shard: usize) -> Result<Parsed, GgufError> {
     let mut tensors = Vec::with_capacity(n_tensors.min(MAX_RESERVE) as usize);
     for _ in 0..n_tensors {
         let name = c.string("tensor name")?;
-        let bad = |what: String| GgufError::BadTensor { path: path.to_path_buf(), tensor: name.clone(), what };
+        let bad = |what: String| GgufError::BadTensor {
+            path: path.to_path_buf(),
+            tensor: name.clone(),
+            what,
+        };
         let n_dims = c.u32("tensor dims")?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(bad(format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
+            return Err(bad(format!(
+                "{n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+            )));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -508,7 +626,8 @@ fn parse(path: &Path, bytes: &[u8], shard: usize) -> Result<Parsed, GgufError> {
         }
         let type_id = c.u32("tensor type")?;
         let offset = c.u64("tensor offset")?;
-        let dtype = GgmlType::from_id(type_id).ok_or_else(|| bad(format!("unknown tensor type id {type_id}")))?;
+        let dtype = GgmlType::from_id(type_id)
+            .ok_or_else(|| bad(format!("unknown tensor type id {type_id}")))?;
         if dims.contains(&0) {
             return Err(bad(format!("zero-sized dimension in {dims:?}")));
         }
@@ -517,15 +636,28 @@ fn parse(path: &Path, bytes: &[u8], shard: usize) -> Result<Parsed, GgufError> {
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
         if dims[0] % dtype.block_elems() as u64 != 0 {
-            return Err(bad(format!("row of {} elements is not a whole number of {dtype} blocks of {}", dims[0], dtype.block_elems())));
+            return Err(bad(format!(
+                "row of {} elements is not a whole number of {dtype} blocks of {}",
+                dims[0],
+                dtype.block_elems()
+            )));
         }
         let size_bytes = dtype
             .row_bytes(n_elems)
             .ok_or_else(|| bad(format!("size of {n_elems} {dtype} elements overflows")))?;
         if offset % alignment != 0 {
-            return Err(bad(format!("data offset {offset} is not aligned to {alignment}")));
+            return Err(bad(format!(
+                "data offset {offset} is not aligned to {alignment}"
+            )));
         }
-        tensors.push(TensorInfo { name, dims, dtype, offset, shard, size_bytes });
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            dtype,
+            offset,
+            shard,
+            size_bytes,
+        });
     }
 
     let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
@@ -564,5 +696,11 @@ fn parse(path: &Path, bytes: &[u8], shard: usize) -> Result<Parsed, GgufError> {
             });
         }
     }
-    Ok(Parsed { version, alignment, metadata, tensors, data_start })
+    Ok(Parsed {
+        version,
+        alignment,
+        metadata,
+        tensors,
+        data_start,
+    })
 }

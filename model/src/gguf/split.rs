@@ -25,16 +25,31 @@ pub struct SplitInfo {
 impl SplitInfo {
     /// Reads the split keys; `None` when the file is not part of a split
     /// model (no `split.count`).
-    pub fn from_metadata(path: &Path, metadata: &BTreeMap<String, MetaValue>) -> Result<Option<Self>, GgufError> {
-        let Some(count) = metadata.get(KEY_SPLIT_COUNT) else { return Ok(None) };
+    pub fn from_metadata(
+        path: &Path,
+        metadata: &BTreeMap<String, MetaValue>,
+    ) -> Result<Option<Self>, GgufError> {
+        let Some(count) = metadata.get(KEY_SPLIT_COUNT) else {
+            return Ok(None);
+        };
         let get = |key: &str, value: Option<&MetaValue>| -> Result<u64, GgufError> {
-            let bad = |what: String| GgufError::BadMetadata { path: path.to_path_buf(), key: key.to_string(), what };
-            let value = value.ok_or_else(|| bad(format!("missing while {KEY_SPLIT_COUNT} is set")))?;
-            value.as_u64().ok_or_else(|| bad(format!("{value} is not a non-negative integer")))
+            let bad = |what: String| GgufError::BadMetadata {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                what,
+            };
+            let value =
+                value.ok_or_else(|| bad(format!("missing while {KEY_SPLIT_COUNT} is set")))?;
+            value
+                .as_u64()
+                .ok_or_else(|| bad(format!("{value} is not a non-negative integer")))
         };
         let count = get(KEY_SPLIT_COUNT, Some(count))?;
         let no = get(KEY_SPLIT_NO, metadata.get(KEY_SPLIT_NO))?;
-        let tensors_count = get(KEY_SPLIT_TENSORS_COUNT, metadata.get(KEY_SPLIT_TENSORS_COUNT))?;
+        let tensors_count = get(
+            KEY_SPLIT_TENSORS_COUNT,
+            metadata.get(KEY_SPLIT_TENSORS_COUNT),
+        )?;
         if count == 0 || count > u16::MAX as u64 {
             return Err(GgufError::BadMetadata {
                 path: path.to_path_buf(),
@@ -49,7 +64,11 @@ impl SplitInfo {
                 what: format!("shard {no} of a {count}-shard model"),
             });
         }
-        Ok(Some(SplitInfo { no: no as usize, count: count as usize, tensors_count }))
+        Ok(Some(SplitInfo {
+            no: no as usize,
+            count: count as usize,
+            tensors_count,
+        }))
     }
 }
 
@@ -87,7 +106,10 @@ mod tests {
     fn shard_names_round_trip() {
         let p = shard_path(Path::new("/m/llama-70b"), 1, 3);
         assert_eq!(p, Path::new("/m/llama-70b-00002-of-00003.gguf"));
-        assert_eq!(parse_shard_path(&p), Some((PathBuf::from("/m/llama-70b"), 1, 3)));
+        assert_eq!(
+            parse_shard_path(&p),
+            Some((PathBuf::from("/m/llama-70b"), 1, 3))
+        );
         assert_eq!(parse_shard_path(Path::new("x-00004-of-00003.gguf")), None);
         assert_eq!(parse_shard_path(Path::new("x-00000-of-00003.gguf")), None);
         assert_eq!(parse_shard_path(Path::new("model.gguf")), None);

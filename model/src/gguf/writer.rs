@@ -36,8 +36,15 @@ pub enum GgufWriteError {
     BadTensor { tensor: String, what: String },
     #[error("metadata key {key:?}: {what}")]
     BadMetadata { key: String, what: String },
-    #[error("{path}: tensor {tensor:?}: the data callback wrote {written} bytes, expected {expected}")]
-    WrongSize { path: PathBuf, tensor: String, expected: u64, written: u64 },
+    #[error(
+        "{path}: tensor {tensor:?}: the data callback wrote {written} bytes, expected {expected}"
+    )]
+    WrongSize {
+        path: PathBuf,
+        tensor: String,
+        expected: u64,
+        written: u64,
+    },
     #[error("split: {what}")]
     BadSplit { what: String },
 }
@@ -89,20 +96,37 @@ impl GgufWriter {
     }
 
     /// Adds a tensor and returns its index (the index the data callback gets).
-    pub fn add_tensor(&mut self, name: impl Into<String>, dims: &[u64], dtype: GgmlType) -> Result<usize, GgufWriteError> {
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        dtype: GgmlType,
+    ) -> Result<usize, GgufWriteError> {
         let name = name.into();
-        let bad = |what: String| GgufWriteError::BadTensor { tensor: name.clone(), what };
+        let bad = |what: String| GgufWriteError::BadTensor {
+            tensor: name.clone(),
+            what,
+        };
         if name.len() as u64 > MAX_STRING_BYTES {
-            return Err(bad(format!("name of {} bytes is over the limit of {MAX_STRING_BYTES}", name.len())));
+            return Err(bad(format!(
+                "name of {} bytes is over the limit of {MAX_STRING_BYTES}",
+                name.len()
+            )));
         }
         if dims.is_empty() || dims.len() > MAX_DIMS as usize {
-            return Err(bad(format!("{} dimensions (1 to {MAX_DIMS} allowed)", dims.len())));
+            return Err(bad(format!(
+                "{} dimensions (1 to {MAX_DIMS} allowed)",
+                dims.len()
+            )));
         }
         if dims.contains(&0) {
             return Err(bad(format!("zero-sized dimension in {dims:?}")));
         }
         if dims[0] % dtype.block_elems() as u64 != 0 {
-            return Err(bad(format!("row of {} elements is not a whole number of {dtype} blocks", dims[0])));
+            return Err(bad(format!(
+                "row of {} elements is not a whole number of {dtype} blocks",
+                dims[0]
+            )));
         }
         let size_bytes = dims
             .iter()
@@ -112,7 +136,12 @@ impl GgufWriter {
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(bad("added twice".into()));
         }
-        self.tensors.push(TensorSpec { name, dims: dims.to_vec(), dtype, size_bytes });
+        self.tensors.push(TensorSpec {
+            name,
+            dims: dims.to_vec(),
+            dtype,
+            size_bytes,
+        });
         Ok(self.tensors.len() - 1)
     }
 
@@ -148,7 +177,10 @@ impl GgufWriter {
             offset = offset
                 .checked_add(t.size_bytes)
                 .map(|e| e.div_ceil(align) * align)
-                .ok_or_else(|| GgufWriteError::BadTensor { tensor: t.name.clone(), what: "data offset overflows".into() })?;
+                .ok_or_else(|| GgufWriteError::BadTensor {
+                    tensor: t.name.clone(),
+                    what: "data offset overflows".into(),
+                })?;
         }
         Ok(offsets)
     }
@@ -160,7 +192,10 @@ impl GgufWriter {
         F: FnMut(usize, &TensorSpec, &mut dyn Write) -> io::Result<()>,
     {
         let path = path.as_ref();
-        let io_err = |source| GgufWriteError::Io { path: path.to_path_buf(), source };
+        let io_err = |source| GgufWriteError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::create(path).map_err(io_err)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         self.write_to(path, &mut out, fill)?;
@@ -179,17 +214,28 @@ impl GgufWriter {
     }
 
     /// Writes the file to any stream; `path` only names it in errors.
-    pub fn write_to<F>(&self, path: &Path, out: &mut dyn Write, mut fill: F) -> Result<(), GgufWriteError>
+    pub fn write_to<F>(
+        &self,
+        path: &Path,
+        out: &mut dyn Write,
+        mut fill: F,
+    ) -> Result<(), GgufWriteError>
     where
         F: FnMut(usize, &TensorSpec, &mut dyn Write) -> io::Result<()>,
     {
-        let io_err = |source| GgufWriteError::Io { path: path.to_path_buf(), source };
+        let io_err = |source| GgufWriteError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         for (key, value) in &self.metadata {
             check_value(key, value, 0)?;
         }
         let align = self.alignment()?;
         let offsets = self.data_offsets()?;
-        let mut out = Counting { inner: out, written: 0 };
+        let mut out = Counting {
+            inner: out,
+            written: 0,
+        };
 
         let mut head = Vec::new();
         head.extend_from_slice(&GGUF_MAGIC);
@@ -238,15 +284,23 @@ impl GgufWriter {
     /// `PREFIX-00001-of-0000N.gguf`, each with `split.no`, `split.count` and
     /// `split.tensors.count`; shard 0 carries all other metadata. `fill` gets
     /// the tensor's index in this writer. Returns the shard paths.
-    pub fn write_split<F>(&self, prefix: impl AsRef<Path>, limits: SplitLimits, mut fill: F) -> Result<Vec<PathBuf>, GgufWriteError>
+    pub fn write_split<F>(
+        &self,
+        prefix: impl AsRef<Path>,
+        limits: SplitLimits,
+        mut fill: F,
+    ) -> Result<Vec<PathBuf>, GgufWriteError>
     where
         F: FnMut(usize, &TensorSpec, &mut dyn Write) -> io::Result<()>,
     {
         let groups = self.plan_split(limits)?;
-        let count = u16::try_from(groups.len())
-            .map_err(|_| GgufWriteError::BadSplit { what: format!("{} shards (at most 65535)", groups.len()) })?;
-        let n_tensors = i32::try_from(self.tensors.len())
-            .map_err(|_| GgufWriteError::BadSplit { what: format!("{} tensors is too many", self.tensors.len()) })?;
+        let count = u16::try_from(groups.len()).map_err(|_| GgufWriteError::BadSplit {
+            what: format!("{} shards (at most 65535)", groups.len()),
+        })?;
+        let n_tensors =
+            i32::try_from(self.tensors.len()).map_err(|_| GgufWriteError::BadSplit {
+                what: format!("{} tensors is too many", self.tensors.len()),
+            })?;
         let mut paths = Vec::with_capacity(groups.len());
         for (no, group) in groups.iter().enumerate() {
             let mut shard = GgufWriter::new();
@@ -269,14 +323,20 @@ impl GgufWriter {
     /// Which tensors go to which shard.
     fn plan_split(&self, limits: SplitLimits) -> Result<Vec<Vec<usize>>, GgufWriteError> {
         if limits.max_tensors == Some(0) || limits.max_bytes == Some(0) {
-            return Err(GgufWriteError::BadSplit { what: "shard limits must be above zero".into() });
+            return Err(GgufWriteError::BadSplit {
+                what: "shard limits must be above zero".into(),
+            });
         }
         let mut groups: Vec<Vec<usize>> = vec![Vec::new()];
         let mut bytes = 0u64;
         for (i, t) in self.tensors.iter().enumerate() {
             let current = groups.len() - 1;
-            let full_count = limits.max_tensors.is_some_and(|m| groups[current].len() >= m);
-            let full_bytes = limits.max_bytes.is_some_and(|m| bytes.saturating_add(t.size_bytes) > m);
+            let full_count = limits
+                .max_tensors
+                .is_some_and(|m| groups[current].len() >= m);
+            let full_bytes = limits
+                .max_bytes
+                .is_some_and(|m| bytes.saturating_add(t.size_bytes) > m);
             if !groups[current].is_empty() && (full_count || full_bytes) {
                 groups.push(Vec::new());
                 bytes = 0;
@@ -294,18 +354,32 @@ impl GgufWriter {
 /// deeper than one level inside another, strings and arrays past the
 /// reader's limits.
 fn check_value(key: &str, value: &MetaValue, depth: u32) -> Result<(), GgufWriteError> {
-    let bad = |what: String| GgufWriteError::BadMetadata { key: key.to_string(), what };
+    let bad = |what: String| GgufWriteError::BadMetadata {
+        key: key.to_string(),
+        what,
+    };
     if depth == 0 && key.len() as u64 > MAX_STRING_BYTES {
-        return Err(bad(format!("key of {} bytes is over the limit of {MAX_STRING_BYTES}", key.len())));
+        return Err(bad(format!(
+            "key of {} bytes is over the limit of {MAX_STRING_BYTES}",
+            key.len()
+        )));
     }
     if let MetaValue::String(s) = value {
         if s.len() as u64 > MAX_STRING_BYTES {
-            return Err(bad(format!("string of {} bytes is over the limit of {MAX_STRING_BYTES}", s.len())));
+            return Err(bad(format!(
+                "string of {} bytes is over the limit of {MAX_STRING_BYTES}",
+                s.len()
+            )));
         }
     }
-    let MetaValue::Array(items) = value else { return Ok(()) };
+    let MetaValue::Array(items) = value else {
+        return Ok(());
+    };
     if items.len() as u64 > MAX_ARRAY_ELEMS {
-        return Err(bad(format!("array of {} elements is over the limit of {MAX_ARRAY_ELEMS}", items.len())));
+        return Err(bad(format!(
+            "array of {} elements is over the limit of {MAX_ARRAY_ELEMS}",
+            items.len()
+        )));
     }
     if depth >= 2 {
         return Err(bad("arrays nested more than two deep".into()));
@@ -319,7 +393,9 @@ fn check_value(key: &str, value: &MetaValue, depth: u32) -> Result<(), GgufWrite
             )));
         }
     }
-    items.iter().try_for_each(|v| check_value(key, v, depth + 1))
+    items
+        .iter()
+        .try_for_each(|v| check_value(key, v, depth + 1))
 }
 
 fn put_str(buf: &mut Vec<u8>, s: &str) {

@@ -18,7 +18,10 @@ pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -197,7 +200,12 @@ fn fit_asym(x: &[f32], sub: usize, levels: f32) -> (Vec<f32>, Vec<f32>) {
 fn super_scale(v: &[f32], top: u8) -> (f32, Vec<u8>) {
     let max = v.iter().fold(0.0f32, |a, &s| a.max(s));
     let inv = if max > 0.0 { top as f32 / max } else { 0.0 };
-    (max / top as f32, v.iter().map(|&s| nearest(inv * s).clamp(0, top as i32) as u8).collect())
+    (
+        max / top as f32,
+        v.iter()
+            .map(|&s| nearest(inv * s).clamp(0, top as i32) as u8)
+            .collect(),
+    )
 }
 
 /// Quantizes the asymmetric sub-blocks of `x` given effective scales and mins.
@@ -293,16 +301,23 @@ fn fit_sym(x: &[f32], sub: usize, neg: f32, lim: i32) -> (f32, Vec<i32>) {
     let scales: Vec<f32> = x
         .chunks(sub)
         .map(|c| {
-            let m = c.iter().fold(0.0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+            let m = c
+                .iter()
+                .fold(0.0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
             m / -neg
         })
         .collect();
-    let max = scales.iter().fold(0.0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+    let max = scales
+        .iter()
+        .fold(0.0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
     if max == 0.0 {
         return (0.0, vec![0; scales.len()]);
     }
     let iscale = -(lim as f32) / max;
-    let ls = scales.iter().map(|&s| nearest(iscale * s).clamp(-lim, lim - 1)).collect();
+    let ls = scales
+        .iter()
+        .map(|&s| nearest(iscale * s).clamp(-lim, lim - 1))
+        .collect();
     (1.0 / iscale, ls)
 }
 
@@ -361,7 +376,8 @@ pub fn quantize_q6_k(x: &[f32], b: &mut [u8]) {
             let (q1, q2, q3, q4) = (l[e], l[e + 32], l[e + 64], l[e + 96]);
             b[64 * n + k] = (q1 & 0xF) | ((q3 & 0xF) << 4);
             b[64 * n + k + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4);
-            b[128 + 32 * n + k] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+            b[128 + 32 * n + k] =
+                (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
         }
     }
 }

@@ -167,7 +167,9 @@ impl GgmlType {
 
     /// Parses a name as `strata synth --quant` and `inspect` print it (case-insensitive).
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name))
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 }
 

@@ -6,9 +6,18 @@ use super::{k_quants as k, legacy as l, GgmlType};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QuantError {
     #[error("{dtype}: row of {elems} elements is not a whole number of {block}-element blocks")]
-    PartialBlock { dtype: GgmlType, elems: usize, block: usize },
+    PartialBlock {
+        dtype: GgmlType,
+        elems: usize,
+        block: usize,
+    },
     #[error("{dtype}: {elems} elements need {expected} bytes, got {got}")]
-    ByteLength { dtype: GgmlType, elems: usize, expected: usize, got: usize },
+    ByteLength {
+        dtype: GgmlType,
+        elems: usize,
+        expected: usize,
+        got: usize,
+    },
     #[error("{dtype}: no quantizer for this type")]
     NoQuantizer { dtype: GgmlType },
 }
@@ -60,12 +69,21 @@ fn quant_block(dtype: GgmlType) -> QuantBlock {
 fn check(dtype: GgmlType, elems: usize, bytes: usize) -> Result<usize, QuantError> {
     let block = dtype.block_elems();
     if elems % block != 0 {
-        return Err(QuantError::PartialBlock { dtype, elems, block });
+        return Err(QuantError::PartialBlock {
+            dtype,
+            elems,
+            block,
+        });
     }
     let blocks = elems / block;
     let expected = blocks * dtype.block_bytes();
     if bytes != expected {
-        return Err(QuantError::ByteLength { dtype, elems, expected, got: bytes });
+        return Err(QuantError::ByteLength {
+            dtype,
+            elems,
+            expected,
+            got: bytes,
+        });
     }
     Ok(blocks)
 }
@@ -106,7 +124,12 @@ mod tests {
         let mut y = [0.0f32; 32];
         assert_eq!(
             dequantize_row(GgmlType::Q4_0, &[0u8; 17], &mut y),
-            Err(QuantError::ByteLength { dtype: GgmlType::Q4_0, elems: 32, expected: 18, got: 17 })
+            Err(QuantError::ByteLength {
+                dtype: GgmlType::Q4_0,
+                elems: 32,
+                expected: 18,
+                got: 17
+            })
         );
         let mut y = [0.0f32; 31];
         assert!(matches!(
@@ -145,7 +168,10 @@ mod tests {
                 GgmlType::Q2K => 0.5,
             };
             for (i, (a, b)) in x.iter().zip(&y).enumerate() {
-                assert!((a - b).abs() <= tol, "{dtype} seed {seed:#x} elem {i}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= tol,
+                    "{dtype} seed {seed:#x} elem {i}: {a} vs {b}"
+                );
             }
         }
     }

@@ -31,7 +31,10 @@ pub struct PreTokenizer {
 
 impl std::fmt::Debug for PreTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PreTokenizer").field("name", &self.name).field("ignore_merges", &self.ignore_merges).finish()
+        f.debug_struct("PreTokenizer")
+            .field("name", &self.name)
+            .field("ignore_merges", &self.ignore_merges)
+            .finish()
     }
 }
 
@@ -39,14 +42,16 @@ impl PreTokenizer {
     /// The pre-tokenizer for a `tokenizer.ggml.pre` name; unknown names are an error.
     pub fn from_name(name: &str) -> Result<Self, TokenizerError> {
         let (exprs, ignore_merges, add_bos): (&[&str], bool, bool) = match name {
-            "default" => (&[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"], false, false),
+            "default" => (
+                &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
+                false,
+                false,
+            ),
             // "gpt2" is not a llama.cpp name, but the tokenizer model's; accept it as "gpt-2".
-            "gpt2" | "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "exaone4" | "mellum" => {
-                (&[GPT2], false, false)
-            }
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
-                (&[r"\p{N}", GPT2], false, false)
-            }
+            "gpt2" | "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "exaone4"
+            | "mellum" => (&[GPT2], false, false),
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
+            | "minerva-7b" => (&[r"\p{N}", GPT2], false, false),
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => (&[LLAMA3], true, true),
             "dbrx" | "smaug-bpe" => (&[LLAMA3], false, false),
             "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "megrez" => (&[QWEN2], false, false),
@@ -56,7 +61,12 @@ impl PreTokenizer {
             .iter()
             .map(|e| Regex::new(e).map_err(|err| TokenizerError::Regex(format!("{e}: {err}"))))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { name: name.to_string(), regexes, ignore_merges, add_bos })
+        Ok(Self {
+            name: name.to_string(),
+            regexes,
+            ignore_merges,
+            add_bos,
+        })
     }
 
     pub(super) fn adds_bos_by_default(&self) -> bool {
@@ -101,7 +111,9 @@ impl PreTokenizer {
 
 /// GPT-2's byte → printable character table.
 pub(super) fn byte_to_char(b: u8) -> char {
-    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let printable = |b: u8| {
+        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
     if printable(b) {
         return char::from(b);
     }
@@ -112,7 +124,10 @@ pub(super) fn byte_to_char(b: u8) -> char {
 /// The inverse of [`byte_to_char`]; `None` for a character outside the table.
 fn char_to_byte(c: char) -> Option<u8> {
     static TABLE: std::sync::OnceLock<HashMap<char, u8>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| (0..=255u8).map(|b| (byte_to_char(b), b)).collect()).get(&c).copied()
+    TABLE
+        .get_or_init(|| (0..=255u8).map(|b| (byte_to_char(b), b)).collect())
+        .get(&c)
+        .copied()
 }
 
 /// A byte-level token's text back to bytes (llama.cpp's `llama_decode_text`).
@@ -151,9 +166,17 @@ impl Bpe {
                 key: super::KEY_MERGES,
                 expected: "array of strings",
             })?;
-            let bad = || TokenizerError::BadMerge { index: i, merge: merge.to_string() };
+            let bad = || TokenizerError::BadMerge {
+                index: i,
+                merge: merge.to_string(),
+            };
             // llama.cpp splits at the first space after the first byte.
-            let pos = merge.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1).ok_or_else(bad)?;
+            let pos = merge
+                .bytes()
+                .skip(1)
+                .position(|b| b == b' ')
+                .map(|p| p + 1)
+                .ok_or_else(bad)?;
             let (left, right) = (&merge[..pos], &merge[pos + 1..]);
             let (Some(&l), Some(&r)) = (token_to_id.get(left), token_to_id.get(right)) else {
                 return Err(bad());
@@ -231,13 +254,19 @@ impl Bpe {
         queue: &mut BinaryHeap<Bigram>,
     ) {
         let (l, r) = (&syms[left], &syms[right]);
-        let (Some(lid), Some(rid)) =
-            (tok.lookup(&word[l.start..l.start + l.len]), tok.lookup(&word[r.start..r.start + r.len]))
-        else {
+        let (Some(lid), Some(rid)) = (
+            tok.lookup(&word[l.start..l.start + l.len]),
+            tok.lookup(&word[r.start..r.start + r.len]),
+        ) else {
             return;
         };
         if let Some(&rank) = self.ranks.get(&(lid, rid)) {
-            queue.push(Bigram { rank, left, right, len: l.len + r.len });
+            queue.push(Bigram {
+                rank,
+                left,
+                right,
+                len: l.len + r.len,
+            });
         }
     }
 }
@@ -284,17 +313,33 @@ mod tests {
 
     #[test]
     fn supported_pre_tokenizers_compile() {
-        for name in ["default", "gpt2", "gpt-2", "smollm", "starcoder", "llama3", "llama-bpe", "qwen2", "dbrx"] {
+        for name in [
+            "default",
+            "gpt2",
+            "gpt-2",
+            "smollm",
+            "starcoder",
+            "llama3",
+            "llama-bpe",
+            "qwen2",
+            "dbrx",
+        ] {
             PreTokenizer::from_name(name).unwrap();
         }
         let llama3 = PreTokenizer::from_name("llama3").unwrap();
-        assert_eq!(llama3.split("I'm 12345 ok\n\n x"), vec!["I", "'m", " ", "123", "45", " ok", "\n\n", " x"]);
+        assert_eq!(
+            llama3.split("I'm 12345 ok\n\n x"),
+            vec!["I", "'m", " ", "123", "45", " ok", "\n\n", " x"]
+        );
         let qwen2 = PreTokenizer::from_name("qwen2").unwrap();
         assert_eq!(qwen2.split("ab 12"), vec!["ab", " ", "1", "2"]);
     }
 
     #[test]
     fn unknown_pre_is_an_error() {
-        assert!(matches!(PreTokenizer::from_name("nope"), Err(TokenizerError::UnknownPreTokenizer(_))));
+        assert!(matches!(
+            PreTokenizer::from_name("nope"),
+            Err(TokenizerError::UnknownPreTokenizer(_))
+        ));
     }
 }

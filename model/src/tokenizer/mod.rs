@@ -12,8 +12,8 @@
 
 mod bpe;
 mod spm;
-mod symbols;
 mod stream;
+mod symbols;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -28,7 +28,10 @@ pub enum TokenizerError {
     #[error("tokenizer metadata: key `{0}` is missing")]
     MissingKey(&'static str),
     #[error("tokenizer metadata: key `{key}` has the wrong type (expected {expected})")]
-    WrongType { key: &'static str, expected: &'static str },
+    WrongType {
+        key: &'static str,
+        expected: &'static str,
+    },
     #[error("tokenizer metadata: unknown tokenizer model `{0}` (supported: gpt2, llama)")]
     UnknownModel(String),
     #[error(
@@ -36,18 +39,39 @@ pub enum TokenizerError {
          llama-v3, qwen2, smollm, starcoder, refact, command-r, …)"
     )]
     UnknownPreTokenizer(String),
-    #[error("tokenizer metadata: `{key}` has {got} entries but the vocabulary has {n_tokens} tokens")]
-    LengthMismatch { key: &'static str, got: usize, n_tokens: usize },
+    #[error(
+        "tokenizer metadata: `{key}` has {got} entries but the vocabulary has {n_tokens} tokens"
+    )]
+    LengthMismatch {
+        key: &'static str,
+        got: usize,
+        n_tokens: usize,
+    },
     #[error("tokenizer metadata: duplicate token {text:?} at ids {first} and {second}")]
-    DuplicateToken { text: String, first: u32, second: u32 },
-    #[error("tokenizer metadata: `{key}` = {id} is out of range for a vocabulary of {n_tokens} tokens")]
-    TokenIdOutOfRange { key: &'static str, id: u64, n_tokens: usize },
-    #[error("tokenizer metadata: merge {index} ({merge:?}) is not two tokens separated by a space")]
+    DuplicateToken {
+        text: String,
+        first: u32,
+        second: u32,
+    },
+    #[error(
+        "tokenizer metadata: `{key}` = {id} is out of range for a vocabulary of {n_tokens} tokens"
+    )]
+    TokenIdOutOfRange {
+        key: &'static str,
+        id: u64,
+        n_tokens: usize,
+    },
+    #[error(
+        "tokenizer metadata: merge {index} ({merge:?}) is not two tokens separated by a space"
+    )]
     BadMerge { index: usize, merge: String },
     #[error("tokenizer metadata: byte token for 0x{byte:02X} is missing from the vocabulary")]
     MissingByteToken { byte: u8 },
     #[error("tokenizer metadata: `{key}` is true but `{id_key}` is not set")]
-    MissingSpecial { key: &'static str, id_key: &'static str },
+    MissingSpecial {
+        key: &'static str,
+        id_key: &'static str,
+    },
     #[error("tokenizer metadata: vocabulary is empty")]
     EmptyVocab,
     #[error("pre-tokenizer regex failed: {0}")]
@@ -160,23 +184,42 @@ const EOG_TEXTS: &[&str] = &[
 /// FIM pad / repo / file-separator texts, which llama.cpp also treats as EOG.
 const FIM_EOG_TEXTS: &[&[&str]] = &[
     &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"],
-    &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"],
+    &[
+        "<|fim_repo|>",
+        "<|repo_name|>",
+        "<fim-repo>",
+        "<REPO>",
+        "<reponame>",
+    ],
     &["<|file_sep|>"],
 ];
 
-fn string_array<'a>(f: &'a GgufFile, key: &'static str) -> Result<Option<&'a [MetaValue]>, TokenizerError> {
+fn string_array<'a>(
+    f: &'a GgufFile,
+    key: &'static str,
+) -> Result<Option<&'a [MetaValue]>, TokenizerError> {
     match f.get(key) {
         None => Ok(None),
-        Some(v) => v.as_array().map(Some).ok_or(TokenizerError::WrongType { key, expected: "array" }),
+        Some(v) => v.as_array().map(Some).ok_or(TokenizerError::WrongType {
+            key,
+            expected: "array",
+        }),
     }
 }
 
 /// Reads an optional token id; an id past the vocabulary is an error.
-fn token_id(f: &GgufFile, key: &'static str, n_tokens: usize) -> Result<Option<u32>, TokenizerError> {
+fn token_id(
+    f: &GgufFile,
+    key: &'static str,
+    n_tokens: usize,
+) -> Result<Option<u32>, TokenizerError> {
     match f.get(key) {
         None => Ok(None),
         Some(v) => {
-            let id = v.as_u64().ok_or(TokenizerError::WrongType { key, expected: "unsigned integer" })?;
+            let id = v.as_u64().ok_or(TokenizerError::WrongType {
+                key,
+                expected: "unsigned integer",
+            })?;
             if id >= n_tokens as u64 {
                 return Err(TokenizerError::TokenIdOutOfRange { key, id, n_tokens });
             }
@@ -188,7 +231,10 @@ fn token_id(f: &GgufFile, key: &'static str, n_tokens: usize) -> Result<Option<u
 fn flag(f: &GgufFile, key: &'static str) -> Result<Option<bool>, TokenizerError> {
     match f.get(key) {
         None => Ok(None),
-        Some(v) => v.as_bool().map(Some).ok_or(TokenizerError::WrongType { key, expected: "bool" }),
+        Some(v) => v.as_bool().map(Some).ok_or(TokenizerError::WrongType {
+            key,
+            expected: "bool",
+        }),
     }
 }
 
@@ -210,33 +256,52 @@ impl Tokenizer {
     pub fn from_gguf(f: &GgufFile) -> Result<Self, TokenizerError> {
         let model_name = match f.get(KEY_MODEL) {
             None => return Err(TokenizerError::MissingKey(KEY_MODEL)),
-            Some(v) => v.as_str().ok_or(TokenizerError::WrongType { key: KEY_MODEL, expected: "string" })?,
+            Some(v) => v.as_str().ok_or(TokenizerError::WrongType {
+                key: KEY_MODEL,
+                expected: "string",
+            })?,
         };
         let tokens = Self::read_vocab(f)?;
         let n_tokens = tokens.len();
         let mut token_to_id = HashMap::with_capacity(n_tokens);
         for (i, t) in tokens.iter().enumerate() {
             if let Some(first) = token_to_id.insert(t.text.clone(), i as u32) {
-                return Err(TokenizerError::DuplicateToken { text: t.text.clone(), first, second: i as u32 });
+                return Err(TokenizerError::DuplicateToken {
+                    text: t.text.clone(),
+                    first,
+                    second: i as u32,
+                });
             }
         }
 
         // Defaults as llama.cpp sets them per model type.
-        let (model, default_bos, default_eos, default_unk, mut add_bos, mut add_space_prefix) = match model_name {
-            "gpt2" => {
-                let pre_name = match f.get(KEY_PRE) {
-                    None => "default",
-                    Some(v) => v.as_str().ok_or(TokenizerError::WrongType { key: KEY_PRE, expected: "string" })?,
-                };
-                let pre = PreTokenizer::from_name(pre_name)?;
-                let add_bos = pre.adds_bos_by_default();
-                let merges = string_array(f, KEY_MERGES)?.ok_or(TokenizerError::MissingKey(KEY_MERGES))?;
-                let bpe = bpe::Bpe::new(pre, merges, &token_to_id)?;
-                (Model::Bpe(bpe), Some(11u32), Some(11u32), None, add_bos, false)
-            }
-            "llama" => (Model::Spm, Some(1), Some(2), Some(0), true, true),
-            other => return Err(TokenizerError::UnknownModel(other.to_string())),
-        };
+        let (model, default_bos, default_eos, default_unk, mut add_bos, mut add_space_prefix) =
+            match model_name {
+                "gpt2" => {
+                    let pre_name = match f.get(KEY_PRE) {
+                        None => "default",
+                        Some(v) => v.as_str().ok_or(TokenizerError::WrongType {
+                            key: KEY_PRE,
+                            expected: "string",
+                        })?,
+                    };
+                    let pre = PreTokenizer::from_name(pre_name)?;
+                    let add_bos = pre.adds_bos_by_default();
+                    let merges = string_array(f, KEY_MERGES)?
+                        .ok_or(TokenizerError::MissingKey(KEY_MERGES))?;
+                    let bpe = bpe::Bpe::new(pre, merges, &token_to_id)?;
+                    (
+                        Model::Bpe(bpe),
+                        Some(11u32),
+                        Some(11u32),
+                        None,
+                        add_bos,
+                        false,
+                    )
+                }
+                "llama" => (Model::Spm, Some(1), Some(2), Some(0), true, true),
+                other => return Err(TokenizerError::UnknownModel(other.to_string())),
+            };
         if let Some(v) = flag(f, KEY_ADD_PREFIX)? {
             add_space_prefix = v;
         }
@@ -251,10 +316,16 @@ impl Tokenizer {
         }
         let add_eos = flag(f, KEY_ADD_EOS)?.unwrap_or(false);
         if add_bos && bos.is_none() {
-            return Err(TokenizerError::MissingSpecial { key: KEY_ADD_BOS, id_key: KEY_BOS });
+            return Err(TokenizerError::MissingSpecial {
+                key: KEY_ADD_BOS,
+                id_key: KEY_BOS,
+            });
         }
         if add_eos && eos.is_none() {
-            return Err(TokenizerError::MissingSpecial { key: KEY_ADD_EOS, id_key: KEY_EOS });
+            return Err(TokenizerError::MissingSpecial {
+                key: KEY_ADD_EOS,
+                id_key: KEY_EOS,
+            });
         }
 
         let mut tokens = tokens;
@@ -288,9 +359,16 @@ impl Tokenizer {
         }
 
         let mut special_tokens: Vec<u32> = (0..n_tokens as u32)
-            .filter(|&id| tokens[id as usize].attr & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
+            .filter(|&id| {
+                tokens[id as usize].attr & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
+            })
             .collect();
-        special_tokens.sort_by(|&a, &b| tokens[b as usize].text.len().cmp(&tokens[a as usize].text.len()));
+        special_tokens.sort_by(|&a, &b| {
+            tokens[b as usize]
+                .text
+                .len()
+                .cmp(&tokens[a as usize].text.len())
+        });
         set_strip_attrs(f, &mut tokens, &token_to_id, &special_tokens);
 
         let mut tok = Tokenizer {
@@ -308,7 +386,9 @@ impl Tokenizer {
             add_eos,
             add_space_prefix,
         };
-        tok.pieces = (0..n_tokens as u32).map(|id| tok.compute_piece(id)).collect();
+        tok.pieces = (0..n_tokens as u32)
+            .map(|id| tok.compute_piece(id))
+            .collect();
         Ok(tok)
     }
 
@@ -323,24 +403,38 @@ impl Tokenizer {
         for (key, arr) in [(KEY_SCORES, scores), (KEY_TYPES, types)] {
             if let Some(a) = arr {
                 if a.len() < n {
-                    return Err(TokenizerError::LengthMismatch { key, got: a.len(), n_tokens: n });
+                    return Err(TokenizerError::LengthMismatch {
+                        key,
+                        got: a.len(),
+                        n_tokens: n,
+                    });
                 }
             }
         }
         let mut out = Vec::with_capacity(n);
         for (i, t) in texts.iter().enumerate() {
-            let text = t.as_str().ok_or(TokenizerError::WrongType { key: KEY_TOKENS, expected: "array of strings" })?;
-            let text = if text.is_empty() { format!("[EMPTY_{i}]") } else { text.to_string() };
+            let text = t.as_str().ok_or(TokenizerError::WrongType {
+                key: KEY_TOKENS,
+                expected: "array of strings",
+            })?;
+            let text = if text.is_empty() {
+                format!("[EMPTY_{i}]")
+            } else {
+                text.to_string()
+            };
             let score = match scores {
                 None => 0.0,
-                Some(s) => s[i].as_f64().ok_or(TokenizerError::WrongType { key: KEY_SCORES, expected: "numbers" })?
-                    as f32,
+                Some(s) => s[i].as_f64().ok_or(TokenizerError::WrongType {
+                    key: KEY_SCORES,
+                    expected: "numbers",
+                })? as f32,
             };
             let attr = match types {
                 None => attr::NORMAL,
-                Some(ty) => {
-                    attr_from_type(ty[i].as_i64().ok_or(TokenizerError::WrongType { key: KEY_TYPES, expected: "integers" })?)
-                }
+                Some(ty) => attr_from_type(ty[i].as_i64().ok_or(TokenizerError::WrongType {
+                    key: KEY_TYPES,
+                    expected: "integers",
+                })?),
             };
             out.push(TokenData { text, score, attr });
         }
@@ -524,7 +618,11 @@ impl Tokenizer {
         frags.push(Fragment::Text(0, text.len()));
         // A token whose first four bytes are nowhere in the text cannot occur in it:
         // a cheap filter for vocabularies with thousands of special tokens.
-        let windows: HashSet<[u8; 4]> = text.as_bytes().windows(4).map(|w| [w[0], w[1], w[2], w[3]]).collect();
+        let windows: HashSet<[u8; 4]> = text
+            .as_bytes()
+            .windows(4)
+            .map(|w| [w[0], w[1], w[2], w[3]])
+            .collect();
         for &id in &self.special_tokens {
             let data = &self.tokens[id as usize];
             if !parse_special && data.attr & (attr::CONTROL | attr::UNKNOWN) != 0 {
@@ -536,7 +634,10 @@ impl Tokenizer {
                     continue;
                 }
             }
-            if !frags.iter().any(|f| matches!(*f, Fragment::Text(s, e) if text[s..e].contains(needle))) {
+            if !frags
+                .iter()
+                .any(|f| matches!(*f, Fragment::Text(s, e) if text[s..e].contains(needle)))
+            {
                 continue;
             }
             let mut next = Vec::with_capacity(frags.len() + 2);
@@ -582,9 +683,11 @@ impl Tokenizer {
     /// character for BPE; `None` if the vocabulary lacks it.
     fn byte_token(&self, byte: u8) -> Option<u32> {
         match &self.model {
-            Model::Spm => self
-                .lookup(&format!("<0x{byte:02X}>"))
-                .or_else(|| std::str::from_utf8(&[byte]).ok().and_then(|s| self.lookup(s))),
+            Model::Spm => self.lookup(&format!("<0x{byte:02X}>")).or_else(|| {
+                std::str::from_utf8(&[byte])
+                    .ok()
+                    .and_then(|s| self.lookup(s))
+            }),
             Model::Bpe(_) => self.lookup(bpe::byte_to_char(byte).encode_utf8(&mut [0u8; 4])),
         }
     }
@@ -613,8 +716,16 @@ impl std::fmt::Debug for Tokenizer {
 
 /// Per-token strip attributes llama.cpp sets by model name (Phi-3: special
 /// tokens swallow the whitespace after them, except `<unk>`, `<s>`, `<|endoftext|>`).
-fn set_strip_attrs(f: &GgufFile, tokens: &mut [TokenData], token_to_id: &HashMap<String, u32>, special: &[u32]) {
-    let name = f.get_str("general.name").unwrap_or_default().to_ascii_lowercase();
+fn set_strip_attrs(
+    f: &GgufFile,
+    tokens: &mut [TokenData],
+    token_to_id: &HashMap<String, u32>,
+    special: &[u32],
+) {
+    let name = f
+        .get_str("general.name")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     if !(name.contains("phi-3") || name.contains("phi3")) {
         return;
     }

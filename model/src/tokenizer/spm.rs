@@ -28,7 +28,9 @@ impl Eq for Bigram {}
 impl Ord for Bigram {
     /// Highest score first, then leftmost.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score.total_cmp(&other.score).then(other.left.cmp(&self.left))
+        self.score
+            .total_cmp(&other.score)
+            .then(other.left.cmp(&self.left))
     }
 }
 
@@ -84,10 +86,24 @@ pub(super) fn encode(tok: &Tokenizer, text: &str, out: &mut Vec<u32>) {
     }
 }
 
-fn push_bigram(tok: &Tokenizer, text: &str, syms: &[Symbol], left: usize, right: usize, queue: &mut BinaryHeap<Bigram>) {
+fn push_bigram(
+    tok: &Tokenizer,
+    text: &str,
+    syms: &[Symbol],
+    left: usize,
+    right: usize,
+    queue: &mut BinaryHeap<Bigram>,
+) {
     let (l, r) = (&syms[left], &syms[right]);
     let len = l.len + r.len;
-    let Some(id) = tok.lookup(&text[l.start..l.start + len]) else { return };
+    let Some(id) = tok.lookup(&text[l.start..l.start + len]) else {
+        return;
+    };
     let score = tok.tokens[id as usize].score;
-    queue.push(Bigram { score, left, right, len });
+    queue.push(Bigram {
+        score,
+        left,
+        right,
+        len,
+    });
 }

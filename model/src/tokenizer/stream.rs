@@ -77,7 +77,10 @@ pub struct Detokenizer<'a> {
 
 impl<'a> Detokenizer<'a> {
     pub fn new(tokenizer: &'a Tokenizer) -> Self {
-        Self { tokenizer, stream: TextStream::new() }
+        Self {
+            tokenizer,
+            stream: TextStream::new(),
+        }
     }
 
     /// Adds a generated token; returns the text now complete (control tokens give none).

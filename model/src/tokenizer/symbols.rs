@@ -15,7 +15,12 @@ pub(super) fn symbols_of(text: &str) -> Vec<Symbol> {
     let mut syms: Vec<Symbol> = text
         .char_indices()
         .enumerate()
-        .map(|(i, (start, c))| Symbol { start, len: c.len_utf8(), prev: i as isize - 1, next: i as isize + 1 })
+        .map(|(i, (start, c))| Symbol {
+            start,
+            len: c.len_utf8(),
+            prev: i as isize - 1,
+            next: i as isize + 1,
+        })
         .collect();
     if let Some(last) = syms.last_mut() {
         last.next = -1;

@@ -28,7 +28,12 @@ pub struct Downstream {
 
 impl Downstream {
     pub fn new(addr: String, token: String) -> Self {
-        Downstream { addr, token, client: tokio::sync::Mutex::new(None), link: tokio::sync::Mutex::new(None) }
+        Downstream {
+            addr,
+            token,
+            client: tokio::sync::Mutex::new(None),
+            link: tokio::sync::Mutex::new(None),
+        }
     }
 
     async fn client(&self) -> Result<WorkerClient, String> {
@@ -36,7 +41,9 @@ impl Downstream {
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let c = strata_proto::connect(&self.addr, &self.token).await.map_err(|e| e.to_string())?;
+        let c = strata_proto::connect(&self.addr, &self.token)
+            .await
+            .map_err(|e| e.to_string())?;
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -57,7 +64,13 @@ impl Downstream {
         let mut replies = client
             .forward(ReceiverStream::new(rx))
             .await
-            .map_err(|e| format!("opening the data stream to next stage {}: {}", self.addr, e.message()))?
+            .map_err(|e| {
+                format!(
+                    "opening the data stream to next stage {}: {}",
+                    self.addr,
+                    e.message()
+                )
+            })?
             .into_inner();
         let routes: Routes = Arc::default();
         let relay_routes = routes.clone();
@@ -66,12 +79,18 @@ impl Downstream {
             let end = loop {
                 match replies.message().await {
                     Ok(Some(reply)) => {
-                        let sink = relay_routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&reply.batch_id);
+                        let sink = relay_routes
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&reply.batch_id);
                         match sink {
                             Some(sink) => {
                                 let _ = sink.send(Ok(reply)).await;
                             }
-                            None => tracing::warn!("reply from {addr} for unknown batch {}", reply.batch_id),
+                            None => tracing::warn!(
+                                "reply from {addr} for unknown batch {}",
+                                reply.batch_id
+                            ),
                         }
                     }
                     Ok(None) => break format!("next stage {addr} closed the data stream"),
@@ -79,9 +98,19 @@ impl Downstream {
                 }
             };
             tracing::warn!("{end}");
-            let pending: Vec<(u64, ReplySink)> = relay_routes.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+            let pending: Vec<(u64, ReplySink)> = relay_routes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain()
+                .collect();
             for (batch_id, sink) in pending {
-                let _ = sink.send(Ok(v1::StageReply { batch_id, tokens: Vec::new(), error: end.clone() })).await;
+                let _ = sink
+                    .send(Ok(v1::StageReply {
+                        batch_id,
+                        tokens: Vec::new(),
+                        error: end.clone(),
+                    }))
+                    .await;
             }
         });
         Ok(Link { frames: tx, routes })
@@ -94,10 +123,18 @@ impl Downstream {
         if link.as_ref().is_none_or(|l| l.frames.is_closed()) {
             *link = Some(self.open_link().await?);
         }
-        let Some(l) = link.as_ref() else { return Err("no link".into()) };
-        l.routes.lock().unwrap_or_else(|p| p.into_inner()).insert(batch_id, sink);
+        let Some(l) = link.as_ref() else {
+            return Err("no link".into());
+        };
+        l.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(batch_id, sink);
         if l.frames.send(frame).await.is_err() {
-            l.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&batch_id);
+            l.routes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&batch_id);
             *link = None;
             return Err(format!("data stream to next stage {} is closed", self.addr));
         }

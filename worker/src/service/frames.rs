@@ -12,7 +12,11 @@ pub const MAX_FRAME_TOKENS: usize = 1 << 16;
 
 /// Turns a frame header into the stage's batch; checks the token count
 /// against `token_ids` when the frame carries them.
-pub fn batch_of(header: &v1::BatchHeader, n_token_ids: usize, is_last: bool) -> Result<Vec<BatchSeq>, String> {
+pub fn batch_of(
+    header: &v1::BatchHeader,
+    n_token_ids: usize,
+    is_last: bool,
+) -> Result<Vec<BatchSeq>, String> {
     if header.entries.is_empty() {
         return Err("a frame with no entries".into());
     }
@@ -31,8 +35,17 @@ pub fn batch_of(header: &v1::BatchHeader, n_token_ids: usize, is_last: bool) -> 
         }
         // Only the last stage makes logits; a run that does not sample asks
         // for none of its rows.
-        let logits = if e.sample { LogitRows::Last } else { LogitRows::From(e.n_tokens as usize) };
-        batch.push(BatchSeq { seq: e.seq_id, start_pos: e.start_pos as usize, n_tokens: e.n_tokens as usize, logits });
+        let logits = if e.sample {
+            LogitRows::Last
+        } else {
+            LogitRows::From(e.n_tokens as usize)
+        };
+        batch.push(BatchSeq {
+            seq: e.seq_id,
+            start_pos: e.start_pos as usize,
+            n_tokens: e.n_tokens as usize,
+            logits,
+        });
     }
     if n_token_ids != 0 && n_token_ids != n_tokens {
         return Err(format!("{n_token_ids} token ids for {n_tokens} positions"));
@@ -66,7 +79,12 @@ pub fn encode_activations(values: &[f32], dtype: v1::ActDtype) -> Vec<u8> {
 }
 
 /// Little-endian bytes in `dtype` to `rows x cols` activations.
-pub fn decode_activations(bytes: &[u8], dtype: v1::ActDtype, rows: usize, cols: usize) -> Result<Vec<f32>, String> {
+pub fn decode_activations(
+    bytes: &[u8],
+    dtype: v1::ActDtype,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<f32>, String> {
     let width = match dtype {
         v1::ActDtype::F16 => 2,
         v1::ActDtype::F32 => 4,
@@ -80,8 +98,14 @@ pub fn decode_activations(bytes: &[u8], dtype: v1::ActDtype, rows: usize, cols: 
         ));
     }
     Ok(match dtype {
-        v1::ActDtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        v1::ActDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        v1::ActDtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        v1::ActDtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
     })
 }
 
@@ -120,7 +144,14 @@ pub fn sampled_to_wire(seq: u64, s: &Sampled) -> v1::SampledToken {
         seq_id: seq,
         token_id: s.token,
         logprob: s.logprob,
-        top_logprobs: s.top.iter().map(|t| v1::TokenLogprob { token_id: t.token, logprob: t.logprob }).collect(),
+        top_logprobs: s
+            .top
+            .iter()
+            .map(|t| v1::TokenLogprob {
+                token_id: t.token,
+                logprob: t.logprob,
+            })
+            .collect(),
     }
 }
 
@@ -129,7 +160,13 @@ mod tests {
     use super::*;
 
     fn entry(seq: u64, start: u32, n: u32, sample: bool) -> v1::BatchEntry {
-        v1::BatchEntry { seq_id: seq, start_pos: start, n_tokens: n, sample, sampling: None }
+        v1::BatchEntry {
+            seq_id: seq,
+            start_pos: start,
+            n_tokens: n,
+            sample,
+            sampling: None,
+        }
     }
 
     #[test]
@@ -144,20 +181,34 @@ mod tests {
 
     #[test]
     fn batches_check_counts_and_logit_rows() {
-        let h = v1::BatchHeader { batch_id: 1, entries: vec![entry(1, 0, 3, false), entry(2, 5, 1, true)] };
+        let h = v1::BatchHeader {
+            batch_id: 1,
+            entries: vec![entry(1, 0, 3, false), entry(2, 5, 1, true)],
+        };
         let b = batch_of(&h, 4, true).unwrap();
         assert_eq!(b[0].logits, LogitRows::From(3));
         assert_eq!(b[1].logits, LogitRows::Last);
         assert!(batch_of(&h, 5, true).is_err());
-        let h = v1::BatchHeader { batch_id: 1, entries: vec![entry(1, 0, 3, false)] };
+        let h = v1::BatchHeader {
+            batch_id: 1,
+            entries: vec![entry(1, 0, 3, false)],
+        };
         assert_eq!(batch_of(&h, 3, true).unwrap()[0].logits, LogitRows::Last);
-        let h = v1::BatchHeader { batch_id: 1, entries: vec![entry(1, 0, 3, false), entry(1, 3, 1, true)] };
+        let h = v1::BatchHeader {
+            batch_id: 1,
+            entries: vec![entry(1, 0, 3, false), entry(1, 3, 1, true)],
+        };
         assert!(batch_of(&h, 4, true).is_err());
     }
 
     #[test]
     fn sampling_round_trips() {
-        let p = SamplingParams { temperature: 0.7, top_k: 20, n_logprobs: 3, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 0.7,
+            top_k: 20,
+            n_logprobs: 3,
+            ..Default::default()
+        };
         assert_eq!(sampling_from_wire(&sampling_to_wire(&p)), p);
     }
 }

@@ -83,13 +83,19 @@ impl WorkerService {
         F: Fn() -> B + Send + 'static,
     {
         let models = match &config.model_dir {
-            Some(d) => ModelDir::scan(d).map_err(|e| ServiceError::Setup(format!("--model-dir: {e}")))?,
+            Some(d) => {
+                ModelDir::scan(d).map_err(|e| ServiceError::Setup(format!("--model-dir: {e}")))?
+            }
             None => ModelDir::default(),
         };
         // `name()` is like "cpu (16 threads, avx2)": the kind goes in
         // `backend`, the rest with the device name.
         let full_name = make_backend().name();
-        let backend_name = full_name.split_whitespace().next().unwrap_or("unknown").to_string();
+        let backend_name = full_name
+            .split_whitespace()
+            .next()
+            .unwrap_or("unknown")
+            .to_string();
         let snapshot = Arc::new(Mutex::new(Snapshot {
             status: v1::health_reply::Status::Idle as i32,
             message: "idle".into(),
@@ -164,10 +170,17 @@ impl WorkerService {
 
     /// What Health reports, for in-process callers.
     pub fn snapshot(&self) -> Snapshot {
-        self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Status> {
+    async fn command<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Status> {
         let (tx, rx) = oneshot::channel();
         self.shared
             .stage
@@ -175,7 +188,8 @@ impl WorkerService {
             .unwrap_or_else(|p| p.into_inner())
             .send(make(tx))
             .map_err(|_| Status::internal("the compute thread has stopped"))?;
-        rx.await.map_err(|_| Status::internal("the compute thread dropped a request"))
+        rx.await
+            .map_err(|_| Status::internal("the compute thread dropped a request"))
     }
 
     /// Memory this worker can still offer: the budget (or what the host has
@@ -192,23 +206,43 @@ impl WorkerService {
         }
     }
 
-    async fn run_load(&self, req: v1::LoadSliceRequest, progress: &mpsc::Sender<Result<v1::LoadProgress, Status>>) -> Result<(), Status> {
+    async fn run_load(
+        &self,
+        req: v1::LoadSliceRequest,
+        progress: &mpsc::Sender<Result<v1::LoadProgress, Status>>,
+    ) -> Result<(), Status> {
         let _one = self.shared.loading.lock().await;
-        let r = req.layers.ok_or_else(|| Status::invalid_argument("LoadSlice without a layer range"))?;
-        let range = LayerRange { first: r.first as usize, end: r.end as usize };
+        let r = req
+            .layers
+            .ok_or_else(|| Status::invalid_argument("LoadSlice without a layer range"))?;
+        let range = LayerRange {
+            first: r.first as usize,
+            end: r.end as usize,
+        };
         if range.first >= range.end {
-            return Err(Status::invalid_argument(format!("empty layer range {}..{}", r.first, r.end)));
+            return Err(Status::invalid_argument(format!(
+                "empty layer range {}..{}",
+                r.first, r.end
+            )));
         }
         if req.kv_type != v1::KvType::F16 as i32 {
-            return Err(Status::unimplemented("only f16 KV is supported by this worker"));
+            return Err(Status::unimplemented(
+                "only f16 KV is supported by this worker",
+            ));
         }
-        let act_dtype = v1::ActDtype::try_from(req.act_dtype).map_err(|_| Status::invalid_argument("unknown act_dtype"))?;
-        let ctx_tokens = usize::try_from(req.ctx_tokens).map_err(|_| Status::invalid_argument("ctx_tokens too large"))?;
+        let act_dtype = v1::ActDtype::try_from(req.act_dtype)
+            .map_err(|_| Status::invalid_argument("unknown act_dtype"))?;
+        let ctx_tokens = usize::try_from(req.ctx_tokens)
+            .map_err(|_| Status::invalid_argument("ctx_tokens too large"))?;
         if ctx_tokens == 0 {
             return Err(Status::invalid_argument("ctx_tokens is 0"));
         }
         let send = |phase: v1::load_progress::Phase, message: String, p: v1::LoadProgress| {
-            let msg = v1::LoadProgress { phase: phase as i32, message, ..p };
+            let msg = v1::LoadProgress {
+                phase: phase as i32,
+                message,
+                ..p
+            };
             let progress = progress.clone();
             async move {
                 let _ = progress.send(Ok(msg)).await;
@@ -216,20 +250,31 @@ impl WorkerService {
         };
         use v1::load_progress::Phase;
         let total = (range.end - range.first) as u32;
-        send(Phase::Locating, format!("looking for {}", req.model_digest), Default::default()).await;
+        send(
+            Phase::Locating,
+            format!("looking for {}", req.model_digest),
+            Default::default(),
+        )
+        .await;
 
         // Find and open the file off the async threads (digesting reads ~33 MiB).
         let shared = self.shared.clone();
         let digest = req.model_digest.clone();
         let model_path = req.model_path.clone();
-        let (file, source) = tokio::task::spawn_blocking(move || locate(&shared, &digest, &model_path, range))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
-        let hp = HyperParams::from_gguf(&file).map_err(|e| Status::invalid_argument(format!("{}: {e}", source.display())))?;
+        let (file, source) =
+            tokio::task::spawn_blocking(move || locate(&shared, &digest, &model_path, range))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+        let hp = HyperParams::from_gguf(&file)
+            .map_err(|e| Status::invalid_argument(format!("{}: {e}", source.display())))?;
         if range.end > hp.n_layers {
-            return Err(Status::invalid_argument(format!("layers {}..{} past the model's {}", range.first, range.end, hp.n_layers)));
+            return Err(Status::invalid_argument(format!(
+                "layers {}..{} past the model's {}",
+                range.first, range.end, hp.n_layers
+            )));
         }
-        let (weight_bytes, kv_bytes) = slice_cache::slice_memory_bytes(&file, &hp, range, ctx_tokens);
+        let (weight_bytes, kv_bytes) =
+            slice_cache::slice_memory_bytes(&file, &hp, range, ctx_tokens);
         let need = weight_bytes + kv_bytes;
         // A new load replaces the current slice, so its memory counts as free.
         let (_, available) = system::memory_bytes().unwrap_or((u64::MAX, u64::MAX));
@@ -259,22 +304,69 @@ impl WorkerService {
             kv_bytes,
             ..Default::default()
         };
-        send(Phase::Loading, format!("loading layers {}..{} from {}", range.first, range.end, source.display()), sizes.clone()).await;
+        send(
+            Phase::Loading,
+            format!(
+                "loading layers {}..{} from {}",
+                range.first,
+                range.end,
+                source.display()
+            ),
+            sizes.clone(),
+        )
+        .await;
         *self.shared.downstream.write().await = None;
-        let job = LoadJob { file, source, digest: req.model_digest.clone(), range, ctx_tokens, act_dtype, weight_bytes, kv_bytes };
-        self.command(|tx| Command::Load(Box::new(job), tx)).await?.map_err(Status::internal)?;
-        send(Phase::Loading, "layers loaded".into(), v1::LoadProgress { layers_done: total, ..sizes.clone() }).await;
+        let job = LoadJob {
+            file,
+            source,
+            digest: req.model_digest.clone(),
+            range,
+            ctx_tokens,
+            act_dtype,
+            weight_bytes,
+            kv_bytes,
+        };
+        self.command(|tx| Command::Load(Box::new(job), tx))
+            .await?
+            .map_err(Status::internal)?;
+        send(
+            Phase::Loading,
+            "layers loaded".into(),
+            v1::LoadProgress {
+                layers_done: total,
+                ..sizes.clone()
+            },
+        )
+        .await;
 
         if !req.next_stage_addr.is_empty() {
-            send(Phase::ConnectingNext, format!("opening the data stream to {}", req.next_stage_addr), sizes.clone()).await;
-            let next = Arc::new(Downstream::new(req.next_stage_addr.clone(), self.shared.config.token.clone()));
+            send(
+                Phase::ConnectingNext,
+                format!("opening the data stream to {}", req.next_stage_addr),
+                sizes.clone(),
+            )
+            .await;
+            let next = Arc::new(Downstream::new(
+                req.next_stage_addr.clone(),
+                self.shared.config.token.clone(),
+            ));
             // The next stage may load after this one: open lazily if it is not up yet.
             if let Err(e) = next.open().await {
-                tracing::info!("next stage not reachable yet ({e}); will connect on the first frame");
+                tracing::info!(
+                    "next stage not reachable yet ({e}); will connect on the first frame"
+                );
             }
             *self.shared.downstream.write().await = Some(next);
         }
-        send(Phase::Ready, "ready".into(), v1::LoadProgress { layers_done: total, ..sizes }).await;
+        send(
+            Phase::Ready,
+            "ready".into(),
+            v1::LoadProgress {
+                layers_done: total,
+                ..sizes
+            },
+        )
+        .await;
         Ok(())
     }
 
@@ -282,7 +374,11 @@ impl WorkerService {
         let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
         let out = match self.command(|tx| Command::Forward(frame, tx)).await {
             Ok(out) => out,
-            Err(e) => FrameOut::Reply(v1::StageReply { batch_id, tokens: Vec::new(), error: e.message().to_string() }),
+            Err(e) => FrameOut::Reply(v1::StageReply {
+                batch_id,
+                tokens: Vec::new(),
+                error: e.message().to_string(),
+            }),
         };
         match out {
             FrameOut::Reply(r) => {
@@ -295,7 +391,13 @@ impl WorkerService {
                     None => Err("this stage is not the last but has no next stage address".into()),
                 };
                 if let Err(error) = result {
-                    let _ = sink.send(Ok(v1::StageReply { batch_id, tokens: Vec::new(), error })).await;
+                    let _ = sink
+                        .send(Ok(v1::StageReply {
+                            batch_id,
+                            tokens: Vec::new(),
+                            error,
+                        }))
+                        .await;
                 }
             }
         }
@@ -306,7 +408,8 @@ impl WorkerService {
     /// Frees sequences here and on every later stage; returns how many
     /// stages freed them.
     async fn release_everywhere(&self, seqs: Vec<u64>) -> Result<u32, Status> {
-        self.command(|tx| Command::Release(seqs.clone(), tx)).await?;
+        self.command(|tx| Command::Release(seqs.clone(), tx))
+            .await?;
         let next = self.shared.downstream.read().await.clone();
         let after = match next {
             Some(d) => d.release(seqs).await.map_err(Status::unavailable)?,
@@ -318,14 +421,24 @@ impl WorkerService {
 
 /// Finds the model file for `digest`: the given path (checked), the model
 /// dir, then the slice cache.
-fn locate(shared: &Shared, digest: &str, model_path: &str, range: LayerRange) -> Result<(GgufFile, PathBuf), Status> {
-    let open = |p: &std::path::Path| GgufFile::open(p).map_err(|e| Status::failed_precondition(e.to_string()));
+fn locate(
+    shared: &Shared,
+    digest: &str,
+    model_path: &str,
+    range: LayerRange,
+) -> Result<(GgufFile, PathBuf), Status> {
+    let open = |p: &std::path::Path| {
+        GgufFile::open(p).map_err(|e| Status::failed_precondition(e.to_string()))
+    };
     if !model_path.is_empty() {
         let path = PathBuf::from(model_path);
         let file = open(&path)?;
-        let have = slice_cache::model_digest(&file).map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let have = slice_cache::model_digest(&file)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         if have != digest {
-            return Err(Status::failed_precondition(format!("{model_path} has digest {have}, not {digest}")));
+            return Err(Status::failed_precondition(format!(
+                "{model_path} has digest {have}, not {digest}"
+            )));
         }
         return Ok((file, path));
     }
@@ -346,7 +459,10 @@ fn locate(shared: &Shared, digest: &str, model_path: &str, range: LayerRange) ->
 
 #[tonic::async_trait]
 impl worker_server::Worker for WorkerService {
-    async fn capabilities(&self, _: Request<v1::CapabilitiesRequest>) -> Result<Response<v1::CapabilitiesReply>, Status> {
+    async fn capabilities(
+        &self,
+        _: Request<v1::CapabilitiesRequest>,
+    ) -> Result<Response<v1::CapabilitiesReply>, Status> {
         let (total, free) = self.free_bytes();
         Ok(Response::new(v1::CapabilitiesReply {
             backend: self.shared.backend_name.clone(),
@@ -362,7 +478,10 @@ impl worker_server::Worker for WorkerService {
 
     type LoadSliceStream = ReceiverStream<Result<v1::LoadProgress, Status>>;
 
-    async fn load_slice(&self, req: Request<v1::LoadSliceRequest>) -> Result<Response<Self::LoadSliceStream>, Status> {
+    async fn load_slice(
+        &self,
+        req: Request<v1::LoadSliceRequest>,
+    ) -> Result<Response<Self::LoadSliceStream>, Status> {
         let req = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
@@ -375,23 +494,37 @@ impl worker_server::Worker for WorkerService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn push_slice(&self, req: Request<Streaming<v1::SliceChunk>>) -> Result<Response<v1::PushSliceReply>, Status> {
-        push::receive(self.shared.cache.clone(), req.into_inner()).await.map(Response::new)
+    async fn push_slice(
+        &self,
+        req: Request<Streaming<v1::SliceChunk>>,
+    ) -> Result<Response<v1::PushSliceReply>, Status> {
+        push::receive(self.shared.cache.clone(), req.into_inner())
+            .await
+            .map(Response::new)
     }
 
-    async fn unload(&self, _: Request<v1::UnloadRequest>) -> Result<Response<v1::UnloadReply>, Status> {
+    async fn unload(
+        &self,
+        _: Request<v1::UnloadRequest>,
+    ) -> Result<Response<v1::UnloadReply>, Status> {
         *self.shared.downstream.write().await = None;
         self.command(Command::Unload).await?;
         Ok(Response::new(v1::UnloadReply {}))
     }
 
-    async fn health(&self, _: Request<v1::HealthRequest>) -> Result<Response<v1::HealthReply>, Status> {
+    async fn health(
+        &self,
+        _: Request<v1::HealthRequest>,
+    ) -> Result<Response<v1::HealthReply>, Status> {
         let s = self.snapshot();
         Ok(Response::new(v1::HealthReply {
             status: s.status,
             message: s.message,
             model_digest: s.digest,
-            layers: s.range.map(|r| v1::LayerRange { first: r.first as u32, end: r.end as u32 }),
+            layers: s.range.map(|r| v1::LayerRange {
+                first: r.first as u32,
+                end: r.end as u32,
+            }),
             kv_blocks_used: s.kv_blocks_used,
             kv_blocks_free: s.kv_blocks_free,
             live_sequences: s.live_sequences,
@@ -399,14 +532,20 @@ impl worker_server::Worker for WorkerService {
         }))
     }
 
-    async fn release(&self, req: Request<v1::ReleaseRequest>) -> Result<Response<v1::ReleaseReply>, Status> {
+    async fn release(
+        &self,
+        req: Request<v1::ReleaseRequest>,
+    ) -> Result<Response<v1::ReleaseReply>, Status> {
         let stages = self.release_everywhere(req.into_inner().seq_ids).await?;
         Ok(Response::new(v1::ReleaseReply { stages }))
     }
 
     type ForwardStream = ReceiverStream<Result<v1::StageReply, Status>>;
 
-    async fn forward(&self, req: Request<Streaming<v1::BatchFrame>>) -> Result<Response<Self::ForwardStream>, Status> {
+    async fn forward(
+        &self,
+        req: Request<Streaming<v1::BatchFrame>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let this = self.clone();

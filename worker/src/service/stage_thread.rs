@@ -71,59 +71,70 @@ struct SeqState {
 }
 
 /// Starts the thread; `make_backend` builds a backend for each load.
-pub fn spawn<B, F>(make_backend: F, snapshot: Arc<Mutex<Snapshot>>) -> std::io::Result<mpsc::Sender<Command>>
+pub fn spawn<B, F>(
+    make_backend: F,
+    snapshot: Arc<Mutex<Snapshot>>,
+) -> std::io::Result<mpsc::Sender<Command>>
 where
     B: Backend + 'static,
     F: Fn() -> B + Send + 'static,
 {
     let (tx, rx) = mpsc::channel::<Command>();
-    std::thread::Builder::new().name("strata-stage".into()).spawn(move || {
-        let mut loaded: Option<Loaded<B>> = None;
-        while let Ok(cmd) = rx.recv() {
-            match cmd {
-                Command::Load(job, reply) => {
-                    loaded = None;
-                    set_status(&snapshot, v1::health_reply::Status::Loading, "loading");
-                    let result = load(&make_backend, *job, &snapshot).map(|l| loaded = Some(l));
-                    if let Err(e) = &result {
-                        set_status(&snapshot, v1::health_reply::Status::Failed, e);
-                    }
-                    let _ = reply.send(result);
-                }
-                Command::Forward(frame, reply) => {
-                    let out = match loaded.as_mut() {
-                        Some(l) => forward(l, frame),
-                        None => FrameOut::Reply(error_reply(frame.header.map_or(0, |h| h.batch_id), "no slice loaded".into())),
-                    };
-                    let _ = reply.send(out);
-                }
-                Command::Release(seqs, reply) => {
-                    if let Some(l) = loaded.as_mut() {
-                        for s in seqs {
-                            l.stage.release(s);
-                            l.seqs.remove(&s);
+    std::thread::Builder::new()
+        .name("strata-stage".into())
+        .spawn(move || {
+            let mut loaded: Option<Loaded<B>> = None;
+            while let Ok(cmd) = rx.recv() {
+                match cmd {
+                    Command::Load(job, reply) => {
+                        loaded = None;
+                        set_status(&snapshot, v1::health_reply::Status::Loading, "loading");
+                        let result = load(&make_backend, *job, &snapshot).map(|l| loaded = Some(l));
+                        if let Err(e) = &result {
+                            set_status(&snapshot, v1::health_reply::Status::Failed, e);
                         }
+                        let _ = reply.send(result);
                     }
-                    let _ = reply.send(());
+                    Command::Forward(frame, reply) => {
+                        let out = match loaded.as_mut() {
+                            // On a pool thread, the backend's parallel ops
+                            // are joined by the pool itself instead of
+                            // putting this thread to sleep once per op.
+                            Some(l) => rayon::scope(|_| forward(l, frame)),
+                            None => FrameOut::Reply(error_reply(
+                                frame.header.map_or(0, |h| h.batch_id),
+                                "no slice loaded".into(),
+                            )),
+                        };
+                        let _ = reply.send(out);
+                    }
+                    Command::Release(seqs, reply) => {
+                        if let Some(l) = loaded.as_mut() {
+                            for s in seqs {
+                                l.stage.release(s);
+                                l.seqs.remove(&s);
+                            }
+                        }
+                        let _ = reply.send(());
+                    }
+                    Command::Unload(reply) => {
+                        loaded = None;
+                        *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
+                            status: v1::health_reply::Status::Idle as i32,
+                            message: "idle".into(),
+                            ..Default::default()
+                        };
+                        let _ = reply.send(());
+                    }
                 }
-                Command::Unload(reply) => {
-                    loaded = None;
-                    *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
-                        status: v1::health_reply::Status::Idle as i32,
-                        message: "idle".into(),
-                        ..Default::default()
-                    };
-                    let _ = reply.send(());
+                if let Some(l) = &loaded {
+                    let mut s = snapshot.lock().unwrap_or_else(|p| p.into_inner());
+                    s.kv_blocks_used = l.stage.blocks().used_blocks() as u64;
+                    s.kv_blocks_free = l.stage.blocks().free_blocks() as u64;
+                    s.live_sequences = l.stage.blocks().n_sequences() as u64;
                 }
             }
-            if let Some(l) = &loaded {
-                let mut s = snapshot.lock().unwrap_or_else(|p| p.into_inner());
-                s.kv_blocks_used = l.stage.blocks().used_blocks() as u64;
-                s.kv_blocks_free = l.stage.blocks().free_blocks() as u64;
-                s.live_sequences = l.stage.blocks().n_sequences() as u64;
-            }
-        }
-    })?;
+        })?;
     Ok(tx)
 }
 
@@ -133,10 +144,20 @@ fn set_status(snapshot: &Mutex<Snapshot>, status: v1::health_reply::Status, mess
     s.message = message.to_string();
 }
 
-fn load<B: Backend, F: Fn() -> B>(make_backend: &F, job: LoadJob, snapshot: &Mutex<Snapshot>) -> Result<Loaded<B>, String> {
+fn load<B: Backend, F: Fn() -> B>(
+    make_backend: &F,
+    job: LoadJob,
+    snapshot: &Mutex<Snapshot>,
+) -> Result<Loaded<B>, String> {
     let started = std::time::Instant::now();
-    let stage = Stage::load(make_backend(), &job.file, job.range, job.ctx_tokens)
-        .map_err(|e| format!("loading layers {}..{} from {}: {e}", job.range.first, job.range.end, job.source.display()))?;
+    let stage = Stage::load(make_backend(), &job.file, job.range, job.ctx_tokens).map_err(|e| {
+        format!(
+            "loading layers {}..{} from {}: {e}",
+            job.range.first,
+            job.range.end,
+            job.source.display()
+        )
+    })?;
     let label = format!("layers {}..{}", job.range.first, job.range.end);
     tracing::info!(
         "loaded {label} of {} from {} in {:.2}s",
@@ -153,11 +174,21 @@ fn load<B: Backend, F: Fn() -> B>(make_backend: &F, job: LoadJob, snapshot: &Mut
         kv_bytes: job.kv_bytes,
         ..Default::default()
     };
-    Ok(Loaded { stage, _file: job.file, act_dtype: job.act_dtype, label, seqs: HashMap::new() })
+    Ok(Loaded {
+        stage,
+        _file: job.file,
+        act_dtype: job.act_dtype,
+        label,
+        seqs: HashMap::new(),
+    })
 }
 
 fn error_reply(batch_id: u64, error: String) -> v1::StageReply {
-    v1::StageReply { batch_id, tokens: Vec::new(), error }
+    v1::StageReply {
+        batch_id,
+        tokens: Vec::new(),
+        error,
+    }
 }
 
 fn forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> FrameOut {
@@ -176,12 +207,16 @@ fn try_forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<F
     let n_tokens: usize = batch.iter().map(|s| s.n_tokens).sum();
     let input = if l.stage.is_first() {
         if frame.token_ids.len() != n_tokens {
-            return Err(format!("{} token ids for {n_tokens} positions", frame.token_ids.len()));
+            return Err(format!(
+                "{} token ids for {n_tokens} positions",
+                frame.token_ids.len()
+            ));
         }
         StageInput::Tokens(frame.token_ids.clone())
     } else {
         let d_model = l.stage.hyper_params().d_model;
-        let dtype = v1::ActDtype::try_from(frame.act_dtype).map_err(|_| format!("unknown act_dtype {}", frame.act_dtype))?;
+        let dtype = v1::ActDtype::try_from(frame.act_dtype)
+            .map_err(|_| format!("unknown act_dtype {}", frame.act_dtype))?;
         let values = frames::decode_activations(&frame.activations, dtype, n_tokens, d_model)?;
         StageInput::Hidden(l.stage.backend().act_from_host(&values, n_tokens, d_model))
     };
@@ -196,7 +231,9 @@ fn try_forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<F
                 act_dtype: l.act_dtype as i32,
             }))
         }
-        StageOutput::Logits(rows) => sample(l, &header, &frame.token_ids, rows).map(FrameOut::Reply),
+        StageOutput::Logits(rows) => {
+            sample(l, &header, &frame.token_ids, rows).map(FrameOut::Reply)
+        }
     }
 }
 
@@ -226,14 +263,22 @@ fn sample<B: Backend>(
     let mut tokens = Vec::new();
     let mut rows = rows.into_iter();
     for e in header.entries.iter().filter(|e| e.sample) {
-        let row = rows.next().ok_or("the stage returned fewer logit rows than asked")?;
+        let row = rows
+            .next()
+            .ok_or("the stage returned fewer logit rows than asked")?;
         let st = l.seqs.entry(e.seq_id).or_default();
-        let sampler = st
-            .sampler
-            .as_mut()
-            .ok_or_else(|| format!("sequence {} has no sampling parameters (send them with its first frame)", e.seq_id))?;
+        let sampler = st.sampler.as_mut().ok_or_else(|| {
+            format!(
+                "sequence {} has no sampling parameters (send them with its first frame)",
+                e.seq_id
+            )
+        })?;
         let s = sampler.sample(&row, &st.history);
         tokens.push(frames::sampled_to_wire(e.seq_id, &s));
     }
-    Ok(v1::StageReply { batch_id: header.batch_id, tokens, error: String::new() })
+    Ok(v1::StageReply {
+        batch_id: header.batch_id,
+        tokens,
+        error: String::new(),
+    })
 }

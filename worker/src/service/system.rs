@@ -18,7 +18,12 @@ pub fn memory_bytes() -> Option<(u64, u64)> {
 pub fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| "cpu".into())
 }
 
@@ -40,9 +45,13 @@ pub fn measure_read_bandwidth() -> f64 {
 /// Parses sizes like `12GiB`, `512MiB`, `16G`, `1000000` (bytes).
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (like 12GiB)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (like 12GiB)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -53,7 +62,11 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
-        u => return Err(format!("unknown unit {u:?} in {s:?} (use KiB, MiB, GiB, TiB)")),
+        u => {
+            return Err(format!(
+                "unknown unit {u:?} in {s:?} (use KiB, MiB, GiB, TiB)"
+            ))
+        }
     };
     Ok((n * mult as f64) as u64)
 }

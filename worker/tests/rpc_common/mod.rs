@@ -14,9 +14,11 @@ use tokio_stream::wrappers::ReceiverStream;
 pub const TOKEN: &str = "cluster-secret-for-tests";
 
 pub fn model_path() -> PathBuf {
-    let dir = std::env::var("STRATA_MODELS").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/strata/models")
-    });
+    let dir = std::env::var("STRATA_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/strata/models")
+        });
     dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
@@ -52,11 +54,14 @@ pub async fn start_worker(model_dir: Option<PathBuf>, mem_budget_bytes: Option<u
         cache_dir: cache.path().to_path_buf(),
         threads: 2,
     };
-    let service = tokio::task::spawn_blocking(move || WorkerService::start(config, CpuBackend::new))
+    let service =
+        tokio::task::spawn_blocking(move || WorkerService::start(config, CpuBackend::new))
+            .await
+            .expect("join")
+            .expect("worker starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .expect("join")
-        .expect("worker starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        .expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let svc = service.clone();
@@ -67,7 +72,12 @@ pub async fn start_worker(model_dir: Option<PathBuf>, mem_budget_bytes: Option<u
             })
             .await;
     });
-    TestWorker { addr, service, _dirs: vec![cache], shutdown: Some(tx) }
+    TestWorker {
+        addr,
+        service,
+        _dirs: vec![cache],
+        shutdown: Some(tx),
+    }
 }
 
 pub async fn client(addr: &str) -> WorkerClient {
@@ -112,24 +122,44 @@ pub struct DataStream {
 impl DataStream {
     pub async fn open(c: &mut WorkerClient) -> DataStream {
         let (tx, rx) = mpsc::channel(8);
-        let replies = c.forward(ReceiverStream::new(rx)).await.expect("forward").into_inner();
-        DataStream { frames: tx, replies, next_batch: 0 }
+        let replies = c
+            .forward(ReceiverStream::new(rx))
+            .await
+            .expect("forward")
+            .into_inner();
+        DataStream {
+            frames: tx,
+            replies,
+            next_batch: 0,
+        }
     }
 
     /// Sends a frame without waiting for its reply; returns its batch id.
     pub async fn send(&mut self, entries: Vec<v1::BatchEntry>, token_ids: Vec<u32>) -> u64 {
         let batch_id = self.next_batch;
         self.next_batch += 1;
-        let frame = v1::BatchFrame { header: Some(v1::BatchHeader { batch_id, entries }), token_ids, ..Default::default() };
+        let frame = v1::BatchFrame {
+            header: Some(v1::BatchHeader { batch_id, entries }),
+            token_ids,
+            ..Default::default()
+        };
         self.frames.send(frame).await.expect("send frame");
         batch_id
     }
 
     pub async fn reply(&mut self) -> v1::StageReply {
-        self.replies.message().await.expect("reply").expect("stream open")
+        self.replies
+            .message()
+            .await
+            .expect("reply")
+            .expect("stream open")
     }
 
-    pub async fn step(&mut self, entries: Vec<v1::BatchEntry>, token_ids: Vec<u32>) -> v1::StageReply {
+    pub async fn step(
+        &mut self,
+        entries: Vec<v1::BatchEntry>,
+        token_ids: Vec<u32>,
+    ) -> v1::StageReply {
         let batch_id = self.next_batch;
         self.next_batch += 1;
         let frame = v1::BatchFrame {
@@ -139,14 +169,21 @@ impl DataStream {
             act_dtype: 0,
         };
         self.frames.send(frame).await.expect("send frame");
-        let reply = self.replies.message().await.expect("reply").expect("stream open");
+        let reply = self
+            .replies
+            .message()
+            .await
+            .expect("reply")
+            .expect("stream open");
         assert_eq!(reply.batch_id, batch_id);
         reply
     }
 
     /// Greedy generation of `n` tokens for `seq` after `prompt`, one frame per step.
     pub async fn generate_greedy(&mut self, seq: u64, prompt: &[u32], n: usize) -> Vec<u32> {
-        let greedy = strata_worker::service::frames::sampling_to_wire(&strata_worker::SamplingParams::greedy());
+        let greedy = strata_worker::service::frames::sampling_to_wire(
+            &strata_worker::SamplingParams::greedy(),
+        );
         let mut history = prompt.to_vec();
         let mut out = Vec::new();
         let mut entry = v1::BatchEntry {
@@ -164,7 +201,13 @@ impl DataStream {
             let t = reply.tokens[0].token_id;
             out.push(t);
             history.push(t);
-            entry = v1::BatchEntry { seq_id: seq, start_pos: history.len() as u32 - 1, n_tokens: 1, sample: true, sampling: None };
+            entry = v1::BatchEntry {
+                seq_id: seq,
+                start_pos: history.len() as u32 - 1,
+                n_tokens: 1,
+                sample: true,
+                sampling: None,
+            };
             input = vec![t];
         }
         out
@@ -178,7 +221,10 @@ pub fn single_process_greedy(prompt: &[u32], n: usize) -> Vec<u32> {
     let mut stage = strata_worker::Stage::load(
         CpuBackend::new(),
         &file,
-        strata_worker::LayerRange { first: 0, end: hp.n_layers },
+        strata_worker::LayerRange {
+            first: 0,
+            end: hp.n_layers,
+        },
         512,
     )
     .expect("load");
@@ -198,12 +244,21 @@ pub struct Reference {
 }
 
 pub fn reference() -> Reference {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/reference/smollm2-135m.json"))
-        .or_else(|_| std::fs::read_to_string("/work/shared/reference/smollm2-135m.json"))
-        .expect("reference json");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/reference/smollm2-135m.json"
+    ))
+    .or_else(|_| std::fs::read_to_string("/work/shared/reference/smollm2-135m.json"))
+    .expect("reference json");
     let v: serde_json::Value = serde_json::from_str(&text).expect("json");
     let g = &v["greedy"][0];
-    let ids = |k: &str| g[k].as_array().expect(k).iter().map(|x| x.as_u64().expect("id") as u32).collect();
+    let ids = |k: &str| {
+        g[k].as_array()
+            .expect(k)
+            .iter()
+            .map(|x| x.as_u64().expect("id") as u32)
+            .collect()
+    };
     let top2_gaps = g["steps"]
         .as_array()
         .expect("steps")
@@ -213,7 +268,11 @@ pub fn reference() -> Reference {
             top[0][1].as_f64().expect("lp") - top[1][1].as_f64().expect("lp")
         })
         .collect();
-    Reference { prompt_ids: ids("prompt_ids"), tokens: ids("tokens"), top2_gaps }
+    Reference {
+        prompt_ids: ids("prompt_ids"),
+        tokens: ids("tokens"),
+        top2_gaps,
+    }
 }
 
 pub fn digest() -> String {
