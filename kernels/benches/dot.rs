@@ -24,8 +24,12 @@ fn bench(c: &mut Criterion) {
         quantize_activation(t, &x, &mut xq);
         let mut g = c.benchmark_group(format!("vec_dot/{t}"));
         g.throughput(Throughput::Bytes(w.len() as u64));
-        g.bench_function(simd_name(), |b| b.iter(|| vec_dot(t, N, black_box(&w), black_box(&xq))));
-        g.bench_function("scalar", |b| b.iter(|| vec_dot_scalar(t, N, black_box(&w), black_box(&xq))));
+        g.bench_function(simd_name(), |b| {
+            b.iter(|| vec_dot(t, N, black_box(&w), black_box(&xq)))
+        });
+        g.bench_function("scalar", |b| {
+            b.iter(|| vec_dot_scalar(t, N, black_box(&w), black_box(&xq)))
+        });
         g.finish();
     }
 }

@@ -12,7 +12,11 @@ pub enum KernelError {
     #[error("tensor {name:?}: {what}")]
     BadWeight { name: String, what: String },
     #[error("{backend}: out of memory allocating {bytes} bytes for {what}")]
-    OutOfMemory { backend: String, bytes: u64, what: String },
+    OutOfMemory {
+        backend: String,
+        bytes: u64,
+        what: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -53,7 +57,13 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> String;
 
     /// Takes a weight from its GGUF bytes (`dims` in ggml order: row length first).
-    fn load_weight(&self, name: &str, dtype: GgmlType, dims: &[u64], bytes: &[u8]) -> Result<Self::Weight, KernelError>;
+    fn load_weight(
+        &self,
+        name: &str,
+        dtype: GgmlType,
+        dims: &[u64],
+        bytes: &[u8],
+    ) -> Result<Self::Weight, KernelError>;
     fn new_kv_cache(&self, geometry: KvGeometry) -> Result<Self::KvCache, KernelError>;
 
     fn act_zeros(&self, rows: usize, cols: usize) -> Self::Act;
@@ -64,14 +74,25 @@ pub trait Backend: Send + Sync {
     fn select_rows(&self, a: &Self::Act, rows: &[usize]) -> Self::Act;
 
     /// `out[t] = table[ids[t]] * scale`.
-    fn embed(&self, table: &Self::Weight, ids: &[u32], scale: f32) -> Result<Self::Act, KernelError>;
+    fn embed(
+        &self,
+        table: &Self::Weight,
+        ids: &[u32],
+        scale: f32,
+    ) -> Result<Self::Act, KernelError>;
     /// RMSNorm over groups of `w.len()` values (a whole row, or each head).
     fn rms_norm(&self, x: &Self::Act, w: &Self::Weight, eps: f32) -> Self::Act;
     /// `out[t] = W x[t]` (+ bias).
     fn matmul(&self, w: &Self::Weight, x: &Self::Act) -> Self::Act;
     fn add_bias(&self, x: &mut Self::Act, bias: &Self::Weight);
     /// Rotates every head of every row by its token's position.
-    fn rope(&self, x: &mut Self::Act, positions: &[u32], rope: &RopeConfig, freq_factors: Option<&Self::Weight>);
+    fn rope(
+        &self,
+        x: &mut Self::Act,
+        positions: &[u32],
+        rope: &RopeConfig,
+        freq_factors: Option<&Self::Weight>,
+    );
     /// `act(gate) * up`.
     fn gated(&self, gate: &Self::Act, up: &Self::Act, act: Activation) -> Self::Act;
     /// `x += y`.

@@ -168,6 +168,17 @@ impl<B: Backend> Stage<B> {
         batch: &[BatchSeq],
         input: StageInput<B::Act>,
     ) -> Result<StageOutput<B::Act>, StageError> {
+        // On a rayon pool thread the CPU backend's parallel ops are joined by
+        // the pool itself; called from outside, each op would put the caller
+        // to sleep and wake it (a profile showed a third of the time there).
+        rayon::scope(|_| self.forward_in_pool(batch, input))
+    }
+
+    fn forward_in_pool(
+        &mut self,
+        batch: &[BatchSeq],
+        input: StageInput<B::Act>,
+    ) -> Result<StageOutput<B::Act>, StageError> {
         let n_tokens: usize = batch.iter().map(|s| s.n_tokens).sum();
         if n_tokens == 0 {
             return Err(StageError::Batch("no tokens".into()));

@@ -22,7 +22,10 @@ pub struct CpuKvCache {
 impl CpuKvCache {
     pub fn new(geo: KvGeometry) -> Result<Self, KernelError> {
         if geo.kv_type != KvType::F16 {
-            return Err(KernelError::Invalid(format!("the CPU backend keeps KV as f16, not {}", geo.kv_type.name())));
+            return Err(KernelError::Invalid(format!(
+                "the CPU backend keeps KV as f16, not {}",
+                geo.kv_type.name()
+            )));
         }
         let k_len = geo.n_blocks * KV_BLOCK_TOKENS * geo.k_dim();
         let v_len = geo.n_blocks * KV_BLOCK_TOKENS * geo.v_dim();
@@ -40,13 +43,18 @@ impl CpuKvCache {
     }
 
     fn slot(batch: &AttentionBatch<'_>, seq: usize, pos: usize) -> usize {
-        batch.block_tables[seq][pos / KV_BLOCK_TOKENS] as usize * KV_BLOCK_TOKENS + pos % KV_BLOCK_TOKENS
+        batch.block_tables[seq][pos / KV_BLOCK_TOKENS] as usize * KV_BLOCK_TOKENS
+            + pos % KV_BLOCK_TOKENS
     }
 
     pub fn write(&mut self, layer: usize, k: &CpuAct, v: &CpuAct, batch: &AttentionBatch<'_>) {
         let (kd, vd) = (self.geo.k_dim(), self.geo.v_dim());
         for t in 0..k.rows {
-            let slot = Self::slot(batch, batch.token_seq[t] as usize, batch.positions[t] as usize);
+            let slot = Self::slot(
+                batch,
+                batch.token_seq[t] as usize,
+                batch.positions[t] as usize,
+            );
             let kd_dst = &mut self.k[layer][slot * kd..(slot + 1) * kd];
             kd_dst.convert_from_f32_slice(k.row(t));
             let vd_dst = &mut self.v[layer][slot * vd..(slot + 1) * vd];
@@ -76,14 +84,17 @@ impl CpuKvCache {
             let pos = batch.positions[t] as usize;
             let lo = batch.window.map_or(0, |w| (pos + 1).saturating_sub(w));
             // Q rounded to f16 (kept as f32: f16 x f16 products are exact in f32).
-            qh.iter_mut().zip(&q.row(t)[h * hd..(h + 1) * hd]).for_each(|(d, &v)| *d = f16::from_f32(v).to_f32());
+            qh.iter_mut()
+                .zip(&q.row(t)[h * hd..(h + 1) * hd])
+                .for_each(|(d, &v)| *d = f16::from_f32(v).to_f32());
             acc.fill(f16::ZERO);
             let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
             let mut p0 = lo;
             while p0 <= pos {
                 // Scores of up to LANES positions at once (the last padded by repeating it).
                 let n = (pos + 1 - p0).min(LANES);
-                let slots: [usize; LANES] = std::array::from_fn(|j| Self::slot(batch, seq, p0 + j.min(n - 1)));
+                let slots: [usize; LANES] =
+                    std::array::from_fn(|j| Self::slot(batch, seq, p0 + j.min(n - 1)));
                 let rows = slots.map(|s| &kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd]);
                 let scores = (k.scores)(qh, rows);
                 for (j, &s) in slots.iter().enumerate().take(n) {
@@ -108,14 +119,25 @@ impl CpuKvCache {
         };
         let scratch = || (vec![0f32; hd], vec![f16::ZERO; hdv]);
         // Positions attended, summed over tokens (an upper bound with a window).
-        let span: usize = batch.positions[..q.rows].iter().map(|&p| p as usize + 1).sum();
+        let span: usize = batch.positions[..q.rows]
+            .iter()
+            .map(|&p| p as usize + 1)
+            .sum();
         if span * batch.n_heads * (hd + hdv) <= SERIAL_MAX_MACS {
             let mut s = scratch();
-            out.chunks_mut(hdv).enumerate().for_each(|io| head(&mut s, io));
+            out.chunks_mut(hdv)
+                .enumerate()
+                .for_each(|io| head(&mut s, io));
         } else {
-            out.par_chunks_mut(hdv).enumerate().for_each_init(scratch, head);
+            out.par_chunks_mut(hdv)
+                .enumerate()
+                .for_each_init(scratch, head);
         }
-        CpuAct { data: out, rows: q.rows, cols: n_out }
+        CpuAct {
+            data: out,
+            rows: q.rows,
+            cols: n_out,
+        }
     }
 }
 
@@ -136,7 +158,10 @@ struct HeadKernels {
 
 fn head_kernels() -> HeadKernels {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
         // SAFETY (of the calls through these): the features were just detected.
         return HeadKernels {
             scores: |q, k| unsafe { simd::scores(q, k) },
@@ -144,7 +169,11 @@ fn head_kernels() -> HeadKernels {
             mad: |a, v, s| unsafe { simd::mad_f16(a, v, s) },
         };
     }
-    HeadKernels { scores: portable::scores, scale: portable::scale_f16, mad: portable::mad_f16 }
+    HeadKernels {
+        scores: portable::scores,
+        scale: portable::scale_f16,
+        mad: portable::mad_f16,
+    }
 }
 
 mod portable {
@@ -157,11 +186,14 @@ mod portable {
     }
 
     pub fn scale_f16(acc: &mut [f16], s: f32) {
-        acc.iter_mut().for_each(|a| *a = f16::from_f32(a.to_f32() * s));
+        acc.iter_mut()
+            .for_each(|a| *a = f16::from_f32(a.to_f32() * s));
     }
 
     pub fn mad_f16(acc: &mut [f16], v: &[f16], s: f32) {
-        acc.iter_mut().zip(v).for_each(|(a, v)| *a = f16::from_f32(v.to_f32().mul_add(s, a.to_f32())));
+        acc.iter_mut()
+            .zip(v)
+            .for_each(|(a, v)| *a = f16::from_f32(v.to_f32().mul_add(s, a.to_f32())));
     }
 }
 
@@ -182,7 +214,10 @@ mod simd {
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn store8(p: *mut f16, v: __m256) {
-        _mm_storeu_si128(p as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
+        _mm_storeu_si128(
+            p as *mut __m128i,
+            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v),
+        )
     }
 
     /// Eight key rows at once, one per lane: 8x8 tiles of K transposed so
@@ -255,7 +290,10 @@ mod simd {
         let (p, pv) = (acc.as_mut_ptr(), v.as_ptr());
         let vs = _mm256_set1_ps(s);
         for i in (0..n8).step_by(8) {
-            store8(p.add(i), _mm256_fmadd_ps(load8(pv.add(i)), vs, load8(p.add(i))));
+            store8(
+                p.add(i),
+                _mm256_fmadd_ps(load8(pv.add(i)), vs, load8(p.add(i))),
+            );
         }
         super::portable::mad_f16(&mut acc[n8..n], &v[n8..n], s);
     }
@@ -263,11 +301,12 @@ mod simd {
 
 fn try_zeroed(len: usize, pool_bytes: u64) -> Result<Vec<f16>, KernelError> {
     let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| KernelError::OutOfMemory {
-        backend: "cpu".into(),
-        bytes: pool_bytes,
-        what: "KV cache".into(),
-    })?;
+    v.try_reserve_exact(len)
+        .map_err(|_| KernelError::OutOfMemory {
+            backend: "cpu".into(),
+            bytes: pool_bytes,
+            what: "KV cache".into(),
+        })?;
     v.resize(len, f16::ZERO);
     Ok(v)
 }
@@ -281,12 +320,17 @@ mod tests {
     /// The SIMD head kernels give the portable kernels' bits (seeded inputs).
     #[test]
     fn simd_head_kernels_match_portable_bits() {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")) {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
             return;
         }
         let mut state = 0x5EED_2026u64;
         let mut next = move || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0
         };
         for n in [8, 32, 40, 64, 72, 128, 256] {
@@ -294,13 +338,18 @@ mod tests {
             let b: Vec<f16> = (0..n).map(|_| f16::from_f32(next())).collect();
             let s = next();
             let q: Vec<f32> = a.iter().map(|v| v.to_f32()).collect();
-            let rows: Vec<Vec<f16>> =
-                (0..super::LANES).map(|_| (0..n).map(|_| f16::from_f32(next())).collect()).collect();
+            let rows: Vec<Vec<f16>> = (0..super::LANES)
+                .map(|_| (0..n).map(|_| f16::from_f32(next())).collect())
+                .collect();
             let k: [&[f16]; super::LANES] = std::array::from_fn(|j| &rows[j][..]);
             // SAFETY: features detected above.
             unsafe {
                 let (want, got) = (portable::scores(&q, k), simd::scores(&q, k));
-                assert_eq!(want.map(f32::to_bits), got.map(f32::to_bits), "scores n={n}");
+                assert_eq!(
+                    want.map(f32::to_bits),
+                    got.map(f32::to_bits),
+                    "scores n={n}"
+                );
                 let (mut x, mut y) = (a.clone(), a.clone());
                 portable::scale_f16(&mut x, s);
                 simd::scale_f16(&mut y, s);

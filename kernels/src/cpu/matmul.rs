@@ -37,11 +37,17 @@ thread_local! {
 }
 
 pub fn matmul(w: &CpuWeight, x: &CpuAct) -> CpuAct {
-    assert_eq!(x.cols, w.cols, "matmul {}: activation width {} vs weight rows of {}", w.name, x.cols, w.cols);
-    XQ.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        matmul_with(w, x, &mut buf)
-    })
+    assert_eq!(
+        x.cols, w.cols,
+        "matmul {}: activation width {} vs weight rows of {}",
+        w.name, x.cols, w.cols
+    );
+    // Taken out rather than borrowed: while this thread waits inside the
+    // parallel section, rayon may run another matmul on it.
+    let mut buf = XQ.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let out = matmul_with(w, x, &mut buf);
+    XQ.with(|b| *b.borrow_mut() = buf);
+    out
 }
 
 fn matmul_with(w: &CpuWeight, x: &CpuAct, xq: &mut Vec<u8>) -> CpuAct {
@@ -51,7 +57,9 @@ fn matmul_with(w: &CpuWeight, x: &CpuAct, xq: &mut Vec<u8>) -> CpuAct {
     if n_tok == 1 {
         quantize_activation_into(w.dtype, x.row(0), &mut xq[..xb]);
     } else {
-        xq.par_chunks_mut(xb).enumerate().for_each(|(t, b)| quantize_activation_into(w.dtype, x.row(t), b));
+        xq.par_chunks_mut(xb)
+            .enumerate()
+            .for_each(|(t, b)| quantize_activation_into(w.dtype, x.row(t), b));
     }
     let xq: &[u8] = xq;
     let xrow = |t: usize| &xq[t * xb..(t + 1) * xb];
@@ -70,25 +78,35 @@ fn matmul_with(w: &CpuWeight, x: &CpuAct, xq: &mut Vec<u8>) -> CpuAct {
     } else {
         let ptr = OutPtr(out.as_mut_ptr());
         let n_rows = w.rows;
-        let grouped = if kernel.has_x4() { n_tok / TOKENS * TOKENS } else { 0 };
-        (0..n_rows.div_ceil(PROMPT_ROWS_PER_TASK)).into_par_iter().for_each(move |c| {
-            let ptr = ptr;
-            let rows = c * PROMPT_ROWS_PER_TASK..((c + 1) * PROMPT_ROWS_PER_TASK).min(n_rows);
-            // SAFETY (of the writes): (t, r) is in bounds and written by this task only.
-            let put = |t: usize, r: usize, v: f32| unsafe { *ptr.0.add(t * n_rows + r) = v };
-            for t0 in (0..grouped).step_by(TOKENS) {
-                let xs: [&[u8]; TOKENS] = std::array::from_fn(|k| xrow(t0 + k));
-                for r in rows.clone() {
-                    let v = kernel.dot_x4(w.row_data(r), xs);
-                    v.iter().enumerate().for_each(|(k, &v)| put(t0 + k, r, v));
+        let grouped = if kernel.has_x4() {
+            n_tok / TOKENS * TOKENS
+        } else {
+            0
+        };
+        (0..n_rows.div_ceil(PROMPT_ROWS_PER_TASK))
+            .into_par_iter()
+            .for_each(move |c| {
+                let ptr = ptr;
+                let rows = c * PROMPT_ROWS_PER_TASK..((c + 1) * PROMPT_ROWS_PER_TASK).min(n_rows);
+                // SAFETY (of the writes): (t, r) is in bounds and written by this task only.
+                let put = |t: usize, r: usize, v: f32| unsafe { *ptr.0.add(t * n_rows + r) = v };
+                for t0 in (0..grouped).step_by(TOKENS) {
+                    let xs: [&[u8]; TOKENS] = std::array::from_fn(|k| xrow(t0 + k));
+                    for r in rows.clone() {
+                        let v = kernel.dot_x4(w.row_data(r), xs);
+                        v.iter().enumerate().for_each(|(k, &v)| put(t0 + k, r, v));
+                    }
                 }
-            }
-            for t in grouped..n_tok {
-                for r in rows.clone() {
-                    put(t, r, kernel.dot(w.row_data(r), xrow(t)));
+                for t in grouped..n_tok {
+                    for r in rows.clone() {
+                        put(t, r, kernel.dot(w.row_data(r), xrow(t)));
+                    }
                 }
-            }
-        });
+            });
     }
-    CpuAct { data: out, rows: n_tok, cols: w.rows }
+    CpuAct {
+        data: out,
+        rows: n_tok,
+        cols: w.rows,
+    }
 }

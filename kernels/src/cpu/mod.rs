@@ -49,7 +49,9 @@ impl CpuWeight {
         &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
     fn vector(&self) -> &[f32] {
-        self.f32.as_deref().expect("1-D weights are kept as f32 at load")
+        self.f32
+            .as_deref()
+            .expect("1-D weights are kept as f32 at load")
     }
 }
 
@@ -68,18 +70,38 @@ impl Backend for CpuBackend {
     type KvCache = CpuKvCache;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads, {})", rayon::current_num_threads(), dot::simd_name())
+        format!(
+            "cpu ({} threads, {})",
+            rayon::current_num_threads(),
+            dot::simd_name()
+        )
     }
 
-    fn load_weight(&self, name: &str, dtype: GgmlType, dims: &[u64], bytes: &[u8]) -> Result<CpuWeight, KernelError> {
-        let bad = |what: String| KernelError::BadWeight { name: name.to_string(), what };
+    fn load_weight(
+        &self,
+        name: &str,
+        dtype: GgmlType,
+        dims: &[u64],
+        bytes: &[u8],
+    ) -> Result<CpuWeight, KernelError> {
+        let bad = |what: String| KernelError::BadWeight {
+            name: name.to_string(),
+            what,
+        };
         let cols = usize::try_from(*dims.first().ok_or_else(|| bad("no dimensions".into()))?)
             .map_err(|_| bad("too large".into()))?;
-        let rows = usize::try_from(dims.iter().skip(1).product::<u64>()).map_err(|_| bad("too large".into()))?;
-        let row_bytes = dtype.row_bytes(cols as u64).ok_or_else(|| bad(format!("{cols} is not a whole number of {dtype} blocks")))?
+        let rows = usize::try_from(dims.iter().skip(1).product::<u64>())
+            .map_err(|_| bad("too large".into()))?;
+        let row_bytes = dtype
+            .row_bytes(cols as u64)
+            .ok_or_else(|| bad(format!("{cols} is not a whole number of {dtype} blocks")))?
             as usize;
         if bytes.len() != row_bytes * rows {
-            return Err(bad(format!("{} bytes, expected {}", bytes.len(), row_bytes * rows)));
+            return Err(bad(format!(
+                "{} bytes, expected {}",
+                bytes.len(),
+                row_bytes * rows
+            )));
         }
         let f32 = if rows == 1 {
             let mut v = vec![0f32; cols];
@@ -88,7 +110,15 @@ impl Backend for CpuBackend {
         } else {
             None
         };
-        Ok(CpuWeight { name: name.to_string(), dtype, rows, cols, row_bytes, bytes: bytes.to_vec(), f32 })
+        Ok(CpuWeight {
+            name: name.to_string(),
+            dtype,
+            rows,
+            cols,
+            row_bytes,
+            bytes: bytes.to_vec(),
+            f32,
+        })
     }
 
     fn new_kv_cache(&self, geometry: KvGeometry) -> Result<CpuKvCache, KernelError> {
@@ -96,12 +126,20 @@ impl Backend for CpuBackend {
     }
 
     fn act_zeros(&self, rows: usize, cols: usize) -> CpuAct {
-        CpuAct { data: vec![0.0; rows * cols], rows, cols }
+        CpuAct {
+            data: vec![0.0; rows * cols],
+            rows,
+            cols,
+        }
     }
 
     fn act_from_host(&self, data: &[f32], rows: usize, cols: usize) -> CpuAct {
         assert_eq!(data.len(), rows * cols, "activation shape");
-        CpuAct { data: data.to_vec(), rows, cols }
+        CpuAct {
+            data: data.to_vec(),
+            rows,
+            cols,
+        }
     }
 
     fn act_to_host(&self, a: &CpuAct) -> Vec<f32> {
@@ -117,18 +155,29 @@ impl Backend for CpuBackend {
         for &r in rows {
             data.extend_from_slice(a.row(r));
         }
-        CpuAct { data, rows: rows.len(), cols: a.cols }
+        CpuAct {
+            data,
+            rows: rows.len(),
+            cols: a.cols,
+        }
     }
 
     fn embed(&self, table: &CpuWeight, ids: &[u32], scale: f32) -> Result<CpuAct, KernelError> {
         let mut out = self.act_zeros(ids.len(), table.cols);
         for (t, &id) in ids.iter().enumerate() {
             if id as usize >= table.rows {
-                return Err(KernelError::Invalid(format!("token id {id} is outside the vocabulary of {}", table.rows)));
+                return Err(KernelError::Invalid(format!(
+                    "token id {id} is outside the vocabulary of {}",
+                    table.rows
+                )));
             }
             let dst = &mut out.data[t * table.cols..(t + 1) * table.cols];
-            dequantize_row(table.dtype, table.row_data(id as usize), dst)
-                .map_err(|e| KernelError::BadWeight { name: table.name.clone(), what: e.to_string() })?;
+            dequantize_row(table.dtype, table.row_data(id as usize), dst).map_err(|e| {
+                KernelError::BadWeight {
+                    name: table.name.clone(),
+                    what: e.to_string(),
+                }
+            })?;
             if scale != 1.0 {
                 dst.iter_mut().for_each(|v| *v *= scale);
             }
@@ -146,10 +195,18 @@ impl Backend for CpuBackend {
 
     fn add_bias(&self, x: &mut CpuAct, bias: &CpuWeight) {
         let b = bias.vector();
-        x.data.chunks_mut(x.cols).for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+        x.data
+            .chunks_mut(x.cols)
+            .for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
     }
 
-    fn rope(&self, x: &mut CpuAct, positions: &[u32], rope: &RopeConfig, freq_factors: Option<&CpuWeight>) {
+    fn rope(
+        &self,
+        x: &mut CpuAct,
+        positions: &[u32],
+        rope: &RopeConfig,
+        freq_factors: Option<&CpuWeight>,
+    ) {
         ops::rope(x, positions, rope, freq_factors.map(|w| w.vector()))
     }
 

@@ -19,7 +19,12 @@ pub const SERIAL_MAX_VALUES: usize = 1 << 14;
 /// RMSNorm over groups of `w.len()` values: rows, or heads within rows.
 pub fn rms_norm(x: &CpuAct, w: &[f32], eps: f32) -> CpuAct {
     let n = w.len();
-    assert_eq!(x.cols % n, 0, "rms_norm: row of {} is not a multiple of {n}", x.cols);
+    assert_eq!(
+        x.cols % n,
+        0,
+        "rms_norm: row of {} is not a multiple of {n}",
+        x.cols
+    );
     let mut out = x.clone();
     // Enough groups per task to amortise rayon's overhead.
     let per_task = n * (4096 / n).max(1);
@@ -50,7 +55,11 @@ pub fn rope(x: &mut CpuAct, positions: &[u32], cfg: &RopeConfig, freq_factors: O
     let cols = x.cols;
     let rotate = |(row, &pos): (&mut [f32], &u32)| {
         let p = pos as f32 * cfg.freq_scale;
-        let cs: Vec<(f32, f32)> = inv_freq.iter().map(|f| (p * f).sin_cos()).map(|(s, c)| (c, s)).collect();
+        let cs: Vec<(f32, f32)> = inv_freq
+            .iter()
+            .map(|f| (p * f).sin_cos())
+            .map(|(s, c)| (c, s))
+            .collect();
         for head in row.chunks_mut(cfg.head_dim) {
             match cfg.style {
                 RopeStyle::Normal => {
@@ -73,7 +82,10 @@ pub fn rope(x: &mut CpuAct, positions: &[u32], cfg: &RopeConfig, freq_factors: O
     if x.data.len() <= SERIAL_MAX_VALUES {
         x.data.chunks_mut(cols).zip(positions).for_each(rotate);
     } else {
-        x.data.par_chunks_mut(cols).zip(positions.par_iter()).for_each(rotate);
+        x.data
+            .par_chunks_mut(cols)
+            .zip(positions.par_iter())
+            .for_each(rotate);
     }
 }
 
@@ -102,7 +114,11 @@ pub fn gelu_tanh_f16(x: f32) -> f32 {
 /// `f16(gelu_tanh(x))` for every f16 bit pattern `x` (ggml's `ggml_table_gelu_f16`).
 fn gelu_table() -> &'static [f16] {
     static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
-    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32()))).collect())
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32())))
+            .collect()
+    })
 }
 
 pub fn gated(gate: &CpuAct, up: &CpuAct, act: Activation) -> CpuAct {
@@ -111,11 +127,23 @@ pub fn gated(gate: &CpuAct, up: &CpuAct, act: Activation) -> CpuAct {
         Activation::GeluTanh => gelu_tanh_f16,
     };
     let data = if gate.data.len() <= SERIAL_MAX_VALUES {
-        gate.data.iter().zip(&up.data).map(|(&g, &u)| f(g) * u).collect()
+        gate.data
+            .iter()
+            .zip(&up.data)
+            .map(|(&g, &u)| f(g) * u)
+            .collect()
     } else {
-        gate.data.par_iter().zip(&up.data).map(|(&g, &u)| f(g) * u).collect()
+        gate.data
+            .par_iter()
+            .zip(&up.data)
+            .map(|(&g, &u)| f(g) * u)
+            .collect()
     };
-    CpuAct { data, rows: gate.rows, cols: gate.cols }
+    CpuAct {
+        data,
+        rows: gate.rows,
+        cols: gate.cols,
+    }
 }
 
 #[cfg(test)]

@@ -97,10 +97,7 @@ where
                     }
                     Command::Forward(frame, reply) => {
                         let out = match loaded.as_mut() {
-                            // On a pool thread, the backend's parallel ops
-                            // are joined by the pool itself instead of
-                            // putting this thread to sleep once per op.
-                            Some(l) => rayon::scope(|_| forward(l, frame)),
+                            Some(l) => forward(l, frame),
                             None => FrameOut::Reply(error_reply(
                                 frame.header.map_or(0, |h| h.batch_id),
                                 "no slice loaded".into(),

@@ -14,7 +14,9 @@ use super::scalar::f32_at;
 use super::{DotFn, DotFnX4, TOKENS};
 
 pub fn detected() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
 }
 
 /// The types with an AVX2 kernel.
@@ -99,7 +101,12 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn bits_to_bytes(x: u32) -> __m256i {
-    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    let shuf = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0,
+    );
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
     let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
     _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
@@ -122,7 +129,13 @@ unsafe fn dot_s8(a: __m256i, b: __m256i) -> __m256i {
 /// Blocks of 32 against Q8_0: `level(block ptr)` gives the 32 signed levels.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_q8_0(n: usize, w: &[u8], wb: usize, x: &[u8], level: impl Fn(*const u8) -> __m256i) -> f32 {
+unsafe fn sum_q8_0(
+    n: usize,
+    w: &[u8],
+    wb: usize,
+    x: &[u8],
+    level: impl Fn(*const u8) -> __m256i,
+) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let (pw, px) = (w.as_ptr(), x.as_ptr());
     for i in 0..n / 32 {
@@ -137,7 +150,13 @@ unsafe fn sum_q8_0(n: usize, w: &[u8], wb: usize, x: &[u8], level: impl Fn(*cons
 /// Blocks of 32 with a min against Q8_1: `level` gives 32 unsigned levels.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_q8_1(n: usize, w: &[u8], wb: usize, x: &[u8], level: impl Fn(*const u8) -> __m256i) -> f32 {
+unsafe fn sum_q8_1(
+    n: usize,
+    w: &[u8],
+    wb: usize,
+    x: &[u8],
+    level: impl Fn(*const u8) -> __m256i,
+) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut mins = _mm256_setzero_ps();
     let (pw, px) = (w.as_ptr(), x.as_ptr());
@@ -159,7 +178,9 @@ unsafe fn q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_0(n, w, 18, x, |b| _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)))
+    sum_q8_0(n, w, 18, x, |b| {
+        _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8))
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -229,14 +250,19 @@ unsafe fn q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
         for h in 0..2 {
             let bits = load(pb.add(16 + 32 * h));
             for j in 0..4 {
-                let p = _mm256_maddubs_epi16(field(bits, 2 * j, m3), load(q8.add(128 * h + 32 * j)));
+                let p =
+                    _mm256_maddubs_epi16(field(bits, 2 * j, m3), load(q8.add(128 * h + 32 * j)));
                 let s = 8 * h + 2 * j;
                 let sc = two_scales((b[s] & 0xF) as i16, (b[s + 1] & 0xF) as i16);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
             }
         }
         let dy = f32_at(bx, 0);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16(b, 80)), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(dy * f16(b, 80)),
+            _mm256_cvtepi32_ps(sumi),
+            acc,
+        );
         acc_m += dy * f16(b, 82) * summ as f32;
     }
     hsum(acc) - acc_m
@@ -245,7 +271,11 @@ unsafe fn q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q3_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    let (m3, m1, m4s) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1), _mm256_set1_epi8(4));
+    let (m3, m1, m4s) = (
+        _mm256_set1_epi8(3),
+        _mm256_set1_epi8(1),
+        _mm256_set1_epi8(4),
+    );
     for i in 0..n / 256 {
         let (b, bx) = (&w[i * 110..(i + 1) * 110], &x[i * 292..(i + 1) * 292]);
         let (pb, q8) = (b.as_ptr(), bx.as_ptr().add(4));
@@ -319,9 +349,14 @@ unsafe fn qk_asym(
             let (sc2, m2) = scale_min_k4(2 * j + 1, &b[4..16]);
             summ += m1 as i32 * sums[2 * j] + m2 as i32 * sums[2 * j + 1];
             let (ql, qh) = levels(b.as_ptr(), j);
-            let pl = _mm256_madd_epi16(_mm256_set1_epi16(sc1 as i16), _mm256_maddubs_epi16(ql, load(q8.add(64 * j))));
-            let ph =
-                _mm256_madd_epi16(_mm256_set1_epi16(sc2 as i16), _mm256_maddubs_epi16(qh, load(q8.add(64 * j + 32))));
+            let pl = _mm256_madd_epi16(
+                _mm256_set1_epi16(sc1 as i16),
+                _mm256_maddubs_epi16(ql, load(q8.add(64 * j))),
+            );
+            let ph = _mm256_madd_epi16(
+                _mm256_set1_epi16(sc2 as i16),
+                _mm256_maddubs_epi16(qh, load(q8.add(64 * j + 32))),
+            );
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
         }
         let d = dy * f16(b, 0);
@@ -336,7 +371,10 @@ unsafe fn q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     qk_asym(n, w, 144, x, |b, j| {
         let bits = load(b.add(16 + 32 * j));
         let m4 = _mm256_set1_epi8(0x0F);
-        (_mm256_and_si256(bits, m4), _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4))
+        (
+            _mm256_and_si256(bits, m4),
+            _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
+        )
     })
 }
 
@@ -351,7 +389,10 @@ unsafe fn q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
             _mm256_slli_epi16(v, 4)
         };
         let lo = _mm256_or_si256(_mm256_and_si256(bits, m4), h(2 * j as i32));
-        let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h(2 * j as i32 + 1));
+        let hi = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
+            h(2 * j as i32 + 1),
+        );
         (lo, hi)
     })
 }
@@ -359,7 +400,11 @@ unsafe fn q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    let (m4, m2, m32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+    let (m4, m2, m32) = (
+        _mm256_set1_epi8(0x0F),
+        _mm256_set1_epi8(3),
+        _mm256_set1_epi8(32),
+    );
     for i in 0..n / 256 {
         let (b, bx) = (&w[i * 210..(i + 1) * 210], &x[i * 292..(i + 1) * 292]);
         let (pb, q8) = (b.as_ptr(), bx.as_ptr().add(4));
@@ -381,9 +426,13 @@ unsafe fn q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
             for (k, qk) in q.iter().enumerate() {
                 let y = load(q8.add(128 * h + 32 * k));
                 // (q - 32) * y = q * y - 32 * y, q unsigned in 0..64.
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(*qk, y), _mm256_maddubs_epi16(m32, y));
+                let p =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(*qk, y), _mm256_maddubs_epi16(m32, y));
                 let s = 192 + 8 * h + 2 * k;
-                let sc = _mm256_set_m128i(_mm_set1_epi16(b[s + 1] as i8 as i16), _mm_set1_epi16(b[s] as i8 as i16));
+                let sc = _mm256_set_m128i(
+                    _mm_set1_epi16(b[s + 1] as i8 as i16),
+                    _mm_set1_epi16(b[s] as i8 as i16),
+                );
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
             }
         }
@@ -412,7 +461,10 @@ unsafe fn dense(n: usize, x: &[u8], load8: impl Fn(usize) -> __m256) -> f32 {
         acc[0] = _mm256_fmadd_ps(load8(i), _mm256_loadu_ps(px.add(i)), acc[0]);
         i += 8;
     }
-    hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
+    hsum(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -438,7 +490,10 @@ unsafe fn bf16_row(n: usize, w: &[u8], x: &[u8]) -> f32 {
         let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(pw.add(2 * i) as *const __m128i));
         _mm256_castsi256_ps(_mm256_slli_epi32(h, 16))
     };
-    dense(head, x, load8) + tail(head, n, x, |i| half::bf16::from_le_bytes([w[2 * i], w[2 * i + 1]]).to_f32())
+    dense(head, x, load8)
+        + tail(head, n, x, |i| {
+            half::bf16::from_le_bytes([w[2 * i], w[2 * i + 1]]).to_f32()
+        })
 }
 
 /// The elements of a dense row past its last group of 8.
@@ -452,7 +507,13 @@ const T: usize = TOKENS;
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_q8_0_x4(n: usize, w: &[u8], wb: usize, x: [&[u8]; T], level: impl Fn(*const u8) -> __m256i) -> [f32; T] {
+unsafe fn sum_q8_0_x4(
+    n: usize,
+    w: &[u8],
+    wb: usize,
+    x: [&[u8]; T],
+    level: impl Fn(*const u8) -> __m256i,
+) -> [f32; T] {
     let mut acc = [_mm256_setzero_ps(); T];
     let pw = w.as_ptr();
     for i in 0..n / 32 {
@@ -470,7 +531,13 @@ unsafe fn sum_q8_0_x4(n: usize, w: &[u8], wb: usize, x: [&[u8]; T], level: impl 
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_q8_1_x4(n: usize, w: &[u8], wb: usize, x: [&[u8]; T], level: impl Fn(*const u8) -> __m256i) -> [f32; T] {
+unsafe fn sum_q8_1_x4(
+    n: usize,
+    w: &[u8],
+    wb: usize,
+    x: [&[u8]; T],
+    level: impl Fn(*const u8) -> __m256i,
+) -> [f32; T] {
     let mut acc = [_mm256_setzero_ps(); T];
     let mut mins = [_mm256_setzero_ps(); T];
     let pw = w.as_ptr();
@@ -495,7 +562,9 @@ unsafe fn q8_0_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_0_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
-    sum_q8_0_x4(n, w, 18, x, |b| _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)))
+    sum_q8_0_x4(n, w, 18, x, |b| {
+        _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8))
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -572,7 +641,10 @@ unsafe fn q4_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
     qk_asym_x4(n, w, 144, x, |b, j| {
         let bits = load(b.add(16 + 32 * j));
         let m4 = _mm256_set1_epi8(0x0F);
-        (_mm256_and_si256(bits, m4), _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4))
+        (
+            _mm256_and_si256(bits, m4),
+            _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
+        )
     })
 }
 
@@ -587,7 +659,10 @@ unsafe fn q5_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
             _mm256_slli_epi16(v, 4)
         };
         let lo = _mm256_or_si256(_mm256_and_si256(bits, m4), h(2 * j as i32));
-        let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h(2 * j as i32 + 1));
+        let hi = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
+            h(2 * j as i32 + 1),
+        );
         (lo, hi)
     })
 }
@@ -595,7 +670,11 @@ unsafe fn q5_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
     let mut acc = [_mm256_setzero_ps(); T];
-    let (m4, m2, m32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+    let (m4, m2, m32) = (
+        _mm256_set1_epi8(0x0F),
+        _mm256_set1_epi8(3),
+        _mm256_set1_epi8(32),
+    );
     for i in 0..n / 256 {
         let b = &w[i * 210..(i + 1) * 210];
         let pb = b.as_ptr();
@@ -616,10 +695,16 @@ unsafe fn q6_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
             ];
             for (k, qk) in q.iter().enumerate() {
                 let s = 192 + 8 * h + 2 * k;
-                let sc = _mm256_set_m128i(_mm_set1_epi16(b[s + 1] as i8 as i16), _mm_set1_epi16(b[s] as i8 as i16));
+                let sc = _mm256_set_m128i(
+                    _mm_set1_epi16(b[s + 1] as i8 as i16),
+                    _mm_set1_epi16(b[s] as i8 as i16),
+                );
                 for t in 0..T {
                     let y = load(x[t].as_ptr().add(i * 292 + 4 + 128 * h + 32 * k));
-                    let p = _mm256_sub_epi16(_mm256_maddubs_epi16(*qk, y), _mm256_maddubs_epi16(m32, y));
+                    let p = _mm256_sub_epi16(
+                        _mm256_maddubs_epi16(*qk, y),
+                        _mm256_maddubs_epi16(m32, y),
+                    );
                     sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(sc, p));
                 }
             }
@@ -645,7 +730,10 @@ unsafe fn q6_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
 pub unsafe fn quantize_q8(x: &[f32], out: &mut [u8], q8_1: bool) {
     let bb = if q8_1 { 36 } else { 34 };
     let hdr = bb - 32;
-    assert!(x.len() % 32 == 0 && out.len() == x.len() / 32 * bb, "quantize_q8: lengths");
+    assert!(
+        x.len() % 32 == 0 && out.len() == x.len() / 32 * bb,
+        "quantize_q8: lengths"
+    );
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
     let sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
     let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
@@ -663,11 +751,15 @@ pub unsafe fn quantize_q8(x: &[f32], out: &mut [u8], q8_1: bool) {
             let s = _mm256_mul_ps(v[k], id);
             let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(s);
             // |s - trunc(s)| is exact; at 0.5 or more, step away from zero.
-            let away = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_and_ps(_mm256_sub_ps(s, t), abs_mask), half);
+            let away =
+                _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_and_ps(_mm256_sub_ps(s, t), abs_mask), half);
             let step = _mm256_or_ps(_mm256_and_ps(s, sign_mask), one);
             _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_and_ps(away, step)))
         });
-        let w16 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let w16 = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
         let bytes = _mm256_permutevar8x32_epi32(w16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256(ob.as_mut_ptr().add(hdr) as *mut __m256i, bytes);
         ob[0..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
@@ -689,7 +781,10 @@ pub unsafe fn quantize_q8(x: &[f32], out: &mut [u8], q8_1: bool) {
 /// AVX2 must be present; `x.len()` a multiple of 256 and `out` its blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn quantize_q8_k(x: &[f32], out: &mut [u8]) {
-    assert!(x.len() % 256 == 0 && out.len() == x.len() / 256 * 292, "quantize_q8_k: lengths");
+    assert!(
+        x.len() % 256 == 0 && out.len() == x.len() / 256 * 292,
+        "quantize_q8_k: lengths"
+    );
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
     for (xb, ob) in x.chunks_exact(256).zip(out.chunks_exact_mut(292)) {
         let p = xb.as_ptr();
@@ -716,12 +811,18 @@ pub unsafe fn quantize_q8_k(x: &[f32], out: &mut [u8]) {
                 let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
                 _mm256_min_epi32(_mm256_cvtps_epi32(r), cap)
             });
-            let w16 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            let w16 = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
             let bytes = _mm256_permutevar8x32_epi32(w16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             _mm256_storeu_si256(qs.add(32 * g) as *mut __m256i, bytes);
         }
         for s in 0..16 {
-            let sum: i32 = ob[4 + 16 * s..4 + 16 * (s + 1)].iter().map(|&b| b as i8 as i32).sum();
+            let sum: i32 = ob[4 + 16 * s..4 + 16 * (s + 1)]
+                .iter()
+                .map(|&b| b as i8 as i32)
+                .sum();
             ob[260 + 2 * s..262 + 2 * s].copy_from_slice(&(sum as i16).to_le_bytes());
         }
         ob[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());

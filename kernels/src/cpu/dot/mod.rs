@@ -47,9 +47,12 @@ pub fn activation_type(weight: GgmlType) -> ActivationType {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => ActivationType::F32,
         GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => ActivationType::Q8_0,
         GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_1 => ActivationType::Q8_1,
-        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K | GgmlType::Q8K => {
-            ActivationType::Q8K
-        }
+        GgmlType::Q2K
+        | GgmlType::Q3K
+        | GgmlType::Q4K
+        | GgmlType::Q5K
+        | GgmlType::Q6K
+        | GgmlType::Q8K => ActivationType::Q8K,
     }
 }
 
@@ -80,7 +83,10 @@ pub fn quantize_activation(weight: GgmlType, x: &[f32], out: &mut Vec<u8>) {
 
 /// Bytes of one activation row of `n` elements for dot products with rows of `weight`.
 pub fn activation_row_bytes(weight: GgmlType, n: usize) -> usize {
-    activation_type(weight).ggml_type().row_bytes(n as u64).map_or(0, |b| b as usize)
+    activation_type(weight)
+        .ggml_type()
+        .row_bytes(n as u64)
+        .map_or(0, |b| b as usize)
 }
 
 /// [`quantize_activation`] into a slice of [`activation_row_bytes`] bytes
@@ -94,10 +100,16 @@ pub fn quantize_activation_into(weight: GgmlType, x: &[f32], out: &mut [u8]) {
         "{weight}: activation row of {} elements is not whole blocks",
         x.len()
     );
-    assert_eq!(out.len(), activation_row_bytes(weight, x.len()), "{weight}: activation buffer length");
+    assert_eq!(
+        out.len(),
+        activation_row_bytes(weight, x.len()),
+        "{weight}: activation buffer length"
+    );
     let act = activation_type(weight).ggml_type();
     if act == GgmlType::F32 {
-        out.chunks_exact_mut(4).zip(x).for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes()));
+        out.chunks_exact_mut(4)
+            .zip(x)
+            .for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes()));
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -141,7 +153,12 @@ pub const TOKENS: usize = 4;
 ///
 /// # Panics
 /// As [`vec_dot`], on mismatched lengths.
-pub fn vec_dot_x4(weight: GgmlType, n: usize, w_row: &[u8], x: [&[u8]; TOKENS]) -> Option<[f32; TOKENS]> {
+pub fn vec_dot_x4(
+    weight: GgmlType,
+    n: usize,
+    w_row: &[u8],
+    x: [&[u8]; TOKENS],
+) -> Option<[f32; TOKENS]> {
     let f = kernels().table_x4[index(weight)]?;
     x.iter().for_each(|x| check_lengths(weight, n, w_row, x));
     // SAFETY: as in `vec_dot`.
@@ -161,11 +178,22 @@ pub struct RowDot {
 
 impl RowDot {
     pub fn new(weight: GgmlType, n: usize) -> Self {
-        let w_bytes = weight.row_bytes(n as u64).map_or(usize::MAX, |b| b as usize);
+        let w_bytes = weight
+            .row_bytes(n as u64)
+            .map_or(usize::MAX, |b| b as usize);
         let x_bytes = activation_row_bytes(weight, n);
-        assert!(n % weight.block_elems() == 0 && w_bytes != usize::MAX, "{weight} vec_dot: rows of {n} elements");
+        assert!(
+            n % weight.block_elems() == 0 && w_bytes != usize::MAX,
+            "{weight} vec_dot: rows of {n} elements"
+        );
         let k = kernels();
-        RowDot { n, w_bytes, x_bytes, one: k.table[index(weight)], x4: k.table_x4[index(weight)] }
+        RowDot {
+            n,
+            w_bytes,
+            x_bytes,
+            one: k.table[index(weight)],
+            x4: k.table_x4[index(weight)],
+        }
     }
 
     pub fn has_x4(&self) -> bool {
@@ -175,7 +203,10 @@ impl RowDot {
     /// As [`vec_dot`].
     #[inline]
     pub fn dot(&self, w_row: &[u8], x: &[u8]) -> f32 {
-        assert!(w_row.len() == self.w_bytes && x.len() == self.x_bytes, "vec_dot: row lengths");
+        assert!(
+            w_row.len() == self.w_bytes && x.len() == self.x_bytes,
+            "vec_dot: row lengths"
+        );
         // SAFETY: as in `vec_dot`: kernels are in the table only when detected; lengths checked.
         unsafe { (self.one)(self.n, w_row, x) }
     }
@@ -186,7 +217,10 @@ impl RowDot {
         let Some(f) = self.x4 else {
             return x.map(|x| self.dot(w_row, x));
         };
-        assert!(w_row.len() == self.w_bytes && x.iter().all(|x| x.len() == self.x_bytes), "vec_dot: row lengths");
+        assert!(
+            w_row.len() == self.w_bytes && x.iter().all(|x| x.len() == self.x_bytes),
+            "vec_dot: row lengths"
+        );
         // SAFETY: as above.
         unsafe { f(self.n, w_row, x) }
     }
@@ -218,7 +252,12 @@ fn check_lengths(weight: GgmlType, n: usize, w_row: &[u8], x: &[u8]) {
     let ok = n % weight.block_elems() == 0
         && weight.row_bytes(n as u64) == Some(w_row.len() as u64)
         && act.row_bytes(n as u64) == Some(x.len() as u64);
-    assert!(ok, "{weight} vec_dot: n = {n}, weight row {} bytes, activation row {} bytes", w_row.len(), x.len());
+    assert!(
+        ok,
+        "{weight} vec_dot: n = {n}, weight row {} bytes, activation row {} bytes",
+        w_row.len(),
+        x.len()
+    );
 }
 
 pub(crate) type DotFn = unsafe fn(usize, &[u8], &[u8]) -> f32;

@@ -34,7 +34,9 @@ pub fn f16_row(n: usize, w: &[u8], x: &[u8]) -> f32 {
 }
 
 pub fn bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    (0..n).map(|i| half::bf16::from_le_bytes([w[2 * i], w[2 * i + 1]]).to_f32() * act(x, i)).sum()
+    (0..n)
+        .map(|i| half::bf16::from_le_bytes([w[2 * i], w[2 * i + 1]]).to_f32() * act(x, i))
+        .sum()
 }
 
 /// Blocks of 32 against Q8_0 blocks (`d: f16, qs: [i8; 32]`): `sumi(block, qs)`
@@ -98,14 +100,19 @@ pub fn q5_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
 }
 
 pub fn q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_0(n, w, 34, x, |b, y| i8s(&b[2..34]).zip(y).map(|(a, &c)| a * c as i32).sum())
+    sum_q8_0(n, w, 34, x, |b, y| {
+        i8s(&b[2..34]).zip(y).map(|(a, &c)| a * c as i32).sum()
+    })
 }
 
 /// Q8_1 weights have no min: d * d' * sum.
 pub fn q8_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (bw, bx) in w.chunks_exact(36).zip(x.chunks_exact(36)).take(n / 32) {
-        let sumi: i32 = i8s(&bw[4..36]).zip(i8s(&bx[4..36])).map(|(a, b)| a * b).sum();
+        let sumi: i32 = i8s(&bw[4..36])
+            .zip(i8s(&bx[4..36]))
+            .map(|(a, b)| a * b)
+            .sum();
         sum += sumi as f32 * f16(bw, 0) * f16(bx, 0);
     }
     sum
@@ -118,7 +125,12 @@ fn q8k(b: &[u8]) -> (f32, &[i8], impl Fn(usize) -> i32 + '_) {
     (f32_at(b, 0), bytemuck::cast_slice(&b[4..260]), bsum)
 }
 
-fn k_blocks<'a>(n: usize, w: &'a [u8], wb: usize, x: &'a [u8]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+fn k_blocks<'a>(
+    n: usize,
+    w: &'a [u8],
+    wb: usize,
+    x: &'a [u8],
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
     w.chunks_exact(wb).zip(x.chunks_exact(292)).take(n / 256)
 }
 
@@ -180,7 +192,13 @@ pub fn q3_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 /// `dots(block, j, y)` gives the integer dots of sub-blocks 2j and 2j+1
 /// with their 64 activation quants `y`.
 #[inline]
-fn qk_asym(n: usize, w: &[u8], wb: usize, x: &[u8], dots: impl Fn(&[u8], usize, &[i8]) -> (i32, i32)) -> f32 {
+fn qk_asym(
+    n: usize,
+    w: &[u8],
+    wb: usize,
+    x: &[u8],
+    dots: impl Fn(&[u8], usize, &[i8]) -> (i32, i32),
+) -> f32 {
     let mut sum = 0.0f32;
     for (b, bx) in k_blocks(n, w, wb, x) {
         let (dy, y, bsum) = q8k(bx);
@@ -190,7 +208,8 @@ fn qk_asym(n: usize, w: &[u8], wb: usize, x: &[u8], dots: impl Fn(&[u8], usize, 
             let (sc1, m1) = scale_min_k4(2 * j, &b[4..16]);
             let (sc2, m2) = scale_min_k4(2 * j + 1, &b[4..16]);
             sumi += sc1 as i32 * s1 + sc2 as i32 * s2;
-            summ += m1 as i32 * (bsum(4 * j) + bsum(4 * j + 1)) + m2 as i32 * (bsum(4 * j + 2) + bsum(4 * j + 3));
+            summ += m1 as i32 * (bsum(4 * j) + bsum(4 * j + 1))
+                + m2 as i32 * (bsum(4 * j + 2) + bsum(4 * j + 3));
         }
         sum += dy * (f16(b, 0) * sumi as f32 - f16(b, 2) * summ as f32);
     }
@@ -247,7 +266,9 @@ pub fn q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
                 }
                 (s[half], s[half + 2], s[half + 4], s[half + 6]) = (s1, s2, s3, s4);
             }
-            sumi += (0..8).map(|k| b[192 + 8 * h + k] as i8 as i32 * s[k]).sum::<i32>();
+            sumi += (0..8)
+                .map(|k| b[192 + 8 * h + k] as i8 as i32 * s[k])
+                .sum::<i32>();
         }
         sum += f16(b, 208) * dy * sumi as f32;
     }
@@ -257,7 +278,10 @@ pub fn q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 pub fn q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (b, bx) in k_blocks(n, w, 292, x) {
-        let sumi: i32 = i8s(&b[4..260]).zip(i8s(&bx[4..260])).map(|(a, c)| a * c).sum();
+        let sumi: i32 = i8s(&b[4..260])
+            .zip(i8s(&bx[4..260]))
+            .map(|(a, c)| a * c)
+            .sum();
         sum += f32_at(b, 0) * f32_at(bx, 0) * sumi as f32;
     }
     sum

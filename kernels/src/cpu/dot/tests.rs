@@ -20,7 +20,9 @@ const SEED: u64 = 0x0D07_2026;
 
 fn f32_row(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     let scale = rng.random_range(0.01f32..3.0);
-    (0..n).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect()
+    (0..n)
+        .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+        .collect()
 }
 
 /// Byte offsets of the f16 scale fields of a block (set to finite values in random blocks).
@@ -78,7 +80,10 @@ fn q8_1_sum_rounding(t: GgmlType, w: &[u8], xq: &[u8]) -> f32 {
     }
     let f16 = |b: &[u8]| half::f16::from_le_bytes([b[2], b[3]]).to_f32();
     let blocks = w.chunks(t.block_bytes()).zip(xq.chunks(36));
-    blocks.map(|(bw, bx)| (f16(bw) * f16(bx)).abs()).sum::<f32>() / 1024.0
+    blocks
+        .map(|(bw, bx)| (f16(bw) * f16(bx)).abs())
+        .sum::<f32>()
+        / 1024.0
 }
 
 #[test]
@@ -106,12 +111,18 @@ fn kernels_match_scalar_and_dequantized_dot() {
                 let tol = 1e-4 * mag + q8_1_sum_rounding(t, &w, &xq);
                 let scalar = vec_dot_scalar(t, n, &w, &xq);
                 let fast = vec_dot(t, n, &w, &xq);
-                let ctx = format!("{t} n={n} random_bytes={random_bytes} seed={SEED:#x} ({})", simd_name());
+                let ctx = format!(
+                    "{t} n={n} random_bytes={random_bytes} seed={SEED:#x} ({})",
+                    simd_name()
+                );
                 assert!(
                     (scalar - reference).abs() <= tol,
                     "{ctx}: scalar {scalar} vs dequantized {reference} (mag {mag})"
                 );
-                assert!((fast - scalar).abs() <= 1e-5 * mag, "{ctx}: vec_dot {fast} vs scalar {scalar} (mag {mag})");
+                assert!(
+                    (fast - scalar).abs() <= 1e-5 * mag,
+                    "{ctx}: vec_dot {fast} vs scalar {scalar} (mag {mag})"
+                );
             }
         }
     }
@@ -123,7 +134,13 @@ fn dot_with_unquantized_activations_is_close() {
     // activations (Q8 activations lose ~1/254 of the block range).
     let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 1);
     let mut xq = Vec::new();
-    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F16] {
+    for t in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+        GgmlType::F16,
+    ] {
         let n = 4096;
         let w = weight_row(&mut rng, t, n, false);
         let x = f32_row(&mut rng, n);
@@ -132,7 +149,11 @@ fn dot_with_unquantized_activations_is_close() {
         let exact: f32 = wd.iter().zip(&x).map(|(a, b)| a * b).sum();
         let mag: f32 = wd.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
         let got = vec_dot(t, n, &w, &xq);
-        assert!((got - exact).abs() <= 0.01 * mag, "{t} seed {:#x}: {got} vs {exact}", SEED ^ 1);
+        assert!(
+            (got - exact).abs() <= 0.01 * mag,
+            "{t} seed {:#x}: {got} vs {exact}",
+            SEED ^ 1
+        );
     }
 }
 
@@ -192,10 +213,28 @@ fn simd_activation_quantizer_gives_quantize_row_bytes() {
     let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 8);
     // Exact halves (amax 127 makes the scale 1), zeros, and random rows at many scales.
     let mut rows: Vec<Vec<f32>> = vec![
-        (0..256).map(|i| if i == 0 { 127.0 } else { ((i % 64) as f32 - 32.0) + 0.5 }).collect(),
-        (0..256).map(|i| if i == 5 { -127.0 } else { -((i % 64) as f32 / 2.0) }).collect(),
+        (0..256)
+            .map(|i| {
+                if i == 0 {
+                    127.0
+                } else {
+                    ((i % 64) as f32 - 32.0) + 0.5
+                }
+            })
+            .collect(),
+        (0..256)
+            .map(|i| {
+                if i == 5 {
+                    -127.0
+                } else {
+                    -((i % 64) as f32 / 2.0)
+                }
+            })
+            .collect(),
         vec![0.0; 256],
-        (0..256).map(|i| if i % 2 == 0 { -0.0 } else { 0.0 }).collect(),
+        (0..256)
+            .map(|i| if i % 2 == 0 { -0.0 } else { 0.0 })
+            .collect(),
     ];
     // Ties for the largest magnitude (the first one sets the sign of the Q8_K scale).
     rows.push(
@@ -228,12 +267,18 @@ fn simd_activation_quantizer_gives_quantize_row_bytes() {
     for _ in 0..200 {
         let n = 256 * rng.random_range(1..5);
         let scale = 10f32.powi(rng.random_range(-6..4));
-        rows.push((0..n).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect());
+        rows.push(
+            (0..n)
+                .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+                .collect(),
+        );
     }
     for (i, x) in rows.iter().enumerate() {
-        for (w, act) in
-            [(GgmlType::Q4_0, GgmlType::Q8_0), (GgmlType::Q4_1, GgmlType::Q8_1), (GgmlType::Q4K, GgmlType::Q8K)]
-        {
+        for (w, act) in [
+            (GgmlType::Q4_0, GgmlType::Q8_0),
+            (GgmlType::Q4_1, GgmlType::Q8_1),
+            (GgmlType::Q4K, GgmlType::Q8K),
+        ] {
             if x.len() % w.block_elems() != 0 {
                 continue;
             }
@@ -241,7 +286,13 @@ fn simd_activation_quantizer_gives_quantize_row_bytes() {
             quantize_row(act, x, &mut want).unwrap();
             let mut got = vec![0u8; want.len()];
             quantize_activation_into(w, x, &mut got);
-            assert_eq!(got, want, "{act} row {i} seed {:#x} ({})", SEED ^ 8, simd_name());
+            assert_eq!(
+                got,
+                want,
+                "{act} row {i} seed {:#x} ({})",
+                SEED ^ 8,
+                simd_name()
+            );
         }
     }
 }
