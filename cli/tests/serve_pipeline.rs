@@ -75,6 +75,36 @@ fn run_three_workers(file: &str, reference_name: &str, budgets: [&str; 3]) {
         Worker::start(budgets[1], None),
         Worker::start(budgets[2], None),
     ];
+    // `strata plan --worker` asks the same workers and shows the same split.
+    let token_dir = tempfile::tempdir().unwrap();
+    let token = common::token_file(token_dir.path());
+    let mut plan_args = vec![
+        "plan",
+        "-m",
+        model_path.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
+    plan_args.extend(["-c", "512", "--parallel", "2"]);
+    for w in &workers {
+        plan_args.extend(["--worker", w.addr.as_str()]);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(&plan_args)
+        .env("STRATA_LOG", "warn")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.lines().any(|l| l.starts_with("2 ")) && !table.contains("unused"),
+        "three stages planned: {table}"
+    );
+
     let mut args = vec!["-c", "512", "-n", "2", "--act-dtype", "f32"];
     for w in &workers {
         args.extend(["--worker", w.addr.as_str()]);

@@ -1,6 +1,7 @@
 //! `strata plan`: where each layer would go, without loading tensor data.
 
 use anyhow::Context;
+use strata_coordinator::cluster::{connect_workers, worker_specs};
 use strata_coordinator::planner::synth_profile::synth_profile;
 use strata_coordinator::planner::units::{format_bytes, parse_bytes, parse_devices};
 use strata_coordinator::planner::{plan, table, PlanRequest};
@@ -30,9 +31,15 @@ pub struct Args {
     /// units as --devices (e.g. 900G,900G,300G); unknown = equal speeds.
     #[arg(long)]
     pub bandwidths: Option<String>,
-    /// Worker addresses (needs the multi-worker runtime).
-    #[arg(long)]
+    /// Plan over running workers instead (asks each what it offers).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "devices")]
     pub worker: Vec<String>,
+    /// The cluster token file, with --worker.
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// The cluster token, with --worker.
+    #[arg(long)]
+    pub token: Option<String>,
     /// Context per sequence, in tokens.
     #[arg(long, short = 'c', default_value_t = 4096)]
     pub ctx_size: usize,
@@ -48,13 +55,23 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if !args.worker.is_empty() {
-        anyhow::bail!("--worker needs the multi-worker runtime; use --devices");
-    }
-    let devices = args.devices.as_deref().context("--devices is required")?;
-    let mut workers = parse_devices(devices)
-        .map_err(anyhow::Error::msg)
-        .context("parsing --devices")?;
+    let mut workers = if args.worker.is_empty() {
+        let devices = args
+            .devices
+            .as_deref()
+            .context("--devices or --worker is required")?;
+        parse_devices(devices)
+            .map_err(anyhow::Error::msg)
+            .context("parsing --devices")?
+    } else {
+        let token = super::read_token(args.token.as_deref(), args.token_file.as_deref())?
+            .context("--worker needs the cluster token: --token-file FILE (or --token)")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handles = rt.block_on(connect_workers(&args.worker, &token))?;
+        worker_specs(&handles)
+    };
     if let Some(list) = &args.bandwidths {
         let bws: Vec<u64> = list
             .split(',')
