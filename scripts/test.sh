@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: fetches the real test models
-# into the cache (scripts/fetch-models.sh) and the openai Python client, then
-# cargo test over the workspace.
+# into the cache (scripts/fetch-models.sh), the openai Python client and
+# NVRTC (nvidia-cuda-nvrtc) from PyPI, then cargo test over the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export STRATA_MODELS=${STRATA_MODELS:-$HOME/.cache/strata/models}
@@ -12,4 +12,14 @@ if ! python3 -c 'import openai' 2>/dev/null; then
         || python3 -m pip install --quiet --user --break-system-packages openai \
         || python3 -m pip install --quiet --break-system-packages openai
 fi
+# The CUDA kernels are compiled in a test with NVRTC from PyPI (no GPU needed).
+nvrtc_lib() {
+    python3 -c 'import nvidia, os; print(next(os.path.join(p, "cu13", "lib") for p in nvidia.__path__ if os.path.isdir(os.path.join(p, "cu13", "lib"))))' 2>/dev/null
+}
+if ! nvrtc_lib >/dev/null; then
+    python3 -m pip install --quiet --user 'nvidia-cuda-nvrtc>=13,<14' 2>/dev/null \
+        || python3 -m pip install --quiet --user --break-system-packages 'nvidia-cuda-nvrtc>=13,<14' \
+        || python3 -m pip install --quiet --break-system-packages 'nvidia-cuda-nvrtc>=13,<14'
+fi
+export LD_LIBRARY_PATH="$(nvrtc_lib)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 cargo test --workspace --no-fail-fast "$@"

@@ -1,10 +1,12 @@
 //! strata-kernels: the ops a transformer block needs, behind a [`Backend`].
 //!
 //! The CPU backend is always built: it is the reference every other backend
-//! is tested against, and a real backend for CPU-only boxes.
+//! is tested against, and a real backend for CPU-only boxes. The CUDA
+//! backend loads the driver and NVRTC at run time, so it builds anywhere.
 
 pub mod backend;
 pub mod cpu;
+pub mod cuda;
 pub mod kv;
 
 pub use backend::{AttentionBatch, Backend, KernelError, RopeConfig};

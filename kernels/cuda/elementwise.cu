@@ -1,0 +1,79 @@
+// The small ops of a block: RMSNorm, RoPE, gating, adds, row selection.
+// Activations are row-major rows x cols f32.
+
+// RMSNorm over groups of `n` values: one block per group.
+extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, int n, float eps) {
+    __shared__ float scratch[32];
+    const float* g = x + (size_t)blockIdx.x * n;
+    float* o = out + (size_t)blockIdx.x * n;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += g[i] * g[i];
+    ss = block_sum(ss, scratch);
+    const float scale = rsqrtf(ss / n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) o[i] = g[i] * scale * w[i];
+}
+
+extern "C" __global__ void add_assign(float* x, const float* y, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}
+
+// x[r][c] += bias[c]
+extern "C" __global__ void add_bias(float* x, const float* bias, size_t n, int cols) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += bias[i % cols];
+}
+
+extern "C" __global__ void gated_silu(const float* gate, const float* up, float* out, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+// GELU, tanh approximation (ggml's).
+extern "C" __global__ void gated_gelu(const float* gate, const float* up, float* out, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const float g = gate[i];
+        const float inner = 0.7978845608028654f * g * (1.0f + 0.044715f * g * g);
+        out[i] = 0.5f * g * (1.0f + tanhf(inner)) * up[i];
+    }
+}
+
+// Rotates the first `dims` values of every head of every row. Normal style
+// pairs (2i, 2i+1); NeoX pairs (i, i + dims/2). theta = pos * freq_scale *
+// base^(-2i/dims) / freq_factors[i]. One thread per pair.
+extern "C" __global__ void rope(float* x, const u32* positions, int rows, int n_heads, int head_dim, int dims,
+                                float freq_base, float freq_scale, const float* freq_factors, int neox) {
+    const int pairs = dims / 2;
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)rows * n_heads * pairs) return;
+    const int p = i % pairs;
+    const size_t head = i / pairs;
+    const int row = head / n_heads;
+    float* h = x + head * head_dim;
+    float theta = positions[row] * freq_scale * powf(freq_base, -2.0f * p / dims);
+    if (freq_factors) theta /= freq_factors[p];
+    float s, c;
+    sincosf(theta, &s, &c);
+    const int a = neox ? p : 2 * p;
+    const int b = neox ? p + pairs : 2 * p + 1;
+    const float x0 = h[a], x1 = h[b];
+    h[a] = x0 * c - x1 * s;
+    h[b] = x0 * s + x1 * c;
+}
+
+// out[i] = x[rows[i]]: one block per output row.
+extern "C" __global__ void select_rows(const float* x, const u32* rows, float* out, int cols) {
+    const float* src = x + (size_t)rows[blockIdx.x] * cols;
+    float* dst = out + (size_t)blockIdx.x * cols;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) dst[i] = src[i];
+}
+
+// Dequantized f16 copies of f32 activations (for the prompt path's GEMM).
+extern "C" __global__ void f32_to_f16(const float* x, u16* out, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = f2h(x[i]);
+}

@@ -1,0 +1,637 @@
+//! [`CudaBackend`]: the ops of a block as CUDA kernels on one device. The
+//! hidden state stays on the device for the whole layer range; only the
+//! stage's input and output cross to the host.
+//!
+//! Decode batches (up to [`MAX_BATCH`] tokens per launch) quantize the
+//! activations to int8 per 32 values and dot them with the quantized weights
+//! in place (`mmvq_*`, as llama.cpp's MMVQ); longer batches run the same
+//! kernel over groups of tokens (a tensor-core path for prompts is to come).
+//!
+//! The `Backend` trait's ops return no `Result`: a CUDA error after load
+//! (a lost device) panics with the call that failed, and the worker's
+//! compute thread reports it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use strata_model::arch::{Activation, RopeStyle};
+use strata_model::profile::KvType;
+use strata_model::quant::dequantize_row;
+use strata_model::GgmlType;
+
+use super::compile::cached_cubin;
+use super::source::{KERNELS, SOURCES};
+use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig};
+use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
+
+/// Tokens one matrix-vector launch handles (the kernels' MAX_BATCH).
+pub const MAX_BATCH: usize = 8;
+/// Bytes of one quantized activation chunk (f32 scale + 32 int8).
+const ACT_CHUNK_BYTES: usize = 36;
+const WARPS_PER_ROW_BLOCK: u32 = 4;
+const ELEMENTWISE_THREADS: u32 = 256;
+
+fn fail(what: &str, e: impl std::fmt::Debug) -> ! {
+    panic!("CUDA error in {what}: {e:?}")
+}
+
+/// Row-major `rows x cols` f32 activations on the device.
+pub struct CudaAct {
+    pub buf: CudaSlice<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// A weight in its GGUF type on the device; 1-D tensors (norms, biases,
+/// rope factors) also as f32.
+pub struct CudaWeight {
+    pub name: String,
+    pub dtype: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_bytes: usize,
+    pub data: CudaSlice<u8>,
+    pub f32: Option<CudaSlice<f32>>,
+}
+
+/// Per layer, a K and a V pool of `n_blocks * KV_BLOCK_TOKENS` f16 slots.
+pub struct CudaKvCache {
+    geometry: KvGeometry,
+    k: Vec<CudaSlice<u16>>,
+    v: Vec<CudaSlice<u16>>,
+}
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    functions: HashMap<&'static str, CudaFunction>,
+    device_name: String,
+    compute_capability: (u32, u32),
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`, compiles (or loads from the cache) every
+    /// kernel for its compute capability.
+    pub fn new(ordinal: usize) -> Result<Self, KernelError> {
+        if !super::driver_present() {
+            return Err(KernelError::Invalid(
+                "no CUDA driver (libcuda.so) on this machine".into(),
+            ));
+        }
+        let cuda = |what: &str, e: cudarc::driver::DriverError| {
+            KernelError::Invalid(format!("CUDA {what}: {e}"))
+        };
+        let ctx =
+            CudaContext::new(ordinal).map_err(|e| cuda(&format!("opening device {ordinal}"), e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| cuda("compute capability", e))?;
+        let device_name = ctx.name().map_err(|e| cuda("device name", e))?;
+        let (major, minor) = (major as u32, minor as u32);
+        let mut functions = HashMap::new();
+        for src in SOURCES {
+            let cubin =
+                cached_cubin(src, major, minor).map_err(|e| KernelError::Invalid(e.to_string()))?;
+            let module = ctx
+                .load_module(Ptx::from_binary(cubin))
+                .map_err(|e| cuda(&format!("loading {}.cu", src.name), e))?;
+            for &name in KERNELS {
+                if let Ok(f) = module.load_function(name) {
+                    functions.insert(name, f);
+                }
+            }
+        }
+        if let Some(missing) = KERNELS.iter().find(|k| !functions.contains_key(*k)) {
+            return Err(KernelError::Invalid(format!(
+                "kernel {missing} is in no compiled module"
+            )));
+        }
+        let stream = ctx.default_stream();
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            functions,
+            device_name,
+            compute_capability: (major, minor),
+        })
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn memory_bytes(&self) -> Option<(u64, u64)> {
+        self.ctx
+            .mem_get_info()
+            .ok()
+            .map(|(f, t)| (f as u64, t as u64))
+    }
+
+    /// Device-to-device copy rate (bytes read + written per second) of a
+    /// 256 MiB buffer: the bandwidth decode is bound by.
+    pub fn measure_bandwidth(&self) -> Option<f64> {
+        let n = 64 << 20; // f32 values
+        let src = self.stream.alloc_zeros::<f32>(n).ok()?;
+        let mut dst = self.stream.alloc_zeros::<f32>(n).ok()?;
+        self.stream.memcpy_dtod(&src, &mut dst).ok()?;
+        self.stream.synchronize().ok()?;
+        let runs = 10;
+        let started = std::time::Instant::now();
+        for _ in 0..runs {
+            self.stream.memcpy_dtod(&src, &mut dst).ok()?;
+        }
+        self.stream.synchronize().ok()?;
+        Some((2 * 4 * n * runs) as f64 / started.elapsed().as_secs_f64())
+    }
+
+    fn f(&self, name: &'static str) -> &CudaFunction {
+        self.functions
+            .get(name)
+            .unwrap_or_else(|| fail("kernel lookup", name))
+    }
+
+    fn upload<T: cudarc::driver::DeviceRepr>(&self, data: &[T]) -> CudaSlice<T> {
+        self.stream
+            .clone_htod(data)
+            .unwrap_or_else(|e| fail("upload", e))
+    }
+
+    fn zeros_f32(&self, n: usize) -> CudaSlice<f32> {
+        self.stream
+            .alloc_zeros::<f32>(n.max(1))
+            .unwrap_or_else(|e| fail("alloc", e))
+    }
+
+    fn grid_for(n: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: ((n as u32).div_ceil(ELEMENTWISE_THREADS).max(1), 1, 1),
+            block_dim: (ELEMENTWISE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    fn vector<'a>(&self, w: &'a CudaWeight) -> &'a CudaSlice<f32> {
+        w.f32
+            .as_ref()
+            .unwrap_or_else(|| fail("vector weight", &w.name))
+    }
+
+    fn kernel_suffix(dtype: GgmlType) -> Option<&'static str> {
+        Some(match dtype {
+            GgmlType::F32 => "f32",
+            GgmlType::F16 => "f16",
+            GgmlType::BF16 => "bf16",
+            GgmlType::Q4_0 => "q4_0",
+            GgmlType::Q4_1 => "q4_1",
+            GgmlType::Q5_0 => "q5_0",
+            GgmlType::Q5_1 => "q5_1",
+            GgmlType::Q8_0 => "q8_0",
+            GgmlType::Q2K => "q2_k",
+            GgmlType::Q3K => "q3_k",
+            GgmlType::Q4K => "q4_k",
+            GgmlType::Q5K => "q5_k",
+            GgmlType::Q6K => "q6_k",
+            GgmlType::Q8K => "q8_k",
+            _ => return None,
+        })
+    }
+
+    fn is_float(dtype: GgmlType) -> bool {
+        matches!(dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+    }
+
+    /// Looks up a per-type kernel by name, e.g. `mmvq_` + `q4_k`.
+    fn typed(&self, prefix: &str, dtype: GgmlType) -> &CudaFunction {
+        let suffix = Self::kernel_suffix(dtype).unwrap_or_else(|| fail("weight type", dtype));
+        let name = KERNELS
+            .iter()
+            .find(|k| k.strip_prefix(prefix) == Some(suffix))
+            .unwrap_or_else(|| fail("kernel lookup", format!("{prefix}{suffix}")));
+        self.f(name)
+    }
+}
+
+impl Backend for CudaBackend {
+    type Act = CudaAct;
+    type Weight = CudaWeight;
+    type KvCache = CudaKvCache;
+
+    fn name(&self) -> String {
+        let (major, minor) = self.compute_capability;
+        format!("cuda ({}, sm_{major}{minor})", self.device_name)
+    }
+
+    fn load_weight(
+        &self,
+        name: &str,
+        dtype: GgmlType,
+        dims: &[u64],
+        bytes: &[u8],
+    ) -> Result<CudaWeight, KernelError> {
+        let bad = |what: String| KernelError::BadWeight {
+            name: name.to_string(),
+            what,
+        };
+        if Self::kernel_suffix(dtype).is_none() {
+            return Err(bad(format!("type {dtype} has no CUDA kernel")));
+        }
+        let cols = usize::try_from(*dims.first().ok_or_else(|| bad("no dimensions".into()))?)
+            .map_err(|_| bad("too large".into()))?;
+        let rows = usize::try_from(dims.iter().skip(1).product::<u64>())
+            .map_err(|_| bad("too large".into()))?;
+        let row_bytes = dtype
+            .row_bytes(cols as u64)
+            .ok_or_else(|| bad(format!("{cols} is not a whole number of {dtype} blocks")))?
+            as usize;
+        if bytes.len() != row_bytes * rows {
+            return Err(bad(format!(
+                "{} bytes, expected {}",
+                bytes.len(),
+                row_bytes * rows
+            )));
+        }
+        let oom = |e: cudarc::driver::DriverError| KernelError::OutOfMemory {
+            backend: self.name(),
+            bytes: bytes.len() as u64,
+            what: format!("{name}: {e}"),
+        };
+        let f32 = if rows == 1 {
+            let mut v = vec![0f32; cols];
+            dequantize_row(dtype, bytes, &mut v).map_err(|e| bad(e.to_string()))?;
+            Some(self.stream.clone_htod(&v).map_err(oom)?)
+        } else {
+            None
+        };
+        let data = self.stream.clone_htod(bytes).map_err(oom)?;
+        Ok(CudaWeight {
+            name: name.to_string(),
+            dtype,
+            rows,
+            cols,
+            row_bytes,
+            data,
+            f32,
+        })
+    }
+
+    fn new_kv_cache(&self, geometry: KvGeometry) -> Result<CudaKvCache, KernelError> {
+        if geometry.kv_type != KvType::F16 {
+            return Err(KernelError::Invalid(
+                "the CUDA backend keeps KV in f16 only (q8_0 KV is to come)".into(),
+            ));
+        }
+        let slots = geometry.n_blocks * KV_BLOCK_TOKENS;
+        let oom = |e: cudarc::driver::DriverError| KernelError::OutOfMemory {
+            backend: self.name(),
+            bytes: geometry.pool_bytes(),
+            what: format!("KV cache: {e}"),
+        };
+        let mut k = Vec::with_capacity(geometry.n_layers);
+        let mut v = Vec::with_capacity(geometry.n_layers);
+        for _ in 0..geometry.n_layers {
+            k.push(
+                self.stream
+                    .alloc_zeros::<u16>(slots * geometry.k_dim())
+                    .map_err(oom)?,
+            );
+            v.push(
+                self.stream
+                    .alloc_zeros::<u16>(slots * geometry.v_dim())
+                    .map_err(oom)?,
+            );
+        }
+        Ok(CudaKvCache { geometry, k, v })
+    }
+
+    fn act_zeros(&self, rows: usize, cols: usize) -> CudaAct {
+        CudaAct {
+            buf: self.zeros_f32(rows * cols),
+            rows,
+            cols,
+        }
+    }
+
+    fn act_from_host(&self, data: &[f32], rows: usize, cols: usize) -> CudaAct {
+        assert_eq!(data.len(), rows * cols, "activation shape");
+        CudaAct {
+            buf: self.upload(data),
+            rows,
+            cols,
+        }
+    }
+
+    fn act_to_host(&self, a: &CudaAct) -> Vec<f32> {
+        let mut v = self
+            .stream
+            .clone_dtoh(&a.buf)
+            .unwrap_or_else(|e| fail("download", e));
+        v.truncate(a.rows * a.cols);
+        v
+    }
+
+    fn act_shape(&self, a: &CudaAct) -> (usize, usize) {
+        (a.rows, a.cols)
+    }
+
+    fn select_rows(&self, a: &CudaAct, rows: &[usize]) -> CudaAct {
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = self.upload(&idx);
+        let mut out = self.zeros_f32(rows.len() * a.cols);
+        let cols = a.cols as i32;
+        let cfg = LaunchConfig {
+            grid_dim: (rows.len().max(1) as u32, 1, 1),
+            block_dim: (ELEMENTWISE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(self.f("select_rows"));
+        b.arg(&a.buf).arg(&idx).arg(&mut out).arg(&cols);
+        // SAFETY: the kernel reads rows.len() rows of `a` (indices < a.rows)
+        // and writes rows.len() rows of `out`.
+        unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail("select_rows", e));
+        CudaAct {
+            buf: out,
+            rows: rows.len(),
+            cols: a.cols,
+        }
+    }
+
+    fn embed(&self, table: &CudaWeight, ids: &[u32], scale: f32) -> Result<CudaAct, KernelError> {
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= table.rows) {
+            return Err(KernelError::Invalid(format!(
+                "token id {bad} is outside the embedding table ({} rows)",
+                table.rows
+            )));
+        }
+        let ids_dev = self.upload(ids);
+        let mut out = self.zeros_f32(ids.len() * table.cols);
+        let (row_bytes, cols) = (table.row_bytes, table.cols as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (ids.len().max(1) as u32, 1, 1),
+            block_dim: (ELEMENTWISE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self
+            .stream
+            .launch_builder(self.typed("embed_", table.dtype));
+        b.arg(&table.data)
+            .arg(&row_bytes)
+            .arg(&ids_dev)
+            .arg(&cols)
+            .arg(&scale)
+            .arg(&mut out);
+        // SAFETY: ids are checked against the table; out has ids.len() rows.
+        unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail("embed", e));
+        Ok(CudaAct {
+            buf: out,
+            rows: ids.len(),
+            cols: table.cols,
+        })
+    }
+
+    fn rms_norm(&self, x: &CudaAct, w: &CudaWeight, eps: f32) -> CudaAct {
+        let n = w.cols;
+        let groups = x.rows * x.cols / n;
+        let mut out = self.zeros_f32(x.rows * x.cols);
+        let n_i = n as i32;
+        let threads = (n.next_power_of_two() as u32).clamp(32, 1024);
+        let cfg = LaunchConfig {
+            grid_dim: (groups.max(1) as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(self.f("rms_norm"));
+        b.arg(&x.buf)
+            .arg(self.vector(w))
+            .arg(&mut out)
+            .arg(&n_i)
+            .arg(&eps);
+        // SAFETY: `groups` groups of n values in both buffers.
+        unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail("rms_norm", e));
+        CudaAct {
+            buf: out,
+            rows: x.rows,
+            cols: x.cols,
+        }
+    }
+
+    fn matmul(&self, w: &CudaWeight, x: &CudaAct) -> CudaAct {
+        assert_eq!(
+            x.cols, w.cols,
+            "matmul {}: activation width {} vs weight rows of {}",
+            w.name, x.cols, w.cols
+        );
+        let mut out = self.zeros_f32(x.rows * w.rows);
+        let (row_bytes, rows, cols) = (w.row_bytes, w.rows as i32, w.cols as i32);
+        let cfg = LaunchConfig {
+            grid_dim: ((w.rows as u32).div_ceil(WARPS_PER_ROW_BLOCK), 1, 1),
+            block_dim: (32 * WARPS_PER_ROW_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        if Self::is_float(w.dtype) {
+            for first in (0..x.rows).step_by(MAX_BATCH) {
+                let n = (x.rows - first).min(MAX_BATCH);
+                let xs = x.buf.slice(first * x.cols..(first + n) * x.cols);
+                let mut os = out.slice_mut(first * w.rows..(first + n) * w.rows);
+                let n_i = n as i32;
+                let mut b = self.stream.launch_builder(self.typed("mmv_", w.dtype));
+                b.arg(&w.data)
+                    .arg(&row_bytes)
+                    .arg(&rows)
+                    .arg(&cols)
+                    .arg(&xs)
+                    .arg(&n_i)
+                    .arg(&mut os);
+                // SAFETY: n <= MAX_BATCH tokens of cols values in, of rows out.
+                unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail("mmv", e));
+            }
+        } else {
+            let chunks = w.cols / 32;
+            let mut xq = self
+                .stream
+                .alloc_zeros::<u8>(x.rows * chunks * ACT_CHUNK_BYTES)
+                .unwrap_or_else(|e| fail("alloc", e));
+            let (tokens, xcols) = (x.rows as i32, x.cols as i32);
+            let mut b = self.stream.launch_builder(self.f("quantize_act"));
+            b.arg(&x.buf).arg(&mut xq).arg(&tokens).arg(&xcols);
+            // SAFETY: one thread per 32-value chunk of x into xq.
+            unsafe { b.launch(Self::grid_for(x.rows * chunks)) }
+                .unwrap_or_else(|e| fail("quantize_act", e));
+            for first in (0..x.rows).step_by(MAX_BATCH) {
+                let n = (x.rows - first).min(MAX_BATCH);
+                let xs = xq.slice(
+                    first * chunks * ACT_CHUNK_BYTES..(first + n) * chunks * ACT_CHUNK_BYTES,
+                );
+                let mut os = out.slice_mut(first * w.rows..(first + n) * w.rows);
+                let n_i = n as i32;
+                let mut b = self.stream.launch_builder(self.typed("mmvq_", w.dtype));
+                b.arg(&w.data)
+                    .arg(&row_bytes)
+                    .arg(&rows)
+                    .arg(&cols)
+                    .arg(&xs)
+                    .arg(&n_i)
+                    .arg(&mut os);
+                // SAFETY: n <= MAX_BATCH tokens of quantized chunks in, of rows out.
+                unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail("mmvq", e));
+            }
+        }
+        CudaAct {
+            buf: out,
+            rows: x.rows,
+            cols: w.rows,
+        }
+    }
+
+    fn add_bias(&self, x: &mut CudaAct, bias: &CudaWeight) {
+        let n = x.rows * x.cols;
+        let cols = x.cols as i32;
+        let mut b = self.stream.launch_builder(self.f("add_bias"));
+        b.arg(&mut x.buf).arg(self.vector(bias)).arg(&n).arg(&cols);
+        // SAFETY: n values of x, bias of cols values.
+        unsafe { b.launch(Self::grid_for(n)) }.unwrap_or_else(|e| fail("add_bias", e));
+    }
+
+    fn rope(
+        &self,
+        x: &mut CudaAct,
+        positions: &[u32],
+        rope: &RopeConfig,
+        freq_factors: Option<&CudaWeight>,
+    ) {
+        let pos = self.upload(positions);
+        let (rows, head_dim, dims) = (x.rows as i32, rope.head_dim as i32, rope.dims as i32);
+        let n_heads = (x.cols / rope.head_dim) as i32;
+        let neox = i32::from(rope.style == RopeStyle::Neox);
+        let pairs = x.rows * (x.cols / rope.head_dim) * (rope.dims / 2);
+        let null: u64 = 0;
+        let mut b = self.stream.launch_builder(self.f("rope"));
+        b.arg(&mut x.buf)
+            .arg(&pos)
+            .arg(&rows)
+            .arg(&n_heads)
+            .arg(&head_dim)
+            .arg(&dims)
+            .arg(&rope.freq_base)
+            .arg(&rope.freq_scale);
+        match freq_factors {
+            Some(ff) => b.arg(self.vector(ff)),
+            None => b.arg(&null),
+        };
+        b.arg(&neox);
+        // SAFETY: one thread per rotated pair of x; positions has x.rows values.
+        unsafe { b.launch(Self::grid_for(pairs)) }.unwrap_or_else(|e| fail("rope", e));
+    }
+
+    fn gated(&self, gate: &CudaAct, up: &CudaAct, act: Activation) -> CudaAct {
+        let n = gate.rows * gate.cols;
+        let mut out = self.zeros_f32(n);
+        let name = match act {
+            Activation::Silu => "gated_silu",
+            Activation::GeluTanh => "gated_gelu",
+        };
+        let mut b = self.stream.launch_builder(self.f(name));
+        b.arg(&gate.buf).arg(&up.buf).arg(&mut out).arg(&n);
+        // SAFETY: three buffers of n values.
+        unsafe { b.launch(Self::grid_for(n)) }.unwrap_or_else(|e| fail(name, e));
+        CudaAct {
+            buf: out,
+            rows: gate.rows,
+            cols: gate.cols,
+        }
+    }
+
+    fn add_assign(&self, x: &mut CudaAct, y: &CudaAct) {
+        let n = x.rows * x.cols;
+        let mut b = self.stream.launch_builder(self.f("add_assign"));
+        b.arg(&mut x.buf).arg(&y.buf).arg(&n);
+        // SAFETY: two buffers of n values.
+        unsafe { b.launch(Self::grid_for(n)) }.unwrap_or_else(|e| fail("add_assign", e));
+    }
+
+    fn attention(
+        &self,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        q: &CudaAct,
+        k: &CudaAct,
+        v: &CudaAct,
+        batch: &AttentionBatch<'_>,
+    ) -> CudaAct {
+        let g = cache.geometry;
+        let n = q.rows;
+        // Host-side indexing: each token's slot, and the batch's block tables.
+        let mut table_start = Vec::with_capacity(batch.block_tables.len());
+        let mut tables = Vec::new();
+        for t in batch.block_tables {
+            table_start.push(tables.len() as u32);
+            tables.extend_from_slice(t);
+        }
+        let slots: Vec<u32> = (0..n)
+            .map(|t| {
+                let p = batch.positions[t] as usize;
+                let table = batch.block_tables[batch.token_seq[t] as usize];
+                table[p / KV_BLOCK_TOKENS] * KV_BLOCK_TOKENS as u32 + (p % KV_BLOCK_TOKENS) as u32
+            })
+            .collect();
+        let (slots, pos, seq) = (
+            self.upload(&slots),
+            self.upload(batch.positions),
+            self.upload(batch.token_seq),
+        );
+        let (table_start, tables) = (self.upload(&table_start), self.upload(&tables));
+        let (k_dim, v_dim) = (g.k_dim() as i32, g.v_dim() as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, 1, 1),
+            block_dim: (ELEMENTWISE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(self.f("kv_write"));
+        b.arg(&k.buf)
+            .arg(&v.buf)
+            .arg(&slots)
+            .arg(&mut cache.k[layer])
+            .arg(&mut cache.v[layer])
+            .arg(&k_dim)
+            .arg(&v_dim);
+        // SAFETY: slots index blocks of this stage's pool (the allocator's).
+        unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail("kv_write", e));
+
+        let mut out = self.zeros_f32(n * batch.n_heads * g.head_dim_v);
+        let (n_heads, n_kv_heads) = (batch.n_heads as i32, g.n_kv_heads as i32);
+        let (hd_k, hd_v) = (g.head_dim_k as i32, g.head_dim_v as i32);
+        let window = batch.window.map_or(0, |w| w as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, batch.n_heads as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(self.f("attend"));
+        b.arg(&q.buf)
+            .arg(&cache.k[layer])
+            .arg(&cache.v[layer])
+            .arg(&pos)
+            .arg(&seq)
+            .arg(&table_start)
+            .arg(&tables)
+            .arg(&mut out)
+            .arg(&n_heads)
+            .arg(&n_kv_heads)
+            .arg(&hd_k)
+            .arg(&hd_v)
+            .arg(&batch.scale)
+            .arg(&window);
+        // SAFETY: every position attended is cached (written above or by
+        // an earlier batch) and its block is in the sequence's table.
+        unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail("attend", e));
+        CudaAct {
+            buf: out,
+            rows: n,
+            cols: batch.n_heads * g.head_dim_v,
+        }
+    }
+}

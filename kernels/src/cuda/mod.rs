@@ -1,0 +1,19 @@
+//! The CUDA backend: cudarc over a driver and NVRTC loaded at run time.
+//! Kernels are CUDA C in `kernels/cuda/`, compiled at worker start for the
+//! device's compute capability and cached on disk ([`compile`]).
+
+mod backend;
+pub mod compile;
+pub mod source;
+
+pub use backend::{CudaAct, CudaBackend, CudaKvCache, CudaWeight, MAX_BATCH};
+pub use compile::{cached_cubin, compile_cubin, nvrtc_present, CompileError};
+pub use source::{
+    KernelSource, FLOAT_KERNEL_TYPES, KERNELS, QUANT_KERNEL_TYPES, SOURCES, SUPPORTED_ARCHS,
+};
+
+/// Whether a CUDA driver can be loaded (any CUDA call without one panics).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen libcuda by its known names.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}

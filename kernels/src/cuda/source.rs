@@ -1,0 +1,91 @@
+//! The CUDA C sources (`kernels/cuda/`), each with the shared headers in
+//! front: NVRTC compiles one self-contained text per module.
+
+const COMMON: &str = include_str!("../../cuda/common.cuh");
+const QUANT: &str = include_str!("../../cuda/quant.cuh");
+
+/// One compilation unit: a name (for logs and the cache) and its text.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelSource {
+    pub name: &'static str,
+    body: &'static str,
+}
+
+impl KernelSource {
+    /// The full text NVRTC compiles.
+    pub fn text(&self) -> String {
+        format!(
+            "{COMMON}\n{QUANT}\n// ---- {}.cu ----\n{}",
+            self.name, self.body
+        )
+    }
+}
+
+/// Every module the CUDA backend loads.
+pub const SOURCES: &[KernelSource] = &[
+    KernelSource {
+        name: "matvec",
+        body: include_str!("../../cuda/matvec.cu"),
+    },
+    KernelSource {
+        name: "elementwise",
+        body: include_str!("../../cuda/elementwise.cu"),
+    },
+    KernelSource {
+        name: "attention",
+        body: include_str!("../../cuda/attention.cu"),
+    },
+];
+
+/// Compute capabilities the sources are built and checked for: Turing
+/// (RTX 20xx), Ampere (RTX 30xx), Ada (RTX 40xx), Hopper.
+pub const SUPPORTED_ARCHS: &[(u32, u32)] = &[(7, 5), (8, 6), (8, 9), (9, 0)];
+
+/// Quant types with an int8 dot-product kernel (`mmvq_*`, `embed_*`).
+pub const QUANT_KERNEL_TYPES: &[&str] = &[
+    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k",
+];
+/// Unquantized types with a float kernel (`mmv_*`, `embed_*`).
+pub const FLOAT_KERNEL_TYPES: &[&str] = &["f32", "f16", "bf16"];
+
+/// Every kernel the backend looks up by name.
+pub const KERNELS: &[&str] = &[
+    "quantize_act",
+    "rms_norm",
+    "add_assign",
+    "add_bias",
+    "gated_silu",
+    "gated_gelu",
+    "rope",
+    "select_rows",
+    "kv_write",
+    "attend",
+    "mmvq_q4_0",
+    "mmvq_q4_1",
+    "mmvq_q5_0",
+    "mmvq_q5_1",
+    "mmvq_q8_0",
+    "mmvq_q2_k",
+    "mmvq_q3_k",
+    "mmvq_q4_k",
+    "mmvq_q5_k",
+    "mmvq_q6_k",
+    "mmvq_q8_k",
+    "mmv_f32",
+    "mmv_f16",
+    "mmv_bf16",
+    "embed_q4_0",
+    "embed_q4_1",
+    "embed_q5_0",
+    "embed_q5_1",
+    "embed_q8_0",
+    "embed_q2_k",
+    "embed_q3_k",
+    "embed_q4_k",
+    "embed_q5_k",
+    "embed_q6_k",
+    "embed_q8_k",
+    "embed_f32",
+    "embed_f16",
+    "embed_bf16",
+];

@@ -1,0 +1,45 @@
+//! Every CUDA source compiles with NVRTC for every architecture we support,
+//! and every kernel the backend loads is in the result. Runs without a GPU:
+//! NVRTC comes from the `nvidia-cuda-nvrtc` wheel (scripts/test.sh installs
+//! it and puts its lib dir on LD_LIBRARY_PATH).
+
+use strata_kernels::cuda::{compile_cubin, nvrtc_present, KERNELS, SOURCES, SUPPORTED_ARCHS};
+
+#[test]
+fn every_cuda_source_compiles_for_every_supported_arch() {
+    assert!(
+        nvrtc_present(),
+        "NVRTC cannot be loaded: pip install nvidia-cuda-nvrtc and put nvidia/cu13/lib on LD_LIBRARY_PATH (scripts/test.sh does both)"
+    );
+    let mut failures = Vec::new();
+    for &(major, minor) in SUPPORTED_ARCHS {
+        let mut images = Vec::new();
+        for src in SOURCES {
+            match compile_cubin(src, major, minor) {
+                Ok(cubin) => {
+                    assert_eq!(
+                        &cubin[..4],
+                        b"\x7fELF",
+                        "{}: sm_{major}{minor} output is not a CUBIN",
+                        src.name
+                    );
+                    images.push(cubin);
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        if images.len() == SOURCES.len() {
+            for kernel in KERNELS {
+                let found = images
+                    .iter()
+                    .any(|img| img.windows(kernel.len()).any(|w| w == kernel.as_bytes()));
+                if !found {
+                    failures.push(format!(
+                        "kernel {kernel} is missing from the sm_{major}{minor} build"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
