@@ -56,6 +56,16 @@ pub trait Backend: Send + Sync {
 
     fn name(&self) -> String;
 
+    /// (total, available) bytes of the memory this backend allocates from,
+    /// when that is not host memory (a GPU's).
+    fn device_memory_bytes(&self) -> Option<(u64, u64)> {
+        None
+    }
+    /// Measured streaming bandwidth of that memory, bytes per second.
+    fn device_bandwidth(&self) -> Option<f64> {
+        None
+    }
+
     /// Takes a weight from its GGUF bytes (`dims` in ggml order: row length first).
     fn load_weight(
         &self,

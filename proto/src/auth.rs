@@ -25,7 +25,8 @@ impl BearerToken {
 
 impl Interceptor for BearerToken {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        req.metadata_mut().insert("authorization", self.header.clone());
+        req.metadata_mut()
+            .insert("authorization", self.header.clone());
         Ok(req)
     }
 }
@@ -38,14 +39,18 @@ pub struct TokenCheck {
 
 impl TokenCheck {
     pub fn new(token: &str) -> Self {
-        TokenCheck { expected: Arc::new(format!("Bearer {token}").into_bytes()) }
+        TokenCheck {
+            expected: Arc::new(format!("Bearer {token}").into_bytes()),
+        }
     }
 }
 
 impl Interceptor for TokenCheck {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let Some(got) = req.metadata().get("authorization") else {
-            return Err(Status::unauthenticated("missing cluster token (authorization: Bearer <token>)"));
+            return Err(Status::unauthenticated(
+                "missing cluster token (authorization: Bearer <token>)",
+            ));
         };
         if !constant_time_eq(got.as_bytes(), &self.expected) {
             return Err(Status::unauthenticated("wrong cluster token"));
@@ -71,7 +76,9 @@ mod tests {
         let mut add = BearerToken::new("s3cret").unwrap();
         assert!(check.call(add.call(Request::new(())).unwrap()).is_ok());
         let mut wrong = BearerToken::new("s3cres").unwrap();
-        let err = check.call(wrong.call(Request::new(())).unwrap()).unwrap_err();
+        let err = check
+            .call(wrong.call(Request::new(())).unwrap())
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         let err = check.call(Request::new(())).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);

@@ -15,7 +15,8 @@ pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 pub const STREAM_WINDOW_BYTES: u32 = 16 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
 
-pub type WorkerClient = crate::v1::worker_client::WorkerClient<InterceptedService<Channel, BearerToken>>;
+pub type WorkerClient =
+    crate::v1::worker_client::WorkerClient<InterceptedService<Channel, BearerToken>>;
 
 #[derive(Debug)]
 pub struct ConnectError {
@@ -34,8 +35,15 @@ impl std::error::Error for ConnectError {}
 /// Connects to a worker at `host:port` (or a full `http://` URI) with the
 /// cluster token, raised message limits and large HTTP/2 windows.
 pub async fn connect(addr: &str, token: &str) -> Result<WorkerClient, ConnectError> {
-    let err = |what: String| ConnectError { addr: addr.to_string(), what };
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let err = |what: String| ConnectError {
+        addr: addr.to_string(),
+        what,
+    };
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
     let endpoint = Endpoint::from_shared(uri)
         .map_err(|e| err(e.to_string()))?
         .connect_timeout(Duration::from_secs(10))
@@ -45,9 +53,14 @@ pub async fn connect(addr: &str, token: &str) -> Result<WorkerClient, ConnectErr
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    let channel = endpoint.connect().await.map_err(|e| err(format!("{e} ({e:?})")))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| err(format!("{e} ({e:?})")))?;
     let token = BearerToken::new(token).map_err(|e| err(e.message().to_string()))?;
-    Ok(crate::v1::worker_client::WorkerClient::with_interceptor(channel, token)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(
+        crate::v1::worker_client::WorkerClient::with_interceptor(channel, token)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
 }

@@ -14,7 +14,11 @@ pub fn models_dir() -> PathBuf {
 /// A real test model; panics with the fix when it has not been fetched.
 pub fn model_path(file: &str) -> PathBuf {
     let p = models_dir().join(file);
-    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        p.display()
+    );
     p
 }
 

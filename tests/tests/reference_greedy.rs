@@ -47,7 +47,11 @@ struct Case {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn cases(reference_file: &str) -> Vec<Case> {
@@ -79,7 +83,16 @@ fn cases(reference_file: &str) -> Vec<Case> {
 fn load(model_file: &str) -> Stage<CpuBackend> {
     let file = GgufFile::open(model_path(model_file)).unwrap();
     let hp = HyperParams::from_gguf(&file).unwrap();
-    Stage::load(CpuBackend::new(), &file, LayerRange { first: 0, end: hp.n_layers }, 256).unwrap()
+    Stage::load(
+        CpuBackend::new(),
+        &file,
+        LayerRange {
+            first: 0,
+            end: hp.n_layers,
+        },
+        256,
+    )
+    .unwrap()
 }
 
 fn teacher_forced(model_file: &str, reference_file: &str) {
@@ -98,7 +111,14 @@ fn teacher_forced(model_file: &str, reference_file: &str) {
                 sum += dev as f64;
                 n += 1;
                 if rank == 0 && dev > worst.0 {
-                    worst = (dev, format!("{:?} step {i} token {id}: {} vs llama.cpp {lp}", case.label, row[id as usize] - z));
+                    worst = (
+                        dev,
+                        format!(
+                            "{:?} step {i} token {id}: {} vs llama.cpp {lp}",
+                            case.label,
+                            row[id as usize] - z
+                        ),
+                    );
                 }
             }
         }
@@ -108,7 +128,11 @@ fn teacher_forced(model_file: &str, reference_file: &str) {
         "{model_file}: mean top-5 logprob deviation {mean:.4} over {n}, worst for llama.cpp's pick {:.4} at {}",
         worst.0, worst.1
     );
-    assert!(mean < MEAN_LOGPROB_TOLERANCE, "{model_file}: mean deviation {mean} (worst {})", worst.1);
+    assert!(
+        mean < MEAN_LOGPROB_TOLERANCE,
+        "{model_file}: mean deviation {mean} (worst {})",
+        worst.1
+    );
     assert!(worst.0 < MAX_LOGPROB_DEVIATION, "{model_file}: {}", worst.1);
 }
 
@@ -116,7 +140,14 @@ fn free_running(model_file: &str, reference_file: &str) {
     let mut stage = load(model_file);
     for case in cases(reference_file) {
         let mut sampler = Sampler::new(SamplingParams::greedy());
-        let ours = generate(&mut stage, &case.prompt, case.tokens.len(), &mut sampler, |_| true).unwrap();
+        let ours = generate(
+            &mut stage,
+            &case.prompt,
+            case.tokens.len(),
+            &mut sampler,
+            |_| true,
+        )
+        .unwrap();
         for (i, (got, &want)) in ours.iter().zip(&case.tokens).enumerate() {
             if got.token == want {
                 continue;
@@ -128,11 +159,18 @@ fn free_running(model_file: &str, reference_file: &str) {
                 case.label,
                 got.token
             );
-            eprintln!("{model_file} {:?}: diverged at step {i} on a near-tie (gap {gap:.3})", case.label);
+            eprintln!(
+                "{model_file} {:?}: diverged at step {i} on a near-tie (gap {gap:.3})",
+                case.label
+            );
             break;
         }
     }
-    assert_eq!(stage.blocks().used_blocks(), 0, "generation frees its KV blocks");
+    assert_eq!(
+        stage.blocks().used_blocks(),
+        0,
+        "generation frees its KV blocks"
+    );
 }
 
 #[test]

@@ -4,7 +4,11 @@ use rand::{Rng, SeedableRng};
 use strata_worker::generate::prefill;
 use strata_worker::{BatchSeq, LogitRows, StageInput};
 
-use super::RunArgs;
+use strata_kernels::Backend;
+use strata_model::GgufFile;
+use strata_worker::Stage;
+
+use super::{RunArgs, StageJob};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,7 +27,17 @@ pub struct Args {
 
 pub fn run(mut args: Args) -> anyhow::Result<()> {
     args.run.ctx_size = args.run.ctx_size.max(args.n_prompt + args.n_gen + 1);
-    let (_file, mut stage) = args.run.load()?;
+    let run = args.run.clone();
+    run.run(args)
+}
+
+impl StageJob for Args {
+    fn run<B: Backend>(self, _file: GgufFile, stage: Stage<B>) -> anyhow::Result<()> {
+        bench(self, stage)
+    }
+}
+
+fn bench<B: Backend>(args: Args, mut stage: Stage<B>) -> anyhow::Result<()> {
     let vocab = stage.hyper_params().vocab_size as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut random_tokens = |n: usize| {
@@ -75,6 +89,8 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
 
     let threads = rayon::current_num_threads();
+    let backend = Backend::name(stage.backend());
+    let backend = backend.split_whitespace().next().unwrap_or("cpu");
     println!("| model | backend | threads | test | t/s |");
     println!("| --- | --- | ---: | ---: | ---: |");
     let name = args
@@ -88,7 +104,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         let sd = (rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>()
             / rates.len().max(2).saturating_sub(1) as f64)
             .sqrt();
-        println!("| {name} | cpu | {threads} | {test} | {mean:.2} ± {sd:.2} |");
+        println!("| {name} | {backend} | {threads} | {test} | {mean:.2} ± {sd:.2} |");
     }
     Ok(())
 }

@@ -5,7 +5,11 @@ use strata_model::tokenizer::Tokenizer;
 use strata_worker::generate::generate;
 use strata_worker::{Sampler, SamplingParams};
 
-use super::RunArgs;
+use strata_kernels::Backend;
+use strata_model::GgufFile;
+use strata_worker::Stage;
+
+use super::{RunArgs, StageJob};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,7 +40,21 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (file, mut stage) = args.run.load()?;
+    let run = args.run.clone();
+    run.run(args)
+}
+
+impl StageJob for Args {
+    fn run<B: Backend>(self, file: GgufFile, stage: Stage<B>) -> anyhow::Result<()> {
+        generate_text(self, file, stage)
+    }
+}
+
+fn generate_text<B: Backend>(
+    args: Args,
+    file: GgufFile,
+    mut stage: Stage<B>,
+) -> anyhow::Result<()> {
     let tok = Tokenizer::from_gguf(&file).context("building the tokenizer")?;
     let prompt = tok.encode(&args.prompt, true, false);
     if prompt.is_empty() {

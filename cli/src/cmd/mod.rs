@@ -10,7 +10,8 @@ pub mod worker;
 use std::path::Path;
 
 use anyhow::Context;
-use strata_kernels::CpuBackend;
+use strata_kernels::cuda::CudaBackend;
+use strata_kernels::{Backend, CpuBackend};
 use strata_model::GgufFile;
 use strata_worker::{LayerRange, Stage};
 
@@ -26,6 +27,54 @@ pub struct RunArgs {
     /// Context size in tokens.
     #[arg(long, short = 'c', default_value_t = 4096)]
     pub ctx_size: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// Which backend runs the layers.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct DeviceArgs {
+    /// CUDA device to use (default 0 when a CUDA driver is present).
+    #[arg(long, value_name = "N", conflicts_with = "cpu")]
+    pub gpu: Option<usize>,
+    /// Use the CPU backend even when a GPU is present.
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+impl DeviceArgs {
+    /// The CUDA backend when asked for or available, else `None` (CPU), with
+    /// one log line saying why.
+    pub fn cuda(&self) -> anyhow::Result<Option<CudaBackend>> {
+        if self.cpu {
+            return Ok(None);
+        }
+        if !strata_kernels::cuda::driver_present() {
+            anyhow::ensure!(
+                self.gpu.is_none(),
+                "--gpu: no CUDA driver (libcuda.so) on this machine"
+            );
+            tracing::info!("no CUDA driver on this machine: using the CPU backend");
+            return Ok(None);
+        }
+        let n = self.gpu.unwrap_or(0);
+        match CudaBackend::new(n) {
+            Ok(b) => {
+                tracing::info!("using {}", Backend::name(&b));
+                Ok(Some(b))
+            }
+            Err(e) if self.gpu.is_none() => {
+                tracing::warn!("CUDA device {n}: {e}; using the CPU backend");
+                Ok(None)
+            }
+            Err(e) => Err(anyhow::anyhow!("CUDA device {n}: {e}")),
+        }
+    }
+}
+
+/// Work on a loaded stage of any backend.
+pub trait StageJob {
+    fn run<B: Backend>(self, file: GgufFile, stage: Stage<B>) -> anyhow::Result<()>;
 }
 
 impl RunArgs {
@@ -43,11 +92,33 @@ impl RunArgs {
     pub fn load(&self) -> anyhow::Result<(GgufFile, Stage<CpuBackend>)> {
         self.init_threads()?;
         let file = open(&self.model)?;
-        let hp = strata_model::arch::HyperParams::from_gguf(&file)?;
+        let stage = self.load_on(CpuBackend::new(), &file)?;
+        Ok((file, stage))
+    }
+
+    /// Loads the whole model on the GPU when there is one (see
+    /// [`DeviceArgs`]), else the CPU, and runs `job` on it.
+    pub fn run<J: StageJob>(&self, job: J) -> anyhow::Result<()> {
+        self.init_threads()?;
+        let file = open(&self.model)?;
+        match self.device.cuda()? {
+            Some(cuda) => {
+                let stage = self.load_on(cuda, &file)?;
+                job.run(file, stage)
+            }
+            None => {
+                let stage = self.load_on(CpuBackend::new(), &file)?;
+                job.run(file, stage)
+            }
+        }
+    }
+
+    fn load_on<B: Backend>(&self, backend: B, file: &GgufFile) -> anyhow::Result<Stage<B>> {
+        let hp = strata_model::arch::HyperParams::from_gguf(file)?;
         let started = std::time::Instant::now();
         let stage = Stage::load(
-            CpuBackend::new(),
-            &file,
+            backend,
+            file,
             LayerRange {
                 first: 0,
                 end: hp.n_layers,
@@ -60,10 +131,10 @@ impl RunArgs {
             self.model.display(),
             hp.n_layers,
             hp.arch,
-            strata_kernels::Backend::name(stage.backend()),
+            Backend::name(stage.backend()),
             started.elapsed().as_secs_f64()
         );
-        Ok((file, stage))
+        Ok(stage)
     }
 }
 
@@ -99,4 +170,17 @@ pub fn read_token(token: Option<&str>, file: Option<&Path>) -> anyhow::Result<Op
 /// `--mem-budget` style sizes: 12GiB, 512MiB, 16G.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     strata_worker::service::system::parse_bytes(s)
+}
+
+/// A worker service on the GPU when there is one (see [`DeviceArgs`]), else
+/// on the CPU.
+pub fn start_worker_service(
+    config: strata_worker::service::WorkerConfig,
+    device: &DeviceArgs,
+) -> anyhow::Result<strata_worker::service::WorkerService> {
+    use strata_worker::service::WorkerService;
+    Ok(match device.cuda()? {
+        Some(cuda) => WorkerService::start(config, move || cuda.clone())?,
+        None => WorkerService::start(config, CpuBackend::new)?,
+    })
 }

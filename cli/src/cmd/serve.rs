@@ -7,9 +7,8 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use strata_coordinator::cluster::LoadEvent;
 use strata_coordinator::serve::{serve, LoadReporter, ServeConfig};
-use strata_kernels::CpuBackend;
 use strata_proto::v1;
-use strata_worker::service::{WorkerConfig, WorkerService};
+use strata_worker::service::WorkerConfig;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -57,6 +56,9 @@ pub struct Args {
     /// Embedded worker: cap on the memory it loads into, e.g. 12GiB.
     #[arg(long, value_parser = super::parse_size)]
     pub mem_budget: Option<u64>,
+    /// Embedded worker: which device.
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 /// Plan table and a bar for slices being sent, on stderr.
@@ -148,7 +150,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // Keeps the embedded worker serving until we return.
         let mut _embedded = None;
         if args.workers.is_empty() {
-            let (addr, token, stop) = start_embedded_worker(args.mem_budget).await?;
+            let (addr, token, stop) =
+                start_embedded_worker(args.mem_budget, args.device.clone()).await?;
             config.workers = vec![addr.clone()];
             config.local_workers = vec![addr];
             config.token = token;
@@ -173,6 +176,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// A worker in this process on a loopback port with a one-off token.
 async fn start_embedded_worker(
     mem_budget: Option<u64>,
+    device: super::DeviceArgs,
 ) -> anyhow::Result<(String, String, tokio::sync::oneshot::Sender<()>)> {
     let token: String = (0..32)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
@@ -187,8 +191,7 @@ async fn start_embedded_worker(
         threads: rayon::current_num_threads(),
     };
     let service =
-        tokio::task::spawn_blocking(move || WorkerService::start(config, CpuBackend::new))
-            .await??;
+        tokio::task::spawn_blocking(move || super::start_worker_service(config, &device)).await??;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding the embedded worker")?;

@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use strata_kernels::CpuBackend;
-use strata_worker::service::{WorkerConfig, WorkerService};
+use strata_worker::service::WorkerConfig;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,6 +28,8 @@ pub struct Args {
     /// CPU threads (default: all cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -51,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cache_dir,
         threads: rayon::current_num_threads(),
     };
-    let service = WorkerService::start(config, CpuBackend::new)?;
+    let service = super::start_worker_service(config, &args.device)?;
     service.serve_blocking(args.listen)?;
     Ok(())
 }

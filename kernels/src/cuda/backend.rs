@@ -65,6 +65,8 @@ pub struct CudaKvCache {
     v: Vec<CudaSlice<u16>>,
 }
 
+/// Cheap to clone: the context, stream and loaded kernels are shared.
+#[derive(Clone)]
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -224,6 +226,14 @@ impl Backend for CudaBackend {
     fn name(&self) -> String {
         let (major, minor) = self.compute_capability;
         format!("cuda ({}, sm_{major}{minor})", self.device_name)
+    }
+
+    fn device_memory_bytes(&self) -> Option<(u64, u64)> {
+        self.memory_bytes().map(|(free, total)| (total, free))
+    }
+
+    fn device_bandwidth(&self) -> Option<f64> {
+        self.measure_bandwidth()
     }
 
     fn load_weight(

@@ -57,6 +57,8 @@ pub struct WorkerConfig {
 
 struct Shared {
     config: WorkerConfig,
+    /// (total, available) bytes: the device's for a GPU backend, else the host's.
+    memory: Box<dyn Fn() -> Option<(u64, u64)> + Send + Sync>,
     backend_name: String,
     device_name: String,
     matvec_bytes_per_second: f64,
@@ -90,7 +92,8 @@ impl WorkerService {
         };
         // `name()` is like "cpu (16 threads, avx2)": the kind goes in
         // `backend`, the rest with the device name.
-        let full_name = make_backend().name();
+        let probe = make_backend();
+        let full_name = probe.name();
         let backend_name = full_name
             .split_whitespace()
             .next()
@@ -107,9 +110,16 @@ impl WorkerService {
         Ok(WorkerService {
             shared: Arc::new(Shared {
                 config,
+                device_name: if backend_name == "cpu" {
+                    format!("{} [{full_name}]", system::cpu_name())
+                } else {
+                    full_name.clone()
+                },
                 backend_name,
-                device_name: format!("{} [{full_name}]", system::cpu_name()),
-                matvec_bytes_per_second: system::measure_read_bandwidth(),
+                matvec_bytes_per_second: probe
+                    .device_bandwidth()
+                    .unwrap_or_else(system::measure_read_bandwidth),
+                memory: Box::new(move || probe.device_memory_bytes().or_else(system::memory_bytes)),
                 models,
                 cache,
                 stage: Mutex::new(stage),
@@ -195,7 +205,7 @@ impl WorkerService {
     /// Memory this worker can still offer: the budget (or what the host has
     /// available) less the loaded slice.
     fn free_bytes(&self) -> (u64, u64) {
-        let (total, available) = system::memory_bytes().unwrap_or((0, 0));
+        let (total, available) = (self.shared.memory)().unwrap_or((0, 0));
         let used = {
             let s = self.snapshot();
             s.weight_bytes + s.kv_bytes
@@ -277,7 +287,7 @@ impl WorkerService {
             slice_cache::slice_memory_bytes(&file, &hp, range, ctx_tokens);
         let need = weight_bytes + kv_bytes;
         // A new load replaces the current slice, so its memory counts as free.
-        let (_, available) = system::memory_bytes().unwrap_or((u64::MAX, u64::MAX));
+        let (_, available) = (self.shared.memory)().unwrap_or((u64::MAX, u64::MAX));
         let current = {
             let s = self.snapshot();
             s.weight_bytes + s.kv_bytes
