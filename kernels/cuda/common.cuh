@@ -1,6 +1,19 @@
 // Shared by every kernel source: fixed-width types and f16/bf16 conversions
 // by inline PTX, so NVRTC needs no CUDA headers (the PyPI NVRTC wheel ships
 // none) and the same text compiles for sm_75 through sm_90.
+//
+// With STRATA_HOST_CHECK defined, the per-value helpers are plain C++ so the
+// block layouts of quant.cuh can be checked on a CPU by a test
+// (kernels/tests/cuda_quant_layouts.rs) without a GPU.
+
+#ifdef STRATA_HOST_CHECK
+#include <cmath>
+#include <cstring>
+#define __device__
+#define __forceinline__ inline
+static inline float __uint_as_float(unsigned x) { float f; std::memcpy(&f, &x, 4); return f; }
+static inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; }
+#endif
 
 typedef unsigned char u8;
 typedef signed char i8;
@@ -14,6 +27,13 @@ typedef unsigned long long u64;
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
 
+#ifdef STRATA_HOST_CHECK
+static inline float h2f(u16 h) {
+    const int exp = (h >> 10) & 31, man = h & 1023;
+    const float v = exp == 0 ? std::ldexp((float)man, -24) : std::ldexp((float)(man + 1024), exp - 25);
+    return (h >> 15) ? -v : v;
+}
+#else
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -25,6 +45,7 @@ __device__ __forceinline__ u16 f2h(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#endif
 
 __device__ __forceinline__ float bf2f(u16 b) {
     return __uint_as_float(((u32)b) << 16);
@@ -45,12 +66,20 @@ __device__ __forceinline__ float load_f32(const u8* p) {
 }
 
 // 4-way int8 dot product with accumulate (sm_61+).
+#ifdef STRATA_HOST_CHECK
+static inline i32 dp4a(i32 a, i32 b, i32 c) {
+    for (int i = 0; i < 4; i++) c += (i8)((u32)a >> (8 * i)) * (i8)((u32)b >> (8 * i));
+    return c;
+}
+#else
 __device__ __forceinline__ i32 dp4a(i32 a, i32 b, i32 c) {
     i32 d;
     asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
     return d;
 }
+#endif
 
+#ifndef STRATA_HOST_CHECK
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
@@ -75,3 +104,4 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     v = lane < n_warps ? scratch[lane] : 0.0f;
     return warp_sum(v);
 }
+#endif

@@ -1,0 +1,337 @@
+//! Every op of the CUDA backend against the CPU backend (the reference) on
+//! fresh random inputs: every weight type, several shapes and batch sizes.
+//! Needs a CUDA GPU, so it is ignored by default; scripts/gpu-check.sh runs
+//! it with `--ignored` on the device machine, where it fails if no GPU.
+//!
+//! Tolerances (relative L2 error, ||gpu - cpu|| / ||cpu||):
+//! - f32 elementwise ops (norm, RoPE, gating, adds, embedding): 1e-5, float
+//!   rounding only;
+//! - matmul: 3e-2 against the CPU: both quantize activations to int8 per
+//!   block (the CPU to Q8_0/Q8_K blocks, the GPU per 32 values with an f32
+//!   scale), so each carries its own ~1% rounding; against the exact
+//!   product of the dequantized weights each must be within 2e-2;
+//! - attention: 5e-3 (the CPU rounds Q and the V sum to f16 like ggml).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use strata_kernels::cuda::{driver_present, CudaBackend};
+use strata_kernels::{
+    AttentionBatch, Backend, CpuBackend, KvGeometry, RopeConfig, KV_BLOCK_TOKENS,
+};
+use strata_model::arch::{Activation, RopeStyle};
+use strata_model::profile::KvType;
+use strata_model::quant::{dequantize_row, quantize_row};
+use strata_model::GgmlType;
+
+const WEIGHT_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+fn gpu() -> CudaBackend {
+    assert!(driver_present(), "no CUDA driver: this test needs a GPU");
+    CudaBackend::new(0).expect("CUDA device 0")
+}
+
+fn seed() -> u64 {
+    let s = rand::rng().random();
+    println!("seed {s}");
+    s
+}
+
+fn random(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+        .collect()
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "lengths");
+    assert!(got.iter().all(|v| v.is_finite()), "non-finite output");
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn quantized(dtype: GgmlType, values: &[f32], cols: usize) -> (Vec<u8>, Vec<f32>) {
+    let rows = values.len() / cols;
+    let rb = dtype.row_bytes(cols as u64).unwrap() as usize;
+    let mut bytes = vec![0u8; rb * rows];
+    let mut deq = vec![0f32; values.len()];
+    for r in 0..rows {
+        quantize_row(
+            dtype,
+            &values[r * cols..(r + 1) * cols],
+            &mut bytes[r * rb..(r + 1) * rb],
+        )
+        .unwrap();
+        dequantize_row(
+            dtype,
+            &bytes[r * rb..(r + 1) * rb],
+            &mut deq[r * cols..(r + 1) * cols],
+        )
+        .unwrap();
+    }
+    (bytes, deq)
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu-check.sh"]
+fn matmul_matches_cpu_for_every_type_shape_and_batch() {
+    let (g, c) = (gpu(), CpuBackend::new());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed());
+    let mut worst = Vec::new();
+    for &dtype in WEIGHT_TYPES {
+        for &(rows, cols) in &[(64usize, 256usize), (96, 768), (1000, 2048)] {
+            let w = random(&mut rng, rows * cols, 1.0);
+            let (bytes, deq) = quantized(dtype, &w, cols);
+            let dims = [cols as u64, rows as u64];
+            let wg = g.load_weight("w", dtype, &dims, &bytes).unwrap();
+            let wc = c.load_weight("w", dtype, &dims, &bytes).unwrap();
+            for tokens in [1usize, 3, 8, 13] {
+                let x = random(&mut rng, tokens * cols, 1.0);
+                let got = g.act_to_host(&g.matmul(&wg, &g.act_from_host(&x, tokens, cols)));
+                let cpu = c.act_to_host(&c.matmul(&wc, &c.act_from_host(&x, tokens, cols)));
+                let exact: Vec<f32> = (0..tokens)
+                    .flat_map(|t| {
+                        let (x, deq) = (&x, &deq);
+                        (0..rows).map(move |r| {
+                            (0..cols)
+                                .map(|i| deq[r * cols + i] as f64 * x[t * cols + i] as f64)
+                                .sum::<f64>() as f32
+                        })
+                    })
+                    .collect();
+                let (vs_cpu, vs_exact) = (rel_err(&got, &cpu), rel_err(&got, &exact));
+                worst.push((
+                    format!("{dtype} {rows}x{cols} batch {tokens}"),
+                    vs_cpu,
+                    vs_exact,
+                ));
+                assert!(
+                    vs_exact < 2e-2,
+                    "{dtype} {rows}x{cols} batch {tokens}: {vs_exact:.2e} vs exact"
+                );
+                assert!(
+                    vs_cpu < 3e-2,
+                    "{dtype} {rows}x{cols} batch {tokens}: {vs_cpu:.2e} vs CPU"
+                );
+            }
+        }
+    }
+    worst.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (what, vs_cpu, vs_exact) in worst.iter().take(5) {
+        println!("worst: {what}: {vs_cpu:.2e} vs CPU, {vs_exact:.2e} vs exact");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu-check.sh"]
+fn embedding_rows_match_cpu_for_every_type() {
+    let (g, c) = (gpu(), CpuBackend::new());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed());
+    for &dtype in WEIGHT_TYPES {
+        let (rows, cols) = (300, 512);
+        let (bytes, _) = quantized(dtype, &random(&mut rng, rows * cols, 1.0), cols);
+        let dims = [cols as u64, rows as u64];
+        let wg = g.load_weight("emb", dtype, &dims, &bytes).unwrap();
+        let wc = c.load_weight("emb", dtype, &dims, &bytes).unwrap();
+        let ids: Vec<u32> = (0..7).map(|_| rng.random_range(0..rows as u32)).collect();
+        let got = g.act_to_host(&g.embed(&wg, &ids, 1.7).unwrap());
+        let want = c.act_to_host(&c.embed(&wc, &ids, 1.7).unwrap());
+        assert!(
+            rel_err(&got, &want) < 1e-5,
+            "{dtype}: {:.2e}",
+            rel_err(&got, &want)
+        );
+        assert!(
+            g.embed(&wg, &[rows as u32], 1.0).is_err(),
+            "an id past the table is refused"
+        );
+    }
+}
+
+/// A 1-D f32 weight on both backends.
+fn vector<B: Backend>(b: &B, v: &[f32]) -> B::Weight {
+    b.load_weight("v", GgmlType::F32, &[v.len() as u64], bytemuck_f32(v))
+        .unwrap()
+}
+
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte pattern is a valid u8.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 4) }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu-check.sh"]
+fn elementwise_ops_match_cpu() {
+    let (g, c) = (gpu(), CpuBackend::new());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed());
+    let check = |what: &str, got: Vec<f32>, want: Vec<f32>| {
+        let e = rel_err(&got, &want);
+        assert!(e < 1e-5, "{what}: {e:.2e}");
+    };
+    for &(rows, cols, group) in &[
+        (1usize, 576usize, 576usize),
+        (5, 2048, 2048),
+        (7, 1024, 128),
+    ] {
+        let x = random(&mut rng, rows * cols, 3.0);
+        let w = random(&mut rng, group, 1.0);
+        let (wg, wc) = (vector(&g, &w), vector(&c, &w));
+        let (xg, xc) = (
+            g.act_from_host(&x, rows, cols),
+            c.act_from_host(&x, rows, cols),
+        );
+        check(
+            "rms_norm",
+            g.act_to_host(&g.rms_norm(&xg, &wg, 1e-6)),
+            c.act_to_host(&c.rms_norm(&xc, &wc, 1e-6)),
+        );
+
+        let y = random(&mut rng, rows * cols, 1.0);
+        let (yg, yc) = (
+            g.act_from_host(&y, rows, cols),
+            c.act_from_host(&y, rows, cols),
+        );
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            check(
+                &format!("gated {act:?}"),
+                g.act_to_host(&g.gated(&xg, &yg, act)),
+                c.act_to_host(&c.gated(&xc, &yc, act)),
+            );
+        }
+        let (mut a, mut b) = (
+            g.act_from_host(&x, rows, cols),
+            c.act_from_host(&x, rows, cols),
+        );
+        g.add_assign(&mut a, &yg);
+        c.add_assign(&mut b, &yc);
+        check("add_assign", g.act_to_host(&a), c.act_to_host(&b));
+        let bias = random(&mut rng, cols, 1.0);
+        g.add_bias(&mut a, &vector(&g, &bias));
+        c.add_bias(&mut b, &vector(&c, &bias));
+        check("add_bias", g.act_to_host(&a), c.act_to_host(&b));
+        let pick = [rows - 1, 0];
+        check(
+            "select_rows",
+            g.act_to_host(&g.select_rows(&xg, &pick)),
+            c.act_to_host(&c.select_rows(&xc, &pick)),
+        );
+    }
+    for style in [RopeStyle::Normal, RopeStyle::Neox] {
+        for (head_dim, dims, with_factors) in [
+            (64usize, 64usize, false),
+            (128, 128, true),
+            (256, 128, false),
+        ] {
+            let (rows, n_heads) = (6, 4);
+            let x = random(&mut rng, rows * n_heads * head_dim, 1.0);
+            let positions: Vec<u32> = (0..rows as u32).map(|i| i * 37 + 5).collect();
+            let cfg = RopeConfig {
+                style,
+                head_dim,
+                dims,
+                freq_base: 500000.0,
+                freq_scale: 1.0,
+            };
+            let ff: Vec<f32> = (0..dims / 2)
+                .map(|_| rng.random_range(1.0f32..8.0))
+                .collect();
+            let (ffg, ffc) = (vector(&g, &ff), vector(&c, &ff));
+            let mut a = g.act_from_host(&x, rows, n_heads * head_dim);
+            let mut b = c.act_from_host(&x, rows, n_heads * head_dim);
+            g.rope(&mut a, &positions, &cfg, with_factors.then_some(&ffg));
+            c.rope(&mut b, &positions, &cfg, with_factors.then_some(&ffc));
+            let e = rel_err(&g.act_to_host(&a), &c.act_to_host(&b));
+            assert!(
+                e < 1e-5,
+                "rope {style:?} head_dim {head_dim} dims {dims}: {e:.2e}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu-check.sh"]
+fn paged_attention_matches_cpu() {
+    let (g, c) = (gpu(), CpuBackend::new());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed());
+    for &(n_heads, n_kv_heads, head_dim, window) in &[
+        (9usize, 3usize, 64usize, None),
+        (4, 1, 256, Some(40usize)),
+        (8, 8, 128, None),
+    ] {
+        let geo = KvGeometry {
+            n_layers: 2,
+            n_kv_heads,
+            head_dim_k: head_dim,
+            head_dim_v: head_dim,
+            kv_type: KvType::F16,
+            n_blocks: 16,
+        };
+        let (mut kg, mut kc) = (g.new_kv_cache(geo).unwrap(), c.new_kv_cache(geo).unwrap());
+        // Two sequences with scattered blocks: a 70-token prompt, then one
+        // decode step for both plus a 5-token chunk of the second.
+        let tables: [Vec<u32>; 2] = [vec![7, 2, 11], vec![0, 5, 9]];
+        let steps: [Vec<(u32, u32)>; 2] = [
+            (0..70).map(|p| (0, p)).collect(),
+            vec![(0, 70), (1, 0), (1, 1), (1, 2), (1, 3), (1, 4)],
+        ];
+        for step in &steps {
+            let n = step.len();
+            let positions: Vec<u32> = step.iter().map(|s| s.1).collect();
+            let token_seq: Vec<u32> = step.iter().map(|s| s.0).collect();
+            let q = random(&mut rng, n * n_heads * head_dim, 1.0);
+            let k = random(&mut rng, n * n_kv_heads * head_dim, 1.0);
+            let v = random(&mut rng, n * n_kv_heads * head_dim, 1.0);
+            let table_refs: Vec<&[u32]> = tables.iter().map(|t| t.as_slice()).collect();
+            let batch = AttentionBatch {
+                positions: &positions,
+                token_seq: &token_seq,
+                block_tables: &table_refs,
+                n_heads,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+                window,
+            };
+            let kv_cols = n_kv_heads * head_dim;
+            let got = g.act_to_host(&g.attention(
+                &mut kg,
+                1,
+                &g.act_from_host(&q, n, n_heads * head_dim),
+                &g.act_from_host(&k, n, kv_cols),
+                &g.act_from_host(&v, n, kv_cols),
+                &batch,
+            ));
+            let want = c.act_to_host(&c.attention(
+                &mut kc,
+                1,
+                &c.act_from_host(&q, n, n_heads * head_dim),
+                &c.act_from_host(&k, n, kv_cols),
+                &c.act_from_host(&v, n, kv_cols),
+                &batch,
+            ));
+            let e = rel_err(&got, &want);
+            assert!(
+                e < 5e-3,
+                "attention heads {n_heads}/{n_kv_heads} dim {head_dim} window {window:?}: {e:.2e}"
+            );
+        }
+        assert!(KV_BLOCK_TOKENS * 3 > 70);
+    }
+}
