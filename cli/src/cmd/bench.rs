@@ -32,12 +32,13 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
 }
 
 impl StageJob for Args {
-    fn run<B: Backend>(self, _file: GgufFile, stage: Stage<B>) -> anyhow::Result<()> {
-        bench(self, stage)
+    fn run<B: Backend>(self, file: GgufFile, stage: Stage<B>) -> anyhow::Result<()> {
+        let weight_bytes: u64 = file.tensors.iter().map(|t| t.size_bytes).sum();
+        bench(self, stage, weight_bytes)
     }
 }
 
-fn bench<B: Backend>(args: Args, mut stage: Stage<B>) -> anyhow::Result<()> {
+fn bench<B: Backend>(args: Args, mut stage: Stage<B>, weight_bytes: u64) -> anyhow::Result<()> {
     let vocab = stage.hyper_params().vocab_size as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut random_tokens = |n: usize| {
@@ -99,12 +100,28 @@ fn bench<B: Backend>(args: Args, mut stage: Stage<B>) -> anyhow::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let mut tg_mean = None;
     for (test, rates) in results {
         let mean = rates.iter().sum::<f64>() / rates.len() as f64;
         let sd = (rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>()
             / rates.len().max(2).saturating_sub(1) as f64)
             .sqrt();
         println!("| {name} | {backend} | {threads} | {test} | {mean:.2} ± {sd:.2} |");
+        if test.starts_with("tg") {
+            tg_mean = Some(mean);
+        }
+    }
+    // Decode reads every weight once per token: the device's copy rate over
+    // the weight bytes bounds it.
+    if let (Some(tg), Some(bw)) = (tg_mean, stage.backend().device_bandwidth()) {
+        let limit = bw / weight_bytes as f64;
+        println!();
+        println!(
+            "memory-bound limit: {limit:.1} tok/s ({:.2} GiB of weights at {:.0} GB/s device copy); tg is {:.0}% of it",
+            weight_bytes as f64 / (1u64 << 30) as f64,
+            bw / 1e9,
+            100.0 * tg / limit
+        );
     }
     Ok(())
 }
