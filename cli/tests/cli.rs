@@ -20,14 +20,6 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn models_dir() -> PathBuf {
-    std::env::var("STRATA_MODELS")
-        .map(Into::into)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/strata/models")
-        })
-}
-
 fn synth(dir: &Path, arch: &str, quant: &str, layers: &str) -> PathBuf {
     let path = dir.join(format!("{arch}-{quant}.gguf"));
     let p = path.to_str().unwrap();
@@ -108,15 +100,8 @@ fn synth_models_of_every_quant_type_generate() {
 
 #[test]
 fn generate_streams_llama_cpp_greedy_text() {
-    let model = models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(model.exists(), "run scripts/fetch-models.sh");
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/smollm2-135m.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let model = strata_tests::model_path(strata_tests::SMOLLM2);
+    let reference = strata_tests::reference("smollm2-135m.json");
     let case = &reference["greedy"][0];
     let out = ok(&strata(&[
         "generate",

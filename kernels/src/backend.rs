@@ -21,6 +21,45 @@ pub enum KernelError {
     Invalid(String),
 }
 
+/// A weight's matrix shape from its GGUF dims, checked against its bytes:
+/// `rows` rows of `cols` elements, `row_bytes` each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightShape {
+    pub rows: usize,
+    pub cols: usize,
+    pub row_bytes: usize,
+}
+
+impl WeightShape {
+    pub fn of(
+        name: &str,
+        dtype: GgmlType,
+        dims: &[u64],
+        bytes: usize,
+    ) -> Result<Self, KernelError> {
+        let bad = |what: String| KernelError::BadWeight {
+            name: name.to_string(),
+            what,
+        };
+        let cols = usize::try_from(*dims.first().ok_or_else(|| bad("no dimensions".into()))?)
+            .map_err(|_| bad("too large".into()))?;
+        let rows = usize::try_from(dims.iter().skip(1).product::<u64>())
+            .map_err(|_| bad("too large".into()))?;
+        let row_bytes = dtype
+            .row_bytes(cols as u64)
+            .ok_or_else(|| bad(format!("{cols} is not a whole number of {dtype} blocks")))?
+            as usize;
+        if bytes != row_bytes * rows {
+            return Err(bad(format!("{bytes} bytes, expected {}", row_bytes * rows)));
+        }
+        Ok(WeightShape {
+            rows,
+            cols,
+            row_bytes,
+        })
+    }
+}
+
 /// RoPE of one layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RopeConfig {

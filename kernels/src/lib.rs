@@ -9,6 +9,6 @@ pub mod cpu;
 pub mod cuda;
 pub mod kv;
 
-pub use backend::{AttentionBatch, Backend, KernelError, RopeConfig};
+pub use backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
 pub use cpu::CpuBackend;
 pub use kv::{KvBlockId, KvGeometry, KV_BLOCK_TOKENS};

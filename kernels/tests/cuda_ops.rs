@@ -286,7 +286,8 @@ fn paged_attention_matches_cpu() {
             n_blocks: 16,
         };
         let (mut kg, mut kc) = (g.new_kv_cache(geo).unwrap(), c.new_kv_cache(geo).unwrap());
-        // Two sequences with scattered blocks: a 70-token prompt, then one
+        // Two sequences with scattered blocks (3 blocks hold 71 positions):
+        // a 70-token prompt, then one
         // decode step for both plus a 5-token chunk of the second.
         let tables: [Vec<u32>; 2] = [vec![7, 2, 11], vec![0, 5, 9]];
         let steps: [Vec<(u32, u32)>; 2] = [
@@ -332,6 +333,5 @@ fn paged_attention_matches_cpu() {
                 "attention heads {n_heads}/{n_kv_heads} dim {head_dim} window {window:?}: {e:.2e}"
             );
         }
-        assert!(KV_BLOCK_TOKENS * 3 > 70);
     }
 }

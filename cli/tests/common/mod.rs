@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -13,33 +14,12 @@ use serde_json::Value;
 
 pub const TOKEN: &str = "e2e-cluster-secret";
 
-pub fn models_dir() -> PathBuf {
-    std::env::var("STRATA_MODELS")
-        .map(Into::into)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/strata/models")
-        })
-}
-
-pub fn model(file: &str) -> PathBuf {
-    let p = models_dir().join(file);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-models.sh",
-        p.display()
-    );
-    p
-}
-
-pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
+#[allow(unused_imports)]
+pub use strata_tests::{model_path as model, GEMMA3, SMOLLM2};
 
 /// `shared/reference/<name>.json`.
 pub fn reference(name: &str) -> Value {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../shared/reference/{name}.json"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).expect("reference json")
+    strata_tests::reference(&format!("{name}.json"))
 }
 
 /// A child process whose stderr lines are collected; killed on drop.

@@ -12,7 +12,7 @@ use strata_model::arch::Activation;
 use strata_model::quant::dequantize_row;
 use strata_model::GgmlType;
 
-use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig};
+use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
 use crate::kv::KvGeometry;
 
 pub use attention::CpuKvCache;
@@ -84,25 +84,15 @@ impl Backend for CpuBackend {
         dims: &[u64],
         bytes: &[u8],
     ) -> Result<CpuWeight, KernelError> {
+        let WeightShape {
+            rows,
+            cols,
+            row_bytes,
+        } = WeightShape::of(name, dtype, dims, bytes.len())?;
         let bad = |what: String| KernelError::BadWeight {
             name: name.to_string(),
             what,
         };
-        let cols = usize::try_from(*dims.first().ok_or_else(|| bad("no dimensions".into()))?)
-            .map_err(|_| bad("too large".into()))?;
-        let rows = usize::try_from(dims.iter().skip(1).product::<u64>())
-            .map_err(|_| bad("too large".into()))?;
-        let row_bytes = dtype
-            .row_bytes(cols as u64)
-            .ok_or_else(|| bad(format!("{cols} is not a whole number of {dtype} blocks")))?
-            as usize;
-        if bytes.len() != row_bytes * rows {
-            return Err(bad(format!(
-                "{} bytes, expected {}",
-                bytes.len(),
-                row_bytes * rows
-            )));
-        }
         let f32 = if rows == 1 {
             let mut v = vec![0f32; cols];
             dequantize_row(dtype, bytes, &mut v).map_err(|e| bad(e.to_string()))?;

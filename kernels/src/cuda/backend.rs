@@ -25,7 +25,7 @@ use strata_model::GgmlType;
 
 use super::compile::cached_cubin;
 use super::source::{KERNELS, SOURCES};
-use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig};
+use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 
 /// Tokens one matrix-vector launch handles (the kernels' MAX_BATCH).
@@ -183,6 +183,41 @@ impl CudaBackend {
             .unwrap_or_else(|| fail("vector weight", &w.name))
     }
 
+    /// Runs a row kernel (`mmv_*` / `mmvq_*`) over `tokens` inputs of
+    /// `per_token` elements, MAX_BATCH tokens a launch.
+    fn matvec_groups<T: cudarc::driver::DeviceRepr>(
+        &self,
+        kernel: &CudaFunction,
+        w: &CudaWeight,
+        input: &CudaSlice<T>,
+        per_token: usize,
+        tokens: usize,
+        out: &mut CudaSlice<f32>,
+    ) {
+        let (row_bytes, rows, cols) = (w.row_bytes, w.rows as i32, w.cols as i32);
+        let cfg = LaunchConfig {
+            grid_dim: ((w.rows as u32).div_ceil(WARPS_PER_ROW_BLOCK), 1, 1),
+            block_dim: (32 * WARPS_PER_ROW_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        for first in (0..tokens).step_by(MAX_BATCH) {
+            let n = (tokens - first).min(MAX_BATCH);
+            let xs = input.slice(first * per_token..(first + n) * per_token);
+            let mut os = out.slice_mut(first * w.rows..(first + n) * w.rows);
+            let n_i = n as i32;
+            let mut b = self.stream.launch_builder(kernel);
+            b.arg(&w.data)
+                .arg(&row_bytes)
+                .arg(&rows)
+                .arg(&cols)
+                .arg(&xs)
+                .arg(&n_i)
+                .arg(&mut os);
+            // SAFETY: n <= MAX_BATCH tokens in, n rows of w.rows outputs.
+            unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail(&w.name, e));
+        }
+    }
+
     fn kernel_suffix(dtype: GgmlType) -> Option<&'static str> {
         Some(match dtype {
             GgmlType::F32 => "f32",
@@ -250,21 +285,11 @@ impl Backend for CudaBackend {
         if Self::kernel_suffix(dtype).is_none() {
             return Err(bad(format!("type {dtype} has no CUDA kernel")));
         }
-        let cols = usize::try_from(*dims.first().ok_or_else(|| bad("no dimensions".into()))?)
-            .map_err(|_| bad("too large".into()))?;
-        let rows = usize::try_from(dims.iter().skip(1).product::<u64>())
-            .map_err(|_| bad("too large".into()))?;
-        let row_bytes = dtype
-            .row_bytes(cols as u64)
-            .ok_or_else(|| bad(format!("{cols} is not a whole number of {dtype} blocks")))?
-            as usize;
-        if bytes.len() != row_bytes * rows {
-            return Err(bad(format!(
-                "{} bytes, expected {}",
-                bytes.len(),
-                row_bytes * rows
-            )));
-        }
+        let WeightShape {
+            rows,
+            cols,
+            row_bytes,
+        } = WeightShape::of(name, dtype, dims, bytes.len())?;
         let oom = |e: cudarc::driver::DriverError| KernelError::OutOfMemory {
             backend: self.name(),
             bytes: bytes.len() as u64,
@@ -436,29 +461,15 @@ impl Backend for CudaBackend {
             w.name, x.cols, w.cols
         );
         let mut out = self.zeros_f32(x.rows * w.rows);
-        let (row_bytes, rows, cols) = (w.row_bytes, w.rows as i32, w.cols as i32);
-        let cfg = LaunchConfig {
-            grid_dim: ((w.rows as u32).div_ceil(WARPS_PER_ROW_BLOCK), 1, 1),
-            block_dim: (32 * WARPS_PER_ROW_BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
         if Self::is_float(w.dtype) {
-            for first in (0..x.rows).step_by(MAX_BATCH) {
-                let n = (x.rows - first).min(MAX_BATCH);
-                let xs = x.buf.slice(first * x.cols..(first + n) * x.cols);
-                let mut os = out.slice_mut(first * w.rows..(first + n) * w.rows);
-                let n_i = n as i32;
-                let mut b = self.stream.launch_builder(self.typed("mmv_", w.dtype));
-                b.arg(&w.data)
-                    .arg(&row_bytes)
-                    .arg(&rows)
-                    .arg(&cols)
-                    .arg(&xs)
-                    .arg(&n_i)
-                    .arg(&mut os);
-                // SAFETY: n <= MAX_BATCH tokens of cols values in, of rows out.
-                unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail("mmv", e));
-            }
+            self.matvec_groups(
+                self.typed("mmv_", w.dtype),
+                w,
+                &x.buf,
+                x.cols,
+                x.rows,
+                &mut out,
+            );
         } else {
             let chunks = w.cols / 32;
             let mut xq = self
@@ -471,24 +482,15 @@ impl Backend for CudaBackend {
             // SAFETY: one thread per 32-value chunk of x into xq.
             unsafe { b.launch(Self::grid_for(x.rows * chunks)) }
                 .unwrap_or_else(|e| fail("quantize_act", e));
-            for first in (0..x.rows).step_by(MAX_BATCH) {
-                let n = (x.rows - first).min(MAX_BATCH);
-                let xs = xq.slice(
-                    first * chunks * ACT_CHUNK_BYTES..(first + n) * chunks * ACT_CHUNK_BYTES,
-                );
-                let mut os = out.slice_mut(first * w.rows..(first + n) * w.rows);
-                let n_i = n as i32;
-                let mut b = self.stream.launch_builder(self.typed("mmvq_", w.dtype));
-                b.arg(&w.data)
-                    .arg(&row_bytes)
-                    .arg(&rows)
-                    .arg(&cols)
-                    .arg(&xs)
-                    .arg(&n_i)
-                    .arg(&mut os);
-                // SAFETY: n <= MAX_BATCH tokens of quantized chunks in, of rows out.
-                unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail("mmvq", e));
-            }
+            let per_token = chunks * ACT_CHUNK_BYTES;
+            self.matvec_groups(
+                self.typed("mmvq_", w.dtype),
+                w,
+                &xq,
+                per_token,
+                x.rows,
+                &mut out,
+            );
         }
         CudaAct {
             buf: out,
