@@ -15,9 +15,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use strata_kernels::cuda::{driver_present, CudaBackend};
-use strata_kernels::{
-    AttentionBatch, Backend, CpuBackend, KvGeometry, RopeConfig, KV_BLOCK_TOKENS,
-};
+use strata_kernels::{AttentionBatch, Backend, CpuBackend, KvGeometry, RopeConfig};
 use strata_model::arch::{Activation, RopeStyle};
 use strata_model::profile::KvType;
 use strata_model::quant::{dequantize_row, quantize_row};
