@@ -11,12 +11,16 @@
 # Each step writes its log and a summary under $OUT (or ./gpu-out). `bench`
 # builds llama.cpp with CUDA for the device's architecture first (cached in
 # gpu-carry/llama-build while the machine stays warm).
+#
+# Dry runs on a CPU box check the script itself: GPU_FLAG=--cpu, PRESET=1b,
+# LLAMA_BENCH=path/to/an/existing/llama-bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 carry=gpu-carry
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 step=${1:?usage: scripts/gpu-check.sh prepare|ops|greedy|bench}
+gpu_flag=${GPU_FLAG:---gpu 0}
 shift
 
 case $step in
@@ -67,14 +71,15 @@ greedy)
             m="$dir/$arch-$q.gguf"
             "$carry/strata" synth --arch "$arch" --preset tiny --quant "$q" --layers 4 -o "$m" >/dev/null 2>&1
             cpu=$("$carry/strata" generate -m "$m" -p "The capital of France is" -n 24 --temp 0 --ignore-eos --cpu 2>/dev/null)
-            gpu=$("$carry/strata" generate -m "$m" -p "The capital of France is" -n 24 --temp 0 --ignore-eos --gpu 0 2>>"$out/greedy.log")
-            if [[ $cpu == "$gpu" ]]; then r=same; else r=DIFFERENT; fails=$((fails + 1)); fi
+            gpu=$("$carry/strata" generate -m "$m" -p "The capital of France is" -n 24 --temp 0 --ignore-eos $gpu_flag 2>>"$out/greedy.log")
+            if [[ -z $cpu ]]; then r=NO-OUTPUT; fails=$((fails + 1));
+            elif [[ $cpu == "$gpu" ]]; then r=same; else r=DIFFERENT; fails=$((fails + 1)); fi
             printf '%-7s %-7s %s\n' "$arch" "$q" "$r" | tee -a "$out/greedy.txt"
         done
     done
     for m in "$carry"/models/*.gguf; do
         [[ -f $m ]] || continue
-        gpu=$("$carry/strata" generate -m "$m" -p "The capital of France is" -n 32 --temp 0 --gpu 0 2>>"$out/greedy.log")
+        gpu=$("$carry/strata" generate -m "$m" -p "The capital of France is" -n 32 --temp 0 $gpu_flag 2>>"$out/greedy.log")
         printf '%s: %q\n' "$(basename "$m")" "$gpu" | tee -a "$out/greedy.txt"
     done
     [[ $fails == 0 ]]
@@ -83,7 +88,8 @@ greedy)
 bench)
     types=${1:-Q4_0,Q4_K_M,Q6_K,Q8_0}
     build="$carry/llama-build"
-    if [[ ! -x $build/bin/llama-bench ]]; then
+    llama_bench=${LLAMA_BENCH:-$build/bin/llama-bench}
+    if [[ ! -x $llama_bench ]]; then
         cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
         cmake -S "$carry/llama.cpp" -B "$build" -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$cc" \
             -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
@@ -95,14 +101,15 @@ bench)
     echo "| model | strata pp512 | llama.cpp pp512 | ratio | strata tg128 | llama.cpp tg128 | ratio |" | tee "$out/bench.md"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" | tee -a "$out/bench.md"
     for q in ${types//,/ }; do
-        m="$dir/llama-8b-$q.gguf"
-        [[ -f $m ]] || "$carry/strata" synth --arch llama --preset 8b --quant "$q" -o "$m" >/dev/null 2>&1
-        s=$("$carry/strata" bench -m "$m" --gpu 0 -p 512 -n 128 -r 3 2>>"$out/bench.log" | awk -F'|' '/pp512|tg128/ {print $6}' | awk '{print $1}')
-        l=$("$build/bin/llama-bench" -m "$m" -ngl 99 -p 512 -n 128 -r 3 2>>"$out/bench.log" | awk -F'|' '/pp512|tg128/ {print $(NF-1)}' | awk '{print $1}')
+        m="$dir/llama-${PRESET:-8b}-$q.gguf"
+        [[ -f $m ]] || "$carry/strata" synth --arch llama --preset "${PRESET:-8b}" --quant "$q" -o "$m" >/dev/null 2>&1
+        s=$("$carry/strata" bench -m "$m" $gpu_flag -p 512 -n 128 -r 3 2>>"$out/bench.log" | tee -a "$out/bench.log" | awk -F'|' '/pp512|tg128/ {print $6}' | awk '{print $1}')
+        l=$("$llama_bench" -m "$m" -ngl 99 -p 512 -n 128 -r 3 2>>"$out/bench.log" | awk -F'|' '/pp512|tg128/ {print $(NF-1)}' | awk '{print $1}')
         read -r s_pp s_tg <<<"$(echo $s)"
         read -r l_pp l_tg <<<"$(echo $l)"
-        printf '| 8B %s | %s | %s | %.2fx | %s | %s | %.2fx |\n' "$q" "$s_pp" "$l_pp" "$(echo "$s_pp / $l_pp" | bc -l)" \
-            "$s_tg" "$l_tg" "$(echo "$s_tg / $l_tg" | bc -l)" | tee -a "$out/bench.md"
+        awk -v p="${PRESET:-8b} $q" -v sp="$s_pp" -v lp="$l_pp" -v st="$s_tg" -v lt="$l_tg" \
+            'BEGIN { printf "| %s | %s | %s | %.2fx | %s | %s | %.2fx |\n", p, sp, lp, sp / lp, st, lt, st / lt }' | tee -a "$out/bench.md"
+        grep -h 'memory-bound limit' "$out/bench.log" | tail -1 | tee -a "$out/bench.md" || true
     done
     ;;
 

@@ -37,6 +37,20 @@ fn synth_models_of_every_architecture_inspect_and_generate() {
         let p = path.to_str().unwrap();
         let info = ok(&strata(&["inspect", p]));
         assert!(info.contains(&format!("architecture:  {arch}")), "{info}");
+        // llama.cpp loads synth models too (the GPU benchmarks compare on
+        // them): it knows the pre-tokenizer name and wants string merges.
+        let f = strata_model::GgufFile::open(&path).unwrap();
+        assert_eq!(f.get_str("tokenizer.ggml.pre"), Some("gpt-2"));
+        match f.metadata.get("tokenizer.ggml.merges") {
+            Some(strata_model::MetaValue::Array(m)) => {
+                assert!(
+                    !m.is_empty()
+                        && m.iter()
+                            .all(|v| matches!(v, strata_model::MetaValue::String(_)))
+                )
+            }
+            other => panic!("{arch}: merges {other:?}"),
+        }
         assert!(info.contains("layers:        3"), "{info}");
         let text = ok(&strata(&[
             "generate",

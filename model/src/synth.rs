@@ -3,7 +3,7 @@
 //!
 //! Weights are valid quantized blocks (a pool of randomly drawn rows,
 //! quantized with the reference quantizers and cycled), so every kernel
-//! reads realistic data; the tokenizer is byte-level BPE with no merges.
+//! reads realistic data; the tokenizer is byte-level BPE with one merge.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -392,8 +392,10 @@ fn write_tensor_data(
     Ok(())
 }
 
-/// GPT-2 byte-level BPE with no merges: each byte is a token; the rest of
-/// the vocabulary is filler so the embedding and head have the real size.
+/// GPT-2 byte-level BPE with one merge ("ĠĠ", two spaces): each byte is a
+/// token; the rest of the vocabulary is filler so the embedding and head
+/// have the real size. (One merge, not none: an empty array has no element
+/// type, and llama.cpp refuses merges that are not strings.)
 fn add_tokenizer(w: &mut GgufWriter, vocab_size: usize) {
     let byte_chars = gpt2_byte_chars();
     let mut tokens = Vec::with_capacity(vocab_size);
@@ -406,6 +408,8 @@ fn add_tokenizer(w: &mut GgufWriter, vocab_size: usize) {
         tokens.push(MetaValue::String(name.into()));
         types.push(MetaValue::I32(3));
     }
+    tokens.push(MetaValue::String("ĠĠ".into()));
+    types.push(MetaValue::I32(1));
     while tokens.len() < vocab_size {
         tokens.push(MetaValue::String(format!("<synth_{}>", tokens.len())));
         types.push(MetaValue::I32(4));
@@ -413,10 +417,13 @@ fn add_tokenizer(w: &mut GgufWriter, vocab_size: usize) {
     tokens.truncate(vocab_size);
     types.truncate(vocab_size);
     w.add_metadata("tokenizer.ggml.model", MetaValue::String("gpt2".into()));
-    w.add_metadata("tokenizer.ggml.pre", MetaValue::String("gpt2".into()));
+    w.add_metadata("tokenizer.ggml.pre", MetaValue::String("gpt-2".into()));
     w.add_metadata("tokenizer.ggml.tokens", MetaValue::Array(tokens));
     w.add_metadata("tokenizer.ggml.token_type", MetaValue::Array(types));
-    w.add_metadata("tokenizer.ggml.merges", MetaValue::Array(Vec::new()));
+    w.add_metadata(
+        "tokenizer.ggml.merges",
+        MetaValue::Array(vec![MetaValue::String("Ġ Ġ".into())]),
+    );
     w.add_metadata("tokenizer.ggml.bos_token_id", MetaValue::U32(256));
     w.add_metadata("tokenizer.ggml.eos_token_id", MetaValue::U32(258));
     w.add_metadata("tokenizer.ggml.add_bos_token", MetaValue::Bool(false));
