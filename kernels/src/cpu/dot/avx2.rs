@@ -19,6 +19,28 @@ pub fn detected() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
+/// Whether AVX-512 VNNI (with 256-bit forms) is there too.
+pub fn vnni_detected() -> bool {
+    detected() && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+}
+
+/// [`kernels_x4`] with the legacy types' VNNI loops (same bits).
+pub fn kernels_x4_vnni() -> Vec<(GgmlType, DotFnX4)> {
+    let mut k = kernels_x4();
+    for (t, f) in [
+        (GgmlType::Q8_0, q8_0_x4_vnni as DotFnX4),
+        (GgmlType::Q4_0, q4_0_x4_vnni),
+        (GgmlType::Q5_0, q5_0_x4_vnni),
+        (GgmlType::Q4_1, q4_1_x4_vnni),
+        (GgmlType::Q5_1, q5_1_x4_vnni),
+    ] {
+        if let Some(e) = k.iter_mut().find(|e| e.0 == t) {
+            e.1 = f;
+        }
+    }
+    k
+}
+
 /// The types with an AVX2 kernel.
 pub fn kernels() -> Vec<(GgmlType, DotFn)> {
     vec![
@@ -505,90 +527,155 @@ fn tail(from: usize, n: usize, x: &[u8], wv: impl Fn(usize) -> f32) -> f32 {
 
 const T: usize = TOKENS;
 
+// The legacy-type loops exist twice: with AVX2's `vpmaddubsw` + `vpmaddwd`,
+// and with AVX-512 VNNI's single `vpdpbusd`. The integer sums are the same
+// (no pair can saturate `vpmaddubsw`: levels and activations are at most
+// 127 in magnitude, so a pair sums to at most 32258), so both give the same
+// bits as `vec_dot`.
+
+/// `dot_us8` with VNNI.
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_q8_0_x4(
-    n: usize,
-    w: &[u8],
-    wb: usize,
-    x: [&[u8]; T],
-    level: impl Fn(*const u8) -> __m256i,
-) -> [f32; T] {
-    let mut acc = [_mm256_setzero_ps(); T];
-    let pw = w.as_ptr();
-    for i in 0..n / 32 {
-        let bw = pw.add(i * wb);
-        let dw = f16x8(w, i * wb);
-        let lw = level(bw);
-        for t in 0..T {
-            let d = _mm256_mul_ps(dw, f16x8(x[t], i * 34));
-            let q = dot_s8(lw, load(x[t].as_ptr().add(i * 34 + 2)));
-            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc[t]);
-        }
-    }
-    std::array::from_fn(|t| hsum(acc[t]))
+#[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+unsafe fn dot_us8_vnni(a: __m256i, b: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b)
+}
+
+/// `dot_s8` with VNNI.
+#[inline]
+#[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+unsafe fn dot_s8_vnni(a: __m256i, b: __m256i) -> __m256i {
+    dot_us8_vnni(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
+}
+
+/// Levels of one block: Q4_0, Q5_0 (signed) and Q5_1 (unsigned).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn levels_q4_0(b: *const u8) -> __m256i {
+    _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8))
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_q8_1_x4(
-    n: usize,
-    w: &[u8],
-    wb: usize,
-    x: [&[u8]; T],
-    level: impl Fn(*const u8) -> __m256i,
-) -> [f32; T] {
-    let mut acc = [_mm256_setzero_ps(); T];
-    let mut mins = [_mm256_setzero_ps(); T];
-    let pw = w.as_ptr();
-    for i in 0..n / 32 {
-        let (ow, ox) = (i * wb, i * 36);
-        let (dw, mw) = (f16x8(w, ow), f16x8(w, ow + 2));
-        let lw = level(pw.add(ow));
-        for t in 0..T {
-            mins[t] = _mm256_fmadd_ps(mw, f16x8(x[t], ox + 2), mins[t]);
-            let d = _mm256_mul_ps(dw, f16x8(x[t], ox));
-            let q = dot_us8(lw, load(x[t].as_ptr().add(ox + 4)));
-            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc[t]);
+#[target_feature(enable = "avx2")]
+unsafe fn levels_q5_0(b: *const u8) -> __m256i {
+    let qh = u32::from_le_bytes(std::ptr::read_unaligned(b.add(2) as *const [u8; 4]));
+    let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
+    _mm256_or_si256(nibbles(b.add(6)), hi)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn levels_q5_1(b: *const u8) -> __m256i {
+    let qh = u32::from_le_bytes(std::ptr::read_unaligned(b.add(4) as *const [u8; 4]));
+    let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
+    _mm256_or_si256(nibbles(b.add(8)), hi)
+}
+
+/// The two block loops (against Q8_0 and Q8_1 activations) and the five
+/// per-type kernels, for one instruction set.
+macro_rules! legacy_x4_kernels {
+    ($features:literal, $dot_s8:ident, $dot_us8:ident, $sum0:ident, $sum1:ident,
+     $q8_0:ident, $q4_0:ident, $q5_0:ident, $q4_1:ident, $q5_1:ident) => {
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $sum0(
+            n: usize,
+            w: &[u8],
+            wb: usize,
+            x: [&[u8]; T],
+            level: impl Fn(*const u8) -> __m256i,
+        ) -> [f32; T] {
+            let mut acc = [_mm256_setzero_ps(); T];
+            let pw = w.as_ptr();
+            for i in 0..n / 32 {
+                let bw = pw.add(i * wb);
+                let dw = f16x8(w, i * wb);
+                let lw = level(bw);
+                for t in 0..T {
+                    let d = _mm256_mul_ps(dw, f16x8(x[t], i * 34));
+                    let q = $dot_s8(lw, load(x[t].as_ptr().add(i * 34 + 2)));
+                    acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc[t]);
+                }
+            }
+            std::array::from_fn(|t| hsum(acc[t]))
         }
-    }
-    std::array::from_fn(|t| hsum(acc[t]) + _mm256_cvtss_f32(mins[t]))
+
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $sum1(
+            n: usize,
+            w: &[u8],
+            wb: usize,
+            x: [&[u8]; T],
+            level: impl Fn(*const u8) -> __m256i,
+        ) -> [f32; T] {
+            let mut acc = [_mm256_setzero_ps(); T];
+            let mut mins = [_mm256_setzero_ps(); T];
+            let pw = w.as_ptr();
+            for i in 0..n / 32 {
+                let (ow, ox) = (i * wb, i * 36);
+                let (dw, mw) = (f16x8(w, ow), f16x8(w, ow + 2));
+                let lw = level(pw.add(ow));
+                for t in 0..T {
+                    mins[t] = _mm256_fmadd_ps(mw, f16x8(x[t], ox + 2), mins[t]);
+                    let d = _mm256_mul_ps(dw, f16x8(x[t], ox));
+                    let q = $dot_us8(lw, load(x[t].as_ptr().add(ox + 4)));
+                    acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc[t]);
+                }
+            }
+            std::array::from_fn(|t| hsum(acc[t]) + _mm256_cvtss_f32(mins[t]))
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn $q8_0(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+            $sum0(n, w, 34, x, |b| load(b.add(2)))
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn $q4_0(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+            $sum0(n, w, 18, x, |b| levels_q4_0(b))
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn $q5_0(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+            $sum0(n, w, 22, x, |b| levels_q5_0(b))
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn $q4_1(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+            $sum1(n, w, 20, x, |b| nibbles(b.add(4)))
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn $q5_1(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+            $sum1(n, w, 24, x, |b| levels_q5_1(b))
+        }
+    };
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
-    sum_q8_0_x4(n, w, 34, x, |b| load(b.add(2)))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_0_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
-    sum_q8_0_x4(n, w, 18, x, |b| {
-        _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8))
-    })
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_0_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
-    sum_q8_0_x4(n, w, 22, x, |b| {
-        let qh = u32::from_le_bytes(std::ptr::read_unaligned(b.add(2) as *const [u8; 4]));
-        let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
-        _mm256_or_si256(nibbles(b.add(6)), hi)
-    })
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
-    sum_q8_1_x4(n, w, 20, x, |b| nibbles(b.add(4)))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_1_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
-    sum_q8_1_x4(n, w, 24, x, |b| {
-        let qh = u32::from_le_bytes(std::ptr::read_unaligned(b.add(4) as *const [u8; 4]));
-        let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
-        _mm256_or_si256(nibbles(b.add(8)), hi)
-    })
-}
+legacy_x4_kernels!(
+    "avx2,fma,f16c",
+    dot_s8,
+    dot_us8,
+    sum_q8_0_x4,
+    sum_q8_1_x4,
+    q8_0_x4,
+    q4_0_x4,
+    q5_0_x4,
+    q4_1_x4,
+    q5_1_x4
+);
+legacy_x4_kernels!(
+    "avx2,fma,f16c,avx512vnni,avx512vl",
+    dot_s8_vnni,
+    dot_us8_vnni,
+    sum_q8_0_x4_vnni,
+    sum_q8_1_x4_vnni,
+    q8_0_x4_vnni,
+    q4_0_x4_vnni,
+    q5_0_x4_vnni,
+    q4_1_x4_vnni,
+    q5_1_x4_vnni
+);
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

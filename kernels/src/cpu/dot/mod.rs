@@ -237,7 +237,7 @@ pub fn vec_dot_scalar(weight: GgmlType, n: usize, w_row: &[u8], x: &[u8]) -> f32
     scalar_kernel(weight)(n, w_row, x)
 }
 
-/// The instruction set `vec_dot` uses ("avx2" or "scalar").
+/// The instruction set `vec_dot` uses ("avx2+vnni", "avx2" or "scalar").
 pub fn simd_name() -> &'static str {
     kernels().name
 }
@@ -318,7 +318,13 @@ fn kernels() -> &'static Kernels {
                 k.table[index(t)] = f;
                 k.simd[index(t)] = true;
             }
-            for (t, f) in avx2::kernels_x4() {
+            let x4 = if avx2::vnni_detected() {
+                k.name = "avx2+vnni";
+                avx2::kernels_x4_vnni()
+            } else {
+                avx2::kernels_x4()
+            };
+            for (t, f) in x4 {
                 k.table_x4[index(t)] = Some(f);
             }
         }

@@ -167,7 +167,12 @@ fn avx2_covers_every_type() {
     for t in GgmlType::ALL {
         assert!(has_simd(t), "{t} has no AVX2 kernel");
     }
-    assert_eq!(simd_name(), "avx2");
+    let expected = if avx2::vnni_detected() {
+        "avx2+vnni"
+    } else {
+        "avx2"
+    };
+    assert_eq!(simd_name(), expected);
 }
 
 #[test]
