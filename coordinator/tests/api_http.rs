@@ -110,6 +110,23 @@ fn loading_is_503_and_keys_are_checked_first() {
     let (status, body) = call("GET", &format!("{base}/v2/nothing"), None, "");
     assert_eq!(status, 404, "{body}");
 
+    // A body past the limit is refused in OpenAI's shape, not as plain text.
+    let big = format!(
+        r#"{{"prompt":"{}"}}"#,
+        "x".repeat(strata_coordinator::api::server::MAX_BODY_BYTES)
+    );
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/v1/completions"),
+        Some("sekrit"),
+        &big,
+    );
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body.contains("invalid_request_error") && body.contains("request body"),
+        "{body}"
+    );
+
     state.set_failed("worker 10.0.0.3:7070: connection refused");
     let (status, body) = call("GET", &format!("{base}/health"), None, "");
     assert_eq!(status, 503);

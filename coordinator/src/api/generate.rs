@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -27,20 +28,26 @@ use crate::engine::{EngineError, GenerationRequest};
 /// llama.cpp's default window for repetition penalties.
 const PENALTY_LAST_N: u32 = 64;
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
+/// The JSON body, or an OpenAI-shaped error (413 past the body limit).
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| ApiError {
+        status: e.status(),
+        ..ApiError::invalid(None, format!("request body: {}", e.body_text()))
+    })?;
+    serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(None, format!("invalid request body: {e}")))
 }
 
 pub async fn chat_completions(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     st.authorize(&headers)?;
-    let ready = st.ready()?;
-    let req: ChatRequest = parse(&body)?;
+    // A bad request is a 400 whether or not the model is up yet.
+    let req: ChatRequest = parse(body)?;
     let params = req.params()?;
+    let ready = st.ready()?;
     let messages: Vec<ChatMessage> = req
         .text_messages()?
         .into_iter()
@@ -62,12 +69,12 @@ pub async fn chat_completions(
 pub async fn completions(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     st.authorize(&headers)?;
-    let ready = st.ready()?;
-    let req: CompletionRequest = parse(&body)?;
+    let req: CompletionRequest = parse(body)?;
     let params = req.params()?;
+    let ready = st.ready()?;
     let tok = &ready.tokenizer;
     let prompt = match &req.prompt {
         PromptField::Text(t) => tok.encode(t, tok.add_bos(), true),

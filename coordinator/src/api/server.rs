@@ -103,6 +103,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Largest request body: a chat of ~1M tokens of text, far past any context.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+
 /// The OpenAI routes plus `/health` and `/metrics`.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -118,6 +121,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
