@@ -58,6 +58,27 @@ impl WeightShape {
             row_bytes,
         })
     }
+
+    /// 1-D weights (norms, biases, rope factors) as f32, which every
+    /// backend keeps beside the raw bytes; `None` for matrices.
+    pub fn vector_f32(
+        &self,
+        name: &str,
+        dtype: GgmlType,
+        bytes: &[u8],
+    ) -> Result<Option<Vec<f32>>, KernelError> {
+        if self.rows != 1 {
+            return Ok(None);
+        }
+        let mut v = vec![0f32; self.cols];
+        strata_model::quant::dequantize_row(dtype, bytes, &mut v).map_err(|e| {
+            KernelError::BadWeight {
+                name: name.to_string(),
+                what: e.to_string(),
+            }
+        })?;
+        Ok(Some(v))
+    }
 }
 
 /// RoPE of one layer.

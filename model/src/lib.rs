@@ -7,6 +7,7 @@
 //! - [`arch`]: hyper-parameters of the supported architectures, from metadata.
 //! - [`profile`]: per-layer memory profile, what the planner stands on.
 //! - [`tokenizer`], [`chat`]: text in and out.
+//! - [`units`]: byte sizes as flags take them and tables print them.
 
 pub mod arch;
 pub mod chat;
@@ -16,6 +17,7 @@ pub mod quant;
 pub mod slice;
 pub mod synth;
 pub mod tokenizer;
+pub mod units;
 
 pub use gguf::{GgufFile, MetaValue, TensorInfo};
 pub use quant::GgmlType;

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use strata_model::arch::HyperParams;
 use strata_model::profile::{KvType, MemoryProfile};
 
-use super::human_bytes;
+use strata_model::units::format_bytes;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -59,21 +59,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "tensors:       {} ({})",
         f.tensors.len(),
-        human_bytes(f.tensor_bytes())
+        format_bytes(f.tensor_bytes())
     );
     for (ty, (n, bytes)) in &by_type {
-        println!("  {ty:<6} {n:>5} tensors  {:>12}", human_bytes(*bytes));
+        println!("  {ty:<6} {n:>5} tensors  {:>12}", format_bytes(*bytes));
     }
 
     let p = MemoryProfile::from_gguf(&f, &hp);
     println!("memory profile:");
     println!(
         "  embedding          {:>12}",
-        human_bytes(p.embedding_bytes)
+        format_bytes(p.embedding_bytes)
     );
     println!(
         "  output head        {:>12}{}",
-        human_bytes(p.head_bytes),
+        format_bytes(p.head_bytes),
         if p.tied_embeddings {
             " (tied to the embedding)"
         } else {
@@ -84,7 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (i, l) in p.layers.iter().enumerate() {
         println!(
             "  {i:>5}  {:>12}  {:>12}  {:>12}{}",
-            human_bytes(l.weight_bytes),
+            format_bytes(l.weight_bytes),
             format!("{} B", l.kv_bytes_per_token(KvType::F16)),
             format!("{} B", l.kv_bytes_per_token(KvType::Q8_0)),
             l.kv_window_tokens

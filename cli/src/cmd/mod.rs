@@ -142,16 +142,6 @@ pub fn open(path: &Path) -> anyhow::Result<GgufFile> {
     Ok(GgufFile::open(path)?)
 }
 
-/// Bytes as GiB/MiB for tables.
-pub fn human_bytes(b: u64) -> String {
-    const MIB: f64 = 1024.0 * 1024.0;
-    if b as f64 >= 1024.0 * MIB {
-        format!("{:.2} GiB", b as f64 / (1024.0 * MIB))
-    } else {
-        format!("{:.1} MiB", b as f64 / MIB)
-    }
-}
-
 /// The cluster token from `--token` or `--token-file` (whitespace around it
 /// ignored); `None` when neither was given.
 pub fn read_token(token: Option<&str>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
@@ -169,7 +159,7 @@ pub fn read_token(token: Option<&str>, file: Option<&Path>) -> anyhow::Result<Op
 
 /// `--mem-budget` style sizes: 12GiB, 512MiB, 16G.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    strata_worker::service::system::parse_bytes(s)
+    strata_model::units::parse_bytes(s)
 }
 
 /// A worker service on the GPU when there is one (see [`DeviceArgs`]), else

@@ -40,6 +40,17 @@ impl ResponseMeta {
     }
 }
 
+impl ResponseMeta {
+    /// The `object` field of a whole response or of a stream chunk.
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.endpoint, chunk) {
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Completion, _) => "text_completion",
+        }
+    }
+}
+
 pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
     json!({
         "prompt_tokens": prompt_tokens,
@@ -111,10 +122,7 @@ pub fn response(
             "finish_reason": finish_reason,
         }),
     };
-    let object = match meta.endpoint {
-        Endpoint::Chat => "chat.completion",
-        Endpoint::Completion => "text_completion",
-    };
+    let object = meta.object(false);
     json!({
         "id": meta.id,
         "object": object,
@@ -149,10 +157,7 @@ pub fn chunk(
             json!({"index": 0, "text": text, "logprobs": logprobs(meta, tokens, text_offset), "finish_reason": finish_reason})
         }
     };
-    let object = match meta.endpoint {
-        Endpoint::Chat => "chat.completion.chunk",
-        Endpoint::Completion => "text_completion",
-    };
+    let object = meta.object(true);
     json!({
         "id": meta.id,
         "object": object,
@@ -165,9 +170,6 @@ pub fn chunk(
 
 /// The usage chunk of a stream that asked for `include_usage`: no choices.
 pub fn usage_chunk(meta: &ResponseMeta, usage: Value) -> Value {
-    let object = match meta.endpoint {
-        Endpoint::Chat => "chat.completion.chunk",
-        Endpoint::Completion => "text_completion",
-    };
+    let object = meta.object(true);
     json!({"id": meta.id, "object": object, "created": meta.created, "model": meta.model, "choices": [], "usage": usage})
 }

@@ -50,7 +50,8 @@ struct Runner {
     seqs: Vec<Seq>,
     queue: VecDeque<(u64, GenerationRequest, mpsc::UnboundedSender<Event>)>,
     in_flight: HashMap<u64, InFlight>,
-    group_busy: Vec<bool>,
+    /// Micro-batch groups (one batch in flight each at most).
+    groups: usize,
     next_batch: u64,
     frames: mpsc::Sender<v1::BatchFrame>,
     release_client: WorkerClient,
@@ -75,7 +76,7 @@ pub(super) async fn spawn(
         seqs: Vec::new(),
         queue: VecDeque::new(),
         in_flight: HashMap::new(),
-        group_busy: vec![false; groups],
+        groups,
         next_batch: 1,
         frames,
         release_client: stage0,
@@ -132,7 +133,7 @@ impl Runner {
                 self.stats.on_retire(true, false);
                 continue;
             }
-            let group = (0..self.group_busy.len())
+            let group = (0..self.groups)
                 .min_by_key(|g| self.seqs.iter().filter(|s| s.group == *g).count())
                 .unwrap_or(0);
             let room = self.config.ctx_size.saturating_sub(req.prompt.len());
@@ -167,8 +168,8 @@ impl Runner {
             }
             return;
         }
-        for group in 0..self.group_busy.len() {
-            if self.group_busy[group] {
+        for group in 0..self.groups {
+            if self.in_flight.values().any(|b| b.group == group) {
                 continue;
             }
             let progress: Vec<SeqProgress> = self
@@ -220,7 +221,6 @@ impl Runner {
                 act_dtype: 0,
             };
             tracing::debug!(batch_id, group, n_tokens, seqs = entries.len(), "send");
-            self.group_busy[group] = true;
             self.in_flight.insert(batch_id, InFlight { group, entries });
             self.stats.on_batch_sent(n_tokens);
             if self.frames.send(frame).await.is_err() {
@@ -238,7 +238,6 @@ impl Runner {
             tracing::warn!("reply for unknown batch {}", reply.batch_id);
             return;
         };
-        self.group_busy[batch.group] = false;
         self.stats.on_batch_done(reply.tokens.len());
         let failed = !reply.error.is_empty();
         if failed {
@@ -353,7 +352,6 @@ impl Runner {
             self.stats.on_unqueue();
         }
         self.in_flight.clear();
-        self.group_busy.iter_mut().for_each(|b| *b = false);
     }
 }
 

@@ -84,22 +84,13 @@ impl Backend for CpuBackend {
         dims: &[u64],
         bytes: &[u8],
     ) -> Result<CpuWeight, KernelError> {
+        let shape = WeightShape::of(name, dtype, dims, bytes.len())?;
+        let f32 = shape.vector_f32(name, dtype, bytes)?;
         let WeightShape {
             rows,
             cols,
             row_bytes,
-        } = WeightShape::of(name, dtype, dims, bytes.len())?;
-        let bad = |what: String| KernelError::BadWeight {
-            name: name.to_string(),
-            what,
-        };
-        let f32 = if rows == 1 {
-            let mut v = vec![0f32; cols];
-            dequantize_row(dtype, bytes, &mut v).map_err(|e| bad(e.to_string()))?;
-            Some(v)
-        } else {
-            None
-        };
+        } = shape;
         Ok(CpuWeight {
             name: name.to_string(),
             dtype,

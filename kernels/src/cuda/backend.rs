@@ -20,7 +20,6 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use strata_model::arch::{Activation, RopeStyle};
 use strata_model::profile::KvType;
-use strata_model::quant::dequantize_row;
 use strata_model::GgmlType;
 
 use super::compile::cached_cubin;
@@ -71,6 +70,9 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     functions: HashMap<&'static str, CudaFunction>,
+    /// `mmv_*` / `mmvq_*` and `embed_*` by weight type.
+    matvec: HashMap<GgmlType, CudaFunction>,
+    embed: HashMap<GgmlType, CudaFunction>,
     device_name: String,
     compute_capability: (u32, u32),
 }
@@ -112,11 +114,36 @@ impl CudaBackend {
                 "kernel {missing} is in no compiled module"
             )));
         }
+        // Per weight type, the matvec and embedding kernels, looked up once
+        // here rather than by name on every op.
+        let mut matvec = HashMap::new();
+        let mut embed = HashMap::new();
+        for dtype in GgmlType::ALL {
+            let Some(suffix) = Self::kernel_suffix(dtype) else {
+                continue;
+            };
+            let prefix = if Self::is_float(dtype) {
+                "mmv_"
+            } else {
+                "mmvq_"
+            };
+            for (table, name) in [
+                (&mut matvec, format!("{prefix}{suffix}")),
+                (&mut embed, format!("embed_{suffix}")),
+            ] {
+                let f = functions.get(name.as_str()).ok_or_else(|| {
+                    KernelError::Invalid(format!("kernel {name} is in no compiled module"))
+                })?;
+                table.insert(dtype, f.clone());
+            }
+        }
         let stream = ctx.default_stream();
         Ok(CudaBackend {
             ctx,
             stream,
             functions,
+            matvec,
+            embed,
             device_name,
             compute_capability: (major, minor),
         })
@@ -242,14 +269,11 @@ impl CudaBackend {
         matches!(dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
     }
 
-    /// Looks up a per-type kernel by name, e.g. `mmvq_` + `q4_k`.
-    fn typed(&self, prefix: &str, dtype: GgmlType) -> &CudaFunction {
-        let suffix = Self::kernel_suffix(dtype).unwrap_or_else(|| fail("weight type", dtype));
-        let name = KERNELS
-            .iter()
-            .find(|k| k.strip_prefix(prefix) == Some(suffix))
-            .unwrap_or_else(|| fail("kernel lookup", format!("{prefix}{suffix}")));
-        self.f(name)
+    /// The per-type kernel of `table` (types without one are refused at load).
+    fn typed(table: &HashMap<GgmlType, CudaFunction>, dtype: GgmlType) -> &CudaFunction {
+        table
+            .get(&dtype)
+            .unwrap_or_else(|| fail("weight type", dtype))
     }
 }
 
@@ -278,29 +302,26 @@ impl Backend for CudaBackend {
         dims: &[u64],
         bytes: &[u8],
     ) -> Result<CudaWeight, KernelError> {
-        let bad = |what: String| KernelError::BadWeight {
-            name: name.to_string(),
-            what,
-        };
         if Self::kernel_suffix(dtype).is_none() {
-            return Err(bad(format!("type {dtype} has no CUDA kernel")));
+            return Err(KernelError::BadWeight {
+                name: name.to_string(),
+                what: format!("type {dtype} has no CUDA kernel"),
+            });
         }
+        let shape = WeightShape::of(name, dtype, dims, bytes.len())?;
         let WeightShape {
             rows,
             cols,
             row_bytes,
-        } = WeightShape::of(name, dtype, dims, bytes.len())?;
+        } = shape;
         let oom = |e: cudarc::driver::DriverError| KernelError::OutOfMemory {
             backend: self.name(),
             bytes: bytes.len() as u64,
             what: format!("{name}: {e}"),
         };
-        let f32 = if rows == 1 {
-            let mut v = vec![0f32; cols];
-            dequantize_row(dtype, bytes, &mut v).map_err(|e| bad(e.to_string()))?;
-            Some(self.stream.clone_htod(&v).map_err(oom)?)
-        } else {
-            None
+        let f32 = match shape.vector_f32(name, dtype, bytes)? {
+            Some(v) => Some(self.stream.clone_htod(&v).map_err(oom)?),
+            None => None,
         };
         let data = self.stream.clone_htod(bytes).map_err(oom)?;
         Ok(CudaWeight {
@@ -412,7 +433,7 @@ impl Backend for CudaBackend {
         };
         let mut b = self
             .stream
-            .launch_builder(self.typed("embed_", table.dtype));
+            .launch_builder(Self::typed(&self.embed, table.dtype));
         b.arg(&table.data)
             .arg(&row_bytes)
             .arg(&ids_dev)
@@ -463,7 +484,7 @@ impl Backend for CudaBackend {
         let mut out = self.zeros_f32(x.rows * w.rows);
         if Self::is_float(w.dtype) {
             self.matvec_groups(
-                self.typed("mmv_", w.dtype),
+                Self::typed(&self.matvec, w.dtype),
                 w,
                 &x.buf,
                 x.cols,
@@ -484,7 +505,7 @@ impl Backend for CudaBackend {
                 .unwrap_or_else(|e| fail("quantize_act", e));
             let per_token = chunks * ACT_CHUNK_BYTES;
             self.matvec_groups(
-                self.typed("mmvq_", w.dtype),
+                Self::typed(&self.matvec, w.dtype),
                 w,
                 &xq,
                 per_token,
