@@ -65,7 +65,9 @@ fn stage_ranges(server: &Server) -> Vec<String> {
         .collect()
 }
 
-fn run_three_workers(file: &str, reference_name: &str, budgets: [&str; 3]) {
+/// `whole_reference`: the model's greedy text matches llama.cpp's past its
+/// near-ties too (SmolLM2 does in one process, `cli.rs`; Gemma-3 flips at one).
+fn run_three_workers(file: &str, reference_name: &str, budgets: [&str; 3], whole_reference: bool) {
     let model_path = model(file);
     // One worker reads its own copy; the others get their slices pushed.
     let model_dir = tempfile::tempdir().unwrap();
@@ -144,8 +146,12 @@ fn run_three_workers(file: &str, reference_name: &str, budgets: [&str; 3]) {
         text.starts_with(&sure_prefix),
         "vs llama.cpp: {text:?} does not start with {sure_prefix:?}"
     );
-    if sure_prefix.len() == r["greedy"][0]["content"].as_str().unwrap().len() {
-        assert_eq!(text, r["greedy"][0]["content"].as_str().unwrap());
+    if whole_reference {
+        assert_eq!(
+            text,
+            r["greedy"][0]["content"].as_str().unwrap(),
+            "vs llama.cpp's whole greedy text"
+        );
     }
     assert_eq!(body["usage"]["completion_tokens"], n);
     assert_eq!(
@@ -196,12 +202,17 @@ fn run_three_workers(file: &str, reference_name: &str, budgets: [&str; 3]) {
 
 #[test]
 fn three_workers_serve_smollm2_token_for_token() {
-    run_three_workers(SMOLLM2, "smollm2-135m", ["150MiB", "125MiB", "120MiB"]);
+    run_three_workers(
+        SMOLLM2,
+        "smollm2-135m",
+        ["150MiB", "125MiB", "120MiB"],
+        true,
+    );
 }
 
 #[test]
 fn three_workers_serve_gemma3_token_for_token() {
-    run_three_workers(GEMMA3, "gemma3-270m", ["285MiB", "295MiB", "140MiB"]);
+    run_three_workers(GEMMA3, "gemma3-270m", ["285MiB", "295MiB", "140MiB"], false);
 }
 
 #[test]
