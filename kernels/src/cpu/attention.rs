@@ -109,7 +109,8 @@ impl CpuKvCache {
                     }
                     let vh = &vpool[s * vd + kvh * hdv..s * vd + (kvh + 1) * hdv];
                     (k.mad)(acc, vh, vs);
-                    sum = sum * ms + vs;
+                    // GCC fuses this in ggml (-ffp-contract=fast).
+                    sum = sum.mul_add(ms, vs);
                 }
                 p0 += n;
             }
@@ -144,11 +145,36 @@ impl CpuKvCache {
 /// Key positions scored at once.
 const LANES: usize = 8;
 
+/// `q . k` as ggml's AVX-512 `ggml_vec_dot_f16` sums it: 64-value chunks
+/// accumulated into 4 x 16 f32 lanes, the four vectors added pairwise
+/// ((0 + 2) + (1 + 3)), the 16 lanes reduced as GCC's
+/// `_mm512_reduce_add_ps`, and the leftover products added in f64.
+fn dot_f16_ggml(n: usize, q: impl Fn(usize) -> f32, k: impl Fn(usize) -> f32) -> f32 {
+    let np = n & !63;
+    let mut acc = [[0f32; 16]; 4];
+    for c in (0..np).step_by(64) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, a) in a.iter_mut().enumerate() {
+                let i = c + 16 * j + l;
+                *a += k(i) * q(i);
+            }
+        }
+    }
+    let v: [f32; 16] =
+        std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    let t3: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
+    let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
+    let mut sum = ((t6[0] + t6[2]) + (t6[1] + t6[3])) as f64;
+    for i in np..n {
+        sum += (k(i) * q(i)) as f64;
+    }
+    sum as f32
+}
+
 /// The per-head vector kernels of [`CpuKvCache::attend`]; SIMD ones give
 /// the same bits as the portable ones.
 struct HeadKernels {
-    /// Q.K for LANES key rows: each a plain left-to-right f32 sum of the
-    /// (exact) products of the f16-rounded Q and the f16 K.
+    /// Q.K for LANES key rows, each summed as [`dot_f16_ggml`].
     scores: fn(&[f32], [&[f16]; LANES]) -> [f32; LANES],
     /// acc = f16(acc * s)
     scale: fn(&mut [f16], f32),
@@ -182,7 +208,7 @@ mod portable {
     use super::LANES;
 
     pub fn scores(q: &[f32], k: [&[f16]; LANES]) -> [f32; LANES] {
-        k.map(|k| q.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum::<f32>())
+        k.map(|k| super::dot_f16_ggml(q.len(), |i| q[i], |i| k[i].to_f32()))
     }
 
     pub fn scale_f16(acc: &mut [f16], s: f32) {
@@ -220,56 +246,36 @@ mod simd {
         )
     }
 
-    /// Eight key rows at once, one per lane: 8x8 tiles of K transposed so
-    /// each lane adds its products in the order the portable sum does.
+    /// Each key row summed as [`super::dot_f16_ggml`]: 64-value chunks into
+    /// 4 x 16 lanes (here 8 registers), then ggml's reduction tree.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn scores(q: &[f32], k: [&[f16]; LANES]) -> [f32; LANES] {
         let n = q.len();
-        if n % 8 != 0 || k.iter().any(|k| k.len() != n) {
+        if k.iter().any(|k| k.len() != n) {
             return super::portable::scores(q, k);
         }
-        // -0.0: the start of `Iterator::sum` for f32.
-        let mut acc = _mm256_set1_ps(-0.0);
-        for d in (0..n).step_by(8) {
-            let r: [__m256; 8] = std::array::from_fn(|j| load8(k[j].as_ptr().add(d)));
-            let c = transpose8(r);
-            for (e, ce) in c.iter().enumerate() {
-                // Separate multiply and add, as the portable code (the product is exact anyway).
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(q[d + e]), *ce));
+        let np = n & !63;
+        k.map(|k| {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for c in (0..np).step_by(64) {
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let at = c + 8 * r;
+                    let x = load8(k.as_ptr().add(at));
+                    // The product of two f16 values is exact: mul + add == fma.
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(x, _mm256_loadu_ps(q.as_ptr().add(at))));
+                }
             }
-        }
-        std::mem::transmute::<__m256, [f32; 8]>(acc)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
-        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-        [
-            _mm256_permute2f128_ps::<0x20>(u0, u4),
-            _mm256_permute2f128_ps::<0x20>(u1, u5),
-            _mm256_permute2f128_ps::<0x20>(u2, u6),
-            _mm256_permute2f128_ps::<0x20>(u3, u7),
-            _mm256_permute2f128_ps::<0x31>(u0, u4),
-            _mm256_permute2f128_ps::<0x31>(u1, u5),
-            _mm256_permute2f128_ps::<0x31>(u2, u6),
-            _mm256_permute2f128_ps::<0x31>(u3, u7),
-        ]
+            // Registers 2j and 2j + 1 hold lanes 0-7 and 8-15 of ggml's sum[j].
+            let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+            let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+            let v: [f32; 8] = std::mem::transmute(_mm256_add_ps(hi, lo));
+            let t6 = [v[4] + v[0], v[5] + v[1], v[6] + v[2], v[7] + v[3]];
+            let mut sum = ((t6[0] + t6[2]) + (t6[1] + t6[3])) as f64;
+            for i in np..n {
+                sum += (k[i].to_f32() * q[i]) as f64;
+            }
+            sum as f32
+        })
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -30,8 +30,10 @@ pub fn rms_norm(x: &CpuAct, w: &[f32], eps: f32) -> CpuAct {
     let per_task = n * (4096 / n).max(1);
     let norm = |chunk: &mut [f32]| {
         for g in chunk.chunks_mut(n) {
-            let ss: f32 = g.iter().map(|v| v * v).sum::<f32>() / n as f32;
-            let s = 1.0 / (ss + eps).sqrt();
+            // As ggml: f32 squares summed in f64, the mean rounded to f32.
+            let ss: f64 = g.iter().map(|v| (v * v) as f64).sum();
+            let mean = (ss / n as f64) as f32;
+            let s = 1.0 / (mean + eps).sqrt();
             g.iter_mut().zip(w).for_each(|(v, w)| *v = *v * s * w);
         }
     };
@@ -43,39 +45,34 @@ pub fn rms_norm(x: &CpuAct, w: &[f32], eps: f32) -> CpuAct {
     out
 }
 
-/// ggml's RoPE without YaRN: theta_i = pos * scale * base^(-2i/dims) / factor_i.
+/// ggml's RoPE without YaRN, in its arithmetic: theta_i = pos * base^(-2/dims)^i
+/// built up by repeated multiplication, then scaled and divided by the
+/// frequency factor; the rotation as GCC contracts it (one fused
+/// multiply-add per output).
 pub fn rope(x: &mut CpuAct, positions: &[u32], cfg: &RopeConfig, freq_factors: Option<&[f32]>) {
     let half = cfg.dims / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| {
-            let f = cfg.freq_base.powf(-2.0 * i as f32 / cfg.dims as f32);
-            f / freq_factors.map_or(1.0, |ff| ff[i])
-        })
-        .collect();
+    let theta_scale = cfg.freq_base.powf(-2.0 / cfg.dims as f32);
     let cols = x.cols;
     let rotate = |(row, &pos): (&mut [f32], &u32)| {
-        let p = pos as f32 * cfg.freq_scale;
-        let cs: Vec<(f32, f32)> = inv_freq
-            .iter()
-            .map(|f| (p * f).sin_cos())
-            .map(|(s, c)| (c, s))
+        let mut theta = pos as f32;
+        let cs: Vec<(f32, f32)> = (0..half)
+            .map(|i| {
+                let ff = freq_factors.map_or(1.0, |ff| ff[i]);
+                let t = cfg.freq_scale * (theta / ff);
+                theta *= theta_scale;
+                (t.cos(), t.sin())
+            })
             .collect();
+        let (stride, offset) = match cfg.style {
+            RopeStyle::Normal => (2, 1),
+            RopeStyle::Neox => (1, half),
+        };
         for head in row.chunks_mut(cfg.head_dim) {
-            match cfg.style {
-                RopeStyle::Normal => {
-                    for (i, &(c, s)) in cs.iter().enumerate() {
-                        let (a, b) = (head[2 * i], head[2 * i + 1]);
-                        head[2 * i] = a * c - b * s;
-                        head[2 * i + 1] = a * s + b * c;
-                    }
-                }
-                RopeStyle::Neox => {
-                    for (i, &(c, s)) in cs.iter().enumerate() {
-                        let (a, b) = (head[i], head[i + half]);
-                        head[i] = a * c - b * s;
-                        head[i + half] = a * s + b * c;
-                    }
-                }
+            for (i, &(c, s)) in cs.iter().enumerate() {
+                let (i0, i1) = (i * stride, i * stride + offset);
+                let (a, b) = (head[i0], head[i1]);
+                head[i0] = a.mul_add(c, -(b * s));
+                head[i1] = a.mul_add(s, b * c);
             }
         }
     };
@@ -91,6 +88,44 @@ pub fn rope(x: &mut CpuAct, positions: &[u32], cfg: &RopeConfig, freq_factors: O
 
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
+}
+
+/// SiLU as ggml's AVX-512 `ggml_v_silu` computes it, lane by lane: its
+/// polynomial `exp` (within 1.5 ulp), then `x / (1 + exp(-x))`.
+pub fn silu_ggml(x: f32) -> f32 {
+    x / (1.0 + expf_ggml(0.0 - x))
+}
+
+/// ggml's AVX-512 `ggml_v_expf` (after ARM's optimized routines) for one lane.
+fn expf_ggml(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
+    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // log2(e)
+    let n = z - r;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35bf_be8e), // 0x1.7f7d1cp-20
+        (-n).mul_add(f32::from_bits(0x3f31_7200), x), // 0x1.62e4p-1
+    );
+    let u = b * b;
+    let j = (f32::from_bits(0x3c07_2010).mul_add(b, f32::from_bits(0x3d2b_9f17))) // 0x1.0e4020p-7, 0x1.573e2ep-5
+        .mul_add(
+            u,
+            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)), // 0x1.555e66p-3, 0x1.fffdb6p-2
+        )
+        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0)); // 0x1.ffffecp-1
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    scalef(j, n)
+}
+
+/// `j * 2^n` rounded once (`vscalefps` for integral `n`).
+fn scalef(j: f32, n: f32) -> f32 {
+    let n = n as i32;
+    if (-126..=127).contains(&n) {
+        j * f32::from_bits(((n + 127) as u32) << 23)
+    } else {
+        (j as f64 * 2f64.powi(n)) as f32
+    }
 }
 
 pub fn gelu_tanh(x: f32) -> f32 {
@@ -122,27 +157,34 @@ fn gelu_table() -> &'static [f16] {
 }
 
 pub fn gated(gate: &CpuAct, up: &CpuAct, act: Activation) -> CpuAct {
-    let f = match act {
-        Activation::Silu => silu,
-        Activation::GeluTanh => gelu_tanh_f16,
+    let cols = gate.cols;
+    // ggml's vector SiLU covers each row in 16-lane steps; the rest of a
+    // row takes its scalar `silu`.
+    let simd_cols = cols & !15;
+    let f = |i: usize, g: f32| match act {
+        Activation::Silu if i % cols < simd_cols => silu_ggml(g),
+        Activation::Silu => silu(g),
+        Activation::GeluTanh => gelu_tanh_f16(g),
     };
     let data = if gate.data.len() <= SERIAL_MAX_VALUES {
         gate.data
             .iter()
             .zip(&up.data)
-            .map(|(&g, &u)| f(g) * u)
+            .enumerate()
+            .map(|(i, (&g, &u))| f(i, g) * u)
             .collect()
     } else {
         gate.data
             .par_iter()
             .zip(&up.data)
-            .map(|(&g, &u)| f(g) * u)
+            .enumerate()
+            .map(|(i, (&g, &u))| f(i, g) * u)
             .collect()
     };
     CpuAct {
         data,
         rows: gate.rows,
-        cols: gate.cols,
+        cols,
     }
 }
 

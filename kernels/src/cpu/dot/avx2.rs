@@ -808,8 +808,8 @@ unsafe fn q6_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
 // ---- Activation quantizer. ----
 
 /// Q8_0 (`q8_1 == false`: f16 d, 32 x i8) or Q8_1 (f16 d, f16 d * sum, 32 x i8)
-/// blocks of `x`: the bytes of `strata_model::quant::quantize_row` (scale
-/// amax / 127, multiply by its inverse, round half away from zero).
+/// blocks of `x`: the bytes of [`super::scalar::quantize_q8`] (ggml's x86
+/// arithmetic: scale amax / 127, multiply by 127 / amax, round half to even).
 ///
 /// # Safety
 /// AVX2 and F16C must be present; `x.len()` a multiple of 32 and `out` its blocks.
@@ -822,8 +822,6 @@ pub unsafe fn quantize_q8(x: &[f32], out: &mut [u8], q8_1: bool) {
         "quantize_q8: lengths"
     );
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-    let sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
-    let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
     for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(bb)) {
         let p = xb.as_ptr();
         let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(p.add(8 * k)));
@@ -833,15 +831,10 @@ pub unsafe fn quantize_q8(x: &[f32], out: &mut [u8], q8_1: bool) {
         let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
         let d = amax / 127.0;
-        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
         let q: [__m256i; 4] = std::array::from_fn(|k| {
             let s = _mm256_mul_ps(v[k], id);
-            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(s);
-            // |s - trunc(s)| is exact; at 0.5 or more, step away from zero.
-            let away =
-                _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_and_ps(_mm256_sub_ps(s, t), abs_mask), half);
-            let step = _mm256_or_ps(_mm256_and_ps(s, sign_mask), one);
-            _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_and_ps(away, step)))
+            _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(s))
         });
         let w16 = _mm256_packs_epi16(
             _mm256_packs_epi32(q[0], q[1]),

@@ -67,18 +67,9 @@ pub fn quantize_activation(weight: GgmlType, x: &[f32], out: &mut Vec<u8>) {
         "{weight}: activation row of {} elements is not whole blocks",
         x.len()
     );
-    let act = activation_type(weight).ggml_type();
     out.clear();
-    if act == GgmlType::F32 {
-        out.extend(x.iter().flat_map(|v| v.to_le_bytes()));
-        return;
-    }
-    let bytes = x.len() / act.block_elems() * act.block_bytes();
-    out.resize(bytes, 0);
-    if let Err(e) = quantize_row(act, x, out) {
-        // Unreachable: lengths were checked above (Q8 blocks divide every weight block).
-        panic!("{weight}: quantizing activations: {e}");
-    }
+    out.resize(activation_row_bytes(weight, x.len()), 0);
+    quantize_activation_into(weight, x, out);
 }
 
 /// Bytes of one activation row of `n` elements for dot products with rows of `weight`.
@@ -112,10 +103,14 @@ pub fn quantize_activation_into(weight: GgmlType, x: &[f32], out: &mut [u8]) {
             .for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes()));
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if matches!(act, GgmlType::Q8_0 | GgmlType::Q8_1) && kernels().simd_quantize {
-        // SAFETY: AVX2/F16C detected; lengths checked above.
-        unsafe { avx2::quantize_q8(x, out, act == GgmlType::Q8_1) };
+    if matches!(act, GgmlType::Q8_0 | GgmlType::Q8_1) {
+        #[cfg(target_arch = "x86_64")]
+        if kernels().simd_quantize {
+            // SAFETY: AVX2/F16C detected; lengths checked above.
+            unsafe { avx2::quantize_q8(x, out, act == GgmlType::Q8_1) };
+            return;
+        }
+        scalar::quantize_q8(x, out, act == GgmlType::Q8_1);
         return;
     }
     #[cfg(target_arch = "x86_64")]

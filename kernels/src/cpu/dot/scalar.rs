@@ -4,6 +4,35 @@
 
 use strata_model::quant::k_quants::{q3k_scales, scale_min_k4};
 
+/// Q8_0 (`q8_1 == false`: f16 d, 32 x i8) or Q8_1 (f16 d, f16 d * sum,
+/// 32 x i8) activation blocks as ggml's x86 quantizers make them: scale
+/// `amax / 127`, multiply by `127 / amax`, round half to even. (ggml's
+/// portable `_ref` quantizers divide by the scale and round half away from
+/// zero; llama.cpp on x86, where our references come from, does this.)
+pub fn quantize_q8(x: &[f32], out: &mut [u8], q8_1: bool) {
+    let bb = if q8_1 { 36 } else { 34 };
+    let hdr = bb - 32;
+    assert!(
+        x.len() % 32 == 0 && out.len() == x.len() / 32 * bb,
+        "quantize_q8: lengths"
+    );
+    for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(bb)) {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut sum = 0i32;
+        for (o, v) in ob[hdr..].iter_mut().zip(xb) {
+            let q = (v * id).round_ties_even() as i32;
+            sum += q;
+            *o = q as i8 as u8;
+        }
+        ob[0..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        if q8_1 {
+            ob[2..4].copy_from_slice(&half::f16::from_f32(d * sum as f32).to_le_bytes());
+        }
+    }
+}
+
 #[inline]
 pub(super) fn f16(b: &[u8], at: usize) -> f32 {
     half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
