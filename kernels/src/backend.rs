@@ -103,6 +103,9 @@ pub struct AttentionBatch<'a> {
     pub block_tables: &'a [&'a [KvBlockId]],
     pub n_heads: usize,
     pub scale: f32,
+    /// Apply `scale` to Q before the scores rather than to the scores
+    /// (the same in exact arithmetic; see `HyperParams::scales_query`).
+    pub scale_query: bool,
     pub window: Option<usize>,
 }
 

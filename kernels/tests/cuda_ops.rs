@@ -306,6 +306,7 @@ fn paged_attention_matches_cpu() {
                 block_tables: &table_refs,
                 n_heads,
                 scale: 1.0 / (head_dim as f32).sqrt(),
+                scale_query: false,
                 window,
             };
             let kv_cols = n_kv_heads * head_dim;

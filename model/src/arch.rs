@@ -268,6 +268,13 @@ impl HyperParams {
         self.sliding_window.is_some() && self.swa_period > 0 && (il + 1) % self.swa_period != 0
     }
 
+    /// Whether the attention scale multiplies Q (before it is rounded to
+    /// f16 for the scores) rather than the scores: llama.cpp's Gemma graph
+    /// does, and the CPU backend follows it to keep its rounding.
+    pub fn scales_query(&self) -> bool {
+        self.arch == Architecture::Gemma3
+    }
+
     /// RoPE base of layer `il`.
     pub fn rope_base(&self, il: usize) -> f32 {
         if self.is_sliding(il) {

@@ -1,119 +1,185 @@
-//! Op-by-op comparison with llama.cpp: feeds each op the inputs llama.cpp
-//! gave it (tensors dumped by a ggml eval callback) and counts how many
-//! output values differ from llama.cpp's, bit for bit.
+//! Op-by-op comparison with llama.cpp: feeds each op of every layer the
+//! inputs llama.cpp gave it (tensors dumped by a ggml eval callback, one
+//! file per graph node: `NNNN.name.bin`, a text header line `OP TYPE ne0
+//! ne1 ne2 ne3`, then f32 values) and counts the output values that differ
+//! from llama.cpp's, bit for bit.
 //!
 //! `cargo run --release -p strata-tests --example ggml_diff -- DUMP_DIR MODEL`
+//! (`PER_LAYER=1` prints the layers where an op differs.)
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 
 use strata_kernels::cpu::{CpuAct, CpuBackend};
-use strata_kernels::KvGeometry;
-use strata_kernels::{AttentionBatch, Backend, RopeConfig};
+use strata_kernels::{AttentionBatch, Backend, KvGeometry, RopeConfig};
 use strata_model::arch::{layer_tensor, HyperParams};
 use strata_model::profile::KvType;
 use strata_model::GgufFile;
 
-struct Dump {
+static ZEROS: [u32; 4096] = [0; 4096];
+
+struct Node {
+    name: String,
     op: String,
-    ne: [usize; 4],
     data: Vec<f32>,
 }
 
-fn load_dumps(dir: &Path) -> Vec<(String, Dump)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+fn load_nodes(dir: &Path) -> Vec<Node> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("dump dir")
+        .map(|e| e.expect("dump entry").path())
+        .collect();
     files.sort();
     files
         .into_iter()
         .map(|p| {
-            let bytes = std::fs::read(&p).unwrap();
-            let nl = bytes.iter().position(|&b| b == b'\n').unwrap();
-            let head = std::str::from_utf8(&bytes[..nl]).unwrap();
-            let f: Vec<&str> = head.split(' ').collect();
-            let ne = [1, 2, 3, 4].map(|i| f[1 + i].parse::<usize>().unwrap());
-            let data = bytes[nl + 1..]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            let fname = p.file_name().unwrap().to_str().unwrap();
-            let name = fname[5..fname.len() - 4].to_string();
-            (name, Dump { op: f[0].to_string(), ne, data })
+            let bytes = std::fs::read(&p).expect("dump file");
+            let nl = bytes.iter().position(|&b| b == b'\n').expect("header");
+            let head = std::str::from_utf8(&bytes[..nl]).expect("header text");
+            let fname = p.file_name().and_then(|f| f.to_str()).expect("name");
+            Node {
+                name: fname[5..fname.len() - 4].to_string(),
+                op: head.split(' ').next().unwrap_or_default().to_string(),
+                data: bytes[nl + 1..]
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            }
         })
         .collect()
 }
 
-struct Dumps(Vec<(String, Dump)>);
+/// The nodes of one layer, found by name and op, or by op after another node.
+struct Layer<'a>(&'a [Node]);
 
-impl Dumps {
-    fn get(&self, name: &str, op: &str) -> Option<&Dump> {
-        self.0.iter().find(|(n, d)| n == name && d.op == op).map(|(_, d)| d)
+impl<'a> Layer<'a> {
+    fn named(&self, name: &str, op: &str) -> Option<&'a Node> {
+        self.0.iter().find(|n| n.name == name && n.op == op)
     }
-    fn act(&self, name: &str, op: &str, cols: usize) -> Option<CpuAct> {
-        let d = self.get(name, op)?;
-        Some(CpuAct { data: d.data.clone(), rows: d.data.len() / cols, cols })
+    /// The first `op` node after the node `after`.
+    fn after(&self, after: &Node, op: &str) -> Option<&'a Node> {
+        let i = self.0.iter().position(|n| std::ptr::eq(n, after))?;
+        self.0[i + 1..].iter().find(|n| n.op == op)
+    }
+    fn op(&self, op: &str) -> Option<&'a Node> {
+        self.0.iter().find(|n| n.op == op)
+    }
+}
+
+fn act(n: &Node, cols: usize) -> CpuAct {
+    CpuAct {
+        data: n.data.clone(),
+        rows: n.data.len() / cols,
+        cols,
     }
 }
 
 #[derive(Default)]
-struct Tally(HashMap<String, (usize, usize, f32)>);
+struct Tally(BTreeMap<String, (usize, usize, f32)>);
 
 impl Tally {
-    fn compare(&mut self, op: &str, ours: &[f32], theirs: &[f32]) {
-        assert_eq!(ours.len(), theirs.len(), "{op}: lengths");
-        if std::env::var("PER_LAYER").is_ok() {
-            let bad = ours.iter().zip(theirs).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-            if bad > 0 {
-                println!("  {op}: {bad} differ of {}", ours.len());
-            }
+    fn compare(&mut self, il: usize, op: &str, ours: &[f32], theirs: Option<&Node>) {
+        let Some(theirs) = theirs else {
+            println!("  layer {il}: no llama.cpp node for {op}");
+            return;
+        };
+        let theirs = &theirs.data;
+        if ours.len() != theirs.len() {
+            println!("  layer {il} {op}: {} values vs {}", ours.len(), theirs.len());
+            return;
         }
         let e = self.0.entry(op.to_string()).or_default();
+        let mut bad = 0;
         for (a, b) in ours.iter().zip(theirs) {
             e.1 += 1;
             if a.to_bits() != b.to_bits() {
-                e.0 += 1;
+                bad += 1;
                 e.2 = e.2.max((a - b).abs());
             }
+        }
+        e.0 += bad;
+        if bad > 0 && std::env::var_os("PER_LAYER").is_some() {
+            println!("  layer {il} {op}: {bad} of {} differ", ours.len());
         }
     }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let dumps = Dumps(load_dumps(Path::new(&args[1])));
-    let file = GgufFile::open(&args[2]).unwrap();
-    let hp = HyperParams::from_gguf(&file).unwrap();
+    let [_, dir, model] = &args[..] else {
+        eprintln!("usage: ggml_diff DUMP_DIR MODEL");
+        std::process::exit(2);
+    };
+    let nodes = load_nodes(Path::new(dir));
+    let file = GgufFile::open(model).expect("model");
+    let hp = HyperParams::from_gguf(&file).expect("hyper-parameters");
     let be = CpuBackend::new();
     let w = |name: &str| {
-        let info = file.tensor(name).unwrap_or_else(|| panic!("{name}"));
-        be.load_weight(name, info.dtype, &info.dims, file.tensor_data(info)).unwrap()
+        let info = file.tensor(name).unwrap_or_else(|| panic!("no tensor {name}"));
+        be.load_weight(name, info.dtype, &info.dims, file.tensor_data(info))
+            .expect("weight")
     };
     let d = hp.d_model;
     let mut tally = Tally::default();
+
+    // Embedding (and its scale).
+    let all = Layer(&nodes);
+    let embd = all.named("embd", "GET_ROWS").expect("embd");
+    let ids_n = embd.data.len() / d;
+    let mut x0 = embd.data.clone();
+    if let Some(scale) = hp.embedding_scale {
+        x0.iter_mut().for_each(|v| *v *= scale);
+        tally.compare(0, "embedding scale", &x0, all.named("inp_scaled", "SCALE"));
+    }
+
+    let start_pos: usize = std::env::var("START_POS").map_or(0, |v| v.parse().expect("START_POS"));
+    let mut start = 0;
     for il in 0..hp.n_layers {
+        let end = nodes
+            .iter()
+            .position(|n| n.name == format!("l_out-{il}"))
+            .expect("l_out")
+            + 1;
+        let l = Layer(&nodes[start..end]);
+        start = end;
         let t = |n: &str| layer_tensor(il, n);
         let s = |n: &str| format!("{n}-{il}");
-        if std::env::var("PER_LAYER").is_ok() {
-            println!("layer {il}");
-        }
+        let mut cmp = |op: &str, ours: &CpuAct, theirs: Option<&Node>| {
+            tally.compare(il, op, &ours.data, theirs)
+        };
+
         let input = if il == 0 {
-            dumps.act("embd", "GET_ROWS", d)
+            CpuAct {
+                data: x0.clone(),
+                rows: ids_n,
+                cols: d,
+            }
         } else {
-            dumps.act(&format!("l_out-{}", il - 1), "ADD", d)
+            act(
+                Layer(&nodes).named(&format!("l_out-{}", il - 1), "ADD").expect("l_out"),
+                d,
+            )
+        };
+        let attn_norm = l.named(&s("attn_norm"), "MUL").expect("attn_norm");
+        cmp("attn_norm", &be.rms_norm(&input, &w(&t("attn_norm.weight")), hp.rms_eps), Some(attn_norm));
+        let h = act(attn_norm, d);
+        let q_mm = l.named(&s("Qcur"), "MUL_MAT").expect("Q");
+        let k_mm = l.named(&s("Kcur"), "MUL_MAT").expect("K");
+        let v_mm = l.named(&s("Vcur"), "MUL_MAT").expect("V");
+        cmp("matmul q", &be.matmul(&w(&t("attn_q.weight")), &h), Some(q_mm));
+        cmp("matmul k", &be.matmul(&w(&t("attn_k.weight")), &h), Some(k_mm));
+        cmp("matmul v", &be.matmul(&w(&t("attn_v.weight")), &h), Some(v_mm));
+
+        let mut q = act(q_mm, hp.q_dim());
+        let mut k = act(k_mm, hp.k_dim());
+        if hp.qk_norm {
+            let qn = l.named(&s("Qcur_normed"), "MUL");
+            let kn = l.named(&s("Kcur_normed"), "MUL");
+            cmp("q_norm", &be.rms_norm(&q, &w(&t("attn_q_norm.weight")), hp.rms_eps), qn);
+            cmp("k_norm", &be.rms_norm(&k, &w(&t("attn_k_norm.weight")), hp.rms_eps), kn);
+            q = act(qn.expect("Qcur_normed"), hp.q_dim());
+            k = act(kn.expect("Kcur_normed"), hp.k_dim());
         }
-        .unwrap();
-        let n = input.rows;
-        if n == 1 && il > 0 && dumps.get(&s("attn_norm"), "MUL").map(|x| x.ne[1]) != Some(1) {
-            continue;
-        }
-        let an = be.rms_norm(&input, &w(&t("attn_norm.weight")), hp.rms_eps);
-        tally.compare("attn_norm", &an.data, &dumps.get(&s("attn_norm"), "MUL").unwrap().data);
-        let an = dumps.act(&s("attn_norm"), "MUL", d).unwrap();
-        let q = be.matmul(&w(&t("attn_q.weight")), &an);
-        tally.compare("matmul q", &q.data, &dumps.get(&s("Qcur"), "MUL_MAT").unwrap().data);
-        let k = be.matmul(&w(&t("attn_k.weight")), &an);
-        tally.compare("matmul k", &k.data, &dumps.get(&s("Kcur"), "MUL_MAT").unwrap().data);
-        let v = be.matmul(&w(&t("attn_v.weight")), &an);
-        tally.compare("matmul v", &v.data, &dumps.get(&s("Vcur"), "MUL_MAT").unwrap().data);
         let rope = RopeConfig {
             style: hp.rope.style,
             head_dim: hp.head_dim,
@@ -121,63 +187,228 @@ fn main() {
             freq_base: hp.rope_base(il),
             freq_scale: hp.rope.freq_scale,
         };
-        let positions: Vec<u32> = (0..n as u32).collect();
-        let mut qr = dumps.act(&s("Qcur"), "MUL_MAT", hp.q_dim()).unwrap();
-        be.rope(&mut qr, &positions, &rope, None);
-        tally.compare("rope q", &qr.data, &dumps.get(&s("Qcur"), "ROPE").unwrap().data);
-        let mut kr = dumps.act(&s("Kcur"), "MUL_MAT", hp.k_dim()).unwrap();
-        be.rope(&mut kr, &positions, &rope, None);
-        tally.compare("rope k", &kr.data, &dumps.get(&s("Kcur"), "ROPE").unwrap().data);
-        // attention on llama.cpp's roped Q, K and V
-        let qr = dumps.act(&s("Qcur"), "ROPE", hp.q_dim()).unwrap();
-        let kr = dumps.act(&s("Kcur"), "ROPE", hp.k_dim()).unwrap();
-        let vv = dumps.act(&s("Vcur"), "MUL_MAT", hp.v_dim()).unwrap();
+        let n = q.rows;
+        let positions: Vec<u32> = (start_pos as u32..(start_pos + n) as u32).collect();
+        be.rope(&mut q, &positions, &rope, None);
+        be.rope(&mut k, &positions, &rope, None);
+        let q_rope = l.named(&s("Qcur"), "ROPE");
+        let k_rope = l.named(&s("Kcur"), "ROPE");
+        cmp("rope q", &q, q_rope);
+        cmp("rope k", &k, k_rope);
+
+        // Attention on llama.cpp's Q (as it enters the op), K and V.
+        let fa = l.op("FLASH_ATTN_EXT").expect("flash attention");
+        let fa_at = l.0.iter().position(|x| std::ptr::eq(x, fa)).expect("fa index");
+        let q_in = l.0[..fa_at]
+            .iter()
+            .rev()
+            .find(|x| x.op == "SCALE" || (x.op == "ROPE" && x.name == s("Qcur")));
+        let q_in = act(q_in.expect("Q into attention"), hp.q_dim());
+        let q_scaled = q_in.data != q_rope.expect("rope q").data;
         let geo = KvGeometry {
             n_layers: 1,
             n_kv_heads: hp.n_kv_heads,
             head_dim_k: hp.head_dim,
             head_dim_v: hp.head_dim_v,
             kv_type: KvType::F16,
-            n_blocks: 4,
+            n_blocks: n.div_ceil(strata_kernels::KV_BLOCK_TOKENS),
         };
-        let mut cache = be.new_kv_cache(geo).unwrap();
-        let seq = vec![0u32; n];
-        let table: Vec<u32> = (0..4).collect();
+        let geo = KvGeometry {
+            n_blocks: (start_pos + n).div_ceil(strata_kernels::KV_BLOCK_TOKENS),
+            ..geo
+        };
+        let mut cache = be.new_kv_cache(geo).expect("kv cache");
+        let table: Vec<u32> = (0..geo.n_blocks as u32).collect();
         let tables = [&table[..]];
-        let batch = AttentionBatch {
-            positions: &positions,
-            token_seq: &seq,
+        let batch_for = |positions: &'static [u32]| AttentionBatch {
+            positions,
+            token_seq: &ZEROS[..positions.len()],
             block_tables: &tables,
             n_heads: hp.n_heads,
-            scale: 1.0 / (hp.head_dim as f32).sqrt(),
+            scale: if q_scaled { 1.0 } else { hp.attention_scale },
+            scale_query: false,
             window: None,
         };
-        let att = be.attention(&mut cache, 0, &qr, &kr, &vv, &batch);
-        let fa = dumps.0.iter().filter(|(_, x)| x.op == "FLASH_ATTN_EXT").nth(il).unwrap();
-        tally.compare("attention", &att.data, &fa.1.data);
-        let kqv = dumps.act(&s("kqv_out"), "RESHAPE", d).unwrap();
-        let o = be.matmul(&w(&t("attn_output.weight")), &kqv);
-        tally.compare("matmul o", &o.data, &dumps.get(&s("attn_out"), "MUL_MAT").unwrap().data);
-        let Some(ffn_inp) = dumps.act(&s("ffn_inp"), "ADD", d) else { continue };
-        let fnorm = be.rms_norm(&ffn_inp, &w(&t("ffn_norm.weight")), hp.rms_eps);
-        tally.compare("ffn_norm", &fnorm.data, &dumps.get(&s("ffn_norm"), "MUL").unwrap().data);
-        let fnorm = dumps.act(&s("ffn_norm"), "MUL", d).unwrap();
-        let gate = be.matmul(&w(&t("ffn_gate.weight")), &fnorm);
-        tally.compare("matmul gate", &gate.data, &dumps.get(&s("ffn_gate"), "MUL_MAT").unwrap().data);
-        let up = be.matmul(&w(&t("ffn_up.weight")), &fnorm);
-        tally.compare("matmul up", &up.data, &dumps.get(&s("ffn_up"), "MUL_MAT").unwrap().data);
-        let gate = dumps.act(&s("ffn_gate"), "MUL_MAT", hp.d_ff).unwrap();
-        let up = dumps.act(&s("ffn_up"), "MUL_MAT", hp.d_ff).unwrap();
-        let act = be.gated(&gate, &up, hp.activation);
-        let sw = dumps.0.iter().find(|(nm, x)| nm.starts_with("ffn_") && nm.ends_with(&format!("-{il}")) && (x.op == "SWIGLU" || x.op == "GEGLU")).unwrap();
-        tally.compare("gated", &act.data, &sw.1.data);
-        let act = CpuAct { data: sw.1.data.clone(), rows: sw.1.data.len() / hp.d_ff, cols: hp.d_ff };
-        let down = be.matmul(&w(&t("ffn_down.weight")), &act);
-        tally.compare("matmul down", &down.data, &dumps.get(&s("ffn_out"), "MUL_MAT").unwrap().data);
+        // The cache as llama.cpp holds it after this batch (earlier
+        // positions come from its cache view), then this batch's queries.
+        let total = start_pos + n;
+        let (k_all, v_all) = if start_pos == 0 {
+            (act(k_rope.expect("rope k"), hp.k_dim()), act(v_mm, hp.v_dim()))
+        } else {
+            let view = |name: String, cols: usize| {
+                let node = l.0.iter().find(|x| x.name == name && x.op == "VIEW").expect("cache view");
+                CpuAct { data: node.data[..total * cols].to_vec(), rows: total, cols }
+            };
+            (view(format!("cache_k_l{il}_(view)"), hp.k_dim()), view(format!("cache_v_l{il}_(view)"), hp.v_dim()))
+        };
+        let all_pos: &'static [u32] = Box::leak((0..total as u32).collect::<Vec<_>>().into_boxed_slice());
+        let q_pos: &'static [u32] = Box::leak(positions.clone().into_boxed_slice());
+        cache.write(0, &k_all, &v_all, &batch_for(all_pos));
+        let att = cache.attend(0, &q_in, &batch_for(q_pos));
+        cmp("attention", &att, Some(fa));
+
+        let kqv = act(l.after(fa, "RESHAPE").expect("kqv_out"), hp.n_heads * hp.head_dim_v);
+        let o_mm = l.after(fa, "MUL_MAT").expect("attn_output");
+        cmp("matmul o", &be.matmul(&w(&t("attn_output.weight")), &kqv), Some(o_mm));
+        let mut o = act(o_mm, d);
+        if hp.post_norms {
+            let pn = l.named(&s("attn_post_norm"), "MUL");
+            cmp("post_attn_norm", &be.rms_norm(&o, &w(&t("post_attention_norm.weight")), hp.rms_eps), pn);
+            o = act(pn.expect("attn_post_norm"), d);
+        }
+        let ffn_inp = l.after(o_mm, "ADD").expect("residual add");
+        let mut sum = input.clone();
+        if sum.rows != o.rows {
+            // The last layer keeps only the output rows after attention.
+            continue;
+        }
+        be.add_assign(&mut sum, &o);
+        cmp("residual add", &sum, Some(ffn_inp));
+
+        let ffn_in = act(ffn_inp, d);
+        let ffn_norm = l.named(&s("ffn_norm"), "MUL");
+        cmp("ffn_norm", &be.rms_norm(&ffn_in, &w(&t("ffn_norm.weight")), hp.rms_eps), ffn_norm);
+        let h = act(ffn_norm.expect("ffn_norm"), d);
+        let gate = l.named(&s("ffn_gate"), "MUL_MAT").expect("gate");
+        let up = l.named(&s("ffn_up"), "MUL_MAT").expect("up");
+        cmp("matmul gate", &be.matmul(&w(&t("ffn_gate.weight")), &h), Some(gate));
+        cmp("matmul up", &be.matmul(&w(&t("ffn_up.weight")), &h), Some(up));
+        let glu = l.after(up, "SWIGLU").or_else(|| l.after(up, "GEGLU")).expect("glu");
+        cmp("gated", &be.gated(&act(gate, hp.d_ff), &act(up, hp.d_ff), hp.activation), Some(glu));
+        let down = l.named(&s("ffn_out"), "MUL_MAT").expect("down");
+        if std::env::var_os("DEBUG_DOWN").is_some() && il == 0 {
+            use strata_kernels::cpu::dot;
+            let wd = w(&t("ffn_down.weight"));
+            let a = act(glu, hp.d_ff);
+            let ours = be.matmul(&wd, &a);
+            for tok in [0usize, 8] {
+                let mut xq = Vec::new();
+                dot::quantize_activation(wd.dtype, a.row(tok), &mut xq);
+                for r in 0..4 {
+                    let one = dot::vec_dot(wd.dtype, wd.cols, wd.row_data(r), &xq);
+                    let sc = dot::vec_dot_scalar(wd.dtype, wd.cols, wd.row_data(r), &xq);
+                    let emu = q6k_emu(wd.cols, wd.row_data(r), &xq);
+                    let (sums, dws, dys) = q6k_blocks(wd.cols, wd.row_data(r), &xq);
+                    let mut ca = 0f32; let mut cb = 0f32; let mut cc = 0f32; let mut cd = 0f64;
+                    for ((s, dw), dy) in sums.iter().zip(&dws).zip(&dys) {
+                        ca += (*s as f32 * dw) * dy;
+                        cb += *s as f32 * (dw * dy);
+                        cc = (*s as f32 * dw).mul_add(*dy, cc);
+                        cd += (*s as f64) * (*dw as f64) * (*dy as f64);
+                    }
+                    println!("cands A {ca:e} B {cb:e} C {cc:e} exact {:e} sums {sums:?}", cd as f32);
+                    if r == 0 {
+                        std::fs::write(format!("/tmp/q6_w{tok}.bin"), wd.row_data(r)).unwrap();
+                        std::fs::write(format!("/tmp/q6_xq{tok}.bin"), &xq).unwrap();
+                        let xf: Vec<u8> = a.row(tok).iter().flat_map(|v| v.to_le_bytes()).collect();
+                        std::fs::write(format!("/tmp/q6_x{tok}.bin"), xf).unwrap();
+                    }
+                    println!("emu {emu:e}");
+                    println!("tok {tok} row {r}: ggml {:e} matmul {:e} vec_dot {:e} scalar {:e}", down.data[tok * d + r], ours.data[tok * d + r], one, sc);
+                }
+            }
+        }
+        cmp("matmul down", &be.matmul(&w(&t("ffn_down.weight")), &act(glu, hp.d_ff)), Some(down));
+        if hp.post_norms {
+            let pn = l.named(&s("ffn_post_norm"), "MUL");
+            cmp("post_ffn_norm", &be.rms_norm(&act(down, d), &w(&t("post_ffw_norm.weight")), hp.rms_eps), pn);
+        }
     }
-    let mut ops: Vec<_> = tally.0.into_iter().collect();
-    ops.sort_by(|a, b| a.0.cmp(&b.0));
-    for (op, (bad, total, max)) in ops {
-        println!("{op:14} {bad:8} / {total:8} differ, max |diff| {max:e}");
+
+    // Output head.
+    let result_norm = all.named("result_norm", "MUL").expect("result_norm");
+    let out_name = if file.tensor("output.weight").is_some() { "output.weight" } else { "token_embd.weight" };
+    let logits = be.matmul(&w(out_name), &act(result_norm, d));
+    tally.compare(hp.n_layers, "output head", &logits.data, all.named("result_output", "MUL_MAT"));
+
+    // Rows of one weight with strata's vec_dot results, for checking
+    // against ggml's own vec_dot (`VECDOT=tensor` writes /tmp/vecdot.*).
+    if let Ok(name) = std::env::var("VECDOT") {
+        use strata_kernels::cpu::dot;
+        let wt = w(&name);
+        let x: Vec<f32> = (0..wt.cols).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * if i % 97 == 0 { 30.0 } else { 1.0 }).collect();
+        let mut xq = Vec::new();
+        dot::quantize_activation(wt.dtype, &x, &mut xq);
+        let rows = 64.min(wt.rows);
+        let res: Vec<u8> = (0..rows).flat_map(|r| dot::vec_dot(wt.dtype, wt.cols, wt.row_data(r), &xq).to_le_bytes()).collect();
+        std::fs::write("/tmp/vecdot.w", &wt.bytes[..rows * wt.row_bytes]).unwrap();
+        std::fs::write("/tmp/vecdot.x", x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        std::fs::write("/tmp/vecdot.xq", &xq).unwrap();
+        std::fs::write("/tmp/vecdot.res", res).unwrap();
+        println!("vecdot {name}: {} rows of {} ({}) written", rows, wt.cols, wt.dtype);
     }
+
+    // The whole forward pass on the prompt (`IDS="1 2 3"`), chained.
+    if let Ok(ids) = std::env::var("IDS") {
+        let ids: Vec<u32> = ids.split_whitespace().map(|v| v.parse().expect("id")).collect();
+        let range = strata_model::LayerRange { first: 0, end: hp.n_layers };
+        let mut stage = strata_worker::Stage::load(CpuBackend::new(), &file, range, 256).expect("stage");
+        let logits = strata_worker::generate::prefill(&mut stage, 0, 0, &ids, None).expect("prefill");
+        tally.compare(hp.n_layers, "whole forward", &logits[0], all.named("result_output", "MUL_MAT"));
+    }
+
+    for (op, (bad, total, max)) in tally.0 {
+        println!("{op:16} {bad:8} / {total:8} differ, max |diff| {max:e}");
+    }
+}
+
+/// ggml's AVX2 `ggml_vec_dot_q6_K_q8_K`, lane by lane.
+fn q6k_emu(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut acc = [0f32; 8];
+    for i in 0..n / 256 {
+        let b = &w[i * 210..(i + 1) * 210];
+        let bx = &x[i * 292..(i + 1) * 292];
+        let dy = f32::from_le_bytes([bx[0], bx[1], bx[2], bx[3]]);
+        let q8 = |e: usize| bx[4 + e] as i8 as i32;
+        let bs = |m: usize| i16::from_le_bytes([bx[260 + 2 * m], bx[261 + 2 * m]]) as i32;
+        let sc = |m: usize| b[192 + m] as i8 as i32;
+        let dw = half::f16::from_le_bytes([b[208], b[209]]).to_f32();
+        let mut lanes = [0i32; 8];
+        for j in 0..2 {
+            let ql = &b[64 * j..64 * j + 64];
+            let qh = &b[128 + 32 * j..128 + 32 * j + 32];
+            for kk in 0..4 {
+                for bb in 0..32 {
+                    let q = match kk {
+                        0 => (ql[bb] & 15) | ((qh[bb] & 3) << 4),
+                        1 => (ql[32 + bb] & 15) | ((qh[bb] & 12) << 2),
+                        2 => (ql[bb] >> 4) | (qh[bb] & 48),
+                        _ => (ql[32 + bb] >> 4) | ((qh[bb] & 192) >> 2),
+                    } as i32;
+                    let s = sc(8 * j + 2 * kk + (bb >= 16) as usize);
+                    lanes[bb / 4] += s * q * q8(128 * j + 32 * kk + bb);
+                }
+            }
+        }
+        let d = dy * dw;
+        for k in 0..8 {
+            let l = lanes[k] - 32 * (bs(2 * k) * sc(2 * k) + bs(2 * k + 1) * sc(2 * k + 1));
+            acc[k] = d.mul_add(l as f32, acc[k]);
+        }
+    }
+    let r: [f32; 4] = std::array::from_fn(|i| acc[i + 4] + acc[i]);
+    (r[0] + r[2]) + (r[1] + r[3])
+}
+
+fn q6k_blocks(n: usize, w: &[u8], x: &[u8]) -> (Vec<i32>, Vec<f32>, Vec<f32>) {
+    let (mut s, mut a, mut b) = (vec![], vec![], vec![]);
+    for i in 0..n / 256 {
+        let blk = &w[i * 210..(i + 1) * 210];
+        let bx = &x[i * 292..(i + 1) * 292];
+        let wl: Vec<f32> = {
+            let mut v = vec![0f32; 256];
+            strata_model::quant::dequantize_row(strata_model::GgmlType::Q6K, blk, &mut v).unwrap();
+            v
+        };
+        let dw = half::f16::from_le_bytes([blk[208], blk[209]]).to_f32();
+        // integer sum: dequantized / dw is sc * (q - 32) exactly
+        let mut sum = 0i64;
+        for e in 0..256 {
+            sum += (wl[e] / dw).round() as i64 * bx[4 + e] as i8 as i64;
+        }
+        s.push(sum as i32);
+        a.push(dw);
+        b.push(f32::from_le_bytes([bx[0], bx[1], bx[2], bx[3]]));
+    }
+    (s, a, b)
 }

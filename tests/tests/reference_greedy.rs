@@ -1,24 +1,22 @@
 //! The CPU forward pass against llama.cpp's recorded greedy continuations
-//! (`shared/reference/*.json`).
+//! (`shared/reference/*.json`, recorded with `llama-server` on a CPU).
 //!
-//! Both llama.cpp and we quantize every matmul's activations to Q8 blocks.
-//! In these small models a few activations are huge, so a block holding
-//! one has a coarse step, and a 1e-6 relative change anywhere upstream
-//! flips roundings that move later log-probabilities by up to ~0.25 (we
-//! measured it: scaling every activation by 1 +- 1e-6 moves SmolLM2's
-//! top-5 log-probs at step 5 by 0.1-0.25). Two correct implementations
-//! that sum in a different order therefore differ by that much at single
-//! steps (more for unlikely tokens, whose logits are far from the max), and
-//! by about 0.1 on average: measured over all 960 top-5 entries, the mean
-//! deviation is 0.09 (SmolLM2) and 0.12 (Gemma-3), flat over positions.
-//! The 0.05 per-entry bound the model-core issue asks for is below that
-//! noise and is NOT met; see docs/numerics.md. The test checks:
-//! - teacher-forced on llama.cpp's tokens: the mean deviation of the top-5
-//!   log-probabilities, and the worst deviation of llama.cpp's own pick at
-//!   each step, stay within the noise (a wrong RoPE, norm or attention
-//!   gives deviations of whole units everywhere);
-//! - free-running greedy generation gives llama.cpp's tokens up to the
-//!   first step whose top-2 gap is inside the noise.
+//! The CPU backend computes every op in ggml's arithmetic (docs/numerics.md),
+//! so given the same batches it gives llama.cpp's logits bit for bit. The
+//! batches matter: which of llama.cpp's kernels a matmul takes (and so its
+//! f32 rounding) depends on how many tokens it multiplies. So the test feeds
+//! the tokens as llama-server did:
+//! - the prompt in one batch, except that for models with sliding-window
+//!   layers (Gemma-3) llama-server processes the last 4 prompt tokens
+//!   separately, to checkpoint the SWA cache before them (llama.cpp PR
+//!   20288);
+//! - then one token per step.
+//!
+//! It checks, teacher-forced on llama.cpp's tokens, that every top-5
+//! log-probability of every step is within 0.05 of llama.cpp's (we measure
+//! ~2e-4: log-softmax rounding), and that free-running greedy generation
+//! through `generate` (the whole prompt in one batch) gives llama.cpp's
+//! tokens up to the first near-tie.
 
 use strata_kernels::CpuBackend;
 use strata_model::arch::HyperParams;
@@ -28,14 +26,10 @@ use strata_worker::generate::{generate, prefill};
 use strata_worker::sampler::log_sum_exp;
 use strata_worker::{LayerRange, Sampler, SamplingParams, Stage};
 
-/// Mean |our log-prob - llama.cpp's| over every top-5 entry of every step.
-const MEAN_LOGPROB_TOLERANCE: f32 = 0.15;
-/// Bound on the deviation of the token llama.cpp picked at each step. The
-/// other top-5 entries, further below the max logit, swing more (up to
-/// ~1.2 at -10) and move with any reordering of a kernel's sums, so only
-/// the mean covers them.
-const MAX_LOGPROB_DEVIATION: f32 = 0.5;
-/// Top-2 gap within which a greedy pick may go either way.
+/// Bound on |our log-prob - llama.cpp's| for every top-5 entry of every step.
+const MAX_LOGPROB_DEVIATION: f32 = 0.05;
+/// Top-2 gap within which a greedy pick may go either way when the prompt
+/// is batched differently from llama-server (see the module comment).
 const NEAR_TIE: f32 = 0.5;
 
 struct Case {
@@ -95,29 +89,50 @@ fn load(model_file: &str) -> Stage<CpuBackend> {
     .unwrap()
 }
 
+/// The prompt's batches as llama-server cuts them (see the module comment).
+fn llama_server_prompt_batches(prompt: &[u32], sliding_window: bool) -> Vec<&[u32]> {
+    const CHECKPOINT_TAIL: usize = 4;
+    if sliding_window && prompt.len() > CHECKPOINT_TAIL {
+        let (head, tail) = prompt.split_at(prompt.len() - CHECKPOINT_TAIL);
+        vec![head, tail]
+    } else {
+        vec![prompt]
+    }
+}
+
+/// Logits before each of llama.cpp's generated tokens, fed as llama-server fed them.
+fn teacher_forced_logits(stage: &mut Stage<CpuBackend>, case: &Case) -> Vec<Vec<f32>> {
+    let sliding = stage.hyper_params().sliding_window.is_some();
+    let mut pos = 0;
+    let mut logits = Vec::new();
+    for batch in llama_server_prompt_batches(&case.prompt, sliding) {
+        logits = prefill(stage, 0, pos, batch, None).unwrap();
+        pos += batch.len();
+    }
+    for &token in &case.tokens[..case.tokens.len() - 1] {
+        logits.extend(prefill(stage, 0, pos, &[token], None).unwrap());
+        pos += 1;
+    }
+    stage.release(0);
+    logits
+}
+
 fn teacher_forced(model_file: &str, reference_file: &str) {
     let mut stage = load(model_file);
     let (mut sum, mut n, mut worst) = (0f64, 0usize, (0f32, String::new()));
     for case in cases(reference_file) {
-        let mut input = case.prompt.clone();
-        input.extend(&case.tokens[..case.tokens.len() - 1]);
-        let logits = prefill(&mut stage, 0, 0, &input, Some(0)).unwrap();
-        stage.release(0);
-        for (i, top) in case.top.iter().enumerate() {
-            let row = &logits[case.prompt.len() - 1 + i];
+        let logits = teacher_forced_logits(&mut stage, &case);
+        for (i, (top, row)) in case.top.iter().zip(&logits).enumerate() {
             let z = log_sum_exp(row);
-            for (rank, &(id, lp)) in top.iter().enumerate() {
-                let dev = (row[id as usize] - z - lp).abs();
+            for &(id, lp) in top {
+                let ours = row[id as usize] - z;
+                let dev = (ours - lp).abs();
                 sum += dev as f64;
                 n += 1;
-                if rank == 0 && dev > worst.0 {
+                if dev >= worst.0 {
                     worst = (
                         dev,
-                        format!(
-                            "{:?} step {i} token {id}: {} vs llama.cpp {lp}",
-                            case.label,
-                            row[id as usize] - z
-                        ),
+                        format!("{:?} step {i} token {id}: {ours} vs llama.cpp {lp}", case.label),
                     );
                 }
             }
@@ -125,15 +140,14 @@ fn teacher_forced(model_file: &str, reference_file: &str) {
     }
     let mean = (sum / n as f64) as f32;
     eprintln!(
-        "{model_file}: mean top-5 logprob deviation {mean:.4} over {n}, worst for llama.cpp's pick {:.4} at {}",
+        "{model_file}: top-5 logprob deviation over {n} entries: mean {mean:.5}, worst {:.5} at {}",
         worst.0, worst.1
     );
     assert!(
-        mean < MEAN_LOGPROB_TOLERANCE,
-        "{model_file}: mean deviation {mean} (worst {})",
+        worst.0 < MAX_LOGPROB_DEVIATION,
+        "{model_file}: {} (mean deviation {mean})",
         worst.1
     );
-    assert!(worst.0 < MAX_LOGPROB_DEVIATION, "{model_file}: {}", worst.1);
 }
 
 fn free_running(model_file: &str, reference_file: &str) {

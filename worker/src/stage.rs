@@ -246,6 +246,7 @@ impl<B: Backend> Stage<B> {
                 block_tables: &tables,
                 n_heads: hp.n_heads,
                 scale: hp.attention_scale,
+                scale_query: hp.scales_query(),
                 window: if hp.is_sliding(il) {
                     hp.sliding_window
                 } else {

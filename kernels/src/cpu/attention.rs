@@ -77,6 +77,7 @@ impl CpuKvCache {
         let n_out = batch.n_heads * hdv;
         let mut out = vec![0f32; q.rows * n_out];
         let k = head_kernels();
+        let score_scale = if batch.scale_query { 1.0 } else { batch.scale };
         let head = |(qh, acc): &mut (Vec<f32>, Vec<f16>), (i, o): (usize, &mut [f32])| {
             let (t, h) = (i / batch.n_heads, i % batch.n_heads);
             let kvh = h / group;
@@ -84,9 +85,10 @@ impl CpuKvCache {
             let pos = batch.positions[t] as usize;
             let lo = batch.window.map_or(0, |w| (pos + 1).saturating_sub(w));
             // Q rounded to f16 (kept as f32: f16 x f16 products are exact in f32).
+            let q_scale = if batch.scale_query { batch.scale } else { 1.0 };
             qh.iter_mut()
                 .zip(&q.row(t)[h * hd..(h + 1) * hd])
-                .for_each(|(d, &v)| *d = f16::from_f32(v).to_f32());
+                .for_each(|(d, &v)| *d = f16::from_f32(v * q_scale).to_f32());
             acc.fill(f16::ZERO);
             let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
             let mut p0 = lo;
@@ -98,7 +100,7 @@ impl CpuKvCache {
                 let rows = slots.map(|s| &kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd]);
                 let scores = (k.scores)(qh, rows);
                 for (j, &s) in slots.iter().enumerate().take(n) {
-                    let score = scores[j] * batch.scale;
+                    let score = scores[j] * score_scale;
                     let (mut ms, mut vs) = (1.0f32, 1.0f32);
                     if score > m {
                         ms = (m - score).exp();

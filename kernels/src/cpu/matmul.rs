@@ -13,7 +13,9 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::dot::{activation_row_bytes, quantize_activation_into, RowDot, TOKENS};
+use super::dot::{
+    activation_row_bytes, quantize_activation_into, RowDot, TILED_MIN_TOKENS, TOKENS,
+};
 use super::{CpuAct, CpuWeight};
 
 /// Weight rows per task for prompts: the tile stays in L1 while the
@@ -78,7 +80,11 @@ fn matmul_with(w: &CpuWeight, x: &CpuAct, xq: &mut Vec<u8>) -> CpuAct {
     } else {
         let ptr = OutPtr(out.as_mut_ptr());
         let n_rows = w.rows;
-        let grouped = if kernel.has_x4() {
+        let tiled = kernel.tiled().filter(|_| n_tok >= TILED_MIN_TOKENS);
+        let grouped = if tiled.is_some() {
+            // Every token: the last group repeats its last token.
+            n_tok.div_ceil(TOKENS) * TOKENS
+        } else if kernel.has_x4() {
             n_tok / TOKENS * TOKENS
         } else {
             0
@@ -91,10 +97,16 @@ fn matmul_with(w: &CpuWeight, x: &CpuAct, xq: &mut Vec<u8>) -> CpuAct {
                 // SAFETY (of the writes): (t, r) is in bounds and written by this task only.
                 let put = |t: usize, r: usize, v: f32| unsafe { *ptr.0.add(t * n_rows + r) = v };
                 for t0 in (0..grouped).step_by(TOKENS) {
-                    let xs: [&[u8]; TOKENS] = std::array::from_fn(|k| xrow(t0 + k));
+                    let xs: [&[u8]; TOKENS] = std::array::from_fn(|k| xrow((t0 + k).min(n_tok - 1)));
                     for r in rows.clone() {
-                        let v = kernel.dot_x4(w.row_data(r), xs);
-                        v.iter().enumerate().for_each(|(k, &v)| put(t0 + k, r, v));
+                        let v = match tiled {
+                            Some(tiled) => tiled.dot_x4(w.row_data(r), xs),
+                            None => kernel.dot_x4(w.row_data(r), xs),
+                        };
+                        v.iter()
+                            .enumerate()
+                            .take(n_tok - t0)
+                            .for_each(|(k, &v)| put(t0 + k, r, v));
                     }
                 }
                 for t in grouped..n_tok {

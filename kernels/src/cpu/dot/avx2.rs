@@ -62,6 +62,12 @@ pub fn kernels() -> Vec<(GgmlType, DotFn)> {
     ]
 }
 
+/// Kernels for batches of [`super::TILED_MIN_TOKENS`] tokens or more, in
+/// the order of llama.cpp's tiled K-quant matmul.
+pub fn kernels_tiled() -> Vec<(GgmlType, DotFnX4)> {
+    vec![(GgmlType::Q6K, q6_k_x4_tiled as DotFnX4)]
+}
+
 /// The types with a kernel for one weight row against [`TOKENS`] activation
 /// rows at once. Each token's result goes through exactly the operations of
 /// the one-row kernel, so the results are the same bits; only the weight
@@ -102,6 +108,15 @@ unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
     _mm_cvtss_f32(s)
+}
+
+/// Sum of the 8 i32 lanes (exact).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
 }
 
 #[inline]
@@ -388,16 +403,61 @@ unsafe fn qk_asym(
     hsum(acc) - acc_m
 }
 
+/// The low and high nibble levels of the 64 elements of Q4_K chunk `j`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q4_k_levels(b: *const u8, j: usize) -> (__m256i, __m256i) {
+    let bits = load(b.add(16 + 32 * j));
+    let m4 = _mm256_set1_epi8(0x0F);
+    (
+        _mm256_and_si256(bits, m4),
+        _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
+    )
+}
+
+/// Q4_K chunk `j` (sub-blocks 2j and 2j + 1) against a Q8_K block: the
+/// scaled level sum and the min sum (exact integers).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q4_k_chunk(b: &[u8], bx: &[u8], j: usize, levels: (__m256i, __m256i)) -> (i32, i32) {
+    let (sc1, m1) = scale_min_k4(2 * j, &b[4..16]);
+    let (sc2, m2) = scale_min_k4(2 * j + 1, &b[4..16]);
+    let sums = bsums32(bx);
+    let q8 = bx.as_ptr().add(4);
+    let pl = _mm256_madd_epi16(
+        _mm256_set1_epi16(sc1 as i16),
+        _mm256_maddubs_epi16(levels.0, load(q8.add(64 * j))),
+    );
+    let ph = _mm256_madd_epi16(
+        _mm256_set1_epi16(sc2 as i16),
+        _mm256_maddubs_epi16(levels.1, load(q8.add(64 * j + 32))),
+    );
+    (
+        hsum_i32(_mm256_add_epi32(pl, ph)),
+        m1 as i32 * sums[2 * j] + m2 as i32 * sums[2 * j + 1],
+    )
+}
+
+/// Q4_K in the order of llama.cpp's x86 build, which repacks Q4_K weights
+/// (rows in eights) and runs them through `ggml_gemv_q4_K_8x8_q8_K`: per
+/// super-block, the exact integer sum times `d * dy` fused into one f32
+/// accumulator and the mins into another, subtracted at the end.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    qk_asym(n, w, 144, x, |b, j| {
-        let bits = load(b.add(16 + 32 * j));
-        let m4 = _mm256_set1_epi8(0x0F);
-        (
-            _mm256_and_si256(bits, m4),
-            _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
-        )
-    })
+    let (mut acc, mut acc_m) = (0f32, 0f32);
+    for i in 0..n / 256 {
+        let (b, bx) = (&w[i * 144..(i + 1) * 144], &x[i * 292..(i + 1) * 292]);
+        let (mut sumi, mut summ) = (0i32, 0i32);
+        for j in 0..4 {
+            let (si, sm) = q4_k_chunk(b, bx, j, q4_k_levels(b.as_ptr(), j));
+            sumi += si;
+            summ += sm;
+        }
+        let dy = f32_at(bx, 0);
+        acc = (sumi as f32).mul_add(f16(b, 0) * dy, acc);
+        acc_m = (summ as f32).mul_add(f16(b, 2) * dy, acc_m);
+    }
+    acc - acc_m
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -422,11 +482,7 @@ unsafe fn q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    let (m4, m2, m32) = (
-        _mm256_set1_epi8(0x0F),
-        _mm256_set1_epi8(3),
-        _mm256_set1_epi8(32),
-    );
+    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
     for i in 0..n / 256 {
         let (b, bx) = (&w[i * 210..(i + 1) * 210], &x[i * 292..(i + 1) * 292]);
         let (pb, q8) = (b.as_ptr(), bx.as_ptr().add(4));
@@ -447,9 +503,7 @@ unsafe fn q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
             ];
             for (k, qk) in q.iter().enumerate() {
                 let y = load(q8.add(128 * h + 32 * k));
-                // (q - 32) * y = q * y - 32 * y, q unsigned in 0..64.
-                let p =
-                    _mm256_sub_epi16(_mm256_maddubs_epi16(*qk, y), _mm256_maddubs_epi16(m32, y));
+                let p = _mm256_maddubs_epi16(*qk, y);
                 let s = 192 + 8 * h + 2 * k;
                 let sc = _mm256_set_m128i(
                     _mm_set1_epi16(b[s + 1] as i8 as i16),
@@ -458,10 +512,21 @@ unsafe fn q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
             }
         }
+        sumi = _mm256_sub_epi32(sumi, q6_k_offset(b, bx));
         let d = f32_at(bx, 0) * f16(b, 208);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum(acc)
+}
+
+/// Q6_K levels are stored + 32: ggml (`ggml_vec_dot_q6_K_q8_K`, AVX2)
+/// takes `32 * scale * bsum` off per sub-block pair, lane k holding
+/// sub-blocks 2k and 2k + 1. Matching its lanes keeps its f32 rounding.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q6_k_offset(b: &[u8], bx: &[u8]) -> __m256i {
+    let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(192) as *const __m128i));
+    _mm256_slli_epi32::<5>(_mm256_madd_epi16(load(bx.as_ptr().add(260)), scales))
 }
 
 /// Dense rows (`n` a multiple of 8): four accumulators of 8 lanes; `load8(i)`
@@ -723,16 +788,28 @@ unsafe fn qk_asym_x4(
     std::array::from_fn(|t| hsum(acc[t]) - acc_m[t])
 }
 
+/// Q4_K for four tokens in the order of `ggml_gemm_q4_K_8x8_q8_K`, which
+/// llama.cpp uses for each group of four tokens (the rest go through the
+/// gemv order of [`q4_k`]): one fused multiply-add per 64-element chunk.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
-    qk_asym_x4(n, w, 144, x, |b, j| {
-        let bits = load(b.add(16 + 32 * j));
-        let m4 = _mm256_set1_epi8(0x0F);
-        (
-            _mm256_and_si256(bits, m4),
-            _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
-        )
-    })
+    let mut acc = [0f32; T];
+    let mut acc_m = [0f32; T];
+    for i in 0..n / 256 {
+        let b = &w[i * 144..(i + 1) * 144];
+        let (dw, mw) = (f16(b, 0), f16(b, 2));
+        for j in 0..4 {
+            let levels = q4_k_levels(b.as_ptr(), j);
+            for t in 0..T {
+                let bx = &x[t][i * 292..(i + 1) * 292];
+                let (si, sm) = q4_k_chunk(b, bx, j, levels);
+                let dy = f32_at(bx, 0);
+                acc[t] = (si as f32).mul_add(dw * dy, acc[t]);
+                acc_m[t] = (sm as f32).mul_add(mw * dy, acc_m[t]);
+            }
+        }
+    }
+    std::array::from_fn(|t| acc[t] - acc_m[t])
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -756,12 +833,23 @@ unsafe fn q5_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+    q6_k_x4_in::<false>(n, w, x)
+}
+
+/// [`q6_k_x4`] in the order of llama.cpp's tiled K-quant matmul
+/// (`ggml-cpu/tiled`, taken for batches of 8 tokens or more): per
+/// super-block `acc = fma(sumi * d, dy, acc)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_x4_tiled(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+    q6_k_x4_in::<true>(n, w, x)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_x4_in<const TILED: bool>(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
     let mut acc = [_mm256_setzero_ps(); T];
-    let (m4, m2, m32) = (
-        _mm256_set1_epi8(0x0F),
-        _mm256_set1_epi8(3),
-        _mm256_set1_epi8(32),
-    );
+    let mut acc_tiled = [0f32; T];
+    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
     for i in 0..n / 256 {
         let b = &w[i * 210..(i + 1) * 210];
         let pb = b.as_ptr();
@@ -788,21 +876,29 @@ unsafe fn q6_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
                 );
                 for t in 0..T {
                     let y = load(x[t].as_ptr().add(i * 292 + 4 + 128 * h + 32 * k));
-                    let p = _mm256_sub_epi16(
-                        _mm256_maddubs_epi16(*qk, y),
-                        _mm256_maddubs_epi16(m32, y),
-                    );
+                    let p = _mm256_maddubs_epi16(*qk, y);
                     sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(sc, p));
                 }
             }
         }
         let dw = f16(b, 208);
         for t in 0..T {
-            let d = f32_at(x[t], i * 292) * dw;
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            sumi[t] = _mm256_sub_epi32(sumi[t], q6_k_offset(b, &x[t][i * 292..(i + 1) * 292]));
+            let dy = f32_at(x[t], i * 292);
+            if TILED {
+                // GCC fuses ggml's `buf + result * dy` (generic vector ops contract).
+                acc_tiled[t] = (hsum_i32(sumi[t]) as f32 * dw).mul_add(dy, acc_tiled[t]);
+            } else {
+                let d = dy * dw;
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            }
         }
     }
-    std::array::from_fn(|t| hsum(acc[t]))
+    if TILED {
+        acc_tiled
+    } else {
+        std::array::from_fn(|t| hsum(acc[t]))
+    }
 }
 
 // ---- Activation quantizer. ----

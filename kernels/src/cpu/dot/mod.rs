@@ -141,6 +141,11 @@ pub fn vec_dot(weight: GgmlType, n: usize, w_row: &[u8], x: &[u8]) -> f32 {
 /// Activation rows that [`vec_dot_x4`] dots with one weight row at once.
 pub const TOKENS: usize = 4;
 
+/// From this many tokens, llama.cpp's CPU backend multiplies K-quant
+/// weights (the types it does not repack) with its tiled kernel, whose
+/// f32 rounding differs from its `vec_dot`; [`RowDot::tiled`] follows it.
+pub const TILED_MIN_TOKENS: usize = 8;
+
 /// One weight row against [`TOKENS`] activation rows: the same bits as
 /// `TOKENS` calls of [`vec_dot`], with the weight row loaded and unpacked
 /// once. `None` when this type has no such kernel on this CPU (then call
@@ -169,6 +174,7 @@ pub struct RowDot {
     x_bytes: usize,
     one: DotFn,
     x4: Option<DotFnX4>,
+    tiled: Option<DotFnX4>,
 }
 
 impl RowDot {
@@ -188,7 +194,14 @@ impl RowDot {
             x_bytes,
             one: k.table[index(weight)],
             x4: k.table_x4[index(weight)],
+            tiled: k.table_tiled[index(weight)],
         }
+    }
+
+    /// This type's kernel for batches of [`TILED_MIN_TOKENS`] or more, if
+    /// that order differs from [`RowDot::dot_x4`]'s.
+    pub fn tiled(&self) -> Option<RowDotTiled> {
+        self.tiled.map(|f| RowDotTiled { dot: *self, f })
     }
 
     pub fn has_x4(&self) -> bool {
@@ -218,6 +231,26 @@ impl RowDot {
         );
         // SAFETY: as above.
         unsafe { f(self.n, w_row, x) }
+    }
+}
+
+/// [`RowDot`]'s kernel for big batches (see [`RowDot::tiled`]).
+#[derive(Clone, Copy)]
+pub struct RowDotTiled {
+    dot: RowDot,
+    f: DotFnX4,
+}
+
+impl RowDotTiled {
+    /// One weight row against [`TOKENS`] activation rows.
+    #[inline]
+    pub fn dot_x4(&self, w_row: &[u8], x: [&[u8]; TOKENS]) -> [f32; TOKENS] {
+        assert!(
+            w_row.len() == self.dot.w_bytes && x.iter().all(|x| x.len() == self.dot.x_bytes),
+            "vec_dot: row lengths"
+        );
+        // SAFETY: as in `RowDot::dot`.
+        unsafe { (self.f)(self.dot.n, w_row, x) }
     }
 }
 
@@ -262,6 +295,7 @@ struct Kernels {
     name: &'static str,
     table: [DotFn; 15],
     table_x4: [Option<DotFnX4>; 15],
+    table_tiled: [Option<DotFnX4>; 15],
     simd: [bool; 15],
     /// Q8_0/Q8_1/Q8_K activations quantized with AVX2 (`avx2::quantize_q8`, `avx2::quantize_q8_k`).
     simd_quantize: bool,
@@ -302,6 +336,7 @@ fn kernels() -> &'static Kernels {
             name: "scalar",
             table: GgmlType::ALL.map(scalar_as_unsafe),
             table_x4: [None; 15],
+            table_tiled: [None; 15],
             simd: [false; 15],
             simd_quantize: false,
         };
@@ -321,6 +356,9 @@ fn kernels() -> &'static Kernels {
             };
             for (t, f) in x4 {
                 k.table_x4[index(t)] = Some(f);
+            }
+            for (t, f) in avx2::kernels_tiled() {
+                k.table_tiled[index(t)] = Some(f);
             }
         }
         k
