@@ -85,7 +85,11 @@ impl Tally {
         };
         let theirs = &theirs.data;
         if ours.len() != theirs.len() {
-            println!("  layer {il} {op}: {} values vs {}", ours.len(), theirs.len());
+            println!(
+                "  layer {il} {op}: {} values vs {}",
+                ours.len(),
+                theirs.len()
+            );
             return;
         }
         let e = self.0.entry(op.to_string()).or_default();
@@ -115,7 +119,9 @@ fn main() {
     let hp = HyperParams::from_gguf(&file).expect("hyper-parameters");
     let be = CpuBackend::new();
     let w = |name: &str| {
-        let info = file.tensor(name).unwrap_or_else(|| panic!("no tensor {name}"));
+        let info = file
+            .tensor(name)
+            .unwrap_or_else(|| panic!("no tensor {name}"));
         be.load_weight(name, info.dtype, &info.dims, file.tensor_data(info))
             .expect("weight")
     };
@@ -156,27 +162,53 @@ fn main() {
             }
         } else {
             act(
-                Layer(&nodes).named(&format!("l_out-{}", il - 1), "ADD").expect("l_out"),
+                Layer(&nodes)
+                    .named(&format!("l_out-{}", il - 1), "ADD")
+                    .expect("l_out"),
                 d,
             )
         };
         let attn_norm = l.named(&s("attn_norm"), "MUL").expect("attn_norm");
-        cmp("attn_norm", &be.rms_norm(&input, &w(&t("attn_norm.weight")), hp.rms_eps), Some(attn_norm));
+        cmp(
+            "attn_norm",
+            &be.rms_norm(&input, &w(&t("attn_norm.weight")), hp.rms_eps),
+            Some(attn_norm),
+        );
         let h = act(attn_norm, d);
         let q_mm = l.named(&s("Qcur"), "MUL_MAT").expect("Q");
         let k_mm = l.named(&s("Kcur"), "MUL_MAT").expect("K");
         let v_mm = l.named(&s("Vcur"), "MUL_MAT").expect("V");
-        cmp("matmul q", &be.matmul(&w(&t("attn_q.weight")), &h), Some(q_mm));
-        cmp("matmul k", &be.matmul(&w(&t("attn_k.weight")), &h), Some(k_mm));
-        cmp("matmul v", &be.matmul(&w(&t("attn_v.weight")), &h), Some(v_mm));
+        cmp(
+            "matmul q",
+            &be.matmul(&w(&t("attn_q.weight")), &h),
+            Some(q_mm),
+        );
+        cmp(
+            "matmul k",
+            &be.matmul(&w(&t("attn_k.weight")), &h),
+            Some(k_mm),
+        );
+        cmp(
+            "matmul v",
+            &be.matmul(&w(&t("attn_v.weight")), &h),
+            Some(v_mm),
+        );
 
         let mut q = act(q_mm, hp.q_dim());
         let mut k = act(k_mm, hp.k_dim());
         if hp.qk_norm {
             let qn = l.named(&s("Qcur_normed"), "MUL");
             let kn = l.named(&s("Kcur_normed"), "MUL");
-            cmp("q_norm", &be.rms_norm(&q, &w(&t("attn_q_norm.weight")), hp.rms_eps), qn);
-            cmp("k_norm", &be.rms_norm(&k, &w(&t("attn_k_norm.weight")), hp.rms_eps), kn);
+            cmp(
+                "q_norm",
+                &be.rms_norm(&q, &w(&t("attn_q_norm.weight")), hp.rms_eps),
+                qn,
+            );
+            cmp(
+                "k_norm",
+                &be.rms_norm(&k, &w(&t("attn_k_norm.weight")), hp.rms_eps),
+                kn,
+            );
             q = act(qn.expect("Qcur_normed"), hp.q_dim());
             k = act(kn.expect("Kcur_normed"), hp.k_dim());
         }
@@ -198,7 +230,10 @@ fn main() {
 
         // Attention on llama.cpp's Q (as it enters the op), K and V.
         let fa = l.op("FLASH_ATTN_EXT").expect("flash attention");
-        let fa_at = l.0.iter().position(|x| std::ptr::eq(x, fa)).expect("fa index");
+        let fa_at =
+            l.0.iter()
+                .position(|x| std::ptr::eq(x, fa))
+                .expect("fa index");
         let q_in = l.0[..fa_at]
             .iter()
             .rev()
@@ -233,27 +268,52 @@ fn main() {
         // positions come from its cache view), then this batch's queries.
         let total = start_pos + n;
         let (k_all, v_all) = if start_pos == 0 {
-            (act(k_rope.expect("rope k"), hp.k_dim()), act(v_mm, hp.v_dim()))
+            (
+                act(k_rope.expect("rope k"), hp.k_dim()),
+                act(v_mm, hp.v_dim()),
+            )
         } else {
             let view = |name: String, cols: usize| {
-                let node = l.0.iter().find(|x| x.name == name && x.op == "VIEW").expect("cache view");
-                CpuAct { data: node.data[..total * cols].to_vec(), rows: total, cols }
+                let node =
+                    l.0.iter()
+                        .find(|x| x.name == name && x.op == "VIEW")
+                        .expect("cache view");
+                CpuAct {
+                    data: node.data[..total * cols].to_vec(),
+                    rows: total,
+                    cols,
+                }
             };
-            (view(format!("cache_k_l{il}_(view)"), hp.k_dim()), view(format!("cache_v_l{il}_(view)"), hp.v_dim()))
+            (
+                view(format!("cache_k_l{il}_(view)"), hp.k_dim()),
+                view(format!("cache_v_l{il}_(view)"), hp.v_dim()),
+            )
         };
-        let all_pos: &'static [u32] = Box::leak((0..total as u32).collect::<Vec<_>>().into_boxed_slice());
+        let all_pos: &'static [u32] =
+            Box::leak((0..total as u32).collect::<Vec<_>>().into_boxed_slice());
         let q_pos: &'static [u32] = Box::leak(positions.clone().into_boxed_slice());
         cache.write(0, &k_all, &v_all, &batch_for(all_pos));
         let att = cache.attend(0, &q_in, &batch_for(q_pos));
         cmp("attention", &att, Some(fa));
 
-        let kqv = act(l.after(fa, "RESHAPE").expect("kqv_out"), hp.n_heads * hp.head_dim_v);
+        let kqv = act(
+            l.after(fa, "RESHAPE").expect("kqv_out"),
+            hp.n_heads * hp.head_dim_v,
+        );
         let o_mm = l.after(fa, "MUL_MAT").expect("attn_output");
-        cmp("matmul o", &be.matmul(&w(&t("attn_output.weight")), &kqv), Some(o_mm));
+        cmp(
+            "matmul o",
+            &be.matmul(&w(&t("attn_output.weight")), &kqv),
+            Some(o_mm),
+        );
         let mut o = act(o_mm, d);
         if hp.post_norms {
             let pn = l.named(&s("attn_post_norm"), "MUL");
-            cmp("post_attn_norm", &be.rms_norm(&o, &w(&t("post_attention_norm.weight")), hp.rms_eps), pn);
+            cmp(
+                "post_attn_norm",
+                &be.rms_norm(&o, &w(&t("post_attention_norm.weight")), hp.rms_eps),
+                pn,
+            );
             o = act(pn.expect("attn_post_norm"), d);
         }
         let ffn_inp = l.after(o_mm, "ADD").expect("residual add");
@@ -267,148 +327,87 @@ fn main() {
 
         let ffn_in = act(ffn_inp, d);
         let ffn_norm = l.named(&s("ffn_norm"), "MUL");
-        cmp("ffn_norm", &be.rms_norm(&ffn_in, &w(&t("ffn_norm.weight")), hp.rms_eps), ffn_norm);
+        cmp(
+            "ffn_norm",
+            &be.rms_norm(&ffn_in, &w(&t("ffn_norm.weight")), hp.rms_eps),
+            ffn_norm,
+        );
         let h = act(ffn_norm.expect("ffn_norm"), d);
         let gate = l.named(&s("ffn_gate"), "MUL_MAT").expect("gate");
         let up = l.named(&s("ffn_up"), "MUL_MAT").expect("up");
-        cmp("matmul gate", &be.matmul(&w(&t("ffn_gate.weight")), &h), Some(gate));
-        cmp("matmul up", &be.matmul(&w(&t("ffn_up.weight")), &h), Some(up));
-        let glu = l.after(up, "SWIGLU").or_else(|| l.after(up, "GEGLU")).expect("glu");
-        cmp("gated", &be.gated(&act(gate, hp.d_ff), &act(up, hp.d_ff), hp.activation), Some(glu));
+        cmp(
+            "matmul gate",
+            &be.matmul(&w(&t("ffn_gate.weight")), &h),
+            Some(gate),
+        );
+        cmp(
+            "matmul up",
+            &be.matmul(&w(&t("ffn_up.weight")), &h),
+            Some(up),
+        );
+        let glu = l
+            .after(up, "SWIGLU")
+            .or_else(|| l.after(up, "GEGLU"))
+            .expect("glu");
+        cmp(
+            "gated",
+            &be.gated(&act(gate, hp.d_ff), &act(up, hp.d_ff), hp.activation),
+            Some(glu),
+        );
         let down = l.named(&s("ffn_out"), "MUL_MAT").expect("down");
-        if std::env::var_os("DEBUG_DOWN").is_some() && il == 0 {
-            use strata_kernels::cpu::dot;
-            let wd = w(&t("ffn_down.weight"));
-            let a = act(glu, hp.d_ff);
-            let ours = be.matmul(&wd, &a);
-            for tok in [0usize, 8] {
-                let mut xq = Vec::new();
-                dot::quantize_activation(wd.dtype, a.row(tok), &mut xq);
-                for r in 0..4 {
-                    let one = dot::vec_dot(wd.dtype, wd.cols, wd.row_data(r), &xq);
-                    let sc = dot::vec_dot_scalar(wd.dtype, wd.cols, wd.row_data(r), &xq);
-                    let emu = q6k_emu(wd.cols, wd.row_data(r), &xq);
-                    let (sums, dws, dys) = q6k_blocks(wd.cols, wd.row_data(r), &xq);
-                    let mut ca = 0f32; let mut cb = 0f32; let mut cc = 0f32; let mut cd = 0f64;
-                    for ((s, dw), dy) in sums.iter().zip(&dws).zip(&dys) {
-                        ca += (*s as f32 * dw) * dy;
-                        cb += *s as f32 * (dw * dy);
-                        cc = (*s as f32 * dw).mul_add(*dy, cc);
-                        cd += (*s as f64) * (*dw as f64) * (*dy as f64);
-                    }
-                    println!("cands A {ca:e} B {cb:e} C {cc:e} exact {:e} sums {sums:?}", cd as f32);
-                    if r == 0 {
-                        std::fs::write(format!("/tmp/q6_w{tok}.bin"), wd.row_data(r)).unwrap();
-                        std::fs::write(format!("/tmp/q6_xq{tok}.bin"), &xq).unwrap();
-                        let xf: Vec<u8> = a.row(tok).iter().flat_map(|v| v.to_le_bytes()).collect();
-                        std::fs::write(format!("/tmp/q6_x{tok}.bin"), xf).unwrap();
-                    }
-                    println!("emu {emu:e}");
-                    println!("tok {tok} row {r}: ggml {:e} matmul {:e} vec_dot {:e} scalar {:e}", down.data[tok * d + r], ours.data[tok * d + r], one, sc);
-                }
-            }
-        }
-        cmp("matmul down", &be.matmul(&w(&t("ffn_down.weight")), &act(glu, hp.d_ff)), Some(down));
+        cmp(
+            "matmul down",
+            &be.matmul(&w(&t("ffn_down.weight")), &act(glu, hp.d_ff)),
+            Some(down),
+        );
         if hp.post_norms {
             let pn = l.named(&s("ffn_post_norm"), "MUL");
-            cmp("post_ffn_norm", &be.rms_norm(&act(down, d), &w(&t("post_ffw_norm.weight")), hp.rms_eps), pn);
+            cmp(
+                "post_ffn_norm",
+                &be.rms_norm(&act(down, d), &w(&t("post_ffw_norm.weight")), hp.rms_eps),
+                pn,
+            );
         }
     }
 
     // Output head.
     let result_norm = all.named("result_norm", "MUL").expect("result_norm");
-    let out_name = if file.tensor("output.weight").is_some() { "output.weight" } else { "token_embd.weight" };
+    let out_name = if file.tensor("output.weight").is_some() {
+        "output.weight"
+    } else {
+        "token_embd.weight"
+    };
     let logits = be.matmul(&w(out_name), &act(result_norm, d));
-    tally.compare(hp.n_layers, "output head", &logits.data, all.named("result_output", "MUL_MAT"));
-
-    // Rows of one weight with strata's vec_dot results, for checking
-    // against ggml's own vec_dot (`VECDOT=tensor` writes /tmp/vecdot.*).
-    if let Ok(name) = std::env::var("VECDOT") {
-        use strata_kernels::cpu::dot;
-        let wt = w(&name);
-        let x: Vec<f32> = (0..wt.cols).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * if i % 97 == 0 { 30.0 } else { 1.0 }).collect();
-        let mut xq = Vec::new();
-        dot::quantize_activation(wt.dtype, &x, &mut xq);
-        let rows = 64.min(wt.rows);
-        let res: Vec<u8> = (0..rows).flat_map(|r| dot::vec_dot(wt.dtype, wt.cols, wt.row_data(r), &xq).to_le_bytes()).collect();
-        std::fs::write("/tmp/vecdot.w", &wt.bytes[..rows * wt.row_bytes]).unwrap();
-        std::fs::write("/tmp/vecdot.x", x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-        std::fs::write("/tmp/vecdot.xq", &xq).unwrap();
-        std::fs::write("/tmp/vecdot.res", res).unwrap();
-        println!("vecdot {name}: {} rows of {} ({}) written", rows, wt.cols, wt.dtype);
-    }
+    tally.compare(
+        hp.n_layers,
+        "output head",
+        &logits.data,
+        all.named("result_output", "MUL_MAT"),
+    );
 
     // The whole forward pass on the prompt (`IDS="1 2 3"`), chained.
     if let Ok(ids) = std::env::var("IDS") {
-        let ids: Vec<u32> = ids.split_whitespace().map(|v| v.parse().expect("id")).collect();
-        let range = strata_model::LayerRange { first: 0, end: hp.n_layers };
-        let mut stage = strata_worker::Stage::load(CpuBackend::new(), &file, range, 256).expect("stage");
-        let logits = strata_worker::generate::prefill(&mut stage, 0, 0, &ids, None).expect("prefill");
-        tally.compare(hp.n_layers, "whole forward", &logits[0], all.named("result_output", "MUL_MAT"));
+        let ids: Vec<u32> = ids
+            .split_whitespace()
+            .map(|v| v.parse().expect("id"))
+            .collect();
+        let range = strata_model::LayerRange {
+            first: 0,
+            end: hp.n_layers,
+        };
+        let mut stage =
+            strata_worker::Stage::load(CpuBackend::new(), &file, range, 256).expect("stage");
+        let logits =
+            strata_worker::generate::prefill(&mut stage, 0, 0, &ids, None).expect("prefill");
+        tally.compare(
+            hp.n_layers,
+            "whole forward",
+            &logits[0],
+            all.named("result_output", "MUL_MAT"),
+        );
     }
 
     for (op, (bad, total, max)) in tally.0 {
         println!("{op:16} {bad:8} / {total:8} differ, max |diff| {max:e}");
     }
-}
-
-/// ggml's AVX2 `ggml_vec_dot_q6_K_q8_K`, lane by lane.
-fn q6k_emu(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let mut acc = [0f32; 8];
-    for i in 0..n / 256 {
-        let b = &w[i * 210..(i + 1) * 210];
-        let bx = &x[i * 292..(i + 1) * 292];
-        let dy = f32::from_le_bytes([bx[0], bx[1], bx[2], bx[3]]);
-        let q8 = |e: usize| bx[4 + e] as i8 as i32;
-        let bs = |m: usize| i16::from_le_bytes([bx[260 + 2 * m], bx[261 + 2 * m]]) as i32;
-        let sc = |m: usize| b[192 + m] as i8 as i32;
-        let dw = half::f16::from_le_bytes([b[208], b[209]]).to_f32();
-        let mut lanes = [0i32; 8];
-        for j in 0..2 {
-            let ql = &b[64 * j..64 * j + 64];
-            let qh = &b[128 + 32 * j..128 + 32 * j + 32];
-            for kk in 0..4 {
-                for bb in 0..32 {
-                    let q = match kk {
-                        0 => (ql[bb] & 15) | ((qh[bb] & 3) << 4),
-                        1 => (ql[32 + bb] & 15) | ((qh[bb] & 12) << 2),
-                        2 => (ql[bb] >> 4) | (qh[bb] & 48),
-                        _ => (ql[32 + bb] >> 4) | ((qh[bb] & 192) >> 2),
-                    } as i32;
-                    let s = sc(8 * j + 2 * kk + (bb >= 16) as usize);
-                    lanes[bb / 4] += s * q * q8(128 * j + 32 * kk + bb);
-                }
-            }
-        }
-        let d = dy * dw;
-        for k in 0..8 {
-            let l = lanes[k] - 32 * (bs(2 * k) * sc(2 * k) + bs(2 * k + 1) * sc(2 * k + 1));
-            acc[k] = d.mul_add(l as f32, acc[k]);
-        }
-    }
-    let r: [f32; 4] = std::array::from_fn(|i| acc[i + 4] + acc[i]);
-    (r[0] + r[2]) + (r[1] + r[3])
-}
-
-fn q6k_blocks(n: usize, w: &[u8], x: &[u8]) -> (Vec<i32>, Vec<f32>, Vec<f32>) {
-    let (mut s, mut a, mut b) = (vec![], vec![], vec![]);
-    for i in 0..n / 256 {
-        let blk = &w[i * 210..(i + 1) * 210];
-        let bx = &x[i * 292..(i + 1) * 292];
-        let wl: Vec<f32> = {
-            let mut v = vec![0f32; 256];
-            strata_model::quant::dequantize_row(strata_model::GgmlType::Q6K, blk, &mut v).unwrap();
-            v
-        };
-        let dw = half::f16::from_le_bytes([blk[208], blk[209]]).to_f32();
-        // integer sum: dequantized / dw is sc * (q - 32) exactly
-        let mut sum = 0i64;
-        for e in 0..256 {
-            sum += (wl[e] / dw).round() as i64 * bx[4 + e] as i8 as i64;
-        }
-        s.push(sum as i32);
-        a.push(dw);
-        b.push(f32::from_le_bytes([bx[0], bx[1], bx[2], bx[3]]));
-    }
-    (s, a, b)
 }

@@ -132,7 +132,10 @@ fn teacher_forced(model_file: &str, reference_file: &str) {
                 if dev >= worst.0 {
                     worst = (
                         dev,
-                        format!("{:?} step {i} token {id}: {ours} vs llama.cpp {lp}", case.label),
+                        format!(
+                            "{:?} step {i} token {id}: {ours} vs llama.cpp {lp}",
+                            case.label
+                        ),
                     );
                 }
             }

@@ -162,8 +162,7 @@ fn dot_f16_ggml(n: usize, q: impl Fn(usize) -> f32, k: impl Fn(usize) -> f32) ->
             }
         }
     }
-    let v: [f32; 16] =
-        std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    let v: [f32; 16] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
     let t3: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
     let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
     let mut sum = ((t6[0] + t6[2]) + (t6[1] + t6[3])) as f64;

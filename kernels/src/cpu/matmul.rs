@@ -97,7 +97,8 @@ fn matmul_with(w: &CpuWeight, x: &CpuAct, xq: &mut Vec<u8>) -> CpuAct {
                 // SAFETY (of the writes): (t, r) is in bounds and written by this task only.
                 let put = |t: usize, r: usize, v: f32| unsafe { *ptr.0.add(t * n_rows + r) = v };
                 for t0 in (0..grouped).step_by(TOKENS) {
-                    let xs: [&[u8]; TOKENS] = std::array::from_fn(|k| xrow((t0 + k).min(n_tok - 1)));
+                    let xs: [&[u8]; TOKENS] =
+                        std::array::from_fn(|k| xrow((t0 + k).min(n_tok - 1)));
                     for r in rows.clone() {
                         let v = match tiled {
                             Some(tiled) => tiled.dot_x4(w.row_data(r), xs),

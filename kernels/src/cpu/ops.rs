@@ -16,6 +16,23 @@ use crate::backend::RopeConfig;
 /// Activations up to this many values are processed on the calling thread.
 pub const SERIAL_MAX_VALUES: usize = 1 << 14;
 
+/// Runs `f` compiled for AVX2 + FMA where the CPU has them: these ops use
+/// `f32::mul_add` to follow ggml's fused arithmetic, which is otherwise a
+/// libm call per use. (The closure is inlined into the wrapper.)
+#[inline(always)]
+fn fused<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if super::dot::fma_detected() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn run<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the features were detected.
+        return unsafe { run(f) };
+    }
+    f()
+}
+
 /// RMSNorm over groups of `w.len()` values: rows, or heads within rows.
 pub fn rms_norm(x: &CpuAct, w: &[f32], eps: f32) -> CpuAct {
     let n = w.len();
@@ -54,27 +71,29 @@ pub fn rope(x: &mut CpuAct, positions: &[u32], cfg: &RopeConfig, freq_factors: O
     let theta_scale = cfg.freq_base.powf(-2.0 / cfg.dims as f32);
     let cols = x.cols;
     let rotate = |(row, &pos): (&mut [f32], &u32)| {
-        let mut theta = pos as f32;
-        let cs: Vec<(f32, f32)> = (0..half)
-            .map(|i| {
-                let ff = freq_factors.map_or(1.0, |ff| ff[i]);
-                let t = cfg.freq_scale * (theta / ff);
-                theta *= theta_scale;
-                (t.cos(), t.sin())
-            })
-            .collect();
-        let (stride, offset) = match cfg.style {
-            RopeStyle::Normal => (2, 1),
-            RopeStyle::Neox => (1, half),
-        };
-        for head in row.chunks_mut(cfg.head_dim) {
-            for (i, &(c, s)) in cs.iter().enumerate() {
-                let (i0, i1) = (i * stride, i * stride + offset);
-                let (a, b) = (head[i0], head[i1]);
-                head[i0] = a.mul_add(c, -(b * s));
-                head[i1] = a.mul_add(s, b * c);
+        fused(|| {
+            let mut theta = pos as f32;
+            let cs: Vec<(f32, f32)> = (0..half)
+                .map(|i| {
+                    let ff = freq_factors.map_or(1.0, |ff| ff[i]);
+                    let t = cfg.freq_scale * (theta / ff);
+                    theta *= theta_scale;
+                    (t.cos(), t.sin())
+                })
+                .collect();
+            let (stride, offset) = match cfg.style {
+                RopeStyle::Normal => (2, 1),
+                RopeStyle::Neox => (1, half),
+            };
+            for head in row.chunks_mut(cfg.head_dim) {
+                for (i, &(c, s)) in cs.iter().enumerate() {
+                    let (i0, i1) = (i * stride, i * stride + offset);
+                    let (a, b) = (head[i0], head[i1]);
+                    head[i0] = a.mul_add(c, -(b * s));
+                    head[i1] = a.mul_add(s, b * c);
+                }
             }
-        }
+        })
     };
     if x.data.len() <= SERIAL_MAX_VALUES {
         x.data.chunks_mut(cols).zip(positions).for_each(rotate);
@@ -92,17 +111,19 @@ pub fn silu(x: f32) -> f32 {
 
 /// SiLU as ggml's AVX-512 `ggml_v_silu` computes it, lane by lane: its
 /// polynomial `exp` (within 1.5 ulp), then `x / (1 + exp(-x))`.
+#[inline(always)]
 pub fn silu_ggml(x: f32) -> f32 {
     x / (1.0 + expf_ggml(0.0 - x))
 }
 
 /// ggml's AVX-512 `ggml_v_expf` (after ARM's optimized routines) for one lane.
+#[inline(always)]
 fn expf_ggml(x: f32) -> f32 {
     let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
     let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // log2(e)
     let n = z - r;
     let b = (-n).mul_add(
-        f32::from_bits(0x35bf_be8e), // 0x1.7f7d1cp-20
+        f32::from_bits(0x35bf_be8e),                  // 0x1.7f7d1cp-20
         (-n).mul_add(f32::from_bits(0x3f31_7200), x), // 0x1.62e4p-1
     );
     let u = b * b;
@@ -119,6 +140,7 @@ fn expf_ggml(x: f32) -> f32 {
 }
 
 /// `j * 2^n` rounded once (`vscalefps` for integral `n`).
+#[inline(always)]
 fn scalef(j: f32, n: f32) -> f32 {
     let n = n as i32;
     if (-126..=127).contains(&n) {
@@ -159,33 +181,45 @@ fn gelu_table() -> &'static [f16] {
 
 pub fn gated(gate: &CpuAct, up: &CpuAct, act: Activation) -> CpuAct {
     let cols = gate.cols;
-    // ggml's vector SiLU covers each row in 16-lane steps; the rest of a
-    // row takes its scalar `silu`.
-    let simd_cols = cols & !15;
-    let f = |i: usize, g: f32| match act {
-        Activation::Silu if i % cols < simd_cols => silu_ggml(g),
-        Activation::Silu => silu(g),
-        Activation::GeluTanh => gelu_tanh_f16(g),
+    let mut data = vec![0f32; gate.data.len()];
+    let row = |((o, g), u): ((&mut [f32], &[f32]), &[f32])| {
+        fused(|| match act {
+            Activation::Silu => swiglu_row(o, g, u),
+            Activation::GeluTanh => o
+                .iter_mut()
+                .zip(g.iter().zip(u))
+                .for_each(|(o, (&g, &u))| *o = gelu_tanh_f16(g) * u),
+        })
     };
-    let data = if gate.data.len() <= SERIAL_MAX_VALUES {
-        gate.data
-            .iter()
-            .zip(&up.data)
-            .enumerate()
-            .map(|(i, (&g, &u))| f(i, g) * u)
-            .collect()
+    let rows = data
+        .chunks_mut(cols)
+        .zip(gate.data.chunks(cols))
+        .zip(up.data.chunks(cols));
+    if gate.data.len() <= SERIAL_MAX_VALUES {
+        rows.for_each(row);
     } else {
-        gate.data
-            .par_iter()
-            .zip(&up.data)
-            .enumerate()
-            .map(|(i, (&g, &u))| f(i, g) * u)
-            .collect()
-    };
+        data.par_chunks_mut(cols)
+            .zip(gate.data.par_chunks(cols))
+            .zip(up.data.par_chunks(cols))
+            .for_each(row);
+    }
     CpuAct {
         data,
         rows: gate.rows,
         cols,
+    }
+}
+
+/// `silu(g) * u` over a row as ggml's `ggml_vec_swiglu_f32`: its vector
+/// SiLU in 16-lane steps, its scalar `silu` for the rest.
+#[inline(always)]
+fn swiglu_row(out: &mut [f32], g: &[f32], u: &[f32]) {
+    let simd = g.len() & !15;
+    for ((o, &g), &u) in out[..simd].iter_mut().zip(&g[..simd]).zip(&u[..simd]) {
+        *o = silu_ggml(g) * u;
+    }
+    for ((o, &g), &u) in out[simd..].iter_mut().zip(&g[simd..]).zip(&u[simd..]) {
+        *o = silu(g) * u;
     }
 }
 

@@ -930,7 +930,9 @@ pub unsafe fn quantize_q8(x: &[f32], out: &mut [u8], q8_1: bool) {
         let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
         let q: [__m256i; 4] = std::array::from_fn(|k| {
             let s = _mm256_mul_ps(v[k], id);
-            _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(s))
+            _mm256_cvtps_epi32(_mm256_round_ps::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(s))
         });
         let w16 = _mm256_packs_epi16(
             _mm256_packs_epi32(q[0], q[1]),

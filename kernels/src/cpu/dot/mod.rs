@@ -265,6 +265,12 @@ pub fn vec_dot_scalar(weight: GgmlType, n: usize, w_row: &[u8], x: &[u8]) -> f32
     scalar_kernel(weight)(n, w_row, x)
 }
 
+/// Whether the CPU has AVX2 and FMA (x86-64).
+#[cfg(target_arch = "x86_64")]
+pub fn fma_detected() -> bool {
+    kernels().simd_quantize
+}
+
 /// The instruction set `vec_dot` uses ("avx2+vnni", "avx2" or "scalar").
 pub fn simd_name() -> &'static str {
     kernels().name

@@ -181,23 +181,35 @@ fn wrong_lengths_panic_with_a_message() {
     vec_dot(GgmlType::Q4_0, 64, &[0u8; 18], &[0u8; 68]);
 }
 
+/// Random weight rows and `TOKENS` quantized activation rows of type `t`.
+fn rows_and_tokens(
+    rng: &mut ChaCha8Rng,
+    t: GgmlType,
+    n: usize,
+    random_bytes: bool,
+) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let w = weight_row(rng, t, n, random_bytes);
+    let xq = (0..TOKENS)
+        .map(|_| {
+            let mut b = Vec::new();
+            quantize_activation(t, &f32_row(rng, n), &mut b);
+            b
+        })
+        .collect();
+    (w, xq)
+}
+
 #[test]
 fn x4_kernels_give_vec_dot_bits() {
     let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 4);
     for t in GgmlType::ALL {
-        if !has_x4(t) {
+        // Q4_K's groups of four follow ggml's gemm, not its gemv (below).
+        if !has_x4(t) || t == GgmlType::Q4K {
             continue;
         }
         for n in lengths(t) {
             for random_bytes in [false, true] {
-                let w = weight_row(&mut rng, t, n, random_bytes);
-                let xq: Vec<Vec<u8>> = (0..TOKENS)
-                    .map(|_| {
-                        let mut b = Vec::new();
-                        quantize_activation(t, &f32_row(&mut rng, n), &mut b);
-                        b
-                    })
-                    .collect();
+                let (w, xq) = rows_and_tokens(&mut rng, t, n, random_bytes);
                 let got = vec_dot_x4(t, n, &w, std::array::from_fn(|k| &xq[k][..])).unwrap();
                 for (k, x) in xq.iter().enumerate() {
                     let one = vec_dot(t, n, &w, x);
@@ -208,6 +220,115 @@ fn x4_kernels_give_vec_dot_bits() {
                         SEED ^ 4
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Per 64-element chunk of a Q4_K row: (sum of scale * level * q8, sum of
+/// min * bsum) against a Q8_K row, exact integers, with the block scales.
+fn q4_k_chunks(n: usize, w: &[u8], x: &[u8]) -> Vec<([(i32, i32); 4], f32, f32, f32)> {
+    use strata_model::quant::k_quants::scale_min_k4;
+    (0..n / 256)
+        .map(|i| {
+            let (b, bx) = (&w[i * 144..(i + 1) * 144], &x[i * 292..(i + 1) * 292]);
+            let q8 = |e: usize| bx[4 + e] as i8 as i32;
+            let chunks = std::array::from_fn(|j| {
+                let mut si = 0;
+                let mut sm = 0;
+                for half in 0..2 {
+                    let (sc, m) = scale_min_k4(2 * j + half, &b[4..16]);
+                    let mut dot = 0;
+                    let mut bsum = 0;
+                    for l in 0..32 {
+                        let byte = b[16 + 32 * j + l];
+                        let level = if half == 0 { byte & 15 } else { byte >> 4 } as i32;
+                        dot += level * q8(64 * j + 32 * half + l);
+                        bsum += q8(64 * j + 32 * half + l);
+                    }
+                    si += sc as i32 * dot;
+                    sm += m as i32 * bsum;
+                }
+                (si, sm)
+            });
+            let f16 = |at: usize| half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+            let dy = f32::from_le_bytes([bx[0], bx[1], bx[2], bx[3]]);
+            (chunks, f16(0), f16(2), dy)
+        })
+        .collect()
+}
+
+/// Q4_K follows llama.cpp's x86 repacked kernels (the weights it repacks):
+/// one token per super-block fused multiply-add (`ggml_gemv_q4_K_8x8_q8_K`),
+/// four tokens per 64-element chunk (`ggml_gemm_q4_K_8x8_q8_K`). Written out
+/// here in scalar code, which the SIMD kernels must give bit for bit.
+#[test]
+fn q4_k_follows_ggml_repacked_order() {
+    if !avx2::detected() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 9);
+    let t = GgmlType::Q4K;
+    for n in lengths(t) {
+        for random_bytes in [false, true] {
+            let (w, xq) = rows_and_tokens(&mut rng, t, n, random_bytes);
+            let x4 = vec_dot_x4(t, n, &w, std::array::from_fn(|k| &xq[k][..])).unwrap();
+            for (k, x) in xq.iter().enumerate() {
+                let (mut gemv, mut gemv_m, mut gemm, mut gemm_m) = (0f32, 0f32, 0f32, 0f32);
+                for (chunks, d, dmin, dy) in q4_k_chunks(n, &w, x) {
+                    let (si, sm) = chunks.iter().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+                    gemv = (si as f32).mul_add(d * dy, gemv);
+                    gemv_m = (sm as f32).mul_add(dmin * dy, gemv_m);
+                    for (si, sm) in chunks {
+                        gemm = (si as f32).mul_add(d * dy, gemm);
+                        gemm_m = (sm as f32).mul_add(dmin * dy, gemm_m);
+                    }
+                }
+                let ctx = format!("n={n} token {k} random_bytes={random_bytes}");
+                assert_eq!(
+                    vec_dot(t, n, &w, x).to_bits(),
+                    (gemv - gemv_m).to_bits(),
+                    "gemv {ctx}"
+                );
+                assert_eq!(x4[k].to_bits(), (gemm - gemm_m).to_bits(), "gemm {ctx}");
+            }
+        }
+    }
+}
+
+/// Q6_K in batches of 8+ follows llama.cpp's tiled matmul: per super-block
+/// `acc = fma(sumi * d, dy, acc)` on the exact integer sum.
+#[test]
+fn q6_k_tiled_follows_ggml_order() {
+    let t = GgmlType::Q6K;
+    if RowDot::new(t, 256).tiled().is_none() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 10);
+    for n in lengths(t) {
+        let tiled = RowDot::new(t, n).tiled().expect("tiled kernel");
+        for random_bytes in [false, true] {
+            let (w, xq) = rows_and_tokens(&mut rng, t, n, random_bytes);
+            let got = tiled.dot_x4(&w, std::array::from_fn(|k| &xq[k][..]));
+            for (k, x) in xq.iter().enumerate() {
+                let mut want = 0f32;
+                for i in 0..n / 256 {
+                    let (b, bx) = (&w[i * 210..(i + 1) * 210], &x[i * 292..(i + 1) * 292]);
+                    let mut levels = vec![0f32; 256];
+                    dequantize_row(t, b, &mut levels).unwrap();
+                    let d = half::f16::from_le_bytes([b[208], b[209]]).to_f32();
+                    // dequantized = d * scale * (q - 32): divide d back out (exact integers).
+                    let sumi: i64 = (0..256)
+                        .map(|e| (levels[e] / d).round() as i64 * bx[4 + e] as i8 as i64)
+                        .sum();
+                    let dy = f32::from_le_bytes([bx[0], bx[1], bx[2], bx[3]]);
+                    want = (sumi as f32 * d).mul_add(dy, want);
+                }
+                assert_eq!(
+                    got[k].to_bits(),
+                    want.to_bits(),
+                    "n={n} token {k} random_bytes={random_bytes}"
+                );
             }
         }
     }
