@@ -4,7 +4,7 @@ use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 use strata_model::profile::KvType;
 
-use super::CpuAct;
+use super::{fused, CpuAct};
 use crate::backend::{AttentionBatch, KernelError};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 
@@ -79,46 +79,48 @@ impl CpuKvCache {
         let k = head_kernels();
         let score_scale = if batch.scale_query { 1.0 } else { batch.scale };
         let head = |(qh, acc): &mut (Vec<f32>, Vec<f16>), (i, o): (usize, &mut [f32])| {
-            let (t, h) = (i / batch.n_heads, i % batch.n_heads);
-            let kvh = h / group;
-            let seq = batch.token_seq[t] as usize;
-            let pos = batch.positions[t] as usize;
-            let lo = batch.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            // Q rounded to f16 (kept as f32: f16 x f16 products are exact in f32).
-            let q_scale = if batch.scale_query { batch.scale } else { 1.0 };
-            qh.iter_mut()
-                .zip(&q.row(t)[h * hd..(h + 1) * hd])
-                .for_each(|(d, &v)| *d = f16::from_f32(v * q_scale).to_f32());
-            acc.fill(f16::ZERO);
-            let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-            let mut p0 = lo;
-            while p0 <= pos {
-                // Scores of up to LANES positions at once (the last padded by repeating it).
-                let n = (pos + 1 - p0).min(LANES);
-                let slots: [usize; LANES] =
-                    std::array::from_fn(|j| Self::slot(batch, seq, p0 + j.min(n - 1)));
-                let rows = slots.map(|s| &kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd]);
-                let scores = (k.scores)(qh, rows);
-                for (j, &s) in slots.iter().enumerate().take(n) {
-                    let score = scores[j] * score_scale;
-                    let (mut ms, mut vs) = (1.0f32, 1.0f32);
-                    if score > m {
-                        ms = (m - score).exp();
-                        m = score;
-                        (k.scale)(acc, ms);
-                    } else {
-                        vs = (score - m).exp();
+            fused(|| {
+                let (t, h) = (i / batch.n_heads, i % batch.n_heads);
+                let kvh = h / group;
+                let seq = batch.token_seq[t] as usize;
+                let pos = batch.positions[t] as usize;
+                let lo = batch.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                // Q rounded to f16 (kept as f32: f16 x f16 products are exact in f32).
+                let q_scale = if batch.scale_query { batch.scale } else { 1.0 };
+                qh.iter_mut()
+                    .zip(&q.row(t)[h * hd..(h + 1) * hd])
+                    .for_each(|(d, &v)| *d = f16::from_f32(v * q_scale).to_f32());
+                acc.fill(f16::ZERO);
+                let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+                let mut p0 = lo;
+                while p0 <= pos {
+                    // Scores of up to LANES positions at once (the last padded by repeating it).
+                    let n = (pos + 1 - p0).min(LANES);
+                    let slots: [usize; LANES] =
+                        std::array::from_fn(|j| Self::slot(batch, seq, p0 + j.min(n - 1)));
+                    let rows = slots.map(|s| &kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd]);
+                    let scores = (k.scores)(qh, rows);
+                    for (j, &s) in slots.iter().enumerate().take(n) {
+                        let score = scores[j] * score_scale;
+                        let (mut ms, mut vs) = (1.0f32, 1.0f32);
+                        if score > m {
+                            ms = (m - score).exp();
+                            m = score;
+                            (k.scale)(acc, ms);
+                        } else {
+                            vs = (score - m).exp();
+                        }
+                        let vh = &vpool[s * vd + kvh * hdv..s * vd + (kvh + 1) * hdv];
+                        (k.mad)(acc, vh, vs);
+                        // GCC fuses this in ggml (-ffp-contract=fast).
+                        sum = sum.mul_add(ms, vs);
                     }
-                    let vh = &vpool[s * vd + kvh * hdv..s * vd + (kvh + 1) * hdv];
-                    (k.mad)(acc, vh, vs);
-                    // GCC fuses this in ggml (-ffp-contract=fast).
-                    sum = sum.mul_add(ms, vs);
+                    p0 += n;
                 }
-                p0 += n;
-            }
-            let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-            acc.convert_to_f32_slice(o);
-            o.iter_mut().for_each(|o| *o *= inv);
+                let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+                acc.convert_to_f32_slice(o);
+                o.iter_mut().for_each(|o| *o *= inv);
+            })
         };
         let scratch = || (vec![0f32; hd], vec![f16::ZERO; hdv]);
         // Positions attended, summed over tokens (an upper bound with a window).

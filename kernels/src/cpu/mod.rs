@@ -17,6 +17,23 @@ use crate::kv::KvGeometry;
 
 pub use attention::CpuKvCache;
 
+/// Runs `f` compiled for AVX2 + FMA where the CPU has them: ops that use
+/// `f32::mul_add` to follow ggml's fused arithmetic, which is otherwise a
+/// libm call per use. (The closure is inlined into the wrapper.)
+#[inline(always)]
+pub(crate) fn fused<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if dot::fma_detected() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn run<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the features were detected.
+        return unsafe { run(f) };
+    }
+    f()
+}
+
 /// Row-major `rows x cols` f32 activations.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CpuAct {

@@ -415,27 +415,29 @@ unsafe fn q4_k_levels(b: *const u8, j: usize) -> (__m256i, __m256i) {
     )
 }
 
-/// Q4_K chunk `j` (sub-blocks 2j and 2j + 1) against a Q8_K block: the
-/// scaled level sum and the min sum (exact integers).
+/// Scaled level sums of Q4_K chunk `j` (sub-blocks 2j and 2j + 1) against
+/// a Q8_K block, in 8 i32 lanes (exact).
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn q4_k_chunk(b: &[u8], bx: &[u8], j: usize, levels: (__m256i, __m256i)) -> (i32, i32) {
-    let (sc1, m1) = scale_min_k4(2 * j, &b[4..16]);
-    let (sc2, m2) = scale_min_k4(2 * j + 1, &b[4..16]);
-    let sums = bsums32(bx);
-    let q8 = bx.as_ptr().add(4);
+unsafe fn q4_k_chunk(levels: (__m256i, __m256i), scales: (i16, i16), q8: *const u8) -> __m256i {
     let pl = _mm256_madd_epi16(
-        _mm256_set1_epi16(sc1 as i16),
-        _mm256_maddubs_epi16(levels.0, load(q8.add(64 * j))),
+        _mm256_set1_epi16(scales.0),
+        _mm256_maddubs_epi16(levels.0, load(q8)),
     );
     let ph = _mm256_madd_epi16(
-        _mm256_set1_epi16(sc2 as i16),
-        _mm256_maddubs_epi16(levels.1, load(q8.add(64 * j + 32))),
+        _mm256_set1_epi16(scales.1),
+        _mm256_maddubs_epi16(levels.1, load(q8.add(32))),
     );
-    (
-        hsum_i32(_mm256_add_epi32(pl, ph)),
-        m1 as i32 * sums[2 * j] + m2 as i32 * sums[2 * j + 1],
-    )
+    _mm256_add_epi32(pl, ph)
+}
+
+/// The 8 (scale, min) pairs of a Q4_K block.
+#[inline]
+fn q4_k_scales(b: &[u8]) -> [(i16, i32); 8] {
+    std::array::from_fn(|k| {
+        let (sc, m) = scale_min_k4(k, &b[4..16]);
+        (sc as i16, m as i32)
+    })
 }
 
 /// Q4_K in the order of llama.cpp's x86 build, which repacks Q4_K weights
@@ -447,17 +449,35 @@ unsafe fn q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let (mut acc, mut acc_m) = (0f32, 0f32);
     for i in 0..n / 256 {
         let (b, bx) = (&w[i * 144..(i + 1) * 144], &x[i * 292..(i + 1) * 292]);
-        let (mut sumi, mut summ) = (0i32, 0i32);
+        let sc = q4_k_scales(b);
+        let sums = bsums32(bx);
+        let mut sumi = _mm256_setzero_si256();
+        let mut summ = 0i32;
         for j in 0..4 {
-            let (si, sm) = q4_k_chunk(b, bx, j, q4_k_levels(b.as_ptr(), j));
-            sumi += si;
-            summ += sm;
+            let levels = q4_k_levels(b.as_ptr(), j);
+            let chunk = q4_k_chunk(
+                levels,
+                (sc[2 * j].0, sc[2 * j + 1].0),
+                bx.as_ptr().add(4 + 64 * j),
+            );
+            sumi = _mm256_add_epi32(sumi, chunk);
+            summ += sc[2 * j].1 * sums[2 * j] + sc[2 * j + 1].1 * sums[2 * j + 1];
         }
         let dy = f32_at(bx, 0);
-        acc = (sumi as f32).mul_add(f16(b, 0) * dy, acc);
+        acc = (hsum_i32(sumi) as f32).mul_add(f16(b, 0) * dy, acc);
         acc_m = (summ as f32).mul_add(f16(b, 2) * dy, acc_m);
     }
     acc - acc_m
+}
+
+/// The lane sums of four i32 vectors, as `[sum(v0), sum(v1), sum(v2), sum(v3)]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum_i32_x4(v: [__m256i; 4]) -> __m128i {
+    let a = _mm256_hadd_epi32(v[0], v[1]);
+    let b = _mm256_hadd_epi32(v[2], v[3]);
+    let c = _mm256_hadd_epi32(a, b);
+    _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -790,26 +810,50 @@ unsafe fn qk_asym_x4(
 
 /// Q4_K for four tokens in the order of `ggml_gemm_q4_K_8x8_q8_K`, which
 /// llama.cpp uses for each group of four tokens (the rest go through the
-/// gemv order of [`q4_k`]): one fused multiply-add per 64-element chunk.
+/// gemv order of [`q4_k`]): one fused multiply-add per 64-element chunk,
+/// here for the four tokens in the lanes of one register.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
-    let mut acc = [0f32; T];
-    let mut acc_m = [0f32; T];
+    let mut acc = _mm_setzero_ps();
+    let mut acc_m = _mm_setzero_ps();
     for i in 0..n / 256 {
         let b = &w[i * 144..(i + 1) * 144];
-        let (dw, mw) = (f16(b, 0), f16(b, 2));
-        for j in 0..4 {
-            let levels = q4_k_levels(b.as_ptr(), j);
-            for t in 0..T {
-                let bx = &x[t][i * 292..(i + 1) * 292];
-                let (si, sm) = q4_k_chunk(b, bx, j, levels);
-                let dy = f32_at(bx, 0);
-                acc[t] = (si as f32).mul_add(dw * dy, acc[t]);
-                acc_m[t] = (sm as f32).mul_add(mw * dy, acc_m[t]);
+        let sc = q4_k_scales(b);
+        // Each min twice, against the 16 bsums of 16: lane k of the madd is
+        // min_k * (bsum of sub-block k); chunk j holds sub-blocks 2j, 2j + 1.
+        let mins: [i16; 16] = std::array::from_fn(|k| sc[k / 2].1 as i16);
+        let mins = _mm256_loadu_si256(mins.as_ptr() as *const __m256i);
+        let mut q8 = [std::ptr::null::<u8>(); T];
+        let mut dy = [0f32; T];
+        let mut summ = [[0i32; T]; 4];
+        for t in 0..T {
+            let bx = &x[t][i * 292..(i + 1) * 292];
+            q8[t] = bx.as_ptr().add(4);
+            dy[t] = f32_at(bx, 0);
+            let p: [i32; 8] =
+                std::mem::transmute(_mm256_madd_epi16(mins, load(bx.as_ptr().add(260))));
+            for j in 0..4 {
+                summ[j][t] = p[2 * j] + p[2 * j + 1];
             }
         }
+        let dy = _mm_loadu_ps(dy.as_ptr());
+        let d = _mm_mul_ps(_mm_set1_ps(f16(b, 0)), dy);
+        let dm = _mm_mul_ps(_mm_set1_ps(f16(b, 2)), dy);
+        for (j, summ) in summ.iter().enumerate() {
+            let levels = q4_k_levels(b.as_ptr(), j);
+            let scales = (sc[2 * j].0, sc[2 * j + 1].0);
+            let v = [
+                q4_k_chunk(levels, scales, q8[0].add(64 * j)),
+                q4_k_chunk(levels, scales, q8[1].add(64 * j)),
+                q4_k_chunk(levels, scales, q8[2].add(64 * j)),
+                q4_k_chunk(levels, scales, q8[3].add(64 * j)),
+            ];
+            let summ = _mm_loadu_si128(summ.as_ptr() as *const __m128i);
+            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum_i32_x4(v)), d, acc);
+            acc_m = _mm_fmadd_ps(_mm_cvtepi32_ps(summ), dm, acc_m);
+        }
     }
-    std::array::from_fn(|t| acc[t] - acc_m[t])
+    std::mem::transmute::<__m128, [f32; T]>(_mm_sub_ps(acc, acc_m))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
