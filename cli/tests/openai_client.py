@@ -34,7 +34,10 @@ check(r.choices[0].finish_reason == "length", f"finish_reason length: {r.choices
 messages = [{"role": "user", "content": "What is the capital of France?"}]
 chat = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=40)
 text = chat.choices[0].message.content
-check("Paris" in text and chat.choices[0].message.role == "assistant", f"chat answers: {text!r}")
+# llama-server (llama.cpp from the llama-cpp-python 0.3.36 sdist, CPU, -t 2)
+# answers this request, greedy, with exactly this text (SmolLM2-135M is small).
+llama_cpp_chat = "L'Étoile, la Marseillaise, la femme au roi, la femme au roi, la femme au roi, la femme au roi,"
+check(text == llama_cpp_chat and chat.choices[0].message.role == "assistant", f"chat answers as llama.cpp: {text!r}")
 check(chat.choices[0].finish_reason in ("stop", "length"), f"chat finish_reason: {chat.choices[0].finish_reason}")
 chunks = list(
     client.chat.completions.create(
