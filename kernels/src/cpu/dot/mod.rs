@@ -7,10 +7,14 @@
 //!
 //! A portable scalar kernel exists for every type ([`scalar`]); AVX2+FMA+F16C
 //! kernels (x86-64, every type) are chosen once at run time when the CPU has
-//! them. Other targets (aarch64: no NEON kernels yet) run the scalar ones.
+//! them; aarch64 runs NEON kernels for the common types (Q4_0, Q4_1, Q5_0,
+//! Q5_1, Q8_0, Q4_K, Q6_K), which give the scalar kernels' bits. Other
+//! targets run the scalar ones.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod scalar;
 #[cfg(test)]
 mod tests;
@@ -304,6 +308,7 @@ struct Kernels {
     table_tiled: [Option<DotFnX4>; 15],
     simd: [bool; 15],
     /// Q8_0/Q8_1/Q8_K activations quantized with AVX2 (`avx2::quantize_q8`, `avx2::quantize_q8_k`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     simd_quantize: bool,
 }
 
@@ -338,6 +343,10 @@ fn scalar_as_unsafe(t: GgmlType) -> DotFn {
 fn kernels() -> &'static Kernels {
     static KERNELS: OnceLock<Kernels> = OnceLock::new();
     KERNELS.get_or_init(|| {
+        #[cfg_attr(
+            not(any(target_arch = "x86_64", target_arch = "aarch64")),
+            allow(unused_mut)
+        )]
         let mut k = Kernels {
             name: "scalar",
             table: GgmlType::ALL.map(scalar_as_unsafe),
@@ -346,6 +355,14 @@ fn kernels() -> &'static Kernels {
             simd: [false; 15],
             simd_quantize: false,
         };
+        #[cfg(target_arch = "aarch64")]
+        {
+            k.name = "neon";
+            for (t, f) in neon::kernels() {
+                k.table[index(t)] = f;
+                k.simd[index(t)] = true;
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         if avx2::detected() {
             k.name = "avx2";

@@ -1,6 +1,10 @@
 //! Portable dot products, one per weight type, with ggml's arithmetic:
 //! integer sums per block (exact), then one f32 scale per block or
 //! sub-block. The reference for the SIMD paths.
+//!
+//! Each kernel's f32 part takes its integer dots as a parameter
+//! ([`IntDots`]): the NEON kernels (`neon.rs`) reuse it with vector integer
+//! dots, so they give these kernels' bits by construction.
 
 use strata_model::quant::k_quants::{q3k_scales, scale_min_k4};
 
@@ -71,7 +75,13 @@ pub fn bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
 /// Blocks of 32 against Q8_0 blocks (`d: f16, qs: [i8; 32]`): `sumi(block, qs)`
 /// gives the integer dot of one weight block with the activation quants.
 #[inline]
-fn sum_q8_0(n: usize, w: &[u8], wb: usize, x: &[u8], sumi: impl Fn(&[u8], &[i8]) -> i32) -> f32 {
+pub(super) fn sum_q8_0(
+    n: usize,
+    w: &[u8],
+    wb: usize,
+    x: &[u8],
+    sumi: impl Fn(&[u8], &[i8]) -> i32,
+) -> f32 {
     let mut sum = 0.0f32;
     for (bw, bx) in w.chunks_exact(wb).zip(x.chunks_exact(34)).take(n / 32) {
         let y: &[i8] = bytemuck::cast_slice(&bx[2..34]);
@@ -82,7 +92,13 @@ fn sum_q8_0(n: usize, w: &[u8], wb: usize, x: &[u8], sumi: impl Fn(&[u8], &[i8])
 
 /// Blocks of 32 with a min against Q8_1 blocks (`d, s = d * sum(qs), qs`).
 #[inline]
-fn sum_q8_1(n: usize, w: &[u8], wb: usize, x: &[u8], sumi: impl Fn(&[u8], &[i8]) -> i32) -> f32 {
+pub(super) fn sum_q8_1(
+    n: usize,
+    w: &[u8],
+    wb: usize,
+    x: &[u8],
+    sumi: impl Fn(&[u8], &[i8]) -> i32,
+) -> f32 {
     let mut sum = 0.0f32;
     for (bw, bx) in w.chunks_exact(wb).zip(x.chunks_exact(36)).take(n / 32) {
         let y: &[i8] = bytemuck::cast_slice(&bx[4..36]);
@@ -94,7 +110,7 @@ fn sum_q8_1(n: usize, w: &[u8], wb: usize, x: &[u8], sumi: impl Fn(&[u8], &[i8])
 /// Integer dot of 16 nibble pairs (low nibble: element j, high: j + 16),
 /// each level minus `offset`, plus the 5th bits of `qh` (0 for 4-bit types).
 #[inline]
-fn nibble_dot(qs: &[u8], qh: u32, offset: i32, y: &[i8]) -> i32 {
+pub(super) fn nibble_dot(qs: &[u8], qh: u32, offset: i32, y: &[i8]) -> i32 {
     let (qs, y) = (&qs[..16], &y[..32]);
     let mut sumi = 0;
     for j in 0..16 {
@@ -108,29 +124,114 @@ fn nibble_dot(qs: &[u8], qh: u32, offset: i32, y: &[i8]) -> i32 {
 }
 
 #[inline]
-fn qh_at(b: &[u8], at: usize) -> u32 {
+pub(super) fn qh_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+/// The integer parts of the dot products, exact on every implementation.
+pub(super) trait IntDots {
+    /// `sum a_i * b_i` over equal-length i8 slices (a multiple of 16 long).
+    fn i8_dot(a: &[i8], b: &[i8]) -> i32;
+    /// [`nibble_dot`].
+    fn nibble_dot(qs: &[u8], qh: u32, offset: i32, y: &[i8]) -> i32;
+    /// Q4_K chunk (32 bytes of nibble pairs) against its 64 quants: the
+    /// dots of the low and of the high nibbles.
+    fn q4_k_dots(q: &[u8], y: &[i8]) -> (i32, i32);
+    /// One Q6_K half-block (ql: 64 bytes, qh: 32) against its 128 quants:
+    /// `s[2k + half]` = the dot of the 16-element sub-block `half` of quarter `k`.
+    fn q6_k_sums(ql: &[u8], qh: &[u8], y: &[i8]) -> [i32; 8];
+}
+
+/// Plain Rust integer dots.
+pub(super) struct Portable;
+
+impl IntDots for Portable {
+    fn i8_dot(a: &[i8], b: &[i8]) -> i32 {
+        a.iter().zip(b).map(|(&a, &b)| a as i32 * b as i32).sum()
+    }
+
+    fn nibble_dot(qs: &[u8], qh: u32, offset: i32, y: &[i8]) -> i32 {
+        nibble_dot(qs, qh, offset, y)
+    }
+
+    fn q4_k_dots(q: &[u8], y: &[i8]) -> (i32, i32) {
+        let (q, y) = (&q[..32], &y[..64]);
+        let (mut s1, mut s2) = (0i32, 0i32);
+        for l in 0..32 {
+            s1 += (q[l] & 0xF) as i32 * y[l] as i32;
+            s2 += (q[l] >> 4) as i32 * y[l + 32] as i32;
+        }
+        (s1, s2)
+    }
+
+    fn q6_k_sums(ql: &[u8], qh: &[u8], y: &[i8]) -> [i32; 8] {
+        let mut s = [0i32; 8];
+        for half in 0..2 {
+            let (mut s1, mut s2, mut s3, mut s4) = (0i32, 0i32, 0i32, 0i32);
+            for l in 16 * half..16 * half + 16 {
+                let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+                let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                s1 += q1 * y[l] as i32;
+                s2 += q2 * y[l + 32] as i32;
+                s3 += q3 * y[l + 64] as i32;
+                s4 += q4 * y[l + 96] as i32;
+            }
+            (s[half], s[half + 2], s[half + 4], s[half + 6]) = (s1, s2, s3, s4);
+        }
+        s
+    }
+}
+
 pub fn q4_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_0(n, w, 18, x, |b, y| nibble_dot(&b[2..], 0, 8, y))
+    q4_0_with::<Portable>(n, w, x)
 }
 
 pub fn q4_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_1(n, w, 20, x, |b, y| nibble_dot(&b[4..], 0, 0, y))
+    q4_1_with::<Portable>(n, w, x)
 }
 
 pub fn q5_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_0(n, w, 22, x, |b, y| nibble_dot(&b[6..], qh_at(b, 2), 16, y))
+    q5_0_with::<Portable>(n, w, x)
 }
 
 pub fn q5_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_1(n, w, 24, x, |b, y| nibble_dot(&b[8..], qh_at(b, 4), 0, y))
+    q5_1_with::<Portable>(n, w, x)
 }
 
 pub fn q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    q8_0_with::<Portable>(n, w, x)
+}
+
+#[inline]
+pub(super) fn q4_0_with<D: IntDots>(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    sum_q8_0(n, w, 18, x, |b, y| D::nibble_dot(&b[2..], 0, 8, y))
+}
+
+#[inline]
+pub(super) fn q4_1_with<D: IntDots>(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    sum_q8_1(n, w, 20, x, |b, y| D::nibble_dot(&b[4..], 0, 0, y))
+}
+
+#[inline]
+pub(super) fn q5_0_with<D: IntDots>(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    sum_q8_0(n, w, 22, x, |b, y| {
+        D::nibble_dot(&b[6..], qh_at(b, 2), 16, y)
+    })
+}
+
+#[inline]
+pub(super) fn q5_1_with<D: IntDots>(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    sum_q8_1(n, w, 24, x, |b, y| {
+        D::nibble_dot(&b[8..], qh_at(b, 4), 0, y)
+    })
+}
+
+#[inline]
+pub(super) fn q8_0_with<D: IntDots>(n: usize, w: &[u8], x: &[u8]) -> f32 {
     sum_q8_0(n, w, 34, x, |b, y| {
-        i8s(&b[2..34]).zip(y).map(|(a, &c)| a * c as i32).sum()
+        D::i8_dot(bytemuck::cast_slice(&b[2..34]), y)
     })
 }
 
@@ -246,14 +347,13 @@ fn qk_asym(
 }
 
 pub fn q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    q4_k_with::<Portable>(n, w, x)
+}
+
+#[inline]
+pub(super) fn q4_k_with<D: IntDots>(n: usize, w: &[u8], x: &[u8]) -> f32 {
     qk_asym(n, w, 144, x, |b, j, y| {
-        let (q, y) = (&b[16 + 32 * j..16 + 32 * j + 32], &y[..64]);
-        let (mut s1, mut s2) = (0i32, 0i32);
-        for l in 0..32 {
-            s1 += (q[l] & 0xF) as i32 * y[l] as i32;
-            s2 += (q[l] >> 4) as i32 * y[l + 32] as i32;
-        }
-        (s1, s2)
+        D::q4_k_dots(&b[16 + 32 * j..16 + 32 * j + 32], y)
     })
 }
 
@@ -272,29 +372,18 @@ pub fn q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 }
 
 pub fn q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    q6_k_with::<Portable>(n, w, x)
+}
+
+#[inline]
+pub(super) fn q6_k_with<D: IntDots>(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (b, bx) in k_blocks(n, w, 210, x) {
         let (dy, y, _) = q8k(bx);
         let mut sumi = 0i32;
         for h in 0..2 {
             let (ql, qh) = (&b[64 * h..64 * h + 64], &b[128 + 32 * h..128 + 32 * h + 32]);
-            let y = &y[128 * h..128 * h + 128];
-            // s[2k + half]: sums of the 16-element sub-blocks of quarter k.
-            let mut s = [0i32; 8];
-            for half in 0..2 {
-                let (mut s1, mut s2, mut s3, mut s4) = (0i32, 0i32, 0i32, 0i32);
-                for l in 16 * half..16 * half + 16 {
-                    let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
-                    let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-                    s1 += q1 * y[l] as i32;
-                    s2 += q2 * y[l + 32] as i32;
-                    s3 += q3 * y[l + 64] as i32;
-                    s4 += q4 * y[l + 96] as i32;
-                }
-                (s[half], s[half + 2], s[half + 4], s[half + 6]) = (s1, s2, s3, s4);
-            }
+            let s = D::q6_k_sums(ql, qh, &y[128 * h..128 * h + 128]);
             sumi += (0..8)
                 .map(|k| b[192 + 8 * h + k] as i8 as i32 * s[k])
                 .sum::<i32>();
@@ -305,12 +394,17 @@ pub fn q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 }
 
 pub fn q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    q8_k_with::<Portable>(n, w, x)
+}
+
+#[inline]
+pub(super) fn q8_k_with<D: IntDots>(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (b, bx) in k_blocks(n, w, 292, x) {
-        let sumi: i32 = i8s(&b[4..260])
-            .zip(i8s(&bx[4..260]))
-            .map(|(a, c)| a * c)
-            .sum();
+        let sumi = D::i8_dot(
+            bytemuck::cast_slice(&b[4..260]),
+            bytemuck::cast_slice(&bx[4..260]),
+        );
         sum += f32_at(b, 0) * f32_at(bx, 0) * sumi as f32;
     }
     sum

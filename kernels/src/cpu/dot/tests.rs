@@ -262,6 +262,7 @@ fn q4_k_chunks(n: usize, w: &[u8], x: &[u8]) -> Vec<([(i32, i32); 4], f32, f32, 
 /// one token per super-block fused multiply-add (`ggml_gemv_q4_K_8x8_q8_K`),
 /// four tokens per 64-element chunk (`ggml_gemm_q4_K_8x8_q8_K`). Written out
 /// here in scalar code, which the SIMD kernels must give bit for bit.
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn q4_k_follows_ggml_repacked_order() {
     if !avx2::detected() {
@@ -425,4 +426,34 @@ fn simd_activation_quantizer_gives_portable_bytes() {
             );
         }
     }
+}
+
+/// The NEON kernels reuse the scalar kernels' f32 arithmetic over vector
+/// integer dots: the same bits (run under qemu by scripts/test-aarch64.sh).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_kernels_give_scalar_bits() {
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 11);
+    let mut xq = Vec::new();
+    let mut covered = 0;
+    for t in GgmlType::ALL {
+        if !has_simd(t) {
+            continue;
+        }
+        covered += 1;
+        for n in lengths(t) {
+            for random_bytes in [false, true] {
+                let w = weight_row(&mut rng, t, n, random_bytes);
+                quantize_activation(t, &f32_row(&mut rng, n), &mut xq);
+                let (fast, slow) = (vec_dot(t, n, &w, &xq), vec_dot_scalar(t, n, &w, &xq));
+                assert_eq!(
+                    fast.to_bits(),
+                    slow.to_bits(),
+                    "{t} n={n} random_bytes={random_bytes}"
+                );
+            }
+        }
+    }
+    assert_eq!(simd_name(), "neon");
+    assert!(covered >= 7, "NEON kernels for {covered} types");
 }
