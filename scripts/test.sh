@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: fetches the real test models
 # into the cache (scripts/fetch-models.sh), the openai Python client and
-# NVRTC (nvidia-cuda-nvrtc) from PyPI, then cargo test over the workspace.
+# NVRTC (nvidia-cuda-nvrtc) from PyPI, then cargo test over the workspace,
+# then the aarch64 kernel tests under qemu (scripts/test-aarch64.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export STRATA_MODELS=${STRATA_MODELS:-$HOME/.cache/strata/models}
@@ -23,3 +24,5 @@ if ! nvrtc_lib >/dev/null; then
 fi
 export LD_LIBRARY_PATH="$(nvrtc_lib)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 cargo test --workspace --no-fail-fast "$@"
+# The NEON kernels: cross-compiled for aarch64 and run under qemu.
+scripts/test-aarch64.sh
