@@ -14,7 +14,8 @@
 //!
 //! It checks, teacher-forced on llama.cpp's tokens, that every top-5
 //! log-probability of every step is within 0.05 of llama.cpp's (we measure
-//! ~2e-4: log-softmax rounding), and that free-running greedy generation
+//! ~2e-4: log-softmax rounding) and that the greedy pick is llama.cpp's
+//! token at all 32 steps of every prompt, and that free-running greedy generation
 //! through `generate` (the whole prompt in one batch) gives llama.cpp's
 //! tokens up to the first near-tie.
 
@@ -123,6 +124,13 @@ fn teacher_forced(model_file: &str, reference_file: &str) {
     for case in cases(reference_file) {
         let logits = teacher_forced_logits(&mut stage, &case);
         for (i, (top, row)) in case.top.iter().zip(&logits).enumerate() {
+            // Fed as llama-server was, greedy picks llama.cpp's token at every step.
+            let pick = (0..row.len()).fold(0, |b, t| if row[t] > row[b] { t } else { b });
+            assert_eq!(
+                pick as u32, case.tokens[i],
+                "{model_file} {:?} step {i}: greedy pick",
+                case.label
+            );
             let z = log_sum_exp(row);
             for &(id, lp) in top {
                 let ours = row[id as usize] - z;
