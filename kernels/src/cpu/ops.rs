@@ -287,7 +287,7 @@ mod tests {
         if !crate::cpu::dot::fma_detected() {
             return;
         }
-        let mut state = 0x51_1u64;
+        let mut state = 0x5111_u64;
         let mut next = move || {
             state = state
                 .wrapping_mul(6364136223846793005)

@@ -225,9 +225,12 @@ fn x4_kernels_give_vec_dot_bits() {
     }
 }
 
-/// Per 64-element chunk of a Q4_K row: (sum of scale * level * q8, sum of
-/// min * bsum) against a Q8_K row, exact integers, with the block scales.
-fn q4_k_chunks(n: usize, w: &[u8], x: &[u8]) -> Vec<([(i32, i32); 4], f32, f32, f32)> {
+/// One Q4_K super-block against a Q8_K block: per 64-element chunk (sum of
+/// scale * level * q8, sum of min * bsum), exact; then d, dmin and dy.
+type Q4KBlock = ([(i32, i32); 4], f32, f32, f32);
+
+/// The [`Q4KBlock`]s of a Q4_K row against a Q8_K row.
+fn q4_k_chunks(n: usize, w: &[u8], x: &[u8]) -> Vec<Q4KBlock> {
     use strata_model::quant::k_quants::scale_min_k4;
     (0..n / 256)
         .map(|i| {
