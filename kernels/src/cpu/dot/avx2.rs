@@ -65,7 +65,10 @@ pub fn kernels() -> Vec<(GgmlType, DotFn)> {
 /// Kernels for batches of [`super::TILED_MIN_TOKENS`] tokens or more, in
 /// the order of llama.cpp's tiled K-quant matmul.
 pub fn kernels_tiled() -> Vec<(GgmlType, DotFnX4)> {
-    vec![(GgmlType::Q6K, q6_k_x4_tiled as DotFnX4)]
+    vec![
+        (GgmlType::Q6K, q6_k_x4_tiled as DotFnX4),
+        (GgmlType::Q5K, q5_k_x4_tiled),
+    ]
 }
 
 /// The types with a kernel for one weight row against [`TOKENS`] activation
@@ -361,8 +364,10 @@ fn bsums32(bx: &[u8]) -> [i32; 8] {
     std::array::from_fn(|s| g(2 * s) + g(2 * s + 1))
 }
 
-/// Q4_K and Q5_K: `levels(block, j)` gives the (low, high) 32-byte level
-/// vectors of the 64 elements of chunk j.
+/// Q5_K (`levels(block, j)` gives the low and high 32-byte level vectors
+/// of chunk j) in the order of ggml's AVX2 `ggml_vec_dot_q5_K_q8_K`: 8 f32
+/// lanes `fma(dy * d, sumi)` per super-block, the mins fused into one
+/// scalar as `fma(-dy * dmin, summ, summs)`, added at the end.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn qk_asym(
@@ -377,30 +382,43 @@ unsafe fn qk_asym(
     for i in 0..n / 256 {
         let (b, bx) = (&w[i * wb..(i + 1) * wb], &x[i * 292..(i + 1) * 292]);
         let dy = f32_at(bx, 0);
-        let sums = bsums32(bx);
-        let mut summ = 0i32;
-        let mut sumi = _mm256_setzero_si256();
-        let q8 = bx.as_ptr().add(4);
-        for j in 0..4 {
-            let (sc1, m1) = scale_min_k4(2 * j, &b[4..16]);
-            let (sc2, m2) = scale_min_k4(2 * j + 1, &b[4..16]);
-            summ += m1 as i32 * sums[2 * j] + m2 as i32 * sums[2 * j + 1];
-            let (ql, qh) = levels(b.as_ptr(), j);
-            let pl = _mm256_madd_epi16(
-                _mm256_set1_epi16(sc1 as i16),
-                _mm256_maddubs_epi16(ql, load(q8.add(64 * j))),
-            );
-            let ph = _mm256_madd_epi16(
-                _mm256_set1_epi16(sc2 as i16),
-                _mm256_maddubs_epi16(qh, load(q8.add(64 * j + 32))),
-            );
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
-        }
+        let (sumi, summ) = qk_asym_block(b, bx, &levels);
         let d = dy * f16(b, 0);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        acc_m += dy * f16(b, 2) * summ as f32;
+        acc_m = (-dy * f16(b, 2)).mul_add(summ as f32, acc_m);
     }
-    hsum(acc) - acc_m
+    hsum(acc) + acc_m
+}
+
+/// One Q5_K super-block against a Q8_K block: the scaled level sums in 8
+/// i32 lanes and the min sum (exact integers).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn qk_asym_block(
+    b: &[u8],
+    bx: &[u8],
+    levels: &impl Fn(*const u8, usize) -> (__m256i, __m256i),
+) -> (__m256i, i32) {
+    let sums = bsums32(bx);
+    let mut summ = 0i32;
+    let mut sumi = _mm256_setzero_si256();
+    let q8 = bx.as_ptr().add(4);
+    for j in 0..4 {
+        let (sc1, m1) = scale_min_k4(2 * j, &b[4..16]);
+        let (sc2, m2) = scale_min_k4(2 * j + 1, &b[4..16]);
+        summ += m1 as i32 * sums[2 * j] + m2 as i32 * sums[2 * j + 1];
+        let (ql, qh) = levels(b.as_ptr(), j);
+        let pl = _mm256_madd_epi16(
+            _mm256_set1_epi16(sc1 as i16),
+            _mm256_maddubs_epi16(ql, load(q8.add(64 * j))),
+        );
+        let ph = _mm256_madd_epi16(
+            _mm256_set1_epi16(sc2 as i16),
+            _mm256_maddubs_epi16(qh, load(q8.add(64 * j + 32))),
+        );
+        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+    }
+    (sumi, summ)
 }
 
 /// The low and high nibble levels of the 64 elements of Q4_K chunk `j`.
@@ -762,9 +780,12 @@ legacy_x4_kernels!(
     q5_1_x4_vnni
 );
 
+/// [`qk_asym`] for four tokens (`TILED`: in the order of llama.cpp's tiled
+/// K-quant matmul, taken for 8+ tokens: per super-block
+/// `fma(fma(-dmin, summ, sumi * d), dy, acc)`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn qk_asym_x4(
+unsafe fn qk_asym_x4<const TILED: bool>(
     n: usize,
     w: &[u8],
     wb: usize,
@@ -775,37 +796,25 @@ unsafe fn qk_asym_x4(
     let mut acc_m = [0.0f32; T];
     for i in 0..n / 256 {
         let b = &w[i * wb..(i + 1) * wb];
-        let bx: [&[u8]; T] = std::array::from_fn(|t| &x[t][i * 292..(i + 1) * 292]);
-        // The 8 mins, each twice, against the 16 bsums: m_j * (bsum_2j + bsum_2j+1), summed (exact integers).
-        let mins: [i16; 16] = std::array::from_fn(|k| scale_min_k4(k / 2, &b[4..16]).1 as i16);
-        let mins = _mm256_loadu_si256(mins.as_ptr() as *const __m256i);
-        let summ: [i32; T] = std::array::from_fn(|t| {
-            let p = _mm256_madd_epi16(mins, load(bx[t].as_ptr().add(260)));
-            let s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256::<1>(p));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-            _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
-        });
-        let mut sumi = [_mm256_setzero_si256(); T];
-        for j in 0..4 {
-            let (sc1, _) = scale_min_k4(2 * j, &b[4..16]);
-            let (sc2, _) = scale_min_k4(2 * j + 1, &b[4..16]);
-            let (ql, qh) = levels(b.as_ptr(), j);
-            let (s1, s2) = (_mm256_set1_epi16(sc1 as i16), _mm256_set1_epi16(sc2 as i16));
-            for t in 0..T {
-                let q8 = bx[t].as_ptr().add(4);
-                let pl = _mm256_madd_epi16(s1, _mm256_maddubs_epi16(ql, load(q8.add(64 * j))));
-                let ph = _mm256_madd_epi16(s2, _mm256_maddubs_epi16(qh, load(q8.add(64 * j + 32))));
-                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(pl, ph));
-            }
-        }
         let (dw, mw) = (f16(b, 0), f16(b, 2));
         for t in 0..T {
-            let dy = f32_at(bx[t], 0);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dy * dw), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-            acc_m[t] += dy * mw * summ[t] as f32;
+            let bx = &x[t][i * 292..(i + 1) * 292];
+            let dy = f32_at(bx, 0);
+            let (sumi, summ) = qk_asym_block(b, bx, &levels);
+            if TILED {
+                let r = (-mw).mul_add(summ as f32, hsum_i32(sumi) as f32 * dw);
+                acc_m[t] = r.mul_add(dy, acc_m[t]);
+            } else {
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dy * dw), _mm256_cvtepi32_ps(sumi), acc[t]);
+                acc_m[t] = (-dy * mw).mul_add(summ as f32, acc_m[t]);
+            }
         }
     }
-    std::array::from_fn(|t| hsum(acc[t]) - acc_m[t])
+    if TILED {
+        acc_m
+    } else {
+        std::array::from_fn(|t| hsum(acc[t]) + acc_m[t])
+    }
 }
 
 /// Q4_K for four tokens in the order of `ggml_gemm_q4_K_8x8_q8_K`, which
@@ -858,7 +867,19 @@ unsafe fn q4_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q5_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
-    qk_asym_x4(n, w, 176, x, |b, j| {
+    q5_k_x4_in::<false>(n, w, x)
+}
+
+/// [`q5_k_x4`] in the order of llama.cpp's tiled K-quant matmul (8+ tokens).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_k_x4_tiled(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+    q5_k_x4_in::<true>(n, w, x)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_k_x4_in<const TILED: bool>(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+    qk_asym_x4::<TILED>(n, w, 176, x, |b, j| {
         let bits = load(b.add(48 + 32 * j));
         let hbits = load(b.add(16));
         let (m4, m1) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));

@@ -460,3 +460,68 @@ fn neon_kernels_give_scalar_bits() {
     assert_eq!(simd_name(), "neon");
     assert!(covered >= 7, "NEON kernels for {covered} types");
 }
+
+/// Q5_K follows ggml's AVX2 `ggml_vec_dot_q5_K_q8_K` (8 lanes of 4-byte
+/// groups, `fma(dy * d, lane)` per super-block, mins fused into one scalar)
+/// for up to 7 tokens, and ggml's tiled matmul for 8+: written out here in
+/// scalar code, which the SIMD kernels must give bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn q5_k_follows_ggml_orders() {
+    use strata_model::quant::k_quants::scale_min_k4;
+    if !avx2::detected() {
+        return;
+    }
+    let t = GgmlType::Q5K;
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 12);
+    for n in lengths(t) {
+        let tiled = RowDot::new(t, n).tiled().expect("Q5_K has a tiled kernel");
+        for random_bytes in [false, true] {
+            let (w, xq) = rows_and_tokens(&mut rng, t, n, random_bytes);
+            let x4 = vec_dot_x4(t, n, &w, std::array::from_fn(|k| &xq[k][..])).unwrap();
+            let x4_tiled = tiled.dot_x4(&w, std::array::from_fn(|k| &xq[k][..]));
+            for (k, x) in xq.iter().enumerate() {
+                let (mut lanes_acc, mut summs, mut tiled_acc) = ([0f32; 8], 0f32, 0f32);
+                for i in 0..n / 256 {
+                    let (b, bx) = (&w[i * 176..(i + 1) * 176], &x[i * 292..(i + 1) * 292]);
+                    let q8 = |e: usize| bx[4 + e] as i8 as i32;
+                    let bsum =
+                        |g: usize| i16::from_le_bytes([bx[260 + 2 * g], bx[261 + 2 * g]]) as i32;
+                    let (mut lanes, mut summ) = ([0i32; 8], 0i32);
+                    for j in 0..4 {
+                        let (sc1, m1) = scale_min_k4(2 * j, &b[4..16]);
+                        let (sc2, m2) = scale_min_k4(2 * j + 1, &b[4..16]);
+                        summ += m1 as i32 * (bsum(4 * j) + bsum(4 * j + 1))
+                            + m2 as i32 * (bsum(4 * j + 2) + bsum(4 * j + 3));
+                        for l in 0..32 {
+                            let (q, h) = (b[48 + 32 * j + l], b[16 + l]);
+                            let lo = (q & 15) as i32 | (((h >> (2 * j)) & 1) as i32) << 4;
+                            let hi = (q >> 4) as i32 | (((h >> (2 * j + 1)) & 1) as i32) << 4;
+                            lanes[l / 4] += sc1 as i32 * lo * q8(64 * j + l)
+                                + sc2 as i32 * hi * q8(64 * j + 32 + l);
+                        }
+                    }
+                    let f16 = |at: usize| half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+                    let dy = f32::from_le_bytes([bx[0], bx[1], bx[2], bx[3]]);
+                    for (a, &l) in lanes_acc.iter_mut().zip(&lanes) {
+                        *a = (dy * f16(0)).mul_add(l as f32, *a);
+                    }
+                    summs = (-dy * f16(2)).mul_add(summ as f32, summs);
+                    let sumi: i32 = lanes.iter().sum();
+                    let r = (-f16(2)).mul_add(summ as f32, sumi as f32 * f16(0));
+                    tiled_acc = r.mul_add(dy, tiled_acc);
+                }
+                let r: [f32; 4] = std::array::from_fn(|i| lanes_acc[i + 4] + lanes_acc[i]);
+                let want = ((r[0] + r[2]) + (r[1] + r[3])) + summs;
+                let ctx = format!("n={n} token {k} random_bytes={random_bytes}");
+                assert_eq!(
+                    vec_dot(t, n, &w, x).to_bits(),
+                    want.to_bits(),
+                    "vec_dot {ctx}"
+                );
+                assert_eq!(x4[k].to_bits(), want.to_bits(), "x4 {ctx}");
+                assert_eq!(x4_tiled[k].to_bits(), tiled_acc.to_bits(), "tiled {ctx}");
+            }
+        }
+    }
+}
