@@ -18,6 +18,8 @@ static bool cb(struct ggml_tensor * t, bool ask, void *) {
     if (ask) return true;
     if (!dumping) return true;
     if (t->type != GGML_TYPE_F32 && t->type != GGML_TYPE_F16) return true;
+    // The whole KV cache (n_ctx cells) after a write: huge, and its views follow.
+    if (t->op == GGML_OP_SET_ROWS) return true;
     size_t n = ggml_nelements(t);
     std::vector<uint8_t> raw(ggml_nbytes(t));
     ggml_backend_tensor_get(t, raw.data(), 0, raw.size());

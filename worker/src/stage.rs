@@ -238,6 +238,25 @@ impl<B: Backend> Stage<B> {
             .iter()
             .map(|s| self.blocks.block_table(s.seq))
             .collect();
+        // The rows the output head reads (last stage only). As in llama.cpp,
+        // the model's last layer keeps only these after its attention
+        // output: the rest of the layer is wasted on other rows, and its
+        // matmuls then see llama.cpp's batch shapes (hence its rounding).
+        let out_rows = self.head.as_ref().map(|_| {
+            let mut rows = Vec::new();
+            let mut offset = 0;
+            for s in batch {
+                match s.logits {
+                    LogitRows::Last => rows.push(offset + s.n_tokens - 1),
+                    LogitRows::From(first) => {
+                        rows.extend(offset + first.min(s.n_tokens)..offset + s.n_tokens)
+                    }
+                }
+                offset += s.n_tokens;
+            }
+            rows
+        });
+        let select = out_rows.as_deref().filter(|rows| rows.len() < n_tokens);
         for (li, w) in self.layers.iter().enumerate() {
             let il = self.range.first + li;
             let attn_batch = AttentionBatch {
@@ -260,6 +279,7 @@ impl<B: Backend> Stage<B> {
                 freq_base: hp.rope_base(il),
                 freq_scale: hp.rope.freq_scale,
             };
+            let last_layer = il + 1 == hp.n_layers;
             x = layer_forward(
                 b,
                 hp,
@@ -270,27 +290,12 @@ impl<B: Backend> Stage<B> {
                 self.rope_freqs.as_ref(),
                 &mut self.kv,
                 li,
+                select.filter(|_| last_layer),
             );
         }
 
         let Some((norm, out)) = &self.head else {
             return Ok(StageOutput::Hidden(x));
-        };
-        let mut rows = Vec::new();
-        let mut offset = 0;
-        for s in batch {
-            match s.logits {
-                LogitRows::Last => rows.push(offset + s.n_tokens - 1),
-                LogitRows::From(first) => {
-                    rows.extend(offset + first.min(s.n_tokens)..offset + s.n_tokens)
-                }
-            }
-            offset += s.n_tokens;
-        }
-        let x = if rows.len() == n_tokens {
-            x
-        } else {
-            b.select_rows(&x, &rows)
         };
         let logits = b.act_to_host(&b.matmul(out, &b.rms_norm(&x, norm, hp.rms_eps)));
         Ok(StageOutput::Logits(
@@ -300,7 +305,8 @@ impl<B: Backend> Stage<B> {
 }
 
 /// One transformer block: attention and gated feed-forward, pre-norm, with
-/// Gemma-3's extra post-norms and Q/K norms where the model has them.
+/// Gemma-3's extra post-norms and Q/K norms where the model has them. With
+/// `keep_rows`, only those rows go on after the attention output.
 #[allow(clippy::too_many_arguments)]
 fn layer_forward<B: Backend>(
     b: &B,
@@ -312,6 +318,7 @@ fn layer_forward<B: Backend>(
     rope_freqs: Option<&B::Weight>,
     kv: &mut B::KvCache,
     layer: usize,
+    keep_rows: Option<&[usize]>,
 ) -> B::Act {
     let h = b.rms_norm(&x, &w.attn_norm, hp.rms_eps);
     let mut q = b.matmul(&w.wq, &h);
@@ -334,6 +341,10 @@ fn layer_forward<B: Backend>(
     b.rope(&mut k, batch.positions, rope, rope_freqs);
     let attn = b.attention(kv, layer, &q, &k, &v, batch);
     let mut o = b.matmul(&w.wo, &attn);
+    if let Some(rows) = keep_rows {
+        o = b.select_rows(&o, rows);
+        x = b.select_rows(&x, rows);
+    }
     if let Some(n) = &w.post_attn_norm {
         o = b.rms_norm(&o, n, hp.rms_eps);
     }

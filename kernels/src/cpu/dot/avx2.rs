@@ -68,6 +68,7 @@ pub fn kernels_tiled() -> Vec<(GgmlType, DotFnX4)> {
     vec![
         (GgmlType::Q6K, q6_k_x4_tiled as DotFnX4),
         (GgmlType::Q5K, q5_k_x4_tiled),
+        (GgmlType::Q3K, q3_k_x4_tiled),
     ]
 }
 
@@ -308,37 +309,63 @@ unsafe fn q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     hsum(acc) - acc_m
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q3_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
+/// One Q3_K super-block against a Q8_K block: the scaled level sums in 8
+/// i32 lanes (exact), lane by lane as ggml's AVX2 `ggml_vec_dot_q3_K_q8_K`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q3_k_block(b: &[u8], bx: &[u8]) -> __m256i {
     let (m3, m1, m4s) = (
         _mm256_set1_epi8(3),
         _mm256_set1_epi8(1),
         _mm256_set1_epi8(4),
     );
+    let (pb, q8) = (b.as_ptr(), bx.as_ptr().add(4));
+    let scales = q3k_scales(&b[96..108]);
+    let hbits = load(pb);
+    let mut sumi = _mm256_setzero_si256();
+    for h in 0..2 {
+        let bits = load(pb.add(32 + 32 * h));
+        for j in 0..4 {
+            // u = low | high << 2 in 0..8; the level is u - 4.
+            let hb = _mm256_slli_epi16(field(hbits, 4 * h + j, m1), 2);
+            let u = _mm256_or_si256(field(bits, 2 * j, m3), hb);
+            let y = load(q8.add(128 * h + 32 * j));
+            let p = _mm256_sub_epi16(_mm256_maddubs_epi16(u, y), _mm256_maddubs_epi16(m4s, y));
+            let s = 8 * h + 2 * j;
+            let sc = two_scales(scales[s] as i16, scales[s + 1] as i16);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
+        }
+    }
+    sumi
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q3_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
     for i in 0..n / 256 {
         let (b, bx) = (&w[i * 110..(i + 1) * 110], &x[i * 292..(i + 1) * 292]);
-        let (pb, q8) = (b.as_ptr(), bx.as_ptr().add(4));
-        let scales = q3k_scales(&b[96..108]);
-        let hbits = load(pb);
-        let mut sumi = _mm256_setzero_si256();
-        for h in 0..2 {
-            let bits = load(pb.add(32 + 32 * h));
-            for j in 0..4 {
-                // u = low | high << 2 in 0..8; the level is u - 4.
-                let hb = _mm256_slli_epi16(field(hbits, 4 * h + j, m1), 2);
-                let u = _mm256_or_si256(field(bits, 2 * j, m3), hb);
-                let y = load(q8.add(128 * h + 32 * j));
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(u, y), _mm256_maddubs_epi16(m4s, y));
-                let s = 8 * h + 2 * j;
-                let sc = two_scales(scales[s] as i16, scales[s + 1] as i16);
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
-            }
-        }
+        let sumi = q3_k_block(b, bx);
         let d = f32_at(bx, 0) * f16(b, 108);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum(acc)
+}
+
+/// Q3_K for four tokens in the order of llama.cpp's tiled K-quant matmul
+/// (8+ tokens): per super-block `acc = fma(sumi * d, dy, acc)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q3_k_x4_tiled(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+    let mut acc = [0f32; T];
+    for i in 0..n / 256 {
+        let b = &w[i * 110..(i + 1) * 110];
+        let dw = f16(b, 108);
+        for t in 0..T {
+            let bx = &x[t][i * 292..(i + 1) * 292];
+            let sumi = hsum_i32(q3_k_block(b, bx));
+            acc[t] = (sumi as f32 * dw).mul_add(f32_at(bx, 0), acc[t]);
+        }
+    }
+    acc
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
