@@ -86,6 +86,7 @@ pub fn kernels_x4() -> Vec<(GgmlType, DotFnX4)> {
         (GgmlType::Q4K, q4_k_x4),
         (GgmlType::Q5K, q5_k_x4),
         (GgmlType::Q6K, q6_k_x4),
+        (GgmlType::Q2K, q2_k_x4),
     ]
 }
 
@@ -277,36 +278,66 @@ unsafe fn two_scales(lo: i16, hi: i16) -> __m256i {
     _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
 }
 
+/// One Q2_K half super-block (`h`: 128 elements, 8 sub-blocks of 16)
+/// against its Q8_K quants: (scaled level sum, min sum), exact integers.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q2_k_half(b: &[u8], bx: &[u8], h: usize) -> (i32, i32) {
+    let m3 = _mm256_set1_epi8(3);
+    let (pb, q8) = (b.as_ptr(), bx.as_ptr().add(4));
+    let bsum = |k: usize| i16::from_le_bytes([bx[260 + 2 * k], bx[261 + 2 * k]]) as i32;
+    let summ: i32 = (8 * h..8 * h + 8)
+        .map(|s| (b[s] >> 4) as i32 * bsum(s))
+        .sum();
+    let mut sumi = _mm256_setzero_si256();
+    let bits = load(pb.add(16 + 32 * h));
+    for j in 0..4 {
+        let p = _mm256_maddubs_epi16(field(bits, 2 * j, m3), load(q8.add(128 * h + 32 * j)));
+        let s = 8 * h + 2 * j;
+        let sc = two_scales((b[s] & 0xF) as i16, (b[s + 1] & 0xF) as i16);
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
+    }
+    (hsum_i32(sumi), summ)
+}
+
+/// Q2_K in the order of llama.cpp's AVX-512 build, which repacks Q2_K
+/// weights (rows in eights) and runs lone tokens through
+/// `ggml_gemv_q2_K_8x8_q8_K`: per super-block, the exact integer sum times
+/// `d * dy` fused into one accumulator and the mins into another.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_m = 0.0f32;
-    let m3 = _mm256_set1_epi8(3);
+    let (mut acc, mut acc_m) = (0f32, 0f32);
     for i in 0..n / 256 {
         let (b, bx) = (&w[i * 84..(i + 1) * 84], &x[i * 292..(i + 1) * 292]);
-        let (pb, q8) = (b.as_ptr(), bx.as_ptr().add(4));
-        let bsum = |k: usize| i16::from_le_bytes([bx[260 + 2 * k], bx[261 + 2 * k]]) as i32;
-        let summ: i32 = (0..16).map(|s| (b[s] >> 4) as i32 * bsum(s)).sum();
-        let mut sumi = _mm256_setzero_si256();
-        for h in 0..2 {
-            let bits = load(pb.add(16 + 32 * h));
-            for j in 0..4 {
-                let p =
-                    _mm256_maddubs_epi16(field(bits, 2 * j, m3), load(q8.add(128 * h + 32 * j)));
-                let s = 8 * h + 2 * j;
-                let sc = two_scales((b[s] & 0xF) as i16, (b[s + 1] & 0xF) as i16);
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
+        let (s0, m0) = q2_k_half(b, bx, 0);
+        let (s1, m1) = q2_k_half(b, bx, 1);
+        let dy = f32_at(bx, 0);
+        acc = ((s0 + s1) as f32).mul_add(f16(b, 80) * dy, acc);
+        acc_m = ((m0 + m1) as f32).mul_add(f16(b, 82) * dy, acc_m);
+    }
+    acc - acc_m
+}
+
+/// Q2_K for four tokens in the order of `ggml_gemm_q2_K_8x8_q8_K` (each
+/// group of four tokens): one fused multiply-add per 128-element half.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q2_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
+    let mut acc = [0f32; T];
+    let mut acc_m = [0f32; T];
+    for i in 0..n / 256 {
+        let b = &w[i * 84..(i + 1) * 84];
+        let (dw, mw) = (f16(b, 80), f16(b, 82));
+        for t in 0..T {
+            let bx = &x[t][i * 292..(i + 1) * 292];
+            let dy = f32_at(bx, 0);
+            for h in 0..2 {
+                let (si, sm) = q2_k_half(b, bx, h);
+                acc[t] = (si as f32).mul_add(dw * dy, acc[t]);
+                acc_m[t] = (sm as f32).mul_add(mw * dy, acc_m[t]);
             }
         }
-        let dy = f32_at(bx, 0);
-        acc = _mm256_fmadd_ps(
-            _mm256_set1_ps(dy * f16(b, 80)),
-            _mm256_cvtepi32_ps(sumi),
-            acc,
-        );
-        acc_m += dy * f16(b, 82) * summ as f32;
     }
-    hsum(acc) - acc_m
+    std::array::from_fn(|t| acc[t] - acc_m[t])
 }
 
 /// One Q3_K super-block against a Q8_K block: the scaled level sums in 8

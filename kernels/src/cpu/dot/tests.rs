@@ -203,8 +203,8 @@ fn rows_and_tokens(
 fn x4_kernels_give_vec_dot_bits() {
     let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 4);
     for t in GgmlType::ALL {
-        // Q4_K's groups of four follow ggml's gemm, not its gemv (below).
-        if !has_x4(t) || t == GgmlType::Q4K {
+        // Q4_K's and Q2_K's groups of four follow ggml's gemm, not its gemv (below).
+        if !has_x4(t) || t == GgmlType::Q4K || t == GgmlType::Q2K {
             continue;
         }
         for n in lengths(t) {
@@ -521,6 +521,63 @@ fn q5_k_follows_ggml_orders() {
                 );
                 assert_eq!(x4[k].to_bits(), want.to_bits(), "x4 {ctx}");
                 assert_eq!(x4_tiled[k].to_bits(), tiled_acc.to_bits(), "tiled {ctx}");
+            }
+        }
+    }
+}
+
+/// Q2_K follows llama.cpp's AVX-512 repacked kernels: one fused
+/// multiply-add per super-block for a lone token
+/// (`ggml_gemv_q2_K_8x8_q8_K`), one per 128-element half for each group of
+/// four (`ggml_gemm_q2_K_8x8_q8_K`); written out in scalar code here.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn q2_k_follows_ggml_repacked_order() {
+    if !avx2::detected() {
+        return;
+    }
+    let t = GgmlType::Q2K;
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 13);
+    for n in lengths(t) {
+        for random_bytes in [false, true] {
+            let (w, xq) = rows_and_tokens(&mut rng, t, n, random_bytes);
+            let x4 = vec_dot_x4(t, n, &w, std::array::from_fn(|k| &xq[k][..])).unwrap();
+            for (k, x) in xq.iter().enumerate() {
+                let (mut gemv, mut gemv_m, mut gemm, mut gemm_m) = (0f32, 0f32, 0f32, 0f32);
+                for i in 0..n / 256 {
+                    let (b, bx) = (&w[i * 84..(i + 1) * 84], &x[i * 292..(i + 1) * 292]);
+                    let q8 = |e: usize| bx[4 + e] as i8 as i32;
+                    let halves: [(i32, i32); 2] = std::array::from_fn(|h| {
+                        let (mut si, mut sm) = (0, 0);
+                        for sub in 8 * h..8 * h + 8 {
+                            let (sc, m) = ((b[sub] & 15) as i32, (b[sub] >> 4) as i32);
+                            // Sub-block `sub`: 16 elements of 2-bit levels, 4 per byte.
+                            let (e0, shift) = (16 * sub, 2 * ((sub % 8) / 2));
+                            for e in e0..e0 + 16 {
+                                let byte = b[16 + 32 * (e / 128) + e % 32];
+                                si += sc * ((byte >> shift) & 3) as i32 * q8(e);
+                                sm += m * q8(e);
+                            }
+                        }
+                        (si, sm)
+                    });
+                    let f16 = |at: usize| half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+                    let dy = f32::from_le_bytes([bx[0], bx[1], bx[2], bx[3]]);
+                    let (d, dmin) = (f16(80) * dy, f16(82) * dy);
+                    gemv = ((halves[0].0 + halves[1].0) as f32).mul_add(d, gemv);
+                    gemv_m = ((halves[0].1 + halves[1].1) as f32).mul_add(dmin, gemv_m);
+                    for (si, sm) in halves {
+                        gemm = (si as f32).mul_add(d, gemm);
+                        gemm_m = (sm as f32).mul_add(dmin, gemm_m);
+                    }
+                }
+                let ctx = format!("n={n} token {k} random_bytes={random_bytes}");
+                assert_eq!(
+                    vec_dot(t, n, &w, x).to_bits(),
+                    (gemv - gemv_m).to_bits(),
+                    "gemv {ctx}"
+                );
+                assert_eq!(x4[k].to_bits(), (gemm - gemm_m).to_bits(), "gemm {ctx}");
             }
         }
     }
