@@ -278,26 +278,30 @@ unsafe fn two_scales(lo: i16, hi: i16) -> __m256i {
     _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
 }
 
-/// One Q2_K half super-block (`h`: 128 elements, 8 sub-blocks of 16)
-/// against its Q8_K quants: (scaled level sum, min sum), exact integers.
+/// One Q2_K super-block against a Q8_K block, per 128-element half
+/// (8 sub-blocks of 16): (scaled level sums, min sums), exact integers.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn q2_k_half(b: &[u8], bx: &[u8], h: usize) -> (i32, i32) {
+unsafe fn q2_k_block(b: &[u8], bx: &[u8]) -> ([i32; 2], [i32; 2]) {
     let m3 = _mm256_set1_epi8(3);
     let (pb, q8) = (b.as_ptr(), bx.as_ptr().add(4));
-    let bsum = |k: usize| i16::from_le_bytes([bx[260 + 2 * k], bx[261 + 2 * k]]) as i32;
-    let summ: i32 = (8 * h..8 * h + 8)
-        .map(|s| (b[s] >> 4) as i32 * bsum(s))
-        .sum();
-    let mut sumi = _mm256_setzero_si256();
-    let bits = load(pb.add(16 + 32 * h));
-    for j in 0..4 {
-        let p = _mm256_maddubs_epi16(field(bits, 2 * j, m3), load(q8.add(128 * h + 32 * j)));
-        let s = 8 * h + 2 * j;
-        let sc = two_scales((b[s] & 0xF) as i16, (b[s + 1] & 0xF) as i16);
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
+    // Mins are the high nibbles of the 16 scale bytes; lane k of the madd
+    // holds sub-blocks 2k and 2k + 1, so lanes 0-3 are half 0.
+    let sc = _mm_loadu_si128(pb as *const __m128i);
+    let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sc), _mm_set1_epi8(15)));
+    let m: [i32; 8] = std::mem::transmute(_mm256_madd_epi16(mins, load(bx.as_ptr().add(260))));
+    let summ = [m[0] + m[1] + m[2] + m[3], m[4] + m[5] + m[6] + m[7]];
+    let mut sumi = [_mm256_setzero_si256(); 2];
+    for (h, sumi) in sumi.iter_mut().enumerate() {
+        let bits = load(pb.add(16 + 32 * h));
+        for j in 0..4 {
+            let p = _mm256_maddubs_epi16(field(bits, 2 * j, m3), load(q8.add(128 * h + 32 * j)));
+            let s = 8 * h + 2 * j;
+            let sc = two_scales((b[s] & 0xF) as i16, (b[s + 1] & 0xF) as i16);
+            *sumi = _mm256_add_epi32(*sumi, _mm256_madd_epi16(sc, p));
+        }
     }
-    (hsum_i32(sumi), summ)
+    ([hsum_i32(sumi[0]), hsum_i32(sumi[1])], summ)
 }
 
 /// Q2_K in the order of llama.cpp's AVX-512 build, which repacks Q2_K
@@ -309,11 +313,10 @@ unsafe fn q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let (mut acc, mut acc_m) = (0f32, 0f32);
     for i in 0..n / 256 {
         let (b, bx) = (&w[i * 84..(i + 1) * 84], &x[i * 292..(i + 1) * 292]);
-        let (s0, m0) = q2_k_half(b, bx, 0);
-        let (s1, m1) = q2_k_half(b, bx, 1);
+        let (si, sm) = q2_k_block(b, bx);
         let dy = f32_at(bx, 0);
-        acc = ((s0 + s1) as f32).mul_add(f16(b, 80) * dy, acc);
-        acc_m = ((m0 + m1) as f32).mul_add(f16(b, 82) * dy, acc_m);
+        acc = ((si[0] + si[1]) as f32).mul_add(f16(b, 80) * dy, acc);
+        acc_m = ((sm[0] + sm[1]) as f32).mul_add(f16(b, 82) * dy, acc_m);
     }
     acc - acc_m
 }
@@ -330,10 +333,10 @@ unsafe fn q2_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
         for t in 0..T {
             let bx = &x[t][i * 292..(i + 1) * 292];
             let dy = f32_at(bx, 0);
+            let (si, sm) = q2_k_block(b, bx);
             for h in 0..2 {
-                let (si, sm) = q2_k_half(b, bx, h);
-                acc[t] = (si as f32).mul_add(dw * dy, acc[t]);
-                acc_m[t] = (sm as f32).mul_add(mw * dy, acc_m[t]);
+                acc[t] = (si[h] as f32).mul_add(dw * dy, acc[t]);
+                acc_m[t] = (sm[h] as f32).mul_add(mw * dy, acc_m[t]);
             }
         }
     }
