@@ -16,8 +16,6 @@ use strata_model::arch::{layer_tensor, HyperParams};
 use strata_model::profile::KvType;
 use strata_model::GgufFile;
 
-static ZEROS: [u32; 4096] = [0; 4096];
-
 struct Node {
     name: String,
     op: String,
@@ -255,15 +253,7 @@ fn main() {
         let mut cache = be.new_kv_cache(geo).expect("kv cache");
         let table: Vec<u32> = (0..geo.n_blocks as u32).collect();
         let tables = [&table[..]];
-        let batch_for = |positions: &'static [u32]| AttentionBatch {
-            positions,
-            token_seq: &ZEROS[..positions.len()],
-            block_tables: &tables,
-            n_heads: hp.n_heads,
-            scale: if q_scaled { 1.0 } else { hp.attention_scale },
-            scale_query: false,
-            window: None,
-        };
+        let scale = if q_scaled { 1.0 } else { hp.attention_scale };
         // The cache as llama.cpp holds it after this batch (earlier
         // positions come from its cache view), then this batch's queries.
         let total = start_pos + n;
@@ -289,11 +279,19 @@ fn main() {
                 view(format!("cache_v_l{il}_(view)"), hp.v_dim()),
             )
         };
-        let all_pos: &'static [u32] =
-            Box::leak((0..total as u32).collect::<Vec<_>>().into_boxed_slice());
-        let q_pos: &'static [u32] = Box::leak(positions.clone().into_boxed_slice());
-        cache.write(0, &k_all, &v_all, &batch_for(all_pos));
-        let att = cache.attend(0, &q_in, &batch_for(q_pos));
+        let all_pos: Vec<u32> = (0..total as u32).collect();
+        let seq = vec![0u32; total];
+        let batch_for = |positions| AttentionBatch {
+            positions,
+            token_seq: &seq,
+            block_tables: &tables,
+            n_heads: hp.n_heads,
+            scale,
+            scale_query: false,
+            window: None,
+        };
+        cache.write(0, &k_all, &v_all, &batch_for(&all_pos));
+        let att = cache.attend(0, &q_in, &batch_for(&positions));
         cmp("attention", &att, Some(fa));
 
         let kqv = act(

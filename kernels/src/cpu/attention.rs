@@ -77,7 +77,12 @@ impl CpuKvCache {
         let n_out = batch.n_heads * hdv;
         let mut out = vec![0f32; q.rows * n_out];
         let k = head_kernels();
-        let score_scale = if batch.scale_query { 1.0 } else { batch.scale };
+        // The attention scale goes on Q (before its f16 rounding) or on the scores.
+        let (q_scale, score_scale) = if batch.scale_query {
+            (batch.scale, 1.0)
+        } else {
+            (1.0, batch.scale)
+        };
         let head = |(qh, acc): &mut (Vec<f32>, Vec<f16>), (i, o): (usize, &mut [f32])| {
             fused(|| {
                 let (t, h) = (i / batch.n_heads, i % batch.n_heads);
@@ -86,7 +91,6 @@ impl CpuKvCache {
                 let pos = batch.positions[t] as usize;
                 let lo = batch.window.map_or(0, |w| (pos + 1).saturating_sub(w));
                 // Q rounded to f16 (kept as f32: f16 x f16 products are exact in f32).
-                let q_scale = if batch.scale_query { batch.scale } else { 1.0 };
                 qh.iter_mut()
                     .zip(&q.row(t)[h * hd..(h + 1) * hd])
                     .for_each(|(d, &v)| *d = f16::from_f32(v * q_scale).to_f32());

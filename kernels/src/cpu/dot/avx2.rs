@@ -425,41 +425,30 @@ fn bsums32(bx: &[u8]) -> [i32; 8] {
     std::array::from_fn(|s| g(2 * s) + g(2 * s + 1))
 }
 
-/// Q5_K (`levels(block, j)` gives the low and high 32-byte level vectors
-/// of chunk j) in the order of ggml's AVX2 `ggml_vec_dot_q5_K_q8_K`: 8 f32
-/// lanes `fma(dy * d, sumi)` per super-block, the mins fused into one
-/// scalar as `fma(-dy * dmin, summ, summs)`, added at the end.
+/// The low and high 5-bit levels of the 64 elements of Q5_K chunk `j`.
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn qk_asym(
-    n: usize,
-    w: &[u8],
-    wb: usize,
-    x: &[u8],
-    levels: impl Fn(*const u8, usize) -> (__m256i, __m256i),
-) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_m = 0.0f32;
-    for i in 0..n / 256 {
-        let (b, bx) = (&w[i * wb..(i + 1) * wb], &x[i * 292..(i + 1) * 292]);
-        let dy = f32_at(bx, 0);
-        let (sumi, summ) = qk_asym_block(b, bx, &levels);
-        let d = dy * f16(b, 0);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        acc_m = (-dy * f16(b, 2)).mul_add(summ as f32, acc_m);
-    }
-    hsum(acc) + acc_m
+#[target_feature(enable = "avx2")]
+unsafe fn q5_k_levels(b: *const u8, j: usize) -> (__m256i, __m256i) {
+    let bits = load(b.add(48 + 32 * j));
+    let hbits = load(b.add(16));
+    let (m4, m1) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
+    let h = |bit: i32| {
+        let v = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(bit)), m1);
+        _mm256_slli_epi16(v, 4)
+    };
+    let lo = _mm256_or_si256(_mm256_and_si256(bits, m4), h(2 * j as i32));
+    let hi = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
+        h(2 * j as i32 + 1),
+    );
+    (lo, hi)
 }
 
 /// One Q5_K super-block against a Q8_K block: the scaled level sums in 8
 /// i32 lanes and the min sum (exact integers).
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn qk_asym_block(
-    b: &[u8],
-    bx: &[u8],
-    levels: &impl Fn(*const u8, usize) -> (__m256i, __m256i),
-) -> (__m256i, i32) {
+unsafe fn q5_k_block(b: &[u8], bx: &[u8]) -> (__m256i, i32) {
     let sums = bsums32(bx);
     let mut summ = 0i32;
     let mut sumi = _mm256_setzero_si256();
@@ -468,7 +457,7 @@ unsafe fn qk_asym_block(
         let (sc1, m1) = scale_min_k4(2 * j, &b[4..16]);
         let (sc2, m2) = scale_min_k4(2 * j + 1, &b[4..16]);
         summ += m1 as i32 * sums[2 * j] + m2 as i32 * sums[2 * j + 1];
-        let (ql, qh) = levels(b.as_ptr(), j);
+        let (ql, qh) = q5_k_levels(b.as_ptr(), j);
         let pl = _mm256_madd_epi16(
             _mm256_set1_epi16(sc1 as i16),
             _mm256_maddubs_epi16(ql, load(q8.add(64 * j))),
@@ -480,6 +469,27 @@ unsafe fn qk_asym_block(
         sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
     }
     (sumi, summ)
+}
+
+/// Q5_K in the order of ggml's AVX2 `ggml_vec_dot_q5_K_q8_K`: 8 f32 lanes
+/// `fma(dy * d, sumi)` per super-block, the mins fused into one scalar as
+/// `fma(-dy * dmin, summ, summs)`, added at the end.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = 0.0f32;
+    for i in 0..n / 256 {
+        let (b, bx) = (&w[i * 176..(i + 1) * 176], &x[i * 292..(i + 1) * 292]);
+        let dy = f32_at(bx, 0);
+        let (sumi, summ) = q5_k_block(b, bx);
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(dy * f16(b, 0)),
+            _mm256_cvtepi32_ps(sumi),
+            acc,
+        );
+        acc_m = (-dy * f16(b, 2)).mul_add(summ as f32, acc_m);
+    }
+    hsum(acc) + acc_m
 }
 
 /// The low and high nibble levels of the 64 elements of Q4_K chunk `j`.
@@ -559,48 +569,36 @@ unsafe fn hsum_i32_x4(v: [__m256i; 4]) -> __m128i {
     _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c))
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    qk_asym(n, w, 176, x, |b, j| {
-        let bits = load(b.add(48 + 32 * j));
-        let hbits = load(b.add(16));
-        let (m4, m1) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
-        let h = |bit: i32| {
-            let v = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(bit)), m1);
-            _mm256_slli_epi16(v, 4)
-        };
-        let lo = _mm256_or_si256(_mm256_and_si256(bits, m4), h(2 * j as i32));
-        let hi = _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
-            h(2 * j as i32 + 1),
-        );
-        (lo, hi)
-    })
+/// The unsigned (+32) levels of half `h` of a Q6_K block, as four vectors
+/// of 32 consecutive elements.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q6_k_levels(pb: *const u8, h: usize) -> [__m256i; 4] {
+    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
+    let ql0 = load(pb.add(64 * h));
+    let ql1 = load(pb.add(64 * h + 32));
+    let qh = load(pb.add(128 + 32 * h));
+    let high = |k: i32| {
+        let v = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k)), m2);
+        _mm256_slli_epi16(v, 4)
+    };
+    [
+        _mm256_or_si256(_mm256_and_si256(ql0, m4), high(0)),
+        _mm256_or_si256(_mm256_and_si256(ql1, m4), high(1)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), high(2)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high(3)),
+    ]
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
     for i in 0..n / 256 {
         let (b, bx) = (&w[i * 210..(i + 1) * 210], &x[i * 292..(i + 1) * 292]);
         let (pb, q8) = (b.as_ptr(), bx.as_ptr().add(4));
         let mut sumi = _mm256_setzero_si256();
         for h in 0..2 {
-            let ql0 = load(pb.add(64 * h));
-            let ql1 = load(pb.add(64 * h + 32));
-            let qh = load(pb.add(128 + 32 * h));
-            let high = |k: i32| {
-                let v = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k)), m2);
-                _mm256_slli_epi16(v, 4)
-            };
-            let q = [
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), high(0)),
-                _mm256_or_si256(_mm256_and_si256(ql1, m4), high(1)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), high(2)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high(3)),
-            ];
-            for (k, qk) in q.iter().enumerate() {
+            for (k, qk) in q6_k_levels(pb, h).iter().enumerate() {
                 let y = load(q8.add(128 * h + 32 * k));
                 let p = _mm256_maddubs_epi16(*qk, y);
                 let s = 192 + 8 * h + 2 * k;
@@ -841,27 +839,21 @@ legacy_x4_kernels!(
     q5_1_x4_vnni
 );
 
-/// [`qk_asym`] for four tokens (`TILED`: in the order of llama.cpp's tiled
+/// [`q5_k`] for four tokens (`TILED`: in the order of llama.cpp's tiled
 /// K-quant matmul, taken for 8+ tokens: per super-block
 /// `fma(fma(-dmin, summ, sumi * d), dy, acc)`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn qk_asym_x4<const TILED: bool>(
-    n: usize,
-    w: &[u8],
-    wb: usize,
-    x: [&[u8]; T],
-    levels: impl Fn(*const u8, usize) -> (__m256i, __m256i),
-) -> [f32; T] {
+unsafe fn q5_k_x4_in<const TILED: bool>(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
     let mut acc = [_mm256_setzero_ps(); T];
     let mut acc_m = [0.0f32; T];
     for i in 0..n / 256 {
-        let b = &w[i * wb..(i + 1) * wb];
+        let b = &w[i * 176..(i + 1) * 176];
         let (dw, mw) = (f16(b, 0), f16(b, 2));
         for t in 0..T {
             let bx = &x[t][i * 292..(i + 1) * 292];
             let dy = f32_at(bx, 0);
-            let (sumi, summ) = qk_asym_block(b, bx, &levels);
+            let (sumi, summ) = q5_k_block(b, bx);
             if TILED {
                 let r = (-mw).mul_add(summ as f32, hsum_i32(sumi) as f32 * dw);
                 acc_m[t] = r.mul_add(dy, acc_m[t]);
@@ -937,26 +929,6 @@ unsafe fn q5_k_x4_tiled(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
     q5_k_x4_in::<true>(n, w, x)
 }
 
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_k_x4_in<const TILED: bool>(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
-    qk_asym_x4::<TILED>(n, w, 176, x, |b, j| {
-        let bits = load(b.add(48 + 32 * j));
-        let hbits = load(b.add(16));
-        let (m4, m1) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
-        let h = |bit: i32| {
-            let v = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(bit)), m1);
-            _mm256_slli_epi16(v, 4)
-        };
-        let lo = _mm256_or_si256(_mm256_and_si256(bits, m4), h(2 * j as i32));
-        let hi = _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
-            h(2 * j as i32 + 1),
-        );
-        (lo, hi)
-    })
-}
-
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_k_x4(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
     q6_k_x4_in::<false>(n, w, x)
@@ -975,26 +947,12 @@ unsafe fn q6_k_x4_tiled(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
 unsafe fn q6_k_x4_in<const TILED: bool>(n: usize, w: &[u8], x: [&[u8]; T]) -> [f32; T] {
     let mut acc = [_mm256_setzero_ps(); T];
     let mut acc_tiled = [0f32; T];
-    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
     for i in 0..n / 256 {
         let b = &w[i * 210..(i + 1) * 210];
         let pb = b.as_ptr();
         let mut sumi = [_mm256_setzero_si256(); T];
         for h in 0..2 {
-            let ql0 = load(pb.add(64 * h));
-            let ql1 = load(pb.add(64 * h + 32));
-            let qh = load(pb.add(128 + 32 * h));
-            let high = |k: i32| {
-                let v = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k)), m2);
-                _mm256_slli_epi16(v, 4)
-            };
-            let q = [
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), high(0)),
-                _mm256_or_si256(_mm256_and_si256(ql1, m4), high(1)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), high(2)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high(3)),
-            ];
-            for (k, qk) in q.iter().enumerate() {
+            for (k, qk) in q6_k_levels(pb, h).iter().enumerate() {
                 let s = 192 + 8 * h + 2 * k;
                 let sc = _mm256_set_m128i(
                     _mm_set1_epi16(b[s + 1] as i8 as i16),

@@ -272,7 +272,7 @@ pub fn vec_dot_scalar(weight: GgmlType, n: usize, w_row: &[u8], x: &[u8]) -> f32
 /// Whether the CPU has AVX2 and FMA (x86-64).
 #[cfg(target_arch = "x86_64")]
 pub fn fma_detected() -> bool {
-    kernels().simd_quantize
+    avx2::detected()
 }
 
 /// The instruction set `vec_dot` uses ("avx2+vnni", "avx2" or "scalar").
