@@ -1,120 +1,319 @@
 #!/usr/bin/env bash
-# Everything the CUDA backend needs checked on a GPU, in steps that fit the
+# Everything the CUDA backend needs checked on a GPU, in one call of the
 # device tool (no Rust there, no internet, 10 minutes a command, 64 MiB
-# carried). Build here, carry gpu-carry/, run there:
+# carried, 8 files back). Build here, carry gpu-carry/, run there:
 #
-#   scripts/gpu-check.sh prepare          # here: release binaries + llama.cpp's source, into gpu-carry/
-#   scripts/gpu-check.sh ops              # there: every op vs the CPU backend (kernels/tests/cuda_ops.rs)
-#   scripts/gpu-check.sh greedy           # there: GPU greedy text == CPU greedy text, synthetic models of every type
-#   scripts/gpu-check.sh bench [TYPES]    # there: strata bench vs llama-bench (CUDA) on 8B-shaped models
+#   scripts/gpu-check.sh prepare        # here: release binaries, SmolLM2 cut to 4 layers,
+#                                       # llama.cpp's source, openai wheels -> gpu-carry/ (~55 MB)
+#   scripts/gpu-check.sh all            # there: every step below, in one call, logs in $OUT/logs.tgz
 #
-# Each step writes its log and a summary under $OUT (or ./gpu-out). `bench`
-# builds llama.cpp with CUDA for the device's architecture first (cached in
-# gpu-carry/llama-build while the machine stays warm).
+# The steps, also callable one by one there:
+#   ops                 every op vs the CPU backend (kernels/tests/cuda_ops.rs)
+#   greedy              GPU greedy text == CPU greedy text, synth models of every type
+#   llama-build         llama.cpp with CUDA for this GPU (llama-bench only; skipped
+#                       when gpu-carry/llama-bench is there from an earlier call)
+#   bench [TYPES]       strata bench vs llama-bench on 8B-shaped synth models
+#   pipeline [TYPE]     3 `strata worker --gpu 0` stages vs 1, through the OpenAI API
 #
-# Dry runs on a CPU box check the script itself: GPU_FLAG=--cpu, PRESET=1b,
-# LLAMA_BENCH=path/to/an/existing/llama-bench.
-set -euo pipefail
+# Every step writes its log under $LOGS (default /tmp/strata-gpu-logs); `all`
+# packs them into $OUT/logs.tgz after each step.
+# `all` ends with a summary table and packs llama-bench (static, split into
+# 15 MiB parts) into $OUT: put them in gpu-carry/ and the next call carries
+# llama-bench instead of building it.
+#
+# Dry runs on a CPU box check the script itself: GPU_FLAG=--cpu PRESET=1b
+# LLAMA_BENCH=path/to/llama-bench scripts/gpu-check.sh bench Q4_0 (and greedy).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 carry=gpu-carry
 out=${OUT:-gpu-out}
-mkdir -p "$out"
-step=${1:?usage: scripts/gpu-check.sh prepare|ops|greedy|bench}
-gpu_flag=${GPU_FLAG:---gpu 0}
+logs=${LOGS:-/tmp/strata-gpu-logs}
+mkdir -p "$out" "$logs"
+step=${1:?usage: scripts/gpu-check.sh prepare|all|ops|greedy|llama-build|bench|pipeline}
 shift
+gpu_flag=${GPU_FLAG:---gpu 0}
+bin=${BIN_DIR:-/tmp/strata-gpu-check}
+strata=$bin/strata
+models=${BENCH_DIR:-/tmp/strata-bench}
+preset=${PRESET:-8b}
+llama_bench=${LLAMA_BENCH:-$bin/llama-bench}
+# The device image keeps NVRTC and cuBLAS under /usr/local/cuda.
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export STRATA_LOG=${STRATA_LOG:-warn}
 
-case $step in
-prepare)
-    cargo build --release -p strata
-    mkdir -p "$carry"
-    strip -o "$carry/strata" target/release/strata
+# The synth model of type $1 (written once, reused by every step).
+model() {
+    local m="$models/llama-$preset-$1.gguf"
+    mkdir -p "$models"
+    if [[ ! -f $m ]]; then
+        "$strata" synth --arch llama --preset "$preset" --quant "$1" -o "$m.partial" >/dev/null &&
+            mv "$m.partial" "$m" || return 1
+    fi
+    echo "$m"
+}
+
+# The carried binaries, unpacked where they run.
+unpack() {
+    mkdir -p "$bin"
+    [[ -x $strata ]] || xz -dc "$carry/strata.xz" >"$strata" && chmod +x "$strata"
+    if [[ ! -x $llama_bench ]] && ls "$carry"/llama-bench.xz.* >/dev/null 2>&1; then
+        cat "$carry"/llama-bench.xz.* | xz -dc >"$llama_bench" && chmod +x "$llama_bench"
+    fi
+    if [[ ! -d $bin/llama.cpp && -f $carry/llama.cpp.tar.xz ]]; then
+        tar -xJf "$carry/llama.cpp.tar.xz" -C "$bin"
+    fi
+}
+
+prepare() {
+    set -e
+    cargo build --release -p strata -p strata-tests --example trim_layers
+    rm -rf "$carry" && mkdir -p "$carry"
+    strip -o /tmp/strata-stripped target/release/strata
+    xz -T0 -6 -c /tmp/strata-stripped >"$carry/strata.xz"
+    local exe
     exe=$(cargo test --release -p strata-kernels --test cuda_ops --no-run --message-format=json 2>/dev/null |
         python3 -c 'import json,sys; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("reason")=="compiler-artifact" and j.get("executable") and "cuda_ops" in j["executable"]][0])')
     strip -o "$carry/cuda_ops" "$exe"
-    src=${LLAMA_CPP_SRC:-}
+    local src=${LLAMA_CPP_SRC:-}
     if [[ -z $src ]]; then
-        # llama.cpp as llama-cpp-python's sdist on PyPI vendors it.
-        tmp=$(mktemp -d)
-        python3 -m pip download --no-deps --no-binary :all: llama-cpp-python -d "$tmp" -q
-        tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp"
-        src=$(echo "$tmp"/llama_cpp_python-*/vendor/llama.cpp)
+        # llama.cpp as llama-cpp-python's sdist on PyPI vendors it. The
+        # sdist is fetched as a file: `pip download` would build its
+        # metadata (and cmake from source) first.
+        local cache=${XDG_CACHE_HOME:-$HOME/.cache}/strata/llama-src
+        mkdir -p "$cache"
+        if ! ls "$cache"/llama_cpp_python-*/vendor/llama.cpp/CMakeLists.txt >/dev/null 2>&1; then
+            python3 - "$cache" <<'EOF'
+import json, sys, tarfile, urllib.parse, urllib.request
+base = "https://pypi.org/pypi/llama-cpp-python/json"
+meta = json.load(urllib.request.urlopen(base))
+url = urllib.parse.urljoin(base, [u["url"] for u in meta["urls"] if u["packagetype"] == "sdist"][0])
+path = sys.argv[1] + "/sdist.tar.gz"
+urllib.request.urlretrieve(url, path)
+tarfile.open(path).extractall(sys.argv[1], filter="data")
+EOF
+        fi
+        src=$(echo "$cache"/llama_cpp_python-*/vendor/llama.cpp)
     fi
-    rm -rf "$carry/llama.cpp" && mkdir -p "$carry/llama.cpp/ggml/src" "$carry/llama.cpp/tools"
-    cp -r "$src"/{src,include,common,vendor,cmake,CMakeLists.txt} "$carry/llama.cpp/"
-    cp -r "$src"/ggml/{include,cmake,CMakeLists.txt} "$carry/llama.cpp/ggml/" 2>/dev/null || cp -r "$src"/ggml/{include,CMakeLists.txt} "$carry/llama.cpp/ggml/"
+    local tree=/tmp/strata-llama-tree
+    rm -rf "$tree" && mkdir -p "$tree/llama.cpp/ggml/src" "$tree/llama.cpp/tools"
+    cp -r "$src"/{src,include,common,vendor,cmake,CMakeLists.txt} "$tree/llama.cpp/"
+    cp -r "$src"/ggml/{include,cmake,CMakeLists.txt} "$tree/llama.cpp/ggml/" 2>/dev/null || cp -r "$src"/ggml/{include,CMakeLists.txt} "$tree/llama.cpp/ggml/"
     # The CPU and CUDA backends only: the others are not built.
+    local f
     for f in "$src"/ggml/src/*; do
         case $(basename "$f") in
-        ggml-*) [[ $(basename "$f") =~ ^ggml-(cpu|cuda)$ || -f $f ]] && cp -r "$f" "$carry/llama.cpp/ggml/src/" ;;
-        *) cp -r "$f" "$carry/llama.cpp/ggml/src/" ;;
+        ggml-*) [[ $(basename "$f") =~ ^ggml-(cpu|cuda)$ || -f $f ]] && cp -r "$f" "$tree/llama.cpp/ggml/src/" ;;
+        *) cp -r "$f" "$tree/llama.cpp/ggml/src/" ;;
         esac
     done
-    for t in "$src"/tools/*; do
-        [[ $(basename "$t") == ui ]] || cp -r "$t" "$carry/llama.cpp/tools/"
+    for f in "$src"/tools/*; do
+        [[ $(basename "$f") == ui ]] || cp -r "$f" "$tree/llama.cpp/tools/"
     done
+    tar -cJf "$carry/llama.cpp.tar.xz" -C "$tree" llama.cpp
+    # Real weights for the greedy check: SmolLM2 (scripts/fetch-models.sh)
+    # cut to 4 layers fits the carry limit, the whole model does not.
+    local smol=${XDG_CACHE_HOME:-$HOME/.cache}/strata/models/SmolLM2-135M-Instruct.Q4_1.gguf
+    [[ -f $smol ]] || scripts/fetch-models.sh
+    mkdir -p "$carry/models"
+    target/release/examples/trim_layers "$smol" "$carry/models/smollm2-135m-4-layers.Q4_1.gguf" 4
+    # The openai client for the pipeline step (not in the device image;
+    # a 1.x release, which needs the httpx the image has).
+    rm -rf "$carry/wheels" && mkdir -p "$carry/wheels"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d "$carry/wheels" openai==1.109.1 pydantic==2.11.9 pydantic-core==2.33.2 typing-extensions \
+        annotated-types typing-inspection jiter distro sniffio
     du -sh "$carry" "$carry"/*
-    echo "carry: $carry (it is git-ignored); run the steps with carry=[\"$carry\"]"
-    ;;
+    echo "carry: $carry (it is git-ignored); run with carry=[\"$carry\"]"
+}
 
-ops)
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-    "$carry/cuda_ops" --ignored --test-threads 1 --nocapture 2>&1 | tee "$out/ops.log"
-    ;;
+ops() {
+    nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv | tee "$logs/gpu.txt"
+    "$carry/cuda_ops" --ignored --test-threads 1 --nocapture >"$logs/ops.log" 2>&1
+    local rc=$?
+    grep -E "^test |worst|test result" "$logs/ops.log"
+    return $rc
+}
 
-greedy)
+greedy() {
     # The CPU backend matches llama.cpp (shared/reference, tested in CI);
     # here the GPU must give the CPU's greedy text for every weight type.
+    local dir fails=0 q arch m cpu gpu r
     dir=$(mktemp -d)
-    fails=0
+    : >"$logs/greedy.txt"
     for q in F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K Q4_K_M; do
         for arch in llama gemma3; do
             m="$dir/$arch-$q.gguf"
-            "$carry/strata" synth --arch "$arch" --preset tiny --quant "$q" --layers 4 -o "$m" >/dev/null 2>&1
-            cpu=$("$carry/strata" generate -m "$m" -p "The capital of France is" -n 24 --temp 0 --ignore-eos --cpu 2>/dev/null)
-            gpu=$("$carry/strata" generate -m "$m" -p "The capital of France is" -n 24 --temp 0 --ignore-eos $gpu_flag 2>>"$out/greedy.log")
+            "$strata" synth --arch "$arch" --preset tiny --quant "$q" --layers 4 -o "$m" >/dev/null 2>&1
+            cpu=$("$strata" generate -m "$m" -p "The capital of France is" -n 24 --temp 0 --ignore-eos --cpu 2>>"$logs/greedy.log")
+            gpu=$("$strata" generate -m "$m" -p "The capital of France is" -n 24 --temp 0 --ignore-eos $gpu_flag 2>>"$logs/greedy.log")
             if [[ -z $cpu ]]; then r=NO-OUTPUT; fails=$((fails + 1));
             elif [[ $cpu == "$gpu" ]]; then r=same; else r=DIFFERENT; fails=$((fails + 1)); fi
-            printf '%-7s %-7s %s\n' "$arch" "$q" "$r" | tee -a "$out/greedy.txt"
+            printf '%-7s %-7s %s\n' "$arch" "$q" "$r" | tee -a "$logs/greedy.txt"
+            [[ $r == same ]] || printf '  cpu: %q\n  gpu: %q\n' "$cpu" "$gpu" >>"$logs/greedy.txt"
         done
     done
+    rm -rf "$dir"
+    echo "greedy: $fails of 26 synth models differ" | tee -a "$logs/greedy.txt"
+    # Real weights: the greedy text, and perplexity over this repo's README.
     for m in "$carry"/models/*.gguf; do
         [[ -f $m ]] || continue
-        gpu=$("$carry/strata" generate -m "$m" -p "The capital of France is" -n 32 --temp 0 $gpu_flag 2>>"$out/greedy.log")
-        printf '%s: %q\n' "$(basename "$m")" "$gpu" | tee -a "$out/greedy.txt"
+        cpu=$("$strata" generate -m "$m" -p "The capital of France is" -n 32 --temp 0 --cpu 2>>"$logs/greedy.log")
+        gpu=$("$strata" generate -m "$m" -p "The capital of France is" -n 32 --temp 0 $gpu_flag 2>>"$logs/greedy.log")
+        [[ -n $cpu && $cpu == "$gpu" ]] && r=same || { r=DIFFERENT; fails=$((fails + 1)); }
+        printf '%s greedy: %s\n  cpu: %q\n  gpu: %q\n' "$(basename "$m")" "$r" "$cpu" "$gpu" | tee -a "$logs/greedy.txt"
+        for dev in --cpu "$gpu_flag"; do
+            printf '%s perplexity %s: ' "$(basename "$m")" "$dev" | tee -a "$logs/greedy.txt"
+            "$strata" perplexity -m "$m" -f README.md --chunk 128 $dev 2>>"$logs/greedy.log" | tail -1 | tee -a "$logs/greedy.txt"
+        done
     done
     [[ $fails == 0 ]]
-    ;;
+}
 
-bench)
-    types=${1:-Q4_0,Q4_K_M,Q6_K,Q8_0}
-    build="$carry/llama-build"
-    llama_bench=${LLAMA_BENCH:-$build/bin/llama-bench}
-    if [[ ! -x $llama_bench ]]; then
-        cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
-        cmake -S "$carry/llama.cpp" -B "$build" -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$cc" \
-            -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
-            -DCMAKE_BUILD_TYPE=Release >"$out/cmake.log" 2>&1
-        cmake --build "$build" --target llama-bench -j "$(nproc)" >>"$out/cmake.log" 2>&1
-    fi
-    dir=${BENCH_DIR:-/tmp/strata-bench}
-    mkdir -p "$dir"
-    echo "| model | strata pp512 | llama.cpp pp512 | ratio | strata tg128 | llama.cpp tg128 | ratio |" | tee "$out/bench.md"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" | tee -a "$out/bench.md"
+llama_build() {
+    [[ -x $llama_bench ]] && { echo "llama-bench: carried"; return 0; }
+    local build=/tmp/llama-build cc
+    cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
+    # Static, so one file carries to the next call. Flash attention's
+    # kernels are left out to halve the build (llama-bench runs -fa 0).
+    local gen=()
+    command -v ninja >/dev/null && gen=(-G Ninja)
+    cmake -S "$bin/llama.cpp" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
+        -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$cc" -DGGML_CUDA_FA=OFF -DGGML_CUDA_NCCL=OFF \
+        -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >"$logs/llama-build.log" 2>&1 &&
+        cmake --build "$build" --target llama-bench -j "${LLAMA_JOBS:-$(nproc)}" >>"$logs/llama-build.log" 2>&1 &&
+        cp "$build/bin/llama-bench" /tmp/llama-bench-built || { tail -30 "$logs/llama-build.log"; return 1; }
+    llama_bench=/tmp/llama-bench-built
+    echo "llama-bench: built"
+}
+
+bench() {
+    local types=${1:-Q4_0,Q4_K_M,Q6_K,Q8_0} q m
     for q in ${types//,/ }; do
-        m="$dir/llama-${PRESET:-8b}-$q.gguf"
-        [[ -f $m ]] || "$carry/strata" synth --arch llama --preset "${PRESET:-8b}" --quant "$q" -o "$m" >/dev/null 2>&1
-        s=$("$carry/strata" bench -m "$m" $gpu_flag -p 512 -n 128 -r 3 2>>"$out/bench.log" | tee -a "$out/bench.log" | awk -F'|' '/pp512|tg128/ {print $6}' | awk '{print $1}')
-        l=$("$llama_bench" -m "$m" -ngl 99 -p 512 -n 128 -r 3 2>>"$out/bench.log" | awk -F'|' '/pp512|tg128/ {print $(NF-1)}' | awk '{print $1}')
-        read -r s_pp s_tg <<<"$(echo $s)"
-        read -r l_pp l_tg <<<"$(echo $l)"
-        awk -v p="${PRESET:-8b} $q" -v sp="$s_pp" -v lp="$l_pp" -v st="$s_tg" -v lt="$l_tg" \
-            'BEGIN { printf "| %s | %s | %s | %.2fx | %s | %s | %.2fx |\n", p, sp, lp, sp / lp, st, lt, st / lt }' | tee -a "$out/bench.md"
-        grep -h 'memory-bound limit' "$out/bench.log" | tail -1 | tee -a "$out/bench.md" || true
+        m=$(model "$q") || { echo "synth $q failed"; continue; }
+        echo "== strata $q" >>"$logs/bench.log"
+        timeout "${BENCH_TIMEOUT:-150}" "$strata" bench -m "$m" $gpu_flag -p 512 -n 128 -r 3 >>"$logs/bench.log" 2>&1 ||
+            echo "strata bench $q failed or timed out" | tee -a "$logs/bench.log"
     done
-    ;;
+}
 
+llama_bench_all() {
+    local types=${1:-Q4_0,Q4_K_M,Q6_K,Q8_0} q m
+    for q in ${types//,/ }; do
+        m=$(model "$q") || continue
+        echo "== llama.cpp $q" >>"$logs/bench.log"
+        timeout "${LLAMA_TIMEOUT:-120}" "$llama_bench" -m "$m" -ngl 99 -fa 0 -p 512 -n 128 -r 3 >>"$logs/bench.log" 2>&1 ||
+            echo "llama-bench $q failed or timed out" | tee -a "$logs/bench.log"
+    done
+}
+
+# The table of bench.log: strata's and llama.cpp's pp512 / tg128 per type.
+bench_table() {
+    python3 - "$logs/bench.log" <<'EOF'
+import re, sys
+rows, cur, limit = {}, None, {}
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"== (strata|llama.cpp) (\S+)", line)
+    if m:
+        cur = m.groups(); continue
+    m = re.search(r"\|\s*(pp512|tg128)\s*\|\s*([\d.]+)", line)
+    if m and cur:
+        rows.setdefault(cur[1], {})[(cur[0], m.group(1))] = float(m.group(2))
+    m = re.search(r"memory-bound limit: ([\d.]+) tok/s.*at (\d+) GB/s.*tg is (\d+)%", line)
+    if m and cur:
+        limit[cur[1]] = m.groups()
+print("| model | strata pp512 | llama.cpp pp512 | ratio | strata tg128 | llama.cpp tg128 | ratio | strata tg / bound | bound (copy GB/s) |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+r = lambda a, b: f"{a / b:.2f}x" if a and b else "-"
+for q, v in rows.items():
+    sp, lp = v.get(("strata", "pp512")), v.get(("llama.cpp", "pp512"))
+    st, lt = v.get(("strata", "tg128")), v.get(("llama.cpp", "tg128"))
+    lim = limit.get(q, ("-", "-", "-"))
+    print(f"| {q} | {sp or '-'} | {lp or '-'} | {r(sp, lp)} | {st or '-'} | {lt or '-'} | {r(st, lt)} | {lim[2]}% | {lim[0]} tok/s ({lim[1]}) |")
+EOF
+}
+
+# Decode tok/s through `strata serve` over N workers on this one GPU, at 1
+# and 8 streams (scripts/bench-serve.sh with BUDGETS giving N stages).
+pipeline() {
+    local q=${1:-Q4_K_M} m
+    m=$(model "$q") || return 1
+    [[ -d $carry/wheels ]] && { python3 -c 'import openai' 2>/dev/null ||
+        python3 -m pip install -q --no-index --no-deps --target /tmp/site "$carry"/wheels/*.whl; }
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    for budgets in "${PIPE_ONE:-80GiB}" "${PIPE_THREE:-2600MiB,2600MiB,2600MiB}"; do
+        echo "== $q stages with budgets $budgets" | tee -a "$logs/pipeline.log"
+        BIN=$strata BUDGETS=$budgets WORKER_FLAGS="$gpu_flag --model-dir $models" \
+            timeout "${PIPE_TIMEOUT:-200}" scripts/bench-serve.sh "$m" 1 -- --rounds 1 --max-tokens 128 >>"$logs/pipeline.log" 2>&1 ||
+            echo "pipeline with $budgets failed or timed out" | tee -a "$logs/pipeline.log"
+    done
+    grep -E "^==|stages|streams|^ +[0-9]" "$logs/pipeline.log" | tail -20
+}
+
+pack_logs() {
+    tar -czf "$out/logs.tgz" -C "$logs" . 2>/dev/null
+}
+
+# Every step in one call, most important first, each cut short so the whole
+# ends by $BUDGET seconds (default 420): the device tool's limit, and the
+# device time left for a second call, are what bound it.
+all() {
+    local budget=${BUDGET:-420} types=${TYPES:-Q4_K_M,Q4_0,Q6_K,Q8_0}
+    stamp() { echo "[${SECONDS}s] $*" | tee -a "$logs/all.log"; }
+    # Seconds left, at most $1.
+    left() { local l=$((budget - SECONDS)); ((l > $1)) && l=$1; ((l > 5)) && echo $l || echo 1; }
+    llama_build >"$logs/llama-build.out" 2>&1 &
+    local builder=$! q first=${types%%,*}
+    (model "$first" >/dev/null) &
+    local synth=$!
+    stamp "ops"; timeout "$(left 150)" bash "$0" ops; stamp "ops rc=$?"; pack_logs
+    stamp "greedy"; timeout "$(left 150)" bash "$0" greedy >/dev/null; stamp "greedy rc=$?"; pack_logs
+    cat "$logs/greedy.txt"
+    wait $synth
+    stamp "strata bench $first"; BENCH_TIMEOUT=$(left 100) bench "$first"; pack_logs
+    stamp "pipeline"; PIPE_TIMEOUT=$(left 80) pipeline "$first"; pack_logs
+    stamp "waiting for llama.cpp's build"
+    while kill -0 $builder 2>/dev/null && ((SECONDS < budget - 30)); do sleep 2; done
+    cat "$logs/llama-build.out"
+    [[ -x /tmp/llama-bench-built ]] && llama_bench=/tmp/llama-bench-built
+    if [[ -x $llama_bench ]]; then
+        stamp "llama-bench $first"; LLAMA_TIMEOUT=$(left 60) llama_bench_all "$first"; pack_logs
+        if [[ $llama_bench == /tmp/llama-bench-built ]]; then
+            # Back with the results, to be carried (gpu-carry/) next time.
+            xz -T0 -6 -c "$llama_bench" | split -b 15M -d - "$out/llama-bench.xz."
+            ls -la "$out"
+        fi
+    fi
+    for q in ${types//,/ }; do
+        [[ $q == "$first" ]] && continue
+        (($(left 100) >= 60)) || { stamp "no time left for $q"; continue; }
+        stamp "bench $q"
+        BENCH_TIMEOUT=$(left 60) bench "$q"
+        [[ -x $llama_bench ]] && LLAMA_TIMEOUT=$(left 40) llama_bench_all "$q"
+        pack_logs
+    done
+    stamp "done"
+    echo "---- summary"
+    grep -E "^test .*(ok|FAILED)|test result|worst" "$logs/ops.log"
+    grep -vE "^  (cpu|gpu):" "$logs/greedy.txt" | grep -vE " same$"
+    grep -E "^==|^ +[0-9]|failed" "$logs/pipeline.log"
+    bench_table | tee "$logs/bench.md"
+    pack_logs
+}
+
+[[ $step == prepare ]] || unpack
+case $step in
+prepare) prepare ;;
+all) all ;;
+ops) ops ;;
+greedy) greedy ;;
+llama-build) llama_build ;;
+bench) bench "$@"; bench_table ;;
+llama-bench) llama_bench_all "$@"; bench_table ;;
+pipeline) pipeline "$@" ;;
 *)
-    echo "unknown step $step: prepare, ops, greedy or bench" >&2
+    echo "unknown step $step" >&2
     exit 2
     ;;
 esac

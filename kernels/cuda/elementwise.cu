@@ -32,14 +32,20 @@ extern "C" __global__ void gated_silu(const float* gate, const float* up, float*
     }
 }
 
-// GELU, tanh approximation (ggml's).
+// GELU, tanh approximation, as ggml's CPU backend computes it (and so the
+// CPU backend here): looked up by the f16-rounded input in a table of
+// f16-rounded outputs, i.e. f16(gelu(f16(g))); exact outside [-10, 10].
+__device__ __forceinline__ float gelu_f16(float g) {
+    if (g <= -10.0f) return 0.0f;
+    if (g >= 10.0f) return g;
+    const float x = h2f(f2h(g));
+    const float inner = 0.7978845608028654f * x * fmaf(0.044715f * x, x, 1.0f);
+    return h2f(f2h(0.5f * x * (1.0f + tanhf(inner))));
+}
+
 extern "C" __global__ void gated_gelu(const float* gate, const float* up, float* out, size_t n) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) {
-        const float g = gate[i];
-        const float inner = 0.7978845608028654f * g * (1.0f + 0.044715f * g * g);
-        out[i] = 0.5f * g * (1.0f + tanhf(inner)) * up[i];
-    }
+    if (i < n) out[i] = gelu_f16(gate[i]) * up[i];
 }
 
 // Rotates the first `dims` values of every head of every row. Normal style

@@ -334,3 +334,20 @@ fn paged_attention_matches_cpu() {
         }
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu-check.sh"]
+fn heads_wider_than_the_attention_kernel_are_refused() {
+    let g = gpu();
+    let geo = |head_dim| KvGeometry {
+        n_layers: 1,
+        n_kv_heads: 2,
+        head_dim_k: head_dim,
+        head_dim_v: head_dim,
+        kv_type: KvType::F16,
+        n_blocks: 4,
+    };
+    assert!(g.new_kv_cache(geo(256)).is_ok());
+    let err = g.new_kv_cache(geo(512)).err().expect("head_dim 512 refused");
+    assert!(err.to_string().contains("512"), "{err}");
+}

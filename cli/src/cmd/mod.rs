@@ -63,11 +63,11 @@ impl DeviceArgs {
                 tracing::info!("using {}", Backend::name(&b));
                 Ok(Some(b))
             }
-            Err(e) if self.gpu.is_none() => {
-                tracing::warn!("CUDA device {n}: {e}; using the CPU backend");
-                Ok(None)
-            }
-            Err(e) => Err(anyhow::anyhow!("CUDA device {n}: {e}")),
+            // A GPU that is there but fails is an error, not a silent (and
+            // far slower) CPU run: the user asks for that with --cpu.
+            Err(e) => Err(anyhow::anyhow!(
+                "CUDA device {n}: {e} (run with --cpu to use the CPU backend instead)"
+            )),
         }
     }
 }

@@ -29,6 +29,8 @@ use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 
 /// Tokens one matrix-vector launch handles (the kernels' MAX_BATCH).
 pub const MAX_BATCH: usize = 8;
+/// Largest head dimension `attend` handles (attention.cu's MAX_HEAD_DIM).
+pub const MAX_HEAD_DIM: usize = 256;
 /// Bytes of one quantized activation chunk (f32 scale + 32 int8).
 const ACT_CHUNK_BYTES: usize = 36;
 const WARPS_PER_ROW_BLOCK: u32 = 4;
@@ -340,6 +342,14 @@ impl Backend for CudaBackend {
             return Err(KernelError::Invalid(
                 "the CUDA backend keeps KV in f16 only (q8_0 KV is to come)".into(),
             ));
+        }
+        // attention.cu keeps a head in registers and shared memory sized
+        // for MAX_HEAD_DIM: a larger head would be cut short, not refused.
+        if geometry.head_dim_k.max(geometry.head_dim_v) > MAX_HEAD_DIM {
+            return Err(KernelError::Invalid(format!(
+                "the CUDA attention kernel handles heads of up to {MAX_HEAD_DIM} values, this model's have {} (K) and {} (V)",
+                geometry.head_dim_k, geometry.head_dim_v
+            )));
         }
         let slots = geometry.n_blocks * KV_BLOCK_TOKENS;
         let oom = |e: cudarc::driver::DriverError| KernelError::OutOfMemory {
