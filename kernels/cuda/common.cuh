@@ -6,13 +6,19 @@
 // block layouts of quant.cuh can be checked on a CPU by a test
 // (kernels/tests/cuda_quant_layouts.rs) without a GPU.
 
-#ifdef STRATA_HOST_CHECK
+// Compiled for the CUDA emulator (kernels/cuda/emu/device.h in front), the
+// same helpers take their host form (STRATA_HOST below).
+
+#if defined(STRATA_HOST_CHECK) && !defined(STRATA_EMU)
 #include <cmath>
 #include <cstring>
 #define __device__
 #define __forceinline__ inline
 static inline float __uint_as_float(unsigned x) { float f; std::memcpy(&f, &x, 4); return f; }
 static inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; }
+#endif
+#if defined(STRATA_HOST_CHECK) || defined(STRATA_EMU)
+#define STRATA_HOST 1
 #endif
 
 typedef unsigned char u8;
@@ -27,11 +33,29 @@ typedef unsigned long long u64;
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
 
-#ifdef STRATA_HOST_CHECK
+#ifdef STRATA_HOST
 static inline float h2f(u16 h) {
     const int exp = (h >> 10) & 31, man = h & 1023;
+    if (exp == 31) return man ? NAN : ((h >> 15) ? -INFINITY : INFINITY);
     const float v = exp == 0 ? std::ldexp((float)man, -24) : std::ldexp((float)(man + 1024), exp - 25);
     return (h >> 15) ? -v : v;
+}
+
+// Round to nearest even, as cvt.rn.f16.f32.
+static inline u16 f2h(float f) {
+    u32 x;
+    std::memcpy(&x, &f, 4);
+    const u32 sign = (x >> 16) & 0x8000u;
+    const u32 abs = x & 0x7fffffffu;
+    if (abs >= 0x7f800000u) return sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u);
+    if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds to past 65504: inf
+    if (abs < 0x38800000u) {
+        // Subnormal (or zero) in f16: value / 2^-24, rounded to even.
+        const float scaled = std::fabs(f) * 16777216.0f;
+        return sign | (u16)std::nearbyint(scaled);
+    }
+    const u32 mant = abs + 0xfffu + ((abs >> 13) & 1u);  // round to even at bit 13
+    return sign | (u16)((mant - 0x38000000u) >> 13);
 }
 #else
 __device__ __forceinline__ float h2f(u16 h) {
@@ -66,7 +90,7 @@ __device__ __forceinline__ float load_f32(const u8* p) {
 }
 
 // 4-way int8 dot product with accumulate (sm_61+).
-#ifdef STRATA_HOST_CHECK
+#ifdef STRATA_HOST
 static inline i32 dp4a(i32 a, i32 b, i32 c) {
     for (int i = 0; i < 4; i++) c += (i8)((u32)a >> (8 * i)) * (i8)((u32)b >> (8 * i));
     return c;

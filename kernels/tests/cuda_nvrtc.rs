@@ -3,7 +3,7 @@
 //! NVRTC comes from the `nvidia-cuda-nvrtc` wheel (scripts/test.sh installs
 //! it and puts its lib dir on LD_LIBRARY_PATH).
 
-use strata_kernels::cuda::{compile_cubin, nvrtc_present, KERNELS, SOURCES, SUPPORTED_ARCHS};
+use strata_kernels::cuda::{compile_cubin, kernel_names, nvrtc_present, SOURCES, SUPPORTED_ARCHS};
 
 #[test]
 fn every_cuda_source_compiles_for_every_supported_arch() {
@@ -29,7 +29,7 @@ fn every_cuda_source_compiles_for_every_supported_arch() {
             }
         }
         if images.len() == SOURCES.len() {
-            for kernel in KERNELS {
+            for kernel in kernel_names() {
                 let found = images
                     .iter()
                     .any(|img| img.windows(kernel.len()).any(|w| w == kernel.as_bytes()));

@@ -23,7 +23,7 @@ use strata_model::profile::KvType;
 use strata_model::GgmlType;
 
 use super::compile::cached_cubin;
-use super::source::{KERNELS, SOURCES};
+use super::source::SOURCES;
 use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 
@@ -98,23 +98,26 @@ impl CudaBackend {
             .map_err(|e| cuda("compute capability", e))?;
         let device_name = ctx.name().map_err(|e| cuda("device name", e))?;
         let (major, minor) = (major as u32, minor as u32);
+        let emulated = super::emulator::is_emulated((major, minor));
         let mut functions = HashMap::new();
         for src in SOURCES {
-            let cubin =
-                cached_cubin(src, major, minor).map_err(|e| KernelError::Invalid(e.to_string()))?;
-            let module = ctx
-                .load_module(Ptx::from_binary(cubin))
-                .map_err(|e| cuda(&format!("loading {}.cu", src.name), e))?;
-            for &name in KERNELS {
-                if let Ok(f) = module.load_function(name) {
-                    functions.insert(name, f);
-                }
+            let module = if emulated {
+                // The emulator runs the same text compiled as host C++.
+                let lib = super::emulator::build_module(src)
+                    .map_err(|e| KernelError::Invalid(e.to_string()))?;
+                ctx.load_module(Ptx::from_file(lib))
+            } else {
+                let cubin = cached_cubin(src, major, minor)
+                    .map_err(|e| KernelError::Invalid(e.to_string()))?;
+                ctx.load_module(Ptx::from_binary(cubin))
             }
-        }
-        if let Some(missing) = KERNELS.iter().find(|k| !functions.contains_key(*k)) {
-            return Err(KernelError::Invalid(format!(
-                "kernel {missing} is in no compiled module"
-            )));
+            .map_err(|e| cuda(&format!("loading {}.cu", src.name), e))?;
+            for &name in src.kernels {
+                let f = module
+                    .load_function(name)
+                    .map_err(|e| cuda(&format!("kernel {name} of {}.cu", src.name), e))?;
+                functions.insert(name, f);
+            }
         }
         // Per weight type, the matvec and embedding kernels, looked up once
         // here rather than by name on every op.

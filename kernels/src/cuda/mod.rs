@@ -4,12 +4,13 @@
 
 mod backend;
 pub mod compile;
+pub mod emulator;
 pub mod source;
 
 pub use backend::{CudaAct, CudaBackend, CudaKvCache, CudaWeight, MAX_BATCH};
 pub use compile::{cached_cubin, compile_cubin, nvrtc_present, CompileError};
 pub use source::{
-    KernelSource, FLOAT_KERNEL_TYPES, KERNELS, QUANT_KERNEL_TYPES, SOURCES, SUPPORTED_ARCHS,
+    kernel_names, KernelSource, FLOAT_KERNEL_TYPES, QUANT_KERNEL_TYPES, SOURCES, SUPPORTED_ARCHS,
 };
 
 /// Whether a CUDA driver can be loaded (any CUDA call without one panics).

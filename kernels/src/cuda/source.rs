@@ -4,11 +4,14 @@
 const COMMON: &str = include_str!("../../cuda/common.cuh");
 const QUANT: &str = include_str!("../../cuda/quant.cuh");
 
-/// One compilation unit: a name (for logs and the cache) and its text.
+/// One compilation unit: a name (for logs and the cache), its text, and the
+/// kernels it defines (the backend loads each; the emulator's build lists
+/// them in its launch table).
 #[derive(Debug, Clone, Copy)]
 pub struct KernelSource {
     pub name: &'static str,
     body: &'static str,
+    pub kernels: &'static [&'static str],
 }
 
 impl KernelSource {
@@ -26,14 +29,55 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         name: "matvec",
         body: include_str!("../../cuda/matvec.cu"),
+        kernels: &[
+            "quantize_act",
+            "mmvq_q4_0",
+            "mmvq_q4_1",
+            "mmvq_q5_0",
+            "mmvq_q5_1",
+            "mmvq_q8_0",
+            "mmvq_q2_k",
+            "mmvq_q3_k",
+            "mmvq_q4_k",
+            "mmvq_q5_k",
+            "mmvq_q6_k",
+            "mmvq_q8_k",
+            "mmv_f32",
+            "mmv_f16",
+            "mmv_bf16",
+            "embed_q4_0",
+            "embed_q4_1",
+            "embed_q5_0",
+            "embed_q5_1",
+            "embed_q8_0",
+            "embed_q2_k",
+            "embed_q3_k",
+            "embed_q4_k",
+            "embed_q5_k",
+            "embed_q6_k",
+            "embed_q8_k",
+            "embed_f32",
+            "embed_f16",
+            "embed_bf16",
+        ],
     },
     KernelSource {
         name: "elementwise",
         body: include_str!("../../cuda/elementwise.cu"),
+        kernels: &[
+            "rms_norm",
+            "add_assign",
+            "add_bias",
+            "gated_silu",
+            "gated_gelu",
+            "rope",
+            "select_rows",
+        ],
     },
     KernelSource {
         name: "attention",
         body: include_str!("../../cuda/attention.cu"),
+        kernels: &["kv_write", "attend"],
     },
 ];
 
@@ -49,43 +93,6 @@ pub const QUANT_KERNEL_TYPES: &[&str] = &[
 pub const FLOAT_KERNEL_TYPES: &[&str] = &["f32", "f16", "bf16"];
 
 /// Every kernel the backend looks up by name.
-pub const KERNELS: &[&str] = &[
-    "quantize_act",
-    "rms_norm",
-    "add_assign",
-    "add_bias",
-    "gated_silu",
-    "gated_gelu",
-    "rope",
-    "select_rows",
-    "kv_write",
-    "attend",
-    "mmvq_q4_0",
-    "mmvq_q4_1",
-    "mmvq_q5_0",
-    "mmvq_q5_1",
-    "mmvq_q8_0",
-    "mmvq_q2_k",
-    "mmvq_q3_k",
-    "mmvq_q4_k",
-    "mmvq_q5_k",
-    "mmvq_q6_k",
-    "mmvq_q8_k",
-    "mmv_f32",
-    "mmv_f16",
-    "mmv_bf16",
-    "embed_q4_0",
-    "embed_q4_1",
-    "embed_q5_0",
-    "embed_q5_1",
-    "embed_q8_0",
-    "embed_q2_k",
-    "embed_q3_k",
-    "embed_q4_k",
-    "embed_q5_k",
-    "embed_q6_k",
-    "embed_q8_k",
-    "embed_f32",
-    "embed_f16",
-    "embed_bf16",
-];
+pub fn kernel_names() -> impl Iterator<Item = &'static str> {
+    SOURCES.iter().flat_map(|s| s.kernels.iter().copied())
+}
