@@ -164,5 +164,11 @@ inline void strata_emu_call(void (*f)(A...), void** args) {
     strata_emu_call_with(f, args, std::index_sequence_for<A...>{});
 }
 #define STRATA_EMU_KERNEL(name) {#name, [](void** args) { strata_emu_call(&name, args); }},
-#define STRATA_EMU_KERNELS_BEGIN extern "C" const strata_emu_kernel strata_emu_kernels[] = {
+// strata_emu_touch_tls makes the calling OS thread's copy of the module's
+// thread_locals (its __shared__ variables) exist, so the runtime can poison
+// them before each block.
+#define STRATA_EMU_KERNELS_BEGIN                                                 \
+    static thread_local char strata_emu_tls_touch;                               \
+    extern "C" void* strata_emu_touch_tls() { return &strata_emu_tls_touch; }    \
+    extern "C" const strata_emu_kernel strata_emu_kernels[] = {
 #define STRATA_EMU_KERNELS_END {nullptr, nullptr}};

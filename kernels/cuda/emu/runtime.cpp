@@ -36,6 +36,7 @@
 
 #include <boost/context/detail/fcontext.hpp>
 #include <dlfcn.h>
+#include <link.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -154,7 +155,36 @@ static CUresult check_range(const char* what, CUdeviceptr p, size_t n) {
 struct Module {
     void* handle;
     std::string path;
+    size_t tls_bytes;  // its thread_locals: the kernels' __shared__ variables
+    void* (*touch_tls)();
 };
+
+// The size of the TLS segment of the object loaded at `base`.
+static size_t tls_segment_bytes(ElfW(Addr) base) {
+    struct Query {
+        ElfW(Addr) base;
+        size_t bytes;
+    } q{base, 0};
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, size_t, void* data) {
+            auto* q = (Query*)data;
+            if (info->dlpi_addr != q->base) return 0;
+            for (int i = 0; i < info->dlpi_phnum; i++)
+                if (info->dlpi_phdr[i].p_type == PT_TLS) q->bytes = info->dlpi_phdr[i].p_memsz;
+            return 1;
+        },
+        &q);
+    return q.bytes;
+}
+
+// Shared memory starts each block as NaN bytes, as memory nothing wrote:
+// a value read before a barrier made it visible is then wrong, not stale.
+static void poison_shared(const Module* m) {
+    if (!m->tls_bytes) return;
+    m->touch_tls();
+    void* block = nullptr;
+    if (dlinfo(m->handle, RTLD_DI_TLS_DATA, &block) == 0 && block) std::memset(block, 0xff, m->tls_bytes);
+}
 
 struct Function {
     const strata_emu_kernel* kernel;
@@ -337,6 +367,7 @@ static bool run_block(Launch& L, dim3 block_idx, std::minstd_rand& rng) {
         mprotect(s, page, PROT_NONE);  // a stack overflow faults
         runner->stacks.push_back(s);
     }
+    poison_shared(L.function->module);
     std::vector<Fiber*> ready;
     for (unsigned i = 0; i < n; i++) {
         Fiber& f = fibers[i];
@@ -664,7 +695,10 @@ CUresult cuModuleLoad(void** module, const char* path) {
         dlclose(h);
         return fail(CUDA_ERROR_INVALID_IMAGE, "%s has no kernel table (not built for the emulator)", path);
     }
-    *module = new Module{h, path};
+    link_map* lm = nullptr;
+    dlinfo(h, RTLD_DI_LINKMAP, &lm);
+    auto touch = (void* (*)())dlsym(h, "strata_emu_touch_tls");
+    *module = new Module{h, path, lm && touch ? tls_segment_bytes(lm->l_addr) : 0, touch};
     return CUDA_SUCCESS;
 }
 CUresult cuModuleLoadData(void**, const void*) {

@@ -19,6 +19,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
@@ -175,6 +176,15 @@ fn hash(parts: &[&str]) -> String {
         .collect()
 }
 
+/// A name beside `path` that no other process or thread is writing.
+fn unique_temp(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}-{n}.tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
 fn write(path: &Path, text: &str) -> Result<(), EmulatorError> {
     let io = |e: std::io::Error| EmulatorError::Io {
         path: path.to_path_buf(),
@@ -184,7 +194,7 @@ fn write(path: &Path, text: &str) -> Result<(), EmulatorError> {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     // Written whole then renamed: tests build the same files at once.
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = unique_temp(path);
     std::fs::write(&tmp, text).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
@@ -192,7 +202,7 @@ fn write(path: &Path, text: &str) -> Result<(), EmulatorError> {
 /// Runs the C++ compiler with `args -o out` (into a temporary name first).
 fn compile(what: &str, args: &[String], out: &Path) -> Result<(), EmulatorError> {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    let tmp = out.with_extension(format!("tmp{}.so", std::process::id()));
+    let tmp = unique_temp(out);
     let started = std::time::Instant::now();
     let output = Command::new(&cxx)
         .args(args)

@@ -15,6 +15,20 @@ pub struct KernelSource {
 }
 
 impl KernelSource {
+    /// A module of `kernels` defined in `body` (CUDA C after the shared
+    /// headers).
+    pub const fn new(
+        name: &'static str,
+        body: &'static str,
+        kernels: &'static [&'static str],
+    ) -> Self {
+        KernelSource {
+            name,
+            body,
+            kernels,
+        }
+    }
+
     /// The full text NVRTC compiles.
     pub fn text(&self) -> String {
         format!(
