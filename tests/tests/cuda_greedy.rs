@@ -1,0 +1,127 @@
+//! The CUDA backend's greedy text equals the CPU backend's (which
+//! reference_greedy.rs holds to llama.cpp's) up to a near-tie: synthetic
+//! models of every weight type in both architectures' layouts, and both real
+//! models. Runs on a real GPU where a CUDA driver is, on the CUDA emulator
+//! (`cuda::emulator`) everywhere else, so CI runs the whole CUDA forward pass.
+
+use strata_kernels::cuda::{driver_present, emulator, CudaBackend};
+use strata_kernels::{Backend, CpuBackend};
+use strata_model::arch::{Architecture, HyperParams};
+use strata_model::synth::{QuantScheme, SynthSpec};
+use strata_model::GgufFile;
+use strata_tests::{model_path, reference, GEMMA3, SMOLLM2};
+use strata_worker::generate::prefill;
+use strata_worker::{LayerRange, Stage};
+
+/// Top-2 logit gap of the CPU's pick under which the GPU may take the other
+/// token: the two backends quantize activations to int8 differently (the
+/// CPU per ggml block with an f16 scale, the GPU per 32 values with an f32
+/// one), which moves logits by a few hundredths.
+const NEAR_TIE: f32 = 0.5;
+const STEPS: usize = 16;
+
+fn cuda() -> CudaBackend {
+    if emulator::requested() || !driver_present() {
+        emulator::install().expect("the CUDA emulator");
+    }
+    CudaBackend::new(0).expect("CUDA device 0")
+}
+
+fn load<B: Backend>(backend: B, file: &GgufFile) -> Stage<B> {
+    let hp = HyperParams::from_gguf(file).unwrap();
+    let range = LayerRange {
+        first: 0,
+        end: hp.n_layers,
+    };
+    Stage::load(backend, file, range, 128).unwrap()
+}
+
+/// Greedy steps after `prompt` (prompt in one batch, then one token a
+/// step): each step's pick and the top-2 gap of its logits.
+fn greedy<B: Backend>(stage: &mut Stage<B>, prompt: &[u32]) -> Vec<(u32, f32)> {
+    let mut logits = prefill(stage, 0, 0, prompt, None).unwrap().remove(0);
+    let mut steps = Vec::new();
+    for i in 0..STEPS {
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let (best, gap) = (order[0] as u32, logits[order[0]] - logits[order[1]]);
+        steps.push((best, gap));
+        logits = prefill(stage, 0, prompt.len() + i, &[best], None)
+            .unwrap()
+            .remove(0);
+    }
+    stage.release(0);
+    steps
+}
+
+/// Asserts the CUDA text is the CPU's up to the first near-tie; returns how
+/// many steps agreed.
+fn check(label: &str, file: &GgufFile, prompt: &[u32], gpu: &CudaBackend) -> usize {
+    let cpu_steps = greedy(&mut load(CpuBackend::new(), file), prompt);
+    let gpu_steps = greedy(&mut load(gpu.clone(), file), prompt);
+    for (i, (c, g)) in cpu_steps.iter().zip(&gpu_steps).enumerate() {
+        if c.0 != g.0 {
+            assert!(
+                c.1 < NEAR_TIE,
+                "{label}: step {i}: CUDA picks {} where the CPU picks {} by a margin of {:.3}\ncpu: {:?}\ngpu: {:?}",
+                g.0,
+                c.0,
+                c.1,
+                cpu_steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+                gpu_steps.iter().map(|s| s.0).collect::<Vec<_>>()
+            );
+            println!("{label}: same for {i} steps, then a near-tie ({:.3})", c.1);
+            return i;
+        }
+    }
+    println!("{label}: same for all {STEPS} steps");
+    STEPS
+}
+
+#[test]
+fn synthetic_models_of_every_type_give_the_cpu_text() {
+    let gpu = cuda();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agreed = 0;
+    for arch in [Architecture::Llama, Architecture::Gemma3] {
+        for quant in [
+            "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+            "Q6_K", "Q4_K_M",
+        ] {
+            let mut spec =
+                SynthSpec::from_preset(arch, "tiny", QuantScheme::parse(quant).unwrap()).unwrap();
+            spec.shape.n_layers = 3;
+            let path = dir.path().join(format!("{arch}-{quant}.gguf"));
+            spec.write(&path, |_, _| {}).unwrap();
+            let file = GgufFile::open(&path).unwrap();
+            let prompt: Vec<u32> = (0..11).map(|i| (i * 37 + 5) % 250).collect();
+            agreed += check(&format!("{arch} {quant}"), &file, &prompt, &gpu);
+        }
+    }
+    // Near-ties are allowed, not the rule: random weights make some, but
+    // most steps must agree.
+    assert!(agreed >= 26 * STEPS / 2, "only {agreed} of {} steps agreed", 26 * STEPS);
+}
+
+fn first_reference_prompt(reference_file: &str) -> Vec<u32> {
+    reference(reference_file)["greedy"][0]["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn smollm2_gives_the_cpu_text() {
+    let file = GgufFile::open(model_path(SMOLLM2)).unwrap();
+    let prompt = first_reference_prompt("smollm2-135m.json");
+    check("SmolLM2", &file, &prompt, &cuda());
+}
+
+#[test]
+fn gemma3_gives_the_cpu_text() {
+    let file = GgufFile::open(model_path(GEMMA3)).unwrap();
+    let prompt = first_reference_prompt("gemma3-270m.json");
+    check("Gemma-3", &file, &prompt, &cuda());
+}
