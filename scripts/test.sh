@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: fetches the real test models
 # into the cache (scripts/fetch-models.sh), the openai Python client and
-# NVRTC (nvidia-cuda-nvrtc) from PyPI, then cargo test over the workspace,
-# then the aarch64 kernel tests under qemu (scripts/test-aarch64.sh).
+# NVRTC (nvidia-cuda-nvrtc) from PyPI and Boost.Context (for the CUDA
+# emulator) from apt, then cargo test over the workspace, the CUDA kernel
+# tests under AddressSanitizer (scripts/test-cuda-asan.sh), then the aarch64
+# kernel tests under qemu (scripts/test-aarch64.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export STRATA_MODELS=${STRATA_MODELS:-$HOME/.cache/strata/models}
@@ -23,6 +25,16 @@ if ! nvrtc_lib >/dev/null; then
         || python3 -m pip install --quiet --break-system-packages 'nvidia-cuda-nvrtc>=13,<14'
 fi
 export LD_LIBRARY_PATH="$(nvrtc_lib)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The CUDA emulator (every CUDA kernel run on the CPU) builds with the C++
+# compiler and Boost.Context.
+if [ ! -f /usr/include/boost/context/detail/fcontext.hpp ]; then
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo -n"
+    $sudo_cmd apt-get install -y -q libboost-context-dev >/dev/null 2>&1 \
+        || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q libboost-context-dev >/dev/null; }
+fi
 cargo test --workspace --no-fail-fast "$@"
+# The CUDA kernel tests again, on the emulator built with AddressSanitizer.
+scripts/test-cuda-asan.sh
 # The NEON kernels: cross-compiled for aarch64 and run under qemu.
 scripts/test-aarch64.sh

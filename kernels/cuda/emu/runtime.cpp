@@ -6,6 +6,8 @@
 // - Device memory is host memory, each allocation ending on an unmapped
 //   page (a read or write past its end faults, and the fault names the
 //   kernel, block and thread) and filled with NaN bytes until written.
+//   Built with -fsanitize=address, it is AddressSanitizer's heap instead
+//   (redzones on both sides).
 // - Modules are kernel sources compiled as host C++ (device.h in front)
 //   into shared objects; cuModuleLoad opens one.
 // - A launch runs blocks on a pool of OS threads, each block's CUDA threads
@@ -43,6 +45,28 @@
 #include "device.h"
 
 namespace fctx = boost::context::detail;
+
+// Under AddressSanitizer (STRATA_CUDA_EMU_CXXFLAGS=-fsanitize=address, with
+// libasan preloaded), every stack switch is announced to it.
+#if defined(__SANITIZE_ADDRESS__)
+#define STRATA_EMU_ASAN 1
+extern "C" {
+void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom, size_t size);
+void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old, size_t* size_old);
+void __asan_unpoison_memory_region(void const volatile* addr, size_t size);
+}
+#endif
+
+// Memory we map ourselves (device memory, fiber stacks) may reuse addresses
+// whose shadow still says "stack frame" from an earlier use.
+static void unpoison(void* p, size_t n) {
+#ifdef STRATA_EMU_ASAN
+    __asan_unpoison_memory_region(p, n);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
 
 typedef int CUresult;
 typedef int CUdevice;
@@ -119,12 +143,27 @@ static CUresult device_alloc(CUdeviceptr* out, size_t bytes) {
             return fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory: %zu bytes asked, %zu of %zu in use", bytes,
                         allocated_bytes, total_bytes());
     }
+#ifdef STRATA_EMU_ASAN
+    // AddressSanitizer's heap: redzones on both sides, freed memory held back.
+    void* heap = nullptr;
+    if (posix_memalign(&heap, 256, std::max<size_t>(bytes, 1)))
+        return fail(CUDA_ERROR_OUT_OF_MEMORY, "no host memory for %zu bytes", bytes);
+    std::memset(heap, 0xff, bytes);
+    {
+        std::lock_guard<std::mutex> g(mem_lock);
+        allocations[(uintptr_t)heap] = Allocation{nullptr, 0, bytes};
+        allocated_bytes += bytes;
+    }
+    *out = (CUdeviceptr)(uintptr_t)heap;
+    return CUDA_SUCCESS;
+#endif
     // The data ends where an unmapped page begins (start 16-byte aligned,
     // so only a size that is not a multiple of 16 leaves slack).
     const size_t body = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
     const size_t map_bytes = body + page;
     char* map = (char*)mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (map == MAP_FAILED) return fail(CUDA_ERROR_OUT_OF_MEMORY, "mmap of %zu bytes failed", map_bytes);
+    unpoison(map, body);
     mprotect(map + body, page, PROT_NONE);
     char* start = map + body - ((bytes + 15) / 16 * 16);
     std::memset(start, 0xff, bytes);  // NaN in f32 and f16: unwritten reads show
@@ -139,7 +178,12 @@ static CUresult device_free(CUdeviceptr p) {
     std::lock_guard<std::mutex> g(mem_lock);
     auto it = allocations.find((uintptr_t)p);
     if (it == allocations.end()) return fail(CUDA_ERROR_INVALID_VALUE, "free of %#llx: not an allocation", p);
-    munmap(it->second.map, it->second.map_bytes);
+    if (it->second.map) {
+        unpoison(it->second.map, it->second.map_bytes - (size_t)sysconf(_SC_PAGESIZE));
+        munmap(it->second.map, it->second.map_bytes);
+    } else {
+        std::free((void*)it->first);
+    }
     allocated_bytes -= it->second.bytes;
     allocations.erase(it);
     return CUDA_SUCCESS;
@@ -180,6 +224,9 @@ static size_t tls_segment_bytes(ElfW(Addr) base) {
 // Shared memory starts each block as NaN bytes, as memory nothing wrote:
 // a value read before a barrier made it visible is then wrong, not stale.
 static void poison_shared(const Module* m) {
+#ifdef STRATA_EMU_ASAN
+    return;  // its TLS may sit in a thread's stack mapping, which ASan guards
+#endif
     if (!m->tls_bytes) return;
     m->touch_tls();
     void* block = nullptr;
@@ -224,11 +271,18 @@ struct BlockRunner {
     std::vector<Fiber> fibers;
     std::vector<char*> stacks;
     fctx::fcontext_t scheduler = nullptr;
+    // The scheduler's own stack, as AddressSanitizer reported it.
+    const void* scheduler_stack = nullptr;
+    size_t scheduler_stack_bytes = 0;
     Fiber* current = nullptr;
     Launch* launch = nullptr;
     std::string error;
     ~BlockRunner() {
-        for (char* s : stacks) munmap(s, STACK_BYTES);
+        const size_t guard = (size_t)sysconf(_SC_PAGESIZE);
+        for (char* s : stacks) {
+            unpoison(s + guard, STACK_BYTES - guard);
+            munmap(s, STACK_BYTES);
+        }
     }
 };
 
@@ -239,9 +293,27 @@ extern "C" const strata_emu_thread* strata_emu_self() {
     return &runner->current->self;
 }
 
+// A fiber's side of a switch to and back from the scheduler (`last`: it
+// will not come back).
+static void fiber_leaving(bool last) {
+#ifdef STRATA_EMU_ASAN
+    static thread_local void* fake;
+    __sanitizer_start_switch_fiber(last ? nullptr : &fake, runner->scheduler_stack, runner->scheduler_stack_bytes);
+#else
+    (void)last;
+#endif
+}
+static void fiber_entered() {
+#ifdef STRATA_EMU_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &runner->scheduler_stack, &runner->scheduler_stack_bytes);
+#endif
+}
+
 // Back to the scheduler; returns when the scheduler runs this fiber again.
 static void yield_to_scheduler() {
+    fiber_leaving(false);
     fctx::transfer_t t = fctx::jump_fcontext(runner->scheduler, nullptr);
+    fiber_entered();
     runner->scheduler = t.fctx;
 }
 
@@ -276,10 +348,12 @@ extern "C" unsigned strata_emu_vote(unsigned mask, int predicate) {
 }
 
 static void fiber_main(fctx::transfer_t t) {
+    fiber_entered();
     runner->scheduler = t.fctx;
     Fiber* f = (Fiber*)t.data;
     runner->launch->function->kernel->invoke(runner->launch->args);
     f->wait = Wait::Done;
+    fiber_leaving(true);
     fctx::jump_fcontext(runner->scheduler, nullptr);
 }
 
@@ -376,6 +450,8 @@ static bool run_block(Launch& L, dim3 block_idx, std::minstd_rand& rng) {
         f.self.block_idx = block_idx;
         f.self.block_dim = L.block;
         f.self.grid_dim = L.grid;
+        const size_t guard = (size_t)sysconf(_SC_PAGESIZE);
+        unpoison(runner->stacks[i] + guard, STACK_BYTES - guard);  // frames of the last block's fibers
         f.ctx = fctx::make_fcontext(runner->stacks[i] + STACK_BYTES, STACK_BYTES, fiber_main);
         f.wait = Wait::Ready;
         ready.push_back(&f);
@@ -386,7 +462,14 @@ static bool run_block(Launch& L, dim3 block_idx, std::minstd_rand& rng) {
         next.clear();
         for (Fiber* f : ready) {
             runner->current = f;
+#ifdef STRATA_EMU_ASAN
+            void* fake = nullptr;
+            __sanitizer_start_switch_fiber(&fake, runner->stacks[f->linear], STACK_BYTES);
+#endif
             fctx::transfer_t t = fctx::jump_fcontext(f->ctx, f);
+#ifdef STRATA_EMU_ASAN
+            __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
             f->ctx = t.fctx;
             runner->current = nullptr;
             if (f->wait == Wait::Warp && !try_complete_warp(f->linear / WARP_LANES, next)) return false;
@@ -527,6 +610,9 @@ static void on_fault(int sig, siginfo_t* info, void*) {
 }
 
 static void install_fault_handler() {
+#ifdef STRATA_EMU_ASAN
+    return;  // AddressSanitizer reports faults itself, on its own signal stack
+#endif
     static std::once_flag once;
     std::call_once(once, [] {
         static char alt[1 << 16];
