@@ -183,7 +183,8 @@ fn a_read_past_the_end_faults_naming_the_kernel() {
     // kernels are built with it (scripts/test.sh runs both).
     assert!(
         stderr.contains("read_past_end")
-            && (stderr.contains("invalid memory access") || stderr.contains("heap-buffer-overflow")),
+            && (stderr.contains("invalid memory access")
+                || stderr.contains("heap-buffer-overflow")),
         "{stderr}"
     );
 }

@@ -350,6 +350,9 @@ fn heads_wider_than_the_attention_kernel_are_refused() {
         n_blocks: 4,
     };
     assert!(g.new_kv_cache(geo(256)).is_ok());
-    let err = g.new_kv_cache(geo(512)).err().expect("head_dim 512 refused");
+    let err = g
+        .new_kv_cache(geo(512))
+        .err()
+        .expect("head_dim 512 refused");
     assert!(err.to_string().contains("512"), "{err}");
 }

@@ -49,6 +49,9 @@ fn main() -> anyhow::Result<()> {
     w.write(output, |i, _, out: &mut dyn Write| {
         out.write_all(file.tensor_data(keep[i]))
     })?;
-    println!("wrote {output}: {n} of {have} layers, {} tensors", keep.len());
+    println!(
+        "wrote {output}: {n} of {have} layers, {} tensors",
+        keep.len()
+    );
     Ok(())
 }

@@ -100,7 +100,11 @@ fn synthetic_models_of_every_type_give_the_cpu_text() {
     }
     // Near-ties are allowed, not the rule: random weights make some, but
     // most steps must agree.
-    assert!(agreed >= 26 * STEPS / 2, "only {agreed} of {} steps agreed", 26 * STEPS);
+    assert!(
+        agreed >= 26 * STEPS / 2,
+        "only {agreed} of {} steps agreed",
+        26 * STEPS
+    );
 }
 
 fn first_reference_prompt(reference_file: &str) -> Vec<u32> {

@@ -49,6 +49,12 @@ impl DeviceArgs {
         if self.cpu {
             return Ok(None);
         }
+        // The CUDA emulator (the kernels run on the CPU, for tests) only
+        // when asked for: it is never a fallback.
+        if strata_kernels::cuda::emulator::requested() {
+            strata_kernels::cuda::emulator::install()
+                .context("STRATA_CUDA_EMULATOR=1: starting the CUDA emulator")?;
+        }
         if !strata_kernels::cuda::driver_present() {
             anyhow::ensure!(
                 self.gpu.is_none(),

@@ -32,8 +32,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str]) -> Proc {
+        Self::spawn_with_env(name, args, &[])
+    }
+
+    pub fn spawn_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
             .args(args)
+            .envs(env.iter().copied())
             .env("STRATA_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -112,6 +117,15 @@ pub fn token_file(dir: &Path) -> PathBuf {
 
 impl Worker {
     pub fn start(mem_budget: &str, model_dir: Option<&Path>) -> Worker {
+        Self::start_with_env(mem_budget, model_dir, &[])
+    }
+
+    /// A worker with extra environment (the CUDA emulator, say).
+    pub fn start_with_env(
+        mem_budget: &str,
+        model_dir: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Worker {
         let dir = tempfile::tempdir().expect("tempdir");
         let token = token_file(dir.path());
         let cache = dir.path().join("slices");
@@ -133,8 +147,8 @@ impl Worker {
             md = d.display().to_string();
             args.extend(["--model-dir", &md]);
         }
-        let mut proc = Proc::spawn("worker", &args);
-        let rest = proc.wait_for("worker listening on ", Duration::from_secs(60));
+        let mut proc = Proc::spawn_with_env("worker", &args, env);
+        let rest = proc.wait_for("worker listening on ", Duration::from_secs(120));
         let addr = rest.split_whitespace().next().expect("address").to_string();
         Worker {
             proc,

@@ -826,6 +826,15 @@ CUresult cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, u
         const char* v = std::getenv("STRATA_CUDA_EMU_SEED");
         return v ? std::strtoull(v, nullptr, 10) : (unsigned long long)std::random_device{}();
     }();
+    // A device that fails after N launches (tests of what a worker does
+    // when its GPU goes away): STRATA_CUDA_EMU_FAIL_AFTER=N.
+    static const unsigned long long fail_after = [] {
+        const char* v = std::getenv("STRATA_CUDA_EMU_FAIL_AFTER");
+        return v ? std::strtoull(v, nullptr, 10) : ~0ull;
+    }();
+    if (launches.load() >= fail_after)
+        return fail(CUDA_ERROR_LAUNCH_FAILED, "kernel %s: the device is lost (STRATA_CUDA_EMU_FAIL_AFTER=%llu)",
+                    fn->kernel->name, fail_after);
     Launch L;
     L.function = fn;
     L.grid = dim3{gx, gy, gz};

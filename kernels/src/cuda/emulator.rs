@@ -15,7 +15,9 @@
 //! says so. It needs a C++17 compiler (`$CXX`, else `c++`) and Boost.Context
 //! (Debian: `libboost-context-dev`). `STRATA_CUDA_EMU_CXXFLAGS` adds flags to
 //! every build (`-fsanitize=address`, say), `STRATA_CUDA_EMU_SEED` fixes the
-//! thread order, `STRATA_CUDA_EMU_THREADS` the OS threads blocks run on.
+//! thread order, `STRATA_CUDA_EMU_THREADS` the OS threads blocks run on,
+//! `STRATA_CUDA_EMU_FAIL_AFTER=N` fails every launch after the first N (a
+//! lost device).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -110,7 +112,7 @@ fn load_runtime() -> Result<(), EmulatorError> {
         error: e.to_string(),
     })?;
     std::mem::forget(runtime); // loaded for the life of the process
-    // SAFETY: only looks a symbol up in the driver cudarc loads.
+                               // SAFETY: only looks a symbol up in the driver cudarc loads.
     let driver_is_emulator = unsafe {
         cudarc::driver::sys::is_culib_present()
             && cudarc::driver::sys::culib()

@@ -3,6 +3,7 @@
 //! every load, forward and release in arrival order, off the async threads.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -96,12 +97,30 @@ where
                         let _ = reply.send(result);
                     }
                     Command::Forward(frame, reply) => {
+                        let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
                         let out = match loaded.as_mut() {
-                            Some(l) => forward(l, frame),
-                            None => FrameOut::Reply(error_reply(
-                                frame.header.map_or(0, |h| h.batch_id),
-                                "no slice loaded".into(),
-                            )),
+                            // A device error inside an op panics (the
+                            // Backend ops return no Result yet): the batch
+                            // gets an error reply, the slice is dropped (the
+                            // device state is unknown) and Health says
+                            // FAILED, rather than the thread dying while
+                            // Health still says READY.
+                            Some(l) => match catch_unwind(AssertUnwindSafe(|| forward(l, frame))) {
+                                Ok(out) => out,
+                                Err(panic) => {
+                                    let e = format!(
+                                        "the compute device failed: {}",
+                                        panic_message(panic.as_ref())
+                                    );
+                                    tracing::error!("{e}");
+                                    loaded = None;
+                                    set_status(&snapshot, v1::health_reply::Status::Failed, &e);
+                                    FrameOut::Reply(error_reply(batch_id, e))
+                                }
+                            },
+                            None => {
+                                FrameOut::Reply(error_reply(batch_id, "no slice loaded".into()))
+                            }
                         };
                         let _ = reply.send(out);
                     }
@@ -133,6 +152,14 @@ where
             }
         })?;
     Ok(tx)
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic".into())
 }
 
 fn set_status(snapshot: &Mutex<Snapshot>, status: v1::health_reply::Status, message: &str) {
