@@ -34,6 +34,16 @@ if [ ! -f /usr/include/boost/context/detail/fcontext.hpp ]; then
         || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q libboost-context-dev >/dev/null; }
 fi
 cargo test --workspace --no-fail-fast "$@"
+# The kernels compile with NVRTC 12 too (what a CUDA 12 driver needs).
+nvrtc12_lib() {
+    python3 -c 'import nvidia.cuda_nvrtc, os; print(os.path.join(nvidia.cuda_nvrtc.__path__[0], "lib"))' 2>/dev/null
+}
+if ! nvrtc12_lib >/dev/null; then
+    python3 -m pip install --quiet --user 'nvidia-cuda-nvrtc-cu12>=12.4,<13' 2>/dev/null \
+        || python3 -m pip install --quiet --user --break-system-packages 'nvidia-cuda-nvrtc-cu12>=12.4,<13' \
+        || python3 -m pip install --quiet --break-system-packages 'nvidia-cuda-nvrtc-cu12>=12.4,<13'
+fi
+LD_LIBRARY_PATH="$(nvrtc12_lib)" STRATA_NVRTC_MAJOR=12 cargo test -p strata-kernels --test cuda_nvrtc
 # The CUDA kernel tests again, on the emulator built with AddressSanitizer.
 scripts/test-cuda-asan.sh
 # The NEON kernels: cross-compiled for aarch64 and run under qemu.

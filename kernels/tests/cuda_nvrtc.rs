@@ -1,8 +1,10 @@
 //! Every CUDA source compiles with NVRTC for every architecture we support,
-//! and every kernel the backend loads is in the result. Runs without a GPU:
+//! and every kernel the backend loads is in the result; with NVRTC 13 and
+//! with NVRTC 12 (scripts/test.sh runs it with each). Runs without a GPU:
 //! NVRTC comes from the `nvidia-cuda-nvrtc` wheel (scripts/test.sh installs
 //! it and puts its lib dir on LD_LIBRARY_PATH).
 
+use strata_kernels::cuda::compile::nvrtc_version;
 use strata_kernels::cuda::{compile_cubin, kernel_names, nvrtc_present, SOURCES, SUPPORTED_ARCHS};
 
 #[test]
@@ -11,6 +13,13 @@ fn every_cuda_source_compiles_for_every_supported_arch() {
         nvrtc_present(),
         "NVRTC cannot be loaded: pip install nvidia-cuda-nvrtc and put nvidia/cu13/lib on LD_LIBRARY_PATH (scripts/test.sh does both)"
     );
+    let version = nvrtc_version().expect("NVRTC's version");
+    println!("NVRTC {}.{}", version.0, version.1);
+    // scripts/test.sh runs this with NVRTC 13 and again with NVRTC 12 (what
+    // a CUDA 12 driver needs), naming the major it put on the library path.
+    if let Ok(major) = std::env::var("STRATA_NVRTC_MAJOR") {
+        assert_eq!(version.0.to_string(), major, "NVRTC on the library path");
+    }
     let mut failures = Vec::new();
     for &(major, minor) in SUPPORTED_ARCHS {
         let mut images = Vec::new();

@@ -107,7 +107,9 @@ fn matmul_matches_cpu_for_every_type_shape_and_batch() {
             let dims = [cols as u64, rows as u64];
             let wg = g.load_weight("w", dtype, &dims, &bytes).unwrap();
             let wc = c.load_weight("w", dtype, &dims, &bytes).unwrap();
-            for tokens in [1usize, 3, 8, 13] {
+            // Decode-sized batches, and one prompt for the middle shape.
+            let prompt = (rows == 96).then_some(200);
+            for tokens in [1usize, 3, 8, 13].into_iter().chain(prompt) {
                 let x = random(&mut rng, tokens * cols, 1.0);
                 let got = g.act_to_host(&g.matmul(&wg, &g.act_from_host(&x, tokens, cols)));
                 let cpu = c.act_to_host(&c.matmul(&wc, &c.act_from_host(&x, tokens, cols)));
@@ -284,16 +286,16 @@ fn paged_attention_matches_cpu() {
             head_dim_k: head_dim,
             head_dim_v: head_dim,
             kv_type: KvType::F16,
-            n_blocks: 16,
+            n_blocks: 24,
         };
         let (mut kg, mut kc) = (g.new_kv_cache(geo).unwrap(), c.new_kv_cache(geo).unwrap());
-        // Two sequences with scattered blocks (3 blocks hold 71 positions):
-        // a 70-token prompt, then one
-        // decode step for both plus a 5-token chunk of the second.
-        let tables: [Vec<u32>; 2] = [vec![7, 2, 11], vec![0, 5, 9]];
+        // Two sequences with scattered blocks (10 blocks hold 301
+        // positions): a 300-token prompt, then one decode step for both
+        // plus a 5-token chunk of the second.
+        let tables: [Vec<u32>; 2] = [vec![7, 2, 11, 20, 3, 15, 23, 1, 18, 12], vec![0, 5, 9]];
         let steps: [Vec<(u32, u32)>; 2] = [
-            (0..70).map(|p| (0, p)).collect(),
-            vec![(0, 70), (1, 0), (1, 1), (1, 2), (1, 3), (1, 4)],
+            (0..300).map(|p| (0, p)).collect(),
+            vec![(0, 300), (1, 0), (1, 1), (1, 2), (1, 3), (1, 4)],
         ];
         for step in &steps {
             let n = step.len();

@@ -99,6 +99,18 @@ impl CudaBackend {
         let device_name = ctx.name().map_err(|e| cuda("device name", e))?;
         let (major, minor) = (major as u32, minor as u32);
         let emulated = super::emulator::is_emulated((major, minor));
+        if !emulated {
+            let mut driver = 0;
+            // SAFETY: the driver is loaded (a context was just created).
+            unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) }
+                .result()
+                .map_err(|e| cuda("driver version", e))?;
+            // (Without NVRTC, only kernels cached earlier can load.)
+            if let Some(nvrtc) = super::compile::nvrtc_version() {
+                super::compile::check_toolchain(driver as u32, nvrtc)
+                    .map_err(KernelError::Invalid)?;
+            }
+        }
         let mut functions = HashMap::new();
         for src in SOURCES {
             let module = if emulated {

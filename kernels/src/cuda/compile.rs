@@ -34,6 +34,44 @@ pub fn nvrtc_present() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
+/// NVRTC's version, (major, minor).
+pub fn nvrtc_version() -> Option<(u32, u32)> {
+    if !nvrtc_present() {
+        return None;
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: NVRTC is loaded (checked above); two plain out-parameters.
+    unsafe { sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .ok()
+        .map(|_| (major as u32, minor as u32))
+}
+
+/// Whether kernels NVRTC `nvrtc` builds will load on a driver reporting
+/// `driver_version` (cuDriverGetVersion: 12040 is CUDA 12.4). A CUBIN runs
+/// on drivers of its toolkit's major version and later, so NVRTC 13 needs a
+/// CUDA 13 driver (NVIDIA 580 or newer); with a CUDA 12 driver, NVRTC 12.
+pub fn check_toolchain(driver_version: u32, nvrtc: (u32, u32)) -> Result<(), String> {
+    let driver = (driver_version / 1000, driver_version % 1000 / 10);
+    if nvrtc.0 <= driver.0 {
+        return Ok(());
+    }
+    Err(format!(
+        "the CUDA driver supports CUDA {}.{}, but NVRTC is {}.{}: the kernels it builds need a driver for CUDA {}{}. \
+         Either install NVRTC {}: `pip install nvidia-cuda-nvrtc-cu{}` and put its nvidia/cuda_nvrtc/lib on \
+         LD_LIBRARY_PATH ahead of NVRTC {}, or update the NVIDIA driver",
+        driver.0,
+        driver.1,
+        nvrtc.0,
+        nvrtc.1,
+        nvrtc.0,
+        if nvrtc.0 == 13 { " (NVIDIA 580 or newer)" } else { "" },
+        driver.0,
+        driver.0,
+        nvrtc.0
+    ))
+}
+
 /// NVRTC options shared by every build.
 fn options(arch: &str) -> Vec<String> {
     vec![
@@ -145,4 +183,21 @@ pub fn cached_cubin(src: &KernelSource, major: u32, minor: u32) -> Result<Vec<u8
         tracing::warn!("could not cache {}: {e}", path.display());
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_toolchain;
+
+    #[test]
+    fn nvrtc_must_not_be_newer_than_the_driver() {
+        assert!(check_toolchain(13000, (13, 0)).is_ok());
+        assert!(check_toolchain(13010, (12, 8)).is_ok());
+        assert!(check_toolchain(12040, (12, 9)).is_ok());
+        let e = check_toolchain(12040, (13, 0)).unwrap_err();
+        assert!(
+            e.contains("CUDA 12.4") && e.contains("nvidia-cuda-nvrtc-cu12"),
+            "{e}"
+        );
+    }
 }
