@@ -24,6 +24,7 @@ use strata_model::GgmlType;
 
 use super::compile::cached_cubin;
 use super::source::SOURCES;
+use super::uploads::IndexUploads;
 use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 
@@ -77,6 +78,8 @@ pub struct CudaBackend {
     embed: HashMap<GgmlType, CudaFunction>,
     device_name: String,
     compute_capability: (u32, u32),
+    /// Positions, slots and block tables, uploaded once a batch.
+    indices: Arc<IndexUploads>,
 }
 
 impl CudaBackend {
@@ -163,6 +166,7 @@ impl CudaBackend {
             embed,
             device_name,
             compute_capability: (major, minor),
+            indices: Arc::default(),
         })
     }
 
@@ -207,10 +211,25 @@ impl CudaBackend {
             .unwrap_or_else(|e| fail("upload", e))
     }
 
+    /// A batch index array on the device (uploaded once a batch).
+    fn index(&self, data: &[u32]) -> Arc<CudaSlice<u32>> {
+        self.indices
+            .get(&self.stream, data)
+            .unwrap_or_else(|e| fail("upload", e))
+    }
+
     fn zeros_f32(&self, n: usize) -> CudaSlice<f32> {
         self.stream
             .alloc_zeros::<f32>(n.max(1))
             .unwrap_or_else(|e| fail("alloc", e))
+    }
+
+    /// An op's output, left unset: its kernel writes every value (the
+    /// emulator fills new memory with NaN, so the op tests would see one
+    /// it missed).
+    fn output_f32(&self, n: usize) -> CudaSlice<f32> {
+        // SAFETY: read only after the kernel that writes all n values.
+        unsafe { self.stream.alloc::<f32>(n.max(1)) }.unwrap_or_else(|e| fail("alloc", e))
     }
 
     fn grid_for(n: usize) -> LaunchConfig {
@@ -422,7 +441,7 @@ impl Backend for CudaBackend {
     fn select_rows(&self, a: &CudaAct, rows: &[usize]) -> CudaAct {
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let idx = self.upload(&idx);
-        let mut out = self.zeros_f32(rows.len() * a.cols);
+        let mut out = self.output_f32(rows.len() * a.cols);
         let cols = a.cols as i32;
         let cfg = LaunchConfig {
             grid_dim: (rows.len().max(1) as u32, 1, 1),
@@ -449,7 +468,7 @@ impl Backend for CudaBackend {
             )));
         }
         let ids_dev = self.upload(ids);
-        let mut out = self.zeros_f32(ids.len() * table.cols);
+        let mut out = self.output_f32(ids.len() * table.cols);
         let (row_bytes, cols) = (table.row_bytes, table.cols as i32);
         let cfg = LaunchConfig {
             grid_dim: (ids.len().max(1) as u32, 1, 1),
@@ -477,7 +496,7 @@ impl Backend for CudaBackend {
     fn rms_norm(&self, x: &CudaAct, w: &CudaWeight, eps: f32) -> CudaAct {
         let n = w.cols;
         let groups = x.rows * x.cols / n;
-        let mut out = self.zeros_f32(x.rows * x.cols);
+        let mut out = self.output_f32(x.rows * x.cols);
         let n_i = n as i32;
         let threads = (n.next_power_of_two() as u32).clamp(32, 1024);
         let cfg = LaunchConfig {
@@ -506,7 +525,7 @@ impl Backend for CudaBackend {
             "matmul {}: activation width {} vs weight rows of {}",
             w.name, x.cols, w.cols
         );
-        let mut out = self.zeros_f32(x.rows * w.rows);
+        let mut out = self.output_f32(x.rows * w.rows);
         if Self::is_float(w.dtype) {
             self.matvec_groups(
                 Self::typed(&self.matvec, w.dtype),
@@ -518,9 +537,8 @@ impl Backend for CudaBackend {
             );
         } else {
             let chunks = w.cols / 32;
-            let mut xq = self
-                .stream
-                .alloc_zeros::<u8>(x.rows * chunks * ACT_CHUNK_BYTES)
+            // SAFETY: quantize_act writes every chunk before mmvq reads it.
+            let mut xq = unsafe { self.stream.alloc::<u8>(x.rows * chunks * ACT_CHUNK_BYTES) }
                 .unwrap_or_else(|e| fail("alloc", e));
             let (tokens, xcols) = (x.rows as i32, x.cols as i32);
             let mut b = self.stream.launch_builder(self.f("quantize_act"));
@@ -561,7 +579,7 @@ impl Backend for CudaBackend {
         rope: &RopeConfig,
         freq_factors: Option<&CudaWeight>,
     ) {
-        let pos = self.upload(positions);
+        let pos = self.index(positions);
         let (rows, head_dim, dims) = (x.rows as i32, rope.head_dim as i32, rope.dims as i32);
         let n_heads = (x.cols / rope.head_dim) as i32;
         let neox = i32::from(rope.style == RopeStyle::Neox);
@@ -569,7 +587,7 @@ impl Backend for CudaBackend {
         let null: u64 = 0;
         let mut b = self.stream.launch_builder(self.f("rope"));
         b.arg(&mut x.buf)
-            .arg(&pos)
+            .arg(&*pos)
             .arg(&rows)
             .arg(&n_heads)
             .arg(&head_dim)
@@ -587,7 +605,7 @@ impl Backend for CudaBackend {
 
     fn gated(&self, gate: &CudaAct, up: &CudaAct, act: Activation) -> CudaAct {
         let n = gate.rows * gate.cols;
-        let mut out = self.zeros_f32(n);
+        let mut out = self.output_f32(n);
         let name = match act {
             Activation::Silu => "gated_silu",
             Activation::GeluTanh => "gated_gelu",
@@ -637,11 +655,11 @@ impl Backend for CudaBackend {
             })
             .collect();
         let (slots, pos, seq) = (
-            self.upload(&slots),
-            self.upload(batch.positions),
-            self.upload(batch.token_seq),
+            self.index(&slots),
+            self.index(batch.positions),
+            self.index(batch.token_seq),
         );
-        let (table_start, tables) = (self.upload(&table_start), self.upload(&tables));
+        let (table_start, tables) = (self.index(&table_start), self.index(&tables));
         let (k_dim, v_dim) = (g.k_dim() as i32, g.v_dim() as i32);
         let cfg = LaunchConfig {
             grid_dim: (n as u32, 1, 1),
@@ -651,7 +669,7 @@ impl Backend for CudaBackend {
         let mut b = self.stream.launch_builder(self.f("kv_write"));
         b.arg(&k.buf)
             .arg(&v.buf)
-            .arg(&slots)
+            .arg(&*slots)
             .arg(&mut cache.k[layer])
             .arg(&mut cache.v[layer])
             .arg(&k_dim)
@@ -659,7 +677,7 @@ impl Backend for CudaBackend {
         // SAFETY: slots index blocks of this stage's pool (the allocator's).
         unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail("kv_write", e));
 
-        let mut out = self.zeros_f32(n * batch.n_heads * g.head_dim_v);
+        let mut out = self.output_f32(n * batch.n_heads * g.head_dim_v);
         let (n_heads, n_kv_heads) = (batch.n_heads as i32, g.n_kv_heads as i32);
         let (hd_k, hd_v) = (g.head_dim_k as i32, g.head_dim_v as i32);
         let window = batch.window.map_or(0, |w| w as i32);
@@ -672,10 +690,10 @@ impl Backend for CudaBackend {
         b.arg(&q.buf)
             .arg(&cache.k[layer])
             .arg(&cache.v[layer])
-            .arg(&pos)
-            .arg(&seq)
-            .arg(&table_start)
-            .arg(&tables)
+            .arg(&*pos)
+            .arg(&*seq)
+            .arg(&*table_start)
+            .arg(&*tables)
             .arg(&mut out)
             .arg(&n_heads)
             .arg(&n_kv_heads)

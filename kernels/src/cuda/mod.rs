@@ -6,6 +6,7 @@ mod backend;
 pub mod compile;
 pub mod emulator;
 pub mod source;
+mod uploads;
 
 pub use backend::{CudaAct, CudaBackend, CudaKvCache, CudaWeight, MAX_BATCH};
 pub use compile::{cached_cubin, compile_cubin, nvrtc_present, CompileError};
