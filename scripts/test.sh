@@ -9,21 +9,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export STRATA_MODELS=${STRATA_MODELS:-$HOME/.cache/strata/models}
 scripts/fetch-models.sh "$STRATA_MODELS" >/dev/null
+# A PyPI package for this user, wherever pip allows it.
+pip_install() {
+    python3 -m pip install --quiet --user "$1" 2>/dev/null \
+        || python3 -m pip install --quiet --user --break-system-packages "$1" \
+        || python3 -m pip install --quiet --break-system-packages "$1"
+}
 # The API tests drive `strata serve` with the real openai client from PyPI.
-if ! python3 -c 'import openai' 2>/dev/null; then
-    python3 -m pip install --quiet --user openai 2>/dev/null \
-        || python3 -m pip install --quiet --user --break-system-packages openai \
-        || python3 -m pip install --quiet --break-system-packages openai
-fi
+python3 -c 'import openai' 2>/dev/null || pip_install openai
 # The CUDA kernels are compiled in a test with NVRTC from PyPI (no GPU needed).
 nvrtc_lib() {
     python3 -c 'import nvidia, os; print(next(os.path.join(p, "cu13", "lib") for p in nvidia.__path__ if os.path.isdir(os.path.join(p, "cu13", "lib"))))' 2>/dev/null
 }
-if ! nvrtc_lib >/dev/null; then
-    python3 -m pip install --quiet --user 'nvidia-cuda-nvrtc>=13,<14' 2>/dev/null \
-        || python3 -m pip install --quiet --user --break-system-packages 'nvidia-cuda-nvrtc>=13,<14' \
-        || python3 -m pip install --quiet --break-system-packages 'nvidia-cuda-nvrtc>=13,<14'
-fi
+nvrtc_lib >/dev/null || pip_install 'nvidia-cuda-nvrtc>=13,<14'
 export LD_LIBRARY_PATH="$(nvrtc_lib)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # The CUDA emulator (every CUDA kernel run on the CPU) builds with the C++
 # compiler and Boost.Context.
@@ -38,11 +36,7 @@ cargo test --workspace --no-fail-fast "$@"
 nvrtc12_lib() {
     python3 -c 'import nvidia.cuda_nvrtc, os; print(os.path.join(nvidia.cuda_nvrtc.__path__[0], "lib"))' 2>/dev/null
 }
-if ! nvrtc12_lib >/dev/null; then
-    python3 -m pip install --quiet --user 'nvidia-cuda-nvrtc-cu12>=12.4,<13' 2>/dev/null \
-        || python3 -m pip install --quiet --user --break-system-packages 'nvidia-cuda-nvrtc-cu12>=12.4,<13' \
-        || python3 -m pip install --quiet --break-system-packages 'nvidia-cuda-nvrtc-cu12>=12.4,<13'
-fi
+nvrtc12_lib >/dev/null || pip_install 'nvidia-cuda-nvrtc-cu12>=12.4,<13'
 LD_LIBRARY_PATH="$(nvrtc12_lib)" STRATA_NVRTC_MAJOR=12 cargo test -p strata-kernels --test cuda_nvrtc
 # The CUDA kernel tests again, on the emulator built with AddressSanitizer.
 scripts/test-cuda-asan.sh

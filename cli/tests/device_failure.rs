@@ -7,7 +7,6 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use common::{post, EventStream, Server, Worker};
 use serde_json::json;
@@ -66,13 +65,7 @@ fn a_gpu_that_fails_mid_request_fails_the_request_and_health_says_so() {
         &format!("{}/v1/completions", server.base),
         &json!({"prompt": "Once upon a time", "max_tokens": 400, "temperature": 0, "stream": true, "ignore_eos": true}),
     );
-    let mut error = None;
-    while let Some(d) = stream.next_data() {
-        if d.contains("\"error\"") {
-            error = Some(d);
-        }
-    }
-    let error = error.expect("an error event before the stream ended");
+    let error = common::stream_error(&mut stream).expect("an error event before the stream ended");
     assert!(
         error.contains("device"),
         "the error says the device failed: {error}"
@@ -87,10 +80,7 @@ fn a_gpu_that_fails_mid_request_fails_the_request_and_health_says_so() {
         h.message
     );
     assert!(
-        common::eventually(Duration::from_secs(10), || {
-            let (status, body) = common::get(&format!("{}/health", server.base));
-            status == 503 && body.contains(&worker.addr)
-        }),
+        common::health_names(&server, &worker.addr),
         "/health should name the worker whose device failed"
     );
 }

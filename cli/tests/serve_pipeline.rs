@@ -247,22 +247,13 @@ fn a_worker_that_dies_fails_its_streams_and_health_says_which() {
         .proc
         .kill();
     // The stream ends (no hang) with an error, then [DONE].
-    let mut error = None;
-    while let Some(d) = stream.next_data() {
-        if d.contains("\"error\"") {
-            error = Some(d);
-        }
-    }
-    let error = error.expect("an error event before the stream ended");
+    let error = common::stream_error(&mut stream).expect("an error event before the stream ended");
     assert!(
         error.contains(&last),
         "the error names the dead worker {last}: {error}"
     );
     assert!(
-        common::eventually(Duration::from_secs(10), || {
-            let (status, body) = common::get(&format!("{}/health", server.base));
-            status == 503 && body.contains(&last)
-        }),
+        common::health_names(&server, &last),
         "/health should say which worker is gone"
     );
     let (status, body) = post(

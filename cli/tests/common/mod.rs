@@ -278,6 +278,25 @@ impl EventStream {
 }
 
 /// Polls `check` until it holds or `timeout` passes.
+/// Reads a stream to its end; the last error event in it, if any.
+pub fn stream_error(stream: &mut EventStream) -> Option<String> {
+    let mut error = None;
+    while let Some(d) = stream.next_data() {
+        if d.contains("\"error\"") {
+            error = Some(d);
+        }
+    }
+    error
+}
+
+/// Whether the server's `/health` turns 503 and names `worker` within 10 s.
+pub fn health_names(server: &Server, worker: &str) -> bool {
+    eventually(Duration::from_secs(10), || {
+        let (status, body) = get(&format!("{}/health", server.base));
+        status == 503 && body.contains(worker)
+    })
+}
+
 pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
