@@ -184,3 +184,42 @@ fn malformed_files_give_clear_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.gguf"));
 }
+
+/// `strata bench` on a CUDA device (the emulator here) with
+/// STRATA_CUDA_PROFILE=1 ends with decode's device time per kernel.
+#[test]
+fn bench_profiles_decode_kernels_on_cuda() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = synth(dir.path(), "llama", "Q4_K_M", "2");
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args([
+            "bench",
+            "-m",
+            path.to_str().unwrap(),
+            "-p",
+            "8",
+            "-n",
+            "4",
+            "-r",
+            "1",
+        ])
+        .env("STRATA_LOG", "warn")
+        .env("STRATA_CUDA_EMULATOR", "1")
+        .env("STRATA_CUDA_PROFILE", "1")
+        .output()
+        .expect("run strata bench");
+    let text = ok(&out);
+    assert!(text.contains("| cuda |"), "{text}");
+    let profile = text
+        .split("device time per kernel")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no kernel profile: {text}"));
+    for kernel in ["mmvq_q4_k", "attend", "rms_norm", "quantize_act"] {
+        assert!(
+            profile.contains(&format!("| {kernel} |")),
+            "{kernel} missing: {profile}"
+        );
+    }
+    // 4 decode steps, one attention launch per layer each.
+    assert!(profile.contains("| attend | 8 |"), "{profile}");
+}

@@ -128,6 +128,11 @@ pub trait Backend: Send + Sync {
     fn device_bandwidth(&self) -> Option<f64> {
         None
     }
+    /// Device time per kernel since the last call, where the backend keeps
+    /// it (CUDA with `STRATA_CUDA_PROFILE=1`).
+    fn profile_report(&self) -> Option<String> {
+        None
+    }
 
     /// Takes a weight from its GGUF bytes (`dims` in ggml order: row length first).
     fn load_weight(

@@ -69,7 +69,9 @@ fn bench<B: Backend>(args: Args, mut stage: Stage<B>, weight_bytes: u64) -> anyh
         }
         results.push((format!("pp{}", args.n_prompt), rates));
     }
+    let mut decode_profile = None;
     if args.n_gen > 0 {
+        let _ = stage.backend().profile_report(); // decode's own, below
         let mut rates = Vec::new();
         for _ in 0..args.repetitions {
             let tokens = random_tokens(args.n_gen);
@@ -87,6 +89,7 @@ fn bench<B: Backend>(args: Args, mut stage: Stage<B>, weight_bytes: u64) -> anyh
             stage.release(0);
         }
         results.push((format!("tg{}", args.n_gen), rates));
+        decode_profile = stage.backend().profile_report();
     }
 
     let threads = rayon::current_num_threads();
@@ -122,6 +125,14 @@ fn bench<B: Backend>(args: Args, mut stage: Stage<B>, weight_bytes: u64) -> anyh
             bw / 1e9,
             100.0 * tg / limit
         );
+    }
+    if let Some(report) = decode_profile {
+        println!();
+        println!(
+            "decode, device time per kernel ({} x tg{}, STRATA_CUDA_PROFILE=1):",
+            args.repetitions, args.n_gen
+        );
+        print!("{report}");
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ use strata_model::profile::KvType;
 use strata_model::GgmlType;
 
 use super::compile::cached_cubin;
+use super::profile::KernelProfile;
 use super::source::SOURCES;
 use super::uploads::IndexUploads;
 use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
@@ -74,12 +75,14 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     functions: HashMap<&'static str, CudaFunction>,
     /// `mmv_*` / `mmvq_*` and `embed_*` by weight type.
-    matvec: HashMap<GgmlType, CudaFunction>,
-    embed: HashMap<GgmlType, CudaFunction>,
+    matvec: HashMap<GgmlType, &'static str>,
+    embed: HashMap<GgmlType, &'static str>,
     device_name: String,
     compute_capability: (u32, u32),
     /// Positions, slots and block tables, uploaded once a batch.
     indices: Arc<IndexUploads>,
+    /// Device time per kernel (`STRATA_CUDA_PROFILE=1`).
+    profile: Option<Arc<KernelProfile>>,
 }
 
 impl CudaBackend {
@@ -151,10 +154,10 @@ impl CudaBackend {
                 (&mut matvec, format!("{prefix}{suffix}")),
                 (&mut embed, format!("embed_{suffix}")),
             ] {
-                let f = functions.get(name.as_str()).ok_or_else(|| {
+                let (&name, _) = functions.get_key_value(name.as_str()).ok_or_else(|| {
                     KernelError::Invalid(format!("kernel {name} is in no compiled module"))
                 })?;
-                table.insert(dtype, f.clone());
+                table.insert(dtype, name);
             }
         }
         let stream = ctx.default_stream();
@@ -167,6 +170,7 @@ impl CudaBackend {
             device_name,
             compute_capability: (major, minor),
             indices: Arc::default(),
+            profile: KernelProfile::from_env(),
         })
     }
 
@@ -211,6 +215,26 @@ impl CudaBackend {
             .unwrap_or_else(|e| fail("upload", e))
     }
 
+    /// Runs `launch` (of `kernel`; `what` names it in an error), timed when
+    /// profiling.
+    fn launched(
+        &self,
+        kernel: &'static str,
+        what: &str,
+        launch: impl FnOnce() -> Result<(), cudarc::driver::DriverError>,
+    ) {
+        let Some(profile) = &self.profile else {
+            return launch().unwrap_or_else(|e| fail(what, e));
+        };
+        let start = profile
+            .start(&self.stream)
+            .unwrap_or_else(|e| fail("profile", e));
+        launch().unwrap_or_else(|e| fail(what, e));
+        profile
+            .stop(&self.stream, kernel, start)
+            .unwrap_or_else(|e| fail("profile", e));
+    }
+
     /// A batch index array on the device (uploaded once a batch).
     fn index(&self, data: &[u32]) -> Arc<CudaSlice<u32>> {
         self.indices
@@ -250,7 +274,7 @@ impl CudaBackend {
     /// `per_token` elements, MAX_BATCH tokens a launch.
     fn matvec_groups<T: cudarc::driver::DeviceRepr>(
         &self,
-        kernel: &CudaFunction,
+        (kernel_name, kernel): (&'static str, &CudaFunction),
         w: &CudaWeight,
         input: &CudaSlice<T>,
         per_token: usize,
@@ -277,7 +301,7 @@ impl CudaBackend {
                 .arg(&n_i)
                 .arg(&mut os);
             // SAFETY: n <= MAX_BATCH tokens in, n rows of w.rows outputs.
-            unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail(&w.name, e));
+            self.launched(kernel_name, &w.name, || unsafe { b.launch(cfg) }.map(drop));
         }
     }
 
@@ -305,11 +329,17 @@ impl CudaBackend {
         matches!(dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
     }
 
-    /// The per-type kernel of `table` (types without one are refused at load).
-    fn typed(table: &HashMap<GgmlType, CudaFunction>, dtype: GgmlType) -> &CudaFunction {
-        table
+    /// The per-type kernel of `table` and its name (types without one are
+    /// refused at load).
+    fn typed(
+        &self,
+        table: &HashMap<GgmlType, &'static str>,
+        dtype: GgmlType,
+    ) -> (&'static str, &CudaFunction) {
+        let name = *table
             .get(&dtype)
-            .unwrap_or_else(|| fail("weight type", dtype))
+            .unwrap_or_else(|| fail("weight type", dtype));
+        (name, self.f(name))
     }
 }
 
@@ -329,6 +359,11 @@ impl Backend for CudaBackend {
 
     fn device_bandwidth(&self) -> Option<f64> {
         self.measure_bandwidth()
+    }
+
+    fn profile_report(&self) -> Option<String> {
+        let report = self.profile.as_ref()?.report();
+        Some(report.unwrap_or_else(|e| format!("profile: {e:?}")))
     }
 
     fn load_weight(
@@ -452,7 +487,9 @@ impl Backend for CudaBackend {
         b.arg(&a.buf).arg(&idx).arg(&mut out).arg(&cols);
         // SAFETY: the kernel reads rows.len() rows of `a` (indices < a.rows)
         // and writes rows.len() rows of `out`.
-        unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail("select_rows", e));
+        self.launched("select_rows", "select_rows", || {
+            unsafe { b.launch(cfg) }.map(drop)
+        });
         CudaAct {
             buf: out,
             rows: rows.len(),
@@ -475,9 +512,8 @@ impl Backend for CudaBackend {
             block_dim: (ELEMENTWISE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self
-            .stream
-            .launch_builder(Self::typed(&self.embed, table.dtype));
+        let (kernel, f) = self.typed(&self.embed, table.dtype);
+        let mut b = self.stream.launch_builder(f);
         b.arg(&table.data)
             .arg(&row_bytes)
             .arg(&ids_dev)
@@ -485,7 +521,7 @@ impl Backend for CudaBackend {
             .arg(&scale)
             .arg(&mut out);
         // SAFETY: ids are checked against the table; out has ids.len() rows.
-        unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail("embed", e));
+        self.launched(kernel, "embed", || unsafe { b.launch(cfg) }.map(drop));
         Ok(CudaAct {
             buf: out,
             rows: ids.len(),
@@ -511,7 +547,9 @@ impl Backend for CudaBackend {
             .arg(&n_i)
             .arg(&eps);
         // SAFETY: `groups` groups of n values in both buffers.
-        unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail("rms_norm", e));
+        self.launched("rms_norm", "rms_norm", || {
+            unsafe { b.launch(cfg) }.map(drop)
+        });
         CudaAct {
             buf: out,
             rows: x.rows,
@@ -528,7 +566,7 @@ impl Backend for CudaBackend {
         let mut out = self.output_f32(x.rows * w.rows);
         if Self::is_float(w.dtype) {
             self.matvec_groups(
-                Self::typed(&self.matvec, w.dtype),
+                self.typed(&self.matvec, w.dtype),
                 w,
                 &x.buf,
                 x.cols,
@@ -544,11 +582,12 @@ impl Backend for CudaBackend {
             let mut b = self.stream.launch_builder(self.f("quantize_act"));
             b.arg(&x.buf).arg(&mut xq).arg(&tokens).arg(&xcols);
             // SAFETY: one thread per 32-value chunk of x into xq.
-            unsafe { b.launch(Self::grid_for(x.rows * chunks)) }
-                .unwrap_or_else(|e| fail("quantize_act", e));
+            self.launched("quantize_act", "quantize_act", || {
+                unsafe { b.launch(Self::grid_for(x.rows * chunks)) }.map(drop)
+            });
             let per_token = chunks * ACT_CHUNK_BYTES;
             self.matvec_groups(
-                Self::typed(&self.matvec, w.dtype),
+                self.typed(&self.matvec, w.dtype),
                 w,
                 &xq,
                 per_token,
@@ -569,7 +608,9 @@ impl Backend for CudaBackend {
         let mut b = self.stream.launch_builder(self.f("add_bias"));
         b.arg(&mut x.buf).arg(self.vector(bias)).arg(&n).arg(&cols);
         // SAFETY: n values of x, bias of cols values.
-        unsafe { b.launch(Self::grid_for(n)) }.unwrap_or_else(|e| fail("add_bias", e));
+        self.launched("add_bias", "add_bias", || {
+            unsafe { b.launch(Self::grid_for(n)) }.map(drop)
+        });
     }
 
     fn rope(
@@ -600,7 +641,9 @@ impl Backend for CudaBackend {
         };
         b.arg(&neox);
         // SAFETY: one thread per rotated pair of x; positions has x.rows values.
-        unsafe { b.launch(Self::grid_for(pairs)) }.unwrap_or_else(|e| fail("rope", e));
+        self.launched("rope", "rope", || {
+            unsafe { b.launch(Self::grid_for(pairs)) }.map(drop)
+        });
     }
 
     fn gated(&self, gate: &CudaAct, up: &CudaAct, act: Activation) -> CudaAct {
@@ -613,7 +656,9 @@ impl Backend for CudaBackend {
         let mut b = self.stream.launch_builder(self.f(name));
         b.arg(&gate.buf).arg(&up.buf).arg(&mut out).arg(&n);
         // SAFETY: three buffers of n values.
-        unsafe { b.launch(Self::grid_for(n)) }.unwrap_or_else(|e| fail(name, e));
+        self.launched(name, name, || {
+            unsafe { b.launch(Self::grid_for(n)) }.map(drop)
+        });
         CudaAct {
             buf: out,
             rows: gate.rows,
@@ -626,7 +671,9 @@ impl Backend for CudaBackend {
         let mut b = self.stream.launch_builder(self.f("add_assign"));
         b.arg(&mut x.buf).arg(&y.buf).arg(&n);
         // SAFETY: two buffers of n values.
-        unsafe { b.launch(Self::grid_for(n)) }.unwrap_or_else(|e| fail("add_assign", e));
+        self.launched("add_assign", "add_assign", || {
+            unsafe { b.launch(Self::grid_for(n)) }.map(drop)
+        });
     }
 
     fn attention(
@@ -675,7 +722,9 @@ impl Backend for CudaBackend {
             .arg(&k_dim)
             .arg(&v_dim);
         // SAFETY: slots index blocks of this stage's pool (the allocator's).
-        unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail("kv_write", e));
+        self.launched("kv_write", "kv_write", || {
+            unsafe { b.launch(cfg) }.map(drop)
+        });
 
         let mut out = self.output_f32(n * batch.n_heads * g.head_dim_v);
         let (n_heads, n_kv_heads) = (batch.n_heads as i32, g.n_kv_heads as i32);
@@ -703,7 +752,7 @@ impl Backend for CudaBackend {
             .arg(&window);
         // SAFETY: every position attended is cached (written above or by
         // an earlier batch) and its block is in the sequence's table.
-        unsafe { b.launch(cfg) }.unwrap_or_else(|e| fail("attend", e));
+        self.launched("attend", "attend", || unsafe { b.launch(cfg) }.map(drop));
         CudaAct {
             buf: out,
             rows: n,

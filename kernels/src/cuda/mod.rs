@@ -5,6 +5,7 @@
 mod backend;
 pub mod compile;
 pub mod emulator;
+mod profile;
 pub mod source;
 mod uploads;
 
