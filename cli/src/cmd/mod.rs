@@ -94,14 +94,6 @@ impl RunArgs {
         Ok(())
     }
 
-    /// Opens the model and loads all of its layers on the CPU backend.
-    pub fn load(&self) -> anyhow::Result<(GgufFile, Stage<CpuBackend>)> {
-        self.init_threads()?;
-        let file = open(&self.model)?;
-        let stage = self.load_on(CpuBackend::new(), &file)?;
-        Ok((file, stage))
-    }
-
     /// Loads the whole model on the GPU when there is one (see
     /// [`DeviceArgs`]), else the CPU, and runs `job` on it.
     pub fn run<J: StageJob>(&self, job: J) -> anyhow::Result<()> {
