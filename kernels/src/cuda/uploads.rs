@@ -11,10 +11,13 @@ use cudarc::driver::{CudaSlice, CudaStream, DriverError};
 /// Arrays kept: a batch needs five.
 const KEEP: usize = 8;
 
+/// An array's host copy (the key) and its device copy.
+type Entry = (Vec<u32>, Arc<CudaSlice<u32>>);
+
 #[derive(Default)]
 pub struct IndexUploads {
-    /// Host copy and device copy, most recently used last.
-    entries: Mutex<Vec<(Vec<u32>, Arc<CudaSlice<u32>>)>>,
+    /// Most recently used last.
+    entries: Mutex<Vec<Entry>>,
 }
 
 impl IndexUploads {
