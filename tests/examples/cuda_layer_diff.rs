@@ -1,0 +1,75 @@
+//! Where the CUDA backend's hidden state parts from the CPU backend's:
+//! runs the first k layers of a model on both, for every k, on the same
+//! prompt, and prints the relative L2 difference of the stage outputs. A
+//! smooth growth is rounding; a jump at one layer points at an op.
+//!
+//!   STRATA_CUDA_EMULATOR=1 cargo run --release -p strata-tests --example cuda_layer_diff -- MODEL.gguf [TOKENS]
+//!
+//! (a real GPU where there is one, else set STRATA_CUDA_EMULATOR=1).
+
+use anyhow::Context;
+use strata_kernels::cuda::{driver_present, emulator, CudaBackend};
+use strata_kernels::{Backend, CpuBackend};
+use strata_model::arch::HyperParams;
+use strata_model::GgufFile;
+use strata_worker::{BatchSeq, LayerRange, LogitRows, Stage, StageInput, StageOutput};
+
+fn hidden<B: Backend>(
+    backend: B,
+    file: &GgufFile,
+    end: usize,
+    tokens: &[u32],
+) -> anyhow::Result<Vec<f32>> {
+    let mut stage = Stage::load(backend, file, LayerRange { first: 0, end }, 256)?;
+    let batch = [BatchSeq {
+        seq: 0,
+        start_pos: 0,
+        n_tokens: tokens.len(),
+        logits: LogitRows::Last,
+    }];
+    match stage.forward(&batch, StageInput::Tokens(tokens.to_vec()))? {
+        StageOutput::Hidden(h) => Ok(stage.backend().act_to_host(&h)),
+        StageOutput::Logits(l) => Ok(l.concat()),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let path = args
+        .first()
+        .context("usage: cuda_layer_diff MODEL.gguf [TOKENS]")?;
+    let n: usize = args.get(1).map_or(Ok(12), |s| s.parse())?;
+    let file = GgufFile::open(path)?;
+    let hp = HyperParams::from_gguf(&file)?;
+    if emulator::requested() || !driver_present() {
+        emulator::install()?;
+    }
+    let gpu = CudaBackend::new(0)?;
+    println!("{} on {}", path, Backend::name(&gpu));
+    let tokens: Vec<u32> = (0..n as u32)
+        .map(|i| (i * 7919 + 17) % hp.vocab_size as u32)
+        .collect();
+    println!("| layers | rel L2 (CUDA vs CPU) | max abs | rms |");
+    println!("| ---: | ---: | ---: | ---: |");
+    for end in 1..=hp.n_layers {
+        let c = hidden(CpuBackend::new(), &file, end, &tokens)?;
+        let g = hidden(gpu.clone(), &file, end, &tokens)?;
+        let num: f64 = c
+            .iter()
+            .zip(&g)
+            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+            .sum();
+        let den: f64 = c.iter().map(|a| (*a as f64).powi(2)).sum();
+        let max = c
+            .iter()
+            .zip(&g)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let rms = (den / c.len() as f64).sqrt();
+        println!(
+            "| {end} | {:.2e} | {max:.3} | {rms:.3} |",
+            (num / den.max(1e-30)).sqrt()
+        );
+    }
+    Ok(())
+}
