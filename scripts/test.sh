@@ -25,7 +25,9 @@ nvrtc_lib >/dev/null || pip_install 'nvidia-cuda-nvrtc>=13,<14'
 export LD_LIBRARY_PATH="$(nvrtc_lib)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # The CUDA emulator (every CUDA kernel run on the CPU) builds with the C++
 # compiler and Boost.Context.
-if [ ! -f /usr/include/boost/context/detail/fcontext.hpp ]; then
+# (The header alone is not enough: the dev package brings the link library.)
+if [ ! -f /usr/include/boost/context/detail/fcontext.hpp ] \
+    || ! ls /usr/lib/*/libboost_context.so >/dev/null 2>&1; then
     sudo_cmd=""
     [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo -n"
     $sudo_cmd apt-get install -y -q libboost-context-dev >/dev/null 2>&1 \
