@@ -16,7 +16,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use strata_kernels::cuda::{driver_present, emulator, CudaBackend};
+use strata_kernels::cuda::{emulator, CudaBackend};
 use strata_kernels::{AttentionBatch, Backend, CpuBackend, KvGeometry, RopeConfig};
 use strata_model::arch::{Activation, RopeStyle};
 use strata_model::profile::KvType;
@@ -41,9 +41,7 @@ const WEIGHT_TYPES: &[GgmlType] = &[
 
 /// A real GPU where there is one, else the CUDA emulator.
 fn gpu() -> CudaBackend {
-    if emulator::requested() || !driver_present() {
-        emulator::install().expect("the CUDA emulator");
-    }
+    emulator::install_unless_gpu().expect("the CUDA emulator");
     let b = CudaBackend::new(0).expect("CUDA device 0");
     println!("device: {}", Backend::name(&b));
     b

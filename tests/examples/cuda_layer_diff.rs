@@ -8,7 +8,7 @@
 //! (a real GPU where there is one, else set STRATA_CUDA_EMULATOR=1).
 
 use anyhow::Context;
-use strata_kernels::cuda::{driver_present, emulator, CudaBackend};
+use strata_kernels::cuda::{emulator, CudaBackend};
 use strata_kernels::{Backend, CpuBackend};
 use strata_model::arch::HyperParams;
 use strata_model::GgufFile;
@@ -41,9 +41,7 @@ fn main() -> anyhow::Result<()> {
     let n: usize = args.get(1).map_or(Ok(12), |s| s.parse())?;
     let file = GgufFile::open(path)?;
     let hp = HyperParams::from_gguf(&file)?;
-    if emulator::requested() || !driver_present() {
-        emulator::install()?;
-    }
+    emulator::install_unless_gpu()?;
     let gpu = CudaBackend::new(0)?;
     println!("{} on {}", path, Backend::name(&gpu));
     let tokens: Vec<u32> = (0..n as u32)

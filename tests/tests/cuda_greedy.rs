@@ -4,7 +4,7 @@
 //! models. Runs on a real GPU where a CUDA driver is, on the CUDA emulator
 //! (`cuda::emulator`) everywhere else, so CI runs the whole CUDA forward pass.
 
-use strata_kernels::cuda::{driver_present, emulator, CudaBackend};
+use strata_kernels::cuda::{emulator, CudaBackend};
 use strata_kernels::{Backend, CpuBackend};
 use strata_model::arch::{Architecture, HyperParams};
 use strata_model::synth::{QuantScheme, SynthSpec};
@@ -22,9 +22,7 @@ const NEAR_TIE: f32 = 0.5;
 const STEPS: usize = 16;
 
 fn cuda() -> CudaBackend {
-    if emulator::requested() || !driver_present() {
-        emulator::install().expect("the CUDA emulator");
-    }
+    emulator::install_unless_gpu().expect("the CUDA emulator");
     CudaBackend::new(0).expect("CUDA device 0")
 }
 

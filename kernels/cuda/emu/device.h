@@ -79,7 +79,7 @@ inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
 }
 inline unsigned __ballot_sync(unsigned mask, int p) { return strata_emu_vote(mask, p); }
 inline int __any_sync(unsigned mask, int p) { return strata_emu_vote(mask, p) != 0; }
-inline int __all_sync(unsigned mask, int p) { return strata_emu_vote(mask, p) == (strata_emu_vote(mask, 1)); }
+inline int __all_sync(unsigned mask, int p) { return (strata_emu_vote(mask, p) & mask) == mask; }
 
 // Atomics: blocks run on several OS threads at once, so these are real ones.
 template <class T>

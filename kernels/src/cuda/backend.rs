@@ -75,8 +75,8 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     functions: HashMap<&'static str, CudaFunction>,
     /// `mmv_*` / `mmvq_*` and `embed_*` by weight type.
-    matvec: HashMap<GgmlType, &'static str>,
-    embed: HashMap<GgmlType, &'static str>,
+    matvec: HashMap<GgmlType, (&'static str, CudaFunction)>,
+    embed: HashMap<GgmlType, (&'static str, CudaFunction)>,
     device_name: String,
     compute_capability: (u32, u32),
     /// Positions, slots and block tables, uploaded once a batch.
@@ -154,10 +154,10 @@ impl CudaBackend {
                 (&mut matvec, format!("{prefix}{suffix}")),
                 (&mut embed, format!("embed_{suffix}")),
             ] {
-                let (&name, _) = functions.get_key_value(name.as_str()).ok_or_else(|| {
+                let (&name, f) = functions.get_key_value(name.as_str()).ok_or_else(|| {
                     KernelError::Invalid(format!("kernel {name} is in no compiled module"))
                 })?;
-                table.insert(dtype, name);
+                table.insert(dtype, (name, f.clone()));
             }
         }
         let stream = ctx.default_stream();
@@ -215,21 +215,19 @@ impl CudaBackend {
             .unwrap_or_else(|e| fail("upload", e))
     }
 
-    /// Runs `launch` (of `kernel`; `what` names it in an error), timed when
-    /// profiling.
+    /// Runs `launch` of `kernel`, timed when profiling.
     fn launched(
         &self,
         kernel: &'static str,
-        what: &str,
         launch: impl FnOnce() -> Result<(), cudarc::driver::DriverError>,
     ) {
         let Some(profile) = &self.profile else {
-            return launch().unwrap_or_else(|e| fail(what, e));
+            return launch().unwrap_or_else(|e| fail(kernel, e));
         };
         let start = profile
             .start(&self.stream)
             .unwrap_or_else(|e| fail("profile", e));
-        launch().unwrap_or_else(|e| fail(what, e));
+        launch().unwrap_or_else(|e| fail(kernel, e));
         profile
             .stop(&self.stream, kernel, start)
             .unwrap_or_else(|e| fail("profile", e));
@@ -301,7 +299,7 @@ impl CudaBackend {
                 .arg(&n_i)
                 .arg(&mut os);
             // SAFETY: n <= MAX_BATCH tokens in, n rows of w.rows outputs.
-            self.launched(kernel_name, &w.name, || unsafe { b.launch(cfg) }.map(drop));
+            self.launched(kernel_name, || unsafe { b.launch(cfg) }.map(drop));
         }
     }
 
@@ -331,15 +329,14 @@ impl CudaBackend {
 
     /// The per-type kernel of `table` and its name (types without one are
     /// refused at load).
-    fn typed(
-        &self,
-        table: &HashMap<GgmlType, &'static str>,
+    fn typed<'a>(
+        table: &'a HashMap<GgmlType, (&'static str, CudaFunction)>,
         dtype: GgmlType,
-    ) -> (&'static str, &CudaFunction) {
-        let name = *table
+    ) -> (&'static str, &'a CudaFunction) {
+        let (name, f) = table
             .get(&dtype)
             .unwrap_or_else(|| fail("weight type", dtype));
-        (name, self.f(name))
+        (*name, f)
     }
 }
 
@@ -487,9 +484,7 @@ impl Backend for CudaBackend {
         b.arg(&a.buf).arg(&idx).arg(&mut out).arg(&cols);
         // SAFETY: the kernel reads rows.len() rows of `a` (indices < a.rows)
         // and writes rows.len() rows of `out`.
-        self.launched("select_rows", "select_rows", || {
-            unsafe { b.launch(cfg) }.map(drop)
-        });
+        self.launched("select_rows", || unsafe { b.launch(cfg) }.map(drop));
         CudaAct {
             buf: out,
             rows: rows.len(),
@@ -512,7 +507,7 @@ impl Backend for CudaBackend {
             block_dim: (ELEMENTWISE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (kernel, f) = self.typed(&self.embed, table.dtype);
+        let (kernel, f) = Self::typed(&self.embed, table.dtype);
         let mut b = self.stream.launch_builder(f);
         b.arg(&table.data)
             .arg(&row_bytes)
@@ -521,7 +516,7 @@ impl Backend for CudaBackend {
             .arg(&scale)
             .arg(&mut out);
         // SAFETY: ids are checked against the table; out has ids.len() rows.
-        self.launched(kernel, "embed", || unsafe { b.launch(cfg) }.map(drop));
+        self.launched(kernel, || unsafe { b.launch(cfg) }.map(drop));
         Ok(CudaAct {
             buf: out,
             rows: ids.len(),
@@ -547,9 +542,7 @@ impl Backend for CudaBackend {
             .arg(&n_i)
             .arg(&eps);
         // SAFETY: `groups` groups of n values in both buffers.
-        self.launched("rms_norm", "rms_norm", || {
-            unsafe { b.launch(cfg) }.map(drop)
-        });
+        self.launched("rms_norm", || unsafe { b.launch(cfg) }.map(drop));
         CudaAct {
             buf: out,
             rows: x.rows,
@@ -566,7 +559,7 @@ impl Backend for CudaBackend {
         let mut out = self.output_f32(x.rows * w.rows);
         if Self::is_float(w.dtype) {
             self.matvec_groups(
-                self.typed(&self.matvec, w.dtype),
+                Self::typed(&self.matvec, w.dtype),
                 w,
                 &x.buf,
                 x.cols,
@@ -582,12 +575,12 @@ impl Backend for CudaBackend {
             let mut b = self.stream.launch_builder(self.f("quantize_act"));
             b.arg(&x.buf).arg(&mut xq).arg(&tokens).arg(&xcols);
             // SAFETY: one thread per 32-value chunk of x into xq.
-            self.launched("quantize_act", "quantize_act", || {
+            self.launched("quantize_act", || {
                 unsafe { b.launch(Self::grid_for(x.rows * chunks)) }.map(drop)
             });
             let per_token = chunks * ACT_CHUNK_BYTES;
             self.matvec_groups(
-                self.typed(&self.matvec, w.dtype),
+                Self::typed(&self.matvec, w.dtype),
                 w,
                 &xq,
                 per_token,
@@ -608,7 +601,7 @@ impl Backend for CudaBackend {
         let mut b = self.stream.launch_builder(self.f("add_bias"));
         b.arg(&mut x.buf).arg(self.vector(bias)).arg(&n).arg(&cols);
         // SAFETY: n values of x, bias of cols values.
-        self.launched("add_bias", "add_bias", || {
+        self.launched("add_bias", || {
             unsafe { b.launch(Self::grid_for(n)) }.map(drop)
         });
     }
@@ -641,7 +634,7 @@ impl Backend for CudaBackend {
         };
         b.arg(&neox);
         // SAFETY: one thread per rotated pair of x; positions has x.rows values.
-        self.launched("rope", "rope", || {
+        self.launched("rope", || {
             unsafe { b.launch(Self::grid_for(pairs)) }.map(drop)
         });
     }
@@ -656,9 +649,7 @@ impl Backend for CudaBackend {
         let mut b = self.stream.launch_builder(self.f(name));
         b.arg(&gate.buf).arg(&up.buf).arg(&mut out).arg(&n);
         // SAFETY: three buffers of n values.
-        self.launched(name, name, || {
-            unsafe { b.launch(Self::grid_for(n)) }.map(drop)
-        });
+        self.launched(name, || unsafe { b.launch(Self::grid_for(n)) }.map(drop));
         CudaAct {
             buf: out,
             rows: gate.rows,
@@ -671,7 +662,7 @@ impl Backend for CudaBackend {
         let mut b = self.stream.launch_builder(self.f("add_assign"));
         b.arg(&mut x.buf).arg(&y.buf).arg(&n);
         // SAFETY: two buffers of n values.
-        self.launched("add_assign", "add_assign", || {
+        self.launched("add_assign", || {
             unsafe { b.launch(Self::grid_for(n)) }.map(drop)
         });
     }
@@ -722,9 +713,7 @@ impl Backend for CudaBackend {
             .arg(&k_dim)
             .arg(&v_dim);
         // SAFETY: slots index blocks of this stage's pool (the allocator's).
-        self.launched("kv_write", "kv_write", || {
-            unsafe { b.launch(cfg) }.map(drop)
-        });
+        self.launched("kv_write", || unsafe { b.launch(cfg) }.map(drop));
 
         let mut out = self.output_f32(n * batch.n_heads * g.head_dim_v);
         let (n_heads, n_kv_heads) = (batch.n_heads as i32, g.n_kv_heads as i32);
@@ -752,7 +741,7 @@ impl Backend for CudaBackend {
             .arg(&window);
         // SAFETY: every position attended is cached (written above or by
         // an earlier batch) and its block is in the sequence's table.
-        self.launched("attend", "attend", || unsafe { b.launch(cfg) }.map(drop));
+        self.launched("attend", || unsafe { b.launch(cfg) }.map(drop));
         CudaAct {
             buf: out,
             rows: n,

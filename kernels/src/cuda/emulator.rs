@@ -29,9 +29,6 @@ use sha2::{Digest, Sha256};
 use super::compile::cache_dir;
 use super::source::KernelSource;
 
-/// What the emulated device calls itself (`cuDeviceGetName`).
-pub const DEVICE_NAME: &str = "strata CUDA emulator";
-
 const DEVICE_H: &str = include_str!("../../cuda/emu/device.h");
 const RUNTIME_CPP: &str = include_str!("../../cuda/emu/runtime.cpp");
 
@@ -63,6 +60,16 @@ pub fn is_emulated(compute_capability: (u32, u32)) -> bool {
 /// Whether the user asked for the emulator (`STRATA_CUDA_EMULATOR=1`).
 pub fn requested() -> bool {
     std::env::var("STRATA_CUDA_EMULATOR").is_ok_and(|v| v == "1")
+}
+
+/// For tests and diagnostics that run on any machine: the emulator, unless
+/// a real CUDA driver is here (and `STRATA_CUDA_EMULATOR=1` does not ask
+/// for the emulator anyway).
+pub fn install_unless_gpu() -> Result<(), EmulatorError> {
+    if requested() || !super::driver_present() {
+        install()?;
+    }
+    Ok(())
 }
 
 /// Builds (or finds in the cache) the emulator and loads it as this
