@@ -36,7 +36,8 @@ fi
 cargo test --workspace --no-fail-fast "$@"
 # The kernels compile with NVRTC 12 too (what a CUDA 12 driver needs).
 nvrtc12_lib() {
-    python3 -c 'import nvidia.cuda_nvrtc, os; print(os.path.join(nvidia.cuda_nvrtc.__path__[0], "lib"))' 2>/dev/null
+    # (Checks the library itself: an uninstall can leave the package folder.)
+    python3 -c 'import nvidia, os; print(next(d for p in nvidia.__path__ for d in [os.path.join(p, "cuda_nvrtc", "lib")] if os.path.isfile(os.path.join(d, "libnvrtc.so.12"))))' 2>/dev/null
 }
 nvrtc12_lib >/dev/null || pip_install 'nvidia-cuda-nvrtc-cu12>=12.4,<13'
 LD_LIBRARY_PATH="$(nvrtc12_lib)" STRATA_NVRTC_MAJOR=12 cargo test -p strata-kernels --test cuda_nvrtc
