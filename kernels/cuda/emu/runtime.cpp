@@ -224,13 +224,14 @@ static size_t tls_segment_bytes(ElfW(Addr) base) {
 // Shared memory starts each block as NaN bytes, as memory nothing wrote:
 // a value read before a barrier made it visible is then wrong, not stale.
 static void poison_shared(const Module* m) {
-#ifdef STRATA_EMU_ASAN
-    return;  // its TLS may sit in a thread's stack mapping, which ASan guards
-#endif
     if (!m->tls_bytes) return;
     m->touch_tls();
     void* block = nullptr;
-    if (dlinfo(m->handle, RTLD_DI_TLS_DATA, &block) == 0 && block) std::memset(block, 0xff, m->tls_bytes);
+    if (dlinfo(m->handle, RTLD_DI_TLS_DATA, &block) != 0 || !block) return;
+    // The TLS block may sit in the thread's stack mapping, whose shadow
+    // AddressSanitizer keeps for stack frames: it is the module's own.
+    unpoison(block, m->tls_bytes);
+    std::memset(block, 0xff, m->tls_bytes);
 }
 
 struct Function {
