@@ -9,31 +9,6 @@ use std::time::Duration;
 use common::{model, post, reference, EventStream, Server, Worker, GEMMA3, SMOLLM2};
 use serde_json::{json, Value};
 
-/// `strata generate` in one process: the text the pipeline must reproduce.
-fn single_process(model_path: &std::path::Path, prompt: &str, n: usize) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args([
-            "generate",
-            "-m",
-            model_path.to_str().unwrap(),
-            "-p",
-            prompt,
-            "-n",
-            &n.to_string(),
-            "--temp",
-            "0",
-        ])
-        .env("STRATA_LOG", "warn")
-        .output()
-        .expect("run strata generate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
 /// llama.cpp's greedy text up to its first near tie (top-2 log-probs within
 /// 0.5): past it, a last-bit difference may pick the other token.
 fn reference_prefix(r: &Value, case: usize) -> (String, String, usize) {
@@ -134,7 +109,7 @@ fn run_three_workers(file: &str, reference_name: &str, budgets: [&str; 3], whole
 
     let r = reference(reference_name);
     let (prompt, sure_prefix, n) = reference_prefix(&r, 0);
-    let expected = single_process(&model_path, &prompt, n);
+    let expected = common::single_process(&model_path, &prompt, n, false);
     let (status, body) = post(
         &format!("{}/v1/completions", server.base),
         &json!({"prompt": prompt, "max_tokens": n, "temperature": 0, "logprobs": 2}),
@@ -213,52 +188,4 @@ fn three_workers_serve_smollm2_token_for_token() {
 #[test]
 fn three_workers_serve_gemma3_token_for_token() {
     run_three_workers(GEMMA3, "gemma3-270m", ["285MiB", "295MiB", "140MiB"], false);
-}
-
-#[test]
-fn a_worker_that_dies_fails_its_streams_and_health_says_which() {
-    let model_path = model(SMOLLM2);
-    let mut workers = [Worker::start("200MiB", None), Worker::start("200MiB", None)];
-    let server = Server::start(
-        &model_path,
-        &[
-            "-c",
-            "512",
-            "-n",
-            "2",
-            "--worker",
-            &workers[0].addr,
-            "--worker",
-            &workers[1].addr,
-        ],
-    );
-    let stages = stage_ranges(&server);
-    assert_eq!(stages.len(), 2, "{stages:?}");
-    let last = stages[1].split(' ').next().unwrap().to_string();
-    let mut stream = EventStream::open(
-        &format!("{}/v1/completions", server.base),
-        &json!({"prompt": "Once upon a time", "max_tokens": 480, "temperature": 0, "stream": true, "ignore_eos": true}),
-    );
-    stream.next_data().expect("a first chunk");
-    workers
-        .iter_mut()
-        .find(|w| w.addr == last)
-        .unwrap()
-        .proc
-        .kill();
-    // The stream ends (no hang) with an error, then [DONE].
-    let error = common::stream_error(&mut stream).expect("an error event before the stream ended");
-    assert!(
-        error.contains(&last),
-        "the error names the dead worker {last}: {error}"
-    );
-    assert!(
-        common::health_names(&server, &last),
-        "/health should say which worker is gone"
-    );
-    let (status, body) = post(
-        &format!("{}/v1/completions", server.base),
-        &json!({"prompt": "Hi", "max_tokens": 4}),
-    );
-    assert_eq!(status, 503, "{body}");
 }

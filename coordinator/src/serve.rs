@@ -7,18 +7,15 @@ use std::sync::Arc;
 
 use strata_model::arch::HyperParams;
 use strata_model::chat::ChatTemplate;
-use strata_model::profile::{KvType, MemoryProfile};
-use strata_model::slice::{model_digest, LayerRange};
+use strata_model::slice::model_digest;
 use strata_model::tokenizer::Tokenizer;
 use strata_model::GgufFile;
 use strata_proto::v1;
 
 use crate::api::{router, AppState, Ready};
-use crate::cluster::{
-    connect_workers, load_stages, worker_specs, LoadEvent, LoadOptions, StageAssignment,
-};
+use crate::cluster::LoadEvent;
 use crate::engine::{Engine, EngineConfig};
-use crate::planner::{plan, table, PlanRequest};
+use crate::pool::{stage_names, supervise, Attached, Pool, PoolSettings};
 use crate::scheduler::BatchPolicy;
 
 /// Everything `strata serve` is told.
@@ -41,6 +38,8 @@ pub struct ServeConfig {
     pub batch_tokens: usize,
     /// Micro-batches in flight (default: one per stage).
     pub micro_batches: Option<usize>,
+    /// A batch with no reply after this long means a stage hangs.
+    pub batch_timeout: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,79 +161,78 @@ async fn start_pipeline(
     state: &AppState,
     reporter: &mut impl LoadReporter,
 ) -> Result<Ready, ServeError> {
-    let load_err = |e: &dyn std::fmt::Display| ServeError::Load(e.to_string());
     if config.workers.is_empty() {
         return Err(ServeError::Load("no workers to serve on".into()));
     }
     state.set_loading(format!("connecting to {} worker(s)", config.workers.len()));
-    let workers = connect_workers(&config.workers, &config.token)
-        .await
-        .map_err(|e| load_err(&e))?;
-    let specs = worker_specs(&workers);
-    let ctx_size = config.ctx_size.min(model.hp.context_length.max(1));
+    let settings = PoolSettings {
+        model_path: config.model_path.clone(),
+        workers: config.workers.clone(),
+        token: config.token.clone(),
+        local_workers: config.local_workers.clone(),
+        ctx_size: config.ctx_size,
+        parallel: config.parallel,
+        batch_tokens: config.batch_tokens,
+        act_dtype: config.act_dtype,
+    };
+    let mut pool = Pool::new(
+        settings,
+        model.file.clone(),
+        model.hp.clone(),
+        model.digest.clone(),
+    );
+    let ctx_size = pool.ctx_size();
     if ctx_size < config.ctx_size {
         tracing::warn!(
             "--ctx-size {} is beyond the model's training context; using {ctx_size}",
             config.ctx_size
         );
     }
-    let profile = MemoryProfile::from_gguf(&model.file, &model.hp);
-    let act_bytes = if config.act_dtype == v1::ActDtype::F32 {
-        4
-    } else {
-        2
-    };
-    let req = PlanRequest {
-        parallel: config.parallel,
-        max_batch_tokens: config.batch_tokens,
-        activation_bytes_per_token: act_bytes * model.hp.d_model as u64,
-        ..PlanRequest::new(profile, model.hp.d_model, ctx_size, KvType::F16)
-    };
-    let placement = plan(&req, &specs).map_err(|e| load_err(&e))?;
-    let shown = table(&placement, &specs);
+    let survey = pool.survey().await;
+    let lost_note: Vec<String> = survey
+        .lost
+        .iter()
+        .map(|(a, w)| format!("{a} ({w})"))
+        .collect();
+    if survey.alive.is_empty() {
+        return Err(ServeError::Load(format!(
+            "no worker answers: {}",
+            lost_note.join(", ")
+        )));
+    }
+    for w in &survey.alive {
+        tracing::info!(
+            "worker {}: {} {}, {} MiB free, {:.1} GB/s",
+            w.addr,
+            w.caps.backend,
+            w.caps.device_name,
+            w.caps.free_memory_bytes >> 20,
+            w.caps.matvec_bytes_per_second / 1e9
+        );
+    }
+    let (stages, shown) = pool.plan(&survey.alive).map_err(|e| {
+        ServeError::Load(if lost_note.is_empty() {
+            e
+        } else {
+            format!("{e} (not answering: {})", lost_note.join(", "))
+        })
+    })?;
+    if !lost_note.is_empty() {
+        tracing::warn!(
+            "starting without {}; each is planned in when it answers",
+            lost_note.join(", ")
+        );
+    }
     tracing::debug!("placement:\n{shown}");
     reporter.plan(&shown);
 
-    let stages: Vec<StageAssignment> = placement
-        .stages
-        .iter()
-        .map(|s| {
-            let w = workers[s.worker].clone();
-            let local = config.local_workers.contains(&w.addr);
-            StageAssignment {
-                worker: w,
-                range: LayerRange {
-                    first: s.first_layer,
-                    end: s.end_layer,
-                },
-                model_path: local.then(|| config.model_path.display().to_string()),
-            }
-        })
-        .collect();
-    // Whole KV blocks per sequence, so `parallel` full sequences always fit.
-    let mut block = 1usize;
-    for w in &workers {
-        let h = w
-            .client
-            .clone()
-            .health(v1::HealthRequest {})
-            .await
-            .map_err(|e| ServeError::Load(format!("worker {}: health: {}", w.addr, e.message())))?;
-        block = block.max(h.into_inner().kv_block_tokens.max(1) as usize);
-    }
-    let ctx_tokens = (ctx_size.div_ceil(block) * block * config.parallel) as u64;
-    let options = LoadOptions {
-        digest: model.digest.clone(),
-        ctx_tokens,
-        act_dtype: config.act_dtype,
-    };
     let n_stages = stages.len();
-    load_stages(&stages, model.file.clone(), &options, |e| {
+    pool.load(&stages, |e| {
         state.set_loading(describe(&e, n_stages));
         reporter.event(&e);
     })
     .await
-    .map_err(|e| load_err(&e))?;
+    .map_err(ServeError::Load)?;
 
     let engine_config = EngineConfig {
         ctx_size,
@@ -246,97 +244,62 @@ async fn start_pipeline(
         },
         stop_tokens: model.tokenizer.end_of_generation_tokens().collect(),
         max_queued: 1024,
+        batch_timeout: config.batch_timeout,
     };
-    let engine = Engine::start(
-        stages[0].worker.client.clone(),
-        stages[0].worker.addr.clone(),
-        engine_config,
-    )
-    .await
-    .map_err(|e| {
-        ServeError::Load(format!(
-            "opening the data stream to stage 0 ({}): {}",
-            stages[0].worker.addr,
-            e.message()
-        ))
-    })?;
-    tokio::spawn(watch_stages(stages.clone(), engine.clone()));
-    let stage_names = stages
-        .iter()
-        .map(|s| format!("{} layers {}", s.worker.addr, s.range))
-        .collect();
+    let (engine, losses) = Engine::start(engine_config);
+    let stage0 = &stages[0].worker;
+    let epoch = engine
+        .attach(stage0.client.clone(), stage0.addr.clone())
+        .await
+        .map_err(|e| {
+            ServeError::Load(format!(
+                "opening the data stream to stage 0 ({}): {}",
+                stage0.addr,
+                e.message()
+            ))
+        })?;
+    engine.stats().set_stages(stage_names(&stages));
+    tokio::spawn(supervise(
+        pool,
+        engine.clone(),
+        losses,
+        Attached {
+            stages,
+            epoch,
+            survey,
+        },
+        |e| tracing::info!("{}", describe(e, 0)),
+    ));
     Ok(Ready {
         engine,
         tokenizer: model.tokenizer,
         template: model.template,
-        stages: stage_names,
     })
 }
 
 /// One line for `/health` while loading.
 pub fn describe(e: &LoadEvent, n_stages: usize) -> String {
+    // Stage k of n while starting; a rebuild does not know n up front.
+    let stage = |k: &usize| match n_stages {
+        0 => format!("stage {}", k + 1),
+        n => format!("stage {}/{n}", k + 1),
+    };
     match e {
         LoadEvent::Pushing {
-            stage,
+            stage: k,
             addr,
             sent_bytes,
             total_bytes,
         } => format!(
-            "stage {}/{n_stages} ({addr}): sending the slice, {} of {} MiB",
-            stage + 1,
+            "{} ({addr}): sending the slice, {} of {} MiB",
+            stage(k),
             sent_bytes >> 20,
             total_bytes >> 20
         ),
         LoadEvent::Progress {
-            stage,
+            stage: k,
             addr,
             progress,
-        } => {
-            format!(
-                "stage {}/{n_stages} ({addr}): {}",
-                stage + 1,
-                progress.message
-            )
-        }
-    }
-}
-
-/// How often every stage's worker is asked for its health.
-const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Fails the engine (503s, `/health` says why) when a stage's worker stops
-/// answering or loses its slice. Re-planning over the others is future work.
-async fn watch_stages(stages: Vec<StageAssignment>, engine: Engine) {
-    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
-    loop {
-        tick.tick().await;
-        for (i, st) in stages.iter().enumerate() {
-            let mut client = st.worker.client.clone();
-            let probe =
-                tokio::time::timeout(HEALTH_INTERVAL * 2, client.health(v1::HealthRequest {}))
-                    .await;
-            let why = match probe {
-                Err(_) => Some("does not answer".to_string()),
-                Ok(Err(e)) => Some(format!("is unreachable: {}", e.message())),
-                Ok(Ok(h)) => {
-                    let h = h.into_inner();
-                    let holds = h.layers.is_some_and(|l| {
-                        l.first as usize == st.range.first && l.end as usize == st.range.end
-                    });
-                    (h.status != v1::health_reply::Status::Ready as i32 || !holds)
-                        .then(|| format!("no longer holds its layers ({})", h.message))
-                }
-            };
-            if let Some(why) = why {
-                engine.fail(format!(
-                    "stage {i} worker {} (layers {}) {why}",
-                    st.worker.addr, st.range
-                ));
-                return;
-            }
-        }
-        if engine.stats().failure().is_some() {
-            return;
-        }
+        } => format!("{} ({addr}): {}", stage(k), progress.message),
     }
 }

@@ -70,13 +70,11 @@ pub struct Sampled {
 
 pub struct Sampler {
     params: SamplingParams,
-    rng: ChaCha8Rng,
 }
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
-        let rng = ChaCha8Rng::seed_from_u64(params.seed);
-        Sampler { params, rng }
+        Sampler { params }
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -133,7 +131,11 @@ impl Sampler {
                 cand.retain(|c| c.1 >= floor);
             }
             let probs = softmax(&cand, p.temperature);
-            let r: f32 = self.rng.random();
+            // One draw keyed by (seed, position): a sequence replayed on a
+            // new pipeline after a failover draws what it would have drawn.
+            let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+            rng.set_stream(history.len() as u64);
+            let r: f32 = rng.random();
             let mut acc = 0.0;
             let mut chosen = cand.last().map_or(0, |c| c.0);
             for (c, q) in cand.iter().zip(&probs) {

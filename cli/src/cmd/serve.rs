@@ -46,10 +46,15 @@ pub struct Args {
     /// (default: one per stage, so every stage has work).
     #[arg(long)]
     pub micro_batches: Option<usize>,
-    /// How hidden states travel between workers: f16 (half the bytes) or
-    /// f32 (lossless).
-    #[arg(long, default_value = "f16")]
+    /// How hidden states travel between workers: f32 (lossless: the pool
+    /// gives one process's exact tokens) or f16 (half the bytes, but the
+    /// rounding at each hop changes results).
+    #[arg(long, default_value = "f32")]
     pub act_dtype: String,
+    /// Seconds a batch may go without a reply before its pipeline counts as
+    /// hung and is rebuilt over the workers that answer.
+    #[arg(long, default_value_t = 120)]
+    pub stage_timeout: u64,
     /// Embedded worker: CPU threads (default: all cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
@@ -146,6 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             act_dtype,
             batch_tokens: args.batch_size,
             micro_batches: args.micro_batches,
+            batch_timeout: std::time::Duration::from_secs(args.stage_timeout.max(1)),
         };
         // Keeps the embedded worker serving until we return.
         let mut _embedded = None;

@@ -17,7 +17,7 @@ pub const TOKEN: &str = "e2e-cluster-secret";
 #[allow(unused_imports)]
 pub use strata_tests::{model_path as model, GEMMA3, SMOLLM2};
 
-/// `shared/reference/<name>.json`.
+/// `tests/reference/<name>.json`.
 pub fn reference(name: &str) -> Value {
     strata_tests::reference(&format!("{name}.json"))
 }
@@ -93,6 +93,16 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Sends a signal by name (`STOP`, `CONT`, ...).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{name} {}", self.child.id());
+    }
 }
 
 impl Drop for Proc {
@@ -126,13 +136,23 @@ impl Worker {
         model_dir: Option<&Path>,
         env: &[(&str, &str)],
     ) -> Worker {
+        Self::start_at("127.0.0.1:0", mem_budget, model_dir, env)
+    }
+
+    /// A worker on `listen` (a dead worker's address, to bring it back).
+    pub fn start_at(
+        listen: &str,
+        mem_budget: &str,
+        model_dir: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Worker {
         let dir = tempfile::tempdir().expect("tempdir");
         let token = token_file(dir.path());
         let cache = dir.path().join("slices");
         let mut args = vec![
             "worker",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--token-file",
             token.to_str().unwrap(),
             "--mem-budget",
@@ -306,4 +326,34 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     check()
+}
+
+/// `strata generate` greedy in one process: the text a pool must reproduce.
+pub fn single_process(model: &Path, prompt: &str, n: usize, ignore_eos: bool) -> String {
+    let n = n.to_string();
+    let mut args = vec![
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        prompt,
+        "-n",
+        &n,
+        "--temp",
+        "0",
+    ];
+    if ignore_eos {
+        args.push("--ignore-eos");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(&args)
+        .env("STRATA_LOG", "warn")
+        .output()
+        .expect("run strata generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
 }

@@ -198,6 +198,7 @@ async fn whole(
             Some(Step::Failed(why)) => {
                 return Err(ApiError::internal(format!("generation failed: {why}")))
             }
+            Some(Step::Unavailable(why)) => return Err(ApiError::unavailable(why)),
             None => return Err(ApiError::internal("generation ended without finishing")),
         }
     }
@@ -269,6 +270,12 @@ fn stream(
                     }
                     Some(Step::Failed(why)) => {
                         let e = ApiError::internal(format!("generation failed: {why}"));
+                        tracing::warn!("{}", e.message);
+                        let _ = tx.send(Ok(SseEvent::default().data(e.json()))).await;
+                        break;
+                    }
+                    Some(Step::Unavailable(why)) => {
+                        let e = ApiError::unavailable(why);
                         tracing::warn!("{}", e.message);
                         let _ = tx.send(Ok(SseEvent::default().data(e.json()))).await;
                         break;

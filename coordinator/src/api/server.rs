@@ -20,8 +20,6 @@ pub struct Ready {
     pub engine: Engine,
     pub tokenizer: Arc<Tokenizer>,
     pub template: ChatTemplate,
-    /// Per-stage layer ranges, for `/health`.
-    pub stages: Vec<String>,
 }
 
 /// Where the server is in its life.
@@ -139,12 +137,16 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
     match st.ready() {
         Ok(r) => {
             let s = r.engine.stats();
+            // While a lost worker is replaced, requests wait (not fail).
+            let recovering = s.recovering();
             axum::Json(json!({
-                "status": "ok",
+                "status": if recovering.is_some() { "recovering" } else { "ok" },
+                "message": recovering,
                 "model": st.model_name,
-                "stages": r.stages,
+                "stages": s.stages(),
                 "sequences_live": s.live(),
                 "requests_queued": s.queued(),
+                "failovers": s.failovers(),
             }))
             .into_response()
         }

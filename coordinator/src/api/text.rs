@@ -23,15 +23,15 @@ pub struct TokenOut {
 #[derive(Debug, Clone)]
 pub enum Step {
     /// New text, and the tokens it came with when log-probs were asked.
-    Text {
-        text: String,
-        tokens: Vec<TokenOut>,
-    },
+    Text { text: String, tokens: Vec<TokenOut> },
     Finished {
         reason: FinishReason,
         completion_tokens: usize,
     },
+    /// The stage failed the batch (a 500).
     Failed(String),
+    /// The pool cannot serve the model now (a 503).
+    Unavailable(String),
 }
 
 pub struct TextGeneration {
@@ -82,6 +82,10 @@ impl TextGeneration {
                 Some(Event::Failed(why)) => {
                     self.generation = None;
                     return Some(Step::Failed(why));
+                }
+                Some(Event::Unavailable(why)) => {
+                    self.generation = None;
+                    return Some(Step::Unavailable(why));
                 }
                 None => return None,
             }

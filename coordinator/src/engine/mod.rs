@@ -5,14 +5,23 @@
 //! A request gets a [`Generation`]; dropping it (the client went away, a
 //! stop string matched) cancels the sequence, whose KV is then released on
 //! every stage once no batch carrying it is in flight.
+//!
+//! The loop outlives any one pipeline. When the data stream breaks, a batch
+//! misses its deadline or a stage reports itself lost, the loop detaches:
+//! it keeps every live sequence's tokens, reports the loss, and waits. The
+//! pool's supervisor rebuilds the pipeline and [`Engine::attach`]es it; the
+//! loop then replays each sequence's tokens so far as a prompt and carries
+//! on, so clients see a pause and the same tokens.
 
 mod runner;
 mod stats;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use strata_proto::{v1, WorkerClient};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::scheduler::BatchPolicy;
 pub use stats::EngineStats;
@@ -31,6 +40,8 @@ pub struct EngineConfig {
     pub stop_tokens: Vec<u32>,
     /// Requests that may wait for a free sequence slot before new ones get 503.
     pub max_queued: usize,
+    /// A batch with no reply after this long means a stage hangs.
+    pub batch_timeout: Duration,
 }
 
 /// One generation to run.
@@ -69,7 +80,17 @@ pub enum Event {
     /// right after it.
     Token(v1::SampledToken),
     Done(FinishReason),
+    /// The batch failed on a stage (a 500).
     Failed(String),
+    /// The pool can no longer serve the model (a 503).
+    Unavailable(String),
+}
+
+/// The pipeline the loop was attached to (its `epoch`) broke.
+#[derive(Debug, Clone)]
+pub struct PipelineLost {
+    pub epoch: u64,
+    pub why: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +110,8 @@ enum Msg {
     Cancel(u64),
     /// Look at the failure flag now.
     Wake,
+    Attach(Box<runner::Link>),
+    Detach(String),
 }
 
 /// Handle to the serving loop. Cheap to clone.
@@ -100,20 +123,51 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the data stream to stage 0 and starts the loop.
-    pub async fn start(
-        stage0: WorkerClient,
-        stage0_addr: String,
-        config: EngineConfig,
-    ) -> Result<Engine, tonic::Status> {
+    /// Starts the loop with no pipeline: requests queue until
+    /// [`attach`](Self::attach). Losses of attached pipelines arrive on the
+    /// returned receiver.
+    pub fn start(config: EngineConfig) -> (Engine, mpsc::UnboundedReceiver<PipelineLost>) {
         let stats = Arc::new(EngineStats::default());
         let (tx, rx) = mpsc::unbounded_channel();
-        runner::spawn(stage0, stage0_addr, config.clone(), rx, stats.clone()).await?;
-        Ok(Engine {
+        let (lost_tx, lost) = mpsc::unbounded_channel();
+        runner::spawn(config.clone(), rx, stats.clone(), lost_tx);
+        let engine = Engine {
             tx,
             stats,
             config: Arc::new(config),
-        })
+        };
+        (engine, lost)
+    }
+
+    /// Opens the data stream to a (re)built pipeline's stage 0 and hands it
+    /// to the loop, which replays every live sequence on it. Clears a
+    /// failure. Returns the pipeline's epoch (named by its loss report).
+    pub async fn attach(
+        &self,
+        mut stage0: WorkerClient,
+        addr: String,
+    ) -> Result<u64, tonic::Status> {
+        let groups = self.config.groups.max(1);
+        let (frames, rx) = mpsc::channel(groups * 2);
+        let replies = stage0.forward(ReceiverStream::new(rx)).await?.into_inner();
+        let epoch = self.stats.next_epoch();
+        self.stats.clear_failure();
+        let link = runner::Link {
+            epoch,
+            frames,
+            replies,
+            release: stage0,
+            addr,
+        };
+        self.tx
+            .send(Msg::Attach(Box::new(link)))
+            .map_err(|_| tonic::Status::internal("the serving loop is gone"))?;
+        Ok(epoch)
+    }
+
+    /// The pipeline is being rebuilt: stop sending, keep every sequence.
+    pub fn detach(&self, why: String) {
+        let _ = self.tx.send(Msg::Detach(why));
     }
 
     pub fn stats(&self) -> &EngineStats {
@@ -124,8 +178,9 @@ impl Engine {
         &self.config
     }
 
-    /// Stops serving: live and queued requests fail with `why`, new ones get
-    /// it as their error (a stage's worker went away).
+    /// The pool cannot serve the model now: live and queued requests fail
+    /// with `why` (a 503), and so do new ones until the next
+    /// [`attach`](Self::attach).
     pub fn fail(&self, why: String) {
         if self.stats.failure().is_none() {
             tracing::error!("{why}");
@@ -187,7 +242,7 @@ impl Generation {
         }
         let e = self.events.recv().await;
         match &e {
-            Some(Event::Done(_) | Event::Failed(_)) => self.finished = true,
+            Some(Event::Done(_) | Event::Failed(_) | Event::Unavailable(_)) => self.finished = true,
             None => {
                 self.finished = true;
                 return Some(Event::Failed(

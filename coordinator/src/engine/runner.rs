@@ -1,34 +1,45 @@
 //! The loop task: admits queued requests into sequence slots, sends one
 //! micro-batch per idle group to stage 0, and turns replies into events.
+//! It detaches from a broken pipeline without losing a sequence, and
+//! replays them all on the next one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use strata_proto::{v1, WorkerClient};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
-use super::{EngineConfig, EngineStats, Event, FinishReason, GenerationRequest, Msg};
+use super::{EngineConfig, EngineStats, Event, FinishReason, GenerationRequest, Msg, PipelineLost};
 use crate::scheduler::{plan_step, SeqPhase, SeqProgress, StepEntry};
 
 /// One live sequence.
 struct Seq {
+    /// The request's handle id (cancel, logs).
     id: u64,
+    /// Its id on the attached pipeline: new on every attach, so a late
+    /// release from a lost pipeline cannot touch the replayed sequence.
+    wire: u64,
     group: usize,
     /// Prompt then generated tokens.
     history: Vec<u32>,
-    prompt_len: usize,
+    /// Tokens fed as a prompt: the prompt, or after a failover the whole
+    /// history so far.
+    prefill_to: usize,
     /// Tokens of `history` in the stages' KV caches.
     cached: usize,
     generated: usize,
     max_tokens: usize,
     ignore_eos: bool,
-    /// Sent with the sequence's first frame.
-    sampling: Option<v1::SamplingParams>,
+    sampling: v1::SamplingParams,
+    /// The attached pipeline has seen this sequence (holds state for it).
+    sent: bool,
     events: mpsc::UnboundedSender<Event>,
     in_flight: bool,
     /// Cancelled or finished: released once no batch carries it.
     retired: Option<Retire>,
+    /// Since when it has waited for a rebuilt pipeline.
+    paused_since: Option<Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -41,6 +52,18 @@ enum Retire {
 struct InFlight {
     group: usize,
     entries: Vec<StepEntry>,
+    sent_at: Instant,
+}
+
+/// The data stream to stage 0 of one pipeline.
+pub(super) struct Link {
+    pub epoch: u64,
+    pub frames: mpsc::Sender<v1::BatchFrame>,
+    pub replies: tonic::Streaming<v1::StageReply>,
+    /// Releases go to stage 0, which passes them on.
+    pub release: WorkerClient,
+    /// For messages: which worker the data stream goes to.
+    pub addr: String,
 }
 
 struct Runner {
@@ -53,63 +76,60 @@ struct Runner {
     /// Micro-batch groups (one batch in flight each at most).
     groups: usize,
     next_batch: u64,
-    frames: mpsc::Sender<v1::BatchFrame>,
-    release_client: WorkerClient,
-    /// For messages: which worker the data stream goes to.
-    stage0_addr: String,
+    link: Option<Link>,
+    lost: mpsc::UnboundedSender<PipelineLost>,
 }
 
-/// Opens the data stream to stage 0 and spawns the loop.
-pub(super) async fn spawn(
-    mut stage0: WorkerClient,
-    stage0_addr: String,
+/// Spawns the loop, detached until the first [`Msg::Attach`].
+pub(super) fn spawn(
     config: EngineConfig,
     msgs: mpsc::UnboundedReceiver<Msg>,
     stats: Arc<EngineStats>,
-) -> Result<(), tonic::Status> {
-    let groups = config.groups.max(1);
-    let (frames, rx) = mpsc::channel(groups * 2);
-    let replies = stage0.forward(ReceiverStream::new(rx)).await?.into_inner();
+    lost: mpsc::UnboundedSender<PipelineLost>,
+) {
     let runner = Runner {
+        groups: config.groups.max(1),
         config,
         stats,
         seqs: Vec::new(),
         queue: VecDeque::new(),
         in_flight: HashMap::new(),
-        groups,
         next_batch: 1,
-        frames,
-        release_client: stage0,
-        stage0_addr,
+        link: None,
+        lost,
     };
-    tokio::spawn(runner.run(msgs, replies));
-    Ok(())
+    tokio::spawn(runner.run(msgs));
 }
 
 impl Runner {
-    async fn run(
-        mut self,
-        mut msgs: mpsc::UnboundedReceiver<Msg>,
-        replies: tonic::Streaming<v1::StageReply>,
-    ) {
-        let mut replies = Some(replies);
+    async fn run(mut self, mut msgs: mpsc::UnboundedReceiver<Msg>) {
         loop {
             self.admit();
             self.launch().await;
+            let deadline = self
+                .in_flight
+                .values()
+                .map(|b| b.sent_at)
+                .min()
+                .map(|t| tokio::time::Instant::from_std(t + self.config.batch_timeout));
             tokio::select! {
                 m = msgs.recv() => match m {
                     Some(Msg::Submit(id, req, events)) => self.queue.push_back((id, req, events)),
                     Some(Msg::Cancel(id)) => self.cancel(id),
                     Some(Msg::Wake) => {}
+                    Some(Msg::Attach(link)) => self.attach(*link),
+                    Some(Msg::Detach(why)) => self.detach(&why),
                     None => break,
                 },
-                r = next_reply(&mut replies, &self.stage0_addr) => match r {
+                r = next_reply(&mut self.link) => match r {
                     Ok(reply) => self.on_reply(reply),
-                    Err(why) => {
-                        replies = None;
-                        self.fail_all(why);
-                    }
+                    Err(why) => self.lose(why),
                 },
+                _ = sleep_until(deadline) => {
+                    let secs = self.config.batch_timeout.as_secs_f64();
+                    let addr = self.link.as_ref().map_or(String::new(), |l| l.addr.clone());
+                    self.lose(format!("a batch sent to stage 0 ({addr}) had no reply within {secs:.0} s: a stage hangs"));
+                }
             }
         }
     }
@@ -118,10 +138,7 @@ impl Runner {
     /// with the fewest sequences.
     fn admit(&mut self) {
         if let Some(why) = self.stats.failure() {
-            for (_, _, events) in self.queue.drain(..) {
-                let _ = events.send(Event::Failed(why.clone()));
-                self.stats.on_unqueue();
-            }
+            self.fail_all(why);
             return;
         }
         while self.seqs.len() < self.config.max_sequences {
@@ -145,27 +162,27 @@ impl Runner {
             );
             self.seqs.push(Seq {
                 id,
+                wire: self.stats.next_seq_id(),
                 group,
-                prompt_len: req.prompt.len(),
+                prefill_to: req.prompt.len(),
                 history: req.prompt,
                 cached: 0,
                 generated: 0,
                 max_tokens: req.max_tokens.min(room).max(1),
                 ignore_eos: req.ignore_eos,
-                sampling: Some(req.sampling),
+                sampling: req.sampling,
+                sent: false,
                 events,
                 in_flight: false,
                 retired: None,
+                paused_since: self.link.is_none().then(Instant::now),
             });
         }
     }
 
     /// Sends the next micro-batch of every idle group that has work.
     async fn launch(&mut self) {
-        if let Some(why) = self.stats.failure() {
-            if !self.seqs.is_empty() {
-                self.fail_all(why);
-            }
+        if self.link.is_none() {
             return;
         }
         for group in 0..self.groups {
@@ -179,8 +196,8 @@ impl Runner {
                 .map(|s| SeqProgress {
                     seq: s.id,
                     group,
-                    prompt_tokens: s.prompt_len,
-                    phase: if s.cached < s.prompt_len {
+                    prompt_tokens: s.prefill_to,
+                    phase: if s.cached < s.prefill_to {
                         SeqPhase::Prefill { done: s.cached }
                     } else {
                         SeqPhase::Decode
@@ -203,12 +220,14 @@ impl Runner {
                 s.in_flight = true;
                 token_ids.extend_from_slice(&s.history[e.start_pos..e.start_pos + e.n_tokens]);
                 wire.push(v1::BatchEntry {
-                    seq_id: s.id,
+                    seq_id: s.wire,
                     start_pos: e.start_pos as u32,
                     n_tokens: e.n_tokens as u32,
                     sample: e.samples,
-                    sampling: s.sampling.take(),
+                    // With its first frame on this pipeline.
+                    sampling: (!s.sent).then_some(s.sampling),
                 });
+                s.sent = true;
             }
             let n_tokens = token_ids.len();
             let frame = v1::BatchFrame {
@@ -221,19 +240,29 @@ impl Runner {
                 act_dtype: 0,
             };
             tracing::debug!(batch_id, group, n_tokens, seqs = entries.len(), "send");
-            self.in_flight.insert(batch_id, InFlight { group, entries });
+            self.in_flight.insert(
+                batch_id,
+                InFlight {
+                    group,
+                    entries,
+                    sent_at: Instant::now(),
+                },
+            );
             self.stats.on_batch_sent(n_tokens);
-            if self.frames.send(frame).await.is_err() {
-                self.fail_all(format!(
-                    "the data stream to stage 0 ({}) is closed",
-                    self.stage0_addr
-                ));
+            let Some(link) = &self.link else { return };
+            if link.frames.send(frame).await.is_err() {
+                let why = format!("the data stream to stage 0 ({}) is closed", link.addr);
+                self.lose(why);
                 return;
             }
         }
     }
 
     fn on_reply(&mut self, reply: v1::StageReply) {
+        if reply.stage_lost {
+            self.lose(reply.error);
+            return;
+        }
         let Some(batch) = self.in_flight.remove(&reply.batch_id) else {
             tracing::warn!("reply for unknown batch {}", reply.batch_id);
             return;
@@ -262,7 +291,7 @@ impl Runner {
             if !e.samples {
                 continue;
             }
-            let Some(token) = sampled.remove(&s.id) else {
+            let Some(mut token) = sampled.remove(&s.wire) else {
                 let _ = s.events.send(Event::Failed(format!(
                     "the last stage returned no token for sequence {}",
                     s.id
@@ -270,6 +299,10 @@ impl Runner {
                 s.retired = Some(Retire::Failed);
                 continue;
             };
+            if let Some(since) = s.paused_since.take() {
+                self.stats.on_resumed(since.elapsed());
+            }
+            token.seq_id = s.id;
             let id = token.token_id;
             s.history.push(id);
             s.generated += 1;
@@ -312,18 +345,19 @@ impl Runner {
         self.seqs.retain(|s| match s.retired {
             Some(how) if !s.in_flight => {
                 stats.on_retire(how == Retire::Cancelled, how == Retire::Failed);
-                // A sequence that never reached a stage holds nothing there.
-                if s.cached > 0 || s.sampling.is_none() {
-                    ids.push(s.id);
+                // A sequence the pipeline never saw holds nothing there.
+                if s.sent {
+                    ids.push(s.wire);
                 }
                 false
             }
             _ => true,
         });
+        let Some(link) = &self.link else { return };
         if ids.is_empty() {
             return;
         }
-        let mut client = self.release_client.clone();
+        let mut client = link.release.clone();
         tokio::spawn(async move {
             if let Err(e) = client
                 .release(v1::ReleaseRequest {
@@ -336,35 +370,101 @@ impl Runner {
         });
     }
 
-    /// The pipeline broke: every live and queued request fails, and so will
-    /// every later one (`/health` says why).
-    fn fail_all(&mut self, why: String) {
-        if self.stats.failure().is_none() {
-            tracing::error!("pipeline failed: {why}");
-            self.stats.set_failure(why.clone());
+    /// The attached pipeline broke: detach and tell the supervisor.
+    fn lose(&mut self, why: String) {
+        let Some(epoch) = self.link.as_ref().map(|l| l.epoch) else {
+            return;
+        };
+        tracing::warn!("pipeline lost: {why}");
+        self.detach(&why);
+        let _ = self.lost.send(PipelineLost { epoch, why });
+    }
+
+    /// Drops the pipeline (its stages free the sequences when the data
+    /// stream closes) and keeps every live sequence to replay.
+    fn detach(&mut self, why: &str) {
+        if self.link.take().is_none() {
+            return;
         }
+        let batches = self.in_flight.len();
+        self.in_flight.clear();
+        for _ in 0..batches {
+            self.stats.on_batch_done(0);
+        }
+        let now = Instant::now();
+        let mut replayed = 0;
+        for s in &mut self.seqs {
+            s.in_flight = false;
+            s.sent = false;
+            if s.retired.is_none() && s.cached > 0 {
+                replayed += s.history.len();
+            }
+            s.cached = 0;
+            s.paused_since.get_or_insert(now);
+        }
+        // Nothing to release on a pipeline that is gone.
+        self.release_retired();
+        self.stats.on_failover(replayed);
+        tracing::info!(
+            sequences = self.seqs.len(),
+            replay_tokens = replayed,
+            "detached from the pipeline ({why}); sequences wait for a rebuilt one"
+        );
+    }
+
+    /// A rebuilt pipeline: every live sequence is fed its tokens so far as a
+    /// prompt under a new wire id, then decodes on.
+    fn attach(&mut self, link: Link) {
+        self.detach("replaced");
+        for s in &mut self.seqs {
+            s.wire = self.stats.next_seq_id();
+            s.prefill_to = s.history.len();
+        }
+        tracing::info!(
+            epoch = link.epoch,
+            stage0 = %link.addr,
+            sequences = self.seqs.len(),
+            "attached to the pipeline"
+        );
+        self.link = Some(link);
+    }
+
+    /// The pool cannot serve: every live and queued request gets a 503.
+    fn fail_all(&mut self, why: String) {
         for s in self.seqs.drain(..) {
-            let _ = s.events.send(Event::Failed(why.clone()));
+            if s.retired.is_none() {
+                let _ = s.events.send(Event::Unavailable(why.clone()));
+            }
             self.stats.on_retire(false, true);
         }
         for (_, _, events) in self.queue.drain(..) {
-            let _ = events.send(Event::Failed(why.clone()));
+            let _ = events.send(Event::Unavailable(why.clone()));
             self.stats.on_unqueue();
         }
-        self.in_flight.clear();
+        if self.link.take().is_some() {
+            self.in_flight.clear();
+        }
     }
 }
 
-async fn next_reply(
-    replies: &mut Option<tonic::Streaming<v1::StageReply>>,
-    addr: &str,
-) -> Result<v1::StageReply, String> {
-    let Some(stream) = replies.as_mut() else {
+async fn next_reply(link: &mut Option<Link>) -> Result<v1::StageReply, String> {
+    let Some(link) = link.as_mut() else {
         return std::future::pending().await;
     };
-    match stream.message().await {
+    match link.replies.message().await {
         Ok(Some(r)) => Ok(r),
-        Ok(None) => Err(format!("stage 0 ({addr}) closed the data stream")),
-        Err(e) => Err(format!("data stream to stage 0 ({addr}): {}", e.message())),
+        Ok(None) => Err(format!("stage 0 ({}) closed the data stream", link.addr)),
+        Err(e) => Err(format!(
+            "data stream to stage 0 ({}): {}",
+            link.addr,
+            e.message()
+        )),
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }

@@ -18,6 +18,16 @@ pub struct EngineStats {
     batch_tokens_total: AtomicU64,
     in_flight_batches: AtomicU64,
     failure: Mutex<Option<String>>,
+    epoch: AtomicU64,
+    failovers_total: AtomicU64,
+    replayed_tokens_total: AtomicU64,
+    /// Milliseconds from losing a pipeline to the next token, last failover.
+    last_pause_ms: AtomicU64,
+    max_pause_ms: AtomicU64,
+    /// "addr layers a..b" per stage of the attached pipeline, for `/health`.
+    stages: Mutex<Vec<String>>,
+    /// Set while the pipeline is being rebuilt.
+    recovering: Mutex<Option<String>>,
 }
 
 impl EngineStats {
@@ -56,6 +66,46 @@ impl EngineStats {
         self.in_flight_batches.fetch_sub(1, Relaxed);
         self.generated_tokens_total
             .fetch_add(sampled as u64, Relaxed);
+    }
+    pub(super) fn next_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Relaxed) + 1
+    }
+    pub(super) fn clear_failure(&self) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+    /// A pipeline was lost with `replayed` tokens to rebuild.
+    pub(super) fn on_failover(&self, replayed: usize) {
+        self.failovers_total.fetch_add(1, Relaxed);
+        self.replayed_tokens_total
+            .fetch_add(replayed as u64, Relaxed);
+    }
+    /// A sequence's first token after a failover, `pause` after the loss.
+    pub(super) fn on_resumed(&self, pause: std::time::Duration) {
+        let ms = pause.as_millis() as u64;
+        self.last_pause_ms.store(ms, Relaxed);
+        self.max_pause_ms.fetch_max(ms, Relaxed);
+    }
+    pub fn failovers(&self) -> u64 {
+        self.failovers_total.load(Relaxed)
+    }
+    pub fn set_stages(&self, stages: Vec<String>) {
+        *self.stages.lock().unwrap_or_else(|p| p.into_inner()) = stages;
+    }
+    pub fn stages(&self) -> Vec<String> {
+        self.stages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    /// What the supervisor is doing about a lost pipeline (None: nothing).
+    pub fn set_recovering(&self, what: Option<String>) {
+        *self.recovering.lock().unwrap_or_else(|p| p.into_inner()) = what;
+    }
+    pub fn recovering(&self) -> Option<String> {
+        self.recovering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     pub(crate) fn set_failure(&self, why: String) {
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
@@ -146,6 +196,30 @@ impl EngineStats {
             "gauge",
             "Micro-batches in the pipeline.",
             self.in_flight_batches.load(Relaxed),
+        );
+        metric(
+            "failovers_total",
+            "counter",
+            "Pipelines lost and rebuilt (or found unable to serve).",
+            self.failovers_total.load(Relaxed),
+        );
+        metric(
+            "replayed_tokens_total",
+            "counter",
+            "Tokens re-run to rebuild live sequences' KV after a failover.",
+            self.replayed_tokens_total.load(Relaxed),
+        );
+        metric(
+            "failover_pause_last_ms",
+            "gauge",
+            "From losing the pipeline to a stream's next token, last failover.",
+            self.last_pause_ms.load(Relaxed),
+        );
+        metric(
+            "failover_pause_max_ms",
+            "gauge",
+            "Longest such pause since start.",
+            self.max_pause_ms.load(Relaxed),
         );
         metric(
             "up",

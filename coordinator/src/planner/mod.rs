@@ -181,7 +181,7 @@ impl fmt::Display for SafetyMargin {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanRequest {
     pub profile: MemoryProfile,
-    /// Bytes sent between stages per token (f16 hidden state: `2 * d_model`).
+    /// Bytes sent between stages per token (f32 hidden state: `4 * d_model`).
     pub activation_bytes_per_token: u64,
     /// Context per sequence, in tokens.
     pub ctx_size: usize,
@@ -200,7 +200,7 @@ impl PlanRequest {
     pub fn new(profile: MemoryProfile, d_model: usize, ctx_size: usize, kv_type: KvType) -> Self {
         PlanRequest {
             profile,
-            activation_bytes_per_token: 2 * d_model as u64,
+            activation_bytes_per_token: 4 * d_model as u64,
             ctx_size,
             parallel: 1,
             kv_type,

@@ -105,11 +105,7 @@ impl Downstream {
                 .collect();
             for (batch_id, sink) in pending {
                 let _ = sink
-                    .send(Ok(v1::StageReply {
-                        batch_id,
-                        tokens: Vec::new(),
-                        error: end.clone(),
-                    }))
+                    .send(Ok(super::stage_thread::lost_reply(batch_id, end.clone())))
                     .await;
             }
         });

@@ -384,11 +384,7 @@ impl WorkerService {
         let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
         let out = match self.command(|tx| Command::Forward(frame, tx)).await {
             Ok(out) => out,
-            Err(e) => FrameOut::Reply(v1::StageReply {
-                batch_id,
-                tokens: Vec::new(),
-                error: e.message().to_string(),
-            }),
+            Err(e) => FrameOut::Reply(stage_thread::lost_reply(batch_id, e.message().to_string())),
         };
         match out {
             FrameOut::Reply(r) => {
@@ -402,11 +398,7 @@ impl WorkerService {
                 };
                 if let Err(error) = result {
                     let _ = sink
-                        .send(Ok(v1::StageReply {
-                            batch_id,
-                            tokens: Vec::new(),
-                            error,
-                        }))
+                        .send(Ok(stage_thread::lost_reply(batch_id, error)))
                         .await;
                 }
             }

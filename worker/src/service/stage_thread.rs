@@ -115,12 +115,10 @@ where
                                     tracing::error!("{e}");
                                     loaded = None;
                                     set_status(&snapshot, v1::health_reply::Status::Failed, &e);
-                                    FrameOut::Reply(error_reply(batch_id, e))
+                                    FrameOut::Reply(lost_reply(batch_id, e))
                                 }
                             },
-                            None => {
-                                FrameOut::Reply(error_reply(batch_id, "no slice loaded".into()))
-                            }
+                            None => FrameOut::Reply(lost_reply(batch_id, "no slice loaded".into())),
                         };
                         let _ = reply.send(out);
                     }
@@ -212,6 +210,16 @@ fn error_reply(batch_id: u64, error: String) -> v1::StageReply {
         batch_id,
         tokens: Vec::new(),
         error,
+        stage_lost: false,
+    }
+}
+
+/// The stage itself is gone (device failed, nothing loaded): the
+/// coordinator rebuilds the pipeline rather than failing the batch.
+pub(super) fn lost_reply(batch_id: u64, error: String) -> v1::StageReply {
+    v1::StageReply {
+        stage_lost: true,
+        ..error_reply(batch_id, error)
     }
 }
 
@@ -304,5 +312,6 @@ fn sample<B: Backend>(
         batch_id: header.batch_id,
         tokens,
         error: String::new(),
+        stage_lost: false,
     })
 }

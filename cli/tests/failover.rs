@@ -1,0 +1,263 @@
+//! Failover with real processes on loopback: `strata serve` over four
+//! `strata worker`s (three stages and a spare), eight concurrent greedy
+//! streams, and a worker killed (SIGKILL) in the first, a middle and the
+//! last stage in turn, then one hung (SIGSTOP). Every stream must finish
+//! with the text one process gives. Then a pool that no longer fits: 503s
+//! that name the lost worker, until it comes back and is used again.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{get, model, post, EventStream, Server, Worker, SMOLLM2};
+use serde_json::{json, Value};
+
+const PROMPTS: [&str; 8] = [
+    "Once upon a time",
+    "The capital of France is",
+    "def fibonacci(n):",
+    "My favourite colour is",
+    "In 1492,",
+    "The quick brown fox",
+    "Water boils at",
+    "Hello, my name is",
+];
+const MAX_TOKENS: usize = 40;
+/// Three of these hold SmolLM2 at `SERVE_ARGS`; two do not.
+const BUDGET: &str = "125MiB";
+const SERVE_ARGS: [&str; 6] = ["-c", "128", "-n", "8", "-b", "64"];
+
+fn health(server: &Server) -> (u16, Value) {
+    let (status, body) = get(&format!("{}/health", server.base));
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// The worker address of each stage, in order.
+fn stage_workers(server: &Server) -> Vec<String> {
+    let (status, h) = health(server);
+    assert_eq!(status, 200, "{h}");
+    h["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+/// Eight streams running in threads; `tokens` counts chunks received.
+struct Streams {
+    threads: Vec<JoinHandle<Result<String, String>>>,
+    tokens: Vec<Arc<AtomicUsize>>,
+}
+
+impl Streams {
+    fn start(server: &Server) -> Streams {
+        let mut threads = Vec::new();
+        let mut tokens = Vec::new();
+        for prompt in PROMPTS {
+            let url = format!("{}/v1/completions", server.base);
+            let seen = Arc::new(AtomicUsize::new(0));
+            tokens.push(seen.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut stream = EventStream::open(
+                    &url,
+                    &json!({"prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0,
+                            "stream": true, "ignore_eos": true}),
+                );
+                let mut text = String::new();
+                let mut finish = None;
+                while let Some(d) = stream.next_data() {
+                    if d == "[DONE]" {
+                        break;
+                    }
+                    let v: Value = serde_json::from_str(&d).map_err(|e| format!("{e}: {d}"))?;
+                    if v.get("error").is_some() {
+                        return Err(format!("{prompt:?}: error event {d}"));
+                    }
+                    let c = &v["choices"][0];
+                    text.push_str(c["text"].as_str().unwrap_or(""));
+                    if let Some(f) = c["finish_reason"].as_str() {
+                        finish = Some(f.to_string());
+                    }
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+                match finish.as_deref() {
+                    Some("length") => Ok(text),
+                    other => Err(format!("{prompt:?}: finished with {other:?}: {text:?}")),
+                }
+            }));
+        }
+        Streams { threads, tokens }
+    }
+
+    /// Until every stream has `n` tokens: the disruption lands mid-generation.
+    fn wait_for_tokens(&self, n: usize) {
+        let all = || self.tokens.iter().all(|t| t.load(Ordering::Relaxed) >= n);
+        assert!(
+            common::eventually(Duration::from_secs(180), all),
+            "streams did not start"
+        );
+        assert!(
+            self.tokens
+                .iter()
+                .all(|t| t.load(Ordering::Relaxed) < MAX_TOKENS),
+            "a stream finished before the disruption"
+        );
+    }
+
+    fn finish(self) -> Vec<String> {
+        self.threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .expect("stream thread")
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect()
+    }
+}
+
+fn metric(server: &Server, name: &str) -> u64 {
+    let (_, body) = get(&format!("{}/metrics", server.base));
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("strata_{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {body}"))
+}
+
+#[test]
+fn streams_survive_a_killed_or_hung_worker_with_one_process_text() {
+    let model_path = model(SMOLLM2);
+    let expected: Vec<String> = PROMPTS
+        .iter()
+        .map(|p| common::single_process(&model_path, p, MAX_TOKENS, true))
+        .collect();
+    let model_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&model_path, model_dir.path().join(SMOLLM2)).unwrap();
+    let mut workers: Vec<Worker> = (0..4)
+        .map(|i| Worker::start(BUDGET, (i == 0).then(|| model_dir.path())))
+        .collect();
+    let mut args = SERVE_ARGS.to_vec();
+    args.extend(["--stage-timeout", "20"]);
+    for w in &workers {
+        args.extend(["--worker", w.addr.as_str()]);
+    }
+    let server = Server::start(&model_path, &args);
+    assert_eq!(stage_workers(&server).len(), 3, "three stages and a spare");
+
+    // Undisturbed: eight streams batched together give one process's text.
+    assert_eq!(Streams::start(&server).finish(), expected, "undisturbed");
+
+    let mut placements = vec![stage_workers(&server)];
+    for (case, pick) in [("first", 0usize), ("middle", 1), ("last", 2), ("hung", 1)] {
+        let stages = stage_workers(&server);
+        let victim_addr = stages[pick.min(stages.len() - 1)].clone();
+        let victim = workers.iter().position(|w| w.addr == victim_addr).unwrap();
+        let failovers = metric(&server, "failovers_total");
+        let streams = Streams::start(&server);
+        streams.wait_for_tokens(3);
+        let lost_at = Instant::now();
+        if case == "hung" {
+            workers[victim].proc.signal("STOP");
+        } else {
+            workers[victim].proc.kill();
+        }
+        let texts = streams.finish();
+        let took = lost_at.elapsed();
+        for (i, (got, want)) in texts.iter().zip(&expected).enumerate() {
+            assert_eq!(
+                got, want,
+                "{case} stage ({victim_addr}) lost: stream {i} ({:?})",
+                PROMPTS[i]
+            );
+        }
+        assert!(
+            metric(&server, "failovers_total") > failovers,
+            "{case}: no failover counted"
+        );
+        assert!(!stage_workers(&server).contains(&victim_addr));
+        eprintln!("{case} stage lost: streams done {took:.1?} after the loss");
+        placements.push(stage_workers(&server));
+
+        // Bring the worker back at its address for the next round.
+        if case == "hung" {
+            workers[victim].proc.signal("CONT");
+        } else {
+            let md = (victim == 0).then(|| model_dir.path());
+            workers[victim] = Worker::start_at(&victim_addr, BUDGET, md, &[]);
+        }
+        assert!(
+            common::eventually(Duration::from_secs(60), || health(&server).1["status"]
+                == "ok"),
+            "{case}: the pool did not settle"
+        );
+    }
+    placements.dedup();
+    assert!(
+        placements.len() >= 3,
+        "several placements were exercised: {placements:?}"
+    );
+    assert!(metric(&server, "replayed_tokens_total") > 0);
+    assert!(metric(&server, "failover_pause_max_ms") > 0);
+}
+
+#[test]
+fn a_pool_too_small_answers_503_naming_the_lost_worker_until_it_returns() {
+    let model_path = model(SMOLLM2);
+    let mut workers = [Worker::start("160MiB", None), Worker::start("160MiB", None)];
+    let mut args = SERVE_ARGS.to_vec();
+    for w in &workers {
+        args.extend(["--worker", w.addr.as_str()]);
+    }
+    let server = Server::start(&model_path, &args);
+    assert_eq!(stage_workers(&server).len(), 2, "two workers are needed");
+    let url = format!("{}/v1/completions", server.base);
+    let request = json!({"prompt": "The capital of France is", "max_tokens": 12, "temperature": 0});
+    let expected = common::single_process(&model_path, "The capital of France is", 12, false);
+    let (status, body) = post(&url, &request);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["text"], expected.as_str());
+
+    let mut stream = EventStream::open(
+        &url,
+        &json!({"prompt": "Once upon a time", "max_tokens": 100, "temperature": 0, "stream": true, "ignore_eos": true}),
+    );
+    stream.next_data().expect("a first chunk");
+    let lost = workers[1].addr.clone();
+    workers[1].proc.kill();
+    let error = common::stream_error(&mut stream).expect("an error event before the stream ended");
+    assert!(
+        error.contains(&lost) && error.contains("cannot hold the model"),
+        "{error}"
+    );
+
+    // Every request: a quick 503 in OpenAI's shape that says what was lost.
+    let asked = Instant::now();
+    let (status, body) = post(&url, &request);
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&lost) && message.contains("cannot hold the model"),
+        "{message}"
+    );
+    assert!(asked.elapsed() < Duration::from_secs(10), "no hang");
+    assert!(common::health_names(&server, &lost));
+
+    // The worker comes back at its address: planned in, answering again.
+    workers[1] = Worker::start_at(&lost, "160MiB", None, &[]);
+    assert!(
+        common::eventually(Duration::from_secs(60), || health(&server).0 == 200),
+        "the pool did not come back: {}",
+        health(&server).1
+    );
+    assert!(
+        stage_workers(&server).contains(&lost),
+        "the returned worker is used"
+    );
+    let (status, body) = post(&url, &request);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["text"], expected.as_str());
+}

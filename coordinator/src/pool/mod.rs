@@ -1,0 +1,221 @@
+//! The pool: every worker the coordinator was given, which of them answer,
+//! and a pipeline planned and loaded over those that do. Start-up and every
+//! failover go through the same three calls: [`Pool::survey`],
+//! [`Pool::plan`] and [`Pool::load`]. [`supervise`] watches the running
+//! pipeline and rebuilds it when a worker is lost or comes back.
+
+mod supervise;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_model::arch::HyperParams;
+use strata_model::profile::{KvType, MemoryProfile};
+use strata_model::slice::LayerRange;
+use strata_model::GgufFile;
+use strata_proto::{v1, WorkerClient};
+
+use crate::cluster::{
+    load_stages, worker_specs, LoadEvent, LoadOptions, StageAssignment, WorkerHandle,
+};
+use crate::planner::{plan, table, PlanRequest};
+
+pub use supervise::{supervise, Attached};
+
+/// How long a worker may take to answer one probe before it counts as lost.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the pool is given.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub model_path: PathBuf,
+    /// Worker addresses, in no particular order (the planner orders them).
+    pub workers: Vec<String>,
+    pub token: String,
+    /// Workers whose machine has the model at `model_path`.
+    pub local_workers: Vec<String>,
+    pub ctx_size: usize,
+    pub parallel: usize,
+    pub batch_tokens: usize,
+    pub act_dtype: v1::ActDtype,
+}
+
+/// Which workers answer.
+pub struct Survey {
+    /// Answering, idle (their old slice unloaded), with their full memory.
+    pub alive: Vec<WorkerHandle>,
+    /// Address and why, for each that does not.
+    pub lost: BTreeMap<String, String>,
+}
+
+pub struct Pool {
+    settings: PoolSettings,
+    model: Arc<GgufFile>,
+    hp: HyperParams,
+    digest: String,
+    clients: BTreeMap<String, WorkerClient>,
+}
+
+impl Pool {
+    pub fn new(
+        settings: PoolSettings,
+        model: Arc<GgufFile>,
+        hp: HyperParams,
+        digest: String,
+    ) -> Pool {
+        Pool {
+            settings,
+            model,
+            hp,
+            digest,
+            clients: BTreeMap::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    /// A client for `addr`, connected once and kept (it reconnects by itself).
+    async fn client(&mut self, addr: &str) -> Result<WorkerClient, String> {
+        if let Some(c) = self.clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = within(strata_proto::connect(addr, &self.settings.token))
+            .await?
+            .map_err(|e| e.to_string())?;
+        self.clients.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Asks every worker whether it is there and healthy, unloads the ones
+    /// that are (a new plan replaces every slice, and their memory counts
+    /// whole), and reads what they offer.
+    pub async fn survey(&mut self) -> Survey {
+        let mut alive = Vec::new();
+        let mut lost = BTreeMap::new();
+        for addr in self.settings.workers.clone() {
+            match self.probe_idle(&addr).await {
+                Ok(handle) => alive.push(handle),
+                Err(why) => {
+                    tracing::warn!("worker {addr}: {why}");
+                    lost.insert(addr, why);
+                }
+            }
+        }
+        Survey { alive, lost }
+    }
+
+    /// Unloads `addr` (it must not be in the attached pipeline) and reads
+    /// what it offers.
+    pub async fn probe_idle(&mut self, addr: &str) -> Result<WorkerHandle, String> {
+        let mut client = self.client(addr).await?;
+        let health = within(client.health(v1::HealthRequest {}))
+            .await?
+            .map_err(|e| format!("is unreachable: {}", e.message()))?
+            .into_inner();
+        if health.status == v1::health_reply::Status::Failed as i32 {
+            return Err(format!("reports a failure: {}", health.message));
+        }
+        within(client.unload(v1::UnloadRequest {}))
+            .await?
+            .map_err(|e| format!("unload: {}", e.message()))?;
+        let caps = within(client.capabilities(v1::CapabilitiesRequest {}))
+            .await?
+            .map_err(|e| format!("capabilities: {}", e.message()))?
+            .into_inner();
+        Ok(WorkerHandle {
+            addr: addr.to_string(),
+            client,
+            caps,
+        })
+    }
+
+    /// The context per sequence: `--ctx-size` capped at the model's.
+    pub fn ctx_size(&self) -> usize {
+        self.settings.ctx_size.min(self.hp.context_length.max(1))
+    }
+
+    /// Places the model on `alive` with the planner. Returns the stages and
+    /// the plan table.
+    pub fn plan(&self, alive: &[WorkerHandle]) -> Result<(Vec<StageAssignment>, String), String> {
+        if alive.is_empty() {
+            return Err("no worker answers".into());
+        }
+        let specs = worker_specs(alive);
+        let profile = MemoryProfile::from_gguf(&self.model, &self.hp);
+        let act_bytes = if self.settings.act_dtype == v1::ActDtype::F32 {
+            4
+        } else {
+            2
+        };
+        let req = PlanRequest {
+            parallel: self.settings.parallel,
+            max_batch_tokens: self.settings.batch_tokens,
+            activation_bytes_per_token: act_bytes * self.hp.d_model as u64,
+            ..PlanRequest::new(profile, self.hp.d_model, self.ctx_size(), KvType::F16)
+        };
+        let placement = plan(&req, &specs).map_err(|e| e.to_string())?;
+        let shown = table(&placement, &specs);
+        let stages = placement
+            .stages
+            .iter()
+            .map(|s| {
+                let w = alive[s.worker].clone();
+                let local = self.settings.local_workers.contains(&w.addr);
+                StageAssignment {
+                    worker: w,
+                    range: LayerRange {
+                        first: s.first_layer,
+                        end: s.end_layer,
+                    },
+                    model_path: local.then(|| self.settings.model_path.display().to_string()),
+                }
+            })
+            .collect();
+        Ok((stages, shown))
+    }
+
+    /// Loads every stage (last first), each with KV for `parallel` whole
+    /// sequences in whole blocks.
+    pub async fn load(
+        &self,
+        stages: &[StageAssignment],
+        on_event: impl FnMut(LoadEvent),
+    ) -> Result<(), String> {
+        let mut block = 1usize;
+        for s in stages {
+            let h = within(s.worker.client.clone().health(v1::HealthRequest {}))
+                .await
+                .map_err(|e| format!("worker {}: health: {e}", s.worker.addr))?
+                .map_err(|e| format!("worker {}: health: {}", s.worker.addr, e.message()))?;
+            block = block.max(h.into_inner().kv_block_tokens.max(1) as usize);
+        }
+        let ctx_tokens = (self.ctx_size().div_ceil(block) * block * self.settings.parallel) as u64;
+        let options = LoadOptions {
+            digest: self.digest.clone(),
+            ctx_tokens,
+            act_dtype: self.settings.act_dtype,
+        };
+        load_stages(stages, self.model.clone(), &options, on_event)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// "addr layers a..b" for each stage (`/health`, logs).
+pub fn stage_names(stages: &[StageAssignment]) -> Vec<String> {
+    stages
+        .iter()
+        .map(|s| format!("{} layers {}", s.worker.addr, s.range))
+        .collect()
+}
+
+/// `fut`, or an error once [`PROBE_TIMEOUT`] passes.
+async fn within<T>(fut: impl std::future::Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(PROBE_TIMEOUT, fut)
+        .await
+        .map_err(|_| format!("does not answer within {} s", PROBE_TIMEOUT.as_secs()))
+}
