@@ -137,6 +137,34 @@ fn run_three_workers(file: &str, reference_name: &str, budgets: [&str; 3], whole
         n
     );
 
+    // Every other reference prompt, sent together: one process's text too.
+    let cases = r["greedy"].as_array().unwrap().len();
+    let replies: Vec<_> = (1..cases)
+        .map(|case| {
+            let (prompt, sure_prefix, n) = reference_prefix(&r, case);
+            let url = format!("{}/v1/completions", server.base);
+            let thread = std::thread::spawn(move || {
+                post(
+                    &url,
+                    &json!({"prompt": prompt, "max_tokens": n, "temperature": 0}),
+                )
+            });
+            (case, sure_prefix, n, thread)
+        })
+        .collect();
+    for (case, sure_prefix, n, thread) in replies {
+        let (status, body) = thread.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        let prompt = r["greedy"][case]["prompt"].as_str().unwrap();
+        let text = body["choices"][0]["text"].as_str().unwrap();
+        let expected = common::single_process(&model_path, prompt, n, false);
+        assert_eq!(text, expected, "three workers vs one process on {prompt:?}");
+        assert!(
+            text.starts_with(&sure_prefix),
+            "vs llama.cpp on {prompt:?}: {text:?} does not start with {sure_prefix:?}"
+        );
+    }
+
     // Every stage holds the sequence's KV only while it runs; a client that
     // drops its stream frees its blocks on all three.
     for w in &workers {

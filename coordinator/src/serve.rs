@@ -188,7 +188,7 @@ async fn start_pipeline(
             config.ctx_size
         );
     }
-    let survey = pool.survey().await;
+    let survey = pool.survey(&Default::default()).await;
     let lost_note: Vec<String> = survey
         .lost
         .iter()

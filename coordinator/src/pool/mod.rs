@@ -92,11 +92,15 @@ impl Pool {
 
     /// Asks every worker whether it is there and healthy, unloads the ones
     /// that are (a new plan replaces every slice, and their memory counts
-    /// whole), and reads what they offer.
-    pub async fn survey(&mut self) -> Survey {
+    /// whole), and reads what they offer. Workers in `known_lost` (found
+    /// silent a moment ago) are not asked again.
+    pub async fn survey(&mut self, known_lost: &BTreeMap<String, String>) -> Survey {
         let mut alive = Vec::new();
-        let mut lost = BTreeMap::new();
+        let mut lost = known_lost.clone();
         for addr in self.settings.workers.clone() {
+            if known_lost.contains_key(&addr) {
+                continue;
+            }
             match self.probe_idle(&addr).await {
                 Ok(handle) => alive.push(handle),
                 Err(why) => {

@@ -5,6 +5,7 @@
 //! what is left, requests get a 503 that names the lost workers, and it
 //! keeps trying.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use strata_proto::v1;
@@ -37,6 +38,8 @@ pub async fn supervise(
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // A stage found failing is not probed again by the first survey.
+        let mut silent = BTreeMap::new();
         let why = tokio::select! {
             l = losses.recv() => match l {
                 Some(l) if l.epoch == now.epoch => l.why,
@@ -44,7 +47,10 @@ pub async fn supervise(
                 None => return,
             },
             _ = tick.tick() => match unhealthy_stage(&now.stages).await {
-                Some(why) => why,
+                Some((addr, why)) => {
+                    silent.insert(addr, why.clone());
+                    why
+                }
                 None => match returned(&mut pool, &mut now).await {
                     Some(why) => why,
                     None => continue,
@@ -57,7 +63,7 @@ pub async fn supervise(
         engine
             .stats()
             .set_recovering(Some(format!("rebuilding the pipeline: {why}")));
-        now = rebuild(&mut pool, &engine, &why, &mut on_event).await;
+        now = rebuild(&mut pool, &engine, &why, silent, &mut on_event).await;
         let names = stage_names(&now.stages);
         tracing::info!(
             "pipeline rebuilt in {:.1} s over {} stage(s): {}",
@@ -76,10 +82,11 @@ async fn rebuild(
     pool: &mut Pool,
     engine: &Engine,
     why: &str,
+    mut silent: BTreeMap<String, String>,
     on_event: &mut impl FnMut(&LoadEvent),
 ) -> Attached {
     loop {
-        let survey = pool.survey().await;
+        let survey = pool.survey(&std::mem::take(&mut silent)).await;
         match pool.plan(&survey.alive) {
             Err(e) => {
                 let lost: Vec<String> = survey
@@ -124,9 +131,9 @@ async fn rebuild(
     }
 }
 
-/// Why a stage can no longer serve, if one cannot: it does not answer in
-/// time, is unreachable, or no longer holds its layers.
-async fn unhealthy_stage(stages: &[StageAssignment]) -> Option<String> {
+/// The first stage that can no longer serve, and why: it does not answer
+/// in time, is unreachable, or no longer holds its layers.
+async fn unhealthy_stage(stages: &[StageAssignment]) -> Option<(String, String)> {
     for st in stages {
         let mut client = st.worker.client.clone();
         let why = match within(client.health(v1::HealthRequest {})).await {
@@ -142,10 +149,8 @@ async fn unhealthy_stage(stages: &[StageAssignment]) -> Option<String> {
             }
         };
         if let Some(w) = why {
-            return Some(format!(
-                "worker {} (layers {}) {w}",
-                st.worker.addr, st.range
-            ));
+            let why = format!("worker {} (layers {}) {w}", st.worker.addr, st.range);
+            return Some((st.worker.addr.clone(), why));
         }
     }
     None
