@@ -84,6 +84,8 @@ where
     std::thread::Builder::new()
         .name("strata-stage".into())
         .spawn(move || {
+            // However the thread ends, Health must stop saying READY.
+            let _exit = ExitGuard(snapshot.clone());
             let mut loaded: Option<Loaded<B>> = None;
             while let Ok(cmd) = rx.recv() {
                 match cmd {
@@ -158,6 +160,20 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "a panic".into())
+}
+
+/// Marks the worker FAILED when the compute thread ends (a panic outside a
+/// batch included): nothing can run on it any more.
+struct ExitGuard(Arc<Mutex<Snapshot>>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        set_status(
+            &self.0,
+            v1::health_reply::Status::Failed,
+            "the compute thread has stopped",
+        );
+    }
 }
 
 fn set_status(snapshot: &Mutex<Snapshot>, status: v1::health_reply::Status, message: &str) {
