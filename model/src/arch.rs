@@ -260,7 +260,52 @@ impl HyperParams {
                 hp.rope.freq_base_swa = opt_f32("rope.freq_base_swa").unwrap_or(10_000.0);
             }
         }
+        hp.check_bounds()
+            .map_err(|what| ArchError::Invalid { path, what })?;
         Ok(hp)
+    }
+
+    /// Every size a file states is checked before anything is sized by it
+    /// (a 200-byte GGUF claiming 2^60 layers must be an error, not an
+    /// abort), and the products the code forms must fit.
+    fn check_bounds(&self) -> Result<(), String> {
+        const LIMITS: [(&str, usize); 8] = [
+            ("block_count", 4096),
+            ("embedding_length", 1 << 20),
+            ("attention.head_count", 1 << 14),
+            ("attention.key_length / value_length", 1 << 14),
+            ("feed_forward_length", 1 << 24),
+            ("vocab_size", 1 << 24),
+            ("context_length", 1 << 30),
+            ("attention.sliding_window", 1 << 30),
+        ];
+        let values = [
+            self.n_layers,
+            self.d_model,
+            self.n_heads.max(self.n_kv_heads),
+            self.head_dim.max(self.head_dim_v),
+            self.d_ff,
+            self.vocab_size,
+            self.context_length,
+            self.sliding_window.unwrap_or(0),
+        ];
+        for ((name, max), v) in LIMITS.iter().zip(values) {
+            if v > *max {
+                return Err(format!("{name} {v} is past the supported {max}"));
+            }
+        }
+        // The products the kernels size rows and matrices by must not
+        // overflow.
+        let products = [
+            self.n_heads.checked_mul(self.head_dim),
+            self.n_kv_heads.checked_mul(self.head_dim_v),
+            self.d_model.checked_mul(self.vocab_size),
+            self.d_model.checked_mul(self.d_ff),
+        ];
+        if products.iter().any(|p| p.is_none_or(|n| n > 1 << 40)) {
+            return Err("hyper-parameters whose products overflow".into());
+        }
+        Ok(())
     }
 
     /// Whether layer `il` uses the sliding window.
