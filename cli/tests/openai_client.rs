@@ -10,9 +10,19 @@ use common::{model, reference, Server, SMOLLM2};
 #[test]
 fn openai_python_client_talks_to_strata_serve() {
     let key = "test-api-key";
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("api-key");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
     let server = Server::start(
         &model(SMOLLM2),
-        &["-c", "1024", "-n", "4", "--api-key", key],
+        &[
+            "-c",
+            "1024",
+            "-n",
+            "4",
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+        ],
     );
     let r = reference("smollm2-135m");
     let case = &r["greedy"][0];

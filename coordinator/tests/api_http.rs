@@ -94,14 +94,19 @@ fn loading_is_503_and_keys_are_checked_first() {
         "{body}"
     );
 
-    // /health is open, says loading and why.
+    // /health is open as a bare liveness check; the reason (which names
+    // workers and addresses) and /metrics need the key.
     let (status, body) = call("GET", &format!("{base}/health"), None, "");
+    assert_eq!((status, body.as_str()), (503, r#"{"status":"loading"}"#));
+    let (status, body) = call("GET", &format!("{base}/health"), Some("sekrit"), "");
     assert_eq!(status, 503);
     assert!(
         body.contains(r#""status":"loading""#) && body.contains("loading layers 0..27"),
         "{body}"
     );
     let (status, body) = call("GET", &format!("{base}/metrics"), None, "");
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = call("GET", &format!("{base}/metrics"), Some("sekrit"), "");
     assert_eq!(
         (status, body.contains("strata_up 0")),
         (200, true),
@@ -129,6 +134,8 @@ fn loading_is_503_and_keys_are_checked_first() {
 
     state.set_failed("worker 10.0.0.3:7070: connection refused");
     let (status, body) = call("GET", &format!("{base}/health"), None, "");
+    assert_eq!((status, body.as_str()), (503, r#"{"status":"error"}"#));
+    let (status, body) = call("GET", &format!("{base}/health"), Some("sekrit"), "");
     assert_eq!(status, 503);
     assert!(
         body.contains(r#""status":"error""#) && body.contains("connection refused"),

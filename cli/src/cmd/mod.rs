@@ -143,15 +143,24 @@ pub fn open(path: &Path) -> anyhow::Result<GgufFile> {
 /// The cluster token from `--token` or `--token-file` (whitespace around it
 /// ignored); `None` when neither was given.
 pub fn read_token(token: Option<&str>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
-    let t = match (token, file) {
+    read_secret("cluster token", token, file)
+}
+
+/// A secret given inline or in a file (trimmed); empty is an error.
+pub fn read_secret(
+    what: &str,
+    value: Option<&str>,
+    file: Option<&Path>,
+) -> anyhow::Result<Option<String>> {
+    let t = match (value, file) {
         (Some(t), _) => t.trim().to_string(),
         (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading the token file {}", f.display()))?
+            .with_context(|| format!("reading the {what} file {}", f.display()))?
             .trim()
             .to_string(),
         (None, None) => return Ok(None),
     };
-    anyhow::ensure!(!t.is_empty(), "the cluster token is empty");
+    anyhow::ensure!(!t.is_empty(), "the {what} is empty");
     Ok(Some(t))
 }
 

@@ -33,9 +33,13 @@ pub struct Args {
     /// Sequences served at once (each gets --ctx-size of KV cache).
     #[arg(long, short = 'n', visible_alias = "np", default_value_t = 4)]
     pub parallel: usize,
-    /// Require `Authorization: Bearer KEY` on the API.
-    #[arg(long)]
+    /// Require `Authorization: Bearer KEY` on the API (prefer
+    /// --api-key-file: argv is visible to other users).
+    #[arg(long, conflicts_with = "api_key_file")]
     pub api_key: Option<String>,
+    /// File holding the API key.
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
     /// Model name in the API (default: the model's general.name).
     #[arg(long)]
     pub alias: Option<String>,
@@ -125,6 +129,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "--parallel, --ctx-size and --batch-size must be positive"
     );
     let token = super::read_token(args.token.as_deref(), args.token_file.as_deref())?;
+    let api_key = super::read_secret(
+        "API key",
+        args.api_key.as_deref(),
+        args.api_key_file.as_deref(),
+    )?;
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
@@ -146,7 +155,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             listen: args.listen,
             ctx_size: args.ctx_size,
             parallel: args.parallel,
-            api_key: args.api_key.clone(),
+            api_key,
             alias: args.alias.clone(),
             act_dtype,
             batch_tokens: args.batch_size,

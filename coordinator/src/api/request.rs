@@ -64,6 +64,66 @@ pub struct SamplingFields {
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    /// Features not served yet, refused with a 400 rather than ignored
+    /// (a client asking for a tool call must not get plain text).
+    #[serde(flatten)]
+    pub unsupported: Unsupported,
+}
+
+/// Request fields whose meaning we cannot honour yet.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Unsupported {
+    tools: Option<serde_json::Value>,
+    tool_choice: Option<serde_json::Value>,
+    functions: Option<serde_json::Value>,
+    function_call: Option<serde_json::Value>,
+    response_format: Option<serde_json::Value>,
+    logit_bias: Option<serde_json::Value>,
+    grammar: Option<serde_json::Value>,
+    json_schema: Option<serde_json::Value>,
+    suffix: Option<serde_json::Value>,
+    best_of: Option<serde_json::Value>,
+}
+
+impl Unsupported {
+    /// The first field set to something we would have to ignore.
+    fn check(&self) -> Result<(), ApiError> {
+        use serde_json::Value;
+        let empty = |v: &Value| match v {
+            Value::Null => true,
+            Value::Array(a) => a.is_empty(),
+            Value::Object(o) => o.is_empty(),
+            _ => false,
+        };
+        let fields: [(&str, &Option<Value>, fn(&Value) -> bool); 10] = [
+            ("tools", &self.tools, |_| false),
+            ("tool_choice", &self.tool_choice, |v| {
+                v == "none" || v == "auto"
+            }),
+            ("functions", &self.functions, |_| false),
+            ("function_call", &self.function_call, |v| {
+                v == "none" || v == "auto"
+            }),
+            ("response_format", &self.response_format, |v| {
+                v["type"] == "text"
+            }),
+            ("logit_bias", &self.logit_bias, |_| false),
+            ("grammar", &self.grammar, |_| false),
+            ("json_schema", &self.json_schema, |_| false),
+            ("suffix", &self.suffix, |v| v == ""),
+            ("best_of", &self.best_of, |v| v == 1),
+        ];
+        for (name, value, harmless) in fields {
+            if let Some(v) = value.as_ref().filter(|v| !empty(v) && !harmless(v)) {
+                let shown: String = v.to_string().chars().take(80).collect();
+                return Err(ApiError::invalid(
+                    Some(name.to_string()),
+                    format!("{name} is not supported by this server yet (got {shown}); without it the reply would silently ignore what was asked"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +198,7 @@ fn range(param: &str, v: Option<f32>, lo: f32, hi: f32, default: f32) -> Result<
 impl SamplingFields {
     /// Validates the shared fields; `logprobs` comes from the endpoint.
     pub fn validate(&self, logprobs: Option<usize>) -> Result<GenerationParams, ApiError> {
+        self.unsupported.check()?;
         if let Some(n) = self.n {
             if n != 1 {
                 return Err(ApiError::invalid(
@@ -278,6 +339,41 @@ impl CompletionRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn features_we_would_ignore_are_refused_by_name() {
+        let chat = |extra: &str| -> Result<GenerationParams, ApiError> {
+            let body = format!(r#"{{"messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
+            serde_json::from_str::<ChatRequest>(&body).unwrap().params()
+        };
+        for (extra, param) in [
+            (
+                r#","tools":[{"type":"function","function":{"name":"f"}}]"#,
+                "tools",
+            ),
+            (r#","tool_choice":"required""#, "tool_choice"),
+            (
+                r#","response_format":{"type":"json_object"}"#,
+                "response_format",
+            ),
+            (r#","logit_bias":{"42":-100}"#, "logit_bias"),
+            (r#","functions":[{"name":"f"}]"#, "functions"),
+        ] {
+            let e = chat(extra).unwrap_err();
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{extra}");
+            assert_eq!(e.param.as_deref(), Some(param), "{extra}");
+        }
+        // What clients send by default stays accepted.
+        for extra in [
+            r#","tools":[]"#,
+            r#","tool_choice":"auto""#,
+            r#","response_format":{"type":"text"}"#,
+            r#","logit_bias":{}"#,
+            r#","logit_bias":null"#,
+        ] {
+            assert!(chat(extra).is_ok(), "{extra}");
+        }
+    }
 
     #[test]
     fn chat_defaults_and_validation() {

@@ -132,35 +132,62 @@ async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<R
     .into_response())
 }
 
-/// 200 when serving, 503 with the reason while loading or after a failure.
-async fn health(State(st): State<Arc<AppState>>) -> Response {
-    match st.ready() {
+/// 200 when serving, 503 while loading or after a failure. With
+/// `--api-key`, a caller without the key gets the status word only (a bare
+/// liveness check): reasons name workers and addresses.
+async fn health(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let detail = st.authorize(&headers).is_ok();
+    let (code, body) = match st.ready() {
         Ok(r) => {
             let s = r.engine.stats();
             // While a lost worker is replaced, requests wait (not fail).
             let recovering = s.recovering();
-            axum::Json(json!({
-                "status": if recovering.is_some() { "recovering" } else { "ok" },
+            let status = if recovering.is_some() {
+                "recovering"
+            } else {
+                "ok"
+            };
+            let full = json!({
+                "status": status,
                 "message": recovering,
                 "model": st.model_name,
                 "stages": s.stages(),
                 "sequences_live": s.live(),
                 "requests_queued": s.queued(),
                 "failovers": s.failovers(),
-            }))
-            .into_response()
+            });
+            (
+                StatusCode::OK,
+                if detail {
+                    full
+                } else {
+                    json!({"status": status})
+                },
+            )
         }
         Err(e) => {
             let status = match st.phase() {
                 Phase::Loading(_) => "loading",
                 _ => "error",
             };
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": status, "message": e.message, "error": {"code": 503, "message": e.message, "type": "unavailable_error"}}))).into_response()
+            let full = json!({"status": status, "message": e.message, "error": {"code": 503, "message": e.message, "type": "unavailable_error"}});
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                if detail {
+                    full
+                } else {
+                    json!({"status": status})
+                },
+            )
         }
-    }
+    };
+    (code, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = st.authorize(&headers) {
+        return e.into_response();
+    }
     let body = match st.ready.get() {
         Some(r) => r.engine.stats().prometheus(),
         None => "# HELP strata_up 1 while the pipeline can serve.\n# TYPE strata_up gauge\nstrata_up 0\n".to_string(),
