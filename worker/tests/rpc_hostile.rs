@@ -65,3 +65,79 @@ async fn a_pushed_slice_claiming_2_pow_60_layers_is_refused_and_the_worker_lives
         .into_inner();
     assert_ne!(h.status, v1::health_reply::Status::Ready as i32);
 }
+
+fn entry(seq: u64, start: u32, n: u32) -> v1::BatchEntry {
+    v1::BatchEntry {
+        seq_id: seq,
+        start_pos: start,
+        n_tokens: n,
+        sample: true,
+        sampling: Some(strata_worker::service::frames::sampling_to_wire(
+            &strata_worker::SamplingParams::greedy(),
+        )),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_past_the_plan_or_lying_get_error_replies_and_change_nothing() {
+    let dir = smollm_model_dir();
+    let w = start_worker(Some(dir.path().to_path_buf()), None).await;
+    let mut c = client(&w.addr).await;
+    load_request(
+        &mut c,
+        v1::LoadSliceRequest {
+            model_digest: digest(),
+            layers: Some(v1::LayerRange { first: 0, end: 30 }),
+            ctx_tokens: 512,
+            kv_type: v1::KvType::F16 as i32,
+            act_dtype: v1::ActDtype::F32 as i32,
+            max_batch_tokens: 16,
+            max_seq_tokens: 64,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("load");
+    let mut data = DataStream::open(&mut c).await;
+    let cases: [(&str, Vec<v1::BatchEntry>, Vec<u32>, &str); 4] = [
+        (
+            "over the batch",
+            vec![entry(1, 0, 17)],
+            vec![1; 17],
+            "the plan's batch",
+        ),
+        (
+            "past the context",
+            vec![entry(1, 0, 65)],
+            vec![1; 65],
+            "tokens",
+        ),
+        (
+            "duplicate",
+            vec![entry(1, 0, 1), entry(1, 1, 1)],
+            vec![1; 2],
+            "twice",
+        ),
+        (
+            "lying count",
+            vec![entry(1, 0, 4)],
+            vec![1; 3],
+            "token ids for",
+        ),
+    ];
+    for (what, entries, ids, needle) in cases {
+        let reply = data.step(entries, ids).await;
+        assert!(reply.error.contains(needle), "{what}: {reply:?}");
+        assert!(!reply.stage_lost, "{what}: the stage itself is fine");
+    }
+    let h = c.health(v1::HealthRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        (h.live_sequences, h.kv_blocks_used),
+        (0, 0),
+        "refused frames took no KV"
+    );
+    // The worker keeps serving: a frame within the plan samples a token.
+    let reply = data.step(vec![entry(1, 0, 4)], vec![1, 2, 3, 4]).await;
+    assert!(reply.error.is_empty(), "{reply:?}");
+    assert_eq!(reply.tokens.len(), 1);
+}

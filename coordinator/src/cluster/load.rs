@@ -128,6 +128,10 @@ pub struct LoadOptions {
     /// KV capacity of each stage, in tokens over all sequences.
     pub ctx_tokens: u64,
     pub act_dtype: v1::ActDtype,
+    /// Tokens in one frame, and positions of one sequence: the plan's
+    /// bounds, enforced by each stage.
+    pub max_batch_tokens: u32,
+    pub max_seq_tokens: u64,
 }
 
 /// Loads every stage, last first, pushing the slice to a worker that has no
@@ -154,6 +158,8 @@ pub async fn load_stages(
             next_stage_addr: next,
             model_path: st.model_path.clone().unwrap_or_default(),
             act_dtype: options.act_dtype as i32,
+            max_batch_tokens: options.max_batch_tokens,
+            max_seq_tokens: options.max_seq_tokens,
         };
         match load_one(i, st, req.clone(), &mut on_event).await {
             Err(e) if e.code() == tonic::Code::NotFound => {

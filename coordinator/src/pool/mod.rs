@@ -202,6 +202,8 @@ impl Pool {
             digest: self.digest.clone(),
             ctx_tokens,
             act_dtype: self.settings.act_dtype,
+            max_batch_tokens: self.settings.batch_tokens.min(u32::MAX as usize) as u32,
+            max_seq_tokens: self.ctx_size() as u64,
         };
         load_stages(stages, self.model.clone(), &options, on_event)
             .await

@@ -10,28 +10,57 @@ use crate::stage::{BatchSeq, LogitRows};
 /// Most tokens one frame may carry (bounds what a peer makes us allocate).
 pub const MAX_FRAME_TOKENS: usize = 1 << 16;
 
-/// Turns a frame header into the stage's batch; checks the token count
-/// against `token_ids` when the frame carries them.
+/// What the plan lets one frame carry.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameLimits {
+    /// Tokens in one frame.
+    pub batch_tokens: usize,
+    /// Positions of one sequence (its context).
+    pub seq_tokens: usize,
+}
+
+/// Turns a frame header into the stage's batch, checking it against the
+/// plan's `limits` and the token count against `token_ids` when the frame
+/// carries them. Nothing is changed anywhere before this passes.
 pub fn batch_of(
     header: &v1::BatchHeader,
     n_token_ids: usize,
     is_last: bool,
+    limits: FrameLimits,
 ) -> Result<Vec<BatchSeq>, String> {
     if header.entries.is_empty() {
         return Err("a frame with no entries".into());
     }
+    if header.entries.len() > limits.batch_tokens {
+        return Err(format!(
+            "a frame of {} entries; the plan allows {} tokens",
+            header.entries.len(),
+            limits.batch_tokens
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(header.entries.len());
     let mut n_tokens = 0usize;
     let mut batch = Vec::with_capacity(header.entries.len());
     for e in &header.entries {
         if e.n_tokens == 0 {
             return Err(format!("sequence {} has a run of 0 tokens", e.seq_id));
         }
-        if batch.iter().any(|b: &BatchSeq| b.seq == e.seq_id) {
+        if !seen.insert(e.seq_id) {
             return Err(format!("sequence {} appears twice in one frame", e.seq_id));
         }
         n_tokens += e.n_tokens as usize;
-        if n_tokens > MAX_FRAME_TOKENS {
-            return Err(format!("frame of more than {MAX_FRAME_TOKENS} tokens"));
+        if n_tokens > limits.batch_tokens {
+            return Err(format!(
+                "a frame of more than {} tokens (the plan's batch)",
+                limits.batch_tokens
+            ));
+        }
+        let end = e.start_pos as usize + e.n_tokens as usize;
+        if end > limits.seq_tokens {
+            return Err(format!(
+                "sequence {} would reach position {end}; a sequence holds at most {} tokens",
+                e.seq_id, limits.seq_tokens
+            ));
         }
         // Only the last stage makes logits; a run that does not sample asks
         // for none of its rows.
@@ -159,6 +188,26 @@ pub fn sampled_to_wire(seq: u64, s: &Sampled) -> v1::SampledToken {
 mod tests {
     use super::*;
 
+    const LIMITS: FrameLimits = FrameLimits {
+        batch_tokens: 8,
+        seq_tokens: 64,
+    };
+
+    #[test]
+    fn frames_past_the_plan_are_refused() {
+        let h = |entries| v1::BatchHeader {
+            batch_id: 1,
+            entries,
+        };
+        let err = |entries| batch_of(&h(entries), 0, false, LIMITS).unwrap_err();
+        assert!(err(vec![entry(1, 0, 9, false)]).contains("the plan's batch"));
+        assert!(err(vec![entry(1, 60, 5, false)]).contains("at most 64"));
+        assert!(err(vec![entry(1, 0, 1, false), entry(1, 1, 1, false)]).contains("twice"));
+        let many: Vec<_> = (0..9).map(|i| entry(i, 0, 1, false)).collect();
+        assert!(err(many).contains("9 entries"));
+        assert!(batch_of(&h(vec![entry(1, 56, 8, false)]), 0, false, LIMITS).is_ok());
+    }
+
     fn entry(seq: u64, start: u32, n: u32, sample: bool) -> v1::BatchEntry {
         v1::BatchEntry {
             seq_id: seq,
@@ -185,20 +234,23 @@ mod tests {
             batch_id: 1,
             entries: vec![entry(1, 0, 3, false), entry(2, 5, 1, true)],
         };
-        let b = batch_of(&h, 4, true).unwrap();
+        let b = batch_of(&h, 4, true, LIMITS).unwrap();
         assert_eq!(b[0].logits, LogitRows::From(3));
         assert_eq!(b[1].logits, LogitRows::Last);
-        assert!(batch_of(&h, 5, true).is_err());
+        assert!(batch_of(&h, 5, true, LIMITS).is_err());
         let h = v1::BatchHeader {
             batch_id: 1,
             entries: vec![entry(1, 0, 3, false)],
         };
-        assert_eq!(batch_of(&h, 3, true).unwrap()[0].logits, LogitRows::Last);
+        assert_eq!(
+            batch_of(&h, 3, true, LIMITS).unwrap()[0].logits,
+            LogitRows::Last
+        );
         let h = v1::BatchHeader {
             batch_id: 1,
             entries: vec![entry(1, 0, 3, false), entry(1, 3, 1, true)],
         };
-        assert!(batch_of(&h, 4, true).is_err());
+        assert!(batch_of(&h, 4, true, LIMITS).is_err());
     }
 
     #[test]

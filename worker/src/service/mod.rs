@@ -247,6 +247,14 @@ impl WorkerService {
         if ctx_tokens == 0 {
             return Err(Status::invalid_argument("ctx_tokens is 0"));
         }
+        let bound = |planned: u64, ceiling: usize| match planned {
+            0 => ceiling,
+            n => (n as usize).min(ceiling),
+        };
+        let limits = frames::FrameLimits {
+            batch_tokens: bound(req.max_batch_tokens.into(), frames::MAX_FRAME_TOKENS),
+            seq_tokens: bound(req.max_seq_tokens, ctx_tokens),
+        };
         let send = |phase: v1::load_progress::Phase, message: String, p: v1::LoadProgress| {
             let msg = v1::LoadProgress {
                 phase: phase as i32,
@@ -333,6 +341,7 @@ impl WorkerService {
             range,
             ctx_tokens,
             act_dtype,
+            limits,
             weight_bytes,
             kv_bytes,
         };

@@ -37,6 +37,7 @@ pub struct LoadJob {
     pub range: LayerRange,
     pub ctx_tokens: usize,
     pub act_dtype: v1::ActDtype,
+    pub limits: frames::FrameLimits,
     pub weight_bytes: u64,
     pub kv_bytes: u64,
 }
@@ -60,6 +61,7 @@ struct Loaded<B: Backend> {
     stage: Stage<B>,
     _file: GgufFile,
     act_dtype: v1::ActDtype,
+    limits: frames::FrameLimits,
     label: String,
     /// Last stage: sampler and token history per live sequence.
     seqs: HashMap<u64, SeqState>,
@@ -216,6 +218,7 @@ fn load<B: Backend, F: Fn() -> B>(
         stage,
         _file: job.file,
         act_dtype: job.act_dtype,
+        limits: job.limits,
         label,
         seqs: HashMap::new(),
     })
@@ -251,7 +254,7 @@ fn forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> FrameOut {
 fn try_forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<FrameOut, String> {
     let header = frame.header.ok_or("a frame with no header")?;
     let is_last = l.stage.is_last();
-    let batch = frames::batch_of(&header, frame.token_ids.len(), is_last)?;
+    let batch = frames::batch_of(&header, frame.token_ids.len(), is_last, l.limits)?;
     let n_tokens: usize = batch.iter().map(|s| s.n_tokens).sum();
     let input = if l.stage.is_first() {
         if frame.token_ids.len() != n_tokens {

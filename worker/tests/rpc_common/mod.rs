@@ -93,8 +93,9 @@ pub async fn load(
     next: &str,
     act_dtype: v1::ActDtype,
 ) -> Result<Vec<v1::LoadProgress>, tonic::Status> {
-    let mut stream = c
-        .load_slice(v1::LoadSliceRequest {
+    load_request(
+        c,
+        v1::LoadSliceRequest {
             model_digest: digest.into(),
             layers: Some(v1::LayerRange { first, end }),
             ctx_tokens: 512,
@@ -102,9 +103,18 @@ pub async fn load(
             next_stage_addr: next.into(),
             model_path: String::new(),
             act_dtype: act_dtype as i32,
-        })
-        .await?
-        .into_inner();
+            max_batch_tokens: 0,
+            max_seq_tokens: 0,
+        },
+    )
+    .await
+}
+
+pub async fn load_request(
+    c: &mut WorkerClient,
+    req: v1::LoadSliceRequest,
+) -> Result<Vec<v1::LoadProgress>, tonic::Status> {
+    let mut stream = c.load_slice(req).await?.into_inner();
     let mut seen = Vec::new();
     while let Some(p) = stream.message().await? {
         seen.push(p);
