@@ -95,6 +95,26 @@ impl ModelDir {
         Ok(ModelDir { models })
     }
 
+    /// Adds single files (the embedded worker's model), digested now.
+    pub fn add_files(&mut self, files: &[PathBuf]) -> Result<(), SliceCacheError> {
+        for path in files {
+            let file = GgufFile::open(path).map_err(|e| SliceCacheError::Model(e.to_string()))?;
+            let d = model_digest(&file).map_err(|e| SliceCacheError::Model(e.to_string()))?;
+            self.models.push((d, path.clone()));
+        }
+        Ok(())
+    }
+
+    /// The known file `path` names (compared after resolving links), if it
+    /// is one: a LoadSlice may name only these.
+    pub fn known(&self, path: &Path) -> Option<&Path> {
+        let want = path.canonicalize().ok()?;
+        self.models
+            .iter()
+            .map(|(_, p)| p.as_path())
+            .find(|p| p.canonicalize().is_ok_and(|c| c == want))
+    }
+
     pub fn find(&self, digest: &str) -> Option<&Path> {
         self.models
             .iter()

@@ -141,3 +141,41 @@ async fn frames_past_the_plan_or_lying_get_error_replies_and_change_nothing() {
     assert!(reply.error.is_empty(), "{reply:?}");
     assert_eq!(reply.tokens.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_slice_reads_only_files_of_the_model_dir() {
+    let dir = smollm_model_dir();
+    let w = start_worker(Some(dir.path().to_path_buf()), None).await;
+    let mut c = client(&w.addr).await;
+    let request = |model_path: &str| v1::LoadSliceRequest {
+        model_digest: digest(),
+        layers: Some(v1::LayerRange { first: 0, end: 30 }),
+        ctx_tokens: 64,
+        kv_type: v1::KvType::F16 as i32,
+        act_dtype: v1::ActDtype::F32 as i32,
+        model_path: model_path.into(),
+        ..Default::default()
+    };
+    // The same answer whether the path exists or not: nothing is learnt.
+    for path in [
+        "/etc/passwd",
+        "/nonexistent/file.gguf",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+        &format!("{}/../x.gguf", dir.path().display()),
+    ] {
+        let err = load_request(&mut c, request(path)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{path}: {err:?}");
+        assert!(!err.message().contains(path), "{path}: {err:?}");
+    }
+    let h = c.health(v1::HealthRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        h.status,
+        v1::health_reply::Status::Idle as i32,
+        "nothing loaded"
+    );
+    // A file of the model dir, by its path there, loads.
+    let inside = dir.path().join("smollm2.gguf");
+    load_request(&mut c, request(inside.to_str().unwrap()))
+        .await
+        .expect("a model-dir file loads");
+}

@@ -166,7 +166,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut _embedded = None;
         if args.workers.is_empty() {
             let (addr, token, stop) =
-                start_embedded_worker(args.mem_budget, args.device.clone()).await?;
+                start_embedded_worker(args.mem_budget, args.device.clone(), args.model.clone())
+                    .await?;
             config.workers = vec![addr.clone()];
             config.local_workers = vec![addr];
             config.token = token;
@@ -192,6 +193,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 async fn start_embedded_worker(
     mem_budget: Option<u64>,
     device: super::DeviceArgs,
+    model: PathBuf,
 ) -> anyhow::Result<(String, String, tokio::sync::oneshot::Sender<()>)> {
     let token: String = (0..32)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
@@ -202,6 +204,8 @@ async fn start_embedded_worker(
         token: token.clone(),
         mem_budget_bytes: mem_budget,
         model_dir: None,
+        // The one file it may read itself.
+        model_files: vec![model],
         cache_dir,
         threads: rayon::current_num_threads(),
     };

@@ -49,6 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         token,
         mem_budget_bytes: args.mem_budget,
         model_dir: args.model_dir,
+        model_files: Vec::new(),
         cache_dir,
         threads: rayon::current_num_threads(),
     };

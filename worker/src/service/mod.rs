@@ -50,6 +50,8 @@ pub struct WorkerConfig {
     pub mem_budget_bytes: Option<u64>,
     /// Scanned at start for GGUFs by digest.
     pub model_dir: Option<PathBuf>,
+    /// Single model files this worker may also read (the embedded worker's).
+    pub model_files: Vec<PathBuf>,
     /// Where pushed slices are kept.
     pub cache_dir: PathBuf,
     pub threads: usize,
@@ -84,12 +86,15 @@ impl WorkerService {
         B: Backend + 'static,
         F: Fn() -> B + Send + 'static,
     {
-        let models = match &config.model_dir {
+        let mut models = match &config.model_dir {
             Some(d) => {
                 ModelDir::scan(d).map_err(|e| ServiceError::Setup(format!("--model-dir: {e}")))?
             }
             None => ModelDir::default(),
         };
+        models
+            .add_files(&config.model_files)
+            .map_err(|e| ServiceError::Setup(e.to_string()))?;
         // `name()` is like "cpu (16 threads, avx2)": the kind goes in
         // `backend`, the rest with the device name.
         let probe = make_backend();
@@ -442,7 +447,15 @@ fn locate(
         GgufFile::open(p).map_err(|e| Status::failed_precondition(e.to_string()))
     };
     if !model_path.is_empty() {
-        let path = PathBuf::from(model_path);
+        // Only a file this worker was given (--model-dir): a token holder
+        // must not learn whether any other path exists, nor make us read it.
+        let path = shared
+            .models
+            .known(std::path::Path::new(model_path))
+            .ok_or_else(|| {
+                Status::permission_denied("model_path names no file of this worker's --model-dir")
+            })?
+            .to_path_buf();
         let file = open(&path)?;
         let have = slice_cache::model_digest(&file)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;

@@ -51,6 +51,7 @@ pub async fn start_worker(model_dir: Option<PathBuf>, mem_budget_bytes: Option<u
         token: TOKEN.into(),
         mem_budget_bytes,
         model_dir,
+        model_files: Vec::new(),
         cache_dir: cache.path().to_path_buf(),
         threads: 2,
     };
