@@ -273,7 +273,7 @@ async fn start_pipeline(
     Ok(Ready {
         engine,
         tokenizer: model.tokenizer,
-        template: model.template,
+        template: Arc::new(model.template),
     })
 }
 

@@ -53,16 +53,19 @@ pub async fn chat_completions(
         .into_iter()
         .map(|(r, c)| ChatMessage::new(r, c))
         .collect();
-    let text = ready
-        .template
-        .render(&messages, true)
-        .map_err(|e| ApiError::invalid(Some("messages".to_string()), e.to_string()))?;
-    let tok = &ready.tokenizer;
-    let mut prompt = tok.encode(&text, tok.add_bos(), true);
-    // Templates that write the BOS text themselves (Gemma's) would get two.
-    if prompt.len() >= 2 && tok.bos().is_some_and(|b| prompt[0] == b && prompt[1] == b) {
-        prompt.remove(0);
-    }
+    let (template, tok) = (ready.template.clone(), ready.tokenizer.clone());
+    let prompt = off_runtime(move || {
+        let text = template
+            .render(&messages, true)
+            .map_err(|e| ApiError::invalid(Some("messages".to_string()), e.to_string()))?;
+        let mut prompt = tok.encode(&text, tok.add_bos(), true);
+        // Templates that write the BOS text themselves (Gemma's) would get two.
+        if prompt.len() >= 2 && tok.bos().is_some_and(|b| prompt[0] == b && prompt[1] == b) {
+            prompt.remove(0);
+        }
+        Ok(prompt)
+    })
+    .await?;
     run(&st, ready, Endpoint::Chat, prompt, params).await
 }
 
@@ -75,30 +78,37 @@ pub async fn completions(
     let req: CompletionRequest = parse(body)?;
     let params = req.params()?;
     let ready = st.ready()?;
-    let tok = &ready.tokenizer;
-    let prompt = match &req.prompt {
-        PromptField::Text(t) => tok.encode(t, tok.add_bos(), true),
-        PromptField::Texts(v) if v.len() == 1 => tok.encode(&v[0], tok.add_bos(), true),
-        PromptField::Texts(v) => {
-            return Err(ApiError::invalid(
+    let tok = ready.tokenizer.clone();
+    let prompt = off_runtime(move || match req.prompt {
+        PromptField::Text(t) => Ok(tok.encode(&t, tok.add_bos(), true)),
+        PromptField::Texts(v) if v.len() == 1 => Ok(tok.encode(&v[0], tok.add_bos(), true)),
+        PromptField::Texts(v) => Err(ApiError::invalid(
+            Some("prompt".to_string()),
+            format!("one prompt per request is supported, got {}", v.len()),
+        )),
+        PromptField::Tokens(ids) => match ids.iter().find(|&&t| t as usize >= tok.vocab_size()) {
+            Some(bad) => Err(ApiError::invalid(
                 Some("prompt".to_string()),
-                format!("one prompt per request is supported, got {}", v.len()),
-            ))
-        }
-        PromptField::Tokens(ids) => {
-            if let Some(bad) = ids.iter().find(|&&t| t as usize >= tok.vocab_size()) {
-                return Err(ApiError::invalid(
-                    Some("prompt".to_string()),
-                    format!(
-                        "token id {bad} is outside the vocabulary ({} tokens)",
-                        tok.vocab_size()
-                    ),
-                ));
-            }
-            ids.clone()
-        }
-    };
+                format!(
+                    "token id {bad} is outside the vocabulary ({} tokens)",
+                    tok.vocab_size()
+                ),
+            )),
+            None => Ok(ids),
+        },
+    })
+    .await?;
     run(&st, ready, Endpoint::Completion, prompt, params).await
+}
+
+/// Runs tokenizing and template rendering on the blocking pool: a prompt of
+/// megabytes must not stall every stream's async thread.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing the prompt: {e}")))?
 }
 
 fn wire_sampling(p: &GenerationParams) -> v1::SamplingParams {

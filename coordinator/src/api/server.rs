@@ -19,7 +19,7 @@ use crate::engine::Engine;
 pub struct Ready {
     pub engine: Engine,
     pub tokenizer: Arc<Tokenizer>,
-    pub template: ChatTemplate,
+    pub template: Arc<ChatTemplate>,
 }
 
 /// Where the server is in its life.
