@@ -89,6 +89,7 @@ fn run_three_workers(file: &str, reference_name: &str, budgets: [&str; 3], whole
     let server = Server::start(&model_path, &args);
 
     let stages = stage_ranges(&server);
+    eprintln!("placement: {stages:?}");
     assert_eq!(
         stages.len(),
         3,
@@ -216,4 +217,23 @@ fn three_workers_serve_smollm2_token_for_token() {
 #[test]
 fn three_workers_serve_gemma3_token_for_token() {
     run_three_workers(GEMMA3, "gemma3-270m", ["285MiB", "295MiB", "140MiB"], false);
+}
+
+// Other budgets, another split (the placement is printed; on this machine
+// 0..14, 14..27, 27..30 against 0..2, 2..17, 17..30 above, as each worker's
+// measured speed weighs in): the same text again.
+#[test]
+fn three_workers_serve_smollm2_token_for_token_on_another_split() {
+    run_three_workers(
+        SMOLLM2,
+        "smollm2-135m",
+        ["120MiB", "120MiB", "160MiB"],
+        true,
+    );
+}
+
+// Here 0..1, 1..16, 16..18 against 0..3, 3..14, 14..18 above.
+#[test]
+fn three_workers_serve_gemma3_token_for_token_on_another_split() {
+    run_three_workers(GEMMA3, "gemma3-270m", ["320MiB", "160MiB", "280MiB"], false);
 }
