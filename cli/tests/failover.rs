@@ -274,3 +274,50 @@ fn a_pool_too_small_answers_503_naming_the_lost_worker_until_it_returns() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["text"], expected.as_str());
 }
+
+#[test]
+fn a_pool_started_before_its_workers_waits_for_them() {
+    let model_path = model(SMOLLM2);
+    let late_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let early = Worker::start("160MiB", None);
+    let dir = tempfile::tempdir().unwrap();
+    let token = common::token_file(dir.path());
+    let mut args = vec![
+        "serve",
+        "-m",
+        model_path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
+    args.extend(SERVE_ARGS);
+    args.extend(["--worker", &early.addr, "--worker", &late_addr]);
+    let mut serve = common::Proc::spawn("serve", &args);
+    let rest = serve.wait_for("HTTP API on http://", Duration::from_secs(60));
+    let base = format!("http://{}", rest.split("/v1").next().unwrap());
+    // Loading, and saying what it waits for.
+    assert!(
+        common::eventually(Duration::from_secs(30), || {
+            let (status, body) = get(&format!("{base}/health"));
+            status == 503 && body.contains("waiting for worker(s)") && body.contains(&late_addr)
+        }),
+        "{:?}",
+        get(&format!("{base}/health"))
+    );
+    let _late = Worker::start_at(&late_addr, "160MiB", None, &[]);
+    serve.wait_for("serving on http://", Duration::from_secs(120));
+    let (status, body) = post(
+        &format!("{base}/v1/completions"),
+        &json!({"prompt": "The capital of France is", "max_tokens": 12, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["text"],
+        common::single_process(&model_path, "The capital of France is", 12, false).as_str()
+    );
+}

@@ -188,18 +188,43 @@ async fn start_pipeline(
             config.ctx_size
         );
     }
-    let survey = pool.survey(&Default::default()).await;
-    let lost_note: Vec<String> = survey
-        .lost
-        .iter()
-        .map(|(a, w)| format!("{a} ({w})"))
-        .collect();
-    if survey.alive.is_empty() {
-        return Err(ServeError::Load(format!(
-            "no worker answers: {}",
-            lost_note.join(", ")
-        )));
-    }
+    // Workers that do not answer yet are waited for while the rest cannot
+    // hold the model (a pool is often started before its workers).
+    let mut waiting = false;
+    let (survey, stages, shown) = loop {
+        let survey = pool.survey(&Default::default()).await;
+        let lost_note: Vec<String> = survey
+            .lost
+            .iter()
+            .map(|(a, w)| format!("{a} ({w})"))
+            .collect();
+        let planned = if survey.alive.is_empty() {
+            Err("no worker answers".to_string())
+        } else {
+            pool.plan(&survey.alive)
+        };
+        match planned {
+            Ok((stages, shown)) => {
+                if !lost_note.is_empty() {
+                    tracing::warn!(
+                        "starting without {}; each is planned in when it answers",
+                        lost_note.join(", ")
+                    );
+                }
+                break (survey, stages, shown);
+            }
+            Err(e) if lost_note.is_empty() => return Err(ServeError::Load(e)),
+            Err(e) => {
+                let why = format!("waiting for worker(s) {}: {e}", lost_note.join(", "));
+                if !waiting {
+                    tracing::warn!("{why}");
+                    waiting = true;
+                }
+                state.set_loading(why);
+                tokio::time::sleep(crate::pool::WATCH_INTERVAL).await;
+            }
+        }
+    };
     for w in &survey.alive {
         tracing::info!(
             "worker {}: {} {}, {} MiB free, {:.1} GB/s",
@@ -208,19 +233,6 @@ async fn start_pipeline(
             w.caps.device_name,
             w.caps.free_memory_bytes >> 20,
             w.caps.matvec_bytes_per_second / 1e9
-        );
-    }
-    let (stages, shown) = pool.plan(&survey.alive).map_err(|e| {
-        ServeError::Load(if lost_note.is_empty() {
-            e
-        } else {
-            format!("{e} (not answering: {})", lost_note.join(", "))
-        })
-    })?;
-    if !lost_note.is_empty() {
-        tracing::warn!(
-            "starting without {}; each is planned in when it answers",
-            lost_note.join(", ")
         );
     }
     tracing::debug!("placement:\n{shown}");

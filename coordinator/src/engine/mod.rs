@@ -149,7 +149,16 @@ impl Engine {
     ) -> Result<u64, tonic::Status> {
         let groups = self.config.groups.max(1);
         let (frames, rx) = mpsc::channel(groups * 2);
-        let replies = stage0.forward(ReceiverStream::new(rx)).await?.into_inner();
+        // A stage 0 that hangs right after loading must not hang the caller.
+        let replies = tokio::time::timeout(
+            Duration::from_secs(10),
+            stage0.forward(ReceiverStream::new(rx)),
+        )
+        .await
+        .map_err(|_| {
+            tonic::Status::deadline_exceeded("stage 0 did not open the data stream within 10 s")
+        })??
+        .into_inner();
         let epoch = self.stats.next_epoch();
         self.stats.clear_failure();
         let link = runner::Link {

@@ -22,7 +22,7 @@ use crate::cluster::{
 };
 use crate::planner::{plan, table, PlanRequest};
 
-pub use supervise::{supervise, Attached};
+pub use supervise::{supervise, Attached, WATCH_INTERVAL};
 
 /// How long a worker may take to answer one probe before it counts as lost.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
