@@ -193,11 +193,7 @@ async fn start_pipeline(
     let mut waiting = false;
     let (survey, stages, shown) = loop {
         let survey = pool.survey(&Default::default()).await;
-        let lost_note: Vec<String> = survey
-            .lost
-            .iter()
-            .map(|(a, w)| format!("{a} ({w})"))
-            .collect();
+        let lost_note = survey.lost_note();
         let planned = if survey.alive.is_empty() {
             Err("no worker answers".to_string())
         } else {
@@ -207,15 +203,14 @@ async fn start_pipeline(
             Ok((stages, shown)) => {
                 if !lost_note.is_empty() {
                     tracing::warn!(
-                        "starting without {}; each is planned in when it answers",
-                        lost_note.join(", ")
+                        "starting without {lost_note}; each is planned in when it answers"
                     );
                 }
                 break (survey, stages, shown);
             }
             Err(e) if lost_note.is_empty() => return Err(ServeError::Load(e)),
             Err(e) => {
-                let why = format!("waiting for worker(s) {}: {e}", lost_note.join(", "));
+                let why = format!("waiting for worker(s) {lost_note}: {e}");
                 if !waiting {
                     tracing::warn!("{why}");
                     waiting = true;

@@ -197,54 +197,9 @@ impl<B: Backend> Stage<B> {
             positions.extend((s.start_pos..s.start_pos + s.n_tokens).map(|p| p as u32));
             token_seq.extend(std::iter::repeat_n(i as u32, s.n_tokens));
         }
-        // Everything is checked before any sequence's KV changes: a lying
-        // frame leaves the stage as it was.
-        match (&input, &self.embedding) {
-            (StageInput::Tokens(ids), Some(_)) if ids.len() != n_tokens => {
-                return Err(StageError::Batch(format!(
-                    "{} token ids for {n_tokens} positions",
-                    ids.len()
-                )))
-            }
-            (StageInput::Hidden(h), None)
-                if self.backend.act_shape(h) != (n_tokens, self.hp.d_model) =>
-            {
-                return Err(StageError::Batch(format!(
-                    "hidden states of shape {:?}, expected ({n_tokens}, {})",
-                    self.backend.act_shape(h),
-                    self.hp.d_model
-                )))
-            }
-            (StageInput::Tokens(_), None) => {
-                return Err(StageError::Batch("token ids sent to a middle stage".into()))
-            }
-            (StageInput::Hidden(_), Some(_)) => {
-                return Err(StageError::Batch(
-                    "hidden states sent to the first stage".into(),
-                ))
-            }
-            _ => {}
-        }
-        let new_blocks: usize = batch
-            .iter()
-            .map(|s| {
-                let have = self.blocks.block_table(s.seq).len();
-                (s.start_pos + s.n_tokens)
-                    .div_ceil(strata_kernels::KV_BLOCK_TOKENS)
-                    .saturating_sub(have)
-            })
-            .sum();
-        if new_blocks > self.blocks.free_blocks() {
-            return Err(StageError::Batch(format!(
-                "the KV cache is full: the batch needs {new_blocks} more blocks, {} are free",
-                self.blocks.free_blocks()
-            )));
-        }
-        for s in batch {
-            self.blocks.truncate(s.seq, s.start_pos);
-            self.blocks.reserve(s.seq, s.start_pos + s.n_tokens)?;
-        }
-
+        // The input is checked (and embedded) and the KV room counted
+        // before any sequence's KV changes: a lying frame leaves the stage
+        // as it was.
         let b = &self.backend;
         let hp = &self.hp;
         let mut x = match (input, &self.embedding) {
@@ -276,6 +231,25 @@ impl<B: Backend> Stage<B> {
                 ))
             }
         };
+        let new_blocks: usize = batch
+            .iter()
+            .map(|s| {
+                let have = self.blocks.block_table(s.seq).len();
+                (s.start_pos + s.n_tokens)
+                    .div_ceil(strata_kernels::KV_BLOCK_TOKENS)
+                    .saturating_sub(have)
+            })
+            .sum();
+        if new_blocks > self.blocks.free_blocks() {
+            return Err(StageError::Batch(format!(
+                "the KV cache is full: the batch needs {new_blocks} more blocks, {} are free",
+                self.blocks.free_blocks()
+            )));
+        }
+        for s in batch {
+            self.blocks.truncate(s.seq, s.start_pos);
+            self.blocks.reserve(s.seq, s.start_pos + s.n_tokens)?;
+        }
 
         let tables: Vec<&[u32]> = batch
             .iter()

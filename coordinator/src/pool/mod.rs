@@ -50,6 +50,18 @@ pub struct Survey {
     pub lost: BTreeMap<String, String>,
 }
 
+impl Survey {
+    /// "addr (why), ..." of the workers that do not answer.
+    pub fn lost_note(&self) -> String {
+        let lost: Vec<String> = self
+            .lost
+            .iter()
+            .map(|(a, w)| format!("{a} ({w})"))
+            .collect();
+        lost.join(", ")
+    }
+}
+
 pub struct Pool {
     settings: PoolSettings,
     model: Arc<GgufFile>,

@@ -89,14 +89,9 @@ async fn rebuild(
         let survey = pool.survey(&std::mem::take(&mut silent)).await;
         match pool.plan(&survey.alive) {
             Err(e) => {
-                let lost: Vec<String> = survey
-                    .lost
-                    .iter()
-                    .map(|(a, w)| format!("{a} ({w})"))
-                    .collect();
                 engine.fail(format!(
                     "the pool lost worker(s) {}: {why}; the {} worker(s) left cannot hold the model: {e}. Restart the lost worker(s) or add one with `--worker`; requests resume once the model fits",
-                    lost.join(", "),
+                    survey.lost_note(),
                     survey.alive.len()
                 ));
             }
