@@ -26,12 +26,14 @@ IFS=, read -r -a budgets <<<"${BUDGETS:-190MiB,150MiB,140MiB}"
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 echo "bench-$RANDOM-$RANDOM" >"$dir/token"
+# One TLS identity for the workers of this box, pinned by serve.
+fp=$($bin worker --print-fingerprint --state-dir "$dir/state")
 args=()
 for i in "${!budgets[@]}"; do
     port=$((17100 + i))
-    STRATA_LOG=warn $bin worker --listen 127.0.0.1:$port --token-file "$dir/token" \
+    STRATA_LOG=warn $bin worker --listen 127.0.0.1:$port --token-file "$dir/token" --state-dir "$dir/state" \
         --mem-budget "${budgets[$i]}" --cache-dir "$dir/slices$i" -t "$threads" ${WORKER_FLAGS:-} &
-    args+=(--worker 127.0.0.1:$port)
+    args+=(--worker "127.0.0.1:$port#$fp")
 done
 # Wait until every worker listens (a GPU worker opens its device first).
 for i in "${!budgets[@]}"; do

@@ -86,14 +86,19 @@ def main():
     with open(os.path.join(tmp, "token"), "w") as f:
         f.write("bench-failover\n")
     env = dict(os.environ, STRATA_LOG=os.environ.get("STRATA_LOG", "warn"))
+    # One TLS identity for the workers of this box, pinned by serve.
+    state = os.path.join(tmp, "state")
+    fp = subprocess.run([a.bin, "worker", "--print-fingerprint", "--state-dir", state],
+                        check=True, capture_output=True, text=True).stdout.strip()
     procs, addrs = {}, []
     for i, b in enumerate(a.budgets.split(",")):
         addr = "127.0.0.1:%d" % (17300 + i)
         procs[addr] = subprocess.Popen(
-            [a.bin, "worker", "--listen", addr, "--token-file", tmp + "/token", "--mem-budget", b,
+            [a.bin, "worker", "--listen", addr, "--token-file", tmp + "/token", "--state-dir", state,
+             "--mem-budget", b,
              "--cache-dir", "%s/slices%d" % (tmp, i), "-t", "1"],
             env=env, stderr=open("%s/worker%d.log" % (tmp, i), "w"))
-        addrs += ["--worker", addr]
+        addrs += ["--worker", "%s#%s" % (addr, fp)]
     time.sleep(1.5)
     base = "http://127.0.0.1:18090"
     serve = subprocess.Popen(

@@ -43,7 +43,7 @@ fn a_gpu_that_fails_mid_request_fails_the_request_and_health_says_so() {
             ("STRATA_CUDA_EMU_FAIL_AFTER", "1500"),
         ],
     );
-    let server = Server::start(&model, &["-c", "512", "-n", "1", "--worker", &worker.addr]);
+    let server = Server::start(&model, &["-c", "512", "-n", "1", "--worker", &worker.spec]);
     assert_eq!(worker.health().status, Status::Ready as i32);
     assert!(
         worker

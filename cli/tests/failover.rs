@@ -143,7 +143,7 @@ fn streams_survive_a_killed_or_hung_worker_with_one_process_text() {
     let mut args = SERVE_ARGS.to_vec();
     args.extend(["--stage-timeout", "20"]);
     for w in &workers {
-        args.extend(["--worker", w.addr.as_str()]);
+        args.extend(["--worker", w.spec.as_str()]);
     }
     let server = Server::start(&model_path, &args);
     assert_eq!(stage_workers(&server).len(), 3, "three stages and a spare");
@@ -223,7 +223,7 @@ fn a_pool_too_small_answers_503_naming_the_lost_worker_until_it_returns() {
     let mut workers = [Worker::start("160MiB", None), Worker::start("160MiB", None)];
     let mut args = SERVE_ARGS.to_vec();
     for w in &workers {
-        args.extend(["--worker", w.addr.as_str()]);
+        args.extend(["--worker", w.spec.as_str()]);
     }
     let server = Server::start(&model_path, &args);
     assert_eq!(stage_workers(&server).len(), 2, "two workers are needed");
@@ -296,7 +296,8 @@ fn a_pool_started_before_its_workers_waits_for_them() {
         token.to_str().unwrap(),
     ];
     args.extend(SERVE_ARGS);
-    args.extend(["--worker", &early.addr, "--worker", &late_addr]);
+    let late_spec = format!("{late_addr}#{}", common::worker_fingerprint());
+    args.extend(["--worker", &early.spec, "--worker", &late_spec]);
     let mut serve = common::Proc::spawn("serve", &args);
     let rest = serve.wait_for("HTTP API on http://", Duration::from_secs(60));
     let base = format!("http://{}", rest.split("/v1").next().unwrap());

@@ -64,7 +64,7 @@ fn run_three_workers(file: &str, reference_name: &str, budgets: [&str; 3], whole
     ];
     plan_args.extend(["-c", "512", "--parallel", "2"]);
     for w in &workers {
-        plan_args.extend(["--worker", w.addr.as_str()]);
+        plan_args.extend(["--worker", w.spec.as_str()]);
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(&plan_args)
@@ -84,7 +84,7 @@ fn run_three_workers(file: &str, reference_name: &str, budgets: [&str; 3], whole
 
     let mut args = vec!["-c", "512", "-n", "2", "--act-dtype", "f32"];
     for w in &workers {
-        args.extend(["--worker", w.addr.as_str()]);
+        args.extend(["--worker", w.spec.as_str()]);
     }
     let server = Server::start(&model_path, &args);
 

@@ -10,7 +10,7 @@ use strata_model::chat::ChatTemplate;
 use strata_model::slice::model_digest;
 use strata_model::tokenizer::Tokenizer;
 use strata_model::GgufFile;
-use strata_proto::v1;
+use strata_proto::{v1, Trust};
 
 use crate::api::{router, AppState, Ready};
 use crate::cluster::LoadEvent;
@@ -25,6 +25,8 @@ pub struct ServeConfig {
     /// Worker addresses, in no particular order (the planner orders them).
     pub workers: Vec<String>,
     pub token: String,
+    /// Each worker's pinned certificate, or plaintext links.
+    pub trust: Trust,
     /// Workers whose machine has the model at `model_path` (the embedded
     /// worker): they read it directly instead of searching or being pushed.
     pub local_workers: Vec<String>,
@@ -169,6 +171,7 @@ async fn start_pipeline(
         model_path: config.model_path.clone(),
         workers: config.workers.clone(),
         token: config.token.clone(),
+        trust: config.trust.clone(),
         local_workers: config.local_workers.clone(),
         ctx_size: config.ctx_size,
         parallel: config.parallel,

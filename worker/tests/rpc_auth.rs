@@ -1,4 +1,5 @@
-//! Every worker RPC refuses a wrong or missing cluster token.
+//! Who gets to call a worker: TLS with a pinned certificate and the
+//! cluster's client certificate, and the token on every RPC.
 
 mod rpc_common;
 
@@ -58,13 +59,74 @@ where
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_or_missing_token_is_refused_on_every_rpc() {
-    let w = start_worker(None, None).await;
+/// Codes of every RPC through a client the worker refused at the TLS
+/// handshake (when connecting did not already fail).
+async fn refused_codes(spec: &str, token: &str) -> Result<Vec<(&'static str, Code)>, String> {
+    match connect(spec, token).await {
+        Err(e) => Err(e.to_string()),
+        Ok(mut c) => Ok(call_all(&mut c).await),
+    }
+}
 
-    let mut wrong = strata_proto::connect(&w.addr, "not-the-token")
-        .await
-        .unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_worker_refuses_other_clusters_and_clients_refuse_the_wrong_worker() {
+    let w = start_worker(None, None).await;
+    let (addr, pin) = strata_proto::parse_peer(&w.addr).unwrap();
+    assert!(pin.is_some());
+
+    // Another cluster's token: its client certificate is refused during the
+    // handshake, so no RPC reaches the service, not even the token check.
+    match refused_codes(&w.addr, "not-the-token").await {
+        Err(e) => assert!(!e.is_empty()),
+        Ok(codes) => {
+            for (rpc, code) in codes {
+                assert!(
+                    code != Code::Ok && code != Code::Unauthenticated,
+                    "{rpc} with another cluster's certificate got {code:?}"
+                );
+            }
+        }
+    }
+
+    // A plaintext HTTP/2 client gets no service either.
+    if let Ok(mut plain) = RawClient::connect(format!("http://{addr}")).await {
+        for (rpc, code) in call_all(&mut plain).await {
+            assert!(
+                code != Code::Ok && code != Code::Unauthenticated,
+                "{rpc} in plaintext got {code:?}"
+            );
+        }
+    }
+
+    // The right token, but a pin for some other certificate: the client
+    // refuses the worker before sending anything.
+    let other = strata_proto::NodeIdentity::generate()
+        .unwrap()
+        .fingerprint();
+    let Err(err) = connect(&format!("{addr}#{other}"), TOKEN).await else {
+        panic!("a client with the wrong pin connected");
+    };
+    assert!(
+        err.to_string().contains(&format!("not the pinned {other}")),
+        "{err}"
+    );
+
+    // Nothing any of them sent was acted on, and the right pin and token work.
+    assert_eq!(
+        w.service.snapshot().status,
+        v1::health_reply::Status::Idle as i32
+    );
+    let mut ok = client(&w.addr).await;
+    let health = ok.health(v1::HealthRequest {}).await.unwrap().into_inner();
+    assert_eq!(health.status, v1::health_reply::Status::Idle as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insecure_worker_refuses_a_wrong_or_missing_token_on_every_rpc() {
+    let w = start_worker_with(None, None, None).await;
+    assert!(!w.addr.contains('#'));
+
+    let mut wrong = connect(&w.addr, "not-the-token").await.unwrap();
     for (rpc, code) in call_all(&mut wrong).await {
         assert_eq!(code, Code::Unauthenticated, "{rpc} with a wrong token");
     }

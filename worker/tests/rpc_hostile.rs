@@ -179,3 +179,25 @@ async fn load_slice_reads_only_files_of_the_model_dir() {
         .await
         .expect("a model-dir file loads");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_worker_connects_onward_only_to_a_pinned_next_stage() {
+    let dir = smollm_model_dir();
+    let w = start_worker(Some(dir.path().to_path_buf()), None).await;
+    let mut c = client(&w.addr).await;
+    for (next, want) in [
+        ("127.0.0.1:9", "has no fingerprint"),
+        ("127.0.0.1:9#sha256:abc", "not a fingerprint"),
+    ] {
+        let err = load(&mut c, &digest(), 0, 10, next, v1::ActDtype::F32)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(want), "{next}: {}", err.message());
+        // Refused before anything was loaded.
+        assert_eq!(
+            w.service.snapshot().status,
+            v1::health_reply::Status::Idle as i32
+        );
+    }
+}

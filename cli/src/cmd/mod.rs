@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod generate;
 pub mod inspect;
+pub mod links;
 pub mod perplexity;
 pub mod plan;
 pub mod serve;

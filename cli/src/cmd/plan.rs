@@ -25,15 +25,15 @@ pub struct Args {
     pub synth: Option<String>,
     /// Devices to plan over: comma-separated [cpu:|cuda:]SIZE[@HOST], e.g.
     /// 16GiB,16GiB,12GiB (each its own host unless @HOST says otherwise).
-    #[arg(long, required_unless_present = "worker")]
+    #[arg(long, required_unless_present = "workers", conflicts_with = "workers")]
     pub devices: Option<String>,
     /// Matvec bandwidth of each device in bytes per second, same order and
     /// units as --devices (e.g. 900G,900G,300G); unknown = equal speeds.
     #[arg(long)]
     pub bandwidths: Option<String>,
     /// Plan over running workers instead (asks each what it offers).
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "devices")]
-    pub worker: Vec<String>,
+    #[command(flatten)]
+    pub links: super::links::LinkArgs,
     /// The cluster token file, with --worker.
     #[arg(long, conflicts_with = "token")]
     pub token_file: Option<std::path::PathBuf>,
@@ -55,7 +55,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let mut workers = if args.worker.is_empty() {
+    let mut workers = if args.links.workers.is_empty() {
         let devices = args
             .devices
             .as_deref()
@@ -69,7 +69,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let handles = rt.block_on(connect_workers(&args.worker, &token))?;
+        let (addrs, trust) = args.links.resolve()?;
+        let handles = rt.block_on(connect_workers(&addrs, &token, &trust))?;
         worker_specs(&handles)
     };
     if let Some(list) = &args.bandwidths {

@@ -15,9 +15,9 @@ pub struct Args {
     /// GGUF model file (first shard of a split model).
     #[arg(long, short = 'm')]
     pub model: PathBuf,
-    /// A worker's address (repeat for each). None: run one in this process.
-    #[arg(long = "worker", value_name = "HOST:PORT")]
-    pub workers: Vec<String>,
+    /// Workers to place the model on (none: one in this process).
+    #[command(flatten)]
+    pub links: super::links::LinkArgs,
     /// File holding the cluster token the workers were started with.
     #[arg(long, conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
@@ -149,8 +149,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(async move {
         let mut config = ServeConfig {
             model_path: args.model.clone(),
-            workers: args.workers.clone(),
+            workers: Vec::new(),
             token: String::new(),
+            trust: strata_proto::Trust::Insecure,
             local_workers: Vec::new(),
             listen: args.listen,
             ctx_size: args.ctx_size,
@@ -164,15 +165,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         // Keeps the embedded worker serving until we return.
         let mut _embedded = None;
-        if args.workers.is_empty() {
-            let (addr, token, stop) =
+        if args.links.workers.is_empty() {
+            let (addr, pin, token, stop) =
                 start_embedded_worker(args.mem_budget, args.device.clone(), args.model.clone())
                     .await?;
             config.workers = vec![addr.clone()];
-            config.local_workers = vec![addr];
+            config.local_workers = vec![addr.clone()];
+            config.trust = strata_proto::Trust::Pinned([(addr, pin)].into());
             config.token = token;
             _embedded = Some(stop);
         } else {
+            (config.workers, config.trust) = args.links.resolve()?;
             config.token = token
                 .context("--worker needs the cluster token: --token-file FILE (or --token)")?;
             anyhow::ensure!(
@@ -189,12 +192,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })
 }
 
-/// A worker in this process on a loopback port with a one-off token.
+/// A worker in this process on a loopback port with a one-off token and
+/// certificate. Returns its address, pin and token.
 async fn start_embedded_worker(
     mem_budget: Option<u64>,
     device: super::DeviceArgs,
     model: PathBuf,
-) -> anyhow::Result<(String, String, tokio::sync::oneshot::Sender<()>)> {
+) -> anyhow::Result<(
+    String,
+    strata_proto::Fingerprint,
+    String,
+    tokio::sync::oneshot::Sender<()>,
+)> {
+    let identity = std::sync::Arc::new(strata_proto::NodeIdentity::generate()?);
+    let pin = identity.fingerprint();
     let token: String = (0..32)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect();
@@ -208,6 +219,7 @@ async fn start_embedded_worker(
         model_files: vec![model],
         cache_dir,
         threads: rayon::current_num_threads(),
+        identity: Some(identity),
     };
     let service =
         tokio::task::spawn_blocking(move || super::start_worker_service(config, &device)).await??;
@@ -227,5 +239,5 @@ async fn start_embedded_worker(
         }
     });
     tracing::info!("embedded worker on {addr}");
-    Ok((addr, token, stop))
+    Ok((addr, pin, token, stop))
 }

@@ -25,6 +25,17 @@ pub struct Args {
     /// Where slices pushed by the coordinator are kept (default: ~/.cache/strata/slices).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Where the worker keeps its TLS key and certificate (default:
+    /// $XDG_STATE_HOME/strata or ~/.local/state/strata).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Print this worker's certificate fingerprint (made on first use) and exit.
+    #[arg(long)]
+    pub print_fingerprint: bool,
+    /// Serve plaintext instead of TLS: anyone who can see the network gets
+    /// the cluster token and every prompt. Only on a network you trust.
+    #[arg(long, conflicts_with = "print_fingerprint")]
+    pub insecure: bool,
     /// CPU threads (default: all cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
@@ -33,6 +44,23 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let identity = if args.insecure {
+        None
+    } else {
+        let id = strata_proto::NodeIdentity::load_or_create(&state_dir)
+            .context("the worker's TLS identity")?;
+        if args.print_fingerprint {
+            println!("{}", id.fingerprint());
+            return Ok(());
+        }
+        tracing::info!(
+            "identity {} ({})",
+            id.fingerprint(),
+            state_dir.join(strata_proto::tls::IDENTITY_FILE).display()
+        );
+        Some(std::sync::Arc::new(id))
+    };
     let token = super::read_token(args.token.as_deref(), args.token_file.as_deref())?
         .context("a worker needs the cluster token: --token-file FILE (or --token)")?;
     if let Some(n) = args.threads {
@@ -52,8 +80,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         model_files: Vec::new(),
         cache_dir,
         threads: rayon::current_num_threads(),
+        identity,
     };
     let service = super::start_worker_service(config, &args.device)?;
     service.serve_blocking(args.listen)?;
     Ok(())
+}
+
+fn default_state_dir() -> PathBuf {
+    match std::env::var_os("XDG_STATE_HOME") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("strata"),
+        _ => PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into()))
+            .join(".local/state/strata"),
+    }
 }

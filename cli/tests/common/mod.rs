@@ -115,8 +115,25 @@ impl Drop for Proc {
 /// A `strata worker` on a free loopback port.
 pub struct Worker {
     pub proc: Proc,
+    /// host:port
     pub addr: String,
+    /// host:port#sha256:<hex>, as it logs itself: what `--worker` takes.
+    pub spec: String,
     _dirs: Vec<tempfile::TempDir>,
+}
+
+/// The state dir every test worker shares, as the workers of one machine
+/// share the default one: a worker restarted on its old address keeps its
+/// certificate, and its pin is known before it starts.
+pub fn worker_state_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("worker-state")
+}
+
+/// The certificate fingerprint of workers using [`worker_state_dir`].
+pub fn worker_fingerprint() -> strata_proto::Fingerprint {
+    strata_proto::NodeIdentity::load_or_create(&worker_state_dir())
+        .expect("worker identity")
+        .fingerprint()
 }
 
 pub fn token_file(dir: &Path) -> PathBuf {
@@ -146,11 +163,27 @@ impl Worker {
         model_dir: Option<&Path>,
         env: &[(&str, &str)],
     ) -> Worker {
+        let state = worker_state_dir();
+        Self::start_in(listen, mem_budget, model_dir, env, &state, &[])
+    }
+
+    /// A worker whose TLS identity lives in `state_dir`; `extra` flags go last.
+    pub fn start_in(
+        listen: &str,
+        mem_budget: &str,
+        model_dir: Option<&Path>,
+        env: &[(&str, &str)],
+        state_dir: &Path,
+        extra: &[&str],
+    ) -> Worker {
         let dir = tempfile::tempdir().expect("tempdir");
         let token = token_file(dir.path());
         let cache = dir.path().join("slices");
+        let state = state_dir.display().to_string();
         let mut args = vec![
             "worker",
+            "--state-dir",
+            &state,
             "--listen",
             listen,
             "--token-file",
@@ -167,12 +200,15 @@ impl Worker {
             md = d.display().to_string();
             args.extend(["--model-dir", &md]);
         }
+        args.extend_from_slice(extra);
         let mut proc = Proc::spawn_with_env("worker", &args, env);
         let rest = proc.wait_for("worker listening on ", Duration::from_secs(120));
-        let addr = rest.split_whitespace().next().expect("address").to_string();
+        let spec = rest.split_whitespace().next().expect("address").to_string();
+        let (addr, _) = strata_proto::parse_peer(&spec).expect("host:port[#sha256:<hex>]");
         Worker {
             proc,
             addr,
+            spec,
             _dirs: vec![dir],
         }
     }
@@ -184,7 +220,8 @@ impl Worker {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let mut c = strata_proto::connect(&self.addr, TOKEN)
+            let (addr, pin) = strata_proto::parse_peer(&self.spec).expect("spec");
+            let mut c = strata_proto::connect(&addr, TOKEN, pin)
                 .await
                 .expect("connect");
             c.health(strata_proto::v1::HealthRequest {})

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use strata_model::slice::{slice_tensors, LayerRange};
 use strata_model::GgufFile;
-use strata_proto::{v1, WorkerClient};
+use strata_proto::{v1, Fingerprint, Trust, WorkerClient};
 
 use crate::planner::{Backend, Link, WorkerSpec};
 
@@ -31,24 +31,44 @@ fn worker_err(addr: &str, message: impl std::fmt::Display) -> ClusterError {
 #[derive(Clone)]
 pub struct WorkerHandle {
     pub addr: String,
+    /// Its pinned certificate; `None` over plaintext links.
+    pub pin: Option<Fingerprint>,
     pub client: WorkerClient,
     pub caps: v1::CapabilitiesReply,
+}
+
+impl WorkerHandle {
+    /// `addr#sha256:<hex>` (or `addr` over plaintext): how the stage before
+    /// it is told where to send.
+    pub fn spec(&self) -> String {
+        match self.pin {
+            Some(pin) => format!("{}#{pin}", self.addr),
+            None => self.addr.clone(),
+        }
+    }
 }
 
 /// Connects to every worker and asks for its capabilities.
 pub async fn connect_workers(
     addrs: &[String],
     token: &str,
+    trust: &Trust,
 ) -> Result<Vec<WorkerHandle>, ClusterError> {
     let mut out = Vec::with_capacity(addrs.len());
     for addr in addrs {
-        let mut client = strata_proto::connect(addr, token)
+        let pin = trust.pin(addr).map_err(|e| worker_err(addr, e.what))?;
+        let mut client = strata_proto::connect(addr, token, pin)
             .await
             .map_err(|e| worker_err(addr, e))?;
         let caps = client
             .capabilities(v1::CapabilitiesRequest {})
             .await
-            .map_err(|e| worker_err(addr, format!("capabilities: {}", e.message())))?
+            .map_err(|e| {
+                worker_err(
+                    addr,
+                    format!("capabilities: {}", strata_proto::link::status_text(&e)),
+                )
+            })?
             .into_inner();
         tracing::info!(
             "worker {addr}: {} {}, {} MiB free, {:.1} GB/s",
@@ -59,6 +79,7 @@ pub async fn connect_workers(
         );
         out.push(WorkerHandle {
             addr: addr.clone(),
+            pin,
             client,
             caps,
         });
@@ -145,7 +166,7 @@ pub async fn load_stages(
     for (i, st) in stages.iter().enumerate().rev() {
         let next = stages
             .get(i + 1)
-            .map(|n| n.worker.addr.clone())
+            .map(|n| n.worker.spec())
             .unwrap_or_default();
         let req = v1::LoadSliceRequest {
             model_digest: options.digest.clone(),

@@ -15,7 +15,7 @@ use strata_model::arch::HyperParams;
 use strata_model::profile::{KvType, MemoryProfile};
 use strata_model::slice::LayerRange;
 use strata_model::GgufFile;
-use strata_proto::{v1, WorkerClient};
+use strata_proto::{v1, Trust, WorkerClient};
 
 use crate::cluster::{
     load_stages, worker_specs, LoadEvent, LoadOptions, StageAssignment, WorkerHandle,
@@ -34,6 +34,8 @@ pub struct PoolSettings {
     /// Worker addresses, in no particular order (the planner orders them).
     pub workers: Vec<String>,
     pub token: String,
+    /// Each worker's pinned certificate, or plaintext links.
+    pub trust: Trust,
     /// Workers whose machine has the model at `model_path`.
     pub local_workers: Vec<String>,
     pub ctx_size: usize,
@@ -95,7 +97,8 @@ impl Pool {
         if let Some(c) = self.clients.get(addr) {
             return Ok(c.clone());
         }
-        let c = within(strata_proto::connect(addr, &self.settings.token))
+        let pin = self.settings.trust.pin(addr).map_err(|e| e.what)?;
+        let c = within(strata_proto::connect(addr, &self.settings.token, pin))
             .await?
             .map_err(|e| e.to_string())?;
         self.clients.insert(addr.to_string(), c.clone());
@@ -130,7 +133,7 @@ impl Pool {
         let mut client = self.client(addr).await?;
         let health = within(client.health(v1::HealthRequest {}))
             .await?
-            .map_err(|e| format!("is unreachable: {}", e.message()))?
+            .map_err(|e| format!("is unreachable: {}", strata_proto::link::status_text(&e)))?
             .into_inner();
         if health.status == v1::health_reply::Status::Failed as i32 {
             return Err(format!("reports a failure: {}", health.message));
@@ -144,6 +147,7 @@ impl Pool {
             .into_inner();
         Ok(WorkerHandle {
             addr: addr.to_string(),
+            pin: self.settings.trust.pin(addr).map_err(|e| e.what)?,
             client,
             caps,
         })

@@ -133,7 +133,10 @@ async fn unhealthy_stage(stages: &[StageAssignment]) -> Option<(String, String)>
         let mut client = st.worker.client.clone();
         let why = match within(client.health(v1::HealthRequest {})).await {
             Err(e) => Some(e),
-            Ok(Err(e)) => Some(format!("is unreachable: {}", e.message())),
+            Ok(Err(e)) => Some(format!(
+                "is unreachable: {}",
+                strata_proto::link::status_text(&e)
+            )),
             Ok(Ok(h)) => {
                 let h = h.into_inner();
                 let holds = h.layers.is_some_and(|l| {

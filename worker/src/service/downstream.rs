@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use strata_proto::{v1, WorkerClient};
+use strata_proto::{v1, Trust, WorkerClient};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -22,15 +22,17 @@ struct Link {
 pub struct Downstream {
     addr: String,
     token: String,
+    trust: Trust,
     client: tokio::sync::Mutex<Option<WorkerClient>>,
     link: tokio::sync::Mutex<Option<Link>>,
 }
 
 impl Downstream {
-    pub fn new(addr: String, token: String) -> Self {
+    pub fn new(addr: String, token: String, trust: Trust) -> Self {
         Downstream {
             addr,
             token,
+            trust,
             client: tokio::sync::Mutex::new(None),
             link: tokio::sync::Mutex::new(None),
         }
@@ -41,7 +43,8 @@ impl Downstream {
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let c = strata_proto::connect(&self.addr, &self.token)
+        let pin = self.trust.pin(&self.addr).map_err(|e| e.to_string())?;
+        let c = strata_proto::connect(&self.addr, &self.token, pin)
             .await
             .map_err(|e| e.to_string())?;
         *guard = Some(c.clone());

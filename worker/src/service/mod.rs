@@ -21,7 +21,7 @@ use strata_model::arch::HyperParams;
 use strata_model::GgufFile;
 use strata_proto::link::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
 use strata_proto::v1::{self, worker_server};
-use strata_proto::{TokenCheck, MAX_MESSAGE_BYTES};
+use strata_proto::{NodeIdentity, TokenCheck, Trust, MAX_MESSAGE_BYTES};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -55,6 +55,9 @@ pub struct WorkerConfig {
     /// Where pushed slices are kept.
     pub cache_dir: PathBuf,
     pub threads: usize,
+    /// The certificate it serves TLS with; `None` serves plaintext
+    /// (`--insecure`).
+    pub identity: Option<Arc<NodeIdentity>>,
 }
 
 struct Shared {
@@ -142,18 +145,38 @@ impl WorkerService {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ServiceError> {
         let check = TokenCheck::new(&self.shared.config.token);
+        let tls = match &self.shared.config.identity {
+            Some(id) => Some(
+                strata_proto::tls::server_config(id, &self.shared.config.token)
+                    .map_err(|e| ServiceError::Setup(format!("TLS: {e}")))?,
+            ),
+            None => None,
+        };
         let svc = worker_server::WorkerServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let svc = tonic::service::interceptor::InterceptedService::new(svc, check);
-        tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_adaptive_window(Some(true))
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .add_service(svc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-            .await?;
+            .add_service(svc);
+        match tls {
+            Some(config) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        strata_proto::accept::tls_incoming(listener, config),
+                        shutdown,
+                    )
+                    .await?
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                    .await?
+            }
+        }
         Ok(())
     }
 
@@ -171,9 +194,17 @@ impl WorkerService {
                 .await
                 .map_err(|e| ServiceError::Setup(format!("listening on {listen}: {e}")))?;
             let bound = listener.local_addr().map_err(|e| ServiceError::Setup(e.to_string()))?;
-            tracing::info!("worker listening on {bound} ({})", self.shared.device_name);
-            if !bound.ip().is_loopback() {
-                tracing::warn!("listening on {bound}, beyond this machine: the cluster token is the only guard (no TLS yet)");
+            // The line to paste into `strata serve --worker`.
+            match &self.shared.config.identity {
+                Some(id) => tracing::info!(
+                    "worker listening on {bound}#{} ({})",
+                    id.fingerprint(),
+                    self.shared.device_name
+                ),
+                None => {
+                    tracing::info!("worker listening on {bound} ({})", self.shared.device_name);
+                    tracing::warn!("--insecure: links to this worker are plaintext; anyone who can see the traffic gets the cluster token and the prompts");
+                }
             }
             self.serve(listener, async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -247,6 +278,7 @@ impl WorkerService {
         }
         let act_dtype = v1::ActDtype::try_from(req.act_dtype)
             .map_err(|_| Status::invalid_argument("unknown act_dtype"))?;
+        let next_stage = self.next_stage(&req.next_stage_addr)?;
         let ctx_tokens = usize::try_from(req.ctx_tokens)
             .map_err(|_| Status::invalid_argument("ctx_tokens too large"))?;
         if ctx_tokens == 0 {
@@ -363,16 +395,17 @@ impl WorkerService {
         )
         .await;
 
-        if !req.next_stage_addr.is_empty() {
+        if let Some((addr, trust)) = next_stage {
             send(
                 Phase::ConnectingNext,
-                format!("opening the data stream to {}", req.next_stage_addr),
+                format!("opening the data stream to {addr}"),
                 sizes.clone(),
             )
             .await;
             let next = Arc::new(Downstream::new(
-                req.next_stage_addr.clone(),
+                addr,
                 self.shared.config.token.clone(),
+                trust,
             ));
             // The next stage may load after this one: open lazily if it is not up yet.
             if let Err(e) = next.open().await {
@@ -392,6 +425,27 @@ impl WorkerService {
         )
         .await;
         Ok(())
+    }
+
+    /// The next stage a LoadSlice names, and how to reach it. A TLS worker
+    /// connects onward only to the certificate the coordinator pinned.
+    fn next_stage(&self, spec: &str) -> Result<Option<(String, Trust)>, Status> {
+        if spec.is_empty() {
+            return Ok(None);
+        }
+        let (addr, pin) = strata_proto::parse_peer(spec)
+            .map_err(|e| Status::invalid_argument(format!("next stage: {e}")))?;
+        let trust = match pin {
+            Some(pin) => Trust::Pinned([(addr.clone(), pin)].into()),
+            None if self.shared.config.identity.is_none() => Trust::Insecure,
+            None => {
+                return Err(Status::invalid_argument(format!(
+                    "next stage {addr} has no fingerprint: this worker uses TLS and connects \
+                     only to a pinned peer (HOST:PORT#sha256:<hex>)"
+                )))
+            }
+        };
+        Ok(Some((addr, trust)))
     }
 
     async fn handle_frame(&self, frame: v1::BatchFrame, sink: &downstream::ReplySink) {

@@ -30,6 +30,7 @@ pub fn smollm_model_dir() -> tempfile::TempDir {
 }
 
 pub struct TestWorker {
+    /// host:port#sha256:<hex> (host:port for a plaintext worker).
     pub addr: String,
     pub service: WorkerService,
     pub _dirs: Vec<tempfile::TempDir>,
@@ -44,8 +45,20 @@ impl Drop for TestWorker {
     }
 }
 
-/// Starts a CPU worker on 127.0.0.1:0 with its own cache dir.
+/// Starts a CPU worker on 127.0.0.1:0 with its own cache dir and TLS
+/// certificate.
 pub async fn start_worker(model_dir: Option<PathBuf>, mem_budget_bytes: Option<u64>) -> TestWorker {
+    let identity = strata_proto::NodeIdentity::generate().expect("identity");
+    start_worker_with(model_dir, mem_budget_bytes, Some(Arc::new(identity))).await
+}
+
+/// A worker serving TLS with `identity`, or plaintext (`--insecure`) without.
+pub async fn start_worker_with(
+    model_dir: Option<PathBuf>,
+    mem_budget_bytes: Option<u64>,
+    identity: Option<Arc<strata_proto::NodeIdentity>>,
+) -> TestWorker {
+    let pin = identity.as_ref().map(|id| id.fingerprint());
     let cache = tempfile::tempdir().expect("tempdir");
     let config = WorkerConfig {
         token: TOKEN.into(),
@@ -54,6 +67,7 @@ pub async fn start_worker(model_dir: Option<PathBuf>, mem_budget_bytes: Option<u
         model_files: Vec::new(),
         cache_dir: cache.path().to_path_buf(),
         threads: 2,
+        identity,
     };
     let service =
         tokio::task::spawn_blocking(move || WorkerService::start(config, CpuBackend::new))
@@ -63,7 +77,10 @@ pub async fn start_worker(model_dir: Option<PathBuf>, mem_budget_bytes: Option<u
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
+    let mut addr = listener.local_addr().expect("addr").to_string();
+    if let Some(pin) = pin {
+        addr = format!("{addr}#{pin}");
+    }
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let svc = service.clone();
     tokio::spawn(async move {
@@ -82,7 +99,16 @@ pub async fn start_worker(model_dir: Option<PathBuf>, mem_budget_bytes: Option<u
 }
 
 pub async fn client(addr: &str) -> WorkerClient {
-    strata_proto::connect(addr, TOKEN).await.expect("connect")
+    connect(addr, TOKEN).await.expect("connect")
+}
+
+/// Connects to `host:port#sha256:<hex>` (TLS) or `host:port` (plaintext).
+pub async fn connect(
+    spec: &str,
+    token: &str,
+) -> Result<WorkerClient, strata_proto::link::ConnectError> {
+    let (addr, pin) = strata_proto::parse_peer(spec).expect("worker spec");
+    strata_proto::connect(&addr, token, pin).await
 }
 
 /// Loads a slice, collecting progress; returns the phases seen.
