@@ -15,6 +15,7 @@ pub mod gguf;
 pub mod profile;
 pub mod quant;
 pub mod slice;
+pub mod slice_hash;
 pub mod synth;
 pub mod tokenizer;
 pub mod units;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use strata_model::arch::HyperParams;
 use strata_model::gguf::{GgufWriter, TensorSpec};
@@ -138,15 +139,23 @@ pub struct PushedSlice {
 }
 
 /// Slices pushed to this worker, one GGUF per (digest, layer range):
-/// `DIR/<first 32 hex digits of the digest>-layers-<first>-<end>.gguf`.
+/// `DIR/<first 32 hex digits of the digest>-layers-<first>-<end>.gguf`, at
+/// most `max_bytes` of them (least recently used go first).
 #[derive(Debug, Clone)]
 pub struct SliceCache {
     dir: PathBuf,
+    max_bytes: u64,
 }
 
+/// Tells concurrent pushes' partial files apart.
+static PUSHES: AtomicU64 = AtomicU64::new(0);
+
 impl SliceCache {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        SliceCache { dir: dir.into() }
+    pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
+        SliceCache {
+            dir: dir.into(),
+            max_bytes,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -175,12 +184,22 @@ impl SliceCache {
         ok.then_some(path)
     }
 
+    /// Marks a cached slice as just used (eviction goes by modification time).
+    pub fn touch(&self, path: &Path) {
+        let _ = std::fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    }
+
     /// Writes a pushed slice: `next_chunk` yields `(tensor index, bytes)` in
     /// tensor order (blocking; `None` ends the stream). The file appears
-    /// under its final name only once complete.
+    /// under its final name only once complete and its slice hash is
+    /// `expected_hash`; then older slices go until the cache fits its cap.
     pub fn write(
         &self,
         slice: &PushedSlice,
+        expected_hash: &str,
         mut next_chunk: impl FnMut() -> Option<(usize, Vec<u8>)>,
     ) -> Result<(PathBuf, u64), SliceCacheError> {
         std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
@@ -197,8 +216,23 @@ impl SliceCache {
             w.add_tensor(name.clone(), dims, *dtype)
                 .map_err(|e| SliceCacheError::Push(e.to_string()))?;
         }
+        let declared: u64 = w.tensors().iter().map(|t| t.size_bytes).sum();
+        if declared > self.max_bytes {
+            return Err(SliceCacheError::Push(format!(
+                "{} MiB of tensors is more than the whole slice cache may hold ({} MiB, --cache-max)",
+                declared >> 20,
+                self.max_bytes >> 20
+            )));
+        }
         let path = self.path_for(&slice.digest, slice.range);
-        let partial = path.with_extension("gguf.partial");
+        // Unique per push: two pushes of one slice never share a file.
+        let partial = self.dir.join(format!(
+            ".{}.{}-{}.partial",
+            path.file_name()
+                .map_or("slice".into(), |n| n.to_string_lossy()),
+            std::process::id(),
+            PUSHES.fetch_add(1, Ordering::Relaxed)
+        ));
         let mut pending: Option<(usize, Vec<u8>)> = None;
         let mut total = 0u64;
         let fill = |i: usize, spec: &TensorSpec, out: &mut dyn io::Write| -> io::Result<()> {
@@ -242,9 +276,59 @@ impl SliceCache {
                 "data for tensor #{idx} after the last tensor"
             )));
         }
+        if let Err(e) = check_slice_hash(&partial, slice.range, expected_hash) {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
         std::fs::rename(&partial, &path).map_err(io_err(&path))?;
+        self.evict(&path);
         Ok((path, total))
     }
+
+    /// Removes the least recently used slices (not `keep`) until the cache
+    /// fits `max_bytes`.
+    fn evict(&self, keep: &Path) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut slices: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "gguf"))
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((m.modified().ok()?, m.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = slices.iter().map(|s| s.1).sum();
+        slices.sort();
+        for (_, len, path) in slices {
+            if total <= self.max_bytes {
+                break;
+            }
+            if path != keep && std::fs::remove_file(&path).is_ok() {
+                tracing::info!("slice cache over its cap: removed {}", path.display());
+                total -= len;
+            }
+        }
+    }
+}
+
+/// Fails unless the slice of `range` in the file at `path` has `expected`
+/// as its slice hash.
+pub fn check_slice_hash(
+    path: &Path,
+    range: LayerRange,
+    expected: &str,
+) -> Result<(), SliceCacheError> {
+    let file = GgufFile::open(path).map_err(|e| SliceCacheError::Push(e.to_string()))?;
+    let hp = HyperParams::from_gguf(&file).map_err(|e| SliceCacheError::Push(e.to_string()))?;
+    let got = strata_model::slice_hash::slice_hash(&file, range, hp.n_layers);
+    if got != expected {
+        return Err(SliceCacheError::Push(format!(
+            "what arrived for layers {range} hashes to {got}, not the {expected} it was sent as"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -277,48 +361,131 @@ mod tests {
         assert_ne!(a, digest("a", 2), "data counts");
     }
 
-    #[test]
-    fn pushed_slice_round_trips_through_the_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = SliceCache::new(dir.path());
-        let range = LayerRange { first: 0, end: 1 };
+    /// A tiny synthetic llama on disk, open.
+    fn tiny_model(dir: &Path) -> GgufFile {
+        use strata_model::arch::Architecture;
+        use strata_model::synth::{QuantScheme, SynthSpec};
+        let path = dir.join("tiny.gguf");
+        SynthSpec::from_preset(
+            Architecture::Llama,
+            "tiny",
+            QuantScheme::Uniform(GgmlType::F32),
+        )
+        .unwrap()
+        .write(&path, |_, _| {})
+        .unwrap();
+        GgufFile::open(&path).unwrap()
+    }
+
+    /// What the coordinator pushes for `range` of `model`: the header's
+    /// slice, its hash, and its chunks (in two pieces per tensor).
+    fn push_of(
+        model: &GgufFile,
+        range: LayerRange,
+    ) -> (PushedSlice, String, Vec<(usize, Vec<u8>)>) {
+        let hp = HyperParams::from_gguf(model).unwrap();
+        let tensors = slice_tensors(model, range, hp.n_layers);
         let slice = PushedSlice {
             digest: "sha256:abcd".into(),
             range,
-            metadata: BTreeMap::from([("general.name".to_string(), MetaValue::String("x".into()))]),
-            tensors: vec![("blk.0.attn_q.weight".into(), vec![64, 4], GgmlType::F32)],
+            metadata: model.metadata.clone(),
+            tensors: tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.dims.clone(), t.dtype))
+                .collect(),
         };
-        let mut chunks = vec![(0usize, vec![7u8; 512]), (0, vec![8u8; 512])].into_iter();
-        let (path, bytes) = cache.write(&slice, || chunks.next()).unwrap();
-        assert_eq!(bytes, 1024);
+        let chunks = tensors
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| {
+                let data = model.tensor_data(t);
+                let (a, b) = data.split_at(data.len() / 2);
+                [(i, a.to_vec()), (i, b.to_vec())]
+            })
+            .collect();
+        let hash = strata_model::slice_hash::slice_hash(model, range, hp.n_layers);
+        (slice, hash, chunks)
+    }
+
+    #[test]
+    fn pushed_slice_round_trips_through_the_cache_when_its_hash_checks_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_model(dir.path());
+        let cache = SliceCache::new(dir.path().join("cache"), u64::MAX);
+        let range = LayerRange { first: 0, end: 1 };
+        let (slice, hash, chunks) = push_of(&model, range);
+        let mut it = chunks.clone().into_iter();
+        let (path, bytes) = cache.write(&slice, &hash, || it.next()).unwrap();
+        assert!(bytes > 0);
         assert_eq!(cache.find("sha256:abcd", range), Some(path.clone()));
         assert_eq!(cache.find("sha256:abce", range), None);
-        let f = GgufFile::open(&path).unwrap();
-        let t = f.tensor("blk.0.attn_q.weight").unwrap();
-        assert_eq!(&f.tensor_data(t)[510..514], &[7, 7, 8, 8]);
+        check_slice_hash(&path, range, &hash).unwrap();
 
-        // A short stream leaves no file behind.
+        // One flipped byte: refused, and nothing is left behind.
         let other = LayerRange { first: 0, end: 2 };
-        let mut short = vec![(0usize, vec![7u8; 512])].into_iter();
-        assert!(cache
-            .write(
-                &PushedSlice {
-                    range: other,
-                    ..slice
-                },
-                || short.next()
-            )
-            .is_err());
+        let (slice2, hash2, mut chunks2) = push_of(&model, other);
+        chunks2[3].1[0] ^= 1;
+        let mut it = chunks2.into_iter();
+        let err = cache.write(&slice2, &hash2, || it.next()).unwrap_err();
+        assert!(err.to_string().contains("hashes to"), "{err}");
         assert_eq!(cache.find("sha256:abcd", other), None);
-        assert!(!cache
-            .path_for("sha256:abcd", other)
-            .with_extension("gguf.partial")
-            .exists());
+        // A short stream: the same.
+        let (_, _, mut short) = push_of(&model, other);
+        short.pop();
+        let mut it = short.into_iter();
+        assert!(cache.write(&slice2, &hash2, || it.next()).is_err());
+        let left: Vec<_> = std::fs::read_dir(cache.dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "only the good slice: {left:?}");
+    }
+
+    #[test]
+    fn the_cache_keeps_to_its_cap_dropping_the_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_model(dir.path());
+        let ranges = [0..1, 1..2, 0..2].map(|r| LayerRange {
+            first: r.start,
+            end: r.end,
+        });
+        let pushes: Vec<_> = ranges.iter().map(|&r| push_of(&model, r)).collect();
+        let size = |p: &(PushedSlice, String, Vec<(usize, Vec<u8>)>)| -> u64 {
+            p.2.iter().map(|c| c.1.len() as u64).sum()
+        };
+        let unlimited = SliceCache::new(dir.path().join("cache"), u64::MAX);
+        let mut paths = Vec::new();
+        for (slice, hash, chunks) in &pushes[..2] {
+            let mut it = chunks.clone().into_iter();
+            paths.push(unlimited.write(slice, hash, || it.next()).unwrap().0);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Room for the first slice and the third (each file is its tensors
+        // plus the same metadata), not for all three.
+        let file_len = |p: &PathBuf| std::fs::metadata(p).unwrap().len();
+        let header = file_len(&paths[0]) - size(&pushes[0]);
+        let cap = file_len(&paths[0]) + size(&pushes[2]) + header + 4096;
+        assert!(cap < file_len(&paths[0]) + file_len(&paths[1]) + size(&pushes[2]) + header);
+        let cache = SliceCache::new(dir.path().join("cache"), cap);
+        // Using the first makes the second the least recently used.
+        cache.touch(&paths[0]);
+        let (slice, hash, chunks) = &pushes[2];
+        let mut it = chunks.clone().into_iter();
+        let third = cache.write(slice, hash, || it.next()).unwrap().0;
+        assert!(third.exists() && paths[0].exists());
+        assert!(!paths[1].exists(), "the least recently used slice went");
+
+        // A slice larger than the whole cap is refused before it is written.
+        let tiny = SliceCache::new(dir.path().join("tiny"), 1024);
+        let mut it = chunks.clone().into_iter();
+        let err = tiny.write(slice, hash, || it.next()).unwrap_err();
+        assert!(err.to_string().contains("--cache-max"), "{err}");
     }
 
     #[test]
     fn cache_paths_are_per_digest_and_range() {
-        let c = SliceCache::new("/tmp/x");
+        let c = SliceCache::new("/tmp/x", u64::MAX);
         let a = c.path_for("sha256:00ff", LayerRange { first: 0, end: 7 });
         assert!(a.ends_with("00ff-layers-0-7.gguf"));
         assert_ne!(

@@ -41,6 +41,7 @@ async fn a_pushed_slice_claiming_2_pow_60_layers_is_refused_and_the_worker_lives
         layers: Some(v1::LayerRange { first: 0, end: 1 }),
         metadata_gguf: metadata(1 << 60),
         tensors: Vec::new(),
+        slice_hash: format!("blake3:{}", "0".repeat(64)),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(v1::SliceChunk {
@@ -49,15 +50,18 @@ async fn a_pushed_slice_claiming_2_pow_60_layers_is_refused_and_the_worker_lives
     .await
     .unwrap();
     drop(tx);
-    // The push itself may be accepted (it is only metadata) or refused; either
-    // way, loading it must be a clear error.
-    let pushed = c.push_slice(ReceiverStream::new(rx)).await;
-    eprintln!("push: {pushed:?}");
-    let err = load(&mut c, &digest, 0, 1, "", v1::ActDtype::F32)
+    // Checking what arrived reads its hyper-parameters: a clear refusal,
+    // and nothing is kept to load.
+    let err = c
+        .push_slice(ReceiverStream::new(rx))
         .await
-        .expect_err("a slice claiming 2^60 layers must not load");
+        .expect_err("a slice claiming 2^60 layers must be refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("block_count"), "{err:?}");
+    let err = load(&mut c, &digest, 0, 1, "", v1::ActDtype::F32)
+        .await
+        .expect_err("nothing to load");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     let h = c
         .health(v1::HealthRequest {})
         .await

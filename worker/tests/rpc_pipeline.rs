@@ -161,6 +161,7 @@ async fn a_worker_without_the_model_receives_its_slice_and_generates_the_same() 
         model.clone(),
         &digest,
         LayerRange { first: 7, end: 20 },
+        &slice_hash(7, 20),
     )
     .await
     .expect("push");

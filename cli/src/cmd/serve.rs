@@ -218,6 +218,8 @@ async fn start_embedded_worker(
         // The one file it may read itself.
         model_files: vec![model],
         cache_dir,
+        // It reads its one model in place and is never pushed to.
+        cache_max_bytes: 0,
         threads: rayon::current_num_threads(),
         identity: Some(identity),
     };

@@ -25,6 +25,9 @@ pub struct Args {
     /// Where slices pushed by the coordinator are kept (default: ~/.cache/strata/slices).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Most bytes of pushed slices kept; the least recently used go first.
+    #[arg(long, value_parser = super::parse_size, default_value = "64GiB")]
+    pub cache_max: u64,
     /// Where the worker keeps its TLS key and certificate (default:
     /// $XDG_STATE_HOME/strata or ~/.local/state/strata).
     #[arg(long)]
@@ -79,6 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         model_dir: args.model_dir,
         model_files: Vec::new(),
         cache_dir,
+        cache_max_bytes: args.cache_max,
         threads: rayon::current_num_threads(),
         identity,
     };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strata_model::slice::{slice_tensors, LayerRange};
+use strata_model::slice_hash::SliceHashes;
 use strata_model::GgufFile;
 use strata_proto::{v1, Fingerprint, Trust, WorkerClient};
 
@@ -153,6 +154,8 @@ pub struct LoadOptions {
     /// bounds, enforced by each stage.
     pub max_batch_tokens: u32,
     pub max_seq_tokens: u64,
+    /// Slice hashes of the model, remembered across loads.
+    pub hashes: Arc<SliceHashes>,
 }
 
 /// Loads every stage, last first, pushing the slice to a worker that has no
@@ -163,7 +166,17 @@ pub async fn load_stages(
     options: &LoadOptions,
     mut on_event: impl FnMut(LoadEvent),
 ) -> Result<(), ClusterError> {
+    let n_layers = strata_model::arch::HyperParams::from_gguf(&model)
+        .map_err(|e| ClusterError::Model(e.to_string()))?
+        .n_layers;
     for (i, st) in stages.iter().enumerate().rev() {
+        let slice_hash = {
+            let (model, hashes, range) = (model.clone(), options.hashes.clone(), st.range);
+            // Reads every byte of the slice the first time: off the async threads.
+            tokio::task::spawn_blocking(move || hashes.get(&model, range, n_layers))
+                .await
+                .map_err(|e| ClusterError::Model(format!("hashing layers {range}: {e}")))?
+        };
         let next = stages
             .get(i + 1)
             .map(|n| n.worker.spec())
@@ -181,10 +194,12 @@ pub async fn load_stages(
             act_dtype: options.act_dtype as i32,
             max_batch_tokens: options.max_batch_tokens,
             max_seq_tokens: options.max_seq_tokens,
+            slice_hash: slice_hash.clone(),
         };
         match load_one(i, st, req.clone(), &mut on_event).await {
             Err(e) if e.code() == tonic::Code::NotFound => {
-                push_with_progress(i, st, model.clone(), &options.digest, &mut on_event).await?;
+                let push = (options.digest.as_str(), slice_hash.as_str());
+                push_with_progress(i, st, model.clone(), push, &mut on_event).await?;
                 load_one(i, st, req, &mut on_event)
                     .await
                     .map_err(|e| worker_err(&st.worker.addr, e.message()))?;
@@ -229,7 +244,7 @@ async fn push_with_progress(
     stage: usize,
     st: &StageAssignment,
     model: Arc<GgufFile>,
-    digest: &str,
+    (digest, slice_hash): (&str, &str),
     on_event: &mut impl FnMut(LoadEvent),
 ) -> Result<(), ClusterError> {
     let total_bytes: u64 = {
@@ -249,7 +264,14 @@ async fn push_with_progress(
         st.range,
         total_bytes >> 20
     );
-    let push = super::push::push_slice_counted(&mut client, model, digest, st.range, sent.clone());
+    let push = super::push::push_slice_counted(
+        &mut client,
+        model,
+        digest,
+        st.range,
+        slice_hash,
+        sent.clone(),
+    );
     tokio::pin!(push);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let result = loop {

@@ -16,14 +16,16 @@ use tonic::Status;
 pub const CHUNK_BYTES: usize = 4 << 20;
 
 /// Coordinator side: streams the tensors of `range` of `file` to a worker,
-/// which caches them under `digest`.
+/// which checks them against `slice_hash` (see `strata_model::slice_hash`)
+/// and caches them under `digest`.
 pub async fn push_slice(
     client: &mut WorkerClient,
     file: Arc<GgufFile>,
     digest: &str,
     range: LayerRange,
+    slice_hash: &str,
 ) -> Result<v1::PushSliceReply, Status> {
-    push_slice_counted(client, file, digest, range, Arc::default()).await
+    push_slice_counted(client, file, digest, range, slice_hash, Arc::default()).await
 }
 
 /// [`push_slice`], adding the tensor bytes handed to the stream to `sent`.
@@ -32,6 +34,7 @@ pub(super) async fn push_slice_counted(
     file: Arc<GgufFile>,
     digest: &str,
     range: LayerRange,
+    slice_hash: &str,
     sent: Arc<AtomicU64>,
 ) -> Result<v1::PushSliceReply, Status> {
     let hp = HyperParams::from_gguf(&file).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -57,6 +60,7 @@ pub(super) async fn push_slice_counted(
                 size_bytes: t.size_bytes,
             })
             .collect(),
+        slice_hash: slice_hash.to_string(),
     };
     let (tx, rx) = mpsc::channel::<v1::SliceChunk>(4);
     let producer = tokio::task::spawn_blocking(move || {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use strata_model::arch::HyperParams;
 use strata_model::profile::{KvType, MemoryProfile};
 use strata_model::slice::LayerRange;
+use strata_model::slice_hash::SliceHashes;
 use strata_model::GgufFile;
 use strata_proto::{v1, Trust, WorkerClient};
 
@@ -70,6 +71,8 @@ pub struct Pool {
     hp: HyperParams,
     digest: String,
     clients: BTreeMap<String, WorkerClient>,
+    /// Slice hashes, so a failover's reload does not read the model again.
+    hashes: Arc<SliceHashes>,
 }
 
 impl Pool {
@@ -85,6 +88,7 @@ impl Pool {
             hp,
             digest,
             clients: BTreeMap::new(),
+            hashes: Arc::default(),
         }
     }
 
@@ -220,6 +224,7 @@ impl Pool {
             act_dtype: self.settings.act_dtype,
             max_batch_tokens: self.settings.batch_tokens.min(u32::MAX as usize) as u32,
             max_seq_tokens: self.ctx_size() as u64,
+            hashes: self.hashes.clone(),
         };
         load_stages(stages, self.model.clone(), &options, on_event)
             .await

@@ -9,6 +9,7 @@
 
 mod downstream;
 pub mod frames;
+mod locate;
 mod push;
 mod stage_thread;
 pub mod system;
@@ -18,7 +19,7 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 
 use strata_kernels::Backend;
 use strata_model::arch::HyperParams;
-use strata_model::GgufFile;
+use strata_model::slice_hash::SliceHashes;
 use strata_proto::link::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
 use strata_proto::v1::{self, worker_server};
 use strata_proto::{NodeIdentity, TokenCheck, Trust, MAX_MESSAGE_BYTES};
@@ -52,8 +53,9 @@ pub struct WorkerConfig {
     pub model_dir: Option<PathBuf>,
     /// Single model files this worker may also read (the embedded worker's).
     pub model_files: Vec<PathBuf>,
-    /// Where pushed slices are kept.
+    /// Where pushed slices are kept, and how many bytes of them at most.
     pub cache_dir: PathBuf,
+    pub cache_max_bytes: u64,
     pub threads: usize,
     /// The certificate it serves TLS with; `None` serves plaintext
     /// (`--insecure`).
@@ -72,6 +74,8 @@ struct Shared {
     stage: Mutex<std_mpsc::Sender<Command>>,
     snapshot: Arc<Mutex<Snapshot>>,
     downstream: tokio::sync::RwLock<Option<Arc<Downstream>>>,
+    /// Slice hashes of files already checked.
+    hashes: SliceHashes,
     /// One LoadSlice at a time.
     loading: tokio::sync::Mutex<()>,
 }
@@ -114,7 +118,7 @@ impl WorkerService {
         }));
         let stage = stage_thread::spawn(make_backend, snapshot.clone())
             .map_err(|e| ServiceError::Setup(format!("starting the compute thread: {e}")))?;
-        let cache = SliceCache::new(config.cache_dir.clone());
+        let cache = SliceCache::new(config.cache_dir.clone(), config.cache_max_bytes);
         Ok(WorkerService {
             shared: Arc::new(Shared {
                 config,
@@ -133,6 +137,7 @@ impl WorkerService {
                 stage: Mutex::new(stage),
                 snapshot,
                 downstream: tokio::sync::RwLock::new(None),
+                hashes: SliceHashes::default(),
                 loading: tokio::sync::Mutex::new(()),
             }),
         })
@@ -312,13 +317,16 @@ impl WorkerService {
         )
         .await;
 
-        // Find and open the file off the async threads (digesting reads ~33 MiB).
+        // Find, open and check the file off the async threads (hashing a
+        // slice reads all of it the first time).
         let shared = self.shared.clone();
         let digest = req.model_digest.clone();
         let model_path = req.model_path.clone();
-        let (file, source) =
-            tokio::task::spawn_blocking(move || locate(&shared, &digest, &model_path, range))
-                .await
+        let slice_hash = req.slice_hash.clone();
+        let (file, source) = tokio::task::spawn_blocking(move || {
+            locate::locate(&shared, &digest, &model_path, range, &slice_hash)
+        })
+        .await
                 .map_err(|e| Status::internal(e.to_string()))??;
         let hp = HyperParams::from_gguf(&file)
             .map_err(|e| Status::invalid_argument(format!("{}: {e}", source.display())))?;
@@ -487,52 +495,6 @@ impl WorkerService {
         };
         Ok(1 + after)
     }
-}
-
-/// Finds the model file for `digest`: the given path (checked), the model
-/// dir, then the slice cache.
-fn locate(
-    shared: &Shared,
-    digest: &str,
-    model_path: &str,
-    range: LayerRange,
-) -> Result<(GgufFile, PathBuf), Status> {
-    let open = |p: &std::path::Path| {
-        GgufFile::open(p).map_err(|e| Status::failed_precondition(e.to_string()))
-    };
-    if !model_path.is_empty() {
-        // Only a file this worker was given (--model-dir): a token holder
-        // must not learn whether any other path exists, nor make us read it.
-        let path = shared
-            .models
-            .known(std::path::Path::new(model_path))
-            .ok_or_else(|| {
-                Status::permission_denied("model_path names no file of this worker's --model-dir")
-            })?
-            .to_path_buf();
-        let file = open(&path)?;
-        let have = slice_cache::model_digest(&file)
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        if have != digest {
-            return Err(Status::failed_precondition(format!(
-                "{model_path} has digest {have}, not {digest}"
-            )));
-        }
-        return Ok((file, path));
-    }
-    if let Some(p) = shared.models.find(digest) {
-        return Ok((open(p)?, p.to_path_buf()));
-    }
-    if let Some(p) = shared.cache.find(digest, range) {
-        return Ok((open(&p)?, p));
-    }
-    Err(Status::not_found(format!(
-        "this worker has no file with digest {digest} (model dir: {}; no cached slice of layers {}..{} in {}): push the slice",
-        shared.config.model_dir.as_ref().map_or("none".into(), |d| d.display().to_string()),
-        range.first,
-        range.end,
-        shared.cache.dir().display()
-    )))
 }
 
 #[tonic::async_trait]

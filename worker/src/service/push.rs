@@ -27,6 +27,12 @@ pub async fn receive(
             "PushSlice must start with a header",
         ));
     };
+    let expected_hash = header.slice_hash.clone();
+    if !expected_hash.starts_with("blake3:") {
+        return Err(Status::invalid_argument(
+            "PushSlice header: no slice_hash (blake3:<hex>): a pushed slice is kept only if it checks out",
+        ));
+    }
     let slice = pushed_slice(header)?;
     tracing::info!(
         "receiving layers {}..{} of {} ({} tensors)",
@@ -36,7 +42,9 @@ pub async fn receive(
         slice.tensors.len()
     );
     let (tx, mut rx) = mpsc::channel::<(usize, Vec<u8>)>(4);
-    let writer = tokio::task::spawn_blocking(move || cache.write(&slice, || rx.blocking_recv()));
+    let writer = tokio::task::spawn_blocking(move || {
+        cache.write(&slice, &expected_hash, || rx.blocking_recv())
+    });
     let mut stream_error = None;
     loop {
         match stream.message().await {

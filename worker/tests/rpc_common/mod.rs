@@ -66,6 +66,7 @@ pub async fn start_worker_with(
         model_dir,
         model_files: Vec::new(),
         cache_dir: cache.path().to_path_buf(),
+        cache_max_bytes: u64::MAX,
         threads: 2,
         identity,
     };
@@ -132,6 +133,12 @@ pub async fn load(
             act_dtype: act_dtype as i32,
             max_batch_tokens: 0,
             max_seq_tokens: 0,
+            // The coordinator's check, whenever the test model is meant.
+            slice_hash: if digest == self::digest() {
+                slice_hash(first, end)
+            } else {
+                String::new()
+            },
         },
     )
     .await
@@ -314,6 +321,20 @@ pub fn reference() -> Reference {
 pub fn digest() -> String {
     let file = strata_model::GgufFile::open(model_path()).expect("model");
     strata_worker::slice_cache::model_digest(&file).expect("digest")
+}
+
+/// The slice hash of layers `first..end` of the test model, as the
+/// coordinator computes it.
+pub fn slice_hash(first: u32, end: u32) -> String {
+    let file = open_model();
+    let n_layers = strata_model::arch::HyperParams::from_gguf(&file)
+        .expect("hp")
+        .n_layers;
+    let range = strata_model::LayerRange {
+        first: first as usize,
+        end: end as usize,
+    };
+    strata_model::slice_hash::slice_hash(&file, range, n_layers)
 }
 
 pub fn open_model() -> Arc<strata_model::GgufFile> {
