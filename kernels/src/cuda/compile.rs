@@ -165,7 +165,9 @@ fn cache_path(dir: &Path, src: &KernelSource, major: u32, minor: u32) -> PathBuf
 pub fn cached_cubin(src: &KernelSource, major: u32, minor: u32) -> Result<Vec<u8>, CompileError> {
     let dir = cache_dir();
     let path = cache_path(&dir, src, major, minor);
-    if let Ok(bytes) = std::fs::read(&path) {
+    let key =
+        super::sealed::source_key(&[&src.text(), &options(&format!("{major}{minor}")).join(" ")]);
+    if let Some(bytes) = super::sealed::read(&path, &key) {
         return Ok(bytes);
     }
     let started = std::time::Instant::now();
@@ -178,7 +180,8 @@ pub fn cached_cubin(src: &KernelSource, major: u32, minor: u32) -> Result<Vec<u8
     let tmp = path.with_extension("partial");
     let written = std::fs::create_dir_all(&dir)
         .and_then(|_| std::fs::write(&tmp, &bytes))
-        .and_then(|_| std::fs::rename(&tmp, &path));
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .and_then(|_| super::sealed::seal(&path, &key));
     if let Err(e) = written {
         tracing::warn!("could not cache {}: {e}", path.display());
     }

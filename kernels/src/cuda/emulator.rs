@@ -27,6 +27,7 @@ use std::sync::OnceLock;
 use sha2::{Digest, Sha256};
 
 use super::compile::cache_dir;
+use super::sealed;
 use super::source::KernelSource;
 
 const DEVICE_H: &str = include_str!("../../cuda/emu/device.h");
@@ -82,10 +83,12 @@ pub fn install() -> Result<(), EmulatorError> {
 
 fn load_runtime() -> Result<(), EmulatorError> {
     let flags = extra_flags();
-    let key = hash(&[DEVICE_H, RUNTIME_CPP, &flags.join(" ")]);
+    let inputs = [DEVICE_H, RUNTIME_CPP, &flags.join(" ")];
+    let key = hash(&inputs);
     let dir = cache_dir().join("emu");
     let lib = dir.join(format!("libcuda-emu-{key}.so"));
-    if !lib.exists() {
+    let sealed_key = sealed::source_key(&inputs);
+    if sealed::read(&lib, &sealed_key).is_none() {
         let src = dir.join(format!("src-{key}"));
         write(&src.join("device.h"), DEVICE_H)?;
         write(&src.join("runtime.cpp"), RUNTIME_CPP)?;
@@ -104,6 +107,7 @@ fn load_runtime() -> Result<(), EmulatorError> {
             "-ldl".into(),
         ]);
         compile("the emulator runtime", &args, &lib)?;
+        seal(&lib, &sealed_key)?;
     }
     // RTLD_GLOBAL: kernel modules call into it; its SONAME (libcuda.so)
     // is what cudarc's dlopen("libcuda.so") then finds already loaded.
@@ -142,10 +146,12 @@ pub fn build_module(src: &KernelSource) -> Result<PathBuf, EmulatorError> {
     }
     text.push_str("STRATA_EMU_KERNELS_END\n");
     let flags = extra_flags();
-    let key = hash(&[DEVICE_H, &text, &flags.join(" ")]);
+    let inputs = [DEVICE_H, &text, &flags.join(" ")];
+    let key = hash(&inputs);
     let dir = cache_dir().join("emu");
     let lib = dir.join(format!("{}-{key}.so", src.name));
-    if lib.exists() {
+    let sealed_key = sealed::source_key(&inputs);
+    if sealed::read(&lib, &sealed_key).is_some() {
         return Ok(lib);
     }
     let cu = dir.join(format!("{}-{key}.cpp", src.name));
@@ -163,6 +169,7 @@ pub fn build_module(src: &KernelSource) -> Result<PathBuf, EmulatorError> {
     args.extend(flags);
     args.extend(["-x".into(), "c++".into(), cu.display().to_string()]);
     compile(&format!("{}.cu", src.name), &args, &lib)?;
+    seal(&lib, &sealed_key)?;
     Ok(lib)
 }
 
@@ -183,6 +190,13 @@ fn hash(parts: &[&str]) -> String {
         .take(10)
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+fn seal(lib: &Path, key: &str) -> Result<(), EmulatorError> {
+    sealed::seal(lib, key).map_err(|e| EmulatorError::Io {
+        path: lib.to_path_buf(),
+        error: e.to_string(),
+    })
 }
 
 /// A name beside `path` that no other process or thread is writing.

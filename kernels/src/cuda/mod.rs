@@ -6,6 +6,7 @@ mod backend;
 pub mod compile;
 pub mod emulator;
 mod profile;
+mod sealed;
 pub mod source;
 mod uploads;
 
