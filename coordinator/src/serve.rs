@@ -42,6 +42,8 @@ pub struct ServeConfig {
     pub micro_batches: Option<usize>,
     /// A batch with no reply after this long means a stage hangs.
     pub batch_timeout: std::time::Duration,
+    /// How long an HTTP client may take to send a request.
+    pub http_limits: crate::api::HttpLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +115,7 @@ pub async fn serve(
         .await
         .map_err(|e| ServeError::Model(e.to_string()))??;
     let name = config.alias.clone().unwrap_or_else(|| model.name.clone());
-    let state = AppState::new(name, config.api_key.clone());
+    let state = AppState::with_limits(name, config.api_key.clone(), config.http_limits);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -129,11 +131,9 @@ pub async fn serve(
         tracing::warn!("listening on {bound} beyond this machine without --api-key");
     }
     let app = router(state.clone());
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-    });
+    let limits = config.http_limits;
+    let http =
+        tokio::spawn(async move { crate::api::serve_http(listener, app, limits, shutdown).await });
 
     match start_pipeline(&config, model, &state, &mut reporter).await {
         Ok(ready) => {

@@ -16,6 +16,15 @@ pub const CHATML_TEMPLATE: &str = "{%- for message in messages -%}\n  \
 {%- if add_generation_prompt -%}\n  {{- '<|im_start|>assistant\\n' -}}\n{%- endif -%}\n";
 
 const KEY_TEMPLATE: &str = "tokenizer.chat_template";
+
+/// Template instructions any conversation may spend, plus per message and
+/// per byte of text. Real templates (Qwen's, Llama 3's, Gemma's) spend
+/// well under 1,000 per message; the allowance is generous so only a
+/// template that loops without end (a hostile GGUF) runs out, in about a
+/// second instead of never.
+const FUEL_BASE: u64 = 1_000_000;
+const FUEL_PER_MESSAGE: u64 = 20_000;
+const FUEL_PER_BYTE: u64 = 4;
 const TEMPLATE_NAME: &str = "chat_template";
 
 /// One message of a conversation.
@@ -43,6 +52,8 @@ pub enum ChatError {
     Compile(Error),
     #[error("chat template failed to render: {0:#}")]
     Render(Error),
+    #[error("chat template ran past its {fuel} instruction budget for {messages} messages: the template loops without end or the conversation is too large")]
+    OutOfFuel { fuel: u64, messages: usize },
 }
 
 /// A compiled chat template with the model's BOS and EOS texts.
@@ -131,18 +142,36 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
-        let tmpl = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(ChatError::Render)?;
+        let fuel = fuel_for(messages);
+        // Fuel is set per environment; a clone shares the compiled template.
+        let mut env = self.env.clone();
+        env.set_fuel(Some(fuel));
+        let tmpl = env.get_template(TEMPLATE_NAME).map_err(ChatError::Render)?;
         tmpl.render(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
         })
-        .map_err(ChatError::Render)
+        .map_err(|e| match e.kind() {
+            ErrorKind::OutOfFuel => ChatError::OutOfFuel {
+                fuel,
+                messages: messages.len(),
+            },
+            _ => ChatError::Render(e),
+        })
     }
+}
+
+/// The instruction budget for rendering `messages`.
+fn fuel_for(messages: &[ChatMessage]) -> u64 {
+    let bytes: usize = messages
+        .iter()
+        .map(|m| m.role.len() + m.content.len())
+        .sum();
+    FUEL_BASE
+        .saturating_add(FUEL_PER_MESSAGE.saturating_mul(messages.len() as u64))
+        .saturating_add(FUEL_PER_BYTE.saturating_mul(bytes as u64))
 }
 
 #[cfg(test)]
@@ -181,6 +210,40 @@ mod tests {
         assert_eq!(
             t.render(&msgs, false).unwrap(),
             "user: hi\nassistant: yo\n2"
+        );
+    }
+
+    #[test]
+    fn a_template_that_never_ends_runs_out_of_fuel() {
+        // range() is capped, so nest loops to make the work unbounded.
+        let src =
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}";
+        let t = ChatTemplate::new(src, String::new(), String::new()).unwrap();
+        let started = std::time::Instant::now();
+        let e = t
+            .render(&[ChatMessage::new("user", "hi")], true)
+            .unwrap_err();
+        assert!(matches!(e, ChatError::OutOfFuel { .. }), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn long_conversations_stay_within_fuel() {
+        let msgs: Vec<ChatMessage> = (0..2000)
+            .map(|i| {
+                ChatMessage::new(
+                    if i % 2 == 0 { "user" } else { "assistant" },
+                    "x".repeat(i % 50),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ChatTemplate::chatml()
+                .render(&msgs, true)
+                .unwrap()
+                .matches("<|im_start|>")
+                .count(),
+            2001
         );
     }
 

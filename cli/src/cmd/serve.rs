@@ -59,6 +59,11 @@ pub struct Args {
     /// hung and is rebuilt over the workers that answer.
     #[arg(long, default_value_t = 120)]
     pub stage_timeout: u64,
+    /// Seconds an HTTP client has to send a request body (headers: at most
+    /// 10 s); a client trickling or stalling is cut off. Responses, such
+    /// as a long stream, are not limited.
+    #[arg(long, default_value_t = 30.0)]
+    pub request_timeout: f64,
     /// Embedded worker: CPU threads (default: all cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
@@ -162,6 +167,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             batch_tokens: args.batch_size,
             micro_batches: args.micro_batches,
             batch_timeout: std::time::Duration::from_secs(args.stage_timeout.max(1)),
+            http_limits: strata_coordinator::api::HttpLimits::within(
+                std::time::Duration::from_secs_f64(args.request_timeout.clamp(0.1, 86_400.0)),
+            ),
         };
         // Keeps the embedded worker serving until we return.
         let mut _embedded = None;

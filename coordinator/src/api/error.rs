@@ -40,6 +40,16 @@ impl ApiError {
             code: Some("invalid_api_key"),
         }
     }
+    /// 408: the client did not finish sending its request in time.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_timeout"),
+        }
+    }
     pub fn not_found(what: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::NOT_FOUND,

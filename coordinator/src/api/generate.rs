@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{FromRequest, Request, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -28,24 +27,34 @@ use crate::engine::{EngineError, GenerationRequest};
 /// llama.cpp's default window for repetition penalties.
 const PENALTY_LAST_N: u32 = 64;
 
-/// The JSON body, or an OpenAI-shaped error (413 past the body limit).
-fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let body = body.map_err(|e| ApiError {
-        status: e.status(),
-        ..ApiError::invalid(None, format!("request body: {}", e.body_text()))
-    })?;
+/// The JSON body, or an OpenAI-shaped error: 413 past the body limit, 408
+/// when it does not arrive within the deadline (a client trickling bytes
+/// or stalled mid-body would otherwise hold the connection forever).
+async fn parse<T: DeserializeOwned>(st: &AppState, req: Request) -> Result<T, ApiError> {
+    let deadline = st.body_read_timeout;
+    let body = tokio::time::timeout(deadline, Bytes::from_request(req, &()))
+        .await
+        .map_err(|_| {
+            ApiError::request_timeout(format!(
+                "the request body did not arrive within {} s",
+                deadline.as_secs_f64()
+            ))
+        })?
+        .map_err(|e: BytesRejection| ApiError {
+            status: e.status(),
+            ..ApiError::invalid(None, format!("request body: {}", e.body_text()))
+        })?;
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(None, format!("invalid request body: {e}")))
 }
 
 pub async fn chat_completions(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    st.authorize(&headers)?;
+    st.authorize(req.headers())?;
     // A bad request is a 400 whether or not the model is up yet.
-    let req: ChatRequest = parse(body)?;
+    let req: ChatRequest = parse(&st, req).await?;
     let params = req.params()?;
     let ready = st.ready()?;
     let messages: Vec<ChatMessage> = req
@@ -71,11 +80,10 @@ pub async fn chat_completions(
 
 pub async fn completions(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    st.authorize(&headers)?;
-    let req: CompletionRequest = parse(body)?;
+    st.authorize(req.headers())?;
+    let req: CompletionRequest = parse(&st, req).await?;
     let params = req.params()?;
     let ready = st.ready()?;
     let tok = ready.tokenizer.clone();

@@ -3,6 +3,7 @@
 
 pub mod error;
 mod generate;
+pub mod http;
 pub mod openai;
 pub mod request;
 pub mod server;
@@ -10,5 +11,6 @@ pub mod stop;
 pub mod text;
 
 pub use error::ApiError;
+pub use http::{serve_http, HttpLimits};
 pub use request::{ChatRequest, CompletionRequest, GenerationParams};
 pub use server::{router, AppState, Phase, Ready};

@@ -13,6 +13,7 @@ use strata_model::chat::ChatTemplate;
 use strata_model::tokenizer::Tokenizer;
 
 use super::error::ApiError;
+use super::http::HttpLimits;
 use crate::engine::Engine;
 
 /// What serving needs once the model is up.
@@ -33,15 +34,26 @@ pub enum Phase {
 pub struct AppState {
     pub model_name: String,
     pub api_key: Option<String>,
+    /// How long a handler waits for a request body to arrive.
+    pub body_read_timeout: std::time::Duration,
     ready: OnceLock<Ready>,
     phase: Mutex<Phase>,
 }
 
 impl AppState {
     pub fn new(model_name: String, api_key: Option<String>) -> Arc<Self> {
+        Self::with_limits(model_name, api_key, HttpLimits::default())
+    }
+
+    pub fn with_limits(
+        model_name: String,
+        api_key: Option<String>,
+        limits: HttpLimits,
+    ) -> Arc<Self> {
         Arc::new(AppState {
             model_name,
             api_key,
+            body_read_timeout: limits.body_read,
             ready: OnceLock::new(),
             phase: Mutex::new(Phase::Loading("starting".into())),
         })
