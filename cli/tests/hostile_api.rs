@@ -299,21 +299,28 @@ fn type_swaps() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// A valid body with a few bytes dropped, duplicated, flipped or replaced
-/// by JSON punctuation.
+/// by JSON punctuation. The leading length limits (keys sort first) are
+/// left alone so that a body still valid generates one token, not a
+/// whole context; wrong types for them are the type swaps' business.
 fn mutate(rng: &mut Rng, valid: &[u8]) -> Vec<u8> {
+    const LIMITS: &[u8] = br#"{"max_completion_tokens":1,"max_tokens":1,"#;
+    assert!(valid.starts_with(LIMITS));
     let mut b = valid.to_vec();
     for _ in 0..1 + rng.below(3) {
-        if b.is_empty() {
+        if b.len() <= LIMITS.len() {
             break;
         }
-        let i = rng.below(b.len());
+        let i = LIMITS.len() + rng.below(b.len() - LIMITS.len());
         match rng.below(5) {
             0 => {
                 b.remove(i);
             }
             1 => b.insert(i, b[i]),
             2 => b[i] ^= 1 << rng.below(8),
-            3 => b[i] = b"{}[]\",:0-e\\\xff\x00"[rng.below(14)],
+            3 => {
+                const PUNCTUATION: &[u8] = b"{}[]\",:0-e\\\xff\x00";
+                b[i] = PUNCTUATION[rng.below(PUNCTUATION.len())]
+            }
             _ => b.truncate(i),
         }
     }
@@ -467,6 +474,13 @@ fn oversized_and_odd() -> Vec<(&'static str, Vec<u8>, bool)> {
         true,
     ));
     out.push(("context", post_raw(path, many.as_bytes()), true));
+    // An absurd limit on a prompt that leaves a few tokens of context.
+    let absurd = json!({"prompt": "word ".repeat(245), "max_tokens": 1_000_000_000_000i64});
+    out.push((
+        "absurd_max_tokens",
+        post_raw("/v1/completions", absurd.to_string().as_bytes()),
+        true,
+    ));
     for model in ["", "gpt-4o", "../../etc/passwd", &"m".repeat(5000)] {
         let mut b = valid_chat();
         b["model"] = json!(model);

@@ -78,8 +78,11 @@ pub async fn serve_http(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
+        // Not `serve_connection_with_upgrades`: it sniffs the protocol
+        // first with no deadline (an idle socket or a bare HTTP/2 preface
+        // held it forever) and ignores `http1_only`.
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
