@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 const REQUEST_TIMEOUT_S: f64 = 2.0;
 /// No byte for this long from the server counts as a hang.
 const HANG: Duration = Duration::from_secs(30);
-const SEED: u64 = 0x5eed_0f_1a2;
+const SEED: u64 = 0x5eed_f1a2;
 const MUTATIONS: usize = 520;
 const THREADS: usize = 6;
 

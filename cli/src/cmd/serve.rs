@@ -168,7 +168,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             micro_batches: args.micro_batches,
             batch_timeout: std::time::Duration::from_secs(args.stage_timeout.max(1)),
             http_limits: strata_coordinator::api::HttpLimits::within(
-                std::time::Duration::from_secs_f64(args.request_timeout.clamp(0.1, 86_400.0)),
+                std::time::Duration::from_secs_f64(if args.request_timeout.is_finite() {
+                    args.request_timeout.clamp(0.1, 86_400.0)
+                } else {
+                    86_400.0
+                }),
             ),
         };
         // Keeps the embedded worker serving until we return.

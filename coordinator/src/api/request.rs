@@ -95,7 +95,9 @@ impl Unsupported {
             Value::Object(o) => o.is_empty(),
             _ => false,
         };
-        let fields: [(&str, &Option<Value>, fn(&Value) -> bool); 10] = [
+        // (name, value, whether a value is one we can honour by ignoring it)
+        type Field<'a> = (&'a str, &'a Option<Value>, fn(&Value) -> bool);
+        let fields: [Field; 10] = [
             ("tools", &self.tools, |_| false),
             ("tool_choice", &self.tool_choice, |v| {
                 v == "none" || v == "auto"
