@@ -78,6 +78,8 @@ struct Runner {
     next_batch: u64,
     link: Option<Link>,
     lost: mpsc::UnboundedSender<PipelineLost>,
+    /// Wire ids of retired sequences the next frame frees on every stage.
+    release_first: Vec<u64>,
 }
 
 /// Spawns the loop, detached until the first [`Msg::Attach`].
@@ -97,6 +99,7 @@ pub(super) fn spawn(
         next_batch: 1,
         link: None,
         lost,
+        release_first: Vec::new(),
     };
     tokio::spawn(runner.run(msgs));
 }
@@ -238,6 +241,7 @@ impl Runner {
                 token_ids,
                 activations: Vec::new(),
                 act_dtype: 0,
+                release_first: std::mem::take(&mut self.release_first),
             };
             tracing::debug!(batch_id, group, n_tokens, seqs = entries.len(), "send");
             self.in_flight.insert(
@@ -357,6 +361,10 @@ impl Runner {
         if ids.is_empty() {
             return;
         }
+        // The next frame frees them on every stage before its batch runs;
+        // the RPC also frees them when no frame follows soon, or a stage
+        // fails that frame before passing it on.
+        self.release_first.extend(&ids);
         let mut client = link.release.clone();
         tokio::spawn(async move {
             if let Err(e) = client
@@ -404,6 +412,7 @@ impl Runner {
         }
         // Nothing to release on a pipeline that is gone.
         self.release_retired();
+        self.release_first.clear();
         self.stats.on_failover(replayed);
         tracing::info!(
             sequences = self.seqs.len(),

@@ -35,6 +35,7 @@ fn frame(entries: Vec<v1::BatchEntry>, token_ids: Vec<u32>, act: Vec<u8>, dtype:
         token_ids,
         activations: act,
         act_dtype: dtype as i32,
+        release_first: vec![],
     }
 }
 
@@ -55,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("ceiling", [last | 4, d - 1, 0, 31], frame(vec![entry(9, 100, 4, true)], vec![1, 1, 2, 2], f16s(16), v1::ActDtype::F16)),
         ("duplicate-seq", [mid, d - 1, 0xff, 15], frame(vec![entry(1, 0, 1, false), entry(1, 1, 1, false)], vec![], f16s(8), v1::ActDtype::F16)),
         ("past-context", [mid, d - 1, 0x0f, 15], frame(vec![entry(1, 10, 4, false)], vec![], f16s(16), v1::ActDtype::F16)),
-        ("no-header", [mid, d - 1, 0xff, 15], v1::BatchFrame { header: None, token_ids: vec![1], activations: vec![0; 8], act_dtype: 9 }),
+        ("no-header", [mid, d - 1, 0xff, 15], v1::BatchFrame { header: None, token_ids: vec![1], activations: vec![0; 8], act_dtype: 9, release_first: vec![2] }),
     ];
     for (name, config, f) in &seeds {
         let mut bytes = config.to_vec();

@@ -244,6 +244,10 @@ pub(super) fn lost_reply(batch_id: u64, error: String) -> v1::StageReply {
 
 fn forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> FrameOut {
     let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
+    for s in &frame.release_first {
+        l.stage.release(*s);
+        l.seqs.remove(s);
+    }
     let _span = tracing::debug_span!("batch", batch_id, stage = %l.label).entered();
     match try_forward(l, frame) {
         Ok(out) => out,
@@ -280,6 +284,7 @@ fn try_forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<F
                 token_ids: frame.token_ids,
                 activations: frames::encode_activations(&values, l.act_dtype),
                 act_dtype: l.act_dtype as i32,
+                release_first: frame.release_first,
             }))
         }
         StageOutput::Logits(rows) => {

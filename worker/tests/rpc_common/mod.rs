@@ -209,8 +209,7 @@ impl DataStream {
         let frame = v1::BatchFrame {
             header: Some(v1::BatchHeader { batch_id, entries }),
             token_ids,
-            activations: Vec::new(),
-            act_dtype: 0,
+            ..Default::default()
         };
         self.frames.send(frame).await.expect("send frame");
         let reply = self
