@@ -226,24 +226,29 @@ fn serve_refuses_a_worker_with_the_wrong_certificate_and_loads_nothing() {
     assert_ne!(wrong, worker.spec);
     let dir = tempfile::tempdir().unwrap();
     let token = common::token_file(dir.path());
-    let mut serve = common::Proc::spawn(
-        "serve",
-        &[
+    // A `strata serve` that is never ready: it only has to say why.
+    let serve_with = |worker_spec: &str| {
+        let (model, token) = (model_path.to_str().unwrap(), token.to_str().unwrap());
+        common::Proc::spawn(
             "serve",
-            "-m",
-            model_path.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--token-file",
-            token.to_str().unwrap(),
-            "-c",
-            "128",
-            "-n",
-            "1",
-            "--worker",
-            &wrong,
-        ],
-    );
+            &[
+                "serve",
+                "-m",
+                model,
+                "--listen",
+                "127.0.0.1:0",
+                "--token-file",
+                token,
+                "-c",
+                "128",
+                "-n",
+                "1",
+                "--worker",
+                worker_spec,
+            ],
+        )
+    };
+    let mut serve = serve_with(&wrong);
     serve.wait_for("not the pinned", Duration::from_secs(60));
     // The worker never got as far as an RPC: still idle, nothing pushed.
     let health = worker.health();
@@ -253,19 +258,6 @@ fn serve_refuses_a_worker_with_the_wrong_certificate_and_loads_nothing() {
     );
 
     // And a bare address is refused up front, with how to pin it.
-    let mut bare = common::Proc::spawn(
-        "serve",
-        &[
-            "serve",
-            "-m",
-            model_path.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--token-file",
-            token.to_str().unwrap(),
-            "--worker",
-            &worker.addr,
-        ],
-    );
+    let mut bare = serve_with(&worker.addr);
     bare.wait_for("has no pinned certificate", Duration::from_secs(30));
 }

@@ -62,15 +62,6 @@ impl Trust {
             }),
         }
     }
-
-    /// `addr#sha256:<hex>`, or `addr` for plaintext: how a stage is told
-    /// its next stage.
-    pub fn spec(&self, addr: &str) -> Result<String, ConnectError> {
-        Ok(match self.pin(addr)? {
-            Some(pin) => format!("{addr}#{pin}"),
-            None => addr.to_string(),
-        })
-    }
 }
 
 /// Connects to a worker at `host:port` with the cluster token, raised
