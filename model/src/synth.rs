@@ -36,6 +36,7 @@ pub fn presets(arch: Architecture) -> &'static [&'static str] {
         Architecture::Qwen2 => &["tiny", "0.5b", "7b", "72b"],
         Architecture::Qwen3 => &["tiny", "0.6b", "8b", "32b"],
         Architecture::Gemma3 => &["tiny", "270m", "1b", "4b", "12b", "27b"],
+        Architecture::Qwen3Moe | Architecture::GptOss | Architecture::Mistral3 => &[],
     }
 }
 

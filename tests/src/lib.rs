@@ -25,13 +25,13 @@ pub fn model_path(file: &str) -> PathBuf {
 pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
 
-/// `tests/reference/` (a copy of `shared/reference/`: llama.cpp's recorded
+/// `tests/data/` (llama.cpp's recorded
 /// outputs), or `STRATA_REFERENCE`.
 pub fn reference_dir() -> PathBuf {
     if let Ok(d) = std::env::var("STRATA_REFERENCE") {
         return PathBuf::from(d);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reference")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data")
 }
 
 pub fn reference(file: &str) -> serde_json::Value {

@@ -15,10 +15,25 @@ pub enum Architecture {
     /// Qwen2 without QKV bias, with per-head Q/K RMSNorm.
     Qwen3,
     Gemma3,
+    /// Qwen3 attention with a mixture-of-experts feed-forward (Qwen3-30B-A3B).
+    Qwen3Moe,
+    /// gpt-oss: attention sinks and biases, alternating sliding window,
+    /// experts with biases and a clamped SwiGLU, MXFP4 experts.
+    GptOss,
+    /// Ministral-3 (dense).
+    Mistral3,
 }
 
 impl Architecture {
-    pub const ALL: [Architecture; 4] = [Self::Llama, Self::Qwen2, Self::Qwen3, Self::Gemma3];
+    pub const ALL: [Architecture; 7] = [
+        Self::Llama,
+        Self::Qwen2,
+        Self::Qwen3,
+        Self::Gemma3,
+        Self::Qwen3Moe,
+        Self::GptOss,
+        Self::Mistral3,
+    ];
 
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {
@@ -26,6 +41,9 @@ impl Architecture {
             "qwen2" => Self::Qwen2,
             "qwen3" => Self::Qwen3,
             "gemma3" => Self::Gemma3,
+            "qwen3moe" => Self::Qwen3Moe,
+            "gpt-oss" => Self::GptOss,
+            "mistral3" => Self::Mistral3,
             _ => return None,
         })
     }
@@ -37,6 +55,9 @@ impl Architecture {
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
             Self::Gemma3 => "gemma3",
+            Self::Qwen3Moe => "qwen3moe",
+            Self::GptOss => "gpt-oss",
+            Self::Mistral3 => "mistral3",
         }
     }
 }
@@ -258,6 +279,12 @@ impl HyperParams {
                 // per global one, local RoPE base 10000.
                 hp.swa_period = 6;
                 hp.rope.freq_base_swa = opt_f32("rope.freq_base_swa").unwrap_or(10_000.0);
+            }
+            Architecture::Qwen3Moe | Architecture::GptOss | Architecture::Mistral3 => {
+                return Err(ArchError::Unsupported {
+                    path,
+                    arch: arch_name.to_string(),
+                })
             }
         }
         hp.check_bounds()
