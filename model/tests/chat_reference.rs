@@ -17,7 +17,7 @@ fn models_dir() -> PathBuf {
 fn reference_dir() -> PathBuf {
     std::env::var("STRATA_REFERENCE")
         .map(Into::into)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference"))
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data"))
 }
 
 fn check(model: &str, reference: &str) {

@@ -1,5 +1,5 @@
 //! The tokenizer on the real test models, against llama.cpp's recorded outputs
-//! (`shared/reference/*.json`).
+//! (`tests/data/*.json`).
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -17,7 +17,7 @@ fn models_dir() -> PathBuf {
 fn reference_dir() -> PathBuf {
     std::env::var("STRATA_REFERENCE")
         .map(Into::into)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference"))
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data"))
 }
 
 fn load(model: &str, reference: &str) -> (Tokenizer, Value) {

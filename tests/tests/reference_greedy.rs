@@ -1,5 +1,5 @@
 //! The CPU forward pass against llama.cpp's recorded greedy continuations
-//! (`shared/reference/*.json`, recorded with `llama-server` on a CPU).
+//! (`tests/data/*.json`, recorded with `llama-server` on a CPU).
 //!
 //! The CPU backend computes every op in ggml's arithmetic (docs/numerics.md),
 //! so given the same batches it gives llama.cpp's logits bit for bit. The

@@ -17,7 +17,7 @@ pub const TOKEN: &str = "e2e-cluster-secret";
 #[allow(unused_imports)]
 pub use strata_tests::{model_path as model, GEMMA3, SMOLLM2};
 
-/// `tests/reference/<name>.json`.
+/// `tests/data/<name>.json`.
 pub fn reference(name: &str) -> Value {
     strata_tests::reference(&format!("{name}.json"))
 }

@@ -289,7 +289,7 @@ pub struct Reference {
 pub fn reference() -> Reference {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../tests/reference/smollm2-135m.json"
+        "/../tests/data/smollm2-135m.json"
     ))
     .expect("reference json");
     let v: serde_json::Value = serde_json::from_str(&text).expect("json");
