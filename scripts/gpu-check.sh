@@ -136,7 +136,7 @@ ops() {
 }
 
 greedy() {
-    # The CPU backend matches llama.cpp (shared/reference, tested in CI);
+    # The CPU backend matches llama.cpp (tests/data, tested in CI);
     # here the GPU must give the CPU's greedy text for every weight type.
     local dir fails=0 q arch m cpu gpu r
     dir=$(mktemp -d)
