@@ -16,6 +16,6 @@ pub use auth::{BearerToken, TokenCheck};
 pub use link::{connect, parse_peer, Trust, WorkerClient, MAX_MESSAGE_BYTES};
 pub use tls::{Fingerprint, NodeIdentity};
 
-/// Activations cross stage boundaries as f16 by default
-/// (`shared/DESIGN.md`, data flow); `ActDtype::F32` is the lossless option.
+/// Bytes per value of hidden states sent as `ActDtype::F16` (half of
+/// `ActDtype::F32`, which is lossless and `strata serve`'s default).
 pub const ACTIVATION_BYTES_PER_VALUE: usize = 2;
