@@ -4,14 +4,16 @@ use strata_model::synth::{QuantScheme, SynthSpec};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// llama, qwen2, qwen3 or gemma3.
+    /// llama, qwen2, qwen3, gemma3, qwen3moe, gpt-oss or mistral3.
     #[arg(long)]
     pub arch: String,
     /// A real model's size: tiny, 135m, 1b, 8b, 70b (llama); 0.5b, 7b, 72b (qwen2);
-    /// 0.6b, 8b, 32b (qwen3); 270m, 1b, 4b, 12b, 27b (gemma3).
+    /// 0.6b, 8b, 32b (qwen3); 270m, 1b, 4b, 12b, 27b (gemma3); 30b-a3b, 235b-a22b
+    /// (qwen3moe); 20b, 120b (gpt-oss); 14b (mistral3).
     #[arg(long, default_value = "tiny")]
     pub preset: String,
-    /// F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, Q4_K_M, Q5_K_M.
+    /// F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, Q4_K_M, Q5_K_M,
+    /// MXFP4 (experts MXFP4, the rest Q8_0, as llama.cpp's MXFP4_MOE).
     #[arg(long, default_value = "Q4_K_M")]
     pub quant: String,
     /// Override the number of layers.
@@ -27,7 +29,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let arch = Architecture::from_name(&args.arch).with_context(|| {
         format!(
-            "unknown architecture {:?} (llama, qwen2, qwen3, gemma3)",
+            "unknown architecture {:?} (llama, qwen2, qwen3, gemma3, qwen3moe, gpt-oss, mistral3)",
             args.arch
         )
     })?;

@@ -1,0 +1,387 @@
+//! Random-weight GGUF models with the shapes of real ones, for sizes no real
+//! file here has. They cost the same to run as the real thing.
+//!
+//! Weights are valid quantized blocks (a pool of randomly drawn rows,
+//! quantized with the reference quantizers and cycled), so every kernel
+//! reads realistic data; the tokenizer is byte-level BPE with one merge.
+//! Metadata keys and tensor names are llama.cpp's, so llama.cpp loads the
+//! files and its outputs on them are references (tests/data/synth-*.json).
+
+mod presets;
+mod scheme;
+mod tokenizer;
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::arch::Architecture;
+use crate::gguf::{GgufWriteError, GgufWriter, MetaValue, TensorSpec};
+use crate::quant::{quantize_row, GgmlType};
+
+pub use presets::{preset, presets};
+pub use scheme::QuantScheme;
+use scheme::fit_row;
+use tokenizer::add_tokenizer;
+
+/// A model shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shape {
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// The dense feed-forward width (`feed_forward_length`); with experts,
+    /// what the metadata reports, not a tensor's size.
+    pub d_ff: usize,
+    pub vocab_size: usize,
+    pub rope_base: f32,
+    pub tied_embeddings: bool,
+    /// `context_length`: the context the model was trained for.
+    pub context_length: usize,
+    pub rms_eps: f32,
+    /// `attention.sliding_window`, for the architectures that have one.
+    pub sliding_window: Option<usize>,
+    /// A mixture-of-experts feed-forward in every layer.
+    pub experts: Option<Experts>,
+    /// YaRN RoPE scaling.
+    pub yarn: Option<Yarn>,
+    /// `attention.temperature_scale` (Ministral-3's Llama-4 scaling beta).
+    pub attn_temperature_scale: Option<f32>,
+}
+
+/// The experts of a mixture-of-experts feed-forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Experts {
+    /// `expert_count`.
+    pub count: usize,
+    /// `expert_used_count`: experts each token is routed to.
+    pub used: usize,
+    /// `expert_feed_forward_length`: one expert's hidden width.
+    pub d_ff: usize,
+}
+
+/// YaRN RoPE scaling (`rope.scaling.*`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Yarn {
+    pub factor: f32,
+    /// `rope.scaling.original_context_length`, in tokens.
+    pub original_context: usize,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    /// `rope.scaling.yarn_log_multiplier`, where the model has one.
+    pub log_mul: Option<f32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    #[error("unknown preset {preset:?} for {arch} (known: {known})")]
+    UnknownPreset {
+        arch: Architecture,
+        preset: String,
+        known: String,
+    },
+    #[error(transparent)]
+    Write(#[from] GgufWriteError),
+}
+
+/// What to synthesise.
+#[derive(Debug, Clone)]
+pub struct SynthSpec {
+    pub arch: Architecture,
+    pub shape: Shape,
+    pub quant: QuantScheme,
+    pub seed: u64,
+}
+
+impl SynthSpec {
+    pub fn from_preset(
+        arch: Architecture,
+        preset_name: &str,
+        quant: QuantScheme,
+    ) -> Result<Self, SynthError> {
+        let shape = preset(arch, preset_name).ok_or_else(|| SynthError::UnknownPreset {
+            arch,
+            preset: preset_name.to_string(),
+            known: presets(arch).join(", "),
+        })?;
+        Ok(SynthSpec {
+            arch,
+            shape,
+            quant,
+            seed: 0,
+        })
+    }
+
+    /// The writer with all metadata and tensor specs (no data yet).
+    pub fn writer(&self) -> Result<GgufWriter, GgufWriteError> {
+        let mut w = GgufWriter::new();
+        self.add_metadata(&mut w);
+        add_tokenizer(&mut w, self.shape.vocab_size);
+        self.add_tensors(&mut w)?;
+        Ok(w)
+    }
+
+    fn add_metadata(&self, w: &mut GgufWriter) {
+        let (a, s) = (self.arch.name(), &self.shape);
+        let key = |k: &str| format!("{a}.{k}");
+        let u32_of = |v: usize| MetaValue::U32(v as u32);
+        w.add_metadata("general.architecture", MetaValue::String(a.into()));
+        w.add_metadata(
+            "general.name",
+            MetaValue::String(format!("strata synth {a} {} layers", s.n_layers)),
+        );
+        w.add_metadata("general.file_type", MetaValue::U32(self.quant.file_type()));
+        w.add_metadata("general.quantization_version", MetaValue::U32(2));
+        w.add_metadata(key("block_count"), u32_of(s.n_layers));
+        w.add_metadata(key("context_length"), u32_of(s.context_length));
+        w.add_metadata(key("embedding_length"), u32_of(s.d_model));
+        w.add_metadata(key("feed_forward_length"), u32_of(s.d_ff));
+        w.add_metadata(key("attention.head_count"), u32_of(s.n_heads));
+        w.add_metadata(key("attention.head_count_kv"), u32_of(s.n_kv_heads));
+        w.add_metadata(key("attention.key_length"), u32_of(s.head_dim));
+        w.add_metadata(key("attention.value_length"), u32_of(s.head_dim));
+        w.add_metadata(
+            key("attention.layer_norm_rms_epsilon"),
+            MetaValue::F32(s.rms_eps),
+        );
+        w.add_metadata(key("rope.freq_base"), MetaValue::F32(s.rope_base));
+        w.add_metadata(key("rope.dimension_count"), u32_of(s.head_dim));
+        w.add_metadata(key("vocab_size"), u32_of(s.vocab_size));
+        if let Some(window) = s.sliding_window {
+            w.add_metadata(key("attention.sliding_window"), u32_of(window));
+        }
+        if let Some(e) = s.experts {
+            w.add_metadata(key("expert_count"), u32_of(e.count));
+            w.add_metadata(key("expert_used_count"), u32_of(e.used));
+            w.add_metadata(key("expert_feed_forward_length"), u32_of(e.d_ff));
+        }
+        if let Some(y) = s.yarn {
+            w.add_metadata(key("rope.scaling.type"), MetaValue::String("yarn".into()));
+            w.add_metadata(key("rope.scaling.factor"), MetaValue::F32(y.factor));
+            w.add_metadata(
+                key("rope.scaling.original_context_length"),
+                u32_of(y.original_context),
+            );
+            w.add_metadata(key("rope.scaling.yarn_beta_fast"), MetaValue::F32(y.beta_fast));
+            w.add_metadata(key("rope.scaling.yarn_beta_slow"), MetaValue::F32(y.beta_slow));
+            if let Some(m) = y.log_mul {
+                w.add_metadata(key("rope.scaling.yarn_log_multiplier"), MetaValue::F32(m));
+            }
+        }
+        if let Some(t) = s.attn_temperature_scale {
+            w.add_metadata(key("attention.temperature_scale"), MetaValue::F32(t));
+        }
+    }
+
+    fn add_tensors(&self, w: &mut GgufWriter) -> Result<(), GgufWriteError> {
+        let (s, n) = (&self.shape, self.shape.n_layers);
+        add_tensor(
+            w,
+            "token_embd.weight".into(),
+            &[s.d_model, s.vocab_size],
+            self.quant.weight_type("token_embd", None, n),
+        )?;
+        for il in 0..n {
+            self.add_layer(w, il)?;
+        }
+        add_tensor(w, "output_norm.weight".into(), &[s.d_model], GgmlType::F32)?;
+        if !s.tied_embeddings {
+            add_tensor(
+                w,
+                "output.weight".into(),
+                &[s.d_model, s.vocab_size],
+                self.quant.weight_type("output", None, n),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn add_layer(&self, w: &mut GgufWriter, il: usize) -> Result<(), GgufWriteError> {
+        let (s, arch) = (&self.shape, self.arch);
+        let wt = |role: &str| self.quant.weight_type(role, Some(il), s.n_layers);
+        let b = |name: &str| format!("blk.{il}.{name}");
+        let f32 = GgmlType::F32;
+        let (d, q, kv) = (s.d_model, s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        add_tensor(w, b("attn_norm.weight"), &[d], f32)?;
+        add_tensor(w, b("attn_q.weight"), &[d, q], wt("attn_q"))?;
+        add_tensor(w, b("attn_k.weight"), &[d, kv], wt("attn_k"))?;
+        add_tensor(w, b("attn_v.weight"), &[d, kv], wt("attn_v"))?;
+        if matches!(arch, Architecture::Qwen2 | Architecture::GptOss) {
+            add_tensor(w, b("attn_q.bias"), &[q], f32)?;
+            add_tensor(w, b("attn_k.bias"), &[kv], f32)?;
+            add_tensor(w, b("attn_v.bias"), &[kv], f32)?;
+        }
+        if matches!(
+            arch,
+            Architecture::Qwen3 | Architecture::Gemma3 | Architecture::Qwen3Moe
+        ) {
+            add_tensor(w, b("attn_q_norm.weight"), &[s.head_dim], f32)?;
+            add_tensor(w, b("attn_k_norm.weight"), &[s.head_dim], f32)?;
+        }
+        add_tensor(w, b("attn_output.weight"), &[q, d], wt("attn_output"))?;
+        if arch == Architecture::GptOss {
+            add_tensor(w, b("attn_output.bias"), &[d], f32)?;
+            add_tensor(w, b("attn_sinks.weight"), &[s.n_heads], f32)?;
+        }
+        // gpt-oss names its pre-feed-forward norm after the attention.
+        let ffn_norm = if arch == Architecture::GptOss {
+            "post_attention_norm.weight"
+        } else {
+            "ffn_norm.weight"
+        };
+        add_tensor(w, b(ffn_norm), &[d], f32)?;
+        match s.experts {
+            None => {
+                let ff = s.d_ff;
+                add_tensor(w, b("ffn_gate.weight"), &[d, ff], wt("ffn_gate"))?;
+                add_tensor(w, b("ffn_up.weight"), &[d, ff], wt("ffn_up"))?;
+                add_tensor(w, b("ffn_down.weight"), &[ff, d], wt("ffn_down"))?;
+            }
+            Some(e) => {
+                // The router stays F32: llama.cpp's quantizer never touches it.
+                add_tensor(w, b("ffn_gate_inp.weight"), &[d, e.count], f32)?;
+                let (ff, ne) = (e.d_ff, e.count);
+                add_tensor(w, b("ffn_gate_exps.weight"), &[d, ff, ne], wt("ffn_gate_exps"))?;
+                add_tensor(w, b("ffn_up_exps.weight"), &[d, ff, ne], wt("ffn_up_exps"))?;
+                add_tensor(w, b("ffn_down_exps.weight"), &[ff, d, ne], wt("ffn_down_exps"))?;
+                if arch == Architecture::GptOss {
+                    add_tensor(w, b("ffn_gate_inp.bias"), &[ne], f32)?;
+                    add_tensor(w, b("ffn_gate_exps.bias"), &[ff, ne], f32)?;
+                    add_tensor(w, b("ffn_up_exps.bias"), &[ff, ne], f32)?;
+                    add_tensor(w, b("ffn_down_exps.bias"), &[d, ne], f32)?;
+                }
+            }
+        }
+        if arch == Architecture::Gemma3 {
+            add_tensor(w, b("post_attention_norm.weight"), &[d], f32)?;
+            add_tensor(w, b("post_ffw_norm.weight"), &[d], f32)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the model; `progress(bytes_written, total_bytes)` after each tensor.
+    pub fn write(&self, path: &Path, mut progress: impl FnMut(u64, u64)) -> Result<(), SynthError> {
+        let w = self.writer()?;
+        let total: u64 = w.tensors().iter().map(|t| t.size_bytes).sum();
+        let mut done = 0u64;
+        w.write(path, |i, spec, out| {
+            self.fill_tensor(i, spec, out)?;
+            done += spec.size_bytes;
+            progress(done, total);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// The whole file in memory, byte for byte what [`Self::write`] writes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SynthError> {
+        let w = self.writer()?;
+        Ok(w.to_bytes(|i, spec, out| self.fill_tensor(i, spec, out))?)
+    }
+
+    /// Tensor `index`'s data.
+    fn fill_tensor(&self, index: usize, spec: &TensorSpec, out: &mut dyn Write) -> io::Result<()> {
+        let row_len = spec.dims[0] as usize;
+        // Every router row drawn: two experts with one row would tie.
+        let pool_rows = if spec.name.contains("ffn_gate_inp.") {
+            usize::MAX
+        } else if self.distinct_rows() {
+            POOL_ROWS.max(DISTINCT_POOL_ELEMS / row_len.max(1))
+        } else {
+            POOL_ROWS
+        };
+        write_tensor_data(
+            self.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            row_len,
+            pool_rows,
+            spec.dtype,
+            spec.size_bytes,
+            &spec.name,
+            out,
+        )
+    }
+
+    /// Whether small tensors get all rows distinct. The architectures that
+    /// came with llama.cpp references (tests/data/synth-*.json) do: a head
+    /// whose rows repeat gives exactly tied logits, whose greedy pick no
+    /// reference can fix. The older ones keep the 64-row pool (their files
+    /// must not change).
+    fn distinct_rows(&self) -> bool {
+        matches!(
+            self.arch,
+            Architecture::Qwen3Moe | Architecture::GptOss | Architecture::Mistral3
+        )
+    }
+}
+
+fn add_tensor(
+    w: &mut GgufWriter,
+    name: String,
+    dims: &[usize],
+    t: GgmlType,
+) -> Result<(), GgufWriteError> {
+    let dims: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+    w.add_tensor(name, &dims, fit_row(t, dims[0] as usize))
+        .map(|_| ())
+}
+
+/// Rows drawn per tensor; the data cycles through them.
+const POOL_ROWS: usize = 64;
+/// Where rows are distinct: elements drawn per tensor at most (4 MiB of f32).
+const DISTINCT_POOL_ELEMS: usize = 1 << 20;
+
+fn write_tensor_data(
+    seed: u64,
+    row_len: usize,
+    max_pool_rows: usize,
+    dtype: GgmlType,
+    size_bytes: u64,
+    name: &str,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let is_norm = name.ends_with("norm.weight");
+    let row_bytes = dtype
+        .row_bytes(row_len as u64)
+        .ok_or_else(|| io::Error::other(format!("{name}: bad row length")))?
+        as usize;
+    let n_rows = (size_bytes / row_bytes as u64) as usize;
+    let pool_rows = n_rows.min(max_pool_rows);
+    let mut pool = vec![0u8; pool_rows * row_bytes];
+    let mut values = vec![0f32; row_len];
+    for r in 0..pool_rows {
+        for v in values.iter_mut() {
+            // Norm weights near 1, biases and matrices small (std ~0.02).
+            *v = if is_norm {
+                1.0 + rng.random_range(-0.1..0.1)
+            } else {
+                rng.random_range(-0.035..0.035)
+            };
+        }
+        quantize_row(
+            dtype,
+            &values,
+            &mut pool[r * row_bytes..(r + 1) * row_bytes],
+        )
+        .map_err(io::Error::other)?;
+    }
+    let mut r = 0;
+    let mut step = 1usize;
+    for _ in 0..n_rows {
+        out.write_all(&pool[r * row_bytes..(r + 1) * row_bytes])?;
+        r = (r + step) % pool_rows;
+        if r == 0 {
+            // Vary the cycle so consecutive rows of distant blocks differ.
+            step = step % pool_rows.max(1) + 1;
+        }
+    }
+    Ok(())
+}
+
+
+#[cfg(test)]
+mod tests;
