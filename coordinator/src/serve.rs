@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use strata_model::arch::HyperParams;
+use strata_model::arch::ModelSpec;
 use strata_model::chat::ChatTemplate;
 use strata_model::slice::model_digest;
 use strata_model::tokenizer::Tokenizer;
@@ -72,7 +72,7 @@ impl LoadReporter for LogReporter {}
 
 struct OpenedModel {
     file: Arc<GgufFile>,
-    hp: HyperParams,
+    hp: ModelSpec,
     digest: String,
     tokenizer: Arc<Tokenizer>,
     template: ChatTemplate,
@@ -82,7 +82,7 @@ struct OpenedModel {
 fn open_model(path: &std::path::Path) -> Result<OpenedModel, ServeError> {
     let err = |e: &dyn std::fmt::Display| ServeError::Model(format!("{}: {e}", path.display()));
     let file = GgufFile::open(path).map_err(|e| err(&e))?;
-    let hp = HyperParams::from_gguf(&file).map_err(|e| err(&e))?;
+    let hp = ModelSpec::from_gguf(&file).map_err(|e| err(&e))?;
     let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| err(&e))?;
     let template = ChatTemplate::from_gguf(&file).map_err(|e| err(&e))?;
     let digest = model_digest(&file).map_err(|e| err(&e))?;

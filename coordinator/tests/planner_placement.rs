@@ -7,7 +7,7 @@ use strata_coordinator::planner::synth_profile::synth_profile;
 use strata_coordinator::planner::{
     plan, try_plan, Backend, Link, Plan, PlanError, PlanRequest, WorkerSpec,
 };
-use strata_model::arch::{Architecture, HyperParams};
+use strata_model::arch::{Architecture, ModelSpec};
 use strata_model::profile::{KvType, MemoryProfile};
 use strata_model::synth::{QuantScheme, SynthSpec};
 use strata_model::GgufFile;
@@ -15,12 +15,12 @@ use strata_model::GgufFile;
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 
-fn synth(arch: Architecture, preset: &str) -> (HyperParams, MemoryProfile) {
+fn synth(arch: Architecture, preset: &str) -> (ModelSpec, MemoryProfile) {
     let spec = SynthSpec::from_preset(arch, preset, QuantScheme::Q4KM).expect("preset");
     synth_profile(&spec).expect("synth profile")
 }
 
-fn real(name: &str) -> Option<(HyperParams, MemoryProfile)> {
+fn real(name: &str) -> Option<(ModelSpec, MemoryProfile)> {
     let path = PathBuf::from(std::env::var("HOME").ok()?)
         .join(".cache/strata/models")
         .join(name);
@@ -29,12 +29,12 @@ fn real(name: &str) -> Option<(HyperParams, MemoryProfile)> {
         return None;
     }
     let f = GgufFile::open(&path).expect("open model");
-    let hp = HyperParams::from_gguf(&f).expect("hyper-parameters");
+    let hp = ModelSpec::from_gguf(&f).expect("hyper-parameters");
     let p = MemoryProfile::from_gguf(&f, &hp);
     Some((hp, p))
 }
 
-fn request(hp: &HyperParams, p: &MemoryProfile, ctx: usize, kv: KvType) -> PlanRequest {
+fn request(hp: &ModelSpec, p: &MemoryProfile, ctx: usize, kv: KvType) -> PlanRequest {
     PlanRequest::new(p.clone(), hp.d_model, ctx, kv)
 }
 

@@ -1,5 +1,5 @@
 //! Fuzzes everything a model load derives from a GGUF before any weight is
-//! read: the parser, then `HyperParams::from_gguf` (whose bounds checks must
+//! read: the parser, then `ModelSpec::from_gguf` (whose bounds checks must
 //! refuse absurd sizes), the memory profile for a small context, and the
 //! tokenizer built from `tokenizer.ggml.*` metadata (with a short encode and
 //! decode). Any input must end in a value or an error: no panic, no abort,
@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use strata_model::arch::HyperParams;
+use strata_model::arch::ModelSpec;
 use strata_model::profile::{KvType, MemoryProfile};
 use strata_model::tokenizer::Tokenizer;
 use strata_model::GgufFile;
@@ -19,11 +19,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(f) = GgufFile::from_bytes("fuzz.gguf", data) else {
         return;
     };
-    if let Ok(hp) = HyperParams::from_gguf(&f) {
+    if let Ok(hp) = ModelSpec::from_gguf(&f) {
         let _ = format!("{hp:?}");
-        let _ = (hp.q_dim(), hp.k_dim(), hp.v_dim(), hp.scales_query());
         for il in 0..hp.n_layers {
-            let _ = (hp.is_sliding(il), hp.rope_base(il));
+            let a = hp.attention(il);
+            let _ = (a.q_dim(), a.k_dim(), a.v_dim(), a.out_dim(), a.window);
         }
         let profile = MemoryProfile::from_gguf(&f, &hp);
         assert_eq!(profile.layers.len(), hp.n_layers);

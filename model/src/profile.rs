@@ -1,7 +1,7 @@
 //! Per-layer memory profile of a model: what the placement planner needs to
 //! know without loading anything.
 
-use crate::arch::HyperParams;
+use crate::arch::{FeedForward, ModelSpec};
 use crate::gguf::GgufFile;
 
 /// KV cache element type.
@@ -70,8 +70,8 @@ pub struct MemoryProfile {
 }
 
 impl MemoryProfile {
-    pub fn from_gguf(f: &GgufFile, hp: &HyperParams) -> Self {
-        let mut layers = vec![0u64; hp.n_layers];
+    pub fn from_gguf(f: &GgufFile, spec: &ModelSpec) -> Self {
+        let mut layers = vec![0u64; spec.n_layers];
         let mut embedding_bytes = 0;
         let mut head_bytes = 0;
         let mut has_output = false;
@@ -95,31 +95,40 @@ impl MemoryProfile {
         if !has_output {
             head_bytes += embedding_bytes;
         }
-        let kv_vals = hp.k_dim() + hp.v_dim();
         let layers = layers
             .into_iter()
             .enumerate()
-            .map(|(il, weight_bytes)| LayerProfile {
-                weight_bytes,
-                kv_bytes_per_token_f16: KvType::F16.bytes_for(kv_vals) as u64,
-                kv_bytes_per_token_q8_0: (KvType::Q8_0.bytes_for(hp.k_dim())
-                    + KvType::Q8_0.bytes_for(hp.v_dim()))
-                    as u64,
-                kv_window_tokens: if hp.is_sliding(il) {
-                    hp.sliding_window
-                } else {
-                    None
-                },
+            .map(|(il, weight_bytes)| {
+                let a = spec.attention(il);
+                LayerProfile {
+                    weight_bytes,
+                    kv_bytes_per_token_f16: KvType::F16.bytes_for(a.k_dim() + a.v_dim()) as u64,
+                    kv_bytes_per_token_q8_0: (KvType::Q8_0.bytes_for(a.k_dim())
+                        + KvType::Q8_0.bytes_for(a.v_dim()))
+                        as u64,
+                    kv_window_tokens: a.window,
+                }
             })
             .collect();
-        let per_token_f32 = hp.d_model * 3 + hp.q_dim() + hp.k_dim() + hp.v_dim() + 2 * hp.d_ff;
+        // The widest layer's f32 activations per token.
+        let per_token_f32 = (0..spec.n_layers)
+            .map(|il| {
+                let a = spec.attention(il);
+                let ff = match &spec.layers[il].ffn {
+                    FeedForward::Dense(d) => d.d_ff,
+                    FeedForward::Moe(m) => m.d_ff_expert * m.n_used + m.n_expert,
+                };
+                spec.d_model * 3 + a.q_dim() + a.k_dim() + a.v_dim() + 2 * ff
+            })
+            .max()
+            .unwrap_or(0);
         MemoryProfile {
             layers,
             embedding_bytes,
             head_bytes,
             tied_embeddings: !has_output,
             scratch_bytes_per_token: 4 * per_token_f32 as u64,
-            logits_bytes: 4 * hp.vocab_size as u64,
+            logits_bytes: 4 * spec.vocab_size as u64,
         }
     }
 

@@ -10,7 +10,7 @@
 use anyhow::Context;
 use strata_kernels::cuda::{emulator, CudaBackend};
 use strata_kernels::{Backend, CpuBackend};
-use strata_model::arch::HyperParams;
+use strata_model::arch::ModelSpec;
 use strata_model::GgufFile;
 use strata_worker::{BatchSeq, LayerRange, LogitRows, Stage, StageInput, StageOutput};
 
@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
         .context("usage: cuda_layer_diff MODEL.gguf [TOKENS]")?;
     let n: usize = args.get(1).map_or(Ok(12), |s| s.parse())?;
     let file = GgufFile::open(path)?;
-    let hp = HyperParams::from_gguf(&file)?;
+    let hp = ModelSpec::from_gguf(&file)?;
     emulator::install_unless_gpu()?;
     let gpu = CudaBackend::new(0)?;
     println!("{} on {}", path, Backend::name(&gpu));

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use strata_kernels::cpu::{CpuAct, CpuBackend};
 use strata_kernels::{AttentionBatch, Backend, KvGeometry, RopeConfig};
-use strata_model::arch::{layer_tensor, HyperParams};
+use strata_model::arch::{layer_tensor, ModelSpec};
 use strata_model::profile::KvType;
 use strata_model::GgufFile;
 
@@ -114,7 +114,7 @@ fn main() {
     };
     let nodes = load_nodes(Path::new(dir));
     let file = GgufFile::open(model).expect("model");
-    let hp = HyperParams::from_gguf(&file).expect("hyper-parameters");
+    let hp = ModelSpec::from_gguf(&file).expect("hyper-parameters");
     let be = CpuBackend::new();
     let w = |name: &str| {
         let info = file
@@ -139,6 +139,7 @@ fn main() {
     let start_pos: usize = std::env::var("START_POS").map_or(0, |v| v.parse().expect("START_POS"));
     let mut start = 0;
     for il in 0..hp.n_layers {
+        let a = hp.attention(il);
         let end = nodes
             .iter()
             .position(|n| n.name == format!("l_out-{il}"))
@@ -192,9 +193,9 @@ fn main() {
             Some(v_mm),
         );
 
-        let mut q = act(q_mm, hp.q_dim());
-        let mut k = act(k_mm, hp.k_dim());
-        if hp.qk_norm {
+        let mut q = act(q_mm, a.q_dim());
+        let mut k = act(k_mm, a.k_dim());
+        if a.qk_norm {
             let qn = l.named(&s("Qcur_normed"), "MUL");
             let kn = l.named(&s("Kcur_normed"), "MUL");
             cmp(
@@ -207,15 +208,16 @@ fn main() {
                 &be.rms_norm(&k, &w(&t("attn_k_norm.weight")), hp.rms_eps),
                 kn,
             );
-            q = act(qn.expect("Qcur_normed"), hp.q_dim());
-            k = act(kn.expect("Kcur_normed"), hp.k_dim());
+            q = act(qn.expect("Qcur_normed"), a.q_dim());
+            k = act(kn.expect("Kcur_normed"), a.k_dim());
         }
         let rope = RopeConfig {
-            style: hp.rope.style,
-            head_dim: hp.head_dim,
-            dims: hp.rope.dims,
-            freq_base: hp.rope_base(il),
-            freq_scale: hp.rope.freq_scale,
+            style: a.rope.style,
+            head_dim: a.head_dim,
+            dims: a.rope.dims,
+            freq_base: a.rope.freq_base,
+            freq_scale: a.rope.freq_scale,
+            yarn: None,
         };
         let n = q.rows;
         let positions: Vec<u32> = (start_pos as u32..(start_pos + n) as u32).collect();
@@ -236,13 +238,13 @@ fn main() {
             .iter()
             .rev()
             .find(|x| x.op == "SCALE" || (x.op == "ROPE" && x.name == s("Qcur")));
-        let q_in = act(q_in.expect("Q into attention"), hp.q_dim());
+        let q_in = act(q_in.expect("Q into attention"), a.q_dim());
         let q_scaled = q_in.data != q_rope.expect("rope q").data;
         let geo = KvGeometry {
             n_layers: 1,
-            n_kv_heads: hp.n_kv_heads,
-            head_dim_k: hp.head_dim,
-            head_dim_v: hp.head_dim_v,
+            n_kv_heads: a.n_kv_heads,
+            head_dim_k: a.head_dim,
+            head_dim_v: a.head_dim_v,
             kv_type: KvType::F16,
             n_blocks: n.div_ceil(strata_kernels::KV_BLOCK_TOKENS),
         };
@@ -253,14 +255,14 @@ fn main() {
         let mut cache = be.new_kv_cache(geo).expect("kv cache");
         let table: Vec<u32> = (0..geo.n_blocks as u32).collect();
         let tables = [&table[..]];
-        let scale = if q_scaled { 1.0 } else { hp.attention_scale };
+        let scale = if q_scaled { 1.0 } else { a.scale };
         // The cache as llama.cpp holds it after this batch (earlier
         // positions come from its cache view), then this batch's queries.
         let total = start_pos + n;
         let (k_all, v_all) = if start_pos == 0 {
             (
-                act(k_rope.expect("rope k"), hp.k_dim()),
-                act(v_mm, hp.v_dim()),
+                act(k_rope.expect("rope k"), a.k_dim()),
+                act(v_mm, a.v_dim()),
             )
         } else {
             let view = |name: String, cols: usize| {
@@ -275,8 +277,8 @@ fn main() {
                 }
             };
             (
-                view(format!("cache_k_l{il}_(view)"), hp.k_dim()),
-                view(format!("cache_v_l{il}_(view)"), hp.v_dim()),
+                view(format!("cache_k_l{il}_(view)"), a.k_dim()),
+                view(format!("cache_v_l{il}_(view)"), a.v_dim()),
             )
         };
         let all_pos: Vec<u32> = (0..total as u32).collect();
@@ -285,10 +287,11 @@ fn main() {
             positions,
             token_seq: &seq,
             block_tables: &tables,
-            n_heads: hp.n_heads,
+            n_heads: a.n_heads,
             scale,
             scale_query: false,
-            window: None,
+            window: a.window,
+            sinks: None,
         };
         cache.write(0, &k_all, &v_all, &batch_for(&all_pos));
         let att = cache.attend(0, &q_in, &batch_for(&positions));
@@ -296,7 +299,7 @@ fn main() {
 
         let kqv = act(
             l.after(fa, "RESHAPE").expect("kqv_out"),
-            hp.n_heads * hp.head_dim_v,
+            a.out_dim(),
         );
         let o_mm = l.after(fa, "MUL_MAT").expect("attn_output");
         cmp(
@@ -305,7 +308,7 @@ fn main() {
             Some(o_mm),
         );
         let mut o = act(o_mm, d);
-        if hp.post_norms {
+        if hp.layers[il].post_norms {
             let pn = l.named(&s("attn_post_norm"), "MUL");
             cmp(
                 "post_attn_norm",
@@ -349,16 +352,16 @@ fn main() {
             .expect("glu");
         cmp(
             "gated",
-            &be.gated(&act(gate, hp.d_ff), &act(up, hp.d_ff), hp.activation),
+            &be.gated(&act(gate, ffn_width(&hp, il)), &act(up, ffn_width(&hp, il)), ffn_activation(&hp, il)),
             Some(glu),
         );
         let down = l.named(&s("ffn_out"), "MUL_MAT").expect("down");
         cmp(
             "matmul down",
-            &be.matmul(&w(&t("ffn_down.weight")), &act(glu, hp.d_ff)),
+            &be.matmul(&w(&t("ffn_down.weight")), &act(glu, ffn_width(&hp, il))),
             Some(down),
         );
-        if hp.post_norms {
+        if hp.layers[il].post_norms {
             let pn = l.named(&s("ffn_post_norm"), "MUL");
             cmp(
                 "post_ffn_norm",
@@ -408,4 +411,20 @@ fn main() {
     for (op, (bad, total, max)) in tally.0 {
         println!("{op:16} {bad:8} / {total:8} differ, max |diff| {max:e}");
     }
+}
+
+/// The dense feed-forward of layer `il` (this tool compares dense models).
+fn dense(hp: &ModelSpec, il: usize) -> &strata_model::arch::DenseSpec {
+    match &hp.layers[il].ffn {
+        strata_model::arch::FeedForward::Dense(d) => d,
+        strata_model::arch::FeedForward::Moe(_) => panic!("ggml_diff compares dense models only"),
+    }
+}
+
+fn ffn_width(hp: &ModelSpec, il: usize) -> usize {
+    dense(hp, il).d_ff
+}
+
+fn ffn_activation(hp: &ModelSpec, il: usize) -> strata_model::arch::Activation {
+    dense(hp, il).activation
 }

@@ -6,7 +6,7 @@
 
 use strata_kernels::cuda::{emulator, CudaBackend};
 use strata_kernels::{Backend, CpuBackend};
-use strata_model::arch::{Architecture, HyperParams};
+use strata_model::arch::{Architecture, ModelSpec};
 use strata_model::synth::{QuantScheme, SynthSpec};
 use strata_model::GgufFile;
 use strata_tests::{model_path, reference, GEMMA3, SMOLLM2};
@@ -27,7 +27,7 @@ fn cuda() -> CudaBackend {
 }
 
 fn load<B: Backend>(backend: B, file: &GgufFile) -> Stage<B> {
-    let hp = HyperParams::from_gguf(file).unwrap();
+    let hp = ModelSpec::from_gguf(file).unwrap();
     let range = LayerRange {
         first: 0,
         end: hp.n_layers,

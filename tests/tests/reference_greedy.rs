@@ -20,7 +20,7 @@
 //! tokens up to the first near-tie.
 
 use strata_kernels::CpuBackend;
-use strata_model::arch::HyperParams;
+use strata_model::arch::ModelSpec;
 use strata_model::GgufFile;
 use strata_tests::{model_path, reference, GEMMA3, SMOLLM2};
 use strata_worker::generate::{generate, prefill};
@@ -77,7 +77,7 @@ fn cases(reference_file: &str) -> Vec<Case> {
 
 fn load(model_file: &str) -> Stage<CpuBackend> {
     let file = GgufFile::open(model_path(model_file)).unwrap();
-    let hp = HyperParams::from_gguf(&file).unwrap();
+    let hp = ModelSpec::from_gguf(&file).unwrap();
     Stage::load(
         CpuBackend::new(),
         &file,
@@ -103,7 +103,7 @@ fn llama_server_prompt_batches(prompt: &[u32], sliding_window: bool) -> Vec<&[u3
 
 /// Logits before each of llama.cpp's generated tokens, fed as llama-server fed them.
 fn teacher_forced_logits(stage: &mut Stage<CpuBackend>, case: &Case) -> Vec<Vec<f32>> {
-    let sliding = stage.hyper_params().sliding_window.is_some();
+    let sliding = (0..stage.spec().n_layers).any(|il| stage.spec().attention(il).window.is_some());
     let mut pos = 0;
     let mut logits = Vec::new();
     for batch in llama_server_prompt_batches(&case.prompt, sliding) {

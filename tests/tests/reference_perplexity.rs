@@ -2,7 +2,7 @@
 //! measures it, within 1% of llama.cpp's figure.
 
 use strata_kernels::CpuBackend;
-use strata_model::arch::HyperParams;
+use strata_model::arch::ModelSpec;
 use strata_model::tokenizer::Tokenizer;
 use strata_model::GgufFile;
 use strata_tests::{model_path, reference, reference_dir, GEMMA3, SMOLLM2};
@@ -15,7 +15,7 @@ fn check(model_file: &str, reference_file: &str) {
     let text =
         std::fs::read_to_string(reference_dir().join(expected["text"].as_str().unwrap())).unwrap();
     let file = GgufFile::open(model_path(model_file)).unwrap();
-    let hp = HyperParams::from_gguf(&file).unwrap();
+    let hp = ModelSpec::from_gguf(&file).unwrap();
     let tok = Tokenizer::from_gguf(&file).unwrap();
     let tokens = tok.encode(&text, true, false);
     let bos = if tok.add_bos() { tok.bos() } else { None };

@@ -2,6 +2,7 @@
 //! backend, owns those layers' weights and KV cache, and (on the last stage)
 //! turns hidden states into logits and samples.
 
+pub mod blocks;
 pub mod generate;
 pub mod kv_blocks;
 pub mod sampler;

@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use strata_model::arch::HyperParams;
+use strata_model::arch::ModelSpec;
 use strata_model::gguf::{GgufWriter, TensorSpec};
 use strata_model::profile::{KvType, MemoryProfile};
 use strata_model::{GgmlType, GgufFile, MetaValue};
@@ -39,7 +39,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SliceCacheError + '_ {
 /// `ctx_tokens` tokens, rounded up to whole KV blocks as the stage allocates.
 pub fn slice_memory_bytes(
     file: &GgufFile,
-    hp: &HyperParams,
+    hp: &ModelSpec,
     range: LayerRange,
     ctx_tokens: usize,
 ) -> (u64, u64) {
@@ -321,7 +321,7 @@ pub fn check_slice_hash(
     expected: &str,
 ) -> Result<(), SliceCacheError> {
     let file = GgufFile::open(path).map_err(|e| SliceCacheError::Push(e.to_string()))?;
-    let hp = HyperParams::from_gguf(&file).map_err(|e| SliceCacheError::Push(e.to_string()))?;
+    let hp = ModelSpec::from_gguf(&file).map_err(|e| SliceCacheError::Push(e.to_string()))?;
     let got = strata_model::slice_hash::slice_hash(&file, range, hp.n_layers);
     if got != expected {
         return Err(SliceCacheError::Push(format!(
@@ -383,7 +383,7 @@ mod tests {
         model: &GgufFile,
         range: LayerRange,
     ) -> (PushedSlice, String, Vec<(usize, Vec<u8>)>) {
-        let hp = HyperParams::from_gguf(model).unwrap();
+        let hp = ModelSpec::from_gguf(model).unwrap();
         let tensors = slice_tensors(model, range, hp.n_layers);
         let slice = PushedSlice {
             digest: "sha256:abcd".into(),

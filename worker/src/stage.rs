@@ -3,16 +3,15 @@
 //! The first stage embeds tokens, the last applies the final norm and output
 //! head. Between them, hidden states are `n_tokens x d_model` activations.
 
-use strata_kernels::{
-    AttentionBatch, Backend, KernelError, KvGeometry, RopeConfig, KV_BLOCK_TOKENS,
-};
-use strata_model::arch::HyperParams;
+use strata_kernels::{Backend, KernelError, KvGeometry, KV_BLOCK_TOKENS};
+use strata_model::arch::ModelSpec;
 use strata_model::profile::KvType;
 use strata_model::GgufFile;
 pub use strata_model::LayerRange;
 
+use crate::blocks::{BatchContext, Layer};
 use crate::kv_blocks::{BlockAllocator, KvError};
-use crate::weights::{LayerWeights, WeightLoader};
+use crate::weights::WeightLoader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -63,10 +62,10 @@ pub enum StageOutput<A> {
 
 pub struct Stage<B: Backend> {
     backend: B,
-    hp: HyperParams,
+    spec: ModelSpec,
     range: LayerRange,
     embedding: Option<B::Weight>,
-    layers: Vec<LayerWeights<B>>,
+    layers: Vec<Layer<B>>,
     head: Option<(B::Weight, B::Weight)>,
     rope_freqs: Option<B::Weight>,
     kv: B::KvCache,
@@ -83,51 +82,70 @@ impl<B: Backend> Stage<B> {
         range: LayerRange,
         kv_tokens: usize,
     ) -> Result<Self, StageError> {
-        let hp = HyperParams::from_gguf(file).map_err(|e| StageError::Model(e.to_string()))?;
-        if range.is_empty() || range.end > hp.n_layers {
+        let spec = ModelSpec::from_gguf(file).map_err(|e| StageError::Model(e.to_string()))?;
+        if range.is_empty() || range.end > spec.n_layers {
             return Err(StageError::Model(format!(
                 "layer range {}..{} is not within the model's {} layers",
-                range.first, range.end, hp.n_layers
+                range.first, range.end, spec.n_layers
             )));
         }
         let loader = WeightLoader {
             file,
             backend: &backend,
         };
+        let (d, vocab) = (spec.d_model, spec.vocab_size);
         let is_first = range.first == 0;
-        let is_last = range.end == hp.n_layers;
+        let is_last = range.end == spec.n_layers;
         let embedding = if is_first {
-            Some(loader.required("token_embd.weight", &[hp.d_model, hp.vocab_size])?)
+            Some(loader.required("token_embd.weight", &[d, vocab])?)
         } else {
             None
         };
         let mut layers = Vec::with_capacity(range.len());
         for il in range.first..range.end {
-            layers.push(loader.layer(&hp, il)?);
+            layers.push(Layer::load(&loader, &spec, il)?);
         }
         let head = if is_last {
-            let norm = loader.required("output_norm.weight", &[hp.d_model])?;
-            let out = match loader.optional("output.weight", &[hp.d_model, hp.vocab_size])? {
+            let norm = loader.required("output_norm.weight", &[d])?;
+            let out = match loader.optional("output.weight", &[d, vocab])? {
                 Some(w) => w,
-                None => loader.required("token_embd.weight", &[hp.d_model, hp.vocab_size])?,
+                None => loader.required("token_embd.weight", &[d, vocab])?,
             };
             Some((norm, out))
         } else {
             None
         };
-        let rope_freqs = loader.optional("rope_freqs.weight", &[hp.rope.dims / 2])?;
+        let first = layers[0].attention().spec();
+        let rope_freqs = loader.optional("rope_freqs.weight", &[first.rope.dims / 2])?;
+        // One KV pool serves every layer of the stage, so they must agree
+        // on its row shape.
+        let kv_shape = |l: &Layer<B>| {
+            let a = l.attention().spec();
+            (a.n_kv_heads, a.head_dim, a.head_dim_v)
+        };
+        let (n_kv_heads, head_dim_k, head_dim_v) = kv_shape(&layers[0]);
+        if let Some(il) = layers
+            .iter()
+            .position(|l| kv_shape(l) != kv_shape(&layers[0]))
+        {
+            return Err(StageError::Model(format!(
+                "layer {} has a different KV shape from layer {}: per-layer KV shapes are not supported yet",
+                range.first + il,
+                range.first
+            )));
+        }
         let n_blocks = kv_tokens.div_ceil(KV_BLOCK_TOKENS).max(1);
         let kv = backend.new_kv_cache(KvGeometry {
             n_layers: range.len(),
-            n_kv_heads: hp.n_kv_heads,
-            head_dim_k: hp.head_dim,
-            head_dim_v: hp.head_dim_v,
+            n_kv_heads,
+            head_dim_k,
+            head_dim_v,
             kv_type: KvType::F16,
             n_blocks,
         })?;
         Ok(Stage {
             backend,
-            hp,
+            spec,
             range,
             embedding,
             layers,
@@ -138,8 +156,8 @@ impl<B: Backend> Stage<B> {
         })
     }
 
-    pub fn hyper_params(&self) -> &HyperParams {
-        &self.hp
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
     }
     pub fn range(&self) -> LayerRange {
         self.range
@@ -201,7 +219,7 @@ impl<B: Backend> Stage<B> {
         // before any sequence's KV changes: a lying frame leaves the stage
         // as it was.
         let b = &self.backend;
-        let hp = &self.hp;
+        let spec = &self.spec;
         let mut x = match (input, &self.embedding) {
             (StageInput::Tokens(ids), Some(emb)) => {
                 if ids.len() != n_tokens {
@@ -210,14 +228,14 @@ impl<B: Backend> Stage<B> {
                         ids.len()
                     )));
                 }
-                b.embed(emb, &ids, hp.embedding_scale.unwrap_or(1.0))?
+                b.embed(emb, &ids, spec.embedding_scale.unwrap_or(1.0))?
             }
             (StageInput::Hidden(h), None) => {
-                if b.act_shape(&h) != (n_tokens, hp.d_model) {
+                if b.act_shape(&h) != (n_tokens, spec.d_model) {
                     return Err(StageError::Batch(format!(
                         "hidden states of shape {:?}, expected ({n_tokens}, {})",
                         b.act_shape(&h),
-                        hp.d_model
+                        spec.d_model
                     )));
                 }
                 h
@@ -274,106 +292,31 @@ impl<B: Backend> Stage<B> {
             rows
         });
         let select = out_rows.as_deref().filter(|rows| rows.len() < n_tokens);
-        for (li, w) in self.layers.iter().enumerate() {
-            let il = self.range.first + li;
-            let attn_batch = AttentionBatch {
-                positions: &positions,
-                token_seq: &token_seq,
-                block_tables: &tables,
-                n_heads: hp.n_heads,
-                scale: hp.attention_scale,
-                scale_query: hp.scales_query(),
-                window: if hp.is_sliding(il) {
-                    hp.sliding_window
-                } else {
-                    None
-                },
-            };
-            let rope = RopeConfig {
-                style: hp.rope.style,
-                head_dim: hp.head_dim,
-                dims: hp.rope.dims,
-                freq_base: hp.rope_base(il),
-                freq_scale: hp.rope.freq_scale,
-            };
-            let last_layer = il + 1 == hp.n_layers;
-            x = layer_forward(
-                b,
-                hp,
-                w,
-                x,
-                &attn_batch,
-                &rope,
-                self.rope_freqs.as_ref(),
-                &mut self.kv,
-                li,
-                select.filter(|_| last_layer),
-            );
+        let batch_ctx = BatchContext::<B> {
+            positions: &positions,
+            token_seq: &token_seq,
+            block_tables: &tables,
+            rope_freqs: self.rope_freqs.as_ref(),
+        };
+        for (li, layer) in self.layers.iter().enumerate() {
+            let last_layer = self.range.first + li + 1 == spec.n_layers;
+            let keep = select.filter(|_| last_layer && spec.out_rows_after_attention);
+            x = layer.forward(b, spec, x, &batch_ctx, &mut self.kv, li, keep)?;
+        }
+        if let Some(rows) = select.filter(|_| self.head.is_some() && !spec.out_rows_after_attention)
+        {
+            x = b.select_rows(&x, rows);
         }
 
         let Some((norm, out)) = &self.head else {
             return Ok(StageOutput::Hidden(x));
         };
-        let logits = b.act_to_host(&b.matmul(out, &b.rms_norm(&x, norm, hp.rms_eps)));
+        let logits = b.act_to_host(&b.matmul(out, &b.rms_norm(&x, norm, spec.rms_eps)));
         Ok(StageOutput::Logits(
-            logits.chunks(hp.vocab_size).map(<[f32]>::to_vec).collect(),
+            logits
+                .chunks(spec.vocab_size)
+                .map(<[f32]>::to_vec)
+                .collect(),
         ))
     }
-}
-
-/// One transformer block: attention and gated feed-forward, pre-norm, with
-/// Gemma-3's extra post-norms and Q/K norms where the model has them. With
-/// `keep_rows`, only those rows go on after the attention output.
-#[allow(clippy::too_many_arguments)]
-fn layer_forward<B: Backend>(
-    b: &B,
-    hp: &HyperParams,
-    w: &LayerWeights<B>,
-    mut x: B::Act,
-    batch: &AttentionBatch<'_>,
-    rope: &RopeConfig,
-    rope_freqs: Option<&B::Weight>,
-    kv: &mut B::KvCache,
-    layer: usize,
-    keep_rows: Option<&[usize]>,
-) -> B::Act {
-    let h = b.rms_norm(&x, &w.attn_norm, hp.rms_eps);
-    let mut q = b.matmul(&w.wq, &h);
-    let mut k = b.matmul(&w.wk, &h);
-    let mut v = b.matmul(&w.wv, &h);
-    if let Some(bias) = &w.bq {
-        b.add_bias(&mut q, bias);
-    }
-    if let Some(bias) = &w.bk {
-        b.add_bias(&mut k, bias);
-    }
-    if let Some(bias) = &w.bv {
-        b.add_bias(&mut v, bias);
-    }
-    if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
-        q = b.rms_norm(&q, qn, hp.rms_eps);
-        k = b.rms_norm(&k, kn, hp.rms_eps);
-    }
-    b.rope(&mut q, batch.positions, rope, rope_freqs);
-    b.rope(&mut k, batch.positions, rope, rope_freqs);
-    let attn = b.attention(kv, layer, &q, &k, &v, batch);
-    let mut o = b.matmul(&w.wo, &attn);
-    if let Some(rows) = keep_rows {
-        o = b.select_rows(&o, rows);
-        x = b.select_rows(&x, rows);
-    }
-    if let Some(n) = &w.post_attn_norm {
-        o = b.rms_norm(&o, n, hp.rms_eps);
-    }
-    b.add_assign(&mut x, &o);
-
-    let h = b.rms_norm(&x, &w.ffn_norm, hp.rms_eps);
-    let g = b.matmul(&w.gate, &h);
-    let u = b.matmul(&w.up, &h);
-    let mut f = b.matmul(&w.down, &b.gated(&g, &u, hp.activation));
-    if let Some(n) = &w.post_ffn_norm {
-        f = b.rms_norm(&f, n, hp.rms_eps);
-    }
-    b.add_assign(&mut x, &f);
-    x
 }

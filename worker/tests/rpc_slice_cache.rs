@@ -62,7 +62,7 @@ async fn a_poisoned_cache_entry_is_dropped_and_pushed_again() {
     let altered = altered_model(dir.path());
     // A token holder pushes other contents under the real digest, with a
     // hash that matches them: the worker keeps it...
-    let n_layers = strata_model::arch::HyperParams::from_gguf(&altered)
+    let n_layers = strata_model::arch::ModelSpec::from_gguf(&altered)
         .unwrap()
         .n_layers;
     let poison_hash = strata_model::slice_hash::slice_hash(&altered, RANGE, n_layers);

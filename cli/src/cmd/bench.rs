@@ -39,7 +39,7 @@ impl StageJob for Args {
 }
 
 fn bench<B: Backend>(args: Args, mut stage: Stage<B>, weight_bytes: u64) -> anyhow::Result<()> {
-    let vocab = stage.hyper_params().vocab_size as u32;
+    let vocab = stage.spec().vocab_size as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut random_tokens = |n: usize| {
         (0..n)

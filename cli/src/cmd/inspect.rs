@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use strata_model::arch::HyperParams;
+use strata_model::arch::ModelSpec;
 use strata_model::profile::{KvType, MemoryProfile};
 
 use strata_model::units::format_bytes;
@@ -21,33 +21,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(name) = f.get_str("general.name") {
         println!("name:          {name}");
     }
-    let hp = HyperParams::from_gguf(&f)?;
-    println!("architecture:  {}", hp.arch);
-    println!("layers:        {}", hp.n_layers);
-    println!("d_model:       {}", hp.d_model);
-    println!(
-        "heads:         {} (KV heads {}, head dim {}/{})",
-        hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.head_dim_v
-    );
-    println!("d_ff:          {}", hp.d_ff);
-    println!("vocab:         {}", hp.vocab_size);
-    println!("context:       {}", hp.context_length);
-    println!(
-        "rope:          {:?}, {} dims, base {}{}",
-        hp.rope.style,
-        hp.rope.dims,
-        hp.rope.freq_base,
-        if hp.sliding_window.is_some() {
-            format!(" (sliding layers {})", hp.rope.freq_base_swa)
-        } else {
-            String::new()
+    let spec = ModelSpec::from_gguf(&f)?;
+    println!("architecture:  {}", spec.arch);
+    println!("layers:        {}", spec.n_layers);
+    println!("d_model:       {}", spec.d_model);
+    println!("vocab:         {}", spec.vocab_size);
+    println!("context:       {}", spec.context_length);
+    // Layers that share a spec are printed once, with their indices.
+    let mut kinds: Vec<(String, Vec<usize>)> = Vec::new();
+    for (il, layer) in spec.layers.iter().enumerate() {
+        let text = layer_text(layer);
+        match kinds.iter_mut().find(|(t, _)| *t == text) {
+            Some((_, ils)) => ils.push(il),
+            None => kinds.push((text, vec![il])),
         }
-    );
-    if let Some(w) = hp.sliding_window {
-        println!(
-            "sliding window: {w} tokens, every {}th layer global",
-            hp.swa_period
-        );
+    }
+    for (text, ils) in kinds {
+        println!("layers {}:\n{text}", index_ranges(&ils));
     }
 
     let mut by_type: BTreeMap<String, (usize, u64)> = BTreeMap::new();
@@ -98,4 +88,76 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn layer_text(layer: &strata_model::arch::LayerSpec) -> String {
+    use strata_model::arch::{FeedForward, Mixer};
+    let Mixer::Attention(a) = &layer.mixer;
+    let mut out = format!(
+        "  attention:   {} heads, {} KV heads, head dim {}/{}, rope {:?} {} dims base {}{}{}",
+        a.n_heads,
+        a.n_kv_heads,
+        a.head_dim,
+        a.head_dim_v,
+        a.rope.style,
+        a.rope.dims,
+        a.rope.freq_base,
+        if a.rope.yarn.is_some() { " (YaRN)" } else { "" },
+        a.window
+            .map(|w| format!(", window {w}"))
+            .unwrap_or_default(),
+    );
+    let flags = [
+        (a.qk_norm, "QK-norm"),
+        (a.qkv_bias, "QKV bias"),
+        (a.out_bias, "output bias"),
+        (a.sinks, "sinks"),
+        (a.temperature.is_some(), "temperature"),
+        (layer.post_norms, "post-norms"),
+    ];
+    for (on, name) in flags {
+        if on {
+            out.push_str(", ");
+            out.push_str(name);
+        }
+    }
+    match &layer.ffn {
+        FeedForward::Dense(d) => out.push_str(&format!(
+            "\n  feed-forward: dense, {} wide, {:?}",
+            d.d_ff, d.activation
+        )),
+        FeedForward::Moe(m) => out.push_str(&format!(
+            "\n  feed-forward: {} experts, {} per token, {} wide, {:?}, gating {:?}{}",
+            m.n_expert,
+            m.n_used,
+            m.d_ff_expert,
+            m.activation,
+            m.gating,
+            if m.norm_weights {
+                ", weights normalised"
+            } else {
+                ""
+            }
+        )),
+    }
+    out
+}
+
+/// `[0, 1, 2, 5]` as "0-2, 5".
+fn index_ranges(ils: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ils.len() {
+        let mut j = i;
+        while j + 1 < ils.len() && ils[j + 1] == ils[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            ils[i].to_string()
+        } else {
+            format!("{}-{}", ils[i], ils[j])
+        });
+        i = j + 1;
+    }
+    parts.join(", ")
 }

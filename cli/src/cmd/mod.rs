@@ -113,7 +113,7 @@ impl RunArgs {
     }
 
     fn load_on<B: Backend>(&self, backend: B, file: &GgufFile) -> anyhow::Result<Stage<B>> {
-        let hp = strata_model::arch::HyperParams::from_gguf(file)?;
+        let hp = strata_model::arch::ModelSpec::from_gguf(file)?;
         let started = std::time::Instant::now();
         let stage = Stage::load(
             backend,

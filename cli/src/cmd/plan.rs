@@ -5,7 +5,7 @@ use strata_coordinator::cluster::{connect_workers, worker_specs};
 use strata_coordinator::planner::synth_profile::synth_profile;
 use strata_coordinator::planner::units::{format_bytes, parse_bytes, parse_devices};
 use strata_coordinator::planner::{plan, table, PlanRequest};
-use strata_model::arch::{Architecture, HyperParams};
+use strata_model::arch::{Architecture, ModelSpec};
 use strata_model::profile::{KvType, MemoryProfile};
 use strata_model::synth::{QuantScheme, SynthSpec};
 
@@ -121,7 +121,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_profile(args: &Args) -> anyhow::Result<(String, HyperParams, MemoryProfile)> {
+fn load_profile(args: &Args) -> anyhow::Result<(String, ModelSpec, MemoryProfile)> {
     if let Some(s) = &args.synth {
         let mut parts = s.split(':');
         let (arch, preset, quant) = (
@@ -149,7 +149,7 @@ fn load_profile(args: &Args) -> anyhow::Result<(String, HyperParams, MemoryProfi
         .as_ref()
         .context("--model or --synth is required")?;
     let f = super::open(path)?;
-    let hp = HyperParams::from_gguf(&f)?;
+    let hp = ModelSpec::from_gguf(&f)?;
     let profile = MemoryProfile::from_gguf(&f, &hp);
     let name = f
         .get_str("general.name")

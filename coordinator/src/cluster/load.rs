@@ -166,7 +166,7 @@ pub async fn load_stages(
     options: &LoadOptions,
     mut on_event: impl FnMut(LoadEvent),
 ) -> Result<(), ClusterError> {
-    let n_layers = strata_model::arch::HyperParams::from_gguf(&model)
+    let n_layers = strata_model::arch::ModelSpec::from_gguf(&model)
         .map_err(|e| ClusterError::Model(e.to_string()))?
         .n_layers;
     for (i, st) in stages.iter().enumerate().rev() {
@@ -248,7 +248,7 @@ async fn push_with_progress(
     on_event: &mut impl FnMut(LoadEvent),
 ) -> Result<(), ClusterError> {
     let total_bytes: u64 = {
-        let n_layers = strata_model::arch::HyperParams::from_gguf(&model)
+        let n_layers = strata_model::arch::ModelSpec::from_gguf(&model)
             .map_err(|e| ClusterError::Model(e.to_string()))?
             .n_layers;
         slice_tensors(&model, st.range, n_layers)

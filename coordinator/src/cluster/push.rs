@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use strata_model::arch::HyperParams;
+use strata_model::arch::ModelSpec;
 use strata_model::slice::{metadata_gguf, slice_tensors, LayerRange};
 use strata_model::GgufFile;
 use strata_proto::{v1, WorkerClient};
@@ -37,7 +37,7 @@ pub(super) async fn push_slice_counted(
     slice_hash: &str,
     sent: Arc<AtomicU64>,
 ) -> Result<v1::PushSliceReply, Status> {
-    let hp = HyperParams::from_gguf(&file).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let hp = ModelSpec::from_gguf(&file).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let metadata_gguf = metadata_gguf(&file).map_err(|e| Status::internal(e.to_string()))?;
     let names: Vec<String> = slice_tensors(&file, range, hp.n_layers)
         .iter()

@@ -3,7 +3,7 @@
 //! comes from the writer's specs, so the profile is exactly what
 //! `MemoryProfile::from_gguf` would give for the written file.
 
-use strata_model::arch::{ArchError, HyperParams};
+use strata_model::arch::{ArchError, ModelSpec};
 use strata_model::gguf::{GgufError, GgufWriteError, GgufWriter};
 use strata_model::profile::MemoryProfile;
 use strata_model::synth::{SynthError, SynthSpec};
@@ -22,7 +22,7 @@ pub enum SynthProfileError {
 }
 
 /// Hyper-parameters and memory profile of `spec`'s model.
-pub fn synth_profile(spec: &SynthSpec) -> Result<(HyperParams, MemoryProfile), SynthProfileError> {
+pub fn synth_profile(spec: &SynthSpec) -> Result<(ModelSpec, MemoryProfile), SynthProfileError> {
     let full = spec.writer()?;
     let mut meta = GgufWriter::new();
     for (k, v) in full.metadata() {
@@ -42,7 +42,7 @@ pub fn synth_profile(spec: &SynthSpec) -> Result<(HyperParams, MemoryProfile), S
             size_bytes: t.size_bytes,
         })
         .collect();
-    let hp = HyperParams::from_gguf(&file)?;
+    let hp = ModelSpec::from_gguf(&file)?;
     let profile = MemoryProfile::from_gguf(&file, &hp);
     Ok((hp, profile))
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata_model::arch::HyperParams;
+use strata_model::arch::ModelSpec;
 use strata_model::profile::{KvType, MemoryProfile};
 use strata_model::slice::LayerRange;
 use strata_model::slice_hash::SliceHashes;
@@ -68,7 +68,7 @@ impl Survey {
 pub struct Pool {
     settings: PoolSettings,
     model: Arc<GgufFile>,
-    hp: HyperParams,
+    hp: ModelSpec,
     digest: String,
     clients: BTreeMap<String, WorkerClient>,
     /// Slice hashes, so a failover's reload does not read the model again.
@@ -79,7 +79,7 @@ impl Pool {
     pub fn new(
         settings: PoolSettings,
         model: Arc<GgufFile>,
-        hp: HyperParams,
+        hp: ModelSpec,
         digest: String,
     ) -> Pool {
         Pool {

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use strata_model::arch::HyperParams;
+use strata_model::arch::ModelSpec;
 use strata_model::GgufFile;
 use tonic::Status;
 
@@ -29,7 +29,7 @@ pub(super) fn locate(
             return Ok(None);
         }
         let hp =
-            HyperParams::from_gguf(file).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            ModelSpec::from_gguf(file).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if range.end > hp.n_layers {
             return Err(Status::invalid_argument(format!(
                 "layers {range} past the model's {}",

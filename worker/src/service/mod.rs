@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 
 use strata_kernels::Backend;
-use strata_model::arch::HyperParams;
+use strata_model::arch::ModelSpec;
 use strata_model::slice_hash::SliceHashes;
 use strata_proto::link::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
 use strata_proto::v1::{self, worker_server};
@@ -328,7 +328,7 @@ impl WorkerService {
         })
         .await
                 .map_err(|e| Status::internal(e.to_string()))??;
-        let hp = HyperParams::from_gguf(&file)
+        let hp = ModelSpec::from_gguf(&file)
             .map_err(|e| Status::invalid_argument(format!("{}: {e}", source.display())))?;
         if range.end > hp.n_layers {
             return Err(Status::invalid_argument(format!(

@@ -269,7 +269,7 @@ fn try_forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<F
         }
         StageInput::Tokens(frame.token_ids.clone())
     } else {
-        let d_model = l.stage.hyper_params().d_model;
+        let d_model = l.stage.spec().d_model;
         let dtype = v1::ActDtype::try_from(frame.act_dtype)
             .map_err(|_| format!("unknown act_dtype {}", frame.act_dtype))?;
         let values = frames::decode_activations(&frame.activations, dtype, n_tokens, d_model)?;

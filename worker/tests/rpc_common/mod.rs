@@ -260,7 +260,7 @@ impl DataStream {
 /// Greedy tokens from a single-process run of the whole model.
 pub fn single_process_greedy(prompt: &[u32], n: usize) -> Vec<u32> {
     let file = strata_model::GgufFile::open(model_path()).expect("model");
-    let hp = strata_model::arch::HyperParams::from_gguf(&file).expect("hp");
+    let hp = strata_model::arch::ModelSpec::from_gguf(&file).expect("hp");
     let mut stage = strata_worker::Stage::load(
         CpuBackend::new(),
         &file,
@@ -326,7 +326,7 @@ pub fn digest() -> String {
 /// coordinator computes it.
 pub fn slice_hash(first: u32, end: u32) -> String {
     let file = open_model();
-    let n_layers = strata_model::arch::HyperParams::from_gguf(&file)
+    let n_layers = strata_model::arch::ModelSpec::from_gguf(&file)
         .expect("hp")
         .n_layers;
     let range = strata_model::LayerRange {

@@ -1,0 +1,219 @@
+//! Reading an architecture's GGUF metadata: the keys every architecture
+//! shares, with errors that name the key. Architecture files call these and
+//! set what differs.
+
+use super::spec::{
+    Activation, AttentionSpec, DenseSpec, ExpertGating, MoeSpec, RopeSpec, RopeStyle, YarnSpec,
+};
+use super::ArchError;
+use crate::gguf::GgufFile;
+
+/// One file's metadata under its architecture's key prefix.
+pub struct Meta<'a> {
+    pub file: &'a GgufFile,
+    pub prefix: &'a str,
+    pub path: String,
+}
+
+impl<'a> Meta<'a> {
+    pub fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.prefix)
+    }
+
+    pub fn missing(&self, k: &str) -> ArchError {
+        ArchError::MissingKey {
+            path: self.path.clone(),
+            key: self.key(k),
+        }
+    }
+
+    pub fn invalid(&self, what: impl Into<String>) -> ArchError {
+        ArchError::Invalid {
+            path: self.path.clone(),
+            what: what.into(),
+        }
+    }
+
+    pub fn opt_usize(&self, k: &str) -> Option<usize> {
+        self.file
+            .get_u64(&self.key(k))
+            .and_then(|v| usize::try_from(v).ok())
+    }
+
+    /// A required positive count.
+    pub fn usize(&self, k: &str) -> Result<usize, ArchError> {
+        self.opt_usize(k)
+            .filter(|&v| v > 0)
+            .ok_or_else(|| self.missing(k))
+    }
+
+    pub fn opt_f32(&self, k: &str) -> Option<f32> {
+        self.file.get_f64(&self.key(k)).map(|v| v as f32)
+    }
+
+    pub fn f32(&self, k: &str) -> Result<f32, ArchError> {
+        self.opt_f32(k).ok_or_else(|| self.missing(k))
+    }
+
+    pub fn vocab_size(&self) -> Result<usize, ArchError> {
+        self.opt_usize("vocab_size")
+            .or_else(|| {
+                self.file
+                    .get("tokenizer.ggml.tokens")
+                    .and_then(|v| v.as_array())
+                    .map(|a| a.len())
+            })
+            .or_else(|| {
+                self.file
+                    .tensor("token_embd.weight")
+                    .and_then(|t| usize::try_from(t.n_rows()).ok())
+            })
+            .ok_or_else(|| self.missing("vocab_size"))
+    }
+
+    /// Attention as most architectures have it: heads from the file, RoPE
+    /// with the file's base and scaling, scale 1/sqrt(head_dim), no window,
+    /// no norms or biases. `style` is the architecture's RoPE pairing.
+    pub fn attention(&self, d_model: usize, style: RopeStyle) -> Result<AttentionSpec, ArchError> {
+        let n_heads = self.usize("attention.head_count")?;
+        let n_kv_heads = self.opt_usize("attention.head_count_kv").unwrap_or(n_heads);
+        if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(self.invalid(format!(
+                "{n_heads} attention heads are not a multiple of {n_kv_heads} KV heads"
+            )));
+        }
+        let head_dim = self
+            .opt_usize("attention.key_length")
+            .unwrap_or(d_model / n_heads);
+        let head_dim_v = self.opt_usize("attention.value_length").unwrap_or(head_dim);
+        if head_dim == 0 || head_dim_v == 0 {
+            return Err(self.invalid("a head dimension of 0"));
+        }
+        Ok(AttentionSpec {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            head_dim_v,
+            rope: self.rope(style, head_dim)?,
+            window: None,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            scale_query: false,
+            qk_norm: false,
+            qkv_bias: false,
+            out_bias: false,
+            sinks: false,
+            temperature: None,
+        })
+    }
+
+    /// RoPE from `rope.*`: the base, and linear or YaRN scaling with the
+    /// values llama.cpp's context derives from them.
+    pub fn rope(&self, style: RopeStyle, head_dim: usize) -> Result<RopeSpec, ArchError> {
+        let dims = self.opt_usize("rope.dimension_count").unwrap_or(head_dim);
+        if dims > head_dim || dims % 2 != 0 {
+            return Err(self.invalid(format!("rope dimension {dims} vs head dim {head_dim}")));
+        }
+        let freq_base = self.opt_f32("rope.freq_base").unwrap_or(10_000.0);
+        let factor = || -> Result<f32, ArchError> {
+            let f = self.f32("rope.scaling.factor")?;
+            if !(f > 0.0 && f.is_finite()) {
+                return Err(self.invalid(format!("rope scaling factor {f}")));
+            }
+            Ok(f)
+        };
+        let (freq_scale, yarn) = match self.file.get_str(&self.key("rope.scaling.type")) {
+            None | Some("none") => (1.0, None),
+            Some("linear") => (1.0 / factor()?, None),
+            // llama3-style scaling comes as the rope_freqs tensor, not here.
+            Some("llama3") => (1.0, None),
+            Some("yarn") => {
+                let factor = factor()?;
+                (1.0 / factor, Some(self.yarn(factor)?))
+            }
+            Some(other) => {
+                return Err(self.invalid(format!("unsupported rope scaling type {other:?}")))
+            }
+        };
+        Ok(RopeSpec {
+            style,
+            dims,
+            freq_base,
+            freq_scale,
+            yarn,
+        })
+    }
+
+    /// YaRN as the file states it; defaults as llama.cpp's hparams.
+    fn yarn(&self, factor: f32) -> Result<YarnSpec, ArchError> {
+        let n_ctx_orig = self
+            .opt_usize("rope.scaling.original_context_length")
+            .filter(|&n| n > 0)
+            .map_or_else(|| self.usize("context_length"), Ok)?;
+        Ok(YarnSpec {
+            factor,
+            n_ctx_orig,
+            beta_fast: self.opt_f32("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
+            beta_slow: self.opt_f32("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
+            log_mul: self
+                .opt_f32("rope.scaling.yarn_log_multiplier")
+                .unwrap_or(0.0),
+            attn_factor: self.opt_f32("rope.scaling.attn_factor").unwrap_or(1.0),
+        })
+    }
+
+    /// Which layers slide: `attention.sliding_window_pattern` as an array of
+    /// booleans, or as a period (llama.cpp's `set_swa_pattern`: layer `il`
+    /// slides when `il % n < n - 1`), or the architecture's default period.
+    pub fn sliding_layers(&self, n_layers: usize, default_period: usize) -> Vec<bool> {
+        let key = self.key("attention.sliding_window_pattern");
+        if let Some(arr) = self.file.get(&key).and_then(|v| v.as_array()) {
+            if arr.len() >= n_layers {
+                return arr
+                    .iter()
+                    .take(n_layers)
+                    .map(|v| v.as_bool().unwrap_or(false))
+                    .collect();
+            }
+        }
+        let n = self
+            .opt_usize("attention.sliding_window_pattern")
+            .unwrap_or(default_period);
+        (0..n_layers).map(|il| n == 0 || il % n < n - 1).collect()
+    }
+
+    pub fn sliding_window(&self) -> Option<usize> {
+        self.opt_usize("attention.sliding_window")
+            .filter(|&w| w > 0)
+    }
+
+    pub fn dense(&self, activation: Activation) -> Result<DenseSpec, ArchError> {
+        Ok(DenseSpec {
+            d_ff: self.usize("feed_forward_length")?,
+            activation,
+        })
+    }
+
+    /// A mixture-of-experts feed-forward from `expert_*`; the caller sets
+    /// what its architecture hard-codes (gating, normalisation, biases).
+    pub fn moe(&self, activation: Activation, gating: ExpertGating) -> Result<MoeSpec, ArchError> {
+        let n_expert = self.usize("expert_count")?;
+        let n_used = self.usize("expert_used_count")?;
+        if n_used > n_expert {
+            return Err(self.invalid(format!(
+                "{n_used} experts used per token but only {n_expert} exist"
+            )));
+        }
+        Ok(MoeSpec {
+            n_expert,
+            n_used,
+            d_ff_expert: self.usize("expert_feed_forward_length")?,
+            activation,
+            gating,
+            norm_weights: false,
+            weights_scale: self.opt_f32("expert_weights_scale").unwrap_or(0.0),
+            router_bias: false,
+            expert_bias: false,
+            norm_name: "ffn_norm",
+        })
+    }
+}

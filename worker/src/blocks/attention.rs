@@ -1,0 +1,178 @@
+//! Attention as a mixer: Q/K/V projections (with biases where the model has
+//! them), per-head Q/K norms, RoPE (plain or YaRN), the temperature scaling
+//! of Q, paged attention over the KV cache (with sinks and a window where
+//! the layer has them), and the output projection.
+
+use strata_kernels::backend::{attn_temperature_scales, Yarn};
+use strata_kernels::{AttentionBatch, Backend, RopeConfig};
+use strata_model::arch::{layer_tensor, AttentionSpec};
+use strata_model::GgufFile;
+
+use super::BatchContext;
+use crate::stage::StageError;
+use crate::weights::WeightLoader;
+
+pub struct Attention<B: Backend> {
+    spec: AttentionSpec,
+    rope: RopeConfig,
+    wq: B::Weight,
+    wk: B::Weight,
+    wv: B::Weight,
+    bq: Option<B::Weight>,
+    bk: Option<B::Weight>,
+    bv: Option<B::Weight>,
+    q_norm: Option<B::Weight>,
+    k_norm: Option<B::Weight>,
+    wo: B::Weight,
+    bo: Option<B::Weight>,
+    /// One logit per head, kept on the host for the attention call.
+    sinks: Option<Vec<f32>>,
+}
+
+impl<B: Backend> Attention<B> {
+    pub fn load(
+        loader: &WeightLoader<'_, B>,
+        spec: &AttentionSpec,
+        d_model: usize,
+        il: usize,
+    ) -> Result<Self, StageError> {
+        let t = |n: &str| layer_tensor(il, n);
+        let (d, q, k, v) = (d_model, spec.q_dim(), spec.k_dim(), spec.v_dim());
+        let bias = |name: &str, n: usize| -> Result<Option<B::Weight>, StageError> {
+            if spec.qkv_bias {
+                loader.optional(&t(name), &[n])
+            } else {
+                Ok(None)
+            }
+        };
+        let norm = |name: &str| -> Result<Option<B::Weight>, StageError> {
+            if spec.qk_norm {
+                loader.required(&t(name), &[spec.head_dim]).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let sinks = if spec.sinks {
+            Some(host_vector(
+                loader.file,
+                &t("attn_sinks.weight"),
+                spec.n_heads,
+            )?)
+        } else {
+            None
+        };
+        let r = &spec.rope;
+        let rope = RopeConfig {
+            style: r.style,
+            head_dim: spec.head_dim,
+            dims: r.dims,
+            freq_base: r.freq_base,
+            freq_scale: r.freq_scale,
+            yarn: r.yarn.map(|y| {
+                Yarn::llama_cpp(
+                    y.factor,
+                    u32::try_from(y.n_ctx_orig).unwrap_or(u32::MAX),
+                    y.beta_fast,
+                    y.beta_slow,
+                    y.log_mul,
+                    y.attn_factor,
+                )
+            }),
+        };
+        Ok(Attention {
+            wq: loader.required(&t("attn_q.weight"), &[d, q])?,
+            wk: loader.required(&t("attn_k.weight"), &[d, k])?,
+            wv: loader.required(&t("attn_v.weight"), &[d, v])?,
+            bq: bias("attn_q.bias", q)?,
+            bk: bias("attn_k.bias", k)?,
+            bv: bias("attn_v.bias", v)?,
+            q_norm: norm("attn_q_norm.weight")?,
+            k_norm: norm("attn_k_norm.weight")?,
+            wo: loader.required(&t("attn_output.weight"), &[spec.out_dim(), d])?,
+            bo: if spec.out_bias {
+                loader.optional(&t("attn_output.bias"), &[d])?
+            } else {
+                None
+            },
+            sinks,
+            rope,
+            spec: spec.clone(),
+        })
+    }
+
+    pub fn spec(&self) -> &AttentionSpec {
+        &self.spec
+    }
+
+    /// `h` is the normed input; returns the output projection's rows.
+    /// `eps` is the model's RMSNorm epsilon, for the Q/K norms.
+    pub fn forward(
+        &self,
+        b: &B,
+        h: B::Act,
+        batch: &BatchContext<'_, B>,
+        kv: &mut B::KvCache,
+        kv_layer: usize,
+        eps: f32,
+    ) -> B::Act {
+        let a = &self.spec;
+        let mut q = b.matmul(&self.wq, &h);
+        let mut k = b.matmul(&self.wk, &h);
+        let mut v = b.matmul(&self.wv, &h);
+        for (x, bias) in [(&mut q, &self.bq), (&mut k, &self.bk), (&mut v, &self.bv)] {
+            if let Some(bias) = bias {
+                b.add_bias(x, bias);
+            }
+        }
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = b.rms_norm(&q, qn, eps);
+            k = b.rms_norm(&k, kn, eps);
+        }
+        b.rope(&mut q, batch.positions, &self.rope, batch.rope_freqs);
+        b.rope(&mut k, batch.positions, &self.rope, batch.rope_freqs);
+        if let Some(t) = a.temperature {
+            let floor = u32::try_from(t.floor_scale).unwrap_or(u32::MAX);
+            b.scale_rows(
+                &mut q,
+                &attn_temperature_scales(batch.positions, floor, t.scale),
+            );
+        }
+        let attn = b.attention(
+            kv,
+            kv_layer,
+            &q,
+            &k,
+            &v,
+            &AttentionBatch {
+                positions: batch.positions,
+                token_seq: batch.token_seq,
+                block_tables: batch.block_tables,
+                n_heads: a.n_heads,
+                scale: a.scale,
+                scale_query: a.scale_query,
+                window: a.window,
+                sinks: self.sinks.as_deref(),
+            },
+        );
+        let mut o = b.matmul(&self.wo, &attn);
+        if let Some(bias) = &self.bo {
+            b.add_bias(&mut o, bias);
+        }
+        o
+    }
+}
+
+/// A small tensor (attention sinks) as host f32.
+fn host_vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, StageError> {
+    let bad = |what: String| {
+        StageError::Model(format!("{}: tensor {name:?} {what}", file.path().display()))
+    };
+    let info = file.tensor(name).ok_or_else(|| bad("is missing".into()))?;
+    if info.dims.iter().product::<u64>() != len as u64 {
+        return Err(bad(format!("has shape {:?}, expected [{len}]", info.dims)));
+    }
+    let mut out = vec![0f32; len];
+    strata_model::quant::dequantize_row(info.dtype, file.tensor_data(info), &mut out)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(out)
+}

@@ -1,0 +1,125 @@
+//! The blocks a stage runs, one file per kind: a layer is its mixer
+//! (`attention.rs`) then its feed-forward (`dense_ffn.rs` or `moe_ffn.rs`),
+//! each pre-normed and added to the residual, as its `LayerSpec` says.
+
+mod attention;
+mod dense_ffn;
+mod moe_ffn;
+
+use strata_kernels::{Backend, KvBlockId};
+use strata_model::arch::{layer_tensor, FeedForward, LayerSpec, Mixer, ModelSpec};
+
+use crate::stage::StageError;
+use crate::weights::WeightLoader;
+
+pub use attention::Attention;
+pub use dense_ffn::DenseFfn;
+pub use moe_ffn::MoeFfn;
+
+/// What every layer of one batch shares.
+pub struct BatchContext<'a, B: Backend> {
+    /// Position of each token in its sequence.
+    pub positions: &'a [u32],
+    /// Index (into `block_tables`) of each token's sequence.
+    pub token_seq: &'a [u32],
+    pub block_tables: &'a [&'a [KvBlockId]],
+    /// The model's RoPE frequency factors (llama3-style scaling), if any.
+    pub rope_freqs: Option<&'a B::Weight>,
+}
+
+pub enum FfnBlock<B: Backend> {
+    Dense(DenseFfn<B>),
+    Moe(MoeFfn<B>),
+}
+
+pub struct Layer<B: Backend> {
+    spec: LayerSpec,
+    attn_norm: B::Weight,
+    attention: Attention<B>,
+    post_attn_norm: Option<B::Weight>,
+    ffn_norm: B::Weight,
+    ffn: FfnBlock<B>,
+    post_ffn_norm: Option<B::Weight>,
+}
+
+impl<B: Backend> Layer<B> {
+    pub fn load(
+        loader: &WeightLoader<'_, B>,
+        model: &ModelSpec,
+        il: usize,
+    ) -> Result<Self, StageError> {
+        let spec = model.layers[il].clone();
+        let d = model.d_model;
+        let t = |n: &str| layer_tensor(il, n);
+        let Mixer::Attention(a) = &spec.mixer;
+        let attention = Attention::load(loader, a, d, il)?;
+        let (ffn, norm_name) = match &spec.ffn {
+            FeedForward::Dense(f) => (
+                FfnBlock::Dense(DenseFfn::load(loader, f, d, il)?),
+                "ffn_norm",
+            ),
+            FeedForward::Moe(m) => (FfnBlock::Moe(MoeFfn::load(loader, m, d, il)?), m.norm_name),
+        };
+        let post = |name: &str| -> Result<Option<B::Weight>, StageError> {
+            if spec.post_norms {
+                loader.required(&t(name), &[d]).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Layer {
+            attn_norm: loader.required(&t("attn_norm.weight"), &[d])?,
+            attention,
+            post_attn_norm: post("post_attention_norm.weight")?,
+            ffn_norm: loader.required(&t(&format!("{norm_name}.weight")), &[d])?,
+            ffn,
+            post_ffn_norm: post("post_ffw_norm.weight")?,
+            spec,
+        })
+    }
+
+    pub fn attention(&self) -> &Attention<B> {
+        &self.attention
+    }
+
+    /// Runs the layer on `x`. With `keep_rows`, only those rows go on after
+    /// the attention output (the last layer keeps the rows the head reads).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        b: &B,
+        model: &ModelSpec,
+        mut x: B::Act,
+        batch: &BatchContext<'_, B>,
+        kv: &mut B::KvCache,
+        kv_layer: usize,
+        keep_rows: Option<&[usize]>,
+    ) -> Result<B::Act, StageError> {
+        let eps = model.rms_eps;
+        let h = b.rms_norm(&x, &self.attn_norm, eps);
+        let mut o = self.attention.forward(b, h, batch, kv, kv_layer, eps);
+        if let Some(rows) = keep_rows {
+            o = b.select_rows(&o, rows);
+            x = b.select_rows(&x, rows);
+        }
+        if let Some(n) = &self.post_attn_norm {
+            o = b.rms_norm(&o, n, eps);
+        }
+        b.add_assign(&mut x, &o);
+
+        let h = b.rms_norm(&x, &self.ffn_norm, eps);
+        let mut f = match &self.ffn {
+            FfnBlock::Dense(ffn) => ffn.forward(b, &h),
+            FfnBlock::Moe(ffn) => ffn.forward(b, &h)?,
+        };
+        if let Some(n) = &self.post_ffn_norm {
+            f = b.rms_norm(&f, n, eps);
+        }
+        b.add_assign(&mut x, &f);
+        Ok(x)
+    }
+
+    pub fn spec(&self) -> &LayerSpec {
+        &self.spec
+    }
+}

@@ -1,0 +1,106 @@
+//! A mixture-of-experts feed-forward (llama.cpp's `build_moe_ffn`): the
+//! router picks `n_used` experts per token on the host, each expert's gated
+//! feed-forward runs on the rows routed to it, and the outputs are summed
+//! with the router's weights.
+
+use strata_kernels::{route, Backend, Gating};
+use strata_model::arch::{layer_tensor, Activation, ExpertGating, MoeSpec};
+
+use crate::stage::StageError;
+use crate::weights::WeightLoader;
+
+/// One projection over all experts, with its optional per-expert bias.
+struct Experts<B: Backend> {
+    weight: B::Weight,
+    bias: Option<B::Weight>,
+}
+
+pub struct MoeFfn<B: Backend> {
+    n_expert: usize,
+    n_used: usize,
+    activation: Activation,
+    gating: Gating,
+    norm_weights: bool,
+    weights_scale: f32,
+    router: B::Weight,
+    router_bias: Option<B::Weight>,
+    gate: Experts<B>,
+    up: Experts<B>,
+    down: Experts<B>,
+}
+
+impl<B: Backend> MoeFfn<B> {
+    pub fn load(
+        loader: &WeightLoader<'_, B>,
+        spec: &MoeSpec,
+        d_model: usize,
+        il: usize,
+    ) -> Result<Self, StageError> {
+        let t = |n: &str| layer_tensor(il, n);
+        let (d, ff, n) = (d_model, spec.d_ff_expert, spec.n_expert);
+        let experts = |name: &str, dims: [usize; 2]| -> Result<Experts<B>, StageError> {
+            Ok(Experts {
+                weight: loader.required(&t(&format!("{name}.weight")), &[dims[0], dims[1], n])?,
+                bias: if spec.expert_bias {
+                    Some(loader.required(&t(&format!("{name}.bias")), &[dims[1], n])?)
+                } else {
+                    None
+                },
+            })
+        };
+        if loader.file.tensor(&t("ffn_gate_up_exps.weight")).is_some() {
+            return Err(StageError::Model(format!(
+                "layer {il}: fused ffn_gate_up_exps experts are not supported yet"
+            )));
+        }
+        Ok(MoeFfn {
+            n_expert: n,
+            n_used: spec.n_used,
+            activation: spec.activation,
+            gating: match spec.gating {
+                ExpertGating::Softmax => Gating::Softmax,
+                ExpertGating::SoftmaxWeight => Gating::SoftmaxWeight,
+                ExpertGating::Sigmoid => Gating::Sigmoid,
+            },
+            norm_weights: spec.norm_weights,
+            weights_scale: spec.weights_scale,
+            router: loader.required(&t("ffn_gate_inp.weight"), &[d, n])?,
+            router_bias: if spec.router_bias {
+                Some(loader.required(&t("ffn_gate_inp.bias"), &[n])?)
+            } else {
+                None
+            },
+            gate: experts("ffn_gate_exps", [d, ff])?,
+            up: experts("ffn_up_exps", [d, ff])?,
+            down: experts("ffn_down_exps", [ff, d])?,
+        })
+    }
+
+    pub fn forward(&self, b: &B, h: &B::Act) -> Result<B::Act, StageError> {
+        let mut logits = b.matmul(&self.router, h);
+        if let Some(bias) = &self.router_bias {
+            b.add_bias(&mut logits, bias);
+        }
+        // The router's few floats per token come to the host, where the
+        // top-k is chosen in ggml's arithmetic for every backend.
+        let (ids, weights) = route(
+            &b.act_to_host(&logits),
+            self.n_expert,
+            self.n_used,
+            self.gating,
+            self.norm_weights,
+            self.weights_scale,
+        );
+        let project = |e: &Experts<B>, x: &B::Act| -> Result<B::Act, StageError> {
+            let mut y = b.matmul_id(&e.weight, self.n_expert, x, &ids, self.n_used)?;
+            if let Some(bias) = &e.bias {
+                b.add_bias_id(&mut y, bias, &ids)?;
+            }
+            Ok(y)
+        };
+        let up = project(&self.up, h)?;
+        let gate = project(&self.gate, h)?;
+        let down = project(&self.down, &b.gated(&gate, &up, self.activation))?;
+        Ok(b.moe_combine(&down, &weights, self.n_used)?)
+    }
+}
