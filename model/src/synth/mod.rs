@@ -22,8 +22,8 @@ use crate::gguf::{GgufWriteError, GgufWriter, MetaValue, TensorSpec};
 use crate::quant::{quantize_row, GgmlType};
 
 pub use presets::{preset, presets};
-pub use scheme::QuantScheme;
 use scheme::fit_row;
+pub use scheme::QuantScheme;
 use tokenizer::add_tokenizer;
 
 /// A model shape.
@@ -166,8 +166,14 @@ impl SynthSpec {
                 key("rope.scaling.original_context_length"),
                 u32_of(y.original_context),
             );
-            w.add_metadata(key("rope.scaling.yarn_beta_fast"), MetaValue::F32(y.beta_fast));
-            w.add_metadata(key("rope.scaling.yarn_beta_slow"), MetaValue::F32(y.beta_slow));
+            w.add_metadata(
+                key("rope.scaling.yarn_beta_fast"),
+                MetaValue::F32(y.beta_fast),
+            );
+            w.add_metadata(
+                key("rope.scaling.yarn_beta_slow"),
+                MetaValue::F32(y.beta_slow),
+            );
             if let Some(m) = y.log_mul {
                 w.add_metadata(key("rope.scaling.yarn_log_multiplier"), MetaValue::F32(m));
             }
@@ -245,9 +251,19 @@ impl SynthSpec {
                 // The router stays F32: llama.cpp's quantizer never touches it.
                 add_tensor(w, b("ffn_gate_inp.weight"), &[d, e.count], f32)?;
                 let (ff, ne) = (e.d_ff, e.count);
-                add_tensor(w, b("ffn_gate_exps.weight"), &[d, ff, ne], wt("ffn_gate_exps"))?;
+                add_tensor(
+                    w,
+                    b("ffn_gate_exps.weight"),
+                    &[d, ff, ne],
+                    wt("ffn_gate_exps"),
+                )?;
                 add_tensor(w, b("ffn_up_exps.weight"), &[d, ff, ne], wt("ffn_up_exps"))?;
-                add_tensor(w, b("ffn_down_exps.weight"), &[ff, d, ne], wt("ffn_down_exps"))?;
+                add_tensor(
+                    w,
+                    b("ffn_down_exps.weight"),
+                    &[ff, d, ne],
+                    wt("ffn_down_exps"),
+                )?;
                 if arch == Architecture::GptOss {
                     add_tensor(w, b("ffn_gate_inp.bias"), &[ne], f32)?;
                     add_tensor(w, b("ffn_gate_exps.bias"), &[ff, ne], f32)?;
@@ -381,7 +397,6 @@ fn write_tensor_data(
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests;

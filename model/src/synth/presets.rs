@@ -27,10 +27,9 @@ pub fn presets(arch: Architecture) -> &'static [&'static str] {
 pub fn preset(arch: Architecture, name: &str) -> Option<Shape> {
     let name = name.to_ascii_lowercase();
     match arch {
-        Architecture::Llama
-        | Architecture::Qwen2
-        | Architecture::Qwen3
-        | Architecture::Gemma3 => dense(arch, &name),
+        Architecture::Llama | Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Gemma3 => {
+            dense(arch, &name)
+        }
         Architecture::Qwen3Moe => qwen3moe(&name),
         Architecture::GptOss => gpt_oss(&name),
         Architecture::Mistral3 => mistral3(&name),
@@ -69,6 +68,7 @@ fn base(
     }
 }
 
+#[rustfmt::skip]
 fn dense(arch: Architecture, name: &str) -> Option<Shape> {
     let s = base;
     let mut shape = match (arch, name) {
@@ -117,7 +117,12 @@ fn qwen3moe(name: &str) -> Option<Shape> {
         // 16 experts, not 8: llama.cpp's quantizer gives 8-expert models
         // (Mixtral) their own attention types. Expert rows of 256 fill a
         // K-quant block.
-        "tiny" => moe(base(4, 256, 4, 2, 128, 768, 2048, 1_000_000.0, false), 16, 2, 256),
+        "tiny" => moe(
+            base(4, 256, 4, 2, 128, 768, 2048, 1_000_000.0, false),
+            16,
+            2,
+            256,
+        ),
         "30b-a3b" => real(moe(
             base(48, 2048, 32, 4, 128, 6144, 151_936, 1_000_000.0, false),
             128,
@@ -203,7 +208,10 @@ fn mistral3(name: &str) -> Option<Shape> {
         // temperature scale within a short test.
         "tiny" => Shape {
             context_length: 512,
-            ..m3(base(4, 256, 4, 2, 64, 768, 2048, 1_000_000_000.0, false), 32)
+            ..m3(
+                base(4, 256, 4, 2, 64, 768, 2048, 1_000_000_000.0, false),
+                32,
+            )
         },
         "14b" => Shape {
             context_length: 262_144,

@@ -23,11 +23,31 @@ fn sha256_hex(bytes: &[u8]) -> String {
 #[test]
 fn older_architectures_files_are_unchanged() {
     let want = [
-        (Architecture::Llama, "Q8_0", "8ead1bd071e670f496082d5c5e52872133f5e492e72be8ea0b88bf3099e8e1e5"),
-        (Architecture::Llama, "Q4_K_M", "ac9e96d31f726a5084b0308f9a79fc6f6f53bff91bf880403e54198d07424440"),
-        (Architecture::Qwen2, "Q8_0", "99790ba58fa3185494fb3a84da1d6ba412d448803feede57da53e65fa9b9aecb"),
-        (Architecture::Qwen3, "Q4_K_M", "c5efad6c5d1c24fb56a05383881b726e4b4981d1f50d49df85bea991ef125cd7"),
-        (Architecture::Gemma3, "Q8_0", "37ea028202276bebab0a9eff6fff9ab89d1a209e7ea04c41d7f3bec561d1d83c"),
+        (
+            Architecture::Llama,
+            "Q8_0",
+            "8ead1bd071e670f496082d5c5e52872133f5e492e72be8ea0b88bf3099e8e1e5",
+        ),
+        (
+            Architecture::Llama,
+            "Q4_K_M",
+            "ac9e96d31f726a5084b0308f9a79fc6f6f53bff91bf880403e54198d07424440",
+        ),
+        (
+            Architecture::Qwen2,
+            "Q8_0",
+            "99790ba58fa3185494fb3a84da1d6ba412d448803feede57da53e65fa9b9aecb",
+        ),
+        (
+            Architecture::Qwen3,
+            "Q4_K_M",
+            "c5efad6c5d1c24fb56a05383881b726e4b4981d1f50d49df85bea991ef125cd7",
+        ),
+        (
+            Architecture::Gemma3,
+            "Q8_0",
+            "37ea028202276bebab0a9eff6fff9ab89d1a209e7ea04c41d7f3bec561d1d83c",
+        ),
     ];
     for (arch, quant, sha) in want {
         let bytes = spec(arch, "tiny", quant, 3).to_bytes().unwrap();
@@ -42,10 +62,17 @@ fn every_preset_has_a_writer() {
         for name in presets(arch) {
             let s = spec(arch, name, "Q4_K_M", 0);
             let w = s.writer().unwrap();
-            let experts = w.tensors().iter().filter(|t| t.name.contains("_exps.weight"));
+            let experts = w
+                .tensors()
+                .iter()
+                .filter(|t| t.name.contains("_exps.weight"));
             assert_eq!(
                 experts.count(),
-                if s.shape.experts.is_some() { 3 * s.shape.n_layers } else { 0 },
+                if s.shape.experts.is_some() {
+                    3 * s.shape.n_layers
+                } else {
+                    0
+                },
                 "{arch} {name}"
             );
         }
@@ -58,17 +85,28 @@ fn meta_u64(f: &GgufFile, key: &str) -> u64 {
 
 #[test]
 fn moe_metadata_and_tensors_are_llama_cpps() {
-    let bytes = spec(Architecture::Qwen3Moe, "tiny", "Q4_K_M", 0).to_bytes().unwrap();
+    let bytes = spec(Architecture::Qwen3Moe, "tiny", "Q4_K_M", 0)
+        .to_bytes()
+        .unwrap();
     let f = GgufFile::from_bytes("qwen3moe", &bytes).unwrap();
     assert_eq!(meta_u64(&f, "qwen3moe.expert_count"), 16);
     assert_eq!(meta_u64(&f, "qwen3moe.expert_used_count"), 2);
     assert_eq!(meta_u64(&f, "qwen3moe.expert_feed_forward_length"), 256);
     let t = f.tensor("blk.3.ffn_down_exps.weight").unwrap();
     assert_eq!(t.dims, vec![256, 256, 16]);
-    assert_eq!(t.dtype, GgmlType::Q6K, "ffn_down_exps follows ffn_down's Q4_K_M rule");
-    assert_eq!(f.tensor("blk.0.ffn_gate_inp.weight").unwrap().dtype, GgmlType::F32);
+    assert_eq!(
+        t.dtype,
+        GgmlType::Q6K,
+        "ffn_down_exps follows ffn_down's Q4_K_M rule"
+    );
+    assert_eq!(
+        f.tensor("blk.0.ffn_gate_inp.weight").unwrap().dtype,
+        GgmlType::F32
+    );
 
-    let bytes = spec(Architecture::GptOss, "20b", "Q8_0", 0).writer().unwrap();
+    let bytes = spec(Architecture::GptOss, "20b", "Q8_0", 0)
+        .writer()
+        .unwrap();
     let names: Vec<&str> = bytes.tensors().iter().map(|t| t.name.as_str()).collect();
     for name in [
         "blk.0.attn_sinks.weight",
@@ -83,7 +121,11 @@ fn moe_metadata_and_tensors_are_llama_cpps() {
     ] {
         assert!(names.contains(&name), "gpt-oss has {name}");
     }
-    let gate = bytes.tensors().iter().find(|t| t.name == "blk.23.ffn_gate_exps.weight").unwrap();
+    let gate = bytes
+        .tensors()
+        .iter()
+        .find(|t| t.name == "blk.23.ffn_gate_exps.weight")
+        .unwrap();
     assert_eq!(gate.dims, vec![2880, 2880, 32]);
 }
 
@@ -102,7 +144,8 @@ fn mxfp4_puts_experts_in_mxfp4_and_the_rest_in_q8_0() {
     for t in w.tensors() {
         let want = if t.name.contains("_exps.weight") {
             "MXFP4"
-        } else if t.dims.len() == 1 || t.name.contains("ffn_gate_inp") || t.name.ends_with(".bias") {
+        } else if t.dims.len() == 1 || t.name.contains("ffn_gate_inp") || t.name.ends_with(".bias")
+        {
             "F32"
         } else {
             "Q8_0"
@@ -171,8 +214,18 @@ fn routers_send_tokens_to_different_experts() {
         let mut sets = routes.clone();
         sets.sort();
         sets.dedup();
-        eprintln!("{arch}: {} expert sets over 256 tokens, hits {hits:?}", sets.len());
-        assert!(hits.iter().all(|&h| h > 0), "{arch}: every expert gets tokens: {hits:?}");
-        assert!(sets.len() >= n_experts, "{arch}: only {} expert sets", sets.len());
+        eprintln!(
+            "{arch}: {} expert sets over 256 tokens, hits {hits:?}",
+            sets.len()
+        );
+        assert!(
+            hits.iter().all(|&h| h > 0),
+            "{arch}: every expert gets tokens: {hits:?}"
+        );
+        assert!(
+            sets.len() >= n_experts,
+            "{arch}: only {} expert sets",
+            sets.len()
+        );
     }
 }
