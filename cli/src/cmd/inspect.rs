@@ -55,7 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("  {ty:<6} {n:>5} tensors  {:>12}", format_bytes(*bytes));
     }
 
-    let p = MemoryProfile::from_gguf(&f, &hp);
+    let p = MemoryProfile::from_gguf(&f, &spec);
     println!("memory profile:");
     println!(
         "  embedding          {:>12}",
