@@ -9,6 +9,9 @@ For each type, into model/tests/data/quant/:
                 gguf can quantize (F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)
 For K-quants (gguf only dequantizes them) the blocks are random bytes with
 finite, moderate f16 scales. Q8_1 and Q8_K are not in gguf and have no vectors.
+MXFP4 (gguf >= 0.17 has `quants.MXFP4`) is quantized from its own seeded
+input stream, so adding it left the other types' vectors unchanged; its
+input adds a block scaled by 2^-120 and one by 2^100 (extreme exponents).
 manifest.json lists the types, element counts and the seed.
 
 Usage: python3 scripts/gen-quant-vectors.py   (deterministic; seed below)
@@ -68,9 +71,24 @@ def main():
         y = quants.dequantize(q, qt).astype(np.float32).reshape(-1)
         write(name, None, q, y)
         manifest["types"].append({"type": name, "elems": int(y.size), "has_input": False})
+    mxfp4(manifest)
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")
+
+
+def mxfp4(manifest):
+    """MXFP4 through gguf's `quants.MXFP4` (a port of ggml's
+    quantize_row_mxfp4_ref / dequantize_row_mxfp4), on a separate stream."""
+    rng = np.random.default_rng([SEED, 39])
+    x = inputs(rng, 8, 32).reshape(8, 32)
+    x[4] *= np.float32(2.0**-120)
+    x[5] *= np.float32(2.0**100)
+    x = x.reshape(-1).astype(np.float32)
+    q = quants.quantize(x.reshape(1, -1), T.MXFP4).reshape(-1)
+    y = quants.dequantize(q, T.MXFP4).astype(np.float32).reshape(-1)
+    write("MXFP4", x, q, y)
+    manifest["types"].append({"type": "MXFP4", "elems": int(x.size), "has_input": True})
 
 
 def write(name, x, q, y):

@@ -6,11 +6,11 @@
 //! except where a value sits on a rounding boundary (gguf rounds some
 //! products in f64, ggml and we in f32; Q8_0 ties round to even in numpy
 //! and away from zero in ggml): there a quant may differ by one step, on at
-//! most 1% of elements.
+//! most 1% of elements. MXFP4 blocks must be identical.
 
 use std::path::PathBuf;
 
-use strata_model::quant::{dequantize_row, quantize_row};
+use strata_model::quant::{dequantize_row, mxfp4, quantize_row};
 use strata_model::GgmlType;
 
 fn dir() -> PathBuf {
@@ -36,7 +36,11 @@ fn vectors() -> Vec<Vector> {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir().join("manifest.json")).unwrap()).unwrap();
     let types = manifest["types"].as_array().unwrap();
-    assert!(types.len() >= 12, "manifest lists {} types", types.len());
+    assert!(types.len() >= 13, "manifest lists {} types", types.len());
+    assert!(
+        types.iter().any(|t| t["type"] == "MXFP4"),
+        "manifest has no MXFP4 vectors"
+    );
     types
         .iter()
         .map(|t| {
@@ -109,6 +113,7 @@ fn quantizers_match_gguf_py() {
             let scale_bytes = match v.dtype {
                 GgmlType::Q4_1 | GgmlType::Q5_1 => 4,
                 GgmlType::F16 | GgmlType::BF16 => 0,
+                GgmlType::MXFP4 => 1,
                 _ => 2,
             };
             assert_eq!(
@@ -117,7 +122,11 @@ fn quantizers_match_gguf_py() {
                 "{} block {blk}: scales differ",
                 v.dtype
             );
-            let step = half::f16::from_le_bytes([qa[0], qa[1]]).to_f32().abs();
+            let step = match v.dtype {
+                // The widest gap between E2M1 levels: 4 and 6 (doubled: 8, 12).
+                GgmlType::MXFP4 => 4.0 * mxfp4::e8m0_to_f32_half(qa[0]),
+                _ => half::f16::from_le_bytes([qa[0], qa[1]]).to_f32().abs(),
+            };
             for i in blk * be..(blk + 1) * be {
                 let diff = (ours[i] - theirs[i]).abs();
                 if diff > 0.0 {
@@ -137,5 +146,22 @@ fn quantizers_match_gguf_py() {
             v.dtype,
             v.elems
         );
+    }
+}
+
+/// MXFP4's quantizer has no rounding boundary to disagree on (gguf-py, as
+/// ggml, picks the nearest level with f32 products, first index on ties):
+/// blocks must be identical, including the extreme-exponent blocks.
+#[test]
+fn mxfp4_quantizer_matches_gguf_py_exactly() {
+    let v = vectors()
+        .into_iter()
+        .find(|v| v.dtype == GgmlType::MXFP4)
+        .expect("MXFP4 vectors");
+    let x = v.x.as_ref().expect("MXFP4 input");
+    let mut q = vec![0u8; v.q.len()];
+    quantize_row(GgmlType::MXFP4, x, &mut q).unwrap();
+    for (blk, (a, b)) in q.chunks(17).zip(v.q.chunks(17)).enumerate() {
+        assert_eq!(a, b, "MXFP4 block {blk}: ours vs gguf-py");
     }
 }

@@ -1,6 +1,7 @@
 //! GGML quant types: their ids in GGUF, block sizes and bytes per block.
 //! Block layouts, dequantization and quantizers live in the submodules
-//! ([`legacy`]: the 32-element types, [`k_quants`]: the 256-element ones);
+//! ([`legacy`]: the 32-element types, [`k_quants`]: the 256-element ones,
+//! [`mxfp4`]: the microscaling FP4 type);
 //! [`dequantize_row`] and [`quantize_row`] are the entry points. Dot
 //! products (scalar and SIMD) live in `strata-kernels` (`cpu::dot`).
 
@@ -8,6 +9,7 @@ use std::fmt;
 
 pub mod k_quants;
 pub mod legacy;
+pub mod mxfp4;
 mod row;
 
 pub use row::{dequantize_row, quantize_row, QuantError};
@@ -42,11 +44,12 @@ pub enum GgmlType {
     Q6K,
     Q8K,
     BF16,
+    MXFP4,
 }
 
 impl GgmlType {
     /// Every type, for tests and lookups.
-    pub const ALL: [GgmlType; 15] = [
+    pub const ALL: [GgmlType; 16] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -62,6 +65,7 @@ impl GgmlType {
         GgmlType::Q6K,
         GgmlType::Q8K,
         GgmlType::BF16,
+        GgmlType::MXFP4,
     ];
 
     /// The GGUF id, or `None` for ids we do not support.
@@ -82,6 +86,7 @@ impl GgmlType {
             14 => Self::Q6K,
             15 => Self::Q8K,
             30 => Self::BF16,
+            39 => Self::MXFP4,
             _ => return None,
         })
     }
@@ -103,6 +108,7 @@ impl GgmlType {
             Self::Q6K => 14,
             Self::Q8K => 15,
             Self::BF16 => 30,
+            Self::MXFP4 => 39,
         }
     }
 
@@ -110,7 +116,13 @@ impl GgmlType {
     pub fn block_elems(self) -> usize {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::Q8_1 => 32,
+            Self::Q4_0
+            | Self::Q4_1
+            | Self::Q5_0
+            | Self::Q5_1
+            | Self::Q8_0
+            | Self::Q8_1
+            | Self::MXFP4 => 32,
             Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K | Self::Q8K => 256,
         }
     }
@@ -132,6 +144,7 @@ impl GgmlType {
             Self::Q5K => 176,
             Self::Q6K => 210,
             Self::Q8K => 292,
+            Self::MXFP4 => mxfp4::BLOCK_BYTES,
         }
     }
 
@@ -162,6 +175,7 @@ impl GgmlType {
             Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
             Self::Q8K => "Q8_K",
+            Self::MXFP4 => "MXFP4",
         }
     }
 

@@ -1,6 +1,6 @@
 //! Row-level entry points: length checks, then block by block.
 
-use super::{k_quants as k, legacy as l, GgmlType};
+use super::{k_quants as k, legacy as l, mxfp4, GgmlType};
 
 /// Why a row could not be (de)quantized.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,6 +42,7 @@ fn dequant_block(dtype: GgmlType) -> DequantBlock {
         GgmlType::Q5K => k::dequantize_q5_k,
         GgmlType::Q6K => k::dequantize_q6_k,
         GgmlType::Q8K => k::dequantize_q8_k,
+        GgmlType::MXFP4 => mxfp4::dequantize_mxfp4,
     }
 }
 
@@ -62,6 +63,7 @@ fn quant_block(dtype: GgmlType) -> QuantBlock {
         GgmlType::Q5K => k::quantize_q5_k,
         GgmlType::Q6K => k::quantize_q6_k,
         GgmlType::Q8K => k::quantize_q8_k,
+        GgmlType::MXFP4 => mxfp4::quantize_mxfp4,
     }
 }
 
@@ -101,7 +103,7 @@ pub fn dequantize_row(dtype: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()
 }
 
 /// Quantizes `src` into `dst` (exactly `dtype.row_bytes(src.len())` bytes).
-/// Q8_0, Q8_1, Q8_K and Q4_0..Q5_1 follow ggml's reference quantizers; the
+/// Q8_0, Q8_1, Q8_K, Q4_0..Q5_1 and MXFP4 follow ggml's reference quantizers; the
 /// other K types use a simple range fit (valid blocks, not ggml's
 /// error-minimizing search).
 pub fn quantize_row(dtype: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
@@ -166,6 +168,10 @@ mod tests {
                 GgmlType::Q4_1 | GgmlType::Q4K => 0.12,
                 GgmlType::Q3K => 0.3,
                 GgmlType::Q2K => 0.5,
+                // ggml's exponent puts the top level (6 * 2^(e-127)) below
+                // amax by up to a quarter of it: |x| < 1 gives e = 124 at
+                // worst (top level 0.75), so values near 1 clip by 0.25.
+                GgmlType::MXFP4 => 0.25,
             };
             for (i, (a, b)) in x.iter().zip(&y).enumerate() {
                 assert!(

@@ -59,6 +59,7 @@ pub fn kernels() -> Vec<(GgmlType, DotFn)> {
         (GgmlType::Q3K, q3_k),
         (GgmlType::Q8K, q8_k),
         (GgmlType::Q8_1, q8_1),
+        (GgmlType::MXFP4, super::mxfp4::avx2::dot),
     ]
 }
 
@@ -87,6 +88,7 @@ pub fn kernels_x4() -> Vec<(GgmlType, DotFnX4)> {
         (GgmlType::Q5K, q5_k_x4),
         (GgmlType::Q6K, q6_k_x4),
         (GgmlType::Q2K, q2_k_x4),
+        (GgmlType::MXFP4, super::mxfp4::avx2::dot_x4),
     ]
 }
 
@@ -118,7 +120,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// Sum of the 8 i32 lanes (exact).
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn hsum_i32(v: __m256i) -> i32 {
+pub(super) unsafe fn hsum_i32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
     _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
@@ -126,14 +128,14 @@ unsafe fn hsum_i32(v: __m256i) -> i32 {
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn load(p: *const u8) -> __m256i {
+pub(super) unsafe fn load(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
 /// 16 bytes of nibbles to 32 bytes: low nibbles first, then high nibbles.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn nibbles(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles(p: *const u8) -> __m256i {
     let t = _mm_loadu_si128(p as *const __m128i);
     let b = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
     _mm256_and_si256(b, _mm256_set1_epi8(0x0F))
@@ -157,14 +159,14 @@ unsafe fn bits_to_bytes(x: u32) -> __m256i {
 /// Sums of adjacent-4 products of unsigned `a` and signed `b`, as 8 i32.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn dot_us8(a: __m256i, b: __m256i) -> __m256i {
+pub(super) unsafe fn dot_us8(a: __m256i, b: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1))
 }
 
 /// Signed x signed via the sign trick (`b` must not hold -128; activations never do).
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn dot_s8(a: __m256i, b: __m256i) -> __m256i {
+pub(super) unsafe fn dot_s8(a: __m256i, b: __m256i) -> __m256i {
     dot_us8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
 }
 
@@ -562,7 +564,7 @@ unsafe fn q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 /// The lane sums of four i32 vectors, as `[sum(v0), sum(v1), sum(v2), sum(v3)]`.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn hsum_i32_x4(v: [__m256i; 4]) -> __m128i {
+pub(super) unsafe fn hsum_i32_x4(v: [__m256i; 4]) -> __m128i {
     let a = _mm256_hadd_epi32(v[0], v[1]);
     let b = _mm256_hadd_epi32(v[2], v[3]);
     let c = _mm256_hadd_epi32(a, b);

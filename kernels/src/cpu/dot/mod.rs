@@ -1,7 +1,7 @@
 //! Quantized dot products: activations quantized once per row, weights read in place.
 //!
 //! As in ggml, each weight type has an activation format (`vec_dot_type`):
-//! Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1/Q8_1, Q8_K for the K-quants
+//! Q8_0 for Q4_0/Q5_0/Q8_0/MXFP4, Q8_1 for Q4_1/Q5_1/Q8_1, Q8_K for the K-quants
 //! and f32 for F32/F16/BF16. [`quantize_activation`] makes it once per
 //! activation row; [`vec_dot`] then dots it with every weight row.
 //!
@@ -13,6 +13,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod mxfp4;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub mod scalar;
@@ -49,7 +50,7 @@ impl ActivationType {
 pub fn activation_type(weight: GgmlType) -> ActivationType {
     match weight {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => ActivationType::F32,
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => ActivationType::Q8_0,
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::MXFP4 => ActivationType::Q8_0,
         GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_1 => ActivationType::Q8_1,
         GgmlType::Q2K
         | GgmlType::Q3K
@@ -301,12 +302,15 @@ fn check_lengths(weight: GgmlType, n: usize, w_row: &[u8], x: &[u8]) {
 pub(crate) type DotFn = unsafe fn(usize, &[u8], &[u8]) -> f32;
 pub(crate) type DotFnX4 = unsafe fn(usize, &[u8], [&[u8]; TOKENS]) -> [f32; TOKENS];
 
+/// Entries of the per-type tables: one per [`GgmlType::ALL`].
+const N_TYPES: usize = GgmlType::ALL.len();
+
 struct Kernels {
     name: &'static str,
-    table: [DotFn; 15],
-    table_x4: [Option<DotFnX4>; 15],
-    table_tiled: [Option<DotFnX4>; 15],
-    simd: [bool; 15],
+    table: [DotFn; N_TYPES],
+    table_x4: [Option<DotFnX4>; N_TYPES],
+    table_tiled: [Option<DotFnX4>; N_TYPES],
+    simd: [bool; N_TYPES],
     /// Q8_0/Q8_1/Q8_K activations quantized with AVX2 (`avx2::quantize_q8`, `avx2::quantize_q8_k`).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     simd_quantize: bool,
@@ -333,6 +337,7 @@ fn scalar_kernel(t: GgmlType) -> fn(usize, &[u8], &[u8]) -> f32 {
         GgmlType::Q5K => scalar::q5_k,
         GgmlType::Q6K => scalar::q6_k,
         GgmlType::Q8K => scalar::q8_k,
+        GgmlType::MXFP4 => mxfp4::scalar,
     }
 }
 
@@ -350,9 +355,9 @@ fn kernels() -> &'static Kernels {
         let mut k = Kernels {
             name: "scalar",
             table: GgmlType::ALL.map(scalar_as_unsafe),
-            table_x4: [None; 15],
-            table_tiled: [None; 15],
-            simd: [false; 15],
+            table_x4: [None; N_TYPES],
+            table_tiled: [None; N_TYPES],
+            simd: [false; N_TYPES],
             simd_quantize: false,
         };
         #[cfg(target_arch = "aarch64")]

@@ -55,6 +55,10 @@ fn weight_row(rng: &mut ChaCha8Rng, t: GgmlType, n: usize, random_bytes: bool) -
         if t == GgmlType::Q8K {
             b[0..4].copy_from_slice(&rng.random_range(-0.05f32..0.05).to_le_bytes());
         }
+        if t == GgmlType::MXFP4 {
+            // E8M0 exponent: scales 2^-18 .. 2^2 (255 would be 2^127).
+            b[0] = rng.random_range(110u8..=130);
+        }
     }
     w
 }
@@ -578,6 +582,66 @@ fn q2_k_follows_ggml_repacked_order() {
                     "gemv {ctx}"
                 );
                 assert_eq!(x4[k].to_bits(), (gemm - gemm_m).to_bits(), "gemm {ctx}");
+            }
+        }
+    }
+}
+
+/// MXFP4 follows llama.cpp's repacked x86 kernels
+/// (`gemv/gemm_q4_b32_8x8_q8_0_lut_avx`): per block, the exact integer dot
+/// times `e8m0_half(e) * d_y`, fused into one accumulator in block order.
+/// Written out here from the dequantized levels; every kernel (scalar,
+/// AVX2, AVX2 x4) must give it bit for bit, for block counts that are and
+/// are not multiples of the AVX2 kernel's groups of four.
+#[test]
+fn mxfp4_follows_ggml_repacked_order() {
+    use strata_model::quant::mxfp4::e8m0_to_f32_half;
+    let t = GgmlType::MXFP4;
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 39);
+    for n in [32, 64, 96, 160, 224, 2880] {
+        for random_bytes in [false, true] {
+            let w = weight_row(&mut rng, t, n, random_bytes);
+            let xs: Vec<Vec<u8>> = (0..TOKENS)
+                .map(|_| {
+                    let mut xq = Vec::new();
+                    quantize_activation(t, &f32_row(&mut rng, n), &mut xq);
+                    xq
+                })
+                .collect();
+            let wd = dequantized(t, &w, n);
+            let expected: Vec<f32> = xs
+                .iter()
+                .map(|xq| {
+                    let mut acc = 0f32;
+                    for (i, (bw, bx)) in w.chunks(17).zip(xq.chunks(34)).enumerate() {
+                        let d = e8m0_to_f32_half(bw[0]);
+                        // Levels back from the dequantized weights (exact: powers of two).
+                        let sumi: i32 = (0..32)
+                            .map(|j| (wd[32 * i + j] / d) as i32 * bx[2 + j] as i8 as i32)
+                            .sum();
+                        let dy = half::f16::from_le_bytes([bx[0], bx[1]]).to_f32();
+                        acc = (sumi as f32).mul_add(d * dy, acc);
+                    }
+                    acc
+                })
+                .collect();
+            let ctx = format!("n={n} random_bytes={random_bytes} seed={:#x}", SEED ^ 39);
+            for (k, xq) in xs.iter().enumerate() {
+                let got = [vec_dot(t, n, &w, xq), vec_dot_scalar(t, n, &w, xq)];
+                for g in got {
+                    assert_eq!(
+                        g.to_bits(),
+                        expected[k].to_bits(),
+                        "{ctx}: {g} vs {}",
+                        expected[k]
+                    );
+                }
+            }
+            let four: [&[u8]; TOKENS] = std::array::from_fn(|k| xs[k].as_slice());
+            if let Some(got) = vec_dot_x4(t, n, &w, four) {
+                for (g, e) in got.iter().zip(&expected) {
+                    assert_eq!(g.to_bits(), e.to_bits(), "{ctx} x4: {g} vs {e}");
+                }
             }
         }
     }
