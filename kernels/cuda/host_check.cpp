@@ -32,6 +32,7 @@ int main() {
 #define CASE(T) case T: bytes = Block<T>::BYTES; elems = Block<T>::ELEMS; break;
         CASE(T_Q4_0) CASE(T_Q4_1) CASE(T_Q5_0) CASE(T_Q5_1) CASE(T_Q8_0)
         CASE(T_Q2_K) CASE(T_Q3_K) CASE(T_Q4_K) CASE(T_Q5_K) CASE(T_Q6_K) CASE(T_Q8_K)
+        CASE(T_MXFP4)
         default: return 3;
     }
     std::vector<u8> blocks((size_t)bytes * n_blocks);
@@ -45,6 +46,7 @@ int main() {
 #define RUN(T) case T: run<T>(blocks, n_blocks, w, dots, acts); break;
         RUN(T_Q4_0) RUN(T_Q4_1) RUN(T_Q5_0) RUN(T_Q5_1) RUN(T_Q8_0)
         RUN(T_Q2_K) RUN(T_Q3_K) RUN(T_Q4_K) RUN(T_Q5_K) RUN(T_Q6_K) RUN(T_Q8_K)
+        RUN(T_MXFP4)
     }
     fwrite(w.data(), 4, w.size(), stdout);
     fwrite(dots.data(), 4, dots.size(), stdout);

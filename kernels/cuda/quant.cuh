@@ -20,6 +20,7 @@
 #define T_Q6_K 14
 #define T_Q8_K 15
 #define T_BF16 30
+#define T_MXFP4 39
 
 template <int T> struct Block;
 template <> struct Block<T_Q4_0> { static constexpr int BYTES = 18, ELEMS = 32; };
@@ -33,6 +34,7 @@ template <> struct Block<T_Q4_K> { static constexpr int BYTES = 144, ELEMS = 256
 template <> struct Block<T_Q5_K> { static constexpr int BYTES = 176, ELEMS = 256; };
 template <> struct Block<T_Q6_K> { static constexpr int BYTES = 210, ELEMS = 256; };
 template <> struct Block<T_Q8_K> { static constexpr int BYTES = 292, ELEMS = 256; };
+template <> struct Block<T_MXFP4> { static constexpr int BYTES = 17, ELEMS = 32; };
 
 struct Chunk {
     i32 q[8];      // 32 signed 8-bit values, 4 per word, element order
@@ -220,6 +222,33 @@ template <> __device__ void unpack<T_Q8_K>(const u8* b, int c, Chunk& k) {
 #pragma unroll
     for (int i = 0; i < 8; i++) k.q[i] = (i32)load_u32(b + 4 + 32 * c + 4 * i);
     same_scale(k, d, 0.0f);
+}
+
+// MXFP4: e (E8M0), then 16 bytes of E2M1 nibbles (low: elements 0..15,
+// high: 16..31). Levels are the E2M1 values doubled (ggml's kvalues_mxfp4),
+// so the scale is half the E8M0 value, 2^(e-128) (ggml_e8m0_to_fp32_half).
+__device__ __forceinline__ float e8m0_to_f32_half(u32 e) {
+    return __uint_as_float(e < 2 ? 0x00200000u << e : (e - 1) << 23);
+}
+
+// kvalues_mxfp4[n] = {0, 1, 2, 3, 4, 6, 8, 12} by magnitude bits, bit 3 the
+// sign; computed rather than looked up (a runtime-indexed local array would
+// live in local memory).
+__device__ __forceinline__ int mxfp4_level(int n) {
+    const int m = n & 7;
+    const int mag = m < 4 ? m : (2 + (m & 1)) << ((m >> 1) - 1);
+    return (n & 8) ? -mag : mag;
+}
+
+template <> __device__ void unpack<T_MXFP4>(const u8* b, int, Chunk& k) {
+    int v[32];
+#pragma unroll
+    for (int e = 0; e < 16; e++) {
+        v[e] = mxfp4_level(b[1 + e] & 15);
+        v[e + 16] = mxfp4_level(b[1 + e] >> 4);
+    }
+    pack32(v, k);
+    same_scale(k, e8m0_to_f32_half(b[0]), 0.0f);
 }
 
 // Element `e` (0..31) of an unpacked chunk, as a float weight.

@@ -37,6 +37,7 @@ const WEIGHT_TYPES: &[GgmlType] = &[
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::MXFP4,
 ];
 
 /// A real GPU where there is one, else the CUDA emulator.

@@ -26,6 +26,7 @@ const TYPES: &[GgmlType] = &[
     GgmlType::Q5K,
     GgmlType::Q6K,
     GgmlType::Q8K,
+    GgmlType::MXFP4,
 ];
 
 fn build_harness(dir: &Path) -> std::path::PathBuf {

@@ -319,6 +319,7 @@ impl CudaBackend {
             GgmlType::Q5K => "q5_k",
             GgmlType::Q6K => "q6_k",
             GgmlType::Q8K => "q8_k",
+            GgmlType::MXFP4 => "mxfp4",
             _ => return None,
         })
     }

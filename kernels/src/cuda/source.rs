@@ -56,6 +56,7 @@ pub const SOURCES: &[KernelSource] = &[
             "mmvq_q5_k",
             "mmvq_q6_k",
             "mmvq_q8_k",
+            "mmvq_mxfp4",
             "mmv_f32",
             "mmv_f16",
             "mmv_bf16",
@@ -70,6 +71,7 @@ pub const SOURCES: &[KernelSource] = &[
             "embed_q5_k",
             "embed_q6_k",
             "embed_q8_k",
+            "embed_mxfp4",
             "embed_f32",
             "embed_f16",
             "embed_bf16",
@@ -101,7 +103,7 @@ pub const SUPPORTED_ARCHS: &[(u32, u32)] = &[(7, 5), (8, 6), (8, 9), (9, 0)];
 
 /// Quant types with an int8 dot-product kernel (`mmvq_*`, `embed_*`).
 pub const QUANT_KERNEL_TYPES: &[&str] = &[
-    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k",
+    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k", "mxfp4",
 ];
 /// Unquantized types with a float kernel (`mmv_*`, `embed_*`).
 pub const FLOAT_KERNEL_TYPES: &[&str] = &["f32", "f16", "bf16"];
