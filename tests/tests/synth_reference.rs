@@ -178,7 +178,10 @@ fn teacher_forced(name: &str, stage: &mut Stage<CpuBackend>, cases: &[Case]) {
                 if dev >= worst.0 {
                     worst = (
                         dev,
-                        format!("{:?} step {i} token {id}: {ours} vs llama.cpp {lp}", case.label),
+                        format!(
+                            "{:?} step {i} token {id}: {ours} vs llama.cpp {lp}",
+                            case.label
+                        ),
                     );
                 }
             }
@@ -199,7 +202,10 @@ fn teacher_forced(name: &str, stage: &mut Stage<CpuBackend>, cases: &[Case]) {
 fn free_running(name: &str, stage: &mut Stage<CpuBackend>, cases: &[Case]) {
     for case in cases {
         let mut sampler = Sampler::new(SamplingParams::greedy());
-        let ours = generate(stage, &case.prompt, case.steps.len(), &mut sampler, |_| true).unwrap();
+        let ours = generate(stage, &case.prompt, case.steps.len(), &mut sampler, |_| {
+            true
+        })
+        .unwrap();
         for (i, (got, want)) in ours.iter().zip(&case.steps).enumerate() {
             if got.token == want.token {
                 continue;
