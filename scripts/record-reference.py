@@ -134,6 +134,20 @@ class Server:
             [str(binary)] + self.args, stdout=self.log, stderr=subprocess.STDOUT, env=env
         )
 
+    def recorded_args(self):
+        """The arguments, less the temporary model path and the port."""
+        out, skip = [], False
+        for a in self.args:
+            if skip:
+                skip = False
+            elif a in ("-m", "--host", "--port"):
+                skip = a != "-m"
+                out += ["-m", "model.gguf"] if a == "-m" else []
+                skip = True
+            else:
+                out.append(a)
+        return out
+
     def wait_ready(self, timeout_s=300):
         deadline = time.time() + timeout_s
         while time.time() < deadline:
@@ -287,7 +301,9 @@ def main():
         log = Path(server.log_path).read_text(errors="replace")
         if args.keep_log:
             args.keep_log.write_text(log)
-        system_info = next((l.strip() for l in log.splitlines() if "system_info:" in l), None)
+        system_info = next(
+            (l[l.index("system_info:"):].strip() for l in log.splitlines() if "system_info:" in l), None
+        )
 
     out = {
         "model": f"strata synth {args.arch} {args.preset} {args.quant.upper()} seed {args.seed}",
@@ -306,7 +322,7 @@ def main():
             "version": version_text.splitlines()[0] if version_text else None,
             "commit": commit.group(1) if commit else None,
             "build_info": props.get("build_info"),
-            "server_args": ["llama-server"] + [a if a != str(model) else "model.gguf" for a in server.args],
+            "server_args": ["llama-server"] + server.recorded_args(),
             "system_info": system_info,
             "amx": "refused (scripts/no-amx.c)" if preload else "not refused",
             "print_info": print_info(log),
