@@ -138,3 +138,42 @@ QUANT_KERNELS(mxfp4, T_MXFP4)
 FLOAT_KERNELS(f32, T_F32)
 FLOAT_KERNELS(f16, T_F16)
 FLOAT_KERNELS(bf16, T_BF16)
+
+// Matmul by expert id (ggml's mul_mat_id): output row s = first + blockIdx.y
+// is expert ids[s] (rows [ids[s] * rows, (ids[s] + 1) * rows) of the stacked
+// weight) times activation row s / x_div (x_div = n_used when every slot of a
+// token reads the token's row, 1 when each slot has its own). The ids are
+// checked on the host.
+#define QUANT_ID_KERNEL(name, T)                                                                          \
+    extern "C" __global__ void mmvq_id_##name(const u8* w, size_t row_bytes, int rows, int cols,          \
+                                              const ActChunk* x, const u32* ids, int x_div, int first,    \
+                                              float* out) {                                               \
+        const size_t s = (size_t)first + blockIdx.y;                                                      \
+        mmvq<T>(w + (size_t)ids[s] * rows * row_bytes, row_bytes, rows, cols,                             \
+                x + (s / x_div) * (cols / 32), 1, out + s * rows);                                        \
+    }
+
+#define FLOAT_ID_KERNEL(name, T)                                                                          \
+    extern "C" __global__ void mmv_id_##name(const u8* w, size_t row_bytes, int rows, int cols,           \
+                                             const float* x, const u32* ids, int x_div, int first,        \
+                                             float* out) {                                                \
+        const size_t s = (size_t)first + blockIdx.y;                                                      \
+        mmv_float<T>(w + (size_t)ids[s] * rows * row_bytes, row_bytes, rows, cols,                        \
+                     x + (s / x_div) * cols, 1, out + s * rows);                                          \
+    }
+
+QUANT_ID_KERNEL(q4_0, T_Q4_0)
+QUANT_ID_KERNEL(q4_1, T_Q4_1)
+QUANT_ID_KERNEL(q5_0, T_Q5_0)
+QUANT_ID_KERNEL(q5_1, T_Q5_1)
+QUANT_ID_KERNEL(q8_0, T_Q8_0)
+QUANT_ID_KERNEL(q2_k, T_Q2_K)
+QUANT_ID_KERNEL(q3_k, T_Q3_K)
+QUANT_ID_KERNEL(q4_k, T_Q4_K)
+QUANT_ID_KERNEL(q5_k, T_Q5_K)
+QUANT_ID_KERNEL(q6_k, T_Q6_K)
+QUANT_ID_KERNEL(q8_k, T_Q8_K)
+QUANT_ID_KERNEL(mxfp4, T_MXFP4)
+FLOAT_ID_KERNEL(f32, T_F32)
+FLOAT_ID_KERNEL(f16, T_F16)
+FLOAT_ID_KERNEL(bf16, T_BF16)

@@ -186,4 +186,36 @@ pub trait Backend: Send + Sync {
         v: &Self::Act,
         batch: &AttentionBatch<'_>,
     ) -> Self::Act;
+
+    /// ggml's `mul_mat_id`: `experts` stacks `n_expert` matrices (GGUF dims
+    /// `[cols, rows_per_expert, n_expert]`, loaded like any weight, so it has
+    /// `rows_per_expert * n_expert` rows). `ids` holds `n_used` expert ids per
+    /// token. Output row `t * n_used + j` is expert `ids[t * n_used + j]` times
+    /// row `t` of `x` when `x` has `ids.len() / n_used` rows (gate/up), or times
+    /// row `t * n_used + j` when `x` has `ids.len()` rows (down). The output has
+    /// `ids.len()` rows of `rows_per_expert`. Ids are checked (`< n_expert`).
+    fn matmul_id(
+        &self,
+        experts: &Self::Weight,
+        n_expert: usize,
+        x: &Self::Act,
+        ids: &[u32],
+        n_used: usize,
+    ) -> Result<Self::Act, KernelError>;
+    /// ggml's `add_id`: row `r` of `x` += row `ids[r]` of `bias` (GGUF dims `[cols, n_expert]`).
+    fn add_bias_id(
+        &self,
+        x: &mut Self::Act,
+        bias: &Self::Weight,
+        ids: &[u32],
+    ) -> Result<(), KernelError>;
+    /// Weighted sum of each token's expert outputs, as llama.cpp's graph does it:
+    /// `ggml_mul` (each `y[t*n_used+j]` times `weights[t*n_used+j]`, rounded to f32),
+    /// then `ggml_add` left to right from `j = 0`. Output: `ids.len()/n_used` rows.
+    fn moe_combine(
+        &self,
+        y: &Self::Act,
+        weights: &[f32],
+        n_used: usize,
+    ) -> Result<Self::Act, KernelError>;
 }

@@ -8,7 +8,9 @@ pub mod backend;
 pub mod cpu;
 pub mod cuda;
 pub mod kv;
+pub mod moe_route;
 
 pub use backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
 pub use cpu::CpuBackend;
 pub use kv::{KvBlockId, KvGeometry, KV_BLOCK_TOKENS};
+pub use moe_route::{route, Gating};

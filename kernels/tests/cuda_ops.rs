@@ -357,3 +357,160 @@ fn heads_wider_than_the_attention_kernel_are_refused() {
         .expect("head_dim 512 refused");
     assert!(err.to_string().contains("512"), "{err}");
 }
+
+// ---- mixture-of-experts ops ----
+
+const N_EXPERT: usize = 8;
+const N_USED: usize = 2;
+
+/// Two distinct experts per token, different tokens taking different ones;
+/// expert 0 is the first pick of the first ten tokens, so a batch of 13
+/// gives it a long batch of its own.
+fn expert_ids(rng: &mut ChaCha8Rng, tokens: usize) -> Vec<u32> {
+    (0..tokens)
+        .flat_map(|t| {
+            let a = if t < 10 {
+                0
+            } else {
+                rng.random_range(0..N_EXPERT as u32)
+            };
+            let b = (a + rng.random_range(1..N_EXPERT as u32)) % N_EXPERT as u32;
+            [a, b]
+        })
+        .collect()
+}
+
+/// `matmul_id` against the CPU, and against the exact product of the
+/// dequantized experts, with matmul's tolerances (the same int8 activation
+/// rounding on each side), for the broadcast (gate/up) and per-slot (down)
+/// input forms.
+#[test]
+fn matmul_id_matches_cpu_for_every_type_and_batch() {
+    let (g, c) = (gpu(), CpuBackend::new());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed());
+    let (rows, cols) = (40usize, 512usize);
+    for &dtype in WEIGHT_TYPES {
+        let w = random(&mut rng, N_EXPERT * rows * cols, 1.0);
+        let (bytes, deq) = quantized(dtype, &w, cols);
+        let dims = [cols as u64, rows as u64, N_EXPERT as u64];
+        let wg = g.load_weight("exps", dtype, &dims, &bytes).unwrap();
+        let wc = c.load_weight("exps", dtype, &dims, &bytes).unwrap();
+        for tokens in [1usize, 3, 8, 13] {
+            let ids = expert_ids(&mut rng, tokens);
+            for per_slot in [false, true] {
+                let x_rows = if per_slot { ids.len() } else { tokens };
+                let x = random(&mut rng, x_rows * cols, 1.0);
+                let got = g
+                    .matmul_id(
+                        &wg,
+                        N_EXPERT,
+                        &g.act_from_host(&x, x_rows, cols),
+                        &ids,
+                        N_USED,
+                    )
+                    .unwrap();
+                assert_eq!(g.act_shape(&got), (ids.len(), rows));
+                let got = g.act_to_host(&got);
+                let cpu = c.act_to_host(
+                    &c.matmul_id(
+                        &wc,
+                        N_EXPERT,
+                        &c.act_from_host(&x, x_rows, cols),
+                        &ids,
+                        N_USED,
+                    )
+                    .unwrap(),
+                );
+                let exact: Vec<f32> = (0..ids.len())
+                    .flat_map(|s| {
+                        let xr = if per_slot { s } else { s / N_USED };
+                        let (e, x, deq) = (ids[s] as usize, &x, &deq);
+                        (0..rows).map(move |r| {
+                            let wr = (e * rows + r) * cols;
+                            (0..cols)
+                                .map(|i| deq[wr + i] as f64 * x[xr * cols + i] as f64)
+                                .sum::<f64>() as f32
+                        })
+                    })
+                    .collect();
+                let what = format!("{dtype} batch {tokens} per_slot {per_slot}");
+                let (vs_cpu, vs_exact) = (rel_err(&got, &cpu), rel_err(&got, &exact));
+                assert!(vs_exact < 2e-2, "{what}: {vs_exact:.2e} vs exact");
+                assert!(vs_cpu < 3e-2, "{what}: {vs_cpu:.2e} vs CPU");
+            }
+        }
+    }
+}
+
+#[test]
+fn add_bias_id_and_moe_combine_match_cpu() {
+    let (g, c) = (gpu(), CpuBackend::new());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed());
+    let cols = 72usize;
+    let bias = random(&mut rng, N_EXPERT * cols, 1.0);
+    let dims = [cols as u64, N_EXPERT as u64];
+    let bg = g
+        .load_weight("b", GgmlType::F32, &dims, bytemuck_f32(&bias))
+        .unwrap();
+    let bc = c
+        .load_weight("b", GgmlType::F32, &dims, bytemuck_f32(&bias))
+        .unwrap();
+    for tokens in [1usize, 3, 8, 13] {
+        let ids = expert_ids(&mut rng, tokens);
+        let y = random(&mut rng, ids.len() * cols, 1.0);
+        let mut yg = g.act_from_host(&y, ids.len(), cols);
+        let mut yc = c.act_from_host(&y, ids.len(), cols);
+        g.add_bias_id(&mut yg, &bg, &ids).unwrap();
+        c.add_bias_id(&mut yc, &bc, &ids).unwrap();
+        assert!(
+            rel_err(&g.act_to_host(&yg), &c.act_to_host(&yc)) < 1e-5,
+            "add_bias_id batch {tokens}"
+        );
+        let weights = random(&mut rng, ids.len(), 1.0);
+        let og = g.moe_combine(&yg, &weights, N_USED).unwrap();
+        let oc = c.moe_combine(&yc, &weights, N_USED).unwrap();
+        assert_eq!(g.act_shape(&og), (tokens, cols));
+        assert!(
+            rel_err(&g.act_to_host(&og), &c.act_to_host(&oc)) < 1e-5,
+            "moe_combine batch {tokens}"
+        );
+    }
+}
+
+/// Ids outside the experts, and inputs of the wrong shape, are errors
+/// (checked on the host: no kernel reads outside a weight).
+#[test]
+fn moe_ops_refuse_bad_ids() {
+    let g = gpu();
+    let (rows, cols) = (8usize, 256usize);
+    let (bytes, _) = quantized(GgmlType::Q4_0, &vec![0.5; N_EXPERT * rows * cols], cols);
+    let dims = [cols as u64, rows as u64, N_EXPERT as u64];
+    let w = g
+        .load_weight("exps", GgmlType::Q4_0, &dims, &bytes)
+        .unwrap();
+    let x = g.act_from_host(&vec![1.0; 2 * cols], 2, cols);
+    assert!(g
+        .matmul_id(&w, N_EXPERT, &x, &[0, 8, 1, 2], N_USED)
+        .is_err());
+    assert!(g
+        .matmul_id(&w, N_EXPERT, &x, &[0, u32::MAX, 1, 2], N_USED)
+        .is_err());
+    assert!(g.matmul_id(&w, N_EXPERT, &x, &[0, 1, 2], N_USED).is_err());
+    assert!(g
+        .matmul_id(&w, N_EXPERT, &x, &[0, 1, 2, 3, 4, 5], N_USED)
+        .is_err());
+    assert!(g.matmul_id(&w, N_EXPERT, &x, &[0, 1, 2, 7], N_USED).is_ok());
+    let bias = vec![0f32; N_EXPERT * 4];
+    let b = g
+        .load_weight(
+            "b",
+            GgmlType::F32,
+            &[4, N_EXPERT as u64],
+            bytemuck_f32(&bias),
+        )
+        .unwrap();
+    let mut y = g.act_from_host(&[0.0; 8], 2, 4);
+    assert!(g.add_bias_id(&mut y, &b, &[3, 8]).is_err());
+    assert!(g.add_bias_id(&mut y, &b, &[3]).is_err());
+    assert!(g.moe_combine(&y, &[1.0], N_USED).is_err());
+}

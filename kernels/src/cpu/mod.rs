@@ -6,6 +6,7 @@
 mod attention;
 pub mod dot;
 mod matmul;
+mod moe;
 mod ops;
 
 use strata_model::arch::Activation;
@@ -16,6 +17,7 @@ use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightSha
 use crate::kv::KvGeometry;
 
 pub use attention::CpuKvCache;
+pub(crate) use ops::expf_ggml;
 
 /// Runs `f` compiled for AVX2 + FMA where the CPU has them: ops that use
 /// `f32::mul_add` to follow ggml's fused arithmetic, which is otherwise a
@@ -227,5 +229,34 @@ impl Backend for CpuBackend {
     ) -> CpuAct {
         cache.write(layer, k, v, batch);
         cache.attend(layer, q, batch)
+    }
+
+    fn matmul_id(
+        &self,
+        experts: &CpuWeight,
+        n_expert: usize,
+        x: &CpuAct,
+        ids: &[u32],
+        n_used: usize,
+    ) -> Result<CpuAct, KernelError> {
+        moe::matmul_id(experts, n_expert, x, ids, n_used)
+    }
+
+    fn add_bias_id(
+        &self,
+        x: &mut CpuAct,
+        bias: &CpuWeight,
+        ids: &[u32],
+    ) -> Result<(), KernelError> {
+        moe::add_bias_id(x, bias, ids)
+    }
+
+    fn moe_combine(
+        &self,
+        y: &CpuAct,
+        weights: &[f32],
+        n_used: usize,
+    ) -> Result<CpuAct, KernelError> {
+        moe::moe_combine(y, weights, n_used)
     }
 }

@@ -101,7 +101,7 @@ pub fn silu_ggml(x: f32) -> f32 {
 
 /// ggml's AVX-512 `ggml_v_expf` (after ARM's optimized routines) for one lane.
 #[inline(always)]
-fn expf_ggml(x: f32) -> f32 {
+pub(crate) fn expf_ggml(x: f32) -> f32 {
     let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
     let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // log2(e)
     let n = z - r;

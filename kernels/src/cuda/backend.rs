@@ -29,6 +29,8 @@ use super::uploads::IndexUploads;
 use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 
+mod moe;
+
 /// Tokens one matrix-vector launch handles (the kernels' MAX_BATCH).
 pub const MAX_BATCH: usize = 8;
 /// Largest head dimension `attend` handles (attention.cu's MAX_HEAD_DIM).
@@ -77,6 +79,8 @@ pub struct CudaBackend {
     /// `mmv_*` / `mmvq_*` and `embed_*` by weight type.
     matvec: HashMap<GgmlType, (&'static str, CudaFunction)>,
     embed: HashMap<GgmlType, (&'static str, CudaFunction)>,
+    /// `mmv_id_*` / `mmvq_id_*` (matmul by expert id) by weight type.
+    matvec_id: HashMap<GgmlType, (&'static str, CudaFunction)>,
     device_name: String,
     compute_capability: (u32, u32),
     /// Positions, slots and block tables, uploaded once a batch.
@@ -160,6 +164,7 @@ impl CudaBackend {
                 table.insert(dtype, (name, f.clone()));
             }
         }
+        let matvec_id = moe::id_kernels(&functions);
         let stream = ctx.default_stream();
         Ok(CudaBackend {
             ctx,
@@ -167,6 +172,7 @@ impl CudaBackend {
             functions,
             matvec,
             embed,
+            matvec_id,
             device_name,
             compute_capability: (major, minor),
             indices: Arc::default(),
@@ -748,5 +754,34 @@ impl Backend for CudaBackend {
             rows: n,
             cols: batch.n_heads * g.head_dim_v,
         }
+    }
+
+    fn matmul_id(
+        &self,
+        experts: &CudaWeight,
+        n_expert: usize,
+        x: &CudaAct,
+        ids: &[u32],
+        n_used: usize,
+    ) -> Result<CudaAct, KernelError> {
+        self.moe_matmul_id(experts, n_expert, x, ids, n_used)
+    }
+
+    fn add_bias_id(
+        &self,
+        x: &mut CudaAct,
+        bias: &CudaWeight,
+        ids: &[u32],
+    ) -> Result<(), KernelError> {
+        self.moe_add_bias_id(x, bias, ids)
+    }
+
+    fn moe_combine(
+        &self,
+        y: &CudaAct,
+        weights: &[f32],
+        n_used: usize,
+    ) -> Result<CudaAct, KernelError> {
+        self.moe_weighted_sum(y, weights, n_used)
     }
 }

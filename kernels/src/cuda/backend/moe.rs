@@ -1,0 +1,254 @@
+//! The CUDA backend's mixture-of-experts ops (see `Backend::matmul_id`).
+//! Ids and weights are checked on the host and uploaded per call; every
+//! failure, a bad id or a device error, is returned, never a panic.
+//!
+//! The matmul by id runs matvec.cu's `mmvq_id_*` / `mmv_id_*`: the plain
+//! matvec code, one output row (token, slot) per grid row, its weight
+//! pointer moved to the slot's expert.
+
+use std::collections::HashMap;
+
+use cudarc::driver::{
+    CudaFunction, CudaSlice, DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
+};
+use strata_model::GgmlType;
+
+use super::{
+    CudaAct, CudaBackend, CudaWeight, ACT_CHUNK_BYTES, ELEMENTWISE_THREADS, WARPS_PER_ROW_BLOCK,
+};
+use crate::backend::KernelError;
+use crate::moe_route::{check_combine, check_ids, check_matmul_id};
+
+/// Output rows one matmul-by-id launch covers (CUDA's limit on grid_dim.y).
+const MAX_SLOTS_PER_LAUNCH: usize = 65_535;
+
+/// The matmul-by-id kernel of each weight type that has one.
+pub(super) fn id_kernels(
+    functions: &HashMap<&'static str, CudaFunction>,
+) -> HashMap<GgmlType, (&'static str, CudaFunction)> {
+    GgmlType::ALL
+        .iter()
+        .filter_map(|&dtype| {
+            let suffix = CudaBackend::kernel_suffix(dtype)?;
+            let prefix = if CudaBackend::is_float(dtype) {
+                "mmv_id_"
+            } else {
+                "mmvq_id_"
+            };
+            let (&name, f) = functions.get_key_value(format!("{prefix}{suffix}").as_str())?;
+            Some((dtype, (name, f.clone())))
+        })
+        .collect()
+}
+
+fn device_error(what: &str, e: DriverError) -> KernelError {
+    KernelError::Invalid(format!("CUDA error in {what}: {e:?}"))
+}
+
+impl CudaBackend {
+    /// [`CudaBackend::launched`], returning the error.
+    fn try_launched(
+        &self,
+        kernel: &'static str,
+        launch: impl FnOnce() -> Result<(), DriverError>,
+    ) -> Result<(), KernelError> {
+        let Some(profile) = &self.profile else {
+            return launch().map_err(|e| device_error(kernel, e));
+        };
+        let start = profile
+            .start(&self.stream)
+            .map_err(|e| device_error("profile", e))?;
+        launch().map_err(|e| device_error(kernel, e))?;
+        profile
+            .stop(&self.stream, kernel, start)
+            .map_err(|e| device_error("profile", e))
+    }
+
+    fn try_upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>, KernelError> {
+        self.stream
+            .clone_htod(data)
+            .map_err(|e| device_error("upload", e))
+    }
+
+    /// Uninitialized device memory for `n` values that a kernel writes in full.
+    fn try_output<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>, KernelError> {
+        // SAFETY: read only after the kernel that writes all n values.
+        unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(|e| device_error("alloc", e))
+    }
+
+    pub(super) fn moe_matmul_id(
+        &self,
+        experts: &CudaWeight,
+        n_expert: usize,
+        x: &CudaAct,
+        ids: &[u32],
+        n_used: usize,
+    ) -> Result<CudaAct, KernelError> {
+        let shape = check_matmul_id(
+            &experts.name,
+            experts.rows,
+            experts.cols,
+            n_expert,
+            (x.rows, x.cols),
+            ids,
+            n_used,
+        )?;
+        let rows = shape.rows_per_expert;
+        let (kernel_name, kernel) = self.matvec_id.get(&experts.dtype).ok_or_else(|| {
+            KernelError::Invalid(format!(
+                "matmul_id {}: no CUDA matmul-by-id kernel for {}",
+                experts.name, experts.dtype
+            ))
+        })?;
+        let mut out = self.try_output::<f32>(ids.len() * rows)?;
+        if ids.is_empty() || rows == 0 {
+            return Ok(CudaAct {
+                buf: out,
+                rows: ids.len(),
+                cols: rows,
+            });
+        }
+        let ids_dev = self.try_upload(ids)?;
+        let x_div = if shape.per_slot { 1i32 } else { n_used as i32 };
+        let (row_bytes, rows_i, cols) = (experts.row_bytes, rows as i32, experts.cols as i32);
+        let launch =
+            |input: &CudaSlice<u8>, input_f32: &CudaSlice<f32>, out: &mut CudaSlice<f32>| {
+                for first in (0..ids.len()).step_by(MAX_SLOTS_PER_LAUNCH) {
+                    let n = (ids.len() - first).min(MAX_SLOTS_PER_LAUNCH);
+                    let cfg = LaunchConfig {
+                        grid_dim: ((rows as u32).div_ceil(WARPS_PER_ROW_BLOCK), n as u32, 1),
+                        block_dim: (32 * WARPS_PER_ROW_BLOCK, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    let first_i = first as i32;
+                    let mut b = self.stream.launch_builder(kernel);
+                    b.arg(&experts.data).arg(&row_bytes).arg(&rows_i).arg(&cols);
+                    if Self::is_float(experts.dtype) {
+                        b.arg(input_f32);
+                    } else {
+                        b.arg(input);
+                    }
+                    b.arg(&ids_dev).arg(&x_div).arg(&first_i).arg(&mut *out);
+                    // SAFETY: every id is < n_expert (checked), so each slot
+                    // reads `rows` rows inside the stacked weight; slot s reads
+                    // input row s / x_div < x.rows and writes output row s.
+                    self.try_launched(kernel_name, || unsafe { b.launch(cfg) }.map(drop))?;
+                }
+                Ok::<(), KernelError>(())
+            };
+        if Self::is_float(experts.dtype) {
+            let none = self.try_output::<u8>(1)?;
+            launch(&none, &x.buf, &mut out)?;
+        } else {
+            let chunks = experts.cols / 32;
+            let mut xq = self.try_output::<u8>(x.rows * chunks * ACT_CHUNK_BYTES)?;
+            let (tokens, xcols) = (x.rows as i32, x.cols as i32);
+            let mut b = self.stream.launch_builder(self.f("quantize_act"));
+            b.arg(&x.buf).arg(&mut xq).arg(&tokens).arg(&xcols);
+            // SAFETY: one thread per 32-value chunk of x into xq.
+            self.try_launched("quantize_act", || {
+                unsafe { b.launch(Self::grid_for(x.rows * chunks)) }.map(drop)
+            })?;
+            launch(&xq, &x.buf, &mut out)?;
+        }
+        Ok(CudaAct {
+            buf: out,
+            rows: ids.len(),
+            cols: rows,
+        })
+    }
+
+    pub(super) fn moe_add_bias_id(
+        &self,
+        x: &mut CudaAct,
+        bias: &CudaWeight,
+        ids: &[u32],
+    ) -> Result<(), KernelError> {
+        let bad = |what: String| KernelError::Invalid(format!("add_bias_id {}: {what}", bias.name));
+        if bias.dtype != GgmlType::F32 {
+            return Err(bad(format!("bias of type {}, F32 needed", bias.dtype)));
+        }
+        if bias.cols != x.cols || ids.len() != x.rows {
+            return Err(bad(format!(
+                "{} ids and bias rows of {} for {}x{} activations",
+                ids.len(),
+                bias.cols,
+                x.rows,
+                x.cols
+            )));
+        }
+        check_ids(&bias.name, ids, bias.rows)?;
+        let n = x.rows * x.cols;
+        if n == 0 {
+            return Ok(());
+        }
+        let ids_dev = self.try_upload(ids)?;
+        // F32 rows: the weight's bytes are the values.
+        // SAFETY: the allocation is the driver's (aligned for f32) and every
+        // bit pattern is an f32; transmute checks the length.
+        let bias_f32 =
+            unsafe { bias.data.transmute::<f32>(bias.rows * bias.cols) }.ok_or_else(|| {
+                bad(format!(
+                    "{} bytes are not {} f32 values",
+                    bias.data.len(),
+                    bias.rows * bias.cols
+                ))
+            })?;
+        let cols = x.cols as i32;
+        let mut b = self.stream.launch_builder(self.f("add_id"));
+        b.arg(&mut x.buf)
+            .arg(&bias_f32)
+            .arg(&ids_dev)
+            .arg(&n)
+            .arg(&cols);
+        // SAFETY: n values of x; each id < bias.rows (checked) picks a row of
+        // cols f32 values inside the bias.
+        self.try_launched("add_id", || {
+            unsafe { b.launch(Self::grid_for(n)) }.map(drop)
+        })
+    }
+
+    pub(super) fn moe_weighted_sum(
+        &self,
+        y: &CudaAct,
+        weights: &[f32],
+        n_used: usize,
+    ) -> Result<CudaAct, KernelError> {
+        let n_tokens = check_combine(y.rows, weights.len(), n_used)?;
+        let n = n_tokens * y.cols;
+        let mut out = self.try_output::<f32>(n)?;
+        if n == 0 {
+            return Ok(CudaAct {
+                buf: out,
+                rows: n_tokens,
+                cols: y.cols,
+            });
+        }
+        let w = self.try_upload(weights)?;
+        let (cols, n_used_i) = (y.cols as i32, n_used as i32);
+        let mut b = self.stream.launch_builder(self.f("moe_combine"));
+        b.arg(&y.buf)
+            .arg(&w)
+            .arg(&mut out)
+            .arg(&n)
+            .arg(&cols)
+            .arg(&n_used_i);
+        // SAFETY: y has n_tokens * n_used rows of cols values, w one weight
+        // per row; out has n_tokens rows.
+        self.try_launched("moe_combine", || {
+            unsafe {
+                b.launch(LaunchConfig {
+                    grid_dim: ((n as u32).div_ceil(ELEMENTWISE_THREADS), 1, 1),
+                    block_dim: (ELEMENTWISE_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+            }
+            .map(drop)
+        })?;
+        Ok(CudaAct {
+            buf: out,
+            rows: n_tokens,
+            cols: y.cols,
+        })
+    }
+}
