@@ -23,7 +23,7 @@ impl QuantScheme {
             "Q5_K_M" => Some(Self::Q5KM),
             "Q4_K_S" => Some(Self::Uniform(GgmlType::Q4K)),
             "Q5_K_S" => Some(Self::Uniform(GgmlType::Q5K)),
-            "MXFP4" | "MXFP4_MOE" => mxfp4().map(|_| Self::Mxfp4Moe),
+            "MXFP4" | "MXFP4_MOE" => Some(Self::Mxfp4Moe),
             other => GgmlType::from_name(other)
                 .filter(|t| !matches!(t, GgmlType::Q8_1 | GgmlType::Q8K))
                 .map(Self::Uniform),
@@ -50,9 +50,9 @@ impl QuantScheme {
                 GgmlType::Q5K => 16,
                 GgmlType::Q6K => 18,
                 GgmlType::BF16 => 32,
-                // Q8_1, Q8_K (activation types) and types llama.cpp has no
-                // all-of-one-type ftype for.
-                _ => 0,
+                // Activation types, and MXFP4, which llama.cpp only has for
+                // experts (Mxfp4Moe).
+                GgmlType::Q8_1 | GgmlType::Q8K | GgmlType::MXFP4 => 0,
             },
         }
     }
@@ -65,9 +65,7 @@ impl QuantScheme {
         match self {
             Self::Uniform(t) => t,
             Self::Mxfp4Moe => match role {
-                "ffn_gate_exps" | "ffn_up_exps" | "ffn_down_exps" => {
-                    mxfp4().unwrap_or(GgmlType::Q8_0)
-                }
+                "ffn_gate_exps" | "ffn_up_exps" | "ffn_down_exps" => GgmlType::MXFP4,
                 _ => GgmlType::Q8_0,
             },
             Self::Q4KM | Self::Q5KM => {
@@ -86,12 +84,6 @@ impl QuantScheme {
             }
         }
     }
-}
-
-/// MXFP4, where this build's quant module has it. (Looked up by name so
-/// that this file builds before and after the type lands.)
-fn mxfp4() -> Option<GgmlType> {
-    GgmlType::from_name("MXFP4")
 }
 
 /// llama.cpp's fallback when a row is not a whole number of blocks.
