@@ -17,12 +17,14 @@ extern "C" __global__ void kv_write(const float* k, const float* v, const u32* s
 
 // One block of ATT_WARPS warps per (token, head). Each warp walks every
 // ATT_WARPS-th position of the token's window with an online softmax; the
-// warps' partial results are merged at the end.
+// warps' partial results are merged at the end. `sinks` (or null): one logit
+// per query head that joins the softmax's denominator with no value.
 //   q: tokens x (n_heads * hd_k); out: tokens x (n_heads * hd_v)
 //   token_pos[t], token_seq[t]; tables + table_start[seq] = block ids
 extern "C" __global__ void attend(const float* q, const u16* k_pool, const u16* v_pool, const u32* token_pos,
                                   const u32* token_seq, const u32* table_start, const u32* tables, float* out,
-                                  int n_heads, int n_kv_heads, int hd_k, int hd_v, float scale, int window) {
+                                  int n_heads, int n_kv_heads, int hd_k, int hd_v, float scale, int window,
+                                  const float* sinks) {
     __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
     __shared__ float s_acc[ATT_WARPS][MAX_HEAD_DIM];
     const int t = blockIdx.x, head = blockIdx.y;
@@ -78,7 +80,8 @@ extern "C" __global__ void attend(const float* q, const u16* k_pool, const u16* 
     __syncthreads();
     float big = NEG_INF;
     for (int w = 0; w < ATT_WARPS; w++) big = fmaxf(big, s_m[w]);
-    float denom = 0.0f;
+    if (sinks) big = fmaxf(big, sinks[head]);
+    float denom = sinks ? expf(sinks[head] - big) : 0.0f;
     for (int w = 0; w < ATT_WARPS; w++) denom += s_l[w] * (s_m[w] == NEG_INF ? 0.0f : expf(s_m[w] - big));
     for (int i = threadIdx.x; i < hd_v; i += blockDim.x) {
         float v = 0.0f;

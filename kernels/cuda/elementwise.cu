@@ -48,11 +48,33 @@ extern "C" __global__ void gated_gelu(const float* gate, const float* up, float*
     if (i < n) out[i] = gelu_f16(gate[i]) * up[i];
 }
 
+// gpt-oss's clamped SwiGLU (ggml's swiglu_oai, alpha 1.702, limit 7).
+extern "C" __global__ void gated_swiglu_oai(const float* gate, const float* up, float* out, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const float alpha = 1.702f, limit = 7.0f;
+        const float x = fminf(gate[i], limit);
+        const float y = fminf(fmaxf(up[i], -limit), limit);
+        out[i] = x / (1.0f + expf(alpha * -x)) * (y + 1.0f);
+    }
+}
+
+// x[r][c] *= scales[r]
+extern "C" __global__ void scale_rows(float* x, const float* scales, size_t n, int cols) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= scales[i / cols];
+}
+
 // Rotates the first `dims` values of every head of every row. Normal style
 // pairs (2i, 2i+1); NeoX pairs (i, i + dims/2). theta = pos * freq_scale *
 // base^(-2i/dims) / freq_factors[i]. One thread per pair.
+// With `yarn`, ggml's rope_yarn: on the ramp between the correction dims
+// (corr_low, corr_high) theta mixes the unscaled (extrapolated) value in by
+// ext_factor, and cos and sin are multiplied by `mscale` (attn_factor,
+// times 1 + 0.1 ln(1/freq_scale) when ext_factor != 0: computed by the host).
 extern "C" __global__ void rope(float* x, const u32* positions, int rows, int n_heads, int head_dim, int dims,
-                                float freq_base, float freq_scale, const float* freq_factors, int neox) {
+                                float freq_base, float freq_scale, const float* freq_factors, int neox, int yarn,
+                                float ext_factor, float mscale, float corr_low, float corr_high) {
     const int pairs = dims / 2;
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)rows * n_heads * pairs) return;
@@ -60,10 +82,30 @@ extern "C" __global__ void rope(float* x, const u32* positions, int rows, int n_
     const size_t head = i / pairs;
     const int row = head / n_heads;
     float* h = x + head * head_dim;
-    float theta = positions[row] * freq_scale * powf(freq_base, -2.0f * p / dims);
-    if (freq_factors) theta /= freq_factors[p];
     float s, c;
-    sincosf(theta, &s, &c);
+    if (!yarn) {
+        float theta = positions[row] * freq_scale * powf(freq_base, -2.0f * p / dims);
+        if (freq_factors) theta /= freq_factors[p];
+        sincosf(theta, &s, &c);
+    } else {
+        // theta as ggml-cpu builds it, by repeated multiplication (a YaRN
+        // model's positions reach far past where powf's rounding and that
+        // one's part ways).
+        const float theta_scale = powf(freq_base, -2.0f / dims);
+        float theta_extrap = (float)positions[row];
+        for (int k = 0; k < p; k++) theta_extrap *= theta_scale;
+        if (freq_factors) theta_extrap /= freq_factors[p];
+        const float theta_interp = freq_scale * theta_extrap;
+        float theta = theta_interp;
+        if (ext_factor != 0.0f) {
+            const float y = (p - corr_low) / fmaxf(0.001f, corr_high - corr_low);
+            const float ramp_mix = (1.0f - fminf(1.0f, fmaxf(0.0f, y))) * ext_factor;
+            theta = fmaf(theta_interp, 1.0f - ramp_mix, theta_extrap * ramp_mix);
+        }
+        sincosf(theta, &s, &c);
+        s *= mscale;
+        c *= mscale;
+    }
     const int a = neox ? p : 2 * p;
     const int b = neox ? p + pairs : 2 * p + 1;
     const float x0 = h[a], x1 = h[b];

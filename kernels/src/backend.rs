@@ -90,6 +90,104 @@ pub struct RopeConfig {
     pub dims: usize,
     pub freq_base: f32,
     pub freq_scale: f32,
+    /// YaRN context extension (`rope.scaling.type = yarn`); `None` rotates
+    /// as plain RoPE (ggml with `ext_factor = 0`, `attn_factor = 1`).
+    pub yarn: Option<Yarn>,
+}
+
+/// ggml's YaRN parameters (`ggml_rope_ext`'s `ext_factor`, `attn_factor`,
+/// `beta_fast`, `beta_slow`, `n_ctx_orig`), as llama.cpp passes them.
+///
+/// How llama.cpp fills them (llama-model.cpp, llama-context.cpp, the
+/// per-model `load_arch_hparams`):
+/// - `freq_scale` (in [`RopeConfig`]) is `1 / rope.scaling.factor`
+///   (gpt-oss: factor 32);
+/// - `n_ctx_orig` is `rope.scaling.original_context_length`, else the
+///   training context (gpt-oss: 4096);
+/// - `ext_factor`: 1 when the scaling type is yarn (no GGUF key is read
+///   for it, except by grok);
+/// - `beta_fast` / `beta_slow`: 32 and 1, which mistral3 overrides from
+///   `rope.scaling.yarn_beta_fast` / `yarn_beta_slow` when present;
+/// - `attn_factor`: see [`Yarn::llama_cpp`]; it comes out near 1, and
+///   `rope_yarn` then multiplies it by `1 + 0.1 ln(1 / freq_scale)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Yarn {
+    /// Mix of extrapolated (unscaled) and interpolated theta on the ramp
+    /// between the correction dims; 0 disables the ramp and the mscale term.
+    pub ext_factor: f32,
+    /// Magnitude multiplier of cos and sin (`mscale`).
+    pub attn_factor: f32,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    /// The context the model was trained with before extension.
+    pub n_ctx_orig: u32,
+}
+
+impl Yarn {
+    /// llama.cpp's parameters for a yarn-scaled model with no command-line
+    /// overrides (`llama_context`'s constructor). `factor` is
+    /// `rope.scaling.factor`; `log_mul` is `rope.scaling.yarn_log_multiplier`
+    /// (mistral3; 0 when absent); `rope_attn_factor` is
+    /// `rope.scaling.attn_factor` (1 when absent); `beta_fast` and
+    /// `beta_slow` 32 and 1 unless the GGUF names them. The arithmetic is
+    /// llama.cpp's, with GCC's contraction of `a * b + 1` into one FMA.
+    pub fn llama_cpp(
+        factor: f32,
+        n_ctx_orig: u32,
+        beta_fast: f32,
+        beta_slow: f32,
+        log_mul: f32,
+        rope_attn_factor: f32,
+    ) -> Self {
+        // get_mscale(scale, mscale) = scale <= 1 ? 1 : 0.1 * mscale * ln(scale) + 1
+        let get_mscale = |scale: f32, mscale: f32| {
+            if scale <= 1.0 {
+                1.0
+            } else {
+                (0.1f32 * mscale).mul_add(scale.ln(), 1.0)
+            }
+        };
+        // llama.cpp takes factor = 1 / freq_scale, freq_scale = 1 / rope.scaling.factor.
+        let factor = 1.0 / (1.0 / factor);
+        let mut attn_factor = if log_mul != 0.0 {
+            get_mscale(factor, 1.0) / get_mscale(factor, log_mul)
+        } else {
+            get_mscale(factor, 1.0)
+        };
+        // Cancels the factor rope_yarn applies again when ext_factor != 0.
+        attn_factor *= 1.0 / 0.1f32.mul_add(factor.ln(), 1.0);
+        attn_factor *= rope_attn_factor;
+        Yarn {
+            ext_factor: 1.0,
+            attn_factor,
+            beta_fast,
+            beta_slow,
+            n_ctx_orig,
+        }
+    }
+
+    /// What `rope_yarn` multiplies cos and sin by: `attn_factor`, times
+    /// `1 + 0.1 ln(1 / freq_scale)` (fused as GCC contracts it) when
+    /// `ext_factor != 0`.
+    pub fn mscale(&self, freq_scale: f32) -> f32 {
+        if self.ext_factor == 0.0 {
+            return self.attn_factor;
+        }
+        self.attn_factor * 0.1f32.mul_add((1.0 / freq_scale).ln(), 1.0)
+    }
+
+    /// ggml's `ggml_rope_yarn_corr_dims`: the first and last rotated
+    /// dimension pair of the ramp between extrapolation and interpolation.
+    pub fn corr_dims(&self, dims: usize, freq_base: f32) -> [f32; 2] {
+        // n_dims * ln(n_ctx_orig / (n_rot * 2 pi)) / (2 ln(base)), in f32.
+        let corr_dim = |n_rot: f32| {
+            dims as f32 * (self.n_ctx_orig as f32 / (n_rot * 2.0 * std::f32::consts::PI)).ln()
+                / (2.0 * freq_base.ln())
+        };
+        let start = corr_dim(self.beta_fast).floor();
+        let end = corr_dim(self.beta_slow).ceil();
+        [start.max(0.0), end.min(dims as f32 - 1.0)]
+    }
 }
 
 /// Which KV slots a batch writes and which positions each token attends.
@@ -104,9 +202,12 @@ pub struct AttentionBatch<'a> {
     pub n_heads: usize,
     pub scale: f32,
     /// Apply `scale` to Q before the scores rather than to the scores
-    /// (the same in exact arithmetic; see `HyperParams::scales_query`).
+    /// (the same in exact arithmetic; see `ModelSpec::scales_query`).
     pub scale_query: bool,
     pub window: Option<usize>,
+    /// Attention sinks (gpt-oss): one logit per query head that joins the
+    /// softmax's denominator but contributes no value.
+    pub sinks: Option<&'a [f32]>,
 }
 
 pub trait Backend: Send + Sync {
@@ -175,6 +276,10 @@ pub trait Backend: Send + Sync {
     fn gated(&self, gate: &Self::Act, up: &Self::Act, act: Activation) -> Self::Act;
     /// `x += y`.
     fn add_assign(&self, x: &mut Self::Act, y: &Self::Act);
+    /// `x[r] *= scales[r]` for every row (ggml_mul by a `[1, rows]`
+    /// tensor): Ministral-3's attention temperature on Q, with scales from
+    /// [`attn_temperature_scales`].
+    fn scale_rows(&self, x: &mut Self::Act, scales: &[f32]);
     /// Writes this batch's K/V rows into their slots of `layer`, then
     /// attends: returns `rows x (n_heads * head_dim_v)`.
     fn attention(
@@ -218,4 +323,28 @@ pub trait Backend: Send + Sync {
         weights: &[f32],
         n_used: usize,
     ) -> Result<Self::Act, KernelError>;
+}
+
+/// Per-token attention temperature (llama.cpp's `build_inp_attn_scale`,
+/// Llama-4 style, used by Ministral-3):
+/// `scale = ln(floor(pos / floor_scale) + 1) * attn_temp_scale + 1`, with
+/// llama.cpp's types: the floor in f32, the log and the rest in f64 (the
+/// multiply-add fused, as GCC contracts it), rounded to f32. `floor_scale`
+/// is the model's `n_attn_temp_floor_scale` (Ministral-3:
+/// `rope.scaling.original_context_length`), `attn_temp_scale` its
+/// `attention.temperature_scale`; llama.cpp's position offset is 0 for it.
+pub fn attn_temperature_scales(
+    positions: &[u32],
+    floor_scale: u32,
+    attn_temp_scale: f32,
+) -> Vec<f32> {
+    positions
+        .iter()
+        .map(|&p| {
+            let floored = (p as f32 / floor_scale as f32).floor();
+            (floored as f64 + 1.0)
+                .ln()
+                .mul_add(attn_temp_scale as f64, 1.0) as f32
+        })
+        .collect()
 }

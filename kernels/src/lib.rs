@@ -10,7 +10,9 @@ pub mod cuda;
 pub mod kv;
 pub mod moe_route;
 
-pub use backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
+pub use backend::{
+    attn_temperature_scales, AttentionBatch, Backend, KernelError, RopeConfig, WeightShape, Yarn,
+};
 pub use cpu::CpuBackend;
 pub use kv::{KvBlockId, KvGeometry, KV_BLOCK_TOKENS};
 pub use moe_route::{route, Gating};

@@ -17,7 +17,9 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use strata_kernels::cuda::{emulator, CudaBackend};
-use strata_kernels::{AttentionBatch, Backend, CpuBackend, KvGeometry, RopeConfig};
+use strata_kernels::{
+    attn_temperature_scales, AttentionBatch, Backend, CpuBackend, KvGeometry, RopeConfig, Yarn,
+};
 use strata_model::arch::{Activation, RopeStyle};
 use strata_model::profile::KvType;
 use strata_model::quant::{dequantize_row, quantize_row};
@@ -212,7 +214,11 @@ fn elementwise_ops_match_cpu() {
             g.act_from_host(&y, rows, cols),
             c.act_from_host(&y, rows, cols),
         );
-        for act in [Activation::Silu, Activation::GeluTanh] {
+        for act in [
+            Activation::Silu,
+            Activation::GeluTanh,
+            Activation::SwigluOai,
+        ] {
             check(
                 &format!("gated {act:?}"),
                 g.act_to_host(&g.gated(&xg, &yg, act)),
@@ -252,6 +258,7 @@ fn elementwise_ops_match_cpu() {
                 dims,
                 freq_base: 500000.0,
                 freq_scale: 1.0,
+                yarn: None,
             };
             let ff: Vec<f32> = (0..dims / 2)
                 .map(|_| rng.random_range(1.0f32..8.0))
@@ -312,6 +319,7 @@ fn paged_attention_matches_cpu() {
                 scale: 1.0 / (head_dim as f32).sqrt(),
                 scale_query: false,
                 window,
+                sinks: None,
             };
             let kv_cols = n_kv_heads * head_dim;
             let got = g.act_to_host(&g.attention(
@@ -356,6 +364,163 @@ fn heads_wider_than_the_attention_kernel_are_refused() {
         .err()
         .expect("head_dim 512 refused");
     assert!(err.to_string().contains("512"), "{err}");
+}
+
+/// gpt-oss's gate and up values reach past swiglu_oai's limit of 7: the
+/// clamps must agree too.
+#[test]
+fn swiglu_oai_and_scale_rows_match_cpu() {
+    let (g, c) = (gpu(), CpuBackend::new());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed());
+    let (rows, cols) = (5, 2880);
+    let gate = random(&mut rng, rows * cols, 12.0);
+    let up = random(&mut rng, rows * cols, 12.0);
+    assert!(gate.iter().any(|&v| v > 7.0) && up.iter().any(|&v| v < -7.0));
+    let got = g.act_to_host(&g.gated(
+        &g.act_from_host(&gate, rows, cols),
+        &g.act_from_host(&up, rows, cols),
+        Activation::SwigluOai,
+    ));
+    let want = c.act_to_host(&c.gated(
+        &c.act_from_host(&gate, rows, cols),
+        &c.act_from_host(&up, rows, cols),
+        Activation::SwigluOai,
+    ));
+    let e = rel_err(&got, &want);
+    assert!(e < 1e-5, "swiglu_oai: {e:.2e}");
+
+    let positions: Vec<u32> = (0..rows as u32).map(|i| i * 9000).collect();
+    let scales = attn_temperature_scales(&positions, 16384, 0.1);
+    let (mut a, mut b) = (
+        g.act_from_host(&gate, rows, cols),
+        c.act_from_host(&gate, rows, cols),
+    );
+    g.scale_rows(&mut a, &scales);
+    c.scale_rows(&mut b, &scales);
+    assert_eq!(g.act_to_host(&a), c.act_to_host(&b), "scale_rows");
+}
+
+/// YaRN RoPE (gpt-oss's: factor 32 from 4096, base 150000; and
+/// Ministral-3-like: factor 16, log multiplier 1, with freq factors) for
+/// both styles, at positions across and beyond the original context.
+#[test]
+fn yarn_rope_matches_cpu() {
+    let (g, c) = (gpu(), CpuBackend::new());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed());
+    let cases = [
+        (
+            64usize,
+            64usize,
+            150_000.0f32,
+            32.0f32,
+            4096u32,
+            0.0f32,
+            false,
+        ),
+        (128, 128, 1_000_000.0, 16.0, 16384, 1.0, true),
+        (128, 96, 10_000.0, 4.0, 2048, 0.0, false),
+    ];
+    for style in [RopeStyle::Normal, RopeStyle::Neox] {
+        for &(head_dim, dims, base, factor, n_ctx_orig, log_mul, with_factors) in &cases {
+            let (rows, n_heads) = (6, 3);
+            let x = random(&mut rng, rows * n_heads * head_dim, 1.0);
+            let positions: Vec<u32> = [0u32, 1, 37, 4095, 4097, 70_000].to_vec();
+            let cfg = RopeConfig {
+                style,
+                head_dim,
+                dims,
+                freq_base: base,
+                freq_scale: 1.0 / factor,
+                yarn: Some(Yarn::llama_cpp(factor, n_ctx_orig, 32.0, 1.0, log_mul, 1.0)),
+            };
+            let ff: Vec<f32> = (0..dims / 2)
+                .map(|_| rng.random_range(1.0f32..8.0))
+                .collect();
+            let (ffg, ffc) = (vector(&g, &ff), vector(&c, &ff));
+            let mut a = g.act_from_host(&x, rows, n_heads * head_dim);
+            let mut b = c.act_from_host(&x, rows, n_heads * head_dim);
+            g.rope(&mut a, &positions, &cfg, with_factors.then_some(&ffg));
+            c.rope(&mut b, &positions, &cfg, with_factors.then_some(&ffc));
+            // Thetas reach 70000 rad: both build them as ggml-cpu does.
+            let e = rel_err(&g.act_to_host(&a), &c.act_to_host(&b));
+            assert!(
+                e < 1e-5,
+                "yarn rope {style:?} head_dim {head_dim} dims {dims} factor {factor}: {e:.2e}"
+            );
+        }
+    }
+}
+
+/// Attention with gpt-oss's sinks: GQA, a sliding window, a prompt then a
+/// mixed decode batch, sinks above and below the scores.
+#[test]
+fn attention_with_sinks_matches_cpu() {
+    let (g, c) = (gpu(), CpuBackend::new());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed());
+    for &(n_heads, n_kv_heads, head_dim, window) in &[
+        (8usize, 2usize, 64usize, None),
+        (8, 2, 64, Some(40usize)),
+        (6, 6, 128, Some(7)),
+    ] {
+        let geo = KvGeometry {
+            n_layers: 1,
+            n_kv_heads,
+            head_dim_k: head_dim,
+            head_dim_v: head_dim,
+            kv_type: KvType::F16,
+            n_blocks: 12,
+        };
+        let (mut kg, mut kc) = (g.new_kv_cache(geo).unwrap(), c.new_kv_cache(geo).unwrap());
+        let tables: [Vec<u32>; 2] = [vec![5, 2, 9, 0, 7], vec![1, 11]];
+        let steps: [Vec<(u32, u32)>; 2] = [
+            (0..100).map(|p| (0, p)).collect(),
+            vec![(0, 100), (1, 0), (1, 1), (1, 2)],
+        ];
+        // Logits from well below to well above the scores (scale 4 on
+        // unit-ish scores of +-2).
+        let sinks = random(&mut rng, n_heads, 4.0);
+        for step in &steps {
+            let n = step.len();
+            let positions: Vec<u32> = step.iter().map(|s| s.1).collect();
+            let token_seq: Vec<u32> = step.iter().map(|s| s.0).collect();
+            let q = random(&mut rng, n * n_heads * head_dim, 1.0);
+            let k = random(&mut rng, n * n_kv_heads * head_dim, 1.0);
+            let v = random(&mut rng, n * n_kv_heads * head_dim, 1.0);
+            let table_refs: Vec<&[u32]> = tables.iter().map(|t| t.as_slice()).collect();
+            let batch = AttentionBatch {
+                positions: &positions,
+                token_seq: &token_seq,
+                block_tables: &table_refs,
+                n_heads,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+                scale_query: false,
+                window,
+                sinks: Some(&sinks),
+            };
+            let kv_cols = n_kv_heads * head_dim;
+            let got = g.act_to_host(&g.attention(
+                &mut kg,
+                0,
+                &g.act_from_host(&q, n, n_heads * head_dim),
+                &g.act_from_host(&k, n, kv_cols),
+                &g.act_from_host(&v, n, kv_cols),
+                &batch,
+            ));
+            let want = c.act_to_host(&c.attention(
+                &mut kc,
+                0,
+                &c.act_from_host(&q, n, n_heads * head_dim),
+                &c.act_from_host(&k, n, kv_cols),
+                &c.act_from_host(&v, n, kv_cols),
+                &batch,
+            ));
+            let e = rel_err(&got, &want);
+            assert!(
+                e < 5e-3,
+                "attention with sinks, heads {n_heads}/{n_kv_heads} dim {head_dim} window {window:?}: {e:.2e}"
+            );
+        }
+    }
 }
 
 // ---- mixture-of-experts ops ----

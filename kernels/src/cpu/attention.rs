@@ -75,6 +75,14 @@ impl CpuKvCache {
         let (kd, vd) = (g.k_dim(), g.v_dim());
         let (kpool, vpool) = (&self.k[layer], &self.v[layer]);
         let n_out = batch.n_heads * hdv;
+        if let Some(sinks) = batch.sinks {
+            assert!(
+                sinks.len() >= batch.n_heads,
+                "attention: {} sink logits for {} heads",
+                sinks.len(),
+                batch.n_heads
+            );
+        }
         let mut out = vec![0f32; q.rows * n_out];
         let k = head_kernels();
         // The attention scale goes on Q (before its f16 rounding) or on the scores.
@@ -121,8 +129,21 @@ impl CpuKvCache {
                     }
                     p0 += n;
                 }
-                let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
                 acc.convert_to_f32_slice(o);
+                // The sink joins the softmax after the online pass, on the
+                // f32 accumulator (ggml_compute_forward_flash_attn_ext_f16_one_chunk).
+                if let Some(sinks) = batch.sinks {
+                    let s = sinks[h];
+                    let (mut ms, mut vs) = (1.0f32, 1.0f32);
+                    if s > m {
+                        ms = (m - s).exp();
+                        o.iter_mut().for_each(|o| *o *= ms);
+                    } else {
+                        vs = (s - m).exp();
+                    }
+                    sum = sum.mul_add(ms, vs);
+                }
+                let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
                 o.iter_mut().for_each(|o| *o *= inv);
             })
         };

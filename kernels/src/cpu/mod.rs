@@ -218,6 +218,17 @@ impl Backend for CpuBackend {
         x.data.iter_mut().zip(&y.data).for_each(|(a, b)| *a += b);
     }
 
+    fn scale_rows(&self, x: &mut CpuAct, scales: &[f32]) {
+        assert_eq!(scales.len(), x.rows, "scale_rows: one scale per row");
+        if x.cols == 0 {
+            return;
+        }
+        x.data
+            .chunks_mut(x.cols)
+            .zip(scales)
+            .for_each(|(row, &s)| row.iter_mut().for_each(|v| *v *= s));
+    }
+
     fn attention(
         &self,
         cache: &mut CpuKvCache,

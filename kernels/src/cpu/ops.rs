@@ -45,13 +45,15 @@ pub fn rms_norm(x: &CpuAct, w: &[f32], eps: f32) -> CpuAct {
     out
 }
 
-/// ggml's RoPE without YaRN, in its arithmetic: theta_i = pos * base^(-2/dims)^i
-/// built up by repeated multiplication, then scaled and divided by the
-/// frequency factor; the rotation as GCC contracts it (one fused
+/// ggml's RoPE (`ggml_compute_forward_rope_f32`), in its arithmetic:
+/// theta_i = pos * base^(-2/dims)^i built up by repeated multiplication,
+/// divided by the frequency factor and scaled (with YaRN, `rope_yarn`'s
+/// ramp and mscale); the rotation as GCC contracts it (one fused
 /// multiply-add per output).
 pub fn rope(x: &mut CpuAct, positions: &[u32], cfg: &RopeConfig, freq_factors: Option<&[f32]>) {
     let half = cfg.dims / 2;
     let theta_scale = cfg.freq_base.powf(-2.0 / cfg.dims as f32);
+    let yarn = cfg.yarn.map(|y| YarnTerms::new(&y, cfg));
     let cols = x.cols;
     let rotate = |(row, &pos): (&mut [f32], &u32)| {
         fused(|| {
@@ -59,9 +61,15 @@ pub fn rope(x: &mut CpuAct, positions: &[u32], cfg: &RopeConfig, freq_factors: O
             let cs: Vec<(f32, f32)> = (0..half)
                 .map(|i| {
                     let ff = freq_factors.map_or(1.0, |ff| ff[i]);
-                    let t = cfg.freq_scale * (theta / ff);
+                    let cs = match &yarn {
+                        None => {
+                            let t = cfg.freq_scale * (theta / ff);
+                            (t.cos(), t.sin())
+                        }
+                        Some(y) => y.cos_sin(theta / ff, i, cfg.freq_scale),
+                    };
                     theta *= theta_scale;
-                    (t.cos(), t.sin())
+                    cs
                 })
                 .collect();
             let (stride, offset) = match cfg.style {
@@ -86,6 +94,53 @@ pub fn rope(x: &mut CpuAct, positions: &[u32], cfg: &RopeConfig, freq_factors: O
             .zip(positions.par_iter())
             .for_each(rotate);
     }
+}
+
+/// What ggml's `rope_yarn` needs beyond theta, computed once per call.
+struct YarnTerms {
+    corr_dims: [f32; 2],
+    ext_factor: f32,
+    /// `attn_factor`, times `1 + 0.1 ln(1 / freq_scale)` when `ext_factor != 0`.
+    mscale: f32,
+}
+
+impl YarnTerms {
+    fn new(y: &crate::backend::Yarn, cfg: &RopeConfig) -> Self {
+        YarnTerms {
+            corr_dims: y.corr_dims(cfg.dims, cfg.freq_base),
+            ext_factor: y.ext_factor,
+            mscale: y.mscale(cfg.freq_scale),
+        }
+    }
+
+    /// ggml's `rope_yarn` for pair `i` (its `i0 = 2i`), from the
+    /// unscaled theta.
+    #[inline(always)]
+    fn cos_sin(&self, theta_extrap: f32, i: usize, freq_scale: f32) -> (f32, f32) {
+        let theta_interp = freq_scale * theta_extrap;
+        let mut theta = theta_interp;
+        if self.ext_factor != 0.0 {
+            let ramp_mix = yarn_ramp(self.corr_dims, i) * self.ext_factor;
+            // `theta_interp * (1 - ramp_mix) + theta_extrap * ramp_mix`, the
+            // first product fused as GCC contracts it.
+            theta = theta_interp.mul_add(1.0 - ramp_mix, theta_extrap * ramp_mix);
+        }
+        (theta.cos() * self.mscale, theta.sin() * self.mscale)
+    }
+}
+
+/// ggml's `rope_yarn_ramp(low, high, i0)`, with `i0 / 2 = i`: 1 below the
+/// ramp, 0 above it.
+#[inline(always)]
+fn yarn_ramp([low, high]: [f32; 2], i: usize) -> f32 {
+    let span = if 0.001f32 > high - low {
+        0.001
+    } else {
+        high - low
+    };
+    let y = (i as f32 - low) / span;
+    let y = if 0.0 > y { 0.0 } else { y };
+    1.0 - if 1.0 < y { 1.0 } else { y }
 }
 
 pub fn silu(x: f32) -> f32 {
@@ -162,6 +217,29 @@ fn gelu_table() -> &'static [f16] {
     })
 }
 
+/// gpt-oss's SwiGLU constants (llama.cpp's `LLM_FFN_SWIGLU_OAI_MOE`).
+pub const SWIGLU_OAI_ALPHA: f32 = 1.702;
+pub const SWIGLU_OAI_LIMIT: f32 = 7.0;
+
+/// ggml's `ggml_compute_forward_swiglu_oai_f32` for one value: the gate
+/// capped above (`std::min`), the up value clamped (`std::clamp`), glibc's
+/// `expf`; no multiply-add to contract. NaN passes as in C++ (`std::min`
+/// keeps its first argument unless the second is smaller).
+#[inline(always)]
+pub fn swiglu_oai(g: f32, u: f32) -> f32 {
+    let (alpha, limit) = (SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT);
+    let x = if limit < g { limit } else { g };
+    let y = if u < -limit {
+        -limit
+    } else if limit < u {
+        limit
+    } else {
+        u
+    };
+    let out_glu = x / (1.0 + (alpha * -x).exp());
+    out_glu * (y + 1.0)
+}
+
 pub fn gated(gate: &CpuAct, up: &CpuAct, act: Activation) -> CpuAct {
     let cols = gate.cols;
     let mut data = vec![0f32; gate.data.len()];
@@ -172,6 +250,10 @@ pub fn gated(gate: &CpuAct, up: &CpuAct, act: Activation) -> CpuAct {
                 .iter_mut()
                 .zip(g.iter().zip(u))
                 .for_each(|(o, (&g, &u))| *o = gelu_tanh_f16(g) * u),
+            Activation::SwigluOai => o
+                .iter_mut()
+                .zip(g.iter().zip(u))
+                .for_each(|(o, (&g, &u))| *o = swiglu_oai(g, u)),
         })
     };
     let rows = data

@@ -639,7 +639,23 @@ impl Backend for CudaBackend {
             Some(ff) => b.arg(self.vector(ff)),
             None => b.arg(&null),
         };
-        b.arg(&neox);
+        // YaRN's terms that do not depend on the pair, as ggml's rope_yarn
+        // computes them (the host does it once).
+        let yarn = i32::from(rope.yarn.is_some());
+        let (ext_factor, mscale, [corr_low, corr_high]) = match rope.yarn {
+            None => (0.0f32, 1.0f32, [0.0f32, 0.0]),
+            Some(y) => (
+                y.ext_factor,
+                y.mscale(rope.freq_scale),
+                y.corr_dims(rope.dims, rope.freq_base),
+            ),
+        };
+        b.arg(&neox)
+            .arg(&yarn)
+            .arg(&ext_factor)
+            .arg(&mscale)
+            .arg(&corr_low)
+            .arg(&corr_high);
         // SAFETY: one thread per rotated pair of x; positions has x.rows values.
         self.launched("rope", || {
             unsafe { b.launch(Self::grid_for(pairs)) }.map(drop)
@@ -652,6 +668,7 @@ impl Backend for CudaBackend {
         let name = match act {
             Activation::Silu => "gated_silu",
             Activation::GeluTanh => "gated_gelu",
+            Activation::SwigluOai => "gated_swiglu_oai",
         };
         let mut b = self.stream.launch_builder(self.f(name));
         b.arg(&gate.buf).arg(&up.buf).arg(&mut out).arg(&n);
@@ -670,6 +687,22 @@ impl Backend for CudaBackend {
         b.arg(&mut x.buf).arg(&y.buf).arg(&n);
         // SAFETY: two buffers of n values.
         self.launched("add_assign", || {
+            unsafe { b.launch(Self::grid_for(n)) }.map(drop)
+        });
+    }
+
+    fn scale_rows(&self, x: &mut CudaAct, scales: &[f32]) {
+        assert_eq!(scales.len(), x.rows, "scale_rows: one scale per row");
+        let n = x.rows * x.cols;
+        if n == 0 {
+            return;
+        }
+        let scales = self.upload(scales);
+        let cols = x.cols as i32;
+        let mut b = self.stream.launch_builder(self.f("scale_rows"));
+        b.arg(&mut x.buf).arg(&scales).arg(&n).arg(&cols);
+        // SAFETY: n values of x, one scale for each of its rows.
+        self.launched("scale_rows", || {
             unsafe { b.launch(Self::grid_for(n)) }.map(drop)
         });
     }
@@ -726,6 +759,16 @@ impl Backend for CudaBackend {
         let (n_heads, n_kv_heads) = (batch.n_heads as i32, g.n_kv_heads as i32);
         let (hd_k, hd_v) = (g.head_dim_k as i32, g.head_dim_v as i32);
         let window = batch.window.map_or(0, |w| w as i32);
+        let sinks = batch.sinks.map(|s| {
+            assert!(
+                s.len() >= batch.n_heads,
+                "attention: {} sink logits for {} heads",
+                s.len(),
+                batch.n_heads
+            );
+            self.upload(&s[..batch.n_heads])
+        });
+        let null: u64 = 0;
         let cfg = LaunchConfig {
             grid_dim: (n as u32, batch.n_heads as u32, 1),
             block_dim: (128, 1, 1),
@@ -746,6 +789,10 @@ impl Backend for CudaBackend {
             .arg(&hd_v)
             .arg(&batch.scale)
             .arg(&window);
+        match &sinks {
+            Some(s) => b.arg(s),
+            None => b.arg(&null),
+        };
         // SAFETY: every position attended is cached (written above or by
         // an earlier batch) and its block is in the sequence's table.
         self.launched("attend", || unsafe { b.launch(cfg) }.map(drop));

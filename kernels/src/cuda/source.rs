@@ -101,6 +101,8 @@ pub const SOURCES: &[KernelSource] = &[
             "add_bias",
             "gated_silu",
             "gated_gelu",
+            "gated_swiglu_oai",
+            "scale_rows",
             "rope",
             "select_rows",
         ],
