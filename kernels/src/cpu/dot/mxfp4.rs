@@ -83,8 +83,49 @@ pub(super) mod avx2 {
         dot_s8(lw, load(x.as_ptr().add(i * Q8_0_BYTES + 2)))
     }
 
-    /// MXFP4 x Q8_0: block sums four at a time (one horizontal reduction
-    /// per four blocks), then one FMA per block in block order.
+    /// `e8m0_half(e)` of weight blocks `i .. i + 4` (as [`e8m0_to_f32_half`]).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn weight_scales4(pw: *const u8, i: usize) -> __m128 {
+        let e = _mm_setr_epi32(
+            *pw.add(i * BLOCK_BYTES) as i32,
+            *pw.add((i + 1) * BLOCK_BYTES) as i32,
+            *pw.add((i + 2) * BLOCK_BYTES) as i32,
+            *pw.add((i + 3) * BLOCK_BYTES) as i32,
+        );
+        let normal = _mm_slli_epi32::<23>(_mm_sub_epi32(e, _mm_set1_epi32(1)));
+        let subnormal = _mm_sllv_epi32(_mm_set1_epi32(0x0020_0000), e);
+        let small = _mm_cmplt_epi32(e, _mm_set1_epi32(2));
+        _mm_castsi128_ps(_mm_blendv_epi8(normal, subnormal, small))
+    }
+
+    /// The f16 scales of activation blocks `i .. i + 4`, as f32.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn act_scales4(x: &[u8], i: usize) -> __m128 {
+        let px = x.as_ptr();
+        let d = |k: usize| std::ptr::read_unaligned(px.add((i + k) * Q8_0_BYTES) as *const i16);
+        _mm_cvtph_ps(_mm_setr_epi16(d(0), d(1), d(2), d(3), 0, 0, 0, 0))
+    }
+
+    /// `acc = fma(sum_k, scale_k, acc)` for k = 0..4 in order: four block
+    /// sums (exact, |sum| <= 32 * 12 * 127, so exact in f32 too) and their
+    /// `e8m0_half * d_y` (one f32 product each, as the scalar kernel's).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn fma4(acc: f32, sums: __m128i, scales: __m128) -> f32 {
+        let (mut s, mut d) = ([0f32; 4], [0f32; 4]);
+        _mm_storeu_ps(s.as_mut_ptr(), _mm_cvtepi32_ps(sums));
+        _mm_storeu_ps(d.as_mut_ptr(), scales);
+        let mut acc = acc;
+        for k in 0..4 {
+            acc = s[k].mul_add(d[k], acc);
+        }
+        acc
+    }
+
+    /// MXFP4 x Q8_0: block sums and scales four blocks at a time, then one
+    /// FMA per block in block order.
     ///
     /// # Safety
     /// AVX2, FMA and F16C detected; `w` and `x` hold `n / 32` blocks.
@@ -95,15 +136,14 @@ pub(super) mod avx2 {
         let mut acc = 0f32;
         let mut i = 0;
         while i + 4 <= nb {
-            let mut v = [_mm256_setzero_si256(); 4];
-            for (k, v) in v.iter_mut().enumerate() {
-                *v = lanes(levels(pw.add((i + k) * BLOCK_BYTES)), x, i + k);
-            }
-            let mut s = [0i32; 4];
-            _mm_storeu_si128(s.as_mut_ptr() as *mut __m128i, hsum_i32_x4(v));
-            for (k, &sumi) in s.iter().enumerate() {
-                acc = (sumi as f32).mul_add(scale(w, x, i + k), acc);
-            }
+            let v = [
+                lanes(levels(pw.add(i * BLOCK_BYTES)), x, i),
+                lanes(levels(pw.add((i + 1) * BLOCK_BYTES)), x, i + 1),
+                lanes(levels(pw.add((i + 2) * BLOCK_BYTES)), x, i + 2),
+                lanes(levels(pw.add((i + 3) * BLOCK_BYTES)), x, i + 3),
+            ];
+            let scales = _mm_mul_ps(weight_scales4(pw, i), act_scales4(x, i));
+            acc = fma4(acc, hsum_i32_x4(v), scales);
             i += 4;
         }
         for i in i..nb {
@@ -125,20 +165,23 @@ pub(super) mod avx2 {
         let mut acc = [0f32; TOKENS];
         let mut i = 0;
         while i + 4 <= nb {
-            let mut lw = [_mm256_setzero_si256(); 4];
-            for (k, l) in lw.iter_mut().enumerate() {
-                *l = levels(pw.add((i + k) * BLOCK_BYTES));
-            }
+            let lw = [
+                levels(pw.add(i * BLOCK_BYTES)),
+                levels(pw.add((i + 1) * BLOCK_BYTES)),
+                levels(pw.add((i + 2) * BLOCK_BYTES)),
+                levels(pw.add((i + 3) * BLOCK_BYTES)),
+            ];
+            let dw = weight_scales4(pw, i);
             for t in 0..TOKENS {
-                let mut v = [_mm256_setzero_si256(); 4];
-                for (k, v) in v.iter_mut().enumerate() {
-                    *v = lanes(lw[k], x[t], i + k);
-                }
-                let mut s = [0i32; 4];
-                _mm_storeu_si128(s.as_mut_ptr() as *mut __m128i, hsum_i32_x4(v));
-                for (k, &sumi) in s.iter().enumerate() {
-                    acc[t] = (sumi as f32).mul_add(scale(w, x[t], i + k), acc[t]);
-                }
+                let xt = x[t];
+                let v = [
+                    lanes(lw[0], xt, i),
+                    lanes(lw[1], xt, i + 1),
+                    lanes(lw[2], xt, i + 2),
+                    lanes(lw[3], xt, i + 3),
+                ];
+                let scales = _mm_mul_ps(dw, act_scales4(xt, i));
+                acc[t] = fma4(acc[t], hsum_i32_x4(v), scales);
             }
             i += 4;
         }
