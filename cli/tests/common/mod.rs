@@ -22,6 +22,49 @@ pub fn reference(name: &str) -> Value {
     strata_tests::reference(&format!("{name}.json"))
 }
 
+/// A `strata synth` model and llama.cpp's outputs on it
+/// (`tests/data/<name>.json`, recorded by `scripts/record-reference.py`):
+/// the model is written again with the recorded arguments and must be the
+/// very file llama.cpp read.
+pub fn synth_reference(name: &str) -> (tempfile::TempDir, PathBuf, Value) {
+    use sha2::Digest;
+    let r = reference(name);
+    let s = &r["synth"];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(format!("{name}.gguf"));
+    let text = |k: &str| s[k].as_str().unwrap_or_else(|| panic!("{name}: synth.{k}")).to_string();
+    let mut args = vec![
+        "synth".to_string(),
+        "--arch".into(),
+        text("arch"),
+        "--preset".into(),
+        text("preset"),
+        "--quant".into(),
+        text("quant"),
+        "--seed".into(),
+        s["seed"].as_u64().expect("synth.seed").to_string(),
+    ];
+    if let Some(layers) = s["layers"].as_u64() {
+        args.extend(["--layers".into(), layers.to_string()]);
+    }
+    args.extend(["-o".into(), path.display().to_string()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(&args)
+        .env("STRATA_LOG", "warn")
+        .output()
+        .expect("run strata synth");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let digest = sha2::Sha256::digest(std::fs::read(&path).expect("synth output"));
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        hex,
+        r["gguf_sha256"].as_str().expect("gguf_sha256"),
+        "{name}: `strata synth {}` no longer writes the file llama.cpp was recorded on",
+        args[1..].join(" ")
+    );
+    (dir, path, r)
+}
+
 /// A child process whose stderr lines are collected; killed on drop.
 pub struct Proc {
     child: Child,
