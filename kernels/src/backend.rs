@@ -202,7 +202,7 @@ pub struct AttentionBatch<'a> {
     pub n_heads: usize,
     pub scale: f32,
     /// Apply `scale` to Q before the scores rather than to the scores
-    /// (the same in exact arithmetic; see `ModelSpec::scales_query`).
+    /// (the same in exact arithmetic; see `AttentionSpec::scale_query`).
     pub scale_query: bool,
     pub window: Option<usize>,
     /// Attention sinks (gpt-oss): one logit per query head that joins the

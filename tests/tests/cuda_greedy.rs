@@ -52,7 +52,9 @@ struct Step {
 }
 
 /// Greedy steps after `prompt` (prompt in one batch, then one token a step).
-fn greedy<B: Backend>(stage: &mut Stage<B>, prompt: &[u32]) -> Vec<Step> {
+/// With `forced`, those tokens are fed instead of the picks (teacher
+/// forcing), so every step is compared even past a near-tie.
+fn greedy<B: Backend>(stage: &mut Stage<B>, prompt: &[u32], forced: Option<&[u32]>) -> Vec<Step> {
     let mut logits = prefill(stage, 0, 0, prompt, None).unwrap().remove(0);
     let mut steps = Vec::new();
     for i in 0..STEPS {
@@ -65,7 +67,8 @@ fn greedy<B: Backend>(stage: &mut Stage<B>, prompt: &[u32]) -> Vec<Step> {
             gap,
             logprobs: logits.iter().map(|l| l - lse).collect(),
         });
-        logits = prefill(stage, 0, prompt.len() + i, &[token], None)
+        let next = forced.map_or(token, |f| f[i]);
+        logits = prefill(stage, 0, prompt.len() + i, &[next], None)
             .unwrap()
             .remove(0);
     }
@@ -86,8 +89,10 @@ fn top5_deviation(cpu: &[f32], gpu: &[f32]) -> f32 {
 /// Asserts the CUDA text is the CPU's up to the first near-tie, and the
 /// log-probabilities close until then; returns how many steps agreed.
 fn check(label: &str, file: &GgufFile, prompt: &[u32], gpu: &CudaBackend) -> usize {
-    let cpu_steps = greedy(&mut load(CpuBackend::new(), file), prompt);
-    let gpu_steps = greedy(&mut load(gpu.clone(), file), prompt);
+    let cpu_steps = greedy(&mut load(CpuBackend::new(), file), prompt, None);
+    let cpu_tokens: Vec<u32> = cpu_steps.iter().map(|s| s.token).collect();
+    let gpu_steps = greedy(&mut load(gpu.clone(), file), prompt, Some(&cpu_tokens));
+    // Log-probabilities at every step (the GPU is fed the CPU's tokens).
     let mut worst = 0f32;
     for (i, (c, g)) in cpu_steps.iter().zip(&gpu_steps).enumerate() {
         let dev = top5_deviation(&c.logprobs, &g.logprobs);
@@ -96,6 +101,9 @@ fn check(label: &str, file: &GgufFile, prompt: &[u32], gpu: &CudaBackend) -> usi
             dev <= MAX_LOGPROB_DEVIATION,
             "{label}: step {i}: a top-5 log-prob differs by {dev:.4} (bound {MAX_LOGPROB_DEVIATION})"
         );
+    }
+    // The picks, up to the first near-tie.
+    for (i, (c, g)) in cpu_steps.iter().zip(&gpu_steps).enumerate() {
         let c = (c.token, c.gap);
         let g = (g.token, g.gap);
         if c.0 != g.0 {
@@ -145,6 +153,38 @@ fn synthetic_models_of_every_type_give_the_cpu_text() {
         agreed >= 26 * STEPS / 2,
         "only {agreed} of {} steps agreed",
         26 * STEPS
+    );
+}
+
+/// The newer layer kinds on the CUDA path: experts (qwen3moe), sinks,
+/// biases, YaRN, a clamped SwiGLU and MXFP4 experts (gpt-oss), and
+/// attention temperature (mistral3).
+#[test]
+fn moe_and_newer_architectures_give_the_cpu_text() {
+    let gpu = cuda();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (Architecture::Qwen3Moe, "Q8_0"),
+        (Architecture::Qwen3Moe, "Q4_K_M"),
+        (Architecture::GptOss, "Q8_0"),
+        (Architecture::GptOss, "MXFP4"),
+        (Architecture::Mistral3, "Q8_0"),
+    ];
+    let mut agreed = 0;
+    for (arch, quant) in cases {
+        let spec = SynthSpec::from_preset(arch, "tiny", QuantScheme::parse(quant).unwrap()).unwrap();
+        let path = dir.path().join(format!("{arch}-{quant}.gguf"));
+        spec.write(&path, |_, _| {}).unwrap();
+        let file = GgufFile::open(&path).unwrap();
+        // Long enough to cross the tiny presets' sliding window and to send
+        // tokens to different experts.
+        let prompt: Vec<u32> = (0..23).map(|i| (i * 37 + 5) % 250).collect();
+        agreed += check(&format!("{arch} {quant}"), &file, &prompt, &gpu);
+    }
+    assert!(
+        agreed >= cases.len() * STEPS / 2,
+        "only {agreed} of {} steps agreed",
+        cases.len() * STEPS
     );
 }
 

@@ -119,7 +119,7 @@ pub struct YarnSpec {
     pub attn_factor: f32,
 }
 
-/// Q is scaled by `log(floor((pos + 1) / floor_scale) + 1) * scale + 1`
+/// Q is scaled by `ln(floor(pos / floor_scale) + 1) * scale + 1`
 /// (llama.cpp's `build_inp_attn_scale`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttnTemperature {
