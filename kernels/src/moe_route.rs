@@ -29,7 +29,7 @@ pub enum Gating {
 
 /// The smallest weight sum `norm` divides by (f16's smallest normal), as
 /// llama.cpp clamps it.
-const NORM_MIN_SUM: f32 = 6.103_515_625e-5;
+const NORM_MIN_SUM: f32 = 1.0 / 16384.0; // 6.103515625e-5
 
 /// Router of one batch: `logits` is `n_tokens x n_expert` (row-major, the
 /// router matmul's output, bias already added). Returns `(ids, weights)`,
@@ -49,7 +49,7 @@ pub fn route(
     scale: f32,
 ) -> (Vec<u32>, Vec<f32>) {
     assert!(
-        n_expert > 0 && logits.len() % n_expert == 0,
+        n_expert > 0 && logits.len().is_multiple_of(n_expert),
         "route: {} logits are not rows of {n_expert} experts",
         logits.len()
     );
@@ -159,7 +159,7 @@ pub(crate) fn check_matmul_id(
     n_used: usize,
 ) -> Result<MatmulIdShape, KernelError> {
     let bad = |what: String| KernelError::Invalid(format!("matmul_id {name}: {what}"));
-    if n_expert == 0 || w_rows % n_expert != 0 {
+    if n_expert == 0 || !w_rows.is_multiple_of(n_expert) {
         return Err(bad(format!("{w_rows} rows are not {n_expert} experts")));
     }
     if x_cols != w_cols {
@@ -167,7 +167,7 @@ pub(crate) fn check_matmul_id(
             "activation width {x_cols} vs expert rows of {w_cols}"
         )));
     }
-    if n_used == 0 || ids.len() % n_used != 0 {
+    if n_used == 0 || !ids.len().is_multiple_of(n_used) {
         return Err(bad(format!(
             "{} expert ids are not {n_used} per token",
             ids.len()
@@ -208,7 +208,7 @@ pub(crate) fn check_combine(
     weights: usize,
     n_used: usize,
 ) -> Result<usize, KernelError> {
-    if n_used == 0 || y_rows != weights || y_rows % n_used != 0 {
+    if n_used == 0 || y_rows != weights || !y_rows.is_multiple_of(n_used) {
         return Err(KernelError::Invalid(format!(
             "moe_combine: {y_rows} expert outputs, {weights} weights, {n_used} experts per token"
         )));

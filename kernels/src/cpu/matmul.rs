@@ -213,9 +213,9 @@ pub(super) fn dot_rows(
                         .for_each(|(k, &v)| put(t0 + k, r, v));
                 }
             }
-            for t in grouped..n_tok {
+            for (t, &x) in xs.iter().enumerate().skip(grouped) {
                 for r in rows.clone() {
-                    put(t, r, kernel.dot(w.row(r), xs[t]));
+                    put(t, r, kernel.dot(w.row(r), x));
                 }
             }
         });

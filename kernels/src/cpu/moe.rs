@@ -267,7 +267,7 @@ mod tests {
         assert!(cpu
             .matmul_id(&experts, N_EXPERT, &x, &[0, 1, 2, 7], N_USED)
             .is_ok());
-        let bias = vec![0f32; N_EXPERT * 4];
+        let bias = [0f32; N_EXPERT * 4];
         let bias_bytes: Vec<u8> = bias.iter().flat_map(|v| v.to_le_bytes()).collect();
         let bias = cpu
             .load_weight("b", GgmlType::F32, &[4, N_EXPERT as u64], &bias_bytes)

@@ -65,7 +65,7 @@ fn sigmoid_gating_and_ties() {
     // A sum below f16's smallest normal is clamped before dividing.
     let (_, w) = route(&[-20.0, -30.0], 2, 1, Gating::Sigmoid, true, 1.0);
     let p = 1.0 / (1.0 + 20f32.exp());
-    assert_eq!(w, [p / 6.103_515_625e-5]);
+    assert_eq!(w, [p / (1.0 / 16384.0)]);
 }
 
 /// Rows of 16+ experts take ggml's 16-lane `ggml_v_expf` and its
@@ -114,6 +114,8 @@ fn wide_softmax_follows_the_lane_path() {
 /// ```
 #[test]
 fn route_gives_ggml_cpus_bits() {
+    /// Gating, norm, scale, n_expert, n_used, ids, weight bits.
+    type Case<'a> = (Gating, bool, f32, usize, usize, &'a [u32], [u32; 8]);
     let logits: Vec<f32> = (0..2)
         .flat_map(|t| {
             (0..32).map(move |i| ((i * 7919 + t * 13) % 23) as f32 * 0.37 - 4.0 + 0.013 * i as f32)
@@ -123,7 +125,7 @@ fn route_gives_ggml_cpus_bits() {
     assert_eq!(logits[1].to_bits(), 0xbfb2_d0e4);
     assert_eq!(logits[63].to_bits(), 0xc066_3540);
     let ids_32 = [13, 26, 3, 16, 21, 11, 24, 1];
-    let cases: [(Gating, bool, f32, usize, usize, &[u32], [u32; 8]); 4] = [
+    let cases: [Case; 4] = [
         (
             Gating::Softmax,
             true,
