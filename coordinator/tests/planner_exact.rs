@@ -38,10 +38,14 @@ fn hop(a: &WorkerSpec, b: &WorkerSpec, bytes: u64) -> f64 {
 fn brute_force(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<f64> {
     let p = &req.profile;
     let n = p.layers.len();
+    // Every layer holds the whole pool: each sequence in whole 32-token
+    // blocks, sliding layers too (the stage does not cap them).
+    let pool_tokens = (req.ctx_size.div_ceil(32) * 32 * req.parallel) as u64;
+    let scratch_tokens = (req.max_batch_tokens as u64).min(pool_tokens);
     let stage_mem = |a: usize, b: usize| {
         let l = &p.layers[a..b];
         l.iter()
-            .map(|x| x.weight_bytes + x.kv_bytes(req.kv_type, req.ctx_size) * req.parallel as u64)
+            .map(|x| x.weight_bytes + x.kv_bytes_per_token(req.kv_type) * pool_tokens)
             .sum::<u64>()
             + if a == 0 { p.embedding_bytes } else { 0 }
             + if b == n {
@@ -49,12 +53,14 @@ fn brute_force(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<f64> {
             } else {
                 0
             }
-            + p.scratch_bytes_per_token * req.max_batch_tokens as u64
+            + p.scratch_bytes_per_token * scratch_tokens
     };
+    // A token reads the active weights (routed experts only) and the KV of
+    // its context (a sliding layer its window).
     let stage_read = |a: usize, b: usize| {
         p.layers[a..b]
             .iter()
-            .map(|x| x.weight_bytes + x.kv_bytes(req.kv_type, req.ctx_size))
+            .map(|x| x.active_bytes_per_token + x.kv_read_bytes(req.kv_type, req.ctx_size))
             .sum::<u64>()
             + if b == n { p.head_bytes } else { 0 }
     };
@@ -98,12 +104,20 @@ fn dp_matches_brute_force() {
     let mut fitted = 0;
     for round in 0..200 {
         let n = 2 + rng.below(7) as usize;
+        let moe = rng.below(2) == 0;
         let layers = (0..n)
-            .map(|_| LayerProfile {
-                weight_bytes: (50 + rng.below(200)) * MIB,
-                kv_bytes_per_token_f16: 2048,
-                kv_bytes_per_token_q8_0: 1088,
-                kv_window_tokens: if rng.below(3) == 0 { Some(512) } else { None },
+            .map(|_| {
+                // Some layers mixture-of-experts: 2 of 8 experts read.
+                let dense = (50 + rng.below(200)) * MIB;
+                let experts = if moe { (20 + rng.below(200)) * MIB } else { 0 };
+                LayerProfile {
+                    weight_bytes: dense + experts,
+                    expert_bytes: experts,
+                    active_bytes_per_token: dense + experts / 4,
+                    kv_bytes_per_token_f16: 2048,
+                    kv_bytes_per_token_q8_0: 1088,
+                    kv_window_tokens: if rng.below(3) == 0 { Some(512) } else { None },
+                }
             })
             .collect();
         let tied = rng.below(2) == 0;
@@ -119,6 +133,8 @@ fn dp_matches_brute_force() {
             tied_embeddings: tied,
             scratch_bytes_per_token: 4096,
             logits_bytes: 4 * 32000,
+            expert_count: if moe { 8 } else { 0 },
+            expert_used_count: if moe { 2 } else { 0 },
         };
         let req = PlanRequest {
             margin: SafetyMargin {

@@ -10,7 +10,7 @@ use strata_coordinator::planner::{
 use strata_model::arch::{Architecture, ModelSpec};
 use strata_model::profile::{KvType, MemoryProfile};
 use strata_model::synth::{QuantScheme, SynthSpec};
-use strata_model::GgufFile;
+use strata_model::{GgufFile, LayerRange};
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -89,11 +89,28 @@ fn check(p: &Plan, req: &PlanRequest, workers: &[WorkerSpec]) {
             0
         };
         assert_eq!(s.weight_bytes, layers + extra);
+        // Every layer holds the whole pool (sliding ones too): each
+        // sequence in whole 32-token blocks.
+        let pool_tokens = (req.ctx_size.div_ceil(32) * 32 * req.parallel) as u64;
         let kv: u64 = req.profile.layers[s.first_layer..s.end_layer]
             .iter()
-            .map(|l| l.kv_bytes(req.kv_type, req.ctx_size) * req.parallel as u64)
+            .map(|l| l.kv_bytes_per_token(req.kv_type) * pool_tokens)
             .sum();
         assert_eq!(s.kv_bytes, kv);
+        // The numbers are the model crate's stage memory, which the worker
+        // admits a slice by.
+        let m = req.profile.stage_memory(
+            LayerRange {
+                first: s.first_layer,
+                end: s.end_layer,
+            },
+            &req.stage_load(),
+        );
+        assert_eq!(
+            (s.weight_bytes, s.expert_bytes, s.kv_bytes, s.scratch_bytes),
+            (m.weight_bytes, m.expert_bytes, m.kv_bytes, m.scratch_bytes)
+        );
+        assert_eq!(s.total_bytes(), m.total_bytes);
     }
     let total: u64 = p.stages.iter().map(|s| s.weight_bytes).sum();
     assert_eq!(
@@ -126,7 +143,7 @@ fn smollm2_135m_fits_on_one_worker_and_skips_the_rest() {
 }
 
 #[test]
-fn gemma3_270m_sliding_layers_cap_kv_at_the_window() {
+fn gemma3_270m_sliding_layers_hold_the_whole_pool() {
     let Some((hp, p)) = real("gemma-3-270m-q4_k_m.gguf") else {
         return;
     };
@@ -146,14 +163,31 @@ fn gemma3_270m_sliding_layers_cap_kv_at_the_window() {
         .filter(|l| l.kv_window_tokens.is_none())
         .count() as u64;
     assert!(global_layers > 0 && global_layers < p.layers.len() as u64);
-    // Only the global layers grow past the window.
-    let per_token = p
+    // The stage allocates every layer at the full context, so every layer
+    // grows past the window (capping waits for the allocator).
+    let per_token: u64 = p
+        .layers
+        .iter()
+        .map(|l| l.kv_bytes_per_token(KvType::F16))
+        .sum();
+    assert_eq!(kv(&b) - kv(&a), per_token * (32768 - 512));
+    // What a token reads still stops at the window on sliding layers.
+    let read = |p: &Plan| {
+        p.stages
+            .iter()
+            .map(|s| s.read_kv_bytes_per_token)
+            .sum::<u64>()
+    };
+    let global_per_token = p
         .layers
         .iter()
         .find(|l| l.kv_window_tokens.is_none())
         .unwrap()
         .kv_bytes_per_token(KvType::F16);
-    assert_eq!(kv(&b) - kv(&a), global_layers * per_token * (32768 - 512));
+    assert_eq!(
+        read(&b) - read(&a),
+        global_layers * global_per_token * (32768 - 512)
+    );
 }
 
 #[test]
@@ -498,7 +532,7 @@ fn workers_within_a_host_are_reordered_when_only_that_fits() {
     let min_stage = |with_emb: bool, with_head: bool| {
         let l = &p.layers[0];
         l.weight_bytes
-            + l.kv_bytes(KvType::F16, 4096)
+            + l.kv_bytes_per_token(KvType::F16) * 4096
             + p.scratch_bytes_per_token * req.max_batch_tokens as u64
             + if with_emb { p.embedding_bytes } else { 0 }
             + if with_head {
@@ -516,7 +550,7 @@ fn workers_within_a_host_are_reordered_when_only_that_fits() {
     let total = p.total_weight_bytes()
         + p.layers
             .iter()
-            .map(|l| l.kv_bytes(KvType::F16, 4096))
+            .map(|l| l.kv_bytes_per_token(KvType::F16) * 4096)
             .sum::<u64>();
     let big_free = ((total + 256 * MIB) as f64 / 0.95) as u64 - 256 * MIB;
     let workers = vec![

@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         let mut kv = 0u64;
         for l in &profile.layers {
             for t in [KvType::F16, KvType::Q8_0] {
-                kv = kv.wrapping_add(l.kv_bytes(t, CTX_TOKENS));
+                kv = kv.wrapping_add(l.kv_read_bytes(t, CTX_TOKENS));
                 kv = kv.wrapping_add(l.kv_bytes_per_token(t));
             }
         }

@@ -2,9 +2,8 @@
 //! blocks per layer; a sequence owns a list of blocks (its block table).
 
 use strata_model::profile::KvType;
-
-/// Tokens per KV block.
-pub const KV_BLOCK_TOKENS: usize = 32;
+/// Tokens per KV block (defined beside the stage memory it sizes).
+pub use strata_model::profile::KV_BLOCK_TOKENS;
 
 /// Index of a block in a stage's pool.
 pub type KvBlockId = u32;

@@ -4,6 +4,13 @@
 use crate::arch::{FeedForward, ModelSpec};
 use crate::gguf::GgufFile;
 
+mod experts;
+mod stage;
+#[cfg(test)]
+mod tests;
+
+pub use stage::{StageLoad, StageMemory, StageMemoryTable, KV_BLOCK_TOKENS};
+
 /// KV cache element type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvType {
@@ -29,7 +36,15 @@ impl KvType {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerProfile {
+    /// Every tensor of the layer, routed experts included.
     pub weight_bytes: u64,
+    /// The part of `weight_bytes` in routed-expert tensors
+    /// (`blk.N.ffn_{gate,up,down,gate_up}_exps.*`); 0 in a dense layer.
+    pub expert_bytes: u64,
+    /// Weight bytes one token reads in this layer: the dense part (attention,
+    /// norms, router, shared experts) plus `expert_bytes x expert_used_count /
+    /// expert_count`. Equal to `weight_bytes` in a dense layer.
+    pub active_bytes_per_token: u64,
     /// K and V bytes per token of context for this layer, by KV type.
     pub kv_bytes_per_token_f16: u64,
     pub kv_bytes_per_token_q8_0: u64,
@@ -44,8 +59,14 @@ impl LayerProfile {
             KvType::Q8_0 => self.kv_bytes_per_token_q8_0,
         }
     }
-    /// KV bytes for `ctx_tokens` of context (windowed layers cap at the window).
-    pub fn kv_bytes(&self, kv: KvType, ctx_tokens: usize) -> u64 {
+    /// Weights outside the routed experts.
+    pub fn dense_bytes(&self) -> u64 {
+        self.weight_bytes - self.expert_bytes
+    }
+    /// KV bytes one token's attention reads at `ctx_tokens` of context
+    /// (sliding-window layers read only the window). Not what a stage holds:
+    /// see [`MemoryProfile::stage_memory`].
+    pub fn kv_read_bytes(&self, kv: KvType, ctx_tokens: usize) -> u64 {
         let held = self
             .kv_window_tokens
             .map_or(ctx_tokens, |w| w.min(ctx_tokens));
@@ -67,6 +88,10 @@ pub struct MemoryProfile {
     pub scratch_bytes_per_token: u64,
     /// f32 logits of one sequence.
     pub logits_bytes: u64,
+    /// Routed experts per MoE layer, and how many of them each token uses
+    /// (both 0 in a dense model).
+    pub expert_count: usize,
+    pub expert_used_count: usize,
 }
 
 impl MemoryProfile {
@@ -102,6 +127,8 @@ impl MemoryProfile {
                 let a = spec.attention(il);
                 LayerProfile {
                     weight_bytes,
+                    expert_bytes: 0,
+                    active_bytes_per_token: weight_bytes,
                     kv_bytes_per_token_f16: KvType::F16.bytes_for(a.k_dim() + a.v_dim()) as u64,
                     kv_bytes_per_token_q8_0: (KvType::Q8_0.bytes_for(a.k_dim())
                         + KvType::Q8_0.bytes_for(a.v_dim()))
@@ -122,19 +149,47 @@ impl MemoryProfile {
             })
             .max()
             .unwrap_or(0);
-        MemoryProfile {
+        let mut profile = MemoryProfile {
             layers,
             embedding_bytes,
             head_bytes,
             tied_embeddings: !has_output,
             scratch_bytes_per_token: 4 * per_token_f32 as u64,
             logits_bytes: 4 * spec.vocab_size as u64,
-        }
+            expert_count: 0,
+            expert_used_count: 0,
+        };
+        profile.count_experts(f);
+        profile
     }
 
+    /// Every weight a placement holds: layers, the embedding and the head
+    /// (a tied head counted as its copy).
     pub fn total_weight_bytes(&self) -> u64 {
         self.layers.iter().map(|l| l.weight_bytes).sum::<u64>()
             + self.embedding_bytes
             + self.head_bytes
+    }
+
+    /// Routed-expert weights over all layers.
+    pub fn total_expert_bytes(&self) -> u64 {
+        self.layers.iter().map(|l| l.expert_bytes).sum()
+    }
+
+    /// Weight bytes one decoded token reads: every layer's active bytes and
+    /// the output head (the embedding lookup reads one row, left out). For a
+    /// dense model, all weights but the embedding; for a MoE model far less
+    /// than the file: this, not the file size, sets decode speed.
+    pub fn active_bytes_per_token(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|l| l.active_bytes_per_token)
+            .sum::<u64>()
+            + self.head_bytes
+    }
+
+    /// Whether any layer has routed experts.
+    pub fn is_moe(&self) -> bool {
+        self.layers.iter().any(|l| l.expert_bytes > 0)
     }
 }

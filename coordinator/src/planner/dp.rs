@@ -3,6 +3,9 @@
 
 use std::cmp::Ordering;
 
+use strata_model::profile::{StageMemory, StageMemoryTable};
+use strata_model::LayerRange;
+
 use super::{Link, Plan, PlanRequest, StagePlan, WorkerSpec, NOMINAL_BANDWIDTH_BYTES_PER_S};
 
 /// Orders of groups and of workers within groups tried exhaustively up to
@@ -43,18 +46,19 @@ impl Cost {
     }
 }
 
-/// Per-request sums, so a stage's bytes are O(1).
+/// Per-request sums, so a stage's bytes are O(1). Memory is the model
+/// crate's [`StageMemoryTable`] (what the worker admits by); the read sums
+/// are the planner's cost model.
 pub(super) struct Sizes {
     n: usize,
-    weight_prefix: Vec<u64>,
-    /// KV held for `ctx_size x parallel` tokens.
-    kv_held_prefix: Vec<u64>,
-    /// KV read per token of one sequence at full context.
+    memory: StageMemoryTable,
+    /// Weights a token reads per layer: the dense part and the experts it is
+    /// routed to.
+    active_prefix: Vec<u64>,
+    /// KV read per token of one sequence at full context (sliding layers
+    /// read their window).
     kv_read_prefix: Vec<u64>,
-    embedding: u64,
     head: u64,
-    scratch: u64,
-    logits: u64,
 }
 
 impl Sizes {
@@ -68,50 +72,44 @@ impl Sizes {
             }
             v
         };
-        let par = req.parallel as u64;
         Sizes {
             n: p.layers.len(),
-            weight_prefix: prefix(&|il| p.layers[il].weight_bytes),
-            kv_held_prefix: prefix(&|il| {
-                p.layers[il]
-                    .kv_bytes(req.kv_type, req.ctx_size)
-                    .saturating_mul(par)
-            }),
-            kv_read_prefix: prefix(&|il| p.layers[il].kv_bytes(req.kv_type, req.ctx_size)),
-            embedding: p.embedding_bytes,
+            memory: p.stage_memory_table(&req.stage_load()),
+            active_prefix: prefix(&|il| p.layers[il].active_bytes_per_token),
+            kv_read_prefix: prefix(&|il| p.layers[il].kv_read_bytes(req.kv_type, req.ctx_size)),
             head: p.head_bytes,
-            scratch: p
-                .scratch_bytes_per_token
-                .saturating_mul(req.max_batch_tokens as u64),
-            logits: p.logits_bytes.saturating_mul(par),
         }
     }
 
+    pub(super) fn stage(&self, a: usize, b: usize) -> StageMemory {
+        self.memory.stage(LayerRange { first: a, end: b })
+    }
     pub(super) fn weights(&self, a: usize, b: usize) -> u64 {
-        self.weight_prefix[b] - self.weight_prefix[a]
-            + if a == 0 { self.embedding } else { 0 }
-            + if b == self.n { self.head } else { 0 }
+        self.stage(a, b).weight_bytes
     }
     pub(super) fn kv(&self, a: usize, b: usize) -> u64 {
-        self.kv_held_prefix[b] - self.kv_held_prefix[a]
+        self.stage(a, b).kv_bytes
     }
-    pub(super) fn scratch(&self, b: usize) -> u64 {
-        self.scratch + if b == self.n { self.logits } else { 0 }
+    pub(super) fn scratch_per_stage(&self) -> u64 {
+        self.memory.scratch_bytes_per_stage()
     }
     pub(super) fn memory(&self, a: usize, b: usize) -> u64 {
-        self.weights(a, b)
-            .saturating_add(self.kv(a, b))
-            .saturating_add(self.scratch(b))
+        self.stage(a, b).total_bytes
     }
-    /// Bytes a stage reads per token (the embedding lookup reads one row).
+    /// Weight bytes a stage reads per token: active experts only, the head
+    /// on the last stage (the embedding lookup reads one row).
+    fn read_weights_per_token(&self, a: usize, b: usize) -> u64 {
+        self.active_prefix[b] - self.active_prefix[a] + if b == self.n { self.head } else { 0 }
+    }
+    fn read_kv_per_token(&self, a: usize, b: usize) -> u64 {
+        self.kv_read_prefix[b] - self.kv_read_prefix[a]
+    }
     fn read_per_token(&self, a: usize, b: usize) -> u64 {
-        self.weight_prefix[b] - self.weight_prefix[a]
-            + (self.kv_read_prefix[b] - self.kv_read_prefix[a])
-            + if b == self.n { self.head } else { 0 }
+        self.read_weights_per_token(a, b) + self.read_kv_per_token(a, b)
     }
     /// Everything the model needs on `stages` stages.
     pub(super) fn total_with_stages(&self, stages: usize) -> u64 {
-        self.memory(0, self.n) + self.scratch * (stages.max(1) as u64 - 1)
+        self.memory(0, self.n) + self.scratch_per_stage() * (stages.max(1) as u64 - 1)
     }
 }
 
@@ -253,20 +251,20 @@ pub(super) fn best_plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<Pla
     let stages = stages
         .into_iter()
         .map(|(worker, a, b)| {
-            let (weight_bytes, kv_bytes, scratch_bytes) =
-                (sizes.weights(a, b), sizes.kv(a, b), sizes.scratch(b));
+            let m = sizes.stage(a, b);
             StagePlan {
                 worker,
                 first_layer: a,
                 end_layer: b,
                 has_embedding: a == 0,
                 has_head: b == sizes.n,
-                weight_bytes,
-                kv_bytes,
-                scratch_bytes,
-                free_after: workers[worker]
-                    .free_bytes
-                    .saturating_sub(weight_bytes + kv_bytes + scratch_bytes),
+                weight_bytes: m.weight_bytes,
+                expert_bytes: m.expert_bytes,
+                kv_bytes: m.kv_bytes,
+                scratch_bytes: m.scratch_bytes,
+                free_after: workers[worker].free_bytes.saturating_sub(m.total_bytes),
+                read_weight_bytes_per_token: sizes.read_weights_per_token(a, b),
+                read_kv_bytes_per_token: sizes.read_kv_per_token(a, b),
                 time_per_token_s: sizes.read_per_token(a, b) as f64 / bw[worker],
             }
         })

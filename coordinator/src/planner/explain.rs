@@ -172,7 +172,7 @@ pub(super) fn does_not_fit(req: &PlanRequest, workers: &[WorkerSpec]) -> DoesNot
         needed_bytes,
         weight_bytes: sizes.weights(0, n),
         kv_bytes: sizes.kv(0, n),
-        scratch_bytes_per_stage: sizes.scratch(0),
+        scratch_bytes_per_stage: sizes.scratch_per_stage(),
         n_stages: stages,
         n_workers: workers.len(),
         free_bytes: workers.iter().map(|w| w.free_bytes).sum(),

@@ -5,9 +5,12 @@
 //! [`PlanError::DoesNotFit`] with computed suggestions out.
 //!
 //! Cost model (per generated token of one sequence):
-//! - a stage reads its layers' weights, its layers' KV for the full planned
-//!   context of one sequence, and (last stage) the output head, at the
-//!   worker's matvec bandwidth; the embedding lookup reads one row (free);
+//! - a stage reads its layers' weights (in a mixture-of-experts layer only
+//!   the dense part and the experts a token is routed to:
+//!   `LayerProfile::active_bytes_per_token`), its layers' KV for the full
+//!   planned context of one sequence (a sliding layer its window), and (last
+//!   stage) the output head, at the worker's matvec bandwidth; the embedding
+//!   lookup reads one row (free);
 //! - each hop between stages sends `activation_bytes_per_token` over the link
 //!   (latency + bytes / bandwidth).
 //!
@@ -16,10 +19,13 @@
 //! same speed) are broken by the fullest stage's share of its usable memory,
 //! so the plan then balances by memory.
 //!
-//! Memory per stage: weights (+ embedding on the first stage, + head on the
+//! Memory per stage is [`MemoryProfile::stage_memory`] for
+//! [`PlanRequest::stage_load`], the function the worker admits a slice by:
+//! weights (all experts held; + embedding on the first stage, + head on the
 //! last; with tied embeddings the head is the embedding table again and is
-//! counted twice), KV for `ctx_size x parallel` tokens per layer (sliding
-//! layers capped at their window), scratch for `max_batch_tokens` tokens of
+//! counted twice), KV for `parallel` sequences of `ctx_size` tokens in whole
+//! blocks on every layer (sliding layers too: the stage's pool is not
+//! capped at the window), scratch for `max_batch_tokens` tokens of
 //! activations (+ logits of `parallel` sequences on the last stage). It must
 //! fit the worker's free memory less the [`SafetyMargin`].
 
@@ -31,7 +37,7 @@ pub mod units;
 
 use std::fmt;
 
-use strata_model::profile::{KvType, MemoryProfile};
+use strata_model::profile::{KvType, MemoryProfile, StageLoad};
 
 pub use explain::{DoesNotFit, Suggestions};
 pub use table::table;
@@ -211,6 +217,16 @@ impl PlanRequest {
     pub fn n_layers(&self) -> usize {
         self.profile.layers.len()
     }
+    /// What every stage is loaded for: `parallel` sequences of `ctx_size`
+    /// tokens (each in whole KV blocks, as the coordinator asks workers).
+    pub fn stage_load(&self) -> StageLoad {
+        StageLoad::for_sequences(
+            self.ctx_size,
+            self.parallel,
+            self.kv_type,
+            self.max_batch_tokens,
+        )
+    }
 }
 
 /// One pipeline stage: layers `[first_layer, end_layer)` on `worker`.
@@ -226,12 +242,19 @@ pub struct StagePlan {
     pub has_head: bool,
     /// Layer weights + embedding and head where held.
     pub weight_bytes: u64,
+    /// Of `weight_bytes`, the routed experts (held, mostly not read).
+    pub expert_bytes: u64,
     pub kv_bytes: u64,
     /// Activation scratch (+ logits on the last stage).
     pub scratch_bytes: u64,
     /// The worker's free memory after this stage is loaded (the safety margin
     /// is part of it).
     pub free_after: u64,
+    /// Weight bytes one decoded token reads here: dense weights, the experts
+    /// it is routed to, the head on the last stage.
+    pub read_weight_bytes_per_token: u64,
+    /// KV bytes one token of one sequence reads here at the full context.
+    pub read_kv_bytes_per_token: u64,
     /// Estimated compute time of this stage per token.
     pub time_per_token_s: f64,
 }
