@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use strata_model::arch::ModelSpec;
 use strata_model::gguf::{GgufWriter, TensorSpec};
-use strata_model::profile::{KvType, MemoryProfile};
+use strata_model::profile::{KvType, MemoryProfile, StageLoad, StageMemory, KV_BLOCK_TOKENS};
 use strata_model::{GgmlType, GgufFile, MetaValue};
 
 pub use strata_model::slice::{metadata_gguf, model_digest, slice_tensors, LayerRange};
@@ -35,29 +35,32 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SliceCacheError + '_ {
     }
 }
 
-/// Memory a slice needs on a worker: weights (as stored) and KV for
-/// `ctx_tokens` tokens, rounded up to whole KV blocks as the stage allocates.
-pub fn slice_memory_bytes(
+/// What a stage of `range` allocates when loaded for `load`: the model
+/// crate's [`MemoryProfile::stage_memory`], the same numbers the planner
+/// placed the slice by.
+pub fn slice_memory(
     file: &GgufFile,
-    hp: &ModelSpec,
+    spec: &ModelSpec,
     range: LayerRange,
-    ctx_tokens: usize,
-) -> (u64, u64) {
-    let weights = slice_tensors(file, range, hp.n_layers)
-        .iter()
-        .map(|t| t.size_bytes)
-        .sum();
-    let profile = MemoryProfile::from_gguf(file, hp);
-    let tokens = ctx_tokens.div_ceil(strata_kernels::KV_BLOCK_TOKENS).max(1)
-        * strata_kernels::KV_BLOCK_TOKENS;
-    let kv = profile
-        .layers
-        .get(range.first..range.end)
-        .unwrap_or(&[])
-        .iter()
-        .map(|l| l.kv_bytes_per_token(KvType::F16) * tokens as u64)
-        .sum();
-    (weights, kv)
+    load: &StageLoad,
+) -> StageMemory {
+    MemoryProfile::from_gguf(file, spec).stage_memory(range, load)
+}
+
+/// The [`StageLoad`] of a `LoadSlice` request: `kv_tokens` positions (the
+/// stage's pool), batches of at most `batch_tokens`, and as many sequences
+/// of `seq_tokens` (each in whole blocks) as the pool holds, at least one.
+pub fn stage_load(kv_tokens: usize, seq_tokens: usize, batch_tokens: usize) -> StageLoad {
+    let per_seq = seq_tokens
+        .div_ceil(KV_BLOCK_TOKENS)
+        .max(1)
+        .saturating_mul(KV_BLOCK_TOKENS);
+    StageLoad {
+        kv_tokens,
+        kv_type: KvType::F16,
+        batch_tokens,
+        sequences: (kv_tokens / per_seq).max(1),
+    }
 }
 
 /// A `--model-dir`: the GGUF files in it (not recursive; split models by

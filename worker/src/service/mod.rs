@@ -249,7 +249,7 @@ impl WorkerService {
         let (total, available) = (self.shared.memory)().unwrap_or((0, 0));
         let used = {
             let s = self.snapshot();
-            s.weight_bytes + s.kv_bytes
+            s.weight_bytes + s.kv_bytes + s.scratch_bytes
         };
         match self.shared.config.mem_budget_bytes {
             Some(b) => (b, b.saturating_sub(used).min(available + used)),
@@ -336,14 +336,15 @@ impl WorkerService {
                 range.first, range.end, hp.n_layers
             )));
         }
-        let (weight_bytes, kv_bytes) =
-            slice_cache::slice_memory_bytes(&file, &hp, range, ctx_tokens);
-        let need = weight_bytes + kv_bytes;
+        let load = slice_cache::stage_load(ctx_tokens, limits.seq_tokens, limits.batch_tokens);
+        let memory = slice_cache::slice_memory(&file, &hp, range, &load);
+        let (weight_bytes, kv_bytes) = (memory.weight_bytes, memory.kv_bytes);
+        let need = memory.total_bytes;
         // A new load replaces the current slice, so its memory counts as free.
         let (_, available) = (self.shared.memory)().unwrap_or((u64::MAX, u64::MAX));
         let current = {
             let s = self.snapshot();
-            s.weight_bytes + s.kv_bytes
+            s.weight_bytes + s.kv_bytes + s.scratch_bytes
         };
         let (limit, what) = match self.shared.config.mem_budget_bytes {
             Some(b) => (b, "--mem-budget"),
@@ -351,13 +352,14 @@ impl WorkerService {
         };
         if need > limit {
             return Err(Status::resource_exhausted(format!(
-                "layers {}..{} need {} MiB ({} MiB weights + {} MiB KV for {ctx_tokens} tokens) but {what} is {} MiB",
+                "layers {}..{} need {need} bytes ({} MiB weights + {} MiB KV for {} tokens + {} MiB scratch for batches of {} tokens) but {what} is {limit} bytes",
                 range.first,
                 range.end,
-                need >> 20,
                 weight_bytes >> 20,
                 kv_bytes >> 20,
-                limit >> 20
+                load.kv_tokens_allocated(),
+                memory.scratch_bytes >> 20,
+                load.scratch_tokens(),
             )));
         }
         let sizes = v1::LoadProgress {
@@ -389,6 +391,7 @@ impl WorkerService {
             limits,
             weight_bytes,
             kv_bytes,
+            scratch_bytes: memory.scratch_bytes,
         };
         self.command(|tx| Command::Load(Box::new(job), tx))
             .await?

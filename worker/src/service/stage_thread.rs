@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub range: Option<LayerRange>,
     pub weight_bytes: u64,
     pub kv_bytes: u64,
+    /// Activation scratch the loaded stage may use (counted against the budget).
+    pub scratch_bytes: u64,
     pub kv_blocks_used: u64,
     pub kv_blocks_free: u64,
     pub live_sequences: u64,
@@ -40,6 +42,7 @@ pub struct LoadJob {
     pub limits: frames::FrameLimits,
     pub weight_bytes: u64,
     pub kv_bytes: u64,
+    pub scratch_bytes: u64,
 }
 
 /// The result of one frame on this stage.
@@ -212,6 +215,7 @@ fn load<B: Backend, F: Fn() -> B>(
         range: Some(job.range),
         weight_bytes: job.weight_bytes,
         kv_bytes: job.kv_bytes,
+        scratch_bytes: job.scratch_bytes,
         ..Default::default()
     };
     Ok(Loaded {
