@@ -40,7 +40,7 @@ use std::fmt;
 use strata_model::profile::{KvType, MemoryProfile, StageLoad};
 
 pub use explain::{DoesNotFit, Suggestions};
-pub use table::table;
+pub use table::{legend, table};
 
 const MIB: u64 = 1024 * 1024;
 

@@ -1,18 +1,24 @@
-//! A plan as the table `strata plan` and `strata serve` print.
+//! A plan as the tables `strata plan` and `strata serve` print: what each
+//! stage holds, what a decoded token reads on each, and (for `strata plan`)
+//! what every column means.
 
 use std::fmt::Write;
 
 use super::units::format_bytes;
-use super::{Plan, WorkerSpec};
+use super::{Plan, PlanRequest, WorkerSpec};
 
-/// One row per stage (device, layers, memory, time), unused workers and the
-/// estimated time per token.
+/// Two tables, one row per stage: memory held (device, layers, weights,
+/// experts among them, KV, scratch, total, free after) and bytes read per
+/// decoded token (weights with active experts only, KV, time); then unused
+/// workers and the estimated time per token.
 pub fn table(p: &Plan, workers: &[WorkerSpec]) -> String {
     let mut out = String::new();
+    let b = format_bytes;
+    let _ = writeln!(out, "held in memory:");
     let _ = writeln!(
         out,
-        "{:<5}  {:<24}  {:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>9}",
-        "stage", "device", "layers", "weights", "KV", "scratch", "free after", "ms/token"
+        "{:<5}  {:<24}  {:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
+        "stage", "device", "layers", "weights", "experts", "KV", "scratch", "total", "free after"
     );
     for (i, s) in p.stages.iter().enumerate() {
         let w = &workers[s.worker];
@@ -34,11 +40,28 @@ pub fn table(p: &Plan, workers: &[WorkerSpec]) -> String {
         }
         let _ = writeln!(
             out,
-            "{i:<5}  {device:<24}  {layers:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>9.2}",
-            format_bytes(s.weight_bytes),
-            format_bytes(s.kv_bytes),
-            format_bytes(s.scratch_bytes),
-            format_bytes(s.free_after),
+            "{i:<5}  {device:<24}  {layers:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
+            b(s.weight_bytes),
+            b(s.expert_bytes),
+            b(s.kv_bytes),
+            b(s.scratch_bytes),
+            b(s.total_bytes()),
+            b(s.free_after),
+        );
+    }
+    let _ = writeln!(out, "read per decoded token:");
+    let _ = writeln!(
+        out,
+        "{:<5}  {:>14}  {:>10}  {:>10}  {:>9}",
+        "stage", "weights read", "KV read", "total", "ms/token"
+    );
+    for (i, s) in p.stages.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{i:<5}  {:>14}  {:>10}  {:>10}  {:>9.2}",
+            b(s.read_weight_bytes_per_token),
+            b(s.read_kv_bytes_per_token),
+            b(s.read_weight_bytes_per_token + s.read_kv_bytes_per_token),
             s.time_per_token_s * 1e3
         );
     }
@@ -62,6 +85,73 @@ pub fn table(p: &Plan, workers: &[WorkerSpec]) -> String {
         } else {
             " (no measured bandwidths: equal speeds assumed, relative only)"
         }
+    );
+    out
+}
+
+/// What each column of [`table`] is, with the request's numbers.
+pub fn legend(req: &PlanRequest) -> String {
+    let p = &req.profile;
+    let load = req.stage_load();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "  weights     layer weights held (+emb: the token embedding; +head: final norm and output head{})",
+        if p.tied_embeddings {
+            ", a second copy of the tied embedding"
+        } else {
+            ""
+        }
+    );
+    if p.is_moe() {
+        let _ = writeln!(
+            out,
+            "  experts     of the weights, the routed experts: all {} are held, a token reads {} of them",
+            p.expert_count, p.expert_used_count
+        );
+    } else {
+        let _ = writeln!(out, "  experts     routed-expert weights (none: a dense model)");
+    }
+    let _ = writeln!(
+        out,
+        "  KV          key/value cache: {} tokens x {} sequence(s) in {}-token blocks ({} positions) on every layer, \
+         sliding-window layers too (the stage allocates them in full)",
+        req.ctx_size,
+        req.parallel,
+        strata_model::profile::KV_BLOCK_TOKENS,
+        load.kv_tokens_allocated(),
+    );
+    let _ = writeln!(
+        out,
+        "  scratch     f32 activations of a {}-token batch (+ {} row(s) of logits on the last stage)",
+        load.scratch_tokens(),
+        load.sequences
+    );
+    let _ = writeln!(
+        out,
+        "  total       what the worker checks against its memory when it loads the stage"
+    );
+    let _ = writeln!(
+        out,
+        "  free after  the device's free memory once loaded (the safety margin is part of it)"
+    );
+    let _ = writeln!(
+        out,
+        "  weights read  what one decoded token reads: dense weights{}, the head on the last stage; \
+         with the KV read, this sets decode speed, not the file size",
+        if p.is_moe() {
+            " and only the experts it is routed to"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  KV read     one sequence's KV at full context (a sliding layer reads its window)"
+    );
+    let _ = write!(
+        out,
+        "  ms/token    bytes read / the device's bandwidth (hops between stages add to the estimate)"
     );
     out
 }

@@ -1,0 +1,132 @@
+//! Placement of mixture-of-experts models (synthetic shapes, no tensor data)
+//! and of models that fit one device.
+
+use strata_coordinator::planner::synth_profile::synth_profile;
+use strata_coordinator::planner::{plan, Backend, Link, PlanRequest, WorkerSpec};
+use strata_model::arch::{Architecture, ModelSpec};
+use strata_model::profile::{KvType, MemoryProfile};
+use strata_model::synth::{QuantScheme, SynthSpec};
+use strata_model::LayerRange;
+
+const GIB: u64 = 1 << 30;
+
+fn synth(arch: Architecture, preset: &str, quant: &str) -> (ModelSpec, MemoryProfile) {
+    let q = QuantScheme::parse(quant).expect("quant");
+    let spec = SynthSpec::from_preset(arch, preset, q).expect("preset");
+    synth_profile(&spec).expect("synth profile")
+}
+
+fn gpus(sizes: &[u64]) -> Vec<WorkerSpec> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| WorkerSpec::new(format!("w{i}"), Backend::Cuda, format!("host{i}"), s))
+        .collect()
+}
+
+/// Stage bytes are the model crate's stage memory, experts and reads add up.
+fn check(p: &strata_coordinator::planner::Plan, req: &PlanRequest, workers: &[WorkerSpec]) {
+    let prof = &req.profile;
+    for s in &p.stages {
+        let m = prof.stage_memory(
+            LayerRange {
+                first: s.first_layer,
+                end: s.end_layer,
+            },
+            &req.stage_load(),
+        );
+        assert_eq!(s.total_bytes(), m.total_bytes);
+        assert_eq!(s.expert_bytes, m.expert_bytes);
+        assert!(s.total_bytes() <= req.margin.usable_bytes(&workers[s.worker]));
+    }
+    let experts: u64 = p.stages.iter().map(|s| s.expert_bytes).sum();
+    assert_eq!(experts, prof.total_expert_bytes());
+    let read: u64 = p.stages.iter().map(|s| s.read_weight_bytes_per_token).sum();
+    assert_eq!(read, prof.active_bytes_per_token());
+}
+
+#[test]
+fn qwen3moe_30b_a3b_reads_a_tenth_of_its_weights_and_splits_over_two_12gib() {
+    let (spec, p) = synth(Architecture::Qwen3Moe, "30b-a3b", "Q4_K_M");
+    assert!(p.is_moe());
+    assert_eq!((p.expert_count, p.expert_used_count), (128, 8));
+    let total = p.total_weight_bytes();
+    assert!(total > 15 * GIB && total < 20 * GIB, "{total}");
+    // 3B of 30B parameters active: a token reads far less than the file.
+    let active = p.active_bytes_per_token();
+    assert!(active * 6 < total, "active {active} of {total}");
+
+    let req = PlanRequest::new(p.clone(), spec.d_model, 4096, KvType::F16);
+    let workers = gpus(&[12 * GIB, 12 * GIB]);
+    let plan = plan(&req, &workers).expect("fits on two 12 GiB");
+    assert_eq!(plan.stages.len(), 2);
+    check(&plan, &req, &workers);
+
+    // On one 24 GiB device it stays on one.
+    let big = gpus(&[24 * GIB, 24 * GIB]);
+    let one = plan_on(&req, &big);
+    assert_eq!(one.stages.len(), 1, "a model that fits one device stays on one");
+    check(&one, &req, &big);
+}
+
+fn plan_on(req: &PlanRequest, w: &[WorkerSpec]) -> strata_coordinator::planner::Plan {
+    plan(req, w).expect("fits")
+}
+
+#[test]
+fn gpt_oss_120b_mxfp4_over_16_16_12_and_more() {
+    let (spec, p) = synth(Architecture::GptOss, "120b", "MXFP4");
+    assert!(p.is_moe());
+    let req = PlanRequest::new(p.clone(), spec.d_model, 4096, KvType::F16);
+    let workers = gpus(&[16 * GIB, 16 * GIB, 12 * GIB, 12 * GIB, 12 * GIB]);
+    let plan = plan_on(&req, &workers);
+    assert!(plan.stages.len() >= 4, "{} stages", plan.stages.len());
+    check(&plan, &req, &workers);
+}
+
+#[test]
+fn decode_time_follows_active_bytes_not_file_size() {
+    let (spec, p) = synth(Architecture::Qwen3Moe, "30b-a3b", "Q4_K_M");
+    let req = PlanRequest::new(p.clone(), spec.d_model, 4096, KvType::F16);
+    let w = vec![WorkerSpec::new("w", Backend::Cuda, "h", 48 * GIB).with_bandwidth(1e12)];
+    let moe = plan_on(&req, &w);
+    let s = &moe.stages[0];
+    let want = (p.active_bytes_per_token() + s.read_kv_bytes_per_token) as f64 / 1e12;
+    assert!((moe.est_time_per_token_s - want).abs() < 1e-12 * want.max(1.0));
+    assert!(moe.est_time_per_token_s * 5.0 < p.total_weight_bytes() as f64 / 1e12);
+}
+
+#[test]
+fn dense_models_that_fit_one_device_stay_on_one() {
+    for (arch, preset) in [
+        (Architecture::Llama, "8b"),
+        (Architecture::Qwen3, "8b"),
+        (Architecture::Gemma3, "4b"),
+    ] {
+        let (spec, p) = synth(arch, preset, "Q4_K_M");
+        let req = PlanRequest::new(p, spec.d_model, 4096, KvType::F16);
+        // Unknown speeds, one fast device among slow ones, one host.
+        let cases = [
+            gpus(&[16 * GIB, 16 * GIB, 12 * GIB]),
+            gpus(&[16 * GIB, 16 * GIB, 12 * GIB])
+                .into_iter()
+                .enumerate()
+                .map(|(i, w)| w.with_bandwidth(if i == 2 { 9e11 } else { 3e11 }))
+                .collect(),
+            gpus(&[16 * GIB, 16 * GIB])
+                .into_iter()
+                .map(|mut w| {
+                    w.host = "box".into();
+                    w.with_link(Link::SAME_HOST)
+                })
+                .collect(),
+        ];
+        for (i, workers) in cases.iter().enumerate() {
+            let plan = plan_on(&req, workers);
+            assert_eq!(plan.stages.len(), 1, "{arch} {preset}, case {i}");
+            check(&plan, &req, workers);
+        }
+        // With speeds known, the fastest device holds it.
+        assert_eq!(plan_on(&req, &cases[1]).stages[0].worker, 2);
+    }
+}
