@@ -5,6 +5,7 @@ use strata_worker::generate::prefill;
 use strata_worker::{BatchSeq, LogitRows, StageInput};
 
 use strata_kernels::Backend;
+use strata_model::arch::{FeedForward, ModelSpec};
 use strata_model::GgufFile;
 use strata_worker::Stage;
 
@@ -33,12 +34,46 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
 
 impl StageJob for Args {
     fn run<B: Backend>(self, file: GgufFile, stage: Stage<B>) -> anyhow::Result<()> {
-        let weight_bytes: u64 = file.tensors.iter().map(|t| t.size_bytes).sum();
-        bench(self, stage, weight_bytes)
+        let total_bytes: u64 = file.tensors.iter().map(|t| t.size_bytes).sum();
+        let read_bytes = bytes_read_per_token(&file, stage.spec());
+        bench(self, stage, total_bytes, read_bytes)
     }
 }
 
-fn bench<B: Backend>(args: Args, mut stage: Stage<B>, weight_bytes: u64) -> anyhow::Result<()> {
+/// Bytes of weights one decoded token reads: every tensor, but of a MoE
+/// layer's stacked experts only the share its top-k picks (the file size is
+/// what a dense model reads; a MoE reads far less, which sets its speed).
+fn bytes_read_per_token(file: &GgufFile, spec: &ModelSpec) -> u64 {
+    let (used, n_expert) = moe_used(spec);
+    file.tensors
+        .iter()
+        .map(|t| {
+            if t.name.contains("_exps.") && n_expert > 0 {
+                t.size_bytes * used as u64 / n_expert as u64
+            } else {
+                t.size_bytes
+            }
+        })
+        .sum()
+}
+
+/// (experts used per token, experts per layer) of the first MoE layer, or (0, 0).
+fn moe_used(spec: &ModelSpec) -> (usize, usize) {
+    spec.layers
+        .iter()
+        .find_map(|l| match &l.ffn {
+            FeedForward::Moe(m) => Some((m.n_used, m.n_expert)),
+            FeedForward::Dense(_) => None,
+        })
+        .unwrap_or((0, 0))
+}
+
+fn bench<B: Backend>(
+    args: Args,
+    mut stage: Stage<B>,
+    total_bytes: u64,
+    weight_bytes: u64,
+) -> anyhow::Result<()> {
     let vocab = stage.spec().vocab_size as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut random_tokens = |n: usize| {
@@ -92,6 +127,15 @@ fn bench<B: Backend>(args: Args, mut stage: Stage<B>, weight_bytes: u64) -> anyh
         decode_profile = stage.backend().profile_report();
     }
 
+    if weight_bytes != total_bytes {
+        println!(
+            "weights read per decoded token: {:.1} MiB of {:.1} MiB (experts: only the {} used of each layer's {})\n",
+            weight_bytes as f64 / (1u64 << 20) as f64,
+            total_bytes as f64 / (1u64 << 20) as f64,
+            moe_used(stage.spec()).0,
+            moe_used(stage.spec()).1,
+        );
+    }
     let threads = rayon::current_num_threads();
     let backend = Backend::name(stage.backend());
     let backend = backend.split_whitespace().next().unwrap_or("cpu");
@@ -114,13 +158,13 @@ fn bench<B: Backend>(args: Args, mut stage: Stage<B>, weight_bytes: u64) -> anyh
             tg_mean = Some(mean);
         }
     }
-    // Decode reads every weight once per token: the device's copy rate over
-    // the weight bytes bounds it.
+    // Decode reads every weight a token uses once per token: the device's
+    // copy rate over those bytes bounds it.
     if let (Some(tg), Some(bw)) = (tg_mean, stage.backend().device_bandwidth()) {
         let limit = bw / weight_bytes as f64;
         println!();
         println!(
-            "memory-bound limit: {limit:.1} tok/s ({:.2} GiB of weights at {:.0} GB/s device copy); tg is {:.0}% of it",
+            "memory-bound limit: {limit:.1} tok/s ({:.2} GiB read per token at {:.0} GB/s device copy); tg is {:.0}% of it",
             weight_bytes as f64 / (1u64 << 30) as f64,
             bw / 1e9,
             100.0 * tg / limit

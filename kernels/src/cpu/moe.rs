@@ -9,6 +9,8 @@
 //! types (Q4_K, Q2_K) take `gemv` row by row, as repack.cpp's
 //! `forward_mul_mat_id` does.
 
+use rayon::prelude::*;
+
 use super::matmul::{dot_rows, with_quantized, GgmlOp, WeightRows};
 use super::{CpuAct, CpuWeight};
 use crate::backend::KernelError;
@@ -37,21 +39,41 @@ pub fn matmul_id(
         by_expert[e as usize].push(s);
     }
     let mut out = vec![0f32; ids.len() * rows];
+    if rows == 0 {
+        return Ok(CpuAct {
+            data: out,
+            rows: ids.len(),
+            cols: rows,
+        });
+    }
     let all = WeightRows::of(experts);
     with_quantized(experts.dtype, x, |xq, xb| {
-        for (e, slots) in by_expert.iter().enumerate() {
-            if slots.is_empty() {
-                continue;
+        // The experts run side by side (each also splits its rows): one
+        // after another, a decode step waited on one small parallel
+        // section per expert.
+        let per_expert: Vec<(&[usize], Vec<f32>)> = by_expert
+            .par_iter()
+            .enumerate()
+            .filter(|(_, slots)| !slots.is_empty())
+            .map(|(e, slots)| {
+                let xs: Vec<&[u8]> = slots
+                    .iter()
+                    .map(|&s| {
+                        let r = shape.x_row(s, n_used);
+                        &xq[r * xb..(r + 1) * xb]
+                    })
+                    .collect();
+                let w = all.slice(e * rows..(e + 1) * rows);
+                let mut part = vec![0f32; slots.len() * rows];
+                let dst: Vec<usize> = (0..slots.len()).collect();
+                dot_rows(w, &xs, &dst, GgmlOp::MulMatId, &mut part);
+                (slots.as_slice(), part)
+            })
+            .collect();
+        for (slots, part) in per_expert {
+            for (&s, row) in slots.iter().zip(part.chunks_exact(rows)) {
+                out[s * rows..(s + 1) * rows].copy_from_slice(row);
             }
-            let xs: Vec<&[u8]> = slots
-                .iter()
-                .map(|&s| {
-                    let r = shape.x_row(s, n_used);
-                    &xq[r * xb..(r + 1) * xb]
-                })
-                .collect();
-            let w = all.slice(e * rows..(e + 1) * rows);
-            dot_rows(w, &xs, slots, GgmlOp::MulMatId, &mut out);
         }
     });
     Ok(CpuAct {
