@@ -5,7 +5,7 @@ use strata_worker::generate::prefill;
 use strata_worker::{BatchSeq, LogitRows, StageInput};
 
 use strata_kernels::Backend;
-use strata_model::arch::{FeedForward, ModelSpec};
+use strata_model::profile::MemoryProfile;
 use strata_model::GgufFile;
 use strata_worker::Stage;
 
@@ -35,45 +35,19 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
 impl StageJob for Args {
     fn run<B: Backend>(self, file: GgufFile, stage: Stage<B>) -> anyhow::Result<()> {
         let total_bytes: u64 = file.tensors.iter().map(|t| t.size_bytes).sum();
-        let read_bytes = bytes_read_per_token(&file, stage.spec());
-        bench(self, stage, total_bytes, read_bytes)
+        let profile = MemoryProfile::from_gguf(&file, stage.spec());
+        bench(self, stage, total_bytes, &profile)
     }
-}
-
-/// Bytes of weights one decoded token reads: every tensor, but of a MoE
-/// layer's stacked experts only the share its top-k picks (the file size is
-/// what a dense model reads; a MoE reads far less, which sets its speed).
-fn bytes_read_per_token(file: &GgufFile, spec: &ModelSpec) -> u64 {
-    let (used, n_expert) = moe_used(spec);
-    file.tensors
-        .iter()
-        .map(|t| {
-            if t.name.contains("_exps.") && n_expert > 0 {
-                t.size_bytes * used as u64 / n_expert as u64
-            } else {
-                t.size_bytes
-            }
-        })
-        .sum()
-}
-
-/// (experts used per token, experts per layer) of the first MoE layer, or (0, 0).
-fn moe_used(spec: &ModelSpec) -> (usize, usize) {
-    spec.layers
-        .iter()
-        .find_map(|l| match &l.ffn {
-            FeedForward::Moe(m) => Some((m.n_used, m.n_expert)),
-            FeedForward::Dense(_) => None,
-        })
-        .unwrap_or((0, 0))
 }
 
 fn bench<B: Backend>(
     args: Args,
     mut stage: Stage<B>,
     total_bytes: u64,
-    weight_bytes: u64,
+    profile: &MemoryProfile,
 ) -> anyhow::Result<()> {
+    // What a decoded token reads: of a MoE layer's experts, only those used.
+    let weight_bytes = profile.active_bytes_per_token();
     let vocab = stage.spec().vocab_size as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut random_tokens = |n: usize| {
@@ -127,13 +101,13 @@ fn bench<B: Backend>(
         decode_profile = stage.backend().profile_report();
     }
 
-    if weight_bytes != total_bytes {
+    if profile.is_moe() {
         println!(
             "weights read per decoded token: {:.1} MiB of {:.1} MiB (experts: only the {} used of each layer's {})\n",
             weight_bytes as f64 / (1u64 << 20) as f64,
             total_bytes as f64 / (1u64 << 20) as f64,
-            moe_used(stage.spec()).0,
-            moe_used(stage.spec()).1,
+            profile.expert_used_count,
+            profile.expert_count,
         );
     }
     let threads = rayon::current_num_threads();
