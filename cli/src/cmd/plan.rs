@@ -4,7 +4,7 @@ use anyhow::Context;
 use strata_coordinator::cluster::{connect_workers, worker_specs};
 use strata_coordinator::planner::synth_profile::synth_profile;
 use strata_coordinator::planner::units::{format_bytes, parse_bytes, parse_devices};
-use strata_coordinator::planner::{plan, table, PlanRequest};
+use strata_coordinator::planner::{legend, plan, table, PlanRequest};
 use strata_model::arch::{Architecture, ModelSpec};
 use strata_model::profile::{KvType, MemoryProfile};
 use strata_model::synth::{QuantScheme, SynthSpec};
@@ -107,6 +107,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         hp.n_layers,
         format_bytes(req.profile.total_weight_bytes())
     );
+    if req.profile.is_moe() {
+        println!(
+            "experts: {} of the weights in routed experts, {} per layer, {} used per token: \
+             a token reads {} of weights",
+            format_bytes(req.profile.total_expert_bytes()),
+            req.profile.expert_count,
+            req.profile.expert_used_count,
+            format_bytes(req.profile.active_bytes_per_token())
+        );
+    }
     println!(
         "context: {} tokens x {} sequence(s), KV {}, batch {} tokens",
         req.ctx_size,
@@ -118,6 +128,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let p = plan(&req, &workers)?;
     println!();
     print!("{}", table(&p, &workers));
+    println!();
+    println!("{}", legend(&req));
     Ok(())
 }
 
@@ -130,7 +142,7 @@ fn load_profile(args: &Args) -> anyhow::Result<(String, ModelSpec, MemoryProfile
             parts.next().unwrap_or("Q4_K_M"),
         );
         let arch = Architecture::from_name(arch).with_context(|| {
-            format!("--synth {s:?}: unknown architecture {arch:?} (llama, qwen2, qwen3, gemma3)")
+            format!("--synth {s:?}: unknown architecture {arch:?} (llama, qwen2, qwen3, gemma3, qwen3moe, gpt-oss, mistral3)")
         })?;
         let preset =
             preset.with_context(|| format!("--synth {s:?}: expected ARCH:PRESET[:QUANT]"))?;
