@@ -65,7 +65,11 @@ fn qwen3moe_30b_a3b_reads_a_tenth_of_its_weights_and_splits_over_two_12gib() {
     // On one 24 GiB device it stays on one.
     let big = gpus(&[24 * GIB, 24 * GIB]);
     let one = plan_on(&req, &big);
-    assert_eq!(one.stages.len(), 1, "a model that fits one device stays on one");
+    assert_eq!(
+        one.stages.len(),
+        1,
+        "a model that fits one device stays on one"
+    );
     check(&one, &req, &big);
 }
 

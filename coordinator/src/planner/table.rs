@@ -110,7 +110,10 @@ pub fn legend(req: &PlanRequest) -> String {
             p.expert_count, p.expert_used_count
         );
     } else {
-        let _ = writeln!(out, "  experts     routed-expert weights (none: a dense model)");
+        let _ = writeln!(
+            out,
+            "  experts     routed-expert weights (none: a dense model)"
+        );
     }
     let _ = writeln!(
         out,

@@ -59,7 +59,10 @@ impl MemoryProfile {
         let count = meta("expert_count")
             .or_else(|| usize::try_from(count_from_dims).ok().filter(|&n| n > 0));
         let (count, used) = match count {
-            Some(count) if any => (count, meta("expert_used_count").map_or(count, |u| u.min(count))),
+            Some(count) if any => (
+                count,
+                meta("expert_used_count").map_or(count, |u| u.min(count)),
+            ),
             _ => (0, 0),
         };
         self.expert_count = count;

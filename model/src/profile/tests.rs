@@ -69,12 +69,33 @@ fn tiny_moe() -> GgufFile {
     w.add_metadata("llama.expert_used_count", MetaValue::U32(2));
     for il in 0..4 {
         let t = |w: &mut GgufWriter, name: &str, dims: &[u64], ty| {
-            w.add_tensor(format!("blk.{il}.{name}"), dims, ty).expect("tensor");
+            w.add_tensor(format!("blk.{il}.{name}"), dims, ty)
+                .expect("tensor");
         };
-        t(&mut w, "ffn_gate_inp.weight", &[256, EXPERTS], GgmlType::F32);
-        t(&mut w, "ffn_gate_exps.weight", &[256, 128, EXPERTS], GgmlType::Q8_0);
-        t(&mut w, "ffn_up_exps.weight", &[256, 128, EXPERTS], GgmlType::Q8_0);
-        t(&mut w, "ffn_down_exps.weight", &[128, 256, EXPERTS], GgmlType::Q8_0);
+        t(
+            &mut w,
+            "ffn_gate_inp.weight",
+            &[256, EXPERTS],
+            GgmlType::F32,
+        );
+        t(
+            &mut w,
+            "ffn_gate_exps.weight",
+            &[256, 128, EXPERTS],
+            GgmlType::Q8_0,
+        );
+        t(
+            &mut w,
+            "ffn_up_exps.weight",
+            &[256, 128, EXPERTS],
+            GgmlType::Q8_0,
+        );
+        t(
+            &mut w,
+            "ffn_down_exps.weight",
+            &[128, 256, EXPERTS],
+            GgmlType::Q8_0,
+        );
     }
     file_of(&w)
 }
@@ -109,7 +130,10 @@ fn moe_layers_count_experts_apart_and_a_token_reads_the_used_ones() {
     assert!(p.is_moe());
     for l in &p.layers {
         assert_eq!(l.expert_bytes, 3 * EXPERT_TENSOR);
-        assert_eq!(l.weight_bytes, TINY_LLAMA_LAYER + ROUTER + 3 * EXPERT_TENSOR);
+        assert_eq!(
+            l.weight_bytes,
+            TINY_LLAMA_LAYER + ROUTER + 3 * EXPERT_TENSOR
+        );
         assert_eq!(l.dense_bytes(), TINY_LLAMA_LAYER + ROUTER);
         assert_eq!(
             l.active_bytes_per_token,
@@ -191,7 +215,10 @@ fn stage_memory_holds_the_experts_a_token_does_not_read() {
     let load = StageLoad::for_sequences(4096, 1, KvType::F16, 512);
     let m = p.stage_memory(LayerRange { first: 1, end: 3 }, &load);
     assert_eq!(m.expert_bytes, 2 * 3 * EXPERT_TENSOR);
-    assert_eq!(m.weight_bytes, 2 * (TINY_LLAMA_LAYER + ROUTER + 3 * EXPERT_TENSOR));
+    assert_eq!(
+        m.weight_bytes,
+        2 * (TINY_LLAMA_LAYER + ROUTER + 3 * EXPERT_TENSOR)
+    );
 }
 
 #[test]
@@ -246,7 +273,12 @@ fn synth_qwen3moe_tiny_by_hand() {
     // attention (q 4x128, kv 2x128), Q/K norms, two norms, the router.
     assert_eq!(
         dense,
-        q8(256 * 512) + 2 * q8(256 * 256) + q8(512 * 256) + 2 * 128 * 4 + 2 * 256 * 4 + 256 * 16 * 4
+        q8(256 * 512)
+            + 2 * q8(256 * 256)
+            + q8(512 * 256)
+            + 2 * 128 * 4
+            + 2 * 256 * 4
+            + 256 * 16 * 4
     );
     for l in &p.layers {
         assert_eq!(l.expert_bytes, experts);
