@@ -3,9 +3,9 @@
 //! The first stage embeds tokens, the last applies the final norm and output
 //! head. Between them, hidden states are `n_tokens x d_model` activations.
 
-use strata_kernels::{Backend, KernelError, KvGeometry, KV_BLOCK_TOKENS};
+use strata_kernels::{Backend, KernelError, KvGeometry};
 use strata_model::arch::ModelSpec;
-use strata_model::profile::KvType;
+use strata_model::profile::{KvType, MemoryProfile, StageLoad};
 use strata_model::GgufFile;
 pub use strata_model::LayerRange;
 
@@ -134,15 +134,31 @@ impl<B: Backend> Stage<B> {
                 range.first
             )));
         }
-        let n_blocks = kv_tokens.div_ceil(KV_BLOCK_TOKENS).max(1);
-        let kv = backend.new_kv_cache(KvGeometry {
+        // The pool is what the planner and the worker's admission counted:
+        // `MemoryProfile::stage_memory` of this load.
+        let load = StageLoad {
+            kv_tokens,
+            kv_type: KvType::F16,
+            batch_tokens: 0,
+            sequences: 1,
+        };
+        let n_blocks = load.kv_blocks();
+        let geometry = KvGeometry {
             n_layers: range.len(),
             n_kv_heads,
             head_dim_k,
             head_dim_v,
-            kv_type: KvType::F16,
+            kv_type: load.kv_type,
             n_blocks,
-        })?;
+        };
+        debug_assert_eq!(
+            geometry.pool_bytes(),
+            MemoryProfile::from_gguf(file, &spec)
+                .stage_memory(range, &load)
+                .kv_bytes,
+            "the KV pool differs from the stage memory the planner counted"
+        );
+        let kv = backend.new_kv_cache(geometry)?;
         Ok(Stage {
             backend,
             spec,
