@@ -22,7 +22,7 @@ pub(super) fn spec(m: &Meta<'_>) -> Result<ModelSpec, ArchError> {
     let sliding = m.sliding_layers(g.n_layers, 6);
     let ffn = FeedForward::Dense(m.dense(Activation::GeluTanh)?);
     let d_model = g.d_model;
-    let mut spec = g.model(m, |il| LayerSpec {
+    let mut spec = g.model(|il| LayerSpec {
         mixer: Mixer::Attention(if sliding[il] && local.window.is_some() {
             local.clone()
         } else {

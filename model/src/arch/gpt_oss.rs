@@ -31,7 +31,7 @@ pub(super) fn spec(m: &Meta<'_>) -> Result<ModelSpec, ArchError> {
     // gpt-oss's pre-feed-forward norm is stored as the post-attention norm.
     moe.norm_name = "post_attention_norm";
     let ffn = FeedForward::Moe(moe);
-    let mut spec = g.model(m, |il| LayerSpec {
+    let mut spec = g.model(|il| LayerSpec {
         mixer: Mixer::Attention(if sliding[il] {
             local.clone()
         } else {

@@ -12,7 +12,7 @@ pub(super) fn spec(m: &Meta<'_>) -> Result<ModelSpec, ArchError> {
     // Mistral-style GGUFs may name a window; llama.cpp's llama graph ignores it.
     let attention = m.attention(g.d_model, RopeStyle::Normal)?;
     let ffn = FeedForward::Dense(m.dense(Activation::Silu)?);
-    g.model(m, |_| LayerSpec {
+    g.model(|_| LayerSpec {
         mixer: Mixer::Attention(attention.clone()),
         ffn: ffn.clone(),
         post_norms: false,

@@ -87,7 +87,9 @@ impl<'a> Meta<'a> {
             .unwrap_or(d_model / n_heads);
         let head_dim_v = self.opt_usize("attention.value_length").unwrap_or(head_dim);
         if head_dim == 0 || head_dim_v == 0 {
-            return Err(self.invalid("a head dimension of 0"));
+            return Err(self.invalid(format!(
+                "a head dimension of 0 (embedding_length {d_model} over attention.head_count {n_heads})"
+            )));
         }
         Ok(AttentionSpec {
             n_heads,

@@ -31,7 +31,7 @@ pub(super) fn spec(m: &Meta<'_>) -> Result<ModelSpec, ArchError> {
         attention.scale = s;
     }
     let ffn = FeedForward::Dense(m.dense(Activation::Silu)?);
-    g.model(m, |_| LayerSpec {
+    g.model(|_| LayerSpec {
         mixer: Mixer::Attention(attention.clone()),
         ffn: ffn.clone(),
         post_norms: false,

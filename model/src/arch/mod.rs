@@ -123,6 +123,9 @@ impl ModelSpec {
     }
 }
 
+/// Most layers a file may state.
+const MAX_LAYERS: usize = 4096;
+
 /// The values every architecture reads the same way.
 pub(crate) struct Globals {
     pub arch: Architecture,
@@ -134,10 +137,18 @@ pub(crate) struct Globals {
 }
 
 impl Globals {
+    /// The layer count is bounded here, before any architecture file sizes
+    /// a per-layer table by it.
     fn read(m: &Meta<'_>, arch: Architecture) -> Result<Self, ArchError> {
+        let n_layers = m.usize("block_count")?;
+        if n_layers > MAX_LAYERS {
+            return Err(m.invalid(format!(
+                "block_count {n_layers} is past the supported {MAX_LAYERS}"
+            )));
+        }
         Ok(Globals {
             arch,
-            n_layers: m.usize("block_count")?,
+            n_layers,
             d_model: m.usize("embedding_length")?,
             vocab_size: m.vocab_size()?,
             context_length: m.usize("context_length")?,
@@ -145,19 +156,8 @@ impl Globals {
         })
     }
 
-    /// A model of these globals whose layer `il` is `layer(il)`; the
-    /// layer count is bounded first, so a hostile count allocates nothing.
-    fn model(
-        self,
-        m: &Meta<'_>,
-        layer: impl FnMut(usize) -> LayerSpec,
-    ) -> Result<ModelSpec, ArchError> {
-        if self.n_layers > 4096 {
-            return Err(m.invalid(format!(
-                "block_count {} is past the supported 4096",
-                self.n_layers
-            )));
-        }
+    /// A model of these globals whose layer `il` is `layer(il)`.
+    fn model(self, layer: impl FnMut(usize) -> LayerSpec) -> Result<ModelSpec, ArchError> {
         Ok(ModelSpec {
             arch: self.arch,
             n_layers: self.n_layers,

@@ -11,7 +11,7 @@ pub(super) fn spec(m: &Meta<'_>) -> Result<ModelSpec, ArchError> {
     let mut attention = m.attention(g.d_model, RopeStyle::Neox)?;
     attention.qkv_bias = true;
     let ffn = FeedForward::Dense(m.dense(Activation::Silu)?);
-    g.model(m, |_| LayerSpec {
+    g.model(|_| LayerSpec {
         mixer: Mixer::Attention(attention.clone()),
         ffn: ffn.clone(),
         post_norms: false,

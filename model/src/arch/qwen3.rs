@@ -17,7 +17,7 @@ pub(super) fn spec(m: &Meta<'_>) -> Result<ModelSpec, ArchError> {
     let g = Globals::read(m, Architecture::Qwen3)?;
     let attention = attention(m, g.d_model)?;
     let ffn = FeedForward::Dense(m.dense(Activation::Silu)?);
-    g.model(m, |_| LayerSpec {
+    g.model(|_| LayerSpec {
         mixer: Mixer::Attention(attention.clone()),
         ffn: ffn.clone(),
         post_norms: false,

@@ -14,7 +14,7 @@ pub(super) fn spec(m: &Meta<'_>) -> Result<ModelSpec, ArchError> {
     let mut moe = m.moe(Activation::Silu, ExpertGating::Softmax)?;
     moe.norm_weights = true;
     let ffn = FeedForward::Moe(moe);
-    g.model(m, |_| LayerSpec {
+    g.model(|_| LayerSpec {
         mixer: Mixer::Attention(attention.clone()),
         ffn: ffn.clone(),
         post_norms: false,
