@@ -29,6 +29,8 @@ use super::uploads::IndexUploads;
 use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 
+mod attention;
+mod matvec;
 mod moe;
 
 /// Tokens one matrix-vector launch handles (the kernels' MAX_BATCH).
@@ -272,41 +274,6 @@ impl CudaBackend {
         w.f32
             .as_ref()
             .unwrap_or_else(|| fail("vector weight", &w.name))
-    }
-
-    /// Runs a row kernel (`mmv_*` / `mmvq_*`) over `tokens` inputs of
-    /// `per_token` elements, MAX_BATCH tokens a launch.
-    fn matvec_groups<T: cudarc::driver::DeviceRepr>(
-        &self,
-        (kernel_name, kernel): (&'static str, &CudaFunction),
-        w: &CudaWeight,
-        input: &CudaSlice<T>,
-        per_token: usize,
-        tokens: usize,
-        out: &mut CudaSlice<f32>,
-    ) {
-        let (row_bytes, rows, cols) = (w.row_bytes, w.rows as i32, w.cols as i32);
-        let cfg = LaunchConfig {
-            grid_dim: ((w.rows as u32).div_ceil(WARPS_PER_ROW_BLOCK), 1, 1),
-            block_dim: (32 * WARPS_PER_ROW_BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        for first in (0..tokens).step_by(MAX_BATCH) {
-            let n = (tokens - first).min(MAX_BATCH);
-            let xs = input.slice(first * per_token..(first + n) * per_token);
-            let mut os = out.slice_mut(first * w.rows..(first + n) * w.rows);
-            let n_i = n as i32;
-            let mut b = self.stream.launch_builder(kernel);
-            b.arg(&w.data)
-                .arg(&row_bytes)
-                .arg(&rows)
-                .arg(&cols)
-                .arg(&xs)
-                .arg(&n_i)
-                .arg(&mut os);
-            // SAFETY: n <= MAX_BATCH tokens in, n rows of w.rows outputs.
-            self.launched(kernel_name, || unsafe { b.launch(cfg) }.map(drop));
-        }
     }
 
     fn kernel_suffix(dtype: GgmlType) -> Option<&'static str> {
@@ -558,48 +525,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, w: &CudaWeight, x: &CudaAct) -> CudaAct {
-        assert_eq!(
-            x.cols, w.cols,
-            "matmul {}: activation width {} vs weight rows of {}",
-            w.name, x.cols, w.cols
-        );
-        let mut out = self.output_f32(x.rows * w.rows);
-        if Self::is_float(w.dtype) {
-            self.matvec_groups(
-                Self::typed(&self.matvec, w.dtype),
-                w,
-                &x.buf,
-                x.cols,
-                x.rows,
-                &mut out,
-            );
-        } else {
-            let chunks = w.cols / 32;
-            // SAFETY: quantize_act writes every chunk before mmvq reads it.
-            let mut xq = unsafe { self.stream.alloc::<u8>(x.rows * chunks * ACT_CHUNK_BYTES) }
-                .unwrap_or_else(|e| fail("alloc", e));
-            let (tokens, xcols) = (x.rows as i32, x.cols as i32);
-            let mut b = self.stream.launch_builder(self.f("quantize_act"));
-            b.arg(&x.buf).arg(&mut xq).arg(&tokens).arg(&xcols);
-            // SAFETY: one thread per 32-value chunk of x into xq.
-            self.launched("quantize_act", || {
-                unsafe { b.launch(Self::grid_for(x.rows * chunks)) }.map(drop)
-            });
-            let per_token = chunks * ACT_CHUNK_BYTES;
-            self.matvec_groups(
-                Self::typed(&self.matvec, w.dtype),
-                w,
-                &xq,
-                per_token,
-                x.rows,
-                &mut out,
-            );
-        }
-        CudaAct {
-            buf: out,
-            rows: x.rows,
-            cols: w.rows,
-        }
+        self.matvec(w, x)
     }
 
     fn add_bias(&self, x: &mut CudaAct, bias: &CudaWeight) {
@@ -716,91 +642,7 @@ impl Backend for CudaBackend {
         v: &CudaAct,
         batch: &AttentionBatch<'_>,
     ) -> CudaAct {
-        let g = cache.geometry;
-        let n = q.rows;
-        // Host-side indexing: each token's slot, and the batch's block tables.
-        let mut table_start = Vec::with_capacity(batch.block_tables.len());
-        let mut tables = Vec::new();
-        for t in batch.block_tables {
-            table_start.push(tables.len() as u32);
-            tables.extend_from_slice(t);
-        }
-        let slots: Vec<u32> = (0..n)
-            .map(|t| {
-                let p = batch.positions[t] as usize;
-                let table = batch.block_tables[batch.token_seq[t] as usize];
-                table[p / KV_BLOCK_TOKENS] * KV_BLOCK_TOKENS as u32 + (p % KV_BLOCK_TOKENS) as u32
-            })
-            .collect();
-        let (slots, pos, seq) = (
-            self.index(&slots),
-            self.index(batch.positions),
-            self.index(batch.token_seq),
-        );
-        let (table_start, tables) = (self.index(&table_start), self.index(&tables));
-        let (k_dim, v_dim) = (g.k_dim() as i32, g.v_dim() as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (n as u32, 1, 1),
-            block_dim: (ELEMENTWISE_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = self.stream.launch_builder(self.f("kv_write"));
-        b.arg(&k.buf)
-            .arg(&v.buf)
-            .arg(&*slots)
-            .arg(&mut cache.k[layer])
-            .arg(&mut cache.v[layer])
-            .arg(&k_dim)
-            .arg(&v_dim);
-        // SAFETY: slots index blocks of this stage's pool (the allocator's).
-        self.launched("kv_write", || unsafe { b.launch(cfg) }.map(drop));
-
-        let mut out = self.output_f32(n * batch.n_heads * g.head_dim_v);
-        let (n_heads, n_kv_heads) = (batch.n_heads as i32, g.n_kv_heads as i32);
-        let (hd_k, hd_v) = (g.head_dim_k as i32, g.head_dim_v as i32);
-        let window = batch.window.map_or(0, |w| w as i32);
-        let sinks = batch.sinks.map(|s| {
-            assert!(
-                s.len() >= batch.n_heads,
-                "attention: {} sink logits for {} heads",
-                s.len(),
-                batch.n_heads
-            );
-            self.upload(&s[..batch.n_heads])
-        });
-        let null: u64 = 0;
-        let cfg = LaunchConfig {
-            grid_dim: (n as u32, batch.n_heads as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = self.stream.launch_builder(self.f("attend"));
-        b.arg(&q.buf)
-            .arg(&cache.k[layer])
-            .arg(&cache.v[layer])
-            .arg(&*pos)
-            .arg(&*seq)
-            .arg(&*table_start)
-            .arg(&*tables)
-            .arg(&mut out)
-            .arg(&n_heads)
-            .arg(&n_kv_heads)
-            .arg(&hd_k)
-            .arg(&hd_v)
-            .arg(&batch.scale)
-            .arg(&window);
-        match &sinks {
-            Some(s) => b.arg(s),
-            None => b.arg(&null),
-        };
-        // SAFETY: every position attended is cached (written above or by
-        // an earlier batch) and its block is in the sequence's table.
-        self.launched("attend", || unsafe { b.launch(cfg) }.map(drop));
-        CudaAct {
-            buf: out,
-            rows: n,
-            cols: batch.n_heads * g.head_dim_v,
-        }
+        self.paged_attention(cache, layer, q, k, v, batch)
     }
 
     fn matmul_id(
