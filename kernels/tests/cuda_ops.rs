@@ -16,6 +16,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use strata_kernels::cuda::{CudaBackend, CudaKvCache};
 use strata_kernels::{
     attn_temperature_scales, AttentionBatch, Backend, CpuBackend, KvGeometry, RopeConfig, Yarn,
 };
@@ -179,21 +180,93 @@ fn elementwise_ops_match_cpu() {
                 freq_scale: 1.0,
                 yarn: None,
             };
-            let ff: Vec<f32> = (0..dims / 2)
-                .map(|_| rng.random_range(1.0f32..8.0))
-                .collect();
-            let (ffg, ffc) = (vector(&g, &ff), vector(&c, &ff));
-            let mut a = g.act_from_host(&x, rows, n_heads * head_dim);
-            let mut b = c.act_from_host(&x, rows, n_heads * head_dim);
-            g.rope(&mut a, &positions, &cfg, with_factors.then_some(&ffg));
-            c.rope(&mut b, &positions, &cfg, with_factors.then_some(&ffc));
-            let e = rel_err(&g.act_to_host(&a), &c.act_to_host(&b));
+            let e = rope_err((&g, &c), &mut rng, &x, &positions, &cfg, with_factors);
             assert!(
                 e < 1e-5,
                 "rope {style:?} head_dim {head_dim} dims {dims}: {e:.2e}"
             );
         }
     }
+}
+
+/// RoPE of `x` (one row per position) on both backends, with random
+/// frequency factors when `with_factors`; the GPU's relative error.
+fn rope_err(
+    (g, c): (&CudaBackend, &CpuBackend),
+    rng: &mut ChaCha8Rng,
+    x: &[f32],
+    positions: &[u32],
+    cfg: &RopeConfig,
+    with_factors: bool,
+) -> f64 {
+    let (rows, cols) = (positions.len(), x.len() / positions.len());
+    let ff: Vec<f32> = (0..cfg.dims / 2)
+        .map(|_| rng.random_range(1.0f32..8.0))
+        .collect();
+    let (ffg, ffc) = (vector(g, &ff), vector(c, &ff));
+    let mut a = g.act_from_host(x, rows, cols);
+    let mut b = c.act_from_host(x, rows, cols);
+    g.rope(&mut a, positions, cfg, with_factors.then_some(&ffg));
+    c.rope(&mut b, positions, cfg, with_factors.then_some(&ffc));
+    rel_err(&g.act_to_host(&a), &c.act_to_host(&b))
+}
+
+/// The shape of an attention test case.
+struct AttentionCase<'a> {
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    window: Option<usize>,
+    sinks: Option<&'a [f32]>,
+}
+
+/// One attention batch on both backends over random Q, K and V: token `i`
+/// of `step` is sequence `step[i].0` at position `step[i].1`. Returns the
+/// GPU's relative error.
+fn attention_err(
+    (g, c): (&CudaBackend, &CpuBackend),
+    (kg, kc): (&mut CudaKvCache, &mut <CpuBackend as Backend>::KvCache),
+    layer: usize,
+    tables: &[Vec<u32>],
+    step: &[(u32, u32)],
+    case: &AttentionCase<'_>,
+    rng: &mut ChaCha8Rng,
+) -> f64 {
+    let (n, head_dim) = (step.len(), case.head_dim);
+    let (q_cols, kv_cols) = (case.n_heads * head_dim, case.n_kv_heads * head_dim);
+    let positions: Vec<u32> = step.iter().map(|s| s.1).collect();
+    let token_seq: Vec<u32> = step.iter().map(|s| s.0).collect();
+    let q = random(rng, n * q_cols, 1.0);
+    let k = random(rng, n * kv_cols, 1.0);
+    let v = random(rng, n * kv_cols, 1.0);
+    let table_refs: Vec<&[u32]> = tables.iter().map(|t| t.as_slice()).collect();
+    let batch = AttentionBatch {
+        positions: &positions,
+        token_seq: &token_seq,
+        block_tables: &table_refs,
+        n_heads: case.n_heads,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+        scale_query: false,
+        window: case.window,
+        sinks: case.sinks,
+    };
+    let got = g.act_to_host(&g.attention(
+        kg,
+        layer,
+        &g.act_from_host(&q, n, q_cols),
+        &g.act_from_host(&k, n, kv_cols),
+        &g.act_from_host(&v, n, kv_cols),
+        &batch,
+    ));
+    let want = c.act_to_host(&c.attention(
+        kc,
+        layer,
+        &c.act_from_host(&q, n, q_cols),
+        &c.act_from_host(&k, n, kv_cols),
+        &c.act_from_host(&v, n, kv_cols),
+        &batch,
+    ));
+    rel_err(&got, &want)
 }
 
 #[test]
@@ -223,41 +296,22 @@ fn paged_attention_matches_cpu() {
             vec![(0, 300), (1, 0), (1, 1), (1, 2), (1, 3), (1, 4)],
         ];
         for step in &steps {
-            let n = step.len();
-            let positions: Vec<u32> = step.iter().map(|s| s.1).collect();
-            let token_seq: Vec<u32> = step.iter().map(|s| s.0).collect();
-            let q = random(&mut rng, n * n_heads * head_dim, 1.0);
-            let k = random(&mut rng, n * n_kv_heads * head_dim, 1.0);
-            let v = random(&mut rng, n * n_kv_heads * head_dim, 1.0);
-            let table_refs: Vec<&[u32]> = tables.iter().map(|t| t.as_slice()).collect();
-            let batch = AttentionBatch {
-                positions: &positions,
-                token_seq: &token_seq,
-                block_tables: &table_refs,
+            let case = AttentionCase {
                 n_heads,
-                scale: 1.0 / (head_dim as f32).sqrt(),
-                scale_query: false,
+                n_kv_heads,
+                head_dim,
                 window,
                 sinks: None,
             };
-            let kv_cols = n_kv_heads * head_dim;
-            let got = g.act_to_host(&g.attention(
-                &mut kg,
+            let e = attention_err(
+                (&g, &c),
+                (&mut kg, &mut kc),
                 1,
-                &g.act_from_host(&q, n, n_heads * head_dim),
-                &g.act_from_host(&k, n, kv_cols),
-                &g.act_from_host(&v, n, kv_cols),
-                &batch,
-            ));
-            let want = c.act_to_host(&c.attention(
-                &mut kc,
-                1,
-                &c.act_from_host(&q, n, n_heads * head_dim),
-                &c.act_from_host(&k, n, kv_cols),
-                &c.act_from_host(&v, n, kv_cols),
-                &batch,
-            ));
-            let e = rel_err(&got, &want);
+                &tables,
+                step,
+                &case,
+                &mut rng,
+            );
             assert!(
                 e < 5e-3,
                 "attention heads {n_heads}/{n_kv_heads} dim {head_dim} window {window:?}: {e:.2e}"
@@ -352,16 +406,8 @@ fn yarn_rope_matches_cpu() {
                 freq_scale: 1.0 / factor,
                 yarn: Some(Yarn::llama_cpp(factor, n_ctx_orig, 32.0, 1.0, log_mul, 1.0)),
             };
-            let ff: Vec<f32> = (0..dims / 2)
-                .map(|_| rng.random_range(1.0f32..8.0))
-                .collect();
-            let (ffg, ffc) = (vector(&g, &ff), vector(&c, &ff));
-            let mut a = g.act_from_host(&x, rows, n_heads * head_dim);
-            let mut b = c.act_from_host(&x, rows, n_heads * head_dim);
-            g.rope(&mut a, &positions, &cfg, with_factors.then_some(&ffg));
-            c.rope(&mut b, &positions, &cfg, with_factors.then_some(&ffc));
             // Thetas reach 70000 rad: both build them as ggml-cpu does.
-            let e = rel_err(&g.act_to_host(&a), &c.act_to_host(&b));
+            let e = rope_err((&g, &c), &mut rng, &x, &positions, &cfg, with_factors);
             assert!(
                 e < 1e-5,
                 "yarn rope {style:?} head_dim {head_dim} dims {dims} factor {factor}: {e:.2e}"
@@ -399,41 +445,22 @@ fn attention_with_sinks_matches_cpu() {
         // unit-ish scores of +-2).
         let sinks = random(&mut rng, n_heads, 4.0);
         for step in &steps {
-            let n = step.len();
-            let positions: Vec<u32> = step.iter().map(|s| s.1).collect();
-            let token_seq: Vec<u32> = step.iter().map(|s| s.0).collect();
-            let q = random(&mut rng, n * n_heads * head_dim, 1.0);
-            let k = random(&mut rng, n * n_kv_heads * head_dim, 1.0);
-            let v = random(&mut rng, n * n_kv_heads * head_dim, 1.0);
-            let table_refs: Vec<&[u32]> = tables.iter().map(|t| t.as_slice()).collect();
-            let batch = AttentionBatch {
-                positions: &positions,
-                token_seq: &token_seq,
-                block_tables: &table_refs,
+            let case = AttentionCase {
                 n_heads,
-                scale: 1.0 / (head_dim as f32).sqrt(),
-                scale_query: false,
+                n_kv_heads,
+                head_dim,
                 window,
                 sinks: Some(&sinks),
             };
-            let kv_cols = n_kv_heads * head_dim;
-            let got = g.act_to_host(&g.attention(
-                &mut kg,
+            let e = attention_err(
+                (&g, &c),
+                (&mut kg, &mut kc),
                 0,
-                &g.act_from_host(&q, n, n_heads * head_dim),
-                &g.act_from_host(&k, n, kv_cols),
-                &g.act_from_host(&v, n, kv_cols),
-                &batch,
-            ));
-            let want = c.act_to_host(&c.attention(
-                &mut kc,
-                0,
-                &c.act_from_host(&q, n, n_heads * head_dim),
-                &c.act_from_host(&k, n, kv_cols),
-                &c.act_from_host(&v, n, kv_cols),
-                &batch,
-            ));
-            let e = rel_err(&got, &want);
+                &tables,
+                step,
+                &case,
+                &mut rng,
+            );
             assert!(
                 e < 5e-3,
                 "attention with sinks, heads {n_heads}/{n_kv_heads} dim {head_dim} window {window:?}: {e:.2e}"
@@ -443,26 +470,6 @@ fn attention_with_sinks_matches_cpu() {
 }
 
 // ---- mixture-of-experts ops ----
-
-const N_EXPERT: usize = 8;
-const N_USED: usize = 2;
-
-/// Two distinct experts per token, different tokens taking different ones;
-/// expert 0 is the first pick of the first ten tokens, so a batch of 13
-/// gives it a long batch of its own.
-fn expert_ids(rng: &mut ChaCha8Rng, tokens: usize) -> Vec<u32> {
-    (0..tokens)
-        .flat_map(|t| {
-            let a = if t < 10 {
-                0
-            } else {
-                rng.random_range(0..N_EXPERT as u32)
-            };
-            let b = (a + rng.random_range(1..N_EXPERT as u32)) % N_EXPERT as u32;
-            [a, b]
-        })
-        .collect()
-}
 
 /// `matmul_id` against the CPU, and against the exact product of the
 /// dequantized experts, with matmul's tolerances (the same int8 activation

@@ -90,3 +90,25 @@ pub fn bytemuck_f32(v: &[f32]) -> &[u8] {
     // SAFETY: f32 has no padding and any byte pattern is a valid u8.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 4) }
 }
+
+// ---- mixture of experts ----
+
+pub const N_EXPERT: usize = 8;
+pub const N_USED: usize = 2;
+
+/// Two distinct experts per token, different tokens taking different ones;
+/// expert 0 is the first pick of the first ten tokens, so a batch of 13
+/// gives it a long batch of its own.
+pub fn expert_ids(rng: &mut ChaCha8Rng, tokens: usize) -> Vec<u32> {
+    (0..tokens)
+        .flat_map(|t| {
+            let a = if t < 10 {
+                0
+            } else {
+                rng.random_range(0..N_EXPERT as u32)
+            };
+            let b = (a + rng.random_range(1..N_EXPERT as u32)) % N_EXPERT as u32;
+            [a, b]
+        })
+        .collect()
+}

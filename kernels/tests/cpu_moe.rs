@@ -1,0 +1,150 @@
+//! The CPU backend's mixture-of-experts ops against their definition: each
+//! expert's rows through the plain matmul, bit for bit, and the bias and
+//! weighted sum against plain loops; bad ids and shapes are errors.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use strata_kernels::{Backend, CpuBackend};
+use strata_model::GgmlType;
+
+mod common;
+use common::*;
+
+const ROWS: usize = 24;
+const COLS: usize = 256;
+
+/// `matmul_id` gives the bits of the plain matmul of each expert's rows,
+/// cut out as its own weight, over that expert's batch of inputs (one
+/// token at a time for the repacked types: ggml's `gemv` per row).
+#[test]
+fn matmul_id_is_each_experts_own_matmul() {
+    let cpu = CpuBackend::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed());
+    for &dtype in WEIGHT_TYPES {
+        let bytes = quantized(dtype, &random(&mut rng, N_EXPERT * ROWS * COLS, 1.0), COLS).0;
+        let dims = [COLS as u64, ROWS as u64, N_EXPERT as u64];
+        let experts = cpu.load_weight("exps", dtype, &dims, &bytes).unwrap();
+        let per_expert = bytes.len() / N_EXPERT;
+        for tokens in [1usize, 3, 8, 13] {
+            let ids = expert_ids(&mut rng, tokens);
+            for per_slot in [false, true] {
+                let x_rows = if per_slot { ids.len() } else { tokens };
+                let x = cpu.act_from_host(&random(&mut rng, x_rows * COLS, 1.0), x_rows, COLS);
+                let got = cpu.matmul_id(&experts, N_EXPERT, &x, &ids, N_USED).unwrap();
+                assert_eq!((got.rows, got.cols), (ids.len(), ROWS));
+                for e in 0..N_EXPERT {
+                    let slots: Vec<usize> =
+                        (0..ids.len()).filter(|&s| ids[s] as usize == e).collect();
+                    if slots.is_empty() {
+                        continue;
+                    }
+                    let own = cpu
+                        .load_weight(
+                            "own",
+                            dtype,
+                            &[COLS as u64, ROWS as u64],
+                            &bytes[e * per_expert..(e + 1) * per_expert],
+                        )
+                        .unwrap();
+                    let x_rows: Vec<usize> = slots
+                        .iter()
+                        .map(|&s| if per_slot { s } else { s / N_USED })
+                        .collect();
+                    let want: Vec<f32> = if matches!(dtype, GgmlType::Q4K | GgmlType::Q2K) {
+                        x_rows
+                            .iter()
+                            .flat_map(|&r| cpu.matmul(&own, &cpu.select_rows(&x, &[r])).data)
+                            .collect()
+                    } else {
+                        cpu.matmul(&own, &cpu.select_rows(&x, &x_rows)).data
+                    };
+                    for (k, &s) in slots.iter().enumerate() {
+                        let (g, w) = (got.row(s), &want[k * ROWS..(k + 1) * ROWS]);
+                        assert!(
+                            g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{dtype} batch {tokens} per_slot {per_slot} expert {e} slot {s}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_ids_and_shapes_are_errors() {
+    let cpu = CpuBackend::new();
+    let bytes = quantized(GgmlType::Q8_0, &vec![0.5; N_EXPERT * ROWS * COLS], COLS).0;
+    let dims = [COLS as u64, ROWS as u64, N_EXPERT as u64];
+    let experts = cpu
+        .load_weight("exps", GgmlType::Q8_0, &dims, &bytes)
+        .unwrap();
+    let x = cpu.act_from_host(&vec![1.0; 2 * COLS], 2, COLS);
+    assert!(cpu
+        .matmul_id(&experts, N_EXPERT, &x, &[0, 8, 1, 2], N_USED)
+        .is_err());
+    assert!(cpu
+        .matmul_id(&experts, N_EXPERT, &x, &[0, 1, 2], N_USED)
+        .is_err());
+    assert!(cpu
+        .matmul_id(&experts, 5, &x, &[0, 1, 2, 3], N_USED)
+        .is_err());
+    assert!(cpu
+        .matmul_id(&experts, N_EXPERT, &x, &[0, 1, 2, 3, 4, 5], N_USED)
+        .is_err());
+    assert!(cpu
+        .matmul_id(&experts, N_EXPERT, &x, &[0, 1, 2, 7], N_USED)
+        .is_ok());
+    let bias = [0f32; N_EXPERT * 4];
+    let bias_bytes: Vec<u8> = bias.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let bias = cpu
+        .load_weight("b", GgmlType::F32, &[4, N_EXPERT as u64], &bias_bytes)
+        .unwrap();
+    let mut y = cpu.act_from_host(&[0.0; 8], 2, 4);
+    assert!(cpu.add_bias_id(&mut y, &bias, &[3, 8]).is_err());
+    assert!(cpu.add_bias_id(&mut y, &bias, &[3]).is_err());
+    assert!(cpu.add_bias_id(&mut y, &bias, &[3, 7]).is_ok());
+    assert!(cpu.moe_combine(&y, &[1.0], N_USED).is_err());
+    assert!(cpu.moe_combine(&y, &[1.0, 1.0], 0).is_err());
+}
+
+#[test]
+fn add_bias_id_and_combine_match_loops() {
+    let cpu = CpuBackend::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed());
+    let (cols, tokens) = (40usize, 5usize);
+    let bias = random(&mut rng, N_EXPERT * cols, 1.0);
+    let bias_bytes: Vec<u8> = bias.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let bias_w = cpu
+        .load_weight(
+            "b",
+            GgmlType::F32,
+            &[cols as u64, N_EXPERT as u64],
+            &bias_bytes,
+        )
+        .unwrap();
+    let ids = expert_ids(&mut rng, tokens);
+    let y0 = random(&mut rng, ids.len() * cols, 1.0);
+    let mut y = cpu.act_from_host(&y0, ids.len(), cols);
+    cpu.add_bias_id(&mut y, &bias_w, &ids).unwrap();
+    for s in 0..ids.len() {
+        for c in 0..cols {
+            let want = y0[s * cols + c] + bias[ids[s] as usize * cols + c];
+            assert_eq!(y.data[s * cols + c].to_bits(), want.to_bits());
+        }
+    }
+    let weights = random(&mut rng, ids.len(), 1.0);
+    let out = cpu.moe_combine(&y, &weights, N_USED).unwrap();
+    assert_eq!((out.rows, out.cols), (tokens, cols));
+    for t in 0..tokens {
+        for c in 0..cols {
+            let mut want = y.data[(t * N_USED) * cols + c] * weights[t * N_USED];
+            for j in 1..N_USED {
+                let s = t * N_USED + j;
+                let product = y.data[s * cols + c] * weights[s];
+                want += product;
+            }
+            assert_eq!(out.data[t * cols + c].to_bits(), want.to_bits());
+        }
+    }
+}
