@@ -2,6 +2,8 @@
 //! llama.cpp references are.
 use std::path::PathBuf;
 
+pub mod deviation;
+
 /// The model cache `scripts/fetch-models.sh` fills.
 pub fn models_dir() -> PathBuf {
     if let Ok(d) = std::env::var("STRATA_MODELS") {

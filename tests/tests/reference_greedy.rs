@@ -22,9 +22,9 @@
 use strata_kernels::CpuBackend;
 use strata_model::arch::ModelSpec;
 use strata_model::GgufFile;
+use strata_tests::deviation::{argmax, LogprobDeviation};
 use strata_tests::{model_path, reference, GEMMA3, SMOLLM2};
 use strata_worker::generate::{generate, prefill};
-use strata_worker::sampler::log_sum_exp;
 use strata_worker::{LayerRange, Sampler, SamplingParams, Stage};
 
 /// Bound on |our log-prob - llama.cpp's| for every top-5 entry of every step.
@@ -120,45 +120,22 @@ fn teacher_forced_logits(stage: &mut Stage<CpuBackend>, case: &Case) -> Vec<Vec<
 
 fn teacher_forced(model_file: &str, reference_file: &str) {
     let mut stage = load(model_file);
-    let (mut sum, mut n, mut worst) = (0f64, 0usize, (0f32, String::new()));
+    let mut deviation = LogprobDeviation::default();
     for case in cases(reference_file) {
         let logits = teacher_forced_logits(&mut stage, &case);
         for (i, (top, row)) in case.top.iter().zip(&logits).enumerate() {
             // Fed as llama-server was, greedy picks llama.cpp's token at every step.
-            let pick = (0..row.len()).fold(0, |b, t| if row[t] > row[b] { t } else { b });
+            let pick = argmax(row);
             assert_eq!(
                 pick as u32, case.tokens[i],
                 "{model_file} {:?} step {i}: greedy pick",
                 case.label
             );
-            let z = log_sum_exp(row);
-            for &(id, lp) in top {
-                let ours = row[id as usize] - z;
-                let dev = (ours - lp).abs();
-                sum += dev as f64;
-                n += 1;
-                if dev >= worst.0 {
-                    worst = (
-                        dev,
-                        format!(
-                            "{:?} step {i} token {id}: {ours} vs llama.cpp {lp}",
-                            case.label
-                        ),
-                    );
-                }
-            }
+            let at = format!("{:?} step {i}", case.label);
+            deviation.add_step(row, top, &at);
         }
     }
-    let mean = (sum / n as f64) as f32;
-    eprintln!(
-        "{model_file}: top-5 logprob deviation over {n} entries: mean {mean:.5}, worst {:.5} at {}",
-        worst.0, worst.1
-    );
-    assert!(
-        worst.0 < MAX_LOGPROB_DEVIATION,
-        "{model_file}: {} (mean deviation {mean})",
-        worst.1
-    );
+    deviation.check(model_file, MAX_LOGPROB_DEVIATION);
 }
 
 fn free_running(model_file: &str, reference_file: &str) {

@@ -28,9 +28,9 @@ use strata_kernels::CpuBackend;
 use strata_model::arch::{Architecture, ModelSpec};
 use strata_model::synth::{QuantScheme, SynthSpec};
 use strata_model::GgufFile;
+use strata_tests::deviation::{argmax, LogprobDeviation};
 use strata_tests::reference;
 use strata_worker::generate::{generate, prefill};
-use strata_worker::sampler::log_sum_exp;
 use strata_worker::{LayerRange, Sampler, SamplingParams, Stage};
 
 /// Bound on |our log-prob - llama.cpp's| for every top-5 entry of every step.
@@ -156,11 +156,11 @@ fn top2_gap(top: &Option<Vec<(u32, f32)>>) -> Option<f32> {
 }
 
 fn teacher_forced(name: &str, stage: &mut Stage<CpuBackend>, cases: &[Case]) {
-    let (mut sum, mut n, mut worst) = (0f64, 0usize, (0f32, String::new()));
+    let mut deviation = LogprobDeviation::default();
     for case in cases {
         let logits = teacher_forced_logits(stage, case);
         for (i, (step, row)) in case.steps.iter().zip(&logits).enumerate() {
-            let pick = (0..row.len()).fold(0, |b, t| if row[t] > row[b] { t } else { b }) as u32;
+            let pick = argmax(row) as u32;
             let tie = top2_gap(&step.top).is_some_and(|g| g < TIE);
             assert!(
                 pick == step.token || tie,
@@ -169,34 +169,11 @@ fn teacher_forced(name: &str, stage: &mut Stage<CpuBackend>, cases: &[Case]) {
                 step.token,
                 top2_gap(&step.top)
             );
-            let z = log_sum_exp(row);
-            for &(id, lp) in step.top.iter().flatten() {
-                let ours = row[id as usize] - z;
-                let dev = (ours - lp).abs();
-                sum += dev as f64;
-                n += 1;
-                if dev >= worst.0 {
-                    worst = (
-                        dev,
-                        format!(
-                            "{:?} step {i} token {id}: {ours} vs llama.cpp {lp}",
-                            case.label
-                        ),
-                    );
-                }
-            }
+            let at = format!("{:?} step {i}", case.label);
+            deviation.add_step(row, step.top.as_deref().unwrap_or_default(), &at);
         }
     }
-    let mean = (sum / n.max(1) as f64) as f32;
-    eprintln!(
-        "{name}: top-5 logprob deviation over {n} entries: mean {mean:.5}, worst {:.5} at {}",
-        worst.0, worst.1
-    );
-    assert!(
-        worst.0 < MAX_LOGPROB_DEVIATION,
-        "{name}: {} (mean deviation {mean})",
-        worst.1
-    );
+    deviation.check(name, MAX_LOGPROB_DEVIATION);
 }
 
 fn free_running(name: &str, stage: &mut Stage<CpuBackend>, cases: &[Case]) {
