@@ -1,49 +1,12 @@
 //! Placement of mixture-of-experts models (synthetic shapes, no tensor data)
 //! and of models that fit one device.
 
-use strata_coordinator::planner::synth_profile::synth_profile;
 use strata_coordinator::planner::{plan, Backend, Link, PlanRequest, WorkerSpec};
-use strata_model::arch::{Architecture, ModelSpec};
-use strata_model::profile::{KvType, MemoryProfile};
-use strata_model::synth::{QuantScheme, SynthSpec};
-use strata_model::LayerRange;
+use strata_model::arch::Architecture;
+use strata_model::profile::KvType;
 
-const GIB: u64 = 1 << 30;
-
-fn synth(arch: Architecture, preset: &str, quant: &str) -> (ModelSpec, MemoryProfile) {
-    let q = QuantScheme::parse(quant).expect("quant");
-    let spec = SynthSpec::from_preset(arch, preset, q).expect("preset");
-    synth_profile(&spec).expect("synth profile")
-}
-
-fn gpus(sizes: &[u64]) -> Vec<WorkerSpec> {
-    sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &s)| WorkerSpec::new(format!("w{i}"), Backend::Cuda, format!("host{i}"), s))
-        .collect()
-}
-
-/// Stage bytes are the model crate's stage memory, experts and reads add up.
-fn check(p: &strata_coordinator::planner::Plan, req: &PlanRequest, workers: &[WorkerSpec]) {
-    let prof = &req.profile;
-    for s in &p.stages {
-        let m = prof.stage_memory(
-            LayerRange {
-                first: s.first_layer,
-                end: s.end_layer,
-            },
-            &req.stage_load(),
-        );
-        assert_eq!(s.total_bytes(), m.total_bytes);
-        assert_eq!(s.expert_bytes, m.expert_bytes);
-        assert!(s.total_bytes() <= req.margin.usable_bytes(&workers[s.worker]));
-    }
-    let experts: u64 = p.stages.iter().map(|s| s.expert_bytes).sum();
-    assert_eq!(experts, prof.total_expert_bytes());
-    let read: u64 = p.stages.iter().map(|s| s.read_weight_bytes_per_token).sum();
-    assert_eq!(read, prof.active_bytes_per_token());
-}
+mod common;
+use common::*;
 
 #[test]
 fn qwen3moe_30b_a3b_reads_a_tenth_of_its_weights_and_splits_over_two_12gib() {

@@ -1,124 +1,17 @@
 //! Placement planner over real and synthetic model shapes (pure: no sockets,
 //! no tensor data loaded).
 
-use std::path::PathBuf;
-
-use strata_coordinator::planner::synth_profile::synth_profile;
 use strata_coordinator::planner::{
     plan, try_plan, Backend, Link, Plan, PlanError, PlanRequest, WorkerSpec,
 };
 use strata_model::arch::{Architecture, ModelSpec};
 use strata_model::profile::{KvType, MemoryProfile};
-use strata_model::synth::{QuantScheme, SynthSpec};
-use strata_model::{GgufFile, LayerRange};
 
-const GIB: u64 = 1 << 30;
-const MIB: u64 = 1 << 20;
-
-fn synth(arch: Architecture, preset: &str) -> (ModelSpec, MemoryProfile) {
-    let spec = SynthSpec::from_preset(arch, preset, QuantScheme::Q4KM).expect("preset");
-    synth_profile(&spec).expect("synth profile")
-}
-
-fn real(name: &str) -> Option<(ModelSpec, MemoryProfile)> {
-    let path = PathBuf::from(std::env::var("HOME").ok()?)
-        .join(".cache/strata/models")
-        .join(name);
-    if !path.exists() {
-        eprintln!("skipping: {} not present", path.display());
-        return None;
-    }
-    let f = GgufFile::open(&path).expect("open model");
-    let hp = ModelSpec::from_gguf(&f).expect("hyper-parameters");
-    let p = MemoryProfile::from_gguf(&f, &hp);
-    Some((hp, p))
-}
+mod common;
+use common::*;
 
 fn request(hp: &ModelSpec, p: &MemoryProfile, ctx: usize, kv: KvType) -> PlanRequest {
     PlanRequest::new(p.clone(), hp.d_model, ctx, kv)
-}
-
-fn gpus(sizes: &[u64]) -> Vec<WorkerSpec> {
-    sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &s)| WorkerSpec::new(format!("w{i}"), Backend::Cuda, format!("host{i}"), s))
-        .collect()
-}
-
-/// Everything a plan must satisfy.
-fn check(p: &Plan, req: &PlanRequest, workers: &[WorkerSpec]) {
-    let n = req.n_layers();
-    assert!(!p.stages.is_empty());
-    assert_eq!(p.stages[0].first_layer, 0, "layers start at 0");
-    assert_eq!(p.stages.last().unwrap().end_layer, n, "all layers placed");
-    let mut used = vec![false; workers.len()];
-    for (i, s) in p.stages.iter().enumerate() {
-        assert!(s.first_layer < s.end_layer, "stage {i} is empty");
-        if i > 0 {
-            assert_eq!(
-                s.first_layer,
-                p.stages[i - 1].end_layer,
-                "stage {i} not contiguous"
-            );
-        }
-        assert!(!used[s.worker], "worker {} used twice", s.worker);
-        used[s.worker] = true;
-        assert_eq!(s.has_embedding, i == 0);
-        assert_eq!(s.has_head, i == p.stages.len() - 1);
-        let w = &workers[s.worker];
-        assert!(
-            s.total_bytes() <= req.margin.usable_bytes(w),
-            "stage {i} on {} uses {} of {} usable",
-            w.name,
-            s.total_bytes(),
-            req.margin.usable_bytes(w)
-        );
-        assert_eq!(s.free_after, w.free_bytes - s.total_bytes());
-        let layers: u64 = req.profile.layers[s.first_layer..s.end_layer]
-            .iter()
-            .map(|l| l.weight_bytes)
-            .sum();
-        let extra = if s.has_embedding {
-            req.profile.embedding_bytes
-        } else {
-            0
-        } + if s.has_head {
-            req.profile.head_bytes
-        } else {
-            0
-        };
-        assert_eq!(s.weight_bytes, layers + extra);
-        // Every layer holds the whole pool (sliding ones too): each
-        // sequence in whole 32-token blocks.
-        let pool_tokens = (req.ctx_size.div_ceil(32) * 32 * req.parallel) as u64;
-        let kv: u64 = req.profile.layers[s.first_layer..s.end_layer]
-            .iter()
-            .map(|l| l.kv_bytes_per_token(req.kv_type) * pool_tokens)
-            .sum();
-        assert_eq!(s.kv_bytes, kv);
-        // The numbers are the model crate's stage memory, which the worker
-        // admits a slice by.
-        let m = req.profile.stage_memory(
-            LayerRange {
-                first: s.first_layer,
-                end: s.end_layer,
-            },
-            &req.stage_load(),
-        );
-        assert_eq!(
-            (s.weight_bytes, s.expert_bytes, s.kv_bytes, s.scratch_bytes),
-            (m.weight_bytes, m.expert_bytes, m.kv_bytes, m.scratch_bytes)
-        );
-        assert_eq!(s.total_bytes(), m.total_bytes);
-    }
-    let total: u64 = p.stages.iter().map(|s| s.weight_bytes).sum();
-    assert_eq!(
-        total,
-        req.profile.total_weight_bytes(),
-        "every weight counted once (tied head counted as a copy)"
-    );
-    assert!(p.est_time_per_token_s > 0.0);
 }
 
 fn fits(req: &PlanRequest, workers: &[WorkerSpec]) -> bool {
@@ -127,9 +20,7 @@ fn fits(req: &PlanRequest, workers: &[WorkerSpec]) -> bool {
 
 #[test]
 fn smollm2_135m_fits_on_one_worker_and_skips_the_rest() {
-    let Some((hp, p)) = real("SmolLM2-135M-Instruct.Q4_1.gguf") else {
-        return;
-    };
+    let (hp, p) = real("SmolLM2-135M-Instruct.Q4_1.gguf");
     let req = request(&hp, &p, 4096, KvType::F16);
     let workers = gpus(&[16 * GIB, 16 * GIB, 12 * GIB]);
     let plan = plan(&req, &workers).unwrap();
@@ -144,9 +35,7 @@ fn smollm2_135m_fits_on_one_worker_and_skips_the_rest() {
 
 #[test]
 fn gemma3_270m_sliding_layers_hold_the_whole_pool() {
-    let Some((hp, p)) = real("gemma-3-270m-q4_k_m.gguf") else {
-        return;
-    };
+    let (hp, p) = real("gemma-3-270m-q4_k_m.gguf");
     let workers = gpus(&[2 * GIB, GIB, GIB / 2]);
     let short = request(&hp, &p, 512, KvType::F16);
     let long = request(&hp, &p, 32768, KvType::F16);
@@ -192,7 +81,7 @@ fn gemma3_270m_sliding_layers_hold_the_whole_pool() {
 
 #[test]
 fn llama_1b_on_small_uneven_budgets() {
-    let (hp, p) = synth(Architecture::Llama, "1b");
+    let (hp, p) = synth(Architecture::Llama, "1b", "Q4_K_M");
     let req = request(&hp, &p, 2048, KvType::F16);
     let workers = gpus(&[2 * GIB, GIB, GIB / 2]);
     let plan = plan(&req, &workers).unwrap();
@@ -201,7 +90,7 @@ fn llama_1b_on_small_uneven_budgets() {
 
 #[test]
 fn llama_8b_split_by_memory_when_speeds_are_unknown() {
-    let (hp, p) = synth(Architecture::Llama, "8b");
+    let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
     let req = request(&hp, &p, 4096, KvType::F16);
     // Too big for any two of these, so all three are needed.
     let workers = gpus(&[2 * GIB + GIB / 2, 2 * GIB + GIB / 2, 2 * GIB]);
@@ -223,7 +112,7 @@ fn llama_8b_split_by_memory_when_speeds_are_unknown() {
 
 #[test]
 fn forced_uneven_split_gives_the_small_worker_few_layers() {
-    let (hp, p) = synth(Architecture::Llama, "8b");
+    let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
     let req = request(&hp, &p, 4096, KvType::F16);
     let workers = gpus(&[5 * GIB, 3 * GIB / 2]);
     let plan = plan(&req, &workers).unwrap();
@@ -241,7 +130,7 @@ fn forced_uneven_split_gives_the_small_worker_few_layers() {
 
 #[test]
 fn faster_worker_gets_more_layers() {
-    let (hp, p) = synth(Architecture::Llama, "8b");
+    let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
     let req = request(&hp, &p, 4096, KvType::F16);
     for fast in 0..2 {
         let mut workers = gpus(&[4 * GIB, 4 * GIB]);
@@ -267,7 +156,7 @@ fn faster_worker_gets_more_layers() {
 
 #[test]
 fn slow_network_prefers_fewer_stages() {
-    let (hp, p) = synth(Architecture::Llama, "8b");
+    let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
     let req = request(&hp, &p, 4096, KvType::F16);
     // One fast GPU that holds it all, one slightly faster over a slow link.
     let slow = Link {
@@ -289,7 +178,7 @@ fn slow_network_prefers_fewer_stages() {
 
 #[test]
 fn same_host_workers_stay_adjacent() {
-    let (hp, p) = synth(Architecture::Llama, "8b");
+    let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
     let req = request(&hp, &p, 4096, KvType::F16);
     let hosts = ["h1", "h2", "h1", "h2"];
     let workers: Vec<WorkerSpec> = hosts
@@ -311,7 +200,7 @@ fn same_host_workers_stay_adjacent() {
 
 #[test]
 fn llama_70b_on_three_24gib_gpus() {
-    let (hp, p) = synth(Architecture::Llama, "70b");
+    let (hp, p) = synth(Architecture::Llama, "70b", "Q4_K_M");
     let req = request(&hp, &p, 4096, KvType::F16);
     let workers = gpus(&[24 * GIB, 24 * GIB, 24 * GIB]);
     let plan = plan(&req, &workers).unwrap();
@@ -321,7 +210,7 @@ fn llama_70b_on_three_24gib_gpus() {
 
 #[test]
 fn llama_70b_on_16_16_12_gib_explains_and_suggests() {
-    let (hp, p) = synth(Architecture::Llama, "70b");
+    let (hp, p) = synth(Architecture::Llama, "70b", "Q4_K_M");
     let req = request(&hp, &p, 4096, KvType::F16);
     let workers = gpus(&[16 * GIB, 16 * GIB, 12 * GIB]);
     match plan(&req, &workers) {
@@ -395,7 +284,7 @@ fn verify_suggestions(
 
 #[test]
 fn does_not_fit_reports_shortfall_and_verified_suggestions() {
-    let (hp, p) = synth(Architecture::Llama, "8b");
+    let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
     let req = PlanRequest {
         parallel: 4,
         ..request(&hp, &p, 8192, KvType::F16)
@@ -418,7 +307,7 @@ fn does_not_fit_reports_shortfall_and_verified_suggestions() {
 
 #[test]
 fn q8_0_kv_suggested_when_it_is_enough() {
-    let (hp, p) = synth(Architecture::Llama, "8b");
+    let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
     let f16 = request(&hp, &p, 32768, KvType::F16);
     // Find a budget between what q8_0 KV and f16 KV need.
     let q8 = PlanRequest {
@@ -440,7 +329,7 @@ fn q8_0_kv_suggested_when_it_is_enough() {
 
 #[test]
 fn fits_in_total_but_not_layer_by_layer() {
-    let (hp, p) = synth(Architecture::Llama, "8b");
+    let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
     let req = request(&hp, &p, 4096, KvType::F16);
     // CPU workers (small fixed margin): the first stage alone (embedding,
     // one layer, scratch) is bigger than any of them.
@@ -465,7 +354,7 @@ fn cpu_and_gpu_margins_differ() {
 
 #[test]
 fn bad_requests_are_errors() {
-    let (hp, p) = synth(Architecture::Llama, "tiny");
+    let (hp, p) = synth(Architecture::Llama, "tiny", "Q4_K_M");
     let req = request(&hp, &p, 0, KvType::F16);
     assert!(matches!(
         plan(&req, &gpus(&[GIB])),
@@ -494,7 +383,7 @@ fn random_budgets_never_exceed_memory() {
         state
     };
     for (arch, preset) in shapes {
-        let (hp, p) = synth(arch, preset);
+        let (hp, p) = synth(arch, preset, "Q4_K_M");
         for round in 0..12 {
             let n = 1 + (next() % 4) as usize;
             let sizes: Vec<u64> = (0..n).map(|_| 256 * MIB + next() % (6 * GIB)).collect();
@@ -527,7 +416,7 @@ fn random_budgets_never_exceed_memory() {
 
 #[test]
 fn workers_within_a_host_are_reordered_when_only_that_fits() {
-    let (hp, p) = synth(Architecture::Llama, "8b");
+    let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
     let req = request(&hp, &p, 4096, KvType::F16);
     let min_stage = |with_emb: bool, with_head: bool| {
         let l = &p.layers[0];

@@ -4,10 +4,9 @@
 //! `MemoryProfile::from_gguf` would give for the written file.
 
 use strata_model::arch::{ArchError, ModelSpec};
-use strata_model::gguf::{GgufError, GgufWriteError, GgufWriter};
+use strata_model::gguf::GgufWriteError;
 use strata_model::profile::MemoryProfile;
 use strata_model::synth::{SynthError, SynthSpec};
-use strata_model::{GgufFile, TensorInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SynthProfileError {
@@ -16,32 +15,12 @@ pub enum SynthProfileError {
     #[error(transparent)]
     Write(#[from] GgufWriteError),
     #[error(transparent)]
-    Read(#[from] GgufError),
-    #[error(transparent)]
     Arch(#[from] ArchError),
 }
 
 /// Hyper-parameters and memory profile of `spec`'s model.
 pub fn synth_profile(spec: &SynthSpec) -> Result<(ModelSpec, MemoryProfile), SynthProfileError> {
-    let full = spec.writer()?;
-    let mut meta = GgufWriter::new();
-    for (k, v) in full.metadata() {
-        meta.add_metadata(k.clone(), v.clone());
-    }
-    let bytes = meta.to_bytes(|_, _, _| Ok(()))?;
-    let mut file = GgufFile::from_bytes("<synth>", &bytes)?;
-    file.tensors = full
-        .tensors()
-        .iter()
-        .map(|t| TensorInfo {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            dtype: t.dtype,
-            offset: 0,
-            shard: 0,
-            size_bytes: t.size_bytes,
-        })
-        .collect();
+    let file = spec.writer()?.layout("<synth>")?;
     let hp = ModelSpec::from_gguf(&file)?;
     let profile = MemoryProfile::from_gguf(&file, &hp);
     Ok((hp, profile))

@@ -19,7 +19,10 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::reader::{DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_ELEMS, MAX_DIMS, MAX_STRING_BYTES};
+use super::reader::{
+    GgufFile, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_ELEMS, MAX_DIMS,
+    MAX_STRING_BYTES,
+};
 use super::split::{shard_path, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
 use super::value::MetaValue;
 use crate::quant::GgmlType;
@@ -47,6 +50,8 @@ pub enum GgufWriteError {
     },
     #[error("split: {what}")]
     BadSplit { what: String },
+    #[error("the header written does not read back: {0}")]
+    Reread(Box<super::reader::GgufError>),
 }
 
 /// A tensor to be written: its shape, type and place in the data section.
@@ -151,6 +156,32 @@ impl GgufWriter {
 
     pub fn metadata(&self) -> &[(String, MetaValue)] {
         &self.metadata
+    }
+
+    /// The file this writer would write, as the reader sees it, without its
+    /// tensor data (every offset 0): what a memory profile or a plan needs
+    /// of a synthetic model that is never written.
+    pub fn layout(&self, name: &str) -> Result<GgufFile, GgufWriteError> {
+        let mut meta = GgufWriter::new();
+        for (k, v) in &self.metadata {
+            meta.add_metadata(k.clone(), v.clone());
+        }
+        let bytes = meta.to_bytes(|_, _, _| Ok(()))?;
+        let mut file =
+            GgufFile::from_bytes(name, &bytes).map_err(|e| GgufWriteError::Reread(Box::new(e)))?;
+        file.tensors = self
+            .tensors
+            .iter()
+            .map(|t| TensorInfo {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                dtype: t.dtype,
+                offset: 0,
+                shard: 0,
+                size_bytes: t.size_bytes,
+            })
+            .collect();
+        Ok(file)
     }
 
     /// The data alignment this file will use.

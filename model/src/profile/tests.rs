@@ -7,29 +7,10 @@ use crate::gguf::{GgufWriter, MetaValue};
 use crate::quant::GgmlType;
 use crate::slice::LayerRange;
 use crate::synth::{QuantScheme, SynthSpec};
-use crate::TensorInfo;
 
 /// The file `w` would write, without its data.
 fn file_of(w: &GgufWriter) -> GgufFile {
-    let mut meta = GgufWriter::new();
-    for (k, v) in w.metadata() {
-        meta.add_metadata(k.clone(), v.clone());
-    }
-    let bytes = meta.to_bytes(|_, _, _| Ok(())).expect("metadata");
-    let mut f = GgufFile::from_bytes("<test>", &bytes).expect("parse");
-    f.tensors = w
-        .tensors()
-        .iter()
-        .map(|t| TensorInfo {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            dtype: t.dtype,
-            offset: 0,
-            shard: 0,
-            size_bytes: t.size_bytes,
-        })
-        .collect();
-    f
+    w.layout("<test>").expect("layout")
 }
 
 fn tiny(arch: Architecture) -> GgufWriter {
