@@ -297,10 +297,7 @@ fn main() {
         let att = cache.attend(0, &q_in, &batch_for(&positions));
         cmp("attention", &att, Some(fa));
 
-        let kqv = act(
-            l.after(fa, "RESHAPE").expect("kqv_out"),
-            a.out_dim(),
-        );
+        let kqv = act(l.after(fa, "RESHAPE").expect("kqv_out"), a.out_dim());
         let o_mm = l.after(fa, "MUL_MAT").expect("attn_output");
         cmp(
             "matmul o",
@@ -352,7 +349,11 @@ fn main() {
             .expect("glu");
         cmp(
             "gated",
-            &be.gated(&act(gate, ffn_width(&hp, il)), &act(up, ffn_width(&hp, il)), ffn_activation(&hp, il)),
+            &be.gated(
+                &act(gate, ffn_width(&hp, il)),
+                &act(up, ffn_width(&hp, il)),
+                ffn_activation(&hp, il),
+            ),
             Some(glu),
         );
         let down = l.named(&s("ffn_out"), "MUL_MAT").expect("down");

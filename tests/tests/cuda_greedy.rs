@@ -172,7 +172,8 @@ fn moe_and_newer_architectures_give_the_cpu_text() {
     ];
     let mut agreed = 0;
     for (arch, quant) in cases {
-        let spec = SynthSpec::from_preset(arch, "tiny", QuantScheme::parse(quant).unwrap()).unwrap();
+        let spec =
+            SynthSpec::from_preset(arch, "tiny", QuantScheme::parse(quant).unwrap()).unwrap();
         let path = dir.path().join(format!("{arch}-{quant}.gguf"));
         spec.write(&path, |_, _| {}).unwrap();
         let file = GgufFile::open(&path).unwrap();

@@ -12,7 +12,7 @@
 //! compute thread reports it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
@@ -25,6 +25,7 @@ use strata_model::GgmlType;
 use super::compile::cached_cubin;
 use super::profile::KernelProfile;
 use super::source::SOURCES;
+use super::staged_upload::StagedUpload;
 use super::uploads::IndexUploads;
 use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
@@ -41,6 +42,40 @@ pub const MAX_HEAD_DIM: usize = 256;
 const ACT_CHUNK_BYTES: usize = 36;
 const WARPS_PER_ROW_BLOCK: u32 = 4;
 const ELEMENTWISE_THREADS: u32 = 256;
+
+/// Every op allocates its output from the device's memory pool
+/// (`cuMemAllocAsync`). By default the pool hands freed memory back to the
+/// driver at each synchronisation, so the next token's allocations start
+/// from the driver again; kept, they come from the pool's free lists, and
+/// the pool serves as the ops' workspace.
+fn keep_freed_memory(ctx: &CudaContext) -> Result<(), cudarc::driver::DriverError> {
+    use cudarc::driver::sys;
+    let mut pool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: a valid device and an out-pointer; then the pool it gave and
+    // a u64 value, as CU_MEMPOOL_ATTR_RELEASE_THRESHOLD takes.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()
+    }
+}
+
+/// Hands the memory the pool keeps back to the driver, so that free memory
+/// counts it.
+fn trim_freed_memory(ctx: &CudaContext) -> Result<(), cudarc::driver::DriverError> {
+    use cudarc::driver::sys;
+    let mut pool = std::ptr::null_mut();
+    // SAFETY: a valid device and an out-pointer, then the pool it gave.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
+        sys::cuMemPoolTrimTo(pool, 0).result()
+    }
+}
 
 fn fail(what: &str, e: impl std::fmt::Debug) -> ! {
     panic!("CUDA error in {what}: {e:?}")
@@ -89,6 +124,9 @@ pub struct CudaBackend {
     indices: Arc<IndexUploads>,
     /// Device time per kernel (`STRATA_CUDA_PROFILE=1`).
     profile: Option<Arc<KernelProfile>>,
+    /// Pinned buffers weights are copied through, made at the first large
+    /// weight.
+    staging: Arc<Mutex<Option<StagedUpload>>>,
 }
 
 impl CudaBackend {
@@ -167,6 +205,9 @@ impl CudaBackend {
             }
         }
         let matvec_id = moe::id_kernels(&functions);
+        if ctx.has_async_alloc() {
+            keep_freed_memory(&ctx).map_err(|e| cuda("memory pool", e))?;
+        }
         let stream = ctx.default_stream();
         Ok(CudaBackend {
             ctx,
@@ -179,6 +220,7 @@ impl CudaBackend {
             compute_capability: (major, minor),
             indices: Arc::default(),
             profile: KernelProfile::from_env(),
+            staging: Arc::default(),
         })
     }
 
@@ -188,6 +230,10 @@ impl CudaBackend {
 
     /// (free, total) device memory in bytes.
     pub fn memory_bytes(&self) -> Option<(u64, u64)> {
+        if self.ctx.has_async_alloc() {
+            // What the pool keeps for reuse is free for a new load too.
+            trim_freed_memory(&self.ctx).ok()?;
+        }
         self.ctx
             .mem_get_info()
             .ok()
@@ -209,6 +255,16 @@ impl CudaBackend {
         }
         self.stream.synchronize().ok()?;
         Some((2 * 4 * n * runs) as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// A weight's bytes on the device, through the pinned staging buffers.
+    fn upload_weight(&self, bytes: &[u8]) -> Result<CudaSlice<u8>, cudarc::driver::DriverError> {
+        let mut staging = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        let staging = match &mut *staging {
+            Some(s) => s,
+            empty => empty.insert(StagedUpload::new(&self.ctx)?),
+        };
+        staging.upload(&self.stream, bytes)
     }
 
     fn f(&self, name: &'static str) -> &CudaFunction {
@@ -365,7 +421,7 @@ impl Backend for CudaBackend {
             Some(v) => Some(self.stream.clone_htod(&v).map_err(oom)?),
             None => None,
         };
-        let data = self.stream.clone_htod(bytes).map_err(oom)?;
+        let data = self.upload_weight(bytes).map_err(oom)?;
         Ok(CudaWeight {
             name: name.to_string(),
             dtype,

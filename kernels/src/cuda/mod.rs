@@ -8,6 +8,7 @@ pub mod emulator;
 mod profile;
 mod sealed;
 pub mod source;
+mod staged_upload;
 mod uploads;
 
 pub use backend::{CudaAct, CudaBackend, CudaKvCache, CudaWeight, MAX_BATCH};
