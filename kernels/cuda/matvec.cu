@@ -1,85 +1,179 @@
 // Matrix-vector products for decode batches (1..MAX_BATCH tokens), the
-// activation quantizer they read, and embedding lookups. One warp per weight
-// row reads the row once for every token of the batch.
+// activation quantizer they read, and embedding lookups.
+//
+// The work is laid out as llama.cpp's MMVQ lays it out: a block of up to
+// MAX_WARPS warps computes ROWS_PER_BLOCK output rows for every token of the
+// batch. Its threads split the rows' 32-weight chunks (thread i takes chunks
+// i, i + blockDim.x, ...), so each load instruction of a warp reads one
+// contiguous span of a row. A thread unpacks its chunk of each row with the
+// widest loads the block layout allows (quant.cuh), then loads each token's
+// activation chunk once (two 128-bit loads) and dots it with every row's
+// chunk: activation loads and their sums are shared by ROWS_PER_BLOCK rows.
+// The partial sums meet by warp shuffles, then across warps in shared memory.
+//
+// MAX_BATCH stays 8 (llama.cpp's MMVQ_MAX_BATCH_SIZE): the weight is read
+// once per 8 tokens, and past 8 the dp4a work per weight byte no longer
+// hides under the memory time; longer batches are a tiled (tensor-core)
+// GEMM's job. The host launches longer batches 8 tokens at a time.
 
 #define MAX_BATCH 8
+// Output rows per block (the host's ROWS_PER_BLOCK).
+#define ROWS_PER_BLOCK 2
+// Most warps per block (the host's WARPS_PER_ROW_BLOCK).
+#define MAX_WARPS 4
 
-// x: tokens x cols f32 -> tokens x (cols/32) ActChunks. One thread per chunk.
-extern "C" __global__ void quantize_act(const float* x, ActChunk* out, int tokens, int cols) {
+// Quantized activations, for n = tokens * (cols / 32) chunks: n x 32 int8
+// levels (chunk i at byte 32 i, 16-byte aligned: two 128-bit loads), then n
+// f32 scales (x = d * level), in one buffer of 36 bytes a chunk.
+//
+// x: tokens x cols f32 (cols a multiple of 32). One thread per chunk.
+extern "C" __global__ void quantize_act(const float* x, u8* q, float* d, int tokens, int cols) {
     const int chunks = cols / 32;
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= tokens * chunks) return;
-    const float* src = x + (size_t)(i / chunks) * cols + (size_t)(i % chunks) * 32;
+    const u8* src = (const u8*)(x + (size_t)(i / chunks) * cols + (size_t)(i % chunks) * 32);
+    u32 v[32];
+#pragma unroll
+    for (int w = 0; w < 8; w++) ld128(src + 16 * w, v + 4 * w);
     float amax = 0.0f;
 #pragma unroll
-    for (int e = 0; e < 32; e++) amax = fmaxf(amax, fabsf(src[e]));
-    const float d = amax / 127.0f;
-    const float id = d > 0.0f ? 1.0f / d : 0.0f;
-    ActChunk a;
-    a.d = d;
+    for (int e = 0; e < 32; e++) amax = fmaxf(amax, fabsf(__uint_as_float(v[e])));
+    const float scale = amax / 127.0f;
+    const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    u32* dst = (u32*)(q + (size_t)i * 32);
 #pragma unroll
     for (int w = 0; w < 8; w++) {
         int b[4];
 #pragma unroll
-        for (int e = 0; e < 4; e++) b[e] = __float2int_rn(src[4 * w + e] * id);
-        a.q[w] = pack4(b[0], b[1], b[2], b[3]);
+        for (int e = 0; e < 4; e++) b[e] = __float2int_rn(__uint_as_float(v[4 * w + e]) * inv);
+        dst[w] = pack4(b[0], b[1], b[2], b[3]);
     }
-    out[i] = a;
+    d[i] = scale;
 }
 
-// out[t * rows + r] = W[r] . x[t] for t < tokens <= MAX_BATCH.
+// Sums each row's per-thread partials over the block and writes
+// out[t * rows + row0 + r] for t < tokens, row0 + r < rows. Every thread of
+// the block calls it (a __syncthreads inside).
+__device__ __forceinline__ void store_rows(float (&acc)[ROWS_PER_BLOCK][MAX_BATCH], int row0, int rows, int tokens,
+                                           float* out) {
+    __shared__ float partial[MAX_WARPS][ROWS_PER_BLOCK * MAX_BATCH];
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_BLOCK; r++) {
+#pragma unroll
+        for (int t = 0; t < MAX_BATCH; t++) {
+            if (t < tokens) {
+                const float s = warp_sum(acc[r][t]);
+                if (lane == 0) partial[warp][r * MAX_BATCH + t] = s;
+            }
+        }
+    }
+    __syncthreads();
+    const int i = threadIdx.x, r = i / MAX_BATCH, t = i % MAX_BATCH;
+    if (i < ROWS_PER_BLOCK * MAX_BATCH && t < tokens && row0 + r < rows) {
+        float s = 0.0f;
+        for (int w = 0; w < (int)blockDim.x / WARP; w++) s += partial[w][i];
+        out[(size_t)t * rows + row0 + r] = s;
+    }
+}
+
+// The block's rows. Past the last row, a block repeats the last row (read,
+// never written), so no lane diverges and no read leaves the weight.
+__device__ __forceinline__ void block_rows(const u8* w, size_t row_bytes, int rows, const u8* (&r)[ROWS_PER_BLOCK],
+                                           int& row0) {
+    row0 = blockIdx.x * ROWS_PER_BLOCK;
+#pragma unroll
+    for (int i = 0; i < ROWS_PER_BLOCK; i++) r[i] = w + (size_t)min(row0 + i, rows - 1) * row_bytes;
+}
+
+// out[t * rows + r] = W[r] . x[t] for t < tokens <= MAX_BATCH; xq / xd the
+// batch's activation levels and scales (see quantize_act).
 template <int T>
-__device__ void mmvq(const u8* w, size_t row_bytes, int rows, int cols, const ActChunk* x, int tokens, float* out) {
-    const int warps = blockDim.x / WARP;
-    const int row = blockIdx.x * warps + threadIdx.x / WARP;
-    const int lane = threadIdx.x % WARP;
-    if (row >= rows) return;
+__device__ void mmvq(const u8* w, size_t row_bytes, int rows, int cols, const u8* xq, const float* xd, int tokens,
+                     float* out) {
     constexpr int SUBS = Block<T>::ELEMS / 32;
     const int chunks = cols / 32;
-    const u8* r = w + (size_t)row * row_bytes;
-    float acc[MAX_BATCH];
+    const u8* r[ROWS_PER_BLOCK];
+    int row0;
+    block_rows(w, row_bytes, rows, r, row0);
+    float acc[ROWS_PER_BLOCK][MAX_BATCH];
 #pragma unroll
-    for (int t = 0; t < MAX_BATCH; t++) acc[t] = 0.0f;
-    for (int c = lane; c < chunks; c += WARP) {
-        Chunk k;
-        unpack<T>(r + (size_t)(c / SUBS) * Block<T>::BYTES, c % SUBS, k);
+    for (int i = 0; i < ROWS_PER_BLOCK; i++)
 #pragma unroll
-        for (int t = 0; t < MAX_BATCH; t++)
-            if (t < tokens) acc[t] += chunk_dot(k, x[(size_t)t * chunks + c]);
-    }
+        for (int t = 0; t < MAX_BATCH; t++) acc[i][t] = 0.0f;
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+        const size_t block = (size_t)(c / SUBS) * Block<T>::BYTES;
+        // Every row's loads first: ROWS_PER_BLOCK independent streams in flight.
+        Chunk k[ROWS_PER_BLOCK];
 #pragma unroll
-    for (int t = 0; t < MAX_BATCH; t++) {
-        if (t < tokens) {
-            const float s = warp_sum(acc[t]);
-            if (lane == 0) out[(size_t)t * rows + row] = s;
+        for (int i = 0; i < ROWS_PER_BLOCK; i++) unpack<T>(r[i] + block, c % SUBS, k[i]);
+#pragma unroll
+        for (int t = 0; t < MAX_BATCH; t++) {
+            if (t < tokens) {
+                const size_t a = (size_t)t * chunks + c;
+                i32 q[8];
+                ld128(xq + 32 * a, (u32*)q);
+                ld128(xq + 32 * a + 16, (u32*)q + 4);
+                const float d = xd[a];
+                i32 n0, n1;
+                act_sums(q, n0, n1);
+#pragma unroll
+                for (int i = 0; i < ROWS_PER_BLOCK; i++) acc[i][t] += chunk_dot_sums(k[i], q, d, n0, n1);
+            }
         }
     }
+    store_rows(acc, row0, rows, tokens, out);
 }
 
-// Unquantized weights: f32 activations, no int8 step.
+// Unquantized weights: f32 activations, no int8 step. Where cols is a
+// multiple of 8 (every row and activation row then 16-byte aligned), a
+// thread takes 8 consecutive elements a step by 128-bit loads; otherwise
+// one element a step.
 template <int T>
 __device__ void mmv_float(const u8* w, size_t row_bytes, int rows, int cols, const float* x, int tokens, float* out) {
-    const int warps = blockDim.x / WARP;
-    const int row = blockIdx.x * warps + threadIdx.x / WARP;
-    const int lane = threadIdx.x % WARP;
-    if (row >= rows) return;
-    const u8* r = w + (size_t)row * row_bytes;
-    float acc[MAX_BATCH];
+    const u8* r[ROWS_PER_BLOCK];
+    int row0;
+    block_rows(w, row_bytes, rows, r, row0);
+    float acc[ROWS_PER_BLOCK][MAX_BATCH];
 #pragma unroll
-    for (int t = 0; t < MAX_BATCH; t++) acc[t] = 0.0f;
-    for (int i = lane; i < cols; i += WARP) {
-        const float wi = float_weight<T>(r, i);
+    for (int i = 0; i < ROWS_PER_BLOCK; i++)
 #pragma unroll
-        for (int t = 0; t < MAX_BATCH; t++)
-            if (t < tokens) acc[t] += wi * x[(size_t)t * cols + i];
-    }
+        for (int t = 0; t < MAX_BATCH; t++) acc[i][t] = 0.0f;
+    if (cols % 8 == 0) {
+        for (int g = threadIdx.x; g < cols / 8; g += blockDim.x) {
+            float wv[ROWS_PER_BLOCK][8];
 #pragma unroll
-    for (int t = 0; t < MAX_BATCH; t++) {
-        if (t < tokens) {
-            const float s = warp_sum(acc[t]);
-            if (lane == 0) out[(size_t)t * rows + row] = s;
+            for (int i = 0; i < ROWS_PER_BLOCK; i++) float_weights8<T>(r[i], g, wv[i]);
+#pragma unroll
+            for (int t = 0; t < MAX_BATCH; t++) {
+                if (t < tokens) {
+                    u32 xv[8];
+                    const u8* xt = (const u8*)(x + (size_t)t * cols + 8 * g);
+                    ld128(xt, xv);
+                    ld128(xt + 16, xv + 4);
+#pragma unroll
+                    for (int i = 0; i < ROWS_PER_BLOCK; i++)
+#pragma unroll
+                        for (int e = 0; e < 8; e++) acc[i][t] += wv[i][e] * __uint_as_float(xv[e]);
+                }
+            }
+        }
+    } else {
+        for (int e = threadIdx.x; e < cols; e += blockDim.x) {
+            float wv[ROWS_PER_BLOCK];
+#pragma unroll
+            for (int i = 0; i < ROWS_PER_BLOCK; i++) wv[i] = float_weight<T>(r[i], e);
+#pragma unroll
+            for (int t = 0; t < MAX_BATCH; t++) {
+                if (t < tokens) {
+                    const float xe = x[(size_t)t * cols + e];
+#pragma unroll
+                    for (int i = 0; i < ROWS_PER_BLOCK; i++) acc[i][t] += wv[i] * xe;
+                }
+            }
         }
     }
+    store_rows(acc, row0, rows, tokens, out);
 }
 
 // out[t] = table[ids[t]] * scale: one block per token.
@@ -104,9 +198,9 @@ __device__ void embed_f(const u8* table, size_t row_bytes, const u32* ids, int c
 }
 
 #define QUANT_KERNELS(name, T)                                                                              \
-    extern "C" __global__ void mmvq_##name(const u8* w, size_t row_bytes, int rows, int cols,               \
-                                           const ActChunk* x, int tokens, float* out) {                     \
-        mmvq<T>(w, row_bytes, rows, cols, x, tokens, out);                                                  \
+    extern "C" __global__ void mmvq_##name(const u8* w, size_t row_bytes, int rows, int cols, const u8* xq, \
+                                           const float* xd, int tokens, float* out) {                       \
+        mmvq<T>(w, row_bytes, rows, cols, xq, xd, tokens, out);                                             \
     }                                                                                                       \
     extern "C" __global__ void embed_##name(const u8* t, size_t row_bytes, const u32* ids, int cols,         \
                                             float scale, float* out) {                                      \
@@ -146,11 +240,12 @@ FLOAT_KERNELS(bf16, T_BF16)
 // checked on the host.
 #define QUANT_ID_KERNEL(name, T)                                                                          \
     extern "C" __global__ void mmvq_id_##name(const u8* w, size_t row_bytes, int rows, int cols,          \
-                                              const ActChunk* x, const u32* ids, int x_div, int first,    \
-                                              float* out) {                                               \
+                                              const u8* xq, const float* xd, const u32* ids, int x_div,   \
+                                              int first, float* out) {                                    \
         const size_t s = (size_t)first + blockIdx.y;                                                      \
-        mmvq<T>(w + (size_t)ids[s] * rows * row_bytes, row_bytes, rows, cols,                             \
-                x + (s / x_div) * (cols / 32), 1, out + s * rows);                                        \
+        const size_t a = (s / x_div) * (cols / 32);                                                       \
+        mmvq<T>(w + (size_t)ids[s] * rows * row_bytes, row_bytes, rows, cols, xq + 32 * a, xd + a, 1,     \
+                out + s * rows);                                                                          \
     }
 
 #define FLOAT_ID_KERNEL(name, T)                                                                          \

@@ -40,6 +40,8 @@ pub const MAX_BATCH: usize = 8;
 pub const MAX_HEAD_DIM: usize = 256;
 /// Bytes of one quantized activation chunk (f32 scale + 32 int8).
 const ACT_CHUNK_BYTES: usize = 36;
+/// Most warps in one matvec block (matvec.cu's MAX_WARPS): they split the
+/// columns of the block's rows; narrow rows get fewer.
 const WARPS_PER_ROW_BLOCK: u32 = 4;
 const ELEMENTWISE_THREADS: u32 = 256;
 

@@ -1,12 +1,53 @@
 //! The CUDA backend's matmul: matvec.cu's `mmvq_*` (int8-quantized
 //! activations against quantized weights, as llama.cpp's MMVQ) and `mmv_*`
 //! (float weights), MAX_BATCH tokens a launch.
+//!
+//! A block of up to [`WARPS_PER_ROW_BLOCK`] warps computes
+//! [`ROWS_PER_BLOCK`] output rows for every token of the launch, its threads
+//! splitting the rows' columns (see matvec.cu).
 
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{
     fail, CudaAct, CudaBackend, CudaWeight, ACT_CHUNK_BYTES, MAX_BATCH, WARPS_PER_ROW_BLOCK,
 };
+
+/// Output rows one matvec block computes (matvec.cu's ROWS_PER_BLOCK): each
+/// activation chunk a thread loads serves this many rows.
+const ROWS_PER_BLOCK: u32 = 2;
+
+/// Bytes of a quantized activation chunk's 32 int8 levels; the rest of
+/// [`ACT_CHUNK_BYTES`] is its f32 scale. A buffer of `n` chunks holds the
+/// `n` level groups first (16-byte aligned, for 128-bit loads), then the `n`
+/// scales.
+pub(super) const ACT_LEVEL_BYTES: usize = 32;
+
+/// The launch shape of a matvec kernel (`mmvq_*`, `mmv_*` and their `_id`
+/// forms with `slots` grid rows) over weights of `rows` x `cols`.
+pub(super) fn matvec_config(rows: usize, cols: usize, float: bool, slots: u32) -> LaunchConfig {
+    // A thread takes one 32-weight chunk a step (quantized), or 8 elements
+    // (float rows of a multiple of 8), else 1: as many warps as the row has
+    // 32 such steps, so a narrow row leaves no warp idle.
+    let per_step = match (float, cols.is_multiple_of(8)) {
+        (false, _) => 32,
+        (true, true) => 8,
+        (true, false) => 1,
+    };
+    let warps = (cols.div_ceil(per_step).div_ceil(32) as u32).clamp(1, WARPS_PER_ROW_BLOCK);
+    LaunchConfig {
+        grid_dim: ((rows as u32).div_ceil(ROWS_PER_BLOCK).max(1), slots, 1),
+        block_dim: (32 * warps, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A matvec kernel's input for every token of the matmul.
+enum MatvecInput<'a> {
+    /// f32 activations, `cols` a token.
+    Float(&'a CudaSlice<f32>),
+    /// Quantized activations (`quantize_act`'s levels then scales).
+    Quant(&'a CudaSlice<u8>),
+}
 
 impl CudaBackend {
     /// `out[t] = W x[t]` by the matrix-vector kernels.
@@ -17,36 +58,12 @@ impl CudaBackend {
             w.name, x.cols, w.cols
         );
         let mut out = self.output_f32(x.rows * w.rows);
+        let kernel = Self::typed(&self.matvec, w.dtype);
         if Self::is_float(w.dtype) {
-            self.matvec_groups(
-                Self::typed(&self.matvec, w.dtype),
-                w,
-                &x.buf,
-                x.cols,
-                x.rows,
-                &mut out,
-            );
+            self.matvec_groups(kernel, w, MatvecInput::Float(&x.buf), x.rows, &mut out);
         } else {
-            let chunks = w.cols / 32;
-            // SAFETY: quantize_act writes every chunk before mmvq reads it.
-            let mut xq = unsafe { self.stream.alloc::<u8>(x.rows * chunks * ACT_CHUNK_BYTES) }
-                .unwrap_or_else(|e| fail("alloc", e));
-            let (tokens, xcols) = (x.rows as i32, x.cols as i32);
-            let mut b = self.stream.launch_builder(self.f("quantize_act"));
-            b.arg(&x.buf).arg(&mut xq).arg(&tokens).arg(&xcols);
-            // SAFETY: one thread per 32-value chunk of x into xq.
-            self.launched("quantize_act", || {
-                unsafe { b.launch(Self::grid_for(x.rows * chunks)) }.map(drop)
-            });
-            let per_token = chunks * ACT_CHUNK_BYTES;
-            self.matvec_groups(
-                Self::typed(&self.matvec, w.dtype),
-                w,
-                &xq,
-                per_token,
-                x.rows,
-                &mut out,
-            );
+            let xq = self.quantize_act(x);
+            self.matvec_groups(kernel, w, MatvecInput::Quant(&xq), x.rows, &mut out);
         }
         CudaAct {
             buf: out,
@@ -55,36 +72,65 @@ impl CudaBackend {
         }
     }
 
-    /// Runs a row kernel (`mmv_*` / `mmvq_*`) over `tokens` inputs of
-    /// `per_token` elements, MAX_BATCH tokens a launch.
-    fn matvec_groups<T: cudarc::driver::DeviceRepr>(
+    /// `x` quantized to int8 per 32 values (`quantize_act`): the levels of
+    /// every chunk, then their scales.
+    fn quantize_act(&self, x: &CudaAct) -> CudaSlice<u8> {
+        let n = x.rows * (x.cols / 32);
+        // SAFETY: quantize_act writes every chunk before a matvec reads it.
+        let mut xq = unsafe { self.stream.alloc::<u8>(n.max(1) * ACT_CHUNK_BYTES) }
+            .unwrap_or_else(|e| fail("alloc", e));
+        {
+            let (mut levels, mut scales) = xq.split_at_mut(n * ACT_LEVEL_BYTES);
+            let (tokens, cols) = (x.rows as i32, x.cols as i32);
+            let mut b = self.stream.launch_builder(self.f("quantize_act"));
+            b.arg(&x.buf)
+                .arg(&mut levels)
+                .arg(&mut scales)
+                .arg(&tokens)
+                .arg(&cols);
+            // SAFETY: one thread per 32-value chunk of x: 32 bytes of levels
+            // and one f32 scale (that view starts at a multiple of 32 bytes).
+            self.launched("quantize_act", || {
+                unsafe { b.launch(Self::grid_for(n)) }.map(drop)
+            });
+        }
+        xq
+    }
+
+    /// Runs a row kernel (`mmv_*` / `mmvq_*`) over `tokens` inputs,
+    /// MAX_BATCH tokens a launch.
+    fn matvec_groups(
         &self,
         (kernel_name, kernel): (&'static str, &CudaFunction),
         w: &CudaWeight,
-        input: &CudaSlice<T>,
-        per_token: usize,
+        input: MatvecInput,
         tokens: usize,
         out: &mut CudaSlice<f32>,
     ) {
         let (row_bytes, rows, cols) = (w.row_bytes, w.rows as i32, w.cols as i32);
-        let cfg = LaunchConfig {
-            grid_dim: ((w.rows as u32).div_ceil(WARPS_PER_ROW_BLOCK), 1, 1),
-            block_dim: (32 * WARPS_PER_ROW_BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let float = matches!(input, MatvecInput::Float(_));
+        let cfg = matvec_config(w.rows, w.cols, float, 1);
+        let chunks = w.cols / 32;
         for first in (0..tokens).step_by(MAX_BATCH) {
             let n = (tokens - first).min(MAX_BATCH);
-            let xs = input.slice(first * per_token..(first + n) * per_token);
+            let (xs, levels, scales);
             let mut os = out.slice_mut(first * w.rows..(first + n) * w.rows);
             let n_i = n as i32;
             let mut b = self.stream.launch_builder(kernel);
-            b.arg(&w.data)
-                .arg(&row_bytes)
-                .arg(&rows)
-                .arg(&cols)
-                .arg(&xs)
-                .arg(&n_i)
-                .arg(&mut os);
+            b.arg(&w.data).arg(&row_bytes).arg(&rows).arg(&cols);
+            match input {
+                MatvecInput::Float(x) => {
+                    xs = x.slice(first * w.cols..(first + n) * w.cols);
+                    b.arg(&xs);
+                }
+                MatvecInput::Quant(xq) => {
+                    let scales_at = tokens * chunks * ACT_LEVEL_BYTES;
+                    levels = xq.slice(first * chunks * ACT_LEVEL_BYTES..scales_at);
+                    scales = xq.slice(scales_at + first * chunks * 4..);
+                    b.arg(&levels).arg(&scales);
+                }
+            }
+            b.arg(&n_i).arg(&mut os);
             // SAFETY: n <= MAX_BATCH tokens in, n rows of w.rows outputs.
             self.launched(kernel_name, || unsafe { b.launch(cfg) }.map(drop));
         }

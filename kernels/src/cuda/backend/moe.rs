@@ -13,9 +13,8 @@ use cudarc::driver::{
 };
 use strata_model::GgmlType;
 
-use super::{
-    CudaAct, CudaBackend, CudaWeight, ACT_CHUNK_BYTES, ELEMENTWISE_THREADS, WARPS_PER_ROW_BLOCK,
-};
+use super::matvec::{matvec_config, ACT_LEVEL_BYTES};
+use super::{CudaAct, CudaBackend, CudaWeight, ACT_CHUNK_BYTES, ELEMENTWISE_THREADS};
 use crate::backend::KernelError;
 use crate::moe_route::{check_combine, check_ids, check_matmul_id};
 
@@ -111,44 +110,54 @@ impl CudaBackend {
         let ids_dev = self.try_upload(ids)?;
         let x_div = if shape.per_slot { 1i32 } else { n_used as i32 };
         let (row_bytes, rows_i, cols) = (experts.row_bytes, rows as i32, experts.cols as i32);
-        let launch =
-            |input: &CudaSlice<u8>, input_f32: &CudaSlice<f32>, out: &mut CudaSlice<f32>| {
-                for first in (0..ids.len()).step_by(MAX_SLOTS_PER_LAUNCH) {
-                    let n = (ids.len() - first).min(MAX_SLOTS_PER_LAUNCH);
-                    let cfg = LaunchConfig {
-                        grid_dim: ((rows as u32).div_ceil(WARPS_PER_ROW_BLOCK), n as u32, 1),
-                        block_dim: (32 * WARPS_PER_ROW_BLOCK, 1, 1),
-                        shared_mem_bytes: 0,
-                    };
-                    let first_i = first as i32;
-                    let mut b = self.stream.launch_builder(kernel);
-                    b.arg(&experts.data).arg(&row_bytes).arg(&rows_i).arg(&cols);
-                    if Self::is_float(experts.dtype) {
-                        b.arg(input_f32);
-                    } else {
-                        b.arg(input);
-                    }
-                    b.arg(&ids_dev).arg(&x_div).arg(&first_i).arg(&mut *out);
-                    // SAFETY: every id is < n_expert (checked), so each slot
-                    // reads `rows` rows inside the stacked weight; slot s reads
-                    // input row s / x_div < x.rows and writes output row s.
-                    self.try_launched(kernel_name, || unsafe { b.launch(cfg) }.map(drop))?;
-                }
-                Ok::<(), KernelError>(())
-            };
-        if Self::is_float(experts.dtype) {
+        let float = Self::is_float(experts.dtype);
+        // Quantized input: levels of every chunk, then their scales (see
+        // matvec.rs); float input: the f32 rows.
+        let launch = |input: &CudaSlice<u8>,
+                      input_f32: &CudaSlice<f32>,
+                      out: &mut CudaSlice<f32>| {
+            let scales_at = x.rows * (experts.cols / 32) * ACT_LEVEL_BYTES;
+            for first in (0..ids.len()).step_by(MAX_SLOTS_PER_LAUNCH) {
+                let n = (ids.len() - first).min(MAX_SLOTS_PER_LAUNCH);
+                let cfg = matvec_config(rows, experts.cols, float, n as u32);
+                let first_i = first as i32;
+                let quant = (!float).then(|| (input.slice(..scales_at), input.slice(scales_at..)));
+                let mut b = self.stream.launch_builder(kernel);
+                b.arg(&experts.data).arg(&row_bytes).arg(&rows_i).arg(&cols);
+                match &quant {
+                    Some((levels, scales)) => b.arg(levels).arg(scales),
+                    None => b.arg(input_f32),
+                };
+                b.arg(&ids_dev).arg(&x_div).arg(&first_i).arg(&mut *out);
+                // SAFETY: every id is < n_expert (checked), so each slot
+                // reads `rows` rows inside the stacked weight; slot s reads
+                // input row s / x_div < x.rows and writes output row s.
+                self.try_launched(kernel_name, || unsafe { b.launch(cfg) }.map(drop))?;
+            }
+            Ok::<(), KernelError>(())
+        };
+        if float {
             let none = self.try_output::<u8>(1)?;
             launch(&none, &x.buf, &mut out)?;
         } else {
             let chunks = experts.cols / 32;
-            let mut xq = self.try_output::<u8>(x.rows * chunks * ACT_CHUNK_BYTES)?;
-            let (tokens, xcols) = (x.rows as i32, x.cols as i32);
-            let mut b = self.stream.launch_builder(self.f("quantize_act"));
-            b.arg(&x.buf).arg(&mut xq).arg(&tokens).arg(&xcols);
-            // SAFETY: one thread per 32-value chunk of x into xq.
-            self.try_launched("quantize_act", || {
-                unsafe { b.launch(Self::grid_for(x.rows * chunks)) }.map(drop)
-            })?;
+            let n = x.rows * chunks;
+            let mut xq = self.try_output::<u8>(n * ACT_CHUNK_BYTES)?;
+            {
+                let (mut levels, mut scales) = xq.split_at_mut(n * ACT_LEVEL_BYTES);
+                let (tokens, xcols) = (x.rows as i32, x.cols as i32);
+                let mut b = self.stream.launch_builder(self.f("quantize_act"));
+                b.arg(&x.buf)
+                    .arg(&mut levels)
+                    .arg(&mut scales)
+                    .arg(&tokens)
+                    .arg(&xcols);
+                // SAFETY: one thread per 32-value chunk of x into its levels
+                // and scale.
+                self.try_launched("quantize_act", || {
+                    unsafe { b.launch(Self::grid_for(n)) }.map(drop)
+                })?;
+            }
             launch(&xq, &x.buf, &mut out)?;
         }
         Ok(CudaAct {
