@@ -116,6 +116,28 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// D = A B + C on the warp's tensor cores (mma.sync m16n8k16, sm_80+): A is
+// 16 x 16 int8 (row-major), B 16 x 8 int8 (column-major), C and D 16 x 8
+// int32. Each lane holds the PTX ISA's fragments; with g = lane / 4 and
+// t = lane % 4 (the bytes of a word in k order):
+//   a[0] = A[g][4t .. 4t+3], a[1] = A[g+8][4t .. 4t+3], b = B[4t .. 4t+3][g],
+//   c[0], c[1] = C[g][2t], C[g][2t+1], c[2], c[3] = C[g+8][2t], C[g+8][2t+1].
+// All 32 lanes must execute it together. The emulator runs it as a warp
+// collective of the same semantics (emu/runtime.cpp). Older archs compile a
+// trap: the backend never launches it there (backend/gemm.rs).
+__device__ __forceinline__ void mma_s8_m16n8k16(i32 (&d)[4], const i32 (&a)[2], i32 b, const i32 (&c)[4]) {
+#if defined(STRATA_EMU)
+    strata_emu_mma_s8_m16n8k16(a, b, c, d);
+#elif __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%7, %8, %9, %10};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(b), "r"(c[0]), "r"(c[1]), "r"(c[2]), "r"(c[3]));
+#else
+    d[0] = c[0], d[1] = c[1], d[2] = c[2], d[3] = c[3];
+    asm volatile("trap;");
+#endif
+}
+
 // Sum over a block of blockDim.x threads (a multiple of 32, at most 1024);
 // every thread gets the result. `scratch` holds 32 floats.
 __device__ __forceinline__ float block_sum(float v, float* scratch) {

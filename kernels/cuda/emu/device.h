@@ -43,6 +43,9 @@ void strata_emu_syncwarp(unsigned mask);
 // mode: 0 idx, 1 xor, 2 down, 3 up. Returns the 32 bits of the source lane.
 unsigned strata_emu_shfl(unsigned mask, unsigned value, int arg, int mode, int width);
 unsigned strata_emu_vote(unsigned mask, int predicate);
+// mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32: every lane of the warp
+// passes its A, B and C fragment registers and gets its D fragment.
+void strata_emu_mma_s8_m16n8k16(const int* a, int b, const int* c, int* d);
 }
 
 #define threadIdx (strata_emu_self()->thread_idx)

@@ -14,6 +14,9 @@
 //   as fibers (Boost.Context) in a shuffled order. `__syncthreads` and warp
 //   shuffles are barriers; one that not every thread reaches, or a deadlock,
 //   fails the launch with a message naming the kernel and the threads.
+// - Tensor-core mma.sync is a warp collective too: the last lane to arrive
+//   assembles the matrices from the 32 lanes' fragments in the PTX ISA's
+//   layout, multiplies, and hands each lane its part of D.
 // - Streams and events are synchronous: every call completes before it
 //   returns.
 
@@ -242,7 +245,7 @@ struct Function {
 // ---- fibers and blocks -----------------------------------------------------
 
 enum class Wait { Ready, Block, Warp, Done };
-enum class WarpOp { Shfl, Vote, Sync };
+enum class WarpOp { Shfl, Vote, Sync, Mma };
 
 struct Fiber {
     strata_emu_thread self;
@@ -253,6 +256,8 @@ struct Fiber {
     WarpOp op;
     unsigned mask, value, result;
     int arg, mode, width;
+    // An mma's fragment registers: in (A, B, C), out (D).
+    unsigned frag_in[7], frag_out[4];
 };
 
 struct Launch {
@@ -348,6 +353,44 @@ extern "C" unsigned strata_emu_vote(unsigned mask, int predicate) {
     return warp_op(WarpOp::Vote, mask, predicate != 0, 0, 0, WARP_LANES);
 }
 
+extern "C" void strata_emu_mma_s8_m16n8k16(const int* a, int b, const int* c, int* d) {
+    Fiber* f = runner->current;
+    const int in[7] = {a[0], a[1], b, c[0], c[1], c[2], c[3]};
+    std::memcpy(f->frag_in, in, sizeof in);
+    // mma.sync.aligned has no mask: the whole warp executes it.
+    warp_op(WarpOp::Mma, 0xffffffffu, 0, 0, 0, WARP_LANES);
+    std::memcpy(d, f->frag_out, sizeof f->frag_out);
+}
+
+// mma.m16n8k16.row.col.s32.s8.s8.s32 over the 32 lanes' fragments, as the
+// PTX ISA lays them out ("Matrix Fragments for mma.m16n8k16 with integer
+// type"), with groupID = lane / 4, threadID_in_group = lane % 4 and element
+// i of a fragment in byte i % 4 of register i / 4:
+//   A a0..a7 (2 registers): row groupID + 8 * (i >= 4), col threadID_in_group * 4 + i % 4;
+//   B b0..b3 (1 register):  row threadID_in_group * 4 + i, col groupID;
+//   C, D c0..c3 (4 s32):    row groupID + 8 * (i >= 2), col threadID_in_group * 2 + i % 2.
+// D = A B + C with 32-bit wraparound (no .satfinite).
+static void mma_s8_m16n8k16(Fiber* lanes) {
+    int8_t A[16][16], B[16][8];
+    int32_t C[16][8];
+    for (int l = 0; l < WARP_LANES; l++) {
+        const unsigned* r = lanes[l].frag_in;  // a0a1 | b | c0..c3
+        const int group = l / 4, tig = l % 4;
+        for (int i = 0; i < 8; i++) A[group + 8 * (i >= 4)][tig * 4 + i % 4] = (int8_t)(r[i / 4] >> (8 * (i % 4)));
+        for (int i = 0; i < 4; i++) B[tig * 4 + i][group] = (int8_t)(r[2] >> (8 * i));
+        for (int i = 0; i < 4; i++) C[group + 8 * (i >= 2)][tig * 2 + i % 2] = (int32_t)r[3 + i];
+    }
+    for (int l = 0; l < WARP_LANES; l++) {
+        const int group = l / 4, tig = l % 4;
+        for (int i = 0; i < 4; i++) {
+            const int row = group + 8 * (i >= 2), col = tig * 2 + i % 2;
+            int64_t sum = C[row][col];
+            for (int k = 0; k < 16; k++) sum += (int32_t)A[row][k] * B[k][col];
+            lanes[l].frag_out[i] = (uint32_t)sum;
+        }
+    }
+}
+
 static void fiber_main(fctx::transfer_t t) {
     fiber_entered();
     runner->scheduler = t.fctx;
@@ -391,6 +434,19 @@ static bool try_complete_warp(unsigned warp, std::vector<Fiber*>& ready) {
             return false;
         }
         if (f.wait != Wait::Warp) return true;  // still on its way
+    }
+    if (lead->op == WarpOp::Mma) {
+        if (lanes < (unsigned)WARP_LANES) {
+            runner->error = "mma.sync in a warp of " + std::to_string(lanes) + " threads (it needs all 32), " +
+                            thread_name(*lead);
+            return false;
+        }
+        mma_s8_m16n8k16(&fibers[first]);
+        for (unsigned l = 0; l < lanes; l++) {
+            fibers[first + l].wait = Wait::Ready;
+            ready.push_back(&fibers[first + l]);
+        }
+        return true;
     }
     unsigned ballot = 0;
     for (unsigned l = 0; l < lanes; l++)

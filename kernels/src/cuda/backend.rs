@@ -31,6 +31,7 @@ use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightSha
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 
 mod attention;
+mod gemm;
 mod matvec;
 mod moe;
 
@@ -583,7 +584,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, w: &CudaWeight, x: &CudaAct) -> CudaAct {
-        self.matvec(w, x)
+        self.gemm(w, x).unwrap_or_else(|| self.matvec(w, x))
     }
 
     fn add_bias(&self, x: &mut CudaAct, bias: &CudaWeight) {

@@ -117,6 +117,25 @@ pub const SOURCES: &[KernelSource] = &[
         body: include_str!("../../cuda/attention.cu"),
         kernels: &["kv_write", "attend"],
     },
+    KernelSource {
+        name: "gemm",
+        body: include_str!("../../cuda/gemm.cu"),
+        kernels: &[
+            "gemm_quantize_act",
+            "gemm_q4_0",
+            "gemm_q4_1",
+            "gemm_q5_0",
+            "gemm_q5_1",
+            "gemm_q8_0",
+            "gemm_q2_k",
+            "gemm_q3_k",
+            "gemm_q4_k",
+            "gemm_q5_k",
+            "gemm_q6_k",
+            "gemm_q8_k",
+            "gemm_mxfp4",
+        ],
+    },
 ];
 
 /// Compute capabilities the sources are built and checked for: Turing
