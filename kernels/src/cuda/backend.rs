@@ -37,8 +37,9 @@ mod moe;
 
 /// Tokens one matrix-vector launch handles (the kernels' MAX_BATCH).
 pub const MAX_BATCH: usize = 8;
-/// Largest head dimension `attend` handles (attention.cu's MAX_HEAD_DIM).
-pub const MAX_HEAD_DIM: usize = 256;
+/// Largest head dimension (K or V) attention handles: `attend_512`, the
+/// widest of attention.cu's kernels (Gemma 4's global layers use 512).
+pub const MAX_HEAD_DIM: usize = 512;
 /// Bytes of one quantized activation chunk (f32 scale + 32 int8).
 const ACT_CHUNK_BYTES: usize = 36;
 /// Most warps in one matvec block (matvec.cu's MAX_WARPS): they split the
@@ -442,11 +443,11 @@ impl Backend for CudaBackend {
                 "the CUDA backend keeps KV in f16 only (q8_0 KV is to come)".into(),
             ));
         }
-        // attention.cu keeps a head in registers and shared memory sized
-        // for MAX_HEAD_DIM: a larger head would be cut short, not refused.
+        // attention.cu's kernels size their shared memory for heads of up
+        // to MAX_HEAD_DIM: a larger head would be cut short, not refused.
         if geometry.head_dim_k.max(geometry.head_dim_v) > MAX_HEAD_DIM {
             return Err(KernelError::Invalid(format!(
-                "the CUDA attention kernel handles heads of up to {MAX_HEAD_DIM} values, this model's have {} (K) and {} (V)",
+                "the CUDA attention kernels handle heads of up to {MAX_HEAD_DIM} values, this model's have {} (K) and {} (V)",
                 geometry.head_dim_k, geometry.head_dim_v
             )));
         }

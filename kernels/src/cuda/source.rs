@@ -115,7 +115,14 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         name: "attention",
         body: include_str!("../../cuda/attention.cu"),
-        kernels: &["kv_write", "attend"],
+        kernels: &[
+            "kv_write",
+            "attend_64",
+            "attend_128",
+            "attend_256",
+            "attend_512",
+            "attend_combine",
+        ],
     },
     KernelSource {
         name: "gemm",

@@ -1,14 +1,94 @@
 //! The CUDA backend's attention over the paged f16 KV cache
 //! (attention.cu): `kv_write` stores the batch's K/V rows in their slots,
-//! then `attend` reads each token's window through its block table.
+//! then `attend_<D>` reads each token's window through its block table,
+//! one block per (token, KV head, context split) serving the query heads
+//! of the KV head's group, and `attend_combine` merges the splits.
 
+use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use super::{CudaAct, CudaBackend, CudaKvCache, ELEMENTWISE_THREADS};
+use super::{fail, CudaAct, CudaBackend, CudaKvCache, ELEMENTWISE_THREADS, MAX_HEAD_DIM};
 use crate::backend::AttentionBatch;
 use crate::kv::KV_BLOCK_TOKENS;
 
+/// Query heads one attention block serves (attention.cu's GROUP_HEADS).
+const GROUP_HEADS: usize = 8;
+/// Most context splits `attend_combine` merges (attention.cu's MAX_SPLITS).
+const MAX_SPLITS: usize = 64;
+/// Fewest positions worth a split of their own: below that, writing and
+/// merging a partial costs more than the split saves.
+const MIN_SPLIT_POSITIONS: usize = 128;
+/// Blocks per SM the split count aims for, so that every SM has blocks to
+/// switch between while loads are in flight.
+const BLOCKS_PER_SM: usize = 4;
+const COMBINE_THREADS: u32 = 128;
+
+/// The launch shape of one attention call, chosen on the host from the
+/// batch's size and longest context; each block finds its own positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct AttendPlan {
+    /// `attend_<D>`: the narrowest kernel for heads of `head_dim` values.
+    pub kernel: &'static str,
+    pub threads: u32,
+    /// Blocks per KV head, each serving `heads_per_block` of its group.
+    pub chunks: usize,
+    pub heads_per_block: usize,
+    /// Context splits per (token, KV head); 1 writes the output directly.
+    pub splits: usize,
+}
+
+impl AttendPlan {
+    pub fn new(
+        batch: &AttentionBatch<'_>,
+        n_kv_heads: usize,
+        head_dim: usize,
+        sm_count: usize,
+    ) -> Self {
+        let (kernel, threads) = match head_dim {
+            0..=64 => ("attend_64", 64),
+            65..=128 => ("attend_128", 128),
+            129..=256 => ("attend_256", 128),
+            _ => ("attend_512", 128),
+        };
+        debug_assert!(head_dim <= MAX_HEAD_DIM, "new_kv_cache refuses wider heads");
+        // A group of more than GROUP_HEADS takes several blocks, in equal shares.
+        let group = (batch.n_heads / n_kv_heads.max(1)).max(1);
+        let chunks = group.div_ceil(GROUP_HEADS);
+        let heads_per_block = group.div_ceil(chunks);
+        let longest = batch
+            .positions
+            .iter()
+            .map(|&p| {
+                let p = p as usize;
+                p + 1 - batch.window.map_or(0, |w| (p + 1).saturating_sub(w))
+            })
+            .max()
+            .unwrap_or(0);
+        // Split only what would leave SMs idle: a decode batch of few
+        // sequences; a prompt has blocks enough in its tokens.
+        let blocks = (batch.positions.len() * n_kv_heads * chunks).max(1);
+        let wanted = (sm_count * BLOCKS_PER_SM).div_ceil(blocks);
+        let splits = wanted
+            .min(longest.div_ceil(MIN_SPLIT_POSITIONS))
+            .clamp(1, MAX_SPLITS);
+        AttendPlan {
+            kernel,
+            threads,
+            chunks,
+            heads_per_block,
+            splits,
+        }
+    }
+}
+
 impl CudaBackend {
+    /// The device's multiprocessors (the emulator reports a few).
+    fn sm_count(&self) -> usize {
+        self.ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .unwrap_or_else(|e| fail("multiprocessor count", e)) as usize
+    }
+
     /// Writes the batch's K/V rows into their slots, then attends over the
     /// paged cache (`Backend::attention`).
     pub(super) fn paged_attention(
@@ -59,10 +139,23 @@ impl CudaBackend {
         // SAFETY: slots index blocks of this stage's pool (the allocator's).
         self.launched("kv_write", || unsafe { b.launch(cfg) }.map(drop));
 
+        let plan = AttendPlan::new(
+            batch,
+            g.n_kv_heads,
+            g.head_dim_k.max(g.head_dim_v),
+            self.sm_count(),
+        );
         let mut out = self.output_f32(n * batch.n_heads * g.head_dim_v);
         let (n_heads, n_kv_heads) = (batch.n_heads as i32, g.n_kv_heads as i32);
         let (hd_k, hd_v) = (g.head_dim_k as i32, g.head_dim_v as i32);
         let window = batch.window.map_or(0, |w| w as i32);
+        // The scale goes on Q (before its f16 rounding) or on the scores,
+        // as the CPU backend does.
+        let (q_scale, score_scale) = if batch.scale_query {
+            (batch.scale, 1.0f32)
+        } else {
+            (1.0f32, batch.scale)
+        };
         let sinks = batch.sinks.map(|s| {
             assert!(
                 s.len() >= batch.n_heads,
@@ -72,13 +165,26 @@ impl CudaBackend {
             );
             self.upload(&s[..batch.n_heads])
         });
+        // Each split's accumulator and (max, sum) per (token, query head).
+        let parts = (plan.splits > 1).then(|| {
+            let rows = n * batch.n_heads * plan.splits;
+            (
+                self.output_f32(rows * g.head_dim_v),
+                self.output_f32(rows * 2),
+            )
+        });
         let null: u64 = 0;
+        let heads_per_block = plan.heads_per_block as i32;
         let cfg = LaunchConfig {
-            grid_dim: (n as u32, batch.n_heads as u32, 1),
-            block_dim: (128, 1, 1),
+            grid_dim: (
+                n as u32,
+                (g.n_kv_heads * plan.chunks) as u32,
+                plan.splits as u32,
+            ),
+            block_dim: (plan.threads, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(self.f("attend"));
+        let mut b = self.stream.launch_builder(self.f(plan.kernel));
         b.arg(&q.buf)
             .arg(&cache.k[layer])
             .arg(&cache.v[layer])
@@ -86,20 +192,47 @@ impl CudaBackend {
             .arg(&*seq)
             .arg(&*table_start)
             .arg(&*tables)
-            .arg(&mut out)
-            .arg(&n_heads)
-            .arg(&n_kv_heads)
-            .arg(&hd_k)
-            .arg(&hd_v)
-            .arg(&batch.scale)
-            .arg(&window);
+            .arg(&mut out);
+        match &parts {
+            Some((acc, ml)) => b.arg(acc).arg(ml),
+            None => b.arg(&null).arg(&null),
+        };
         match &sinks {
             Some(s) => b.arg(s),
             None => b.arg(&null),
         };
+        b.arg(&n_heads)
+            .arg(&n_kv_heads)
+            .arg(&hd_k)
+            .arg(&hd_v)
+            .arg(&heads_per_block)
+            .arg(&q_scale)
+            .arg(&score_scale)
+            .arg(&window);
         // SAFETY: every position attended is cached (written above or by
-        // an earlier batch) and its block is in the sequence's table.
-        self.launched("attend", || unsafe { b.launch(cfg) }.map(drop));
+        // an earlier batch) and its block is in the sequence's table; the
+        // kernel's heads (D) are at least hd_k and hd_v; the partials hold
+        // every (token, head, split) when there is more than one split.
+        self.launched(plan.kernel, || unsafe { b.launch(cfg) }.map(drop));
+
+        if let Some((acc, ml)) = &parts {
+            let splits = plan.splits as i32;
+            let cfg = LaunchConfig {
+                grid_dim: (n as u32, batch.n_heads as u32, 1),
+                block_dim: (COMBINE_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = self.stream.launch_builder(self.f("attend_combine"));
+            b.arg(acc).arg(ml);
+            match &sinks {
+                Some(s) => b.arg(s),
+                None => b.arg(&null),
+            };
+            b.arg(&mut out).arg(&n_heads).arg(&hd_v).arg(&splits);
+            // SAFETY: the partials of n tokens x n_heads x splits, all
+            // written by the launch above; out has n x n_heads x hd_v.
+            self.launched("attend_combine", || unsafe { b.launch(cfg) }.map(drop));
+        }
         CudaAct {
             buf: out,
             rows: n,
