@@ -19,8 +19,11 @@
 #define MAX_BATCH 8
 // Output rows per block (the host's ROWS_PER_BLOCK).
 #define ROWS_PER_BLOCK 2
-// Most warps per block (the host's WARPS_PER_ROW_BLOCK).
+// Most warps per block (the host's WARPS_PER_ROW_BLOCK). Declared to the
+// compiler, so a larger launch fails instead of overrunning store_rows'
+// shared memory.
 #define MAX_WARPS 4
+#define MATVEC_BOUNDS __launch_bounds__(MAX_WARPS * WARP)
 
 // Quantized activations, for n = tokens * (cols / 32) chunks: n x 32 int8
 // levels (chunk i at byte 32 i, 16-byte aligned: two 128-bit loads), then n
@@ -197,24 +200,24 @@ __device__ void embed_f(const u8* table, size_t row_bytes, const u32* ids, int c
     for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = float_weight<T>(r, i) * scale;
 }
 
-#define QUANT_KERNELS(name, T)                                                                              \
-    extern "C" __global__ void mmvq_##name(const u8* w, size_t row_bytes, int rows, int cols, const u8* xq, \
-                                           const float* xd, int tokens, float* out) {                       \
-        mmvq<T>(w, row_bytes, rows, cols, xq, xd, tokens, out);                                             \
-    }                                                                                                       \
-    extern "C" __global__ void embed_##name(const u8* t, size_t row_bytes, const u32* ids, int cols,         \
-                                            float scale, float* out) {                                      \
-        embed_q<T>(t, row_bytes, ids, cols, scale, out);                                                    \
+#define QUANT_KERNELS(name, T)                                                                                    \
+    extern "C" __global__ void MATVEC_BOUNDS mmvq_##name(const u8* w, size_t row_bytes, int rows, int cols,       \
+                                                         const u8* xq, const float* xd, int tokens, float* out) { \
+        mmvq<T>(w, row_bytes, rows, cols, xq, xd, tokens, out);                                                   \
+    }                                                                                                             \
+    extern "C" __global__ void embed_##name(const u8* t, size_t row_bytes, const u32* ids, int cols, float scale, \
+                                            float* out) {                                                         \
+        embed_q<T>(t, row_bytes, ids, cols, scale, out);                                                          \
     }
 
-#define FLOAT_KERNELS(name, T)                                                                              \
-    extern "C" __global__ void mmv_##name(const u8* w, size_t row_bytes, int rows, int cols, const float* x, \
-                                          int tokens, float* out) {                                         \
-        mmv_float<T>(w, row_bytes, rows, cols, x, tokens, out);                                             \
-    }                                                                                                       \
-    extern "C" __global__ void embed_##name(const u8* t, size_t row_bytes, const u32* ids, int cols,         \
-                                            float scale, float* out) {                                      \
-        embed_f<T>(t, row_bytes, ids, cols, scale, out);                                                    \
+#define FLOAT_KERNELS(name, T)                                                                                    \
+    extern "C" __global__ void MATVEC_BOUNDS mmv_##name(const u8* w, size_t row_bytes, int rows, int cols,        \
+                                                        const float* x, int tokens, float* out) {                 \
+        mmv_float<T>(w, row_bytes, rows, cols, x, tokens, out);                                                   \
+    }                                                                                                             \
+    extern "C" __global__ void embed_##name(const u8* t, size_t row_bytes, const u32* ids, int cols, float scale, \
+                                            float* out) {                                                         \
+        embed_f<T>(t, row_bytes, ids, cols, scale, out);                                                          \
     }
 
 QUANT_KERNELS(q4_0, T_Q4_0)
@@ -238,23 +241,23 @@ FLOAT_KERNELS(bf16, T_BF16)
 // weight) times activation row s / x_div (x_div = n_used when every slot of a
 // token reads the token's row, 1 when each slot has its own). The ids are
 // checked on the host.
-#define QUANT_ID_KERNEL(name, T)                                                                          \
-    extern "C" __global__ void mmvq_id_##name(const u8* w, size_t row_bytes, int rows, int cols,          \
-                                              const u8* xq, const float* xd, const u32* ids, int x_div,   \
-                                              int first, float* out) {                                    \
-        const size_t s = (size_t)first + blockIdx.y;                                                      \
-        const size_t a = (s / x_div) * (cols / 32);                                                       \
-        mmvq<T>(w + (size_t)ids[s] * rows * row_bytes, row_bytes, rows, cols, xq + 32 * a, xd + a, 1,     \
-                out + s * rows);                                                                          \
+#define QUANT_ID_KERNEL(name, T)                                                                               \
+    extern "C" __global__ void MATVEC_BOUNDS mmvq_id_##name(const u8* w, size_t row_bytes, int rows, int cols, \
+                                                            const u8* xq, const float* xd, const u32* ids,     \
+                                                            int x_div, int first, float* out) {                \
+        const size_t s = (size_t)first + blockIdx.y;                                                           \
+        const size_t a = (s / x_div) * (cols / 32);                                                            \
+        mmvq<T>(w + (size_t)ids[s] * rows * row_bytes, row_bytes, rows, cols, xq + 32 * a, xd + a, 1,          \
+                out + s * rows);                                                                               \
     }
 
-#define FLOAT_ID_KERNEL(name, T)                                                                          \
-    extern "C" __global__ void mmv_id_##name(const u8* w, size_t row_bytes, int rows, int cols,           \
-                                             const float* x, const u32* ids, int x_div, int first,        \
-                                             float* out) {                                                \
-        const size_t s = (size_t)first + blockIdx.y;                                                      \
-        mmv_float<T>(w + (size_t)ids[s] * rows * row_bytes, row_bytes, rows, cols,                        \
-                     x + (s / x_div) * cols, 1, out + s * rows);                                          \
+#define FLOAT_ID_KERNEL(name, T)                                                                                 \
+    extern "C" __global__ void MATVEC_BOUNDS mmv_id_##name(const u8* w, size_t row_bytes, int rows, int cols,    \
+                                                           const float* x, const u32* ids, int x_div, int first, \
+                                                           float* out) {                                         \
+        const size_t s = (size_t)first + blockIdx.y;                                                             \
+        mmv_float<T>(w + (size_t)ids[s] * rows * row_bytes, row_bytes, rows, cols, x + (s / x_div) * cols, 1,    \
+                     out + s * rows);                                                                            \
     }
 
 QUANT_ID_KERNEL(q4_0, T_Q4_0)
