@@ -240,3 +240,95 @@ impl CudaBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::AttendPlan;
+    use crate::backend::AttentionBatch;
+
+    fn plan(
+        positions: &[u32],
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        window: Option<usize>,
+    ) -> AttendPlan {
+        let token_seq = vec![0; positions.len()];
+        let batch = AttentionBatch {
+            positions,
+            token_seq: &token_seq,
+            block_tables: &[],
+            n_heads,
+            scale: 1.0,
+            scale_query: false,
+            window,
+            sinks: None,
+        };
+        // The emulator's 4 SMs, as kernels/tests/cuda_attention.rs runs.
+        AttendPlan::new(&batch, n_kv_heads, head_dim, 4)
+    }
+
+    #[test]
+    fn kernels_by_head_width() {
+        let names: Vec<_> = [36, 64, 80, 128, 192, 256, 320, 512]
+            .map(|d| plan(&[0], 1, 1, d, None).kernel)
+            .into();
+        let want = [
+            "attend_64",
+            "attend_64",
+            "attend_128",
+            "attend_128",
+            "attend_256",
+            "attend_256",
+            "attend_512",
+            "attend_512",
+        ];
+        assert_eq!(names, want);
+    }
+
+    #[test]
+    fn groups_wider_than_a_block_take_equal_shares() {
+        let p = |n_heads, n_kv| {
+            let p = plan(&[0], n_heads, n_kv, 64, None);
+            (p.chunks, p.heads_per_block)
+        };
+        assert_eq!(p(2, 2), (1, 1));
+        assert_eq!(p(8, 1), (1, 8));
+        assert_eq!(p(12, 1), (2, 6));
+        assert_eq!(p(16, 2), (1, 8));
+        assert_eq!(p(40, 1), (5, 8));
+        assert_eq!(p(9, 1), (2, 5));
+    }
+
+    /// The splits the CUDA attention tests rely on: decode of a long
+    /// context splits (one per 128 positions, up to 16 blocks on 4 SMs),
+    /// short contexts and prompts do not, and a window bounds the context.
+    #[test]
+    fn long_decode_contexts_split_and_prompts_do_not() {
+        let splits = |positions: &[u32], n_kv, window| plan(positions, 8, n_kv, 128, window).splits;
+        assert_eq!(splits(&[1200], 1, None), 10);
+        assert_eq!(splits(&[600], 1, None), 5);
+        assert_eq!(splits(&[5000], 1, None), 16);
+        assert_eq!(splits(&[700, 37, 300, 0], 2, None), 2);
+        assert_eq!(splits(&[900], 2, Some(300)), 3);
+        assert_eq!(splits(&[100], 1, None), 1);
+        let prompt: Vec<u32> = (0..300).collect();
+        assert_eq!(splits(&prompt, 1, None), 1);
+        // A large GPU: at most MAX_SPLITS.
+        let token_seq = [0];
+        let batch = AttentionBatch {
+            positions: &[100_000],
+            token_seq: &token_seq,
+            block_tables: &[],
+            n_heads: 8,
+            scale: 1.0,
+            scale_query: false,
+            window: None,
+            sinks: None,
+        };
+        assert_eq!(
+            AttendPlan::new(&batch, 1, 128, 132).splits,
+            super::MAX_SPLITS
+        );
+    }
+}
