@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA kernel tests (cuda_ops, cuda_emulator) again on the CUDA emulator
+# The CUDA kernel tests (every kernels/tests/cuda_*.rs that runs kernels) again on the CUDA emulator
 # built with AddressSanitizer: device memory is then ASan's heap, with
 # redzones on both sides of every buffer, so an out-of-bounds index in a
 # kernel fails even where the plain emulator's guard page would not see it
@@ -9,9 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 asan=$(${CXX:-c++} -print-file-name=libasan.so)
 [[ -f $asan ]] || { echo "libasan.so not found (${CXX:-c++} -print-file-name)" >&2; exit 1; }
-mapfile -t exes < <(cargo test -p strata-kernels --test cuda_ops --test cuda_emulator --no-run --message-format=json 2>/dev/null |
+tests=(cuda_ops cuda_emulator cuda_emulator_mma cuda_matvec cuda_gemm cuda_attention cuda_upload)
+mapfile -t exes < <(cargo test -p strata-kernels "${tests[@]/#/--test=}" --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys; [print(j["executable"]) for j in map(json.loads, sys.stdin) if j.get("reason")=="compiler-artifact" and j.get("executable")]')
-[[ ${#exes[@]} == 2 ]] || { echo "expected 2 test executables, got: ${exes[*]}" >&2; exit 1; }
+[[ ${#exes[@]} == "${#tests[@]}" ]] || { echo "expected ${#tests[@]} test executables, got: ${exes[*]}" >&2; exit 1; }
 for exe in "${exes[@]}"; do
     echo "== $(basename "$exe") under AddressSanitizer"
     # Rust's own threads keep their signal stacks (use_sigaltstack=0); Rust

@@ -6,6 +6,7 @@ use strata_model::arch::{Activation, RopeStyle};
 use strata_model::GgmlType;
 
 use crate::kv::{KvBlockId, KvGeometry};
+use crate::moe_route::Router;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -217,6 +218,8 @@ pub trait Backend: Send + Sync {
     type Weight: Send + Sync;
     /// A stage's KV block pool.
     type KvCache: Send;
+    /// A batch's expert choices and weights (mixture of experts).
+    type Routing: Send;
 
     fn name(&self) -> String;
 
@@ -292,37 +295,49 @@ pub trait Backend: Send + Sync {
         batch: &AttentionBatch<'_>,
     ) -> Self::Act;
 
-    /// ggml's `mul_mat_id`: `experts` stacks `n_expert` matrices (GGUF dims
-    /// `[cols, rows_per_expert, n_expert]`, loaded like any weight, so it has
-    /// `rows_per_expert * n_expert` rows). `ids` holds `n_used` expert ids per
-    /// token. Output row `t * n_used + j` is expert `ids[t * n_used + j]` times
-    /// row `t` of `x` when `x` has `ids.len() / n_used` rows (gate/up), or times
-    /// row `t * n_used + j` when `x` has `ids.len()` rows (down). The output has
-    /// `ids.len()` rows of `rows_per_expert`. Ids are checked (`< n_expert`).
+    /// The router (llama.cpp's `build_moe_ffn` up to the expert weights,
+    /// [`crate::moe_route::route`]'s arithmetic) over `logits`, one row of
+    /// `router.n_expert` per token: which `n_used` experts each token takes,
+    /// best first, and their weights. A backend keeps them where its MoE
+    /// ops read them (the CUDA backend on the device: no copy to the host).
+    fn route(&self, logits: &Self::Act, router: &Router) -> Result<Self::Routing, KernelError>;
+    /// A routing given on the host (tests, and a prompt's replay): checked
+    /// (`ids[i] < n_expert`, whole tokens of `n_used`, one weight per id).
+    fn routing(
+        &self,
+        ids: &[u32],
+        weights: &[f32],
+        n_used: usize,
+        n_expert: usize,
+    ) -> Result<Self::Routing, KernelError>;
+    /// The expert ids of a routing, on the host (for tests and logs).
+    fn routing_to_host(&self, r: &Self::Routing) -> Result<(Vec<u32>, Vec<f32>), KernelError>;
+
+    /// ggml's `mul_mat_id`: `experts` stacks the routing's `n_expert`
+    /// matrices (GGUF dims `[cols, rows_per_expert, n_expert]`, loaded like
+    /// any weight, so it has `rows_per_expert * n_expert` rows). Output row
+    /// `t * n_used + j` is expert `ids[t * n_used + j]` times row `t` of `x`
+    /// when `x` has one row per token (gate/up), or times row
+    /// `t * n_used + j` when `x` has one row per slot (down). The output has
+    /// `n_tokens * n_used` rows of `rows_per_expert`.
     fn matmul_id(
         &self,
         experts: &Self::Weight,
-        n_expert: usize,
         x: &Self::Act,
-        ids: &[u32],
-        n_used: usize,
+        r: &Self::Routing,
     ) -> Result<Self::Act, KernelError>;
-    /// ggml's `add_id`: row `r` of `x` += row `ids[r]` of `bias` (GGUF dims `[cols, n_expert]`).
+    /// ggml's `add_id`: row `s` of `x` += row `ids[s]` of `bias` (GGUF dims
+    /// `[cols, n_expert]`).
     fn add_bias_id(
         &self,
         x: &mut Self::Act,
         bias: &Self::Weight,
-        ids: &[u32],
+        r: &Self::Routing,
     ) -> Result<(), KernelError>;
     /// Weighted sum of each token's expert outputs, as llama.cpp's graph does it:
     /// `ggml_mul` (each `y[t*n_used+j]` times `weights[t*n_used+j]`, rounded to f32),
-    /// then `ggml_add` left to right from `j = 0`. Output: `ids.len()/n_used` rows.
-    fn moe_combine(
-        &self,
-        y: &Self::Act,
-        weights: &[f32],
-        n_used: usize,
-    ) -> Result<Self::Act, KernelError>;
+    /// then `ggml_add` left to right from `j = 0`. Output: one row per token.
+    fn moe_combine(&self, y: &Self::Act, r: &Self::Routing) -> Result<Self::Act, KernelError>;
 }
 
 /// Per-token attention temperature (llama.cpp's `build_inp_attn_scale`,

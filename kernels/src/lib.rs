@@ -15,4 +15,4 @@ pub use backend::{
 };
 pub use cpu::CpuBackend;
 pub use kv::{KvBlockId, KvGeometry, KV_BLOCK_TOKENS};
-pub use moe_route::{route, Gating};
+pub use moe_route::{route, Gating, HostRouting, Router};

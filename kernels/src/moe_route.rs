@@ -27,6 +27,103 @@ pub enum Gating {
     Sigmoid,
 }
 
+/// A layer's router: how its logits (one row of `n_expert` per token, bias
+/// added) become `n_used` experts per token and their weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Router {
+    pub n_expert: usize,
+    pub n_used: usize,
+    pub gating: Gating,
+    /// Normalize the chosen weights to sum 1.
+    pub norm: bool,
+    /// Multiplies the weights (unless 0 or 1, as llama.cpp).
+    pub scale: f32,
+}
+
+/// Most experts per token any router takes (a backend keeps them in fixed
+/// arrays); models use 1 to 10.
+pub const MAX_USED_EXPERTS: usize = 32;
+
+impl Router {
+    /// Refuses a router no backend runs: no experts, or more used than
+    /// there are (or than [`MAX_USED_EXPERTS`]).
+    pub fn check(&self) -> Result<(), KernelError> {
+        if self.n_expert == 0 || !(1..=self.n_expert.min(MAX_USED_EXPERTS)).contains(&self.n_used) {
+            return Err(KernelError::Invalid(format!(
+                "router: {} experts used of {} (at most {MAX_USED_EXPERTS})",
+                self.n_used, self.n_expert
+            )));
+        }
+        Ok(())
+    }
+
+    /// The routing of `logits` (`n_tokens x n_expert`) on the host ([`route`]).
+    pub fn route_host(&self, logits: &[f32]) -> Result<HostRouting, KernelError> {
+        self.check()?;
+        if !logits.len().is_multiple_of(self.n_expert) {
+            return Err(KernelError::Invalid(format!(
+                "router: {} logits are not rows of {} experts",
+                logits.len(),
+                self.n_expert
+            )));
+        }
+        let (ids, weights) = route(
+            logits,
+            self.n_expert,
+            self.n_used,
+            self.gating,
+            self.norm,
+            self.scale,
+        );
+        Ok(HostRouting {
+            ids,
+            weights,
+            n_used: self.n_used,
+            n_expert: self.n_expert,
+        })
+    }
+}
+
+/// A batch's routing on the host: `n_used` expert ids and weights per
+/// token, best first (the CPU backend's `Backend::Routing`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRouting {
+    pub ids: Vec<u32>,
+    pub weights: Vec<f32>,
+    pub n_used: usize,
+    pub n_expert: usize,
+}
+
+impl HostRouting {
+    /// A routing given by hand, checked: whole tokens of `n_used`, one
+    /// weight per id, every id one of `n_expert`.
+    pub fn new(
+        ids: &[u32],
+        weights: &[f32],
+        n_used: usize,
+        n_expert: usize,
+    ) -> Result<Self, KernelError> {
+        if n_used == 0 || !ids.len().is_multiple_of(n_used) || weights.len() != ids.len() {
+            return Err(KernelError::Invalid(format!(
+                "routing: {} ids and {} weights are not whole tokens of {n_used} experts",
+                ids.len(),
+                weights.len()
+            )));
+        }
+        check_ids("routing", ids, n_expert)?;
+        Ok(HostRouting {
+            ids: ids.to_vec(),
+            weights: weights.to_vec(),
+            n_used,
+            n_expert,
+        })
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.ids.len() / self.n_used
+    }
+}
+
 /// The smallest weight sum `norm` divides by (f16's smallest normal), as
 /// llama.cpp clamps it.
 const NORM_MIN_SUM: f32 = 1.0 / 16384.0; // 6.103515625e-5
@@ -148,14 +245,15 @@ impl MatmulIdShape {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A `matmul_id` call's shape checked: `n_slots` output rows, `n_used`
+/// per token, and `x` one row per token or per slot.
 pub(crate) fn check_matmul_id(
     name: &str,
     w_rows: usize,
     w_cols: usize,
     n_expert: usize,
     (x_rows, x_cols): (usize, usize),
-    ids: &[u32],
+    n_slots: usize,
     n_used: usize,
 ) -> Result<MatmulIdShape, KernelError> {
     let bad = |what: String| KernelError::Invalid(format!("matmul_id {name}: {what}"));
@@ -167,15 +265,13 @@ pub(crate) fn check_matmul_id(
             "activation width {x_cols} vs expert rows of {w_cols}"
         )));
     }
-    if n_used == 0 || !ids.len().is_multiple_of(n_used) {
+    if n_used == 0 || !n_slots.is_multiple_of(n_used) {
         return Err(bad(format!(
-            "{} expert ids are not {n_used} per token",
-            ids.len()
+            "{n_slots} expert slots are not {n_used} per token"
         )));
     }
-    check_ids(name, ids, n_expert)?;
-    let n_tokens = ids.len() / n_used;
-    let per_slot = if x_rows == ids.len() {
+    let n_tokens = n_slots / n_used;
+    let per_slot = if x_rows == n_slots {
         true
     } else if x_rows == n_tokens {
         false

@@ -27,10 +27,13 @@ fn matmul_id_is_each_experts_own_matmul() {
         let per_expert = bytes.len() / N_EXPERT;
         for tokens in [1usize, 3, 8, 13] {
             let ids = expert_ids(&mut rng, tokens);
+            let routing = cpu
+                .routing(&ids, &vec![1.0; ids.len()], N_USED, N_EXPERT)
+                .unwrap();
             for per_slot in [false, true] {
                 let x_rows = if per_slot { ids.len() } else { tokens };
                 let x = cpu.act_from_host(&random(&mut rng, x_rows * COLS, 1.0), x_rows, COLS);
-                let got = cpu.matmul_id(&experts, N_EXPERT, &x, &ids, N_USED).unwrap();
+                let got = cpu.matmul_id(&experts, &x, &routing).unwrap();
                 assert_eq!((got.rows, got.cols), (ids.len(), ROWS));
                 for e in 0..N_EXPERT {
                     let slots: Vec<usize> =
@@ -73,39 +76,7 @@ fn matmul_id_is_each_experts_own_matmul() {
 
 #[test]
 fn bad_ids_and_shapes_are_errors() {
-    let cpu = CpuBackend::new();
-    let bytes = quantized(GgmlType::Q8_0, &vec![0.5; N_EXPERT * ROWS * COLS], COLS).0;
-    let dims = [COLS as u64, ROWS as u64, N_EXPERT as u64];
-    let experts = cpu
-        .load_weight("exps", GgmlType::Q8_0, &dims, &bytes)
-        .unwrap();
-    let x = cpu.act_from_host(&vec![1.0; 2 * COLS], 2, COLS);
-    assert!(cpu
-        .matmul_id(&experts, N_EXPERT, &x, &[0, 8, 1, 2], N_USED)
-        .is_err());
-    assert!(cpu
-        .matmul_id(&experts, N_EXPERT, &x, &[0, 1, 2], N_USED)
-        .is_err());
-    assert!(cpu
-        .matmul_id(&experts, 5, &x, &[0, 1, 2, 3], N_USED)
-        .is_err());
-    assert!(cpu
-        .matmul_id(&experts, N_EXPERT, &x, &[0, 1, 2, 3, 4, 5], N_USED)
-        .is_err());
-    assert!(cpu
-        .matmul_id(&experts, N_EXPERT, &x, &[0, 1, 2, 7], N_USED)
-        .is_ok());
-    let bias = [0f32; N_EXPERT * 4];
-    let bias_bytes: Vec<u8> = bias.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let bias = cpu
-        .load_weight("b", GgmlType::F32, &[4, N_EXPERT as u64], &bias_bytes)
-        .unwrap();
-    let mut y = cpu.act_from_host(&[0.0; 8], 2, 4);
-    assert!(cpu.add_bias_id(&mut y, &bias, &[3, 8]).is_err());
-    assert!(cpu.add_bias_id(&mut y, &bias, &[3]).is_err());
-    assert!(cpu.add_bias_id(&mut y, &bias, &[3, 7]).is_ok());
-    assert!(cpu.moe_combine(&y, &[1.0], N_USED).is_err());
-    assert!(cpu.moe_combine(&y, &[1.0, 1.0], 0).is_err());
+    moe_ops_refuse_bad_input(&CpuBackend::new());
 }
 
 #[test]
@@ -124,17 +95,18 @@ fn add_bias_id_and_combine_match_loops() {
         )
         .unwrap();
     let ids = expert_ids(&mut rng, tokens);
+    let weights = random(&mut rng, ids.len(), 1.0);
+    let routing = cpu.routing(&ids, &weights, N_USED, N_EXPERT).unwrap();
     let y0 = random(&mut rng, ids.len() * cols, 1.0);
     let mut y = cpu.act_from_host(&y0, ids.len(), cols);
-    cpu.add_bias_id(&mut y, &bias_w, &ids).unwrap();
+    cpu.add_bias_id(&mut y, &bias_w, &routing).unwrap();
     for s in 0..ids.len() {
         for c in 0..cols {
             let want = y0[s * cols + c] + bias[ids[s] as usize * cols + c];
             assert_eq!(y.data[s * cols + c].to_bits(), want.to_bits());
         }
     }
-    let weights = random(&mut rng, ids.len(), 1.0);
-    let out = cpu.moe_combine(&y, &weights, N_USED).unwrap();
+    let out = cpu.moe_combine(&y, &routing).unwrap();
     assert_eq!((out.rows, out.cols), (tokens, cols));
     for t in 0..tokens {
         for c in 0..cols {

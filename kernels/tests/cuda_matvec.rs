@@ -177,17 +177,14 @@ fn matmul_id_edge_shapes_for_every_type() {
             let w = g.load_weight("exps", dtype, &dims, &bytes).unwrap();
             for tokens in [1usize, 3, 8, 13] {
                 let ids = expert_ids(&mut rng, tokens);
+                let routing = g
+                    .routing(&ids, &vec![1.0; ids.len()], N_USED, N_EXPERT)
+                    .unwrap();
                 for per_slot in [false, true] {
                     let x_rows = if per_slot { ids.len() } else { tokens };
                     let x = random(&mut rng, x_rows * cols, 1.0);
                     let got = g
-                        .matmul_id(
-                            &w,
-                            N_EXPERT,
-                            &g.act_from_host(&x, x_rows, cols),
-                            &ids,
-                            N_USED,
-                        )
+                        .matmul_id(&w, &g.act_from_host(&x, x_rows, cols), &routing)
                         .unwrap();
                     check(
                         &format!("{dtype} {rows}x{cols} batch {tokens} per_slot {per_slot}"),

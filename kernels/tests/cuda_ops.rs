@@ -18,7 +18,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use strata_kernels::cuda::{CudaBackend, CudaKvCache};
 use strata_kernels::{
-    attn_temperature_scales, AttentionBatch, Backend, CpuBackend, KvGeometry, RopeConfig, Yarn,
+    attn_temperature_scales, AttentionBatch, Backend, CpuBackend, Gating, KvGeometry, RopeConfig,
+    Router, Yarn,
 };
 use strata_model::arch::{Activation, RopeStyle};
 use strata_model::profile::KvType;
@@ -331,12 +332,13 @@ fn heads_wider_than_the_attention_kernel_are_refused() {
         kv_type: KvType::F16,
         n_blocks: 4,
     };
-    assert!(g.new_kv_cache(geo(256)).is_ok());
+    assert!(g.new_kv_cache(geo(512)).is_ok());
     let err = g
-        .new_kv_cache(geo(512))
+        .new_kv_cache(geo(576))
         .err()
-        .expect("head_dim 512 refused");
-    assert!(err.to_string().contains("512"), "{err}");
+        .expect("head_dim 576 refused");
+    let msg = err.to_string();
+    assert!(msg.contains("576") && msg.contains("512"), "{err}");
 }
 
 /// gpt-oss's gate and up values reach past swiglu_oai's limit of 7: the
@@ -488,29 +490,20 @@ fn matmul_id_matches_cpu_for_every_type_and_batch() {
         let wc = c.load_weight("exps", dtype, &dims, &bytes).unwrap();
         for tokens in [1usize, 3, 8, 13] {
             let ids = expert_ids(&mut rng, tokens);
+            let ones = vec![1.0; ids.len()];
+            let rg = g.routing(&ids, &ones, N_USED, N_EXPERT).unwrap();
+            let rc = c.routing(&ids, &ones, N_USED, N_EXPERT).unwrap();
             for per_slot in [false, true] {
                 let x_rows = if per_slot { ids.len() } else { tokens };
                 let x = random(&mut rng, x_rows * cols, 1.0);
                 let got = g
-                    .matmul_id(
-                        &wg,
-                        N_EXPERT,
-                        &g.act_from_host(&x, x_rows, cols),
-                        &ids,
-                        N_USED,
-                    )
+                    .matmul_id(&wg, &g.act_from_host(&x, x_rows, cols), &rg)
                     .unwrap();
                 assert_eq!(g.act_shape(&got), (ids.len(), rows));
                 let got = g.act_to_host(&got);
                 let cpu = c.act_to_host(
-                    &c.matmul_id(
-                        &wc,
-                        N_EXPERT,
-                        &c.act_from_host(&x, x_rows, cols),
-                        &ids,
-                        N_USED,
-                    )
-                    .unwrap(),
+                    &c.matmul_id(&wc, &c.act_from_host(&x, x_rows, cols), &rc)
+                        .unwrap(),
                 );
                 let exact: Vec<f32> = (0..ids.len())
                     .flat_map(|s| {
@@ -548,18 +541,20 @@ fn add_bias_id_and_moe_combine_match_cpu() {
         .unwrap();
     for tokens in [1usize, 3, 8, 13] {
         let ids = expert_ids(&mut rng, tokens);
+        let weights = random(&mut rng, ids.len(), 1.0);
+        let rg = g.routing(&ids, &weights, N_USED, N_EXPERT).unwrap();
+        let rc = c.routing(&ids, &weights, N_USED, N_EXPERT).unwrap();
         let y = random(&mut rng, ids.len() * cols, 1.0);
         let mut yg = g.act_from_host(&y, ids.len(), cols);
         let mut yc = c.act_from_host(&y, ids.len(), cols);
-        g.add_bias_id(&mut yg, &bg, &ids).unwrap();
-        c.add_bias_id(&mut yc, &bc, &ids).unwrap();
+        g.add_bias_id(&mut yg, &bg, &rg).unwrap();
+        c.add_bias_id(&mut yc, &bc, &rc).unwrap();
         assert!(
             rel_err(&g.act_to_host(&yg), &c.act_to_host(&yc)) < 1e-5,
             "add_bias_id batch {tokens}"
         );
-        let weights = random(&mut rng, ids.len(), 1.0);
-        let og = g.moe_combine(&yg, &weights, N_USED).unwrap();
-        let oc = c.moe_combine(&yc, &weights, N_USED).unwrap();
+        let og = g.moe_combine(&yg, &rg).unwrap();
+        let oc = c.moe_combine(&yc, &rc).unwrap();
         assert_eq!(g.act_shape(&og), (tokens, cols));
         assert!(
             rel_err(&g.act_to_host(&og), &c.act_to_host(&oc)) < 1e-5,
@@ -572,36 +567,75 @@ fn add_bias_id_and_moe_combine_match_cpu() {
 /// (checked on the host: no kernel reads outside a weight).
 #[test]
 fn moe_ops_refuse_bad_ids() {
-    let g = gpu();
-    let (rows, cols) = (8usize, 256usize);
-    let (bytes, _) = quantized(GgmlType::Q4_0, &vec![0.5; N_EXPERT * rows * cols], cols);
-    let dims = [cols as u64, rows as u64, N_EXPERT as u64];
-    let w = g
-        .load_weight("exps", GgmlType::Q4_0, &dims, &bytes)
-        .unwrap();
-    let x = g.act_from_host(&vec![1.0; 2 * cols], 2, cols);
-    assert!(g
-        .matmul_id(&w, N_EXPERT, &x, &[0, 8, 1, 2], N_USED)
-        .is_err());
-    assert!(g
-        .matmul_id(&w, N_EXPERT, &x, &[0, u32::MAX, 1, 2], N_USED)
-        .is_err());
-    assert!(g.matmul_id(&w, N_EXPERT, &x, &[0, 1, 2], N_USED).is_err());
-    assert!(g
-        .matmul_id(&w, N_EXPERT, &x, &[0, 1, 2, 3, 4, 5], N_USED)
-        .is_err());
-    assert!(g.matmul_id(&w, N_EXPERT, &x, &[0, 1, 2, 7], N_USED).is_ok());
-    let bias = vec![0f32; N_EXPERT * 4];
-    let b = g
-        .load_weight(
-            "b",
-            GgmlType::F32,
-            &[4, N_EXPERT as u64],
-            bytemuck_f32(&bias),
-        )
-        .unwrap();
-    let mut y = g.act_from_host(&[0.0; 8], 2, 4);
-    assert!(g.add_bias_id(&mut y, &b, &[3, 8]).is_err());
-    assert!(g.add_bias_id(&mut y, &b, &[3]).is_err());
-    assert!(g.moe_combine(&y, &[1.0], N_USED).is_err());
+    moe_ops_refuse_bad_input(&gpu());
+}
+
+/// The router on the device against the CPU's (ggml's arithmetic): every
+/// gating, with and without normalisation and scale, expert counts from 8
+/// to 512, up to 8 experts per token. Ids must be equal except where the
+/// CPU's probabilities of the two candidates are within 1e-5 (a near-tie
+/// the device's expf may order the other way); weights within 1e-5.
+#[test]
+fn device_router_matches_cpu() {
+    let (g, c) = (gpu(), CpuBackend::new());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed());
+    for gating in [Gating::Softmax, Gating::SoftmaxWeight, Gating::Sigmoid] {
+        for &(n_expert, n_used, norm, scale) in &[
+            (8usize, 2usize, false, 1.0f32),
+            (32, 4, true, 1.0),
+            (128, 8, true, 2.5),
+            (512, 8, false, 0.0),
+        ] {
+            let router = Router {
+                n_expert,
+                n_used,
+                gating,
+                norm,
+                scale,
+            };
+            for tokens in [1usize, 5, 37] {
+                let logits = random(&mut rng, tokens * n_expert, 4.0);
+                let (gi, gw) = g
+                    .routing_to_host(
+                        &g.route(&g.act_from_host(&logits, tokens, n_expert), &router)
+                            .unwrap(),
+                    )
+                    .unwrap();
+                let want = c
+                    .route(&c.act_from_host(&logits, tokens, n_expert), &router)
+                    .unwrap();
+                let what = format!("{gating:?} {n_expert}/{n_used} norm {norm} scale {scale}");
+                assert_eq!(gi.len(), want.ids.len(), "{what}");
+                let mut tied = false;
+                for t in 0..tokens {
+                    let row = &logits[t * n_expert..(t + 1) * n_expert];
+                    for j in 0..n_used {
+                        let s = t * n_used + j;
+                        let (a, b) = (gi[s] as usize, want.ids[s] as usize);
+                        if a != b {
+                            // Sigmoid and softmax are monotonic: compare logits.
+                            assert!(
+                                (row[a] - row[b]).abs() <= 1e-5 * row[b].abs().max(1.0),
+                                "{what} token {t} slot {j}: expert {a}, the CPU {b}"
+                            );
+                            tied = true;
+                        }
+                    }
+                    if tied {
+                        break;
+                    }
+                    let (gw, cw) = (
+                        &gw[t * n_used..][..n_used],
+                        &want.weights[t * n_used..][..n_used],
+                    );
+                    for (x, y) in gw.iter().zip(cw) {
+                        assert!(
+                            (x - y).abs() <= 1e-5 * y.abs().max(1e-3),
+                            "{what} token {t}: weights {gw:?} vs {cw:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

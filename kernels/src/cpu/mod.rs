@@ -15,6 +15,7 @@ use strata_model::GgmlType;
 
 use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
 use crate::kv::KvGeometry;
+use crate::moe_route::{HostRouting, Router};
 
 pub use attention::CpuKvCache;
 pub(crate) use ops::expf_ggml;
@@ -87,6 +88,7 @@ impl Backend for CpuBackend {
     type Act = CpuAct;
     type Weight = CpuWeight;
     type KvCache = CpuKvCache;
+    type Routing = HostRouting;
 
     fn name(&self) -> String {
         format!(
@@ -242,32 +244,43 @@ impl Backend for CpuBackend {
         cache.attend(layer, q, batch)
     }
 
+    fn route(&self, logits: &CpuAct, router: &Router) -> Result<HostRouting, KernelError> {
+        router.route_host(&logits.data)
+    }
+
+    fn routing(
+        &self,
+        ids: &[u32],
+        weights: &[f32],
+        n_used: usize,
+        n_expert: usize,
+    ) -> Result<HostRouting, KernelError> {
+        HostRouting::new(ids, weights, n_used, n_expert)
+    }
+
+    fn routing_to_host(&self, r: &HostRouting) -> Result<(Vec<u32>, Vec<f32>), KernelError> {
+        Ok((r.ids.clone(), r.weights.clone()))
+    }
+
     fn matmul_id(
         &self,
         experts: &CpuWeight,
-        n_expert: usize,
         x: &CpuAct,
-        ids: &[u32],
-        n_used: usize,
+        r: &HostRouting,
     ) -> Result<CpuAct, KernelError> {
-        moe::matmul_id(experts, n_expert, x, ids, n_used)
+        moe::matmul_id(experts, x, r)
     }
 
     fn add_bias_id(
         &self,
         x: &mut CpuAct,
         bias: &CpuWeight,
-        ids: &[u32],
+        r: &HostRouting,
     ) -> Result<(), KernelError> {
-        moe::add_bias_id(x, bias, ids)
+        moe::add_bias_id(x, bias, r)
     }
 
-    fn moe_combine(
-        &self,
-        y: &CpuAct,
-        weights: &[f32],
-        n_used: usize,
-    ) -> Result<CpuAct, KernelError> {
-        moe::moe_combine(y, weights, n_used)
+    fn moe_combine(&self, y: &CpuAct, r: &HostRouting) -> Result<CpuAct, KernelError> {
+        moe::moe_combine(y, r)
     }
 }

@@ -14,22 +14,17 @@ use rayon::prelude::*;
 use super::matmul::{dot_rows, with_quantized, GgmlOp, WeightRows};
 use super::{CpuAct, CpuWeight};
 use crate::backend::KernelError;
-use crate::moe_route::{check_combine, check_ids, check_matmul_id};
+use crate::moe_route::{check_combine, check_ids, check_matmul_id, HostRouting};
 
-pub fn matmul_id(
-    experts: &CpuWeight,
-    n_expert: usize,
-    x: &CpuAct,
-    ids: &[u32],
-    n_used: usize,
-) -> Result<CpuAct, KernelError> {
+pub fn matmul_id(experts: &CpuWeight, x: &CpuAct, r: &HostRouting) -> Result<CpuAct, KernelError> {
+    let (ids, n_used, n_expert) = (&r.ids, r.n_used, r.n_expert);
     let shape = check_matmul_id(
         &experts.name,
         experts.rows,
         experts.cols,
         n_expert,
         (x.rows, x.cols),
-        ids,
+        ids.len(),
         n_used,
     )?;
     let rows = shape.rows_per_expert;
@@ -84,7 +79,8 @@ pub fn matmul_id(
 }
 
 /// ggml's `add_id`: row `r` of `x` += row `ids[r]` of `bias` (F32, as ggml requires).
-pub fn add_bias_id(x: &mut CpuAct, bias: &CpuWeight, ids: &[u32]) -> Result<(), KernelError> {
+pub fn add_bias_id(x: &mut CpuAct, bias: &CpuWeight, r: &HostRouting) -> Result<(), KernelError> {
+    let ids = &r.ids;
     let bad = |what: String| KernelError::Invalid(format!("add_bias_id {}: {what}", bias.name));
     if bias.dtype != strata_model::GgmlType::F32 {
         return Err(bad(format!("bias of type {}, F32 needed", bias.dtype)));
@@ -114,7 +110,8 @@ pub fn add_bias_id(x: &mut CpuAct, bias: &CpuWeight, ids: &[u32]) -> Result<(), 
 /// Each token's expert outputs weighted and summed as llama.cpp's graph
 /// does: `ggml_mul` by the weight (rounded to f32), then `ggml_add` from
 /// the first slot on.
-pub fn moe_combine(y: &CpuAct, weights: &[f32], n_used: usize) -> Result<CpuAct, KernelError> {
+pub fn moe_combine(y: &CpuAct, r: &HostRouting) -> Result<CpuAct, KernelError> {
+    let (weights, n_used) = (&r.weights, r.n_used);
     let n_tokens = check_combine(y.rows, weights.len(), n_used)?;
     let cols = y.cols;
     let mut out = vec![0f32; n_tokens * cols];

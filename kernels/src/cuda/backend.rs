@@ -29,11 +29,14 @@ use super::staged_upload::StagedUpload;
 use super::uploads::IndexUploads;
 use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
+use crate::moe_route::Router;
+pub use routing::CudaRouting;
 
 mod attention;
 mod gemm;
 mod matvec;
 mod moe;
+mod routing;
 
 /// Tokens one matrix-vector launch handles (the kernels' MAX_BATCH).
 pub const MAX_BATCH: usize = 8;
@@ -378,6 +381,7 @@ impl Backend for CudaBackend {
     type Act = CudaAct;
     type Weight = CudaWeight;
     type KvCache = CudaKvCache;
+    type Routing = CudaRouting;
 
     fn name(&self) -> String {
         let (major, minor) = self.compute_capability;
@@ -705,32 +709,43 @@ impl Backend for CudaBackend {
         self.paged_attention(cache, layer, q, k, v, batch)
     }
 
+    fn route(&self, logits: &CudaAct, router: &Router) -> Result<CudaRouting, KernelError> {
+        self.route_on_device(logits, router)
+    }
+
+    fn routing(
+        &self,
+        ids: &[u32],
+        weights: &[f32],
+        n_used: usize,
+        n_expert: usize,
+    ) -> Result<CudaRouting, KernelError> {
+        self.routing_from_host(ids, weights, n_used, n_expert)
+    }
+
+    fn routing_to_host(&self, r: &CudaRouting) -> Result<(Vec<u32>, Vec<f32>), KernelError> {
+        self.routing_on_host(r)
+    }
+
     fn matmul_id(
         &self,
         experts: &CudaWeight,
-        n_expert: usize,
         x: &CudaAct,
-        ids: &[u32],
-        n_used: usize,
+        r: &CudaRouting,
     ) -> Result<CudaAct, KernelError> {
-        self.moe_matmul_id(experts, n_expert, x, ids, n_used)
+        self.moe_matmul_id(experts, x, r)
     }
 
     fn add_bias_id(
         &self,
         x: &mut CudaAct,
         bias: &CudaWeight,
-        ids: &[u32],
+        r: &CudaRouting,
     ) -> Result<(), KernelError> {
-        self.moe_add_bias_id(x, bias, ids)
+        self.moe_add_bias_id(x, bias, r)
     }
 
-    fn moe_combine(
-        &self,
-        y: &CudaAct,
-        weights: &[f32],
-        n_used: usize,
-    ) -> Result<CudaAct, KernelError> {
-        self.moe_weighted_sum(y, weights, n_used)
+    fn moe_combine(&self, y: &CudaAct, r: &CudaRouting) -> Result<CudaAct, KernelError> {
+        self.moe_weighted_sum(y, r)
     }
 }

@@ -110,7 +110,7 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         name: "moe",
         body: include_str!("../../cuda/moe.cu"),
-        kernels: &["add_id", "moe_combine"],
+        kernels: &["add_id", "moe_combine", "moe_route"],
     },
     KernelSource {
         name: "attention",

@@ -112,3 +112,34 @@ pub fn expert_ids(rng: &mut ChaCha8Rng, tokens: usize) -> Vec<u32> {
         })
         .collect()
 }
+
+/// Ids outside the experts, and MoE inputs of the wrong shape, are errors
+/// on backend `g`.
+pub fn moe_ops_refuse_bad_input<B: Backend>(g: &B) {
+    let (rows, cols) = (8usize, 256usize);
+    let (bytes, _) = quantized(GgmlType::Q4_0, &vec![0.5; N_EXPERT * rows * cols], cols);
+    let dims = [cols as u64, rows as u64, N_EXPERT as u64];
+    let w = g
+        .load_weight("exps", GgmlType::Q4_0, &dims, &bytes)
+        .unwrap();
+    let x = g.act_from_host(&vec![1.0; 2 * cols], 2, cols);
+    let routing = |ids: &[u32]| g.routing(ids, &vec![1.0; ids.len()], N_USED, N_EXPERT);
+    assert!(routing(&[0, 8, 1, 2]).is_err());
+    assert!(routing(&[0, u32::MAX, 1, 2]).is_err());
+    assert!(routing(&[0, 1, 2]).is_err());
+    assert!(g.routing(&[0, 1], &[1.0], N_USED, N_EXPERT).is_err());
+    let three_tokens = routing(&[0, 1, 2, 3, 4, 5]).unwrap();
+    assert!(g.matmul_id(&w, &x, &three_tokens).is_err());
+    let two_tokens = routing(&[0, 1, 2, 7]).unwrap();
+    assert!(g.matmul_id(&w, &x, &two_tokens).is_ok());
+    // A bias of 4 experts for a routing over 8.
+    let bias = vec![0f32; 4 * 4];
+    let b = g
+        .load_weight("b", GgmlType::F32, &[4, 4], bytemuck_f32(&bias))
+        .unwrap();
+    let mut y = g.act_from_host(&[0.0; 8], 2, 4);
+    let one_token = routing(&[3, 7]).unwrap();
+    assert!(g.add_bias_id(&mut y, &b, &one_token).is_err());
+    assert!(g.moe_combine(&y, &two_tokens).is_err());
+    assert!(g.moe_combine(&y, &one_token).is_ok());
+}

@@ -1,9 +1,10 @@
 //! A mixture-of-experts feed-forward (llama.cpp's `build_moe_ffn`): the
-//! router picks `n_used` experts per token on the host, each expert's gated
-//! feed-forward runs on the rows routed to it, and the outputs are summed
-//! with the router's weights.
+//! router picks `n_used` experts per token (on the backend's device: the
+//! routing never comes to the host), each expert's gated feed-forward runs
+//! on the rows routed to it, and the outputs are summed with the router's
+//! weights.
 
-use strata_kernels::{route, Backend, Gating};
+use strata_kernels::{Backend, Gating, Router};
 use strata_model::arch::{layer_tensor, Activation, ExpertGating, MoeSpec};
 
 use crate::stage::StageError;
@@ -16,12 +17,8 @@ struct Experts<B: Backend> {
 }
 
 pub struct MoeFfn<B: Backend> {
-    n_expert: usize,
-    n_used: usize,
     activation: Activation,
-    gating: Gating,
-    norm_weights: bool,
-    weights_scale: f32,
+    routing: Router,
     router: B::Weight,
     router_bias: Option<B::Weight>,
     gate: Experts<B>,
@@ -53,17 +50,23 @@ impl<B: Backend> MoeFfn<B> {
                 "layer {il}: fused ffn_gate_up_exps experts are not supported yet"
             )));
         }
-        Ok(MoeFfn {
+        let routing = Router {
             n_expert: n,
             n_used: spec.n_used,
-            activation: spec.activation,
             gating: match spec.gating {
                 ExpertGating::Softmax => Gating::Softmax,
                 ExpertGating::SoftmaxWeight => Gating::SoftmaxWeight,
                 ExpertGating::Sigmoid => Gating::Sigmoid,
             },
-            norm_weights: spec.norm_weights,
-            weights_scale: spec.weights_scale,
+            norm: spec.norm_weights,
+            scale: spec.weights_scale,
+        };
+        routing
+            .check()
+            .map_err(|e| StageError::Model(format!("layer {il}: {e}")))?;
+        Ok(MoeFfn {
+            activation: spec.activation,
+            routing,
             router: loader.required(&t("ffn_gate_inp.weight"), &[d, n])?,
             router_bias: if spec.router_bias {
                 Some(loader.required(&t("ffn_gate_inp.bias"), &[n])?)
@@ -81,26 +84,17 @@ impl<B: Backend> MoeFfn<B> {
         if let Some(bias) = &self.router_bias {
             b.add_bias(&mut logits, bias);
         }
-        // The router's few floats per token come to the host, where the
-        // top-k is chosen in ggml's arithmetic for every backend.
-        let (ids, weights) = route(
-            &b.act_to_host(&logits),
-            self.n_expert,
-            self.n_used,
-            self.gating,
-            self.norm_weights,
-            self.weights_scale,
-        );
+        let routing = b.route(&logits, &self.routing)?;
         let project = |e: &Experts<B>, x: &B::Act| -> Result<B::Act, StageError> {
-            let mut y = b.matmul_id(&e.weight, self.n_expert, x, &ids, self.n_used)?;
+            let mut y = b.matmul_id(&e.weight, x, &routing)?;
             if let Some(bias) = &e.bias {
-                b.add_bias_id(&mut y, bias, &ids)?;
+                b.add_bias_id(&mut y, bias, &routing)?;
             }
             Ok(y)
         };
         let up = project(&self.up, h)?;
         let gate = project(&self.gate, h)?;
         let down = project(&self.down, &b.gated(&gate, &up, self.activation))?;
-        Ok(b.moe_combine(&down, &weights, self.n_used)?)
+        Ok(b.moe_combine(&down, &routing)?)
     }
 }

@@ -28,8 +28,7 @@ pub(super) fn locate(
         if slice_hash.is_empty() {
             return Ok(None);
         }
-        let hp =
-            ModelSpec::from_gguf(file).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let hp = ModelSpec::from_gguf(file).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if range.end > hp.n_layers {
             return Err(Status::invalid_argument(format!(
                 "layers {range} past the model's {}",

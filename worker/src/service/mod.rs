@@ -327,7 +327,7 @@ impl WorkerService {
             locate::locate(&shared, &digest, &model_path, range, &slice_hash)
         })
         .await
-                .map_err(|e| Status::internal(e.to_string()))??;
+        .map_err(|e| Status::internal(e.to_string()))??;
         let hp = ModelSpec::from_gguf(&file)
             .map_err(|e| Status::invalid_argument(format!("{}: {e}", source.display())))?;
         if range.end > hp.n_layers {

@@ -1,6 +1,6 @@
-//! The CUDA backend's mixture-of-experts ops (see `Backend::matmul_id`).
-//! Ids and weights are checked on the host and uploaded per call; every
-//! failure, a bad id or a device error, is returned, never a panic.
+//! The CUDA backend's mixture-of-experts ops (see `Backend::matmul_id`) over
+//! a routing on the device (`routing.rs`); every failure, a bad shape or a
+//! device error, is returned, never a panic.
 //!
 //! The matmul by id runs matvec.cu's `mmvq_id_*` / `mmv_id_*`: the plain
 //! matvec code, one output row (token, slot) per grid row, its weight
@@ -14,9 +14,10 @@ use cudarc::driver::{
 use strata_model::GgmlType;
 
 use super::matvec::{matvec_config, ACT_LEVEL_BYTES};
+use super::routing::CudaRouting;
 use super::{CudaAct, CudaBackend, CudaWeight, ACT_CHUNK_BYTES, ELEMENTWISE_THREADS};
 use crate::backend::KernelError;
-use crate::moe_route::{check_combine, check_ids, check_matmul_id};
+use crate::moe_route::{check_combine, check_matmul_id};
 
 /// Output rows one matmul-by-id launch covers (CUDA's limit on grid_dim.y).
 const MAX_SLOTS_PER_LAUNCH: usize = 65_535;
@@ -40,13 +41,13 @@ pub(super) fn id_kernels(
         .collect()
 }
 
-fn device_error(what: &str, e: DriverError) -> KernelError {
+pub(super) fn device_error(what: &str, e: DriverError) -> KernelError {
     KernelError::Invalid(format!("CUDA error in {what}: {e:?}"))
 }
 
 impl CudaBackend {
     /// [`CudaBackend::launched`], returning the error.
-    fn try_launched(
+    pub(super) fn try_launched(
         &self,
         kernel: &'static str,
         launch: impl FnOnce() -> Result<(), DriverError>,
@@ -63,14 +64,17 @@ impl CudaBackend {
             .map_err(|e| device_error("profile", e))
     }
 
-    fn try_upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>, KernelError> {
+    pub(super) fn try_upload<T: DeviceRepr>(
+        &self,
+        data: &[T],
+    ) -> Result<CudaSlice<T>, KernelError> {
         self.stream
             .clone_htod(data)
             .map_err(|e| device_error("upload", e))
     }
 
     /// Uninitialized device memory for `n` values that a kernel writes in full.
-    fn try_output<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>, KernelError> {
+    pub(super) fn try_output<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>, KernelError> {
         // SAFETY: read only after the kernel that writes all n values.
         unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(|e| device_error("alloc", e))
     }
@@ -78,18 +82,17 @@ impl CudaBackend {
     pub(super) fn moe_matmul_id(
         &self,
         experts: &CudaWeight,
-        n_expert: usize,
         x: &CudaAct,
-        ids: &[u32],
-        n_used: usize,
+        r: &CudaRouting,
     ) -> Result<CudaAct, KernelError> {
+        let (slots, n_used) = (r.n_slots(), r.n_used);
         let shape = check_matmul_id(
             &experts.name,
             experts.rows,
             experts.cols,
-            n_expert,
+            r.n_expert,
             (x.rows, x.cols),
-            ids,
+            slots,
             n_used,
         )?;
         let rows = shape.rows_per_expert;
@@ -99,15 +102,14 @@ impl CudaBackend {
                 experts.name, experts.dtype
             ))
         })?;
-        let mut out = self.try_output::<f32>(ids.len() * rows)?;
-        if ids.is_empty() || rows == 0 {
+        let mut out = self.try_output::<f32>(slots * rows)?;
+        if slots == 0 || rows == 0 {
             return Ok(CudaAct {
                 buf: out,
-                rows: ids.len(),
+                rows: slots,
                 cols: rows,
             });
         }
-        let ids_dev = self.try_upload(ids)?;
         let x_div = if shape.per_slot { 1i32 } else { n_used as i32 };
         let (row_bytes, rows_i, cols) = (experts.row_bytes, rows as i32, experts.cols as i32);
         let float = Self::is_float(experts.dtype);
@@ -117,8 +119,8 @@ impl CudaBackend {
                       input_f32: &CudaSlice<f32>,
                       out: &mut CudaSlice<f32>| {
             let scales_at = x.rows * (experts.cols / 32) * ACT_LEVEL_BYTES;
-            for first in (0..ids.len()).step_by(MAX_SLOTS_PER_LAUNCH) {
-                let n = (ids.len() - first).min(MAX_SLOTS_PER_LAUNCH);
+            for first in (0..slots).step_by(MAX_SLOTS_PER_LAUNCH) {
+                let n = (slots - first).min(MAX_SLOTS_PER_LAUNCH);
                 let cfg = matvec_config(rows, experts.cols, float, n as u32);
                 let first_i = first as i32;
                 let quant = (!float).then(|| (input.slice(..scales_at), input.slice(scales_at..)));
@@ -128,8 +130,8 @@ impl CudaBackend {
                     Some((levels, scales)) => b.arg(levels).arg(scales),
                     None => b.arg(input_f32),
                 };
-                b.arg(&ids_dev).arg(&x_div).arg(&first_i).arg(&mut *out);
-                // SAFETY: every id is < n_expert (checked), so each slot
+                b.arg(&r.ids).arg(&x_div).arg(&first_i).arg(&mut *out);
+                // SAFETY: every id is < n_expert (the routing's), so each slot
                 // reads `rows` rows inside the stacked weight; slot s reads
                 // input row s / x_div < x.rows and writes output row s.
                 self.try_launched(kernel_name, || unsafe { b.launch(cfg) }.map(drop))?;
@@ -162,7 +164,7 @@ impl CudaBackend {
         }
         Ok(CudaAct {
             buf: out,
-            rows: ids.len(),
+            rows: slots,
             cols: rows,
         })
     }
@@ -171,27 +173,27 @@ impl CudaBackend {
         &self,
         x: &mut CudaAct,
         bias: &CudaWeight,
-        ids: &[u32],
+        r: &CudaRouting,
     ) -> Result<(), KernelError> {
         let bad = |what: String| KernelError::Invalid(format!("add_bias_id {}: {what}", bias.name));
         if bias.dtype != GgmlType::F32 {
             return Err(bad(format!("bias of type {}, F32 needed", bias.dtype)));
         }
-        if bias.cols != x.cols || ids.len() != x.rows {
+        if bias.cols != x.cols || r.n_slots() != x.rows || r.n_expert > bias.rows {
             return Err(bad(format!(
-                "{} ids and bias rows of {} for {}x{} activations",
-                ids.len(),
+                "{} ids of {} experts and {} bias rows of {} for {}x{} activations",
+                r.n_slots(),
+                r.n_expert,
+                bias.rows,
                 bias.cols,
                 x.rows,
                 x.cols
             )));
         }
-        check_ids(&bias.name, ids, bias.rows)?;
         let n = x.rows * x.cols;
         if n == 0 {
             return Ok(());
         }
-        let ids_dev = self.try_upload(ids)?;
         // F32 rows: the weight's bytes are the values.
         // SAFETY: the allocation is the driver's (aligned for f32) and every
         // bit pattern is an f32; transmute checks the length.
@@ -207,10 +209,10 @@ impl CudaBackend {
         let mut b = self.stream.launch_builder(self.f("add_id"));
         b.arg(&mut x.buf)
             .arg(&bias_f32)
-            .arg(&ids_dev)
+            .arg(&r.ids)
             .arg(&n)
             .arg(&cols);
-        // SAFETY: n values of x; each id < bias.rows (checked) picks a row of
+        // SAFETY: n values of x; each id < n_expert <= bias.rows picks a row of
         // cols f32 values inside the bias.
         self.try_launched("add_id", || {
             unsafe { b.launch(Self::grid_for(n)) }.map(drop)
@@ -220,10 +222,10 @@ impl CudaBackend {
     pub(super) fn moe_weighted_sum(
         &self,
         y: &CudaAct,
-        weights: &[f32],
-        n_used: usize,
+        r: &CudaRouting,
     ) -> Result<CudaAct, KernelError> {
-        let n_tokens = check_combine(y.rows, weights.len(), n_used)?;
+        let n_used = r.n_used;
+        let n_tokens = check_combine(y.rows, r.n_slots(), n_used)?;
         let n = n_tokens * y.cols;
         let mut out = self.try_output::<f32>(n)?;
         if n == 0 {
@@ -233,11 +235,10 @@ impl CudaBackend {
                 cols: y.cols,
             });
         }
-        let w = self.try_upload(weights)?;
         let (cols, n_used_i) = (y.cols as i32, n_used as i32);
         let mut b = self.stream.launch_builder(self.f("moe_combine"));
         b.arg(&y.buf)
-            .arg(&w)
+            .arg(&r.weights)
             .arg(&mut out)
             .arg(&n)
             .arg(&cols)
