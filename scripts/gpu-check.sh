@@ -8,7 +8,7 @@
 #   scripts/gpu-check.sh all            # there: every step below, in one call, logs in $OUT/logs.tgz
 #
 # The steps, also callable one by one there:
-#   ops                 every op vs the CPU backend (kernels/tests/cuda_ops.rs)
+#   ops                 every op vs the CPU backend (kernels/tests/cuda_{ops,matvec,gemm,attention,upload}.rs)
 #   greedy              GPU greedy text == CPU greedy text, synth models of every type
 #   llama-build         llama.cpp with CUDA for this GPU (llama-bench only; skipped
 #                       when gpu-carry/llama-bench is there from an earlier call)
@@ -56,6 +56,10 @@ model() {
 unpack() {
     mkdir -p "$bin"
     [[ -x $strata ]] || xz -dc "$carry/strata.xz" >"$strata" && chmod +x "$strata"
+    local t
+    for t in $OP_TESTS; do
+        [[ -x $bin/$t ]] || xz -dc "$carry/$t.xz" >"$bin/$t" && chmod +x "$bin/$t"
+    done
     if [[ ! -x $llama_bench ]] && ls "$carry"/llama-bench.xz.* >/dev/null 2>&1; then
         cat "$carry"/llama-bench.xz.* | xz -dc >"$llama_bench" && chmod +x "$llama_bench"
     fi
@@ -64,16 +68,22 @@ unpack() {
     fi
 }
 
+# The kernel tests that run on a real GPU as they do on the emulator.
+OP_TESTS="cuda_ops cuda_matvec cuda_gemm cuda_attention cuda_upload"
+
 prepare() {
     set -e
     cargo build --release -p strata -p strata-tests --example trim_layers
     rm -rf "$carry" && mkdir -p "$carry"
     strip -o /tmp/strata-stripped target/release/strata
     xz -T0 -6 -c /tmp/strata-stripped >"$carry/strata.xz"
-    local exe
-    exe=$(cargo test --release -p strata-kernels --test cuda_ops --no-run --message-format=json 2>/dev/null |
-        python3 -c 'import json,sys; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("reason")=="compiler-artifact" and j.get("executable") and "cuda_ops" in j["executable"]][0])')
-    strip -o "$carry/cuda_ops" "$exe"
+    local exe t
+    for t in $OP_TESTS; do
+        exe=$(cargo test --release -p strata-kernels --test "$t" --no-run --message-format=json 2>/dev/null |
+            python3 -c 'import json,sys; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("reason")=="compiler-artifact" and j.get("executable") and sys.argv[1] in j["executable"]][0])' "$t")
+        strip -o "/tmp/strata-$t" "$exe"
+        xz -T0 -6 -c "/tmp/strata-$t" >"$carry/$t.xz"
+    done
     local src=${LLAMA_CPP_SRC:-}
     if [[ -z $src ]]; then
         # llama.cpp as llama-cpp-python's sdist on PyPI vendors it. The
@@ -129,8 +139,10 @@ EOF
 
 ops() {
     nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv | tee "$logs/gpu.txt"
-    "$carry/cuda_ops" --test-threads 1 --nocapture >"$logs/ops.log" 2>&1
-    local rc=$?
+    local rc=0 t
+    for t in $OP_TESTS; do
+        "$bin/$t" --test-threads 1 --nocapture >>"$logs/ops.log" 2>&1 || rc=1
+    done
     grep -E "^test |worst|test result" "$logs/ops.log"
     return $rc
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The CUDA kernel tests (every kernels/tests/cuda_*.rs that runs kernels) again on the CUDA emulator
-# built with AddressSanitizer: device memory is then ASan's heap, with
-# redzones on both sides of every buffer, so an out-of-bounds index in a
-# kernel fails even where the plain emulator's guard page would not see it
-# (a read before a buffer's start, or inside its last page). libasan must be
-# loaded first, so the test executables run directly, not under cargo.
+# The CUDA kernel tests (every kernels/tests/cuda_*.rs that runs kernels)
+# again on the CUDA emulator built with AddressSanitizer: device memory is
+# then ASan's heap, with redzones on both sides of every buffer, so an
+# out-of-bounds index in a kernel fails even where the plain emulator's
+# guard page would not see it (a read before a buffer's start, or inside its
+# last page). libasan must be loaded first, so the test executables run
+# directly, not under cargo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 asan=$(${CXX:-c++} -print-file-name=libasan.so)

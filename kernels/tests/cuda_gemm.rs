@@ -16,21 +16,6 @@ use strata_model::GgmlType;
 mod common;
 use common::*;
 
-const QUANT_TYPES: &[GgmlType] = &[
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-    GgmlType::Q8K,
-    GgmlType::MXFP4,
-];
-
 /// Relative L2 error of the gemm against the decode kernels (f32 summation
 /// order only).
 const VS_MATVEC: f64 = 1e-4;

@@ -26,6 +26,22 @@ pub const WEIGHT_TYPES: &[GgmlType] = &[
     GgmlType::MXFP4,
 ];
 
+/// Every quantized weight type the CUDA kernels unpack.
+pub const QUANT_TYPES: &[GgmlType] = &[
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+    GgmlType::Q8K,
+    GgmlType::MXFP4,
+];
+
 /// A real GPU where there is one, else the CUDA emulator.
 pub fn gpu() -> CudaBackend {
     emulator::install_unless_gpu().expect("the CUDA emulator");
