@@ -18,4 +18,5 @@ if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/
 fi
 rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1 \
     || skip "could not add the aarch64-unknown-linux-gnu target with rustup"
-cargo test -p strata-kernels --target aarch64-unknown-linux-gnu --lib "$@"
+# The MoE ops' per-expert matmul bits too (kernels/tests/cpu_moe.rs).
+cargo test -p strata-kernels --target aarch64-unknown-linux-gnu --lib --test cpu_moe "$@"
