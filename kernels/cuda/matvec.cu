@@ -99,11 +99,7 @@ __device__ void mmvq(const u8* w, size_t row_bytes, int rows, int cols, const u8
     const u8* r[ROWS_PER_BLOCK];
     int row0;
     block_rows(w, row_bytes, rows, r, row0);
-    float acc[ROWS_PER_BLOCK][MAX_BATCH];
-#pragma unroll
-    for (int i = 0; i < ROWS_PER_BLOCK; i++)
-#pragma unroll
-        for (int t = 0; t < MAX_BATCH; t++) acc[i][t] = 0.0f;
+    float acc[ROWS_PER_BLOCK][MAX_BATCH] = {};
     for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
         const size_t block = (size_t)(c / SUBS) * Block<T>::BYTES;
         // Every row's loads first: ROWS_PER_BLOCK independent streams in flight.
@@ -137,11 +133,7 @@ __device__ void mmv_float(const u8* w, size_t row_bytes, int rows, int cols, con
     const u8* r[ROWS_PER_BLOCK];
     int row0;
     block_rows(w, row_bytes, rows, r, row0);
-    float acc[ROWS_PER_BLOCK][MAX_BATCH];
-#pragma unroll
-    for (int i = 0; i < ROWS_PER_BLOCK; i++)
-#pragma unroll
-        for (int t = 0; t < MAX_BATCH; t++) acc[i][t] = 0.0f;
+    float acc[ROWS_PER_BLOCK][MAX_BATCH] = {};
     if (cols % 8 == 0) {
         for (int g = threadIdx.x; g < cols / 8; g += blockDim.x) {
             float wv[ROWS_PER_BLOCK][8];

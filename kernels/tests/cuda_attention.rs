@@ -125,22 +125,8 @@ impl Caches {
             sinks,
         };
         let (g, c) = (&self.g, &self.c);
-        let got = g.act_to_host(&g.attention(
-            &mut self.kg,
-            0,
-            &g.act_from_host(&q, n, q_cols),
-            &g.act_from_host(&k, n, k_cols),
-            &g.act_from_host(&v, n, v_cols),
-            &batch,
-        ));
-        let want = c.act_to_host(&c.attention(
-            &mut self.kc,
-            0,
-            &c.act_from_host(&q, n, q_cols),
-            &c.act_from_host(&k, n, k_cols),
-            &c.act_from_host(&v, n, v_cols),
-            &batch,
-        ));
+        let got = attend_on(g, &mut self.kg, 0, (&q, &k, &v), n, &batch);
+        let want = attend_on(c, &mut self.kc, 0, (&q, &k, &v), n, &batch);
         assert_eq!(got.len(), n * h.n_heads * h.hd_v, "output shape");
         let round =
             |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| f16::from_f32(v).to_f32()).collect() };

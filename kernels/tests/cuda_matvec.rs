@@ -17,6 +17,7 @@
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use strata_kernels::cuda::CudaBackend;
 use strata_kernels::Backend;
 use strata_model::GgmlType;
 
@@ -87,6 +88,29 @@ fn check(
     }
 }
 
+/// A random `rows x cols` weight of `dtype` times batches of 1, 3, 8 and
+/// 13 tokens, each output checked against the exact product.
+fn check_matmul(g: &CudaBackend, rng: &mut ChaCha8Rng, dtype: GgmlType, rows: usize, cols: usize) {
+    let (bytes, deq) = quantized(dtype, &random(rng, rows * cols, 1.0), cols);
+    let w = g
+        .load_weight("w", dtype, &[cols as u64, rows as u64], &bytes)
+        .unwrap();
+    for tokens in [1usize, 3, 8, 13] {
+        let x = random(rng, tokens * cols, 1.0);
+        let got = g.act_to_host(&g.matmul(&w, &g.act_from_host(&x, tokens, cols)));
+        assert_eq!(got.len(), tokens * rows);
+        check(
+            &format!("{dtype} {rows}x{cols} batch {tokens}"),
+            &got,
+            &deq,
+            &kernel_activations(dtype, &x),
+            cols,
+            rows,
+            |t, r| (r, t),
+        );
+    }
+}
+
 #[test]
 fn matvec_edge_shapes_for_every_type() {
     let g = gpu();
@@ -105,24 +129,7 @@ fn matvec_edge_shapes_for_every_type() {
             (5, 5120),
         ];
         for (rows, cols) in shapes {
-            let (bytes, deq) = quantized(dtype, &random(&mut rng, rows * cols, 1.0), cols);
-            let w = g
-                .load_weight("w", dtype, &[cols as u64, rows as u64], &bytes)
-                .unwrap();
-            for tokens in [1usize, 3, 8, 13] {
-                let x = random(&mut rng, tokens * cols, 1.0);
-                let got = g.act_to_host(&g.matmul(&w, &g.act_from_host(&x, tokens, cols)));
-                assert_eq!(got.len(), tokens * rows);
-                check(
-                    &format!("{dtype} {rows}x{cols} batch {tokens}"),
-                    &got,
-                    &deq,
-                    &kernel_activations(dtype, &x),
-                    cols,
-                    rows,
-                    |t, r| (r, t),
-                );
-            }
+            check_matmul(&g, &mut rng, dtype, rows, cols);
         }
     }
 }
@@ -136,23 +143,7 @@ fn float_rows_of_any_width() {
         // 40: 8 a step, one warp.
         for cols in [1usize, 4, 8, 36, 40, 100] {
             for rows in [1usize, 3] {
-                let (bytes, deq) = quantized(dtype, &random(&mut rng, rows * cols, 1.0), cols);
-                let w = g
-                    .load_weight("w", dtype, &[cols as u64, rows as u64], &bytes)
-                    .unwrap();
-                for tokens in [1usize, 3, 8, 13] {
-                    let x = random(&mut rng, tokens * cols, 1.0);
-                    let got = g.act_to_host(&g.matmul(&w, &g.act_from_host(&x, tokens, cols)));
-                    check(
-                        &format!("{dtype} {rows}x{cols} batch {tokens}"),
-                        &got,
-                        &deq,
-                        &kernel_activations(dtype, &x),
-                        cols,
-                        rows,
-                        |t, r| (r, t),
-                    );
-                }
+                check_matmul(&g, &mut rng, dtype, rows, cols);
             }
         }
     }

@@ -251,22 +251,8 @@ fn attention_err(
         window: case.window,
         sinks: case.sinks,
     };
-    let got = g.act_to_host(&g.attention(
-        kg,
-        layer,
-        &g.act_from_host(&q, n, q_cols),
-        &g.act_from_host(&k, n, kv_cols),
-        &g.act_from_host(&v, n, kv_cols),
-        &batch,
-    ));
-    let want = c.act_to_host(&c.attention(
-        kc,
-        layer,
-        &c.act_from_host(&q, n, q_cols),
-        &c.act_from_host(&k, n, kv_cols),
-        &c.act_from_host(&v, n, kv_cols),
-        &batch,
-    ));
+    let got = attend_on(g, kg, layer, (&q, &k, &v), n, &batch);
+    let want = attend_on(c, kc, layer, (&q, &k, &v), n, &batch);
     rel_err(&got, &want)
 }
 

@@ -56,16 +56,13 @@ const ELEMENTWISE_THREADS: u32 = 256;
 /// from the driver again; kept, they come from the pool's free lists, and
 /// the pool serves as the ops' workspace.
 fn keep_freed_memory(ctx: &CudaContext) -> Result<(), cudarc::driver::DriverError> {
-    use cudarc::driver::sys;
-    let mut pool = std::ptr::null_mut();
     let mut threshold = u64::MAX;
-    // SAFETY: a valid device and an out-pointer; then the pool it gave and
-    // a u64 value, as CU_MEMPOOL_ATTR_RELEASE_THRESHOLD takes.
+    // SAFETY: the device's pool and a u64 value, as
+    // CU_MEMPOOL_ATTR_RELEASE_THRESHOLD takes.
     unsafe {
-        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
-        sys::cuMemPoolSetAttribute(
-            pool,
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+        cudarc::driver::sys::cuMemPoolSetAttribute(
+            default_pool(ctx)?,
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
             &mut threshold as *mut u64 as *mut std::ffi::c_void,
         )
         .result()
@@ -75,13 +72,23 @@ fn keep_freed_memory(ctx: &CudaContext) -> Result<(), cudarc::driver::DriverErro
 /// Hands the memory the pool keeps back to the driver, so that free memory
 /// counts it.
 fn trim_freed_memory(ctx: &CudaContext) -> Result<(), cudarc::driver::DriverError> {
-    use cudarc::driver::sys;
+    // SAFETY: the device's pool.
+    unsafe { cudarc::driver::sys::cuMemPoolTrimTo(default_pool(ctx)?, 0).result() }
+}
+
+/// The device's default memory pool, which `cuMemAllocAsync` draws from.
+fn default_pool(
+    ctx: &CudaContext,
+) -> Result<cudarc::driver::sys::CUmemoryPool, cudarc::driver::DriverError> {
     let mut pool = std::ptr::null_mut();
-    // SAFETY: a valid device and an out-pointer, then the pool it gave.
-    unsafe {
-        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
-        sys::cuMemPoolTrimTo(pool, 0).result()
-    }
+    // SAFETY: a valid device and an out-pointer.
+    unsafe { cudarc::driver::sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }
+        .result()?;
+    Ok(pool)
+}
+
+fn device_error(what: &str, e: cudarc::driver::DriverError) -> KernelError {
+    KernelError::Invalid(format!("CUDA error in {what}: {e:?}"))
 }
 
 fn fail(what: &str, e: impl std::fmt::Debug) -> ! {
@@ -127,6 +134,8 @@ pub struct CudaBackend {
     matvec_id: HashMap<GgmlType, (&'static str, CudaFunction)>,
     device_name: String,
     compute_capability: (u32, u32),
+    /// Multiprocessors, which attention sizes its context split by.
+    sm_count: usize,
     /// Positions, slots and block tables, uploaded once a batch.
     indices: Arc<IndexUploads>,
     /// Device time per kernel (`STRATA_CUDA_PROFILE=1`).
@@ -154,6 +163,11 @@ impl CudaBackend {
             .compute_capability()
             .map_err(|e| cuda("compute capability", e))?;
         let device_name = ctx.name().map_err(|e| cuda("device name", e))?;
+        let sm_count = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(|e| cuda("multiprocessor count", e))? as usize;
         let (major, minor) = (major as u32, minor as u32);
         let emulated = super::emulator::is_emulated((major, minor));
         if !emulated {
@@ -225,6 +239,7 @@ impl CudaBackend {
             matvec_id,
             device_name,
             compute_capability: (major, minor),
+            sm_count,
             indices: Arc::default(),
             profile: KernelProfile::from_env(),
             staging: Arc::default(),
@@ -281,9 +296,16 @@ impl CudaBackend {
     }
 
     fn upload<T: cudarc::driver::DeviceRepr>(&self, data: &[T]) -> CudaSlice<T> {
+        self.try_upload(data).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_upload<T: cudarc::driver::DeviceRepr>(
+        &self,
+        data: &[T],
+    ) -> Result<CudaSlice<T>, KernelError> {
         self.stream
             .clone_htod(data)
-            .unwrap_or_else(|e| fail("upload", e))
+            .map_err(|e| device_error("upload", e))
     }
 
     /// Runs `launch` of `kernel`, timed when profiling.
@@ -292,16 +314,26 @@ impl CudaBackend {
         kernel: &'static str,
         launch: impl FnOnce() -> Result<(), cudarc::driver::DriverError>,
     ) {
+        self.try_launched(kernel, launch)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`CudaBackend::launched`], returning the error.
+    fn try_launched(
+        &self,
+        kernel: &'static str,
+        launch: impl FnOnce() -> Result<(), cudarc::driver::DriverError>,
+    ) -> Result<(), KernelError> {
         let Some(profile) = &self.profile else {
-            return launch().unwrap_or_else(|e| fail(kernel, e));
+            return launch().map_err(|e| device_error(kernel, e));
         };
         let start = profile
             .start(&self.stream)
-            .unwrap_or_else(|e| fail("profile", e));
-        launch().unwrap_or_else(|e| fail(kernel, e));
+            .map_err(|e| device_error("profile", e))?;
+        launch().map_err(|e| device_error(kernel, e))?;
         profile
             .stop(&self.stream, kernel, start)
-            .unwrap_or_else(|e| fail("profile", e));
+            .map_err(|e| device_error("profile", e))
     }
 
     /// A batch index array on the device (uploaded once a batch).
@@ -321,8 +353,16 @@ impl CudaBackend {
     /// emulator fills new memory with NaN, so the op tests would see one
     /// it missed).
     fn output_f32(&self, n: usize) -> CudaSlice<f32> {
+        self.try_output(n).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Uninitialized device memory for `n` values that a kernel writes in full.
+    fn try_output<T: cudarc::driver::DeviceRepr>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>, KernelError> {
         // SAFETY: read only after the kernel that writes all n values.
-        unsafe { self.stream.alloc::<f32>(n.max(1)) }.unwrap_or_else(|e| fail("alloc", e))
+        unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(|e| device_error("alloc", e))
     }
 
     fn grid_for(n: usize) -> LaunchConfig {

@@ -5,7 +5,7 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use strata_kernels::cuda::{emulator, CudaBackend};
-use strata_kernels::Backend;
+use strata_kernels::{AttentionBatch, Backend};
 use strata_model::quant::{dequantize_row, quantize_row};
 use strata_model::GgmlType;
 
@@ -105,6 +105,26 @@ pub fn vector<B: Backend>(b: &B, v: &[f32]) -> B::Weight {
 pub fn bytemuck_f32(v: &[f32]) -> &[u8] {
     // SAFETY: f32 has no padding and any byte pattern is a valid u8.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 4) }
+}
+
+/// One attention batch on backend `b` from host Q, K and V of `n` rows
+/// each (writing K and V into `layer` of `cache`); the output on the host.
+pub fn attend_on<B: Backend>(
+    b: &B,
+    cache: &mut B::KvCache,
+    layer: usize,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    n: usize,
+    batch: &AttentionBatch<'_>,
+) -> Vec<f32> {
+    b.act_to_host(&b.attention(
+        cache,
+        layer,
+        &b.act_from_host(q, n, q.len() / n),
+        &b.act_from_host(k, n, k.len() / n),
+        &b.act_from_host(v, n, v.len() / n),
+        batch,
+    ))
 }
 
 // ---- mixture of experts ----

@@ -4,10 +4,9 @@
 //! one block per (token, KV head, context split) serving the query heads
 //! of the KV head's group, and `attend_combine` merges the splits.
 
-use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use super::{fail, CudaAct, CudaBackend, CudaKvCache, ELEMENTWISE_THREADS, MAX_HEAD_DIM};
+use super::{CudaAct, CudaBackend, CudaKvCache, ELEMENTWISE_THREADS, MAX_HEAD_DIM};
 use crate::backend::AttentionBatch;
 use crate::kv::KV_BLOCK_TOKENS;
 
@@ -82,13 +81,6 @@ impl AttendPlan {
 }
 
 impl CudaBackend {
-    /// The device's multiprocessors (the emulator reports a few).
-    fn sm_count(&self) -> usize {
-        self.ctx
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .unwrap_or_else(|e| fail("multiprocessor count", e)) as usize
-    }
-
     /// Writes the batch's K/V rows into their slots, then attends over the
     /// paged cache (`Backend::attention`).
     pub(super) fn paged_attention(
@@ -143,7 +135,7 @@ impl CudaBackend {
             batch,
             g.n_kv_heads,
             g.head_dim_k.max(g.head_dim_v),
-            self.sm_count(),
+            self.sm_count,
         );
         let mut out = self.output_f32(n * batch.n_heads * g.head_dim_v);
         let (n_heads, n_kv_heads) = (batch.n_heads as i32, g.n_kv_heads as i32);

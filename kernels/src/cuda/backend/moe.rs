@@ -8,9 +8,7 @@
 
 use std::collections::HashMap;
 
-use cudarc::driver::{
-    CudaFunction, CudaSlice, DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use strata_model::GgmlType;
 
 use super::matvec::{matvec_config, ACT_LEVEL_BYTES};
@@ -41,44 +39,7 @@ pub(super) fn id_kernels(
         .collect()
 }
 
-pub(super) fn device_error(what: &str, e: DriverError) -> KernelError {
-    KernelError::Invalid(format!("CUDA error in {what}: {e:?}"))
-}
-
 impl CudaBackend {
-    /// [`CudaBackend::launched`], returning the error.
-    pub(super) fn try_launched(
-        &self,
-        kernel: &'static str,
-        launch: impl FnOnce() -> Result<(), DriverError>,
-    ) -> Result<(), KernelError> {
-        let Some(profile) = &self.profile else {
-            return launch().map_err(|e| device_error(kernel, e));
-        };
-        let start = profile
-            .start(&self.stream)
-            .map_err(|e| device_error("profile", e))?;
-        launch().map_err(|e| device_error(kernel, e))?;
-        profile
-            .stop(&self.stream, kernel, start)
-            .map_err(|e| device_error("profile", e))
-    }
-
-    pub(super) fn try_upload<T: DeviceRepr>(
-        &self,
-        data: &[T],
-    ) -> Result<CudaSlice<T>, KernelError> {
-        self.stream
-            .clone_htod(data)
-            .map_err(|e| device_error("upload", e))
-    }
-
-    /// Uninitialized device memory for `n` values that a kernel writes in full.
-    pub(super) fn try_output<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>, KernelError> {
-        // SAFETY: read only after the kernel that writes all n values.
-        unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(|e| device_error("alloc", e))
-    }
-
     pub(super) fn moe_matmul_id(
         &self,
         experts: &CudaWeight,

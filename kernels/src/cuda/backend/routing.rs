@@ -5,8 +5,7 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use super::moe::device_error;
-use super::{CudaAct, CudaBackend};
+use super::{device_error, CudaAct, CudaBackend};
 use crate::backend::KernelError;
 use crate::moe_route::{Gating, HostRouting, Router};
 
