@@ -157,7 +157,23 @@ typedef void (*strata_emu_invoke)(void** args);
 struct strata_emu_kernel {
     const char* name;
     strata_emu_invoke invoke;
+    // The size of each argument, so that stream capture can keep a copy of
+    // their values (as the driver does from the CUBIN's parameter info).
+    unsigned n_args;
+    const std::size_t* arg_sizes;
 };
+template <class... A>
+struct strata_emu_arg_sizes {
+    static constexpr std::size_t value[sizeof...(A) + 1] = {sizeof(std::remove_reference_t<A>)..., 0};
+};
+template <class... A>
+constexpr unsigned strata_emu_count_of(void (*)(A...)) {
+    return sizeof...(A);
+}
+template <class... A>
+constexpr const std::size_t* strata_emu_sizes_of(void (*)(A...)) {
+    return strata_emu_arg_sizes<A...>::value;
+}
 template <class... A, std::size_t... I>
 inline void strata_emu_call_with(void (*f)(A...), void** args, std::index_sequence<I...>) {
     f(*static_cast<std::remove_reference_t<A>*>(args[I])...);
@@ -166,7 +182,8 @@ template <class... A>
 inline void strata_emu_call(void (*f)(A...), void** args) {
     strata_emu_call_with(f, args, std::index_sequence_for<A...>{});
 }
-#define STRATA_EMU_KERNEL(name) {#name, [](void** args) { strata_emu_call(&name, args); }},
+#define STRATA_EMU_KERNEL(name) \
+    {#name, [](void** args) { strata_emu_call(&name, args); }, strata_emu_count_of(&name), strata_emu_sizes_of(&name)},
 // strata_emu_touch_tls makes the calling OS thread's copy of the module's
 // thread_locals (its __shared__ variables) exist, so the runtime can poison
 // them before each block.

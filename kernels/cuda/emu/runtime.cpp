@@ -19,6 +19,8 @@
 //   layout, multiplies, and hands each lane its part of D.
 // - Streams and events are synchronous: every call completes before it
 //   returns.
+// - Stream capture records launches, device copies, memsets and frees into
+//   a graph that cuGraphLaunch replays (graph.h).
 
 #include <algorithm>
 #include <atomic>
@@ -88,6 +90,8 @@ enum : int {
     CUDA_ERROR_NOT_FOUND = 500,
     CUDA_ERROR_LAUNCH_FAILED = 719,
     CUDA_ERROR_NOT_SUPPORTED = 801,
+    CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
+    CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901,
 };
 
 static const char DEVICE_NAME[] = "strata CUDA emulator";
@@ -113,10 +117,17 @@ static CUresult fail(CUresult code, const char* fmt, ...) {
 
 // ---- device memory ---------------------------------------------------------
 
+struct Graph;
+
 struct Allocation {
     char* map;
     size_t map_bytes;
     size_t bytes;
+    // Made while a graph was captured: the graph owns it (it lives as long
+    // as the graph), and each launch of the graph allocates it anew.
+    Graph* graph = nullptr;
+    // For a graph's allocation: allocated by the last launch and not freed.
+    bool live = false;
 };
 
 static std::mutex mem_lock;
@@ -154,7 +165,7 @@ static CUresult device_alloc(CUdeviceptr* out, size_t bytes) {
     std::memset(heap, 0xff, bytes);
     {
         std::lock_guard<std::mutex> g(mem_lock);
-        allocations[(uintptr_t)heap] = Allocation{nullptr, 0, bytes};
+        allocations[(uintptr_t)heap] = Allocation{nullptr, 0, bytes, nullptr, false};
         allocated_bytes += bytes;
     }
     *out = (CUdeviceptr)(uintptr_t)heap;
@@ -171,7 +182,7 @@ static CUresult device_alloc(CUdeviceptr* out, size_t bytes) {
     char* start = map + body - ((bytes + 15) / 16 * 16);
     std::memset(start, 0xff, bytes);  // NaN in f32 and f16: unwritten reads show
     std::lock_guard<std::mutex> g(mem_lock);
-    allocations[(uintptr_t)start] = Allocation{map, map_bytes, bytes};
+    allocations[(uintptr_t)start] = Allocation{map, map_bytes, bytes, nullptr, false};
     allocated_bytes += bytes;
     *out = (CUdeviceptr)(uintptr_t)start;
     return CUDA_SUCCESS;
@@ -687,6 +698,34 @@ static void install_fault_handler() {
 
 // ---- the driver API --------------------------------------------------------
 
+// Runs one launch to completion (launches are synchronous).
+static CUresult run_kernel(const Function* fn, dim3 grid, dim3 block, void** args) {
+    static std::atomic<unsigned long long> launches{0};
+    static const unsigned long long base_seed = [] {
+        const char* v = std::getenv("STRATA_CUDA_EMU_SEED");
+        return v ? std::strtoull(v, nullptr, 10) : (unsigned long long)std::random_device{}();
+    }();
+    // A device that fails after N launches (tests of what a worker does
+    // when its GPU goes away): STRATA_CUDA_EMU_FAIL_AFTER=N.
+    static const unsigned long long fail_after = [] {
+        const char* v = std::getenv("STRATA_CUDA_EMU_FAIL_AFTER");
+        return v ? std::strtoull(v, nullptr, 10) : ~0ull;
+    }();
+    if (launches.load() >= fail_after)
+        return fail(CUDA_ERROR_LAUNCH_FAILED, "kernel %s: the device is lost (STRATA_CUDA_EMU_FAIL_AFTER=%llu)",
+                    fn->kernel->name, fail_after);
+    Launch L;
+    L.function = fn;
+    L.grid = grid;
+    L.block = block;
+    L.args = args;
+    L.seed = base_seed + launches.fetch_add(1);
+    pool().run(L);
+    return L.failed.load() ? CUDA_ERROR_LAUNCH_FAILED : CUDA_SUCCESS;
+}
+
+#include "graph.h"
+
 static int fake_context;
 static int fake_stream;
 
@@ -749,7 +788,7 @@ CUresult cuCtxGetCurrent(CUcontext* c) {
     *c = &fake_context;
     return CUDA_SUCCESS;
 }
-CUresult cuCtxSynchronize() { return CUDA_SUCCESS; }
+CUresult cuCtxSynchronize() { return refuse_in_capture("cuCtxSynchronize"); }
 CUresult cuCtxSetFlags(unsigned) { return CUDA_SUCCESS; }
 
 CUresult cuStreamCreate(CUstream* s, unsigned) {
@@ -757,11 +796,12 @@ CUresult cuStreamCreate(CUstream* s, unsigned) {
     return CUDA_SUCCESS;
 }
 CUresult cuStreamCreateWithPriority(CUstream* s, unsigned, int) { return cuStreamCreate(s, 0); }
-CUresult cuStreamSynchronize(CUstream) { return CUDA_SUCCESS; }
+CUresult cuStreamSynchronize(CUstream) { return refuse_in_capture("cuStreamSynchronize"); }
 CUresult cuStreamQuery(CUstream) { return CUDA_SUCCESS; }
 CUresult cuStreamDestroy_v2(CUstream) { return CUDA_SUCCESS; }
 CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned) { return CUDA_SUCCESS; }
 CUresult cuLaunchHostFunc(CUstream, void (*fn)(void*), void* data) {
+    if (CUresult r = refuse_in_capture("cuLaunchHostFunc")) return r;
     fn(data);
     return CUDA_SUCCESS;
 }
@@ -786,10 +826,12 @@ CUresult cuEventDestroy_v2(CUevent e) {
     return CUDA_SUCCESS;
 }
 
-CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { return device_alloc(p, n); }
-CUresult cuMemAllocAsync(CUdeviceptr* p, size_t n, CUstream) { return device_alloc(p, n); }
-CUresult cuMemFree_v2(CUdeviceptr p) { return device_free(p); }
-CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) { return device_free(p); }
+// The emulator has no memory pool, so cudarc allocates with cuMemAlloc;
+// under capture both calls act as the GPU's stream-ordered ones do there.
+CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { return capture_alloc(p, n); }
+CUresult cuMemAllocAsync(CUdeviceptr* p, size_t n, CUstream) { return capture_alloc(p, n); }
+CUresult cuMemFree_v2(CUdeviceptr p) { return capture_free(p); }
+CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) { return capture_free(p); }
 CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     std::lock_guard<std::mutex> g(mem_lock);
     *total = total_bytes();
@@ -806,17 +848,20 @@ CUresult cuMemFreeHost(void* p) {
 }
 CUresult cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, CUstream) {
     if (CUresult r = check_range("memset", p, n)) return r;
+    if (capture_memset(p, v, n)) return CUDA_SUCCESS;
     std::memset((void*)(uintptr_t)p, v, n);
     return CUDA_SUCCESS;
 }
 CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) { return cuMemsetD8Async(p, v, n, nullptr); }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, CUstream) {
+    if (CUresult r = refuse_in_capture("a copy from host memory")) return r;
     if (CUresult r = check_range("copy to the device", dst, n)) return r;
     std::memcpy((void*)(uintptr_t)dst, src, n);
     return CUDA_SUCCESS;
 }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) { return cuMemcpyHtoDAsync_v2(dst, src, n, nullptr); }
 CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, CUstream) {
+    if (CUresult r = refuse_in_capture("a copy to host memory")) return r;
     if (CUresult r = check_range("copy from the device", src, n)) return r;
     std::memcpy(dst, (const void*)(uintptr_t)src, n);
     return CUDA_SUCCESS;
@@ -825,6 +870,7 @@ CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) { return cuMemcpy
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream) {
     if (CUresult r = check_range("device copy source", src, n)) return r;
     if (CUresult r = check_range("device copy destination", dst, n)) return r;
+    if (capture_copy(dst, src, n)) return CUDA_SUCCESS;
     std::memmove((void*)(uintptr_t)dst, (const void*)(uintptr_t)src, n);
     return CUDA_SUCCESS;
 }
@@ -878,35 +924,16 @@ CUresult cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, u
     if (threads == 0 || threads > 1024 || bz > 64 || gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535)
         return fail(CUDA_ERROR_INVALID_VALUE, "kernel %s: launch of grid (%u,%u,%u) x block (%u,%u,%u) is invalid",
                     fn->kernel->name, gx, gy, gz, bx, by, bz);
-    static std::atomic<unsigned long long> launches{0};
-    static const unsigned long long base_seed = [] {
-        const char* v = std::getenv("STRATA_CUDA_EMU_SEED");
-        return v ? std::strtoull(v, nullptr, 10) : (unsigned long long)std::random_device{}();
-    }();
-    // A device that fails after N launches (tests of what a worker does
-    // when its GPU goes away): STRATA_CUDA_EMU_FAIL_AFTER=N.
-    static const unsigned long long fail_after = [] {
-        const char* v = std::getenv("STRATA_CUDA_EMU_FAIL_AFTER");
-        return v ? std::strtoull(v, nullptr, 10) : ~0ull;
-    }();
-    if (launches.load() >= fail_after)
-        return fail(CUDA_ERROR_LAUNCH_FAILED, "kernel %s: the device is lost (STRATA_CUDA_EMU_FAIL_AFTER=%llu)",
-                    fn->kernel->name, fail_after);
-    Launch L;
-    L.function = fn;
-    L.grid = dim3{gx, gy, gz};
-    L.block = dim3{bx, by, bz};
-    L.args = args;
-    L.seed = base_seed + launches.fetch_add(1);
-    pool().run(L);
-    return L.failed.load() ? CUDA_ERROR_LAUNCH_FAILED : CUDA_SUCCESS;
+    if (capture_launch(fn, dim3{gx, gy, gz}, dim3{bx, by, bz}, args)) return CUDA_SUCCESS;
+    return run_kernel(fn, dim3{gx, gy, gz}, dim3{bx, by, bz}, args);
 }
 
 // The last failure's own words for a launch failure; the usual names else.
 CUresult cuGetErrorString(CUresult e, const char** s) {
     static thread_local std::string copy;
     if (e == CUDA_ERROR_LAUNCH_FAILED || e == CUDA_ERROR_INVALID_VALUE || e == CUDA_ERROR_OUT_OF_MEMORY ||
-        e == CUDA_ERROR_INVALID_IMAGE || e == CUDA_ERROR_NOT_SUPPORTED) {
+        e == CUDA_ERROR_INVALID_IMAGE || e == CUDA_ERROR_NOT_SUPPORTED || e == CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED ||
+        e == CUDA_ERROR_STREAM_CAPTURE_INVALIDATED) {
         std::lock_guard<std::mutex> g(error_lock);
         copy = last_error;
     } else {

@@ -32,6 +32,7 @@ use super::source::KernelSource;
 
 const DEVICE_H: &str = include_str!("../../cuda/emu/device.h");
 const RUNTIME_CPP: &str = include_str!("../../cuda/emu/runtime.cpp");
+const GRAPH_H: &str = include_str!("../../cuda/emu/graph.h");
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EmulatorError {
@@ -83,7 +84,7 @@ pub fn install() -> Result<(), EmulatorError> {
 
 fn load_runtime() -> Result<(), EmulatorError> {
     let flags = extra_flags();
-    let inputs = [DEVICE_H, RUNTIME_CPP, &flags.join(" ")];
+    let inputs = [DEVICE_H, RUNTIME_CPP, GRAPH_H, &flags.join(" ")];
     let key = hash(&inputs);
     let dir = cache_dir().join("emu");
     let lib = dir.join(format!("libcuda-emu-{key}.so"));
@@ -92,6 +93,7 @@ fn load_runtime() -> Result<(), EmulatorError> {
         let src = dir.join(format!("src-{key}"));
         write(&src.join("device.h"), DEVICE_H)?;
         write(&src.join("runtime.cpp"), RUNTIME_CPP)?;
+        write(&src.join("graph.h"), GRAPH_H)?;
         let mut args = vec![
             "-O2".to_string(),
             "-std=c++17".into(),
