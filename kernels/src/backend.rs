@@ -18,8 +18,21 @@ pub enum KernelError {
         bytes: u64,
         what: String,
     },
+    /// Bad input to an op or a load: the batch or the file is at fault,
+    /// the device is fine.
     #[error("{0}")]
     Invalid(String),
+    /// The device failed under an op (a lost GPU, a kernel fault): its
+    /// state is unknown and nothing more should run on it.
+    #[error("{0}")]
+    Device(String),
+}
+
+impl KernelError {
+    /// Whether the device itself failed (as opposed to bad input).
+    pub fn is_device(&self) -> bool {
+        matches!(self, KernelError::Device(_))
+    }
 }
 
 /// A weight's matrix shape from its GGUF dims, checked against its bytes:
@@ -211,6 +224,9 @@ pub struct AttentionBatch<'a> {
     pub sinks: Option<&'a [f32]>,
 }
 
+/// Every op returns a `Result`: [`KernelError::Invalid`] for input the op
+/// cannot take (shapes that do not match, a position with no KV slot),
+/// [`KernelError::Device`] when the device failed under it.
 pub trait Backend: Send + Sync {
     /// An activation matrix in device memory.
     type Act: Send;
@@ -248,12 +264,17 @@ pub trait Backend: Send + Sync {
     ) -> Result<Self::Weight, KernelError>;
     fn new_kv_cache(&self, geometry: KvGeometry) -> Result<Self::KvCache, KernelError>;
 
-    fn act_zeros(&self, rows: usize, cols: usize) -> Self::Act;
-    fn act_from_host(&self, data: &[f32], rows: usize, cols: usize) -> Self::Act;
-    fn act_to_host(&self, a: &Self::Act) -> Vec<f32>;
+    fn act_zeros(&self, rows: usize, cols: usize) -> Result<Self::Act, KernelError>;
+    fn act_from_host(
+        &self,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self::Act, KernelError>;
+    fn act_to_host(&self, a: &Self::Act) -> Result<Vec<f32>, KernelError>;
     fn act_shape(&self, a: &Self::Act) -> (usize, usize);
     /// Keeps the given rows (in order), for the output head on last positions.
-    fn select_rows(&self, a: &Self::Act, rows: &[usize]) -> Self::Act;
+    fn select_rows(&self, a: &Self::Act, rows: &[usize]) -> Result<Self::Act, KernelError>;
 
     /// `out[t] = table[ids[t]] * scale`.
     fn embed(
@@ -263,10 +284,11 @@ pub trait Backend: Send + Sync {
         scale: f32,
     ) -> Result<Self::Act, KernelError>;
     /// RMSNorm over groups of `w.len()` values (a whole row, or each head).
-    fn rms_norm(&self, x: &Self::Act, w: &Self::Weight, eps: f32) -> Self::Act;
+    fn rms_norm(&self, x: &Self::Act, w: &Self::Weight, eps: f32)
+        -> Result<Self::Act, KernelError>;
     /// `out[t] = W x[t]` (+ bias).
-    fn matmul(&self, w: &Self::Weight, x: &Self::Act) -> Self::Act;
-    fn add_bias(&self, x: &mut Self::Act, bias: &Self::Weight);
+    fn matmul(&self, w: &Self::Weight, x: &Self::Act) -> Result<Self::Act, KernelError>;
+    fn add_bias(&self, x: &mut Self::Act, bias: &Self::Weight) -> Result<(), KernelError>;
     /// Rotates every head of every row by its token's position.
     fn rope(
         &self,
@@ -274,15 +296,20 @@ pub trait Backend: Send + Sync {
         positions: &[u32],
         rope: &RopeConfig,
         freq_factors: Option<&Self::Weight>,
-    );
+    ) -> Result<(), KernelError>;
     /// `act(gate) * up`.
-    fn gated(&self, gate: &Self::Act, up: &Self::Act, act: Activation) -> Self::Act;
+    fn gated(
+        &self,
+        gate: &Self::Act,
+        up: &Self::Act,
+        act: Activation,
+    ) -> Result<Self::Act, KernelError>;
     /// `x += y`.
-    fn add_assign(&self, x: &mut Self::Act, y: &Self::Act);
+    fn add_assign(&self, x: &mut Self::Act, y: &Self::Act) -> Result<(), KernelError>;
     /// `x[r] *= scales[r]` for every row (ggml_mul by a `[1, rows]`
     /// tensor): Ministral-3's attention temperature on Q, with scales from
     /// [`attn_temperature_scales`].
-    fn scale_rows(&self, x: &mut Self::Act, scales: &[f32]);
+    fn scale_rows(&self, x: &mut Self::Act, scales: &[f32]) -> Result<(), KernelError>;
     /// Writes this batch's K/V rows into their slots of `layer`, then
     /// attends: returns `rows x (n_heads * head_dim_v)`.
     fn attention(
@@ -293,7 +320,7 @@ pub trait Backend: Send + Sync {
         k: &Self::Act,
         v: &Self::Act,
         batch: &AttentionBatch<'_>,
-    ) -> Self::Act;
+    ) -> Result<Self::Act, KernelError>;
 
     /// The router (llama.cpp's `build_moe_ffn` up to the expert weights,
     /// [`crate::moe_route::route`]'s arithmetic) over `logits`, one row of

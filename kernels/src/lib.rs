@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod kv;
 pub mod moe_route;
+mod op_checks;
 
 pub use backend::{
     attn_temperature_scales, AttentionBatch, Backend, KernelError, RopeConfig, WeightShape, Yarn,

@@ -32,7 +32,9 @@ fn matmul_id_is_each_experts_own_matmul() {
                 .unwrap();
             for per_slot in [false, true] {
                 let x_rows = if per_slot { ids.len() } else { tokens };
-                let x = cpu.act_from_host(&random(&mut rng, x_rows * COLS, 1.0), x_rows, COLS);
+                let x = cpu
+                    .act_from_host(&random(&mut rng, x_rows * COLS, 1.0), x_rows, COLS)
+                    .unwrap();
                 let got = cpu.matmul_id(&experts, &x, &routing).unwrap();
                 assert_eq!((got.rows, got.cols), (ids.len(), ROWS));
                 for e in 0..N_EXPERT {
@@ -56,10 +58,16 @@ fn matmul_id_is_each_experts_own_matmul() {
                     let want: Vec<f32> = if matches!(dtype, GgmlType::Q4K | GgmlType::Q2K) {
                         x_rows
                             .iter()
-                            .flat_map(|&r| cpu.matmul(&own, &cpu.select_rows(&x, &[r])).data)
+                            .flat_map(|&r| {
+                                cpu.matmul(&own, &cpu.select_rows(&x, &[r]).unwrap())
+                                    .unwrap()
+                                    .data
+                            })
                             .collect()
                     } else {
-                        cpu.matmul(&own, &cpu.select_rows(&x, &x_rows)).data
+                        cpu.matmul(&own, &cpu.select_rows(&x, &x_rows).unwrap())
+                            .unwrap()
+                            .data
                     };
                     for (k, &s) in slots.iter().enumerate() {
                         let (g, w) = (got.row(s), &want[k * ROWS..(k + 1) * ROWS]);
@@ -98,7 +106,7 @@ fn add_bias_id_and_combine_match_loops() {
     let weights = random(&mut rng, ids.len(), 1.0);
     let routing = cpu.routing(&ids, &weights, N_USED, N_EXPERT).unwrap();
     let y0 = random(&mut rng, ids.len() * cols, 1.0);
-    let mut y = cpu.act_from_host(&y0, ids.len(), cols);
+    let mut y = cpu.act_from_host(&y0, ids.len(), cols).unwrap();
     cpu.add_bias_id(&mut y, &bias_w, &routing).unwrap();
     for s in 0..ids.len() {
         for c in 0..cols {

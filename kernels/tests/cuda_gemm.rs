@@ -50,14 +50,28 @@ fn gemm_matches_cpu_and_the_decode_kernels_for_every_quant_type() {
             for tokens in token_counts {
                 let what = format!("{dtype} {rows}x{cols}, {tokens} tokens");
                 let x = random(&mut rng, tokens * cols, 1.0);
-                let got = g.act_to_host(&g.matmul(&wg, &g.act_from_host(&x, tokens, cols)));
-                let cpu = c.act_to_host(&c.matmul(&wc, &c.act_from_host(&x, tokens, cols)));
+                let got = g
+                    .act_to_host(
+                        &g.matmul(&wg, &g.act_from_host(&x, tokens, cols).unwrap())
+                            .unwrap(),
+                    )
+                    .unwrap();
+                let cpu = c
+                    .act_to_host(
+                        &c.matmul(&wc, &c.act_from_host(&x, tokens, cols).unwrap())
+                            .unwrap(),
+                    )
+                    .unwrap();
                 // The decode kernels, MAX_BATCH tokens a call.
                 let matvec: Vec<f32> = x
                     .chunks(MAX_BATCH * cols)
                     .flat_map(|xs| {
                         let n = xs.len() / cols;
-                        g.act_to_host(&g.matmul(&wg, &g.act_from_host(xs, n, cols)))
+                        g.act_to_host(
+                            &g.matmul(&wg, &g.act_from_host(xs, n, cols).unwrap())
+                                .unwrap(),
+                        )
+                        .unwrap()
                     })
                     .collect();
                 let exact = exact_product(&deq, &x, rows, cols, tokens);

@@ -97,7 +97,12 @@ fn check_matmul(g: &CudaBackend, rng: &mut ChaCha8Rng, dtype: GgmlType, rows: us
         .unwrap();
     for tokens in [1usize, 3, 8, 13] {
         let x = random(rng, tokens * cols, 1.0);
-        let got = g.act_to_host(&g.matmul(&w, &g.act_from_host(&x, tokens, cols)));
+        let got = g
+            .act_to_host(
+                &g.matmul(&w, &g.act_from_host(&x, tokens, cols).unwrap())
+                    .unwrap(),
+            )
+            .unwrap();
         assert_eq!(got.len(), tokens * rows);
         check(
             &format!("{dtype} {rows}x{cols} batch {tokens}"),
@@ -175,11 +180,11 @@ fn matmul_id_edge_shapes_for_every_type() {
                     let x_rows = if per_slot { ids.len() } else { tokens };
                     let x = random(&mut rng, x_rows * cols, 1.0);
                     let got = g
-                        .matmul_id(&w, &g.act_from_host(&x, x_rows, cols), &routing)
+                        .matmul_id(&w, &g.act_from_host(&x, x_rows, cols).unwrap(), &routing)
                         .unwrap();
                     check(
                         &format!("{dtype} {rows}x{cols} batch {tokens} per_slot {per_slot}"),
-                        &g.act_to_host(&got),
+                        &g.act_to_host(&got).unwrap(),
                         &deq,
                         &kernel_activations(dtype, &x),
                         cols,

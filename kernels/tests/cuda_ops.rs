@@ -44,8 +44,18 @@ fn matmul_matches_cpu_for_every_type_shape_and_batch() {
             let prompt = (rows == 96).then_some(200);
             for tokens in [1usize, 3, 8, 13].into_iter().chain(prompt) {
                 let x = random(&mut rng, tokens * cols, 1.0);
-                let got = g.act_to_host(&g.matmul(&wg, &g.act_from_host(&x, tokens, cols)));
-                let cpu = c.act_to_host(&c.matmul(&wc, &c.act_from_host(&x, tokens, cols)));
+                let got = g
+                    .act_to_host(
+                        &g.matmul(&wg, &g.act_from_host(&x, tokens, cols).unwrap())
+                            .unwrap(),
+                    )
+                    .unwrap();
+                let cpu = c
+                    .act_to_host(
+                        &c.matmul(&wc, &c.act_from_host(&x, tokens, cols).unwrap())
+                            .unwrap(),
+                    )
+                    .unwrap();
                 let exact: Vec<f32> = (0..tokens)
                     .flat_map(|t| {
                         let (x, deq) = (&x, &deq);
@@ -90,8 +100,8 @@ fn embedding_rows_match_cpu_for_every_type() {
         let wg = g.load_weight("emb", dtype, &dims, &bytes).unwrap();
         let wc = c.load_weight("emb", dtype, &dims, &bytes).unwrap();
         let ids: Vec<u32> = (0..7).map(|_| rng.random_range(0..rows as u32)).collect();
-        let got = g.act_to_host(&g.embed(&wg, &ids, 1.7).unwrap());
-        let want = c.act_to_host(&c.embed(&wc, &ids, 1.7).unwrap());
+        let got = g.act_to_host(&g.embed(&wg, &ids, 1.7).unwrap()).unwrap();
+        let want = c.act_to_host(&c.embed(&wc, &ids, 1.7).unwrap()).unwrap();
         assert!(
             rel_err(&got, &want) < 1e-5,
             "{dtype}: {:.2e}",
@@ -121,19 +131,19 @@ fn elementwise_ops_match_cpu() {
         let w = random(&mut rng, group, 1.0);
         let (wg, wc) = (vector(&g, &w), vector(&c, &w));
         let (xg, xc) = (
-            g.act_from_host(&x, rows, cols),
-            c.act_from_host(&x, rows, cols),
+            g.act_from_host(&x, rows, cols).unwrap(),
+            c.act_from_host(&x, rows, cols).unwrap(),
         );
         check(
             "rms_norm",
-            g.act_to_host(&g.rms_norm(&xg, &wg, 1e-6)),
-            c.act_to_host(&c.rms_norm(&xc, &wc, 1e-6)),
+            g.act_to_host(&g.rms_norm(&xg, &wg, 1e-6).unwrap()).unwrap(),
+            c.act_to_host(&c.rms_norm(&xc, &wc, 1e-6).unwrap()).unwrap(),
         );
 
         let y = random(&mut rng, rows * cols, 1.0);
         let (yg, yc) = (
-            g.act_from_host(&y, rows, cols),
-            c.act_from_host(&y, rows, cols),
+            g.act_from_host(&y, rows, cols).unwrap(),
+            c.act_from_host(&y, rows, cols).unwrap(),
         );
         for act in [
             Activation::Silu,
@@ -142,26 +152,34 @@ fn elementwise_ops_match_cpu() {
         ] {
             check(
                 &format!("gated {act:?}"),
-                g.act_to_host(&g.gated(&xg, &yg, act)),
-                c.act_to_host(&c.gated(&xc, &yc, act)),
+                g.act_to_host(&g.gated(&xg, &yg, act).unwrap()).unwrap(),
+                c.act_to_host(&c.gated(&xc, &yc, act).unwrap()).unwrap(),
             );
         }
         let (mut a, mut b) = (
-            g.act_from_host(&x, rows, cols),
-            c.act_from_host(&x, rows, cols),
+            g.act_from_host(&x, rows, cols).unwrap(),
+            c.act_from_host(&x, rows, cols).unwrap(),
         );
-        g.add_assign(&mut a, &yg);
-        c.add_assign(&mut b, &yc);
-        check("add_assign", g.act_to_host(&a), c.act_to_host(&b));
+        g.add_assign(&mut a, &yg).unwrap();
+        c.add_assign(&mut b, &yc).unwrap();
+        check(
+            "add_assign",
+            g.act_to_host(&a).unwrap(),
+            c.act_to_host(&b).unwrap(),
+        );
         let bias = random(&mut rng, cols, 1.0);
-        g.add_bias(&mut a, &vector(&g, &bias));
-        c.add_bias(&mut b, &vector(&c, &bias));
-        check("add_bias", g.act_to_host(&a), c.act_to_host(&b));
+        g.add_bias(&mut a, &vector(&g, &bias)).unwrap();
+        c.add_bias(&mut b, &vector(&c, &bias)).unwrap();
+        check(
+            "add_bias",
+            g.act_to_host(&a).unwrap(),
+            c.act_to_host(&b).unwrap(),
+        );
         let pick = [rows - 1, 0];
         check(
             "select_rows",
-            g.act_to_host(&g.select_rows(&xg, &pick)),
-            c.act_to_host(&c.select_rows(&xc, &pick)),
+            g.act_to_host(&g.select_rows(&xg, &pick).unwrap()).unwrap(),
+            c.act_to_host(&c.select_rows(&xc, &pick).unwrap()).unwrap(),
         );
     }
     for style in [RopeStyle::Normal, RopeStyle::Neox] {
@@ -205,11 +223,13 @@ fn rope_err(
         .map(|_| rng.random_range(1.0f32..8.0))
         .collect();
     let (ffg, ffc) = (vector(g, &ff), vector(c, &ff));
-    let mut a = g.act_from_host(x, rows, cols);
-    let mut b = c.act_from_host(x, rows, cols);
-    g.rope(&mut a, positions, cfg, with_factors.then_some(&ffg));
-    c.rope(&mut b, positions, cfg, with_factors.then_some(&ffc));
-    rel_err(&g.act_to_host(&a), &c.act_to_host(&b))
+    let mut a = g.act_from_host(x, rows, cols).unwrap();
+    let mut b = c.act_from_host(x, rows, cols).unwrap();
+    g.rope(&mut a, positions, cfg, with_factors.then_some(&ffg))
+        .unwrap();
+    c.rope(&mut b, positions, cfg, with_factors.then_some(&ffc))
+        .unwrap();
+    rel_err(&g.act_to_host(&a).unwrap(), &c.act_to_host(&b).unwrap())
 }
 
 /// The shape of an attention test case.
@@ -337,28 +357,42 @@ fn swiglu_oai_and_scale_rows_match_cpu() {
     let gate = random(&mut rng, rows * cols, 12.0);
     let up = random(&mut rng, rows * cols, 12.0);
     assert!(gate.iter().any(|&v| v > 7.0) && up.iter().any(|&v| v < -7.0));
-    let got = g.act_to_host(&g.gated(
-        &g.act_from_host(&gate, rows, cols),
-        &g.act_from_host(&up, rows, cols),
-        Activation::SwigluOai,
-    ));
-    let want = c.act_to_host(&c.gated(
-        &c.act_from_host(&gate, rows, cols),
-        &c.act_from_host(&up, rows, cols),
-        Activation::SwigluOai,
-    ));
+    let got = g
+        .act_to_host(
+            &g.gated(
+                &g.act_from_host(&gate, rows, cols).unwrap(),
+                &g.act_from_host(&up, rows, cols).unwrap(),
+                Activation::SwigluOai,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let want = c
+        .act_to_host(
+            &c.gated(
+                &c.act_from_host(&gate, rows, cols).unwrap(),
+                &c.act_from_host(&up, rows, cols).unwrap(),
+                Activation::SwigluOai,
+            )
+            .unwrap(),
+        )
+        .unwrap();
     let e = rel_err(&got, &want);
     assert!(e < 1e-5, "swiglu_oai: {e:.2e}");
 
     let positions: Vec<u32> = (0..rows as u32).map(|i| i * 9000).collect();
     let scales = attn_temperature_scales(&positions, 16384, 0.1);
     let (mut a, mut b) = (
-        g.act_from_host(&gate, rows, cols),
-        c.act_from_host(&gate, rows, cols),
+        g.act_from_host(&gate, rows, cols).unwrap(),
+        c.act_from_host(&gate, rows, cols).unwrap(),
     );
-    g.scale_rows(&mut a, &scales);
-    c.scale_rows(&mut b, &scales);
-    assert_eq!(g.act_to_host(&a), c.act_to_host(&b), "scale_rows");
+    g.scale_rows(&mut a, &scales).unwrap();
+    c.scale_rows(&mut b, &scales).unwrap();
+    assert_eq!(
+        g.act_to_host(&a).unwrap(),
+        c.act_to_host(&b).unwrap(),
+        "scale_rows"
+    );
 }
 
 /// YaRN RoPE (gpt-oss's: factor 32 from 4096, base 150000; and
@@ -483,14 +517,16 @@ fn matmul_id_matches_cpu_for_every_type_and_batch() {
                 let x_rows = if per_slot { ids.len() } else { tokens };
                 let x = random(&mut rng, x_rows * cols, 1.0);
                 let got = g
-                    .matmul_id(&wg, &g.act_from_host(&x, x_rows, cols), &rg)
+                    .matmul_id(&wg, &g.act_from_host(&x, x_rows, cols).unwrap(), &rg)
                     .unwrap();
                 assert_eq!(g.act_shape(&got), (ids.len(), rows));
-                let got = g.act_to_host(&got);
-                let cpu = c.act_to_host(
-                    &c.matmul_id(&wc, &c.act_from_host(&x, x_rows, cols), &rc)
-                        .unwrap(),
-                );
+                let got = g.act_to_host(&got).unwrap();
+                let cpu = c
+                    .act_to_host(
+                        &c.matmul_id(&wc, &c.act_from_host(&x, x_rows, cols).unwrap(), &rc)
+                            .unwrap(),
+                    )
+                    .unwrap();
                 let exact: Vec<f32> = (0..ids.len())
                     .flat_map(|s| {
                         let xr = if per_slot { s } else { s / N_USED };
@@ -531,19 +567,19 @@ fn add_bias_id_and_moe_combine_match_cpu() {
         let rg = g.routing(&ids, &weights, N_USED, N_EXPERT).unwrap();
         let rc = c.routing(&ids, &weights, N_USED, N_EXPERT).unwrap();
         let y = random(&mut rng, ids.len() * cols, 1.0);
-        let mut yg = g.act_from_host(&y, ids.len(), cols);
-        let mut yc = c.act_from_host(&y, ids.len(), cols);
+        let mut yg = g.act_from_host(&y, ids.len(), cols).unwrap();
+        let mut yc = c.act_from_host(&y, ids.len(), cols).unwrap();
         g.add_bias_id(&mut yg, &bg, &rg).unwrap();
         c.add_bias_id(&mut yc, &bc, &rc).unwrap();
         assert!(
-            rel_err(&g.act_to_host(&yg), &c.act_to_host(&yc)) < 1e-5,
+            rel_err(&g.act_to_host(&yg).unwrap(), &c.act_to_host(&yc).unwrap()) < 1e-5,
             "add_bias_id batch {tokens}"
         );
         let og = g.moe_combine(&yg, &rg).unwrap();
         let oc = c.moe_combine(&yc, &rc).unwrap();
         assert_eq!(g.act_shape(&og), (tokens, cols));
         assert!(
-            rel_err(&g.act_to_host(&og), &c.act_to_host(&oc)) < 1e-5,
+            rel_err(&g.act_to_host(&og).unwrap(), &c.act_to_host(&oc).unwrap()) < 1e-5,
             "moe_combine batch {tokens}"
         );
     }
@@ -583,12 +619,18 @@ fn device_router_matches_cpu() {
                 let logits = random(&mut rng, tokens * n_expert, 4.0);
                 let (gi, gw) = g
                     .routing_to_host(
-                        &g.route(&g.act_from_host(&logits, tokens, n_expert), &router)
-                            .unwrap(),
+                        &g.route(
+                            &g.act_from_host(&logits, tokens, n_expert).unwrap(),
+                            &router,
+                        )
+                        .unwrap(),
                     )
                     .unwrap();
                 let want = c
-                    .route(&c.act_from_host(&logits, tokens, n_expert), &router)
+                    .route(
+                        &c.act_from_host(&logits, tokens, n_expert).unwrap(),
+                        &router,
+                    )
                     .unwrap();
                 let what = format!("{gating:?} {n_expert}/{n_used} norm {norm} scale {scale}");
                 assert_eq!(gi.len(), want.ids.len(), "{what}");

@@ -23,6 +23,6 @@ fn a_weight_larger_than_the_staging_buffers_arrives_whole() {
         )
         .unwrap();
     let ids: Vec<u32> = (0..rows as u32).collect();
-    let got = g.act_to_host(&g.embed(&w, &ids, 1.0).unwrap());
+    let got = g.act_to_host(&g.embed(&w, &ids, 1.0).unwrap()).unwrap();
     assert!(got == table, "the table read back differs");
 }

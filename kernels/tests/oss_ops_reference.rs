@@ -99,9 +99,9 @@ fn yarn_rope_matches_ggml_formula() {
             })
             .collect();
         let x: Vec<f32> = positions.iter().flat_map(|_| head.clone()).collect();
-        let mut a = c.act_from_host(&x, positions.len(), 64);
-        c.rope(&mut a, &positions, &cfg, None);
-        let out = c.act_to_host(&a);
+        let mut a = c.act_from_host(&x, positions.len(), 64).unwrap();
+        c.rope(&mut a, &positions, &cfg, None).unwrap();
+        let out = c.act_to_host(&a).unwrap();
         for (pi, _) in positions.iter().enumerate() {
             for (k, &i) in pairs.iter().enumerate() {
                 let (ic, is) = match style {
@@ -149,13 +149,16 @@ fn yarn_without_extension_is_plain_rope() {
             }),
             ..plain
         };
-        let (mut a, mut b) = (c.act_from_host(&x, 4, 256), c.act_from_host(&x, 4, 256));
-        c.rope(&mut a, &positions, &plain, None);
-        c.rope(&mut b, &positions, &yarn, None);
+        let (mut a, mut b) = (
+            c.act_from_host(&x, 4, 256).unwrap(),
+            c.act_from_host(&x, 4, 256).unwrap(),
+        );
+        c.rope(&mut a, &positions, &plain, None).unwrap();
+        c.rope(&mut b, &positions, &yarn, None).unwrap();
         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
         assert_eq!(
-            bits(c.act_to_host(&a)),
-            bits(c.act_to_host(&b)),
+            bits(c.act_to_host(&a).unwrap()),
+            bits(c.act_to_host(&b).unwrap()),
             "{style:?}"
         );
     }
@@ -170,11 +173,16 @@ fn swiglu_oai_matches_ggml_formula() {
     let u = [
         -9.0f32, -7.0, -0.5, 0.0, 0.3, 1.0, 2.0, 6.5, 7.0, 7.5, 100.0,
     ];
-    let out = c.act_to_host(&c.gated(
-        &c.act_from_host(&g, 1, g.len()),
-        &c.act_from_host(&u, 1, u.len()),
-        Activation::SwigluOai,
-    ));
+    let out = c
+        .act_to_host(
+            &c.gated(
+                &c.act_from_host(&g, 1, g.len()).unwrap(),
+                &c.act_from_host(&u, 1, u.len()).unwrap(),
+                Activation::SwigluOai,
+            )
+            .unwrap(),
+        )
+        .unwrap();
     for i in 0..g.len() {
         assert!(
             close(out[i], SWIGLU_OAI[i], 1e-6),
@@ -228,14 +236,19 @@ fn attention_with_sinks_matches_softmax_with_sink() {
         window: None,
         sinks: Some(&sinks),
     };
-    let out = c.act_to_host(&c.attention(
-        &mut cache,
-        0,
-        &c.act_from_host(&q, 2, 8),
-        &c.act_from_host(&k, 2, 4),
-        &c.act_from_host(&v, 2, 4),
-        &batch,
-    ));
+    let out = c
+        .act_to_host(
+            &c.attention(
+                &mut cache,
+                0,
+                &c.act_from_host(&q, 2, 8).unwrap(),
+                &c.act_from_host(&k, 2, 4).unwrap(),
+                &c.act_from_host(&v, 2, 4).unwrap(),
+                &batch,
+            )
+            .unwrap(),
+        )
+        .unwrap();
     for (i, (&got, &want)) in out.iter().zip(&SINK_ATTENTION).enumerate() {
         assert!((got - want).abs() < 2e-3, "value {i}: {got} vs {want}");
     }
@@ -268,14 +281,18 @@ fn minus_infinite_sinks_change_nothing() {
             window: Some(20),
             sinks,
         };
-        c.act_to_host(&c.attention(
-            &mut cache,
-            0,
-            &c.act_from_host(&q, n, n_heads * hd),
-            &c.act_from_host(&k, n, n_kv_heads * hd),
-            &c.act_from_host(&v, n, n_kv_heads * hd),
-            &batch,
-        ))
+        c.act_to_host(
+            &c.attention(
+                &mut cache,
+                0,
+                &c.act_from_host(&q, n, n_heads * hd).unwrap(),
+                &c.act_from_host(&k, n, n_kv_heads * hd).unwrap(),
+                &c.act_from_host(&v, n, n_kv_heads * hd).unwrap(),
+                &batch,
+            )
+            .unwrap(),
+        )
+        .unwrap()
     };
     let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
     assert_eq!(bits(run(None)), bits(run(Some(&sinks))));
@@ -288,12 +305,12 @@ fn attention_temperature_follows_llama_cpp() {
     assert_eq!(scales, ATTN_TEMPERATURE);
     let c = CpuBackend::new();
     let x: Vec<f32> = (0..positions.len() * 3).map(|i| i as f32 - 4.5).collect();
-    let mut a = c.act_from_host(&x, positions.len(), 3);
-    c.scale_rows(&mut a, &scales);
+    let mut a = c.act_from_host(&x, positions.len(), 3).unwrap();
+    c.scale_rows(&mut a, &scales).unwrap();
     let want: Vec<f32> = x
         .iter()
         .enumerate()
         .map(|(i, v)| v * scales[i / 3])
         .collect();
-    assert_eq!(c.act_to_host(&a), want);
+    assert_eq!(c.act_to_host(&a).unwrap(), want);
 }

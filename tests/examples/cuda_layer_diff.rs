@@ -28,7 +28,7 @@ fn hidden<B: Backend>(
         logits: LogitRows::Last,
     }];
     match stage.forward(&batch, StageInput::Tokens(tokens.to_vec()))? {
-        StageOutput::Hidden(h) => Ok(stage.backend().act_to_host(&h)),
+        StageOutput::Hidden(h) => Ok(stage.backend().act_to_host(&h)?),
         StageOutput::Logits(l) => Ok(l.concat()),
     }
 }

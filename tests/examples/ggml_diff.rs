@@ -170,7 +170,8 @@ fn main() {
         let attn_norm = l.named(&s("attn_norm"), "MUL").expect("attn_norm");
         cmp(
             "attn_norm",
-            &be.rms_norm(&input, &w(&t("attn_norm.weight")), hp.rms_eps),
+            &be.rms_norm(&input, &w(&t("attn_norm.weight")), hp.rms_eps)
+                .unwrap(),
             Some(attn_norm),
         );
         let h = act(attn_norm, d);
@@ -179,17 +180,17 @@ fn main() {
         let v_mm = l.named(&s("Vcur"), "MUL_MAT").expect("V");
         cmp(
             "matmul q",
-            &be.matmul(&w(&t("attn_q.weight")), &h),
+            &be.matmul(&w(&t("attn_q.weight")), &h).unwrap(),
             Some(q_mm),
         );
         cmp(
             "matmul k",
-            &be.matmul(&w(&t("attn_k.weight")), &h),
+            &be.matmul(&w(&t("attn_k.weight")), &h).unwrap(),
             Some(k_mm),
         );
         cmp(
             "matmul v",
-            &be.matmul(&w(&t("attn_v.weight")), &h),
+            &be.matmul(&w(&t("attn_v.weight")), &h).unwrap(),
             Some(v_mm),
         );
 
@@ -200,12 +201,14 @@ fn main() {
             let kn = l.named(&s("Kcur_normed"), "MUL");
             cmp(
                 "q_norm",
-                &be.rms_norm(&q, &w(&t("attn_q_norm.weight")), hp.rms_eps),
+                &be.rms_norm(&q, &w(&t("attn_q_norm.weight")), hp.rms_eps)
+                    .unwrap(),
                 qn,
             );
             cmp(
                 "k_norm",
-                &be.rms_norm(&k, &w(&t("attn_k_norm.weight")), hp.rms_eps),
+                &be.rms_norm(&k, &w(&t("attn_k_norm.weight")), hp.rms_eps)
+                    .unwrap(),
                 kn,
             );
             q = act(qn.expect("Qcur_normed"), a.q_dim());
@@ -221,8 +224,8 @@ fn main() {
         };
         let n = q.rows;
         let positions: Vec<u32> = (start_pos as u32..(start_pos + n) as u32).collect();
-        be.rope(&mut q, &positions, &rope, None);
-        be.rope(&mut k, &positions, &rope, None);
+        be.rope(&mut q, &positions, &rope, None).unwrap();
+        be.rope(&mut k, &positions, &rope, None).unwrap();
         let q_rope = l.named(&s("Qcur"), "ROPE");
         let k_rope = l.named(&s("Kcur"), "ROPE");
         cmp("rope q", &q, q_rope);
@@ -301,7 +304,7 @@ fn main() {
         let o_mm = l.after(fa, "MUL_MAT").expect("attn_output");
         cmp(
             "matmul o",
-            &be.matmul(&w(&t("attn_output.weight")), &kqv),
+            &be.matmul(&w(&t("attn_output.weight")), &kqv).unwrap(),
             Some(o_mm),
         );
         let mut o = act(o_mm, d);
@@ -309,7 +312,8 @@ fn main() {
             let pn = l.named(&s("attn_post_norm"), "MUL");
             cmp(
                 "post_attn_norm",
-                &be.rms_norm(&o, &w(&t("post_attention_norm.weight")), hp.rms_eps),
+                &be.rms_norm(&o, &w(&t("post_attention_norm.weight")), hp.rms_eps)
+                    .unwrap(),
                 pn,
             );
             o = act(pn.expect("attn_post_norm"), d);
@@ -320,14 +324,15 @@ fn main() {
             // The last layer keeps only the output rows after attention.
             continue;
         }
-        be.add_assign(&mut sum, &o);
+        be.add_assign(&mut sum, &o).unwrap();
         cmp("residual add", &sum, Some(ffn_inp));
 
         let ffn_in = act(ffn_inp, d);
         let ffn_norm = l.named(&s("ffn_norm"), "MUL");
         cmp(
             "ffn_norm",
-            &be.rms_norm(&ffn_in, &w(&t("ffn_norm.weight")), hp.rms_eps),
+            &be.rms_norm(&ffn_in, &w(&t("ffn_norm.weight")), hp.rms_eps)
+                .unwrap(),
             ffn_norm,
         );
         let h = act(ffn_norm.expect("ffn_norm"), d);
@@ -335,12 +340,12 @@ fn main() {
         let up = l.named(&s("ffn_up"), "MUL_MAT").expect("up");
         cmp(
             "matmul gate",
-            &be.matmul(&w(&t("ffn_gate.weight")), &h),
+            &be.matmul(&w(&t("ffn_gate.weight")), &h).unwrap(),
             Some(gate),
         );
         cmp(
             "matmul up",
-            &be.matmul(&w(&t("ffn_up.weight")), &h),
+            &be.matmul(&w(&t("ffn_up.weight")), &h).unwrap(),
             Some(up),
         );
         let glu = l
@@ -353,20 +358,23 @@ fn main() {
                 &act(gate, ffn_width(&hp, il)),
                 &act(up, ffn_width(&hp, il)),
                 ffn_activation(&hp, il),
-            ),
+            )
+            .unwrap(),
             Some(glu),
         );
         let down = l.named(&s("ffn_out"), "MUL_MAT").expect("down");
         cmp(
             "matmul down",
-            &be.matmul(&w(&t("ffn_down.weight")), &act(glu, ffn_width(&hp, il))),
+            &be.matmul(&w(&t("ffn_down.weight")), &act(glu, ffn_width(&hp, il)))
+                .unwrap(),
             Some(down),
         );
         if hp.layers[il].post_norms {
             let pn = l.named(&s("ffn_post_norm"), "MUL");
             cmp(
                 "post_ffn_norm",
-                &be.rms_norm(&act(down, d), &w(&t("post_ffw_norm.weight")), hp.rms_eps),
+                &be.rms_norm(&act(down, d), &w(&t("post_ffw_norm.weight")), hp.rms_eps)
+                    .unwrap(),
                 pn,
             );
         }
@@ -379,7 +387,7 @@ fn main() {
     } else {
         "token_embd.weight"
     };
-    let logits = be.matmul(&w(out_name), &act(result_norm, d));
+    let logits = be.matmul(&w(out_name), &act(result_norm, d)).unwrap();
     tally.compare(
         hp.n_layers,
         "output head",

@@ -321,13 +321,13 @@ impl<B: Backend> Stage<B> {
         }
         if let Some(rows) = select.filter(|_| self.head.is_some() && !spec.out_rows_after_attention)
         {
-            x = b.select_rows(&x, rows);
+            x = b.select_rows(&x, rows)?;
         }
 
         let Some((norm, out)) = &self.head else {
             return Ok(StageOutput::Hidden(x));
         };
-        let logits = b.act_to_host(&b.matmul(out, &b.rms_norm(&x, norm, spec.rms_eps)));
+        let logits = b.act_to_host(&b.matmul(out, &b.rms_norm(&x, norm, spec.rms_eps)?)?)?;
         Ok(StageOutput::Logits(
             logits
                 .chunks(spec.vocab_size)

@@ -16,6 +16,7 @@ use strata_model::GgmlType;
 use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
 use crate::kv::KvGeometry;
 use crate::moe_route::{HostRouting, Router};
+use crate::op_checks;
 
 pub use attention::CpuKvCache;
 pub(crate) use ops::expf_ggml;
@@ -68,10 +69,12 @@ impl CpuWeight {
     pub fn row_data(&self, r: usize) -> &[u8] {
         &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
-    fn vector(&self) -> &[f32] {
-        self.f32
-            .as_deref()
-            .expect("1-D weights are kept as f32 at load")
+    /// A 1-D weight's f32 values, checked to fit rows of `cols` (see
+    /// [`op_checks::vector`]).
+    fn vector(&self, op: &str, cols: usize, whole_rows: bool) -> Result<&[f32], KernelError> {
+        let v = self.f32.as_deref();
+        op_checks::vector(op, &self.name, v.map(<[f32]>::len), cols, whole_rows)?;
+        Ok(v.unwrap_or_default())
     }
 }
 
@@ -127,45 +130,46 @@ impl Backend for CpuBackend {
         CpuKvCache::new(geometry)
     }
 
-    fn act_zeros(&self, rows: usize, cols: usize) -> CpuAct {
-        CpuAct {
+    fn act_zeros(&self, rows: usize, cols: usize) -> Result<CpuAct, KernelError> {
+        Ok(CpuAct {
             data: vec![0.0; rows * cols],
             rows,
             cols,
-        }
+        })
     }
 
-    fn act_from_host(&self, data: &[f32], rows: usize, cols: usize) -> CpuAct {
-        assert_eq!(data.len(), rows * cols, "activation shape");
-        CpuAct {
+    fn act_from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CpuAct, KernelError> {
+        op_checks::act_data(data.len(), rows, cols)?;
+        Ok(CpuAct {
             data: data.to_vec(),
             rows,
             cols,
-        }
+        })
     }
 
-    fn act_to_host(&self, a: &CpuAct) -> Vec<f32> {
-        a.data.clone()
+    fn act_to_host(&self, a: &CpuAct) -> Result<Vec<f32>, KernelError> {
+        Ok(a.data.clone())
     }
 
     fn act_shape(&self, a: &CpuAct) -> (usize, usize) {
         (a.rows, a.cols)
     }
 
-    fn select_rows(&self, a: &CpuAct, rows: &[usize]) -> CpuAct {
+    fn select_rows(&self, a: &CpuAct, rows: &[usize]) -> Result<CpuAct, KernelError> {
+        op_checks::rows_in(rows, a.rows)?;
         let mut data = Vec::with_capacity(rows.len() * a.cols);
         for &r in rows {
             data.extend_from_slice(a.row(r));
         }
-        CpuAct {
+        Ok(CpuAct {
             data,
             rows: rows.len(),
             cols: a.cols,
-        }
+        })
     }
 
     fn embed(&self, table: &CpuWeight, ids: &[u32], scale: f32) -> Result<CpuAct, KernelError> {
-        let mut out = self.act_zeros(ids.len(), table.cols);
+        let mut out = self.act_zeros(ids.len(), table.cols)?;
         for (t, &id) in ids.iter().enumerate() {
             if id as usize >= table.rows {
                 return Err(KernelError::Invalid(format!(
@@ -187,19 +191,22 @@ impl Backend for CpuBackend {
         Ok(out)
     }
 
-    fn rms_norm(&self, x: &CpuAct, w: &CpuWeight, eps: f32) -> CpuAct {
-        ops::rms_norm(x, w.vector(), eps)
+    fn rms_norm(&self, x: &CpuAct, w: &CpuWeight, eps: f32) -> Result<CpuAct, KernelError> {
+        let wv = w.vector("rms_norm", x.cols, false)?;
+        Ok(ops::rms_norm(x, wv, eps))
     }
 
-    fn matmul(&self, w: &CpuWeight, x: &CpuAct) -> CpuAct {
-        matmul::matmul(w, x)
+    fn matmul(&self, w: &CpuWeight, x: &CpuAct) -> Result<CpuAct, KernelError> {
+        op_checks::matmul(&w.name, x.cols, w.cols)?;
+        Ok(matmul::matmul(w, x))
     }
 
-    fn add_bias(&self, x: &mut CpuAct, bias: &CpuWeight) {
-        let b = bias.vector();
+    fn add_bias(&self, x: &mut CpuAct, bias: &CpuWeight) -> Result<(), KernelError> {
+        let b = bias.vector("add_bias", x.cols, true)?;
         x.data
             .chunks_mut(x.cols)
             .for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+        Ok(())
     }
 
     fn rope(
@@ -208,27 +215,40 @@ impl Backend for CpuBackend {
         positions: &[u32],
         rope: &RopeConfig,
         freq_factors: Option<&CpuWeight>,
-    ) {
-        ops::rope(x, positions, rope, freq_factors.map(|w| w.vector()))
+    ) -> Result<(), KernelError> {
+        let ff = freq_factors.map(|w| w.f32.as_deref());
+        op_checks::rope(
+            x.rows,
+            x.cols,
+            positions.len(),
+            rope,
+            ff.map(|f| f.map(<[f32]>::len)),
+        )?;
+        ops::rope(x, positions, rope, ff.flatten());
+        Ok(())
     }
 
-    fn gated(&self, gate: &CpuAct, up: &CpuAct, act: Activation) -> CpuAct {
-        ops::gated(gate, up, act)
+    fn gated(&self, gate: &CpuAct, up: &CpuAct, act: Activation) -> Result<CpuAct, KernelError> {
+        op_checks::same_shape("gated", (gate.rows, gate.cols), (up.rows, up.cols))?;
+        Ok(ops::gated(gate, up, act))
     }
 
-    fn add_assign(&self, x: &mut CpuAct, y: &CpuAct) {
+    fn add_assign(&self, x: &mut CpuAct, y: &CpuAct) -> Result<(), KernelError> {
+        op_checks::same_shape("add_assign", (x.rows, x.cols), (y.rows, y.cols))?;
         x.data.iter_mut().zip(&y.data).for_each(|(a, b)| *a += b);
+        Ok(())
     }
 
-    fn scale_rows(&self, x: &mut CpuAct, scales: &[f32]) {
-        assert_eq!(scales.len(), x.rows, "scale_rows: one scale per row");
+    fn scale_rows(&self, x: &mut CpuAct, scales: &[f32]) -> Result<(), KernelError> {
+        op_checks::scales(scales.len(), x.rows)?;
         if x.cols == 0 {
-            return;
+            return Ok(());
         }
         x.data
             .chunks_mut(x.cols)
             .zip(scales)
             .for_each(|(row, &s)| row.iter_mut().for_each(|v| *v *= s));
+        Ok(())
     }
 
     fn attention(
@@ -239,9 +259,17 @@ impl Backend for CpuBackend {
         k: &CpuAct,
         v: &CpuAct,
         batch: &AttentionBatch<'_>,
-    ) -> CpuAct {
+    ) -> Result<CpuAct, KernelError> {
+        op_checks::attention(
+            cache.geometry(),
+            layer,
+            (q.rows, q.cols),
+            (k.rows, k.cols),
+            (v.rows, v.cols),
+            batch,
+        )?;
         cache.write(layer, k, v, batch);
-        cache.attend(layer, q, batch)
+        Ok(cache.attend(layer, q, batch))
     }
 
     fn route(&self, logits: &CpuAct, router: &Router) -> Result<HostRouting, KernelError> {

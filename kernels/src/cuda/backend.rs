@@ -7,9 +7,9 @@
 //! in place (`mmvq_*`, as llama.cpp's MMVQ); longer batches run the same
 //! kernel over groups of tokens (a tensor-core path for prompts is to come).
 //!
-//! The `Backend` trait's ops return no `Result`: a CUDA error after load
-//! (a lost device) panics with the call that failed, and the worker's
-//! compute thread reports it.
+//! A CUDA error under an op (a lost device, a kernel fault) comes back as
+//! [`KernelError::Device`] naming the call that failed; input an op cannot
+//! take is [`KernelError::Invalid`], checked before anything is launched.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,6 +30,7 @@ use super::uploads::IndexUploads;
 use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 use crate::moe_route::Router;
+use crate::op_checks;
 pub use routing::CudaRouting;
 
 mod attention;
@@ -88,11 +89,7 @@ fn default_pool(
 }
 
 fn device_error(what: &str, e: cudarc::driver::DriverError) -> KernelError {
-    KernelError::Invalid(format!("CUDA error in {what}: {e:?}"))
-}
-
-fn fail(what: &str, e: impl std::fmt::Debug) -> ! {
-    panic!("CUDA error in {what}: {e:?}")
+    KernelError::Device(format!("CUDA error in {what}: {e:?}"))
 }
 
 /// Row-major `rows x cols` f32 activations on the device.
@@ -289,17 +286,14 @@ impl CudaBackend {
         staging.upload(&self.stream, bytes)
     }
 
-    fn f(&self, name: &'static str) -> &CudaFunction {
+    /// A kernel by name (every one is loaded by [`CudaBackend::new`]).
+    fn f(&self, name: &'static str) -> Result<&CudaFunction, KernelError> {
         self.functions
             .get(name)
-            .unwrap_or_else(|| fail("kernel lookup", name))
+            .ok_or_else(|| KernelError::Invalid(format!("kernel {name} is in no loaded module")))
     }
 
-    fn upload<T: cudarc::driver::DeviceRepr>(&self, data: &[T]) -> CudaSlice<T> {
-        self.try_upload(data).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn try_upload<T: cudarc::driver::DeviceRepr>(
+    fn upload<T: cudarc::driver::DeviceRepr>(
         &self,
         data: &[T],
     ) -> Result<CudaSlice<T>, KernelError> {
@@ -310,16 +304,6 @@ impl CudaBackend {
 
     /// Runs `launch` of `kernel`, timed when profiling.
     fn launched(
-        &self,
-        kernel: &'static str,
-        launch: impl FnOnce() -> Result<(), cudarc::driver::DriverError>,
-    ) {
-        self.try_launched(kernel, launch)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// [`CudaBackend::launched`], returning the error.
-    fn try_launched(
         &self,
         kernel: &'static str,
         launch: impl FnOnce() -> Result<(), cudarc::driver::DriverError>,
@@ -337,30 +321,16 @@ impl CudaBackend {
     }
 
     /// A batch index array on the device (uploaded once a batch).
-    fn index(&self, data: &[u32]) -> Arc<CudaSlice<u32>> {
+    fn index(&self, data: &[u32]) -> Result<Arc<CudaSlice<u32>>, KernelError> {
         self.indices
             .get(&self.stream, data)
-            .unwrap_or_else(|e| fail("upload", e))
+            .map_err(|e| device_error("upload", e))
     }
 
-    fn zeros_f32(&self, n: usize) -> CudaSlice<f32> {
-        self.stream
-            .alloc_zeros::<f32>(n.max(1))
-            .unwrap_or_else(|e| fail("alloc", e))
-    }
-
-    /// An op's output, left unset: its kernel writes every value (the
-    /// emulator fills new memory with NaN, so the op tests would see one
-    /// it missed).
-    fn output_f32(&self, n: usize) -> CudaSlice<f32> {
-        self.try_output(n).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Uninitialized device memory for `n` values that a kernel writes in full.
-    fn try_output<T: cudarc::driver::DeviceRepr>(
-        &self,
-        n: usize,
-    ) -> Result<CudaSlice<T>, KernelError> {
+    /// Uninitialized device memory for `n` values that a kernel writes in
+    /// full: an op's output (the emulator fills new memory with NaN, so the
+    /// op tests would see a value it missed).
+    fn output<T: cudarc::driver::DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>, KernelError> {
         // SAFETY: read only after the kernel that writes all n values.
         unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(|e| device_error("alloc", e))
     }
@@ -373,10 +343,19 @@ impl CudaBackend {
         }
     }
 
-    fn vector<'a>(&self, w: &'a CudaWeight) -> &'a CudaSlice<f32> {
+    /// A 1-D weight's f32 values, checked to fit rows of `cols` (see
+    /// [`op_checks::vector`]).
+    fn vector<'a>(
+        op: &str,
+        w: &'a CudaWeight,
+        cols: usize,
+        whole_rows: bool,
+    ) -> Result<&'a CudaSlice<f32>, KernelError> {
+        let len = w.f32.as_ref().map(|_| w.cols);
+        op_checks::vector(op, &w.name, len, cols, whole_rows)?;
         w.f32
             .as_ref()
-            .unwrap_or_else(|| fail("vector weight", &w.name))
+            .ok_or_else(|| KernelError::Invalid(format!("{op}: {} is not a 1-D weight", w.name)))
     }
 
     fn kernel_suffix(dtype: GgmlType) -> Option<&'static str> {
@@ -409,11 +388,11 @@ impl CudaBackend {
     fn typed<'a>(
         table: &'a HashMap<GgmlType, (&'static str, CudaFunction)>,
         dtype: GgmlType,
-    ) -> (&'static str, &'a CudaFunction) {
+    ) -> Result<(&'static str, &'a CudaFunction), KernelError> {
         let (name, f) = table
             .get(&dtype)
-            .unwrap_or_else(|| fail("weight type", dtype));
-        (*name, f)
+            .ok_or_else(|| KernelError::Invalid(format!("no CUDA kernel for {dtype} weights")))?;
+        Ok((*name, f))
     }
 }
 
@@ -518,56 +497,62 @@ impl Backend for CudaBackend {
         Ok(CudaKvCache { geometry, k, v })
     }
 
-    fn act_zeros(&self, rows: usize, cols: usize) -> CudaAct {
-        CudaAct {
-            buf: self.zeros_f32(rows * cols),
-            rows,
-            cols,
-        }
+    fn act_zeros(&self, rows: usize, cols: usize) -> Result<CudaAct, KernelError> {
+        let buf = self
+            .stream
+            .alloc_zeros::<f32>((rows * cols).max(1))
+            .map_err(|e| device_error("alloc", e))?;
+        Ok(CudaAct { buf, rows, cols })
     }
 
-    fn act_from_host(&self, data: &[f32], rows: usize, cols: usize) -> CudaAct {
-        assert_eq!(data.len(), rows * cols, "activation shape");
-        CudaAct {
-            buf: self.upload(data),
+    fn act_from_host(
+        &self,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<CudaAct, KernelError> {
+        op_checks::act_data(data.len(), rows, cols)?;
+        Ok(CudaAct {
+            buf: self.upload(data)?,
             rows,
             cols,
-        }
+        })
     }
 
-    fn act_to_host(&self, a: &CudaAct) -> Vec<f32> {
+    fn act_to_host(&self, a: &CudaAct) -> Result<Vec<f32>, KernelError> {
         let mut v = self
             .stream
             .clone_dtoh(&a.buf)
-            .unwrap_or_else(|e| fail("download", e));
+            .map_err(|e| device_error("download", e))?;
         v.truncate(a.rows * a.cols);
-        v
+        Ok(v)
     }
 
     fn act_shape(&self, a: &CudaAct) -> (usize, usize) {
         (a.rows, a.cols)
     }
 
-    fn select_rows(&self, a: &CudaAct, rows: &[usize]) -> CudaAct {
+    fn select_rows(&self, a: &CudaAct, rows: &[usize]) -> Result<CudaAct, KernelError> {
+        op_checks::rows_in(rows, a.rows)?;
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let idx = self.upload(&idx);
-        let mut out = self.output_f32(rows.len() * a.cols);
+        let idx = self.upload(&idx)?;
+        let mut out = self.output(rows.len() * a.cols)?;
         let cols = a.cols as i32;
         let cfg = LaunchConfig {
             grid_dim: (rows.len().max(1) as u32, 1, 1),
             block_dim: (ELEMENTWISE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(self.f("select_rows"));
+        let mut b = self.stream.launch_builder(self.f("select_rows")?);
         b.arg(&a.buf).arg(&idx).arg(&mut out).arg(&cols);
         // SAFETY: the kernel reads rows.len() rows of `a` (indices < a.rows)
         // and writes rows.len() rows of `out`.
-        self.launched("select_rows", || unsafe { b.launch(cfg) }.map(drop));
-        CudaAct {
+        self.launched("select_rows", || unsafe { b.launch(cfg) }.map(drop))?;
+        Ok(CudaAct {
             buf: out,
             rows: rows.len(),
             cols: a.cols,
-        }
+        })
     }
 
     fn embed(&self, table: &CudaWeight, ids: &[u32], scale: f32) -> Result<CudaAct, KernelError> {
@@ -577,15 +562,15 @@ impl Backend for CudaBackend {
                 table.rows
             )));
         }
-        let ids_dev = self.upload(ids);
-        let mut out = self.output_f32(ids.len() * table.cols);
+        let ids_dev = self.upload(ids)?;
+        let mut out = self.output(ids.len() * table.cols)?;
         let (row_bytes, cols) = (table.row_bytes, table.cols as i32);
         let cfg = LaunchConfig {
             grid_dim: (ids.len().max(1) as u32, 1, 1),
             block_dim: (ELEMENTWISE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (kernel, f) = Self::typed(&self.embed, table.dtype);
+        let (kernel, f) = Self::typed(&self.embed, table.dtype)?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&table.data)
             .arg(&row_bytes)
@@ -594,7 +579,7 @@ impl Backend for CudaBackend {
             .arg(&scale)
             .arg(&mut out);
         // SAFETY: ids are checked against the table; out has ids.len() rows.
-        self.launched(kernel, || unsafe { b.launch(cfg) }.map(drop));
+        self.launched(kernel, || unsafe { b.launch(cfg) }.map(drop))?;
         Ok(CudaAct {
             buf: out,
             rows: ids.len(),
@@ -602,10 +587,11 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn rms_norm(&self, x: &CudaAct, w: &CudaWeight, eps: f32) -> CudaAct {
+    fn rms_norm(&self, x: &CudaAct, w: &CudaWeight, eps: f32) -> Result<CudaAct, KernelError> {
+        let wv = Self::vector("rms_norm", w, x.cols, false)?;
         let n = w.cols;
         let groups = x.rows * x.cols / n;
-        let mut out = self.output_f32(x.rows * x.cols);
+        let mut out = self.output(x.rows * x.cols)?;
         let n_i = n as i32;
         let threads = (n.next_power_of_two() as u32).clamp(32, 1024);
         let cfg = LaunchConfig {
@@ -613,34 +599,35 @@ impl Backend for CudaBackend {
             block_dim: (threads, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(self.f("rms_norm"));
-        b.arg(&x.buf)
-            .arg(self.vector(w))
-            .arg(&mut out)
-            .arg(&n_i)
-            .arg(&eps);
+        let mut b = self.stream.launch_builder(self.f("rms_norm")?);
+        b.arg(&x.buf).arg(wv).arg(&mut out).arg(&n_i).arg(&eps);
         // SAFETY: `groups` groups of n values in both buffers.
-        self.launched("rms_norm", || unsafe { b.launch(cfg) }.map(drop));
-        CudaAct {
+        self.launched("rms_norm", || unsafe { b.launch(cfg) }.map(drop))?;
+        Ok(CudaAct {
             buf: out,
             rows: x.rows,
             cols: x.cols,
+        })
+    }
+
+    fn matmul(&self, w: &CudaWeight, x: &CudaAct) -> Result<CudaAct, KernelError> {
+        op_checks::matmul(&w.name, x.cols, w.cols)?;
+        match self.gemm(w, x)? {
+            Some(out) => Ok(out),
+            None => self.matvec(w, x),
         }
     }
 
-    fn matmul(&self, w: &CudaWeight, x: &CudaAct) -> CudaAct {
-        self.gemm(w, x).unwrap_or_else(|| self.matvec(w, x))
-    }
-
-    fn add_bias(&self, x: &mut CudaAct, bias: &CudaWeight) {
+    fn add_bias(&self, x: &mut CudaAct, bias: &CudaWeight) -> Result<(), KernelError> {
+        let bv = Self::vector("add_bias", bias, x.cols, true)?;
         let n = x.rows * x.cols;
         let cols = x.cols as i32;
-        let mut b = self.stream.launch_builder(self.f("add_bias"));
-        b.arg(&mut x.buf).arg(self.vector(bias)).arg(&n).arg(&cols);
+        let mut b = self.stream.launch_builder(self.f("add_bias")?);
+        b.arg(&mut x.buf).arg(bv).arg(&n).arg(&cols);
         // SAFETY: n values of x, bias of cols values.
         self.launched("add_bias", || {
             unsafe { b.launch(Self::grid_for(n)) }.map(drop)
-        });
+        })
     }
 
     fn rope(
@@ -649,14 +636,25 @@ impl Backend for CudaBackend {
         positions: &[u32],
         rope: &RopeConfig,
         freq_factors: Option<&CudaWeight>,
-    ) {
-        let pos = self.index(positions);
+    ) -> Result<(), KernelError> {
+        op_checks::rope(
+            x.rows,
+            x.cols,
+            positions.len(),
+            rope,
+            freq_factors.map(|w| w.f32.as_ref().map(|_| w.cols)),
+        )?;
+        let ff = match freq_factors {
+            Some(w) => Some(Self::vector("rope", w, w.cols, true)?),
+            None => None,
+        };
+        let pos = self.index(positions)?;
         let (rows, head_dim, dims) = (x.rows as i32, rope.head_dim as i32, rope.dims as i32);
         let n_heads = (x.cols / rope.head_dim) as i32;
         let neox = i32::from(rope.style == RopeStyle::Neox);
         let pairs = x.rows * (x.cols / rope.head_dim) * (rope.dims / 2);
         let null: u64 = 0;
-        let mut b = self.stream.launch_builder(self.f("rope"));
+        let mut b = self.stream.launch_builder(self.f("rope")?);
         b.arg(&mut x.buf)
             .arg(&*pos)
             .arg(&rows)
@@ -665,8 +663,8 @@ impl Backend for CudaBackend {
             .arg(&dims)
             .arg(&rope.freq_base)
             .arg(&rope.freq_scale);
-        match freq_factors {
-            Some(ff) => b.arg(self.vector(ff)),
+        match ff {
+            Some(ff) => b.arg(ff),
             None => b.arg(&null),
         };
         // YaRN's terms that do not depend on the pair, as ggml's rope_yarn
@@ -689,52 +687,54 @@ impl Backend for CudaBackend {
         // SAFETY: one thread per rotated pair of x; positions has x.rows values.
         self.launched("rope", || {
             unsafe { b.launch(Self::grid_for(pairs)) }.map(drop)
-        });
+        })
     }
 
-    fn gated(&self, gate: &CudaAct, up: &CudaAct, act: Activation) -> CudaAct {
+    fn gated(&self, gate: &CudaAct, up: &CudaAct, act: Activation) -> Result<CudaAct, KernelError> {
+        op_checks::same_shape("gated", (gate.rows, gate.cols), (up.rows, up.cols))?;
         let n = gate.rows * gate.cols;
-        let mut out = self.output_f32(n);
+        let mut out = self.output(n)?;
         let name = match act {
             Activation::Silu => "gated_silu",
             Activation::GeluTanh => "gated_gelu",
             Activation::SwigluOai => "gated_swiglu_oai",
         };
-        let mut b = self.stream.launch_builder(self.f(name));
+        let mut b = self.stream.launch_builder(self.f(name)?);
         b.arg(&gate.buf).arg(&up.buf).arg(&mut out).arg(&n);
         // SAFETY: three buffers of n values.
-        self.launched(name, || unsafe { b.launch(Self::grid_for(n)) }.map(drop));
-        CudaAct {
+        self.launched(name, || unsafe { b.launch(Self::grid_for(n)) }.map(drop))?;
+        Ok(CudaAct {
             buf: out,
             rows: gate.rows,
             cols: gate.cols,
-        }
+        })
     }
 
-    fn add_assign(&self, x: &mut CudaAct, y: &CudaAct) {
+    fn add_assign(&self, x: &mut CudaAct, y: &CudaAct) -> Result<(), KernelError> {
+        op_checks::same_shape("add_assign", (x.rows, x.cols), (y.rows, y.cols))?;
         let n = x.rows * x.cols;
-        let mut b = self.stream.launch_builder(self.f("add_assign"));
+        let mut b = self.stream.launch_builder(self.f("add_assign")?);
         b.arg(&mut x.buf).arg(&y.buf).arg(&n);
         // SAFETY: two buffers of n values.
         self.launched("add_assign", || {
             unsafe { b.launch(Self::grid_for(n)) }.map(drop)
-        });
+        })
     }
 
-    fn scale_rows(&self, x: &mut CudaAct, scales: &[f32]) {
-        assert_eq!(scales.len(), x.rows, "scale_rows: one scale per row");
+    fn scale_rows(&self, x: &mut CudaAct, scales: &[f32]) -> Result<(), KernelError> {
+        op_checks::scales(scales.len(), x.rows)?;
         let n = x.rows * x.cols;
         if n == 0 {
-            return;
+            return Ok(());
         }
-        let scales = self.upload(scales);
+        let scales = self.upload(scales)?;
         let cols = x.cols as i32;
-        let mut b = self.stream.launch_builder(self.f("scale_rows"));
+        let mut b = self.stream.launch_builder(self.f("scale_rows")?);
         b.arg(&mut x.buf).arg(&scales).arg(&n).arg(&cols);
         // SAFETY: n values of x, one scale for each of its rows.
         self.launched("scale_rows", || {
             unsafe { b.launch(Self::grid_for(n)) }.map(drop)
-        });
+        })
     }
 
     fn attention(
@@ -745,7 +745,15 @@ impl Backend for CudaBackend {
         k: &CudaAct,
         v: &CudaAct,
         batch: &AttentionBatch<'_>,
-    ) -> CudaAct {
+    ) -> Result<CudaAct, KernelError> {
+        op_checks::attention(
+            &cache.geometry,
+            layer,
+            (q.rows, q.cols),
+            (k.rows, k.cols),
+            (v.rows, v.cols),
+            batch,
+        )?;
         self.paged_attention(cache, layer, q, k, v, batch)
     }
 

@@ -117,14 +117,11 @@ pub fn attend_on<B: Backend>(
     n: usize,
     batch: &AttentionBatch<'_>,
 ) -> Vec<f32> {
-    b.act_to_host(&b.attention(
-        cache,
-        layer,
-        &b.act_from_host(q, n, q.len() / n),
-        &b.act_from_host(k, n, k.len() / n),
-        &b.act_from_host(v, n, v.len() / n),
-        batch,
-    ))
+    let q = b.act_from_host(q, n, q.len() / n).unwrap();
+    let k = b.act_from_host(k, n, k.len() / n).unwrap();
+    let v = b.act_from_host(v, n, v.len() / n).unwrap();
+    let out = b.attention(cache, layer, &q, &k, &v, batch).unwrap();
+    b.act_to_host(&out).unwrap()
 }
 
 // ---- mixture of experts ----
@@ -158,7 +155,7 @@ pub fn moe_ops_refuse_bad_input<B: Backend>(g: &B) {
     let w = g
         .load_weight("exps", GgmlType::Q4_0, &dims, &bytes)
         .unwrap();
-    let x = g.act_from_host(&vec![1.0; 2 * cols], 2, cols);
+    let x = g.act_from_host(&vec![1.0; 2 * cols], 2, cols).unwrap();
     let routing = |ids: &[u32]| g.routing(ids, &vec![1.0; ids.len()], N_USED, N_EXPERT);
     assert!(routing(&[0, 8, 1, 2]).is_err());
     assert!(routing(&[0, u32::MAX, 1, 2]).is_err());
@@ -173,7 +170,7 @@ pub fn moe_ops_refuse_bad_input<B: Backend>(g: &B) {
     let b = g
         .load_weight("b", GgmlType::F32, &[4, 4], bytemuck_f32(&bias))
         .unwrap();
-    let mut y = g.act_from_host(&[0.0; 8], 2, 4);
+    let mut y = g.act_from_host(&[0.0; 8], 2, 4).unwrap();
     let one_token = routing(&[3, 7]).unwrap();
     assert!(g.add_bias_id(&mut y, &b, &one_token).is_err());
     assert!(g.moe_combine(&y, &two_tokens).is_err());

@@ -4,7 +4,7 @@
 //! the layer has them), and the output projection.
 
 use strata_kernels::backend::{attn_temperature_scales, Yarn};
-use strata_kernels::{AttentionBatch, Backend, RopeConfig};
+use strata_kernels::{AttentionBatch, Backend, KernelError, RopeConfig};
 use strata_model::arch::{layer_tensor, AttentionSpec};
 use strata_model::GgufFile;
 
@@ -114,28 +114,28 @@ impl<B: Backend> Attention<B> {
         kv: &mut B::KvCache,
         kv_layer: usize,
         eps: f32,
-    ) -> B::Act {
+    ) -> Result<B::Act, KernelError> {
         let a = &self.spec;
-        let mut q = b.matmul(&self.wq, &h);
-        let mut k = b.matmul(&self.wk, &h);
-        let mut v = b.matmul(&self.wv, &h);
+        let mut q = b.matmul(&self.wq, &h)?;
+        let mut k = b.matmul(&self.wk, &h)?;
+        let mut v = b.matmul(&self.wv, &h)?;
         for (x, bias) in [(&mut q, &self.bq), (&mut k, &self.bk), (&mut v, &self.bv)] {
             if let Some(bias) = bias {
-                b.add_bias(x, bias);
+                b.add_bias(x, bias)?;
             }
         }
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = b.rms_norm(&q, qn, eps);
-            k = b.rms_norm(&k, kn, eps);
+            q = b.rms_norm(&q, qn, eps)?;
+            k = b.rms_norm(&k, kn, eps)?;
         }
-        b.rope(&mut q, batch.positions, &self.rope, batch.rope_freqs);
-        b.rope(&mut k, batch.positions, &self.rope, batch.rope_freqs);
+        b.rope(&mut q, batch.positions, &self.rope, batch.rope_freqs)?;
+        b.rope(&mut k, batch.positions, &self.rope, batch.rope_freqs)?;
         if let Some(t) = a.temperature {
             let floor = u32::try_from(t.floor_scale).unwrap_or(u32::MAX);
             b.scale_rows(
                 &mut q,
                 &attn_temperature_scales(batch.positions, floor, t.scale),
-            );
+            )?;
         }
         let attn = b.attention(
             kv,
@@ -153,12 +153,12 @@ impl<B: Backend> Attention<B> {
                 window: a.window,
                 sinks: self.sinks.as_deref(),
             },
-        );
-        let mut o = b.matmul(&self.wo, &attn);
+        )?;
+        let mut o = b.matmul(&self.wo, &attn)?;
         if let Some(bias) = &self.bo {
-            b.add_bias(&mut o, bias);
+            b.add_bias(&mut o, bias)?;
         }
-        o
+        Ok(o)
     }
 }
 

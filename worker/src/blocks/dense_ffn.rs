@@ -1,6 +1,6 @@
 //! A dense gated feed-forward: `down(act(gate x) * up x)`.
 
-use strata_kernels::Backend;
+use strata_kernels::{Backend, KernelError};
 use strata_model::arch::{layer_tensor, Activation, DenseSpec};
 
 use crate::stage::StageError;
@@ -30,9 +30,9 @@ impl<B: Backend> DenseFfn<B> {
         })
     }
 
-    pub fn forward(&self, b: &B, h: &B::Act) -> B::Act {
-        let g = b.matmul(&self.gate, h);
-        let u = b.matmul(&self.up, h);
-        b.matmul(&self.down, &b.gated(&g, &u, self.activation))
+    pub fn forward(&self, b: &B, h: &B::Act) -> Result<B::Act, KernelError> {
+        let g = b.matmul(&self.gate, h)?;
+        let u = b.matmul(&self.up, h)?;
+        b.matmul(&self.down, &b.gated(&g, &u, self.activation)?)
     }
 }

@@ -96,26 +96,26 @@ impl<B: Backend> Layer<B> {
         keep_rows: Option<&[usize]>,
     ) -> Result<B::Act, StageError> {
         let eps = model.rms_eps;
-        let h = b.rms_norm(&x, &self.attn_norm, eps);
-        let mut o = self.attention.forward(b, h, batch, kv, kv_layer, eps);
+        let h = b.rms_norm(&x, &self.attn_norm, eps)?;
+        let mut o = self.attention.forward(b, h, batch, kv, kv_layer, eps)?;
         if let Some(rows) = keep_rows {
-            o = b.select_rows(&o, rows);
-            x = b.select_rows(&x, rows);
+            o = b.select_rows(&o, rows)?;
+            x = b.select_rows(&x, rows)?;
         }
         if let Some(n) = &self.post_attn_norm {
-            o = b.rms_norm(&o, n, eps);
+            o = b.rms_norm(&o, n, eps)?;
         }
-        b.add_assign(&mut x, &o);
+        b.add_assign(&mut x, &o)?;
 
-        let h = b.rms_norm(&x, &self.ffn_norm, eps);
+        let h = b.rms_norm(&x, &self.ffn_norm, eps)?;
         let mut f = match &self.ffn {
-            FfnBlock::Dense(ffn) => ffn.forward(b, &h),
+            FfnBlock::Dense(ffn) => ffn.forward(b, &h)?,
             FfnBlock::Moe(ffn) => ffn.forward(b, &h)?,
         };
         if let Some(n) = &self.post_ffn_norm {
-            f = b.rms_norm(&f, n, eps);
+            f = b.rms_norm(&f, n, eps)?;
         }
-        b.add_assign(&mut x, &f);
+        b.add_assign(&mut x, &f)?;
         Ok(x)
     }
 

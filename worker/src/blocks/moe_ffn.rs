@@ -80,9 +80,9 @@ impl<B: Backend> MoeFfn<B> {
     }
 
     pub fn forward(&self, b: &B, h: &B::Act) -> Result<B::Act, StageError> {
-        let mut logits = b.matmul(&self.router, h);
+        let mut logits = b.matmul(&self.router, h)?;
         if let Some(bias) = &self.router_bias {
-            b.add_bias(&mut logits, bias);
+            b.add_bias(&mut logits, bias)?;
         }
         let routing = b.route(&logits, &self.routing)?;
         let project = |e: &Experts<B>, x: &B::Act| -> Result<B::Act, StageError> {
@@ -94,7 +94,7 @@ impl<B: Backend> MoeFfn<B> {
         };
         let up = project(&self.up, h)?;
         let gate = project(&self.gate, h)?;
-        let down = project(&self.down, &b.gated(&gate, &up, self.activation))?;
+        let down = project(&self.down, &b.gated(&gate, &up, self.activation)?)?;
         Ok(b.moe_combine(&down, &routing)?)
     }
 }

@@ -7,14 +7,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 
-use strata_kernels::Backend;
+use strata_kernels::{Backend, KernelError};
 use strata_model::GgufFile;
 use strata_proto::v1;
 use tokio::sync::oneshot;
 
 use super::frames;
 use crate::sampler::Sampler;
-use crate::stage::{LayerRange, Stage, StageInput, StageOutput};
+use crate::stage::{LayerRange, Stage, StageError, StageInput, StageOutput};
 
 /// What the service knows about the slice without asking the thread.
 #[derive(Debug, Clone, Default)]
@@ -106,25 +106,28 @@ where
                     Command::Forward(frame, reply) => {
                         let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
                         let out = match loaded.as_mut() {
-                            // A device error inside an op panics (the
-                            // Backend ops return no Result yet): the batch
+                            // A device error (an op's KernelError::Device)
+                            // or a panic inside the batch (a bug): the batch
                             // gets an error reply, the slice is dropped (the
                             // device state is unknown) and Health says
                             // FAILED, rather than the thread dying while
-                            // Health still says READY.
-                            Some(l) => match catch_unwind(AssertUnwindSafe(|| forward(l, frame))) {
-                                Ok(out) => out,
-                                Err(panic) => {
-                                    let e = format!(
-                                        "the compute device failed: {}",
-                                        panic_message(panic.as_ref())
-                                    );
+                            // Health still says READY. Bad input is only
+                            // that batch's error reply (`forward`).
+                            Some(l) => {
+                                let failed =
+                                    match catch_unwind(AssertUnwindSafe(|| forward(l, frame))) {
+                                        Ok(Ok(out)) => Ok(out),
+                                        Ok(Err(DeviceFailed(e))) => Err(e),
+                                        Err(panic) => Err(panic_message(panic.as_ref())),
+                                    };
+                                failed.unwrap_or_else(|e| {
+                                    let e = format!("the compute device failed: {e}");
                                     tracing::error!("{e}");
                                     loaded = None;
                                     set_status(&snapshot, v1::health_reply::Status::Failed, &e);
                                     FrameOut::Reply(lost_reply(batch_id, e))
-                                }
-                            },
+                                })
+                            }
                             None => FrameOut::Reply(lost_reply(batch_id, "no slice loaded".into())),
                         };
                         let _ = reply.send(out);
@@ -246,7 +249,52 @@ pub(super) fn lost_reply(batch_id: u64, error: String) -> v1::StageReply {
     }
 }
 
-fn forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> FrameOut {
+/// The device failed under a batch: the message, naming the stage.
+struct DeviceFailed(String);
+
+/// Why a batch got no result.
+enum BatchError {
+    /// The batch's own fault (a bad frame, a shape an op refused): an
+    /// error reply for it, and the stage serves the next.
+    Bad(String),
+    /// The device failed ([`KernelError::Device`]).
+    Device(String),
+}
+
+impl From<String> for BatchError {
+    fn from(e: String) -> Self {
+        BatchError::Bad(e)
+    }
+}
+
+impl From<&str> for BatchError {
+    fn from(e: &str) -> Self {
+        BatchError::Bad(e.to_string())
+    }
+}
+
+impl From<KernelError> for BatchError {
+    fn from(e: KernelError) -> Self {
+        if e.is_device() {
+            BatchError::Device(e.to_string())
+        } else {
+            BatchError::Bad(e.to_string())
+        }
+    }
+}
+
+impl From<StageError> for BatchError {
+    fn from(e: StageError) -> Self {
+        match e {
+            StageError::Kernel(k) => k.into(),
+            e => BatchError::Bad(e.to_string()),
+        }
+    }
+}
+
+/// Runs one frame: its result or its error reply, or `Err` when the device
+/// failed under it.
+fn forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<FrameOut, DeviceFailed> {
     let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
     for s in &frame.release_first {
         l.stage.release(*s);
@@ -254,12 +302,19 @@ fn forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> FrameOut {
     }
     let _span = tracing::debug_span!("batch", batch_id, stage = %l.label).entered();
     match try_forward(l, frame) {
-        Ok(out) => out,
-        Err(e) => FrameOut::Reply(error_reply(batch_id, format!("stage {}: {e}", l.label))),
+        Ok(out) => Ok(out),
+        Err(BatchError::Bad(e)) => Ok(FrameOut::Reply(error_reply(
+            batch_id,
+            format!("stage {}: {e}", l.label),
+        ))),
+        Err(BatchError::Device(e)) => Err(DeviceFailed(format!("stage {}: {e}", l.label))),
     }
 }
 
-fn try_forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<FrameOut, String> {
+fn try_forward<B: Backend>(
+    l: &mut Loaded<B>,
+    frame: v1::BatchFrame,
+) -> Result<FrameOut, BatchError> {
     let header = frame.header.ok_or("a frame with no header")?;
     let is_last = l.stage.is_last();
     let batch = frames::batch_of(&header, frame.token_ids.len(), is_last, l.limits)?;
@@ -269,7 +324,8 @@ fn try_forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<F
             return Err(format!(
                 "{} token ids for {n_tokens} positions",
                 frame.token_ids.len()
-            ));
+            )
+            .into());
         }
         StageInput::Tokens(frame.token_ids.clone())
     } else {
@@ -277,12 +333,16 @@ fn try_forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<F
         let dtype = v1::ActDtype::try_from(frame.act_dtype)
             .map_err(|_| format!("unknown act_dtype {}", frame.act_dtype))?;
         let values = frames::decode_activations(&frame.activations, dtype, n_tokens, d_model)?;
-        StageInput::Hidden(l.stage.backend().act_from_host(&values, n_tokens, d_model))
+        StageInput::Hidden(
+            l.stage
+                .backend()
+                .act_from_host(&values, n_tokens, d_model)?,
+        )
     };
-    let out = l.stage.forward(&batch, input).map_err(|e| e.to_string())?;
+    let out = l.stage.forward(&batch, input)?;
     match out {
         StageOutput::Hidden(act) => {
-            let values = l.stage.backend().act_to_host(&act);
+            let values = l.stage.backend().act_to_host(&act)?;
             Ok(FrameOut::Next(v1::BatchFrame {
                 header: Some(header),
                 token_ids: frame.token_ids,
@@ -292,7 +352,7 @@ fn try_forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<F
             }))
         }
         StageOutput::Logits(rows) => {
-            sample(l, &header, &frame.token_ids, rows).map(FrameOut::Reply)
+            Ok(sample(l, &header, &frame.token_ids, rows).map(FrameOut::Reply)?)
         }
     }
 }

@@ -7,7 +7,7 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::{CudaAct, CudaBackend, CudaKvCache, ELEMENTWISE_THREADS, MAX_HEAD_DIM};
-use crate::backend::AttentionBatch;
+use crate::backend::{AttentionBatch, KernelError};
 use crate::kv::KV_BLOCK_TOKENS;
 
 /// Query heads one attention block serves (attention.cu's GROUP_HEADS).
@@ -91,7 +91,7 @@ impl CudaBackend {
         k: &CudaAct,
         v: &CudaAct,
         batch: &AttentionBatch<'_>,
-    ) -> CudaAct {
+    ) -> Result<CudaAct, KernelError> {
         let g = cache.geometry;
         let n = q.rows;
         // Host-side indexing: each token's slot, and the batch's block tables.
@@ -109,18 +109,18 @@ impl CudaBackend {
             })
             .collect();
         let (slots, pos, seq) = (
-            self.index(&slots),
-            self.index(batch.positions),
-            self.index(batch.token_seq),
+            self.index(&slots)?,
+            self.index(batch.positions)?,
+            self.index(batch.token_seq)?,
         );
-        let (table_start, tables) = (self.index(&table_start), self.index(&tables));
+        let (table_start, tables) = (self.index(&table_start)?, self.index(&tables)?);
         let (k_dim, v_dim) = (g.k_dim() as i32, g.v_dim() as i32);
         let cfg = LaunchConfig {
             grid_dim: (n as u32, 1, 1),
             block_dim: (ELEMENTWISE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(self.f("kv_write"));
+        let mut b = self.stream.launch_builder(self.f("kv_write")?);
         b.arg(&k.buf)
             .arg(&v.buf)
             .arg(&*slots)
@@ -129,7 +129,7 @@ impl CudaBackend {
             .arg(&k_dim)
             .arg(&v_dim);
         // SAFETY: slots index blocks of this stage's pool (the allocator's).
-        self.launched("kv_write", || unsafe { b.launch(cfg) }.map(drop));
+        self.launched("kv_write", || unsafe { b.launch(cfg) }.map(drop))?;
 
         let plan = AttendPlan::new(
             batch,
@@ -137,7 +137,7 @@ impl CudaBackend {
             g.head_dim_k.max(g.head_dim_v),
             self.sm_count,
         );
-        let mut out = self.output_f32(n * batch.n_heads * g.head_dim_v);
+        let mut out = self.output(n * batch.n_heads * g.head_dim_v)?;
         let (n_heads, n_kv_heads) = (batch.n_heads as i32, g.n_kv_heads as i32);
         let (hd_k, hd_v) = (g.head_dim_k as i32, g.head_dim_v as i32);
         let window = batch.window.map_or(0, |w| w as i32);
@@ -148,23 +148,21 @@ impl CudaBackend {
         } else {
             (1.0f32, batch.scale)
         };
-        let sinks = batch.sinks.map(|s| {
-            assert!(
-                s.len() >= batch.n_heads,
-                "attention: {} sink logits for {} heads",
-                s.len(),
-                batch.n_heads
-            );
-            self.upload(&s[..batch.n_heads])
-        });
+        // (`op_checks::attention` saw a sink logit for every head.)
+        let sinks = match batch.sinks {
+            Some(s) => Some(self.upload(&s[..batch.n_heads])?),
+            None => None,
+        };
         // Each split's accumulator and (max, sum) per (token, query head).
-        let parts = (plan.splits > 1).then(|| {
+        let parts = if plan.splits > 1 {
             let rows = n * batch.n_heads * plan.splits;
-            (
-                self.output_f32(rows * g.head_dim_v),
-                self.output_f32(rows * 2),
-            )
-        });
+            Some((
+                self.output::<f32>(rows * g.head_dim_v)?,
+                self.output::<f32>(rows * 2)?,
+            ))
+        } else {
+            None
+        };
         let null: u64 = 0;
         let heads_per_block = plan.heads_per_block as i32;
         let cfg = LaunchConfig {
@@ -176,7 +174,7 @@ impl CudaBackend {
             block_dim: (plan.threads, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(self.f(plan.kernel));
+        let mut b = self.stream.launch_builder(self.f(plan.kernel)?);
         b.arg(&q.buf)
             .arg(&cache.k[layer])
             .arg(&cache.v[layer])
@@ -205,7 +203,7 @@ impl CudaBackend {
         // an earlier batch) and its block is in the sequence's table; the
         // kernel's heads (D) are at least hd_k and hd_v; the partials hold
         // every (token, head, split) when there is more than one split.
-        self.launched(plan.kernel, || unsafe { b.launch(cfg) }.map(drop));
+        self.launched(plan.kernel, || unsafe { b.launch(cfg) }.map(drop))?;
 
         if let Some((acc, ml)) = &parts {
             let splits = plan.splits as i32;
@@ -214,7 +212,7 @@ impl CudaBackend {
                 block_dim: (COMBINE_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let mut b = self.stream.launch_builder(self.f("attend_combine"));
+            let mut b = self.stream.launch_builder(self.f("attend_combine")?);
             b.arg(acc).arg(ml);
             match &sinks {
                 Some(s) => b.arg(s),
@@ -223,13 +221,13 @@ impl CudaBackend {
             b.arg(&mut out).arg(&n_heads).arg(&hd_v).arg(&splits);
             // SAFETY: the partials of n tokens x n_heads x splits, all
             // written by the launch above; out has n x n_heads x hd_v.
-            self.launched("attend_combine", || unsafe { b.launch(cfg) }.map(drop));
+            self.launched("attend_combine", || unsafe { b.launch(cfg) }.map(drop))?;
         }
-        CudaAct {
+        Ok(CudaAct {
             buf: out,
             rows: n,
             cols: batch.n_heads * g.head_dim_v,
-        }
+        })
     }
 }
 

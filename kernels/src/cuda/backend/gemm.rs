@@ -6,7 +6,8 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use strata_model::GgmlType;
 
-use super::{fail, CudaAct, CudaBackend, CudaWeight, MAX_BATCH};
+use super::{device_error, CudaAct, CudaBackend, CudaWeight, MAX_BATCH};
+use crate::backend::KernelError;
 use crate::cuda::emulator;
 
 /// gemm.cu's tile: weight rows x tokens per block, and its threads.
@@ -21,28 +22,30 @@ const SCALE_FLOATS: usize = 4;
 const MAX_GRID_Y: usize = 65535;
 
 impl CudaBackend {
-    /// `out[t] = W x[t]` on tensor cores, or None where that path does not
+    /// `out[t] = W x[t]` on tensor cores, or `Ok(None)` where that path does not
     /// apply: a decode-sized batch, float weights (the matvec path keeps
     /// them), or a GPU older than sm_80 (no int8 m16n8k16 `mma.sync`).
-    pub(super) fn gemm(&self, w: &CudaWeight, x: &CudaAct) -> Option<CudaAct> {
+    pub(super) fn gemm(&self, w: &CudaWeight, x: &CudaAct) -> Result<Option<CudaAct>, KernelError> {
         let tokens = x.rows;
         if tokens <= MAX_BATCH || x.cols != w.cols || tokens.div_ceil(GEMM_TOKENS) > MAX_GRID_Y {
-            return None;
+            return Ok(None);
         }
-        let kernel = Self::gemm_kernel(w.dtype)?;
+        let Some(kernel) = Self::gemm_kernel(w.dtype) else {
+            return Ok(None);
+        };
         let cc = self.compute_capability;
         if !emulator::is_emulated(cc) && cc < (8, 0) {
-            return None;
+            return Ok(None);
         }
         let chunks = w.cols / 32;
         // SAFETY: gemm_quantize_act writes every chunk before the gemm reads it.
         let mut xq = unsafe { self.stream.alloc::<i32>(tokens * chunks * LEVEL_BYTES / 4) }
-            .unwrap_or_else(|e| fail("alloc", e));
+            .map_err(|e| device_error("alloc", e))?;
         // SAFETY: as above.
         let mut xs = unsafe { self.stream.alloc::<f32>(tokens * chunks * SCALE_FLOATS) }
-            .unwrap_or_else(|e| fail("alloc", e));
+            .map_err(|e| device_error("alloc", e))?;
         let (tokens_i, cols) = (tokens as i32, x.cols as i32);
-        let mut b = self.stream.launch_builder(self.f("gemm_quantize_act"));
+        let mut b = self.stream.launch_builder(self.f("gemm_quantize_act")?);
         b.arg(&x.buf)
             .arg(&mut xq)
             .arg(&mut xs)
@@ -51,9 +54,9 @@ impl CudaBackend {
         // SAFETY: one thread per 32-value chunk of x into xq and xs.
         self.launched("gemm_quantize_act", || {
             unsafe { b.launch(Self::grid_for(tokens * chunks)) }.map(drop)
-        });
+        })?;
 
-        let mut out = self.output_f32(tokens * w.rows);
+        let mut out = self.output(tokens * w.rows)?;
         let (row_bytes, rows) = (w.row_bytes, w.rows as i32);
         let cfg = LaunchConfig {
             grid_dim: (
@@ -64,7 +67,7 @@ impl CudaBackend {
             block_dim: (GEMM_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(self.f(kernel));
+        let mut b = self.stream.launch_builder(self.f(kernel)?);
         b.arg(&w.data)
             .arg(&row_bytes)
             .arg(&rows)
@@ -76,12 +79,12 @@ impl CudaBackend {
         // SAFETY: blocks cover rows x tokens; each writes only the outputs
         // of its tile below those bounds, and reads w.rows rows of w and
         // `tokens` rows of xq / xs.
-        self.launched(kernel, || unsafe { b.launch(cfg) }.map(drop));
-        Some(CudaAct {
+        self.launched(kernel, || unsafe { b.launch(cfg) }.map(drop))?;
+        Ok(Some(CudaAct {
             buf: out,
             rows: tokens,
             cols: w.rows,
-        })
+        }))
     }
 
     /// The gemm kernel of a quantized weight type (none for float types).

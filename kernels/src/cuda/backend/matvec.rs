@@ -9,8 +9,9 @@
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{
-    fail, CudaAct, CudaBackend, CudaWeight, ACT_CHUNK_BYTES, MAX_BATCH, WARPS_PER_ROW_BLOCK,
+    device_error, CudaAct, CudaBackend, CudaWeight, ACT_CHUNK_BYTES, MAX_BATCH, WARPS_PER_ROW_BLOCK,
 };
+use crate::backend::KernelError;
 
 /// Output rows one matvec block computes (matvec.cu's ROWS_PER_BLOCK): each
 /// activation chunk a thread loads serves this many rows.
@@ -50,39 +51,35 @@ enum MatvecInput<'a> {
 }
 
 impl CudaBackend {
-    /// `out[t] = W x[t]` by the matrix-vector kernels.
-    pub(super) fn matvec(&self, w: &CudaWeight, x: &CudaAct) -> CudaAct {
-        assert_eq!(
-            x.cols, w.cols,
-            "matmul {}: activation width {} vs weight rows of {}",
-            w.name, x.cols, w.cols
-        );
-        let mut out = self.output_f32(x.rows * w.rows);
-        let kernel = Self::typed(&self.matvec, w.dtype);
+    /// `out[t] = W x[t]` by the matrix-vector kernels (`x.cols == w.cols`,
+    /// checked by `matmul`).
+    pub(super) fn matvec(&self, w: &CudaWeight, x: &CudaAct) -> Result<CudaAct, KernelError> {
+        let mut out = self.output(x.rows * w.rows)?;
+        let kernel = Self::typed(&self.matvec, w.dtype)?;
         if Self::is_float(w.dtype) {
-            self.matvec_groups(kernel, w, MatvecInput::Float(&x.buf), x.rows, &mut out);
+            self.matvec_groups(kernel, w, MatvecInput::Float(&x.buf), x.rows, &mut out)?;
         } else {
-            let xq = self.quantize_act(x);
-            self.matvec_groups(kernel, w, MatvecInput::Quant(&xq), x.rows, &mut out);
+            let xq = self.quantize_act(x)?;
+            self.matvec_groups(kernel, w, MatvecInput::Quant(&xq), x.rows, &mut out)?;
         }
-        CudaAct {
+        Ok(CudaAct {
             buf: out,
             rows: x.rows,
             cols: w.rows,
-        }
+        })
     }
 
     /// `x` quantized to int8 per 32 values (`quantize_act`): the levels of
     /// every chunk, then their scales.
-    fn quantize_act(&self, x: &CudaAct) -> CudaSlice<u8> {
+    fn quantize_act(&self, x: &CudaAct) -> Result<CudaSlice<u8>, KernelError> {
         let n = x.rows * (x.cols / 32);
         // SAFETY: quantize_act writes every chunk before a matvec reads it.
         let mut xq = unsafe { self.stream.alloc::<u8>(n.max(1) * ACT_CHUNK_BYTES) }
-            .unwrap_or_else(|e| fail("alloc", e));
+            .map_err(|e| device_error("alloc", e))?;
         {
             let (mut levels, mut scales) = xq.split_at_mut(n * ACT_LEVEL_BYTES);
             let (tokens, cols) = (x.rows as i32, x.cols as i32);
-            let mut b = self.stream.launch_builder(self.f("quantize_act"));
+            let mut b = self.stream.launch_builder(self.f("quantize_act")?);
             b.arg(&x.buf)
                 .arg(&mut levels)
                 .arg(&mut scales)
@@ -92,9 +89,9 @@ impl CudaBackend {
             // and one f32 scale (that view starts at a multiple of 32 bytes).
             self.launched("quantize_act", || {
                 unsafe { b.launch(Self::grid_for(n)) }.map(drop)
-            });
+            })?;
         }
-        xq
+        Ok(xq)
     }
 
     /// Runs a row kernel (`mmv_*` / `mmvq_*`) over `tokens` inputs,
@@ -106,7 +103,7 @@ impl CudaBackend {
         input: MatvecInput,
         tokens: usize,
         out: &mut CudaSlice<f32>,
-    ) {
+    ) -> Result<(), KernelError> {
         let (row_bytes, rows, cols) = (w.row_bytes, w.rows as i32, w.cols as i32);
         let float = matches!(input, MatvecInput::Float(_));
         let cfg = matvec_config(w.rows, w.cols, float, 1);
@@ -132,7 +129,8 @@ impl CudaBackend {
             }
             b.arg(&n_i).arg(&mut os);
             // SAFETY: n <= MAX_BATCH tokens in, n rows of w.rows outputs.
-            self.launched(kernel_name, || unsafe { b.launch(cfg) }.map(drop));
+            self.launched(kernel_name, || unsafe { b.launch(cfg) }.map(drop))?;
         }
+        Ok(())
     }
 }

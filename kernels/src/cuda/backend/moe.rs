@@ -63,7 +63,7 @@ impl CudaBackend {
                 experts.name, experts.dtype
             ))
         })?;
-        let mut out = self.try_output::<f32>(slots * rows)?;
+        let mut out = self.output::<f32>(slots * rows)?;
         if slots == 0 || rows == 0 {
             return Ok(CudaAct {
                 buf: out,
@@ -95,21 +95,21 @@ impl CudaBackend {
                 // SAFETY: every id is < n_expert (the routing's), so each slot
                 // reads `rows` rows inside the stacked weight; slot s reads
                 // input row s / x_div < x.rows and writes output row s.
-                self.try_launched(kernel_name, || unsafe { b.launch(cfg) }.map(drop))?;
+                self.launched(kernel_name, || unsafe { b.launch(cfg) }.map(drop))?;
             }
             Ok::<(), KernelError>(())
         };
         if float {
-            let none = self.try_output::<u8>(1)?;
+            let none = self.output::<u8>(1)?;
             launch(&none, &x.buf, &mut out)?;
         } else {
             let chunks = experts.cols / 32;
             let n = x.rows * chunks;
-            let mut xq = self.try_output::<u8>(n * ACT_CHUNK_BYTES)?;
+            let mut xq = self.output::<u8>(n * ACT_CHUNK_BYTES)?;
             {
                 let (mut levels, mut scales) = xq.split_at_mut(n * ACT_LEVEL_BYTES);
                 let (tokens, xcols) = (x.rows as i32, x.cols as i32);
-                let mut b = self.stream.launch_builder(self.f("quantize_act"));
+                let mut b = self.stream.launch_builder(self.f("quantize_act")?);
                 b.arg(&x.buf)
                     .arg(&mut levels)
                     .arg(&mut scales)
@@ -117,7 +117,7 @@ impl CudaBackend {
                     .arg(&xcols);
                 // SAFETY: one thread per 32-value chunk of x into its levels
                 // and scale.
-                self.try_launched("quantize_act", || {
+                self.launched("quantize_act", || {
                     unsafe { b.launch(Self::grid_for(n)) }.map(drop)
                 })?;
             }
@@ -167,7 +167,7 @@ impl CudaBackend {
                 ))
             })?;
         let cols = x.cols as i32;
-        let mut b = self.stream.launch_builder(self.f("add_id"));
+        let mut b = self.stream.launch_builder(self.f("add_id")?);
         b.arg(&mut x.buf)
             .arg(&bias_f32)
             .arg(&r.ids)
@@ -175,7 +175,7 @@ impl CudaBackend {
             .arg(&cols);
         // SAFETY: n values of x; each id < n_expert <= bias.rows picks a row of
         // cols f32 values inside the bias.
-        self.try_launched("add_id", || {
+        self.launched("add_id", || {
             unsafe { b.launch(Self::grid_for(n)) }.map(drop)
         })
     }
@@ -188,7 +188,7 @@ impl CudaBackend {
         let n_used = r.n_used;
         let n_tokens = check_combine(y.rows, r.n_slots(), n_used)?;
         let n = n_tokens * y.cols;
-        let mut out = self.try_output::<f32>(n)?;
+        let mut out = self.output::<f32>(n)?;
         if n == 0 {
             return Ok(CudaAct {
                 buf: out,
@@ -197,7 +197,7 @@ impl CudaBackend {
             });
         }
         let (cols, n_used_i) = (y.cols as i32, n_used as i32);
-        let mut b = self.stream.launch_builder(self.f("moe_combine"));
+        let mut b = self.stream.launch_builder(self.f("moe_combine")?);
         b.arg(&y.buf)
             .arg(&r.weights)
             .arg(&mut out)
@@ -206,7 +206,7 @@ impl CudaBackend {
             .arg(&n_used_i);
         // SAFETY: y has n_tokens * n_used rows of cols values, w one weight
         // per row; out has n_tokens rows.
-        self.try_launched("moe_combine", || {
+        self.launched("moe_combine", || {
             unsafe {
                 b.launch(LaunchConfig {
                     grid_dim: ((n as u32).div_ceil(ELEMENTWISE_THREADS), 1, 1),

@@ -43,8 +43,8 @@ impl CudaBackend {
         }
         let n_tokens = logits.rows;
         let slots = n_tokens * router.n_used;
-        let mut ids = self.try_output::<u32>(slots)?;
-        let mut weights = self.try_output::<f32>(slots)?;
+        let mut ids = self.output::<u32>(slots)?;
+        let mut weights = self.output::<f32>(slots)?;
         if n_tokens > 0 {
             let gating: i32 = match router.gating {
                 Gating::Softmax => 0,
@@ -53,7 +53,7 @@ impl CudaBackend {
             };
             let (n_expert, n_used) = (router.n_expert as i32, router.n_used as i32);
             let norm = router.norm as i32;
-            let mut b = self.stream.launch_builder(self.f("moe_route"));
+            let mut b = self.stream.launch_builder(self.f("moe_route")?);
             b.arg(&logits.buf)
                 .arg(&mut ids)
                 .arg(&mut weights)
@@ -69,7 +69,7 @@ impl CudaBackend {
             };
             // SAFETY: one block per token reads its n_expert logits and
             // writes its n_used ids and weights; the limits are checked above.
-            self.try_launched("moe_route", || unsafe { b.launch(cfg) }.map(drop))?;
+            self.launched("moe_route", || unsafe { b.launch(cfg) }.map(drop))?;
         }
         Ok(CudaRouting {
             ids,
@@ -89,8 +89,8 @@ impl CudaBackend {
     ) -> Result<CudaRouting, KernelError> {
         let r = HostRouting::new(ids, weights, n_used, n_expert)?;
         Ok(CudaRouting {
-            ids: self.try_upload(&r.ids)?,
-            weights: self.try_upload(&r.weights)?,
+            ids: self.upload(&r.ids)?,
+            weights: self.upload(&r.weights)?,
             n_tokens: r.n_tokens(),
             n_used,
             n_expert,

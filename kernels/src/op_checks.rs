@@ -1,0 +1,203 @@
+//! The input checks every backend makes before an op touches memory: shapes
+//! that do not fit, rows or positions out of range. A failed check is
+//! [`KernelError::Invalid`], the batch's fault, never the device's.
+
+use crate::backend::{AttentionBatch, KernelError, RopeConfig};
+use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
+
+fn invalid(what: String) -> Result<(), KernelError> {
+    Err(KernelError::Invalid(what))
+}
+
+/// `data` holds `rows x cols` values.
+pub(crate) fn act_data(len: usize, rows: usize, cols: usize) -> Result<(), KernelError> {
+    match rows.checked_mul(cols) {
+        Some(n) if n == len => Ok(()),
+        _ => invalid(format!("activation of {rows} x {cols} from {len} values")),
+    }
+}
+
+/// Every row index is below `n_rows`.
+pub(crate) fn rows_in(rows: &[usize], n_rows: usize) -> Result<(), KernelError> {
+    match rows.iter().find(|&&r| r >= n_rows) {
+        Some(r) => invalid(format!(
+            "select_rows: row {r} of an activation with {n_rows} rows"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Two activations of one shape (elementwise ops).
+pub(crate) fn same_shape(
+    op: &str,
+    a: (usize, usize),
+    b: (usize, usize),
+) -> Result<(), KernelError> {
+    if a != b {
+        return invalid(format!(
+            "{op}: {} x {} and {} x {} activations",
+            a.0, a.1, b.0, b.1
+        ));
+    }
+    Ok(())
+}
+
+/// A weight of `w_cols` columns applied to activation rows of `x_cols`.
+pub(crate) fn matmul(name: &str, x_cols: usize, w_cols: usize) -> Result<(), KernelError> {
+    if x_cols != w_cols {
+        return invalid(format!(
+            "matmul {name}: activation width {x_cols} vs weight rows of {w_cols}"
+        ));
+    }
+    Ok(())
+}
+
+/// A 1-D weight (norm, bias) of `len` values used over rows of `cols`:
+/// `whole_rows` asks for exactly one row's worth, otherwise `cols` must be
+/// a multiple of `len` (RMSNorm per head).
+pub(crate) fn vector(
+    op: &str,
+    name: &str,
+    len: Option<usize>,
+    cols: usize,
+    whole_rows: bool,
+) -> Result<(), KernelError> {
+    let Some(len) = len else {
+        return invalid(format!("{op}: {name} is not a 1-D weight"));
+    };
+    let fits = if whole_rows {
+        len == cols
+    } else {
+        len > 0 && cols.is_multiple_of(len)
+    };
+    if !fits {
+        return invalid(format!(
+            "{op}: {name} has {len} values for activation rows of {cols}"
+        ));
+    }
+    Ok(())
+}
+
+/// One scale per row.
+pub(crate) fn scales(n_scales: usize, rows: usize) -> Result<(), KernelError> {
+    if n_scales != rows {
+        return invalid(format!("scale_rows: {n_scales} scales for {rows} rows"));
+    }
+    Ok(())
+}
+
+/// RoPE over `rows x cols`: one position per row, whole heads of
+/// `head_dim`, at most `head_dim` dimensions rotated, and a frequency
+/// factor per rotated pair.
+pub(crate) fn rope(
+    rows: usize,
+    cols: usize,
+    positions: usize,
+    cfg: &RopeConfig,
+    freq_factors: Option<Option<usize>>,
+) -> Result<(), KernelError> {
+    if positions != rows {
+        return invalid(format!("rope: {positions} positions for {rows} rows"));
+    }
+    if cfg.head_dim == 0 || !cols.is_multiple_of(cfg.head_dim) {
+        return invalid(format!(
+            "rope: rows of {cols} are not whole heads of {}",
+            cfg.head_dim
+        ));
+    }
+    if cfg.dims > cfg.head_dim {
+        return invalid(format!(
+            "rope: {} rotated dimensions in heads of {}",
+            cfg.dims, cfg.head_dim
+        ));
+    }
+    match freq_factors {
+        Some(None) => invalid("rope: the frequency factors are not a 1-D weight".into()),
+        Some(Some(n)) if n < cfg.dims / 2 => invalid(format!(
+            "rope: {n} frequency factors for {} rotated pairs",
+            cfg.dims / 2
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// An attention batch against a cache of `geo`: one position and sequence
+/// per row of q, k and v; widths that match the cache's heads; every
+/// position (and every earlier one it attends) in a block of its
+/// sequence's table, every such block in the pool; a sink logit per head.
+pub(crate) fn attention(
+    geo: &KvGeometry,
+    layer: usize,
+    q: (usize, usize),
+    k: (usize, usize),
+    v: (usize, usize),
+    batch: &AttentionBatch<'_>,
+) -> Result<(), KernelError> {
+    if layer >= geo.n_layers {
+        return invalid(format!(
+            "attention: layer {layer} of a cache of {} layers",
+            geo.n_layers
+        ));
+    }
+    let n = q.0;
+    if k.0 != n || v.0 != n || batch.positions.len() != n || batch.token_seq.len() != n {
+        return invalid(format!(
+            "attention: {n} query rows, {} K rows, {} V rows, {} positions, {} sequence ids",
+            k.0,
+            v.0,
+            batch.positions.len(),
+            batch.token_seq.len()
+        ));
+    }
+    if batch.n_heads == 0 || geo.n_kv_heads == 0 || !batch.n_heads.is_multiple_of(geo.n_kv_heads) {
+        return invalid(format!(
+            "attention: {} query heads over {} KV heads",
+            batch.n_heads, geo.n_kv_heads
+        ));
+    }
+    if q.1 != batch.n_heads * geo.head_dim_k || k.1 != geo.k_dim() || v.1 != geo.v_dim() {
+        return invalid(format!(
+            "attention: Q, K, V rows of {}, {}, {} for {} query heads and {} KV heads of {} (K) and {} (V)",
+            q.1, k.1, v.1, batch.n_heads, geo.n_kv_heads, geo.head_dim_k, geo.head_dim_v
+        ));
+    }
+    if let Some(sinks) = batch.sinks {
+        if sinks.len() < batch.n_heads {
+            return invalid(format!(
+                "attention: {} sink logits for {} heads",
+                sinks.len(),
+                batch.n_heads
+            ));
+        }
+    }
+    // The last block each sequence's tokens reach; every block before it
+    // may be read too.
+    let mut last_block = vec![None::<usize>; batch.block_tables.len()];
+    for (&seq, &pos) in batch.token_seq.iter().zip(batch.positions) {
+        let Some(last) = last_block.get_mut(seq as usize) else {
+            return invalid(format!(
+                "attention: sequence {seq} of a batch with {} block tables",
+                batch.block_tables.len()
+            ));
+        };
+        let block = pos as usize / KV_BLOCK_TOKENS;
+        *last = Some(last.map_or(block, |b: usize| b.max(block)));
+    }
+    for (seq, (table, last)) in batch.block_tables.iter().zip(&last_block).enumerate() {
+        let Some(last) = *last else { continue };
+        let Some(blocks) = table.get(..=last) else {
+            return invalid(format!(
+                "attention: sequence {seq} reaches position {} but its table holds {} blocks",
+                last * KV_BLOCK_TOKENS,
+                table.len()
+            ));
+        };
+        if let Some(b) = blocks.iter().find(|&&b| b as usize >= geo.n_blocks) {
+            return invalid(format!(
+                "attention: block {b} of sequence {seq} is outside the pool of {} blocks",
+                geo.n_blocks
+            ));
+        }
+    }
+    Ok(())
+}
