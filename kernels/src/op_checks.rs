@@ -187,7 +187,7 @@ pub(crate) fn attention(
         let Some(last) = *last else { continue };
         let Some(blocks) = table.get(..=last) else {
             return invalid(format!(
-                "attention: sequence {seq} reaches position {} but its table holds {} blocks",
+                "attention: sequence {seq} reaches block {last} (positions from {}) but its table holds {} blocks",
                 last * KV_BLOCK_TOKENS,
                 table.len()
             ));

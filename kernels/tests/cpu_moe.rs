@@ -87,6 +87,13 @@ fn bad_ids_and_shapes_are_errors() {
     moe_ops_refuse_bad_input(&CpuBackend::new());
 }
 
+/// The dense ops' input checks (shared with the CUDA backend), here too
+/// for want of a CPU dense-op test file.
+#[test]
+fn dense_ops_refuse_bad_input_on_the_cpu() {
+    dense_ops_refuse_bad_input(&CpuBackend::new());
+}
+
 #[test]
 fn add_bias_id_and_combine_match_loops() {
     let cpu = CpuBackend::new();

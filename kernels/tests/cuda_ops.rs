@@ -587,6 +587,13 @@ fn add_bias_id_and_moe_combine_match_cpu() {
 
 /// Ids outside the experts, and inputs of the wrong shape, are errors
 /// (checked on the host: no kernel reads outside a weight).
+/// Dense ops refuse input that does not fit with `KernelError::Invalid`,
+/// before any kernel runs.
+#[test]
+fn dense_ops_refuse_bad_input_on_the_gpu() {
+    dense_ops_refuse_bad_input(&gpu());
+}
+
 #[test]
 fn moe_ops_refuse_bad_ids() {
     moe_ops_refuse_bad_input(&gpu());

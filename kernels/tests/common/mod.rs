@@ -5,7 +5,9 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use strata_kernels::cuda::{emulator, CudaBackend};
-use strata_kernels::{AttentionBatch, Backend};
+use strata_kernels::{AttentionBatch, Backend, KernelError, KvGeometry, RopeConfig};
+use strata_model::arch::{Activation, RopeStyle};
+use strata_model::profile::KvType;
 use strata_model::quant::{dequantize_row, quantize_row};
 use strata_model::GgmlType;
 
@@ -175,4 +177,154 @@ pub fn moe_ops_refuse_bad_input<B: Backend>(g: &B) {
     assert!(g.add_bias_id(&mut y, &b, &one_token).is_err());
     assert!(g.moe_combine(&y, &two_tokens).is_err());
     assert!(g.moe_combine(&y, &one_token).is_ok());
+}
+
+// ---- bad input ----
+
+/// Input a dense op cannot take is `KernelError::Invalid` on backend `g`
+/// (checked on the host, before any kernel runs), never a panic or a
+/// device error; the same op with fitting input then runs.
+pub fn dense_ops_refuse_bad_input<B: Backend>(g: &B) {
+    let invalid = |what: &str, r: Result<(), KernelError>| match r {
+        Err(KernelError::Invalid(e)) => println!("{what}: {e}"),
+        other => panic!("{what}: {other:?}, expected Invalid"),
+    };
+    let (rows, cols) = (2usize, 64usize);
+    let x = g
+        .act_from_host(&vec![1.0; rows * cols], rows, cols)
+        .unwrap();
+    let narrow = g.act_from_host(&[1.0; 8], 2, 4).unwrap();
+    invalid("act_from_host", g.act_from_host(&[1.0; 5], 2, 3).map(drop));
+    invalid("select_rows", g.select_rows(&x, &[0, 2]).map(drop));
+    let w = g
+        .load_weight("w", GgmlType::F32, &[32, 4], bytemuck_f32(&[0.5; 128]))
+        .unwrap();
+    invalid("matmul", g.matmul(&w, &x).map(drop));
+    let norm = vector(g, &[1.0; 48]);
+    invalid("rms_norm", g.rms_norm(&x, &norm, 1e-6).map(drop));
+    invalid("rms_norm by a matrix", g.rms_norm(&x, &w, 1e-6).map(drop));
+    invalid(
+        "add_bias",
+        g.add_bias(&mut x_copy(g, &x), &vector(g, &[1.0; 32])),
+    );
+    invalid("gated", g.gated(&x, &narrow, Activation::Silu).map(drop));
+    invalid("add_assign", g.add_assign(&mut x_copy(g, &x), &narrow));
+    invalid("scale_rows", g.scale_rows(&mut x_copy(g, &x), &[1.0]));
+    let rope = RopeConfig {
+        style: RopeStyle::Neox,
+        head_dim: 24,
+        dims: 24,
+        freq_base: 10000.0,
+        freq_scale: 1.0,
+        yarn: None,
+    };
+    invalid(
+        "rope: heads",
+        g.rope(&mut x_copy(g, &x), &[0, 1], &rope, None),
+    );
+    let rope = RopeConfig {
+        head_dim: 32,
+        dims: 32,
+        ..rope
+    };
+    invalid(
+        "rope: positions",
+        g.rope(&mut x_copy(g, &x), &[0], &rope, None),
+    );
+    let few = vector(g, &[1.0; 8]);
+    invalid(
+        "rope: factors",
+        g.rope(&mut x_copy(g, &x), &[0, 1], &rope, Some(&few)),
+    );
+    g.rope(&mut x_copy(g, &x), &[0, 1], &rope, None).unwrap();
+
+    // Attention: 2 query heads over 1 KV head of 32, a pool of 2 blocks.
+    let geo = KvGeometry {
+        n_layers: 1,
+        n_kv_heads: 1,
+        head_dim_k: 32,
+        head_dim_v: 32,
+        kv_type: KvType::F16,
+        n_blocks: 2,
+    };
+    let mut cache = g.new_kv_cache(geo).unwrap();
+    let kv = g.act_from_host(&vec![1.0; rows * 32], rows, 32).unwrap();
+    let table = [1u32];
+    let tables: [&[u32]; 1] = [&table];
+    let batch = AttentionBatch {
+        positions: &[0, 1],
+        token_seq: &[0, 0],
+        block_tables: &tables,
+        n_heads: 2,
+        scale: 1.0,
+        scale_query: false,
+        window: None,
+        sinks: None,
+    };
+    let mut attend = |layer, batch: &AttentionBatch<'_>| {
+        g.attention(&mut cache, layer, &x, &kv, &kv, batch)
+            .map(drop)
+    };
+    invalid("attention: layer", attend(1, &batch));
+    invalid(
+        "attention: sequence",
+        attend(
+            0,
+            &AttentionBatch {
+                token_seq: &[0, 1],
+                ..batch.clone()
+            },
+        ),
+    );
+    let far = [0, 1_000_000];
+    invalid(
+        "attention: no block",
+        attend(
+            0,
+            &AttentionBatch {
+                positions: &far,
+                ..batch.clone()
+            },
+        ),
+    );
+    let outside = [7u32];
+    let outside_tables: [&[u32]; 1] = [&outside];
+    invalid(
+        "attention: block outside the pool",
+        attend(
+            0,
+            &AttentionBatch {
+                block_tables: &outside_tables,
+                ..batch.clone()
+            },
+        ),
+    );
+    invalid(
+        "attention: sinks",
+        attend(
+            0,
+            &AttentionBatch {
+                sinks: Some(&[0.0]),
+                ..batch.clone()
+            },
+        ),
+    );
+    invalid(
+        "attention: heads",
+        attend(
+            0,
+            &AttentionBatch {
+                n_heads: 3,
+                ..batch.clone()
+            },
+        ),
+    );
+    attend(0, &batch).unwrap();
+}
+
+/// A copy of `x` on backend `g` (ops that write in place).
+fn x_copy<B: Backend>(g: &B, x: &B::Act) -> B::Act {
+    let (rows, cols) = g.act_shape(x);
+    g.act_from_host(&g.act_to_host(x).unwrap(), rows, cols)
+        .unwrap()
 }

@@ -403,3 +403,30 @@ fn sample<B: Backend>(
         stage_lost: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a device error fails the worker; bad input, as a kernel's or
+    /// the stage's error, is that batch's error reply.
+    #[test]
+    fn only_device_errors_fail_the_worker() {
+        let device = || KernelError::Device("CUDA error in rope: lost".into());
+        let invalid = || KernelError::Invalid("rope: 1 positions for 2 rows".into());
+        assert!(matches!(BatchError::from(device()), BatchError::Device(_)));
+        assert!(matches!(
+            BatchError::from(StageError::Kernel(device())),
+            BatchError::Device(_)
+        ));
+        assert!(matches!(BatchError::from(invalid()), BatchError::Bad(_)));
+        assert!(matches!(
+            BatchError::from(StageError::Kernel(invalid())),
+            BatchError::Bad(_)
+        ));
+        assert!(matches!(
+            BatchError::from(StageError::Batch("no such sequence".into())),
+            BatchError::Bad(_)
+        ));
+    }
+}
