@@ -224,6 +224,15 @@ pub struct AttentionBatch<'a> {
     pub sinks: Option<&'a [f32]>,
 }
 
+/// Where a batch's tokens sit: what every layer of a stage reads to rotate
+/// and attend (the same fields as [`AttentionBatch`]'s).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchIndex<'a> {
+    pub positions: &'a [u32],
+    pub token_seq: &'a [u32],
+    pub block_tables: &'a [&'a [KvBlockId]],
+}
+
 /// Every op returns a `Result`: [`KernelError::Invalid`] for input the op
 /// cannot take (shapes that do not match, a position with no KV slot),
 /// [`KernelError::Device`] when the device failed under it.
@@ -236,6 +245,9 @@ pub trait Backend: Send + Sync {
     type KvCache: Send;
     /// A batch's expert choices and weights (mixture of experts).
     type Routing: Send;
+    /// What a stage keeps between runs of its layer range (the CUDA
+    /// backend's recorded graphs).
+    type LayerRuns: Send;
 
     fn name(&self) -> String;
 
@@ -365,6 +377,25 @@ pub trait Backend: Send + Sync {
     /// `ggml_mul` (each `y[t*n_used+j]` times `weights[t*n_used+j]`, rounded to f32),
     /// then `ggml_add` left to right from `j = 0`. Output: one row per token.
     fn moe_combine(&self, y: &Self::Act, r: &Self::Routing) -> Result<Self::Act, KernelError>;
+
+    /// A stage's [`Backend::LayerRuns`], empty.
+    fn layer_runs(&self) -> Self::LayerRuns;
+    /// Runs a stage's layer range over `x` for the batch `index` describes:
+    /// `run` makes the op calls. A backend may record what `run` launches
+    /// and replay it on later batches of the same shape without calling
+    /// `run` (CUDA graphs), so `run` must launch the same work for batches
+    /// that agree in token count, sequence count and `x`'s width, reading
+    /// what varies only through `index` and `x`.
+    fn run_layers<E: From<KernelError>>(
+        &self,
+        runs: &mut Self::LayerRuns,
+        index: &BatchIndex<'_>,
+        x: Self::Act,
+        run: &mut dyn FnMut(Self::Act) -> Result<Self::Act, E>,
+    ) -> Result<Self::Act, E> {
+        let _ = (runs, index);
+        run(x)
+    }
 }
 
 /// Per-token attention temperature (llama.cpp's `build_inp_attn_scale`,

@@ -12,7 +12,8 @@ pub mod moe_route;
 mod op_checks;
 
 pub use backend::{
-    attn_temperature_scales, AttentionBatch, Backend, KernelError, RopeConfig, WeightShape, Yarn,
+    attn_temperature_scales, AttentionBatch, Backend, BatchIndex, KernelError, RopeConfig,
+    WeightShape, Yarn,
 };
 pub use cpu::CpuBackend;
 pub use kv::{KvBlockId, KvGeometry, KV_BLOCK_TOKENS};

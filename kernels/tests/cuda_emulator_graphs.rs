@@ -82,7 +82,9 @@ fn a_graph_replays_captured_arguments_over_current_buffer_contents() {
 fn a_copy_from_the_host_under_capture_fails_and_invalidates_it() {
     let (s, _) = setup();
     begin(&s);
-    let err = s.clone_htod(&[1.0f32; 8]).expect_err("host copy under capture");
+    let err = s
+        .clone_htod(&[1.0f32; 8])
+        .expect_err("host copy under capture");
     assert!(format!("{err:?}").contains("CAPTURE"), "{err:?}");
     // cudarc defers an error met in a drop (here the host copy's stream
     // sync, refused under capture too) to its next call: take it first.

@@ -3,7 +3,7 @@
 //! The first stage embeds tokens, the last applies the final norm and output
 //! head. Between them, hidden states are `n_tokens x d_model` activations.
 
-use strata_kernels::{Backend, KernelError, KvGeometry};
+use strata_kernels::{Backend, BatchIndex, KernelError, KvGeometry};
 use strata_model::arch::ModelSpec;
 use strata_model::profile::{KvType, MemoryProfile, StageLoad};
 use strata_model::GgufFile;
@@ -70,6 +70,8 @@ pub struct Stage<B: Backend> {
     rope_freqs: Option<B::Weight>,
     kv: B::KvCache,
     blocks: BlockAllocator,
+    /// The backend's record of this stage's layer runs (CUDA graphs).
+    layer_runs: B::LayerRuns,
 }
 
 impl<B: Backend> Stage<B> {
@@ -160,7 +162,6 @@ impl<B: Backend> Stage<B> {
         );
         let kv = backend.new_kv_cache(geometry)?;
         Ok(Stage {
-            backend,
             spec,
             range,
             embedding,
@@ -169,6 +170,8 @@ impl<B: Backend> Stage<B> {
             rope_freqs,
             kv,
             blocks: BlockAllocator::new(n_blocks),
+            layer_runs: backend.layer_runs(),
+            backend,
         })
     }
 
@@ -183,6 +186,11 @@ impl<B: Backend> Stage<B> {
     }
     pub fn blocks(&self) -> &BlockAllocator {
         &self.blocks
+    }
+    /// The backend's record of this stage's layer runs (to turn CUDA graphs
+    /// off, or count their replays).
+    pub fn layer_runs_mut(&mut self) -> &mut B::LayerRuns {
+        &mut self.layer_runs
     }
     pub fn is_first(&self) -> bool {
         self.embedding.is_some()
@@ -314,11 +322,27 @@ impl<B: Backend> Stage<B> {
             block_tables: &tables,
             rope_freqs: self.rope_freqs.as_ref(),
         };
-        for (li, layer) in self.layers.iter().enumerate() {
-            let last_layer = self.range.first + li + 1 == spec.n_layers;
-            let keep = select.filter(|_| last_layer && spec.out_rows_after_attention);
-            x = layer.forward(b, spec, x, &batch_ctx, &mut self.kv, li, keep)?;
-        }
+        let index = BatchIndex {
+            positions: &positions,
+            token_seq: &token_seq,
+            block_tables: &tables,
+        };
+        let (layers, kv, first) = (&self.layers, &mut self.kv, self.range.first);
+        let mut run_range = |mut x: B::Act| -> Result<B::Act, StageError> {
+            for (li, layer) in layers.iter().enumerate() {
+                let last_layer = first + li + 1 == spec.n_layers;
+                let keep = select.filter(|_| last_layer && spec.out_rows_after_attention);
+                x = layer.forward(b, spec, x, &batch_ctx, kv, li, keep)?;
+            }
+            Ok(x)
+        };
+        // Rows kept inside the range vary with more than the batch's shape,
+        // which a recorded run could not follow: those batches run as is.
+        x = if select.is_some() && spec.out_rows_after_attention {
+            run_range(x)?
+        } else {
+            b.run_layers(&mut self.layer_runs, &index, x, &mut run_range)?
+        };
         if let Some(rows) = select.filter(|_| self.head.is_some() && !spec.out_rows_after_attention)
         {
             x = b.select_rows(&x, rows)?;

@@ -773,7 +773,8 @@ CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice) {
     case 16: *v = 4; break;                       // multiprocessors
     case 75: *v = 0; break;                       // compute capability: 0.0 marks the emulator
     case 76: *v = 0; break;
-    case 115: *v = 0; break;                      // memory pools: no (plain allocations)
+    case 115: *v = 1; break;                      // memory pools: yes (cudarc then allocates and frees
+                                                  // stream-ordered, as on a GPU)
     default: *v = 0; break;
     }
     return CUDA_SUCCESS;
@@ -826,12 +827,21 @@ CUresult cuEventDestroy_v2(CUevent e) {
     return CUDA_SUCCESS;
 }
 
-// The emulator has no memory pool, so cudarc allocates with cuMemAlloc;
-// under capture both calls act as the GPU's stream-ordered ones do there.
+// Under capture, an allocation belongs to the graph (graph.h), as the
+// GPU's stream-ordered ones do.
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { return capture_alloc(p, n); }
 CUresult cuMemAllocAsync(CUdeviceptr* p, size_t n, CUstream) { return capture_alloc(p, n); }
 CUresult cuMemFree_v2(CUdeviceptr p) { return capture_free(p); }
 CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) { return capture_free(p); }
+// The device's memory pool: one handle; its attributes change nothing
+// (every allocation is its own mapping, returned when freed).
+static int fake_pool;
+CUresult cuDeviceGetDefaultMemPool(void** pool, CUdevice) {
+    *pool = &fake_pool;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemPoolSetAttribute(void*, int, void*) { return CUDA_SUCCESS; }
+CUresult cuMemPoolTrimTo(void*, size_t) { return CUDA_SUCCESS; }
 CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     std::lock_guard<std::mutex> g(mem_lock);
     *total = total_bytes();

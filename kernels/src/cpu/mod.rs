@@ -92,6 +92,7 @@ impl Backend for CpuBackend {
     type Weight = CpuWeight;
     type KvCache = CpuKvCache;
     type Routing = HostRouting;
+    type LayerRuns = ();
 
     fn name(&self) -> String {
         format!(
@@ -311,4 +312,6 @@ impl Backend for CpuBackend {
     fn moe_combine(&self, y: &CpuAct, r: &HostRouting) -> Result<CpuAct, KernelError> {
         moe::moe_combine(y, r)
     }
+
+    fn layer_runs(&self) {}
 }

@@ -27,14 +27,16 @@ use super::profile::KernelProfile;
 use super::source::SOURCES;
 use super::staged_upload::StagedUpload;
 use super::uploads::IndexUploads;
-use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
+use crate::backend::{AttentionBatch, Backend, BatchIndex, KernelError, RopeConfig, WeightShape};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 use crate::moe_route::Router;
 use crate::op_checks;
+pub use graphs::CudaLayerRuns;
 pub use routing::CudaRouting;
 
 mod attention;
 mod gemm;
+mod graphs;
 mod matvec;
 mod moe;
 mod routing;
@@ -118,6 +120,12 @@ pub struct CudaKvCache {
     v: Vec<CudaSlice<u16>>,
 }
 
+/// The thread recording a graph, and the index arrays its ops read.
+type RecordingRegion = (std::thread::ThreadId, graphs::Region);
+
+/// Device copies of model constants, by their values' bits.
+type DeviceConstants = HashMap<Vec<u32>, Arc<CudaSlice<f32>>>;
+
 /// Cheap to clone: the context, stream and loaded kernels are shared.
 #[derive(Clone)]
 pub struct CudaBackend {
@@ -135,6 +143,11 @@ pub struct CudaBackend {
     sm_count: usize,
     /// Positions, slots and block tables, uploaded once a batch.
     indices: Arc<IndexUploads>,
+    /// While a thread records a graph, the index arrays its ops read.
+    region: Arc<Mutex<Option<RecordingRegion>>>,
+    /// Model constants an op reads on the device (attention sinks), by
+    /// their bits: uploaded once, at one address a graph can keep.
+    constants: Arc<Mutex<DeviceConstants>>,
     /// Device time per kernel (`STRATA_CUDA_PROFILE=1`).
     profile: Option<Arc<KernelProfile>>,
     /// Pinned buffers weights are copied through, made at the first large
@@ -238,6 +251,8 @@ impl CudaBackend {
             compute_capability: (major, minor),
             sm_count,
             indices: Arc::default(),
+            region: Arc::default(),
+            constants: Arc::default(),
             profile: KernelProfile::from_env(),
             staging: Arc::default(),
         })
@@ -320,11 +335,36 @@ impl CudaBackend {
             .map_err(|e| device_error("profile", e))
     }
 
-    /// A batch index array on the device (uploaded once a batch).
-    fn index(&self, data: &[u32]) -> Result<Arc<CudaSlice<u32>>, KernelError> {
+    /// A batch index array on the device (uploaded once a batch): while
+    /// this thread records a graph, the graph's own buffer for `role`.
+    fn index(
+        &self,
+        role: graphs::IndexRole,
+        data: &[u32],
+    ) -> Result<Arc<CudaSlice<u32>>, KernelError> {
+        let region = self.region.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((thread, region)) = &*region {
+            if *thread == std::thread::current().id() {
+                return region.get(role, data);
+            }
+        }
+        drop(region);
         self.indices
             .get(&self.stream, data)
             .map_err(|e| device_error("upload", e))
+    }
+
+    /// `values` on the device, uploaded at their first use and kept (see
+    /// `constants`).
+    fn constant(&self, values: &[f32]) -> Result<Arc<CudaSlice<f32>>, KernelError> {
+        let key: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+        let mut constants = self.constants.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = constants.get(&key) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(self.upload(values)?);
+        constants.insert(key, c.clone());
+        Ok(c)
     }
 
     /// Uninitialized device memory for `n` values that a kernel writes in
@@ -401,6 +441,7 @@ impl Backend for CudaBackend {
     type Weight = CudaWeight;
     type KvCache = CudaKvCache;
     type Routing = CudaRouting;
+    type LayerRuns = CudaLayerRuns;
 
     fn name(&self) -> String {
         let (major, minor) = self.compute_capability;
@@ -648,7 +689,7 @@ impl Backend for CudaBackend {
             Some(w) => Some(Self::vector("rope", w, w.cols, true)?),
             None => None,
         };
-        let pos = self.index(positions)?;
+        let pos = self.index(graphs::IndexRole::Positions, positions)?;
         let (rows, head_dim, dims) = (x.rows as i32, rope.head_dim as i32, rope.dims as i32);
         let n_heads = (x.cols / rope.head_dim) as i32;
         let neox = i32::from(rope.style == RopeStyle::Neox);
@@ -795,5 +836,19 @@ impl Backend for CudaBackend {
 
     fn moe_combine(&self, y: &CudaAct, r: &CudaRouting) -> Result<CudaAct, KernelError> {
         self.moe_weighted_sum(y, r)
+    }
+
+    fn layer_runs(&self) -> CudaLayerRuns {
+        CudaLayerRuns::new()
+    }
+
+    fn run_layers<E: From<KernelError>>(
+        &self,
+        runs: &mut CudaLayerRuns,
+        index: &BatchIndex<'_>,
+        x: CudaAct,
+        run: &mut dyn FnMut(CudaAct) -> Result<CudaAct, E>,
+    ) -> Result<CudaAct, E> {
+        self.run_layers_graphed(runs, index, x, run)
     }
 }

@@ -11,7 +11,9 @@ pub mod source;
 mod staged_upload;
 mod uploads;
 
-pub use backend::{CudaAct, CudaBackend, CudaKvCache, CudaRouting, CudaWeight, MAX_BATCH};
+pub use backend::{
+    CudaAct, CudaBackend, CudaKvCache, CudaLayerRuns, CudaRouting, CudaWeight, MAX_BATCH,
+};
 pub use compile::{cached_cubin, compile_cubin, nvrtc_present, CompileError};
 pub use source::{
     kernel_names, KernelSource, FLOAT_KERNEL_TYPES, QUANT_KERNEL_TYPES, SOURCES, SUPPORTED_ARCHS,

@@ -6,17 +6,17 @@
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
+use super::graphs::{BatchArrays, IndexRole};
 use super::{CudaAct, CudaBackend, CudaKvCache, ELEMENTWISE_THREADS, MAX_HEAD_DIM};
 use crate::backend::{AttentionBatch, KernelError};
-use crate::kv::KV_BLOCK_TOKENS;
 
 /// Query heads one attention block serves (attention.cu's GROUP_HEADS).
 const GROUP_HEADS: usize = 8;
 /// Most context splits `attend_combine` merges (attention.cu's MAX_SPLITS).
-const MAX_SPLITS: usize = 64;
+pub(super) const MAX_SPLITS: usize = 64;
 /// Fewest positions worth a split of their own: below that, writing and
 /// merging a partial costs more than the split saves.
-const MIN_SPLIT_POSITIONS: usize = 128;
+pub(super) const MIN_SPLIT_POSITIONS: usize = 128;
 /// Blocks per SM the split count aims for, so that every SM has blocks to
 /// switch between while loads are in flight.
 const BLOCKS_PER_SM: usize = 4;
@@ -94,26 +94,16 @@ impl CudaBackend {
     ) -> Result<CudaAct, KernelError> {
         let g = cache.geometry;
         let n = q.rows;
-        // Host-side indexing: each token's slot, and the batch's block tables.
-        let mut table_start = Vec::with_capacity(batch.block_tables.len());
-        let mut tables = Vec::new();
-        for t in batch.block_tables {
-            table_start.push(tables.len() as u32);
-            tables.extend_from_slice(t);
-        }
-        let slots: Vec<u32> = (0..n)
-            .map(|t| {
-                let p = batch.positions[t] as usize;
-                let table = batch.block_tables[batch.token_seq[t] as usize];
-                table[p / KV_BLOCK_TOKENS] * KV_BLOCK_TOKENS as u32 + (p % KV_BLOCK_TOKENS) as u32
-            })
-            .collect();
+        // Host-side indexing (each token's slot, the batch's block tables),
+        // on the device once a batch.
+        let arrays = BatchArrays::new(batch.positions, batch.token_seq, batch.block_tables)?;
+        let index = |role| self.index(role, arrays.get(role));
         let (slots, pos, seq) = (
-            self.index(&slots)?,
-            self.index(batch.positions)?,
-            self.index(batch.token_seq)?,
+            index(IndexRole::Slots)?,
+            index(IndexRole::Positions)?,
+            index(IndexRole::TokenSeq)?,
         );
-        let (table_start, tables) = (self.index(&table_start)?, self.index(&tables)?);
+        let (table_start, tables) = (index(IndexRole::TableStart)?, index(IndexRole::Tables)?);
         let (k_dim, v_dim) = (g.k_dim() as i32, g.v_dim() as i32);
         let cfg = LaunchConfig {
             grid_dim: (n as u32, 1, 1),
@@ -150,7 +140,7 @@ impl CudaBackend {
         };
         // (`op_checks::attention` saw a sink logit for every head.)
         let sinks = match batch.sinks {
-            Some(s) => Some(self.upload(&s[..batch.n_heads])?),
+            Some(s) => Some(self.constant(&s[..batch.n_heads])?),
             None => None,
         };
         // Each split's accumulator and (max, sum) per (token, query head).
@@ -188,7 +178,7 @@ impl CudaBackend {
             None => b.arg(&null).arg(&null),
         };
         match &sinks {
-            Some(s) => b.arg(s),
+            Some(s) => b.arg(&**s),
             None => b.arg(&null),
         };
         b.arg(&n_heads)
@@ -215,7 +205,7 @@ impl CudaBackend {
             let mut b = self.stream.launch_builder(self.f("attend_combine")?);
             b.arg(acc).arg(ml);
             match &sinks {
-                Some(s) => b.arg(s),
+                Some(s) => b.arg(&**s),
                 None => b.arg(&null),
             };
             b.arg(&mut out).arg(&n_heads).arg(&hd_v).arg(&splits);
