@@ -48,7 +48,14 @@ fn stage_ranges(server: &Server) -> Vec<String> {
 /// `whole_reference`: the model's greedy text matches llama.cpp's past its
 /// near-ties too (SmolLM2 does in one process, `cli.rs`; Gemma-3 flips at one).
 fn run_three_workers(file: &str, reference_name: &str, budgets: [&str; 3], whole_reference: bool) {
-    run_three_workers_on(&model(file), &reference(reference_name), budgets, whole_reference, 0.5, 1)
+    run_three_workers_on(
+        &model(file),
+        &reference(reference_name),
+        budgets,
+        whole_reference,
+        0.5,
+        1,
+    )
 }
 
 /// `near_tie`: the top-2 log-prob gap under which the text may leave

@@ -32,7 +32,11 @@ pub fn synth_reference(name: &str) -> (tempfile::TempDir, PathBuf, Value) {
     let s = &r["synth"];
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join(format!("{name}.gguf"));
-    let text = |k: &str| s[k].as_str().unwrap_or_else(|| panic!("{name}: synth.{k}")).to_string();
+    let text = |k: &str| {
+        s[k].as_str()
+            .unwrap_or_else(|| panic!("{name}: synth.{k}"))
+            .to_string()
+    };
     let mut args = vec![
         "synth".to_string(),
         "--arch".into(),
@@ -53,7 +57,11 @@ pub fn synth_reference(name: &str) -> (tempfile::TempDir, PathBuf, Value) {
         .env("STRATA_LOG", "warn")
         .output()
         .expect("run strata synth");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let digest = sha2::Sha256::digest(std::fs::read(&path).expect("synth output"));
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(
