@@ -41,7 +41,14 @@ pub(super) fn spec(m: &Meta<'_>) -> Result<ModelSpec, ArchError> {
         n_heads.clone()
     };
     // llama.cpp's default head dim: embedding_length / head_count.
-    let default_head_dim = g.d_model / n_heads.first().copied().unwrap_or(1).max(1);
+    let n_heads_0 = n_heads.first().copied().unwrap_or(0);
+    let default_head_dim = g.d_model.checked_div(n_heads_0).unwrap_or(0);
+    if default_head_dim == 0 && m.opt_usize("attention.key_length").is_none() {
+        return Err(m.invalid(format!(
+            "a head dimension of 0 (embedding_length {} over attention.head_count {n_heads_0})",
+            g.d_model
+        )));
+    }
     let head_dim = equal_lengths(
         m,
         ("attention.key_length", "attention.value_length"),
@@ -136,7 +143,7 @@ fn attention(
     n_kv_heads: usize,
     il: usize,
 ) -> Result<AttentionSpec, ArchError> {
-    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
         return Err(m.invalid(format!(
             "layer {il}: {n_heads} attention heads are not a multiple of {n_kv_heads} KV heads"
         )));

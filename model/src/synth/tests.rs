@@ -357,3 +357,47 @@ fn gemma4_tensors_are_llama_cpps() {
     let scale = f32_tensor(&f, "blk.0.layer_output_scale.weight");
     assert!((scale[0] - 1.0).abs() <= 0.1, "{scale:?}");
 }
+
+/// The files llama.cpp's references were recorded on (tests/data/synth-*.json,
+/// scripts/record-reference.py) are still what the writer writes: a change
+/// to the writer must come with new references.
+#[test]
+fn issue14_references_match_the_writer() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data");
+    for file in [
+        "synth-qwen35-q8_0.json",
+        "synth-qwen35moe-q8_0.json",
+        "synth-gemma4-q8_0.json",
+        "synth-gemma4-moe-q8_0.json",
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let synth = &r["synth"];
+        let arch = Architecture::from_name(synth["arch"].as_str().unwrap()).unwrap();
+        let s = spec(
+            arch,
+            synth["preset"].as_str().unwrap(),
+            synth["quant"].as_str().unwrap(),
+            synth["seed"].as_u64().unwrap(),
+        );
+        let bytes = s.to_bytes().unwrap();
+        assert_eq!(
+            bytes.len() as u64,
+            r["gguf_bytes"].as_u64().unwrap(),
+            "{file}"
+        );
+        assert_eq!(
+            sha256_hex(&bytes),
+            r["gguf_sha256"].as_str().unwrap(),
+            "{file}"
+        );
+        // llama.cpp generated, and not one token over and over.
+        for g in r["greedy"].as_array().unwrap() {
+            let tokens = g["tokens"].as_array().unwrap();
+            assert_eq!(tokens.len(), 24, "{file}");
+            let distinct: std::collections::BTreeSet<u64> =
+                tokens.iter().map(|t| t.as_u64().unwrap()).collect();
+            assert!(distinct.len() > 12, "{file}: {distinct:?}");
+        }
+    }
+}
