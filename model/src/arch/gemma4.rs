@@ -143,12 +143,12 @@ fn attention(
     n_kv_heads: usize,
     il: usize,
 ) -> Result<AttentionSpec, ArchError> {
-    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+    if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
         return Err(m.invalid(format!(
             "layer {il}: {n_heads} attention heads are not a multiple of {n_kv_heads} KV heads"
         )));
     }
-    if kind.rope_dims > kind.head_dim || kind.rope_dims % 2 != 0 {
+    if kind.rope_dims > kind.head_dim || !kind.rope_dims.is_multiple_of(2) {
         return Err(m.invalid(format!(
             "layer {il}: rope dimension {} vs head dim {}",
             kind.rope_dims, kind.head_dim

@@ -96,7 +96,9 @@ fn recurrent_layers(
         Some(0) => return Err(m.invalid("full_attention_interval 0")),
         Some(n) => n,
     };
-    Ok((0..n_layers).map(|il| (il + 1) % interval != 0).collect())
+    Ok((0..n_layers)
+        .map(|il| !(il + 1).is_multiple_of(interval))
+        .collect())
 }
 
 /// IMRoPE gives each rotated pair the angle of the section its index falls

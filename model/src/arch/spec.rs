@@ -401,7 +401,11 @@ fn check_delta_net(d: &DeltaNetSpec) -> Result<(), String> {
     check("ssm.group_count", d.n_k_heads, 1 << 12)?;
     check("ssm.time_step_rank", d.n_v_heads, 1 << 12)?;
     check("ssm.inner_size", d.d_inner, 1 << 20)?;
-    if d.d_conv < 2 || d.d_state == 0 || d.n_k_heads == 0 || d.n_v_heads % d.n_k_heads != 0 {
+    if d.d_conv < 2
+        || d.d_state == 0
+        || d.n_k_heads == 0
+        || !d.n_v_heads.is_multiple_of(d.n_k_heads)
+    {
         return Err(format!(
             "DeltaNet conv kernel {}, state size {}, {} value heads over {} key heads",
             d.d_conv, d.d_state, d.n_v_heads, d.n_k_heads

@@ -13,7 +13,7 @@ use super::{add_tensor, Gemma4Shape, Shape, SynthSpec};
 
 /// Whether layer `il` slides (`[T, T, T, T, T, F]` repeated for a period of 6).
 pub(super) fn is_sliding(g: Gemma4Shape, il: usize) -> bool {
-    (il + 1) % g.global_every != 0
+    !(il + 1).is_multiple_of(g.global_every)
 }
 
 pub(super) fn add_metadata(

@@ -33,7 +33,7 @@ pub(super) fn add_metadata(w: &mut GgufWriter, key: &dyn Fn(&str) -> String, dn:
 /// Whether layer `il` is a DeltaNet layer (llama.cpp's rule when the file
 /// has no `attention.recurrent_layers`).
 pub(super) fn is_recurrent(dn: DeltaNetShape, il: usize) -> bool {
-    (il + 1) % dn.full_attention_interval != 0
+    !(il + 1).is_multiple_of(dn.full_attention_interval)
 }
 
 pub(super) fn add_layer(
