@@ -367,6 +367,7 @@ fn issue14_references_match_the_writer() {
     for file in [
         "synth-qwen35-q8_0.json",
         "synth-qwen35moe-q8_0.json",
+        "synth-qwen35moe-q4_k_m.json",
         "synth-gemma4-q8_0.json",
         "synth-gemma4-moe-q8_0.json",
     ] {
