@@ -70,6 +70,45 @@ fn synth_models_of_every_architecture_inspect_and_generate() {
     }
 }
 
+/// Qwen3.5 and Gemma 4 (issue 14): `strata inspect` reads their layers,
+/// and `generate` refuses them, naming what is not implemented, rather than
+/// running them wrong.
+#[test]
+fn issue14_architectures_inspect_and_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, layers_line, refusal) in [
+        (
+            "qwen35",
+            "gated DeltaNet: conv 4",
+            "the gated DeltaNet mixer",
+        ),
+        (
+            "qwen35moe",
+            "shared expert 256 wide",
+            "the gated DeltaNet mixer",
+        ),
+        ("gemma4", "V = K, rope_freqs", "the V RMS-norm"),
+    ] {
+        let path = synth(
+            dir.path(),
+            arch,
+            "Q8_0",
+            if arch == "gemma4" { "6" } else { "4" },
+        );
+        let p = path.to_str().unwrap();
+        let info = ok(&strata(&["inspect", p]));
+        assert!(info.contains(&format!("architecture:  {arch}")), "{info}");
+        assert!(info.contains(layers_line), "{arch}: {info}");
+        let out = strata(&["generate", "-m", p, "-p", "hello", "-n", "2", "-t", "2"]);
+        assert!(!out.status.success(), "{arch} generated");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(refusal) && err.contains("not implemented yet"),
+            "{arch}: {err}"
+        );
+    }
+}
+
 #[test]
 fn synth_models_of_every_quant_type_generate() {
     let dir = tempfile::tempdir().unwrap();

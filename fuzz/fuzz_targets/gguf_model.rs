@@ -22,8 +22,12 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(hp) = ModelSpec::from_gguf(&f) {
         let _ = format!("{hp:?}");
         for il in 0..hp.n_layers {
-            let a = hp.attention(il);
-            let _ = (a.q_dim(), a.k_dim(), a.v_dim(), a.out_dim(), a.window);
+            if let Some(a) = hp.attention(il) {
+                let _ = (a.q_dim(), a.k_dim(), a.v_dim(), a.out_dim(), a.window);
+            }
+            if let Some(d) = hp.delta_net(il) {
+                let _ = (d.conv_state_len(), d.ssm_state_len());
+            }
         }
         let profile = MemoryProfile::from_gguf(&f, &hp);
         assert_eq!(profile.layers.len(), hp.n_layers);

@@ -1,7 +1,7 @@
 //! Per-layer memory profile of a model: what the placement planner needs to
 //! know without loading anything.
 
-use crate::arch::{FeedForward, ModelSpec};
+use crate::arch::{FeedForward, Mixer, ModelSpec};
 use crate::gguf::GgufFile;
 
 mod experts;
@@ -124,28 +124,43 @@ impl MemoryProfile {
             .into_iter()
             .enumerate()
             .map(|(il, weight_bytes)| {
-                let a = spec.attention(il);
+                // A recurrent layer holds no KV: its per-sequence state
+                // (`ModelSpec::recurrent_state_bytes_per_seq`) is not in the
+                // profile yet.
+                let (k, v, window) = spec
+                    .attention(il)
+                    .map_or((0, 0, None), |a| (a.k_dim(), a.v_dim(), a.window));
                 LayerProfile {
                     weight_bytes,
                     expert_bytes: 0,
                     active_bytes_per_token: weight_bytes,
-                    kv_bytes_per_token_f16: KvType::F16.bytes_for(a.k_dim() + a.v_dim()) as u64,
-                    kv_bytes_per_token_q8_0: (KvType::Q8_0.bytes_for(a.k_dim())
-                        + KvType::Q8_0.bytes_for(a.v_dim()))
+                    kv_bytes_per_token_f16: KvType::F16.bytes_for(k + v) as u64,
+                    kv_bytes_per_token_q8_0: (KvType::Q8_0.bytes_for(k) + KvType::Q8_0.bytes_for(v))
                         as u64,
-                    kv_window_tokens: a.window,
+                    kv_window_tokens: window,
                 }
             })
             .collect();
         // The widest layer's f32 activations per token.
         let per_token_f32 = (0..spec.n_layers)
             .map(|il| {
-                let a = spec.attention(il);
+                let mixer = match &spec.layers[il].mixer {
+                    Mixer::Attention(a) => {
+                        let gate = if a.output_gate { a.q_dim() } else { 0 };
+                        a.q_dim() + gate + a.k_dim() + a.v_dim()
+                    }
+                    // qkv through the conv, the z gate, beta and alpha.
+                    Mixer::DeltaNet(d) => d.conv_dim() + d.d_inner + 2 * d.n_v_heads,
+                };
                 let ff = match &spec.layers[il].ffn {
                     FeedForward::Dense(d) => d.d_ff,
-                    FeedForward::Moe(m) => m.d_ff_expert * m.n_used + m.n_expert,
+                    FeedForward::Moe(m) => {
+                        let beside = m.dense_beside.as_ref().map_or(0, |d| d.d_ff);
+                        let shared = m.shared.as_ref().map_or(0, |s| s.d_ff);
+                        m.d_ff_expert * m.n_used + m.n_expert + beside + shared
+                    }
                 };
-                spec.d_model * 3 + a.q_dim() + a.k_dim() + a.v_dim() + 2 * ff
+                spec.d_model * 3 + mixer + 2 * ff
             })
             .max()
             .unwrap_or(0);

@@ -26,8 +26,13 @@ fn file(arch: Architecture, overrides: &[(&str, MetaValue)]) -> GgufFile {
     ]
     .into_iter()
     // Experts only for the MoE architectures (a dense file has no such keys).
+    .chain(arch_keys(arch))
     .filter(|(k, _)| {
-        !k.starts_with("expert") || matches!(arch, Architecture::Qwen3Moe | Architecture::GptOss)
+        !k.starts_with("expert")
+            || matches!(
+                arch,
+                Architecture::Qwen3Moe | Architecture::GptOss | Architecture::Qwen35Moe
+            )
     })
     .map(|(k, v)| (format!("{name}.{k}"), v))
     .collect();
@@ -41,6 +46,35 @@ fn file(arch: Architecture, overrides: &[(&str, MetaValue)]) -> GgufFile {
     }
     let bytes = w.to_bytes(|_, _, _| Ok(())).expect("gguf bytes");
     GgufFile::from_bytes("hostile.gguf", &bytes).expect("parses")
+}
+
+/// The keys llama.cpp requires of the newer architectures.
+fn arch_keys(arch: Architecture) -> Vec<(&'static str, MetaValue)> {
+    let ints = |v: &[i32]| MetaValue::Array(v.iter().map(|&x| MetaValue::I32(x)).collect());
+    match arch {
+        // One DeltaNet layer, then one attention layer (head dim 64/4 = 16,
+        // all 16 dims rotated in sections of 3 + 3 + 2 pairs).
+        Architecture::Qwen35 | Architecture::Qwen35Moe => vec![
+            ("ssm.conv_kernel", MetaValue::U32(4)),
+            ("ssm.state_size", MetaValue::U32(16)),
+            ("ssm.group_count", MetaValue::U32(2)),
+            ("ssm.time_step_rank", MetaValue::U32(4)),
+            ("ssm.inner_size", MetaValue::U32(64)),
+            ("full_attention_interval", MetaValue::U32(2)),
+            ("rope.dimension_sections", ints(&[3, 3, 2, 0])),
+            ("expert_shared_feed_forward_length", MetaValue::U32(32)),
+        ],
+        Architecture::Gemma4 => vec![
+            (
+                "attention.sliding_window_pattern",
+                MetaValue::Array(vec![MetaValue::Bool(true), MetaValue::Bool(false)]),
+            ),
+            ("attention.key_length_swa", MetaValue::U32(16)),
+            ("attention.value_length_swa", MetaValue::U32(16)),
+            ("embedding_length_per_layer_input", MetaValue::U32(0)),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 fn refused(arch: Architecture, overrides: &[(&str, MetaValue)], needle: &str) {

@@ -139,7 +139,9 @@ fn main() {
     let start_pos: usize = std::env::var("START_POS").map_or(0, |v| v.parse().expect("START_POS"));
     let mut start = 0;
     for il in 0..hp.n_layers {
-        let a = hp.attention(il);
+        let a = hp
+            .attention(il)
+            .expect("ggml_diff compares attention layers only");
         let end = nodes
             .iter()
             .position(|n| n.name == format!("l_out-{il}"))

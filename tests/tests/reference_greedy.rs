@@ -103,7 +103,12 @@ fn llama_server_prompt_batches(prompt: &[u32], sliding_window: bool) -> Vec<&[u3
 
 /// Logits before each of llama.cpp's generated tokens, fed as llama-server fed them.
 fn teacher_forced_logits(stage: &mut Stage<CpuBackend>, case: &Case) -> Vec<Vec<f32>> {
-    let sliding = (0..stage.spec().n_layers).any(|il| stage.spec().attention(il).window.is_some());
+    let sliding = (0..stage.spec().n_layers).any(|il| {
+        stage
+            .spec()
+            .attention(il)
+            .is_some_and(|a| a.window.is_some())
+    });
     let mut pos = 0;
     let mut logits = Vec::new();
     for batch in llama_server_prompt_batches(&case.prompt, sliding) {

@@ -70,6 +70,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ""
         }
     );
+    let recurrent = spec.recurrent_state_bytes_per_seq();
+    if recurrent > 0 {
+        println!(
+            "  recurrent state    {:>12} per sequence",
+            format_bytes(recurrent)
+        );
+    }
     println!("  layer  weights       KV/token f16  KV/token q8_0");
     for (i, l) in p.layers.iter().enumerate() {
         println!(
@@ -91,8 +98,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn layer_text(layer: &strata_model::arch::LayerSpec) -> String {
-    use strata_model::arch::{FeedForward, Mixer};
-    let Mixer::Attention(a) = &layer.mixer;
+    use strata_model::arch::Mixer;
+    let a = match &layer.mixer {
+        Mixer::Attention(a) => a,
+        Mixer::DeltaNet(d) => {
+            return format!(
+                "  gated DeltaNet: conv {}, state {}, {} key heads, {} value heads, inner {}\n{}",
+                d.d_conv,
+                d.d_state,
+                d.n_k_heads,
+                d.n_v_heads,
+                d.d_inner,
+                ffn_text(&layer.ffn)
+            )
+        }
+    };
     let mut out = format!(
         "  attention:   {} heads, {} KV heads, head dim {}/{}, rope {:?} {} dims base {}{}{}",
         a.n_heads,
@@ -113,7 +133,13 @@ fn layer_text(layer: &strata_model::arch::LayerSpec) -> String {
         (a.out_bias, "output bias"),
         (a.sinks, "sinks"),
         (a.temperature.is_some(), "temperature"),
+        (a.output_gate, "output gate"),
+        (a.v_norm, "V-norm"),
+        (a.v_from_k, "V = K"),
+        (a.rope.sections.is_some(), "IMRoPE sections"),
+        (a.rope.freq_factors, "rope_freqs"),
         (layer.post_norms, "post-norms"),
+        (layer.layer_scale, "layer scale"),
     ];
     for (on, name) in flags {
         if on {
@@ -121,13 +147,21 @@ fn layer_text(layer: &strata_model::arch::LayerSpec) -> String {
             out.push_str(name);
         }
     }
-    match &layer.ffn {
+    out.push('\n');
+    out.push_str(&ffn_text(&layer.ffn));
+    out
+}
+
+fn ffn_text(ffn: &strata_model::arch::FeedForward) -> String {
+    use strata_model::arch::FeedForward;
+    let mut out = String::new();
+    match ffn {
         FeedForward::Dense(d) => out.push_str(&format!(
-            "\n  feed-forward: dense, {} wide, {:?}",
+            "  feed-forward: dense, {} wide, {:?}",
             d.d_ff, d.activation
         )),
         FeedForward::Moe(m) => out.push_str(&format!(
-            "\n  feed-forward: {} experts, {} per token, {} wide, {:?}, gating {:?}{}",
+            "  feed-forward: {} experts, {} per token, {} wide, {:?}, gating {:?}{}",
             m.n_expert,
             m.n_used,
             m.d_ff_expert,
@@ -139,6 +173,14 @@ fn layer_text(layer: &strata_model::arch::LayerSpec) -> String {
                 ""
             }
         )),
+    }
+    if let FeedForward::Moe(m) = ffn {
+        if let Some(sh) = &m.shared {
+            out.push_str(&format!(", shared expert {} wide", sh.d_ff));
+        }
+        if let Some(d) = &m.dense_beside {
+            out.push_str(&format!(", beside a dense MLP {} wide", d.d_ff));
+        }
     }
     out
 }

@@ -4,12 +4,14 @@ use strata_model::synth::{QuantScheme, SynthSpec};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// llama, qwen2, qwen3, gemma3, qwen3moe, gpt-oss or mistral3.
+    /// llama, qwen2, qwen3, gemma3, qwen3moe, gpt-oss, mistral3, qwen35,
+    /// qwen35moe or gemma4.
     #[arg(long)]
     pub arch: String,
     /// A real model's size: tiny, 135m, 1b, 8b, 70b (llama); 0.5b, 7b, 72b (qwen2);
     /// 0.6b, 8b, 32b (qwen3); 270m, 1b, 4b, 12b, 27b (gemma3); 30b-a3b, 235b-a22b
-    /// (qwen3moe); 20b, 120b (gpt-oss); 14b (mistral3).
+    /// (qwen3moe); 20b, 120b (gpt-oss); 14b (mistral3); 27b (qwen35); 35b-a3b
+    /// (qwen35moe); tiny-moe, 26b-a4b, 31b (gemma4).
     #[arg(long, default_value = "tiny")]
     pub preset: String,
     /// F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, Q4_K_M, Q5_K_M,
@@ -29,7 +31,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let arch = Architecture::from_name(&args.arch).with_context(|| {
         format!(
-            "unknown architecture {:?} (llama, qwen2, qwen3, gemma3, qwen3moe, gpt-oss, mistral3)",
+            "unknown architecture {:?} (llama, qwen2, qwen3, gemma3, qwen3moe, gpt-oss, mistral3, qwen35, qwen35moe, gemma4)",
             args.arch
         )
     })?;

@@ -30,6 +30,7 @@ pub(super) fn spec(m: &Meta<'_>) -> Result<ModelSpec, ArchError> {
         }),
         ffn: ffn.clone(),
         post_norms: true,
+        layer_scale: false,
     })?;
     spec.embedding_scale = Some((d_model as f32).sqrt());
     Ok(spec)

@@ -39,6 +39,7 @@ pub(super) fn spec(m: &Meta<'_>) -> Result<ModelSpec, ArchError> {
         }),
         ffn: ffn.clone(),
         post_norms: false,
+        layer_scale: false,
     })?;
     // Its graph keeps every row through the last layer and selects after.
     spec.out_rows_after_attention = false;

@@ -6,7 +6,7 @@ use super::spec::{
     Activation, AttentionSpec, DenseSpec, ExpertGating, MoeSpec, RopeSpec, RopeStyle, YarnSpec,
 };
 use super::ArchError;
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, MetaValue};
 
 /// One file's metadata under its architecture's key prefix.
 pub struct Meta<'a> {
@@ -53,6 +53,87 @@ impl<'a> Meta<'a> {
 
     pub fn f32(&self, k: &str) -> Result<f32, ArchError> {
         self.opt_f32(k).ok_or_else(|| self.missing(k))
+    }
+
+    /// A count per layer, stated once for all layers or as an array of one
+    /// per layer (llama.cpp's `get_key_or_arr`); the array may run on past
+    /// `n_layers` (MTP layers), never short of it.
+    pub fn per_layer_usize(&self, k: &str, n_layers: usize) -> Result<Vec<usize>, ArchError> {
+        if let Some(v) = self.opt_usize(k) {
+            return Ok(vec![v; n_layers]);
+        }
+        let arr = self.array(k)?.ok_or_else(|| self.missing(k))?;
+        if arr.len() < n_layers {
+            return Err(self.invalid(format!(
+                "{} has {} entries for {n_layers} layers",
+                self.key(k),
+                arr.len()
+            )));
+        }
+        arr.iter()
+            .take(n_layers)
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| self.missing(k))
+            })
+            .collect()
+    }
+
+    /// A boolean per layer from an array key, or `None` where the file has
+    /// no such key.
+    pub fn opt_bool_per_layer(
+        &self,
+        k: &str,
+        n_layers: usize,
+    ) -> Result<Option<Vec<bool>>, ArchError> {
+        let Some(arr) = self.array(k)? else {
+            return Ok(None);
+        };
+        if arr.len() < n_layers {
+            return Err(self.invalid(format!(
+                "{} has {} entries for {n_layers} layers",
+                self.key(k),
+                arr.len()
+            )));
+        }
+        arr.iter()
+            .take(n_layers)
+            .map(|v| v.as_bool().ok_or_else(|| self.missing(k)))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// An array of exactly `N` non-negative integers.
+    pub fn usize_array<const N: usize>(&self, k: &str) -> Result<[usize; N], ArchError> {
+        let arr = self.array(k)?.ok_or_else(|| self.missing(k))?;
+        let mut out = [0; N];
+        if arr.len() != N {
+            return Err(self.invalid(format!(
+                "{} has {} entries, not {N}",
+                self.key(k),
+                arr.len()
+            )));
+        }
+        for (o, v) in out.iter_mut().zip(arr) {
+            *o = v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| self.missing(k))?;
+        }
+        Ok(out)
+    }
+
+    fn array(&self, k: &str) -> Result<Option<&'a [MetaValue]>, ArchError> {
+        match self.file.get(&self.key(k)) {
+            None => Ok(None),
+            Some(v) => v.as_array().map(Some).ok_or_else(|| self.missing(k)),
+        }
+    }
+
+    /// Whether the file has a tensor of this name.
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.file.tensor(name).is_some()
     }
 
     pub fn vocab_size(&self) -> Result<usize, ArchError> {
@@ -105,6 +186,9 @@ impl<'a> Meta<'a> {
             out_bias: false,
             sinks: false,
             temperature: None,
+            output_gate: false,
+            v_norm: false,
+            v_from_k: false,
         })
     }
 
@@ -142,6 +226,8 @@ impl<'a> Meta<'a> {
             freq_base,
             freq_scale,
             yarn,
+            sections: None,
+            freq_factors: false,
         })
     }
 
@@ -192,6 +278,7 @@ impl<'a> Meta<'a> {
         Ok(DenseSpec {
             d_ff: self.usize("feed_forward_length")?,
             activation,
+            norm_name: "ffn_norm",
         })
     }
 
@@ -216,6 +303,9 @@ impl<'a> Meta<'a> {
             router_bias: false,
             expert_bias: false,
             norm_name: "ffn_norm",
+            shared: None,
+            dense_beside: None,
+            expert_out_scale: false,
         })
     }
 }

@@ -7,12 +7,14 @@
 //! architecture are filled in, in that architecture's file, with the reason.
 
 mod gemma3;
+mod gemma4;
 mod gpt_oss;
 mod llama;
 mod meta;
 mod mistral3;
 mod qwen2;
 mod qwen3;
+mod qwen35;
 mod qwen3moe;
 mod spec;
 
@@ -36,10 +38,19 @@ pub enum Architecture {
     GptOss,
     /// Ministral-3 (dense).
     Mistral3,
+    /// Qwen3.5 / Qwen3.6 dense (27B): three gated-DeltaNet layers per gated
+    /// full-attention layer.
+    Qwen35,
+    /// Qwen3.5 / Qwen3.6 MoE (35B-A3B): the same mixers, routed experts plus
+    /// a sigmoid-gated shared expert.
+    Qwen35Moe,
+    /// Gemma 4 (31B, 26B-A4B): sliding and global layers of different head
+    /// shapes, V norm, final softcap; the 26B adds experts beside the MLP.
+    Gemma4,
 }
 
 impl Architecture {
-    pub const ALL: [Architecture; 7] = [
+    pub const ALL: [Architecture; 10] = [
         Self::Llama,
         Self::Qwen2,
         Self::Qwen3,
@@ -47,6 +58,9 @@ impl Architecture {
         Self::Qwen3Moe,
         Self::GptOss,
         Self::Mistral3,
+        Self::Qwen35,
+        Self::Qwen35Moe,
+        Self::Gemma4,
     ];
 
     pub fn from_name(name: &str) -> Option<Self> {
@@ -58,6 +72,9 @@ impl Architecture {
             "qwen3moe" => Self::Qwen3Moe,
             "gpt-oss" => Self::GptOss,
             "mistral3" => Self::Mistral3,
+            "qwen35" => Self::Qwen35,
+            "qwen35moe" => Self::Qwen35Moe,
+            "gemma4" => Self::Gemma4,
             _ => return None,
         })
     }
@@ -72,6 +89,9 @@ impl Architecture {
             Self::Qwen3Moe => "qwen3moe",
             Self::GptOss => "gpt-oss",
             Self::Mistral3 => "mistral3",
+            Self::Qwen35 => "qwen35",
+            Self::Qwen35Moe => "qwen35moe",
+            Self::Gemma4 => "gemma4",
         }
     }
 }
@@ -86,7 +106,7 @@ impl std::fmt::Display for Architecture {
 pub enum ArchError {
     #[error("{path}: no general.architecture in metadata")]
     NoArchitecture { path: String },
-    #[error("{path}: unsupported architecture {arch:?} (supported: llama, mistral, qwen2, qwen3, gemma3, qwen3moe, gpt-oss, mistral3)")]
+    #[error("{path}: unsupported architecture {arch:?} (supported: llama, mistral, qwen2, qwen3, gemma3, qwen3moe, gpt-oss, mistral3, qwen35, qwen35moe, gemma4)")]
     Unsupported { path: String, arch: String },
     #[error("{path}: missing or invalid metadata key {key:?}")]
     MissingKey { path: String, key: String },
@@ -117,6 +137,8 @@ impl ModelSpec {
             Architecture::Qwen3Moe => qwen3moe::spec(&m)?,
             Architecture::GptOss => gpt_oss::spec(&m)?,
             Architecture::Mistral3 => mistral3::spec(&m)?,
+            Architecture::Qwen35 | Architecture::Qwen35Moe => qwen35::spec(&m, arch)?,
+            Architecture::Gemma4 => gemma4::spec(&m)?,
         };
         spec.check_bounds().map_err(|what| m.invalid(what))?;
         Ok(spec)
@@ -167,6 +189,7 @@ impl Globals {
             rms_eps: self.rms_eps,
             embedding_scale: None,
             out_rows_after_attention: true,
+            final_softcap: None,
             layers: (0..self.n_layers).map(layer).collect(),
         })
     }
@@ -176,3 +199,6 @@ impl Globals {
 pub fn layer_tensor(il: usize, name: &str) -> String {
     format!("blk.{il}.{name}")
 }
+
+#[cfg(test)]
+mod tests;

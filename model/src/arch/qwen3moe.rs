@@ -18,5 +18,6 @@ pub(super) fn spec(m: &Meta<'_>) -> Result<ModelSpec, ArchError> {
         mixer: Mixer::Attention(attention.clone()),
         ffn: ffn.clone(),
         post_norms: false,
+        layer_scale: false,
     })
 }

@@ -1,8 +1,8 @@
 //! What a model is, layer by layer: the spec every architecture file builds
 //! from GGUF metadata, and that the worker runs and the planner sizes.
 //!
-//! A layer is a mixer (attention today) followed by a feed-forward (dense or
-//! mixture-of-experts). Everything an architecture does differently is a
+//! A layer is a mixer (attention, or Qwen3.5's gated DeltaNet) followed by a
+//! feed-forward (dense or mixture-of-experts). Everything an architecture does differently is a
 //! field here, so the worker's blocks never ask which architecture they run.
 
 use super::Architecture;
@@ -23,6 +23,8 @@ pub struct ModelSpec {
     /// graphs) rather than after the whole layer (gpt-oss). It changes the
     /// feed-forward's batch shape, hence its rounding.
     pub out_rows_after_attention: bool,
+    /// `cap · tanh(logits / cap)` on the output logits (Gemma 4).
+    pub final_softcap: Option<f32>,
     pub layers: Vec<LayerSpec>,
 }
 
@@ -32,11 +34,99 @@ pub struct LayerSpec {
     pub ffn: FeedForward,
     /// Gemma-3's norms after the mixer and after the feed-forward.
     pub post_norms: bool,
+    /// The residual stream is multiplied by a learned scalar after the layer
+    /// (Gemma 4's `layer_output_scale`).
+    pub layer_scale: bool,
+}
+
+impl LayerSpec {
+    /// What this layer has that the architectures before Qwen3.5 and Gemma 4
+    /// did not, in words; the worker refuses a layer with any it does not
+    /// run yet.
+    pub fn new_features(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        match &self.mixer {
+            Mixer::DeltaNet(_) => out.push("the gated DeltaNet mixer"),
+            Mixer::Attention(a) => {
+                let flags = [
+                    (a.output_gate, "the sigmoid output gate of attention"),
+                    (a.v_norm, "the V RMS-norm"),
+                    (a.v_from_k, "V taken from the K projection"),
+                    (a.rope.freq_factors, "per-layer RoPE frequency factors"),
+                ];
+                out.extend(flags.iter().filter(|f| f.0).map(|f| f.1));
+            }
+        }
+        match &self.ffn {
+            FeedForward::Dense(d) if d.norm_name != "ffn_norm" => {
+                out.push("a dense feed-forward normed by post_attention_norm")
+            }
+            FeedForward::Moe(m) => {
+                if m.shared.is_some() {
+                    out.push("a shared expert");
+                }
+                if m.dense_beside.is_some() {
+                    out.push("a dense MLP beside the experts");
+                }
+            }
+            FeedForward::Dense(_) => {}
+        }
+        if self.layer_scale {
+            out.push("a layer output scale");
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mixer {
     Attention(AttentionSpec),
+    /// Qwen3.5's gated DeltaNet: a recurrent mixer whose per-sequence state
+    /// (a short conv window and an S×S matrix per value head) replaces KV.
+    DeltaNet(DeltaNetSpec),
+}
+
+/// A gated DeltaNet layer (llama.cpp's `build_layer_attn_linear`): the
+/// `ssm.*` keys. Keys and queries have `n_k_heads` heads, values
+/// `n_v_heads`, all of width `d_state`; value head h reads key head
+/// h mod n_k_heads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeltaNetSpec {
+    /// `ssm.conv_kernel`: taps of the causal conv over q, k and v.
+    pub d_conv: usize,
+    /// `ssm.state_size`: head width of keys and values.
+    pub d_state: usize,
+    /// `ssm.group_count`.
+    pub n_k_heads: usize,
+    /// `ssm.time_step_rank`.
+    pub n_v_heads: usize,
+    /// `ssm.inner_size` = d_state × n_v_heads.
+    pub d_inner: usize,
+    /// Epsilon of the q/k L2 norms and of the per-head output norm.
+    pub eps: f32,
+}
+
+impl DeltaNetSpec {
+    pub fn key_dim(&self) -> usize {
+        self.d_state * self.n_k_heads
+    }
+    /// Channels of the conv: q, k and v side by side.
+    pub fn conv_dim(&self) -> usize {
+        2 * self.key_dim() + self.d_inner
+    }
+    /// f32 values of one sequence's conv state (the last d_conv − 1 inputs).
+    pub fn conv_state_len(&self) -> usize {
+        (self.d_conv - 1) * self.conv_dim()
+    }
+    /// f32 values of one sequence's recurrent state (S×S per value head).
+    pub fn ssm_state_len(&self) -> usize {
+        self.d_state * self.d_inner
+    }
+    /// Bytes of one sequence's state in this layer (both f32, as llama.cpp's
+    /// hybrid memory keeps them).
+    pub fn state_bytes_per_seq(&self) -> u64 {
+        4 * (self.conv_state_len() + self.ssm_state_len()) as u64
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +156,14 @@ pub struct AttentionSpec {
     pub sinks: bool,
     /// Position-dependent scaling of Q (Llama 4 / Ministral-3 temperature tuning).
     pub temperature: Option<AttnTemperature>,
+    /// Qwen3.5's gated attention: each head's Q rows are followed by as many
+    /// gate rows, and the attention output is multiplied by sigmoid(gate).
+    pub output_gate: bool,
+    /// A weightless per-head RMSNorm of V (Gemma 4).
+    pub v_norm: bool,
+    /// No V projection: V is the K projection (before K's norm and RoPE),
+    /// as Gemma 4's global layers have it.
+    pub v_from_k: bool,
 }
 
 impl AttentionSpec {
@@ -101,6 +199,14 @@ pub struct RopeSpec {
     /// Positions are multiplied by this (1 / the scaling factor).
     pub freq_scale: f32,
     pub yarn: Option<YarnSpec>,
+    /// Multi-section RoPE (`rope.dimension_sections`, Qwen3.5's IMRoPE). For
+    /// text every section's position is the token's, which makes it NeoX
+    /// RoPE over `dims`; the architecture file checks that it does.
+    pub sections: Option<[usize; 4]>,
+    /// Whether this layer divides its frequencies by the `rope_freqs`
+    /// tensor (Gemma 4's global layers; llama3-style scaling applies it to
+    /// every layer and does not set this).
+    pub freq_factors: bool,
 }
 
 /// YaRN context extension as the file states it; the kernels derive
@@ -147,6 +253,8 @@ pub enum FeedForward {
 pub struct DenseSpec {
     pub d_ff: usize,
     pub activation: Activation,
+    /// The norm before it: `ffn_norm`, or `post_attention_norm` (Qwen3.5).
+    pub norm_name: &'static str,
 }
 
 /// How router logits become expert weights (llama.cpp's gating functions).
@@ -175,17 +283,52 @@ pub struct MoeSpec {
     pub router_bias: bool,
     /// Biases on each expert's gate, up and down (gpt-oss).
     pub expert_bias: bool,
-    /// The norm before the feed-forward is `post_attention_norm` (gpt-oss)
-    /// rather than `ffn_norm`.
+    /// The norm before the feed-forward is `post_attention_norm` (gpt-oss,
+    /// Qwen3.5) or `pre_ffw_norm_2` (Gemma 4) rather than `ffn_norm`.
     pub norm_name: &'static str,
+    /// A shared expert every token runs, weighted by a sigmoid of its own
+    /// one-row router (Qwen3.5-MoE's `*_shexp`).
+    pub shared: Option<SharedExpert>,
+    /// Gemma 4's MoE layers: a dense MLP (`ffn_*`, normed by `ffn_norm`,
+    /// then `post_ffw_norm_1`) runs beside the experts (normed after by
+    /// `post_ffw_norm_2`), and their sum by `post_ffw_norm`. Its router reads
+    /// the unweighted-normed row scaled by 1/sqrt(d_model) and
+    /// `ffn_gate_inp.scale`.
+    pub dense_beside: Option<DenseSpec>,
+    /// Each expert's output multiplied by its entry of `ffn_down_exps.scale`.
+    pub expert_out_scale: bool,
+}
+
+/// Qwen3.5-MoE's shared expert: a SwiGLU of width `d_ff` whose output is
+/// multiplied by sigmoid(`ffn_gate_inp_shexp` · x).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedExpert {
+    pub d_ff: usize,
 }
 
 impl ModelSpec {
-    /// The attention of layer `il`.
-    pub fn attention(&self, il: usize) -> &AttentionSpec {
+    /// The attention of layer `il`; `None` for a recurrent layer.
+    pub fn attention(&self, il: usize) -> Option<&AttentionSpec> {
         match &self.layers[il].mixer {
-            Mixer::Attention(a) => a,
+            Mixer::Attention(a) => Some(a),
+            Mixer::DeltaNet(_) => None,
         }
+    }
+
+    /// The DeltaNet of layer `il`; `None` for an attention layer.
+    pub fn delta_net(&self, il: usize) -> Option<&DeltaNetSpec> {
+        match &self.layers[il].mixer {
+            Mixer::DeltaNet(d) => Some(d),
+            Mixer::Attention(_) => None,
+        }
+    }
+
+    /// Recurrent-state bytes one sequence holds over all layers.
+    pub fn recurrent_state_bytes_per_seq(&self) -> u64 {
+        (0..self.n_layers)
+            .filter_map(|il| self.delta_net(il))
+            .map(DeltaNetSpec::state_bytes_per_seq)
+            .sum()
     }
 
     /// Whether any layer has a mixture-of-experts feed-forward.
@@ -199,48 +342,101 @@ impl ModelSpec {
     /// (a 200-byte GGUF claiming 2^60 layers must be an error, not an
     /// abort), and the products the code forms must fit.
     pub(super) fn check_bounds(&self) -> Result<(), String> {
-        let check = |name: &str, v: usize, max: usize| {
-            if v > max {
-                Err(format!("{name} {v} is past the supported {max}"))
-            } else {
-                Ok(())
-            }
-        };
         check("block_count", self.n_layers, 4096)?;
         check("embedding_length", self.d_model, 1 << 20)?;
         check("vocab_size", self.vocab_size, 1 << 24)?;
         check("context_length", self.context_length, 1 << 30)?;
-        let fits = |p: Option<usize>| p.is_some_and(|n| n <= 1 << 40);
         if !fits(self.d_model.checked_mul(self.vocab_size)) {
-            return Err("hyper-parameters whose products overflow".into());
+            return Err(OVERFLOW.into());
         }
         for layer in &self.layers {
-            let Mixer::Attention(a) = &layer.mixer;
-            check("attention.head_count", a.n_heads.max(a.n_kv_heads), 1 << 14)?;
-            check(
-                "attention.key_length / value_length",
-                a.head_dim.max(a.head_dim_v),
-                1 << 14,
-            )?;
-            check("attention.sliding_window", a.window.unwrap_or(0), 1 << 30)?;
-            let (ff, n_expert) = match &layer.ffn {
-                FeedForward::Dense(d) => (d.d_ff, 1),
-                FeedForward::Moe(m) => (m.d_ff_expert, m.n_expert),
-            };
-            check("feed_forward_length", ff, 1 << 24)?;
-            check("expert_count", n_expert, 1 << 12)?;
-            let products = [
-                a.n_heads.checked_mul(a.head_dim),
-                a.n_heads.checked_mul(a.head_dim_v),
-                a.n_kv_heads.checked_mul(a.head_dim_v),
-                self.d_model
-                    .checked_mul(ff)
-                    .and_then(|n| n.checked_mul(n_expert)),
-            ];
-            if !products.into_iter().all(fits) {
-                return Err("hyper-parameters whose products overflow".into());
+            match &layer.mixer {
+                Mixer::Attention(a) => check_attention(a)?,
+                Mixer::DeltaNet(d) => check_delta_net(d)?,
             }
+            check_ffn(self.d_model, &layer.ffn)?;
         }
         Ok(())
     }
+}
+
+const OVERFLOW: &str = "hyper-parameters whose products overflow";
+
+fn check(name: &str, v: usize, max: usize) -> Result<(), String> {
+    if v > max {
+        Err(format!("{name} {v} is past the supported {max}"))
+    } else {
+        Ok(())
+    }
+}
+
+fn fits(p: Option<usize>) -> bool {
+    p.is_some_and(|n| n <= 1 << 40)
+}
+
+fn check_attention(a: &AttentionSpec) -> Result<(), String> {
+    check("attention.head_count", a.n_heads.max(a.n_kv_heads), 1 << 14)?;
+    check(
+        "attention.key_length / value_length",
+        a.head_dim.max(a.head_dim_v),
+        1 << 14,
+    )?;
+    check("attention.sliding_window", a.window.unwrap_or(0), 1 << 30)?;
+    let products = [
+        a.n_heads.checked_mul(a.head_dim),
+        a.n_heads.checked_mul(a.head_dim_v),
+        a.n_kv_heads.checked_mul(a.head_dim_v),
+    ];
+    if !products.into_iter().all(fits) {
+        return Err(OVERFLOW.into());
+    }
+    Ok(())
+}
+
+/// The shapes ggml's DeltaNet ops assert: every value head pairs with a key
+/// head, and the inner size is value heads × state size.
+fn check_delta_net(d: &DeltaNetSpec) -> Result<(), String> {
+    check("ssm.conv_kernel", d.d_conv, 64)?;
+    check("ssm.state_size", d.d_state, 1 << 12)?;
+    check("ssm.group_count", d.n_k_heads, 1 << 12)?;
+    check("ssm.time_step_rank", d.n_v_heads, 1 << 12)?;
+    check("ssm.inner_size", d.d_inner, 1 << 20)?;
+    if d.d_conv < 2
+        || d.d_state == 0
+        || d.n_k_heads == 0
+        || !d.n_v_heads.is_multiple_of(d.n_k_heads)
+    {
+        return Err(format!(
+            "DeltaNet conv kernel {}, state size {}, {} value heads over {} key heads",
+            d.d_conv, d.d_state, d.n_v_heads, d.n_k_heads
+        ));
+    }
+    if d.d_inner != d.d_state * d.n_v_heads {
+        return Err(format!(
+            "ssm.inner_size {} is not ssm.state_size {} x ssm.time_step_rank {}",
+            d.d_inner, d.d_state, d.n_v_heads
+        ));
+    }
+    Ok(())
+}
+
+fn check_ffn(d_model: usize, ffn: &FeedForward) -> Result<(), String> {
+    let (ff, n_expert, extra) = match ffn {
+        FeedForward::Dense(d) => (d.d_ff, 1, 0),
+        FeedForward::Moe(m) => {
+            let beside = m.dense_beside.as_ref().map_or(0, |d| d.d_ff);
+            let shared = m.shared.as_ref().map_or(0, |s| s.d_ff);
+            (m.d_ff_expert, m.n_expert, beside.max(shared))
+        }
+    };
+    check("feed_forward_length", ff.max(extra), 1 << 24)?;
+    check("expert_count", n_expert, 1 << 12)?;
+    if !fits(
+        d_model
+            .checked_mul(ff)
+            .and_then(|n| n.checked_mul(n_expert)),
+    ) {
+        return Err(OVERFLOW.into());
+    }
+    Ok(())
 }

@@ -293,7 +293,8 @@ impl GgufFile {
         Ok(gguf)
     }
 
-    fn build_index(&mut self) -> Result<(), GgufError> {
+    pub(crate) fn build_index(&mut self) -> Result<(), GgufError> {
+        self.index.clear();
         for (i, t) in self.tensors.iter().enumerate() {
             if self.index.insert(t.name.clone(), i).is_some() {
                 return Err(GgufError::BadTensor {

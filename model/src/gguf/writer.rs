@@ -181,6 +181,10 @@ impl GgufWriter {
                 size_bytes: t.size_bytes,
             })
             .collect();
+        // Lookups by name (`GgufFile::tensor`) see the tensors too: specs
+        // decide some layer features by which tensors exist.
+        file.build_index()
+            .map_err(|e| GgufWriteError::Reread(Box::new(e)))?;
         Ok(file)
     }
 

@@ -7,7 +7,9 @@
 //! Metadata keys and tensor names are llama.cpp's, so llama.cpp loads the
 //! files and its outputs on them are references (tests/data/synth-*.json).
 
+mod gemma4;
 mod presets;
+mod qwen35;
 mod scheme;
 mod tokenizer;
 
@@ -51,6 +53,50 @@ pub struct Shape {
     pub yarn: Option<Yarn>,
     /// `attention.temperature_scale` (Ministral-3's Llama-4 scaling beta).
     pub attn_temperature_scale: Option<f32>,
+    /// `rope.dimension_count` where RoPE rotates only part of each head
+    /// (Qwen3.5: 64 of 256); `None` rotates the whole head.
+    pub rope_dims: Option<usize>,
+    /// Qwen3.5's gated DeltaNet layers and multi-section RoPE.
+    pub delta_net: Option<DeltaNetShape>,
+    /// Gemma 4's sliding layers and the rest of what sets it apart.
+    pub gemma4: Option<Gemma4Shape>,
+}
+
+/// Qwen3.5 / 3.6's linear-attention layers (`ssm.*` keys): every
+/// `full_attention_interval`-th layer is gated full attention, the others
+/// gated DeltaNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaNetShape {
+    /// `ssm.conv_kernel`.
+    pub d_conv: usize,
+    /// `ssm.state_size`: the head dim of DeltaNet keys and values.
+    pub d_state: usize,
+    /// `ssm.group_count`: key (and query) heads.
+    pub n_k_heads: usize,
+    /// `ssm.time_step_rank`: value heads; `ssm.inner_size` is this × d_state.
+    pub n_v_heads: usize,
+    pub full_attention_interval: usize,
+    /// `rope.dimension_sections` (multi-section RoPE, text uses the first three).
+    pub rope_sections: [i32; 4],
+}
+
+/// Gemma 4: `Shape`'s heads are the global layers', these the sliding ones'.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gemma4Shape {
+    /// `attention.key_length_swa` = `value_length_swa` = `rope.dimension_count_swa`.
+    pub head_dim_swa: usize,
+    /// The sliding layers' entry of the `attention.head_count_kv` array.
+    pub n_kv_heads_swa: usize,
+    /// `rope.freq_base_swa`.
+    pub rope_base_swa: f32,
+    /// One global layer every this many (`attention.sliding_window_pattern`
+    /// is written as the bool array llama.cpp requires).
+    pub global_every: usize,
+    /// `final_logit_softcapping`.
+    pub final_softcap: f32,
+    /// Fraction of a global head's pairs RoPE turns (the rest get frequency
+    /// factor 1e30 in `rope_freqs`, "proportional RoPE").
+    pub global_rope_fraction: f32,
 }
 
 /// The experts of a mixture-of-experts feed-forward.
@@ -62,6 +108,9 @@ pub struct Experts {
     pub used: usize,
     /// `expert_feed_forward_length`: one expert's hidden width.
     pub d_ff: usize,
+    /// `expert_shared_feed_forward_length`: a shared expert beside the routed
+    /// ones (Qwen3.5-MoE).
+    pub shared_d_ff: Option<usize>,
 }
 
 /// YaRN RoPE scaling (`rope.scaling.*`).
@@ -141,7 +190,10 @@ impl SynthSpec {
         w.add_metadata(key("embedding_length"), u32_of(s.d_model));
         w.add_metadata(key("feed_forward_length"), u32_of(s.d_ff));
         w.add_metadata(key("attention.head_count"), u32_of(s.n_heads));
-        w.add_metadata(key("attention.head_count_kv"), u32_of(s.n_kv_heads));
+        // Gemma 4 writes a per-layer array instead (gemma4.rs).
+        if s.gemma4.is_none() {
+            w.add_metadata(key("attention.head_count_kv"), u32_of(s.n_kv_heads));
+        }
         w.add_metadata(key("attention.key_length"), u32_of(s.head_dim));
         w.add_metadata(key("attention.value_length"), u32_of(s.head_dim));
         w.add_metadata(
@@ -149,7 +201,10 @@ impl SynthSpec {
             MetaValue::F32(s.rms_eps),
         );
         w.add_metadata(key("rope.freq_base"), MetaValue::F32(s.rope_base));
-        w.add_metadata(key("rope.dimension_count"), u32_of(s.head_dim));
+        w.add_metadata(
+            key("rope.dimension_count"),
+            u32_of(s.rope_dims.unwrap_or(s.head_dim)),
+        );
         w.add_metadata(key("vocab_size"), u32_of(s.vocab_size));
         if let Some(window) = s.sliding_window {
             w.add_metadata(key("attention.sliding_window"), u32_of(window));
@@ -158,6 +213,15 @@ impl SynthSpec {
             w.add_metadata(key("expert_count"), u32_of(e.count));
             w.add_metadata(key("expert_used_count"), u32_of(e.used));
             w.add_metadata(key("expert_feed_forward_length"), u32_of(e.d_ff));
+            if let Some(ff) = e.shared_d_ff {
+                w.add_metadata(key("expert_shared_feed_forward_length"), u32_of(ff));
+            }
+        }
+        if let Some(dn) = s.delta_net {
+            qwen35::add_metadata(w, &key, dn);
+        }
+        if let Some(g) = s.gemma4 {
+            gemma4::add_metadata(w, &key, s, g);
         }
         if let Some(y) = s.yarn {
             w.add_metadata(key("rope.scaling.type"), MetaValue::String("yarn".into()));
@@ -191,6 +255,9 @@ impl SynthSpec {
             &[s.d_model, s.vocab_size],
             self.quant.weight_type("token_embd", None, n),
         )?;
+        if s.gemma4.is_some() {
+            gemma4::add_rope_freqs(w, s)?;
+        }
         for il in 0..n {
             self.add_layer(w, il)?;
         }
@@ -207,6 +274,12 @@ impl SynthSpec {
     }
 
     fn add_layer(&self, w: &mut GgufWriter, il: usize) -> Result<(), GgufWriteError> {
+        if let Some(dn) = self.shape.delta_net {
+            return qwen35::add_layer(self, w, il, dn);
+        }
+        if let Some(g) = self.shape.gemma4 {
+            return gemma4::add_layer(self, w, il, g);
+        }
         let (s, arch) = (&self.shape, self.arch);
         let wt = |role: &str| self.quant.weight_type(role, Some(il), s.n_layers);
         let b = |name: &str| format!("blk.{il}.{name}");
@@ -301,6 +374,13 @@ impl SynthSpec {
 
     /// Tensor `index`'s data.
     fn fill_tensor(&self, index: usize, spec: &TensorSpec, out: &mut dyn Write) -> io::Result<()> {
+        if let Some(g) = self
+            .shape
+            .gemma4
+            .filter(|_| spec.name == "rope_freqs.weight")
+        {
+            return gemma4::write_rope_freqs(&self.shape, g, out);
+        }
         let row_len = spec.dims[0] as usize;
         // Every router row drawn: two experts with one row would tie.
         let pool_rows = if spec.name.contains("ffn_gate_inp.") {
@@ -329,7 +409,12 @@ impl SynthSpec {
     fn distinct_rows(&self) -> bool {
         matches!(
             self.arch,
-            Architecture::Qwen3Moe | Architecture::GptOss | Architecture::Mistral3
+            Architecture::Qwen3Moe
+                | Architecture::GptOss
+                | Architecture::Mistral3
+                | Architecture::Qwen35
+                | Architecture::Qwen35Moe
+                | Architecture::Gemma4
         )
     }
 }
@@ -360,7 +445,7 @@ fn write_tensor_data(
     out: &mut dyn Write,
 ) -> io::Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let is_norm = name.ends_with("norm.weight");
+    let init = Init::of(name);
     let row_bytes = dtype
         .row_bytes(row_len as u64)
         .ok_or_else(|| io::Error::other(format!("{name}: bad row length")))?
@@ -371,12 +456,7 @@ fn write_tensor_data(
     let mut values = vec![0f32; row_len];
     for r in 0..pool_rows {
         for v in values.iter_mut() {
-            // Norm weights near 1, biases and matrices small (std ~0.02).
-            *v = if is_norm {
-                1.0 + rng.random_range(-0.1..0.1)
-            } else {
-                rng.random_range(-0.035..0.035)
-            };
+            *v = init.draw(&mut rng);
         }
         quantize_row(
             dtype,
@@ -396,6 +476,46 @@ fn write_tensor_data(
         }
     }
     Ok(())
+}
+
+/// How a tensor's values are drawn, by its name.
+enum Init {
+    /// Biases and matrices: small (std ~0.02).
+    Small,
+    /// Norm weights and multiplicative scales: near 1.
+    NearOne,
+    /// Qwen3.5's `ssm_a` (stored as −exp(A_log)): negative, so that the
+    /// DeltaNet decay exp(softplus(·)·a) stays below 1 and the state bounded.
+    NegativeDecay,
+    /// The DeltaNet's 4-tap causal conv: taps of a real model's magnitude,
+    /// so the recurrence sees more than a whisper.
+    ConvTaps,
+}
+
+impl Init {
+    fn of(name: &str) -> Self {
+        if name.ends_with("norm.weight")
+            || name.ends_with("layer_output_scale.weight")
+            || name.ends_with(".scale")
+        {
+            Init::NearOne
+        } else if name.ends_with(".ssm_a") {
+            Init::NegativeDecay
+        } else if name.ends_with("ssm_conv1d.weight") {
+            Init::ConvTaps
+        } else {
+            Init::Small
+        }
+    }
+
+    fn draw(&self, rng: &mut ChaCha8Rng) -> f32 {
+        match self {
+            Init::Small => rng.random_range(-0.035..0.035),
+            Init::NearOne => 1.0 + rng.random_range(-0.1..0.1),
+            Init::NegativeDecay => -rng.random_range(-1.0f32..1.0).exp(),
+            Init::ConvTaps => rng.random_range(-0.5..0.5),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use crate::arch::Architecture;
 
-use super::{Experts, Shape, Yarn};
+use super::{DeltaNetShape, Experts, Gemma4Shape, Shape, Yarn};
 
 /// Preset names per architecture, smallest first.
 pub fn presets(arch: Architecture) -> &'static [&'static str] {
@@ -20,6 +20,9 @@ pub fn presets(arch: Architecture) -> &'static [&'static str] {
         Architecture::Qwen3Moe => &["tiny", "30b-a3b", "235b-a22b"],
         Architecture::GptOss => &["tiny", "20b", "120b"],
         Architecture::Mistral3 => &["tiny", "14b"],
+        Architecture::Qwen35 => &["tiny", "27b"],
+        Architecture::Qwen35Moe => &["tiny", "35b-a3b"],
+        Architecture::Gemma4 => &["tiny", "tiny-moe", "26b-a4b", "31b"],
     }
 }
 
@@ -33,6 +36,8 @@ pub fn preset(arch: Architecture, name: &str) -> Option<Shape> {
         Architecture::Qwen3Moe => qwen3moe(&name),
         Architecture::GptOss => gpt_oss(&name),
         Architecture::Mistral3 => mistral3(&name),
+        Architecture::Qwen35 | Architecture::Qwen35Moe => qwen35(arch, &name),
+        Architecture::Gemma4 => gemma4(&name),
     }
 }
 
@@ -65,6 +70,9 @@ fn base(
         experts: None,
         yarn: None,
         attn_temperature_scale: None,
+        rope_dims: None,
+        delta_net: None,
+        gemma4: None,
     }
 }
 
@@ -106,7 +114,12 @@ fn dense(arch: Architecture, name: &str) -> Option<Shape> {
 /// attention, every layer's feed-forward a softmax-routed mixture of experts.
 fn qwen3moe(name: &str) -> Option<Shape> {
     let moe = |s: Shape, count, used, d_ff| Shape {
-        experts: Some(Experts { count, used, d_ff }),
+        experts: Some(Experts {
+            count,
+            used,
+            d_ff,
+            shared_d_ff: None,
+        }),
         ..s
     };
     let real = |s: Shape| Shape {
@@ -167,7 +180,12 @@ fn gpt_oss(name: &str) -> Option<Shape> {
             false,
         )
     };
-    let e = |count, used, d_ff| Experts { count, used, d_ff };
+    let e = |count, used, d_ff| Experts {
+        count,
+        used,
+        d_ff,
+        shared_d_ff: None,
+    };
     Some(match name {
         // A 16-token window and a 128-token original context, so that a
         // short prompt crosses both.
@@ -220,6 +238,125 @@ fn mistral3(name: &str) -> Option<Shape> {
                 16_384,
             )
         },
+        _ => return None,
+    })
+}
+
+/// Qwen3.5 / 3.6: Qwen3.6-27B (dense) and Qwen3.6-35B-A3B (MoE), values from
+/// the `llama_model_loader` dumps in docs/plans/qwen35-gemma4.md; the 27B's
+/// width (5120) is the one the dumps lack, from its model card.
+fn qwen35(arch: Architecture, name: &str) -> Option<Shape> {
+    let moe = arch == Architecture::Qwen35Moe;
+    let hybrid = |s: Shape, rope_dims, delta_net, experts| Shape {
+        context_length: 262_144,
+        rope_dims: Some(rope_dims),
+        delta_net: Some(delta_net),
+        experts,
+        ..s
+    };
+    let dn = |n_k_heads, n_v_heads, rope_sections| DeltaNetShape {
+        d_conv: 4,
+        d_state: 128,
+        n_k_heads,
+        n_v_heads,
+        full_attention_interval: 4,
+        rope_sections,
+    };
+    let e = |count, used, d_ff| Experts {
+        count,
+        used,
+        d_ff,
+        shared_d_ff: Some(d_ff),
+    };
+    Some(match (moe, name) {
+        // Layers 0-2 DeltaNet, 3 gated attention. 2 key heads under 4 value
+        // heads, so value head h reads key head h mod 2. RoPE turns 16 of 64
+        // dims in sections [3, 3, 2] (every pair gets a text angle, as in
+        // the real [11, 11, 10] of 32). A 4096-token context keeps the KV
+        // cache of a test small.
+        (false, "tiny") | (true, "tiny") => Shape {
+            context_length: 4096,
+            ..hybrid(
+                base(4, 256, 4, 2, 64, 768, 2048, 10_000_000.0, false),
+                16,
+                dn(2, 4, [3, 3, 2, 0]),
+                moe.then(|| e(16, 4, 256)),
+            )
+        },
+        (false, "27b") => hybrid(
+            base(64, 5120, 24, 4, 256, 17408, 248_320, 10_000_000.0, false),
+            64,
+            dn(16, 48, [11, 11, 10, 0]),
+            None,
+        ),
+        // feed_forward_length is only llama.cpp's fallback for the expert
+        // widths here; the dumps have none, so it repeats the expert width.
+        (true, "35b-a3b") => hybrid(
+            base(40, 2048, 16, 2, 256, 512, 248_320, 10_000_000.0, false),
+            64,
+            dn(16, 32, [11, 11, 10, 0]),
+            Some(e(256, 8, 512)),
+        ),
+        _ => return None,
+    })
+}
+
+/// Gemma 4: 31B (dense) and 26B-A4B (experts beside the dense MLP). Values
+/// from the llama.cpp dumps in docs/plans/qwen35-gemma4.md where they have
+/// them; the rest are not verified against a real file: the 31B's MLP width
+/// (21504, Gemma-3-27B's), the 26B's MLP width (2112, from a third-party
+/// spec sheet) and its global KV heads (2). Global layers: V from K, RoPE
+/// over a quarter of each head (`rope_freqs`), base 1e6.
+fn gemma4(name: &str) -> Option<Shape> {
+    let g4 = |s: Shape, head_dim_swa, n_kv_heads_swa, window, experts| Shape {
+        context_length: 262_144,
+        sliding_window: Some(window),
+        experts,
+        gemma4: Some(Gemma4Shape {
+            head_dim_swa,
+            n_kv_heads_swa,
+            rope_base_swa: 10_000.0,
+            global_every: 6,
+            final_softcap: 30.0,
+            global_rope_fraction: 0.25,
+        }),
+        ..s
+    };
+    let e = |count, used, d_ff| Experts {
+        count,
+        used,
+        d_ff,
+        shared_d_ff: None,
+    };
+    // Layers 0-4 slide (head 64, 2 KV heads, a 16-token window a short
+    // prompt crosses), layer 5 is global (head 128, 1 KV head).
+    let tiny = |experts| Shape {
+        context_length: 4096,
+        ..g4(
+            base(6, 256, 4, 1, 128, 768, 2048, 1_000_000.0, true),
+            64,
+            2,
+            16,
+            experts,
+        )
+    };
+    Some(match name {
+        "tiny" => tiny(None),
+        "tiny-moe" => tiny(Some(e(16, 4, 256))),
+        "26b-a4b" => g4(
+            base(30, 2816, 16, 2, 512, 2112, 262_144, 1_000_000.0, true),
+            256,
+            8,
+            1024,
+            Some(e(128, 8, 704)),
+        ),
+        "31b" => g4(
+            base(60, 5376, 32, 4, 512, 21504, 262_144, 1_000_000.0, true),
+            256,
+            16,
+            1024,
+            None,
+        ),
         _ => return None,
     })
 }

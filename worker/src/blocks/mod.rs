@@ -51,7 +51,15 @@ impl<B: Backend> Layer<B> {
         let spec = model.layers[il].clone();
         let d = model.d_model;
         let t = |n: &str| layer_tensor(il, n);
-        let Mixer::Attention(a) = &spec.mixer;
+        // Qwen3.5's and Gemma 4's blocks are specified (strata_model::arch)
+        // but not run yet.
+        let (Mixer::Attention(a), []) = (&spec.mixer, spec.new_features().as_slice()) else {
+            return Err(StageError::Model(format!(
+                "layer {il}: {} of {} is not implemented yet",
+                spec.new_features().join(", "),
+                model.arch
+            )));
+        };
         let attention = Attention::load(loader, a, d, il)?;
         let (ffn, norm_name) = match &spec.ffn {
             FeedForward::Dense(f) => (
