@@ -59,10 +59,16 @@ extern "C" __global__ void gated_swiglu_oai(const float* gate, const float* up, 
     }
 }
 
-// x[r][c] *= scales[r]
-extern "C" __global__ void scale_rows(float* x, const float* scales, size_t n, int cols) {
+// x[r][c] *= the attention temperature of row r's position (Ministral-3),
+// as attn_temperature_scales computes it on the host (llama.cpp's types:
+// the floor in f32, the log and the multiply-add in f64). The scale comes
+// from the positions on the device, so a recorded graph can replay it.
+extern "C" __global__ void attn_temperature(float* x, const u32* positions, size_t n, int cols, float floor_scale,
+                                            float temp_scale) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] *= scales[i / cols];
+    if (i >= n) return;
+    const float floored = floorf((float)positions[i / cols] / floor_scale);
+    x[i] *= (float)fma(log((double)floored + 1.0), (double)temp_scale, 1.0);
 }
 
 // Rotates the first `dims` values of every head of every row. Normal style

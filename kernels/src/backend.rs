@@ -318,10 +318,16 @@ pub trait Backend: Send + Sync {
     ) -> Result<Self::Act, KernelError>;
     /// `x += y`.
     fn add_assign(&self, x: &mut Self::Act, y: &Self::Act) -> Result<(), KernelError>;
-    /// `x[r] *= scales[r]` for every row (ggml_mul by a `[1, rows]`
-    /// tensor): Ministral-3's attention temperature on Q, with scales from
-    /// [`attn_temperature_scales`].
-    fn scale_rows(&self, x: &mut Self::Act, scales: &[f32]) -> Result<(), KernelError>;
+    /// Ministral-3's attention temperature on Q: row `r` times the scale
+    /// [`attn_temperature_scales`] gives its position (ggml_mul by a
+    /// `[1, rows]` tensor). `floor_scale` is at least 1.
+    fn attn_temperature(
+        &self,
+        x: &mut Self::Act,
+        positions: &[u32],
+        floor_scale: u32,
+        temp_scale: f32,
+    ) -> Result<(), KernelError>;
     /// Writes this batch's K/V rows into their slots of `layer`, then
     /// attends: returns `rows x (n_heads * head_dim_v)`.
     fn attention(

@@ -78,10 +78,19 @@ pub(crate) fn vector(
     Ok(())
 }
 
-/// One scale per row.
-pub(crate) fn scales(n_scales: usize, rows: usize) -> Result<(), KernelError> {
-    if n_scales != rows {
-        return invalid(format!("scale_rows: {n_scales} scales for {rows} rows"));
+/// One position per row, and a floor scale to divide by.
+pub(crate) fn temperature(
+    positions: usize,
+    rows: usize,
+    floor_scale: u32,
+) -> Result<(), KernelError> {
+    if positions != rows {
+        return invalid(format!(
+            "attn_temperature: {positions} positions for {rows} rows"
+        ));
+    }
+    if floor_scale == 0 {
+        return invalid("attn_temperature: a floor scale of 0".into());
     }
     Ok(())
 }

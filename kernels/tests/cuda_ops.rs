@@ -18,8 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use strata_kernels::cuda::{CudaBackend, CudaKvCache};
 use strata_kernels::{
-    attn_temperature_scales, AttentionBatch, Backend, CpuBackend, Gating, KvGeometry, RopeConfig,
-    Router, Yarn,
+    AttentionBatch, Backend, CpuBackend, Gating, KvGeometry, RopeConfig, Router, Yarn,
 };
 use strata_model::arch::{Activation, RopeStyle};
 use strata_model::profile::KvType;
@@ -350,7 +349,7 @@ fn heads_wider_than_the_attention_kernel_are_refused() {
 /// gpt-oss's gate and up values reach past swiglu_oai's limit of 7: the
 /// clamps must agree too.
 #[test]
-fn swiglu_oai_and_scale_rows_match_cpu() {
+fn swiglu_oai_and_attn_temperature_match_cpu() {
     let (g, c) = (gpu(), CpuBackend::new());
     let mut rng = ChaCha8Rng::seed_from_u64(seed());
     let (rows, cols) = (5, 2880);
@@ -381,17 +380,16 @@ fn swiglu_oai_and_scale_rows_match_cpu() {
     assert!(e < 1e-5, "swiglu_oai: {e:.2e}");
 
     let positions: Vec<u32> = (0..rows as u32).map(|i| i * 9000).collect();
-    let scales = attn_temperature_scales(&positions, 16384, 0.1);
     let (mut a, mut b) = (
         g.act_from_host(&gate, rows, cols).unwrap(),
         c.act_from_host(&gate, rows, cols).unwrap(),
     );
-    g.scale_rows(&mut a, &scales).unwrap();
-    c.scale_rows(&mut b, &scales).unwrap();
+    g.attn_temperature(&mut a, &positions, 16384, 0.1).unwrap();
+    c.attn_temperature(&mut b, &positions, 16384, 0.1).unwrap();
     assert_eq!(
         g.act_to_host(&a).unwrap(),
         c.act_to_host(&b).unwrap(),
-        "scale_rows"
+        "attn_temperature"
     );
 }
 

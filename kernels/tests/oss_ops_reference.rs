@@ -306,7 +306,7 @@ fn attention_temperature_follows_llama_cpp() {
     let c = CpuBackend::new();
     let x: Vec<f32> = (0..positions.len() * 3).map(|i| i as f32 - 4.5).collect();
     let mut a = c.act_from_host(&x, positions.len(), 3).unwrap();
-    c.scale_rows(&mut a, &scales).unwrap();
+    c.attn_temperature(&mut a, &positions, 16384, 0.1).unwrap();
     let want: Vec<f32> = x
         .iter()
         .enumerate()

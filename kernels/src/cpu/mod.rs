@@ -13,7 +13,9 @@ use strata_model::arch::Activation;
 use strata_model::quant::dequantize_row;
 use strata_model::GgmlType;
 
-use crate::backend::{AttentionBatch, Backend, KernelError, RopeConfig, WeightShape};
+use crate::backend::{
+    attn_temperature_scales, AttentionBatch, Backend, KernelError, RopeConfig, WeightShape,
+};
 use crate::kv::KvGeometry;
 use crate::moe_route::{HostRouting, Router};
 use crate::op_checks;
@@ -240,14 +242,21 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn scale_rows(&self, x: &mut CpuAct, scales: &[f32]) -> Result<(), KernelError> {
-        op_checks::scales(scales.len(), x.rows)?;
+    fn attn_temperature(
+        &self,
+        x: &mut CpuAct,
+        positions: &[u32],
+        floor_scale: u32,
+        temp_scale: f32,
+    ) -> Result<(), KernelError> {
+        op_checks::temperature(positions.len(), x.rows, floor_scale)?;
         if x.cols == 0 {
             return Ok(());
         }
+        let scales = attn_temperature_scales(positions, floor_scale, temp_scale);
         x.data
             .chunks_mut(x.cols)
-            .zip(scales)
+            .zip(&scales)
             .for_each(|(row, &s)| row.iter_mut().for_each(|v| *v *= s));
         Ok(())
     }

@@ -762,18 +762,29 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn scale_rows(&self, x: &mut CudaAct, scales: &[f32]) -> Result<(), KernelError> {
-        op_checks::scales(scales.len(), x.rows)?;
+    fn attn_temperature(
+        &self,
+        x: &mut CudaAct,
+        positions: &[u32],
+        floor_scale: u32,
+        temp_scale: f32,
+    ) -> Result<(), KernelError> {
+        op_checks::temperature(positions.len(), x.rows, floor_scale)?;
         let n = x.rows * x.cols;
         if n == 0 {
             return Ok(());
         }
-        let scales = self.upload(scales)?;
-        let cols = x.cols as i32;
-        let mut b = self.stream.launch_builder(self.f("scale_rows")?);
-        b.arg(&mut x.buf).arg(&scales).arg(&n).arg(&cols);
-        // SAFETY: n values of x, one scale for each of its rows.
-        self.launched("scale_rows", || {
+        let pos = self.index(graphs::IndexRole::Positions, positions)?;
+        let (cols, floor_scale) = (x.cols as i32, floor_scale as f32);
+        let mut b = self.stream.launch_builder(self.f("attn_temperature")?);
+        b.arg(&mut x.buf)
+            .arg(&*pos)
+            .arg(&n)
+            .arg(&cols)
+            .arg(&floor_scale)
+            .arg(&temp_scale);
+        // SAFETY: n values of x, one position for each of its rows.
+        self.launched("attn_temperature", || {
             unsafe { b.launch(Self::grid_for(n)) }.map(drop)
         })
     }

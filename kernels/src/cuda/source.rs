@@ -102,7 +102,7 @@ pub const SOURCES: &[KernelSource] = &[
             "gated_silu",
             "gated_gelu",
             "gated_swiglu_oai",
-            "scale_rows",
+            "attn_temperature",
             "rope",
             "select_rows",
         ],

@@ -209,7 +209,10 @@ pub fn dense_ops_refuse_bad_input<B: Backend>(g: &B) {
     );
     invalid("gated", g.gated(&x, &narrow, Activation::Silu).map(drop));
     invalid("add_assign", g.add_assign(&mut x_copy(g, &x), &narrow));
-    invalid("scale_rows", g.scale_rows(&mut x_copy(g, &x), &[1.0]));
+    invalid(
+        "attn_temperature",
+        g.attn_temperature(&mut x_copy(g, &x), &[1], 16384, 0.1),
+    );
     let rope = RopeConfig {
         style: RopeStyle::Neox,
         head_dim: 24,

@@ -3,7 +3,7 @@
 //! of Q, paged attention over the KV cache (with sinks and a window where
 //! the layer has them), and the output projection.
 
-use strata_kernels::backend::{attn_temperature_scales, Yarn};
+use strata_kernels::backend::Yarn;
 use strata_kernels::{AttentionBatch, Backend, KernelError, RopeConfig};
 use strata_model::arch::{layer_tensor, AttentionSpec};
 use strata_model::GgufFile;
@@ -132,10 +132,7 @@ impl<B: Backend> Attention<B> {
         b.rope(&mut k, batch.positions, &self.rope, batch.rope_freqs)?;
         if let Some(t) = a.temperature {
             let floor = u32::try_from(t.floor_scale).unwrap_or(u32::MAX);
-            b.scale_rows(
-                &mut q,
-                &attn_temperature_scales(batch.positions, floor, t.scale),
-            )?;
+            b.attn_temperature(&mut q, batch.positions, floor.max(1), t.scale)?;
         }
         let attn = b.attention(
             kv,
