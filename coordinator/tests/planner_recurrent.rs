@@ -20,7 +20,7 @@ const STATE_PER_LAYER: u64 = 4 * (3 * (6144 + 2 * 16 * 128) + 128 * 6144);
 
 /// 64 layers, every fourth full attention (`full_attention_interval` 4).
 fn is_recurrent(il: usize) -> bool {
-    (il + 1) % 4 != 0
+    !(il + 1).is_multiple_of(4)
 }
 
 fn qwen35_27b() -> (ModelSpec, MemoryProfile) {
