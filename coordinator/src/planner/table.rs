@@ -136,16 +136,17 @@ pub fn legend(req: &PlanRequest) -> String {
             "  experts     routed-expert weights (none: a dense model)"
         );
     }
+    let state_per_seq = p.state_bytes_per_seq();
     let _ = writeln!(
         out,
-        "  KV          key/value cache: {} tokens x {} sequence(s) in {}-token blocks ({} positions) on every layer, \
+        "  KV          key/value cache: {} tokens x {} sequence(s) in {}-token blocks ({} positions) on every {}layer, \
          sliding-window layers too (the stage allocates them in full)",
         req.ctx_size,
         req.parallel,
         strata_model::profile::KV_BLOCK_TOKENS,
         load.kv_tokens_allocated(),
+        if state_per_seq > 0 { "attention " } else { "" },
     );
-    let state_per_seq = p.state_bytes_per_seq();
     if state_per_seq > 0 {
         let _ = writeln!(
             out,
