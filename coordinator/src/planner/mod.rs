@@ -26,9 +26,10 @@
 //! counted twice), KV for `parallel` sequences of `ctx_size` tokens in whole
 //! blocks on every layer (sliding layers too: the stage's pool is not
 //! capped at the window), the recurrent state of `parallel` sequences on
-//! every DeltaNet layer (it does not grow with context), scratch for `max_batch_tokens` tokens of
-//! activations (+ logits of `parallel` sequences on the last stage). It must
-//! fit the worker's free memory less the [`SafetyMargin`].
+//! every DeltaNet layer (it does not grow with context), scratch for
+//! `max_batch_tokens` tokens of activations (+ logits of `parallel`
+//! sequences on the last stage). It must fit the worker's free memory less
+//! the [`SafetyMargin`].
 
 mod dp;
 mod explain;
