@@ -45,7 +45,11 @@ fn brute_force(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<f64> {
     let stage_mem = |a: usize, b: usize| {
         let l = &p.layers[a..b];
         l.iter()
-            .map(|x| x.weight_bytes + x.kv_bytes_per_token(req.kv_type) * pool_tokens)
+            .map(|x| {
+                x.weight_bytes
+                    + x.kv_bytes_per_token(req.kv_type) * pool_tokens
+                    + x.state_bytes_per_seq * req.parallel as u64
+            })
             .sum::<u64>()
             + if a == 0 { p.embedding_bytes } else { 0 }
             + if b == n {
@@ -105,18 +109,26 @@ fn dp_matches_brute_force() {
     for round in 0..200 {
         let n = 2 + rng.below(7) as usize;
         let moe = rng.below(2) == 0;
+        // Some models hybrid: 3 of 4 layers recurrent (state, no KV).
+        let hybrid = rng.below(2) == 0;
         let layers = (0..n)
-            .map(|_| {
+            .map(|il| {
                 // Some layers mixture-of-experts: 2 of 8 experts read.
                 let dense = (50 + rng.below(200)) * MIB;
                 let experts = if moe { (20 + rng.below(200)) * MIB } else { 0 };
+                let recurrent = hybrid && il % 4 != 3;
                 LayerProfile {
                     weight_bytes: dense + experts,
                     expert_bytes: experts,
                     active_bytes_per_token: dense + experts / 4,
-                    kv_bytes_per_token_f16: 2048,
-                    kv_bytes_per_token_q8_0: 1088,
+                    kv_bytes_per_token_f16: if recurrent { 0 } else { 2048 },
+                    kv_bytes_per_token_q8_0: if recurrent { 0 } else { 1088 },
                     kv_window_tokens: if rng.below(3) == 0 { Some(512) } else { None },
+                    state_bytes_per_seq: if recurrent {
+                        (1 + rng.below(40)) * MIB
+                    } else {
+                        0
+                    },
                 }
             })
             .collect();
@@ -142,6 +154,7 @@ fn dp_matches_brute_force() {
                 fixed_gpu_bytes: 32 * MIB,
                 fixed_cpu_bytes: 8 * MIB,
             },
+            parallel: 1 + rng.below(2) as usize,
             ..PlanRequest::new(
                 profile,
                 2048,

@@ -50,6 +50,10 @@ pub struct LayerProfile {
     pub kv_bytes_per_token_q8_0: u64,
     /// Sliding-window layers never hold more than the window.
     pub kv_window_tokens: Option<usize>,
+    /// Recurrent state one sequence holds in this layer (a DeltaNet layer's
+    /// f32 conv and SSM state); 0 for attention layers. It does not grow
+    /// with context: a DeltaNet layer has no KV.
+    pub state_bytes_per_seq: u64,
 }
 
 impl LayerProfile {
@@ -124,9 +128,7 @@ impl MemoryProfile {
             .into_iter()
             .enumerate()
             .map(|(il, weight_bytes)| {
-                // A recurrent layer holds no KV: its per-sequence state
-                // (`ModelSpec::recurrent_state_bytes_per_seq`) is not in the
-                // profile yet.
+                // A recurrent layer holds no KV, only its per-sequence state.
                 let (k, v, window) = spec
                     .attention(il)
                     .map_or((0, 0, None), |a| (a.k_dim(), a.v_dim(), a.window));
@@ -138,6 +140,7 @@ impl MemoryProfile {
                     kv_bytes_per_token_q8_0: (KvType::Q8_0.bytes_for(k) + KvType::Q8_0.bytes_for(v))
                         as u64,
                     kv_window_tokens: window,
+                    state_bytes_per_seq: spec.delta_net(il).map_or(0, |d| d.state_bytes_per_seq()),
                 }
             })
             .collect();
@@ -201,6 +204,12 @@ impl MemoryProfile {
             .map(|l| l.active_bytes_per_token)
             .sum::<u64>()
             + self.head_bytes
+    }
+
+    /// Recurrent state one sequence holds over all layers (0 without
+    /// DeltaNet layers).
+    pub fn state_bytes_per_seq(&self) -> u64 {
+        self.layers.iter().map(|l| l.state_bytes_per_seq).sum()
     }
 
     /// Whether any layer has routed experts.

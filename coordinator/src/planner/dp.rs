@@ -90,6 +90,9 @@ impl Sizes {
     pub(super) fn kv(&self, a: usize, b: usize) -> u64 {
         self.stage(a, b).kv_bytes
     }
+    pub(super) fn state(&self, a: usize, b: usize) -> u64 {
+        self.stage(a, b).state_bytes
+    }
     pub(super) fn scratch_per_stage(&self) -> u64 {
         self.memory.scratch_bytes_per_stage()
     }
@@ -261,6 +264,7 @@ pub(super) fn best_plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<Pla
                 weight_bytes: m.weight_bytes,
                 expert_bytes: m.expert_bytes,
                 kv_bytes: m.kv_bytes,
+                state_bytes: m.state_bytes,
                 scratch_bytes: m.scratch_bytes,
                 free_after: workers[worker].free_bytes.saturating_sub(m.total_bytes),
                 read_weight_bytes_per_token: sizes.read_weights_per_token(a, b),

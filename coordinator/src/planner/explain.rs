@@ -19,6 +19,8 @@ pub struct DoesNotFit {
     pub needed_bytes: u64,
     pub weight_bytes: u64,
     pub kv_bytes: u64,
+    /// Recurrent state of every DeltaNet layer for `parallel` sequences.
+    pub state_bytes: u64,
     pub scratch_bytes_per_stage: u64,
     /// Stages assumed for `needed_bytes` (one per worker, at most one per layer).
     pub n_stages: usize,
@@ -172,6 +174,7 @@ pub(super) fn does_not_fit(req: &PlanRequest, workers: &[WorkerSpec]) -> DoesNot
         needed_bytes,
         weight_bytes: sizes.weights(0, n),
         kv_bytes: sizes.kv(0, n),
+        state_bytes: sizes.state(0, n),
         scratch_bytes_per_stage: sizes.scratch_per_stage(),
         n_stages: stages,
         n_workers: workers.len(),
@@ -191,9 +194,19 @@ pub(super) fn does_not_fit(req: &PlanRequest, workers: &[WorkerSpec]) -> DoesNot
 impl fmt::Display for DoesNotFit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = format_bytes;
+        // Only a model with DeltaNet layers has recurrent state to name.
+        let state = if self.state_bytes > 0 {
+            format!(
+                ", recurrent state {} for {} sequence(s)",
+                b(self.state_bytes),
+                self.parallel
+            )
+        } else {
+            String::new()
+        };
         writeln!(
             f,
-            "the model does not fit: it needs {} (weights {}, KV {} for {} tokens x {} sequence(s) in {}, scratch {} x {} stage(s))",
+            "the model does not fit: it needs {} (weights {}, KV {} for {} tokens x {} sequence(s) in {}{state}, scratch {} x {} stage(s))",
             b(self.needed_bytes),
             b(self.weight_bytes),
             b(self.kv_bytes),
@@ -216,7 +229,7 @@ impl fmt::Display for DoesNotFit {
         } else {
             writeln!(
                 f,
-                ": enough in total, but not layer by layer (the largest layer with its KV needs {}, \
+                ": enough in total, but not layer by layer (the largest layer with its KV or state needs {}, \
                  the largest worker can hold {})",
                 b(self.largest_layer_bytes),
                 b(self.largest_usable_bytes)

@@ -25,9 +25,11 @@
 //! last; with tied embeddings the head is the embedding table again and is
 //! counted twice), KV for `parallel` sequences of `ctx_size` tokens in whole
 //! blocks on every layer (sliding layers too: the stage's pool is not
-//! capped at the window), scratch for `max_batch_tokens` tokens of
-//! activations (+ logits of `parallel` sequences on the last stage). It must
-//! fit the worker's free memory less the [`SafetyMargin`].
+//! capped at the window), the recurrent state of `parallel` sequences on
+//! every DeltaNet layer (it does not grow with context), scratch for
+//! `max_batch_tokens` tokens of activations (+ logits of `parallel`
+//! sequences on the last stage). It must fit the worker's free memory less
+//! the [`SafetyMargin`].
 
 mod dp;
 mod explain;
@@ -245,6 +247,9 @@ pub struct StagePlan {
     /// Of `weight_bytes`, the routed experts (held, mostly not read).
     pub expert_bytes: u64,
     pub kv_bytes: u64,
+    /// Recurrent state of the stage's DeltaNet layers for `parallel`
+    /// sequences (0 without them; the same at any context).
+    pub state_bytes: u64,
     /// Activation scratch (+ logits on the last stage).
     pub scratch_bytes: u64,
     /// The worker's free memory after this stage is loaded (the safety margin
@@ -264,7 +269,7 @@ impl StagePlan {
         self.end_layer - self.first_layer
     }
     pub fn total_bytes(&self) -> u64 {
-        self.weight_bytes + self.kv_bytes + self.scratch_bytes
+        self.weight_bytes + self.kv_bytes + self.state_bytes + self.scratch_bytes
     }
 }
 

@@ -8,17 +8,37 @@ use super::units::format_bytes;
 use super::{Plan, PlanRequest, WorkerSpec};
 
 /// Two tables, one row per stage: memory held (device, layers, weights,
-/// experts among them, KV, scratch, total, free after) and bytes read per
+/// experts among them, KV, recurrent state when the model has DeltaNet
+/// layers, scratch, total, free after) and bytes read per
 /// decoded token (weights with active experts only, KV, time); then unused
 /// workers and the estimated time per token.
 pub fn table(p: &Plan, workers: &[WorkerSpec]) -> String {
     let mut out = String::new();
     let b = format_bytes;
+    // The state column only where there is state: an attention-only
+    // model's table stays as it was.
+    let has_state = p.stages.iter().any(|s| s.state_bytes > 0);
+    let state_column = |v: &str| {
+        if has_state {
+            format!("  {v:>10}")
+        } else {
+            String::new()
+        }
+    };
     let _ = writeln!(out, "held in memory:");
     let _ = writeln!(
         out,
-        "{:<5}  {:<24}  {:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
-        "stage", "device", "layers", "weights", "experts", "KV", "scratch", "total", "free after"
+        "{:<5}  {:<24}  {:<21}  {:>10}  {:>10}  {:>10}{}  {:>10}  {:>10}  {:>10}",
+        "stage",
+        "device",
+        "layers",
+        "weights",
+        "experts",
+        "KV",
+        state_column("state"),
+        "scratch",
+        "total",
+        "free after"
     );
     for (i, s) in p.stages.iter().enumerate() {
         let w = &workers[s.worker];
@@ -40,10 +60,11 @@ pub fn table(p: &Plan, workers: &[WorkerSpec]) -> String {
         }
         let _ = writeln!(
             out,
-            "{i:<5}  {device:<24}  {layers:<21}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
+            "{i:<5}  {device:<24}  {layers:<21}  {:>10}  {:>10}  {:>10}{}  {:>10}  {:>10}  {:>10}",
             b(s.weight_bytes),
             b(s.expert_bytes),
             b(s.kv_bytes),
+            state_column(&b(s.state_bytes)),
             b(s.scratch_bytes),
             b(s.total_bytes()),
             b(s.free_after),
@@ -115,15 +136,26 @@ pub fn legend(req: &PlanRequest) -> String {
             "  experts     routed-expert weights (none: a dense model)"
         );
     }
+    let state_per_seq = p.state_bytes_per_seq();
     let _ = writeln!(
         out,
-        "  KV          key/value cache: {} tokens x {} sequence(s) in {}-token blocks ({} positions) on every layer, \
+        "  KV          key/value cache: {} tokens x {} sequence(s) in {}-token blocks ({} positions) on every {}layer, \
          sliding-window layers too (the stage allocates them in full)",
         req.ctx_size,
         req.parallel,
         strata_model::profile::KV_BLOCK_TOKENS,
         load.kv_tokens_allocated(),
+        if state_per_seq > 0 { "attention " } else { "" },
     );
+    if state_per_seq > 0 {
+        let _ = writeln!(
+            out,
+            "  state       recurrent state of the DeltaNet layers (conv + SSM, f32): {} per sequence \
+             x {} sequence(s) over all layers, the same at any context (these layers hold no KV)",
+            format_bytes(state_per_seq),
+            req.parallel,
+        );
+    }
     let _ = writeln!(
         out,
         "  scratch     f32 activations of a {}-token batch (+ {} row(s) of logits on the last stage)",

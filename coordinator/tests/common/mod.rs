@@ -99,6 +99,13 @@ pub fn check(p: &Plan, req: &PlanRequest, workers: &[WorkerSpec]) {
             .map(|l| l.kv_bytes_per_token(req.kv_type) * pool_tokens)
             .sum();
         assert_eq!(s.kv_bytes, kv);
+        // Recurrent state: per sequence on every DeltaNet layer, whatever
+        // the context.
+        let state: u64 = req.profile.layers[s.first_layer..s.end_layer]
+            .iter()
+            .map(|l| l.state_bytes_per_seq * req.parallel as u64)
+            .sum();
+        assert_eq!(s.state_bytes, state);
         // The numbers are the model crate's stage memory, which the worker
         // admits a slice by.
         let m = req.profile.stage_memory(
@@ -109,8 +116,20 @@ pub fn check(p: &Plan, req: &PlanRequest, workers: &[WorkerSpec]) {
             &req.stage_load(),
         );
         assert_eq!(
-            (s.weight_bytes, s.expert_bytes, s.kv_bytes, s.scratch_bytes),
-            (m.weight_bytes, m.expert_bytes, m.kv_bytes, m.scratch_bytes)
+            (
+                s.weight_bytes,
+                s.expert_bytes,
+                s.kv_bytes,
+                s.state_bytes,
+                s.scratch_bytes
+            ),
+            (
+                m.weight_bytes,
+                m.expert_bytes,
+                m.kv_bytes,
+                m.state_bytes,
+                m.scratch_bytes
+            )
         );
         assert_eq!(s.total_bytes(), m.total_bytes);
     }

@@ -21,7 +21,8 @@ pub struct StageLoad {
     /// Largest batch in tokens (activation scratch). A batch never has more
     /// tokens than the pool has positions, so at most that many count.
     pub batch_tokens: usize,
-    /// Sequences held at once: the last stage keeps a row of logits for each.
+    /// Sequences held at once: the last stage keeps a row of logits for each,
+    /// and every DeltaNet layer a recurrent state for each.
     pub sequences: usize,
 }
 
@@ -74,10 +75,14 @@ pub struct StageMemory {
     /// The KV pool: every layer of the stage at [`StageLoad::kv_tokens`] in
     /// whole blocks.
     pub kv_bytes: u64,
+    /// Recurrent state of the stage's DeltaNet layers for
+    /// [`StageLoad::sequences`] sequences, whatever their context (0 for a
+    /// stage of attention layers only).
+    pub state_bytes: u64,
     /// f32 activations of [`StageLoad::scratch_tokens`] tokens, + the logits
     /// of [`StageLoad::sequences`] rows on the last stage.
     pub scratch_bytes: u64,
-    /// `weight_bytes + kv_bytes + scratch_bytes`.
+    /// `weight_bytes + kv_bytes + state_bytes + scratch_bytes`.
     pub total_bytes: u64,
 }
 
@@ -90,6 +95,7 @@ pub struct StageMemoryTable {
     weight_prefix: Vec<u64>,
     expert_prefix: Vec<u64>,
     kv_prefix: Vec<u64>,
+    state_prefix: Vec<u64>,
     embedding: u64,
     head: u64,
     scratch: u64,
@@ -98,6 +104,9 @@ pub struct StageMemoryTable {
 
 impl MemoryProfile {
     /// What a stage holding `layers` allocates when loaded for `load`.
+    ///
+    /// A DeltaNet layer holds no KV but a recurrent state per sequence
+    /// ([`StageMemory::state_bytes`]), which is the same at any context.
     ///
     /// KV: sliding-window layers are counted at the full pool like every
     /// other layer, because `Stage::load` allocates one pool of
@@ -128,6 +137,11 @@ impl MemoryProfile {
                     .kv_bytes_per_token(load.kv_type)
                     .saturating_mul(kv_tokens)
             }),
+            state_prefix: prefix(&|il| {
+                self.layers[il]
+                    .state_bytes_per_seq
+                    .saturating_mul(load.sequences as u64)
+            }),
             embedding: self.embedding_bytes,
             head: self.head_bytes,
             scratch: self
@@ -149,6 +163,7 @@ impl StageMemoryTable {
             .saturating_add(if is_first { self.embedding } else { 0 })
             .saturating_add(if is_last { self.head } else { 0 });
         let kv_bytes = self.kv_prefix[end] - self.kv_prefix[first];
+        let state_bytes = self.state_prefix[end] - self.state_prefix[first];
         let scratch_bytes = self
             .scratch
             .saturating_add(if is_last { self.logits } else { 0 });
@@ -156,9 +171,11 @@ impl StageMemoryTable {
             weight_bytes,
             expert_bytes: self.expert_prefix[end] - self.expert_prefix[first],
             kv_bytes,
+            state_bytes,
             scratch_bytes,
             total_bytes: weight_bytes
                 .saturating_add(kv_bytes)
+                .saturating_add(state_bytes)
                 .saturating_add(scratch_bytes),
         }
     }

@@ -162,6 +162,7 @@ fn stage_memory_is_weights_whole_kv_blocks_and_scratch() {
     assert_eq!(first.weight_bytes, 2 * TINY_LLAMA_LAYER + p.embedding_bytes);
     assert_eq!(first.expert_bytes, 0);
     assert_eq!(first.kv_bytes, 2 * 512 * 128);
+    assert_eq!(first.state_bytes, 0, "attention layers hold no state");
     assert_eq!(first.scratch_bytes, scratch_per_token * 64);
     assert_eq!(
         first.total_bytes,
@@ -274,4 +275,137 @@ fn synth_qwen3moe_tiny_by_hand() {
         p.total_weight_bytes(),
         "one stage holds every weight"
     );
+}
+
+/// llama.cpp's state sizes per sequence and DeltaNet layer
+/// (`llama_hparams::n_embd_r`, `n_embd_s`, both kept in f32): the conv state
+/// `(d_conv - 1) * (d_inner + 2 * n_group * d_state)` and the SSM state
+/// `d_state * d_inner` (= d_state^2 per value head).
+fn llama_cpp_state_bytes(d_conv: u64, d_inner: u64, d_state: u64, n_group: u64) -> u64 {
+    let conv = (d_conv - 1) * (d_inner + 2 * n_group * d_state);
+    let ssm = d_state * d_inner;
+    4 * (conv + ssm)
+}
+
+/// A field of llama.cpp's `print_info` in a recorded reference.
+fn print_info(reference: &serde_json::Value, key: &str) -> u64 {
+    reference["llama_cpp"]["print_info"][key]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("print_info.{key}"))
+}
+
+#[test]
+fn qwen35_tiny_deltanet_layers_hold_llama_cpps_state_and_no_kv() {
+    // The shapes as llama.cpp read them from this very file (the reference's
+    // gguf_sha256 is checked against the writer in synth/tests.rs).
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/data/synth-qwen35-q8_0.json"
+    );
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("reference")).expect("json");
+    let info = |k| print_info(&reference, k);
+    assert_eq!(info("n_layer"), 4);
+    let per_layer = llama_cpp_state_bytes(
+        info("ssm_d_conv"),
+        info("ssm_d_inner"),
+        info("ssm_d_state"),
+        info("ssm_n_group"),
+    );
+    // 4 * (3 * 1024 + 128 * 512).
+    assert_eq!(per_layer, 274_432);
+    // K and V rows of the attention layer, f16.
+    let kv_f16 = 2 * (info("n_embd_k_gqa") + info("n_embd_v_gqa"));
+
+    let p = profile_of(&file_of(&tiny(Architecture::Qwen35)));
+    // full_attention_interval 4: layers 0-2 DeltaNet, layer 3 attention.
+    for (il, l) in p.layers.iter().enumerate() {
+        let recurrent = il != 3;
+        assert_eq!(l.state_bytes_per_seq, if recurrent { per_layer } else { 0 });
+        assert_eq!(
+            l.kv_bytes_per_token(KvType::F16),
+            if recurrent { 0 } else { kv_f16 }
+        );
+    }
+    // 823296 bytes: the 0.79 MiB of recurrent state llama.cpp allots one
+    // sequence of this file.
+    assert_eq!(p.state_bytes_per_seq(), 3 * per_layer);
+    assert_eq!(p.state_bytes_per_seq(), 823_296);
+
+    let all = LayerRange { first: 0, end: 4 };
+    let at = |ctx, seqs| p.stage_memory(all, &StageLoad::for_sequences(ctx, seqs, KvType::F16, 64));
+    for seqs in [1, 3] {
+        let short = at(256, seqs);
+        let long = at(4096, seqs);
+        // State scales with sequences and not with context; KV is the one
+        // attention layer's only.
+        assert_eq!(short.state_bytes, seqs as u64 * 3 * per_layer);
+        assert_eq!(long.state_bytes, short.state_bytes);
+        assert_eq!(long.kv_bytes, kv_f16 * 4096 * seqs as u64);
+        assert_eq!(
+            long.total_bytes,
+            long.weight_bytes + long.kv_bytes + long.state_bytes + long.scratch_bytes
+        );
+    }
+    // A stage of the attention layer alone holds no state; one of a
+    // DeltaNet layer alone no KV.
+    let load = StageLoad::for_sequences(512, 2, KvType::F16, 64);
+    let attention = p.stage_memory(LayerRange { first: 3, end: 4 }, &load);
+    assert_eq!(
+        (attention.state_bytes, attention.kv_bytes),
+        (0, kv_f16 * 1024)
+    );
+    let recurrent = p.stage_memory(LayerRange { first: 1, end: 2 }, &load);
+    assert_eq!(
+        (recurrent.state_bytes, recurrent.kv_bytes),
+        (2 * per_layer, 0)
+    );
+}
+
+#[test]
+fn qwen35_real_shapes_hold_the_plan_docs_state_per_sequence() {
+    // docs/plans/qwen35-gemma4.md §1.5 from llama.cpp's formulas: 27B has 48
+    // DeltaNet layers of 64 (d_inner 6144, 16 key groups), 35B-A3B 30 of 40
+    // (d_inner 4096, 16 key groups); d_conv 4, d_state 128.
+    for (arch, preset, deltanet_layers, d_inner, mib) in [
+        (Architecture::Qwen35, "27b", 48, 6144, 149.6),
+        (Architecture::Qwen35Moe, "35b-a3b", 30, 4096, 62.8),
+    ] {
+        let w = SynthSpec::from_preset(arch, preset, QuantScheme::Uniform(GgmlType::Q8_0))
+            .expect("preset")
+            .writer()
+            .expect("writer");
+        let p = profile_of(&file_of(&w));
+        let want = deltanet_layers * llama_cpp_state_bytes(4, d_inner, 128, 16);
+        assert_eq!(p.state_bytes_per_seq(), want, "{arch} {preset}");
+        let got_mib = want as f64 / (1 << 20) as f64;
+        assert!(
+            (got_mib - mib).abs() < 0.05,
+            "{arch} {preset}: {got_mib} MiB"
+        );
+        let stateful = p.layers.iter().filter(|l| l.state_bytes_per_seq > 0);
+        assert!(stateful
+            .clone()
+            .all(|l| l.kv_bytes_per_token(KvType::Q8_0) == 0));
+        assert_eq!(stateful.count() as u64, deltanet_layers);
+    }
+}
+
+#[test]
+fn attention_only_models_hold_no_state() {
+    for arch in [
+        Architecture::Llama,
+        Architecture::Gemma3,
+        Architecture::Qwen3Moe,
+    ] {
+        let p = profile_of(&file_of(&tiny(arch)));
+        assert_eq!(p.state_bytes_per_seq(), 0, "{arch}");
+        let load = StageLoad::for_sequences(512, 4, KvType::F16, 64);
+        let all = LayerRange {
+            first: 0,
+            end: p.layers.len(),
+        };
+        assert_eq!(p.stage_memory(all, &load).state_bytes, 0, "{arch}");
+    }
 }
