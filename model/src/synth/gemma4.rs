@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use crate::gguf::{GgufWriteError, GgufWriter, MetaValue};
 use crate::quant::GgmlType;
 
-use super::{add_tensor, Gemma4Shape, Shape, SynthSpec};
+use super::{add_expert_tensors, add_tensor, Gemma4Shape, Shape, SynthSpec};
 
 /// Whether layer `il` slides (`[T, T, T, T, T, F]` repeated for a period of 6).
 pub(super) fn is_sliding(g: Gemma4Shape, il: usize) -> bool {
@@ -117,19 +117,7 @@ pub(super) fn add_layer(
         add_tensor(w, b("pre_ffw_norm_2.weight"), &[d], f32)?;
         add_tensor(w, b("post_ffw_norm_1.weight"), &[d], f32)?;
         add_tensor(w, b("post_ffw_norm_2.weight"), &[d], f32)?;
-        add_tensor(
-            w,
-            b("ffn_gate_exps.weight"),
-            &[d, ff, ne],
-            wt("ffn_gate_exps"),
-        )?;
-        add_tensor(w, b("ffn_up_exps.weight"), &[d, ff, ne], wt("ffn_up_exps"))?;
-        add_tensor(
-            w,
-            b("ffn_down_exps.weight"),
-            &[ff, d, ne],
-            wt("ffn_down_exps"),
-        )?;
+        add_expert_tensors(w, il, (d, ff, ne), wt)?;
         add_tensor(w, b("ffn_down_exps.scale"), &[ne], f32)?;
     }
     Ok(())

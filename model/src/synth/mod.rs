@@ -324,19 +324,7 @@ impl SynthSpec {
                 // The router stays F32: llama.cpp's quantizer never touches it.
                 add_tensor(w, b("ffn_gate_inp.weight"), &[d, e.count], f32)?;
                 let (ff, ne) = (e.d_ff, e.count);
-                add_tensor(
-                    w,
-                    b("ffn_gate_exps.weight"),
-                    &[d, ff, ne],
-                    wt("ffn_gate_exps"),
-                )?;
-                add_tensor(w, b("ffn_up_exps.weight"), &[d, ff, ne], wt("ffn_up_exps"))?;
-                add_tensor(
-                    w,
-                    b("ffn_down_exps.weight"),
-                    &[ff, d, ne],
-                    wt("ffn_down_exps"),
-                )?;
+                add_expert_tensors(w, il, (d, ff, ne), wt)?;
                 if arch == Architecture::GptOss {
                     add_tensor(w, b("ffn_gate_inp.bias"), &[ne], f32)?;
                     add_tensor(w, b("ffn_gate_exps.bias"), &[ff, ne], f32)?;
@@ -417,6 +405,30 @@ impl SynthSpec {
                 | Architecture::Gemma4
         )
     }
+}
+
+/// Layer `il`'s stacked experts (gate, up, down: `ne` experts of width
+/// `ff` over `d`), in the types `wt` gives their roles.
+fn add_expert_tensors(
+    w: &mut GgufWriter,
+    il: usize,
+    (d, ff, ne): (usize, usize, usize),
+    wt: impl Fn(&str) -> GgmlType,
+) -> Result<(), GgufWriteError> {
+    let b = |name: &str| format!("blk.{il}.{name}");
+    add_tensor(
+        w,
+        b("ffn_gate_exps.weight"),
+        &[d, ff, ne],
+        wt("ffn_gate_exps"),
+    )?;
+    add_tensor(w, b("ffn_up_exps.weight"), &[d, ff, ne], wt("ffn_up_exps"))?;
+    add_tensor(
+        w,
+        b("ffn_down_exps.weight"),
+        &[ff, d, ne],
+        wt("ffn_down_exps"),
+    )
 }
 
 fn add_tensor(

@@ -5,7 +5,7 @@
 use crate::gguf::{GgufWriteError, GgufWriter, MetaValue};
 use crate::quant::GgmlType;
 
-use super::{add_tensor, DeltaNetShape, SynthSpec};
+use super::{add_expert_tensors, add_tensor, DeltaNetShape, SynthSpec};
 
 pub(super) fn add_metadata(w: &mut GgufWriter, key: &dyn Fn(&str) -> String, dn: DeltaNetShape) {
     let u32_of = |v: usize| MetaValue::U32(v as u32);
@@ -86,19 +86,7 @@ pub(super) fn add_layer(
         Some(e) => {
             let (ff, ne) = (e.d_ff, e.count);
             add_tensor(w, b("ffn_gate_inp.weight"), &[d, ne], f32)?;
-            add_tensor(
-                w,
-                b("ffn_gate_exps.weight"),
-                &[d, ff, ne],
-                wt("ffn_gate_exps"),
-            )?;
-            add_tensor(w, b("ffn_up_exps.weight"), &[d, ff, ne], wt("ffn_up_exps"))?;
-            add_tensor(
-                w,
-                b("ffn_down_exps.weight"),
-                &[ff, d, ne],
-                wt("ffn_down_exps"),
-            )?;
+            add_expert_tensors(w, il, (d, ff, ne), wt)?;
             let sh = e.shared_d_ff.unwrap_or(s.d_ff);
             // The shared expert's gate is one row: a per-token scalar.
             add_tensor(w, b("ffn_gate_inp_shexp.weight"), &[d], f32)?;
