@@ -208,6 +208,13 @@ bench() {
         timeout "${BENCH_TIMEOUT:-150}" "$strata" bench -m "$m" $gpu_flag -p 512 -n 128 -r 3 >>"$logs/bench.log" 2>&1 ||
             echo "strata bench $q failed or timed out" | tee -a "$logs/bench.log"
     done
+    # What the decode graphs save: the first type again, eager (a row of
+    # its own in the table).
+    q=${types%%,*}
+    m=$(model "$q") || return 0
+    echo "== strata $q-nographs" >>"$logs/bench.log"
+    STRATA_CUDA_GRAPHS=0 timeout "${BENCH_TIMEOUT:-150}" "$strata" bench -m "$m" $gpu_flag -p 512 -n 128 -r 3 >>"$logs/bench.log" 2>&1 ||
+        echo "strata bench $q without graphs failed or timed out" | tee -a "$logs/bench.log"
 }
 
 llama_bench_all() {
