@@ -4,6 +4,7 @@
 //! over rayon's pool (size it with `--threads`).
 
 mod attention;
+pub mod delta_net;
 pub mod dot;
 mod matmul;
 mod moe;

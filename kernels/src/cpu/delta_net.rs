@@ -1,0 +1,303 @@
+//! The two recurrent ops of Qwen3.5's gated DeltaNet mixer, on the CPU in
+//! ggml's arithmetic: the short causal convolution with its state
+//! ([`ssm_conv`]) and the gated delta rule ([`gated_delta_net`]). One
+//! sequence per call; a batch of sequences is a loop over calls, each with
+//! its own states (the recurrence is per sequence).
+//!
+//! Followed: llama.cpp `0c1e570`, `ggml/src/ggml-cpu/ops.cpp`
+//! (`ggml_compute_forward_ssm_conv_f32`,
+//! `ggml_compute_forward_gated_delta_net_one_chunk`) and
+//! `ggml/src/ggml-cpu/vec.{h,cpp}` (`ggml_vec_dot_f32`, `ggml_vec_mad_f32`,
+//! `ggml_vec_scale_f32`) as built for the reference: GCC, `-O3
+//! -march=native -std=gnu++17` on an AVX-512 CPU, so `a += x * y` in scalar
+//! loops is contracted into one fused multiply-add, and `ggml_vec_dot_f32`
+//! takes its AVX-512 path (64-value steps into 4 x 16 lanes). The graph
+//! around them is `src/models/qwen35.cpp`
+//! (`llama_model_qwen35::graph::build_layer_attn_linear`) and
+//! `src/models/delta-net-base.cpp` (`build_conv_state`,
+//! `build_delta_net_fused`).
+//!
+//! What the graph does around these ops (not here):
+//! - before the conv: `qkv = W_qkv x`, the conv input (q, k, v channels);
+//! - after it: `ggml_silu` on the whole conv output, then the split into q
+//!   (`H_k` heads), k (`H_k` heads) and v (`H_v` heads);
+//! - q and k are L2-normalised per head by `build_gdn_l2_norm`
+//!   (`ggml_scale(ggml_rms_norm(x, eps / S), 1 / sqrtf(S))`);
+//! - `beta = sigmoid(W_beta x)` and `g = softplus(W_alpha x + ssm_dt) *
+//!   ssm_a` (`ssm_a = -exp(A_log)`, so `g <= 0`);
+//! - after the recurrence: per-head RMSNorm with `ssm_norm`, times
+//!   `silu(z)`, then `ssm_out`.
+//!
+//! The op itself applies `exp(g)` and the output scale `1 / sqrtf(S)`.
+
+use rayon::prelude::*;
+
+use super::fused;
+use crate::backend::KernelError;
+
+/// The short causal convolution of one sequence (ggml's `ssm_conv` as
+/// qwen35 uses it), with its state.
+///
+/// - `x`: `n_tokens x channels`, row-major (the tokens' `W_qkv x` rows);
+/// - `state`: `(d_conv - 1) x channels`, row-major, oldest row first: the
+///   last `d_conv - 1` inputs before `x` (zeros for a new sequence);
+/// - `weights`: `channels x d_conv` (`ssm_conv1d.weight`, GGUF dims
+///   `{d_conv, channels}`: each channel's taps contiguous, oldest first).
+///
+/// Returns `n_tokens x channels`, with `u = [state; x]` (rows in time):
+///
+/// ```text
+/// y[t][ch] = Σ_{i = 0}^{d_conv - 1} u[t + i][ch] · w[ch][i]
+/// ```
+///
+/// summed as `ggml_compute_forward_ssm_conv_f32` does: from `0.0f`, `i`
+/// ascending, each term fused into the sum (`sumf += s * c`, contracted).
+/// `state` becomes the last `d_conv - 1` rows of `u` (ggml's
+/// `conv_state_last` view, copied back whole). The SiLU the graph applies
+/// next (`ggml_silu` on `conv_output_raw`) is the caller's.
+///
+/// ggml keeps the state time-fastest (`{d_conv - 1, channels}`); here it is
+/// token-major like `x`. The values are the same, transposed.
+pub fn ssm_conv(
+    x: &[f32],
+    n_tokens: usize,
+    channels: usize,
+    state: &mut [f32],
+    weights: &[f32],
+    d_conv: usize,
+) -> Result<Vec<f32>, KernelError> {
+    if d_conv == 0 {
+        return Err(invalid("ssm_conv: d_conv is 0"));
+    }
+    let history = d_conv - 1;
+    check_len("ssm_conv", "x", x.len(), n_tokens * channels)?;
+    check_len("ssm_conv", "conv state", state.len(), history * channels)?;
+    check_len("ssm_conv", "weights", weights.len(), channels * d_conv)?;
+
+    // u = concat(state, x) along time (ggml_concat(conv_states, qkvᵀ, 0)).
+    let mut u = Vec::with_capacity((history + n_tokens) * channels);
+    u.extend_from_slice(state);
+    u.extend_from_slice(x);
+
+    let mut y = vec![0f32; n_tokens * channels];
+    fused(|| {
+        for (t, y_t) in y.chunks_exact_mut(channels.max(1)).enumerate() {
+            for (ch, (y, w)) in y_t.iter_mut().zip(weights.chunks_exact(d_conv)).enumerate() {
+                let mut sum = 0f32;
+                for (i, &w) in w.iter().enumerate() {
+                    sum = u[(t + i) * channels + ch].mul_add(w, sum);
+                }
+                *y = sum;
+            }
+        }
+    });
+    state.copy_from_slice(&u[n_tokens * channels..]);
+    Ok(y)
+}
+
+/// Head counts and size of the gated delta rule. Key heads are ggml's
+/// `ssm_n_group` (`H_k`), value heads its `ssm_dt_rank` (`H_v`); both have
+/// `head_dim` values (`S`: ggml's fused op asserts `S_k == S_v`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaNetShape {
+    pub head_dim: usize,
+    pub n_k_heads: usize,
+    pub n_v_heads: usize,
+}
+
+impl DeltaNetShape {
+    /// f32 values in one sequence's state: `H_v` matrices of `S x S`.
+    pub fn state_len(&self) -> usize {
+        self.n_v_heads * self.head_dim * self.head_dim
+    }
+
+    fn check(&self) -> Result<(), KernelError> {
+        let ok = self.head_dim > 0
+            && self.n_k_heads > 0
+            && self.n_v_heads > 0
+            && self.n_v_heads % self.n_k_heads == 0;
+        if ok {
+            Ok(())
+        } else {
+            Err(invalid(format!(
+                "gated_delta_net: {self:?}: needs S > 0 and H_v a multiple of H_k > 0"
+            )))
+        }
+    }
+}
+
+/// The inputs of one sequence's gated delta rule, token-major rows:
+/// - `q`, `k`: `n_tokens x (H_k·S)`, L2-normalised per head by the graph;
+/// - `v`: `n_tokens x (H_v·S)`;
+/// - `g`: `n_tokens x H_v`, the log decay (`≤ 0`; the op takes `exp`);
+/// - `beta`: `n_tokens x H_v`, already through the sigmoid.
+#[derive(Debug, Clone, Copy)]
+pub struct DeltaNetInput<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub g: &'a [f32],
+    pub beta: &'a [f32],
+    pub n_tokens: usize,
+}
+
+/// The gated delta rule of one sequence, token by token, as
+/// `ggml_compute_forward_gated_delta_net_one_chunk` runs it for qwen35
+/// (scalar gate, one state snapshot, `K = 1`).
+///
+/// Value head `h` reads key head `h mod H_k` (ggml: `iq1 = iv1 % neq1`;
+/// the converter stores V heads tiled so that this is the model's
+/// grouping). With `S[i][j]` (`i` over keys, `j` over values) its state is
+/// stored transposed, `state[h][j][i] = S[i][j]`, as ggml's `[S_v, S_v,
+/// H_v]` state tensor, so `state` is `H_v x S x S`. Per token `t`:
+///
+/// ```text
+/// S      ← exp(g_t) · S                      ggml_vec_scale_f32 (expf: libm)
+/// δ_j    ← (v_j − Σ_i S[i][j]·k_i) · β_t     ggml_vec_dot_f32 per j
+/// S[i][j] ← S[i][j] + k_i·δ_j                ggml_vec_mad_f32 (fused)
+/// o_j    ← (Σ_i S[i][j]·q_i) · (1 / sqrtf(S)) ggml_vec_dot_f32 per j
+/// ```
+///
+/// i.e. `S ← exp(g)·S + k ⊗ β(v − (exp(g)·S)ᵀk)`, `o = Sᵀq / √S`, the
+/// output read after the update. Returns `o` as `n_tokens x (H_v·S)`
+/// (ggml's `[S_v, H_v, n_tokens]`); `state` holds the state after the last
+/// token. Prompts and decode steps take this same path (llama.cpp's fused
+/// op for both: `cparams.fused_gdn_ar` and `fused_gdn_ch`).
+pub fn gated_delta_net(
+    shape: DeltaNetShape,
+    input: DeltaNetInput<'_>,
+    state: &mut [f32],
+) -> Result<Vec<f32>, KernelError> {
+    shape.check()?;
+    let DeltaNetShape {
+        head_dim: s,
+        n_k_heads,
+        n_v_heads,
+    } = shape;
+    let t = input.n_tokens;
+    let op = "gated_delta_net";
+    check_len(op, "q", input.q.len(), t * n_k_heads * s)?;
+    check_len(op, "k", input.k.len(), t * n_k_heads * s)?;
+    check_len(op, "v", input.v.len(), t * n_v_heads * s)?;
+    check_len(op, "g", input.g.len(), t * n_v_heads)?;
+    check_len(op, "beta", input.beta.len(), t * n_v_heads)?;
+    check_len(op, "state", state.len(), shape.state_len())?;
+
+    if t == 0 {
+        return Ok(Vec::new());
+    }
+    // Heads are independent: one task per head, each writing its own
+    // state and a head-major output that is interleaved afterwards.
+    let mut out_by_head = vec![0f32; n_v_heads * t * s];
+    let head = |(h, (m, o)): (usize, (&mut [f32], &mut [f32]))| {
+        fused(|| run_head(shape, &input, h, m, o));
+    };
+    if shape.state_len() * t <= super::ops::SERIAL_MAX_VALUES {
+        let heads = state
+            .chunks_exact_mut(s * s)
+            .zip(out_by_head.chunks_exact_mut(t * s));
+        heads.enumerate().for_each(head);
+    } else {
+        let heads = state
+            .par_chunks_exact_mut(s * s)
+            .zip(out_by_head.par_chunks_exact_mut(t * s));
+        heads.enumerate().for_each(head);
+    }
+
+    let mut out = vec![0f32; t * n_v_heads * s];
+    for (h, o_h) in out_by_head.chunks_exact(t * s).enumerate() {
+        for (tok, o) in o_h.chunks_exact(s).enumerate() {
+            let at = (tok * n_v_heads + h) * s;
+            out[at..at + s].copy_from_slice(o);
+        }
+    }
+    Ok(out)
+}
+
+/// Value head `h`'s tokens: `m` is its transposed state (`m[j][i] =
+/// S[i][j]`), `o` its output, token-major `n_tokens x S`.
+#[inline(always)]
+fn run_head(
+    shape: DeltaNetShape,
+    input: &DeltaNetInput<'_>,
+    h: usize,
+    m: &mut [f32],
+    o: &mut [f32],
+) {
+    let s = shape.head_dim;
+    let kh = h % shape.n_k_heads;
+    let scale = 1.0 / (s as f32).sqrt();
+    let mut delta = vec![0f32; s];
+    for tok in 0..input.n_tokens {
+        let qk_at = (tok * shape.n_k_heads + kh) * s;
+        let q = &input.q[qk_at..qk_at + s];
+        let k = &input.k[qk_at..qk_at + s];
+        let v_at = (tok * shape.n_v_heads + h) * s;
+        let v = &input.v[v_at..v_at + s];
+        let beta = input.beta[tok * shape.n_v_heads + h];
+        let decay = input.g[tok * shape.n_v_heads + h].exp();
+
+        m.iter_mut().for_each(|x| *x *= decay);
+        for (d, (m_j, &v_j)) in delta.iter_mut().zip(m.chunks_exact(s).zip(v)) {
+            *d = (v_j - dot_f32_ggml(m_j, k)) * beta;
+        }
+        for (m_j, &d) in m.chunks_exact_mut(s).zip(&delta) {
+            m_j.iter_mut()
+                .zip(k)
+                .for_each(|(m, &k)| *m = k.mul_add(d, *m));
+        }
+        for (o_j, m_j) in o[tok * s..(tok + 1) * s].iter_mut().zip(m.chunks_exact(s)) {
+            *o_j = dot_f32_ggml(m_j, q) * scale;
+        }
+    }
+}
+
+/// `x · y` summed as ggml's AVX-512 `ggml_vec_dot_f32`: 64-value chunks
+/// fused into 4 x 16 f32 lanes (`acc[j][l] += x[c + 16j + l] · y[…]`), the
+/// four vectors added as `GGML_F32x16_REDUCE` does ((0 + 2) + (1 + 3)), the
+/// 16 lanes reduced as GCC's `_mm512_reduce_add_ps`, then the leftover
+/// products fused into the f32 sum one by one (`sumf += x[i]*y[i]`,
+/// contracted). Below 64 values only the leftover loop runs.
+#[inline(always)]
+pub(crate) fn dot_f32_ggml(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len().min(y.len());
+    let np = n & !63;
+    let mut sum = 0f32;
+    if np > 0 {
+        let mut acc = [[0f32; 16]; 4];
+        for c in (0..np).step_by(64) {
+            for (j, a) in acc.iter_mut().enumerate() {
+                for (l, a) in a.iter_mut().enumerate() {
+                    let i = c + 16 * j + l;
+                    *a = x[i].mul_add(y[i], *a);
+                }
+            }
+        }
+        let v: [f32; 16] =
+            std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+        let t3: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
+        let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
+        sum = (t6[0] + t6[2]) + (t6[1] + t6[3]);
+    }
+    for i in np..n {
+        sum = x[i].mul_add(y[i], sum);
+    }
+    sum
+}
+
+fn check_len(op: &str, what: &str, len: usize, want: usize) -> Result<(), KernelError> {
+    if len == want {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{op}: {what} has {len} values, expected {want}"
+        )))
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> KernelError {
+    KernelError::Invalid(msg.into())
+}
+
+#[cfg(test)]
+mod tests;
