@@ -8,10 +8,14 @@
 //! (`ggml_compute_forward_ssm_conv_f32`,
 //! `ggml_compute_forward_gated_delta_net_one_chunk`) and
 //! `ggml/src/ggml-cpu/vec.{h,cpp}` (`ggml_vec_dot_f32`, `ggml_vec_mad_f32`,
-//! `ggml_vec_scale_f32`) as built for the reference: GCC, `-O3
-//! -march=native -std=gnu++17` on an AVX-512 CPU, so `a += x * y` in scalar
-//! loops is contracted into one fused multiply-add, and `ggml_vec_dot_f32`
-//! takes its AVX-512 path (64-value steps into 4 x 16 lanes). The graph
+//! `ggml_vec_scale_f32`) as built for the reference (`~/.cache/strata/
+//! llama-build`): GCC 12.2, `-O3 -march=native -std=gnu++17` on an AVX-512
+//! CPU, so `ggml_vec_dot_f32` takes its AVX-512 path (64-value steps into 4
+//! x 16 lanes), element-wise `y += x * v` is one fused multiply-add, and
+//! scalar sums `s += x * y` are compiled as [`sum_products_gcc`] says (read
+//! in the disassembly of that `libggml-cpu.so`). `kernels/tests/
+//! cpu_delta_net_ggml.rs` checks both ops against ggml's, bit for bit. The
+//! graph
 //! around them is `src/models/qwen35.cpp`
 //! (`llama_model_qwen35::graph::build_layer_attn_linear`) and
 //! `src/models/delta-net-base.cpp` (`build_conv_state`,
@@ -50,8 +54,10 @@ use crate::backend::KernelError;
 /// y[t][ch] = Σ_{i = 0}^{d_conv - 1} u[t + i][ch] · w[ch][i]
 /// ```
 ///
-/// summed as `ggml_compute_forward_ssm_conv_f32` does: from `0.0f`, `i`
-/// ascending, each term fused into the sum (`sumf += s * c`, contracted).
+/// summed as `ggml_compute_forward_ssm_conv_f32` does (`sumf += s * c`
+/// from `0.0f`, `i` ascending) in the arithmetic GCC gave that loop
+/// ([`sum_products_gcc`]: with `d_conv = 4`, four rounded products added in
+/// order).
 /// `state` becomes the last `d_conv - 1` rows of `u` (ggml's
 /// `conv_state_last` view, copied back whole). The SiLU the graph applies
 /// next (`ggml_silu` on `conv_output_raw`) is the caller's.
@@ -83,11 +89,7 @@ pub fn ssm_conv(
     fused(|| {
         for (t, y_t) in y.chunks_exact_mut(channels.max(1)).enumerate() {
             for (ch, (y, w)) in y_t.iter_mut().zip(weights.chunks_exact(d_conv)).enumerate() {
-                let mut sum = 0f32;
-                for (i, &w) in w.iter().enumerate() {
-                    sum = u[(t + i) * channels + ch].mul_add(w, sum);
-                }
-                *y = sum;
+                *y = sum_products_gcc(d_conv, 0.0, |i| (u[(t + i) * channels + ch], w[i]));
             }
         }
     });
@@ -115,7 +117,7 @@ impl DeltaNetShape {
         let ok = self.head_dim > 0
             && self.n_k_heads > 0
             && self.n_v_heads > 0
-            && self.n_v_heads % self.n_k_heads == 0;
+            && self.n_v_heads.is_multiple_of(self.n_k_heads);
         if ok {
             Ok(())
         } else {
@@ -256,8 +258,8 @@ fn run_head(
 /// fused into 4 x 16 f32 lanes (`acc[j][l] += x[c + 16j + l] · y[…]`), the
 /// four vectors added as `GGML_F32x16_REDUCE` does ((0 + 2) + (1 + 3)), the
 /// 16 lanes reduced as GCC's `_mm512_reduce_add_ps`, then the leftover
-/// products fused into the f32 sum one by one (`sumf += x[i]*y[i]`,
-/// contracted). Below 64 values only the leftover loop runs.
+/// products added to the f32 sum in order (`sumf += x[i]*y[i]`, as
+/// [`sum_products_gcc`]). Below 64 values only the leftover loop runs.
 #[inline(always)]
 pub(crate) fn dot_f32_ggml(x: &[f32], y: &[f32]) -> f32 {
     let n = x.len().min(y.len());
@@ -279,8 +281,26 @@ pub(crate) fn dot_f32_ggml(x: &[f32], y: &[f32]) -> f32 {
         let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
         sum = (t6[0] + t6[2]) + (t6[1] + t6[3]);
     }
-    for i in np..n {
-        sum = x[i].mul_add(y[i], sum);
+    sum_products_gcc(n - np, sum, |i| (x[np + i], y[np + i]))
+}
+
+/// `sum + Σ_{i < n} a_i·b_i`, left to right, as GCC 12 `-O3 -march=native`
+/// compiles ggml's scalar loops `sum += a[i]*b[i]` (read in the reference
+/// `libggml-cpu.so`: `ggml_compute_forward_ssm_conv`, `ggml_vec_dot_f32`):
+/// it vectorizes the products 8 and then 4 at a time (`vmulps`, each
+/// product rounded) and adds them to the sum one by one in order
+/// (`vaddss`), and fuses the last `n mod 4` terms (`vfmadd231ss`). So the
+/// first `n − n mod 4` products are rounded before the add, the rest not.
+#[inline(always)]
+fn sum_products_gcc(n: usize, mut sum: f32, term: impl Fn(usize) -> (f32, f32)) -> f32 {
+    let unfused = n & !3;
+    for i in 0..unfused {
+        let (a, b) = term(i);
+        sum += a * b;
+    }
+    for i in unfused..n {
+        let (a, b) = term(i);
+        sum = a.mul_add(b, sum);
     }
     sum
 }

@@ -12,8 +12,9 @@
 //!   `exp(g) ≤ 1` and, with `k` of unit norm and `β ∈ (0, 1)`, the update
 //!   `S ← (I − β k kᵀ) S + β k vᵀ` is a contraction on the old state. So
 //!   errors stay near `S · ε₃₂` times the magnitudes involved whatever the
-//!   prompt length: `|o − ref| ≤ 2e-5 · (1 + |ref|)` on values of order 1
-//!   (the observed worst case is printed by the test).
+//!   prompt length: `|o − ref| ≤ 1e-6 · (1 + |ref|)` on values of order 1,
+//!   about 10x the worst seen (9e-8 over these shapes and up to 40 tokens;
+//!   the test prints it).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -249,7 +250,7 @@ fn worst_error(a: &[f32], reference: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-const DELTA_RULE_TOL: f64 = 2e-5;
+const DELTA_RULE_TOL: f64 = 1e-6;
 
 #[test]
 fn gated_delta_net_matches_f64_reference() {
@@ -376,7 +377,7 @@ fn gated_delta_net_refuses_bad_shapes() {
 #[test]
 fn dot_f32_ggml_sums_in_ggml_lanes() {
     // 64 ones then 3 leftovers: lanes hold 1.0 each, reduced to 64, then
-    // the leftovers are fused in; and an order-sensitive case where the
+    // the leftovers are added; and an order-sensitive case where the
     // lane split differs from a left-to-right sum.
     let x = vec![1f32; 67];
     assert_eq!(dot_f32_ggml(&x, &x), 67.0);
