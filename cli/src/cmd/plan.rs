@@ -142,7 +142,7 @@ fn load_profile(args: &Args) -> anyhow::Result<(String, ModelSpec, MemoryProfile
             parts.next().unwrap_or("Q4_K_M"),
         );
         let arch = Architecture::from_name(arch).with_context(|| {
-            format!("--synth {s:?}: unknown architecture {arch:?} (llama, qwen2, qwen3, gemma3, qwen3moe, gpt-oss, mistral3)")
+            format!("--synth {s:?}: unknown architecture {arch:?} (llama, qwen2, qwen3, gemma3, qwen3moe, gpt-oss, mistral3, qwen35, qwen35moe, gemma4)")
         })?;
         let preset =
             preset.with_context(|| format!("--synth {s:?}: expected ARCH:PRESET[:QUANT]"))?;
