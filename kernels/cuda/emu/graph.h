@@ -63,28 +63,30 @@ static bool capture_launch(const Function* fn, dim3 grid, dim3 block, void** arg
     return true;
 }
 
-static bool capture_copy(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
+// Under capture: records `n` and returns true.
+static bool record_node(GraphNode n) {
     std::lock_guard<std::mutex> g(capture_lock);
     if (!capturing) return false;
+    capturing->nodes.push_back(std::move(n));
+    return true;
+}
+
+static bool capture_copy(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
     GraphNode n;
     n.kind = GraphNode::Kind::Copy;
     n.dst = dst;
     n.src = src;
     n.bytes = bytes;
-    capturing->nodes.push_back(std::move(n));
-    return true;
+    return record_node(std::move(n));
 }
 
 static bool capture_memset(CUdeviceptr dst, unsigned char value, size_t bytes) {
-    std::lock_guard<std::mutex> g(capture_lock);
-    if (!capturing) return false;
     GraphNode n;
     n.kind = GraphNode::Kind::Set;
     n.dst = dst;
     n.value = value;
     n.bytes = bytes;
-    capturing->nodes.push_back(std::move(n));
-    return true;
+    return record_node(std::move(n));
 }
 
 // What the driver refuses under capture: fails the call, and the capture.
