@@ -7,6 +7,7 @@ use strata_model::GgmlType;
 
 use crate::kv::{KvBlockId, KvGeometry};
 use crate::moe_route::Router;
+use crate::recurrent::{DeltaNetShape, RecurrentBatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -204,6 +205,20 @@ impl Yarn {
     }
 }
 
+/// Element-wise functions, each as ggml-cpu computes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unary {
+    /// `1 / (1 + expf(-x))` (`op_sigmoid`).
+    Sigmoid,
+    /// `x > 20 ? x : logf(1 + expf(x))` (`op_softplus`).
+    Softplus,
+    /// `x / (1 + exp(-x))` (`ggml_vec_silu_f32`: the vector `exp` on whole
+    /// 16-lane chunks of a row, `expf` on the rest).
+    Silu,
+    /// `tanhf` (`op_tanh`).
+    Tanh,
+}
+
 /// Which KV slots a batch writes and which positions each token attends.
 /// Token `t` belongs to sequence `token_seq[t]` at position `positions[t]`;
 /// it attends positions `max(0, pos + 1 - window) ..= pos` of its sequence.
@@ -328,6 +343,59 @@ pub trait Backend: Send + Sync {
         floor_scale: u32,
         temp_scale: f32,
     ) -> Result<(), KernelError>;
+    /// `x = f(x)` element by element, in ggml's arithmetic ([`Unary`]).
+    fn unary(&self, x: &mut Self::Act, f: Unary) -> Result<(), KernelError>;
+    /// `x *= c` (ggml_scale).
+    fn scale(&self, x: &mut Self::Act, c: f32) -> Result<(), KernelError>;
+    /// `x *= y` element by element; `y` has `x`'s shape, or one column (a
+    /// value per row, as ggml_mul broadcasts it).
+    fn mul(&self, x: &mut Self::Act, y: &Self::Act) -> Result<(), KernelError>;
+    /// `x[r][c] *= w[c mod w.len()]`: ggml_mul by a 1-D weight repeated
+    /// along the row (`w.len()` divides the row).
+    fn mul_weight(&self, x: &mut Self::Act, w: &Self::Weight) -> Result<(), KernelError>;
+    /// RMSNorm without a weight over groups of `group` values (ggml_rms_norm
+    /// alone).
+    fn rms_norm_plain(
+        &self,
+        x: &Self::Act,
+        group: usize,
+        eps: f32,
+    ) -> Result<Self::Act, KernelError>;
+    /// Columns `start .. start + len` of every row.
+    fn columns(&self, x: &Self::Act, start: usize, len: usize) -> Result<Self::Act, KernelError>;
+    /// Sets the given rows to zero (a recurrent state slot a new sequence
+    /// takes).
+    fn zero_rows(&self, x: &mut Self::Act, rows: &[u32]) -> Result<(), KernelError>;
+    /// The short causal convolution of each sequence's run of `x` (`rows x
+    /// channels`) with its state row of `state` (`(d_conv - 1) x channels`
+    /// values, oldest first), which it updates. `w` is `ssm_conv1d.weight`
+    /// (F32, GGUF dims `{d_conv, channels}`). Returns `rows x channels`:
+    /// `y[t][ch] = Σ_i u[t + i][ch] w[ch][i]` over `u = [state; x]`
+    /// (ggml's `ssm_conv`; see [`crate::cpu::delta_net::ssm_conv`]).
+    fn ssm_conv(
+        &self,
+        x: &Self::Act,
+        w: &Self::Weight,
+        state: &mut Self::Act,
+        batch: &RecurrentBatch<'_>,
+    ) -> Result<Self::Act, KernelError>;
+    /// The gated delta rule of each sequence's run (ggml's
+    /// `gated_delta_net`; see [`crate::cpu::delta_net::gated_delta_net`]):
+    /// `q`, `k` are `rows x (H_k S)` (L2-normed), `v` is `rows x (H_v S)`,
+    /// `g` (log decay) and `beta` are `rows x H_v`; `state` has a row of
+    /// `H_v S S` per slot. Returns `rows x (H_v S)`.
+    #[allow(clippy::too_many_arguments)]
+    fn delta_net(
+        &self,
+        shape: DeltaNetShape,
+        q: &Self::Act,
+        k: &Self::Act,
+        v: &Self::Act,
+        g: &Self::Act,
+        beta: &Self::Act,
+        state: &mut Self::Act,
+        batch: &RecurrentBatch<'_>,
+    ) -> Result<Self::Act, KernelError>;
     /// Writes this batch's K/V rows into their slots of `layer`, then
     /// attends: returns `rows x (n_heads * head_dim_v)`.
     fn attention(

@@ -10,11 +10,13 @@ pub mod cuda;
 pub mod kv;
 pub mod moe_route;
 mod op_checks;
+pub mod recurrent;
 
 pub use backend::{
-    attn_temperature_scales, AttentionBatch, Backend, BatchIndex, KernelError, RopeConfig,
+    attn_temperature_scales, AttentionBatch, Backend, BatchIndex, KernelError, RopeConfig, Unary,
     WeightShape, Yarn,
 };
 pub use cpu::CpuBackend;
 pub use kv::{KvBlockId, KvGeometry, KV_BLOCK_TOKENS};
 pub use moe_route::{route, Gating, HostRouting, Router};
+pub use recurrent::{DeltaNetShape, RecurrentBatch};

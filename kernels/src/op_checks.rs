@@ -4,6 +4,8 @@
 
 use crate::backend::{AttentionBatch, KernelError, RopeConfig};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
+use crate::recurrent::DeltaNetShape;
+use strata_model::GgmlType;
 
 fn invalid(what: String) -> Result<(), KernelError> {
     Err(KernelError::Invalid(what))
@@ -207,6 +209,96 @@ pub(crate) fn attention(
                 geo.n_blocks
             ));
         }
+    }
+    Ok(())
+}
+
+/// `x *= y`: `y` has `x`'s rows and either its columns or one.
+pub(crate) fn mul(x: (usize, usize), y: (usize, usize)) -> Result<(), KernelError> {
+    if y.0 != x.0 || (y.1 != x.1 && y.1 != 1) {
+        return invalid(format!(
+            "mul: a {} x {} activation times a {} x {} one",
+            x.0, x.1, y.0, y.1
+        ));
+    }
+    Ok(())
+}
+
+/// Groups of `group` values over rows of `cols` (RMSNorm without a weight).
+pub(crate) fn groups(op: &str, cols: usize, group: usize) -> Result<(), KernelError> {
+    if group == 0 || !cols.is_multiple_of(group) {
+        return invalid(format!("{op}: rows of {cols} in groups of {group}"));
+    }
+    Ok(())
+}
+
+/// Columns `start .. start + len` of rows of `cols`.
+pub(crate) fn columns(cols: usize, start: usize, len: usize) -> Result<(), KernelError> {
+    if start.checked_add(len).is_none_or(|end| end > cols) {
+        return invalid(format!("columns: {start} + {len} of rows of {cols}"));
+    }
+    Ok(())
+}
+
+/// Row indices below `n_rows` (state slots to clear).
+pub(crate) fn state_rows(rows: &[u32], n_rows: usize) -> Result<(), KernelError> {
+    match rows.iter().find(|&&r| r as usize >= n_rows) {
+        Some(r) => invalid(format!("zero_rows: row {r} of {n_rows}")),
+        None => Ok(()),
+    }
+}
+
+/// The conv's weight is F32 `channels x d_conv` (d_conv > 0) and its state
+/// rows hold `(d_conv - 1) x channels` values.
+pub(crate) fn ssm_conv(
+    name: &str,
+    dtype: GgmlType,
+    (w_rows, d_conv): (usize, usize),
+    channels: usize,
+    state_cols: usize,
+) -> Result<(), KernelError> {
+    if dtype != GgmlType::F32 {
+        return invalid(format!("ssm_conv: {name} is {dtype}, not F32"));
+    }
+    if w_rows != channels || d_conv == 0 {
+        return invalid(format!(
+            "ssm_conv: {name} has {w_rows} rows of {d_conv} taps for {channels} channels"
+        ));
+    }
+    if state_cols != (d_conv - 1) * channels {
+        return invalid(format!(
+            "ssm_conv: state rows of {state_cols} values, expected {} x {channels}",
+            d_conv - 1
+        ));
+    }
+    Ok(())
+}
+
+/// q, k, v, g and beta (in that order) of one row per token, in the widths
+/// of `shape`, and state rows of one sequence's matrices.
+pub(crate) fn delta_net(
+    shape: DeltaNetShape,
+    acts: [(usize, usize); 5],
+    state_cols: usize,
+) -> Result<(), KernelError> {
+    let (s, hk, hv) = (shape.head_dim, shape.n_k_heads, shape.n_v_heads);
+    let widths = [hk * s, hk * s, hv * s, hv, hv];
+    let rows = acts[0].0;
+    for (what, ((r, c), w)) in ["q", "k", "v", "g", "beta"]
+        .iter()
+        .zip(acts.iter().zip(widths))
+    {
+        if *r != rows || *c != w {
+            return invalid(format!(
+                "delta_net: {what} is {r} x {c}, expected {rows} x {w}"
+            ));
+        }
+    }
+    if state_cols != shape.state_len() {
+        return invalid(format!(
+            "delta_net: state rows of {state_cols} values, expected {}",
+            shape.state_len()
+        ));
     }
     Ok(())
 }

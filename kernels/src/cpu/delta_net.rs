@@ -36,8 +36,11 @@
 
 use rayon::prelude::*;
 
-use super::fused;
+use super::{fused, CpuAct, CpuWeight};
 use crate::backend::KernelError;
+use crate::op_checks;
+pub use crate::recurrent::DeltaNetShape;
+use crate::recurrent::RecurrentBatch;
 
 /// The short causal convolution of one sequence (ggml's `ssm_conv` as
 /// qwen35 uses it), with its state.
@@ -95,37 +98,6 @@ pub fn ssm_conv(
     });
     state.copy_from_slice(&u[n_tokens * channels..]);
     Ok(y)
-}
-
-/// Head counts and size of the gated delta rule. Key heads are ggml's
-/// `ssm_n_group` (`H_k`), value heads its `ssm_dt_rank` (`H_v`); both have
-/// `head_dim` values (`S`: ggml's fused op asserts `S_k == S_v`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeltaNetShape {
-    pub head_dim: usize,
-    pub n_k_heads: usize,
-    pub n_v_heads: usize,
-}
-
-impl DeltaNetShape {
-    /// f32 values in one sequence's state: `H_v` matrices of `S x S`.
-    pub fn state_len(&self) -> usize {
-        self.n_v_heads * self.head_dim * self.head_dim
-    }
-
-    fn check(&self) -> Result<(), KernelError> {
-        let ok = self.head_dim > 0
-            && self.n_k_heads > 0
-            && self.n_v_heads > 0
-            && self.n_v_heads.is_multiple_of(self.n_k_heads);
-        if ok {
-            Ok(())
-        } else {
-            Err(invalid(format!(
-                "gated_delta_net: {self:?}: needs S > 0 and H_v a multiple of H_k > 0"
-            )))
-        }
-    }
 }
 
 /// The inputs of one sequence's gated delta rule, token-major rows:
@@ -303,6 +275,88 @@ fn sum_products_gcc(n: usize, mut sum: f32, term: impl Fn(usize) -> (f32, f32)) 
         sum = a.mul_add(b, sum);
     }
     sum
+}
+
+/// [`ssm_conv`] over a batch: each sequence's run with its state row.
+/// `w` is `ssm_conv1d.weight` (F32, `channels` rows of `d_conv` taps).
+pub(crate) fn ssm_conv_batch(
+    x: &CpuAct,
+    w: &CpuWeight,
+    state: &mut CpuAct,
+    batch: &RecurrentBatch<'_>,
+) -> Result<CpuAct, KernelError> {
+    let (channels, d_conv) = (x.cols, w.cols);
+    op_checks::ssm_conv(&w.name, w.dtype, (w.rows, d_conv), channels, state.cols)?;
+    let runs = batch.runs(x.rows, state.rows)?;
+    let weights: Vec<f32> = w
+        .bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let mut out = vec![0f32; x.rows * channels];
+    let len = state.cols;
+    for (slot, first, n) in runs {
+        let rows = first * channels..(first + n) * channels;
+        let st = &mut state.data[slot * len..(slot + 1) * len];
+        let y = ssm_conv(&x.data[rows.clone()], n, channels, st, &weights, d_conv)?;
+        out[rows].copy_from_slice(&y);
+    }
+    Ok(CpuAct {
+        data: out,
+        rows: x.rows,
+        cols: channels,
+    })
+}
+
+/// The inputs of [`gated_delta_net_batch`], one row per token.
+pub(crate) struct DeltaNetActs<'a> {
+    pub q: &'a CpuAct,
+    pub k: &'a CpuAct,
+    pub v: &'a CpuAct,
+    pub g: &'a CpuAct,
+    pub beta: &'a CpuAct,
+}
+
+/// [`gated_delta_net`] over a batch: each sequence's run with its state row.
+pub(crate) fn gated_delta_net_batch(
+    shape: DeltaNetShape,
+    x: DeltaNetActs<'_>,
+    state: &mut CpuAct,
+    batch: &RecurrentBatch<'_>,
+) -> Result<CpuAct, KernelError> {
+    shape.check()?;
+    op_checks::delta_net(
+        shape,
+        [x.q, x.k, x.v, x.g, x.beta].map(|a| (a.rows, a.cols)),
+        state.cols,
+    )?;
+    let runs = batch.runs(x.q.rows, state.rows)?;
+    let width = shape.n_v_heads * shape.head_dim;
+    let mut out = vec![0f32; x.q.rows * width];
+    let len = state.cols;
+    for (slot, first, n) in runs {
+        let input = DeltaNetInput {
+            q: rows_of(x.q, first, n),
+            k: rows_of(x.k, first, n),
+            v: rows_of(x.v, first, n),
+            g: rows_of(x.g, first, n),
+            beta: rows_of(x.beta, first, n),
+            n_tokens: n,
+        };
+        let st = &mut state.data[slot * len..(slot + 1) * len];
+        let o = gated_delta_net(shape, input, st)?;
+        out[first * width..(first + n) * width].copy_from_slice(&o);
+    }
+    Ok(CpuAct {
+        data: out,
+        rows: x.q.rows,
+        cols: width,
+    })
+}
+
+/// Rows `first .. first + n` of `a`.
+fn rows_of(a: &CpuAct, first: usize, n: usize) -> &[f32] {
+    &a.data[first * a.cols..(first + n) * a.cols]
 }
 
 fn check_len(op: &str, what: &str, len: usize, want: usize) -> Result<(), KernelError> {

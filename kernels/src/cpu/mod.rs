@@ -6,6 +6,7 @@
 mod attention;
 pub mod delta_net;
 pub mod dot;
+mod elementwise;
 mod matmul;
 mod moe;
 mod ops;
@@ -15,11 +16,12 @@ use strata_model::quant::dequantize_row;
 use strata_model::GgmlType;
 
 use crate::backend::{
-    attn_temperature_scales, AttentionBatch, Backend, KernelError, RopeConfig, WeightShape,
+    attn_temperature_scales, AttentionBatch, Backend, KernelError, RopeConfig, Unary, WeightShape,
 };
 use crate::kv::KvGeometry;
 use crate::moe_route::{HostRouting, Router};
 use crate::op_checks;
+use crate::recurrent::{DeltaNetShape, RecurrentBatch};
 
 pub use attention::CpuKvCache;
 pub(crate) use ops::expf_ggml;
@@ -260,6 +262,72 @@ impl Backend for CpuBackend {
             .zip(&scales)
             .for_each(|(row, &s)| row.iter_mut().for_each(|v| *v *= s));
         Ok(())
+    }
+
+    fn unary(&self, x: &mut CpuAct, f: Unary) -> Result<(), KernelError> {
+        elementwise::unary(x, f);
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut CpuAct, c: f32) -> Result<(), KernelError> {
+        elementwise::scale(x, c);
+        Ok(())
+    }
+
+    fn mul(&self, x: &mut CpuAct, y: &CpuAct) -> Result<(), KernelError> {
+        op_checks::mul((x.rows, x.cols), (y.rows, y.cols))?;
+        elementwise::mul(x, y);
+        Ok(())
+    }
+
+    fn mul_weight(&self, x: &mut CpuAct, w: &CpuWeight) -> Result<(), KernelError> {
+        let wv = w.vector("mul_weight", x.cols, false)?;
+        elementwise::mul_vector(x, wv);
+        Ok(())
+    }
+
+    fn rms_norm_plain(&self, x: &CpuAct, group: usize, eps: f32) -> Result<CpuAct, KernelError> {
+        op_checks::groups("rms_norm_plain", x.cols, group)?;
+        Ok(ops::rms_norm_groups(x, group, eps, None))
+    }
+
+    fn columns(&self, x: &CpuAct, start: usize, len: usize) -> Result<CpuAct, KernelError> {
+        op_checks::columns(x.cols, start, len)?;
+        Ok(elementwise::columns(x, start, len))
+    }
+
+    fn zero_rows(&self, x: &mut CpuAct, rows: &[u32]) -> Result<(), KernelError> {
+        op_checks::state_rows(rows, x.rows)?;
+        for &r in rows {
+            let r = r as usize;
+            x.data[r * x.cols..(r + 1) * x.cols].fill(0.0);
+        }
+        Ok(())
+    }
+
+    fn ssm_conv(
+        &self,
+        x: &CpuAct,
+        w: &CpuWeight,
+        state: &mut CpuAct,
+        batch: &RecurrentBatch<'_>,
+    ) -> Result<CpuAct, KernelError> {
+        delta_net::ssm_conv_batch(x, w, state, batch)
+    }
+
+    fn delta_net(
+        &self,
+        shape: DeltaNetShape,
+        q: &CpuAct,
+        k: &CpuAct,
+        v: &CpuAct,
+        g: &CpuAct,
+        beta: &CpuAct,
+        state: &mut CpuAct,
+        batch: &RecurrentBatch<'_>,
+    ) -> Result<CpuAct, KernelError> {
+        let acts = delta_net::DeltaNetActs { q, k, v, g, beta };
+        delta_net::gated_delta_net_batch(shape, acts, state, batch)
     }
 
     fn attention(

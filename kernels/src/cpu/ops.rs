@@ -18,10 +18,14 @@ pub const SERIAL_MAX_VALUES: usize = 1 << 14;
 
 /// RMSNorm over groups of `w.len()` values: rows, or heads within rows.
 pub fn rms_norm(x: &CpuAct, w: &[f32], eps: f32) -> CpuAct {
-    let n = w.len();
-    assert_eq!(
-        x.cols % n,
-        0,
+    rms_norm_groups(x, w.len(), eps, Some(w))
+}
+
+/// RMSNorm over groups of `n` values, times `w` when given (ggml_rms_norm,
+/// then ggml_mul).
+pub fn rms_norm_groups(x: &CpuAct, n: usize, eps: f32, w: Option<&[f32]>) -> CpuAct {
+    assert!(
+        n > 0 && x.cols.is_multiple_of(n),
         "rms_norm: row of {} is not a multiple of {n}",
         x.cols
     );
@@ -34,7 +38,10 @@ pub fn rms_norm(x: &CpuAct, w: &[f32], eps: f32) -> CpuAct {
             let ss: f64 = g.iter().map(|v| (v * v) as f64).sum();
             let mean = (ss / n as f64) as f32;
             let s = 1.0 / (mean + eps).sqrt();
-            g.iter_mut().zip(w).for_each(|(v, w)| *v = *v * s * w);
+            match w {
+                Some(w) => g.iter_mut().zip(w).for_each(|(v, w)| *v = *v * s * w),
+                None => g.iter_mut().for_each(|v| *v *= s),
+            }
         }
     };
     if out.data.len() <= SERIAL_MAX_VALUES {

@@ -27,10 +27,13 @@ use super::profile::KernelProfile;
 use super::source::SOURCES;
 use super::staged_upload::StagedUpload;
 use super::uploads::IndexUploads;
-use crate::backend::{AttentionBatch, Backend, BatchIndex, KernelError, RopeConfig, WeightShape};
+use crate::backend::{
+    AttentionBatch, Backend, BatchIndex, KernelError, RopeConfig, Unary, WeightShape,
+};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 use crate::moe_route::Router;
 use crate::op_checks;
+use crate::recurrent::{DeltaNetShape, RecurrentBatch};
 pub use graphs::CudaLayerRuns;
 pub use routing::CudaRouting;
 
@@ -751,6 +754,51 @@ impl Backend for CudaBackend {
         })
     }
 
+    // Qwen3.5's ops are not on the GPU yet: a clear error, never wrong numbers.
+    fn unary(&self, _: &mut CudaAct, f: Unary) -> Result<(), KernelError> {
+        not_on_cuda_yet(&format!("unary {f:?}"))
+    }
+    fn scale(&self, _: &mut CudaAct, _: f32) -> Result<(), KernelError> {
+        not_on_cuda_yet("scale")
+    }
+    fn mul(&self, _: &mut CudaAct, _: &CudaAct) -> Result<(), KernelError> {
+        not_on_cuda_yet("mul")
+    }
+    fn mul_weight(&self, _: &mut CudaAct, _: &CudaWeight) -> Result<(), KernelError> {
+        not_on_cuda_yet("mul_weight")
+    }
+    fn rms_norm_plain(&self, _: &CudaAct, _: usize, _: f32) -> Result<CudaAct, KernelError> {
+        not_on_cuda_yet("rms_norm_plain")
+    }
+    fn columns(&self, _: &CudaAct, _: usize, _: usize) -> Result<CudaAct, KernelError> {
+        not_on_cuda_yet("columns")
+    }
+    fn zero_rows(&self, _: &mut CudaAct, _: &[u32]) -> Result<(), KernelError> {
+        not_on_cuda_yet("zero_rows")
+    }
+    fn ssm_conv(
+        &self,
+        _: &CudaAct,
+        _: &CudaWeight,
+        _: &mut CudaAct,
+        _: &RecurrentBatch<'_>,
+    ) -> Result<CudaAct, KernelError> {
+        not_on_cuda_yet("ssm_conv")
+    }
+    fn delta_net(
+        &self,
+        _: DeltaNetShape,
+        _: &CudaAct,
+        _: &CudaAct,
+        _: &CudaAct,
+        _: &CudaAct,
+        _: &CudaAct,
+        _: &mut CudaAct,
+        _: &RecurrentBatch<'_>,
+    ) -> Result<CudaAct, KernelError> {
+        not_on_cuda_yet("delta_net")
+    }
+
     fn add_assign(&self, x: &mut CudaAct, y: &CudaAct) -> Result<(), KernelError> {
         op_checks::same_shape("add_assign", (x.rows, x.cols), (y.rows, y.cols))?;
         let n = x.rows * x.cols;
@@ -862,4 +910,10 @@ impl Backend for CudaBackend {
     ) -> Result<CudaAct, E> {
         self.run_layers_graphed(runs, index, x, run)
     }
+}
+
+fn not_on_cuda_yet<T>(op: &str) -> Result<T, KernelError> {
+    Err(KernelError::Invalid(format!(
+        "{op}: not implemented on the CUDA backend yet (Qwen3.5 runs on the CPU backend)"
+    )))
 }
