@@ -13,6 +13,7 @@
 
 use crate::backend::KernelError;
 use crate::cpu::expf_ggml;
+use crate::cpu::f32_sums::reduce_add_16;
 
 /// How a router's logits become expert probabilities
 /// (llama.cpp's `llama_expert_gating_func_type`).
@@ -214,14 +215,6 @@ fn soft_max(x: &[f32], y: &mut [f32]) {
     }
     let inv = (1.0 / sum) as f32;
     y.iter_mut().for_each(|v| *v *= inv);
-}
-
-/// `_mm512_reduce_add_ps` as GCC implements it: halves added pairwise
-/// (512 -> 256 -> 128 bits), then lanes (0+2, 1+3), then those two.
-fn reduce_add_16(v: &[f32]) -> f32 {
-    let h8: [f32; 8] = std::array::from_fn(|i| v[i] + v[i + 8]);
-    let h4: [f32; 4] = std::array::from_fn(|i| h8[i] + h8[i + 4]);
-    (h4[0] + h4[2]) + (h4[1] + h4[3])
 }
 
 /// A `matmul_id` call's shape, checked (see `Backend::matmul_id`).

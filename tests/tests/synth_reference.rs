@@ -245,3 +245,18 @@ fn gpt_oss_q8_0_matches_llama_cpp() {
 fn mistral3_q8_0_matches_llama_cpp() {
     check("synth-mistral3-q8_0.json");
 }
+
+#[test]
+fn qwen35_q8_0_matches_llama_cpp() {
+    check("synth-qwen35-q8_0.json");
+}
+
+#[test]
+fn qwen35moe_q8_0_matches_llama_cpp() {
+    check("synth-qwen35moe-q8_0.json");
+}
+
+#[test]
+fn qwen35moe_q4_k_m_matches_llama_cpp() {
+    check("synth-qwen35moe-q4_k_m.json");
+}

@@ -1,5 +1,5 @@
 //! strata-worker: a [`Stage`] runs a contiguous layer range of a model on one
-//! backend, owns those layers' weights and KV cache, and (on the last stage)
+//! backend, owns those layers' weights, KV cache and recurrent state, and (on the last stage)
 //! turns hidden states into logits and samples.
 
 pub mod blocks;
@@ -9,6 +9,7 @@ pub mod sampler;
 pub mod service;
 pub mod slice_cache;
 pub mod stage;
+pub mod state_slots;
 mod weights;
 
 pub use kv_blocks::BlockAllocator;

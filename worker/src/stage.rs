@@ -3,14 +3,15 @@
 //! The first stage embeds tokens, the last applies the final norm and output
 //! head. Between them, hidden states are `n_tokens x d_model` activations.
 
-use strata_kernels::{Backend, BatchIndex, KernelError, KvGeometry};
+use strata_kernels::{Backend, BatchIndex, KernelError, KvGeometry, RecurrentBatch};
 use strata_model::arch::ModelSpec;
 use strata_model::profile::{KvType, MemoryProfile, StageLoad};
 use strata_model::GgufFile;
 pub use strata_model::LayerRange;
 
-use crate::blocks::{BatchContext, Layer};
+use crate::blocks::{BatchContext, Layer, MixerState, RecurrentState};
 use crate::kv_blocks::{BlockAllocator, KvError};
+use crate::state_slots::{RunStart, StateSlots};
 use crate::weights::WeightLoader;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +70,13 @@ pub struct Stage<B: Backend> {
     head: Option<(B::Weight, B::Weight)>,
     rope_freqs: Option<B::Weight>,
     kv: B::KvCache,
+    /// Each layer's row of the KV pool; `None` for a recurrent layer.
+    kv_layer: Vec<Option<usize>>,
     blocks: BlockAllocator,
+    /// Each DeltaNet layer's states (in layer order), and which slot each
+    /// sequence holds.
+    recurrent: Vec<RecurrentState<B>>,
+    slots: StateSlots,
     /// The backend's record of this stage's layer runs (CUDA graphs).
     layer_runs: B::LayerRuns,
 }
@@ -77,12 +84,25 @@ pub struct Stage<B: Backend> {
 impl<B: Backend> Stage<B> {
     /// Loads layers `range` (with the embedding if it starts at 0 and the
     /// head if it ends at the last layer) and a KV pool for `kv_tokens`
-    /// tokens of context over all sequences.
+    /// tokens of context over all sequences, for one sequence at a time
+    /// where the model keeps recurrent state.
     pub fn load(
         backend: B,
         file: &GgufFile,
         range: LayerRange,
         kv_tokens: usize,
+    ) -> Result<Self, StageError> {
+        Self::load_for(backend, file, range, kv_tokens, 1)
+    }
+
+    /// [`Self::load`] with recurrent state for `sequences` sequences at once
+    /// (the `--parallel` of the plan; KV blocks are shared by any number).
+    pub fn load_for(
+        backend: B,
+        file: &GgufFile,
+        range: LayerRange,
+        kv_tokens: usize,
+        sequences: usize,
     ) -> Result<Self, StageError> {
         let spec = ModelSpec::from_gguf(file).map_err(|e| StageError::Model(e.to_string()))?;
         if range.is_empty() || range.end > spec.n_layers {
@@ -117,49 +137,81 @@ impl<B: Backend> Stage<B> {
         } else {
             None
         };
-        let first = layers[0].attention().spec();
-        let rope_freqs = loader.optional("rope_freqs.weight", &[first.rope.dims / 2])?;
-        // One KV pool serves every layer of the stage, so they must agree
-        // on its row shape.
-        let kv_shape = |l: &Layer<B>| {
-            let a = l.attention().spec();
+        let attention: Vec<_> = layers.iter().filter_map(|l| l.attention()).collect();
+        let rope_freqs = match attention.first() {
+            Some(a) => loader.optional("rope_freqs.weight", &[a.spec().rope.dims / 2])?,
+            None => None,
+        };
+        // One KV pool serves every attention layer of the stage, so they
+        // must agree on its row shape. Recurrent layers have no KV.
+        let kv_shape = |a: &&crate::blocks::Attention<B>| {
+            let a = a.spec();
             (a.n_kv_heads, a.head_dim, a.head_dim_v)
         };
-        let (n_kv_heads, head_dim_k, head_dim_v) = kv_shape(&layers[0]);
-        if let Some(il) = layers
+        let (n_kv_heads, head_dim_k, head_dim_v) = attention.first().map_or((0, 0, 0), kv_shape);
+        if let Some(a) = attention
             .iter()
-            .position(|l| kv_shape(l) != kv_shape(&layers[0]))
+            .find(|a| kv_shape(a) != (n_kv_heads, head_dim_k, head_dim_v))
         {
             return Err(StageError::Model(format!(
-                "layer {} has a different KV shape from layer {}: per-layer KV shapes are not supported yet",
-                range.first + il,
-                range.first
+                "layers {}..{}: KV shapes {:?} and {:?} differ: per-layer KV shapes are not supported yet",
+                range.first,
+                range.end,
+                kv_shape(a),
+                (n_kv_heads, head_dim_k, head_dim_v)
             )));
         }
-        // The pool is what the planner and the worker's admission counted:
-        // `MemoryProfile::stage_memory` of this load.
+        // The pool and the states are what the planner and the worker's
+        // admission counted: `MemoryProfile::stage_memory` of this load.
         let load = StageLoad {
             kv_tokens,
             kv_type: KvType::F16,
             batch_tokens: 0,
-            sequences: 1,
+            sequences: sequences.max(1),
         };
         let n_blocks = load.kv_blocks();
         let geometry = KvGeometry {
-            n_layers: range.len(),
+            n_layers: attention.len(),
             n_kv_heads,
             head_dim_k,
             head_dim_v,
             kv_type: load.kv_type,
             n_blocks,
         };
-        debug_assert_eq!(
-            geometry.pool_bytes(),
-            MemoryProfile::from_gguf(file, &spec)
-                .stage_memory(range, &load)
-                .kv_bytes,
-            "the KV pool differs from the stage memory the planner counted"
-        );
+        let mut recurrent = Vec::new();
+        for l in &layers {
+            if let Some(d) = l.delta_net() {
+                recurrent.push(RecurrentState::new(&backend, d.spec(), load.sequences)?);
+            }
+        }
+        #[cfg(debug_assertions)]
+        {
+            let counted = MemoryProfile::from_gguf(file, &spec).stage_memory(range, &load);
+            assert_eq!(
+                geometry.pool_bytes(),
+                counted.kv_bytes,
+                "the KV pool differs from the stage memory the planner counted"
+            );
+            let state: u64 = layers
+                .iter()
+                .filter_map(|l| l.delta_net())
+                .map(|d| d.spec().state_bytes_per_seq() * load.sequences as u64)
+                .sum();
+            assert_eq!(
+                state, counted.state_bytes,
+                "the recurrent state differs from what the planner counted"
+            );
+        }
+        let mut next_kv = 0;
+        let kv_layer = layers
+            .iter()
+            .map(|l| {
+                l.attention().map(|_| {
+                    next_kv += 1;
+                    next_kv - 1
+                })
+            })
+            .collect();
         let kv = backend.new_kv_cache(geometry)?;
         Ok(Stage {
             spec,
@@ -169,7 +221,14 @@ impl<B: Backend> Stage<B> {
             head,
             rope_freqs,
             kv,
+            kv_layer,
             blocks: BlockAllocator::new(n_blocks),
+            slots: StateSlots::new(if recurrent.is_empty() {
+                0
+            } else {
+                load.sequences
+            }),
+            recurrent,
             layer_runs: backend.layer_runs(),
             backend,
         })
@@ -199,9 +258,15 @@ impl<B: Backend> Stage<B> {
         self.head.is_some()
     }
 
-    /// Frees a sequence's KV blocks.
+    /// Frees a sequence's KV blocks and recurrent state slot.
     pub fn release(&mut self, seq: u64) {
         self.blocks.release(seq);
+        self.slots.release(seq);
+    }
+
+    /// Sequences that hold a recurrent state slot, and how many slots there are.
+    pub fn state_slots(&self) -> &StateSlots {
+        &self.slots
     }
 
     /// Runs one batch through this stage's layers.
@@ -288,6 +353,25 @@ impl<B: Backend> Stage<B> {
                 self.blocks.free_blocks()
             )));
         }
+        // Recurrent state cannot be rewound: a run continues its sequence
+        // or starts it over from position 0 (a replay after failover).
+        let seq_slots = if self.recurrent.is_empty() {
+            Vec::new()
+        } else {
+            let runs: Vec<RunStart> = batch
+                .iter()
+                .map(|s| RunStart {
+                    seq: s.seq,
+                    start_pos: s.start_pos,
+                    cached: self.blocks.seq_len(s.seq),
+                })
+                .collect();
+            let (slots, fresh) = self.slots.admit(&runs).map_err(StageError::Batch)?;
+            for st in &mut self.recurrent {
+                st.clear(b, &fresh)?;
+            }
+            slots
+        };
         for s in batch {
             self.blocks.truncate(s.seq, s.start_pos);
             self.blocks.reserve(s.seq, s.start_pos + s.n_tokens)?;
@@ -321,6 +405,10 @@ impl<B: Backend> Stage<B> {
             token_seq: &token_seq,
             block_tables: &tables,
             rope_freqs: self.rope_freqs.as_ref(),
+            recurrent: RecurrentBatch {
+                token_seq: &token_seq,
+                seq_slots: &seq_slots,
+            },
         };
         let index = BatchIndex {
             positions: &positions,
@@ -328,11 +416,22 @@ impl<B: Backend> Stage<B> {
             block_tables: &tables,
         };
         let (layers, kv, first) = (&self.layers, &mut self.kv, self.range.first);
+        let (kv_layer, recurrent) = (&self.kv_layer, &mut self.recurrent);
         let mut run_range = |mut x: B::Act| -> Result<B::Act, StageError> {
+            let mut states = recurrent.iter_mut();
             for (li, layer) in layers.iter().enumerate() {
                 let last_layer = first + li + 1 == spec.n_layers;
                 let keep = select.filter(|_| last_layer && spec.out_rows_after_attention);
-                x = layer.forward(b, spec, x, &batch_ctx, kv, li, keep)?;
+                let state = match kv_layer[li] {
+                    Some(layer) => MixerState::Kv {
+                        cache: &mut *kv,
+                        layer,
+                    },
+                    None => MixerState::Recurrent(states.next().ok_or_else(|| {
+                        StageError::Model("a DeltaNet layer has no state".into())
+                    })?),
+                };
+                x = layer.forward(b, spec, x, &batch_ctx, state, keep)?;
             }
             Ok(x)
         };

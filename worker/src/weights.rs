@@ -13,6 +13,20 @@ pub struct WeightLoader<'a, B: Backend> {
 
 impl<'a, B: Backend> WeightLoader<'a, B> {
     pub fn optional(&self, name: &str, dims: &[usize]) -> Result<Option<B::Weight>, StageError> {
+        self.optional_rows(name, dims, |_| true)
+    }
+
+    /// Like [`Self::optional`], keeping only the rows (last-dimension
+    /// entries of a matrix) for which `keep` holds: Qwen3.5's Q projection
+    /// interleaves each head's query rows with its gate rows, and the two
+    /// halves become two matmuls (each output row is its own dot product,
+    /// so the values are the same as one matmul split afterwards).
+    pub fn optional_rows(
+        &self,
+        name: &str,
+        dims: &[usize],
+        keep: impl Fn(usize) -> bool,
+    ) -> Result<Option<B::Weight>, StageError> {
         let Some(info) = self.file.tensor(name) else {
             return Ok(None);
         };
@@ -29,14 +43,41 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
                 info.dims
             )));
         }
-        let w =
-            self.backend
-                .load_weight(name, info.dtype, &info.dims, self.file.tensor_data(info))?;
+        let data = self.file.tensor_data(info);
+        let rows = dims.iter().skip(1).product::<usize>().max(1);
+        if (0..rows).all(&keep) {
+            let w = self
+                .backend
+                .load_weight(name, info.dtype, &info.dims, data)?;
+            return Ok(Some(w));
+        }
+        let row_bytes = data.len() / rows;
+        if row_bytes == 0 {
+            return Err(StageError::Model(format!("tensor {name:?} has empty rows")));
+        }
+        let kept: Vec<u8> = data
+            .chunks_exact(row_bytes)
+            .enumerate()
+            .filter(|(r, _)| keep(*r))
+            .flat_map(|(_, row)| row.iter().copied())
+            .collect();
+        let dims = [info.dims[0], (kept.len() / row_bytes) as u64];
+        let w = self.backend.load_weight(name, info.dtype, &dims, &kept)?;
         Ok(Some(w))
     }
 
     pub fn required(&self, name: &str, dims: &[usize]) -> Result<B::Weight, StageError> {
-        self.optional(name, dims)?.ok_or_else(|| {
+        self.required_rows(name, dims, |_| true)
+    }
+
+    /// [`Self::optional_rows`] of a tensor the layer cannot do without.
+    pub fn required_rows(
+        &self,
+        name: &str,
+        dims: &[usize],
+        keep: impl Fn(usize) -> bool,
+    ) -> Result<B::Weight, StageError> {
+        self.optional_rows(name, dims, keep)?.ok_or_else(|| {
             StageError::Model(format!(
                 "{}: missing tensor {name:?}",
                 self.file.path().display()

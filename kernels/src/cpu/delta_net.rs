@@ -36,6 +36,7 @@
 
 use rayon::prelude::*;
 
+use super::f32_sums::{dot_f32_ggml, sum_products_gcc};
 use super::{fused, CpuAct, CpuWeight};
 use crate::backend::KernelError;
 use crate::op_checks;
@@ -224,57 +225,6 @@ fn run_head(
             *o_j = dot_f32_ggml(m_j, q) * scale;
         }
     }
-}
-
-/// `x · y` summed as ggml's AVX-512 `ggml_vec_dot_f32`: 64-value chunks
-/// fused into 4 x 16 f32 lanes (`acc[j][l] += x[c + 16j + l] · y[…]`), the
-/// four vectors added as `GGML_F32x16_REDUCE` does ((0 + 2) + (1 + 3)), the
-/// 16 lanes reduced as GCC's `_mm512_reduce_add_ps`, then the leftover
-/// products added to the f32 sum in order (`sumf += x[i]*y[i]`, as
-/// [`sum_products_gcc`]). Below 64 values only the leftover loop runs.
-#[inline(always)]
-pub(crate) fn dot_f32_ggml(x: &[f32], y: &[f32]) -> f32 {
-    let n = x.len().min(y.len());
-    let np = n & !63;
-    let mut sum = 0f32;
-    if np > 0 {
-        let mut acc = [[0f32; 16]; 4];
-        for c in (0..np).step_by(64) {
-            for (j, a) in acc.iter_mut().enumerate() {
-                for (l, a) in a.iter_mut().enumerate() {
-                    let i = c + 16 * j + l;
-                    *a = x[i].mul_add(y[i], *a);
-                }
-            }
-        }
-        let v: [f32; 16] =
-            std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
-        let t3: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
-        let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
-        sum = (t6[0] + t6[2]) + (t6[1] + t6[3]);
-    }
-    sum_products_gcc(n - np, sum, |i| (x[np + i], y[np + i]))
-}
-
-/// `sum + Σ_{i < n} a_i·b_i`, left to right, as GCC 12 `-O3 -march=native`
-/// compiles ggml's scalar loops `sum += a[i]*b[i]` (read in the reference
-/// `libggml-cpu.so`: `ggml_compute_forward_ssm_conv`, `ggml_vec_dot_f32`):
-/// it vectorizes the products 8 and then 4 at a time (`vmulps`, each
-/// product rounded) and adds them to the sum one by one in order
-/// (`vaddss`), and fuses the last `n mod 4` terms (`vfmadd231ss`). So the
-/// first `n − n mod 4` products are rounded before the add, the rest not.
-#[inline(always)]
-fn sum_products_gcc(n: usize, mut sum: f32, term: impl Fn(usize) -> (f32, f32)) -> f32 {
-    let unfused = n & !3;
-    for i in 0..unfused {
-        let (a, b) = term(i);
-        sum += a * b;
-    }
-    for i in unfused..n {
-        let (a, b) = term(i);
-        sum = a.mul_add(b, sum);
-    }
-    sum
 }
 
 /// [`ssm_conv`] over a batch: each sequence's run with its state row.

@@ -169,7 +169,10 @@ pub(super) fn dot_rows(
     if n_tok == 0 || n_rows == 0 {
         return;
     }
-    let kernel = RowDot::new(w.dtype, w.cols);
+    let kernel = match op {
+        GgmlOp::MulMat => RowDot::new(w.dtype, w.cols).for_mul_mat(n_tok),
+        GgmlOp::MulMatId => RowDot::new(w.dtype, w.cols),
+    };
     if n_tok == 1 {
         let tasks = rayon::current_num_threads() * DECODE_TASKS_PER_THREAD;
         let chunk = n_rows.div_ceil(tasks).max(DECODE_MIN_ROWS);

@@ -7,6 +7,7 @@ mod attention;
 pub mod delta_net;
 pub mod dot;
 mod elementwise;
+pub(crate) mod f32_sums;
 mod matmul;
 mod moe;
 mod ops;

@@ -40,36 +40,22 @@ pub struct LayerSpec {
 }
 
 impl LayerSpec {
-    /// What this layer has that the architectures before Qwen3.5 and Gemma 4
-    /// did not, in words; the worker refuses a layer with any it does not
-    /// run yet.
+    /// What this layer has that the worker does not run yet (Gemma 4's
+    /// parts), in words; the worker refuses a layer with any.
     pub fn new_features(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        match &self.mixer {
-            Mixer::DeltaNet(_) => out.push("the gated DeltaNet mixer"),
-            Mixer::Attention(a) => {
-                let flags = [
-                    (a.output_gate, "the sigmoid output gate of attention"),
-                    (a.v_norm, "the V RMS-norm"),
-                    (a.v_from_k, "V taken from the K projection"),
-                    (a.rope.freq_factors, "per-layer RoPE frequency factors"),
-                ];
-                out.extend(flags.iter().filter(|f| f.0).map(|f| f.1));
-            }
+        if let Mixer::Attention(a) = &self.mixer {
+            let flags = [
+                (a.v_norm, "the V RMS-norm"),
+                (a.v_from_k, "V taken from the K projection"),
+                (a.rope.freq_factors, "per-layer RoPE frequency factors"),
+            ];
+            out.extend(flags.iter().filter(|f| f.0).map(|f| f.1));
         }
-        match &self.ffn {
-            FeedForward::Dense(d) if d.norm_name != "ffn_norm" => {
-                out.push("a dense feed-forward normed by post_attention_norm")
+        if let FeedForward::Moe(m) = &self.ffn {
+            if m.dense_beside.is_some() {
+                out.push("a dense MLP beside the experts");
             }
-            FeedForward::Moe(m) => {
-                if m.shared.is_some() {
-                    out.push("a shared expert");
-                }
-                if m.dense_beside.is_some() {
-                    out.push("a dense MLP beside the experts");
-                }
-            }
-            FeedForward::Dense(_) => {}
         }
         if self.layer_scale {
             out.push("a layer output scale");

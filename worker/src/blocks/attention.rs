@@ -4,7 +4,7 @@
 //! the layer has them), and the output projection.
 
 use strata_kernels::backend::Yarn;
-use strata_kernels::{AttentionBatch, Backend, KernelError, RopeConfig};
+use strata_kernels::{AttentionBatch, Backend, KernelError, RopeConfig, Unary};
 use strata_model::arch::{layer_tensor, AttentionSpec};
 use strata_model::GgufFile;
 
@@ -16,6 +16,8 @@ pub struct Attention<B: Backend> {
     spec: AttentionSpec,
     rope: RopeConfig,
     wq: B::Weight,
+    /// Qwen3.5's output gate: the gate rows of the Q projection.
+    wg: Option<B::Weight>,
     wk: B::Weight,
     wv: B::Weight,
     bq: Option<B::Weight>,
@@ -79,8 +81,22 @@ impl<B: Backend> Attention<B> {
                 )
             }),
         };
+        // With an output gate, each head's `head_dim` query rows are
+        // followed by as many gate rows (llama.cpp's two strided views).
+        let (wq, wg) = if spec.output_gate {
+            let hd = spec.head_dim;
+            let half = |gate: bool| move |r: usize| (r / hd % 2 == 1) == gate;
+            let name = t("attn_q.weight");
+            (
+                loader.required_rows(&name, &[d, 2 * q], half(false))?,
+                Some(loader.required_rows(&name, &[d, 2 * q], half(true))?),
+            )
+        } else {
+            (loader.required(&t("attn_q.weight"), &[d, q])?, None)
+        };
         Ok(Attention {
-            wq: loader.required(&t("attn_q.weight"), &[d, q])?,
+            wq,
+            wg,
             wk: loader.required(&t("attn_k.weight"), &[d, k])?,
             wv: loader.required(&t("attn_v.weight"), &[d, v])?,
             bq: bias("attn_q.bias", q)?,
@@ -151,6 +167,13 @@ impl<B: Backend> Attention<B> {
                 sinks: self.sinks.as_deref(),
             },
         )?;
+        let mut attn = attn;
+        if let Some(wg) = &self.wg {
+            // o = attn ⊙ sigmoid(G), llama.cpp's ggml_sigmoid then ggml_mul.
+            let mut gate = b.matmul(wg, &h)?;
+            b.unary(&mut gate, Unary::Sigmoid)?;
+            b.mul(&mut attn, &gate)?;
+        }
         let mut o = b.matmul(&self.wo, &attn)?;
         if let Some(bias) = &self.bo {
             b.add_bias(&mut o, bias)?;

@@ -20,13 +20,26 @@ impl<B: Backend> DenseFfn<B> {
         d_model: usize,
         il: usize,
     ) -> Result<Self, StageError> {
-        let t = |n: &str| layer_tensor(il, n);
-        let (d, ff) = (d_model, spec.d_ff);
+        Self::load_named(loader, spec.d_ff, spec.activation, d_model, il, "")
+    }
+
+    /// The feed-forward whose tensors are `ffn_{gate,up,down}{suffix}`
+    /// (`_shexp`: Qwen3.5-MoE's shared expert).
+    pub fn load_named(
+        loader: &WeightLoader<'_, B>,
+        d_ff: usize,
+        activation: Activation,
+        d_model: usize,
+        il: usize,
+        suffix: &str,
+    ) -> Result<Self, StageError> {
+        let t = |n: &str| layer_tensor(il, &format!("ffn_{n}{suffix}.weight"));
+        let (d, ff) = (d_model, d_ff);
         Ok(DenseFfn {
-            activation: spec.activation,
-            gate: loader.required(&t("ffn_gate.weight"), &[d, ff])?,
-            up: loader.required(&t("ffn_up.weight"), &[d, ff])?,
-            down: loader.required(&t("ffn_down.weight"), &[ff, d])?,
+            activation,
+            gate: loader.required(&t("gate"), &[d, ff])?,
+            up: loader.required(&t("up"), &[d, ff])?,
+            down: loader.required(&t("down"), &[ff, d])?,
         })
     }
 

@@ -1,18 +1,21 @@
 //! The blocks a stage runs, one file per kind: a layer is its mixer
-//! (`attention.rs`) then its feed-forward (`dense_ffn.rs` or `moe_ffn.rs`),
-//! each pre-normed and added to the residual, as its `LayerSpec` says.
+//! (`attention.rs`, or Qwen3.5's recurrent `delta_net.rs`) then its
+//! feed-forward (`dense_ffn.rs` or `moe_ffn.rs`), each pre-normed and added
+//! to the residual, as its `LayerSpec` says.
 
 mod attention;
+mod delta_net;
 mod dense_ffn;
 mod moe_ffn;
 
-use strata_kernels::{Backend, KvBlockId};
+use strata_kernels::{Backend, KvBlockId, RecurrentBatch};
 use strata_model::arch::{layer_tensor, FeedForward, LayerSpec, Mixer, ModelSpec};
 
 use crate::stage::StageError;
 use crate::weights::WeightLoader;
 
 pub use attention::Attention;
+pub use delta_net::{DeltaNet, RecurrentState};
 pub use dense_ffn::DenseFfn;
 pub use moe_ffn::MoeFfn;
 
@@ -25,6 +28,23 @@ pub struct BatchContext<'a, B: Backend> {
     pub block_tables: &'a [&'a [KvBlockId]],
     /// The model's RoPE frequency factors (llama3-style scaling), if any.
     pub rope_freqs: Option<&'a B::Weight>,
+    /// Each sequence's recurrent state slot (DeltaNet layers).
+    pub recurrent: RecurrentBatch<'a>,
+}
+
+pub enum MixerBlock<B: Backend> {
+    Attention(Attention<B>),
+    DeltaNet(DeltaNet<B>),
+}
+
+/// What a layer's mixer keeps between batches: its layer of the stage's
+/// KV pool, or its recurrent states.
+pub enum MixerState<'a, B: Backend> {
+    Kv {
+        cache: &'a mut B::KvCache,
+        layer: usize,
+    },
+    Recurrent(&'a mut RecurrentState<B>),
 }
 
 pub enum FfnBlock<B: Backend> {
@@ -35,7 +55,7 @@ pub enum FfnBlock<B: Backend> {
 pub struct Layer<B: Backend> {
     spec: LayerSpec,
     attn_norm: B::Weight,
-    attention: Attention<B>,
+    mixer: MixerBlock<B>,
     post_attn_norm: Option<B::Weight>,
     ffn_norm: B::Weight,
     ffn: FfnBlock<B>,
@@ -51,20 +71,23 @@ impl<B: Backend> Layer<B> {
         let spec = model.layers[il].clone();
         let d = model.d_model;
         let t = |n: &str| layer_tensor(il, n);
-        // Qwen3.5's and Gemma 4's blocks are specified (strata_model::arch)
-        // but not run yet.
-        let (Mixer::Attention(a), []) = (&spec.mixer, spec.new_features().as_slice()) else {
+        // Gemma 4's blocks are specified (strata_model::arch) but not run yet.
+        let missing = spec.new_features();
+        if !missing.is_empty() {
             return Err(StageError::Model(format!(
                 "layer {il}: {} of {} is not implemented yet",
-                spec.new_features().join(", "),
+                missing.join(", "),
                 model.arch
             )));
+        }
+        let mixer = match &spec.mixer {
+            Mixer::Attention(a) => MixerBlock::Attention(Attention::load(loader, a, d, il)?),
+            Mixer::DeltaNet(dn) => MixerBlock::DeltaNet(DeltaNet::load(loader, dn, d, il)?),
         };
-        let attention = Attention::load(loader, a, d, il)?;
         let (ffn, norm_name) = match &spec.ffn {
             FeedForward::Dense(f) => (
                 FfnBlock::Dense(DenseFfn::load(loader, f, d, il)?),
-                "ffn_norm",
+                f.norm_name,
             ),
             FeedForward::Moe(m) => (FfnBlock::Moe(MoeFfn::load(loader, m, d, il)?), m.norm_name),
         };
@@ -77,7 +100,7 @@ impl<B: Backend> Layer<B> {
         };
         Ok(Layer {
             attn_norm: loader.required(&t("attn_norm.weight"), &[d])?,
-            attention,
+            mixer,
             post_attn_norm: post("post_attention_norm.weight")?,
             ffn_norm: loader.required(&t(&format!("{norm_name}.weight")), &[d])?,
             ffn,
@@ -86,8 +109,20 @@ impl<B: Backend> Layer<B> {
         })
     }
 
-    pub fn attention(&self) -> &Attention<B> {
-        &self.attention
+    /// The layer's attention; `None` for a recurrent layer.
+    pub fn attention(&self) -> Option<&Attention<B>> {
+        match &self.mixer {
+            MixerBlock::Attention(a) => Some(a),
+            MixerBlock::DeltaNet(_) => None,
+        }
+    }
+
+    /// The layer's DeltaNet; `None` for an attention layer.
+    pub fn delta_net(&self) -> Option<&DeltaNet<B>> {
+        match &self.mixer {
+            MixerBlock::DeltaNet(d) => Some(d),
+            MixerBlock::Attention(_) => None,
+        }
     }
 
     /// Runs the layer on `x`. With `keep_rows`, only those rows go on after
@@ -99,13 +134,24 @@ impl<B: Backend> Layer<B> {
         model: &ModelSpec,
         mut x: B::Act,
         batch: &BatchContext<'_, B>,
-        kv: &mut B::KvCache,
-        kv_layer: usize,
+        state: MixerState<'_, B>,
         keep_rows: Option<&[usize]>,
     ) -> Result<B::Act, StageError> {
         let eps = model.rms_eps;
         let h = b.rms_norm(&x, &self.attn_norm, eps)?;
-        let mut o = self.attention.forward(b, h, batch, kv, kv_layer, eps)?;
+        let mut o = match (&self.mixer, state) {
+            (MixerBlock::Attention(a), MixerState::Kv { cache, layer }) => {
+                a.forward(b, h, batch, cache, layer, eps)?
+            }
+            (MixerBlock::DeltaNet(d), MixerState::Recurrent(st)) => {
+                d.forward(b, &h, st, &batch.recurrent)?
+            }
+            _ => {
+                return Err(StageError::Model(
+                    "a layer's mixer was given another mixer's state".into(),
+                ))
+            }
+        };
         if let Some(rows) = keep_rows {
             o = b.select_rows(&o, rows)?;
             x = b.select_rows(&x, rows)?;

@@ -4,9 +4,10 @@
 //! on the rows routed to it, and the outputs are summed with the router's
 //! weights.
 
-use strata_kernels::{Backend, Gating, Router};
+use strata_kernels::{Backend, Gating, Router, Unary};
 use strata_model::arch::{layer_tensor, Activation, ExpertGating, MoeSpec};
 
+use super::DenseFfn;
 use crate::stage::StageError;
 use crate::weights::WeightLoader;
 
@@ -24,6 +25,15 @@ pub struct MoeFfn<B: Backend> {
     gate: Experts<B>,
     up: Experts<B>,
     down: Experts<B>,
+    shared: Option<SharedExpert<B>>,
+}
+
+/// Qwen3.5-MoE's shared expert: a SwiGLU every token runs, weighted by
+/// sigmoid(`ffn_gate_inp_shexp` · x) (llama.cpp's `build_layer_ffn`).
+struct SharedExpert<B: Backend> {
+    ffn: DenseFfn<B>,
+    /// One row: the gate's logit per token.
+    gate: B::Weight,
 }
 
 impl<B: Backend> MoeFfn<B> {
@@ -76,6 +86,13 @@ impl<B: Backend> MoeFfn<B> {
             gate: experts("ffn_gate_exps", [d, ff])?,
             up: experts("ffn_up_exps", [d, ff])?,
             down: experts("ffn_down_exps", [ff, d])?,
+            shared: match &spec.shared {
+                Some(sh) => Some(SharedExpert {
+                    ffn: DenseFfn::load_named(loader, sh.d_ff, spec.activation, d, il, "_shexp")?,
+                    gate: loader.required(&t("ffn_gate_inp_shexp.weight"), &[d])?,
+                }),
+                None => None,
+            },
         })
     }
 
@@ -95,6 +112,15 @@ impl<B: Backend> MoeFfn<B> {
         let up = project(&self.up, h)?;
         let gate = project(&self.gate, h)?;
         let down = project(&self.down, &b.gated(&gate, &up, self.activation)?)?;
-        Ok(b.moe_combine(&down, &routing)?)
+        let mut out = b.moe_combine(&down, &routing)?;
+        if let Some(sh) = &self.shared {
+            // moe + shexp ⊙ sigmoid(gate · x): ggml_mul, then ggml_add.
+            let mut y = sh.ffn.forward(b, h)?;
+            let mut weight = b.matmul(&sh.gate, h)?;
+            b.unary(&mut weight, Unary::Sigmoid)?;
+            b.mul(&mut y, &weight)?;
+            b.add_assign(&mut out, &y)?;
+        }
+        Ok(out)
     }
 }

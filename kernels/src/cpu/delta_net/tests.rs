@@ -19,7 +19,8 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{dot_f32_ggml, gated_delta_net, ssm_conv, DeltaNetInput, DeltaNetShape};
+use super::super::f32_sums::dot_f32_ggml;
+use super::{gated_delta_net, ssm_conv, DeltaNetInput, DeltaNetShape};
 
 const SEED: u64 = 0x64_656c_7461;
 const PROMPTS: [usize; 3] = [1, 5, 40];

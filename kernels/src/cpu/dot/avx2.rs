@@ -655,9 +655,13 @@ unsafe fn dense(n: usize, x: &[u8], load8: impl Fn(usize) -> __m256) -> f32 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f32_row(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let pw = w.as_ptr() as *const f32;
-    let head = n / 8 * 8;
-    dense(head, x, |i| _mm256_loadu_ps(pw.add(i))) + tail(head, n, x, |i| f32_at(w, 4 * i))
+    // ggml's order (the portable kernel), compiled with FMA.
+    super::scalar::f32(n, w, x)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn f32_sgemm(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    super::scalar::f32_sgemm(n, w, x)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -174,6 +174,7 @@ pub fn vec_dot_x4(
 /// the length arithmetic done once (matmul calls it for every row).
 #[derive(Clone, Copy)]
 pub struct RowDot {
+    weight: GgmlType,
     n: usize,
     w_bytes: usize,
     x_bytes: usize,
@@ -194,12 +195,29 @@ impl RowDot {
         );
         let k = kernels();
         RowDot {
+            weight,
             n,
             w_bytes,
             x_bytes,
             one: k.table[index(weight)],
             x4: k.table_x4[index(weight)],
             tiled: k.table_tiled[index(weight)],
+        }
+    }
+
+    /// The kernel for a `mul_mat` of `n_tok` tokens: ggml-cpu hands F32
+    /// weights of a multiple of 16 columns to llamafile's sgemm from two
+    /// tokens on (`llamafile_sgemm` returns early for one), in another
+    /// order than `ggml_vec_dot_f32`.
+    pub fn for_mul_mat(self, n_tok: usize) -> Self {
+        let sgemm = self.weight == GgmlType::F32 && n_tok >= 2 && self.n.is_multiple_of(16);
+        if sgemm {
+            RowDot {
+                one: kernels().f32_sgemm,
+                ..self
+            }
+        } else {
+            self
         }
     }
 
@@ -310,6 +328,8 @@ struct Kernels {
     table: [DotFn; N_TYPES],
     table_x4: [Option<DotFnX4>; N_TYPES],
     table_tiled: [Option<DotFnX4>; N_TYPES],
+    /// F32 rows in llamafile's tinyBLAS order (batches of 2+ tokens).
+    f32_sgemm: DotFn,
     simd: [bool; N_TYPES],
     /// Q8_0/Q8_1/Q8_K activations quantized with AVX2 (`avx2::quantize_q8`, `avx2::quantize_q8_k`).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -357,6 +377,7 @@ fn kernels() -> &'static Kernels {
             table: GgmlType::ALL.map(scalar_as_unsafe),
             table_x4: [None; N_TYPES],
             table_tiled: [None; N_TYPES],
+            f32_sgemm: scalar::f32_sgemm,
             simd: [false; N_TYPES],
             simd_quantize: false,
         };
@@ -376,6 +397,7 @@ fn kernels() -> &'static Kernels {
                 k.table[index(t)] = f;
                 k.simd[index(t)] = true;
             }
+            k.f32_sgemm = avx2::f32_sgemm;
             let x4 = if avx2::vnni_detected() {
                 k.name = "avx2+vnni";
                 avx2::kernels_x4_vnni()

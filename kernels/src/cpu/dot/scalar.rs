@@ -58,8 +58,18 @@ fn act(x: &[u8], i: usize) -> f32 {
     f32_at(x, 4 * i)
 }
 
+/// F32 weights as `ggml_vec_dot_f32` sums them (one token; see
+/// [`f32_sgemm`] for batches).
+#[inline(always)]
 pub fn f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    (0..n).map(|i| f32_at(w, 4 * i) * act(x, i)).sum()
+    let floats = |b: &[u8]| -> Vec<f32> { (0..n).map(|i| f32_at(b, 4 * i)).collect() };
+    crate::cpu::f32_sums::dot_f32_ggml(&floats(w), &floats(x))
+}
+
+/// F32 weights as llamafile's tinyBLAS sums them (`n` a multiple of 16).
+#[inline(always)]
+pub fn f32_sgemm(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    crate::cpu::f32_sums::dot_f32_tinyblas(n, w, x)
 }
 
 pub fn f16_row(n: usize, w: &[u8], x: &[u8]) -> f32 {
