@@ -117,14 +117,14 @@ def synthesize(args, out_path):
 
 
 class Server:
-    def __init__(self, binary, model, threads, log_path, preload):
+    def __init__(self, binary, model, threads, log_path, preload, extra_args=()):
         self.port = free_port()
         self.args = [
             "-m", str(model),
             "--host", "127.0.0.1", "--port", str(self.port),
             "-c", "1024", "-np", "1", "-t", str(threads), "-ngl", "0",
             "-b", "512", "-ub", "512", "-lv", "4",
-        ]
+        ] + list(extra_args)
         env = dict(os.environ)
         if preload:
             env["LD_PRELOAD"] = str(preload)

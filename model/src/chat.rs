@@ -4,6 +4,8 @@
 //! `eos_token` and `raise_exception` defined. A GGUF without a template gets
 //! ChatML, as llama.cpp falls back to.
 
+use std::borrow::Cow;
+
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +64,9 @@ pub struct ChatTemplate {
     source: String,
     bos_token: String,
     eos_token: String,
+    /// The `enable_thinking` [`Self::render`] passes: whether the template
+    /// renders differently with it, as llama-server decides its default.
+    thinking_default: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -70,6 +75,7 @@ impl std::fmt::Debug for ChatTemplate {
             .field("source_bytes", &self.source.len())
             .field("bos_token", &self.bos_token)
             .field("eos_token", &self.eos_token)
+            .field("thinking_default", &self.thinking_default)
             .finish()
     }
 }
@@ -122,12 +128,24 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(ChatError::Compile)?;
-        Ok(Self {
+        let mut tmpl = Self {
             env,
             source: source.to_string(),
             bos_token,
             eos_token,
-        })
+            thinking_default: false,
+        };
+        tmpl.thinking_default = tmpl.supports_thinking();
+        Ok(tmpl)
+    }
+
+    /// Whether `enable_thinking` changes how the template renders a one-message
+    /// conversation's generation prompt (llama-server's probe: it then passes
+    /// `enable_thinking = true` unless reasoning is turned off).
+    fn supports_thinking(&self) -> bool {
+        let probe = [ChatMessage::new("user", "test")];
+        let with = |on| self.render_with_thinking(&probe, true, on).ok();
+        with(true) != with(false)
     }
 
     /// The template's Jinja source.
@@ -135,12 +153,24 @@ impl ChatTemplate {
         &self.source
     }
 
-    /// Renders a conversation; with `add_generation_prompt`, the prompt ends
-    /// where the assistant's reply begins.
+    /// Renders a conversation as llama-server does by default; with
+    /// `add_generation_prompt`, the prompt ends where the assistant's reply
+    /// begins. `enable_thinking` is true where the template supports it.
     pub fn render(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
+        self.render_with_thinking(messages, add_generation_prompt, self.thinking_default)
+    }
+
+    /// Renders a conversation with the template's `enable_thinking` set
+    /// (llama-server's `chat_template_kwargs: {"enable_thinking": …}`).
+    pub fn render_with_thinking(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        enable_thinking: bool,
     ) -> Result<String, ChatError> {
         let fuel = fuel_for(messages);
         // Fuel is set per environment; a clone shares the compiled template.
@@ -148,8 +178,9 @@ impl ChatTemplate {
         env.set_fuel(Some(fuel));
         let tmpl = env.get_template(TEMPLATE_NAME).map_err(ChatError::Render)?;
         tmpl.render(context! {
-            messages => messages,
+            messages => self.with_llama_cpp_roles(messages),
             add_generation_prompt => add_generation_prompt,
+            enable_thinking => enable_thinking,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
         })
@@ -160,6 +191,19 @@ impl ChatTemplate {
             },
             _ => ChatError::Render(e),
         })
+    }
+
+    /// The messages as llama.cpp hands them to a template: `developer` turned
+    /// into `system`, except for templates with `<|channel|>` (gpt-oss's).
+    fn with_llama_cpp_roles<'a>(&self, messages: &'a [ChatMessage]) -> Cow<'a, [ChatMessage]> {
+        if self.source.contains("<|channel|>") || !messages.iter().any(|m| m.role == "developer") {
+            return Cow::Borrowed(messages);
+        }
+        let mut mapped = messages.to_vec();
+        for m in mapped.iter_mut().filter(|m| m.role == "developer") {
+            m.role = "system".to_string();
+        }
+        Cow::Owned(mapped)
     }
 }
 
@@ -245,6 +289,27 @@ mod tests {
                 .count(),
             2001
         );
+    }
+
+    #[test]
+    fn enable_thinking_defaults_to_true_where_the_template_uses_it() {
+        let src = "{% if enable_thinking %}think {% endif %}{{ messages[0].content }}";
+        let t = ChatTemplate::new(src, String::new(), String::new()).unwrap();
+        let msgs = [ChatMessage::new("user", "hi")];
+        assert_eq!(t.render(&msgs, true).unwrap(), "think hi");
+        assert_eq!(t.render_with_thinking(&msgs, true, false).unwrap(), "hi");
+        // A template that ignores it renders the same either way.
+        assert!(!ChatTemplate::chatml().thinking_default);
+    }
+
+    #[test]
+    fn developer_messages_render_as_system_except_for_gpt_oss() {
+        let msgs = [ChatMessage::new("developer", "be brief")];
+        let t = ChatTemplate::new("{{ messages[0].role }}", String::new(), String::new()).unwrap();
+        assert_eq!(t.render(&msgs, false).unwrap(), "system");
+        let src = "{{ messages[0].role }}{# <|channel|> #}";
+        let gpt_oss = ChatTemplate::new(src, String::new(), String::new()).unwrap();
+        assert_eq!(gpt_oss.render(&msgs, false).unwrap(), "developer");
     }
 
     #[test]

@@ -1,24 +1,11 @@
 //! The tokenizer on the real test models, against llama.cpp's recorded outputs
 //! (`tests/data/*.json`).
-use std::path::PathBuf;
+mod common;
 
+use common::{models_dir, reference_dir};
 use serde_json::Value;
 use strata_model::tokenizer::{TextStream, Tokenizer};
 use strata_model::GgufFile;
-
-fn models_dir() -> PathBuf {
-    std::env::var("STRATA_MODELS")
-        .map(Into::into)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/strata/models")
-        })
-}
-
-fn reference_dir() -> PathBuf {
-    std::env::var("STRATA_REFERENCE")
-        .map(Into::into)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data"))
-}
 
 fn load(model: &str, reference: &str) -> (Tokenizer, Value) {
     let f = GgufFile::open(models_dir().join(model)).unwrap();

@@ -5,6 +5,12 @@
 //! and text a regex does not match stays a piece of its own), each piece is
 //! mapped byte by byte onto GPT-2's printable characters, and merges are applied
 //! lowest rank first.
+//!
+//! Gemma 4's BPE (llama.cpp's pre-type `GEMMA4`) works on SentencePiece-style
+//! text instead: spaces become `▁`, the text is split only into runs of
+//! newlines and runs of the rest, pieces stay raw UTF-8, a newline run that is
+//! a token is taken whole, and what no merge reaches is spelled in `<0xXX>`
+//! byte tokens.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -18,6 +24,10 @@ use crate::gguf::MetaValue;
 const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's, with combining marks (`\p{M}`) inside letter runs.
+const QWEN35: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Gemma 4 (SentencePiece-style BPE): runs of newlines and runs of the rest.
+const NEWLINE_RUNS: &str = r"[^\n]+|[\n]+";
 
 /// A pre-tokenizer: the regexes llama.cpp applies for a `tokenizer.ggml.pre` name.
 pub struct PreTokenizer {
@@ -27,6 +37,8 @@ pub struct PreTokenizer {
     ignore_merges: bool,
     /// llama.cpp turns BOS on by default for some pre-tokenizers.
     add_bos: bool,
+    /// The SentencePiece-style BPE of Gemma 4 (llama.cpp's pre-type `GEMMA4`).
+    spm_style: bool,
 }
 
 impl std::fmt::Debug for PreTokenizer {
@@ -34,6 +46,7 @@ impl std::fmt::Debug for PreTokenizer {
         f.debug_struct("PreTokenizer")
             .field("name", &self.name)
             .field("ignore_merges", &self.ignore_merges)
+            .field("spm_style", &self.spm_style)
             .finish()
     }
 }
@@ -55,6 +68,8 @@ impl PreTokenizer {
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => (&[LLAMA3], true, true),
             "dbrx" | "smaug-bpe" => (&[LLAMA3], false, false),
             "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "megrez" => (&[QWEN2], false, false),
+            "qwen35" => (&[QWEN35], false, false),
+            "gemma4" => (&[NEWLINE_RUNS], false, false),
             other => return Err(TokenizerError::UnknownPreTokenizer(other.to_string())),
         };
         let regexes = exprs
@@ -66,6 +81,7 @@ impl PreTokenizer {
             regexes,
             ignore_merges,
             add_bos,
+            spm_style: name == "gemma4",
         })
     }
 
@@ -186,8 +202,30 @@ impl Bpe {
         Ok(Self { pre, ranks })
     }
 
+    /// Whether the vocabulary is SentencePiece-style (Gemma 4): spaces written
+    /// as `▁`, raw UTF-8 instead of GPT-2's byte characters, `<0xXX>` byte
+    /// fallback, and BOS always added (llama.cpp overrides
+    /// `tokenizer.ggml.add_bos_token = false` for it).
+    pub(super) fn spm_style(&self) -> bool {
+        self.pre.spm_style
+    }
+
     /// Tokenizes one raw-text fragment, appending to `out`.
     pub(super) fn encode(&self, tok: &Tokenizer, text: &str, out: &mut Vec<u32>) {
+        if self.pre.spm_style {
+            let escaped = text.replace(' ', "\u{2581}");
+            for piece in self.pre.split(&escaped) {
+                // llama.cpp (PR 21343): a run of newlines that is a token stays whole.
+                if piece.bytes().all(|b| b == b'\n') {
+                    if let Some(id) = tok.lookup(piece) {
+                        out.push(id);
+                        continue;
+                    }
+                }
+                self.encode_word(tok, piece, out);
+            }
+            return;
+        }
         let mut word = String::new();
         for piece in self.pre.split(text) {
             word.clear();
@@ -231,6 +269,10 @@ impl Bpe {
             let text = &word[s.start..s.start + s.len];
             match tok.lookup(text) {
                 Some(id) => out.push(id),
+                None if self.pre.spm_style => {
+                    // llama.cpp: each byte as its `<0xXX>` token, where there is one.
+                    out.extend(text.bytes().filter_map(|b| tok.byte_token(b)));
+                }
                 None => {
                     // llama.cpp: each character on its own, where it is a token.
                     for c in text.chars() {
@@ -322,6 +364,8 @@ mod tests {
             "llama3",
             "llama-bpe",
             "qwen2",
+            "qwen35",
+            "gemma4",
             "dbrx",
         ] {
             PreTokenizer::from_name(name).unwrap();
@@ -333,6 +377,21 @@ mod tests {
         );
         let qwen2 = PreTokenizer::from_name("qwen2").unwrap();
         assert_eq!(qwen2.split("ab 12"), vec!["ab", " ", "1", "2"]);
+    }
+
+    #[test]
+    fn qwen35_keeps_combining_marks_in_words() {
+        let text = "cafe\u{301}s 12";
+        let qwen2 = PreTokenizer::from_name("qwen2").unwrap();
+        assert_eq!(qwen2.split(text), vec!["cafe", "\u{301}s", " ", "1", "2"]);
+        let qwen35 = PreTokenizer::from_name("qwen35").unwrap();
+        assert_eq!(qwen35.split(text), vec!["cafe\u{301}s", " ", "1", "2"]);
+    }
+
+    #[test]
+    fn gemma4_splits_only_at_newline_runs() {
+        let pre = PreTokenizer::from_name("gemma4").unwrap();
+        assert_eq!(pre.split("a b\n\nc\n"), vec!["a b", "\n\n", "c", "\n"]);
     }
 
     #[test]

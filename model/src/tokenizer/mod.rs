@@ -2,6 +2,9 @@
 //!
 //! - `tokenizer.ggml.model = "gpt2"`: byte-level BPE ([`bpe`]), pre-tokenized with
 //!   the regexes llama.cpp uses for `tokenizer.ggml.pre`.
+//! - `tokenizer.ggml.model = "gemma4"`: BPE over SentencePiece-style pieces
+//!   (`▁` for spaces, raw UTF-8, `<0xXX>` byte fallback), split only at
+//!   newline runs ([`bpe`]).
 //! - `tokenizer.ggml.model = "llama"`: SentencePiece by scores ([`spm`]), with
 //!   `<0xXX>` byte fallback.
 //!
@@ -11,6 +14,7 @@
 //! per-token piece table; [`TextStream`] turns pieces into complete UTF-8 text.
 
 mod bpe;
+mod special;
 mod spm;
 mod stream;
 mod symbols;
@@ -32,11 +36,11 @@ pub enum TokenizerError {
         key: &'static str,
         expected: &'static str,
     },
-    #[error("tokenizer metadata: unknown tokenizer model `{0}` (supported: gpt2, llama)")]
+    #[error("tokenizer metadata: unknown tokenizer model `{0}` (supported: gpt2, llama, gemma4)")]
     UnknownModel(String),
     #[error(
         "tokenizer metadata: unknown pre-tokenizer `{0}` (supported: default, gpt2, gpt-2, llama3, llama-bpe, \
-         llama-v3, qwen2, smollm, starcoder, refact, command-r, …)"
+         llama-v3, qwen2, qwen35, smollm, starcoder, refact, command-r, …)"
     )]
     UnknownPreTokenizer(String),
     #[error(
@@ -140,60 +144,6 @@ const KEY_ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
 const KEY_ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
 const KEY_ADD_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
 
-/// Token texts that end a turn (llama.cpp's EOT auto-detection list).
-const EOT_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<|end_of_text|>",
-    "<EOT>",
-    "_<EOT>",
-    "[EOT]",
-    "<｜end▁of▁sentence｜>",
-    "<end_of_utterance>",
-];
-
-/// Token texts that end generation (llama.cpp's EOG list).
-const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<|return|>",
-    "<|call|>",
-    "<|flush|>",
-    "<|calls|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "</s>",
-    "<|eom_id|>",
-    "<EOT>",
-    "_<EOT>",
-    "[EOT]",
-    "[EOS]",
-    "<|end_of_text|>",
-    "<end_of_utterance>",
-    "<eos>",
-    "<turn|>",
-    "<|tool_response>",
-    "<｜end▁of▁sentence｜>",
-    "[e~[",
-];
-
-/// FIM pad / repo / file-separator texts, which llama.cpp also treats as EOG.
-const FIM_EOG_TEXTS: &[&[&str]] = &[
-    &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"],
-    &[
-        "<|fim_repo|>",
-        "<|repo_name|>",
-        "<fim-repo>",
-        "<REPO>",
-        "<reponame>",
-    ],
-    &["<|file_sep|>"],
-];
-
 fn string_array<'a>(
     f: &'a GgufFile,
     key: &'static str,
@@ -226,6 +176,10 @@ fn token_id(
             Ok(Some(id as u32))
         }
     }
+}
+
+fn merges(f: &GgufFile) -> Result<&[MetaValue], TokenizerError> {
+    string_array(f, KEY_MERGES)?.ok_or(TokenizerError::MissingKey(KEY_MERGES))
 }
 
 fn flag(f: &GgufFile, key: &'static str) -> Result<Option<bool>, TokenizerError> {
@@ -287,9 +241,7 @@ impl Tokenizer {
                     };
                     let pre = PreTokenizer::from_name(pre_name)?;
                     let add_bos = pre.adds_bos_by_default();
-                    let merges = string_array(f, KEY_MERGES)?
-                        .ok_or(TokenizerError::MissingKey(KEY_MERGES))?;
-                    let bpe = bpe::Bpe::new(pre, merges, &token_to_id)?;
+                    let bpe = bpe::Bpe::new(pre, merges(f)?, &token_to_id)?;
                     (
                         Model::Bpe(bpe),
                         Some(11u32),
@@ -298,6 +250,12 @@ impl Tokenizer {
                         add_bos,
                         false,
                     )
+                }
+                // llama.cpp ignores `tokenizer.ggml.pre` here and sets no default ids.
+                "gemma4" => {
+                    let pre = PreTokenizer::from_name("gemma4")?;
+                    let bpe = bpe::Bpe::new(pre, merges(f)?, &token_to_id)?;
+                    (Model::Bpe(bpe), None, None, None, false, false)
                 }
                 "llama" => (Model::Spm, Some(1), Some(2), Some(0), true, true),
                 other => return Err(TokenizerError::UnknownModel(other.to_string())),
@@ -309,10 +267,13 @@ impl Tokenizer {
         let bos = token_id(f, KEY_BOS, n_tokens)?.or_else(|| in_range(default_bos));
         let eos = token_id(f, KEY_EOS, n_tokens)?.or_else(|| in_range(default_eos));
         let unk = token_id(f, KEY_UNK, n_tokens)?.or_else(|| in_range(default_unk));
-        let mut eot = token_id(f, KEY_EOT, n_tokens)?;
+        let eot = token_id(f, KEY_EOT, n_tokens)?;
         let eom = token_id(f, KEY_EOM, n_tokens)?;
         if let Some(v) = flag(f, KEY_ADD_BOS)? {
             add_bos = v;
+        }
+        if matches!(&model, Model::Bpe(b) if b.spm_style()) {
+            add_bos = true;
         }
         let add_eos = flag(f, KEY_ADD_EOS)?.unwrap_or(false);
         if add_bos && bos.is_none() {
@@ -329,34 +290,7 @@ impl Tokenizer {
         }
 
         let mut tokens = tokens;
-        // EOT auto-detection by text; such tokens become control tokens.
-        if eot.is_none() {
-            eot = EOT_TEXTS.iter().find_map(|t| token_to_id.get(*t).copied());
-            if let Some(id) = eot {
-                tokens[id as usize].attr |= attr::CONTROL;
-            }
-        }
-        let mut eog = BTreeSet::new();
-        for group in FIM_EOG_TEXTS {
-            if let Some(id) = group.iter().find_map(|t| token_to_id.get(*t).copied()) {
-                eog.insert(id);
-            }
-        }
-        for text in EOG_TEXTS {
-            if let Some(&id) = token_to_id.get(*text) {
-                eog.insert(id);
-            }
-        }
-        for &id in &eog {
-            tokens[id as usize].attr |= attr::CONTROL;
-        }
-        eog.extend(eos.iter().chain(eot.iter()).chain(eom.iter()).copied());
-        // gpt-oss: these are always rendered.
-        for text in ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"] {
-            if let Some(&id) = token_to_id.get(text) {
-                tokens[id as usize].attr = attr::USER_DEFINED;
-            }
-        }
+        let (eot, eog) = special::end_tokens(&mut tokens, &token_to_id, eos, eot, eom);
 
         let mut special_tokens: Vec<u32> = (0..n_tokens as u32)
             .filter(|&id| {
@@ -369,7 +303,7 @@ impl Tokenizer {
                 .len()
                 .cmp(&tokens[a as usize].text.len())
         });
-        set_strip_attrs(f, &mut tokens, &token_to_id, &special_tokens);
+        special::set_strip_attrs(f, &mut tokens, &token_to_id, &special_tokens);
 
         let mut tok = Tokenizer {
             model,
@@ -450,6 +384,7 @@ impl Tokenizer {
         if t.attr & attr::NORMAL != 0 {
             return match &self.model {
                 Model::Spm => t.text.replace('\u{2581}', " ").into_bytes(),
+                Model::Bpe(b) if b.spm_style() => t.text.replace('\u{2581}', " ").into_bytes(),
                 Model::Bpe(_) => bpe::decode_byte_level(&t.text),
             };
         }
@@ -679,10 +614,11 @@ impl Tokenizer {
         self.token_to_id.get(text).copied()
     }
 
-    /// The token for a raw byte: `<0xXX>` for SentencePiece, the byte-level
-    /// character for BPE; `None` if the vocabulary lacks it.
+    /// The token for a raw byte: `<0xXX>` for SentencePiece and Gemma 4's
+    /// BPE, the byte-level character for GPT-2's; `None` if the vocabulary lacks it.
     fn byte_token(&self, byte: u8) -> Option<u32> {
         match &self.model {
+            Model::Bpe(b) if b.spm_style() => self.lookup(&format!("<0x{byte:02X}>")),
             Model::Spm => self.lookup(&format!("<0x{byte:02X}>")).or_else(|| {
                 std::str::from_utf8(&[byte])
                     .ok()
@@ -711,34 +647,6 @@ impl std::fmt::Debug for Tokenizer {
             .field("add_eos", &self.add_eos)
             .field("add_space_prefix", &self.add_space_prefix)
             .finish()
-    }
-}
-
-/// Per-token strip attributes llama.cpp sets by model name (Phi-3: special
-/// tokens swallow the whitespace after them, except `<unk>`, `<s>`, `<|endoftext|>`).
-fn set_strip_attrs(
-    f: &GgufFile,
-    tokens: &mut [TokenData],
-    token_to_id: &HashMap<String, u32>,
-    special: &[u32],
-) {
-    let name = f
-        .get_str("general.name")
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    if !(name.contains("phi-3") || name.contains("phi3")) {
-        return;
-    }
-    for &id in special {
-        tokens[id as usize].attr |= attr::RSTRIP;
-    }
-    if let Some(&id) = token_to_id.get("</s>") {
-        tokens[id as usize].attr |= attr::RSTRIP;
-    }
-    for text in ["<unk>", "<s>", "<|endoftext|>"] {
-        if let Some(&id) = token_to_id.get(text) {
-            tokens[id as usize].attr &= !attr::RSTRIP;
-        }
     }
 }
 
