@@ -28,6 +28,8 @@ const PROMPTS: [&str; 8] = [
 const MAX_TOKENS: usize = 40;
 /// Three of these hold SmolLM2 at `SERVE_ARGS`; two do not.
 const BUDGET: &str = "125MiB";
+/// Three of these hold the qwen35 synth model at `-c 512 -n 2`; two do not.
+const QWEN35_BUDGET: &str = "79MiB";
 const SERVE_ARGS: [&str; 6] = ["-c", "128", "-n", "8", "-b", "64"];
 
 fn health(server: &Server) -> (u16, Value) {
@@ -321,4 +323,89 @@ fn a_pool_started_before_its_workers_waits_for_them() {
         body["choices"][0]["text"],
         common::single_process(&model_path, "The capital of France is", 12, false).as_str()
     );
+}
+
+/// Qwen3.5 (`strata synth` qwen35): every stage's recurrent state is
+/// rebuilt by the replay. Two streams, the worker of a middle stage killed
+/// mid-generation: both finish with one process's text, and no worker is
+/// left holding a state slot.
+#[test]
+fn qwen35_recurrent_state_is_rebuilt_after_a_lost_worker() {
+    let (_dir, model_path, r) = common::synth_reference("synth-qwen35-q8_0");
+    let prompts: Vec<String> = r["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["prompt"].as_str().unwrap().to_string())
+        .collect();
+    let n = 24;
+    let expected: Vec<String> = prompts
+        .iter()
+        .map(|p| common::single_process(&model_path, p, n, true))
+        .collect();
+    let model_dir = tempfile::tempdir().unwrap();
+    let file = model_path.file_name().unwrap();
+    std::os::unix::fs::symlink(&model_path, model_dir.path().join(file)).unwrap();
+    let workers: Vec<Worker> = (0..4)
+        .map(|i| Worker::start(QWEN35_BUDGET, (i == 0).then(|| model_dir.path())))
+        .collect();
+    let mut args = vec!["-c", "512", "-n", "2"];
+    args.extend(["--stage-timeout", "20"]);
+    for w in &workers {
+        args.extend(["--worker", w.spec.as_str()]);
+    }
+    let server = Server::start(&model_path, &args);
+    let stages = stage_workers(&server);
+    assert_eq!(stages.len(), 3, "three stages and a spare: {stages:?}");
+    let victim = workers.iter().position(|w| w.addr == stages[1]).unwrap();
+
+    let seen: Vec<Arc<AtomicUsize>> = prompts.iter().map(|_| Arc::default()).collect();
+    let threads: Vec<_> = prompts
+        .iter()
+        .zip(&seen)
+        .map(|(prompt, seen)| {
+            let url = format!("{}/v1/completions", server.base);
+            let body = json!({"prompt": prompt, "max_tokens": n, "temperature": 0,
+                              "stream": true, "ignore_eos": true});
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut stream = EventStream::open(&url, &body);
+                let mut text = String::new();
+                while let Some(d) = stream.next_data() {
+                    if d == "[DONE]" {
+                        break;
+                    }
+                    let v: Value = serde_json::from_str(&d).unwrap();
+                    assert!(v.get("error").is_none(), "error event {d}");
+                    text.push_str(v["choices"][0]["text"].as_str().unwrap_or(""));
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+                text
+            })
+        })
+        .collect();
+    assert!(
+        common::eventually(Duration::from_secs(120), || seen
+            .iter()
+            .all(|s| s.load(Ordering::Relaxed) >= 3)),
+        "streams did not start"
+    );
+    let failovers = metric(&server, "failovers_total");
+    let mut workers = workers;
+    workers[victim].proc.kill();
+    for (t, want) in threads.into_iter().zip(&expected) {
+        assert_eq!(&t.join().unwrap(), want, "a stream after the lost worker");
+    }
+    assert!(metric(&server, "failovers_total") > failovers, "no failover counted");
+    for (i, w) in workers.iter().enumerate().filter(|(i, _)| *i != victim) {
+        assert!(
+            common::eventually(Duration::from_secs(20), || {
+                let h = w.health();
+                h.live_sequences == 0 && h.state_slots_used == 0
+            }),
+            "worker {i} ({}) keeps a sequence: {:?}",
+            w.addr,
+            w.health()
+        );
+    }
 }

@@ -55,7 +55,7 @@ fn run_three_workers(file: &str, reference_name: &str, budgets: [&str; 3], whole
         whole_reference,
         0.5,
         1,
-    )
+    );
 }
 
 /// `near_tie`: the top-2 log-prob gap under which the text may leave
@@ -70,7 +70,7 @@ fn run_three_workers_on(
     whole_reference: bool,
     near_tie: f64,
     min_sure: usize,
-) {
+) -> Vec<String> {
     let model_path = model_path.to_path_buf();
     let file = model_path.file_name().unwrap();
     // One worker reads its own copy; the others get their slices pushed.
@@ -221,19 +221,22 @@ fn run_three_workers_on(
             w.addr
         );
         assert!(h.kv_blocks_used >= 1);
+        // A stage with recurrent layers (Qwen3.5) holds one state slot.
+        assert_eq!(h.state_slots_used, u64::from(h.state_slots > 0), "{}: {h:?}", w.addr);
     }
     drop(stream);
     for w in &workers {
         assert!(
             common::eventually(Duration::from_secs(20), || {
                 let h = w.health();
-                h.live_sequences == 0 && h.kv_blocks_used == 0
+                h.live_sequences == 0 && h.kv_blocks_used == 0 && h.state_slots_used == 0
             }),
             "{}: the dropped stream's blocks were not freed: {:?}",
             w.addr,
             w.health()
         );
     }
+    stages
 }
 
 #[test]
@@ -276,6 +279,25 @@ fn three_workers_serve_gemma3_token_for_token_on_another_split() {
 fn three_workers_serve_qwen3moe_synth_token_for_token() {
     let (_dir, model_path, r) = common::synth_reference("synth-qwen3moe-q8_0");
     run_three_workers_on(&model_path, &r, ["80MiB", "84MiB", "79MiB"], false, 0.1, 8);
+}
+
+/// Qwen3.5 (DeltaNet layers 0-2, gated attention at 3): the budgets put a
+/// stage boundary between DeltaNet layer 2 and attention layer 3, and every
+/// stage frees its recurrent state with its KV when a stream is dropped.
+/// Then Qwen3.5-MoE (its shared expert) over three workers, wherever the
+/// measured speeds place it; its random weights give near-ties from the
+/// first tokens (llama.cpp's log-probabilities are held to 0.05 in
+/// tests/tests/synth_reference.rs).
+#[test]
+fn three_workers_serve_qwen35_synth_token_for_token() {
+    let (_dir, model_path, r) = common::synth_reference("synth-qwen35-q8_0");
+    let stages = run_three_workers_on(&model_path, &r, ["80MiB", "78MiB", "78MiB"], false, 0.1, 8);
+    assert!(
+        stages.iter().any(|s| s.ends_with(" 3..4")),
+        "no stage boundary between DeltaNet layer 2 and attention layer 3: {stages:?}"
+    );
+    let (_dir, model_path, r) = common::synth_reference("synth-qwen35moe-q8_0");
+    run_three_workers_on(&model_path, &r, ["88MiB", "85MiB", "85MiB"], false, 0.1, 0);
 }
 
 /// gpt-oss (sinks, biases, YaRN, alternating sliding window, MXFP4

@@ -571,6 +571,8 @@ impl worker_server::Worker for WorkerService {
             kv_blocks_used: s.kv_blocks_used,
             kv_blocks_free: s.kv_blocks_free,
             live_sequences: s.live_sequences,
+            state_slots_used: s.state_slots_used,
+            state_slots: s.state_slots,
             kv_block_tokens: strata_kernels::KV_BLOCK_TOKENS as u64,
         }))
     }

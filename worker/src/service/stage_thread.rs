@@ -13,6 +13,7 @@ use strata_proto::v1;
 use tokio::sync::oneshot;
 
 use super::frames;
+use crate::slice_cache;
 use crate::sampler::Sampler;
 use crate::stage::{LayerRange, Stage, StageError, StageInput, StageOutput};
 
@@ -30,6 +31,8 @@ pub struct Snapshot {
     pub kv_blocks_used: u64,
     pub kv_blocks_free: u64,
     pub live_sequences: u64,
+    pub state_slots_used: u64,
+    pub state_slots: u64,
 }
 
 pub struct LoadJob {
@@ -156,6 +159,8 @@ where
                     s.kv_blocks_used = l.stage.blocks().used_blocks() as u64;
                     s.kv_blocks_free = l.stage.blocks().free_blocks() as u64;
                     s.live_sequences = l.stage.blocks().n_sequences() as u64;
+                    s.state_slots_used = l.stage.state_slots().held() as u64;
+                    s.state_slots = l.stage.state_slots().capacity() as u64;
                 }
             }
         })?;
@@ -196,7 +201,15 @@ fn load<B: Backend, F: Fn() -> B>(
     snapshot: &Mutex<Snapshot>,
 ) -> Result<Loaded<B>, String> {
     let started = std::time::Instant::now();
-    let stage = Stage::load(make_backend(), &job.file, job.range, job.ctx_tokens).map_err(|e| {
+    let sequences = slice_cache::stage_load(job.ctx_tokens, job.limits.seq_tokens, 0).sequences;
+    let stage = Stage::load_for(
+        make_backend(),
+        &job.file,
+        job.range,
+        job.ctx_tokens,
+        sequences,
+    )
+    .map_err(|e| {
         format!(
             "loading layers {}..{} from {}: {e}",
             job.range.first,
