@@ -326,6 +326,8 @@ impl<B: Backend> Stage<B> {
             positions: &positions,
             token_seq: &token_seq,
             block_tables: &tables,
+            // No recurrent layers run on a stage yet.
+            seq_slots: &[],
         };
         let (layers, kv, first) = (&self.layers, &mut self.kv, self.range.first);
         let mut run_range = |mut x: B::Act| -> Result<B::Act, StageError> {
