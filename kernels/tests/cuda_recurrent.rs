@@ -591,8 +591,13 @@ fn steps() -> Vec<Runs> {
 }
 
 /// Every step's output and the final states, with graphs on or off;
-/// `index_slots` says whether the batch index carries the state slots.
-fn run_steps(graphs: bool, index_slots: bool, seed: u64) -> (Vec<Vec<f32>>, Vec<f32>, u64) {
+/// `index_slots` says at which steps the batch index carries the state
+/// slots.
+fn run_steps(
+    graphs: bool,
+    index_slots: impl Fn(usize) -> bool,
+    seed: u64,
+) -> (Vec<Vec<f32>>, Vec<f32>, u64) {
     let g = gpu();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut layer = MiniLayer::new(&g, &mut rng);
@@ -609,7 +614,7 @@ fn run_steps(graphs: bool, index_slots: bool, seed: u64) -> (Vec<Vec<f32>>, Vec<
             positions: &positions,
             token_seq: &token_seq,
             block_tables: &block_tables,
-            seq_slots: if index_slots { &r.slots } else { &[] },
+            seq_slots: if index_slots(step) { &r.slots } else { &[] },
         };
         let batch = RecurrentBatch {
             token_seq: &token_seq,
@@ -632,8 +637,8 @@ fn run_steps(graphs: bool, index_slots: bool, seed: u64) -> (Vec<Vec<f32>>, Vec<
 #[test]
 fn recurrent_ops_replay_in_graphs_with_each_batch_slots() {
     let seed = seed();
-    let (eager, eager_states, none) = run_steps(false, true, seed);
-    let (graphed, graphed_states, replays) = run_steps(true, true, seed);
+    let (eager, eager_states, none) = run_steps(false, |_| true, seed);
+    let (graphed, graphed_states, replays) = run_steps(true, |_| true, seed);
     assert_eq!(none, 0);
     assert!(replays >= 8, "only {replays} steps replayed");
     for (i, (e, g)) in eager.iter().zip(&graphed).enumerate() {
@@ -647,12 +652,25 @@ fn recurrent_ops_replay_in_graphs_with_each_batch_slots() {
 #[test]
 fn recurrent_ops_without_slots_in_the_index_run_eagerly() {
     let seed = seed();
-    let (eager, eager_states, _) = run_steps(false, true, seed);
-    let (unindexed, states, replays) = run_steps(true, false, seed);
+    let (eager, eager_states, _) = run_steps(false, |_| true, seed);
+    let (unindexed, states, replays) = run_steps(true, |_| false, seed);
     assert_eq!(
         replays, 0,
         "a graph was replayed with slots it did not index"
     );
     assert_eq!(eager, unindexed);
+    assert_eq!(eager_states, states);
+}
+
+/// A graph recorded with the slots in the index is not replayed once the
+/// index stops carrying them (its runs would be the last indexed batch's):
+/// those steps are recorded again, fail the capture and run eagerly.
+#[test]
+fn a_graph_with_runs_is_not_replayed_for_a_batch_without() {
+    let seed = seed();
+    let (eager, eager_states, _) = run_steps(false, |_| true, seed);
+    let (graphed, states, replays) = run_steps(true, |step| step < 4, seed);
+    assert_eq!(replays, 3, "steps 1 to 3 replay, no later one");
+    assert_eq!(eager, graphed);
     assert_eq!(eager_states, states);
 }

@@ -184,6 +184,9 @@ impl BatchArrays {
 /// again.
 struct FixedIndex {
     dev: [Arc<CudaSlice<u32>>; N_ROLES],
+    /// The recurrent runs' length at recording (none, or 3 a sequence): a
+    /// batch with another cannot replay what the ops launched for these.
+    runs_len: usize,
 }
 
 /// While a graph is recorded, the arrays the ops must read (by role, not
@@ -224,15 +227,17 @@ impl FixedIndex {
             dev: dev
                 .try_into()
                 .map_err(|_| KernelError::Invalid("a graph's index arrays: one per role".into()))?,
+            runs_len: arrays.get(IndexRole::RecurrentRuns).len(),
         };
         fixed.upload(b, arrays)?;
         Ok(fixed)
     }
 
     fn fits(&self, arrays: &BatchArrays) -> bool {
-        ROLES
-            .iter()
-            .all(|&r| arrays.get(r).len() <= self.dev[r as usize].len())
+        arrays.get(IndexRole::RecurrentRuns).len() == self.runs_len
+            && ROLES
+                .iter()
+                .all(|&r| arrays.get(r).len() <= self.dev[r as usize].len())
     }
 
     fn upload(&mut self, b: &CudaBackend, arrays: &BatchArrays) -> Result<(), KernelError> {
@@ -291,6 +296,11 @@ impl CudaBackend {
             index.block_tables,
             index.seq_slots,
         )?;
+        if !index.seq_slots.is_empty() && arrays.get(IndexRole::RecurrentRuns).is_empty() {
+            // State slots that make no valid runs: the ops say why, eagerly
+            // (a failed capture would keep this shape eager for good).
+            return run(x);
+        }
         let recorded = match runs.slots.get(&key) {
             Some(Slot::Recorded(r)) => r.index.fits(&arrays),
             Some(Slot::Refused) => return run(x),
