@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 asan=$(${CXX:-c++} -print-file-name=libasan.so)
 [[ -f $asan ]] || { echo "libasan.so not found (${CXX:-c++} -print-file-name)" >&2; exit 1; }
-tests=(cuda_ops cuda_emulator cuda_emulator_mma cuda_emulator_graphs cuda_matvec cuda_gemm cuda_attention cuda_upload)
+tests=(cuda_ops cuda_recurrent cuda_emulator cuda_emulator_mma cuda_emulator_graphs cuda_matvec cuda_gemm cuda_attention cuda_upload)
 mapfile -t exes < <(cargo test -p strata-kernels "${tests[@]/#/--test=}" --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys; [print(j["executable"]) for j in map(json.loads, sys.stdin) if j.get("reason")=="compiler-artifact" and j.get("executable")]')
 [[ ${#exes[@]} == "${#tests[@]}" ]] || { echo "expected ${#tests[@]} test executables, got: ${exes[*]}" >&2; exit 1; }

@@ -103,6 +103,19 @@ __device__ __forceinline__ i32 dp4a(i32 a, i32 b, i32 c) {
 }
 #endif
 
+// x * y rounded once, never fused into a later add (ggml multiplies and adds
+// in separate ops, or GCC rounds its products before the adds; NVRTC would
+// otherwise contract `a * b + c`).
+#ifdef STRATA_HOST
+static inline float mul_rn(float a, float b) { return a * b; }
+#else
+__device__ __forceinline__ float mul_rn(float a, float b) {
+    float r;
+    asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
+#endif
+
 #ifndef STRATA_HOST_CHECK
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -1,7 +1,9 @@
-// The small ops of a block: RMSNorm, RoPE, gating, adds, row selection.
-// Activations are row-major rows x cols f32.
+// The small ops of a block: RMSNorm, RoPE, gating, adds, products, unary
+// functions, row selection and column slices. Activations are row-major
+// rows x cols f32.
 
-// RMSNorm over groups of `n` values: one block per group.
+// RMSNorm over groups of `n` values, times `w` unless it is null (ggml's
+// rms_norm alone): one block per group.
 extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, int n, float eps) {
     __shared__ float scratch[32];
     const float* g = x + (size_t)blockIdx.x * n;
@@ -10,7 +12,7 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, 
     for (int i = threadIdx.x; i < n; i += blockDim.x) ss += g[i] * g[i];
     ss = block_sum(ss, scratch);
     const float scale = rsqrtf(ss / n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) o[i] = g[i] * scale * w[i];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) o[i] = w ? g[i] * scale * w[i] : g[i] * scale;
 }
 
 extern "C" __global__ void add_assign(float* x, const float* y, size_t n) {
@@ -130,4 +132,37 @@ extern "C" __global__ void select_rows(const float* x, const u32* rows, float* o
 extern "C" __global__ void f32_to_f16(const float* x, u16* out, size_t n) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = f2h(x[i]);
+}
+
+// x = f(x) as ggml-cpu computes f (Backend's Unary, in its order: sigmoid,
+// softplus, silu, tanh).
+extern "C" __global__ void unary(float* x, size_t n, int f) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float v = x[i];
+    switch (f) {
+        case 0: x[i] = 1.0f / (1.0f + expf(-v)); break;
+        case 1: x[i] = v > 20.0f ? v : logf(1.0f + expf(v)); break;
+        case 2: x[i] = v / (1.0f + expf(-v)); break;
+        default: x[i] = tanhf(v); break;
+    }
+}
+
+// x *= c (ggml_scale).
+extern "C" __global__ void scale(float* x, size_t n, float c) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= c;
+}
+
+// x[i] *= y[(i / div) % len]: a product of the same shape (div 1, len n),
+// one value per row (div cols) or a vector repeated along rows (div 1).
+extern "C" __global__ void mul_broadcast(float* x, const float* y, size_t n, size_t div, size_t len) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= y[(i / div) % len];
+}
+
+// out[r][c] = x[r][start + c] for c < len.
+extern "C" __global__ void columns(const float* x, float* out, size_t n, int cols, int start, int len) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = x[(i / len) * cols + start + i % len];
 }

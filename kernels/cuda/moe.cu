@@ -3,18 +3,6 @@
 // sum of each token's expert outputs. The router's ids are valid by
 // construction; ids given on the host are checked there.
 
-// x * y rounded once, never fused into a later add (ggml multiplies and adds
-// in separate ops; NVRTC would otherwise contract `a * b + c`).
-#ifdef STRATA_HOST
-static inline float mul_rn(float a, float b) { return a * b; }
-#else
-__device__ __forceinline__ float mul_rn(float a, float b) {
-    float r;
-    asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-    return r;
-}
-#endif
-
 // ggml's add_id: x[r][c] += bias[ids[r]][c], bias rows of `cols` f32.
 extern "C" __global__ void add_id(float* x, const float* bias, const u32* ids, size_t n, int cols) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;

@@ -239,13 +239,18 @@ pub struct AttentionBatch<'a> {
     pub sinks: Option<&'a [f32]>,
 }
 
-/// Where a batch's tokens sit: what every layer of a stage reads to rotate
-/// and attend (the same fields as [`AttentionBatch`]'s).
+/// Where a batch's tokens sit: what every layer of a stage reads to rotate,
+/// attend (the same fields as [`AttentionBatch`]'s) and run its recurrent
+/// ops (those of [`RecurrentBatch`]).
 #[derive(Debug, Clone, Copy)]
 pub struct BatchIndex<'a> {
     pub positions: &'a [u32],
     pub token_seq: &'a [u32],
     pub block_tables: &'a [&'a [KvBlockId]],
+    /// Each sequence's recurrent state slot (its row of every recurrent
+    /// layer's states, [`RecurrentBatch::seq_slots`]); empty for a stage
+    /// without recurrent layers.
+    pub seq_slots: &'a [u32],
 }
 
 /// Every op returns a `Result`: [`KernelError::Invalid`] for input the op
@@ -459,7 +464,9 @@ pub trait Backend: Send + Sync {
     /// and replay it on later batches of the same shape without calling
     /// `run` (CUDA graphs), so `run` must launch the same work for batches
     /// that agree in token count, sequence count and `x`'s width, reading
-    /// what varies only through `index` and `x`.
+    /// what varies only through `index` and `x` (the recurrent ops' state
+    /// slots through `index.seq_slots`; slots are cleared with
+    /// [`Backend::zero_rows`] before, not inside, `run`).
     fn run_layers<E: From<KernelError>>(
         &self,
         runs: &mut Self::LayerRuns,

@@ -87,20 +87,23 @@ impl RecurrentBatch<'_> {
             }
             runs.push((s, t, 1));
         }
-        let mut owner = vec![usize::MAX; slots];
+        // Each slot owned by one sequence: checked by sorting, so that
+        // `slots` (which may be a bound only) sizes nothing.
+        let mut owners: Vec<(usize, usize)> = Vec::with_capacity(runs.len());
         for run in &mut runs {
             let slot = self.seq_slots[run.0] as usize;
-            match owner.get_mut(slot) {
-                None => return bad(format!("state slot {slot} of {slots}")),
-                Some(o) if *o != usize::MAX => {
-                    return bad(format!(
-                        "sequences {} and {} share state slot {slot}",
-                        *o, run.0
-                    ))
-                }
-                Some(o) => *o = run.0,
+            if slot >= slots {
+                return bad(format!("state slot {slot} of {slots}"));
             }
+            owners.push((slot, run.0));
             run.0 = slot;
+        }
+        owners.sort_unstable();
+        if let Some(w) = owners.windows(2).find(|w| w[0].0 == w[1].0) {
+            return bad(format!(
+                "sequences {} and {} share state slot {}",
+                w[0].1, w[1].1, w[0].0
+            ));
         }
         Ok(runs)
     }

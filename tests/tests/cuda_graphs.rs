@@ -163,6 +163,7 @@ fn a_run_that_copies_from_the_host_runs_eagerly() {
         positions: &[5],
         token_seq: &[0],
         block_tables: &tables,
+        seq_slots: &[],
     };
     for step in 0..4 {
         let x = gpu.act_from_host(&[1.0; 8], 1, 8).unwrap();

@@ -414,6 +414,8 @@ impl<B: Backend> Stage<B> {
             positions: &positions,
             token_seq: &token_seq,
             block_tables: &tables,
+            // No recurrent layers run on a stage yet.
+            seq_slots: &[],
         };
         let (layers, kv, first) = (&self.layers, &mut self.kv, self.range.first);
         let (kv_layer, recurrent) = (&self.kv_layer, &mut self.recurrent);

@@ -35,13 +35,16 @@ use crate::moe_route::Router;
 use crate::op_checks;
 use crate::recurrent::{DeltaNetShape, RecurrentBatch};
 pub use graphs::CudaLayerRuns;
+pub use recurrent::MAX_DELTA_NET_HEAD_DIM;
 pub use routing::CudaRouting;
 
 mod attention;
+mod elementwise;
 mod gemm;
 mod graphs;
 mod matvec;
 mod moe;
+mod recurrent;
 mod routing;
 
 /// Tokens one matrix-vector launch handles (the kernels' MAX_BATCH).
@@ -357,6 +360,14 @@ impl CudaBackend {
             .map_err(|e| device_error("upload", e))
     }
 
+    /// Whether this thread is recording a graph (see `graphs.rs`).
+    fn recording(&self) -> bool {
+        let region = self.region.lock().unwrap_or_else(|p| p.into_inner());
+        region
+            .as_ref()
+            .is_some_and(|(thread, _)| *thread == std::thread::current().id())
+    }
+
     /// `values` on the device, uploaded at their first use and kept (see
     /// `constants`).
     fn constant(&self, values: &[f32]) -> Result<Arc<CudaSlice<f32>>, KernelError> {
@@ -632,26 +643,7 @@ impl Backend for CudaBackend {
     }
 
     fn rms_norm(&self, x: &CudaAct, w: &CudaWeight, eps: f32) -> Result<CudaAct, KernelError> {
-        let wv = Self::vector("rms_norm", w, x.cols, false)?;
-        let n = w.cols;
-        let groups = x.rows * x.cols / n;
-        let mut out = self.output(x.rows * x.cols)?;
-        let n_i = n as i32;
-        let threads = (n.next_power_of_two() as u32).clamp(32, 1024);
-        let cfg = LaunchConfig {
-            grid_dim: (groups.max(1) as u32, 1, 1),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = self.stream.launch_builder(self.f("rms_norm")?);
-        b.arg(&x.buf).arg(wv).arg(&mut out).arg(&n_i).arg(&eps);
-        // SAFETY: `groups` groups of n values in both buffers.
-        self.launched("rms_norm", || unsafe { b.launch(cfg) }.map(drop))?;
-        Ok(CudaAct {
-            buf: out,
-            rows: x.rows,
-            cols: x.cols,
-        })
+        self.rms_norm_weighted(x, w, eps)
     }
 
     fn matmul(&self, w: &CudaWeight, x: &CudaAct) -> Result<CudaAct, KernelError> {
@@ -754,49 +746,56 @@ impl Backend for CudaBackend {
         })
     }
 
-    // Qwen3.5's ops are not on the GPU yet: a clear error, never wrong numbers.
-    fn unary(&self, _: &mut CudaAct, f: Unary) -> Result<(), KernelError> {
-        not_on_cuda_yet(&format!("unary {f:?}"))
+    fn unary(&self, x: &mut CudaAct, f: Unary) -> Result<(), KernelError> {
+        self.unary_in_place(x, f)
     }
-    fn scale(&self, _: &mut CudaAct, _: f32) -> Result<(), KernelError> {
-        not_on_cuda_yet("scale")
+
+    fn scale(&self, x: &mut CudaAct, c: f32) -> Result<(), KernelError> {
+        self.scale_in_place(x, c)
     }
-    fn mul(&self, _: &mut CudaAct, _: &CudaAct) -> Result<(), KernelError> {
-        not_on_cuda_yet("mul")
+
+    fn mul(&self, x: &mut CudaAct, y: &CudaAct) -> Result<(), KernelError> {
+        self.mul_act(x, y)
     }
-    fn mul_weight(&self, _: &mut CudaAct, _: &CudaWeight) -> Result<(), KernelError> {
-        not_on_cuda_yet("mul_weight")
+
+    fn mul_weight(&self, x: &mut CudaAct, w: &CudaWeight) -> Result<(), KernelError> {
+        self.mul_vector(x, w)
     }
-    fn rms_norm_plain(&self, _: &CudaAct, _: usize, _: f32) -> Result<CudaAct, KernelError> {
-        not_on_cuda_yet("rms_norm_plain")
+
+    fn rms_norm_plain(&self, x: &CudaAct, group: usize, eps: f32) -> Result<CudaAct, KernelError> {
+        self.rms_norm_groups(x, group, eps)
     }
-    fn columns(&self, _: &CudaAct, _: usize, _: usize) -> Result<CudaAct, KernelError> {
-        not_on_cuda_yet("columns")
+
+    fn columns(&self, x: &CudaAct, start: usize, len: usize) -> Result<CudaAct, KernelError> {
+        self.column_slice(x, start, len)
     }
-    fn zero_rows(&self, _: &mut CudaAct, _: &[u32]) -> Result<(), KernelError> {
-        not_on_cuda_yet("zero_rows")
+
+    fn zero_rows(&self, x: &mut CudaAct, rows: &[u32]) -> Result<(), KernelError> {
+        self.zero_state_rows(x, rows)
     }
+
     fn ssm_conv(
         &self,
-        _: &CudaAct,
-        _: &CudaWeight,
-        _: &mut CudaAct,
-        _: &RecurrentBatch<'_>,
+        x: &CudaAct,
+        w: &CudaWeight,
+        state: &mut CudaAct,
+        batch: &RecurrentBatch<'_>,
     ) -> Result<CudaAct, KernelError> {
-        not_on_cuda_yet("ssm_conv")
+        self.conv_runs(x, w, state, batch)
     }
+
     fn delta_net(
         &self,
-        _: DeltaNetShape,
-        _: &CudaAct,
-        _: &CudaAct,
-        _: &CudaAct,
-        _: &CudaAct,
-        _: &CudaAct,
-        _: &mut CudaAct,
-        _: &RecurrentBatch<'_>,
+        shape: DeltaNetShape,
+        q: &CudaAct,
+        k: &CudaAct,
+        v: &CudaAct,
+        g: &CudaAct,
+        beta: &CudaAct,
+        state: &mut CudaAct,
+        batch: &RecurrentBatch<'_>,
     ) -> Result<CudaAct, KernelError> {
-        not_on_cuda_yet("delta_net")
+        self.delta_net_runs(shape, [q, k, v, g, beta], state, batch)
     }
 
     fn add_assign(&self, x: &mut CudaAct, y: &CudaAct) -> Result<(), KernelError> {
@@ -910,10 +909,4 @@ impl Backend for CudaBackend {
     ) -> Result<CudaAct, E> {
         self.run_layers_graphed(runs, index, x, run)
     }
-}
-
-fn not_on_cuda_yet<T>(op: &str) -> Result<T, KernelError> {
-    Err(KernelError::Invalid(format!(
-        "{op}: not implemented on the CUDA backend yet (Qwen3.5 runs on the CPU backend)"
-    )))
 }

@@ -13,6 +13,7 @@ mod uploads;
 
 pub use backend::{
     CudaAct, CudaBackend, CudaKvCache, CudaLayerRuns, CudaRouting, CudaWeight, MAX_BATCH,
+    MAX_DELTA_NET_HEAD_DIM,
 };
 pub use compile::{cached_cubin, compile_cubin, nvrtc_present, CompileError};
 pub use source::{

@@ -105,7 +105,16 @@ pub const SOURCES: &[KernelSource] = &[
             "attn_temperature",
             "rope",
             "select_rows",
+            "unary",
+            "scale",
+            "mul_broadcast",
+            "columns",
         ],
+    },
+    KernelSource {
+        name: "recurrent",
+        body: include_str!("../../cuda/recurrent.cu"),
+        kernels: &["zero_rows", "ssm_conv", "delta_net"],
     },
     KernelSource {
         name: "moe",

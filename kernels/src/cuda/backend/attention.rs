@@ -96,7 +96,7 @@ impl CudaBackend {
         let n = q.rows;
         // Host-side indexing (each token's slot, the batch's block tables),
         // on the device once a batch.
-        let arrays = BatchArrays::new(batch.positions, batch.token_seq, batch.block_tables)?;
+        let arrays = BatchArrays::new(batch.positions, batch.token_seq, batch.block_tables, &[])?;
         let index = |role| self.index(role, arrays.get(role));
         let (slots, pos, seq) = (
             index(IndexRole::Slots)?,

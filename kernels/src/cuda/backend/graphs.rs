@@ -5,13 +5,14 @@
 //!
 //! What a replay reads must sit where the recording found it, so a graph
 //! owns fixed buffers: the input rows, the output rows, and the batch's
-//! index arrays (positions, KV slots, block tables), which are refreshed
-//! before each launch. Everything a launch's shape depends on is in its
-//! [`GraphKey`]: tokens, sequences, and the context class that fixes the
-//! attention's split count (each block finds its own positions on the
-//! device). Whatever cannot be recorded (an op copying host data, as
-//! gpt-oss's sinks or Ministral's temperature scales do) fails the capture,
-//! as it would on a GPU; that shape then runs eagerly for good.
+//! index arrays (positions, KV slots, block tables, recurrent state runs),
+//! which are refreshed before each launch. Everything a launch's shape
+//! depends on is in its [`GraphKey`]: tokens, sequences, and the context
+//! class that fixes the attention's split count (each block finds its own
+//! positions on the device; each recurrent block its run). Whatever cannot
+//! be recorded (an op copying host data, or one that refuses to record, as
+//! `zero_rows` does) fails the capture, as it would on a GPU; that shape
+//! then runs eagerly for good.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice};
 
 use super::attention::{MAX_SPLITS, MIN_SPLIT_POSITIONS};
+use super::recurrent::batch_run_table;
 use super::{device_error, CudaAct, CudaBackend};
 use crate::backend::{BatchIndex, KernelError};
 use crate::kv::KV_BLOCK_TOKENS;
@@ -106,28 +108,37 @@ pub(super) enum IndexRole {
     /// Where each sequence's block table starts in `Tables`.
     TableStart,
     Tables,
+    /// (state slot, first token, token count) of each sequence's run, for
+    /// the recurrent ops (`recurrent.rs`); empty without state slots.
+    RecurrentRuns,
 }
 
-const ROLES: [IndexRole; 5] = [
+const N_ROLES: usize = 6;
+
+const ROLES: [IndexRole; N_ROLES] = [
     IndexRole::Positions,
     IndexRole::TokenSeq,
     IndexRole::Slots,
     IndexRole::TableStart,
     IndexRole::Tables,
+    IndexRole::RecurrentRuns,
 ];
 
 /// A batch's index arrays on the host.
 #[derive(Debug, Clone)]
 pub(super) struct BatchArrays {
-    arrays: [Vec<u32>; 5],
+    arrays: [Vec<u32>; N_ROLES],
 }
 
 impl BatchArrays {
     /// Checks that every token's position has a block in its table.
+    /// `seq_slots` are the sequences' recurrent state slots (none for a
+    /// stage without recurrent layers).
     pub fn new(
         positions: &[u32],
         token_seq: &[u32],
         block_tables: &[&[u32]],
+        seq_slots: &[u32],
     ) -> Result<Self, KernelError> {
         let mut table_start = Vec::with_capacity(block_tables.len());
         let mut tables = Vec::new();
@@ -158,6 +169,7 @@ impl BatchArrays {
                 slots,
                 table_start,
                 tables,
+                batch_run_table(token_seq, seq_slots),
             ],
         })
     }
@@ -171,7 +183,10 @@ impl BatchArrays {
 /// tables get room to grow; a batch whose tables outgrow it is recorded
 /// again.
 struct FixedIndex {
-    dev: [Arc<CudaSlice<u32>>; 5],
+    dev: [Arc<CudaSlice<u32>>; N_ROLES],
+    /// The recurrent runs' length at recording (none, or 3 a sequence): a
+    /// batch with another cannot replay what the ops launched for these.
+    runs_len: usize,
 }
 
 /// While a graph is recorded, the arrays the ops must read (by role, not
@@ -179,7 +194,7 @@ struct FixedIndex {
 /// at replay).
 pub(super) struct Region {
     host: BatchArrays,
-    dev: [Arc<CudaSlice<u32>>; 5],
+    dev: [Arc<CudaSlice<u32>>; N_ROLES],
 }
 
 impl Region {
@@ -204,23 +219,25 @@ impl FixedIndex {
             };
             Ok(Arc::new(b.output::<u32>(room)?))
         };
+        let dev = ROLES
+            .iter()
+            .map(|&role| alloc(role))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut fixed = FixedIndex {
-            dev: [
-                alloc(ROLES[0])?,
-                alloc(ROLES[1])?,
-                alloc(ROLES[2])?,
-                alloc(ROLES[3])?,
-                alloc(ROLES[4])?,
-            ],
+            dev: dev
+                .try_into()
+                .map_err(|_| KernelError::Invalid("a graph's index arrays: one per role".into()))?,
+            runs_len: arrays.get(IndexRole::RecurrentRuns).len(),
         };
         fixed.upload(b, arrays)?;
         Ok(fixed)
     }
 
     fn fits(&self, arrays: &BatchArrays) -> bool {
-        ROLES
-            .iter()
-            .all(|&r| arrays.get(r).len() <= self.dev[r as usize].len())
+        arrays.get(IndexRole::RecurrentRuns).len() == self.runs_len
+            && ROLES
+                .iter()
+                .all(|&r| arrays.get(r).len() <= self.dev[r as usize].len())
     }
 
     fn upload(&mut self, b: &CudaBackend, arrays: &BatchArrays) -> Result<(), KernelError> {
@@ -273,7 +290,17 @@ impl CudaBackend {
             cols: x.cols,
             context_class: longest.div_ceil(MIN_SPLIT_POSITIONS).min(MAX_SPLITS),
         };
-        let arrays = BatchArrays::new(index.positions, index.token_seq, index.block_tables)?;
+        let arrays = BatchArrays::new(
+            index.positions,
+            index.token_seq,
+            index.block_tables,
+            index.seq_slots,
+        )?;
+        if !index.seq_slots.is_empty() && arrays.get(IndexRole::RecurrentRuns).is_empty() {
+            // State slots that make no valid runs: the ops say why, eagerly
+            // (a failed capture would keep this shape eager for good).
+            return run(x);
+        }
         let recorded = match runs.slots.get(&key) {
             Some(Slot::Recorded(r)) => r.index.fits(&arrays),
             Some(Slot::Refused) => return run(x),
