@@ -396,7 +396,10 @@ fn qwen35_recurrent_state_is_rebuilt_after_a_lost_worker() {
     for (t, want) in threads.into_iter().zip(&expected) {
         assert_eq!(&t.join().unwrap(), want, "a stream after the lost worker");
     }
-    assert!(metric(&server, "failovers_total") > failovers, "no failover counted");
+    assert!(
+        metric(&server, "failovers_total") > failovers,
+        "no failover counted"
+    );
     for (i, w) in workers.iter().enumerate().filter(|(i, _)| *i != victim) {
         assert!(
             common::eventually(Duration::from_secs(20), || {

@@ -222,7 +222,12 @@ fn run_three_workers_on(
         );
         assert!(h.kv_blocks_used >= 1);
         // A stage with recurrent layers (Qwen3.5) holds one state slot.
-        assert_eq!(h.state_slots_used, u64::from(h.state_slots > 0), "{}: {h:?}", w.addr);
+        assert_eq!(
+            h.state_slots_used,
+            u64::from(h.state_slots > 0),
+            "{}: {h:?}",
+            w.addr
+        );
     }
     drop(stream);
     for w in &workers {

@@ -158,7 +158,8 @@ fn synthetic_models_of_every_type_give_the_cpu_text() {
 
 /// The newer layer kinds on the CUDA path: experts (qwen3moe), sinks,
 /// biases, YaRN, a clamped SwiGLU and MXFP4 experts (gpt-oss), and
-/// attention temperature (mistral3).
+/// attention temperature (mistral3), the gated DeltaNet with its recurrent
+/// state, gated attention and a shared expert (qwen35, qwen35moe).
 #[test]
 fn moe_and_newer_architectures_give_the_cpu_text() {
     let gpu = cuda();
@@ -169,6 +170,8 @@ fn moe_and_newer_architectures_give_the_cpu_text() {
         (Architecture::GptOss, "Q8_0"),
         (Architecture::GptOss, "MXFP4"),
         (Architecture::Mistral3, "Q8_0"),
+        (Architecture::Qwen35, "Q8_0"),
+        (Architecture::Qwen35Moe, "Q4_K_M"),
     ];
     let mut agreed = 0;
     for (arch, quant) in cases {

@@ -260,3 +260,8 @@ fn qwen35moe_q8_0_matches_llama_cpp() {
 fn qwen35moe_q4_k_m_matches_llama_cpp() {
     check("synth-qwen35moe-q4_k_m.json");
 }
+
+#[test]
+fn gemma4_q8_0_matches_llama_cpp() {
+    check("synth-gemma4-q8_0.json");
+}

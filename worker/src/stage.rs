@@ -61,6 +61,13 @@ pub enum StageOutput<A> {
     Logits(Vec<Vec<f32>>),
 }
 
+/// Where an attention layer's KV lives: its pool, and its layer in it.
+#[derive(Debug, Clone, Copy)]
+struct KvSlot {
+    pool: usize,
+    layer: usize,
+}
+
 pub struct Stage<B: Backend> {
     backend: B,
     spec: ModelSpec,
@@ -69,9 +76,10 @@ pub struct Stage<B: Backend> {
     layers: Vec<Layer<B>>,
     head: Option<(B::Weight, B::Weight)>,
     rope_freqs: Option<B::Weight>,
-    kv: B::KvCache,
-    /// Each layer's row of the KV pool; `None` for a recurrent layer.
-    kv_layer: Vec<Option<usize>>,
+    /// One KV pool per row shape among the stage's attention layers.
+    kv: Vec<B::KvCache>,
+    /// Each layer's place in the KV pools; `None` for a recurrent layer.
+    kv_layer: Vec<Option<KvSlot>>,
     blocks: BlockAllocator,
     /// Each DeltaNet layer's states (in layer order), and which slot each
     /// sequence holds.
@@ -138,30 +146,16 @@ impl<B: Backend> Stage<B> {
             None
         };
         let attention: Vec<_> = layers.iter().filter_map(|l| l.attention()).collect();
-        let rope_freqs = match attention.first() {
+        // Layers that divide their RoPE frequencies by `rope_freqs` (all,
+        // or Gemma 4's global ones) agree on its length.
+        let rope_layer = attention
+            .iter()
+            .find(|a| a.spec().rope.freq_factors || !spec.per_layer_rope_factors());
+        let rope_freqs = match rope_layer {
             Some(a) => loader.optional("rope_freqs.weight", &[a.spec().rope.dims / 2])?,
             None => None,
         };
-        // One KV pool serves every attention layer of the stage, so they
-        // must agree on its row shape. Recurrent layers have no KV.
-        let kv_shape = |a: &&crate::blocks::Attention<B>| {
-            let a = a.spec();
-            (a.n_kv_heads, a.head_dim, a.head_dim_v)
-        };
-        let (n_kv_heads, head_dim_k, head_dim_v) = attention.first().map_or((0, 0, 0), kv_shape);
-        if let Some(a) = attention
-            .iter()
-            .find(|a| kv_shape(a) != (n_kv_heads, head_dim_k, head_dim_v))
-        {
-            return Err(StageError::Model(format!(
-                "layers {}..{}: KV shapes {:?} and {:?} differ: per-layer KV shapes are not supported yet",
-                range.first,
-                range.end,
-                kv_shape(a),
-                (n_kv_heads, head_dim_k, head_dim_v)
-            )));
-        }
-        // The pool and the states are what the planner and the worker's
+        // The pools and the states are what the planner and the worker's
         // admission counted: `MemoryProfile::stage_memory` of this load.
         let load = StageLoad {
             kv_tokens,
@@ -170,14 +164,36 @@ impl<B: Backend> Stage<B> {
             sequences: sequences.max(1),
         };
         let n_blocks = load.kv_blocks();
-        let geometry = KvGeometry {
-            n_layers: attention.len(),
-            n_kv_heads,
-            head_dim_k,
-            head_dim_v,
-            kv_type: load.kv_type,
-            n_blocks,
-        };
+        // One KV pool per row shape (Gemma 4's sliding and global layers
+        // differ), all of `n_blocks` blocks under one block table per
+        // sequence. Recurrent layers have no KV.
+        let mut geometries: Vec<KvGeometry> = Vec::new();
+        let mut kv_layer = Vec::with_capacity(layers.len());
+        for l in &layers {
+            kv_layer.push(l.attention().map(|a| {
+                let a = a.spec();
+                let shape = (a.n_kv_heads, a.head_dim, a.head_dim_v);
+                let pool = geometries
+                    .iter()
+                    .position(|g| (g.n_kv_heads, g.head_dim_k, g.head_dim_v) == shape)
+                    .unwrap_or_else(|| {
+                        geometries.push(KvGeometry {
+                            n_layers: 0,
+                            n_kv_heads: shape.0,
+                            head_dim_k: shape.1,
+                            head_dim_v: shape.2,
+                            kv_type: load.kv_type,
+                            n_blocks,
+                        });
+                        geometries.len() - 1
+                    });
+                geometries[pool].n_layers += 1;
+                KvSlot {
+                    pool,
+                    layer: geometries[pool].n_layers - 1,
+                }
+            }));
+        }
         let mut recurrent = Vec::new();
         for l in &layers {
             if let Some(d) = l.delta_net() {
@@ -188,9 +204,9 @@ impl<B: Backend> Stage<B> {
         {
             let counted = MemoryProfile::from_gguf(file, &spec).stage_memory(range, &load);
             assert_eq!(
-                geometry.pool_bytes(),
+                geometries.iter().map(KvGeometry::pool_bytes).sum::<u64>(),
                 counted.kv_bytes,
-                "the KV pool differs from the stage memory the planner counted"
+                "the KV pools differ from the stage memory the planner counted"
             );
             let state: u64 = layers
                 .iter()
@@ -202,17 +218,10 @@ impl<B: Backend> Stage<B> {
                 "the recurrent state differs from what the planner counted"
             );
         }
-        let mut next_kv = 0;
-        let kv_layer = layers
-            .iter()
-            .map(|l| {
-                l.attention().map(|_| {
-                    next_kv += 1;
-                    next_kv - 1
-                })
-            })
-            .collect();
-        let kv = backend.new_kv_cache(geometry)?;
+        let kv = geometries
+            .into_iter()
+            .map(|g| backend.new_kv_cache(g))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Stage {
             spec,
             range,
@@ -414,8 +423,8 @@ impl<B: Backend> Stage<B> {
             positions: &positions,
             token_seq: &token_seq,
             block_tables: &tables,
-            // No recurrent layers run on a stage yet.
-            seq_slots: &[],
+            // Each sequence's state slot: recorded graphs read them from here.
+            seq_slots: &seq_slots,
         };
         let (layers, kv, first) = (&self.layers, &mut self.kv, self.range.first);
         let (kv_layer, recurrent) = (&self.kv_layer, &mut self.recurrent);
@@ -425,9 +434,9 @@ impl<B: Backend> Stage<B> {
                 let last_layer = first + li + 1 == spec.n_layers;
                 let keep = select.filter(|_| last_layer && spec.out_rows_after_attention);
                 let state = match kv_layer[li] {
-                    Some(layer) => MixerState::Kv {
-                        cache: &mut *kv,
-                        layer,
+                    Some(slot) => MixerState::Kv {
+                        cache: &mut kv[slot.pool],
+                        layer: slot.layer,
                     },
                     None => MixerState::Recurrent(states.next().ok_or_else(|| {
                         StageError::Model("a DeltaNet layer has no state".into())
@@ -452,7 +461,14 @@ impl<B: Backend> Stage<B> {
         let Some((norm, out)) = &self.head else {
             return Ok(StageOutput::Hidden(x));
         };
-        let logits = b.act_to_host(&b.matmul(out, &b.rms_norm(&x, norm, spec.rms_eps)?)?)?;
+        let mut logits = b.matmul(out, &b.rms_norm(&x, norm, spec.rms_eps)?)?;
+        if let Some(cap) = spec.final_softcap {
+            // Gemma 4: cap · tanh(logits / cap), as ggml's scale, tanh, scale.
+            b.scale(&mut logits, 1.0 / cap)?;
+            b.unary(&mut logits, strata_kernels::Unary::Tanh)?;
+            b.scale(&mut logits, cap)?;
+        }
+        let logits = b.act_to_host(&logits)?;
         Ok(StageOutput::Logits(
             logits
                 .chunks(spec.vocab_size)

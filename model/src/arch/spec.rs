@@ -44,21 +44,10 @@ impl LayerSpec {
     /// parts), in words; the worker refuses a layer with any.
     pub fn new_features(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if let Mixer::Attention(a) = &self.mixer {
-            let flags = [
-                (a.v_norm, "the V RMS-norm"),
-                (a.v_from_k, "V taken from the K projection"),
-                (a.rope.freq_factors, "per-layer RoPE frequency factors"),
-            ];
-            out.extend(flags.iter().filter(|f| f.0).map(|f| f.1));
-        }
         if let FeedForward::Moe(m) = &self.ffn {
             if m.dense_beside.is_some() {
                 out.push("a dense MLP beside the experts");
             }
-        }
-        if self.layer_scale {
-            out.push("a layer output scale");
         }
         out
     }
@@ -307,6 +296,15 @@ impl ModelSpec {
             Mixer::DeltaNet(d) => Some(d),
             Mixer::Attention(_) => None,
         }
+    }
+
+    /// Whether only some layers divide their RoPE frequencies by
+    /// `rope_freqs` (Gemma 4's global layers); otherwise a file's
+    /// `rope_freqs` applies to every layer (llama3-style scaling).
+    pub fn per_layer_rope_factors(&self) -> bool {
+        (0..self.n_layers)
+            .filter_map(|il| self.attention(il))
+            .any(|a| a.rope.freq_factors)
     }
 
     /// Recurrent-state bytes one sequence holds over all layers.

@@ -5,7 +5,7 @@
 
 use strata_kernels::backend::Yarn;
 use strata_kernels::{AttentionBatch, Backend, KernelError, RopeConfig, Unary};
-use strata_model::arch::{layer_tensor, AttentionSpec};
+use strata_model::arch::{layer_tensor, AttentionSpec, ModelSpec};
 use strata_model::GgufFile;
 
 use super::BatchContext;
@@ -19,7 +19,8 @@ pub struct Attention<B: Backend> {
     /// Qwen3.5's output gate: the gate rows of the Q projection.
     wg: Option<B::Weight>,
     wk: B::Weight,
-    wv: B::Weight,
+    /// `None`: V is the K projection (Gemma 4's global layers).
+    wv: Option<B::Weight>,
     bq: Option<B::Weight>,
     bk: Option<B::Weight>,
     bv: Option<B::Weight>,
@@ -29,6 +30,10 @@ pub struct Attention<B: Backend> {
     bo: Option<B::Weight>,
     /// One logit per head, kept on the host for the attention call.
     sinks: Option<Vec<f32>>,
+    /// Whether this layer divides its frequencies by the stage's
+    /// `rope_freqs` (every layer for llama3-style scaling; Gemma 4's global
+    /// layers only).
+    rope_freqs: bool,
 }
 
 impl<B: Backend> Attention<B> {
@@ -37,9 +42,15 @@ impl<B: Backend> Attention<B> {
         spec: &AttentionSpec,
         d_model: usize,
         il: usize,
+        model: &ModelSpec,
     ) -> Result<Self, StageError> {
         let t = |n: &str| layer_tensor(il, n);
         let (d, q, k, v) = (d_model, spec.q_dim(), spec.k_dim(), spec.v_dim());
+        if spec.v_from_k && spec.k_dim() != spec.v_dim() {
+            return Err(StageError::Model(format!(
+                "layer {il}: V taken from K needs equal K and V widths"
+            )));
+        }
         let bias = |name: &str, n: usize| -> Result<Option<B::Weight>, StageError> {
             if spec.qkv_bias {
                 loader.optional(&t(name), &[n])
@@ -98,7 +109,11 @@ impl<B: Backend> Attention<B> {
             wq,
             wg,
             wk: loader.required(&t("attn_k.weight"), &[d, k])?,
-            wv: loader.required(&t("attn_v.weight"), &[d, v])?,
+            wv: if spec.v_from_k {
+                None
+            } else {
+                Some(loader.required(&t("attn_v.weight"), &[d, v])?)
+            },
             bq: bias("attn_q.bias", q)?,
             bk: bias("attn_k.bias", k)?,
             bv: bias("attn_v.bias", v)?,
@@ -112,6 +127,7 @@ impl<B: Backend> Attention<B> {
             },
             sinks,
             rope,
+            rope_freqs: spec.rope.freq_factors || !model.per_layer_rope_factors(),
             spec: spec.clone(),
         })
     }
@@ -134,7 +150,11 @@ impl<B: Backend> Attention<B> {
         let a = &self.spec;
         let mut q = b.matmul(&self.wq, &h)?;
         let mut k = b.matmul(&self.wk, &h)?;
-        let mut v = b.matmul(&self.wv, &h)?;
+        let mut v = match &self.wv {
+            Some(wv) => b.matmul(wv, &h)?,
+            // The K projection before its norm and RoPE, copied.
+            None => b.columns(&k, 0, a.k_dim())?,
+        };
         for (x, bias) in [(&mut q, &self.bq), (&mut k, &self.bk), (&mut v, &self.bv)] {
             if let Some(bias) = bias {
                 b.add_bias(x, bias)?;
@@ -144,8 +164,13 @@ impl<B: Backend> Attention<B> {
             q = b.rms_norm(&q, qn, eps)?;
             k = b.rms_norm(&k, kn, eps)?;
         }
-        b.rope(&mut q, batch.positions, &self.rope, batch.rope_freqs)?;
-        b.rope(&mut k, batch.positions, &self.rope, batch.rope_freqs)?;
+        if a.v_norm {
+            // Gemma 4: a per-head RMSNorm of V without a weight.
+            v = b.rms_norm_plain(&v, a.head_dim_v, eps)?;
+        }
+        let freqs = batch.rope_freqs.filter(|_| self.rope_freqs);
+        b.rope(&mut q, batch.positions, &self.rope, freqs)?;
+        b.rope(&mut k, batch.positions, &self.rope, freqs)?;
         if let Some(t) = a.temperature {
             let floor = u32::try_from(t.floor_scale).unwrap_or(u32::MAX);
             b.attn_temperature(&mut q, batch.positions, floor.max(1), t.scale)?;

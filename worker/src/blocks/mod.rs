@@ -60,6 +60,8 @@ pub struct Layer<B: Backend> {
     ffn_norm: B::Weight,
     ffn: FfnBlock<B>,
     post_ffn_norm: Option<B::Weight>,
+    /// Gemma 4's `layer_output_scale`: one value the residual is multiplied by.
+    layer_scale: Option<B::Weight>,
 }
 
 impl<B: Backend> Layer<B> {
@@ -81,7 +83,7 @@ impl<B: Backend> Layer<B> {
             )));
         }
         let mixer = match &spec.mixer {
-            Mixer::Attention(a) => MixerBlock::Attention(Attention::load(loader, a, d, il)?),
+            Mixer::Attention(a) => MixerBlock::Attention(Attention::load(loader, a, d, il, model)?),
             Mixer::DeltaNet(dn) => MixerBlock::DeltaNet(DeltaNet::load(loader, dn, d, il)?),
         };
         let (ffn, norm_name) = match &spec.ffn {
@@ -105,6 +107,11 @@ impl<B: Backend> Layer<B> {
             ffn_norm: loader.required(&t(&format!("{norm_name}.weight")), &[d])?,
             ffn,
             post_ffn_norm: post("post_ffw_norm.weight")?,
+            layer_scale: if spec.layer_scale {
+                Some(loader.required(&t("layer_output_scale.weight"), &[1])?)
+            } else {
+                None
+            },
             spec,
         })
     }
@@ -170,6 +177,9 @@ impl<B: Backend> Layer<B> {
             f = b.rms_norm(&f, n, eps)?;
         }
         b.add_assign(&mut x, &f)?;
+        if let Some(s) = &self.layer_scale {
+            b.mul_weight(&mut x, s)?;
+        }
         Ok(x)
     }
 

@@ -13,8 +13,8 @@ use strata_proto::v1;
 use tokio::sync::oneshot;
 
 use super::frames;
-use crate::slice_cache;
 use crate::sampler::Sampler;
+use crate::slice_cache;
 use crate::stage::{LayerRange, Stage, StageError, StageInput, StageOutput};
 
 /// What the service knows about the slice without asking the thread.
