@@ -9,6 +9,13 @@ extern "C" __global__ void add_id(float* x, const float* bias, const u32* ids, s
     if (i < n) x[i] += bias[(size_t)ids[i / cols] * cols + i % cols];
 }
 
+// x[r][c] *= scale[ids[r]]: each expert's output scale (llama.cpp's
+// build_lora_mm_id with w_s: ggml_mul by the gathered scale).
+extern "C" __global__ void mul_id(float* x, const float* scale, const u32* ids, size_t n, int cols) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= scale[ids[i / cols]];
+}
+
 // out[t][c] = sum over j of y[t * n_used + j][c] * w[t * n_used + j]: each
 // product rounded, then added from j = 0 on (llama.cpp's ggml_mul, then its
 // chain of ggml_add). One thread per output value.

@@ -452,6 +452,15 @@ pub trait Backend: Send + Sync {
         bias: &Self::Weight,
         r: &Self::Routing,
     ) -> Result<(), KernelError>;
+    /// Row `s` of `x` times `scale[ids[s]]`: each expert's output scale
+    /// (Gemma 4's `ffn_down_exps.scale`, a 1-D weight of `n_expert`
+    /// values; llama.cpp's `build_lora_mm_id` `ggml_mul`).
+    fn mul_id(
+        &self,
+        x: &mut Self::Act,
+        scale: &Self::Weight,
+        r: &Self::Routing,
+    ) -> Result<(), KernelError>;
     /// Weighted sum of each token's expert outputs, as llama.cpp's graph does it:
     /// `ggml_mul` (each `y[t*n_used+j]` times `weights[t*n_used+j]`, rounded to f32),
     /// then `ggml_add` left to right from `j = 0`. Output: one row per token.

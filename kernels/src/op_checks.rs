@@ -302,3 +302,22 @@ pub(crate) fn delta_net(
     }
     Ok(())
 }
+
+/// A per-expert scale (`{n_expert}` values, a 1-D weight) over the rows of
+/// a routing's slots.
+pub(crate) fn mul_id(
+    name: &str,
+    len: Option<usize>,
+    n_expert: usize,
+    slots: usize,
+    x_rows: usize,
+) -> Result<(), KernelError> {
+    match len {
+        None => invalid(format!("mul_id: {name} is not a 1-D weight")),
+        Some(n) if n < n_expert => invalid(format!(
+            "mul_id: {name} has {n} values for {n_expert} experts"
+        )),
+        _ if slots != x_rows => invalid(format!("mul_id: {slots} routed slots for {x_rows} rows")),
+        _ => Ok(()),
+    }
+}

@@ -265,3 +265,8 @@ fn qwen35moe_q4_k_m_matches_llama_cpp() {
 fn gemma4_q8_0_matches_llama_cpp() {
     check("synth-gemma4-q8_0.json");
 }
+
+#[test]
+fn gemma4_moe_q8_0_matches_llama_cpp() {
+    check("synth-gemma4-moe-q8_0.json");
+}

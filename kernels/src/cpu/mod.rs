@@ -379,6 +379,23 @@ impl Backend for CpuBackend {
         moe::matmul_id(experts, x, r)
     }
 
+    fn mul_id(
+        &self,
+        x: &mut CpuAct,
+        scale: &CpuWeight,
+        r: &HostRouting,
+    ) -> Result<(), KernelError> {
+        let len = scale.f32.as_ref().map(Vec::len);
+        op_checks::mul_id(&scale.name, len, r.n_expert, r.ids.len(), x.rows)?;
+        let (Some(s), cols) = (&scale.f32, x.cols.max(1)) else {
+            return Ok(());
+        };
+        for (row, &e) in x.data.chunks_exact_mut(cols).zip(&r.ids) {
+            row.iter_mut().for_each(|v| *v *= s[e as usize]);
+        }
+        Ok(())
+    }
+
     fn add_bias_id(
         &self,
         x: &mut CpuAct,

@@ -883,6 +883,15 @@ impl Backend for CudaBackend {
         self.moe_matmul_id(experts, x, r)
     }
 
+    fn mul_id(
+        &self,
+        x: &mut CudaAct,
+        scale: &CudaWeight,
+        r: &CudaRouting,
+    ) -> Result<(), KernelError> {
+        self.moe_mul_id(x, scale, r)
+    }
+
     fn add_bias_id(
         &self,
         x: &mut CudaAct,

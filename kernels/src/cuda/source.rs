@@ -119,7 +119,7 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         name: "moe",
         body: include_str!("../../cuda/moe.cu"),
-        kernels: &["add_id", "moe_combine", "moe_route"],
+        kernels: &["add_id", "mul_id", "moe_combine", "moe_route"],
     },
     KernelSource {
         name: "attention",

@@ -39,20 +39,6 @@ pub struct LayerSpec {
     pub layer_scale: bool,
 }
 
-impl LayerSpec {
-    /// What this layer has that the worker does not run yet (Gemma 4's
-    /// parts), in words; the worker refuses a layer with any.
-    pub fn new_features(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if let FeedForward::Moe(m) = &self.ffn {
-            if m.dense_beside.is_some() {
-                out.push("a dense MLP beside the experts");
-            }
-        }
-        out
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mixer {
     Attention(AttentionSpec),

@@ -280,27 +280,3 @@ fn gemma4_refuses_the_e_series_and_unequal_heads() {
     w.add_metadata("gemma4.attention.sliding_window_pattern", MetaValue::U32(6));
     assert!(spec_of(&w).is_err(), "the pattern must be a bool array");
 }
-
-/// The worker refuses these layers until it runs them; each says why.
-#[test]
-fn new_layers_name_what_they_need() {
-    let g = spec(Architecture::Gemma4, "tiny-moe");
-    assert!(g
-        .layers
-        .iter()
-        .any(|l| l.new_features() == ["a dense MLP beside the experts"]));
-    for arch in [
-        Architecture::Llama,
-        Architecture::Qwen3Moe,
-        Architecture::Gemma3,
-        Architecture::Qwen35,
-        Architecture::Qwen35Moe,
-        Architecture::Gemma4,
-    ] {
-        let s = spec(arch, "tiny");
-        assert!(
-            s.layers.iter().all(|l| l.new_features().is_empty()),
-            "{arch}"
-        );
-    }
-}

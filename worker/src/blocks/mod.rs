@@ -5,6 +5,7 @@
 
 mod attention;
 mod delta_net;
+mod dense_and_moe;
 mod dense_ffn;
 mod moe_ffn;
 
@@ -16,6 +17,7 @@ use crate::weights::WeightLoader;
 
 pub use attention::Attention;
 pub use delta_net::{DeltaNet, RecurrentState};
+pub use dense_and_moe::DenseAndMoe;
 pub use dense_ffn::DenseFfn;
 pub use moe_ffn::MoeFfn;
 
@@ -50,6 +52,8 @@ pub enum MixerState<'a, B: Backend> {
 pub enum FfnBlock<B: Backend> {
     Dense(DenseFfn<B>),
     Moe(MoeFfn<B>),
+    /// Gemma 4: a dense MLP and experts side by side, each with its norms.
+    DenseAndMoe(DenseAndMoe<B>),
 }
 
 pub struct Layer<B: Backend> {
@@ -57,7 +61,8 @@ pub struct Layer<B: Backend> {
     attn_norm: B::Weight,
     mixer: MixerBlock<B>,
     post_attn_norm: Option<B::Weight>,
-    ffn_norm: B::Weight,
+    /// The norm before the feed-forward (`None`: the block norms its own input).
+    ffn_norm: Option<B::Weight>,
     ffn: FfnBlock<B>,
     post_ffn_norm: Option<B::Weight>,
     /// Gemma 4's `layer_output_scale`: one value the residual is multiplied by.
@@ -73,15 +78,6 @@ impl<B: Backend> Layer<B> {
         let spec = model.layers[il].clone();
         let d = model.d_model;
         let t = |n: &str| layer_tensor(il, n);
-        // Gemma 4's blocks are specified (strata_model::arch) but not run yet.
-        let missing = spec.new_features();
-        if !missing.is_empty() {
-            return Err(StageError::Model(format!(
-                "layer {il}: {} of {} is not implemented yet",
-                missing.join(", "),
-                model.arch
-            )));
-        }
         let mixer = match &spec.mixer {
             Mixer::Attention(a) => MixerBlock::Attention(Attention::load(loader, a, d, il, model)?),
             Mixer::DeltaNet(dn) => MixerBlock::DeltaNet(DeltaNet::load(loader, dn, d, il)?),
@@ -90,6 +86,10 @@ impl<B: Backend> Layer<B> {
             FeedForward::Dense(f) => (
                 FfnBlock::Dense(DenseFfn::load(loader, f, d, il)?),
                 f.norm_name,
+            ),
+            FeedForward::Moe(m) if m.dense_beside.is_some() => (
+                FfnBlock::DenseAndMoe(DenseAndMoe::load(loader, m, d, il)?),
+                "",
             ),
             FeedForward::Moe(m) => (FfnBlock::Moe(MoeFfn::load(loader, m, d, il)?), m.norm_name),
         };
@@ -104,7 +104,10 @@ impl<B: Backend> Layer<B> {
             attn_norm: loader.required(&t("attn_norm.weight"), &[d])?,
             mixer,
             post_attn_norm: post("post_attention_norm.weight")?,
-            ffn_norm: loader.required(&t(&format!("{norm_name}.weight")), &[d])?,
+            ffn_norm: match norm_name {
+                "" => None,
+                name => Some(loader.required(&t(&format!("{name}.weight")), &[d])?),
+            },
             ffn,
             post_ffn_norm: post("post_ffw_norm.weight")?,
             layer_scale: if spec.layer_scale {
@@ -168,10 +171,16 @@ impl<B: Backend> Layer<B> {
         }
         b.add_assign(&mut x, &o)?;
 
-        let h = b.rms_norm(&x, &self.ffn_norm, eps)?;
+        let normed = |n: &Option<B::Weight>| match n {
+            Some(n) => b.rms_norm(&x, n, eps),
+            None => Err(strata_kernels::KernelError::Invalid(
+                "a feed-forward with no norm before it".into(),
+            )),
+        };
         let mut f = match &self.ffn {
-            FfnBlock::Dense(ffn) => ffn.forward(b, &h)?,
-            FfnBlock::Moe(ffn) => ffn.forward(b, &h)?,
+            FfnBlock::Dense(ffn) => ffn.forward(b, &normed(&self.ffn_norm)?)?,
+            FfnBlock::Moe(ffn) => ffn.forward(b, &normed(&self.ffn_norm)?)?,
+            FfnBlock::DenseAndMoe(ffn) => ffn.forward(b, &x, eps)?,
         };
         if let Some(n) = &self.post_ffn_norm {
             f = b.rms_norm(&f, n, eps)?;

@@ -26,6 +26,8 @@ pub struct MoeFfn<B: Backend> {
     up: Experts<B>,
     down: Experts<B>,
     shared: Option<SharedExpert<B>>,
+    /// Each expert's output scale (Gemma 4's `ffn_down_exps.scale`).
+    down_scale: Option<B::Weight>,
 }
 
 /// Qwen3.5-MoE's shared expert: a SwiGLU every token runs, weighted by
@@ -93,15 +95,32 @@ impl<B: Backend> MoeFfn<B> {
                 }),
                 None => None,
             },
+            down_scale: if spec.expert_out_scale {
+                Some(loader.required(&t("ffn_down_exps.scale"), &[n])?)
+            } else {
+                None
+            },
         })
     }
 
     pub fn forward(&self, b: &B, h: &B::Act) -> Result<B::Act, StageError> {
-        let mut logits = b.matmul(&self.router, h)?;
+        let logits = self.router_logits(b, h)?;
+        self.forward_routed(b, h, &logits)
+    }
+
+    /// The router's logits for the rows of `r` (`h` itself, or Gemma 4's
+    /// own router input).
+    pub fn router_logits(&self, b: &B, r: &B::Act) -> Result<B::Act, StageError> {
+        let mut logits = b.matmul(&self.router, r)?;
         if let Some(bias) = &self.router_bias {
             b.add_bias(&mut logits, bias)?;
         }
-        let routing = b.route(&logits, &self.routing)?;
+        Ok(logits)
+    }
+
+    /// The experts over `h`, routed by `logits`.
+    pub fn forward_routed(&self, b: &B, h: &B::Act, logits: &B::Act) -> Result<B::Act, StageError> {
+        let routing = b.route(logits, &self.routing)?;
         let project = |e: &Experts<B>, x: &B::Act| -> Result<B::Act, StageError> {
             let mut y = b.matmul_id(&e.weight, x, &routing)?;
             if let Some(bias) = &e.bias {
@@ -111,7 +130,10 @@ impl<B: Backend> MoeFfn<B> {
         };
         let up = project(&self.up, h)?;
         let gate = project(&self.gate, h)?;
-        let down = project(&self.down, &b.gated(&gate, &up, self.activation)?)?;
+        let mut down = project(&self.down, &b.gated(&gate, &up, self.activation)?)?;
+        if let Some(scale) = &self.down_scale {
+            b.mul_id(&mut down, scale, &routing)?;
+        }
         let mut out = b.moe_combine(&down, &routing)?;
         if let Some(sh) = &self.shared {
             // moe + shexp ⊙ sigmoid(gate · x): ggml_mul, then ggml_add.

@@ -16,6 +16,7 @@ use super::routing::CudaRouting;
 use super::{CudaAct, CudaBackend, CudaWeight, ACT_CHUNK_BYTES, ELEMENTWISE_THREADS};
 use crate::backend::KernelError;
 use crate::moe_route::{check_combine, check_matmul_id};
+use crate::op_checks;
 
 /// Output rows one matmul-by-id launch covers (CUDA's limit on grid_dim.y).
 const MAX_SLOTS_PER_LAUNCH: usize = 65_535;
@@ -176,6 +177,29 @@ impl CudaBackend {
         // SAFETY: n values of x; each id < n_expert <= bias.rows picks a row of
         // cols f32 values inside the bias.
         self.launched("add_id", || {
+            unsafe { b.launch(Self::grid_for(n)) }.map(drop)
+        })
+    }
+
+    pub(super) fn moe_mul_id(
+        &self,
+        x: &mut CudaAct,
+        scale: &CudaWeight,
+        r: &CudaRouting,
+    ) -> Result<(), KernelError> {
+        let len = scale.f32.as_ref().map(|v| v.len());
+        op_checks::mul_id(&scale.name, len, r.n_expert, r.n_slots(), x.rows)?;
+        let (Some(scale), n) = (&scale.f32, x.rows * x.cols) else {
+            return Ok(());
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let cols = x.cols as i32;
+        let mut b = self.stream.launch_builder(self.f("mul_id")?);
+        b.arg(&mut x.buf).arg(scale).arg(&r.ids).arg(&n).arg(&cols);
+        // SAFETY: n values of x; each id < n_expert <= the scale's length.
+        self.launched("mul_id", || {
             unsafe { b.launch(Self::grid_for(n)) }.map(drop)
         })
     }
