@@ -305,6 +305,20 @@ fn three_workers_serve_qwen35_synth_token_for_token() {
     run_three_workers_on(&model_path, &r, ["88MiB", "85MiB", "85MiB"], false, 0.1, 0);
 }
 
+/// Gemma 4 (sliding and global layers of different KV shapes, V from K,
+/// the softcap) and its MoE variant (experts beside the dense MLP) over
+/// three workers.
+#[test]
+fn three_workers_serve_gemma4_synth_token_for_token() {
+    for (name, budgets) in [
+        ("synth-gemma4-q8_0", ["79MiB", "77MiB", "77MiB"]),
+        ("synth-gemma4-moe-q8_0", ["96MiB", "89MiB", "89MiB"]),
+    ] {
+        let (_dir, model_path, r) = common::synth_reference(name);
+        run_three_workers_on(&model_path, &r, budgets, false, 0.1, 0);
+    }
+}
+
 /// gpt-oss (sinks, biases, YaRN, alternating sliding window, MXFP4
 /// experts) and Ministral-3 (YaRN, attention temperature) over three
 /// workers. Their random weights give near-ties from the first tokens, so

@@ -547,7 +547,7 @@ fn matmul_id_matches_cpu_for_every_type_and_batch() {
 }
 
 #[test]
-fn add_bias_id_and_moe_combine_match_cpu() {
+fn add_bias_id_mul_id_and_moe_combine_match_cpu() {
     let (g, c) = (gpu(), CpuBackend::new());
     let mut rng = ChaCha8Rng::seed_from_u64(seed());
     let cols = 72usize;
@@ -559,6 +559,8 @@ fn add_bias_id_and_moe_combine_match_cpu() {
     let bc = c
         .load_weight("b", GgmlType::F32, &dims, bytemuck_f32(&bias))
         .unwrap();
+    // Each expert's output scale (Gemma 4's ffn_down_exps.scale).
+    let scale = random(&mut rng, N_EXPERT, 1.0);
     for tokens in [1usize, 3, 8, 13] {
         let ids = expert_ids(&mut rng, tokens);
         let weights = random(&mut rng, ids.len(), 1.0);
@@ -573,6 +575,22 @@ fn add_bias_id_and_moe_combine_match_cpu() {
             rel_err(&g.act_to_host(&yg).unwrap(), &c.act_to_host(&yc).unwrap()) < 1e-5,
             "add_bias_id batch {tokens}"
         );
+        // mul_id on fresh rows: row s times scale[ids[s]], one product each.
+        let want: Vec<f32> = y
+            .chunks(cols)
+            .zip(&ids)
+            .flat_map(|(row, &e)| {
+                let s = scale[e as usize];
+                row.iter().map(move |v| v * s)
+            })
+            .collect();
+        for b in [&g as &dyn MulIdOnHost, &c] {
+            assert_eq!(
+                b.mul_id_on_host(&y, ids.len(), cols, &scale, &ids),
+                want,
+                "mul_id batch {tokens}"
+            );
+        }
         let og = g.moe_combine(&yg, &rg).unwrap();
         let oc = c.moe_combine(&yc, &rc).unwrap();
         assert_eq!(g.act_shape(&og), (tokens, cols));
@@ -580,6 +598,40 @@ fn add_bias_id_and_moe_combine_match_cpu() {
             rel_err(&g.act_to_host(&og).unwrap(), &c.act_to_host(&oc).unwrap()) < 1e-5,
             "moe_combine batch {tokens}"
         );
+    }
+}
+
+/// `mul_id` of host rows through a backend (F32 scales, as in the GGUFs).
+trait MulIdOnHost {
+    fn mul_id_on_host(
+        &self,
+        y: &[f32],
+        rows: usize,
+        cols: usize,
+        scale: &[f32],
+        ids: &[u32],
+    ) -> Vec<f32>;
+}
+
+impl<B: Backend> MulIdOnHost for B {
+    fn mul_id_on_host(
+        &self,
+        y: &[f32],
+        rows: usize,
+        cols: usize,
+        scale: &[f32],
+        ids: &[u32],
+    ) -> Vec<f32> {
+        let dims = [scale.len() as u64];
+        let s = self
+            .load_weight("s", GgmlType::F32, &dims, bytemuck_f32(scale))
+            .unwrap();
+        let r = self
+            .routing(ids, &vec![1.0; ids.len()], N_USED, N_EXPERT)
+            .unwrap();
+        let mut x = self.act_from_host(y, rows, cols).unwrap();
+        self.mul_id(&mut x, &s, &r).unwrap();
+        self.act_to_host(&x).unwrap()
     }
 }
 
