@@ -29,6 +29,24 @@ fn synth(dir: &Path, arch: &str, quant: &str, layers: &str) -> PathBuf {
     path
 }
 
+/// Eight greedy tokens after "hello" from `strata generate`.
+fn generate_8(model: &str) -> String {
+    ok(&strata(&[
+        "generate",
+        "-m",
+        model,
+        "-p",
+        "hello",
+        "-n",
+        "8",
+        "--temp",
+        "0",
+        "--ignore-eos",
+        "-t",
+        "2",
+    ]))
+}
+
 #[test]
 fn synth_models_of_every_architecture_inspect_and_generate() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,20 +70,7 @@ fn synth_models_of_every_architecture_inspect_and_generate() {
             other => panic!("{arch}: merges {other:?}"),
         }
         assert!(info.contains("layers:        3"), "{info}");
-        let text = ok(&strata(&[
-            "generate",
-            "-m",
-            p,
-            "-p",
-            "hello",
-            "-n",
-            "8",
-            "--temp",
-            "0",
-            "--ignore-eos",
-            "-t",
-            "2",
-        ]));
+        let text = generate_8(p);
         assert!(!text.is_empty(), "{arch}: no text generated");
     }
 }
@@ -90,20 +95,7 @@ fn issue14_architectures_inspect_and_generate() {
         let info = ok(&strata(&["inspect", p]));
         assert!(info.contains(&format!("architecture:  {arch}")), "{info}");
         assert!(info.contains(layers_line), "{arch}: {info}");
-        let text = ok(&strata(&[
-            "generate",
-            "-m",
-            p,
-            "-p",
-            "hello",
-            "-n",
-            "8",
-            "--temp",
-            "0",
-            "--ignore-eos",
-            "-t",
-            "2",
-        ]));
+        let text = generate_8(p);
         assert!(!text.is_empty(), "{arch} {preset}: no text generated");
     }
 }

@@ -584,12 +584,11 @@ fn add_bias_id_mul_id_and_moe_combine_match_cpu() {
                 row.iter().map(move |v| v * s)
             })
             .collect();
-        for b in [&g as &dyn MulIdOnHost, &c] {
-            assert_eq!(
-                b.mul_id_on_host(&y, ids.len(), cols, &scale, &ids),
-                want,
-                "mul_id batch {tokens}"
-            );
+        for got in [
+            mul_id_on_host(&g, &y, cols, &scale, &ids),
+            mul_id_on_host(&c, &y, cols, &scale, &ids),
+        ] {
+            assert_eq!(got, want, "mul_id batch {tokens}");
         }
         let og = g.moe_combine(&yg, &rg).unwrap();
         let oc = c.moe_combine(&yc, &rc).unwrap();
@@ -602,37 +601,23 @@ fn add_bias_id_mul_id_and_moe_combine_match_cpu() {
 }
 
 /// `mul_id` of host rows through a backend (F32 scales, as in the GGUFs).
-trait MulIdOnHost {
-    fn mul_id_on_host(
-        &self,
-        y: &[f32],
-        rows: usize,
-        cols: usize,
-        scale: &[f32],
-        ids: &[u32],
-    ) -> Vec<f32>;
-}
-
-impl<B: Backend> MulIdOnHost for B {
-    fn mul_id_on_host(
-        &self,
-        y: &[f32],
-        rows: usize,
-        cols: usize,
-        scale: &[f32],
-        ids: &[u32],
-    ) -> Vec<f32> {
-        let dims = [scale.len() as u64];
-        let s = self
-            .load_weight("s", GgmlType::F32, &dims, bytemuck_f32(scale))
-            .unwrap();
-        let r = self
-            .routing(ids, &vec![1.0; ids.len()], N_USED, N_EXPERT)
-            .unwrap();
-        let mut x = self.act_from_host(y, rows, cols).unwrap();
-        self.mul_id(&mut x, &s, &r).unwrap();
-        self.act_to_host(&x).unwrap()
-    }
+fn mul_id_on_host<B: Backend>(
+    b: &B,
+    y: &[f32],
+    cols: usize,
+    scale: &[f32],
+    ids: &[u32],
+) -> Vec<f32> {
+    let dims = [scale.len() as u64];
+    let s = b
+        .load_weight("s", GgmlType::F32, &dims, bytemuck_f32(scale))
+        .unwrap();
+    let r = b
+        .routing(ids, &vec![1.0; ids.len()], N_USED, N_EXPERT)
+        .unwrap();
+    let mut x = b.act_from_host(y, ids.len(), cols).unwrap();
+    b.mul_id(&mut x, &s, &r).unwrap();
+    b.act_to_host(&x).unwrap()
 }
 
 /// Ids outside the experts, and inputs of the wrong shape, are errors
