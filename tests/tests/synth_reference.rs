@@ -132,7 +132,7 @@ fn load(path: &Path) -> Stage<CpuBackend> {
         first: 0,
         end: spec.n_layers,
     };
-    Stage::load(CpuBackend::new(), &file, layers, 256).unwrap()
+    Stage::load(CpuBackend::new(), &file, layers, 1024).unwrap()
 }
 
 /// Logits before each of llama.cpp's generated tokens, fed as llama-server fed them.
@@ -269,4 +269,11 @@ fn gemma4_q8_0_matches_llama_cpp() {
 #[test]
 fn gemma4_moe_q8_0_matches_llama_cpp() {
     check("synth-gemma4-moe-q8_0.json");
+}
+
+/// A 599-token prompt, fed as llama-server split it (87, 508, 4 tokens):
+/// the DeltaNet's recurrence over long prompt batches, then decode.
+#[test]
+fn qwen35_q8_0_long_prompt_matches_llama_cpp() {
+    check("synth-qwen35-q8_0-long.json");
 }
