@@ -9,7 +9,7 @@ mod stage;
 #[cfg(test)]
 mod tests;
 
-pub use stage::{StageLoad, StageMemory, StageMemoryTable, KV_BLOCK_TOKENS};
+pub use stage::{window_ring_blocks, StageLoad, StageMemory, StageMemoryTable, KV_BLOCK_TOKENS};
 
 /// KV cache element type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

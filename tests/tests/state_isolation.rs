@@ -6,6 +6,7 @@
 
 use strata_kernels::CpuBackend;
 use strata_model::arch::{Architecture, ModelSpec};
+use strata_model::profile::{KvType, StageLoad};
 use strata_model::synth::{QuantScheme, SynthSpec};
 use strata_model::GgufFile;
 use strata_tests::deviation::argmax;
@@ -19,7 +20,8 @@ fn stage(file: &GgufFile, sequences: usize) -> Stage<CpuBackend> {
         first: 0,
         end: n_layers,
     };
-    Stage::load_for(CpuBackend::new(), file, range, 1024, sequences).unwrap()
+    let load = StageLoad::for_sequences(512, sequences, KvType::F16, 64);
+    Stage::load_for(CpuBackend::new(), file, range, &load).unwrap()
 }
 
 /// Runs `runs` (sequence, start, tokens) as one batch; each run's last logits.
@@ -65,10 +67,14 @@ fn decode_together(stage: &mut Stage<CpuBackend>, prompts: &[(u64, &[u32])]) -> 
 fn sequences_decoded_together_match_each_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qwen35.gguf");
-    SynthSpec::from_preset(Architecture::Qwen35, "tiny", QuantScheme::parse("Q8_0").unwrap())
-        .unwrap()
-        .write(&path, |_, _| {})
-        .unwrap();
+    SynthSpec::from_preset(
+        Architecture::Qwen35,
+        "tiny",
+        QuantScheme::parse("Q8_0").unwrap(),
+    )
+    .unwrap()
+    .write(&path, |_, _| {})
+    .unwrap();
     let file = GgufFile::open(&path).unwrap();
     let long: Vec<u32> = (0..41).map(|i| (i * 37 + 5) % 250).collect();
     let short: Vec<u32> = (0..13).map(|i| (i * 11 + 60) % 250).collect();
@@ -77,9 +83,19 @@ fn sequences_decoded_together_match_each_alone() {
     let long_alone = decode_together(&mut s, &[(1, &long)]).remove(0);
     let short_alone = decode_together(&mut s, &[(2, &short)]).remove(0);
     let both = decode_together(&mut s, &[(3, &long), (4, &short)]);
-    assert_eq!(both[0], long_alone, "the long sequence beside the short one");
-    assert_eq!(both[1], short_alone, "the short sequence beside the long one");
-    assert_eq!(s.state_slots().held(), 0, "released sequences give their slots back");
+    assert_eq!(
+        both[0], long_alone,
+        "the long sequence beside the short one"
+    );
+    assert_eq!(
+        both[1], short_alone,
+        "the short sequence beside the long one"
+    );
+    assert_eq!(
+        s.state_slots().held(),
+        0,
+        "released sequences give their slots back"
+    );
 
     // A slot left with state by a finished sequence is zeroed for the next.
     let _ = decode_together(&mut s, &[(5, &long), (6, &long)]);

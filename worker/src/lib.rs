@@ -11,6 +11,7 @@ pub mod slice_cache;
 pub mod stage;
 pub mod state_slots;
 mod weights;
+pub mod window_rings;
 
 pub use kv_blocks::BlockAllocator;
 pub use sampler::{Sampler, SamplingParams, TokenLogprob};

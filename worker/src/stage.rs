@@ -5,7 +5,7 @@
 
 use strata_kernels::{Backend, BatchIndex, KernelError, KvGeometry, RecurrentBatch};
 use strata_model::arch::ModelSpec;
-use strata_model::profile::{KvType, MemoryProfile, StageLoad};
+use strata_model::profile::{window_ring_blocks, KvType, MemoryProfile, StageLoad};
 use strata_model::GgufFile;
 pub use strata_model::LayerRange;
 
@@ -13,6 +13,7 @@ use crate::blocks::{BatchContext, Layer, MixerState, RecurrentState};
 use crate::kv_blocks::{BlockAllocator, KvError};
 use crate::state_slots::{RunStart, StateSlots};
 use crate::weights::WeightLoader;
+use crate::window_rings::{WindowRings, WindowRun};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -68,6 +69,13 @@ struct KvSlot {
     layer: usize,
 }
 
+/// A KV pool: full blocks under the sequences' block tables, or (a
+/// sliding-window pool) a ring of blocks per sequence.
+struct KvPool<B: Backend> {
+    cache: B::KvCache,
+    rings: Option<WindowRings>,
+}
+
 pub struct Stage<B: Backend> {
     backend: B,
     spec: ModelSpec,
@@ -76,8 +84,9 @@ pub struct Stage<B: Backend> {
     layers: Vec<Layer<B>>,
     head: Option<(B::Weight, B::Weight)>,
     rope_freqs: Option<B::Weight>,
-    /// One KV pool per row shape among the stage's attention layers.
-    kv: Vec<B::KvCache>,
+    /// One KV pool per row shape (and sliding-window ring) among the
+    /// stage's attention layers.
+    kv: Vec<KvPool<B>>,
     /// Each layer's place in the KV pools; `None` for a recurrent layer.
     kv_layer: Vec<Option<KvSlot>>,
     blocks: BlockAllocator,
@@ -100,17 +109,26 @@ impl<B: Backend> Stage<B> {
         range: LayerRange,
         kv_tokens: usize,
     ) -> Result<Self, StageError> {
-        Self::load_for(backend, file, range, kv_tokens, 1)
+        let load = StageLoad {
+            kv_tokens,
+            kv_type: KvType::F16,
+            batch_tokens: 0,
+            sequences: 1,
+        };
+        Self::load_for(backend, file, range, &load)
     }
 
-    /// [`Self::load`] with recurrent state for `sequences` sequences at once
-    /// (the `--parallel` of the plan; KV blocks are shared by any number).
+    /// [`Self::load`] for what a plan asks: `load.sequences` sequences at
+    /// once (a recurrent state slot and a sliding-window ring each; full KV
+    /// blocks are shared by any number), and batches of at most
+    /// `load.batch_tokens` tokens (0: unbounded, so sliding-window layers
+    /// get full pools). The pools are what `MemoryProfile::stage_memory`
+    /// counts for `load`.
     pub fn load_for(
         backend: B,
         file: &GgufFile,
         range: LayerRange,
-        kv_tokens: usize,
-        sequences: usize,
+        load: &StageLoad,
     ) -> Result<Self, StageError> {
         let spec = ModelSpec::from_gguf(file).map_err(|e| StageError::Model(e.to_string()))?;
         if range.is_empty() || range.end > spec.n_layers {
@@ -158,39 +176,52 @@ impl<B: Backend> Stage<B> {
         // The pools and the states are what the planner and the worker's
         // admission counted: `MemoryProfile::stage_memory` of this load.
         let load = StageLoad {
-            kv_tokens,
             kv_type: KvType::F16,
-            batch_tokens: 0,
-            sequences: sequences.max(1),
+            sequences: load.sequences.max(1),
+            ..*load
         };
         let n_blocks = load.kv_blocks();
-        // One KV pool per row shape (Gemma 4's sliding and global layers
-        // differ), all of `n_blocks` blocks under one block table per
-        // sequence. Recurrent layers have no KV.
-        let mut geometries: Vec<KvGeometry> = Vec::new();
+        // One KV pool per row shape and ring (Gemma 4's sliding and global
+        // layers differ in shape; sliding layers keep a ring per sequence),
+        // read through each sequence's block table (a ring's repeated for
+        // the ring pools). Recurrent layers have no KV.
+        let mut pools: Vec<(KvGeometry, Option<WindowRings>)> = Vec::new();
         let mut kv_layer = Vec::with_capacity(layers.len());
         for l in &layers {
             kv_layer.push(l.attention().map(|a| {
                 let a = a.spec();
-                let shape = (a.n_kv_heads, a.head_dim, a.head_dim_v);
-                let pool = geometries
+                let ring = a.window.and_then(|w| {
+                    let blocks = load.window_blocks(w)?;
+                    let per_seq = window_ring_blocks(w, load.batch_tokens);
+                    (blocks < n_blocks).then_some((w, per_seq, blocks))
+                });
+                let key = (a.n_kv_heads, a.head_dim, a.head_dim_v, ring);
+                let pool = pools
                     .iter()
-                    .position(|g| (g.n_kv_heads, g.head_dim_k, g.head_dim_v) == shape)
+                    .position(|(g, r)| {
+                        let r = r
+                            .as_ref()
+                            .map(|r| (r.window(), r.blocks_per_seq(), g.n_blocks));
+                        (g.n_kv_heads, g.head_dim_k, g.head_dim_v, r) == key
+                    })
                     .unwrap_or_else(|| {
-                        geometries.push(KvGeometry {
+                        let geometry = KvGeometry {
                             n_layers: 0,
-                            n_kv_heads: shape.0,
-                            head_dim_k: shape.1,
-                            head_dim_v: shape.2,
+                            n_kv_heads: key.0,
+                            head_dim_k: key.1,
+                            head_dim_v: key.2,
                             kv_type: load.kv_type,
-                            n_blocks,
-                        });
-                        geometries.len() - 1
+                            n_blocks: ring.map_or(n_blocks, |r| r.2),
+                        };
+                        let rings =
+                            ring.map(|(w, per_seq, blocks)| WindowRings::new(w, per_seq, blocks));
+                        pools.push((geometry, rings));
+                        pools.len() - 1
                     });
-                geometries[pool].n_layers += 1;
+                pools[pool].0.n_layers += 1;
                 KvSlot {
                     pool,
-                    layer: geometries[pool].n_layers - 1,
+                    layer: pools[pool].0.n_layers - 1,
                 }
             }));
         }
@@ -204,7 +235,7 @@ impl<B: Backend> Stage<B> {
         {
             let counted = MemoryProfile::from_gguf(file, &spec).stage_memory(range, &load);
             assert_eq!(
-                geometries.iter().map(KvGeometry::pool_bytes).sum::<u64>(),
+                pools.iter().map(|(g, _)| g.pool_bytes()).sum::<u64>(),
                 counted.kv_bytes,
                 "the KV pools differ from the stage memory the planner counted"
             );
@@ -218,10 +249,15 @@ impl<B: Backend> Stage<B> {
                 "the recurrent state differs from what the planner counted"
             );
         }
-        let kv = geometries
+        let kv = pools
             .into_iter()
-            .map(|g| backend.new_kv_cache(g))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|(g, rings)| {
+                Ok(KvPool {
+                    cache: backend.new_kv_cache(g)?,
+                    rings,
+                })
+            })
+            .collect::<Result<Vec<_>, KernelError>>()?;
         Ok(Stage {
             spec,
             range,
@@ -267,10 +303,13 @@ impl<B: Backend> Stage<B> {
         self.head.is_some()
     }
 
-    /// Frees a sequence's KV blocks and recurrent state slot.
+    /// Frees a sequence's KV blocks, window rings and recurrent state slot.
     pub fn release(&mut self, seq: u64) {
         self.blocks.release(seq);
         self.slots.release(seq);
+        for rings in self.kv.iter_mut().filter_map(|p| p.rings.as_mut()) {
+            rings.release(seq);
+        }
     }
 
     /// Sequences that hold a recurrent state slot, and how many slots there are.
@@ -381,6 +420,18 @@ impl<B: Backend> Stage<B> {
             }
             slots
         };
+        let window_runs: Vec<WindowRun> = batch
+            .iter()
+            .map(|s| WindowRun {
+                seq: s.seq,
+                start_pos: s.start_pos,
+                n_tokens: s.n_tokens,
+                cached: self.blocks.seq_len(s.seq),
+            })
+            .collect();
+        for rings in self.kv.iter_mut().filter_map(|p| p.rings.as_mut()) {
+            rings.admit(&window_runs).map_err(StageError::Batch)?;
+        }
         for s in batch {
             self.blocks.truncate(s.seq, s.start_pos);
             self.blocks.reserve(s.seq, s.start_pos + s.n_tokens)?;
@@ -390,6 +441,25 @@ impl<B: Backend> Stage<B> {
             .iter()
             .map(|s| self.blocks.block_table(s.seq))
             .collect();
+        // Each ring pool's tables: the sequence's ring, as long as its table.
+        let ring_tables: Vec<Option<Vec<Vec<u32>>>> = self
+            .kv
+            .iter()
+            .map(|p| {
+                p.rings.as_ref().map(|r| {
+                    batch
+                        .iter()
+                        .zip(&tables)
+                        .map(|(s, t)| r.table(s.seq, t.len()))
+                        .collect()
+                })
+            })
+            .collect();
+        let ring_table_refs: Vec<Option<Vec<&[u32]>>> = ring_tables
+            .iter()
+            .map(|t| t.as_ref().map(|t| t.iter().map(Vec::as_slice).collect()))
+            .collect();
+        let has_rings = ring_tables.iter().any(Option::is_some);
         // The rows the output head reads (last stage only). As in llama.cpp,
         // the model's last layer keeps only these after its attention
         // output: the rest of the layer is wasted on other rows, and its
@@ -435,8 +505,9 @@ impl<B: Backend> Stage<B> {
                 let keep = select.filter(|_| last_layer && spec.out_rows_after_attention);
                 let state = match kv_layer[li] {
                     Some(slot) => MixerState::Kv {
-                        cache: &mut kv[slot.pool],
+                        cache: &mut kv[slot.pool].cache,
                         layer: slot.layer,
+                        tables: ring_table_refs[slot.pool].as_deref().unwrap_or(&tables),
                     },
                     None => MixerState::Recurrent(states.next().ok_or_else(|| {
                         StageError::Model("a DeltaNet layer has no state".into())
@@ -447,8 +518,9 @@ impl<B: Backend> Stage<B> {
             Ok(x)
         };
         // Rows kept inside the range vary with more than the batch's shape,
-        // which a recorded run could not follow: those batches run as is.
-        x = if select.is_some() && spec.out_rows_after_attention {
+        // which a recorded run could not follow: those batches run as is; so
+        // do stages with ring pools, whose tables are not the batch's index.
+        x = if has_rings || (select.is_some() && spec.out_rows_after_attention) {
             run_range(x)?
         } else {
             b.run_layers(&mut self.layer_runs, &index, x, &mut run_range)?

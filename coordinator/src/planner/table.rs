@@ -139,13 +139,14 @@ pub fn legend(req: &PlanRequest) -> String {
     let state_per_seq = p.state_bytes_per_seq();
     let _ = writeln!(
         out,
-        "  KV          key/value cache: {} tokens x {} sequence(s) in {}-token blocks ({} positions) on every {}layer, \
-         sliding-window layers too (the stage allocates them in full)",
+        "  KV          key/value cache: {} tokens x {} sequence(s) in {}-token blocks ({} positions) on every {}layer; \
+         a sliding-window layer keeps per sequence a ring of its window beside a batch ({} tokens)",
         req.ctx_size,
         req.parallel,
         strata_model::profile::KV_BLOCK_TOKENS,
         load.kv_tokens_allocated(),
         if state_per_seq > 0 { "attention " } else { "" },
+        load.batch_tokens,
     );
     if state_per_seq > 0 {
         let _ = writeln!(

@@ -56,10 +56,37 @@ impl StageLoad {
         self.kv_blocks().saturating_mul(KV_BLOCK_TOKENS)
     }
 
+    /// Blocks of a sliding-window layer's pool: each sequence keeps a ring
+    /// of [`window_ring_blocks`] blocks (the window beside a whole batch),
+    /// capped at the full pool. `None` when the batch is not bounded
+    /// (`batch_tokens` 0): the layer then gets the full pool.
+    pub fn window_blocks(&self, window: usize) -> Option<usize> {
+        if self.batch_tokens == 0 {
+            return None;
+        }
+        let ring = window_ring_blocks(window, self.batch_tokens);
+        Some(
+            ring.saturating_mul(self.sequences.max(1))
+                .min(self.kv_blocks()),
+        )
+    }
+
     /// Tokens of activation scratch: the batch, at most the pool.
     pub fn scratch_tokens(&self) -> usize {
         self.batch_tokens.min(self.kv_tokens_allocated())
     }
+}
+
+/// Blocks one sequence's ring holds in a sliding-window layer: the ring is a
+/// circular buffer of positions, and a batch of `batch_tokens` needs its own
+/// positions and the `window - 1` before its first at once (llama.cpp sizes
+/// its SWA cache `n_swa + n_ubatch` cells alike).
+pub fn window_ring_blocks(window: usize, batch_tokens: usize) -> usize {
+    window
+        .saturating_add(batch_tokens)
+        .saturating_sub(1)
+        .div_ceil(KV_BLOCK_TOKENS)
+        .max(1)
 }
 
 /// Bytes a stage holds, by kind.
@@ -72,8 +99,8 @@ pub struct StageMemory {
     /// Of `weight_bytes`, the routed experts (all of them are held, though a
     /// token reads only the ones it is routed to).
     pub expert_bytes: u64,
-    /// The KV pool: every layer of the stage at [`StageLoad::kv_tokens`] in
-    /// whole blocks.
+    /// The KV pools: every layer of the stage at [`StageLoad::kv_tokens`] in
+    /// whole blocks, sliding-window layers at their rings.
     pub kv_bytes: u64,
     /// Recurrent state of the stage's DeltaNet layers for
     /// [`StageLoad::sequences`] sequences, whatever their context (0 for a
@@ -108,11 +135,10 @@ impl MemoryProfile {
     /// A DeltaNet layer holds no KV but a recurrent state per sequence
     /// ([`StageMemory::state_bytes`]), which is the same at any context.
     ///
-    /// KV: sliding-window layers are counted at the full pool like every
-    /// other layer, because `Stage::load` allocates one pool of
-    /// `load.kv_blocks()` blocks for all the stage's layers. Capping them at
-    /// their window here would promise memory the worker does not give back;
-    /// the allocator has to change first (a pool per window size), then this.
+    /// KV: a sliding-window layer holds, per sequence, a ring of
+    /// [`window_ring_blocks`] blocks ([`StageLoad::window_blocks`]) when the
+    /// batch is bounded, as `Stage::load` allocates it; every other layer the
+    /// full pool of [`StageLoad::kv_blocks`].
     pub fn stage_memory(&self, layers: LayerRange, load: &StageLoad) -> StageMemory {
         self.stage_memory_table(load).stage(layers)
     }
@@ -133,9 +159,12 @@ impl MemoryProfile {
             weight_prefix: prefix(&|il| self.layers[il].weight_bytes),
             expert_prefix: prefix(&|il| self.layers[il].expert_bytes),
             kv_prefix: prefix(&|il| {
-                self.layers[il]
-                    .kv_bytes_per_token(load.kv_type)
-                    .saturating_mul(kv_tokens)
+                let l = &self.layers[il];
+                let tokens = l
+                    .kv_window_tokens
+                    .and_then(|w| load.window_blocks(w))
+                    .map_or(kv_tokens, |b| (b * KV_BLOCK_TOKENS) as u64);
+                l.kv_bytes_per_token(load.kv_type).saturating_mul(tokens)
             }),
             state_prefix: prefix(&|il| {
                 self.layers[il]

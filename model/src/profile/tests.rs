@@ -204,7 +204,7 @@ fn stage_memory_holds_the_experts_a_token_does_not_read() {
 }
 
 #[test]
-fn sliding_layers_are_held_at_the_full_pool() {
+fn sliding_layers_are_held_as_rings_when_the_batch_is_bounded() {
     // gemma3 tiny: window 512, every 6th layer global.
     let p = profile_of(&file_of(&tiny(Architecture::Gemma3)));
     assert!(p.layers.iter().any(|l| l.kv_window_tokens == Some(512)));
@@ -214,12 +214,33 @@ fn sliding_layers_are_held_at_the_full_pool() {
         first: 0,
         end: p.layers.len(),
     };
-    let per_token: u64 = p
-        .layers
-        .iter()
-        .map(|l| l.kv_bytes_per_token(KvType::F16))
-        .sum();
-    assert_eq!(p.stage_memory(all, &load).kv_bytes, per_token * 8192);
+    let per_token = |window: bool| -> u64 {
+        p.layers
+            .iter()
+            .filter(|l| l.kv_window_tokens.is_some() == window)
+            .map(|l| l.kv_bytes_per_token(KvType::F16))
+            .sum()
+    };
+    // A ring per sequence: 512 back + a 512-token batch - 1 = 1023
+    // positions, 32 blocks; the global layers the full 8192.
+    assert_eq!(window_ring_blocks(512, 512), 32);
+    assert_eq!(load.window_blocks(512), Some(64));
+    assert_eq!(
+        p.stage_memory(all, &load).kv_bytes,
+        per_token(false) * 8192 + per_token(true) * 2 * 32 * 32
+    );
+    // With no batch bound (Stage::load), sliding layers get the full pool.
+    let unbounded = StageLoad {
+        batch_tokens: 0,
+        ..load
+    };
+    assert_eq!(
+        p.stage_memory(all, &unbounded).kv_bytes,
+        (per_token(false) + per_token(true)) * 8192
+    );
+    // Rings never exceed the full pool.
+    let short = StageLoad::for_sequences(256, 2, KvType::F16, 512);
+    assert_eq!(short.window_blocks(512), Some(short.kv_blocks()));
     // What a token reads is capped at the window.
     let l = &p.layers[0];
     assert_eq!(l.kv_window_tokens, Some(512));

@@ -4,7 +4,7 @@
 //! the layer has them), and the output projection.
 
 use strata_kernels::backend::Yarn;
-use strata_kernels::{AttentionBatch, Backend, KernelError, RopeConfig, Unary};
+use strata_kernels::{AttentionBatch, Backend, KernelError, KvBlockId, RopeConfig, Unary};
 use strata_model::arch::{layer_tensor, AttentionSpec, ModelSpec};
 use strata_model::GgufFile;
 
@@ -143,8 +143,7 @@ impl<B: Backend> Attention<B> {
         b: &B,
         h: B::Act,
         batch: &BatchContext<'_, B>,
-        kv: &mut B::KvCache,
-        kv_layer: usize,
+        (kv, kv_layer, block_tables): (&mut B::KvCache, usize, &[&[KvBlockId]]),
         eps: f32,
     ) -> Result<B::Act, KernelError> {
         let a = &self.spec;
@@ -184,7 +183,7 @@ impl<B: Backend> Attention<B> {
             &AttentionBatch {
                 positions: batch.positions,
                 token_seq: batch.token_seq,
-                block_tables: batch.block_tables,
+                block_tables,
                 n_heads: a.n_heads,
                 scale: a.scale,
                 scale_query: a.scale_query,

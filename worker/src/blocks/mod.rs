@@ -45,6 +45,8 @@ pub enum MixerState<'a, B: Backend> {
     Kv {
         cache: &'a mut B::KvCache,
         layer: usize,
+        /// Each batch sequence's block table in this pool.
+        tables: &'a [&'a [KvBlockId]],
     },
     Recurrent(&'a mut RecurrentState<B>),
 }
@@ -150,9 +152,14 @@ impl<B: Backend> Layer<B> {
         let eps = model.rms_eps;
         let h = b.rms_norm(&x, &self.attn_norm, eps)?;
         let mut o = match (&self.mixer, state) {
-            (MixerBlock::Attention(a), MixerState::Kv { cache, layer }) => {
-                a.forward(b, h, batch, cache, layer, eps)?
-            }
+            (
+                MixerBlock::Attention(a),
+                MixerState::Kv {
+                    cache,
+                    layer,
+                    tables,
+                },
+            ) => a.forward(b, h, batch, (cache, layer, tables), eps)?,
             (MixerBlock::DeltaNet(d), MixerState::Recurrent(st)) => {
                 d.forward(b, &h, st, &batch.recurrent)?
             }

@@ -201,22 +201,21 @@ fn load<B: Backend, F: Fn() -> B>(
     snapshot: &Mutex<Snapshot>,
 ) -> Result<Loaded<B>, String> {
     let started = std::time::Instant::now();
-    let sequences = slice_cache::stage_load(job.ctx_tokens, job.limits.seq_tokens, 0).sequences;
-    let stage = Stage::load_for(
-        make_backend(),
-        &job.file,
-        job.range,
+    // What the admission counted (`LoadSlice`): the same pools and states.
+    let stage_load = slice_cache::stage_load(
         job.ctx_tokens,
-        sequences,
-    )
-    .map_err(|e| {
-        format!(
-            "loading layers {}..{} from {}: {e}",
-            job.range.first,
-            job.range.end,
-            job.source.display()
-        )
-    })?;
+        job.limits.seq_tokens,
+        job.limits.batch_tokens,
+    );
+    let stage =
+        Stage::load_for(make_backend(), &job.file, job.range, &stage_load).map_err(|e| {
+            format!(
+                "loading layers {}..{} from {}: {e}",
+                job.range.first,
+                job.range.end,
+                job.source.display()
+            )
+        })?;
     let label = format!("layers {}..{}", job.range.first, job.range.end);
     tracing::info!(
         "loaded {label} of {} from {} in {:.2}s",
