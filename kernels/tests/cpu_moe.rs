@@ -55,7 +55,12 @@ fn matmul_id_is_each_experts_own_matmul() {
                         .iter()
                         .map(|&s| if per_slot { s } else { s / N_USED })
                         .collect();
-                    let want: Vec<f32> = if matches!(dtype, GgmlType::Q4K | GgmlType::Q2K) {
+                    // One row at a time where ggml's mul_mat_id takes
+                    // another kernel than its mul_mat: the repacked types'
+                    // gemv, and F32 (mul_mat hands 2+ rows to llamafile's
+                    // sgemm, mul_mat_id never).
+                    let one_row = matches!(dtype, GgmlType::Q4K | GgmlType::Q2K | GgmlType::F32);
+                    let want: Vec<f32> = if one_row {
                         x_rows
                             .iter()
                             .flat_map(|&r| {
