@@ -42,9 +42,8 @@ for spec in "$@"; do
     s=$("$strata" bench -m "$model" -t "$threads" -p "$pp" -n "$tg" -r "$reps" --cpu 2>/dev/null |
         awk -F'|' '/ pp| tg/ {gsub(/ /, "", $(NF-1)); print $(NF-1)}')
     l=$(LD_PRELOAD=$preload "$llama_bench" -m "$model" -t "$threads" -p "$pp" -n "$tg" -r "$reps" -o csv 2>/dev/null |
-        python3 -c 'import csv, sys
-for r in csv.DictReader(sys.stdin):
-    print(f"{float(r["avg_ts"]):.2f}±{float(r["stddev_ts"]):.2f}")')
+        python3 -c "import csv, sys
+for r in csv.DictReader(sys.stdin): print('%.2f±%.2f' % (float(r['avg_ts']), float(r['stddev_ts'])))")
     paste <(echo "$s") <(echo "$l") | while read -r st lt; do
       test=$([ -z "${first_done:-}" ] && echo "pp$pp" || echo "tg$tg"); first_done=1
       ratio=$(python3 -c "print(f'{float(\"$st\".split(\"±\")[0]) / float(\"$lt\".split(\"±\")[0]):.2f}')")

@@ -5,7 +5,7 @@
 
 use strata_kernels::{Backend, BatchIndex, KernelError, KvGeometry, RecurrentBatch};
 use strata_model::arch::ModelSpec;
-use strata_model::profile::{window_ring_blocks, KvType, MemoryProfile, StageLoad};
+use strata_model::profile::{window_ring_blocks, KvType, StageLoad};
 use strata_model::GgufFile;
 pub use strata_model::LayerRange;
 
@@ -233,7 +233,8 @@ impl<B: Backend> Stage<B> {
         }
         #[cfg(debug_assertions)]
         {
-            let counted = MemoryProfile::from_gguf(file, &spec).stage_memory(range, &load);
+            let counted = strata_model::profile::MemoryProfile::from_gguf(file, &spec)
+                .stage_memory(range, &load);
             assert_eq!(
                 pools.iter().map(|(g, _)| g.pool_bytes()).sum::<u64>(),
                 counted.kv_bytes,

@@ -165,7 +165,7 @@ pub fn gated_delta_net(
     // state and a head-major output that is interleaved afterwards.
     let mut out_by_head = vec![0f32; n_v_heads * t * s];
     let head = |(h, (m, o)): (usize, (&mut [f32], &mut [f32]))| {
-        fused(|| run_head(shape, &input, h, m, o));
+        run_head_fma(shape, &input, h, m, o);
     };
     if shape.state_len() * t <= super::ops::SERIAL_MAX_VALUES {
         let heads = state
@@ -189,6 +189,34 @@ pub fn gated_delta_net(
     Ok(out)
 }
 
+/// [`run_head`] compiled with FMA where the CPU has it: its `mul_add`s are
+/// otherwise a libm call each (a closure handed to `fused` is not always
+/// inlined into it; this one is too big).
+fn run_head_fma(
+    shape: DeltaNetShape,
+    input: &DeltaNetInput<'_>,
+    h: usize,
+    m: &mut [f32],
+    o: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::dot::fma_detected() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn with_fma(
+            shape: DeltaNetShape,
+            input: &DeltaNetInput<'_>,
+            h: usize,
+            m: &mut [f32],
+            o: &mut [f32],
+        ) {
+            run_head(shape, input, h, m, o)
+        }
+        // SAFETY: the features were detected.
+        return unsafe { with_fma(shape, input, h, m, o) };
+    }
+    run_head(shape, input, h, m, o)
+}
+
 /// Value head `h`'s tokens: `m` is its transposed state (`m[j][i] =
 /// S[i][j]`), `o` its output, token-major `n_tokens x S`.
 #[inline(always)]
@@ -202,7 +230,6 @@ fn run_head(
     let s = shape.head_dim;
     let kh = h % shape.n_k_heads;
     let scale = 1.0 / (s as f32).sqrt();
-    let mut delta = vec![0f32; s];
     for tok in 0..input.n_tokens {
         let qk_at = (tok * shape.n_k_heads + kh) * s;
         let q = &input.q[qk_at..qk_at + s];
@@ -211,17 +238,16 @@ fn run_head(
         let v = &input.v[v_at..v_at + s];
         let beta = input.beta[tok * shape.n_v_heads + h];
         let decay = input.g[tok * shape.n_v_heads + h].exp();
-
-        m.iter_mut().for_each(|x| *x *= decay);
-        for (d, (m_j, &v_j)) in delta.iter_mut().zip(m.chunks_exact(s).zip(v)) {
-            *d = (v_j - dot_f32_ggml(m_j, k)) * beta;
-        }
-        for (m_j, &d) in m.chunks_exact_mut(s).zip(&delta) {
+        let o = &mut o[tok * s..(tok + 1) * s];
+        // ggml makes four passes over the state (scale, k dots, updates, q
+        // dots); each row's values depend on that row alone, so one pass
+        // row by row gives the same bits.
+        for ((m_j, &v_j), o_j) in m.chunks_exact_mut(s).zip(v).zip(o) {
+            m_j.iter_mut().for_each(|x| *x *= decay);
+            let d = (v_j - dot_f32_ggml(m_j, k)) * beta;
             m_j.iter_mut()
                 .zip(k)
                 .for_each(|(m, &k)| *m = k.mul_add(d, *m));
-        }
-        for (o_j, m_j) in o[tok * s..(tok + 1) * s].iter_mut().zip(m.chunks_exact(s)) {
             *o_j = dot_f32_ggml(m_j, q) * scale;
         }
     }

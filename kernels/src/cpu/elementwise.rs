@@ -28,15 +28,32 @@ pub fn unary(x: &mut CpuAct, f: Unary) {
                 .iter_mut()
                 .for_each(|v| *v = if *v > 20.0 { *v } else { (1.0 + v.exp()).ln() }),
             Unary::Tanh => row.iter_mut().for_each(|v| *v = v.tanh()),
-            Unary::Silu => {
-                // ggml_vec_silu_f32: whole 16-lane vectors, then scalars.
-                let simd = row.len() & !15;
-                let (vector, rest) = row.split_at_mut(simd);
-                vector.iter_mut().for_each(|v| *v = silu_ggml(*v));
-                rest.iter_mut().for_each(|v| *v = silu(*v));
-            }
+            Unary::Silu => silu_row(row),
         })
     });
+}
+
+/// ggml_vec_silu_f32: whole 16-lane vectors (its polynomial `exp`), then
+/// scalars (libm's). Compiled with FMA where the CPU has it: the
+/// polynomial's `mul_add`s are otherwise a libm call each.
+fn silu_row(row: &mut [f32]) {
+    #[inline(always)]
+    fn body(row: &mut [f32]) {
+        let simd = row.len() & !15;
+        let (vector, rest) = row.split_at_mut(simd);
+        vector.iter_mut().for_each(|v| *v = silu_ggml(*v));
+        rest.iter_mut().for_each(|v| *v = silu(*v));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::dot::fma_detected() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn with_fma(row: &mut [f32]) {
+            body(row)
+        }
+        // SAFETY: the features were detected.
+        return unsafe { with_fma(row) };
+    }
+    body(row)
 }
 
 pub fn scale(x: &mut CpuAct, c: f32) {
