@@ -1,6 +1,10 @@
 //! Shared helpers for the end-to-end tests: where the real models and the
-//! llama.cpp references are.
-use std::path::PathBuf;
+//! llama.cpp references are, and small synthetic models.
+use std::path::{Path, PathBuf};
+
+use strata_model::arch::Architecture;
+use strata_model::synth::{QuantScheme, SynthSpec};
+use strata_model::GgufFile;
 
 pub mod deviation;
 
@@ -40,4 +44,16 @@ pub fn reference(file: &str) -> serde_json::Value {
     let p = reference_dir().join(file);
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// `strata synth --arch ARCH --preset PRESET --quant QUANT` (seed 0),
+/// written into `dir` and opened.
+pub fn synth(dir: &Path, arch: Architecture, preset: &str, quant: &str) -> GgufFile {
+    let path = dir.join(format!("{arch}-{preset}-{quant}.gguf"));
+    let quant = QuantScheme::parse(quant).unwrap_or_else(|| panic!("no quant scheme {quant}"));
+    SynthSpec::from_preset(arch, preset, quant)
+        .unwrap()
+        .write(&path, |_, _| {})
+        .unwrap();
+    GgufFile::open(&path).unwrap()
 }

@@ -7,9 +7,9 @@
 use strata_kernels::CpuBackend;
 use strata_model::arch::{Architecture, ModelSpec};
 use strata_model::profile::{KvType, StageLoad};
-use strata_model::synth::{QuantScheme, SynthSpec};
 use strata_model::GgufFile;
 use strata_tests::deviation::argmax;
+use strata_tests::synth;
 use strata_worker::{BatchSeq, LayerRange, LogitRows, Stage, StageInput, StageOutput};
 
 const STEPS: usize = 8;
@@ -66,16 +66,7 @@ fn decode_together(stage: &mut Stage<CpuBackend>, prompts: &[(u64, &[u32])]) -> 
 #[test]
 fn sequences_decoded_together_match_each_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("qwen35.gguf");
-    SynthSpec::from_preset(
-        Architecture::Qwen35,
-        "tiny",
-        QuantScheme::parse("Q8_0").unwrap(),
-    )
-    .unwrap()
-    .write(&path, |_, _| {})
-    .unwrap();
-    let file = GgufFile::open(&path).unwrap();
+    let file = synth(dir.path(), Architecture::Qwen35, "tiny", "Q8_0");
     let long: Vec<u32> = (0..41).map(|i| (i * 37 + 5) % 250).collect();
     let short: Vec<u32> = (0..13).map(|i| (i * 11 + 60) % 250).collect();
 

@@ -8,9 +8,9 @@ use strata_kernels::cuda::{emulator, CudaBackend};
 use strata_kernels::{Backend, CpuBackend};
 use strata_model::arch::{Architecture, ModelSpec};
 use strata_model::profile::{KvType, MemoryProfile, StageLoad};
-use strata_model::synth::{QuantScheme, SynthSpec};
 use strata_model::GgufFile;
 use strata_tests::deviation::argmax;
+use strata_tests::synth;
 use strata_worker::{BatchSeq, LayerRange, LogitRows, Stage, StageInput, StageOutput};
 
 /// Decodes `prompts` together (one run per sequence per step, the prompts
@@ -85,16 +85,7 @@ struct Model {
 
 fn gemma4() -> Model {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gemma4.gguf");
-    SynthSpec::from_preset(
-        Architecture::Gemma4,
-        "tiny",
-        QuantScheme::parse("Q8_0").unwrap(),
-    )
-    .unwrap()
-    .write(&path, |_, _| {})
-    .unwrap();
-    let file = GgufFile::open(&path).unwrap();
+    let file = synth(dir.path(), Architecture::Gemma4, "tiny", "Q8_0");
     let n_layers = ModelSpec::from_gguf(&file).unwrap().n_layers;
     let ringed = StageLoad::for_sequences(1024, 2, KvType::F16, 64);
     Model {
