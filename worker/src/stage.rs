@@ -421,8 +421,10 @@ impl<B: Backend> Stage<B> {
             }
             slots
         };
+        let has_rings = self.kv.iter().any(|p| p.rings.is_some());
         let window_runs: Vec<WindowRun> = batch
             .iter()
+            .filter(|_| has_rings)
             .map(|s| WindowRun {
                 seq: s.seq,
                 start_pos: s.start_pos,
@@ -460,7 +462,6 @@ impl<B: Backend> Stage<B> {
             .iter()
             .map(|t| t.as_ref().map(|t| t.iter().map(Vec::as_slice).collect()))
             .collect();
-        let has_rings = ring_tables.iter().any(Option::is_some);
         // The rows the output head reads (last stage only). As in llama.cpp,
         // the model's last layer keeps only these after its attention
         // output: the rest of the layer is wasted on other rows, and its

@@ -386,7 +386,7 @@ impl WorkerService {
             source,
             digest: req.model_digest.clone(),
             range,
-            ctx_tokens,
+            load,
             act_dtype,
             limits,
             weight_bytes,

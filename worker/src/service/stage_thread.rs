@@ -8,13 +8,13 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 
 use strata_kernels::{Backend, KernelError};
+use strata_model::profile::StageLoad;
 use strata_model::GgufFile;
 use strata_proto::v1;
 use tokio::sync::oneshot;
 
 use super::frames;
 use crate::sampler::Sampler;
-use crate::slice_cache;
 use crate::stage::{LayerRange, Stage, StageError, StageInput, StageOutput};
 
 /// What the service knows about the slice without asking the thread.
@@ -40,7 +40,9 @@ pub struct LoadJob {
     pub source: PathBuf,
     pub digest: String,
     pub range: LayerRange,
-    pub ctx_tokens: usize,
+    /// What the admission counted the slice's memory for: the stage
+    /// allocates exactly these pools and states.
+    pub load: StageLoad,
     pub act_dtype: v1::ActDtype,
     pub limits: frames::FrameLimits,
     pub weight_bytes: u64,
@@ -201,21 +203,14 @@ fn load<B: Backend, F: Fn() -> B>(
     snapshot: &Mutex<Snapshot>,
 ) -> Result<Loaded<B>, String> {
     let started = std::time::Instant::now();
-    // What the admission counted (`LoadSlice`): the same pools and states.
-    let stage_load = slice_cache::stage_load(
-        job.ctx_tokens,
-        job.limits.seq_tokens,
-        job.limits.batch_tokens,
-    );
-    let stage =
-        Stage::load_for(make_backend(), &job.file, job.range, &stage_load).map_err(|e| {
-            format!(
-                "loading layers {}..{} from {}: {e}",
-                job.range.first,
-                job.range.end,
-                job.source.display()
-            )
-        })?;
+    let stage = Stage::load_for(make_backend(), &job.file, job.range, &job.load).map_err(|e| {
+        format!(
+            "loading layers {}..{} from {}: {e}",
+            job.range.first,
+            job.range.end,
+            job.source.display()
+        )
+    })?;
     let label = format!("layers {}..{}", job.range.first, job.range.end);
     tracing::info!(
         "loaded {label} of {} from {} in {:.2}s",
