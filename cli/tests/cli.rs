@@ -86,6 +86,7 @@ fn issue14_architectures_inspect_and_generate() {
         ("qwen35moe", "tiny", "shared expert 256 wide"),
         ("gemma4", "tiny", "V = K, rope_freqs"),
         ("gemma4", "tiny-moe", "V = K, rope_freqs"),
+        ("gemma4", "tiny-e", "reads the KV of layer 3"),
     ] {
         let path = dir.path().join(format!("{arch}-{preset}.gguf"));
         let p = path.to_str().unwrap();

@@ -323,6 +323,21 @@ fn three_workers_serve_gemma4_synth_token_for_token() {
     }
 }
 
+/// The Gemma 4 E-series over three workers: every stage makes its own
+/// layers' per-layer inputs from the token ids, and layers 4-7, which read
+/// the KV of layers 2 and 3, stay in the stage that holds those. Only the
+/// cuts before layers 1 and 2 are allowed, so with three workers each
+/// takes its share: 0..1, 1..2, 2..8.
+#[test]
+fn three_workers_serve_gemma4_e_series_synth_token_for_token() {
+    let (_dir, model_path, r) = common::synth_reference("synth-gemma4-e-q8_0");
+    let stages = run_three_workers_on(&model_path, &r, ["79MiB", "79MiB", "86MiB"], false, 0.1, 0);
+    assert!(
+        stages.iter().any(|s| s.ends_with(" 2..8")),
+        "layers 2..8 are not one stage: {stages:?}"
+    );
+}
+
 /// gpt-oss (sinks, biases, YaRN, alternating sliding window, MXFP4
 /// experts) and Ministral-3 (YaRN, attention temperature) over three
 /// workers. Their random weights give near-ties from the first tokens, so

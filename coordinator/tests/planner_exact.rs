@@ -145,6 +145,8 @@ fn dp_matches_brute_force() {
         let profile = MemoryProfile {
             layers,
             embedding_bytes: embedding,
+            embedding_on_every_stage: false,
+            no_cut_before: Vec::new(),
             head_bytes: if tied {
                 embedding
             } else {

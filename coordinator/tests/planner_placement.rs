@@ -33,6 +33,33 @@ fn smollm2_135m_fits_on_one_worker_and_skips_the_rest() {
     assert!(p.tied_embeddings && plan.stages[0].weight_bytes >= p.embedding_bytes * 2);
 }
 
+/// Gemma 4 E2B: layers 15-34 read the KV of layers 13 and 14, so however
+/// small the devices, the last stage starts at layer 13 or before; every
+/// stage holds the embedding (each makes its layers' per-layer inputs).
+#[test]
+fn gemma4_e2b_keeps_shared_kv_layers_with_their_source() {
+    let (hp, p) = synth(Architecture::Gemma4, "e2b", "Q4_K_M");
+    assert_eq!(p.no_cut_before, (14..35).collect::<Vec<_>>());
+    let req = request(&hp, &p, 8192, KvType::F16);
+    let last_stage = |sizes: &[u64]| {
+        let workers = gpus(sizes);
+        let plan = plan(&req, &workers).unwrap();
+        check(&plan, &req, &workers);
+        for s in &plan.stages {
+            assert!(s.weight_bytes >= p.embedding_bytes, "{s:?}");
+        }
+        plan.stages.last().unwrap().first_layer
+    };
+    // Two cards, the smaller first: without the rule the cut would fall
+    // near the middle, past layer 14.
+    assert_eq!(last_stage(&[2 * GIB, 5 * GIB / 2]), 13);
+    // Three 2 GiB cards hold the model in total, but not layers 13-34 with
+    // the head: the planner says so.
+    let workers = gpus(&[2 * GIB; 3]);
+    let e = plan(&req, &workers).unwrap_err().to_string();
+    assert!(e.contains("run of layers that share KV"), "{e}");
+}
+
 #[test]
 fn gemma3_270m_sliding_layers_hold_a_ring_of_their_window() {
     let (hp, p) = real("gemma-3-270m-q4_k_m.gguf");

@@ -135,7 +135,7 @@ extern "C" __global__ void f32_to_f16(const float* x, u16* out, size_t n) {
 }
 
 // x = f(x) as ggml-cpu computes f (Backend's Unary, in its order: sigmoid,
-// softplus, silu, tanh).
+// softplus, silu, tanh, gelu).
 extern "C" __global__ void unary(float* x, size_t n, int f) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
@@ -144,7 +144,8 @@ extern "C" __global__ void unary(float* x, size_t n, int f) {
         case 0: x[i] = 1.0f / (1.0f + expf(-v)); break;
         case 1: x[i] = v > 20.0f ? v : logf(1.0f + expf(v)); break;
         case 2: x[i] = v / (1.0f + expf(-v)); break;
-        default: x[i] = tanhf(v); break;
+        case 3: x[i] = tanhf(v); break;
+        default: x[i] = gelu_f16(v); break;
     }
 }
 

@@ -217,6 +217,10 @@ pub enum Unary {
     Silu,
     /// `tanhf` (`op_tanh`).
     Tanh,
+    /// ggml_gelu (tanh approximation) as ggml-cpu's `ggml_vec_gelu_f32`
+    /// computes it: 0 at or below -10, x at or above 10, else the f16 table
+    /// at f16(x).
+    Gelu,
 }
 
 /// Which KV slots a batch writes and which positions each token attends.
@@ -401,15 +405,16 @@ pub trait Backend: Send + Sync {
         state: &mut Self::Act,
         batch: &RecurrentBatch<'_>,
     ) -> Result<Self::Act, KernelError>;
-    /// Writes this batch's K/V rows into their slots of `layer`, then
-    /// attends: returns `rows x (n_heads * head_dim_v)`.
+    /// Writes this batch's K/V rows (`new_kv`) into their slots of `layer`,
+    /// then attends: returns `rows x (n_heads * head_dim_v)`. Without
+    /// `new_kv` it attends to what the layer holds: Gemma 4's KV-sharing
+    /// layers read the KV an earlier layer wrote for this batch.
     fn attention(
         &self,
         cache: &mut Self::KvCache,
         layer: usize,
         q: &Self::Act,
-        k: &Self::Act,
-        v: &Self::Act,
+        new_kv: Option<(&Self::Act, &Self::Act)>,
         batch: &AttentionBatch<'_>,
     ) -> Result<Self::Act, KernelError>;
 

@@ -140,10 +140,12 @@ pub(crate) fn attention(
     geo: &KvGeometry,
     layer: usize,
     q: (usize, usize),
-    k: (usize, usize),
-    v: (usize, usize),
+    new_kv: Option<((usize, usize), (usize, usize))>,
     batch: &AttentionBatch<'_>,
 ) -> Result<(), KernelError> {
+    // Without new K/V (a layer reading another's KV) the shapes are the
+    // cache's own, so only Q's are checked.
+    let (k, v) = new_kv.unwrap_or(((q.0, geo.k_dim()), (q.0, geo.v_dim())));
     if layer >= geo.n_layers {
         return invalid(format!(
             "attention: layer {layer} of a cache of {} layers",

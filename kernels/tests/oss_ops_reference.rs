@@ -242,8 +242,10 @@ fn attention_with_sinks_matches_softmax_with_sink() {
                 &mut cache,
                 0,
                 &c.act_from_host(&q, 2, 8).unwrap(),
-                &c.act_from_host(&k, 2, 4).unwrap(),
-                &c.act_from_host(&v, 2, 4).unwrap(),
+                Some((
+                    &c.act_from_host(&k, 2, 4).unwrap(),
+                    &c.act_from_host(&v, 2, 4).unwrap(),
+                )),
                 &batch,
             )
             .unwrap(),
@@ -286,8 +288,10 @@ fn minus_infinite_sinks_change_nothing() {
                 &mut cache,
                 0,
                 &c.act_from_host(&q, n, n_heads * hd).unwrap(),
-                &c.act_from_host(&k, n, n_kv_heads * hd).unwrap(),
-                &c.act_from_host(&v, n, n_kv_heads * hd).unwrap(),
+                Some((
+                    &c.act_from_host(&k, n, n_kv_heads * hd).unwrap(),
+                    &c.act_from_host(&v, n, n_kv_heads * hd).unwrap(),
+                )),
                 &batch,
             )
             .unwrap(),

@@ -83,6 +83,13 @@ pub struct MemoryProfile {
     pub layers: Vec<LayerProfile>,
     /// Token embedding table (needed by the first stage).
     pub embedding_bytes: u64,
+    /// Every stage holds the embedding table: with per-layer embeddings
+    /// (Gemma 4 E-series) each stage embeds the tokens again for its
+    /// layers' inputs.
+    pub embedding_on_every_stage: bool,
+    /// Layers a stage may not start at ([`ModelSpec::cut_allowed`]: Gemma
+    /// 4's KV-sharing layers stay with the layer whose KV they read).
+    pub no_cut_before: Vec<usize>,
     /// Final norm + output head (the last stage). With tied embeddings the
     /// head is the embedding table again, so the last stage holds a copy.
     pub head_bytes: u64,
@@ -105,6 +112,20 @@ impl MemoryProfile {
         let mut head_bytes = 0;
         let mut has_output = false;
         for t in &f.tensors {
+            // The per-layer embedding tables: each stage loads its layers'
+            // share (columns of one, rows of the other).
+            if matches!(
+                t.name.as_str(),
+                "per_layer_token_embd.weight" | "per_layer_model_proj.weight"
+            ) && spec.per_layer_input.is_some()
+            {
+                let n = layers.len() as u64;
+                for (il, l) in layers.iter_mut().enumerate() {
+                    let il = il as u64;
+                    *l += t.size_bytes * (il + 1) / n - t.size_bytes * il / n;
+                }
+                continue;
+            }
             if let Some(rest) = t.name.strip_prefix("blk.") {
                 if let Some(il) = rest.split('.').next().and_then(|s| s.parse::<usize>().ok()) {
                     if il < layers.len() {
@@ -128,9 +149,11 @@ impl MemoryProfile {
             .into_iter()
             .enumerate()
             .map(|(il, weight_bytes)| {
-                // A recurrent layer holds no KV, only its per-sequence state.
+                // A recurrent layer holds no KV, only its per-sequence
+                // state; a layer reading another's KV holds none.
                 let (k, v, window) = spec
                     .attention(il)
+                    .filter(|_| spec.owns_kv(il))
                     .map_or((0, 0, None), |a| (a.k_dim(), a.v_dim(), a.window));
                 LayerProfile {
                     weight_bytes,
@@ -166,10 +189,17 @@ impl MemoryProfile {
                 spec.d_model * 3 + mixer + 2 * ff
             })
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            // Per-layer inputs: the token's row of every layer, and the
+            // projection of the stage's.
+            + spec.per_layer_input.map_or(0, |p| 2 * p * spec.n_layers + spec.d_model);
         let mut profile = MemoryProfile {
             layers,
             embedding_bytes,
+            embedding_on_every_stage: spec.per_layer_input.is_some(),
+            no_cut_before: (1..spec.n_layers)
+                .filter(|&c| !spec.cut_allowed(c))
+                .collect(),
             head_bytes,
             tied_embeddings: !has_output,
             scratch_bytes_per_token: 4 * per_token_f32 as u64,
@@ -210,6 +240,11 @@ impl MemoryProfile {
     /// DeltaNet layers).
     pub fn state_bytes_per_seq(&self) -> u64 {
         self.layers.iter().map(|l| l.state_bytes_per_seq).sum()
+    }
+
+    /// Whether a stage may start at layer `cut`.
+    pub fn cut_allowed(&self, cut: usize) -> bool {
+        !self.no_cut_before.contains(&cut)
     }
 
     /// Whether any layer has routed experts.

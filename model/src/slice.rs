@@ -107,17 +107,22 @@ pub fn model_digest(file: &GgufFile) -> Result<String, SliceError> {
 /// The tensors a stage running `range` of a model with `n_layers` layers
 /// needs: its blocks, the embedding on the first stage, the final norm and
 /// output head (or the tied embedding) on the last, and `rope_freqs` when the
-/// model has one.
+/// model has one. With per-layer embeddings (Gemma 4 E-series) every stage
+/// gets the embedding and the whole per-layer tables, and loads its share.
 pub fn slice_tensors(file: &GgufFile, range: LayerRange, n_layers: usize) -> Vec<&TensorInfo> {
     let is_first = range.first == 0;
     let is_last = range.end == n_layers;
     let tied = file.tensor("output.weight").is_none();
+    let per_layer = file.tensor("per_layer_token_embd.weight").is_some();
     file.tensors
         .iter()
         .filter(|t| match t.name.as_str() {
-            "token_embd.weight" => is_first || (is_last && tied),
+            "token_embd.weight" => is_first || (is_last && tied) || per_layer,
             "output_norm.weight" | "output.weight" => is_last,
             "rope_freqs.weight" => true,
+            "per_layer_token_embd.weight"
+            | "per_layer_model_proj.weight"
+            | "per_layer_proj_norm.weight" => true,
             name => layer_of(name).is_some_and(|il| il >= range.first && il < range.end),
         })
         .collect()

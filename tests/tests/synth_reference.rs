@@ -271,6 +271,13 @@ fn gemma4_moe_q8_0_matches_llama_cpp() {
     check("synth-gemma4-moe-q8_0.json");
 }
 
+/// The E-series: per-layer embeddings, and layers 4-7 reading the KV of
+/// layers 2 and 3.
+#[test]
+fn gemma4_e_series_q8_0_matches_llama_cpp() {
+    check("synth-gemma4-e-q8_0.json");
+}
+
 /// A 599-token prompt, fed as llama-server split it (87, 508, 4 tokens):
 /// the DeltaNet's recurrence over long prompt batches, then decode.
 #[test]

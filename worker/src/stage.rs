@@ -9,7 +9,7 @@ use strata_model::profile::{window_ring_blocks, KvType, StageLoad};
 use strata_model::GgufFile;
 pub use strata_model::LayerRange;
 
-use crate::blocks::{BatchContext, Layer, MixerState, RecurrentState};
+use crate::blocks::{BatchContext, Layer, MixerState, PerLayerInputs, RecurrentState};
 use crate::kv_blocks::{BlockAllocator, KvError};
 use crate::state_slots::{RunStart, StateSlots};
 use crate::weights::WeightLoader;
@@ -52,8 +52,9 @@ pub enum LogitRows {
 pub enum StageInput<A> {
     /// Token ids, all runs concatenated (first stage).
     Tokens(Vec<u32>),
-    /// Hidden states from the previous stage.
-    Hidden(A),
+    /// Hidden states from the previous stage, and the batch's token ids
+    /// where the frame carried them (per-layer embeddings need them).
+    Hidden { hidden: A, tokens: Vec<u32> },
 }
 
 pub enum StageOutput<A> {
@@ -80,7 +81,11 @@ pub struct Stage<B: Backend> {
     backend: B,
     spec: ModelSpec,
     range: LayerRange,
+    /// The token embedding: on the first stage, and on every stage of a
+    /// model with per-layer embeddings.
     embedding: Option<B::Weight>,
+    /// Gemma 4 E-series: the stage's share of the per-layer tables.
+    per_layer: Option<PerLayerInputs<B>>,
     layers: Vec<Layer<B>>,
     head: Option<(B::Weight, B::Weight)>,
     rope_freqs: Option<B::Weight>,
@@ -144,11 +149,12 @@ impl<B: Backend> Stage<B> {
         let (d, vocab) = (spec.d_model, spec.vocab_size);
         let is_first = range.first == 0;
         let is_last = range.end == spec.n_layers;
-        let embedding = if is_first {
+        let embedding = if is_first || spec.per_layer_input.is_some() {
             Some(loader.required("token_embd.weight", &[d, vocab])?)
         } else {
             None
         };
+        let per_layer = PerLayerInputs::load(&loader, &spec, range)?;
         let mut layers = Vec::with_capacity(range.len());
         for il in range.first..range.end {
             layers.push(Layer::load(&loader, &spec, il)?);
@@ -187,7 +193,23 @@ impl<B: Backend> Stage<B> {
         // the ring pools). Recurrent layers have no KV.
         let mut pools: Vec<(KvGeometry, Option<WindowRings>)> = Vec::new();
         let mut kv_layer = Vec::with_capacity(layers.len());
-        for l in &layers {
+        for (li, l) in layers.iter().enumerate() {
+            // A layer reading another's KV takes that layer's place in the
+            // pools; the planner keeps the two in one stage.
+            if let Some(src) = l.attention().and_then(|a| a.spec().kv_source) {
+                let il = range.first + li;
+                let slot = src
+                    .checked_sub(range.first)
+                    .filter(|&s| s < li)
+                    .and_then(|s| kv_layer[s]);
+                kv_layer.push(Some(slot.ok_or_else(|| {
+                    StageError::Model(format!(
+                        "layer {il} reads the KV of layer {src}, which is not in this stage's layers {}..{}",
+                        range.first, range.end
+                    ))
+                })?));
+                continue;
+            }
             kv_layer.push(l.attention().map(|a| {
                 let a = a.spec();
                 let ring = a.window.and_then(|w| {
@@ -263,6 +285,7 @@ impl<B: Backend> Stage<B> {
             spec,
             range,
             embedding,
+            per_layer,
             layers,
             head,
             rope_freqs,
@@ -298,7 +321,7 @@ impl<B: Backend> Stage<B> {
         &mut self.layer_runs
     }
     pub fn is_first(&self) -> bool {
-        self.embedding.is_some()
+        self.range.first == 0
     }
     pub fn is_last(&self) -> bool {
         self.head.is_some()
@@ -358,34 +381,48 @@ impl<B: Backend> Stage<B> {
         // as it was.
         let b = &self.backend;
         let spec = &self.spec;
-        let mut x = match (input, &self.embedding) {
-            (StageInput::Tokens(ids), Some(emb)) => {
+        let is_first = self.range.first == 0;
+        let (mut x, ids) = match (input, &self.embedding) {
+            (StageInput::Tokens(ids), Some(emb)) if is_first => {
                 if ids.len() != n_tokens {
                     return Err(StageError::Batch(format!(
                         "{} token ids for {n_tokens} positions",
                         ids.len()
                     )));
                 }
-                b.embed(emb, &ids, spec.embedding_scale.unwrap_or(1.0))?
+                (b.embed(emb, &ids, spec.embedding_scale.unwrap_or(1.0))?, ids)
             }
-            (StageInput::Hidden(h), None) => {
-                if b.act_shape(&h) != (n_tokens, spec.d_model) {
+            (StageInput::Hidden { hidden, tokens }, _) if !is_first => {
+                if b.act_shape(&hidden) != (n_tokens, spec.d_model) {
                     return Err(StageError::Batch(format!(
                         "hidden states of shape {:?}, expected ({n_tokens}, {})",
-                        b.act_shape(&h),
+                        b.act_shape(&hidden),
                         spec.d_model
                     )));
                 }
-                h
+                (hidden, tokens)
             }
-            (StageInput::Tokens(_), None) => {
+            (StageInput::Tokens(_), _) => {
                 return Err(StageError::Batch("token ids sent to a middle stage".into()))
             }
-            (StageInput::Hidden(_), Some(_)) => {
+            (StageInput::Hidden { .. }, _) => {
                 return Err(StageError::Batch(
                     "hidden states sent to the first stage".into(),
                 ))
             }
+        };
+        // Gemma 4 E-series: the stage's layers' inputs, from the token ids.
+        let per_layer = match (&self.per_layer, &self.embedding) {
+            (Some(p), Some(emb)) => {
+                if ids.len() != n_tokens {
+                    return Err(StageError::Batch(format!(
+                        "{} token ids for {n_tokens} positions: a model with per-layer embeddings needs every token's id on every stage",
+                        ids.len()
+                    )));
+                }
+                Some((p.inputs(b, emb, &ids, spec.rms_eps)?, p.width()))
+            }
+            _ => None,
         };
         let new_blocks: usize = batch
             .iter()
@@ -515,14 +552,21 @@ impl<B: Backend> Stage<B> {
                         StageError::Model("a DeltaNet layer has no state".into())
                     })?),
                 };
-                x = layer.forward(b, spec, x, &batch_ctx, state, keep)?;
+                let input = match &per_layer {
+                    Some((all, p)) => Some(b.columns(all, li * p, *p)?),
+                    None => None,
+                };
+                x = layer.forward(b, spec, x, &batch_ctx, state, keep, input)?;
             }
             Ok(x)
         };
         // Rows kept inside the range vary with more than the batch's shape,
         // which a recorded run could not follow: those batches run as is; so
-        // do stages with ring pools, whose tables are not the batch's index.
-        x = if has_rings || (select.is_some() && spec.out_rows_after_attention) {
+        // do stages with ring pools, whose tables are not the batch's index,
+        // and stages with per-layer inputs, an input a recording does not
+        // know of.
+        let unrecorded = has_rings || per_layer.is_some();
+        x = if unrecorded || (select.is_some() && spec.out_rows_after_attention) {
             run_range(x)?
         } else {
             b.run_layers(&mut self.layer_runs, &index, x, &mut run_range)?

@@ -70,6 +70,54 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
         self.required_rows(name, dims, |_| true)
     }
 
+    /// Columns `cols` (first-dimension entries) of every row of a matrix of
+    /// shape `dims`: a stage's share of Gemma 4's per-layer token table,
+    /// whose rows hold every layer's input side by side. The range must
+    /// fall on whole quantization blocks.
+    pub fn required_columns(
+        &self,
+        name: &str,
+        dims: &[usize; 2],
+        cols: std::ops::Range<usize>,
+    ) -> Result<B::Weight, StageError> {
+        let path = self.file.path().display();
+        let info = self
+            .file
+            .tensor(name)
+            .ok_or_else(|| StageError::Model(format!("{path}: missing tensor {name:?}")))?;
+        let want = [dims[0] as u64, dims[1] as u64];
+        if info.dims != want {
+            return Err(StageError::Model(format!(
+                "{path}: tensor {name:?} has shape {:?}, expected {want:?}",
+                info.dims
+            )));
+        }
+        let t = info.dtype;
+        let bytes = |n: usize| t.row_bytes(n as u64).map(|b| b as usize);
+        let (Some(skip), Some(take), Some(row)) =
+            (bytes(cols.start), bytes(cols.len()), bytes(dims[0]))
+        else {
+            return Err(StageError::Model(format!(
+                "{path}: columns {cols:?} of {name:?} do not fall on {} blocks",
+                t.name()
+            )));
+        };
+        if cols.end > dims[0] || cols.is_empty() {
+            return Err(StageError::Model(format!(
+                "{path}: columns {cols:?} of {name:?}, whose rows have {}",
+                dims[0]
+            )));
+        }
+        let kept: Vec<u8> = self
+            .file
+            .tensor_data(info)
+            .chunks_exact(row)
+            .flat_map(|r| r[skip..skip + take].iter().copied())
+            .collect();
+        let dims = [cols.len() as u64, dims[1] as u64];
+        Ok(self.backend.load_weight(name, t, &dims, &kept)?)
+    }
+
     /// [`Self::optional_rows`] of a tensor the layer cannot do without.
     pub fn required_rows(
         &self,

@@ -70,6 +70,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ""
         }
     );
+    if let Some(w) = spec.per_layer_input {
+        println!(
+            "  per-layer inputs   {w} wide, each stage embeds again ({} per stage)",
+            format_bytes(p.embedding_bytes)
+        );
+    }
+    let cuts: Vec<String> = p.no_cut_before.iter().map(usize::to_string).collect();
+    if !cuts.is_empty() {
+        println!(
+            "  no stage starts at layers {} (they share KV with a layer before)",
+            cuts.join(", ")
+        );
+    }
     let recurrent = spec.recurrent_state_bytes_per_seq();
     if recurrent > 0 {
         println!(
@@ -146,6 +159,9 @@ fn layer_text(layer: &strata_model::arch::LayerSpec) -> String {
             out.push_str(", ");
             out.push_str(name);
         }
+    }
+    if let Some(src) = a.kv_source {
+        out.push_str(&format!(", reads the KV of layer {src}"));
     }
     out.push('\n');
     out.push_str(&ffn_text(&layer.ffn));

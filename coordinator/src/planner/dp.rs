@@ -59,6 +59,12 @@ pub(super) struct Sizes {
     /// read their window).
     kv_read_prefix: Vec<u64>,
     head: u64,
+    /// Layers a stage may end before (every one but those a KV-sharing
+    /// layer ties to the layer before it).
+    cut_ok: Vec<bool>,
+    /// The embedding every stage after the first holds (per-layer
+    /// embeddings), else 0.
+    embedding_per_extra_stage: u64,
 }
 
 impl Sizes {
@@ -78,6 +84,12 @@ impl Sizes {
             active_prefix: prefix(&|il| p.layers[il].active_bytes_per_token),
             kv_read_prefix: prefix(&|il| p.layers[il].kv_read_bytes(req.kv_type, req.ctx_size)),
             head: p.head_bytes,
+            cut_ok: (0..=p.layers.len()).map(|c| p.cut_allowed(c)).collect(),
+            embedding_per_extra_stage: if p.embedding_on_every_stage {
+                p.embedding_bytes
+            } else {
+                0
+            },
         }
     }
 
@@ -110,9 +122,11 @@ impl Sizes {
     fn read_per_token(&self, a: usize, b: usize) -> u64 {
         self.read_weights_per_token(a, b) + self.read_kv_per_token(a, b)
     }
-    /// Everything the model needs on `stages` stages.
+    /// Everything the model needs on `stages` stages: each stage after the
+    /// first adds its scratch, and with per-layer embeddings its embedding.
     pub(super) fn total_with_stages(&self, stages: usize) -> u64 {
-        self.memory(0, self.n) + self.scratch_per_stage() * (stages.max(1) as u64 - 1)
+        let per_stage = self.scratch_per_stage() + self.embedding_per_extra_stage;
+        self.memory(0, self.n) + per_stage * (stages.max(1) as u64 - 1)
     }
 }
 
@@ -259,7 +273,7 @@ pub(super) fn best_plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<Pla
                 worker,
                 first_layer: a,
                 end_layer: b,
-                has_embedding: a == 0,
+                has_embedding: a == 0 || req.profile.embedding_on_every_stage,
                 has_head: b == sizes.n,
                 weight_bytes: m.weight_bytes,
                 expert_bytes: m.expert_bytes,
@@ -350,6 +364,9 @@ fn plan_order(
                 let mem = sizes.memory(a, b);
                 if mem > cap {
                     break; // every term only grows with b (head and logits at b == n too)
+                }
+                if b < n && !sizes.cut_ok[b] {
+                    continue; // a KV-sharing layer after b reads a layer before it
                 }
                 let fill = if cap == 0 {
                     1.0

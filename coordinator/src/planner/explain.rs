@@ -30,8 +30,9 @@ pub struct DoesNotFit {
     pub usable_bytes: u64,
     /// `needed - usable` (0 when it fits in total but not layer by layer).
     pub short_by_bytes: u64,
-    /// The largest layer with its KV, and the most any one worker can hold
-    /// (for the layer-by-layer case).
+    /// The largest layer with its KV (or run of layers no stage boundary
+    /// may split: Gemma 4's KV-sharing layers and the layers they read), and
+    /// the most any one worker can hold (for the layer-by-layer case).
     pub largest_layer_bytes: u64,
     pub largest_usable_bytes: u64,
     pub ctx_size: usize,
@@ -134,7 +135,14 @@ pub(super) fn does_not_fit(req: &PlanRequest, workers: &[WorkerSpec]) -> DoesNot
     let needed_bytes = sizes.total_with_stages(stages);
     let usable: Vec<u64> = workers.iter().map(|w| req.margin.usable_bytes(w)).collect();
     let usable_bytes: u64 = usable.iter().sum();
-    let largest_layer_bytes = (0..n).map(|il| sizes.memory(il, il + 1)).max().unwrap_or(0);
+    let cuts: Vec<usize> = (0..=n)
+        .filter(|&c| c == 0 || c == n || req.profile.cut_allowed(c))
+        .collect();
+    let largest_layer_bytes = cuts
+        .windows(2)
+        .map(|w| sizes.memory(w[0], w[1]))
+        .max()
+        .unwrap_or(0);
 
     let mut s = Suggestions {
         max_ctx_size: max_ctx(req, workers, req.ctx_size.saturating_sub(1)),
@@ -229,7 +237,7 @@ impl fmt::Display for DoesNotFit {
         } else {
             writeln!(
                 f,
-                ": enough in total, but not layer by layer (the largest layer with its KV or state needs {}, \
+                ": enough in total, but not layer by layer (the largest layer, or run of layers that share KV, with its KV or state needs {}, \
                  the largest worker can hold {})",
                 b(self.largest_layer_bytes),
                 b(self.largest_usable_bytes)

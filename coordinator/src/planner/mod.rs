@@ -238,7 +238,8 @@ pub struct StagePlan {
     pub worker: usize,
     pub first_layer: usize,
     pub end_layer: usize,
-    /// Holds the token embedding (the first stage).
+    /// Holds the token embedding (the first stage; every stage of a model
+    /// with per-layer embeddings).
     pub has_embedding: bool,
     /// Holds the final norm and output head (the last stage).
     pub has_head: bool,

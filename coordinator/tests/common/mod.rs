@@ -64,9 +64,17 @@ pub fn check(p: &Plan, req: &PlanRequest, workers: &[WorkerSpec]) {
                 "stage {i} not contiguous"
             );
         }
+        assert!(
+            req.profile.cut_allowed(s.first_layer),
+            "stage {i} starts at layer {}, which shares KV with a layer before",
+            s.first_layer
+        );
         assert!(!used[s.worker], "worker {} used twice", s.worker);
         used[s.worker] = true;
-        assert_eq!(s.has_embedding, i == 0);
+        assert_eq!(
+            s.has_embedding,
+            i == 0 || req.profile.embedding_on_every_stage
+        );
         assert_eq!(s.has_head, i == p.stages.len() - 1);
         let w = &workers[s.worker];
         assert!(
@@ -141,9 +149,15 @@ pub fn check(p: &Plan, req: &PlanRequest, workers: &[WorkerSpec]) {
         assert_eq!(s.total_bytes(), m.total_bytes);
     }
     let total: u64 = p.stages.iter().map(|s| s.weight_bytes).sum();
+    // With per-layer embeddings every stage holds the embedding.
+    let embedding_copies = if req.profile.embedding_on_every_stage {
+        p.stages.len() as u64 - 1
+    } else {
+        0
+    };
     assert_eq!(
         total,
-        req.profile.total_weight_bytes(),
+        req.profile.total_weight_bytes() + embedding_copies * req.profile.embedding_bytes,
         "every weight counted once (tied head counted as a copy)"
     );
     assert!(p.est_time_per_token_s > 0.0);

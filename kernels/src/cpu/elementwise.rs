@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::ops::{silu, silu_ggml, SERIAL_MAX_VALUES};
+use super::ops::{gelu_tanh_f16, silu, silu_ggml, SERIAL_MAX_VALUES};
 use super::{fused, CpuAct};
 use crate::backend::Unary;
 
@@ -29,6 +29,7 @@ pub fn unary(x: &mut CpuAct, f: Unary) {
                 .for_each(|v| *v = if *v > 20.0 { *v } else { (1.0 + v.exp()).ln() }),
             Unary::Tanh => row.iter_mut().for_each(|v| *v = v.tanh()),
             Unary::Silu => silu_row(row),
+            Unary::Gelu => row.iter_mut().for_each(|v| *v = gelu_tanh_f16(*v)),
         })
     });
 }

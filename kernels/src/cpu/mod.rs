@@ -336,19 +336,20 @@ impl Backend for CpuBackend {
         cache: &mut CpuKvCache,
         layer: usize,
         q: &CpuAct,
-        k: &CpuAct,
-        v: &CpuAct,
+        new_kv: Option<(&CpuAct, &CpuAct)>,
         batch: &AttentionBatch<'_>,
     ) -> Result<CpuAct, KernelError> {
+        let shape = |a: &CpuAct| (a.rows, a.cols);
         op_checks::attention(
             cache.geometry(),
             layer,
-            (q.rows, q.cols),
-            (k.rows, k.cols),
-            (v.rows, v.cols),
+            shape(q),
+            new_kv.map(|(k, v)| (shape(k), shape(v))),
             batch,
         )?;
-        cache.write(layer, k, v, batch);
+        if let Some((k, v)) = new_kv {
+            cache.write(layer, k, v, batch);
+        }
         Ok(cache.attend(layer, q, batch))
     }
 

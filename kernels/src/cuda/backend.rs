@@ -841,19 +841,18 @@ impl Backend for CudaBackend {
         cache: &mut CudaKvCache,
         layer: usize,
         q: &CudaAct,
-        k: &CudaAct,
-        v: &CudaAct,
+        new_kv: Option<(&CudaAct, &CudaAct)>,
         batch: &AttentionBatch<'_>,
     ) -> Result<CudaAct, KernelError> {
+        let shape = |a: &CudaAct| (a.rows, a.cols);
         op_checks::attention(
             &cache.geometry,
             layer,
-            (q.rows, q.cols),
-            (k.rows, k.cols),
-            (v.rows, v.cols),
+            shape(q),
+            new_kv.map(|(k, v)| (shape(k), shape(v))),
             batch,
         )?;
-        self.paged_attention(cache, layer, q, k, v, batch)
+        self.paged_attention(cache, layer, q, new_kv, batch)
     }
 
     fn route(&self, logits: &CudaAct, router: &Router) -> Result<CudaRouting, KernelError> {

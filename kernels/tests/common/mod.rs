@@ -122,7 +122,7 @@ pub fn attend_on<B: Backend>(
     let q = b.act_from_host(q, n, q.len() / n).unwrap();
     let k = b.act_from_host(k, n, k.len() / n).unwrap();
     let v = b.act_from_host(v, n, v.len() / n).unwrap();
-    let out = b.attention(cache, layer, &q, &k, &v, batch).unwrap();
+    let out = b.attention(cache, layer, &q, Some((&k, &v)), batch).unwrap();
     b.act_to_host(&out).unwrap()
 }
 
@@ -265,7 +265,7 @@ pub fn dense_ops_refuse_bad_input<B: Backend>(g: &B) {
         sinks: None,
     };
     let mut attend = |layer, batch: &AttentionBatch<'_>| {
-        g.attention(&mut cache, layer, &x, &kv, &kv, batch)
+        g.attention(&mut cache, layer, &x, Some((&kv, &kv)), batch)
             .map(drop)
     };
     invalid("attention: layer", attend(1, &batch));

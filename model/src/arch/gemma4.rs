@@ -1,12 +1,11 @@
-//! Gemma 4 (`gemma4`: 31B, 26B-A4B): sliding layers and global layers of
-//! their own head dim, KV heads and RoPE; Q/K norms and a weightless V norm,
-//! no score scale; global layers without `attn_v` take V from K and turn
-//! part of each head through `rope_freqs`; a final logit softcap; in MoE
-//! layers experts beside the dense MLP. llama.cpp: src/models/gemma4.cpp;
-//! the plan in docs/plans/qwen35-gemma4.md §2.
-//!
-//! Not read yet: per-layer embeddings and KV sharing (the E-series); a
-//! file that has them is refused.
+//! Gemma 4 (`gemma4`: 31B, 26B-A4B, E2B, E4B): sliding layers and global
+//! layers of their own head dim, KV heads and RoPE; Q/K norms and a
+//! weightless V norm, no score scale; global layers without `attn_v` take V
+//! from K and turn part of each head through `rope_freqs`; a final logit
+//! softcap; in MoE layers experts beside the dense MLP. The E-series adds
+//! per-layer embeddings and trailing layers that read an earlier layer's
+//! KV. llama.cpp: src/models/gemma4.cpp; the plan in
+//! docs/plans/qwen35-gemma4.md §2.
 
 use super::meta::Meta;
 use super::{
@@ -29,7 +28,6 @@ struct LayerKind {
 pub(super) fn spec(m: &Meta<'_>) -> Result<ModelSpec, ArchError> {
     let g = Globals::read(m, Architecture::Gemma4)?;
     let n = g.n_layers;
-    refuse_e_series(m)?;
     let sliding = m
         .opt_bool_per_layer("attention.sliding_window_pattern", n)?
         .ok_or_else(|| m.missing("attention.sliding_window_pattern"))?;
@@ -75,10 +73,21 @@ pub(super) fn spec(m: &Meta<'_>) -> Result<ModelSpec, ArchError> {
         freq_factors: false,
     };
     let d_ff = m.per_layer_usize("feed_forward_length", n)?;
+    let kv_sources = kv_sources(m, &sliding)?;
     let mut layers = Vec::with_capacity(n);
     for il in 0..n {
         let kind = if sliding[il] { &local } else { &global };
-        let a = attention(m, kind, n_heads[il], n_kv_heads[il], il)?;
+        let mut a = attention(m, kind, n_heads[il], n_kv_heads[il], il)?;
+        if let Some(src) = kv_sources[il] {
+            if n_kv_heads[src] != n_kv_heads[il] {
+                return Err(m.invalid(format!(
+                    "layer {il} reads the KV of layer {src}, which has {} KV heads, not {}",
+                    n_kv_heads[src], n_kv_heads[il]
+                )));
+            }
+            a.kv_source = Some(src);
+            a.v_from_k = false;
+        }
         layers.push(LayerSpec {
             mixer: Mixer::Attention(a),
             ffn: feed_forward(m, d_ff[il], il)?,
@@ -94,27 +103,47 @@ pub(super) fn spec(m: &Meta<'_>) -> Result<ModelSpec, ArchError> {
         m.opt_f32("final_logit_softcapping")
             .unwrap_or(DEFAULT_FINAL_SOFTCAP),
     );
-    Ok(spec)
-}
-
-/// Per-layer embeddings and shared KV (Gemma 4 E2B/E4B) need per-stage
-/// inputs and a planner rule strata does not have yet.
-fn refuse_e_series(m: &Meta<'_>) -> Result<(), ArchError> {
+    // llama.cpp requires the key; 0 is "no per-layer embeddings".
     let ple = m
         .opt_usize("embedding_length_per_layer_input")
         .ok_or_else(|| m.missing("embedding_length_per_layer_input"))?;
-    if ple > 0 {
-        return Err(m.invalid(format!(
-            "per-layer embeddings (embedding_length_per_layer_input {ple}) are not supported yet"
-        )));
-    }
+    spec.per_layer_input = (ple > 0).then_some(ple);
+    Ok(spec)
+}
+
+/// The layer each layer reads its KV from, where it does not own one: the
+/// trailing `attention.shared_kv_layers` layers read the last sliding
+/// (`n_kv − 2`) or the last global (`n_kv − 1`) owning layer, as
+/// llama.cpp's `reuse` callback (llama-model.cpp, `create_memory`) maps
+/// them; that layer must be of the same kind.
+fn kv_sources(m: &Meta<'_>, sliding: &[bool]) -> Result<Vec<Option<usize>>, ArchError> {
+    let n = sliding.len();
     let shared = m.opt_usize("attention.shared_kv_layers").unwrap_or(0);
-    if shared > 0 {
-        return Err(m.invalid(format!(
-            "KV shared between layers (attention.shared_kv_layers {shared}) is not supported yet"
-        )));
+    if shared == 0 {
+        return Ok(vec![None; n]);
     }
-    Ok(())
+    let owning = n.checked_sub(shared).filter(|&k| k >= 2).ok_or_else(|| {
+        m.invalid(format!(
+            "attention.shared_kv_layers {shared} leaves fewer than 2 of {n} layers with KV"
+        ))
+    })?;
+    (0..n)
+        .map(|il| {
+            if il < owning {
+                return Ok(None);
+            }
+            let src = if sliding[il] { owning - 2 } else { owning - 1 };
+            if sliding[src] != sliding[il] {
+                let kind = |s: bool| if s { "sliding" } else { "global" };
+                return Err(m.invalid(format!(
+                    "{} layer {il} would read the KV of {} layer {src}",
+                    kind(sliding[il]),
+                    kind(sliding[src])
+                )));
+            }
+            Ok(Some(src))
+        })
+        .collect()
 }
 
 /// A head dim whose key and value lengths llama.cpp requires equal; where
@@ -180,6 +209,7 @@ fn attention(
         output_gate: false,
         v_norm: true,
         v_from_k: !m.has_tensor(&layer_tensor(il, "attn_v.weight")),
+        kv_source: None,
     })
 }
 

@@ -189,6 +189,7 @@ impl<'a> Meta<'a> {
             output_gate: false,
             v_norm: false,
             v_from_k: false,
+            kv_source: None,
         })
     }
 

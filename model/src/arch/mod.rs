@@ -190,6 +190,7 @@ impl Globals {
             embedding_scale: None,
             out_rows_after_attention: true,
             final_softcap: None,
+            per_layer_input: None,
             layers: (0..self.n_layers).map(layer).collect(),
         })
     }

@@ -25,6 +25,12 @@ pub struct ModelSpec {
     pub out_rows_after_attention: bool,
     /// `cap · tanh(logits / cap)` on the output logits (Gemma 4).
     pub final_softcap: Option<f32>,
+    /// Gemma 4 E-series per-layer embeddings: each layer gets a width-`P`
+    /// input made from its token (`per_layer_token_embd`) and the scaled
+    /// token embedding (`per_layer_model_proj`), gated into the residual
+    /// after the feed-forward. Every stage computes its own layers' inputs
+    /// from the token ids frames carry.
+    pub per_layer_input: Option<usize>,
     pub layers: Vec<LayerSpec>,
 }
 
@@ -125,6 +131,10 @@ pub struct AttentionSpec {
     /// No V projection: V is the K projection (before K's norm and RoPE),
     /// as Gemma 4's global layers have it.
     pub v_from_k: bool,
+    /// The earlier layer whose KV this one reads instead of its own (Gemma 4
+    /// E-series' trailing layers): it projects only Q, and must share a
+    /// stage with that layer ([`ModelSpec::cut_allowed`]).
+    pub kv_source: Option<usize>,
 }
 
 impl AttentionSpec {
@@ -293,6 +303,20 @@ impl ModelSpec {
             .any(|a| a.rope.freq_factors)
     }
 
+    /// Whether a stage boundary may fall before layer `cut`: not between a
+    /// layer that reads another layer's KV and that layer.
+    pub fn cut_allowed(&self, cut: usize) -> bool {
+        (cut..self.n_layers)
+            .filter_map(|il| self.attention(il)?.kv_source)
+            .all(|src| src >= cut)
+    }
+
+    /// Whether layer `il` holds KV of its own (attention that does not read
+    /// another layer's).
+    pub fn owns_kv(&self, il: usize) -> bool {
+        self.attention(il).is_some_and(|a| a.kv_source.is_none())
+    }
+
     /// Recurrent-state bytes one sequence holds over all layers.
     pub fn recurrent_state_bytes_per_seq(&self) -> u64 {
         (0..self.n_layers)
@@ -318,6 +342,13 @@ impl ModelSpec {
         check("context_length", self.context_length, 1 << 30)?;
         if !fits(self.d_model.checked_mul(self.vocab_size)) {
             return Err(OVERFLOW.into());
+        }
+        if let Some(p) = self.per_layer_input {
+            check("embedding_length_per_layer_input", p, 1 << 14)?;
+            let table = p.checked_mul(self.n_layers);
+            if !fits(table.and_then(|w| w.checked_mul(self.vocab_size.max(self.d_model)))) {
+                return Err(OVERFLOW.into());
+            }
         }
         for layer in &self.layers {
             match &layer.mixer {

@@ -257,19 +257,56 @@ fn gemma4_real_presets() {
 }
 
 #[test]
-fn gemma4_refuses_the_e_series_and_unequal_heads() {
+fn gemma4_e_series_per_layer_inputs_and_shared_kv() {
+    let s = spec(Architecture::Gemma4, "tiny-e");
+    assert_eq!((s.n_layers, s.per_layer_input), (8, Some(64)));
+    let sources: Vec<Option<usize>> = (0..8).map(|il| s.attention(il).unwrap().kv_source).collect();
+    // Global layers 3 and 7; layers 4-7 read layer 2 (sliding) or 3 (global).
+    assert_eq!(
+        sources,
+        [None, None, None, None, Some(2), Some(2), Some(2), Some(3)]
+    );
+    let cuts: Vec<usize> = (1..8).filter(|&c| s.cut_allowed(c)).collect();
+    assert_eq!(cuts, [1, 2]);
+    assert!((0..8).all(|il| s.owns_kv(il) == (il < 4)));
+    // Real shapes: llama.cpp's rule on 35 and 42 layers.
+    for (preset, owning) in [("e2b", 15), ("e4b", 24)] {
+        let s = spec(Architecture::Gemma4, preset);
+        assert_eq!(s.per_layer_input, Some(256));
+        for il in owning..s.n_layers {
+            let a = s.attention(il).unwrap();
+            let want = if a.window.is_some() { owning - 2 } else { owning - 1 };
+            assert_eq!(a.kv_source, Some(want), "{preset} layer {il}");
+        }
+        assert!(s.cut_allowed(owning - 2) && !s.cut_allowed(owning - 1));
+    }
+}
+
+#[test]
+fn gemma4_refuses_bad_shared_kv_and_unequal_heads() {
     let refused = |key: &str, v: MetaValue, needle: &str| {
         let mut w = writer(Architecture::Gemma4, "tiny");
         w.add_metadata(format!("gemma4.{key}"), v);
         let e = spec_of(&w).expect_err(key).to_string();
         assert!(e.contains(needle), "{key}: {e}");
     };
+    // tiny's layers 0-4 slide and 5 is global: with 2 shared layers, layer 4
+    // (sliding) would read layer 2 and layer 5 (global) layer 3, a sliding one.
+    refused(
+        "attention.shared_kv_layers",
+        MetaValue::U32(2),
+        "global layer 5 would read the KV of sliding layer 3",
+    );
+    refused(
+        "attention.shared_kv_layers",
+        MetaValue::U32(5),
+        "fewer than 2",
+    );
     refused(
         "embedding_length_per_layer_input",
-        MetaValue::U32(256),
-        "per-layer embeddings",
+        MetaValue::U32(1 << 20),
+        "embedding_length_per_layer_input",
     );
-    refused("attention.shared_kv_layers", MetaValue::U32(2), "shared");
     refused("attention.value_length_swa", MetaValue::U32(32), "differs");
     refused(
         "attention.head_count_kv",

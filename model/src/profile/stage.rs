@@ -124,6 +124,7 @@ pub struct StageMemoryTable {
     kv_prefix: Vec<u64>,
     state_prefix: Vec<u64>,
     embedding: u64,
+    embedding_on_every_stage: bool,
     head: u64,
     scratch: u64,
     logits: u64,
@@ -172,6 +173,7 @@ impl MemoryProfile {
                     .saturating_mul(load.sequences as u64)
             }),
             embedding: self.embedding_bytes,
+            embedding_on_every_stage: self.embedding_on_every_stage,
             head: self.head_bytes,
             scratch: self
                 .scratch_bytes_per_token
@@ -189,7 +191,11 @@ impl StageMemoryTable {
         let is_first = first == 0;
         let is_last = end == self.n_layers;
         let weight_bytes = (self.weight_prefix[end] - self.weight_prefix[first])
-            .saturating_add(if is_first { self.embedding } else { 0 })
+            .saturating_add(if is_first || self.embedding_on_every_stage {
+                self.embedding
+            } else {
+                0
+            })
             .saturating_add(if is_last { self.head } else { 0 });
         let kv_bytes = self.kv_prefix[end] - self.kv_prefix[first];
         let state_bytes = self.state_prefix[end] - self.state_prefix[first];

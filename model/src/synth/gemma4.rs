@@ -2,7 +2,9 @@
 //! (llama.cpp src/models/gemma4.cpp) reads. Sliding and global layers differ
 //! in head dim and KV heads; global layers have no `attn_v` (V is the K
 //! projection) and turn only part of each head with RoPE, through
-//! `rope_freqs`. With experts, a layer runs them beside its dense MLP.
+//! `rope_freqs`. With experts, a layer runs them beside its dense MLP. The
+//! E-series adds per-layer embeddings and trailing layers without K/V
+//! projections that read an earlier layer's KV.
 
 use std::io::{self, Write};
 
@@ -44,8 +46,14 @@ pub(super) fn add_metadata(
     w.add_metadata(key("attention.value_length_swa"), u32_of(g.head_dim_swa));
     w.add_metadata(key("rope.dimension_count_swa"), u32_of(g.head_dim_swa));
     w.add_metadata(key("rope.freq_base_swa"), MetaValue::F32(g.rope_base_swa));
-    w.add_metadata(key("attention.shared_kv_layers"), u32_of(0));
-    w.add_metadata(key("embedding_length_per_layer_input"), u32_of(0));
+    w.add_metadata(
+        key("attention.shared_kv_layers"),
+        u32_of(g.shared_kv_layers),
+    );
+    w.add_metadata(
+        key("embedding_length_per_layer_input"),
+        u32_of(g.per_layer_input),
+    );
     w.add_metadata(
         key("final_logit_softcapping"),
         MetaValue::F32(g.final_softcap),
@@ -74,6 +82,34 @@ pub(super) fn write_rope_freqs(s: &Shape, g: Gemma4Shape, out: &mut dyn Write) -
     Ok(())
 }
 
+/// The per-layer embedding tables (`llama_model_gemma4::load_arch_tensors`),
+/// when the shape has them.
+pub(super) fn add_per_layer_tables(
+    w: &mut GgufWriter,
+    s: &Shape,
+    g: Gemma4Shape,
+    wt: impl Fn(&str) -> GgmlType,
+) -> Result<(), GgufWriteError> {
+    let p = g.per_layer_input;
+    if p == 0 {
+        return Ok(());
+    }
+    let all = p * s.n_layers;
+    add_tensor(
+        w,
+        "per_layer_token_embd.weight".into(),
+        &[all, s.vocab_size],
+        wt("token_embd"),
+    )?;
+    add_tensor(
+        w,
+        "per_layer_model_proj.weight".into(),
+        &[s.d_model, all],
+        wt("per_layer_model_proj"),
+    )?;
+    add_tensor(w, "per_layer_proj_norm.weight".into(), &[p], GgmlType::F32)
+}
+
 pub(super) fn add_layer(
     spec: &SynthSpec,
     w: &mut GgufWriter,
@@ -92,16 +128,22 @@ pub(super) fn add_layer(
         (s.head_dim, s.n_kv_heads)
     };
     let (q, kv) = (s.n_heads * hd, n_kv * hd);
+    // The trailing shared-KV layers project only Q.
+    let owns_kv = il + g.shared_kv_layers < s.n_layers;
     add_tensor(w, b("attn_norm.weight"), &[d], f32)?;
     add_tensor(w, b("attn_q.weight"), &[d, q], wt("attn_q"))?;
-    add_tensor(w, b("attn_k.weight"), &[d, kv], wt("attn_k"))?;
+    if owns_kv {
+        add_tensor(w, b("attn_k.weight"), &[d, kv], wt("attn_k"))?;
+    }
     // Global layers take V from the K projection.
-    if sliding {
+    if sliding && owns_kv {
         add_tensor(w, b("attn_v.weight"), &[d, kv], wt("attn_v"))?;
     }
     add_tensor(w, b("attn_output.weight"), &[q, d], wt("attn_output"))?;
     add_tensor(w, b("attn_q_norm.weight"), &[hd], f32)?;
-    add_tensor(w, b("attn_k_norm.weight"), &[hd], f32)?;
+    if owns_kv {
+        add_tensor(w, b("attn_k_norm.weight"), &[hd], f32)?;
+    }
     add_tensor(w, b("post_attention_norm.weight"), &[d], f32)?;
     add_tensor(w, b("layer_output_scale.weight"), &[1], f32)?;
     let ff = s.d_ff;
@@ -119,6 +161,12 @@ pub(super) fn add_layer(
         add_tensor(w, b("post_ffw_norm_2.weight"), &[d], f32)?;
         add_expert_tensors(w, il, (d, ff, ne), wt)?;
         add_tensor(w, b("ffn_down_exps.scale"), &[ne], f32)?;
+    }
+    let p = g.per_layer_input;
+    if p > 0 {
+        add_tensor(w, b("inp_gate.weight"), &[d, p], wt("per_layer_inp_gate"))?;
+        add_tensor(w, b("proj.weight"), &[p, d], wt("per_layer_proj"))?;
+        add_tensor(w, b("post_norm.weight"), &[d], f32)?;
     }
     Ok(())
 }

@@ -97,6 +97,11 @@ pub struct Gemma4Shape {
     /// Fraction of a global head's pairs RoPE turns (the rest get frequency
     /// factor 1e30 in `rope_freqs`, "proportional RoPE").
     pub global_rope_fraction: f32,
+    /// `embedding_length_per_layer_input` (the E-series; 0: none).
+    pub per_layer_input: usize,
+    /// `attention.shared_kv_layers`: trailing layers that read the KV of the
+    /// last sliding and the last global layer before them (the E-series).
+    pub shared_kv_layers: usize,
 }
 
 /// The experts of a mixture-of-experts feed-forward.
@@ -255,8 +260,11 @@ impl SynthSpec {
             &[s.d_model, s.vocab_size],
             self.quant.weight_type("token_embd", None, n),
         )?;
-        if s.gemma4.is_some() {
+        if let Some(g) = s.gemma4 {
             gemma4::add_rope_freqs(w, s)?;
+            gemma4::add_per_layer_tables(w, s, g, |role| {
+                self.quant.weight_type(role, None, n)
+            })?;
         }
         for il in 0..n {
             self.add_layer(w, il)?;

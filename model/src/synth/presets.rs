@@ -22,7 +22,7 @@ pub fn presets(arch: Architecture) -> &'static [&'static str] {
         Architecture::Mistral3 => &["tiny", "14b"],
         Architecture::Qwen35 => &["tiny", "27b"],
         Architecture::Qwen35Moe => &["tiny", "35b-a3b"],
-        Architecture::Gemma4 => &["tiny", "tiny-moe", "26b-a4b", "31b"],
+        Architecture::Gemma4 => &["tiny", "tiny-moe", "tiny-e", "e2b", "e4b", "26b-a4b", "31b"],
     }
 }
 
@@ -306,7 +306,11 @@ fn qwen35(arch: Architecture, name: &str) -> Option<Shape> {
 /// them; the rest are not verified against a real file: the 31B's MLP width
 /// (21504, Gemma-3-27B's), the 26B's MLP width (2112, from a third-party
 /// spec sheet) and its global KV heads (2). Global layers: V from K, RoPE
-/// over a quarter of each head (`rope_freqs`), base 1e6.
+/// over a quarter of each head (`rope_freqs`), base 1e6. The E-series'
+/// layer counts (35, 42) and E4B's 18 shared-KV layers are llama.cpp's
+/// (docs/plans/qwen35-gemma4.md §2.4); their widths, E2B's 20 shared
+/// layers and its 1-in-5 global pattern are not verified, and both keep one
+/// MLP width where the real files double it on the shared-KV layers.
 fn gemma4(name: &str) -> Option<Shape> {
     let g4 = |s: Shape, head_dim_swa, n_kv_heads_swa, window, experts| Shape {
         context_length: 262_144,
@@ -319,8 +323,21 @@ fn gemma4(name: &str) -> Option<Shape> {
             global_every: 6,
             final_softcap: 30.0,
             global_rope_fraction: 0.25,
+            per_layer_input: 0,
+            shared_kv_layers: 0,
         }),
         ..s
+    };
+    // The E-series: per-layer embeddings of width `ple`, the last `shared`
+    // layers reading the KV of the last sliding and global layers before.
+    let e_series = |s: Shape, global_every, ple, shared| {
+        let mut s = s;
+        if let Some(g) = s.gemma4.as_mut() {
+            g.global_every = global_every;
+            g.per_layer_input = ple;
+            g.shared_kv_layers = shared;
+        }
+        s
     };
     let e = |count, used, d_ff| Experts {
         count,
@@ -343,6 +360,42 @@ fn gemma4(name: &str) -> Option<Shape> {
     Some(match name {
         "tiny" => tiny(None),
         "tiny-moe" => tiny(Some(e(16, 4, 256))),
+        // 8 layers, a global one every 4th (3 and 7); layers 4-7 read the
+        // KV of layer 2 (sliding) or 3 (global), so a stage may start only
+        // at layers 1 and 2 besides 0.
+        "tiny-e" => e_series(
+            Shape {
+                n_layers: 8,
+                ..tiny(None)
+            },
+            4,
+            64,
+            4,
+        ),
+        "e2b" => e_series(
+            g4(
+                base(35, 1536, 8, 1, 512, 6144, 262_144, 1_000_000.0, true),
+                256,
+                1,
+                512,
+                None,
+            ),
+            5,
+            256,
+            20,
+        ),
+        "e4b" => e_series(
+            g4(
+                base(42, 2560, 8, 2, 512, 10240, 262_144, 1_000_000.0, true),
+                256,
+                2,
+                512,
+                None,
+            ),
+            6,
+            256,
+            18,
+        ),
         "26b-a4b" => g4(
             base(30, 2816, 16, 2, 512, 2112, 262_144, 1_000_000.0, true),
             256,

@@ -18,8 +18,11 @@ pub struct Attention<B: Backend> {
     wq: B::Weight,
     /// Qwen3.5's output gate: the gate rows of the Q projection.
     wg: Option<B::Weight>,
-    wk: B::Weight,
-    /// `None`: V is the K projection (Gemma 4's global layers).
+    /// `None`: the layer reads another layer's KV (`AttentionSpec::kv_source`)
+    /// and projects only Q.
+    wk: Option<B::Weight>,
+    /// `None`: V is the K projection (Gemma 4's global layers), or there is
+    /// no K either.
     wv: Option<B::Weight>,
     bq: Option<B::Weight>,
     bk: Option<B::Weight>,
@@ -58,8 +61,9 @@ impl<B: Backend> Attention<B> {
                 Ok(None)
             }
         };
+        let owns_kv = spec.kv_source.is_none();
         let norm = |name: &str| -> Result<Option<B::Weight>, StageError> {
-            if spec.qk_norm {
+            if spec.qk_norm && (owns_kv || name == "attn_q_norm.weight") {
                 loader.required(&t(name), &[spec.head_dim]).map(Some)
             } else {
                 Ok(None)
@@ -108,8 +112,12 @@ impl<B: Backend> Attention<B> {
         Ok(Attention {
             wq,
             wg,
-            wk: loader.required(&t("attn_k.weight"), &[d, k])?,
-            wv: if spec.v_from_k {
+            wk: if owns_kv {
+                Some(loader.required(&t("attn_k.weight"), &[d, k])?)
+            } else {
+                None
+            },
+            wv: if spec.v_from_k || !owns_kv {
                 None
             } else {
                 Some(loader.required(&t("attn_v.weight"), &[d, v])?)
@@ -148,28 +156,18 @@ impl<B: Backend> Attention<B> {
     ) -> Result<B::Act, KernelError> {
         let a = &self.spec;
         let mut q = b.matmul(&self.wq, &h)?;
-        let mut k = b.matmul(&self.wk, &h)?;
-        let mut v = match &self.wv {
-            Some(wv) => b.matmul(wv, &h)?,
-            // The K projection before its norm and RoPE, copied.
-            None => b.columns(&k, 0, a.k_dim())?,
-        };
-        for (x, bias) in [(&mut q, &self.bq), (&mut k, &self.bk), (&mut v, &self.bv)] {
-            if let Some(bias) = bias {
-                b.add_bias(x, bias)?;
-            }
+        if let Some(bias) = &self.bq {
+            b.add_bias(&mut q, bias)?;
         }
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+        if let Some(qn) = &self.q_norm {
             q = b.rms_norm(&q, qn, eps)?;
-            k = b.rms_norm(&k, kn, eps)?;
-        }
-        if a.v_norm {
-            // Gemma 4: a per-head RMSNorm of V without a weight.
-            v = b.rms_norm_plain(&v, a.head_dim_v, eps)?;
         }
         let freqs = batch.rope_freqs.filter(|_| self.rope_freqs);
         b.rope(&mut q, batch.positions, &self.rope, freqs)?;
-        b.rope(&mut k, batch.positions, &self.rope, freqs)?;
+        let new_kv = match &self.wk {
+            Some(wk) => Some(self.new_kv(b, wk, &h, batch, eps)?),
+            None => None,
+        };
         if let Some(t) = a.temperature {
             let floor = u32::try_from(t.floor_scale).unwrap_or(u32::MAX);
             b.attn_temperature(&mut q, batch.positions, floor.max(1), t.scale)?;
@@ -178,8 +176,7 @@ impl<B: Backend> Attention<B> {
             kv,
             kv_layer,
             &q,
-            &k,
-            &v,
+            new_kv.as_ref().map(|(k, v)| (k, v)),
             &AttentionBatch {
                 positions: batch.positions,
                 token_seq: batch.token_seq,
@@ -203,6 +200,42 @@ impl<B: Backend> Attention<B> {
             b.add_bias(&mut o, bias)?;
         }
         Ok(o)
+    }
+}
+
+impl<B: Backend> Attention<B> {
+    /// This batch's K and V rows: projected (V from K where the layer has
+    /// no V projection), biased, normed and K turned by RoPE.
+    fn new_kv(
+        &self,
+        b: &B,
+        wk: &B::Weight,
+        h: &B::Act,
+        batch: &BatchContext<'_, B>,
+        eps: f32,
+    ) -> Result<(B::Act, B::Act), KernelError> {
+        let a = &self.spec;
+        let mut k = b.matmul(wk, h)?;
+        let mut v = match &self.wv {
+            Some(wv) => b.matmul(wv, h)?,
+            // The K projection before its norm and RoPE, copied.
+            None => b.columns(&k, 0, a.k_dim())?,
+        };
+        for (x, bias) in [(&mut k, &self.bk), (&mut v, &self.bv)] {
+            if let Some(bias) = bias {
+                b.add_bias(x, bias)?;
+            }
+        }
+        if let Some(kn) = &self.k_norm {
+            k = b.rms_norm(&k, kn, eps)?;
+        }
+        if a.v_norm {
+            // Gemma 4: a per-head RMSNorm of V without a weight.
+            v = b.rms_norm_plain(&v, a.head_dim_v, eps)?;
+        }
+        let freqs = batch.rope_freqs.filter(|_| self.rope_freqs);
+        b.rope(&mut k, batch.positions, &self.rope, freqs)?;
+        Ok((k, v))
     }
 }
 

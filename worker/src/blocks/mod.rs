@@ -8,6 +8,7 @@ mod delta_net;
 mod dense_and_moe;
 mod dense_ffn;
 mod moe_ffn;
+mod per_layer_input;
 
 use strata_kernels::{Backend, KvBlockId, RecurrentBatch};
 use strata_model::arch::{layer_tensor, FeedForward, LayerSpec, Mixer, ModelSpec};
@@ -20,6 +21,7 @@ pub use delta_net::{DeltaNet, RecurrentState};
 pub use dense_and_moe::DenseAndMoe;
 pub use dense_ffn::DenseFfn;
 pub use moe_ffn::MoeFfn;
+pub use per_layer_input::{PerLayerBlock, PerLayerInputs};
 
 /// What every layer of one batch shares.
 pub struct BatchContext<'a, B: Backend> {
@@ -69,6 +71,8 @@ pub struct Layer<B: Backend> {
     post_ffn_norm: Option<B::Weight>,
     /// Gemma 4's `layer_output_scale`: one value the residual is multiplied by.
     layer_scale: Option<B::Weight>,
+    /// Gemma 4 E-series: the layer's per-layer embedding block.
+    per_layer: Option<PerLayerBlock<B>>,
 }
 
 impl<B: Backend> Layer<B> {
@@ -117,6 +121,7 @@ impl<B: Backend> Layer<B> {
             } else {
                 None
             },
+            per_layer: PerLayerBlock::load(loader, model, il)?,
             spec,
         })
     }
@@ -139,6 +144,8 @@ impl<B: Backend> Layer<B> {
 
     /// Runs the layer on `x`. With `keep_rows`, only those rows go on after
     /// the attention output (the last layer keeps the rows the head reads).
+    /// `per_layer_input` is this layer's (Gemma 4 E-series), one row per
+    /// token of `x`.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -148,6 +155,7 @@ impl<B: Backend> Layer<B> {
         batch: &BatchContext<'_, B>,
         state: MixerState<'_, B>,
         keep_rows: Option<&[usize]>,
+        per_layer_input: Option<B::Act>,
     ) -> Result<B::Act, StageError> {
         let eps = model.rms_eps;
         let h = b.rms_norm(&x, &self.attn_norm, eps)?;
@@ -193,6 +201,15 @@ impl<B: Backend> Layer<B> {
             f = b.rms_norm(&f, n, eps)?;
         }
         b.add_assign(&mut x, &f)?;
+        if let Some(block) = &self.per_layer {
+            let mut input = per_layer_input.ok_or_else(|| {
+                StageError::Model("a layer with per-layer embeddings got no input".into())
+            })?;
+            if let Some(rows) = keep_rows {
+                input = b.select_rows(&input, rows)?;
+            }
+            block.forward(b, &mut x, &input, eps)?;
+        }
         if let Some(s) = &self.layer_scale {
             b.mul_weight(&mut x, s)?;
         }

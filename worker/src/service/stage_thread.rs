@@ -340,11 +340,13 @@ fn try_forward<B: Backend>(
         let dtype = v1::ActDtype::try_from(frame.act_dtype)
             .map_err(|_| format!("unknown act_dtype {}", frame.act_dtype))?;
         let values = frames::decode_activations(&frame.activations, dtype, n_tokens, d_model)?;
-        StageInput::Hidden(
-            l.stage
+        StageInput::Hidden {
+            hidden: l
+                .stage
                 .backend()
                 .act_from_host(&values, n_tokens, d_model)?,
-        )
+            tokens: frame.token_ids.clone(),
+        }
     };
     let out = l.stage.forward(&batch, input)?;
     match out {

@@ -88,8 +88,7 @@ impl CudaBackend {
         cache: &mut CudaKvCache,
         layer: usize,
         q: &CudaAct,
-        k: &CudaAct,
-        v: &CudaAct,
+        new_kv: Option<(&CudaAct, &CudaAct)>,
         batch: &AttentionBatch<'_>,
     ) -> Result<CudaAct, KernelError> {
         let g = cache.geometry;
@@ -104,22 +103,24 @@ impl CudaBackend {
             index(IndexRole::TokenSeq)?,
         );
         let (table_start, tables) = (index(IndexRole::TableStart)?, index(IndexRole::Tables)?);
-        let (k_dim, v_dim) = (g.k_dim() as i32, g.v_dim() as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (n as u32, 1, 1),
-            block_dim: (ELEMENTWISE_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = self.stream.launch_builder(self.f("kv_write")?);
-        b.arg(&k.buf)
-            .arg(&v.buf)
-            .arg(&*slots)
-            .arg(&mut cache.k[layer])
-            .arg(&mut cache.v[layer])
-            .arg(&k_dim)
-            .arg(&v_dim);
-        // SAFETY: slots index blocks of this stage's pool (the allocator's).
-        self.launched("kv_write", || unsafe { b.launch(cfg) }.map(drop))?;
+        if let Some((k, v)) = new_kv {
+            let (k_dim, v_dim) = (g.k_dim() as i32, g.v_dim() as i32);
+            let cfg = LaunchConfig {
+                grid_dim: (n as u32, 1, 1),
+                block_dim: (ELEMENTWISE_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = self.stream.launch_builder(self.f("kv_write")?);
+            b.arg(&k.buf)
+                .arg(&v.buf)
+                .arg(&*slots)
+                .arg(&mut cache.k[layer])
+                .arg(&mut cache.v[layer])
+                .arg(&k_dim)
+                .arg(&v_dim);
+            // SAFETY: slots index blocks of this stage's pool (the allocator's).
+            self.launched("kv_write", || unsafe { b.launch(cfg) }.map(drop))?;
+        }
 
         let plan = AttendPlan::new(
             batch,

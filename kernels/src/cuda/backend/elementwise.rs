@@ -83,6 +83,7 @@ impl CudaBackend {
             Unary::Softplus => 1,
             Unary::Silu => 2,
             Unary::Tanh => 3,
+            Unary::Gelu => 4,
         };
         let mut b = self.stream.launch_builder(self.f("unary")?);
         b.arg(&mut x.buf).arg(&n).arg(&code);
