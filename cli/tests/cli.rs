@@ -87,6 +87,7 @@ fn issue14_architectures_inspect_and_generate() {
         ("gemma4", "tiny", "V = K, rope_freqs"),
         ("gemma4", "tiny-moe", "V = K, rope_freqs"),
         ("gemma4", "tiny-e", "reads the KV of layer 3"),
+        ("qwen35", "tiny-mtp", "MTP blocks"),
     ] {
         let path = dir.path().join(format!("{arch}-{preset}.gguf"));
         let p = path.to_str().unwrap();

@@ -305,6 +305,9 @@ fn three_workers_serve_qwen35_synth_token_for_token() {
     );
     let (_dir, model_path, r) = common::synth_reference("synth-qwen35moe-q8_0");
     run_three_workers_on(&model_path, &r, ["88MiB", "85MiB", "85MiB"], false, 0.1, 0);
+    // With an MTP block, which the last worker receives and holds.
+    let (_dir, model_path, r) = common::synth_reference("synth-qwen35-mtp-q8_0");
+    run_three_workers_on(&model_path, &r, ["79MiB", "78MiB", "80MiB"], false, 0.1, 0);
 }
 
 /// Gemma 4 (sliding and global layers of different KV shapes, V from K,

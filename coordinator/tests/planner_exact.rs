@@ -152,6 +152,7 @@ fn dp_matches_brute_force() {
             } else {
                 (20 + rng.below(150)) * MIB
             },
+            mtp_bytes: 0,
             tied_embeddings: tied,
             scratch_bytes_per_token: 4096,
             logits_bytes: 4 * 32000,

@@ -56,7 +56,13 @@ fn deltanet_elementwise_ops_match_cpu() {
             h(&mut b);
             (g.act_to_host(&a).unwrap(), c.act_to_host(&b).unwrap())
         };
-        for f in [Unary::Sigmoid, Unary::Softplus, Unary::Silu, Unary::Tanh, Unary::Gelu] {
+        for f in [
+            Unary::Sigmoid,
+            Unary::Softplus,
+            Unary::Silu,
+            Unary::Tanh,
+            Unary::Gelu,
+        ] {
             let (got, want) = on(&|a| g.unary(a, f).unwrap(), &|b| c.unary(b, f).unwrap());
             check(
                 &format!("{f:?} {rows}x{cols}"),

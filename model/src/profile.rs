@@ -93,6 +93,9 @@ pub struct MemoryProfile {
     /// Final norm + output head (the last stage). With tied embeddings the
     /// head is the embedding table again, so the last stage holds a copy.
     pub head_bytes: u64,
+    /// Multi-token-prediction blocks (Qwen3.5's `nextn`): held by the last
+    /// stage beside the head, read by no decoded token of the main pass.
+    pub mtp_bytes: u64,
     pub tied_embeddings: bool,
     /// f32 activations of one token through a layer (hidden, QKV, FFN), for
     /// sizing scratch: multiply by the largest batch in tokens.
@@ -110,6 +113,7 @@ impl MemoryProfile {
         let mut layers = vec![0u64; spec.n_layers];
         let mut embedding_bytes = 0;
         let mut head_bytes = 0;
+        let mut mtp_bytes = 0;
         let mut has_output = false;
         for t in &f.tensors {
             // The per-layer embedding tables: each stage loads its layers'
@@ -130,6 +134,8 @@ impl MemoryProfile {
                 if let Some(il) = rest.split('.').next().and_then(|s| s.parse::<usize>().ok()) {
                     if il < layers.len() {
                         layers[il] += t.size_bytes;
+                    } else if il < layers.len() + spec.mtp_layers.len() {
+                        mtp_bytes += t.size_bytes;
                     }
                 }
             } else if t.name == "token_embd.weight" {
@@ -201,6 +207,7 @@ impl MemoryProfile {
                 .filter(|&c| !spec.cut_allowed(c))
                 .collect(),
             head_bytes,
+            mtp_bytes,
             tied_embeddings: !has_output,
             scratch_bytes_per_token: 4 * per_token_f32 as u64,
             logits_bytes: 4 * spec.vocab_size as u64,
@@ -217,6 +224,7 @@ impl MemoryProfile {
         self.layers.iter().map(|l| l.weight_bytes).sum::<u64>()
             + self.embedding_bytes
             + self.head_bytes
+            + self.mtp_bytes
     }
 
     /// Routed-expert weights over all layers.

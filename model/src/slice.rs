@@ -123,7 +123,10 @@ pub fn slice_tensors(file: &GgufFile, range: LayerRange, n_layers: usize) -> Vec
             "per_layer_token_embd.weight"
             | "per_layer_model_proj.weight"
             | "per_layer_proj_norm.weight" => true,
-            name => layer_of(name).is_some_and(|il| il >= range.first && il < range.end),
+            // Blocks past the trunk (Qwen3.5's MTP) go with the head.
+            name => layer_of(name).is_some_and(|il| {
+                (il >= range.first && il < range.end) || (is_last && il >= n_layers)
+            }),
         })
         .collect()
 }

@@ -278,6 +278,13 @@ fn gemma4_e_series_q8_0_matches_llama_cpp() {
     check("synth-gemma4-e-q8_0.json");
 }
 
+/// With an MTP block after the trunk: loaded, and the trunk's tokens
+/// unchanged (llama.cpp skips the block).
+#[test]
+fn qwen35_with_an_mtp_block_matches_llama_cpp() {
+    check("synth-qwen35-mtp-q8_0.json");
+}
+
 /// A 599-token prompt, fed as llama-server split it (87, 508, 4 tokens):
 /// the DeltaNet's recurrence over long prompt batches, then decode.
 #[test]

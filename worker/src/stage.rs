@@ -9,7 +9,7 @@ use strata_model::profile::{window_ring_blocks, KvType, StageLoad};
 use strata_model::GgufFile;
 pub use strata_model::LayerRange;
 
-use crate::blocks::{BatchContext, Layer, MixerState, PerLayerInputs, RecurrentState};
+use crate::blocks::{BatchContext, Layer, MixerState, MtpHead, PerLayerInputs, RecurrentState};
 use crate::kv_blocks::{BlockAllocator, KvError};
 use crate::state_slots::{RunStart, StateSlots};
 use crate::weights::WeightLoader;
@@ -88,6 +88,8 @@ pub struct Stage<B: Backend> {
     per_layer: Option<PerLayerInputs<B>>,
     layers: Vec<Layer<B>>,
     head: Option<(B::Weight, B::Weight)>,
+    /// Qwen3.5's MTP blocks, beside the head (loaded, not run).
+    mtp: Vec<MtpHead<B>>,
     rope_freqs: Option<B::Weight>,
     /// One KV pool per row shape (and sliding-window ring) among the
     /// stage's attention layers.
@@ -168,6 +170,11 @@ impl<B: Backend> Stage<B> {
             Some((norm, out))
         } else {
             None
+        };
+        let mtp = if is_last {
+            MtpHead::load_all(&loader, &spec)?
+        } else {
+            Vec::new()
         };
         let attention: Vec<_> = layers.iter().filter_map(|l| l.attention()).collect();
         // Layers that divide their RoPE frequencies by `rope_freqs` (all,
@@ -288,6 +295,7 @@ impl<B: Backend> Stage<B> {
             per_layer,
             layers,
             head,
+            mtp,
             rope_freqs,
             kv,
             kv_layer,
@@ -325,6 +333,10 @@ impl<B: Backend> Stage<B> {
     }
     pub fn is_last(&self) -> bool {
         self.head.is_some()
+    }
+    /// MTP blocks this stage holds (the last stage of a model with them).
+    pub fn mtp_blocks(&self) -> usize {
+        self.mtp.len()
     }
 
     /// Frees a sequence's KV blocks, window rings and recurrent state slot.
@@ -390,7 +402,10 @@ impl<B: Backend> Stage<B> {
                         ids.len()
                     )));
                 }
-                (b.embed(emb, &ids, spec.embedding_scale.unwrap_or(1.0))?, ids)
+                (
+                    b.embed(emb, &ids, spec.embedding_scale.unwrap_or(1.0))?,
+                    ids,
+                )
             }
             (StageInput::Hidden { hidden, tokens }, _) if !is_first => {
                 if b.act_shape(&hidden) != (n_tokens, spec.d_model) {

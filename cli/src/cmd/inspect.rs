@@ -70,6 +70,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ""
         }
     );
+    if !spec.mtp_layers.is_empty() {
+        println!(
+            "  MTP blocks         {:>12} ({} after the trunk: held by the last stage, not run)",
+            format_bytes(p.mtp_bytes),
+            spec.mtp_layers.len()
+        );
+    }
     if let Some(w) = spec.per_layer_input {
         println!(
             "  per-layer inputs   {w} wide, each stage embeds again ({} per stage)",

@@ -122,7 +122,9 @@ pub fn attend_on<B: Backend>(
     let q = b.act_from_host(q, n, q.len() / n).unwrap();
     let k = b.act_from_host(k, n, k.len() / n).unwrap();
     let v = b.act_from_host(v, n, v.len() / n).unwrap();
-    let out = b.attention(cache, layer, &q, Some((&k, &v)), batch).unwrap();
+    let out = b
+        .attention(cache, layer, &q, Some((&k, &v)), batch)
+        .unwrap();
     b.act_to_host(&out).unwrap()
 }
 

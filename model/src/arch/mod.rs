@@ -192,6 +192,7 @@ impl Globals {
             final_softcap: None,
             per_layer_input: None,
             layers: (0..self.n_layers).map(layer).collect(),
+            mtp_layers: Vec::new(),
         })
     }
 }

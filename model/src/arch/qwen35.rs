@@ -64,16 +64,22 @@ pub(super) fn spec(m: &Meta<'_>, arch: Architecture) -> Result<ModelSpec, ArchEr
         dense.norm_name = "post_attention_norm";
         FeedForward::Dense(dense)
     };
-    let mut spec = g.model(|il| LayerSpec {
-        mixer: if recurrent[il] {
-            Mixer::DeltaNet(delta_net.clone())
-        } else {
-            Mixer::Attention(attention.clone())
-        },
+    let layer = |mixer| LayerSpec {
+        mixer,
         ffn: ffn.clone(),
         post_norms: false,
         layer_scale: false,
+    };
+    let mut spec = g.model(|il| {
+        layer(if recurrent[il] {
+            Mixer::DeltaNet(delta_net.clone())
+        } else {
+            Mixer::Attention(attention.clone())
+        })
     })?;
+    // Each MTP block is a gated full-attention layer with the trunk's
+    // feed-forward (`load_block_mtp`).
+    spec.mtp_layers = vec![layer(Mixer::Attention(attention.clone())); nextn];
     // Rows for the head are picked after the output norm.
     spec.out_rows_after_attention = false;
     Ok(spec)

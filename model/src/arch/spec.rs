@@ -32,6 +32,10 @@ pub struct ModelSpec {
     /// from the token ids frames carry.
     pub per_layer_input: Option<usize>,
     pub layers: Vec<LayerSpec>,
+    /// Multi-token-prediction blocks after the trunk (Qwen3.5's `nextn`,
+    /// `blk.{n_layers + i}`): the last stage loads them; the main pass
+    /// never runs them (a draft model for speculative decoding would).
+    pub mtp_layers: Vec<LayerSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -278,6 +282,14 @@ pub struct SharedExpert {
 }
 
 impl ModelSpec {
+    /// Block `il` of the file (`blk.il.*`): a trunk layer, or past the trunk
+    /// an MTP block.
+    pub fn block(&self, il: usize) -> Option<&LayerSpec> {
+        self.layers
+            .get(il)
+            .or_else(|| self.mtp_layers.get(il.checked_sub(self.n_layers)?))
+    }
+
     /// The attention of layer `il`; `None` for a recurrent layer.
     pub fn attention(&self, il: usize) -> Option<&AttentionSpec> {
         match &self.layers[il].mixer {
@@ -350,7 +362,7 @@ impl ModelSpec {
                 return Err(OVERFLOW.into());
             }
         }
-        for layer in &self.layers {
+        for layer in self.layers.iter().chain(&self.mtp_layers) {
             match &layer.mixer {
                 Mixer::Attention(a) => check_attention(a)?,
                 Mixer::DeltaNet(d) => check_delta_net(d)?,

@@ -260,7 +260,9 @@ fn gemma4_real_presets() {
 fn gemma4_e_series_per_layer_inputs_and_shared_kv() {
     let s = spec(Architecture::Gemma4, "tiny-e");
     assert_eq!((s.n_layers, s.per_layer_input), (8, Some(64)));
-    let sources: Vec<Option<usize>> = (0..8).map(|il| s.attention(il).unwrap().kv_source).collect();
+    let sources: Vec<Option<usize>> = (0..8)
+        .map(|il| s.attention(il).unwrap().kv_source)
+        .collect();
     // Global layers 3 and 7; layers 4-7 read layer 2 (sliding) or 3 (global).
     assert_eq!(
         sources,
@@ -275,7 +277,11 @@ fn gemma4_e_series_per_layer_inputs_and_shared_kv() {
         assert_eq!(s.per_layer_input, Some(256));
         for il in owning..s.n_layers {
             let a = s.attention(il).unwrap();
-            let want = if a.window.is_some() { owning - 2 } else { owning - 1 };
+            let want = if a.window.is_some() {
+                owning - 2
+            } else {
+                owning - 1
+            };
             assert_eq!(a.kv_source, Some(want), "{preset} layer {il}");
         }
         assert!(s.cut_allowed(owning - 2) && !s.cut_allowed(owning - 1));

@@ -174,7 +174,8 @@ impl MemoryProfile {
             }),
             embedding: self.embedding_bytes,
             embedding_on_every_stage: self.embedding_on_every_stage,
-            head: self.head_bytes,
+            // The last stage holds the MTP blocks beside the head.
+            head: self.head_bytes + self.mtp_bytes,
             scratch: self
                 .scratch_bytes_per_token
                 .saturating_mul(load.scratch_tokens() as u64),

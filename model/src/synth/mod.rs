@@ -78,6 +78,10 @@ pub struct DeltaNetShape {
     pub full_attention_interval: usize,
     /// `rope.dimension_sections` (multi-section RoPE, text uses the first three).
     pub rope_sections: [i32; 4],
+    /// `nextn_predict_layers`: multi-token-prediction blocks after the
+    /// trunk (`block_count` counts them), written after every other tensor
+    /// so the trunk's bytes are those of the same shape without them.
+    pub mtp_layers: usize,
 }
 
 /// Gemma 4: `Shape`'s heads are the global layers', these the sliding ones'.
@@ -190,7 +194,8 @@ impl SynthSpec {
         );
         w.add_metadata("general.file_type", MetaValue::U32(self.quant.file_type()));
         w.add_metadata("general.quantization_version", MetaValue::U32(2));
-        w.add_metadata(key("block_count"), u32_of(s.n_layers));
+        let mtp = s.delta_net.map_or(0, |dn| dn.mtp_layers);
+        w.add_metadata(key("block_count"), u32_of(s.n_layers + mtp));
         w.add_metadata(key("context_length"), u32_of(s.context_length));
         w.add_metadata(key("embedding_length"), u32_of(s.d_model));
         w.add_metadata(key("feed_forward_length"), u32_of(s.d_ff));
@@ -262,9 +267,7 @@ impl SynthSpec {
         )?;
         if let Some(g) = s.gemma4 {
             gemma4::add_rope_freqs(w, s)?;
-            gemma4::add_per_layer_tables(w, s, g, |role| {
-                self.quant.weight_type(role, None, n)
-            })?;
+            gemma4::add_per_layer_tables(w, s, g, |role| self.quant.weight_type(role, None, n))?;
         }
         for il in 0..n {
             self.add_layer(w, il)?;
@@ -277,6 +280,11 @@ impl SynthSpec {
                 &[s.d_model, s.vocab_size],
                 self.quant.weight_type("output", None, n),
             )?;
+        }
+        if let Some(dn) = s.delta_net {
+            for il in n..n + dn.mtp_layers {
+                qwen35::add_mtp_layer(self, w, il)?;
+            }
         }
         Ok(())
     }

@@ -20,8 +20,8 @@ pub fn presets(arch: Architecture) -> &'static [&'static str] {
         Architecture::Qwen3Moe => &["tiny", "30b-a3b", "235b-a22b"],
         Architecture::GptOss => &["tiny", "20b", "120b"],
         Architecture::Mistral3 => &["tiny", "14b"],
-        Architecture::Qwen35 => &["tiny", "27b"],
-        Architecture::Qwen35Moe => &["tiny", "35b-a3b"],
+        Architecture::Qwen35 => &["tiny", "tiny-mtp", "27b"],
+        Architecture::Qwen35Moe => &["tiny", "tiny-mtp", "35b-a3b"],
         Architecture::Gemma4 => &["tiny", "tiny-moe", "tiny-e", "e2b", "e4b", "26b-a4b", "31b"],
     }
 }
@@ -261,6 +261,7 @@ fn qwen35(arch: Architecture, name: &str) -> Option<Shape> {
         n_v_heads,
         full_attention_interval: 4,
         rope_sections,
+        mtp_layers: 0,
     };
     let e = |count, used, d_ff| Experts {
         count,
@@ -283,6 +284,15 @@ fn qwen35(arch: Architecture, name: &str) -> Option<Shape> {
                 moe.then(|| e(16, 4, 256)),
             )
         },
+        // tiny with one MTP block after the trunk (whose tensors are
+        // tiny's, byte for byte).
+        (_, "tiny-mtp") => {
+            let mut s = qwen35(arch, "tiny")?;
+            if let Some(dn) = s.delta_net.as_mut() {
+                dn.mtp_layers = 1;
+            }
+            s
+        }
         (false, "27b") => hybrid(
             base(64, 5120, 24, 4, 256, 17408, 248_320, 10_000_000.0, false),
             64,

@@ -14,6 +14,9 @@ pub(super) fn add_metadata(w: &mut GgufWriter, key: &dyn Fn(&str) -> String, dn:
     w.add_metadata(key("ssm.group_count"), u32_of(dn.n_k_heads));
     w.add_metadata(key("ssm.time_step_rank"), u32_of(dn.n_v_heads));
     w.add_metadata(key("ssm.inner_size"), u32_of(dn.d_state * dn.n_v_heads));
+    if dn.mtp_layers > 0 {
+        w.add_metadata(key("nextn_predict_layers"), u32_of(dn.mtp_layers));
+    }
     w.add_metadata(
         key("full_attention_interval"),
         u32_of(dn.full_attention_interval),
@@ -34,6 +37,35 @@ pub(super) fn add_metadata(w: &mut GgufWriter, key: &dyn Fn(&str) -> String, dn:
 /// has no `attention.recurrent_layers`).
 pub(super) fn is_recurrent(dn: DeltaNetShape, il: usize) -> bool {
     !(il + 1).is_multiple_of(dn.full_attention_interval)
+}
+
+/// A multi-token-prediction block (`load_block_mtp`): a gated full-attention
+/// layer with the trunk's feed-forward, and the `nextn.*` tensors that feed
+/// it the embedding of the next token beside the trunk's hidden state.
+pub(super) fn add_mtp_layer(
+    spec: &SynthSpec,
+    w: &mut GgufWriter,
+    il: usize,
+) -> Result<(), GgufWriteError> {
+    let s = &spec.shape;
+    let Some(dn) = s.delta_net else {
+        return Ok(());
+    };
+    // The attention layer of the trunk's layout, under the MTP index.
+    let attention = DeltaNetShape {
+        full_attention_interval: 1,
+        ..dn
+    };
+    add_layer(spec, w, il, attention)?;
+    let d = s.d_model;
+    let b = |name: &str| format!("blk.{il}.nextn.{name}");
+    let wt = spec
+        .quant
+        .weight_type("nextn_eh_proj", Some(il), s.n_layers);
+    add_tensor(w, b("eh_proj.weight"), &[2 * d, d], wt)?;
+    add_tensor(w, b("enorm.weight"), &[d], GgmlType::F32)?;
+    add_tensor(w, b("hnorm.weight"), &[d], GgmlType::F32)?;
+    add_tensor(w, b("shared_head_norm.weight"), &[d], GgmlType::F32)
 }
 
 pub(super) fn add_layer(

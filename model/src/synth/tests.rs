@@ -66,10 +66,12 @@ fn every_preset_has_a_writer() {
                 .tensors()
                 .iter()
                 .filter(|t| t.name.contains("_exps.weight"));
+            // MTP blocks have the trunk's feed-forward.
+            let mtp = s.shape.delta_net.map_or(0, |dn| dn.mtp_layers);
             assert_eq!(
                 experts.count(),
                 if s.shape.experts.is_some() {
-                    3 * s.shape.n_layers
+                    3 * (s.shape.n_layers + mtp)
                 } else {
                     0
                 },

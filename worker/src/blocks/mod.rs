@@ -8,6 +8,7 @@ mod delta_net;
 mod dense_and_moe;
 mod dense_ffn;
 mod moe_ffn;
+mod mtp;
 mod per_layer_input;
 
 use strata_kernels::{Backend, KvBlockId, RecurrentBatch};
@@ -21,6 +22,7 @@ pub use delta_net::{DeltaNet, RecurrentState};
 pub use dense_and_moe::DenseAndMoe;
 pub use dense_ffn::DenseFfn;
 pub use moe_ffn::MoeFfn;
+pub use mtp::MtpHead;
 pub use per_layer_input::{PerLayerBlock, PerLayerInputs};
 
 /// What every layer of one batch shares.
@@ -81,7 +83,10 @@ impl<B: Backend> Layer<B> {
         model: &ModelSpec,
         il: usize,
     ) -> Result<Self, StageError> {
-        let spec = model.layers[il].clone();
+        let spec = model
+            .block(il)
+            .ok_or_else(|| StageError::Model(format!("the model has no block {il}")))?
+            .clone();
         let d = model.d_model;
         let t = |n: &str| layer_tensor(il, n);
         let mixer = match &spec.mixer {

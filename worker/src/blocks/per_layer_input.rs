@@ -37,7 +37,11 @@ impl<B: Backend> PerLayerInputs<B> {
         let (d, n, vocab) = (model.d_model, model.n_layers, model.vocab_size);
         let mine = range.first * p..range.end * p;
         Ok(Some(PerLayerInputs {
-            tokens: loader.required_columns("per_layer_token_embd.weight", &[p * n, vocab], mine.clone())?,
+            tokens: loader.required_columns(
+                "per_layer_token_embd.weight",
+                &[p * n, vocab],
+                mine.clone(),
+            )?,
             proj: loader.required_rows("per_layer_model_proj.weight", &[d, p * n], |r| {
                 mine.contains(&r)
             })?,
