@@ -42,6 +42,8 @@ pub struct ServeConfig {
     pub micro_batches: Option<usize>,
     /// A batch with no reply after this long means a stage hangs.
     pub batch_timeout: std::time::Duration,
+    /// Reuse finished sequences' KV blocks for prompts with the same start.
+    pub prefix_cache: bool,
     /// How long an HTTP client may take to send a request.
     pub http_limits: crate::api::HttpLimits,
 }
@@ -244,6 +246,13 @@ async fn start_pipeline(
     .await
     .map_err(ServeError::Load)?;
 
+    // What every stage was loaded for (the pool's LoadSlice).
+    let load = strata_model::profile::StageLoad::for_sequences(
+        ctx_size,
+        config.parallel,
+        strata_model::profile::KvType::F16,
+        config.batch_tokens,
+    );
     let engine_config = EngineConfig {
         ctx_size,
         max_sequences: config.parallel,
@@ -255,7 +264,14 @@ async fn start_pipeline(
         stop_tokens: model.tokenizer.end_of_generation_tokens().collect(),
         max_queued: 1024,
         batch_timeout: config.batch_timeout,
+        prefix_cache: config.prefix_cache && prefix_cache_possible(&model.hp, &load),
+        kv_pool_blocks: load.kv_blocks(),
     };
+    if config.prefix_cache && !engine_config.prefix_cache {
+        tracing::info!(
+            "prefix cache off: this model keeps recurrent state or sliding-window rings, not blocks a prompt could reuse"
+        );
+    }
     let (engine, losses) = Engine::start(engine_config);
     let stage0 = &stages[0].worker;
     let epoch = engine
@@ -285,6 +301,19 @@ async fn start_pipeline(
         tokenizer: model.tokenizer,
         template: Arc::new(model.template),
     })
+}
+
+/// Whether the stages can reuse kept blocks for this model (the worker's
+/// `Stage::prefix_cache_allowed`): no recurrent layers, and no
+/// sliding-window layer that keeps a ring rather than its whole context.
+fn prefix_cache_possible(
+    spec: &strata_model::arch::ModelSpec,
+    load: &strata_model::profile::StageLoad,
+) -> bool {
+    let rings = (0..spec.n_layers)
+        .filter_map(|il| spec.attention(il)?.window)
+        .any(|w| load.window_blocks(w).is_some_and(|b| b < load.kv_blocks()));
+    spec.recurrent_state_bytes_per_seq() == 0 && !rings
 }
 
 /// One line for `/health` while loading.

@@ -1,9 +1,18 @@
-//! Which KV blocks each sequence owns. Pure bookkeeping: the blocks' memory
-//! lives in the backend's cache.
+//! Which KV blocks each sequence owns, and which full blocks the prefix
+//! cache keeps after their sequence ended. Pure bookkeeping: the blocks'
+//! memory lives in the backend's cache.
+//!
+//! The coordinator decides what is kept and what is evicted (it sends the
+//! same lists to every stage, so their caches stay alike); a stage never
+//! evicts on its own.
 
 use std::collections::HashMap;
 
 use strata_kernels::{KvBlockId, KV_BLOCK_TOKENS};
+
+/// The prefix hash of a full KV block: of every token from the sequence's
+/// start to the block's end (the coordinator computes it).
+pub type BlockHash = [u8; 16];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
@@ -13,6 +22,8 @@ pub enum KvError {
         needed: usize,
         free: usize,
     },
+    #[error("sequence {seq} cannot start on cached blocks: {why}")]
+    Prefix { seq: u64, why: String },
 }
 
 #[derive(Debug, Default, Clone)]
@@ -20,6 +31,16 @@ struct SeqBlocks {
     blocks: Vec<KvBlockId>,
     /// Tokens written so far.
     len: usize,
+    /// Its first blocks, attached from the prefix cache (shared, read-only).
+    prefix: Vec<BlockHash>,
+}
+
+/// A full block the prefix cache keeps.
+#[derive(Debug, Clone)]
+struct Kept {
+    block: KvBlockId,
+    /// Live sequences that attached it.
+    users: usize,
 }
 
 /// Hands out blocks of a fixed pool to sequences.
@@ -28,6 +49,7 @@ pub struct BlockAllocator {
     free: Vec<KvBlockId>,
     n_blocks: usize,
     seqs: HashMap<u64, SeqBlocks>,
+    kept: HashMap<BlockHash, Kept>,
 }
 
 impl BlockAllocator {
@@ -38,7 +60,94 @@ impl BlockAllocator {
             free,
             n_blocks,
             seqs: HashMap::new(),
+            kept: HashMap::new(),
         }
+    }
+
+    /// Full blocks the prefix cache keeps (part of [`Self::used_blocks`]).
+    pub fn cached_blocks(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// The hashes of every kept block.
+    pub fn cached_hashes(&self) -> impl Iterator<Item = BlockHash> + '_ {
+        self.kept.keys().copied()
+    }
+
+    /// Tokens of `seq` on cached blocks, which no run may write again.
+    pub fn prefix_tokens(&self, seq: u64) -> usize {
+        self.seqs
+            .get(&seq)
+            .map_or(0, |s| s.prefix.len() * KV_BLOCK_TOKENS)
+    }
+
+    /// Starts the new sequence `seq` on the kept blocks `prefix` (all of
+    /// them, or an error and nothing changes).
+    pub fn attach(&mut self, seq: u64, prefix: &[BlockHash]) -> Result<(), KvError> {
+        let err = |why: String| KvError::Prefix { seq, why };
+        if self.seqs.contains_key(&seq) {
+            return Err(err("it already holds blocks".into()));
+        }
+        if let Some(i) = prefix.iter().position(|h| !self.kept.contains_key(h)) {
+            return Err(err(format!("block {i} of its prefix is not cached here")));
+        }
+        let blocks = prefix
+            .iter()
+            .map(|h| {
+                let k = self.kept.get_mut(h).expect("checked above");
+                k.users += 1;
+                k.block
+            })
+            .collect();
+        self.seqs.insert(
+            seq,
+            SeqBlocks {
+                blocks,
+                len: prefix.len() * KV_BLOCK_TOKENS,
+                prefix: prefix.to_vec(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Ends `seq`, keeping its first `hashes.len()` full blocks under those
+    /// hashes; a block whose hash is kept already (the same tokens) is
+    /// freed. Blocks it attached stay kept. Unknown sequences and blocks
+    /// past its full ones are ignored (the coordinator's view may be ahead).
+    pub fn retain_and_release(&mut self, seq: u64, hashes: &[BlockHash]) {
+        let Some(s) = self.seqs.get_mut(&seq) else {
+            return;
+        };
+        let full = s.len / KV_BLOCK_TOKENS;
+        let own = s.prefix.len();
+        for (i, h) in hashes.iter().enumerate().take(full).skip(own) {
+            if self.kept.contains_key(h) {
+                continue;
+            }
+            self.kept.insert(
+                *h,
+                Kept {
+                    block: s.blocks[i],
+                    users: 0,
+                },
+            );
+            // Taken out of the sequence so its release does not free it.
+            s.blocks[i] = KvBlockId::MAX;
+        }
+        self.release(seq);
+    }
+
+    /// Frees kept blocks no live sequence uses; returns how many it freed.
+    pub fn evict(&mut self, hashes: &[BlockHash]) -> usize {
+        let mut n = 0;
+        for h in hashes {
+            if self.kept.get(h).is_some_and(|k| k.users == 0) {
+                let k = self.kept.remove(h).expect("checked");
+                self.free.push(k.block);
+                n += 1;
+            }
+        }
+        n
     }
 
     pub fn free_blocks(&self) -> usize {
@@ -87,11 +196,19 @@ impl BlockAllocator {
         self.seqs.get(&seq).map_or(&[], |s| &s.blocks)
     }
 
-    /// Returns a sequence's blocks to the pool.
+    /// Returns a sequence's blocks to the pool (its attached prefix blocks
+    /// stay kept).
     pub fn release(&mut self, seq: u64) {
-        if let Some(s) = self.seqs.remove(&seq) {
-            self.free.extend(s.blocks.into_iter().rev());
+        let Some(s) = self.seqs.remove(&seq) else {
+            return;
+        };
+        for h in &s.prefix {
+            if let Some(k) = self.kept.get_mut(h) {
+                k.users = k.users.saturating_sub(1);
+            }
         }
+        let own = s.blocks.into_iter().skip(s.prefix.len());
+        self.free.extend(own.filter(|&b| b != KvBlockId::MAX).rev());
     }
 }
 
@@ -122,5 +239,47 @@ mod tests {
         a.reserve(2, 3 * KV_BLOCK_TOKENS).unwrap();
         assert_eq!(a.block_table(2).len(), 3);
         assert_eq!(a.seq_len(2), 3 * KV_BLOCK_TOKENS);
+    }
+
+    /// Kept blocks outlive their sequence, are shared by the sequences that
+    /// attach them, and go back to the pool only when evicted unused.
+    #[test]
+    fn kept_blocks_are_shared_then_evicted() {
+        let (h0, h1, h2) = ([0u8; 16], [1u8; 16], [2u8; 16]);
+        let mut a = BlockAllocator::new(6);
+        a.reserve(1, 2 * KV_BLOCK_TOKENS + 5).unwrap();
+        assert_eq!(a.block_table(1), &[0, 1, 2]);
+        // Three hashes for two full blocks: the third is ignored.
+        a.retain_and_release(1, &[h0, h1, h2]);
+        assert_eq!(
+            (a.cached_blocks(), a.used_blocks(), a.free_blocks()),
+            (2, 2, 4)
+        );
+        assert!(a.attach(2, &[h0, h2]).is_err(), "h2 is not kept");
+        assert_eq!(a.n_sequences(), 0, "a failed attach takes nothing");
+        a.attach(2, &[h0, h1]).unwrap();
+        a.attach(3, &[h0]).unwrap();
+        assert_eq!(a.seq_len(2), 2 * KV_BLOCK_TOKENS);
+        assert_eq!(a.prefix_tokens(3), KV_BLOCK_TOKENS);
+        a.reserve(2, 2 * KV_BLOCK_TOKENS + 1).unwrap();
+        assert_eq!(a.block_table(2), &[0, 1, 2]);
+        assert_eq!(a.block_table(3), &[0]);
+        // In use: not evicted.
+        assert_eq!(a.evict(&[h0, h1]), 0);
+        a.release(3);
+        // Sequence 2 keeps nothing new (its third block is not full); the
+        // blocks it attached stay kept.
+        a.retain_and_release(2, &[h0, h1, h2]);
+        assert_eq!((a.cached_blocks(), a.used_blocks()), (2, 2));
+        assert_eq!(a.evict(&[h1, h2]), 1);
+        assert_eq!((a.cached_blocks(), a.free_blocks()), (1, 5));
+        // The same tokens kept twice: the second block is freed.
+        a.attach(4, &[h0]).unwrap();
+        a.release(4);
+        a.reserve(5, KV_BLOCK_TOKENS).unwrap();
+        a.retain_and_release(5, &[h0]);
+        assert_eq!((a.cached_blocks(), a.used_blocks()), (1, 1));
+        assert_eq!(a.evict(&[h0]), 1);
+        assert_eq!(a.free_blocks(), 6, "nothing leaks");
     }
 }

@@ -10,7 +10,7 @@ use strata_model::GgufFile;
 pub use strata_model::LayerRange;
 
 use crate::blocks::{BatchContext, Layer, MixerState, MtpHead, PerLayerInputs, RecurrentState};
-use crate::kv_blocks::{BlockAllocator, KvError};
+use crate::kv_blocks::{BlockAllocator, BlockHash, KvError};
 use crate::state_slots::{RunStart, StateSlots};
 use crate::weights::WeightLoader;
 use crate::window_rings::{WindowRings, WindowRun};
@@ -341,11 +341,58 @@ impl<B: Backend> Stage<B> {
 
     /// Frees a sequence's KV blocks, window rings and recurrent state slot.
     pub fn release(&mut self, seq: u64) {
-        self.blocks.release(seq);
+        self.retain_and_release(seq, &[]);
+    }
+
+    /// Whether finished sequences' blocks can be reused by later ones: not
+    /// when the stage keeps recurrent state (a prefix would need the state
+    /// after it, not blocks) or sliding-window rings (a ring holds the
+    /// sequence's last positions, not its prefix).
+    pub fn prefix_cache_allowed(&self) -> bool {
+        self.recurrent.is_empty() && self.kv.iter().all(|p| p.rings.is_none())
+    }
+
+    /// [`Self::release`], keeping the sequence's first full blocks under
+    /// `hashes` for the prefix cache (where the stage allows it).
+    pub fn retain_and_release(&mut self, seq: u64, hashes: &[BlockHash]) {
+        let hashes = if self.prefix_cache_allowed() {
+            hashes
+        } else {
+            &[]
+        };
+        self.blocks.retain_and_release(seq, hashes);
         self.slots.release(seq);
         for rings in self.kv.iter_mut().filter_map(|p| p.rings.as_mut()) {
             rings.release(seq);
         }
+    }
+
+    /// Frees kept prefix blocks (the coordinator's eviction); how many.
+    pub fn evict_cached(&mut self, hashes: &[BlockHash]) -> usize {
+        self.blocks.evict(hashes)
+    }
+
+    /// Starts the new sequence `seq` at `start_pos` on the kept blocks
+    /// `prefix`, which hold its first `start_pos` tokens.
+    pub fn attach_prefix(
+        &mut self,
+        seq: u64,
+        start_pos: usize,
+        prefix: &[BlockHash],
+    ) -> Result<(), StageError> {
+        if !self.prefix_cache_allowed() {
+            return Err(StageError::Batch(format!(
+                "sequence {seq} starts on cached blocks, which layers {}..{} cannot use (recurrent state or sliding-window rings)",
+                self.range.first, self.range.end
+            )));
+        }
+        if start_pos != prefix.len() * strata_kernels::KV_BLOCK_TOKENS {
+            return Err(StageError::Batch(format!(
+                "sequence {seq} starts at position {start_pos} on {} cached blocks",
+                prefix.len()
+            )));
+        }
+        Ok(self.blocks.attach(seq, prefix)?)
     }
 
     /// Sequences that hold a recurrent state slot, and how many slots there are.
@@ -377,6 +424,14 @@ impl<B: Backend> Stage<B> {
         let mut positions = Vec::with_capacity(n_tokens);
         let mut token_seq = Vec::with_capacity(n_tokens);
         for (i, s) in batch.iter().enumerate() {
+            if s.start_pos < self.blocks.prefix_tokens(s.seq) {
+                return Err(StageError::Batch(format!(
+                    "sequence {} would write position {} of its cached prefix of {} tokens",
+                    s.seq,
+                    s.start_pos,
+                    self.blocks.prefix_tokens(s.seq)
+                )));
+            }
             if s.start_pos > self.blocks.seq_len(s.seq) {
                 return Err(StageError::Batch(format!(
                     "sequence {} starts at position {} but only {} are cached",

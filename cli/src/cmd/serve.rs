@@ -59,6 +59,11 @@ pub struct Args {
     /// hung and is rebuilt over the workers that answer.
     #[arg(long, default_value_t = 120)]
     pub stage_timeout: u64,
+    /// Compute every prompt from scratch. By default finished sequences'
+    /// full KV blocks stay cached (until their memory is needed) and a
+    /// prompt that starts with the same tokens reuses them.
+    #[arg(long)]
+    pub no_prefix_cache: bool,
     /// Seconds an HTTP client has to send a request body (headers: at most
     /// 10 s); a client trickling or stalling is cut off. Responses, such
     /// as a long stream, are not limited.
@@ -167,6 +172,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             batch_tokens: args.batch_size,
             micro_batches: args.micro_batches,
             batch_timeout: std::time::Duration::from_secs(args.stage_timeout.max(1)),
+            prefix_cache: !args.no_prefix_cache,
             http_limits: strata_coordinator::api::HttpLimits::within(
                 std::time::Duration::from_secs_f64(if args.request_timeout.is_finite() {
                     args.request_timeout.clamp(0.1, 86_400.0)

@@ -202,14 +202,15 @@ async fn whole(
             Some(Step::Finished {
                 reason,
                 completion_tokens,
+                cached_tokens,
             }) => {
-                log_done(prompt_tokens, completion_tokens, started);
+                log_done(prompt_tokens, completion_tokens, cached_tokens, started);
                 let body = openai::response(
                     &meta,
                     &text,
                     logprobs.then_some(&tokens[..]),
                     reason.as_str(),
-                    openai::usage(prompt_tokens, completion_tokens),
+                    openai::usage(prompt_tokens, completion_tokens, cached_tokens),
                 );
                 return Ok(axum::Json(body).into_response());
             }
@@ -222,10 +223,15 @@ async fn whole(
     }
 }
 
-fn log_done(prompt_tokens: usize, completion_tokens: usize, started: Instant) {
+fn log_done(
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    cached_tokens: usize,
+    started: Instant,
+) {
     let s = started.elapsed().as_secs_f64();
     tracing::info!(
-        "{prompt_tokens} prompt + {completion_tokens} generated tokens in {s:.2}s ({:.1} tokens/s)",
+        "{prompt_tokens} prompt ({cached_tokens} cached) + {completion_tokens} generated tokens in {s:.2}s ({:.1} tokens/s)",
         completion_tokens as f64 / s.max(1e-9)
     );
 }
@@ -259,8 +265,9 @@ fn stream(
                     Some(Step::Finished {
                         reason,
                         completion_tokens,
+                        cached_tokens,
                     }) => {
-                        log_done(prompt_tokens, completion_tokens, started);
+                        log_done(prompt_tokens, completion_tokens, cached_tokens, started);
                         if tx
                             .send(json_event(openai::chunk(
                                 &meta,
@@ -278,7 +285,7 @@ fn stream(
                         if include_usage {
                             let u = openai::usage_chunk(
                                 &meta,
-                                openai::usage(prompt_tokens, completion_tokens),
+                                openai::usage(prompt_tokens, completion_tokens, cached_tokens),
                             );
                             if tx.send(json_event(u)).await.is_err() {
                                 return;

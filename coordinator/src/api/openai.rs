@@ -51,11 +51,14 @@ impl ResponseMeta {
     }
 }
 
-pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+/// OpenAI's usage object; `cached_tokens` are the prompt tokens the prefix
+/// cache held (`prompt_tokens_details`, as OpenAI reports them).
+pub fn usage(prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize) -> Value {
     json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": cached_tokens },
     })
 }
 

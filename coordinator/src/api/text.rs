@@ -27,6 +27,8 @@ pub enum Step {
     Finished {
         reason: FinishReason,
         completion_tokens: usize,
+        /// Prompt tokens found in the prefix cache (not computed).
+        cached_tokens: usize,
     },
     /// The stage failed the batch (a 500).
     Failed(String),
@@ -42,6 +44,7 @@ pub struct TextGeneration {
     logprobs: bool,
     tokens: Vec<TokenOut>,
     completion_tokens: usize,
+    cached_tokens: usize,
     out: VecDeque<Step>,
 }
 
@@ -60,6 +63,7 @@ impl TextGeneration {
             logprobs,
             tokens: Vec::new(),
             completion_tokens: 0,
+            cached_tokens: 0,
             out: VecDeque::new(),
         }
     }
@@ -73,6 +77,7 @@ impl TextGeneration {
             let event = self.generation.as_mut()?.next().await;
             match event {
                 Some(Event::Token(t)) => self.on_token(t),
+                Some(Event::Cached(n)) => self.cached_tokens = n,
                 Some(Event::Done(reason)) => {
                     let rest = self.text.finish();
                     let (mut text, _) = self.stop.push(&rest);
@@ -144,6 +149,7 @@ impl TextGeneration {
         self.out.push_back(Step::Finished {
             reason,
             completion_tokens: self.completion_tokens,
+            cached_tokens: self.cached_tokens,
         });
         self.generation = None;
     }

@@ -13,6 +13,7 @@
 //! loop then replays each sequence's tokens so far as a prompt and carries
 //! on, so clients see a pause and the same tokens.
 
+mod prefix_cache;
 mod runner;
 mod stats;
 
@@ -42,6 +43,13 @@ pub struct EngineConfig {
     pub max_queued: usize,
     /// A batch with no reply after this long means a stage hangs.
     pub batch_timeout: Duration,
+    /// Reuse finished sequences' KV blocks for prompts that start with the
+    /// same tokens (off where the stages cannot: recurrent state or
+    /// sliding-window rings).
+    pub prefix_cache: bool,
+    /// Blocks in each stage's KV pool (the prefix cache fills what live
+    /// sequences leave free).
+    pub kv_pool_blocks: usize,
 }
 
 /// One generation to run.
@@ -76,6 +84,9 @@ impl FinishReason {
 /// What a generation yields, in order: tokens, then one `Done` or `Failed`.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// The prompt's first tokens were found in the prefix cache: only the
+    /// rest is computed. Comes before the first token, at most once.
+    Cached(usize),
     /// A sampled token. An end-of-generation token comes with `Done(Stop)`
     /// right after it.
     Token(v1::SampledToken),
@@ -258,7 +269,7 @@ impl Generation {
                     "the serving loop dropped the sequence".into(),
                 ));
             }
-            Some(Event::Token(_)) => {}
+            Some(Event::Token(_) | Event::Cached(_)) => {}
         }
         e
     }

@@ -10,8 +10,10 @@ use std::time::Instant;
 use strata_proto::{v1, WorkerClient};
 use tokio::sync::mpsc;
 
+use super::prefix_cache::{BlockHash, PrefixCache};
 use super::{EngineConfig, EngineStats, Event, FinishReason, GenerationRequest, Msg, PipelineLost};
 use crate::scheduler::{plan_step, SeqPhase, SeqProgress, StepEntry};
+use strata_model::profile::KV_BLOCK_TOKENS;
 
 /// One live sequence.
 struct Seq {
@@ -28,6 +30,13 @@ struct Seq {
     prefill_to: usize,
     /// Tokens of `history` in the stages' KV caches.
     cached: usize,
+    /// The kept blocks it started on (prefix cache) on this pipeline.
+    prefix: Vec<BlockHash>,
+    /// Positions the stages hold for it once the batches sent so far ran:
+    /// its blocks past `prefix` are its own.
+    kv_end: usize,
+    /// `Event::Cached` was sent (once, for the first admission).
+    reported_cached: bool,
     generated: usize,
     max_tokens: usize,
     ignore_eos: bool,
@@ -53,6 +62,11 @@ struct InFlight {
     group: usize,
     entries: Vec<StepEntry>,
     sent_at: Instant,
+    /// What its frame told every stage to evict (and whether to drop every
+    /// kept block): a stage that fails the frame does not pass it on, so
+    /// a release then carries it to the rest.
+    evicted: Vec<BlockHash>,
+    cleared: bool,
 }
 
 /// The data stream to stage 0 of one pipeline.
@@ -80,6 +94,12 @@ struct Runner {
     lost: mpsc::UnboundedSender<PipelineLost>,
     /// Wire ids of retired sequences the next frame frees on every stage.
     release_first: Vec<u64>,
+    /// Blocks of those the stages keep for the prefix cache.
+    retain_first: Vec<v1::RetainBlocks>,
+    prefix_cache: PrefixCache,
+    /// The next frame is the first on this pipeline: stages drop what they
+    /// kept for an earlier one.
+    clear_cached_first: bool,
 }
 
 /// Spawns the loop, detached until the first [`Msg::Attach`].
@@ -91,6 +111,9 @@ pub(super) fn spawn(
 ) {
     let runner = Runner {
         groups: config.groups.max(1),
+        prefix_cache: PrefixCache::new(config.prefix_cache, config.kv_pool_blocks),
+        retain_first: Vec::new(),
+        clear_cached_first: false,
         config,
         stats,
         seqs: Vec::new(),
@@ -170,6 +193,9 @@ impl Runner {
                 prefill_to: req.prompt.len(),
                 history: req.prompt,
                 cached: 0,
+                prefix: Vec::new(),
+                kv_end: 0,
+                reported_cached: false,
                 generated: 0,
                 max_tokens: req.max_tokens.min(room).max(1),
                 ignore_eos: req.ignore_eos,
@@ -192,6 +218,7 @@ impl Runner {
             if self.in_flight.values().any(|b| b.group == group) {
                 continue;
             }
+            self.attach_prefixes(group);
             let progress: Vec<SeqProgress> = self
                 .seqs
                 .iter()
@@ -214,6 +241,7 @@ impl Runner {
             }
             let batch_id = self.next_batch;
             self.next_batch += 1;
+            let evicted = self.make_room(&entries);
             let mut wire = Vec::with_capacity(entries.len());
             let mut token_ids = Vec::new();
             for e in &entries {
@@ -222,6 +250,15 @@ impl Runner {
                 };
                 s.in_flight = true;
                 token_ids.extend_from_slice(&s.history[e.start_pos..e.start_pos + e.n_tokens]);
+                // A first frame on cached blocks names them, with the
+                // tokens before them the sampler's penalties read.
+                let on_prefix = !s.sent && !s.prefix.is_empty();
+                let history_before = if on_prefix {
+                    let n = (s.sampling.penalty_last_n as usize).min(e.start_pos);
+                    s.history[e.start_pos - n..e.start_pos].to_vec()
+                } else {
+                    Vec::new()
+                };
                 wire.push(v1::BatchEntry {
                     seq_id: s.wire,
                     start_pos: e.start_pos as u32,
@@ -229,10 +266,18 @@ impl Runner {
                     sample: e.samples,
                     // With its first frame on this pipeline.
                     sampling: (!s.sent).then_some(s.sampling),
+                    prefix_blocks: if on_prefix {
+                        s.prefix.iter().map(|h| h.to_vec()).collect()
+                    } else {
+                        Vec::new()
+                    },
+                    history_before,
                 });
                 s.sent = true;
+                s.kv_end = s.kv_end.max(e.start_pos + e.n_tokens);
             }
             let n_tokens = token_ids.len();
+            let cleared = std::mem::take(&mut self.clear_cached_first);
             let frame = v1::BatchFrame {
                 header: Some(v1::BatchHeader {
                     batch_id,
@@ -242,6 +287,9 @@ impl Runner {
                 activations: Vec::new(),
                 act_dtype: 0,
                 release_first: std::mem::take(&mut self.release_first),
+                retain_first: std::mem::take(&mut self.retain_first),
+                evict_first: evicted.iter().map(|h| h.to_vec()).collect(),
+                clear_cached_first: cleared,
             };
             tracing::debug!(batch_id, group, n_tokens, seqs = entries.len(), "send");
             self.in_flight.insert(
@@ -250,6 +298,8 @@ impl Runner {
                     group,
                     entries,
                     sent_at: Instant::now(),
+                    evicted,
+                    cleared,
                 },
             );
             self.stats.on_batch_sent(n_tokens);
@@ -275,6 +325,14 @@ impl Runner {
         let failed = !reply.error.is_empty();
         if failed {
             tracing::warn!("batch {} failed: {}", reply.batch_id, reply.error);
+            // The stages after the one that failed it never saw its frame.
+            if !batch.evicted.is_empty() || batch.cleared {
+                self.send_release(v1::ReleaseRequest {
+                    evict: batch.evicted.iter().map(|h| h.to_vec()).collect(),
+                    clear_cached: batch.cleared,
+                    ..Default::default()
+                });
+            }
         }
         let mut sampled: HashMap<u64, v1::SampledToken> =
             reply.tokens.into_iter().map(|t| (t.seq_id, t)).collect();
@@ -342,40 +400,113 @@ impl Runner {
     }
 
     /// Frees retired sequences that no batch in flight carries, on every
-    /// stage (stage 0 passes the release on).
+    /// stage (stage 0 passes the release on). Those that ended well leave
+    /// their full blocks to the prefix cache.
     fn release_retired(&mut self) {
         let mut ids = Vec::new();
+        let mut retain = Vec::new();
         let stats = &self.stats;
+        let cache = &mut self.prefix_cache;
         self.seqs.retain(|s| match s.retired {
             Some(how) if !s.in_flight => {
                 stats.on_retire(how == Retire::Cancelled, how == Retire::Failed);
                 // A sequence the pipeline never saw holds nothing there.
-                if s.sent {
+                if !s.sent {
+                    cache.detach(&s.prefix);
+                } else if how == Retire::Failed {
+                    cache.detach(&s.prefix);
                     ids.push(s.wire);
+                } else {
+                    let in_kv = &s.history[..s.cached.min(s.history.len())];
+                    let hashes = cache.retain(in_kv, &s.prefix);
+                    if hashes.is_empty() {
+                        ids.push(s.wire);
+                    } else {
+                        retain.push(v1::RetainBlocks {
+                            seq_id: s.wire,
+                            block_hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+                        });
+                    }
                 }
                 false
             }
             _ => true,
         });
-        let Some(link) = &self.link else { return };
-        if ids.is_empty() {
+        if self.link.is_none() || (ids.is_empty() && retain.is_empty()) {
             return;
         }
         // The next frame frees them on every stage before its batch runs;
         // the RPC also frees them when no frame follows soon, or a stage
         // fails that frame before passing it on.
         self.release_first.extend(&ids);
+        self.retain_first.extend(retain.iter().cloned());
+        self.send_release(v1::ReleaseRequest {
+            seq_ids: ids,
+            retain,
+            ..Default::default()
+        });
+    }
+
+    /// The release RPC to stage 0, which passes it on.
+    fn send_release(&self, req: v1::ReleaseRequest) {
+        let Some(link) = &self.link else { return };
         let mut client = link.release.clone();
         tokio::spawn(async move {
-            if let Err(e) = client
-                .release(v1::ReleaseRequest {
-                    seq_ids: ids.clone(),
-                })
-                .await
-            {
+            let ids = req.seq_ids.clone();
+            if let Err(e) = client.release(req).await {
                 tracing::warn!("releasing sequences {ids:?}: {}", e.message());
             }
         });
+    }
+
+    /// Starts the group's sequences that this pipeline has not seen on the
+    /// kept blocks their prompt begins with.
+    fn attach_prefixes(&mut self, group: usize) {
+        if !self.prefix_cache.enabled() {
+            return;
+        }
+        for s in &mut self.seqs {
+            if s.group != group || s.sent || s.retired.is_some() || s.cached > 0 {
+                continue;
+            }
+            s.prefix = self.prefix_cache.attach(&s.history[..s.prefill_to]);
+            s.cached = s.prefix.len() * KV_BLOCK_TOKENS;
+            s.kv_end = s.cached;
+            if !s.reported_cached {
+                s.reported_cached = true;
+                if s.cached > 0 {
+                    tracing::debug!(
+                        seq = s.id,
+                        cached = s.cached,
+                        "prompt starts on cached blocks"
+                    );
+                    let _ = s.events.send(Event::Cached(s.cached));
+                }
+            }
+        }
+    }
+
+    /// Evicts kept blocks so that `entries` find their new blocks free on
+    /// every stage; returns what to evict.
+    fn make_room(&mut self, entries: &[StepEntry]) -> Vec<BlockHash> {
+        if self.prefix_cache.is_empty() {
+            return Vec::new();
+        }
+        let blocks = |end: usize| end.div_ceil(KV_BLOCK_TOKENS);
+        let live: usize = self
+            .seqs
+            .iter()
+            .filter(|s| s.sent || !s.prefix.is_empty())
+            .map(|s| blocks(s.kv_end).saturating_sub(s.prefix.len()))
+            .sum();
+        let needed: usize = entries
+            .iter()
+            .filter_map(|e| {
+                let s = self.seqs.iter().find(|s| s.id == e.seq)?;
+                Some(blocks(e.start_pos + e.n_tokens).saturating_sub(blocks(s.kv_end)))
+            })
+            .sum();
+        self.prefix_cache.make_room(live, needed)
     }
 
     /// The attached pipeline broke: detach and tell the supervisor.
@@ -408,8 +539,14 @@ impl Runner {
                 replayed += s.history.len();
             }
             s.cached = 0;
+            s.prefix.clear();
+            s.kv_end = 0;
             s.paused_since.get_or_insert(now);
         }
+        // The next pipeline starts with no kept blocks (its first frame
+        // tells stages that survived to drop theirs).
+        self.prefix_cache.clear();
+        self.retain_first.clear();
         // Nothing to release on a pipeline that is gone.
         self.release_retired();
         self.release_first.clear();
@@ -436,6 +573,7 @@ impl Runner {
             "attached to the pipeline"
         );
         self.link = Some(link);
+        self.clear_cached_first = true;
     }
 
     /// The pool cannot serve: every live and queued request gets a 503.

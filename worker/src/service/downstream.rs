@@ -141,10 +141,10 @@ impl Downstream {
     }
 
     /// Releases sequences on the next stage (which passes it on).
-    pub async fn release(&self, seq_ids: Vec<u64>) -> Result<u32, String> {
+    pub async fn release(&self, req: v1::ReleaseRequest) -> Result<u32, String> {
         let mut client = self.client().await?;
         let reply = client
-            .release(v1::ReleaseRequest { seq_ids })
+            .release(req)
             .await
             .map_err(|e| format!("release on next stage {}: {}", self.addr, e.message()))?;
         Ok(reply.into_inner().stages)

@@ -4,6 +4,7 @@
 use half::f16;
 use strata_proto::v1;
 
+use crate::kv_blocks::BlockHash;
 use crate::sampler::{Sampled, SamplingParams};
 use crate::stage::{BatchSeq, LogitRows};
 
@@ -85,6 +86,30 @@ pub fn batch_of(
         batch[0].logits = LogitRows::Last;
     }
     Ok(batch)
+}
+
+/// A run's prefix-cache blocks (`BatchEntry::prefix_blocks`): 16-byte
+/// hashes, as many as its start position has whole blocks.
+pub fn prefix_of(e: &v1::BatchEntry) -> Result<Vec<BlockHash>, String> {
+    let n = e.prefix_blocks.len();
+    if n * strata_kernels::KV_BLOCK_TOKENS != e.start_pos as usize {
+        return Err(format!(
+            "sequence {} starts at position {} on {n} cached blocks",
+            e.seq_id, e.start_pos
+        ));
+    }
+    e.prefix_blocks
+        .iter()
+        .map(|h| {
+            BlockHash::try_from(h.as_slice()).map_err(|_| {
+                format!(
+                    "sequence {}: a prefix block hash of {} bytes, not 16",
+                    e.seq_id,
+                    h.len()
+                )
+            })
+        })
+        .collect()
 }
 
 /// Activations to little-endian bytes in `dtype`.

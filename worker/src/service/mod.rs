@@ -488,12 +488,11 @@ impl WorkerService {
 impl WorkerService {
     /// Frees sequences here and on every later stage; returns how many
     /// stages freed them.
-    async fn release_everywhere(&self, seqs: Vec<u64>) -> Result<u32, Status> {
-        self.command(|tx| Command::Release(seqs.clone(), tx))
-            .await?;
+    async fn release_everywhere(&self, req: v1::ReleaseRequest) -> Result<u32, Status> {
+        self.command(|tx| Command::Release(req.clone(), tx)).await?;
         let next = self.shared.downstream.read().await.clone();
         let after = match next {
-            Some(d) => d.release(seqs).await.map_err(Status::unavailable)?,
+            Some(d) => d.release(req).await.map_err(Status::unavailable)?,
             None => 0,
         };
         Ok(1 + after)
@@ -573,6 +572,7 @@ impl worker_server::Worker for WorkerService {
             live_sequences: s.live_sequences,
             state_slots_used: s.state_slots_used,
             state_slots: s.state_slots,
+            kv_blocks_cached: s.kv_blocks_cached,
             kv_block_tokens: strata_kernels::KV_BLOCK_TOKENS as u64,
         }))
     }
@@ -581,7 +581,7 @@ impl worker_server::Worker for WorkerService {
         &self,
         req: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseReply>, Status> {
-        let stages = self.release_everywhere(req.into_inner().seq_ids).await?;
+        let stages = self.release_everywhere(req.into_inner()).await?;
         Ok(Response::new(v1::ReleaseReply { stages }))
     }
 
@@ -616,7 +616,11 @@ impl worker_server::Worker for WorkerService {
             if !seqs.is_empty() {
                 let seqs: Vec<u64> = seqs.into_iter().collect();
                 tracing::info!("data stream closed: releasing {} sequences", seqs.len());
-                if let Err(e) = this.release_everywhere(seqs).await {
+                let req = v1::ReleaseRequest {
+                    seq_ids: seqs,
+                    ..Default::default()
+                };
+                if let Err(e) = this.release_everywhere(req).await {
                     tracing::warn!("releasing the closed stream's sequences: {}", e.message());
                 }
             }

@@ -14,6 +14,7 @@ use strata_proto::v1;
 use tokio::sync::oneshot;
 
 use super::frames;
+use crate::kv_blocks::BlockHash;
 use crate::sampler::Sampler;
 use crate::stage::{LayerRange, Stage, StageError, StageInput, StageOutput};
 
@@ -33,6 +34,7 @@ pub struct Snapshot {
     pub live_sequences: u64,
     pub state_slots_used: u64,
     pub state_slots: u64,
+    pub kv_blocks_cached: u64,
 }
 
 pub struct LoadJob {
@@ -61,7 +63,8 @@ pub enum FrameOut {
 pub enum Command {
     Load(Box<LoadJob>, oneshot::Sender<Result<(), String>>),
     Forward(v1::BatchFrame, oneshot::Sender<FrameOut>),
-    Release(Vec<u64>, oneshot::Sender<()>),
+    /// Frees sequences, keeping the blocks `retain` names (prefix cache).
+    Release(v1::ReleaseRequest, oneshot::Sender<()>),
     Unload(oneshot::Sender<()>),
 }
 
@@ -79,6 +82,9 @@ struct Loaded<B: Backend> {
 struct SeqState {
     sampler: Option<Sampler>,
     history: Vec<u32>,
+    /// Position of `history[0]`: a sequence that starts on cached blocks
+    /// gets only the tokens before them its sampler reads.
+    offset: usize,
 }
 
 /// Starts the thread; `make_backend` builds a backend for each load.
@@ -137,12 +143,15 @@ where
                         };
                         let _ = reply.send(out);
                     }
-                    Command::Release(seqs, reply) => {
+                    Command::Release(req, reply) => {
                         if let Some(l) = loaded.as_mut() {
-                            for s in seqs {
-                                l.stage.release(s);
-                                l.seqs.remove(&s);
+                            if req.clear_cached {
+                                let all: Vec<BlockHash> =
+                                    l.stage.blocks().cached_hashes().collect();
+                                l.stage.evict_cached(&all);
                             }
+                            release(l, &req.retain, &req.seq_ids);
+                            l.stage.evict_cached(&hashes(&req.evict));
                         }
                         let _ = reply.send(());
                     }
@@ -163,6 +172,7 @@ where
                     s.live_sequences = l.stage.blocks().n_sequences() as u64;
                     s.state_slots_used = l.stage.state_slots().held() as u64;
                     s.state_slots = l.stage.state_slots().capacity() as u64;
+                    s.kv_blocks_cached = l.stage.blocks().cached_blocks() as u64;
                 }
             }
         })?;
@@ -303,10 +313,12 @@ impl From<StageError> for BatchError {
 /// failed under it.
 fn forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<FrameOut, DeviceFailed> {
     let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
-    for s in &frame.release_first {
-        l.stage.release(*s);
-        l.seqs.remove(s);
+    if frame.clear_cached_first {
+        let all: Vec<BlockHash> = l.stage.blocks().cached_hashes().collect();
+        l.stage.evict_cached(&all);
     }
+    release(l, &frame.retain_first, &frame.release_first);
+    l.stage.evict_cached(&hashes(&frame.evict_first));
     let _span = tracing::debug_span!("batch", batch_id, stage = %l.label).entered();
     match try_forward(l, frame) {
         Ok(out) => Ok(out),
@@ -326,6 +338,22 @@ fn try_forward<B: Backend>(
     let is_last = l.stage.is_last();
     let batch = frames::batch_of(&header, frame.token_ids.len(), is_last, l.limits)?;
     let n_tokens: usize = batch.iter().map(|s| s.n_tokens).sum();
+    // Sequences that start on cached blocks take them first; the last
+    // stage also gets the tokens before them its sampler reads.
+    for e in header
+        .entries
+        .iter()
+        .filter(|e| !e.prefix_blocks.is_empty())
+    {
+        let prefix = frames::prefix_of(e)?;
+        l.stage
+            .attach_prefix(e.seq_id, e.start_pos as usize, &prefix)?;
+        if is_last {
+            let st = l.seqs.entry(e.seq_id).or_default();
+            st.history = e.history_before.clone();
+            st.offset = (e.start_pos as usize).saturating_sub(st.history.len());
+        }
+    }
     let input = if l.stage.is_first() {
         if frame.token_ids.len() != n_tokens {
             return Err(format!(
@@ -358,11 +386,36 @@ fn try_forward<B: Backend>(
                 activations: frames::encode_activations(&values, l.act_dtype),
                 act_dtype: l.act_dtype as i32,
                 release_first: frame.release_first,
+                retain_first: frame.retain_first,
+                evict_first: frame.evict_first,
+                clear_cached_first: frame.clear_cached_first,
             }))
         }
         StageOutput::Logits(rows) => {
             Ok(sample(l, &header, &frame.token_ids, rows).map(FrameOut::Reply)?)
         }
+    }
+}
+
+/// Block hashes from the wire; one of another length than 16 bytes ends
+/// the list (a prefix is a chain: nothing after a bad link is kept).
+fn hashes(wire: &[Vec<u8>]) -> Vec<BlockHash> {
+    wire.iter()
+        .map_while(|h| BlockHash::try_from(h.as_slice()).ok())
+        .collect()
+}
+
+/// Frees `seqs`, first keeping the blocks `retain` names for the prefix
+/// cache.
+fn release<B: Backend>(l: &mut Loaded<B>, retain: &[v1::RetainBlocks], seqs: &[u64]) {
+    for r in retain {
+        l.stage
+            .retain_and_release(r.seq_id, &hashes(&r.block_hashes));
+        l.seqs.remove(&r.seq_id);
+    }
+    for s in seqs {
+        l.stage.release(*s);
+        l.seqs.remove(s);
     }
 }
 
@@ -382,7 +435,8 @@ fn sample<B: Backend>(
         }
         let n = e.n_tokens as usize;
         if !token_ids.is_empty() {
-            st.history.truncate(e.start_pos as usize);
+            st.history
+                .truncate((e.start_pos as usize).saturating_sub(st.offset));
             st.history.extend_from_slice(&token_ids[offset..offset + n]);
         }
         offset += n;

@@ -1,0 +1,228 @@
+//! The automatic prefix cache's index: which full KV blocks every stage
+//! keeps after their sequence ended, keyed by a hash of all tokens up to
+//! the block's end, and which to evict when a batch needs room.
+//!
+//! The coordinator decides for all stages and sends them the same lists
+//! (`RetainBlocks`, `evict_first`), so their caches match this index block
+//! for block and a stage never evicts on its own. Each stage's pool has the
+//! same number of blocks (every stage is loaded for the same context).
+
+use std::collections::HashMap;
+
+use strata_model::profile::KV_BLOCK_TOKENS;
+
+/// The prefix hash of a full KV block (16 bytes of blake3).
+pub type BlockHash = [u8; 16];
+
+/// Prefix hashes of the full blocks of `tokens`: block `i`'s covers tokens
+/// `0 .. 32 (i + 1)`, chained so that equal hashes mean equal prefixes.
+pub fn block_hashes(tokens: &[u32]) -> Vec<BlockHash> {
+    let mut prev = [0u8; 16];
+    tokens
+        .chunks_exact(KV_BLOCK_TOKENS)
+        .map(|block| {
+            let mut h = blake3::Hasher::new();
+            h.update(b"strata kv prefix v1");
+            h.update(&prev);
+            for t in block {
+                h.update(&t.to_le_bytes());
+            }
+            prev.copy_from_slice(&h.finalize().as_bytes()[..16]);
+            prev
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    /// Live sequences started on this block.
+    users: usize,
+    /// When a sequence last used or kept it (the LRU order).
+    last_used: u64,
+    /// Its index in its prefix: of blocks used alike, the deepest go
+    /// first (a prefix is matched from its first block on, so evicting an
+    /// early block would strand the ones after it).
+    depth: usize,
+}
+
+/// What the stages keep, as the coordinator made them keep it.
+#[derive(Debug)]
+pub struct PrefixCache {
+    enabled: bool,
+    /// Blocks in each stage's KV pool.
+    pool_blocks: usize,
+    kept: HashMap<BlockHash, Kept>,
+    clock: u64,
+}
+
+impl PrefixCache {
+    /// `enabled` is false where the stages cannot reuse blocks (recurrent
+    /// state, sliding-window rings) or the user turned it off.
+    pub fn new(enabled: bool, pool_blocks: usize) -> Self {
+        PrefixCache {
+            enabled,
+            pool_blocks,
+            kept: HashMap::new(),
+            clock: 0,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// The kept blocks `prompt` starts with, longest first match, leaving
+    /// at least its last token to compute (its logits are needed); each is
+    /// marked in use until [`Self::detach`].
+    pub fn attach(&mut self, prompt: &[u32]) -> Vec<BlockHash> {
+        if !self.enabled || prompt.len() <= KV_BLOCK_TOKENS {
+            return Vec::new();
+        }
+        let usable = &prompt[..(prompt.len() - 1) / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS];
+        let now = self.tick();
+        let mut out = Vec::new();
+        for h in block_hashes(usable) {
+            let Some(k) = self.kept.get_mut(&h) else {
+                break;
+            };
+            k.users += 1;
+            k.last_used = now;
+            out.push(h);
+        }
+        out
+    }
+
+    /// A sequence started on `prefix` has ended.
+    pub fn detach(&mut self, prefix: &[BlockHash]) {
+        for h in prefix {
+            if let Some(k) = self.kept.get_mut(h) {
+                k.users = k.users.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A sequence that held `tokens` in the stages' KV (and started on
+    /// `prefix`) has ended well: its full blocks are kept. Returns their
+    /// hashes, for the stages (which keep a block whose hash is new, and
+    /// free one whose hash is kept already).
+    pub fn retain(&mut self, tokens: &[u32], prefix: &[BlockHash]) -> Vec<BlockHash> {
+        self.detach(prefix);
+        if !self.enabled {
+            return Vec::new();
+        }
+        let hashes = block_hashes(tokens);
+        let now = self.tick();
+        for (depth, h) in hashes.iter().enumerate() {
+            self.kept
+                .entry(*h)
+                .and_modify(|k| k.last_used = now)
+                .or_insert(Kept {
+                    users: 0,
+                    last_used: now,
+                    depth,
+                });
+        }
+        hashes
+    }
+
+    /// Least recently used kept blocks no live sequence uses, freed so that
+    /// `needed` more blocks fit beside `live` blocks the sequences hold.
+    /// Returns their hashes, for the stages.
+    pub fn make_room(&mut self, live: usize, needed: usize) -> Vec<BlockHash> {
+        let used = live + self.kept.len();
+        let short = (used + needed).saturating_sub(self.pool_blocks);
+        if short == 0 {
+            return Vec::new();
+        }
+        let mut idle: Vec<(u64, std::cmp::Reverse<usize>, BlockHash)> = self
+            .kept
+            .iter()
+            .filter(|(_, k)| k.users == 0)
+            .map(|(h, k)| (k.last_used, std::cmp::Reverse(k.depth), *h))
+            .collect();
+        idle.sort_unstable();
+        let out: Vec<BlockHash> = idle.into_iter().take(short).map(|(_, _, h)| h).collect();
+        for h in &out {
+            self.kept.remove(h);
+        }
+        out
+    }
+
+    /// The stages' caches were dropped (a new pipeline).
+    pub fn clear(&mut self) {
+        self.kept.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(n: usize, salt: u32) -> Vec<u32> {
+        (0..n as u32).map(|i| i * 7 + salt).collect()
+    }
+
+    #[test]
+    fn hashes_chain_over_whole_blocks() {
+        let a = tokens(100, 0);
+        let h = block_hashes(&a);
+        assert_eq!(h.len(), 3);
+        assert_eq!(block_hashes(&a[..64]), h[..2]);
+        // Same second block after a different first: a different hash.
+        let mut b = a.clone();
+        b[0] += 1;
+        let hb = block_hashes(&b);
+        assert!(hb[0] != h[0] && hb[1] != h[1]);
+    }
+
+    #[test]
+    fn attach_takes_the_longest_kept_prefix_and_leaves_a_token() {
+        let mut c = PrefixCache::new(true, 100);
+        let history = tokens(96, 1);
+        assert_eq!(c.retain(&history, &[]).len(), 3);
+        // The same 96 tokens again: two blocks, the last token's block is computed.
+        assert_eq!(c.attach(&history).len(), 2);
+        // 97 tokens: all three blocks.
+        let mut longer = history.clone();
+        longer.push(5);
+        assert_eq!(c.attach(&longer).len(), 3);
+        // A prompt that differs in block 1 matches block 0 only.
+        let mut other = longer.clone();
+        other[40] += 1;
+        assert_eq!(c.attach(&other).len(), 1);
+        assert!(PrefixCache::new(false, 100).attach(&longer).is_empty());
+    }
+
+    #[test]
+    fn make_room_evicts_least_recently_used_idle_blocks() {
+        let mut c = PrefixCache::new(true, 6);
+        let (a, b) = (tokens(64, 1), tokens(64, 2));
+        c.retain(&a, &[]);
+        c.retain(&b, &[]);
+        assert_eq!(c.kept.len(), 4);
+        let used = c.attach(&[a.clone(), vec![9]].concat());
+        assert_eq!(used.len(), 2);
+        // 6 blocks: 4 kept + 1 live; 3 more needed evicts 2, b's (a's are
+        // in use), its last block first.
+        let evicted = c.make_room(1, 3);
+        let mut b_blocks = block_hashes(&b);
+        b_blocks.reverse();
+        assert_eq!(evicted, b_blocks);
+        assert_eq!(c.kept.len(), 2);
+        assert!(c.make_room(1, 3).is_empty(), "exactly full");
+        // In use: never evicted, however short the pool.
+        assert!(c.make_room(4, 10).is_empty());
+        c.detach(&used);
+        assert_eq!(c.make_room(4, 10).len(), 2);
+        assert!(c.is_empty());
+    }
+}
