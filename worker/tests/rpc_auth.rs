@@ -34,9 +34,12 @@ where
     out.push((
         "Release",
         code(
-            c.release(v1::ReleaseRequest { seq_ids: vec![1] })
-                .await
-                .map(drop),
+            c.release(v1::ReleaseRequest {
+                seq_ids: vec![1],
+                ..Default::default()
+            })
+            .await
+            .map(drop),
         ),
     ));
     let load = v1::LoadSliceRequest {

@@ -79,6 +79,7 @@ fn entry(seq: u64, start: u32, n: u32) -> v1::BatchEntry {
         sampling: Some(strata_worker::service::frames::sampling_to_wire(
             &strata_worker::SamplingParams::greedy(),
         )),
+        ..Default::default()
     }
 }
 

@@ -120,7 +120,10 @@ async fn three_stages_generate_like_one_process_and_release_frees_every_stage() 
     }
     let reply = client(&ws[0].addr)
         .await
-        .release(v1::ReleaseRequest { seq_ids: vec![7] })
+        .release(v1::ReleaseRequest {
+            seq_ids: vec![7],
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -230,6 +233,7 @@ async fn stage_errors_come_back_by_batch_and_name_the_stage() {
         n_tokens: 1,
         sample: true,
         sampling,
+        ..Default::default()
     };
 
     // Stage 0 refuses a run past what it has cached.
@@ -287,6 +291,7 @@ async fn frames_pipeline_and_batch_several_sequences() {
             n_tokens: p.len() as u32,
             sample: true,
             sampling: Some(greedy),
+            ..Default::default()
         };
         ids.push(data.send(vec![e], p.to_vec()).await);
     }
@@ -308,6 +313,7 @@ async fn frames_pipeline_and_batch_several_sequences() {
             n_tokens: 1,
             sample: true,
             sampling: None,
+            ..Default::default()
         })
         .collect();
     let reply = data.step(entries, first.to_vec()).await;

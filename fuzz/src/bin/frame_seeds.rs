@@ -26,6 +26,7 @@ fn entry(seq_id: u64, start_pos: u32, n_tokens: u32, sample: bool) -> v1::BatchE
             penalty_last_n: 64,
             n_logprobs: 3,
         }),
+        ..Default::default()
     }
 }
 
@@ -35,7 +36,7 @@ fn frame(entries: Vec<v1::BatchEntry>, token_ids: Vec<u32>, act: Vec<u8>, dtype:
         token_ids,
         activations: act,
         act_dtype: dtype as i32,
-        release_first: vec![],
+        ..Default::default()
     }
 }
 
@@ -56,7 +57,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("ceiling", [last | 4, d - 1, 0, 31], frame(vec![entry(9, 100, 4, true)], vec![1, 1, 2, 2], f16s(16), v1::ActDtype::F16)),
         ("duplicate-seq", [mid, d - 1, 0xff, 15], frame(vec![entry(1, 0, 1, false), entry(1, 1, 1, false)], vec![], f16s(8), v1::ActDtype::F16)),
         ("past-context", [mid, d - 1, 0x0f, 15], frame(vec![entry(1, 10, 4, false)], vec![], f16s(16), v1::ActDtype::F16)),
-        ("no-header", [mid, d - 1, 0xff, 15], v1::BatchFrame { header: None, token_ids: vec![1], activations: vec![0; 8], act_dtype: 9, release_first: vec![2] }),
+        ("no-header", [mid, d - 1, 0xff, 15], v1::BatchFrame { header: None, token_ids: vec![1], activations: vec![0; 8], act_dtype: 9, release_first: vec![2], ..Default::default() }),
+        // Prefix-cache fields: a hash of the wrong length, blocks that are
+        // not kept, and kept-block lists to retain and evict.
+        ("prefix-bad-hash", [first, d - 1, 0xff, 15], frame(vec![v1::BatchEntry { prefix_blocks: vec![vec![1; 15]], ..entry(2, 32, 1, false) }], vec![4], vec![], v1::ActDtype::F32)),
+        ("prefix-not-kept", [first, d - 1, 0xff, 15], frame(vec![v1::BatchEntry { prefix_blocks: vec![vec![1; 16]], history_before: vec![3; 70], ..entry(2, 32, 1, true) }], vec![4], vec![], v1::ActDtype::F32)),
+        ("retain-evict", [first, d - 1, 0xff, 15], v1::BatchFrame { retain_first: vec![v1::RetainBlocks { seq_id: 1, block_hashes: vec![vec![2; 16], vec![3; 9]] }], evict_first: vec![vec![2; 16], vec![]], clear_cached_first: true, ..frame(vec![entry(1, 0, 1, false)], vec![4], vec![], v1::ActDtype::F32) }),
     ];
     for (name, config, f) in &seeds {
         let mut bytes = config.to_vec();

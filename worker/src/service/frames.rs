@@ -240,6 +240,7 @@ mod tests {
             n_tokens: n,
             sample,
             sampling: None,
+            ..Default::default()
         }
     }
 

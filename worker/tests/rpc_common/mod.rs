@@ -235,6 +235,7 @@ impl DataStream {
             n_tokens: prompt.len() as u32,
             sample: true,
             sampling: Some(greedy),
+            ..Default::default()
         };
         let mut input = prompt.to_vec();
         while out.len() < n {
@@ -250,6 +251,7 @@ impl DataStream {
                 n_tokens: 1,
                 sample: true,
                 sampling: None,
+                ..Default::default()
             };
             input = vec![t];
         }
