@@ -121,6 +121,17 @@ fn a_conversation_reuses_its_history_on_one_and_three_stages() {
     let one = Server::start(&path, &["-c", "4096", "-n", "1"]);
     let cold = Server::start(&path, &["-c", "4096", "-n", "1", "--no-prefix-cache"]);
     converse(&[&one, &pipeline], &cold);
+    // /metrics counts the cached prompt tokens of turns 1-3 and the kept blocks.
+    let (_, metrics) = common::get(&format!("{}/metrics", one.base));
+    let value = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("strata_{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("prompt_tokens_cached_total") > 3 * 3_000, "{metrics}");
+    assert!(value("prefix_cache_blocks") >= 3_000 / 32, "{metrics}");
     for w in &workers {
         let h = w.health();
         assert!(h.kv_blocks_cached > 0, "{}: {h:?}", w.addr);

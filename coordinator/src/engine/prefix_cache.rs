@@ -71,6 +71,11 @@ impl PrefixCache {
         self.enabled
     }
 
+    /// Blocks kept now.
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.kept.is_empty()
     }

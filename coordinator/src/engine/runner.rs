@@ -438,6 +438,7 @@ impl Runner {
         // The next frame frees them on every stage before its batch runs;
         // the RPC also frees them when no frame follows soon, or a stage
         // fails that frame before passing it on.
+        self.stats.set_prefix_cache_blocks(self.prefix_cache.len());
         self.release_first.extend(&ids);
         self.retain_first.extend(retain.iter().cloned());
         self.send_release(v1::ReleaseRequest {
@@ -480,6 +481,7 @@ impl Runner {
                         cached = s.cached,
                         "prompt starts on cached blocks"
                     );
+                    self.stats.on_prefix_hit(s.cached);
                     let _ = s.events.send(Event::Cached(s.cached));
                 }
             }
@@ -506,7 +508,16 @@ impl Runner {
                 Some(blocks(e.start_pos + e.n_tokens).saturating_sub(blocks(s.kv_end)))
             })
             .sum();
-        self.prefix_cache.make_room(live, needed)
+        let evicted = self.prefix_cache.make_room(live, needed);
+        if !evicted.is_empty() {
+            tracing::debug!(
+                evicted = evicted.len(),
+                kept = self.prefix_cache.len(),
+                "prefix cache makes room"
+            );
+            self.stats.set_prefix_cache_blocks(self.prefix_cache.len());
+        }
+        evicted
     }
 
     /// The attached pipeline broke: detach and tell the supervisor.
@@ -546,6 +557,7 @@ impl Runner {
         // The next pipeline starts with no kept blocks (its first frame
         // tells stages that survived to drop theirs).
         self.prefix_cache.clear();
+        self.stats.set_prefix_cache_blocks(0);
         self.retain_first.clear();
         // Nothing to release on a pipeline that is gone.
         self.release_retired();

@@ -11,6 +11,9 @@ pub struct EngineStats {
     live: AtomicU64,
     requests_total: AtomicU64,
     prompt_tokens_total: AtomicU64,
+    /// Prompt tokens found in the prefix cache, and blocks it keeps.
+    prompt_tokens_cached_total: AtomicU64,
+    prefix_cache_blocks: AtomicU64,
     generated_tokens_total: AtomicU64,
     cancelled_total: AtomicU64,
     failed_total: AtomicU64,
@@ -39,6 +42,13 @@ impl EngineStats {
         self.prompt_tokens_total
             .fetch_add(prompt_tokens as u64, Relaxed);
         self.queued.fetch_add(1, Relaxed);
+    }
+    pub(super) fn on_prefix_hit(&self, tokens: usize) {
+        self.prompt_tokens_cached_total
+            .fetch_add(tokens as u64, Relaxed);
+    }
+    pub(super) fn set_prefix_cache_blocks(&self, blocks: usize) {
+        self.prefix_cache_blocks.store(blocks as u64, Relaxed);
     }
     pub(super) fn on_admit(&self) {
         self.queued.fetch_sub(1, Relaxed);
@@ -148,6 +158,18 @@ impl EngineStats {
             "counter",
             "Prompt tokens submitted.",
             self.prompt_tokens_total.load(Relaxed),
+        );
+        metric(
+            "prompt_tokens_cached_total",
+            "counter",
+            "Prompt tokens found in the prefix cache (not computed).",
+            self.prompt_tokens_cached_total.load(Relaxed),
+        );
+        metric(
+            "prefix_cache_blocks",
+            "gauge",
+            "KV blocks every stage keeps for the prefix cache.",
+            self.prefix_cache_blocks.load(Relaxed),
         );
         metric(
             "generated_tokens_total",
