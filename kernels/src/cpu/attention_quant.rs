@@ -14,6 +14,14 @@
 //!   (`ggml_vec_scale_f32`), each V row is dequantized to f32 and added with
 //!   one FMA per value (`ggml_vec_mad_f32`), and `S = S*ms + vs` is fused;
 //! - a sink joins after the pass, then the accumulator is scaled by `1/S`.
+//!
+//! Like llama.cpp (`attn_rot_k/v`, llama-kv-cache.cpp), a quantized cache
+//! holds K and V rotated by an orthonormal Walsh-Hadamard transform, which
+//! spreads outliers over a block before quantization: with heads of a
+//! multiple of 64 values, K and Q in chunks of the largest power of two
+//! dividing the head (from 64), V and the attention output in chunks of
+//! 64 (the transform is its own inverse), each as ggml-cpu's
+//! `ggml_compute_forward_fwht` computes it ([`fwht`]).
 
 use rayon::prelude::*;
 use strata_model::quant::legacy::{dequantize_q4_0, dequantize_q8_0, quantize_q4_0};
@@ -35,6 +43,9 @@ pub(super) struct QuantKv {
     /// Bytes of one slot's K (V) row.
     k_row: usize,
     v_row: usize,
+    /// Hadamard chunk of K and Q, and of V and the output, when rotated.
+    rot_k: Option<usize>,
+    rot_v: Option<usize>,
 }
 
 impl QuantKv {
@@ -58,16 +69,28 @@ impl QuantKv {
             k.push(try_zeroed(slots * k_row, geo.pool_bytes())?);
             v.push(try_zeroed(slots * v_row, geo.pool_bytes())?);
         }
+        let (rot_k, rot_v) = rotations(geo);
         Ok(QuantKv {
             ty,
             k,
             v,
             k_row,
             v_row,
+            rot_k,
+            rot_v,
         })
     }
 
     pub fn write(&mut self, layer: usize, k: &CpuAct, v: &CpuAct, batch: &AttentionBatch<'_>) {
+        let mut row = Vec::new();
+        let mut rotated = |x: &[f32], rot: Option<usize>| -> Vec<f32> {
+            row.clear();
+            row.extend_from_slice(x);
+            if let Some(n) = rot {
+                fwht(&mut row, n);
+            }
+            std::mem::take(&mut row)
+        };
         for t in 0..k.rows {
             let s = slot(
                 batch,
@@ -75,9 +98,11 @@ impl QuantKv {
                 batch.positions[t] as usize,
             );
             let kd = &mut self.k[layer][s * self.k_row..(s + 1) * self.k_row];
-            quantize_row(self.ty, k.row(t), kd);
+            let kr = rotated(k.row(t), self.rot_k);
+            quantize_row(self.ty, &kr, kd);
             let vd = &mut self.v[layer][s * self.v_row..(s + 1) * self.v_row];
-            quantize_row(self.ty, v.row(t), vd);
+            let vr = rotated(v.row(t), self.rot_v);
+            quantize_row(self.ty, &vr, vd);
         }
     }
 
@@ -119,6 +144,9 @@ impl QuantKv {
                 sc.q.iter_mut()
                     .zip(&q.row(t)[h * hd..(h + 1) * hd])
                     .for_each(|(d, &v)| *d = v * q_scale);
+                if let Some(n) = self.rot_k {
+                    fwht(&mut sc.q, n);
+                }
                 dot::quantize_activation_into(ty, &sc.q, &mut sc.q_q);
                 o.fill(0.0);
                 let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
@@ -155,6 +183,9 @@ impl QuantKv {
                 }
                 let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
                 o.iter_mut().for_each(|o| *o *= inv);
+                if let Some(n) = self.rot_v {
+                    fwht(o, n);
+                }
             })
         };
         let scratch = || Scratch {
@@ -189,6 +220,37 @@ struct Scratch {
     q: Vec<f32>,
     q_q: Vec<u8>,
     v: Vec<f32>,
+}
+
+/// llama.cpp's `attn_rot_k` / `attn_rot_v` for a quantized cache of this
+/// shape: the Hadamard chunk of K (and Q), of V (and the output), or none.
+pub(super) fn rotations(geo: &KvGeometry) -> (Option<usize>, Option<usize>) {
+    let rot_k = (geo.head_dim_k > 0 && geo.head_dim_k % 64 == 0)
+        .then(|| 1usize << geo.head_dim_k.trailing_zeros());
+    let rot_v = (geo.head_dim_v > 0 && geo.head_dim_v % 64 == 0).then_some(64);
+    (rot_k, rot_v)
+}
+
+/// ggml-cpu's `ggml_compute_forward_fwht` on each chunk of `n` values (`n`
+/// a power of two): scaled by `1/sqrt(n)` first, then the butterflies
+/// (`u + v`, `u - v`: exact order-free steps, whatever SIMD width ggml
+/// uses).
+pub(super) fn fwht(x: &mut [f32], n: usize) {
+    let scale = 1.0f32 / (n as f32).sqrt();
+    for c in x.chunks_exact_mut(n) {
+        c.iter_mut().for_each(|v| *v *= scale);
+        let mut len = 1;
+        while len < n {
+            for i in (0..n).step_by(2 * len) {
+                for j in i..i + len {
+                    let (u, v) = (c[j], c[j + len]);
+                    c[j] = u + v;
+                    c[j + len] = u - v;
+                }
+            }
+            len <<= 1;
+        }
+    }
 }
 
 /// Head slices of a cached row must be whole blocks.
@@ -268,6 +330,38 @@ mod tests {
         }
     }
 
+    /// The orthonormal Hadamard transform is its own inverse, and matches
+    /// the matrix llama.cpp builds (`ggml_gen_hadamard`) on a basis vector.
+    #[test]
+    fn fwht_is_its_own_inverse() {
+        let x: Vec<f32> = (0..128)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let mut y = x.clone();
+        fwht(&mut y, 64);
+        fwht(&mut y, 64);
+        x.iter()
+            .zip(&y)
+            .for_each(|(a, b)| assert!((a - b).abs() < 1e-5, "{a} vs {b}"));
+        let mut e = vec![0f32; 64];
+        e[3] = 1.0;
+        fwht(&mut e, 64);
+        // Row 3 of H: (-1)^popcount(3 & j) / 8.
+        for (j, v) in e.iter().enumerate() {
+            let sign = if (3 & j).count_ones() % 2 == 0 {
+                1.0
+            } else {
+                -1.0
+            };
+            assert_eq!(*v, sign / 8.0, "column {j}");
+        }
+        let g = |hd| geometry(KvType::Q8_0, hd);
+        assert_eq!(rotations(&g(64)), (Some(64), Some(64)));
+        assert_eq!(rotations(&g(256)), (Some(256), Some(64)));
+        assert_eq!(rotations(&g(192)), (Some(64), Some(64)));
+        assert_eq!(rotations(&g(96)), (None, None));
+    }
+
     #[test]
     fn pools_hold_what_the_geometry_counts() {
         for ty in [KvType::Q8_0, KvType::Q4_0] {
@@ -291,7 +385,7 @@ mod tests {
             (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         };
         let (hd, n_heads, n_pos) = (64, 4, 40);
-        for (ty, bound) in [(KvType::Q8_0, 0.01), (KvType::Q4_0, 0.08)] {
+        for (ty, bound) in [(KvType::Q8_0, 0.01), (KvType::Q4_0, 0.12)] {
             let g = geometry(ty, hd);
             let mut cache = CpuKvCache::new(g).expect("cache");
             let act = |rows, cols, f: &mut dyn FnMut() -> f32| CpuAct {
