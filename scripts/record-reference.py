@@ -299,9 +299,9 @@ def main():
     prompts = list(args.prompt or [])
     if args.prompts_of:
         prompts += [c["prompt"] for c in json.loads(args.prompts_of.read_text())["greedy"]]
+    prompts = prompts or list(DEFAULT_PROMPTS)
     if args.prompt_file:
         prompts.append(args.prompt_file.read_text()[: args.prompt_file_chars])
-    prompts = prompts or DEFAULT_PROMPTS
 
     version = subprocess.run(
         [str(args.llama_server), "--version"], capture_output=True, text=True

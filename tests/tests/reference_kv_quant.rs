@@ -245,3 +245,8 @@ fn smollm2_kv_q8_0_matches_llama_cpp() {
 fn gemma3_kv_q8_0_matches_llama_cpp() {
     check("gemma3-270m-kv-q8_0.json", Some(GEMMA3));
 }
+
+#[test]
+fn synth_llama_kv_q4_0_matches_llama_cpp() {
+    check("synth-llama-kv-q4_0.json", None);
+}
