@@ -59,7 +59,7 @@ impl QuantKv {
                 geo.kv_type.name()
             )));
         }
-        check_head_dims(geo)?;
+        geo.check_kv_type().map_err(KernelError::Invalid)?;
         let k_row = geo.kv_type.bytes_for(geo.k_dim());
         let v_row = geo.kv_type.bytes_for(geo.v_dim());
         let slots = geo.n_blocks * KV_BLOCK_TOKENS;
@@ -69,7 +69,7 @@ impl QuantKv {
             k.push(try_zeroed(slots * k_row, geo.pool_bytes())?);
             v.push(try_zeroed(slots * v_row, geo.pool_bytes())?);
         }
-        let (rot_k, rot_v) = rotations(geo);
+        let (rot_k, rot_v) = geo.hadamard_chunks();
         Ok(QuantKv {
             ty,
             k,
@@ -222,15 +222,6 @@ struct Scratch {
     v: Vec<f32>,
 }
 
-/// llama.cpp's `attn_rot_k` / `attn_rot_v` for a quantized cache of this
-/// shape: the Hadamard chunk of K (and Q), of V (and the output), or none.
-pub(super) fn rotations(geo: &KvGeometry) -> (Option<usize>, Option<usize>) {
-    let rot_k = (geo.head_dim_k > 0 && geo.head_dim_k % 64 == 0)
-        .then(|| 1usize << geo.head_dim_k.trailing_zeros());
-    let rot_v = (geo.head_dim_v > 0 && geo.head_dim_v % 64 == 0).then_some(64);
-    (rot_k, rot_v)
-}
-
 /// ggml-cpu's `ggml_compute_forward_fwht` on each chunk of `n` values (`n`
 /// a power of two): scaled by `1/sqrt(n)` first, then the butterflies
 /// (`u + v`, `u - v`: exact order-free steps, whatever SIMD width ggml
@@ -251,21 +242,6 @@ pub(super) fn fwht(x: &mut [f32], n: usize) {
             len <<= 1;
         }
     }
-}
-
-/// Head slices of a cached row must be whole blocks.
-pub(super) fn check_head_dims(geo: &KvGeometry) -> Result<(), KernelError> {
-    let qk = geo.kv_type.block_values();
-    if geo.head_dim_k % qk != 0 || geo.head_dim_v % qk != 0 {
-        return Err(KernelError::Invalid(format!(
-            "a {} KV cache needs heads of a multiple of {qk} values (as llama.cpp does); \
-             this model's are {} (K) and {} (V): use --cache-type-k/-v f16",
-            geo.kv_type.name(),
-            geo.head_dim_k,
-            geo.head_dim_v
-        )));
-    }
-    Ok(())
 }
 
 /// One row as ggml-cpu's `from_float` for `ty` writes it (`set_rows`).
@@ -355,11 +331,12 @@ mod tests {
             };
             assert_eq!(*v, sign / 8.0, "column {j}");
         }
-        let g = |hd| geometry(KvType::Q8_0, hd);
-        assert_eq!(rotations(&g(64)), (Some(64), Some(64)));
-        assert_eq!(rotations(&g(256)), (Some(256), Some(64)));
-        assert_eq!(rotations(&g(192)), (Some(64), Some(64)));
-        assert_eq!(rotations(&g(96)), (None, None));
+        let g = |hd| geometry(KvType::Q8_0, hd).hadamard_chunks();
+        assert_eq!(g(64), (Some(64), Some(64)));
+        assert_eq!(g(256), (Some(256), Some(64)));
+        assert_eq!(g(192), (Some(64), Some(64)));
+        assert_eq!(g(96), (None, None));
+        assert_eq!(geometry(KvType::F16, 64).hadamard_chunks(), (None, None));
     }
 
     #[test]
