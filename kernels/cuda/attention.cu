@@ -234,10 +234,28 @@ __device__ __forceinline__ void attend_block(const float* q, const u8* k_pool, c
     const int my_lo = tile_lo + split * per_split;
     const int my_hi = min(my_lo + per_split, tile_lo + n_tiles);  // exclusive
 
-    for (int i = threadIdx.x; i < GROUP_HEADS * D; i += S::THREADS) {
-        const int h = i / D, d = i % D;
-        const float x = h < nh && d < hd_k ? q[(size_t)t * n_heads * hd_k + (size_t)(head0 + h) * hd_k + d] : 0.0f;
-        s_q[i] = f2h(x * q_scale);
+    if (kv_type == KV_F16) {
+        for (int i = threadIdx.x; i < GROUP_HEADS * D; i += S::THREADS) {
+            const int h = i / D, d = i % D;
+            const float x = h < nh && d < hd_k ? q[(size_t)t * n_heads * hd_k + (size_t)(head0 + h) * hd_k + d] : 0.0f;
+            s_q[i] = f2h(x * q_scale);
+        }
+    } else {
+        // Against quantized K, Q goes through q8_0 as on the CPU (ggml's
+        // vec_dot_type; llama.cpp's CUDA kernels quantize it too): one
+        // thread per 32-value block, amax/127 as an f16 scale, round to
+        // nearest even, the product kept in the f16 tile.
+        for (int i = threadIdx.x; i < GROUP_HEADS * D / 32; i += S::THREADS) {
+            const int h = i / (D / 32), d0 = i % (D / 32) * 32;
+            const float* src = q + (size_t)t * n_heads * hd_k + (size_t)(head0 + h) * hd_k;
+            float x[32], amax = 0.0f;
+            for (int j = 0; j < 32; j++) {
+                x[j] = h < nh && d0 + j < hd_k ? src[d0 + j] * q_scale : 0.0f;
+                amax = fmaxf(amax, fabsf(x[j]));
+            }
+            const float d = h2f(f2h(amax / 127.0f)), id = amax != 0.0f ? 127.0f / amax : 0.0f;
+            for (int j = 0; j < 32; j++) s_q[h * D + d0 + j] = f2h((float)__float2int_rn(x[j] * id) * d);
+        }
     }
 
     // Thread i scores position i % TILE for query head i / TILE (and again

@@ -6,12 +6,11 @@
 //! 256: rotated; 96: not), and a long context split across blocks.
 //!
 //! The GPU stores the same blocks (it quantizes with the CPU's rounding)
-//! but dequantizes them to f16 tiles, rounds Q to f16 where the CPU
-//! quantizes it to q8_0, and sums in another order, so it is not bit-equal.
-//! Tolerance (relative L2 error against the CPU): 1e-2 for both types.
-//! Measured on the emulator over several random seeds (the seed is
-//! printed): worst 3.6e-3 for q8_0 and for q4_0 (the f16 rounding of the
-//! dequantized values and of Q, where the CPU quantizes Q to q8_0).
+//! and quantizes Q to q8_0 as the CPU does, but dequantizes both into f16
+//! tiles and sums in another order, so it is not bit-equal. Tolerance
+//! (relative L2 error against the CPU): 1e-3. Measured on the emulator over
+//! six random seeds (the seed is printed): worst 2.9e-4 for q8_0, 2.6e-4
+//! for q4_0.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -23,7 +22,7 @@ mod common;
 use common::*;
 
 /// Relative L2 error allowed against the CPU backend.
-const TOLERANCE: f64 = 1e-2;
+const TOLERANCE: f64 = 1e-3;
 
 #[derive(Clone, Copy, Debug)]
 struct Shape {

@@ -7,6 +7,7 @@
 use strata_kernels::cuda::{emulator, CudaBackend};
 use strata_kernels::{Backend, CpuBackend};
 use strata_model::arch::{Architecture, ModelSpec};
+use strata_model::profile::KvType;
 use strata_model::synth::{QuantScheme, SynthSpec};
 use strata_model::GgufFile;
 use strata_tests::{model_path, reference, GEMMA3, SMOLLM2};
@@ -26,13 +27,13 @@ fn cuda() -> CudaBackend {
     CudaBackend::new(0).expect("CUDA device 0")
 }
 
-fn load<B: Backend>(backend: B, file: &GgufFile) -> Stage<B> {
+fn load<B: Backend>(backend: B, file: &GgufFile, kv: KvType) -> Stage<B> {
     let hp = ModelSpec::from_gguf(file).unwrap();
     let range = LayerRange {
         first: 0,
         end: hp.n_layers,
     };
-    Stage::load(backend, file, range, 128).unwrap()
+    Stage::load_kv(backend, file, range, 128, kv).unwrap()
 }
 
 /// Bound on |CUDA log-prob - CPU log-prob| for the CPU's top 5 tokens of
@@ -93,9 +94,14 @@ fn top5_deviation(cpu: &[f32], gpu: &[f32]) -> f32 {
 /// Asserts the CUDA text is the CPU's up to the first near-tie, and the
 /// log-probabilities close until then; returns how many steps agreed.
 fn check(label: &str, file: &GgufFile, prompt: &[u32], gpu: &CudaBackend) -> usize {
-    let cpu_steps = greedy(&mut load(CpuBackend::new(), file), prompt, None);
+    check_kv(label, file, prompt, gpu, KvType::F16)
+}
+
+/// [`check`] with both backends caching K and V as `kv`.
+fn check_kv(label: &str, file: &GgufFile, prompt: &[u32], gpu: &CudaBackend, kv: KvType) -> usize {
+    let cpu_steps = greedy(&mut load(CpuBackend::new(), file, kv), prompt, None);
     let cpu_tokens: Vec<u32> = cpu_steps.iter().map(|s| s.token).collect();
-    let gpu_steps = greedy(&mut load(gpu.clone(), file), prompt, Some(&cpu_tokens));
+    let gpu_steps = greedy(&mut load(gpu.clone(), file, kv), prompt, Some(&cpu_tokens));
     // Log-probabilities at every step (the GPU is fed the CPU's tokens).
     let mut worst = 0f32;
     for (i, (c, g)) in cpu_steps.iter().zip(&gpu_steps).enumerate() {
@@ -223,4 +229,17 @@ fn gemma3_gives_the_cpu_text() {
     let file = GgufFile::open(model_path(GEMMA3)).unwrap();
     let prompt = first_reference_prompt("gemma3-270m.json");
     check("Gemma-3", &file, &prompt, &cuda());
+}
+
+/// A q8_0 KV cache (SmolLM2, heads of 64) and a q4_0 one (Gemma-3, heads
+/// of 256, sliding-window layers) through the whole CUDA forward pass.
+#[test]
+fn quantized_kv_gives_the_cpu_text() {
+    let gpu = cuda();
+    let file = GgufFile::open(model_path(SMOLLM2)).unwrap();
+    let prompt = first_reference_prompt("smollm2-135m-kv-q8_0.json");
+    check_kv("SmolLM2 q8_0 KV", &file, &prompt, &gpu, KvType::Q8_0);
+    let file = GgufFile::open(model_path(GEMMA3)).unwrap();
+    let prompt = first_reference_prompt("gemma3-270m-kv-q8_0.json");
+    check_kv("Gemma-3 q4_0 KV", &file, &prompt, &gpu, KvType::Q4_0);
 }
