@@ -250,3 +250,8 @@ fn gemma3_kv_q8_0_matches_llama_cpp() {
 fn synth_llama_kv_q4_0_matches_llama_cpp() {
     check("synth-llama-kv-q4_0.json", None);
 }
+
+#[test]
+fn smollm2_kv_q4_0_matches_llama_cpp() {
+    check("smollm2-135m-kv-q4_0.json", Some(SMOLLM2));
+}
