@@ -82,15 +82,7 @@ impl QuantKv {
     }
 
     pub fn write(&mut self, layer: usize, k: &CpuAct, v: &CpuAct, batch: &AttentionBatch<'_>) {
-        let mut row = Vec::new();
-        let mut rotated = |x: &[f32], rot: Option<usize>| -> Vec<f32> {
-            row.clear();
-            row.extend_from_slice(x);
-            if let Some(n) = rot {
-                fwht(&mut row, n);
-            }
-            std::mem::take(&mut row)
-        };
+        let mut buf = Vec::new();
         for t in 0..k.rows {
             let s = slot(
                 batch,
@@ -98,11 +90,9 @@ impl QuantKv {
                 batch.positions[t] as usize,
             );
             let kd = &mut self.k[layer][s * self.k_row..(s + 1) * self.k_row];
-            let kr = rotated(k.row(t), self.rot_k);
-            quantize_row(self.ty, &kr, kd);
+            store_row(self.ty, k.row(t), self.rot_k, &mut buf, kd);
             let vd = &mut self.v[layer][s * self.v_row..(s + 1) * self.v_row];
-            let vr = rotated(v.row(t), self.rot_v);
-            quantize_row(self.ty, &vr, vd);
+            store_row(self.ty, v.row(t), self.rot_v, &mut buf, vd);
         }
     }
 
@@ -242,6 +232,17 @@ pub(super) fn fwht(x: &mut [f32], n: usize) {
             len <<= 1;
         }
     }
+}
+
+/// `x` rotated (when `rot` is a chunk) and quantized into `dst`; `buf`
+/// holds the rotated copy.
+fn store_row(ty: GgmlType, x: &[f32], rot: Option<usize>, buf: &mut Vec<f32>, dst: &mut [u8]) {
+    buf.clear();
+    buf.extend_from_slice(x);
+    if let Some(n) = rot {
+        fwht(buf, n);
+    }
+    quantize_row(ty, buf, dst);
 }
 
 /// One row as ggml-cpu's `from_float` for `ty` writes it (`set_rows`).
