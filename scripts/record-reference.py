@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Records llama.cpp's greedy continuations on a `strata synth` model.
+"""Records llama.cpp's greedy continuations on a `strata synth` model, or
+on a model file (`--model PATH`).
 
 Synthesizes the model (deterministic: the same arguments give the same
 bytes), serves it with llama-server on the CPU and asks for greedy
@@ -23,6 +24,14 @@ instructions.
     scripts/record-reference.py --arch qwen3moe --preset tiny --quant Q8_0 \\
         --out tests/data/synth-qwen3moe-q8_0.json
 
+A real model, with llama-server arguments of its own (here a q8_0 KV cache)
+and the prompts of another reference plus the start of a text file:
+
+    scripts/record-reference.py --model ~/.cache/strata/models/SmolLM2-135M-Instruct.Q4_1.gguf \\
+        --server-args "-ctk q8_0 -ctv q8_0 -fa on" --prompts-of tests/data/smollm2-135m.json \\
+        --prompt-file tests/data/gpl-3.txt --prompt-file-chars 2000 --n-predict 32 \\
+        --out tests/data/smollm2-135m-kv-q8_0.json
+
 Needs target/debug/strata (`cargo build -p strata`) and llama-server
 (~/.cache/strata/llama-build/bin, or --llama-server). Standard library only.
 """
@@ -33,6 +42,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -265,9 +275,15 @@ def record_prompt(server, prompt, n_predict):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", required=True)
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--arch", help="synthesize this architecture (with --preset, --quant)")
+    what.add_argument("--model", type=Path, help="record this GGUF file instead of a synth model")
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--quant", required=True)
+    ap.add_argument("--quant")
+    ap.add_argument("--server-args", default="", help='more llama-server arguments, e.g. "-ctk q8_0 -ctv q8_0 -fa on"')
+    ap.add_argument("--prompts-of", type=Path, help="also the prompts of this reference's greedy section")
+    ap.add_argument("--prompt-file", type=Path, help="also a prompt read from this file (appended last)")
+    ap.add_argument("--prompt-file-chars", type=int, help="only the first N characters of --prompt-file")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layers", type=int)
     ap.add_argument("--n-predict", type=int, default=24)
@@ -278,6 +294,14 @@ def main():
     ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--keep-log", type=Path, help="copy llama-server's log here")
     args = ap.parse_args()
+    if args.arch and not args.quant:
+        ap.error("--arch needs --quant")
+    prompts = list(args.prompt or [])
+    if args.prompts_of:
+        prompts += [c["prompt"] for c in json.loads(args.prompts_of.read_text())["greedy"]]
+    prompts = prompts or list(DEFAULT_PROMPTS)
+    if args.prompt_file:
+        prompts.append(args.prompt_file.read_text()[: args.prompt_file_chars])
 
     version = subprocess.run(
         [str(args.llama_server), "--version"], capture_output=True, text=True
@@ -286,15 +310,21 @@ def main():
     commit = re.search(r"commit ([0-9a-f]+)", version_text)
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "model.gguf"
-        synth_command = synthesize(args, model)
+        if args.model:
+            model, synth_command = args.model, None
+        else:
+            model = Path(tmp) / "model.gguf"
+            synth_command = synthesize(args, model)
         sha = sha256_file(model)
         gguf_bytes = model.stat().st_size
         preload = build_no_amx(tmp)
-        server = Server(args.llama_server, model, args.threads, Path(tmp) / "server.log", preload)
+        server = Server(
+            args.llama_server, model, args.threads, Path(tmp) / "server.log", preload,
+            shlex.split(args.server_args),
+        )
         try:
             server.wait_ready()
-            greedy = [record_prompt(server, p, args.n_predict) for p in (args.prompt or DEFAULT_PROMPTS)]
+            greedy = [record_prompt(server, p, args.n_predict) for p in prompts]
             props = get(server.port, "/props")
         finally:
             server.stop()
@@ -305,17 +335,23 @@ def main():
             (l[l.index("system_info:"):].strip() for l in log.splitlines() if "system_info:" in l), None
         )
 
+    if args.model:
+        head = {"model": args.model.name}
+    else:
+        head = {
+            "model": f"strata synth {args.arch} {args.preset} {args.quant.upper()} seed {args.seed}",
+            "synth": {
+                "arch": args.arch,
+                "preset": args.preset,
+                "quant": args.quant,
+                "seed": args.seed,
+                "layers": args.layers,
+            },
+            "synth_command": synth_command,
+        }
     out = {
-        "model": f"strata synth {args.arch} {args.preset} {args.quant.upper()} seed {args.seed}",
+        **head,
         "reference": "llama.cpp (llama-server, CPU, greedy)",
-        "synth": {
-            "arch": args.arch,
-            "preset": args.preset,
-            "quant": args.quant,
-            "seed": args.seed,
-            "layers": args.layers,
-        },
-        "synth_command": synth_command,
         "gguf_sha256": sha,
         "gguf_bytes": gguf_bytes,
         "llama_cpp": {

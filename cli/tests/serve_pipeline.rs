@@ -71,6 +71,28 @@ fn run_three_workers_on(
     near_tie: f64,
     min_sure: usize,
 ) -> Vec<String> {
+    run_three_workers_kv(
+        model_path,
+        r,
+        budgets,
+        whole_reference,
+        near_tie,
+        min_sure,
+        "f16",
+    )
+}
+
+/// [`run_three_workers_on`] with K and V cached as `kv_type`
+/// (`--cache-type-k/-v` on `plan`, `serve` and the one-process run).
+fn run_three_workers_kv(
+    model_path: &Path,
+    r: &Value,
+    budgets: [&str; 3],
+    whole_reference: bool,
+    near_tie: f64,
+    min_sure: usize,
+    kv_type: &str,
+) -> Vec<String> {
     let model_path = model_path.to_path_buf();
     let file = model_path.file_name().unwrap();
     // One worker reads its own copy; the others get their slices pushed.
@@ -92,6 +114,7 @@ fn run_three_workers_on(
         token.to_str().unwrap(),
     ];
     plan_args.extend(["-c", "512", "--parallel", "2"]);
+    plan_args.extend(["--cache-type-k", kv_type, "--cache-type-v", kv_type]);
     for w in &workers {
         plan_args.extend(["--worker", w.spec.as_str()]);
     }
@@ -112,6 +135,7 @@ fn run_three_workers_on(
     );
 
     let mut args = vec!["-c", "512", "-n", "2", "--act-dtype", "f32"];
+    args.extend(["--cache-type-k", kv_type, "--cache-type-v", kv_type]);
     for w in &workers {
         args.extend(["--worker", w.spec.as_str()]);
     }
@@ -123,6 +147,12 @@ fn run_three_workers_on(
         stages.len(),
         3,
         "budgets must force three stages: {stages:?}"
+    );
+    assert!(
+        stages
+            .iter()
+            .all(|s| s.contains(&format!("({kv_type} KV)"))),
+        "every stage holds {kv_type} KV: {stages:?}"
     );
     let sizes: Vec<usize> = stages
         .iter()
@@ -142,7 +172,7 @@ fn run_three_workers_on(
         sure_prefix.len() >= min_sure,
         "llama.cpp's first prompt must give a few sure tokens to compare: {sure_prefix:?}"
     );
-    let expected = common::single_process(&model_path, &prompt, n, false);
+    let expected = common::single_process_kv(&model_path, &prompt, n, false, kv_type);
     let (status, body) = post(
         &format!("{}/v1/completions", server.base),
         &json!({"prompt": prompt, "max_tokens": n, "temperature": 0, "logprobs": 2}),
@@ -190,7 +220,7 @@ fn run_three_workers_on(
         assert_eq!(status, 200, "{body}");
         let prompt = r["greedy"][case]["prompt"].as_str().unwrap();
         let text = body["choices"][0]["text"].as_str().unwrap();
-        let expected = common::single_process(&model_path, prompt, n, false);
+        let expected = common::single_process_kv(&model_path, prompt, n, false, kv_type);
         assert_eq!(text, expected, "three workers vs one process on {prompt:?}");
         assert!(
             text.starts_with(&sure_prefix),
@@ -251,6 +281,22 @@ fn three_workers_serve_smollm2_token_for_token() {
         "smollm2-135m",
         ["150MiB", "125MiB", "120MiB"],
         true,
+    );
+}
+
+/// `--cache-type-k q8_0 --cache-type-v q8_0`: every stage caches q8_0
+/// K/V, and the pool gives llama.cpp's q8_0-KV tokens (`llama-server -ctk
+/// q8_0 -ctv q8_0 -fa on`), the long prompt's too.
+#[test]
+fn three_workers_serve_smollm2_kv_q8_0_token_for_token() {
+    run_three_workers_kv(
+        &model(SMOLLM2),
+        &reference("smollm2-135m-kv-q8_0"),
+        ["146MiB", "120MiB", "116MiB"],
+        true,
+        0.5,
+        1,
+        "q8_0",
     );
 }
 

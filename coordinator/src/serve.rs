@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use strata_model::arch::ModelSpec;
 use strata_model::chat::ChatTemplate;
+use strata_model::profile::KvType;
 use strata_model::slice::model_digest;
 use strata_model::tokenizer::Tokenizer;
 use strata_model::GgufFile;
@@ -37,6 +38,8 @@ pub struct ServeConfig {
     /// Model name in the API (default: general.name or the file name).
     pub alias: Option<String>,
     pub act_dtype: v1::ActDtype,
+    /// How every stage stores K and V (`--cache-type-k/-v`).
+    pub kv_type: KvType,
     pub batch_tokens: usize,
     /// Micro-batches in flight (default: one per stage).
     pub micro_batches: Option<usize>,
@@ -179,6 +182,7 @@ async fn start_pipeline(
         parallel: config.parallel,
         batch_tokens: config.batch_tokens,
         act_dtype: config.act_dtype,
+        kv_type: config.kv_type,
     };
     let mut pool = Pool::new(
         settings,
@@ -284,7 +288,9 @@ async fn start_pipeline(
                 e.message()
             ))
         })?;
-    engine.stats().set_stages(stage_names(&stages));
+    engine
+        .stats()
+        .set_stages(stage_names(&stages, config.kv_type));
     tokio::spawn(supervise(
         pool,
         engine.clone(),

@@ -131,6 +131,7 @@ fn dp_matches_brute_force() {
                     active_bytes_per_token: dense + experts / 4,
                     kv_bytes_per_token_f16: if recurrent { 0 } else { 2048 },
                     kv_bytes_per_token_q8_0: if recurrent { 0 } else { 1088 },
+                    kv_bytes_per_token_q4_0: if recurrent { 0 } else { 576 },
                     kv_window_tokens: if rng.below(3) == 0 { Some(512) } else { None },
                     state_bytes_per_seq: if recurrent {
                         (1 + rng.below(40)) * MIB

@@ -1,6 +1,8 @@
-// Attention over the paged f16 KV cache. A layer's K (and V) pool is
-// n_blocks x BLOCK_TOKENS slots of kv_dim values; a sequence's positions
-// map to slots through its block table.
+// Attention over the paged KV cache. A layer's K (and V) pool is
+// n_blocks x BLOCK_TOKENS slots of kv_dim values, as f16 or as ggml's q8_0 /
+// q4_0 blocks (`kv_type`: KV_F16, KV_Q8_0, KV_Q4_0); a sequence's positions
+// map to slots through its block table. Quantized rows are dequantized to
+// f16 as their tiles are loaded; the rest of the kernel is the same.
 //
 // Decode is bound by reading K and V, so the kernel is built to read each
 // K/V value once per token (flash-decoding, with K/V shared by a GQA group):
@@ -19,6 +21,92 @@
 #define GROUP_HEADS 8  // query heads one block serves (a larger group takes several blocks)
 #define MAX_SPLITS 64  // attend_combine merges up to this many splits (one thread each)
 #define COMBINE_THREADS 128
+#define KV_F16 0
+#define KV_Q8_0 1
+#define KV_Q4_0 2
+#define MAX_FWHT 512  // widest Hadamard chunk (heads of up to 512 values)
+
+// Bytes of one 32-value block of a quantized KV type.
+__device__ __forceinline__ int kv_block_bytes(int kv_type) { return kv_type == KV_Q8_0 ? 34 : 18; }
+
+// Bytes of a row of `n` values (n a multiple of 32 for the block types).
+__device__ __forceinline__ size_t kv_row_bytes(int kv_type, int n) {
+    return kv_type == KV_F16 ? (size_t)n * 2 : (size_t)(n / 32) * kv_block_bytes(kv_type);
+}
+
+// Value `col` of a quantized row starting at `row`, as ggml's
+// dequantize_row_q8_0 / _q4_0 gives it.
+__device__ __forceinline__ float kv_dequant(const u8* row, int kv_type, int col) {
+    const u8* b = row + (size_t)(col / 32) * kv_block_bytes(kv_type);
+    const float d = h2f((u16)(b[0] | (b[1] << 8)));
+    const int j = col % 32;
+    if (kv_type == KV_Q8_0) return (float)(i8)b[2 + j] * d;
+    const int q = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4);
+    return (float)(q - 8) * d;
+}
+
+// Quantizes 32 values into one block as ggml's CPU from_float does
+// (q8_0: d = amax/127, round half to even; q4_0: quantize_row_q4_0_ref).
+__device__ __forceinline__ void kv_quantize_block(const float* x, u8* b, int kv_type) {
+    if (kv_type == KV_Q8_0) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
+        const float d = amax / 127.0f, id = d != 0.0f ? 127.0f / amax : 0.0f;
+        const u16 dh = f2h(d);
+        b[0] = (u8)(dh & 255), b[1] = (u8)(dh >> 8);
+        for (int j = 0; j < 32; j++) b[2 + j] = (u8)(i8)__float2int_rn(x[j] * id);
+    } else {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < 32; j++)
+            if (amax < fabsf(x[j])) amax = fabsf(x[j]), max = x[j];
+        const float d = max / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        const u16 dh = f2h(d);
+        b[0] = (u8)(dh & 255), b[1] = (u8)(dh >> 8);
+        for (int j = 0; j < 16; j++) {
+            const int x0 = min(15, (int)(i8)(x[j] * id + 8.5f));
+            const int x1 = min(15, (int)(i8)(x[j + 16] * id + 8.5f));
+            b[2 + j] = (u8)(x0 | (x1 << 4));
+        }
+    }
+}
+
+// Each token's K and V rows into its slot as q8_0 / q4_0 blocks: thread i
+// of token blockIdx.x quantizes blocks i, i + blockDim.x, ... of its rows.
+extern "C" __global__ void kv_write_quant(const float* k, const float* v, const u32* slots, u8* k_pool, u8* v_pool,
+                                          int k_dim, int v_dim, int kv_type) {
+    const int t = blockIdx.x;
+    const size_t slot = slots[t];
+    const int bs = kv_block_bytes(kv_type), kb = k_dim / 32, vb = v_dim / 32;
+    for (int i = threadIdx.x; i < kb + vb; i += blockDim.x) {
+        if (i < kb)
+            kv_quantize_block(k + (size_t)t * k_dim + i * 32, k_pool + slot * kb * bs + (size_t)i * bs, kv_type);
+        else
+            kv_quantize_block(v + (size_t)t * v_dim + (i - kb) * 32, v_pool + slot * vb * bs + (size_t)(i - kb) * bs,
+                              kv_type);
+    }
+}
+
+// The orthonormal Walsh-Hadamard transform of each chunk of `n` values (a
+// power of two up to MAX_FWHT) of x into y (which may be x), one chunk per
+// block: llama.cpp's rotation of K, Q and V for a quantized cache
+// (`ggml_compute_forward_fwht`: scaled by 1/sqrt(n), then butterflies).
+extern "C" __global__ void fwht_rows(const float* x, float* y, int n) {
+    __shared__ float s[MAX_FWHT];
+    const size_t base = (size_t)blockIdx.x * n;
+    const float scale = 1.0f / sqrtf((float)n);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s[i] = x[base + i] * scale;
+    for (int len = 1; len < n; len <<= 1) {
+        __syncthreads();
+        for (int p = threadIdx.x; p < n / 2; p += blockDim.x) {
+            const int i = p / len * 2 * len + p % len;
+            const float u = s[i], w = s[i + len];
+            s[i] = u + w;
+            s[i + len] = u - w;
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) y[base + i] = s[i];
+}
 
 // Writes each token's K and V rows into its slot.
 extern "C" __global__ void kv_write(const float* k, const float* v, const u32* slots, u16* k_pool, u16* v_pool,
@@ -78,6 +166,19 @@ __device__ __forceinline__ void load_tile(u16* dst, const u16* src, size_t src_s
     }
 }
 
+// load_tile for a quantized pool: rows `src_stride` bytes apart from
+// `src` (the head's first block), dequantized to f16.
+template <int D, int DST_STRIDE>
+__device__ __forceinline__ void load_tile_quant(u16* dst, const u8* src, size_t src_stride, int width, int r_lo,
+                                                int r_hi, int kv_type) {
+    typedef AttendShape<D> S;
+    for (int c = threadIdx.x; c < S::TILE * D; c += S::THREADS) {
+        const int r = c / D, col = c % D;
+        dst[r * DST_STRIDE + col] =
+            r >= r_lo && r <= r_hi && col < width ? f2h(kv_dequant(src + r * src_stride, kv_type, col)) : (u16)0;
+    }
+}
+
 // Max and sum over the TILE lanes that hold one query head's scores.
 template <int TILE>
 __device__ __forceinline__ float tile_max(float v) {
@@ -100,7 +201,7 @@ __device__ __forceinline__ float tile_sum(float v) {
 //   part_acc: tokens x n_heads x splits x hd_v; part_ml: (max, sum) each
 //   token_pos[t], token_seq[t]; tables + table_start[seq] = block ids
 template <int D>
-__device__ __forceinline__ void attend_block(const float* q, const u16* k_pool, const u16* v_pool,
+__device__ __forceinline__ void attend_block(const float* q, const u8* k_pool, const u8* v_pool, int kv_type,
                                              const u32* token_pos, const u32* token_seq, const u32* table_start,
                                              const u32* tables, float* out, float* part_acc, float* part_ml,
                                              const float* sinks, int n_heads, int n_kv_heads, int hd_k, int hd_v,
@@ -133,10 +234,28 @@ __device__ __forceinline__ void attend_block(const float* q, const u16* k_pool, 
     const int my_lo = tile_lo + split * per_split;
     const int my_hi = min(my_lo + per_split, tile_lo + n_tiles);  // exclusive
 
-    for (int i = threadIdx.x; i < GROUP_HEADS * D; i += S::THREADS) {
-        const int h = i / D, d = i % D;
-        const float x = h < nh && d < hd_k ? q[(size_t)t * n_heads * hd_k + (size_t)(head0 + h) * hd_k + d] : 0.0f;
-        s_q[i] = f2h(x * q_scale);
+    if (kv_type == KV_F16) {
+        for (int i = threadIdx.x; i < GROUP_HEADS * D; i += S::THREADS) {
+            const int h = i / D, d = i % D;
+            const float x = h < nh && d < hd_k ? q[(size_t)t * n_heads * hd_k + (size_t)(head0 + h) * hd_k + d] : 0.0f;
+            s_q[i] = f2h(x * q_scale);
+        }
+    } else {
+        // Against quantized K, Q goes through q8_0 as on the CPU (ggml's
+        // vec_dot_type; llama.cpp's CUDA kernels quantize it too): one
+        // thread per 32-value block, amax/127 as an f16 scale, round to
+        // nearest even, the product kept in the f16 tile.
+        for (int i = threadIdx.x; i < GROUP_HEADS * D / 32; i += S::THREADS) {
+            const int h = i / (D / 32), d0 = i % (D / 32) * 32;
+            const float* src = q + (size_t)t * n_heads * hd_k + (size_t)(head0 + h) * hd_k;
+            float x[32], amax = 0.0f;
+            for (int j = 0; j < 32; j++) {
+                x[j] = h < nh && d0 + j < hd_k ? src[d0 + j] * q_scale : 0.0f;
+                amax = fmaxf(amax, fabsf(x[j]));
+            }
+            const float d = h2f(f2h(amax / 127.0f)), id = amax != 0.0f ? 127.0f / amax : 0.0f;
+            for (int j = 0; j < 32; j++) s_q[h * D + d0 + j] = f2h((float)__float2int_rn(x[j] * id) * d);
+        }
     }
 
     // Thread i scores position i % TILE for query head i / TILE (and again
@@ -158,8 +277,17 @@ __device__ __forceinline__ void attend_block(const float* q, const u16* k_pool, 
         const size_t slot0 = (size_t)table[p0 / BLOCK_TOKENS] * BLOCK_TOKENS + p0 % BLOCK_TOKENS;
         const int r_lo = max(first - p0, 0), r_hi = min(pos - p0, TILE - 1);
         __syncthreads();  // the last tile's readers are done with s_k, s_v, s_p
-        load_tile<D, S::K_STRIDE>(s_k, k_pool + slot0 * k_dim + (size_t)kvh * hd_k, k_dim, hd_k, r_lo, r_hi);
-        load_tile<D, D>(s_v, v_pool + slot0 * v_dim + (size_t)kvh * hd_v, v_dim, hd_v, r_lo, r_hi);
+        if (kv_type == KV_F16) {
+            const u16 *kp = (const u16*)k_pool, *vp = (const u16*)v_pool;
+            load_tile<D, S::K_STRIDE>(s_k, kp + slot0 * k_dim + (size_t)kvh * hd_k, k_dim, hd_k, r_lo, r_hi);
+            load_tile<D, D>(s_v, vp + slot0 * v_dim + (size_t)kvh * hd_v, v_dim, hd_v, r_lo, r_hi);
+        } else {
+            const size_t k_row = kv_row_bytes(kv_type, k_dim), v_row = kv_row_bytes(kv_type, v_dim);
+            load_tile_quant<D, S::K_STRIDE>(s_k, k_pool + slot0 * k_row + kv_row_bytes(kv_type, kvh * hd_k), k_row,
+                                            hd_k, r_lo, r_hi, kv_type);
+            load_tile_quant<D, D>(s_v, v_pool + slot0 * v_row + kv_row_bytes(kv_type, kvh * hd_v), v_row, hd_v,
+                                  r_lo, r_hi, kv_type);
+        }
         __syncthreads();
 
 #pragma unroll
@@ -254,11 +382,11 @@ __device__ __forceinline__ void attend_block(const float* q, const u16* k_pool, 
 
 #define ATTEND_KERNEL(D)                                                                                            \
     extern "C" __global__ void __launch_bounds__(AttendShape<D>::THREADS)                                          \
-        attend_##D(const float* q, const u16* k_pool, const u16* v_pool, const u32* token_pos,                      \
+        attend_##D(const float* q, const u8* k_pool, const u8* v_pool, int kv_type, const u32* token_pos,         \
                    const u32* token_seq, const u32* table_start, const u32* tables, float* out, float* part_acc,   \
                    float* part_ml, const float* sinks, int n_heads, int n_kv_heads, int hd_k, int hd_v,            \
                    int heads_per_block, float q_scale, float score_scale, int window) {                            \
-        attend_block<D>(q, k_pool, v_pool, token_pos, token_seq, table_start, tables, out, part_acc, part_ml,     \
+        attend_block<D>(q, k_pool, v_pool, kv_type, token_pos, token_seq, table_start, tables, out, part_acc, part_ml,     \
                         sinks, n_heads, n_kv_heads, hd_k, hd_v, heads_per_block, q_scale, score_scale, window);    \
     }
 ATTEND_KERNEL(64)

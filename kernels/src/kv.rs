@@ -32,4 +32,35 @@ impl KvGeometry {
         let per_token = self.kv_type.bytes_for(self.k_dim()) + self.kv_type.bytes_for(self.v_dim());
         (per_token * KV_BLOCK_TOKENS * self.n_blocks * self.n_layers) as u64
     }
+
+    /// Refuses a quantized cache whose heads are not whole 32-value blocks
+    /// (llama.cpp refuses them too): a head's slice of a row is read alone.
+    pub fn check_kv_type(&self) -> Result<(), String> {
+        let qk = self.kv_type.block_values();
+        if self.head_dim_k % qk != 0 || self.head_dim_v % qk != 0 {
+            return Err(format!(
+                "a {} KV cache needs heads of a multiple of {qk} values (as llama.cpp does); \
+                 this model's are {} (K) and {} (V): use --cache-type-k/-v f16",
+                self.kv_type.name(),
+                self.head_dim_k,
+                self.head_dim_v
+            ));
+        }
+        Ok(())
+    }
+
+    /// llama.cpp's rotation of a quantized cache (`attn_rot_k` /
+    /// `attn_rot_v`, llama-kv-cache.cpp): the Walsh-Hadamard chunk of K
+    /// and Q (the largest power of two dividing the head, from 64), and of
+    /// V and the attention output (64), for heads of a multiple of 64
+    /// values; `None` where it does not rotate (and for f16).
+    pub fn hadamard_chunks(&self) -> (Option<usize>, Option<usize>) {
+        if self.kv_type == KvType::F16 {
+            return (None, None);
+        }
+        let rot_k = (self.head_dim_k > 0 && self.head_dim_k % 64 == 0)
+            .then(|| 1usize << self.head_dim_k.trailing_zeros());
+        let rot_v = (self.head_dim_v > 0 && self.head_dim_v % 64 == 0).then_some(64);
+        (rot_k, rot_v)
+    }
 }

@@ -11,25 +11,53 @@ mod tests;
 
 pub use stage::{window_ring_blocks, StageLoad, StageMemory, StageMemoryTable, KV_BLOCK_TOKENS};
 
-/// KV cache element type.
+/// KV cache element type (llama.cpp's `--cache-type-k/-v` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvType {
     F16,
+    /// ggml's q8_0 blocks: an f16 scale and 32 signed bytes.
     Q8_0,
+    /// ggml's q4_0 blocks: an f16 scale and 32 nibbles.
+    Q4_0,
 }
 
 impl KvType {
-    /// Bytes to store `n` values (n a multiple of 32 for q8_0).
+    pub const ALL: [KvType; 3] = [KvType::F16, KvType::Q8_0, KvType::Q4_0];
+
+    /// Bytes to store `n` values (n a multiple of 32 for the block types).
     pub fn bytes_for(self, n: usize) -> usize {
         match self {
             KvType::F16 => 2 * n,
             KvType::Q8_0 => n.div_ceil(32) * 34,
+            KvType::Q4_0 => n.div_ceil(32) * 18,
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             KvType::F16 => "f16",
             KvType::Q8_0 => "q8_0",
+            KvType::Q4_0 => "q4_0",
+        }
+    }
+    /// The type named as llama.cpp names it (`f16`, `q8_0`, `q4_0`; any case).
+    pub fn from_name(name: &str) -> Option<Self> {
+        let name = name.to_ascii_lowercase();
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+    /// The GGML type of a cached row.
+    pub fn ggml_type(self) -> crate::GgmlType {
+        match self {
+            KvType::F16 => crate::GgmlType::F16,
+            KvType::Q8_0 => crate::GgmlType::Q8_0,
+            KvType::Q4_0 => crate::GgmlType::Q4_0,
+        }
+    }
+    /// Values per quantization block (1 for f16): head slices of a cached
+    /// row must be whole blocks.
+    pub fn block_values(self) -> usize {
+        match self {
+            KvType::F16 => 1,
+            KvType::Q8_0 | KvType::Q4_0 => 32,
         }
     }
 }
@@ -48,6 +76,7 @@ pub struct LayerProfile {
     /// K and V bytes per token of context for this layer, by KV type.
     pub kv_bytes_per_token_f16: u64,
     pub kv_bytes_per_token_q8_0: u64,
+    pub kv_bytes_per_token_q4_0: u64,
     /// Sliding-window layers never hold more than the window.
     pub kv_window_tokens: Option<usize>,
     /// Recurrent state one sequence holds in this layer (a DeltaNet layer's
@@ -61,6 +90,7 @@ impl LayerProfile {
         match kv {
             KvType::F16 => self.kv_bytes_per_token_f16,
             KvType::Q8_0 => self.kv_bytes_per_token_q8_0,
+            KvType::Q4_0 => self.kv_bytes_per_token_q4_0,
         }
     }
     /// Weights outside the routed experts.
@@ -167,6 +197,8 @@ impl MemoryProfile {
                     active_bytes_per_token: weight_bytes,
                     kv_bytes_per_token_f16: KvType::F16.bytes_for(k + v) as u64,
                     kv_bytes_per_token_q8_0: (KvType::Q8_0.bytes_for(k) + KvType::Q8_0.bytes_for(v))
+                        as u64,
+                    kv_bytes_per_token_q4_0: (KvType::Q4_0.bytes_for(k) + KvType::Q4_0.bytes_for(v))
                         as u64,
                     kv_window_tokens: window,
                     state_bytes_per_seq: spec.delta_net(il).map_or(0, |d| d.state_bytes_per_seq()),

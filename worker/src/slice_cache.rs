@@ -49,15 +49,21 @@ pub fn slice_memory(
 
 /// The [`StageLoad`] of a `LoadSlice` request: `kv_tokens` positions (the
 /// stage's pool), batches of at most `batch_tokens`, and as many sequences
-/// of `seq_tokens` (each in whole blocks) as the pool holds, at least one.
-pub fn stage_load(kv_tokens: usize, seq_tokens: usize, batch_tokens: usize) -> StageLoad {
+/// of `seq_tokens` (each in whole blocks) as the pool holds, at least one,
+/// with K/V stored as `kv_type`.
+pub fn stage_load(
+    kv_tokens: usize,
+    seq_tokens: usize,
+    batch_tokens: usize,
+    kv_type: KvType,
+) -> StageLoad {
     let per_seq = seq_tokens
         .div_ceil(KV_BLOCK_TOKENS)
         .max(1)
         .saturating_mul(KV_BLOCK_TOKENS);
     StageLoad {
         kv_tokens,
-        kv_type: KvType::F16,
+        kv_type,
         batch_tokens,
         sequences: (kv_tokens / per_seq).max(1),
     }

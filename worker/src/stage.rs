@@ -116,9 +116,20 @@ impl<B: Backend> Stage<B> {
         range: LayerRange,
         kv_tokens: usize,
     ) -> Result<Self, StageError> {
+        Self::load_kv(backend, file, range, kv_tokens, KvType::F16)
+    }
+
+    /// [`Self::load`] with K and V cached as `kv_type`.
+    pub fn load_kv(
+        backend: B,
+        file: &GgufFile,
+        range: LayerRange,
+        kv_tokens: usize,
+        kv_type: KvType,
+    ) -> Result<Self, StageError> {
         let load = StageLoad {
             kv_tokens,
-            kv_type: KvType::F16,
+            kv_type,
             batch_tokens: 0,
             sequences: 1,
         };
@@ -189,7 +200,6 @@ impl<B: Backend> Stage<B> {
         // The pools and the states are what the planner and the worker's
         // admission counted: `MemoryProfile::stage_memory` of this load.
         let load = StageLoad {
-            kv_type: KvType::F16,
             sequences: load.sequences.max(1),
             ..*load
         };

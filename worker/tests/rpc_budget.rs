@@ -5,6 +5,7 @@ mod rpc_common;
 
 use rpc_common::*;
 use strata_model::arch::ModelSpec;
+use strata_model::profile::KvType;
 use strata_model::LayerRange;
 use strata_proto::v1;
 use strata_worker::service::frames::MAX_FRAME_TOKENS;
@@ -16,7 +17,7 @@ use tonic::Code;
 fn need(first: u32, end: u32) -> u64 {
     let file = open_model();
     let spec = ModelSpec::from_gguf(&file).expect("spec");
-    let load = stage_load(512, 512, MAX_FRAME_TOKENS);
+    let load = stage_load(512, 512, MAX_FRAME_TOKENS, KvType::F16);
     assert_eq!(load.sequences, 1);
     let range = LayerRange {
         first: first as usize,

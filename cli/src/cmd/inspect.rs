@@ -97,13 +97,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             format_bytes(recurrent)
         );
     }
-    println!("  layer  weights       KV/token f16  KV/token q8_0");
+    println!("  layer  weights       KV/token f16  KV/token q8_0  KV/token q4_0");
     for (i, l) in p.layers.iter().enumerate() {
         println!(
-            "  {i:>5}  {:>12}  {:>12}  {:>12}{}",
+            "  {i:>5}  {:>12}  {:>12}  {:>13}  {:>13}{}",
             format_bytes(l.weight_bytes),
             format!("{} B", l.kv_bytes_per_token(KvType::F16)),
             format!("{} B", l.kv_bytes_per_token(KvType::Q8_0)),
+            format!("{} B", l.kv_bytes_per_token(KvType::Q4_0)),
             l.kv_window_tokens
                 .map(|w| format!("  (window {w})"))
                 .unwrap_or_default()

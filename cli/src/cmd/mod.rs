@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod generate;
 pub mod inspect;
+pub mod kv_flags;
 pub mod links;
 pub mod perplexity;
 pub mod plan;
@@ -28,6 +29,8 @@ pub struct RunArgs {
     /// Context size in tokens.
     #[arg(long, short = 'c', default_value_t = 4096)]
     pub ctx_size: usize,
+    #[command(flatten)]
+    pub kv: kv_flags::KvCacheArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -114,8 +117,9 @@ impl RunArgs {
 
     fn load_on<B: Backend>(&self, backend: B, file: &GgufFile) -> anyhow::Result<Stage<B>> {
         let hp = strata_model::arch::ModelSpec::from_gguf(file)?;
+        let kv_type = self.kv.kv_type(None)?;
         let started = std::time::Instant::now();
-        let stage = Stage::load(
+        let stage = Stage::load_kv(
             backend,
             file,
             LayerRange {
@@ -123,15 +127,17 @@ impl RunArgs {
                 end: hp.n_layers,
             },
             self.ctx_size,
+            kv_type,
         )
         .with_context(|| format!("loading {}", self.model.display()))?;
         tracing::info!(
-            "loaded {} ({} layers, {}) on {} in {:.2}s",
+            "loaded {} ({} layers, {}) on {} in {:.2}s, KV cache {}",
             self.model.display(),
             hp.n_layers,
             hp.arch,
             Backend::name(stage.backend()),
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            kv_type.name()
         );
         Ok(stage)
     }

@@ -6,7 +6,7 @@ use strata_coordinator::planner::synth_profile::synth_profile;
 use strata_coordinator::planner::units::{format_bytes, parse_bytes, parse_devices};
 use strata_coordinator::planner::{legend, plan, table, PlanRequest};
 use strata_model::arch::{Architecture, ModelSpec};
-use strata_model::profile::{KvType, MemoryProfile};
+use strata_model::profile::MemoryProfile;
 use strata_model::synth::{QuantScheme, SynthSpec};
 
 #[derive(clap::Args)]
@@ -46,9 +46,12 @@ pub struct Args {
     /// Sequences held at once.
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
-    /// KV cache type: f16 or q8_0.
-    #[arg(long, default_value = "f16")]
-    pub kv_type: String,
+    /// KV cache type of K and V at once (f16, q8_0 or q4_0): the
+    /// --cache-type-k/-v pair in one flag.
+    #[arg(long, value_name = "TYPE")]
+    pub kv_type: Option<String>,
+    #[command(flatten)]
+    pub kv: super::kv_flags::KvCacheArgs,
     /// Largest batch in tokens (sizes activation scratch).
     #[arg(long, default_value_t = strata_coordinator::planner::DEFAULT_MAX_BATCH_TOKENS)]
     pub batch_tokens: usize,
@@ -90,11 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             w.matvec_bandwidth_bytes_per_s = Some(bw as f64);
         }
     }
-    let kv_type = match args.kv_type.to_ascii_lowercase().as_str() {
-        "f16" => KvType::F16,
-        "q8_0" => KvType::Q8_0,
-        other => anyhow::bail!("unknown --kv-type {other:?} (f16 or q8_0)"),
-    };
+    let kv_type = args.kv.kv_type(args.kv_type.as_deref())?;
     let (name, hp, profile) = load_profile(&args)?;
     let req = PlanRequest {
         parallel: args.parallel,

@@ -55,6 +55,8 @@ pub struct Args {
     /// rounding at each hop changes results).
     #[arg(long, default_value = "f32")]
     pub act_dtype: String,
+    #[command(flatten)]
+    pub kv: super::kv_flags::KvCacheArgs,
     /// Seconds a batch may go without a reply before its pipeline counts as
     /// hung and is rebuilt over the workers that answer.
     #[arg(long, default_value_t = 120)]
@@ -134,6 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "f32" => v1::ActDtype::F32,
         other => anyhow::bail!("unknown --act-dtype {other:?} (f16 or f32)"),
     };
+    let kv_type = args.kv.kv_type(None)?;
     anyhow::ensure!(
         args.parallel >= 1 && args.ctx_size >= 2 && args.batch_size >= 1,
         "--parallel, --ctx-size and --batch-size must be positive"
@@ -169,6 +172,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             api_key,
             alias: args.alias.clone(),
             act_dtype,
+            kv_type,
             batch_tokens: args.batch_size,
             micro_batches: args.micro_batches,
             batch_timeout: std::time::Duration::from_secs(args.stage_timeout.max(1)),

@@ -425,6 +425,17 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 /// `strata generate` greedy in one process: the text a pool must reproduce.
 pub fn single_process(model: &Path, prompt: &str, n: usize, ignore_eos: bool) -> String {
+    single_process_kv(model, prompt, n, ignore_eos, "f16")
+}
+
+/// [`single_process`] with K and V cached as `kv_type`.
+pub fn single_process_kv(
+    model: &Path,
+    prompt: &str,
+    n: usize,
+    ignore_eos: bool,
+    kv_type: &str,
+) -> String {
     let n = n.to_string();
     let mut args = vec![
         "generate",
@@ -436,6 +447,10 @@ pub fn single_process(model: &Path, prompt: &str, n: usize, ignore_eos: bool) ->
         &n,
         "--temp",
         "0",
+        "--cache-type-k",
+        kv_type,
+        "--cache-type-v",
+        kv_type,
     ];
     if ignore_eos {
         args.push("--ignore-eos");

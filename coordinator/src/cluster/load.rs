@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use strata_model::profile::KvType;
 use strata_model::slice::{slice_tensors, LayerRange};
 use strata_model::slice_hash::SliceHashes;
 use strata_model::GgufFile;
@@ -150,6 +151,8 @@ pub struct LoadOptions {
     /// KV capacity of each stage, in tokens over all sequences.
     pub ctx_tokens: u64,
     pub act_dtype: v1::ActDtype,
+    /// How each stage stores K and V.
+    pub kv_type: KvType,
     /// Tokens in one frame, and positions of one sequence: the plan's
     /// bounds, enforced by each stage.
     pub max_batch_tokens: u32,
@@ -188,7 +191,7 @@ pub async fn load_stages(
                 end: st.range.end as u32,
             }),
             ctx_tokens: options.ctx_tokens,
-            kv_type: v1::KvType::F16 as i32,
+            kv_type: kv_type_to_proto(options.kv_type) as i32,
             next_stage_addr: next,
             model_path: st.model_path.clone().unwrap_or_default(),
             act_dtype: options.act_dtype as i32,
@@ -294,4 +297,13 @@ async fn push_with_progress(
             format!("pushing layers {}: {}", st.range, e.message()),
         )
     })
+}
+
+/// `LoadSlice.kv_type` for a KV type.
+pub fn kv_type_to_proto(kv_type: KvType) -> v1::KvType {
+    match kv_type {
+        KvType::F16 => v1::KvType::F16,
+        KvType::Q8_0 => v1::KvType::Q80,
+        KvType::Q4_0 => v1::KvType::Q40,
+    }
 }

@@ -43,6 +43,8 @@ pub struct PoolSettings {
     pub parallel: usize,
     pub batch_tokens: usize,
     pub act_dtype: v1::ActDtype,
+    /// How every stage stores K and V; the planner budgets it.
+    pub kv_type: KvType,
 }
 
 /// Which workers answer.
@@ -179,7 +181,12 @@ impl Pool {
             parallel: self.settings.parallel,
             max_batch_tokens: self.settings.batch_tokens,
             activation_bytes_per_token: act_bytes * self.hp.d_model as u64,
-            ..PlanRequest::new(profile, self.hp.d_model, self.ctx_size(), KvType::F16)
+            ..PlanRequest::new(
+                profile,
+                self.hp.d_model,
+                self.ctx_size(),
+                self.settings.kv_type,
+            )
         };
         let placement = plan(&req, &specs).map_err(|e| e.to_string())?;
         let shown = table(&placement, &specs);
@@ -222,6 +229,7 @@ impl Pool {
             digest: self.digest.clone(),
             ctx_tokens,
             act_dtype: self.settings.act_dtype,
+            kv_type: self.settings.kv_type,
             max_batch_tokens: self.settings.batch_tokens.min(u32::MAX as usize) as u32,
             max_seq_tokens: self.ctx_size() as u64,
             hashes: self.hashes.clone(),
@@ -233,10 +241,18 @@ impl Pool {
 }
 
 /// "addr layers a..b" for each stage (`/health`, logs).
-pub fn stage_names(stages: &[StageAssignment]) -> Vec<String> {
+/// "ADDR (KV_TYPE KV) layers A..B" of each stage (`/health`'s `stages`).
+pub fn stage_names(stages: &[StageAssignment], kv_type: KvType) -> Vec<String> {
     stages
         .iter()
-        .map(|s| format!("{} layers {}", s.worker.addr, s.range))
+        .map(|s| {
+            format!(
+                "{} ({} KV) layers {}",
+                s.worker.addr,
+                kv_type.name(),
+                s.range
+            )
+        })
         .collect()
 }
 

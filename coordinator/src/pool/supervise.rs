@@ -64,7 +64,7 @@ pub async fn supervise(
             .stats()
             .set_recovering(Some(format!("rebuilding the pipeline: {why}")));
         now = rebuild(&mut pool, &engine, &why, silent, &mut on_event).await;
-        let names = stage_names(&now.stages);
+        let names = stage_names(&now.stages, pool.settings().kv_type);
         tracing::info!(
             "pipeline rebuilt in {:.1} s over {} stage(s): {}",
             started.elapsed().as_secs_f64(),

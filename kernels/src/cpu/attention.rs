@@ -1,31 +1,42 @@
-//! Attention over the paged KV cache, f16 K/V.
+//! The CPU backend's paged KV cache, and attention over f16 K/V (q8_0 and
+//! q4_0 K/V: `attention_quant.rs`).
 
 use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 use strata_model::profile::KvType;
 
+use super::attention_quant::QuantKv;
 use super::{fused, CpuAct};
 use crate::backend::{AttentionBatch, KernelError};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 
 /// Attention up to this many multiply-adds runs on the calling thread (a
 /// short decode step: less work than handing it to the pool).
-const SERIAL_MAX_MACS: usize = 1 << 16;
+pub(super) const SERIAL_MAX_MACS: usize = 1 << 16;
 
-/// K and V pools of every layer of a stage: `[layer][block][slot][kv_dim]`.
+/// K and V pools of every layer of a stage: `[layer][block][slot][kv_dim]`,
+/// as f16 values or as q8_0 / q4_0 blocks.
 pub struct CpuKvCache {
     geo: KvGeometry,
-    k: Vec<Vec<f16>>,
-    v: Vec<Vec<f16>>,
+    pools: Pools,
+}
+
+enum Pools {
+    F16 { k: Vec<Vec<f16>>, v: Vec<Vec<f16>> },
+    Quant(QuantKv),
+}
+
+/// The slot of a sequence's position: its block's, through the block table.
+pub(super) fn slot(batch: &AttentionBatch<'_>, seq: usize, pos: usize) -> usize {
+    batch.block_tables[seq][pos / KV_BLOCK_TOKENS] as usize * KV_BLOCK_TOKENS
+        + pos % KV_BLOCK_TOKENS
 }
 
 impl CpuKvCache {
     pub fn new(geo: KvGeometry) -> Result<Self, KernelError> {
         if geo.kv_type != KvType::F16 {
-            return Err(KernelError::Invalid(format!(
-                "the CPU backend keeps KV as f16, not {}",
-                geo.kv_type.name()
-            )));
+            let pools = Pools::Quant(QuantKv::new(&geo)?);
+            return Ok(CpuKvCache { geo, pools });
         }
         let k_len = geo.n_blocks * KV_BLOCK_TOKENS * geo.k_dim();
         let v_len = geo.n_blocks * KV_BLOCK_TOKENS * geo.v_dim();
@@ -35,29 +46,31 @@ impl CpuKvCache {
             k.push(try_zeroed(k_len, geo.pool_bytes())?);
             v.push(try_zeroed(v_len, geo.pool_bytes())?);
         }
-        Ok(CpuKvCache { geo, k, v })
+        Ok(CpuKvCache {
+            geo,
+            pools: Pools::F16 { k, v },
+        })
     }
 
     pub fn geometry(&self) -> &KvGeometry {
         &self.geo
     }
 
-    fn slot(batch: &AttentionBatch<'_>, seq: usize, pos: usize) -> usize {
-        batch.block_tables[seq][pos / KV_BLOCK_TOKENS] as usize * KV_BLOCK_TOKENS
-            + pos % KV_BLOCK_TOKENS
-    }
-
     pub fn write(&mut self, layer: usize, k: &CpuAct, v: &CpuAct, batch: &AttentionBatch<'_>) {
         let (kd, vd) = (self.geo.k_dim(), self.geo.v_dim());
+        let (kpool, vpool) = match &mut self.pools {
+            Pools::F16 { k, v } => (k, v),
+            Pools::Quant(qkv) => return qkv.write(layer, k, v, batch),
+        };
         for t in 0..k.rows {
-            let slot = Self::slot(
+            let slot = slot(
                 batch,
                 batch.token_seq[t] as usize,
                 batch.positions[t] as usize,
             );
-            let kd_dst = &mut self.k[layer][slot * kd..(slot + 1) * kd];
+            let kd_dst = &mut kpool[layer][slot * kd..(slot + 1) * kd];
             kd_dst.convert_from_f32_slice(k.row(t));
-            let vd_dst = &mut self.v[layer][slot * vd..(slot + 1) * vd];
+            let vd_dst = &mut vpool[layer][slot * vd..(slot + 1) * vd];
             vd_dst.convert_from_f32_slice(v.row(t));
         }
     }
@@ -70,10 +83,13 @@ impl CpuKvCache {
     /// many values.
     pub fn attend(&self, layer: usize, q: &CpuAct, batch: &AttentionBatch<'_>) -> CpuAct {
         let g = &self.geo;
+        let (kpool, vpool) = match &self.pools {
+            Pools::F16 { k, v } => (&k[layer], &v[layer]),
+            Pools::Quant(qkv) => return qkv.attend(g, layer, q, batch),
+        };
         let (hd, hdv) = (g.head_dim_k, g.head_dim_v);
         let group = batch.n_heads / g.n_kv_heads;
         let (kd, vd) = (g.k_dim(), g.v_dim());
-        let (kpool, vpool) = (&self.k[layer], &self.v[layer]);
         let n_out = batch.n_heads * hdv;
         if let Some(sinks) = batch.sinks {
             assert!(
@@ -109,7 +125,7 @@ impl CpuKvCache {
                     // Scores of up to LANES positions at once (the last padded by repeating it).
                     let n = (pos + 1 - p0).min(LANES);
                     let slots: [usize; LANES] =
-                        std::array::from_fn(|j| Self::slot(batch, seq, p0 + j.min(n - 1)));
+                        std::array::from_fn(|j| slot(batch, seq, p0 + j.min(n - 1)));
                     let rows = slots.map(|s| &kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd]);
                     let scores = (k.scores)(qh, rows);
                     for (j, &s) in slots.iter().enumerate().take(n) {

@@ -4,6 +4,7 @@
 //! over rayon's pool (size it with `--threads`).
 
 mod attention;
+mod attention_quant;
 pub mod delta_net;
 pub mod dot;
 mod elementwise;

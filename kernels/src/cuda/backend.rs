@@ -19,7 +19,6 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use strata_model::arch::{Activation, RopeStyle};
-use strata_model::profile::KvType;
 use strata_model::GgmlType;
 
 use super::compile::cached_cubin;
@@ -119,11 +118,12 @@ pub struct CudaWeight {
     pub f32: Option<CudaSlice<f32>>,
 }
 
-/// Per layer, a K and a V pool of `n_blocks * KV_BLOCK_TOKENS` f16 slots.
+/// Per layer, a K and a V pool of `n_blocks * KV_BLOCK_TOKENS` slots, each
+/// a row of f16 values or of q8_0 / q4_0 blocks (`KvGeometry::kv_type`).
 pub struct CudaKvCache {
     geometry: KvGeometry,
-    k: Vec<CudaSlice<u16>>,
-    v: Vec<CudaSlice<u16>>,
+    k: Vec<CudaSlice<u8>>,
+    v: Vec<CudaSlice<u8>>,
 }
 
 /// The thread recording a graph, and the index arrays its ops read.
@@ -516,11 +516,7 @@ impl Backend for CudaBackend {
     }
 
     fn new_kv_cache(&self, geometry: KvGeometry) -> Result<CudaKvCache, KernelError> {
-        if geometry.kv_type != KvType::F16 {
-            return Err(KernelError::Invalid(
-                "the CUDA backend keeps KV in f16 only (q8_0 KV is to come)".into(),
-            ));
-        }
+        geometry.check_kv_type().map_err(KernelError::Invalid)?;
         // attention.cu's kernels size their shared memory for heads of up
         // to MAX_HEAD_DIM: a larger head would be cut short, not refused.
         if geometry.head_dim_k.max(geometry.head_dim_v) > MAX_HEAD_DIM {
@@ -530,6 +526,11 @@ impl Backend for CudaBackend {
             )));
         }
         let slots = geometry.n_blocks * KV_BLOCK_TOKENS;
+        let kv = geometry.kv_type;
+        let (k_row, v_row) = (
+            kv.bytes_for(geometry.k_dim()),
+            kv.bytes_for(geometry.v_dim()),
+        );
         let oom = |e: cudarc::driver::DriverError| KernelError::OutOfMemory {
             backend: self.name(),
             bytes: geometry.pool_bytes(),
@@ -538,16 +539,8 @@ impl Backend for CudaBackend {
         let mut k = Vec::with_capacity(geometry.n_layers);
         let mut v = Vec::with_capacity(geometry.n_layers);
         for _ in 0..geometry.n_layers {
-            k.push(
-                self.stream
-                    .alloc_zeros::<u16>(slots * geometry.k_dim())
-                    .map_err(oom)?,
-            );
-            v.push(
-                self.stream
-                    .alloc_zeros::<u16>(slots * geometry.v_dim())
-                    .map_err(oom)?,
-            );
+            k.push(self.stream.alloc_zeros::<u8>(slots * k_row).map_err(oom)?);
+            v.push(self.stream.alloc_zeros::<u8>(slots * v_row).map_err(oom)?);
         }
         Ok(CudaKvCache { geometry, k, v })
     }

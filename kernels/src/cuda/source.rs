@@ -126,6 +126,8 @@ pub const SOURCES: &[KernelSource] = &[
         body: include_str!("../../cuda/attention.cu"),
         kernels: &[
             "kv_write",
+            "kv_write_quant",
+            "fwht_rows",
             "attend_64",
             "attend_128",
             "attend_256",

@@ -19,6 +19,7 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 
 use strata_kernels::Backend;
 use strata_model::arch::ModelSpec;
+use strata_model::profile::KvType;
 use strata_model::slice_hash::SliceHashes;
 use strata_proto::link::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
 use strata_proto::v1::{self, worker_server};
@@ -276,11 +277,7 @@ impl WorkerService {
                 r.first, r.end
             )));
         }
-        if req.kv_type != v1::KvType::F16 as i32 {
-            return Err(Status::unimplemented(
-                "only f16 KV is supported by this worker",
-            ));
-        }
+        let kv_type = kv_type_from_proto(req.kv_type)?;
         let act_dtype = v1::ActDtype::try_from(req.act_dtype)
             .map_err(|_| Status::invalid_argument("unknown act_dtype"))?;
         let next_stage = self.next_stage(&req.next_stage_addr)?;
@@ -336,7 +333,8 @@ impl WorkerService {
                 range.first, range.end, hp.n_layers
             )));
         }
-        let load = slice_cache::stage_load(ctx_tokens, limits.seq_tokens, limits.batch_tokens);
+        let load =
+            slice_cache::stage_load(ctx_tokens, limits.seq_tokens, limits.batch_tokens, kv_type);
         let memory = slice_cache::slice_memory(&file, &hp, range, &load);
         let (weight_bytes, kv_bytes) = (memory.weight_bytes, memory.kv_bytes);
         let need = memory.total_bytes;
@@ -626,5 +624,17 @@ impl worker_server::Worker for WorkerService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The KV type a `LoadSlice` asks for.
+fn kv_type_from_proto(kv_type: i32) -> Result<KvType, Status> {
+    match v1::KvType::try_from(kv_type) {
+        Ok(v1::KvType::F16) => Ok(KvType::F16),
+        Ok(v1::KvType::Q80) => Ok(KvType::Q8_0),
+        Ok(v1::KvType::Q40) => Ok(KvType::Q4_0),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "LoadSlice.kv_type {kv_type} is not f16, q8_0 or q4_0"
+        ))),
     }
 }

@@ -223,10 +223,11 @@ fn load<B: Backend, F: Fn() -> B>(
     })?;
     let label = format!("layers {}..{}", job.range.first, job.range.end);
     tracing::info!(
-        "loaded {label} of {} from {} in {:.2}s",
+        "loaded {label} of {} from {} in {:.2}s, KV cache {}",
         job.digest,
         job.source.display(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        job.load.kv_type.name()
     );
     *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
         status: v1::health_reply::Status::Ready as i32,

@@ -289,11 +289,13 @@ pub struct Reference {
 }
 
 pub fn reference() -> Reference {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/data/smollm2-135m.json"
-    ))
-    .expect("reference json");
+    reference_from("smollm2-135m.json")
+}
+
+/// The first greedy case of `tests/data/<file>` (a SmolLM2 reference).
+pub fn reference_from(file: &str) -> Reference {
+    let path = format!("{}/../tests/data/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("reference json");
     let v: serde_json::Value = serde_json::from_str(&text).expect("json");
     let g = &v["greedy"][0];
     let ids = |k: &str| {

@@ -1,10 +1,15 @@
-//! The CUDA backend's attention over the paged f16 KV cache
-//! (attention.cu): `kv_write` stores the batch's K/V rows in their slots,
-//! then `attend_<D>` reads each token's window through its block table,
-//! one block per (token, KV head, context split) serving the query heads
-//! of the KV head's group, and `attend_combine` merges the splits.
+//! The CUDA backend's attention over the paged KV cache (attention.cu):
+//! `kv_write` (f16) or `kv_write_quant` (q8_0 / q4_0 blocks) stores the
+//! batch's K/V rows in their slots, then `attend_<D>` reads each token's
+//! window through its block table (dequantizing quantized rows as it loads
+//! them), one block per (token, KV head, context split) serving the query
+//! heads of the KV head's group, and `attend_combine` merges the splits.
+//! A quantized cache holds K and V rotated as llama.cpp's does
+//! (`KvGeometry::hadamard_chunks`): `fwht_rows` rotates K, V and Q before,
+//! and the output after.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use strata_model::profile::KvType;
 
 use super::graphs::{BatchArrays, IndexRole};
 use super::{CudaAct, CudaBackend, CudaKvCache, ELEMENTWISE_THREADS, MAX_HEAD_DIM};
@@ -80,7 +85,45 @@ impl AttendPlan {
     }
 }
 
+/// attention.cu's KV_F16, KV_Q8_0, KV_Q4_0.
+fn kv_type_code(kv: KvType) -> i32 {
+    match kv {
+        KvType::F16 => 0,
+        KvType::Q8_0 => 1,
+        KvType::Q4_0 => 2,
+    }
+}
+
+/// Threads of one `fwht_rows` block.
+const FWHT_THREADS: u32 = 128;
+
 impl CudaBackend {
+    /// `x` (`len` values) rotated in chunks of `chunk` values by
+    /// `fwht_rows`, or `x` itself when `chunk` is `None`.
+    fn rotated<'a>(
+        &self,
+        x: &'a CudaSlice<f32>,
+        len: usize,
+        chunk: Option<usize>,
+        keep: &'a mut Option<CudaSlice<f32>>,
+    ) -> Result<&'a CudaSlice<f32>, KernelError> {
+        let Some(n) = chunk else {
+            return Ok(x);
+        };
+        let mut y = self.output::<f32>(len)?;
+        let cfg = LaunchConfig {
+            grid_dim: ((len / n) as u32, 1, 1),
+            block_dim: (FWHT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let n = n as i32;
+        let mut b = self.stream.launch_builder(self.f("fwht_rows")?);
+        b.arg(x).arg(&mut y).arg(&n);
+        // SAFETY: x and y hold len values, whole chunks of n <= MAX_FWHT.
+        self.launched("fwht_rows", || unsafe { b.launch(cfg) }.map(drop))?;
+        Ok(keep.insert(y))
+    }
+
     /// Writes the batch's K/V rows into their slots, then attends over the
     /// paged cache (`Backend::attention`).
     pub(super) fn paged_attention(
@@ -103,6 +146,8 @@ impl CudaBackend {
             index(IndexRole::TokenSeq)?,
         );
         let (table_start, tables) = (index(IndexRole::TableStart)?, index(IndexRole::Tables)?);
+        let (rot_k, rot_v) = g.hadamard_chunks();
+        let kv_type = kv_type_code(g.kv_type);
         if let Some((k, v)) = new_kv {
             let (k_dim, v_dim) = (g.k_dim() as i32, g.v_dim() as i32);
             let cfg = LaunchConfig {
@@ -110,17 +155,31 @@ impl CudaBackend {
                 block_dim: (ELEMENTWISE_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let mut b = self.stream.launch_builder(self.f("kv_write")?);
-            b.arg(&k.buf)
-                .arg(&v.buf)
+            let (mut k_keep, mut v_keep) = (None, None);
+            let k_rows = self.rotated(&k.buf, n * g.k_dim(), rot_k, &mut k_keep)?;
+            let v_rows = self.rotated(&v.buf, n * g.v_dim(), rot_v, &mut v_keep)?;
+            let name = if g.kv_type == KvType::F16 {
+                "kv_write"
+            } else {
+                "kv_write_quant"
+            };
+            let mut b = self.stream.launch_builder(self.f(name)?);
+            b.arg(k_rows)
+                .arg(v_rows)
                 .arg(&*slots)
                 .arg(&mut cache.k[layer])
                 .arg(&mut cache.v[layer])
                 .arg(&k_dim)
                 .arg(&v_dim);
-            // SAFETY: slots index blocks of this stage's pool (the allocator's).
-            self.launched("kv_write", || unsafe { b.launch(cfg) }.map(drop))?;
+            if g.kv_type != KvType::F16 {
+                b.arg(&kv_type);
+            }
+            // SAFETY: slots index blocks of this stage's pool (the
+            // allocator's), whose rows are sized for this KV type.
+            self.launched(name, || unsafe { b.launch(cfg) }.map(drop))?;
         }
+        let mut q_keep = None;
+        let q_rows = self.rotated(&q.buf, n * batch.n_heads * g.head_dim_k, rot_k, &mut q_keep)?;
 
         let plan = AttendPlan::new(
             batch,
@@ -166,9 +225,10 @@ impl CudaBackend {
             shared_mem_bytes: 0,
         };
         let mut b = self.stream.launch_builder(self.f(plan.kernel)?);
-        b.arg(&q.buf)
+        b.arg(q_rows)
             .arg(&cache.k[layer])
             .arg(&cache.v[layer])
+            .arg(&kv_type)
             .arg(&*pos)
             .arg(&*seq)
             .arg(&*table_start)
@@ -214,8 +274,11 @@ impl CudaBackend {
             // written by the launch above; out has n x n_heads x hd_v.
             self.launched("attend_combine", || unsafe { b.launch(cfg) }.map(drop))?;
         }
+        let len = n * batch.n_heads * g.head_dim_v;
+        let mut out_keep = None;
+        self.rotated(&out, len, rot_v, &mut out_keep)?;
         Ok(CudaAct {
-            buf: out,
+            buf: out_keep.unwrap_or(out),
             rows: n,
             cols: batch.n_heads * g.head_dim_v,
         })
