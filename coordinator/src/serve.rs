@@ -254,7 +254,7 @@ async fn start_pipeline(
     let load = strata_model::profile::StageLoad::for_sequences(
         ctx_size,
         config.parallel,
-        strata_model::profile::KvType::F16,
+        config.kv_type,
         config.batch_tokens,
     );
     let engine_config = EngineConfig {
