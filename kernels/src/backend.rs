@@ -418,6 +418,25 @@ pub trait Backend: Send + Sync {
         batch: &AttentionBatch<'_>,
     ) -> Result<Self::Act, KernelError>;
 
+    /// One block of `layer` as the cache stores it: its 32 K rows, then its
+    /// 32 V rows (f16, or ggml blocks rotated as written): what the prefix
+    /// cache saves to disk.
+    fn kv_block_to_host(
+        &self,
+        cache: &Self::KvCache,
+        layer: usize,
+        block: KvBlockId,
+    ) -> Result<Vec<u8>, KernelError>;
+    /// Writes back bytes [`Self::kv_block_to_host`] gave, for the same
+    /// geometry.
+    fn kv_block_from_host(
+        &self,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        block: KvBlockId,
+        bytes: &[u8],
+    ) -> Result<(), KernelError>;
+
     /// The router (llama.cpp's `build_moe_ffn` up to the expert weights,
     /// [`crate::moe_route::route`]'s arithmetic) over `logits`, one row of
     /// `router.n_expert` per token: which `n_used` experts each token takes,

@@ -27,6 +27,41 @@ impl KvGeometry {
     pub fn v_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim_v
     }
+    /// Bytes of one slot's K row and of its V row.
+    pub fn row_bytes(&self) -> (usize, usize) {
+        (
+            self.kv_type.bytes_for(self.k_dim()),
+            self.kv_type.bytes_for(self.v_dim()),
+        )
+    }
+    /// Bytes of one block of one layer: its K rows, then its V rows.
+    pub fn block_bytes(&self) -> usize {
+        let (k, v) = self.row_bytes();
+        (k + v) * KV_BLOCK_TOKENS
+    }
+
+    /// Checks a block of a layer exists, and (`bytes`) a block's bytes.
+    pub fn check_block(
+        &self,
+        layer: usize,
+        block: KvBlockId,
+        bytes: Option<usize>,
+    ) -> Result<(), String> {
+        if layer >= self.n_layers || block as usize >= self.n_blocks {
+            return Err(format!(
+                "KV block {block} of layer {layer}: the cache has {} blocks of {} layers",
+                self.n_blocks, self.n_layers
+            ));
+        }
+        match bytes {
+            Some(n) if n != self.block_bytes() => Err(format!(
+                "{n} bytes for a KV block of {} bytes",
+                self.block_bytes()
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Bytes of the whole pool.
     pub fn pool_bytes(&self) -> u64 {
         let per_token = self.kv_type.bytes_for(self.k_dim()) + self.kv_type.bytes_for(self.v_dim());

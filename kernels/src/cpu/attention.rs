@@ -56,6 +56,54 @@ impl CpuKvCache {
         &self.geo
     }
 
+    /// One block of `layer`: its K rows then its V rows, as stored.
+    pub fn block_to_bytes(&self, layer: usize, block: usize) -> Vec<u8> {
+        let (kr, vr) = self.geo.row_bytes();
+        let mut out = Vec::with_capacity(self.geo.block_bytes());
+        let slots = block * KV_BLOCK_TOKENS..(block + 1) * KV_BLOCK_TOKENS;
+        match &self.pools {
+            Pools::F16 { k, v } => {
+                let (kd, vd) = (self.geo.k_dim(), self.geo.v_dim());
+                for (pool, d) in [(&k[layer], kd), (&v[layer], vd)] {
+                    pool[slots.start * d..slots.end * d]
+                        .iter()
+                        .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+                }
+            }
+            Pools::Quant(q) => {
+                let (k, v) = q.pools(layer);
+                out.extend_from_slice(&k[slots.start * kr..slots.end * kr]);
+                out.extend_from_slice(&v[slots.start * vr..slots.end * vr]);
+            }
+        }
+        out
+    }
+
+    /// Writes back what [`Self::block_to_bytes`] gave (`bytes` is
+    /// `geometry().block_bytes()` long).
+    pub fn block_from_bytes(&mut self, layer: usize, block: usize, bytes: &[u8]) {
+        let (kr, _) = self.geo.row_bytes();
+        let slots = block * KV_BLOCK_TOKENS..(block + 1) * KV_BLOCK_TOKENS;
+        let (kb, vb) = bytes.split_at(kr * KV_BLOCK_TOKENS);
+        match &mut self.pools {
+            Pools::F16 { k, v } => {
+                let (kd, vd) = (self.geo.k_dim(), self.geo.v_dim());
+                for (pool, d, src) in [(&mut k[layer], kd, kb), (&mut v[layer], vd, vb)] {
+                    let dst = &mut pool[slots.start * d..slots.end * d];
+                    for (x, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                        *x = f16::from_le_bytes([b[0], b[1]]);
+                    }
+                }
+            }
+            Pools::Quant(q) => {
+                let (k, v) = q.pools_mut(layer);
+                let vr = vb.len() / KV_BLOCK_TOKENS;
+                k[slots.start * kr..slots.end * kr].copy_from_slice(kb);
+                v[slots.start * vr..slots.end * vr].copy_from_slice(vb);
+            }
+        }
+    }
+
     pub fn write(&mut self, layer: usize, k: &CpuAct, v: &CpuAct, batch: &AttentionBatch<'_>) {
         let (kd, vd) = (self.geo.k_dim(), self.geo.v_dim());
         let (kpool, vpool) = match &mut self.pools {

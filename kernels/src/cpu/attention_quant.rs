@@ -49,6 +49,14 @@ pub(super) struct QuantKv {
 }
 
 impl QuantKv {
+    /// The K and V byte pools of `layer`.
+    pub fn pools(&self, layer: usize) -> (&[u8], &[u8]) {
+        (&self.k[layer], &self.v[layer])
+    }
+    pub fn pools_mut(&mut self, layer: usize) -> (&mut [u8], &mut [u8]) {
+        (&mut self.k[layer], &mut self.v[layer])
+    }
+
     /// Pools for `geo` (whose `kv_type` is q8_0 or q4_0): heads of a whole
     /// number of 32-value blocks, as llama.cpp also requires.
     pub fn new(geo: &KvGeometry) -> Result<Self, KernelError> {

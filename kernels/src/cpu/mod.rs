@@ -20,7 +20,7 @@ use strata_model::GgmlType;
 use crate::backend::{
     attn_temperature_scales, AttentionBatch, Backend, KernelError, RopeConfig, Unary, WeightShape,
 };
-use crate::kv::KvGeometry;
+use crate::kv::{KvBlockId, KvGeometry};
 use crate::moe_route::{HostRouting, Router};
 use crate::op_checks;
 use crate::recurrent::{DeltaNetShape, RecurrentBatch};
@@ -352,6 +352,34 @@ impl Backend for CpuBackend {
             cache.write(layer, k, v, batch);
         }
         Ok(cache.attend(layer, q, batch))
+    }
+
+    fn kv_block_to_host(
+        &self,
+        cache: &CpuKvCache,
+        layer: usize,
+        block: KvBlockId,
+    ) -> Result<Vec<u8>, KernelError> {
+        cache
+            .geometry()
+            .check_block(layer, block, None)
+            .map_err(KernelError::Invalid)?;
+        Ok(cache.block_to_bytes(layer, block as usize))
+    }
+
+    fn kv_block_from_host(
+        &self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        block: KvBlockId,
+        bytes: &[u8],
+    ) -> Result<(), KernelError> {
+        cache
+            .geometry()
+            .check_block(layer, block, Some(bytes.len()))
+            .map_err(KernelError::Invalid)?;
+        cache.block_from_bytes(layer, block as usize, bytes);
+        Ok(())
     }
 
     fn route(&self, logits: &CpuAct, router: &Router) -> Result<HostRouting, KernelError> {

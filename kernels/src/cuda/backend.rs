@@ -29,7 +29,7 @@ use super::uploads::IndexUploads;
 use crate::backend::{
     AttentionBatch, Backend, BatchIndex, KernelError, RopeConfig, Unary, WeightShape,
 };
-use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
+use crate::kv::{KvBlockId, KvGeometry, KV_BLOCK_TOKENS};
 use crate::moe_route::Router;
 use crate::op_checks;
 use crate::recurrent::{DeltaNetShape, RecurrentBatch};
@@ -846,6 +846,57 @@ impl Backend for CudaBackend {
             batch,
         )?;
         self.paged_attention(cache, layer, q, new_kv, batch)
+    }
+
+    fn kv_block_to_host(
+        &self,
+        cache: &CudaKvCache,
+        layer: usize,
+        block: KvBlockId,
+    ) -> Result<Vec<u8>, KernelError> {
+        let g = cache.geometry;
+        g.check_block(layer, block, None)
+            .map_err(KernelError::Invalid)?;
+        let (kr, vr) = g.row_bytes();
+        let b = block as usize * KV_BLOCK_TOKENS;
+        let mut out = self
+            .stream
+            .clone_dtoh(&cache.k[layer].slice(b * kr..(b + KV_BLOCK_TOKENS) * kr))
+            .map_err(|e| device_error("KV block download", e))?;
+        let v = self
+            .stream
+            .clone_dtoh(&cache.v[layer].slice(b * vr..(b + KV_BLOCK_TOKENS) * vr))
+            .map_err(|e| device_error("KV block download", e))?;
+        out.extend_from_slice(&v);
+        Ok(out)
+    }
+
+    fn kv_block_from_host(
+        &self,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        block: KvBlockId,
+        bytes: &[u8],
+    ) -> Result<(), KernelError> {
+        let g = cache.geometry;
+        g.check_block(layer, block, Some(bytes.len()))
+            .map_err(KernelError::Invalid)?;
+        let (kr, vr) = g.row_bytes();
+        let b = block as usize * KV_BLOCK_TOKENS;
+        let (kb, vb) = bytes.split_at(kr * KV_BLOCK_TOKENS);
+        self.stream
+            .memcpy_htod(
+                kb,
+                &mut cache.k[layer].slice_mut(b * kr..(b + KV_BLOCK_TOKENS) * kr),
+            )
+            .map_err(|e| device_error("KV block upload", e))?;
+        self.stream
+            .memcpy_htod(
+                vb,
+                &mut cache.v[layer].slice_mut(b * vr..(b + KV_BLOCK_TOKENS) * vr),
+            )
+            .map_err(|e| device_error("KV block upload", e))?;
+        Ok(())
     }
 
     fn route(&self, logits: &CudaAct, router: &Router) -> Result<CudaRouting, KernelError> {
