@@ -5,6 +5,7 @@
 pub mod blocks;
 pub mod generate;
 pub mod kv_blocks;
+pub mod kv_disk;
 pub mod sampler;
 pub mod service;
 pub mod slice_cache;

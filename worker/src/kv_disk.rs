@@ -1,0 +1,235 @@
+//! Kept KV blocks on disk, so a session survives a restart: one file per
+//! block and layer (`<dir>/<layer>/<prefix hash>.kv`), per layer rather
+//! than per stage so that another placement after the restart still finds
+//! the layers a worker holds. `dir` is the cache directory's folder for one
+//! model and KV type.
+//!
+//! A file is a header (magic, version, the layer, the KV row shape and
+//! type, the hash, the data's length and its blake3) then the block's
+//! bytes. A file whose header or checksum does not match is ignored with a
+//! log line and removed. The folder stays under a size cap: the oldest
+//! files go first.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use strata_kernels::KvGeometry;
+
+use crate::kv_blocks::BlockHash;
+
+const MAGIC: &[u8; 8] = b"strataKV";
+const VERSION: u32 = 1;
+/// magic, version, layer, kv type, KV heads, K and V head dims, hash,
+/// data length, blake3.
+const HEADER_BYTES: usize = 8 + 4 * 6 + 16 + 8 + 32;
+
+pub struct DiskBlocks {
+    dir: PathBuf,
+    cap_bytes: u64,
+    /// Bytes of the files in `dir` (counted at open, kept up to date).
+    used_bytes: u64,
+}
+
+impl DiskBlocks {
+    /// Opens (and creates) `dir`, holding at most `cap_bytes` of blocks.
+    pub fn open(dir: &Path, cap_bytes: u64) -> io::Result<DiskBlocks> {
+        fs::create_dir_all(dir)?;
+        let used_bytes = files(dir)?.iter().map(|f| f.1).sum();
+        Ok(DiskBlocks {
+            dir: dir.to_path_buf(),
+            cap_bytes,
+            used_bytes,
+        })
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes
+    }
+
+    fn path(&self, layer: usize, hash: &BlockHash) -> PathBuf {
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join(layer.to_string()).join(format!("{hex}.kv"))
+    }
+
+    fn header(layer: usize, geo: &KvGeometry, hash: &BlockHash, data: &[u8]) -> Vec<u8> {
+        let mut h = Vec::with_capacity(HEADER_BYTES);
+        h.extend_from_slice(MAGIC);
+        for v in [
+            VERSION,
+            layer as u32,
+            geo.kv_type as u32,
+            geo.n_kv_heads as u32,
+            geo.head_dim_k as u32,
+            geo.head_dim_v as u32,
+        ] {
+            h.extend_from_slice(&v.to_le_bytes());
+        }
+        h.extend_from_slice(hash);
+        h.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        h.extend_from_slice(blake3::hash(data).as_bytes());
+        h
+    }
+
+    /// Saves one block of `layer` (written whole, then renamed into
+    /// place), then trims the folder to its cap.
+    pub fn write(
+        &mut self,
+        layer: usize,
+        geo: &KvGeometry,
+        hash: &BlockHash,
+        data: &[u8],
+    ) -> io::Result<()> {
+        let path = self.path(layer, hash);
+        if path.exists() {
+            return Ok(());
+        }
+        let len = (HEADER_BYTES + data.len()) as u64;
+        if len > self.cap_bytes {
+            return Ok(());
+        }
+        fs::create_dir_all(path.parent().expect("a layer folder"))?;
+        let tmp = path.with_extension("tmp");
+        {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&Self::header(layer, geo, hash, data))?;
+            f.write_all(data)?;
+        }
+        fs::rename(&tmp, &path)?;
+        self.used_bytes += len;
+        self.trim()
+    }
+
+    /// The block saved for `layer` and `hash`, if it is there and whole
+    /// and was written for this geometry.
+    pub fn read(&self, layer: usize, geo: &KvGeometry, hash: &BlockHash) -> Option<Vec<u8>> {
+        let path = self.path(layer, hash);
+        let mut bytes = Vec::new();
+        fs::File::open(&path).ok()?.read_to_end(&mut bytes).ok()?;
+        let fail = |why: &str| {
+            tracing::warn!("ignoring KV block file {}: {why}", path.display());
+            let _ = fs::remove_file(&path);
+            None
+        };
+        if bytes.len() < HEADER_BYTES {
+            return fail("shorter than its header");
+        }
+        let (head, data) = bytes.split_at(HEADER_BYTES);
+        if head != Self::header(layer, geo, hash, data).as_slice() {
+            return fail(
+                "its header or checksum does not match (another model, KV type or a damaged file)",
+            );
+        }
+        Some(data.to_vec())
+    }
+
+    /// Whether every layer in `layers` has the block saved (not checked).
+    pub fn has(&self, layers: std::ops::Range<usize>, hash: &BlockHash) -> bool {
+        layers.into_iter().all(|l| self.path(l, hash).exists())
+    }
+
+    /// Removes the oldest files until the folder fits its cap.
+    fn trim(&mut self) -> io::Result<()> {
+        if self.used_bytes <= self.cap_bytes {
+            return Ok(());
+        }
+        let mut all = files(&self.dir)?;
+        all.sort_by_key(|f| f.2);
+        self.used_bytes = all.iter().map(|f| f.1).sum();
+        for (path, len, _) in all {
+            if self.used_bytes <= self.cap_bytes {
+                break;
+            }
+            if fs::remove_file(&path).is_ok() {
+                self.used_bytes -= len;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every block file under `dir`: path, length and modification time.
+fn files(dir: &Path) -> io::Result<Vec<(PathBuf, u64, std::time::SystemTime)>> {
+    let mut out = Vec::new();
+    for layer in fs::read_dir(dir)? {
+        let layer = layer?.path();
+        if !layer.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(&layer)? {
+            let f = f?;
+            let path = f.path();
+            if path.extension().is_some_and(|e| e == "kv") {
+                let m = f.metadata()?;
+                out.push((path, m.len(), m.modified()?));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_model::profile::KvType;
+
+    fn geo(kv_type: KvType) -> KvGeometry {
+        KvGeometry {
+            n_layers: 2,
+            n_kv_heads: 2,
+            head_dim_k: 64,
+            head_dim_v: 64,
+            kv_type,
+            n_blocks: 4,
+        }
+    }
+
+    #[test]
+    fn blocks_round_trip_and_bad_files_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DiskBlocks::open(dir.path(), 1 << 20).unwrap();
+        let (g, h) = (geo(KvType::Q8_0), [7u8; 16]);
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 31) as u8).collect();
+        d.write(3, &g, &h, &data).unwrap();
+        assert_eq!(d.read(3, &g, &h).as_deref(), Some(&data[..]));
+        assert!(d.has(3..4, &h) && !d.has(3..5, &h));
+        // Another KV type or layer: not this block.
+        assert_eq!(d.read(3, &geo(KvType::F16), &h), None);
+        assert_eq!(d.read(2, &g, &h), None);
+        // Still there for the right reader? The wrong type removed it.
+        assert_eq!(d.read(3, &g, &h), None);
+        // A flipped byte fails the checksum.
+        d.write(1, &g, &h, &data).unwrap();
+        let path = d.path(1, &h);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(d.read(1, &g, &h), None);
+        assert!(!path.exists(), "a damaged file is removed");
+    }
+
+    #[test]
+    fn the_folder_stays_under_its_cap_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let per_file = (HEADER_BYTES + 100) as u64;
+        let mut d = DiskBlocks::open(dir.path(), 3 * per_file).unwrap();
+        let g = geo(KvType::F16);
+        for i in 0..5u8 {
+            d.write(0, &g, &[i; 16], &[i; 100]).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(d.used_bytes(), 3 * per_file);
+        let kept: Vec<bool> = (0..5u8)
+            .map(|i| d.read(0, &g, &[i; 16]).is_some())
+            .collect();
+        assert_eq!(kept, [false, false, true, true, true]);
+        // Reopened: the same count.
+        assert_eq!(
+            DiskBlocks::open(dir.path(), 3 * per_file)
+                .unwrap()
+                .used_bytes(),
+            3 * per_file
+        );
+    }
+}
