@@ -7,6 +7,7 @@ use strata_model::synth::{QuantScheme, SynthSpec};
 use strata_model::GgufFile;
 
 pub mod deviation;
+pub mod llama_reference;
 
 /// The model cache `scripts/fetch-models.sh` fills.
 pub fn models_dir() -> PathBuf {

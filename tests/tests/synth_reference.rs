@@ -23,107 +23,12 @@
 
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
 use strata_kernels::CpuBackend;
-use strata_model::arch::{Architecture, ModelSpec};
-use strata_model::synth::{QuantScheme, SynthSpec};
+use strata_model::arch::ModelSpec;
 use strata_model::GgufFile;
-use strata_tests::deviation::{argmax, LogprobDeviation};
+use strata_tests::llama_reference::{cases, free_running, synthesize, teacher_forced};
 use strata_tests::reference;
-use strata_worker::generate::{generate, prefill};
-use strata_worker::{LayerRange, Sampler, SamplingParams, Stage};
-
-/// Bound on |our log-prob - llama.cpp's| for every top-5 entry of every step.
-const MAX_LOGPROB_DEVIATION: f32 = 0.05;
-/// Top-2 gap of llama.cpp's under which a teacher-forced greedy pick may go
-/// the other way: twice the log-prob bound.
-const TIE: f32 = 2.0 * MAX_LOGPROB_DEVIATION;
-/// Top-2 gap within which free-running generation may diverge: its prompt
-/// goes in one batch, whatever llama-server did (reference_greedy.rs).
-const NEAR_TIE: f32 = 0.5;
-
-struct Step {
-    token: u32,
-    /// llama.cpp's top-5 `(token, logprob)`, where it reported them.
-    top: Option<Vec<(u32, f32)>>,
-}
-
-struct Case {
-    label: String,
-    prompt: Vec<u32>,
-    prompt_batches: Vec<usize>,
-    steps: Vec<Step>,
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn cases(r: &serde_json::Value) -> Vec<Case> {
-    r["greedy"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| Case {
-            label: c["prompt"].as_str().unwrap().to_string(),
-            prompt: ids(&c["prompt_ids"]),
-            prompt_batches: c["prompt_batches"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|n| n.as_u64().unwrap() as usize)
-                .collect(),
-            steps: c["steps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| Step {
-                    token: s["token"].as_u64().unwrap() as u32,
-                    top: s["top"].as_array().map(|top| {
-                        top.iter()
-                            .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap() as f32))
-                            .collect()
-                    }),
-                })
-                .collect(),
-        })
-        .collect()
-}
-
-/// The reference's model, synthesized into `dir`; panics if it is not the
-/// file llama.cpp read.
-fn synthesize(r: &serde_json::Value, dir: &Path) -> std::path::PathBuf {
-    let s = &r["synth"];
-    let arch_name = s["arch"].as_str().unwrap();
-    let arch = Architecture::from_name(arch_name).unwrap();
-    let quant_name = s["quant"].as_str().unwrap();
-    let quant = QuantScheme::parse(quant_name)
-        .unwrap_or_else(|| panic!("this build cannot synthesize {quant_name}"));
-    let mut spec = SynthSpec::from_preset(arch, s["preset"].as_str().unwrap(), quant).unwrap();
-    spec.seed = s["seed"].as_u64().unwrap();
-    if let Some(n) = s["layers"].as_u64() {
-        spec.shape.n_layers = n as usize;
-    }
-    let path = dir.join(format!("{arch_name}-{quant_name}.gguf"));
-    spec.write(&path, |_, _| {}).unwrap();
-    let sha: String = Sha256::digest(std::fs::read(&path).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(
-        sha,
-        r["gguf_sha256"].as_str().unwrap(),
-        "`{}` no longer writes the file llama.cpp was run on: the generator or \
-         a quantizer changed; re-record with scripts/record-reference.py \
-         (tests/data/README.md)",
-        r["synth_command"].as_str().unwrap()
-    );
-    path
-}
+use strata_worker::{LayerRange, Stage};
 
 fn load(path: &Path) -> Stage<CpuBackend> {
     let file = GgufFile::open(path).unwrap();
@@ -133,82 +38,6 @@ fn load(path: &Path) -> Stage<CpuBackend> {
         end: spec.n_layers,
     };
     Stage::load(CpuBackend::new(), &file, layers, 1024).unwrap()
-}
-
-/// Logits before each of llama.cpp's generated tokens, fed as llama-server fed them.
-fn teacher_forced_logits(stage: &mut Stage<CpuBackend>, case: &Case) -> Vec<Vec<f32>> {
-    assert_eq!(case.prompt_batches.iter().sum::<usize>(), case.prompt.len());
-    let (mut pos, mut logits) = (0, Vec::new());
-    for &n in &case.prompt_batches {
-        logits = prefill(stage, 0, pos, &case.prompt[pos..pos + n], None).unwrap();
-        pos += n;
-    }
-    for step in &case.steps[..case.steps.len() - 1] {
-        logits.extend(prefill(stage, 0, pos, &[step.token], None).unwrap());
-        pos += 1;
-    }
-    stage.release(0);
-    logits
-}
-
-fn top2_gap(top: &Option<Vec<(u32, f32)>>) -> Option<f32> {
-    top.as_ref().map(|t| t[0].1 - t[1].1)
-}
-
-fn teacher_forced(name: &str, stage: &mut Stage<CpuBackend>, cases: &[Case]) {
-    let mut deviation = LogprobDeviation::default();
-    for case in cases {
-        let logits = teacher_forced_logits(stage, case);
-        for (i, (step, row)) in case.steps.iter().zip(&logits).enumerate() {
-            let pick = argmax(row) as u32;
-            let tie = top2_gap(&step.top).is_some_and(|g| g < TIE);
-            assert!(
-                pick == step.token || tie,
-                "{name} {:?} step {i}: greedy pick {pick}, llama.cpp {} (top-2 gap {:?})",
-                case.label,
-                step.token,
-                top2_gap(&step.top)
-            );
-            let at = format!("{:?} step {i}", case.label);
-            deviation.add_step(row, step.top.as_deref().unwrap_or_default(), &at);
-        }
-    }
-    deviation.check(name, MAX_LOGPROB_DEVIATION);
-}
-
-fn free_running(name: &str, stage: &mut Stage<CpuBackend>, cases: &[Case]) {
-    for case in cases {
-        let mut sampler = Sampler::new(SamplingParams::greedy());
-        let ours = generate(stage, &case.prompt, case.steps.len(), &mut sampler, |_| {
-            true
-        })
-        .unwrap();
-        for (i, (got, want)) in ours.iter().zip(&case.steps).enumerate() {
-            if got.token == want.token {
-                continue;
-            }
-            // Without llama.cpp's probabilities at this step, the previous
-            // step's gap says nothing: divergence there is a failure.
-            let gap = top2_gap(&want.top).unwrap_or(f32::INFINITY);
-            assert!(
-                gap < NEAR_TIE,
-                "{name} {:?} step {i}: generated {} but llama.cpp {}, whose top-2 gap {gap} is outside the noise",
-                case.label,
-                got.token,
-                want.token
-            );
-            eprintln!(
-                "{name} {:?}: diverged at step {i} on a near-tie (gap {gap:.3})",
-                case.label
-            );
-            break;
-        }
-    }
-    assert_eq!(
-        stage.blocks().used_blocks(),
-        0,
-        "generation frees its KV blocks"
-    );
 }
 
 fn check(reference_file: &str) {

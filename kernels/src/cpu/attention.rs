@@ -12,7 +12,7 @@ use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 
 /// Attention up to this many multiply-adds runs on the calling thread (a
 /// short decode step: less work than handing it to the pool).
-pub(super) const SERIAL_MAX_MACS: usize = 1 << 16;
+const SERIAL_MAX_MACS: usize = 1 << 16;
 
 /// K and V pools of every layer of a stage: `[layer][block][slot][kv_dim]`,
 /// as f16 values or as q8_0 / q4_0 blocks.
@@ -194,44 +194,63 @@ impl CpuKvCache {
                     p0 += n;
                 }
                 acc.convert_to_f32_slice(o);
-                // The sink joins the softmax after the online pass, on the
-                // f32 accumulator (ggml_compute_forward_flash_attn_ext_f16_one_chunk).
-                if let Some(sinks) = batch.sinks {
-                    let s = sinks[h];
-                    let (mut ms, mut vs) = (1.0f32, 1.0f32);
-                    if s > m {
-                        ms = (m - s).exp();
-                        o.iter_mut().for_each(|o| *o *= ms);
-                    } else {
-                        vs = (s - m).exp();
-                    }
-                    sum = sum.mul_add(ms, vs);
-                }
-                let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-                o.iter_mut().for_each(|o| *o *= inv);
+                finish_softmax(o, m, sum, batch.sinks.map(|s| s[h]));
             })
         };
         let scratch = || (vec![0f32; hd], vec![f16::ZERO; hdv]);
-        // Positions attended, summed over tokens (an upper bound with a window).
-        let span: usize = batch.positions[..q.rows]
-            .iter()
-            .map(|&p| p as usize + 1)
-            .sum();
-        if span * batch.n_heads * (hd + hdv) <= SERIAL_MAX_MACS {
-            let mut s = scratch();
-            out.chunks_mut(hdv)
-                .enumerate()
-                .for_each(|io| head(&mut s, io));
-        } else {
-            out.par_chunks_mut(hdv)
-                .enumerate()
-                .for_each_init(scratch, head);
-        }
+        for_each_head(&mut out, hdv, batch, q.rows, hd, scratch, head);
         CpuAct {
             data: out,
             rows: q.rows,
             cols: n_out,
         }
+    }
+}
+
+/// The end of one head's online softmax over `o` (running max `m`, sum
+/// `sum`): the sink logit joins it after the pass, on the f32 accumulator
+/// (ggml_compute_forward_flash_attn_ext_f16_one_chunk), then `o /= sum`.
+pub(super) fn finish_softmax(o: &mut [f32], m: f32, mut sum: f32, sink: Option<f32>) {
+    if let Some(s) = sink {
+        let (mut ms, mut vs) = (1.0f32, 1.0f32);
+        if s > m {
+            ms = (m - s).exp();
+            o.iter_mut().for_each(|o| *o *= ms);
+        } else {
+            vs = (s - m).exp();
+        }
+        sum = sum.mul_add(ms, vs);
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    o.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// Runs `head` on every (token, query head) output of `hdv` values (index
+/// `token * n_heads + head`), each with a scratch from `scratch`: on the
+/// calling thread for a short decode step, else on the pool.
+pub(super) fn for_each_head<S: Send>(
+    out: &mut [f32],
+    hdv: usize,
+    batch: &AttentionBatch<'_>,
+    rows: usize,
+    hd: usize,
+    scratch: impl Fn() -> S + Send + Sync,
+    head: impl Fn(&mut S, (usize, &mut [f32])) + Send + Sync,
+) {
+    // Positions attended, summed over tokens (an upper bound with a window).
+    let span: usize = batch.positions[..rows]
+        .iter()
+        .map(|&p| p as usize + 1)
+        .sum();
+    if span * batch.n_heads * (hd + hdv) <= SERIAL_MAX_MACS {
+        let mut s = scratch();
+        out.chunks_mut(hdv)
+            .enumerate()
+            .for_each(|io| head(&mut s, io));
+    } else {
+        out.par_chunks_mut(hdv)
+            .enumerate()
+            .for_each_init(scratch, head);
     }
 }
 

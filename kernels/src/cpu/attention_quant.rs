@@ -23,11 +23,10 @@
 //! 64 (the transform is its own inverse), each as ggml-cpu's
 //! `ggml_compute_forward_fwht` computes it ([`fwht`]).
 
-use rayon::prelude::*;
 use strata_model::quant::legacy::{dequantize_q4_0, dequantize_q8_0, quantize_q4_0};
 use strata_model::GgmlType;
 
-use super::attention::{slot, SERIAL_MAX_MACS};
+use super::attention::{finish_softmax, for_each_head, slot};
 use super::{dot, fused, CpuAct};
 use crate::backend::{AttentionBatch, KernelError};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
@@ -168,19 +167,7 @@ impl QuantKv {
                         .for_each(|(a, &x)| *a = x.mul_add(vs, *a));
                     sum = sum.mul_add(ms, vs);
                 }
-                if let Some(sinks) = batch.sinks {
-                    let s = sinks[h];
-                    let (mut ms, mut vs) = (1.0f32, 1.0f32);
-                    if s > m {
-                        ms = (m - s).exp();
-                        o.iter_mut().for_each(|o| *o *= ms);
-                    } else {
-                        vs = (s - m).exp();
-                    }
-                    sum = sum.mul_add(ms, vs);
-                }
-                let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-                o.iter_mut().for_each(|o| *o *= inv);
+                finish_softmax(o, m, sum, batch.sinks.map(|s| s[h]));
                 if let Some(n) = self.rot_v {
                     fwht(o, n);
                 }
@@ -191,20 +178,7 @@ impl QuantKv {
             q_q: vec![0u8; q_bytes],
             v: vec![0f32; hdv],
         };
-        let span: usize = batch.positions[..q.rows]
-            .iter()
-            .map(|&p| p as usize + 1)
-            .sum();
-        if span * batch.n_heads * (hd + hdv) <= SERIAL_MAX_MACS {
-            let mut s = scratch();
-            out.chunks_mut(hdv)
-                .enumerate()
-                .for_each(|io| head(&mut s, io));
-        } else {
-            out.par_chunks_mut(hdv)
-                .enumerate()
-                .for_each_init(scratch, head);
-        }
+        for_each_head(&mut out, hdv, batch, q.rows, hd, scratch, head);
         CpuAct {
             data: out,
             rows: q.rows,
