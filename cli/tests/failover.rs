@@ -205,12 +205,13 @@ fn streams_survive_a_killed_or_hung_worker_with_one_process_text() {
     assert!(metric(&server, "replayed_tokens_total") > 0);
     assert!(metric(&server, "failover_pause_max_ms") > 0);
     // Nothing leaks: no worker holds KV for the finished streams, whether it
-    // served through the failovers, was reloaded, or came back.
+    // served through the failovers, was reloaded, or came back (beyond the
+    // full blocks the prefix cache keeps, within the pool).
     for w in &workers {
         assert!(
             common::eventually(Duration::from_secs(20), || {
                 let h = w.health();
-                h.live_sequences == 0 && h.kv_blocks_used == 0
+                h.live_sequences == 0 && h.kv_blocks_used == h.kv_blocks_cached
             }),
             "{}: KV left behind: {:?}",
             w.addr,
