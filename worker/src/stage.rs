@@ -377,6 +377,12 @@ impl<B: Backend> Stage<B> {
         }
     }
 
+    /// Frees every kept prefix block no sequence uses (a new pipeline).
+    pub fn clear_cached(&mut self) {
+        let all: Vec<BlockHash> = self.blocks.cached_hashes().collect();
+        self.blocks.evict(&all);
+    }
+
     /// Frees kept prefix blocks (the coordinator's eviction); how many.
     pub fn evict_cached(&mut self, hashes: &[BlockHash]) -> usize {
         self.blocks.evict(hashes)

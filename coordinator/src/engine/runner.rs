@@ -37,6 +37,9 @@ struct Seq {
     kv_end: usize,
     /// `Event::Cached` was sent (once, for the first admission).
     reported_cached: bool,
+    /// The prefix cache was asked for this pipeline (once: the prompt is
+    /// hashed again only after a failover).
+    prefix_tried: bool,
     generated: usize,
     max_tokens: usize,
     ignore_eos: bool,
@@ -196,6 +199,7 @@ impl Runner {
                 prefix: Vec::new(),
                 kv_end: 0,
                 reported_cached: false,
+                prefix_tried: false,
                 generated: 0,
                 max_tokens: req.max_tokens.min(room).max(1),
                 ignore_eos: req.ignore_eos,
@@ -467,9 +471,10 @@ impl Runner {
             return;
         }
         for s in &mut self.seqs {
-            if s.group != group || s.sent || s.retired.is_some() || s.cached > 0 {
+            if s.group != group || s.sent || s.retired.is_some() || s.prefix_tried {
                 continue;
             }
+            s.prefix_tried = true;
             s.prefix = self.prefix_cache.attach(&s.history[..s.prefill_to]);
             s.cached = s.prefix.len() * KV_BLOCK_TOKENS;
             s.kv_end = s.cached;
@@ -551,6 +556,7 @@ impl Runner {
             }
             s.cached = 0;
             s.prefix.clear();
+            s.prefix_tried = false;
             s.kv_end = 0;
             s.paused_since.get_or_insert(now);
         }

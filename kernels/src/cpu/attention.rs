@@ -416,7 +416,12 @@ mod simd {
     }
 }
 
-fn try_zeroed(len: usize, pool_bytes: u64) -> Result<Vec<f16>, KernelError> {
+/// A zeroed KV pool of `len` values, or an out-of-memory error naming the
+/// whole cache's `pool_bytes` (f16 and quantized pools alike).
+pub(super) fn try_zeroed<T: Clone + Default>(
+    len: usize,
+    pool_bytes: u64,
+) -> Result<Vec<T>, KernelError> {
     let mut v = Vec::new();
     v.try_reserve_exact(len)
         .map_err(|_| KernelError::OutOfMemory {
@@ -424,7 +429,7 @@ fn try_zeroed(len: usize, pool_bytes: u64) -> Result<Vec<f16>, KernelError> {
             bytes: pool_bytes,
             what: "KV cache".into(),
         })?;
-    v.resize(len, f16::ZERO);
+    v.resize(len, T::default());
     Ok(v)
 }
 

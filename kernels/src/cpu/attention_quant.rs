@@ -26,7 +26,7 @@
 use strata_model::quant::legacy::{dequantize_q4_0, dequantize_q8_0, quantize_q4_0};
 use strata_model::GgmlType;
 
-use super::attention::{finish_softmax, for_each_head, slot};
+use super::attention::{finish_softmax, for_each_head, slot, try_zeroed};
 use super::{dot, fused, CpuAct};
 use crate::backend::{AttentionBatch, KernelError};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
@@ -249,18 +249,6 @@ fn dequantize(ty: GgmlType, src: &[u8], y: &mut [f32]) {
     src.chunks_exact(ty.block_bytes())
         .zip(y.chunks_exact_mut(QK))
         .for_each(|(b, y)| f(b, y));
-}
-
-fn try_zeroed(len: usize, pool_bytes: u64) -> Result<Vec<u8>, KernelError> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len)
-        .map_err(|_| KernelError::OutOfMemory {
-            backend: "cpu".into(),
-            bytes: pool_bytes,
-            what: "KV cache".into(),
-        })?;
-    v.resize(len, 0);
-    Ok(v)
 }
 
 #[cfg(test)]

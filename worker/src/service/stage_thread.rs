@@ -146,9 +146,7 @@ where
                     Command::Release(req, reply) => {
                         if let Some(l) = loaded.as_mut() {
                             if req.clear_cached {
-                                let all: Vec<BlockHash> =
-                                    l.stage.blocks().cached_hashes().collect();
-                                l.stage.evict_cached(&all);
+                                l.stage.clear_cached();
                             }
                             release(l, &req.retain, &req.seq_ids);
                             l.stage.evict_cached(&hashes(&req.evict));
@@ -315,8 +313,7 @@ impl From<StageError> for BatchError {
 fn forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<FrameOut, DeviceFailed> {
     let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
     if frame.clear_cached_first {
-        let all: Vec<BlockHash> = l.stage.blocks().cached_hashes().collect();
-        l.stage.evict_cached(&all);
+        l.stage.clear_cached();
     }
     release(l, &frame.retain_first, &frame.release_first);
     l.stage.evict_cached(&hashes(&frame.evict_first));
