@@ -114,9 +114,15 @@ impl BlockAllocator {
     /// hashes; a block whose hash is kept already (the same tokens) is
     /// freed. Blocks it attached stay kept. Unknown sequences and blocks
     /// past its full ones are ignored (the coordinator's view may be ahead).
-    pub fn retain_and_release(&mut self, seq: u64, hashes: &[BlockHash]) {
+    /// Returns the blocks it newly keeps (to save on disk).
+    pub fn retain_and_release(
+        &mut self,
+        seq: u64,
+        hashes: &[BlockHash],
+    ) -> Vec<(BlockHash, KvBlockId)> {
+        let mut newly_kept = Vec::new();
         let Some(s) = self.seqs.get_mut(&seq) else {
-            return;
+            return newly_kept;
         };
         let full = s.len / KV_BLOCK_TOKENS;
         let own = s.prefix.len();
@@ -131,10 +137,29 @@ impl BlockAllocator {
                     users: 0,
                 },
             );
+            newly_kept.push((*h, s.blocks[i]));
             // Taken out of the sequence so its release does not free it.
             s.blocks[i] = KvBlockId::MAX;
         }
         self.release(seq);
+        newly_kept
+    }
+
+    /// Takes a free block to keep under `hash`, for a block read back from
+    /// disk (the caller fills it, or [`Self::evict`]s it on failure).
+    pub fn keep_free(&mut self, seq: u64, hash: BlockHash) -> Result<KvBlockId, KvError> {
+        let block = self.free.pop().ok_or(KvError::Full {
+            seq,
+            needed: 1,
+            free: 0,
+        })?;
+        self.kept.insert(hash, Kept { block, users: 0 });
+        Ok(block)
+    }
+
+    /// Whether `hash` is kept.
+    pub fn is_kept(&self, hash: &BlockHash) -> bool {
+        self.kept.contains_key(hash)
     }
 
     /// Frees kept blocks no live sequence uses; returns how many it freed.

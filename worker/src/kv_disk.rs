@@ -128,16 +128,40 @@ impl DiskBlocks {
         layers.into_iter().all(|l| self.path(l, hash).exists())
     }
 
-    /// Removes the oldest files until the folder fits its cap.
+    /// The hashes of the blocks saved for `layer` (by file name; read
+    /// checks them).
+    pub fn hashes(&self, layer: usize) -> std::collections::HashSet<BlockHash> {
+        let Ok(entries) = fs::read_dir(self.dir.join(layer.to_string())) else {
+            return Default::default();
+        };
+        entries
+            .filter_map(|e| {
+                let name = e.ok()?.file_name();
+                let hex = name.to_str()?.strip_suffix(".kv")?;
+                let mut h = [0u8; 16];
+                if hex.len() != 32 {
+                    return None;
+                }
+                for (i, b) in h.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+                }
+                Some(h)
+            })
+            .collect()
+    }
+
+    /// Removes the oldest files until the folder fits its cap, with a tenth
+    /// to spare (so that a full folder is not listed at every write).
     fn trim(&mut self) -> io::Result<()> {
         if self.used_bytes <= self.cap_bytes {
             return Ok(());
         }
+        let target = self.cap_bytes - self.cap_bytes / 10;
         let mut all = files(&self.dir)?;
         all.sort_by_key(|f| f.2);
         self.used_bytes = all.iter().map(|f| f.1).sum();
         for (path, len, _) in all {
-            if self.used_bytes <= self.cap_bytes {
+            if self.used_bytes <= target {
                 break;
             }
             if fs::remove_file(&path).is_ok() {
@@ -219,11 +243,15 @@ mod tests {
             d.write(0, &g, &[i; 16], &[i; 100]).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        // The fourth file goes over the cap: the two oldest go (down to
+        // nine tenths of it); the fifth fits.
         assert_eq!(d.used_bytes(), 3 * per_file);
         let kept: Vec<bool> = (0..5u8)
             .map(|i| d.read(0, &g, &[i; 16]).is_some())
             .collect();
         assert_eq!(kept, [false, false, true, true, true]);
+        assert_eq!(d.hashes(0).len(), 3);
+        assert!(d.hashes(0).contains(&[4u8; 16]) && d.hashes(1).is_empty());
         // Reopened: the same count.
         assert_eq!(
             DiskBlocks::open(dir.path(), 3 * per_file)

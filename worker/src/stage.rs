@@ -3,6 +3,9 @@
 //! The first stage embeds tokens, the last applies the final norm and output
 //! head. Between them, hidden states are `n_tokens x d_model` activations.
 
+mod persist;
+pub use persist::LayerBlock;
+
 use strata_kernels::{Backend, BatchIndex, KernelError, KvGeometry, RecurrentBatch};
 use strata_model::arch::ModelSpec;
 use strata_model::profile::{window_ring_blocks, KvType, StageLoad};
@@ -74,6 +77,7 @@ struct KvSlot {
 /// sliding-window pool) a ring of blocks per sequence.
 struct KvPool<B: Backend> {
     cache: B::KvCache,
+    geometry: KvGeometry,
     rings: Option<WindowRings>,
 }
 
@@ -294,6 +298,7 @@ impl<B: Backend> Stage<B> {
             .map(|(g, rings)| {
                 Ok(KvPool {
                     cache: backend.new_kv_cache(g)?,
+                    geometry: g,
                     rings,
                 })
             })
@@ -351,7 +356,7 @@ impl<B: Backend> Stage<B> {
 
     /// Frees a sequence's KV blocks, window rings and recurrent state slot.
     pub fn release(&mut self, seq: u64) {
-        self.retain_and_release(seq, &[]);
+        let _ = self.retain_and_release(seq, &[]);
     }
 
     /// Whether finished sequences' blocks can be reused by later ones: not
@@ -363,18 +368,24 @@ impl<B: Backend> Stage<B> {
     }
 
     /// [`Self::release`], keeping the sequence's first full blocks under
-    /// `hashes` for the prefix cache (where the stage allows it).
-    pub fn retain_and_release(&mut self, seq: u64, hashes: &[BlockHash]) {
+    /// `hashes` for the prefix cache (where the stage allows it). Returns
+    /// the blocks it newly keeps.
+    pub fn retain_and_release(
+        &mut self,
+        seq: u64,
+        hashes: &[BlockHash],
+    ) -> Vec<(BlockHash, strata_kernels::KvBlockId)> {
         let hashes = if self.prefix_cache_allowed() {
             hashes
         } else {
             &[]
         };
-        self.blocks.retain_and_release(seq, hashes);
+        let kept = self.blocks.retain_and_release(seq, hashes);
         self.slots.release(seq);
         for rings in self.kv.iter_mut().filter_map(|p| p.rings.as_mut()) {
             rings.release(seq);
         }
+        kept
     }
 
     /// Frees every kept prefix block no sequence uses (a new pipeline).

@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod generate;
 pub mod inspect;
+pub mod kv_disk_flags;
 pub mod kv_flags;
 pub mod links;
 pub mod perplexity;

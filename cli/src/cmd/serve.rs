@@ -57,6 +57,9 @@ pub struct Args {
     pub act_dtype: String,
     #[command(flatten)]
     pub kv: super::kv_flags::KvCacheArgs,
+    /// Embedded worker: sessions on disk.
+    #[command(flatten)]
+    pub kv_disk: super::kv_disk_flags::KvDiskArgs,
     /// Seconds a batch may go without a reply before its pipeline counts as
     /// hung and is rebuilt over the workers that answer.
     #[arg(long, default_value_t = 120)]
@@ -189,7 +192,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut _embedded = None;
         if args.links.workers.is_empty() {
             let (addr, pin, token, stop) =
-                start_embedded_worker(args.mem_budget, args.device.clone(), args.model.clone())
+                start_embedded_worker(
+                    args.mem_budget,
+                    args.device.clone(),
+                    args.model.clone(),
+                    args.kv_disk.config(),
+                )
                     .await?;
             config.workers = vec![addr.clone()];
             config.local_workers = vec![addr.clone()];
@@ -203,6 +211,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             anyhow::ensure!(
                 args.mem_budget.is_none(),
                 "--mem-budget is for the embedded worker; give it to `strata worker`"
+            );
+            anyhow::ensure!(
+                args.kv_disk.kv_cache_dir.is_none(),
+                "--kv-cache-dir is for the embedded worker; give it to each `strata worker`"
             );
         }
         let shutdown = async {
@@ -220,6 +232,7 @@ async fn start_embedded_worker(
     mem_budget: Option<u64>,
     device: super::DeviceArgs,
     model: PathBuf,
+    kv_disk: Option<strata_worker::service::kv_sessions::KvDiskConfig>,
 ) -> anyhow::Result<(
     String,
     strata_proto::Fingerprint,
@@ -244,6 +257,7 @@ async fn start_embedded_worker(
         cache_max_bytes: 0,
         threads: rayon::current_num_threads(),
         identity: Some(identity),
+        kv_disk,
     };
     let service =
         tokio::task::spawn_blocking(move || super::start_worker_service(config, &device)).await??;

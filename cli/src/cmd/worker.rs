@@ -44,6 +44,8 @@ pub struct Args {
     pub threads: Option<usize>,
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    #[command(flatten)]
+    pub kv_disk: super::kv_disk_flags::KvDiskArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -85,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cache_max_bytes: args.cache_max,
         threads: rayon::current_num_threads(),
         identity,
+        kv_disk: args.kv_disk.config(),
     };
     let service = super::start_worker_service(config, &args.device)?;
     service.serve_blocking(args.listen)?;

@@ -170,6 +170,24 @@ impl Engine {
             tonic::Status::deadline_exceeded("stage 0 did not open the data stream within 10 s")
         })??
         .into_inner();
+        // What the stages can read back from disk (sessions that survive
+        // a restart); a pipeline that cannot say just starts cold.
+        let disk = match tokio::time::timeout(
+            Duration::from_secs(30),
+            stage0.disk_prefixes(v1::DiskPrefixesRequest {}),
+        )
+        .await
+        {
+            Ok(Ok(r)) => Some(r.into_inner()),
+            Ok(Err(e)) => {
+                tracing::warn!("listing the prefix blocks on the workers' disks: {}", e.message());
+                None
+            }
+            Err(_) => {
+                tracing::warn!("listing the prefix blocks on the workers' disks took over 30 s");
+                None
+            }
+        };
         let epoch = self.stats.next_epoch();
         self.stats.clear_failure();
         let link = runner::Link {
@@ -178,6 +196,7 @@ impl Engine {
             replies,
             release: stage0,
             addr,
+            disk,
         };
         self.tx
             .send(Msg::Attach(Box::new(link)))

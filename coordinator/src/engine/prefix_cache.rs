@@ -6,6 +6,12 @@
 //! (`RetainBlocks`, `evict_first`), so their caches match this index block
 //! for block and a stage never evicts on its own. Each stage's pool has the
 //! same number of blocks (every stage is loaded for the same context).
+//!
+//! With sessions on disk (workers with `--kv-cache-dir`) it also knows
+//! which blocks every stage can read back: those they listed when the
+//! pipeline was attached, and those it evicted since (saved when kept). A
+//! prompt attaches them after its kept blocks, to be restored by its first
+//! frame; one that a stage cannot read is [`PrefixCache::forget`]ten.
 
 use std::collections::HashMap;
 
@@ -52,7 +58,22 @@ pub struct PrefixCache {
     /// Blocks in each stage's KV pool.
     pool_blocks: usize,
     kept: HashMap<BlockHash, Kept>,
+    /// Blocks on every stage's disk (when the stages keep them there), with
+    /// their last use.
+    on_disk: Option<HashMap<BlockHash, u64>>,
     clock: u64,
+}
+
+/// Most on-disk blocks the index remembers (16 MiB of hashes): past it,
+/// the least recently used are forgotten.
+const MAX_ON_DISK: usize = 1 << 20;
+
+/// The cached blocks a prompt starts with.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Attached {
+    pub blocks: Vec<BlockHash>,
+    /// How many of the last `blocks` must be read back from disk.
+    pub restore: usize,
 }
 
 impl PrefixCache {
@@ -63,7 +84,30 @@ impl PrefixCache {
             enabled,
             pool_blocks,
             kept: HashMap::new(),
+            on_disk: None,
             clock: 0,
+        }
+    }
+
+    /// The stages keep blocks on disk (`Some`, with those they hold now) or
+    /// not (`None`), as a new pipeline's stages said.
+    pub fn set_on_disk(&mut self, hashes: Option<Vec<BlockHash>>) {
+        let now = self.tick();
+        self.on_disk = hashes.map(|h| h.into_iter().map(|h| (h, now)).collect());
+    }
+
+    /// Blocks the stages can read back from disk.
+    pub fn on_disk_len(&self) -> usize {
+        self.on_disk.as_ref().map_or(0, |d| d.len())
+    }
+
+    /// Blocks a stage could not read back: no prompt attaches them again.
+    pub fn forget(&mut self, hashes: &[BlockHash]) {
+        for h in hashes {
+            self.kept.remove(h);
+            if let Some(d) = self.on_disk.as_mut() {
+                d.remove(h);
+            }
         }
     }
 
@@ -85,23 +129,39 @@ impl PrefixCache {
         self.clock
     }
 
-    /// The kept blocks `prompt` starts with, longest first match, leaving
-    /// at least its last token to compute (its logits are needed); each is
-    /// marked in use until [`Self::detach`].
-    pub fn attach(&mut self, prompt: &[u32]) -> Vec<BlockHash> {
+    /// The cached blocks `prompt` starts with, longest first match, leaving
+    /// at least its last token to compute (its logits are needed): kept
+    /// ones, then those on disk. Each is marked in use until
+    /// [`Self::detach`]; those on disk count as kept from now on (the
+    /// first frame reads them into the stages' memory).
+    pub fn attach(&mut self, prompt: &[u32]) -> Attached {
+        let mut out = Attached::default();
         if !self.enabled || prompt.len() <= KV_BLOCK_TOKENS {
-            return Vec::new();
+            return out;
         }
         let usable = &prompt[..(prompt.len() - 1) / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS];
         let now = self.tick();
-        let mut out = Vec::new();
-        for h in block_hashes(usable) {
-            let Some(k) = self.kept.get_mut(&h) else {
+        for (depth, h) in block_hashes(usable).into_iter().enumerate() {
+            if let Some(k) = self.kept.get_mut(&h) {
+                k.users += 1;
+                k.last_used = now;
+                if out.restore > 0 {
+                    out.restore += 1;
+                }
+            } else if self.on_disk.as_ref().is_some_and(|d| d.contains_key(&h)) {
+                self.kept.insert(
+                    h,
+                    Kept {
+                        users: 1,
+                        last_used: now,
+                        depth,
+                    },
+                );
+                out.restore += 1;
+            } else {
                 break;
-            };
-            k.users += 1;
-            k.last_used = now;
-            out.push(h);
+            }
+            out.blocks.push(h);
         }
         out
     }
@@ -157,12 +217,33 @@ impl PrefixCache {
         idle.sort_unstable();
         let out: Vec<BlockHash> = idle.into_iter().take(short).map(|(_, _, h)| h).collect();
         for h in &out {
-            self.kept.remove(h);
+            let k = self.kept.remove(h).expect("an idle kept block");
+            // The stages saved it when they kept it.
+            if let Some(d) = self.on_disk.as_mut() {
+                d.insert(*h, k.last_used);
+            }
         }
+        self.bound_on_disk();
         out
     }
 
-    /// The stages' caches were dropped (a new pipeline).
+    /// Forgets the least recently used on-disk blocks past [`MAX_ON_DISK`].
+    fn bound_on_disk(&mut self) {
+        let Some(d) = self.on_disk.as_mut() else {
+            return;
+        };
+        if d.len() <= MAX_ON_DISK {
+            return;
+        }
+        let mut by_age: Vec<(u64, BlockHash)> = d.iter().map(|(h, t)| (*t, *h)).collect();
+        by_age.sort_unstable();
+        for (_, h) in by_age.into_iter().take(d.len() - MAX_ON_DISK * 9 / 10) {
+            d.remove(&h);
+        }
+    }
+
+    /// The stages' caches were dropped (a new pipeline, whose stages say
+    /// again what they hold on disk).
     pub fn clear(&mut self) {
         self.kept.clear();
     }
@@ -195,16 +276,16 @@ mod tests {
         let history = tokens(96, 1);
         assert_eq!(c.retain(&history, &[]).len(), 3);
         // The same 96 tokens again: two blocks, the last token's block is computed.
-        assert_eq!(c.attach(&history).len(), 2);
+        assert_eq!(c.attach(&history).blocks.len(), 2);
         // 97 tokens: all three blocks.
         let mut longer = history.clone();
         longer.push(5);
-        assert_eq!(c.attach(&longer).len(), 3);
+        assert_eq!(c.attach(&longer).blocks.len(), 3);
         // A prompt that differs in block 1 matches block 0 only.
         let mut other = longer.clone();
         other[40] += 1;
-        assert_eq!(c.attach(&other).len(), 1);
-        assert!(PrefixCache::new(false, 100).attach(&longer).is_empty());
+        assert_eq!(c.attach(&other).blocks.len(), 1);
+        assert!(PrefixCache::new(false, 100).attach(&longer).blocks.is_empty());
     }
 
     #[test]
@@ -214,7 +295,7 @@ mod tests {
         c.retain(&a, &[]);
         c.retain(&b, &[]);
         assert_eq!(c.kept.len(), 4);
-        let used = c.attach(&[a.clone(), vec![9]].concat());
+        let used = c.attach(&[a.clone(), vec![9]].concat()).blocks;
         assert_eq!(used.len(), 2);
         // 6 blocks: 4 kept + 1 live; 3 more needed evicts 2, b's (a's are
         // in use), its last block first.
@@ -229,5 +310,47 @@ mod tests {
         c.detach(&used);
         assert_eq!(c.make_room(4, 10).len(), 2);
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn evicted_blocks_stay_on_disk_and_attach_to_be_restored() {
+        let mut c = PrefixCache::new(true, 4);
+        c.set_on_disk(Some(Vec::new()));
+        let a = tokens(96, 1);
+        c.retain(&a, &[]);
+        // 3 kept of 4: room for 2 more evicts the deepest, which stays on
+        // disk.
+        assert_eq!(c.make_room(0, 2).len(), 1);
+        assert_eq!((c.len(), c.on_disk_len()), (2, 1));
+        let mut prompt = a.clone();
+        prompt.push(1);
+        let got = c.attach(&prompt);
+        assert_eq!(got.blocks, block_hashes(&a));
+        assert_eq!(got.restore, 1, "the evicted last block is read back");
+        assert_eq!(c.len(), 3, "counted as kept while it is restored");
+        // A stage could not read it: forgotten, on disk too.
+        c.forget(&got.blocks[2..]);
+        c.detach(&got.blocks[..2]);
+        assert_eq!(c.attach(&prompt).restore, 0);
+        assert_eq!(c.on_disk_len(), 0);
+        // A pipeline whose stages keep nothing on disk.
+        c.set_on_disk(None);
+        c.make_room(0, 4);
+        assert_eq!(c.on_disk_len(), 0);
+    }
+
+    #[test]
+    fn a_new_pipeline_starts_from_what_its_stages_list() {
+        let mut c = PrefixCache::new(true, 8);
+        let a = tokens(64, 3);
+        c.set_on_disk(Some(block_hashes(&a)));
+        let mut prompt = a.clone();
+        prompt.push(0);
+        let got = c.attach(&prompt);
+        assert_eq!((got.blocks.len(), got.restore), (2, 2));
+        // Only the first block listed: the chain stops at the gap.
+        let mut c = PrefixCache::new(true, 8);
+        c.set_on_disk(Some(block_hashes(&a)[..1].to_vec()));
+        assert_eq!(c.attach(&prompt).blocks.len(), 1);
     }
 }

@@ -11,6 +11,7 @@ use strata_proto::{v1, WorkerClient};
 use tokio::sync::mpsc;
 
 use super::prefix_cache::{BlockHash, PrefixCache};
+use strata_proto::v1::DiskPrefixesReply;
 use super::{EngineConfig, EngineStats, Event, FinishReason, GenerationRequest, Msg, PipelineLost};
 use crate::scheduler::{plan_step, SeqPhase, SeqProgress, StepEntry};
 use strata_model::profile::KV_BLOCK_TOKENS;
@@ -32,6 +33,9 @@ struct Seq {
     cached: usize,
     /// The kept blocks it started on (prefix cache) on this pipeline.
     prefix: Vec<BlockHash>,
+    /// How many of the last of `prefix` its first frame reads back from
+    /// the stages' disks (0 once that frame ran).
+    restore: usize,
     /// Positions the stages hold for it once the batches sent so far ran:
     /// its blocks past `prefix` are its own.
     kv_end: usize,
@@ -70,6 +74,8 @@ struct InFlight {
     /// a release then carries it to the rest.
     evicted: Vec<BlockHash>,
     cleared: bool,
+    /// The sequence it carries alone, whose prefix it reads from disk.
+    restoring: Option<u64>,
 }
 
 /// The data stream to stage 0 of one pipeline.
@@ -81,6 +87,8 @@ pub(super) struct Link {
     pub release: WorkerClient,
     /// For messages: which worker the data stream goes to.
     pub addr: String,
+    /// What its stages said they hold on disk (`None`: they could not say).
+    pub disk: Option<DiskPrefixesReply>,
 }
 
 struct Runner {
@@ -103,6 +111,8 @@ struct Runner {
     /// The next frame is the first on this pipeline: stages drop what they
     /// kept for an earlier one.
     clear_cached_first: bool,
+    /// Kept blocks the next frame evicts on every stage (a failed restore's).
+    evict_next: Vec<BlockHash>,
 }
 
 /// Spawns the loop, detached until the first [`Msg::Attach`].
@@ -117,6 +127,7 @@ pub(super) fn spawn(
         prefix_cache: PrefixCache::new(config.prefix_cache, config.kv_pool_blocks),
         retain_first: Vec::new(),
         clear_cached_first: false,
+        evict_next: Vec::new(),
         config,
         stats,
         seqs: Vec::new(),
@@ -197,6 +208,7 @@ impl Runner {
                 history: req.prompt,
                 cached: 0,
                 prefix: Vec::new(),
+                restore: 0,
                 kv_end: 0,
                 reported_cached: false,
                 prefix_tried: false,
@@ -223,10 +235,18 @@ impl Runner {
                 continue;
             }
             self.attach_prefixes(group);
+            // A sequence whose prefix is read from disk goes alone, so that
+            // a stage that cannot read it fails no other.
+            let restoring = self
+                .seqs
+                .iter()
+                .find(|s| s.group == group && s.restore > 0 && s.retired.is_none() && !s.in_flight)
+                .map(|s| s.id);
             let progress: Vec<SeqProgress> = self
                 .seqs
                 .iter()
                 .filter(|s| s.group == group && s.retired.is_none() && !s.in_flight)
+                .filter(|s| restoring.is_none_or(|id| s.id == id))
                 .map(|s| SeqProgress {
                     seq: s.id,
                     group,
@@ -245,7 +265,8 @@ impl Runner {
             }
             let batch_id = self.next_batch;
             self.next_batch += 1;
-            let evicted = self.make_room(&entries);
+            let mut evicted = self.make_room(&entries);
+            evicted.append(&mut self.evict_next);
             let mut wire = Vec::with_capacity(entries.len());
             let mut token_ids = Vec::new();
             for e in &entries {
@@ -276,6 +297,7 @@ impl Runner {
                         Vec::new()
                     },
                     history_before,
+                    restore_blocks: if on_prefix { s.restore as u32 } else { 0 },
                 });
                 s.sent = true;
                 s.kv_end = s.kv_end.max(e.start_pos + e.n_tokens);
@@ -304,6 +326,7 @@ impl Runner {
                     sent_at: Instant::now(),
                     evicted,
                     cleared,
+                    restoring,
                 },
             );
             self.stats.on_batch_sent(n_tokens);
@@ -336,6 +359,13 @@ impl Runner {
                     clear_cached: batch.cleared,
                     ..Default::default()
                 });
+            }
+        }
+        if let Some(id) = batch.restoring {
+            self.on_restored(id, failed.then_some(reply.error.as_str()));
+            if failed {
+                self.release_retired();
+                return;
             }
         }
         let mut sampled: HashMap<u64, v1::SampledToken> =
@@ -475,10 +505,12 @@ impl Runner {
                 continue;
             }
             s.prefix_tried = true;
-            s.prefix = self.prefix_cache.attach(&s.history[..s.prefill_to]);
+            let attached = self.prefix_cache.attach(&s.history[..s.prefill_to]);
+            (s.prefix, s.restore) = (attached.blocks, attached.restore);
             s.cached = s.prefix.len() * KV_BLOCK_TOKENS;
             s.kv_end = s.cached;
-            if !s.reported_cached {
+            // Reported once the stages have read it back.
+            if s.restore == 0 && !s.reported_cached {
                 s.reported_cached = true;
                 if s.cached > 0 {
                     tracing::debug!(
@@ -491,6 +523,58 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// The frame that read sequence `id`'s prefix back from disk ran, or a
+    /// stage could not read it (`error`): then no prompt attaches those
+    /// blocks again, the stages that read some free them, and the
+    /// sequence starts again on what is kept in memory.
+    fn on_restored(&mut self, id: u64, error: Option<&str>) {
+        let Some(s) = self.seqs.iter_mut().find(|s| s.id == id) else {
+            return;
+        };
+        let from_disk = s.restore;
+        s.restore = 0;
+        let Some(error) = error else {
+            let tokens = s.prefix.len() * KV_BLOCK_TOKENS;
+            tracing::debug!(seq = id, tokens, restored = from_disk * KV_BLOCK_TOKENS, "prompt starts on cached blocks, some from disk");
+            self.stats.on_prefix_hit(tokens);
+            self.stats.on_prefix_restored(from_disk * KV_BLOCK_TOKENS);
+            if !s.reported_cached {
+                s.reported_cached = true;
+                let _ = s.events.send(Event::Cached(tokens));
+            }
+            return;
+        };
+        let split = s.prefix.len() - from_disk;
+        let unreadable = s.prefix.split_off(split);
+        tracing::warn!(
+            seq = id,
+            blocks = unreadable.len(),
+            "reading a prompt's KV blocks back from disk failed ({error}); computing them"
+        );
+        self.prefix_cache.forget(&unreadable);
+        self.prefix_cache.detach(&s.prefix);
+        let old_wire = s.wire;
+        s.wire = self.stats.next_seq_id();
+        s.in_flight = false;
+        s.sent = false;
+        s.prefix.clear();
+        s.cached = 0;
+        s.kv_end = 0;
+        s.prefix_tried = false;
+        // The stages before the one that failed attached the sequence and
+        // read some blocks: the next frame (or the RPC, if none comes soon)
+        // frees them there.
+        self.release_first.push(old_wire);
+        self.evict_next.extend(&unreadable);
+        self.stats.set_prefix_cache_blocks(self.prefix_cache.len());
+        self.stats.set_prefix_disk_blocks(self.prefix_cache.on_disk_len());
+        self.send_release(v1::ReleaseRequest {
+            seq_ids: vec![old_wire],
+            evict: unreadable.iter().map(|h| h.to_vec()).collect(),
+            ..Default::default()
+        });
     }
 
     /// Evicts kept blocks so that `entries` find their new blocks free on
@@ -521,6 +605,7 @@ impl Runner {
                 "prefix cache makes room"
             );
             self.stats.set_prefix_cache_blocks(self.prefix_cache.len());
+            self.stats.set_prefix_disk_blocks(self.prefix_cache.on_disk_len());
         }
         evicted
     }
@@ -556,6 +641,7 @@ impl Runner {
             }
             s.cached = 0;
             s.prefix.clear();
+            s.restore = 0;
             s.prefix_tried = false;
             s.kv_end = 0;
             s.paused_since.get_or_insert(now);
@@ -565,6 +651,7 @@ impl Runner {
         self.prefix_cache.clear();
         self.stats.set_prefix_cache_blocks(0);
         self.retain_first.clear();
+        self.evict_next.clear();
         // Nothing to release on a pipeline that is gone.
         self.release_retired();
         self.release_first.clear();
@@ -590,6 +677,17 @@ impl Runner {
             sequences = self.seqs.len(),
             "attached to the pipeline"
         );
+        let on_disk = link.disk.as_ref().filter(|d| d.enabled).map(|d| {
+            d.block_hashes
+                .iter()
+                .filter_map(|h| BlockHash::try_from(h.as_slice()).ok())
+                .collect::<Vec<_>>()
+        });
+        if let Some(h) = &on_disk {
+            tracing::info!(blocks = h.len(), "the stages hold prefix blocks on disk");
+        }
+        self.prefix_cache.set_on_disk(on_disk);
+        self.stats.set_prefix_disk_blocks(self.prefix_cache.on_disk_len());
         self.link = Some(link);
         self.clear_cached_first = true;
     }

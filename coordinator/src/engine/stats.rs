@@ -14,6 +14,10 @@ pub struct EngineStats {
     /// Prompt tokens found in the prefix cache, and blocks it keeps.
     prompt_tokens_cached_total: AtomicU64,
     prefix_cache_blocks: AtomicU64,
+    /// Of the cached tokens, those read back from the stages' disks, and
+    /// the blocks the stages hold on disk (as far as the coordinator knows).
+    prompt_tokens_restored_total: AtomicU64,
+    prefix_disk_blocks: AtomicU64,
     generated_tokens_total: AtomicU64,
     cancelled_total: AtomicU64,
     failed_total: AtomicU64,
@@ -49,6 +53,13 @@ impl EngineStats {
     }
     pub(super) fn set_prefix_cache_blocks(&self, blocks: usize) {
         self.prefix_cache_blocks.store(blocks as u64, Relaxed);
+    }
+    pub(super) fn on_prefix_restored(&self, tokens: usize) {
+        self.prompt_tokens_restored_total
+            .fetch_add(tokens as u64, Relaxed);
+    }
+    pub(super) fn set_prefix_disk_blocks(&self, blocks: usize) {
+        self.prefix_disk_blocks.store(blocks as u64, Relaxed);
     }
     pub(super) fn on_admit(&self) {
         self.queued.fetch_sub(1, Relaxed);
@@ -170,6 +181,18 @@ impl EngineStats {
             "gauge",
             "KV blocks every stage keeps for the prefix cache.",
             self.prefix_cache_blocks.load(Relaxed),
+        );
+        metric(
+            "prompt_tokens_restored_total",
+            "counter",
+            "Of the cached prompt tokens, those read back from the workers' KV cache directories.",
+            self.prompt_tokens_restored_total.load(Relaxed),
+        );
+        metric(
+            "prefix_disk_blocks",
+            "gauge",
+            "KV blocks the prefix cache can read back from the workers' disks.",
+            self.prefix_disk_blocks.load(Relaxed),
         );
         metric(
             "generated_tokens_total",

@@ -149,4 +149,14 @@ impl Downstream {
             .map_err(|e| format!("release on next stage {}: {}", self.addr, e.message()))?;
         Ok(reply.into_inner().stages)
     }
+
+    /// The prefix blocks the stages from the next one on hold on disk.
+    pub async fn disk_prefixes(&self) -> Result<v1::DiskPrefixesReply, String> {
+        let mut client = self.client().await?;
+        let reply = client
+            .disk_prefixes(v1::DiskPrefixesRequest {})
+            .await
+            .map_err(|e| format!("disk prefixes of next stage {}: {}", self.addr, e.message()))?;
+        Ok(reply.into_inner())
+    }
 }

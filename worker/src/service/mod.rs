@@ -8,6 +8,7 @@
 //!   cluster token, with raised message limits and HTTP/2 windows.
 
 mod downstream;
+pub mod kv_sessions;
 pub mod frames;
 mod locate;
 mod push;
@@ -61,6 +62,9 @@ pub struct WorkerConfig {
     /// The certificate it serves TLS with; `None` serves plaintext
     /// (`--insecure`).
     pub identity: Option<Arc<NodeIdentity>>,
+    /// Where kept KV blocks go on disk (sessions that survive a restart);
+    /// `None` keeps them in memory only.
+    pub kv_disk: Option<kv_sessions::KvDiskConfig>,
 }
 
 struct Shared {
@@ -390,6 +394,7 @@ impl WorkerService {
             weight_bytes,
             kv_bytes,
             scratch_bytes: memory.scratch_bytes,
+            kv_disk: self.shared.config.kv_disk.clone(),
         };
         self.command(|tx| Command::Load(Box::new(job), tx))
             .await?
@@ -572,6 +577,30 @@ impl worker_server::Worker for WorkerService {
             state_slots: s.state_slots,
             kv_blocks_cached: s.kv_blocks_cached,
             kv_block_tokens: strata_kernels::KV_BLOCK_TOKENS as u64,
+        }))
+    }
+
+    async fn disk_prefixes(
+        &self,
+        _: Request<v1::DiskPrefixesRequest>,
+    ) -> Result<Response<v1::DiskPrefixesReply>, Status> {
+        let own = self.command(Command::DiskPrefixes).await?;
+        let Some(mut own) = own else {
+            return Ok(Response::new(v1::DiskPrefixesReply::default()));
+        };
+        let next = self.shared.downstream.read().await.clone();
+        if let Some(d) = next {
+            let after = d.disk_prefixes().await.map_err(Status::unavailable)?;
+            if !after.enabled {
+                return Ok(Response::new(v1::DiskPrefixesReply::default()));
+            }
+            let theirs: std::collections::HashSet<Vec<u8>> =
+                after.block_hashes.into_iter().collect();
+            own.retain(|h| theirs.contains(h.as_slice()));
+        }
+        Ok(Response::new(v1::DiskPrefixesReply {
+            enabled: true,
+            block_hashes: own.into_iter().map(|h| h.to_vec()).collect(),
         }))
     }
 

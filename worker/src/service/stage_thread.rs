@@ -14,6 +14,7 @@ use strata_proto::v1;
 use tokio::sync::oneshot;
 
 use super::frames;
+use super::kv_sessions::{KvDiskConfig, KvSessions};
 use crate::kv_blocks::BlockHash;
 use crate::sampler::Sampler;
 use crate::stage::{LayerRange, Stage, StageError, StageInput, StageOutput};
@@ -50,6 +51,7 @@ pub struct LoadJob {
     pub weight_bytes: u64,
     pub kv_bytes: u64,
     pub scratch_bytes: u64,
+    pub kv_disk: Option<KvDiskConfig>,
 }
 
 /// The result of one frame on this stage.
@@ -65,6 +67,9 @@ pub enum Command {
     Forward(v1::BatchFrame, oneshot::Sender<FrameOut>),
     /// Frees sequences, keeping the blocks `retain` names (prefix cache).
     Release(v1::ReleaseRequest, oneshot::Sender<()>),
+    /// The prefix blocks on disk for all the stage's layers (`None`: no
+    /// slice, or no KV cache directory).
+    DiskPrefixes(oneshot::Sender<Option<Vec<BlockHash>>>),
     Unload(oneshot::Sender<()>),
 }
 
@@ -76,6 +81,8 @@ struct Loaded<B: Backend> {
     label: String,
     /// Last stage: sampler and token history per live sequence.
     seqs: HashMap<u64, SeqState>,
+    /// Kept blocks on disk (`--kv-cache-dir`).
+    disk: Option<KvSessions>,
 }
 
 #[derive(Default)]
@@ -153,6 +160,14 @@ where
                         }
                         let _ = reply.send(());
                     }
+                    Command::DiskPrefixes(reply) => {
+                        let own = loaded.as_ref().and_then(|l| {
+                            let disk = l.disk.as_ref()?;
+                            let layers = l.stage.kv_layer_indices();
+                            Some(disk.prefixes(&layers).into_iter().collect())
+                        });
+                        let _ = reply.send(own);
+                    }
                     Command::Unload(reply) => {
                         loaded = None;
                         *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
@@ -220,6 +235,19 @@ fn load<B: Backend, F: Fn() -> B>(
         )
     })?;
     let label = format!("layers {}..{}", job.range.first, job.range.end);
+    // Only where blocks can be kept at all (no recurrent state or rings).
+    let disk = match &job.kv_disk {
+        Some(c) if stage.prefix_cache_allowed() => {
+            match KvSessions::open(c, &job.digest, job.load.kv_type) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!("KV cache directory {}: {e}; blocks stay in memory only", c.dir.display());
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     tracing::info!(
         "loaded {label} of {} from {} in {:.2}s, KV cache {}",
         job.digest,
@@ -244,6 +272,7 @@ fn load<B: Backend, F: Fn() -> B>(
         limits: job.limits,
         label,
         seqs: HashMap::new(),
+        disk,
     })
 }
 
@@ -344,6 +373,7 @@ fn try_forward<B: Backend>(
         .filter(|e| !e.prefix_blocks.is_empty())
     {
         let prefix = frames::prefix_of(e)?;
+        restore(l, e.seq_id, &prefix, e.restore_blocks as usize)?;
         l.stage
             .attach_prefix(e.seq_id, e.start_pos as usize, &prefix)?;
         if is_last {
@@ -403,12 +433,51 @@ fn hashes(wire: &[Vec<u8>]) -> Vec<BlockHash> {
         .collect()
 }
 
+/// Reads the last `n` blocks of `prefix` back from disk into kept blocks,
+/// all or none (what a sequence started on them then attaches).
+fn restore<B: Backend>(
+    l: &mut Loaded<B>,
+    seq: u64,
+    prefix: &[BlockHash],
+    n: usize,
+) -> Result<(), String> {
+    if n == 0 {
+        return Ok(());
+    }
+    let Some(disk) = l.disk.as_ref() else {
+        return Err(format!(
+            "sequence {seq}: {n} prefix blocks to read from disk, but this worker keeps none (no --kv-cache-dir)"
+        ));
+    };
+    let from = prefix.len().checked_sub(n).ok_or_else(|| {
+        format!("sequence {seq}: {n} blocks to restore of a prefix of {}", prefix.len())
+    })?;
+    let restored: Vec<BlockHash> = prefix[from..]
+        .iter()
+        .filter(|h| !l.stage.blocks().is_kept(h))
+        .copied()
+        .collect();
+    for (i, &hash) in restored.iter().enumerate() {
+        let mut read = |layer: usize, g: &strata_kernels::KvGeometry| disk.read(layer, g, &hash);
+        if let Err(e) = l.stage.restore_block(seq, hash, &mut read) {
+            l.stage.evict_cached(&restored[..i]);
+            return Err(e.to_string());
+        }
+    }
+    tracing::debug!(seq, blocks = restored.len(), "prefix blocks read from disk");
+    Ok(())
+}
+
 /// Frees `seqs`, first keeping the blocks `retain` names for the prefix
-/// cache.
+/// cache (and writing those newly kept to disk).
 fn release<B: Backend>(l: &mut Loaded<B>, retain: &[v1::RetainBlocks], seqs: &[u64]) {
     for r in retain {
-        l.stage
+        let kept = l
+            .stage
             .retain_and_release(r.seq_id, &hashes(&r.block_hashes));
+        if let Some(disk) = &l.disk {
+            disk.save(&l.stage, &kept);
+        }
         l.seqs.remove(&r.seq_id);
     }
     for s in seqs {

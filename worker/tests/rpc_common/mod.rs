@@ -69,6 +69,7 @@ pub async fn start_worker_with(
         cache_max_bytes: u64::MAX,
         threads: 2,
         identity,
+        kv_disk: None,
     };
     let service =
         tokio::task::spawn_blocking(move || WorkerService::start(config, CpuBackend::new))

@@ -1,0 +1,212 @@
+//! Sessions on disk: workers started with `--kv-cache-dir` write the KV
+//! blocks they keep for the prefix cache, and after `strata serve` and the
+//! workers are killed and started again, a conversation continues from
+//! those files (`cached_tokens`, the restored-tokens metric) with the tokens
+//! a server without any cache gives. A damaged file is ignored with a log
+//! line and the prompt is computed.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{model, post, Server, Worker, SMOLLM2};
+use serde_json::{json, Value};
+
+/// About 1,000 SmolLM2 tokens of text.
+fn history() -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/data/gpl-3.txt"
+    ))
+    .unwrap();
+    text.chars().take(4_500).collect()
+}
+
+fn chat(server: &Server, messages: &[Value]) -> Value {
+    let (status, body) = post(
+        &format!("{}/v1/chat/completions", server.base),
+        &json!({"messages": messages, "max_tokens": 12, "temperature": 0, "logprobs": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn cached_tokens(body: &Value) -> u64 {
+    body["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no cached_tokens in {body}"))
+}
+
+fn tokens(body: &Value) -> Vec<(String, f64)> {
+    body["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["token"].as_str().unwrap().to_string(),
+                t["logprob"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn metric(server: &Server, name: &str) -> u64 {
+    let (_, metrics) = common::get(&format!("{}/metrics", server.base));
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("strata_{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Block files under a KV cache directory.
+fn block_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    fn walk(d: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "kv") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Waits until the writer threads have saved the blocks (the count stops
+/// growing and is above zero).
+fn wait_saved(dirs: &[&Path]) -> usize {
+    let count = || dirs.iter().map(|d| block_files(d).len()).sum::<usize>();
+    let mut last = 0;
+    assert!(
+        common::eventually(Duration::from_secs(30), || {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = count();
+            let settled = now > 0 && now == last;
+            last = now;
+            settled
+        }),
+        "no KV blocks saved under {dirs:?}"
+    );
+    last
+}
+
+/// The first turn: the history and a question.
+fn first_turn() -> Vec<Value> {
+    vec![json!({
+        "role": "user",
+        "content": format!("Here is a text.\n\n{}\n\nWhat is it about?", history()),
+    })]
+}
+
+/// The second turn: the first, the reply to it and another question.
+fn second_turn(first_reply: &Value) -> Vec<Value> {
+    let reply = first_reply["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    let mut messages = first_turn();
+    messages.push(json!({"role": "assistant", "content": reply}));
+    messages.push(json!({"role": "user", "content": "Say more."}));
+    messages
+}
+
+#[test]
+fn a_conversation_continues_from_disk_after_serve_and_its_worker_restart() {
+    let path = model(SMOLLM2);
+    let model_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&path, model_dir.path().join(SMOLLM2)).unwrap();
+    // One worker: with several, the planner may place the layers on other
+    // workers after a restart (their measured speeds differ from run to
+    // run), and each finds only the layers it held (docs/architecture.md).
+    let kv = tempfile::tempdir().unwrap();
+    let start = || -> (Worker, Server) {
+        let worker = Worker::start_in(
+            "127.0.0.1:0",
+            "400MiB",
+            Some(model_dir.path()),
+            &[],
+            &common::worker_state_dir(),
+            &["--kv-cache-dir", kv.path().to_str().unwrap()],
+        );
+        let args = ["-c", "2048", "-n", "1", "--worker", worker.spec.as_str()];
+        let server = Server::start(&path, &args);
+        (worker, server)
+    };
+    let cold = Server::start(&path, &["-c", "2048", "-n", "1", "--no-prefix-cache"]);
+
+    let (worker, server) = start();
+    let reply0 = chat(&server, &first_turn());
+    let prompt0 = reply0["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt0 > 900, "the history is {prompt0} tokens");
+    let saved = wait_saved(&[kv.path()]);
+    // Each kept block, for each of the 30 layers.
+    assert_eq!(saved % 30, 0, "{saved} block files over 30 layers");
+    assert!(saved / 30 >= prompt0 as usize / 32, "{saved} files");
+    drop(server);
+    drop(worker);
+
+    let (_worker, mut server) = start();
+    let listed = server
+        .proc
+        .wait_for("the stages hold prefix blocks on disk", Duration::from_secs(30));
+    assert!(!listed.contains("blocks=0"), "after the restart: {listed}");
+    let second = second_turn(&reply0);
+    let reply1 = chat(&server, &second);
+    let hit = cached_tokens(&reply1);
+    assert!(
+        hit >= prompt0 / 32 * 32,
+        "{hit} cached tokens after the restart; the first prompt had {prompt0}"
+    );
+    assert_eq!(metric(&server, "prompt_tokens_restored_total"), hit);
+    let fresh = chat(&cold, &second);
+    assert_eq!(tokens(&reply1), tokens(&fresh), "restored from disk vs cold");
+}
+
+#[test]
+fn a_damaged_block_file_is_ignored_and_the_prompt_computed() {
+    let path = model(SMOLLM2);
+    let kv = tempfile::tempdir().unwrap();
+    let dir = kv.path().to_str().unwrap();
+    let args = ["-c", "2048", "-n", "1", "--kv-cache-dir", dir];
+    let server = Server::start(&path, &args);
+    let reply0 = chat(&server, &first_turn());
+    wait_saved(&[kv.path()]);
+    drop(server);
+    // Flip the last byte of every block of layer 7.
+    let damaged: Vec<_> = block_files(kv.path())
+        .into_iter()
+        .filter(|p| p.parent().unwrap().ends_with("7"))
+        .collect();
+    assert!(!damaged.is_empty(), "layer 7's blocks were saved");
+    let mut damaged_last = std::collections::HashMap::new();
+    for f in &damaged {
+        let mut bytes = std::fs::read(f).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        damaged_last.insert(f.clone(), bytes[last]);
+        std::fs::write(f, &bytes).unwrap();
+    }
+
+    let mut server = Server::start(&path, &args);
+    let second = second_turn(&reply0);
+    let reply1 = chat(&server, &second);
+    assert_eq!(cached_tokens(&reply1), 0, "nothing restored");
+    server
+        .proc
+        .wait_for("ignoring KV block file", Duration::from_secs(10));
+    // The blocks computed again are saved again, whole.
+    wait_saved(&[kv.path()]);
+    let cold = Server::start(&path, &["-c", "2048", "-n", "1", "--no-prefix-cache"]);
+    let fresh = chat(&cold, &second);
+    assert_eq!(tokens(&reply1), tokens(&fresh), "after a damaged file vs cold");
+    assert!(
+        damaged.iter().any(|f| std::fs::read(f).is_ok_and(|b| b[b.len() - 1] != damaged_last[f])),
+        "the damaged files read are replaced"
+    );
+}
