@@ -10,55 +10,13 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{model, post, Server, Worker, SMOLLM2};
+use common::conversation::{cached_tokens, history, metric, tokens};
+use common::{model, Server, Worker, SMOLLM2};
 use serde_json::{json, Value};
 
-/// About 1,000 SmolLM2 tokens of text.
-fn history() -> String {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/data/gpl-3.txt"
-    ))
-    .unwrap();
-    text.chars().take(4_500).collect()
-}
-
+/// About 1,000 SmolLM2 tokens of history, a short reply.
 fn chat(server: &Server, messages: &[Value]) -> Value {
-    let (status, body) = post(
-        &format!("{}/v1/chat/completions", server.base),
-        &json!({"messages": messages, "max_tokens": 12, "temperature": 0, "logprobs": true}),
-    );
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-fn cached_tokens(body: &Value) -> u64 {
-    body["usage"]["prompt_tokens_details"]["cached_tokens"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no cached_tokens in {body}"))
-}
-
-fn tokens(body: &Value) -> Vec<(String, f64)> {
-    body["choices"][0]["logprobs"]["content"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["token"].as_str().unwrap().to_string(),
-                t["logprob"].as_f64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-fn metric(server: &Server, name: &str) -> u64 {
-    let (_, metrics) = common::get(&format!("{}/metrics", server.base));
-    let line = metrics
-        .lines()
-        .find(|l| l.starts_with(&format!("strata_{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in {metrics}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
+    common::conversation::chat(server, messages, 12)
 }
 
 /// Block files under a KV cache directory.
@@ -101,7 +59,7 @@ fn wait_saved(dirs: &[&Path]) -> usize {
 fn first_turn() -> Vec<Value> {
     vec![json!({
         "role": "user",
-        "content": format!("Here is a text.\n\n{}\n\nWhat is it about?", history()),
+        "content": format!("Here is a text.\n\n{}\n\nWhat is it about?", history(4_500)),
     })]
 }
 

@@ -7,47 +7,17 @@ mod common;
 
 use std::time::Duration;
 
+use common::conversation::{cached_tokens, metric, tokens};
 use common::{model, post, Server, Worker, SMOLLM2};
 use serde_json::{json, Value};
 
+fn chat(server: &Server, messages: &[Value]) -> Value {
+    common::conversation::chat(server, messages, 16)
+}
+
 /// About 3,000 SmolLM2 tokens of text.
 fn history() -> String {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/data/gpl-3.txt"
-    ))
-    .unwrap();
-    text.chars().take(13_800).collect()
-}
-
-fn chat(server: &Server, messages: &[Value]) -> Value {
-    let (status, body) = post(
-        &format!("{}/v1/chat/completions", server.base),
-        &json!({"messages": messages, "max_tokens": 16, "temperature": 0, "logprobs": true}),
-    );
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-fn cached_tokens(body: &Value) -> u64 {
-    body["usage"]["prompt_tokens_details"]["cached_tokens"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no cached_tokens in {body}"))
-}
-
-/// The reply's tokens and their log-probabilities, to compare bit for bit.
-fn tokens(body: &Value) -> Vec<(String, f64)> {
-    body["choices"][0]["logprobs"]["content"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["token"].as_str().unwrap().to_string(),
-                t["logprob"].as_f64().unwrap(),
-            )
-        })
-        .collect()
+    common::conversation::history(13_800)
 }
 
 /// Four turns over a 3,000-token history on each `cached` server: from the
@@ -122,16 +92,9 @@ fn a_conversation_reuses_its_history_on_one_and_three_stages() {
     let cold = Server::start(&path, &["-c", "4096", "-n", "1", "--no-prefix-cache"]);
     converse(&[&one, &pipeline], &cold);
     // /metrics counts the cached prompt tokens of turns 1-3 and the kept blocks.
-    let (_, metrics) = common::get(&format!("{}/metrics", one.base));
-    let value = |name: &str| -> u64 {
-        let line = metrics
-            .lines()
-            .find(|l| l.starts_with(&format!("strata_{name} ")))
-            .unwrap_or_else(|| panic!("no {name} in {metrics}"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    };
-    assert!(value("prompt_tokens_cached_total") > 3 * 3_000, "{metrics}");
-    assert!(value("prefix_cache_blocks") >= 3_000 / 32, "{metrics}");
+    let value = |name: &str| metric(&one, name);
+    assert!(value("prompt_tokens_cached_total") > 3 * 3_000);
+    assert!(value("prefix_cache_blocks") >= 3_000 / 32);
     for w in &workers {
         let h = w.health();
         assert!(h.kv_blocks_cached > 0, "{}: {h:?}", w.addr);

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod conversation;
+
 pub const TOKEN: &str = "e2e-cluster-secret";
 
 #[allow(unused_imports)]

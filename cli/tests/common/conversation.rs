@@ -1,0 +1,59 @@
+//! A long conversation through the chat API, for the prefix cache and
+//! sessions on disk: the history text, a greedy turn with log-probs, and
+//! what the reply and `/metrics` say.
+
+use serde_json::{json, Value};
+
+use super::{get, post, Server};
+
+/// The first `chars` characters of the GPL text (13,800 are about 3,000
+/// SmolLM2 tokens).
+pub fn history(chars: usize) -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/data/gpl-3.txt"
+    ))
+    .unwrap();
+    text.chars().take(chars).collect()
+}
+
+/// A greedy reply of at most `max_tokens`, with log-probabilities.
+pub fn chat(server: &Server, messages: &[Value], max_tokens: u32) -> Value {
+    let (status, body) = post(
+        &format!("{}/v1/chat/completions", server.base),
+        &json!({"messages": messages, "max_tokens": max_tokens, "temperature": 0, "logprobs": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+pub fn cached_tokens(body: &Value) -> u64 {
+    body["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no cached_tokens in {body}"))
+}
+
+/// The reply's tokens and their log-probabilities, to compare bit for bit.
+pub fn tokens(body: &Value) -> Vec<(String, f64)> {
+    body["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["token"].as_str().unwrap().to_string(),
+                t["logprob"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `strata_<name>` from the server's `/metrics`.
+pub fn metric(server: &Server, name: &str) -> u64 {
+    let (_, metrics) = get(&format!("{}/metrics", server.base));
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("strata_{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
