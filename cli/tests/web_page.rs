@@ -1,0 +1,133 @@
+//! The web page at `/`, driven in headless Chromium (chromedriver) against
+//! `strata serve` over two real worker processes on loopback: it asks for
+//! the API key, lists the model, shows each worker's layers, and streams a
+//! chat reply that is the API's own greedy answer. A screenshot is kept in
+//! `target/test-artifacts/web-page.png` (or `$STRATA_TEST_ARTIFACTS`).
+
+mod common;
+mod webdriver;
+
+use std::time::Duration;
+
+use common::{model, post_with, Server, Worker, SMOLLM2};
+use serde_json::{json, Value};
+use webdriver::{artifact_dir, Browser};
+
+const API_KEY: &str = "web-page-key";
+const PROMPT: &str = "What is the capital of France?";
+const MAX_TOKENS: u64 = 12;
+
+/// "ADDR (KV KV) layers A..B" from `/health` → "A..B".
+fn health_layers(server: &Server) -> Vec<String> {
+    let mut resp = ureq::get(&format!("{}/health", server.base))
+        .header("authorization", &format!("Bearer {API_KEY}"))
+        .call()
+        .expect("health");
+    let body: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    body["stages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("stages in {body}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().rsplit(' ').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn page_asks_for_the_key_shows_the_pool_and_streams_a_chat() {
+    let path = model(SMOLLM2);
+    // 160 MiB each cannot hold SmolLM2 with its context alone: two stages.
+    let workers = [Worker::start("160MiB", None), Worker::start("160MiB", None)];
+    let mut args = vec!["-c", "512", "-n", "2", "--api-key", API_KEY];
+    for w in &workers {
+        args.extend(["--worker", w.spec.as_str()]);
+    }
+    let server = Server::start(&path, &args);
+    let layers = health_layers(&server);
+    assert_eq!(layers.len(), 2, "two stages: {layers:?}");
+
+    // What the API answers greedily: the page must show the same text.
+    let (status, whole) = post_with(
+        &format!("{}/v1/chat/completions", server.base),
+        &json!({"messages": [{"role": "user", "content": PROMPT}],
+                "max_tokens": MAX_TOKENS, "temperature": 0}),
+        Some(API_KEY),
+    );
+    assert_eq!(status, 200, "{whole}");
+    let expected = whole["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let expected_tokens = whole["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(expected_tokens >= 2, "a reply of several tokens: {whole}");
+
+    let browser = Browser::start();
+    browser.open(&format!("{}/", server.base));
+    // No key yet: the page asks for one instead of failing silently.
+    browser.wait_for(
+        "the API key form",
+        "return !document.getElementById('key-form').hidden",
+        Duration::from_secs(20),
+    );
+    browser.eval(&format!(
+        "document.getElementById('key').value = '{API_KEY}';
+         document.getElementById('key-form').requestSubmit();"
+    ));
+    let picked = browser.wait_for(
+        "the model in the picker",
+        "return document.getElementById('model').value",
+        Duration::from_secs(20),
+    );
+    assert_eq!(picked, whole["model"], "the picker lists the served model");
+
+    // The pool view: one row per stage with that stage's layers.
+    let shown = browser.wait_for(
+        "both stages' layers",
+        "const rows = [...document.querySelectorAll('#pool-body tr.stage')];
+         return rows.length === 2 && rows.every(r => r.querySelector('.layers').textContent)
+             ? rows.map(r => r.dataset.layers) : null;",
+        Duration::from_secs(20),
+    );
+    let shown: Vec<String> = serde_json::from_value(shown).unwrap();
+    assert_eq!(shown, layers, "the page shows /health's stages");
+    browser.wait_for(
+        "each stage's link time and KV blocks",
+        "const t = document.getElementById('pool-body').innerText;
+         return /\\d+\\.\\d+ ms/.test(t) && /used, \\d+ free/.test(t) && /failover/.test(t);",
+        Duration::from_secs(20),
+    );
+
+    // A chat message streams a reply: the text grows in several steps.
+    browser.eval(&format!(
+        "window.updates = 0;
+         new MutationObserver(() => window.updates++).observe(
+             document.getElementById('messages'), {{subtree: true, childList: true, characterData: true}});
+         document.getElementById('temperature').value = '0';
+         document.getElementById('max-tokens').value = '{MAX_TOKENS}';
+         document.getElementById('prompt').value = {PROMPT:?};
+         document.getElementById('send').click();"
+    ));
+    let reply = browser.wait_for(
+        "the finished reply",
+        "const m = document.querySelector('#messages .msg.assistant.done');
+         return m ? m.textContent : null;",
+        Duration::from_secs(120),
+    );
+    assert_eq!(reply.as_str().unwrap(), expected, "the page's streamed reply is the API's");
+    let updates = browser.eval("return window.updates").as_u64().unwrap();
+    // Two messages added, then the reply's text set once per streamed chunk.
+    assert!(updates >= 2 + 2, "the reply streamed in steps ({updates} DOM updates)");
+    let tps = browser.eval("return document.getElementById('tps').textContent");
+    let tps = tps.as_str().unwrap();
+    assert!(
+        tps.starts_with(&format!("{expected_tokens} tokens, ")) && tps.contains(" tok/s"),
+        "tokens per second shown: {tps:?}"
+    );
+    // The throughput counter saw the tokens.
+    browser.wait_for(
+        "generated tokens in the pool view",
+        "return /tok\\/s/.test(document.getElementById('pool-body').innerText)",
+        Duration::from_secs(10),
+    );
+
+    let png = artifact_dir().join("web-page.png");
+    browser.screenshot(&png);
+    eprintln!("screenshot: {}", png.display());
+    assert!(std::fs::metadata(&png).unwrap().len() > 10_000, "a real screenshot");
+}
