@@ -89,7 +89,7 @@ mod tests {
         let spec = SynthSpec::from_preset(
             Architecture::Llama,
             "tiny",
-            QuantScheme::parse("q8_0").unwrap(),
+            QuantScheme::parse("Q4_K_M").unwrap(),
         )
         .unwrap();
         let (hp, profile) = synth_profile(&spec).unwrap();

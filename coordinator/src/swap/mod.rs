@@ -270,9 +270,12 @@ impl ModelSwap {
                 h.supervisor.abort();
             }
             for s in stages {
-                let unload = s.client.clone().unload(strata_proto::v1::UnloadRequest {});
-                if let Err(e) = tokio::time::timeout(Duration::from_secs(10), unload).await {
-                    tracing::warn!("unloading {}: {e}", s.addr);
+                let mut client = s.client.clone();
+                let unload = client.unload(strata_proto::v1::UnloadRequest {});
+                match tokio::time::timeout(Duration::from_secs(10), unload).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!("unloading {}: {}", s.addr, e.message()),
+                    Err(_) => tracing::warn!("unloading {}: no answer within 10 s", s.addr),
                 }
             }
         }

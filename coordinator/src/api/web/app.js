@@ -5,7 +5,7 @@
 
 const KEY_STORE = "strata-api-key";
 const $ = (id) => document.getElementById(id);
-const history = [];
+const chatHistory = [];
 let poolTimer = null;
 
 function apiKey() {
@@ -97,7 +97,7 @@ async function send(event) {
   if (!text) return;
   $("prompt").value = "";
   addMessage("user", text);
-  history.push({ role: "user", content: text });
+  chatHistory.push({ role: "user", content: text });
   const out = addMessage("assistant", "");
   out.classList.add("streaming");
   $("send").disabled = true;
@@ -112,7 +112,7 @@ async function send(event) {
       headers: headers(true),
       body: JSON.stringify({
         model: $("model").value,
-        messages: history,
+        messages: chatHistory,
         stream: true,
         stream_options: { include_usage: true },
         max_tokens: Number($("max-tokens").value) || 256,
@@ -134,7 +134,7 @@ async function send(event) {
         $("messages").scrollTop = $("messages").scrollHeight;
       }
     });
-    history.push({ role: "assistant", content: reply });
+    chatHistory.push({ role: "assistant", content: reply });
     const n = tokens || chunks;
     const end = performance.now();
     // Decode rate from the first token on; the wait before it is the prompt.
@@ -144,7 +144,7 @@ async function send(event) {
       `${n} tokens, ${tps} tok/s, first token after ${(((first || end) - started) / 1000).toFixed(2)} s`;
     $("tps").dataset.tokens = String(n);
   } catch (e) {
-    history.pop();
+    chatHistory.pop();
     if (!(e instanceof Unauthorized)) addMessage("error", String(e.message || e));
     if (!reply) out.remove();
   } finally {
@@ -201,7 +201,7 @@ function renderModel(m) {
   if (!m.stages || !m.stages.length) return div;
   const table = document.createElement("table");
   const head = table.insertRow();
-  for (const t of ["stage", "worker", "layers", "", "memory", "KV blocks", "link", "est. tok/s"]) {
+  for (const t of ["stage", "worker", "layers", "", "memory used of offered", "KV blocks", "link", "est. tok/s"]) {
     const th = document.createElement("th");
     th.textContent = t;
     head.appendChild(th);
@@ -211,10 +211,13 @@ function renderModel(m) {
     row.className = "stage";
     row.dataset.layers = `${s.first_layer}..${s.end_layer}`;
     cell(row, String(i));
-    cell(row, `${s.addr} ${s.backend} ${s.device_name}`, "worker");
+    const worker = cell(row, s.addr, "worker");
+    const device = document.createElement("small");
+    device.textContent = `${s.backend}: ${s.device_name}`;
+    worker.appendChild(device);
     cell(row, `${s.first_layer}..${s.end_layer}`, "layers");
     row.insertCell().appendChild(layerBar(s.first_layer, s.end_layer, m.n_layers || s.end_layer));
-    cell(row, `${mib(s.memory_planned_bytes)} of ${mib(s.memory_offered_bytes)} offered`);
+    cell(row, `${mib(s.memory_planned_bytes)} of ${mib(s.memory_offered_bytes)}`);
     cell(row, s.error ? s.error : `${s.kv_blocks_used} used, ${s.kv_blocks_free} free`);
     cell(row, s.link_ms == null ? "–" : `${s.link_ms.toFixed(2)} ms`);
     cell(row, s.est_tokens_per_second ? s.est_tokens_per_second.toFixed(0) : "–");
@@ -263,7 +266,7 @@ $("prompt").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) send(e);
 });
 $("clear").addEventListener("click", () => {
-  history.length = 0;
+  chatHistory.length = 0;
   $("messages").textContent = "";
   $("tps").textContent = "";
 });
