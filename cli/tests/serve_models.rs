@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, get, model, post, Proc, SMOLLM2};
+use common::{eventually, get, model, post, EventStream, Proc, SMOLLM2};
 use serde_json::{json, Value};
 
 /// A `strata synth` tiny Llama: loads in a moment.
@@ -138,8 +138,31 @@ members = ["smollm2", "tiny"]
     assert_eq!(state_of(&s, "smollm2"), "ready");
     assert_eq!(state_of(&s, "tiny"), "ready");
 
-    // No group with either: both are unloaded for it.
-    complete(&s, "tiny-alone");
+    // No group with either: both are unloaded for it, but only once
+    // SmolLM2 has finished the stream it is running.
+    let mut stream = EventStream::open(
+        &format!("{}/v1/completions", s.base),
+        &json!({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 48,
+                "ignore_eos": true, "temperature": 0, "stream": true}),
+    );
+    assert!(stream.next_data().is_some(), "the stream started");
+    let base = s.base.clone();
+    let swap_in = std::thread::spawn(move || {
+        post(
+            &format!("{base}/v1/completions"),
+            &json!({"model": "tiny-alone", "prompt": "Hi", "max_tokens": 3}),
+        )
+    });
+    let mut finish = None;
+    while let Some(d) = stream.next_data() {
+        assert!(!d.contains("\"error\""), "the running stream was cut: {d}");
+        if let Ok(v) = serde_json::from_str::<Value>(&d) {
+            finish = v["choices"][0]["finish_reason"].as_str().map(str::to_string).or(finish);
+        }
+    }
+    assert_eq!(finish.as_deref(), Some("length"), "the stream ran to its 48 tokens");
+    let (status, body) = swap_in.join().unwrap();
+    assert_eq!(status, 200, "{body}");
     let now = states(&s);
     assert_eq!(
         now,

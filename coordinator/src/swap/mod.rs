@@ -66,6 +66,9 @@ pub struct ModelSwap {
     loads: tokio::sync::Mutex<()>,
 }
 
+/// How long a model being swapped out may take to finish its requests.
+const DRAIN_MAX: Duration = Duration::from_secs(600);
+
 /// How often the ttl is checked.
 const TTL_TICK: Duration = Duration::from_millis(500);
 
@@ -144,6 +147,7 @@ impl ModelSwap {
             let other = &self.config.models[j].name;
             if j != i && self.slot(j).is_loaded() && !self.config.together(&name, other) {
                 tracing::info!("unloading {other} to load {name} (no group holds both)");
+                self.drain(j, &name).await;
                 self.unload(j, &format!("unloaded to load {name}")).await;
             }
         }
@@ -228,14 +232,13 @@ impl ModelSwap {
             .await
             .map_err(|e| e.to_string())?;
         let workers = ready.engine.stats().stage_views().iter().map(|v| v.addr.clone()).collect();
-        Ok((
-            ready,
-            Held {
-                supervisor,
-                embedded,
-                workers,
-            },
-        ))
+        let held = Held {
+            engine: ready.engine.clone(),
+            supervisor,
+            embedded,
+            workers,
+        };
+        Ok((ready, held))
     }
 
     /// The server's workers model `i` may use (its `workers`, else all).
@@ -257,18 +260,32 @@ impl ModelSwap {
             .collect()
     }
 
-    /// Unloads model `i`: its requests still running fail with `why`.
-    async fn unload(&self, i: usize, why: &str) {
-        let (state, held) = {
+    /// Lets model `i` finish the requests it has (new ones wait for the
+    /// load of `next`, then for `i` again), for at most [`DRAIN_MAX`].
+    async fn drain(&self, i: usize, next: &str) {
+        let engine = {
             let mut slot = self.slot(i);
-            (std::mem::replace(&mut slot.state, SlotState::Unloaded), slot.held.take())
+            slot.state = SlotState::Loading(format!("finishing its requests, then unloaded for {next}"));
+            slot.held.as_ref().map(|h| h.engine.clone())
         };
-        if let SlotState::Ready(ready) = state {
-            let stages = ready.engine.stats().stage_views();
-            ready.engine.fail(format!("model {} was {why}", self.config.models[i].name));
-            if let Some(h) = &held {
-                h.supervisor.abort();
-            }
+        let Some(engine) = engine else { return };
+        let deadline = Instant::now() + DRAIN_MAX;
+        while engine.stats().live() + engine.stats().queued() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Unloads model `i`: requests still running fail with `why`.
+    async fn unload(&self, i: usize, why: &str) {
+        let held = {
+            let mut slot = self.slot(i);
+            slot.state = SlotState::Unloaded;
+            slot.held.take()
+        };
+        if let Some(h) = &held {
+            let stages = h.engine.stats().stage_views();
+            h.engine.fail(format!("model {} was {why}", self.config.models[i].name));
+            h.supervisor.abort();
             for s in stages {
                 let mut client = s.client.clone();
                 let unload = client.unload(strata_proto::v1::UnloadRequest {});

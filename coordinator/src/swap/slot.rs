@@ -15,6 +15,8 @@ pub(super) enum SlotState {
 
 /// What a loaded model holds beyond its serving loop.
 pub(super) struct Held {
+    /// Its serving loop (also while it drains for an unload).
+    pub engine: crate::engine::Engine,
     /// Watches the pipeline and rebuilds it after a failure.
     pub supervisor: tokio::task::JoinHandle<()>,
     /// Stops the model's embedded worker.
