@@ -18,12 +18,18 @@ use serde_json::{json, Value};
 fn synth_tiny(dir: &Path) -> PathBuf {
     let path = dir.join("tiny.gguf");
     let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["synth", "--arch", "llama", "--preset", "tiny", "--quant", "Q4_K_M", "-o"])
+        .args([
+            "synth", "--arch", "llama", "--preset", "tiny", "--quant", "Q4_K_M", "-o",
+        ])
         .arg(&path)
         .env("STRATA_LOG", "warn")
         .output()
         .expect("run strata synth");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     path
 }
 
@@ -33,7 +39,13 @@ struct ModelServer {
 }
 
 fn start(config: &Path, extra: &[&str]) -> ModelServer {
-    let mut args = vec!["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"];
+    let mut args = vec![
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
     args.extend_from_slice(extra);
     let mut proc = Proc::spawn("serve", &args);
     let rest = proc.wait_for("serving on http://", Duration::from_secs(120));
@@ -53,12 +65,21 @@ fn states(s: &ModelServer) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["id"].as_str().unwrap().into(), m["state"].as_str().unwrap().into()))
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().into(),
+                m["state"].as_str().unwrap().into(),
+            )
+        })
         .collect()
 }
 
 fn state_of(s: &ModelServer, id: &str) -> String {
-    states(s).into_iter().find(|(m, _)| m == id).map(|(_, st)| st).unwrap()
+    states(s)
+        .into_iter()
+        .find(|(m, _)| m == id)
+        .map(|(_, st)| st)
+        .unwrap()
 }
 
 /// A short greedy completion of `model`; the response body.
@@ -107,9 +128,16 @@ members = ["smollm2", "tiny"]
     .unwrap();
     let mut s = start(&config, &["-t", "1"]);
     let all = |st: &str| -> Vec<(String, String)> {
-        ["smollm2", "tiny", "tiny-alone"].iter().map(|m| (m.to_string(), st.to_string())).collect()
+        ["smollm2", "tiny", "tiny-alone"]
+            .iter()
+            .map(|m| (m.to_string(), st.to_string()))
+            .collect()
     };
-    assert_eq!(states(&s), all("unloaded"), "nothing loaded before a request");
+    assert_eq!(
+        states(&s),
+        all("unloaded"),
+        "nothing loaded before a request"
+    );
 
     // An unknown model: 404 in OpenAI's shape, nothing loads.
     let (status, body) = post(
@@ -119,14 +147,21 @@ members = ["smollm2", "tiny"]
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "model_not_found", "{body}");
     assert_eq!(body["error"]["param"], "model", "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("gpt-5"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("gpt-5"),
+        "{body}"
+    );
 
     // By alias: SmolLM2 loads, the request waits for it and is answered.
     let body = complete(&s, "smol");
     assert_eq!(body["model"], "smollm2", "answered as the model's name");
-    s.proc.wait_for("model smollm2 loaded in", Duration::from_secs(5));
+    s.proc
+        .wait_for("model smollm2 loaded in", Duration::from_secs(5));
     assert!(
-        s.proc.log.iter().any(|l| l.contains("loading model smollm2") ),
+        s.proc
+            .log
+            .iter()
+            .any(|l| l.contains("loading model smollm2")),
         "load progress in the log:\n{}",
         s.proc.log.join("\n")
     );
@@ -157,10 +192,17 @@ members = ["smollm2", "tiny"]
     while let Some(d) = stream.next_data() {
         assert!(!d.contains("\"error\""), "the running stream was cut: {d}");
         if let Ok(v) = serde_json::from_str::<Value>(&d) {
-            finish = v["choices"][0]["finish_reason"].as_str().map(str::to_string).or(finish);
+            finish = v["choices"][0]["finish_reason"]
+                .as_str()
+                .map(str::to_string)
+                .or(finish);
         }
     }
-    assert_eq!(finish.as_deref(), Some("length"), "the stream ran to its 48 tokens");
+    assert_eq!(
+        finish.as_deref(),
+        Some("length"),
+        "the stream ran to its 48 tokens"
+    );
     let (status, body) = swap_in.join().unwrap();
     assert_eq!(status, 200, "{body}");
     let now = states(&s);
@@ -178,11 +220,15 @@ members = ["smollm2", "tiny"]
     assert_eq!(state_of(&s, "tiny-alone"), "unloaded");
     assert_eq!(state_of(&s, "smollm2"), "ready");
     assert!(
-        eventually(Duration::from_secs(20), || state_of(&s, "smollm2") == "unloaded"),
+        eventually(Duration::from_secs(20), || state_of(&s, "smollm2")
+            == "unloaded"),
         "the ttl unloads an idle model: {:?}",
         states(&s)
     );
-    s.proc.wait_for("model smollm2 unloaded after 6 s idle (ttl)", Duration::from_secs(5));
+    s.proc.wait_for(
+        "model smollm2 unloaded after 6 s idle (ttl)",
+        Duration::from_secs(5),
+    );
     // And a request loads it again.
     complete(&s, "smol");
     assert_eq!(state_of(&s, "smollm2"), "ready");
@@ -215,7 +261,13 @@ members = ["smol-a", "smol-b"]
     .unwrap();
     // Room for one SmolLM2 with its margin, not two.
     let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .args(["--mem-budget", MEM_FOR_ONE, "-t", "1"])
         .env("STRATA_LOG", "warn")
         .output()
@@ -223,13 +275,19 @@ members = ["smol-a", "smol-b"]
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "refused: {stderr}");
     assert!(
-        stderr.contains("group \"both\" does not fit on the pool at once: smol-b does not fit next to smol-a: "),
+        stderr.contains(
+            "group \"both\" does not fit on the pool at once: smol-b does not fit next to smol-a: "
+        ),
         "{stderr}"
     );
     // The same file with the group's members alone serves.
     let single = dir.path().join("single.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&single, text.replace("[groups.both]\nmembers = [\"smol-a\", \"smol-b\"]\n", "")).unwrap();
+    std::fs::write(
+        &single,
+        text.replace("[groups.both]\nmembers = [\"smol-a\", \"smol-b\"]\n", ""),
+    )
+    .unwrap();
     let s = start(&single, &["--mem-budget", MEM_FOR_ONE, "-t", "1"]);
     complete(&s, "smol-a");
     complete(&s, "smol-b");

@@ -53,7 +53,10 @@ fn page_asks_for_the_key_shows_the_pool_and_streams_a_chat() {
         Some(API_KEY),
     );
     assert_eq!(status, 200, "{whole}");
-    let expected = whole["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let expected = whole["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let expected_tokens = whole["usage"]["completion_tokens"].as_u64().unwrap();
     assert!(expected_tokens >= 2, "a reply of several tokens: {whole}");
 
@@ -114,7 +117,11 @@ fn page_asks_for_the_key_shows_the_pool_and_streams_a_chat() {
          return m ? m.textContent : null;",
         Duration::from_secs(120),
     );
-    assert_eq!(reply.as_str().unwrap(), expected, "the page's streamed reply is the API's");
+    assert_eq!(
+        reply.as_str().unwrap(),
+        expected,
+        "the page's streamed reply is the API's"
+    );
     let lengths = browser.eval("return [...window.lengths].sort((a, b) => a - b)");
     let lengths: Vec<usize> = serde_json::from_value(lengths).unwrap();
     // Empty, at least one part, then whole.
@@ -128,15 +135,29 @@ fn page_asks_for_the_key_shows_the_pool_and_streams_a_chat() {
         tps.starts_with(&format!("{expected_tokens} tokens, ")) && tps.contains(" tok/s"),
         "tokens per second shown: {tps:?}"
     );
-    // The throughput counter saw the tokens.
-    browser.wait_for(
-        "generated tokens in the pool view",
-        "return /tok\\/s/.test(document.getElementById('pool-body').innerText)",
-        Duration::from_secs(10),
+    // What the pool view reads counted both replies' tokens, and each
+    // stage answered its Health round trip.
+    let mut resp = ureq::get(&format!("{}/v1/pool", server.base))
+        .header("authorization", &format!("Bearer {API_KEY}"))
+        .call()
+        .expect("pool");
+    let pool: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    let m = &pool["models"][0];
+    assert_eq!(m["state"], "ready", "{pool}");
+    assert!(
+        m["generated_tokens"].as_u64().unwrap() >= 2 * expected_tokens,
+        "{pool}"
     );
+    for s in m["stages"].as_array().unwrap() {
+        assert_eq!(s["status"], "ready", "{pool}");
+        assert!(s["link_ms"].as_f64().unwrap() > 0.0, "{pool}");
+    }
 
     let png = artifact_dir().join("web-page.png");
     browser.screenshot(&png);
     eprintln!("screenshot: {}", png.display());
-    assert!(std::fs::metadata(&png).unwrap().len() > 10_000, "a real screenshot");
+    assert!(
+        std::fs::metadata(&png).unwrap().len() > 10_000,
+        "a real screenshot"
+    );
 }

@@ -170,12 +170,21 @@ fn the_page_is_served_and_the_pool_view_needs_the_key() {
         let mut resp = agent().get(&format!("{base}{path}")).call().unwrap();
         assert_eq!(resp.status().as_u16(), 200, "{path}");
         let h = resp.headers();
-        assert!(h["content-type"].to_str().unwrap().starts_with(kind), "{path}");
         assert!(
-            h["content-security-policy"].to_str().unwrap().contains("script-src 'self'"),
+            h["content-type"].to_str().unwrap().starts_with(kind),
             "{path}"
         );
-        assert!(resp.body_mut().read_to_string().unwrap().contains(needle), "{path}");
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("script-src 'self'"),
+            "{path}"
+        );
+        assert!(
+            resp.body_mut().read_to_string().unwrap().contains(needle),
+            "{path}"
+        );
     }
     let (status, body) = call("GET", &format!("{base}/v1/pool"), None, "");
     assert_eq!(status, 401, "{body}");
@@ -184,7 +193,10 @@ fn the_page_is_served_and_the_pool_view_needs_the_key() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["models"][0]["id"], "m", "{body}");
     assert_eq!(v["models"][0]["state"], "loading", "{body}");
-    assert_eq!(v["models"][0]["message"], "connecting to 2 worker(s)", "{body}");
+    assert_eq!(
+        v["models"][0]["message"], "connecting to 2 worker(s)",
+        "{body}"
+    );
     assert_eq!(v["models"][0]["stages"], serde_json::json!([]), "{body}");
     let (status, body) = call("GET", &format!("{base}/v1/models"), Some("sekrit"), "");
     assert_eq!(status, 200, "{body}");

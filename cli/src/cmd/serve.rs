@@ -18,7 +18,12 @@ use strata_worker::service::WorkerConfig;
 #[derive(clap::Args)]
 pub struct Args {
     /// GGUF model file (first shard of a split model).
-    #[arg(long, short = 'm', required_unless_present = "config", conflicts_with = "config")]
+    #[arg(
+        long,
+        short = 'm',
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
     pub model: Option<PathBuf>,
     /// Several models, each loaded on its first request: a TOML file of
     /// `[models.NAME]` entries (file, aliases, ctx_size, parallel,

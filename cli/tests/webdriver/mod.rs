@@ -60,7 +60,10 @@ impl Browser {
         let base = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while agent().get(&format!("{base}/status")).call().is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not answer on {base}");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not answer on {base}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         let profile = tempfile::tempdir().expect("tempdir");
@@ -120,7 +123,11 @@ impl Browser {
     }
 
     pub fn open(&self, url: &str) {
-        self.call("POST", &self.session_path("/url"), Some(&json!({"url": url})));
+        self.call(
+            "POST",
+            &self.session_path("/url"),
+            Some(&json!({"url": url})),
+        );
     }
 
     /// Runs `script` (a function body; `return` gives the value) in the page.
@@ -137,10 +144,7 @@ impl Browser {
         let deadline = Instant::now() + timeout;
         loop {
             let v = self.eval(script);
-            let truthy = !(v.is_null()
-                || v == json!(false)
-                || v == json!("")
-                || v == json!(0));
+            let truthy = !(v.is_null() || v == json!(false) || v == json!("") || v == json!(0));
             if truthy {
                 return v;
             }

@@ -19,17 +19,33 @@ use crate::engine::{Engine, StageView};
 /// A stage slower than this to answer `Health` is shown as not answering.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub async fn pool(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn pool(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     st.authorize(&headers)?;
     let mut models = Vec::new();
     for entry in st.model_entries() {
-        models.push(model_json(&entry.id, &entry.state, entry.message, entry.engine.as_ref()).await);
+        models.push(
+            model_json(
+                &entry.id,
+                &entry.state,
+                entry.message,
+                entry.engine.as_ref(),
+            )
+            .await,
+        );
     }
     Ok(axum::Json(json!({ "object": "pool", "models": models })).into_response())
 }
 
 /// One model's state, and its pipeline when it has one.
-pub(super) async fn model_json(id: &str, state: &str, message: Option<String>, engine: Option<&Engine>) -> Value {
+pub(super) async fn model_json(
+    id: &str,
+    state: &str,
+    message: Option<String>,
+    engine: Option<&Engine>,
+) -> Value {
     let Some(engine) = engine else {
         return json!({"id": id, "state": state, "message": message, "stages": []});
     };
@@ -68,7 +84,11 @@ async fn stage_json(v: &StageView) -> Value {
         "est_tokens_per_second": if v.est_time_per_token_s > 0.0 { 1.0 / v.est_time_per_token_s } else { 0.0 },
     });
     let started = Instant::now();
-    let reply = tokio::time::timeout(HEALTH_TIMEOUT, v.client.clone().health(v1::HealthRequest {})).await;
+    let reply = tokio::time::timeout(
+        HEALTH_TIMEOUT,
+        v.client.clone().health(v1::HealthRequest {}),
+    )
+    .await;
     let link_ms = started.elapsed().as_secs_f64() * 1e3;
     match reply {
         Ok(Ok(h)) => {
@@ -81,7 +101,12 @@ async fn stage_json(v: &StageView) -> Value {
             out["sequences_live"] = json!(h.live_sequences);
         }
         Ok(Err(e)) => out["error"] = json!(strata_proto::link::status_text(&e)),
-        Err(_) => out["error"] = json!(format!("no answer within {} ms", HEALTH_TIMEOUT.as_millis())),
+        Err(_) => {
+            out["error"] = json!(format!(
+                "no answer within {} ms",
+                HEALTH_TIMEOUT.as_millis()
+            ))
+        }
     }
     out
 }

@@ -162,7 +162,8 @@ impl EngineStats {
         match r.last {
             Some((at, _)) if now.duration_since(at) < RATE_WINDOW => {}
             Some((at, seen)) => {
-                r.per_second = count.saturating_sub(seen) as f64 / now.duration_since(at).as_secs_f64();
+                r.per_second =
+                    count.saturating_sub(seen) as f64 / now.duration_since(at).as_secs_f64();
                 r.last = Some((now, count));
             }
             None => r.last = Some((now, count)),

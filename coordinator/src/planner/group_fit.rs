@@ -106,8 +106,12 @@ mod tests {
 
     #[test]
     fn members_share_one_machines_memory() {
-        let one = plan_together(&[member("a", vec![0])], &[cpu("w", 1 << 30)], Sharing::Memory)
-            .unwrap();
+        let one = plan_together(
+            &[member("a", vec![0])],
+            &[cpu("w", 1 << 30)],
+            Sharing::Memory,
+        )
+        .unwrap();
         let need = one[0].stages[0].total_bytes();
         // Free memory whose usable part (less 5% and 64 MiB) is `usable`.
         let free_for = |usable: u64| ((usable + 64 * MIB) as f64 / 0.95) as u64;

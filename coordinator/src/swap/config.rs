@@ -158,7 +158,9 @@ impl SwapConfig {
             };
             let ctx_size = positive("ctx_size", m.ctx_size, defaults.ctx_size)?;
             if ctx_size < 2 {
-                return Err(invalid(format!("model {name:?}: ctx_size must be at least 2")));
+                return Err(invalid(format!(
+                    "model {name:?}: ctx_size must be at least 2"
+                )));
             }
             if m.workers.as_ref().is_some_and(|w| w.is_empty()) {
                 return Err(invalid(format!("model {name:?}: workers is empty")));
@@ -257,7 +259,10 @@ mod tests {
         let big = &c.models[c.find("big").unwrap()];
         assert_eq!(big.file, Path::new("/elsewhere/big.gguf"));
         assert_eq!(big.ttl, None);
-        assert_eq!(big.workers.as_deref(), Some(&["10.0.0.2:7070".to_string()][..]));
+        assert_eq!(
+            big.workers.as_deref(),
+            Some(&["10.0.0.2:7070".to_string()][..])
+        );
         assert!(c.together("smol", "big"));
         assert!(!c.together("smol", "other"));
         assert!(c.find("nope").is_none());
@@ -268,8 +273,14 @@ mod tests {
         let cases = [
             ("", "no [models.NAME]"),
             ("[models.a]\nfile = \"a\"\nctx = 4\n", "unknown field `ctx`"),
-            ("[models.a]\nfile = \"a\"\ncache_type = \"q5_1\"\n", "unknown cache_type"),
-            ("[models.a]\nfile = \"a\"\nparallel = 0\n", "parallel must be positive"),
+            (
+                "[models.a]\nfile = \"a\"\ncache_type = \"q5_1\"\n",
+                "unknown cache_type",
+            ),
+            (
+                "[models.a]\nfile = \"a\"\nparallel = 0\n",
+                "parallel must be positive",
+            ),
             (
                 "[models.a]\nfile = \"a\"\n[models.b]\nfile = \"b\"\naliases = [\"a\"]\n",
                 "\"a\" names two models",
@@ -284,7 +295,8 @@ mod tests {
         for (text, want) in cases {
             let e = parse(text).unwrap_err().to_string();
             assert!(
-                e.contains(want) || (want == "TOML" && matches!(parse(text), Err(ConfigError::Parse { .. }))),
+                e.contains(want)
+                    || (want == "TOML" && matches!(parse(text), Err(ConfigError::Parse { .. }))),
                 "{text:?}: {e}"
             );
         }

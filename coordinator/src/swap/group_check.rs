@@ -25,12 +25,19 @@ pub async fn check_groups(swap: &ModelSwap) -> Result<(), String> {
     for (group, members) in &swap.config.groups {
         let mut planned = Vec::new();
         for name in members {
-            let i = swap.config.find(name).ok_or_else(|| format!("group {group:?}: {name:?}"))?;
+            let i = swap
+                .config
+                .find(name)
+                .ok_or_else(|| format!("group {group:?}: {name:?}"))?;
             planned.push(member(swap, i, &pool).await?);
         }
         let plans = plan_together(&planned, &pool, sharing)
             .map_err(|e| format!("group {group:?} does not fit on the pool at once: {e}"))?;
-        let need: u64 = plans.iter().flat_map(|p| &p.stages).map(|s| s.total_bytes()).sum();
+        let need: u64 = plans
+            .iter()
+            .flat_map(|p| &p.stages)
+            .map(|s| s.total_bytes())
+            .sum();
         tracing::info!(
             "group {group:?}: {} fit together ({} MiB)",
             members.join(", "),
@@ -68,7 +75,9 @@ async fn member(swap: &ModelSwap, i: usize, pool: &[WorkerSpec]) -> Result<Group
         Workers::Embedded(_) => vec![0],
         Workers::Remote { addrs, .. } => {
             let allowed = swap.allowed_workers(i, addrs);
-            (0..pool.len()).filter(|&w| allowed.contains(&pool[w].name)).collect()
+            (0..pool.len())
+                .filter(|&w| allowed.contains(&pool[w].name))
+                .collect()
         }
     };
     Ok(GroupMember {
@@ -90,7 +99,11 @@ async fn pool_specs(swap: &ModelSwap) -> Result<(Vec<WorkerSpec>, Sharing), Stri
             let handle = caps?;
             Ok((worker_specs(&[handle]), Sharing::Memory))
         }
-        Workers::Remote { addrs, token, trust } => {
+        Workers::Remote {
+            addrs,
+            token,
+            trust,
+        } => {
             let mut handles = Vec::new();
             for addr in addrs {
                 let pin = trust.pin(addr).map_err(|e| e.to_string())?;
@@ -124,6 +137,11 @@ async fn capabilities(
     };
     tokio::time::timeout(ASK_TIMEOUT, ask)
         .await
-        .map_err(|_| format!("worker {addr} did not answer within {} s", ASK_TIMEOUT.as_secs()))?
+        .map_err(|_| {
+            format!(
+                "worker {addr} did not answer within {} s",
+                ASK_TIMEOUT.as_secs()
+            )
+        })?
         .map_err(|e| format!("worker {addr}: {e}"))
 }

@@ -74,7 +74,11 @@ const TTL_TICK: Duration = Duration::from_millis(500);
 
 impl ModelSwap {
     pub fn new(config: SwapConfig, base: ServeConfig, workers: Workers) -> Arc<ModelSwap> {
-        let slots = config.models.iter().map(|_| Mutex::new(Slot::new())).collect();
+        let slots = config
+            .models
+            .iter()
+            .map(|_| Mutex::new(Slot::new()))
+            .collect();
         Arc::new(ModelSwap {
             config,
             base,
@@ -119,7 +123,10 @@ impl ModelSwap {
     /// Which model `requested` names; `None`: the loaded one, else the first.
     fn resolve(&self, requested: Option<&str>) -> Result<usize, ApiError> {
         match requested.filter(|r| !r.is_empty()) {
-            Some(id) => self.config.find(id).ok_or_else(|| ApiError::model_not_found(id)),
+            Some(id) => self
+                .config
+                .find(id)
+                .ok_or_else(|| ApiError::model_not_found(id)),
             None => Ok((0..self.slots.len())
                 .find(|&i| matches!(self.slot(i).state, SlotState::Ready(_)))
                 .unwrap_or(0)),
@@ -151,7 +158,9 @@ impl ModelSwap {
                 self.unload(j, &format!("unloaded to load {name}")).await;
             }
         }
-        self.load(i).await.map_err(|e| ApiError::unavailable(format!("loading model {name}: {e}")))
+        self.load(i)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("loading model {name}: {e}")))
     }
 
     async fn load(&self, i: usize) -> Result<Arc<Ready>, String> {
@@ -209,7 +218,11 @@ impl ModelSwap {
                 config.token = w.token;
                 embedded = Some(w.stop);
             }
-            Workers::Remote { addrs, token, trust } => {
+            Workers::Remote {
+                addrs,
+                token,
+                trust,
+            } => {
                 // A worker holds one stage: leave the other models' alone.
                 let busy = self.workers_in_use();
                 config.workers = self
@@ -231,7 +244,13 @@ impl ModelSwap {
         let (ready, supervisor) = start_pipeline(&config, model, &loading, &mut log)
             .await
             .map_err(|e| e.to_string())?;
-        let workers = ready.engine.stats().stage_views().iter().map(|v| v.addr.clone()).collect();
+        let workers = ready
+            .engine
+            .stats()
+            .stage_views()
+            .iter()
+            .map(|v| v.addr.clone())
+            .collect();
         let held = Held {
             engine: ready.engine.clone(),
             supervisor,
@@ -265,7 +284,8 @@ impl ModelSwap {
     async fn drain(&self, i: usize, next: &str) {
         let engine = {
             let mut slot = self.slot(i);
-            slot.state = SlotState::Loading(format!("finishing its requests, then unloaded for {next}"));
+            slot.state =
+                SlotState::Loading(format!("finishing its requests, then unloaded for {next}"));
             slot.held.as_ref().map(|h| h.engine.clone())
         };
         let Some(engine) = engine else { return };
@@ -284,7 +304,8 @@ impl ModelSwap {
         };
         if let Some(h) = &held {
             let stages = h.engine.stats().stage_views();
-            h.engine.fail(format!("model {} was {why}", self.config.models[i].name));
+            h.engine
+                .fail(format!("model {} was {why}", self.config.models[i].name));
             h.supervisor.abort();
             for s in stages {
                 let mut client = s.client.clone();
@@ -296,7 +317,11 @@ impl ModelSwap {
                 }
             }
         }
-        if let Some(Held { embedded: Some(stop), .. }) = held {
+        if let Some(Held {
+            embedded: Some(stop),
+            ..
+        }) = held
+        {
             let _ = stop.send(());
         }
         tracing::info!("model {} {why}", self.config.models[i].name);
@@ -338,7 +363,11 @@ impl LoadReporter for LogProgress {
     fn event(&mut self, e: &crate::cluster::LoadEvent) {
         use crate::cluster::LoadEvent;
         match e {
-            LoadEvent::Pushing { sent_bytes, total_bytes, .. } if sent_bytes < total_bytes => {}
+            LoadEvent::Pushing {
+                sent_bytes,
+                total_bytes,
+                ..
+            } if sent_bytes < total_bytes => {}
             e => tracing::info!("model {}: {}", self.model, crate::serve::describe(e, 0)),
         }
     }

@@ -14,7 +14,9 @@ pub async fn serve_models(
     mut reporter: impl LoadReporter + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    group_check::check_groups(&swap).await.map_err(ServeError::Load)?;
+    group_check::check_groups(&swap)
+        .await
+        .map_err(ServeError::Load)?;
     let base = &swap.base;
     let state = AppState::with_limits(String::new(), base.api_key.clone(), base.http_limits);
     state.set_swap(swap.clone());
