@@ -161,3 +161,81 @@ fn page_asks_for_the_key_shows_the_pool_and_streams_a_chat() {
         "a real screenshot"
     );
 }
+
+/// With a models file the picker lists every model with its state; a chat
+/// with one that is not loaded loads it and streams, and the pool view
+/// then shows it ready on its embedded worker.
+#[test]
+fn page_loads_a_model_of_a_models_file_on_its_first_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("models.toml");
+    let smol = model(SMOLLM2).display().to_string();
+    std::fs::write(
+        &config,
+        format!(
+            "[models.tiny-first]\nfile = {smol:?}\nctx_size = 128\nparallel = 1\n\
+             [models.smollm2]\nfile = {smol:?}\nctx_size = 256\nparallel = 1\n"
+        ),
+    )
+    .unwrap();
+    let mut proc = common::Proc::spawn(
+        "serve",
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "-t",
+            "1",
+        ],
+    );
+    let rest = proc.wait_for("serving on http://", Duration::from_secs(120));
+    let base = format!("http://{}", rest.trim().trim_end_matches("/v1"));
+
+    let browser = Browser::start();
+    browser.open(&format!("{base}/"));
+    let options = browser.wait_for(
+        "both models in the picker",
+        "const o = [...document.querySelectorAll('#model option')].map(o => o.textContent);
+         return o.length === 2 ? o : null;",
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        options,
+        json!(["smollm2 (unloaded)", "tiny-first (unloaded)"])
+    );
+    browser.eval(&format!(
+        "document.getElementById('model').value = 'smollm2';
+         document.getElementById('temperature').value = '0';
+         document.getElementById('max-tokens').value = '{MAX_TOKENS}';
+         document.getElementById('prompt').value = {PROMPT:?};
+         document.getElementById('send').click();"
+    ));
+    let reply = browser.wait_for(
+        "the reply after the model loaded",
+        "const m = document.querySelector('#messages .msg.assistant.done');
+         return m ? m.textContent : null;",
+        Duration::from_secs(120),
+    );
+    assert!(!reply.as_str().unwrap().is_empty(), "a reply");
+    browser.wait_for(
+        "smollm2 ready with its stage in the pool view",
+        "const m = document.querySelector('#pool-body .model[data-model=\"smollm2\"]');
+         return m && m.querySelector('.state').textContent === 'ready'
+             && m.querySelectorAll('tr.stage').length === 1
+             && m.querySelector('tr.stage').dataset.layers === '0..30';",
+        Duration::from_secs(20),
+    );
+    let other = browser.eval(
+        "return document.querySelector('#pool-body .model[data-model=\"tiny-first\"] .state').textContent",
+    );
+    assert_eq!(other, json!("unloaded"));
+    browser.wait_for(
+        "the picker's states updated",
+        "return [...document.querySelectorAll('#model option')].map(o => o.textContent).join()
+             === 'smollm2 (ready),tiny-first (unloaded)';",
+        Duration::from_secs(10),
+    );
+    proc.wait_for("model smollm2 loaded in", Duration::from_secs(5));
+}

@@ -234,6 +234,12 @@ async function refreshPool() {
     const root = $("pool-body");
     root.textContent = "";
     for (const m of body.models) root.appendChild(renderModel(m));
+    // Models load and unload on their own (--config): keep the picker's
+    // states current.
+    for (const opt of $("model").options) {
+      const m = body.models.find((x) => x.id === opt.value);
+      if (m) opt.textContent = `${m.id} (${m.state})`;
+    }
     const picked = body.models.find((m) => m.id === $("model").value);
     $("model-state").textContent = picked ? picked.state : "";
   } catch (e) {
