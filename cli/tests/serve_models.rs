@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, get, model, post, EventStream, Proc, SMOLLM2};
+use common::{eventually, get, model, post, EventStream, Proc, Worker, SMOLLM2};
 use serde_json::{json, Value};
 
 /// A `strata synth` tiny Llama: loads in a moment.
@@ -296,3 +296,77 @@ members = ["smol-a", "smol-b"]
 /// What SmolLM2 (Q4_1, 256 tokens of context, one sequence) fits in, with
 /// the planner's margin, while two copies do not.
 const MEM_FOR_ONE: &str = "260MiB";
+
+/// The addresses of a model's stages, from `/v1/pool`.
+fn stage_addrs(s: &ModelServer, id: &str) -> Vec<String> {
+    let (status, body) = get(&format!("{}/v1/pool", s.base));
+    assert_eq!(status, 200, "{body}");
+    let pool: Value = serde_json::from_str(&body).unwrap();
+    let m = pool["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id)
+        .unwrap();
+    m["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| st["addr"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// On `--worker`s a worker holds one model's stage: the second model of a
+/// group loads on the worker the first left free, and the first keeps
+/// serving (its worker is not unloaded under it).
+#[test]
+fn a_group_on_remote_workers_takes_workers_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = synth_tiny(dir.path());
+    let workers = [Worker::start("400MiB", None), Worker::start("400MiB", None)];
+    let config = dir.path().join("models.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[models.smollm2]\nfile = {smol:?}\nctx_size = 256\nparallel = 1\n\
+             [models.tiny]\nfile = {tiny:?}\nctx_size = 128\nparallel = 1\n\
+             [groups.pair]\nmembers = [\"smollm2\", \"tiny\"]\n",
+            smol = model(SMOLLM2).display().to_string(),
+            tiny = tiny.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let token = common::token_file(dir.path());
+    let s = start(
+        &config,
+        &[
+            "--token-file",
+            token.to_str().unwrap(),
+            "--worker",
+            &workers[0].spec,
+            "--worker",
+            &workers[1].spec,
+        ],
+    );
+    let first = complete(&s, "smollm2");
+    let smol_on = stage_addrs(&s, "smollm2");
+    assert_eq!(
+        smol_on.len(),
+        1,
+        "SmolLM2 fits one 400 MiB worker: {smol_on:?}"
+    );
+    complete(&s, "tiny");
+    let tiny_on = stage_addrs(&s, "tiny");
+    assert_eq!(tiny_on.len(), 1, "{tiny_on:?}");
+    assert_ne!(smol_on, tiny_on, "each model on a worker of its own");
+    assert_eq!(state_of(&s, "smollm2"), "ready");
+    // SmolLM2's worker still holds it: no failover, the same greedy answer.
+    let (_, pool) = get(&format!("{}/v1/pool", s.base));
+    let pool: Value = serde_json::from_str(&pool).unwrap();
+    assert_eq!(pool["models"][0]["id"], "smollm2");
+    assert_eq!(pool["models"][0]["failovers"], 0, "{pool}");
+    assert_eq!(
+        complete(&s, "smollm2")["choices"][0]["text"],
+        first["choices"][0]["text"]
+    );
+}
