@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: fetches the real test models
 # into the cache (scripts/fetch-models.sh), the openai Python client and
-# NVRTC (nvidia-cuda-nvrtc) from PyPI and Boost.Context (for the CUDA
-# emulator) from apt, then cargo test over the workspace, the CUDA kernel
-# tests under AddressSanitizer (scripts/test-cuda-asan.sh), then the aarch64
-# kernel tests under qemu (scripts/test-aarch64.sh).
+# NVRTC (nvidia-cuda-nvrtc) from PyPI, Boost.Context (for the CUDA
+# emulator) and Chromium with its driver (the web page test) from apt, then
+# cargo test over the workspace, the CUDA kernel tests under AddressSanitizer
+# (scripts/test-cuda-asan.sh), then the aarch64 kernel tests under qemu
+# (scripts/test-aarch64.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export STRATA_MODELS=${STRATA_MODELS:-$HOME/.cache/strata/models}
@@ -32,6 +33,14 @@ if [ ! -f /usr/include/boost/context/detail/fcontext.hpp ] \
     [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo -n"
     $sudo_cmd apt-get install -y -q libboost-context-dev >/dev/null 2>&1 \
         || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q libboost-context-dev >/dev/null; }
+fi
+# The web page test (cli/tests/web_page.rs) drives Debian's headless
+# Chromium through chromedriver; it fails, not skips, without them.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo -n"
+    $sudo_cmd apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+        || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q chromium chromium-driver >/dev/null; }
 fi
 cargo test --workspace --no-fail-fast "$@"
 # The kernels compile with NVRTC 12 too (what a CUDA 12 driver needs).

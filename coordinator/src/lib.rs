@@ -8,3 +8,4 @@ pub mod planner;
 pub mod pool;
 pub mod scheduler;
 pub mod serve;
+pub mod swap;

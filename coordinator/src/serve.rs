@@ -16,7 +16,7 @@ use strata_proto::{v1, Trust};
 use crate::api::{router, AppState, Ready};
 use crate::cluster::LoadEvent;
 use crate::engine::{Engine, EngineConfig};
-use crate::pool::{stage_names, supervise, Attached, Pool, PoolSettings};
+use crate::pool::{stage_views, supervise, Attached, Pool, PoolSettings};
 use crate::scheduler::BatchPolicy;
 
 /// Everything `strata serve` is told.
@@ -75,7 +75,7 @@ pub trait LoadReporter: Send {
 pub struct LogReporter;
 impl LoadReporter for LogReporter {}
 
-struct OpenedModel {
+pub(crate) struct OpenedModel {
     file: Arc<GgufFile>,
     hp: ModelSpec,
     digest: String,
@@ -84,7 +84,7 @@ struct OpenedModel {
     name: String,
 }
 
-fn open_model(path: &std::path::Path) -> Result<OpenedModel, ServeError> {
+pub(crate) fn open_model(path: &std::path::Path) -> Result<OpenedModel, ServeError> {
     let err = |e: &dyn std::fmt::Display| ServeError::Model(format!("{}: {e}", path.display()));
     let file = GgufFile::open(path).map_err(|e| err(&e))?;
     let hp = ModelSpec::from_gguf(&file).map_err(|e| err(&e))?;
@@ -140,8 +140,9 @@ pub async fn serve(
     let http =
         tokio::spawn(async move { crate::api::serve_http(listener, app, limits, shutdown).await });
 
-    match start_pipeline(&config, model, &state, &mut reporter).await {
-        Ok(ready) => {
+    let loading = |m: String| state.set_loading(m);
+    match start_pipeline(&config, model, &loading, &mut reporter).await {
+        Ok((ready, _supervisor)) => {
             state.set_ready(ready);
             reporter.ready(bound);
             tracing::info!("ready: http://{bound}/v1");
@@ -162,16 +163,19 @@ pub async fn serve(
     }
 }
 
-async fn start_pipeline(
+/// Places `model` on the workers of `config`, loads it and starts serving
+/// it; `loading` hears each step. Returns what serving needs and the task
+/// that watches the pipeline (aborting it stops failover, not serving).
+pub(crate) async fn start_pipeline(
     config: &ServeConfig,
     model: OpenedModel,
-    state: &AppState,
+    loading: &(dyn Fn(String) + Send + Sync),
     reporter: &mut impl LoadReporter,
-) -> Result<Ready, ServeError> {
+) -> Result<(Ready, tokio::task::JoinHandle<()>), ServeError> {
     if config.workers.is_empty() {
         return Err(ServeError::Load("no workers to serve on".into()));
     }
-    state.set_loading(format!("connecting to {} worker(s)", config.workers.len()));
+    loading(format!("connecting to {} worker(s)", config.workers.len()));
     let settings = PoolSettings {
         model_path: config.model_path.clone(),
         workers: config.workers.clone(),
@@ -224,7 +228,7 @@ async fn start_pipeline(
                     tracing::warn!("{why}");
                     waiting = true;
                 }
-                state.set_loading(why);
+                loading(why);
                 tokio::time::sleep(crate::pool::WATCH_INTERVAL).await;
             }
         }
@@ -244,7 +248,7 @@ async fn start_pipeline(
 
     let n_stages = stages.len();
     pool.load(&stages, |e| {
-        state.set_loading(describe(&e, n_stages));
+        loading(describe(&e, n_stages));
         reporter.event(&e);
     })
     .await
@@ -290,8 +294,8 @@ async fn start_pipeline(
         })?;
     engine
         .stats()
-        .set_stages(stage_names(&stages, config.kv_type));
-    tokio::spawn(supervise(
+        .set_stages(stage_views(&stages, config.kv_type));
+    let supervisor = tokio::spawn(supervise(
         pool,
         engine.clone(),
         losses,
@@ -302,11 +306,16 @@ async fn start_pipeline(
         },
         |e| tracing::info!("{}", describe(e, 0)),
     ));
-    Ok(Ready {
-        engine,
-        tokenizer: model.tokenizer,
-        template: Arc::new(model.template),
-    })
+    let name = config.alias.clone().unwrap_or_else(|| model.name.clone());
+    Ok((
+        Ready {
+            name,
+            engine,
+            tokenizer: model.tokenizer,
+            template: Arc::new(model.template),
+        },
+        supervisor,
+    ))
 }
 
 /// Whether the stages can reuse kept blocks for this model (the worker's

@@ -153,3 +153,52 @@ fn loading_is_503_and_keys_are_checked_first() {
         "{body}"
     );
 }
+
+/// The page and its assets need no key (they hold no data) and allow
+/// scripts from this server only; `/v1/pool` needs the key and shows the
+/// model loading before any stage exists.
+#[test]
+fn the_page_is_served_and_the_pool_view_needs_the_key() {
+    let state = AppState::new("m".into(), Some("sekrit".into()));
+    let (base, _rt) = serve(state.clone());
+    state.set_loading("connecting to 2 worker(s)");
+    for (path, kind, needle) in [
+        ("/", "text/html", "<script src=\"/web/app.js\">"),
+        ("/web/app.js", "text/javascript", "/v1/chat/completions"),
+        ("/web/style.css", "text/css", "#messages"),
+    ] {
+        let mut resp = agent().get(&format!("{base}{path}")).call().unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        let h = resp.headers();
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}"
+        );
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("script-src 'self'"),
+            "{path}"
+        );
+        assert!(
+            resp.body_mut().read_to_string().unwrap().contains(needle),
+            "{path}"
+        );
+    }
+    let (status, body) = call("GET", &format!("{base}/v1/pool"), None, "");
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = call("GET", &format!("{base}/v1/pool"), Some("sekrit"), "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["models"][0]["id"], "m", "{body}");
+    assert_eq!(v["models"][0]["state"], "loading", "{body}");
+    assert_eq!(
+        v["models"][0]["message"], "connecting to 2 worker(s)",
+        "{body}"
+    );
+    assert_eq!(v["models"][0]["stages"], serde_json::json!([]), "{body}");
+    let (status, body) = call("GET", &format!("{base}/v1/models"), Some("sekrit"), "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""state":"loading""#), "{body}");
+}

@@ -2,19 +2,35 @@
 //! `--worker`, over a worker started in this process.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use strata_coordinator::cluster::LoadEvent;
 use strata_coordinator::serve::{serve, LoadReporter, ServeConfig};
+use strata_coordinator::swap::{
+    serve_models, Defaults, LaunchFuture, LaunchedWorker, ModelSwap, SwapConfig, WorkerLauncher,
+    Workers,
+};
 use strata_proto::v1;
 use strata_worker::service::WorkerConfig;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// GGUF model file (first shard of a split model).
-    #[arg(long, short = 'm')]
-    pub model: PathBuf,
+    #[arg(
+        long,
+        short = 'm',
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub model: Option<PathBuf>,
+    /// Several models, each loaded on its first request: a TOML file of
+    /// `[models.NAME]` entries (file, aliases, ctx_size, parallel,
+    /// cache_type, ttl, workers) and `[groups.NAME] members = [...]`
+    /// (README: "Several models"). The flags here are the defaults.
+    #[arg(long, conflicts_with = "alias")]
+    pub config: Option<PathBuf>,
     /// Workers to place the model on (none: one in this process).
     #[command(flatten)]
     pub links: super::links::LinkArgs,
@@ -164,7 +180,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let mut config = ServeConfig {
-            model_path: args.model.clone(),
+            model_path: args.model.clone().unwrap_or_default(),
             workers: Vec::new(),
             token: String::new(),
             trust: strata_proto::Trust::Insecure,
@@ -188,6 +204,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }),
             ),
         };
+        if let Some(file) = &args.config {
+            return serve_config(file, config, &args, token).await;
+        }
+        let model = args.model.clone().context("-m MODEL or --config FILE")?;
         // Keeps the embedded worker serving until we return.
         let mut _embedded = None;
         if args.links.workers.is_empty() {
@@ -195,10 +215,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 start_embedded_worker(
                     args.mem_budget,
                     args.device.clone(),
-                    args.model.clone(),
+                    model,
                     args.kv_disk.config(),
                 )
-                    .await?;
+                .await?;
             config.workers = vec![addr.clone()];
             config.local_workers = vec![addr.clone()];
             config.trust = strata_proto::Trust::Pinned([(addr, pin)].into());
@@ -224,6 +244,74 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         serve(config, Progress { bar: None }, shutdown).await?;
         Ok(())
     })
+}
+
+/// `--config`: the models of the file on the embedded workers (one per
+/// loaded model) or on `--worker`s.
+async fn serve_config(
+    file: &std::path::Path,
+    base: ServeConfig,
+    args: &Args,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let defaults = Defaults {
+        ctx_size: args.ctx_size,
+        parallel: args.parallel,
+        batch_tokens: args.batch_size,
+        kv_type: base.kv_type,
+    };
+    let models = SwapConfig::load(file, defaults)?;
+    let workers = if args.links.workers.is_empty() {
+        Workers::Embedded(Arc::new(EmbeddedLauncher {
+            mem_budget: args.mem_budget,
+            device: args.device.clone(),
+            kv_disk: args.kv_disk.config(),
+        }))
+    } else {
+        anyhow::ensure!(
+            args.mem_budget.is_none(),
+            "--mem-budget is for the embedded worker; give it to `strata worker`"
+        );
+        let (addrs, trust) = args.links.resolve()?;
+        let token =
+            token.context("--worker needs the cluster token: --token-file FILE (or --token)")?;
+        Workers::Remote {
+            addrs,
+            token,
+            trust,
+        }
+    };
+    let swap = ModelSwap::new(models, base, workers);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    };
+    serve_models(swap, Progress { bar: None }, shutdown).await?;
+    Ok(())
+}
+
+/// Starts an embedded worker for each model loaded from a models file.
+struct EmbeddedLauncher {
+    mem_budget: Option<u64>,
+    device: super::DeviceArgs,
+    kv_disk: Option<strata_worker::service::kv_sessions::KvDiskConfig>,
+}
+
+impl WorkerLauncher for EmbeddedLauncher {
+    fn launch(&self, model: PathBuf) -> LaunchFuture {
+        let (budget, device, kv_disk) = (self.mem_budget, self.device.clone(), self.kv_disk.clone());
+        Box::pin(async move {
+            let (addr, pin, token, stop) = start_embedded_worker(budget, device, model, kv_disk)
+                .await
+                .map_err(|e| format!("starting an embedded worker: {e:#}"))?;
+            Ok(LaunchedWorker {
+                addr,
+                pin,
+                token,
+                stop,
+            })
+        })
+    }
 }
 
 /// A worker in this process on a loopback port with a one-off token and

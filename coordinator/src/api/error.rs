@@ -59,6 +59,14 @@ impl ApiError {
             code: None,
         }
     }
+    /// 404 for a `model` no entry of the models file names, as OpenAI says it.
+    pub fn model_not_found(model: &str) -> Self {
+        ApiError {
+            param: Some("model".to_string()),
+            code: Some("model_not_found"),
+            ..ApiError::not_found(format!("The model `{model}` does not exist"))
+        }
+    }
     /// 503: loading, or the pool can no longer hold the model.
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError {

@@ -56,7 +56,7 @@ pub async fn chat_completions(
     // A bad request is a 400 whether or not the model is up yet.
     let req: ChatRequest = parse(&st, req).await?;
     let params = req.params()?;
-    let ready = st.ready()?;
+    let ready = st.ready_for(req.model.as_deref()).await?;
     let messages: Vec<ChatMessage> = req
         .text_messages()?
         .into_iter()
@@ -75,7 +75,7 @@ pub async fn chat_completions(
         Ok(prompt)
     })
     .await?;
-    run(&st, ready, Endpoint::Chat, prompt, params).await
+    run(&ready, Endpoint::Chat, prompt, params).await
 }
 
 pub async fn completions(
@@ -85,7 +85,7 @@ pub async fn completions(
     st.authorize(req.headers())?;
     let req: CompletionRequest = parse(&st, req).await?;
     let params = req.params()?;
-    let ready = st.ready()?;
+    let ready = st.ready_for(req.model.as_deref()).await?;
     let tok = ready.tokenizer.clone();
     let prompt = off_runtime(move || match req.prompt {
         PromptField::Text(t) => Ok(tok.encode(&t, tok.add_bos(), true)),
@@ -106,7 +106,7 @@ pub async fn completions(
         },
     })
     .await?;
-    run(&st, ready, Endpoint::Completion, prompt, params).await
+    run(&ready, Endpoint::Completion, prompt, params).await
 }
 
 /// Runs tokenizing and template rendering on the blocking pool: a prompt of
@@ -143,7 +143,6 @@ fn engine_error(e: EngineError) -> ApiError {
 }
 
 async fn run(
-    st: &AppState,
     ready: &Ready,
     endpoint: Endpoint,
     prompt: Vec<u32>,
@@ -159,7 +158,7 @@ async fn run(
             ignore_eos: params.ignore_eos,
         })
         .map_err(engine_error)?;
-    let meta = ResponseMeta::new(endpoint, generation.seq_id(), &st.model_name);
+    let meta = ResponseMeta::new(endpoint, generation.seq_id(), &ready.name);
     let span = tracing::info_span!("request", id = %meta.id, seq = generation.seq_id());
     let text = TextGeneration::new(
         generation,

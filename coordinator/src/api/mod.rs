@@ -5,10 +5,12 @@ pub mod error;
 mod generate;
 pub mod http;
 pub mod openai;
+mod pool_view;
 pub mod request;
 pub mod server;
 pub mod stop;
 pub mod text;
+mod web;
 
 pub use error::ApiError;
 pub use http::{serve_http, HttpLimits};

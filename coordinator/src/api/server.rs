@@ -18,6 +18,8 @@ use crate::engine::Engine;
 
 /// What serving needs once the model is up.
 pub struct Ready {
+    /// The model's name in responses.
+    pub name: String,
     pub engine: Engine,
     pub tokenizer: Arc<Tokenizer>,
     pub template: Arc<ChatTemplate>,
@@ -36,8 +38,10 @@ pub struct AppState {
     pub api_key: Option<String>,
     /// How long a handler waits for a request body to arrive.
     pub body_read_timeout: std::time::Duration,
-    ready: OnceLock<Ready>,
+    ready: OnceLock<Arc<Ready>>,
     phase: Mutex<Phase>,
+    /// With `--config`: the models loaded on demand (then `ready` is unused).
+    swap: OnceLock<Arc<crate::swap::ModelSwap>>,
 }
 
 impl AppState {
@@ -56,6 +60,7 @@ impl AppState {
             body_read_timeout: limits.body_read,
             ready: OnceLock::new(),
             phase: Mutex::new(Phase::Loading("starting".into())),
+            swap: OnceLock::new(),
         })
     }
 
@@ -69,7 +74,7 @@ impl AppState {
     }
 
     pub fn set_ready(&self, ready: Ready) {
-        let _ = self.ready.set(ready);
+        let _ = self.ready.set(Arc::new(ready));
         *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = Phase::Ready;
     }
 
@@ -77,11 +82,26 @@ impl AppState {
         self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Serve several models on demand (`strata serve --config`).
+    pub fn set_swap(&self, swap: Arc<crate::swap::ModelSwap>) {
+        let _ = self.swap.set(swap);
+    }
+
+    /// The model a request names (`None`: the default one), loaded: with a
+    /// models file it is loaded now if it is not (the request waits), an
+    /// unknown name is a 404; with one model, the name is not checked.
+    pub async fn ready_for(&self, model: Option<&str>) -> Result<Arc<Ready>, ApiError> {
+        match self.swap.get() {
+            Some(swap) => swap.ready(model).await,
+            None => self.ready(),
+        }
+    }
+
     /// The ready state, or 503 saying why not.
-    pub fn ready(&self) -> Result<&Ready, ApiError> {
+    pub fn ready(&self) -> Result<Arc<Ready>, ApiError> {
         match (self.ready.get(), self.phase()) {
             (Some(r), Phase::Ready) => match r.engine.stats().failure() {
-                None => Ok(r),
+                None => Ok(r.clone()),
                 Some(why) => Err(ApiError::unavailable(format!("the pipeline failed: {why}"))),
             },
             (_, Phase::Loading(m)) => Err(ApiError::unavailable(format!("Loading model: {m}"))),
@@ -113,6 +133,36 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// One model as `/v1/models` and `/v1/pool` show it.
+pub struct ModelEntry {
+    pub id: String,
+    /// "ready", "loading", "failed" (and with a config: "unloaded").
+    pub state: String,
+    pub message: Option<String>,
+    /// The serving loop, while the model is loaded.
+    pub engine: Option<Engine>,
+}
+
+impl AppState {
+    /// Every model this server serves, with its state.
+    pub fn model_entries(&self) -> Vec<ModelEntry> {
+        if let Some(swap) = self.swap.get() {
+            return swap.entries();
+        }
+        let (state, message) = match self.phase() {
+            Phase::Loading(m) => ("loading", Some(m)),
+            Phase::Ready => ("ready", None),
+            Phase::Failed(m) => ("failed", Some(m)),
+        };
+        vec![ModelEntry {
+            id: self.model_name.clone(),
+            state: state.to_string(),
+            message,
+            engine: self.ready.get().map(|r| r.engine.clone()),
+        }]
+    }
+}
+
 /// Largest request body: a chat of ~1M tokens of text, far past any context.
 pub const MAX_BODY_BYTES: usize = 16 << 20;
 
@@ -128,6 +178,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/completions", post(super::generate::completions))
         .route("/v1/models", get(models))
         .route("/models", get(models))
+        .route("/v1/pool", get(super::pool_view::pool))
+        .route("/", get(super::web::index))
+        .route("/web/app.js", get(super::web::app_js))
+        .route("/web/style.css", get(super::web::style_css))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -144,11 +198,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     st.authorize(&headers)?;
-    Ok(axum::Json(json!({
-        "object": "list",
-        "data": [{"id": st.model_name, "object": "model", "created": 0, "owned_by": "strata"}],
-    }))
-    .into_response())
+    // `state` (ready, loading, unloaded, failed) is ours; clients ignore it.
+    let data: Vec<_> = st
+        .model_entries()
+        .into_iter()
+        .map(|m| json!({"id": m.id, "object": "model", "created": 0, "owned_by": "strata", "state": m.state}))
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
 }
 
 /// 200 when serving, 503 while loading or after a failure. With
@@ -156,6 +212,20 @@ async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<R
 /// liveness check): reasons name workers and addresses.
 async fn health(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let detail = st.authorize(&headers).is_ok();
+    if st.swap.get().is_some() {
+        // Models load on demand: the server is up whatever they do.
+        let models: Vec<_> = st
+            .model_entries()
+            .into_iter()
+            .map(|m| json!({"id": m.id, "state": m.state, "message": m.message}))
+            .collect();
+        let body = if detail {
+            json!({"status": "ok", "models": models})
+        } else {
+            json!({"status": "ok"})
+        };
+        return (StatusCode::OK, axum::Json(body)).into_response();
+    }
     let (code, body) = match st.ready() {
         Ok(r) => {
             let s = r.engine.stats();

@@ -124,6 +124,9 @@ pub struct StageAssignment {
     /// A path valid on the worker's machine (the embedded worker), checked
     /// against the digest there.
     pub model_path: Option<String>,
+    /// The planner's bytes and compute time per token for this stage.
+    pub planned_bytes: u64,
+    pub est_time_per_token_s: f64,
 }
 
 /// What loading reports as it goes.

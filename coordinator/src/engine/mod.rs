@@ -15,6 +15,7 @@
 
 mod prefix_cache;
 mod runner;
+mod stage_view;
 mod stats;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::scheduler::BatchPolicy;
+pub use stage_view::StageView;
 pub use stats::EngineStats;
 
 /// How the loop schedules.

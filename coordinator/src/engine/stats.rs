@@ -31,11 +31,23 @@ pub struct EngineStats {
     /// Milliseconds from losing a pipeline to the next token, last failover.
     last_pause_ms: AtomicU64,
     max_pause_ms: AtomicU64,
-    /// "addr layers a..b" per stage of the attached pipeline, for `/health`.
-    stages: Mutex<Vec<String>>,
+    /// Each stage of the attached pipeline, for `/health` and `/v1/pool`.
+    stages: Mutex<Vec<super::StageView>>,
     /// Set while the pipeline is being rebuilt.
     recovering: Mutex<Option<String>>,
+    /// Generated tokens per second over the last window (`/v1/pool`).
+    rate: Mutex<TokenRate>,
 }
+
+/// Tokens per second between two reads at least [`RATE_WINDOW`] apart:
+/// whoever polls (the web page, each second or so) sees recent throughput.
+#[derive(Debug, Default)]
+struct TokenRate {
+    last: Option<(std::time::Instant, u64)>,
+    per_second: f64,
+}
+
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl EngineStats {
     pub(super) fn next_seq_id(&self) -> u64 {
@@ -109,10 +121,14 @@ impl EngineStats {
     pub fn failovers(&self) -> u64 {
         self.failovers_total.load(Relaxed)
     }
-    pub fn set_stages(&self, stages: Vec<String>) {
+    pub fn set_stages(&self, stages: Vec<super::StageView>) {
         *self.stages.lock().unwrap_or_else(|p| p.into_inner()) = stages;
     }
+    /// "ADDR (KV_TYPE KV) layers A..B" per stage.
     pub fn stages(&self) -> Vec<String> {
+        self.stage_views().iter().map(|s| s.label()).collect()
+    }
+    pub fn stage_views(&self) -> Vec<super::StageView> {
         self.stages
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -147,6 +163,23 @@ impl EngineStats {
     }
     pub fn generated_tokens(&self) -> u64 {
         self.generated_tokens_total.load(Relaxed)
+    }
+
+    /// Generated tokens per second since the read before last window.
+    pub fn tokens_per_second(&self) -> f64 {
+        let now = std::time::Instant::now();
+        let count = self.generated_tokens();
+        let mut r = self.rate.lock().unwrap_or_else(|p| p.into_inner());
+        match r.last {
+            Some((at, _)) if now.duration_since(at) < RATE_WINDOW => {}
+            Some((at, seen)) => {
+                r.per_second =
+                    count.saturating_sub(seen) as f64 / now.duration_since(at).as_secs_f64();
+                r.last = Some((now, count));
+            }
+            None => r.last = Some((now, count)),
+        }
+        r.per_second
     }
 
     /// Prometheus text exposition.

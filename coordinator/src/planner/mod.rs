@@ -33,6 +33,7 @@
 
 mod dp;
 mod explain;
+pub mod group_fit;
 pub mod synth_profile;
 mod table;
 pub mod units;

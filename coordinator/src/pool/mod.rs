@@ -21,6 +21,7 @@ use strata_proto::{v1, Trust, WorkerClient};
 use crate::cluster::{
     load_stages, worker_specs, LoadEvent, LoadOptions, StageAssignment, WorkerHandle,
 };
+use crate::engine::StageView;
 use crate::planner::{plan, table, PlanRequest};
 
 pub use supervise::{supervise, Attached, WATCH_INTERVAL};
@@ -171,23 +172,7 @@ impl Pool {
             return Err("no worker answers".into());
         }
         let specs = worker_specs(alive);
-        let profile = MemoryProfile::from_gguf(&self.model, &self.hp);
-        let act_bytes = if self.settings.act_dtype == v1::ActDtype::F32 {
-            4
-        } else {
-            2
-        };
-        let req = PlanRequest {
-            parallel: self.settings.parallel,
-            max_batch_tokens: self.settings.batch_tokens,
-            activation_bytes_per_token: act_bytes * self.hp.d_model as u64,
-            ..PlanRequest::new(
-                profile,
-                self.hp.d_model,
-                self.ctx_size(),
-                self.settings.kv_type,
-            )
-        };
+        let req = plan_request(&self.settings, &self.model, &self.hp);
         let placement = plan(&req, &specs).map_err(|e| e.to_string())?;
         let shown = table(&placement, &specs);
         let stages = placement
@@ -203,6 +188,8 @@ impl Pool {
                         end: s.end_layer,
                     },
                     model_path: local.then(|| self.settings.model_path.display().to_string()),
+                    planned_bytes: s.total_bytes(),
+                    est_time_per_token_s: s.time_per_token_s,
                 }
             })
             .collect();
@@ -240,18 +227,43 @@ impl Pool {
     }
 }
 
-/// "addr layers a..b" for each stage (`/health`, logs).
-/// "ADDR (KV_TYPE KV) layers A..B" of each stage (`/health`'s `stages`).
-pub fn stage_names(stages: &[StageAssignment], kv_type: KvType) -> Vec<String> {
+/// What the planner is asked for a model served with `settings`.
+pub fn plan_request(settings: &PoolSettings, model: &GgufFile, hp: &ModelSpec) -> PlanRequest {
+    let profile = MemoryProfile::from_gguf(model, hp);
+    let act_bytes = if settings.act_dtype == v1::ActDtype::F32 {
+        4
+    } else {
+        2
+    };
+    PlanRequest {
+        parallel: settings.parallel,
+        max_batch_tokens: settings.batch_tokens,
+        activation_bytes_per_token: act_bytes * hp.d_model as u64,
+        ..PlanRequest::new(
+            profile,
+            hp.d_model,
+            settings.ctx_size.min(hp.context_length.max(1)),
+            settings.kv_type,
+        )
+    }
+}
+
+/// What `/health` and `/v1/pool` show of each stage.
+pub fn stage_views(stages: &[StageAssignment], kv_type: KvType) -> Vec<StageView> {
     stages
         .iter()
-        .map(|s| {
-            format!(
-                "{} ({} KV) layers {}",
-                s.worker.addr,
-                kv_type.name(),
-                s.range
-            )
+        .map(|s| StageView {
+            addr: s.worker.addr.clone(),
+            first_layer: s.range.first,
+            end_layer: s.range.end,
+            kv_type: kv_type.name().to_string(),
+            backend: s.worker.caps.backend.clone(),
+            device_name: s.worker.caps.device_name.clone(),
+            total_memory_bytes: s.worker.caps.total_memory_bytes,
+            offered_memory_bytes: s.worker.caps.free_memory_bytes,
+            planned_bytes: s.planned_bytes,
+            est_time_per_token_s: s.est_time_per_token_s,
+            client: s.worker.client.clone(),
         })
         .collect()
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use strata_proto::v1;
 use tokio::sync::mpsc;
 
-use super::{stage_names, within, Pool, Survey};
+use super::{stage_views, within, Pool, Survey};
 use crate::cluster::{LoadEvent, StageAssignment};
 use crate::engine::{Engine, PipelineLost};
 
@@ -64,14 +64,15 @@ pub async fn supervise(
             .stats()
             .set_recovering(Some(format!("rebuilding the pipeline: {why}")));
         now = rebuild(&mut pool, &engine, &why, silent, &mut on_event).await;
-        let names = stage_names(&now.stages, pool.settings().kv_type);
+        let views = stage_views(&now.stages, pool.settings().kv_type);
+        let names: Vec<String> = views.iter().map(|v| v.label()).collect();
         tracing::info!(
             "pipeline rebuilt in {:.1} s over {} stage(s): {}",
             started.elapsed().as_secs_f64(),
             now.stages.len(),
             names.join(", ")
         );
-        engine.stats().set_stages(names);
+        engine.stats().set_stages(views);
         engine.stats().set_recovering(None);
     }
 }
