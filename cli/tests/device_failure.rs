@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::{post, EventStream, Server, Worker};
 use serde_json::json;
@@ -14,17 +13,9 @@ use strata_proto::v1::health_reply::Status;
 
 fn synth_model(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("tiny.gguf");
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args([
-            "synth", "--arch", "llama", "--preset", "tiny", "--quant", "Q8_0",
-        ])
-        .args(["--layers", "2", "-o", path.to_str().unwrap()])
-        .output()
-        .expect("run strata synth");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::synth(
+        &["--arch", "llama", "--preset", "tiny", "--quant", "Q8_0", "--layers", "2"],
+        &path,
     );
     path
 }

@@ -17,19 +17,7 @@ use serde_json::{json, Value};
 /// A `strata synth` tiny Llama: loads in a moment.
 fn synth_tiny(dir: &Path) -> PathBuf {
     let path = dir.join("tiny.gguf");
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args([
-            "synth", "--arch", "llama", "--preset", "tiny", "--quant", "Q4_K_M", "-o",
-        ])
-        .arg(&path)
-        .env("STRATA_LOG", "warn")
-        .output()
-        .expect("run strata synth");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::synth(&["--arch", "llama", "--preset", "tiny", "--quant", "Q4_K_M"], &path);
     path
 }
 

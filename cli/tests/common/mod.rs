@@ -24,6 +24,24 @@ pub fn reference(name: &str) -> Value {
     strata_tests::reference(&format!("{name}.json"))
 }
 
+/// Writes `strata synth ARGS -o PATH` (random weights; `args` without
+/// `synth` and `-o`).
+pub fn synth<S: AsRef<std::ffi::OsStr>>(args: &[S], path: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("synth")
+        .args(args)
+        .arg("-o")
+        .arg(path)
+        .env("STRATA_LOG", "warn")
+        .output()
+        .expect("run strata synth");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A `strata synth` model and llama.cpp's outputs on it
 /// (`tests/data/<name>.json`, recorded by `scripts/record-reference.py`):
 /// the model is written again with the recorded arguments and must be the
@@ -53,17 +71,7 @@ pub fn synth_reference(name: &str) -> (tempfile::TempDir, PathBuf, Value) {
     if let Some(layers) = s["layers"].as_u64() {
         args.extend(["--layers".into(), layers.to_string()]);
     }
-    args.extend(["-o".into(), path.display().to_string()]);
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(&args)
-        .env("STRATA_LOG", "warn")
-        .output()
-        .expect("run strata synth");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    synth(&args[1..], &path);
     let digest = sha2::Sha256::digest(std::fs::read(&path).expect("synth output"));
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(
