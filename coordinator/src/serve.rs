@@ -304,6 +304,7 @@ async fn start_pipeline(
     ));
     Ok(Ready {
         engine,
+        grammars: Arc::new(crate::api::structured::GrammarCheck::new(model.tokenizer.clone())),
         tokenizer: model.tokenizer,
         template: Arc::new(model.template),
     })
