@@ -28,20 +28,20 @@ def check(cond, what):
 PET = {
     "type": "object",
     "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 12},
+        "name": {"type": "string", "minLength": 1, "maxLength": 10},
         "kind": {"enum": ["cat", "dog", "parrot"]},
         "age": {"type": "integer", "minimum": 0, "maximum": 30},
         "weight_kg": {"type": "number", "minimum": 0.5, "maximum": 80},
         "tags": {
             "type": "array",
-            "items": {"type": "string", "maxLength": 8},
+            "items": {"type": "string", "maxLength": 6},
             "minItems": 1,
-            "maxItems": 3,
+            "maxItems": 2,
         },
         "owner": {
             "type": "object",
             "properties": {
-                "city": {"type": "string", "maxLength": 12},
+                "city": {"type": "string", "maxLength": 10},
                 "verified": {"type": "boolean"},
             },
             "required": ["city", "verified"],
@@ -61,7 +61,7 @@ def one(seed):
         messages=[{"role": "user", "content": "Describe a pet as JSON."}],
         temperature=1.0,
         seed=seed,
-        max_tokens=200,
+        max_tokens=160,
         response_format={"type": "json_schema", "json_schema": {"name": "pet", "strict": True, "schema": PET}},
     )
     c = r.choices[0]

@@ -76,7 +76,7 @@ RESULT = {"forecast": ["sunny", "rain", "sunny"], "high_c": 21}
 # Whole: required, then the answer to the tool's result.
 for choice, want in [("required", None), ({"type": "function", "function": {"name": "get_time"}}, "get_time")]:
     r = client.chat.completions.create(
-        model=model, messages=question, tools=TOOLS, tool_choice=choice, temperature=1.0, seed=3, max_tokens=120,
+        model=model, messages=question, tools=TOOLS, tool_choice=choice, temperature=1.0, seed=3, max_tokens=300,
         parallel_tool_calls=False,
     )
     c = r.choices[0]
@@ -94,7 +94,7 @@ check(c.finish_reason in ("stop", "length") and c.message.content and not c.mess
 
 # Streamed: delta.tool_calls assembled by index, OpenAI's way.
 stream = client.chat.completions.create(
-    model=model, messages=question, tools=TOOLS, tool_choice="required", temperature=1.0, seed=5, max_tokens=120,
+    model=model, messages=question, tools=TOOLS, tool_choice="required", temperature=1.0, seed=5, max_tokens=300,
     parallel_tool_calls=False, stream=True,
 )
 calls, finish, deltas = {}, None, 0
