@@ -479,6 +479,7 @@ pub fn run_python(script: &str, args: &[&str], passed: &str) {
         .unwrap_or_else(|e| panic!("running {python}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
     assert!(
         out.status.success() && stdout.contains(passed),
         "{script} failed:\n{stdout}\n{stderr}\n(scripts/test.sh installs openai and jsonschema)"
