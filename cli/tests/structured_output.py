@@ -109,6 +109,15 @@ except openai.BadRequestError as e:
         f"unsupported schema feature is a 400 naming it: {err}",
     )
 
+try:
+    client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "x"}], max_tokens=5,
+        response_format={"type": "json_object"}, extra_body={"ignore_eos": True},
+    )
+    check(False, "ignore_eos with a grammar was accepted")
+except openai.BadRequestError as e:
+    check(e.status_code == 400 and e.body.get("param") == "ignore_eos", f"ignore_eos with a grammar is a 400: {e.body}")
+
 # logit_bias: +100 on one token makes every sampled token that one, at
 # temperature 1.0; -100 on it with +100 on another gives the other.
 def biased(bias):

@@ -182,6 +182,12 @@ async fn run(
     tool_reply: Option<(ToolCallFormat, bool)>,
 ) -> Result<Response, ApiError> {
     let prompt_tokens = prompt.len();
+    if grammar.is_some() && params.ignore_eos {
+        return Err(ApiError::invalid(
+            Some("ignore_eos".to_string()),
+            "ignore_eos cannot be combined with response_format or a required tool call: the grammar ends the reply",
+        ));
+    }
     let vocab = ready.tokenizer.vocab_size();
     if let Some((t, _)) = params.logit_bias.iter().find(|(t, _)| *t as usize >= vocab) {
         return Err(ApiError::invalid(

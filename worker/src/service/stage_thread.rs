@@ -470,9 +470,11 @@ fn sample<B: Backend>(
         })?;
         if let Some(c) = st.constraint.as_mut() {
             // One mask per step, after the grammar saw every token so far.
-            c.follow(&st.history, st.offset)
-                .and_then(|()| c.mask(&mut row))
-                .map_err(|err| format!("sequence {}: {err}", e.seq_id))?;
+            if let Err(err) = c.follow(&st.history, st.offset).and_then(|()| c.mask(&mut row)) {
+                // That sequence alone fails (no token for it), not the batch.
+                tracing::warn!(seq = e.seq_id, "constrained decoding failed: {err}");
+                continue;
+            }
         }
         let s = sampler.sample(&row, &st.history);
         tokens.push(frames::sampled_to_wire(e.seq_id, &s));
