@@ -206,12 +206,22 @@ async fn run(
         .map_err(engine_error)?;
     let meta = ResponseMeta::new(endpoint, generation.seq_id(), &st.model_name);
     let span = tracing::info_span!("request", id = %meta.id, seq = generation.seq_id());
+    // A call marker that is a control token (Mistral's `[TOOL_CALLS]`)
+    // stays in the text the tool-call parser reads.
+    let tok = &ready.tokenizer;
+    let markers: Vec<u32> = tool_reply
+        .iter()
+        .flat_map(|(format, _)| format.call_markers())
+        .filter_map(|m| tok.token_id(m))
+        .filter(|&id| tok.is_control(id))
+        .collect();
     let text = TextGeneration::new(
         generation,
         ready.tokenizer.clone(),
         params.stop.clone(),
         params.logprobs.is_some(),
-    );
+    )
+    .show_controls(markers);
     let tool_reply = tool_reply.map(|(format, calls_only)| ToolReply::new(format, calls_only));
     if params.stream {
         return Ok(stream(
