@@ -18,6 +18,8 @@ pip_install() {
 }
 # The API tests drive `strata serve` with the real openai client from PyPI.
 python3 -c 'import openai' 2>/dev/null || pip_install openai
+# Structured-output and tool-call tests validate replies independently.
+python3 -c 'import jsonschema' 2>/dev/null || pip_install jsonschema
 # The CUDA kernels are compiled in a test with NVRTC from PyPI (no GPU needed).
 nvrtc_lib() {
     python3 -c 'import nvidia, os; print(next(os.path.join(p, "cu13", "lib") for p in nvidia.__path__ if os.path.isdir(os.path.join(p, "cu13", "lib"))))' 2>/dev/null

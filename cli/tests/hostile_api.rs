@@ -191,21 +191,23 @@ impl Client {
 /// A valid chat body whose generation is one token; `max_tokens` is said
 /// twice (under both names) so a mutation of one key still stops early.
 fn valid_chat() -> Value {
+    // The limits first: `mutate` leaves them alone (serde_json keeps
+    // insertion order here, llguidance asks for `preserve_order`).
     json!({
-        "model": "smollm2",
+        "max_completion_tokens": 1,
         "max_tokens": 1,
+        "model": "smollm2",
         "messages": [{"role": "user", "content": "Hi"}],
         "temperature": 0.5,
         "top_p": 0.9,
         "stop": ["\n"],
         "stream": false,
-        "seed": 7,
-        "max_completion_tokens": 1
+        "seed": 7
     })
 }
 
 fn valid_completion() -> Value {
-    json!({"max_tokens": 1, "prompt": "Hi", "temperature": 0, "max_completion_tokens": 1})
+    json!({"max_completion_tokens": 1, "max_tokens": 1, "prompt": "Hi", "temperature": 0})
 }
 
 /// Values of every JSON type, edge numbers and odd strings.
@@ -299,7 +301,7 @@ fn type_swaps() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// A valid body with a few bytes dropped, duplicated, flipped or replaced
-/// by JSON punctuation. The leading length limits (keys sort first) are
+/// by JSON punctuation. The leading length limits (written first) are
 /// left alone so that a body still valid generates one token, not a
 /// whole context; wrong types for them are the type swaps' business.
 fn mutate(rng: &mut Rng, valid: &[u8]) -> Vec<u8> {

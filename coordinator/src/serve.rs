@@ -311,6 +311,7 @@ pub(crate) async fn start_pipeline(
         Ready {
             name,
             engine,
+            grammars: Arc::new(crate::api::structured::GrammarCheck::new(model.tokenizer.clone())),
             tokenizer: model.tokenizer,
             template: Arc::new(model.template),
         },

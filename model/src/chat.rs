@@ -34,6 +34,16 @@ const TEMPLATE_NAME: &str = "chat_template";
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's tool calls, `[{id, type, function: {name,
+    /// arguments}}]` with the arguments as a JSON object, as llama.cpp
+    /// hands them to templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A `tool` turn: the call it answers, and the function's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -41,6 +51,9 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
         }
     }
 }
@@ -172,6 +185,27 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         enable_thinking: bool,
     ) -> Result<String, ChatError> {
+        self.render_full(messages, None, add_generation_prompt, enable_thinking)
+    }
+
+    /// Renders a conversation with OpenAI `tools` (the request's array as
+    /// sent) in the template's `tools` variable, as llama.cpp passes them.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
+        self.render_full(messages, Some(tools), add_generation_prompt, self.thinking_default)
+    }
+
+    fn render_full(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+        enable_thinking: bool,
+    ) -> Result<String, ChatError> {
         let fuel = fuel_for(messages);
         // Fuel is set per environment; a clone shares the compiled template.
         let mut env = self.env.clone();
@@ -183,6 +217,8 @@ impl ChatTemplate {
             enable_thinking => enable_thinking,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
+            // Left undefined without tools: templates test `tools is defined`.
+            ..tools.map_or_else(|| context! {}, |t| context! { tools => t })
         })
         .map_err(|e| match e.kind() {
             ErrorKind::OutOfFuel => ChatError::OutOfFuel {
@@ -211,7 +247,11 @@ impl ChatTemplate {
 fn fuel_for(messages: &[ChatMessage]) -> u64 {
     let bytes: usize = messages
         .iter()
-        .map(|m| m.role.len() + m.content.len())
+        .map(|m| {
+            m.role.len()
+                + m.content.len()
+                + m.tool_calls.as_ref().map_or(0, |c| c.to_string().len())
+        })
         .sum();
     FUEL_BASE
         .saturating_add(FUEL_PER_MESSAGE.saturating_mul(messages.len() as u64))

@@ -11,6 +11,7 @@
 
 pub mod arch;
 pub mod chat;
+pub mod constraint;
 pub mod gguf;
 pub mod profile;
 pub mod quant;
@@ -18,6 +19,7 @@ pub mod slice;
 pub mod slice_hash;
 pub mod synth;
 pub mod tokenizer;
+pub mod tool_calls;
 pub mod units;
 
 pub use gguf::{GgufFile, MetaValue, TensorInfo};

@@ -25,6 +25,8 @@ pub struct SamplingParams {
     pub penalty_last_n: usize,
     /// How many top log-probabilities to report per step (0: none).
     pub n_logprobs: usize,
+    /// (token, bias) added to logits before the chain (OpenAI's logit_bias).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -40,6 +42,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             penalty_last_n: 64,
             n_logprobs: 0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -104,6 +107,11 @@ impl Sampler {
             .enumerate()
             .map(|(i, &l)| (i as u32, l))
             .collect();
+        for &(t, bias) in &p.logit_bias {
+            if let Some(c) = cand.get_mut(t as usize) {
+                c.1 += bias;
+            }
+        }
         apply_penalties(&mut cand, history, p);
         let token = if p.temperature <= 0.0 {
             argmax(&cand)
@@ -258,6 +266,22 @@ mod tests {
             a.iter().all(|&t| t % 7 == 6),
             "top_k=3 over ties keeps only value-6 logits: {a:?}"
         );
+    }
+
+    #[test]
+    fn logit_bias_bans_and_forces_tokens() {
+        let logits = [2.0, 1.0, 0.5];
+        let mut s = Sampler::new(SamplingParams {
+            logit_bias: vec![(0, -100.0)],
+            ..SamplingParams::greedy()
+        });
+        assert_eq!(s.sample(&logits, &[]).token, 1);
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            logit_bias: vec![(2, 100.0), (99, 5.0)],
+            ..Default::default()
+        });
+        assert!((0..20).all(|_| s.sample(&logits, &[]).token == 2));
     }
 
     #[test]

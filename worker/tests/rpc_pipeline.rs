@@ -290,7 +290,7 @@ async fn frames_pipeline_and_batch_several_sequences() {
             start_pos: 0,
             n_tokens: p.len() as u32,
             sample: true,
-            sampling: Some(greedy),
+            sampling: Some(greedy.clone()),
             ..Default::default()
         };
         ids.push(data.send(vec![e], p.to_vec()).await);

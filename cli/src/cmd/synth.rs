@@ -26,6 +26,10 @@ pub struct Args {
     /// Output file.
     #[arg(short = 'o', long)]
     pub output: std::path::PathBuf,
+    /// A Jinja chat template file to store in place of the built-in ChatML
+    /// one (e.g. a family's tool-calling template).
+    #[arg(long)]
+    pub chat_template: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -43,6 +47,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         spec.shape.n_layers = n;
     }
     spec.seed = args.seed;
+    if let Some(path) = &args.chat_template {
+        spec.chat_template = Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the chat template {}", path.display()))?,
+        );
+    }
     let total: u64 = spec.writer()?.tensors().iter().map(|t| t.size_bytes).sum();
     let bar = indicatif::ProgressBar::new(total).with_style(
         indicatif::ProgressStyle::with_template(

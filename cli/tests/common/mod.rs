@@ -477,3 +477,22 @@ pub fn single_process_kv(
     );
     String::from_utf8(out.stdout).expect("utf-8")
 }
+
+/// Runs a Python check script; its last line must say it passed.
+pub fn run_python(script: &str, args: &[&str], passed: &str) {
+    let python = std::env::var("STRATA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(&python)
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {python}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains(passed),
+        "{script} failed:\n{stdout}\n{stderr}\n(scripts/test.sh installs openai and jsonschema)"
+    );
+}
+

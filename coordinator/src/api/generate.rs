@@ -11,7 +11,6 @@ use axum::extract::{FromRequest, Request, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use strata_model::chat::ChatMessage;
 use strata_proto::v1;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,7 +20,12 @@ use super::error::ApiError;
 use super::openai::{self, Endpoint, ResponseMeta};
 use super::request::{ChatRequest, CompletionRequest, GenerationParams, PromptField};
 use super::server::{AppState, Ready};
+use super::structured;
 use super::text::{Step, TextGeneration};
+use super::tool_reply::{self, ToolReply};
+use super::tools::{self, ToolChoice, ToolUse};
+use strata_model::constraint::grammar;
+use strata_model::tool_calls::ToolCallFormat;
 use crate::engine::{EngineError, GenerationRequest};
 
 /// llama.cpp's default window for repetition penalties.
@@ -56,26 +60,37 @@ pub async fn chat_completions(
     // A bad request is a 400 whether or not the model is up yet.
     let req: ChatRequest = parse(&st, req).await?;
     let params = req.params()?;
+    let tool_use = ToolUse::from_request(&req)?;
     let ready = st.ready_for(req.model.as_deref()).await?;
-    let messages: Vec<ChatMessage> = req
-        .text_messages()?
-        .into_iter()
-        .map(|(r, c)| ChatMessage::new(r, c))
-        .collect();
-    let (template, tok) = (ready.template.clone(), ready.tokenizer.clone());
-    let prompt = off_runtime(move || {
-        let text = template
-            .render(&messages, true)
-            .map_err(|e| ApiError::invalid(Some("messages".to_string()), e.to_string()))?;
+    let (format, renders_tools) = ToolCallFormat::of_template(ready.template.source());
+    let messages = tools::template_messages(&req, req.text_messages()?, tool_use.as_ref(), renders_tools);
+    let grammar = match tool_use.as_ref().and_then(|t| t.grammar(format)) {
+        Some(g) => Some((g, "tools")),
+        None => params
+            .response_schema
+            .as_ref()
+            .map(|s| (structured::schema_grammar(s), "response_format")),
+    };
+    let reply = tool_use.as_ref().map(|t| (format, t.choice != ToolChoice::Auto));
+    let (template, tok, check) = (
+        ready.template.clone(),
+        ready.tokenizer.clone(),
+        ready.grammars.clone(),
+    );
+    let (prompt, grammar) = off_runtime(move || {
+        let text = tools::render(&template, &messages, tool_use.as_ref(), renders_tools)?;
         let mut prompt = tok.encode(&text, tok.add_bos(), true);
         // Templates that write the BOS text themselves (Gemma's) would get two.
         if prompt.len() >= 2 && tok.bos().is_some_and(|b| prompt[0] == b && prompt[1] == b) {
             prompt.remove(0);
         }
-        Ok(prompt)
+        let grammar = grammar
+            .map(|(g, param)| check.check(&g, param).map(|()| grammar::to_wire(&g)))
+            .transpose()?;
+        Ok((prompt, grammar))
     })
     .await?;
-    run(&ready, Endpoint::Chat, prompt, params).await
+    run(&ready, Endpoint::Chat, prompt, params, grammar, reply).await
 }
 
 pub async fn completions(
@@ -106,7 +121,15 @@ pub async fn completions(
         },
     })
     .await?;
-    run(&ready, Endpoint::Completion, prompt, params).await
+    let grammar = match &params.response_schema {
+        None => None,
+        Some(schema) => {
+            let check = ready.grammars.clone();
+            let g = structured::schema_grammar(schema);
+            Some(off_runtime(move || check.check(&g, "response_format").map(|()| grammar::to_wire(&g))).await?)
+        }
+    };
+    run(&ready, Endpoint::Completion, prompt, params, grammar, None).await
 }
 
 /// Runs tokenizing and template rendering on the blocking pool: a prompt of
@@ -119,7 +142,7 @@ async fn off_runtime<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("preparing the prompt: {e}")))?
 }
 
-fn wire_sampling(p: &GenerationParams) -> v1::SamplingParams {
+fn wire_sampling(p: &GenerationParams, grammar: Option<String>, prompt_tokens: usize) -> v1::SamplingParams {
     v1::SamplingParams {
         temperature: p.temperature,
         top_k: p.top_k.min(u32::MAX as usize) as u32,
@@ -131,6 +154,13 @@ fn wire_sampling(p: &GenerationParams) -> v1::SamplingParams {
         frequency_penalty: p.frequency_penalty,
         penalty_last_n: PENALTY_LAST_N,
         n_logprobs: p.logprobs.unwrap_or(0) as u32,
+        logit_bias: p
+            .logit_bias
+            .iter()
+            .map(|&(token_id, bias)| v1::LogitBias { token_id, bias })
+            .collect(),
+        grammar: grammar.unwrap_or_default(),
+        grammar_start: prompt_tokens.min(u32::MAX as usize) as u32,
     }
 }
 
@@ -147,35 +177,62 @@ async fn run(
     endpoint: Endpoint,
     prompt: Vec<u32>,
     params: GenerationParams,
+    grammar: Option<String>,
+    tool_reply: Option<(ToolCallFormat, bool)>,
 ) -> Result<Response, ApiError> {
     let prompt_tokens = prompt.len();
+    if grammar.is_some() && params.ignore_eos {
+        return Err(ApiError::invalid(
+            Some("ignore_eos".to_string()),
+            "ignore_eos cannot be combined with response_format or a required tool call: the grammar ends the reply",
+        ));
+    }
+    let vocab = ready.tokenizer.vocab_size();
+    if let Some((t, _)) = params.logit_bias.iter().find(|(t, _)| *t as usize >= vocab) {
+        return Err(ApiError::invalid(
+            Some("logit_bias".to_string()),
+            format!("logit_bias names token {t}, outside the vocabulary ({vocab} tokens)"),
+        ));
+    }
     let generation = ready
         .engine
         .submit(GenerationRequest {
             prompt,
-            sampling: wire_sampling(&params),
+            sampling: wire_sampling(&params, grammar, prompt_tokens),
             max_tokens: params.max_tokens.unwrap_or(usize::MAX),
             ignore_eos: params.ignore_eos,
         })
         .map_err(engine_error)?;
     let meta = ResponseMeta::new(endpoint, generation.seq_id(), &ready.name);
     let span = tracing::info_span!("request", id = %meta.id, seq = generation.seq_id());
+    // A call marker that is a control token (Mistral's `[TOOL_CALLS]`)
+    // stays in the text the tool-call parser reads.
+    let tok = &ready.tokenizer;
+    let markers: Vec<u32> = tool_reply
+        .iter()
+        .flat_map(|(format, _)| format.call_markers())
+        .filter_map(|m| tok.token_id(m))
+        .filter(|&id| tok.is_control(id))
+        .collect();
     let text = TextGeneration::new(
         generation,
         ready.tokenizer.clone(),
         params.stop.clone(),
         params.logprobs.is_some(),
-    );
+    )
+    .show_controls(markers);
+    let tool_reply = tool_reply.map(|(format, calls_only)| ToolReply::new(format, calls_only));
     if params.stream {
         return Ok(stream(
             meta,
             text,
             prompt_tokens,
             params.include_usage,
+            tool_reply,
             span,
         ));
     }
-    whole(meta, text, prompt_tokens, params.logprobs.is_some())
+    whole(meta, text, prompt_tokens, params.logprobs.is_some(), tool_reply)
         .instrument(span)
         .await
 }
@@ -185,6 +242,7 @@ async fn whole(
     mut gen: TextGeneration,
     prompt_tokens: usize,
     logprobs: bool,
+    tool_reply: Option<ToolReply>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let mut text = String::new();
@@ -204,13 +262,24 @@ async fn whole(
                 cached_tokens,
             }) => {
                 log_done(prompt_tokens, completion_tokens, cached_tokens, started);
-                let body = openai::response(
+                let mut calls = Vec::new();
+                if let Some(mut r) = tool_reply {
+                    let shown = r.push(&text);
+                    let (rest, parsed) = r.finish();
+                    text = shown + &rest;
+                    calls = parsed.iter().map(tool_reply::call_json).collect();
+                }
+                let finish = if calls.is_empty() { reason.as_str() } else { "tool_calls" };
+                let mut body = openai::response(
                     &meta,
                     &text,
                     logprobs.then_some(&tokens[..]),
-                    reason.as_str(),
+                    finish,
                     openai::usage(prompt_tokens, completion_tokens, cached_tokens),
                 );
+                if !calls.is_empty() {
+                    openai::add_tool_calls(&mut body, calls);
+                }
                 return Ok(axum::Json(body).into_response());
             }
             Some(Step::Failed(why)) => {
@@ -243,6 +312,7 @@ fn stream(
     mut gen: TextGeneration,
     prompt_tokens: usize,
     include_usage: bool,
+    mut tool_reply: Option<ToolReply>,
     span: tracing::Span,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
@@ -255,6 +325,13 @@ fn stream(
             loop {
                 let event = match gen.next().await {
                     Some(Step::Text { text, tokens }) => {
+                        let text = match tool_reply.as_mut() {
+                            Some(r) => r.push(&text),
+                            None => text,
+                        };
+                        if text.is_empty() && tokens.is_empty() {
+                            continue;
+                        }
                         let logprobs = (!tokens.is_empty()).then_some(&tokens[..]);
                         let c = openai::chunk(&meta, &text, first, logprobs, offset, None);
                         first = false;
@@ -267,6 +344,28 @@ fn stream(
                         cached_tokens,
                     }) => {
                         log_done(prompt_tokens, completion_tokens, cached_tokens, started);
+                        let mut finish = reason.as_str();
+                        if let Some(r) = tool_reply.take() {
+                            let (rest, calls) = r.finish();
+                            let mut events = Vec::new();
+                            if !rest.is_empty() {
+                                events.push(openai::chunk(&meta, &rest, first, None, offset, None));
+                                first = false;
+                            }
+                            for (i, call) in calls.iter().enumerate() {
+                                let call = tool_reply::call_json(call);
+                                for d in tool_reply::call_deltas(i, &call) {
+                                    events.push(openai::tool_call_chunk(&meta, d, first));
+                                    first = false;
+                                }
+                                finish = "tool_calls";
+                            }
+                            for e in events {
+                                if tx.send(json_event(e)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
                         if tx
                             .send(json_event(openai::chunk(
                                 &meta,
@@ -274,7 +373,7 @@ fn stream(
                                 first,
                                 None,
                                 offset,
-                                Some(reason.as_str()),
+                                Some(finish),
                             )))
                             .await
                             .is_err()

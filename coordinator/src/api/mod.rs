@@ -3,6 +3,9 @@
 
 pub mod error;
 mod generate;
+pub mod structured;
+pub mod tools;
+mod tool_reply;
 pub mod http;
 pub mod openai;
 mod pool_view;

@@ -176,3 +176,30 @@ pub fn usage_chunk(meta: &ResponseMeta, usage: Value) -> Value {
     let object = meta.object(true);
     json!({"id": meta.id, "object": object, "created": meta.created, "model": meta.model, "choices": [], "usage": usage})
 }
+
+/// Puts calls into a whole chat response: content null when there is
+/// none, as OpenAI answers a pure tool call.
+pub fn add_tool_calls(body: &mut Value, calls: Vec<Value>) {
+    let message = &mut body["choices"][0]["message"];
+    if message["content"] == "" {
+        message["content"] = Value::Null;
+    }
+    message["tool_calls"] = Value::Array(calls);
+}
+
+/// A stream chunk carrying `delta.tool_calls`.
+pub fn tool_call_chunk(meta: &ResponseMeta, tool_calls: Value, first: bool) -> Value {
+    let mut delta = json!({"tool_calls": tool_calls});
+    if first {
+        delta["role"] = json!("assistant");
+        delta["content"] = Value::Null;
+    }
+    json!({
+        "id": meta.id,
+        "object": meta.object(true),
+        "created": meta.created,
+        "model": meta.model,
+        "system_fingerprint": concat!("strata-", env!("CARGO_PKG_VERSION")),
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}],
+    })
+}

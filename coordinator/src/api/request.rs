@@ -33,6 +33,14 @@ pub struct ChatMessageIn {
     pub role: String,
     #[serde(default)]
     pub content: Option<ContentField>,
+    /// An assistant turn's calls, as OpenAI returned them.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A `tool` turn: the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +72,8 @@ pub struct SamplingFields {
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    pub response_format: Option<serde_json::Value>,
+    pub logit_bias: Option<serde_json::Value>,
     /// Features not served yet, refused with a 400 rather than ignored
     /// (a client asking for a tool call must not get plain text).
     #[serde(flatten)]
@@ -73,12 +83,8 @@ pub struct SamplingFields {
 /// Request fields whose meaning we cannot honour yet.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Unsupported {
-    tools: Option<serde_json::Value>,
-    tool_choice: Option<serde_json::Value>,
     functions: Option<serde_json::Value>,
     function_call: Option<serde_json::Value>,
-    response_format: Option<serde_json::Value>,
-    logit_bias: Option<serde_json::Value>,
     grammar: Option<serde_json::Value>,
     json_schema: Option<serde_json::Value>,
     suffix: Option<serde_json::Value>,
@@ -97,19 +103,11 @@ impl Unsupported {
         };
         // (name, value, whether a value is one we can honour by ignoring it)
         type Field<'a> = (&'a str, &'a Option<Value>, fn(&Value) -> bool);
-        let fields: [Field; 10] = [
-            ("tools", &self.tools, |_| false),
-            ("tool_choice", &self.tool_choice, |v| {
-                v == "none" || v == "auto"
-            }),
+        let fields: [Field; 6] = [
             ("functions", &self.functions, |_| false),
             ("function_call", &self.function_call, |v| {
                 v == "none" || v == "auto"
             }),
-            ("response_format", &self.response_format, |v| {
-                v["type"] == "text"
-            }),
-            ("logit_bias", &self.logit_bias, |_| false),
             ("grammar", &self.grammar, |_| false),
             ("json_schema", &self.json_schema, |_| false),
             ("suffix", &self.suffix, |v| v == ""),
@@ -136,6 +134,12 @@ pub struct ChatRequest {
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<i64>,
+    #[serde(default)]
+    pub tools: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    pub tool_choice: Option<serde_json::Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -180,6 +184,10 @@ pub struct GenerationParams {
     pub stream: bool,
     pub include_usage: bool,
     pub ignore_eos: bool,
+    /// (token id, bias); ids are checked against the vocabulary later.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// The JSON schema the reply must follow (`response_format`).
+    pub response_schema: Option<serde_json::Value>,
 }
 
 /// OpenAI caps top_logprobs at 20.
@@ -264,6 +272,8 @@ impl SamplingFields {
                 .as_ref()
                 .is_some_and(|o| o.include_usage),
             ignore_eos: self.ignore_eos,
+            logit_bias: super::structured::logit_bias(self.logit_bias.as_ref())?,
+            response_schema: super::structured::response_schema(self.response_format.as_ref())?,
         })
     }
 }
@@ -350,15 +360,10 @@ mod tests {
         };
         for (extra, param) in [
             (
-                r#","tools":[{"type":"function","function":{"name":"f"}}]"#,
-                "tools",
-            ),
-            (r#","tool_choice":"required""#, "tool_choice"),
-            (
-                r#","response_format":{"type":"json_object"}"#,
+                r#","response_format":{"type":"xml"}"#,
                 "response_format",
             ),
-            (r#","logit_bias":{"42":-100}"#, "logit_bias"),
+            (r#","logit_bias":{"x":-100}"#, "logit_bias"),
             (r#","functions":[{"name":"f"}]"#, "functions"),
         ] {
             let e = chat(extra).unwrap_err();
@@ -372,6 +377,9 @@ mod tests {
             r#","response_format":{"type":"text"}"#,
             r#","logit_bias":{}"#,
             r#","logit_bias":null"#,
+            r#","logit_bias":{"42":-100}"#,
+            r#","response_format":{"type":"json_object"}"#,
+            r#","tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"required""#,
         ] {
             assert!(chat(extra).is_ok(), "{extra}");
         }

@@ -23,6 +23,8 @@ pub struct Ready {
     pub engine: Engine,
     pub tokenizer: Arc<Tokenizer>,
     pub template: Arc<ChatTemplate>,
+    /// Request-time grammar compiles (a 400 for a schema we cannot honour).
+    pub grammars: Arc<super::structured::GrammarCheck>,
 }
 
 /// Where the server is in its life.

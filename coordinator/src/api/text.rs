@@ -46,6 +46,9 @@ pub struct TextGeneration {
     completion_tokens: usize,
     cached_tokens: usize,
     out: VecDeque<Step>,
+    /// Control tokens whose text the reply keeps (Mistral's `[TOOL_CALLS]`:
+    /// the tool-call parser needs it).
+    shown_controls: Vec<u32>,
 }
 
 impl TextGeneration {
@@ -65,7 +68,14 @@ impl TextGeneration {
             completion_tokens: 0,
             cached_tokens: 0,
             out: VecDeque::new(),
+            shown_controls: Vec::new(),
         }
+    }
+
+    /// Keeps the text of these control tokens in the reply.
+    pub fn show_controls(mut self, ids: Vec<u32>) -> Self {
+        self.shown_controls = ids;
+        self
     }
 
     /// The next step; `None` after `Finished` or `Failed`.
@@ -126,7 +136,11 @@ impl TextGeneration {
         if self.tokenizer.is_end_of_generation(t.token_id) {
             return;
         }
-        let piece = self.text.push_token(&self.tokenizer, t.token_id);
+        let piece = if self.shown_controls.contains(&t.token_id) {
+            self.text.push_bytes(self.tokenizer.token_bytes(t.token_id))
+        } else {
+            self.text.push_token(&self.tokenizer, t.token_id)
+        };
         let (text, stopped) = self.stop.push(&piece);
         if stopped {
             // Dropping the generation cancels the sequence on every stage.

@@ -290,7 +290,7 @@ impl Runner {
                     n_tokens: e.n_tokens as u32,
                     sample: e.samples,
                     // With its first frame on this pipeline.
-                    sampling: (!s.sent).then_some(s.sampling),
+                    sampling: (!s.sent).then(|| s.sampling.clone()),
                     prefix_blocks: if on_prefix {
                         s.prefix.iter().map(|h| h.to_vec()).collect()
                     } else {

@@ -25,6 +25,7 @@ fn entry(seq_id: u64, start_pos: u32, n_tokens: u32, sample: bool) -> v1::BatchE
             frequency_penalty: 0.5,
             penalty_last_n: 64,
             n_logprobs: 3,
+            ..Default::default()
         }),
         ..Default::default()
     }

@@ -153,6 +153,9 @@ pub struct SynthSpec {
     pub shape: Shape,
     pub quant: QuantScheme,
     pub seed: u64,
+    /// `tokenizer.chat_template` in place of the built-in ChatML one (a
+    /// family's own template, for tests of template features).
+    pub chat_template: Option<String>,
 }
 
 impl SynthSpec {
@@ -171,6 +174,7 @@ impl SynthSpec {
             shape,
             quant,
             seed: 0,
+            chat_template: None,
         })
     }
 
@@ -178,7 +182,7 @@ impl SynthSpec {
     pub fn writer(&self) -> Result<GgufWriter, GgufWriteError> {
         let mut w = GgufWriter::new();
         self.add_metadata(&mut w);
-        add_tokenizer(&mut w, self.shape.vocab_size);
+        add_tokenizer(&mut w, self.shape.vocab_size, self.chat_template.as_deref());
         self.add_tensors(&mut w)?;
         Ok(w)
     }

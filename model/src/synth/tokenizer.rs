@@ -7,7 +7,7 @@ use crate::gguf::{GgufWriter, MetaValue};
 /// token; the rest of the vocabulary is filler so the embedding and head
 /// have the real size. (One merge, not none: an empty array has no element
 /// type, and llama.cpp refuses merges that are not strings.)
-pub(super) fn add_tokenizer(w: &mut GgufWriter, vocab_size: usize) {
+pub(super) fn add_tokenizer(w: &mut GgufWriter, vocab_size: usize, chat_template: Option<&str>) {
     let byte_chars = gpt2_byte_chars();
     let mut tokens = Vec::with_capacity(vocab_size);
     let mut types = Vec::with_capacity(vocab_size);
@@ -40,11 +40,14 @@ pub(super) fn add_tokenizer(w: &mut GgufWriter, vocab_size: usize) {
     w.add_metadata("tokenizer.ggml.add_bos_token", MetaValue::Bool(false));
     w.add_metadata(
         "tokenizer.chat_template",
-        MetaValue::String(
-            "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}\
+        MetaValue::String(chat_template.map_or_else(
+            || {
+                "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}\
              {% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-                .into(),
-        ),
+                    .into()
+            },
+            str::to_string,
+        )),
     );
 }
 

@@ -175,6 +175,7 @@ pub fn sampling_from_wire(p: &v1::SamplingParams) -> SamplingParams {
         frequency_penalty: p.frequency_penalty,
         penalty_last_n: p.penalty_last_n as usize,
         n_logprobs: p.n_logprobs as usize,
+        logit_bias: p.logit_bias.iter().map(|b| (b.token_id, b.bias)).collect(),
     }
 }
 
@@ -190,6 +191,13 @@ pub fn sampling_to_wire(p: &SamplingParams) -> v1::SamplingParams {
         frequency_penalty: p.frequency_penalty,
         penalty_last_n: p.penalty_last_n as u32,
         n_logprobs: p.n_logprobs as u32,
+        logit_bias: p
+            .logit_bias
+            .iter()
+            .map(|&(token_id, bias)| v1::LogitBias { token_id, bias })
+            .collect(),
+        grammar: String::new(),
+        grammar_start: 0,
     }
 }
 
@@ -285,6 +293,7 @@ mod tests {
             temperature: 0.7,
             top_k: 20,
             n_logprobs: 3,
+            logit_bias: vec![(7, -100.0)],
             ..Default::default()
         };
         assert_eq!(sampling_from_wire(&sampling_to_wire(&p)), p);

@@ -8,6 +8,7 @@
 //!   cluster token, with raised message limits and HTTP/2 windows.
 
 mod downstream;
+mod grammars;
 pub mod kv_sessions;
 pub mod frames;
 mod locate;

@@ -17,6 +17,7 @@ use super::frames;
 use super::kv_sessions::{KvDiskConfig, KvSessions};
 use crate::kv_blocks::BlockHash;
 use crate::sampler::Sampler;
+use strata_model::constraint::TokenConstraint;
 use crate::stage::{LayerRange, Stage, StageError, StageInput, StageOutput};
 
 /// What the service knows about the slice without asking the thread.
@@ -75,7 +76,8 @@ pub enum Command {
 
 struct Loaded<B: Backend> {
     stage: Stage<B>,
-    _file: GgufFile,
+    file: GgufFile,
+    grammars: super::grammars::Grammars,
     act_dtype: v1::ActDtype,
     limits: frames::FrameLimits,
     label: String,
@@ -88,6 +90,8 @@ struct Loaded<B: Backend> {
 #[derive(Default)]
 struct SeqState {
     sampler: Option<Sampler>,
+    /// The grammar its tokens must follow, when it asked for one.
+    constraint: Option<TokenConstraint>,
     history: Vec<u32>,
     /// Position of `history[0]`: a sequence that starts on cached blocks
     /// gets only the tokens before them its sampler reads.
@@ -267,7 +271,8 @@ fn load<B: Backend, F: Fn() -> B>(
     };
     Ok(Loaded {
         stage,
-        _file: job.file,
+        file: job.file,
+        grammars: Default::default(),
         act_dtype: job.act_dtype,
         limits: job.limits,
         label,
@@ -496,9 +501,18 @@ fn sample<B: Backend>(
 ) -> Result<v1::StageReply, String> {
     let mut offset = 0usize;
     for e in &header.entries {
+        let constraint = match &e.sampling {
+            Some(p) if !p.grammar.is_empty() => Some(l.grammars.compile(
+                &l.file,
+                &p.grammar,
+                p.grammar_start as usize,
+            )?),
+            _ => None,
+        };
         let st = l.seqs.entry(e.seq_id).or_default();
         if let Some(p) = &e.sampling {
             st.sampler = Some(Sampler::new(frames::sampling_from_wire(p)));
+            st.constraint = constraint;
         }
         let n = e.n_tokens as usize;
         if !token_ids.is_empty() {
@@ -513,7 +527,7 @@ fn sample<B: Backend>(
     let mut tokens = Vec::new();
     let mut rows = rows.into_iter();
     for e in header.entries.iter().filter(|e| e.sample) {
-        let row = rows
+        let mut row = rows
             .next()
             .ok_or("the stage returned fewer logit rows than asked")?;
         let st = l.seqs.entry(e.seq_id).or_default();
@@ -523,6 +537,14 @@ fn sample<B: Backend>(
                 e.seq_id
             )
         })?;
+        if let Some(c) = st.constraint.as_mut() {
+            // One mask per step, after the grammar saw every token so far.
+            if let Err(err) = c.follow(&st.history, st.offset).and_then(|()| c.mask(&mut row)) {
+                // That sequence alone fails (no token for it), not the batch.
+                tracing::warn!(seq = e.seq_id, "constrained decoding failed: {err}");
+                continue;
+            }
+        }
         let s = sampler.sample(&row, &st.history);
         tokens.push(frames::sampled_to_wire(e.seq_id, &s));
     }
