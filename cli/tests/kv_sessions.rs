@@ -110,9 +110,10 @@ fn a_conversation_continues_from_disk_after_serve_and_its_worker_restart() {
     drop(worker);
 
     let (_worker, mut server) = start();
-    let listed = server
-        .proc
-        .wait_for("the stages hold prefix blocks on disk", Duration::from_secs(30));
+    let listed = server.proc.wait_for(
+        "the stages hold prefix blocks on disk",
+        Duration::from_secs(30),
+    );
     assert!(!listed.contains("blocks=0"), "after the restart: {listed}");
     let second = second_turn(&reply0);
     let reply1 = chat(&server, &second);
@@ -123,7 +124,11 @@ fn a_conversation_continues_from_disk_after_serve_and_its_worker_restart() {
     );
     assert_eq!(metric(&server, "prompt_tokens_restored_total"), hit);
     let fresh = chat(&cold, &second);
-    assert_eq!(tokens(&reply1), tokens(&fresh), "restored from disk vs cold");
+    assert_eq!(
+        tokens(&reply1),
+        tokens(&fresh),
+        "restored from disk vs cold"
+    );
 }
 
 #[test]
@@ -162,9 +167,15 @@ fn a_damaged_block_file_is_ignored_and_the_prompt_computed() {
     wait_saved(&[kv.path()]);
     let cold = Server::start(&path, &["-c", "2048", "-n", "1", "--no-prefix-cache"]);
     let fresh = chat(&cold, &second);
-    assert_eq!(tokens(&reply1), tokens(&fresh), "after a damaged file vs cold");
+    assert_eq!(
+        tokens(&reply1),
+        tokens(&fresh),
+        "after a damaged file vs cold"
+    );
     assert!(
-        damaged.iter().any(|f| std::fs::read(f).is_ok_and(|b| b[b.len() - 1] != damaged_last[f])),
+        damaged
+            .iter()
+            .any(|f| std::fs::read(f).is_ok_and(|b| b[b.len() - 1] != damaged_last[f])),
         "the damaged files read are replaced"
     );
 }

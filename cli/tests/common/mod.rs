@@ -495,4 +495,3 @@ pub fn run_python(script: &str, args: &[&str], passed: &str) {
         "{script} failed:\n{stdout}\n{stderr}\n(scripts/test.sh installs openai and jsonschema)"
     );
 }
-

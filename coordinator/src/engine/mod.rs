@@ -182,7 +182,10 @@ impl Engine {
         {
             Ok(Ok(r)) => Some(r.into_inner()),
             Ok(Err(e)) => {
-                tracing::warn!("listing the prefix blocks on the workers' disks: {}", e.message());
+                tracing::warn!(
+                    "listing the prefix blocks on the workers' disks: {}",
+                    e.message()
+                );
                 None
             }
             Err(_) => {

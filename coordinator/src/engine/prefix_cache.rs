@@ -285,7 +285,10 @@ mod tests {
         let mut other = longer.clone();
         other[40] += 1;
         assert_eq!(c.attach(&other).blocks.len(), 1);
-        assert!(PrefixCache::new(false, 100).attach(&longer).blocks.is_empty());
+        assert!(PrefixCache::new(false, 100)
+            .attach(&longer)
+            .blocks
+            .is_empty());
     }
 
     #[test]

@@ -11,10 +11,10 @@ use strata_proto::{v1, WorkerClient};
 use tokio::sync::mpsc;
 
 use super::prefix_cache::{BlockHash, PrefixCache};
-use strata_proto::v1::DiskPrefixesReply;
 use super::{EngineConfig, EngineStats, Event, FinishReason, GenerationRequest, Msg, PipelineLost};
 use crate::scheduler::{plan_step, SeqPhase, SeqProgress, StepEntry};
 use strata_model::profile::KV_BLOCK_TOKENS;
+use strata_proto::v1::DiskPrefixesReply;
 
 /// One live sequence.
 struct Seq {
@@ -537,11 +537,19 @@ impl Runner {
         s.restore = 0;
         let Some(error) = error else {
             let tokens = s.prefix.len() * KV_BLOCK_TOKENS;
-            tracing::debug!(seq = id, tokens, restored = from_disk * KV_BLOCK_TOKENS, "prompt starts on cached blocks, some from disk");
-            self.stats.on_prefix_hit(tokens);
-            self.stats.on_prefix_restored(from_disk * KV_BLOCK_TOKENS);
+            let restored = from_disk * KV_BLOCK_TOKENS;
+            tracing::debug!(
+                seq = id,
+                tokens,
+                restored,
+                "prompt starts on cached blocks, some from disk"
+            );
+            // Counted once per request, as a hit in memory is (not again
+            // when a failover replays it).
             if !s.reported_cached {
                 s.reported_cached = true;
+                self.stats.on_prefix_hit(tokens);
+                self.stats.on_prefix_restored(restored);
                 let _ = s.events.send(Event::Cached(tokens));
             }
             return;
@@ -569,7 +577,8 @@ impl Runner {
         self.release_first.push(old_wire);
         self.evict_next.extend(&unreadable);
         self.stats.set_prefix_cache_blocks(self.prefix_cache.len());
-        self.stats.set_prefix_disk_blocks(self.prefix_cache.on_disk_len());
+        self.stats
+            .set_prefix_disk_blocks(self.prefix_cache.on_disk_len());
         self.send_release(v1::ReleaseRequest {
             seq_ids: vec![old_wire],
             evict: unreadable.iter().map(|h| h.to_vec()).collect(),
@@ -605,7 +614,8 @@ impl Runner {
                 "prefix cache makes room"
             );
             self.stats.set_prefix_cache_blocks(self.prefix_cache.len());
-            self.stats.set_prefix_disk_blocks(self.prefix_cache.on_disk_len());
+            self.stats
+                .set_prefix_disk_blocks(self.prefix_cache.on_disk_len());
         }
         evicted
     }
@@ -687,7 +697,8 @@ impl Runner {
             tracing::info!(blocks = h.len(), "the stages hold prefix blocks on disk");
         }
         self.prefix_cache.set_on_disk(on_disk);
-        self.stats.set_prefix_disk_blocks(self.prefix_cache.on_disk_len());
+        self.stats
+            .set_prefix_disk_blocks(self.prefix_cache.on_disk_len());
         self.link = Some(link);
         self.clear_cached_first = true;
     }

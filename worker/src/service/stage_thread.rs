@@ -17,8 +17,8 @@ use super::frames;
 use super::kv_sessions::{KvDiskConfig, KvSessions};
 use crate::kv_blocks::BlockHash;
 use crate::sampler::Sampler;
-use strata_model::constraint::TokenConstraint;
 use crate::stage::{LayerRange, Stage, StageError, StageInput, StageOutput};
+use strata_model::constraint::TokenConstraint;
 
 /// What the service knows about the slice without asking the thread.
 #[derive(Debug, Clone, Default)]
@@ -245,7 +245,10 @@ fn load<B: Backend, F: Fn() -> B>(
             match KvSessions::open(c, &job.digest, job.load.kv_type) {
                 Ok(d) => Some(d),
                 Err(e) => {
-                    tracing::warn!("KV cache directory {}: {e}; blocks stay in memory only", c.dir.display());
+                    tracing::warn!(
+                        "KV cache directory {}: {e}; blocks stay in memory only",
+                        c.dir.display()
+                    );
                     None
                 }
             }
@@ -455,7 +458,10 @@ fn restore<B: Backend>(
         ));
     };
     let from = prefix.len().checked_sub(n).ok_or_else(|| {
-        format!("sequence {seq}: {n} blocks to restore of a prefix of {}", prefix.len())
+        format!(
+            "sequence {seq}: {n} blocks to restore of a prefix of {}",
+            prefix.len()
+        )
     })?;
     let restored: Vec<BlockHash> = prefix[from..]
         .iter()
@@ -539,7 +545,10 @@ fn sample<B: Backend>(
         })?;
         if let Some(c) = st.constraint.as_mut() {
             // One mask per step, after the grammar saw every token so far.
-            if let Err(err) = c.follow(&st.history, st.offset).and_then(|()| c.mask(&mut row)) {
+            if let Err(err) = c
+                .follow(&st.history, st.offset)
+                .and_then(|()| c.mask(&mut row))
+            {
                 // That sequence alone fails (no token for it), not the batch.
                 tracing::warn!(seq = e.seq_id, "constrained decoding failed: {err}");
                 continue;
