@@ -339,7 +339,7 @@ fn qwen35_recurrent_state_is_rebuilt_after_a_lost_worker() {
         .iter()
         .map(|c| c["prompt"].as_str().unwrap().to_string())
         .collect();
-    let n = 24;
+    let n = 48;
     let expected: Vec<String> = prompts
         .iter()
         .map(|p| common::single_process(&model_path, p, n, true))
@@ -385,14 +385,21 @@ fn qwen35_recurrent_state_is_rebuilt_after_a_lost_worker() {
             })
         })
         .collect();
-    assert!(
-        common::eventually(Duration::from_secs(120), || seen
-            .iter()
-            .all(|s| s.load(Ordering::Relaxed) >= 3)),
-        "streams did not start"
-    );
     let failovers = metric(&server, "failovers_total");
+    // This model decodes fast: poll tightly and freeze the victim at once, so
+    // that the loss lands mid-generation, then check that it did.
+    let started = Instant::now();
+    while !seen.iter().all(|s| s.load(Ordering::Relaxed) >= 3) {
+        assert!(started.elapsed() < Duration::from_secs(120), "streams did not start");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let mut workers = workers;
+    workers[victim].proc.signal("STOP");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        seen.iter().all(|s| s.load(Ordering::Relaxed) < n),
+        "a stream finished before the worker was lost"
+    );
     workers[victim].proc.kill();
     for (t, want) in threads.into_iter().zip(&expected) {
         assert_eq!(&t.join().unwrap(), want, "a stream after the lost worker");
