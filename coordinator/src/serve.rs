@@ -283,7 +283,12 @@ pub(crate) async fn start_pipeline(
     let (engine, losses) = Engine::start(engine_config);
     let stage0 = &stages[0].worker;
     let epoch = engine
-        .attach(stage0.client.clone(), stage0.addr.clone())
+        .attach(
+                stages
+                    .iter()
+                    .map(|s| (s.worker.client.clone(), s.worker.addr.clone()))
+                    .collect(),
+            )
         .await
         .map_err(|e| {
             ServeError::Load(format!(

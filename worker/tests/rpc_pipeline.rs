@@ -4,6 +4,8 @@
 
 mod rpc_common;
 
+use std::time::Duration;
+
 use rpc_common::*;
 use strata_coordinator::cluster::push_slice;
 use strata_proto::v1;
@@ -141,6 +143,29 @@ async fn three_stages_generate_like_one_process_and_release_frees_every_stage() 
     // The stream stays usable: the same sequence id starts afresh.
     let again = data.generate_greedy(7, &r.prompt_ids, 4).await;
     assert_eq!(again, got[..4]);
+}
+
+/// A frame that names a reply route gets its reply on the last stage's
+/// reply line, straight to the coordinator: the same tokens, and nothing
+/// comes back up the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replies_come_straight_from_the_last_stage_on_its_reply_line() {
+    let dir = smollm_model_dir();
+    let ws = [
+        start_worker(Some(dir.path().to_path_buf()), None).await,
+        start_worker(Some(dir.path().to_path_buf()), None).await,
+        start_worker(Some(dir.path().to_path_buf()), None).await,
+    ];
+    load_chain(&[&ws[0], &ws[1], &ws[2]], &digest(), v1::ActDtype::F32).await;
+
+    let r = reference();
+    let mut data = DataStream::open(&mut client(&ws[0].addr).await).await;
+    data.reply_on_line(&mut client(&ws[2].addr).await, 0x5eed).await;
+    let got = data.generate_greedy(7, &r.prompt_ids, N_TOKENS).await;
+    check_exact(&got);
+    let up_the_chain =
+        tokio::time::timeout(Duration::from_millis(500), data.forward_replies().message()).await;
+    assert!(up_the_chain.is_err(), "a reply came back up the chain: {up_the_chain:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

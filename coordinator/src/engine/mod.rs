@@ -152,18 +152,20 @@ impl Engine {
         (engine, lost)
     }
 
-    /// Opens the data stream to a (re)built pipeline's stage 0 and hands it
-    /// to the loop, which replays every live sequence on it. Clears a
-    /// failure. Returns the pipeline's epoch (named by its loss report).
-    pub async fn attach(
-        &self,
-        mut stage0: WorkerClient,
-        addr: String,
-    ) -> Result<u64, tonic::Status> {
+    /// Opens the data stream to a (re)built pipeline's stage 0 (the first
+    /// of `stages`, each a worker and its address) and hands it to the
+    /// loop, which replays every live sequence on it. With several stages
+    /// it also opens a reply line to each, so that replies come straight
+    /// back. Clears a failure. Returns the pipeline's epoch (named by its
+    /// loss report).
+    pub async fn attach(&self, stages: Vec<(WorkerClient, String)>) -> Result<u64, tonic::Status> {
+        let Some((mut stage0, addr)) = stages.first().cloned() else {
+            return Err(tonic::Status::invalid_argument("a pipeline of no stages"));
+        };
         let groups = self.config.groups.max(1);
         let (frames, rx) = mpsc::channel(groups * 2);
         // A stage 0 that hangs right after loading must not hang the caller.
-        let replies = tokio::time::timeout(
+        let forward = tokio::time::timeout(
             Duration::from_secs(10),
             stage0.forward(ReceiverStream::new(rx)),
         )
@@ -172,6 +174,12 @@ impl Engine {
             tonic::Status::deadline_exceeded("stage 0 did not open the data stream within 10 s")
         })??
         .into_inner();
+        let mut replies = runner::Replies::new(forward, addr.clone());
+        let route = if stages.len() > 1 {
+            open_reply_lines(&stages, &mut replies).await
+        } else {
+            0
+        };
         // What the stages can read back from disk (sessions that survive
         // a restart); a pipeline that cannot say just starts cold.
         let disk = match tokio::time::timeout(
@@ -199,6 +207,7 @@ impl Engine {
             epoch,
             frames,
             replies,
+            route,
             release: stage0,
             addr,
             disk,
@@ -305,4 +314,31 @@ impl Drop for Generation {
             let _ = self.cancel.send(Msg::Cancel(self.seq));
         }
     }
+}
+
+/// Opens a reply line on every stage under one fresh route; returns the
+/// route, or 0 (replies come back up the chain) when a stage cannot open
+/// one, which costs speed, not correctness.
+async fn open_reply_lines(stages: &[(WorkerClient, String)], replies: &mut runner::Replies) -> u64 {
+    let route = rand::random::<u64>() | 1;
+    for (i, (client, addr)) in stages.iter().enumerate() {
+        let mut client = client.clone();
+        let opened = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.replies(v1::RepliesRequest { route }),
+        )
+        .await;
+        match opened {
+            Ok(Ok(line)) => replies.add_line(i, addr.clone(), line.into_inner()),
+            Ok(Err(e)) => {
+                tracing::warn!("stage {i} ({addr}) opened no reply line, replies come back through the chain: {}", e.message());
+                return 0;
+            }
+            Err(_) => {
+                tracing::warn!("stage {i} ({addr}) opened no reply line within 10 s, replies come back through the chain");
+                return 0;
+            }
+        }
+    }
+    route
 }

@@ -82,7 +82,9 @@ struct InFlight {
 pub(super) struct Link {
     pub epoch: u64,
     pub frames: mpsc::Sender<v1::BatchFrame>,
-    pub replies: tonic::Streaming<v1::StageReply>,
+    pub replies: Replies,
+    /// The reply route frames name (0: replies come back up the chain).
+    pub route: u64,
     /// Releases go to stage 0, which passes them on.
     pub release: WorkerClient,
     /// For messages: which worker the data stream goes to.
@@ -308,6 +310,7 @@ impl Runner {
                 header: Some(v1::BatchHeader {
                     batch_id,
                     entries: wire,
+                    reply_route: self.link.as_ref().map_or(0, |l| l.route),
                 }),
                 token_ids,
                 activations: Vec::new(),
@@ -317,7 +320,7 @@ impl Runner {
                 evict_first: evicted.iter().map(|h| h.to_vec()).collect(),
                 clear_cached_first: cleared,
             };
-            tracing::debug!(batch_id, group, n_tokens, seqs = entries.len(), "send");
+            tracing::debug!(target: "strata::hop", batch_id, group, n_tokens, seqs = entries.len(), "send");
             self.in_flight.insert(
                 batch_id,
                 InFlight {
@@ -331,15 +334,19 @@ impl Runner {
             );
             self.stats.on_batch_sent(n_tokens);
             let Some(link) = &self.link else { return };
-            if link.frames.send(frame).await.is_err() {
-                let why = format!("the data stream to stage 0 ({}) is closed", link.addr);
-                self.lose(why);
+            // A clone, so that no borrow of the link (whose reply streams
+            // are not Sync) is held across the await.
+            let frames = link.frames.clone();
+            if frames.send(frame).await.is_err() {
+                let addr = self.link.as_ref().map_or("", |l| l.addr.as_str());
+                self.lose(format!("the data stream to stage 0 ({addr}) is closed"));
                 return;
             }
         }
     }
 
     fn on_reply(&mut self, reply: v1::StageReply) {
+        tracing::debug!(target: "strata::hop", batch_id = reply.batch_id, "reply");
         if reply.stage_lost {
             self.lose(reply.error);
             return;
@@ -722,17 +729,55 @@ impl Runner {
 }
 
 async fn next_reply(link: &mut Option<Link>) -> Result<v1::StageReply, String> {
-    let Some(link) = link.as_mut() else {
-        return std::future::pending().await;
-    };
-    match link.replies.message().await {
-        Ok(Some(r)) => Ok(r),
-        Ok(None) => Err(format!("stage 0 ({}) closed the data stream", link.addr)),
-        Err(e) => Err(format!(
-            "data stream to stage 0 ({}): {}",
-            link.addr,
-            e.message()
-        )),
+    match link.as_mut() {
+        Some(link) => link.replies.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+type ReplyStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Option<Result<v1::StageReply, tonic::Status>>> + Send>,
+>;
+
+/// Where a pipeline's replies arrive: the data stream to stage 0, and the
+/// reply line of each stage when it has them. Any of them ending or
+/// failing loses the pipeline.
+pub(super) struct Replies {
+    streams: tokio_stream::StreamMap<usize, ReplyStream>,
+    /// What each stream is, for messages.
+    names: Vec<String>,
+}
+
+impl Replies {
+    pub fn new(forward: tonic::Streaming<v1::StageReply>, stage0: String) -> Self {
+        let mut r = Replies {
+            streams: tokio_stream::StreamMap::new(),
+            names: Vec::new(),
+        };
+        r.add(format!("the data stream to stage 0 ({stage0})"), forward);
+        r
+    }
+
+    pub fn add_line(&mut self, stage: usize, addr: String, line: tonic::Streaming<v1::StageReply>) {
+        self.add(format!("the reply line of stage {stage} ({addr})"), line);
+    }
+
+    fn add(&mut self, name: String, s: tonic::Streaming<v1::StageReply>) {
+        use tokio_stream::StreamExt;
+        // `None` marks the end, which the map would otherwise hide.
+        let s: ReplyStream = Box::pin(s.map(Some).chain(tokio_stream::once(None)));
+        self.streams.insert(self.names.len(), s);
+        self.names.push(name);
+    }
+
+    async fn next(&mut self) -> Result<v1::StageReply, String> {
+        use tokio_stream::StreamExt;
+        match self.streams.next().await {
+            Some((_, Some(Ok(r)))) => Ok(r),
+            Some((k, Some(Err(e)))) => Err(format!("{}: {}", self.names[k], e.message())),
+            Some((k, None)) => Err(format!("{} closed", self.names[k])),
+            None => std::future::pending().await,
+        }
     }
 }
 

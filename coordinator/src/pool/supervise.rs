@@ -103,7 +103,12 @@ async fn rebuild(
                     Ok(()) => {
                         let stage0 = &stages[0].worker;
                         match engine
-                            .attach(stage0.client.clone(), stage0.addr.clone())
+                            .attach(
+                stages
+                    .iter()
+                    .map(|s| (s.worker.client.clone(), s.worker.addr.clone()))
+                    .collect(),
+            )
                             .await
                         {
                             Ok(epoch) => {

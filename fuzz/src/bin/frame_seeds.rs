@@ -33,7 +33,7 @@ fn entry(seq_id: u64, start_pos: u32, n_tokens: u32, sample: bool) -> v1::BatchE
 
 fn frame(entries: Vec<v1::BatchEntry>, token_ids: Vec<u32>, act: Vec<u8>, dtype: v1::ActDtype) -> v1::BatchFrame {
     v1::BatchFrame {
-        header: Some(v1::BatchHeader { batch_id: 7, entries }),
+        header: Some(v1::BatchHeader { batch_id: 7, entries, ..Default::default() }),
         token_ids,
         activations: act,
         act_dtype: dtype as i32,

@@ -1,14 +1,18 @@
 //! The link to the next stage: one long-lived `Forward` stream (opened when
 //! the slice loads, reopened on the next frame if it breaks), whose replies
-//! are routed back to the upstream stream each batch came from.
+//! are routed back to the upstream stream each batch came from. Frames on a
+//! reply route get their replies straight from the replying stage; if the
+//! link breaks, their coordinators hear of it on those routes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use strata_proto::{v1, Trust, WorkerClient};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+
+use super::reply_routes::ReplyRoutes;
 
 pub type ReplySink = mpsc::Sender<Result<v1::StageReply, Status>>;
 
@@ -17,6 +21,8 @@ type Routes = Arc<Mutex<HashMap<u64, ReplySink>>>;
 struct Link {
     frames: mpsc::Sender<v1::BatchFrame>,
     routes: Routes,
+    /// Reply routes of the frames sent on this link.
+    direct: Arc<Mutex<HashSet<u64>>>,
 }
 
 pub struct Downstream {
@@ -25,16 +31,18 @@ pub struct Downstream {
     trust: Trust,
     client: tokio::sync::Mutex<Option<WorkerClient>>,
     link: tokio::sync::Mutex<Option<Link>>,
+    reply_routes: Arc<ReplyRoutes>,
 }
 
 impl Downstream {
-    pub fn new(addr: String, token: String, trust: Trust) -> Self {
+    pub fn new(addr: String, token: String, trust: Trust, reply_routes: Arc<ReplyRoutes>) -> Self {
         Downstream {
             addr,
             token,
             trust,
             client: tokio::sync::Mutex::new(None),
             link: tokio::sync::Mutex::new(None),
+            reply_routes,
         }
     }
 
@@ -77,11 +85,15 @@ impl Downstream {
             .into_inner();
         let routes: Routes = Arc::default();
         let relay_routes = routes.clone();
+        let direct: Arc<Mutex<HashSet<u64>>> = Arc::default();
+        let relay_direct = direct.clone();
+        let reply_routes = self.reply_routes.clone();
         let addr = self.addr.clone();
         tokio::spawn(async move {
             let end = loop {
                 match replies.message().await {
                     Ok(Some(reply)) => {
+                        tracing::debug!(target: "strata::hop", batch_id = reply.batch_id, "reply back");
                         let sink = relay_routes
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -111,13 +123,29 @@ impl Downstream {
                     .send(Ok(super::stage_thread::lost_reply(batch_id, end.clone())))
                     .await;
             }
+            let direct: Vec<u64> = relay_direct
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain()
+                .collect();
+            for route in direct {
+                let lost = super::stage_thread::lost_reply(0, end.clone());
+                let _ = reply_routes.send(route, lost).await;
+            }
         });
-        Ok(Link { frames: tx, routes })
+        Ok(Link {
+            frames: tx,
+            routes,
+            direct,
+        })
     }
 
-    /// Sends a frame on; its reply will go to `sink`.
+    /// Sends a frame on; its reply will go to `sink`, or on its reply route.
     pub async fn send(&self, frame: v1::BatchFrame, sink: ReplySink) -> Result<(), String> {
-        let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
+        let (batch_id, route) = frame
+            .header
+            .as_ref()
+            .map_or((0, 0), |h| (h.batch_id, h.reply_route));
         let mut link = self.link.lock().await;
         if link.as_ref().is_none_or(|l| l.frames.is_closed()) {
             *link = Some(self.open_link().await?);
@@ -125,10 +153,18 @@ impl Downstream {
         let Some(l) = link.as_ref() else {
             return Err("no link".into());
         };
-        l.routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(batch_id, sink);
+        if route != 0 {
+            // Its reply will not pass here: no entry to remove later.
+            l.direct
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(route);
+        } else {
+            l.routes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(batch_id, sink);
+        }
         if l.frames.send(frame).await.is_err() {
             l.routes
                 .lock()

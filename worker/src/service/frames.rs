@@ -231,6 +231,7 @@ mod tests {
         let h = |entries| v1::BatchHeader {
             batch_id: 1,
             entries,
+            ..Default::default()
         };
         let err = |entries| batch_of(&h(entries), 0, false, LIMITS).unwrap_err();
         assert!(err(vec![entry(1, 0, 9, false)]).contains("the plan's batch"));
@@ -267,6 +268,7 @@ mod tests {
         let h = v1::BatchHeader {
             batch_id: 1,
             entries: vec![entry(1, 0, 3, false), entry(2, 5, 1, true)],
+            ..Default::default()
         };
         let b = batch_of(&h, 4, true, LIMITS).unwrap();
         assert_eq!(b[0].logits, LogitRows::From(3));
@@ -275,6 +277,7 @@ mod tests {
         let h = v1::BatchHeader {
             batch_id: 1,
             entries: vec![entry(1, 0, 3, false)],
+            ..Default::default()
         };
         assert_eq!(
             batch_of(&h, 3, true, LIMITS).unwrap()[0].logits,
@@ -283,6 +286,7 @@ mod tests {
         let h = v1::BatchHeader {
             batch_id: 1,
             entries: vec![entry(1, 0, 3, false), entry(1, 3, 1, true)],
+            ..Default::default()
         };
         assert!(batch_of(&h, 4, true, LIMITS).is_err());
     }

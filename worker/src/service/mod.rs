@@ -13,6 +13,7 @@ pub mod kv_sessions;
 pub mod frames;
 mod locate;
 mod push;
+mod reply_routes;
 mod stage_thread;
 pub mod system;
 
@@ -80,6 +81,8 @@ struct Shared {
     stage: Mutex<std_mpsc::Sender<Command>>,
     snapshot: Arc<Mutex<Snapshot>>,
     downstream: tokio::sync::RwLock<Option<Arc<Downstream>>>,
+    /// The coordinator's direct lines for replies (`Replies`).
+    reply_routes: Arc<reply_routes::ReplyRoutes>,
     /// Slice hashes of files already checked.
     hashes: SliceHashes,
     /// One LoadSlice at a time.
@@ -143,6 +146,7 @@ impl WorkerService {
                 stage: Mutex::new(stage),
                 snapshot,
                 downstream: tokio::sync::RwLock::new(None),
+                reply_routes: Arc::default(),
                 hashes: SliceHashes::default(),
                 loading: tokio::sync::Mutex::new(()),
             }),
@@ -421,6 +425,7 @@ impl WorkerService {
                 addr,
                 self.shared.config.token.clone(),
                 trust,
+                self.shared.reply_routes.clone(),
             ));
             // The next stage may load after this one: open lazily if it is not up yet.
             if let Err(e) = next.open().await {
@@ -464,27 +469,33 @@ impl WorkerService {
     }
 
     async fn handle_frame(&self, frame: v1::BatchFrame, sink: &downstream::ReplySink) {
-        let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
+        let (batch_id, route) = frame
+            .header
+            .as_ref()
+            .map_or((0, 0), |h| (h.batch_id, h.reply_route));
         let out = match self.command(|tx| Command::Forward(frame, tx)).await {
             Ok(out) => out,
             Err(e) => FrameOut::Reply(stage_thread::lost_reply(batch_id, e.message().to_string())),
         };
-        match out {
-            FrameOut::Reply(r) => {
-                let _ = sink.send(Ok(r)).await;
-            }
+        let reply = match out {
+            FrameOut::Reply(r) => r,
             FrameOut::Next(next_frame) => {
                 let next = self.shared.downstream.read().await.clone();
                 let result = match next {
                     Some(d) => d.send(next_frame, sink.clone()).await,
                     None => Err("this stage is not the last but has no next stage address".into()),
                 };
-                if let Err(error) = result {
-                    let _ = sink
-                        .send(Ok(stage_thread::lost_reply(batch_id, error)))
-                        .await;
+                tracing::debug!(target: "strata::hop", batch_id, "sent on");
+                match result {
+                    Ok(()) => return,
+                    Err(error) => stage_thread::lost_reply(batch_id, error),
                 }
             }
+        };
+        tracing::debug!(target: "strata::hop", batch_id, "reply");
+        // Straight to the coordinator when it opened a line, else back up.
+        if let Err(reply) = self.shared.reply_routes.send(route, reply).await {
+            let _ = sink.send(Ok(reply)).await;
         }
     }
 }
@@ -614,6 +625,18 @@ impl worker_server::Worker for WorkerService {
     }
 
     type ForwardStream = ReceiverStream<Result<v1::StageReply, Status>>;
+    type RepliesStream = reply_routes::ReplyLine;
+
+    async fn replies(
+        &self,
+        req: Request<v1::RepliesRequest>,
+    ) -> Result<Response<Self::RepliesStream>, Status> {
+        let route = req.into_inner().route;
+        if route == 0 {
+            return Err(Status::invalid_argument("route 0 means no route"));
+        }
+        Ok(Response::new(self.shared.reply_routes.open(route)))
+    }
 
     async fn forward(
         &self,
@@ -629,6 +652,11 @@ impl worker_server::Worker for WorkerService {
             loop {
                 match inbound.message().await {
                     Ok(Some(frame)) => {
+                        tracing::debug!(
+                            target: "strata::hop",
+                            batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id),
+                            "received"
+                        );
                         if let Some(h) = &frame.header {
                             seqs.extend(h.entries.iter().map(|e| e.seq_id));
                         }

@@ -127,6 +127,7 @@ where
                     }
                     Command::Forward(frame, reply) => {
                         let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
+                        tracing::debug!(target: "strata::hop", batch_id, "compute start");
                         let out = match loaded.as_mut() {
                             // A device error (an op's KernelError::Device)
                             // or a panic inside the batch (a bug): the batch
@@ -152,6 +153,7 @@ where
                             }
                             None => FrameOut::Reply(lost_reply(batch_id, "no slice loaded".into())),
                         };
+                        tracing::debug!(target: "strata::hop", batch_id, "compute end");
                         let _ = reply.send(out);
                     }
                     Command::Release(req, reply) => {

@@ -162,6 +162,11 @@ pub struct DataStream {
     frames: mpsc::Sender<v1::BatchFrame>,
     replies: tonic::Streaming<v1::StageReply>,
     next_batch: u64,
+    /// The reply route frames name, and the data stream's own replies
+    /// while a reply line takes its place (kept open: dropping it would
+    /// close the stream).
+    route: u64,
+    forward_replies: Option<tonic::Streaming<v1::StageReply>>,
 }
 
 impl DataStream {
@@ -176,7 +181,27 @@ impl DataStream {
             frames: tx,
             replies,
             next_batch: 0,
+            route: 0,
+            forward_replies: None,
         }
+    }
+
+    /// From now on replies are read from `stage`'s reply line of `route`,
+    /// which the frames name.
+    pub async fn reply_on_line(&mut self, stage: &mut WorkerClient, route: u64) {
+        let line = stage
+            .replies(v1::RepliesRequest { route })
+            .await
+            .expect("replies")
+            .into_inner();
+        self.forward_replies = Some(std::mem::replace(&mut self.replies, line));
+        self.route = route;
+    }
+
+    /// The data stream's own replies while a line is read (see
+    /// [`reply_on_line`](Self::reply_on_line)).
+    pub fn forward_replies(&mut self) -> &mut tonic::Streaming<v1::StageReply> {
+        self.forward_replies.as_mut().expect("a reply line is open")
     }
 
     /// Sends a frame without waiting for its reply; returns its batch id.
@@ -184,7 +209,11 @@ impl DataStream {
         let batch_id = self.next_batch;
         self.next_batch += 1;
         let frame = v1::BatchFrame {
-            header: Some(v1::BatchHeader { batch_id, entries }),
+            header: Some(v1::BatchHeader {
+                batch_id,
+                entries,
+                reply_route: self.route,
+            }),
             token_ids,
             ..Default::default()
         };
@@ -208,7 +237,11 @@ impl DataStream {
         let batch_id = self.next_batch;
         self.next_batch += 1;
         let frame = v1::BatchFrame {
-            header: Some(v1::BatchHeader { batch_id, entries }),
+            header: Some(v1::BatchHeader {
+                batch_id,
+                entries,
+                reply_route: self.route,
+            }),
             token_ids,
             ..Default::default()
         };
