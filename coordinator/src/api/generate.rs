@@ -205,12 +205,12 @@ async fn run(
         .map_err(engine_error)?;
     let meta = ResponseMeta::new(endpoint, generation.seq_id(), &ready.name);
     let span = tracing::info_span!("request", id = %meta.id, seq = generation.seq_id());
-    // A call marker that is a control token (Mistral's `[TOOL_CALLS]`)
-    // stays in the text the tool-call parser reads.
+    // A token the tool-call parser reads that is a control token
+    // (Mistral's `[TOOL_CALLS]`, Gemma 4's `<|tool_call>`) stays in the text.
     let tok = &ready.tokenizer;
     let markers: Vec<u32> = tool_reply
         .iter()
-        .flat_map(|(format, _)| format.call_markers())
+        .flat_map(|(format, _)| format.parsed_tokens())
         .filter_map(|m| tok.token_id(m))
         .filter(|&id| tok.is_control(id))
         .collect();

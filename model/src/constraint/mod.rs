@@ -134,7 +134,12 @@ mod tests {
             parameters: json!({"type": "object", "properties": {"unit": {"enum": ["c", "f"]}},
                 "required": ["unit"], "additionalProperties": false}),
         };
-        for format in [ToolCallFormat::Hermes, ToolCallFormat::Llama3Json, ToolCallFormat::Mistral] {
+        for format in [
+            ToolCallFormat::Hermes,
+            ToolCallFormat::Llama3Json,
+            ToolCallFormat::Mistral,
+            ToolCallFormat::Harmony,
+        ] {
             let g = grammar::tool_calls(std::slice::from_ref(&f), &format.syntax(), false);
             let text = masked_greedy(&tok, &compiler, &g);
             let reply = parse(format, &text);
@@ -142,6 +147,12 @@ mod tests {
             assert_eq!(reply.calls[0].name, "get_weather", "{format:?}: {text}");
             assert!(reply.calls[0].arguments["unit"].is_string(), "{format:?}: {text}");
         }
+        // Gemma 4's arguments follow its notation, not the schema.
+        let g = grammar::tool_calls(&[f], &ToolCallFormat::Gemma4.syntax(), true);
+        let text = masked_greedy(&tok, &compiler, &g);
+        let reply = parse(ToolCallFormat::Gemma4, &text);
+        assert!(!reply.calls.is_empty(), "Gemma4: {text}");
+        assert!(reply.calls.iter().all(|c| c.name == "get_weather"), "Gemma4: {text}");
     }
 
     #[test]

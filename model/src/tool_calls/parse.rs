@@ -1,11 +1,12 @@
 //! Splitting a reply into content and tool calls, per family. The
 //! expected strings in the tests are written from each family's published
 //! format (Qwen's and Hermes' model cards, Meta's Llama 3.1 prompt format
-//! page, Mistral's tokenizer docs), not from this server's output.
+//! page, Mistral's tokenizer docs), not from this server's output. The
+//! channel formats (harmony, Gemma 4) have their own modules.
 
 use serde_json::{Map, Value};
 
-use super::ToolCallFormat;
+use super::{gemma4, harmony, ToolCallFormat};
 
 /// One call: the function's name and its arguments as a JSON object.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +19,9 @@ pub struct ToolCall {
 pub struct ParsedReply {
     /// The text outside the calls, trimmed.
     pub content: String,
+    /// What a channel format marks as reasoning (harmony's `analysis`,
+    /// Gemma 4's thoughts): not content.
+    pub reasoning: String,
     pub calls: Vec<ToolCall>,
 }
 
@@ -28,10 +32,12 @@ pub fn parse(format: ToolCallFormat, text: &str) -> ParsedReply {
         ToolCallFormat::Hermes => hermes(text),
         ToolCallFormat::Llama3Json => llama3(text),
         ToolCallFormat::Mistral => mistral(text),
+        ToolCallFormat::Harmony => harmony::parse(text),
+        ToolCallFormat::Gemma4 => gemma4::parse(text),
     };
     parsed.unwrap_or_else(|| ParsedReply {
         content: text.to_string(),
-        calls: Vec::new(),
+        ..ParsedReply::default()
     })
 }
 
@@ -70,6 +76,7 @@ fn hermes(text: &str) -> Option<ParsedReply> {
     (!calls.is_empty()).then(|| ParsedReply {
         content: content.trim().to_string(),
         calls,
+        ..ParsedReply::default()
     })
 }
 
@@ -93,8 +100,8 @@ fn llama3(text: &str) -> Option<ParsedReply> {
         rest = rest.strip_prefix(';')?.trim_start();
     }
     Some(ParsedReply {
-        content: String::new(),
         calls,
+        ..ParsedReply::default()
     })
 }
 
@@ -120,7 +127,11 @@ fn mistral(text: &str) -> Option<ParsedReply> {
             });
         }
     }
-    (!calls.is_empty()).then_some(ParsedReply { content, calls })
+    (!calls.is_empty()).then_some(ParsedReply {
+        content,
+        calls,
+        ..ParsedReply::default()
+    })
 }
 
 #[cfg(test)]
