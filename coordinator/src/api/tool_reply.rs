@@ -148,7 +148,10 @@ mod tests {
         assert_eq!(r.push("sunny."), " sunny.");
         assert_eq!(r.finish(), (String::new(), Vec::new()));
         let mut r = ToolReply::new(ToolCallFormat::Harmony, false);
-        assert_eq!(r.push("<|channel|>commentary to=functions.f <|constrain|>json<|message|>"), "");
+        assert_eq!(
+            r.push("<|channel|>commentary to=functions.f <|constrain|>json<|message|>"),
+            ""
+        );
         assert_eq!(r.push("{\"a\": 1}"), "");
         let (content, calls) = r.finish();
         assert_eq!((content.as_str(), calls[0].name.as_str()), ("", "f"));
@@ -158,7 +161,10 @@ mod tests {
     fn gemma4_content_after_a_thought_streams_until_a_call() {
         let mut r = ToolReply::new(ToolCallFormat::Gemma4, false);
         assert_eq!(r.push("<|channel>thought\nhmm<chan"), "");
-        assert_eq!(r.push("nel|>Checking. <|tool_call>call:f{a:1}<tool_call|>"), "Checking. ");
+        assert_eq!(
+            r.push("nel|>Checking. <|tool_call>call:f{a:1}<tool_call|>"),
+            "Checking. "
+        );
         let (content, calls) = r.finish();
         assert_eq!((content.as_str(), calls.len()), ("", 1));
     }

@@ -26,9 +26,9 @@ fn with_fixed_layout(schema: Value) -> Value {
         other => other,
     };
     if let Value::Object(o) = &mut schema {
-        o.entry("x-guidance").or_insert_with(|| {
-            json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
-        });
+        o.entry("x-guidance").or_insert_with(
+            || json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+        );
     }
     schema
 }
@@ -97,7 +97,11 @@ fn parameters_schema(f: &FunctionSpec) -> Value {
 
 /// A reply that is nothing but tool calls in `syntax` (one, or with
 /// `parallel` one or more), each naming one of `functions`.
-pub fn tool_calls(functions: &[FunctionSpec], syntax: &CallSyntax, parallel: bool) -> TopLevelGrammar {
+pub fn tool_calls(
+    functions: &[FunctionSpec],
+    syntax: &CallSyntax,
+    parallel: bool,
+) -> TopLevelGrammar {
     let repeat = match syntax.separator {
         Some(sep) if parallel => format!("({} call)*", lit(sep)),
         _ => String::new(),
@@ -119,12 +123,19 @@ pub fn tool_calls(functions: &[FunctionSpec], syntax: &CallSyntax, parallel: boo
             lark.push_str(&format!("body: {}\n", alternatives.join(" | ")));
             for (i, f) in functions.iter().enumerate() {
                 let schema = with_fixed_layout(parameters_schema(f));
-                lark.push_str(&format!("f{i}: {} {} %json {schema}\n", lit(&f.name), lit(between)));
+                lark.push_str(&format!(
+                    "f{i}: {} {} %json {schema}\n",
+                    lit(&f.name),
+                    lit(between)
+                ));
             }
         }
         CallShape::NameThenGemmaObject => {
             let names: Vec<String> = functions.iter().map(|f| lit(&f.name)).collect();
-            lark.push_str(&format!("body: ({}) gobject\n{GEMMA_OBJECT}", names.join(" | ")));
+            lark.push_str(&format!(
+                "body: ({}) gobject\n{GEMMA_OBJECT}",
+                names.join(" | ")
+            ));
         }
     }
     TopLevelGrammar::from_lark(lark)
@@ -169,12 +180,18 @@ mod tests {
         let g = json_schema(json!({"type": "object", "properties": {"a": {"type": "integer"}}}));
         let back = from_wire(&to_wire(&g)).unwrap();
         assert_eq!(to_wire(&back), to_wire(&g));
-        assert!(matches!(from_wire("{not json"), Err(ConstraintError::Wire(_))));
+        assert!(matches!(
+            from_wire("{not json"),
+            Err(ConstraintError::Wire(_))
+        ));
     }
 
     #[test]
     fn call_schema_names_each_function() {
-        let f = |n: &str| FunctionSpec { name: n.into(), parameters: json!({}) };
+        let f = |n: &str| FunctionSpec {
+            name: n.into(),
+            parameters: json!({}),
+        };
         let s = call_schema(&[f("a"), f("b")], "arguments");
         assert_eq!(s["anyOf"][1]["properties"]["name"]["const"], "b");
         assert_eq!(s["anyOf"][0]["properties"]["arguments"]["type"], "object");

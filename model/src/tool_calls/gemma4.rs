@@ -15,7 +15,10 @@ const QUOTE: &str = "<|\"|>";
 
 /// `None` when the text has no Gemma 4 markup or a call does not parse.
 pub(super) fn parse(text: &str) -> Option<ParsedReply> {
-    if ![THOUGHT_OPEN, THOUGHT_CLOSE, CALL_OPEN].iter().any(|m| text.contains(m)) {
+    if ![THOUGHT_OPEN, THOUGHT_CLOSE, CALL_OPEN]
+        .iter()
+        .any(|m| text.contains(m))
+    {
         return None;
     }
     let mut reply = ParsedReply::default();
@@ -67,7 +70,9 @@ fn split_at_marker<'a>(text: &'a str, marker: &str) -> (&'a str, &'a str) {
 fn call_of(text: &str) -> Option<ToolCall> {
     let brace = text.find('{')?;
     let name = text[..brace].trim();
-    let mut reader = Reader { rest: &text[brace..] };
+    let mut reader = Reader {
+        rest: &text[brace..],
+    };
     let arguments = reader.value()?;
     (!name.is_empty() && arguments.is_object() && reader.rest.trim().is_empty()).then(|| ToolCall {
         name: name.to_string(),
@@ -158,7 +163,9 @@ mod tests {
     }
 
     fn calls(text: &str) -> Vec<ToolCall> {
-        parse(text).unwrap_or_else(|| panic!("no parse: {text}")).calls
+        parse(text)
+            .unwrap_or_else(|| panic!("no parse: {text}"))
+            .calls
     }
 
     #[test]
@@ -191,11 +198,17 @@ mod tests {
         assert_eq!(r.content, "Hello, world!\nWhat's up?");
         assert_eq!(r.calls, vec![call("get_time", json!({"city": "Paris"}))]);
         let r = parse("<|channel>thought\nI'm\nthinking<channel|><|tool_call>call:get_time{city:<|\"|>Paris<|\"|>}<tool_call|>").unwrap();
-        assert_eq!((r.reasoning.as_str(), r.content.as_str(), r.calls.len()), ("I'm\nthinking", "", 1));
+        assert_eq!(
+            (r.reasoning.as_str(), r.content.as_str(), r.calls.len()),
+            ("I'm\nthinking", "", 1)
+        );
         let two = "<|tool_call>call:get_time{city:<|\"|>London<|\"|>}<tool_call|><|tool_call>call:get_weather{city:<|\"|>Paris<|\"|>}<tool_call|>";
         assert_eq!(
             calls(two),
-            vec![call("get_time", json!({"city": "London"})), call("get_weather", json!({"city": "Paris"}))]
+            vec![
+                call("get_time", json!({"city": "London"})),
+                call("get_weather", json!({"city": "Paris"}))
+            ]
         );
     }
 

@@ -32,7 +32,10 @@ pub(super) fn parse(text: &str) -> Option<ParsedReply> {
         let message = if i == 0 {
             message
         } else {
-            message.trim_start().strip_prefix("assistant").unwrap_or(message)
+            message
+                .trim_start()
+                .strip_prefix("assistant")
+                .unwrap_or(message)
         };
         // A message without a body yet (cut short in its header) says nothing.
         let Some((header, body)) = message.split_once(MESSAGE) else {
@@ -66,7 +69,9 @@ pub(super) fn parse(text: &str) -> Option<ParsedReply> {
 /// The word after `marker` in a header, up to a space or the next token.
 fn word_after<'a>(header: &'a str, marker: &str) -> Option<&'a str> {
     let rest = &header[header.find(marker)? + marker.len()..];
-    let end = rest.find(|c: char| c.is_whitespace() || c == '<').unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '<')
+        .unwrap_or(rest.len());
     Some(&rest[..end])
 }
 
@@ -104,7 +109,10 @@ mod tests {
             "<|channel|>analysis<|message|>I'm\nthinking<|end|><|start|>assistant<|channel|>final<|message|>Hello, world!\nWhat's up?",
         )
         .unwrap();
-        assert_eq!((r.reasoning.as_str(), r.content.as_str()), ("I'm\nthinking", "Hello, world!\nWhat's up?"));
+        assert_eq!(
+            (r.reasoning.as_str(), r.content.as_str()),
+            ("I'm\nthinking", "Hello, world!\nWhat's up?")
+        );
         assert!(r.calls.is_empty());
         let cut_short = parse("<|channel|>analysis<|message|>I'm\nthinking").unwrap();
         assert_eq!(cut_short.reasoning, "I'm\nthinking");
@@ -146,7 +154,10 @@ mod tests {
     #[test]
     fn no_markup_or_broken_arguments_is_not_harmony() {
         assert_eq!(parse("plain text"), None);
-        assert_eq!(parse("<|channel|>commentary to=functions.f<|message|>{\"a\":"), None);
+        assert_eq!(
+            parse("<|channel|>commentary to=functions.f<|message|>{\"a\":"),
+            None
+        );
         // A built-in tool's call is dropped, not returned as a function call.
         let r = parse("<|channel|>analysis to=browser.search<|message|>{\"q\": 1}").unwrap();
         assert!(r.calls.is_empty() && r.content.is_empty());

@@ -54,7 +54,10 @@ impl ToolCallFormat {
         } else {
             ToolCallFormat::Hermes
         };
-        (format, renders_tools && (format != ToolCallFormat::Hermes || source.contains("<tool_call>")))
+        (
+            format,
+            renders_tools && (format != ToolCallFormat::Hermes || source.contains("<tool_call>")),
+        )
     }
 
     /// The text a grammar forces for calls in this format.
@@ -115,7 +118,9 @@ impl ToolCallFormat {
             ToolCallFormat::Hermes => &["<tool_call>"],
             ToolCallFormat::Llama3Json => &["<|python_tag|>", "{\"name\""],
             ToolCallFormat::Mistral => &["[TOOL_CALLS]"],
-            ToolCallFormat::Harmony => &["<|channel|>", "<|start|>", "<|message|>", " to=functions."],
+            ToolCallFormat::Harmony => {
+                &["<|channel|>", "<|start|>", "<|message|>", " to=functions."]
+            }
             ToolCallFormat::Gemma4 => &["<|tool_call>", "<|channel>", "<channel|>"],
         }
     }
@@ -137,12 +142,20 @@ impl ToolCallFormat {
             ToolCallFormat::Hermes => &["<tool_call>", "</tool_call>"],
             ToolCallFormat::Llama3Json => &["<|python_tag|>"],
             ToolCallFormat::Mistral => &["[TOOL_CALLS]", "[ARGS]"],
-            ToolCallFormat::Harmony => {
-                &["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>", "<|end|>"]
-            }
-            ToolCallFormat::Gemma4 => {
-                &["<|tool_call>", "<tool_call|>", "<|\"|>", "<|channel>", "<channel|>"]
-            }
+            ToolCallFormat::Harmony => &[
+                "<|channel|>",
+                "<|message|>",
+                "<|start|>",
+                "<|constrain|>",
+                "<|end|>",
+            ],
+            ToolCallFormat::Gemma4 => &[
+                "<|tool_call>",
+                "<tool_call|>",
+                "<|\"|>",
+                "<|channel>",
+                "<channel|>",
+            ],
         }
     }
 }
@@ -173,16 +186,34 @@ mod tests {
     #[test]
     fn formats_from_template_sources() {
         let qwen = "{%- if tools %}...<tool_call>\\n{\"name\": ...}</tool_call>{% endif %}";
-        assert_eq!(ToolCallFormat::of_template(qwen), (ToolCallFormat::Hermes, true));
+        assert_eq!(
+            ToolCallFormat::of_template(qwen),
+            (ToolCallFormat::Hermes, true)
+        );
         let llama = "<|start_header_id|>{% if tools is not none %}...{% endif %}";
-        assert_eq!(ToolCallFormat::of_template(llama), (ToolCallFormat::Llama3Json, true));
+        assert_eq!(
+            ToolCallFormat::of_template(llama),
+            (ToolCallFormat::Llama3Json, true)
+        );
         let mistral = "{% if tools %}[AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]";
-        assert_eq!(ToolCallFormat::of_template(mistral), (ToolCallFormat::Mistral, true));
+        assert_eq!(
+            ToolCallFormat::of_template(mistral),
+            (ToolCallFormat::Mistral, true)
+        );
         let chatml = "{% for message in messages %}<|im_start|>{{ message.role }}{% endfor %}";
-        assert_eq!(ToolCallFormat::of_template(chatml), (ToolCallFormat::Hermes, false));
+        assert_eq!(
+            ToolCallFormat::of_template(chatml),
+            (ToolCallFormat::Hermes, false)
+        );
         let gpt_oss = "{%- if tools %}{{- render_tool_namespace(\"functions\", tools) }}{% endif %}<|start|>assistant<|channel|>final<|message|>";
-        assert_eq!(ToolCallFormat::of_template(gpt_oss), (ToolCallFormat::Harmony, true));
+        assert_eq!(
+            ToolCallFormat::of_template(gpt_oss),
+            (ToolCallFormat::Harmony, true)
+        );
         let gemma4 = "{%- if tools %}<|tool>declaration:..{% endif %}{{- '<|tool_call>call:' + function['name'] -}}";
-        assert_eq!(ToolCallFormat::of_template(gemma4), (ToolCallFormat::Gemma4, true));
+        assert_eq!(
+            ToolCallFormat::of_template(gemma4),
+            (ToolCallFormat::Gemma4, true)
+        );
     }
 }

@@ -155,7 +155,10 @@ mod tests {
         assert_eq!(
             r.calls,
             vec![
-                call("get_current_temperature", json!({"location": "San Francisco, CA, USA"})),
+                call(
+                    "get_current_temperature",
+                    json!({"location": "San Francisco, CA, USA"})
+                ),
                 call(
                     "get_temperature_date",
                     json!({"location": "San Francisco, CA, USA", "date": "2024-10-01"})
@@ -190,7 +193,10 @@ mod tests {
         );
         let tagged = "<|python_tag|>{\"name\": \"a\", \"parameters\": {\"x\": 1}}; {\"name\": \"b\", \"parameters\": {}}";
         let r = parse(ToolCallFormat::Llama3Json, tagged);
-        assert_eq!(r.calls, vec![call("a", json!({"x": 1})), call("b", json!({}))]);
+        assert_eq!(
+            r.calls,
+            vec![call("a", json!({"x": 1})), call("b", json!({}))]
+        );
         let prose = "The weather is nice.";
         assert_eq!(parse(ToolCallFormat::Llama3Json, prose).content, prose);
     }
@@ -210,13 +216,19 @@ mod tests {
         let v11 = "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Paris\"}[TOOL_CALLS]get_time[ARGS]{}";
         assert_eq!(
             parse(ToolCallFormat::Mistral, v11).calls,
-            vec![call("get_weather", json!({"city": "Paris"})), call("get_time", json!({}))]
+            vec![
+                call("get_weather", json!({"city": "Paris"})),
+                call("get_time", json!({}))
+            ]
         );
     }
 
     #[test]
     fn arguments_given_as_a_string_are_decoded() {
         let text = "<tool_call>{\"name\": \"f\", \"arguments\": \"{\\\"a\\\": 2}\"}</tool_call>";
-        assert_eq!(parse(ToolCallFormat::Hermes, text).calls, vec![call("f", json!({"a": 2}))]);
+        assert_eq!(
+            parse(ToolCallFormat::Hermes, text).calls,
+            vec![call("f", json!({"a": 2}))]
+        );
     }
 }
