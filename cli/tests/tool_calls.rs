@@ -2,16 +2,21 @@
 //! (cli/tests/tools_client.py): with SmolLM2 and its own template (which
 //! does not render tools, so they are described in the system turn and the
 //! Hermes format is asked for), and with a synthetic Qwen-family model
-//! carrying a Qwen-style tool template (random weights: the grammar alone
-//! makes its calls well-formed).
+//! carrying a Qwen-style tool template, and with a synthetic gpt-oss model
+//! carrying a harmony template (random weights: the grammar alone makes
+//! their calls well-formed).
 
 mod common;
-use common::{model, run_python, Server, SMOLLM2};
+use common::{model, run_python, synth, Server, SMOLLM2};
 
 #[test]
 fn smollm2_calls_a_tool_and_answers_its_result() {
     let server = Server::start(&model(SMOLLM2), &["-c", "2048", "-n", "2"]);
-    run_python("tools_client.py", &[&server.base], "all tool call checks passed");
+    run_python(
+        "tools_client.py",
+        &[&server.base],
+        "all tool call checks passed",
+    );
 }
 
 #[test]
@@ -19,12 +24,55 @@ fn synthetic_qwen_calls_a_tool_through_its_template() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qwen3-tools.gguf");
     let template = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/qwen-tools.jinja");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["synth", "--arch", "qwen3", "--preset", "tiny", "--quant", "Q8_0", "--chat-template", template, "-o"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    synth(
+        &[
+            "--arch",
+            "qwen3",
+            "--preset",
+            "tiny",
+            "--quant",
+            "Q8_0",
+            "--chat-template",
+            template,
+        ],
+        &path,
+    );
     let server = Server::start(&path, &["-c", "2048", "-n", "2"]);
-    run_python("tools_client.py", &[&server.base], "all tool call checks passed");
+    run_python(
+        "tools_client.py",
+        &[&server.base],
+        "all tool call checks passed",
+    );
+}
+
+/// gpt-oss's harmony format: the forced call is written on the commentary
+/// channel `to=functions.NAME`, parsed back out of the reply text, and the
+/// tool result goes back through the template's `functions.NAME` turn.
+#[test]
+fn synthetic_gpt_oss_calls_a_tool_in_harmony_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpt-oss-tools.gguf");
+    let template = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/gpt-oss-tools.jinja"
+    );
+    synth(
+        &[
+            "--arch",
+            "gpt-oss",
+            "--preset",
+            "tiny",
+            "--quant",
+            "Q8_0",
+            "--chat-template",
+            template,
+        ],
+        &path,
+    );
+    let server = Server::start(&path, &["-c", "2048", "-n", "2"]);
+    run_python(
+        "tools_client.py",
+        &[&server.base],
+        "all tool call checks passed",
+    );
 }

@@ -24,9 +24,9 @@ use super::structured;
 use super::text::{Step, TextGeneration};
 use super::tool_reply::{self, ToolReply};
 use super::tools::{self, ToolChoice, ToolUse};
+use crate::engine::{EngineError, GenerationRequest};
 use strata_model::constraint::grammar;
 use strata_model::tool_calls::ToolCallFormat;
-use crate::engine::{EngineError, GenerationRequest};
 
 /// llama.cpp's default window for repetition penalties.
 const PENALTY_LAST_N: u32 = 64;
@@ -63,7 +63,8 @@ pub async fn chat_completions(
     let tool_use = ToolUse::from_request(&req)?;
     let ready = st.ready_for(req.model.as_deref()).await?;
     let (format, renders_tools) = ToolCallFormat::of_template(ready.template.source());
-    let messages = tools::template_messages(&req, req.text_messages()?, tool_use.as_ref(), renders_tools);
+    let messages =
+        tools::template_messages(&req, req.text_messages()?, tool_use.as_ref(), renders_tools);
     let grammar = match tool_use.as_ref().and_then(|t| t.grammar(format)) {
         Some(g) => Some((g, "tools")),
         None => params
@@ -71,7 +72,9 @@ pub async fn chat_completions(
             .as_ref()
             .map(|s| (structured::schema_grammar(s), "response_format")),
     };
-    let reply = tool_use.as_ref().map(|t| (format, t.choice != ToolChoice::Auto));
+    let reply = tool_use
+        .as_ref()
+        .map(|t| (format, t.choice != ToolChoice::Auto));
     let (template, tok, check) = (
         ready.template.clone(),
         ready.tokenizer.clone(),
@@ -126,7 +129,14 @@ pub async fn completions(
         Some(schema) => {
             let check = ready.grammars.clone();
             let g = structured::schema_grammar(schema);
-            Some(off_runtime(move || check.check(&g, "response_format").map(|()| grammar::to_wire(&g))).await?)
+            Some(
+                off_runtime(move || {
+                    check
+                        .check(&g, "response_format")
+                        .map(|()| grammar::to_wire(&g))
+                })
+                .await?,
+            )
         }
     };
     run(&ready, Endpoint::Completion, prompt, params, grammar, None).await
@@ -142,7 +152,11 @@ async fn off_runtime<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("preparing the prompt: {e}")))?
 }
 
-fn wire_sampling(p: &GenerationParams, grammar: Option<String>, prompt_tokens: usize) -> v1::SamplingParams {
+fn wire_sampling(
+    p: &GenerationParams,
+    grammar: Option<String>,
+    prompt_tokens: usize,
+) -> v1::SamplingParams {
     v1::SamplingParams {
         temperature: p.temperature,
         top_k: p.top_k.min(u32::MAX as usize) as u32,
@@ -205,12 +219,12 @@ async fn run(
         .map_err(engine_error)?;
     let meta = ResponseMeta::new(endpoint, generation.seq_id(), &ready.name);
     let span = tracing::info_span!("request", id = %meta.id, seq = generation.seq_id());
-    // A call marker that is a control token (Mistral's `[TOOL_CALLS]`)
-    // stays in the text the tool-call parser reads.
+    // A token the tool-call parser reads that is a control token
+    // (Mistral's `[TOOL_CALLS]`, Gemma 4's `<|tool_call>`) stays in the text.
     let tok = &ready.tokenizer;
     let markers: Vec<u32> = tool_reply
         .iter()
-        .flat_map(|(format, _)| format.call_markers())
+        .flat_map(|(format, _)| format.parsed_tokens())
         .filter_map(|m| tok.token_id(m))
         .filter(|&id| tok.is_control(id))
         .collect();
@@ -232,9 +246,15 @@ async fn run(
             span,
         ));
     }
-    whole(meta, text, prompt_tokens, params.logprobs.is_some(), tool_reply)
-        .instrument(span)
-        .await
+    whole(
+        meta,
+        text,
+        prompt_tokens,
+        params.logprobs.is_some(),
+        tool_reply,
+    )
+    .instrument(span)
+    .await
 }
 
 async fn whole(
@@ -269,7 +289,11 @@ async fn whole(
                     text = shown + &rest;
                     calls = parsed.iter().map(tool_reply::call_json).collect();
                 }
-                let finish = if calls.is_empty() { reason.as_str() } else { "tool_calls" };
+                let finish = if calls.is_empty() {
+                    reason.as_str()
+                } else {
+                    "tool_calls"
+                };
                 let mut body = openai::response(
                     &meta,
                     &text,

@@ -60,7 +60,11 @@ impl GrammarCompiler {
     }
 
     /// As [`Self::compile`], from the grammar's wire text ([`grammar::to_wire`]).
-    pub fn compile_wire(&self, wire: &str, start: usize) -> Result<TokenConstraint, ConstraintError> {
+    pub fn compile_wire(
+        &self,
+        wire: &str,
+        start: usize,
+    ) -> Result<TokenConstraint, ConstraintError> {
         self.compile(&grammar::from_wire(wire)?, start)
     }
 }
@@ -74,8 +78,12 @@ mod tests {
     use serde_json::json;
 
     fn synth_tokenizer() -> Tokenizer {
-        let s = SynthSpec::from_preset(Architecture::Qwen3, "tiny", QuantScheme::parse("Q8_0").unwrap())
-            .unwrap();
+        let s = SynthSpec::from_preset(
+            Architecture::Qwen3,
+            "tiny",
+            QuantScheme::parse("Q8_0").unwrap(),
+        )
+        .unwrap();
         let f = GgufFile::from_bytes("qwen3", &s.to_bytes().unwrap()).unwrap();
         Tokenizer::from_gguf(&f).unwrap()
     }
@@ -95,7 +103,9 @@ mod tests {
             c.follow(&history, 0).unwrap();
             let mut logits: Vec<f32> = (0..tok.vocab_size()).map(|i| i as f32 / 1000.0).collect();
             c.mask(&mut logits).unwrap();
-            let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap() as u32;
+            let best = (0..logits.len())
+                .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+                .unwrap() as u32;
             if tok.is_end_of_generation(best) {
                 let text = tok.decode(&history[5..]);
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -104,7 +114,10 @@ mod tests {
             }
             history.push(best);
         }
-        panic!("no end of generation after 64 tokens: {:?}", tok.decode(&history[5..]));
+        panic!(
+            "no end of generation after 64 tokens: {:?}",
+            tok.decode(&history[5..])
+        );
     }
 
     /// Greedy over logits that favour high ids, under `g`, from position 0.
@@ -115,13 +128,18 @@ mod tests {
             c.follow(&out, 0).unwrap();
             let mut logits: Vec<f32> = (0..tok.vocab_size()).map(|i| i as f32 / 1000.0).collect();
             c.mask(&mut logits).unwrap();
-            let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap() as u32;
+            let best = (0..logits.len())
+                .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+                .unwrap() as u32;
             if tok.is_end_of_generation(best) {
                 return tok.decode(&out);
             }
             out.push(best);
         }
-        panic!("no end of generation after 200 tokens: {:?}", tok.decode(&out));
+        panic!(
+            "no end of generation after 200 tokens: {:?}",
+            tok.decode(&out)
+        );
     }
 
     #[test]
@@ -134,14 +152,31 @@ mod tests {
             parameters: json!({"type": "object", "properties": {"unit": {"enum": ["c", "f"]}},
                 "required": ["unit"], "additionalProperties": false}),
         };
-        for format in [ToolCallFormat::Hermes, ToolCallFormat::Llama3Json, ToolCallFormat::Mistral] {
+        for format in [
+            ToolCallFormat::Hermes,
+            ToolCallFormat::Llama3Json,
+            ToolCallFormat::Mistral,
+            ToolCallFormat::Harmony,
+        ] {
             let g = grammar::tool_calls(std::slice::from_ref(&f), &format.syntax(), false);
             let text = masked_greedy(&tok, &compiler, &g);
             let reply = parse(format, &text);
             assert_eq!(reply.calls.len(), 1, "{format:?}: {text}");
             assert_eq!(reply.calls[0].name, "get_weather", "{format:?}: {text}");
-            assert!(reply.calls[0].arguments["unit"].is_string(), "{format:?}: {text}");
+            assert!(
+                reply.calls[0].arguments["unit"].is_string(),
+                "{format:?}: {text}"
+            );
         }
+        // Gemma 4's arguments follow its notation, not the schema.
+        let g = grammar::tool_calls(&[f], &ToolCallFormat::Gemma4.syntax(), true);
+        let text = masked_greedy(&tok, &compiler, &g);
+        let reply = parse(ToolCallFormat::Gemma4, &text);
+        assert!(!reply.calls.is_empty(), "Gemma4: {text}");
+        assert!(
+            reply.calls.iter().all(|c| c.name == "get_weather"),
+            "Gemma4: {text}"
+        );
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Splitting a reply into content and tool calls, per family. The
 //! expected strings in the tests are written from each family's published
 //! format (Qwen's and Hermes' model cards, Meta's Llama 3.1 prompt format
-//! page, Mistral's tokenizer docs), not from this server's output.
+//! page, Mistral's tokenizer docs), not from this server's output. The
+//! channel formats (harmony, Gemma 4) have their own modules.
 
 use serde_json::{Map, Value};
 
-use super::ToolCallFormat;
+use super::{gemma4, harmony, ToolCallFormat};
 
 /// One call: the function's name and its arguments as a JSON object.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +19,9 @@ pub struct ToolCall {
 pub struct ParsedReply {
     /// The text outside the calls, trimmed.
     pub content: String,
+    /// What a channel format marks as reasoning (harmony's `analysis`,
+    /// Gemma 4's thoughts): not content.
+    pub reasoning: String,
     pub calls: Vec<ToolCall>,
 }
 
@@ -28,10 +32,12 @@ pub fn parse(format: ToolCallFormat, text: &str) -> ParsedReply {
         ToolCallFormat::Hermes => hermes(text),
         ToolCallFormat::Llama3Json => llama3(text),
         ToolCallFormat::Mistral => mistral(text),
+        ToolCallFormat::Harmony => harmony::parse(text),
+        ToolCallFormat::Gemma4 => gemma4::parse(text),
     };
     parsed.unwrap_or_else(|| ParsedReply {
         content: text.to_string(),
-        calls: Vec::new(),
+        ..ParsedReply::default()
     })
 }
 
@@ -70,6 +76,7 @@ fn hermes(text: &str) -> Option<ParsedReply> {
     (!calls.is_empty()).then(|| ParsedReply {
         content: content.trim().to_string(),
         calls,
+        ..ParsedReply::default()
     })
 }
 
@@ -93,8 +100,8 @@ fn llama3(text: &str) -> Option<ParsedReply> {
         rest = rest.strip_prefix(';')?.trim_start();
     }
     Some(ParsedReply {
-        content: String::new(),
         calls,
+        ..ParsedReply::default()
     })
 }
 
@@ -120,7 +127,11 @@ fn mistral(text: &str) -> Option<ParsedReply> {
             });
         }
     }
-    (!calls.is_empty()).then_some(ParsedReply { content, calls })
+    (!calls.is_empty()).then_some(ParsedReply {
+        content,
+        calls,
+        ..ParsedReply::default()
+    })
 }
 
 #[cfg(test)]
@@ -144,7 +155,10 @@ mod tests {
         assert_eq!(
             r.calls,
             vec![
-                call("get_current_temperature", json!({"location": "San Francisco, CA, USA"})),
+                call(
+                    "get_current_temperature",
+                    json!({"location": "San Francisco, CA, USA"})
+                ),
                 call(
                     "get_temperature_date",
                     json!({"location": "San Francisco, CA, USA", "date": "2024-10-01"})
@@ -179,7 +193,10 @@ mod tests {
         );
         let tagged = "<|python_tag|>{\"name\": \"a\", \"parameters\": {\"x\": 1}}; {\"name\": \"b\", \"parameters\": {}}";
         let r = parse(ToolCallFormat::Llama3Json, tagged);
-        assert_eq!(r.calls, vec![call("a", json!({"x": 1})), call("b", json!({}))]);
+        assert_eq!(
+            r.calls,
+            vec![call("a", json!({"x": 1})), call("b", json!({}))]
+        );
         let prose = "The weather is nice.";
         assert_eq!(parse(ToolCallFormat::Llama3Json, prose).content, prose);
     }
@@ -199,13 +216,19 @@ mod tests {
         let v11 = "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Paris\"}[TOOL_CALLS]get_time[ARGS]{}";
         assert_eq!(
             parse(ToolCallFormat::Mistral, v11).calls,
-            vec![call("get_weather", json!({"city": "Paris"})), call("get_time", json!({}))]
+            vec![
+                call("get_weather", json!({"city": "Paris"})),
+                call("get_time", json!({}))
+            ]
         );
     }
 
     #[test]
     fn arguments_given_as_a_string_are_decoded() {
         let text = "<tool_call>{\"name\": \"f\", \"arguments\": \"{\\\"a\\\": 2}\"}</tool_call>";
-        assert_eq!(parse(ToolCallFormat::Hermes, text).calls, vec![call("f", json!({"a": 2}))]);
+        assert_eq!(
+            parse(ToolCallFormat::Hermes, text).calls,
+            vec![call("f", json!({"a": 2}))]
+        );
     }
 }
