@@ -14,7 +14,9 @@ use strata_proto::v1::health_reply::Status;
 fn synth_model(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("tiny.gguf");
     common::synth(
-        &["--arch", "llama", "--preset", "tiny", "--quant", "Q8_0", "--layers", "2"],
+        &[
+            "--arch", "llama", "--preset", "tiny", "--quant", "Q8_0", "--layers", "2",
+        ],
         &path,
     );
     path

@@ -390,7 +390,10 @@ fn qwen35_recurrent_state_is_rebuilt_after_a_lost_worker() {
     // that the loss lands mid-generation, then check that it did.
     let started = Instant::now();
     while !seen.iter().all(|s| s.load(Ordering::Relaxed) >= 3) {
-        assert!(started.elapsed() < Duration::from_secs(120), "streams did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "streams did not start"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     let mut workers = workers;

@@ -17,7 +17,10 @@ use serde_json::{json, Value};
 /// A `strata synth` tiny Llama: loads in a moment.
 fn synth_tiny(dir: &Path) -> PathBuf {
     let path = dir.join("tiny.gguf");
-    common::synth(&["--arch", "llama", "--preset", "tiny", "--quant", "Q4_K_M"], &path);
+    common::synth(
+        &["--arch", "llama", "--preset", "tiny", "--quant", "Q4_K_M"],
+        &path,
+    );
     path
 }
 

@@ -21,28 +21,7 @@ fn smollm2_calls_a_tool_and_answers_its_result() {
 
 #[test]
 fn synthetic_qwen_calls_a_tool_through_its_template() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("qwen3-tools.gguf");
-    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/qwen-tools.jinja");
-    synth(
-        &[
-            "--arch",
-            "qwen3",
-            "--preset",
-            "tiny",
-            "--quant",
-            "Q8_0",
-            "--chat-template",
-            template,
-        ],
-        &path,
-    );
-    let server = Server::start(&path, &["-c", "2048", "-n", "2"]);
-    run_python(
-        "tools_client.py",
-        &[&server.base],
-        "all tool call checks passed",
-    );
+    tools_client_on_synth("qwen3", "qwen-tools.jinja");
 }
 
 /// gpt-oss's harmony format: the forced call is written on the commentary
@@ -50,22 +29,25 @@ fn synthetic_qwen_calls_a_tool_through_its_template() {
 /// tool result goes back through the template's `functions.NAME` turn.
 #[test]
 fn synthetic_gpt_oss_calls_a_tool_in_harmony_format() {
+    tools_client_on_synth("gpt-oss", "gpt-oss-tools.jinja");
+}
+
+/// The tool-call checks against a tiny synthetic model of `arch` whose
+/// chat template is `tests/data/<template>`.
+fn tools_client_on_synth(arch: &str, template: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gpt-oss-tools.gguf");
-    let template = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/gpt-oss-tools.jinja"
-    );
+    let path = dir.path().join(format!("{arch}-tools.gguf"));
+    let template = format!("{}/tests/data/{template}", env!("CARGO_MANIFEST_DIR"));
     synth(
         &[
             "--arch",
-            "gpt-oss",
+            arch,
             "--preset",
             "tiny",
             "--quant",
             "Q8_0",
             "--chat-template",
-            template,
+            &template,
         ],
         &path,
     );

@@ -284,11 +284,11 @@ pub(crate) async fn start_pipeline(
     let stage0 = &stages[0].worker;
     let epoch = engine
         .attach(
-                stages
-                    .iter()
-                    .map(|s| (s.worker.client.clone(), s.worker.addr.clone()))
-                    .collect(),
-            )
+            stages
+                .iter()
+                .map(|s| (s.worker.client.clone(), s.worker.addr.clone()))
+                .collect(),
+        )
         .await
         .map_err(|e| {
             ServeError::Load(format!(
@@ -316,7 +316,9 @@ pub(crate) async fn start_pipeline(
         Ready {
             name,
             engine,
-            grammars: Arc::new(crate::api::structured::GrammarCheck::new(model.tokenizer.clone())),
+            grammars: Arc::new(crate::api::structured::GrammarCheck::new(
+                model.tokenizer.clone(),
+            )),
             tokenizer: model.tokenizer,
             template: Arc::new(model.template),
         },

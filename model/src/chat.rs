@@ -196,7 +196,12 @@ impl ChatTemplate {
         tools: &[serde_json::Value],
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
-        self.render_full(messages, Some(tools), add_generation_prompt, self.thinking_default)
+        self.render_full(
+            messages,
+            Some(tools),
+            add_generation_prompt,
+            self.thinking_default,
+        )
     }
 
     fn render_full(

@@ -36,6 +36,18 @@ async fn load_chain(workers: &[&TestWorker], digest: &str, act: v1::ActDtype) {
     }
 }
 
+/// Three workers on loopback with the model, loaded as SmolLM2's chain.
+async fn three_stages(act: v1::ActDtype) -> (tempfile::TempDir, [TestWorker; 3]) {
+    let dir = smollm_model_dir();
+    let ws = [
+        start_worker(Some(dir.path().to_path_buf()), None).await,
+        start_worker(Some(dir.path().to_path_buf()), None).await,
+        start_worker(Some(dir.path().to_path_buf()), None).await,
+    ];
+    load_chain(&[&ws[0], &ws[1], &ws[2]], &digest(), act).await;
+    (dir, ws)
+}
+
 async fn health(w: &TestWorker) -> v1::HealthReply {
     client(&w.addr)
         .await
@@ -99,14 +111,7 @@ fn check_reference(got: &[u32], r: &Reference) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_stages_generate_like_one_process_and_release_frees_every_stage() {
-    let dir = smollm_model_dir();
-    let ws = [
-        start_worker(Some(dir.path().to_path_buf()), None).await,
-        start_worker(Some(dir.path().to_path_buf()), None).await,
-        start_worker(Some(dir.path().to_path_buf()), None).await,
-    ];
-    let digest = digest();
-    load_chain(&[&ws[0], &ws[1], &ws[2]], &digest, v1::ActDtype::F32).await;
+    let (_dir, ws) = three_stages(v1::ActDtype::F32).await;
 
     let r = reference();
     let mut data = DataStream::open(&mut client(&ws[0].addr).await).await;
@@ -150,22 +155,20 @@ async fn three_stages_generate_like_one_process_and_release_frees_every_stage() 
 /// comes back up the chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replies_come_straight_from_the_last_stage_on_its_reply_line() {
-    let dir = smollm_model_dir();
-    let ws = [
-        start_worker(Some(dir.path().to_path_buf()), None).await,
-        start_worker(Some(dir.path().to_path_buf()), None).await,
-        start_worker(Some(dir.path().to_path_buf()), None).await,
-    ];
-    load_chain(&[&ws[0], &ws[1], &ws[2]], &digest(), v1::ActDtype::F32).await;
+    let (_dir, ws) = three_stages(v1::ActDtype::F32).await;
 
     let r = reference();
     let mut data = DataStream::open(&mut client(&ws[0].addr).await).await;
-    data.reply_on_line(&mut client(&ws[2].addr).await, 0x5eed).await;
+    data.reply_on_line(&mut client(&ws[2].addr).await, 0x5eed)
+        .await;
     let got = data.generate_greedy(7, &r.prompt_ids, N_TOKENS).await;
     check_exact(&got);
     let up_the_chain =
         tokio::time::timeout(Duration::from_millis(500), data.forward_replies().message()).await;
-    assert!(up_the_chain.is_err(), "a reply came back up the chain: {up_the_chain:?}");
+    assert!(
+        up_the_chain.is_err(),
+        "a reply came back up the chain: {up_the_chain:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -210,13 +213,7 @@ async fn a_worker_without_the_model_receives_its_slice_and_generates_the_same() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dropped_data_stream_frees_its_sequences_on_every_stage() {
-    let dir = smollm_model_dir();
-    let ws = [
-        start_worker(Some(dir.path().to_path_buf()), None).await,
-        start_worker(Some(dir.path().to_path_buf()), None).await,
-        start_worker(Some(dir.path().to_path_buf()), None).await,
-    ];
-    load_chain(&[&ws[0], &ws[1], &ws[2]], &digest(), v1::ActDtype::F16).await;
+    let (_dir, ws) = three_stages(v1::ActDtype::F16).await;
     let r = reference();
     let mut data = DataStream::open(&mut client(&ws[0].addr).await).await;
     data.generate_greedy(3, &r.prompt_ids, 4).await;
@@ -244,13 +241,7 @@ async fn a_dropped_data_stream_frees_its_sequences_on_every_stage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stage_errors_come_back_by_batch_and_name_the_stage() {
-    let dir = smollm_model_dir();
-    let ws = [
-        start_worker(Some(dir.path().to_path_buf()), None).await,
-        start_worker(Some(dir.path().to_path_buf()), None).await,
-        start_worker(Some(dir.path().to_path_buf()), None).await,
-    ];
-    load_chain(&[&ws[0], &ws[1], &ws[2]], &digest(), v1::ActDtype::F16).await;
+    let (_dir, ws) = three_stages(v1::ActDtype::F16).await;
     let mut data = DataStream::open(&mut client(&ws[0].addr).await).await;
     let entry = |seq, start_pos, sampling| v1::BatchEntry {
         seq_id: seq,
@@ -290,13 +281,7 @@ async fn stage_errors_come_back_by_batch_and_name_the_stage() {
 /// pipelines micro-batches), and several sequences in one frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn frames_pipeline_and_batch_several_sequences() {
-    let dir = smollm_model_dir();
-    let ws = [
-        start_worker(Some(dir.path().to_path_buf()), None).await,
-        start_worker(Some(dir.path().to_path_buf()), None).await,
-        start_worker(Some(dir.path().to_path_buf()), None).await,
-    ];
-    load_chain(&[&ws[0], &ws[1], &ws[2]], &digest(), v1::ActDtype::F32).await;
+    let (_dir, ws) = three_stages(v1::ActDtype::F32).await;
     let r = reference();
     let prompts: [&[u32]; 3] = [&r.prompt_ids, &r.prompt_ids[..3], &r.prompt_ids[1..]];
     let expected: Vec<Vec<u32>> = prompts

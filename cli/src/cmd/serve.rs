@@ -211,14 +211,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // Keeps the embedded worker serving until we return.
         let mut _embedded = None;
         if args.links.workers.is_empty() {
-            let (addr, pin, token, stop) =
-                start_embedded_worker(
-                    args.mem_budget,
-                    args.device.clone(),
-                    model,
-                    args.kv_disk.config(),
-                )
-                .await?;
+            let (addr, pin, token, stop) = start_embedded_worker(
+                args.mem_budget,
+                args.device.clone(),
+                model,
+                args.kv_disk.config(),
+            )
+            .await?;
             config.workers = vec![addr.clone()];
             config.local_workers = vec![addr.clone()];
             config.trust = strata_proto::Trust::Pinned([(addr, pin)].into());
@@ -299,7 +298,8 @@ struct EmbeddedLauncher {
 
 impl WorkerLauncher for EmbeddedLauncher {
     fn launch(&self, model: PathBuf) -> LaunchFuture {
-        let (budget, device, kv_disk) = (self.mem_budget, self.device.clone(), self.kv_disk.clone());
+        let (budget, device, kv_disk) =
+            (self.mem_budget, self.device.clone(), self.kv_disk.clone());
         Box::pin(async move {
             let (addr, pin, token, stop) = start_embedded_worker(budget, device, model, kv_disk)
                 .await

@@ -3,16 +3,16 @@
 
 pub mod error;
 mod generate;
-pub mod structured;
-pub mod tools;
-mod tool_reply;
 pub mod http;
 pub mod openai;
 mod pool_view;
 pub mod request;
 pub mod server;
 pub mod stop;
+pub mod structured;
 pub mod text;
+mod tool_reply;
+pub mod tools;
 mod web;
 
 pub use error::ApiError;

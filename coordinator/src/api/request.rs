@@ -359,10 +359,7 @@ mod tests {
             serde_json::from_str::<ChatRequest>(&body).unwrap().params()
         };
         for (extra, param) in [
-            (
-                r#","response_format":{"type":"xml"}"#,
-                "response_format",
-            ),
+            (r#","response_format":{"type":"xml"}"#, "response_format"),
             (r#","logit_bias":{"x":-100}"#, "logit_bias"),
             (r#","functions":[{"name":"f"}]"#, "functions"),
         ] {

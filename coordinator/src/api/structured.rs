@@ -26,13 +26,17 @@ pub fn response_schema(format: Option<&Value>) -> Result<Option<Value>, ApiError
     match f["type"].as_str() {
         Some("text") => Ok(None),
         Some("json_object") => Ok(Some(
-            f.get("schema").cloned().unwrap_or(json!({"type": "object"})),
+            f.get("schema")
+                .cloned()
+                .unwrap_or(json!({"type": "object"})),
         )),
         Some("json_schema") => {
             let spec = f
                 .get("json_schema")
                 .filter(|s| s.is_object())
-                .ok_or_else(|| bad("response_format.json_schema must be an object with a schema".into()))?;
+                .ok_or_else(|| {
+                    bad("response_format.json_schema must be an object with a schema".into())
+                })?;
             match spec.get("schema") {
                 None => Ok(Some(json!({"type": "object"}))),
                 Some(s @ (Value::Object(_) | Value::Bool(_))) => Ok(Some(s.clone())),
@@ -54,9 +58,11 @@ pub fn logit_bias(field: Option<&Value>) -> Result<Vec<(u32, f32)>, ApiError> {
     let Some(map) = field.filter(|v| !v.is_null()) else {
         return Ok(Vec::new());
     };
-    let map = map
-        .as_object()
-        .ok_or_else(|| bad(format!("logit_bias must map token ids to numbers, got {map}")))?;
+    let map = map.as_object().ok_or_else(|| {
+        bad(format!(
+            "logit_bias must map token ids to numbers, got {map}"
+        ))
+    })?;
     if map.len() > MAX_LOGIT_BIAS_TOKENS {
         return Err(bad(format!(
             "logit_bias takes at most {MAX_LOGIT_BIAS_TOKENS} tokens, got {}",
@@ -124,7 +130,10 @@ mod tests {
     #[test]
     fn response_formats() {
         assert_eq!(response_schema(None).unwrap(), None);
-        assert_eq!(response_schema(Some(&json!({"type": "text"}))).unwrap(), None);
+        assert_eq!(
+            response_schema(Some(&json!({"type": "text"}))).unwrap(),
+            None
+        );
         assert_eq!(
             response_schema(Some(&json!({"type": "json_object"}))).unwrap(),
             Some(json!({"type": "object"}))
@@ -132,7 +141,10 @@ mod tests {
         let s = json!({"type": "object", "properties": {"a": {"type": "string"}}});
         let f = json!({"type": "json_schema", "json_schema": {"name": "x", "strict": true, "schema": s}});
         assert_eq!(response_schema(Some(&f)).unwrap(), Some(s));
-        for bad in [json!({"type": "yaml"}), json!({"type": "json_schema", "json_schema": {"schema": 3}})] {
+        for bad in [
+            json!({"type": "yaml"}),
+            json!({"type": "json_schema", "json_schema": {"schema": 3}}),
+        ] {
             let e = response_schema(Some(&bad)).unwrap_err();
             assert_eq!(e.param.as_deref(), Some("response_format"), "{bad}");
         }
@@ -141,10 +153,17 @@ mod tests {
     #[test]
     fn logit_bias_bounds_and_keys() {
         assert_eq!(
-            logit_bias(Some(&json!({"42": -100, "7": 2.5}))).unwrap().len(),
+            logit_bias(Some(&json!({"42": -100, "7": 2.5})))
+                .unwrap()
+                .len(),
             2
         );
-        for bad in [json!({"x": 1}), json!({"1": 101}), json!({"1": "a"}), json!([1])] {
+        for bad in [
+            json!({"x": 1}),
+            json!({"1": 101}),
+            json!({"1": "a"}),
+            json!([1]),
+        ] {
             assert_eq!(
                 logit_bias(Some(&bad)).unwrap_err().param.as_deref(),
                 Some("logit_bias"),

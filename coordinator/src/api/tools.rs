@@ -66,7 +66,10 @@ impl ToolUse {
         if tools.is_empty() {
             return match choice {
                 ToolChoice::Auto => Ok(None),
-                _ => Err(bad("tool_choice", "tool_choice asks for a call but tools is empty".into())),
+                _ => Err(bad(
+                    "tool_choice",
+                    "tool_choice asks for a call but tools is empty".into(),
+                )),
             };
         }
         let mut functions = Vec::with_capacity(tools.len());
@@ -89,7 +92,10 @@ impl ToolUse {
         if let ToolChoice::Named(name) = &choice {
             functions.retain(|f| &f.name == name);
             if functions.is_empty() {
-                return Err(bad("tool_choice", format!("tool_choice names {name:?}, which is not in tools")));
+                return Err(bad(
+                    "tool_choice",
+                    format!("tool_choice names {name:?}, which is not in tools"),
+                ));
             }
         }
         Ok(Some(ToolUse {
@@ -106,7 +112,11 @@ impl ToolUse {
         let parallel = self.parallel && self.choice == ToolChoice::Required;
         match self.choice {
             ToolChoice::Auto => None,
-            _ => Some(grammar::tool_calls(&self.functions, &format.syntax(), parallel)),
+            _ => Some(grammar::tool_calls(
+                &self.functions,
+                &format.syntax(),
+                parallel,
+            )),
         }
     }
 }
@@ -138,8 +148,10 @@ pub fn template_messages(
         .iter()
         .zip(texts)
         .map(|(m, (role, content))| {
-            let calls: Option<Vec<Value>> =
-                m.tool_calls.as_ref().map(|c| c.iter().map(call_for_template).collect());
+            let calls: Option<Vec<Value>> = m
+                .tool_calls
+                .as_ref()
+                .map(|c| c.iter().map(call_for_template).collect());
             let mut msg = ChatMessage::new(role, content);
             msg.tool_call_id = m.tool_call_id.clone();
             msg.name = m.name.clone();
@@ -148,7 +160,8 @@ pub fn template_messages(
                     for c in calls {
                         let f = &c["function"];
                         let call = json!({"name": f["name"], "arguments": f["arguments"]});
-                        msg.content.push_str(&format!("<tool_call>\n{call}\n</tool_call>"));
+                        msg.content
+                            .push_str(&format!("<tool_call>\n{call}\n</tool_call>"));
                     }
                 }
                 Some(calls) => msg.tool_calls = Some(Value::Array(calls)),
@@ -198,7 +211,9 @@ mod tests {
     fn tool_choice_forms() {
         let t = ToolUse::from_request(&req("")).unwrap().unwrap();
         assert_eq!((t.choice, t.functions.len()), (ToolChoice::Auto, 2));
-        assert!(ToolUse::from_request(&req(r#","tool_choice":"none""#)).unwrap().is_none());
+        assert!(ToolUse::from_request(&req(r#","tool_choice":"none""#))
+            .unwrap()
+            .is_none());
         let t = ToolUse::from_request(&req(
             r#","tool_choice":{"type":"function","function":{"name":"get_time"}}"#,
         ))
@@ -234,6 +249,9 @@ mod tests {
         );
         assert_eq!(msgs[3].tool_call_id.as_deref(), Some("c1"));
         let msgs = template_messages(&r, r.text_messages().unwrap(), t.as_ref(), true);
-        assert_eq!(msgs[1].tool_calls.as_ref().unwrap()[0]["function"]["arguments"]["city"], "Oslo");
+        assert_eq!(
+            msgs[1].tool_calls.as_ref().unwrap()[0]["function"]["arguments"]["city"],
+            "Oslo"
+        );
     }
 }

@@ -104,11 +104,11 @@ async fn rebuild(
                         let stage0 = &stages[0].worker;
                         match engine
                             .attach(
-                stages
-                    .iter()
-                    .map(|s| (s.worker.client.clone(), s.worker.addr.clone()))
-                    .collect(),
-            )
+                                stages
+                                    .iter()
+                                    .map(|s| (s.worker.client.clone(), s.worker.addr.clone()))
+                                    .collect(),
+                            )
                             .await
                         {
                             Ok(epoch) => {

@@ -38,9 +38,9 @@ impl TokenConstraint {
         }
         let new = &history[self.consumed_to - offset..];
         self.consumed_to = end;
-        self.matcher
-            .consume_tokens(new)
-            .map_err(|e| ConstraintError::Compile(format!("generated tokens leave the grammar: {e}")))
+        self.matcher.consume_tokens(new).map_err(|e| {
+            ConstraintError::Compile(format!("generated tokens leave the grammar: {e}"))
+        })
     }
 
     /// Sets every logit the grammar forbids at this step to -inf (once the

@@ -155,11 +155,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn call(name: &str, arguments: Value) -> ToolCall {
-        ToolCall {
-            name: name.into(),
-            arguments,
-        }
+    fn call(name: &str, arguments: serde_json::Value) -> ToolCall {
+        ToolCall::new(name, arguments)
     }
 
     fn calls(text: &str) -> Vec<ToolCall> {

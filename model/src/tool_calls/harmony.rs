@@ -93,10 +93,7 @@ mod tests {
     use serde_json::json;
 
     fn call(name: &str, arguments: serde_json::Value) -> ToolCall {
-        ToolCall {
-            name: name.into(),
-            arguments,
-        }
+        ToolCall::new(name, arguments)
     }
 
     #[test]

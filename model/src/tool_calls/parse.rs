@@ -15,6 +15,15 @@ pub struct ToolCall {
     pub arguments: Value,
 }
 
+impl ToolCall {
+    pub fn new(name: impl Into<String>, arguments: Value) -> Self {
+        ToolCall {
+            name: name.into(),
+            arguments,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ParsedReply {
     /// The text outside the calls, trimmed.
@@ -139,11 +148,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn call(name: &str, arguments: Value) -> ToolCall {
-        ToolCall {
-            name: name.into(),
-            arguments,
-        }
+    fn call(name: &str, arguments: serde_json::Value) -> ToolCall {
+        ToolCall::new(name, arguments)
     }
 
     #[test]

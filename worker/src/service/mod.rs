@@ -8,9 +8,9 @@
 //!   cluster token, with raised message limits and HTTP/2 windows.
 
 mod downstream;
+pub mod frames;
 mod grammars;
 pub mod kv_sessions;
-pub mod frames;
 mod locate;
 mod push;
 mod reply_routes;
