@@ -95,7 +95,7 @@ fn placement(server: &Server) -> Vec<(String, u64, u64)> {
 }
 
 /// Each worker's budget: SmolLM2 with 2,048 tokens of KV needs all three.
-const BUDGET: &str = "135MiB";
+const BUDGET: &str = "150MiB";
 
 /// Three workers of one machine, each with its own KV cache directory (a
 /// worker reads only its own disk). After a restart they measure their
