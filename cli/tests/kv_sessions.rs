@@ -146,10 +146,14 @@ fn a_conversation_continues_from_disk_after_serve_and_its_workers_restart() {
     drop(workers);
 
     let (_workers, mut server) = start(&addrs);
-    let listed = server.proc.wait_for(
-        "the stages hold prefix blocks on disk",
-        Duration::from_secs(30),
-    );
+    // The listing may come before "serving on", which `start` waited for.
+    const LISTED: &str = "the stages hold prefix blocks on disk";
+    let seen = server
+        .proc
+        .log
+        .iter()
+        .find_map(|l| l.find(LISTED).map(|i| l[i + LISTED.len()..].to_string()));
+    let listed = seen.unwrap_or_else(|| server.proc.wait_for(LISTED, Duration::from_secs(30)));
     assert_eq!(placement(&server), before, "placement after the restart");
     assert!(!listed.contains("blocks=0"), "after the restart: {listed}");
     let second = second_turn(&reply0);
