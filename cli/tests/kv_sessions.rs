@@ -1,6 +1,7 @@
 //! Sessions on disk: workers started with `--kv-cache-dir` write the KV
 //! blocks they keep for the prefix cache, and after `strata serve` and the
-//! workers are killed and started again, a conversation continues from
+//! workers are killed and started again (three workers, each given the
+//! layers it had), a conversation continues from
 //! those files (`cached_tokens`, the restored-tokens metric) with the tokens
 //! a server without any cache gives. A damaged file is ignored with a log
 //! line and the prompt is computed.
@@ -74,46 +75,86 @@ fn second_turn(first_reply: &Value) -> Vec<Value> {
     messages
 }
 
+/// `(address, first layer, end layer)` of each stage, from `/v1/pool`.
+fn placement(server: &Server) -> Vec<(String, u64, u64)> {
+    let (status, body) = common::get(&format!("{}/v1/pool", server.base));
+    assert_eq!(status, 200, "{body}");
+    let pool: Value = serde_json::from_str(&body).unwrap();
+    pool["models"][0]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| {
+            (
+                st["addr"].as_str().unwrap().to_string(),
+                st["first_layer"].as_u64().unwrap(),
+                st["end_layer"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Each worker's budget: SmolLM2 with 2,048 tokens of KV needs all three.
+const BUDGET: &str = "150MiB";
+
+/// Three workers of one machine, each with its own KV cache directory (a
+/// worker reads only its own disk). After a restart they measure their
+/// speeds again; the planner still gives each the layers it had
+/// (planner/noise.rs), so every stage finds its blocks.
 #[test]
-fn a_conversation_continues_from_disk_after_serve_and_its_worker_restart() {
+fn a_conversation_continues_from_disk_after_serve_and_its_workers_restart() {
     let path = model(SMOLLM2);
     let model_dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(&path, model_dir.path().join(SMOLLM2)).unwrap();
-    // One worker: with several, the planner may place the layers on other
-    // workers after a restart (their measured speeds differ from run to
-    // run), and each finds only the layers it held (docs/architecture.md).
-    let kv = tempfile::tempdir().unwrap();
-    let start = || -> (Worker, Server) {
-        let worker = Worker::start_in(
-            "127.0.0.1:0",
-            "400MiB",
-            Some(model_dir.path()),
-            &[],
-            &common::worker_state_dir(),
-            &["--kv-cache-dir", kv.path().to_str().unwrap()],
-        );
-        let args = ["-c", "2048", "-n", "1", "--worker", worker.spec.as_str()];
+    let kv: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let kv_paths: Vec<&Path> = kv.iter().map(|d| d.path()).collect();
+    // Workers on `listen` (port 0 the first time, their old addresses after).
+    let start = |listen: &[String]| -> (Vec<Worker>, Server) {
+        let workers: Vec<Worker> = (0..3)
+            .map(|i| {
+                Worker::start_in(
+                    &listen[i],
+                    BUDGET,
+                    (i == 0).then(|| model_dir.path()),
+                    &[],
+                    &common::worker_state_dir(),
+                    &["--kv-cache-dir", kv_paths[i].to_str().unwrap()],
+                )
+            })
+            .collect();
+        let mut args = vec!["-c", "2048", "-n", "1"];
+        for w in &workers {
+            args.extend(["--worker", w.spec.as_str()]);
+        }
         let server = Server::start(&path, &args);
-        (worker, server)
+        (workers, server)
     };
     let cold = Server::start(&path, &["-c", "2048", "-n", "1", "--no-prefix-cache"]);
 
-    let (worker, server) = start();
+    let (workers, server) = start(&vec!["127.0.0.1:0".to_string(); 3]);
+    let before = placement(&server);
+    assert_eq!(before.len(), 3, "three stages: {before:?}");
     let reply0 = chat(&server, &first_turn());
     let prompt0 = reply0["usage"]["prompt_tokens"].as_u64().unwrap();
     assert!(prompt0 > 900, "the history is {prompt0} tokens");
-    let saved = wait_saved(&[kv.path()]);
+    let saved = wait_saved(&kv_paths);
     // Each kept block, for each of the 30 layers.
     assert_eq!(saved % 30, 0, "{saved} block files over 30 layers");
     assert!(saved / 30 >= prompt0 as usize / 32, "{saved} files");
+    let addrs: Vec<String> = workers.iter().map(|w| w.addr.clone()).collect();
     drop(server);
-    drop(worker);
+    drop(workers);
 
-    let (_worker, mut server) = start();
-    let listed = server.proc.wait_for(
-        "the stages hold prefix blocks on disk",
-        Duration::from_secs(30),
-    );
+    let (_workers, mut server) = start(&addrs);
+    // The listing may come before "serving on", which `start` waited for.
+    const LISTED: &str = "the stages hold prefix blocks on disk";
+    let seen = server
+        .proc
+        .log
+        .iter()
+        .find_map(|l| l.find(LISTED).map(|i| l[i + LISTED.len()..].to_string()));
+    let listed = seen.unwrap_or_else(|| server.proc.wait_for(LISTED, Duration::from_secs(30)));
+    assert_eq!(placement(&server), before, "placement after the restart");
     assert!(!listed.contains("blocks=0"), "after the restart: {listed}");
     let second = second_turn(&reply0);
     let reply1 = chat(&server, &second);

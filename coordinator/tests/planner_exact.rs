@@ -1,6 +1,7 @@
 //! The planner's DP against brute force over every ordered subset of workers
 //! and every contiguous split, on small random profiles (seeded).
 
+use strata_coordinator::planner::noise::steady_bandwidths;
 use strata_coordinator::planner::{try_plan, Backend, Link, PlanRequest, SafetyMargin, WorkerSpec};
 use strata_model::profile::{KvType, LayerProfile, MemoryProfile};
 
@@ -76,8 +77,9 @@ fn brute_force(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<f64> {
             .sum::<u64>()
             + if b == n { p.head_bytes } else { 0 }
     };
-    // All workers here have a bandwidth.
-    let bw = |w: &WorkerSpec| w.matvec_bandwidth_bytes_per_s.unwrap();
+    // The speeds the planner plans at: measured ones steadied against noise
+    // (planner/noise.rs); the DP is exact for those.
+    let steady = steady_bandwidths(workers);
     let mut best: Option<f64> = None;
     // Depth-first over (layers placed, last worker, used mask, time so far).
     let mut stack = vec![(0usize, None::<usize>, 0u32, 0.0f64)];
@@ -101,7 +103,7 @@ fn brute_force(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<f64> {
                     b,
                     Some(wi),
                     used | (1 << wi),
-                    t + h + stage_read(l, b) as f64 / bw(w),
+                    t + h + stage_read(l, b) as f64 / steady[wi],
                 ));
             }
         }

@@ -90,7 +90,8 @@ pub async fn connect_workers(
 }
 
 /// The planner's view of connected workers. Workers on one host (same
-/// address host part) are kept adjacent and linked as same-host.
+/// address host part) are kept adjacent and linked as same-host, and those
+/// with the same device and threads there are planned at one speed.
 pub fn worker_specs(workers: &[WorkerHandle]) -> Vec<WorkerSpec> {
     workers
         .iter()
@@ -105,8 +106,14 @@ pub fn worker_specs(workers: &[WorkerHandle]) -> Vec<WorkerSpec> {
                 .rsplit_once(':')
                 .map_or(w.addr.as_str(), |(h, _)| h)
                 .to_string();
+            // Same device and threads on one host: one speed (planner/noise.rs).
+            let hardware = format!(
+                "{} {} x{}",
+                w.caps.backend, w.caps.device_name, w.caps.threads
+            );
             let mut spec = WorkerSpec::new(w.addr.clone(), backend, host, w.caps.free_memory_bytes)
-                .with_link(Link::default());
+                .with_link(Link::default())
+                .with_hardware(hardware);
             if w.caps.matvec_bytes_per_second > 0.0 && w.caps.matvec_bytes_per_second.is_finite() {
                 spec = spec.with_bandwidth(w.caps.matvec_bytes_per_second);
             }

@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use strata_model::profile::{StageMemory, StageMemoryTable};
 use strata_model::LayerRange;
 
-use super::{Link, Plan, PlanRequest, StagePlan, WorkerSpec, NOMINAL_BANDWIDTH_BYTES_PER_S};
+use super::{noise, Link, Plan, PlanRequest, StagePlan, WorkerSpec, NOMINAL_BANDWIDTH_BYTES_PER_S};
 
 /// Orders of groups and of workers within groups tried exhaustively up to
 /// this many orders.
@@ -254,11 +254,15 @@ fn permutations(v: &mut [usize], k: usize, f: &mut dyn FnMut(&[usize])) {
 /// The best plan over all tried orders, `None` if nothing fits.
 pub(super) fn best_plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<Plan> {
     let sizes = Sizes::new(req);
-    let bw = bandwidths(workers);
+    let bw = noise::steady_bandwidths(workers);
     let usable: Vec<u64> = workers.iter().map(|w| req.margin.usable_bytes(w)).collect();
+    let room = Room {
+        fits: usable.clone(),
+        balance: noise::steady_capacities(&usable),
+    };
     let mut best: Option<(Cost, Vec<StageRange>)> = None;
     for order in worker_orders(workers, &bw, &usable) {
-        if let Some((cost, stages)) = plan_order(req, workers, &sizes, &bw, &usable, &order) {
+        if let Some((cost, stages)) = plan_order(req, workers, &sizes, &bw, &room, &order) {
             if cost.better_than(&best.as_ref().map(|b| b.0)) {
                 best = Some((cost, stages));
             }
@@ -300,6 +304,13 @@ pub(super) fn best_plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<Pla
 /// `(worker index, first layer, end layer)`.
 type StageRange = (usize, usize, usize);
 
+/// Each worker's usable bytes: the real number a stage must fit in, and the
+/// steadied one memory balance is measured against (noise.rs).
+struct Room {
+    fits: Vec<u64>,
+    balance: Vec<u64>,
+}
+
 #[derive(Clone, Copy)]
 struct Entry {
     cost: Cost,
@@ -317,7 +328,7 @@ fn plan_order(
     workers: &[WorkerSpec],
     sizes: &Sizes,
     bw: &[f64],
-    usable: &[u64],
+    room: &Room,
     order: &[usize],
 ) -> Option<(Cost, Vec<StageRange>)> {
     let n = sizes.n;
@@ -356,7 +367,7 @@ fn plan_order(
                 best
             })
             .collect();
-        let cap = usable[wi];
+        let (cap, balance_cap) = (room.fits[wi], room.balance[wi]);
         for (a, arrived) in arrive.iter().enumerate().take(n) {
             let Some((start, q)) = *arrived else { continue };
             #[allow(clippy::needless_range_loop)] // b is a layer bound, not only an index
@@ -368,10 +379,10 @@ fn plan_order(
                 if b < n && !sizes.cut_ok[b] {
                     continue; // a KV-sharing layer after b reads a layer before it
                 }
-                let fill = if cap == 0 {
+                let fill = if balance_cap == 0 {
                     1.0
                 } else {
-                    mem as f64 / cap as f64
+                    mem as f64 / balance_cap as f64
                 };
                 let c = start.then(sizes.read_per_token(a, b) as f64 / bw[wi], fill);
                 if c.better_than(&end[p][b].map(|e| e.cost)) {

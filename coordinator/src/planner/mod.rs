@@ -17,7 +17,9 @@
 //! The time per token is the sum over stages and hops. Ties (notably when no
 //! worker has a measured bandwidth, so every split reads the same bytes at the
 //! same speed) are broken by the fullest stage's share of its usable memory,
-//! so the plan then balances by memory.
+//! so the plan then balances by memory. Speeds and memory are first steadied
+//! against measurement noise ([`noise`]), so a pool restarted unchanged gets
+//! the same placement.
 //!
 //! Memory per stage is [`MemoryProfile::stage_memory`] for
 //! [`PlanRequest::stage_load`], the function the worker admits a slice by:
@@ -34,6 +36,7 @@
 mod dp;
 mod explain;
 pub mod group_fit;
+pub mod noise;
 pub mod synth_profile;
 mod table;
 pub mod units;
@@ -109,6 +112,10 @@ pub struct WorkerSpec {
     /// The worker's network link, used for hops to or from another host: a
     /// hop costs the larger latency and the smaller bandwidth of its two ends.
     pub link: Link,
+    /// What the device is (backend, device name, threads); workers of one
+    /// host with the same non-empty `hardware` are planned at one speed
+    /// (see [`noise`]). Empty = unknown.
+    pub hardware: String,
 }
 
 impl WorkerSpec {
@@ -125,6 +132,7 @@ impl WorkerSpec {
             free_bytes,
             matvec_bandwidth_bytes_per_s: None,
             link: Link::default(),
+            hardware: String::new(),
         }
     }
     pub fn with_bandwidth(mut self, bytes_per_s: f64) -> Self {
@@ -133,6 +141,10 @@ impl WorkerSpec {
     }
     pub fn with_link(mut self, link: Link) -> Self {
         self.link = link;
+        self
+    }
+    pub fn with_hardware(mut self, hardware: impl Into<String>) -> Self {
+        self.hardware = hardware.into();
         self
     }
 }
@@ -332,5 +344,13 @@ pub fn try_plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Result<Option<Plan
             w.name
         )));
     }
-    Ok(dp::best_plan(req, workers))
+    // Planned in a stable order (noise.rs), reported in the caller's.
+    let order = noise::stable_order(workers);
+    let ordered: Vec<WorkerSpec> = order.iter().map(|&i| workers[i].clone()).collect();
+    Ok(dp::best_plan(req, &ordered).map(|mut p| {
+        for s in &mut p.stages {
+            s.worker = order[s.worker];
+        }
+        p
+    }))
 }

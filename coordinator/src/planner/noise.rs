@@ -1,0 +1,132 @@
+//! Measurement noise, so the same pool gets the same placement.
+//!
+//! A worker measures its matvec bandwidth when it starts and reports the
+//! free memory it sees when asked, so the same pool reports slightly
+//! different numbers after every restart. Planned on the raw numbers, equal
+//! workers swap layers from one start to the next, and what a worker saved
+//! for its layers (prefix blocks on its own disk, `--kv-cache-dir`) is then
+//! found by none. So the planner plans on steady numbers:
+//! - workers of one host with the same hardware (backend, device, threads)
+//!   share the mean of their speeds: any difference is noise;
+//! - speeds within [`SPEED_NOISE`] of each other count as one speed (their
+//!   mean), and free memory within [`MEMORY_NOISE`] as one size when memory
+//!   balance breaks a tie (whether a stage fits is always the real number);
+//! - workers are planned in a stable order (by name, the address), so a tie
+//!   goes the same way whatever order the pool lists them in.
+
+use super::{dp, WorkerSpec};
+
+/// Relative spread of speeds that counts as noise: a CPU worker's read-rate
+/// probe varies by about a tenth between starts on a busy machine.
+pub const SPEED_NOISE: f64 = 0.15;
+
+/// Relative spread of free memory that counts as noise when balancing (the
+/// host's available memory moves with every other process).
+pub const MEMORY_NOISE: f64 = 0.05;
+
+/// Each worker's bandwidth as the planner uses it: unknown ones filled in,
+/// same-hardware workers of one host pooled, then banded by [`SPEED_NOISE`].
+pub fn steady_bandwidths(workers: &[WorkerSpec]) -> Vec<f64> {
+    let measured = dp::bandwidths(workers);
+    let pooled = same_hardware_means(workers, &measured);
+    band_means(&pooled, SPEED_NOISE)
+}
+
+/// Capacities for the memory-balance tie-break, banded by [`MEMORY_NOISE`].
+pub(super) fn steady_capacities(usable_bytes: &[u64]) -> Vec<u64> {
+    let values: Vec<f64> = usable_bytes.iter().map(|&b| b as f64).collect();
+    band_means(&values, MEMORY_NOISE)
+        .into_iter()
+        .map(|b| b as u64)
+        .collect()
+}
+
+/// Worker indices in the order the planner tries them: by name (stable
+/// sort, so workers of one name keep their given order).
+pub(super) fn stable_order(workers: &[WorkerSpec]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..workers.len()).collect();
+    order.sort_by(|&a, &b| workers[a].name.cmp(&workers[b].name));
+    order
+}
+
+/// Workers of one host with the same (known) hardware get the mean of
+/// their values.
+fn same_hardware_means(workers: &[WorkerSpec], values: &[f64]) -> Vec<f64> {
+    let peers = |i: usize| {
+        let w = &workers[i];
+        (0..workers.len()).filter(move |&j| {
+            j == i
+                || (!w.hardware.is_empty()
+                    && workers[j].hardware == w.hardware
+                    && workers[j].host == w.host)
+        })
+    };
+    (0..workers.len())
+        .map(|i| {
+            let (sum, n) = peers(i).fold((0.0, 0usize), |(s, n), j| (s + values[j], n + 1));
+            sum / n as f64
+        })
+        .collect()
+}
+
+/// Replaces each value by the mean of its band. From the largest value
+/// down, a band takes every value within `rel` below its largest. The
+/// result depends only on the values, not their order.
+fn band_means(values: &[f64], rel: f64) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    let mut out = values.to_vec();
+    let mut start = 0;
+    while start < order.len() {
+        let top = values[order[start]];
+        let end = start
+            + order[start..]
+                .iter()
+                .take_while(|&&i| values[i] >= top * (1.0 - rel))
+                .count();
+        let band = &order[start..end];
+        let mean = band.iter().map(|&i| values[i]).sum::<f64>() / band.len() as f64;
+        for &i in band {
+            out[i] = mean;
+        }
+        start = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::Backend;
+
+    #[test]
+    fn a_band_takes_values_within_the_noise_of_its_largest() {
+        let v = [100.0, 91.0, 86.0, 84.0, 50.0];
+        let b = band_means(&v, 0.15);
+        let top = (100.0 + 91.0 + 86.0) / 3.0;
+        assert_eq!(&b[..3], &[top, top, top]);
+        assert_eq!(&b[3..], &[84.0, 50.0]);
+        let shuffled = [84.0, 50.0, 91.0, 100.0, 86.0];
+        let bs = band_means(&shuffled, 0.15);
+        assert_eq!(bs, vec![84.0, 50.0, top, top, top]);
+    }
+
+    #[test]
+    fn same_hardware_of_one_host_shares_one_speed() {
+        let w = |name: &str, host: &str, hw: &str| {
+            let mut w = WorkerSpec::new(name, Backend::Cpu, host, 1 << 30);
+            w.hardware = hw.into();
+            w
+        };
+        let workers = [
+            w("a", "h", "cpu x4"),
+            w("b", "h", "cpu x4"),
+            w("c", "h", "cpu x8"),
+            w("d", "g", "cpu x4"),
+            w("e", "h", ""),
+            w("f", "h", ""),
+        ];
+        let m = same_hardware_means(&workers, &[1.0, 3.0, 5.0, 7.0, 9.0, 11.0]);
+        assert_eq!(m, vec![2.0, 2.0, 5.0, 7.0, 9.0, 11.0]);
+    }
+}

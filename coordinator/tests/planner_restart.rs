@@ -1,0 +1,156 @@
+//! Placement across restarts: a pool restarted with nothing real changed
+//! gets the same placement, though every worker measures its speed and
+//! reads its free memory again (a little differently each time) and the
+//! pool may list the workers in another order. Otherwise a worker's prefix
+//! blocks on disk (`--kv-cache-dir`, per layer) are for layers it no longer
+//! holds.
+
+use strata_coordinator::planner::noise::{MEMORY_NOISE, SPEED_NOISE};
+use strata_coordinator::planner::{plan, Backend, PlanRequest, WorkerSpec};
+use strata_model::arch::Architecture;
+use strata_model::profile::KvType;
+
+mod common;
+use common::*;
+
+/// xorshift64, seeded: inputs are reproducible from the printed seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in `[-1, 1]`.
+    fn signed_unit(&mut self) -> f64 {
+        (self.next() % 2_000_001) as f64 / 1_000_000.0 - 1.0
+    }
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, (self.next() % (i as u64 + 1)) as usize);
+        }
+    }
+}
+
+/// `(worker name, first layer, end layer)` of each stage.
+fn placement(req: &PlanRequest, workers: &[WorkerSpec]) -> Vec<(String, usize, usize)> {
+    let p = plan(req, workers).expect("the pool holds the model");
+    check(&p, req, workers);
+    p.stages
+        .iter()
+        .map(|s| (workers[s.worker].name.clone(), s.first_layer, s.end_layer))
+        .collect()
+}
+
+/// Plans `pool` as measured at many restarts: each speed scaled by up to
+/// `speed_jitter` either way, each free memory by up to `memory_jitter`,
+/// the list shuffled. Every placement must be the first one.
+fn same_placement_at_every_restart(
+    req: &PlanRequest,
+    pool: &[WorkerSpec],
+    speed_jitter: f64,
+    memory_jitter: f64,
+    want_stages: usize,
+) {
+    let seed = 0x5eed_5ab1_e000_u64;
+    let mut rng = Rng(seed);
+    let first = placement(req, pool);
+    assert_eq!(first.len(), want_stages, "the pool's placement: {first:?}");
+    for restart in 0..200 {
+        let mut workers: Vec<WorkerSpec> = pool
+            .iter()
+            .map(|w| {
+                let mut w = w.clone();
+                let speed = w.matvec_bandwidth_bytes_per_s.unwrap();
+                w.matvec_bandwidth_bytes_per_s =
+                    Some(speed * (1.0 + speed_jitter * rng.signed_unit()));
+                w.free_bytes =
+                    (w.free_bytes as f64 * (1.0 + memory_jitter * rng.signed_unit())) as u64;
+                w
+            })
+            .collect();
+        rng.shuffle(&mut workers);
+        assert_eq!(
+            placement(req, &workers),
+            first,
+            "seed {seed:#x}, restart {restart}: {workers:?}"
+        );
+    }
+}
+
+/// Largest symmetric jitter whose extremes stay within `band` of each other.
+fn jitter_within(band: f64) -> f64 {
+    // (1 - j) >= (1 + j) * (1 - band)
+    band / (2.0 - band) * 0.99
+}
+
+fn llama_8b() -> PlanRequest {
+    let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
+    PlanRequest::new(p, hp.d_model, 4096, KvType::F16)
+}
+
+/// `strata serve` and three CPU workers on one machine: the same hardware,
+/// so any difference in measured speed is noise, however large.
+#[test]
+fn three_cpu_workers_of_one_machine_keep_their_layers() {
+    let req = llama_8b();
+    let pool: Vec<WorkerSpec> = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
+        .iter()
+        .map(|addr| {
+            WorkerSpec::new(*addr, Backend::Cpu, "127.0.0.1", 2500 * MIB)
+                .with_bandwidth(20e9)
+                .with_hardware("cpu EPYC x8")
+        })
+        .collect();
+    same_placement_at_every_restart(&req, &pool, 0.4, jitter_within(MEMORY_NOISE), 3);
+    // Roomy workers: one holds it all, and it is the same one each time.
+    let roomy: Vec<WorkerSpec> = pool
+        .iter()
+        .map(|w| WorkerSpec {
+            free_bytes: 64 * GIB,
+            ..w.clone()
+        })
+        .collect();
+    same_placement_at_every_restart(&req, &roomy, 0.4, jitter_within(MEMORY_NOISE), 1);
+}
+
+/// Equal GPUs on three hosts: speeds that differ within the noise band
+/// count as one speed.
+#[test]
+fn equal_workers_on_three_hosts_keep_their_layers() {
+    let req = llama_8b();
+    let pool: Vec<WorkerSpec> = (0..3)
+        .map(|i| {
+            WorkerSpec::new(
+                format!("10.0.0.{i}:7000"),
+                Backend::Cuda,
+                format!("10.0.0.{i}"),
+                2500 * MIB,
+            )
+            .with_bandwidth(800e9)
+        })
+        .collect();
+    same_placement_at_every_restart(
+        &req,
+        &pool,
+        jitter_within(SPEED_NOISE),
+        jitter_within(MEMORY_NOISE),
+        3,
+    );
+}
+
+/// A real difference in speed still counts: the faster device holds the
+/// model.
+#[test]
+fn a_clearly_faster_worker_still_wins() {
+    let req = llama_8b();
+    let workers = vec![
+        WorkerSpec::new("a", Backend::Cuda, "h1", 16 * GIB).with_bandwidth(500e9),
+        WorkerSpec::new("b", Backend::Cuda, "h2", 16 * GIB).with_bandwidth(800e9),
+    ];
+    assert_eq!(
+        placement(&req, &workers),
+        vec![("b".into(), 0, req.n_layers())]
+    );
+}
