@@ -151,6 +151,12 @@ fn page_asks_for_the_key_shows_the_pool_and_streams_a_chat() {
     for s in m["stages"].as_array().unwrap() {
         assert_eq!(s["status"], "ready", "{pool}");
         assert!(s["link_ms"].as_f64().unwrap() > 0.0, "{pool}");
+        // Each stage ran the replies' positions, and timed them.
+        assert!(
+            s["tokens_run"].as_u64().unwrap() >= 2 * expected_tokens,
+            "{pool}"
+        );
+        assert!(s["tokens_per_second"].as_f64().unwrap() > 0.0, "{pool}");
     }
 
     let png = artifact_dir().join("web-page.png");

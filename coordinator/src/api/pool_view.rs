@@ -99,6 +99,14 @@ async fn stage_json(v: &StageView) -> Value {
             out["kv_blocks_free"] = json!(h.kv_blocks_free);
             out["kv_blocks_cached"] = json!(h.kv_blocks_cached);
             out["sequences_live"] = json!(h.live_sequences);
+            // Measured on the stage: positions per second of its compute.
+            out["tokens_run"] = json!(h.tokens_run);
+            out["compute_seconds"] = json!(h.compute_seconds);
+            out["tokens_per_second"] = json!(if h.compute_seconds > 0.0 {
+                h.tokens_run as f64 / h.compute_seconds
+            } else {
+                0.0
+            });
         }
         Ok(Err(e)) => out["error"] = json!(strata_proto::link::status_text(&e)),
         Err(_) => {

@@ -588,6 +588,9 @@ impl worker_server::Worker for WorkerService {
             state_slots_used: s.state_slots_used,
             state_slots: s.state_slots,
             kv_blocks_cached: s.kv_blocks_cached,
+            frames_run: s.frames_run,
+            tokens_run: s.tokens_run,
+            compute_seconds: s.compute_seconds,
             kv_block_tokens: strata_kernels::KV_BLOCK_TOKENS as u64,
         }))
     }

@@ -37,6 +37,10 @@ pub struct Snapshot {
     pub state_slots_used: u64,
     pub state_slots: u64,
     pub kv_blocks_cached: u64,
+    /// Since the load: frames run, their token positions, their compute time.
+    pub frames_run: u64,
+    pub tokens_run: u64,
+    pub compute_seconds: f64,
 }
 
 pub struct LoadJob {
@@ -128,6 +132,8 @@ where
                     Command::Forward(frame, reply) => {
                         let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
                         tracing::debug!(target: "strata::hop", batch_id, "compute start");
+                        let (started, n_tokens) =
+                            (std::time::Instant::now(), frame.token_ids.len());
                         let out = match loaded.as_mut() {
                             // A device error (an op's KernelError::Device)
                             // or a panic inside the batch (a bug): the batch
@@ -154,6 +160,12 @@ where
                             None => FrameOut::Reply(lost_reply(batch_id, "no slice loaded".into())),
                         };
                         tracing::debug!(target: "strata::hop", batch_id, "compute end");
+                        if loaded.is_some() {
+                            let mut s = snapshot.lock().unwrap_or_else(|p| p.into_inner());
+                            s.frames_run += 1;
+                            s.tokens_run += n_tokens as u64;
+                            s.compute_seconds += started.elapsed().as_secs_f64();
+                        }
                         let _ = reply.send(out);
                     }
                     Command::Release(req, reply) => {

@@ -201,7 +201,7 @@ function renderModel(m) {
   if (!m.stages || !m.stages.length) return div;
   const table = document.createElement("table");
   const head = table.insertRow();
-  for (const t of ["stage", "worker", "layers", "", "memory used of offered", "KV blocks", "link", "est. tok/s"]) {
+  for (const t of ["stage", "worker", "layers", "", "memory used of offered", "KV blocks", "link", "compute tok/s", "est. tok/s"]) {
     const th = document.createElement("th");
     th.textContent = t;
     head.appendChild(th);
@@ -220,6 +220,8 @@ function renderModel(m) {
     cell(row, `${mib(s.memory_planned_bytes)} of ${mib(s.memory_offered_bytes)}`);
     cell(row, s.error ? s.error : `${s.kv_blocks_used} used, ${s.kv_blocks_free} free`);
     cell(row, s.link_ms == null ? "–" : `${s.link_ms.toFixed(2)} ms`);
+    // Measured on the stage (positions per second of its own compute).
+    cell(row, s.tokens_per_second ? s.tokens_per_second.toFixed(0) : "–", "stage-tps");
     cell(row, s.est_tokens_per_second ? s.est_tokens_per_second.toFixed(0) : "–");
   });
   div.appendChild(table);
