@@ -5,20 +5,8 @@ use strata_coordinator::planner::noise::steady_bandwidths;
 use strata_coordinator::planner::{try_plan, Backend, Link, PlanRequest, SafetyMargin, WorkerSpec};
 use strata_model::profile::{KvType, LayerProfile, MemoryProfile};
 
-const MIB: u64 = 1 << 20;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+mod common;
+use common::{Rng, MIB};
 
 fn hop(a: &WorkerSpec, b: &WorkerSpec, bytes: u64) -> f64 {
     let l = if a.host == b.host {

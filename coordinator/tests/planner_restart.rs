@@ -13,26 +13,6 @@ use strata_model::profile::KvType;
 mod common;
 use common::*;
 
-/// xorshift64, seeded: inputs are reproducible from the printed seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Uniform in `[-1, 1]`.
-    fn signed_unit(&mut self) -> f64 {
-        (self.next() % 2_000_001) as f64 / 1_000_000.0 - 1.0
-    }
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, (self.next() % (i as u64 + 1)) as usize);
-        }
-    }
-}
-
 /// `(worker name, first layer, end layer)` of each stage.
 fn placement(req: &PlanRequest, workers: &[WorkerSpec]) -> Vec<(String, usize, usize)> {
     let p = plan(req, workers).expect("the pool holds the model");

@@ -167,3 +167,26 @@ pub fn check(p: &Plan, req: &PlanRequest, workers: &[WorkerSpec]) {
     let read: u64 = p.stages.iter().map(|s| s.read_weight_bytes_per_token).sum();
     assert_eq!(read, req.profile.active_bytes_per_token());
 }
+
+/// xorshift64, seeded: inputs are reproducible from the printed seed.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// Uniform in `[-1, 1]`.
+    pub fn signed_unit(&mut self) -> f64 {
+        (self.next() % 2_000_001) as f64 / 1_000_000.0 - 1.0
+    }
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, (self.next() % (i as u64 + 1)) as usize);
+        }
+    }
+}

@@ -119,6 +119,9 @@ where
             let _exit = ExitGuard(snapshot.clone());
             let mut loaded: Option<Loaded<B>> = None;
             while let Ok(cmd) = rx.recv() {
+                // A forward's token positions and compute time, counted
+                // with the rest of the snapshot below.
+                let mut ran: Option<(u64, f64)> = None;
                 match cmd {
                     Command::Load(job, reply) => {
                         loaded = None;
@@ -160,12 +163,7 @@ where
                             None => FrameOut::Reply(lost_reply(batch_id, "no slice loaded".into())),
                         };
                         tracing::debug!(target: "strata::hop", batch_id, "compute end");
-                        if loaded.is_some() {
-                            let mut s = snapshot.lock().unwrap_or_else(|p| p.into_inner());
-                            s.frames_run += 1;
-                            s.tokens_run += n_tokens as u64;
-                            s.compute_seconds += started.elapsed().as_secs_f64();
-                        }
+                        ran = Some((n_tokens as u64, started.elapsed().as_secs_f64()));
                         let _ = reply.send(out);
                     }
                     Command::Release(req, reply) => {
@@ -204,6 +202,11 @@ where
                     s.state_slots_used = l.stage.state_slots().held() as u64;
                     s.state_slots = l.stage.state_slots().capacity() as u64;
                     s.kv_blocks_cached = l.stage.blocks().cached_blocks() as u64;
+                    if let Some((tokens, seconds)) = ran {
+                        s.frames_run += 1;
+                        s.tokens_run += tokens;
+                        s.compute_seconds += seconds;
+                    }
                 }
             }
         })?;
