@@ -211,6 +211,51 @@ fn slow_network_prefers_fewer_stages() {
 }
 
 #[test]
+fn a_slow_link_moves_the_boundary_to_another_worker() {
+    let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
+    let req = request(&hp, &p, 4096, KvType::F16);
+    // Worker 0 holds about two thirds, so a second stage is needed; 1 and 2
+    // can each take the rest at the same speed. A 2 ms link on either one
+    // sends the boundary to the other.
+    let quick = Link {
+        latency_s: 100e-6,
+        bandwidth_bytes_per_s: 110e6,
+    };
+    let slow = Link {
+        latency_s: 2e-3,
+        bandwidth_bytes_per_s: 110e6,
+    };
+    let total = fits_total(&req);
+    for slow_one in [1, 2] {
+        let workers: Vec<WorkerSpec> = (0..3)
+            .map(|i| {
+                let size = if i == 0 { total * 2 / 3 } else { total * 3 / 4 };
+                WorkerSpec::new(format!("w{i}"), Backend::Cuda, format!("h{i}"), size)
+                    .with_bandwidth(900e9)
+                    .with_link(if i == slow_one { slow } else { quick })
+            })
+            .collect();
+        let plan = plan(&req, &workers).unwrap();
+        check(&plan, &req, &workers);
+        let used: Vec<usize> = plan.stages.iter().map(|s| s.worker).collect();
+        assert_eq!(used.len(), 2, "two stages: {used:?}");
+        assert!(
+            !used.contains(&slow_one) && used.contains(&(3 - slow_one)),
+            "the slow link on w{slow_one} should carry no hop: {used:?}"
+        );
+    }
+}
+
+/// Bytes a single GPU needs for `req` (with the planner's margin).
+fn fits_total(req: &PlanRequest) -> u64 {
+    let mut size = GIB;
+    while !fits(req, &[WorkerSpec::new("one", Backend::Cuda, "h", size)]) {
+        size += GIB / 8;
+    }
+    size
+}
+
+#[test]
 fn same_host_workers_stay_adjacent() {
     let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
     let req = request(&hp, &p, 4096, KvType::F16);

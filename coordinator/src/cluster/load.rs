@@ -37,6 +37,9 @@ pub struct WorkerHandle {
     pub pin: Option<Fingerprint>,
     pub client: WorkerClient,
     pub caps: v1::CapabilitiesReply,
+    /// The measured link to it (`None`: not measured, the planner assumes
+    /// [`Link::DEFAULT_NETWORK`]).
+    pub link: Option<Link>,
 }
 
 impl WorkerHandle {
@@ -79,14 +82,35 @@ pub async fn connect_workers(
             caps.free_memory_bytes >> 20,
             caps.matvec_bytes_per_second / 1e9
         );
+        let link = link_or_warn(addr, &client).await;
         out.push(WorkerHandle {
             addr: addr.clone(),
             pin,
             client,
             caps,
+            link,
         });
     }
     Ok(out)
+}
+
+/// The measured link to a worker; a worker that cannot be measured (an
+/// older one without `Echo`) is planned with the default link.
+pub async fn link_or_warn(addr: &str, client: &WorkerClient) -> Option<Link> {
+    match super::measure_link(client).await {
+        Ok(link) => {
+            tracing::info!(
+                "worker {addr}: link {:.0} us one way, {:.0} Mbit/s",
+                link.latency_s * 1e6,
+                link.bandwidth_bytes_per_s * 8e-6
+            );
+            Some(link)
+        }
+        Err(e) => {
+            tracing::warn!("worker {addr}: link not measured ({e}); planning with the default");
+            None
+        }
+    }
 }
 
 /// The planner's view of connected workers. Workers on one host (same
@@ -112,7 +136,7 @@ pub fn worker_specs(workers: &[WorkerHandle]) -> Vec<WorkerSpec> {
                 w.caps.backend, w.caps.device_name, w.caps.threads
             );
             let mut spec = WorkerSpec::new(w.addr.clone(), backend, host, w.caps.free_memory_bytes)
-                .with_link(Link::default())
+                .with_link(w.link.unwrap_or_default())
                 .with_hardware(hardware);
             if w.caps.matvec_bytes_per_second > 0.0 && w.caps.matvec_bytes_per_second.is_finite() {
                 spec = spec.with_bandwidth(w.caps.matvec_bytes_per_second);

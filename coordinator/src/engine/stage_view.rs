@@ -21,6 +21,8 @@ pub struct StageView {
     pub planned_bytes: u64,
     /// The planner's estimate of this stage's compute time per token.
     pub est_time_per_token_s: f64,
+    /// The link measured to the stage's worker when it was planned.
+    pub link: Option<crate::planner::Link>,
     /// For live reads (`Health`) of the stage's KV use and link time.
     pub client: WorkerClient,
 }

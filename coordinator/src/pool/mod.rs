@@ -19,7 +19,7 @@ use strata_model::GgufFile;
 use strata_proto::{v1, Trust, WorkerClient};
 
 use crate::cluster::{
-    load_stages, worker_specs, LoadEvent, LoadOptions, StageAssignment, WorkerHandle,
+    link_or_warn, load_stages, worker_specs, LoadEvent, LoadOptions, StageAssignment, WorkerHandle,
 };
 use crate::engine::StageView;
 use crate::planner::{plan, table, PlanRequest};
@@ -152,11 +152,13 @@ impl Pool {
             .await?
             .map_err(|e| format!("capabilities: {}", e.message()))?
             .into_inner();
+        let link = link_or_warn(addr, &client).await;
         Ok(WorkerHandle {
             addr: addr.to_string(),
             pin: self.settings.trust.pin(addr).map_err(|e| e.what)?,
             client,
             caps,
+            link,
         })
     }
 
@@ -263,6 +265,7 @@ pub fn stage_views(stages: &[StageAssignment], kv_type: KvType) -> Vec<StageView
             offered_memory_bytes: s.worker.caps.free_memory_bytes,
             planned_bytes: s.planned_bytes,
             est_time_per_token_s: s.est_time_per_token_s,
+            link: s.worker.link,
             client: s.worker.client.clone(),
         })
         .collect()

@@ -133,6 +133,7 @@ async fn capabilities(
             pin,
             client,
             caps,
+            link: None,
         })
     };
     tokio::time::timeout(ASK_TIMEOUT, ask)

@@ -46,6 +46,9 @@ pub enum ServiceError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// The most an `Echo` sends back (link measurement needs about 1 MiB).
+const MAX_ECHO_REPLY_BYTES: usize = 4 << 20;
+
 /// How a worker is started (`strata worker` flags).
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -530,6 +533,18 @@ impl worker_server::Worker for WorkerService {
             worker_version: env!("CARGO_PKG_VERSION").to_string(),
             threads: self.shared.config.threads as u32,
             model_digests: self.shared.models.digests(),
+        }))
+    }
+
+    async fn echo(&self, req: Request<v1::EchoRequest>) -> Result<Response<v1::EchoReply>, Status> {
+        let want = req.into_inner().reply_bytes as usize;
+        if want > MAX_ECHO_REPLY_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "reply_bytes {want} is over the {MAX_ECHO_REPLY_BYTES} an echo sends"
+            )));
+        }
+        Ok(Response::new(v1::EchoReply {
+            payload: vec![0; want],
         }))
     }
 

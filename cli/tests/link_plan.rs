@@ -1,0 +1,122 @@
+//! Links in the plan: `serve` measures the link to each worker (`Echo`
+//! round trips) and the planner charges each hop by it. Three workers on
+//! three loopback "hosts", the second and third behind our delay relay:
+//! with 20 ms on the second, the third gets the stage the second would take
+//! on a tie (address order), and the tokens stay one process's.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A `delay-relay` from `listen` to `target`, killed on drop.
+struct Relay(Child);
+
+impl Relay {
+    fn start(listen: &str, target: &str, delay_us: u64) -> Relay {
+        let child = Command::new(env!("CARGO_BIN_EXE_delay-relay"))
+            .args(["relay", listen, target, &delay_us.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn delay-relay");
+        assert!(
+            eventually(Duration::from_secs(10), || std::net::TcpStream::connect(
+                listen
+            )
+            .is_ok()),
+            "relay on {listen} did not come up"
+        );
+        Relay(child)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port(host: &str) -> u16 {
+    std::net::TcpListener::bind((host, 0))
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn a_slow_link_gets_no_hop() {
+    let model = model(SMOLLM2);
+    // The first worker holds most of the model, either other one the rest.
+    let first = Worker::start("100MiB", None);
+    let second = Worker::start("90MiB", None);
+    let third = Worker::start("90MiB", None);
+    let fingerprint = worker_fingerprint();
+    let slow_addr = format!("127.0.0.2:{}", free_port("127.0.0.2"));
+    let quick_addr = format!("127.0.0.3:{}", free_port("127.0.0.3"));
+    let _slow = Relay::start(&slow_addr, &second.addr, 20_000);
+    let _quick = Relay::start(&quick_addr, &third.addr, 0);
+    let specs = [
+        first.spec.clone(),
+        format!("{slow_addr}#{fingerprint}"),
+        format!("{quick_addr}#{fingerprint}"),
+    ];
+    let mut args = vec!["-c", "512", "-n", "2"];
+    for s in &specs {
+        args.extend(["--worker", s.as_str()]);
+    }
+    let server = Server::start(&model, &args);
+    let needle = format!("worker {slow_addr}: link ");
+    let measured = server
+        .proc
+        .log
+        .iter()
+        .find_map(|l| l.find(&needle).map(|i| l[i + needle.len()..].to_string()))
+        .unwrap_or_else(|| panic!("no {needle:?} line:\n{}", server.proc.log.join("\n")));
+    let one_way_us: f64 = measured
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("link line: {measured:?}"));
+    assert!(
+        (20_000.0..30_000.0).contains(&one_way_us),
+        "a 20 ms relay measured as {one_way_us} us one way"
+    );
+
+    let (status, pool) = get(&format!("{}/v1/pool", server.base));
+    assert_eq!(status, 200, "{pool}");
+    let pool: Value = serde_json::from_str(&pool).expect("pool json");
+    let stages = pool["models"][0]["stages"]
+        .as_array()
+        .expect("stages")
+        .clone();
+    let addrs: Vec<&str> = stages.iter().filter_map(|s| s["addr"].as_str()).collect();
+    assert_eq!(addrs.len(), 2, "two stages: {pool}");
+    assert!(
+        addrs.contains(&quick_addr.as_str()) && !addrs.contains(&slow_addr.as_str()),
+        "the slow link should carry no hop: {addrs:?}"
+    );
+    for s in &stages {
+        let latency = s["link_latency_us"].as_f64().expect("measured link");
+        assert!(latency < 5_000.0, "{s}");
+        assert!(s["link_mbit_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{s}");
+    }
+
+    let prompt = "The capital of France is";
+    let (status, body) = post(
+        &format!("{}/v1/completions", server.base),
+        &json!({"prompt": prompt, "max_tokens": 12, "temperature": 0, "ignore_eos": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["text"].as_str().expect("text"),
+        single_process(&model, prompt, 12, true),
+        "through the relay, the tokens of one process"
+    );
+}

@@ -1,0 +1,74 @@
+//! Measuring the link to a worker with `Echo` round trips, so the planner
+//! charges each hop what it costs (a slow link gets fewer boundaries).
+//!
+//! The round trip is the gRPC one (TLS, HTTP/2, a wake-up at each end), as
+//! a data-plane hop pays it. Results are snapped to coarse steps so that a
+//! restart's jitter does not move the plan (planner/noise.rs).
+
+use std::time::{Duration, Instant};
+
+use strata_proto::{v1, WorkerClient};
+
+use crate::planner::Link;
+
+/// Small round trips timed (after one to warm the connection).
+const PINGS: usize = 8;
+/// Bytes sent to time the bandwidth, and how many times (the fastest counts).
+const BULK_BYTES: usize = 1 << 20;
+const BULKS: usize = 3;
+/// Latency is rounded up to a multiple of this.
+const LATENCY_STEP_S: f64 = 25e-6;
+/// Bandwidth is snapped to a power of this factor.
+const BANDWIDTH_STEP: f64 = std::f64::consts::SQRT_2;
+/// Faster than this is taken as this (loopback, shared memory).
+const MAX_BANDWIDTH_BYTES_PER_S: f64 = 64e9;
+/// The whole measurement gives up after this.
+const MEASURE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One-way latency (half the median round trip) and the upload bandwidth
+/// to the worker behind `client`.
+pub async fn measure_link(client: &WorkerClient) -> Result<Link, String> {
+    tokio::time::timeout(MEASURE_TIMEOUT, measure(client.clone()))
+        .await
+        .map_err(|_| format!("link measurement took over {} s", MEASURE_TIMEOUT.as_secs()))?
+}
+
+async fn measure(mut client: WorkerClient) -> Result<Link, String> {
+    let mut rtts = Vec::with_capacity(PINGS);
+    for i in 0..=PINGS {
+        let rtt = round_trip(&mut client, Vec::new()).await?;
+        if i > 0 {
+            rtts.push(rtt);
+        }
+    }
+    rtts.sort_by(f64::total_cmp);
+    let rtt = rtts[rtts.len() / 2];
+    let mut bulk = f64::INFINITY;
+    for _ in 0..BULKS {
+        bulk = bulk.min(round_trip(&mut client, vec![0; BULK_BYTES]).await?);
+    }
+    let wire_s = (bulk - rtt).max(BULK_BYTES as f64 / MAX_BANDWIDTH_BYTES_PER_S);
+    Ok(snapped(rtt / 2.0, BULK_BYTES as f64 / wire_s))
+}
+
+async fn round_trip(client: &mut WorkerClient, payload: Vec<u8>) -> Result<f64, String> {
+    let started = Instant::now();
+    client
+        .echo(v1::EchoRequest {
+            payload,
+            reply_bytes: 0,
+        })
+        .await
+        .map_err(|e| format!("echo: {}", strata_proto::link::status_text(&e)))?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Coarse steps: latency up to the next [`LATENCY_STEP_S`], bandwidth to
+/// the nearest power of [`BANDWIDTH_STEP`].
+pub fn snapped(latency_s: f64, bandwidth_bytes_per_s: f64) -> Link {
+    let steps = bandwidth_bytes_per_s.max(1.0).log(BANDWIDTH_STEP).round();
+    Link {
+        latency_s: (latency_s / LATENCY_STEP_S).ceil().max(1.0) * LATENCY_STEP_S,
+        bandwidth_bytes_per_s: BANDWIDTH_STEP.powf(steps).min(MAX_BANDWIDTH_BYTES_PER_S),
+    }
+}
