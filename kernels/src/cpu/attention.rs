@@ -1,5 +1,5 @@
 //! The CPU backend's paged KV cache, and attention over f16 K/V (q8_0 and
-//! q4_0 K/V: `attention_quant.rs`).
+//! q4_0 K/V: `attention_quant.rs`; long decode steps: `attention_split.rs`).
 
 use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
@@ -129,7 +129,8 @@ impl CpuKvCache {
     /// f16. Matching them
     /// keeps us on llama.cpp's numbers: Q8 activation quantization
     /// downstream turns any 1e-3 difference into a different rounding of
-    /// many values.
+    /// many values. A lone query over 512+ of ggml's cells takes its
+    /// split-KV order (`attention_split.rs`), the rest its one-chunk order.
     pub fn attend(&self, layer: usize, q: &CpuAct, batch: &AttentionBatch<'_>) -> CpuAct {
         let g = &self.geo;
         let (kpool, vpool) = match &self.pools {
