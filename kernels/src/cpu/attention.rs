@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use strata_model::profile::KvType;
 
 use super::attention_quant::QuantKv;
-use super::attention_split::{attend_split, split_kv_chunk_tokens};
+use super::attention_split::{attend_split, split_kv_chunk_tokens, SPLIT_KV_CHUNKS};
 use super::{fused, CpuAct};
 use crate::backend::{AttentionBatch, KernelError};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
@@ -163,8 +163,7 @@ impl CpuKvCache {
             q_scale,
             score_scale,
         };
-        let threads = rayon::current_num_threads();
-        if let Some(chunk_tokens) = split_kv_chunk_tokens(q.rows, batch, threads) {
+        if let Some(chunk_tokens) = split_kv_chunk_tokens(q.rows, batch, SPLIT_KV_CHUNKS) {
             // A lone query over 512+ cells: ggml's split-KV order.
             attend_split(&pass, q, chunk_tokens, &mut out);
         } else {

@@ -18,6 +18,12 @@ use crate::backend::AttentionBatch;
 /// (`llama_kv_cache::get_n_kv`), so its graph stays the same across steps.
 const KV_PAD_CELLS: usize = 256;
 
+/// Chunks of a split decode step. ggml takes one per thread, so its bits
+/// depend on `-t`; strata fixes the count so that every worker of a pool,
+/// whatever its threads, gives one process's bits (llama.cpp's at `-t 2`).
+/// The (head, chunk) pairs still run in parallel over all threads.
+pub(super) const SPLIT_KV_CHUNKS: usize = 2;
+
 /// ggml takes the split-KV path from this many KV cells.
 const SPLIT_MIN_KV_CELLS: usize = 512;
 

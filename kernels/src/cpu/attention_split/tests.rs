@@ -102,9 +102,8 @@ fn exact(q: &[f32], k: &CpuAct, v: &CpuAct, pos: usize, h: usize, sink: Option<f
         .collect()
 }
 
-/// The split path agrees with exact attention, and is the one taken from
-/// 512 cells: below, 1 and 3 threads give the same bits; from there, 3
-/// threads merge 2+ chunks and 1 thread one, so the bits differ.
+/// The split path agrees with exact attention, and its bits do not depend
+/// on the thread count (a pool's workers differ in threads).
 #[test]
 fn split_path_matches_exact_attention_and_starts_at_512_cells() {
     let mut state = 0x5EED_2015u64;
@@ -172,7 +171,7 @@ fn split_path_matches_exact_attention_and_starts_at_512_cells() {
                 .iter()
                 .zip(&c.data)
                 .all(|(x, y)| x.to_bits() == y.to_bits());
-            assert_eq!(same, pos < 256, "pos {pos}: 1 vs 3 threads bit-equal");
+            assert!(same, "pos {pos}: 1 and 3 threads gave different bits");
         }
     }
 }
