@@ -102,21 +102,51 @@ struct SeqState {
     offset: usize,
 }
 
-/// Starts the thread; `make_backend` builds a backend for each load.
+/// Starts the thread; `make_backend` builds a backend for each load. With
+/// `pool_threads`, it computes on a thread pool of its own that size (one
+/// of several stages in one process) rather than the process-wide one.
 pub fn spawn<B, F>(
     make_backend: F,
     snapshot: Arc<Mutex<Snapshot>>,
+    pool_threads: Option<usize>,
 ) -> std::io::Result<mpsc::Sender<Command>>
 where
     B: Backend + 'static,
     F: Fn() -> B + Send + 'static,
 {
     let (tx, rx) = mpsc::channel::<Command>();
+    let pool = match pool_threads {
+        Some(n) => Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(|i| format!("strata-stage-{i}"))
+                .build()
+                .map_err(std::io::Error::other)?,
+        ),
+        None => None,
+    };
     std::thread::Builder::new()
         .name("strata-stage".into())
         .spawn(move || {
             // However the thread ends, Health must stop saying READY.
             let _exit = ExitGuard(snapshot.clone());
+            match pool {
+                // The loop runs on one of the pool's threads, so the
+                // backend's parallel loops use that pool.
+                Some(pool) => pool.install(move || run_commands(&make_backend, &rx, &snapshot)),
+                None => run_commands(&make_backend, &rx, &snapshot),
+            }
+        })?;
+    Ok(tx)
+}
+
+/// The compute thread's loop: every command, in order, until the service
+/// drops its sender.
+fn run_commands<B, F>(make_backend: &F, rx: &mpsc::Receiver<Command>, snapshot: &Arc<Mutex<Snapshot>>)
+where
+    B: Backend + 'static,
+    F: Fn() -> B,
+{
             let mut loaded: Option<Loaded<B>> = None;
             while let Ok(cmd) = rx.recv() {
                 // A forward's token positions and compute time, counted
@@ -125,10 +155,10 @@ where
                 match cmd {
                     Command::Load(job, reply) => {
                         loaded = None;
-                        set_status(&snapshot, v1::health_reply::Status::Loading, "loading");
-                        let result = load(&make_backend, *job, &snapshot).map(|l| loaded = Some(l));
+                        set_status(snapshot, v1::health_reply::Status::Loading, "loading");
+                        let result = load(make_backend, *job, snapshot).map(|l| loaded = Some(l));
                         if let Err(e) = &result {
-                            set_status(&snapshot, v1::health_reply::Status::Failed, e);
+                            set_status(snapshot, v1::health_reply::Status::Failed, e);
                         }
                         let _ = reply.send(result);
                     }
@@ -156,7 +186,7 @@ where
                                     let e = format!("the compute device failed: {e}");
                                     tracing::error!("{e}");
                                     loaded = None;
-                                    set_status(&snapshot, v1::health_reply::Status::Failed, &e);
+                                    set_status(snapshot, v1::health_reply::Status::Failed, &e);
                                     FrameOut::Reply(lost_reply(batch_id, e))
                                 })
                             }
@@ -209,8 +239,6 @@ where
                     }
                 }
             }
-        })?;
-    Ok(tx)
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
