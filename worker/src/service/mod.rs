@@ -500,9 +500,10 @@ impl WorkerService {
                     Some(d) => {
                         let sent = d.send(next_frame, sink.clone()).await;
                         if sent.is_ok() {
-                            let counter = match d.is_local() {
-                                true => &self.shared.frames_sent_local,
-                                false => &self.shared.frames_sent_remote,
+                            let counter = if d.is_local() {
+                                &self.shared.frames_sent_local
+                            } else {
+                                &self.shared.frames_sent_remote
                             };
                             counter.fetch_add(1, Relaxed);
                         }
