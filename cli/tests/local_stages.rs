@@ -8,7 +8,7 @@ mod common;
 use common::{model, post, Server, SMOLLM2};
 use serde_json::{json, Value};
 
-/// Context and sequences small enough that the split budget (125 MiB a
+/// Context and sequences small enough that the split budget (150 MiB a
 /// stage) forces SmolLM2's 30 layers onto all three stages.
 const SMALL: [&str; 4] = ["-c", "512", "-n", "2"];
 
@@ -34,7 +34,7 @@ fn three_local_stages_serve_smollm2_like_one_stage() {
     let smol = model(SMOLLM2);
     let one = Server::start(&smol, &SMALL);
     let mut args = SMALL.to_vec();
-    args.extend(["--devices", "cpu,cpu,cpu", "--mem-budget", "375MiB"]);
+    args.extend(["--devices", "cpu,cpu,cpu", "--mem-budget", "450MiB"]);
     let three = Server::start(&smol, &args);
 
     // /health names three stages, contiguous over the model's 30 layers.

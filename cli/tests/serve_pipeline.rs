@@ -238,7 +238,9 @@ fn run_three_workers_kv(
         })
         .collect();
     assert_eq!(
-        sent.iter().filter(|(remote, local)| *remote > 0 && *local == 0).count(),
+        sent.iter()
+            .filter(|(remote, local)| *remote > 0 && *local == 0)
+            .count(),
         2,
         "(over the network, in memory) per worker: {sent:?}"
     );
