@@ -31,13 +31,15 @@ type Replies = Pin<Box<dyn Stream<Item = Result<v1::StageReply, Status>> + Send>
 /// Where the next stage runs.
 enum NextStage {
     /// Another process: a gRPC `Forward` stream, connected on first use.
-    Remote {
-        token: String,
-        trust: Trust,
-        client: tokio::sync::Mutex<Option<WorkerClient>>,
-    },
+    Remote(Box<RemoteStage>),
     /// This process: frames go to its frame loop as they are.
     Local(WorkerService),
+}
+
+struct RemoteStage {
+    token: String,
+    trust: Trust,
+    client: tokio::sync::Mutex<Option<WorkerClient>>,
 }
 
 type Routes = Arc<Mutex<HashMap<u64, ReplySink>>>;
@@ -69,11 +71,11 @@ impl Downstream {
                 tracing::info!("next stage {addr} runs in this process: frames go in memory");
                 NextStage::Local(service)
             }
-            None => NextStage::Remote {
+            None => NextStage::Remote(Box::new(RemoteStage {
                 token,
                 trust,
                 client: tokio::sync::Mutex::new(None),
-            },
+            })),
         };
         Downstream {
             addr,
@@ -89,14 +91,14 @@ impl Downstream {
     }
 
     async fn client(&self) -> Result<WorkerClient, String> {
-        let NextStage::Remote {
+        let NextStage::Remote(remote) = &self.next else {
+            return Err(format!("next stage {} is in this process", self.addr));
+        };
+        let RemoteStage {
             token,
             trust,
             client,
-        } = &self.next
-        else {
-            return Err(format!("next stage {} is in this process", self.addr));
-        };
+        } = remote.as_ref();
         let mut guard = client.lock().await;
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
@@ -126,7 +128,7 @@ impl Downstream {
             // Its own task, as a gRPC stream has: this stage goes on to its
             // next frame while the next stage computes.
             NextStage::Local(service) => Box::pin(service.serve_frames(frames.map(Ok))),
-            NextStage::Remote { .. } => {
+            NextStage::Remote(_) => {
                 let mut client = self.client().await?;
                 let replies = client
                     .forward(frames)
