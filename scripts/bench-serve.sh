@@ -13,6 +13,10 @@
 # SERVE_FLAGS adds `strata serve` flags (e.g. "--micro-batches 1"),
 # WORKER_FLAGS `strata worker` flags (e.g. "--gpu 0 --model-dir DIR"); BIN
 # names the strata binary (default target/release/strata).
+# LOCAL=1 runs the same stages in the serve process instead (`serve
+# --devices cpu,cpu,...`, one entry per budget, the budgets' sum as
+# --mem-budget split evenly and WORKER_THREADS x stages threads split evenly):
+# hidden states pass in memory, not over loopback gRPC (docs/local-stages.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:?usage: scripts/bench-serve.sh MODEL.gguf [WORKER_THREADS] [-- flags]}
@@ -29,6 +33,16 @@ echo "bench-$RANDOM-$RANDOM" >"$dir/token"
 # One TLS identity for the workers of this box, pinned by serve.
 fp=$($bin worker --print-fingerprint --state-dir "$dir/state")
 args=()
+if [[ ${LOCAL:-} == 1 ]]; then
+    total=0
+    devices=""
+    for b in "${budgets[@]}"; do
+        total=$((total + ${b%MiB}))
+        devices+="${devices:+,}cpu"
+    done
+    args+=(--devices "$devices" --mem-budget "${total}MiB" -t $((threads * ${#budgets[@]})))
+    budgets=()
+fi
 for i in "${!budgets[@]}"; do
     port=$((17100 + i))
     STRATA_LOG=warn $bin worker --listen 127.0.0.1:$port --token-file "$dir/token" --state-dir "$dir/state" \

@@ -228,6 +228,23 @@ fn run_three_workers_kv(
         );
     }
 
+    // Separate processes: the two stages before the last sent every frame
+    // on over the network, none in memory.
+    let sent: Vec<(u64, u64)> = workers
+        .iter()
+        .map(|w| {
+            let h = w.health();
+            (h.frames_sent_remote, h.frames_sent_local)
+        })
+        .collect();
+    assert_eq!(
+        sent.iter()
+            .filter(|(remote, local)| *remote > 0 && *local == 0)
+            .count(),
+        2,
+        "(over the network, in memory) per worker: {sent:?}"
+    );
+
     // Every stage holds the sequence's KV only while it runs (then only the
     // full blocks the prefix cache keeps); a client that drops its stream
     // frees its blocks on all three.

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod devices;
 pub mod generate;
 pub mod inspect;
 pub mod kv_disk_flags;

@@ -1,5 +1,6 @@
 //! `strata serve`: the OpenAI API over a model placed on workers; with no
-//! `--worker`, over a worker started in this process.
+//! `--worker`, over workers started in this process (one per `--devices`
+//! entry).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +14,9 @@ use strata_coordinator::swap::{
     Workers,
 };
 use strata_proto::v1;
-use strata_worker::service::WorkerConfig;
+use strata_worker::service::{LocalStage, WorkerConfig};
+
+use super::devices::StageShare;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -90,15 +93,25 @@ pub struct Args {
     /// as a long stream, are not limited.
     #[arg(long, default_value_t = 30.0)]
     pub request_timeout: f64,
-    /// Embedded worker: CPU threads (default: all cores).
+    /// Embedded worker: CPU threads (default: all cores; with --devices,
+    /// split evenly between the CPU stages).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
-    /// Embedded worker: cap on the memory it loads into, e.g. 12GiB.
+    /// Embedded worker: cap on the memory it loads into, e.g. 12GiB (with
+    /// --devices, split evenly between the CPU stages; without it they
+    /// split the host's available memory).
     #[arg(long, value_parser = super::parse_size)]
     pub mem_budget: Option<u64>,
     /// Embedded worker: which device.
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    /// Several stages in this process, one per entry (`cpu` or `cuda:N`),
+    /// e.g. `cpu,cpu,cpu` or `cuda:0,cuda:1,cpu`, planned like separate
+    /// workers; hidden states pass between them in memory. CPU stages
+    /// split --threads and --mem-budget (or the host's memory) evenly.
+    /// Default: one stage on --gpu/--cpu's device.
+    #[arg(long, value_parser = super::devices::parse_devices, conflicts_with_all = ["gpu", "cpu", "config"])]
+    pub devices: Option<super::devices::DeviceList>,
 }
 
 /// Plan table and a bar for slices being sent, on stderr.
@@ -208,22 +221,37 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             return serve_config(file, config, &args, token).await;
         }
         let model = args.model.clone().context("-m MODEL or --config FILE")?;
-        // Keeps the embedded worker serving until we return.
-        let mut _embedded = None;
+        // Keeps the embedded workers serving until we return.
+        let mut _embedded = Vec::new();
         if args.links.workers.is_empty() {
-            let (addr, pin, token, stop) = start_embedded_worker(
-                args.mem_budget,
-                args.device.clone(),
-                model,
-                args.kv_disk.config(),
-            )
-            .await?;
-            config.workers = vec![addr.clone()];
-            config.local_workers = vec![addr.clone()];
-            config.trust = strata_proto::Trust::Pinned([(addr, pin)].into());
+            let stages = embedded_stages(&args)?;
+            anyhow::ensure!(
+                stages.len() == 1 || args.kv_disk.kv_cache_dir.is_none(),
+                "--kv-cache-dir takes one embedded stage (no --devices list)"
+            );
+            let token = one_off_token();
+            let mut pins = std::collections::HashMap::new();
+            for (device, share) in stages {
+                let w = start_embedded_worker(
+                    share,
+                    device,
+                    token.clone(),
+                    model.clone(),
+                    args.kv_disk.config(),
+                )
+                .await?;
+                config.workers.push(w.addr.clone());
+                pins.insert(w.addr.clone(), w.pin);
+                _embedded.push(w);
+            }
+            config.local_workers = config.workers.clone();
+            config.trust = strata_proto::Trust::Pinned(pins);
             config.token = token;
-            _embedded = Some(stop);
         } else {
+            anyhow::ensure!(
+                args.devices.is_none(),
+                "--devices lists the stages of this process; give devices to each `strata worker`"
+            );
             (config.workers, config.trust) = args.links.resolve()?;
             config.token = token
                 .context("--worker needs the cluster token: --token-file FILE (or --token)")?;
@@ -298,52 +326,92 @@ struct EmbeddedLauncher {
 
 impl WorkerLauncher for EmbeddedLauncher {
     fn launch(&self, model: PathBuf) -> LaunchFuture {
-        let (budget, device, kv_disk) =
-            (self.mem_budget, self.device.clone(), self.kv_disk.clone());
+        let share = StageShare {
+            mem_budget_bytes: self.mem_budget,
+            threads: rayon::current_num_threads(),
+            own_thread_pool: false,
+        };
+        let (device, kv_disk) = (self.device.clone(), self.kv_disk.clone());
         Box::pin(async move {
-            let (addr, pin, token, stop) = start_embedded_worker(budget, device, model, kv_disk)
+            let token = one_off_token();
+            let w = start_embedded_worker(share, device, token.clone(), model, kv_disk)
                 .await
                 .map_err(|e| format!("starting an embedded worker: {e:#}"))?;
             Ok(LaunchedWorker {
-                addr,
-                pin,
+                addr: w.addr,
+                pin: w.pin,
                 token,
-                stop,
+                stop: w.stop,
             })
         })
     }
 }
 
-/// A worker in this process on a loopback port with a one-off token and
-/// certificate. Returns its address, pin and token.
+/// The embedded stages: one per `--devices` entry with its share of the
+/// host, or (no `--devices`) one on `--gpu`/`--cpu`'s device with all of it.
+fn embedded_stages(args: &Args) -> anyhow::Result<Vec<(super::DeviceArgs, StageShare)>> {
+    let threads = rayon::current_num_threads();
+    let Some(super::devices::DeviceList(devices)) = &args.devices else {
+        let share = StageShare {
+            mem_budget_bytes: args.mem_budget,
+            threads,
+            own_thread_pool: false,
+        };
+        return Ok(vec![(args.device.clone(), share)]);
+    };
+    let memory_bytes = match args.mem_budget {
+        Some(b) => b,
+        None => strata_worker::service::system::memory_bytes()
+            .map(|(_, available)| available)
+            .context("reading the host's memory to split it between the --devices stages (give --mem-budget)")?,
+    };
+    let shares = super::devices::split_host(devices, memory_bytes, threads);
+    Ok(devices
+        .iter()
+        .map(|d| d.device_args())
+        .zip(shares)
+        .collect())
+}
+
+/// A cluster token that lives as long as this process.
+fn one_off_token() -> String {
+    (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// A worker serving in this process; stops when dropped.
+struct EmbeddedWorker {
+    addr: String,
+    pin: strata_proto::Fingerprint,
+    stop: tokio::sync::oneshot::Sender<()>,
+    /// Lets the other stages of this process hand it frames in memory.
+    _local: LocalStage,
+}
+
+/// A worker in this process on a loopback port with a one-off certificate.
 async fn start_embedded_worker(
-    mem_budget: Option<u64>,
+    share: StageShare,
     device: super::DeviceArgs,
+    token: String,
     model: PathBuf,
     kv_disk: Option<strata_worker::service::kv_sessions::KvDiskConfig>,
-) -> anyhow::Result<(
-    String,
-    strata_proto::Fingerprint,
-    String,
-    tokio::sync::oneshot::Sender<()>,
-)> {
+) -> anyhow::Result<EmbeddedWorker> {
     let identity = std::sync::Arc::new(strata_proto::NodeIdentity::generate()?);
     let pin = identity.fingerprint();
-    let token: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
     let cache_dir = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into()))
         .join(".cache/strata/slices");
     let config = WorkerConfig {
-        token: token.clone(),
-        mem_budget_bytes: mem_budget,
+        token,
+        mem_budget_bytes: share.mem_budget_bytes,
         model_dir: None,
         // The one file it may read itself.
         model_files: vec![model],
         cache_dir,
         // It reads its one model in place and is never pushed to.
         cache_max_bytes: 0,
-        threads: rayon::current_num_threads(),
+        threads: share.threads,
+        own_thread_pool: share.own_thread_pool,
         identity: Some(identity),
         kv_disk,
     };
@@ -353,6 +421,7 @@ async fn start_embedded_worker(
         .await
         .context("binding the embedded worker")?;
     let addr = listener.local_addr()?.to_string();
+    let local = service.register_local(&addr);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         if let Err(e) = service
@@ -365,5 +434,10 @@ async fn start_embedded_worker(
         }
     });
     tracing::info!("embedded worker on {addr}");
-    Ok((addr, pin, token, stop))
+    Ok(EmbeddedWorker {
+        addr,
+        pin,
+        stop,
+        _local: local,
+    })
 }

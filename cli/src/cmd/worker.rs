@@ -86,6 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cache_dir,
         cache_max_bytes: args.cache_max,
         threads: rayon::current_num_threads(),
+        own_thread_pool: false,
         identity,
         kv_disk: args.kv_disk.config(),
     };

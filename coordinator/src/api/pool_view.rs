@@ -107,6 +107,9 @@ async fn stage_json(v: &StageView) -> Value {
             // Measured on the stage: positions per second of its compute.
             out["tokens_run"] = json!(h.tokens_run);
             out["compute_seconds"] = json!(h.compute_seconds);
+            // Frames sent on to the next stage in this process / over the network.
+            out["frames_sent_local"] = json!(h.frames_sent_local);
+            out["frames_sent_remote"] = json!(h.frames_sent_remote);
             out["tokens_per_second"] = json!(if h.compute_seconds > 0.0 {
                 h.tokens_run as f64 / h.compute_seconds
             } else {

@@ -3,18 +3,44 @@
 //! are routed back to the upstream stream each batch came from. Frames on a
 //! reply route get their replies straight from the replying stage; if the
 //! link breaks, their coordinators hear of it on those routes.
+//!
+//! A next stage in this process (`local_stages.rs`) gets the frames in
+//! memory: the same stream of frames and replies, without gRPC or
+//! serialisation. A device-resident hand-off (hidden states left on the GPU
+//! for a next stage on the same machine) would slot in as another kind of
+//! [`NextStage`].
 
 use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use strata_proto::{v1, Trust, WorkerClient};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Status};
 
 use super::reply_routes::ReplyRoutes;
+use super::WorkerService;
 
 pub type ReplySink = mpsc::Sender<Result<v1::StageReply, Status>>;
+
+/// The replies of a link, whichever way the next stage is reached.
+type Replies = Pin<Box<dyn Stream<Item = Result<v1::StageReply, Status>> + Send>>;
+
+/// Where the next stage runs.
+enum NextStage {
+    /// Another process: a gRPC `Forward` stream, connected on first use.
+    Remote(Box<RemoteStage>),
+    /// This process: frames go to its frame loop as they are.
+    Local(WorkerService),
+}
+
+struct RemoteStage {
+    token: String,
+    trust: Trust,
+    client: tokio::sync::Mutex<Option<WorkerClient>>,
+}
 
 type Routes = Arc<Mutex<HashMap<u64, ReplySink>>>;
 
@@ -27,32 +53,58 @@ struct Link {
 
 pub struct Downstream {
     addr: String,
-    token: String,
-    trust: Trust,
-    client: tokio::sync::Mutex<Option<WorkerClient>>,
+    next: NextStage,
     link: tokio::sync::Mutex<Option<Link>>,
     reply_routes: Arc<ReplyRoutes>,
 }
 
 impl Downstream {
+    /// The link to `addr`: in memory when a service of this process listens
+    /// there with the certificate `trust` pins, else over gRPC.
     pub fn new(addr: String, token: String, trust: Trust, reply_routes: Arc<ReplyRoutes>) -> Self {
+        let local = trust
+            .pin(&addr)
+            .ok()
+            .and_then(|pin| super::local_stages::find(&addr, pin));
+        let next = match local {
+            Some(service) => {
+                tracing::info!("next stage {addr} runs in this process: frames go in memory");
+                NextStage::Local(service)
+            }
+            None => NextStage::Remote(Box::new(RemoteStage {
+                token,
+                trust,
+                client: tokio::sync::Mutex::new(None),
+            })),
+        };
         Downstream {
             addr,
-            token,
-            trust,
-            client: tokio::sync::Mutex::new(None),
+            next,
             link: tokio::sync::Mutex::new(None),
             reply_routes,
         }
     }
 
+    /// Whether frames reach the next stage in memory.
+    pub fn is_local(&self) -> bool {
+        matches!(self.next, NextStage::Local(_))
+    }
+
     async fn client(&self) -> Result<WorkerClient, String> {
-        let mut guard = self.client.lock().await;
+        let NextStage::Remote(remote) = &self.next else {
+            return Err(format!("next stage {} is in this process", self.addr));
+        };
+        let RemoteStage {
+            token,
+            trust,
+            client,
+        } = remote.as_ref();
+        let mut guard = client.lock().await;
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let pin = self.trust.pin(&self.addr).map_err(|e| e.to_string())?;
-        let c = strata_proto::connect(&self.addr, &self.token, pin)
+        let pin = trust.pin(&self.addr).map_err(|e| e.to_string())?;
+        let c = strata_proto::connect(&self.addr, token, pin)
             .await
             .map_err(|e| e.to_string())?;
         *guard = Some(c.clone());
@@ -70,19 +122,28 @@ impl Downstream {
     }
 
     async fn open_link(&self) -> Result<Link, String> {
-        let mut client = self.client().await?;
         let (tx, rx) = mpsc::channel::<v1::BatchFrame>(64);
-        let mut replies = client
-            .forward(ReceiverStream::new(rx))
-            .await
-            .map_err(|e| {
-                format!(
-                    "opening the data stream to next stage {}: {}",
-                    self.addr,
-                    e.message()
-                )
-            })?
-            .into_inner();
+        let frames = ReceiverStream::new(rx);
+        let mut replies: Replies = match &self.next {
+            // Its own task, as a gRPC stream has: this stage goes on to its
+            // next frame while the next stage computes.
+            NextStage::Local(service) => Box::pin(service.serve_frames(frames.map(Ok))),
+            NextStage::Remote(_) => {
+                let mut client = self.client().await?;
+                let replies = client
+                    .forward(frames)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "opening the data stream to next stage {}: {}",
+                            self.addr,
+                            e.message()
+                        )
+                    })?
+                    .into_inner();
+                Box::pin(replies)
+            }
+        };
         let routes: Routes = Arc::default();
         let relay_routes = routes.clone();
         let direct: Arc<Mutex<HashSet<u64>>> = Arc::default();
@@ -91,8 +152,8 @@ impl Downstream {
         let addr = self.addr.clone();
         tokio::spawn(async move {
             let end = loop {
-                match replies.message().await {
-                    Ok(Some(reply)) => {
+                match replies.next().await {
+                    Some(Ok(reply)) => {
                         tracing::debug!(target: "strata::hop", batch_id = reply.batch_id, "reply back");
                         let sink = relay_routes
                             .lock()
@@ -108,8 +169,10 @@ impl Downstream {
                             ),
                         }
                     }
-                    Ok(None) => break format!("next stage {addr} closed the data stream"),
-                    Err(e) => break format!("data stream to next stage {addr}: {}", e.message()),
+                    None => break format!("next stage {addr} closed the data stream"),
+                    Some(Err(e)) => {
+                        break format!("data stream to next stage {addr}: {}", e.message())
+                    }
                 }
             };
             tracing::warn!("{end}");
@@ -178,6 +241,12 @@ impl Downstream {
 
     /// Releases sequences on the next stage (which passes it on).
     pub async fn release(&self, req: v1::ReleaseRequest) -> Result<u32, String> {
+        if let NextStage::Local(service) = &self.next {
+            return service
+                .release_everywhere(req)
+                .await
+                .map_err(|e| format!("release on next stage {}: {}", self.addr, e.message()));
+        }
         let mut client = self.client().await?;
         let reply = client
             .release(req)
@@ -188,6 +257,16 @@ impl Downstream {
 
     /// The prefix blocks the stages from the next one on hold on disk.
     pub async fn disk_prefixes(&self) -> Result<v1::DiskPrefixesReply, String> {
+        if let NextStage::Local(service) = &self.next {
+            use strata_proto::v1::worker_server::Worker;
+            return service
+                .disk_prefixes(Request::new(v1::DiskPrefixesRequest {}))
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|e| {
+                    format!("disk prefixes of next stage {}: {}", self.addr, e.message())
+                });
+        }
         let mut client = self.client().await?;
         let reply = client
             .disk_prefixes(v1::DiskPrefixesRequest {})

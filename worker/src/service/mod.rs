@@ -11,13 +11,17 @@ mod downstream;
 pub mod frames;
 mod grammars;
 pub mod kv_sessions;
+mod local_stages;
 mod locate;
 mod push;
 mod reply_routes;
 mod stage_thread;
 pub mod system;
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 
 use strata_kernels::Backend;
@@ -29,8 +33,10 @@ use strata_proto::v1::{self, worker_server};
 use strata_proto::{NodeIdentity, TokenCheck, Trust, MAX_MESSAGE_BYTES};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+pub use local_stages::LocalStage;
 pub use stage_thread::Snapshot;
 
 use crate::slice_cache::{self, ModelDir, SliceCache};
@@ -64,6 +70,9 @@ pub struct WorkerConfig {
     pub cache_dir: PathBuf,
     pub cache_max_bytes: u64,
     pub threads: usize,
+    /// Compute on a thread pool of `threads` threads of its own rather than
+    /// the process-wide one (several stages in one process).
+    pub own_thread_pool: bool,
     /// The certificate it serves TLS with; `None` serves plaintext
     /// (`--insecure`).
     pub identity: Option<Arc<NodeIdentity>>,
@@ -90,6 +99,9 @@ struct Shared {
     hashes: SliceHashes,
     /// One LoadSlice at a time.
     loading: tokio::sync::Mutex<()>,
+    /// Frames sent on to the next stage in this process / over the network.
+    frames_sent_local: AtomicU64,
+    frames_sent_remote: AtomicU64,
 }
 
 /// The `Worker` service. Cheap to clone.
@@ -128,7 +140,8 @@ impl WorkerService {
             message: "idle".into(),
             ..Default::default()
         }));
-        let stage = stage_thread::spawn(make_backend, snapshot.clone())
+        let pool_threads = config.own_thread_pool.then_some(config.threads.max(1));
+        let stage = stage_thread::spawn(make_backend, snapshot.clone(), pool_threads)
             .map_err(|e| ServiceError::Setup(format!("starting the compute thread: {e}")))?;
         let cache = SliceCache::new(config.cache_dir.clone(), config.cache_max_bytes);
         Ok(WorkerService {
@@ -152,6 +165,8 @@ impl WorkerService {
                 reply_routes: Arc::default(),
                 hashes: SliceHashes::default(),
                 loading: tokio::sync::Mutex::new(()),
+                frames_sent_local: AtomicU64::new(0),
+                frames_sent_remote: AtomicU64::new(0),
             }),
         })
     }
@@ -485,7 +500,18 @@ impl WorkerService {
             FrameOut::Next(next_frame) => {
                 let next = self.shared.downstream.read().await.clone();
                 let result = match next {
-                    Some(d) => d.send(next_frame, sink.clone()).await,
+                    Some(d) => {
+                        let sent = d.send(next_frame, sink.clone()).await;
+                        if sent.is_ok() {
+                            let counter = if d.is_local() {
+                                &self.shared.frames_sent_local
+                            } else {
+                                &self.shared.frames_sent_remote
+                            };
+                            counter.fetch_add(1, Relaxed);
+                        }
+                        sent
+                    }
                     None => Err("this stage is not the last but has no next stage address".into()),
                 };
                 tracing::debug!(target: "strata::hop", batch_id, "sent on");
@@ -504,16 +530,70 @@ impl WorkerService {
 }
 
 impl WorkerService {
+    /// Runs a stream of frames (a `Forward` stream, or a previous stage of
+    /// this process) on a task of its own; their replies come on the stream
+    /// returned, or on reply routes.
+    fn serve_frames<S>(&self, mut inbound: S) -> ReceiverStream<Result<v1::StageReply, Status>>
+    where
+        S: Stream<Item = Result<v1::BatchFrame, Status>> + Send + Unpin + 'static,
+    {
+        let (tx, rx) = mpsc::channel(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            // Sequences belong to the stream that started them: when it ends
+            // (the coordinator went away), their KV is freed on every stage.
+            let mut seqs = std::collections::BTreeSet::new();
+            loop {
+                match inbound.next().await {
+                    Some(Ok(frame)) => {
+                        tracing::debug!(
+                            target: "strata::hop",
+                            batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id),
+                            "received"
+                        );
+                        if let Some(h) = &frame.header {
+                            seqs.extend(h.entries.iter().map(|e| e.seq_id));
+                        }
+                        this.handle_frame(frame, &tx).await
+                    }
+                    None => break,
+                    Some(Err(e)) => {
+                        tracing::debug!("upstream data stream ended: {}", e.message());
+                        break;
+                    }
+                }
+            }
+            if !seqs.is_empty() {
+                let seqs: Vec<u64> = seqs.into_iter().collect();
+                tracing::info!("data stream closed: releasing {} sequences", seqs.len());
+                let req = v1::ReleaseRequest {
+                    seq_ids: seqs,
+                    ..Default::default()
+                };
+                if let Err(e) = this.release_everywhere(req).await {
+                    tracing::warn!("releasing the closed stream's sequences: {}", e.message());
+                }
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+
     /// Frees sequences here and on every later stage; returns how many
-    /// stages freed them.
-    async fn release_everywhere(&self, req: v1::ReleaseRequest) -> Result<u32, Status> {
-        self.command(|tx| Command::Release(req.clone(), tx)).await?;
-        let next = self.shared.downstream.read().await.clone();
-        let after = match next {
-            Some(d) => d.release(req).await.map_err(Status::unavailable)?,
-            None => 0,
-        };
-        Ok(1 + after)
+    /// stages freed them. Boxed: a next stage in this process comes back
+    /// here (`Downstream::release`).
+    fn release_everywhere(
+        &self,
+        req: v1::ReleaseRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<u32, Status>> + Send + '_>> {
+        Box::pin(async move {
+            self.command(|tx| Command::Release(req.clone(), tx)).await?;
+            let next = self.shared.downstream.read().await.clone();
+            let after = match next {
+                Some(d) => d.release(req).await.map_err(Status::unavailable)?,
+                None => 0,
+            };
+            Ok(1 + after)
+        })
     }
 }
 
@@ -606,6 +686,8 @@ impl worker_server::Worker for WorkerService {
             frames_run: s.frames_run,
             tokens_run: s.tokens_run,
             compute_seconds: s.compute_seconds,
+            frames_sent_local: self.shared.frames_sent_local.load(Relaxed),
+            frames_sent_remote: self.shared.frames_sent_remote.load(Relaxed),
             kv_block_tokens: strata_kernels::KV_BLOCK_TOKENS as u64,
         }))
     }
@@ -660,46 +742,7 @@ impl worker_server::Worker for WorkerService {
         &self,
         req: Request<Streaming<v1::BatchFrame>>,
     ) -> Result<Response<Self::ForwardStream>, Status> {
-        let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(64);
-        let this = self.clone();
-        tokio::spawn(async move {
-            // Sequences belong to the stream that started them: when it ends
-            // (the coordinator went away), their KV is freed on every stage.
-            let mut seqs = std::collections::BTreeSet::new();
-            loop {
-                match inbound.message().await {
-                    Ok(Some(frame)) => {
-                        tracing::debug!(
-                            target: "strata::hop",
-                            batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id),
-                            "received"
-                        );
-                        if let Some(h) = &frame.header {
-                            seqs.extend(h.entries.iter().map(|e| e.seq_id));
-                        }
-                        this.handle_frame(frame, &tx).await
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!("upstream data stream ended: {}", e.message());
-                        break;
-                    }
-                }
-            }
-            if !seqs.is_empty() {
-                let seqs: Vec<u64> = seqs.into_iter().collect();
-                tracing::info!("data stream closed: releasing {} sequences", seqs.len());
-                let req = v1::ReleaseRequest {
-                    seq_ids: seqs,
-                    ..Default::default()
-                };
-                if let Err(e) = this.release_everywhere(req).await {
-                    tracing::warn!("releasing the closed stream's sequences: {}", e.message());
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(self.serve_frames(req.into_inner())))
     }
 }
 

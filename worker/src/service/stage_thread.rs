@@ -102,115 +102,144 @@ struct SeqState {
     offset: usize,
 }
 
-/// Starts the thread; `make_backend` builds a backend for each load.
+/// Starts the thread; `make_backend` builds a backend for each load. With
+/// `pool_threads`, it computes on a thread pool of its own that size (one
+/// of several stages in one process) rather than the process-wide one.
 pub fn spawn<B, F>(
     make_backend: F,
     snapshot: Arc<Mutex<Snapshot>>,
+    pool_threads: Option<usize>,
 ) -> std::io::Result<mpsc::Sender<Command>>
 where
     B: Backend + 'static,
     F: Fn() -> B + Send + 'static,
 {
     let (tx, rx) = mpsc::channel::<Command>();
+    let pool = match pool_threads {
+        Some(n) => Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(|i| format!("strata-stage-{i}"))
+                .build()
+                .map_err(std::io::Error::other)?,
+        ),
+        None => None,
+    };
     std::thread::Builder::new()
         .name("strata-stage".into())
         .spawn(move || {
             // However the thread ends, Health must stop saying READY.
             let _exit = ExitGuard(snapshot.clone());
-            let mut loaded: Option<Loaded<B>> = None;
-            while let Ok(cmd) = rx.recv() {
-                // A forward's token positions and compute time, counted
-                // with the rest of the snapshot below.
-                let mut ran: Option<(u64, f64)> = None;
-                match cmd {
-                    Command::Load(job, reply) => {
-                        loaded = None;
-                        set_status(&snapshot, v1::health_reply::Status::Loading, "loading");
-                        let result = load(&make_backend, *job, &snapshot).map(|l| loaded = Some(l));
-                        if let Err(e) = &result {
-                            set_status(&snapshot, v1::health_reply::Status::Failed, e);
-                        }
-                        let _ = reply.send(result);
-                    }
-                    Command::Forward(frame, reply) => {
-                        let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
-                        tracing::debug!(target: "strata::hop", batch_id, "compute start");
-                        let (started, n_tokens) =
-                            (std::time::Instant::now(), frame.token_ids.len());
-                        let out = match loaded.as_mut() {
-                            // A device error (an op's KernelError::Device)
-                            // or a panic inside the batch (a bug): the batch
-                            // gets an error reply, the slice is dropped (the
-                            // device state is unknown) and Health says
-                            // FAILED, rather than the thread dying while
-                            // Health still says READY. Bad input is only
-                            // that batch's error reply (`forward`).
-                            Some(l) => {
-                                let failed =
-                                    match catch_unwind(AssertUnwindSafe(|| forward(l, frame))) {
-                                        Ok(Ok(out)) => Ok(out),
-                                        Ok(Err(DeviceFailed(e))) => Err(e),
-                                        Err(panic) => Err(panic_message(panic.as_ref())),
-                                    };
-                                failed.unwrap_or_else(|e| {
-                                    let e = format!("the compute device failed: {e}");
-                                    tracing::error!("{e}");
-                                    loaded = None;
-                                    set_status(&snapshot, v1::health_reply::Status::Failed, &e);
-                                    FrameOut::Reply(lost_reply(batch_id, e))
-                                })
-                            }
-                            None => FrameOut::Reply(lost_reply(batch_id, "no slice loaded".into())),
-                        };
-                        tracing::debug!(target: "strata::hop", batch_id, "compute end");
-                        ran = Some((n_tokens as u64, started.elapsed().as_secs_f64()));
-                        let _ = reply.send(out);
-                    }
-                    Command::Release(req, reply) => {
-                        if let Some(l) = loaded.as_mut() {
-                            if req.clear_cached {
-                                l.stage.clear_cached();
-                            }
-                            release(l, &req.retain, &req.seq_ids);
-                            l.stage.evict_cached(&hashes(&req.evict));
-                        }
-                        let _ = reply.send(());
-                    }
-                    Command::DiskPrefixes(reply) => {
-                        let own = loaded.as_ref().and_then(|l| {
-                            let disk = l.disk.as_ref()?;
-                            let layers = l.stage.kv_layer_indices();
-                            Some(disk.prefixes(&layers).into_iter().collect())
-                        });
-                        let _ = reply.send(own);
-                    }
-                    Command::Unload(reply) => {
-                        loaded = None;
-                        *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
-                            status: v1::health_reply::Status::Idle as i32,
-                            message: "idle".into(),
-                            ..Default::default()
-                        };
-                        let _ = reply.send(());
-                    }
-                }
-                if let Some(l) = &loaded {
-                    let mut s = snapshot.lock().unwrap_or_else(|p| p.into_inner());
-                    s.kv_blocks_used = l.stage.blocks().used_blocks() as u64;
-                    s.kv_blocks_free = l.stage.blocks().free_blocks() as u64;
-                    s.live_sequences = l.stage.blocks().n_sequences() as u64;
-                    s.state_slots_used = l.stage.state_slots().held() as u64;
-                    s.state_slots = l.stage.state_slots().capacity() as u64;
-                    s.kv_blocks_cached = l.stage.blocks().cached_blocks() as u64;
-                    if let Some((tokens, seconds)) = ran {
-                        s.frames_run += 1;
-                        s.tokens_run += tokens;
-                        s.compute_seconds += seconds;
-                    }
-                }
+            match pool {
+                // The loop runs on one of the pool's threads, so the
+                // backend's parallel loops use that pool.
+                Some(pool) => pool.install(move || run_commands(&make_backend, &rx, &snapshot)),
+                None => run_commands(&make_backend, &rx, &snapshot),
             }
         })?;
     Ok(tx)
+}
+
+/// The compute thread's loop: every command, in order, until the service
+/// drops its sender.
+fn run_commands<B, F>(
+    make_backend: &F,
+    rx: &mpsc::Receiver<Command>,
+    snapshot: &Arc<Mutex<Snapshot>>,
+) where
+    B: Backend + 'static,
+    F: Fn() -> B,
+{
+    let mut loaded: Option<Loaded<B>> = None;
+    while let Ok(cmd) = rx.recv() {
+        // A forward's token positions and compute time, counted
+        // with the rest of the snapshot below.
+        let mut ran: Option<(u64, f64)> = None;
+        match cmd {
+            Command::Load(job, reply) => {
+                loaded = None;
+                set_status(snapshot, v1::health_reply::Status::Loading, "loading");
+                let result = load(make_backend, *job, snapshot).map(|l| loaded = Some(l));
+                if let Err(e) = &result {
+                    set_status(snapshot, v1::health_reply::Status::Failed, e);
+                }
+                let _ = reply.send(result);
+            }
+            Command::Forward(frame, reply) => {
+                let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
+                tracing::debug!(target: "strata::hop", batch_id, "compute start");
+                let (started, n_tokens) = (std::time::Instant::now(), frame.token_ids.len());
+                let out = match loaded.as_mut() {
+                    // A device error (an op's KernelError::Device)
+                    // or a panic inside the batch (a bug): the batch
+                    // gets an error reply, the slice is dropped (the
+                    // device state is unknown) and Health says
+                    // FAILED, rather than the thread dying while
+                    // Health still says READY. Bad input is only
+                    // that batch's error reply (`forward`).
+                    Some(l) => {
+                        let failed = match catch_unwind(AssertUnwindSafe(|| forward(l, frame))) {
+                            Ok(Ok(out)) => Ok(out),
+                            Ok(Err(DeviceFailed(e))) => Err(e),
+                            Err(panic) => Err(panic_message(panic.as_ref())),
+                        };
+                        failed.unwrap_or_else(|e| {
+                            let e = format!("the compute device failed: {e}");
+                            tracing::error!("{e}");
+                            loaded = None;
+                            set_status(snapshot, v1::health_reply::Status::Failed, &e);
+                            FrameOut::Reply(lost_reply(batch_id, e))
+                        })
+                    }
+                    None => FrameOut::Reply(lost_reply(batch_id, "no slice loaded".into())),
+                };
+                tracing::debug!(target: "strata::hop", batch_id, "compute end");
+                ran = Some((n_tokens as u64, started.elapsed().as_secs_f64()));
+                let _ = reply.send(out);
+            }
+            Command::Release(req, reply) => {
+                if let Some(l) = loaded.as_mut() {
+                    if req.clear_cached {
+                        l.stage.clear_cached();
+                    }
+                    release(l, &req.retain, &req.seq_ids);
+                    l.stage.evict_cached(&hashes(&req.evict));
+                }
+                let _ = reply.send(());
+            }
+            Command::DiskPrefixes(reply) => {
+                let own = loaded.as_ref().and_then(|l| {
+                    let disk = l.disk.as_ref()?;
+                    let layers = l.stage.kv_layer_indices();
+                    Some(disk.prefixes(&layers).into_iter().collect())
+                });
+                let _ = reply.send(own);
+            }
+            Command::Unload(reply) => {
+                loaded = None;
+                *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
+                    status: v1::health_reply::Status::Idle as i32,
+                    message: "idle".into(),
+                    ..Default::default()
+                };
+                let _ = reply.send(());
+            }
+        }
+        if let Some(l) = &loaded {
+            let mut s = snapshot.lock().unwrap_or_else(|p| p.into_inner());
+            s.kv_blocks_used = l.stage.blocks().used_blocks() as u64;
+            s.kv_blocks_free = l.stage.blocks().free_blocks() as u64;
+            s.live_sequences = l.stage.blocks().n_sequences() as u64;
+            s.state_slots_used = l.stage.state_slots().held() as u64;
+            s.state_slots = l.stage.state_slots().capacity() as u64;
+            s.kv_blocks_cached = l.stage.blocks().cached_blocks() as u64;
+            if let Some((tokens, seconds)) = ran {
+                s.frames_run += 1;
+                s.tokens_run += tokens;
+                s.compute_seconds += seconds;
+            }
+        }
+    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -1,0 +1,115 @@
+//! `strata serve --devices cpu,cpu,cpu`: three stages in one process, planned
+//! like three workers, with hidden states handed between them in memory.
+//! Greedy output must equal the one-stage server's, and the stages must say
+//! they sent their frames on in memory, not over the network.
+
+mod common;
+
+use common::{model, post, Server, SMOLLM2};
+use serde_json::{json, Value};
+
+/// Context and sequences small enough that the split budget (150 MiB a
+/// stage) forces SmolLM2's 30 layers onto all three stages.
+const SMALL: [&str; 4] = ["-c", "512", "-n", "2"];
+
+fn greedy(server: &Server, prompt: &str, n: usize) -> (String, Value) {
+    let (status, body) = post(
+        &format!("{}/v1/completions", server.base),
+        &json!({"prompt": prompt, "max_tokens": n, "temperature": 0, "logprobs": 1}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["text"].as_str().unwrap().to_string();
+    (text, body["choices"][0]["logprobs"]["tokens"].clone())
+}
+
+fn pool_stages(server: &Server) -> Vec<Value> {
+    let (status, body) = common::get(&format!("{}/v1/pool", server.base));
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["models"][0]["stages"].as_array().unwrap().clone()
+}
+
+#[test]
+fn three_local_stages_serve_smollm2_like_one_stage() {
+    let smol = model(SMOLLM2);
+    let one = Server::start(&smol, &SMALL);
+    let mut args = SMALL.to_vec();
+    args.extend(["--devices", "cpu,cpu,cpu", "--mem-budget", "450MiB"]);
+    let three = Server::start(&smol, &args);
+
+    // /health names three stages, contiguous over the model's 30 layers.
+    let (status, body) = common::get(&format!("{}/health", three.base));
+    assert_eq!(status, 200, "{body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    let labels = health["stages"].as_array().unwrap();
+    assert_eq!(labels.len(), 3, "three stages: {labels:?}");
+    let stages = pool_stages(&three);
+    eprintln!("placement: {labels:?}");
+    assert_eq!(stages.len(), 3);
+    let mut next_layer = 0;
+    for s in &stages {
+        assert_eq!(s["first_layer"], next_layer, "contiguous: {stages:?}");
+        next_layer = s["end_layer"].as_u64().unwrap();
+        assert!(next_layer > s["first_layer"].as_u64().unwrap());
+        assert_eq!(s["backend"], "cpu");
+    }
+    assert_eq!(next_layer, 30, "all layers placed: {stages:?}");
+
+    for prompt in ["The capital of France is", "def fibonacci(n):"] {
+        let (expected, expected_tokens) = greedy(&one, prompt, 24);
+        let (text, tokens) = greedy(&three, prompt, 24);
+        assert_eq!(text, expected, "three local stages vs one, {prompt:?}");
+        assert_eq!(tokens, expected_tokens);
+    }
+
+    // Every batch went from stage 0 to 1 and 1 to 2 in memory; the last
+    // stage sends none on.
+    let (status, metrics) = common::get(&format!("{}/metrics", three.base));
+    assert_eq!(status, 200);
+    let batches: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("strata_batches_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no strata_batches_total: {metrics}"));
+    assert!(batches > 0);
+    let stages = pool_stages(&three);
+    for (i, s) in stages.iter().enumerate() {
+        assert_eq!(s["frames_sent_remote"], 0, "stage {i}: {s}");
+        let local = s["frames_sent_local"].as_u64().unwrap();
+        let expected = if i < 2 { batches } else { 0 };
+        assert_eq!(local, expected, "stage {i} of {batches} batches: {s}");
+    }
+}
+
+#[test]
+fn devices_refuses_bad_entries_and_remote_workers() {
+    let smol = model(SMOLLM2);
+    let smol = smol.to_str().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(args)
+            .env("STRATA_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["serve", "-m", smol, "--devices", "cpu,tpu"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cuda:N"));
+    let out = run(&[
+        "serve",
+        "-m",
+        smol,
+        "--devices",
+        "cpu,cpu",
+        "--worker",
+        "127.0.0.1:1",
+        "--token",
+        "t",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--devices"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,57 @@
+//! The worker services running in this process (`strata serve --devices`),
+//! by listen address. A stage whose next stage is one of them hands frames
+//! over in memory instead of over gRPC (`downstream.rs`).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock, Weak};
+
+use strata_proto::Fingerprint;
+
+use super::{Shared, WorkerService};
+
+/// Weak: a registered service that shuts down is not kept alive here.
+fn registry() -> &'static Mutex<HashMap<String, Weak<Shared>>> {
+    static LOCAL: OnceLock<Mutex<HashMap<String, Weak<Shared>>>> = OnceLock::new();
+    LOCAL.get_or_init(Default::default)
+}
+
+/// Keeps a service registered; unregisters it when dropped.
+pub struct LocalStage {
+    addr: String,
+}
+
+impl Drop for LocalStage {
+    fn drop(&mut self) {
+        registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.addr);
+    }
+}
+
+impl WorkerService {
+    /// Lets stages of this process reach this one at `addr` (the address it
+    /// listens on, as a coordinator names it) without the network.
+    pub fn register_local(&self, addr: &str) -> LocalStage {
+        registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr.to_string(), std::sync::Arc::downgrade(&self.shared));
+        LocalStage {
+            addr: addr.to_string(),
+        }
+    }
+}
+
+/// The service of this process listening on `addr`, if it is the one the
+/// coordinator pinned (`pin`; `None` for a plaintext one): a pin for another
+/// certificate means another process, reached over the network.
+pub fn find(addr: &str, pin: Option<Fingerprint>) -> Option<WorkerService> {
+    let shared = registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(addr)?
+        .upgrade()?;
+    let own = shared.config.identity.as_ref().map(|id| id.fingerprint());
+    (own == pin).then_some(WorkerService { shared })
+}
