@@ -68,6 +68,16 @@ bench() {
     echo "== $name"
     python3 scripts/bench_serve.py "$url" "$@" 2>&1 | sed 's/^/   /'
 }
+# With lan: once stage i listens on PORT in its namespace, a relay makes
+# it reachable at 10.77.0.(i+1):PORT.
+expose() {
+    [[ $net == lan ]] || return 0
+    for _ in $(seq 600); do
+        scripts/lan.sh exec "$1" bash -c ": </dev/tcp/127.0.0.1/$2" 2>/dev/null && break
+        sleep 0.2
+    done
+    scripts/lan.sh relay "$1" "$2"
+}
 stop_all() {
     kill $(jobs -p) 2>/dev/null || true
     wait 2>/dev/null || true
@@ -92,13 +102,7 @@ for i in 0 1 2; do
     STRATA_LOG=warn in_stage "$i" "$bin" worker --listen "127.0.0.1:$port" --token-file "$dir/token" \
         --state-dir "$dir/state" --mem-budget "${budgets[$i]}" --cache-dir "$dir/slices$i" -t 1 \
         2>"$dir/worker$i.log" &
-    if [[ $net == lan ]]; then
-        for _ in $(seq 600); do
-            scripts/lan.sh exec "$i" bash -c ": </dev/tcp/127.0.0.1/$port" 2>/dev/null && break
-            sleep 0.2
-        done
-        scripts/lan.sh relay "$i" "$port"
-    fi
+    expose "$i" "$port"
     args+=(--worker "$(reach "$i" "$port")#$fp")
 done
 for i in 0 1 2; do wait_port "$(reach "$i" $((17100 + i)))"; done
@@ -120,13 +124,7 @@ rpc=()
 for i in 0 1 2; do
     port=$((50052 + i))
     in_stage "$i" "$llama/ggml-rpc-server" -H 127.0.0.1 -p "$port" -t 1 >"$dir/rpc$i.log" 2>&1 &
-    if [[ $net == lan ]]; then
-        for _ in $(seq 600); do
-            scripts/lan.sh exec "$i" bash -c ": </dev/tcp/127.0.0.1/$port" 2>/dev/null && break
-            sleep 0.2
-        done
-        scripts/lan.sh relay "$i" "$port"
-    fi
+    expose "$i" "$port"
     rpc+=("$(reach "$i" "$port")")
 done
 for r in "${rpc[@]}"; do wait_port "$r"; done
