@@ -25,6 +25,25 @@ const MAX_BANDWIDTH_BYTES_PER_S: f64 = 64e9;
 /// The whole measurement gives up after this.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The measured link to a worker; a worker that cannot be measured (an
+/// older one without `Echo`) is planned with the default link.
+pub async fn link_or_warn(addr: &str, client: &WorkerClient) -> Option<Link> {
+    match measure_link(client).await {
+        Ok(link) => {
+            tracing::info!(
+                "worker {addr}: link {:.0} us one way, {:.0} Mbit/s",
+                link.latency_s * 1e6,
+                link.bandwidth_bytes_per_s * 8e-6
+            );
+            Some(link)
+        }
+        Err(e) => {
+            tracing::warn!("worker {addr}: link not measured ({e}); planning with the default");
+            None
+        }
+    }
+}
+
 /// One-way latency (half the median round trip) and the upload bandwidth
 /// to the worker behind `client`.
 pub async fn measure_link(client: &WorkerClient) -> Result<Link, String> {
@@ -65,7 +84,7 @@ async fn round_trip(client: &mut WorkerClient, payload: Vec<u8>) -> Result<f64, 
 
 /// Coarse steps: latency up to the next [`LATENCY_STEP_S`], bandwidth to
 /// the nearest power of [`BANDWIDTH_STEP`].
-pub fn snapped(latency_s: f64, bandwidth_bytes_per_s: f64) -> Link {
+fn snapped(latency_s: f64, bandwidth_bytes_per_s: f64) -> Link {
     let steps = bandwidth_bytes_per_s.max(1.0).log(BANDWIDTH_STEP).round();
     Link {
         latency_s: (latency_s / LATENCY_STEP_S).ceil().max(1.0) * LATENCY_STEP_S,

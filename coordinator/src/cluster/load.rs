@@ -82,7 +82,7 @@ pub async fn connect_workers(
             caps.free_memory_bytes >> 20,
             caps.matvec_bytes_per_second / 1e9
         );
-        let link = link_or_warn(addr, &client).await;
+        let link = super::link_or_warn(addr, &client).await;
         out.push(WorkerHandle {
             addr: addr.clone(),
             pin,
@@ -92,25 +92,6 @@ pub async fn connect_workers(
         });
     }
     Ok(out)
-}
-
-/// The measured link to a worker; a worker that cannot be measured (an
-/// older one without `Echo`) is planned with the default link.
-pub async fn link_or_warn(addr: &str, client: &WorkerClient) -> Option<Link> {
-    match super::measure_link(client).await {
-        Ok(link) => {
-            tracing::info!(
-                "worker {addr}: link {:.0} us one way, {:.0} Mbit/s",
-                link.latency_s * 1e6,
-                link.bandwidth_bytes_per_s * 8e-6
-            );
-            Some(link)
-        }
-        Err(e) => {
-            tracing::warn!("worker {addr}: link not measured ({e}); planning with the default");
-            None
-        }
-    }
 }
 
 /// The planner's view of connected workers. Workers on one host (same

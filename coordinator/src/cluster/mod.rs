@@ -5,9 +5,9 @@ mod link_probe;
 mod load;
 mod push;
 
-pub use link_probe::{measure_link, snapped};
+pub use link_probe::{link_or_warn, measure_link};
 pub use load::{
-    connect_workers, link_or_warn, load_stages, worker_specs, ClusterError, LoadEvent, LoadOptions,
+    connect_workers, load_stages, worker_specs, ClusterError, LoadEvent, LoadOptions,
     StageAssignment, WorkerHandle,
 };
 pub use push::{push_slice, CHUNK_BYTES};

@@ -22,7 +22,7 @@ use crate::cluster::{
     link_or_warn, load_stages, worker_specs, LoadEvent, LoadOptions, StageAssignment, WorkerHandle,
 };
 use crate::engine::StageView;
-use crate::planner::{plan, table, PlanRequest};
+use crate::planner::{plan, table, Link, PlanRequest};
 
 pub use supervise::{supervise, Attached, WATCH_INTERVAL};
 
@@ -74,6 +74,9 @@ pub struct Pool {
     hp: ModelSpec,
     digest: String,
     clients: BTreeMap<String, WorkerClient>,
+    /// Links measured so far, by address: a re-plan after a failover does
+    /// not pay the round trips again.
+    links: BTreeMap<String, Link>,
     /// Slice hashes, so a failover's reload does not read the model again.
     hashes: Arc<SliceHashes>,
 }
@@ -91,6 +94,7 @@ impl Pool {
             hp,
             digest,
             clients: BTreeMap::new(),
+            links: BTreeMap::new(),
             hashes: Arc::default(),
         }
     }
@@ -110,6 +114,17 @@ impl Pool {
             .map_err(|e| e.to_string())?;
         self.clients.insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// The link to `addr`, measured on first contact and then kept, as its
+    /// client is.
+    async fn link(&mut self, addr: &str, client: &WorkerClient) -> Option<Link> {
+        if let Some(link) = self.links.get(addr) {
+            return Some(*link);
+        }
+        let link = link_or_warn(addr, client).await?;
+        self.links.insert(addr.to_string(), link);
+        Some(link)
     }
 
     /// Asks every worker whether it is there and healthy, unloads the ones
@@ -152,7 +167,7 @@ impl Pool {
             .await?
             .map_err(|e| format!("capabilities: {}", e.message()))?
             .into_inner();
-        let link = link_or_warn(addr, &client).await;
+        let link = self.link(addr, &client).await;
         Ok(WorkerHandle {
             addr: addr.to_string(),
             pin: self.settings.trust.pin(addr).map_err(|e| e.what)?,
