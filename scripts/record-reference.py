@@ -283,7 +283,10 @@ def main():
     ap.add_argument("--server-args", default="", help='more llama-server arguments, e.g. "-ctk q8_0 -ctv q8_0 -fa on"')
     ap.add_argument("--prompts-of", type=Path, help="also the prompts of this reference's greedy section")
     ap.add_argument("--prompt-file", type=Path, help="also a prompt read from this file (appended last)")
-    ap.add_argument("--prompt-file-chars", type=int, help="only the first N characters of --prompt-file")
+    ap.add_argument(
+        "--prompt-file-chars", type=int, action="append",
+        help="only the first N characters of --prompt-file; repeatable: one prompt per N",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layers", type=int)
     ap.add_argument("--n-predict", type=int, default=24)
@@ -301,7 +304,8 @@ def main():
         prompts += [c["prompt"] for c in json.loads(args.prompts_of.read_text())["greedy"]]
     prompts = prompts or list(DEFAULT_PROMPTS)
     if args.prompt_file:
-        prompts.append(args.prompt_file.read_text()[: args.prompt_file_chars])
+        text = args.prompt_file.read_text()
+        prompts += [text[:n] for n in args.prompt_file_chars or [None]]
 
     version = subprocess.run(
         [str(args.llama_server), "--version"], capture_output=True, text=True

@@ -1,11 +1,12 @@
 //! The CPU backend's paged KV cache, and attention over f16 K/V (q8_0 and
-//! q4_0 K/V: `attention_quant.rs`).
+//! q4_0 K/V: `attention_quant.rs`; long decode steps: `attention_split.rs`).
 
 use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 use strata_model::profile::KvType;
 
 use super::attention_quant::QuantKv;
+use super::attention_split::{attend_split, split_kv_chunk_tokens, SPLIT_KV_CHUNKS};
 use super::{fused, CpuAct};
 use crate::backend::{AttentionBatch, KernelError};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
@@ -128,7 +129,8 @@ impl CpuKvCache {
     /// f16. Matching them
     /// keeps us on llama.cpp's numbers: Q8 activation quantization
     /// downstream turns any 1e-3 difference into a different rounding of
-    /// many values.
+    /// many values. A lone query over 512+ of ggml's cells takes its
+    /// split-KV order (`attention_split.rs`), the rest its one-chunk order.
     pub fn attend(&self, layer: usize, q: &CpuAct, batch: &AttentionBatch<'_>) -> CpuAct {
         let g = &self.geo;
         let (kpool, vpool) = match &self.pools {
@@ -136,8 +138,6 @@ impl CpuKvCache {
             Pools::Quant(qkv) => return qkv.attend(g, layer, q, batch),
         };
         let (hd, hdv) = (g.head_dim_k, g.head_dim_v);
-        let group = batch.n_heads / g.n_kv_heads;
-        let (kd, vd) = (g.k_dim(), g.v_dim());
         let n_out = batch.n_heads * hdv;
         if let Some(sinks) = batch.sinks {
             assert!(
@@ -148,57 +148,30 @@ impl CpuKvCache {
             );
         }
         let mut out = vec![0f32; q.rows * n_out];
-        let k = head_kernels();
         // The attention scale goes on Q (before its f16 rounding) or on the scores.
         let (q_scale, score_scale) = if batch.scale_query {
             (batch.scale, 1.0)
         } else {
             (1.0, batch.scale)
         };
-        let head = |(qh, acc): &mut (Vec<f32>, Vec<f16>), (i, o): (usize, &mut [f32])| {
-            fused(|| {
-                let (t, h) = (i / batch.n_heads, i % batch.n_heads);
-                let kvh = h / group;
-                let seq = batch.token_seq[t] as usize;
-                let pos = batch.positions[t] as usize;
-                let lo = batch.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                // Q rounded to f16 (kept as f32: f16 x f16 products are exact in f32).
-                qh.iter_mut()
-                    .zip(&q.row(t)[h * hd..(h + 1) * hd])
-                    .for_each(|(d, &v)| *d = f16::from_f32(v * q_scale).to_f32());
-                acc.fill(f16::ZERO);
-                let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-                let mut p0 = lo;
-                while p0 <= pos {
-                    // Scores of up to LANES positions at once (the last padded by repeating it).
-                    let n = (pos + 1 - p0).min(LANES);
-                    let slots: [usize; LANES] =
-                        std::array::from_fn(|j| slot(batch, seq, p0 + j.min(n - 1)));
-                    let rows = slots.map(|s| &kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd]);
-                    let scores = (k.scores)(qh, rows);
-                    for (j, &s) in slots.iter().enumerate().take(n) {
-                        let score = scores[j] * score_scale;
-                        let (mut ms, mut vs) = (1.0f32, 1.0f32);
-                        if score > m {
-                            ms = (m - score).exp();
-                            m = score;
-                            (k.scale)(acc, ms);
-                        } else {
-                            vs = (score - m).exp();
-                        }
-                        let vh = &vpool[s * vd + kvh * hdv..s * vd + (kvh + 1) * hdv];
-                        (k.mad)(acc, vh, vs);
-                        // GCC fuses this in ggml (-ffp-contract=fast).
-                        sum = sum.mul_add(ms, vs);
-                    }
-                    p0 += n;
-                }
-                acc.convert_to_f32_slice(o);
-                finish_softmax(o, m, sum, batch.sinks.map(|s| s[h]));
-            })
+        let pass = F16Pass {
+            kpool,
+            vpool,
+            geo: g,
+            batch,
+            kernels: head_kernels(),
+            q_scale,
+            score_scale,
         };
-        let scratch = || (vec![0f32; hd], vec![f16::ZERO; hdv]);
-        for_each_head(&mut out, hdv, batch, q.rows, hd, scratch, head);
+        if let Some(chunk_tokens) = split_kv_chunk_tokens(q.rows, batch, SPLIT_KV_CHUNKS) {
+            // A lone query over 512+ cells: ggml's split-KV order.
+            attend_split(&pass, q, chunk_tokens, &mut out);
+        } else {
+            let scratch = || (vec![0f32; hd], vec![f16::ZERO; hdv]);
+            for_each_head(&mut out, hdv, batch, q.rows, hd, scratch, |s, io| {
+                pass.one_chunk_head(q, s, io)
+            });
+        }
         CpuAct {
             data: out,
             rows: q.rows,
@@ -210,19 +183,123 @@ impl CpuKvCache {
 /// The end of one head's online softmax over `o` (running max `m`, sum
 /// `sum`): the sink logit joins it after the pass, on the f32 accumulator
 /// (ggml_compute_forward_flash_attn_ext_f16_one_chunk), then `o /= sum`.
-pub(super) fn finish_softmax(o: &mut [f32], m: f32, mut sum: f32, sink: Option<f32>) {
+pub(super) fn finish_softmax(o: &mut [f32], mut m: f32, mut sum: f32, sink: Option<f32>) {
     if let Some(s) = sink {
-        let (mut ms, mut vs) = (1.0f32, 1.0f32);
-        if s > m {
-            ms = (m - s).exp();
-            o.iter_mut().for_each(|o| *o *= ms);
-        } else {
-            vs = (s - m).exp();
-        }
-        sum = sum.mul_add(ms, vs);
+        add_sink(o, &mut m, &mut sum, s);
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     o.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// A sink logit `s` joins the softmax state (`o`, `m`, `sum`) as ggml's
+/// `one_chunk` adds it after its pass: a new maximum rescales `o`.
+pub(super) fn add_sink(o: &mut [f32], m: &mut f32, sum: &mut f32, s: f32) {
+    let (mut ms, mut vs) = (1.0f32, 1.0f32);
+    if s > *m {
+        ms = (*m - s).exp();
+        *m = s;
+        o.iter_mut().for_each(|o| *o *= ms);
+    } else {
+        vs = (s - *m).exp();
+    }
+    *sum = sum.mul_add(ms, vs);
+}
+
+/// One layer's f16 K/V and what a head's online-softmax pass over them
+/// needs: the shared step of the one-chunk and split-KV paths.
+pub(super) struct F16Pass<'a> {
+    kpool: &'a [f16],
+    vpool: &'a [f16],
+    geo: &'a KvGeometry,
+    pub(super) batch: &'a AttentionBatch<'a>,
+    kernels: HeadKernels,
+    q_scale: f32,
+    score_scale: f32,
+}
+
+impl F16Pass<'_> {
+    pub(super) fn head_dims(&self) -> (usize, usize) {
+        (self.geo.head_dim_k, self.geo.head_dim_v)
+    }
+
+    /// The KV head query head `h` reads.
+    pub(super) fn kv_head(&self, h: usize) -> usize {
+        h / (self.batch.n_heads / self.geo.n_kv_heads)
+    }
+
+    /// Output `i` (token `i / n_heads`, head `i % n_heads`) of the one-chunk
+    /// path: the whole span in one pass, then sink and `1/S`.
+    fn one_chunk_head(
+        &self,
+        q: &CpuAct,
+        (qh, acc): &mut (Vec<f32>, Vec<f16>),
+        (i, o): (usize, &mut [f32]),
+    ) {
+        fused(|| {
+            let batch = self.batch;
+            let (t, h) = (i / batch.n_heads, i % batch.n_heads);
+            let pos = batch.positions[t] as usize;
+            let lo = batch.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            self.round_query(q, t, h, qh);
+            let (m, sum) = self.run(qh, acc, t, self.kv_head(h), lo..pos + 1);
+            acc.convert_to_f32_slice(o);
+            finish_softmax(o, m, sum, batch.sinks.map(|s| s[h]));
+        })
+    }
+
+    /// Query head `h` of token `t`, scaled if the scale goes on Q, rounded
+    /// to f16 (kept as f32: f16 x f16 products are exact in f32).
+    pub(super) fn round_query(&self, q: &CpuAct, t: usize, h: usize, qh: &mut [f32]) {
+        let hd = self.geo.head_dim_k;
+        qh.iter_mut()
+            .zip(&q.row(t)[h * hd..(h + 1) * hd])
+            .for_each(|(d, &v)| *d = f16::from_f32(v * self.q_scale).to_f32());
+    }
+
+    /// ggml's `one_chunk` loop for KV head `kvh` over `positions` of token
+    /// `t`'s sequence: scores, `S = fma(S, ms, vs)`, V accumulated into the
+    /// f16 `acc` (zeroed here). Returns the running max and sum.
+    pub(super) fn run(
+        &self,
+        qh: &[f32],
+        acc: &mut [f16],
+        t: usize,
+        kvh: usize,
+        positions: std::ops::Range<usize>,
+    ) -> (f32, f32) {
+        let (batch, k) = (self.batch, &self.kernels);
+        let (hd, hdv) = (self.geo.head_dim_k, self.geo.head_dim_v);
+        let (kd, vd) = (self.geo.k_dim(), self.geo.v_dim());
+        let seq = batch.token_seq[t] as usize;
+        acc.fill(f16::ZERO);
+        let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+        let mut p0 = positions.start;
+        while p0 < positions.end {
+            // Scores of up to LANES positions at once (the last padded by repeating it).
+            let n = (positions.end - p0).min(LANES);
+            let slots: [usize; LANES] =
+                std::array::from_fn(|j| slot(batch, seq, p0 + j.min(n - 1)));
+            let rows = slots.map(|s| &self.kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd]);
+            let scores = (k.scores)(qh, rows);
+            for (j, &s) in slots.iter().enumerate().take(n) {
+                let score = scores[j] * self.score_scale;
+                let (mut ms, mut vs) = (1.0f32, 1.0f32);
+                if score > m {
+                    ms = (m - score).exp();
+                    m = score;
+                    (k.scale)(acc, ms);
+                } else {
+                    vs = (score - m).exp();
+                }
+                let vh = &self.vpool[s * vd + kvh * hdv..s * vd + (kvh + 1) * hdv];
+                (k.mad)(acc, vh, vs);
+                // GCC fuses this in ggml (-ffp-contract=fast).
+                sum = sum.mul_add(ms, vs);
+            }
+            p0 += n;
+        }
+        (m, sum)
+    }
 }
 
 /// Runs `head` on every (token, query head) output of `hdv` values (index

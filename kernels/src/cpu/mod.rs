@@ -5,6 +5,7 @@
 
 mod attention;
 mod attention_quant;
+mod attention_split;
 pub mod delta_net;
 pub mod dot;
 mod elementwise;
