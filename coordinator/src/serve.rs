@@ -274,6 +274,7 @@ pub(crate) async fn start_pipeline(
         batch_timeout: config.batch_timeout,
         prefix_cache: config.prefix_cache && prefix_cache_possible(&model.hp, &load),
         kv_pool_blocks: load.kv_blocks(),
+        decode_order_differs_from: config.kv_type.decode_order_differs_from(),
     };
     if config.prefix_cache && !engine_config.prefix_cache {
         tracing::info!(

@@ -54,13 +54,17 @@ fn bench(c: &mut Criterion) {
             scale_query: false,
             window: None,
             sinks: None,
+            decode: &[],
         };
         let k = random_act(&mut rng, ctx, geo.k_dim());
         let v = random_act(&mut rng, ctx, geo.v_dim());
         cache.write(0, &k, &v, &batch(&positions));
         let q = random_act(&mut rng, 1, N_HEADS * HEAD_DIM);
         let last = [ctx as u32 - 1];
-        let step = batch(&last);
+        let step = AttentionBatch {
+            decode: &[true],
+            ..batch(&last)
+        };
         g.bench_function(format!("ctx{ctx}"), |b| {
             b.iter(|| cache.attend(0, black_box(&q), &step))
         });

@@ -241,6 +241,11 @@ pub struct AttentionBatch<'a> {
     /// Attention sinks (gpt-oss): one logit per query head that joins the
     /// softmax's denominator but contributes no value.
     pub sinks: Option<&'a [f32]>,
+    /// `decode[t]`: token `t` is a decode step, a generated token fed back
+    /// alone for its sequence (empty: none is). The CPU backend gives a
+    /// decode step over 512+ cells ggml's split-KV order, a prompt row the
+    /// one-chunk order, whatever the batch holds besides.
+    pub decode: &'a [bool],
 }
 
 /// Where a batch's tokens sit: what every layer of a stage reads to rotate,

@@ -123,6 +123,7 @@ impl Caches {
             scale_query: h.scale_query,
             window: h.window,
             sinks,
+            decode: &[],
         };
         let (g, c) = (&self.g, &self.c);
         let got = attend_on(g, &mut self.kg, 0, (&q, &k, &v), n, &batch);

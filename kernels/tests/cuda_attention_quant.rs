@@ -87,6 +87,7 @@ impl Pair {
             scale_query: s.scale_query,
             window: s.window,
             sinks: None,
+            decode: &[],
         };
         let got = attend_on(&self.g, &mut self.kg, 0, (&q, &k, &v), n, &batch);
         let want = attend_on(&self.c, &mut self.kc, 0, (&q, &k, &v), n, &batch);

@@ -269,6 +269,7 @@ fn attention_err(
         scale_query: false,
         window: case.window,
         sinks: case.sinks,
+        decode: &[],
     };
     let got = attend_on(g, kg, layer, (&q, &k, &v), n, &batch);
     let want = attend_on(c, kc, layer, (&q, &k, &v), n, &batch);

@@ -43,6 +43,7 @@ fn round_trip<B: Backend>(b: &B, kv_type: KvType) {
             scale_query: false,
             window: None,
             sinks: None,
+            decode: &[],
         };
         let qa = b.act_from_host(&q, n, heads * 64).unwrap();
         let (ka, va) = (

@@ -235,6 +235,7 @@ fn attention_with_sinks_matches_softmax_with_sink() {
         scale_query: false,
         window: None,
         sinks: Some(&sinks),
+        decode: &[],
     };
     let out = c
         .act_to_host(
@@ -282,6 +283,7 @@ fn minus_infinite_sinks_change_nothing() {
             scale_query: false,
             window: Some(20),
             sinks,
+            decode: &[],
         };
         c.act_to_host(
             &c.attention(

@@ -32,6 +32,17 @@ impl KvType {
             KvType::Q4_0 => n.div_ceil(32) * 18,
         }
     }
+    /// The first position whose decode step attends in another order than
+    /// a prompt row there (the last bits differ): ggml-cpu splits a decode
+    /// step over 512+ of its cells (padded to 256, so from position 256)
+    /// for f16 K/V, never for a quantized cache. KV a decode step wrote
+    /// from there on is not what a prompt recomputing it writes.
+    pub fn decode_order_differs_from(self) -> Option<usize> {
+        match self {
+            KvType::F16 => Some(256),
+            KvType::Q8_0 | KvType::Q4_0 => None,
+        }
+    }
     pub fn name(self) -> &'static str {
         match self {
             KvType::F16 => "f16",

@@ -26,6 +26,7 @@ fn hidden<B: Backend>(
         start_pos: 0,
         n_tokens: tokens.len(),
         logits: LogitRows::Last,
+        decode: false,
     }];
     match stage.forward(&batch, StageInput::Tokens(tokens.to_vec()))? {
         StageOutput::Hidden(h) => Ok(stage.backend().act_to_host(&h)?),

@@ -297,6 +297,7 @@ fn main() {
             scale_query: false,
             window: a.window,
             sinks: None,
+            decode: &[],
         };
         cache.write(0, &k_all, &v_all, &batch_for(&all_pos));
         let att = cache.attend(0, &q_in, &batch_for(&positions));

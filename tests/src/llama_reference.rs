@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use strata_kernels::CpuBackend;
 use strata_model::arch::Architecture;
 use strata_model::synth::{QuantScheme, SynthSpec};
-use strata_worker::generate::{generate, prefill};
+use strata_worker::generate::{decode_step, generate, prefill};
 use strata_worker::{Sampler, SamplingParams, Stage};
 
 use crate::deviation::{argmax, LogprobDeviation};
@@ -124,7 +124,7 @@ fn teacher_forced_logits(stage: &mut Stage<CpuBackend>, case: &Case) -> Vec<Vec<
         pos += n;
     }
     for step in &case.steps[..case.steps.len() - 1] {
-        logits.extend(prefill(stage, 0, pos, &[step.token], None).unwrap());
+        logits.push(decode_step(stage, 0, pos, step.token).unwrap());
         pos += 1;
     }
     stage.release(0);

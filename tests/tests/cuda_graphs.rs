@@ -54,6 +54,7 @@ fn decode_two(stage: &mut Stage<CudaBackend>, prompts: [&[u32]; 2]) -> Vec<Vec<f
                 start_pos: prompts[s].len() + i,
                 n_tokens: 1,
                 logits: LogitRows::Last,
+                decode: true,
             })
             .collect();
         let StageOutput::Logits(rows) = stage

@@ -33,6 +33,8 @@ fn step(stage: &mut Stage<CpuBackend>, runs: &[(u64, usize, Vec<u32>)]) -> Vec<V
             start_pos: *start,
             n_tokens: ids.len(),
             logits: LogitRows::Last,
+            // Runs after a sequence's first are its generated tokens.
+            decode: *start > 0,
         })
         .collect();
     let ids = runs.iter().flat_map(|r| r.2.iter().copied()).collect();
@@ -100,6 +102,7 @@ fn sequences_decoded_together_match_each_alone() {
         start_pos: 0,
         n_tokens: 1,
         logits: LogitRows::Last,
+        decode: false,
     }];
     let err = s
         .forward(&batch, StageInput::Tokens(vec![1]))

@@ -31,6 +31,7 @@ fn decode<B: Backend>(
                 start_pos: *start,
                 n_tokens: ids.len(),
                 logits: LogitRows::Last,
+                decode: *start > 0,
             })
             .collect();
         let ids = runs.iter().flat_map(|r| r.1.iter().copied()).collect();
@@ -63,6 +64,7 @@ fn bounded_batch<B: Backend>(stage: &mut Stage<B>) -> Vec<Vec<f32>> {
             start_pos: start,
             n_tokens: end - start,
             logits: LogitRows::From(0),
+            decode: false,
         }];
         let input = StageInput::Tokens(tokens[start..end].to_vec());
         let StageOutput::Logits(l) = stage.forward(&batch, input).unwrap() else {
@@ -143,6 +145,7 @@ fn window_rings_give_the_full_pools_logits() {
         start_pos: 0,
         n_tokens: long.len(),
         logits: LogitRows::Last,
+        decode: false,
     }];
     let err = ring
         .forward(&batch, StageInput::Tokens(long))

@@ -40,6 +40,7 @@ pub fn prefill<B: Backend>(
             start_pos: start_pos + offset,
             n_tokens: chunk.len(),
             logits,
+            decode: false,
         }];
         let rows = logits_of(stage.forward(&batch, StageInput::Tokens(chunk.to_vec()))?)?;
         if logits_from.is_some() {
@@ -49,6 +50,25 @@ pub fn prefill<B: Backend>(
         }
     }
     Ok(out)
+}
+
+/// Feeds generated `token` to sequence `seq` at `pos` as a decode step;
+/// returns the logits after it.
+pub fn decode_step<B: Backend>(
+    stage: &mut Stage<B>,
+    seq: u64,
+    pos: usize,
+    token: u32,
+) -> Result<Vec<f32>, StageError> {
+    let batch = [BatchSeq {
+        seq,
+        start_pos: pos,
+        n_tokens: 1,
+        logits: LogitRows::Last,
+        decode: true,
+    }];
+    let step = stage.forward(&batch, StageInput::Tokens(vec![token]))?;
+    Ok(logits_of(step)?.pop().unwrap_or_default())
 }
 
 /// Generates up to `max_tokens` after `prompt`, calling `on_token` for each;
@@ -78,17 +98,7 @@ pub fn generate<B: Backend>(
             if !go_on || out.len() == max_tokens {
                 break;
             }
-            let batch = [BatchSeq {
-                seq: SEQ,
-                start_pos: history.len() - 1,
-                n_tokens: 1,
-                logits: LogitRows::Last,
-            }];
-            let step = stage.forward(
-                &batch,
-                StageInput::Tokens(vec![*history.last().unwrap_or(&0)]),
-            )?;
-            logits = logits_of(step)?.pop().unwrap_or_default();
+            logits = decode_step(stage, SEQ, history.len() - 1, *history.last().unwrap_or(&0))?;
         }
         Ok(out)
     })();

@@ -40,6 +40,10 @@ pub struct BatchSeq {
     pub n_tokens: usize,
     /// Which tokens of the run get logits (the last stage only).
     pub logits: LogitRows,
+    /// The run is one generated token fed back: its attention takes the
+    /// decode order (`AttentionBatch::decode`), as llama.cpp's decode
+    /// step does, where a prompt row takes the prompt order.
+    pub decode: bool,
 }
 
 /// Tokens of a run whose logits the last stage returns.
@@ -450,6 +454,7 @@ impl<B: Backend> Stage<B> {
         }
         let mut positions = Vec::with_capacity(n_tokens);
         let mut token_seq = Vec::with_capacity(n_tokens);
+        let mut decode = Vec::with_capacity(n_tokens);
         for (i, s) in batch.iter().enumerate() {
             if s.start_pos < self.blocks.prefix_tokens(s.seq) {
                 return Err(StageError::Batch(format!(
@@ -469,6 +474,7 @@ impl<B: Backend> Stage<B> {
             }
             positions.extend((s.start_pos..s.start_pos + s.n_tokens).map(|p| p as u32));
             token_seq.extend(std::iter::repeat_n(i as u32, s.n_tokens));
+            decode.extend(std::iter::repeat_n(s.decode && s.n_tokens == 1, s.n_tokens));
         }
         // The input is checked (and embedded) and the KV room counted
         // before any sequence's KV changes: a lying frame leaves the stage
@@ -618,6 +624,7 @@ impl<B: Backend> Stage<B> {
         let batch_ctx = BatchContext::<B> {
             positions: &positions,
             token_seq: &token_seq,
+            decode: &decode,
             block_tables: &tables,
             rope_freqs: self.rope_freqs.as_ref(),
             recurrent: RecurrentBatch {

@@ -91,6 +91,7 @@ fn bench<B: Backend>(
                     start_pos: pos,
                     n_tokens: 1,
                     logits: LogitRows::Last,
+                    decode: true,
                 }];
                 stage.forward(&batch, StageInput::Tokens(vec![tok]))?;
             }

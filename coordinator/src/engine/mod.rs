@@ -52,6 +52,11 @@ pub struct EngineConfig {
     /// Blocks in each stage's KV pool (the prefix cache fills what live
     /// sequences leave free).
     pub kv_pool_blocks: usize,
+    /// From this position a decode step's KV differs in its last bits from
+    /// a prompt's (`KvType::decode_order_differs_from`): the prefix cache
+    /// keeps a sequence's blocks up to the later of its prompt's end and
+    /// this, so a cached prefix gives a cold run's bits.
+    pub decode_order_differs_from: Option<usize>,
 }
 
 /// One generation to run.

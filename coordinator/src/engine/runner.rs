@@ -300,6 +300,8 @@ impl Runner {
                     },
                     history_before,
                     restore_blocks: if on_prefix { s.restore as u32 } else { 0 },
+                    // A generated token fed back (`history` past the prompt).
+                    decode: e.n_tokens == 1 && e.start_pos >= s.prefill_to,
                 });
                 s.sent = true;
                 s.kv_end = s.kv_end.max(e.start_pos + e.n_tokens);
@@ -448,6 +450,7 @@ impl Runner {
         let mut retain = Vec::new();
         let stats = &self.stats;
         let cache = &mut self.prefix_cache;
+        let decode_order_from = self.config.decode_order_differs_from;
         self.seqs.retain(|s| match s.retired {
             Some(how) if !s.in_flight => {
                 stats.on_retire(how == Retire::Cancelled, how == Retire::Failed);
@@ -458,7 +461,10 @@ impl Runner {
                     cache.detach(&s.prefix);
                     ids.push(s.wire);
                 } else {
-                    let in_kv = &s.history[..s.cached.min(s.history.len())];
+                    // Tokens a prompt wrote, and those decode wrote in the
+                    // prompt's order: a later prompt recomputes the rest.
+                    let exact = decode_order_from.map_or(usize::MAX, |p| p.max(s.prefill_to));
+                    let in_kv = &s.history[..s.cached.min(s.history.len()).min(exact)];
                     let hashes = cache.retain(in_kv, &s.prefix);
                     if hashes.is_empty() {
                         ids.push(s.wire);

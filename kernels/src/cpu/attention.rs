@@ -163,14 +163,27 @@ impl CpuKvCache {
             q_scale,
             score_scale,
         };
-        if let Some(chunk_tokens) = split_kv_chunk_tokens(q.rows, batch, SPLIT_KV_CHUNKS) {
-            // A lone query over 512+ cells: ggml's split-KV order.
-            attend_split(&pass, q, chunk_tokens, &mut out);
-        } else {
-            let scratch = || (vec![0f32; hd], vec![f16::ZERO; hdv]);
-            for_each_head(&mut out, hdv, batch, q.rows, hd, scratch, |s, io| {
-                pass.one_chunk_head(q, s, io)
-            });
+        // Decode steps over 512+ cells take ggml's split-KV order, the
+        // other rows its one-chunk order.
+        let split: Vec<Option<usize>> = (0..q.rows)
+            .map(|t| split_kv_chunk_tokens(t, batch, SPLIT_KV_CHUNKS))
+            .collect();
+        let scratch = || (vec![0f32; hd], vec![f16::ZERO; hdv]);
+        for_each_head(&mut out, hdv, batch, q.rows, hd, scratch, |s, (i, o)| {
+            if split[i / batch.n_heads].is_none() {
+                pass.one_chunk_head(q, s, (i, o))
+            }
+        });
+        for (t, chunk_tokens) in split.iter().enumerate() {
+            if let Some(chunk_tokens) = *chunk_tokens {
+                attend_split(
+                    &pass,
+                    q,
+                    t,
+                    chunk_tokens,
+                    &mut out[t * n_out..(t + 1) * n_out],
+                );
+            }
         }
         CpuAct {
             data: out,

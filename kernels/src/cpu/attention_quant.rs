@@ -357,6 +357,7 @@ mod tests {
                 scale_query: false,
                 window: Some(17),
                 sinks: None,
+                decode: &[],
             };
             cache.write(1, &k, &v, &batch);
             let out = cache.attend(1, &q, &batch);

@@ -34,19 +34,22 @@ pub(super) fn ggml_kv_cells(pos: usize) -> usize {
 }
 
 /// Positions per chunk when ggml-cpu, run on `n_threads` threads, takes
-/// its split-KV path for this batch; `None` when it takes the one-chunk
-/// path. ggml splits for a lone query token over 512+ cells; strata leaves
-/// sliding-window layers to the one-chunk path (llama.cpp keeps them in a
-/// ring-buffer cache of its own, whose cell order strata does not follow).
+/// its split-KV path for token `t` of this batch; `None` when it takes the
+/// one-chunk path. ggml splits a lone query token over 512+ cells: strata
+/// splits decode steps (`AttentionBatch::decode`), so that a prompt row
+/// takes one order whatever its batch, and a block of prompt KV has the
+/// same bits cached or recomputed. Sliding-window layers stay on the
+/// one-chunk path (llama.cpp keeps them in a ring-buffer cache of its own,
+/// whose cell order strata does not follow).
 pub(super) fn split_kv_chunk_tokens(
-    rows: usize,
+    t: usize,
     batch: &AttentionBatch<'_>,
     n_threads: usize,
 ) -> Option<usize> {
-    if rows != 1 || batch.window.is_some() {
+    if !batch.decode.get(t).copied().unwrap_or(false) || batch.window.is_some() {
         return None;
     }
-    let cells = ggml_kv_cells(batch.positions[0] as usize);
+    let cells = ggml_kv_cells(batch.positions[t] as usize);
     (cells >= SPLIT_MIN_KV_CELLS).then(|| cells.div_ceil(n_threads.max(1)))
 }
 
@@ -59,12 +62,18 @@ struct Partial {
     acc: Vec<f32>,
 }
 
-/// Attention of the batch's one token over positions `0..=pos` in chunks
+/// Attention of the batch's token `t` over positions `0..=pos` in chunks
 /// of `chunk_tokens`, into `out` (`n_heads * head_dim_v` values).
-pub(super) fn attend_split(pass: &F16Pass<'_>, q: &CpuAct, chunk_tokens: usize, out: &mut [f32]) {
+pub(super) fn attend_split(
+    pass: &F16Pass<'_>,
+    q: &CpuAct,
+    t: usize,
+    chunk_tokens: usize,
+    out: &mut [f32],
+) {
     let batch = pass.batch;
     let (hd, hdv) = pass.head_dims();
-    let span = batch.positions[0] as usize + 1;
+    let span = batch.positions[t] as usize + 1;
     let n_chunks = span.div_ceil(chunk_tokens);
     // Work items in (head, chunk) order; chunks past the last position
     // would hold nothing (ggml writes max -inf, sum 0 and skips them).
@@ -84,8 +93,8 @@ pub(super) fn attend_split(pass: &F16Pass<'_>, q: &CpuAct, chunk_tokens: usize, 
                 let (h, c) = (i / n_chunks, i % n_chunks);
                 let start = c * chunk_tokens;
                 let end = (start + chunk_tokens).min(span);
-                pass.round_query(q, 0, h, qh);
-                let (max, sum) = pass.run(qh, acc16, 0, pass.kv_head(h), start..end);
+                pass.round_query(q, t, h, qh);
+                let (max, sum) = pass.run(qh, acc16, t, pass.kv_head(h), start..end);
                 acc16.convert_to_f32_slice(&mut p.acc);
                 (p.max, p.sum) = (max, sum);
                 // The sink joins the first chunk only, before its partial is written.

@@ -265,6 +265,7 @@ pub fn dense_ops_refuse_bad_input<B: Backend>(g: &B) {
         scale_query: false,
         window: None,
         sinks: None,
+        decode: &[],
     };
     let mut attend = |layer, batch: &AttentionBatch<'_>| {
         g.attention(&mut cache, layer, &x, Some((&kv, &kv)), batch)

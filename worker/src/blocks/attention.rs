@@ -186,6 +186,7 @@ impl<B: Backend> Attention<B> {
                 scale_query: a.scale_query,
                 window: a.window,
                 sinks: self.sinks.as_deref(),
+                decode: batch.decode,
             },
         )?;
         let mut attn = attn;

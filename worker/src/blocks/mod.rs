@@ -32,6 +32,8 @@ pub struct BatchContext<'a, B: Backend> {
     /// Index (into `block_tables`) of each token's sequence.
     pub token_seq: &'a [u32],
     pub block_tables: &'a [&'a [KvBlockId]],
+    /// Which tokens are decode steps (`AttentionBatch::decode`).
+    pub decode: &'a [bool],
     /// The model's RoPE frequency factors (llama3-style scaling), if any.
     pub rope_freqs: Option<&'a B::Weight>,
     /// Each sequence's recurrent state slot (DeltaNet layers).

@@ -75,6 +75,7 @@ pub fn batch_of(
             start_pos: e.start_pos as usize,
             n_tokens: e.n_tokens as usize,
             logits,
+            decode: e.decode,
         });
     }
     if n_token_ids != 0 && n_token_ids != n_tokens {

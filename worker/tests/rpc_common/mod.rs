@@ -286,6 +286,7 @@ impl DataStream {
                 n_tokens: 1,
                 sample: true,
                 sampling: None,
+                decode: true,
                 ..Default::default()
             };
             input = vec![t];

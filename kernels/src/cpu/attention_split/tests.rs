@@ -30,6 +30,7 @@ fn batch<'a>(
         scale_query: false,
         window: None,
         sinks,
+        decode: &[],
     }
 }
 
@@ -39,7 +40,11 @@ fn split_from_512_cells_as_ggml_counts_them() {
     let tables: [&[u32]; 1] = [&table];
     let at = |pos: u32, threads| {
         let p = [pos];
-        split_kv_chunk_tokens(1, &batch(&p, &seq, &tables, None), threads)
+        let b = AttentionBatch {
+            decode: &[true],
+            ..batch(&p, &seq, &tables, None)
+        };
+        split_kv_chunk_tokens(0, &b, threads)
     };
     // Position 255 is cell 256: one 256-cell pad; position 256 needs 512.
     assert_eq!(at(255, 2), None);
@@ -47,15 +52,19 @@ fn split_from_512_cells_as_ggml_counts_them() {
     assert_eq!(at(600, 4), Some(192));
     assert_eq!(at(600, 3), Some(256));
     assert_eq!(at(4095, 2), Some(2048));
-    // Several query rows or a sliding window: the one-chunk path.
-    let (p2, s2) = ([600u32, 601], [0u32, 0]);
+    // The prefix cache keeps decode-written KV up to there (engine).
+    assert_eq!(KvType::F16.decode_order_differs_from(), Some(256));
+    // A prompt row (not flagged decode) or a sliding window: one chunk.
     assert_eq!(
-        split_kv_chunk_tokens(2, &batch(&p2, &s2, &tables, None), 2),
+        split_kv_chunk_tokens(0, &batch(&[600], &seq, &tables, None), 2),
         None
     );
-    let mut windowed = batch(&[600], &seq, &tables, None);
-    windowed.window = Some(512);
-    assert_eq!(split_kv_chunk_tokens(1, &windowed, 2), None);
+    let windowed = AttentionBatch {
+        decode: &[true],
+        window: Some(512),
+        ..batch(&[600], &seq, &tables, None)
+    };
+    assert_eq!(split_kv_chunk_tokens(0, &windowed, 2), None);
 }
 
 /// Seeded values in [-0.5, 0.5), rounded to f16 so the exact reference
@@ -145,7 +154,10 @@ fn split_path_matches_exact_attention_and_starts_at_512_cells() {
     for pos in [255usize, 256, 300, 511, 767, 799] {
         for sink in [None, Some(&sinks[..])] {
             let p = [pos as u32];
-            let b = batch(&p, &token_seq[..1], &tables, sink);
+            let b = AttentionBatch {
+                decode: &[true],
+                ..batch(&p, &token_seq[..1], &tables, sink)
+            };
             let a = one.install(|| cache.attend(0, &q, &b));
             let c = three.install(|| cache.attend(0, &q, &b));
             let mut worst = 0f64;
@@ -172,6 +184,75 @@ fn split_path_matches_exact_attention_and_starts_at_512_cells() {
                 .zip(&c.data)
                 .all(|(x, y)| x.to_bits() == y.to_bits());
             assert!(same, "pos {pos}: 1 and 3 threads gave different bits");
+        }
+    }
+}
+
+/// A row's order follows its own flag, not its batch: a decode row gives
+/// the bits it gives alone (split), a prompt row at the same position in
+/// the same batch the one-chunk bits, and the two orders differ.
+#[test]
+fn each_row_takes_its_own_order_whatever_the_batch() {
+    let mut state = 0x0DDE_5EEDu64;
+    let geo = KvGeometry {
+        n_layers: 1,
+        n_kv_heads: N_KV_HEADS,
+        head_dim_k: HEAD_DIM,
+        head_dim_v: HEAD_DIM,
+        kv_type: KvType::F16,
+        n_blocks: N_POS.div_ceil(KV_BLOCK_TOKENS),
+    };
+    let act = |rows, cols, state: &mut u64| CpuAct {
+        data: values(state, rows * cols),
+        rows,
+        cols,
+    };
+    let k = act(N_POS, geo.k_dim(), &mut state);
+    let v = act(N_POS, geo.v_dim(), &mut state);
+    let q1 = act(1, N_HEADS * HEAD_DIM, &mut state);
+    let table: Vec<u32> = (0..geo.n_blocks as u32).collect();
+    // Two sequences on the same blocks, so both rows see the same K/V.
+    let tables: [&[u32]; 2] = [&table, &table];
+    let positions: Vec<u32> = (0..N_POS as u32).collect();
+    let token_seq = vec![0u32; N_POS];
+    let mut cache = CpuKvCache::new(geo).expect("cache");
+    cache.write(0, &k, &v, &batch(&positions, &token_seq, &tables, None));
+
+    let pos = [700u32];
+    let alone = |decode: &[bool]| {
+        let b = AttentionBatch {
+            decode,
+            ..batch(&pos, &[0], &tables, None)
+        };
+        cache.attend(0, &q1, &b).data
+    };
+    let (split, one_chunk) = (alone(&[true]), alone(&[false]));
+    assert_ne!(
+        split, one_chunk,
+        "the split and one-chunk orders gave the same bits"
+    );
+
+    let q2 = CpuAct {
+        data: [q1.data.clone(), q1.data.clone()].concat(),
+        rows: 2,
+        cols: q1.cols,
+    };
+    for decode in [[true, false], [false, true]] {
+        let b = AttentionBatch {
+            decode: &decode,
+            ..batch(&[700, 700], &[0, 1], &tables, None)
+        };
+        let both = cache.attend(0, &q2, &b).data;
+        let n = q1.cols;
+        for (row, &d) in decode.iter().enumerate() {
+            let want = if d { &split } else { &one_chunk };
+            assert!(
+                both[row * n..(row + 1) * n]
+                    .iter()
+                    .zip(want.iter())
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "row {row} (decode {d}) of a mixed batch differs from the row alone"
+            );
         }
     }
 }

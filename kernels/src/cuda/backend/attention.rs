@@ -307,6 +307,7 @@ mod tests {
             scale_query: false,
             window,
             sinks: None,
+            decode: &[],
         };
         // The emulator's 4 SMs, as kernels/tests/cuda_attention.rs runs.
         AttendPlan::new(&batch, n_kv_heads, head_dim, 4)
@@ -369,6 +370,7 @@ mod tests {
             scale_query: false,
             window: None,
             sinks: None,
+            decode: &[],
         };
         assert_eq!(
             AttendPlan::new(&batch, 1, 128, 132).splits,
