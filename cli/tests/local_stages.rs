@@ -79,6 +79,26 @@ fn three_local_stages_serve_smollm2_like_one_stage() {
         let expected = if i < 2 { batches } else { 0 };
         assert_eq!(local, expected, "stage {i} of {batches} batches: {s}");
     }
+
+    // /metrics names the three stages too, with the same ranges and frames.
+    let sample = |name: &str, stage: usize, extra: &str| -> u64 {
+        let prefix = format!("strata_{name}{{stage=\"{stage}\",");
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&prefix) && l.contains(extra))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix}..{extra} in {metrics}")) as u64
+    };
+    for (i, s) in stages.iter().enumerate() {
+        assert_eq!(sample("stage_up", i, ""), 1, "stage {i}");
+        assert_eq!(sample("stage_first_layer", i, ""), s["first_layer"]);
+        assert_eq!(sample("stage_end_layer", i, ""), s["end_layer"]);
+        let local = sample("stage_frames_sent_total", i, "path=\"local\"");
+        assert_eq!(local, if i < 2 { batches } else { 0 }, "stage {i}");
+        assert_eq!(sample("stage_frames_sent_total", i, "path=\"remote\""), 0);
+    }
+    assert!(!metrics.contains("stage=\"3\""), "three stages: {metrics}");
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub mod openai;
 mod pool_view;
 pub mod request;
 pub mod server;
+mod stage_metrics;
 pub mod stop;
 pub mod structured;
 pub mod text;

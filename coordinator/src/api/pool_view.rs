@@ -70,7 +70,7 @@ pub(super) async fn model_json(
     })
 }
 
-async fn stage_json(v: &StageView) -> Value {
+pub(super) async fn stage_json(v: &StageView) -> Value {
     let mut out = json!({
         "addr": v.addr,
         "first_layer": v.first_layer,

@@ -280,7 +280,11 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
         return e.into_response();
     }
     let body = match st.ready.get() {
-        Some(r) => r.engine.stats().prometheus(),
+        Some(r) => {
+            let stats = r.engine.stats();
+            let stages = super::stage_metrics::stage_metrics(&stats.stage_views()).await;
+            stats.prometheus() + &stages
+        }
         None => "# HELP strata_up 1 while the pipeline can serve.\n# TYPE strata_up gauge\nstrata_up 0\n".to_string(),
     };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
