@@ -111,11 +111,17 @@ fn exact(q: &[f32], k: &CpuAct, v: &CpuAct, pos: usize, h: usize, sink: Option<f
         .collect()
 }
 
-/// The split path agrees with exact attention, and its bits do not depend
-/// on the thread count (a pool's workers differ in threads).
-#[test]
-fn split_path_matches_exact_attention_and_starts_at_512_cells() {
-    let mut state = 0x5EED_2015u64;
+/// One layer's f16 cache holding seeded K/V at positions `0..N_POS` of
+/// sequence 0 (on `tables[0]`), and a seeded query row.
+struct Filled {
+    cache: CpuKvCache,
+    k: CpuAct,
+    v: CpuAct,
+    q: CpuAct,
+}
+
+fn filled(seed: u64, tables: &[&[u32]]) -> Filled {
+    let mut state = seed;
     let geo = KvGeometry {
         n_layers: 1,
         n_kv_heads: N_KV_HEADS,
@@ -131,17 +137,26 @@ fn split_path_matches_exact_attention_and_starts_at_512_cells() {
     };
     let k = act(N_POS, geo.k_dim(), &mut state);
     let v = act(N_POS, geo.v_dim(), &mut state);
-    // Larger queries: peaked softmaxes, so a chunk's max matters.
-    let mut q = act(1, N_HEADS * HEAD_DIM, &mut state);
-    q.data
-        .iter_mut()
-        .for_each(|x| *x = f16::from_f32(*x * 16.0).to_f32());
-    let table: Vec<u32> = (0..geo.n_blocks as u32).rev().collect();
-    let tables: [&[u32]; 1] = [&table];
+    let q = act(1, N_HEADS * HEAD_DIM, &mut state);
     let positions: Vec<u32> = (0..N_POS as u32).collect();
     let token_seq = vec![0u32; N_POS];
     let mut cache = CpuKvCache::new(geo).expect("cache");
-    cache.write(0, &k, &v, &batch(&positions, &token_seq, &tables, None));
+    cache.write(0, &k, &v, &batch(&positions, &token_seq, tables, None));
+    Filled { cache, k, v, q }
+}
+
+/// The split path agrees with exact attention, and its bits do not depend
+/// on the thread count (a pool's workers differ in threads).
+#[test]
+fn split_path_matches_exact_attention_and_starts_at_512_cells() {
+    let table: Vec<u32> = (0..N_POS.div_ceil(KV_BLOCK_TOKENS) as u32).rev().collect();
+    let tables: [&[u32]; 1] = [&table];
+    let Filled { cache, k, v, mut q } = filled(0x5EED_2015, &tables);
+    // Larger queries: peaked softmaxes, so a chunk's max matters.
+    q.data
+        .iter_mut()
+        .for_each(|x| *x = f16::from_f32(*x * 16.0).to_f32());
+    let token_seq = vec![0u32; N_POS];
 
     let sinks = [0.5f32, 40.0, -1.0, 3.0];
     let pool = |n| {
@@ -193,30 +208,10 @@ fn split_path_matches_exact_attention_and_starts_at_512_cells() {
 /// the same batch the one-chunk bits, and the two orders differ.
 #[test]
 fn each_row_takes_its_own_order_whatever_the_batch() {
-    let mut state = 0x0DDE_5EEDu64;
-    let geo = KvGeometry {
-        n_layers: 1,
-        n_kv_heads: N_KV_HEADS,
-        head_dim_k: HEAD_DIM,
-        head_dim_v: HEAD_DIM,
-        kv_type: KvType::F16,
-        n_blocks: N_POS.div_ceil(KV_BLOCK_TOKENS),
-    };
-    let act = |rows, cols, state: &mut u64| CpuAct {
-        data: values(state, rows * cols),
-        rows,
-        cols,
-    };
-    let k = act(N_POS, geo.k_dim(), &mut state);
-    let v = act(N_POS, geo.v_dim(), &mut state);
-    let q1 = act(1, N_HEADS * HEAD_DIM, &mut state);
-    let table: Vec<u32> = (0..geo.n_blocks as u32).collect();
+    let table: Vec<u32> = (0..N_POS.div_ceil(KV_BLOCK_TOKENS) as u32).collect();
     // Two sequences on the same blocks, so both rows see the same K/V.
     let tables: [&[u32]; 2] = [&table, &table];
-    let positions: Vec<u32> = (0..N_POS as u32).collect();
-    let token_seq = vec![0u32; N_POS];
-    let mut cache = CpuKvCache::new(geo).expect("cache");
-    cache.write(0, &k, &v, &batch(&positions, &token_seq, &tables, None));
+    let Filled { cache, q: q1, .. } = filled(0x0DDE_5EED, &tables);
 
     let pos = [700u32];
     let alone = |decode: &[bool]| {
