@@ -129,8 +129,9 @@ impl CpuKvCache {
     /// f16. Matching them
     /// keeps us on llama.cpp's numbers: Q8 activation quantization
     /// downstream turns any 1e-3 difference into a different rounding of
-    /// many values. A lone query over 512+ of ggml's cells takes its
-    /// split-KV order (`attention_split.rs`), the rest its one-chunk order.
+    /// many values. A decode row (`AttentionBatch::decode`) over 512+ of
+    /// ggml's cells takes its split-KV order (`attention_split.rs`), every
+    /// other row its one-chunk order.
     pub fn attend(&self, layer: usize, q: &CpuAct, batch: &AttentionBatch<'_>) -> CpuAct {
         let g = &self.geo;
         let (kpool, vpool) = match &self.pools {

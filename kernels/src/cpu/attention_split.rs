@@ -1,11 +1,11 @@
 //! Flash attention's split-KV decode path over f16 K/V, in ggml-cpu's order
-//! (`ggml_compute_forward_flash_attn_ext_f16`, ops.cpp): for one query
-//! token over 512+ KV cells, each of `n_threads` chunks of the cells runs
+//! (`ggml_compute_forward_flash_attn_ext_f16`, ops.cpp): for a decode row
+//! over 512+ KV cells, each of ggml's `n_threads` chunks of the cells runs
 //! the one-chunk online softmax on its own (partial max, sum and f32
 //! accumulator), then `ggml_flash_attn_ext_reduce_partials` merges the
-//! chunks in order. The chunk count is the thread count, so the bits depend
-//! on it; the chunks run in parallel, so a long decode step uses every
-//! thread.
+//! chunks in order. ggml's chunk count is its thread count; strata fixes it
+//! (`SPLIT_KV_CHUNKS`) and runs the chunks in parallel, so a long decode
+//! step uses every thread.
 
 use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
