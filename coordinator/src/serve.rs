@@ -275,10 +275,16 @@ pub(crate) async fn start_pipeline(
         prefix_cache: config.prefix_cache && prefix_cache_possible(&model.hp, &load),
         kv_pool_blocks: load.kv_blocks(),
         decode_order_differs_from: config.kv_type.decode_order_differs_from(),
+        // The stages' snapshot rows (`STATE_ROWS_PER_SEQ`).
+        state_snapshots: if model.hp.recurrent_state_bytes_per_seq() > 0 {
+            load.sequences * (strata_model::profile::STATE_ROWS_PER_SEQ - 1)
+        } else {
+            0
+        },
     };
     if config.prefix_cache && !engine_config.prefix_cache {
         tracing::info!(
-            "prefix cache off: this model keeps recurrent state or sliding-window rings, not blocks a prompt could reuse"
+            "prefix cache off: this model keeps sliding-window rings, not blocks a prompt could reuse"
         );
     }
     let (engine, losses) = Engine::start(engine_config);
@@ -328,8 +334,9 @@ pub(crate) async fn start_pipeline(
 }
 
 /// Whether the stages can reuse kept blocks for this model (the worker's
-/// `Stage::prefix_cache_allowed`): no recurrent layers, and no
-/// sliding-window layer that keeps a ring rather than its whole context.
+/// `Stage::prefix_cache_allowed`): no sliding-window layer that keeps a
+/// ring rather than its whole context. Recurrent layers resume from state
+/// snapshots.
 fn prefix_cache_possible(
     spec: &strata_model::arch::ModelSpec,
     load: &strata_model::profile::StageLoad,
@@ -337,7 +344,7 @@ fn prefix_cache_possible(
     let rings = (0..spec.n_layers)
         .filter_map(|il| spec.attention(il)?.window)
         .any(|w| load.window_blocks(w).is_some_and(|b| b < load.kv_blocks()));
-    spec.recurrent_state_bytes_per_seq() == 0 && !rings
+    !rings
 }
 
 /// One line for `/health` while loading.

@@ -1,7 +1,8 @@
 // Qwen3.5's gated DeltaNet recurrence over per-sequence state rows: the
 // short causal convolution (ssm_conv) and the gated delta rule (delta_net),
 // as kernels/src/cpu/delta_net.rs defines them, and the clearing of a slot
-// a new sequence takes (zero_rows).
+// a new sequence takes (zero_rows) and the copy of a slot to or from a
+// prefix-cache snapshot (copy_rows).
 //
 // A batch is a list of runs, one per sequence: `runs` holds (state slot,
 // first token, token count) for each, on the device, so a recorded graph
@@ -16,6 +17,14 @@
 extern "C" __global__ void zero_rows(float* x, const u32* rows, int cols) {
     float* row = x + (size_t)rows[blockIdx.x] * cols;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) row[i] = 0.0f;
+}
+
+// Copies row from[blockIdx.x] of x over row to[blockIdx.x] (rows of `cols`;
+// no row is both read and written).
+extern "C" __global__ void copy_rows(float* x, const u32* from, const u32* to, int cols) {
+    const float* src = x + (size_t)from[blockIdx.x] * cols;
+    float* dst = x + (size_t)to[blockIdx.x] * cols;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) dst[i] = src[i];
 }
 
 // One thread per (run, channel): y[t][ch] = sum_i u[t + i][ch] w[ch][i] over

@@ -380,6 +380,10 @@ pub trait Backend: Send + Sync {
     /// Sets the given rows to zero (a recurrent state slot a new sequence
     /// takes).
     fn zero_rows(&self, x: &mut Self::Act, rows: &[u32]) -> Result<(), KernelError>;
+    /// Copies row `from[i]` of `x` over row `to[i]`, for each `i` (a
+    /// recurrent state saved as a prefix-cache snapshot, or restored from
+    /// one). No row is both copied and overwritten.
+    fn copy_rows(&self, x: &mut Self::Act, from: &[u32], to: &[u32]) -> Result<(), KernelError>;
     /// The short causal convolution of each sequence's run of `x` (`rows x
     /// channels`) with its state row of `state` (`(d_conv - 1) x channels`
     /// values, oldest first), which it updates. `w` is `ssm_conv1d.weight`

@@ -250,6 +250,27 @@ pub(crate) fn state_rows(rows: &[u32], n_rows: usize) -> Result<(), KernelError>
     }
 }
 
+/// `copy_rows`: pairs of rows below `n_rows`, and no row both a source and
+/// a target (the copies would then depend on their order).
+pub(crate) fn copy_rows(from: &[u32], to: &[u32], n_rows: usize) -> Result<(), KernelError> {
+    if from.len() != to.len() {
+        return invalid(format!(
+            "copy_rows: {} source rows for {} targets",
+            from.len(),
+            to.len()
+        ));
+    }
+    if let Some(r) = from.iter().chain(to).find(|&&r| r as usize >= n_rows) {
+        return invalid(format!("copy_rows: row {r} of {n_rows}"));
+    }
+    let mut targets = to.to_vec();
+    targets.sort_unstable();
+    if targets.windows(2).any(|w| w[0] == w[1]) || from.iter().any(|r| targets.binary_search(r).is_ok()) {
+        return invalid("copy_rows: a row is written twice, or both read and written".to_string());
+    }
+    Ok(())
+}
+
 /// The conv's weight is F32 `channels x d_conv` (d_conv > 0) and its state
 /// rows hold `(d_conv - 1) x channels` values.
 pub(crate) fn ssm_conv(

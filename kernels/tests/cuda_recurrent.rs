@@ -353,6 +353,9 @@ fn recurrent_ops_refuse_bad_input<B: Backend>(b: &B) {
     invalid("columns: past the row", b.columns(&x, 4, 3).map(drop));
     invalid("columns: overflow", b.columns(&x, 1, usize::MAX).map(drop));
     invalid("zero_rows", b.zero_rows(&mut copy(), &[0, 2]));
+    invalid("copy_rows: past the rows", b.copy_rows(&mut copy(), &[0], &[2]));
+    invalid("copy_rows: pairs", b.copy_rows(&mut copy(), &[0, 1], &[1]));
+    invalid("copy_rows: read and written", b.copy_rows(&mut copy(), &[0], &[0]));
 
     // The conv: 6 channels, 4 taps, 3 slots.
     let (channels, d_conv) = (6usize, 4usize);
@@ -449,6 +452,30 @@ fn recurrent_ops_refuse_bad_input<B: Backend>(b: &B) {
 fn recurrent_ops_refuse_bad_input_on_both_backends() {
     recurrent_ops_refuse_bad_input(&CpuBackend::new());
     recurrent_ops_refuse_bad_input(&gpu());
+}
+
+/// A state row saved to a snapshot row and restored over a slot (the
+/// prefix cache's state snapshots) is a copy, bit for bit, on both
+/// backends; the other rows stay as they were.
+#[test]
+fn copy_rows_moves_whole_state_rows_on_both_backends() {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed());
+    let (rows, cols) = (6usize, 1000usize);
+    let s0 = random(&mut rng, rows * cols, 1.0);
+    let (g, c) = (gpu(), CpuBackend::new());
+    let (mut sg, mut sc) = (both(&g, &s0, rows, cols), both(&c, &s0, rows, cols));
+    // Save slots 0 and 2 as snapshots 4 and 5, then restore 5 over slot 1.
+    for (from, to) in [(&[0u32, 2][..], &[4u32, 5][..]), (&[5], &[1])] {
+        g.copy_rows(&mut sg, from, to).unwrap();
+        c.copy_rows(&mut sc, from, to).unwrap();
+    }
+    let mut want = s0.clone();
+    for (f, t) in [(0usize, 4usize), (2, 5), (5, 1)] {
+        let row = want[f * cols..(f + 1) * cols].to_vec();
+        want[t * cols..(t + 1) * cols].copy_from_slice(&row);
+    }
+    assert_eq!(c.act_to_host(&sc).unwrap(), want, "CPU");
+    assert_eq!(g.act_to_host(&sg).unwrap(), want, "CUDA");
 }
 
 /// Heads wider than the kernel's registers are refused, by name.

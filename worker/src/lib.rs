@@ -11,6 +11,7 @@ pub mod service;
 pub mod slice_cache;
 pub mod stage;
 pub mod state_slots;
+pub mod state_snapshots;
 mod weights;
 pub mod window_rings;
 

@@ -4,17 +4,19 @@
 //! head. Between them, hidden states are `n_tokens x d_model` activations.
 
 mod persist;
+mod snapshots;
 pub use persist::LayerBlock;
 
 use strata_kernels::{Backend, BatchIndex, KernelError, KvGeometry, RecurrentBatch};
 use strata_model::arch::ModelSpec;
-use strata_model::profile::{window_ring_blocks, KvType, StageLoad};
+use strata_model::profile::{window_ring_blocks, KvType, StageLoad, STATE_ROWS_PER_SEQ};
 use strata_model::GgufFile;
 pub use strata_model::LayerRange;
 
 use crate::blocks::{BatchContext, Layer, MixerState, MtpHead, PerLayerInputs, RecurrentState};
 use crate::kv_blocks::{BlockAllocator, BlockHash, KvError};
 use crate::state_slots::{RunStart, StateSlots};
+use crate::state_snapshots::StateSnapshots;
 use crate::weights::WeightLoader;
 use crate::window_rings::{WindowRings, WindowRun};
 
@@ -109,6 +111,8 @@ pub struct Stage<B: Backend> {
     /// sequence holds.
     recurrent: Vec<RecurrentState<B>>,
     slots: StateSlots,
+    /// The prefix cache's saved states, in the rows after the slots.
+    snapshots: StateSnapshots,
     /// The backend's record of this stage's layer runs (CUDA graphs).
     layer_runs: B::LayerRuns,
 }
@@ -275,7 +279,11 @@ impl<B: Backend> Stage<B> {
         let mut recurrent = Vec::new();
         for l in &layers {
             if let Some(d) = l.delta_net() {
-                recurrent.push(RecurrentState::new(&backend, d.spec(), load.sequences)?);
+                recurrent.push(RecurrentState::new(
+                    &backend,
+                    d.spec(),
+                    load.sequences * STATE_ROWS_PER_SEQ,
+                )?);
             }
         }
         #[cfg(debug_assertions)]
@@ -290,7 +298,7 @@ impl<B: Backend> Stage<B> {
             let state: u64 = layers
                 .iter()
                 .filter_map(|l| l.delta_net())
-                .map(|d| d.spec().state_bytes_per_seq() * load.sequences as u64)
+                .map(|d| d.spec().state_bytes_per_seq() * (load.sequences * STATE_ROWS_PER_SEQ) as u64)
                 .sum();
             assert_eq!(
                 state, counted.state_bytes,
@@ -324,6 +332,14 @@ impl<B: Backend> Stage<B> {
             } else {
                 load.sequences
             }),
+            snapshots: if recurrent.is_empty() {
+                StateSnapshots::new(0, 0)
+            } else {
+                StateSnapshots::new(
+                    load.sequences as u32,
+                    load.sequences * (STATE_ROWS_PER_SEQ - 1),
+                )
+            },
             recurrent,
             layer_runs: backend.layer_runs(),
             backend,
@@ -364,11 +380,11 @@ impl<B: Backend> Stage<B> {
     }
 
     /// Whether finished sequences' blocks can be reused by later ones: not
-    /// when the stage keeps recurrent state (a prefix would need the state
-    /// after it, not blocks) or sliding-window rings (a ring holds the
-    /// sequence's last positions, not its prefix).
+    /// when the stage keeps sliding-window rings (a ring holds the
+    /// sequence's last positions, not its prefix). Recurrent state resumes
+    /// from a snapshot (`stage/snapshots.rs`).
     pub fn prefix_cache_allowed(&self) -> bool {
-        self.recurrent.is_empty() && self.kv.iter().all(|p| p.rings.is_none())
+        self.kv.iter().all(|p| p.rings.is_none())
     }
 
     /// [`Self::release`], keeping the sequence's first full blocks under
@@ -396,10 +412,13 @@ impl<B: Backend> Stage<B> {
     pub fn clear_cached(&mut self) {
         let all: Vec<BlockHash> = self.blocks.cached_hashes().collect();
         self.blocks.evict(&all);
+        self.snapshots.clear();
     }
 
     /// Frees kept prefix blocks (the coordinator's eviction); how many.
     pub fn evict_cached(&mut self, hashes: &[BlockHash]) -> usize {
+        // A snapshot resumes its prefix's blocks: it goes with its block.
+        self.snapshots.drop_all(hashes);
         self.blocks.evict(hashes)
     }
 
@@ -413,7 +432,7 @@ impl<B: Backend> Stage<B> {
     ) -> Result<(), StageError> {
         if !self.prefix_cache_allowed() {
             return Err(StageError::Batch(format!(
-                "sequence {seq} starts on cached blocks, which layers {}..{} cannot use (recurrent state or sliding-window rings)",
+                "sequence {seq} starts on cached blocks, which layers {}..{} cannot use (sliding-window rings)",
                 self.range.first, self.range.end
             )));
         }
@@ -423,7 +442,15 @@ impl<B: Backend> Stage<B> {
                 prefix.len()
             )));
         }
-        Ok(self.blocks.attach(seq, prefix)?)
+        let snapshot = self.snapshot_for(seq, prefix)?;
+        self.blocks.attach(seq, prefix)?;
+        if let Some(row) = snapshot {
+            if let Err(e) = self.resume_from_snapshot(seq, row) {
+                self.release(seq);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Sequences that hold a recurrent state slot, and how many slots there are.

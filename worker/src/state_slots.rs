@@ -64,11 +64,7 @@ impl StateSlots {
             new += usize::from(!held);
         }
         if new > self.free.len() {
-            return Err(format!(
-                "no free recurrent state slot: {} sequences hold all {} (raise the plan's parallel sequences)",
-                self.held.len(),
-                self.capacity
-            ));
+            return Err(self.none_free());
         }
         let mut slots = Vec::with_capacity(runs.len());
         let mut fresh = Vec::new();
@@ -87,6 +83,30 @@ impl StateSlots {
             slots.push(slot);
         }
         Ok((slots, fresh))
+    }
+
+    /// The slot `seq` holds, if any.
+    pub fn slot_of(&self, seq: u64) -> Option<u32> {
+        self.held.get(&seq).copied()
+    }
+
+    /// A slot for the new sequence `seq`, whose state the caller sets (from
+    /// a prefix-cache snapshot) rather than zeroes.
+    pub fn hold(&mut self, seq: u64) -> Result<u32, String> {
+        if self.held.contains_key(&seq) {
+            return Err(format!("sequence {seq} holds a recurrent state slot already"));
+        }
+        let s = self.free.pop().ok_or_else(|| self.none_free())?;
+        self.held.insert(seq, s);
+        Ok(s)
+    }
+
+    fn none_free(&self) -> String {
+        format!(
+            "no free recurrent state slot: {} sequences hold all {} (raise the plan's parallel sequences)",
+            self.held.len(),
+            self.capacity
+        )
     }
 
     /// Gives a sequence's slot back (nothing if it holds none).

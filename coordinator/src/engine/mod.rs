@@ -14,6 +14,7 @@
 //! on, so clients see a pause and the same tokens.
 
 mod prefix_cache;
+mod prefix_snapshots;
 mod runner;
 mod stage_view;
 mod stats;
@@ -46,8 +47,7 @@ pub struct EngineConfig {
     /// A batch with no reply after this long means a stage hangs.
     pub batch_timeout: Duration,
     /// Reuse finished sequences' KV blocks for prompts that start with the
-    /// same tokens (off where the stages cannot: recurrent state or
-    /// sliding-window rings).
+    /// same tokens (off where the stages cannot: sliding-window rings).
     pub prefix_cache: bool,
     /// Blocks in each stage's KV pool (the prefix cache fills what live
     /// sequences leave free).
@@ -57,6 +57,9 @@ pub struct EngineConfig {
     /// keeps a sequence's blocks up to the later of its prompt's end and
     /// this, so a cached prefix gives a cold run's bits.
     pub decode_order_differs_from: Option<usize>,
+    /// Recurrent state snapshots each stage holds for the prefix cache (0:
+    /// the model keeps no recurrent state).
+    pub state_snapshots: usize,
 }
 
 /// One generation to run.

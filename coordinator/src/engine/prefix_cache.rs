@@ -17,6 +17,8 @@ use std::collections::HashMap;
 
 use strata_model::profile::KV_BLOCK_TOKENS;
 
+use super::prefix_snapshots::SnapshotIndex;
+
 /// The prefix hash of a full KV block (16 bytes of blake3).
 pub type BlockHash = [u8; 16];
 
@@ -61,6 +63,9 @@ pub struct PrefixCache {
     /// Blocks on every stage's disk (when the stages keep them there), with
     /// their last use.
     on_disk: Option<HashMap<BlockHash, u64>>,
+    /// A recurrent model's state snapshots: a prompt resumes only at the
+    /// end of a prefix the stages hold one for.
+    snapshots: Option<SnapshotIndex>,
     clock: u64,
 }
 
@@ -85,7 +90,47 @@ impl PrefixCache {
             pool_blocks,
             kept: HashMap::new(),
             on_disk: None,
+            snapshots: None,
             clock: 0,
+        }
+    }
+
+    /// For a recurrent model: a prompt resumes only where the stages hold a
+    /// state snapshot, `capacity` of them each.
+    pub fn with_snapshots(mut self, capacity: usize) -> Self {
+        self.snapshots = Some(SnapshotIndex::new(capacity));
+        self
+    }
+
+    /// Where a recurrent model's prompt `prompt`, computed from `cached`,
+    /// should stop once to save a state snapshot: its last whole block
+    /// before its last token, the most of it the next turn can reuse.
+    pub fn snapshot_point(&self, prompt: &[u32], cached: usize) -> Option<usize> {
+        let at = prompt.len().saturating_sub(1) / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS;
+        (self.enabled && self.snapshots.is_some() && at > cached).then_some(at)
+    }
+
+    /// The hash a frame saves a snapshot of `prefix` (whole blocks) under,
+    /// and the snapshots it drops first; `None`: save none.
+    pub fn save_snapshot(&mut self, prefix: &[u32]) -> Option<(BlockHash, Vec<BlockHash>)> {
+        let hash = *block_hashes(prefix).last()?;
+        let now = self.tick();
+        let dropped = self.snapshots.as_mut()?.save(hash, now)?;
+        Some((hash, dropped))
+    }
+
+    /// The first frame of a prompt started on `prefix` is built: its
+    /// snapshot may be dropped from the next frame on.
+    pub fn resumed(&mut self, prefix: &[BlockHash]) {
+        if let (Some(s), Some(h)) = (self.snapshots.as_mut(), prefix.last()) {
+            s.release(h);
+        }
+    }
+
+    /// Snapshots a failed frame saved: no stage may hold them.
+    pub fn forget_snapshots(&mut self, hashes: &[BlockHash]) {
+        if let Some(s) = self.snapshots.as_mut() {
+            s.forget(hashes);
         }
     }
 
@@ -103,6 +148,7 @@ impl PrefixCache {
 
     /// Blocks a stage could not read back: no prompt attaches them again.
     pub fn forget(&mut self, hashes: &[BlockHash]) {
+        self.forget_snapshots(hashes);
         for h in hashes {
             self.kept.remove(h);
             if let Some(d) = self.on_disk.as_mut() {
@@ -131,7 +177,8 @@ impl PrefixCache {
 
     /// The cached blocks `prompt` starts with, longest first match, leaving
     /// at least its last token to compute (its logits are needed): kept
-    /// ones, then those on disk. Each is marked in use until
+    /// ones, then those on disk; for a recurrent model, only up to the
+    /// deepest of them with a state snapshot. Each is marked in use until
     /// [`Self::detach`]; those on disk count as kept from now on (the
     /// first frame reads them into the stages' memory).
     pub fn attach(&mut self, prompt: &[u32]) -> Attached {
@@ -140,15 +187,28 @@ impl PrefixCache {
             return out;
         }
         let usable = &prompt[..(prompt.len() - 1) / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS];
+        let mut hashes = block_hashes(usable);
+        let cached = |h: &BlockHash| {
+            self.kept.contains_key(h) || self.on_disk.as_ref().is_some_and(|d| d.contains_key(h))
+        };
+        let mut n = hashes.iter().take_while(|h| cached(h)).count();
         let now = self.tick();
-        for (depth, h) in block_hashes(usable).into_iter().enumerate() {
+        if let Some(s) = self.snapshots.as_mut() {
+            n = (0..n).rev().find(|&i| s.has(&hashes[i])).map_or(0, |i| i + 1);
+            if n > 0 {
+                s.reserve(&hashes[n - 1], now);
+            }
+        }
+        hashes.truncate(n);
+        for (depth, h) in hashes.into_iter().enumerate() {
             if let Some(k) = self.kept.get_mut(&h) {
                 k.users += 1;
                 k.last_used = now;
                 if out.restore > 0 {
                     out.restore += 1;
                 }
-            } else if self.on_disk.as_ref().is_some_and(|d| d.contains_key(&h)) {
+            } else {
+                // On disk (`cached` above).
                 self.kept.insert(
                     h,
                     Kept {
@@ -158,8 +218,6 @@ impl PrefixCache {
                     },
                 );
                 out.restore += 1;
-            } else {
-                break;
             }
             out.blocks.push(h);
         }
@@ -216,6 +274,7 @@ impl PrefixCache {
             .collect();
         idle.sort_unstable();
         let out: Vec<BlockHash> = idle.into_iter().take(short).map(|(_, _, h)| h).collect();
+        self.forget_snapshots(&out);
         for h in &out {
             let k = self.kept.remove(h).expect("an idle kept block");
             // The stages saved it when they kept it.
@@ -246,6 +305,9 @@ impl PrefixCache {
     /// again what they hold on disk).
     pub fn clear(&mut self) {
         self.kept.clear();
+        if let Some(s) = self.snapshots.as_mut() {
+            s.clear();
+        }
     }
 }
 

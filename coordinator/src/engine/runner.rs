@@ -44,6 +44,9 @@ struct Seq {
     /// The prefix cache was asked for this pipeline (once: the prompt is
     /// hashed again only after a failover).
     prefix_tried: bool,
+    /// A recurrent model's prompt stops once here to save a state snapshot
+    /// (the prefix cache's resume point for the next turn).
+    snapshot_at: Option<usize>,
     generated: usize,
     max_tokens: usize,
     ignore_eos: bool,
@@ -76,6 +79,9 @@ struct InFlight {
     cleared: bool,
     /// The sequence it carries alone, whose prefix it reads from disk.
     restoring: Option<u64>,
+    /// State snapshots its frame saves and drops: if it fails, a release
+    /// drops both on every stage.
+    snapshots: Vec<BlockHash>,
 }
 
 /// The data stream to stage 0 of one pipeline.
@@ -126,7 +132,10 @@ pub(super) fn spawn(
 ) {
     let runner = Runner {
         groups: config.groups.max(1),
-        prefix_cache: PrefixCache::new(config.prefix_cache, config.kv_pool_blocks),
+        prefix_cache: match config.state_snapshots {
+            0 => PrefixCache::new(config.prefix_cache, config.kv_pool_blocks),
+            n => PrefixCache::new(config.prefix_cache, config.kv_pool_blocks).with_snapshots(n),
+        },
         retain_first: Vec::new(),
         clear_cached_first: false,
         evict_next: Vec::new(),
@@ -214,6 +223,7 @@ impl Runner {
                 kv_end: 0,
                 reported_cached: false,
                 prefix_tried: false,
+                snapshot_at: None,
                 generated: 0,
                 max_tokens: req.max_tokens.min(room).max(1),
                 ignore_eos: req.ignore_eos,
@@ -259,6 +269,7 @@ impl Runner {
                         SeqPhase::Decode
                     },
                     cached_tokens: s.cached,
+                    cut_at: s.snapshot_at,
                 })
                 .collect();
             let entries = plan_step(&progress, group, &self.config.policy);
@@ -269,6 +280,14 @@ impl Runner {
             self.next_batch += 1;
             let mut evicted = self.make_room(&entries);
             evicted.append(&mut self.evict_next);
+            // This frame copies the snapshots its new sequences resume
+            // from before it drops any: they may go from here on.
+            for e in &entries {
+                if let Some(s) = self.seqs.iter().find(|s| s.id == e.seq && !s.sent) {
+                    self.prefix_cache.resumed(&s.prefix);
+                }
+            }
+            let (mut saved, mut dropped) = (Vec::new(), Vec::new());
             let mut wire = Vec::with_capacity(entries.len());
             let mut token_ids = Vec::new();
             for e in &entries {
@@ -302,7 +321,17 @@ impl Runner {
                     restore_blocks: if on_prefix { s.restore as u32 } else { 0 },
                     // A generated token fed back (`history` past the prompt).
                     decode: e.n_tokens == 1 && e.start_pos >= s.prefill_to,
+                    snapshot: Vec::new(),
                 });
+                let end = e.start_pos + e.n_tokens;
+                if s.snapshot_at == Some(end) {
+                    s.snapshot_at = None;
+                    if let Some((hash, drop)) = self.prefix_cache.save_snapshot(&s.history[..end]) {
+                        wire.last_mut().expect("pushed").snapshot = hash.to_vec();
+                        saved.push(hash);
+                        dropped.extend(drop);
+                    }
+                }
                 s.sent = true;
                 s.kv_end = s.kv_end.max(e.start_pos + e.n_tokens);
             }
@@ -321,6 +350,7 @@ impl Runner {
                 retain_first: std::mem::take(&mut self.retain_first),
                 evict_first: evicted.iter().map(|h| h.to_vec()).collect(),
                 clear_cached_first: cleared,
+                drop_snapshots: dropped.iter().map(|h| h.to_vec()).collect(),
             };
             tracing::debug!(target: "strata::hop", batch_id, group, n_tokens, seqs = entries.len(), "send");
             self.in_flight.insert(
@@ -332,6 +362,7 @@ impl Runner {
                     evicted,
                     cleared,
                     restoring,
+                    snapshots: [saved, dropped].concat(),
                 },
             );
             self.stats.on_batch_sent(n_tokens);
@@ -361,11 +392,14 @@ impl Runner {
         let failed = !reply.error.is_empty();
         if failed {
             tracing::warn!("batch {} failed: {}", reply.batch_id, reply.error);
-            // The stages after the one that failed it never saw its frame.
-            if !batch.evicted.is_empty() || batch.cleared {
+            // The stages after the one that failed it never saw its frame;
+            // those before it saved its snapshots.
+            self.prefix_cache.forget_snapshots(&batch.snapshots);
+            if !batch.evicted.is_empty() || batch.cleared || !batch.snapshots.is_empty() {
                 self.send_release(v1::ReleaseRequest {
                     evict: batch.evicted.iter().map(|h| h.to_vec()).collect(),
                     clear_cached: batch.cleared,
+                    drop_snapshots: batch.snapshots.iter().map(|h| h.to_vec()).collect(),
                     ..Default::default()
                 });
             }
@@ -456,6 +490,7 @@ impl Runner {
                 stats.on_retire(how == Retire::Cancelled, how == Retire::Failed);
                 // A sequence the pipeline never saw holds nothing there.
                 if !s.sent {
+                    cache.resumed(&s.prefix);
                     cache.detach(&s.prefix);
                 } else if how == Retire::Failed {
                     cache.detach(&s.prefix);
@@ -521,6 +556,9 @@ impl Runner {
             let attached = self.prefix_cache.attach(&s.history[..s.prefill_to]);
             (s.prefix, s.restore) = (attached.blocks, attached.restore);
             s.cached = s.prefix.len() * KV_BLOCK_TOKENS;
+            s.snapshot_at = self
+                .prefix_cache
+                .snapshot_point(&s.history[..s.prefill_to], s.cached);
             s.kv_end = s.cached;
             // Reported once the stages have read it back.
             if s.restore == 0 && !s.reported_cached {

@@ -152,7 +152,8 @@ pub fn legend(req: &PlanRequest) -> String {
         let _ = writeln!(
             out,
             "  state       recurrent state of the DeltaNet layers (conv + SSM, f32): {} per sequence \
-             x {} sequence(s) over all layers, the same at any context (these layers hold no KV)",
+             (its live state and the prefix cache's snapshot) x {} sequence(s) over all layers, \
+             the same at any context (these layers hold no KV)",
             format_bytes(state_per_seq),
             req.parallel,
         );

@@ -19,6 +19,9 @@ pub struct SeqProgress {
     pub phase: SeqPhase,
     /// Tokens in the KV cache (prompt done + generated fed back).
     pub cached_tokens: usize,
+    /// A prompt chunk ends here rather than run past it (a recurrent
+    /// model's state snapshot is saved at this position).
+    pub cut_at: Option<usize>,
 }
 
 /// Limits of one micro-batch.
@@ -74,7 +77,10 @@ pub fn plan_step(seqs: &[SeqProgress], group: usize, policy: &BatchPolicy) -> Ve
         }
         if let SeqPhase::Prefill { done } = s.phase {
             let left = s.prompt_tokens - done;
-            let n = left.min(policy.max_prefill_chunk.max(1)).min(budget);
+            let mut n = left.min(policy.max_prefill_chunk.max(1)).min(budget);
+            if let Some(cut) = s.cut_at.filter(|&c| c > done) {
+                n = n.min(cut - done);
+            }
             entries.push(StepEntry {
                 seq: s.seq,
                 start_pos: done,
@@ -98,6 +104,7 @@ mod tests {
             prompt_tokens: prompt,
             phase,
             cached_tokens: cached,
+            cut_at: None,
         }
     }
 
@@ -185,5 +192,20 @@ mod tests {
             steps += 1;
         }
         assert_eq!(steps, 2000usize.div_ceil(126));
+    }
+
+    #[test]
+    fn a_prompt_chunk_stops_at_its_cut_once() {
+        let policy = BatchPolicy {
+            max_batch_tokens: 512,
+            max_prefill_chunk: 256,
+        };
+        let mut s = seq(1, 0, 300, SeqPhase::Prefill { done: 0 }, 0);
+        s.cut_at = Some(96);
+        let chunk = |s: &SeqProgress| plan_step(std::slice::from_ref(s), 0, &policy)[0];
+        assert_eq!((chunk(&s).n_tokens, chunk(&s).samples), (96, false));
+        // Past the cut, chunks are as before.
+        s.phase = SeqPhase::Prefill { done: 96 };
+        assert_eq!((chunk(&s).n_tokens, chunk(&s).samples), (204, true));
     }
 }

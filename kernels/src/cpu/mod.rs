@@ -308,6 +308,16 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn copy_rows(&self, x: &mut CpuAct, from: &[u32], to: &[u32]) -> Result<(), KernelError> {
+        op_checks::copy_rows(from, to, x.rows)?;
+        let cols = x.cols;
+        for (&f, &t) in from.iter().zip(to) {
+            let (f, t) = (f as usize * cols, t as usize * cols);
+            x.data.copy_within(f..f + cols, t);
+        }
+        Ok(())
+    }
+
     fn ssm_conv(
         &self,
         x: &CpuAct,

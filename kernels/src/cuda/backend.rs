@@ -767,6 +767,10 @@ impl Backend for CudaBackend {
         self.zero_state_rows(x, rows)
     }
 
+    fn copy_rows(&self, x: &mut CudaAct, from: &[u32], to: &[u32]) -> Result<(), KernelError> {
+        self.copy_state_rows(x, from, to)
+    }
+
     fn ssm_conv(
         &self,
         x: &CudaAct,

@@ -114,7 +114,7 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         name: "recurrent",
         body: include_str!("../../cuda/recurrent.cu"),
-        kernels: &["zero_rows", "ssm_conv", "delta_net"],
+        kernels: &["zero_rows", "copy_rows", "ssm_conv", "delta_net"],
     },
     KernelSource {
         name: "moe",

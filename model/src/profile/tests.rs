@@ -340,19 +340,21 @@ fn qwen35_tiny_deltanet_layers_hold_llama_cpps_state_and_no_kv() {
     let kv_f16 = 2 * (info("n_embd_k_gqa") + info("n_embd_v_gqa"));
 
     let p = profile_of(&file_of(&tiny(Architecture::Qwen35)));
+    let rows = STATE_ROWS_PER_SEQ as u64;
     // full_attention_interval 4: layers 0-2 DeltaNet, layer 3 attention.
     for (il, l) in p.layers.iter().enumerate() {
         let recurrent = il != 3;
-        assert_eq!(l.state_bytes_per_seq, if recurrent { per_layer } else { 0 });
+        assert_eq!(l.state_bytes_per_seq, if recurrent { rows * per_layer } else { 0 });
         assert_eq!(
             l.kv_bytes_per_token(KvType::F16),
             if recurrent { 0 } else { kv_f16 }
         );
     }
     // 823296 bytes: the 0.79 MiB of recurrent state llama.cpp allots one
-    // sequence of this file.
-    assert_eq!(p.state_bytes_per_seq(), 3 * per_layer);
-    assert_eq!(p.state_bytes_per_seq(), 823_296);
+    // sequence of this file, once live and once as the prefix cache's
+    // snapshot.
+    assert_eq!(p.state_bytes_per_seq(), rows * 3 * per_layer);
+    assert_eq!(p.state_bytes_per_seq(), rows * 823_296);
 
     let all = LayerRange { first: 0, end: 4 };
     let at = |ctx, seqs| p.stage_memory(all, &StageLoad::for_sequences(ctx, seqs, KvType::F16, 64));
@@ -361,7 +363,7 @@ fn qwen35_tiny_deltanet_layers_hold_llama_cpps_state_and_no_kv() {
         let long = at(4096, seqs);
         // State scales with sequences and not with context; KV is the one
         // attention layer's only.
-        assert_eq!(short.state_bytes, seqs as u64 * 3 * per_layer);
+        assert_eq!(short.state_bytes, seqs as u64 * rows * 3 * per_layer);
         assert_eq!(long.state_bytes, short.state_bytes);
         assert_eq!(long.kv_bytes, kv_f16 * 4096 * seqs as u64);
         assert_eq!(
@@ -380,7 +382,7 @@ fn qwen35_tiny_deltanet_layers_hold_llama_cpps_state_and_no_kv() {
     let recurrent = p.stage_memory(LayerRange { first: 1, end: 2 }, &load);
     assert_eq!(
         (recurrent.state_bytes, recurrent.kv_bytes),
-        (2 * per_layer, 0)
+        (2 * rows * per_layer, 0)
     );
 }
 
@@ -399,7 +401,11 @@ fn qwen35_real_shapes_hold_the_plan_docs_state_per_sequence() {
             .expect("writer");
         let p = profile_of(&file_of(&w));
         let want = deltanet_layers * llama_cpp_state_bytes(4, d_inner, 128, 16);
-        assert_eq!(p.state_bytes_per_seq(), want, "{arch} {preset}");
+        assert_eq!(
+            p.state_bytes_per_seq(),
+            want * STATE_ROWS_PER_SEQ as u64,
+            "{arch} {preset}"
+        );
         let got_mib = want as f64 / (1 << 20) as f64;
         assert!(
             (got_mib - mib).abs() < 0.05,

@@ -37,6 +37,14 @@ impl<B: Backend> RecurrentState<B> {
         })
     }
 
+    /// Copies state row `from` over row `to` (a prefix-cache snapshot saved
+    /// or resumed).
+    pub fn copy_row(&mut self, b: &B, from: u32, to: u32) -> Result<(), StageError> {
+        b.copy_rows(&mut self.conv, &[from], &[to])?;
+        b.copy_rows(&mut self.ssm, &[from], &[to])?;
+        Ok(())
+    }
+
     /// Clears the slots new sequences take.
     pub fn clear(&mut self, b: &B, slots: &[u32]) -> Result<(), StageError> {
         b.zero_rows(&mut self.conv, slots)?;

@@ -204,6 +204,7 @@ fn run_commands<B, F>(
                     }
                     release(l, &req.retain, &req.seq_ids);
                     l.stage.evict_cached(&hashes(&req.evict));
+                    l.stage.drop_snapshots(&hashes(&req.drop_snapshots));
                 }
                 let _ = reply.send(());
             }
@@ -285,9 +286,15 @@ fn load<B: Backend, F: Fn() -> B>(
         )
     })?;
     let label = format!("layers {}..{}", job.range.first, job.range.end);
-    // Only where blocks can be kept at all (no recurrent state or rings).
+    // Only where blocks can be kept at all (no rings), and not for a
+    // recurrent model: its state snapshots stay in memory, and blocks
+    // without them resume nothing.
+    let recurrent = stage.spec().recurrent_state_bytes_per_seq() > 0;
+    if job.kv_disk.is_some() && recurrent {
+        tracing::info!("--kv-cache-dir: a recurrent model's prefix cache stays in memory");
+    }
     let disk = match &job.kv_disk {
-        Some(c) if stage.prefix_cache_allowed() => {
+        Some(c) if stage.prefix_cache_allowed() && !recurrent => {
             match KvSessions::open(c, &job.digest, job.load.kv_type) {
                 Ok(d) => Some(d),
                 Err(e) => {
@@ -401,7 +408,15 @@ fn forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<Frame
     release(l, &frame.retain_first, &frame.release_first);
     l.stage.evict_cached(&hashes(&frame.evict_first));
     let _span = tracing::debug_span!("batch", batch_id, stage = %l.label).entered();
-    match try_forward(l, frame) {
+    let dropped = hashes(&frame.drop_snapshots);
+    let saves = snapshot_saves(&frame);
+    let ran = try_forward(l, frame);
+    // Drops apply whether the batch ran or not, as the coordinator counts
+    // them (after the run: a sequence in it may resume from one); saves
+    // only after a run.
+    l.stage.drop_snapshots(&dropped);
+    let ran = ran.and_then(|out| Ok(l.stage.save_snapshots(&saves).map(|()| out)?));
+    match ran {
         Ok(out) => Ok(out),
         Err(BatchError::Bad(e)) => Ok(FrameOut::Reply(error_reply(
             batch_id,
@@ -409,6 +424,17 @@ fn forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<Frame
         ))),
         Err(BatchError::Device(e)) => Err(DeviceFailed(format!("stage {}: {e}", l.label))),
     }
+}
+
+/// The state snapshots a frame's runs save (`BatchEntry::snapshot`); a
+/// hash of another length than 16 bytes saves nothing.
+fn snapshot_saves(frame: &v1::BatchFrame) -> Vec<(u64, BlockHash)> {
+    frame
+        .header
+        .iter()
+        .flat_map(|h| &h.entries)
+        .filter_map(|e| Some((e.seq_id, BlockHash::try_from(e.snapshot.as_slice()).ok()?)))
+        .collect()
 }
 
 fn try_forward<B: Backend>(
@@ -471,6 +497,7 @@ fn try_forward<B: Backend>(
                 retain_first: frame.retain_first,
                 evict_first: frame.evict_first,
                 clear_cached_first: frame.clear_cached_first,
+                drop_snapshots: frame.drop_snapshots,
             }))
         }
         StageOutput::Logits(rows) => {

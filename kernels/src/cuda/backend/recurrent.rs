@@ -103,6 +103,36 @@ impl CudaBackend {
         self.launched("zero_rows", || unsafe { b.launch(cfg) }.map(drop))
     }
 
+    pub(super) fn copy_state_rows(
+        &self,
+        x: &mut CudaAct,
+        from: &[u32],
+        to: &[u32],
+    ) -> Result<(), KernelError> {
+        op_checks::copy_rows(from, to, x.rows)?;
+        if from.is_empty() || x.cols == 0 {
+            return Ok(());
+        }
+        // As zero_rows: the rows are the caller's, not the batch index's.
+        if self.recording() {
+            return Err(KernelError::Invalid(
+                "copy_rows: state slots are copied between a stage's batches, not inside a recorded CUDA graph".into(),
+            ));
+        }
+        let (from_dev, to_dev) = (self.upload(from)?, self.upload(to)?);
+        let cols = x.cols as i32;
+        let cfg = LaunchConfig {
+            grid_dim: (from.len() as u32, 1, 1),
+            block_dim: (ELEMENTWISE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(self.f("copy_rows")?);
+        b.arg(&mut x.buf).arg(&from_dev).arg(&to_dev).arg(&cols);
+        // SAFETY: every row index is below x.rows and no row is both read
+        // and written (checked).
+        self.launched("copy_rows", || unsafe { b.launch(cfg) }.map(drop))
+    }
+
     pub(super) fn conv_runs(
         &self,
         x: &CudaAct,
