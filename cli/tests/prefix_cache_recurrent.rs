@@ -32,10 +32,12 @@ fn tokens(body: &Value) -> (Value, Value) {
 fn a_recurrent_model_resumes_each_turn_from_its_state_snapshot() {
     let (_dir, path, _) = common::synth_reference("synth-qwen35-q8_0");
     let model_dir = path.parent().unwrap();
+    // Budgets that fit one or two layers each (as serve_pipeline.rs's
+    // Qwen3.5 test), so the planner needs all three.
     let workers = [
-        Worker::start("300MiB", Some(model_dir)),
-        Worker::start("300MiB", None),
-        Worker::start("300MiB", None),
+        Worker::start("79MiB", Some(model_dir)),
+        Worker::start("78MiB", None),
+        Worker::start("78MiB", None),
     ];
     let mut args = vec!["-c", "2048", "-n", "1"];
     for w in &workers {
@@ -48,10 +50,13 @@ fn a_recurrent_model_resumes_each_turn_from_its_state_snapshot() {
     let one = Server::start(&path, &["-c", "2048", "-n", "1"]);
     let cold = Server::start(&path, &["-c", "2048", "-n", "1", "--no-prefix-cache"]);
 
-    let mut prompt = history(2_000);
+    let mut prompt = history(1_200);
     let mut snapshot_at = 0u64;
     for turn in 0..4 {
-        let replies: Vec<Value> = [&one, &pipeline].iter().map(|s| complete(s, &prompt)).collect();
+        let replies: Vec<Value> = [&one, &pipeline]
+            .iter()
+            .map(|s| complete(s, &prompt))
+            .collect();
         let fresh = complete(&cold, &prompt);
         let n = fresh["usage"]["prompt_tokens"].as_u64().unwrap();
         assert_eq!(cached_tokens(&fresh), 0, "the cold server caches nothing");
@@ -86,6 +91,12 @@ fn a_recurrent_model_resumes_each_turn_from_its_state_snapshot() {
             w.health()
         );
     }
-    let kept: Vec<u64> = workers.iter().map(|w| w.health().kv_blocks_cached).collect();
-    assert!(kept[0] > 0 && kept.iter().all(|&k| k == kept[0]), "{kept:?}");
+    let kept: Vec<u64> = workers
+        .iter()
+        .map(|w| w.health().kv_blocks_cached)
+        .collect();
+    assert!(
+        kept[0] > 0 && kept.iter().all(|&k| k == kept[0]),
+        "{kept:?}"
+    );
 }

@@ -4,7 +4,7 @@
 
 use strata_coordinator::planner::{plan, try_plan, PlanError, PlanRequest, SafetyMargin};
 use strata_model::arch::{Architecture, ModelSpec};
-use strata_model::profile::{KvType, MemoryProfile};
+use strata_model::profile::{KvType, MemoryProfile, STATE_ROWS_PER_SEQ};
 
 mod common;
 use common::*;
@@ -34,9 +34,13 @@ fn request(hp: &ModelSpec, p: &MemoryProfile, ctx: usize) -> PlanRequest {
     }
 }
 
-/// State of layers `[first, end)` for [`PARALLEL`] sequences, by the formula.
+/// State of layers `[first, end)` for [`PARALLEL`] sequences, by the
+/// formula: each holds its live state and the prefix cache's snapshot
+/// ([`STATE_ROWS_PER_SEQ`]).
 fn state_of(first: usize, end: usize) -> u64 {
-    (first..end).filter(|&il| is_recurrent(il)).count() as u64 * STATE_PER_LAYER * PARALLEL as u64
+    (first..end).filter(|&il| is_recurrent(il)).count() as u64
+        * STATE_PER_LAYER
+        * (PARALLEL * STATE_ROWS_PER_SEQ) as u64
 }
 
 #[test]
@@ -44,7 +48,7 @@ fn qwen35_27b_stages_hold_their_deltanet_layers_state_at_any_context() {
     let (hp, p) = qwen35_27b();
     assert_eq!(p.layers.len(), 64);
     // 149.6 MiB per sequence, as the plan doc has it.
-    assert_eq!(state_of(0, 64), 48 * STATE_PER_LAYER * 4);
+    assert_eq!(state_of(0, 64), 48 * STATE_PER_LAYER * 4 * 2);
     assert_eq!(48 * STATE_PER_LAYER * 10 / (1 << 20), 1496);
     let workers = gpus(&[16 * GIB, 16 * GIB, 12 * GIB]);
     for ctx in [4096, 16384] {

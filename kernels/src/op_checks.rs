@@ -265,7 +265,9 @@ pub(crate) fn copy_rows(from: &[u32], to: &[u32], n_rows: usize) -> Result<(), K
     }
     let mut targets = to.to_vec();
     targets.sort_unstable();
-    if targets.windows(2).any(|w| w[0] == w[1]) || from.iter().any(|r| targets.binary_search(r).is_ok()) {
+    if targets.windows(2).any(|w| w[0] == w[1])
+        || from.iter().any(|r| targets.binary_search(r).is_ok())
+    {
         return invalid("copy_rows: a row is written twice, or both read and written".to_string());
     }
     Ok(())

@@ -353,9 +353,15 @@ fn recurrent_ops_refuse_bad_input<B: Backend>(b: &B) {
     invalid("columns: past the row", b.columns(&x, 4, 3).map(drop));
     invalid("columns: overflow", b.columns(&x, 1, usize::MAX).map(drop));
     invalid("zero_rows", b.zero_rows(&mut copy(), &[0, 2]));
-    invalid("copy_rows: past the rows", b.copy_rows(&mut copy(), &[0], &[2]));
+    invalid(
+        "copy_rows: past the rows",
+        b.copy_rows(&mut copy(), &[0], &[2]),
+    );
     invalid("copy_rows: pairs", b.copy_rows(&mut copy(), &[0, 1], &[1]));
-    invalid("copy_rows: read and written", b.copy_rows(&mut copy(), &[0], &[0]));
+    invalid(
+        "copy_rows: read and written",
+        b.copy_rows(&mut copy(), &[0], &[0]),
+    );
 
     // The conv: 6 channels, 4 taps, 3 slots.
     let (channels, d_conv) = (6usize, 4usize);

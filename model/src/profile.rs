@@ -219,9 +219,9 @@ impl MemoryProfile {
                     kv_bytes_per_token_q4_0: (KvType::Q4_0.bytes_for(k) + KvType::Q4_0.bytes_for(v))
                         as u64,
                     kv_window_tokens: window,
-                    state_bytes_per_seq: spec.delta_net(il).map_or(0, |d| {
-                        d.state_bytes_per_seq() * STATE_ROWS_PER_SEQ as u64
-                    }),
+                    state_bytes_per_seq: spec
+                        .delta_net(il)
+                        .map_or(0, |d| d.state_bytes_per_seq() * STATE_ROWS_PER_SEQ as u64),
                 }
             })
             .collect();

@@ -298,7 +298,9 @@ impl<B: Backend> Stage<B> {
             let state: u64 = layers
                 .iter()
                 .filter_map(|l| l.delta_net())
-                .map(|d| d.spec().state_bytes_per_seq() * (load.sequences * STATE_ROWS_PER_SEQ) as u64)
+                .map(|d| {
+                    d.spec().state_bytes_per_seq() * (load.sequences * STATE_ROWS_PER_SEQ) as u64
+                })
                 .sum();
             assert_eq!(
                 state, counted.state_bytes,

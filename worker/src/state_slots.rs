@@ -94,7 +94,9 @@ impl StateSlots {
     /// a prefix-cache snapshot) rather than zeroes.
     pub fn hold(&mut self, seq: u64) -> Result<u32, String> {
         if self.held.contains_key(&seq) {
-            return Err(format!("sequence {seq} holds a recurrent state slot already"));
+            return Err(format!(
+                "sequence {seq} holds a recurrent state slot already"
+            ));
         }
         let s = self.free.pop().ok_or_else(|| self.none_free())?;
         self.held.insert(seq, s);

@@ -194,7 +194,10 @@ impl PrefixCache {
         let mut n = hashes.iter().take_while(|h| cached(h)).count();
         let now = self.tick();
         if let Some(s) = self.snapshots.as_mut() {
-            n = (0..n).rev().find(|&i| s.has(&hashes[i])).map_or(0, |i| i + 1);
+            n = (0..n)
+                .rev()
+                .find(|&i| s.has(&hashes[i]))
+                .map_or(0, |i| i + 1);
             if n > 0 {
                 s.reserve(&hashes[n - 1], now);
             }

@@ -344,7 +344,10 @@ fn qwen35_tiny_deltanet_layers_hold_llama_cpps_state_and_no_kv() {
     // full_attention_interval 4: layers 0-2 DeltaNet, layer 3 attention.
     for (il, l) in p.layers.iter().enumerate() {
         let recurrent = il != 3;
-        assert_eq!(l.state_bytes_per_seq, if recurrent { rows * per_layer } else { 0 });
+        assert_eq!(
+            l.state_bytes_per_seq,
+            if recurrent { rows * per_layer } else { 0 }
+        );
         assert_eq!(
             l.kv_bytes_per_token(KvType::F16),
             if recurrent { 0 } else { kv_f16 }
