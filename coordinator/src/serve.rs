@@ -272,21 +272,16 @@ pub(crate) async fn start_pipeline(
         stop_tokens: model.tokenizer.end_of_generation_tokens().collect(),
         max_queued: 1024,
         batch_timeout: config.batch_timeout,
-        prefix_cache: config.prefix_cache && prefix_cache_possible(&model.hp, &load),
+        prefix_cache: config.prefix_cache,
         kv_pool_blocks: load.kv_blocks(),
         decode_order_differs_from: config.kv_type.decode_order_differs_from(),
-        // The stages' snapshot rows (`STATE_ROWS_PER_SEQ`).
-        state_snapshots: if model.hp.recurrent_state_bytes_per_seq() > 0 {
-            load.sequences * (strata_model::profile::STATE_ROWS_PER_SEQ - 1)
+        // The stages' snapshot rows and rings (`STATE_COPIES_PER_SEQ`).
+        state_snapshots: if resumes_from_snapshots(&model.hp, &load) {
+            load.sequences * (strata_model::profile::STATE_COPIES_PER_SEQ - 1)
         } else {
             0
         },
     };
-    if config.prefix_cache && !engine_config.prefix_cache {
-        tracing::info!(
-            "prefix cache off: this model keeps sliding-window rings, not blocks a prompt could reuse"
-        );
-    }
     let (engine, losses) = Engine::start(engine_config);
     let stage0 = &stages[0].worker;
     let epoch = engine
@@ -333,18 +328,18 @@ pub(crate) async fn start_pipeline(
     ))
 }
 
-/// Whether the stages can reuse kept blocks for this model (the worker's
-/// `Stage::prefix_cache_allowed`): no sliding-window layer that keeps a
-/// ring rather than its whole context. Recurrent layers resume from state
-/// snapshots.
-fn prefix_cache_possible(
+/// Whether a prompt resumes from state snapshots, not from blocks alone,
+/// on some stage (the worker's `Stage::resumes_from_snapshots`): the model
+/// has recurrent layers, or a sliding-window layer that keeps a ring rather
+/// than its whole context.
+fn resumes_from_snapshots(
     spec: &strata_model::arch::ModelSpec,
     load: &strata_model::profile::StageLoad,
 ) -> bool {
     let rings = (0..spec.n_layers)
         .filter_map(|il| spec.attention(il)?.window)
         .any(|w| load.window_blocks(w).is_some_and(|b| b < load.kv_blocks()));
-    !rings
+    spec.recurrent_state_bytes_per_seq() > 0 || rings
 }
 
 /// One line for `/health` while loading.

@@ -4,7 +4,7 @@
 
 use strata_coordinator::planner::{plan, try_plan, PlanError, PlanRequest, SafetyMargin};
 use strata_model::arch::{Architecture, ModelSpec};
-use strata_model::profile::{KvType, MemoryProfile, STATE_ROWS_PER_SEQ};
+use strata_model::profile::{KvType, MemoryProfile, STATE_COPIES_PER_SEQ};
 
 mod common;
 use common::*;
@@ -36,11 +36,11 @@ fn request(hp: &ModelSpec, p: &MemoryProfile, ctx: usize) -> PlanRequest {
 
 /// State of layers `[first, end)` for [`PARALLEL`] sequences, by the
 /// formula: each holds its live state and the prefix cache's snapshot
-/// ([`STATE_ROWS_PER_SEQ`]).
+/// ([`STATE_COPIES_PER_SEQ`]).
 fn state_of(first: usize, end: usize) -> u64 {
     (first..end).filter(|&il| is_recurrent(il)).count() as u64
         * STATE_PER_LAYER
-        * (PARALLEL * STATE_ROWS_PER_SEQ) as u64
+        * (PARALLEL * STATE_COPIES_PER_SEQ) as u64
 }
 
 #[test]

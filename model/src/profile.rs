@@ -9,11 +9,13 @@ mod stage;
 #[cfg(test)]
 mod tests;
 
-/// Recurrent state rows a stage holds per sequence it serves at once: the
-/// live state, and one snapshot the prefix cache keeps (the state after a
-/// prompt's last whole block, which a later prompt starting with the same
-/// blocks resumes from; llama-server's context checkpoints do the same).
-pub const STATE_ROWS_PER_SEQ: usize = 2;
+/// Copies of a sequence's state a stage holds per sequence it serves at
+/// once: the live one, and a snapshot the prefix cache keeps (the state
+/// after a prompt's last whole block, which a later prompt starting with
+/// the same blocks resumes from; llama-server's context checkpoints do the
+/// same). The state is what KV blocks cannot give back: a DeltaNet layer's
+/// recurrent state rows, and a sliding-window layer's ring.
+pub const STATE_COPIES_PER_SEQ: usize = 2;
 
 pub use stage::{window_ring_blocks, StageLoad, StageMemory, StageMemoryTable, KV_BLOCK_TOKENS};
 
@@ -97,7 +99,7 @@ pub struct LayerProfile {
     /// Sliding-window layers never hold more than the window.
     pub kv_window_tokens: Option<usize>,
     /// Recurrent state one sequence holds in this layer (a DeltaNet layer's
-    /// f32 conv and SSM state, [`STATE_ROWS_PER_SEQ`] copies); 0 for
+    /// f32 conv and SSM state, [`STATE_COPIES_PER_SEQ`] copies); 0 for
     /// attention layers. It does not grow with context: a DeltaNet layer
     /// has no KV.
     pub state_bytes_per_seq: u64,
@@ -221,7 +223,7 @@ impl MemoryProfile {
                     kv_window_tokens: window,
                     state_bytes_per_seq: spec
                         .delta_net(il)
-                        .map_or(0, |d| d.state_bytes_per_seq() * STATE_ROWS_PER_SEQ as u64),
+                        .map_or(0, |d| d.state_bytes_per_seq() * STATE_COPIES_PER_SEQ as u64),
                 }
             })
             .collect();

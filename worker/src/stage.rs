@@ -9,7 +9,7 @@ pub use persist::LayerBlock;
 
 use strata_kernels::{Backend, BatchIndex, KernelError, KvGeometry, RecurrentBatch};
 use strata_model::arch::ModelSpec;
-use strata_model::profile::{window_ring_blocks, KvType, StageLoad, STATE_ROWS_PER_SEQ};
+use strata_model::profile::{window_ring_blocks, KvType, StageLoad, STATE_COPIES_PER_SEQ};
 use strata_model::GgufFile;
 pub use strata_model::LayerRange;
 
@@ -264,8 +264,9 @@ impl<B: Backend> Stage<B> {
                             kv_type: load.kv_type,
                             n_blocks: ring.map_or(n_blocks, |r| r.2),
                         };
-                        let rings =
-                            ring.map(|(w, per_seq, blocks)| WindowRings::new(w, per_seq, blocks));
+                        let rings = ring.map(|(w, per_seq, blocks)| {
+                            WindowRings::new(w, per_seq, blocks, load.sequences)
+                        });
                         pools.push((geometry, rings));
                         pools.len() - 1
                     });
@@ -282,7 +283,7 @@ impl<B: Backend> Stage<B> {
                 recurrent.push(RecurrentState::new(
                     &backend,
                     d.spec(),
-                    load.sequences * STATE_ROWS_PER_SEQ,
+                    load.sequences * STATE_COPIES_PER_SEQ,
                 )?);
             }
         }
@@ -299,7 +300,7 @@ impl<B: Backend> Stage<B> {
                 .iter()
                 .filter_map(|l| l.delta_net())
                 .map(|d| {
-                    d.spec().state_bytes_per_seq() * (load.sequences * STATE_ROWS_PER_SEQ) as u64
+                    d.spec().state_bytes_per_seq() * (load.sequences * STATE_COPIES_PER_SEQ) as u64
                 })
                 .sum();
             assert_eq!(
@@ -317,6 +318,7 @@ impl<B: Backend> Stage<B> {
                 })
             })
             .collect::<Result<Vec<_>, KernelError>>()?;
+        let has_rings = kv.iter().any(|p| p.rings.is_some());
         Ok(Stage {
             spec,
             range,
@@ -334,12 +336,12 @@ impl<B: Backend> Stage<B> {
             } else {
                 load.sequences
             }),
-            snapshots: if recurrent.is_empty() {
+            snapshots: if recurrent.is_empty() && !has_rings {
                 StateSnapshots::new(0, 0)
             } else {
                 StateSnapshots::new(
                     load.sequences as u32,
-                    load.sequences * (STATE_ROWS_PER_SEQ - 1),
+                    load.sequences * (STATE_COPIES_PER_SEQ - 1),
                 )
             },
             recurrent,
@@ -381,27 +383,14 @@ impl<B: Backend> Stage<B> {
         let _ = self.retain_and_release(seq, &[]);
     }
 
-    /// Whether finished sequences' blocks can be reused by later ones: not
-    /// when the stage keeps sliding-window rings (a ring holds the
-    /// sequence's last positions, not its prefix). Recurrent state resumes
-    /// from a snapshot (`stage/snapshots.rs`).
-    pub fn prefix_cache_allowed(&self) -> bool {
-        self.kv.iter().all(|p| p.rings.is_none())
-    }
-
     /// [`Self::release`], keeping the sequence's first full blocks under
-    /// `hashes` for the prefix cache (where the stage allows it). Returns
+    /// `hashes` for the prefix cache. Returns
     /// the blocks it newly keeps.
     pub fn retain_and_release(
         &mut self,
         seq: u64,
         hashes: &[BlockHash],
     ) -> Vec<(BlockHash, strata_kernels::KvBlockId)> {
-        let hashes = if self.prefix_cache_allowed() {
-            hashes
-        } else {
-            &[]
-        };
         let kept = self.blocks.retain_and_release(seq, hashes);
         self.slots.release(seq);
         for rings in self.kv.iter_mut().filter_map(|p| p.rings.as_mut()) {
@@ -432,12 +421,6 @@ impl<B: Backend> Stage<B> {
         start_pos: usize,
         prefix: &[BlockHash],
     ) -> Result<(), StageError> {
-        if !self.prefix_cache_allowed() {
-            return Err(StageError::Batch(format!(
-                "sequence {seq} starts on cached blocks, which layers {}..{} cannot use (sliding-window rings)",
-                self.range.first, self.range.end
-            )));
-        }
         if start_pos != prefix.len() * strata_kernels::KV_BLOCK_TOKENS {
             return Err(StageError::Batch(format!(
                 "sequence {seq} starts at position {start_pos} on {} cached blocks",

@@ -5,7 +5,7 @@
 //! copy the sequence's state there into a snapshot row, keyed by that
 //! block's prefix hash; a later prompt starting on those blocks copies it
 //! back into its own slot. The rows sit after the live slots in every
-//! recurrent layer's state (`STATE_ROWS_PER_SEQ`). As with kept blocks,
+//! recurrent layer's state (`STATE_COPIES_PER_SEQ`). As with kept blocks,
 //! the coordinator decides which snapshots exist and the stages obey.
 
 use std::collections::HashMap;

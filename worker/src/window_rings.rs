@@ -7,6 +7,11 @@
 //! `q - p` is a multiple of the ring's positions, so a ring holds any run
 //! of that many consecutive positions: the window before a batch and the
 //! batch (`strata_model::profile::window_ring_blocks`).
+//!
+//! Rings past the first `live` are the prefix cache's snapshots
+//! (`state_snapshots.rs`): a ring copied when a prompt reached a whole
+//! block holds the window before it, so a later prompt starting on those
+//! blocks resumes from a copy of it.
 
 use std::collections::HashMap;
 
@@ -31,9 +36,10 @@ pub struct WindowRun {
 }
 
 impl WindowRings {
-    /// `n_blocks / blocks_per_seq` rings (the pool's blocks, split).
-    pub fn new(window: usize, blocks_per_seq: usize, n_blocks: usize) -> Self {
-        let rings = n_blocks / blocks_per_seq.max(1);
+    /// `n_blocks / blocks_per_seq` rings (the pool's blocks, split), of
+    /// which sequences take the first `live`; the others are snapshots'.
+    pub fn new(window: usize, blocks_per_seq: usize, n_blocks: usize, live: usize) -> Self {
+        let rings = (n_blocks / blocks_per_seq.max(1)).min(live);
         WindowRings {
             window,
             blocks_per_seq,
@@ -41,6 +47,37 @@ impl WindowRings {
             free: (0..rings as u32).rev().collect(),
             held: HashMap::new(),
         }
+    }
+
+    /// The ring `seq` holds, if any.
+    pub fn ring_of(&self, seq: u64) -> Option<u32> {
+        self.held.get(&seq).copied()
+    }
+
+    /// A ring for the new sequence `seq`, whose contents the caller sets
+    /// (from a prefix-cache snapshot).
+    pub fn hold(&mut self, seq: u64) -> Result<u32, String> {
+        if self.held.contains_key(&seq) {
+            return Err(format!(
+                "sequence {seq} holds a sliding-window ring already"
+            ));
+        }
+        let ring = self.free.pop().ok_or_else(|| self.none_free())?;
+        self.held.insert(seq, ring);
+        Ok(ring)
+    }
+
+    /// The pool blocks of ring `ring`.
+    pub fn ring_blocks(&self, ring: u32) -> std::ops::Range<KvBlockId> {
+        let first = ring as usize * self.blocks_per_seq;
+        first as KvBlockId..(first + self.blocks_per_seq) as KvBlockId
+    }
+
+    fn none_free(&self) -> String {
+        format!(
+            "the sliding-window KV cache is full: {} sequences hold all its rings",
+            self.held.len()
+        )
     }
 
     pub fn window(&self) -> usize {
@@ -71,10 +108,7 @@ impl WindowRings {
             new += usize::from(!self.held.contains_key(&r.seq));
         }
         if new > self.free.len() {
-            return Err(format!(
-                "the sliding-window KV cache is full: {} sequences hold all its rings",
-                self.held.len()
-            ));
+            return Err(self.none_free());
         }
         for r in runs {
             if !self.held.contains_key(&r.seq) {
@@ -120,7 +154,7 @@ mod tests {
     #[test]
     fn rings_repeat_and_are_reused() {
         // Window 16, rings of 3 blocks (96 positions), 2 rings.
-        let mut r = WindowRings::new(16, 3, 6);
+        let mut r = WindowRings::new(16, 3, 9, 2);
         r.admit(&[run(1, 0, 40, 0), run(2, 0, 5, 0)]).unwrap();
         assert_eq!(r.table(1, 5), [0, 1, 2, 0, 1]);
         assert_eq!(r.table(2, 2), [3, 4]);
@@ -129,12 +163,17 @@ mod tests {
         r.release(1);
         r.admit(&[run(3, 0, 1, 0)]).unwrap();
         assert_eq!(r.table(3, 1), [0]);
+        // The third ring is a snapshot's: sequences never take it.
+        assert_eq!(r.ring_blocks(2), 6..9);
+        assert!(r.hold(4).unwrap_err().contains("full"));
+        r.release(2);
+        assert_eq!((r.hold(4), r.ring_of(4)), (Ok(1), Some(1)));
     }
 
     #[test]
     fn runs_that_would_overwrite_what_they_attend_are_refused() {
         // Window 16, a ring of 96 positions: 15 back plus 81 written fit.
-        let mut r = WindowRings::new(16, 3, 3);
+        let mut r = WindowRings::new(16, 3, 3, 1);
         r.admit(&[run(1, 0, 96, 0)]).unwrap();
         r.admit(&[run(1, 96, 81, 96)]).unwrap();
         let err = r.admit(&[run(1, 177, 82, 177)]).unwrap_err();

@@ -58,15 +58,17 @@ impl StageLoad {
 
     /// Blocks of a sliding-window layer's pool: each sequence keeps a ring
     /// of [`window_ring_blocks`] blocks (the window beside a whole batch),
-    /// capped at the full pool. `None` when the batch is not bounded
-    /// (`batch_tokens` 0): the layer then gets the full pool.
+    /// and a second ring as the prefix cache's snapshot
+    /// ([`super::STATE_COPIES_PER_SEQ`]), capped at the full pool. `None`
+    /// when the batch is not bounded (`batch_tokens` 0): the layer then
+    /// gets the full pool.
     pub fn window_blocks(&self, window: usize) -> Option<usize> {
         if self.batch_tokens == 0 {
             return None;
         }
         let ring = window_ring_blocks(window, self.batch_tokens);
         Some(
-            ring.saturating_mul(self.sequences.max(1))
+            ring.saturating_mul(self.sequences.max(1) * super::STATE_COPIES_PER_SEQ)
                 .min(self.kv_blocks()),
         )
     }

@@ -340,7 +340,7 @@ fn qwen35_tiny_deltanet_layers_hold_llama_cpps_state_and_no_kv() {
     let kv_f16 = 2 * (info("n_embd_k_gqa") + info("n_embd_v_gqa"));
 
     let p = profile_of(&file_of(&tiny(Architecture::Qwen35)));
-    let rows = STATE_ROWS_PER_SEQ as u64;
+    let rows = STATE_COPIES_PER_SEQ as u64;
     // full_attention_interval 4: layers 0-2 DeltaNet, layer 3 attention.
     for (il, l) in p.layers.iter().enumerate() {
         let recurrent = il != 3;
@@ -406,7 +406,7 @@ fn qwen35_real_shapes_hold_the_plan_docs_state_per_sequence() {
         let want = deltanet_layers * llama_cpp_state_bytes(4, d_inner, 128, 16);
         assert_eq!(
             p.state_bytes_per_seq(),
-            want * STATE_ROWS_PER_SEQ as u64,
+            want * STATE_COPIES_PER_SEQ as u64,
             "{arch} {preset}"
         );
         let got_mib = want as f64 / (1 << 20) as f64;

@@ -286,26 +286,28 @@ fn load<B: Backend, F: Fn() -> B>(
         )
     })?;
     let label = format!("layers {}..{}", job.range.first, job.range.end);
-    // Only where blocks can be kept at all (no rings), and not for a
-    // recurrent model: its state snapshots stay in memory, and blocks
-    // without them resume nothing.
-    let recurrent = stage.spec().recurrent_state_bytes_per_seq() > 0;
-    if job.kv_disk.is_some() && recurrent {
-        tracing::info!("--kv-cache-dir: a recurrent model's prefix cache stays in memory");
+    // Not where a prompt resumes from state snapshots (recurrent layers,
+    // sliding-window rings): they stay in memory, and blocks without them
+    // resume nothing.
+    let snapshots = stage.resumes_from_snapshots();
+    if job.kv_disk.is_some() && snapshots {
+        tracing::info!(
+            "--kv-cache-dir: layers {}..{} resume from state snapshots, which stay in memory: no blocks are written to disk",
+            job.range.first,
+            job.range.end
+        );
     }
     let disk = match &job.kv_disk {
-        Some(c) if stage.prefix_cache_allowed() && !recurrent => {
-            match KvSessions::open(c, &job.digest, job.load.kv_type) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    tracing::warn!(
-                        "KV cache directory {}: {e}; blocks stay in memory only",
-                        c.dir.display()
-                    );
-                    None
-                }
+        Some(c) if !snapshots => match KvSessions::open(c, &job.digest, job.load.kv_type) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(
+                    "KV cache directory {}: {e}; blocks stay in memory only",
+                    c.dir.display()
+                );
+                None
             }
-        }
+        },
         _ => None,
     };
     tracing::info!(

@@ -1,7 +1,9 @@
-//! The prefix cache of a recurrent model (Qwen3.5: three of four layers a
-//! gated DeltaNet) through `strata serve`: a conversation resent turn by
-//! turn resumes from the state snapshot its previous prompt left at its
-//! last whole block, computes only what follows, and gives the tokens and
+//! The prefix cache of models whose blocks alone cannot resume a prompt,
+//! through `strata serve`: Qwen3.5 (three of four layers a gated DeltaNet,
+//! with recurrent state) and Gemma 4 (sliding-window layers, each sequence
+//! a ring of its last positions). A conversation resent turn by turn
+//! resumes from the state snapshot its previous prompt left at its last
+//! whole block, computes only what follows, and gives the tokens and
 //! log-probabilities a server without the cache gives, on one process and
 //! on three workers.
 
@@ -28,18 +30,35 @@ fn tokens(body: &Value) -> (Value, Value) {
     (lp["tokens"].clone(), lp["token_logprobs"].clone())
 }
 
+/// Qwen3.5: each stage's DeltaNet layers resume from a copy of their
+/// recurrent state rows.
 #[test]
 fn a_recurrent_model_resumes_each_turn_from_its_state_snapshot() {
-    let (_dir, path, _) = common::synth_reference("synth-qwen35-q8_0");
+    converse("synth-qwen35-q8_0");
+}
+
+/// Gemma 4: its five sliding-window layers (a window of 16) keep a ring of
+/// 17 blocks per sequence, beside 2,048-token pools; a resumed prompt
+/// attends over a copy of the ring its snapshot saved.
+#[test]
+fn a_sliding_window_model_resumes_each_turn_from_its_ring_snapshot() {
+    converse("synth-gemma4-q8_0");
+}
+
+/// Four turns of a conversation, each after an unrelated prompt of 700
+/// tokens (which leaves its own state in the slot and ring the turn takes
+/// next, so only the snapshot gives the turn its state), on a process and
+/// on three workers (80 MiB each: one or two layers), against a cold
+/// process.
+fn converse(name: &str) {
+    let (_dir, path, _) = common::synth_reference(name);
     let model_dir = path.parent().unwrap();
-    // Budgets that fit one or two layers each (as serve_pipeline.rs's
-    // Qwen3.5 test), so the planner needs all three.
     let workers = [
-        Worker::start("79MiB", Some(model_dir)),
-        Worker::start("78MiB", None),
-        Worker::start("78MiB", None),
+        Worker::start("80MiB", Some(model_dir)),
+        Worker::start("80MiB", None),
+        Worker::start("80MiB", None),
     ];
-    let mut args = vec!["-c", "2048", "-n", "1"];
+    let mut args = vec!["-c", "2048", "-n", "2"];
     for w in &workers {
         args.extend(["--worker", w.spec.as_str()]);
     }
@@ -47,12 +66,17 @@ fn a_recurrent_model_resumes_each_turn_from_its_state_snapshot() {
     let (_, health) = common::get(&format!("{}/health", pipeline.base));
     let health: Value = serde_json::from_str(&health).unwrap();
     assert_eq!(health["stages"].as_array().unwrap().len(), 3, "{health}");
-    let one = Server::start(&path, &["-c", "2048", "-n", "1"]);
+    let one = Server::start(&path, &["-c", "2048", "-n", "2"]);
     let cold = Server::start(&path, &["-c", "2048", "-n", "1", "--no-prefix-cache"]);
 
     let mut prompt = history(1_200);
     let mut snapshot_at = 0u64;
+    let text = history(8_000);
     for turn in 0..4 {
+        let other: String = text.chars().skip(3_000 + 500 * turn).take(700).collect();
+        for s in [&one, &pipeline] {
+            complete(s, &other);
+        }
         let replies: Vec<Value> = [&one, &pipeline]
             .iter()
             .map(|s| complete(s, &prompt))
