@@ -4,7 +4,9 @@
 
 use serde_json::{json, Value};
 
-use super::{get, post, Server};
+use std::time::Duration;
+
+use super::{get, post, Server, Worker};
 
 /// The first `chars` characters of the GPL text (13,800 are about 3,000
 /// SmolLM2 tokens).
@@ -56,4 +58,30 @@ pub fn metric(server: &Server, name: &str) -> u64 {
         .find(|l| l.starts_with(&format!("strata_{name} ")))
         .unwrap_or_else(|| panic!("no {name} in {metrics}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Once no sequence runs, each worker holds only kept blocks, and all hold
+/// the same number (the coordinator tells every stage what to keep and
+/// evict): returns it.
+pub fn settled_kept_blocks(workers: &[Worker]) -> u64 {
+    for w in workers {
+        assert!(
+            super::eventually(Duration::from_secs(10), || {
+                let h = w.health();
+                h.live_sequences == 0 && h.kv_blocks_used == h.kv_blocks_cached
+            }),
+            "{}: only kept blocks stay: {:?}",
+            w.addr,
+            w.health()
+        );
+    }
+    let kept: Vec<u64> = workers
+        .iter()
+        .map(|w| w.health().kv_blocks_cached)
+        .collect();
+    assert!(
+        kept.iter().all(|&k| k == kept[0]),
+        "every stage keeps the same blocks: {kept:?}"
+    );
+    kept[0]
 }
