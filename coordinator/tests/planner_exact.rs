@@ -28,14 +28,15 @@ fn brute_force(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<f64> {
     let p = &req.profile;
     let n = p.layers.len();
     // Every layer holds the whole pool: each sequence in whole 32-token
-    // blocks; a sliding layer a ring per sequence of its window beside a
-    // batch (window + batch - 1 positions in whole blocks), at most the pool.
+    // blocks; a sliding layer two rings per sequence (its own and the
+    // prefix cache's snapshot) of its window beside a batch (window + batch
+    // - 1 positions in whole blocks), at most the pool.
     let pool_tokens = (req.ctx_size.div_ceil(32) * 32 * req.parallel) as u64;
     let scratch_tokens = (req.max_batch_tokens as u64).min(pool_tokens);
     let held_tokens = |window: Option<usize>| match window {
         Some(w) => {
             let ring = (w + req.max_batch_tokens - 1).div_ceil(32) * 32;
-            ((ring * req.parallel) as u64).min(pool_tokens)
+            ((ring * req.parallel * 2) as u64).min(pool_tokens)
         }
         None => pool_tokens,
     };

@@ -100,15 +100,16 @@ pub fn check(p: &Plan, req: &PlanRequest, workers: &[WorkerSpec]) {
         };
         assert_eq!(s.weight_bytes, layers + extra);
         // Every layer holds the whole pool, each sequence in whole 32-token
-        // blocks; a sliding layer a ring per sequence of its window beside a
-        // batch (window + batch - 1 positions, whole blocks), at most that.
+        // blocks; a sliding layer two rings per sequence (its own and the
+        // prefix cache's snapshot) of its window beside a batch (window +
+        // batch - 1 positions, whole blocks), at most that.
         let pool_tokens = (req.ctx_size.div_ceil(32) * 32 * req.parallel) as u64;
         let kv: u64 = req.profile.layers[s.first_layer..s.end_layer]
             .iter()
             .map(|l| {
                 let held = l.kv_window_tokens.map_or(pool_tokens, |w| {
                     let ring = (w + req.max_batch_tokens - 1).div_ceil(32) * 32;
-                    ((ring * req.parallel) as u64).min(pool_tokens)
+                    ((ring * req.parallel * 2) as u64).min(pool_tokens)
                 });
                 l.kv_bytes_per_token(req.kv_type) * held
             })

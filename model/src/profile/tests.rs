@@ -222,12 +222,13 @@ fn sliding_layers_are_held_as_rings_when_the_batch_is_bounded() {
             .sum()
     };
     // A ring per sequence: 512 back + a 512-token batch - 1 = 1023
-    // positions, 32 blocks; the global layers the full 8192.
+    // positions, 32 blocks, and a second as the prefix cache's snapshot;
+    // the global layers the full 8192.
     assert_eq!(window_ring_blocks(512, 512), 32);
-    assert_eq!(load.window_blocks(512), Some(64));
+    assert_eq!(load.window_blocks(512), Some(2 * 2 * 32));
     assert_eq!(
         p.stage_memory(all, &load).kv_bytes,
-        per_token(false) * 8192 + per_token(true) * 2 * 32 * 32
+        per_token(false) * 8192 + per_token(true) * 2 * 2 * 32 * 32
     );
     // With no batch bound (Stage::load), sliding layers get the full pool.
     let unbounded = StageLoad {
