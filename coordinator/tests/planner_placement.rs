@@ -79,9 +79,10 @@ fn gemma3_270m_sliding_layers_hold_a_ring_of_their_window() {
         .filter(|l| l.kv_window_tokens.is_none())
         .count() as u64;
     assert!(global_layers > 0 && global_layers < p.layers.len() as u64);
-    // Only the global layers grow with the context: a sliding layer holds a
-    // ring of its window beside a batch (512 + 512 - 1 positions, 32 blocks)
-    // once the context is past it.
+    // Only the global layers grow with the context: a sliding layer holds
+    // two rings (its own and the prefix cache's snapshot) of its window
+    // beside a batch (512 + 512 - 1 positions, 32 blocks each) once the
+    // context is past them.
     let per_token = |window: bool| -> u64 {
         p.layers
             .iter()
@@ -92,7 +93,7 @@ fn gemma3_270m_sliding_layers_hold_a_ring_of_their_window() {
     assert_eq!(short.max_batch_tokens, 512);
     assert_eq!(
         kv(&b) - kv(&a),
-        per_token(false) * (32768 - 512) + per_token(true) * (1024 - 512)
+        per_token(false) * (32768 - 512) + per_token(true) * (2 * 1024 - 512)
     );
     // What a token reads still stops at the window on sliding layers.
     let read = |p: &Plan| {
