@@ -140,7 +140,7 @@ pub fn legend(req: &PlanRequest) -> String {
     let _ = writeln!(
         out,
         "  KV          key/value cache: {} tokens x {} sequence(s) in {}-token blocks ({} positions) on every {}layer; \
-         a sliding-window layer keeps per sequence a ring of its window beside a batch ({} tokens)",
+         a sliding-window layer keeps per sequence two rings (its own and the prefix cache's snapshot) of its window beside a batch ({} tokens)",
         req.ctx_size,
         req.parallel,
         strata_model::profile::KV_BLOCK_TOKENS,
