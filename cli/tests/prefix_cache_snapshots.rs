@@ -32,7 +32,13 @@ fn tokens(body: &Value) -> (Value, Value) {
 /// recurrent state rows.
 #[test]
 fn a_recurrent_model_resumes_each_turn_from_its_state_snapshot() {
-    converse("synth-qwen35-q8_0");
+    let stages = converse("synth-qwen35-q8_0");
+    // One stage ends with DeltaNet layer 2, the next starts with attention
+    // layer 3: the hidden state crosses from one kind to the other.
+    assert!(
+        stages.iter().any(|s| s.ends_with("layers 3..4")),
+        "no stage boundary between DeltaNet layer 2 and attention layer 3: {stages:?}"
+    );
 }
 
 /// Gemma 4: its five sliding-window layers (a window of 16) keep a ring of
@@ -48,7 +54,7 @@ fn a_sliding_window_model_resumes_each_turn_from_its_ring_snapshot() {
 /// next, so only the snapshot gives the turn its state), on a process and
 /// on three workers (80 MiB each: one or two layers), against a cold
 /// process.
-fn converse(name: &str) {
+fn converse(name: &str) -> Vec<String> {
     let (_dir, path, _) = common::synth_reference(name);
     let model_dir = path.parent().unwrap();
     let workers = [
@@ -63,7 +69,13 @@ fn converse(name: &str) {
     let pipeline = Server::start(&path, &args);
     let (_, health) = common::get(&format!("{}/health", pipeline.base));
     let health: Value = serde_json::from_str(&health).unwrap();
-    assert_eq!(health["stages"].as_array().unwrap().len(), 3, "{health}");
+    let stages: Vec<String> = health["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stages.len(), 3, "{health}");
     let one = Server::start(&path, &["-c", "2048", "-n", "2"]);
     let cold = Server::start(&path, &["-c", "2048", "-n", "1", "--no-prefix-cache"]);
 
@@ -102,4 +114,5 @@ fn converse(name: &str) {
         prompt.push_str(&format!("\n\nPart {} of the text follows.\n", turn + 2));
     }
     assert!(settled_kept_blocks(&workers) > 0);
+    stages
 }

@@ -364,13 +364,11 @@ fn three_workers_serve_qwen3moe_synth_token_for_token() {
 #[test]
 fn three_workers_serve_qwen35_synth_token_for_token() {
     let (_dir, model_path, r) = common::synth_reference("synth-qwen35-q8_0");
-    // Only 1..3 fits the 81 MiB worker: 0..2 with the embedding and 2..4
-    // with the head do not, and the others hold one layer each.
-    let stages = run_three_workers_on(&model_path, &r, ["81MiB", "79MiB", "79MiB"], false, 0.1, 8);
-    assert!(
-        stages.iter().any(|s| s.ends_with(" 3..4")),
-        "no stage boundary between DeltaNet layer 2 and attention layer 3: {stages:?}"
-    );
+    // Budgets that fit one or two layers each; where the boundaries fall
+    // (both DeltaNet layers and the head fit the big worker, as does 1..3)
+    // is the planner's choice. A boundary right before the attention layer
+    // is held in prefix_cache_snapshots.rs.
+    run_three_workers_on(&model_path, &r, ["81MiB", "79MiB", "79MiB"], false, 0.1, 8);
     let (_dir, model_path, r) = common::synth_reference("synth-qwen35moe-q8_0");
     run_three_workers_on(&model_path, &r, ["88MiB", "85MiB", "85MiB"], false, 0.1, 0);
     // With an MTP block, which the last worker receives and holds.
