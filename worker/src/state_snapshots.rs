@@ -1,11 +1,12 @@
-//! The prefix cache's recurrent state snapshots (Qwen3.5's DeltaNet
-//! layers). A prompt's blocks alone cannot resume a recurrent model: its
-//! DeltaNet layers need their state after exactly those tokens. So the
-//! coordinator cuts a prompt at its last whole block and has each stage
-//! copy the sequence's state there into a snapshot row, keyed by that
-//! block's prefix hash; a later prompt starting on those blocks copies it
-//! back into its own slot. The rows sit after the live slots in every
-//! recurrent layer's state (`STATE_COPIES_PER_SEQ`). As with kept blocks,
+//! The prefix cache's state snapshots. A prompt's blocks alone cannot
+//! resume Qwen3.5 (its DeltaNet layers need their recurrent state after
+//! exactly those tokens) or Gemma (a sliding-window layer's ring holds the
+//! window before them). So the coordinator cuts a prompt at its last whole
+//! block and has each stage copy the sequence's state there into snapshot
+//! `r`, keyed by that block's prefix hash; a later prompt starting on those
+//! blocks copies it back into its own slot and rings. Snapshot `r` is state
+//! row `r` of every recurrent layer and ring `r` of every window pool, after
+//! the live sequences' own (`STATE_COPIES_PER_SEQ`). As with kept blocks,
 //! the coordinator decides which snapshots exist and the stages obey.
 
 use std::collections::HashMap;

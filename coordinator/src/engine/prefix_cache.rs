@@ -63,8 +63,8 @@ pub struct PrefixCache {
     /// Blocks on every stage's disk (when the stages keep them there), with
     /// their last use.
     on_disk: Option<HashMap<BlockHash, u64>>,
-    /// A recurrent model's state snapshots: a prompt resumes only at the
-    /// end of a prefix the stages hold one for.
+    /// State snapshots (recurrent state, sliding-window rings): a prompt
+    /// resumes only at the end of a prefix the stages hold one for.
     snapshots: Option<SnapshotIndex>,
     clock: u64,
 }
@@ -95,14 +95,16 @@ impl PrefixCache {
         }
     }
 
-    /// For a recurrent model: a prompt resumes only where the stages hold a
-    /// state snapshot, `capacity` of them each.
+    /// For a model with recurrent state or sliding-window rings: a prompt
+    /// resumes only where the stages hold a state snapshot, `capacity` of
+    /// them each.
     pub fn with_snapshots(mut self, capacity: usize) -> Self {
         self.snapshots = Some(SnapshotIndex::new(capacity));
         self
     }
 
-    /// Where a recurrent model's prompt `prompt`, computed from `cached`,
+    /// Where the prompt `prompt` of a model that resumes from snapshots
+    /// (recurrent state, sliding-window rings), computed from `cached`,
     /// should stop once to save a state snapshot: its last whole block
     /// before its last token, the most of it the next turn can reuse.
     pub fn snapshot_point(&self, prompt: &[u32], cached: usize) -> Option<usize> {

@@ -1,9 +1,10 @@
-//! Which recurrent state snapshots every stage holds, for the prefix cache
-//! of a recurrent model (Qwen3.5's DeltaNet layers: a prefix's blocks alone
-//! cannot resume it, the state after them is needed;
-//! `worker/src/state_snapshots.rs`). A snapshot is keyed by the prefix hash
-//! of the block it ends with. The coordinator decides, as for kept blocks:
-//! the stages save, drop and resume snapshots as its frames say.
+//! Which state snapshots every stage holds, for the prefix cache of a model
+//! whose blocks alone cannot resume a prompt: Qwen3.5's DeltaNet layers
+//! need their recurrent state after the prefix, Gemma's sliding-window
+//! layers their ring (`worker/src/state_snapshots.rs`). A snapshot is keyed
+//! by the prefix hash of the block it ends with. The coordinator decides,
+//! as for kept blocks: the stages save, drop and resume snapshots as its
+//! frames say.
 
 use std::collections::HashMap;
 

@@ -44,8 +44,9 @@ struct Seq {
     /// The prefix cache was asked for this pipeline (once: the prompt is
     /// hashed again only after a failover).
     prefix_tried: bool,
-    /// A recurrent model's prompt stops once here to save a state snapshot
-    /// (the prefix cache's resume point for the next turn).
+    /// The prompt of a model with recurrent state or sliding-window rings
+    /// stops once here to save a state snapshot (the prefix cache's resume
+    /// point for the next turn).
     snapshot_at: Option<usize>,
     generated: usize,
     max_tokens: usize,

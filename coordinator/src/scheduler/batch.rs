@@ -19,8 +19,8 @@ pub struct SeqProgress {
     pub phase: SeqPhase,
     /// Tokens in the KV cache (prompt done + generated fed back).
     pub cached_tokens: usize,
-    /// A prompt chunk ends here rather than run past it (a recurrent
-    /// model's state snapshot is saved at this position).
+    /// A prompt chunk ends here rather than run past it (a state snapshot
+    /// is saved at this position).
     pub cut_at: Option<usize>,
 }
 
