@@ -32,10 +32,15 @@ fn seal_of(key: &str, bytes: &[u8]) -> String {
 
 /// Writes the seal of the file at `path` (just built from `key`).
 pub fn seal(path: &Path, key: &str) -> std::io::Result<()> {
+    // A temporary name of this call's own: tests of one process seal the
+    // same file from several threads at once (a name per process only let
+    // one thread's rename take another's file).
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let bytes = std::fs::read(path)?;
     let out = seal_path(path);
     let mut tmp = out.clone().into_os_string();
-    tmp.push(format!(".{}.tmp", std::process::id()));
+    tmp.push(format!(".{}-{n}.tmp", std::process::id()));
     std::fs::write(&tmp, seal_of(key, &bytes))?;
     std::fs::rename(&tmp, &out)
 }
@@ -79,5 +84,23 @@ mod tests {
         assert_eq!(read(&path, &key), None);
         // Source parts are length-prefixed: moving text between them counts.
         assert_ne!(source_key(&["ab", "c"]), source_key(&["a", "bc"]));
+    }
+
+    #[test]
+    fn threads_sealing_one_file_at_once_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.so");
+        std::fs::write(&path, b"compiled bytes").unwrap();
+        let key = source_key(&["k"]);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        seal(&path, &key).unwrap();
+                    }
+                });
+            }
+        });
+        assert!(read(&path, &key).is_some());
     }
 }
