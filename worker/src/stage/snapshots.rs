@@ -16,11 +16,6 @@ impl<B: Backend> Stage<B> {
         !self.recurrent.is_empty() || self.kv.iter().any(|p| p.rings.is_some())
     }
 
-    /// Snapshots held now.
-    pub fn state_snapshots(&self) -> usize {
-        self.snapshots.len()
-    }
-
     /// The snapshot a sequence starting on `prefix` resumes from: `None`
     /// for a stage whose blocks are all it needs, an error when the stage
     /// has none for the prefix's last block.
