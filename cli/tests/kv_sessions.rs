@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::conversation::{cached_tokens, history, metric, tokens};
+use common::conversation::{cache_files, cached_tokens, history, metric, tokens, wait_cache_files};
 use common::{model, Server, Worker, SMOLLM2};
 use serde_json::{json, Value};
 
@@ -22,38 +22,12 @@ fn chat(server: &Server, messages: &[Value]) -> Value {
 
 /// Block files under a KV cache directory.
 fn block_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    fn walk(d: &Path, out: &mut Vec<std::path::PathBuf>) {
-        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "kv") {
-                out.push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, &mut out);
-    out.sort();
-    out
+    cache_files(dir, "kv")
 }
 
-/// Waits until the writer threads have saved the blocks (the count stops
-/// growing and is above zero).
+/// Waits until the writer threads have saved the blocks.
 fn wait_saved(dirs: &[&Path]) -> usize {
-    let count = || dirs.iter().map(|d| block_files(d).len()).sum::<usize>();
-    let mut last = 0;
-    assert!(
-        common::eventually(Duration::from_secs(30), || {
-            std::thread::sleep(Duration::from_millis(300));
-            let now = count();
-            let settled = now > 0 && now == last;
-            last = now;
-            settled
-        }),
-        "no KV blocks saved under {dirs:?}"
-    );
-    last
+    wait_cache_files(dirs, "kv")
 }
 
 /// The first turn: the history and a question.
@@ -203,7 +177,7 @@ fn a_damaged_block_file_is_ignored_and_the_prompt_computed() {
     assert_eq!(cached_tokens(&reply1), 0, "nothing restored");
     server
         .proc
-        .wait_for("ignoring KV block file", Duration::from_secs(10));
+        .wait_for("ignoring KV cache file", Duration::from_secs(10));
     // The blocks computed again are saved again, whole.
     wait_saved(&[kv.path()]);
     let cold = Server::start(&path, &["-c", "2048", "-n", "1", "--no-prefix-cache"]);

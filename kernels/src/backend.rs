@@ -384,6 +384,11 @@ pub trait Backend: Send + Sync {
     /// recurrent state saved as a prefix-cache snapshot, or restored from
     /// one). No row is both copied and overwritten.
     fn copy_rows(&self, x: &mut Self::Act, from: &[u32], to: &[u32]) -> Result<(), KernelError>;
+    /// Row `row` of `x`, on the host (a state snapshot written to disk).
+    fn row_to_host(&self, x: &Self::Act, row: u32) -> Result<Vec<f32>, KernelError>;
+    /// Overwrites row `row` of `x` with `data` (`cols` values: a state
+    /// snapshot read back from disk).
+    fn row_from_host(&self, x: &mut Self::Act, row: u32, data: &[f32]) -> Result<(), KernelError>;
     /// The short causal convolution of each sequence's run of `x` (`rows x
     /// channels`) with its state row of `state` (`(d_conv - 1) x channels`
     /// values, oldest first), which it updates. `w` is `ssm_conv1d.weight`

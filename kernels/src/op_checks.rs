@@ -250,6 +250,23 @@ pub(crate) fn state_rows(rows: &[u32], n_rows: usize) -> Result<(), KernelError>
     }
 }
 
+/// `row_to_host` / `row_from_host`: a row below `n_rows`, and (writing)
+/// a whole row of data.
+pub(crate) fn host_row(
+    row: u32,
+    n_rows: usize,
+    data_len: Option<usize>,
+    cols: usize,
+) -> Result<(), KernelError> {
+    if row as usize >= n_rows {
+        return invalid(format!("state row {row} of {n_rows}"));
+    }
+    match data_len {
+        Some(n) if n != cols => invalid(format!("{n} values for a state row of {cols}")),
+        _ => Ok(()),
+    }
+}
+
 /// `copy_rows`: pairs of rows below `n_rows`, and no row both a source and
 /// a target (the copies would then depend on their order).
 pub(crate) fn copy_rows(from: &[u32], to: &[u32], n_rows: usize) -> Result<(), KernelError> {

@@ -484,6 +484,35 @@ fn copy_rows_moves_whole_state_rows_on_both_backends() {
     assert_eq!(g.act_to_host(&sg).unwrap(), want, "CUDA");
 }
 
+/// A state row read to the host and written back (a snapshot on disk), on
+/// both backends; a row past the state or a short row is refused.
+#[test]
+fn state_rows_go_to_the_host_and_back_on_both_backends() {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed());
+    let (rows, cols) = (4usize, 777usize);
+    let s0 = random(&mut rng, rows * cols, 1.0);
+    let row2 = s0[2 * cols..3 * cols].to_vec();
+    let (g, c) = (gpu(), CpuBackend::new());
+    let (mut sg, mut sc) = (both(&g, &s0, rows, cols), both(&c, &s0, rows, cols));
+    assert_eq!(g.row_to_host(&sg, 2).unwrap(), row2, "CUDA");
+    assert_eq!(c.row_to_host(&sc, 2).unwrap(), row2, "CPU");
+    g.row_from_host(&mut sg, 0, &row2).unwrap();
+    c.row_from_host(&mut sc, 0, &row2).unwrap();
+    let mut want = s0.clone();
+    want[..cols].copy_from_slice(&row2);
+    assert_eq!(g.act_to_host(&sg).unwrap(), want, "CUDA");
+    assert_eq!(c.act_to_host(&sc).unwrap(), want, "CPU");
+    for (what, err) in [
+        ("CUDA row", g.row_to_host(&sg, 4).map(drop)),
+        ("CPU row", c.row_to_host(&sc, 4).map(drop)),
+        ("CUDA short", g.row_from_host(&mut sg, 1, &row2[1..])),
+        ("CPU short", c.row_from_host(&mut sc, 1, &row2[1..])),
+        ("CUDA past", g.row_from_host(&mut sg, 9, &row2)),
+    ] {
+        assert!(matches!(err, Err(KernelError::Invalid(_))), "{what}: {err:?}");
+    }
+}
+
 /// Heads wider than the kernel's registers are refused, by name.
 #[test]
 fn delta_net_heads_past_the_kernel_are_refused() {

@@ -1,11 +1,12 @@
-//! Kept KV blocks on disk, so a session survives a restart: one file per
-//! block and layer (`<dir>/<layer>/<prefix hash>.kv`), per layer rather
-//! than per stage so that another placement after the restart still finds
-//! the layers a worker holds. `dir` is the cache directory's folder for one
+//! Kept KV blocks and state snapshots on disk, so a session survives a
+//! restart: one file per block (or snapshot) and layer
+//! (`<dir>/<layer>/<prefix hash>.kv`, `.state`), per layer rather than per
+//! stage so that another placement after the restart still finds the
+//! layers a worker holds. `dir` is the cache directory's folder for one
 //! model and KV type.
 //!
-//! A file is a header (magic, version, the layer, the KV row shape and
-//! type, the hash, the data's length and its blake3) then the block's
+//! A file is a header (magic, version, the layer, the shape its bytes were
+//! written for, the hash, the data's length and its blake3) then the
 //! bytes. A file whose header or checksum does not match is ignored with a
 //! log line and removed. The folder stays under a size cap: the oldest
 //! files go first.
@@ -18,10 +19,48 @@ use strata_kernels::KvGeometry;
 
 use crate::kv_blocks::BlockHash;
 
-const MAGIC: &[u8; 8] = b"strataKV";
+/// What a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// One layer's share of a kept KV block.
+    Block,
+    /// One layer's state after a prefix (a recurrent state row, or a
+    /// sliding-window ring): the prefix cache's snapshot.
+    State,
+}
+
+impl FileKind {
+    fn extension(self) -> &'static str {
+        match self {
+            FileKind::Block => "kv",
+            FileKind::State => "state",
+        }
+    }
+
+    fn magic(self) -> &'static [u8; 8] {
+        match self {
+            FileKind::Block => b"strataKV",
+            FileKind::State => b"strataST",
+        }
+    }
+}
+
+/// The shape a file's bytes were written for (four numbers: a file of
+/// another shape is not read).
+pub type Shape = [u32; 4];
+
+/// A KV block's shape: its KV type and row shape.
+pub fn block_shape(geo: &KvGeometry) -> Shape {
+    [
+        geo.kv_type as u32,
+        geo.n_kv_heads as u32,
+        geo.head_dim_k as u32,
+        geo.head_dim_v as u32,
+    ]
+}
+
 const VERSION: u32 = 1;
-/// magic, version, layer, kv type, KV heads, K and V head dims, hash,
-/// data length, blake3.
+/// magic, version, layer, shape, hash, data length, blake3.
 const HEADER_BYTES: usize = 8 + 4 * 6 + 16 + 8 + 32;
 
 pub struct DiskBlocks {
@@ -47,22 +86,23 @@ impl DiskBlocks {
         self.used_bytes
     }
 
-    fn path(&self, layer: usize, hash: &BlockHash) -> PathBuf {
+    fn path(&self, kind: FileKind, layer: usize, hash: &BlockHash) -> PathBuf {
         let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-        self.dir.join(layer.to_string()).join(format!("{hex}.kv"))
+        self.dir
+            .join(layer.to_string())
+            .join(format!("{hex}.{}", kind.extension()))
     }
 
-    fn header(layer: usize, geo: &KvGeometry, hash: &BlockHash, data: &[u8]) -> Vec<u8> {
+    fn header(
+        kind: FileKind,
+        layer: usize,
+        shape: Shape,
+        hash: &BlockHash,
+        data: &[u8],
+    ) -> Vec<u8> {
         let mut h = Vec::with_capacity(HEADER_BYTES);
-        h.extend_from_slice(MAGIC);
-        for v in [
-            VERSION,
-            layer as u32,
-            geo.kv_type as u32,
-            geo.n_kv_heads as u32,
-            geo.head_dim_k as u32,
-            geo.head_dim_v as u32,
-        ] {
+        h.extend_from_slice(kind.magic());
+        for v in [VERSION, layer as u32].into_iter().chain(shape) {
             h.extend_from_slice(&v.to_le_bytes());
         }
         h.extend_from_slice(hash);
@@ -71,16 +111,17 @@ impl DiskBlocks {
         h
     }
 
-    /// Saves one block of `layer` (written whole, then renamed into
-    /// place), then trims the folder to its cap.
+    /// Saves one block (or state) of `layer` (written whole, then
+    /// renamed into place), then trims the folder to its cap.
     pub fn write(
         &mut self,
+        kind: FileKind,
         layer: usize,
-        geo: &KvGeometry,
+        shape: Shape,
         hash: &BlockHash,
         data: &[u8],
     ) -> io::Result<()> {
-        let path = self.path(layer, hash);
+        let path = self.path(kind, layer, hash);
         if path.exists() {
             return Ok(());
         }
@@ -92,7 +133,7 @@ impl DiskBlocks {
         let tmp = path.with_extension("tmp");
         {
             let mut f = fs::File::create(&tmp)?;
-            f.write_all(&Self::header(layer, geo, hash, data))?;
+            f.write_all(&Self::header(kind, layer, shape, hash, data))?;
             f.write_all(data)?;
         }
         fs::rename(&tmp, &path)?;
@@ -100,14 +141,20 @@ impl DiskBlocks {
         self.trim()
     }
 
-    /// The block saved for `layer` and `hash`, if it is there and whole
-    /// and was written for this geometry.
-    pub fn read(&self, layer: usize, geo: &KvGeometry, hash: &BlockHash) -> Option<Vec<u8>> {
-        let path = self.path(layer, hash);
+    /// The block (or state) saved for `layer` and `hash`, if it is there
+    /// and whole and was written for this shape.
+    pub fn read(
+        &self,
+        kind: FileKind,
+        layer: usize,
+        shape: Shape,
+        hash: &BlockHash,
+    ) -> Option<Vec<u8>> {
+        let path = self.path(kind, layer, hash);
         let mut bytes = Vec::new();
         fs::File::open(&path).ok()?.read_to_end(&mut bytes).ok()?;
         let fail = |why: &str| {
-            tracing::warn!("ignoring KV block file {}: {why}", path.display());
+            tracing::warn!("ignoring KV cache file {}: {why}", path.display());
             let _ = fs::remove_file(&path);
             None
         };
@@ -115,7 +162,7 @@ impl DiskBlocks {
             return fail("shorter than its header");
         }
         let (head, data) = bytes.split_at(HEADER_BYTES);
-        if head != Self::header(layer, geo, hash, data).as_slice() {
+        if head != Self::header(kind, layer, shape, hash, data).as_slice() {
             return fail(
                 "its header or checksum does not match (another model, KV type or a damaged file)",
             );
@@ -123,21 +170,17 @@ impl DiskBlocks {
         Some(data.to_vec())
     }
 
-    /// Whether every layer in `layers` has the block saved (not checked).
-    pub fn has(&self, layers: std::ops::Range<usize>, hash: &BlockHash) -> bool {
-        layers.into_iter().all(|l| self.path(l, hash).exists())
-    }
-
-    /// The hashes of the blocks saved for `layer` (by file name; read
-    /// checks them).
-    pub fn hashes(&self, layer: usize) -> std::collections::HashSet<BlockHash> {
+    /// The hashes of the blocks (or states) saved for `layer` (by file
+    /// name; read checks them).
+    pub fn hashes(&self, kind: FileKind, layer: usize) -> std::collections::HashSet<BlockHash> {
         let Ok(entries) = fs::read_dir(self.dir.join(layer.to_string())) else {
             return Default::default();
         };
         entries
             .filter_map(|e| {
                 let name = e.ok()?.file_name();
-                let hex = name.to_str()?.strip_suffix(".kv")?;
+                let hex = name.to_str()?.strip_suffix(kind.extension())?;
+                let hex = hex.strip_suffix('.')?;
                 let mut h = [0u8; 16];
                 if hex.len() != 32 {
                     return None;
@@ -172,7 +215,8 @@ impl DiskBlocks {
     }
 }
 
-/// Every block file under `dir`: path, length and modification time.
+/// Every block and state file under `dir`: path, length and modification
+/// time.
 fn files(dir: &Path) -> io::Result<Vec<(PathBuf, u64, std::time::SystemTime)>> {
     let mut out = Vec::new();
     for layer in fs::read_dir(dir)? {
@@ -183,7 +227,10 @@ fn files(dir: &Path) -> io::Result<Vec<(PathBuf, u64, std::time::SystemTime)>> {
         for f in fs::read_dir(&layer)? {
             let f = f?;
             let path = f.path();
-            if path.extension().is_some_and(|e| e == "kv") {
+            let ours = [FileKind::Block, FileKind::State]
+                .iter()
+                .any(|k| path.extension().is_some_and(|e| e == k.extension()));
+            if ours {
                 let m = f.metadata()?;
                 out.push((path, m.len(), m.modified()?));
             }
@@ -197,16 +244,17 @@ mod tests {
     use super::*;
     use strata_model::profile::KvType;
 
-    fn geo(kv_type: KvType) -> KvGeometry {
-        KvGeometry {
+    fn geo(kv_type: KvType) -> Shape {
+        block_shape(&KvGeometry {
             n_layers: 2,
             n_kv_heads: 2,
             head_dim_k: 64,
             head_dim_v: 64,
             kv_type,
             n_blocks: 4,
-        }
+        })
     }
+    use FileKind::{Block, State};
 
     #[test]
     fn blocks_round_trip_and_bad_files_are_ignored() {
@@ -214,22 +262,32 @@ mod tests {
         let mut d = DiskBlocks::open(dir.path(), 1 << 20).unwrap();
         let (g, h) = (geo(KvType::Q8_0), [7u8; 16]);
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 31) as u8).collect();
-        d.write(3, &g, &h, &data).unwrap();
-        assert_eq!(d.read(3, &g, &h).as_deref(), Some(&data[..]));
-        assert!(d.has(3..4, &h) && !d.has(3..5, &h));
+        d.write(Block, 3, g, &h, &data).unwrap();
+        assert_eq!(d.read(Block, 3, g, &h).as_deref(), Some(&data[..]));
+        assert_eq!(d.hashes(Block, 3).len(), 1);
+        // A state of the same layer and hash is another file.
+        assert!(d.hashes(State, 3).is_empty());
+        assert_eq!(d.read(State, 3, g, &h), None);
+        d.write(State, 3, [9, 1, 2, 0], &h, &data[..10]).unwrap();
+        assert_eq!(d.read(State, 3, [9, 1, 2, 0], &h).as_deref(), Some(&data[..10]));
+        assert_eq!(d.read(Block, 3, g, &h).as_deref(), Some(&data[..]));
         // Another KV type or layer: not this block.
-        assert_eq!(d.read(3, &geo(KvType::F16), &h), None);
-        assert_eq!(d.read(2, &g, &h), None);
+        assert_eq!(d.read(Block, 3, geo(KvType::F16), &h), None);
+        assert_eq!(d.read(Block, 2, g, &h), None);
         // Still there for the right reader? The wrong type removed it.
-        assert_eq!(d.read(3, &g, &h), None);
+        assert_eq!(d.read(Block, 3, g, &h), None);
+        // A state file renamed to a block file: its magic says otherwise.
+        let (state, block) = (d.path(State, 3, &h), d.path(Block, 3, &h));
+        fs::rename(&state, &block).unwrap();
+        assert_eq!(d.read(Block, 3, [9, 1, 2, 0], &h), None);
         // A flipped byte fails the checksum.
-        d.write(1, &g, &h, &data).unwrap();
-        let path = d.path(1, &h);
+        d.write(Block, 1, g, &h, &data).unwrap();
+        let path = d.path(Block, 1, &h);
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        assert_eq!(d.read(1, &g, &h), None);
+        assert_eq!(d.read(Block, 1, g, &h), None);
         assert!(!path.exists(), "a damaged file is removed");
     }
 
@@ -240,18 +298,23 @@ mod tests {
         let mut d = DiskBlocks::open(dir.path(), 3 * per_file).unwrap();
         let g = geo(KvType::F16);
         for i in 0..5u8 {
-            d.write(0, &g, &[i; 16], &[i; 100]).unwrap();
+            let kind = if i % 2 == 0 { Block } else { State };
+            d.write(kind, 0, g, &[i; 16], &[i; 100]).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         // The fourth file goes over the cap: the two oldest go (down to
         // nine tenths of it); the fifth fits.
         assert_eq!(d.used_bytes(), 3 * per_file);
         let kept: Vec<bool> = (0..5u8)
-            .map(|i| d.read(0, &g, &[i; 16]).is_some())
+            .map(|i| {
+                let kind = if i % 2 == 0 { Block } else { State };
+                d.read(kind, 0, g, &[i; 16]).is_some()
+            })
             .collect();
         assert_eq!(kept, [false, false, true, true, true]);
-        assert_eq!(d.hashes(0).len(), 3);
-        assert!(d.hashes(0).contains(&[4u8; 16]) && d.hashes(1).is_empty());
+        // Blocks and states count alike against the cap.
+        assert_eq!((d.hashes(Block, 0).len(), d.hashes(State, 0).len()), (2, 1));
+        assert!(d.hashes(Block, 0).contains(&[4u8; 16]) && d.hashes(Block, 1).is_empty());
         // Reopened: the same count.
         assert_eq!(
             DiskBlocks::open(dir.path(), 3 * per_file)

@@ -5,7 +5,7 @@
 
 mod persist;
 mod snapshots;
-pub use persist::LayerBlock;
+pub use persist::{LayerBlock, ReadLayer};
 
 use strata_kernels::{Backend, BatchIndex, KernelError, KvGeometry, RecurrentBatch};
 use strata_model::arch::ModelSpec;
@@ -414,18 +414,25 @@ impl<B: Backend> Stage<B> {
     }
 
     /// Starts the new sequence `seq` at `start_pos` on the kept blocks
-    /// `prefix`, which hold its first `start_pos` tokens.
+    /// `prefix`, which hold its first `start_pos` tokens. Where a prompt
+    /// resumes from a state snapshot, `snapshot_on_disk` reads the one
+    /// after `prefix` from disk; without it the stage holds it in memory.
     pub fn attach_prefix(
         &mut self,
         seq: u64,
         start_pos: usize,
         prefix: &[BlockHash],
+        snapshot_on_disk: Option<ReadLayer<'_>>,
     ) -> Result<(), StageError> {
         if start_pos != prefix.len() * strata_kernels::KV_BLOCK_TOKENS {
             return Err(StageError::Batch(format!(
                 "sequence {seq} starts at position {start_pos} on {} cached blocks",
                 prefix.len()
             )));
+        }
+        if let (Some(read), true) = (snapshot_on_disk, self.resumes_from_snapshots()) {
+            self.blocks.attach(seq, prefix)?;
+            return self.resume_from_disk(seq, read).inspect_err(|_| self.release(seq));
         }
         let snapshot = self.snapshot_for(seq, prefix)?;
         self.blocks.attach(seq, prefix)?;

@@ -85,3 +85,40 @@ pub fn settled_kept_blocks(workers: &[Worker]) -> u64 {
     );
     kept[0]
 }
+
+/// Files named `*.{ext}` under a KV cache directory (`kv`: blocks,
+/// `state`: state snapshots).
+pub fn cache_files(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    fn walk(d: &std::path::Path, ext: &str, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, ext, out);
+            } else if p.extension().is_some_and(|x| x == ext) {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, ext, &mut out);
+    out.sort();
+    out
+}
+
+/// Waits until the writer threads have saved the `*.{ext}` files (their
+/// count stops growing and is above zero); returns it.
+pub fn wait_cache_files(dirs: &[&std::path::Path], ext: &str) -> usize {
+    let count = || dirs.iter().map(|d| cache_files(d, ext).len()).sum::<usize>();
+    let mut last = 0;
+    assert!(
+        super::eventually(Duration::from_secs(30), || {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = count();
+            let settled = now > 0 && now == last;
+            last = now;
+            settled
+        }),
+        "no *.{ext} files saved under {dirs:?}"
+    );
+    last
+}

@@ -11,9 +11,11 @@
 //! which blocks every stage can read back: those they listed when the
 //! pipeline was attached, and those it evicted since (saved when kept). A
 //! prompt attaches them after its kept blocks, to be restored by its first
-//! frame; one that a stage cannot read is [`PrefixCache::forget`]ten.
+//! frame; one that a stage cannot read is [`PrefixCache::forget`]ten. The
+//! same goes for state snapshots (a model that resumes from them): those
+//! on every stage's disk, and those dropped from memory since.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use strata_model::profile::KV_BLOCK_TOKENS;
 
@@ -66,6 +68,8 @@ pub struct PrefixCache {
     /// State snapshots (recurrent state, sliding-window rings): a prompt
     /// resumes only at the end of a prefix the stages hold one for.
     snapshots: Option<SnapshotIndex>,
+    /// State snapshots on every stage's disk (with `on_disk`).
+    disk_snapshots: HashSet<BlockHash>,
     clock: u64,
 }
 
@@ -79,6 +83,9 @@ pub struct Attached {
     pub blocks: Vec<BlockHash>,
     /// How many of the last `blocks` must be read back from disk.
     pub restore: usize,
+    /// The state snapshot after `blocks` is read back from disk (a model
+    /// that resumes from snapshots), not one the stages hold in memory.
+    pub snapshot_from_disk: bool,
 }
 
 impl PrefixCache {
@@ -91,6 +98,7 @@ impl PrefixCache {
             kept: HashMap::new(),
             on_disk: None,
             snapshots: None,
+            disk_snapshots: HashSet::new(),
             clock: 0,
         }
     }
@@ -118,7 +126,16 @@ impl PrefixCache {
         let hash = *block_hashes(prefix).last()?;
         let now = self.tick();
         let dropped = self.snapshots.as_mut()?.save(hash, now)?;
+        self.dropped_to_disk(&dropped);
         Some((hash, dropped))
+    }
+
+    /// Snapshots the stages drop from memory: where they keep a disk, it
+    /// still holds them (written when saved).
+    fn dropped_to_disk(&mut self, hashes: &[BlockHash]) {
+        if self.on_disk.is_some() {
+            self.disk_snapshots.extend(hashes);
+        }
     }
 
     /// The first frame of a prompt started on `prefix` is built: its
@@ -136,11 +153,19 @@ impl PrefixCache {
         }
     }
 
-    /// The stages keep blocks on disk (`Some`, with those they hold now) or
-    /// not (`None`), as a new pipeline's stages said.
-    pub fn set_on_disk(&mut self, hashes: Option<Vec<BlockHash>>) {
+    /// The stages keep blocks on disk (`Some`, with the blocks and state
+    /// snapshots they hold now) or not (`None`), as a new pipeline's stages
+    /// said.
+    pub fn set_on_disk(&mut self, held: Option<(Vec<BlockHash>, Vec<BlockHash>)>) {
         let now = self.tick();
-        self.on_disk = hashes.map(|h| h.into_iter().map(|h| (h, now)).collect());
+        let (blocks, snapshots) = held.unzip();
+        self.on_disk = blocks.map(|h| h.into_iter().map(|h| (h, now)).collect());
+        self.disk_snapshots = snapshots.into_iter().flatten().collect();
+    }
+
+    /// A state snapshot a stage could not read back from disk.
+    pub fn forget_disk_snapshot(&mut self, hash: &BlockHash) {
+        self.disk_snapshots.remove(hash);
     }
 
     /// Blocks the stages can read back from disk.
@@ -152,6 +177,7 @@ impl PrefixCache {
     pub fn forget(&mut self, hashes: &[BlockHash]) {
         self.forget_snapshots(hashes);
         for h in hashes {
+            self.disk_snapshots.remove(h);
             self.kept.remove(h);
             if let Some(d) = self.on_disk.as_mut() {
                 d.remove(h);
@@ -180,7 +206,8 @@ impl PrefixCache {
     /// The cached blocks `prompt` starts with, longest first match, leaving
     /// at least its last token to compute (its logits are needed): kept
     /// ones, then those on disk; for a recurrent model, only up to the
-    /// deepest of them with a state snapshot. Each is marked in use until
+    /// deepest of them with a state snapshot (in memory, else on disk).
+    /// Each is marked in use until
     /// [`Self::detach`]; those on disk count as kept from now on (the
     /// first frame reads them into the stages' memory).
     pub fn attach(&mut self, prompt: &[u32]) -> Attached {
@@ -196,12 +223,17 @@ impl PrefixCache {
         let mut n = hashes.iter().take_while(|h| cached(h)).count();
         let now = self.tick();
         if let Some(s) = self.snapshots.as_mut() {
+            let on_disk = &self.disk_snapshots;
             n = (0..n)
                 .rev()
-                .find(|&i| s.has(&hashes[i]))
+                .find(|&i| s.has(&hashes[i]) || on_disk.contains(&hashes[i]))
                 .map_or(0, |i| i + 1);
             if n > 0 {
-                s.reserve(&hashes[n - 1], now);
+                if s.has(&hashes[n - 1]) {
+                    s.reserve(&hashes[n - 1], now);
+                } else {
+                    out.snapshot_from_disk = true;
+                }
             }
         }
         hashes.truncate(n);
@@ -279,7 +311,13 @@ impl PrefixCache {
             .collect();
         idle.sort_unstable();
         let out: Vec<BlockHash> = idle.into_iter().take(short).map(|(_, _, h)| h).collect();
+        // Their snapshots go with them from memory (the stages drop them).
+        let in_memory: Vec<BlockHash> = (out.iter())
+            .filter(|h| self.snapshots.as_ref().is_some_and(|s| s.has(h)))
+            .copied()
+            .collect();
         self.forget_snapshots(&out);
+        self.dropped_to_disk(&in_memory);
         for h in &out {
             let k = self.kept.remove(h).expect("an idle kept block");
             // The stages saved it when they kept it.
@@ -304,6 +342,10 @@ impl PrefixCache {
         for (_, h) in by_age.into_iter().take(d.len() - MAX_ON_DISK * 9 / 10) {
             d.remove(&h);
         }
+        // A snapshot resumes nothing without its blocks.
+        let kept = &self.kept;
+        self.disk_snapshots
+            .retain(|h| d.contains_key(h) || kept.contains_key(h));
     }
 
     /// The stages' caches were dropped (a new pipeline, whose stages say
@@ -385,7 +427,7 @@ mod tests {
     #[test]
     fn evicted_blocks_stay_on_disk_and_attach_to_be_restored() {
         let mut c = PrefixCache::new(true, 4);
-        c.set_on_disk(Some(Vec::new()));
+        c.set_on_disk(Some(Default::default()));
         let a = tokens(96, 1);
         c.retain(&a, &[]);
         // 3 kept of 4: room for 2 more evicts the deepest, which stays on
@@ -413,14 +455,58 @@ mod tests {
     fn a_new_pipeline_starts_from_what_its_stages_list() {
         let mut c = PrefixCache::new(true, 8);
         let a = tokens(64, 3);
-        c.set_on_disk(Some(block_hashes(&a)));
+        c.set_on_disk(Some((block_hashes(&a), Vec::new())));
         let mut prompt = a.clone();
         prompt.push(0);
         let got = c.attach(&prompt);
         assert_eq!((got.blocks.len(), got.restore), (2, 2));
         // Only the first block listed: the chain stops at the gap.
         let mut c = PrefixCache::new(true, 8);
-        c.set_on_disk(Some(block_hashes(&a)[..1].to_vec()));
+        c.set_on_disk(Some((block_hashes(&a)[..1].to_vec(), Vec::new())));
         assert_eq!(c.attach(&prompt).blocks.len(), 1);
+    }
+
+    #[test]
+    fn snapshots_on_disk_resume_after_a_restart_and_after_leaving_memory() {
+        let a = tokens(128, 5);
+        let h = block_hashes(&a);
+        let mut prompt = a.clone();
+        prompt.push(0);
+        // After a restart: blocks 0..4 and the snapshots after blocks 1
+        // and 2 on disk. The deepest snapshot decides.
+        let mut c = PrefixCache::new(true, 16).with_snapshots(2);
+        c.set_on_disk(Some((h.clone(), vec![h[1], h[2]])));
+        let got = c.attach(&prompt);
+        assert_eq!((got.blocks.len(), got.restore, got.snapshot_from_disk), (3, 3, true));
+        // A stage could not read that snapshot: the next deepest.
+        c.forget_disk_snapshot(&h[2]);
+        c.detach(&got.blocks);
+        let got = c.attach(&prompt);
+        assert_eq!((got.blocks.len(), got.snapshot_from_disk), (2, true));
+        c.detach(&got.blocks);
+
+        // In one run: a snapshot dropped from memory is still on disk.
+        let mut c = PrefixCache::new(true, 16).with_snapshots(1);
+        c.set_on_disk(Some(Default::default()));
+        c.retain(&a, &[]);
+        let (saved, dropped) = c.save_snapshot(&a[..64]).unwrap();
+        assert_eq!((saved, dropped), (h[1], vec![]));
+        let got = c.attach(&prompt);
+        assert_eq!((got.blocks.len(), got.restore, got.snapshot_from_disk), (2, 0, false));
+        c.resumed(&got.blocks);
+        c.detach(&got.blocks);
+        // Saving another drops it from memory (one row), not from disk.
+        let (_, dropped) = c.save_snapshot(&a[..96]).unwrap();
+        assert_eq!(dropped, vec![h[1]]);
+        c.forget_snapshots(&[h[2]]);
+        let got = c.attach(&prompt);
+        assert_eq!((got.blocks.len(), got.snapshot_from_disk), (2, true));
+        // Without disks, a dropped snapshot is gone.
+        let mut c = PrefixCache::new(true, 16).with_snapshots(1);
+        c.retain(&a, &[]);
+        c.save_snapshot(&a[..64]).unwrap();
+        c.save_snapshot(&a[..96]).unwrap();
+        c.forget_snapshots(&[h[2]]);
+        assert!(c.attach(&prompt).blocks.is_empty());
     }
 }

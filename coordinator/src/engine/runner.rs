@@ -36,6 +36,9 @@ struct Seq {
     /// How many of the last of `prefix` its first frame reads back from
     /// the stages' disks (0 once that frame ran).
     restore: usize,
+    /// Its first frame also reads the state snapshot after `prefix` from
+    /// the stages' disks (false once that frame ran).
+    restore_snapshot: bool,
     /// Positions the stages hold for it once the batches sent so far ran:
     /// its blocks past `prefix` are its own.
     kv_end: usize,
@@ -60,6 +63,14 @@ struct Seq {
     retired: Option<Retire>,
     /// Since when it has waited for a rebuilt pipeline.
     paused_since: Option<Instant>,
+}
+
+impl Seq {
+    /// Its first frame reads blocks or a state snapshot from disk (and so
+    /// goes alone).
+    fn reads_disk(&self) -> bool {
+        self.restore > 0 || self.restore_snapshot
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -221,6 +232,7 @@ impl Runner {
                 cached: 0,
                 prefix: Vec::new(),
                 restore: 0,
+                restore_snapshot: false,
                 kv_end: 0,
                 reported_cached: false,
                 prefix_tried: false,
@@ -253,7 +265,7 @@ impl Runner {
             let restoring = self
                 .seqs
                 .iter()
-                .find(|s| s.group == group && s.restore > 0 && s.retired.is_none() && !s.in_flight)
+                .find(|s| s.group == group && s.reads_disk() && s.retired.is_none() && !s.in_flight)
                 .map(|s| s.id);
             let progress: Vec<SeqProgress> = self
                 .seqs
@@ -320,6 +332,7 @@ impl Runner {
                     },
                     history_before,
                     restore_blocks: if on_prefix { s.restore as u32 } else { 0 },
+                    restore_snapshot: on_prefix && s.restore_snapshot,
                     // A generated token fed back (`history` past the prompt).
                     decode: e.n_tokens == 1 && e.start_pos >= s.prefill_to,
                     snapshot: Vec::new(),
@@ -556,13 +569,14 @@ impl Runner {
             s.prefix_tried = true;
             let attached = self.prefix_cache.attach(&s.history[..s.prefill_to]);
             (s.prefix, s.restore) = (attached.blocks, attached.restore);
+            s.restore_snapshot = attached.snapshot_from_disk;
             s.cached = s.prefix.len() * KV_BLOCK_TOKENS;
             s.snapshot_at = self
                 .prefix_cache
                 .snapshot_point(&s.history[..s.prefill_to], s.cached);
             s.kv_end = s.cached;
             // Reported once the stages have read it back.
-            if s.restore == 0 && !s.reported_cached {
+            if !s.reads_disk() && !s.reported_cached {
                 s.reported_cached = true;
                 if s.cached > 0 {
                     tracing::debug!(
@@ -586,6 +600,7 @@ impl Runner {
             return;
         };
         let from_disk = s.restore;
+        let snapshot_from_disk = std::mem::take(&mut s.restore_snapshot);
         s.restore = 0;
         let Some(error) = error else {
             let tokens = s.prefix.len() * KV_BLOCK_TOKENS;
@@ -606,12 +621,16 @@ impl Runner {
             }
             return;
         };
+        if let (true, Some(last)) = (snapshot_from_disk, s.prefix.last()) {
+            self.prefix_cache.forget_disk_snapshot(last);
+        }
         let split = s.prefix.len() - from_disk;
         let unreadable = s.prefix.split_off(split);
         tracing::warn!(
             seq = id,
             blocks = unreadable.len(),
-            "reading a prompt's KV blocks back from disk failed ({error}); computing them"
+            snapshot_from_disk,
+            "reading a prompt's KV blocks or state back from disk failed ({error}); computing them"
         );
         self.prefix_cache.forget(&unreadable);
         self.prefix_cache.detach(&s.prefix);
@@ -704,6 +723,7 @@ impl Runner {
             s.cached = 0;
             s.prefix.clear();
             s.restore = 0;
+            s.restore_snapshot = false;
             s.prefix_tried = false;
             s.kv_end = 0;
             s.paused_since.get_or_insert(now);
@@ -740,13 +760,19 @@ impl Runner {
             "attached to the pipeline"
         );
         let on_disk = link.disk.as_ref().filter(|d| d.enabled).map(|d| {
-            d.block_hashes
-                .iter()
-                .filter_map(|h| BlockHash::try_from(h.as_slice()).ok())
-                .collect::<Vec<_>>()
+            let hashes = |l: &[Vec<u8>]| {
+                l.iter()
+                    .filter_map(|h| BlockHash::try_from(h.as_slice()).ok())
+                    .collect::<Vec<_>>()
+            };
+            (hashes(&d.block_hashes), hashes(&d.snapshot_hashes))
         });
-        if let Some(h) = &on_disk {
-            tracing::info!(blocks = h.len(), "the stages hold prefix blocks on disk");
+        if let Some((blocks, snapshots)) = &on_disk {
+            tracing::info!(
+                blocks = blocks.len(),
+                snapshots = snapshots.len(),
+                "the stages hold prefix blocks on disk"
+            );
         }
         self.prefix_cache.set_on_disk(on_disk);
         self.stats

@@ -318,6 +318,19 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn row_to_host(&self, x: &CpuAct, row: u32) -> Result<Vec<f32>, KernelError> {
+        op_checks::host_row(row, x.rows, None, x.cols)?;
+        let r = row as usize * x.cols;
+        Ok(x.data[r..r + x.cols].to_vec())
+    }
+
+    fn row_from_host(&self, x: &mut CpuAct, row: u32, data: &[f32]) -> Result<(), KernelError> {
+        op_checks::host_row(row, x.rows, Some(data.len()), x.cols)?;
+        let r = row as usize * x.cols;
+        x.data[r..r + x.cols].copy_from_slice(data);
+        Ok(())
+    }
+
     fn ssm_conv(
         &self,
         x: &CpuAct,

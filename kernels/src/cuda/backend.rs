@@ -771,6 +771,22 @@ impl Backend for CudaBackend {
         self.copy_state_rows(x, from, to)
     }
 
+    fn row_to_host(&self, x: &CudaAct, row: u32) -> Result<Vec<f32>, KernelError> {
+        op_checks::host_row(row, x.rows, None, x.cols)?;
+        let r = row as usize * x.cols;
+        self.stream
+            .clone_dtoh(&x.buf.slice(r..r + x.cols))
+            .map_err(|e| device_error("state row download", e))
+    }
+
+    fn row_from_host(&self, x: &mut CudaAct, row: u32, data: &[f32]) -> Result<(), KernelError> {
+        op_checks::host_row(row, x.rows, Some(data.len()), x.cols)?;
+        let r = row as usize * x.cols;
+        self.stream
+            .memcpy_htod(data, &mut x.buf.slice_mut(r..r + x.cols))
+            .map_err(|e| device_error("state row upload", e))
+    }
+
     fn ssm_conv(
         &self,
         x: &CudaAct,

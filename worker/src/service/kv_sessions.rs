@@ -1,18 +1,20 @@
-//! Sessions on disk for one loaded stage: kept KV blocks are written to the
-//! worker's KV cache directory (off the compute thread, by a writer thread
-//! with a bounded queue: when it is full, a block is not saved rather than
-//! the stage waiting), and read back when a prefix restored from disk
-//! starts a sequence.
+//! Sessions on disk for one loaded stage: kept KV blocks and state
+//! snapshots are written to the worker's KV cache directory (off the
+//! compute thread, by a writer thread with a bounded queue: when it is
+//! full, a block is not saved rather than the stage waiting), and read back
+//! when a prefix restored from disk starts a sequence.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 
-use strata_kernels::{Backend, KvBlockId, KvGeometry};
+use strata_kernels::{Backend, KvBlockId};
 use strata_model::profile::KvType;
 
+use strata_proto::v1;
+
 use crate::kv_blocks::BlockHash;
-use crate::kv_disk::DiskBlocks;
+use crate::kv_disk::{DiskBlocks, FileKind, Shape};
 use crate::stage::{LayerBlock, Stage};
 
 /// `--kv-cache-dir` and `--kv-cache-size`.
@@ -27,7 +29,7 @@ const QUEUE: usize = 4096;
 
 pub struct KvSessions {
     blocks: Arc<Mutex<DiskBlocks>>,
-    writes: mpsc::SyncSender<(BlockHash, LayerBlock)>,
+    writes: mpsc::SyncSender<(FileKind, BlockHash, LayerBlock)>,
 }
 
 impl KvSessions {
@@ -39,15 +41,15 @@ impl KvSessions {
             .join(digest.replace(':', "-"))
             .join(kv_type.name());
         let blocks = Arc::new(Mutex::new(DiskBlocks::open(&dir, config.max_bytes)?));
-        let (writes, queue) = mpsc::sync_channel::<(BlockHash, LayerBlock)>(QUEUE);
+        let (writes, queue) = mpsc::sync_channel::<(FileKind, BlockHash, LayerBlock)>(QUEUE);
         let writer = blocks.clone();
         std::thread::Builder::new()
             .name("strata-kv-disk".into())
             .spawn(move || {
-                for (hash, b) in queue {
+                for (kind, hash, b) in queue {
                     let mut d = writer.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Err(e) = d.write(b.layer, &b.geometry, &hash, &b.bytes) {
-                        tracing::warn!("saving a KV block of layer {}: {e}", b.layer);
+                    if let Err(e) = d.write(kind, b.layer, b.shape, &hash, &b.bytes) {
+                        tracing::warn!("saving a KV cache file of layer {}: {e}", b.layer);
                     }
                 }
             })?;
@@ -66,34 +68,123 @@ impl KvSessions {
     /// Queues the newly kept blocks of `stage` for writing.
     pub fn save<B: Backend>(&self, stage: &Stage<B>, kept: &[(BlockHash, KvBlockId)]) {
         for &(hash, block) in kept {
-            let layers = match stage.block_to_host(block) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!("reading a kept KV block to save it: {e}");
-                    continue;
-                }
-            };
-            for b in layers {
-                if self.writes.try_send((hash, b)).is_err() {
-                    tracing::debug!("KV disk queue full: a kept block is not saved");
-                    return;
-                }
+            match stage.block_to_host(block) {
+                Ok(layers) => self.queue(FileKind::Block, hash, layers),
+                Err(e) => tracing::warn!("reading a kept KV block to save it: {e}"),
             }
         }
     }
 
-    /// The block saved for `layer`, checked against its header.
-    pub fn read(&self, layer: usize, geometry: &KvGeometry, hash: &BlockHash) -> Option<Vec<u8>> {
-        self.disk().read(layer, geometry, hash)
+    /// Queues the state snapshots `stage` newly saved (hash and row).
+    pub fn save_snapshots<B: Backend>(&self, stage: &Stage<B>, saved: &[(BlockHash, u32)]) {
+        for &(hash, row) in saved {
+            match stage.snapshot_to_host(row) {
+                Ok(layers) => self.queue(FileKind::State, hash, layers),
+                Err(e) => tracing::warn!("reading a state snapshot to save it: {e}"),
+            }
+        }
     }
 
-    /// The hashes saved for every one of `layers`.
-    pub fn prefixes(&self, layers: &[usize]) -> HashSet<BlockHash> {
+    fn queue(&self, kind: FileKind, hash: BlockHash, layers: Vec<LayerBlock>) {
+        for b in layers {
+            if self.writes.try_send((kind, hash, b)).is_err() {
+                tracing::debug!("KV disk queue full: a kept block or snapshot is not saved");
+                return;
+            }
+        }
+    }
+
+    /// The block (or snapshot) saved for `layer`, checked against its
+    /// header.
+    pub fn read(&self, kind: FileKind, layer: usize, shape: Shape, hash: &BlockHash) -> Option<Vec<u8>> {
+        self.disk().read(kind, layer, shape, hash)
+    }
+
+    /// The hashes saved for every one of `layers` (`None` when there are no
+    /// such layers: they constrain nothing).
+    pub fn prefixes(&self, kind: FileKind, layers: &[usize]) -> Option<HashSet<BlockHash>> {
         let d = self.disk();
-        let mut sets = layers.iter().map(|&l| d.hashes(l));
-        let Some(first) = sets.next() else {
-            return HashSet::new();
-        };
-        sets.fold(first, |acc, s| acc.intersection(&s).copied().collect())
+        let mut sets = layers.iter().map(|&l| d.hashes(kind, l));
+        let first = sets.next()?;
+        Some(sets.fold(first, |acc, s| acc.intersection(&s).copied().collect()))
+    }
+}
+
+/// What one stage holds on disk, as a reply of its own: the blocks of all
+/// its KV layers, and the snapshots of all its state layers.
+pub fn own_prefixes<B: Backend>(disk: &KvSessions, stage: &Stage<B>) -> v1::DiskPrefixesReply {
+    let list = |set: Option<HashSet<BlockHash>>| {
+        let has = set.is_some();
+        (has, set.into_iter().flatten().map(|h| h.to_vec()).collect())
+    };
+    let (has_blocks, block_hashes) = list(disk.prefixes(FileKind::Block, &stage.kv_layer_indices()));
+    let (has_state, snapshot_hashes) =
+        list(disk.prefixes(FileKind::State, &stage.state_layer_indices()));
+    v1::DiskPrefixesReply {
+        enabled: true,
+        block_hashes,
+        has_blocks,
+        snapshot_hashes,
+        has_state,
+    }
+}
+
+/// `own` narrowed to what the stages after it hold too (`after`, their
+/// joined reply): a list constrains only where some stage has such layers.
+pub fn join_prefixes(own: v1::DiskPrefixesReply, after: v1::DiskPrefixesReply) -> v1::DiskPrefixesReply {
+    if !own.enabled || !after.enabled {
+        return v1::DiskPrefixesReply::default();
+    }
+    let join = |(has_a, a): (bool, Vec<Vec<u8>>), (has_b, b): (bool, Vec<Vec<u8>>)| match (has_a, has_b) {
+        (true, true) => {
+            let b: HashSet<Vec<u8>> = b.into_iter().collect();
+            (true, a.into_iter().filter(|h| b.contains(h)).collect())
+        }
+        (true, false) => (true, a),
+        (false, _) => (has_b, b),
+    };
+    let (has_blocks, block_hashes) = join(
+        (own.has_blocks, own.block_hashes),
+        (after.has_blocks, after.block_hashes),
+    );
+    let (has_state, snapshot_hashes) = join(
+        (own.has_state, own.snapshot_hashes),
+        (after.has_state, after.snapshot_hashes),
+    );
+    v1::DiskPrefixesReply {
+        enabled: true,
+        block_hashes,
+        has_blocks,
+        snapshot_hashes,
+        has_state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(blocks: Option<&[u8]>, states: Option<&[u8]>) -> v1::DiskPrefixesReply {
+        let list = |l: Option<&[u8]>| l.into_iter().flatten().map(|&b| vec![b; 16]).collect();
+        v1::DiskPrefixesReply {
+            enabled: true,
+            block_hashes: list(blocks),
+            has_blocks: blocks.is_some(),
+            snapshot_hashes: list(states),
+            has_state: states.is_some(),
+        }
+    }
+
+    #[test]
+    fn stages_without_such_layers_constrain_nothing() {
+        // A DeltaNet-only stage before one with attention and no state.
+        let j = join_prefixes(reply(None, Some(&[1, 2])), reply(Some(&[3]), None));
+        assert_eq!(j, reply(Some(&[3]), Some(&[1, 2])));
+        // Both with blocks and state: what both hold.
+        let j = join_prefixes(reply(Some(&[1, 2, 3]), Some(&[2])), reply(Some(&[2, 3]), Some(&[2, 3])));
+        assert_eq!(j, reply(Some(&[2, 3]), Some(&[2])));
+        // A stage after without a KV cache directory: nothing.
+        let j = join_prefixes(reply(Some(&[1]), None), v1::DiskPrefixesReply::default());
+        assert!(!j.enabled && j.block_hashes.is_empty());
     }
 }

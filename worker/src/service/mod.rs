@@ -697,23 +697,18 @@ impl worker_server::Worker for WorkerService {
         _: Request<v1::DiskPrefixesRequest>,
     ) -> Result<Response<v1::DiskPrefixesReply>, Status> {
         let own = self.command(Command::DiskPrefixes).await?;
-        let Some(mut own) = own else {
+        let Some(own) = own else {
             return Ok(Response::new(v1::DiskPrefixesReply::default()));
         };
         let next = self.shared.downstream.read().await.clone();
-        if let Some(d) = next {
-            let after = d.disk_prefixes().await.map_err(Status::unavailable)?;
-            if !after.enabled {
-                return Ok(Response::new(v1::DiskPrefixesReply::default()));
+        let joined = match next {
+            Some(d) => {
+                let after = d.disk_prefixes().await.map_err(Status::unavailable)?;
+                kv_sessions::join_prefixes(own, after)
             }
-            let theirs: std::collections::HashSet<Vec<u8>> =
-                after.block_hashes.into_iter().collect();
-            own.retain(|h| theirs.contains(h.as_slice()));
-        }
-        Ok(Response::new(v1::DiskPrefixesReply {
-            enabled: true,
-            block_hashes: own.into_iter().map(|h| h.to_vec()).collect(),
-        }))
+            None => own,
+        };
+        Ok(Response::new(joined))
     }
 
     async fn release(

@@ -16,8 +16,9 @@ use tokio::sync::oneshot;
 use super::frames;
 use super::kv_sessions::{KvDiskConfig, KvSessions};
 use crate::kv_blocks::BlockHash;
+use crate::kv_disk::{FileKind, Shape};
 use crate::sampler::Sampler;
-use crate::stage::{LayerRange, Stage, StageError, StageInput, StageOutput};
+use crate::stage::{LayerRange, ReadLayer, Stage, StageError, StageInput, StageOutput};
 use strata_model::constraint::TokenConstraint;
 
 /// What the service knows about the slice without asking the thread.
@@ -72,9 +73,9 @@ pub enum Command {
     Forward(v1::BatchFrame, oneshot::Sender<FrameOut>),
     /// Frees sequences, keeping the blocks `retain` names (prefix cache).
     Release(v1::ReleaseRequest, oneshot::Sender<()>),
-    /// The prefix blocks on disk for all the stage's layers (`None`: no
-    /// slice, or no KV cache directory).
-    DiskPrefixes(oneshot::Sender<Option<Vec<BlockHash>>>),
+    /// The prefix blocks and state snapshots on disk for all the stage's
+    /// layers (`None`: no slice, or no KV cache directory).
+    DiskPrefixes(oneshot::Sender<Option<v1::DiskPrefixesReply>>),
     Unload(oneshot::Sender<()>),
 }
 
@@ -209,11 +210,9 @@ fn run_commands<B, F>(
                 let _ = reply.send(());
             }
             Command::DiskPrefixes(reply) => {
-                let own = loaded.as_ref().and_then(|l| {
-                    let disk = l.disk.as_ref()?;
-                    let layers = l.stage.kv_layer_indices();
-                    Some(disk.prefixes(&layers).into_iter().collect())
-                });
+                let own = loaded
+                    .as_ref()
+                    .and_then(|l| Some(super::kv_sessions::own_prefixes(l.disk.as_ref()?, &l.stage)));
                 let _ = reply.send(own);
             }
             Command::Unload(reply) => {
@@ -286,19 +285,8 @@ fn load<B: Backend, F: Fn() -> B>(
         )
     })?;
     let label = format!("layers {}..{}", job.range.first, job.range.end);
-    // Not where a prompt resumes from state snapshots (recurrent layers,
-    // sliding-window rings): they stay in memory, and blocks without them
-    // resume nothing.
-    let snapshots = stage.resumes_from_snapshots();
-    if job.kv_disk.is_some() && snapshots {
-        tracing::info!(
-            "--kv-cache-dir: layers {}..{} resume from state snapshots, which stay in memory: no blocks are written to disk",
-            job.range.first,
-            job.range.end
-        );
-    }
     let disk = match &job.kv_disk {
-        Some(c) if !snapshots => match KvSessions::open(c, &job.digest, job.load.kv_type) {
+        Some(c) => match KvSessions::open(c, &job.digest, job.load.kv_type) {
             Ok(d) => Some(d),
             Err(e) => {
                 tracing::warn!(
@@ -308,7 +296,7 @@ fn load<B: Backend, F: Fn() -> B>(
                 None
             }
         },
-        _ => None,
+        None => None,
     };
     tracing::info!(
         "loaded {label} of {} from {} in {:.2}s, KV cache {}",
@@ -417,7 +405,13 @@ fn forward<B: Backend>(l: &mut Loaded<B>, frame: v1::BatchFrame) -> Result<Frame
     // them (after the run: a sequence in it may resume from one); saves
     // only after a run.
     l.stage.drop_snapshots(&dropped);
-    let ran = ran.and_then(|out| Ok(l.stage.save_snapshots(&saves).map(|()| out)?));
+    let ran = ran.and_then(|out| {
+        let saved = l.stage.save_snapshots(&saves)?;
+        if let Some(disk) = &l.disk {
+            disk.save_snapshots(&l.stage, &saved);
+        }
+        Ok(out)
+    });
     match ran {
         Ok(out) => Ok(out),
         Err(BatchError::Bad(e)) => Ok(FrameOut::Reply(error_reply(
@@ -456,8 +450,20 @@ fn try_forward<B: Backend>(
     {
         let prefix = frames::prefix_of(e)?;
         restore(l, e.seq_id, &prefix, e.restore_blocks as usize)?;
+        let mut read_snapshot = |layer: usize, shape: Shape| {
+            let disk = l.disk.as_ref()?;
+            disk.read(FileKind::State, layer, shape, prefix.last()?)
+        };
+        if e.restore_snapshot && l.disk.is_none() {
+            return Err(format!(
+                "sequence {}: a state snapshot to read from disk, but this worker keeps none (no --kv-cache-dir)",
+                e.seq_id
+            )
+            .into());
+        }
+        let on_disk = e.restore_snapshot.then_some(&mut read_snapshot as ReadLayer<'_>);
         l.stage
-            .attach_prefix(e.seq_id, e.start_pos as usize, &prefix)?;
+            .attach_prefix(e.seq_id, e.start_pos as usize, &prefix, on_disk)?;
         if is_last {
             let st = l.seqs.entry(e.seq_id).or_default();
             st.history = e.history_before.clone();
@@ -544,7 +550,7 @@ fn restore<B: Backend>(
         .copied()
         .collect();
     for (i, &hash) in restored.iter().enumerate() {
-        let mut read = |layer: usize, g: &strata_kernels::KvGeometry| disk.read(layer, g, &hash);
+        let mut read = |layer: usize, shape: Shape| disk.read(FileKind::Block, layer, shape, &hash);
         if let Err(e) = l.stage.restore_block(seq, hash, &mut read) {
             l.stage.evict_cached(&restored[..i]);
             return Err(e.to_string());

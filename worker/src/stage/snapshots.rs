@@ -67,10 +67,15 @@ impl<B: Backend> Stage<B> {
 
     /// After a batch ran, saves each `(sequence, hash)` of `saves`: the
     /// sequence's state now, after the prefix ending in block `hash`. A
-    /// stage whose blocks are all it needs has nothing to save.
-    pub fn save_snapshots(&mut self, saves: &[(u64, BlockHash)]) -> Result<(), StageError> {
+    /// stage whose blocks are all it needs has nothing to save. Returns the
+    /// snapshots newly saved, with their rows (to write to disk).
+    pub fn save_snapshots(
+        &mut self,
+        saves: &[(u64, BlockHash)],
+    ) -> Result<Vec<(BlockHash, u32)>, StageError> {
+        let mut saved = Vec::new();
         if !self.resumes_from_snapshots() {
-            return Ok(());
+            return Ok(saved);
         }
         let missing = |seq: u64| {
             StageError::Batch(format!(
@@ -101,8 +106,9 @@ impl<B: Backend> Stage<B> {
             for (pool, ring) in rings {
                 self.copy_ring(pool, ring, row)?;
             }
+            saved.push((hash, row));
         }
-        Ok(())
+        Ok(saved)
     }
 
     /// Copies ring `from` of sliding-window pool `pool` over ring `to`, in
