@@ -59,16 +59,26 @@ fn a_recurrent_model_continues_from_its_snapshot_on_disk_after_a_restart() {
     });
 }
 
-/// Gemma 4 in one process: its five sliding-window layers write their
-/// rings (17 blocks each), its full-attention layers their blocks.
+/// Gemma 4 on three stages in one process (`--devices`, 79 MiB each fits
+/// two layers), sharing `--kv-cache-dir` (each stage owns its layers'
+/// folders; the stages' ports, and so their order in the pool, change
+/// with the restart): its five sliding-window layers write their rings
+/// (17 blocks each), its full-attention layers their blocks.
 #[test]
 fn a_sliding_window_model_continues_from_its_ring_on_disk_after_a_restart() {
     let (_dir, path, _) = common::synth_reference("synth-gemma4-q8_0");
     let kv = tempfile::tempdir().unwrap();
     let dir = kv.path().to_str().unwrap().to_string();
     continue_after_restart(&path, &[kv.path()], |_| {
-        let args = ["-c", "2048", "-n", "1", "--kv-cache-dir", dir.as_str()];
-        (Vec::new(), Server::start(&path, &args))
+        let args = [
+            "-c", "2048", "-n", "1", "--devices", "cpu,cpu,cpu", "--mem-budget", "237MiB",
+            "--kv-cache-dir", dir.as_str(),
+        ];
+        let server = Server::start(&path, &args);
+        let (_, health) = common::get(&format!("{}/health", server.base));
+        let stages = serde_json::from_str::<Value>(&health).unwrap()["stages"].clone();
+        assert_eq!(stages.as_array().map(|s| s.len()), Some(3), "{health}");
+        (Vec::new(), server)
     });
 }
 

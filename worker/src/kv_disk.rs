@@ -8,8 +8,9 @@
 //! A file is a header (magic, version, the layer, the shape its bytes were
 //! written for, the hash, the data's length and its blake3) then the
 //! bytes. A file whose header or checksum does not match is ignored with a
-//! log line and removed. The folder stays under a size cap: the oldest
-//! files go first.
+//! log line and removed. A stage owns the folders of the layers it holds
+//! (several stages of one process share `dir`, whatever their order) and
+//! keeps them under a size cap: the oldest files go first.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -65,21 +66,27 @@ const HEADER_BYTES: usize = 8 + 4 * 6 + 16 + 8 + 32;
 
 pub struct DiskBlocks {
     dir: PathBuf,
+    /// The layers whose folders this store owns.
+    layers: Vec<usize>,
     cap_bytes: u64,
-    /// Bytes of the files in `dir` (counted at open, kept up to date).
+    /// Bytes of the files in those folders (counted at open, kept up to
+    /// date).
     used_bytes: u64,
 }
 
 impl DiskBlocks {
-    /// Opens (and creates) `dir`, holding at most `cap_bytes` of blocks.
-    pub fn open(dir: &Path, cap_bytes: u64) -> io::Result<DiskBlocks> {
+    /// Opens (and creates) `dir` for the folders of `layers`, holding at
+    /// most `cap_bytes` of blocks and states in them.
+    pub fn open(dir: &Path, layers: &[usize], cap_bytes: u64) -> io::Result<DiskBlocks> {
         fs::create_dir_all(dir)?;
-        let used_bytes = files(dir)?.iter().map(|f| f.1).sum();
-        Ok(DiskBlocks {
+        let mut d = DiskBlocks {
             dir: dir.to_path_buf(),
+            layers: layers.to_vec(),
             cap_bytes,
-            used_bytes,
-        })
+            used_bytes: 0,
+        };
+        d.used_bytes = d.files()?.iter().map(|f| f.1).sum();
+        Ok(d)
     }
 
     pub fn used_bytes(&self) -> u64 {
@@ -200,7 +207,7 @@ impl DiskBlocks {
             return Ok(());
         }
         let target = self.cap_bytes - self.cap_bytes / 10;
-        let mut all = files(&self.dir)?;
+        let mut all = self.files()?;
         all.sort_by_key(|f| f.2);
         self.used_bytes = all.iter().map(|f| f.1).sum();
         for (path, len, _) in all {
@@ -215,28 +222,39 @@ impl DiskBlocks {
     }
 }
 
-/// Every block and state file under `dir`: path, length and modification
-/// time.
-fn files(dir: &Path) -> io::Result<Vec<(PathBuf, u64, std::time::SystemTime)>> {
-    let mut out = Vec::new();
-    for layer in fs::read_dir(dir)? {
-        let layer = layer?.path();
-        if !layer.is_dir() {
-            continue;
-        }
-        for f in fs::read_dir(&layer)? {
-            let f = f?;
-            let path = f.path();
-            let ours = [FileKind::Block, FileKind::State]
-                .iter()
-                .any(|k| path.extension().is_some_and(|e| e == k.extension()));
-            if ours {
-                let m = f.metadata()?;
-                out.push((path, m.len(), m.modified()?));
+impl DiskBlocks {
+    /// Every block and state file in the owned layer folders: path, length
+    /// and modification time.
+    fn files(&self) -> io::Result<Vec<(PathBuf, u64, std::time::SystemTime)>> {
+        let mut out = Vec::new();
+        for layer in &self.layers {
+            let folder = self.dir.join(layer.to_string());
+            if !folder.is_dir() {
+                continue;
             }
+            collect_files(&folder, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+/// The block and state files of one layer folder.
+fn collect_files(
+    folder: &Path,
+    out: &mut Vec<(PathBuf, u64, std::time::SystemTime)>,
+) -> io::Result<()> {
+    for f in fs::read_dir(folder)? {
+        let f = f?;
+        let path = f.path();
+        let ours = [FileKind::Block, FileKind::State]
+            .iter()
+            .any(|k| path.extension().is_some_and(|e| e == k.extension()));
+        if ours {
+            let m = f.metadata()?;
+            out.push((path, m.len(), m.modified()?));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -259,7 +277,7 @@ mod tests {
     #[test]
     fn blocks_round_trip_and_bad_files_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let mut d = DiskBlocks::open(dir.path(), 1 << 20).unwrap();
+        let mut d = DiskBlocks::open(dir.path(), &[1, 2, 3], 1 << 20).unwrap();
         let (g, h) = (geo(KvType::Q8_0), [7u8; 16]);
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 31) as u8).collect();
         d.write(Block, 3, g, &h, &data).unwrap();
@@ -295,7 +313,7 @@ mod tests {
     fn the_folder_stays_under_its_cap_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
         let per_file = (HEADER_BYTES + 100) as u64;
-        let mut d = DiskBlocks::open(dir.path(), 3 * per_file).unwrap();
+        let mut d = DiskBlocks::open(dir.path(), &[0, 1], 3 * per_file).unwrap();
         let g = geo(KvType::F16);
         for i in 0..5u8 {
             let kind = if i % 2 == 0 { Block } else { State };
@@ -317,10 +335,16 @@ mod tests {
         assert!(d.hashes(Block, 0).contains(&[4u8; 16]) && d.hashes(Block, 1).is_empty());
         // Reopened: the same count.
         assert_eq!(
-            DiskBlocks::open(dir.path(), 3 * per_file)
+            DiskBlocks::open(dir.path(), &[0], 3 * per_file)
                 .unwrap()
                 .used_bytes(),
             3 * per_file
         );
+        // Another stage's layers in the same folder: none of its files.
+        let mut other = DiskBlocks::open(dir.path(), &[7], per_file).unwrap();
+        assert_eq!(other.used_bytes(), 0);
+        other.write(Block, 7, g, &[9; 16], &[9; 100]).unwrap();
+        other.write(Block, 7, g, &[8; 16], &[8; 100]).unwrap();
+        assert_eq!(d.hashes(Block, 0).len() + d.hashes(State, 0).len(), 3, "not trimmed by another");
     }
 }

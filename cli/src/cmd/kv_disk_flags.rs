@@ -26,4 +26,13 @@ impl KvDiskArgs {
             max_bytes: self.kv_cache_size,
         })
     }
+
+    /// One of `n` stages in this process (`--devices`): the same folder
+    /// (each stage owns the folders of its layers, so it finds them
+    /// whichever stage held them before) and an even share of the size.
+    pub fn stage_config(&self, n: usize) -> Option<KvDiskConfig> {
+        let mut c = self.config()?;
+        c.max_bytes /= n.max(1) as u64;
+        Some(c)
+    }
 }

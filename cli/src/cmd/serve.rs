@@ -225,10 +225,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut _embedded = Vec::new();
         if args.links.workers.is_empty() {
             let stages = embedded_stages(&args)?;
-            anyhow::ensure!(
-                stages.len() == 1 || args.kv_disk.kv_cache_dir.is_none(),
-                "--kv-cache-dir takes one embedded stage (no --devices list)"
-            );
+            let n_stages = stages.len();
             let token = one_off_token();
             let mut pins = std::collections::HashMap::new();
             for (device, share) in stages {
@@ -237,7 +234,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     device,
                     token.clone(),
                     model.clone(),
-                    args.kv_disk.config(),
+                    args.kv_disk.stage_config(n_stages),
                 )
                 .await?;
                 config.workers.push(w.addr.clone());

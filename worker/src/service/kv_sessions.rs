@@ -34,13 +34,19 @@ pub struct KvSessions {
 
 impl KvSessions {
     /// Opens the folder for one model and KV type under the configured
-    /// directory (blocks of another model or type are never read).
-    pub fn open(config: &KvDiskConfig, digest: &str, kv_type: KvType) -> std::io::Result<Self> {
+    /// directory (blocks of another model or type are never read), for the
+    /// files of `layers`.
+    pub fn open(
+        config: &KvDiskConfig,
+        digest: &str,
+        kv_type: KvType,
+        layers: &[usize],
+    ) -> std::io::Result<Self> {
         let dir = config
             .dir
             .join(digest.replace(':', "-"))
             .join(kv_type.name());
-        let blocks = Arc::new(Mutex::new(DiskBlocks::open(&dir, config.max_bytes)?));
+        let blocks = Arc::new(Mutex::new(DiskBlocks::open(&dir, layers, config.max_bytes)?));
         let (writes, queue) = mpsc::sync_channel::<(FileKind, BlockHash, LayerBlock)>(QUEUE);
         let writer = blocks.clone();
         std::thread::Builder::new()

@@ -286,7 +286,7 @@ fn load<B: Backend, F: Fn() -> B>(
     })?;
     let label = format!("layers {}..{}", job.range.first, job.range.end);
     let disk = match &job.kv_disk {
-        Some(c) => match KvSessions::open(c, &job.digest, job.load.kv_type) {
+        Some(c) => match KvSessions::open(c, &job.digest, job.load.kv_type, &disk_layers(&stage)) {
             Ok(d) => Some(d),
             Err(e) => {
                 tracing::warn!(
@@ -325,6 +325,13 @@ fn load<B: Backend, F: Fn() -> B>(
         seqs: HashMap::new(),
         disk,
     })
+}
+
+/// The layers whose files a stage writes and reads: blocks and states.
+fn disk_layers<B: Backend>(stage: &Stage<B>) -> Vec<usize> {
+    let mut layers = stage.kv_layer_indices();
+    layers.extend(stage.state_layer_indices());
+    layers
 }
 
 fn error_reply(batch_id: u64, error: String) -> v1::StageReply {
