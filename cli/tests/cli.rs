@@ -256,3 +256,46 @@ fn bench_profiles_decode_kernels_on_cuda() {
     // 4 decode steps, one attention launch per layer each.
     assert!(profile.contains("| attend_64 | 8 |"), "{profile}");
 }
+
+/// `strata plan` without --devices or --worker plans over this machine:
+/// its CPU when it has no GPU; with the CUDA emulator's one GPU and
+/// `--cpu-stage`, both, named after the host.
+#[test]
+fn plan_without_devices_plans_over_this_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synth(dir.path(), "llama", "Q8_0", "2");
+    let model = model.to_str().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim();
+    let emulated = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(args)
+            .env("STRATA_LOG", "warn")
+            .env("STRATA_CUDA_EMULATOR", "1")
+            .output()
+            .expect("run strata")
+    };
+    let plan = ok(&strata(&["plan", "-m", model, "-c", "512"]));
+    assert!(plan.contains(&format!("{host}:cpu")), "{plan}");
+    assert!(!plan.contains(":gpu"), "no GPU here: {plan}");
+    let plan = ok(&emulated(&[
+        "plan",
+        "-m",
+        model,
+        "-c",
+        "512",
+        "--cpu-stage",
+    ]));
+    for name in ["gpu0", "cpu"] {
+        assert!(plan.contains(&format!("{host}:{name}")), "{name}: {plan}");
+    }
+    let out = emulated(&["plan", "-m", model, "--gpus", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("GPU 1 is not here"),
+        "{err}"
+    );
+    let out = strata(&["plan", "-m", model, "--gpus", "all", "--devices", "1GiB"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--devices"), "{err}");
+}

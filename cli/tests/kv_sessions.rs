@@ -86,14 +86,8 @@ fn a_conversation_continues_from_disk_after_serve_and_its_workers_restart() {
     let start = |listen: &[String]| -> (Vec<Worker>, Server) {
         let workers: Vec<Worker> = (0..3)
             .map(|i| {
-                Worker::start_in(
-                    &listen[i],
-                    BUDGET,
-                    (i == 0).then(|| model_dir.path()),
-                    &[],
-                    &common::worker_state_dir(),
-                    &["--kv-cache-dir", kv_paths[i].to_str().unwrap()],
-                )
+                let model = (i == 0).then(|| model_dir.path());
+                Worker::with_kv_cache(&listen[i], BUDGET, model, kv_paths[i])
             })
             .collect();
         let mut args = vec!["-c", "2048", "-n", "1"];

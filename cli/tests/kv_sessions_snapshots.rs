@@ -9,24 +9,11 @@ mod common;
 
 use std::path::Path;
 
-use common::conversation::{cache_files, cached_tokens, history, metric, wait_cache_files};
-use common::{post, Server, Worker};
-use serde_json::{json, Value};
-
-fn complete(server: &Server, prompt: &str) -> Value {
-    let (status, body) = post(
-        &format!("{}/v1/completions", server.base),
-        &json!({"prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 1}),
-    );
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// The reply's tokens and log-probabilities, to compare bit for bit.
-fn tokens(body: &Value) -> (Value, Value) {
-    let lp = &body["choices"][0]["logprobs"];
-    (lp["tokens"].clone(), lp["token_logprobs"].clone())
-}
+use common::conversation::{
+    cache_files, cached_tokens, complete, completion_tokens, history, metric, wait_cache_files,
+};
+use common::{Server, Worker};
+use serde_json::Value;
 
 /// Qwen3.5 over three workers (80 MiB each, a KV cache directory each):
 /// stages of DeltaNet layers only write state files, the one with the
@@ -40,14 +27,9 @@ fn a_recurrent_model_continues_from_its_snapshot_on_disk_after_a_restart() {
     continue_after_restart(&path, &kv_paths, |listen| {
         let workers: Vec<Worker> = (0..3)
             .map(|i| {
-                Worker::start_in(
-                    listen.map_or("127.0.0.1:0", |l| l[i].as_str()),
-                    "80MiB",
-                    (i == 0).then_some(model_dir.as_path()),
-                    &[],
-                    &common::worker_state_dir(),
-                    &["--kv-cache-dir", kv_paths[i].to_str().unwrap()],
-                )
+                let listen = listen.map_or("127.0.0.1:0", |l| l[i].as_str());
+                let model = (i == 0).then_some(model_dir.as_path());
+                Worker::with_kv_cache(listen, "80MiB", model, kv_paths[i])
             })
             .collect();
         let mut args = vec!["-c", "2048", "-n", "1"];
@@ -71,8 +53,16 @@ fn a_sliding_window_model_continues_from_its_ring_on_disk_after_a_restart() {
     let dir = kv.path().to_str().unwrap().to_string();
     continue_after_restart(&path, &[kv.path()], |_| {
         let args = [
-            "-c", "2048", "-n", "1", "--devices", "cpu,cpu,cpu", "--mem-budget", "237MiB",
-            "--kv-cache-dir", dir.as_str(),
+            "-c",
+            "2048",
+            "-n",
+            "1",
+            "--devices",
+            "cpu,cpu,cpu",
+            "--mem-budget",
+            "237MiB",
+            "--kv-cache-dir",
+            dir.as_str(),
         ];
         let server = Server::start(&path, &args);
         let (_, health) = common::get(&format!("{}/health", server.base));
@@ -120,7 +110,11 @@ fn continue_after_restart(
         "{hit} of {n1} tokens cached after the restart; the snapshot is at {snapshot_at}"
     );
     assert_eq!(metric(&server, "prompt_tokens_restored_total"), hit);
-    assert_eq!(tokens(&reply1), tokens(&complete(&cold, &prompt1)), "restored vs cold");
+    assert_eq!(
+        completion_tokens(&reply1),
+        completion_tokens(&complete(&cold, &prompt1)),
+        "restored vs cold"
+    );
     // What was read back is still there (nothing was damaged).
     assert!(kv_dirs.iter().any(|d| !cache_files(d, "state").is_empty()));
 }

@@ -1,7 +1,9 @@
 //! `strata serve --devices cpu,cpu,cpu`: three stages in one process, planned
 //! like three workers, with hidden states handed between them in memory.
 //! Greedy output must equal the one-stage server's, and the stages must say
-//! they sent their frames on in memory, not over the network.
+//! they sent their frames on in memory, not over the network. And one
+//! command for a box: `--gpus all --cpu-stage`, every GPU (here the CUDA
+//! emulator's one) and the host's CPU as stages.
 
 mod common;
 
@@ -99,6 +101,41 @@ fn three_local_stages_serve_smollm2_like_one_stage() {
         assert_eq!(sample("stage_frames_sent_total", i, "path=\"remote\""), 0);
     }
     assert!(!metrics.contains("stage=\"3\""), "three stages: {metrics}");
+}
+
+/// The emulated GPU holds 350 MiB (about 70 usable past the planner's
+/// margin) and the CPU stage 170 MiB: SmolLM2 needs both.
+#[test]
+fn every_gpu_and_a_cpu_stage_serve_smollm2_like_one_stage() {
+    let smol = model(SMOLLM2);
+    let small = ["-c", "512", "-n", "1"];
+    let one = Server::start(&smol, &small);
+    let mut args = small.to_vec();
+    args.extend(["--gpus", "all", "--cpu-stage", "--mem-budget", "170MiB"]);
+    let emulator = [
+        ("STRATA_CUDA_EMULATOR", "1"),
+        ("STRATA_CUDA_EMU_MEM_MIB", "350"),
+    ];
+    let both = Server::start_with_env(&smol, &args, &emulator);
+    assert!(
+        both.proc
+            .log
+            .iter()
+            .any(|l| l.contains("--cpu-stage: the host's RAM is one more stage")),
+        "a warning says what a CPU stage costs: {:?}",
+        both.proc.log
+    );
+    let stages = pool_stages(&both);
+    let mut backends: Vec<&str> = stages
+        .iter()
+        .map(|s| s["backend"].as_str().unwrap())
+        .collect();
+    backends.sort();
+    assert_eq!(backends, ["cpu", "cuda"], "{stages:?}");
+    let (expected, expected_tokens) = greedy(&one, "The capital of France is", 8);
+    let (text, tokens) = greedy(&both, "The capital of France is", 8);
+    assert_eq!(text, expected, "a GPU and a CPU stage vs one CPU stage");
+    assert_eq!(tokens, expected_tokens);
 }
 
 #[test]

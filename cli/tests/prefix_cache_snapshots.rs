@@ -9,24 +9,11 @@
 
 mod common;
 
-use common::conversation::{cached_tokens, history, settled_kept_blocks};
-use common::{post, Server, Worker};
-use serde_json::{json, Value};
-
-fn complete(server: &Server, prompt: &str) -> Value {
-    let (status, body) = post(
-        &format!("{}/v1/completions", server.base),
-        &json!({"prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 1}),
-    );
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// The reply's tokens and log-probabilities, to compare bit for bit.
-fn tokens(body: &Value) -> (Value, Value) {
-    let lp = &body["choices"][0]["logprobs"];
-    (lp["tokens"].clone(), lp["token_logprobs"].clone())
-}
+use common::conversation::{
+    cached_tokens, complete, completion_tokens, history, settled_kept_blocks,
+};
+use common::{Server, Worker};
+use serde_json::Value;
 
 /// Qwen3.5: each stage's DeltaNet layers resume from a copy of their
 /// recurrent state rows.
@@ -97,7 +84,11 @@ fn converse(name: &str) -> Vec<String> {
         for (i, r) in replies.iter().enumerate() {
             let hit = cached_tokens(r);
             eprintln!("server {i}, turn {turn}: {n} prompt tokens, {hit} cached");
-            assert_eq!(tokens(r), tokens(&fresh), "turn {turn}: server {i} vs cold");
+            assert_eq!(
+                completion_tokens(r),
+                completion_tokens(&fresh),
+                "turn {turn}: server {i} vs cold"
+            );
             if turn == 0 {
                 assert!(n > 300 && hit == 0, "{n} tokens, {hit} cached");
             } else {

@@ -509,7 +509,10 @@ fn state_rows_go_to_the_host_and_back_on_both_backends() {
         ("CPU short", c.row_from_host(&mut sc, 1, &row2[1..])),
         ("CUDA past", g.row_from_host(&mut sg, 9, &row2)),
     ] {
-        assert!(matches!(err, Err(KernelError::Invalid(_))), "{what}: {err:?}");
+        assert!(
+            matches!(err, Err(KernelError::Invalid(_))),
+            "{what}: {err:?}"
+        );
     }
 }
 

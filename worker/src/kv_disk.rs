@@ -287,7 +287,10 @@ mod tests {
         assert!(d.hashes(State, 3).is_empty());
         assert_eq!(d.read(State, 3, g, &h), None);
         d.write(State, 3, [9, 1, 2, 0], &h, &data[..10]).unwrap();
-        assert_eq!(d.read(State, 3, [9, 1, 2, 0], &h).as_deref(), Some(&data[..10]));
+        assert_eq!(
+            d.read(State, 3, [9, 1, 2, 0], &h).as_deref(),
+            Some(&data[..10])
+        );
         assert_eq!(d.read(Block, 3, g, &h).as_deref(), Some(&data[..]));
         // Another KV type or layer: not this block.
         assert_eq!(d.read(Block, 3, geo(KvType::F16), &h), None);
@@ -345,6 +348,10 @@ mod tests {
         assert_eq!(other.used_bytes(), 0);
         other.write(Block, 7, g, &[9; 16], &[9; 100]).unwrap();
         other.write(Block, 7, g, &[8; 16], &[8; 100]).unwrap();
-        assert_eq!(d.hashes(Block, 0).len() + d.hashes(State, 0).len(), 3, "not trimmed by another");
+        assert_eq!(
+            d.hashes(Block, 0).len() + d.hashes(State, 0).len(),
+            3,
+            "not trimmed by another"
+        );
     }
 }

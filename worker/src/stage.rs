@@ -432,7 +432,9 @@ impl<B: Backend> Stage<B> {
         }
         if let (Some(read), true) = (snapshot_on_disk, self.resumes_from_snapshots()) {
             self.blocks.attach(seq, prefix)?;
-            return self.resume_from_disk(seq, read).inspect_err(|_| self.release(seq));
+            return self
+                .resume_from_disk(seq, read)
+                .inspect_err(|_| self.release(seq));
         }
         let snapshot = self.snapshot_for(seq, prefix)?;
         self.blocks.attach(seq, prefix)?;

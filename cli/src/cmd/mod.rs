@@ -5,6 +5,7 @@ pub mod inspect;
 pub mod kv_disk_flags;
 pub mod kv_flags;
 pub mod links;
+pub mod local_devices;
 pub mod perplexity;
 pub mod plan;
 pub mod serve;

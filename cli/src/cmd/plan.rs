@@ -25,8 +25,13 @@ pub struct Args {
     pub synth: Option<String>,
     /// Devices to plan over: comma-separated [cpu:|cuda:]SIZE[@HOST], e.g.
     /// 16GiB,16GiB,12GiB (each its own host unless @HOST says otherwise).
-    #[arg(long, required_unless_present = "workers", conflicts_with = "workers")]
+    /// Without it (and without --worker): this machine's devices, as
+    /// `strata serve` would use them.
+    #[arg(long, conflicts_with = "workers")]
     pub devices: Option<String>,
+    /// This machine's devices (without --devices or --worker).
+    #[command(flatten)]
+    pub local: super::local_devices::LocalDeviceArgs,
     /// Matvec bandwidth of each device in bytes per second, same order and
     /// units as --devices (e.g. 900G,900G,300G); unknown = equal speeds.
     #[arg(long)]
@@ -58,14 +63,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let mut workers = if args.links.workers.is_empty() {
-        let devices = args
-            .devices
-            .as_deref()
-            .context("--devices or --worker is required")?;
+    let local = args.local.gpus.is_some() || args.local.cpu_stage;
+    anyhow::ensure!(
+        !local || (args.devices.is_none() && args.links.workers.is_empty()),
+        "--gpus and --cpu-stage choose this machine's devices; --devices and --worker list others"
+    );
+    let mut workers = if let Some(devices) = &args.devices {
         parse_devices(devices)
             .map_err(anyhow::Error::msg)
             .context("parsing --devices")?
+    } else if args.links.workers.is_empty() {
+        this_machine(&args.local)?
     } else {
         let token = super::read_token(args.token.as_deref(), args.token_file.as_deref())?
             .context("--worker needs the cluster token: --token-file FILE (or --token)")?;
@@ -130,6 +138,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!();
     println!("{}", legend(&req));
     Ok(())
+}
+
+/// This machine's devices, named `<host>:gpuN` and `<host>:cpu`, with the
+/// memory each has free now.
+fn this_machine(
+    args: &super::local_devices::LocalDeviceArgs,
+) -> anyhow::Result<Vec<strata_coordinator::planner::WorkerSpec>> {
+    use super::local_devices::{choose, gpu_memory, host_memory};
+    use strata_coordinator::planner::Backend;
+    let host = strata_worker::service::system::host_name();
+    let stages = choose(args, &gpu_memory()?, host_memory()?)?;
+    Ok(stages
+        .iter()
+        .map(|s| {
+            let backend = match s.device {
+                super::devices::LocalDevice::Cpu => Backend::Cpu,
+                super::devices::LocalDevice::Cuda(_) => Backend::Cuda,
+            };
+            strata_coordinator::planner::WorkerSpec::new(
+                s.name(&host),
+                backend,
+                &host,
+                s.free_bytes,
+            )
+        })
+        .collect())
 }
 
 fn load_profile(args: &Args) -> anyhow::Result<(String, ModelSpec, MemoryProfile)> {

@@ -112,6 +112,9 @@ pub struct Args {
     /// Default: one stage on --gpu/--cpu's device.
     #[arg(long, value_parser = super::devices::parse_devices, conflicts_with_all = ["gpu", "cpu", "config"])]
     pub devices: Option<super::devices::DeviceList>,
+    /// Embedded stages on this machine's GPUs (and CPU).
+    #[command(flatten)]
+    pub local: super::local_devices::LocalDeviceArgs,
 }
 
 /// Plan table and a bar for slices being sent, on stderr.
@@ -246,8 +249,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             config.token = token;
         } else {
             anyhow::ensure!(
-                args.devices.is_none(),
-                "--devices lists the stages of this process; give devices to each `strata worker`"
+                args.devices.is_none() && args.local.gpus.is_none() && !args.local.cpu_stage,
+                "--devices, --gpus and --cpu-stage choose the stages of this process; give devices to each `strata worker`"
             );
             (config.workers, config.trust) = args.links.resolve()?;
             config.token = token
@@ -345,24 +348,45 @@ impl WorkerLauncher for EmbeddedLauncher {
 }
 
 /// The embedded stages: one per `--devices` entry with its share of the
-/// host, or (no `--devices`) one on `--gpu`/`--cpu`'s device with all of it.
+/// host; or one per GPU `--gpus` chooses (every GPU when the driver shows
+/// several and no device is named), with the CPU after them for
+/// `--cpu-stage`; or one on `--gpu`/`--cpu`'s device with all of it.
 fn embedded_stages(args: &Args) -> anyhow::Result<Vec<(super::DeviceArgs, StageShare)>> {
+    use super::local_devices::{choose, gpu_memory};
     let threads = rayon::current_num_threads();
-    let Some(super::devices::DeviceList(devices)) = &args.devices else {
+    let local = args.local.gpus.is_some() || args.local.cpu_stage;
+    anyhow::ensure!(
+        !local || (args.devices.is_none() && args.device.gpu.is_none() && !args.device.cpu),
+        "--gpus and --cpu-stage choose this machine's devices; --devices, --gpu and --cpu name them"
+    );
+    let named = args.devices.is_some() || args.device.gpu.is_some() || args.device.cpu;
+    let devices = match &args.devices {
+        Some(super::devices::DeviceList(devices)) => devices.clone(),
+        None if !named => {
+            let gpus = gpu_memory()?;
+            if local || gpus.len() > 1 {
+                let stages = choose(&args.local, &gpus, 0)?;
+                stages.into_iter().map(|s| s.device).collect()
+            } else {
+                Vec::new()
+            }
+        }
+        None => Vec::new(),
+    };
+    if devices.is_empty() {
         let share = StageShare {
             mem_budget_bytes: args.mem_budget,
             threads,
             own_thread_pool: false,
         };
         return Ok(vec![(args.device.clone(), share)]);
-    };
+    }
     let memory_bytes = match args.mem_budget {
         Some(b) => b,
-        None => strata_worker::service::system::memory_bytes()
-            .map(|(_, available)| available)
-            .context("reading the host's memory to split it between the --devices stages (give --mem-budget)")?,
+        None => super::local_devices::host_memory()
+            .context("splitting the host's memory between the CPU stages (give --mem-budget)")?,
     };
-    let shares = super::devices::split_host(devices, memory_bytes, threads);
+    let shares = super::devices::split_host(&devices, memory_bytes, threads);
     Ok(devices
         .iter()
         .map(|d| d.device_args())

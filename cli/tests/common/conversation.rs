@@ -29,6 +29,22 @@ pub fn chat(server: &Server, messages: &[Value], max_tokens: u32) -> Value {
     body
 }
 
+/// A greedy completion of `prompt` (12 tokens), with log-probabilities.
+pub fn complete(server: &Server, prompt: &str) -> Value {
+    let (status, body) = post(
+        &format!("{}/v1/completions", server.base),
+        &json!({"prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 1}),
+    );
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// A completion's tokens and log-probabilities, to compare bit for bit.
+pub fn completion_tokens(body: &Value) -> (Value, Value) {
+    let lp = &body["choices"][0]["logprobs"];
+    (lp["tokens"].clone(), lp["token_logprobs"].clone())
+}
+
 pub fn cached_tokens(body: &Value) -> u64 {
     body["usage"]["prompt_tokens_details"]["cached_tokens"]
         .as_u64()
@@ -108,7 +124,11 @@ pub fn cache_files(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> 
 /// Waits until the writer threads have saved the `*.{ext}` files (their
 /// count stops growing and is above zero); returns it.
 pub fn wait_cache_files(dirs: &[&std::path::Path], ext: &str) -> usize {
-    let count = || dirs.iter().map(|d| cache_files(d, ext).len()).sum::<usize>();
+    let count = || {
+        dirs.iter()
+            .map(|d| cache_files(d, ext).len())
+            .sum::<usize>()
+    };
     let mut last = 0;
     assert!(
         super::eventually(Duration::from_secs(30), || {

@@ -235,6 +235,19 @@ impl Worker {
         Self::start_in(listen, mem_budget, model_dir, env, &state, &[])
     }
 
+    /// A worker on `listen` that keeps its prefix blocks in `kv_dir`
+    /// (`--kv-cache-dir`), with the shared TLS identity so that it comes
+    /// back on its old address with its old pin.
+    pub fn with_kv_cache(
+        listen: &str,
+        mem_budget: &str,
+        model_dir: Option<&Path>,
+        kv_dir: &Path,
+    ) -> Worker {
+        let kv = ["--kv-cache-dir", kv_dir.to_str().expect("a UTF-8 path")];
+        Self::start_in(listen, mem_budget, model_dir, &[], &worker_state_dir(), &kv)
+    }
+
     /// A worker whose TLS identity lives in `state_dir`; `extra` flags go last.
     pub fn start_in(
         listen: &str,
@@ -310,6 +323,11 @@ pub struct Server {
 impl Server {
     /// `extra` goes after `serve -m MODEL --listen 127.0.0.1:0 --token-file F`.
     pub fn start(model: &Path, extra: &[&str]) -> Server {
+        Self::start_with_env(model, extra, &[])
+    }
+
+    /// [`Self::start`] with extra environment (the CUDA emulator, say).
+    pub fn start_with_env(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let token = token_file(dir.path());
         let mut args = vec![
@@ -322,7 +340,7 @@ impl Server {
             token.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let mut proc = Proc::spawn("serve", &args);
+        let mut proc = Proc::spawn_with_env("serve", &args, env);
         let rest = proc.wait_for("serving on http://", Duration::from_secs(300));
         let addr = rest.trim().trim_end_matches("/v1").to_string();
         Server {

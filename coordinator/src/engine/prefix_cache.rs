@@ -477,7 +477,10 @@ mod tests {
         let mut c = PrefixCache::new(true, 16).with_snapshots(2);
         c.set_on_disk(Some((h.clone(), vec![h[1], h[2]])));
         let got = c.attach(&prompt);
-        assert_eq!((got.blocks.len(), got.restore, got.snapshot_from_disk), (3, 3, true));
+        assert_eq!(
+            (got.blocks.len(), got.restore, got.snapshot_from_disk),
+            (3, 3, true)
+        );
         // A stage could not read that snapshot: the next deepest.
         c.forget_disk_snapshot(&h[2]);
         c.detach(&got.blocks);
@@ -492,7 +495,10 @@ mod tests {
         let (saved, dropped) = c.save_snapshot(&a[..64]).unwrap();
         assert_eq!((saved, dropped), (h[1], vec![]));
         let got = c.attach(&prompt);
-        assert_eq!((got.blocks.len(), got.restore, got.snapshot_from_disk), (2, 0, false));
+        assert_eq!(
+            (got.blocks.len(), got.restore, got.snapshot_from_disk),
+            (2, 0, false)
+        );
         c.resumed(&got.blocks);
         c.detach(&got.blocks);
         // Saving another drops it from memory (one row), not from disk.

@@ -25,3 +25,23 @@ pub fn driver_present() -> bool {
     // SAFETY: only tries to dlopen libcuda by its known names.
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
+
+/// Each CUDA device the driver shows, with its (free, total) memory in
+/// bytes; none without a driver. A device whose context cannot be made is
+/// an error naming it.
+pub fn devices() -> Result<Vec<(u64, u64)>, String> {
+    use cudarc::driver::CudaContext;
+    if !driver_present() {
+        return Ok(Vec::new());
+    }
+    let n = CudaContext::device_count().map_err(|e| format!("counting CUDA devices: {e}"))?;
+    (0..n.max(0) as usize)
+        .map(|i| {
+            let ctx = CudaContext::new(i).map_err(|e| format!("CUDA device {i}: {e}"))?;
+            let (free, total) = ctx
+                .mem_get_info()
+                .map_err(|e| format!("CUDA device {i}: reading its memory: {e}"))?;
+            Ok((free as u64, total as u64))
+        })
+        .collect()
+}

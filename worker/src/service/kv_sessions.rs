@@ -46,7 +46,11 @@ impl KvSessions {
             .dir
             .join(digest.replace(':', "-"))
             .join(kv_type.name());
-        let blocks = Arc::new(Mutex::new(DiskBlocks::open(&dir, layers, config.max_bytes)?));
+        let blocks = Arc::new(Mutex::new(DiskBlocks::open(
+            &dir,
+            layers,
+            config.max_bytes,
+        )?));
         let (writes, queue) = mpsc::sync_channel::<(FileKind, BlockHash, LayerBlock)>(QUEUE);
         let writer = blocks.clone();
         std::thread::Builder::new()
@@ -102,7 +106,13 @@ impl KvSessions {
 
     /// The block (or snapshot) saved for `layer`, checked against its
     /// header.
-    pub fn read(&self, kind: FileKind, layer: usize, shape: Shape, hash: &BlockHash) -> Option<Vec<u8>> {
+    pub fn read(
+        &self,
+        kind: FileKind,
+        layer: usize,
+        shape: Shape,
+        hash: &BlockHash,
+    ) -> Option<Vec<u8>> {
         self.disk().read(kind, layer, shape, hash)
     }
 
@@ -116,54 +126,60 @@ impl KvSessions {
     }
 }
 
+/// One list of a `DiskPrefixesReply`: `None` where no stage has such
+/// layers (it constrains nothing), else the hashes.
+type HashList = Option<Vec<Vec<u8>>>;
+
+fn reply(blocks: HashList, states: HashList) -> v1::DiskPrefixesReply {
+    v1::DiskPrefixesReply {
+        enabled: true,
+        has_blocks: blocks.is_some(),
+        block_hashes: blocks.unwrap_or_default(),
+        has_state: states.is_some(),
+        snapshot_hashes: states.unwrap_or_default(),
+    }
+}
+
 /// What one stage holds on disk, as a reply of its own: the blocks of all
 /// its KV layers, and the snapshots of all its state layers.
 pub fn own_prefixes<B: Backend>(disk: &KvSessions, stage: &Stage<B>) -> v1::DiskPrefixesReply {
-    let list = |set: Option<HashSet<BlockHash>>| {
-        let has = set.is_some();
-        (has, set.into_iter().flatten().map(|h| h.to_vec()).collect())
+    let list = |kind, layers: &[usize]| {
+        let set = disk.prefixes(kind, layers)?;
+        Some(set.into_iter().map(|h| h.to_vec()).collect())
     };
-    let (has_blocks, block_hashes) = list(disk.prefixes(FileKind::Block, &stage.kv_layer_indices()));
-    let (has_state, snapshot_hashes) =
-        list(disk.prefixes(FileKind::State, &stage.state_layer_indices()));
-    v1::DiskPrefixesReply {
-        enabled: true,
-        block_hashes,
-        has_blocks,
-        snapshot_hashes,
-        has_state,
-    }
+    reply(
+        list(FileKind::Block, &stage.kv_layer_indices()),
+        list(FileKind::State, &stage.state_layer_indices()),
+    )
 }
 
 /// `own` narrowed to what the stages after it hold too (`after`, their
 /// joined reply): a list constrains only where some stage has such layers.
-pub fn join_prefixes(own: v1::DiskPrefixesReply, after: v1::DiskPrefixesReply) -> v1::DiskPrefixesReply {
+pub fn join_prefixes(
+    own: v1::DiskPrefixesReply,
+    after: v1::DiskPrefixesReply,
+) -> v1::DiskPrefixesReply {
     if !own.enabled || !after.enabled {
         return v1::DiskPrefixesReply::default();
     }
-    let join = |(has_a, a): (bool, Vec<Vec<u8>>), (has_b, b): (bool, Vec<Vec<u8>>)| match (has_a, has_b) {
-        (true, true) => {
+    let join = |a: HashList, b: HashList| match (a, b) {
+        (Some(a), Some(b)) => {
             let b: HashSet<Vec<u8>> = b.into_iter().collect();
-            (true, a.into_iter().filter(|h| b.contains(h)).collect())
+            Some(a.into_iter().filter(|h| b.contains(h)).collect())
         }
-        (true, false) => (true, a),
-        (false, _) => (has_b, b),
+        (a, b) => a.or(b),
     };
-    let (has_blocks, block_hashes) = join(
-        (own.has_blocks, own.block_hashes),
-        (after.has_blocks, after.block_hashes),
-    );
-    let (has_state, snapshot_hashes) = join(
-        (own.has_state, own.snapshot_hashes),
-        (after.has_state, after.snapshot_hashes),
-    );
-    v1::DiskPrefixesReply {
-        enabled: true,
-        block_hashes,
-        has_blocks,
-        snapshot_hashes,
-        has_state,
-    }
+    let listed = |has: bool, l: Vec<Vec<u8>>| has.then_some(l);
+    reply(
+        join(
+            listed(own.has_blocks, own.block_hashes),
+            listed(after.has_blocks, after.block_hashes),
+        ),
+        join(
+            listed(own.has_state, own.snapshot_hashes),
+            listed(after.has_state, after.snapshot_hashes),
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -171,14 +187,8 @@ mod tests {
     use super::*;
 
     fn reply(blocks: Option<&[u8]>, states: Option<&[u8]>) -> v1::DiskPrefixesReply {
-        let list = |l: Option<&[u8]>| l.into_iter().flatten().map(|&b| vec![b; 16]).collect();
-        v1::DiskPrefixesReply {
-            enabled: true,
-            block_hashes: list(blocks),
-            has_blocks: blocks.is_some(),
-            snapshot_hashes: list(states),
-            has_state: states.is_some(),
-        }
+        let list = |l: Option<&[u8]>| l.map(|l| l.iter().map(|&b| vec![b; 16]).collect());
+        super::reply(list(blocks), list(states))
     }
 
     #[test]
@@ -187,7 +197,10 @@ mod tests {
         let j = join_prefixes(reply(None, Some(&[1, 2])), reply(Some(&[3]), None));
         assert_eq!(j, reply(Some(&[3]), Some(&[1, 2])));
         // Both with blocks and state: what both hold.
-        let j = join_prefixes(reply(Some(&[1, 2, 3]), Some(&[2])), reply(Some(&[2, 3]), Some(&[2, 3])));
+        let j = join_prefixes(
+            reply(Some(&[1, 2, 3]), Some(&[2])),
+            reply(Some(&[2, 3]), Some(&[2, 3])),
+        );
         assert_eq!(j, reply(Some(&[2, 3]), Some(&[2])));
         // A stage after without a KV cache directory: nothing.
         let j = join_prefixes(reply(Some(&[1]), None), v1::DiskPrefixesReply::default());

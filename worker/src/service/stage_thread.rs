@@ -210,9 +210,9 @@ fn run_commands<B, F>(
                 let _ = reply.send(());
             }
             Command::DiskPrefixes(reply) => {
-                let own = loaded
-                    .as_ref()
-                    .and_then(|l| Some(super::kv_sessions::own_prefixes(l.disk.as_ref()?, &l.stage)));
+                let own = loaded.as_ref().and_then(|l| {
+                    Some(super::kv_sessions::own_prefixes(l.disk.as_ref()?, &l.stage))
+                });
                 let _ = reply.send(own);
             }
             Command::Unload(reply) => {
@@ -468,7 +468,9 @@ fn try_forward<B: Backend>(
             )
             .into());
         }
-        let on_disk = e.restore_snapshot.then_some(&mut read_snapshot as ReadLayer<'_>);
+        let on_disk = e
+            .restore_snapshot
+            .then_some(&mut read_snapshot as ReadLayer<'_>);
         l.stage
             .attach_prefix(e.seq_id, e.start_pos as usize, &prefix, on_disk)?;
         if is_last {

@@ -32,7 +32,8 @@ impl<B: Backend> Stage<B> {
     /// another layer's, nor a sliding-window ring), with their model index,
     /// pool and place in it.
     fn block_owners(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
-        self.kv_owners().filter(|&(_, pool, _)| self.kv[pool].rings.is_none())
+        self.kv_owners()
+            .filter(|&(_, pool, _)| self.kv[pool].rings.is_none())
     }
 
     /// [`Self::block_owners`] and the sliding-window layers.
@@ -157,7 +158,11 @@ impl<B: Backend> Stage<B> {
 
     /// Gives the new sequence `seq` a state slot and rings holding the
     /// snapshot `read` gives (one written by [`Self::snapshot_to_host`]).
-    pub(super) fn resume_from_disk(&mut self, seq: u64, read: ReadLayer<'_>) -> Result<(), StageError> {
+    pub(super) fn resume_from_disk(
+        &mut self,
+        seq: u64,
+        read: ReadLayer<'_>,
+    ) -> Result<(), StageError> {
         let missing = |layer: usize| {
             StageError::Batch(format!(
                 "sequence {seq}: the state snapshot of layer {layer} is not on disk"
