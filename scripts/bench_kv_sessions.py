@@ -14,6 +14,7 @@ must be equal. Prints each time and the medians.
 """
 
 import argparse
+import atexit
 import pathlib
 import re
 import signal
@@ -29,12 +30,19 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_prefix_cache import HERE, turn  # noqa: E402
 
 
+# Servers started, killed at exit (an error mid-round leaves none behind).
+SERVERS = []
+atexit.register(lambda: [p.kill() for p in SERVERS if p.poll() is None])
+
+
 def serve(bin_path, model, ctx, extra):
     p = subprocess.Popen(
         [bin_path, "serve", "-m", model, "--listen", "127.0.0.1:0", "-c", str(ctx), "-n", "1", *extra],
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+    SERVERS.append(p)
     for line in p.stderr:
         m = re.search(r"serving on (http://\S+)", line)
         if m:
