@@ -75,6 +75,10 @@ pub fn choose(
         None | Some(GpuChoice::All) => (0..gpus.len()).collect(),
         Some(GpuChoice::These(list)) => list.clone(),
     };
+    anyhow::ensure!(
+        args.gpus.is_none() || !gpus.is_empty(),
+        "--gpus: the driver shows no GPU on this machine (use --cpu, or --devices cpu,...)"
+    );
     if let Some(&n) = ordinals.iter().find(|&&n| n >= gpus.len()) {
         anyhow::bail!(
             "--gpus: GPU {n} is not here: the driver shows {} GPU(s)",
@@ -107,12 +111,23 @@ pub fn choose(
 /// The free memory of each GPU the driver shows (the CUDA emulator's one
 /// device with `STRATA_CUDA_EMULATOR=1`), by ordinal.
 pub fn gpu_memory() -> anyhow::Result<Vec<u64>> {
+    emulator_if_asked()?;
+    let devices = strata_kernels::cuda::devices().map_err(anyhow::Error::msg)?;
+    Ok(devices.into_iter().map(|(free, _)| free).collect())
+}
+
+/// How many GPUs the driver shows (no context is made).
+pub fn gpu_count() -> anyhow::Result<usize> {
+    emulator_if_asked()?;
+    strata_kernels::cuda::device_count().map_err(anyhow::Error::msg)
+}
+
+fn emulator_if_asked() -> anyhow::Result<()> {
     if strata_kernels::cuda::emulator::requested() {
         strata_kernels::cuda::emulator::install()
             .context("STRATA_CUDA_EMULATOR=1: starting the CUDA emulator")?;
     }
-    let devices = strata_kernels::cuda::devices().map_err(anyhow::Error::msg)?;
-    Ok(devices.into_iter().map(|(free, _)| free).collect())
+    Ok(())
 }
 
 /// The host's available memory (`/proc/meminfo`).
@@ -158,7 +173,9 @@ mod tests {
             [Cuda(2), Cuda(0), Cpu]
         );
         assert_eq!(devices(&args(None, false), &[]), [Cpu]);
-        assert_eq!(devices(&args(Some(GpuChoice::All), true), &[]), [Cpu]);
+        assert_eq!(devices(&args(None, true), &[]), [Cpu]);
+        let err = choose(&args(Some(GpuChoice::All), true), &[], 64).unwrap_err();
+        assert!(err.to_string().contains("no GPU"), "{err}");
         let err = choose(&args(Some(GpuChoice::These(vec![1])), false), &[16], 64).unwrap_err();
         assert!(err.to_string().contains("GPU 1 is not here"), "{err}");
         let s = &choose(&args(None, true), &[16], 64).unwrap();

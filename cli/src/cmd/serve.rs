@@ -16,7 +16,7 @@ use strata_coordinator::swap::{
 use strata_proto::v1;
 use strata_worker::service::{LocalStage, WorkerConfig};
 
-use super::devices::StageShare;
+use super::devices::{LocalDevice, StageShare};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -221,6 +221,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ),
         };
         if let Some(file) = &args.config {
+            anyhow::ensure!(
+                args.local.gpus.is_none() && !args.local.cpu_stage,
+                "--gpus and --cpu-stage choose the stages of one model; with --config each loaded model gets one embedded stage"
+            );
             return serve_config(file, config, &args, token).await;
         }
         let model = args.model.clone().context("-m MODEL or --config FILE")?;
@@ -352,7 +356,7 @@ impl WorkerLauncher for EmbeddedLauncher {
 /// several and no device is named), with the CPU after them for
 /// `--cpu-stage`; or one on `--gpu`/`--cpu`'s device with all of it.
 fn embedded_stages(args: &Args) -> anyhow::Result<Vec<(super::DeviceArgs, StageShare)>> {
-    use super::local_devices::{choose, gpu_memory};
+    use super::local_devices::{choose, gpu_count};
     let threads = rayon::current_num_threads();
     let local = args.local.gpus.is_some() || args.local.cpu_stage;
     anyhow::ensure!(
@@ -360,19 +364,32 @@ fn embedded_stages(args: &Args) -> anyhow::Result<Vec<(super::DeviceArgs, StageS
         "--gpus and --cpu-stage choose this machine's devices; --devices, --gpu and --cpu name them"
     );
     let named = args.devices.is_some() || args.device.gpu.is_some() || args.device.cpu;
+    let gpus = if named {
+        0
+    } else if local {
+        gpu_count()?
+    } else {
+        // Only to see whether there are several: a driver that cannot say
+        // leaves the one stage `--gpu`/`--cpu`'s rules pick.
+        gpu_count().unwrap_or_else(|e| {
+            tracing::warn!("{e:#}: one embedded stage");
+            0
+        })
+    };
     let devices = match &args.devices {
         Some(super::devices::DeviceList(devices)) => devices.clone(),
-        None if !named => {
-            let gpus = gpu_memory()?;
-            if local || gpus.len() > 1 {
-                let stages = choose(&args.local, &gpus, 0)?;
-                stages.into_iter().map(|s| s.device).collect()
-            } else {
-                Vec::new()
-            }
-        }
+        // The worker reads its own device's memory: none is needed here.
+        None if local || gpus > 1 => choose(&args.local, &vec![0; gpus], 0)?
+            .into_iter()
+            .map(|s| s.device)
+            .collect(),
         None => Vec::new(),
     };
+    if args.mem_budget.is_some() && !devices.is_empty() && !devices.contains(&LocalDevice::Cpu) {
+        tracing::warn!(
+            "--mem-budget caps the CPU stages; each GPU stage offers its device's memory              (--gpu N runs one stage on one GPU under the cap)"
+        );
+    }
     if devices.is_empty() {
         let share = StageShare {
             mem_budget_bytes: args.mem_budget,

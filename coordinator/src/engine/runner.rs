@@ -294,10 +294,13 @@ impl Runner {
             let mut evicted = self.make_room(&entries);
             evicted.append(&mut self.evict_next);
             // This frame copies the snapshots its new sequences resume
-            // from before it drops any: they may go from here on.
+            // from before it drops any: they may go from here on. (One
+            // read from disk reserved none in memory.)
             for e in &entries {
                 if let Some(s) = self.seqs.iter().find(|s| s.id == e.seq && !s.sent) {
-                    self.prefix_cache.resumed(&s.prefix);
+                    if !s.restore_snapshot {
+                        self.prefix_cache.resumed(&s.prefix);
+                    }
                 }
             }
             let (mut saved, mut dropped) = (Vec::new(), Vec::new());
@@ -504,7 +507,9 @@ impl Runner {
                 stats.on_retire(how == Retire::Cancelled, how == Retire::Failed);
                 // A sequence the pipeline never saw holds nothing there.
                 if !s.sent {
-                    cache.resumed(&s.prefix);
+                    if !s.restore_snapshot {
+                        cache.resumed(&s.prefix);
+                    }
                     cache.detach(&s.prefix);
                 } else if how == Retire::Failed {
                     cache.detach(&s.prefix);

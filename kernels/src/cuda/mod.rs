@@ -26,16 +26,23 @@ pub fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// How many CUDA devices the driver shows (0 without a driver); makes no
+/// context.
+pub fn device_count() -> Result<usize, String> {
+    if !driver_present() {
+        return Ok(0);
+    }
+    let n = cudarc::driver::CudaContext::device_count()
+        .map_err(|e| format!("counting CUDA devices: {e}"))?;
+    Ok(n.max(0) as usize)
+}
+
 /// Each CUDA device the driver shows, with its (free, total) memory in
 /// bytes; none without a driver. A device whose context cannot be made is
 /// an error naming it.
 pub fn devices() -> Result<Vec<(u64, u64)>, String> {
     use cudarc::driver::CudaContext;
-    if !driver_present() {
-        return Ok(Vec::new());
-    }
-    let n = CudaContext::device_count().map_err(|e| format!("counting CUDA devices: {e}"))?;
-    (0..n.max(0) as usize)
+    (0..device_count()?)
         .map(|i| {
             let ctx = CudaContext::new(i).map_err(|e| format!("CUDA device {i}: {e}"))?;
             let (free, total) = ctx

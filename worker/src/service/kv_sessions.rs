@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex};
 
 use strata_kernels::{Backend, KvBlockId};
@@ -24,12 +25,18 @@ pub struct KvDiskConfig {
     pub max_bytes: u64,
 }
 
-/// Layer blocks waiting to be written (about 25 KiB to 130 KiB each).
+/// Layer blocks waiting to be written (about 25 KiB to 130 KiB each; a
+/// layer's state snapshot is megabytes).
 const QUEUE: usize = 4096;
+/// Bytes waiting to be written, at most: past it, nothing more is copied
+/// to the host to be saved (a slow disk costs files, not memory).
+const QUEUE_BYTES: u64 = 256 << 20;
 
 pub struct KvSessions {
     blocks: Arc<Mutex<DiskBlocks>>,
     writes: mpsc::SyncSender<(FileKind, BlockHash, LayerBlock)>,
+    /// Bytes queued and not written yet.
+    queued: Arc<AtomicU64>,
 }
 
 impl KvSessions {
@@ -52,7 +59,8 @@ impl KvSessions {
             config.max_bytes,
         )?));
         let (writes, queue) = mpsc::sync_channel::<(FileKind, BlockHash, LayerBlock)>(QUEUE);
-        let writer = blocks.clone();
+        let (writer, queued) = (blocks.clone(), Arc::new(AtomicU64::new(0)));
+        let written = queued.clone();
         std::thread::Builder::new()
             .name("strata-kv-disk".into())
             .spawn(move || {
@@ -61,6 +69,7 @@ impl KvSessions {
                     if let Err(e) = d.write(kind, b.layer, b.shape, &hash, &b.bytes) {
                         tracing::warn!("saving a KV cache file of layer {}: {e}", b.layer);
                     }
+                    written.fetch_sub(b.bytes.len() as u64, Relaxed);
                 }
             })?;
         tracing::info!(
@@ -68,16 +77,33 @@ impl KvSessions {
             dir.display(),
             config.max_bytes >> 20
         );
-        Ok(KvSessions { blocks, writes })
+        Ok(KvSessions {
+            blocks,
+            writes,
+            queued,
+        })
     }
 
     fn disk(&self) -> std::sync::MutexGuard<'_, DiskBlocks> {
         self.blocks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the queue has room for more (else a save is skipped before
+    /// anything is copied to the host).
+    fn has_room(&self) -> bool {
+        let room = self.queued.load(Relaxed) < QUEUE_BYTES;
+        if !room {
+            tracing::debug!("KV disk queue full: a kept block or snapshot is not saved");
+        }
+        room
+    }
+
     /// Queues the newly kept blocks of `stage` for writing.
     pub fn save<B: Backend>(&self, stage: &Stage<B>, kept: &[(BlockHash, KvBlockId)]) {
         for &(hash, block) in kept {
+            if !self.has_room() {
+                return;
+            }
             match stage.block_to_host(block) {
                 Ok(layers) => self.queue(FileKind::Block, hash, layers),
                 Err(e) => tracing::warn!("reading a kept KV block to save it: {e}"),
@@ -88,6 +114,9 @@ impl KvSessions {
     /// Queues the state snapshots `stage` newly saved (hash and row).
     pub fn save_snapshots<B: Backend>(&self, stage: &Stage<B>, saved: &[(BlockHash, u32)]) {
         for &(hash, row) in saved {
+            if !self.has_room() {
+                return;
+            }
             match stage.snapshot_to_host(row) {
                 Ok(layers) => self.queue(FileKind::State, hash, layers),
                 Err(e) => tracing::warn!("reading a state snapshot to save it: {e}"),
@@ -97,7 +126,10 @@ impl KvSessions {
 
     fn queue(&self, kind: FileKind, hash: BlockHash, layers: Vec<LayerBlock>) {
         for b in layers {
+            let len = b.bytes.len() as u64;
+            self.queued.fetch_add(len, Relaxed);
             if self.writes.try_send((kind, hash, b)).is_err() {
+                self.queued.fetch_sub(len, Relaxed);
                 tracing::debug!("KV disk queue full: a kept block or snapshot is not saved");
                 return;
             }
