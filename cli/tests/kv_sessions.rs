@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::conversation::{cache_files, cached_tokens, history, metric, tokens, wait_cache_files};
-use common::{model, Server, Worker, SMOLLM2};
+use common::{model, Server, SMOLLM2};
 use serde_json::{json, Value};
 
 /// About 1,000 SmolLM2 tokens of history, a short reply.
@@ -83,23 +83,12 @@ fn a_conversation_continues_from_disk_after_serve_and_its_workers_restart() {
     let kv: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let kv_paths: Vec<&Path> = kv.iter().map(|d| d.path()).collect();
     // Workers on `listen` (port 0 the first time, their old addresses after).
-    let start = |listen: &[String]| -> (Vec<Worker>, Server) {
-        let workers: Vec<Worker> = (0..3)
-            .map(|i| {
-                let model = (i == 0).then(|| model_dir.path());
-                Worker::with_kv_cache(&listen[i], BUDGET, model, kv_paths[i])
-            })
-            .collect();
-        let mut args = vec!["-c", "2048", "-n", "1"];
-        for w in &workers {
-            args.extend(["--worker", w.spec.as_str()]);
-        }
-        let server = Server::start(&path, &args);
-        (workers, server)
+    let start = |listen: Option<&[String]>| {
+        common::kv_cache_pool(&path, model_dir.path(), BUDGET, &kv_paths, listen)
     };
     let cold = Server::start(&path, &["-c", "2048", "-n", "1", "--no-prefix-cache"]);
 
-    let (workers, server) = start(&vec!["127.0.0.1:0".to_string(); 3]);
+    let (workers, server) = start(None);
     let before = placement(&server);
     assert_eq!(before.len(), 3, "three stages: {before:?}");
     let reply0 = chat(&server, &first_turn());
@@ -113,7 +102,7 @@ fn a_conversation_continues_from_disk_after_serve_and_its_workers_restart() {
     drop(server);
     drop(workers);
 
-    let (_workers, mut server) = start(&addrs);
+    let (_workers, mut server) = start(Some(&addrs));
     // The listing may come before "serving on", which `start` waited for.
     const LISTED: &str = "the stages hold prefix blocks on disk";
     let seen = server

@@ -25,19 +25,7 @@ fn a_recurrent_model_continues_from_its_snapshot_on_disk_after_a_restart() {
     let kv: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let kv_paths: Vec<&Path> = kv.iter().map(|d| d.path()).collect();
     continue_after_restart(&path, &kv_paths, |listen| {
-        let workers: Vec<Worker> = (0..3)
-            .map(|i| {
-                let listen = listen.map_or("127.0.0.1:0", |l| l[i].as_str());
-                let model = (i == 0).then_some(model_dir.as_path());
-                Worker::with_kv_cache(listen, "80MiB", model, kv_paths[i])
-            })
-            .collect();
-        let mut args = vec!["-c", "2048", "-n", "1"];
-        for w in &workers {
-            args.extend(["--worker", w.spec.as_str()]);
-        }
-        let server = Server::start(&path, &args);
-        (workers, server)
+        common::kv_cache_pool(&path, &model_dir, "80MiB", &kv_paths, listen)
     });
 }
 

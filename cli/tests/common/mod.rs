@@ -320,6 +320,32 @@ pub struct Server {
     _dir: tempfile::TempDir,
 }
 
+/// Three workers, each with its own KV cache directory (`kv_dirs`), on
+/// `listen` (fresh ports when `None`; the first worker reads `model_dir`),
+/// and `strata serve -c 2048 -n 1` over them: a pool to stop and start
+/// again on the same addresses.
+pub fn kv_cache_pool(
+    model: &Path,
+    model_dir: &Path,
+    budget: &str,
+    kv_dirs: &[&Path],
+    listen: Option<&[String]>,
+) -> (Vec<Worker>, Server) {
+    let workers: Vec<Worker> = (0..kv_dirs.len())
+        .map(|i| {
+            let addr = listen.map_or("127.0.0.1:0", |l| l[i].as_str());
+            let dir = (i == 0).then_some(model_dir);
+            Worker::with_kv_cache(addr, budget, dir, kv_dirs[i])
+        })
+        .collect();
+    let mut args = vec!["-c", "2048", "-n", "1"];
+    for w in &workers {
+        args.extend(["--worker", w.spec.as_str()]);
+    }
+    let server = Server::start(model, &args);
+    (workers, server)
+}
+
 impl Server {
     /// `extra` goes after `serve -m MODEL --listen 127.0.0.1:0 --token-file F`.
     pub fn start(model: &Path, extra: &[&str]) -> Server {

@@ -146,11 +146,12 @@ impl PrefixCache {
         }
     }
 
-    /// Snapshots a failed frame saved: no stage may hold them.
-    pub fn forget_snapshots(&mut self, hashes: &[BlockHash]) {
-        if let Some(s) = self.snapshots.as_mut() {
-            s.forget(hashes);
-        }
+    /// Snapshots a failed frame saved: no stage may hold them. Returns
+    /// those the index held.
+    pub fn forget_snapshots(&mut self, hashes: &[BlockHash]) -> Vec<BlockHash> {
+        self.snapshots
+            .as_mut()
+            .map_or_else(Vec::new, |s| s.forget(hashes))
     }
 
     /// The stages keep blocks on disk (`Some`, with the blocks and state
@@ -312,11 +313,7 @@ impl PrefixCache {
         idle.sort_unstable();
         let out: Vec<BlockHash> = idle.into_iter().take(short).map(|(_, _, h)| h).collect();
         // Their snapshots go with them from memory (the stages drop them).
-        let in_memory: Vec<BlockHash> = (out.iter())
-            .filter(|h| self.snapshots.as_ref().is_some_and(|s| s.has(h)))
-            .copied()
-            .collect();
-        self.forget_snapshots(&out);
+        let in_memory = self.forget_snapshots(&out);
         self.dropped_to_disk(&in_memory);
         for h in &out {
             let k = self.kept.remove(h).expect("an idle kept block");

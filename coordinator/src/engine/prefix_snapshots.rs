@@ -91,10 +91,12 @@ impl SnapshotIndex {
 
     /// Snapshots the stages no longer hold (their block was evicted, or the
     /// frame that saved them failed).
-    pub fn forget(&mut self, hashes: &[BlockHash]) {
-        for h in hashes {
-            self.held.remove(h);
-        }
+    /// Returns those that were held.
+    pub fn forget(&mut self, hashes: &[BlockHash]) -> Vec<BlockHash> {
+        (hashes.iter())
+            .filter(|h| self.held.remove(*h).is_some())
+            .copied()
+            .collect()
     }
 
     pub fn clear(&mut self) {

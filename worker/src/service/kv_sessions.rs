@@ -100,26 +100,29 @@ impl KvSessions {
 
     /// Queues the newly kept blocks of `stage` for writing.
     pub fn save<B: Backend>(&self, stage: &Stage<B>, kept: &[(BlockHash, KvBlockId)]) {
-        for &(hash, block) in kept {
-            if !self.has_room() {
-                return;
-            }
-            match stage.block_to_host(block) {
-                Ok(layers) => self.queue(FileKind::Block, hash, layers),
-                Err(e) => tracing::warn!("reading a kept KV block to save it: {e}"),
-            }
-        }
+        self.save_each(FileKind::Block, kept, |&block| stage.block_to_host(block));
     }
 
     /// Queues the state snapshots `stage` newly saved (hash and row).
     pub fn save_snapshots<B: Backend>(&self, stage: &Stage<B>, saved: &[(BlockHash, u32)]) {
-        for &(hash, row) in saved {
+        self.save_each(FileKind::State, saved, |&row| stage.snapshot_to_host(row));
+    }
+
+    /// Copies each item to the host with `to_host` and queues its layers,
+    /// while the queue has room.
+    fn save_each<T>(
+        &self,
+        kind: FileKind,
+        items: &[(BlockHash, T)],
+        to_host: impl Fn(&T) -> Result<Vec<LayerBlock>, strata_kernels::KernelError>,
+    ) {
+        for (hash, item) in items {
             if !self.has_room() {
                 return;
             }
-            match stage.snapshot_to_host(row) {
-                Ok(layers) => self.queue(FileKind::State, hash, layers),
-                Err(e) => tracing::warn!("reading a state snapshot to save it: {e}"),
+            match to_host(item) {
+                Ok(layers) => self.queue(kind, *hash, layers),
+                Err(e) => tracing::warn!("reading a KV cache {kind:?} to save it: {e}"),
             }
         }
     }
