@@ -21,6 +21,11 @@ pub struct Args {
     /// Override the number of layers.
     #[arg(long)]
     pub layers: Option<usize>,
+    /// Override the training context the file declares
+    /// (`context_length`), e.g. 131072 for a long-context run of a tiny
+    /// preset.
+    #[arg(long)]
+    pub context_length: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output file.
@@ -45,6 +50,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(n) = args.layers {
         anyhow::ensure!(n > 0, "--layers must be at least 1");
         spec.shape.n_layers = n;
+    }
+    if let Some(n) = args.context_length {
+        anyhow::ensure!(n > 0, "--context-length must be at least 1");
+        spec.shape.context_length = n;
     }
     spec.seed = args.seed;
     if let Some(path) = &args.chat_template {

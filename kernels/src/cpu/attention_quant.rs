@@ -23,11 +23,11 @@
 //! 64 (the transform is its own inverse), each as ggml-cpu's
 //! `ggml_compute_forward_fwht` computes it ([`fwht`]).
 
-use strata_model::quant::legacy::{dequantize_q4_0, dequantize_q8_0, quantize_q4_0};
+use strata_model::quant::legacy::quantize_q4_0;
 use strata_model::GgmlType;
 
 use super::attention::{finish_softmax, for_each_head, slot, try_zeroed};
-use super::{dot, fused, CpuAct};
+use super::{dot, CpuAct};
 use crate::backend::{AttentionBatch, KernelError};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 
@@ -111,11 +111,7 @@ impl QuantKv {
         batch: &AttentionBatch<'_>,
     ) -> CpuAct {
         let (hd, hdv) = (g.head_dim_k, g.head_dim_v);
-        let group = batch.n_heads / g.n_kv_heads;
-        let (kpool, vpool) = (&self.k[layer], &self.v[layer]);
-        let ty = self.ty;
-        let (k_head, v_head) = (g.kv_type.bytes_for(hd), g.kv_type.bytes_for(hdv));
-        let q_bytes = dot::activation_row_bytes(ty, hd);
+        let q_bytes = dot::activation_row_bytes(self.ty, hd);
         let n_out = batch.n_heads * hdv;
         if let Some(sinks) = batch.sinks {
             assert!(
@@ -131,48 +127,16 @@ impl QuantKv {
             (1.0, batch.scale)
         };
         let mut out = vec![0f32; q.rows * n_out];
-        let head = |sc: &mut Scratch, (i, o): (usize, &mut [f32])| {
-            fused(|| {
-                let (t, h) = (i / batch.n_heads, i % batch.n_heads);
-                let kvh = h / group;
-                let seq = batch.token_seq[t] as usize;
-                let pos = batch.positions[t] as usize;
-                let lo = batch.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                sc.q.iter_mut()
-                    .zip(&q.row(t)[h * hd..(h + 1) * hd])
-                    .for_each(|(d, &v)| *d = v * q_scale);
-                if let Some(n) = self.rot_k {
-                    fwht(&mut sc.q, n);
-                }
-                dot::quantize_activation_into(ty, &sc.q, &mut sc.q_q);
-                o.fill(0.0);
-                let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-                for p in lo..=pos {
-                    let s = slot(batch, seq, p);
-                    let k0 = s * self.k_row + kvh * k_head;
-                    let score = dot::vec_dot(ty, hd, &kpool[k0..k0 + k_head], &sc.q_q);
-                    let score = score * score_scale;
-                    let (mut ms, mut vs) = (1.0f32, 1.0f32);
-                    if score > m {
-                        ms = (m - score).exp();
-                        m = score;
-                        o.iter_mut().for_each(|a| *a *= ms);
-                    } else {
-                        vs = (score - m).exp();
-                    }
-                    let v0 = s * self.v_row + kvh * v_head;
-                    dequantize(ty, &vpool[v0..v0 + v_head], &mut sc.v);
-                    o.iter_mut()
-                        .zip(&sc.v)
-                        .for_each(|(a, &x)| *a = x.mul_add(vs, *a));
-                    sum = sum.mul_add(ms, vs);
-                }
-                finish_softmax(o, m, sum, batch.sinks.map(|s| s[h]));
-                if let Some(n) = self.rot_v {
-                    fwht(o, n);
-                }
-            })
+        let pass = HeadPass {
+            kv: self,
+            g,
+            layer,
+            q,
+            batch,
+            q_scale,
+            score_scale,
         };
+        let head = |sc: &mut Scratch, (i, o): (usize, &mut [f32])| pass.run(sc, i, o);
         let scratch = || Scratch {
             q: vec![0f32; hd],
             q_q: vec![0u8; q_bytes],
@@ -183,6 +147,84 @@ impl QuantKv {
             data: out,
             rows: q.rows,
             cols: n_out,
+        }
+    }
+}
+
+/// One (token, head)'s pass over its positions (see the module comment).
+struct HeadPass<'a> {
+    kv: &'a QuantKv,
+    g: &'a KvGeometry,
+    layer: usize,
+    q: &'a CpuAct,
+    batch: &'a AttentionBatch<'a>,
+    q_scale: f32,
+    score_scale: f32,
+}
+
+impl HeadPass<'_> {
+    /// Row `i` (token `i / n_heads`, head `i % n_heads`) of the output.
+    ///
+    /// A function of its own with FMA enabled, not a closure under
+    /// `fused`: the closure was not inlined there, and its `mul_add`s
+    /// became calls to `fmaf` (43% of an 8K-token prompt's time).
+    fn run(&self, sc: &mut Scratch, i: usize, o: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if dot::fma_detected() {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn with_fma(pass: &HeadPass<'_>, sc: &mut Scratch, i: usize, o: &mut [f32]) {
+                pass.body(sc, i, o)
+            }
+            // SAFETY: the features were detected.
+            return unsafe { with_fma(self, sc, i, o) };
+        }
+        self.body(sc, i, o)
+    }
+
+    #[inline(always)]
+    fn body(&self, sc: &mut Scratch, i: usize, o: &mut [f32]) {
+        let (kv, g, batch) = (self.kv, self.g, self.batch);
+        let (hd, hdv) = (g.head_dim_k, g.head_dim_v);
+        let ty = kv.ty;
+        let (k_head, v_head) = (g.kv_type.bytes_for(hd), g.kv_type.bytes_for(hdv));
+        let (kpool, vpool) = (&kv.k[self.layer], &kv.v[self.layer]);
+        let (t, h) = (i / batch.n_heads, i % batch.n_heads);
+        let kvh = h / (batch.n_heads / g.n_kv_heads);
+        let seq = batch.token_seq[t] as usize;
+        let pos = batch.positions[t] as usize;
+        let lo = batch.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        sc.q.iter_mut()
+            .zip(&self.q.row(t)[h * hd..(h + 1) * hd])
+            .for_each(|(d, &v)| *d = v * self.q_scale);
+        if let Some(n) = kv.rot_k {
+            fwht(&mut sc.q, n);
+        }
+        dot::quantize_activation_into(ty, &sc.q, &mut sc.q_q);
+        o.fill(0.0);
+        let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+        for p in lo..=pos {
+            let s = slot(batch, seq, p);
+            let k0 = s * kv.k_row + kvh * k_head;
+            let score = dot::vec_dot(ty, hd, &kpool[k0..k0 + k_head], &sc.q_q);
+            let score = score * self.score_scale;
+            let (mut ms, mut vs) = (1.0f32, 1.0f32);
+            if score > m {
+                ms = (m - score).exp();
+                m = score;
+                o.iter_mut().for_each(|a| *a *= ms);
+            } else {
+                vs = (score - m).exp();
+            }
+            let v0 = s * kv.v_row + kvh * v_head;
+            dequantize(ty, &vpool[v0..v0 + v_head], &mut sc.v);
+            o.iter_mut()
+                .zip(&sc.v)
+                .for_each(|(a, &x)| *a = x.mul_add(vs, *a));
+            sum = sum.mul_add(ms, vs);
+        }
+        finish_softmax(o, m, sum, batch.sinks.map(|s| s[h]));
+        if let Some(n) = kv.rot_v {
+            fwht(o, n);
         }
     }
 }
@@ -240,15 +282,26 @@ fn quantize_row(ty: GgmlType, x: &[f32], dst: &mut [u8]) {
     }
 }
 
-/// `dequantize_row_q8_0` / `_q4_0` (exact: a small integer times an f16).
+/// `dequantize_row_q8_0` / `_q4_0` (exact: a small integer times an f16),
+/// here rather than `strata_model`'s so that it is inlined into the FMA
+/// pass: called per cached position, it was a fifth of a long prompt's time.
+#[inline(always)]
 fn dequantize(ty: GgmlType, src: &[u8], y: &mut [f32]) {
-    let f = match ty {
-        GgmlType::Q8_0 => dequantize_q8_0,
-        _ => dequantize_q4_0,
-    };
-    src.chunks_exact(ty.block_bytes())
-        .zip(y.chunks_exact_mut(QK))
-        .for_each(|(b, y)| f(b, y));
+    let bytes = ty.block_bytes();
+    for (b, y) in src.chunks_exact(bytes).zip(y.chunks_exact_mut(QK)) {
+        let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        if ty == GgmlType::Q8_0 {
+            for (y, &q) in y.iter_mut().zip(&b[2..2 + QK]) {
+                *y = q as i8 as f32 * d;
+            }
+        } else {
+            let (lo, hi) = y.split_at_mut(QK / 2);
+            for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[2..2 + QK / 2]) {
+                *l = ((q & 0xF) as i32 - 8) as f32 * d;
+                *h = ((q >> 4) as i32 - 8) as f32 * d;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
