@@ -101,6 +101,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bin", default="target/release/strata")
+    ap.add_argument("--serve-flags", default="", help='extra `strata serve` flags, e.g. "--transport quic"')
     args = ap.parse_args()
     budgets = [b.split(":", 1)[-1] for b in args.budgets.split(",")]
 
@@ -127,7 +128,7 @@ def main():
         http = free_port()
         serve = subprocess.Popen(
             [args.bin, "serve", "-m", args.model, *worker_args, "--token-file", f"{d}/token",
-             "--listen", f"127.0.0.1:{http}", "-c", "512", "-n", "8"],
+             "--listen", f"127.0.0.1:{http}", "-c", "512", "-n", "8", *args.serve_flags.split()],
             stderr=open(f"{d}/serve.log", "w"), env=env)
         procs.append(serve)
         wait_port(http, serve, 300)

@@ -79,11 +79,14 @@ fn run_three_workers_on(
         near_tie,
         min_sure,
         "f16",
+        "grpc",
     )
 }
 
 /// [`run_three_workers_on`] with K and V cached as `kv_type`
-/// (`--cache-type-k/-v` on `plan`, `serve` and the one-process run).
+/// (`--cache-type-k/-v` on `plan`, `serve` and the one-process run), and
+/// the data plane over `transport` (`serve --transport`).
+#[allow(clippy::too_many_arguments)]
 fn run_three_workers_kv(
     model_path: &Path,
     r: &Value,
@@ -92,6 +95,7 @@ fn run_three_workers_kv(
     near_tie: f64,
     min_sure: usize,
     kv_type: &str,
+    transport: &str,
 ) -> Vec<String> {
     let model_path = model_path.to_path_buf();
     let file = model_path.file_name().unwrap();
@@ -134,12 +138,25 @@ fn run_three_workers_kv(
         "three stages planned: {table}"
     );
 
-    let mut args = vec!["-c", "512", "-n", "2", "--act-dtype", "f32"];
+    let mut args = vec!["-c", "512", "-n", "2", "--act-dtype", "f32", "--transport", transport];
     args.extend(["--cache-type-k", kv_type, "--cache-type-v", kv_type]);
     for w in &workers {
         args.extend(["--worker", w.spec.as_str()]);
     }
     let server = Server::start(&model_path, &args);
+    // The coordinator reaches each stage's data plane (stage 0's data
+    // stream, every reply line) over what was asked for.
+    let over_quic = server
+        .proc
+        .log
+        .iter()
+        .filter(|l| l.contains("data plane of") && l.contains("over QUIC"))
+        .count();
+    assert_eq!(
+        over_quic,
+        if transport == "quic" { 3 } else { 0 },
+        "stages whose data plane the coordinator reached over QUIC"
+    );
 
     let stages = stage_ranges(&server);
     eprintln!("placement: {stages:?}");
@@ -244,6 +261,12 @@ fn run_three_workers_kv(
         2,
         "(over the network, in memory) per worker: {sent:?}"
     );
+    // ... and over QUIC exactly when asked for.
+    for w in &workers {
+        let h = w.health();
+        let want = if transport == "quic" { h.frames_sent_remote } else { 0 };
+        assert_eq!(h.frames_sent_quic, want, "{}: {h:?}", w.addr);
+    }
 
     // Every stage holds the sequence's KV only while it runs (then only the
     // full blocks the prefix cache keeps); a client that drops its stream
@@ -308,9 +331,10 @@ fn three_workers_serve_smollm2_token_for_token() {
 
 /// `--cache-type-k q8_0 --cache-type-v q8_0`: every stage caches q8_0
 /// K/V, and the pool gives llama.cpp's q8_0-KV tokens (`llama-server -ctk
-/// q8_0 -ctv q8_0 -fa on`), the long prompt's too.
+/// q8_0 -ctv q8_0 -fa on`), the long prompt's too. The hops go over QUIC
+/// (`--transport quic`): the same tokens, every frame on QUIC.
 #[test]
-fn three_workers_serve_smollm2_kv_q8_0_token_for_token() {
+fn three_workers_serve_smollm2_kv_q8_0_over_quic_token_for_token() {
     run_three_workers_kv(
         &model(SMOLLM2),
         &reference("smollm2-135m-kv-q8_0"),
@@ -319,6 +343,7 @@ fn three_workers_serve_smollm2_kv_q8_0_token_for_token() {
         0.5,
         1,
         "q8_0",
+        "quic",
     );
 }
 

@@ -11,6 +11,7 @@ use strata_model::profile::KvType;
 use strata_model::slice::model_digest;
 use strata_model::tokenizer::Tokenizer;
 use strata_model::GgufFile;
+use strata_proto::transport::TransportKind;
 use strata_proto::{v1, Trust};
 
 use crate::api::{router, AppState, Ready};
@@ -40,6 +41,8 @@ pub struct ServeConfig {
     pub act_dtype: v1::ActDtype,
     /// How every stage stores K and V (`--cache-type-k/-v`).
     pub kv_type: KvType,
+    /// What carries the data plane's hops (`--transport`).
+    pub transport: TransportKind,
     pub batch_tokens: usize,
     /// Micro-batches in flight (default: one per stage).
     pub micro_batches: Option<usize>,
@@ -187,6 +190,7 @@ pub(crate) async fn start_pipeline(
         batch_tokens: config.batch_tokens,
         act_dtype: config.act_dtype,
         kv_type: config.kv_type,
+        transport: config.transport,
     };
     let mut pool = Pool::new(
         settings,
@@ -285,12 +289,7 @@ pub(crate) async fn start_pipeline(
     let (engine, losses) = Engine::start(engine_config);
     let stage0 = &stages[0].worker;
     let epoch = engine
-        .attach(
-            stages
-                .iter()
-                .map(|s| (s.worker.client.clone(), s.worker.addr.clone()))
-                .collect(),
-        )
+        .attach(pool.stage_links(&stages).await)
         .await
         .map_err(|e| {
             ServeError::Load(format!(

@@ -11,6 +11,7 @@ pub mod accept;
 pub mod auth;
 pub mod link;
 pub mod tls;
+pub mod transport;
 
 pub use auth::{BearerToken, TokenCheck};
 pub use link::{connect, parse_peer, Trust, WorkerClient, MAX_MESSAGE_BYTES};

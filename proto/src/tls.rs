@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 /// File in a worker's state directory: its private key, then its certificate.
 pub const IDENTITY_FILE: &str = "identity.pem";
 /// Name in every certificate we make; nothing checks it (pins do).
-const CERT_NAME: &str = "strata-worker";
+pub(crate) const CERT_NAME: &str = "strata-worker";
 
 #[derive(Debug)]
 pub struct TlsError(pub String);

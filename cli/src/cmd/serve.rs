@@ -74,6 +74,12 @@ pub struct Args {
     /// rounding at each hop changes results).
     #[arg(long, default_value = "f32")]
     pub act_dtype: String,
+    /// What carries hidden states and replies between workers: grpc (the
+    /// control connection's HTTP/2) or quic (a QUIC connection per hop,
+    /// same TLS identities; TLS workers only, others stay on gRPC).
+    /// docs/data-plane.md compares them.
+    #[arg(long, default_value = "grpc")]
+    pub transport: strata_proto::transport::TransportKind,
     #[command(flatten)]
     pub kv: super::kv_flags::KvCacheArgs,
     /// Embedded worker: sessions on disk.
@@ -208,6 +214,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             alias: args.alias.clone(),
             act_dtype,
             kv_type,
+            transport: args.transport,
             batch_tokens: args.batch_size,
             micro_batches: args.micro_batches,
             batch_timeout: std::time::Duration::from_secs(args.stage_timeout.max(1)),

@@ -10,6 +10,7 @@ use strata_model::profile::KvType;
 use strata_model::slice::{slice_tensors, LayerRange};
 use strata_model::slice_hash::SliceHashes;
 use strata_model::GgufFile;
+use strata_proto::transport::TransportKind;
 use strata_proto::{v1, Fingerprint, Trust, WorkerClient};
 
 use crate::planner::{Backend, Link, WorkerSpec};
@@ -43,6 +44,12 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
+    /// Whether its data plane goes over QUIC when `asked` for: it must
+    /// serve QUIC (a TLS worker of this version).
+    pub fn quic(&self, asked: TransportKind) -> bool {
+        asked == TransportKind::Quic && self.caps.serves_quic && self.pin.is_some()
+    }
+
     /// `addr#sha256:<hex>` (or `addr` over plaintext): how the stage before
     /// it is told where to send.
     pub fn spec(&self) -> String {
@@ -174,6 +181,8 @@ pub struct LoadOptions {
     pub max_seq_tokens: u64,
     /// Slice hashes of the model, remembered across loads.
     pub hashes: Arc<SliceHashes>,
+    /// What carries each hop: QUIC only to a next stage that serves it.
+    pub transport: TransportKind,
 }
 
 /// Loads every stage, last first, pushing the slice to a worker that has no
@@ -213,6 +222,11 @@ pub async fn load_stages(
             max_batch_tokens: options.max_batch_tokens,
             max_seq_tokens: options.max_seq_tokens,
             slice_hash: slice_hash.clone(),
+            next_transport: match stages.get(i + 1) {
+                Some(n) if n.worker.quic(options.transport) => TransportKind::Quic,
+                _ => TransportKind::Grpc,
+            }
+            .to_proto() as i32,
         };
         match load_one(i, st, req.clone(), &mut on_event).await {
             Err(e) if e.code() == tonic::Code::NotFound => {

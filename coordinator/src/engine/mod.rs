@@ -22,6 +22,7 @@ mod stats;
 use std::sync::Arc;
 use std::time::Duration;
 
+use strata_proto::transport::Transport;
 use strata_proto::{v1, WorkerClient};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -135,6 +136,16 @@ enum Msg {
     Detach(String),
 }
 
+/// A stage as the serving loop reaches it.
+#[derive(Clone)]
+pub struct StageLink {
+    /// Control calls: releases, the disk listing.
+    pub client: WorkerClient,
+    pub addr: String,
+    /// The data stream (stage 0) and reply lines.
+    pub data: Arc<dyn Transport>,
+}
+
 /// Handle to the serving loop. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -166,8 +177,13 @@ impl Engine {
     /// it also opens a reply line to each, so that replies come straight
     /// back. Clears a failure. Returns the pipeline's epoch (named by its
     /// loss report).
-    pub async fn attach(&self, stages: Vec<(WorkerClient, String)>) -> Result<u64, tonic::Status> {
-        let Some((mut stage0, addr)) = stages.first().cloned() else {
+    pub async fn attach(&self, stages: Vec<StageLink>) -> Result<u64, tonic::Status> {
+        let Some(StageLink {
+            client: mut stage0,
+            addr,
+            data,
+        }) = stages.first().cloned()
+        else {
             return Err(tonic::Status::invalid_argument("a pipeline of no stages"));
         };
         let groups = self.config.groups.max(1);
@@ -175,13 +191,12 @@ impl Engine {
         // A stage 0 that hangs right after loading must not hang the caller.
         let forward = tokio::time::timeout(
             Duration::from_secs(10),
-            stage0.forward(ReceiverStream::new(rx)),
+            data.forward(ReceiverStream::new(rx)),
         )
         .await
         .map_err(|_| {
             tonic::Status::deadline_exceeded("stage 0 did not open the data stream within 10 s")
-        })??
-        .into_inner();
+        })??;
         let mut replies = runner::Replies::new(forward, addr.clone());
         let route = if stages.len() > 1 {
             open_reply_lines(&stages, &mut replies).await
@@ -327,17 +342,12 @@ impl Drop for Generation {
 /// Opens a reply line on every stage under one fresh route; returns the
 /// route, or 0 (replies come back up the chain) when a stage cannot open
 /// one, which costs speed, not correctness.
-async fn open_reply_lines(stages: &[(WorkerClient, String)], replies: &mut runner::Replies) -> u64 {
+async fn open_reply_lines(stages: &[StageLink], replies: &mut runner::Replies) -> u64 {
     let route = rand::random::<u64>() | 1;
-    for (i, (client, addr)) in stages.iter().enumerate() {
-        let mut client = client.clone();
-        let opened = tokio::time::timeout(
-            Duration::from_secs(10),
-            client.replies(v1::RepliesRequest { route }),
-        )
-        .await;
+    for (i, StageLink { addr, data, .. }) in stages.iter().enumerate() {
+        let opened = tokio::time::timeout(Duration::from_secs(10), data.replies(route)).await;
         match opened {
-            Ok(Ok(line)) => replies.add_line(i, addr.clone(), line.into_inner()),
+            Ok(Ok(line)) => replies.add_line(i, addr.clone(), line),
             Ok(Err(e)) => {
                 tracing::warn!("stage {i} ({addr}) opened no reply line, replies come back through the chain: {}", e.message());
                 return 0;

@@ -825,7 +825,7 @@ pub(super) struct Replies {
 }
 
 impl Replies {
-    pub fn new(forward: tonic::Streaming<v1::StageReply>, stage0: String) -> Self {
+    pub fn new(forward: strata_proto::transport::ReplyStream, stage0: String) -> Self {
         let mut r = Replies {
             streams: tokio_stream::StreamMap::new(),
             names: Vec::new(),
@@ -834,11 +834,11 @@ impl Replies {
         r
     }
 
-    pub fn add_line(&mut self, stage: usize, addr: String, line: tonic::Streaming<v1::StageReply>) {
+    pub fn add_line(&mut self, stage: usize, addr: String, line: strata_proto::transport::ReplyStream) {
         self.add(format!("the reply line of stage {stage} ({addr})"), line);
     }
 
-    fn add(&mut self, name: String, s: tonic::Streaming<v1::StageReply>) {
+    fn add(&mut self, name: String, s: strata_proto::transport::ReplyStream) {
         use tokio_stream::StreamExt;
         // `None` marks the end, which the map would otherwise hide.
         let s: ReplyStream = Box::pin(s.map(Some).chain(tokio_stream::once(None)));

@@ -16,12 +16,14 @@ use strata_model::profile::{KvType, MemoryProfile};
 use strata_model::slice::LayerRange;
 use strata_model::slice_hash::SliceHashes;
 use strata_model::GgufFile;
+use strata_proto::transport::quic::QuicPeer;
+use strata_proto::transport::{Transport, TransportKind};
 use strata_proto::{v1, Trust, WorkerClient};
 
 use crate::cluster::{
     link_or_warn, load_stages, worker_specs, LoadEvent, LoadOptions, StageAssignment, WorkerHandle,
 };
-use crate::engine::StageView;
+use crate::engine::{StageLink, StageView};
 use crate::planner::{plan, table, Link, PlanRequest};
 
 pub use supervise::{supervise, Attached, WATCH_INTERVAL};
@@ -46,6 +48,8 @@ pub struct PoolSettings {
     pub act_dtype: v1::ActDtype,
     /// How every stage stores K and V; the planner budgets it.
     pub kv_type: KvType,
+    /// What carries the data plane's hops.
+    pub transport: TransportKind,
 }
 
 /// Which workers answer.
@@ -79,6 +83,8 @@ pub struct Pool {
     links: BTreeMap<String, Link>,
     /// Slice hashes, so a failover's reload does not read the model again.
     hashes: Arc<SliceHashes>,
+    /// QUIC connections to workers' data planes, kept as clients are.
+    quic: BTreeMap<String, Arc<QuicPeer>>,
 }
 
 impl Pool {
@@ -96,6 +102,7 @@ impl Pool {
             clients: BTreeMap::new(),
             links: BTreeMap::new(),
             hashes: Arc::default(),
+            quic: BTreeMap::new(),
         }
     }
 
@@ -114,6 +121,58 @@ impl Pool {
             .map_err(|e| e.to_string())?;
         self.clients.insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// What the engine needs of each stage: its client (releases, disk
+    /// listings) and its data plane, over QUIC where asked for and served
+    /// (gRPC, with a warning, when the QUIC handshake fails).
+    pub async fn stage_links(&mut self, stages: &[StageAssignment]) -> Vec<StageLink> {
+        let mut links = Vec::new();
+        for s in stages {
+            let w = &s.worker;
+            let data: Arc<dyn Transport> = match self.quic_peer(w).await {
+                Some(peer) => peer,
+                None => Arc::new(w.client.clone()),
+            };
+            links.push(StageLink {
+                client: w.client.clone(),
+                addr: w.addr.clone(),
+                data,
+            });
+        }
+        if self.settings.transport == TransportKind::Quic {
+            let slow: Vec<&str> = stages
+                .iter()
+                .filter(|s| !s.worker.quic(TransportKind::Quic))
+                .map(|s| s.worker.addr.as_str())
+                .collect();
+            if !slow.is_empty() {
+                tracing::warn!(
+                    "--transport quic: {} serve(s) no QUIC (plaintext, or an older worker); their hops use gRPC",
+                    slow.join(", ")
+                );
+            }
+        }
+        links
+    }
+
+    async fn quic_peer(&mut self, w: &WorkerHandle) -> Option<Arc<QuicPeer>> {
+        let pin = w.pin.filter(|_| w.quic(self.settings.transport))?;
+        if let Some(peer) = self.quic.get(&w.addr).filter(|p| p.is_open()) {
+            return Some(peer.clone());
+        }
+        match QuicPeer::connect(&w.addr, &self.settings.token, pin).await {
+            Ok(peer) => {
+                tracing::info!("data plane of {} over QUIC", w.addr);
+                let peer = Arc::new(peer);
+                self.quic.insert(w.addr.clone(), peer.clone());
+                Some(peer)
+            }
+            Err(e) => {
+                tracing::warn!("{e}; its data plane goes over gRPC");
+                None
+            }
+        }
     }
 
     /// The link to `addr`, measured on first contact and then kept, as its
@@ -237,6 +296,7 @@ impl Pool {
             max_batch_tokens: self.settings.batch_tokens.min(u32::MAX as usize) as u32,
             max_seq_tokens: self.ctx_size() as u64,
             hashes: self.hashes.clone(),
+            transport: self.settings.transport,
         };
         load_stages(stages, self.model.clone(), &options, on_event)
             .await

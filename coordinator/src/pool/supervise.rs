@@ -102,14 +102,7 @@ async fn rebuild(
                     Err(e) => tracing::warn!("loading the new placement: {e}"),
                     Ok(()) => {
                         let stage0 = &stages[0].worker;
-                        match engine
-                            .attach(
-                                stages
-                                    .iter()
-                                    .map(|s| (s.worker.client.clone(), s.worker.addr.clone()))
-                                    .collect(),
-                            )
-                            .await
+                        match engine.attach(pool.stage_links(&stages).await).await
                         {
                             Ok(epoch) => {
                                 return Attached {

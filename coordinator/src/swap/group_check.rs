@@ -61,6 +61,7 @@ async fn member(swap: &ModelSwap, i: usize, pool: &[WorkerSpec]) -> Result<Group
         batch_tokens: entry.batch_tokens,
         act_dtype: swap.base.act_dtype,
         kv_type: entry.kv_type,
+        transport: swap.base.transport,
     };
     let path = entry.file.clone();
     let request = tokio::task::spawn_blocking(move || {

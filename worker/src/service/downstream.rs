@@ -4,6 +4,9 @@
 //! reply route get their replies straight from the replying stage; if the
 //! link breaks, their coordinators hear of it on those routes.
 //!
+//! A remote next stage is reached by gRPC or QUIC, as the coordinator's
+//! `LoadSlice.next_transport` says (`strata_proto::transport`).
+//!
 //! A next stage in this process (`local_stages.rs`) gets the frames in
 //! memory: the same stream of frames and replies, without gRPC or
 //! serialisation. A device-resident hand-off (hidden states left on the GPU
@@ -11,14 +14,16 @@
 //! [`NextStage`].
 
 use std::collections::{HashMap, HashSet};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use strata_proto::{v1, Trust, WorkerClient};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::StreamExt;
 use tonic::{Request, Status};
+
+use strata_proto::transport::quic::QuicPeer;
+use strata_proto::transport::{Transport, TransportKind};
 
 use super::reply_routes::ReplyRoutes;
 use super::WorkerService;
@@ -26,7 +31,7 @@ use super::WorkerService;
 pub type ReplySink = mpsc::Sender<Result<v1::StageReply, Status>>;
 
 /// The replies of a link, whichever way the next stage is reached.
-type Replies = Pin<Box<dyn Stream<Item = Result<v1::StageReply, Status>> + Send>>;
+type Replies = strata_proto::transport::ReplyStream;
 
 /// Where the next stage runs.
 enum NextStage {
@@ -39,13 +44,18 @@ enum NextStage {
 struct RemoteStage {
     token: String,
     trust: Trust,
+    transport: TransportKind,
     client: tokio::sync::Mutex<Option<WorkerClient>>,
+    /// The QUIC connection, once made (the data stream reopens on it).
+    quic: tokio::sync::Mutex<Option<Arc<QuicPeer>>>,
 }
 
 type Routes = Arc<Mutex<HashMap<u64, ReplySink>>>;
 
 struct Link {
     frames: mpsc::Sender<v1::BatchFrame>,
+    /// The stream goes over QUIC.
+    quic: bool,
     routes: Routes,
     /// Reply routes of the frames sent on this link.
     direct: Arc<Mutex<HashSet<u64>>>,
@@ -61,7 +71,13 @@ pub struct Downstream {
 impl Downstream {
     /// The link to `addr`: in memory when a service of this process listens
     /// there with the certificate `trust` pins, else over gRPC.
-    pub fn new(addr: String, token: String, trust: Trust, reply_routes: Arc<ReplyRoutes>) -> Self {
+    pub fn new(
+        addr: String,
+        token: String,
+        trust: Trust,
+        transport: TransportKind,
+        reply_routes: Arc<ReplyRoutes>,
+    ) -> Self {
         let local = trust
             .pin(&addr)
             .ok()
@@ -74,7 +90,9 @@ impl Downstream {
             None => NextStage::Remote(Box::new(RemoteStage {
                 token,
                 trust,
+                transport,
                 client: tokio::sync::Mutex::new(None),
+                quic: tokio::sync::Mutex::new(None),
             })),
         };
         Downstream {
@@ -98,6 +116,7 @@ impl Downstream {
             token,
             trust,
             client,
+            ..
         } = remote.as_ref();
         let mut guard = client.lock().await;
         if let Some(c) = guard.as_ref() {
@@ -109,6 +128,35 @@ impl Downstream {
             .map_err(|e| e.to_string())?;
         *guard = Some(c.clone());
         Ok(c)
+    }
+
+    /// What carries the data stream: QUIC when the coordinator asked for
+    /// it and the next stage answers on it (the connection is kept), else
+    /// the gRPC client.
+    async fn transport(&self, remote: &RemoteStage) -> Result<Arc<dyn Transport>, String> {
+        if remote.transport == TransportKind::Quic {
+            let mut quic = remote.quic.lock().await;
+            if let Some(peer) = quic.as_ref().filter(|p| p.is_open()) {
+                return Ok(peer.clone());
+            }
+            let pin = remote.trust.pin(&self.addr).map_err(|e| e.to_string())?;
+            match pin {
+                Some(pin) => match QuicPeer::connect(&self.addr, &remote.token, pin).await {
+                    Ok(peer) => {
+                        tracing::info!("data stream to next stage {} over QUIC", self.addr);
+                        let peer = Arc::new(peer);
+                        *quic = Some(peer.clone());
+                        return Ok(peer);
+                    }
+                    Err(e) => tracing::warn!("{e}; the data stream goes over gRPC"),
+                },
+                None => tracing::warn!(
+                    "QUIC asked for, but the link to {} is plaintext (--insecure); the data stream goes over gRPC",
+                    self.addr
+                ),
+            }
+        }
+        Ok(Arc::new(self.client().await?))
     }
 
     /// Opens the data stream now (at load time) so the first frame does not
@@ -124,24 +172,22 @@ impl Downstream {
     async fn open_link(&self) -> Result<Link, String> {
         let (tx, rx) = mpsc::channel::<v1::BatchFrame>(64);
         let frames = ReceiverStream::new(rx);
+        let mut quic = false;
         let mut replies: Replies = match &self.next {
             // Its own task, as a gRPC stream has: this stage goes on to its
             // next frame while the next stage computes.
             NextStage::Local(service) => Box::pin(service.serve_frames(frames.map(Ok))),
-            NextStage::Remote(_) => {
-                let mut client = self.client().await?;
-                let replies = client
-                    .forward(frames)
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "opening the data stream to next stage {}: {}",
-                            self.addr,
-                            e.message()
-                        )
-                    })?
-                    .into_inner();
-                Box::pin(replies)
+            NextStage::Remote(remote) => {
+                let transport = self.transport(remote).await?;
+                quic = transport.name() == "quic";
+                transport.forward(frames).await.map_err(|e| {
+                    format!(
+                        "opening the data stream to next stage {} ({}): {}",
+                        self.addr,
+                        transport.name(),
+                        e.message()
+                    )
+                })?
             }
         };
         let routes: Routes = Arc::default();
@@ -198,13 +244,15 @@ impl Downstream {
         });
         Ok(Link {
             frames: tx,
+            quic,
             routes,
             direct,
         })
     }
 
     /// Sends a frame on; its reply will go to `sink`, or on its reply route.
-    pub async fn send(&self, frame: v1::BatchFrame, sink: ReplySink) -> Result<(), String> {
+    /// Says whether it went over QUIC.
+    pub async fn send(&self, frame: v1::BatchFrame, sink: ReplySink) -> Result<bool, String> {
         let (batch_id, route) = frame
             .header
             .as_ref()
@@ -236,7 +284,7 @@ impl Downstream {
             *link = None;
             return Err(format!("data stream to next stage {} is closed", self.addr));
         }
-        Ok(())
+        Ok(l.quic)
     }
 
     /// Releases sequences on the next stage (which passes it on).

@@ -21,7 +21,7 @@ pub mod system;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 
 use strata_kernels::Backend;
@@ -30,6 +30,7 @@ use strata_model::profile::KvType;
 use strata_model::slice_hash::SliceHashes;
 use strata_proto::link::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
 use strata_proto::v1::{self, worker_server};
+use strata_proto::transport::{DataPlane, InboundFrames, ReplyStream, TransportKind};
 use strata_proto::{NodeIdentity, TokenCheck, Trust, MAX_MESSAGE_BYTES};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -102,6 +103,9 @@ struct Shared {
     /// Frames sent on to the next stage in this process / over the network.
     frames_sent_local: AtomicU64,
     frames_sent_remote: AtomicU64,
+    frames_sent_quic: AtomicU64,
+    /// The data plane is also served over QUIC (`Capabilities.serves_quic`).
+    serves_quic: AtomicBool,
 }
 
 /// The `Worker` service. Cheap to clone.
@@ -167,6 +171,8 @@ impl WorkerService {
                 loading: tokio::sync::Mutex::new(()),
                 frames_sent_local: AtomicU64::new(0),
                 frames_sent_remote: AtomicU64::new(0),
+                frames_sent_quic: AtomicU64::new(0),
+                serves_quic: AtomicBool::new(false),
             }),
         })
     }
@@ -184,6 +190,33 @@ impl WorkerService {
                     .map_err(|e| ServiceError::Setup(format!("TLS: {e}")))?,
             ),
             None => None,
+        };
+        // QUIC on the same port number, over UDP: TLS workers only (QUIC
+        // has no plaintext), and a worker whose UDP port is taken still
+        // serves gRPC.
+        let quic = match (&self.shared.config.identity, listener.local_addr()) {
+            (Some(id), Ok(addr)) => {
+                match strata_proto::transport::quic::bind(addr, id, &self.shared.config.token) {
+                    Ok(endpoint) => {
+                        self.shared.serves_quic.store(true, Relaxed);
+                        let plane: Arc<dyn DataPlane> = Arc::new(self.clone());
+                        tokio::spawn(strata_proto::transport::quic::serve(endpoint.clone(), plane));
+                        Some(endpoint)
+                    }
+                    Err(e) => {
+                        tracing::warn!("no QUIC data plane ({e}): gRPC only");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        // Closing the endpoint ends its accept loop and its connections.
+        let shutdown = async move {
+            shutdown.await;
+            if let Some(endpoint) = quic {
+                endpoint.close(0u32.into(), b"worker stopping");
+            }
         };
         let svc = worker_server::WorkerServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -308,6 +341,7 @@ impl WorkerService {
         let act_dtype = v1::ActDtype::try_from(req.act_dtype)
             .map_err(|_| Status::invalid_argument("unknown act_dtype"))?;
         let next_stage = self.next_stage(&req.next_stage_addr)?;
+        let next_transport = req.next_transport;
         let ctx_tokens = usize::try_from(req.ctx_tokens)
             .map_err(|_| Status::invalid_argument("ctx_tokens too large"))?;
         if ctx_tokens == 0 {
@@ -443,6 +477,7 @@ impl WorkerService {
                 addr,
                 self.shared.config.token.clone(),
                 trust,
+                TransportKind::from_proto(next_transport),
                 self.shared.reply_routes.clone(),
             ));
             // The next stage may load after this one: open lazily if it is not up yet.
@@ -502,15 +537,18 @@ impl WorkerService {
                 let result = match next {
                     Some(d) => {
                         let sent = d.send(next_frame, sink.clone()).await;
-                        if sent.is_ok() {
+                        if let Ok(quic) = sent {
                             let counter = if d.is_local() {
                                 &self.shared.frames_sent_local
                             } else {
                                 &self.shared.frames_sent_remote
                             };
                             counter.fetch_add(1, Relaxed);
+                            if quic {
+                                self.shared.frames_sent_quic.fetch_add(1, Relaxed);
+                            }
                         }
-                        sent
+                        sent.map(|_| ())
                     }
                     None => Err("this stage is not the last but has no next stage address".into()),
                 };
@@ -613,6 +651,7 @@ impl worker_server::Worker for WorkerService {
             worker_version: env!("CARGO_PKG_VERSION").to_string(),
             threads: self.shared.config.threads as u32,
             model_digests: self.shared.models.digests(),
+            serves_quic: self.shared.serves_quic.load(Relaxed),
         }))
     }
 
@@ -688,6 +727,7 @@ impl worker_server::Worker for WorkerService {
             compute_seconds: s.compute_seconds,
             frames_sent_local: self.shared.frames_sent_local.load(Relaxed),
             frames_sent_remote: self.shared.frames_sent_remote.load(Relaxed),
+            frames_sent_quic: self.shared.frames_sent_quic.load(Relaxed),
             kv_block_tokens: strata_kernels::KV_BLOCK_TOKENS as u64,
         }))
     }
@@ -726,11 +766,7 @@ impl worker_server::Worker for WorkerService {
         &self,
         req: Request<v1::RepliesRequest>,
     ) -> Result<Response<Self::RepliesStream>, Status> {
-        let route = req.into_inner().route;
-        if route == 0 {
-            return Err(Status::invalid_argument("route 0 means no route"));
-        }
-        Ok(Response::new(self.shared.reply_routes.open(route)))
+        Ok(Response::new(DataPlane::replies(self, req.into_inner().route)?))
     }
 
     async fn forward(
@@ -738,6 +774,21 @@ impl worker_server::Worker for WorkerService {
         req: Request<Streaming<v1::BatchFrame>>,
     ) -> Result<Response<Self::ForwardStream>, Status> {
         Ok(Response::new(self.serve_frames(req.into_inner())))
+    }
+}
+
+/// The data plane over QUIC: the same frame loop and reply lines as the
+/// gRPC `Forward` and `Replies` streams.
+impl DataPlane for WorkerService {
+    fn forward(&self, frames: InboundFrames) -> ReplyStream {
+        Box::pin(self.serve_frames(frames))
+    }
+
+    fn replies(&self, route: u64) -> Result<ReplyStream, Status> {
+        if route == 0 {
+            return Err(Status::invalid_argument("route 0 means no route"));
+        }
+        Ok(self.shared.reply_routes.open(route))
     }
 }
 
