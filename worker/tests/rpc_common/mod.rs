@@ -141,6 +141,7 @@ pub async fn load(
             } else {
                 String::new()
             },
+            next_transport: v1::DataTransport::Grpc as i32,
         },
     )
     .await
