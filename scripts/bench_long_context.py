@@ -20,47 +20,18 @@ Example (docs/plans/long-context.md, "128K tokens"):
 """
 
 import argparse
-import atexit
 import pathlib
-import re
-import subprocess
 import sys
-import threading
 import time
 
 import openai
 
 HERE = pathlib.Path(__file__).resolve().parent
-SERVERS = []
-atexit.register(lambda: [p.kill() for p in SERVERS if p.poll() is None])
+sys.path.insert(0, str(HERE))
+from bench_kv_sessions import serve  # noqa: E402
 
 
-def serve(bin_path, model, ctx, extra):
-    p = subprocess.Popen(
-        [bin_path, "serve", "-m", model, "--listen", "127.0.0.1:0", "-c", str(ctx), "-n", "1", *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    SERVERS.append(p)
-    log = []
-    for line in p.stderr:
-        log.append(line)
-        m = re.search(r"serving on (http://\S+)", line)
-        if m:
-            break
-    else:
-        sys.stderr.write("".join(log))
-        raise SystemExit(f"serve exited: {p.wait()}")
-    # The plan (which stage holds which layers and KV) goes to our log.
-    sys.stderr.write("".join(l for l in log if not l.startswith("20")))
-    threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
-    return p, m.group(1)
-
-
-def run(url, n_chars, n_decode):
-    client = openai.OpenAI(base_url=url, api_key="none", timeout=7200)
-    model = client.models.list().data[0].id
+def run(client, model, n_chars, n_decode):
     text = (HERE.parent / "tests/data/gpl-3.txt").read_text()
     prompt = (text * (n_chars // len(text) + 1))[:n_chars]
     start = time.perf_counter()
@@ -110,10 +81,13 @@ def main():
     print(f"{'prompt':>8} {'ttft s':>9} {'prompt tok/s':>13} {'decode tok/s':>13} {'decoded':>8}", flush=True)
     for n in (int(t) for t in args.tokens.split(",")):
         if args.url:
-            url, server = args.url, None
+            server = None
+            client = openai.OpenAI(base_url=args.url, api_key="none")
+            model = client.models.list().data[0].id
         else:
-            server, url = serve(args.bin, args.model, args.ctx, args.extra)
-        r = run(url, n, args.decode)
+            server, client, model = serve(args.bin, args.model, args.ctx, args.extra)
+        # A 128K-token prompt takes most of an hour on a small CPU.
+        r = run(client.with_options(timeout=7200), model, n, args.decode)
         print(
             f"{r['prompt']:>8} {r['ttft']:>9.2f} {r['prompt_tps']:>13.1f} {r['decode_tps']:>13.1f} {r['decoded']:>8}",
             flush=True,
