@@ -45,7 +45,7 @@ fn frame(batch_id: u64, payload: usize) -> v1::BatchFrame {
             batch_id,
             ..Default::default()
         }),
-        activations: vec![7u8; payload].into(),
+        activations: vec![7u8; payload],
         ..Default::default()
     }
 }
