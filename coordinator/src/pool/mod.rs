@@ -83,7 +83,9 @@ pub struct Pool {
     links: BTreeMap<String, Link>,
     /// Slice hashes, so a failover's reload does not read the model again.
     hashes: Arc<SliceHashes>,
-    /// QUIC connections to workers' data planes, kept as clients are.
+    /// QUIC connections to the attached pipeline's data planes: made anew
+    /// at every attach (a restarted worker's old connection would look
+    /// open until its idle timeout), the previous ones closed then.
     quic: BTreeMap<String, Arc<QuicPeer>>,
 }
 
@@ -128,6 +130,7 @@ impl Pool {
     /// (gRPC, with a warning, when the QUIC handshake fails).
     pub async fn stage_links(&mut self, stages: &[StageAssignment]) -> Vec<StageLink> {
         let mut links = Vec::new();
+        self.quic.clear();
         for s in stages {
             let w = &s.worker;
             let data: Arc<dyn Transport> = match self.quic_peer(w).await {
@@ -158,9 +161,6 @@ impl Pool {
 
     async fn quic_peer(&mut self, w: &WorkerHandle) -> Option<Arc<QuicPeer>> {
         let pin = w.pin.filter(|_| w.quic(self.settings.transport))?;
-        if let Some(peer) = self.quic.get(&w.addr).filter(|p| p.is_open()) {
-            return Some(peer.clone());
-        }
         match QuicPeer::connect(&w.addr, &self.settings.token, pin).await {
             Ok(peer) => {
                 tracing::info!("data plane of {} over QUIC", w.addr);

@@ -7,8 +7,9 @@
 //! token is refused in the handshake) under an ALPN of its own. The
 //! transport is set for a LAN rather than the internet: a 0.5 ms first RTT
 //! guess (not 333 ms), the HTTP/2 links' windows, a 4 MiB first congestion
-//! window so that a prompt's hidden states are not slow-started, and
-//! 1452-byte packets from the start.
+//! window so that a prompt's hidden states are not slow-started, and a
+//! 2 s handshake limit (a hop that cannot do QUIC falls back to gRPC
+//! soon).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ const KIND_FORWARD: u8 = 1;
 const KIND_REPLIES: u8 = 2;
 /// Reset codes a worker sends on a stream it will not serve.
 const REFUSED: u32 = 1;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut congestion = quinn::congestion::CubicConfig::default();
@@ -45,7 +46,6 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .keep_alive_interval(Some(Duration::from_secs(2)))
         .max_idle_timeout(Some(VarInt::from_u32(10_000).into()))
-        .initial_mtu(1452)
         .congestion_controller_factory(Arc::new(congestion));
     Arc::new(t)
 }
@@ -111,17 +111,29 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, plane: Arc<dyn
             return;
         }
     };
+    // Not held while the stream lasts: a reply line outlives nothing.
+    drop(plane);
     write_messages(send, replies).await;
 }
 
 /// Writes each message of `messages` on `send`; an error resets the
-/// stream, the end finishes it.
+/// stream, the end finishes it. It also ends when the peer stops reading
+/// or the connection is lost, so that a reply line nobody reads (its
+/// coordinator went away), or a data stream whose hop broke, lets go of
+/// what feeds it.
 async fn write_messages<M: Message>(
     mut send: SendStream,
     messages: impl Stream<Item = Result<M, Status>>,
 ) {
     let mut messages = std::pin::pin!(messages);
-    while let Some(m) = messages.next().await {
+    let stopped = send.stopped();
+    let mut stopped = std::pin::pin!(stopped);
+    loop {
+        let m = tokio::select! {
+            m = messages.next() => m,
+            _ = &mut stopped => return,
+        };
+        let Some(m) = m else { break };
         let m = match m {
             Ok(m) => m,
             Err(e) => {
@@ -167,7 +179,7 @@ async fn read_message<M: Message + Default>(recv: &mut RecvStream) -> Option<Res
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return None,
-        Err(e) => return Some(Err(Status::unavailable(format!("QUIC: {e}")))),
+        Err(e) => return Some(Err(quic_error(&e))),
     }
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_MESSAGE_BYTES {
@@ -175,11 +187,24 @@ async fn read_message<M: Message + Default>(recv: &mut RecvStream) -> Option<Res
         let msg = format!("a {len}-byte message is over the {MAX_MESSAGE_BYTES}-byte limit");
         return Some(Err(Status::resource_exhausted(msg)));
     }
-    let mut buf = vec![0u8; len];
-    if let Err(e) = recv.read_exact(&mut buf).await {
-        return Some(Err(Status::unavailable(format!("QUIC: {e}"))));
+    // Grown as the bytes arrive, not sized by what the peer announced.
+    let mut buf = Vec::with_capacity(len.min(1 << 20));
+    let mut body = tokio::io::AsyncReadExt::take(&mut *recv, len as u64);
+    match tokio::io::AsyncReadExt::read_to_end(&mut body, &mut buf).await {
+        Ok(n) if n == len => {}
+        Ok(n) => {
+            let msg = format!("QUIC: the stream ended {n} bytes into a {len}-byte message");
+            return Some(Err(Status::unavailable(msg)));
+        }
+        Err(e) => return Some(Err(quic_error(&e))),
     }
     Some(M::decode(buf.as_slice()).map_err(|e| Status::invalid_argument(format!("a malformed message: {e}"))))
+}
+
+/// A broken stream as a status, with its cause (quinn's "connection lost"
+/// says why only in its source).
+fn quic_error(e: &(dyn std::error::Error + 'static)) -> Status {
+    Status::unavailable(format!("QUIC: {}", crate::link::error_chain(e)))
 }
 
 /// A QUIC connection to one worker's data plane.
@@ -237,10 +262,8 @@ impl QuicPeer {
             .conn
             .open_bi()
             .await
-            .map_err(|e| Status::unavailable(format!("QUIC: {e}")))?;
-        send.write_all(head)
-            .await
-            .map_err(|e| Status::unavailable(format!("QUIC: {e}")))?;
+            .map_err(|e| quic_error(&e))?;
+        send.write_all(head).await.map_err(|e| quic_error(&e))?;
         Ok((send, recv))
     }
 }
@@ -262,9 +285,9 @@ impl Transport for QuicPeer {
     async fn replies(&self, route: u64) -> Result<ReplyStream, Status> {
         let mut head = vec![KIND_REPLIES];
         head.extend_from_slice(&route.to_le_bytes());
+        // Dropping the send side finishes it: the worker reads nothing past
+        // the route. Dropping the replies stops the worker's writer.
         let (_send, recv) = self.open(&head).await?;
-        // The send side stays open (dropping it would finish it, which the
-        // worker does not mind) until the line ends.
         Ok(Box::pin(read_messages::<v1::StageReply>(recv)))
     }
 

@@ -46,8 +46,10 @@ struct RemoteStage {
     trust: Trust,
     transport: TransportKind,
     client: tokio::sync::Mutex<Option<WorkerClient>>,
-    /// The QUIC connection, once made (the data stream reopens on it).
-    quic: tokio::sync::Mutex<Option<Arc<QuicPeer>>>,
+    /// The QUIC connection, once made (the data stream reopens on it);
+    /// `Err` once QUIC failed: this link then stays on gRPC rather than
+    /// pay a handshake timeout at every reopen.
+    quic: tokio::sync::Mutex<Result<Option<Arc<QuicPeer>>, ()>>,
 }
 
 type Routes = Arc<Mutex<HashMap<u64, ReplySink>>>;
@@ -92,7 +94,7 @@ impl Downstream {
                 trust,
                 transport,
                 client: tokio::sync::Mutex::new(None),
-                quic: tokio::sync::Mutex::new(None),
+                quic: tokio::sync::Mutex::new(Ok(None)),
             })),
         };
         Downstream {
@@ -134,10 +136,12 @@ impl Downstream {
     /// it and the next stage answers on it (the connection is kept), else
     /// the gRPC client.
     async fn transport(&self, remote: &RemoteStage) -> Result<Arc<dyn Transport>, String> {
-        if remote.transport == TransportKind::Quic {
-            let mut quic = remote.quic.lock().await;
-            if let Some(peer) = quic.as_ref().filter(|p| p.is_open()) {
-                return Ok(peer.clone());
+        let mut quic = remote.quic.lock().await;
+        if remote.transport == TransportKind::Quic && quic.is_ok() {
+            if let Ok(Some(peer)) = quic.as_ref() {
+                if peer.is_open() {
+                    return Ok(peer.clone());
+                }
             }
             let pin = remote.trust.pin(&self.addr).map_err(|e| e.to_string())?;
             match pin {
@@ -145,10 +149,13 @@ impl Downstream {
                     Ok(peer) => {
                         tracing::info!("data stream to next stage {} over QUIC", self.addr);
                         let peer = Arc::new(peer);
-                        *quic = Some(peer.clone());
+                        *quic = Ok(Some(peer.clone()));
                         return Ok(peer);
                     }
-                    Err(e) => tracing::warn!("{e}; the data stream goes over gRPC"),
+                    Err(e) => {
+                        tracing::warn!("{e}; the data stream goes over gRPC");
+                        *quic = Err(());
+                    }
                 },
                 None => tracing::warn!(
                     "QUIC asked for, but the link to {} is plaintext (--insecure); the data stream goes over gRPC",

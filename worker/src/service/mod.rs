@@ -211,12 +211,16 @@ impl WorkerService {
             }
             _ => None,
         };
-        // Closing the endpoint ends its accept loop and its connections.
-        let shutdown = async move {
-            shutdown.await;
-            if let Some(endpoint) = quic {
+        // Closing the endpoint ends its accept loop and its connections,
+        // however the gRPC server ends.
+        let close_quic = || {
+            if let Some(endpoint) = &quic {
                 endpoint.close(0u32.into(), b"worker stopping");
             }
+        };
+        let shutdown = async {
+            shutdown.await;
+            close_quic();
         };
         let svc = worker_server::WorkerServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -228,21 +232,23 @@ impl WorkerService {
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .add_service(svc);
-        match tls {
+        let served = match tls {
             Some(config) => {
                 router
                     .serve_with_incoming_shutdown(
                         strata_proto::accept::tls_incoming(listener, config),
                         shutdown,
                     )
-                    .await?
+                    .await
             }
             None => {
                 router
                     .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-                    .await?
+                    .await
             }
-        }
+        };
+        close_quic();
+        served?;
         Ok(())
     }
 
