@@ -132,10 +132,54 @@ fn every_gpu_and_a_cpu_stage_serve_smollm2_like_one_stage() {
         .collect();
     backends.sort();
     assert_eq!(backends, ["cpu", "cuda"], "{stages:?}");
-    let (expected, expected_tokens) = greedy(&one, "The capital of France is", 8);
-    let (text, tokens) = greedy(&both, "The capital of France is", 8);
-    assert_eq!(text, expected, "a GPU and a CPU stage vs one CPU stage");
-    assert_eq!(tokens, expected_tokens);
+    // The CUDA kernels are not the CPU's bit for bit (they quantize
+    // activations otherwise; docs/cuda.md), and how many layers the GPU
+    // takes moves with the measured speeds: the same tokens up to the CPU
+    // run's first near-tie, log-probs within 0.5 until then, as
+    // tests/tests/cuda_greedy.rs holds the CUDA backend (measured there on
+    // SmolLM2: 0.21 at worst).
+    let prompt = "The capital of France is";
+    let expected = top2(&one, prompt, 8);
+    let got = top2(&both, prompt, 8);
+    let mut sure = 0;
+    for (i, (want, have)) in expected.iter().zip(&got).enumerate() {
+        if want.1 - want.2 < 0.5 {
+            break;
+        }
+        assert_eq!(have.0, want.0, "token {i}: {got:?} vs one CPU stage's {expected:?}");
+        assert!(
+            (have.1 - want.1).abs() < 0.5,
+            "token {i}'s log-prob: {got:?} vs {expected:?}"
+        );
+        sure += 1;
+    }
+    assert!(sure >= 3, "too few sure tokens to compare: {expected:?}");
+}
+
+/// Each greedy token of `prompt`: (token, its log-prob, the runner-up's).
+fn top2(server: &Server, prompt: &str, n: usize) -> Vec<(String, f64, f64)> {
+    let (status, body) = post(
+        &format!("{}/v1/completions", server.base),
+        &json!({"prompt": prompt, "max_tokens": n, "temperature": 0, "logprobs": 2}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let lp = &body["choices"][0]["logprobs"];
+    let tokens = lp["tokens"].as_array().expect("tokens");
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let chosen = lp["token_logprobs"][i].as_f64().expect("a log-prob");
+            let runner_up = lp["top_logprobs"][i]
+                .as_object()
+                .expect("top log-probs")
+                .iter()
+                .filter(|(k, _)| k.as_str() != t.as_str().unwrap_or_default())
+                .filter_map(|(_, v)| v.as_f64())
+                .fold(f64::NEG_INFINITY, f64::max);
+            (t.as_str().unwrap_or_default().to_string(), chosen, runner_up)
+        })
+        .collect()
 }
 
 #[test]
