@@ -36,7 +36,6 @@ def run(client, model, n_chars, n_decode):
     prompt = (text * (n_chars // len(text) + 1))[:n_chars]
     start = time.perf_counter()
     first = last = None
-    pieces = 0
     usage = None
     stream = client.completions.create(
         model=model,
@@ -52,7 +51,6 @@ def run(client, model, n_chars, n_decode):
         if chunk.choices and chunk.choices[0].text:
             last = time.perf_counter()
             first = first or last
-            pieces += 1
     if usage is None or first is None:
         raise SystemExit("no usage or no text in the reply")
     decoded = usage.completion_tokens
