@@ -138,7 +138,16 @@ fn run_three_workers_kv(
         "three stages planned: {table}"
     );
 
-    let mut args = vec!["-c", "512", "-n", "2", "--act-dtype", "f32", "--transport", transport];
+    let mut args = vec![
+        "-c",
+        "512",
+        "-n",
+        "2",
+        "--act-dtype",
+        "f32",
+        "--transport",
+        transport,
+    ];
     args.extend(["--cache-type-k", kv_type, "--cache-type-v", kv_type]);
     for w in &workers {
         args.extend(["--worker", w.spec.as_str()]);
@@ -264,7 +273,11 @@ fn run_three_workers_kv(
     // ... and over QUIC exactly when asked for.
     for w in &workers {
         let h = w.health();
-        let want = if transport == "quic" { h.frames_sent_remote } else { 0 };
+        let want = if transport == "quic" {
+            h.frames_sent_remote
+        } else {
+            0
+        };
         assert_eq!(h.frames_sent_quic, want, "{}: {h:?}", w.addr);
     }
 

@@ -75,7 +75,10 @@ async fn frames_and_reply_lines_round_trip() {
         assert_eq!(reply.batch_id, id * 2);
     }
     drop(tx);
-    assert!(replies.next().await.is_none(), "the stream ends with its frames");
+    assert!(
+        replies.next().await.is_none(),
+        "the stream ends with its frames"
+    );
 
     let mut line = peer.replies(41).await.unwrap();
     assert_eq!(line.next().await.unwrap().unwrap().batch_id, 41);
@@ -98,14 +101,22 @@ async fn a_wrong_token_or_pin_is_refused_in_the_handshake() {
     if let Ok(peer) = QuicPeer::connect(&addr, "s3cres", pin).await {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tx.send(frame(1, 16)).await.unwrap();
-        let got = match peer.forward(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        let got = match peer
+            .forward(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
             Ok(mut replies) => replies.next().await,
             Err(e) => Some(Err(e)),
         };
-        let err = got.expect("an error, not an end").expect_err("no reply to a stranger");
+        let err = got
+            .expect("an error, not an end")
+            .expect_err("no reply to a stranger");
         assert!(err.message().contains("certificate"), "{err:?}");
     }
     let other = NodeIdentity::generate().unwrap().fingerprint();
-    let err = QuicPeer::connect(&addr, "s3cret", other).await.err().expect("refused");
+    let err = QuicPeer::connect(&addr, "s3cret", other)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("not the pinned"), "{err}");
 }

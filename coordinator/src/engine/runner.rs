@@ -834,7 +834,12 @@ impl Replies {
         r
     }
 
-    pub fn add_line(&mut self, stage: usize, addr: String, line: strata_proto::transport::ReplyStream) {
+    pub fn add_line(
+        &mut self,
+        stage: usize,
+        addr: String,
+        line: strata_proto::transport::ReplyStream,
+    ) {
         self.add(format!("the reply line of stage {stage} ({addr})"), line);
     }
 

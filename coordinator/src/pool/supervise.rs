@@ -102,8 +102,7 @@ async fn rebuild(
                     Err(e) => tracing::warn!("loading the new placement: {e}"),
                     Ok(()) => {
                         let stage0 = &stages[0].worker;
-                        match engine.attach(pool.stage_links(&stages).await).await
-                        {
+                        match engine.attach(pool.stage_links(&stages).await).await {
                             Ok(epoch) => {
                                 return Attached {
                                     stages,

@@ -51,7 +51,11 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
 }
 
 /// A worker's QUIC endpoint on UDP `addr` (its gRPC port).
-pub fn bind(addr: SocketAddr, identity: &NodeIdentity, token: &str) -> Result<quinn::Endpoint, String> {
+pub fn bind(
+    addr: SocketAddr,
+    identity: &NodeIdentity,
+    token: &str,
+) -> Result<quinn::Endpoint, String> {
     let mut tls = (*tls::server_config(identity, token).map_err(|e| e.to_string())?).clone();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| e.to_string())?;
@@ -198,7 +202,10 @@ async fn read_message<M: Message + Default>(recv: &mut RecvStream) -> Option<Res
         }
         Err(e) => return Some(Err(quic_error(&e))),
     }
-    Some(M::decode(buf.as_slice()).map_err(|e| Status::invalid_argument(format!("a malformed message: {e}"))))
+    Some(
+        M::decode(buf.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("a malformed message: {e}"))),
+    )
 }
 
 /// A broken stream as a status, with its cause (quinn's "connection lost"
@@ -217,7 +224,11 @@ pub struct QuicPeer {
 impl QuicPeer {
     /// Connects to the worker at `addr` (its gRPC address: QUIC is on the
     /// same port, over UDP), which must present the certificate `pin`.
-    pub async fn connect(addr: &str, token: &str, pin: Fingerprint) -> Result<QuicPeer, ConnectError> {
+    pub async fn connect(
+        addr: &str,
+        token: &str,
+        pin: Fingerprint,
+    ) -> Result<QuicPeer, ConnectError> {
         let err = |what: String| ConnectError {
             addr: addr.to_string(),
             what: format!("QUIC: {what}"),
@@ -258,11 +269,7 @@ impl QuicPeer {
     }
 
     async fn open(&self, head: &[u8]) -> Result<(SendStream, RecvStream), Status> {
-        let (mut send, recv) = self
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| quic_error(&e))?;
+        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| quic_error(&e))?;
         send.write_all(head).await.map_err(|e| quic_error(&e))?;
         Ok((send, recv))
     }

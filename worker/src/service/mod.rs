@@ -29,8 +29,8 @@ use strata_model::arch::ModelSpec;
 use strata_model::profile::KvType;
 use strata_model::slice_hash::SliceHashes;
 use strata_proto::link::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
-use strata_proto::v1::{self, worker_server};
 use strata_proto::transport::{DataPlane, InboundFrames, ReplyStream, TransportKind};
+use strata_proto::v1::{self, worker_server};
 use strata_proto::{NodeIdentity, TokenCheck, Trust, MAX_MESSAGE_BYTES};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -200,7 +200,10 @@ impl WorkerService {
                     Ok(endpoint) => {
                         self.shared.serves_quic.store(true, Relaxed);
                         let plane: Arc<dyn DataPlane> = Arc::new(self.clone());
-                        tokio::spawn(strata_proto::transport::quic::serve(endpoint.clone(), plane));
+                        tokio::spawn(strata_proto::transport::quic::serve(
+                            endpoint.clone(),
+                            plane,
+                        ));
                         Some(endpoint)
                     }
                     Err(e) => {
@@ -772,7 +775,10 @@ impl worker_server::Worker for WorkerService {
         &self,
         req: Request<v1::RepliesRequest>,
     ) -> Result<Response<Self::RepliesStream>, Status> {
-        Ok(Response::new(DataPlane::replies(self, req.into_inner().route)?))
+        Ok(Response::new(DataPlane::replies(
+            self,
+            req.into_inner().route,
+        )?))
     }
 
     async fn forward(
