@@ -9,9 +9,9 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::streams::Streams;
 use common::{get, model, post, EventStream, Server, Worker, SMOLLM2};
 use serde_json::{json, Value};
 
@@ -49,79 +49,6 @@ fn stage_workers(server: &Server) -> Vec<String> {
         .collect()
 }
 
-/// Eight streams running in threads; `tokens` counts chunks received.
-struct Streams {
-    threads: Vec<JoinHandle<Result<String, String>>>,
-    tokens: Vec<Arc<AtomicUsize>>,
-}
-
-impl Streams {
-    fn start(server: &Server) -> Streams {
-        let mut threads = Vec::new();
-        let mut tokens = Vec::new();
-        for prompt in PROMPTS {
-            let url = format!("{}/v1/completions", server.base);
-            let seen = Arc::new(AtomicUsize::new(0));
-            tokens.push(seen.clone());
-            threads.push(std::thread::spawn(move || {
-                let mut stream = EventStream::open(
-                    &url,
-                    &json!({"prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0,
-                            "stream": true, "ignore_eos": true}),
-                );
-                let mut text = String::new();
-                let mut finish = None;
-                while let Some(d) = stream.next_data() {
-                    if d == "[DONE]" {
-                        break;
-                    }
-                    let v: Value = serde_json::from_str(&d).map_err(|e| format!("{e}: {d}"))?;
-                    if v.get("error").is_some() {
-                        return Err(format!("{prompt:?}: error event {d}"));
-                    }
-                    let c = &v["choices"][0];
-                    text.push_str(c["text"].as_str().unwrap_or(""));
-                    if let Some(f) = c["finish_reason"].as_str() {
-                        finish = Some(f.to_string());
-                    }
-                    seen.fetch_add(1, Ordering::Relaxed);
-                }
-                match finish.as_deref() {
-                    Some("length") => Ok(text),
-                    other => Err(format!("{prompt:?}: finished with {other:?}: {text:?}")),
-                }
-            }));
-        }
-        Streams { threads, tokens }
-    }
-
-    /// Until every stream has `n` tokens: the disruption lands mid-generation.
-    fn wait_for_tokens(&self, n: usize) {
-        let all = || self.tokens.iter().all(|t| t.load(Ordering::Relaxed) >= n);
-        assert!(
-            common::eventually(Duration::from_secs(180), all),
-            "streams did not start"
-        );
-        assert!(
-            self.tokens
-                .iter()
-                .all(|t| t.load(Ordering::Relaxed) < MAX_TOKENS),
-            "a stream finished before the disruption"
-        );
-    }
-
-    fn finish(self) -> Vec<String> {
-        self.threads
-            .into_iter()
-            .map(|t| {
-                t.join()
-                    .expect("stream thread")
-                    .unwrap_or_else(|e| panic!("{e}"))
-            })
-            .collect()
-    }
-}
-
 fn metric(server: &Server, name: &str) -> u64 {
     let (_, body) = get(&format!("{}/metrics", server.base));
     body.lines()
@@ -151,7 +78,11 @@ fn streams_survive_a_killed_or_hung_worker_with_one_process_text() {
     assert_eq!(stage_workers(&server).len(), 3, "three stages and a spare");
 
     // Undisturbed: eight streams batched together give one process's text.
-    assert_eq!(Streams::start(&server).finish(), expected, "undisturbed");
+    assert_eq!(
+        Streams::start(&server, &PROMPTS, MAX_TOKENS).finish(),
+        expected,
+        "undisturbed"
+    );
 
     let mut placements = vec![stage_workers(&server)];
     for (case, pick) in [("first", 0usize), ("middle", 1), ("last", 2), ("hung", 1)] {
@@ -159,7 +90,7 @@ fn streams_survive_a_killed_or_hung_worker_with_one_process_text() {
         let victim_addr = stages[pick.min(stages.len() - 1)].clone();
         let victim = workers.iter().position(|w| w.addr == victim_addr).unwrap();
         let failovers = metric(&server, "failovers_total");
-        let streams = Streams::start(&server);
+        let streams = Streams::start(&server, &PROMPTS, MAX_TOKENS);
         streams.wait_for_tokens(3);
         let lost_at = Instant::now();
         if case == "hung" {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod conversation;
+pub mod streams;
 
 pub const TOKEN: &str = "e2e-cluster-secret";
 

@@ -128,16 +128,63 @@ struct Allocation {
     Graph* graph = nullptr;
     // For a graph's allocation: allocated by the last launch and not freed.
     bool live = false;
+    // The device whose memory it counts against.
+    int device = 0;
 };
+
+// ---- devices ---------------------------------------------------------------
+
+// STRATA_CUDA_EMU_DEVICES=N shows N devices (default 1, at most 16), so one
+// process can run a box's several GPUs. They share the host's memory (a
+// pointer of one is valid on every other, as with peer access), but each
+// has its own memory size and its own launch count for failures.
+static const int MAX_DEVICES = 16;
+
+static int device_count() {
+    static const int n = [] {
+        const char* v = std::getenv("STRATA_CUDA_EMU_DEVICES");
+        long n = v ? std::strtol(v, nullptr, 10) : 1;
+        return (int)std::min<long>(std::max<long>(n, 1), MAX_DEVICES);
+    }();
+    return n;
+}
+
+// The device of this thread's current context (cuCtxSetCurrent), as the
+// driver keeps one per thread.
+static thread_local int current_device = 0;
+
+// STRATA_CUDA_EMU_MEM_MIB: each device's memory in MiB, one figure for all
+// ("350") or one per device ("350,350,120", the last repeating); 16 GiB
+// when unset.
+static size_t total_bytes(int device) {
+    const char* v = std::getenv("STRATA_CUDA_EMU_MEM_MIB");
+    unsigned long long mib = 16384;
+    for (int i = 0; v && *v && i <= device; i++) {
+        char* end = nullptr;
+        mib = std::strtoull(v, &end, 10);
+        v = *end == ',' ? end + 1 : nullptr;
+    }
+    return (size_t)mib << 20;
+}
+
+// A GPU pulled at a moment a test chooses: once the file that
+// STRATA_CUDA_EMU_FAIL_FILE names exists, every launch on a device it lists
+// (ordinals, one per line) fails.
+static bool device_pulled(int device) {
+    static const char* path = std::getenv("STRATA_CUDA_EMU_FAIL_FILE");
+    if (!path) return false;
+    FILE* f = std::fopen(path, "r");
+    if (!f) return false;
+    bool listed = false;
+    int d = 0;
+    while (!listed && std::fscanf(f, "%d", &d) == 1) listed = d == device;
+    std::fclose(f);
+    return listed;
+}
 
 static std::mutex mem_lock;
 static std::map<uintptr_t, Allocation> allocations;  // by start address
-static size_t allocated_bytes = 0;
-
-static size_t total_bytes() {
-    const char* v = std::getenv("STRATA_CUDA_EMU_MEM_MIB");
-    return (v ? std::strtoull(v, nullptr, 10) : 16384ull) << 20;
-}
+static size_t allocated_bytes[MAX_DEVICES] = {};
 
 // The allocation holding [p, p + n), or null.
 static const Allocation* find_allocation(uintptr_t p, size_t n) {
@@ -151,11 +198,12 @@ static const Allocation* find_allocation(uintptr_t p, size_t n) {
 
 static CUresult device_alloc(CUdeviceptr* out, size_t bytes) {
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    const int device = current_device;
     {
         std::lock_guard<std::mutex> g(mem_lock);
-        if (allocated_bytes + bytes > total_bytes())
-            return fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory: %zu bytes asked, %zu of %zu in use", bytes,
-                        allocated_bytes, total_bytes());
+        if (allocated_bytes[device] + bytes > total_bytes(device))
+            return fail(CUDA_ERROR_OUT_OF_MEMORY, "device %d out of memory: %zu bytes asked, %zu of %zu in use", device,
+                        bytes, allocated_bytes[device], total_bytes(device));
     }
 #ifdef STRATA_EMU_ASAN
     // AddressSanitizer's heap: redzones on both sides, freed memory held back.
@@ -165,8 +213,8 @@ static CUresult device_alloc(CUdeviceptr* out, size_t bytes) {
     std::memset(heap, 0xff, bytes);
     {
         std::lock_guard<std::mutex> g(mem_lock);
-        allocations[(uintptr_t)heap] = Allocation{nullptr, 0, bytes, nullptr, false};
-        allocated_bytes += bytes;
+        allocations[(uintptr_t)heap] = Allocation{nullptr, 0, bytes, nullptr, false, device};
+        allocated_bytes[device] += bytes;
     }
     *out = (CUdeviceptr)(uintptr_t)heap;
     return CUDA_SUCCESS;
@@ -182,8 +230,8 @@ static CUresult device_alloc(CUdeviceptr* out, size_t bytes) {
     char* start = map + body - ((bytes + 15) / 16 * 16);
     std::memset(start, 0xff, bytes);  // NaN in f32 and f16: unwritten reads show
     std::lock_guard<std::mutex> g(mem_lock);
-    allocations[(uintptr_t)start] = Allocation{map, map_bytes, bytes, nullptr, false};
-    allocated_bytes += bytes;
+    allocations[(uintptr_t)start] = Allocation{map, map_bytes, bytes, nullptr, false, device};
+    allocated_bytes[device] += bytes;
     *out = (CUdeviceptr)(uintptr_t)start;
     return CUDA_SUCCESS;
 }
@@ -198,7 +246,7 @@ static CUresult device_free(CUdeviceptr p) {
     } else {
         std::free((void*)it->first);
     }
-    allocated_bytes -= it->second.bytes;
+    allocated_bytes[it->second.device] -= it->second.bytes;
     allocations.erase(it);
     return CUDA_SUCCESS;
 }
@@ -714,6 +762,9 @@ static CUresult run_kernel(const Function* fn, dim3 grid, dim3 block, void** arg
     if (launches.load() >= fail_after)
         return fail(CUDA_ERROR_LAUNCH_FAILED, "kernel %s: the device is lost (STRATA_CUDA_EMU_FAIL_AFTER=%llu)",
                     fn->kernel->name, fail_after);
+    if (device_pulled(current_device))
+        return fail(CUDA_ERROR_LAUNCH_FAILED, "kernel %s: device %d is lost (STRATA_CUDA_EMU_FAIL_FILE)",
+                    fn->kernel->name, current_device);
     Launch L;
     L.function = fn;
     L.grid = grid;
@@ -726,7 +777,8 @@ static CUresult run_kernel(const Function* fn, dim3 grid, dim3 block, void** arg
 
 #include "graph.h"
 
-static int fake_context;
+// One context per device (the primary one); the handle is its slot here.
+static int contexts[MAX_DEVICES];
 static int fake_stream;
 
 extern "C" {
@@ -740,25 +792,28 @@ CUresult cuDriverGetVersion(int* v) {
     return CUDA_SUCCESS;
 }
 CUresult cuDeviceGetCount(int* n) {
-    *n = 1;
+    *n = device_count();
     return CUDA_SUCCESS;
 }
 CUresult cuDeviceGet(CUdevice* d, int ordinal) {
-    if (ordinal != 0) return fail(CUDA_ERROR_INVALID_VALUE, "device %d: the emulator has one device, 0", ordinal);
-    *d = 0;
+    if (ordinal < 0 || ordinal >= device_count())
+        return fail(CUDA_ERROR_INVALID_VALUE, "device %d: the emulator has %d (STRATA_CUDA_EMU_DEVICES)", ordinal,
+                    device_count());
+    *d = ordinal;
     return CUDA_SUCCESS;
 }
 CUresult cuDeviceGetName(char* name, int len, CUdevice) {
     std::snprintf(name, (size_t)len, "%s", DEVICE_NAME);
     return CUDA_SUCCESS;
 }
-CUresult cuDeviceGetUuid(char* uuid, CUdevice) {
+CUresult cuDeviceGetUuid(char* uuid, CUdevice d) {
     std::memcpy(uuid, "strata-emulator!", 16);
+    uuid[15] = (char)('a' + d);
     return CUDA_SUCCESS;
 }
 CUresult cuDeviceGetUuid_v2(char* uuid, CUdevice d) { return cuDeviceGetUuid(uuid, d); }
-CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice) {
-    *bytes = total_bytes();
+CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice d) {
+    *bytes = total_bytes(d);
     return CUDA_SUCCESS;
 }
 CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice) {
@@ -779,14 +834,21 @@ CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice) {
     }
     return CUDA_SUCCESS;
 }
-CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice) {
-    *c = &fake_context;
+CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) {
+    if (d < 0 || d >= device_count()) return fail(CUDA_ERROR_INVALID_VALUE, "no device %d", d);
+    *c = &contexts[d];
     return CUDA_SUCCESS;
 }
 CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) { return CUDA_SUCCESS; }
-CUresult cuCtxSetCurrent(CUcontext) { return CUDA_SUCCESS; }
+CUresult cuCtxSetCurrent(CUcontext c) {
+    if (c == nullptr) return CUDA_SUCCESS;
+    const int d = (int)((int*)c - contexts);
+    if (d < 0 || d >= device_count()) return fail(CUDA_ERROR_INVALID_VALUE, "not a context of the emulator");
+    current_device = d;
+    return CUDA_SUCCESS;
+}
 CUresult cuCtxGetCurrent(CUcontext* c) {
-    *c = &fake_context;
+    *c = &contexts[current_device];
     return CUDA_SUCCESS;
 }
 CUresult cuCtxSynchronize() { return refuse_in_capture("cuCtxSynchronize"); }
@@ -844,8 +906,8 @@ CUresult cuMemPoolSetAttribute(void*, int, void*) { return CUDA_SUCCESS; }
 CUresult cuMemPoolTrimTo(void*, size_t) { return CUDA_SUCCESS; }
 CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     std::lock_guard<std::mutex> g(mem_lock);
-    *total = total_bytes();
-    *free_bytes = *total - allocated_bytes;
+    *total = total_bytes(current_device);
+    *free_bytes = *total - allocated_bytes[current_device];
     return CUDA_SUCCESS;
 }
 CUresult cuMemHostAlloc(void** p, size_t n, unsigned) {

@@ -178,7 +178,11 @@ impl CudaBackend {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| cuda("compute capability", e))?;
-        let device_name = ctx.name().map_err(|e| cuda("device name", e))?;
+        // With its ordinal: a box's GPUs often share one name.
+        let device_name = format!(
+            "{}, device {ordinal}",
+            ctx.name().map_err(|e| cuda("device name", e))?
+        );
         let sm_count = ctx
             .attribute(
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,

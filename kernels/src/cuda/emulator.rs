@@ -17,7 +17,10 @@
 //! every build (`-fsanitize=address`, say), `STRATA_CUDA_EMU_SEED` fixes the
 //! thread order, `STRATA_CUDA_EMU_THREADS` the OS threads blocks run on,
 //! `STRATA_CUDA_EMU_FAIL_AFTER=N` fails every launch after the first N (a
-//! lost device).
+//! lost device), and `STRATA_CUDA_EMU_FAIL_FILE=PATH` fails every launch on
+//! the devices PATH lists, once it exists (a GPU lost at a chosen moment).
+//! `STRATA_CUDA_EMU_DEVICES=N` shows N devices (a box of several GPUs), and
+//! `STRATA_CUDA_EMU_MEM_MIB` gives each its memory (`350`, or `350,350,120`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
