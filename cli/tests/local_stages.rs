@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::streams::Streams;
+use common::streams::{same_up_to_near_tie, steps_of, Step, Streams};
 use common::{model, post, Server, SMOLLM2};
 use serde_json::{json, Value};
 
@@ -143,52 +143,18 @@ fn every_gpu_and_a_cpu_stage_serve_smollm2_like_one_stage() {
     let prompt = "The capital of France is";
     let expected = top2(&one, prompt, 8);
     let got = top2(&both, prompt, 8);
-    let mut sure = 0;
-    for (i, (want, have)) in expected.iter().zip(&got).enumerate() {
-        if want.1 - want.2 < 0.5 {
-            break;
-        }
-        assert_eq!(
-            have.0, want.0,
-            "token {i}: {got:?} vs one CPU stage's {expected:?}"
-        );
-        assert!(
-            (have.1 - want.1).abs() < 0.5,
-            "token {i}'s log-prob: {got:?} vs {expected:?}"
-        );
-        sure += 1;
-    }
+    let sure = same_up_to_near_tie(&expected, &got, 0.5);
     assert!(sure >= 3, "too few sure tokens to compare: {expected:?}");
 }
 
-/// Each greedy token of `prompt`: (token, its log-prob, the runner-up's).
-fn top2(server: &Server, prompt: &str, n: usize) -> Vec<(String, f64, f64)> {
+/// Each greedy token of `prompt` with its log-prob and the runner-up's.
+fn top2(server: &Server, prompt: &str, n: usize) -> Vec<Step> {
     let (status, body) = post(
         &format!("{}/v1/completions", server.base),
         &json!({"prompt": prompt, "max_tokens": n, "temperature": 0, "logprobs": 2}),
     );
     assert_eq!(status, 200, "{body}");
-    let lp = &body["choices"][0]["logprobs"];
-    let tokens = lp["tokens"].as_array().expect("tokens");
-    tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let chosen = lp["token_logprobs"][i].as_f64().expect("a log-prob");
-            let runner_up = lp["top_logprobs"][i]
-                .as_object()
-                .expect("top log-probs")
-                .iter()
-                .filter(|(k, _)| k.as_str() != t.as_str().unwrap_or_default())
-                .filter_map(|(_, v)| v.as_f64())
-                .fold(f64::NEG_INFINITY, f64::max);
-            (
-                t.as_str().unwrap_or_default().to_string(),
-                chosen,
-                runner_up,
-            )
-        })
-        .collect()
+    steps_of(&body["choices"][0]["logprobs"])
 }
 
 #[test]
@@ -298,20 +264,7 @@ fn a_lost_gpu_takes_out_its_own_stage_and_the_box_serves_on() {
     let mut sure = 0;
     for (want, have) in expected.iter().zip(&got) {
         assert_eq!(have.len(), N, "{have:?}");
-        for (i, (w, h)) in want.iter().zip(have).enumerate() {
-            if w.logprob - w.runner_up < 0.01 {
-                break;
-            }
-            assert_eq!(
-                h.token, w.token,
-                "token {i}: {have:?} vs undisturbed {want:?}"
-            );
-            assert!(
-                (h.logprob - w.logprob).abs() < 0.01,
-                "token {i}: {h:?} vs {w:?}"
-            );
-            sure += 1;
-        }
+        sure += same_up_to_near_tie(want, have, 0.01);
     }
     eprintln!("{sure} tokens compared before a near-tie");
     assert!(sure >= 12, "too few sure tokens to compare: {expected:?}");
@@ -348,4 +301,73 @@ fn a_lost_gpu_takes_out_its_own_stage_and_the_box_serves_on() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["usage"]["completion_tokens"], N);
+}
+
+/// `strata worker --gpus all` on a box of three (emulated) GPUs that the
+/// model needs all of: the coordinator, given the first stage's address
+/// only, finds the other two, plans the three, and the box hands hidden
+/// states between them in memory. Tokens as one GPU gives them.
+#[test]
+fn one_worker_serves_every_gpu_of_its_box() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = dir.path().join("mistral3-tiny12.gguf");
+    common::synth(
+        &[
+            "--arch", "mistral3", "--preset", "tiny", "--quant", "Q8_0", "--layers", "12",
+        ],
+        &model_path,
+    );
+    let serve_args = ["-c", "256", "-n", "4", "-b", "32"];
+    let one_gpu = [
+        ("STRATA_CUDA_EMULATOR", "1"),
+        ("STRATA_CUDA_EMU_MEM_MIB", "400"),
+    ];
+    let one = Server::start_with_env(&model_path, &serve_args, &one_gpu);
+
+    let three_gpus = [
+        ("STRATA_CUDA_EMULATOR", "1"),
+        ("STRATA_CUDA_EMU_DEVICES", "3"),
+        ("STRATA_CUDA_EMU_MEM_MIB", "276"),
+    ];
+    let worker = common::Worker::start_in(
+        "127.0.0.1:0",
+        "1GiB",
+        Some(dir.path()),
+        &three_gpus,
+        &common::worker_state_dir(),
+        &["--gpus", "all"],
+    );
+    let mut args = serve_args.to_vec();
+    args.extend(["--worker", worker.spec.as_str()]);
+    let boxed = Server::start(&model_path, &args);
+
+    let stages = pool_stages(&boxed);
+    assert_eq!(stages.len(), 3, "the box's three GPUs: {stages:?}");
+    let mut gpus: Vec<u32> = stages.iter().map(gpu_of).collect();
+    gpus.sort();
+    assert_eq!(gpus, [0, 1, 2], "{stages:?}");
+    let host = |s: &Value| {
+        s["addr"]
+            .as_str()
+            .unwrap()
+            .rsplit_once(':')
+            .unwrap()
+            .0
+            .to_string()
+    };
+    assert!(stages.iter().all(|s| host(s) == "127.0.0.1"), "{stages:?}");
+
+    let mut sure = 0;
+    for prompt in ["Once upon a time", "The capital of France is", "1 2 3 4"] {
+        sure += same_up_to_near_tie(&top2(&one, prompt, 16), &top2(&boxed, prompt, 16), 0.01);
+    }
+    eprintln!("{sure} tokens compared before a near-tie");
+    assert!(sure >= 8, "too few sure tokens to compare");
+
+    // Stages 0 and 1 sent every frame on in memory, to their box-mate.
+    let stages = pool_stages(&boxed);
+    for s in &stages[..2] {
+        assert!(s["frames_sent_local"].as_u64().unwrap() > 0, "{stages:?}");
+        assert_eq!(s["frames_sent_remote"], 0, "{stages:?}");
+    }
 }

@@ -52,6 +52,15 @@ pub enum Trust {
 }
 
 impl Trust {
+    /// Pins `addr` to `pin` too: another port of a worker process reached
+    /// over a link already pinned to that certificate (a box's other
+    /// stages). Nothing to do for plaintext links.
+    pub fn pin_also(&mut self, addr: &str, pin: Fingerprint) {
+        if let Trust::Pinned(pins) = self {
+            pins.entry(addr.to_string()).or_insert(pin);
+        }
+    }
+
     /// The pin for `addr`: `None` only for plaintext links.
     pub fn pin(&self, addr: &str) -> Result<Option<Fingerprint>, ConnectError> {
         match self {

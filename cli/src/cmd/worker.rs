@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use strata_worker::service::WorkerConfig;
 
+use super::devices::LocalDevice;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Address to listen on; loopback unless told otherwise.
@@ -44,6 +46,10 @@ pub struct Args {
     pub threads: Option<usize>,
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    /// Every GPU of the box (or those named) as a stage of its own, on
+    /// --listen's port and the ones after it.
+    #[command(flatten)]
+    pub local: super::local_devices::LocalDeviceArgs,
     #[command(flatten)]
     pub kv_disk: super::kv_disk_flags::KvDiskArgs,
 }
@@ -74,14 +80,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .build_global()
             .context("setting up the thread pool")?;
     }
-    let cache_dir = args.cache_dir.unwrap_or_else(|| {
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| {
         PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into()))
             .join(".cache/strata/slices")
     });
     let config = WorkerConfig {
         token,
         mem_budget_bytes: args.mem_budget,
-        model_dir: args.model_dir,
+        model_dir: args.model_dir.clone(),
         model_files: Vec::new(),
         cache_dir,
         cache_max_bytes: args.cache_max,
@@ -90,9 +96,97 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         identity,
         kv_disk: args.kv_disk.config(),
     };
-    let service = super::start_worker_service(config, &args.device)?;
-    service.serve_blocking(args.listen)?;
+    let Some(devices) = box_devices(&args)? else {
+        let service = super::start_worker_service(config, &args.device)?;
+        service.serve_blocking(args.listen)?;
+        return Ok(());
+    };
+    let stages = box_stages(&args, config, &devices)?;
+    strata_worker::service::serve_blocking(stages)?;
     Ok(())
+}
+
+/// The devices of a box worker, one stage each: those `--gpus` and
+/// `--cpu-stage` choose, or every GPU when the driver shows several and
+/// `--gpu`/`--cpu` name none. `None`: one stage, as `--gpu`/`--cpu` pick.
+fn box_devices(args: &Args) -> anyhow::Result<Option<Vec<LocalDevice>>> {
+    use super::local_devices::{choose, gpu_count};
+    let asked = args.local.gpus.is_some() || args.local.cpu_stage;
+    let named = args.device.gpu.is_some() || args.device.cpu;
+    anyhow::ensure!(
+        !(asked && named),
+        "--gpus and --cpu-stage choose this machine's devices; --gpu and --cpu name one"
+    );
+    if named {
+        return Ok(None);
+    }
+    let gpus = if asked {
+        gpu_count()?
+    } else {
+        gpu_count().unwrap_or_else(|e| {
+            tracing::warn!("{e:#}: one stage");
+            0
+        })
+    };
+    if !asked && gpus < 2 {
+        return Ok(None);
+    }
+    // Each stage reads its own device's memory: none is needed here.
+    let devices: Vec<LocalDevice> = choose(&args.local, &vec![0; gpus], 0)?
+        .into_iter()
+        .map(|s| s.device)
+        .collect();
+    Ok((devices.len() > 1).then_some(devices))
+}
+
+/// One service per device, on --listen's port and the next ones (any free
+/// port each with port 0), sharing the identity, the token and the model
+/// directory. A CPU stage gets --mem-budget (else the host's available
+/// memory) and the cores; each stage keeps its pushed slices and KV files
+/// in a folder of its own.
+fn box_stages(
+    args: &Args,
+    config: WorkerConfig,
+    devices: &[LocalDevice],
+) -> anyhow::Result<Vec<(strata_worker::service::WorkerService, std::net::SocketAddr)>> {
+    let memory_bytes = match args.mem_budget {
+        Some(b) => b,
+        None if devices.contains(&LocalDevice::Cpu) => super::local_devices::host_memory()?,
+        None => 0,
+    };
+    if args.mem_budget.is_some() && !devices.contains(&LocalDevice::Cpu) {
+        tracing::warn!(
+            "--mem-budget caps the CPU stage; each GPU stage offers its device's memory"
+        );
+    }
+    let shares = super::devices::split_host(devices, memory_bytes, config.threads);
+    let n = devices.len();
+    let mut stages = Vec::with_capacity(n);
+    for (i, (device, share)) in devices.iter().zip(shares).enumerate() {
+        let mut listen = args.listen;
+        if listen.port() != 0 {
+            let port = listen.port().checked_add(i as u16).with_context(|| {
+                format!(
+                    "--listen {}: no port {i} after it for stage {i}",
+                    args.listen
+                )
+            })?;
+            listen.set_port(port);
+        }
+        let config = WorkerConfig {
+            mem_budget_bytes: share.mem_budget_bytes,
+            threads: share.threads,
+            own_thread_pool: share.own_thread_pool,
+            cache_dir: config.cache_dir.join(format!("stage-{i}")),
+            cache_max_bytes: config.cache_max_bytes / n as u64,
+            kv_disk: args.kv_disk.stage_config(n),
+            ..config.clone()
+        };
+        let service = super::start_worker_service(config, &device.device_args())
+            .with_context(|| format!("stage {i} ({device:?})"))?;
+        stages.push((service, listen));
+    }
+    Ok(stages)
 }
 
 fn default_state_dir() -> PathBuf {

@@ -126,8 +126,8 @@ impl Streams {
     }
 }
 
-/// The steps of one chunk's `logprobs` (completions format).
-fn steps_of(logprobs: &Value) -> Vec<Step> {
+/// The steps of a completion's (or one chunk's) `logprobs`.
+pub fn steps_of(logprobs: &Value) -> Vec<Step> {
     let tokens = logprobs["tokens"].as_array().cloned().unwrap_or_default();
     let lps = logprobs["token_logprobs"]
         .as_array()
@@ -163,4 +163,23 @@ fn steps_of(logprobs: &Value) -> Vec<Step> {
             }
         })
         .collect()
+}
+
+/// Asserts that `have` has `want`'s tokens, each log-prob within `tolerance`,
+/// up to `want`'s first near-tie (its top two closer than `tolerance`, where
+/// another arithmetic may pick either); returns how many it compared.
+pub fn same_up_to_near_tie(want: &[Step], have: &[Step], tolerance: f64) -> usize {
+    let mut sure = 0;
+    for (i, (w, h)) in want.iter().zip(have).enumerate() {
+        if w.logprob - w.runner_up < tolerance {
+            break;
+        }
+        assert_eq!(h.token, w.token, "token {i}: {have:?} vs {want:?}");
+        assert!(
+            (h.logprob - w.logprob).abs() < tolerance,
+            "token {i}'s log-prob: {h:?} vs {w:?}"
+        );
+        sure += 1;
+    }
+    sure
 }

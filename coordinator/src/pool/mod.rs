@@ -193,12 +193,18 @@ impl Pool {
     pub async fn survey(&mut self, known_lost: &BTreeMap<String, String>) -> Survey {
         let mut alive = Vec::new();
         let mut lost = known_lost.clone();
-        for addr in self.settings.workers.clone() {
+        // By index: a worker's box-mates join the list as they are found.
+        let mut i = 0;
+        while let Some(addr) = self.settings.workers.get(i).cloned() {
+            i += 1;
             if known_lost.contains_key(&addr) {
                 continue;
             }
             match self.probe_idle(&addr).await {
-                Ok(handle) => alive.push(handle),
+                Ok(handle) => {
+                    self.add_box_mates(&handle);
+                    alive.push(handle)
+                }
                 Err(why) => {
                     tracing::warn!("worker {addr}: {why}");
                     lost.insert(addr, why);
@@ -206,6 +212,31 @@ impl Pool {
             }
         }
         Survey { alive, lost }
+    }
+
+    /// The other stages `w`'s process serves (`strata worker --gpus`: one
+    /// per device, `Capabilities.sibling_ports`) join the pool as workers
+    /// of their own, at the same host and pinned to the same certificate.
+    fn add_box_mates(&mut self, w: &WorkerHandle) {
+        const MAX_BOX_STAGES: usize = 16;
+        let Some((host, _)) = w.addr.rsplit_once(':') else {
+            return;
+        };
+        // A box has a few devices; a longer list is not believed whole.
+        for &port in w.caps.sibling_ports.iter().take(MAX_BOX_STAGES) {
+            let Ok(port) = u16::try_from(port) else {
+                continue;
+            };
+            let mate = format!("{host}:{port}");
+            if self.settings.workers.contains(&mate) {
+                continue;
+            }
+            tracing::info!("worker {}: its box also serves a stage at {mate}", w.addr);
+            if let Some(pin) = w.pin {
+                self.settings.trust.pin_also(&mate, pin);
+            }
+            self.settings.workers.push(mate);
+        }
     }
 
     /// Unloads `addr` (it must not be in the attached pipeline) and reads

@@ -1,5 +1,5 @@
-//! The worker services running in this process (`strata serve --devices`),
-//! by listen address. A stage whose next stage is one of them hands frames
+//! The worker services running in this process (`strata serve --devices`,
+//! `strata worker --gpus`), by listen address. A stage whose next stage is one of them hands frames
 //! over in memory instead of over gRPC (`downstream.rs`).
 
 use std::collections::HashMap;
@@ -41,17 +41,37 @@ impl WorkerService {
             addr: addr.to_string(),
         }
     }
+
+    /// [`Self::register_local`] by port alone, for a service listening on
+    /// every address of the host (`strata worker --gpus`): the coordinator
+    /// names it by an address this process cannot know.
+    pub fn register_local_port(&self, port: u16) -> LocalStage {
+        self.register_local(&any_host(port))
+    }
+}
+
+fn any_host(port: u16) -> String {
+    format!("*:{port}")
 }
 
 /// The service of this process listening on `addr`, if it is the one the
 /// coordinator pinned (`pin`; `None` for a plaintext one): a pin for another
-/// certificate means another process, reached over the network.
+/// certificate means another process, reached over the network. A service
+/// registered by port alone is found by any host with that port, and only
+/// by its pin: a plaintext one there may be another box's.
 pub fn find(addr: &str, pin: Option<Fingerprint>) -> Option<WorkerService> {
-    let shared = registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(addr)?
-        .upgrade()?;
+    let by_port = addr
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .filter(|_| pin.is_some())
+        .map(any_host);
+    let shared = {
+        let registry = registry().lock().unwrap_or_else(|p| p.into_inner());
+        registry
+            .get(addr)
+            .or_else(|| by_port.and_then(|key| registry.get(&key)))?
+            .upgrade()?
+    };
     let own = shared.config.identity.as_ref().map(|id| id.fingerprint());
     (own == pin).then_some(WorkerService { shared })
 }

@@ -15,6 +15,7 @@ mod local_stages;
 mod locate;
 mod push;
 mod reply_routes;
+mod serve_box;
 mod stage_thread;
 pub mod system;
 
@@ -38,6 +39,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 pub use local_stages::LocalStage;
+pub use serve_box::serve_blocking;
 pub use stage_thread::Snapshot;
 
 use crate::slice_cache::{self, ModelDir, SliceCache};
@@ -106,6 +108,8 @@ struct Shared {
     frames_sent_quic: AtomicU64,
     /// The data plane is also served over QUIC (`Capabilities.serves_quic`).
     serves_quic: AtomicBool,
+    /// The ports of the other stages this process serves (`Capabilities.sibling_ports`).
+    sibling_ports: Mutex<Vec<u32>>,
 }
 
 /// The `Worker` service. Cheap to clone.
@@ -173,6 +177,7 @@ impl WorkerService {
                 frames_sent_remote: AtomicU64::new(0),
                 frames_sent_quic: AtomicU64::new(0),
                 serves_quic: AtomicBool::new(false),
+                sibling_ports: Mutex::default(),
             }),
         })
     }
@@ -258,35 +263,17 @@ impl WorkerService {
     /// Binds `listen`, serves until Ctrl-C on a runtime of its own (for the
     /// `strata worker` binary).
     pub fn serve_blocking(self, listen: std::net::SocketAddr) -> Result<(), ServiceError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("strata-rpc")
-            .enable_all()
-            .build()
-            .map_err(|e| ServiceError::Setup(format!("starting the async runtime: {e}")))?;
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .map_err(|e| ServiceError::Setup(format!("listening on {listen}: {e}")))?;
-            let bound = listener.local_addr().map_err(|e| ServiceError::Setup(e.to_string()))?;
-            // The line to paste into `strata serve --worker`.
-            match &self.shared.config.identity {
-                Some(id) => tracing::info!(
-                    "worker listening on {bound}#{} ({})",
-                    id.fingerprint(),
-                    self.shared.device_name
-                ),
-                None => {
-                    tracing::info!("worker listening on {bound} ({})", self.shared.device_name);
-                    tracing::warn!("--insecure: links to this worker are plaintext; anyone who can see the traffic gets the cluster token and the prompts");
-                }
-            }
-            self.serve(listener, async {
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("shutting down");
-            })
-            .await
-        })
+        serve_box::serve_blocking(vec![(self, listen)])
+    }
+
+    /// Says that this process also serves stages on `ports` of this host
+    /// (`strata worker --gpus`): a coordinator that reaches this one adds them.
+    pub fn set_sibling_ports(&self, ports: Vec<u16>) {
+        *self
+            .shared
+            .sibling_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = ports.into_iter().map(u32::from).collect();
     }
 
     /// What Health reports, for in-process callers.
@@ -661,6 +648,12 @@ impl worker_server::Worker for WorkerService {
             threads: self.shared.config.threads as u32,
             model_digests: self.shared.models.digests(),
             serves_quic: self.shared.serves_quic.load(Relaxed),
+            sibling_ports: self
+                .shared
+                .sibling_ports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }))
     }
 
