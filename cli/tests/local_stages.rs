@@ -202,12 +202,13 @@ fn gpu_of(stage: &Value) -> u32 {
         .unwrap_or_else(|| panic!("no ordinal in {name:?}"))
 }
 
-/// A box of four GPUs (the CUDA emulator's, 276 MiB each) serving a model
-/// that needs three of them. A GPU of the middle stage is lost mid-request
-/// (every launch on it fails from then on, as after an Xid): it takes out
-/// its own stage, not the box. The process re-plans over the spare GPU and
-/// the two that still work, every stream finishes, with the tokens it gets
-/// undisturbed, and the lost GPU is out of the pool.
+/// A box of four GPUs (the CUDA emulator's, 276 MiB each; one `strata
+/// worker --gpus all`) serving a model that needs three of them. A GPU of
+/// the middle stage is lost mid-request (every launch on it fails from then
+/// on, as after an Xid): it takes out its own stage, not the box. The
+/// coordinator re-plans over the spare GPU and the two that still work,
+/// every stream finishes, with the tokens it gets undisturbed, and the lost
+/// GPU is out of the pool.
 #[test]
 fn a_lost_gpu_takes_out_its_own_stage_and_the_box_serves_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -227,19 +228,17 @@ fn a_lost_gpu_takes_out_its_own_stage_and_the_box_serves_on() {
         ("STRATA_CUDA_EMU_MEM_MIB", "276"),
         ("STRATA_CUDA_EMU_FAIL_FILE", pulled_env.as_str()),
     ];
-    let args = [
-        "-c",
-        "256",
-        "-n",
-        "4",
-        "-b",
-        "32",
-        "--gpus",
-        "all",
-        "--stage-timeout",
-        "20",
-    ];
-    let mut server = Server::start_with_env(&model_path, &args, &env);
+    let mut worker = common::Worker::start_in(
+        "127.0.0.1:0",
+        "1GiB",
+        Some(dir.path()),
+        &env,
+        &common::worker_state_dir(),
+        &["--gpus", "all"],
+    );
+    let mut args = vec!["-c", "256", "-n", "4", "-b", "32", "--stage-timeout", "20"];
+    args.extend(["--worker", worker.spec.as_str()]);
+    let server = Server::start(&model_path, &args);
     let before = pool_stages(&server);
     assert_eq!(before.len(), 3, "three GPUs used, one spare: {before:?}");
     assert!(before.iter().all(|s| s["backend"] == "cuda"), "{before:?}");
@@ -257,17 +256,22 @@ fn a_lost_gpu_takes_out_its_own_stage_and_the_box_serves_on() {
     let streams = Streams::start_with_top2(&server, &PROMPTS, N);
     streams.wait_for_tokens(3);
     std::fs::write(&pulled, format!("{}\n", used[1])).unwrap();
+    let at_loss = streams.seen();
     let got = streams.finish_steps();
     // The replay computes the history as a prompt (other kernels than a
     // decode step's), so the same tokens up to the undisturbed run's first
     // near-tie, each log-prob within 0.01.
-    let mut sure = 0;
-    for (want, have) in expected.iter().zip(&got) {
+    let mut past_loss = 0;
+    for ((want, have), lost_at) in expected.iter().zip(&got).zip(&at_loss) {
         assert_eq!(have.len(), N, "{have:?}");
-        sure += same_up_to_near_tie(want, have, 0.01);
+        // (+2: a token or two in flight were computed before the loss.)
+        past_loss += same_up_to_near_tie(want, have, 0.01).saturating_sub(lost_at + 2);
     }
-    eprintln!("{sure} tokens compared before a near-tie");
-    assert!(sure >= 12, "too few sure tokens to compare: {expected:?}");
+    eprintln!("{past_loss} tokens compared after the GPU was lost, before a near-tie");
+    assert!(
+        past_loss >= 8,
+        "too few sure tokens after the loss to compare: {expected:?}"
+    );
 
     let after = pool_stages(&server);
     let now: Vec<u32> = after.iter().map(gpu_of).collect();
@@ -287,7 +291,7 @@ fn a_lost_gpu_takes_out_its_own_stage_and_the_box_serves_on() {
         "the spare GPU {spare} serves: {now:?}"
     );
     // The log says which GPU failed.
-    let failed = server.proc.wait_for(
+    let failed = worker.proc.wait_for(
         "the compute device failed",
         std::time::Duration::from_secs(10),
     );

@@ -43,6 +43,9 @@ pub struct ServeConfig {
     pub kv_type: KvType,
     /// What carries the data plane's hops (`--transport`).
     pub transport: TransportKind,
+    /// Add the other stages of a worker's box to the pool
+    /// ([`crate::pool::PoolSettings::box_mates`]).
+    pub box_mates: bool,
     pub batch_tokens: usize,
     /// Micro-batches in flight (default: one per stage).
     pub micro_batches: Option<usize>,
@@ -191,6 +194,7 @@ pub(crate) async fn start_pipeline(
         act_dtype: config.act_dtype,
         kv_type: config.kv_type,
         transport: config.transport,
+        box_mates: config.box_mates,
     };
     let mut pool = Pool::new(
         settings,

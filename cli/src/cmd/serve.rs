@@ -215,6 +215,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             act_dtype,
             kv_type,
             transport: args.transport,
+            box_mates: true,
             batch_tokens: args.batch_size,
             micro_batches: args.micro_batches,
             batch_timeout: std::time::Duration::from_secs(args.stage_timeout.max(1)),

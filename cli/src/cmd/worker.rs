@@ -107,8 +107,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The devices of a box worker, one stage each: those `--gpus` and
-/// `--cpu-stage` choose, or every GPU when the driver shows several and
-/// `--gpu`/`--cpu` name none. `None`: one stage, as `--gpu`/`--cpu` pick.
+/// `--cpu-stage` choose (one, too), or every GPU when the driver shows
+/// several and `--gpu`/`--cpu` name none. `None`: one stage, as
+/// `--gpu`/`--cpu` pick.
 fn box_devices(args: &Args) -> anyhow::Result<Option<Vec<LocalDevice>>> {
     use super::local_devices::{choose, gpu_count};
     let asked = args.local.gpus.is_some() || args.local.cpu_stage;
@@ -136,7 +137,7 @@ fn box_devices(args: &Args) -> anyhow::Result<Option<Vec<LocalDevice>>> {
         .into_iter()
         .map(|s| s.device)
         .collect();
-    Ok((devices.len() > 1).then_some(devices))
+    Ok(Some(devices))
 }
 
 /// One service per device, on --listen's port and the next ones (any free
@@ -177,7 +178,11 @@ fn box_stages(
             mem_budget_bytes: share.mem_budget_bytes,
             threads: share.threads,
             own_thread_pool: share.own_thread_pool,
-            cache_dir: config.cache_dir.join(format!("stage-{i}")),
+            cache_dir: if n > 1 {
+                config.cache_dir.join(format!("stage-{i}"))
+            } else {
+                config.cache_dir.clone()
+            },
             cache_max_bytes: config.cache_max_bytes / n as u64,
             kv_disk: args.kv_disk.stage_config(n),
             ..config.clone()

@@ -227,6 +227,7 @@ pub async fn load_stages(
                 _ => TransportKind::Grpc,
             }
             .to_proto() as i32,
+            next_process_id: stages.get(i + 1).map_or(0, |n| n.worker.caps.process_id),
         };
         match load_one(i, st, req.clone(), &mut on_event).await {
             Err(e) if e.code() == tonic::Code::NotFound => {

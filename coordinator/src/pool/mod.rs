@@ -50,6 +50,10 @@ pub struct PoolSettings {
     pub kv_type: KvType,
     /// What carries the data plane's hops.
     pub transport: TransportKind,
+    /// Add the other stages a worker's process serves (`strata worker
+    /// --gpus`) to the pool; off where the worker list is chosen for the
+    /// pool (a models file shares its workers between models).
+    pub box_mates: bool,
 }
 
 /// Which workers answer.
@@ -87,6 +91,9 @@ pub struct Pool {
     /// at every attach (a restarted worker's old connection would look
     /// open until its idle timeout), the previous ones closed then.
     quic: BTreeMap<String, Arc<QuicPeer>>,
+    /// The other stages of the workers' boxes, as the last probes named
+    /// them (found anew at every survey).
+    mates: Vec<String>,
 }
 
 impl Pool {
@@ -105,7 +112,13 @@ impl Pool {
             links: BTreeMap::new(),
             hashes: Arc::default(),
             quic: BTreeMap::new(),
+            mates: Vec::new(),
         }
+    }
+
+    /// The box-mates found so far ([`PoolSettings::box_mates`]).
+    pub fn box_mates(&self) -> &[String] {
+        &self.mates
     }
 
     pub fn settings(&self) -> &PoolSettings {
@@ -193,18 +206,23 @@ impl Pool {
     pub async fn survey(&mut self, known_lost: &BTreeMap<String, String>) -> Survey {
         let mut alive = Vec::new();
         let mut lost = known_lost.clone();
-        // By index: a worker's box-mates join the list as they are found.
+        self.mates.clear();
+        // By index: a worker's box-mates join the list as its probe finds them.
         let mut i = 0;
-        while let Some(addr) = self.settings.workers.get(i).cloned() {
+        while let Some(addr) = self
+            .settings
+            .workers
+            .iter()
+            .chain(&self.mates)
+            .nth(i)
+            .cloned()
+        {
             i += 1;
             if known_lost.contains_key(&addr) {
                 continue;
             }
             match self.probe_idle(&addr).await {
-                Ok(handle) => {
-                    self.add_box_mates(&handle);
-                    alive.push(handle)
-                }
+                Ok(handle) => alive.push(handle),
                 Err(why) => {
                     tracing::warn!("worker {addr}: {why}");
                     lost.insert(addr, why);
@@ -214,28 +232,32 @@ impl Pool {
         Survey { alive, lost }
     }
 
-    /// The other stages `w`'s process serves (`strata worker --gpus`: one
-    /// per device, `Capabilities.sibling_ports`) join the pool as workers
-    /// of their own, at the same host and pinned to the same certificate.
-    fn add_box_mates(&mut self, w: &WorkerHandle) {
+    /// The other stages `addr`'s process serves (`strata worker --gpus`:
+    /// one per device, `sibling_ports`) join the pool as workers of their
+    /// own, at the same host and pinned to the same certificate.
+    fn add_box_mates(&mut self, addr: &str, caps: &v1::CapabilitiesReply) {
+        // A box has a few devices; a longer list is not believed whole.
         const MAX_BOX_STAGES: usize = 16;
-        let Some((host, _)) = w.addr.rsplit_once(':') else {
+        if !self.settings.box_mates {
+            return;
+        }
+        let Some((host, _)) = addr.rsplit_once(':') else {
             return;
         };
-        // A box has a few devices; a longer list is not believed whole.
-        for &port in w.caps.sibling_ports.iter().take(MAX_BOX_STAGES) {
-            let Ok(port) = u16::try_from(port) else {
+        let pin = self.settings.trust.pin(addr).ok().flatten();
+        for &port in caps.sibling_ports.iter().take(MAX_BOX_STAGES) {
+            let Some(port) = u16::try_from(port).ok().filter(|p| *p != 0) else {
                 continue;
             };
             let mate = format!("{host}:{port}");
-            if self.settings.workers.contains(&mate) {
+            if self.settings.workers.contains(&mate) || self.mates.contains(&mate) {
                 continue;
             }
-            tracing::info!("worker {}: its box also serves a stage at {mate}", w.addr);
-            if let Some(pin) = w.pin {
+            tracing::info!("worker {addr}: its box also serves a stage at {mate}");
+            if let Some(pin) = pin {
                 self.settings.trust.pin_also(&mate, pin);
             }
-            self.settings.workers.push(mate);
+            self.mates.push(mate);
         }
     }
 
@@ -248,6 +270,10 @@ impl Pool {
             .map_err(|e| format!("is unreachable: {}", strata_proto::link::status_text(&e)))?
             .into_inner();
         if health.status == v1::health_reply::Status::Failed as i32 {
+            // Its box's other devices may still serve.
+            if let Ok(Ok(caps)) = within(client.capabilities(v1::CapabilitiesRequest {})).await {
+                self.add_box_mates(addr, &caps.into_inner());
+            }
             return Err(format!("reports a failure: {}", health.message));
         }
         within(client.unload(v1::UnloadRequest {}))
@@ -257,6 +283,7 @@ impl Pool {
             .await?
             .map_err(|e| format!("capabilities: {}", e.message()))?
             .into_inner();
+        self.add_box_mates(addr, &caps);
         let link = self.link(addr, &client).await;
         Ok(WorkerHandle {
             addr: addr.to_string(),

@@ -171,6 +171,13 @@ async fn returned(pool: &mut Pool, now: &mut Attached) -> Option<String> {
             _ => tracing::info!("worker {addr} is a spare: the placement stays"),
         }
     }
+    // Box-mates its probe named: probed on the next round.
+    for mate in pool.box_mates().to_vec() {
+        let known = now.survey.alive.iter().any(|w| w.addr == mate);
+        if !known && !now.survey.lost.contains_key(&mate) {
+            now.survey.lost.insert(mate, "not probed yet".into());
+        }
+    }
     None
 }
 

@@ -62,6 +62,7 @@ async fn member(swap: &ModelSwap, i: usize, pool: &[WorkerSpec]) -> Result<Group
         act_dtype: swap.base.act_dtype,
         kv_type: entry.kv_type,
         transport: swap.base.transport,
+        box_mates: false,
     };
     let path = entry.file.clone();
     let request = tokio::task::spawn_blocking(move || {

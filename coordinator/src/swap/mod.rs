@@ -232,6 +232,8 @@ impl ModelSwap {
                     .collect();
                 config.token = token.clone();
                 config.trust = trust.clone();
+                // The models file says which workers each model may use.
+                config.box_mates = false;
             }
         }
         let slot_ref = &self.slots[i];

@@ -137,7 +137,7 @@ struct Allocation {
 // STRATA_CUDA_EMU_DEVICES=N shows N devices (default 1, at most 16), so one
 // process can run a box's several GPUs. They share the host's memory (a
 // pointer of one is valid on every other, as with peer access), but each
-// has its own memory size and its own launch count for failures.
+// has its own memory size and can be lost alone (STRATA_CUDA_EMU_FAIL_FILE).
 static const int MAX_DEVICES = 16;
 
 static int device_count() {
@@ -842,8 +842,10 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) {
 CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) { return CUDA_SUCCESS; }
 CUresult cuCtxSetCurrent(CUcontext c) {
     if (c == nullptr) return CUDA_SUCCESS;
-    const int d = (int)((int*)c - contexts);
-    if (d < 0 || d >= device_count()) return fail(CUDA_ERROR_INVALID_VALUE, "not a context of the emulator");
+    const uintptr_t p = (uintptr_t)c, first = (uintptr_t)&contexts[0];
+    const int d = p >= first ? (int)((p - first) / sizeof(int)) : -1;
+    if (d < 0 || d >= device_count() || p != (uintptr_t)&contexts[d])
+        return fail(CUDA_ERROR_INVALID_VALUE, "not a context of the emulator");
     current_device = d;
     return CUDA_SUCCESS;
 }

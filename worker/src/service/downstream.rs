@@ -72,18 +72,20 @@ pub struct Downstream {
 
 impl Downstream {
     /// The link to `addr`: in memory when a service of this process listens
-    /// there with the certificate `trust` pins, else over gRPC.
+    /// there with the certificate `trust` pins (`next_process`: the process
+    /// the coordinator says it runs in), else over the network.
     pub fn new(
         addr: String,
         token: String,
         trust: Trust,
         transport: TransportKind,
+        next_process: u64,
         reply_routes: Arc<ReplyRoutes>,
     ) -> Self {
         let local = trust
             .pin(&addr)
             .ok()
-            .and_then(|pin| super::local_stages::find(&addr, pin));
+            .and_then(|pin| super::local_stages::find(&addr, pin, next_process));
         let next = match local {
             Some(service) => {
                 tracing::info!("next stage {addr} runs in this process: frames go in memory");

@@ -54,16 +54,25 @@ fn any_host(port: u16) -> String {
     format!("*:{port}")
 }
 
+/// This process's `Capabilities.process_id`: random, so that two processes
+/// that share a certificate (one state directory on several boxes) are
+/// still told apart.
+pub fn process_id() -> u64 {
+    static ID: OnceLock<u64> = OnceLock::new();
+    *ID.get_or_init(|| rand::random::<u64>() | 1)
+}
+
 /// The service of this process listening on `addr`, if it is the one the
 /// coordinator pinned (`pin`; `None` for a plaintext one): a pin for another
 /// certificate means another process, reached over the network. A service
-/// registered by port alone is found by any host with that port, and only
-/// by its pin: a plaintext one there may be another box's.
-pub fn find(addr: &str, pin: Option<Fingerprint>) -> Option<WorkerService> {
+/// registered by port alone is found by any host with that port only when
+/// the coordinator says the next stage runs in this process
+/// (`next_process`, its `Capabilities.process_id`).
+pub fn find(addr: &str, pin: Option<Fingerprint>, next_process: u64) -> Option<WorkerService> {
     let by_port = addr
         .rsplit_once(':')
         .and_then(|(_, port)| port.parse::<u16>().ok())
-        .filter(|_| pin.is_some())
+        .filter(|_| next_process == process_id())
         .map(any_host);
     let shared = {
         let registry = registry().lock().unwrap_or_else(|p| p.into_inner());

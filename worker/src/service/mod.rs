@@ -289,6 +289,17 @@ impl WorkerService {
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, Status> {
+        self.queue(make)?
+            .await
+            .map_err(|_| Status::internal("the compute thread dropped a request"))
+    }
+
+    /// Queues a command on the compute thread; its result comes on the
+    /// receiver returned.
+    fn queue<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<oneshot::Receiver<T>, Status> {
         let (tx, rx) = oneshot::channel();
         self.shared
             .stage
@@ -296,8 +307,7 @@ impl WorkerService {
             .unwrap_or_else(|p| p.into_inner())
             .send(make(tx))
             .map_err(|_| Status::internal("the compute thread has stopped"))?;
-        rx.await
-            .map_err(|_| Status::internal("the compute thread dropped a request"))
+        Ok(rx)
     }
 
     /// Memory this worker can still offer: the budget (or what the host has
@@ -337,7 +347,7 @@ impl WorkerService {
         let act_dtype = v1::ActDtype::try_from(req.act_dtype)
             .map_err(|_| Status::invalid_argument("unknown act_dtype"))?;
         let next_stage = self.next_stage(&req.next_stage_addr)?;
-        let next_transport = req.next_transport;
+        let (next_transport, next_process) = (req.next_transport, req.next_process_id);
         let ctx_tokens = usize::try_from(req.ctx_tokens)
             .map_err(|_| Status::invalid_argument("ctx_tokens too large"))?;
         if ctx_tokens == 0 {
@@ -474,6 +484,7 @@ impl WorkerService {
                 self.shared.config.token.clone(),
                 trust,
                 TransportKind::from_proto(next_transport),
+                next_process,
                 self.shared.reply_routes.clone(),
             ));
             // The next stage may load after this one: open lazily if it is not up yet.
@@ -517,13 +528,18 @@ impl WorkerService {
         Ok(Some((addr, trust)))
     }
 
-    async fn handle_frame(&self, frame: v1::BatchFrame, sink: &downstream::ReplySink) {
-        let (batch_id, route) = frame
-            .header
-            .as_ref()
-            .map_or((0, 0), |h| (h.batch_id, h.reply_route));
-        let out = match self.command(|tx| Command::Forward(frame, tx)).await {
-            Ok(out) => out,
+    /// Sends a frame's result on to the next stage, or its reply back.
+    async fn deliver(&self, pending: PendingFrame, sink: &downstream::ReplySink) {
+        let PendingFrame {
+            batch_id,
+            route,
+            out,
+        } = pending;
+        let out = match out {
+            Ok(rx) => rx.await.unwrap_or_else(|_| {
+                let e = "the compute thread dropped a request".to_string();
+                FrameOut::Reply(stage_thread::lost_reply(batch_id, e))
+            }),
             Err(e) => FrameOut::Reply(stage_thread::lost_reply(batch_id, e.message().to_string())),
         };
         let reply = match out {
@@ -563,6 +579,14 @@ impl WorkerService {
     }
 }
 
+/// A frame queued on the compute thread, waiting for its result.
+struct PendingFrame {
+    batch_id: u64,
+    /// Where its reply goes (`BatchHeader.reply_route`; 0: back up).
+    route: u64,
+    out: Result<oneshot::Receiver<FrameOut>, Status>,
+}
+
 impl WorkerService {
     /// Runs a stream of frames (a `Forward` stream, or a previous stage of
     /// this process) on a task of its own; their replies come on the stream
@@ -573,6 +597,18 @@ impl WorkerService {
     {
         let (tx, rx) = mpsc::channel(64);
         let this = self.clone();
+        // Frames go to the compute thread as they arrive, and a task of
+        // their own sends each result on, in order: the compute thread
+        // starts the next micro-batch while the last one's hidden states
+        // are still on their way.
+        let (pending_tx, mut pending_rx) = mpsc::channel::<PendingFrame>(64);
+        let sender = self.clone();
+        let sink = tx.clone();
+        let deliveries = tokio::spawn(async move {
+            while let Some(pending) = pending_rx.recv().await {
+                sender.deliver(pending, &sink).await;
+            }
+        });
         tokio::spawn(async move {
             // Sequences belong to the stream that started them: when it ends
             // (the coordinator went away), their KV is freed on every stage.
@@ -580,15 +616,23 @@ impl WorkerService {
             loop {
                 match inbound.next().await {
                     Some(Ok(frame)) => {
-                        tracing::debug!(
-                            target: "strata::hop",
-                            batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id),
-                            "received"
-                        );
+                        let (batch_id, route) = frame
+                            .header
+                            .as_ref()
+                            .map_or((0, 0), |h| (h.batch_id, h.reply_route));
+                        tracing::debug!(target: "strata::hop", batch_id, "received");
                         if let Some(h) = &frame.header {
                             seqs.extend(h.entries.iter().map(|e| e.seq_id));
                         }
-                        this.handle_frame(frame, &tx).await
+                        let out = this.queue(|tx| Command::Forward(frame, tx));
+                        let pending = PendingFrame {
+                            batch_id,
+                            route,
+                            out,
+                        };
+                        if pending_tx.send(pending).await.is_err() {
+                            break;
+                        }
                     }
                     None => break,
                     Some(Err(e)) => {
@@ -597,6 +641,10 @@ impl WorkerService {
                     }
                 }
             }
+            // Every result is sent on before the release goes after them.
+            drop(pending_tx);
+            let _ = deliveries.await;
+            drop(tx);
             if !seqs.is_empty() {
                 let seqs: Vec<u64> = seqs.into_iter().collect();
                 tracing::info!("data stream closed: releasing {} sequences", seqs.len());
@@ -654,6 +702,7 @@ impl worker_server::Worker for WorkerService {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            process_id: local_stages::process_id(),
         }))
     }
 

@@ -11,6 +11,9 @@ use super::{LocalStage, ServiceError, WorkerService};
 /// Binds every stage's address (all before serving any, so a taken port
 /// fails the start) and serves them until Ctrl-C.
 pub fn serve_blocking(stages: Vec<(WorkerService, SocketAddr)>) -> Result<(), ServiceError> {
+    if stages.is_empty() {
+        return Err(ServiceError::Setup("no device to serve".into()));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("strata-rpc")
@@ -51,11 +54,6 @@ pub fn serve_blocking(stages: Vec<(WorkerService, SocketAddr)>) -> Result<(), Se
             }
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down");
-            let _ = stop.send(true);
-        });
         let mut served = tokio::task::JoinSet::new();
         for (service, listener, _) in bound {
             let mut stopped = stopped.clone();
@@ -63,11 +61,35 @@ pub fn serve_blocking(stages: Vec<(WorkerService, SocketAddr)>) -> Result<(), Se
                 let _ = stopped.changed().await;
             }));
         }
-        // The first stage to stop (Ctrl-C, or an error) stops the process.
-        let result = served.join_next().await.map_or(Ok(()), |r| {
-            r.map_err(|e| ServiceError::Setup(e.to_string()))?
-        });
-        served.abort_all();
+        // Ctrl-C, or the first stage that ends (an error), stops them all;
+        // each finishes what it serves, and the first error is returned.
+        let mut result = Ok(());
+        let mut stopping = false;
+        loop {
+            let ended = tokio::select! {
+                _ = tokio::signal::ctrl_c(), if !stopping => None,
+                ended = served.join_next() => match ended {
+                    Some(ended) => Some(ended),
+                    None => break,
+                },
+            };
+            match ended {
+                Some(ended) => {
+                    let ended = ended.map_err(|e| ServiceError::Setup(e.to_string()));
+                    if let Err(e) = ended.and_then(|r| r) {
+                        tracing::error!("a stage of this worker stopped: {e}");
+                        if result.is_ok() {
+                            result = Err(e);
+                        }
+                    }
+                }
+                None => tracing::info!("shutting down"),
+            }
+            if !stopping {
+                stopping = true;
+                let _ = stop.send(true);
+            }
+        }
         result
     })
 }
