@@ -202,6 +202,31 @@ fn gpu_of(stage: &Value) -> u32 {
         .unwrap_or_else(|| panic!("no ordinal in {name:?}"))
 }
 
+/// A 12-layer mistral3 synth (a random-weight llama's logits are all near
+/// ties; mistral3's are not), in a folder of its own that workers read.
+fn tiny_model() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mistral3-tiny12.gguf");
+    let args = [
+        "--arch", "mistral3", "--preset", "tiny", "--quant", "Q8_0", "--layers", "12",
+    ];
+    common::synth(&args, &path);
+    (dir, path)
+}
+
+/// `strata worker --gpus all` over the emulated GPUs `env` describes.
+fn box_worker(model_dir: &std::path::Path, env: &[(&str, &str)]) -> common::Worker {
+    let state = common::worker_state_dir();
+    common::Worker::start_in(
+        "127.0.0.1:0",
+        "1GiB",
+        Some(model_dir),
+        env,
+        &state,
+        &["--gpus", "all"],
+    )
+}
+
 /// A box of four GPUs (the CUDA emulator's, 276 MiB each; one `strata
 /// worker --gpus all`) serving a model that needs three of them. A GPU of
 /// the middle stage is lost mid-request (every launch on it fails from then
@@ -211,15 +236,7 @@ fn gpu_of(stage: &Value) -> u32 {
 /// GPU is out of the pool.
 #[test]
 fn a_lost_gpu_takes_out_its_own_stage_and_the_box_serves_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let model_path = dir.path().join("mistral3-tiny12.gguf");
-    // A random-weight llama's logits are all near ties; mistral3's are not.
-    common::synth(
-        &[
-            "--arch", "mistral3", "--preset", "tiny", "--quant", "Q8_0", "--layers", "12",
-        ],
-        &model_path,
-    );
+    let (dir, model_path) = tiny_model();
     let pulled = dir.path().join("pulled-gpus");
     let pulled_env = pulled.to_str().unwrap().to_string();
     let env = [
@@ -228,14 +245,7 @@ fn a_lost_gpu_takes_out_its_own_stage_and_the_box_serves_on() {
         ("STRATA_CUDA_EMU_MEM_MIB", "276"),
         ("STRATA_CUDA_EMU_FAIL_FILE", pulled_env.as_str()),
     ];
-    let mut worker = common::Worker::start_in(
-        "127.0.0.1:0",
-        "1GiB",
-        Some(dir.path()),
-        &env,
-        &common::worker_state_dir(),
-        &["--gpus", "all"],
-    );
+    let mut worker = box_worker(dir.path(), &env);
     let mut args = vec!["-c", "256", "-n", "4", "-b", "32", "--stage-timeout", "20"];
     args.extend(["--worker", worker.spec.as_str()]);
     let server = Server::start(&model_path, &args);
@@ -313,14 +323,7 @@ fn a_lost_gpu_takes_out_its_own_stage_and_the_box_serves_on() {
 /// states between them in memory. Tokens as one GPU gives them.
 #[test]
 fn one_worker_serves_every_gpu_of_its_box() {
-    let dir = tempfile::tempdir().unwrap();
-    let model_path = dir.path().join("mistral3-tiny12.gguf");
-    common::synth(
-        &[
-            "--arch", "mistral3", "--preset", "tiny", "--quant", "Q8_0", "--layers", "12",
-        ],
-        &model_path,
-    );
+    let (dir, model_path) = tiny_model();
     let serve_args = ["-c", "256", "-n", "4", "-b", "32"];
     let one_gpu = [
         ("STRATA_CUDA_EMULATOR", "1"),
@@ -333,14 +336,7 @@ fn one_worker_serves_every_gpu_of_its_box() {
         ("STRATA_CUDA_EMU_DEVICES", "3"),
         ("STRATA_CUDA_EMU_MEM_MIB", "276"),
     ];
-    let worker = common::Worker::start_in(
-        "127.0.0.1:0",
-        "1GiB",
-        Some(dir.path()),
-        &three_gpus,
-        &common::worker_state_dir(),
-        &["--gpus", "all"],
-    );
+    let worker = box_worker(dir.path(), &three_gpus);
     let mut args = serve_args.to_vec();
     args.extend(["--worker", worker.spec.as_str()]);
     let boxed = Server::start(&model_path, &args);

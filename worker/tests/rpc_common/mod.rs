@@ -142,6 +142,7 @@ pub async fn load(
                 String::new()
             },
             next_transport: v1::DataTransport::Grpc as i32,
+            next_process_id: 0,
         },
     )
     .await
