@@ -84,6 +84,36 @@ pub fn split_host(devices: &[LocalDevice], memory_bytes: u64, threads: usize) ->
         .collect()
 }
 
+/// Each device with its share of the host ([`split_host`]): `mem_budget`
+/// (else the host's available memory, read only when a CPU stage needs it)
+/// and `threads`, split between the CPU entries.
+pub fn host_shares(
+    devices: &[LocalDevice],
+    mem_budget: Option<u64>,
+    threads: usize,
+) -> anyhow::Result<Vec<(DeviceArgs, StageShare)>> {
+    use anyhow::Context;
+    let has_cpu = devices.contains(&LocalDevice::Cpu);
+    if mem_budget.is_some() && !has_cpu {
+        tracing::warn!(
+            "--mem-budget caps the CPU stages; each GPU stage offers its device's memory \
+             (--gpu N runs one stage on one GPU under the cap)"
+        );
+    }
+    let memory_bytes = match mem_budget {
+        Some(b) => b,
+        None if has_cpu => super::local_devices::host_memory()
+            .context("splitting the host's memory between the CPU stages (give --mem-budget)")?,
+        None => 0,
+    };
+    let shares = split_host(devices, memory_bytes, threads);
+    Ok(devices
+        .iter()
+        .map(|d| d.device_args())
+        .zip(shares)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,6 +108,15 @@ pub fn choose(
     Ok(out)
 }
 
+/// The devices `args` chooses out of `gpus` GPUs, for stages that read
+/// their own device's memory (serve's embedded stages, a box worker's).
+pub fn choose_devices(args: &LocalDeviceArgs, gpus: usize) -> anyhow::Result<Vec<LocalDevice>> {
+    Ok(choose(args, &vec![0; gpus], 0)?
+        .into_iter()
+        .map(|s| s.device)
+        .collect())
+}
+
 /// The free memory of each GPU the driver shows (the CUDA emulator's one
 /// device with `STRATA_CUDA_EMULATOR=1`), by ordinal.
 pub fn gpu_memory() -> anyhow::Result<Vec<u64>> {

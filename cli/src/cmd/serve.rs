@@ -16,7 +16,7 @@ use strata_coordinator::swap::{
 use strata_proto::v1;
 use strata_worker::service::{LocalStage, WorkerConfig};
 
-use super::devices::{LocalDevice, StageShare};
+use super::devices::StageShare;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -364,7 +364,7 @@ impl WorkerLauncher for EmbeddedLauncher {
 /// several and no device is named), with the CPU after them for
 /// `--cpu-stage`; or one on `--gpu`/`--cpu`'s device with all of it.
 fn embedded_stages(args: &Args) -> anyhow::Result<Vec<(super::DeviceArgs, StageShare)>> {
-    use super::local_devices::{choose, gpu_count};
+    use super::local_devices::{choose_devices, gpu_count};
     let threads = rayon::current_num_threads();
     let local = args.local.gpus.is_some() || args.local.cpu_stage;
     anyhow::ensure!(
@@ -386,18 +386,9 @@ fn embedded_stages(args: &Args) -> anyhow::Result<Vec<(super::DeviceArgs, StageS
     };
     let devices = match &args.devices {
         Some(super::devices::DeviceList(devices)) => devices.clone(),
-        // The worker reads its own device's memory: none is needed here.
-        None if local || gpus > 1 => choose(&args.local, &vec![0; gpus], 0)?
-            .into_iter()
-            .map(|s| s.device)
-            .collect(),
+        None if local || gpus > 1 => choose_devices(&args.local, gpus)?,
         None => Vec::new(),
     };
-    if args.mem_budget.is_some() && !devices.is_empty() && !devices.contains(&LocalDevice::Cpu) {
-        tracing::warn!(
-            "--mem-budget caps the CPU stages; each GPU stage offers its device's memory              (--gpu N runs one stage on one GPU under the cap)"
-        );
-    }
     if devices.is_empty() {
         let share = StageShare {
             mem_budget_bytes: args.mem_budget,
@@ -406,17 +397,7 @@ fn embedded_stages(args: &Args) -> anyhow::Result<Vec<(super::DeviceArgs, StageS
         };
         return Ok(vec![(args.device.clone(), share)]);
     }
-    let memory_bytes = match args.mem_budget {
-        Some(b) => b,
-        None => super::local_devices::host_memory()
-            .context("splitting the host's memory between the CPU stages (give --mem-budget)")?,
-    };
-    let shares = super::devices::split_host(&devices, memory_bytes, threads);
-    Ok(devices
-        .iter()
-        .map(|d| d.device_args())
-        .zip(shares)
-        .collect())
+    super::devices::host_shares(&devices, args.mem_budget, threads)
 }
 
 /// A cluster token that lives as long as this process.

@@ -111,7 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// several and `--gpu`/`--cpu` name none. `None`: one stage, as
 /// `--gpu`/`--cpu` pick.
 fn box_devices(args: &Args) -> anyhow::Result<Option<Vec<LocalDevice>>> {
-    use super::local_devices::{choose, gpu_count};
+    use super::local_devices::{choose_devices, gpu_count};
     let asked = args.local.gpus.is_some() || args.local.cpu_stage;
     let named = args.device.gpu.is_some() || args.device.cpu;
     anyhow::ensure!(
@@ -132,12 +132,7 @@ fn box_devices(args: &Args) -> anyhow::Result<Option<Vec<LocalDevice>>> {
     if !asked && gpus < 2 {
         return Ok(None);
     }
-    // Each stage reads its own device's memory: none is needed here.
-    let devices: Vec<LocalDevice> = choose(&args.local, &vec![0; gpus], 0)?
-        .into_iter()
-        .map(|s| s.device)
-        .collect();
-    Ok(Some(devices))
+    Ok(Some(choose_devices(&args.local, gpus)?))
 }
 
 /// One service per device, on --listen's port and the next ones (any free
@@ -150,20 +145,10 @@ fn box_stages(
     config: WorkerConfig,
     devices: &[LocalDevice],
 ) -> anyhow::Result<Vec<(strata_worker::service::WorkerService, std::net::SocketAddr)>> {
-    let memory_bytes = match args.mem_budget {
-        Some(b) => b,
-        None if devices.contains(&LocalDevice::Cpu) => super::local_devices::host_memory()?,
-        None => 0,
-    };
-    if args.mem_budget.is_some() && !devices.contains(&LocalDevice::Cpu) {
-        tracing::warn!(
-            "--mem-budget caps the CPU stage; each GPU stage offers its device's memory"
-        );
-    }
-    let shares = super::devices::split_host(devices, memory_bytes, config.threads);
+    let shares = super::devices::host_shares(devices, args.mem_budget, config.threads)?;
     let n = devices.len();
     let mut stages = Vec::with_capacity(n);
-    for (i, (device, share)) in devices.iter().zip(shares).enumerate() {
+    for (i, (device, share)) in shares.into_iter().enumerate() {
         let mut listen = args.listen;
         if listen.port() != 0 {
             let port = listen.port().checked_add(i as u16).with_context(|| {
@@ -187,8 +172,8 @@ fn box_stages(
             kv_disk: args.kv_disk.stage_config(n),
             ..config.clone()
         };
-        let service = super::start_worker_service(config, &device.device_args())
-            .with_context(|| format!("stage {i} ({device:?})"))?;
+        let service = super::start_worker_service(config, &device)
+            .with_context(|| format!("stage {i} ({:?})", devices[i]))?;
         stages.push((service, listen));
     }
     Ok(stages)

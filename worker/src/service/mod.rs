@@ -603,7 +603,7 @@ impl WorkerService {
         // are still on their way.
         let (pending_tx, mut pending_rx) = mpsc::channel::<PendingFrame>(64);
         let sender = self.clone();
-        let sink = tx.clone();
+        let sink = tx;
         let deliveries = tokio::spawn(async move {
             while let Some(pending) = pending_rx.recv().await {
                 sender.deliver(pending, &sink).await;
@@ -644,7 +644,6 @@ impl WorkerService {
             // Every result is sent on before the release goes after them.
             drop(pending_tx);
             let _ = deliveries.await;
-            drop(tx);
             if !seqs.is_empty() {
                 let seqs: Vec<u64> = seqs.into_iter().collect();
                 tracing::info!("data stream closed: releasing {} sequences", seqs.len());
