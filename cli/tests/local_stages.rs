@@ -190,6 +190,38 @@ fn devices_refuses_bad_entries_and_remote_workers() {
     );
 }
 
+/// A mistyped emulator setting stops the worker with the setting named,
+/// rather than giving it a GPU of 0 MiB.
+#[test]
+fn a_mistyped_emulated_gpu_memory_is_refused() {
+    let state = common::worker_state_dir();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args([
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--gpus",
+            "all",
+            "--token",
+            "abcdefabcdefabcdef",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .envs([
+            ("STRATA_CUDA_EMULATOR", "1"),
+            ("STRATA_CUDA_EMU_DEVICES", "2"),
+            ("STRATA_CUDA_EMU_MEM_MIB", "276,x"),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("STRATA_CUDA_EMU_MEM_MIB=276,x: not MiB figures"),
+        "{err}"
+    );
+}
+
 /// The device ordinal of a CUDA stage, from its device name ("..., device N, sm_XY").
 fn gpu_of(stage: &Value) -> u32 {
     let name = stage["device_name"].as_str().unwrap();
@@ -320,7 +352,9 @@ fn a_lost_gpu_takes_out_its_own_stage_and_the_box_serves_on() {
 /// `strata worker --gpus all` on a box of three (emulated) GPUs that the
 /// model needs all of: the coordinator, given the first stage's address
 /// only, finds the other two, plans the three, and the box hands hidden
-/// states between them in memory. Tokens as one GPU gives them.
+/// states between them in memory. Tokens as one GPU gives them. The first
+/// address is given twice, as `127.0.0.1` and as `localhost`: each stage
+/// is still planned once (counted twice, its memory would be too).
 #[test]
 fn one_worker_serves_every_gpu_of_its_box() {
     let (dir, model_path) = tiny_model();
@@ -337,9 +371,15 @@ fn one_worker_serves_every_gpu_of_its_box() {
         ("STRATA_CUDA_EMU_MEM_MIB", "276"),
     ];
     let worker = box_worker(dir.path(), &three_gpus);
+    let again = worker.spec.replacen("127.0.0.1:", "localhost:", 1);
     let mut args = serve_args.to_vec();
-    args.extend(["--worker", worker.spec.as_str()]);
-    let boxed = Server::start(&model_path, &args);
+    args.extend(["--worker", worker.spec.as_str(), "--worker", again.as_str()]);
+    let mut boxed = Server::start(&model_path, &args);
+    let twice = boxed.proc.logged(
+        "is the stage already reached at",
+        std::time::Duration::from_secs(10),
+    );
+    assert!(twice.contains("127.0.0.1:"), "{twice}");
 
     let stages = pool_stages(&boxed);
     assert_eq!(stages.len(), 3, "the box's three GPUs: {stages:?}");

@@ -125,6 +125,16 @@ impl Proc {
         }
     }
 
+    /// What follows `needle` in a line already read, else in the next one
+    /// that has it ([`Proc::wait_for`]).
+    pub fn logged(&mut self, needle: &str, timeout: Duration) -> String {
+        let past = self.log.iter().find_map(|line| {
+            line.find(needle)
+                .map(|i| line[i + needle.len()..].to_string())
+        });
+        past.unwrap_or_else(|| self.wait_for(needle, timeout))
+    }
+
     /// Waits for a stderr line containing `needle`; returns what follows it.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;

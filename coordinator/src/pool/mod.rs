@@ -31,6 +31,15 @@ pub use supervise::{supervise, Attached, WATCH_INTERVAL};
 /// How long a worker may take to answer one probe before it counts as lost.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Whether two answers come from one stage of one worker process, reached
+/// under two addresses (`localhost` and `127.0.0.1`, a relay): planned
+/// twice, it would count its memory twice. Workers that do not say who
+/// they are (`process_id` or `listen_port` 0) are taken as different.
+fn same_stage(a: &v1::CapabilitiesReply, b: &v1::CapabilitiesReply) -> bool {
+    let id = |c: &v1::CapabilitiesReply| (c.process_id, c.listen_port);
+    a.process_id != 0 && a.listen_port != 0 && id(a) == id(b)
+}
+
 /// What the pool is given.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -62,6 +71,17 @@ pub struct Survey {
     pub alive: Vec<WorkerHandle>,
     /// Address and why, for each that does not.
     pub lost: BTreeMap<String, String>,
+    /// Addresses that reach a stage already in `alive` (by its address
+    /// there): planned once, and never unloaded through the second name.
+    pub same: BTreeMap<String, String>,
+}
+
+/// What a probe found at an address.
+pub enum Probed {
+    /// A worker, unloaded, with what it offers.
+    Idle(WorkerHandle),
+    /// A stage already known, at this address: left as it is.
+    Same(String),
 }
 
 impl Survey {
@@ -206,6 +226,7 @@ impl Pool {
     pub async fn survey(&mut self, known_lost: &BTreeMap<String, String>) -> Survey {
         let mut alive = Vec::new();
         let mut lost = known_lost.clone();
+        let mut same = BTreeMap::new();
         self.mates.clear();
         // By index: a worker's box-mates join the list as its probe finds them.
         let mut i = 0;
@@ -221,15 +242,18 @@ impl Pool {
             if known_lost.contains_key(&addr) {
                 continue;
             }
-            match self.probe_idle(&addr).await {
-                Ok(handle) => alive.push(handle),
+            match self.probe_idle(&addr, &alive).await {
+                Ok(Probed::Idle(handle)) => alive.push(handle),
+                Ok(Probed::Same(first)) => {
+                    same.insert(addr, first);
+                }
                 Err(why) => {
                     tracing::warn!("worker {addr}: {why}");
                     lost.insert(addr, why);
                 }
             }
         }
-        Survey { alive, lost }
+        Survey { alive, lost, same }
     }
 
     /// The other stages `addr`'s process serves (`strata worker --gpus`:
@@ -262,8 +286,13 @@ impl Pool {
     }
 
     /// Unloads `addr` (it must not be in the attached pipeline) and reads
-    /// what it offers.
-    pub async fn probe_idle(&mut self, addr: &str) -> Result<WorkerHandle, String> {
+    /// what it offers; unless it is a stage of `known` under another
+    /// address, which is left as it is.
+    pub async fn probe_idle(
+        &mut self,
+        addr: &str,
+        known: &[WorkerHandle],
+    ) -> Result<Probed, String> {
         let mut client = self.client(addr).await?;
         let health = within(client.health(v1::HealthRequest {}))
             .await?
@@ -276,6 +305,17 @@ impl Pool {
             }
             return Err(format!("reports a failure: {}", health.message));
         }
+        let who = within(client.capabilities(v1::CapabilitiesRequest {}))
+            .await?
+            .map_err(|e| format!("capabilities: {}", e.message()))?
+            .into_inner();
+        if let Some(first) = known.iter().find(|h| same_stage(&h.caps, &who)) {
+            tracing::warn!(
+                "worker {addr} is the stage already reached at {}: planned once",
+                first.addr
+            );
+            return Ok(Probed::Same(first.addr.clone()));
+        }
         within(client.unload(v1::UnloadRequest {}))
             .await?
             .map_err(|e| format!("unload: {}", e.message()))?;
@@ -285,13 +325,13 @@ impl Pool {
             .into_inner();
         self.add_box_mates(addr, &caps);
         let link = self.link(addr, &client).await;
-        Ok(WorkerHandle {
+        Ok(Probed::Idle(WorkerHandle {
             addr: addr.to_string(),
             pin: self.settings.trust.pin(addr).map_err(|e| e.what)?,
             client,
             caps,
             link,
-        })
+        }))
     }
 
     /// The context per sequence: `--ctx-size` capped at the model's.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use strata_proto::v1;
 use tokio::sync::mpsc;
 
-use super::{stage_views, within, Pool, Survey};
+use super::{stage_views, within, Pool, Probed, Survey};
 use crate::cluster::{LoadEvent, StageAssignment};
 use crate::engine::{Engine, PipelineLost};
 
@@ -157,8 +157,14 @@ async fn unhealthy_stage(stages: &[StageAssignment]) -> Option<(String, String)>
 async fn returned(pool: &mut Pool, now: &mut Attached) -> Option<String> {
     let addrs: Vec<String> = now.survey.lost.keys().cloned().collect();
     for addr in addrs {
-        let Ok(handle) = pool.probe_idle(&addr).await else {
-            continue;
+        let handle = match pool.probe_idle(&addr, &now.survey.alive).await {
+            Ok(Probed::Idle(handle)) => handle,
+            Ok(Probed::Same(first)) => {
+                now.survey.lost.remove(&addr);
+                now.survey.same.insert(addr, first);
+                continue;
+            }
+            Err(_) => continue,
         };
         tracing::info!("worker {addr} answers again");
         now.survey.lost.remove(&addr);
@@ -173,7 +179,8 @@ async fn returned(pool: &mut Pool, now: &mut Attached) -> Option<String> {
     }
     // Box-mates its probe named: probed on the next round.
     for mate in pool.box_mates().to_vec() {
-        let known = now.survey.alive.iter().any(|w| w.addr == mate);
+        let known =
+            now.survey.alive.iter().any(|w| w.addr == mate) || now.survey.same.contains_key(&mate);
         if !known && !now.survey.lost.contains_key(&mate) {
             now.survey.lost.insert(mate, "not probed yet".into());
         }

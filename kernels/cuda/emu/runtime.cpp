@@ -29,6 +29,7 @@
 #include <csignal>
 #include <cstdarg>
 #include <cstdio>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -783,8 +784,29 @@ static int fake_stream;
 
 extern "C" {
 
+// Whether `v` is a comma-separated list of decimal figures: a typo in a
+// setting is an error at cuInit, not a device of 0 MiB.
+static bool figure_list(const char* v) {
+    do {
+        char* end = nullptr;
+        if (!std::isdigit((unsigned char)*v)) return false;
+        std::strtoull(v, &end, 10);
+        if (*end != ',' && *end != 0) return false;
+        v = *end == ',' ? end + 1 : end;
+    } while (*v);
+    return true;
+}
+
 CUresult cuInit(unsigned) {
     install_fault_handler();
+    const char* n = std::getenv("STRATA_CUDA_EMU_DEVICES");
+    if (n && (!figure_list(n) || std::strchr(n, ',')))
+        return fail(CUDA_ERROR_INVALID_VALUE, "STRATA_CUDA_EMU_DEVICES=%s: not a number of devices", n);
+    const char* mib = std::getenv("STRATA_CUDA_EMU_MEM_MIB");
+    if (mib && !figure_list(mib))
+        return fail(CUDA_ERROR_INVALID_VALUE,
+                    "STRATA_CUDA_EMU_MEM_MIB=%s: not MiB figures (\"350\", or one per device: \"350,350,120\")",
+                    mib);
     return CUDA_SUCCESS;
 }
 CUresult cuDriverGetVersion(int* v) {

@@ -22,7 +22,7 @@ pub mod system;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 
 use strata_kernels::Backend;
@@ -110,6 +110,8 @@ struct Shared {
     serves_quic: AtomicBool,
     /// The ports of the other stages this process serves (`Capabilities.sibling_ports`).
     sibling_ports: Mutex<Vec<u32>>,
+    /// The port `serve` listens on (`Capabilities.listen_port`).
+    listen_port: AtomicU32,
 }
 
 /// The `Worker` service. Cheap to clone.
@@ -178,6 +180,7 @@ impl WorkerService {
                 frames_sent_quic: AtomicU64::new(0),
                 serves_quic: AtomicBool::new(false),
                 sibling_ports: Mutex::default(),
+                listen_port: AtomicU32::new(0),
             }),
         })
     }
@@ -189,6 +192,9 @@ impl WorkerService {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ServiceError> {
         let check = TokenCheck::new(&self.shared.config.token);
+        if let Ok(addr) = listener.local_addr() {
+            self.shared.listen_port.store(addr.port().into(), Relaxed);
+        }
         let tls = match &self.shared.config.identity {
             Some(id) => Some(
                 strata_proto::tls::server_config(id, &self.shared.config.token)
@@ -702,6 +708,7 @@ impl worker_server::Worker for WorkerService {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
             process_id: local_stages::process_id(),
+            listen_port: self.shared.listen_port.load(Relaxed),
         }))
     }
 
