@@ -13,7 +13,9 @@
 # SmolLM2 at 512 tokens x 8 sequences); llama.cpp splits evenly over its
 # three RPC servers (--tensor-split 1,1,1).
 # LLAMA_BIN: a llama.cpp build's bin/ with GGML_RPC=ON (default
-# ~/.cache/strata/llama-build/bin). BIN: strata (default target/release/strata).
+# ~/.cache/strata/llama-build/bin); STRATA_ONLY=1 skips llama.cpp. BIN:
+# strata (default target/release/strata). SERVE_FLAGS: more flags for the
+# three-stage `strata serve` (e.g. "--transport quic"; the relay carries UDP).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:?usage: scripts/bench-hops.sh MODEL.gguf [loopback|lan] [-- flags]}
@@ -23,7 +25,9 @@ if [[ $# -gt 0 && $1 != -- ]]; then net=$1; shift; fi
 [[ ${1:-} == -- ]] && shift
 bin=${BIN:-$PWD/target/release/strata}
 llama=${LLAMA_BIN:-$HOME/.cache/strata/llama-build/bin}
-for b in "$bin" "$llama/llama-server" "$llama/ggml-rpc-server"; do
+needed=("$bin")
+[[ ${STRATA_ONLY:-0} == 1 ]] || needed+=("$llama/llama-server" "$llama/ggml-rpc-server")
+for b in "${needed[@]}"; do
     [[ -x $b ]] || { echo "missing $b (cargo build --release; llama.cpp with -DGGML_RPC=ON)" >&2; exit 1; }
 done
 IFS=, read -r -a budgets <<<"${BUDGETS:-190MiB,150MiB,140MiB}"
@@ -111,12 +115,17 @@ for i in 0 1 2; do
     args+=(--worker "$(reach "$i" "$port")#$fp")
 done
 for i in 0 1 2; do wait_port "$(reach "$i" $((17100 + i)))"; done
+read -r -a serve_flags <<<"${SERVE_FLAGS:-}"
 STRATA_LOG=info $bin serve -m "$model" "${args[@]}" --token-file "$dir/token" \
-    --listen 127.0.0.1:18080 -c 512 -n 8 2>"$dir/serve3.log" &
+    --listen 127.0.0.1:18080 -c 512 -n 8 "${serve_flags[@]}" 2>"$dir/serve3.log" &
 wait_http http://127.0.0.1:18080
-grep -E "link|layers" "$dir/serve3.log" | sed 's/^/   /' || true
-bench "strata, 3 stages ($net)" http://127.0.0.1:18080 "${flags[@]}"
+grep -E "link|layers|QUIC" "$dir/serve3.log" | sed 's/^/   /' || true
+bench "strata, 3 stages ($net${SERVE_FLAGS:+, $SERVE_FLAGS})" http://127.0.0.1:18080 "${flags[@]}"
+curl -s http://127.0.0.1:18080/v1/pool | python3 -c 'import json, sys
+for s in json.load(sys.stdin)["models"][0]["stages"]:
+    print("   stage", s.get("addr"), "frames on QUIC:", s.get("frames_sent_quic"))' || true
 stop_all
+[[ ${STRATA_ONLY:-0} == 1 ]] && exit 0
 
 # llama.cpp, one process.
 LD_PRELOAD=$LD_PRELOAD_LLAMA "$llama/llama-server" -m "$model" --port 18081 -c 4096 -np 8 -t 1 >"$dir/llama1.log" 2>&1 &

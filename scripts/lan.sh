@@ -15,8 +15,8 @@
 #
 # Traffic between two namespaces crosses two shaped links (out of one, into
 # the other), as through a switch. The relay delays each direction of every
-# connection to a worker, so any hop (coordinator -> worker, worker ->
-# worker) sees DELAY_US one way. Needs target/release/delay-relay
+# connection to a worker, and every UDP datagram to it (QUIC), so any hop
+# (coordinator -> worker, worker -> worker) sees DELAY_US one way. Needs target/release/delay-relay
 # (cargo build --release -p strata --bin delay-relay).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -146,3 +146,43 @@ fn plan_around_a_slow_link(slow: usize) {
         "through the relay, the tokens of one process"
     );
 }
+
+/// The relay delays UDP (QUIC's data plane) on its TCP address too: each
+/// datagram comes back intact to the client that sent it, no sooner than
+/// the delay both ways.
+#[test]
+fn the_relay_delays_datagrams_both_ways() {
+    use std::net::UdpSocket;
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = echo.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let _relay = Relay::start(&listen, &target, 20_000);
+    let clients: Vec<UdpSocket> = (0..2)
+        .map(|_| {
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c
+        })
+        .collect();
+    for round in 0..5u8 {
+        for (i, c) in clients.iter().enumerate() {
+            let sent = vec![round * 2 + i as u8; 1200];
+            let started = std::time::Instant::now();
+            c.send_to(&sent, &listen).unwrap();
+            let mut buf = [0u8; 2048];
+            let n = c.recv(&mut buf).expect("the datagram came back");
+            let took = started.elapsed();
+            assert_eq!(&buf[..n], &sent[..], "client {i}, round {round}");
+            assert!(
+                took >= Duration::from_millis(40),
+                "{took:?}: not delayed both ways"
+            );
+        }
+    }
+}

@@ -141,11 +141,31 @@ struct Allocation {
 // has its own memory size and can be lost alone (STRATA_CUDA_EMU_FAIL_FILE).
 static const int MAX_DEVICES = 16;
 
+// The figures of a setting: decimal, comma-separated, blanks around each
+// allowed, a trailing comma too. Unset or blank: none. A typo: false, and
+// cuInit refuses it (rather than a device of 0 MiB).
+static bool figures(const char* name, std::vector<unsigned long long>& out) {
+    out.clear();
+    const char* v = std::getenv(name);
+    if (!v) return true;
+    for (;;) {
+        while (std::isspace((unsigned char)*v)) v++;
+        if (!*v) return true;
+        if (!std::isdigit((unsigned char)*v)) return false;
+        char* end = nullptr;
+        out.push_back(std::strtoull(v, &end, 10));
+        v = end;
+        while (std::isspace((unsigned char)*v)) v++;
+        if (*v == ',') v++;
+        else if (*v) return false;
+    }
+}
+
 static int device_count() {
     static const int n = [] {
-        const char* v = std::getenv("STRATA_CUDA_EMU_DEVICES");
-        long n = v ? std::strtol(v, nullptr, 10) : 1;
-        return (int)std::min<long>(std::max<long>(n, 1), MAX_DEVICES);
+        std::vector<unsigned long long> f;
+        bool ok = figures("STRATA_CUDA_EMU_DEVICES", f);
+        return ok && f.size() == 1 ? (int)std::min<unsigned long long>(std::max<unsigned long long>(f[0], 1), MAX_DEVICES) : 1;
     }();
     return n;
 }
@@ -158,14 +178,9 @@ static thread_local int current_device = 0;
 // ("350") or one per device ("350,350,120", the last repeating); 16 GiB
 // when unset.
 static size_t total_bytes(int device) {
-    const char* v = std::getenv("STRATA_CUDA_EMU_MEM_MIB");
-    unsigned long long mib = 16384;
-    for (int i = 0; v && *v && i <= device; i++) {
-        char* end = nullptr;
-        mib = std::strtoull(v, &end, 10);
-        v = *end == ',' ? end + 1 : nullptr;
-    }
-    return (size_t)mib << 20;
+    std::vector<unsigned long long> mib;
+    if (!figures("STRATA_CUDA_EMU_MEM_MIB", mib) || mib.empty()) return (size_t)16384 << 20;
+    return (size_t)mib[std::min<size_t>(device, mib.size() - 1)] << 20;
 }
 
 // A GPU pulled at a moment a test chooses: once the file that
@@ -784,26 +799,14 @@ static int fake_stream;
 
 extern "C" {
 
-// Whether `v` is a comma-separated list of decimal figures: a typo in a
-// setting is an error at cuInit, not a device of 0 MiB.
-static bool figure_list(const char* v) {
-    do {
-        char* end = nullptr;
-        if (!std::isdigit((unsigned char)*v)) return false;
-        std::strtoull(v, &end, 10);
-        if (*end != ',' && *end != 0) return false;
-        v = *end == ',' ? end + 1 : end;
-    } while (*v);
-    return true;
-}
-
 CUresult cuInit(unsigned) {
     install_fault_handler();
-    const char* n = std::getenv("STRATA_CUDA_EMU_DEVICES");
-    if (n && (!figure_list(n) || std::strchr(n, ',')))
-        return fail(CUDA_ERROR_INVALID_VALUE, "STRATA_CUDA_EMU_DEVICES=%s: not a number of devices", n);
+    std::vector<unsigned long long> f;
+    if (!figures("STRATA_CUDA_EMU_DEVICES", f) || f.size() > 1 || (f.size() == 1 && (f[0] < 1 || f[0] > (unsigned)MAX_DEVICES)))
+        return fail(CUDA_ERROR_INVALID_VALUE, "STRATA_CUDA_EMU_DEVICES=%s: not a number of devices from 1 to %d",
+                    std::getenv("STRATA_CUDA_EMU_DEVICES"), MAX_DEVICES);
     const char* mib = std::getenv("STRATA_CUDA_EMU_MEM_MIB");
-    if (mib && !figure_list(mib))
+    if (!figures("STRATA_CUDA_EMU_MEM_MIB", f))
         return fail(CUDA_ERROR_INVALID_VALUE,
                     "STRATA_CUDA_EMU_MEM_MIB=%s: not MiB figures (\"350\", or one per device: \"350,350,120\")",
                     mib);

@@ -2,7 +2,7 @@
 //!
 //! This kernel has no `netem`, so a fixed one-way delay comes from a relay
 //! in front of each worker: every byte it reads is written on after the
-//! delay, in order, in both directions. `echo` and `ping` measure what the
+//! delay, in order, in both directions, and every UDP datagram (QUIC) too. `echo` and `ping` measure what the
 //! relay itself adds.
 //!
 //! ```text
@@ -11,6 +11,7 @@
 //! delay-relay ping TARGET [COUNT] [BYTES]
 //! ```
 
+mod datagrams;
 mod probe;
 mod relay;
 

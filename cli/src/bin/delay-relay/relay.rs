@@ -1,5 +1,6 @@
 //! The relay: per connection and direction, a reader thread stamps what it
-//! reads and a writer thread sends it on when its delay is up.
+//! reads and a writer thread sends it on when its delay is up. UDP on the
+//! same address goes through [`crate::datagrams`].
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -12,6 +13,19 @@ use std::time::{Duration, Instant};
 const SPIN: Duration = Duration::from_micros(80);
 
 pub fn serve(listen: &str, target: &str, delay: Duration) -> Result<(), String> {
+    // A worker serves QUIC on the UDP port of its gRPC port. Bound before
+    // the TCP side listens, so whoever sees the relay up can send datagrams.
+    match crate::datagrams::bind(listen) {
+        Ok(front) => {
+            let target = target.to_string();
+            thread::spawn(move || {
+                if let Err(e) = crate::datagrams::serve(front, &target, delay) {
+                    eprintln!("delay-relay: UDP relay: {e}");
+                }
+            });
+        }
+        Err(e) => eprintln!("delay-relay: no UDP relay: {e}"),
+    }
     let listener = TcpListener::bind(listen).map_err(|e| format!("listening on {listen}: {e}"))?;
     eprintln!(
         "delay-relay: {listen} -> {target}, {} us each way",
@@ -81,7 +95,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
     let _ = from.shutdown(Shutdown::Read);
 }
 
-fn wait_until(due: Instant) {
+pub fn wait_until(due: Instant) {
     let now = Instant::now();
     if due > now + SPIN {
         thread::sleep(due - now - SPIN);
