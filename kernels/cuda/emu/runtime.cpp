@@ -178,8 +178,12 @@ static thread_local int current_device = 0;
 // ("350") or one per device ("350,350,120", the last repeating); 16 GiB
 // when unset.
 static size_t total_bytes(int device) {
-    std::vector<unsigned long long> mib;
-    if (!figures("STRATA_CUDA_EMU_MEM_MIB", mib) || mib.empty()) return (size_t)16384 << 20;
+    // Read once: every allocation asks.
+    static const std::vector<unsigned long long> mib = [] {
+        std::vector<unsigned long long> f;
+        return figures("STRATA_CUDA_EMU_MEM_MIB", f) ? f : std::vector<unsigned long long>{};
+    }();
+    if (mib.empty()) return (size_t)16384 << 20;
     return (size_t)mib[std::min<size_t>(device, mib.size() - 1)] << 20;
 }
 

@@ -98,20 +98,11 @@ fn peer(
     let up_w = up.try_clone().map_err(|e| e.to_string())?;
     let alive = Arc::new(AtomicBool::new(true));
 
-    let (to_target, rx) = mpsc::sync_channel::<Delayed>(QUEUE);
-    thread::spawn(move || {
-        for (due, bytes) in rx {
-            wait_until(due);
-            let _ = up_w.send(&bytes);
-        }
+    let to_target = delayed(move |bytes| {
+        let _ = up_w.send(bytes);
     });
-
-    let (to_client, rx) = mpsc::sync_channel::<Delayed>(QUEUE);
-    thread::spawn(move || {
-        for (due, bytes) in rx {
-            wait_until(due);
-            let _ = front.send_to(&bytes, client);
-        }
+    let to_client = delayed(move |bytes| {
+        let _ = front.send_to(bytes, client);
     });
     let reading = alive.clone();
     thread::spawn(move || {
@@ -124,4 +115,17 @@ fn peer(
         reading.store(false, Ordering::Relaxed);
     });
     Ok(Peer { to_target, alive })
+}
+
+/// A queue whose datagrams `send` sends each when it is due, on a thread
+/// that ends with the queue.
+fn delayed(mut send: impl FnMut(&[u8]) + Send + 'static) -> SyncSender<Delayed> {
+    let (tx, rx) = mpsc::sync_channel::<Delayed>(QUEUE);
+    thread::spawn(move || {
+        for (due, bytes) in rx {
+            wait_until(due);
+            send(&bytes);
+        }
+    });
+    tx
 }
