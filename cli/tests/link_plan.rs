@@ -1,5 +1,6 @@
 //! Links in the plan: `serve` measures the link to each worker (`Echo`
-//! round trips) and the planner charges each hop by it. Three workers on
+//! round trips), each worker its links to the others (`MeasureLinks`), and
+//! the planner charges each hop by them. Three workers on
 //! three loopback "hosts", the second and third behind our delay relay:
 //! whichever of the two has 100 ms on its link gets no stage, and the tokens
 //! stay one process's.
@@ -88,7 +89,7 @@ fn plan_around_a_slow_link(slow: usize) {
     for s in &specs {
         args.extend(["--worker", s.as_str()]);
     }
-    let server = Server::start(&model, &args);
+    let mut server = Server::start(&model, &args);
     assert!(
         eventually(Duration::from_secs(120), || get(&format!(
             "{}/health",
@@ -98,22 +99,24 @@ fn plan_around_a_slow_link(slow: usize) {
         "never loaded: {}",
         get(&format!("{}/health", server.base)).1
     );
-    let needle = format!("worker {slow_addr}: link ");
-    let measured = server
-        .proc
-        .log
-        .iter()
-        .find_map(|l| l.find(&needle).map(|i| l[i + needle.len()..].to_string()))
-        .unwrap_or_else(|| panic!("no {needle:?} line:\n{}", server.proc.log.join("\n")));
-    let one_way_us: f64 = measured
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("link line: {measured:?}"));
-    assert!(
-        (100_000.0..115_000.0).contains(&one_way_us),
-        "a 100 ms relay measured as {one_way_us} us one way"
-    );
+    // The coordinator's link to the slow worker, and the first worker's
+    // (measured by that worker: `MeasureLinks`).
+    let first = &workers[0].addr;
+    for needle in [
+        format!("worker {slow_addr}: link "),
+        format!("worker {first}: link to {slow_addr} "),
+    ] {
+        let measured = server.proc.logged(&needle, Duration::from_secs(5));
+        let one_way_us: f64 = measured
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{needle:?} line: {measured:?}"));
+        assert!(
+            (100_000.0..115_000.0).contains(&one_way_us),
+            "{needle}: a 100 ms relay measured as {one_way_us} us one way"
+        );
+    }
 
     let (status, pool) = get(&format!("{}/v1/pool", server.base));
     assert_eq!(status, 200, "{pool}");
@@ -133,6 +136,20 @@ fn plan_around_a_slow_link(slow: usize) {
         assert!(latency < 5_000.0, "{s}");
         assert!(s["link_mbit_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{s}");
     }
+    // The hop between the two stages, as the first one's worker measured it.
+    let hop = &stages[0];
+    assert!(
+        hop["next_link_latency_us"].as_f64().expect("measured hop") < 5_000.0,
+        "{hop}"
+    );
+    assert!(
+        hop["next_link_mbit_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{hop}"
+    );
+    assert!(
+        stages[1].get("next_link_latency_us").is_none(),
+        "the last stage has no hop"
+    );
 
     let prompt = "The capital of France is";
     let (status, body) = post(

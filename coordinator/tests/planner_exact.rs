@@ -11,6 +11,8 @@ use common::{Rng, MIB};
 fn hop(a: &WorkerSpec, b: &WorkerSpec, bytes: u64) -> f64 {
     let l = if a.host == b.host {
         Link::SAME_HOST
+    } else if let Some(l) = a.peer_links.get(&b.name) {
+        *l
     } else {
         Link {
             latency_s: a.link.latency_s.max(b.link.latency_s),
@@ -74,6 +76,8 @@ fn brute_force(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<f64> {
     let mut stack = vec![(0usize, None::<usize>, 0u32, 0.0f64)];
     while let Some((l, last, used, t)) = stack.pop() {
         if l == n {
+            // The last stage's reply to the coordinator.
+            let t = t + last.map_or(0.0, |q| workers[q].link.latency_s);
             if best.is_none_or(|b| t < b) {
                 best = Some(t);
             }
@@ -83,7 +87,10 @@ fn brute_force(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<f64> {
             if used & (1 << wi) != 0 {
                 continue;
             }
-            let h = last.map_or(0.0, |q| hop(&workers[q], w, req.activation_bytes_per_token));
+            // From the coordinator (token ids) or the previous stage.
+            let h = last.map_or(w.link.latency_s, |q| {
+                hop(&workers[q], w, req.activation_bytes_per_token)
+            });
             for b in l + 1..=n {
                 if stage_mem(l, b) > req.margin.usable_bytes(w) {
                     continue;
@@ -166,7 +173,7 @@ fn dp_matches_brute_force() {
             )
         };
         let m = 1 + rng.below(4) as usize;
-        let workers: Vec<WorkerSpec> = (0..m)
+        let mut workers: Vec<WorkerSpec> = (0..m)
             .map(|i| {
                 let link = Link {
                     latency_s: rng.below(1000) as f64 * 1e-6,
@@ -186,6 +193,18 @@ fn dp_matches_brute_force() {
                 .with_link(link)
             })
             .collect();
+        // Some pairs measured worker to worker, either way round.
+        for i in 0..m {
+            for j in 0..m {
+                if i != j && rng.below(2) == 0 {
+                    let link = Link {
+                        latency_s: rng.below(1000) as f64 * 1e-6,
+                        bandwidth_bytes_per_s: 1e8 + rng.below(100) as f64 * 1e8,
+                    };
+                    workers[i].peer_links.insert(format!("w{j}"), link);
+                }
+            }
+        }
         let want = brute_force(&req, &workers);
         let got = try_plan(&req, &workers).unwrap();
         match (want, &got) {

@@ -247,6 +247,97 @@ fn a_slow_link_moves_the_boundary_to_another_worker() {
     }
 }
 
+#[test]
+fn a_hop_costs_the_link_measured_between_its_two_workers() {
+    let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
+    let req = request(&hp, &p, 4096, KvType::F16);
+    // As above, worker 0 needs a second stage on 1 or 2, and the coordinator
+    // sees all three alike; worker 0 measured 100 us to one of them and 2 ms
+    // to the other, and 1 and 2 measured 2 ms to every other worker, so
+    // only worker 0's measured pair can decide.
+    let quick = Link {
+        latency_s: 100e-6,
+        bandwidth_bytes_per_s: 110e6,
+    };
+    let slow = Link {
+        latency_s: 2e-3,
+        bandwidth_bytes_per_s: 110e6,
+    };
+    let total = fits_total(&req);
+    for quick_one in [1usize, 2] {
+        let workers: Vec<WorkerSpec> = (0..3)
+            .map(|i| {
+                let size = if i == 0 { total * 2 / 3 } else { total * 3 / 4 };
+                let peers = if i == 0 {
+                    [(1, quick_one == 1), (2, quick_one == 2)]
+                        .map(|(j, q)| (format!("w{j}"), if q { quick } else { slow }))
+                        .into()
+                } else {
+                    (0..3)
+                        .filter(|&j| j != i)
+                        .map(|j| (format!("w{j}"), slow))
+                        .collect()
+                };
+                WorkerSpec::new(format!("w{i}"), Backend::Cuda, format!("h{i}"), size)
+                    .with_bandwidth(900e9)
+                    .with_link(quick)
+                    .with_peer_links(peers)
+            })
+            .collect();
+        let plan = plan(&req, &workers).unwrap();
+        check(&plan, &req, &workers);
+        let used: Vec<usize> = plan.stages.iter().map(|s| s.worker).collect();
+        assert_eq!(used, [0, quick_one], "w0, then over its quick link");
+    }
+}
+
+#[test]
+fn workers_near_each_other_split_though_the_coordinator_is_far() {
+    let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
+    let req = request(&hp, &p, 4096, KvType::F16);
+    // A slow GPU that holds it all, and a fast one that holds two thirds;
+    // the coordinator is 50 ms from both (a far laptop), the two are 100 us
+    // apart. Charged by the coordinator's links the split does not pay;
+    // charged by theirs, it does.
+    let far = Link {
+        latency_s: 0.05,
+        bandwidth_bytes_per_s: 1e6,
+    };
+    let near = Link {
+        latency_s: 100e-6,
+        bandwidth_bytes_per_s: 110e6,
+    };
+    let total = fits_total(&req);
+    let workers = |measured: bool| {
+        let peer = |other: &str| {
+            if measured {
+                [(other.to_string(), near)].into()
+            } else {
+                Default::default()
+            }
+        };
+        vec![
+            WorkerSpec::new("slow", Backend::Cuda, "h1", total + GIB)
+                .with_bandwidth(400e9)
+                .with_link(far)
+                .with_peer_links(peer("fast")),
+            WorkerSpec::new("fast", Backend::Cuda, "h2", total * 2 / 3)
+                .with_bandwidth(900e9)
+                .with_link(far)
+                .with_peer_links(peer("slow")),
+        ]
+    };
+    let unmeasured = workers(false);
+    let one = plan(&req, &unmeasured).unwrap();
+    check(&one, &req, &unmeasured);
+    assert_eq!(one.stages.len(), 1, "a 50 ms hop is not worth it");
+    let measured = workers(true);
+    let two = plan(&req, &measured).unwrap();
+    check(&two, &req, &measured);
+    assert_eq!(two.stages.len(), 2, "a 100 us hop is");
+    assert!(two.est_time_per_token_s < one.est_time_per_token_s);
+}
+
 /// Bytes a single GPU needs for `req` (with the planner's margin).
 fn fits_total(req: &PlanRequest) -> u64 {
     let mut size = GIB;

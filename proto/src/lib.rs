@@ -10,6 +10,7 @@ pub mod v1 {
 pub mod accept;
 pub mod auth;
 pub mod link;
+pub mod link_probe;
 pub mod tls;
 pub mod transport;
 

@@ -49,6 +49,21 @@ where
         ..Default::default()
     };
     out.push(("LoadSlice", code(c.load_slice(load).await.map(drop))));
+    out.push((
+        "Echo",
+        code(c.echo(v1::EchoRequest::default()).await.map(drop)),
+    ));
+    // A worker told to dial out must know who asks.
+    out.push((
+        "MeasureLinks",
+        code(
+            c.measure_links(v1::MeasureLinksRequest {
+                peers: vec!["127.0.0.1:9".into()],
+            })
+            .await
+            .map(drop),
+        ),
+    ));
     let (_tx, rx) = tokio::sync::mpsc::channel::<v1::SliceChunk>(1);
     out.push((
         "PushSlice",

@@ -84,9 +84,14 @@ pub(super) async fn stage_json(v: &StageView) -> Value {
         "est_tokens_per_second": if v.est_time_per_token_s > 0.0 { 1.0 / v.est_time_per_token_s } else { 0.0 },
     });
     if let Some(link) = v.link {
-        // What the planner charged this stage's hops by.
+        // The coordinator's link to this stage.
         out["link_latency_us"] = json!(link.latency_s * 1e6);
         out["link_mbit_per_s"] = json!(link.bandwidth_bytes_per_s * 8e-6);
+    }
+    if let Some(link) = v.next_link {
+        // Measured by this stage's worker: what its hop to the next costs.
+        out["next_link_latency_us"] = json!(link.latency_s * 1e6);
+        out["next_link_mbit_per_s"] = json!(link.bandwidth_bytes_per_s * 8e-6);
     }
     let started = Instant::now();
     let reply = tokio::time::timeout(

@@ -1,40 +1,48 @@
-//! Measuring the link to a worker with `Echo` round trips, so the planner
-//! charges each hop what it costs (a slow link gets fewer boundaries).
-//!
-//! The round trip is the gRPC one (TLS, HTTP/2, a wake-up at each end), as
-//! a data-plane hop pays it. Results are snapped to coarse steps so that a
-//! restart's jitter does not move the plan (planner/noise.rs).
+//! The links the planner charges hops by: the coordinator's own to each
+//! worker (`Echo` round trips, `strata_proto::link_probe`), and each
+//! worker's to the others on other hosts (`MeasureLinks`, the same round
+//! trips made by the worker), so that a pool whose workers sit on one
+//! switch while the coordinator is far away is planned by the links its
+//! hidden states really cross.
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
+use strata_proto::link_probe::{MeasuredLink, MEASURE_TIMEOUT};
 use strata_proto::{v1, WorkerClient};
 
+use super::WorkerHandle;
 use crate::planner::Link;
 
-/// Small round trips timed (after one to warm the connection).
-const PINGS: usize = 8;
-/// Bytes sent to time the bandwidth, and how many times (the fastest counts).
-const BULK_BYTES: usize = 1 << 20;
-const BULKS: usize = 3;
-/// Latency is rounded up to a multiple of this.
-const LATENCY_STEP_S: f64 = 25e-6;
-/// Bandwidth is snapped to a power of this factor.
-const BANDWIDTH_STEP: f64 = std::f64::consts::SQRT_2;
-/// Faster than this is taken as this (loopback, shared memory).
-const MAX_BANDWIDTH_BYTES_PER_S: f64 = 64e9;
-/// The whole measurement gives up after this.
-const MEASURE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Peers one `MeasureLinks` asks for (the worker's own bound).
+const MAX_PEERS: usize = 64;
+
+/// Links measured between workers, by (from, to) address: kept across
+/// surveys, as the coordinator's own links are.
+pub type PeerLinks = BTreeMap<(String, String), Link>;
+
+fn planner_link(m: MeasuredLink) -> Link {
+    Link {
+        latency_s: m.latency_s,
+        bandwidth_bytes_per_s: m.bandwidth_bytes_per_s,
+    }
+}
+
+fn describe(link: &Link) -> String {
+    format!(
+        "{:.0} us one way, {:.0} Mbit/s",
+        link.latency_s * 1e6,
+        link.bandwidth_bytes_per_s * 8e-6
+    )
+}
 
 /// The measured link to a worker; a worker that cannot be measured (an
 /// older one without `Echo`) is planned with the default link.
 pub async fn link_or_warn(addr: &str, client: &WorkerClient) -> Option<Link> {
-    match measure_link(client).await {
+    match strata_proto::link_probe::measure_link(client).await {
         Ok(link) => {
-            tracing::info!(
-                "worker {addr}: link {:.0} us one way, {:.0} Mbit/s",
-                link.latency_s * 1e6,
-                link.bandwidth_bytes_per_s * 8e-6
-            );
+            let link = planner_link(link);
+            tracing::info!("worker {addr}: link {}", describe(&link));
             Some(link)
         }
         Err(e) => {
@@ -44,50 +52,88 @@ pub async fn link_or_warn(addr: &str, client: &WorkerClient) -> Option<Link> {
     }
 }
 
-/// One-way latency (half the median round trip) and the upload bandwidth
-/// to the worker behind `client`.
-pub async fn measure_link(client: &WorkerClient) -> Result<Link, String> {
-    tokio::time::timeout(MEASURE_TIMEOUT, measure(client.clone()))
-        .await
-        .map_err(|_| format!("link measurement took over {} s", MEASURE_TIMEOUT.as_secs()))?
-}
-
-async fn measure(mut client: WorkerClient) -> Result<Link, String> {
-    let mut rtts = Vec::with_capacity(PINGS);
-    for i in 0..=PINGS {
-        let rtt = round_trip(&mut client, Vec::new()).await?;
-        if i > 0 {
-            rtts.push(rtt);
+/// Fills each worker's `peer_links` with its links to the workers of
+/// other hosts: from `known`, else measured by the worker (one worker
+/// after another, so that no two measurements share a link) and added to
+/// `known`. A worker that cannot measure (an older one) keeps what is
+/// known, and the planner falls back to the two ends' own links.
+pub async fn measure_peer_links(workers: &mut [WorkerHandle], known: &mut PeerLinks) {
+    for i in 0..workers.len() {
+        let from = workers[i].addr.clone();
+        let others: Vec<&WorkerHandle> = workers
+            .iter()
+            .filter(|w| host_of(&w.addr) != host_of(&from))
+            .collect();
+        let wanted: Vec<String> = others
+            .iter()
+            .filter(|w| !known.contains_key(&(from.clone(), w.addr.clone())))
+            .map(|w| w.spec())
+            .take(MAX_PEERS)
+            .collect();
+        if !wanted.is_empty() {
+            measure_from(&from, &workers[i].client, wanted, known).await;
         }
+        let links = others
+            .iter()
+            .filter_map(|w| {
+                let link = known.get(&(from.clone(), w.addr.clone()))?;
+                Some((w.addr.clone(), *link))
+            })
+            .collect();
+        workers[i].peer_links = links;
     }
-    rtts.sort_by(f64::total_cmp);
-    let rtt = rtts[rtts.len() / 2];
-    let mut bulk = f64::INFINITY;
-    for _ in 0..BULKS {
-        bulk = bulk.min(round_trip(&mut client, vec![0; BULK_BYTES]).await?);
-    }
-    let wire_s = (bulk - rtt).max(BULK_BYTES as f64 / MAX_BANDWIDTH_BYTES_PER_S);
-    Ok(snapped(rtt / 2.0, BULK_BYTES as f64 / wire_s))
 }
 
-async fn round_trip(client: &mut WorkerClient, payload: Vec<u8>) -> Result<f64, String> {
-    let started = Instant::now();
-    client
-        .echo(v1::EchoRequest {
-            payload,
-            reply_bytes: 0,
-        })
-        .await
-        .map_err(|e| format!("echo: {}", strata_proto::link::status_text(&e)))?;
-    Ok(started.elapsed().as_secs_f64())
+async fn measure_from(
+    from: &str,
+    client: &WorkerClient,
+    peers: Vec<String>,
+    known: &mut PeerLinks,
+) {
+    // Each peer is bounded by the worker; this bounds a worker that stalls.
+    let limit = MEASURE_TIMEOUT * peers.len() as u32 + Duration::from_secs(5);
+    let mut client = client.clone();
+    let asked = client.measure_links(v1::MeasureLinksRequest { peers });
+    let reply = match tokio::time::timeout(limit, asked).await {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(e)) => {
+            tracing::warn!(
+                "worker {from}: links to the other workers not measured ({}); \
+                 planning its hops by the coordinator's links",
+                strata_proto::link::status_text(&e)
+            );
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(
+                "worker {from}: measuring its links took over {} s",
+                limit.as_secs()
+            );
+            return;
+        }
+    };
+    for p in reply.links {
+        let Ok((to, _)) = strata_proto::parse_peer(&p.peer) else {
+            continue;
+        };
+        let valid = p.bandwidth_bytes_per_s > 0.0
+            && p.bandwidth_bytes_per_s.is_finite()
+            && p.latency_s >= 0.0
+            && p.latency_s.is_finite();
+        if !p.error.is_empty() || !valid {
+            tracing::warn!("worker {from}: link to {to} not measured ({})", p.error);
+            continue;
+        }
+        let link = Link {
+            latency_s: p.latency_s,
+            bandwidth_bytes_per_s: p.bandwidth_bytes_per_s,
+        };
+        tracing::info!("worker {from}: link to {to} {}", describe(&link));
+        known.insert((from.to_string(), to), link);
+    }
 }
 
-/// Coarse steps: latency up to the next [`LATENCY_STEP_S`], bandwidth to
-/// the nearest power of [`BANDWIDTH_STEP`].
-fn snapped(latency_s: f64, bandwidth_bytes_per_s: f64) -> Link {
-    let steps = bandwidth_bytes_per_s.max(1.0).log(BANDWIDTH_STEP).round();
-    Link {
-        latency_s: (latency_s / LATENCY_STEP_S).ceil().max(1.0) * LATENCY_STEP_S,
-        bandwidth_bytes_per_s: BANDWIDTH_STEP.powf(steps).min(MAX_BANDWIDTH_BYTES_PER_S),
-    }
+/// The host part of `host:port`, as the planner groups workers.
+pub fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
 }

@@ -2,6 +2,7 @@
 //! loading the planned slices back to front (so each stage's next stage is
 //! up when it opens its data stream).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +42,10 @@ pub struct WorkerHandle {
     /// The measured link to it (`None`: not measured, the planner assumes
     /// [`Link::DEFAULT_NETWORK`]).
     pub link: Option<Link>,
+    /// Its measured links to workers of other hosts, by their address
+    /// (`link_probe::measure_peer_links`); a pair not in it is charged by
+    /// the two ends' own links.
+    pub peer_links: BTreeMap<String, Link>,
 }
 
 impl WorkerHandle {
@@ -96,8 +101,10 @@ pub async fn connect_workers(
             client,
             caps,
             link,
+            peer_links: BTreeMap::new(),
         });
     }
+    super::measure_peer_links(&mut out, &mut Default::default()).await;
     Ok(out)
 }
 
@@ -113,11 +120,7 @@ pub fn worker_specs(workers: &[WorkerHandle]) -> Vec<WorkerSpec> {
             } else {
                 Backend::Cpu
             };
-            let host = w
-                .addr
-                .rsplit_once(':')
-                .map_or(w.addr.as_str(), |(h, _)| h)
-                .to_string();
+            let host = super::link_probe::host_of(&w.addr).to_string();
             // Same device and threads on one host: one speed (planner/noise.rs).
             let hardware = format!(
                 "{} {} x{}",
@@ -125,6 +128,7 @@ pub fn worker_specs(workers: &[WorkerHandle]) -> Vec<WorkerSpec> {
             );
             let mut spec = WorkerSpec::new(w.addr.clone(), backend, host, w.caps.free_memory_bytes)
                 .with_link(w.link.unwrap_or_default())
+                .with_peer_links(w.peer_links.clone())
                 .with_hardware(hardware);
             if w.caps.matvec_bytes_per_second > 0.0 && w.caps.matvec_bytes_per_second.is_finite() {
                 spec = spec.with_bandwidth(w.caps.matvec_bytes_per_second);

@@ -5,7 +5,7 @@ mod link_probe;
 mod load;
 mod push;
 
-pub use link_probe::{link_or_warn, measure_link};
+pub use link_probe::{host_of, link_or_warn, measure_peer_links, PeerLinks};
 pub use load::{
     connect_workers, load_stages, worker_specs, ClusterError, LoadEvent, LoadOptions,
     StageAssignment, WorkerHandle,

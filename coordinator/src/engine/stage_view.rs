@@ -23,6 +23,9 @@ pub struct StageView {
     pub est_time_per_token_s: f64,
     /// The link measured to the stage's worker when it was planned.
     pub link: Option<crate::planner::Link>,
+    /// The link the stage's worker measured to the next stage's (none on
+    /// the last stage, between stages of one host, or not measured).
+    pub next_link: Option<crate::planner::Link>,
     /// For live reads (`Health`) of the stage's KV use and link time.
     pub client: WorkerClient,
 }

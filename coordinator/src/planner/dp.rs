@@ -147,9 +147,13 @@ pub(super) fn bandwidths(workers: &[WorkerSpec]) -> Vec<f64> {
         .collect()
 }
 
+/// A hop from `a` to `b`: a same-host link, the link `a` measured to `b`,
+/// or the larger latency and smaller bandwidth of their own links.
 fn hop_s(a: &WorkerSpec, b: &WorkerSpec, bytes: u64) -> f64 {
     let link = if a.host == b.host {
         Link::SAME_HOST
+    } else if let Some(measured) = a.peer_links.get(&b.name) {
+        *measured
     } else {
         Link {
             latency_s: a.link.latency_s.max(b.link.latency_s),
@@ -253,6 +257,7 @@ fn permutations(v: &mut [usize], k: usize, f: &mut dyn FnMut(&[usize])) {
 
 /// The best plan over all tried orders, `None` if nothing fits.
 pub(super) fn best_plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<Plan> {
+    let workers = &noise::steady_links(workers);
     let sizes = Sizes::new(req);
     let bw = noise::steady_bandwidths(workers);
     let usable: Vec<u64> = workers.iter().map(|w| req.margin.usable_bytes(w)).collect();
@@ -340,9 +345,10 @@ fn plan_order(
         let arrive: Vec<Option<(Cost, usize)>> = (0..=n)
             .map(|a| {
                 if a == 0 {
+                    // The coordinator's hop to the first stage (token ids).
                     return Some((
                         Cost {
-                            time_s: 0.0,
+                            time_s: workers[wi].link.latency_s,
                             worst_fill: 0.0,
                         },
                         usize::MAX,
@@ -395,16 +401,18 @@ fn plan_order(
             }
         }
     }
-    let (mut p, mut best) = (usize::MAX, None::<Entry>);
+    // The last stage's hop back to the coordinator (its reply line).
+    let (mut p, mut best) = (usize::MAX, None::<(Entry, Cost)>);
     for (q, row) in end.iter().enumerate() {
         if let Some(e) = row[n] {
-            if e.cost.better_than(&best.map(|b| b.cost)) {
+            let c = e.cost.then(workers[order[q]].link.latency_s, 0.0);
+            if c.better_than(&best.map(|b| b.1)) {
                 p = q;
-                best = Some(e);
+                best = Some((e, c));
             }
         }
     }
-    let cost = best?.cost;
+    let cost = best?.1;
     let mut stages = Vec::new();
     let mut l = n;
     while l > 0 {

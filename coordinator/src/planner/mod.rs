@@ -12,7 +12,12 @@
 //!   stage) the output head, at the worker's matvec bandwidth; the embedding
 //!   lookup reads one row (free);
 //! - each hop between stages sends `activation_bytes_per_token` over the link
-//!   (latency + bytes / bandwidth).
+//!   (latency + bytes / bandwidth): the link the first worker measured to
+//!   the second (`WorkerSpec::peer_links`), else the larger latency and
+//!   smaller bandwidth of the two workers' links to the coordinator
+//!   (`Link::SAME_HOST` on one host);
+//! - the coordinator's hops to the first stage and back from the last
+//!   (token ids) cost those workers' link latency.
 //!
 //! The time per token is the sum over stages and hops. Ties (notably when no
 //! worker has a measured bandwidth, so every split reads the same bytes at the
@@ -41,6 +46,7 @@ pub mod synth_profile;
 mod table;
 pub mod units;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use strata_model::profile::{KvType, MemoryProfile, StageLoad};
@@ -112,6 +118,9 @@ pub struct WorkerSpec {
     /// The worker's network link, used for hops to or from another host: a
     /// hop costs the larger latency and the smaller bandwidth of its two ends.
     pub link: Link,
+    /// Links measured from this worker to others, by their `name`: a hop
+    /// from it to one of them costs that link instead of the two ends'.
+    pub peer_links: BTreeMap<String, Link>,
     /// What the device is (backend, device name, threads); workers of one
     /// host with the same non-empty `hardware` are planned at one speed
     /// (see [`noise`]). Empty = unknown.
@@ -132,6 +141,7 @@ impl WorkerSpec {
             free_bytes,
             matvec_bandwidth_bytes_per_s: None,
             link: Link::default(),
+            peer_links: BTreeMap::new(),
             hardware: String::new(),
         }
     }
@@ -141,6 +151,10 @@ impl WorkerSpec {
     }
     pub fn with_link(mut self, link: Link) -> Self {
         self.link = link;
+        self
+    }
+    pub fn with_peer_links(mut self, links: BTreeMap<String, Link>) -> Self {
+        self.peer_links = links;
         self
     }
     pub fn with_hardware(mut self, hardware: impl Into<String>) -> Self {
@@ -291,7 +305,8 @@ impl StagePlan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub stages: Vec<StagePlan>,
-    /// Sum of stage compute times and hop costs.
+    /// Sum of stage compute times and hop costs (the coordinator's two
+    /// included).
     pub est_time_per_token_s: f64,
     /// Whether every used worker had a measured bandwidth (otherwise the time
     /// is relative: equal speeds were assumed).
@@ -334,10 +349,12 @@ pub fn try_plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Result<Option<Plan
             req.ctx_size, req.parallel, req.max_batch_tokens
         )));
     }
+    let bad_link = |l: &Link| !(l.bandwidth_bytes_per_s > 0.0 && l.latency_s >= 0.0);
     if let Some(w) = workers.iter().find(|w| {
         w.matvec_bandwidth_bytes_per_s
             .is_some_and(|b| !(b > 0.0 && b.is_finite()))
-            || !(w.link.bandwidth_bytes_per_s > 0.0 && w.link.latency_s >= 0.0)
+            || bad_link(&w.link)
+            || w.peer_links.values().any(bad_link)
     }) {
         return Err(PlanError::Invalid(format!(
             "worker {}: bandwidths must be positive, latency not negative",

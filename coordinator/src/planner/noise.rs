@@ -12,9 +12,14 @@
 //!   mean), and free memory within [`MEMORY_NOISE`] as one size when memory
 //!   balance breaks a tie (whether a stage fits is always the real number);
 //! - workers are planned in a stable order (by name, the address), so a tie
-//!   goes the same way whatever order the pool lists them in.
+//!   goes the same way whatever order the pool lists them in;
+//! - the workers of one host share one link to the coordinator and one to
+//!   each other host (the mean of what was measured): they sit behind one
+//!   network card, and their measurements differ by jitter only.
 
-use super::{dp, WorkerSpec};
+use std::collections::BTreeMap;
+
+use super::{dp, Link, WorkerSpec};
 
 /// Relative spread of speeds that counts as noise: a CPU worker's read-rate
 /// probe varies by about a tenth between starts on a busy machine.
@@ -30,6 +35,44 @@ pub fn steady_bandwidths(workers: &[WorkerSpec]) -> Vec<f64> {
     let measured = dp::bandwidths(workers);
     let pooled = same_hardware_means(workers, &measured);
     band_means(&pooled, SPEED_NOISE)
+}
+
+/// The workers with their links steadied: each host's workers get the
+/// mean of their links to the coordinator, and the mean of the links
+/// measured from them to each other host's workers (a host pair nobody
+/// measured stays unmeasured).
+pub fn steady_links(workers: &[WorkerSpec]) -> Vec<WorkerSpec> {
+    let mean = |links: &[Link]| Link {
+        latency_s: links.iter().map(|l| l.latency_s).sum::<f64>() / links.len() as f64,
+        bandwidth_bytes_per_s: links.iter().map(|l| l.bandwidth_bytes_per_s).sum::<f64>()
+            / links.len() as f64,
+    };
+    fn on<'a>(workers: &'a [WorkerSpec], host: &'a str) -> impl Iterator<Item = &'a WorkerSpec> {
+        workers.iter().filter(move |w| w.host == host)
+    }
+    workers
+        .iter()
+        .map(|w| {
+            let own: Vec<Link> = on(workers, &w.host).map(|m| m.link).collect();
+            let mut between: BTreeMap<&str, Vec<Link>> = BTreeMap::new();
+            for mate in on(workers, &w.host) {
+                for other in workers.iter().filter(|o| o.host != w.host) {
+                    if let Some(l) = mate.peer_links.get(&other.name) {
+                        between.entry(other.host.as_str()).or_default().push(*l);
+                    }
+                }
+            }
+            let peer_links = workers
+                .iter()
+                .filter_map(|o| Some((o.name.clone(), mean(between.get(o.host.as_str())?))))
+                .collect();
+            WorkerSpec {
+                link: mean(&own),
+                peer_links,
+                ..w.clone()
+            }
+        })
+        .collect()
 }
 
 /// Capacities for the memory-balance tie-break, banded by [`MEMORY_NOISE`].
@@ -128,5 +171,32 @@ mod tests {
         ];
         let m = same_hardware_means(&workers, &[1.0, 3.0, 5.0, 7.0, 9.0, 11.0]);
         assert_eq!(m, vec![2.0, 2.0, 5.0, 7.0, 9.0, 11.0]);
+    }
+
+    #[test]
+    fn the_workers_of_one_host_share_its_links() {
+        let link = |us: f64| Link {
+            latency_s: us * 1e-6,
+            bandwidth_bytes_per_s: 1e9,
+        };
+        let w = |name: &str, host: &str, us: f64| {
+            WorkerSpec::new(name, Backend::Cuda, host, 1 << 30).with_link(link(us))
+        };
+        let workers = [
+            w("a", "h", 25.0).with_peer_links([("c".to_string(), link(100.0))].into()),
+            w("b", "h", 75.0),
+            w("c", "g", 300.0),
+        ];
+        let steady = steady_links(&workers);
+        assert_eq!(steady[0].link, link(50.0));
+        assert_eq!(steady[1].link, link(50.0));
+        assert_eq!(steady[2].link, link(300.0));
+        // a measured host g for both; nobody measured g to h.
+        assert_eq!(
+            steady[0].peer_links,
+            [("c".to_string(), link(100.0))].into()
+        );
+        assert_eq!(steady[1].peer_links, steady[0].peer_links);
+        assert!(steady[2].peer_links.is_empty());
     }
 }

@@ -21,7 +21,8 @@ use strata_proto::transport::{Transport, TransportKind};
 use strata_proto::{v1, Trust, WorkerClient};
 
 use crate::cluster::{
-    link_or_warn, load_stages, worker_specs, LoadEvent, LoadOptions, StageAssignment, WorkerHandle,
+    link_or_warn, load_stages, measure_peer_links, worker_specs, LoadEvent, LoadOptions, PeerLinks,
+    StageAssignment, WorkerHandle,
 };
 use crate::engine::{StageLink, StageView};
 use crate::planner::{plan, table, Link, PlanRequest};
@@ -105,6 +106,8 @@ pub struct Pool {
     /// Links measured so far, by address: a re-plan after a failover does
     /// not pay the round trips again.
     links: BTreeMap<String, Link>,
+    /// Links measured between workers, kept the same way.
+    peer_links: PeerLinks,
     /// Slice hashes, so a failover's reload does not read the model again.
     hashes: Arc<SliceHashes>,
     /// QUIC connections to the attached pipeline's data planes: made anew
@@ -130,6 +133,7 @@ impl Pool {
             digest,
             clients: BTreeMap::new(),
             links: BTreeMap::new(),
+            peer_links: PeerLinks::new(),
             hashes: Arc::default(),
             quic: BTreeMap::new(),
             mates: Vec::new(),
@@ -253,6 +257,7 @@ impl Pool {
                 }
             }
         }
+        measure_peer_links(&mut alive, &mut self.peer_links).await;
         Survey { alive, lost, same }
     }
 
@@ -331,6 +336,7 @@ impl Pool {
             client,
             caps,
             link,
+            peer_links: BTreeMap::new(),
         }))
     }
 
@@ -427,7 +433,8 @@ pub fn plan_request(settings: &PoolSettings, model: &GgufFile, hp: &ModelSpec) -
 pub fn stage_views(stages: &[StageAssignment], kv_type: KvType) -> Vec<StageView> {
     stages
         .iter()
-        .map(|s| StageView {
+        .enumerate()
+        .map(|(i, s)| StageView {
             addr: s.worker.addr.clone(),
             first_layer: s.range.first,
             end_layer: s.range.end,
@@ -439,6 +446,9 @@ pub fn stage_views(stages: &[StageAssignment], kv_type: KvType) -> Vec<StageView
             planned_bytes: s.planned_bytes,
             est_time_per_token_s: s.est_time_per_token_s,
             link: s.worker.link,
+            next_link: stages
+                .get(i + 1)
+                .and_then(|next| s.worker.peer_links.get(&next.worker.addr).copied()),
             client: s.worker.client.clone(),
         })
         .collect()

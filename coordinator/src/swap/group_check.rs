@@ -136,6 +136,7 @@ async fn capabilities(
             client,
             caps,
             link: None,
+            peer_links: Default::default(),
         })
     };
     tokio::time::timeout(ASK_TIMEOUT, ask)

@@ -13,6 +13,7 @@ mod grammars;
 pub mod kv_sessions;
 mod local_stages;
 mod locate;
+mod peer_links;
 mod push;
 mod reply_routes;
 mod serve_box;
@@ -722,6 +723,13 @@ impl worker_server::Worker for WorkerService {
         Ok(Response::new(v1::EchoReply {
             payload: vec![0; want],
         }))
+    }
+
+    async fn measure_links(
+        &self,
+        req: Request<v1::MeasureLinksRequest>,
+    ) -> Result<Response<v1::MeasureLinksReply>, Status> {
+        self.peer_links(req.into_inner()).await.map(Response::new)
     }
 
     type LoadSliceStream = ReceiverStream<Result<v1::LoadProgress, Status>>;
