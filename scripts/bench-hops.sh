@@ -14,8 +14,9 @@
 # three RPC servers (--tensor-split 1,1,1).
 # LLAMA_BIN: a llama.cpp build's bin/ with GGML_RPC=ON (default
 # ~/.cache/strata/llama-build/bin); STRATA_ONLY=1 skips llama.cpp. BIN:
-# strata (default target/release/strata). SERVE_FLAGS: more flags for the
-# three-stage `strata serve` (e.g. "--transport quic"; the relay carries UDP).
+# strata (default target/release/strata). The three-stage `strata serve`
+# runs once per data-plane transport in TRANSPORTS (default "grpc quic"; the
+# relay carries UDP too), on the same workers; SERVE_FLAGS: more flags for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:?usage: scripts/bench-hops.sh MODEL.gguf [loopback|lan] [-- flags]}
@@ -48,7 +49,8 @@ reach() { [[ $net == lan ]] && echo "10.77.0.$(($1 + 1)):$2" || echo "127.0.0.1:
 in_stage() {
     local i=$1
     shift
-    if [[ $net == lan ]]; then scripts/lan.sh exec "$i" "$@"; else "$@"; fi
+    # exec: run with &, the job is the process itself, and stop_all's kill reaches it.
+    if [[ $net == lan ]]; then scripts/lan.sh exec "$i" "$@"; else exec "$@"; fi
 }
 wait_port() {
     for _ in $(seq 600); do
@@ -116,14 +118,21 @@ for i in 0 1 2; do
 done
 for i in 0 1 2; do wait_port "$(reach "$i" $((17100 + i)))"; done
 read -r -a serve_flags <<<"${SERVE_FLAGS:-}"
-STRATA_LOG=info $bin serve -m "$model" "${args[@]}" --token-file "$dir/token" \
-    --listen 127.0.0.1:18080 -c 512 -n 8 "${serve_flags[@]}" 2>"$dir/serve3.log" &
-wait_http http://127.0.0.1:18080
-grep -E "link|layers|QUIC" "$dir/serve3.log" | sed 's/^/   /' || true
-bench "strata, 3 stages ($net${SERVE_FLAGS:+, $SERVE_FLAGS})" http://127.0.0.1:18080 "${flags[@]}"
-curl -s http://127.0.0.1:18080/v1/pool | python3 -c 'import json, sys
+# The same three workers under each data-plane transport in turn.
+for transport in ${TRANSPORTS:-grpc quic}; do
+    STRATA_LOG=info $bin serve -m "$model" "${args[@]}" --token-file "$dir/token" \
+        --listen 127.0.0.1:18080 -c 512 -n 8 --transport "$transport" "${serve_flags[@]}" \
+        2>"$dir/serve3-$transport.log" &
+    serve=$!
+    wait_http http://127.0.0.1:18080
+    grep -E "link|layers|QUIC" "$dir/serve3-$transport.log" | sed 's/^/   /' || true
+    bench "strata, 3 stages ($net, $transport${SERVE_FLAGS:+, $SERVE_FLAGS})" http://127.0.0.1:18080 "${flags[@]}"
+    curl -s http://127.0.0.1:18080/v1/pool | python3 -c 'import json, sys
 for s in json.load(sys.stdin)["models"][0]["stages"]:
     print("   stage", s.get("addr"), "frames on QUIC:", s.get("frames_sent_quic"))' || true
+    kill "$serve"
+    wait "$serve" 2>/dev/null || true
+done
 stop_all
 [[ ${STRATA_ONLY:-0} == 1 ]] && exit 0
 

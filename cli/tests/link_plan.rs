@@ -3,7 +3,11 @@
 //! the planner charges each hop by them. Three workers on
 //! three loopback "hosts", the second and third behind our delay relay:
 //! whichever of the two has 100 ms on its link gets no stage, and the tokens
-//! stay one process's.
+//! stay one process's. (The relay delays what reaches the slow worker from
+//! anyone, so the coordinator's links alone would give the same plan: that
+//! the planner charges a measured pair is shown in
+//! `coordinator/tests/planner_placement.rs`; here, that the workers
+//! measure it.)
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! The planner's DP against brute force over every ordered subset of workers
 //! and every contiguous split, on small random profiles (seeded).
 
-use strata_coordinator::planner::noise::steady_bandwidths;
+use strata_coordinator::planner::noise::{steady_bandwidths, steady_links};
 use strata_coordinator::planner::{try_plan, Backend, Link, PlanRequest, SafetyMargin, WorkerSpec};
 use strata_model::profile::{KvType, LayerProfile, MemoryProfile};
 
@@ -193,7 +193,7 @@ fn dp_matches_brute_force() {
                 .with_link(link)
             })
             .collect();
-        // Some pairs measured worker to worker, either way round.
+        // Some pairs measured worker to worker, one way or both.
         for i in 0..m {
             for j in 0..m {
                 if i != j && rng.below(2) == 0 {
@@ -205,7 +205,8 @@ fn dp_matches_brute_force() {
                 }
             }
         }
-        let want = brute_force(&req, &workers);
+        // Links as the planner plans on them (noise.rs), as for speeds.
+        let want = brute_force(&req, &steady_links(&workers));
         let got = try_plan(&req, &workers).unwrap();
         match (want, &got) {
             (None, None) => {}

@@ -6,7 +6,7 @@
 //! holds.
 
 use strata_coordinator::planner::noise::{MEMORY_NOISE, SPEED_NOISE};
-use strata_coordinator::planner::{plan, Backend, PlanRequest, WorkerSpec};
+use strata_coordinator::planner::{plan, Backend, Link, PlanRequest, WorkerSpec};
 use strata_model::arch::Architecture;
 use strata_model::profile::KvType;
 
@@ -35,6 +35,9 @@ fn same_placement_at_every_restart(
 ) {
     let seed = 0x5eed_5ab1_e000_u64;
     let mut rng = Rng(seed);
+    // Links draw from their own sequence: memory near a stage's edge must
+    // see the same draws with links as without.
+    let mut link_rng = Rng(seed ^ 0x11_4c);
     let first = placement(req, pool);
     assert_eq!(first.len(), want_stages, "the pool's placement: {first:?}");
     for restart in 0..200 {
@@ -47,6 +50,18 @@ fn same_placement_at_every_restart(
                     Some(speed * (1.0 + speed_jitter * rng.signed_unit()));
                 w.free_bytes =
                     (w.free_bytes as f64 * (1.0 + memory_jitter * rng.signed_unit())) as u64;
+                // Links as a LAN's read at two starts: 275 to 350 us for 300,
+                // a bandwidth step of the probe either way, each direction on
+                // its own.
+                let mut jitter_link = |l: &mut Link| {
+                    let steps = (link_rng.signed_unit() * 2.0).round();
+                    l.latency_s = (l.latency_s + steps * 25e-6).max(25e-6);
+                    if link_rng.signed_unit() > 0.0 {
+                        l.bandwidth_bytes_per_s /= std::f64::consts::SQRT_2;
+                    }
+                };
+                jitter_link(&mut w.link);
+                w.peer_links.values_mut().for_each(&mut jitter_link);
                 w
             })
             .collect();
@@ -95,13 +110,22 @@ fn three_cpu_workers_of_one_machine_keep_their_layers() {
     same_placement_at_every_restart(&req, &roomy, 0.4, jitter_within(MEMORY_NOISE), 1);
 }
 
-/// Equal GPUs on three hosts: speeds that differ within the noise band
-/// count as one speed.
+/// Equal GPUs on three hosts of one LAN: speeds that differ within the
+/// noise band count as one speed, links that differ by the probe's jitter
+/// (each way measured apart) as one link.
 #[test]
 fn equal_workers_on_three_hosts_keep_their_layers() {
     let req = llama_8b();
+    let lan = Link {
+        latency_s: 300e-6,
+        bandwidth_bytes_per_s: 759e6 / 8.0,
+    };
     let pool: Vec<WorkerSpec> = (0..3)
         .map(|i| {
+            let peers = (0..3)
+                .filter(|&j| j != i)
+                .map(|j| (format!("10.0.0.{j}:7000"), lan))
+                .collect();
             WorkerSpec::new(
                 format!("10.0.0.{i}:7000"),
                 Backend::Cuda,
@@ -109,6 +133,8 @@ fn equal_workers_on_three_hosts_keep_their_layers() {
                 2500 * MIB,
             )
             .with_bandwidth(800e9)
+            .with_link(lan)
+            .with_peer_links(peers)
         })
         .collect();
     same_placement_at_every_restart(

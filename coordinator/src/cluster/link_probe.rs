@@ -6,20 +6,51 @@
 //! hidden states really cross.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use strata_proto::link_probe::{MeasuredLink, MEASURE_TIMEOUT};
+use strata_proto::link_probe::{MeasuredLink, MAX_PEERS, PEER_TIMEOUT};
 use strata_proto::{v1, WorkerClient};
 
 use super::WorkerHandle;
 use crate::planner::Link;
 
-/// Peers one `MeasureLinks` asks for (the worker's own bound).
-const MAX_PEERS: usize = 64;
+/// A pair that could not be measured is asked again after this (an older
+/// worker without `MeasureLinks` is not asked at every survey).
+const RETRY_AFTER: Duration = Duration::from_secs(600);
 
-/// Links measured between workers, by (from, to) address: kept across
-/// surveys, as the coordinator's own links are.
-pub type PeerLinks = BTreeMap<(String, String), Link>;
+/// Links measured between workers, kept across surveys as the coordinator's
+/// own links are. A link serves both ways (the planner takes the mean of
+/// the two where both were measured), so a pair is measured once.
+#[derive(Default)]
+pub struct PeerLinks {
+    measured: BTreeMap<(String, String), Link>,
+    failed: BTreeMap<(String, String), Instant>,
+}
+
+impl PeerLinks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn get(&self, a: &str, b: &str) -> Option<Link> {
+        let key = |x: &str, y: &str| (x.to_string(), y.to_string());
+        (self
+            .measured
+            .get(&key(a, b))
+            .or_else(|| self.measured.get(&key(b, a))))
+        .copied()
+    }
+
+    /// Neither way measured, nor failed a moment ago.
+    fn wanted(&self, from: &str, to: &str) -> bool {
+        let key = (from.to_string(), to.to_string());
+        self.get(from, to).is_none()
+            && self
+                .failed
+                .get(&key)
+                .is_none_or(|at| at.elapsed() >= RETRY_AFTER)
+    }
+}
 
 fn planner_link(m: MeasuredLink) -> Link {
     Link {
@@ -53,47 +84,62 @@ pub async fn link_or_warn(addr: &str, client: &WorkerClient) -> Option<Link> {
 }
 
 /// Fills each worker's `peer_links` with its links to the workers of
-/// other hosts: from `known`, else measured by the worker (one worker
-/// after another, so that no two measurements share a link) and added to
-/// `known`. A worker that cannot measure (an older one) keeps what is
-/// known, and the planner falls back to the two ends' own links.
-pub async fn measure_peer_links(workers: &mut [WorkerHandle], known: &mut PeerLinks) {
+/// other hosts: from `known`, else measured by the worker (when `measuring`
+/// says it may: an idle worker; one worker after another, so that no two
+/// measurements share a link) and added to `known`. A pair that cannot be
+/// measured (an older worker) is charged, as before, by the two ends' own
+/// links.
+pub async fn measure_peer_links(
+    workers: &mut [WorkerHandle],
+    known: &mut PeerLinks,
+    measuring: impl Fn(&str) -> bool,
+) {
     for i in 0..workers.len() {
         let from = workers[i].addr.clone();
-        let others: Vec<&WorkerHandle> = workers
+        if !measuring(&from) {
+            continue;
+        }
+        let wanted: Vec<&WorkerHandle> = workers
             .iter()
-            .filter(|w| host_of(&w.addr) != host_of(&from))
-            .collect();
-        let wanted: Vec<String> = others
-            .iter()
-            .filter(|w| !known.contains_key(&(from.clone(), w.addr.clone())))
-            .map(|w| w.spec())
+            .filter(|w| host_of(&w.addr) != host_of(&from) && known.wanted(&from, &w.addr))
             .take(MAX_PEERS)
             .collect();
         if !wanted.is_empty() {
-            measure_from(&from, &workers[i].client, wanted, known).await;
+            let peers: Vec<(String, String)> =
+                wanted.iter().map(|w| (w.addr.clone(), w.spec())).collect();
+            measure_from(&from, &workers[i].client, peers, known).await;
         }
-        let links = others
+    }
+    for i in 0..workers.len() {
+        let from = workers[i].addr.clone();
+        let links = workers
             .iter()
-            .filter_map(|w| {
-                let link = known.get(&(from.clone(), w.addr.clone()))?;
-                Some((w.addr.clone(), *link))
-            })
+            .filter(|w| host_of(&w.addr) != host_of(&from))
+            .filter_map(|w| Some((w.addr.clone(), known.get(&from, &w.addr)?)))
             .collect();
         workers[i].peer_links = links;
     }
 }
 
+/// Asks the worker at `from` to measure `peers` (address, spec); keeps
+/// what it measured of them and when the others failed.
 async fn measure_from(
     from: &str,
     client: &WorkerClient,
-    peers: Vec<String>,
+    peers: Vec<(String, String)>,
     known: &mut PeerLinks,
 ) {
-    // Each peer is bounded by the worker; this bounds a worker that stalls.
-    let limit = MEASURE_TIMEOUT * peers.len() as u32 + Duration::from_secs(5);
+    let failed_at = Instant::now();
+    for (to, _) in &peers {
+        known
+            .failed
+            .insert((from.to_string(), to.clone()), failed_at);
+    }
+    // The worker bounds each peer; this bounds a worker that stalls.
+    let limit = PEER_TIMEOUT * peers.len() as u32 + Duration::from_secs(5);
+    let specs = peers.iter().map(|(_, spec)| spec.clone()).collect();
     let mut client = client.clone();
-    let asked = client.measure_links(v1::MeasureLinksRequest { peers });
+    let asked = client.measure_links(v1::MeasureLinksRequest { peers: specs });
     let reply = match tokio::time::timeout(limit, asked).await {
         Ok(Ok(r)) => r.into_inner(),
         Ok(Err(e)) => {
@@ -112,24 +158,31 @@ async fn measure_from(
             return;
         }
     };
-    for p in reply.links {
-        let Ok((to, _)) = strata_proto::parse_peer(&p.peer) else {
-            continue;
-        };
+    // Only what was asked, once each, in the request's order.
+    for ((to, _), p) in peers.iter().zip(reply.links) {
         let valid = p.bandwidth_bytes_per_s > 0.0
             && p.bandwidth_bytes_per_s.is_finite()
             && p.latency_s >= 0.0
             && p.latency_s.is_finite();
         if !p.error.is_empty() || !valid {
-            tracing::warn!("worker {from}: link to {to} not measured ({})", p.error);
+            tracing::warn!(
+                "worker {from}: link to {to} {}",
+                if p.error.is_empty() {
+                    "not measured"
+                } else {
+                    &p.error
+                }
+            );
             continue;
         }
-        let link = Link {
+        let link = planner_link(MeasuredLink {
             latency_s: p.latency_s,
             bandwidth_bytes_per_s: p.bandwidth_bytes_per_s,
-        };
+        });
         tracing::info!("worker {from}: link to {to} {}", describe(&link));
-        known.insert((from.to_string(), to), link);
+        let key = (from.to_string(), to.clone());
+        known.failed.remove(&key);
+        known.measured.insert(key, link);
     }
 }
 

@@ -104,7 +104,7 @@ pub async fn connect_workers(
             peer_links: BTreeMap::new(),
         });
     }
-    super::measure_peer_links(&mut out, &mut Default::default()).await;
+    super::measure_peer_links(&mut out, &mut Default::default(), |_| true).await;
     Ok(out)
 }
 

@@ -115,8 +115,10 @@ pub struct WorkerSpec {
     /// Measured matvec bandwidth; `None` = unknown (taken as the mean of the
     /// known ones, or [`NOMINAL_BANDWIDTH_BYTES_PER_S`] when none is known).
     pub matvec_bandwidth_bytes_per_s: Option<f64>,
-    /// The worker's network link, used for hops to or from another host: a
-    /// hop costs the larger latency and the smaller bandwidth of its two ends.
+    /// The coordinator's link to the worker: its latency is charged for the
+    /// coordinator's hops to a first stage and back from a last one, and a
+    /// hop to a worker of another host with no measured link between them
+    /// costs the larger latency and the smaller bandwidth of their two.
     pub link: Link,
     /// Links measured from this worker to others, by their `name`: a hop
     /// from it to one of them costs that link instead of the two ends'.

@@ -37,34 +37,57 @@ pub fn steady_bandwidths(workers: &[WorkerSpec]) -> Vec<f64> {
     band_means(&pooled, SPEED_NOISE)
 }
 
-/// The workers with their links steadied: each host's workers get the
-/// mean of their links to the coordinator, and the mean of the links
-/// measured from them to each other host's workers (a host pair nobody
-/// measured stays unmeasured).
+/// Relative spread of link figures that counts as noise: two measurements
+/// of one LAN link read 275 and 350 us, a step or two of the probe's
+/// rounding apart.
+pub const LINK_NOISE: f64 = 0.5;
+
+/// The workers with their links steadied, so that jitter does not pick the
+/// plan:
+/// - each host's workers get the mean of their links to the coordinator;
+/// - two hosts are joined by one link both ways, the mean of every link
+///   measured between their workers in either direction (a host pair
+///   nobody measured stays unmeasured);
+/// - latencies and bandwidths within [`LINK_NOISE`] of each other count as
+///   one (their mean), the coordinator's and the workers' apart.
 pub fn steady_links(workers: &[WorkerSpec]) -> Vec<WorkerSpec> {
+    fn on<'a>(workers: &'a [WorkerSpec], host: &'a str) -> impl Iterator<Item = &'a WorkerSpec> {
+        workers.iter().filter(move |w| w.host == host)
+    }
     let mean = |links: &[Link]| Link {
         latency_s: links.iter().map(|l| l.latency_s).sum::<f64>() / links.len() as f64,
         bandwidth_bytes_per_s: links.iter().map(|l| l.bandwidth_bytes_per_s).sum::<f64>()
             / links.len() as f64,
     };
-    fn on<'a>(workers: &'a [WorkerSpec], host: &'a str) -> impl Iterator<Item = &'a WorkerSpec> {
-        workers.iter().filter(move |w| w.host == host)
+    // Every link measured between two hosts, by the pair (either order).
+    let mut between: BTreeMap<(&str, &str), Vec<Link>> = BTreeMap::new();
+    for a in workers {
+        for b in workers.iter().filter(|b| b.host != a.host) {
+            if let Some(l) = a.peer_links.get(&b.name) {
+                let pair = if a.host < b.host {
+                    (a.host.as_str(), b.host.as_str())
+                } else {
+                    (b.host.as_str(), a.host.as_str())
+                };
+                between.entry(pair).or_default().push(*l);
+            }
+        }
     }
-    workers
+    let mut steady: Vec<WorkerSpec> = workers
         .iter()
         .map(|w| {
             let own: Vec<Link> = on(workers, &w.host).map(|m| m.link).collect();
-            let mut between: BTreeMap<&str, Vec<Link>> = BTreeMap::new();
-            for mate in on(workers, &w.host) {
-                for other in workers.iter().filter(|o| o.host != w.host) {
-                    if let Some(l) = mate.peer_links.get(&other.name) {
-                        between.entry(other.host.as_str()).or_default().push(*l);
-                    }
-                }
-            }
             let peer_links = workers
                 .iter()
-                .filter_map(|o| Some((o.name.clone(), mean(between.get(o.host.as_str())?))))
+                .filter(|o| o.host != w.host)
+                .filter_map(|o| {
+                    let pair = if w.host < o.host {
+                        (w.host.as_str(), o.host.as_str())
+                    } else {
+                        (o.host.as_str(), w.host.as_str())
+                    };
+                    Some((o.name.clone(), mean(between.get(&pair)?)))
+                })
                 .collect();
             WorkerSpec {
                 link: mean(&own),
@@ -72,7 +95,29 @@ pub fn steady_links(workers: &[WorkerSpec]) -> Vec<WorkerSpec> {
                 ..w.clone()
             }
         })
-        .collect()
+        .collect();
+    band_links(steady.iter_mut().map(|w| &mut w.link).collect());
+    band_links(
+        steady
+            .iter_mut()
+            .flat_map(|w| w.peer_links.values_mut())
+            .collect(),
+    );
+    steady
+}
+
+/// Bands the latencies and the bandwidths of `links` by [`LINK_NOISE`].
+fn band_links(mut links: Vec<&mut Link>) {
+    let latency: Vec<f64> = links.iter().map(|l| l.latency_s).collect();
+    let bandwidth: Vec<f64> = links.iter().map(|l| l.bandwidth_bytes_per_s).collect();
+    let (latency, bandwidth) = (
+        band_means(&latency, LINK_NOISE),
+        band_means(&bandwidth, LINK_NOISE),
+    );
+    for (i, l) in links.iter_mut().enumerate() {
+        l.latency_s = latency[i];
+        l.bandwidth_bytes_per_s = bandwidth[i];
+    }
 }
 
 /// Capacities for the memory-balance tie-break, banded by [`MEMORY_NOISE`].
@@ -182,21 +227,28 @@ mod tests {
         let w = |name: &str, host: &str, us: f64| {
             WorkerSpec::new(name, Backend::Cuda, host, 1 << 30).with_link(link(us))
         };
+        let peers = |to: &[(&str, f64)]| {
+            to.iter()
+                .map(|&(n, us)| (n.to_string(), link(us)))
+                .collect()
+        };
         let workers = [
-            w("a", "h", 25.0).with_peer_links([("c".to_string(), link(100.0))].into()),
-            w("b", "h", 75.0),
-            w("c", "g", 300.0),
+            w("a", "h", 200.0).with_peer_links(peers(&[("c", 100.0)])),
+            w("b", "h", 400.0),
+            w("c", "g", 10_000.0).with_peer_links(peers(&[("b", 300.0)])),
+            w("d", "f", 10_000.0),
         ];
         let steady = steady_links(&workers);
-        assert_eq!(steady[0].link, link(50.0));
-        assert_eq!(steady[1].link, link(50.0));
-        assert_eq!(steady[2].link, link(300.0));
-        // a measured host g for both; nobody measured g to h.
-        assert_eq!(
-            steady[0].peer_links,
-            [("c".to_string(), link(100.0))].into()
-        );
-        assert_eq!(steady[1].peer_links, steady[0].peer_links);
-        assert!(steady[2].peer_links.is_empty());
+        // 200 and 400 us are one host's link, and within the noise of each other.
+        assert_eq!(steady[0].link, link(300.0));
+        assert_eq!(steady[1].link, link(300.0));
+        assert_eq!(steady[2].link, link(10_000.0));
+        // h and g: 100 us one way, 300 the other, from different workers:
+        // one link of 200 us, both ways, for every worker of the two hosts.
+        assert_eq!(steady[0].peer_links, peers(&[("c", 200.0)]));
+        assert_eq!(steady[1].peer_links, peers(&[("c", 200.0)]));
+        assert_eq!(steady[2].peer_links, peers(&[("a", 200.0), ("b", 200.0)]));
+        // Nobody measured f.
+        assert!(steady[3].peer_links.is_empty());
     }
 }

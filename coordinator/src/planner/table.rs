@@ -188,7 +188,7 @@ pub fn legend(req: &PlanRequest) -> String {
     );
     let _ = write!(
         out,
-        "  ms/token    bytes read / the device's bandwidth (hops between stages add to the estimate)"
+        "  ms/token    bytes read / the device's bandwidth (hops, the coordinator's included, add to the estimate)"
     );
     out
 }

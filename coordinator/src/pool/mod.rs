@@ -257,7 +257,8 @@ impl Pool {
                 }
             }
         }
-        measure_peer_links(&mut alive, &mut self.peer_links).await;
+        // Every worker is idle now: each may measure its links.
+        measure_peer_links(&mut alive, &mut self.peer_links, |_| true).await;
         Survey { alive, lost, same }
     }
 
@@ -338,6 +339,12 @@ impl Pool {
             link,
             peer_links: BTreeMap::new(),
         }))
+    }
+
+    /// Fills `alive`'s links to each other; only `addr` (idle, the others
+    /// serving) measures the ones not known yet.
+    pub async fn measure_links_of(&mut self, alive: &mut [WorkerHandle], addr: &str) {
+        measure_peer_links(alive, &mut self.peer_links, |a| a == addr).await;
     }
 
     /// The context per sequence: `--ctx-size` capped at the model's.

@@ -169,6 +169,7 @@ async fn returned(pool: &mut Pool, now: &mut Attached) -> Option<String> {
         tracing::info!("worker {addr} answers again");
         now.survey.lost.remove(&addr);
         now.survey.alive.push(handle);
+        pool.measure_links_of(&mut now.survey.alive, &addr).await;
         let current: Vec<(String, usize, usize)> = placement(&now.stages);
         match pool.plan(&now.survey.alive) {
             Ok((stages, _)) if placement(&stages) != current => {

@@ -2,15 +2,24 @@
 //! same `Echo` round trips the coordinator makes to each worker
 //! (`strata_proto::link_probe`), one peer after another so that no two
 //! measurements share the link.
+//!
+//! Only a token holder gets here, but it names the addresses: so one
+//! measurement runs at a time in this process, a peer's replies are capped
+//! at a few KiB, and why a peer failed stays in this worker's log (the
+//! caller learns "not measured", not which ports answer).
 
-use strata_proto::link_probe::{measure_link, MEASURE_TIMEOUT};
+use strata_proto::link_probe::{
+    measure_link, MeasuredLink, CONNECT_TIMEOUT, MAX_PEERS, MAX_REPLY_BYTES,
+};
 use strata_proto::v1;
+use tokio::sync::Mutex;
 use tonic::Status;
 
 use super::WorkerService;
 
-/// Peers one request may name: a pool's workers, with room to spare.
-pub const MAX_PEERS: usize = 64;
+/// One measurement at a time in this process: two would share the links
+/// they measure, and each holds a connection per peer.
+static MEASURING: Mutex<()> = Mutex::const_new(());
 
 impl WorkerService {
     pub(super) async fn peer_links(
@@ -23,47 +32,47 @@ impl WorkerService {
                 req.peers.len()
             )));
         }
+        let _one_at_a_time = MEASURING.lock().await;
         let mut links = Vec::with_capacity(req.peers.len());
         for peer in req.peers {
-            let measured = self.measure_one(&peer).await;
-            links.push(match measured {
+            links.push(match self.measure_one(&peer).await {
                 Ok(m) => v1::PeerLink {
                     peer,
                     latency_s: m.latency_s,
                     bandwidth_bytes_per_s: m.bandwidth_bytes_per_s,
                     error: String::new(),
                 },
-                Err(error) => v1::PeerLink {
-                    peer,
-                    error,
-                    ..Default::default()
-                },
+                Err(why) => {
+                    tracing::warn!("link to {peer} not measured: {why}");
+                    v1::PeerLink {
+                        peer,
+                        error: "not measured (the worker's log says why)".into(),
+                        ..Default::default()
+                    }
+                }
             });
         }
         Ok(v1::MeasureLinksReply { links })
     }
 
-    async fn measure_one(
-        &self,
-        spec: &str,
-    ) -> Result<strata_proto::link_probe::MeasuredLink, String> {
+    async fn measure_one(&self, spec: &str) -> Result<MeasuredLink, String> {
         // The same rules as a next stage: pinned when this worker uses TLS.
         let (addr, trust) = self
             .next_stage(spec)
             .map_err(|e| e.message().to_string())?
             .ok_or("an empty peer address")?;
         let pin = trust.pin(&addr).map_err(|e| e.to_string())?;
-        let token = &self.shared.config.token;
-        let connect = strata_proto::connect(&addr, token, pin);
-        let client = tokio::time::timeout(MEASURE_TIMEOUT, connect)
+        let connect = strata_proto::connect(&addr, &self.shared.config.token, pin);
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| {
                 format!(
                     "no connection to {addr} within {} s",
-                    MEASURE_TIMEOUT.as_secs()
+                    CONNECT_TIMEOUT.as_secs()
                 )
             })?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .max_decoding_message_size(MAX_REPLY_BYTES);
         measure_link(&client).await
     }
 }
