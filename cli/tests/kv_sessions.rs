@@ -1,7 +1,8 @@
 //! Sessions on disk: workers started with `--kv-cache-dir` write the KV
 //! blocks they keep for the prefix cache, and after `strata serve` and the
-//! workers are killed and started again (three workers, each given the
-//! layers it had), a conversation continues from
+//! workers are killed and started again (three workers, on other ports and
+//! each with another one's directory: each is given the layers its
+//! directory holds), a conversation continues from
 //! those files (`cached_tokens`, the restored-tokens metric) with the tokens
 //! a server without any cache gives. A damaged file is ignored with a log
 //! line and the prompt is computed.
@@ -68,13 +69,29 @@ fn placement(server: &Server) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// Three free loopback addresses, their ports in rising order (all of five
+/// digits, so the addresses sort as the ports do).
+fn rising_ports() -> Vec<String> {
+    loop {
+        let held: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        ports.sort_unstable();
+        if ports.iter().all(|&p| p >= 10_000) {
+            return ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        }
+    }
+}
+
 /// Each worker's budget: SmolLM2 with 2,048 tokens of KV needs all three.
 const BUDGET: &str = "150MiB";
 
 /// Three workers of one machine, each with its own KV cache directory (a
-/// worker reads only its own disk). After a restart they measure their
-/// speeds again; the planner still gives each the layers it had
-/// (planner/noise.rs), so every stage finds its blocks.
+/// worker reads only its own disk). They come back on other ports, each
+/// with the directory another one had; they report the layers they keep
+/// on disk (`Capabilities.saved_layers`), and the planner gives each the
+/// layers its directory holds, so every stage finds its blocks.
 #[test]
 fn a_conversation_continues_from_disk_after_serve_and_its_workers_restart() {
     let path = model(SMOLLM2);
@@ -82,13 +99,16 @@ fn a_conversation_continues_from_disk_after_serve_and_its_workers_restart() {
     std::os::unix::fs::symlink(&path, model_dir.path().join(SMOLLM2)).unwrap();
     let kv: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let kv_paths: Vec<&Path> = kv.iter().map(|d| d.path()).collect();
-    // Workers on `listen` (port 0 the first time, their old addresses after).
-    let start = |listen: Option<&[String]>| {
-        common::kv_cache_pool(&path, model_dir.path(), BUDGET, &kv_paths, listen)
+    // Each start on three new ports, in rising order: among equal plans the
+    // planner's order is the addresses', so without what the workers saved
+    // the second start would give directory 2's worker the first layers.
+    let start = |dirs: &[&Path]| {
+        let ports = rising_ports();
+        common::kv_cache_pool(&path, model_dir.path(), BUDGET, dirs, Some(&ports))
     };
     let cold = Server::start(&path, &["-c", "2048", "-n", "1", "--no-prefix-cache"]);
 
-    let (workers, server) = start(None);
+    let (workers, server) = start(&kv_paths);
     let before = placement(&server);
     assert_eq!(before.len(), 3, "three stages: {before:?}");
     let reply0 = chat(&server, &first_turn());
@@ -98,11 +118,20 @@ fn a_conversation_continues_from_disk_after_serve_and_its_workers_restart() {
     // Each kept block, for each of the 30 layers.
     assert_eq!(saved % 30, 0, "{saved} block files over 30 layers");
     assert!(saved / 30 >= prompt0 as usize / 32, "{saved} files");
-    let addrs: Vec<String> = workers.iter().map(|w| w.addr.clone()).collect();
+    // The layers each directory's worker held.
+    let layers_of = |workers: &[common::Worker], placed: &[(String, u64, u64)], dir: usize| {
+        placed
+            .iter()
+            .find(|(addr, ..)| addr == &workers[dir].addr)
+            .map(|&(_, a, b)| (a, b))
+    };
+    let held: Vec<_> = (0..3).map(|d| layers_of(&workers, &before, d)).collect();
     drop(server);
     drop(workers);
 
-    let (_workers, mut server) = start(Some(&addrs));
+    // New ports, and directory d now belongs to worker 2 - d.
+    let reversed: Vec<&Path> = kv_paths.iter().rev().copied().collect();
+    let (workers, mut server) = start(&reversed);
     // The listing may come before "serving on", which `start` waited for.
     const LISTED: &str = "the stages hold prefix blocks on disk";
     let seen = server
@@ -111,7 +140,14 @@ fn a_conversation_continues_from_disk_after_serve_and_its_workers_restart() {
         .iter()
         .find_map(|l| l.find(LISTED).map(|i| l[i + LISTED.len()..].to_string()));
     let listed = seen.unwrap_or_else(|| server.proc.wait_for(LISTED, Duration::from_secs(30)));
-    assert_eq!(placement(&server), before, "placement after the restart");
+    let after = placement(&server);
+    for d in 0..3 {
+        assert_eq!(
+            layers_of(&workers, &after, 2 - d),
+            held[d],
+            "directory {d}'s layers after the restart: {before:?} then {after:?}"
+        );
+    }
     assert!(!listed.contains("blocks=0"), "after the restart: {listed}");
     let second = second_turn(&reply0);
     let reply1 = chat(&server, &second);

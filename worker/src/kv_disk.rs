@@ -222,6 +222,75 @@ impl DiskBlocks {
     }
 }
 
+/// What a cache directory holds for one model and KV type: the layers with
+/// at least one block file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedLayers {
+    /// As the model folder is named (`sha256-<hex>`: the digest with its
+    /// `:` made a `-`).
+    pub folder: String,
+    pub kv_type: String,
+    pub layers: Vec<u32>,
+}
+
+/// Model folders, KV types and layers listed at most (a cache directory
+/// holds a few models; a stranger's folder is not read to the end).
+const MAX_LISTED: usize = 64;
+const MAX_LAYERS: u32 = 4096;
+
+/// The layers whose blocks are saved under the cache directory `root`
+/// (`<root>/<model>/<kv type>/<layer>/*.kv`, as [`DiskBlocks`] writes
+/// them), sorted; a folder that cannot be read counts as empty.
+pub fn saved_layers(root: &Path) -> Vec<SavedLayers> {
+    let folders = |dir: &Path| -> Vec<(String, PathBuf)> {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, PathBuf)> = entries
+            .filter_map(|e| {
+                let e = e.ok()?;
+                e.file_type().ok()?.is_dir().then_some(())?;
+                Some((e.file_name().into_string().ok()?, e.path()))
+            })
+            .take(MAX_LISTED * 4)
+            .collect();
+        out.sort();
+        out
+    };
+    let has_block = |dir: &Path| {
+        fs::read_dir(dir).is_ok_and(|mut entries| {
+            entries.any(|e| {
+                e.is_ok_and(|e| {
+                    e.path()
+                        .extension()
+                        .is_some_and(|x| x == FileKind::Block.extension())
+                })
+            })
+        })
+    };
+    let mut out = Vec::new();
+    for (model, model_dir) in folders(root).into_iter().take(MAX_LISTED) {
+        for (kv_type, kv_dir) in folders(&model_dir).into_iter().take(MAX_LISTED) {
+            let mut layers: Vec<u32> = folders(&kv_dir)
+                .into_iter()
+                .filter_map(|(name, dir)| {
+                    let layer = name.parse::<u32>().ok().filter(|&l| l < MAX_LAYERS)?;
+                    has_block(&dir).then_some(layer)
+                })
+                .collect();
+            layers.sort_unstable();
+            if !layers.is_empty() {
+                out.push(SavedLayers {
+                    folder: model.clone(),
+                    kv_type,
+                    layers,
+                });
+            }
+        }
+    }
+    out
+}
+
 impl DiskBlocks {
     /// Every block and state file in the owned layer folders: path, length
     /// and modification time.
@@ -273,6 +342,31 @@ mod tests {
         })
     }
     use FileKind::{Block, State};
+
+    #[test]
+    fn saved_layers_lists_the_layers_with_block_files() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("sha256-ab").join("q8_0");
+        let mut d = DiskBlocks::open(&dir, &[2, 10, 3], 1 << 20).unwrap();
+        let shape = geo(KvType::Q8_0);
+        for layer in [10, 2] {
+            d.write(FileKind::Block, layer, shape, &[7; 16], &[1, 2, 3])
+                .unwrap();
+        }
+        // A state file alone, stray names and files: not a saved layer.
+        d.write(FileKind::State, 3, shape, &[7; 16], &[1]).unwrap();
+        fs::create_dir_all(dir.join("notalayer")).unwrap();
+        fs::write(root.path().join("stray.kv"), b"x").unwrap();
+        assert_eq!(
+            saved_layers(root.path()),
+            vec![SavedLayers {
+                folder: "sha256-ab".into(),
+                kv_type: "q8_0".into(),
+                layers: vec![2, 10],
+            }]
+        );
+        assert!(saved_layers(&root.path().join("missing")).is_empty());
+    }
 
     #[test]
     fn blocks_round_trip_and_bad_files_are_ignored() {

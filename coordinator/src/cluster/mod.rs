@@ -7,7 +7,7 @@ mod push;
 
 pub use link_probe::{host_of, link_or_warn, measure_peer_links, PeerLinks};
 pub use load::{
-    connect_workers, load_stages, worker_specs, ClusterError, LoadEvent, LoadOptions,
-    StageAssignment, WorkerHandle,
+    connect_workers, kv_type_to_proto, load_stages, worker_specs, ClusterError, LoadEvent,
+    LoadOptions, StageAssignment, WorkerHandle,
 };
 pub use push::{push_slice, CHUNK_BYTES};

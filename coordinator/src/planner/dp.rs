@@ -23,6 +23,9 @@ const TIME_TIE_REL: f64 = 1e-9;
 #[derive(Debug, Clone, Copy)]
 struct Cost {
     time_s: f64,
+    /// Layers placed on a worker that keeps their KV blocks on disk: at
+    /// equal time, more is better (the sessions it saved stay found).
+    saved_layers: usize,
     worst_fill: f64,
 }
 
@@ -30,13 +33,22 @@ impl Cost {
     fn then(self, time_s: f64, fill: f64) -> Cost {
         Cost {
             time_s: self.time_s + time_s,
+            saved_layers: self.saved_layers,
             worst_fill: self.worst_fill.max(fill),
+        }
+    }
+    fn with_saved(self, layers: usize) -> Cost {
+        Cost {
+            saved_layers: self.saved_layers + layers,
+            ..self
         }
     }
     fn cmp(&self, other: &Cost) -> Ordering {
         let scale = self.time_s.abs().max(other.time_s.abs());
         if (self.time_s - other.time_s).abs() > TIME_TIE_REL * scale {
             self.time_s.total_cmp(&other.time_s)
+        } else if self.saved_layers != other.saved_layers {
+            other.saved_layers.cmp(&self.saved_layers)
         } else {
             self.worst_fill.total_cmp(&other.worst_fill)
         }
@@ -264,6 +276,16 @@ pub(super) fn best_plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<Pla
     let room = Room {
         fits: usable.clone(),
         balance: noise::steady_capacities(&usable),
+        saved_prefix: workers
+            .iter()
+            .map(|w| {
+                let mut prefix = vec![0usize; sizes.n + 1];
+                for l in 0..sizes.n {
+                    prefix[l + 1] = prefix[l] + usize::from(w.saved_layers.contains(&l));
+                }
+                prefix
+            })
+            .collect(),
     };
     let mut best: Option<(Cost, Vec<StageRange>)> = None;
     for order in worker_orders(workers, &bw, &usable) {
@@ -314,6 +336,8 @@ type StageRange = (usize, usize, usize);
 struct Room {
     fits: Vec<u64>,
     balance: Vec<u64>,
+    /// Per worker, how many of layers `[0, l)` it keeps on disk.
+    saved_prefix: Vec<Vec<usize>>,
 }
 
 #[derive(Clone, Copy)]
@@ -349,6 +373,7 @@ fn plan_order(
                     return Some((
                         Cost {
                             time_s: workers[wi].link.latency_s,
+                            saved_layers: 0,
                             worst_fill: 0.0,
                         },
                         usize::MAX,
@@ -390,7 +415,10 @@ fn plan_order(
                 } else {
                     mem as f64 / balance_cap as f64
                 };
-                let c = start.then(sizes.read_per_token(a, b) as f64 / bw[wi], fill);
+                let saved = room.saved_prefix[wi][b] - room.saved_prefix[wi][a];
+                let c = start
+                    .then(sizes.read_per_token(a, b) as f64 / bw[wi], fill)
+                    .with_saved(saved);
                 if c.better_than(&end[p][b].map(|e| e.cost)) {
                     end[p][b] = Some(Entry {
                         cost: c,

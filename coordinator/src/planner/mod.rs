@@ -21,8 +21,11 @@
 //!
 //! The time per token is the sum over stages and hops. Ties (notably when no
 //! worker has a measured bandwidth, so every split reads the same bytes at the
-//! same speed) are broken by the fullest stage's share of its usable memory,
-//! so the plan then balances by memory. Speeds and memory are first steadied
+//! same speed) go to the plan that gives more workers the layers whose KV
+//! they keep on disk (`WorkerSpec::saved_layers`: a session saved before a
+//! restart is found, whatever address the worker came back on), then to the
+//! lower fullest stage's share of its usable memory, so the plan balances
+//! by memory. Speeds and memory are first steadied
 //! against measurement noise ([`noise`]), so a pool restarted unchanged gets
 //! the same placement.
 //!
@@ -46,7 +49,7 @@ pub mod synth_profile;
 mod table;
 pub mod units;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use strata_model::profile::{KvType, MemoryProfile, StageLoad};
@@ -123,6 +126,10 @@ pub struct WorkerSpec {
     /// Links measured from this worker to others, by their `name`: a hop
     /// from it to one of them costs that link instead of the two ends'.
     pub peer_links: BTreeMap<String, Link>,
+    /// Layers whose KV blocks the worker keeps on disk for this model (a
+    /// session saved before a restart): of two plans equal in time, the one
+    /// that gives more of them back to it wins.
+    pub saved_layers: BTreeSet<usize>,
     /// What the device is (backend, device name, threads); workers of one
     /// host with the same non-empty `hardware` are planned at one speed
     /// (see [`noise`]). Empty = unknown.
@@ -144,6 +151,7 @@ impl WorkerSpec {
             matvec_bandwidth_bytes_per_s: None,
             link: Link::default(),
             peer_links: BTreeMap::new(),
+            saved_layers: BTreeSet::new(),
             hardware: String::new(),
         }
     }
@@ -157,6 +165,10 @@ impl WorkerSpec {
     }
     pub fn with_peer_links(mut self, links: BTreeMap<String, Link>) -> Self {
         self.peer_links = links;
+        self
+    }
+    pub fn with_saved_layers(mut self, layers: impl IntoIterator<Item = usize>) -> Self {
+        self.saved_layers = layers.into_iter().collect();
         self
     }
     pub fn with_hardware(mut self, hardware: impl Into<String>) -> Self {

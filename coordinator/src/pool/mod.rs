@@ -21,8 +21,8 @@ use strata_proto::transport::{Transport, TransportKind};
 use strata_proto::{v1, Trust, WorkerClient};
 
 use crate::cluster::{
-    link_or_warn, load_stages, measure_peer_links, worker_specs, LoadEvent, LoadOptions, PeerLinks,
-    StageAssignment, WorkerHandle,
+    kv_type_to_proto, link_or_warn, load_stages, measure_peer_links, worker_specs, LoadEvent,
+    LoadOptions, PeerLinks, StageAssignment, WorkerHandle,
 };
 use crate::engine::{StageLink, StageView};
 use crate::planner::{plan, table, Link, PlanRequest};
@@ -358,7 +358,21 @@ impl Pool {
         if alive.is_empty() {
             return Err("no worker answers".into());
         }
-        let specs = worker_specs(alive);
+        let kv_type = kv_type_to_proto(self.settings.kv_type) as i32;
+        let specs: Vec<_> = worker_specs(alive)
+            .into_iter()
+            .zip(alive)
+            .map(|(spec, w)| {
+                // The layers whose KV it kept on disk for this model and type.
+                let saved = w
+                    .caps
+                    .saved_layers
+                    .iter()
+                    .filter(|s| s.model_digest == self.digest && s.kv_type == kv_type)
+                    .flat_map(|s| s.layers.iter().map(|&l| l as usize));
+                spec.with_saved_layers(saved)
+            })
+            .collect();
         let req = plan_request(&self.settings, &self.model, &self.hp);
         let placement = plan(&req, &specs).map_err(|e| e.to_string())?;
         let shown = table(&placement, &specs);

@@ -710,6 +710,7 @@ impl worker_server::Worker for WorkerService {
                 .clone(),
             process_id: local_stages::process_id(),
             listen_port: self.shared.listen_port.load(Relaxed),
+            saved_layers: self.saved_layers(),
         }))
     }
 
@@ -857,6 +858,32 @@ impl DataPlane for WorkerService {
             return Err(Status::invalid_argument("route 0 means no route"));
         }
         Ok(self.shared.reply_routes.open(route))
+    }
+}
+
+impl WorkerService {
+    /// The layers whose KV blocks `--kv-cache-dir` holds, per model and KV
+    /// type (none without a directory).
+    fn saved_layers(&self) -> Vec<v1::SavedLayers> {
+        let Some(disk) = &self.shared.config.kv_disk else {
+            return Vec::new();
+        };
+        crate::kv_disk::saved_layers(&disk.dir)
+            .into_iter()
+            .filter_map(|saved| {
+                let kv_type = match KvType::from_name(&saved.kv_type)? {
+                    KvType::F16 => v1::KvType::F16,
+                    KvType::Q8_0 => v1::KvType::Q80,
+                    KvType::Q4_0 => v1::KvType::Q40,
+                };
+                Some(v1::SavedLayers {
+                    // The folder is the digest with its `:` made a `-`.
+                    model_digest: saved.folder.replacen('-', ":", 1),
+                    kv_type: kv_type as i32,
+                    layers: saved.layers,
+                })
+            })
+            .collect()
     }
 }
 
