@@ -76,7 +76,10 @@ fn rising_ports() -> Vec<String> {
         let held: Vec<std::net::TcpListener> = (0..3)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
-        let mut ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        let mut ports: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
         ports.sort_unstable();
         if ports.iter().all(|&p| p >= 10_000) {
             return ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();

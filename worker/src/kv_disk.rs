@@ -223,12 +223,12 @@ impl DiskBlocks {
 }
 
 /// What a cache directory holds for one model and KV type: the layers with
-/// at least one block file.
+/// at least one block or state file (a sliding-window or recurrent layer
+/// saves only states).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SavedLayers {
-    /// As the model folder is named (`sha256-<hex>`: the digest with its
-    /// `:` made a `-`).
-    pub folder: String,
+    /// The model's digest, from its folder's name ([`digest_folder`]).
+    pub digest: String,
     pub kv_type: String,
     pub layers: Vec<u32>,
 }
@@ -237,6 +237,19 @@ pub struct SavedLayers {
 /// holds a few models; a stranger's folder is not read to the end).
 const MAX_LISTED: usize = 64;
 const MAX_LAYERS: u32 = 4096;
+
+/// The folder of a model's files under a cache directory: its digest
+/// (`sha256:<hex>`) with the `:` made a `-`.
+pub fn digest_folder(digest: &str) -> String {
+    digest.replace(':', "-")
+}
+
+/// The digest a model folder is named for, if it is one.
+fn folder_digest(folder: &str) -> Option<String> {
+    let hex = folder.strip_prefix("sha256-")?;
+    let valid = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    valid.then(|| format!("sha256:{hex}"))
+}
 
 /// The layers whose blocks are saved under the cache directory `root`
 /// (`<root>/<model>/<kv type>/<layer>/*.kv`, as [`DiskBlocks`] writes
@@ -257,31 +270,35 @@ pub fn saved_layers(root: &Path) -> Vec<SavedLayers> {
         out.sort();
         out
     };
-    let has_block = |dir: &Path| {
-        fs::read_dir(dir).is_ok_and(|mut entries| {
-            entries.any(|e| {
+    let has_saved = |dir: &Path| {
+        fs::read_dir(dir).is_ok_and(|entries| {
+            entries.take(MAX_LISTED).any(|e| {
                 e.is_ok_and(|e| {
-                    e.path()
-                        .extension()
-                        .is_some_and(|x| x == FileKind::Block.extension())
+                    let path = e.path();
+                    [FileKind::Block, FileKind::State]
+                        .iter()
+                        .any(|k| path.extension().is_some_and(|x| x == k.extension()))
                 })
             })
         })
     };
     let mut out = Vec::new();
     for (model, model_dir) in folders(root).into_iter().take(MAX_LISTED) {
+        let Some(digest) = folder_digest(&model) else {
+            continue;
+        };
         for (kv_type, kv_dir) in folders(&model_dir).into_iter().take(MAX_LISTED) {
             let mut layers: Vec<u32> = folders(&kv_dir)
                 .into_iter()
                 .filter_map(|(name, dir)| {
                     let layer = name.parse::<u32>().ok().filter(|&l| l < MAX_LAYERS)?;
-                    has_block(&dir).then_some(layer)
+                    has_saved(&dir).then_some(layer)
                 })
                 .collect();
             layers.sort_unstable();
             if !layers.is_empty() {
                 out.push(SavedLayers {
-                    folder: model.clone(),
+                    digest: digest.clone(),
                     kv_type,
                     layers,
                 });
@@ -344,25 +361,30 @@ mod tests {
     use FileKind::{Block, State};
 
     #[test]
-    fn saved_layers_lists_the_layers_with_block_files() {
+    fn saved_layers_lists_the_layers_with_saved_files() {
         let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("sha256-ab").join("q8_0");
-        let mut d = DiskBlocks::open(&dir, &[2, 10, 3], 1 << 20).unwrap();
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let dir = root.path().join(digest_folder(&digest)).join("q8_0");
+        let mut d = DiskBlocks::open(&dir, &[2, 10, 3, 4], 1 << 20).unwrap();
         let shape = geo(KvType::Q8_0);
         for layer in [10, 2] {
             d.write(FileKind::Block, layer, shape, &[7; 16], &[1, 2, 3])
                 .unwrap();
         }
-        // A state file alone, stray names and files: not a saved layer.
+        // A layer that saves states only (a ring or a recurrent layer).
         d.write(FileKind::State, 3, shape, &[7; 16], &[1]).unwrap();
+        // Not saved layers: an empty folder, stray names, a foreign folder.
+        fs::create_dir_all(dir.join("4")).unwrap();
         fs::create_dir_all(dir.join("notalayer")).unwrap();
         fs::write(root.path().join("stray.kv"), b"x").unwrap();
+        fs::create_dir_all(root.path().join("sha256-zz").join("f16").join("1")).unwrap();
+        fs::write(root.path().join("sha256-zz/f16/1/x.kv"), b"x").unwrap();
         assert_eq!(
             saved_layers(root.path()),
             vec![SavedLayers {
-                folder: "sha256-ab".into(),
+                digest,
                 kv_type: "q8_0".into(),
-                layers: vec![2, 10],
+                layers: vec![2, 3, 10],
             }]
         );
         assert!(saved_layers(&root.path().join("missing")).is_empty());

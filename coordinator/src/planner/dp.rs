@@ -12,14 +12,17 @@ use super::{noise, Link, Plan, PlanRequest, StagePlan, WorkerSpec, NOMINAL_BANDW
 /// this many orders.
 const MAX_ORDERS: usize = 720;
 /// Beyond that, host groups up to this many are tried in every order (6! =
-/// 720 orders, members in given order); beyond it a few heuristic orders.
+/// 720 orders, members in given order, those keeping layers on disk first
+/// by the first such layer); beyond it a few heuristic orders.
 const MAX_PERMUTED_GROUPS: usize = 6;
 
-/// Relative tolerance under which two times count as equal (then memory
-/// balance decides).
+/// Relative tolerance under which two times count as equal (then the
+/// layers given back to the workers that saved them, then memory balance,
+/// decide).
 const TIME_TIE_REL: f64 = 1e-9;
 
-/// What the DP minimises: time first, then the fullest stage's fill.
+/// What the DP minimises: time first, then layers not given back to the
+/// worker that saved them, then the fullest stage's fill.
 #[derive(Debug, Clone, Copy)]
 struct Cost {
     time_s: f64,
@@ -191,6 +194,19 @@ pub(super) fn worker_orders(workers: &[WorkerSpec], bw: &[f64], usable: &[u64]) 
             None => groups.push(vec![i]),
         }
     }
+    // Members by the first layer they keep on disk (the others after, in
+    // given order): where not every order is tried, workers that came back
+    // in another name order still meet their saved layers.
+    let saved_from = |i: usize| {
+        workers[i]
+            .saved_layers
+            .first()
+            .copied()
+            .unwrap_or(usize::MAX)
+    };
+    for g in &mut groups {
+        g.sort_by_key(|&i| saved_from(i));
+    }
     let factorial = |k: usize| (1..=k).try_fold(1usize, |acc, x| acc.checked_mul(x));
     let n_orders = factorial(groups.len()).and_then(|n| {
         groups
@@ -251,6 +267,8 @@ pub(super) fn worker_orders(workers: &[WorkerSpec], bw: &[f64], usable: &[u64]) 
     idx.sort_by(|&a, &b| group_bw(b).total_cmp(&group_bw(a)));
     out.push(flatten(&idx));
     idx.sort_by_key(|&g| std::cmp::Reverse(group_mem(g)));
+    out.push(flatten(&idx));
+    idx.sort_by_key(|&g| saved_from(groups[g][0]));
     out.push(flatten(&idx));
     out
 }

@@ -21,8 +21,8 @@
 //!
 //! The time per token is the sum over stages and hops. Ties (notably when no
 //! worker has a measured bandwidth, so every split reads the same bytes at the
-//! same speed) go to the plan that gives more workers the layers whose KV
-//! they keep on disk (`WorkerSpec::saved_layers`: a session saved before a
+//! same speed) go to the plan that gives more layers back to the workers
+//! that keep their KV on disk (`WorkerSpec::saved_layers`: a session saved before a
 //! restart is found, whatever address the worker came back on), then to the
 //! lower fullest stage's share of its usable memory, so the plan balances
 //! by memory. Speeds and memory are first steadied

@@ -369,7 +369,8 @@ impl Pool {
                     .saved_layers
                     .iter()
                     .filter(|s| s.model_digest == self.digest && s.kv_type == kv_type)
-                    .flat_map(|s| s.layers.iter().map(|&l| l as usize));
+                    .flat_map(|s| s.layers.iter().map(|&l| l as usize))
+                    .filter(|&l| l < self.hp.n_layers);
                 spec.with_saved_layers(saved)
             })
             .collect();

@@ -17,6 +17,9 @@ use crate::engine::{Engine, PipelineLost};
 
 /// How often stages are asked for their health, and a rebuild is retried.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// A worker that comes back measures its links within this, or is planned
+/// by the coordinator's links.
+const RETURN_MEASURE_LIMIT: Duration = Duration::from_secs(5);
 
 /// The attached pipeline and the workers around it.
 pub struct Attached {
@@ -169,9 +172,24 @@ async fn returned(pool: &mut Pool, now: &mut Attached) -> Option<String> {
         tracing::info!("worker {addr} answers again");
         now.survey.lost.remove(&addr);
         now.survey.alive.push(handle);
-        pool.measure_links_of(&mut now.survey.alive, &addr).await;
+        // Bounded: the loop watches the serving stages meanwhile.
+        let measured = pool.measure_links_of(&mut now.survey.alive, &addr);
+        if tokio::time::timeout(RETURN_MEASURE_LIMIT, measured)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "worker {addr}: its links not measured within {} s",
+                RETURN_MEASURE_LIMIT.as_secs()
+            );
+        }
         let current: Vec<(String, usize, usize)> = placement(&now.stages);
-        match pool.plan(&now.survey.alive) {
+        // Planned without what the workers saved on disk: the serving ones'
+        // lists are from before they served, and a tie-break is no reason
+        // to stop every stream for a reload.
+        let mut unsaved = now.survey.alive.clone();
+        unsaved.iter_mut().for_each(|w| w.caps.saved_layers.clear());
+        match pool.plan(&unsaved) {
             Ok((stages, _)) if placement(&stages) != current => {
                 return Some(format!("worker {addr} is back: planning it in again"));
             }

@@ -51,7 +51,7 @@ impl KvSessions {
     ) -> std::io::Result<Self> {
         let dir = config
             .dir
-            .join(digest.replace(':', "-"))
+            .join(crate::kv_disk::digest_folder(digest))
             .join(kv_type.name());
         let blocks = Arc::new(Mutex::new(DiskBlocks::open(
             &dir,

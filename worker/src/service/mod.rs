@@ -692,6 +692,7 @@ impl worker_server::Worker for WorkerService {
         _: Request<v1::CapabilitiesRequest>,
     ) -> Result<Response<v1::CapabilitiesReply>, Status> {
         let (total, free) = self.free_bytes();
+        let saved_layers = self.saved_layers().await;
         Ok(Response::new(v1::CapabilitiesReply {
             backend: self.shared.backend_name.clone(),
             device_name: self.shared.device_name.clone(),
@@ -710,7 +711,7 @@ impl worker_server::Worker for WorkerService {
                 .clone(),
             process_id: local_stages::process_id(),
             listen_port: self.shared.listen_port.load(Relaxed),
-            saved_layers: self.saved_layers(),
+            saved_layers,
         }))
     }
 
@@ -863,12 +864,17 @@ impl DataPlane for WorkerService {
 
 impl WorkerService {
     /// The layers whose KV blocks `--kv-cache-dir` holds, per model and KV
-    /// type (none without a directory).
-    fn saved_layers(&self) -> Vec<v1::SavedLayers> {
+    /// type (none without a directory). Listed off the async threads: a
+    /// cold disk may take a while.
+    async fn saved_layers(&self) -> Vec<v1::SavedLayers> {
         let Some(disk) = &self.shared.config.kv_disk else {
             return Vec::new();
         };
-        crate::kv_disk::saved_layers(&disk.dir)
+        let dir = disk.dir.clone();
+        let listed = tokio::task::spawn_blocking(move || crate::kv_disk::saved_layers(&dir));
+        listed
+            .await
+            .unwrap_or_default()
             .into_iter()
             .filter_map(|saved| {
                 let kv_type = match KvType::from_name(&saved.kv_type)? {
@@ -877,8 +883,7 @@ impl WorkerService {
                     KvType::Q4_0 => v1::KvType::Q40,
                 };
                 Some(v1::SavedLayers {
-                    // The folder is the digest with its `:` made a `-`.
-                    model_digest: saved.folder.replacen('-', ":", 1),
+                    model_digest: saved.digest,
                     kv_type: kv_type as i32,
                     layers: saved.layers,
                 })
