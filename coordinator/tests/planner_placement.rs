@@ -1,6 +1,7 @@
 //! Placement planner over real and synthetic model shapes (pure: no sockets,
 //! no tensor data loaded).
 
+use std::collections::BTreeMap;
 use strata_coordinator::planner::{
     plan, try_plan, Backend, Link, Plan, PlanError, PlanRequest, WorkerSpec,
 };
@@ -211,34 +212,46 @@ fn slow_network_prefers_fewer_stages() {
     assert_eq!(plan.stages.len(), 1);
 }
 
-#[test]
-fn a_slow_link_moves_the_boundary_to_another_worker() {
+const QUICK: Link = Link {
+    latency_s: 100e-6,
+    bandwidth_bytes_per_s: 110e6,
+};
+const SLOW: Link = Link {
+    latency_s: 2e-3,
+    bandwidth_bytes_per_s: 110e6,
+};
+
+/// Worker 0 holds about two thirds of an 8B model, so a second stage is
+/// needed; 1 and 2 can each take the rest at the same speed. `links(i)`
+/// gives worker i's link to the coordinator and its measured peers.
+/// Returns the workers the plan uses, in pipeline order.
+fn two_thirds_and_the_rest(links: impl Fn(usize) -> (Link, BTreeMap<String, Link>)) -> Vec<usize> {
     let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
     let req = request(&hp, &p, 4096, KvType::F16);
-    // Worker 0 holds about two thirds, so a second stage is needed; 1 and 2
-    // can each take the rest at the same speed. A 2 ms link on either one
-    // sends the boundary to the other.
-    let quick = Link {
-        latency_s: 100e-6,
-        bandwidth_bytes_per_s: 110e6,
-    };
-    let slow = Link {
-        latency_s: 2e-3,
-        bandwidth_bytes_per_s: 110e6,
-    };
     let total = fits_total(&req);
+    let workers: Vec<WorkerSpec> = (0..3)
+        .map(|i| {
+            let size = if i == 0 { total * 2 / 3 } else { total * 3 / 4 };
+            let (link, peers) = links(i);
+            WorkerSpec::new(format!("w{i}"), Backend::Cuda, format!("h{i}"), size)
+                .with_bandwidth(900e9)
+                .with_link(link)
+                .with_peer_links(peers)
+        })
+        .collect();
+    let plan = plan(&req, &workers).unwrap();
+    check(&plan, &req, &workers);
+    plan.stages.iter().map(|s| s.worker).collect()
+}
+
+#[test]
+fn a_slow_link_moves_the_boundary_to_another_worker() {
+    // A 2 ms link to the coordinator on either 1 or 2 sends the boundary to
+    // the other.
     for slow_one in [1, 2] {
-        let workers: Vec<WorkerSpec> = (0..3)
-            .map(|i| {
-                let size = if i == 0 { total * 2 / 3 } else { total * 3 / 4 };
-                WorkerSpec::new(format!("w{i}"), Backend::Cuda, format!("h{i}"), size)
-                    .with_bandwidth(900e9)
-                    .with_link(if i == slow_one { slow } else { quick })
-            })
-            .collect();
-        let plan = plan(&req, &workers).unwrap();
-        check(&plan, &req, &workers);
-        let used: Vec<usize> = plan.stages.iter().map(|s| s.worker).collect();
+        let used = two_thirds_and_the_rest(|i| {
+            (if i == slow_one { SLOW } else { QUICK }, BTreeMap::new())
+        });
         assert_eq!(used.len(), 2, "two stages: {used:?}");
         assert!(
             !used.contains(&slow_one) && used.contains(&(3 - slow_one)),
@@ -249,41 +262,20 @@ fn a_slow_link_moves_the_boundary_to_another_worker() {
 
 #[test]
 fn a_hop_costs_the_link_measured_between_its_two_workers() {
-    let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
-    let req = request(&hp, &p, 4096, KvType::F16);
-    // As above, worker 0 needs a second stage on 1 or 2, and the coordinator
-    // sees all three alike; worker 0 and one of them measured 100 us
-    // between them, every other pair 2 ms, so only the measured pair can
-    // decide.
-    let quick = Link {
-        latency_s: 100e-6,
-        bandwidth_bytes_per_s: 110e6,
-    };
-    let slow = Link {
-        latency_s: 2e-3,
-        bandwidth_bytes_per_s: 110e6,
-    };
-    let total = fits_total(&req);
+    // The coordinator sees all three alike; worker 0 and one of them
+    // measured 100 us between them, every other pair 2 ms, so only the
+    // measured pair can decide.
     for quick_one in [1usize, 2] {
-        let workers: Vec<WorkerSpec> = (0..3)
-            .map(|i| {
-                let size = if i == 0 { total * 2 / 3 } else { total * 3 / 4 };
-                let peers = (0..3)
-                    .filter(|&j| j != i)
-                    .map(|j| {
-                        let pair_is_quick = (i.min(j), i.max(j)) == (0, quick_one);
-                        (format!("w{j}"), if pair_is_quick { quick } else { slow })
-                    })
-                    .collect();
-                WorkerSpec::new(format!("w{i}"), Backend::Cuda, format!("h{i}"), size)
-                    .with_bandwidth(900e9)
-                    .with_link(quick)
-                    .with_peer_links(peers)
-            })
-            .collect();
-        let plan = plan(&req, &workers).unwrap();
-        check(&plan, &req, &workers);
-        let mut used: Vec<usize> = plan.stages.iter().map(|s| s.worker).collect();
+        let mut used = two_thirds_and_the_rest(|i| {
+            let peers = (0..3)
+                .filter(|&j| j != i)
+                .map(|j| {
+                    let pair_is_quick = (i.min(j), i.max(j)) == (0, quick_one);
+                    (format!("w{j}"), if pair_is_quick { QUICK } else { SLOW })
+                })
+                .collect();
+            (QUICK, peers)
+        });
         used.sort();
         assert_eq!(used, [0, quick_one], "w0 and the worker of its quick link");
     }
