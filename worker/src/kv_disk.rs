@@ -17,6 +17,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use strata_kernels::KvGeometry;
+use strata_model::profile::KvType;
 
 use crate::kv_blocks::BlockHash;
 
@@ -229,7 +230,7 @@ impl DiskBlocks {
 pub struct SavedLayers {
     /// The model's digest, from its folder's name ([`digest_folder`]).
     pub digest: String,
-    pub kv_type: String,
+    pub kv_type: KvType,
     pub layers: Vec<u32>,
 }
 
@@ -287,7 +288,10 @@ pub fn saved_layers(root: &Path) -> Vec<SavedLayers> {
         let Some(digest) = folder_digest(&model) else {
             continue;
         };
-        for (kv_type, kv_dir) in folders(&model_dir).into_iter().take(MAX_LISTED) {
+        for (kv_name, kv_dir) in folders(&model_dir).into_iter().take(MAX_LISTED) {
+            let Some(kv_type) = KvType::from_name(&kv_name) else {
+                continue;
+            };
             let mut layers: Vec<u32> = folders(&kv_dir)
                 .into_iter()
                 .filter_map(|(name, dir)| {
@@ -346,7 +350,6 @@ fn collect_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_model::profile::KvType;
 
     fn geo(kv_type: KvType) -> Shape {
         block_shape(&KvGeometry {
@@ -383,7 +386,7 @@ mod tests {
             saved_layers(root.path()),
             vec![SavedLayers {
                 digest,
-                kv_type: "q8_0".into(),
+                kv_type: KvType::Q8_0,
                 layers: vec![2, 3, 10],
             }]
         );

@@ -175,10 +175,10 @@ async fn measure_from(
             );
             continue;
         }
-        let link = planner_link(MeasuredLink {
+        let link = Link {
             latency_s: p.latency_s,
             bandwidth_bytes_per_s: p.bandwidth_bytes_per_s,
-        });
+        };
         tracing::info!("worker {from}: link to {to} {}", describe(&link));
         let key = (from.to_string(), to.clone());
         known.failed.remove(&key);

@@ -162,8 +162,9 @@ pub(super) fn bandwidths(workers: &[WorkerSpec]) -> Vec<f64> {
         .collect()
 }
 
-/// A hop from `a` to `b`: a same-host link, the link `a` measured to `b`,
-/// or the larger latency and smaller bandwidth of their own links.
+/// A hop from `a` to `b`: a same-host link, the link measured between
+/// their hosts (steadied: `noise::steady_links`), or the larger latency and
+/// smaller bandwidth of their links to the coordinator.
 fn hop_s(a: &WorkerSpec, b: &WorkerSpec, bytes: u64) -> f64 {
     let link = if a.host == b.host {
         Link::SAME_HOST

@@ -12,8 +12,8 @@
 //!   stage) the output head, at the worker's matvec bandwidth; the embedding
 //!   lookup reads one row (free);
 //! - each hop between stages sends `activation_bytes_per_token` over the link
-//!   (latency + bytes / bandwidth): the link the first worker measured to
-//!   the second (`WorkerSpec::peer_links`), else the larger latency and
+//!   (latency + bytes / bandwidth): the link measured between the two
+//!   workers' hosts (`WorkerSpec::peer_links`, either way), else the larger latency and
 //!   smaller bandwidth of the two workers' links to the coordinator
 //!   (`Link::SAME_HOST` on one host);
 //! - the coordinator's hops to the first stage and back from the last

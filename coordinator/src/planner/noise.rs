@@ -54,6 +54,14 @@ pub fn steady_links(workers: &[WorkerSpec]) -> Vec<WorkerSpec> {
     fn on<'a>(workers: &'a [WorkerSpec], host: &'a str) -> impl Iterator<Item = &'a WorkerSpec> {
         workers.iter().filter(move |w| w.host == host)
     }
+    // A host pair, either way round.
+    fn pair<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
+        if a < b {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    }
     let mean = |links: &[Link]| Link {
         latency_s: links.iter().map(|l| l.latency_s).sum::<f64>() / links.len() as f64,
         bandwidth_bytes_per_s: links.iter().map(|l| l.bandwidth_bytes_per_s).sum::<f64>()
@@ -64,12 +72,7 @@ pub fn steady_links(workers: &[WorkerSpec]) -> Vec<WorkerSpec> {
     for a in workers {
         for b in workers.iter().filter(|b| b.host != a.host) {
             if let Some(l) = a.peer_links.get(&b.name) {
-                let pair = if a.host < b.host {
-                    (a.host.as_str(), b.host.as_str())
-                } else {
-                    (b.host.as_str(), a.host.as_str())
-                };
-                between.entry(pair).or_default().push(*l);
+                between.entry(pair(&a.host, &b.host)).or_default().push(*l);
             }
         }
     }
@@ -80,14 +83,7 @@ pub fn steady_links(workers: &[WorkerSpec]) -> Vec<WorkerSpec> {
             let peer_links = workers
                 .iter()
                 .filter(|o| o.host != w.host)
-                .filter_map(|o| {
-                    let pair = if w.host < o.host {
-                        (w.host.as_str(), o.host.as_str())
-                    } else {
-                        (o.host.as_str(), w.host.as_str())
-                    };
-                    Some((o.name.clone(), mean(between.get(&pair)?)))
-                })
+                .filter_map(|o| Some((o.name.clone(), mean(between.get(&pair(&w.host, &o.host))?))))
                 .collect();
             WorkerSpec {
                 link: mean(&own),

@@ -876,17 +876,17 @@ impl WorkerService {
             .await
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|saved| {
-                let kv_type = match KvType::from_name(&saved.kv_type)? {
+            .map(|saved| {
+                let kv_type = match saved.kv_type {
                     KvType::F16 => v1::KvType::F16,
                     KvType::Q8_0 => v1::KvType::Q80,
                     KvType::Q4_0 => v1::KvType::Q40,
                 };
-                Some(v1::SavedLayers {
+                v1::SavedLayers {
                     model_digest: saved.digest,
                     kv_type: kv_type as i32,
                     layers: saved.layers,
-                })
+                }
             })
             .collect()
     }
