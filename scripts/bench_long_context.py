@@ -4,7 +4,11 @@ per length (or on a running server with --url).
 
 Usage: bench_long_context.py MODEL.gguf [--bin target/release/strata]
        [--tokens 2000,16000,130000] [--ctx 131072] [--decode 64]
-       [-- EXTRA SERVE FLAGS]
+       [--llama-server PATH] [-- EXTRA SERVE FLAGS]
+
+With --llama-server, llama.cpp's server runs the same prompts instead, a
+fresh one per length (so no slot cache is reused), and the flags after
+`--` are llama-server's (e.g. `-ctk q8_0 -ctv q8_0 -fa on -t 2`).
 
 The prompt is tests/data/gpl-3.txt repeated up to about --tokens tokens
 (the synth tokenizer gives about one token per character; the script
@@ -21,7 +25,10 @@ Example (docs/plans/long-context.md, "128K tokens"):
 
 import argparse
 import pathlib
+import socket
+import subprocess
 import sys
+import threading
 import time
 
 import openai
@@ -29,6 +36,27 @@ import openai
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_kv_sessions import serve  # noqa: E402
+
+
+def serve_llama(bin_path, model, ctx, extra):
+    """llama-server on a free port, as `serve` starts strata."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen(
+        [bin_path, "-m", model, "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx), "-np", "1", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in p.stderr:
+        if "listening on http" in line:
+            break
+    else:
+        raise SystemExit(f"llama-server exited: {p.wait()}")
+    threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+    return p, client, client.models.list().data[0].id
 
 
 def run(client, model, n_chars, n_decode):
@@ -72,6 +100,7 @@ def main():
     ap.add_argument("--tokens", default="2000,16000,130000")
     ap.add_argument("--ctx", type=int, default=131072)
     ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--llama-server", help="run llama.cpp's llama-server (this binary) instead of strata")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
     args = ap.parse_args(argv[:cut])
@@ -82,6 +111,8 @@ def main():
             server = None
             client = openai.OpenAI(base_url=args.url, api_key="none")
             model = client.models.list().data[0].id
+        elif args.llama_server:
+            server, client, model = serve_llama(args.llama_server, args.model, args.ctx, args.extra)
         else:
             server, client, model = serve(args.bin, args.model, args.ctx, args.extra)
         # A 128K-token prompt takes most of an hour on a small CPU.

@@ -3,7 +3,7 @@
 //! prompt, and prints the relative L2 difference of the stage outputs. A
 //! smooth growth is rounding; a jump at one layer points at an op.
 //!
-//!   STRATA_CUDA_EMULATOR=1 cargo run --release -p strata-tests --example cuda_layer_diff -- MODEL.gguf [TOKENS]
+//!   STRATA_CUDA_EMULATOR=1 cargo run --release -p strata-tests --example cuda_layer_diff -- MODEL.gguf [TOKENS] [f16|q8_0|q4_0]
 //!
 //! (a real GPU where there is one, else set STRATA_CUDA_EMULATOR=1).
 
@@ -11,6 +11,7 @@ use anyhow::Context;
 use strata_kernels::cuda::{emulator, CudaBackend};
 use strata_kernels::{Backend, CpuBackend};
 use strata_model::arch::ModelSpec;
+use strata_model::profile::KvType;
 use strata_model::GgufFile;
 use strata_worker::{BatchSeq, LayerRange, LogitRows, Stage, StageInput, StageOutput};
 
@@ -19,8 +20,9 @@ fn hidden<B: Backend>(
     file: &GgufFile,
     end: usize,
     tokens: &[u32],
+    kv: KvType,
 ) -> anyhow::Result<Vec<f32>> {
-    let mut stage = Stage::load(backend, file, LayerRange { first: 0, end }, 256)?;
+    let mut stage = Stage::load_kv(backend, file, LayerRange { first: 0, end }, 256, kv)?;
     let batch = [BatchSeq {
         seq: 0,
         start_pos: 0,
@@ -38,8 +40,12 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let path = args
         .first()
-        .context("usage: cuda_layer_diff MODEL.gguf [TOKENS]")?;
+        .context("usage: cuda_layer_diff MODEL.gguf [TOKENS] [KV TYPE]")?;
     let n: usize = args.get(1).map_or(Ok(12), |s| s.parse())?;
+    let kv = match args.get(2) {
+        Some(s) => KvType::from_name(s).context("KV type: f16, q8_0 or q4_0")?,
+        None => KvType::F16,
+    };
     let file = GgufFile::open(path)?;
     let hp = ModelSpec::from_gguf(&file)?;
     emulator::install_unless_gpu()?;
@@ -51,8 +57,8 @@ fn main() -> anyhow::Result<()> {
     println!("| layers | rel L2 (CUDA vs CPU) | max abs | rms |");
     println!("| ---: | ---: | ---: | ---: |");
     for end in 1..=hp.n_layers {
-        let c = hidden(CpuBackend::new(), &file, end, &tokens)?;
-        let g = hidden(gpu.clone(), &file, end, &tokens)?;
+        let c = hidden(CpuBackend::new(), &file, end, &tokens, kv)?;
+        let g = hidden(gpu.clone(), &file, end, &tokens, kv)?;
         let num: f64 = c
             .iter()
             .zip(&g)
