@@ -25,6 +25,7 @@ use strata_kernels::{Backend, CpuBackend};
 use strata_model::arch::ModelSpec;
 use strata_model::profile::KvType;
 use strata_model::GgufFile;
+use strata_tests::deviation::top5_deviation;
 use strata_worker::{BatchSeq, LayerRange, LogitRows, Stage, StageInput, StageOutput};
 
 /// Runs `range` on `input`: the hidden state out (as host floats) or the
@@ -66,16 +67,6 @@ fn run<B: Backend>(
 enum StageInputHost {
     Tokens(Vec<u32>),
     Hidden(Vec<f32>, Vec<u32>),
-}
-
-/// The largest |Δ log-prob| over `reference`'s top 5 tokens.
-fn top5_deviation(reference: &[f32], other: &[f32]) -> f32 {
-    let mut order: Vec<usize> = (0..reference.len()).collect();
-    order.sort_by(|&a, &b| reference[b].total_cmp(&reference[a]));
-    order[..5]
-        .iter()
-        .map(|&t| (reference[t] - other[t]).abs())
-        .fold(0.0, f32::max)
 }
 
 fn main() -> anyhow::Result<()> {

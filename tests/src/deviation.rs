@@ -55,3 +55,15 @@ impl LogprobDeviation {
 pub fn argmax(row: &[f32]) -> usize {
     (0..row.len()).fold(0, |b, t| if row[t] > row[b] { t } else { b })
 }
+
+/// The largest |Δ log-prob| of `other` over `reference`'s top 5 tokens
+/// (both log-probabilities of a whole vocabulary): how two backends' runs
+/// compare.
+pub fn top5_deviation(reference: &[f32], other: &[f32]) -> f32 {
+    let mut order: Vec<usize> = (0..reference.len()).collect();
+    order.sort_by(|&a, &b| reference[b].total_cmp(&reference[a]));
+    order[..5]
+        .iter()
+        .map(|&t| (reference[t] - other[t]).abs())
+        .fold(0.0, f32::max)
+}

@@ -10,6 +10,7 @@ use strata_model::arch::{Architecture, ModelSpec};
 use strata_model::profile::KvType;
 use strata_model::synth::{QuantScheme, SynthSpec};
 use strata_model::GgufFile;
+use strata_tests::deviation::top5_deviation;
 use strata_tests::{model_path, reference, GEMMA3, SMOLLM2};
 use strata_worker::generate::prefill;
 use strata_worker::sampler::log_sum_exp;
@@ -79,16 +80,6 @@ fn greedy<B: Backend>(stage: &mut Stage<B>, prompt: &[u32], forced: Option<&[u32
     }
     stage.release(0);
     steps
-}
-
-/// The largest |Δ log-prob| over the CPU's top 5 tokens.
-fn top5_deviation(cpu: &[f32], gpu: &[f32]) -> f32 {
-    let mut order: Vec<usize> = (0..cpu.len()).collect();
-    order.sort_by(|&a, &b| cpu[b].total_cmp(&cpu[a]));
-    order[..5]
-        .iter()
-        .map(|&t| (cpu[t] - gpu[t]).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Asserts the CUDA text is the CPU's up to the first near-tie, and the
