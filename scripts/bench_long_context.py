@@ -24,6 +24,7 @@ Example (docs/plans/long-context.md, "128K tokens"):
 """
 
 import argparse
+import collections
 import pathlib
 import socket
 import subprocess
@@ -35,7 +36,7 @@ import openai
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_kv_sessions import serve  # noqa: E402
+from bench_kv_sessions import SERVERS, serve  # noqa: E402
 
 
 def serve_llama(bin_path, model, ctx, extra):
@@ -49,11 +50,15 @@ def serve_llama(bin_path, model, ctx, extra):
         stderr=subprocess.PIPE,
         text=True,
     )
+    SERVERS.append(p)  # killed at exit, as strata's servers are
+    log = collections.deque(maxlen=20)
     for line in p.stderr:
+        log.append(line)
         if "listening on http" in line:
             break
     else:
-        raise SystemExit(f"llama-server exited: {p.wait()}")
+        # (A lost race for the port ends here too, with its log line.)
+        raise SystemExit(f"llama-server exited: {p.wait()}\n" + "".join(log))
     threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
     return p, client, client.models.list().data[0].id

@@ -3,7 +3,9 @@
 //! prompt, the largest top-5 log-prob difference from the CPU's whole run:
 //!
 //! - of the CUDA backend's whole run;
-//! - of a CPU run of layers 1.. fed the CUDA backend's layer-0 output.
+//! - of a CPU run of layers 1.. fed the CUDA backend's layer-0 output;
+//! - of a CPU run of layers 1.. fed its own layer-0 output (a control:
+//!   splitting the stage changes nothing, so it prints 0).
 //!
 //! The second run is CPU arithmetic throughout, given an input that differs
 //! only by the CUDA backend's rounding in one layer. If it moves as far as
@@ -13,11 +15,16 @@
 //! Then, layer by layer, each backend runs one layer on the same input
 //! (the CPU's hidden state before it) and the table gives the relative L2
 //! difference of their outputs per KV type: a layer's own error, without
-//! what earlier layers passed on.
+//! what earlier layers passed on. The last layer is left out (its stage
+//! gives logits: the first table covers it). Both tables are for the
+//! prompt's rows; decode steps over a quantized cache are held to the CPU's
+//! by `kernels/tests/cuda_attention_quant.rs`.
 //!
 //!   STRATA_CUDA_EMULATOR=1 cargo run --release -p strata-tests --example kv_quant_sensitivity -- MODEL.gguf TOKEN_IDS
 //!
-//! (TOKEN_IDS comma-separated; a real GPU where there is one.)
+//! (TOKEN_IDS comma-separated, e.g. the first prompt of a reference file:
+//! `504,3575,282,4649,314` for SmolLM2, `2,818,5279,529,7001,563` for
+//! Gemma-3, as docs/cuda.md quotes; a real GPU where there is one.)
 
 use anyhow::Context;
 use strata_kernels::cuda::{emulator, CudaBackend};
@@ -26,6 +33,7 @@ use strata_model::arch::ModelSpec;
 use strata_model::profile::KvType;
 use strata_model::GgufFile;
 use strata_tests::deviation::top5_deviation;
+use strata_worker::sampler::log_sum_exp;
 use strata_worker::{BatchSeq, LayerRange, LogitRows, Stage, StageInput, StageOutput};
 
 /// Runs `range` on `input`: the hidden state out (as host floats) or the
@@ -37,13 +45,16 @@ fn run<B: Backend>(
     kv: KvType,
     input: StageInputHost,
 ) -> anyhow::Result<Vec<f32>> {
-    let mut stage = Stage::load_kv(backend, file, range, 128, kv)?;
-    let (n_tokens, input) = match input {
-        StageInputHost::Tokens(t) => (t.len(), StageInput::Tokens(t)),
+    let n_tokens = match &input {
+        StageInputHost::Tokens(t) | StageInputHost::Hidden(_, t) => t.len(),
+    };
+    let mut stage = Stage::load_kv(backend, file, range, n_tokens.next_multiple_of(32), kv)?;
+    let input = match input {
+        StageInputHost::Tokens(t) => StageInput::Tokens(t),
         StageInputHost::Hidden(h, tokens) => {
             let cols = h.len() / tokens.len();
             let hidden = stage.backend().act_from_host(&h, tokens.len(), cols)?;
-            (tokens.len(), StageInput::Hidden { hidden, tokens })
+            StageInput::Hidden { hidden, tokens }
         }
     };
     let batch = [BatchSeq {
@@ -57,13 +68,14 @@ fn run<B: Backend>(
         StageOutput::Hidden(h) => stage.backend().act_to_host(&h)?,
         StageOutput::Logits(l) => {
             let l = l.concat();
-            let max = l.iter().copied().fold(f32::MIN, f32::max);
-            let lse = max + l.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+            let lse = log_sum_exp(&l);
             l.iter().map(|x| x - lse).collect()
         }
     })
 }
 
+/// A stage's input as host values: the prompt's tokens, or a hidden state
+/// (rows x width) with the tokens it stands for.
 enum StageInputHost {
     Tokens(Vec<u32>),
     Hidden(Vec<f32>, Vec<u32>),
@@ -94,7 +106,7 @@ fn main() -> anyhow::Result<()> {
     };
     println!("| KV | CUDA whole run | CPU fed CUDA's layer 0 | CPU fed its own layer 0 |");
     println!("| --- | ---: | ---: | ---: |");
-    for kv in [KvType::F16, KvType::Q8_0, KvType::Q4_0] {
+    for kv in KvType::ALL {
         let tokens_in = || StageInputHost::Tokens(tokens.clone());
         let cpu_all = run(cpu.clone(), &file, all, kv, tokens_in())?;
         let gpu_all = run(gpu.clone(), &file, all, kv, tokens_in())?;
@@ -114,17 +126,14 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("| layer | own error, f16 KV | q8_0 KV | q4_0 KV |");
     println!("| ---: | ---: | ---: | ---: |");
-    let mut inputs = [KvType::F16, KvType::Q8_0, KvType::Q4_0].map(|_| None::<Vec<f32>>);
+    let mut inputs = KvType::ALL.map(|_| None::<Vec<f32>>);
     for layer in 0..n_layers - 1 {
         let range = LayerRange {
             first: layer,
             end: layer + 1,
         };
         let mut row = format!("| {layer} |");
-        for (kv, input) in [KvType::F16, KvType::Q8_0, KvType::Q4_0]
-            .into_iter()
-            .zip(&mut inputs)
-        {
+        for (kv, input) in KvType::ALL.into_iter().zip(&mut inputs) {
             let feed = || match &*input {
                 None => StageInputHost::Tokens(tokens.clone()),
                 Some(h) => StageInputHost::Hidden(h.clone(), tokens.clone()),

@@ -1,5 +1,6 @@
 //! How far our log-probabilities are from llama.cpp's: every top-k entry
-//! of every step a reference test compares, the mean and the worst.
+//! of every step a reference test compares, the mean and the worst; and
+//! how far two of our backends' runs are apart ([`top5_deviation`]).
 
 use strata_worker::sampler::log_sum_exp;
 

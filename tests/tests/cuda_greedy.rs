@@ -96,17 +96,22 @@ fn check(label: &str, file: &GgufFile, prompt: &[u32], gpu: &CudaBackend) -> usi
 /// Gemma-3.
 const MAX_LOGPROB_DEVIATION_QUANT_KV: f32 = 1.0;
 
-/// [`MAX_LOGPROB_DEVIATION`] and [`NEAR_TIE`] for a q4_0 KV cache. Its 16
-/// levels turn the same upstream differences into larger ones: each layer's
-/// own CUDA-vs-CPU error, given the same input, is the same as with f16 KV
-/// (1e-3 to 5e-3 relative on Gemma-3, `examples/kv_quant_sensitivity.rs`),
-/// but K and V that differ by what earlier layers passed on round to other
-/// levels. llama.cpp's own q4_0 cache moves its log-probs by up to 1.75
-/// from its f16 cache on the same prompts (tests/data/smollm2-135m-kv-q4_0.json
-/// against the f16 reference). Measured worst on the emulator: 3.67 on
-/// SmolLM2 (the text the same for 14 steps, then a 0.035 near-tie), 2.70
-/// on Gemma-3 (its first pick differs by a 0.535 margin).
+/// [`MAX_LOGPROB_DEVIATION`] for a q4_0 KV cache. Its 16 levels turn the
+/// same upstream differences into larger ones: each layer's own
+/// CUDA-vs-CPU error on a prompt, given the same input, is of the same size
+/// as with f16 KV (6e-4 to 5e-3 relative on Gemma-3 for all three types;
+/// on SmolLM2 q4_0's at most 2.4 times f16's; `examples/kv_quant_sensitivity.rs`,
+/// docs/cuda.md), but K and V that differ by what earlier layers passed on
+/// round to other levels. For scale, llama.cpp's own q4_0 cache moves its
+/// log-probs by up to 1.75 from its f16 cache on the same prompts, up to
+/// the first differing pick (tests/data/smollm2-135m-kv-q4_0.json against
+/// the f16 reference). Measured worst on the emulator: 3.67 on SmolLM2, 2.70
+/// on Gemma-3.
 const MAX_LOGPROB_DEVIATION_Q4_KV: f32 = 5.0;
+/// [`NEAR_TIE`] for a q4_0 KV cache: with deviations of several tenths a
+/// pick may change under a wider margin. Measured: Gemma-3's first pick
+/// differs by a 0.535 margin; SmolLM2 agrees for 14 steps, then a 0.035
+/// near-tie.
 const NEAR_TIE_Q4_KV: f32 = 1.0;
 
 /// [`check`] with both backends caching K and V as `kv`.
@@ -262,13 +267,20 @@ fn quantized_kv_gives_the_cpu_text() {
 }
 
 /// A q4_0 KV cache through the whole CUDA forward pass, held to the wider
-/// bounds its rounding needs ([`MAX_LOGPROB_DEVIATION_Q4_KV`]).
+/// bounds its rounding needs ([`MAX_LOGPROB_DEVIATION_Q4_KV`]): a check of
+/// the wiring. The q4_0 arithmetic itself is held to the CPU's within 1e-3
+/// by `kernels/tests/cuda_attention_quant.rs`. Gemma-3 has no q4_0
+/// reference of llama.cpp's: its q8_0 one gives the prompt.
 #[test]
-fn q4_0_kv_gives_the_cpu_text_within_its_rounding() {
+fn q4_0_kv_stays_near_the_cpu_within_its_rounding() {
     let gpu = cuda();
     let file = GgufFile::open(model_path(SMOLLM2)).unwrap();
     let prompt = first_reference_prompt("smollm2-135m-kv-q4_0.json");
-    check_kv("SmolLM2 q4_0 KV", &file, &prompt, &gpu, KvType::Q4_0);
+    let agreed = check_kv("SmolLM2 q4_0 KV", &file, &prompt, &gpu, KvType::Q4_0);
+    assert!(
+        agreed >= 8,
+        "SmolLM2 q4_0 KV: the text agreed for {agreed} steps (measured: 14)"
+    );
     let file = GgufFile::open(model_path(GEMMA3)).unwrap();
     let prompt = first_reference_prompt("gemma3-270m-kv-q8_0.json");
     check_kv("Gemma-3 q4_0 KV", &file, &prompt, &gpu, KvType::Q4_0);
