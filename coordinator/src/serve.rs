@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use strata_model::arch::ModelSpec;
+use strata_model::attention_order::{RowOrders, ServerBatching};
 use strata_model::chat::ChatTemplate;
 use strata_model::profile::KvType;
 use strata_model::slice::model_digest;
@@ -282,7 +283,10 @@ pub(crate) async fn start_pipeline(
         batch_timeout: config.batch_timeout,
         prefix_cache: config.prefix_cache,
         kv_pool_blocks: load.kv_blocks(),
-        decode_order_differs_from: config.kv_type.decode_order_differs_from(),
+        row_orders: RowOrders {
+            kv: config.kv_type,
+            batching: ServerBatching::new(model.hp.server_checkpoints()),
+        },
         // The stages' snapshot rows and rings (`STATE_COPIES_PER_SEQ`).
         state_snapshots: if resumes_from_snapshots(&model.hp, &load) {
             load.sequences * (strata_model::profile::STATE_COPIES_PER_SEQ - 1)

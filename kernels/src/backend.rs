@@ -246,6 +246,11 @@ pub struct AttentionBatch<'a> {
     /// decode step over 512+ cells ggml's split-KV order, a prompt row the
     /// one-chunk order, whatever the batch holds besides.
     pub decode: &'a [bool],
+    /// `tiled[t]`: prompt row `t` takes ggml's tiled order (empty: none
+    /// does), as llama.cpp computes a row whose ubatch has 64+ rows
+    /// (`strata_model::attention_order`). Only the CPU backend's f16 cache
+    /// has that order; the quantized caches and CUDA ignore it.
+    pub tiled: &'a [bool],
 }
 
 /// Where a batch's tokens sit: what every layer of a stage reads to rotate,

@@ -124,6 +124,7 @@ impl Caches {
             window: h.window,
             sinks,
             decode: &[],
+            tiled: &[],
         };
         let (g, c) = (&self.g, &self.c);
         let got = attend_on(g, &mut self.kg, 0, (&q, &k, &v), n, &batch);

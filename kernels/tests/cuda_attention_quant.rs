@@ -88,6 +88,7 @@ impl Pair {
             window: s.window,
             sinks: None,
             decode: &[],
+            tiled: &[],
         };
         let got = attend_on(&self.g, &mut self.kg, 0, (&q, &k, &v), n, &batch);
         let want = attend_on(&self.c, &mut self.kc, 0, (&q, &k, &v), n, &batch);

@@ -270,6 +270,7 @@ fn attention_err(
         window: case.window,
         sinks: case.sinks,
         decode: &[],
+        tiled: &[],
     };
     let got = attend_on(g, kg, layer, (&q, &k, &v), n, &batch);
     let want = attend_on(c, kc, layer, (&q, &k, &v), n, &batch);

@@ -44,6 +44,7 @@ fn round_trip<B: Backend>(b: &B, kv_type: KvType) {
             window: None,
             sinks: None,
             decode: &[],
+            tiled: &[],
         };
         let qa = b.act_from_host(&q, n, heads * 64).unwrap();
         let (ka, va) = (

@@ -236,6 +236,7 @@ fn attention_with_sinks_matches_softmax_with_sink() {
         window: None,
         sinks: Some(&sinks),
         decode: &[],
+        tiled: &[],
     };
     let out = c
         .act_to_host(
@@ -284,6 +285,7 @@ fn minus_infinite_sinks_change_nothing() {
             window: Some(20),
             sinks,
             decode: &[],
+            tiled: &[],
         };
         c.act_to_host(
             &c.attention(

@@ -5,11 +5,13 @@
 //! - [`quant`]: block layouts of the GGML quant types, dequantization and
 //!   scalar reference dot products.
 //! - [`arch`]: hyper-parameters of the supported architectures, from metadata.
+//! - [`attention_order`]: which of ggml's attention orders each row takes.
 //! - [`profile`]: per-layer memory profile, what the planner stands on.
 //! - [`tokenizer`], [`chat`]: text in and out.
 //! - [`units`]: byte sizes as flags take them and tables print them.
 
 pub mod arch;
+pub mod attention_order;
 pub mod chat;
 pub mod constraint;
 pub mod gguf;

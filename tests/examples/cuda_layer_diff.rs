@@ -29,6 +29,7 @@ fn hidden<B: Backend>(
         n_tokens: tokens.len(),
         logits: LogitRows::Last,
         decode: false,
+        tiled: Vec::new(),
     }];
     match stage.forward(&batch, StageInput::Tokens(tokens.to_vec()))? {
         StageOutput::Hidden(h) => Ok(stage.backend().act_to_host(&h)?),

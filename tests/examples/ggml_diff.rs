@@ -298,6 +298,7 @@ fn main() {
             window: a.window,
             sinks: None,
             decode: &[],
+            tiled: &[],
         };
         cache.write(0, &k_all, &v_all, &batch_for(&all_pos));
         let att = cache.attend(0, &q_in, &batch_for(&positions));

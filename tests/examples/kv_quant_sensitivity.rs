@@ -63,6 +63,7 @@ fn run<B: Backend>(
         n_tokens,
         logits: LogitRows::Last,
         decode: false,
+        tiled: Vec::new(),
     }];
     Ok(match stage.forward(&batch, input)? {
         StageOutput::Hidden(h) => stage.backend().act_to_host(&h)?,

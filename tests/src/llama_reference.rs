@@ -16,8 +16,9 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use strata_kernels::CpuBackend;
 use strata_model::arch::Architecture;
+use strata_model::attention_order::{prompt_orders, split_ubatches, ServerBatching};
 use strata_model::synth::{QuantScheme, SynthSpec};
-use strata_worker::generate::{decode_step, generate, prefill};
+use strata_worker::generate::{decode_step, generate, prefill_rows, tiled_of};
 use strata_worker::{Sampler, SamplingParams, Stage};
 
 use crate::deviation::{argmax, LogprobDeviation};
@@ -42,6 +43,8 @@ pub struct Case {
     pub prompt: Vec<u32>,
     /// How llama-server batched the prompt.
     pub prompt_batches: Vec<usize>,
+    /// Its `-ub`: each batch is computed in ubatches of this many rows.
+    pub n_ubatch: usize,
     pub steps: Vec<Step>,
 }
 
@@ -54,6 +57,9 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 }
 
 pub fn cases(r: &serde_json::Value) -> Vec<Case> {
+    let n_ubatch = server_arg(r, "-ub").map_or(ServerBatching::DEFAULT_N_UBATCH, |v| {
+        v.parse().expect("-ub takes a number")
+    });
     r["greedy"]
         .as_array()
         .unwrap()
@@ -67,6 +73,7 @@ pub fn cases(r: &serde_json::Value) -> Vec<Case> {
                 .iter()
                 .map(|n| n.as_u64().unwrap() as usize)
                 .collect(),
+            n_ubatch,
             steps: c["steps"]
                 .as_array()
                 .unwrap()
@@ -115,14 +122,47 @@ pub fn synthesize(r: &serde_json::Value, dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// The value of `flag` in the reference's llama-server arguments.
+pub fn server_arg<'a>(r: &'a serde_json::Value, flag: &str) -> Option<&'a str> {
+    // The last one counts, as llama-server reads them.
+    let args = r["llama_cpp"]["server_args"].as_array()?;
+    let i = args.iter().rposition(|a| a == flag)?;
+    args.get(i + 1)?.as_str()
+}
+
+/// Feeds `prompt` to sequence 0 in `batches` of llama-server's, each
+/// computed in ubatches of `n_ubatch` rows: a row takes ggml's tiled order
+/// where its ubatch does (`strata_model::attention_order`). Returns the
+/// logits after the last batch.
+pub fn prefill_as_batched(
+    stage: &mut Stage<CpuBackend>,
+    prompt: &[u32],
+    batches: &[usize],
+    n_ubatch: usize,
+) -> Vec<Vec<f32>> {
+    assert_eq!(batches.iter().sum::<usize>(), prompt.len());
+    let ranges: Vec<_> = batches
+        .iter()
+        .scan(0, |start, &n| {
+            *start += n;
+            Some(*start - n..*start)
+        })
+        .collect();
+    let tiled = tiled_of(&prompt_orders(
+        stage.kv_type(),
+        &split_ubatches(&ranges, n_ubatch),
+    ));
+    let mut logits = Vec::new();
+    for r in ranges {
+        logits = prefill_rows(stage, 0, r.start, &prompt[r.clone()], None, &tiled[r]).unwrap();
+    }
+    logits
+}
+
 /// Logits before each of llama.cpp's generated tokens, fed as llama-server fed them.
 fn teacher_forced_logits(stage: &mut Stage<CpuBackend>, case: &Case) -> Vec<Vec<f32>> {
-    assert_eq!(case.prompt_batches.iter().sum::<usize>(), case.prompt.len());
-    let (mut pos, mut logits) = (0, Vec::new());
-    for &n in &case.prompt_batches {
-        logits = prefill(stage, 0, pos, &case.prompt[pos..pos + n], None).unwrap();
-        pos += n;
-    }
+    let mut logits = prefill_as_batched(stage, &case.prompt, &case.prompt_batches, case.n_ubatch);
+    let mut pos = case.prompt.len();
     for step in &case.steps[..case.steps.len() - 1] {
         logits.push(decode_step(stage, 0, pos, step.token).unwrap());
         pos += 1;

@@ -55,6 +55,7 @@ fn decode_two(stage: &mut Stage<CudaBackend>, prompts: [&[u32]; 2]) -> Vec<Vec<f
                 n_tokens: 1,
                 logits: LogitRows::Last,
                 decode: true,
+                tiled: Vec::new(),
             })
             .collect();
         let StageOutput::Logits(rows) = stage

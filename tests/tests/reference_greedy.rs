@@ -21,8 +21,10 @@
 
 use strata_kernels::CpuBackend;
 use strata_model::arch::ModelSpec;
+use strata_model::attention_order::ServerBatching;
 use strata_model::GgufFile;
 use strata_tests::deviation::{argmax, LogprobDeviation};
+use strata_tests::llama_reference::prefill_as_batched;
 use strata_tests::{model_path, reference, GEMMA3, SMOLLM2};
 use strata_worker::generate::{generate, prefill};
 use strata_worker::{LayerRange, Sampler, SamplingParams, Stage};
@@ -90,31 +92,17 @@ fn load(model_file: &str) -> Stage<CpuBackend> {
     .unwrap()
 }
 
-/// The prompt's batches as llama-server cuts them (see the module comment).
-fn llama_server_prompt_batches(prompt: &[u32], sliding_window: bool) -> Vec<&[u32]> {
-    const CHECKPOINT_TAIL: usize = 4;
-    if sliding_window && prompt.len() > CHECKPOINT_TAIL {
-        let (head, tail) = prompt.split_at(prompt.len() - CHECKPOINT_TAIL);
-        vec![head, tail]
-    } else {
-        vec![prompt]
-    }
-}
-
 /// Logits before each of llama.cpp's generated tokens, fed as llama-server fed them.
 fn teacher_forced_logits(stage: &mut Stage<CpuBackend>, case: &Case) -> Vec<Vec<f32>> {
-    let sliding = (0..stage.spec().n_layers).any(|il| {
-        stage
-            .spec()
-            .attention(il)
-            .is_some_and(|a| a.window.is_some())
-    });
-    let mut pos = 0;
-    let mut logits = Vec::new();
-    for batch in llama_server_prompt_batches(&case.prompt, sliding) {
-        logits = prefill(stage, 0, pos, batch, None).unwrap();
-        pos += batch.len();
-    }
+    // The prompt's batches as llama-server cuts them (see the module comment).
+    let batching = ServerBatching::new(stage.spec().server_checkpoints());
+    let batches: Vec<usize> = batching
+        .batches(case.prompt.len())
+        .iter()
+        .map(|b| b.len())
+        .collect();
+    let mut logits = prefill_as_batched(stage, &case.prompt, &batches, batching.n_ubatch);
+    let mut pos = case.prompt.len();
     for &token in &case.tokens[..case.tokens.len() - 1] {
         logits.extend(prefill(stage, 0, pos, &[token], None).unwrap());
         pos += 1;

@@ -6,18 +6,23 @@
 //! A decode step over 512+ cells takes ggml-cpu's split-KV flash-attention
 //! path: one chunk of the cells per thread, merged in order. Strata follows
 //! it with two chunks whatever its threads, so the reference is recorded
-//! with `-t 2`. The prompts were fed
-//! in 32-token batches (`-b 32 -ub 32`), which keeps llama.cpp's prompt
-//! attention on its one-chunk path (its tiled path, from 64 query rows, is
-//! not followed yet: docs/numerics.md). Same checks as
-//! reference_kv_quant.rs: teacher-forced top-5 log-probabilities within
-//! 0.05 of llama.cpp's and its greedy picks, then free-running generation.
+//! with `-t 2`. Same checks as reference_kv_quant.rs: teacher-forced
+//! top-5 log-probabilities within 0.05 of llama.cpp's and its greedy
+//! picks, then free-running generation.
+//!
+//! - `smollm2-135m-long.json` fed the prompts in 32-token batches (`-b 32
+//!   -ub 32`): llama.cpp's prompt attention took its one-chunk path.
+//! - `smollm2-135m-tiled.json` fed them as llama-server does by default,
+//!   in 512-row ubatches: a ubatch of 64+ rows takes ggml's tiled path
+//!   (f16 K/V only), which sums V in f32 where the one-chunk path sums it
+//!   in f16. strata follows it (`kernels/src/cpu/attention_tiled.rs`);
+//!   without it these prompts were 0.75 off llama.cpp.
 
 use strata_kernels::CpuBackend;
 use strata_model::arch::ModelSpec;
 use strata_model::profile::KvType;
 use strata_model::GgufFile;
-use strata_tests::llama_reference::{cases, free_running, teacher_forced};
+use strata_tests::llama_reference::{cases, free_running, server_arg, teacher_forced};
 use strata_tests::{model_path, reference, SMOLLM2};
 use strata_worker::{LayerRange, Stage};
 
@@ -28,16 +33,35 @@ const KV_TOKENS: usize = 1024;
 /// (it pads the cells it attends over to a multiple of 256).
 const SPLIT_FROM_POSITION: usize = 256;
 
-/// The value llama-server was last given for `flag`, if any.
-fn server_arg<'a>(r: &'a serde_json::Value, flag: &str) -> Option<&'a str> {
-    let args = r["llama_cpp"]["server_args"].as_array().unwrap();
-    let i = args.iter().rposition(|a| a == flag)?;
-    args[i + 1].as_str()
-}
-
 #[test]
 fn smollm2_past_512_kv_cells_matches_llama_cpp() {
     let name = "smollm2-135m-long.json";
+    let r = reference(name);
+    assert!(
+        cases(&r).iter().all(|c| c.n_ubatch < 64),
+        "{name}: recorded for the one-chunk path, in ubatches under 64 rows"
+    );
+    check_past_512_cells(name);
+}
+
+#[test]
+fn smollm2_prompts_in_512_row_ubatches_match_llama_cpp() {
+    let name = "smollm2-135m-tiled.json";
+    let r = reference(name);
+    assert!(
+        cases(&r)
+            .iter()
+            .any(|c| c.prompt.len() > 2 * SPLIT_FROM_POSITION
+                && c.n_ubatch >= 64
+                && c.prompt_batches.iter().any(|&n| n >= 64)),
+        "{name}: no long prompt fed in a ubatch of 64+ rows (ggml's tiled path)"
+    );
+    check_past_512_cells(name);
+}
+
+/// Both checks over the reference `name` (f16 KV, `-fa on`, `-t 2`, a
+/// prompt past 512 tokens), on the CPU stage.
+fn check_past_512_cells(name: &str) {
     let r = reference(name);
     assert_eq!(
         server_arg(&r, "-fa"),

@@ -35,6 +35,7 @@ fn step(stage: &mut Stage<CpuBackend>, runs: &[(u64, usize, Vec<u32>)]) -> Vec<V
             logits: LogitRows::Last,
             // Runs after a sequence's first are its generated tokens.
             decode: *start > 0,
+            tiled: Vec::new(),
         })
         .collect();
     let ids = runs.iter().flat_map(|r| r.2.iter().copied()).collect();
@@ -103,6 +104,7 @@ fn sequences_decoded_together_match_each_alone() {
         n_tokens: 1,
         logits: LogitRows::Last,
         decode: false,
+        tiled: Vec::new(),
     }];
     let err = s
         .forward(&batch, StageInput::Tokens(vec![1]))

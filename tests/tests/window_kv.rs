@@ -32,6 +32,7 @@ fn decode<B: Backend>(
                 n_tokens: ids.len(),
                 logits: LogitRows::Last,
                 decode: *start > 0,
+                tiled: Vec::new(),
             })
             .collect();
         let ids = runs.iter().flat_map(|r| r.1.iter().copied()).collect();
@@ -65,6 +66,7 @@ fn bounded_batch<B: Backend>(stage: &mut Stage<B>) -> Vec<Vec<f32>> {
             n_tokens: end - start,
             logits: LogitRows::From(0),
             decode: false,
+            tiled: Vec::new(),
         }];
         let input = StageInput::Tokens(tokens[start..end].to_vec());
         let StageOutput::Logits(l) = stage.forward(&batch, input).unwrap() else {
@@ -146,6 +148,7 @@ fn window_rings_give_the_full_pools_logits() {
         n_tokens: long.len(),
         logits: LogitRows::Last,
         decode: false,
+        tiled: Vec::new(),
     }];
     let err = ring
         .forward(&batch, StageInput::Tokens(long))

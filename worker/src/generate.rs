@@ -2,6 +2,7 @@
 //! The distributed path runs the same `Stage::forward`, split over workers.
 
 use strata_kernels::Backend;
+use strata_model::attention_order::{prompt_orders, split_ubatches, RowOrder, ServerBatching};
 
 use crate::sampler::{log_sum_exp, Sampled, Sampler};
 use crate::stage::{BatchSeq, LogitRows, Stage, StageError, StageInput, StageOutput};
@@ -18,15 +19,29 @@ fn logits_of<A>(out: StageOutput<A>) -> Result<Vec<Vec<f32>>, StageError> {
     }
 }
 
-/// Feeds `tokens` to sequence `seq` from `start_pos`, in chunks; returns the
-/// logits after the last token, or with `Some(first)` those of every token
-/// from index `first` of `tokens` on.
+/// Feeds `tokens` to sequence `seq` from `start_pos`, in chunks, every row
+/// in ggml's one-chunk order (as llama.cpp computes batches of under 64
+/// rows); returns the logits after the last token, or with `Some(first)`
+/// those of every token from index `first` of `tokens` on.
 pub fn prefill<B: Backend>(
     stage: &mut Stage<B>,
     seq: u64,
     start_pos: usize,
     tokens: &[u32],
     logits_from: Option<usize>,
+) -> Result<Vec<Vec<f32>>, StageError> {
+    prefill_rows(stage, seq, start_pos, tokens, logits_from, &[])
+}
+
+/// [`prefill`] with `tiled[i]` saying whether token `i` takes ggml's tiled
+/// order (empty: none does).
+pub fn prefill_rows<B: Backend>(
+    stage: &mut Stage<B>,
+    seq: u64,
+    start_pos: usize,
+    tokens: &[u32],
+    logits_from: Option<usize>,
+    tiled: &[bool],
 ) -> Result<Vec<Vec<f32>>, StageError> {
     let mut out = Vec::new();
     for (i, chunk) in tokens.chunks(PREFILL_CHUNK_TOKENS).enumerate() {
@@ -41,6 +56,9 @@ pub fn prefill<B: Backend>(
             n_tokens: chunk.len(),
             logits,
             decode: false,
+            tiled: tiled
+                .get(offset..offset + chunk.len())
+                .map_or_else(Vec::new, <[bool]>::to_vec),
         }];
         let rows = logits_of(stage.forward(&batch, StageInput::Tokens(chunk.to_vec()))?)?;
         if logits_from.is_some() {
@@ -50,6 +68,18 @@ pub fn prefill<B: Backend>(
         }
     }
     Ok(out)
+}
+
+/// Which rows of a cold `len`-token prompt take ggml's tiled order, as
+/// llama-server's default batching computes them on this stage's cache.
+pub fn server_tiled_rows<B: Backend>(stage: &Stage<B>, len: usize) -> Vec<bool> {
+    let ubatches = ServerBatching::new(stage.spec().server_checkpoints()).ubatches(len);
+    tiled_of(&prompt_orders(stage.kv_type(), &ubatches))
+}
+
+/// `orders` as the tiled flags a batch carries.
+pub fn tiled_of(orders: &[RowOrder]) -> Vec<bool> {
+    orders.iter().map(|&o| o == RowOrder::Tiled).collect()
 }
 
 /// Feeds generated `token` to sequence `seq` at `pos` as a decode step;
@@ -66,6 +96,7 @@ pub fn decode_step<B: Backend>(
         n_tokens: 1,
         logits: LogitRows::Last,
         decode: true,
+        tiled: Vec::new(),
     }];
     let step = stage.forward(&batch, StageInput::Tokens(vec![token]))?;
     Ok(logits_of(step)?.pop().unwrap_or_default())
@@ -86,7 +117,8 @@ pub fn generate<B: Backend>(
     }
     let result = (|| {
         let mut history = prompt.to_vec();
-        let mut logits = prefill(stage, SEQ, 0, prompt, None)?
+        let tiled = server_tiled_rows(stage, prompt.len());
+        let mut logits = prefill_rows(stage, SEQ, 0, prompt, None, &tiled)?
             .pop()
             .unwrap_or_default();
         let mut out = Vec::new();
@@ -126,7 +158,10 @@ pub fn perplexity<B: Backend>(
         if let Some(b) = bos {
             input[0] = b;
         }
-        let logits = prefill(stage, SEQ, 0, &input, Some(first));
+        // llama-perplexity decodes a chunk as one batch of 512-row ubatches.
+        let ubatches = split_ubatches(&[0..ctx], ServerBatching::DEFAULT_N_UBATCH);
+        let tiled = tiled_of(&prompt_orders(stage.kv_type(), &ubatches));
+        let logits = prefill_rows(stage, SEQ, 0, &input, Some(first), &tiled);
         stage.release(SEQ);
         let logits = logits?;
         for j in first..ctx - 1 {

@@ -46,6 +46,9 @@ pub struct BatchSeq {
     /// decode order (`AttentionBatch::decode`), as llama.cpp's decode
     /// step does, where a prompt row takes the prompt order.
     pub decode: bool,
+    /// `tiled[i]`: token `i` of the run takes ggml's tiled order
+    /// (`AttentionBatch::tiled`); empty when none does.
+    pub tiled: Vec<bool>,
 }
 
 /// Tokens of a run whose logits the last stage returns.
@@ -115,6 +118,7 @@ pub struct Stage<B: Backend> {
     snapshots: StateSnapshots,
     /// The backend's record of this stage's layer runs (CUDA graphs).
     layer_runs: B::LayerRuns,
+    kv_type: KvType,
 }
 
 impl<B: Backend> Stage<B> {
@@ -320,6 +324,7 @@ impl<B: Backend> Stage<B> {
             .collect::<Result<Vec<_>, KernelError>>()?;
         let has_rings = kv.iter().any(|p| p.rings.is_some());
         Ok(Stage {
+            kv_type: load.kv_type,
             spec,
             range,
             embedding,
@@ -352,6 +357,9 @@ impl<B: Backend> Stage<B> {
 
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
+    }
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
     pub fn range(&self) -> LayerRange {
         self.range
@@ -476,6 +484,7 @@ impl<B: Backend> Stage<B> {
         let mut positions = Vec::with_capacity(n_tokens);
         let mut token_seq = Vec::with_capacity(n_tokens);
         let mut decode = Vec::with_capacity(n_tokens);
+        let mut tiled = Vec::with_capacity(n_tokens);
         for (i, s) in batch.iter().enumerate() {
             if s.start_pos < self.blocks.prefix_tokens(s.seq) {
                 return Err(StageError::Batch(format!(
@@ -496,6 +505,15 @@ impl<B: Backend> Stage<B> {
             positions.extend((s.start_pos..s.start_pos + s.n_tokens).map(|p| p as u32));
             token_seq.extend(std::iter::repeat_n(i as u32, s.n_tokens));
             decode.extend(std::iter::repeat_n(s.decode && s.n_tokens == 1, s.n_tokens));
+            if !s.tiled.is_empty() && s.tiled.len() != s.n_tokens {
+                return Err(StageError::Batch(format!(
+                    "sequence {}: {} row orders for {} tokens",
+                    s.seq,
+                    s.tiled.len(),
+                    s.n_tokens
+                )));
+            }
+            tiled.extend((0..s.n_tokens).map(|i| s.tiled.get(i).copied().unwrap_or(false)));
         }
         // The input is checked (and embedded) and the KV room counted
         // before any sequence's KV changes: a lying frame leaves the stage
@@ -646,6 +664,7 @@ impl<B: Backend> Stage<B> {
             positions: &positions,
             token_seq: &token_seq,
             decode: &decode,
+            tiled: &tiled,
             block_tables: &tables,
             rope_freqs: self.rope_freqs.as_ref(),
             recurrent: RecurrentBatch {

@@ -1,7 +1,8 @@
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
-use strata_worker::generate::prefill;
+use strata_model::attention_order::{prompt_orders, split_ubatches, ServerBatching};
+use strata_worker::generate::{prefill, prefill_rows, tiled_of};
 use strata_worker::{BatchSeq, LogitRows, StageInput};
 
 use strata_kernels::Backend;
@@ -69,10 +70,13 @@ fn bench<B: Backend>(
     let mut results = Vec::new();
     if args.n_prompt > 0 {
         let mut rates = Vec::new();
+        // llama-bench decodes the prompt as one batch of 512-row ubatches.
+        let ubatches = split_ubatches(&[0..args.n_prompt], ServerBatching::DEFAULT_N_UBATCH);
+        let tiled = tiled_of(&prompt_orders(stage.kv_type(), &ubatches));
         for _ in 0..args.repetitions {
             let tokens = random_tokens(args.n_prompt);
             let t = Instant::now();
-            prefill(&mut stage, 0, 0, &tokens, None)?;
+            prefill_rows(&mut stage, 0, 0, &tokens, None, &tiled)?;
             rates.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
             stage.release(0);
         }
@@ -92,6 +96,7 @@ fn bench<B: Backend>(
                     n_tokens: 1,
                     logits: LogitRows::Last,
                     decode: true,
+                    tiled: Vec::new(),
                 }];
                 stage.forward(&batch, StageInput::Tokens(vec![tok]))?;
             }

@@ -22,6 +22,7 @@ mod stats;
 use std::sync::Arc;
 use std::time::Duration;
 
+use strata_model::attention_order::RowOrders;
 use strata_proto::transport::Transport;
 use strata_proto::{v1, WorkerClient};
 use tokio::sync::mpsc;
@@ -53,11 +54,11 @@ pub struct EngineConfig {
     /// Blocks in each stage's KV pool (the prefix cache fills what live
     /// sequences leave free).
     pub kv_pool_blocks: usize,
-    /// From this position a decode step's KV differs in its last bits from
-    /// a prompt's (`KvType::decode_order_differs_from`): the prefix cache
-    /// keeps a sequence's blocks up to the later of its prompt's end and
-    /// this, so a cached prefix gives a cold run's bits.
-    pub decode_order_differs_from: Option<usize>,
+    /// The attention order of each row (`strata_model::attention_order`):
+    /// each prompt row is computed in it, and a cached block is reused only
+    /// by a prompt that computes its rows in the same orders, so a cached
+    /// prefix gives a cold run's bits.
+    pub row_orders: RowOrders,
     /// Recurrent state snapshots each stage holds for the prefix cache (0:
     /// the model keeps no recurrent state).
     pub state_snapshots: usize,

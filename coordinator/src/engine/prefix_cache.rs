@@ -1,6 +1,10 @@
 //! The automatic prefix cache's index: which full KV blocks every stage
 //! keeps after their sequence ended, keyed by a hash of all tokens up to
-//! the block's end, and which to evict when a batch needs room.
+//! the block's end and the attention order each row was computed in
+//! (`strata_model::attention_order`), and which to evict when a batch
+//! needs room. A prompt reuses a block only where it would compute every
+//! row before the block's end in the same order, so the bits are a cold
+//! run's.
 //!
 //! The coordinator decides for all stages and sends them the same lists
 //! (`RetainBlocks`, `evict_first`), so their caches match this index block
@@ -17,6 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use strata_model::attention_order::RowOrder;
 use strata_model::profile::KV_BLOCK_TOKENS;
 
 use super::prefix_snapshots::SnapshotIndex;
@@ -24,18 +29,22 @@ use super::prefix_snapshots::SnapshotIndex;
 /// The prefix hash of a full KV block (16 bytes of blake3).
 pub type BlockHash = [u8; 16];
 
-/// Prefix hashes of the full blocks of `tokens`: block `i`'s covers tokens
-/// `0 .. 32 (i + 1)`, chained so that equal hashes mean equal prefixes.
-pub fn block_hashes(tokens: &[u32]) -> Vec<BlockHash> {
+/// Prefix hashes of the full blocks of `tokens`, whose rows were computed
+/// in `orders` (one per token): block `i`'s covers tokens `0 .. 32 (i + 1)`,
+/// chained so that equal hashes mean equal prefixes computed alike.
+pub fn block_hashes(tokens: &[u32], orders: &[RowOrder]) -> Vec<BlockHash> {
+    assert_eq!(tokens.len(), orders.len(), "an order per token");
     let mut prev = [0u8; 16];
     tokens
         .chunks_exact(KV_BLOCK_TOKENS)
-        .map(|block| {
+        .zip(orders.chunks_exact(KV_BLOCK_TOKENS))
+        .map(|(block, orders)| {
             let mut h = blake3::Hasher::new();
-            h.update(b"strata kv prefix v1");
+            h.update(b"strata kv prefix v2");
             h.update(&prev);
-            for t in block {
+            for (t, &o) in block.iter().zip(orders) {
                 h.update(&t.to_le_bytes());
+                h.update(&[o as u8]);
             }
             prev.copy_from_slice(&h.finalize().as_bytes()[..16]);
             prev
@@ -122,8 +131,12 @@ impl PrefixCache {
 
     /// The hash a frame saves a snapshot of `prefix` (whole blocks) under,
     /// and the snapshots it drops first; `None`: save none.
-    pub fn save_snapshot(&mut self, prefix: &[u32]) -> Option<(BlockHash, Vec<BlockHash>)> {
-        let hash = *block_hashes(prefix).last()?;
+    pub fn save_snapshot(
+        &mut self,
+        prefix: &[u32],
+        orders: &[RowOrder],
+    ) -> Option<(BlockHash, Vec<BlockHash>)> {
+        let hash = *block_hashes(prefix, orders).last()?;
         let now = self.tick();
         let dropped = self.snapshots.as_mut()?.save(hash, now)?;
         self.dropped_to_disk(&dropped);
@@ -211,13 +224,13 @@ impl PrefixCache {
     /// Each is marked in use until
     /// [`Self::detach`]; those on disk count as kept from now on (the
     /// first frame reads them into the stages' memory).
-    pub fn attach(&mut self, prompt: &[u32]) -> Attached {
+    pub fn attach(&mut self, prompt: &[u32], orders: &[RowOrder]) -> Attached {
         let mut out = Attached::default();
         if !self.enabled || prompt.len() <= KV_BLOCK_TOKENS {
             return out;
         }
-        let usable = &prompt[..(prompt.len() - 1) / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS];
-        let mut hashes = block_hashes(usable);
+        let usable = (prompt.len() - 1) / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS;
+        let mut hashes = block_hashes(&prompt[..usable], &orders[..usable]);
         let cached = |h: &BlockHash| {
             self.kept.contains_key(h) || self.on_disk.as_ref().is_some_and(|d| d.contains_key(h))
         };
@@ -275,12 +288,17 @@ impl PrefixCache {
     /// `prefix`) has ended well: its full blocks are kept. Returns their
     /// hashes, for the stages (which keep a block whose hash is new, and
     /// free one whose hash is kept already).
-    pub fn retain(&mut self, tokens: &[u32], prefix: &[BlockHash]) -> Vec<BlockHash> {
+    pub fn retain(
+        &mut self,
+        tokens: &[u32],
+        orders: &[RowOrder],
+        prefix: &[BlockHash],
+    ) -> Vec<BlockHash> {
         self.detach(prefix);
         if !self.enabled {
             return Vec::new();
         }
-        let hashes = block_hashes(tokens);
+        let hashes = block_hashes(tokens, orders);
         let now = self.tick();
         for (depth, h) in hashes.iter().enumerate() {
             self.kept
@@ -359,6 +377,11 @@ impl PrefixCache {
 mod tests {
     use super::*;
 
+    /// Every row in the one-chunk order.
+    fn plain(tokens: &[u32]) -> Vec<RowOrder> {
+        vec![RowOrder::OneChunk; tokens.len()]
+    }
+
     fn tokens(n: usize, salt: u32) -> Vec<u32> {
         (0..n as u32).map(|i| i * 7 + salt).collect()
     }
@@ -366,13 +389,13 @@ mod tests {
     #[test]
     fn hashes_chain_over_whole_blocks() {
         let a = tokens(100, 0);
-        let h = block_hashes(&a);
+        let h = block_hashes(&a, &plain(&a));
         assert_eq!(h.len(), 3);
-        assert_eq!(block_hashes(&a[..64]), h[..2]);
+        assert_eq!(block_hashes(&a[..64], &plain(&a[..64])), h[..2]);
         // Same second block after a different first: a different hash.
         let mut b = a.clone();
         b[0] += 1;
-        let hb = block_hashes(&b);
+        let hb = block_hashes(&b, &plain(&b));
         assert!(hb[0] != h[0] && hb[1] != h[1]);
     }
 
@@ -380,36 +403,58 @@ mod tests {
     fn attach_takes_the_longest_kept_prefix_and_leaves_a_token() {
         let mut c = PrefixCache::new(true, 100);
         let history = tokens(96, 1);
-        assert_eq!(c.retain(&history, &[]).len(), 3);
+        assert_eq!(c.retain(&history, &plain(&history), &[]).len(), 3);
         // The same 96 tokens again: two blocks, the last token's block is computed.
-        assert_eq!(c.attach(&history).blocks.len(), 2);
+        assert_eq!(c.attach(&history, &plain(&history)).blocks.len(), 2);
         // 97 tokens: all three blocks.
         let mut longer = history.clone();
         longer.push(5);
-        assert_eq!(c.attach(&longer).blocks.len(), 3);
+        assert_eq!(c.attach(&longer, &plain(&longer)).blocks.len(), 3);
         // A prompt that differs in block 1 matches block 0 only.
         let mut other = longer.clone();
         other[40] += 1;
-        assert_eq!(c.attach(&other).blocks.len(), 1);
+        assert_eq!(c.attach(&other, &plain(&other)).blocks.len(), 1);
         assert!(PrefixCache::new(false, 100)
-            .attach(&longer)
+            .attach(&longer, &plain(&longer))
             .blocks
             .is_empty());
+    }
+
+    #[test]
+    fn a_block_is_reused_only_in_the_orders_it_was_computed_in() {
+        let mut c = PrefixCache::new(true, 100);
+        let a = tokens(97, 1);
+        // Kept from a run that computed its rows 64.. in the one-chunk
+        // order (a short last ubatch, or decode steps)...
+        let mut first = vec![RowOrder::Tiled; 64];
+        first.resize(97, RowOrder::OneChunk);
+        c.retain(&a, &first, &[]);
+        // ...reused where a prompt computes them alike...
+        assert_eq!(c.attach(&a, &first).blocks.len(), 3);
+        // ...but only up to the block where a longer prompt tiles them.
+        let tiled = vec![RowOrder::Tiled; 97];
+        assert_eq!(c.attach(&a, &tiled).blocks.len(), 2);
+        assert_eq!(c.attach(&a, &plain(&a)).blocks.len(), 0);
     }
 
     #[test]
     fn make_room_evicts_least_recently_used_idle_blocks() {
         let mut c = PrefixCache::new(true, 6);
         let (a, b) = (tokens(64, 1), tokens(64, 2));
-        c.retain(&a, &[]);
-        c.retain(&b, &[]);
+        c.retain(&a, &plain(&a), &[]);
+        c.retain(&b, &plain(&b), &[]);
         assert_eq!(c.kept.len(), 4);
-        let used = c.attach(&[a.clone(), vec![9]].concat()).blocks;
+        let used = c
+            .attach(
+                &[a.clone(), vec![9]].concat(),
+                &plain(&[a.clone(), vec![9]].concat()),
+            )
+            .blocks;
         assert_eq!(used.len(), 2);
         // 6 blocks: 4 kept + 1 live; 3 more needed evicts 2, b's (a's are
         // in use), its last block first.
         let evicted = c.make_room(1, 3);
-        let mut b_blocks = block_hashes(&b);
+        let mut b_blocks = block_hashes(&b, &plain(&b));
         b_blocks.reverse();
         assert_eq!(evicted, b_blocks);
         assert_eq!(c.kept.len(), 2);
@@ -426,21 +471,21 @@ mod tests {
         let mut c = PrefixCache::new(true, 4);
         c.set_on_disk(Some(Default::default()));
         let a = tokens(96, 1);
-        c.retain(&a, &[]);
+        c.retain(&a, &plain(&a), &[]);
         // 3 kept of 4: room for 2 more evicts the deepest, which stays on
         // disk.
         assert_eq!(c.make_room(0, 2).len(), 1);
         assert_eq!((c.len(), c.on_disk_len()), (2, 1));
         let mut prompt = a.clone();
         prompt.push(1);
-        let got = c.attach(&prompt);
-        assert_eq!(got.blocks, block_hashes(&a));
+        let got = c.attach(&prompt, &plain(&prompt));
+        assert_eq!(got.blocks, block_hashes(&a, &plain(&a)));
         assert_eq!(got.restore, 1, "the evicted last block is read back");
         assert_eq!(c.len(), 3, "counted as kept while it is restored");
         // A stage could not read it: forgotten, on disk too.
         c.forget(&got.blocks[2..]);
         c.detach(&got.blocks[..2]);
-        assert_eq!(c.attach(&prompt).restore, 0);
+        assert_eq!(c.attach(&prompt, &plain(&prompt)).restore, 0);
         assert_eq!(c.on_disk_len(), 0);
         // A pipeline whose stages keep nothing on disk.
         c.set_on_disk(None);
@@ -452,28 +497,31 @@ mod tests {
     fn a_new_pipeline_starts_from_what_its_stages_list() {
         let mut c = PrefixCache::new(true, 8);
         let a = tokens(64, 3);
-        c.set_on_disk(Some((block_hashes(&a), Vec::new())));
+        c.set_on_disk(Some((block_hashes(&a, &plain(&a)), Vec::new())));
         let mut prompt = a.clone();
         prompt.push(0);
-        let got = c.attach(&prompt);
+        let got = c.attach(&prompt, &plain(&prompt));
         assert_eq!((got.blocks.len(), got.restore), (2, 2));
         // Only the first block listed: the chain stops at the gap.
         let mut c = PrefixCache::new(true, 8);
-        c.set_on_disk(Some((block_hashes(&a)[..1].to_vec(), Vec::new())));
-        assert_eq!(c.attach(&prompt).blocks.len(), 1);
+        c.set_on_disk(Some((
+            block_hashes(&a, &plain(&a))[..1].to_vec(),
+            Vec::new(),
+        )));
+        assert_eq!(c.attach(&prompt, &plain(&prompt)).blocks.len(), 1);
     }
 
     #[test]
     fn snapshots_on_disk_resume_after_a_restart_and_after_leaving_memory() {
         let a = tokens(128, 5);
-        let h = block_hashes(&a);
+        let h = block_hashes(&a, &plain(&a));
         let mut prompt = a.clone();
         prompt.push(0);
         // After a restart: blocks 0..4 and the snapshots after blocks 1
         // and 2 on disk. The deepest snapshot decides.
         let mut c = PrefixCache::new(true, 16).with_snapshots(2);
         c.set_on_disk(Some((h.clone(), vec![h[1], h[2]])));
-        let got = c.attach(&prompt);
+        let got = c.attach(&prompt, &plain(&prompt));
         assert_eq!(
             (got.blocks.len(), got.restore, got.snapshot_from_disk),
             (3, 3, true)
@@ -481,17 +529,17 @@ mod tests {
         // A stage could not read that snapshot: the next deepest.
         c.forget_disk_snapshot(&h[2]);
         c.detach(&got.blocks);
-        let got = c.attach(&prompt);
+        let got = c.attach(&prompt, &plain(&prompt));
         assert_eq!((got.blocks.len(), got.snapshot_from_disk), (2, true));
         c.detach(&got.blocks);
 
         // In one run: a snapshot dropped from memory is still on disk.
         let mut c = PrefixCache::new(true, 16).with_snapshots(1);
         c.set_on_disk(Some(Default::default()));
-        c.retain(&a, &[]);
-        let (saved, dropped) = c.save_snapshot(&a[..64]).unwrap();
+        c.retain(&a, &plain(&a), &[]);
+        let (saved, dropped) = c.save_snapshot(&a[..64], &plain(&a[..64])).unwrap();
         assert_eq!((saved, dropped), (h[1], vec![]));
-        let got = c.attach(&prompt);
+        let got = c.attach(&prompt, &plain(&prompt));
         assert_eq!(
             (got.blocks.len(), got.restore, got.snapshot_from_disk),
             (2, 0, false)
@@ -499,17 +547,17 @@ mod tests {
         c.resumed(&got.blocks);
         c.detach(&got.blocks);
         // Saving another drops it from memory (one row), not from disk.
-        let (_, dropped) = c.save_snapshot(&a[..96]).unwrap();
+        let (_, dropped) = c.save_snapshot(&a[..96], &plain(&a[..96])).unwrap();
         assert_eq!(dropped, vec![h[1]]);
         c.forget_snapshots(&[h[2]]);
-        let got = c.attach(&prompt);
+        let got = c.attach(&prompt, &plain(&prompt));
         assert_eq!((got.blocks.len(), got.snapshot_from_disk), (2, true));
         // Without disks, a dropped snapshot is gone.
         let mut c = PrefixCache::new(true, 16).with_snapshots(1);
-        c.retain(&a, &[]);
-        c.save_snapshot(&a[..64]).unwrap();
-        c.save_snapshot(&a[..96]).unwrap();
+        c.retain(&a, &plain(&a), &[]);
+        c.save_snapshot(&a[..64], &plain(&a[..64])).unwrap();
+        c.save_snapshot(&a[..96], &plain(&a[..96])).unwrap();
         c.forget_snapshots(&[h[2]]);
-        assert!(c.attach(&prompt).blocks.is_empty());
+        assert!(c.attach(&prompt, &plain(&prompt)).blocks.is_empty());
     }
 }

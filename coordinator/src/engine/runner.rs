@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use super::prefix_cache::{BlockHash, PrefixCache};
 use super::{EngineConfig, EngineStats, Event, FinishReason, GenerationRequest, Msg, PipelineLost};
 use crate::scheduler::{plan_step, SeqPhase, SeqProgress, StepEntry};
+use strata_model::attention_order::{decode_order, RowOrder};
 use strata_model::profile::KV_BLOCK_TOKENS;
 use strata_proto::v1::DiskPrefixesReply;
 
@@ -26,6 +27,9 @@ struct Seq {
     group: usize,
     /// Prompt then generated tokens.
     history: Vec<u32>,
+    /// The attention order of each row of `history` as it was first
+    /// computed (`EngineConfig::row_orders`); a replay keeps them.
+    orders: Vec<RowOrder>,
     /// Tokens fed as a prompt: the prompt, or after a failover the whole
     /// history so far.
     prefill_to: usize,
@@ -228,6 +232,7 @@ impl Runner {
                 wire: self.stats.next_seq_id(),
                 group,
                 prefill_to: req.prompt.len(),
+                orders: self.config.row_orders.prompt(req.prompt.len()),
                 history: req.prompt,
                 cached: 0,
                 prefix: Vec::new(),
@@ -321,6 +326,7 @@ impl Runner {
                 } else {
                     Vec::new()
                 };
+                let decode = e.n_tokens == 1 && e.start_pos >= s.prefill_to;
                 wire.push(v1::BatchEntry {
                     seq_id: s.wire,
                     start_pos: e.start_pos as u32,
@@ -337,13 +343,21 @@ impl Runner {
                     restore_blocks: if on_prefix { s.restore as u32 } else { 0 },
                     restore_snapshot: on_prefix && s.restore_snapshot,
                     // A generated token fed back (`history` past the prompt).
-                    decode: e.n_tokens == 1 && e.start_pos >= s.prefill_to,
+                    decode,
+                    tiled_rows: if decode {
+                        Vec::new()
+                    } else {
+                        tiled_bits(&s.orders[e.start_pos..e.start_pos + e.n_tokens])
+                    },
                     snapshot: Vec::new(),
                 });
                 let end = e.start_pos + e.n_tokens;
                 if s.snapshot_at == Some(end) {
                     s.snapshot_at = None;
-                    if let Some((hash, drop)) = self.prefix_cache.save_snapshot(&s.history[..end]) {
+                    if let Some((hash, drop)) = self
+                        .prefix_cache
+                        .save_snapshot(&s.history[..end], &s.orders[..end])
+                    {
                         wire.last_mut().expect("pushed").snapshot = hash.to_vec();
                         saved.push(hash);
                         dropped.extend(drop);
@@ -460,6 +474,8 @@ impl Runner {
             }
             token.seq_id = s.id;
             let id = token.token_id;
+            s.orders
+                .push(decode_order(self.config.row_orders.kv, s.history.len()));
             s.history.push(id);
             s.generated += 1;
             let _ = s.events.send(Event::Token(token));
@@ -501,7 +517,6 @@ impl Runner {
         let mut retain = Vec::new();
         let stats = &self.stats;
         let cache = &mut self.prefix_cache;
-        let decode_order_from = self.config.decode_order_differs_from;
         self.seqs.retain(|s| match s.retired {
             Some(how) if !s.in_flight => {
                 stats.on_retire(how == Retire::Cancelled, how == Retire::Failed);
@@ -515,11 +530,15 @@ impl Runner {
                     cache.detach(&s.prefix);
                     ids.push(s.wire);
                 } else {
-                    // Tokens a prompt wrote, and those decode wrote in the
-                    // prompt's order: a later prompt recomputes the rest.
-                    let exact = decode_order_from.map_or(usize::MAX, |p| p.max(s.prefill_to));
-                    let in_kv = &s.history[..s.cached.min(s.history.len()).min(exact)];
-                    let hashes = cache.retain(in_kv, &s.prefix);
+                    // Up to the first decode step in the split order, which
+                    // no prompt computes (blocks are reused only by a
+                    // prompt that computes their rows in their orders).
+                    let in_kv = s.cached.min(s.history.len());
+                    let in_kv = s.orders[..in_kv]
+                        .iter()
+                        .position(|&o| o == RowOrder::Split)
+                        .unwrap_or(in_kv);
+                    let hashes = cache.retain(&s.history[..in_kv], &s.orders[..in_kv], &s.prefix);
                     if hashes.is_empty() {
                         ids.push(s.wire);
                     } else {
@@ -572,7 +591,9 @@ impl Runner {
                 continue;
             }
             s.prefix_tried = true;
-            let attached = self.prefix_cache.attach(&s.history[..s.prefill_to]);
+            let attached = self
+                .prefix_cache
+                .attach(&s.history[..s.prefill_to], &s.orders[..s.prefill_to]);
             (s.prefix, s.restore) = (attached.blocks, attached.restore);
             s.restore_snapshot = attached.snapshot_from_disk;
             s.cached = s.prefix.len() * KV_BLOCK_TOKENS;
@@ -867,4 +888,20 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
+}
+
+/// `orders` as a `BatchEntry`'s `tiled_rows` bits (empty when none is tiled).
+fn tiled_bits(orders: &[RowOrder]) -> Vec<u8> {
+    if !orders.contains(&RowOrder::Tiled) {
+        return Vec::new();
+    }
+    let mut bits = vec![0u8; orders.len().div_ceil(8)];
+    for (i, _) in orders
+        .iter()
+        .enumerate()
+        .filter(|(_, &o)| o == RowOrder::Tiled)
+    {
+        bits[i / 8] |= 1 << (i % 8);
+    }
+    bits
 }

@@ -7,6 +7,7 @@ use strata_model::profile::KvType;
 
 use super::attention_quant::QuantKv;
 use super::attention_split::{attend_split, split_kv_chunk_tokens, SPLIT_KV_CHUNKS};
+use super::attention_tiled::{attend_tiled, tiled_rows};
 use super::{fused, CpuAct};
 use crate::backend::{AttentionBatch, KernelError};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
@@ -169,12 +170,18 @@ impl CpuKvCache {
         let split: Vec<Option<usize>> = (0..q.rows)
             .map(|t| split_kv_chunk_tokens(t, batch, SPLIT_KV_CHUNKS))
             .collect();
+        // Prompt rows of 64+ in a sequence take its tiled order.
+        let tiled = tiled_rows(batch, q.rows);
         let scratch = || (vec![0f32; hd], vec![f16::ZERO; hdv]);
         for_each_head(&mut out, hdv, batch, q.rows, hd, scratch, |s, (i, o)| {
-            if split[i / batch.n_heads].is_none() {
+            let t = i / batch.n_heads;
+            if !tiled[t] && split[t].is_none() {
                 pass.one_chunk_head(q, s, (i, o))
             }
         });
+        if tiled.contains(&true) {
+            attend_tiled(&pass, q, &tiled, &mut out);
+        }
         for (t, chunk_tokens) in split.iter().enumerate() {
             if let Some(chunk_tokens) = *chunk_tokens {
                 attend_split(
@@ -234,6 +241,25 @@ pub(super) struct F16Pass<'a> {
 impl F16Pass<'_> {
     pub(super) fn head_dims(&self) -> (usize, usize) {
         (self.geo.head_dim_k, self.geo.head_dim_v)
+    }
+
+    /// The factor on Q and the factor on the scores (one of them 1).
+    pub(super) fn scales(&self) -> (f32, f32) {
+        (self.q_scale, self.score_scale)
+    }
+
+    /// Head `kvh` of K at position `pos` of token `t`'s sequence.
+    pub(super) fn k_row(&self, t: usize, kvh: usize, pos: usize) -> &[f16] {
+        let (hd, kd) = (self.geo.head_dim_k, self.geo.k_dim());
+        let s = slot(self.batch, self.batch.token_seq[t] as usize, pos);
+        &self.kpool[s * kd + kvh * hd..s * kd + (kvh + 1) * hd]
+    }
+
+    /// Head `kvh` of V at position `pos` of token `t`'s sequence.
+    pub(super) fn v_row(&self, t: usize, kvh: usize, pos: usize) -> &[f16] {
+        let (hdv, vd) = (self.geo.head_dim_v, self.geo.v_dim());
+        let s = slot(self.batch, self.batch.token_seq[t] as usize, pos);
+        &self.vpool[s * vd + kvh * hdv..s * vd + (kvh + 1) * hdv]
     }
 
     /// The KV head query head `h` reads.

@@ -411,6 +411,7 @@ mod tests {
                 window: Some(17),
                 sinks: None,
                 decode: &[],
+                tiled: &[],
             };
             cache.write(1, &k, &v, &batch);
             let out = cache.attend(1, &q, &batch);

@@ -132,4 +132,4 @@ fn reduce_partials(chunks: &[Partial], o: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

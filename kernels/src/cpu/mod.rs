@@ -6,6 +6,7 @@
 mod attention;
 mod attention_quant;
 mod attention_split;
+mod attention_tiled;
 pub mod delta_net;
 pub mod dot;
 mod elementwise;

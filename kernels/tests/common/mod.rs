@@ -266,6 +266,7 @@ pub fn dense_ops_refuse_bad_input<B: Backend>(g: &B) {
         window: None,
         sinks: None,
         decode: &[],
+        tiled: &[],
     };
     let mut attend = |layer, batch: &AttentionBatch<'_>| {
         g.attention(&mut cache, layer, &x, Some((&kv, &kv)), batch)

@@ -337,6 +337,16 @@ impl ModelSpec {
             .sum()
     }
 
+    /// Whether llama-server checkpoints this model's state near a prompt's
+    /// end (it has sliding-window or recurrent layers), which cuts the
+    /// prompt's last batches ([`crate::attention_order::ServerBatching`]).
+    pub fn server_checkpoints(&self) -> bool {
+        (0..self.n_layers).any(|il| match self.attention(il) {
+            Some(a) => a.window.is_some(),
+            None => true,
+        })
+    }
+
     /// Whether any layer has a mixture-of-experts feed-forward.
     pub fn is_moe(&self) -> bool {
         self.layers

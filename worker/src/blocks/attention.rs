@@ -187,6 +187,7 @@ impl<B: Backend> Attention<B> {
                 window: a.window,
                 sinks: self.sinks.as_deref(),
                 decode: batch.decode,
+                tiled: batch.tiled,
             },
         )?;
         let mut attn = attn;

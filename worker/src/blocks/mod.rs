@@ -34,6 +34,8 @@ pub struct BatchContext<'a, B: Backend> {
     pub block_tables: &'a [&'a [KvBlockId]],
     /// Which tokens are decode steps (`AttentionBatch::decode`).
     pub decode: &'a [bool],
+    /// Which tokens take ggml's tiled order (`AttentionBatch::tiled`).
+    pub tiled: &'a [bool],
     /// The model's RoPE frequency factors (llama3-style scaling), if any.
     pub rope_freqs: Option<&'a B::Weight>,
     /// Each sequence's recurrent state slot (DeltaNet layers).

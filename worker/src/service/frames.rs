@@ -70,12 +70,26 @@ pub fn batch_of(
         } else {
             LogitRows::From(e.n_tokens as usize)
         };
+        let n = e.n_tokens as usize;
+        let tiled = match e.tiled_rows.len() {
+            0 => Vec::new(),
+            len if len == n.div_ceil(8) => (0..n)
+                .map(|i| e.tiled_rows[i / 8] >> (i % 8) & 1 == 1)
+                .collect(),
+            len => {
+                return Err(format!(
+                    "sequence {}: {len} bytes of tiled rows for {n} tokens",
+                    e.seq_id
+                ))
+            }
+        };
         batch.push(BatchSeq {
             seq: e.seq_id,
             start_pos: e.start_pos as usize,
-            n_tokens: e.n_tokens as usize,
+            n_tokens: n,
             logits,
             decode: e.decode,
+            tiled,
         });
     }
     if n_token_ids != 0 && n_token_ids != n_tokens {

@@ -6,16 +6,16 @@ use crate::backend::AttentionBatch;
 use crate::cpu::{CpuAct, CpuKvCache};
 use crate::kv::{KvGeometry, KV_BLOCK_TOKENS};
 
-const HEAD_DIM: usize = 64;
-const N_HEADS: usize = 4;
+pub(crate) const HEAD_DIM: usize = 64;
+pub(crate) const N_HEADS: usize = 4;
 const N_KV_HEADS: usize = 2;
 /// Positions written: past 768 cells, so three chunk sizes come up.
-const N_POS: usize = 800;
+pub(crate) const N_POS: usize = 800;
 /// Bound on |split - exact| per output value: the f16 accumulator carries
 /// ~11 bits of each chunk's weighted sum of values in [-0.5, 0.5].
 const F16_ACC_TOLERANCE: f64 = 1e-3;
 
-fn batch<'a>(
+pub(crate) fn batch<'a>(
     positions: &'a [u32],
     token_seq: &'a [u32],
     tables: &'a [&'a [u32]],
@@ -31,6 +31,7 @@ fn batch<'a>(
         window: None,
         sinks,
         decode: &[],
+        tiled: &[],
     }
 }
 
@@ -42,6 +43,7 @@ fn split_from_512_cells_as_ggml_counts_them() {
         let p = [pos];
         let b = AttentionBatch {
             decode: &[true],
+            tiled: &[],
             ..batch(&p, &seq, &tables, None)
         };
         split_kv_chunk_tokens(0, &b, threads)
@@ -61,6 +63,7 @@ fn split_from_512_cells_as_ggml_counts_them() {
     );
     let windowed = AttentionBatch {
         decode: &[true],
+        tiled: &[],
         window: Some(512),
         ..batch(&[600], &seq, &tables, None)
     };
@@ -69,7 +72,7 @@ fn split_from_512_cells_as_ggml_counts_them() {
 
 /// Seeded values in [-0.5, 0.5), rounded to f16 so the exact reference
 /// sees what the cache holds.
-fn values(state: &mut u64, n: usize) -> Vec<f32> {
+pub(crate) fn values(state: &mut u64, n: usize) -> Vec<f32> {
     (0..n)
         .map(|_| {
             *state = state
@@ -81,11 +84,18 @@ fn values(state: &mut u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Softmax(q.k * scale, sinks) . v in f64 for head `h` (query `q`) over `0..=pos`.
-fn exact(q: &[f32], k: &CpuAct, v: &CpuAct, pos: usize, h: usize, sink: Option<f32>) -> Vec<f64> {
+/// Softmax(q.k * scale, sinks) . v in f64 for head `h` (query `q`) over
+/// `lo..=pos`.
+pub(crate) fn exact(
+    q: &[f32],
+    (k, v): (&CpuAct, &CpuAct),
+    (lo, pos): (usize, usize),
+    h: usize,
+    sink: Option<f32>,
+) -> Vec<f64> {
     let kvh = h / (N_HEADS / N_KV_HEADS);
     let cols = kvh * HEAD_DIM..(kvh + 1) * HEAD_DIM;
-    let scores: Vec<f64> = (0..=pos)
+    let scores: Vec<f64> = (lo..=pos)
         .map(|p| {
             let dot: f64 = q
                 .iter()
@@ -103,8 +113,8 @@ fn exact(q: &[f32], k: &CpuAct, v: &CpuAct, pos: usize, h: usize, sink: Option<f
     let z = w.iter().sum::<f64>() + sink.map_or(0.0, |s| (s as f64 - max).exp());
     (0..HEAD_DIM)
         .map(|d| {
-            (0..=pos)
-                .map(|p| w[p] * v.row(p)[cols.start + d] as f64)
+            (lo..=pos)
+                .map(|p| w[p - lo] * v.row(p)[cols.start + d] as f64)
                 .sum::<f64>()
                 / z
         })
@@ -113,14 +123,14 @@ fn exact(q: &[f32], k: &CpuAct, v: &CpuAct, pos: usize, h: usize, sink: Option<f
 
 /// One layer's f16 cache holding seeded K/V at positions `0..N_POS` of
 /// sequence 0 (on `tables[0]`), and a seeded query row.
-struct Filled {
-    cache: CpuKvCache,
-    k: CpuAct,
-    v: CpuAct,
-    q: CpuAct,
+pub(crate) struct Filled {
+    pub cache: CpuKvCache,
+    pub k: CpuAct,
+    pub v: CpuAct,
+    pub q: CpuAct,
 }
 
-fn filled(seed: u64, tables: &[&[u32]]) -> Filled {
+pub(crate) fn filled(seed: u64, tables: &[&[u32]]) -> Filled {
     let mut state = seed;
     let geo = KvGeometry {
         n_layers: 1,
@@ -171,6 +181,7 @@ fn split_path_matches_exact_attention_and_starts_at_512_cells() {
             let p = [pos as u32];
             let b = AttentionBatch {
                 decode: &[true],
+                tiled: &[],
                 ..batch(&p, &token_seq[..1], &tables, sink)
             };
             let a = one.install(|| cache.attend(0, &q, &b));
@@ -178,7 +189,7 @@ fn split_path_matches_exact_attention_and_starts_at_512_cells() {
             let mut worst = 0f64;
             for h in 0..N_HEADS {
                 let qh = &q.row(0)[h * HEAD_DIM..(h + 1) * HEAD_DIM];
-                let want = exact(qh, &k, &v, pos, h, sink.map(|s| s[h]));
+                let want = exact(qh, (&k, &v), (0, pos), h, sink.map(|s| s[h]));
                 for (d, w) in want.iter().enumerate() {
                     let got = c.data[h * HEAD_DIM + d] as f64;
                     worst = worst.max((got - w).abs());
@@ -235,6 +246,7 @@ fn each_row_takes_its_own_order_whatever_the_batch() {
     for decode in [[true, false], [false, true]] {
         let b = AttentionBatch {
             decode: &decode,
+            tiled: &[],
             ..batch(&[700, 700], &[0, 1], &tables, None)
         };
         let both = cache.attend(0, &q2, &b).data;

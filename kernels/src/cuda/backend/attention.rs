@@ -308,6 +308,7 @@ mod tests {
             window,
             sinks: None,
             decode: &[],
+            tiled: &[],
         };
         // The emulator's 4 SMs, as kernels/tests/cuda_attention.rs runs.
         AttendPlan::new(&batch, n_kv_heads, head_dim, 4)
@@ -371,6 +372,7 @@ mod tests {
             window: None,
             sinks: None,
             decode: &[],
+            tiled: &[],
         };
         assert_eq!(
             AttendPlan::new(&batch, 1, 128, 132).splits,
