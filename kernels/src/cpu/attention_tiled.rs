@@ -17,7 +17,6 @@ use rayon::prelude::*;
 
 use super::attention::{finish_softmax, F16Pass};
 use super::f32_sums::reduce_add_16;
-use super::fused;
 use super::ops::expf_ggml;
 use super::CpuAct;
 use crate::backend::AttentionBatch;
@@ -80,7 +79,30 @@ pub(super) fn attend_tiled(pass: &F16Pass<'_>, q: &CpuAct, tiled: &[bool], out: 
 impl F16Pass<'_> {
     /// Head `h` of the batch rows `rows` (one sequence): `rows x hdv` values.
     fn tiled_block(&self, q: &CpuAct, rows: std::ops::Range<usize>, h: usize) -> Vec<f32> {
-        fused(|| {
+        #[cfg(target_arch = "x86_64")]
+        if super::dot::fma_detected() {
+            // SAFETY: the features were just detected.
+            return unsafe { self.tiled_block_fma(q, rows, h) };
+        }
+        self.tiled_block_in(q, rows, h)
+    }
+
+    /// [`Self::tiled_block`] compiled with FMA and AVX2: the loops below
+    /// are inlined here, so `mul_add` is one instruction, not a call.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tiled_block_fma(
+        &self,
+        q: &CpuAct,
+        rows: std::ops::Range<usize>,
+        h: usize,
+    ) -> Vec<f32> {
+        self.tiled_block_in(q, rows, h)
+    }
+
+    #[inline(always)]
+    fn tiled_block_in(&self, q: &CpuAct, rows: std::ops::Range<usize>, h: usize) -> Vec<f32> {
+        {
             let batch = self.batch;
             let (hd, hdv) = self.head_dims();
             let kvh = self.kv_head(h);
@@ -169,7 +191,7 @@ impl F16Pass<'_> {
                 finish_softmax(o, m[r], sum[r], batch.sinks.map(|s| s[h]));
             }
             out
-        })
+        }
     }
 }
 

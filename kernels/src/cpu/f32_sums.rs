@@ -6,6 +6,7 @@
 
 /// `_mm512_reduce_add_ps` as GCC implements it: halves added pairwise
 /// (512 -> 256 -> 128 bits), then lanes (0+2, 1+3), then those two.
+#[inline(always)]
 pub(crate) fn reduce_add_16(v: &[f32]) -> f32 {
     let h8: [f32; 8] = std::array::from_fn(|i| v[i] + v[i + 8]);
     let h4: [f32; 4] = std::array::from_fn(|i| h8[i] + h8[i + 4]);
