@@ -10,7 +10,8 @@ mod common;
 use std::path::Path;
 
 use common::conversation::{
-    cache_files, cached_tokens, complete, completion_tokens, history, metric, wait_cache_files,
+    cache_files, cached_tokens, complete, completion_tokens, history, metric, snapshot_point,
+    wait_cache_files,
 };
 use common::{Server, Worker};
 use serde_json::Value;
@@ -90,9 +91,7 @@ fn continue_after_restart(
     let reply1 = complete(&server, &prompt1);
     let n1 = reply1["usage"]["prompt_tokens"].as_u64().unwrap();
     let hit = cached_tokens(&reply1);
-    // The first prompt's last whole block before its last token: where
-    // its snapshot was saved.
-    let snapshot_at = (n0 - 1) / 32 * 32;
+    let snapshot_at = snapshot_point(n0);
     assert!(
         hit >= snapshot_at && hit < n1,
         "{hit} of {n1} tokens cached after the restart; the snapshot is at {snapshot_at}"

@@ -10,7 +10,7 @@
 mod common;
 
 use common::conversation::{
-    cached_tokens, complete, completion_tokens, history, settled_kept_blocks,
+    cached_tokens, complete, completion_tokens, history, settled_kept_blocks, snapshot_point,
 };
 use common::{Server, Worker};
 use serde_json::Value;
@@ -92,15 +92,14 @@ fn converse(name: &str) -> Vec<String> {
             if turn == 0 {
                 assert!(n > 300 && hit == 0, "{n} tokens, {hit} cached");
             } else {
-                // The previous prompt's last whole block before its last
-                // token: where its snapshot was saved.
+                // Where the previous prompt's snapshot was saved.
                 assert!(
                     hit >= snapshot_at && hit < n,
                     "turn {turn}: {hit} of {n} cached; the snapshot is at {snapshot_at}"
                 );
             }
         }
-        snapshot_at = (n - 1) / 32 * 32;
+        snapshot_at = snapshot_point(n);
         prompt.push_str(replies[0]["choices"][0]["text"].as_str().unwrap());
         prompt.push_str(&format!("\n\nPart {} of the text follows.\n", turn + 2));
     }

@@ -139,6 +139,36 @@ impl RowOrders {
     pub fn prompt(&self, prompt_len: usize) -> Vec<RowOrder> {
         prompt_orders(self.kv, &self.batching.ubatches(prompt_len))
     }
+
+    /// How many first rows of a `prompt_len`-token prompt every longer
+    /// prompt (a later turn) computes in the same orders: what a later
+    /// turn can surely reuse of it.
+    pub fn stable_prefix(&self, prompt_len: usize) -> usize {
+        if self.kv != KvType::F16 {
+            return prompt_len;
+        }
+        // A row not tiled here (a short last ubatch) is tiled in a prompt
+        // whose ubatch there grows to 64 rows.
+        let first_untiled = self
+            .prompt(prompt_len)
+            .iter()
+            .position(|&o| o != RowOrder::Tiled)
+            .unwrap_or(prompt_len);
+        let b = &self.batching;
+        if !b.checkpoints {
+            return first_untiled;
+        }
+        // A longer prompt ends a batch `4 + n_ubatch` tokens before its
+        // end, which can leave a ubatch of under 64 rows, not tiled, at
+        // any multiple of `n_ubatch` from here on.
+        let ub = b.n_ubatch.max(1);
+        let offset = (4 + ub).min(b.n_batch.max(1));
+        let hole = prompt_len
+            .saturating_sub(offset + TILED_FROM_ROWS - 2)
+            .div_ceil(ub)
+            * ub;
+        first_untiled.min(hole)
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +196,40 @@ mod tests {
         assert_eq!(sizes(&b.batches(450)), [446, 4]);
         assert_eq!(sizes(&b.batches(4)), [4]);
         assert_eq!(sizes(&b.batches(3)), [3]);
+    }
+
+    /// Every longer prompt computes the stable prefix's rows in the same
+    /// orders (checked against all longer prompts up to 1,100 tokens
+    /// more), and the prefix is not needlessly short.
+    #[test]
+    fn the_stable_prefix_keeps_its_orders_in_every_longer_prompt() {
+        for checkpoints in [false, true] {
+            for kv in [KvType::F16, KvType::Q8_0] {
+                let orders = RowOrders {
+                    kv,
+                    batching: ServerBatching::new(checkpoints),
+                };
+                for len in [1, 63, 64, 575, 576, 700, 1251, 1293, 3000] {
+                    let stable = orders.stable_prefix(len);
+                    let mine = orders.prompt(len);
+                    for longer in len + 1..len + 1100 {
+                        assert_eq!(
+                            orders.prompt(longer)[..stable],
+                            mine[..stable],
+                            "{kv:?} checkpoints {checkpoints}: {len} then {longer}"
+                        );
+                    }
+                    let floor = if kv != KvType::F16 {
+                        len
+                    } else if checkpoints {
+                        len.saturating_sub(578 + 511)
+                    } else {
+                        len / 512 * 512
+                    };
+                    assert!(stable >= floor, "{kv:?} {checkpoints} {len}: {stable}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -142,3 +142,15 @@ pub fn wait_cache_files(dirs: &[&std::path::Path], ext: &str) -> usize {
     );
     last
 }
+
+/// Where an `n`-token prompt of a model with recurrent or sliding-window
+/// layers saves its state snapshot (f16 KV): its last whole block before
+/// its last token whose rows every longer prompt computes in the same
+/// attention orders. llama-server ends a batch 516 tokens before a
+/// prompt's end, which can leave a ubatch of under 64 rows (not tiled) at
+/// a multiple of 512 from 578 tokens before this prompt's end on
+/// (docs/numerics.md, "Flash attention's tiled path").
+pub fn snapshot_point(n: u64) -> u64 {
+    let stable = n.saturating_sub(578).div_ceil(512) * 512;
+    (n - 1).min(stable) / 32 * 32
+}

@@ -123,9 +123,11 @@ impl PrefixCache {
     /// Where the prompt `prompt` of a model that resumes from snapshots
     /// (recurrent state, sliding-window rings), computed from `cached`,
     /// should stop once to save a state snapshot: its last whole block
-    /// before its last token, the most of it the next turn can reuse.
-    pub fn snapshot_point(&self, prompt: &[u32], cached: usize) -> Option<usize> {
-        let at = prompt.len().saturating_sub(1) / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS;
+    /// before its last token and within its first `stable` tokens (those
+    /// a later prompt computes in the same attention orders), the most of
+    /// it the next turn can reuse.
+    pub fn snapshot_point(&self, prompt: &[u32], cached: usize, stable: usize) -> Option<usize> {
+        let at = prompt.len().saturating_sub(1).min(stable) / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS;
         (self.enabled && self.snapshots.is_some() && at > cached).then_some(at)
     }
 
