@@ -3,7 +3,8 @@
 //! with recurrent state) and Gemma 4 (sliding-window layers, each sequence
 //! a ring of its last positions). A conversation resent turn by turn
 //! resumes from the state snapshot its previous prompt left at its last
-//! whole block, computes only what follows, and gives the tokens and
+//! whole block before its last 4 tokens (`common::conversation::
+//! snapshot_point`), computes only what follows, and gives the tokens and
 //! log-probabilities a server without the cache gives, on one process and
 //! on three workers.
 
@@ -80,6 +81,7 @@ fn converse(name: &str) -> Vec<String> {
             .collect();
         let fresh = complete(&cold, &prompt);
         let n = fresh["usage"]["prompt_tokens"].as_u64().unwrap();
+        let next_snapshot_at = snapshot_point(n);
         assert_eq!(cached_tokens(&fresh), 0, "the cold server caches nothing");
         for (i, r) in replies.iter().enumerate() {
             let hit = cached_tokens(r);
@@ -99,7 +101,7 @@ fn converse(name: &str) -> Vec<String> {
                 );
             }
         }
-        snapshot_at = snapshot_point(n);
+        snapshot_at = next_snapshot_at;
         prompt.push_str(replies[0]["choices"][0]["text"].as_str().unwrap());
         prompt.push_str(&format!("\n\nPart {} of the text follows.\n", turn + 2));
     }

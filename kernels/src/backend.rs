@@ -244,7 +244,8 @@ pub struct AttentionBatch<'a> {
     /// `decode[t]`: token `t` is a decode step, a generated token fed back
     /// alone for its sequence (empty: none is). The CPU backend gives a
     /// decode step over 512+ cells ggml's split-KV order, a prompt row the
-    /// one-chunk order, whatever the batch holds besides.
+    /// tiled order where `tiled` marks it and the one-chunk order
+    /// otherwise, whatever the batch holds besides.
     pub decode: &'a [bool],
     /// `tiled[t]`: prompt row `t` takes ggml's tiled order (empty: none
     /// does), as llama.cpp computes a row whose ubatch has 64+ rows

@@ -11,6 +11,7 @@ pub mod accept;
 pub mod auth;
 pub mod link;
 pub mod link_probe;
+pub mod row_bits;
 pub mod tls;
 pub mod transport;
 

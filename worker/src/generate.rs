@@ -43,6 +43,13 @@ pub fn prefill_rows<B: Backend>(
     logits_from: Option<usize>,
     tiled: &[bool],
 ) -> Result<Vec<Vec<f32>>, StageError> {
+    if !tiled.is_empty() && tiled.len() != tokens.len() {
+        return Err(StageError::Batch(format!(
+            "{} row orders for {} tokens",
+            tiled.len(),
+            tokens.len()
+        )));
+    }
     let mut out = Vec::new();
     for (i, chunk) in tokens.chunks(PREFILL_CHUNK_TOKENS).enumerate() {
         let offset = i * PREFILL_CHUNK_TOKENS;
@@ -74,6 +81,14 @@ pub fn prefill_rows<B: Backend>(
 /// llama-server's default batching computes them on this stage's cache.
 pub fn server_tiled_rows<B: Backend>(stage: &Stage<B>, len: usize) -> Vec<bool> {
     let ubatches = ServerBatching::new(stage.spec().server_checkpoints()).ubatches(len);
+    tiled_of(&prompt_orders(stage.kv_type(), &ubatches))
+}
+
+/// Which rows of `len` tokens decoded as one batch (`llama-bench`,
+/// `llama-perplexity`) take ggml's tiled order: those of its 512-row
+/// ubatches of 64+ rows, on this stage's cache.
+pub fn one_batch_tiled_rows<B: Backend>(stage: &Stage<B>, len: usize) -> Vec<bool> {
+    let ubatches = split_ubatches(&[0..len], ServerBatching::DEFAULT_N_UBATCH);
     tiled_of(&prompt_orders(stage.kv_type(), &ubatches))
 }
 
@@ -158,9 +173,8 @@ pub fn perplexity<B: Backend>(
         if let Some(b) = bos {
             input[0] = b;
         }
-        // llama-perplexity decodes a chunk as one batch of 512-row ubatches.
-        let ubatches = split_ubatches(&[0..ctx], ServerBatching::DEFAULT_N_UBATCH);
-        let tiled = tiled_of(&prompt_orders(stage.kv_type(), &ubatches));
+        // `llama-perplexity -b CTX` decodes a chunk as one batch.
+        let tiled = one_batch_tiled_rows(stage, ctx);
         let logits = prefill_rows(stage, SEQ, 0, &input, Some(first), &tiled);
         stage.release(SEQ);
         let logits = logits?;

@@ -1,8 +1,7 @@
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
-use strata_model::attention_order::{prompt_orders, split_ubatches, ServerBatching};
-use strata_worker::generate::{prefill, prefill_rows, tiled_of};
+use strata_worker::generate::{one_batch_tiled_rows, prefill, prefill_rows};
 use strata_worker::{BatchSeq, LogitRows, StageInput};
 
 use strata_kernels::Backend;
@@ -70,9 +69,8 @@ fn bench<B: Backend>(
     let mut results = Vec::new();
     if args.n_prompt > 0 {
         let mut rates = Vec::new();
-        // llama-bench decodes the prompt as one batch of 512-row ubatches.
-        let ubatches = split_ubatches(&[0..args.n_prompt], ServerBatching::DEFAULT_N_UBATCH);
-        let tiled = tiled_of(&prompt_orders(stage.kv_type(), &ubatches));
+        // llama-bench decodes the prompt as one batch.
+        let tiled = one_batch_tiled_rows(&stage, args.n_prompt);
         for _ in 0..args.repetitions {
             let tokens = random_tokens(args.n_prompt);
             let t = Instant::now();

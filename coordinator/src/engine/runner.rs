@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use strata_proto::{v1, WorkerClient};
+use strata_proto::{row_bits, v1, WorkerClient};
 use tokio::sync::mpsc;
 
 use super::prefix_cache::{BlockHash, PrefixCache};
@@ -28,7 +28,11 @@ struct Seq {
     /// Prompt then generated tokens.
     history: Vec<u32>,
     /// The attention order of each row of `history` as it was first
-    /// computed (`EngineConfig::row_orders`); a replay keeps them.
+    /// computed (`EngineConfig::row_orders`). A replay after a failover
+    /// computes the prompt rows in them again, and the generated ones in
+    /// the one-chunk order: those labelled `Split` are then not what
+    /// their label says, which is safe because no block is kept from the
+    /// first `Split` row on.
     orders: Vec<RowOrder>,
     /// Tokens fed as a prompt: the prompt, or after a failover the whole
     /// history so far.
@@ -347,7 +351,8 @@ impl Runner {
                     tiled_rows: if decode {
                         Vec::new()
                     } else {
-                        tiled_bits(&s.orders[e.start_pos..e.start_pos + e.n_tokens])
+                        let orders = &s.orders[e.start_pos..e.start_pos + e.n_tokens];
+                        row_bits::pack(orders.iter().map(|&o| o == RowOrder::Tiled))
                     },
                     snapshot: Vec::new(),
                 });
@@ -889,20 +894,4 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
-}
-
-/// `orders` as a `BatchEntry`'s `tiled_rows` bits (empty when none is tiled).
-fn tiled_bits(orders: &[RowOrder]) -> Vec<u8> {
-    if !orders.contains(&RowOrder::Tiled) {
-        return Vec::new();
-    }
-    let mut bits = vec![0u8; orders.len().div_ceil(8)];
-    for (i, _) in orders
-        .iter()
-        .enumerate()
-        .filter(|(_, &o)| o == RowOrder::Tiled)
-    {
-        bits[i / 8] |= 1 << (i % 8);
-    }
-    bits
 }

@@ -170,7 +170,8 @@ impl CpuKvCache {
         let split: Vec<Option<usize>> = (0..q.rows)
             .map(|t| split_kv_chunk_tokens(t, batch, SPLIT_KV_CHUNKS))
             .collect();
-        // Prompt rows of 64+ in a sequence take its tiled order.
+        // Rows the batch marks (prompt rows of 64+ row ubatches) take
+        // ggml's tiled order.
         let tiled = tiled_rows(batch, q.rows);
         let scratch = || (vec![0f32; hd], vec![f16::ZERO; hdv]);
         for_each_head(&mut out, hdv, batch, q.rows, hd, scratch, |s, (i, o)| {

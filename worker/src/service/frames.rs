@@ -2,7 +2,7 @@
 //! parameters and sampled tokens. Plain functions, no I/O.
 
 use half::f16;
-use strata_proto::v1;
+use strata_proto::{row_bits, v1};
 
 use crate::kv_blocks::BlockHash;
 use crate::sampler::{Sampled, SamplingParams};
@@ -71,18 +71,13 @@ pub fn batch_of(
             LogitRows::From(e.n_tokens as usize)
         };
         let n = e.n_tokens as usize;
-        let tiled = match e.tiled_rows.len() {
-            0 => Vec::new(),
-            len if len == n.div_ceil(8) => (0..n)
-                .map(|i| e.tiled_rows[i / 8] >> (i % 8) & 1 == 1)
-                .collect(),
-            len => {
-                return Err(format!(
-                    "sequence {}: {len} bytes of tiled rows for {n} tokens",
-                    e.seq_id
-                ))
-            }
-        };
+        let tiled = row_bits::unpack(&e.tiled_rows, n).ok_or_else(|| {
+            format!(
+                "sequence {}: {} bytes of tiled rows for {n} tokens",
+                e.seq_id,
+                e.tiled_rows.len()
+            )
+        })?;
         batch.push(BatchSeq {
             seq: e.seq_id,
             start_pos: e.start_pos as usize,
@@ -276,6 +271,30 @@ mod tests {
             assert_eq!(decode_activations(&bytes, dtype, 3, 4).unwrap(), v);
             assert!(decode_activations(&bytes, dtype, 4, 4).is_err());
         }
+    }
+
+    #[test]
+    fn tiled_rows_are_read_per_run_and_a_wrong_length_refused() {
+        let tiled = |bits: Vec<u8>| v1::BatchHeader {
+            batch_id: 1,
+            entries: vec![v1::BatchEntry {
+                tiled_rows: bits,
+                ..entry(1, 0, 10, true)
+            }],
+            ..Default::default()
+        };
+        let limits = FrameLimits {
+            batch_tokens: 16,
+            ..LIMITS
+        };
+        let b = batch_of(&tiled(vec![0b101, 0b10]), 10, true, limits).unwrap();
+        let rows: Vec<usize> = (0..10).filter(|&i| b[0].tiled[i]).collect();
+        assert_eq!(rows, [0, 2, 9]);
+        assert!(batch_of(&tiled(vec![]), 10, true, limits).unwrap()[0]
+            .tiled
+            .is_empty());
+        let err = batch_of(&tiled(vec![0xff]), 10, true, limits).unwrap_err();
+        assert!(err.contains("1 bytes of tiled rows for 10 tokens"), "{err}");
     }
 
     #[test]
