@@ -143,7 +143,7 @@ impl RowOrders {
         prompt_orders(self.kv, &self.batching.ubatches(prompt_len))
     }
 
-    /// How many first rows of a `prompt_len`-token prompt a later turn (a
+    /// How many first rows of a prompt computed in `prompt`'s orders a later turn (a
     /// longer prompt that starts with it) computes in the same orders:
     /// the rows before the first one this prompt does not tile (f16).
     /// Every longer prompt keeps them, except on a model with sliding-
@@ -151,14 +151,14 @@ impl RowOrders {
     /// `4 + n_ubatch` before its end) leaves a ubatch of under 64 rows
     /// among them: about one length in eight
     /// ([`Self::checkpoint_leaves_short_ubatch`]).
-    pub fn stable_prefix(&self, prompt_len: usize) -> usize {
+    pub fn stable_prefix(&self, prompt: &[RowOrder]) -> usize {
         if self.kv != KvType::F16 {
-            return prompt_len;
+            return prompt.len();
         }
-        self.prompt(prompt_len)
+        prompt
             .iter()
             .position(|&o| o != RowOrder::Tiled)
-            .unwrap_or(prompt_len)
+            .unwrap_or(prompt.len())
     }
 
     /// Whether a `prompt_len`-token prompt's checkpoint batch leaves a
@@ -214,8 +214,8 @@ mod tests {
                     batching: ServerBatching::new(checkpoints),
                 };
                 for len in [1, 63, 64, 575, 576, 579, 700, 1091, 1251, 1293, 3000] {
-                    let stable = orders.stable_prefix(len);
                     let mine = orders.prompt(len);
+                    let stable = orders.stable_prefix(&mine);
                     let mut kept = 0;
                     for longer in len + 1..len + 1100 {
                         if orders.checkpoint_leaves_short_ubatch(longer) {

@@ -602,7 +602,10 @@ impl Runner {
             (s.prefix, s.restore) = (attached.blocks, attached.restore);
             s.restore_snapshot = attached.snapshot_from_disk;
             s.cached = s.prefix.len() * KV_BLOCK_TOKENS;
-            let stable = self.config.row_orders.stable_prefix(s.prefill_to);
+            let stable = self
+                .config
+                .row_orders
+                .stable_prefix(&s.orders[..s.prefill_to]);
             s.snapshot_at =
                 self.prefix_cache
                     .snapshot_point(&s.history[..s.prefill_to], s.cached, stable);
