@@ -354,3 +354,44 @@ fn qwen35_recurrent_state_is_rebuilt_after_a_lost_worker() {
         );
     }
 }
+
+/// A coordinator that died leaves data streams open on its workers until
+/// their connections end (TCP's when the process is gone, QUIC's by its
+/// idle timeout), and an ending stream frees its sequences on every stage.
+/// A new coordinator that took over the workers meanwhile must not lose its
+/// own sequences to that release.
+#[test]
+fn a_dead_coordinators_late_stream_end_frees_none_of_the_next_ones_sequences() {
+    const PROMPT: &str = "Once upon a time";
+    const TOKENS: usize = 120;
+    let model_path = model(SMOLLM2);
+    let expected = common::single_process(&model_path, PROMPT, TOKENS, true);
+    let model_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&model_path, model_dir.path().join(SMOLLM2)).unwrap();
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|i| Worker::start(BUDGET, (i == 0).then(|| model_dir.path())))
+        .collect();
+    let mut args = SERVE_ARGS.to_vec();
+    for w in &workers {
+        args.extend(["--worker", w.spec.as_str()]);
+    }
+    let mut old = Server::start(&model_path, &args);
+    let first_stage = stage_workers(&old)[0].clone();
+    let body = json!({"prompt": PROMPT, "max_tokens": 4, "temperature": 0});
+    let (status, reply) = post(&format!("{}/v1/completions", old.base), &body);
+    assert_eq!(status, 200, "{reply}");
+
+    // The old coordinator hangs, a new one takes the same workers, and the
+    // old one's connections close only once a stream of the new one runs.
+    old.proc.signal("STOP");
+    let new = Server::start(&model_path, &args);
+    let streams = Streams::start(&new, &[PROMPT], TOKENS);
+    streams.wait_for_tokens(3);
+    old.proc.kill();
+    let stage = workers.iter_mut().find(|w| w.addr == first_stage).unwrap();
+    let released = stage
+        .proc
+        .wait_for("data stream closed: releasing", Duration::from_secs(30));
+    eprintln!("the old coordinator's stream ended: releasing{released}");
+    assert_eq!(streams.finish(), [expected], "the new coordinator's stream");
+}

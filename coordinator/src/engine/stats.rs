@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 #[derive(Debug, Default)]
 pub struct EngineStats {
-    next_seq: AtomicU64,
+    next_seq: SeqIds,
     queued: AtomicU64,
     live: AtomicU64,
     requests_total: AtomicU64,
@@ -39,6 +39,21 @@ pub struct EngineStats {
     rate: Mutex<TokenRate>,
 }
 
+/// Wire sequence ids. Each coordinator process counts from a random
+/// multiple of 2^32: a worker frees the sequences of a data stream when it
+/// ends, and the stream of a coordinator that died may end well after a new
+/// one took over the workers (a QUIC connection ends by its idle timeout,
+/// a stopped process's TCP connection when it is killed). With ids from 1
+/// in both, that release freed the new coordinator's live sequences.
+#[derive(Debug)]
+struct SeqIds(AtomicU64);
+
+impl Default for SeqIds {
+    fn default() -> Self {
+        SeqIds(AtomicU64::new(rand::random::<u64>() << 32))
+    }
+}
+
 /// Tokens per second between two reads at least [`RATE_WINDOW`] apart:
 /// whoever polls (the web page, each second or so) sees recent throughput.
 #[derive(Debug, Default)]
@@ -51,7 +66,7 @@ const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl EngineStats {
     pub(super) fn next_seq_id(&self) -> u64 {
-        self.next_seq.fetch_add(1, Relaxed) + 1
+        self.next_seq.0.fetch_add(1, Relaxed) + 1
     }
     pub(super) fn on_submit(&self, prompt_tokens: usize) {
         self.requests_total.fetch_add(1, Relaxed);
@@ -306,5 +321,20 @@ impl EngineStats {
             u64::from(self.failure().is_none()),
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EngineStats;
+
+    #[test]
+    fn two_coordinators_number_their_sequences_apart() {
+        let (a, b) = (EngineStats::default(), EngineStats::default());
+        let first = a.next_seq_id();
+        assert_eq!(a.next_seq_id(), first + 1);
+        // Each counts from its own multiple of 2^32: a worker releasing one
+        // coordinator's ids cannot free the other's.
+        assert_ne!(first >> 32, b.next_seq_id() >> 32);
     }
 }
