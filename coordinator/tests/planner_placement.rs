@@ -282,6 +282,74 @@ fn a_hop_costs_the_link_measured_between_its_two_workers() {
 }
 
 #[test]
+fn a_worker_is_never_followed_by_one_it_cannot_connect_to() {
+    // w0 holds two thirds of an 8B model, w1 and w2 the rest each; w2 is
+    // 2 ms from the coordinator, so the quickest plans pair w0 and w1.
+    let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
+    let req = request(&hp, &p, 4096, KvType::F16);
+    let total = fits_total(&req);
+    let pool = |cannot_reach: [&[&str]; 3]| -> Vec<WorkerSpec> {
+        (0..3)
+            .map(|i| {
+                let size = if i == 0 { total * 2 / 3 } else { total * 3 / 4 };
+                let link = if i == 2 { SLOW } else { QUICK };
+                WorkerSpec::new(format!("w{i}"), Backend::Cuda, format!("h{i}"), size)
+                    .with_bandwidth(900e9)
+                    .with_link(link)
+                    .with_unreachable(cannot_reach[i].iter().map(|n| n.to_string()))
+            })
+            .collect()
+    };
+    let hops = |workers: &[WorkerSpec]| {
+        let plan = plan(&req, workers).unwrap();
+        check(&plan, &req, workers);
+        let names: Vec<&str> = plan
+            .stages
+            .iter()
+            .map(|s| workers[s.worker].name.as_str())
+            .collect();
+        let hops: Vec<(String, String)> = names
+            .windows(2)
+            .map(|w| (w[0].to_string(), w[1].to_string()))
+            .collect();
+        (hops, plan.blocked_hops)
+    };
+    let hop = |a: &str, b: &str| (a.to_string(), b.to_string());
+
+    let (open, blocked) = hops(&pool([&[], &[], &[]]));
+    assert_eq!(blocked, 0);
+    assert_eq!(open.len(), 1, "two stages: {open:?}");
+    assert!(
+        open[0] == hop("w0", "w1") || open[0] == hop("w1", "w0"),
+        "{open:?}"
+    );
+
+    // Whichever way the quick pair ran, the way that cannot connect is
+    // never taken while another plan exists.
+    for (from, to) in [("w0", "w1"), ("w1", "w0")] {
+        let mut cannot: [&[&str]; 3] = [&[], &[], &[]];
+        let i: usize = from[1..].parse().unwrap();
+        let blocked_to = [to];
+        cannot[i] = &blocked_to;
+        let (planned, blocked) = hops(&pool(cannot));
+        assert_eq!(blocked, 0, "{planned:?}");
+        assert!(
+            !planned.contains(&hop(from, to)),
+            "{from} cannot reach {to}: {planned:?}"
+        );
+    }
+    // w0 reaches no one: it can only be the last stage.
+    let (planned, blocked) = hops(&pool([&["w1", "w2"], &[], &[]]));
+    assert_eq!(blocked, 0);
+    assert!(planned.iter().all(|(a, _)| a != "w0"), "{planned:?}");
+
+    // No worker reaches another: the model still needs two stages, so the
+    // plan has one blocked hop and says so.
+    let (planned, blocked) = hops(&pool([&["w1", "w2"], &["w0", "w2"], &["w0", "w1"]]));
+    assert_eq!((planned.len(), blocked), (1, 1), "{planned:?}");
+}
+
+#[test]
 fn workers_near_each_other_split_though_the_coordinator_is_far() {
     let (hp, p) = synth(Architecture::Llama, "8b", "Q4_K_M");
     let req = request(&hp, &p, 4096, KvType::F16);

@@ -5,7 +5,7 @@
 //! switch while the coordinator is far away is planned by the links its
 //! hidden states really cross.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use strata_proto::link_probe::{MeasuredLink, MAX_PEERS, PEER_TIMEOUT};
@@ -24,7 +24,15 @@ const RETRY_AFTER: Duration = Duration::from_secs(600);
 #[derive(Default)]
 pub struct PeerLinks {
     measured: BTreeMap<(String, String), Link>,
-    failed: BTreeMap<(String, String), Instant>,
+    failed: BTreeMap<(String, String), Failed>,
+}
+
+/// A pair, one way, that was not measured.
+struct Failed {
+    at: Instant,
+    /// The first worker could not connect to the second (not only failed
+    /// to measure): the planner keeps that hop out of its plans.
+    unreachable: bool,
 }
 
 impl PeerLinks {
@@ -41,14 +49,59 @@ impl PeerLinks {
         .copied()
     }
 
-    /// Neither way measured, nor failed a moment ago.
+    /// Neither way measured, nor failed a moment ago; or failed this way
+    /// [`RETRY_AFTER`] ago (an unreachable pair may have been let through
+    /// since, though the other way was measured).
     fn wanted(&self, from: &str, to: &str) -> bool {
         let key = (from.to_string(), to.to_string());
-        self.get(from, to).is_none()
-            && self
-                .failed
-                .get(&key)
-                .is_none_or(|at| at.elapsed() >= RETRY_AFTER)
+        match self.failed.get(&key) {
+            Some(f) => f.at.elapsed() >= RETRY_AFTER,
+            None => self.get(from, to).is_none(),
+        }
+    }
+
+    /// The workers `from` could not connect to when last asked.
+    fn unreachable_from(&self, from: &str) -> BTreeSet<String> {
+        self.failed
+            .iter()
+            .filter(|((a, _), f)| a == from && f.unreachable)
+            .map(|((_, b), _)| b.clone())
+            .collect()
+    }
+
+    /// Keeps what `from` measured of its link to `to` (or why it could not).
+    fn record(&mut self, from: &str, to: &str, p: &v1::PeerLink, at: Instant) {
+        let key = (from.to_string(), to.to_string());
+        let valid = p.bandwidth_bytes_per_s > 0.0
+            && p.bandwidth_bytes_per_s.is_finite()
+            && p.latency_s >= 0.0
+            && p.latency_s.is_finite();
+        if !p.error.is_empty() || !valid {
+            let unreachable = p.unreachable && !p.error.is_empty();
+            if unreachable {
+                tracing::warn!(
+                    "worker {from} cannot connect to {to}: it is not planned as the stage before it"
+                );
+            } else {
+                tracing::warn!(
+                    "worker {from}: link to {to} {}",
+                    if p.error.is_empty() {
+                        "not measured"
+                    } else {
+                        &p.error
+                    }
+                );
+            }
+            self.failed.insert(key, Failed { at, unreachable });
+            return;
+        }
+        let link = Link {
+            latency_s: p.latency_s,
+            bandwidth_bytes_per_s: p.bandwidth_bytes_per_s,
+        };
+        tracing::info!("worker {from}: link to {to} {}", describe(&link));
+        self.failed.remove(&key);
+        self.measured.insert(key, link);
     }
 }
 
@@ -118,6 +171,7 @@ pub async fn measure_peer_links(
             .filter_map(|w| Some((w.addr.clone(), known.get(&from, &w.addr)?)))
             .collect();
         workers[i].peer_links = links;
+        workers[i].unreachable = known.unreachable_from(&from);
     }
 }
 
@@ -131,9 +185,11 @@ async fn measure_from(
 ) {
     let failed_at = Instant::now();
     for (to, _) in &peers {
-        known
-            .failed
-            .insert((from.to_string(), to.clone()), failed_at);
+        let failed = Failed {
+            at: failed_at,
+            unreachable: false,
+        };
+        known.failed.insert((from.to_string(), to.clone()), failed);
     }
     // The worker bounds each peer; this bounds a worker that stalls.
     let limit = PEER_TIMEOUT * peers.len() as u32 + Duration::from_secs(5);
@@ -160,33 +216,54 @@ async fn measure_from(
     };
     // Only what was asked, once each, in the request's order.
     for ((to, _), p) in peers.iter().zip(reply.links) {
-        let valid = p.bandwidth_bytes_per_s > 0.0
-            && p.bandwidth_bytes_per_s.is_finite()
-            && p.latency_s >= 0.0
-            && p.latency_s.is_finite();
-        if !p.error.is_empty() || !valid {
-            tracing::warn!(
-                "worker {from}: link to {to} {}",
-                if p.error.is_empty() {
-                    "not measured"
-                } else {
-                    &p.error
-                }
-            );
-            continue;
-        }
-        let link = Link {
-            latency_s: p.latency_s,
-            bandwidth_bytes_per_s: p.bandwidth_bytes_per_s,
-        };
-        tracing::info!("worker {from}: link to {to} {}", describe(&link));
-        let key = (from.to_string(), to.clone());
-        known.failed.remove(&key);
-        known.measured.insert(key, link);
+        known.record(from, to, &p, failed_at);
     }
 }
 
 /// The host part of `host:port`, as the planner groups workers.
 pub fn host_of(addr: &str) -> &str {
     addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(latency_s: f64, error: &str, unreachable: bool) -> v1::PeerLink {
+        v1::PeerLink {
+            latency_s,
+            bandwidth_bytes_per_s: if error.is_empty() { 1e8 } else { 0.0 },
+            error: error.into(),
+            unreachable,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_unreachable_way_is_kept_one_way_and_asked_again_later() {
+        let mut known = PeerLinks::new();
+        let now = Instant::now();
+        known.record("a", "b", &reply(0.0, "not measured", true), now);
+        known.record("a", "c", &reply(0.0, "not measured", false), now);
+        assert_eq!(known.unreachable_from("a"), ["b".to_string()].into());
+        assert!(known.unreachable_from("b").is_empty());
+        // The other way is still asked, and measured; the failed way is not
+        // asked again until RETRY_AFTER has passed.
+        assert!(known.wanted("b", "a"));
+        known.record("b", "a", &reply(1e-4, "", false), now);
+        assert_eq!(known.get("a", "b").map(|l| l.latency_s), Some(1e-4));
+        assert!(!known.wanted("a", "b") && !known.wanted("a", "c"));
+        assert_eq!(known.unreachable_from("a"), ["b".to_string()].into());
+        let long_ago = now - RETRY_AFTER;
+        known.record("a", "b", &reply(0.0, "not measured", true), long_ago);
+        assert!(known.wanted("a", "b"));
+        // Measured at last: no longer unreachable.
+        known.record("a", "b", &reply(2e-4, "", false), now);
+        assert!(known.unreachable_from("a").is_empty());
+        assert!(!known.wanted("a", "b"));
+        // A flag without an error is a measurement that went wrong, not an
+        // unreachable peer.
+        known.record("a", "d", &reply(f64::NAN, "", true), now);
+        assert!(known.unreachable_from("a").is_empty());
+    }
 }

@@ -2,7 +2,7 @@
 //! loading the planned slices back to front (so each stage's next stage is
 //! up when it opens its data stream).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,9 @@ pub struct WorkerHandle {
     /// (`link_probe::measure_peer_links`); a pair not in it is charged by
     /// the two ends' own links.
     pub peer_links: BTreeMap<String, Link>,
+    /// Workers it could not connect to when measuring its links: a hop from
+    /// it to one of them is planned only where no placement avoids it.
+    pub unreachable: BTreeSet<String>,
 }
 
 impl WorkerHandle {
@@ -102,6 +105,7 @@ pub async fn connect_workers(
             caps,
             link,
             peer_links: BTreeMap::new(),
+            unreachable: BTreeSet::new(),
         });
     }
     super::measure_peer_links(&mut out, &mut Default::default(), |_| true).await;
@@ -129,6 +133,7 @@ pub fn worker_specs(workers: &[WorkerHandle]) -> Vec<WorkerSpec> {
             let mut spec = WorkerSpec::new(w.addr.clone(), backend, host, w.caps.free_memory_bytes)
                 .with_link(w.link.unwrap_or_default())
                 .with_peer_links(w.peer_links.clone())
+                .with_unreachable(w.unreachable.iter().cloned())
                 .with_hardware(hardware);
             if w.caps.matvec_bytes_per_second > 0.0 && w.caps.matvec_bytes_per_second.is_finite() {
                 spec = spec.with_bandwidth(w.caps.matvec_bytes_per_second);

@@ -25,6 +25,9 @@ const TIME_TIE_REL: f64 = 1e-9;
 /// worker that saved them, then the fullest stage's fill.
 #[derive(Debug, Clone, Copy)]
 struct Cost {
+    /// Hops from a worker to one it could not connect to: any plan with
+    /// fewer is better, whatever its time (0 wherever one avoids them).
+    blocked_hops: usize,
     time_s: f64,
     /// Layers placed on a worker that keeps their KV blocks on disk: at
     /// equal time, more is better (the sessions it saved stay found).
@@ -35,6 +38,7 @@ struct Cost {
 impl Cost {
     fn then(self, time_s: f64, fill: f64) -> Cost {
         Cost {
+            blocked_hops: self.blocked_hops,
             time_s: self.time_s + time_s,
             saved_layers: self.saved_layers,
             worst_fill: self.worst_fill.max(fill),
@@ -46,7 +50,16 @@ impl Cost {
             ..self
         }
     }
+    fn blocked(self, blocked: bool) -> Cost {
+        Cost {
+            blocked_hops: self.blocked_hops + usize::from(blocked),
+            ..self
+        }
+    }
     fn cmp(&self, other: &Cost) -> Ordering {
+        if self.blocked_hops != other.blocked_hops {
+            return self.blocked_hops.cmp(&other.blocked_hops);
+        }
         let scale = self.time_s.abs().max(other.time_s.abs());
         if (self.time_s - other.time_s).abs() > TIME_TIE_REL * scale {
             self.time_s.total_cmp(&other.time_s)
@@ -344,6 +357,7 @@ pub(super) fn best_plan(req: &PlanRequest, workers: &[WorkerSpec]) -> Option<Pla
         stages,
         est_time_per_token_s: cost.time_s,
         bandwidth_measured,
+        blocked_hops: cost.blocked_hops,
     })
 }
 
@@ -391,6 +405,7 @@ fn plan_order(
                     // The coordinator's hop to the first stage (token ids).
                     return Some((
                         Cost {
+                            blocked_hops: 0,
                             time_s: workers[wi].link.latency_s,
                             saved_layers: 0,
                             worst_fill: 0.0,
@@ -401,14 +416,14 @@ fn plan_order(
                 let mut best: Option<(Cost, usize)> = None;
                 for q in 0..p {
                     if let Some(e) = end[q][a] {
-                        let c = e.cost.then(
-                            hop_s(
-                                &workers[order[q]],
-                                &workers[wi],
-                                req.activation_bytes_per_token,
-                            ),
-                            0.0,
-                        );
+                        let from = &workers[order[q]];
+                        let c = e
+                            .cost
+                            .then(
+                                hop_s(from, &workers[wi], req.activation_bytes_per_token),
+                                0.0,
+                            )
+                            .blocked(from.unreachable.contains(&workers[wi].name));
                         if c.better_than(&best.map(|b| b.0)) {
                             best = Some((c, q));
                         }

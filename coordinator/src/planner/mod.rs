@@ -126,6 +126,9 @@ pub struct WorkerSpec {
     /// Links measured from this worker to others, by their `name`: a hop
     /// from it to one of them costs that link instead of the two ends'.
     pub peer_links: BTreeMap<String, Link>,
+    /// Workers, by `name`, this one could not connect to: a hop from it to
+    /// one of them would fail, so a plan has one only where every plan does.
+    pub unreachable: BTreeSet<String>,
     /// Layers whose KV blocks the worker keeps on disk for this model (a
     /// session saved before a restart): of two plans equal in time, the one
     /// that gives more of them back to it wins.
@@ -151,6 +154,7 @@ impl WorkerSpec {
             matvec_bandwidth_bytes_per_s: None,
             link: Link::default(),
             peer_links: BTreeMap::new(),
+            unreachable: BTreeSet::new(),
             saved_layers: BTreeSet::new(),
             hardware: String::new(),
         }
@@ -165,6 +169,10 @@ impl WorkerSpec {
     }
     pub fn with_peer_links(mut self, links: BTreeMap<String, Link>) -> Self {
         self.peer_links = links;
+        self
+    }
+    pub fn with_unreachable(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.unreachable = names.into_iter().collect();
         self
     }
     pub fn with_saved_layers(mut self, layers: impl IntoIterator<Item = usize>) -> Self {
@@ -325,6 +333,9 @@ pub struct Plan {
     /// Whether every used worker had a measured bandwidth (otherwise the time
     /// is relative: equal speeds were assumed).
     pub bandwidth_measured: bool,
+    /// Hops from a worker to one it could not connect to, in a pool where
+    /// no placement avoids them (0 otherwise): loading will likely fail.
+    pub blocked_hops: usize,
 }
 
 #[derive(Debug, thiserror::Error)]

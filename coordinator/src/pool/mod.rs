@@ -338,6 +338,7 @@ impl Pool {
             caps,
             link,
             peer_links: BTreeMap::new(),
+            unreachable: Default::default(),
         }))
     }
 
@@ -376,6 +377,13 @@ impl Pool {
             .collect();
         let req = plan_request(&self.settings, &self.model, &self.hp);
         let placement = plan(&req, &specs).map_err(|e| e.to_string())?;
+        if placement.blocked_hops > 0 {
+            tracing::warn!(
+                "no placement avoids a hop between workers that could not connect to each other \
+                 ({} such hop(s)); loading it anyway (the worker logs say why they could not)",
+                placement.blocked_hops
+            );
+        }
         let shown = table(&placement, &specs);
         let stages = placement
             .stages

@@ -137,6 +137,7 @@ async fn capabilities(
             caps,
             link: None,
             peer_links: Default::default(),
+            unreachable: Default::default(),
         })
     };
     tokio::time::timeout(ASK_TIMEOUT, ask)

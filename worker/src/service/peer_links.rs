@@ -40,13 +40,14 @@ impl WorkerService {
                     peer,
                     latency_s: m.latency_s,
                     bandwidth_bytes_per_s: m.bandwidth_bytes_per_s,
-                    error: String::new(),
+                    ..Default::default()
                 },
-                Err(why) => {
+                Err(PeerError { why, unreachable }) => {
                     tracing::warn!("link to {peer} not measured: {why}");
                     v1::PeerLink {
                         peer,
                         error: "not measured (the worker's log says why)".into(),
+                        unreachable,
                         ..Default::default()
                     }
                 }
@@ -55,24 +56,39 @@ impl WorkerService {
         Ok(v1::MeasureLinksReply { links })
     }
 
-    async fn measure_one(&self, spec: &str) -> Result<MeasuredLink, String> {
+    async fn measure_one(&self, spec: &str) -> Result<MeasuredLink, PeerError> {
+        let failed = |why: String| PeerError {
+            why,
+            unreachable: false,
+        };
         // The same rules as a next stage: pinned when this worker uses TLS.
         let (addr, trust) = self
             .next_stage(spec)
-            .map_err(|e| e.message().to_string())?
-            .ok_or("an empty peer address")?;
-        let pin = trust.pin(&addr).map_err(|e| e.to_string())?;
+            .map_err(|e| failed(e.message().to_string()))?
+            .ok_or_else(|| failed("an empty peer address".into()))?;
+        let pin = trust.pin(&addr).map_err(|e| failed(e.to_string()))?;
+        // A peer this worker cannot connect to is one it cannot stream to.
+        let unreachable = |why: String| PeerError {
+            why,
+            unreachable: true,
+        };
         let connect = strata_proto::connect(&addr, &self.shared.config.token, pin);
         let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| {
-                format!(
+                unreachable(format!(
                     "no connection to {addr} within {} s",
                     CONNECT_TIMEOUT.as_secs()
-                )
+                ))
             })?
-            .map_err(|e| e.to_string())?
+            .map_err(|e| unreachable(e.to_string()))?
             .max_decoding_message_size(MAX_REPLY_BYTES);
-        measure_link(&client).await
+        measure_link(&client).await.map_err(failed)
     }
+}
+
+/// Why a peer's link was not measured, and whether no connection was made.
+struct PeerError {
+    why: String,
+    unreachable: bool,
 }
