@@ -49,14 +49,15 @@ impl PeerLinks {
         .copied()
     }
 
-    /// Neither way measured, nor failed a moment ago; or failed this way
-    /// [`RETRY_AFTER`] ago (an unreachable pair may have been let through
-    /// since, though the other way was measured).
-    fn wanted(&self, from: &str, to: &str) -> bool {
+    /// Neither way measured, nor failed a moment ago; or found
+    /// unreachable this way [`RETRY_AFTER`] before `now` (it may have been
+    /// let through since, though the other way was measured).
+    fn wanted(&self, from: &str, to: &str, now: Instant) -> bool {
         let key = (from.to_string(), to.to_string());
+        let unmeasured = self.get(from, to).is_none();
         match self.failed.get(&key) {
-            Some(f) => f.at.elapsed() >= RETRY_AFTER,
-            None => self.get(from, to).is_none(),
+            Some(f) => (f.unreachable || unmeasured) && now.duration_since(f.at) >= RETRY_AFTER,
+            None => unmeasured,
         }
     }
 
@@ -154,7 +155,9 @@ pub async fn measure_peer_links(
         }
         let wanted: Vec<&WorkerHandle> = workers
             .iter()
-            .filter(|w| host_of(&w.addr) != host_of(&from) && known.wanted(&from, &w.addr))
+            .filter(|w| {
+                host_of(&w.addr) != host_of(&from) && known.wanted(&from, &w.addr, Instant::now())
+            })
             .take(MAX_PEERS)
             .collect();
         if !wanted.is_empty() {
@@ -185,11 +188,14 @@ async fn measure_from(
 ) {
     let failed_at = Instant::now();
     for (to, _) in &peers {
+        let key = (from.to_string(), to.clone());
+        // Until the worker says otherwise, a way found unreachable stays so.
+        let unreachable = known.failed.get(&key).is_some_and(|f| f.unreachable);
         let failed = Failed {
             at: failed_at,
-            unreachable: false,
+            unreachable,
         };
-        known.failed.insert((from.to_string(), to.clone()), failed);
+        known.failed.insert(key, failed);
     }
     // The worker bounds each peer; this bounds a worker that stalls.
     let limit = PEER_TIMEOUT * peers.len() as u32 + Duration::from_secs(5);
@@ -247,20 +253,23 @@ mod tests {
         known.record("a", "c", &reply(0.0, "not measured", false), now);
         assert_eq!(known.unreachable_from("a"), ["b".to_string()].into());
         assert!(known.unreachable_from("b").is_empty());
-        // The other way is still asked, and measured; the failed way is not
-        // asked again until RETRY_AFTER has passed.
-        assert!(known.wanted("b", "a"));
+        // The other way is still asked, and measured; the failed ways are
+        // not asked again until RETRY_AFTER has passed.
+        assert!(known.wanted("b", "a", now));
         known.record("b", "a", &reply(1e-4, "", false), now);
         assert_eq!(known.get("a", "b").map(|l| l.latency_s), Some(1e-4));
-        assert!(!known.wanted("a", "b") && !known.wanted("a", "c"));
+        assert!(!known.wanted("a", "b", now) && !known.wanted("a", "c", now));
         assert_eq!(known.unreachable_from("a"), ["b".to_string()].into());
-        let long_ago = now - RETRY_AFTER;
-        known.record("a", "b", &reply(0.0, "not measured", true), long_ago);
-        assert!(known.wanted("a", "b"));
+        let later = now + RETRY_AFTER;
+        assert!(known.wanted("a", "b", later) && known.wanted("a", "c", later));
+        // A way that failed only to measure, where the other way was
+        // measured, is not asked again.
+        known.record("c", "a", &reply(3e-4, "", false), now);
+        assert!(!known.wanted("a", "c", later));
         // Measured at last: no longer unreachable.
-        known.record("a", "b", &reply(2e-4, "", false), now);
+        known.record("a", "b", &reply(2e-4, "", false), later);
         assert!(known.unreachable_from("a").is_empty());
-        assert!(!known.wanted("a", "b"));
+        assert!(!known.wanted("a", "b", later + RETRY_AFTER));
         // A flag without an error is a measurement that went wrong, not an
         // unreachable peer.
         known.record("a", "d", &reply(f64::NAN, "", true), now);

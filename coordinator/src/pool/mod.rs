@@ -379,8 +379,8 @@ impl Pool {
         let placement = plan(&req, &specs).map_err(|e| e.to_string())?;
         if placement.blocked_hops > 0 {
             tracing::warn!(
-                "no placement avoids a hop between workers that could not connect to each other \
-                 ({} such hop(s)); loading it anyway (the worker logs say why they could not)",
+                "no placement tried avoids a hop from a worker to one it could not connect to \
+                 ({} such hop(s)); the plan keeps it (the workers' logs say why they could not)",
                 placement.blocked_hops
             );
         }

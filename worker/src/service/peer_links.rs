@@ -5,8 +5,10 @@
 //!
 //! Only a token holder gets here, but it names the addresses: so one
 //! measurement runs at a time in this process, a peer's replies are capped
-//! at a few KiB, and why a peer failed stays in this worker's log (the
-//! caller learns "not measured", not which ports answer).
+//! at a few KiB, and why a peer failed stays in this worker's log. The
+//! caller learns "not measured", and whether a connection was made at all
+//! (`PeerLink.unreachable`: the planner keeps this worker from streaming to
+//! that peer), which the call's duration would tell it anyway.
 
 use strata_proto::link_probe::{
     measure_link, MeasuredLink, CONNECT_TIMEOUT, MAX_PEERS, MAX_REPLY_BYTES,
