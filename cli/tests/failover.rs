@@ -57,6 +57,17 @@ fn metric(server: &Server, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric {name} in {body}"))
 }
 
+/// `n` workers of [`BUDGET`], the first reading SmolLM2 (at `model_path`)
+/// from the model directory returned.
+fn smollm2_workers(model_path: &std::path::Path, n: usize) -> (tempfile::TempDir, Vec<Worker>) {
+    let model_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(model_path, model_dir.path().join(SMOLLM2)).unwrap();
+    let workers = (0..n)
+        .map(|i| Worker::start(BUDGET, (i == 0).then(|| model_dir.path())))
+        .collect();
+    (model_dir, workers)
+}
+
 #[test]
 fn streams_survive_a_killed_or_hung_worker_with_one_process_text() {
     let model_path = model(SMOLLM2);
@@ -64,11 +75,7 @@ fn streams_survive_a_killed_or_hung_worker_with_one_process_text() {
         .iter()
         .map(|p| common::single_process(&model_path, p, MAX_TOKENS, true))
         .collect();
-    let model_dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(&model_path, model_dir.path().join(SMOLLM2)).unwrap();
-    let mut workers: Vec<Worker> = (0..4)
-        .map(|i| Worker::start(BUDGET, (i == 0).then(|| model_dir.path())))
-        .collect();
+    let (model_dir, mut workers) = smollm2_workers(&model_path, 4);
     let mut args = SERVE_ARGS.to_vec();
     args.extend(["--stage-timeout", "20"]);
     for w in &workers {
@@ -366,11 +373,7 @@ fn a_dead_coordinators_late_stream_end_frees_none_of_the_next_ones_sequences() {
     const TOKENS: usize = 120;
     let model_path = model(SMOLLM2);
     let expected = common::single_process(&model_path, PROMPT, TOKENS, true);
-    let model_dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(&model_path, model_dir.path().join(SMOLLM2)).unwrap();
-    let mut workers: Vec<Worker> = (0..3)
-        .map(|i| Worker::start(BUDGET, (i == 0).then(|| model_dir.path())))
-        .collect();
+    let (_model_dir, mut workers) = smollm2_workers(&model_path, 3);
     let mut args = SERVE_ARGS.to_vec();
     for w in &workers {
         args.extend(["--worker", w.spec.as_str()]);
