@@ -38,10 +38,9 @@ struct Cost {
 impl Cost {
     fn then(self, time_s: f64, fill: f64) -> Cost {
         Cost {
-            blocked_hops: self.blocked_hops,
             time_s: self.time_s + time_s,
-            saved_layers: self.saved_layers,
             worst_fill: self.worst_fill.max(fill),
+            ..self
         }
     }
     fn with_saved(self, layers: usize) -> Cost {
@@ -398,6 +397,17 @@ fn plan_order(
     let mut end: Vec<Vec<Option<Entry>>> = vec![vec![None; n + 1]; m];
     for p in 0..m {
         let wi = order[p];
+        // The hop from each earlier position to this one: its time, and
+        // whether its worker cannot connect to this one. The same for every
+        // layer bound, so worked out once.
+        let hops: Vec<(f64, bool)> = order[..p]
+            .iter()
+            .map(|&from| {
+                let (from, to) = (&workers[from], &workers[wi]);
+                let time_s = hop_s(from, to, req.activation_bytes_per_token);
+                (time_s, from.unreachable.contains(&to.name))
+            })
+            .collect();
         // Best way to arrive at position p with layers [0, a) done.
         let arrive: Vec<Option<(Cost, usize)>> = (0..=n)
             .map(|a| {
@@ -414,16 +424,9 @@ fn plan_order(
                     ));
                 }
                 let mut best: Option<(Cost, usize)> = None;
-                for q in 0..p {
+                for (q, &(hop_time_s, blocked)) in hops.iter().enumerate() {
                     if let Some(e) = end[q][a] {
-                        let from = &workers[order[q]];
-                        let c = e
-                            .cost
-                            .then(
-                                hop_s(from, &workers[wi], req.activation_bytes_per_token),
-                                0.0,
-                            )
-                            .blocked(from.unreachable.contains(&workers[wi].name));
+                        let c = e.cost.then(hop_time_s, 0.0).blocked(blocked);
                         if c.better_than(&best.map(|b| b.0)) {
                             best = Some((c, q));
                         }

@@ -127,7 +127,8 @@ pub struct WorkerSpec {
     /// from it to one of them costs that link instead of the two ends'.
     pub peer_links: BTreeMap<String, Link>,
     /// Workers, by `name`, this one could not connect to: a hop from it to
-    /// one of them would fail, so a plan has one only where every plan does.
+    /// one of them would fail, so a plan has one only where every worker
+    /// order the planner tries does.
     pub unreachable: BTreeSet<String>,
     /// Layers whose KV blocks the worker keeps on disk for this model (a
     /// session saved before a restart): of two plans equal in time, the one
@@ -333,8 +334,8 @@ pub struct Plan {
     /// Whether every used worker had a measured bandwidth (otherwise the time
     /// is relative: equal speeds were assumed).
     pub bandwidth_measured: bool,
-    /// Hops from a worker to one it could not connect to, in a pool where
-    /// no placement avoids them (0 otherwise): loading will likely fail.
+    /// Hops from a worker to one it could not connect to, where no worker
+    /// order tried avoids them (0 otherwise): loading will likely fail.
     pub blocked_hops: usize,
 }
 
