@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export STRATA_MODELS=${STRATA_MODELS:-$HOME/.cache/strata/models}
+# A fresh build gains nothing from incremental state; it only costs disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 scripts/fetch-models.sh "$STRATA_MODELS" >/dev/null
 # A PyPI package for this user, wherever pip allows it.
 pip_install() {
