@@ -133,6 +133,8 @@ def main():
         procs.append(serve)
         wait_port(http, serve, 300)
         for _ in range(600):
+            if serve.poll() is not None:
+                raise SystemExit(f"strata serve exited; see {d}/serve.log")
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{http}/health").read()
                 break

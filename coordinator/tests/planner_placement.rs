@@ -345,8 +345,17 @@ fn a_worker_is_never_followed_by_one_it_cannot_connect_to() {
 
     // No worker reaches another: the model still needs two stages, so the
     // plan has one blocked hop and says so.
-    let (planned, blocked) = hops(&pool([&["w1", "w2"], &["w0", "w2"], &["w0", "w1"]]));
+    let isolated = pool([&["w1", "w2"], &["w0", "w2"], &["w0", "w1"]]);
+    let (planned, blocked) = hops(&isolated);
     assert_eq!((planned.len(), blocked), (1, 1), "{planned:?}");
+    let shown = strata_coordinator::planner::table(&plan(&req, &isolated).unwrap(), &isolated);
+    let (a, b) = &planned[0];
+    let line = format!("blocked: stage 0 -> 1: {a} could not connect to {b} when asked");
+    assert!(shown.contains(&line), "{shown}");
+    // The open plans say nothing of blocked hops.
+    let open_pool = pool([&[], &[], &[]]);
+    let shown = strata_coordinator::planner::table(&plan(&req, &open_pool).unwrap(), &open_pool);
+    assert!(!shown.contains("blocked"), "{shown}");
 }
 
 #[test]

@@ -97,6 +97,19 @@ pub fn table(p: &Plan, workers: &[WorkerSpec]) -> String {
             unused.join(", ")
         );
     }
+    // Kept only where no order tried avoids them (`Plan::blocked_hops`).
+    for (i, pair) in p.stages.windows(2).enumerate() {
+        let (from, to) = (&workers[pair[0].worker], &workers[pair[1].worker]);
+        if from.unreachable.contains(&to.name) {
+            let _ = writeln!(
+                out,
+                "blocked: stage {i} -> {}: {} could not connect to {} when asked",
+                i + 1,
+                from.name,
+                to.name
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "est. time per token: {:.2} ms (stages + hops){}",

@@ -377,13 +377,6 @@ impl Pool {
             .collect();
         let req = plan_request(&self.settings, &self.model, &self.hp);
         let placement = plan(&req, &specs).map_err(|e| e.to_string())?;
-        if placement.blocked_hops > 0 {
-            tracing::warn!(
-                "no placement tried avoids a hop from a worker to one it could not connect to \
-                 ({} such hop(s)); the plan keeps it (the workers' logs say why they could not)",
-                placement.blocked_hops
-            );
-        }
         let shown = table(&placement, &specs);
         let stages = placement
             .stages
@@ -413,6 +406,18 @@ impl Pool {
         stages: &[StageAssignment],
         on_event: impl FnMut(LoadEvent),
     ) -> Result<(), String> {
+        // Here, not in `plan`: a trial plan (is a returned worker wanted?)
+        // loads nothing and warns of nothing.
+        for pair in stages.windows(2) {
+            let (from, to) = (&pair[0].worker, &pair[1].worker.addr);
+            if from.unreachable.contains(to) {
+                tracing::warn!(
+                    "worker {} could not connect to {to} when asked, and no placement tried \
+                     avoids that hop: the plan keeps it (the worker's log says why)",
+                    from.addr
+                );
+            }
+        }
         let mut block = 1usize;
         for s in stages {
             let h = within(s.worker.client.clone().health(v1::HealthRequest {}))
