@@ -63,6 +63,73 @@ fn a_slow_link_gets_no_hop() {
     }
 }
 
+/// A firewall that lets one worker out and nothing in from it: the second
+/// worker cannot connect to the first, though the first (asked first)
+/// measures its way to the second and the coordinator reaches both. The
+/// coordinator asks each way of the pair, finds the blocked one, and plans
+/// the worker that reaches no one as the last stage.
+#[test]
+fn a_way_blocked_one_way_only_is_found_and_not_planned() {
+    let model = model(SMOLLM2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shim = dir.path().join("refuse-connect.so");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/refuse-connect.c");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&shim)
+        .args([source, "-ldl"])
+        .status()
+        .expect("run cc");
+    assert!(built.success(), "compiling {source}");
+    // Neither can hold the model alone (see plan_around_a_slow_link).
+    let open = Worker::start_at("127.0.0.2:0", "170MiB", None, &[]);
+    let port = open.addr.rsplit_once(':').expect("host:port").1.to_string();
+    let shim = shim.to_str().expect("a UTF-8 path");
+    let env = [("LD_PRELOAD", shim), ("REFUSE_CONNECT_PORT", port.as_str())];
+    let walled = Worker::start_at("127.0.0.3:0", "170MiB", None, &env);
+    // The open worker first: it measures the pair first, the way that works.
+    let mut args = vec!["-c", "512", "-n", "2"];
+    for w in [&open, &walled] {
+        args.extend(["--worker", w.spec.as_str()]);
+    }
+    let mut server = Server::start(&model, &args);
+    assert!(
+        eventually(Duration::from_secs(120), || get(&format!(
+            "{}/health",
+            server.base
+        ))
+        .0 == 200),
+        "never loaded: {}",
+        get(&format!("{}/health", server.base)).1
+    );
+    let needle = format!("worker {} cannot connect to {}", walled.addr, open.addr);
+    server.proc.logged(&needle, Duration::from_secs(5));
+    let (status, pool) = get(&format!("{}/v1/pool", server.base));
+    assert_eq!(status, 200, "{pool}");
+    let pool: Value = serde_json::from_str(&pool).expect("pool json");
+    let addrs: Vec<&str> = pool["models"][0]["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .filter_map(|s| s["addr"].as_str())
+        .collect();
+    assert_eq!(
+        addrs,
+        [open.addr.as_str(), walled.addr.as_str()],
+        "the worker that reaches no one is the last stage"
+    );
+    let prompt = "The capital of France is";
+    let (status, body) = post(
+        &format!("{}/v1/completions", server.base),
+        &json!({"prompt": prompt, "max_tokens": 12, "temperature": 0, "ignore_eos": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["text"].as_str().expect("text"),
+        single_process(&model, prompt, 12, true)
+    );
+}
+
 /// Three workers, the second and third behind relays; the relay of worker
 /// `slow` holds each byte 100 ms: far more than a busy box's error in the
 /// workers' speed probes can make up (at 20 ms, a probe that read one worker

@@ -19,8 +19,9 @@ use crate::planner::Link;
 const RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// Links measured between workers, kept across surveys as the coordinator's
-/// own links are. A link serves both ways (the planner takes the mean of
-/// the two where both were measured), so a pair is measured once.
+/// own links are. Each way of a pair is measured, since a firewall may let
+/// a worker out and nothing in (the planner takes the mean of the two
+/// ways' figures: `noise::steady_links`).
 #[derive(Default)]
 pub struct PeerLinks {
     measured: BTreeMap<(String, String), Link>,
@@ -49,15 +50,18 @@ impl PeerLinks {
         .copied()
     }
 
-    /// Neither way measured, nor failed a moment ago; or found
-    /// unreachable this way [`RETRY_AFTER`] before `now` (it may have been
-    /// let through since, though the other way was measured).
+    /// Not measured this way, nor failed a moment ago; or failed
+    /// [`RETRY_AFTER`] before `now`, where it was found unreachable (it
+    /// may have been let through since) or neither way has a figure (a
+    /// worker too old to measure is not asked at every survey).
     fn wanted(&self, from: &str, to: &str, now: Instant) -> bool {
         let key = (from.to_string(), to.to_string());
-        let unmeasured = self.get(from, to).is_none();
         match self.failed.get(&key) {
-            Some(f) => (f.unreachable || unmeasured) && now.duration_since(f.at) >= RETRY_AFTER,
-            None => unmeasured,
+            Some(f) => {
+                (f.unreachable || self.get(from, to).is_none())
+                    && now.duration_since(f.at) >= RETRY_AFTER
+            }
+            None => !self.measured.contains_key(&key),
         }
     }
 
@@ -243,6 +247,26 @@ mod tests {
             unreachable,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn each_way_of_a_pair_is_measured() {
+        // A firewall that lets d out and nothing in: measured d -> e first,
+        // the blocked way e -> d is still asked, and found.
+        let mut known = PeerLinks::new();
+        let now = Instant::now();
+        assert!(known.wanted("d", "e", now) && known.wanted("e", "d", now));
+        known.record("d", "e", &reply(1e-4, "", false), now);
+        assert!(!known.wanted("d", "e", now));
+        assert!(known.wanted("e", "d", now));
+        known.record("e", "d", &reply(0.0, "connection refused", true), now);
+        assert_eq!(known.unreachable_from("e"), ["d".to_string()].into());
+        assert!(known.unreachable_from("d").is_empty());
+        // Measured both ways: each way's figure is kept.
+        known.record("e", "d", &reply(3e-4, "", false), now + RETRY_AFTER);
+        assert_eq!(known.get("d", "e").map(|l| l.latency_s), Some(1e-4));
+        assert_eq!(known.get("e", "d").map(|l| l.latency_s), Some(3e-4));
+        assert!(!known.wanted("e", "d", now + RETRY_AFTER * 2));
     }
 
     #[test]
