@@ -71,7 +71,9 @@ fn a_slow_link_gets_no_hop() {
 #[test]
 fn a_way_blocked_one_way_only_is_found_and_not_planned() {
     let model = model(SMOLLM2);
-    let dir = tempfile::tempdir().expect("tempdir");
+    // Under the target folder: a /tmp mounted noexec would make the loader
+    // skip the shim.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let shim = dir.path().join("refuse-connect.so");
     let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/refuse-connect.c");
     let built = Command::new("cc")
@@ -82,11 +84,13 @@ fn a_way_blocked_one_way_only_is_found_and_not_planned() {
         .expect("run cc");
     assert!(built.success(), "compiling {source}");
     // Neither can hold the model alone (see plan_around_a_slow_link).
-    let open = Worker::start_at("127.0.0.2:0", "170MiB", None, &[]);
+    // The walled-in worker on the host the planner tries first (ties go
+    // by name), so only what was measured keeps it out of stage 0.
+    let open = Worker::start_at("127.0.0.3:0", "170MiB", None, &[]);
     let port = open.addr.rsplit_once(':').expect("host:port").1.to_string();
     let shim = shim.to_str().expect("a UTF-8 path");
     let env = [("LD_PRELOAD", shim), ("REFUSE_CONNECT_PORT", port.as_str())];
-    let walled = Worker::start_at("127.0.0.3:0", "170MiB", None, &env);
+    let walled = Worker::start_at("127.0.0.2:0", "170MiB", None, &env);
     // The open worker first: it measures the pair first, the way that works.
     let mut args = vec!["-c", "512", "-n", "2"];
     for w in [&open, &walled] {

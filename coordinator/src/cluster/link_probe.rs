@@ -41,19 +41,18 @@ impl PeerLinks {
         Self::default()
     }
 
-    fn get(&self, a: &str, b: &str) -> Option<Link> {
-        let key = |x: &str, y: &str| (x.to_string(), y.to_string());
-        (self
-            .measured
-            .get(&key(a, b))
-            .or_else(|| self.measured.get(&key(b, a))))
-        .copied()
+    /// What `from` measured of its way to `to`.
+    fn get(&self, from: &str, to: &str) -> Option<Link> {
+        self.measured
+            .get(&(from.to_string(), to.to_string()))
+            .copied()
     }
 
-    /// Not measured this way, nor failed a moment ago; or failed
-    /// [`RETRY_AFTER`] before `now`, where it was found unreachable (it
-    /// may have been let through since) or neither way has a figure (a
-    /// worker too old to measure is not asked at every survey).
+    /// Not measured this way and not failed a moment ago: a way that
+    /// failed (unreachable, cut short, a worker too old to measure) is
+    /// asked again [`RETRY_AFTER`] later, not at every survey. An
+    /// unreachable way is asked again though it was measured once: it may
+    /// have been blocked since, or let through.
     fn wanted(&self, from: &str, to: &str, now: Instant) -> bool {
         let key = (from.to_string(), to.to_string());
         match self.failed.get(&key) {
@@ -61,7 +60,7 @@ impl PeerLinks {
                 (f.unreachable || self.get(from, to).is_none())
                     && now.duration_since(f.at) >= RETRY_AFTER
             }
-            None => !self.measured.contains_key(&key),
+            None => self.get(from, to).is_none(),
         }
     }
 
@@ -144,9 +143,11 @@ pub async fn link_or_warn(addr: &str, client: &WorkerClient) -> Option<Link> {
 /// Fills each worker's `peer_links` with its links to the workers of
 /// other hosts: from `known`, else measured by the worker (when `measuring`
 /// says it may: an idle worker; one worker after another, so that no two
-/// measurements share a link) and added to `known`. A pair that cannot be
-/// measured (an older worker) is charged, as before, by the two ends' own
-/// links.
+/// measurements share a link) and added to `known`. A worker's
+/// `peer_links` hold its own ways' figures; the planner fills in a way
+/// measured only the other way round (`noise::steady_links`), and charges
+/// a pair measured neither way (an older worker) by the two ends' links to
+/// the coordinator.
 pub async fn measure_peer_links(
     workers: &mut [WorkerHandle],
     known: &mut PeerLinks,
@@ -281,15 +282,20 @@ mod tests {
         // not asked again until RETRY_AFTER has passed.
         assert!(known.wanted("b", "a", now));
         known.record("b", "a", &reply(1e-4, "", false), now);
-        assert_eq!(known.get("a", "b").map(|l| l.latency_s), Some(1e-4));
+        assert_eq!(known.get("b", "a").map(|l| l.latency_s), Some(1e-4));
+        assert_eq!(
+            known.get("a", "b"),
+            None,
+            "a figure is kept for its own way"
+        );
         assert!(!known.wanted("a", "b", now) && !known.wanted("a", "c", now));
         assert_eq!(known.unreachable_from("a"), ["b".to_string()].into());
         let later = now + RETRY_AFTER;
         assert!(known.wanted("a", "b", later) && known.wanted("a", "c", later));
-        // A way that failed only to measure, where the other way was
-        // measured, is not asked again.
+        // A way that failed only to measure is asked again too, though the
+        // other way was measured (the measurement may have been cut short).
         known.record("c", "a", &reply(3e-4, "", false), now);
-        assert!(!known.wanted("a", "c", later));
+        assert!(known.wanted("a", "c", later));
         // Measured at last: no longer unreachable.
         known.record("a", "b", &reply(2e-4, "", false), later);
         assert!(known.unreachable_from("a").is_empty());

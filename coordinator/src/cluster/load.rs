@@ -43,8 +43,8 @@ pub struct WorkerHandle {
     /// [`Link::DEFAULT_NETWORK`]).
     pub link: Option<Link>,
     /// Its measured links to workers of other hosts, by their address
-    /// (`link_probe::measure_peer_links`); a pair not in it is charged by
-    /// the two ends' own links.
+    /// (`link_probe::measure_peer_links`), its own way only; a pair
+    /// measured neither way is charged by the two ends' own links.
     pub peer_links: BTreeMap<String, Link>,
     /// Workers it could not connect to when measuring its links: a hop from
     /// it to one of them is planned only where no placement avoids it.

@@ -13,7 +13,8 @@
 //!   lookup reads one row (free);
 //! - each hop between stages sends `activation_bytes_per_token` over the link
 //!   (latency + bytes / bandwidth): the link measured between the two
-//!   workers' hosts (`WorkerSpec::peer_links`, either way), else the larger latency and
+//!   workers' hosts (`WorkerSpec::peer_links`, steadied by `noise::steady_links`:
+//!   latency from either way, bandwidth this way's where measured), else the larger latency and
 //!   smaller bandwidth of the two workers' links to the coordinator
 //!   (`Link::SAME_HOST` on one host);
 //! - the coordinator's hops to the first stage and back from the last
@@ -124,7 +125,8 @@ pub struct WorkerSpec {
     /// costs the larger latency and the smaller bandwidth of their two.
     pub link: Link,
     /// Links measured from this worker to others, by their `name`: a hop
-    /// from it to one of them costs that link instead of the two ends'.
+    /// from it to one of them costs that link instead of the two ends'
+    /// (and a hop back, where that way was not measured).
     pub peer_links: BTreeMap<String, Link>,
     /// Workers, by `name`, this one could not connect to: a hop from it to
     /// one of them would fail, so a plan has one only where every worker

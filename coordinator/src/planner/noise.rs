@@ -14,8 +14,8 @@
 //! - workers are planned in a stable order (by name, the address), so a tie
 //!   goes the same way whatever order the pool lists them in;
 //! - the workers of one host share one link to the coordinator and one to
-//!   each other host (the mean of what was measured): they sit behind one
-//!   network card, and their measurements differ by jitter only.
+//!   each other host each way (the mean of what was measured): they sit
+//!   behind one network card, and their measurements differ by jitter only.
 
 use std::collections::BTreeMap;
 
@@ -45,48 +45,66 @@ pub const LINK_NOISE: f64 = 0.5;
 /// The workers with their links steadied, so that jitter does not pick the
 /// plan:
 /// - each host's workers get the mean of their links to the coordinator;
-/// - two hosts are joined by one link both ways, the mean of every link
-///   measured between their workers in either direction (a host pair
-///   nobody measured stays unmeasured);
+/// - two hosts are joined by one link: its latency the mean of every
+///   figure measured between their workers either way (half a round trip
+///   is the same both ways), its bandwidth the mean of the uploads measured
+///   the hop's way, else the other way (a host pair nobody measured stays
+///   unmeasured);
 /// - latencies and bandwidths within [`LINK_NOISE`] of each other count as
 ///   one (their mean), the coordinator's and the workers' apart.
 pub fn steady_links(workers: &[WorkerSpec]) -> Vec<WorkerSpec> {
     fn on<'a>(workers: &'a [WorkerSpec], host: &'a str) -> impl Iterator<Item = &'a WorkerSpec> {
         workers.iter().filter(move |w| w.host == host)
     }
-    // A host pair, either way round.
-    fn pair<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
-        if a < b {
-            (a, b)
-        } else {
-            (b, a)
-        }
-    }
-    let mean = |links: &[Link]| Link {
-        latency_s: links.iter().map(|l| l.latency_s).sum::<f64>() / links.len() as f64,
-        bandwidth_bytes_per_s: links.iter().map(|l| l.bandwidth_bytes_per_s).sum::<f64>()
-            / links.len() as f64,
+    let mean = |values: &mut dyn Iterator<Item = f64>| {
+        let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+        (n > 0).then(|| sum / n as f64)
     };
-    // Every link measured between two hosts, by the pair (either order).
-    let mut between: BTreeMap<(&str, &str), Vec<Link>> = BTreeMap::new();
+    // Every link measured from one host to another, by the way it was
+    // measured (a worker's `peer_links` are its own way's figures).
+    let mut measured: BTreeMap<(&str, &str), Vec<Link>> = BTreeMap::new();
     for a in workers {
         for b in workers.iter().filter(|b| b.host != a.host) {
             if let Some(l) = a.peer_links.get(&b.name) {
-                between.entry(pair(&a.host, &b.host)).or_default().push(*l);
+                measured.entry((&a.host, &b.host)).or_default().push(*l);
             }
         }
     }
+    fn way<'a, 'w>(
+        measured: &'a BTreeMap<(&'w str, &'w str), Vec<Link>>,
+        from: &'w str,
+        to: &'w str,
+    ) -> &'a [Link] {
+        measured.get(&(from, to)).map_or(&[], |v| v)
+    }
+    // The latency is half a round trip: the same link either way. The
+    // bandwidth is an upload: this way's, else the other way's.
+    let between = |from: &str, to: &str| {
+        let (there, back) = (way(&measured, from, to), way(&measured, to, from));
+        let latency_s = mean(&mut there.iter().chain(back).map(|l| l.latency_s))?;
+        let uploads = if there.is_empty() { back } else { there };
+        let bandwidth_bytes_per_s = mean(&mut uploads.iter().map(|l| l.bandwidth_bytes_per_s))?;
+        Some(Link {
+            latency_s,
+            bandwidth_bytes_per_s,
+        })
+    };
     let mut steady: Vec<WorkerSpec> = workers
         .iter()
         .map(|w| {
             let own: Vec<Link> = on(workers, &w.host).map(|m| m.link).collect();
+            let own = Link {
+                latency_s: mean(&mut own.iter().map(|l| l.latency_s)).unwrap_or_default(),
+                bandwidth_bytes_per_s: mean(&mut own.iter().map(|l| l.bandwidth_bytes_per_s))
+                    .unwrap_or_default(),
+            };
             let peer_links = workers
                 .iter()
                 .filter(|o| o.host != w.host)
-                .filter_map(|o| Some((o.name.clone(), mean(between.get(&pair(&w.host, &o.host))?))))
+                .filter_map(|o| Some((o.name.clone(), between(&w.host, &o.host)?)))
                 .collect();
             WorkerSpec {
-                link: mean(&own),
+                link: own,
                 peer_links,
                 ..w.clone()
             }
@@ -246,5 +264,35 @@ mod tests {
         assert_eq!(steady[2].peer_links, peers(&[("a", 200.0), ("b", 200.0)]));
         // Nobody measured f.
         assert!(steady[3].peer_links.is_empty());
+    }
+
+    #[test]
+    fn a_hop_is_charged_the_upload_of_its_own_way() {
+        let link = |bandwidth_bytes_per_s: f64| Link {
+            latency_s: 1e-4,
+            bandwidth_bytes_per_s,
+        };
+        let w = |name: &str, to: &[(&str, f64)]| {
+            let peers = to
+                .iter()
+                .map(|&(n, bw)| (n.to_string(), link(bw)))
+                .collect();
+            WorkerSpec::new(name, Backend::Cuda, name, 1 << 30)
+                .with_link(link(1e9))
+                .with_peer_links(peers)
+        };
+        // x uploads to y at 1 GB/s, y to x at 100 MB/s (an asymmetric
+        // line); z was measured by z only.
+        let workers = [
+            w("x", &[("y", 1e9)]),
+            w("y", &[("x", 1e8)]),
+            w("z", &[("x", 1e8)]),
+        ];
+        let steady = steady_links(&workers);
+        let bw = |i: usize, to: &str| steady[i].peer_links[to].bandwidth_bytes_per_s;
+        assert_eq!((bw(0, "y"), bw(1, "x")), (1e9, 1e8));
+        // Only one way measured: both ways get it.
+        assert_eq!((bw(0, "z"), bw(2, "x")), (1e8, 1e8));
+        assert!(!steady[1].peer_links.contains_key("z"));
     }
 }

@@ -481,9 +481,13 @@ pub fn stage_views(stages: &[StageAssignment], kv_type: KvType) -> Vec<StageView
             planned_bytes: s.planned_bytes,
             est_time_per_token_s: s.est_time_per_token_s,
             link: s.worker.link,
-            next_link: stages
-                .get(i + 1)
-                .and_then(|next| s.worker.peer_links.get(&next.worker.addr).copied()),
+            // Measured this way, else the other way round.
+            next_link: stages.get(i + 1).and_then(|next| {
+                let (this, next) = (&s.worker, &next.worker);
+                (this.peer_links.get(&next.addr))
+                    .or_else(|| next.peer_links.get(&this.addr))
+                    .copied()
+            }),
             client: s.worker.client.clone(),
         })
         .collect()
