@@ -92,11 +92,26 @@ fn a_way_blocked_one_way_only_is_found_and_not_planned() {
     let env = [("LD_PRELOAD", shim), ("REFUSE_CONNECT_PORT", port.as_str())];
     let walled = Worker::start_at("127.0.0.2:0", "170MiB", None, &env);
     // The open worker first: it measures the pair first, the way that works.
+    let mut server = serve_loaded(&model, &[&open.spec, &walled.spec]);
+    let needle = format!("worker {} cannot connect to {}", walled.addr, open.addr);
+    server.proc.logged(&needle, Duration::from_secs(5));
+    let stages = pool_stages(&server);
+    let addrs: Vec<&str> = stages.iter().filter_map(|s| s["addr"].as_str()).collect();
+    assert_eq!(
+        addrs,
+        [open.addr.as_str(), walled.addr.as_str()],
+        "the worker that reaches no one is the last stage"
+    );
+    assert_answers_as_one_process(&server, &model);
+}
+
+/// `serve` on the workers `specs`, once it has loaded its plan.
+fn serve_loaded(model: &std::path::Path, specs: &[&str]) -> Server {
     let mut args = vec!["-c", "512", "-n", "2"];
-    for w in [&open, &walled] {
-        args.extend(["--worker", w.spec.as_str()]);
+    for &s in specs {
+        args.extend(["--worker", s]);
     }
-    let mut server = Server::start(&model, &args);
+    let server = Server::start(model, &args);
     assert!(
         eventually(Duration::from_secs(120), || get(&format!(
             "{}/health",
@@ -106,22 +121,22 @@ fn a_way_blocked_one_way_only_is_found_and_not_planned() {
         "never loaded: {}",
         get(&format!("{}/health", server.base)).1
     );
-    let needle = format!("worker {} cannot connect to {}", walled.addr, open.addr);
-    server.proc.logged(&needle, Duration::from_secs(5));
+    server
+}
+
+/// The stages `/v1/pool` shows for the served model.
+fn pool_stages(server: &Server) -> Vec<Value> {
     let (status, pool) = get(&format!("{}/v1/pool", server.base));
     assert_eq!(status, 200, "{pool}");
     let pool: Value = serde_json::from_str(&pool).expect("pool json");
-    let addrs: Vec<&str> = pool["models"][0]["stages"]
+    pool["models"][0]["stages"]
         .as_array()
         .expect("stages")
-        .iter()
-        .filter_map(|s| s["addr"].as_str())
-        .collect();
-    assert_eq!(
-        addrs,
-        [open.addr.as_str(), walled.addr.as_str()],
-        "the worker that reaches no one is the last stage"
-    );
+        .clone()
+}
+
+/// A greedy completion through the pool gives one process's text.
+fn assert_answers_as_one_process(server: &Server, model: &std::path::Path) {
     let prompt = "The capital of France is";
     let (status, body) = post(
         &format!("{}/v1/completions", server.base),
@@ -130,7 +145,8 @@ fn a_way_blocked_one_way_only_is_found_and_not_planned() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["choices"][0]["text"].as_str().expect("text"),
-        single_process(&model, prompt, 12, true)
+        single_process(model, prompt, 12, true),
+        "through the pool, the tokens of one process"
     );
 }
 
@@ -160,20 +176,8 @@ fn plan_around_a_slow_link(slow: usize) {
         relayed.push(addr);
     }
     let (slow_addr, quick_addr) = (&relayed[slow - 1], &relayed[2 - slow]);
-    let mut args = vec!["-c", "512", "-n", "2"];
-    for s in &specs {
-        args.extend(["--worker", s.as_str()]);
-    }
-    let mut server = Server::start(&model, &args);
-    assert!(
-        eventually(Duration::from_secs(120), || get(&format!(
-            "{}/health",
-            server.base
-        ))
-        .0 == 200),
-        "never loaded: {}",
-        get(&format!("{}/health", server.base)).1
-    );
+    let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+    let mut server = serve_loaded(&model, &specs);
     // The coordinator's link to the slow worker, and the first worker's
     // (measured by that worker: `MeasureLinks`).
     let first = &workers[0].addr;
@@ -193,15 +197,9 @@ fn plan_around_a_slow_link(slow: usize) {
         );
     }
 
-    let (status, pool) = get(&format!("{}/v1/pool", server.base));
-    assert_eq!(status, 200, "{pool}");
-    let pool: Value = serde_json::from_str(&pool).expect("pool json");
-    let stages = pool["models"][0]["stages"]
-        .as_array()
-        .expect("stages")
-        .clone();
+    let stages = pool_stages(&server);
     let addrs: Vec<&str> = stages.iter().filter_map(|s| s["addr"].as_str()).collect();
-    assert_eq!(addrs.len(), 2, "two stages: {pool}");
+    assert_eq!(addrs.len(), 2, "two stages: {stages:?}");
     assert!(
         addrs.contains(&quick_addr.as_str()) && !addrs.contains(&slow_addr.as_str()),
         "the slow link {slow_addr} should carry no hop: {addrs:?}"
@@ -225,18 +223,7 @@ fn plan_around_a_slow_link(slow: usize) {
         stages[1].get("next_link_latency_us").is_none(),
         "the last stage has no hop"
     );
-
-    let prompt = "The capital of France is";
-    let (status, body) = post(
-        &format!("{}/v1/completions", server.base),
-        &json!({"prompt": prompt, "max_tokens": 12, "temperature": 0, "ignore_eos": true}),
-    );
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body["choices"][0]["text"].as_str().expect("text"),
-        single_process(&model, prompt, 12, true),
-        "through the relay, the tokens of one process"
-    );
+    assert_answers_as_one_process(&server, &model);
 }
 
 /// The relay delays UDP (QUIC's data plane) on its TCP address too: each
