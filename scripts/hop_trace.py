@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 EVENT = re.compile(r"^(\S+Z)\s+DEBUG\s+strata::hop: (\w[\w ]*?)\s+batch_id=(\d+)(.*)$")
@@ -46,6 +47,26 @@ def wait_port(port, proc, seconds=60):
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"port {port} did not open")
+
+
+def wait_loaded(http, serve, log, seconds=300):
+    """Until `serve` answers /health with 200; exits with its message when
+    the model failed to load (it will not load by waiting)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if serve.poll() is not None:
+            raise SystemExit(f"strata serve exited; see {log}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{http}/health").read()
+            return
+        except urllib.error.HTTPError as e:
+            message = json.loads(e.read() or b"{}").get("message", "")
+            if "failed to load" in message:
+                raise SystemExit(message)
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"strata serve did not load the model in {seconds} s; see {log}")
 
 
 def events(path):
@@ -132,14 +153,7 @@ def main():
             stderr=open(f"{d}/serve.log", "w"), env=env)
         procs.append(serve)
         wait_port(http, serve, 300)
-        for _ in range(600):
-            if serve.poll() is not None:
-                raise SystemExit(f"strata serve exited; see {d}/serve.log")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{http}/health").read()
-                break
-            except Exception:
-                time.sleep(0.5)
+        wait_loaded(http, serve, f"{d}/serve.log")
         body = json.dumps({"prompt": "The capital of France is", "max_tokens": args.tokens,
                            "temperature": 0, "ignore_eos": True}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{http}/v1/completions", body,

@@ -262,7 +262,7 @@ impl fmt::Display for DoesNotFit {
         match (s.q8_0_kv_fits, s.q8_0_max_ctx_size) {
             (Some(true), _) => write!(
                 f,
-                "\n  - KV in q8_0: --kv-type q8_0 fits at --ctx-size {}",
+                "\n  - KV in q8_0: --cache-type-k q8_0 --cache-type-v q8_0 fits at --ctx-size {}",
                 self.ctx_size
             )?,
             (Some(false), Some(c)) => write!(
