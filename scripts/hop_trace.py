@@ -10,7 +10,9 @@ Usage: hop_trace.py MODEL.gguf [--budgets cpu:80MiB,...] [--tokens 128]
                    [--threads 1] [--bin target/release/strata]
 
 Prints the median of each segment over the decode tokens, in microseconds,
-and the sum per hop. With one budget it measures a single stage.
+and the sum per hop; then how often each process's threads slept (and so
+were woken again) per decode step, by thread name. With one budget it
+measures a single stage.
 """
 
 import argparse
@@ -47,6 +49,21 @@ def wait_port(port, proc, seconds=60):
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"port {port} did not open")
+
+
+def sleeps(pid):
+    """Voluntary context switches of each thread name of process `pid`
+    (Linux /proc; empty elsewhere)."""
+    out = {}
+    for task in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else []:
+        try:
+            name = open(f"/proc/{pid}/task/{task}/comm").read().strip()
+            status = open(f"/proc/{pid}/task/{task}/status").read()
+        except OSError:
+            continue
+        n = int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+        out[name] = out.get(name, 0) + n
+    return out
 
 
 def wait_loaded(http, serve, log, seconds=300):
@@ -158,9 +175,11 @@ def main():
                            "temperature": 0, "ignore_eos": True}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{http}/v1/completions", body,
                                      {"Content-Type": "application/json"})
+        before = [sleeps(p.pid) for p in procs]
         start = time.perf_counter()
         usage = json.load(urllib.request.urlopen(req))["usage"]
         wall = time.perf_counter() - start
+        after = [sleeps(p.pid) for p in procs]
         time.sleep(0.5)
     finally:
         for p in procs:
@@ -188,6 +207,13 @@ def main():
     print(f"  {total:9.1f} µs  sum of medians (coordinator send to reply)")
     gaps = [b[1][0][1] - a[1][-1][1] for a, b in zip(lines, lines[1:])]
     print(f"  {statistics.median(gaps):9.1f} µs  coordinator reply -> next send")
+    # A thread that sleeps is woken again: its sleeps count its wake-ups.
+    names = [f"worker {i}" for i in range(len(budgets))] + ["serve"]
+    steps = max(len(lines) - 1, 1)
+    for name, b, a in zip(names, before, after):
+        woken = {t: n - b.get(t, 0) for t, n in a.items() if n - b.get(t, 0) > 0}
+        per_step = ", ".join(f"{t} {n / steps:.1f}" for t, n in sorted(woken.items()))
+        print(f"  {sum(woken.values()) / steps:9.1f} sleeps a step  {name} ({per_step})")
     print(f"logs: {d}")
 
 

@@ -561,7 +561,9 @@ fn q8_0_kv_suggested_when_it_is_enough() {
         panic!("f16 KV should not fit")
     };
     assert_eq!(e.suggestions.q8_0_kv_fits, Some(true));
-    assert!(e.to_string().contains("--cache-type-k q8_0 --cache-type-v q8_0 fits"));
+    assert!(e
+        .to_string()
+        .contains("--cache-type-k q8_0 --cache-type-v q8_0 fits"));
     verify_suggestions(&e, &f16, &workers);
 }
 

@@ -91,14 +91,16 @@ pub trait StageJob {
 }
 
 impl RunArgs {
+    /// The process's pool, `--threads` big (else rayon's default), with
+    /// this thread as its first: the job's parallel loops then run here
+    /// rather than park this thread once a loop (`stage_thread::spawn` in
+    /// the worker crate says what that costs).
     pub fn init_threads(&self) -> anyhow::Result<()> {
-        if let Some(n) = self.threads {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n.max(1))
-                .build_global()
-                .context("setting up the thread pool")?;
-        }
-        Ok(())
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads.map_or(0, |n| n.max(1)))
+            .use_current_thread()
+            .build_global()
+            .context("setting up the thread pool")
     }
 
     /// Loads the whole model on the GPU when there is one (see

@@ -75,7 +75,8 @@ pub struct WorkerConfig {
     pub cache_max_bytes: u64,
     pub threads: usize,
     /// Compute on a thread pool of `threads` threads of its own rather than
-    /// the process-wide one (several stages in one process).
+    /// the process-wide one (several stages in one process; a CPU stage
+    /// always has one).
     pub own_thread_pool: bool,
     /// The certificate it serves TLS with; `None` serves plaintext
     /// (`--insecure`).
@@ -151,7 +152,10 @@ impl WorkerService {
             message: "idle".into(),
             ..Default::default()
         }));
-        let pool_threads = config.own_thread_pool.then_some(config.threads.max(1));
+        // A CPU stage computes on a pool it belongs to (`stage_thread::spawn`
+        // says why); a GPU stage's few host loops share the process's pool.
+        let own_pool = config.own_thread_pool || backend_name == "cpu";
+        let pool_threads = own_pool.then_some(config.threads.max(1));
         let stage = stage_thread::spawn(make_backend, snapshot.clone(), pool_threads)
             .map_err(|e| ServiceError::Setup(format!("starting the compute thread: {e}")))?;
         let cache = SliceCache::new(config.cache_dir.clone(), config.cache_max_bytes);
