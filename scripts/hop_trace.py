@@ -52,18 +52,31 @@ def wait_port(port, proc, seconds=60):
 
 
 def sleeps(pid):
-    """Voluntary context switches of each thread name of process `pid`
-    (Linux /proc; empty elsewhere)."""
+    """{thread id: (name, voluntary context switches)} of process `pid`
+    (Linux /proc; empty elsewhere or once it has exited)."""
     out = {}
-    for task in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else []:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for task in tasks:
         try:
             name = open(f"/proc/{pid}/task/{task}/comm").read().strip()
             status = open(f"/proc/{pid}/task/{task}/status").read()
         except OSError:
             continue
         n = int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
-        out[name] = out.get(name, 0) + n
+        out[task] = (name, n)
     return out
+
+
+def woken_by_name(before, after):
+    """Sleeps during the request, summed by thread name (a thread that
+    ended meanwhile is not counted; one that started counts from 0)."""
+    out = {}
+    for task, (name, n) in after.items():
+        out[name] = out.get(name, 0) + n - before.get(task, (name, 0))[1]
+    return {name: n for name, n in out.items() if n > 0}
 
 
 def wait_loaded(http, serve, log, seconds=300):
@@ -77,7 +90,10 @@ def wait_loaded(http, serve, log, seconds=300):
             urllib.request.urlopen(f"http://127.0.0.1:{http}/health").read()
             return
         except urllib.error.HTTPError as e:
-            message = json.loads(e.read() or b"{}").get("message", "")
+            try:
+                message = json.loads(e.read() or b"{}").get("message", "")
+            except ValueError:
+                message = ""
             if "failed to load" in message:
                 raise SystemExit(message)
         except OSError:
@@ -207,11 +223,12 @@ def main():
     print(f"  {total:9.1f} µs  sum of medians (coordinator send to reply)")
     gaps = [b[1][0][1] - a[1][-1][1] for a, b in zip(lines, lines[1:])]
     print(f"  {statistics.median(gaps):9.1f} µs  coordinator reply -> next send")
-    # A thread that sleeps is woken again: its sleeps count its wake-ups.
+    # A thread that sleeps is woken again: its sleeps count its wake-ups
+    # (the prompt's few are counted in with the decode steps').
     names = [f"worker {i}" for i in range(len(budgets))] + ["serve"]
     steps = max(len(lines) - 1, 1)
     for name, b, a in zip(names, before, after):
-        woken = {t: n - b.get(t, 0) for t, n in a.items() if n - b.get(t, 0) > 0}
+        woken = woken_by_name(b, a)
         per_step = ", ".join(f"{t} {n / steps:.1f}" for t, n in sorted(woken.items()))
         print(f"  {sum(woken.values()) / steps:9.1f} sleeps a step  {name} ({per_step})")
     print(f"logs: {d}")

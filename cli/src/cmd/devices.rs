@@ -51,8 +51,9 @@ impl LocalDevice {
 pub struct StageShare {
     pub mem_budget_bytes: Option<u64>,
     pub threads: usize,
-    /// A thread pool of its own (`threads` big) rather than the process's.
-    pub own_thread_pool: bool,
+    /// A thread pool of its own (`threads` big) or the process's; `None`
+    /// decides by backend (`WorkerConfig::own_thread_pool`).
+    pub own_thread_pool: Option<bool>,
 }
 
 /// Splits `memory_bytes` (`--mem-budget`, else the host's available memory)
@@ -68,7 +69,8 @@ pub fn split_host(devices: &[LocalDevice], memory_bytes: u64, threads: usize) ->
             LocalDevice::Cuda(_) => StageShare {
                 mem_budget_bytes: None,
                 threads,
-                own_thread_pool: false,
+                // The GPUs of a process share its pool.
+                own_thread_pool: Some(false),
             },
             LocalDevice::Cpu => {
                 // The first `threads % n_cpu` stages take one more thread.
@@ -77,7 +79,7 @@ pub fn split_host(devices: &[LocalDevice], memory_bytes: u64, threads: usize) ->
                 StageShare {
                     mem_budget_bytes: Some(memory_bytes / n_cpu as u64),
                     threads: (threads / n_cpu + extra).max(1),
-                    own_thread_pool: true,
+                    own_thread_pool: Some(true),
                 }
             }
         })
@@ -139,13 +141,13 @@ mod tests {
         let shares = split_host(&[Cpu, Cuda(0), Cpu, Cpu], 3000, 8);
         let cpu: Vec<_> = [0, 2, 3].iter().map(|&i| shares[i]).collect();
         assert!(cpu.iter().all(|s| s.mem_budget_bytes == Some(1000)));
-        assert!(cpu.iter().all(|s| s.own_thread_pool));
+        assert!(cpu.iter().all(|s| s.own_thread_pool == Some(true)));
         assert_eq!(
             cpu.iter().map(|s| s.threads).collect::<Vec<_>>(),
             vec![3, 3, 2]
         );
         assert_eq!(shares[1].mem_budget_bytes, None);
-        assert!(!shares[1].own_thread_pool);
+        assert_eq!(shares[1].own_thread_pool, Some(false));
         // More stages than threads: each still gets one.
         assert!(split_host(&[Cpu, Cpu, Cpu], 300, 2)
             .iter()

@@ -341,7 +341,9 @@ impl WorkerLauncher for EmbeddedLauncher {
         let share = StageShare {
             mem_budget_bytes: self.mem_budget,
             threads: rayon::current_num_threads(),
-            own_thread_pool: false,
+            // The models a models file keeps loaded share the host's
+            // threads, rather than each take all of them.
+            own_thread_pool: Some(false),
         };
         let (device, kv_disk) = (self.device.clone(), self.kv_disk.clone());
         Box::pin(async move {
@@ -393,7 +395,7 @@ fn embedded_stages(args: &Args) -> anyhow::Result<Vec<(super::DeviceArgs, StageS
         let share = StageShare {
             mem_budget_bytes: args.mem_budget,
             threads,
-            own_thread_pool: false,
+            own_thread_pool: None,
         };
         return Ok(vec![(args.device.clone(), share)]);
     }

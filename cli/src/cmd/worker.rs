@@ -92,7 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cache_dir,
         cache_max_bytes: args.cache_max,
         threads: rayon::current_num_threads(),
-        own_thread_pool: false,
+        own_thread_pool: None,
         identity,
         kv_disk: args.kv_disk.config(),
     };

@@ -74,10 +74,11 @@ pub struct WorkerConfig {
     pub cache_dir: PathBuf,
     pub cache_max_bytes: u64,
     pub threads: usize,
-    /// Compute on a thread pool of `threads` threads of its own rather than
-    /// the process-wide one (several stages in one process; a CPU stage
-    /// always has one).
-    pub own_thread_pool: bool,
+    /// Compute on a thread pool of `threads` threads of its own
+    /// (`Some(true)`) or on the process-wide one (`Some(false)`: several
+    /// stages share the host's threads). `None`: its own for a CPU stage,
+    /// the process's for a GPU stage, whose few host loops need no more.
+    pub own_thread_pool: Option<bool>,
     /// The certificate it serves TLS with; `None` serves plaintext
     /// (`--insecure`).
     pub identity: Option<Arc<NodeIdentity>>,
@@ -152,9 +153,9 @@ impl WorkerService {
             message: "idle".into(),
             ..Default::default()
         }));
-        // A CPU stage computes on a pool it belongs to (`stage_thread::spawn`
-        // says why); a GPU stage's few host loops share the process's pool.
-        let own_pool = config.own_thread_pool || backend_name == "cpu";
+        // A CPU stage computes on a pool it belongs to unless told to share
+        // (`stage_thread::spawn` says why).
+        let own_pool = config.own_thread_pool.unwrap_or(backend_name == "cpu");
         let pool_threads = own_pool.then_some(config.threads.max(1));
         let stage = stage_thread::spawn(make_backend, snapshot.clone(), pool_threads)
             .map_err(|e| ServiceError::Setup(format!("starting the compute thread: {e}")))?;

@@ -68,7 +68,7 @@ pub async fn start_worker_with(
         cache_dir: cache.path().to_path_buf(),
         cache_max_bytes: u64::MAX,
         threads: 2,
-        own_thread_pool: false,
+        own_thread_pool: None,
         identity,
         kv_disk: None,
     };
