@@ -14,8 +14,12 @@ pub fn serve_blocking(stages: Vec<(WorkerService, SocketAddr)>) -> Result<(), Se
     if stages.is_empty() {
         return Err(ServiceError::Setup("no device to serve".into()));
     }
+    // One async thread: a second one is woken for each task the first
+    // wakes (a frame done, its send), two more sleeps and wake-ups a step
+    // at ~50 µs each on a VM (docs/data-plane.md); the compute runs on
+    // the stage threads, and disk work on the blocking pool.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name("strata-rpc")
         .enable_all()
         .build()
