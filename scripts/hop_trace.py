@@ -185,7 +185,6 @@ def main():
              "--listen", f"127.0.0.1:{http}", "-c", "512", "-n", "8", *args.serve_flags.split()],
             stderr=open(f"{d}/serve.log", "w"), env=env)
         procs.append(serve)
-        wait_port(http, serve, 300)
         wait_loaded(http, serve, f"{d}/serve.log")
         body = json.dumps({"prompt": "The capital of France is", "max_tokens": args.tokens,
                            "temperature": 0, "ignore_eos": True}).encode()
