@@ -69,11 +69,13 @@ unpack() {
 }
 
 # The kernel tests that run on a real GPU as they do on the emulator.
-OP_TESTS="cuda_ops cuda_matvec cuda_gemm cuda_attention cuda_upload"
+OP_TESTS="cuda_ops cuda_matvec cuda_gemm cuda_attention cuda_attention_quant cuda_recurrent cuda_quant_layouts cuda_upload"
 
 prepare() {
     set -e
-    cargo build --release -p strata -p strata-tests --example trim_layers
+    # Two builds: with --example, cargo builds only the example, not strata.
+    cargo build --release -p strata
+    cargo build --release -p strata-tests --example trim_layers
     rm -rf "$carry" && mkdir -p "$carry"
     strip -o /tmp/strata-stripped target/release/strata
     xz -T0 -6 -c /tmp/strata-stripped >"$carry/strata.xz"
@@ -106,7 +108,7 @@ EOF
     fi
     local tree=/tmp/strata-llama-tree
     rm -rf "$tree" && mkdir -p "$tree/llama.cpp/ggml/src" "$tree/llama.cpp/tools"
-    cp -r "$src"/{src,include,common,vendor,cmake,CMakeLists.txt} "$tree/llama.cpp/"
+    cp -r "$src"/{src,include,common,vendor,cmake,app,CMakeLists.txt} "$tree/llama.cpp/"
     cp -r "$src"/ggml/{include,cmake,CMakeLists.txt} "$tree/llama.cpp/ggml/" 2>/dev/null || cp -r "$src"/ggml/{include,CMakeLists.txt} "$tree/llama.cpp/ggml/"
     # The CPU and CUDA backends only: the others are not built.
     local f
@@ -139,12 +141,29 @@ EOF
 
 ops() {
     nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv | tee "$logs/gpu.txt"
+    # The host too: the op tests compare with the CPU backend, whose SIMD
+    # paths follow the CPU's features.
+    { uname -r; grep -m1 "model name" /proc/cpuinfo; grep -m1 "^flags" /proc/cpuinfo; } | tee -a "$logs/gpu.txt"
     local rc=0 t
     for t in $OP_TESTS; do
         "$bin/$t" --test-threads 1 --nocapture >>"$logs/ops.log" 2>&1 || rc=1
     done
     grep -E "^test |worst|test result" "$logs/ops.log"
     return $rc
+}
+
+# compute-sanitizer's race and initialisation checks over one test binary
+# (where the machine's runtime lets it read the GPU).
+sanitize() {
+    local t=${1:-cuda_attention_quant} filter=${2:-} tool
+    local cs=/usr/local/cuda/bin/compute-sanitizer
+    [[ -x $cs ]] || cs=$(command -v compute-sanitizer) || { echo "no compute-sanitizer"; return 0; }
+    for tool in racecheck initcheck memcheck; do
+        echo "== $tool $t $filter" | tee -a "$logs/sanitize.log"
+        timeout "${SANITIZE_TIMEOUT:-60}" "$cs" --tool "$tool" "$bin/$t" --test-threads 1 $filter >>"$logs/sanitize.log" 2>&1
+        echo "rc=$?" | tee -a "$logs/sanitize.log"
+        grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Uninitialized|Invalid|hazard" "$logs/sanitize.log" | tail -5
+    done
 }
 
 greedy() {
@@ -193,7 +212,7 @@ llama_build() {
     cmake -S "$bin/llama.cpp" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
         -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$cc" -DGGML_CUDA_FA=OFF -DGGML_CUDA_NCCL=OFF \
         -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >"$logs/llama-build.log" 2>&1 &&
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF >"$logs/llama-build.log" 2>&1 &&
         cmake --build "$build" --target llama-bench -j "${LLAMA_JOBS:-$(nproc)}" >>"$logs/llama-build.log" 2>&1 &&
         cp "$build/bin/llama-bench" /tmp/llama-bench-built || { tail -30 "$logs/llama-build.log"; return 1; }
     llama_bench=/tmp/llama-bench-built
@@ -289,6 +308,9 @@ all() {
     stamp "ops"; timeout "$(left 150)" bash "$0" ops; stamp "ops rc=$?"; pack_logs
     stamp "greedy"; timeout "$(left 150)" bash "$0" greedy >/dev/null; stamp "greedy rc=$?"; pack_logs
     cat "$logs/greedy.txt"
+    if grep -q FAILED "$logs/ops.log" && [[ ${SANITIZE:-1} == 1 ]]; then
+        stamp "sanitize"; SANITIZE_TIMEOUT=$(left 30) sanitize cuda_attention_quant quantized_kv_prompt_and_decode_match_cpu; pack_logs
+    fi
     wait $synth
     stamp "strata bench $first"; BENCH_TIMEOUT=$(left 100) bench "$first"; pack_logs
     stamp "pipeline"; PIPE_TIMEOUT=$(left 80) pipeline "$first"; pack_logs
@@ -328,6 +350,7 @@ all) all ;;
 ops) ops ;;
 greedy) greedy ;;
 llama-build) llama_build ;;
+sanitize) sanitize "$@" ;;
 bench) bench "$@"; bench_table ;;
 llama-bench) llama_bench_all "$@"; bench_table ;;
 pipeline) pipeline "$@" ;;

@@ -74,14 +74,14 @@ extern "C" __global__ void attn_temperature(float* x, const u32* positions, size
 }
 
 // Rotates the first `dims` values of every head of every row. Normal style
-// pairs (2i, 2i+1); NeoX pairs (i, i + dims/2). theta = pos * freq_scale *
-// base^(-2i/dims) / freq_factors[i]. One thread per pair.
+// pairs (2i, 2i+1); NeoX pairs (i, i + dims/2). theta = freq_scale * (pos *
+// theta_scale^i / freq_factors[i]). One thread per pair.
 // With `yarn`, ggml's rope_yarn: on the ramp between the correction dims
 // (corr_low, corr_high) theta mixes the unscaled (extrapolated) value in by
 // ext_factor, and cos and sin are multiplied by `mscale` (attn_factor,
 // times 1 + 0.1 ln(1/freq_scale) when ext_factor != 0: computed by the host).
 extern "C" __global__ void rope(float* x, const u32* positions, int rows, int n_heads, int head_dim, int dims,
-                                float freq_base, float freq_scale, const float* freq_factors, int neox, int yarn,
+                                float theta_scale, float freq_scale, const float* freq_factors, int neox, int yarn,
                                 float ext_factor, float mscale, float corr_low, float corr_high) {
     const int pairs = dims / 2;
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -90,20 +90,17 @@ extern "C" __global__ void rope(float* x, const u32* positions, int rows, int n_
     const size_t head = i / pairs;
     const int row = head / n_heads;
     float* h = x + head * head_dim;
+    // theta as ggml-cpu builds it: pos times theta_scale (base^(-2/dims),
+    // from the host's powf: the GPU's powf is not correctly rounded, and
+    // at position 70000 its last bit moved theta by 4e-3 rad) p times.
+    float theta_extrap = (float)positions[row];
+    for (int k = 0; k < p; k++) theta_extrap *= theta_scale;
+    if (freq_factors) theta_extrap /= freq_factors[p];
+    const float theta_interp = freq_scale * theta_extrap;
     float s, c;
     if (!yarn) {
-        float theta = positions[row] * freq_scale * powf(freq_base, -2.0f * p / dims);
-        if (freq_factors) theta /= freq_factors[p];
-        sincosf(theta, &s, &c);
+        sincosf(theta_interp, &s, &c);
     } else {
-        // theta as ggml-cpu builds it, by repeated multiplication (a YaRN
-        // model's positions reach far past where powf's rounding and that
-        // one's part ways).
-        const float theta_scale = powf(freq_base, -2.0f / dims);
-        float theta_extrap = (float)positions[row];
-        for (int k = 0; k < p; k++) theta_extrap *= theta_scale;
-        if (freq_factors) theta_extrap /= freq_factors[p];
-        const float theta_interp = freq_scale * theta_extrap;
         float theta = theta_interp;
         if (ext_factor != 0.0f) {
             const float y = (p - corr_low) / fmaxf(0.001f, corr_high - corr_low);

@@ -15,7 +15,7 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use strata_kernels::cuda::CudaBackend;
-use strata_kernels::{AttentionBatch, Backend, CpuBackend, KvGeometry};
+use strata_kernels::{AttentionBatch, Backend, CpuBackend, KvGeometry, KV_BLOCK_TOKENS};
 use strata_model::profile::KvType;
 
 mod common;
@@ -99,8 +99,57 @@ impl Pair {
         println!("{case}: {e:.2e} from the CPU");
         assert!(
             e < TOLERANCE,
-            "{case}: {e:.2e} from the CPU backend (tolerance {TOLERANCE:.0e})"
+            "{case}: {e:.2e} from the CPU backend (tolerance {TOLERANCE:.0e}); {}",
+            self.where_they_differ(tables, step, &got, &want)
         );
+    }
+
+    /// Where a failed step differs: each token's error, and whether the
+    /// two caches store the same blocks (so the writes or the reads are
+    /// at fault).
+    fn where_they_differ(
+        &self,
+        tables: &[Vec<u32>],
+        step: &[(u32, u32)],
+        got: &[f32],
+        want: &[f32],
+    ) -> String {
+        let row = got.len() / step.len();
+        let per_token: Vec<String> = got
+            .chunks(row)
+            .zip(want.chunks(row))
+            .map(|(g, w)| format!("{:.1e}", rel_err(g, w)))
+            .collect();
+        // The rows this step wrote, block by block (K and V rows are the
+        // same size here: every shape has equal K and V heads).
+        let mut rows: Vec<(u32, usize)> = step
+            .iter()
+            .map(|&(seq, pos)| {
+                let pos = pos as usize;
+                (tables[seq as usize][pos / KV_BLOCK_TOKENS], pos % KV_BLOCK_TOKENS)
+            })
+            .collect();
+        rows.sort_unstable();
+        let mut stored = Vec::new();
+        for (block, group) in rows.chunk_by(|a, b| a.0 == b.0).map(|g| (g[0].0, g)) {
+            let gpu = self.g.kv_block_to_host(&self.kg, 0, block).expect("GPU block");
+            let cpu = self.c.kv_block_to_host(&self.kc, 0, block).expect("CPU block");
+            let row_bytes = gpu.len() / (2 * KV_BLOCK_TOKENS);
+            let (mut differ, mut total) = (0, 0);
+            for &(_, r) in group {
+                for half in [r, KV_BLOCK_TOKENS + r] {
+                    let span = half * row_bytes..(half + 1) * row_bytes;
+                    differ += gpu[span.clone()].iter().zip(&cpu[span]).filter(|(a, b)| a != b).count();
+                    total += row_bytes;
+                }
+            }
+            stored.push(format!("block {block}: {differ} of {total} written bytes differ"));
+        }
+        format!(
+            "per token: [{}]; stored: {}",
+            per_token.join(" "),
+            stored.join(", ")
+        )
     }
 }
 

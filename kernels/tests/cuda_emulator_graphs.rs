@@ -26,7 +26,9 @@ fn setup() -> (Arc<CudaStream>, Arc<CudaModule>) {
     let ctx = CudaContext::new(0).expect("emulated device");
     let lib = emulator::build_module(&PROBES).expect("probe kernels build");
     let module = ctx.load_module(Ptx::from_file(lib)).expect("probe module");
-    (ctx.default_stream(), module)
+    // SAFETY: one stream, nothing allocated yet.
+    unsafe { ctx.disable_event_tracking() };
+    (ctx.new_stream().expect("a stream"), module)
 }
 
 const THREADS: LaunchConfig = LaunchConfig {
@@ -44,6 +46,18 @@ fn end(s: &Arc<CudaStream>) -> cudarc::driver::CudaGraph {
     s.end_capture(CUgraphInstantiate_flags(0))
         .expect("capture ends")
         .expect("a graph")
+}
+
+/// The legacy default stream cannot be captured, as on a GPU (where the
+/// backend once captured on it, and every graph failed).
+#[test]
+fn the_legacy_default_stream_refuses_capture() {
+    let (s, _) = setup();
+    let legacy = s.context().default_stream();
+    let err = legacy
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .expect_err("capture on the null stream");
+    assert!(format!("{err:?}").contains("CAPTURE_UNSUPPORTED"), "{err:?}");
 }
 
 #[test]

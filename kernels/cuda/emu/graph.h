@@ -15,6 +15,7 @@
 //   of the previous launch is still held fails, as the driver's does;
 // - a free under capture of memory the graph does not own is replayed as a
 //   free on every launch (so a second launch frees it twice, and fails).
+// - the legacy default stream (a null CUstream) cannot be captured.
 // A capture belongs to the thread that began it (the emulator's streams
 // are all one, so this stands for the capturing stream, in the mode
 // CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).
@@ -182,7 +183,9 @@ extern "C" {
 typedef void* CUgraph;
 typedef void* CUgraphExec;
 
-CUresult cuStreamBeginCapture_v2(CUstream, int) {
+CUresult cuStreamBeginCapture_v2(CUstream stream, int) {
+    // As the driver: the legacy default stream cannot be captured.
+    if (!stream) return fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "stream capture on the legacy default stream");
     std::lock_guard<std::mutex> g(capture_lock);
     if (capturing) return fail(CUDA_ERROR_INVALID_VALUE, "stream capture begun twice");
     capturing = new Graph();

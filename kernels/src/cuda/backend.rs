@@ -249,7 +249,13 @@ impl CudaBackend {
         if ctx.has_async_alloc() {
             keep_freed_memory(&ctx).map_err(|e| cuda("memory pool", e))?;
         }
-        let stream = ctx.default_stream();
+        // A stream of our own: the legacy default stream (`default_stream`)
+        // cannot be captured into a graph, so on a GPU every capture failed
+        // and decode ran eagerly. One stream needs no per-buffer events.
+        // SAFETY: nothing is allocated on this context yet, and all its
+        // work goes to this one stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| cuda("creating a stream", e))?;
         Ok(CudaBackend {
             ctx,
             stream,
@@ -687,6 +693,8 @@ impl Backend for CudaBackend {
         let neox = i32::from(rope.style == RopeStyle::Neox);
         let pairs = x.rows * (x.cols / rope.head_dim) * (rope.dims / 2);
         let null: u64 = 0;
+        // On the host, as the CPU backend (and ggml-cpu) computes it.
+        let theta_scale = rope.freq_base.powf(-2.0 / rope.dims as f32);
         let mut b = self.stream.launch_builder(self.f("rope")?);
         b.arg(&mut x.buf)
             .arg(&*pos)
@@ -694,7 +702,7 @@ impl Backend for CudaBackend {
             .arg(&n_heads)
             .arg(&head_dim)
             .arg(&dims)
-            .arg(&rope.freq_base)
+            .arg(&theta_scale)
             .arg(&rope.freq_scale);
         match ff {
             Some(ff) => b.arg(ff),
