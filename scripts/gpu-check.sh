@@ -69,7 +69,7 @@ unpack() {
 }
 
 # The kernel tests that run on a real GPU as they do on the emulator.
-OP_TESTS="cuda_ops cuda_matvec cuda_gemm cuda_attention cuda_attention_quant cuda_recurrent cuda_quant_layouts cuda_upload"
+OP_TESTS="${OP_TESTS:-cuda_ops cuda_matvec cuda_gemm cuda_attention cuda_attention_quant cuda_recurrent cuda_quant_layouts cuda_upload}"
 
 prepare() {
     set -e
@@ -280,13 +280,50 @@ pipeline() {
     [[ -d $carry/wheels ]] && { python3 -c 'import openai' 2>/dev/null ||
         python3 -m pip install -q --no-index --no-deps --target /tmp/site "$carry"/wheels/*.whl; }
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    for budgets in "${PIPE_ONE:-80GiB}" "${PIPE_THREE:-2600MiB,2600MiB,2600MiB}"; do
+    # One stage holding every layer, then three (PIPE_BUDGETS: the runs, each a budget list).
+    for budgets in ${PIPE_BUDGETS:-80GiB 2600MiB,2600MiB,2600MiB}; do
         echo "== $q stages with budgets $budgets" | tee -a "$logs/pipeline.log"
         BIN=$strata BUDGETS=$budgets WORKER_FLAGS="$gpu_flag --model-dir $models" \
             timeout "${PIPE_TIMEOUT:-200}" scripts/bench-serve.sh "$m" 1 -- --rounds 1 --max-tokens 128 >>"$logs/pipeline.log" 2>&1 ||
             echo "pipeline with $budgets failed or timed out" | tee -a "$logs/pipeline.log"
     done
     grep -E "^==|stages|streams|^ +[0-9]" "$logs/pipeline.log" | tail -20
+}
+
+# A q8_0 KV cache end to end: `strata serve` on the CPU and on the GPU, the
+# same prompt (this README's start), greedy, with log-probabilities: the
+# texts and the largest log-probability gap (the contract is 0.05).
+kvq() {
+    local m=${1:-$carry/models/smollm2-135m-4-layers.Q4_1.gguf}
+    python3 - "$strata" "$m" "$gpu_flag" <<'EOF2' | tee -a "$logs/kvq.txt"
+import json, subprocess, sys, time, urllib.request
+strata, model, gpu = sys.argv[1], sys.argv[2], sys.argv[3].split()
+prompt = open("README.md").read()[:1500]
+runs = {}
+for name, dev in (("cpu", ["--cpu"]), ("gpu", gpu)):
+    p = subprocess.Popen([strata, "serve", "-m", model, *dev, "--listen", "127.0.0.1:18990", "-c", "1024", "-n", "1",
+                          "--cache-type-k", "q8_0", "--cache-type-v", "q8_0"], stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen("http://127.0.0.1:18990/health"); break
+            except Exception:
+                time.sleep(0.2)
+        req = {"prompt": prompt, "max_tokens": 24, "temperature": 0, "logprobs": 1}
+        r = json.load(urllib.request.urlopen(urllib.request.Request(
+            "http://127.0.0.1:18990/v1/completions", json.dumps(req).encode(), {"Content-Type": "application/json"})))
+        runs[name] = r["choices"][0]["logprobs"]
+    finally:
+        p.terminate(); p.wait()
+c, g = runs["cpu"], runs["gpu"]
+same = c["tokens"] == g["tokens"]
+n = next((i for i, (a, b) in enumerate(zip(c["tokens"], g["tokens"])) if a != b), len(c["tokens"]))
+gap = max((abs(a - b) for a, b in zip(c["token_logprobs"][:n], g["token_logprobs"][:n])), default=0.0)
+print(f"q8_0 KV, {len(c['tokens'])} tokens: texts {'same' if same else 'differ at token %d' % n}; "
+      f"largest log-prob gap over the common tokens {gap:.4f}")
+print("  cpu:", json.dumps("".join(c["tokens"])))
+print("  gpu:", json.dumps("".join(g["tokens"])))
+EOF2
 }
 
 pack_logs() {
@@ -351,6 +388,7 @@ ops) ops ;;
 greedy) greedy ;;
 llama-build) llama_build ;;
 sanitize) sanitize "$@" ;;
+kvq) kvq "$@" ;;
 bench) bench "$@"; bench_table ;;
 llama-bench) llama_bench_all "$@"; bench_table ;;
 pipeline) pipeline "$@" ;;

@@ -45,6 +45,12 @@ __device__ __forceinline__ float kv_dequant(const u8* row, int kv_type, int col)
     return (float)(q - 8) * d;
 }
 
+// A block's f16 scale, as one 16-bit store (blocks are 34 or 18 bytes from
+// a 2-byte aligned row start). Stored as two bytes (`(u8)h`, `(u8)(h >> 8)`),
+// the low byte came out 0 on an H200 (sm_90, NVRTC 13.0), though the PTX
+// stored the converted register's low byte; the emulator kept it.
+__device__ __forceinline__ void store_scale(u8* b, float d) { *(u16*)b = f2h(d); }
+
 // Quantizes 32 values into one block as ggml's CPU from_float does
 // (q8_0: d = amax/127, round half to even; q4_0: quantize_row_q4_0_ref).
 __device__ __forceinline__ void kv_quantize_block(const float* x, u8* b, int kv_type) {
@@ -52,16 +58,14 @@ __device__ __forceinline__ void kv_quantize_block(const float* x, u8* b, int kv_
         float amax = 0.0f;
         for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
         const float d = amax / 127.0f, id = d != 0.0f ? 127.0f / amax : 0.0f;
-        const u16 dh = f2h(d);
-        b[0] = (u8)(dh & 255), b[1] = (u8)(dh >> 8);
+        store_scale(b, d);
         for (int j = 0; j < 32; j++) b[2 + j] = (u8)(i8)__float2int_rn(x[j] * id);
     } else {
         float amax = 0.0f, max = 0.0f;
         for (int j = 0; j < 32; j++)
             if (amax < fabsf(x[j])) amax = fabsf(x[j]), max = x[j];
         const float d = max / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-        const u16 dh = f2h(d);
-        b[0] = (u8)(dh & 255), b[1] = (u8)(dh >> 8);
+        store_scale(b, d);
         for (int j = 0; j < 16; j++) {
             const int x0 = min(15, (int)(i8)(x[j] * id + 8.5f));
             const int x1 = min(15, (int)(i8)(x[j + 16] * id + 8.5f));

@@ -97,11 +97,38 @@ impl Pair {
         self.worst = self.worst.max(e);
         let case = format!("{} {what}: {s:?}, {n} tokens", self.kv.name());
         println!("{case}: {e:.2e} from the CPU");
-        assert!(
-            e < TOLERANCE,
-            "{case}: {e:.2e} from the CPU backend (tolerance {TOLERANCE:.0e}); {}",
-            self.where_they_differ(tables, step, &got, &want)
-        );
+        if e >= TOLERANCE {
+            let differ = self.where_they_differ(tables, step, &got, &want);
+            let reread = self.attend_over_cpu_blocks(tables, step, &q, &batch, &want);
+            panic!(
+                "{case}: {e:.2e} from the CPU backend (tolerance {TOLERANCE:.0e}); {differ}; \
+                 the GPU attending over the CPU's stored blocks: {reread:.2e} from the CPU"
+            );
+        }
+    }
+
+    /// The GPU's attention for this step again, after the CPU's stored
+    /// blocks are copied into its cache: near the CPU when the GPU's reads
+    /// are right and only its writes differ.
+    fn attend_over_cpu_blocks(
+        &mut self,
+        tables: &[Vec<u32>],
+        step: &[(u32, u32)],
+        q: &[f32],
+        batch: &AttentionBatch<'_>,
+        want: &[f32],
+    ) -> f64 {
+        let mut blocks: Vec<u32> = tables.iter().flatten().copied().collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        for b in blocks {
+            let bytes = self.c.kv_block_to_host(&self.kc, 0, b).expect("CPU block");
+            self.g.kv_block_from_host(&mut self.kg, 0, b, &bytes).expect("into the GPU cache");
+        }
+        let n = step.len();
+        let q = self.g.act_from_host(q, n, q.len() / n).unwrap();
+        let out = self.g.attention(&mut self.kg, 0, &q, None, batch).unwrap();
+        rel_err(&self.g.act_to_host(&out).unwrap(), want)
     }
 
     /// Where a failed step differs: each token's error, and whether the
@@ -135,15 +162,41 @@ impl Pair {
             let gpu = self.g.kv_block_to_host(&self.kg, 0, block).expect("GPU block");
             let cpu = self.c.kv_block_to_host(&self.kc, 0, block).expect("CPU block");
             let row_bytes = gpu.len() / (2 * KV_BLOCK_TOKENS);
+            // ggml blocks of 32 values: 34 bytes (q8_0) or 18 (q4_0).
+            let qb = if self.kv == KvType::Q8_0 { 34 } else { 18 };
             let (mut differ, mut total) = (0, 0);
+            let mut at_offset = vec![0usize; qb];
+            let mut first = None;
             for &(_, r) in group {
                 for half in [r, KV_BLOCK_TOKENS + r] {
                     let span = half * row_bytes..(half + 1) * row_bytes;
-                    differ += gpu[span.clone()].iter().zip(&cpu[span]).filter(|(a, b)| a != b).count();
+                    for (i, (a, b)) in gpu[span.clone()].iter().zip(&cpu[span.clone()]).enumerate() {
+                        if a != b {
+                            differ += 1;
+                            at_offset[i % qb] += 1;
+                            let start = span.start + i / qb * qb;
+                            first.get_or_insert((start, i % qb));
+                        }
+                    }
                     total += row_bytes;
                 }
             }
-            stored.push(format!("block {block}: {differ} of {total} written bytes differ"));
+            let mut line = format!("block {block}: {differ} of {total} written bytes differ");
+            if let Some((start, _)) = first {
+                let offsets: Vec<String> = at_offset
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &c)| c > 0)
+                    .map(|(o, c)| format!("{o}:{c}"))
+                    .collect();
+                line += &format!(
+                    " (at block offsets {}; first such block gpu {:02x?} cpu {:02x?})",
+                    offsets.join(","),
+                    &gpu[start..start + qb],
+                    &cpu[start..start + qb]
+                );
+            }
+            stored.push(line);
         }
         format!(
             "per token: [{}]; stored: {}",
