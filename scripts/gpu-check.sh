@@ -290,19 +290,21 @@ pipeline() {
     grep -E "^==|stages|streams|^ +[0-9]" "$logs/pipeline.log" | tail -20
 }
 
-# A q8_0 KV cache end to end: `strata serve` on the CPU and on the GPU, the
+# A q8_0 (and f16: KVQ_TYPES) KV cache end to end: `strata serve` on the CPU and on the GPU, the
 # same prompt (this README's start), greedy, with log-probabilities: the
 # texts and the largest log-probability gap (the contract is 0.05).
 kvq() {
     local m=${1:-$carry/models/smollm2-135m-4-layers.Q4_1.gguf}
-    python3 - "$strata" "$m" "$gpu_flag" <<'EOF2' | tee -a "$logs/kvq.txt"
+    local kv
+    for kv in ${KVQ_TYPES:-q8_0 f16}; do
+    python3 - "$strata" "$m" "$gpu_flag" "$kv" <<'EOF2' | tee -a "$logs/kvq.txt"
 import json, subprocess, sys, time, urllib.request
-strata, model, gpu = sys.argv[1], sys.argv[2], sys.argv[3].split()
+strata, model, gpu, kv = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4]
 prompt = open("README.md").read()[:1500]
 runs = {}
 for name, dev in (("cpu", ["--cpu"]), ("gpu", gpu)):
     p = subprocess.Popen([strata, "serve", "-m", model, *dev, "--listen", "127.0.0.1:18990", "-c", "1024", "-n", "1",
-                          "--cache-type-k", "q8_0", "--cache-type-v", "q8_0"], stderr=subprocess.DEVNULL)
+                          "--cache-type-k", kv, "--cache-type-v", kv], stderr=subprocess.DEVNULL)
     try:
         for _ in range(300):
             try:
@@ -319,11 +321,12 @@ c, g = runs["cpu"], runs["gpu"]
 same = c["tokens"] == g["tokens"]
 n = next((i for i, (a, b) in enumerate(zip(c["tokens"], g["tokens"])) if a != b), len(c["tokens"]))
 gap = max((abs(a - b) for a, b in zip(c["token_logprobs"][:n], g["token_logprobs"][:n])), default=0.0)
-print(f"q8_0 KV, {len(c['tokens'])} tokens: texts {'same' if same else 'differ at token %d' % n}; "
+print(f"{kv} KV, {len(c['tokens'])} tokens: texts {'same' if same else 'differ at token %d' % n}; "
       f"largest log-prob gap over the common tokens {gap:.4f}")
 print("  cpu:", json.dumps("".join(c["tokens"])))
 print("  gpu:", json.dumps("".join(g["tokens"])))
 EOF2
+    done
 }
 
 pack_logs() {
