@@ -130,6 +130,12 @@ inline void sincosf_(float x, float* s, float* c) {
     *c = std::cos(x);
 }
 #define sincosf sincosf_
+// CUDA's powf is not correctly rounded (up to 4 ulp), and the host's is: a
+// kernel whose result hung on powf's last bit passed here and failed on an
+// H200 (RoPE's theta at position 70000). The emulator's is an ulp off the
+// host's, so such a kernel fails here too.
+inline float powf_(float x, float y) { return std::nextafter(std::pow(x, y), INFINITY); }
+#define powf powf_
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float a, float b) { return a / b; }
