@@ -335,6 +335,15 @@ pub trait Backend: Send + Sync {
         -> Result<Self::Act, KernelError>;
     /// `out[t] = W x[t]` (+ bias).
     fn matmul(&self, w: &Self::Weight, x: &Self::Act) -> Result<Self::Act, KernelError>;
+    /// [`Self::matmul`] of one input by each weight (Q, K and V; gate and
+    /// up), in order. CUDA quantizes the input once for all of them.
+    fn matmul_each(
+        &self,
+        ws: &[&Self::Weight],
+        x: &Self::Act,
+    ) -> Result<Vec<Self::Act>, KernelError> {
+        ws.iter().map(|w| self.matmul(w, x)).collect()
+    }
     fn add_bias(&self, x: &mut Self::Act, bias: &Self::Weight) -> Result<(), KernelError>;
     /// Rotates every head of every row by its token's position.
     fn rope(

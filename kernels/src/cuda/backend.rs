@@ -657,6 +657,13 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn matmul_each(&self, ws: &[&CudaWeight], x: &CudaAct) -> Result<Vec<CudaAct>, KernelError> {
+        for w in ws {
+            op_checks::matmul(&w.name, x.cols, w.cols)?;
+        }
+        self.matvec_each(ws, x)
+    }
+
     fn add_bias(&self, x: &mut CudaAct, bias: &CudaWeight) -> Result<(), KernelError> {
         let bv = Self::vector("add_bias", bias, x.cols, true)?;
         let n = x.rows * x.cols;

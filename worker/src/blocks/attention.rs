@@ -155,7 +155,13 @@ impl<B: Backend> Attention<B> {
         eps: f32,
     ) -> Result<B::Act, KernelError> {
         let a = &self.spec;
-        let mut q = b.matmul(&self.wq, &h)?;
+        // Q, and K and V where this layer has them, from the one input.
+        let mut ws = vec![&self.wq];
+        ws.extend(self.wk.iter());
+        ws.extend(self.wk.as_ref().and(self.wv.as_ref()));
+        let mut projected = b.matmul_each(&ws, &h)?.into_iter();
+        let mut q = projected.next().expect("matmul_each: one result a weight");
+        let (k, v) = (projected.next(), projected.next());
         if let Some(bias) = &self.bq {
             b.add_bias(&mut q, bias)?;
         }
@@ -164,8 +170,8 @@ impl<B: Backend> Attention<B> {
         }
         let freqs = batch.rope_freqs.filter(|_| self.rope_freqs);
         b.rope(&mut q, batch.positions, &self.rope, freqs)?;
-        let new_kv = match &self.wk {
-            Some(wk) => Some(self.new_kv(b, wk, &h, batch, eps)?),
+        let new_kv = match k {
+            Some(k) => Some(self.new_kv(b, k, v, batch, eps)?),
             None => None,
         };
         if let Some(t) = a.temperature {
@@ -206,20 +212,19 @@ impl<B: Backend> Attention<B> {
 }
 
 impl<B: Backend> Attention<B> {
-    /// This batch's K and V rows: projected (V from K where the layer has
-    /// no V projection), biased, normed and K turned by RoPE.
+    /// This batch's K and V rows from their projections (V from K where
+    /// the layer has no V projection): biased, normed and K turned by RoPE.
     fn new_kv(
         &self,
         b: &B,
-        wk: &B::Weight,
-        h: &B::Act,
+        mut k: B::Act,
+        v: Option<B::Act>,
         batch: &BatchContext<'_, B>,
         eps: f32,
     ) -> Result<(B::Act, B::Act), KernelError> {
         let a = &self.spec;
-        let mut k = b.matmul(wk, h)?;
-        let mut v = match &self.wv {
-            Some(wv) => b.matmul(wv, h)?,
+        let mut v = match v {
+            Some(v) => v,
             // The K projection before its norm and RoPE, copied.
             None => b.columns(&k, 0, a.k_dim())?,
         };

@@ -44,8 +44,13 @@ impl<B: Backend> DenseFfn<B> {
     }
 
     pub fn forward(&self, b: &B, h: &B::Act) -> Result<B::Act, KernelError> {
-        let g = b.matmul(&self.gate, h)?;
-        let u = b.matmul(&self.up, h)?;
+        let [g, u] = two(b.matmul_each(&[&self.gate, &self.up], h)?);
         b.matmul(&self.down, &b.gated(&g, &u, self.activation)?)
     }
+}
+
+/// The two results of a two-weight `matmul_each`.
+fn two<T>(v: Vec<T>) -> [T; 2] {
+    v.try_into()
+        .unwrap_or_else(|v: Vec<T>| unreachable!("matmul_each gave {} results for 2 weights", v.len()))
 }
