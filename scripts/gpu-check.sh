@@ -8,12 +8,15 @@
 #   scripts/gpu-check.sh all            # there: every step below, in one call, logs in $OUT/logs.tgz
 #
 # The steps, also callable one by one there:
-#   ops                 every op vs the CPU backend (kernels/tests/cuda_{ops,matvec,gemm,attention,upload}.rs)
+#   ops                 every op vs the CPU backend (the kernels/tests/cuda_*.rs in OP_TESTS)
 #   greedy              GPU greedy text == CPU greedy text, synth models of every type
+#   kvq                 serve on the CPU and the GPU, q8_0 then f16 KV (KVQ_TYPES): texts, log-prob gap
+#   sanitize TEST [F]   compute-sanitizer racecheck, initcheck, memcheck over one op test binary
 #   llama-build         llama.cpp with CUDA for this GPU (llama-bench only; skipped
 #                       when gpu-carry/llama-bench is there from an earlier call)
 #   bench [TYPES]       strata bench vs llama-bench on 8B-shaped synth models
 #   pipeline [TYPE]     3 `strata worker --gpu 0` stages vs 1, through the OpenAI API
+#                       (PIPE_BUDGETS: the runs, each a comma list of stage budgets)
 #
 # Every step writes its log under $LOGS (default /tmp/strata-gpu-logs); `all`
 # packs them into $OUT/logs.tgz after each step.
@@ -29,7 +32,7 @@ carry=gpu-carry
 out=${OUT:-gpu-out}
 logs=${LOGS:-/tmp/strata-gpu-logs}
 mkdir -p "$out" "$logs"
-step=${1:?usage: scripts/gpu-check.sh prepare|all|ops|greedy|llama-build|bench|pipeline}
+step=${1:?usage: scripts/gpu-check.sh prepare|all|ops|greedy|kvq|sanitize|llama-build|bench|pipeline}
 shift
 gpu_flag=${GPU_FLAG:---gpu 0}
 bin=${BIN_DIR:-/tmp/strata-gpu-check}
@@ -108,7 +111,9 @@ EOF
     fi
     local tree=/tmp/strata-llama-tree
     rm -rf "$tree" && mkdir -p "$tree/llama.cpp/ggml/src" "$tree/llama.cpp/tools"
-    cp -r "$src"/{src,include,common,vendor,cmake,app,CMakeLists.txt} "$tree/llama.cpp/"
+    cp -r "$src"/{src,include,common,vendor,cmake,CMakeLists.txt} "$tree/llama.cpp/"
+    # Newer sources add app/ (CMakeLists.txt names it even when it is off).
+    [[ -d $src/app ]] && cp -r "$src/app" "$tree/llama.cpp/"
     cp -r "$src"/ggml/{include,cmake,CMakeLists.txt} "$tree/llama.cpp/ggml/" 2>/dev/null || cp -r "$src"/ggml/{include,CMakeLists.txt} "$tree/llama.cpp/ggml/"
     # The CPU and CUDA backends only: the others are not built.
     local f
@@ -145,6 +150,7 @@ ops() {
     # paths follow the CPU's features.
     { uname -r; grep -m1 "model name" /proc/cpuinfo; grep -m1 "^flags" /proc/cpuinfo; } | tee -a "$logs/gpu.txt"
     local rc=0 t
+    : >"$logs/ops.log"
     for t in $OP_TESTS; do
         "$bin/$t" --test-threads 1 --nocapture >>"$logs/ops.log" 2>&1 || rc=1
     done
@@ -158,9 +164,11 @@ sanitize() {
     local t=${1:-cuda_attention_quant} filter=${2:-} tool
     local cs=/usr/local/cuda/bin/compute-sanitizer
     [[ -x $cs ]] || cs=$(command -v compute-sanitizer) || { echo "no compute-sanitizer"; return 0; }
+    [[ -x $bin/$t ]] || { echo "sanitize: $t was not unpacked (OP_TESTS)"; return 0; }
     for tool in racecheck initcheck memcheck; do
         echo "== $tool $t $filter" | tee -a "$logs/sanitize.log"
-        timeout "${SANITIZE_TIMEOUT:-60}" "$cs" --tool "$tool" "$bin/$t" --test-threads 1 $filter >>"$logs/sanitize.log" 2>&1
+        # SANITIZE_TIMEOUT: seconds for the three tools together.
+        timeout "$(( ${SANITIZE_TIMEOUT:-180} / 3 ))" "$cs" --tool "$tool" "$bin/$t" --test-threads 1 $filter >>"$logs/sanitize.log" 2>&1
         echo "rc=$?" | tee -a "$logs/sanitize.log"
         grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Uninitialized|Invalid|hazard" "$logs/sanitize.log" | tail -5
     done
@@ -349,7 +357,7 @@ all() {
     stamp "greedy"; timeout "$(left 150)" bash "$0" greedy >/dev/null; stamp "greedy rc=$?"; pack_logs
     cat "$logs/greedy.txt"
     if grep -q FAILED "$logs/ops.log" && [[ ${SANITIZE:-1} == 1 ]]; then
-        stamp "sanitize"; SANITIZE_TIMEOUT=$(left 30) sanitize cuda_attention_quant quantized_kv_prompt_and_decode_match_cpu; pack_logs
+        stamp "sanitize"; SANITIZE_TIMEOUT=$(left 90) sanitize cuda_attention_quant quantized_kv_prompt_and_decode_match_cpu; pack_logs
     fi
     wait $synth
     stamp "strata bench $first"; BENCH_TIMEOUT=$(left 100) bench "$first"; pack_logs

@@ -199,3 +199,53 @@ fn matmul_id_edge_shapes_for_every_type() {
         }
     }
 }
+
+/// `matmul_each` gives each weight's `matmul`, bit for bit: a decode batch
+/// by quantized weights (one shared quantization of the input), one that
+/// mixes a float weight in, and a prompt batch (the gemm, weight by
+/// weight); shapes are checked before any work.
+#[test]
+fn matmul_each_equals_matmul_weight_by_weight() {
+    let g = gpu();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed());
+    let cols = 256;
+    let load = |rng: &mut ChaCha8Rng, dtype: GgmlType, rows: usize| {
+        let (bytes, _) = quantized(dtype, &random(rng, rows * cols, 1.0), cols);
+        g.load_weight("w", dtype, &[cols as u64, rows as u64], &bytes)
+            .unwrap()
+    };
+    let (q, k, v) = (
+        load(&mut rng, GgmlType::Q4K, 64),
+        load(&mut rng, GgmlType::Q8_0, 32),
+        load(&mut rng, GgmlType::Q6K, 32),
+    );
+    let f = load(&mut rng, GgmlType::F16, 48);
+    for (weights, tokens) in [
+        (vec![&q, &k, &v], 1usize),
+        (vec![&q, &k, &v], 8),
+        (vec![&q, &f], 3),
+        (vec![&q, &k, &v], 13),
+    ] {
+        let x = g
+            .act_from_host(&random(&mut rng, tokens * cols, 1.0), tokens, cols)
+            .unwrap();
+        let each = g.matmul_each(&weights, &x).unwrap();
+        assert_eq!(each.len(), weights.len());
+        for (w, got) in weights.iter().zip(&each) {
+            let want = g.matmul(w, &x).unwrap();
+            assert_eq!(
+                g.act_to_host(got).unwrap(),
+                g.act_to_host(&want).unwrap(),
+                "{tokens} tokens: matmul_each differs from matmul"
+            );
+        }
+    }
+    let narrow = load(&mut rng, GgmlType::Q8_0, 32);
+    let x = g
+        .act_from_host(&random(&mut rng, 2 * 128, 1.0), 2, 128)
+        .unwrap();
+    assert!(
+        g.matmul_each(&[&narrow], &x).is_err(),
+        "a 128-wide input against 256-wide weights"
+    );
+}

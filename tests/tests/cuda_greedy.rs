@@ -43,15 +43,18 @@ fn load<B: Backend>(backend: B, file: &GgufFile, kv: KvType) -> Stage<B> {
 /// llama/gemma3 models, 0.14 on qwen35moe and gemma4, 0.41 on gemma4's
 /// MoE and 0.45 on its E-series in Q4_K_M (their hidden states grow layer
 /// by layer; the difference
-/// grows smoothly, `examples/cuda_layer_diff.rs`), 0.61 on SmolLM2 (step 13
-/// of 16, where the q8_0 cache's 0.58 is too) and 0.31 on Gemma-3, whose
+/// grows smoothly, `examples/cuda_layer_diff.rs`), 0.31 on Gemma-3, whose
 /// hidden states carry large outliers that a 32-value int8 block rounds
-/// coarsely. SmolLM2's step 13 sits on such a rounding cliff: it was 0.33
-/// until RoPE's theta was built on the GPU as the CPU builds it (a change
-/// of 3e-8 in RoPE's output). That is above
+/// coarsely (SmolLM2: [`MAX_LOGPROB_DEVIATION_SMOLLM2`]). That is above
 /// the 0.05 the CPU backend keeps to llama.cpp: docs/cuda.md lists it as
 /// the first thing to compare with llama.cpp's own CUDA backend on a GPU.
-const MAX_LOGPROB_DEVIATION: f32 = 1.0;
+const MAX_LOGPROB_DEVIATION: f32 = 0.5;
+
+/// [`MAX_LOGPROB_DEVIATION`] for SmolLM2: measured 0.61 at step 13 of 16,
+/// where the q8_0 cache's 0.58 also is. That step's hidden state sits on an
+/// int8 rounding cliff: it was 0.33 until RoPE's theta was built on the
+/// GPU as the CPU builds it, a change of 3e-8 in RoPE's output.
+const MAX_LOGPROB_DEVIATION_SMOLLM2: f32 = 1.0;
 
 /// One greedy step: the pick, the top-2 gap, and the log-probabilities.
 struct Step {
@@ -119,11 +122,22 @@ const NEAR_TIE_Q4_KV: f32 = 1.0;
 
 /// [`check`] with both backends caching K and V as `kv`.
 fn check_kv(label: &str, file: &GgufFile, prompt: &[u32], gpu: &CudaBackend, kv: KvType) -> usize {
-    let (bound, near_tie) = match kv {
+    let bounds = match kv {
         KvType::F16 => (MAX_LOGPROB_DEVIATION, NEAR_TIE),
         KvType::Q8_0 => (MAX_LOGPROB_DEVIATION_QUANT_KV, NEAR_TIE),
         KvType::Q4_0 => (MAX_LOGPROB_DEVIATION_Q4_KV, NEAR_TIE_Q4_KV),
     };
+    check_within(label, (file, prompt), gpu, kv, bounds)
+}
+
+/// [`check_kv`] under these bounds: (log-prob deviation, near-tie margin).
+fn check_within(
+    label: &str,
+    (file, prompt): (&GgufFile, &[u32]),
+    gpu: &CudaBackend,
+    kv: KvType,
+    (bound, near_tie): (f32, f32),
+) -> usize {
     let cpu_steps = greedy(&mut load(CpuBackend::new(), file, kv), prompt, None);
     let cpu_tokens: Vec<u32> = cpu_steps.iter().map(|s| s.token).collect();
     let gpu_steps = greedy(&mut load(gpu.clone(), file, kv), prompt, Some(&cpu_tokens));
@@ -246,7 +260,8 @@ fn first_reference_prompt(reference_file: &str) -> Vec<u32> {
 fn smollm2_gives_the_cpu_text() {
     let file = GgufFile::open(model_path(SMOLLM2)).unwrap();
     let prompt = first_reference_prompt("smollm2-135m.json");
-    check("SmolLM2", &file, &prompt, &cuda());
+    let bounds = (MAX_LOGPROB_DEVIATION_SMOLLM2, NEAR_TIE);
+    check_within("SmolLM2", (&file, &prompt), &cuda(), KvType::F16, bounds);
 }
 
 #[test]

@@ -134,7 +134,12 @@ inline void sincosf_(float x, float* s, float* c) {
 // kernel whose result hung on powf's last bit passed here and failed on an
 // H200 (RoPE's theta at position 70000). The emulator's is an ulp off the
 // host's, so such a kernel fails here too.
-inline float powf_(float x, float y) { return std::nextafter(std::pow(x, y), INFINITY); }
+// Results CUDA gives exactly (y = 0, x = 1, zeros, infinities, NaN) stay.
+inline float powf_(float x, float y) {
+    const float r = std::pow(x, y);
+    if (y == 0.0f || x == 1.0f || r == 0.0f || !std::isfinite(r)) return r;
+    return std::nextafter(r, INFINITY);
+}
 #define powf powf_
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
