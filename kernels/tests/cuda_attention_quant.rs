@@ -123,7 +123,9 @@ impl Pair {
         blocks.dedup();
         for b in blocks {
             let bytes = self.c.kv_block_to_host(&self.kc, 0, b).expect("CPU block");
-            self.g.kv_block_from_host(&mut self.kg, 0, b, &bytes).expect("into the GPU cache");
+            self.g
+                .kv_block_from_host(&mut self.kg, 0, b, &bytes)
+                .expect("into the GPU cache");
         }
         let n = step.len();
         let q = self.g.act_from_host(q, n, q.len() / n).unwrap();
@@ -153,14 +155,23 @@ impl Pair {
             .iter()
             .map(|&(seq, pos)| {
                 let pos = pos as usize;
-                (tables[seq as usize][pos / KV_BLOCK_TOKENS], pos % KV_BLOCK_TOKENS)
+                (
+                    tables[seq as usize][pos / KV_BLOCK_TOKENS],
+                    pos % KV_BLOCK_TOKENS,
+                )
             })
             .collect();
         rows.sort_unstable();
         let mut stored = Vec::new();
         for (block, group) in rows.chunk_by(|a, b| a.0 == b.0).map(|g| (g[0].0, g)) {
-            let gpu = self.g.kv_block_to_host(&self.kg, 0, block).expect("GPU block");
-            let cpu = self.c.kv_block_to_host(&self.kc, 0, block).expect("CPU block");
+            let gpu = self
+                .g
+                .kv_block_to_host(&self.kg, 0, block)
+                .expect("GPU block");
+            let cpu = self
+                .c
+                .kv_block_to_host(&self.kc, 0, block)
+                .expect("CPU block");
             let row_bytes = gpu.len() / (2 * KV_BLOCK_TOKENS);
             // ggml blocks of 32 values: 34 bytes (q8_0) or 18 (q4_0).
             let qb = if self.kv == KvType::Q8_0 { 34 } else { 18 };
@@ -170,7 +181,8 @@ impl Pair {
             for &(_, r) in group {
                 for half in [r, KV_BLOCK_TOKENS + r] {
                     let span = half * row_bytes..(half + 1) * row_bytes;
-                    for (i, (a, b)) in gpu[span.clone()].iter().zip(&cpu[span.clone()]).enumerate() {
+                    for (i, (a, b)) in gpu[span.clone()].iter().zip(&cpu[span.clone()]).enumerate()
+                    {
                         if a != b {
                             differ += 1;
                             at_offset[i % qb] += 1;

@@ -57,7 +57,10 @@ fn the_legacy_default_stream_refuses_capture() {
     let err = legacy
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .expect_err("capture on the null stream");
-    assert!(format!("{err:?}").contains("CAPTURE_UNSUPPORTED"), "{err:?}");
+    assert!(
+        format!("{err:?}").contains("CAPTURE_UNSUPPORTED"),
+        "{err:?}"
+    );
 }
 
 #[test]

@@ -51,6 +51,7 @@ impl<B: Backend> DenseFfn<B> {
 
 /// The two results of a two-weight `matmul_each`.
 fn two<T>(v: Vec<T>) -> [T; 2] {
-    v.try_into()
-        .unwrap_or_else(|v: Vec<T>| unreachable!("matmul_each gave {} results for 2 weights", v.len()))
+    v.try_into().unwrap_or_else(|v: Vec<T>| {
+        unreachable!("matmul_each gave {} results for 2 weights", v.len())
+    })
 }

@@ -62,7 +62,12 @@ impl CudaBackend {
     }
 
     /// `W x[t]` for `tokens` inputs as the row kernels take them.
-    fn matvec_of(&self, w: &CudaWeight, input: MatvecInput, tokens: usize) -> Result<CudaAct, KernelError> {
+    fn matvec_of(
+        &self,
+        w: &CudaWeight,
+        input: MatvecInput,
+        tokens: usize,
+    ) -> Result<CudaAct, KernelError> {
         let mut out = self.output(tokens * w.rows)?;
         let kernel = Self::typed(&self.matvec, w.dtype)?;
         self.matvec_groups(kernel, w, input, tokens, &mut out)?;
@@ -82,7 +87,8 @@ impl CudaBackend {
         ws: &[&CudaWeight],
         x: &CudaAct,
     ) -> Result<Vec<CudaAct>, KernelError> {
-        let shared = ws.len() > 1 && x.rows <= MAX_BATCH && ws.iter().all(|w| !Self::is_float(w.dtype));
+        let shared =
+            ws.len() > 1 && x.rows <= MAX_BATCH && ws.iter().all(|w| !Self::is_float(w.dtype));
         if !shared {
             return ws.iter().map(|w| Backend::matmul(self, w, x)).collect();
         }
