@@ -173,8 +173,8 @@ impl Pair {
                 .kv_block_to_host(&self.kc, 0, block)
                 .expect("CPU block");
             let row_bytes = gpu.len() / (2 * KV_BLOCK_TOKENS);
-            // ggml blocks of 32 values: 34 bytes (q8_0) or 18 (q4_0).
-            let qb = if self.kv == KvType::Q8_0 { 34 } else { 18 };
+            // Bytes of one ggml block of 32 values.
+            let qb = self.kv.bytes_for(32);
             let (mut differ, mut total) = (0, 0);
             let mut at_offset = vec![0usize; qb];
             let mut first = None;
