@@ -270,15 +270,19 @@ fn run_three_workers_kv(
         2,
         "(over the network, in memory) per worker: {sent:?}"
     );
-    // ... and over QUIC exactly when asked for.
+    // ... and over QUIC, or written by the compute thread on its TCP
+    // link, exactly when asked for.
     for w in &workers {
         let h = w.health();
-        let want = if transport == "quic" {
-            h.frames_sent_remote
-        } else {
-            0
+        let want = |t: &str| {
+            if transport == t {
+                h.frames_sent_remote
+            } else {
+                0
+            }
         };
-        assert_eq!(h.frames_sent_quic, want, "{}: {h:?}", w.addr);
+        assert_eq!(h.frames_sent_quic, want("quic"), "{}: {h:?}", w.addr);
+        assert_eq!(h.frames_sent_tcp, want("tcp"), "{}: {h:?}", w.addr);
     }
 
     // Every stage holds the sequence's KV only while it runs (then only the
@@ -367,14 +371,20 @@ fn three_workers_serve_gemma3_token_for_token() {
 
 // Other budgets, another split (the placement is printed; on this machine
 // 0..14, 14..27, 27..30 against 0..2, 2..17, 17..30 above, as each worker's
-// measured speed weighs in): the same text again.
+// measured speed weighs in): the same text again. The hops between workers
+// go on the compute threads' own TCP links (`--transport tcp`): every frame
+// written there, releases after them.
 #[test]
-fn three_workers_serve_smollm2_token_for_token_on_another_split() {
-    run_three_workers(
-        SMOLLM2,
-        "smollm2-135m",
+fn three_workers_serve_smollm2_token_for_token_on_another_split_over_tcp_links() {
+    run_three_workers_kv(
+        &model(SMOLLM2),
+        &reference("smollm2-135m"),
         ["120MiB", "120MiB", "160MiB"],
         true,
+        0.5,
+        1,
+        "f16",
+        "tcp",
     );
 }
 

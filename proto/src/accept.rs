@@ -68,11 +68,17 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// Connections on `listener` that completed the handshake. Accepting stops
-/// when the stream is dropped.
+/// What a worker does with a connection that asked for a TCP data link
+/// (`transport::tcp::ALPN`).
+pub type OnLink = Arc<dyn Fn(tokio_rustls::server::TlsStream<TcpStream>) + Send + Sync>;
+
+/// Connections on `listener` that completed the handshake, for gRPC; those
+/// that asked for a TCP data link go to `on_link` instead (refused when
+/// there is none). Accepting stops when the stream is dropped.
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
+    on_link: Option<OnLink>,
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(16);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -94,8 +100,15 @@ pub fn tls_incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let on_link = on_link.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(crate::transport::tcp::ALPN) => {
+                        match on_link {
+                            Some(on_link) => on_link(tls),
+                            None => tracing::warn!("refused a TCP data link from {peer}: not served here"),
+                        }
+                    }
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(TlsConn(tls))).await;
                     }

@@ -227,7 +227,8 @@ pub fn server_config(identity: &NodeIdentity, token: &str) -> Result<Arc<ServerC
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![identity.cert.clone()], identity.key())
         .map_err(tls_err)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // gRPC, or a TCP data link from the stage before (`transport::tcp`).
+    config.alpn_protocols = vec![b"h2".to_vec(), crate::transport::tcp::ALPN.to_vec()];
     Ok(Arc::new(config))
 }
 

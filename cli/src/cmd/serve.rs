@@ -75,8 +75,10 @@ pub struct Args {
     #[arg(long, default_value = "f32")]
     pub act_dtype: String,
     /// What carries hidden states and replies between workers: grpc (the
-    /// control connection's HTTP/2) or quic (a QUIC connection per hop,
-    /// same TLS identities; TLS workers only, others stay on gRPC).
+    /// control connection's HTTP/2), quic (a QUIC connection per hop, same
+    /// TLS identities) or tcp (worker to worker, a TLS stream the compute
+    /// threads read and write themselves; the coordinator's own hops use
+    /// gRPC). quic and tcp need TLS workers; others stay on gRPC.
     /// docs/data-plane.md compares them.
     #[arg(long, default_value = "grpc")]
     pub transport: strata_proto::transport::TransportKind,

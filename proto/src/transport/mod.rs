@@ -5,9 +5,11 @@
 //! `Replies` streams ([`WorkerClient`], over the control connection's
 //! HTTP/2), and QUIC ([`quic::QuicPeer`]: one connection per hop, a QUIC
 //! stream per data stream, the same TLS identities). Workers serve both
-//! through [`DataPlane`].
+//! through [`DataPlane`]. Between workers there is a third, [`tcp`]: frames
+//! on a TLS stream that the stage threads read and write themselves.
 
 pub mod quic;
+pub mod tcp;
 
 use std::pin::Pin;
 
@@ -68,6 +70,8 @@ pub enum TransportKind {
     #[default]
     Grpc,
     Quic,
+    /// Worker to worker only ([`tcp`]); the coordinator's own links use gRPC.
+    Tcp,
 }
 
 impl TransportKind {
@@ -75,6 +79,7 @@ impl TransportKind {
         match self {
             TransportKind::Grpc => v1::DataTransport::Grpc,
             TransportKind::Quic => v1::DataTransport::Quic,
+            TransportKind::Tcp => v1::DataTransport::Tcp,
         }
     }
 
@@ -83,6 +88,7 @@ impl TransportKind {
     pub fn from_proto(v: i32) -> Self {
         match v1::DataTransport::try_from(v) {
             Ok(v1::DataTransport::Quic) => TransportKind::Quic,
+            Ok(v1::DataTransport::Tcp) => TransportKind::Tcp,
             _ => TransportKind::Grpc,
         }
     }
@@ -94,7 +100,8 @@ impl std::str::FromStr for TransportKind {
         match s.to_ascii_lowercase().as_str() {
             "grpc" => Ok(TransportKind::Grpc),
             "quic" => Ok(TransportKind::Quic),
-            _ => Err(format!("unknown transport {s:?} (grpc or quic)")),
+            "tcp" => Ok(TransportKind::Tcp),
+            _ => Err(format!("unknown transport {s:?} (grpc, quic or tcp)")),
         }
     }
 }
@@ -104,6 +111,7 @@ impl std::fmt::Display for TransportKind {
         f.write_str(match self {
             TransportKind::Grpc => "grpc",
             TransportKind::Quic => "quic",
+            TransportKind::Tcp => "tcp",
         })
     }
 }

@@ -17,6 +17,7 @@ mod peer_links;
 mod push;
 mod reply_routes;
 mod serve_box;
+mod stage_links;
 mod stage_thread;
 pub mod system;
 
@@ -24,7 +25,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use strata_kernels::Backend;
 use strata_model::arch::ModelSpec;
@@ -46,6 +47,7 @@ pub use stage_thread::Snapshot;
 use crate::slice_cache::{self, ModelDir, SliceCache};
 use crate::stage::LayerRange;
 use downstream::Downstream;
+use stage_links::{Handoff, NextTarget, StageTx};
 use stage_thread::{Command, FrameOut, LoadJob};
 
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +98,7 @@ struct Shared {
     matvec_bytes_per_second: f64,
     models: ModelDir,
     cache: SliceCache,
-    stage: Mutex<std_mpsc::Sender<Command>>,
+    stage: Mutex<StageTx>,
     snapshot: Arc<Mutex<Snapshot>>,
     downstream: tokio::sync::RwLock<Option<Arc<Downstream>>>,
     /// The coordinator's direct lines for replies (`Replies`).
@@ -109,6 +111,8 @@ struct Shared {
     frames_sent_local: AtomicU64,
     frames_sent_remote: AtomicU64,
     frames_sent_quic: AtomicU64,
+    /// ... and on a TCP data link, by the compute thread itself.
+    frames_sent_tcp: Arc<AtomicU64>,
     /// The data plane is also served over QUIC (`Capabilities.serves_quic`).
     serves_quic: AtomicBool,
     /// The ports of the other stages this process serves (`Capabilities.sibling_ports`).
@@ -157,7 +161,13 @@ impl WorkerService {
         // (`stage_thread::spawn` says why).
         let own_pool = config.own_thread_pool.unwrap_or(backend_name == "cpu");
         let pool_threads = own_pool.then_some(config.threads.max(1));
-        let stage = stage_thread::spawn(make_backend, snapshot.clone(), pool_threads)
+        let frames_sent_tcp = Arc::new(AtomicU64::new(0));
+        let stage = stage_thread::spawn(
+            make_backend,
+            snapshot.clone(),
+            pool_threads,
+            frames_sent_tcp.clone(),
+        )
             .map_err(|e| ServiceError::Setup(format!("starting the compute thread: {e}")))?;
         let cache = SliceCache::new(config.cache_dir.clone(), config.cache_max_bytes);
         Ok(WorkerService {
@@ -184,6 +194,7 @@ impl WorkerService {
                 frames_sent_local: AtomicU64::new(0),
                 frames_sent_remote: AtomicU64::new(0),
                 frames_sent_quic: AtomicU64::new(0),
+                frames_sent_tcp,
                 serves_quic: AtomicBool::new(false),
                 sibling_ports: Mutex::default(),
                 listen_port: AtomicU32::new(0),
@@ -198,6 +209,7 @@ impl WorkerService {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ServiceError> {
         let check = TokenCheck::new(&self.shared.config.token);
+        self.start_handoffs();
         if let Ok(addr) = listener.local_addr() {
             self.shared.listen_port.store(addr.port().into(), Relaxed);
         }
@@ -242,6 +254,7 @@ impl WorkerService {
             shutdown.await;
             close_quic();
         };
+        let on_link = self.on_link();
         let svc = worker_server::WorkerServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -256,7 +269,7 @@ impl WorkerService {
             Some(config) => {
                 router
                     .serve_with_incoming_shutdown(
-                        strata_proto::accept::tls_incoming(listener, config),
+                        strata_proto::accept::tls_incoming(listener, config, Some(on_link)),
                         shutdown,
                     )
                     .await
@@ -297,6 +310,93 @@ impl WorkerService {
             .clone()
     }
 
+    /// Takes what the compute thread hands back (`stage_links::Handoff`)
+    /// on a task of its own, which holds the service weakly so that it can
+    /// still stop.
+    fn start_handoffs(&self) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        if self.tell(Command::Handoff(tx)).is_err() {
+            return;
+        }
+        let weak = Arc::downgrade(&self.shared);
+        // A linked frame has no stream to reply back up: a reply with no
+        // line to its coordinator is dropped, and said so.
+        let (sink, mut orphans) = mpsc::channel::<Result<v1::StageReply, Status>>(64);
+        tokio::spawn(async move {
+            while let Some(Ok(r)) = orphans.recv().await {
+                tracing::warn!(
+                    "the reply to linked batch {} has no line to its coordinator: dropped",
+                    r.batch_id
+                );
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(h) = rx.recv().await {
+                let Some(this) = Self::upgrade(&weak) else {
+                    break;
+                };
+                match h {
+                    Handoff::Deliver {
+                        batch_id,
+                        route,
+                        out,
+                    } => this.deliver_out(batch_id, route, out, &sink).await,
+                    Handoff::Released(seqs) => {
+                        tracing::info!("a TCP data link closed: releasing {} sequences", seqs.len());
+                        let req = v1::ReleaseRequest {
+                            seq_ids: seqs,
+                            ..Default::default()
+                        };
+                        tokio::spawn(async move {
+                            if let Err(e) = this.release_everywhere(req).await {
+                                tracing::warn!("releasing a closed link's sequences: {}", e.message());
+                            }
+                        });
+                    }
+                    Handoff::Lost { routes, error } => {
+                        for route in routes {
+                            let lost = stage_thread::lost_reply(0, error.clone());
+                            let _ = this.shared.reply_routes.send(route, lost).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    fn upgrade(weak: &Weak<Shared>) -> Option<Self> {
+        weak.upgrade().map(|shared| WorkerService { shared })
+    }
+
+    /// Hands a TCP data link from the stage before to the compute thread.
+    fn on_link(&self) -> strata_proto::accept::OnLink {
+        let weak = Arc::downgrade(&self.shared);
+        Arc::new(move |tls| {
+            let Some(this) = Self::upgrade(&weak) else {
+                return;
+            };
+            let attached = strata_proto::transport::tcp::LinkReader::from_accepted(tls)
+                .map_err(|e| e.to_string())
+                .and_then(|reader| {
+                    this.tell(Command::Attach(reader))
+                        .map_err(|e| e.message().to_string())
+                });
+            if let Err(e) = attached {
+                tracing::warn!("a TCP data link from the stage before: {e}");
+            }
+        })
+    }
+
+    /// Queues a command that has no answer.
+    fn tell(&self, cmd: Command) -> Result<(), Status> {
+        self.shared
+            .stage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(cmd)
+            .map_err(|_| Status::internal("the compute thread has stopped"))
+    }
+
     async fn command<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
@@ -313,12 +413,7 @@ impl WorkerService {
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<oneshot::Receiver<T>, Status> {
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .stage
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(make(tx))
-            .map_err(|_| Status::internal("the compute thread has stopped"))?;
+        self.tell(make(tx))?;
         Ok(rx)
     }
 
@@ -491,14 +586,31 @@ impl WorkerService {
                 sizes.clone(),
             )
             .await;
+            let transport = TransportKind::from_proto(next_transport);
+            let pin = trust.pin(&addr).ok().flatten();
             let next = Arc::new(Downstream::new(
-                addr,
+                addr.clone(),
                 self.shared.config.token.clone(),
                 trust,
-                TransportKind::from_proto(next_transport),
+                transport,
                 next_process,
                 self.shared.reply_routes.clone(),
             ));
+            // A TCP data link is the compute thread's own; the gRPC stream
+            // stays for what it cannot send (frames without a reply route)
+            // and as the way back if the link cannot open.
+            if transport == TransportKind::Tcp && !next.is_local() {
+                match pin {
+                    Some(pin) => self.tell(Command::NextLink(Some(NextTarget {
+                        addr: addr.clone(),
+                        token: self.shared.config.token.clone(),
+                        pin,
+                    })))?,
+                    None => tracing::warn!(
+                        "a TCP data link asked for, but the link to {addr} is plaintext (--insecure); frames go over gRPC"
+                    ),
+                }
+            }
             // The next stage may load after this one: open lazily if it is not up yet.
             if let Err(e) = next.open().await {
                 tracing::info!(
@@ -554,7 +666,20 @@ impl WorkerService {
             }),
             Err(e) => FrameOut::Reply(stage_thread::lost_reply(batch_id, e.message().to_string())),
         };
+        self.deliver_out(batch_id, route, out, sink).await;
+    }
+
+    /// [`Self::deliver`] once the result is there.
+    async fn deliver_out(
+        &self,
+        batch_id: u64,
+        route: u64,
+        out: FrameOut,
+        sink: &downstream::ReplySink,
+    ) {
         let reply = match out {
+            // The compute thread wrote it on the TCP link.
+            FrameOut::Sent => return,
             FrameOut::Reply(r) => r,
             FrameOut::Next(next_frame) => {
                 let next = self.shared.downstream.read().await.clone();
@@ -798,8 +923,10 @@ impl worker_server::Worker for WorkerService {
             tokens_run: s.tokens_run,
             compute_seconds: s.compute_seconds,
             frames_sent_local: self.shared.frames_sent_local.load(Relaxed),
-            frames_sent_remote: self.shared.frames_sent_remote.load(Relaxed),
+            frames_sent_remote: self.shared.frames_sent_remote.load(Relaxed)
+                + self.shared.frames_sent_tcp.load(Relaxed),
             frames_sent_quic: self.shared.frames_sent_quic.load(Relaxed),
+            frames_sent_tcp: self.shared.frames_sent_tcp.load(Relaxed),
             kv_block_tokens: strata_kernels::KV_BLOCK_TOKENS as u64,
         }))
     }

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use strata_kernels::{Backend, KernelError};
 use strata_model::profile::StageLoad;
@@ -14,6 +15,7 @@ use strata_proto::v1;
 use tokio::sync::oneshot;
 
 use super::frames;
+use super::stage_links::{Handoff, Links, NextTarget, StageRx, StageTx};
 use super::kv_sessions::{KvDiskConfig, KvSessions};
 use crate::kv_blocks::BlockHash;
 use crate::kv_disk::{FileKind, Shape};
@@ -66,6 +68,8 @@ pub enum FrameOut {
     Next(v1::BatchFrame),
     /// Tokens (last stage) or an error.
     Reply(v1::StageReply),
+    /// Written to the next stage on the TCP data link already.
+    Sent,
 }
 
 pub enum Command {
@@ -77,6 +81,14 @@ pub enum Command {
     /// layers (`None`: no slice, or no KV cache directory).
     DiskPrefixes(oneshot::Sender<Option<v1::DiskPrefixesReply>>),
     Unload(oneshot::Sender<()>),
+    /// A TCP data link from the stage before, whose frames this thread
+    /// reads itself (`stage_links.rs`).
+    Attach(strata_proto::transport::tcp::LinkReader),
+    /// Where results this thread cannot send itself go.
+    Handoff(tokio::sync::mpsc::UnboundedSender<Handoff>),
+    /// The next stage to write to on a TCP data link (`None`: none, results
+    /// go back to the async side); a load clears it.
+    NextLink(Option<NextTarget>),
 }
 
 struct Loaded<B: Backend> {
@@ -103,7 +115,8 @@ struct SeqState {
     offset: usize,
 }
 
-/// Starts the thread; `make_backend` builds a backend for each load. With
+/// Starts the thread; `make_backend` builds a backend for each load, and
+/// `frames_sent_tcp` counts the frames it writes on a TCP data link. With
 /// `pool_threads`, its loop runs on a thread pool of its own that size (a
 /// CPU stage, or one of several stages in one process); without, its
 /// parallel loops go to the process-wide pool.
@@ -116,12 +129,14 @@ pub fn spawn<B, F>(
     make_backend: F,
     snapshot: Arc<Mutex<Snapshot>>,
     pool_threads: Option<usize>,
-) -> std::io::Result<mpsc::Sender<Command>>
+    frames_sent_tcp: Arc<AtomicU64>,
+) -> std::io::Result<StageTx>
 where
     B: Backend + 'static,
     F: Fn() -> B + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel::<Command>();
+    let (tx, rx) = super::stage_links::queue()?;
+    let links = Links::new(frames_sent_tcp);
     let pool = match pool_threads {
         Some(n) => Some(
             rayon::ThreadPoolBuilder::new()
@@ -140,111 +155,189 @@ where
             match pool {
                 // The loop runs on one of the pool's threads, so the
                 // backend's parallel loops use that pool.
-                Some(pool) => pool.install(move || run_commands(&make_backend, &rx, &snapshot)),
-                None => run_commands(&make_backend, &rx, &snapshot),
+                Some(pool) => {
+                    pool.install(move || run_commands(&make_backend, &rx, links, &snapshot))
+                }
+                None => run_commands(&make_backend, &rx, links, &snapshot),
             }
         })?;
     Ok(tx)
 }
 
-/// The compute thread's loop: every command, in order, until the service
-/// drops its sender.
+/// The compute thread's loop: every command and every frame of its links,
+/// in order, until the service drops its sender.
 fn run_commands<B, F>(
     make_backend: &F,
-    rx: &mpsc::Receiver<Command>,
+    rx: &StageRx,
+    mut links: Links,
     snapshot: &Arc<Mutex<Snapshot>>,
 ) where
     B: Backend + 'static,
     F: Fn() -> B,
 {
     let mut loaded: Option<Loaded<B>> = None;
-    while let Ok(cmd) = rx.recv() {
-        // A forward's token positions and compute time, counted
-        // with the rest of the snapshot below.
-        let mut ran: Option<(u64, f64)> = None;
-        match cmd {
-            Command::Load(job, reply) => {
-                loaded = None;
-                set_status(snapshot, v1::health_reply::Status::Loading, "loading");
-                let result = load(make_backend, *job, snapshot).map(|l| loaded = Some(l));
-                if let Err(e) = &result {
-                    set_status(snapshot, v1::health_reply::Status::Failed, e);
-                }
-                let _ = reply.send(result);
-            }
-            Command::Forward(frame, reply) => {
-                let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
-                tracing::debug!(target: "strata::hop", batch_id, "compute start");
-                let (started, n_tokens) = (std::time::Instant::now(), frame.token_ids.len());
-                let out = match loaded.as_mut() {
-                    // A device error (an op's KernelError::Device)
-                    // or a panic inside the batch (a bug): the batch
-                    // gets an error reply, the slice is dropped (the
-                    // device state is unknown) and Health says
-                    // FAILED, rather than the thread dying while
-                    // Health still says READY. Bad input is only
-                    // that batch's error reply (`forward`).
-                    Some(l) => {
-                        let failed = match catch_unwind(AssertUnwindSafe(|| forward(l, frame))) {
-                            Ok(Ok(out)) => Ok(out),
-                            Ok(Err(DeviceFailed(e))) => Err(e),
-                            Err(panic) => Err(panic_message(panic.as_ref())),
-                        };
-                        failed.unwrap_or_else(|e| {
-                            let e = format!("the compute device failed: {e}");
-                            tracing::error!("{e}");
-                            loaded = None;
-                            set_status(snapshot, v1::health_reply::Status::Failed, &e);
-                            FrameOut::Reply(lost_reply(batch_id, e))
-                        })
+    loop {
+        let ready = links.wait(rx);
+        for message in ready.messages {
+            use v1::link_message::Kind;
+            match message.kind {
+                Some(Kind::Frame(frame)) => {
+                    let (batch_id, route) = frame
+                        .header
+                        .as_ref()
+                        .map_or((0, 0), |h| (h.batch_id, h.reply_route));
+                    tracing::debug!(target: "strata::hop", batch_id, "received");
+                    let out = run_frame(&mut loaded, frame, snapshot);
+                    match links.pass_on(batch_id, route, out) {
+                        FrameOut::Sent => {}
+                        out => links.hand_off(Handoff::Deliver {
+                            batch_id,
+                            route,
+                            out,
+                        }),
                     }
-                    None => FrameOut::Reply(lost_reply(batch_id, "no slice loaded".into())),
-                };
-                tracing::debug!(target: "strata::hop", batch_id, "compute end");
-                ran = Some((n_tokens as u64, started.elapsed().as_secs_f64()));
-                let _ = reply.send(out);
-            }
-            Command::Release(req, reply) => {
-                if let Some(l) = loaded.as_mut() {
-                    if req.clear_cached {
-                        l.stage.clear_cached();
-                    }
-                    release(l, &req.retain, &req.seq_ids);
-                    l.stage.evict_cached(&hashes(&req.evict));
-                    l.stage.drop_snapshots(&hashes(&req.drop_snapshots));
                 }
-                let _ = reply.send(());
+                Some(Kind::Release(req)) => {
+                    run_release(&mut loaded, &req);
+                    links.pass_release(&req);
+                }
+                None => {}
             }
-            Command::DiskPrefixes(reply) => {
-                let own = loaded.as_ref().and_then(|l| {
-                    Some(super::kv_sessions::own_prefixes(l.disk.as_ref()?, &l.stage))
-                });
-                let _ = reply.send(own);
-            }
-            Command::Unload(reply) => {
-                loaded = None;
-                *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
-                    status: v1::health_reply::Status::Idle as i32,
-                    message: "idle".into(),
-                    ..Default::default()
-                };
-                let _ = reply.send(());
-            }
+            update_snapshot(snapshot, &loaded);
         }
-        if let Some(l) = &loaded {
-            let mut s = snapshot.lock().unwrap_or_else(|p| p.into_inner());
-            s.kv_blocks_used = l.stage.blocks().used_blocks() as u64;
-            s.kv_blocks_free = l.stage.blocks().free_blocks() as u64;
-            s.live_sequences = l.stage.blocks().n_sequences() as u64;
-            s.state_slots_used = l.stage.state_slots().held() as u64;
-            s.state_slots = l.stage.state_slots().capacity() as u64;
-            s.kv_blocks_cached = l.stage.blocks().cached_blocks() as u64;
-            if let Some((tokens, seconds)) = ran {
-                s.frames_run += 1;
-                s.tokens_run += tokens;
-                s.compute_seconds += seconds;
-            }
+        if !ready.commands {
+            continue;
         }
+        loop {
+            let cmd = match rx.try_recv() {
+                Ok(cmd) => cmd,
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+            };
+            run_command(make_backend, cmd, &mut loaded, &mut links, snapshot);
+            update_snapshot(snapshot, &loaded);
+        }
+    }
+}
+
+fn run_command<B, F>(
+    make_backend: &F,
+    cmd: Command,
+    loaded: &mut Option<Loaded<B>>,
+    links: &mut Links,
+    snapshot: &Arc<Mutex<Snapshot>>,
+) where
+    B: Backend + 'static,
+    F: Fn() -> B,
+{
+    match cmd {
+        Command::Load(job, reply) => {
+            *loaded = None;
+            links.set_next(None);
+            set_status(snapshot, v1::health_reply::Status::Loading, "loading");
+            let result = load(make_backend, *job, snapshot).map(|l| *loaded = Some(l));
+            if let Err(e) = &result {
+                set_status(snapshot, v1::health_reply::Status::Failed, e);
+            }
+            let _ = reply.send(result);
+        }
+        Command::Forward(frame, reply) => {
+            let (batch_id, route) = frame
+                .header
+                .as_ref()
+                .map_or((0, 0), |h| (h.batch_id, h.reply_route));
+            let out = run_frame(loaded, frame, snapshot);
+            let _ = reply.send(links.pass_on(batch_id, route, out));
+        }
+        Command::Release(req, reply) => {
+            run_release(loaded, &req);
+            links.pass_release(&req);
+            let _ = reply.send(());
+        }
+        Command::DiskPrefixes(reply) => {
+            let own = loaded.as_ref().and_then(|l| {
+                Some(super::kv_sessions::own_prefixes(l.disk.as_ref()?, &l.stage))
+            });
+            let _ = reply.send(own);
+        }
+        Command::Unload(reply) => {
+            *loaded = None;
+            links.set_next(None);
+            *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
+                status: v1::health_reply::Status::Idle as i32,
+                message: "idle".into(),
+                ..Default::default()
+            };
+            let _ = reply.send(());
+        }
+        Command::Attach(reader) => links.attach(reader),
+        Command::Handoff(tx) => links.set_handoff(tx),
+        Command::NextLink(target) => links.set_next(target),
+    }
+}
+
+/// Runs one frame on the loaded stage (counting it in the snapshot).
+fn run_frame<B: Backend>(
+    loaded: &mut Option<Loaded<B>>,
+    frame: v1::BatchFrame,
+    snapshot: &Mutex<Snapshot>,
+) -> FrameOut {
+    let batch_id = frame.header.as_ref().map_or(0, |h| h.batch_id);
+    tracing::debug!(target: "strata::hop", batch_id, "compute start");
+    let (started, n_tokens) = (std::time::Instant::now(), frame.token_ids.len());
+    let out = match loaded.as_mut() {
+        // A device error (an op's KernelError::Device) or a panic inside
+        // the batch (a bug): the batch gets an error reply, the slice is
+        // dropped (the device state is unknown) and Health says FAILED,
+        // rather than the thread dying while Health still says READY. Bad
+        // input is only that batch's error reply (`forward`).
+        Some(l) => {
+            let failed = match catch_unwind(AssertUnwindSafe(|| forward(l, frame))) {
+                Ok(Ok(out)) => Ok(out),
+                Ok(Err(DeviceFailed(e))) => Err(e),
+                Err(panic) => Err(panic_message(panic.as_ref())),
+            };
+            failed.unwrap_or_else(|e| {
+                let e = format!("the compute device failed: {e}");
+                tracing::error!("{e}");
+                *loaded = None;
+                set_status(snapshot, v1::health_reply::Status::Failed, &e);
+                FrameOut::Reply(lost_reply(batch_id, e))
+            })
+        }
+        None => FrameOut::Reply(lost_reply(batch_id, "no slice loaded".into())),
+    };
+    tracing::debug!(target: "strata::hop", batch_id, "compute end");
+    if loaded.is_some() {
+        let mut s = snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        s.frames_run += 1;
+        s.tokens_run += n_tokens as u64;
+        s.compute_seconds += started.elapsed().as_secs_f64();
+    }
+    out
+}
+
+fn run_release<B: Backend>(loaded: &mut Option<Loaded<B>>, req: &v1::ReleaseRequest) {
+    if let Some(l) = loaded.as_mut() {
+        if req.clear_cached {
+            l.stage.clear_cached();
+        }
+        release(l, &req.retain, &req.seq_ids);
+        l.stage.evict_cached(&hashes(&req.evict));
+        l.stage.drop_snapshots(&hashes(&req.drop_snapshots));
+    }
+}
+
+/// The loaded stage's block and slot counts, for Health.
+fn update_snapshot<B: Backend>(snapshot: &Mutex<Snapshot>, loaded: &Option<Loaded<B>>) {
+    if let Some(l) = loaded {
+        let mut s = snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        s.kv_blocks_used = l.stage.blocks().used_blocks() as u64;
+        s.kv_blocks_free = l.stage.blocks().free_blocks() as u64;
+        s.live_sequences = l.stage.blocks().n_sequences() as u64;
+        s.state_slots_used = l.stage.state_slots().held() as u64;
+        s.state_slots = l.stage.state_slots().capacity() as u64;
+        s.kv_blocks_cached = l.stage.blocks().cached_blocks() as u64;
     }
 }
 

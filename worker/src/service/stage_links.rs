@@ -1,0 +1,335 @@
+//! The compute thread's own sockets (`--transport tcp`,
+//! `strata_proto::transport::tcp`): the links that bring frames from the
+//! stage before, read here, and the link to the next stage, written here.
+//! The thread waits in `poll` on them and on a wake-up pipe that every
+//! command queued from the async side writes to.
+//!
+//! What the thread cannot do itself (send on by gRPC or QUIC, answer a
+//! coordinator's reply line, free sequences on the later stages) it hands
+//! to the async side as a [`Handoff`].
+
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+
+use strata_proto::transport::tcp::{LinkReader, LinkWriter};
+use strata_proto::v1::{self, link_message::Kind};
+use strata_proto::Fingerprint;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::stage_thread::{lost_reply, Command, FrameOut};
+
+/// The sending side of the compute thread's queue.
+pub struct StageTx {
+    tx: mpsc::Sender<Command>,
+    wake: UnixStream,
+}
+
+impl StageTx {
+    pub fn send(&self, cmd: Command) -> Result<(), Command> {
+        self.tx.send(cmd).map_err(|e| e.0)?;
+        // A full pipe already holds a wake-up.
+        let _ = (&self.wake).write(&[1]);
+        Ok(())
+    }
+}
+
+/// The compute thread's side of its queue.
+pub struct StageRx {
+    rx: mpsc::Receiver<Command>,
+    wake: UnixStream,
+}
+
+pub fn queue() -> io::Result<(StageTx, StageRx)> {
+    let (tx, rx) = mpsc::channel();
+    let (wake_tx, wake_rx) = UnixStream::pair()?;
+    wake_tx.set_nonblocking(true)?;
+    wake_rx.set_nonblocking(true)?;
+    Ok((
+        StageTx { tx, wake: wake_tx },
+        StageRx { rx, wake: wake_rx },
+    ))
+}
+
+/// For the async side: what the compute thread cannot do itself.
+pub enum Handoff {
+    /// A linked frame's result, to go on by gRPC or QUIC, or its reply to
+    /// its coordinator's line.
+    Deliver {
+        batch_id: u64,
+        route: u64,
+        out: FrameOut,
+    },
+    /// A link from the stage before closed: free the sequences it carried,
+    /// here and on the later stages.
+    Released(Vec<u64>),
+    /// The link to the next stage broke: the coordinators of these routes
+    /// hear of it.
+    Lost { routes: Vec<u64>, error: String },
+}
+
+/// Where the next stage listens, for a TCP data link.
+#[derive(Clone)]
+pub struct NextTarget {
+    pub addr: String,
+    pub token: String,
+    pub pin: Fingerprint,
+}
+
+struct Inbound {
+    reader: LinkReader,
+    /// Sequences its frames started and no release ended yet.
+    seqs: HashSet<u64>,
+}
+
+struct NextLink {
+    target: NextTarget,
+    writer: Option<LinkWriter>,
+    /// Once the link failed to open or broke, frames go by the async side
+    /// until the next load: a sequence's frames are never split over two
+    /// ways that could reorder them.
+    failed: bool,
+    /// Reply routes of the frames sent on it.
+    routes: HashSet<u64>,
+}
+
+/// What a wait brought.
+pub struct Ready {
+    /// Messages from the links, in the order they came.
+    pub messages: Vec<v1::LinkMessage>,
+    /// Commands are queued.
+    pub commands: bool,
+}
+
+pub struct Links {
+    inbound: Vec<Inbound>,
+    next: Option<NextLink>,
+    handoff: Option<UnboundedSender<Handoff>>,
+    frames_sent: Arc<AtomicU64>,
+}
+
+impl Links {
+    pub fn new(frames_sent: Arc<AtomicU64>) -> Self {
+        Links {
+            inbound: Vec::new(),
+            next: None,
+            handoff: None,
+            frames_sent,
+        }
+    }
+
+    pub fn set_handoff(&mut self, handoff: UnboundedSender<Handoff>) {
+        self.handoff = Some(handoff);
+    }
+
+    pub fn attach(&mut self, reader: LinkReader) {
+        tracing::info!("TCP data link from {}", reader.peer());
+        self.inbound.push(Inbound {
+            reader,
+            seqs: HashSet::new(),
+        });
+    }
+
+    /// Sets (or clears) the next stage a TCP link goes to; connects on the
+    /// first frame.
+    pub fn set_next(&mut self, target: Option<NextTarget>) {
+        self.next = target.map(|target| NextLink {
+            target,
+            writer: None,
+            failed: false,
+            routes: HashSet::new(),
+        });
+    }
+
+    pub fn hand_off(&self, h: Handoff) {
+        match &self.handoff {
+            Some(tx) if tx.send(h).is_ok() => {}
+            _ => tracing::warn!("a linked frame's result has nowhere to go (the service stopped)"),
+        }
+    }
+
+    /// Blocks until a link or the queue has something.
+    pub fn wait(&mut self, rx: &StageRx) -> Ready {
+        let mut fds: Vec<libc::pollfd> = std::iter::once(rx.wake.as_raw_fd())
+            .chain(self.inbound.iter().map(|i| i.reader.as_raw_fd()))
+            .chain(self.next.iter().filter_map(|n| Some(n.writer.as_ref()?.as_raw_fd())))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        loop {
+            // SAFETY: `fds` is a live, correctly sized array of pollfd.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if n >= 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                // Only a bad argument fails poll: say so, and look at the
+                // queue without spinning.
+                tracing::error!("waiting on the data links: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                return Ready {
+                    messages: Vec::new(),
+                    commands: true,
+                };
+            }
+        }
+        let ready = |i: usize| fds[i].revents != 0;
+        let mut messages = Vec::new();
+        // Frames first: a command queued meanwhile (a release) came after
+        // them.
+        let mut closed = Vec::new();
+        for (i, inbound) in self.inbound.iter_mut().enumerate() {
+            if !ready(1 + i) {
+                continue;
+            }
+            let from = messages.len();
+            let open = inbound.reader.read(&mut messages);
+            for m in &messages[from..] {
+                inbound.track(m);
+            }
+            match open {
+                Ok(true) => {}
+                Ok(false) => closed.push((i, "closed".to_string())),
+                Err(e) => closed.push((i, e)),
+            }
+        }
+        for (i, why) in closed.into_iter().rev() {
+            let inbound = self.inbound.remove(i);
+            tracing::info!("TCP data link from {} ended: {why}", inbound.reader.peer());
+            if !inbound.seqs.is_empty() {
+                self.hand_off(Handoff::Released(inbound.seqs.into_iter().collect()));
+            }
+        }
+        // The next stage's socket, when there is one, is polled last.
+        let writer_at = fds.len() - 1;
+        if self.next.as_ref().is_some_and(|n| n.writer.is_some()) && ready(writer_at) {
+            let next = self.next.as_mut().expect("checked");
+            if next.writer.as_mut().is_some_and(|w| w.peer_closed()) {
+                let error = format!("next stage {} closed the TCP data link", next.target.addr);
+                self.lose_next(error);
+            }
+        }
+        let commands = ready(0);
+        if commands {
+            drain(&rx.wake);
+        }
+        Ready { messages, commands }
+    }
+
+    /// A frame's result: written on the TCP link when it has one and the
+    /// frame a reply route (`FrameOut::Sent`), else as it was.
+    pub fn pass_on(&mut self, batch_id: u64, route: u64, out: FrameOut) -> FrameOut {
+        let FrameOut::Next(frame) = out else {
+            return out;
+        };
+        let Some(next) = self.next.as_mut().filter(|n| !n.failed && route != 0) else {
+            return FrameOut::Next(frame);
+        };
+        if next.writer.is_none() {
+            let t = &next.target;
+            match LinkWriter::connect(&t.addr, &t.token, t.pin) {
+                Ok(w) => {
+                    tracing::info!("data to next stage {} over a TCP link", t.addr);
+                    next.writer = Some(w);
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; frames go over gRPC until the next load");
+                    next.failed = true;
+                    return FrameOut::Next(frame);
+                }
+            }
+        }
+        let msg = v1::LinkMessage {
+            kind: Some(Kind::Frame(frame)),
+        };
+        let writer = next.writer.as_mut().expect("connected above");
+        match writer.send(&msg) {
+            Ok(()) => {
+                next.routes.insert(route);
+                self.frames_sent.fetch_add(1, Relaxed);
+                tracing::debug!(target: "strata::hop", batch_id, "sent on");
+                FrameOut::Sent
+            }
+            Err(e) => {
+                let error = format!("TCP data link to next stage {}: {e}", next.target.addr);
+                next.routes.remove(&route);
+                self.lose_next(error.clone());
+                FrameOut::Reply(lost_reply(batch_id, error))
+            }
+        }
+    }
+
+    /// Sends a release on the TCP link, after the frames before it (the
+    /// gRPC `Release` to the next stage could overtake them).
+    pub fn pass_release(&mut self, req: &v1::ReleaseRequest) {
+        let Some(writer) = self.next.as_mut().and_then(|n| n.writer.as_mut()) else {
+            return;
+        };
+        let msg = v1::LinkMessage {
+            kind: Some(Kind::Release(req.clone())),
+        };
+        if let Err(e) = writer.send(&msg) {
+            let addr = &self.next.as_ref().expect("has a writer").target.addr;
+            let error = format!("TCP data link to next stage {addr}: {e}");
+            self.lose_next(error);
+        }
+    }
+
+    fn lose_next(&mut self, error: String) {
+        let Some(next) = self.next.as_mut() else {
+            return;
+        };
+        tracing::warn!("{error}");
+        next.writer = None;
+        next.failed = true;
+        let routes: Vec<u64> = next.routes.drain().collect();
+        if !routes.is_empty() {
+            self.hand_off(Handoff::Lost { routes, error });
+        }
+    }
+}
+
+impl Inbound {
+    fn track(&mut self, m: &v1::LinkMessage) {
+        match &m.kind {
+            Some(Kind::Frame(f)) => {
+                if let Some(h) = &f.header {
+                    self.seqs.extend(h.entries.iter().map(|e| e.seq_id));
+                }
+            }
+            Some(Kind::Release(r)) => {
+                for s in r.seq_ids.iter().chain(r.retain.iter().map(|r| &r.seq_id)) {
+                    self.seqs.remove(s);
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+impl StageRx {
+    pub fn try_recv(&self) -> Result<Command, mpsc::TryRecvError> {
+        self.rx.try_recv()
+    }
+}
+
+/// Empties the wake-up pipe (until it would block, or its writer is gone:
+/// the queue then says it is disconnected).
+fn drain(wake: &UnixStream) {
+    let mut buf = [0u8; 256];
+    loop {
+        match (&*wake).read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+}
