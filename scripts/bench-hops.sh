@@ -15,8 +15,8 @@
 # LLAMA_BIN: a llama.cpp build's bin/ with GGML_RPC=ON (default
 # ~/.cache/strata/llama-build/bin); STRATA_ONLY=1 skips llama.cpp. BIN:
 # strata (default target/release/strata). The three-stage `strata serve`
-# runs once per data-plane transport in TRANSPORTS (default "grpc quic"; the
-# relay carries UDP too), on the same workers; SERVE_FLAGS: more flags for it.
+# runs once per data-plane transport in TRANSPORTS (default "grpc quic tcp";
+# the relay carries UDP too), on the same workers; SERVE_FLAGS: more flags for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:?usage: scripts/bench-hops.sh MODEL.gguf [loopback|lan] [-- flags]}
@@ -119,7 +119,7 @@ done
 for i in 0 1 2; do wait_port "$(reach "$i" $((17100 + i)))"; done
 read -r -a serve_flags <<<"${SERVE_FLAGS:-}"
 # The same three workers under each data-plane transport in turn.
-for transport in ${TRANSPORTS:-grpc quic}; do
+for transport in ${TRANSPORTS:-grpc quic tcp}; do
     STRATA_LOG=info $bin serve -m "$model" "${args[@]}" --token-file "$dir/token" \
         --listen 127.0.0.1:18080 -c 512 -n 8 --transport "$transport" "${serve_flags[@]}" \
         2>"$dir/serve3-$transport.log" &
@@ -129,7 +129,7 @@ for transport in ${TRANSPORTS:-grpc quic}; do
     bench "strata, 3 stages ($net, $transport${SERVE_FLAGS:+, $SERVE_FLAGS})" http://127.0.0.1:18080 "${flags[@]}"
     curl -s http://127.0.0.1:18080/v1/pool | python3 -c 'import json, sys
 for s in json.load(sys.stdin)["models"][0]["stages"]:
-    print("   stage", s.get("addr"), "frames on QUIC:", s.get("frames_sent_quic"))' || true
+    print("   stage", s.get("addr"), "frames on QUIC:", s.get("frames_sent_quic"), "on TCP links:", s.get("frames_sent_tcp"))' || true
     kill "$serve"
     wait "$serve" 2>/dev/null || true
 done

@@ -103,10 +103,17 @@ pub fn tls_incoming(
             let on_link = on_link.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(crate::transport::tcp::ALPN) => {
-                        match on_link {
-                            Some(on_link) => on_link(tls),
-                            None => tracing::warn!("refused a TCP data link from {peer}: not served here"),
+                    Ok(Ok(mut tls)) if tls.get_ref().1.alpn_protocol() == Some(crate::transport::tcp::ALPN) => {
+                        let Some(on_link) = on_link else {
+                            tracing::warn!("refused a TCP data link from {peer}: not served here");
+                            return;
+                        };
+                        // The handshake (the client's certificate) passed.
+                        use tokio::io::AsyncWriteExt;
+                        let ready = [crate::transport::tcp::READY];
+                        match tls.write_all(&ready).await.and(tls.flush().await) {
+                            Ok(()) => on_link(tls),
+                            Err(e) => tracing::warn!("a TCP data link from {peer}: {e}"),
                         }
                     }
                     Ok(Ok(tls)) => {

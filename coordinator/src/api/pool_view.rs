@@ -116,6 +116,7 @@ pub(super) async fn stage_json(v: &StageView) -> Value {
             out["frames_sent_local"] = json!(h.frames_sent_local);
             out["frames_sent_remote"] = json!(h.frames_sent_remote);
             out["frames_sent_quic"] = json!(h.frames_sent_quic);
+            out["frames_sent_tcp"] = json!(h.frames_sent_tcp);
             out["tokens_per_second"] = json!(if h.compute_seconds > 0.0 {
                 h.tokens_run as f64 / h.compute_seconds
             } else {

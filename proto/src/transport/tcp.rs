@@ -27,12 +27,18 @@ use crate::v1;
 
 /// The ALPN a link connection asks for on a worker's TLS port.
 pub const ALPN: &[u8] = b"strata-link/1";
+/// The byte a worker sends once it accepted a link. Under TLS 1.3 the
+/// client's handshake ends before the server checked its certificate, so a
+/// refused link (a wrong token) shows at the first read, not at connect.
+pub const READY: u8 = 0x5a;
 /// Longest a connect and its handshake may take (the sender then falls
 /// back to gRPC for a while).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest one write may block: a next stage that stops reading for this
-/// long is treated as gone, rather than holding the compute thread.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long sent bytes may stay unacknowledged before the link counts as
+/// broken (`TCP_USER_TIMEOUT`): a next stage whose host vanished frees the
+/// compute thread blocked writing to it. A next stage that is alive but
+/// busy (a long prompt) acknowledges, and the writer waits for it.
+pub const UNACKED_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Encodes `msg` with its length prefix.
 pub fn encode(msg: &v1::LinkMessage) -> Vec<u8> {
@@ -71,20 +77,40 @@ impl LinkWriter {
             conn.complete_io(&mut sock).map_err(|e| err(&e))?;
         }
         if conn.alpn_protocol() != Some(ALPN) {
-            return Err(err(&"the worker does not serve TCP data links (an older version)"));
+            return Err(err(
+                &"the worker does not serve TCP data links (an older version)",
+            ));
         }
-        // Reads happen only when `poll` says the peer sent something.
+        let mut ready = [0u8; 1];
+        match rustls::Stream::new(&mut conn, &mut sock).read(&mut ready) {
+            Ok(1) if ready[0] == READY => {}
+            Ok(_) => return Err(err(&"the worker closed the link at once")),
+            Err(e) => return Err(err(&format!("refused: {e}"))),
+        }
+        // Reads happen only when `poll` says the peer sent something; a
+        // write waits for a slow next stage, not for a vanished one.
         sock.set_read_timeout(None)
-            .and_then(|_| sock.set_write_timeout(Some(WRITE_TIMEOUT)))
+            .and_then(|_| sock.set_write_timeout(None))
+            .and_then(|_| set_unacked_timeout(&sock, UNACKED_TIMEOUT))
             .map_err(|e| err(&e))?;
         Ok(LinkWriter { sock, conn })
     }
 
-    /// Writes one message; returns when the kernel has all of it.
+    /// Writes one message; returns when the kernel has all of it. rustls
+    /// takes a bounded amount of plaintext at a time (64 KiB), so a
+    /// prompt's hidden states go in pieces.
     pub fn send(&mut self, msg: &v1::LinkMessage) -> io::Result<()> {
-        self.conn.writer().write_all(&encode(msg))?;
-        while self.conn.wants_write() {
-            self.conn.write_tls(&mut self.sock)?;
+        let bytes = encode(msg);
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let n = self.conn.writer().write(rest)?;
+            if n == 0 && !self.conn.wants_write() {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "TLS took nothing"));
+            }
+            rest = &rest[n..];
+            while self.conn.wants_write() {
+                self.conn.write_tls(&mut self.sock)?;
+            }
         }
         Ok(())
     }
@@ -124,12 +150,38 @@ impl AsRawFd for LinkWriter {
     }
 }
 
+fn set_unacked_timeout(sock: &TcpStream, timeout: Duration) -> io::Result<()> {
+    let ms = timeout.as_millis() as libc::c_uint;
+    // SAFETY: a live socket, and an option value of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The receiving end, on the next stage: a non-blocking socket its compute
 /// thread polls.
 pub struct LinkReader {
     sock: TcpStream,
     conn: ServerConnection,
     peer: SocketAddr,
+    framer: Framer,
+}
+
+/// Cuts a byte stream into length-prefixed messages. It holds only bytes
+/// that arrived, never a buffer of the length a peer announced.
+#[derive(Default)]
+pub struct Framer {
     /// Bytes received and not yet made into messages, from `start` on.
     buf: Vec<u8>,
     start: usize,
@@ -149,8 +201,7 @@ impl LinkReader {
             sock,
             conn,
             peer,
-            buf: Vec::new(),
-            start: 0,
+            framer: Framer::default(),
         })
     }
 
@@ -193,7 +244,7 @@ impl LinkReader {
                 Err(e) => return Err(e.to_string()),
             }
         }
-        self.split(out)?;
+        self.framer.split(out)?;
         Ok(open)
     }
 
@@ -204,16 +255,23 @@ impl LinkReader {
         loop {
             match self.conn.reader().read(&mut chunk) {
                 Ok(0) => return Ok(false),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.framer.push(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) => return Err(e.to_string()),
             }
         }
     }
+}
 
-    /// Cuts the whole messages off the front of `buf`. The buffer grows
-    /// only with bytes that arrived, never by a length the peer announced.
-    fn split(&mut self, out: &mut Vec<v1::LinkMessage>) -> Result<(), String> {
+impl Framer {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Moves the whole messages received so far to `out`. A length over
+    /// [`MAX_MESSAGE_BYTES`] or a message that does not decode is an
+    /// error, and the link ends.
+    pub fn split(&mut self, out: &mut Vec<v1::LinkMessage>) -> Result<(), String> {
         loop {
             let rest = &self.buf[self.start..];
             let Some(head) = rest.get(..4) else { break };
@@ -244,5 +302,61 @@ impl LinkReader {
 impl AsRawFd for LinkReader {
     fn as_raw_fd(&self) -> RawFd {
         self.sock.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(batch_id: u64, activations: Vec<u8>) -> v1::LinkMessage {
+        v1::LinkMessage {
+            kind: Some(v1::link_message::Kind::Frame(v1::BatchFrame {
+                header: Some(v1::BatchHeader {
+                    batch_id,
+                    ..Default::default()
+                }),
+                activations,
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// Messages come out whole however the bytes were cut, in order.
+    #[test]
+    fn messages_are_cut_out_of_any_split_of_the_stream() {
+        let sent = [
+            frame(1, vec![7; 100]),
+            frame(2, Vec::new()),
+            frame(3, vec![9; 70_000]),
+        ];
+        let bytes: Vec<u8> = sent.iter().flat_map(encode).collect();
+        for piece in [1, 3, 4, 5, 1000, bytes.len()] {
+            let (mut framer, mut out) = (Framer::default(), Vec::new());
+            for chunk in bytes.chunks(piece) {
+                framer.push(chunk);
+                framer.split(&mut out).unwrap();
+            }
+            assert_eq!(out, sent, "pieces of {piece} bytes");
+            assert!(framer.buf.is_empty(), "nothing left over");
+        }
+    }
+
+    /// A length over the limit ends the link at once, before any of it
+    /// arrived (nothing is allocated for it); so does a body that is not a
+    /// message.
+    #[test]
+    fn an_oversized_or_garbled_message_is_an_error() {
+        let mut framer = Framer::default();
+        framer.push(&u32::MAX.to_le_bytes());
+        let e = framer.split(&mut Vec::new()).unwrap_err();
+        assert!(e.contains("more than the limit"), "{e}");
+        assert!(framer.buf.capacity() < 1024);
+
+        let mut framer = Framer::default();
+        framer.push(&3u32.to_le_bytes());
+        framer.push(&[0xff, 0xff, 0xff]);
+        let e = framer.split(&mut Vec::new()).unwrap_err();
+        assert!(e.contains("a bad message"), "{e}");
     }
 }

@@ -168,7 +168,7 @@ impl WorkerService {
             pool_threads,
             frames_sent_tcp.clone(),
         )
-            .map_err(|e| ServiceError::Setup(format!("starting the compute thread: {e}")))?;
+        .map_err(|e| ServiceError::Setup(format!("starting the compute thread: {e}")))?;
         let cache = SliceCache::new(config.cache_dir.clone(), config.cache_max_bytes);
         Ok(WorkerService {
             shared: Arc::new(Shared {
@@ -342,14 +342,20 @@ impl WorkerService {
                         out,
                     } => this.deliver_out(batch_id, route, out, &sink).await,
                     Handoff::Released(seqs) => {
-                        tracing::info!("a TCP data link closed: releasing {} sequences", seqs.len());
+                        tracing::info!(
+                            "a TCP data link closed: releasing {} sequences",
+                            seqs.len()
+                        );
                         let req = v1::ReleaseRequest {
                             seq_ids: seqs,
                             ..Default::default()
                         };
                         tokio::spawn(async move {
                             if let Err(e) = this.release_everywhere(req).await {
-                                tracing::warn!("releasing a closed link's sequences: {}", e.message());
+                                tracing::warn!(
+                                    "releasing a closed link's sequences: {}",
+                                    e.message()
+                                );
                             }
                         });
                     }

@@ -48,10 +48,7 @@ pub fn queue() -> io::Result<(StageTx, StageRx)> {
     let (wake_tx, wake_rx) = UnixStream::pair()?;
     wake_tx.set_nonblocking(true)?;
     wake_rx.set_nonblocking(true)?;
-    Ok((
-        StageTx { tx, wake: wake_tx },
-        StageRx { rx, wake: wake_rx },
-    ))
+    Ok((StageTx { tx, wake: wake_tx }, StageRx { rx, wake: wake_rx }))
 }
 
 /// For the async side: what the compute thread cannot do itself.
@@ -155,7 +152,11 @@ impl Links {
     pub fn wait(&mut self, rx: &StageRx) -> Ready {
         let mut fds: Vec<libc::pollfd> = std::iter::once(rx.wake.as_raw_fd())
             .chain(self.inbound.iter().map(|i| i.reader.as_raw_fd()))
-            .chain(self.next.iter().filter_map(|n| Some(n.writer.as_ref()?.as_raw_fd())))
+            .chain(
+                self.next
+                    .iter()
+                    .filter_map(|n| Some(n.writer.as_ref()?.as_raw_fd())),
+            )
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,

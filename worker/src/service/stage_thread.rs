@@ -15,8 +15,8 @@ use strata_proto::v1;
 use tokio::sync::oneshot;
 
 use super::frames;
-use super::stage_links::{Handoff, Links, NextTarget, StageRx, StageTx};
 use super::kv_sessions::{KvDiskConfig, KvSessions};
+use super::stage_links::{Handoff, Links, NextTarget, StageRx, StageTx};
 use crate::kv_blocks::BlockHash;
 use crate::kv_disk::{FileKind, Shape};
 use crate::sampler::Sampler;
@@ -255,9 +255,9 @@ fn run_command<B, F>(
             let _ = reply.send(());
         }
         Command::DiskPrefixes(reply) => {
-            let own = loaded.as_ref().and_then(|l| {
-                Some(super::kv_sessions::own_prefixes(l.disk.as_ref()?, &l.stage))
-            });
+            let own = loaded
+                .as_ref()
+                .and_then(|l| Some(super::kv_sessions::own_prefixes(l.disk.as_ref()?, &l.stage)));
             let _ = reply.send(own);
         }
         Command::Unload(reply) => {
