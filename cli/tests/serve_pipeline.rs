@@ -166,6 +166,18 @@ fn run_three_workers_kv(
         if transport == "quic" { 3 } else { 0 },
         "stages whose data plane the coordinator reached over QUIC"
     );
+    // ... or over TCP links: stage 0's data stream and three reply lines.
+    let over_tcp = server
+        .proc
+        .log
+        .iter()
+        .filter(|l| l.contains("over a TCP link"))
+        .count();
+    assert_eq!(
+        over_tcp,
+        if transport == "tcp" { 4 } else { 0 },
+        "the coordinator's TCP links"
+    );
 
     let stages = stage_ranges(&server);
     eprintln!("placement: {stages:?}");

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use strata_proto::accept::{tls_incoming, OnLink};
-use strata_proto::transport::tcp::{LinkReader, LinkWriter};
+use strata_proto::transport::tcp::{LinkConn, LinkWriter};
 use strata_proto::v1::{self, link_message::Kind};
 use strata_proto::{tls, NodeIdentity};
 
@@ -21,7 +21,7 @@ fn listen(
 ) -> (
     tokio::runtime::Runtime,
     SocketAddr,
-    mpsc::Receiver<LinkReader>,
+    mpsc::Receiver<LinkConn>,
 ) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -32,7 +32,7 @@ fn listen(
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let on_link: OnLink = std::sync::Arc::new(move |tls| {
-        let reader = LinkReader::from_accepted(tls).unwrap();
+        let reader = LinkConn::from_accepted(tls).unwrap();
         tx.lock().unwrap().send(reader).unwrap();
     });
     let addr = rt.block_on(async {
@@ -50,7 +50,7 @@ fn listen(
 }
 
 /// Reads until `n` messages came, or the link closed.
-fn read_n(reader: &mut LinkReader, n: usize) -> (Vec<v1::LinkMessage>, bool) {
+fn read_n(reader: &mut LinkConn, n: usize) -> (Vec<v1::LinkMessage>, bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut out = Vec::new();
     while out.len() < n && Instant::now() < deadline {

@@ -17,6 +17,7 @@ use strata_model::slice::LayerRange;
 use strata_model::slice_hash::SliceHashes;
 use strata_model::GgufFile;
 use strata_proto::transport::quic::QuicPeer;
+use strata_proto::transport::tcp_peer::TcpPeer;
 use strata_proto::transport::{Transport, TransportKind};
 use strata_proto::{v1, Trust, WorkerClient};
 
@@ -163,16 +164,25 @@ impl Pool {
     }
 
     /// What the engine needs of each stage: its client (releases, disk
-    /// listings) and its data plane, over QUIC where asked for and served
-    /// (gRPC, with a warning, when the QUIC handshake fails).
+    /// listings) and its data plane, over QUIC or TCP links where asked for
+    /// and served (gRPC, with a warning, when they fail to open).
     pub async fn stage_links(&mut self, stages: &[StageAssignment]) -> Vec<StageLink> {
         let mut links = Vec::new();
         self.quic.clear();
         for s in stages {
             let w = &s.worker;
-            let data: Arc<dyn Transport> = match self.quic_peer(w).await {
-                Some(peer) => peer,
-                None => Arc::new(w.client.clone()),
+            let data: Arc<dyn Transport> = match (self.settings.transport, w.pin) {
+                // Falls back to gRPC by itself, call by call.
+                (TransportKind::Tcp, Some(pin)) => Arc::new(TcpPeer::new(
+                    &w.addr,
+                    &self.settings.token,
+                    pin,
+                    w.client.clone(),
+                )),
+                _ => match self.quic_peer(w).await {
+                    Some(peer) => peer,
+                    None => Arc::new(w.client.clone()),
+                },
             };
             links.push(StageLink {
                 client: w.client.clone(),
@@ -180,18 +190,21 @@ impl Pool {
                 data,
             });
         }
-        if self.settings.transport == TransportKind::Quic {
-            let slow: Vec<&str> = stages
-                .iter()
-                .filter(|s| !s.worker.quic(TransportKind::Quic))
-                .map(|s| s.worker.addr.as_str())
-                .collect();
-            if !slow.is_empty() {
-                tracing::warn!(
-                    "--transport quic: {} serve(s) no QUIC (plaintext, or an older worker); their hops use gRPC",
-                    slow.join(", ")
-                );
-            }
+        let t = self.settings.transport;
+        let slow: Vec<&str> = stages
+            .iter()
+            .filter(|s| match t {
+                TransportKind::Quic => !s.worker.quic(t),
+                TransportKind::Tcp => s.worker.pin.is_none(),
+                TransportKind::Grpc => false,
+            })
+            .map(|s| s.worker.addr.as_str())
+            .collect();
+        if !slow.is_empty() {
+            tracing::warn!(
+                "--transport {t}: {} serve(s) no {t} (plaintext, or an older worker); their hops use gRPC",
+                slow.join(", ")
+            );
         }
         links
     }

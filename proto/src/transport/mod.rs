@@ -10,6 +10,7 @@
 
 pub mod quic;
 pub mod tcp;
+pub mod tcp_peer;
 
 use std::pin::Pin;
 

@@ -1,11 +1,13 @@
-//! The TCP data link between workers (`--transport tcp`): one TLS
-//! connection per hop, carrying [`v1::LinkMessage`]s one way, each a 4-byte
-//! little-endian length and its prost bytes.
+//! The TCP data link (`--transport tcp`): one TLS connection per hop or
+//! reply line, carrying [`v1::LinkMessage`]s, each a 4-byte little-endian
+//! length and its prost bytes.
 //!
-//! Unlike gRPC and QUIC, no async runtime takes part: the sending stage's
-//! compute thread writes its result on a blocking socket, and the receiving
-//! stage's compute thread waits in `poll` on its links and reads the frame
-//! itself. A hop then costs one wake-up (the receiver's), where a hop
+//! Unlike gRPC and QUIC, no async runtime takes part on a worker: the
+//! sending stage's compute thread writes its result on a blocking socket
+//! ([`LinkWriter`]), and the receiving stage's compute thread waits in
+//! `poll` on its links and reads the frame itself ([`LinkConn`]), as it
+//! writes replies to a coordinator's reply lines. The coordinator's end is
+//! async ([`super::tcp_peer`]). A hop then costs one wake-up (the receiver's), where a hop
 //! through tokio costs three (compute thread to tokio, the network, tokio
 //! to the next compute thread). What ggml's RPC server does with blocking
 //! sockets, under the same TLS as the other links (pinned worker
@@ -150,6 +152,31 @@ impl AsRawFd for LinkWriter {
     }
 }
 
+fn wait_writable(sock: &TcpStream, timeout: Duration) -> io::Result<()> {
+    let mut fd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd.
+    let n = unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
+    match n {
+        0 => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the peer read nothing for 30 s",
+        )),
+        n if n < 0 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 fn set_unacked_timeout(sock: &TcpStream, timeout: Duration) -> io::Result<()> {
     let ms = timeout.as_millis() as libc::c_uint;
     // SAFETY: a live socket, and an option value of the size given.
@@ -169,9 +196,12 @@ fn set_unacked_timeout(sock: &TcpStream, timeout: Duration) -> io::Result<()> {
     }
 }
 
-/// The receiving end, on the next stage: a non-blocking socket its compute
-/// thread polls.
-pub struct LinkReader {
+/// Longest a reply may wait for a coordinator that stopped reading.
+pub const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A worker's end of a link: a non-blocking socket its compute thread
+/// polls for frames, and writes replies on.
+pub struct LinkConn {
     sock: TcpStream,
     conn: ServerConnection,
     peer: SocketAddr,
@@ -187,7 +217,7 @@ pub struct Framer {
     start: usize,
 }
 
-impl LinkReader {
+impl LinkConn {
     /// Takes over a connection the TLS acceptor completed under [`ALPN`].
     /// Call inside the tokio runtime (the socket leaves its reactor).
     pub fn from_accepted(
@@ -197,7 +227,7 @@ impl LinkReader {
         let peer = tcp.peer_addr()?;
         let sock = tcp.into_std()?;
         sock.set_nonblocking(true)?;
-        Ok(LinkReader {
+        Ok(LinkConn {
             sock,
             conn,
             peer,
@@ -207,6 +237,35 @@ impl LinkReader {
 
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// Ends the link (what the next `read` then says).
+    pub fn shutdown(&self) -> io::Result<()> {
+        self.sock.shutdown(std::net::Shutdown::Both)
+    }
+
+    /// Writes one message, waiting (in `poll`) while the socket is full,
+    /// at most [`REPLY_WRITE_TIMEOUT`] at a time.
+    pub fn send(&mut self, msg: &v1::LinkMessage) -> io::Result<()> {
+        let bytes = encode(msg);
+        let mut rest = &bytes[..];
+        while !rest.is_empty() || self.conn.wants_write() {
+            if !rest.is_empty() {
+                let n = self.conn.writer().write(rest)?;
+                rest = &rest[n..];
+            }
+            while self.conn.wants_write() {
+                match self.conn.write_tls(&mut self.sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        wait_writable(&self.sock, REPLY_WRITE_TIMEOUT)?
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads what the socket holds and appends each whole message to `out`.
@@ -299,7 +358,7 @@ impl Framer {
     }
 }
 
-impl AsRawFd for LinkReader {
+impl AsRawFd for LinkConn {
     fn as_raw_fd(&self) -> RawFd {
         self.sock.as_raw_fd()
     }

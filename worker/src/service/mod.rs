@@ -162,11 +162,13 @@ impl WorkerService {
         let own_pool = config.own_thread_pool.unwrap_or(backend_name == "cpu");
         let pool_threads = own_pool.then_some(config.threads.max(1));
         let frames_sent_tcp = Arc::new(AtomicU64::new(0));
+        let reply_routes = Arc::<reply_routes::ReplyRoutes>::default();
         let stage = stage_thread::spawn(
             make_backend,
             snapshot.clone(),
             pool_threads,
             frames_sent_tcp.clone(),
+            reply_routes.clone(),
         )
         .map_err(|e| ServiceError::Setup(format!("starting the compute thread: {e}")))?;
         let cache = SliceCache::new(config.cache_dir.clone(), config.cache_max_bytes);
@@ -188,7 +190,7 @@ impl WorkerService {
                 stage: Mutex::new(stage),
                 snapshot,
                 downstream: tokio::sync::RwLock::new(None),
-                reply_routes: Arc::default(),
+                reply_routes,
                 hashes: SliceHashes::default(),
                 loading: tokio::sync::Mutex::new(()),
                 frames_sent_local: AtomicU64::new(0),
@@ -319,18 +321,11 @@ impl WorkerService {
             return;
         }
         let weak = Arc::downgrade(&self.shared);
-        // A linked frame has no stream to reply back up: a reply with no
-        // line to its coordinator is dropped, and said so.
-        let (sink, mut orphans) = mpsc::channel::<Result<v1::StageReply, Status>>(64);
         tokio::spawn(async move {
-            while let Some(Ok(r)) = orphans.recv().await {
-                tracing::warn!(
-                    "the reply to linked batch {} has no line to its coordinator: dropped",
-                    r.batch_id
-                );
-            }
-        });
-        tokio::spawn(async move {
+            // Replies that come back up for a linked frame with no route go
+            // back on its link, through the compute thread.
+            let mut sinks: std::collections::HashMap<u64, downstream::ReplySink> =
+                Default::default();
             while let Some(h) = rx.recv().await {
                 let Some(this) = Self::upgrade(&weak) else {
                     break;
@@ -340,8 +335,19 @@ impl WorkerService {
                         batch_id,
                         route,
                         out,
-                    } => this.deliver_out(batch_id, route, out, &sink).await,
-                    Handoff::Released(seqs) => {
+                        back,
+                    } => {
+                        let sink = sinks
+                            .entry(back)
+                            .or_insert_with(|| this.link_sink(back))
+                            .clone();
+                        this.deliver_out(batch_id, route, out, &sink).await
+                    }
+                    Handoff::Released { link, seqs } => {
+                        sinks.remove(&link);
+                        if seqs.is_empty() {
+                            continue;
+                        }
                         tracing::info!(
                             "a TCP data link closed: releasing {} sequences",
                             seqs.len()
@@ -370,6 +376,25 @@ impl WorkerService {
         });
     }
 
+    /// Where replies for frames of link `back` go: back on it.
+    fn link_sink(&self, back: u64) -> downstream::ReplySink {
+        let (sink, mut replies) = mpsc::channel::<Result<v1::StageReply, Status>>(64);
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            while let Some(Ok(reply)) = replies.recv().await {
+                let Some(this) = Self::upgrade(&weak) else {
+                    break;
+                };
+                let _ = this.tell(Command::Reply {
+                    route: 0,
+                    back,
+                    reply,
+                });
+            }
+        });
+        sink
+    }
+
     fn upgrade(weak: &Weak<Shared>) -> Option<Self> {
         weak.upgrade().map(|shared| WorkerService { shared })
     }
@@ -381,7 +406,7 @@ impl WorkerService {
             let Some(this) = Self::upgrade(&weak) else {
                 return;
             };
-            let attached = strata_proto::transport::tcp::LinkReader::from_accepted(tls)
+            let attached = strata_proto::transport::tcp::LinkConn::from_accepted(tls)
                 .map_err(|e| e.to_string())
                 .and_then(|reader| {
                     this.tell(Command::Attach(reader))
@@ -715,6 +740,15 @@ impl WorkerService {
             }
         };
         tracing::debug!(target: "strata::hop", batch_id, "reply");
+        // A TCP line is the compute thread's to write.
+        if route != 0 && self.shared.reply_routes.has_tcp_line(route) {
+            let _ = self.tell(Command::Reply {
+                route,
+                back: 0,
+                reply,
+            });
+            return;
+        }
         // Straight to the coordinator when it opened a line, else back up.
         if let Err(reply) = self.shared.reply_routes.send(route, reply).await {
             let _ = sink.send(Ok(reply)).await;

@@ -18,6 +18,9 @@ pub type ReplyLine = Pin<Box<dyn Stream<Item = Result<v1::StageReply, Status>> +
 #[derive(Default)]
 pub struct ReplyRoutes {
     lines: Mutex<HashMap<u64, mpsc::Sender<v1::StageReply>>>,
+    /// Routes whose line is a TCP link, held by the compute thread
+    /// (`stage_links.rs`): their replies go through it.
+    tcp: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl ReplyRoutes {
@@ -30,6 +33,22 @@ impl ReplyRoutes {
         lines.retain(|_, line| !line.is_closed());
         lines.insert(route, tx);
         Box::pin(ReceiverStream::new(rx).map(Ok))
+    }
+
+    pub fn set_tcp_line(&self, route: u64, open: bool) {
+        let mut tcp = self.tcp.lock().unwrap_or_else(|p| p.into_inner());
+        if open {
+            tcp.insert(route);
+        } else {
+            tcp.remove(&route);
+        }
+    }
+
+    pub fn has_tcp_line(&self, route: u64) -> bool {
+        self.tcp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&route)
     }
 
     /// Sends `reply` on the line of `route`; gives it back when there is no

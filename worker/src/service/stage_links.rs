@@ -1,25 +1,27 @@
 //! The compute thread's own sockets (`--transport tcp`,
-//! `strata_proto::transport::tcp`): the links that bring frames from the
-//! stage before, read here, and the link to the next stage, written here.
-//! The thread waits in `poll` on them and on a wake-up pipe that every
-//! command queued from the async side writes to.
+//! `strata_proto::transport::tcp`): the links that bring frames (from the
+//! stage before, or a coordinator), read here; the coordinators' reply
+//! lines, written here; and the link to the next stage, written here. The
+//! thread waits in `poll` on them and on a wake-up pipe that every command
+//! queued from the async side writes to.
 //!
 //! What the thread cannot do itself (send on by gRPC or QUIC, answer a
-//! coordinator's reply line, free sequences on the later stages) it hands
-//! to the async side as a [`Handoff`].
+//! gRPC reply line, free sequences on the later stages) it hands to the
+//! async side as a [`Handoff`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 
-use strata_proto::transport::tcp::{LinkReader, LinkWriter};
+use strata_proto::transport::tcp::{LinkConn, LinkWriter};
 use strata_proto::v1::{self, link_message::Kind};
 use strata_proto::Fingerprint;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::reply_routes::ReplyRoutes;
 use super::stage_thread::{lost_reply, Command, FrameOut};
 
 /// The sending side of the compute thread's queue.
@@ -54,15 +56,17 @@ pub fn queue() -> io::Result<(StageTx, StageRx)> {
 /// For the async side: what the compute thread cannot do itself.
 pub enum Handoff {
     /// A linked frame's result, to go on by gRPC or QUIC, or its reply to
-    /// its coordinator's line.
+    /// its coordinator's gRPC line. Replies that come back for it (no
+    /// route) go back on link `back`.
     Deliver {
         batch_id: u64,
         route: u64,
         out: FrameOut,
+        back: u64,
     },
-    /// A link from the stage before closed: free the sequences it carried,
-    /// here and on the later stages.
-    Released(Vec<u64>),
+    /// Link `link` closed: free the sequences it carried, here and on the
+    /// later stages.
+    Released { link: u64, seqs: Vec<u64> },
     /// The link to the next stage broke: the coordinators of these routes
     /// hear of it.
     Lost { routes: Vec<u64>, error: String },
@@ -77,9 +81,12 @@ pub struct NextTarget {
 }
 
 struct Inbound {
-    reader: LinkReader,
+    id: u64,
+    conn: LinkConn,
     /// Sequences its frames started and no release ended yet.
     seqs: HashSet<u64>,
+    /// The route whose reply line it is, once a coordinator said so.
+    line: Option<u64>,
 }
 
 struct NextLink {
@@ -95,26 +102,35 @@ struct NextLink {
 
 /// What a wait brought.
 pub struct Ready {
-    /// Messages from the links, in the order they came.
-    pub messages: Vec<v1::LinkMessage>,
+    /// Frames and releases from the links, in the order they came, each
+    /// with the link it came on.
+    pub messages: Vec<(u64, v1::LinkMessage)>,
     /// Commands are queued.
     pub commands: bool,
 }
 
 pub struct Links {
     inbound: Vec<Inbound>,
+    next_id: u64,
+    /// Reply lines by route: the link that is each one.
+    lines: HashMap<u64, u64>,
     next: Option<NextLink>,
     handoff: Option<UnboundedSender<Handoff>>,
     frames_sent: Arc<AtomicU64>,
+    /// Where the async side learns which routes have a TCP line here.
+    reply_routes: Arc<ReplyRoutes>,
 }
 
 impl Links {
-    pub fn new(frames_sent: Arc<AtomicU64>) -> Self {
+    pub fn new(frames_sent: Arc<AtomicU64>, reply_routes: Arc<ReplyRoutes>) -> Self {
         Links {
             inbound: Vec::new(),
+            next_id: 1,
+            lines: HashMap::new(),
             next: None,
             handoff: None,
             frames_sent,
+            reply_routes,
         }
     }
 
@@ -122,12 +138,15 @@ impl Links {
         self.handoff = Some(handoff);
     }
 
-    pub fn attach(&mut self, reader: LinkReader) {
-        tracing::info!("TCP data link from {}", reader.peer());
+    pub fn attach(&mut self, conn: LinkConn) {
+        tracing::info!("TCP data link from {}", conn.peer());
         self.inbound.push(Inbound {
-            reader,
+            id: self.next_id,
+            conn,
             seqs: HashSet::new(),
+            line: None,
         });
+        self.next_id += 1;
     }
 
     /// Sets (or clears) the next stage a TCP link goes to; connects on the
@@ -151,7 +170,7 @@ impl Links {
     /// Blocks until a link or the queue has something.
     pub fn wait(&mut self, rx: &StageRx) -> Ready {
         let mut fds: Vec<libc::pollfd> = std::iter::once(rx.wake.as_raw_fd())
-            .chain(self.inbound.iter().map(|i| i.reader.as_raw_fd()))
+            .chain(self.inbound.iter().map(|i| i.conn.as_raw_fd()))
             .chain(
                 self.next
                     .iter()
@@ -186,14 +205,28 @@ impl Links {
         // Frames first: a command queued meanwhile (a release) came after
         // them.
         let mut closed = Vec::new();
+        let mut lines = Vec::new();
         for (i, inbound) in self.inbound.iter_mut().enumerate() {
             if !ready(1 + i) {
                 continue;
             }
-            let from = messages.len();
-            let open = inbound.reader.read(&mut messages);
-            for m in &messages[from..] {
-                inbound.track(m);
+            let mut got = Vec::new();
+            let open = inbound.conn.read(&mut got);
+            for m in got {
+                match m.kind {
+                    Some(Kind::ReplyLine(route)) if route != 0 => {
+                        inbound.line = Some(route);
+                        lines.push((route, inbound.id));
+                    }
+                    Some(Kind::Frame(_)) | Some(Kind::Release(_)) => {
+                        inbound.track(&m);
+                        messages.push((inbound.id, m));
+                    }
+                    _ => tracing::warn!(
+                        "a link message a worker does not take, from {}",
+                        inbound.conn.peer()
+                    ),
+                }
             }
             match open {
                 Ok(true) => {}
@@ -201,12 +234,24 @@ impl Links {
                 Err(e) => closed.push((i, e)),
             }
         }
+        for (route, id) in lines {
+            // A newer line of a route replaces the older one, as over gRPC.
+            self.lines.insert(route, id);
+            self.reply_routes.set_tcp_line(route, true);
+        }
         for (i, why) in closed.into_iter().rev() {
             let inbound = self.inbound.remove(i);
-            tracing::info!("TCP data link from {} ended: {why}", inbound.reader.peer());
-            if !inbound.seqs.is_empty() {
-                self.hand_off(Handoff::Released(inbound.seqs.into_iter().collect()));
+            tracing::info!("TCP data link from {} ended: {why}", inbound.conn.peer());
+            if let Some(route) = inbound.line {
+                if self.lines.get(&route) == Some(&inbound.id) {
+                    self.lines.remove(&route);
+                    self.reply_routes.set_tcp_line(route, false);
+                }
             }
+            self.hand_off(Handoff::Released {
+                link: inbound.id,
+                seqs: inbound.seqs.into_iter().collect(),
+            });
         }
         // The next stage's socket, when there is one, is polled last.
         let writer_at = fds.len() - 1;
@@ -224,9 +269,62 @@ impl Links {
         Ready { messages, commands }
     }
 
-    /// A frame's result: written on the TCP link when it has one and the
-    /// frame a reply route (`FrameOut::Sent`), else as it was.
-    pub fn pass_on(&mut self, batch_id: u64, route: u64, out: FrameOut) -> FrameOut {
+    /// A frame's result, written where this thread can write it
+    /// (`FrameOut::Sent`): hidden states on the next stage's link, a reply
+    /// on its route's TCP line, or back on the link `from` that brought a
+    /// frame with no route. Else as it was, for the async side.
+    pub fn route_out(&mut self, batch_id: u64, route: u64, from: u64, out: FrameOut) -> FrameOut {
+        match self.pass_on(batch_id, route, out) {
+            FrameOut::Reply(reply) => match self.reply_link(route, from) {
+                Some(link) => {
+                    self.reply_on(link, reply);
+                    FrameOut::Sent
+                }
+                None => FrameOut::Reply(reply),
+            },
+            out => out,
+        }
+    }
+
+    /// The link a reply of `route` goes on, if this thread holds it.
+    fn reply_link(&self, route: u64, from: u64) -> Option<u64> {
+        match route {
+            0 => (from != 0).then_some(from),
+            r => self.lines.get(&r).copied(),
+        }
+    }
+
+    /// A reply the async side could not send: on its route's TCP line, or
+    /// back on link `back`.
+    pub fn reply(&mut self, route: u64, back: u64, reply: v1::StageReply) {
+        match self.reply_link(route, back) {
+            Some(link) => self.reply_on(link, reply),
+            None => tracing::warn!(
+                "the reply to batch {} has no line to its coordinator: dropped",
+                reply.batch_id
+            ),
+        }
+    }
+
+    fn reply_on(&mut self, link: u64, reply: v1::StageReply) {
+        let Some(i) = self.inbound.iter().position(|l| l.id == link) else {
+            tracing::warn!("the reply to batch {}: its link closed", reply.batch_id);
+            return;
+        };
+        tracing::debug!(target: "strata::hop", batch_id = reply.batch_id, "reply");
+        let msg = v1::LinkMessage {
+            kind: Some(Kind::Reply(reply)),
+        };
+        if let Err(e) = self.inbound[i].conn.send(&msg) {
+            // The coordinator hears of it as its line's end.
+            tracing::warn!("a reply line to {}: {e}", self.inbound[i].conn.peer());
+            let _ = self.inbound[i].conn.shutdown();
+        }
+    }
+
+    /// Hidden states on the next stage's TCP link when there is one and the
+    /// frame has a reply route (`FrameOut::Sent`), else as they were.
+    fn pass_on(&mut self, batch_id: u64, route: u64, out: FrameOut) -> FrameOut {
         let FrameOut::Next(frame) = out else {
             return out;
         };
@@ -291,8 +389,17 @@ impl Links {
         next.writer = None;
         next.failed = true;
         let routes: Vec<u64> = next.routes.drain().collect();
-        if !routes.is_empty() {
-            self.hand_off(Handoff::Lost { routes, error });
+        // Lines held here hear of it at once; gRPC lines from the async side.
+        let (here, there): (Vec<u64>, Vec<u64>) =
+            routes.into_iter().partition(|r| self.lines.contains_key(r));
+        for route in here {
+            self.reply(route, 0, lost_reply(0, error.clone()));
+        }
+        if !there.is_empty() {
+            self.hand_off(Handoff::Lost {
+                routes: there,
+                error,
+            });
         }
     }
 }
@@ -310,7 +417,7 @@ impl Inbound {
                     self.seqs.remove(s);
                 }
             }
-            None => {}
+            _ => {}
         }
     }
 }

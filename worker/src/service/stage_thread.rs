@@ -83,12 +83,19 @@ pub enum Command {
     Unload(oneshot::Sender<()>),
     /// A TCP data link from the stage before, whose frames this thread
     /// reads itself (`stage_links.rs`).
-    Attach(strata_proto::transport::tcp::LinkReader),
+    Attach(strata_proto::transport::tcp::LinkConn),
     /// Where results this thread cannot send itself go.
     Handoff(tokio::sync::mpsc::UnboundedSender<Handoff>),
     /// The next stage to write to on a TCP data link (`None`: none, results
     /// go back to the async side); a load clears it.
     NextLink(Option<NextTarget>),
+    /// A reply from the async side for a route whose line is a TCP link
+    /// here, or (route 0) back on link `back`.
+    Reply {
+        route: u64,
+        back: u64,
+        reply: v1::StageReply,
+    },
 }
 
 struct Loaded<B: Backend> {
@@ -115,8 +122,9 @@ struct SeqState {
     offset: usize,
 }
 
-/// Starts the thread; `make_backend` builds a backend for each load, and
-/// `frames_sent_tcp` counts the frames it writes on a TCP data link. With
+/// Starts the thread; `make_backend` builds a backend for each load,
+/// `frames_sent_tcp` counts the frames it writes on a TCP data link, and
+/// `reply_routes` hears which routes have a TCP reply line here. With
 /// `pool_threads`, its loop runs on a thread pool of its own that size (a
 /// CPU stage, or one of several stages in one process); without, its
 /// parallel loops go to the process-wide pool.
@@ -130,13 +138,14 @@ pub fn spawn<B, F>(
     snapshot: Arc<Mutex<Snapshot>>,
     pool_threads: Option<usize>,
     frames_sent_tcp: Arc<AtomicU64>,
+    reply_routes: Arc<super::reply_routes::ReplyRoutes>,
 ) -> std::io::Result<StageTx>
 where
     B: Backend + 'static,
     F: Fn() -> B + Send + 'static,
 {
     let (tx, rx) = super::stage_links::queue()?;
-    let links = Links::new(frames_sent_tcp);
+    let links = Links::new(frames_sent_tcp, reply_routes);
     let pool = match pool_threads {
         Some(n) => Some(
             rayon::ThreadPoolBuilder::new()
@@ -178,7 +187,7 @@ fn run_commands<B, F>(
     let mut loaded: Option<Loaded<B>> = None;
     loop {
         let ready = links.wait(rx);
-        for message in ready.messages {
+        for (link, message) in ready.messages {
             use v1::link_message::Kind;
             match message.kind {
                 Some(Kind::Frame(frame)) => {
@@ -188,12 +197,13 @@ fn run_commands<B, F>(
                         .map_or((0, 0), |h| (h.batch_id, h.reply_route));
                     tracing::debug!(target: "strata::hop", batch_id, "received");
                     let out = run_frame(&mut loaded, frame, snapshot);
-                    match links.pass_on(batch_id, route, out) {
+                    match links.route_out(batch_id, route, link, out) {
                         FrameOut::Sent => {}
                         out => links.hand_off(Handoff::Deliver {
                             batch_id,
                             route,
                             out,
+                            back: link,
                         }),
                     }
                 }
@@ -201,7 +211,7 @@ fn run_commands<B, F>(
                     run_release(&mut loaded, &req);
                     links.pass_release(&req);
                 }
-                None => {}
+                _ => {}
             }
             update_snapshot(snapshot, &loaded);
         }
@@ -247,7 +257,7 @@ fn run_command<B, F>(
                 .as_ref()
                 .map_or((0, 0), |h| (h.batch_id, h.reply_route));
             let out = run_frame(loaded, frame, snapshot);
-            let _ = reply.send(links.pass_on(batch_id, route, out));
+            let _ = reply.send(links.route_out(batch_id, route, 0, out));
         }
         Command::Release(req, reply) => {
             run_release(loaded, &req);
@@ -273,6 +283,7 @@ fn run_command<B, F>(
         Command::Attach(reader) => links.attach(reader),
         Command::Handoff(tx) => links.set_handoff(tx),
         Command::NextLink(target) => links.set_next(target),
+        Command::Reply { route, back, reply } => links.reply(route, back, reply),
     }
 }
 
