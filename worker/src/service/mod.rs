@@ -349,7 +349,7 @@ impl WorkerService {
                             continue;
                         }
                         tracing::info!(
-                            "a TCP data link closed: releasing {} sequences",
+                            "data stream closed: releasing {} sequences (a TCP link)",
                             seqs.len()
                         );
                         let req = v1::ReleaseRequest {
