@@ -147,3 +147,71 @@ fn a_wrong_token_or_pin_gets_no_link() {
     }
     assert!(links.recv_timeout(Duration::from_millis(500)).is_err());
 }
+
+/// A gRPC client for the fall-back a `TcpPeer` must be given; never used
+/// here (it would connect nowhere).
+fn unused_grpc() -> strata_proto::WorkerClient {
+    let channel = tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy();
+    let token = strata_proto::BearerToken::new(TOKEN).unwrap();
+    strata_proto::v1::worker_client::WorkerClient::with_interceptor(channel, token)
+}
+
+/// The coordinator's end (`TcpPeer`): its data stream's frames reach the
+/// worker's compute thread, and replies come back on the data stream (a
+/// frame with no route) and on a reply line, which names its route first.
+#[test]
+fn a_coordinators_data_stream_and_reply_line_round_trip() {
+    use strata_proto::transport::tcp_peer::TcpPeer;
+    use strata_proto::transport::Transport;
+    use tokio_stream::StreamExt;
+
+    let id = NodeIdentity::generate().unwrap();
+    let (rt, addr, links) = listen(&id);
+    let peer = TcpPeer::new(&addr.to_string(), TOKEN, id.fingerprint(), {
+        let _in_runtime = rt.enter();
+        unused_grpc()
+    });
+    let (frames, rx) = tokio::sync::mpsc::channel(4);
+    let mut replies = rt
+        .block_on(peer.forward(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .unwrap();
+    let mut stream_link = links.recv_timeout(Duration::from_secs(10)).unwrap();
+    let mut line = rt.block_on(peer.replies(41)).unwrap();
+    let mut line_link = links.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (hello, _) = read_n(&mut line_link, 1);
+    assert_eq!(hello[0].kind, Some(Kind::ReplyLine(41)));
+
+    let Some(Kind::Frame(sent)) = frame(5, vec![3; 1 << 20]).kind else {
+        unreachable!()
+    };
+    rt.block_on(frames.send(sent.clone())).unwrap();
+    let (got, _) = read_n(&mut stream_link, 1);
+    assert_eq!(got[0].kind, Some(Kind::Frame(sent)));
+
+    let reply = |batch_id| v1::StageReply {
+        batch_id,
+        error: "a test".into(),
+        ..Default::default()
+    };
+    for (conn, batch_id) in [(&mut stream_link, 5), (&mut line_link, 6)] {
+        let msg = v1::LinkMessage {
+            kind: Some(Kind::Reply(reply(batch_id))),
+        };
+        conn.send(&msg).unwrap();
+    }
+    let next = |s: &mut strata_proto::transport::ReplyStream| {
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), s.next()).await })
+            .expect("a reply within 10 s")
+    };
+    assert_eq!(next(&mut replies).unwrap().unwrap(), reply(5));
+    assert_eq!(next(&mut line).unwrap().unwrap(), reply(6));
+
+    // The worker ending the data stream ends its replies (with an error:
+    // the socket closed without TLS's close_notify).
+    stream_link.shutdown().unwrap();
+    drop(stream_link);
+    match next(&mut replies) {
+        None | Some(Err(_)) => {}
+        Some(Ok(r)) => panic!("a reply after the link closed: {r:?}"),
+    }
+}
