@@ -74,13 +74,13 @@ pub struct Args {
     /// rounding at each hop changes results).
     #[arg(long, default_value = "f32")]
     pub act_dtype: String,
-    /// What carries hidden states and replies between workers: grpc (the
-    /// control connection's HTTP/2), quic (a QUIC connection per hop, same
-    /// TLS identities) or tcp (worker to worker, a TLS stream the compute
-    /// threads read and write themselves; the coordinator's own hops use
-    /// gRPC). quic and tcp need TLS workers; others stay on gRPC.
-    /// docs/data-plane.md compares them.
-    #[arg(long, default_value = "grpc")]
+    /// What carries hidden states and replies between the coordinator and
+    /// the workers: tcp (a TLS connection per hop and reply line that the
+    /// workers' compute threads read and write themselves), grpc (the
+    /// control connection's HTTP/2) or quic (a QUIC connection per hop).
+    /// All use the same TLS identities; tcp and quic need TLS workers
+    /// (plaintext ones stay on gRPC). docs/data-plane.md compares them.
+    #[arg(long, default_value = "tcp")]
     pub transport: strata_proto::transport::TransportKind,
     #[command(flatten)]
     pub kv: super::kv_flags::KvCacheArgs,

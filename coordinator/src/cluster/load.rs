@@ -233,9 +233,10 @@ pub async fn load_stages(
             slice_hash: slice_hash.clone(),
             next_transport: match stages.get(i + 1) {
                 Some(n) if n.worker.quic(options.transport) => TransportKind::Quic,
-                // The stage thread's own link needs TLS (the worker says
-                // so, and goes by gRPC, when the hop is plaintext).
-                Some(_) if options.transport == TransportKind::Tcp => TransportKind::Tcp,
+                // The compute thread's own link needs TLS.
+                Some(n) if options.transport == TransportKind::Tcp && n.worker.pin.is_some() => {
+                    TransportKind::Tcp
+                }
                 _ => TransportKind::Grpc,
             }
             .to_proto() as i32,

@@ -201,10 +201,15 @@ impl Pool {
             .map(|s| s.worker.addr.as_str())
             .collect();
         if !slow.is_empty() {
-            tracing::warn!(
+            let msg = format!(
                 "--transport {t}: {} serve(s) no {t} (plaintext, or an older worker); their hops use gRPC",
                 slow.join(", ")
             );
+            // TCP is the default: a plaintext pool chose gRPC's hops.
+            match t {
+                TransportKind::Tcp => tracing::info!("{msg}"),
+                _ => tracing::warn!("{msg}"),
+            }
         }
         links
     }
