@@ -96,7 +96,7 @@ fn frames_and_releases_arrive_whole_and_in_order() {
     let writer = std::thread::spawn(move || {
         let mut w = LinkWriter::connect(&addr.to_string(), TOKEN, id.fingerprint()).unwrap();
         for m in &to_send {
-            w.send(m).unwrap();
+            w.send(m, &|| false).unwrap();
         }
         w
     });
@@ -176,10 +176,22 @@ fn a_coordinators_data_stream_and_reply_line_round_trip() {
         .block_on(peer.forward(tokio_stream::wrappers::ReceiverStream::new(rx)))
         .unwrap();
     let mut stream_link = links.recv_timeout(Duration::from_secs(10)).unwrap();
-    let mut line = rt.block_on(peer.replies(41)).unwrap();
+    // The line opens once the worker says it is in place.
+    let peer = std::sync::Arc::new(peer);
+    let opening = rt.spawn({
+        let peer = peer.clone();
+        async move { peer.replies(41).await }
+    });
     let mut line_link = links.recv_timeout(Duration::from_secs(10)).unwrap();
     let (hello, _) = read_n(&mut line_link, 1);
     assert_eq!(hello[0].kind, Some(Kind::ReplyLine(41)));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !opening.is_finished(),
+        "the line opened before the worker took it"
+    );
+    line_link.send(&hello[0]).unwrap();
+    let mut line = rt.block_on(opening).unwrap().unwrap();
 
     let Some(Kind::Frame(sent)) = frame(5, vec![3; 1 << 20]).kind else {
         unreachable!()

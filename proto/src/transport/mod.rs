@@ -5,8 +5,9 @@
 //! `Replies` streams ([`WorkerClient`], over the control connection's
 //! HTTP/2), and QUIC ([`quic::QuicPeer`]: one connection per hop, a QUIC
 //! stream per data stream, the same TLS identities). Workers serve both
-//! through [`DataPlane`]. Between workers there is a third, [`tcp`]: frames
-//! on a TLS stream that the stage threads read and write themselves.
+//! through [`DataPlane`]. The third, [`tcp`], is a TLS connection per hop
+//! and reply line that the workers' compute threads read and write
+//! themselves ([`tcp_peer::TcpPeer`] is the coordinator's end).
 
 pub mod quic;
 pub mod tcp;
@@ -71,7 +72,7 @@ pub enum TransportKind {
     #[default]
     Grpc,
     Quic,
-    /// Worker to worker only ([`tcp`]); the coordinator's own links use gRPC.
+    /// TCP links ([`tcp`]), read and written by the compute threads.
     Tcp,
 }
 

@@ -33,22 +33,60 @@ pub const ALPN: &[u8] = b"strata-link/1";
 /// client's handshake ends before the server checked its certificate, so a
 /// refused link (a wrong token) shows at the first read, not at connect.
 pub const READY: u8 = 0x5a;
-/// Longest a connect and its handshake may take (the sender then falls
-/// back to gRPC for a while).
+/// Longest a connect and its handshake may take (a worker's frames then go
+/// over gRPC until its next load; a coordinator's call goes over gRPC).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long sent bytes may stay unacknowledged before the link counts as
-/// broken (`TCP_USER_TIMEOUT`): a next stage whose host vanished frees the
-/// compute thread blocked writing to it. A next stage that is alive but
-/// busy (a long prompt) acknowledges, and the writer waits for it.
-pub const UNACKED_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often a blocked write looks up whether to give up (a reload of the
+/// stage came: the coordinator gave the next stage up). A next stage that
+/// is alive but busy (a long prompt) is waited for however long it takes:
+/// `TCP_USER_TIMEOUT` would also cut a window closed that long.
+pub const WRITE_CHECK: Duration = Duration::from_secs(1);
+/// Longest a reply may wait for a coordinator that stopped reading.
+pub const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes one `LinkConn::read` takes before the thread looks at its
+/// other links and commands again.
+const READ_BUDGET: usize = 16 << 20;
 
-/// Encodes `msg` with its length prefix.
-pub fn encode(msg: &v1::LinkMessage) -> Vec<u8> {
+/// Encodes `msg` with its length prefix; a message over the limit is an
+/// error of its own (the peer would end the link for it).
+pub fn encode(msg: &v1::LinkMessage) -> io::Result<Vec<u8>> {
     let len = msg.encoded_len();
+    if len > MAX_MESSAGE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a message of {len} bytes, more than the limit of {MAX_MESSAGE_BYTES}"),
+        ));
+    }
     let mut buf = Vec::with_capacity(4 + len);
     buf.extend_from_slice(&(len as u32).to_le_bytes());
     msg.encode(&mut buf).expect("a Vec grows");
-    buf
+    Ok(buf)
+}
+
+/// TCP keep-alive probes after 10 s idle, every 5 s, 3 unanswered: an idle
+/// link whose peer's host vanished ends within about 25 s.
+pub fn set_keepalive(fd: RawFd) -> io::Result<()> {
+    let set = |level, name, value: libc::c_int| {
+        // SAFETY: a live socket, and an option value of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3)
 }
 
 /// The sending end, on the stage before: a blocking socket.
@@ -86,23 +124,25 @@ impl LinkWriter {
         let mut ready = [0u8; 1];
         match rustls::Stream::new(&mut conn, &mut sock).read(&mut ready) {
             Ok(1) if ready[0] == READY => {}
-            Ok(_) => return Err(err(&"the worker closed the link at once")),
+            Ok(_) => return Err(err(&"the worker did not accept the link")),
             Err(e) => return Err(err(&format!("refused: {e}"))),
         }
         // Reads happen only when `poll` says the peer sent something; a
-        // write waits for a slow next stage, not for a vanished one.
+        // write wakes every WRITE_CHECK to ask whether to give up.
         sock.set_read_timeout(None)
-            .and_then(|_| sock.set_write_timeout(None))
-            .and_then(|_| set_unacked_timeout(&sock, UNACKED_TIMEOUT))
+            .and_then(|_| sock.set_write_timeout(Some(WRITE_CHECK)))
+            .and_then(|_| set_keepalive(sock.as_raw_fd()))
             .map_err(|e| err(&e))?;
         Ok(LinkWriter { sock, conn })
     }
 
-    /// Writes one message; returns when the kernel has all of it. rustls
-    /// takes a bounded amount of plaintext at a time (64 KiB), so a
-    /// prompt's hidden states go in pieces.
-    pub fn send(&mut self, msg: &v1::LinkMessage) -> io::Result<()> {
-        let bytes = encode(msg);
+    /// Writes one message; returns when the kernel has all of it, or with
+    /// an error once `give_up` says so while the next stage reads nothing.
+    /// rustls takes a bounded amount of plaintext at a time (64 KiB), so a
+    /// prompt's hidden states go in pieces. A message over the limit is an
+    /// `InvalidInput` error, and the link stays.
+    pub fn send(&mut self, msg: &v1::LinkMessage, give_up: &dyn Fn() -> bool) -> io::Result<()> {
+        let bytes = encode(msg)?;
         let mut rest = &bytes[..];
         while !rest.is_empty() {
             let n = self.conn.writer().write(rest)?;
@@ -111,7 +151,24 @@ impl LinkWriter {
             }
             rest = &rest[n..];
             while self.conn.wants_write() {
-                self.conn.write_tls(&mut self.sock)?;
+                match self.conn.write_tls(&mut self.sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        if give_up() {
+                            return Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "the next stage read nothing, and the stage is reloading",
+                            ));
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(())
@@ -163,7 +220,7 @@ fn wait_writable(sock: &TcpStream, timeout: Duration) -> io::Result<()> {
     match n {
         0 => Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            "the peer read nothing for 30 s",
+            format!("the peer took nothing for {REPLY_WRITE_TIMEOUT:?}"),
         )),
         n if n < 0 => {
             let e = io::Error::last_os_error();
@@ -176,28 +233,6 @@ fn wait_writable(sock: &TcpStream, timeout: Duration) -> io::Result<()> {
         _ => Ok(()),
     }
 }
-
-fn set_unacked_timeout(sock: &TcpStream, timeout: Duration) -> io::Result<()> {
-    let ms = timeout.as_millis() as libc::c_uint;
-    // SAFETY: a live socket, and an option value of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_USER_TIMEOUT,
-            (&ms as *const libc::c_uint).cast(),
-            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Longest a reply may wait for a coordinator that stopped reading.
-pub const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A worker's end of a link: a non-blocking socket its compute thread
 /// polls for frames, and writes replies on.
@@ -227,6 +262,7 @@ impl LinkConn {
         let peer = tcp.peer_addr()?;
         let sock = tcp.into_std()?;
         sock.set_nonblocking(true)?;
+        set_keepalive(sock.as_raw_fd())?;
         Ok(LinkConn {
             sock,
             conn,
@@ -245,20 +281,25 @@ impl LinkConn {
     }
 
     /// Writes one message, waiting (in `poll`) while the socket is full,
-    /// at most [`REPLY_WRITE_TIMEOUT`] at a time.
+    /// [`REPLY_WRITE_TIMEOUT`] at most in all.
     pub fn send(&mut self, msg: &v1::LinkMessage) -> io::Result<()> {
-        let bytes = encode(msg);
+        let deadline = std::time::Instant::now() + REPLY_WRITE_TIMEOUT;
+        let bytes = encode(msg)?;
         let mut rest = &bytes[..];
         while !rest.is_empty() || self.conn.wants_write() {
             if !rest.is_empty() {
                 let n = self.conn.writer().write(rest)?;
+                if n == 0 && !self.conn.wants_write() {
+                    return Err(io::Error::new(io::ErrorKind::WriteZero, "TLS took nothing"));
+                }
                 rest = &rest[n..];
             }
             while self.conn.wants_write() {
                 match self.conn.write_tls(&mut self.sock) {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        wait_writable(&self.sock, REPLY_WRITE_TIMEOUT)?
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
+                        wait_writable(&self.sock, left)?
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
@@ -274,13 +315,15 @@ impl LinkConn {
     /// decode) ends the link too.
     pub fn read(&mut self, out: &mut Vec<v1::LinkMessage>) -> Result<bool, String> {
         let mut open = true;
-        loop {
+        let mut taken = 0;
+        while taken < READ_BUDGET {
             match self.conn.read_tls(&mut self.sock) {
                 Ok(0) => {
                     open = false;
                     break;
                 }
-                Ok(_) => {
+                Ok(n) => {
+                    taken += n;
                     self.conn
                         .process_new_packets()
                         .map_err(|e| format!("TLS: {e}"))?;
@@ -389,7 +432,7 @@ mod tests {
             frame(2, Vec::new()),
             frame(3, vec![9; 70_000]),
         ];
-        let bytes: Vec<u8> = sent.iter().flat_map(encode).collect();
+        let bytes: Vec<u8> = sent.iter().flat_map(|m| encode(m).unwrap()).collect();
         for piece in [1, 3, 4, 5, 1000, bytes.len()] {
             let (mut framer, mut out) = (Framer::default(), Vec::new());
             for chunk in bytes.chunks(piece) {

@@ -6,6 +6,7 @@
 //! A worker that refuses the link (an older version) gets the call over
 //! gRPC instead, with a warning.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -14,7 +15,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_stream::StreamExt;
 use tonic::Status;
 
-use super::tcp::{encode, Framer, ALPN, CONNECT_TIMEOUT, READY};
+use super::tcp::{encode, set_keepalive, Framer, ALPN, CONNECT_TIMEOUT, READY};
 use super::{FrameStream, ReplyStream, Transport};
 use crate::tls::{self, Fingerprint};
 use crate::{v1, WorkerClient};
@@ -46,6 +47,8 @@ impl TcpPeer {
                 .await
                 .map_err(|e| e.to_string())?;
             tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+            // An idle reply line whose worker's host vanished ends.
+            set_keepalive(std::os::fd::AsRawFd::as_raw_fd(&tcp)).map_err(|e| e.to_string())?;
             let mut config = (*tls::client_config(&self.token, self.pin).map_err(|e| e.0)?).clone();
             config.alpn_protocols = vec![ALPN.to_vec()];
             let mut conn = tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -89,13 +92,25 @@ impl Transport for TcpPeer {
                 let msg = v1::LinkMessage {
                     kind: Some(v1::link_message::Kind::Frame(frame)),
                 };
-                if write.write_all(&encode(&msg)).await.is_err() {
+                let Ok(bytes) = encode(&msg) else {
+                    tracing::warn!("a frame over the message limit: the data stream ends");
+                    return;
+                };
+                // rustls may keep what the socket did not take: flush, or
+                // it waits for the next frame.
+                if write.write_all(&bytes).await.is_err() || write.flush().await.is_err() {
                     return;
                 }
             }
             let _ = write.shutdown().await;
         });
-        Ok(replies_from(read, None, self.addr.clone()))
+        Ok(replies_from(
+            read,
+            Framer::default(),
+            VecDeque::new(),
+            None,
+            self.addr.clone(),
+        ))
     }
 
     async fn replies(&self, route: u64) -> Result<ReplyStream, Status> {
@@ -109,14 +124,39 @@ impl Transport for TcpPeer {
         let hello = v1::LinkMessage {
             kind: Some(v1::link_message::Kind::ReplyLine(route)),
         };
-        conn.write_all(&encode(&hello))
+        let failed =
+            |e: String| Status::unavailable(format!("TCP reply line to {}: {e}", self.addr));
+        let bytes = encode(&hello).map_err(|e| failed(e.to_string()))?;
+        conn.write_all(&bytes)
             .await
-            .map_err(|e| Status::unavailable(format!("TCP reply line to {}: {e}", self.addr)))?;
+            .map_err(|e| failed(e.to_string()))?;
+        conn.flush().await.map_err(|e| failed(e.to_string()))?;
+        let (mut read, write) = tokio::io::split(conn);
+        // The worker says the line is in place before any frame of the
+        // route may need it (as a gRPC `Replies` answers once it is).
+        let mut framer = Framer::default();
+        let mut ready = VecDeque::new();
+        let ack = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            next_message(&mut read, &mut framer, &mut ready),
+        )
+        .await
+        .map_err(|_| failed(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+        .map_err(failed)?;
+        match ack.and_then(|m| m.kind) {
+            Some(v1::link_message::Kind::ReplyLine(r)) if r == route => {}
+            _ => return Err(failed("the worker did not take the line".into())),
+        }
         tracing::info!("reply line of {} over a TCP link", self.addr);
-        let (read, write) = tokio::io::split(conn);
         // The write half lives as long as the line: closing it would end
         // the line on the worker.
-        Ok(replies_from(read, Some(write), self.addr.clone()))
+        Ok(replies_from(
+            read,
+            framer,
+            ready,
+            Some(write),
+            self.addr.clone(),
+        ))
     }
 
     fn name(&self) -> &'static str {
@@ -124,60 +164,67 @@ impl Transport for TcpPeer {
     }
 }
 
+/// The next message of a link: `None` at its end.
+async fn next_message(
+    read: &mut ReadHalf<Conn>,
+    framer: &mut Framer,
+    ready: &mut VecDeque<v1::LinkMessage>,
+) -> Result<Option<v1::LinkMessage>, String> {
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        if let Some(m) = ready.pop_front() {
+            return Ok(Some(m));
+        }
+        let n = read.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Ok(None);
+        }
+        framer.push(&chunk[..n]);
+        let mut out = Vec::new();
+        framer.split(&mut out)?;
+        ready.extend(out);
+    }
+}
+
 /// The replies a link brings, until it ends (an error says why).
-fn replies_from(read: ReadHalf<Conn>, keep: Option<WriteHalf<Conn>>, addr: String) -> ReplyStream {
+fn replies_from(
+    read: ReadHalf<Conn>,
+    framer: Framer,
+    ready: VecDeque<v1::LinkMessage>,
+    keep: Option<WriteHalf<Conn>>,
+    addr: String,
+) -> ReplyStream {
     struct State {
         read: ReadHalf<Conn>,
         _keep: Option<WriteHalf<Conn>>,
         framer: Framer,
-        ready: std::collections::VecDeque<v1::LinkMessage>,
+        ready: VecDeque<v1::LinkMessage>,
         addr: String,
         done: bool,
     }
     let state = State {
         read,
         _keep: keep,
-        framer: Framer::default(),
-        ready: Default::default(),
+        framer,
+        ready,
         addr,
         done: false,
     };
-    let broken =
-        |addr: &str, e: String| Status::unavailable(format!("TCP data link to {addr}: {e}"));
-    Box::pin(futures_util::stream::unfold(
-        state,
-        move |mut s| async move {
-            loop {
-                if let Some(msg) = s.ready.pop_front() {
-                    match msg.kind {
-                        Some(v1::link_message::Kind::Reply(r)) => return Some((Ok(r), s)),
-                        _ => {
-                            s.done = true;
-                            let e = broken(&s.addr, "a message that is not a reply".into());
-                            return Some((Err(e), s));
-                        }
-                    }
-                }
-                if s.done {
-                    return None;
-                }
-                let mut chunk = vec![0u8; 64 << 10];
-                let n = match s.read.read(&mut chunk).await {
-                    Ok(0) => return None,
-                    Ok(n) => n,
-                    Err(e) => {
-                        s.done = true;
-                        return Some((Err(broken(&s.addr, e.to_string())), s));
-                    }
-                };
-                s.framer.push(&chunk[..n]);
-                let mut out = Vec::new();
-                if let Err(e) = s.framer.split(&mut out) {
-                    s.done = true;
-                    return Some((Err(broken(&s.addr, e)), s));
-                }
-                s.ready.extend(out);
-            }
-        },
-    ))
+    Box::pin(futures_util::stream::unfold(state, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let broken = |e: String| Status::unavailable(format!("TCP data link to {}: {e}", s.addr));
+        let got = next_message(&mut s.read, &mut s.framer, &mut s.ready).await;
+        let item = match got {
+            Ok(None) => return None,
+            Ok(Some(v1::LinkMessage {
+                kind: Some(v1::link_message::Kind::Reply(r)),
+            })) => Ok(r),
+            Ok(Some(_)) => Err(broken("a message that is not a reply".into())),
+            Err(e) => Err(broken(e)),
+        };
+        s.done = item.is_err();
+        Some((item, s))
+    }))
 }

@@ -113,6 +113,9 @@ struct Shared {
     frames_sent_quic: AtomicU64,
     /// ... and on a TCP data link, by the compute thread itself.
     frames_sent_tcp: Arc<AtomicU64>,
+    /// A load or unload is queued: the compute thread stops waiting on a
+    /// next stage that reads nothing (`stage_links.rs`).
+    reloading: Arc<AtomicBool>,
     /// The data plane is also served over QUIC (`Capabilities.serves_quic`).
     serves_quic: AtomicBool,
     /// The ports of the other stages this process serves (`Capabilities.sibling_ports`).
@@ -163,12 +166,14 @@ impl WorkerService {
         let pool_threads = own_pool.then_some(config.threads.max(1));
         let frames_sent_tcp = Arc::new(AtomicU64::new(0));
         let reply_routes = Arc::<reply_routes::ReplyRoutes>::default();
+        let reloading = Arc::new(AtomicBool::new(false));
         let stage = stage_thread::spawn(
             make_backend,
             snapshot.clone(),
             pool_threads,
             frames_sent_tcp.clone(),
             reply_routes.clone(),
+            reloading.clone(),
         )
         .map_err(|e| ServiceError::Setup(format!("starting the compute thread: {e}")))?;
         let cache = SliceCache::new(config.cache_dir.clone(), config.cache_max_bytes);
@@ -197,6 +202,7 @@ impl WorkerService {
                 frames_sent_remote: AtomicU64::new(0),
                 frames_sent_quic: AtomicU64::new(0),
                 frames_sent_tcp,
+                reloading,
                 serves_quic: AtomicBool::new(false),
                 sibling_ports: Mutex::default(),
                 listen_port: AtomicU32::new(0),
@@ -337,6 +343,10 @@ impl WorkerService {
                         out,
                         back,
                     } => {
+                        // Only a frame with no route gets its reply back
+                        // on its link (a coordinator's); one with a route
+                        // and no line has nowhere to go.
+                        let back = if route == 0 { back } else { 0 };
                         let sink = sinks
                             .entry(back)
                             .or_insert_with(|| this.link_sink(back))
@@ -584,6 +594,7 @@ impl WorkerService {
         )
         .await;
         *self.shared.downstream.write().await = None;
+        self.shared.reloading.store(true, Relaxed);
         let job = LoadJob {
             file,
             source,
@@ -936,6 +947,7 @@ impl worker_server::Worker for WorkerService {
         _: Request<v1::UnloadRequest>,
     ) -> Result<Response<v1::UnloadReply>, Status> {
         *self.shared.downstream.write().await = None;
+        self.shared.reloading.store(true, Relaxed);
         self.command(Command::Unload).await?;
         Ok(Response::new(v1::UnloadReply {}))
     }

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 
 use strata_proto::transport::tcp::{LinkConn, LinkWriter};
@@ -92,10 +92,14 @@ struct Inbound {
 struct NextLink {
     target: NextTarget,
     writer: Option<LinkWriter>,
-    /// Once the link failed to open or broke, frames go by the async side
-    /// until the next load: a sequence's frames are never split over two
-    /// ways that could reorder them.
+    /// Once the link failed to open, frames go by the async side until the
+    /// next load: a sequence's frames never go two ways that could reorder
+    /// them.
     failed: bool,
+    /// Once it broke, every frame gets a `stage_lost` reply until the next
+    /// load: the frames before it were lost, so the ones after would only
+    /// compute on holes.
+    broken: bool,
     /// Reply routes of the frames sent on it.
     routes: HashSet<u64>,
 }
@@ -119,10 +123,20 @@ pub struct Links {
     frames_sent: Arc<AtomicU64>,
     /// Where the async side learns which routes have a TCP line here.
     reply_routes: Arc<ReplyRoutes>,
+    /// Set by the async side when a load or unload is queued: a write
+    /// blocked on the next stage gives up (the coordinator gave it up).
+    reloading: Arc<AtomicBool>,
+    /// Links that closed in the last wait, released once the messages they
+    /// brought before closing have run.
+    closed: Vec<Handoff>,
 }
 
 impl Links {
-    pub fn new(frames_sent: Arc<AtomicU64>, reply_routes: Arc<ReplyRoutes>) -> Self {
+    pub fn new(
+        frames_sent: Arc<AtomicU64>,
+        reply_routes: Arc<ReplyRoutes>,
+        reloading: Arc<AtomicBool>,
+    ) -> Self {
         Links {
             inbound: Vec::new(),
             next_id: 1,
@@ -131,6 +145,8 @@ impl Links {
             handoff: None,
             frames_sent,
             reply_routes,
+            reloading,
+            closed: Vec::new(),
         }
     }
 
@@ -152,10 +168,12 @@ impl Links {
     /// Sets (or clears) the next stage a TCP link goes to; connects on the
     /// first frame.
     pub fn set_next(&mut self, target: Option<NextTarget>) {
+        self.reloading.store(false, Relaxed);
         self.next = target.map(|target| NextLink {
             target,
             writer: None,
             failed: false,
+            broken: false,
             routes: HashSet::new(),
         });
     }
@@ -163,7 +181,7 @@ impl Links {
     pub fn hand_off(&self, h: Handoff) {
         match &self.handoff {
             Some(tx) if tx.send(h).is_ok() => {}
-            _ => tracing::warn!("a linked frame's result has nowhere to go (the service stopped)"),
+            _ => tracing::warn!("the async side is gone (the service stopped): a hand-off dropped"),
         }
     }
 
@@ -202,8 +220,9 @@ impl Links {
         }
         let ready = |i: usize| fds[i].revents != 0;
         let mut messages = Vec::new();
-        // Frames first: a command queued meanwhile (a release) came after
-        // them.
+        // The links' messages run before the commands of the same wait.
+        // Order between the two does not matter: releases that must follow
+        // a link's frames come on the link.
         let mut closed = Vec::new();
         let mut lines = Vec::new();
         for (i, inbound) in self.inbound.iter_mut().enumerate() {
@@ -238,6 +257,17 @@ impl Links {
             // A newer line of a route replaces the older one, as over gRPC.
             self.lines.insert(route, id);
             self.reply_routes.set_tcp_line(route, true);
+            // The coordinator waits for this before it sends frames that
+            // may need the line.
+            let ack = v1::LinkMessage {
+                kind: Some(Kind::ReplyLine(route)),
+            };
+            if let Some(l) = self.inbound.iter_mut().find(|l| l.id == id) {
+                if let Err(e) = l.conn.send(&ack) {
+                    tracing::warn!("a reply line from {}: {e}", l.conn.peer());
+                    let _ = l.conn.shutdown();
+                }
+            }
         }
         for (i, why) in closed.into_iter().rev() {
             let inbound = self.inbound.remove(i);
@@ -248,7 +278,7 @@ impl Links {
                     self.reply_routes.set_tcp_line(route, false);
                 }
             }
-            self.hand_off(Handoff::Released {
+            self.closed.push(Handoff::Released {
                 link: inbound.id,
                 seqs: inbound.seqs.into_iter().collect(),
             });
@@ -267,6 +297,14 @@ impl Links {
             drain(&rx.wake);
         }
         Ready { messages, commands }
+    }
+
+    /// Releases the links that closed, once the messages they brought
+    /// before closing ran (their results handed off first).
+    pub fn release_closed(&mut self) {
+        for h in std::mem::take(&mut self.closed) {
+            self.hand_off(h);
+        }
     }
 
     /// A frame's result, written where this thread can write it
@@ -328,6 +366,13 @@ impl Links {
         let FrameOut::Next(frame) = out else {
             return out;
         };
+        if let Some(next) = self.next.as_ref().filter(|n| n.broken) {
+            let error = format!(
+                "the TCP data link to next stage {} broke; waiting for a reload",
+                next.target.addr
+            );
+            return FrameOut::Reply(lost_reply(batch_id, error));
+        }
         let Some(next) = self.next.as_mut().filter(|n| !n.failed && route != 0) else {
             return FrameOut::Next(frame);
         };
@@ -349,13 +394,20 @@ impl Links {
             kind: Some(Kind::Frame(frame)),
         };
         let writer = next.writer.as_mut().expect("connected above");
-        match writer.send(&msg) {
+        let reloading = self.reloading.clone();
+        match writer.send(&msg, &|| reloading.load(Relaxed)) {
             Ok(()) => {
                 next.routes.insert(route);
                 self.frames_sent.fetch_add(1, Relaxed);
                 tracing::debug!(target: "strata::hop", batch_id, "sent on");
                 FrameOut::Sent
             }
+            // Too big for a link message: that batch's error alone.
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => FrameOut::Reply(v1::StageReply {
+                batch_id,
+                error: format!("sending to next stage {}: {e}", next.target.addr),
+                ..Default::default()
+            }),
             Err(e) => {
                 let error = format!("TCP data link to next stage {}: {e}", next.target.addr);
                 next.routes.remove(&route);
@@ -365,8 +417,10 @@ impl Links {
         }
     }
 
-    /// Sends a release on the TCP link, after the frames before it (the
-    /// gRPC `Release` to the next stage could overtake them).
+    /// Sends a release on the TCP link, after the frames before it. The
+    /// async side also sends it by gRPC, which may overtake those frames:
+    /// the copy on the link is the one that comes after them (a second
+    /// release of a sequence frees nothing).
     pub fn pass_release(&mut self, req: &v1::ReleaseRequest) {
         let Some(writer) = self.next.as_mut().and_then(|n| n.writer.as_mut()) else {
             return;
@@ -374,7 +428,8 @@ impl Links {
         let msg = v1::LinkMessage {
             kind: Some(Kind::Release(req.clone())),
         };
-        if let Err(e) = writer.send(&msg) {
+        let reloading = self.reloading.clone();
+        if let Err(e) = writer.send(&msg, &|| reloading.load(Relaxed)) {
             let addr = &self.next.as_ref().expect("has a writer").target.addr;
             let error = format!("TCP data link to next stage {addr}: {e}");
             self.lose_next(error);
@@ -388,6 +443,7 @@ impl Links {
         tracing::warn!("{error}");
         next.writer = None;
         next.failed = true;
+        next.broken = true;
         let routes: Vec<u64> = next.routes.drain().collect();
         // Lines held here hear of it at once; gRPC lines from the async side.
         let (here, there): (Vec<u64>, Vec<u64>) =
@@ -408,6 +464,11 @@ impl Inbound {
     fn track(&mut self, m: &v1::LinkMessage) {
         match &m.kind {
             Some(Kind::Frame(f)) => {
+                // A coordinator's frames end sequences in line.
+                let ended = f.release_first.iter();
+                for s in ended.chain(f.retain_first.iter().map(|r| &r.seq_id)) {
+                    self.seqs.remove(s);
+                }
                 if let Some(h) = &f.header {
                     self.seqs.extend(h.entries.iter().map(|e| e.seq_id));
                 }

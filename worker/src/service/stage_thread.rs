@@ -123,8 +123,9 @@ struct SeqState {
 }
 
 /// Starts the thread; `make_backend` builds a backend for each load,
-/// `frames_sent_tcp` counts the frames it writes on a TCP data link, and
-/// `reply_routes` hears which routes have a TCP reply line here. With
+/// `frames_sent_tcp` counts the frames it writes on a TCP data link,
+/// `reply_routes` hears which routes have a TCP reply line here, and
+/// `reloading` says a load or unload is queued. With
 /// `pool_threads`, its loop runs on a thread pool of its own that size (a
 /// CPU stage, or one of several stages in one process); without, its
 /// parallel loops go to the process-wide pool.
@@ -139,13 +140,14 @@ pub fn spawn<B, F>(
     pool_threads: Option<usize>,
     frames_sent_tcp: Arc<AtomicU64>,
     reply_routes: Arc<super::reply_routes::ReplyRoutes>,
+    reloading: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::io::Result<StageTx>
 where
     B: Backend + 'static,
     F: Fn() -> B + Send + 'static,
 {
     let (tx, rx) = super::stage_links::queue()?;
-    let links = Links::new(frames_sent_tcp, reply_routes);
+    let links = Links::new(frames_sent_tcp, reply_routes, reloading);
     let pool = match pool_threads {
         Some(n) => Some(
             rayon::ThreadPoolBuilder::new()
@@ -215,6 +217,7 @@ fn run_commands<B, F>(
             }
             update_snapshot(snapshot, &loaded);
         }
+        links.release_closed();
         if !ready.commands {
             continue;
         }
