@@ -418,8 +418,8 @@ impl WorkerService {
             };
             let attached = strata_proto::transport::tcp::LinkConn::from_accepted(tls)
                 .map_err(|e| e.to_string())
-                .and_then(|reader| {
-                    this.tell(Command::Attach(reader))
+                .and_then(|conn| {
+                    this.tell(Command::Attach(Box::new(conn)))
                         .map_err(|e| e.message().to_string())
                 });
             if let Err(e) = attached {

@@ -31,8 +31,9 @@ pub struct StageTx {
 }
 
 impl StageTx {
-    pub fn send(&self, cmd: Command) -> Result<(), Command> {
-        self.tx.send(cmd).map_err(|e| e.0)?;
+    /// `Err`: the thread has stopped.
+    pub fn send(&self, cmd: Command) -> Result<(), ()> {
+        self.tx.send(cmd).map_err(|_| ())?;
         // A full pipe already holds a wake-up.
         let _ = (&self.wake).write(&[1]);
         Ok(())

@@ -83,7 +83,7 @@ pub enum Command {
     Unload(oneshot::Sender<()>),
     /// A TCP data link from the stage before, whose frames this thread
     /// reads itself (`stage_links.rs`).
-    Attach(strata_proto::transport::tcp::LinkConn),
+    Attach(Box<strata_proto::transport::tcp::LinkConn>),
     /// Where results this thread cannot send itself go.
     Handoff(tokio::sync::mpsc::UnboundedSender<Handoff>),
     /// The next stage to write to on a TCP data link (`None`: none, results
@@ -283,7 +283,7 @@ fn run_command<B, F>(
             };
             let _ = reply.send(());
         }
-        Command::Attach(reader) => links.attach(reader),
+        Command::Attach(conn) => links.attach(*conn),
         Command::Handoff(tx) => links.set_handoff(tx),
         Command::NextLink(target) => links.set_next(target),
         Command::Reply { route, back, reply } => links.reply(route, back, reply),
