@@ -138,40 +138,17 @@ impl LinkWriter {
 
     /// Writes one message; returns when the kernel has all of it, or with
     /// an error once `give_up` says so while the next stage reads nothing.
-    /// rustls takes a bounded amount of plaintext at a time (64 KiB), so a
-    /// prompt's hidden states go in pieces. A message over the limit is an
+    /// A message over the limit is an
     /// `InvalidInput` error, and the link stays.
     pub fn send(&mut self, msg: &v1::LinkMessage, give_up: &dyn Fn() -> bool) -> io::Result<()> {
-        let bytes = encode(msg)?;
-        let mut rest = &bytes[..];
-        while !rest.is_empty() {
-            let n = self.conn.writer().write(rest)?;
-            if n == 0 && !self.conn.wants_write() {
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "TLS took nothing"));
-            }
-            rest = &rest[n..];
-            while self.conn.wants_write() {
-                match self.conn.write_tls(&mut self.sock) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        if give_up() {
-                            return Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "the next stage read nothing, and the stage is reloading",
-                            ));
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(())
+        // SO_SNDTIMEO (WRITE_CHECK) wakes a blocked write to ask.
+        send_on(&mut self.conn, &mut self.sock, msg, || match give_up() {
+            false => Ok(()),
+            true => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the next stage read nothing, and the stage is reloading",
+            )),
+        })
     }
 
     /// After `poll` said the socket is readable: whether the link is over.
@@ -209,9 +186,48 @@ impl AsRawFd for LinkWriter {
     }
 }
 
-fn wait_writable(sock: &TcpStream, timeout: Duration) -> io::Result<()> {
+/// Writes one message through `conn` to `sock`; `when_full` runs each time
+/// the socket takes nothing (it would block, or its send timeout passed)
+/// and says whether to go on. rustls takes a bounded amount of plaintext
+/// at a time (64 KiB), so a prompt's hidden states go in pieces.
+fn send_on<D>(
+    conn: &mut rustls::ConnectionCommon<D>,
+    sock: &mut TcpStream,
+    msg: &v1::LinkMessage,
+    mut when_full: impl FnMut() -> io::Result<()>,
+) -> io::Result<()> {
+    let bytes = encode(msg)?;
+    let mut rest = &bytes[..];
+    while !rest.is_empty() || conn.wants_write() {
+        if !rest.is_empty() {
+            let n = conn.writer().write(rest)?;
+            if n == 0 && !conn.wants_write() {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "TLS took nothing"));
+            }
+            rest = &rest[n..];
+        }
+        while conn.wants_write() {
+            match conn.write_tls(sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    when_full()?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn wait_writable(fd: RawFd, timeout: Duration) -> io::Result<()> {
     let mut fd = libc::pollfd {
-        fd: sock.as_raw_fd(),
+        fd,
         events: libc::POLLOUT,
         revents: 0,
     };
@@ -284,29 +300,13 @@ impl LinkConn {
     /// [`REPLY_WRITE_TIMEOUT`] at most in all.
     pub fn send(&mut self, msg: &v1::LinkMessage) -> io::Result<()> {
         let deadline = std::time::Instant::now() + REPLY_WRITE_TIMEOUT;
-        let bytes = encode(msg)?;
-        let mut rest = &bytes[..];
-        while !rest.is_empty() || self.conn.wants_write() {
-            if !rest.is_empty() {
-                let n = self.conn.writer().write(rest)?;
-                if n == 0 && !self.conn.wants_write() {
-                    return Err(io::Error::new(io::ErrorKind::WriteZero, "TLS took nothing"));
-                }
-                rest = &rest[n..];
-            }
-            while self.conn.wants_write() {
-                match self.conn.write_tls(&mut self.sock) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        let left = deadline.saturating_duration_since(std::time::Instant::now());
-                        wait_writable(&self.sock, left)?
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(())
+        let fd = self.sock.as_raw_fd();
+        send_on(&mut self.conn, &mut self.sock, msg, || {
+            wait_writable(
+                fd,
+                deadline.saturating_duration_since(std::time::Instant::now()),
+            )
+        })
     }
 
     /// Reads what the socket holds and appends each whole message to `out`.
