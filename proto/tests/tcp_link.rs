@@ -8,9 +8,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use strata_proto::accept::{tls_incoming, OnLink};
-use strata_proto::transport::tcp::{LinkConn, LinkWriter};
+use strata_proto::transport::tcp::{LinkConn, LinkWriter, REPLY_QUEUE_BYTES};
+use strata_proto::transport::tcp_peer::TcpPeer;
+use strata_proto::transport::ReplyStream;
 use strata_proto::v1::{self, link_message::Kind};
 use strata_proto::{tls, NodeIdentity};
+use tokio_stream::StreamExt;
 
 const TOKEN: &str = "tcp-link-test-token";
 
@@ -148,6 +151,39 @@ fn a_wrong_token_or_pin_gets_no_link() {
     assert!(links.recv_timeout(Duration::from_millis(500)).is_err());
 }
 
+/// Opens the reply line of `route` from the coordinator's end, and takes
+/// it on the worker's: it opens only once the worker answers.
+fn open_line(
+    rt: &tokio::runtime::Runtime,
+    peer: &std::sync::Arc<TcpPeer>,
+    links: &mpsc::Receiver<LinkConn>,
+    route: u64,
+) -> (ReplyStream, LinkConn) {
+    use strata_proto::transport::Transport;
+    let opening = rt.spawn({
+        let peer = peer.clone();
+        async move { peer.replies(route).await }
+    });
+    let mut line_link = links.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (hello, _) = read_n(&mut line_link, 1);
+    assert_eq!(hello[0].kind, Some(Kind::ReplyLine(route)));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !opening.is_finished(),
+        "the line opened before the worker took it"
+    );
+    line_link.send(&hello[0]).unwrap();
+    (rt.block_on(opening).unwrap().unwrap(), line_link)
+}
+
+fn next_reply(
+    rt: &tokio::runtime::Runtime,
+    s: &mut ReplyStream,
+) -> Option<Result<v1::StageReply, tonic::Status>> {
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), s.next()).await })
+        .expect("a reply within 20 s")
+}
+
 /// A gRPC client for the fall-back a `TcpPeer` must be given; never used
 /// here (it would connect nowhere).
 fn unused_grpc() -> strata_proto::WorkerClient {
@@ -161,9 +197,7 @@ fn unused_grpc() -> strata_proto::WorkerClient {
 /// frame with no route) and on a reply line, which names its route first.
 #[test]
 fn a_coordinators_data_stream_and_reply_line_round_trip() {
-    use strata_proto::transport::tcp_peer::TcpPeer;
     use strata_proto::transport::Transport;
-    use tokio_stream::StreamExt;
 
     let id = NodeIdentity::generate().unwrap();
     let (rt, addr, links) = listen(&id);
@@ -176,22 +210,7 @@ fn a_coordinators_data_stream_and_reply_line_round_trip() {
         .block_on(peer.forward(tokio_stream::wrappers::ReceiverStream::new(rx)))
         .unwrap();
     let mut stream_link = links.recv_timeout(Duration::from_secs(10)).unwrap();
-    // The line opens once the worker says it is in place.
-    let peer = std::sync::Arc::new(peer);
-    let opening = rt.spawn({
-        let peer = peer.clone();
-        async move { peer.replies(41).await }
-    });
-    let mut line_link = links.recv_timeout(Duration::from_secs(10)).unwrap();
-    let (hello, _) = read_n(&mut line_link, 1);
-    assert_eq!(hello[0].kind, Some(Kind::ReplyLine(41)));
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(
-        !opening.is_finished(),
-        "the line opened before the worker took it"
-    );
-    line_link.send(&hello[0]).unwrap();
-    let mut line = rt.block_on(opening).unwrap().unwrap();
+    let (mut line, mut line_link) = open_line(&rt, &std::sync::Arc::new(peer), &links, 41);
 
     let Some(Kind::Frame(sent)) = frame(5, vec![3; 1 << 20]).kind else {
         unreachable!()
@@ -211,10 +230,7 @@ fn a_coordinators_data_stream_and_reply_line_round_trip() {
         };
         conn.send(&msg).unwrap();
     }
-    let next = |s: &mut strata_proto::transport::ReplyStream| {
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), s.next()).await })
-            .expect("a reply within 10 s")
-    };
+    let next = |s: &mut ReplyStream| next_reply(&rt, s);
     assert_eq!(next(&mut replies).unwrap().unwrap(), reply(5));
     assert_eq!(next(&mut line).unwrap().unwrap(), reply(6));
 
@@ -226,4 +242,74 @@ fn a_coordinators_data_stream_and_reply_line_round_trip() {
         None | Some(Err(_)) => {}
         Some(Ok(r)) => panic!("a reply after the link closed: {r:?}"),
     }
+}
+
+/// A coordinator that stops reading its reply line never holds up the
+/// worker's compute thread: each reply queues at once (the socket's
+/// buffers hold a few MiB), the queue goes out in order once the
+/// coordinator reads again, and past `REPLY_QUEUE_BYTES` a send fails (the
+/// line ends) instead of the queue growing.
+#[test]
+fn replies_queue_for_a_coordinator_that_reads_slowly_and_the_queue_is_bounded() {
+    let id = NodeIdentity::generate().unwrap();
+    let (rt, addr, links) = listen(&id);
+    let peer = TcpPeer::new(&addr.to_string(), TOKEN, id.fingerprint(), {
+        let _in_runtime = rt.enter();
+        unused_grpc()
+    });
+    let (mut line, mut line_link) = open_line(&rt, &std::sync::Arc::new(peer), &links, 9);
+    const MIB: usize = 1 << 20;
+    let reply = |batch_id| v1::LinkMessage {
+        kind: Some(Kind::Reply(v1::StageReply {
+            batch_id,
+            error: "x".repeat(MIB),
+            ..Default::default()
+        })),
+    };
+    // Nothing polls `line` now, so nothing reads the socket.
+    for b in 0..24 {
+        let t = Instant::now();
+        line_link.send(&reply(b)).unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "send {b} waited for the reader"
+        );
+    }
+    assert!(
+        line_link.wants_write(),
+        "the socket took 24 MiB: nothing queued"
+    );
+    let flusher = std::thread::spawn(move || {
+        // What the compute thread's poll loop does while replies wait.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while line_link.wants_write() {
+            line_link.flush().unwrap();
+            assert!(Instant::now() < deadline, "the queue never emptied");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        line_link
+    });
+    for b in 0..24 {
+        let got = next_reply(&rt, &mut line).unwrap().unwrap();
+        assert_eq!(got.batch_id, b, "replies out of order");
+        assert_eq!(got.error.len(), MIB);
+    }
+    let mut line_link = flusher.join().unwrap();
+
+    let mut queued = 0;
+    let e = loop {
+        match line_link.send(&reply(100)) {
+            Ok(()) => queued += MIB,
+            Err(e) => break e,
+        }
+        assert!(
+            queued < 2 * REPLY_QUEUE_BYTES,
+            "the queue grew past its bound"
+        );
+    };
+    assert!(e.to_string().contains("reads too slowly"), "{e}");
+    assert!(
+        queued >= REPLY_QUEUE_BYTES - MIB,
+        "ended after {queued} bytes"
+    );
 }

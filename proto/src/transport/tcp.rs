@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use rustls::{ClientConnection, ServerConnection};
@@ -41,8 +41,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// is alive but busy (a long prompt) is waited for however long it takes:
 /// `TCP_USER_TIMEOUT` would also cut a window closed that long.
 pub const WRITE_CHECK: Duration = Duration::from_secs(1);
-/// Longest a reply may wait for a coordinator that stopped reading.
+/// Longest a worker's link may hold replies its coordinator takes none
+/// of; the link then ends.
 pub const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes of replies a worker's link holds for a coordinator that
+/// reads too slowly (one reply of any size is always taken); past it the
+/// link ends.
+pub const REPLY_QUEUE_BYTES: usize = 64 << 20;
 /// Most bytes one `LinkConn::read` takes before the thread looks at its
 /// other links and commands again.
 const READ_BUDGET: usize = 16 << 20;
@@ -141,14 +146,18 @@ impl LinkWriter {
     /// A message over the limit is an
     /// `InvalidInput` error, and the link stays.
     pub fn send(&mut self, msg: &v1::LinkMessage, give_up: &dyn Fn() -> bool) -> io::Result<()> {
-        // SO_SNDTIMEO (WRITE_CHECK) wakes a blocked write to ask.
-        send_on(&mut self.conn, &mut self.sock, msg, || match give_up() {
-            false => Ok(()),
-            true => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the next stage read nothing, and the stage is reloading",
-            )),
-        })
+        let bytes = encode(msg)?;
+        let mut rest = &bytes[..];
+        // SO_SNDTIMEO (WRITE_CHECK) ends a blocked write to ask.
+        while !pump(&mut self.conn, &mut self.sock, &mut rest)?.done {
+            if give_up() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the next stage read nothing, and the stage is reloading",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// After `poll` said the socket is readable: whether the link is over.
@@ -186,67 +195,51 @@ impl AsRawFd for LinkWriter {
     }
 }
 
-/// Writes one message through `conn` to `sock`; `when_full` runs each time
-/// the socket takes nothing (it would block, or its send timeout passed)
-/// and says whether to go on. rustls takes a bounded amount of plaintext
-/// at a time (64 KiB), so a prompt's hidden states go in pieces.
-fn send_on<D>(
-    conn: &mut rustls::ConnectionCommon<D>,
-    sock: &mut TcpStream,
-    msg: &v1::LinkMessage,
-    mut when_full: impl FnMut() -> io::Result<()>,
-) -> io::Result<()> {
-    let bytes = encode(msg)?;
-    let mut rest = &bytes[..];
-    while !rest.is_empty() || conn.wants_write() {
-        if !rest.is_empty() {
-            let n = conn.writer().write(rest)?;
-            if n == 0 && !conn.wants_write() {
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "TLS took nothing"));
-            }
-            rest = &rest[n..];
-        }
-        while conn.wants_write() {
-            match conn.write_tls(sock) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    when_full()?
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
+/// What a [`pump`] did.
+struct Pumped {
+    /// All of it is on the socket.
+    done: bool,
+    /// The socket took some bytes.
+    wrote: bool,
 }
 
-fn wait_writable(fd: RawFd, timeout: Duration) -> io::Result<()> {
-    let mut fd = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one live pollfd.
-    let n = unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
-    match n {
-        0 => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("the peer took nothing for {REPLY_WRITE_TIMEOUT:?}"),
-        )),
-        n if n < 0 => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                Ok(())
-            } else {
-                Err(e)
+/// Moves `rest` through `conn`'s TLS onto `sock` until all of it is on the
+/// socket, or the socket takes no more (it would block, or its send
+/// timeout passed). rustls takes a bounded amount of plaintext at a time
+/// (64 KiB), so a prompt's hidden states go in pieces.
+fn pump<D>(
+    conn: &mut rustls::ConnectionCommon<D>,
+    sock: &mut TcpStream,
+    rest: &mut &[u8],
+) -> io::Result<Pumped> {
+    let mut wrote = false;
+    loop {
+        while !rest.is_empty() {
+            match conn.writer().write(rest)? {
+                0 => break,
+                n => *rest = &rest[n..],
             }
         }
-        _ => Ok(()),
+        if !conn.wants_write() {
+            return match rest.is_empty() {
+                true => Ok(Pumped { done: true, wrote }),
+                false => Err(io::Error::new(io::ErrorKind::WriteZero, "TLS took nothing")),
+            };
+        }
+        match conn.write_tls(sock) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => wrote = true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(Pumped { done: false, wrote })
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -257,6 +250,12 @@ pub struct LinkConn {
     conn: ServerConnection,
     peer: SocketAddr,
     framer: Framer,
+    /// Replies queued and not yet taken by TLS, from `out_start` on: the
+    /// compute thread never waits for a coordinator that reads slowly.
+    out: Vec<u8>,
+    out_start: usize,
+    /// When the peer last took bytes, while some wait.
+    took_at: Instant,
 }
 
 /// Cuts a byte stream into length-prefixed messages. It holds only bytes
@@ -284,6 +283,9 @@ impl LinkConn {
             conn,
             peer,
             framer: Framer::default(),
+            out: Vec::new(),
+            out_start: 0,
+            took_at: Instant::now(),
         })
     }
 
@@ -296,17 +298,60 @@ impl LinkConn {
         self.sock.shutdown(std::net::Shutdown::Both)
     }
 
-    /// Writes one message, waiting (in `poll`) while the socket is full,
-    /// [`REPLY_WRITE_TIMEOUT`] at most in all.
+    /// Queues one message and writes what the socket takes now; the rest
+    /// goes out in [`flush`](Self::flush) when `poll` says the socket takes
+    /// more. An error (the peer took nothing for [`REPLY_WRITE_TIMEOUT`],
+    /// more than [`REPLY_QUEUE_BYTES`] would wait, the socket failed)
+    /// means the link is of no more use.
     pub fn send(&mut self, msg: &v1::LinkMessage) -> io::Result<()> {
-        let deadline = std::time::Instant::now() + REPLY_WRITE_TIMEOUT;
-        let fd = self.sock.as_raw_fd();
-        send_on(&mut self.conn, &mut self.sock, msg, || {
-            wait_writable(
-                fd,
-                deadline.saturating_duration_since(std::time::Instant::now()),
-            )
-        })
+        let bytes = encode(msg)?;
+        let waiting = self.out.len() - self.out_start;
+        if waiting > 0 && waiting + bytes.len() > REPLY_QUEUE_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!("the peer reads too slowly: {waiting} bytes of replies wait"),
+            ));
+        }
+        if !self.wants_write() {
+            self.took_at = Instant::now();
+        }
+        self.out.extend_from_slice(&bytes);
+        self.flush()
+    }
+
+    /// Whether queued bytes wait for the socket (poll it for `POLLOUT`).
+    pub fn wants_write(&self) -> bool {
+        self.out_start < self.out.len() || self.conn.wants_write()
+    }
+
+    /// When the link ends unless the peer takes some of what waits.
+    pub fn write_deadline(&self) -> Option<Instant> {
+        self.wants_write()
+            .then(|| self.took_at + REPLY_WRITE_TIMEOUT)
+    }
+
+    /// Writes what the socket takes of the queue, without blocking.
+    pub fn flush(&mut self) -> io::Result<()> {
+        let mut rest = &self.out[self.out_start..];
+        let pumped = pump(&mut self.conn, &mut self.sock, &mut rest)?;
+        self.out_start = self.out.len() - rest.len();
+        if pumped.wrote {
+            self.took_at = Instant::now();
+        }
+        if self.out_start == self.out.len() {
+            self.out.clear();
+            self.out_start = 0;
+        } else if self.out_start > self.out.len() / 2 {
+            self.out.drain(..self.out_start);
+            self.out_start = 0;
+        }
+        if !pumped.done && self.took_at.elapsed() >= REPLY_WRITE_TIMEOUT {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer took nothing for {REPLY_WRITE_TIMEOUT:?}"),
+            ));
+        }
+        Ok(())
     }
 
     /// Reads what the socket holds and appends each whole message to `out`.
@@ -337,15 +382,8 @@ impl LinkConn {
                 Err(e) => return Err(e.to_string()),
             }
         }
-        // TLS may owe the peer something (a key update's answer); it is
-        // small, and a full send buffer only delays it.
-        while self.conn.wants_write() {
-            match self.conn.write_tls(&mut self.sock) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e.to_string()),
-            }
-        }
+        // TLS may owe the peer something (a key update's answer).
+        self.flush().map_err(|e| e.to_string())?;
         self.framer.split(out)?;
         Ok(open)
     }

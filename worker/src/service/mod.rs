@@ -355,24 +355,8 @@ impl WorkerService {
                     }
                     Handoff::Released { link, seqs } => {
                         sinks.remove(&link);
-                        if seqs.is_empty() {
-                            continue;
-                        }
-                        tracing::info!(
-                            "data stream closed: releasing {} sequences (a TCP link)",
-                            seqs.len()
-                        );
-                        let req = v1::ReleaseRequest {
-                            seq_ids: seqs,
-                            ..Default::default()
-                        };
                         tokio::spawn(async move {
-                            if let Err(e) = this.release_everywhere(req).await {
-                                tracing::warn!(
-                                    "releasing a closed link's sequences: {}",
-                                    e.message()
-                                );
-                            }
+                            this.release_closed_stream(seqs, "a TCP link").await
                         });
                     }
                     Handoff::Lost { routes, error } => {
@@ -832,19 +816,32 @@ impl WorkerService {
             // Every result is sent on before the release goes after them.
             drop(pending_tx);
             let _ = deliveries.await;
-            if !seqs.is_empty() {
-                let seqs: Vec<u64> = seqs.into_iter().collect();
-                tracing::info!("data stream closed: releasing {} sequences", seqs.len());
-                let req = v1::ReleaseRequest {
-                    seq_ids: seqs,
-                    ..Default::default()
-                };
-                if let Err(e) = this.release_everywhere(req).await {
-                    tracing::warn!("releasing the closed stream's sequences: {}", e.message());
-                }
-            }
+            let seqs = seqs.into_iter().collect();
+            this.release_closed_stream(seqs, "gRPC or QUIC").await;
         });
         ReceiverStream::new(rx)
+    }
+
+    /// Frees the sequences a data stream (gRPC or QUIC, or a TCP link) left
+    /// when it closed, here and on the later stages.
+    async fn release_closed_stream(&self, seqs: Vec<u64>, what: &str) {
+        if seqs.is_empty() {
+            return;
+        }
+        tracing::info!(
+            "data stream closed: releasing {} sequences ({what})",
+            seqs.len()
+        );
+        let req = v1::ReleaseRequest {
+            seq_ids: seqs,
+            ..Default::default()
+        };
+        if let Err(e) = self.release_everywhere(req).await {
+            tracing::warn!(
+                "releasing a closed data stream's sequences ({what}): {}",
+                e.message()
+            );
+        }
     }
 
     /// Frees sequences here and on every later stage; returns how many

@@ -15,6 +15,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
 use strata_proto::transport::tcp::{LinkConn, LinkWriter};
 use strata_proto::v1::{self, link_message::Kind};
@@ -201,9 +202,22 @@ impl Links {
                 revents: 0,
             })
             .collect();
+        // Replies a coordinator has not taken yet wait for room, or for
+        // their link's deadline.
+        let mut deadline = None;
+        for (i, inbound) in self.inbound.iter().enumerate() {
+            if let Some(d) = inbound.conn.write_deadline() {
+                fds[1 + i].events |= libc::POLLOUT;
+                deadline = Some(deadline.map_or(d, |at: Instant| at.min(d)));
+            }
+        }
+        let timeout_ms = deadline.map_or(-1, |d| {
+            let left = d.saturating_duration_since(Instant::now());
+            left.as_millis().min(i32::MAX as u128) as libc::c_int + 1
+        });
         loop {
             // SAFETY: `fds` is a live, correctly sized array of pollfd.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
             if n >= 0 {
                 break;
             }
@@ -227,7 +241,16 @@ impl Links {
         let mut closed = Vec::new();
         let mut lines = Vec::new();
         for (i, inbound) in self.inbound.iter_mut().enumerate() {
-            if !ready(1 + i) {
+            let mut look = ready(1 + i);
+            if inbound.conn.wants_write() {
+                if let Err(e) = inbound.conn.flush() {
+                    // The read below then sees the link end.
+                    tracing::warn!("replies to {}: {e}", inbound.conn.peer());
+                    let _ = inbound.conn.shutdown();
+                    look = true;
+                }
+            }
+            if !look {
                 continue;
             }
             let mut got = Vec::new();
