@@ -17,6 +17,9 @@
 # strata (default target/release/strata). The three-stage `strata serve`
 # runs once per data-plane transport in TRANSPORTS (default "grpc quic tcp";
 # the relay carries UDP too), on the same workers; SERVE_FLAGS: more flags for it.
+# Each is then also paired with the one-stage serve: PAIRED (default 6)
+# rounds of one stream on each in turn, and the median of their ratios
+# (0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:?usage: scripts/bench-hops.sh MODEL.gguf [loopback|lan] [-- flags]}
@@ -100,11 +103,11 @@ export LD_PRELOAD_LLAMA=$dir/no-amx.so
 echo "bench-$RANDOM-$RANDOM" >"$dir/token"
 fp=$($bin worker --print-fingerprint --state-dir "$dir/state")
 
-# strata, one stage (embedded worker, one thread).
-STRATA_LOG=warn $bin serve -m "$model" --listen 127.0.0.1:18080 -c 512 -n 8 -t 1 2>"$dir/serve1.log" &
-wait_http http://127.0.0.1:18080
-bench "strata, 1 stage" http://127.0.0.1:18080 "${flags[@]}"
-stop_all
+# strata, one stage (embedded worker, one thread). It stays up, idle, for
+# the paired runs against each three-stage serve.
+STRATA_LOG=warn $bin serve -m "$model" --listen 127.0.0.1:18079 -c 512 -n 8 -t 1 2>"$dir/serve1.log" &
+wait_http http://127.0.0.1:18079
+bench "strata, 1 stage" http://127.0.0.1:18079 "${flags[@]}"
 
 # strata, three workers.
 args=()
@@ -127,6 +130,11 @@ for transport in ${TRANSPORTS:-grpc quic tcp}; do
     wait_http http://127.0.0.1:18080
     grep -E "link|layers|QUIC" "$dir/serve3-$transport.log" | sed 's/^/   /' || true
     bench "strata, 3 stages ($net, $transport${SERVE_FLAGS:+, $SERVE_FLAGS})" http://127.0.0.1:18080 "${flags[@]}"
+    if [[ ${PAIRED:-6} -gt 0 ]]; then
+        echo "== strata, 3 stages ($net, $transport) against 1 stage, paired"
+        python3 scripts/bench_serve.py http://127.0.0.1:18080 --against http://127.0.0.1:18079 \
+            --rounds "${PAIRED:-6}" 2>&1 | sed 's/^/   /'
+    fi
     curl -s http://127.0.0.1:18080/v1/pool | python3 -c 'import json, sys
 for s in json.load(sys.stdin)["models"][0]["stages"]:
     print("   stage", s.get("addr"), "frames on QUIC:", s.get("frames_sent_quic"), "on TCP links:", s.get("frames_sent_tcp"))' || true

@@ -2,12 +2,17 @@
 at several concurrency levels, with the real openai client.
 
 Usage: bench_serve.py BASE_URL [--concurrency 1,8] [--max-tokens 128] [--rounds 2]
+       bench_serve.py BASE_URL --against OTHER_URL [--rounds 6] [--max-tokens 128]
 
 Each stream asks for exactly --max-tokens tokens (ignore_eos). Reported per
 level: aggregate tokens/s (all tokens / wall time), per-stream decode rate
 (tokens after the first / time after the first), min/max over streams (a
 starved stream shows as a low min), time to first token, and the ratio of
 each level's aggregate to the first level's.
+
+With --against, one stream at a time goes to BASE_URL and OTHER_URL in
+turn (ABBA order), and each round's ratio of decode rates is printed with
+their median: a noisy machine's drift then falls on both servers alike.
 """
 
 import argparse
@@ -71,15 +76,45 @@ def level(client, model, c, max_tokens):
     }
 
 
+def paired(base, other, rounds, max_tokens):
+    """Decode rate of one stream on `base` over one on `other`, per round,
+    the two alternated."""
+    rows = []
+    for i in range(rounds):
+        rates = {}
+        for name in (("base", "other") if i % 2 == 0 else ("other", "base")):
+            client, model = base if name == "base" else other
+            rates[name] = one_stream(client, model, PROMPTS[i % len(PROMPTS)], max_tokens)[2]
+        rows.append((rates["base"], rates["other"]))
+    print(f"one stream, {max_tokens} tokens, {rounds} rounds alternated (decode tok/s)")
+    print(f"{'round':>5}  {'this':>7}  {'against':>7}  {'ratio':>6}")
+    for i, (a, b) in enumerate(rows):
+        print(f"{i + 1:>5}  {a:>7.1f}  {b:>7.1f}  {a / b:>5.3f}x")
+    ratios = sorted(a / b for a, b in rows)
+    print(f"ratio median {statistics.median(ratios):.3f}x (min {ratios[0]:.3f}x, max {ratios[-1]:.3f}x)")
+
+
+def connect(url):
+    client = openai.OpenAI(base_url=url.rstrip("/") + "/v1", api_key="none", max_retries=0, timeout=3600)
+    return client, client.models.list().data[0].id
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("base_url")
     ap.add_argument("--concurrency", default="1,8")
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--against", help="another server: one stream on each in turn")
     args = ap.parse_args()
-    client = openai.OpenAI(base_url=args.base_url.rstrip("/") + "/v1", api_key="none", max_retries=0, timeout=3600)
-    model = client.models.list().data[0].id
+    client, model = connect(args.base_url)
+    if args.against:
+        other = connect(args.against)
+        for c, m in ((client, model), other):
+            level(c, m, 1, 8)  # warm up
+        paired((client, model), other, args.rounds or 6, args.max_tokens)
+        return
+    args.rounds = args.rounds or 2
     levels = [int(x) for x in args.concurrency.split(",")]
     level(client, model, 1, 8)  # warm up
     best = {}

@@ -10,8 +10,9 @@ Usage: hop_trace.py MODEL.gguf [--budgets cpu:80MiB,...] [--tokens 128]
                    [--threads 1] [--bin target/release/strata]
 
 Prints the median of each segment over the decode tokens, in microseconds,
-and the sum per hop; then how often each process's threads slept (and so
-were woken again) per decode step, by thread name. With one budget it
+and the sum per hop; then, per decode step and by thread name, how often
+each process's threads slept (and so were woken again), how often they
+were preempted (another thread took their CPU), and their CPU time. With one budget it
 measures a single stage.
 """
 
@@ -52,8 +53,9 @@ def wait_port(port, proc, seconds=60):
 
 
 def sleeps(pid):
-    """{thread id: (name, voluntary context switches)} of process `pid`
-    (Linux /proc; empty elsewhere or once it has exited)."""
+    """{thread id: (name, voluntary context switches, involuntary ones,
+    CPU time in clock ticks)} of process `pid` (Linux /proc; empty
+    elsewhere or once it has exited)."""
     out = {}
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -63,19 +65,27 @@ def sleeps(pid):
         try:
             name = open(f"/proc/{pid}/task/{task}/comm").read().strip()
             status = open(f"/proc/{pid}/task/{task}/status").read()
+            stat = open(f"/proc/{pid}/task/{task}/stat").read()
         except OSError:
             continue
-        n = int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
-        out[task] = (name, n)
+        vol = int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+        invol = int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+        # utime and stime: fields 14 and 15, after the parenthesised name.
+        fields = stat[stat.rindex(")") + 2:].split()
+        ticks = int(fields[11]) + int(fields[12])
+        out[task] = (name, vol, invol, ticks)
     return out
 
 
-def woken_by_name(before, after):
-    """Sleeps during the request, summed by thread name (a thread that
-    ended meanwhile is not counted; one that started counts from 0)."""
+def woken_by_name(before, after, field=1):
+    """Sleeps during the request (or, by `field`, preemptions or CPU
+    ticks), summed by thread name (a thread that ended meanwhile is not
+    counted; one that started counts from 0)."""
     out = {}
-    for task, (name, n) in after.items():
-        out[name] = out.get(name, 0) + n - before.get(task, (name, 0))[1]
+    for task, now in after.items():
+        name = now[0]
+        was = before.get(task, (name, 0, 0, 0))
+        out[name] = out.get(name, 0) + now[field] - was[field]
     return {name: n for name, n in out.items() if n > 0}
 
 
@@ -226,10 +236,13 @@ def main():
     # (the prompt's few are counted in with the decode steps').
     names = [f"worker {i}" for i in range(len(budgets))] + ["serve"]
     steps = max(len(lines) - 1, 1)
-    for name, b, a in zip(names, before, after):
-        woken = woken_by_name(b, a)
-        per_step = ", ".join(f"{t} {n / steps:.1f}" for t, n in sorted(woken.items()))
-        print(f"  {sum(woken.values()) / steps:9.1f} sleeps a step  {name} ({per_step})")
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+    for field, what, scale in ((1, "sleeps a step", 1), (2, "preempted a step", 1),
+                               (3, "CPU ms a step", tick_ms)):
+        for name, b, a in zip(names, before, after):
+            woken = woken_by_name(b, a, field)
+            per_step = ", ".join(f"{t} {n * scale / steps:.1f}" for t, n in sorted(woken.items()))
+            print(f"  {sum(woken.values()) * scale / steps:9.1f} {what}  {name} ({per_step})")
     print(f"logs: {d}")
 
 

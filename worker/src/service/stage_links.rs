@@ -357,10 +357,17 @@ impl Links {
     }
 
     /// A reply the async side could not send: on its route's TCP line, or
-    /// back on link `back`.
+    /// back on link `back`. A line that closed since the async side looked
+    /// sends it back there (the coordinator may have opened a gRPC line).
     pub fn reply(&mut self, route: u64, back: u64, reply: v1::StageReply) {
         match self.reply_link(route, back) {
             Some(link) => self.reply_on(link, reply),
+            None if route != 0 => self.hand_off(Handoff::Deliver {
+                batch_id: reply.batch_id,
+                route,
+                out: FrameOut::Reply(reply),
+                back: 0,
+            }),
             None => tracing::warn!(
                 "the reply to batch {} has no line to its coordinator: dropped",
                 reply.batch_id
