@@ -170,85 +170,135 @@ pub(super) unsafe fn dot_s8(a: __m256i, b: __m256i) -> __m256i {
     dot_us8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
 }
 
-/// Blocks of 32 against Q8_0: `level(block ptr)` gives the 32 signed levels.
+/// The scales of a block pair, converted together: the f16 at `w` and the
+/// one after it (Q4_1's d and m), and the f16 at `x` and the one after it
+/// (Q8_1's d and s), as lanes 0 and 1. One conversion each instead of one
+/// per value: a broadcast f16 conversion costs two shuffle-port uops, and
+/// four a block made the shuffle port the one-row kernels' bottleneck.
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_q8_0(
-    n: usize,
-    w: &[u8],
-    wb: usize,
-    x: &[u8],
-    level: impl Fn(*const u8) -> __m256i,
-) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let (pw, px) = (w.as_ptr(), x.as_ptr());
-    for i in 0..n / 32 {
-        let (bw, bx) = (pw.add(i * wb), px.add(i * 34));
-        let d = _mm256_mul_ps(f16x8(w, i * wb), f16x8(x, i * 34));
-        let q = dot_s8(level(bw), load(bx.add(2)));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc);
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f16_pair(p: *const u8) -> __m128 {
+    _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)))
+}
+
+/// The one-row block loops (against Q8_0 and Q8_1 activations) and the
+/// five per-type kernels, for one instruction set. Per block, as ggml's
+/// `vec_dot`: `acc += (dw * dx) * sum(levels * x)`, and for Q8_1
+/// `mins += mw * sx` (a fused multiply-add, as ggml's compiled loop).
+macro_rules! legacy_kernels {
+    ($features:literal, $dot_s8:ident, $dot_us8:ident, $sum0:ident, $sum1:ident,
+     $q8_0:ident, $q4_0:ident, $q5_0:ident, $q4_1:ident, $q5_1:ident) => {
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $sum0(
+            n: usize,
+            w: &[u8],
+            wb: usize,
+            x: &[u8],
+            level: impl Fn(*const u8) -> __m256i,
+        ) -> f32 {
+            let mut acc = _mm256_setzero_ps();
+            let (pw, px) = (w.as_ptr(), x.as_ptr());
+            for i in 0..n / 32 {
+                let (bw, bx) = (pw.add(i * wb), px.add(i * 34));
+                let d = _mm256_broadcastss_ps(_mm_mul_ps(f16_pair(bw), f16_pair(bx)));
+                let q = $dot_s8(level(bw), load(bx.add(2)));
+                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc);
+            }
+            hsum(acc)
+        }
+
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $sum1(
+            n: usize,
+            w: &[u8],
+            wb: usize,
+            x: &[u8],
+            level: impl Fn(*const u8) -> __m256i,
+        ) -> f32 {
+            let mut acc = _mm256_setzero_ps();
+            // Lane 1: the sum of mw * sx.
+            let mut mins = _mm_setzero_ps();
+            let (pw, px) = (w.as_ptr(), x.as_ptr());
+            for i in 0..n / 32 {
+                let (bw, bx) = (pw.add(i * wb), px.add(i * 36));
+                let (sw, sx) = (f16_pair(bw), f16_pair(bx));
+                mins = _mm_fmadd_ps(sw, sx, mins);
+                let d = _mm256_broadcastss_ps(_mm_mul_ps(sw, sx));
+                let q = $dot_us8(level(bw), load(bx.add(4)));
+                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc);
+            }
+            hsum(acc) + _mm_cvtss_f32(_mm_movehdup_ps(mins))
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn $q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            $sum0(n, w, 34, x, |b| load(b.add(2)))
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn $q4_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            $sum0(n, w, 18, x, |b| levels_q4_0(b))
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn $q5_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            $sum0(n, w, 22, x, |b| levels_q5_0(b))
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn $q4_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            $sum1(n, w, 20, x, |b| nibbles(b.add(4)))
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn $q5_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            $sum1(n, w, 24, x, |b| levels_q5_1(b))
+        }
+    };
+}
+
+legacy_kernels!(
+    "avx2,fma,f16c",
+    dot_s8,
+    dot_us8,
+    sum_q8_0,
+    sum_q8_1,
+    q8_0,
+    q4_0,
+    q5_0,
+    q4_1,
+    q5_1
+);
+legacy_kernels!(
+    "avx2,fma,f16c,avx512vnni,avx512vl",
+    dot_s8_vnni,
+    dot_us8_vnni,
+    sum_q8_0_vnni,
+    sum_q8_1_vnni,
+    q8_0_vnni,
+    q4_0_vnni,
+    q5_0_vnni,
+    q4_1_vnni,
+    q5_1_vnni
+);
+
+/// [`kernels`] with the legacy types' VNNI loops (same bits).
+pub fn kernels_vnni() -> Vec<(GgmlType, DotFn)> {
+    let mut k = kernels();
+    for (t, f) in [
+        (GgmlType::Q8_0, q8_0_vnni as DotFn),
+        (GgmlType::Q4_0, q4_0_vnni),
+        (GgmlType::Q5_0, q5_0_vnni),
+        (GgmlType::Q4_1, q4_1_vnni),
+        (GgmlType::Q5_1, q5_1_vnni),
+    ] {
+        if let Some(e) = k.iter_mut().find(|e| e.0 == t) {
+            e.1 = f;
+        }
     }
-    hsum(acc)
-}
-
-/// Blocks of 32 with a min against Q8_1: `level` gives 32 unsigned levels.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_q8_1(
-    n: usize,
-    w: &[u8],
-    wb: usize,
-    x: &[u8],
-    level: impl Fn(*const u8) -> __m256i,
-) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = _mm256_setzero_ps();
-    let (pw, px) = (w.as_ptr(), x.as_ptr());
-    for i in 0..n / 32 {
-        let (ow, ox) = (i * wb, i * 36);
-        mins = _mm256_fmadd_ps(f16x8(w, ow + 2), f16x8(x, ox + 2), mins);
-        let d = _mm256_mul_ps(f16x8(w, ow), f16x8(x, ox));
-        let q = dot_us8(level(pw.add(ow)), load(px.add(ox + 4)));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc);
-    }
-    // Every lane of `mins` holds the same sum.
-    hsum(acc) + _mm256_cvtss_f32(mins)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_0(n, w, 34, x, |b| load(b.add(2)))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_0(n, w, 18, x, |b| {
-        _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8))
-    })
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_0(n, w, 22, x, |b| {
-        let qh = u32::from_le_bytes(std::ptr::read_unaligned(b.add(2) as *const [u8; 4]));
-        // Where the 5th bit is clear, set the high nibble: (q | 0xF0) = q - 16 as i8.
-        let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
-        _mm256_or_si256(nibbles(b.add(6)), hi)
-    })
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_1(n, w, 20, x, |b| nibbles(b.add(4)))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    sum_q8_1(n, w, 24, x, |b| {
-        let qh = u32::from_le_bytes(std::ptr::read_unaligned(b.add(4) as *const [u8; 4]));
-        let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
-        _mm256_or_si256(nibbles(b.add(8)), hi)
-    })
+    k
 }
 
 /// Q8_1 weights (no min) against Q8_1 activations.
@@ -756,11 +806,12 @@ macro_rules! legacy_x4_kernels {
             let pw = w.as_ptr();
             for i in 0..n / 32 {
                 let bw = pw.add(i * wb);
-                let dw = f16x8(w, i * wb);
+                let sw = f16_pair(bw);
                 let lw = level(bw);
                 for t in 0..T {
-                    let d = _mm256_mul_ps(dw, f16x8(x[t], i * 34));
-                    let q = $dot_s8(lw, load(x[t].as_ptr().add(i * 34 + 2)));
+                    let bx = x[t].as_ptr().add(i * 34);
+                    let d = _mm256_broadcastss_ps(_mm_mul_ps(sw, f16_pair(bx)));
+                    let q = $dot_s8(lw, load(bx.add(2)));
                     acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc[t]);
                 }
             }
@@ -777,20 +828,23 @@ macro_rules! legacy_x4_kernels {
             level: impl Fn(*const u8) -> __m256i,
         ) -> [f32; T] {
             let mut acc = [_mm256_setzero_ps(); T];
-            let mut mins = [_mm256_setzero_ps(); T];
+            // Lane 1 of each: the sum of mw * sx.
+            let mut mins = [_mm_setzero_ps(); T];
             let pw = w.as_ptr();
             for i in 0..n / 32 {
-                let (ow, ox) = (i * wb, i * 36);
-                let (dw, mw) = (f16x8(w, ow), f16x8(w, ow + 2));
-                let lw = level(pw.add(ow));
+                let bw = pw.add(i * wb);
+                let sw = f16_pair(bw);
+                let lw = level(bw);
                 for t in 0..T {
-                    mins[t] = _mm256_fmadd_ps(mw, f16x8(x[t], ox + 2), mins[t]);
-                    let d = _mm256_mul_ps(dw, f16x8(x[t], ox));
-                    let q = $dot_us8(lw, load(x[t].as_ptr().add(ox + 4)));
+                    let bx = x[t].as_ptr().add(i * 36);
+                    let sx = f16_pair(bx);
+                    mins[t] = _mm_fmadd_ps(sw, sx, mins[t]);
+                    let d = _mm256_broadcastss_ps(_mm_mul_ps(sw, sx));
+                    let q = $dot_us8(lw, load(bx.add(4)));
                     acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc[t]);
                 }
             }
-            std::array::from_fn(|t| hsum(acc[t]) + _mm256_cvtss_f32(mins[t]))
+            std::array::from_fn(|t| hsum(acc[t]) + _mm_cvtss_f32(_mm_movehdup_ps(mins[t])))
         }
 
         #[target_feature(enable = $features)]

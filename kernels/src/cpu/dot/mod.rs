@@ -393,17 +393,17 @@ fn kernels() -> &'static Kernels {
         if avx2::detected() {
             k.name = "avx2";
             k.simd_quantize = true;
-            for (t, f) in avx2::kernels() {
+            let (one, x4) = if avx2::vnni_detected() {
+                k.name = "avx2+vnni";
+                (avx2::kernels_vnni(), avx2::kernels_x4_vnni())
+            } else {
+                (avx2::kernels(), avx2::kernels_x4())
+            };
+            for (t, f) in one {
                 k.table[index(t)] = f;
                 k.simd[index(t)] = true;
             }
             k.f32_sgemm = avx2::f32_sgemm;
-            let x4 = if avx2::vnni_detected() {
-                k.name = "avx2+vnni";
-                avx2::kernels_x4_vnni()
-            } else {
-                avx2::kernels_x4()
-            };
             for (t, f) in x4 {
                 k.table_x4[index(t)] = Some(f);
             }

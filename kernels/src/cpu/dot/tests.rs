@@ -179,6 +179,54 @@ fn avx2_covers_every_type() {
     assert_eq!(simd_name(), expected);
 }
 
+/// The VNNI loops of the legacy types give the plain AVX2 loops' bits, one
+/// row and four tokens at a time: a box without VNNI runs the plain ones.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vnni_and_plain_avx2_kernels_give_the_same_bits() {
+    if !avx2::vnni_detected() {
+        eprintln!("no AVX-512 VNNI here: only the plain AVX2 kernels run (checked above)");
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 5);
+    let find = |k: &[(GgmlType, DotFn)], t| k.iter().find(|e| e.0 == t).unwrap().1;
+    let find_x4 = |k: &[(GgmlType, DotFnX4)], t| k.iter().find(|e| e.0 == t).unwrap().1;
+    let (plain, vnni) = (avx2::kernels(), avx2::kernels_vnni());
+    let (plain_x4, vnni_x4) = (avx2::kernels_x4(), avx2::kernels_x4_vnni());
+    let legacy = [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_1,
+    ];
+    for t in legacy {
+        for n in lengths(t) {
+            for random_bytes in [false, true] {
+                let (w, xq) = rows_and_tokens(&mut rng, t, n, random_bytes);
+                let xs = std::array::from_fn(|k| &xq[k][..]);
+                // SAFETY: VNNI (so AVX2) is there; the lengths are one row's.
+                let (a, b, a4, b4) = unsafe {
+                    (
+                        find(&plain, t)(n, &w, xs[0]),
+                        find(&vnni, t)(n, &w, xs[0]),
+                        find_x4(&plain_x4, t)(n, &w, xs),
+                        find_x4(&vnni_x4, t)(n, &w, xs),
+                    )
+                };
+                let ctx = format!("{t} n={n} random_bytes={random_bytes}");
+                assert_eq!(a.to_bits(), b.to_bits(), "{ctx}: one row");
+                assert_eq!(
+                    a4.map(f32::to_bits),
+                    b4.map(f32::to_bits),
+                    "{ctx}: four tokens"
+                );
+                assert_eq!(a.to_bits(), a4[0].to_bits(), "{ctx}: one row against four");
+            }
+        }
+    }
+}
+
 #[test]
 #[should_panic(expected = "vec_dot")]
 fn wrong_lengths_panic_with_a_message() {
