@@ -133,7 +133,7 @@ for transport in ${TRANSPORTS:-grpc quic tcp}; do
     if [[ ${PAIRED:-6} -gt 0 ]]; then
         echo "== strata, 3 stages ($net, $transport) against 1 stage, paired"
         python3 scripts/bench_serve.py http://127.0.0.1:18080 --against http://127.0.0.1:18079 \
-            --rounds "${PAIRED:-6}" 2>&1 | sed 's/^/   /'
+            --rounds "${PAIRED:-6}" 2>&1 | sed 's/^/   /' || echo "   the paired run failed"
     fi
     curl -s http://127.0.0.1:18080/v1/pool | python3 -c 'import json, sys
 for s in json.load(sys.stdin)["models"][0]["stages"]:

@@ -89,8 +89,11 @@ def paired(base, other, rounds, max_tokens):
     print(f"one stream, {max_tokens} tokens, {rounds} rounds alternated (decode tok/s)")
     print(f"{'round':>5}  {'this':>7}  {'against':>7}  {'ratio':>6}")
     for i, (a, b) in enumerate(rows):
-        print(f"{i + 1:>5}  {a:>7.1f}  {b:>7.1f}  {a / b:>5.3f}x")
-    ratios = sorted(a / b for a, b in rows)
+        ratio = f"{a / b:>5.3f}x" if a > 0 and b > 0 else "  none (no decode rate)"
+        print(f"{i + 1:>5}  {a:>7.1f}  {b:>7.1f}  {ratio}")
+    ratios = sorted(a / b for a, b in rows if a > 0 and b > 0)
+    if not ratios:
+        raise SystemExit("no round measured a decode rate on both servers")
     print(f"ratio median {statistics.median(ratios):.3f}x (min {ratios[0]:.3f}x, max {ratios[-1]:.3f}x)")
 
 
@@ -112,9 +115,10 @@ def main():
         other = connect(args.against)
         for c, m in ((client, model), other):
             level(c, m, 1, 8)  # warm up
-        paired((client, model), other, args.rounds or 6, args.max_tokens)
+        paired((client, model), other, 6 if args.rounds is None else args.rounds, args.max_tokens)
         return
-    args.rounds = args.rounds or 2
+    if args.rounds is None:
+        args.rounds = 2
     levels = [int(x) for x in args.concurrency.split(",")]
     level(client, model, 1, 8)  # warm up
     best = {}

@@ -54,8 +54,8 @@ def wait_port(port, proc, seconds=60):
 
 def sleeps(pid):
     """{thread id: (name, voluntary context switches, involuntary ones,
-    CPU time in clock ticks)} of process `pid` (Linux /proc; empty
-    elsewhere or once it has exited)."""
+    CPU time in ns)} of process `pid` (Linux /proc; empty elsewhere or once
+    it has exited)."""
     out = {}
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -65,21 +65,19 @@ def sleeps(pid):
         try:
             name = open(f"/proc/{pid}/task/{task}/comm").read().strip()
             status = open(f"/proc/{pid}/task/{task}/status").read()
-            stat = open(f"/proc/{pid}/task/{task}/stat").read()
-        except OSError:
+            # The first field: time on a CPU, in ns.
+            cpu_ns = int(open(f"/proc/{pid}/task/{task}/schedstat").read().split()[0])
+        except (OSError, ValueError, IndexError):
             continue
         vol = int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
         invol = int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
-        # utime and stime: fields 14 and 15, after the parenthesised name.
-        fields = stat[stat.rindex(")") + 2:].split()
-        ticks = int(fields[11]) + int(fields[12])
-        out[task] = (name, vol, invol, ticks)
+        out[task] = (name, vol, invol, cpu_ns)
     return out
 
 
-def woken_by_name(before, after, field=1):
+def delta_by_name(before, after, field=1):
     """Sleeps during the request (or, by `field`, preemptions or CPU
-    ticks), summed by thread name (a thread that ended meanwhile is not
+    time), summed by thread name (a thread that ended meanwhile is not
     counted; one that started counts from 0)."""
     out = {}
     for task, now in after.items():
@@ -236,11 +234,10 @@ def main():
     # (the prompt's few are counted in with the decode steps').
     names = [f"worker {i}" for i in range(len(budgets))] + ["serve"]
     steps = max(len(lines) - 1, 1)
-    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
     for field, what, scale in ((1, "sleeps a step", 1), (2, "preempted a step", 1),
-                               (3, "CPU ms a step", tick_ms)):
+                               (3, "CPU ms a step", 1e-6)):
         for name, b, a in zip(names, before, after):
-            woken = woken_by_name(b, a, field)
+            woken = delta_by_name(b, a, field)
             per_step = ", ".join(f"{t} {n * scale / steps:.1f}" for t, n in sorted(woken.items()))
             print(f"  {sum(woken.values()) * scale / steps:9.1f} {what}  {name} ({per_step})")
     print(f"logs: {d}")

@@ -55,6 +55,13 @@ const READ_BUDGET: usize = 16 << 20;
 /// Encodes `msg` with its length prefix; a message over the limit is an
 /// error of its own (the peer would end the link for it).
 pub fn encode(msg: &v1::LinkMessage) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    encode_into(msg, &mut buf)?;
+    Ok(buf)
+}
+
+/// Appends `msg` with its length prefix to `buf`; returns its length.
+fn encode_into(msg: &v1::LinkMessage, buf: &mut Vec<u8>) -> io::Result<usize> {
     let len = msg.encoded_len();
     if len > MAX_MESSAGE_BYTES {
         return Err(io::Error::new(
@@ -62,10 +69,10 @@ pub fn encode(msg: &v1::LinkMessage) -> io::Result<Vec<u8>> {
             format!("a message of {len} bytes, more than the limit of {MAX_MESSAGE_BYTES}"),
         ));
     }
-    let mut buf = Vec::with_capacity(4 + len);
+    buf.reserve(4 + len);
     buf.extend_from_slice(&(len as u32).to_le_bytes());
-    msg.encode(&mut buf).expect("a Vec grows");
-    Ok(buf)
+    msg.encode(buf).expect("a Vec grows");
+    Ok(4 + len)
 }
 
 /// TCP keep-alive probes after 10 s idle, every 5 s, 3 unanswered: an idle
@@ -304,19 +311,24 @@ impl LinkConn {
     /// more than [`REPLY_QUEUE_BYTES`] would wait, the socket failed)
     /// means the link is of no more use.
     pub fn send(&mut self, msg: &v1::LinkMessage) -> io::Result<()> {
-        let bytes = encode(msg)?;
         let waiting = self.out.len() - self.out_start;
-        if waiting > 0 && waiting + bytes.len() > REPLY_QUEUE_BYTES {
+        if waiting > 0 && waiting + 4 + msg.encoded_len() > REPLY_QUEUE_BYTES {
             return Err(io::Error::new(
                 io::ErrorKind::OutOfMemory,
                 format!("the peer reads too slowly: {waiting} bytes of replies wait"),
             ));
         }
+        self.start_waiting();
+        encode_into(msg, &mut self.out)?;
+        self.flush()
+    }
+
+    /// The deadline of what is about to wait counts from now when nothing
+    /// waited before.
+    fn start_waiting(&mut self) {
         if !self.wants_write() {
             self.took_at = Instant::now();
         }
-        self.out.extend_from_slice(&bytes);
-        self.flush()
     }
 
     /// Whether queued bytes wait for the socket (poll it for `POLLOUT`).
@@ -341,6 +353,10 @@ impl LinkConn {
         if self.out_start == self.out.len() {
             self.out.clear();
             self.out_start = 0;
+            // A burst for a slow reader is not kept for the link's life.
+            if self.out.capacity() > 4 << 20 {
+                self.out = Vec::new();
+            }
         } else if self.out_start > self.out.len() / 2 {
             self.out.drain(..self.out_start);
             self.out_start = 0;
@@ -359,6 +375,8 @@ impl LinkConn {
     /// An error (bad TLS, a message over the limit, one that does not
     /// decode) ends the link too.
     pub fn read(&mut self, out: &mut Vec<v1::LinkMessage>) -> Result<bool, String> {
+        // TLS housekeeping this read answers (a key update) may wait too.
+        self.start_waiting();
         let mut open = true;
         let mut taken = 0;
         while taken < READ_BUDGET {
@@ -382,10 +400,14 @@ impl LinkConn {
                 Err(e) => return Err(e.to_string()),
             }
         }
-        // TLS may owe the peer something (a key update's answer).
-        self.flush().map_err(|e| e.to_string())?;
         self.framer.split(out)?;
-        Ok(open)
+        // TLS may owe the peer something (a key update's answer). A link
+        // that cannot take what waits ends (the messages above still run);
+        // one the peer closed reads as closed.
+        match self.flush() {
+            Err(e) if open => Err(e.to_string()),
+            _ => Ok(open),
+        }
     }
 
     /// Moves decrypted bytes into `buf`; `false` once the peer said it is

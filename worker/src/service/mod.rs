@@ -355,9 +355,11 @@ impl WorkerService {
                     }
                     Handoff::Released { link, seqs } => {
                         sinks.remove(&link);
-                        tokio::spawn(async move {
-                            this.release_closed_stream(seqs, "a TCP link").await
-                        });
+                        if !seqs.is_empty() {
+                            tokio::spawn(async move {
+                                this.release_closed_stream(seqs, "a TCP link").await
+                            });
+                        }
                     }
                     Handoff::Lost { routes, error } => {
                         for route in routes {
@@ -817,13 +819,14 @@ impl WorkerService {
             drop(pending_tx);
             let _ = deliveries.await;
             let seqs = seqs.into_iter().collect();
-            this.release_closed_stream(seqs, "gRPC or QUIC").await;
+            this.release_closed_stream(seqs, "gRPC, QUIC or in memory")
+                .await;
         });
         ReceiverStream::new(rx)
     }
 
-    /// Frees the sequences a data stream (gRPC or QUIC, or a TCP link) left
-    /// when it closed, here and on the later stages.
+    /// Frees the sequences a data stream (gRPC, QUIC or in memory, or a TCP
+    /// link) left when it closed, here and on the later stages.
     async fn release_closed_stream(&self, seqs: Vec<u64>, what: &str) {
         if seqs.is_empty() {
             return;

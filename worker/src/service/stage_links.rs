@@ -213,7 +213,7 @@ impl Links {
         }
         let timeout_ms = deadline.map_or(-1, |d| {
             let left = d.saturating_duration_since(Instant::now());
-            left.as_millis().min(i32::MAX as u128) as libc::c_int + 1
+            left.as_millis().min(i32::MAX as u128 - 1) as libc::c_int + 1
         });
         loop {
             // SAFETY: `fds` is a live, correctly sized array of pollfd.
@@ -245,8 +245,7 @@ impl Links {
             if inbound.conn.wants_write() {
                 if let Err(e) = inbound.conn.flush() {
                     // The read below then sees the link end.
-                    tracing::warn!("replies to {}: {e}", inbound.conn.peer());
-                    let _ = inbound.conn.shutdown();
+                    inbound.end(&e);
                     look = true;
                 }
             }
@@ -288,8 +287,7 @@ impl Links {
             };
             if let Some(l) = self.inbound.iter_mut().find(|l| l.id == id) {
                 if let Err(e) = l.conn.send(&ack) {
-                    tracing::warn!("a reply line from {}: {e}", l.conn.peer());
-                    let _ = l.conn.shutdown();
+                    l.end(&e);
                 }
             }
         }
@@ -385,9 +383,7 @@ impl Links {
             kind: Some(Kind::Reply(reply)),
         };
         if let Err(e) = self.inbound[i].conn.send(&msg) {
-            // The coordinator hears of it as its line's end.
-            tracing::warn!("a reply line to {}: {e}", self.inbound[i].conn.peer());
-            let _ = self.inbound[i].conn.shutdown();
+            self.inbound[i].end(&e);
         }
     }
 
@@ -492,6 +488,13 @@ impl Links {
 }
 
 impl Inbound {
+    /// Ends a link that cannot take its replies: the next wait reads it as
+    /// closed, and its coordinator hears of it as its line's end.
+    fn end(&self, e: &io::Error) {
+        tracing::warn!("replies to {}: {e}; the link ends", self.conn.peer());
+        let _ = self.conn.shutdown();
+    }
+
     fn track(&mut self, m: &v1::LinkMessage) {
         match &m.kind {
             Some(Kind::Frame(f)) => {

@@ -26,19 +26,16 @@ pub fn vnni_detected() -> bool {
 
 /// [`kernels_x4`] with the legacy types' VNNI loops (same bits).
 pub fn kernels_x4_vnni() -> Vec<(GgmlType, DotFnX4)> {
-    let mut k = kernels_x4();
-    for (t, f) in [
-        (GgmlType::Q8_0, q8_0_x4_vnni as DotFnX4),
-        (GgmlType::Q4_0, q4_0_x4_vnni),
-        (GgmlType::Q5_0, q5_0_x4_vnni),
-        (GgmlType::Q4_1, q4_1_x4_vnni),
-        (GgmlType::Q5_1, q5_1_x4_vnni),
-    ] {
-        if let Some(e) = k.iter_mut().find(|e| e.0 == t) {
-            e.1 = f;
-        }
-    }
-    k
+    with_legacy(
+        kernels_x4(),
+        [
+            q8_0_x4_vnni as DotFnX4,
+            q4_0_x4_vnni,
+            q5_0_x4_vnni,
+            q4_1_x4_vnni,
+            q5_1_x4_vnni,
+        ],
+    )
 }
 
 /// The types with an AVX2 kernel.
@@ -170,11 +167,11 @@ pub(super) unsafe fn dot_s8(a: __m256i, b: __m256i) -> __m256i {
     dot_us8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
 }
 
-/// The scales of a block pair, converted together: the f16 at `w` and the
-/// one after it (Q4_1's d and m), and the f16 at `x` and the one after it
-/// (Q8_1's d and s), as lanes 0 and 1. One conversion each instead of one
-/// per value: a broadcast f16 conversion costs two shuffle-port uops, and
-/// four a block made the shuffle port the one-row kernels' bottleneck.
+/// The f16 at `p` and the one after it, as f32 lanes 0 and 1: a block's
+/// scale and, in Q4_1, Q5_1 and Q8_1 blocks, its min or sum. One conversion
+/// for both: a broadcast conversion per value costs two shuffle-port uops,
+/// and four a block made the shuffle port the one-row loops' bottleneck.
+/// (In Q8_0, Q4_0 and Q5_0 blocks lane 1 holds level bits, unused.)
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn f16_pair(p: *const u8) -> __m128 {
@@ -286,20 +283,36 @@ legacy_kernels!(
 
 /// [`kernels`] with the legacy types' VNNI loops (same bits).
 pub fn kernels_vnni() -> Vec<(GgmlType, DotFn)> {
-    let mut k = kernels();
-    for (t, f) in [
-        (GgmlType::Q8_0, q8_0_vnni as DotFn),
-        (GgmlType::Q4_0, q4_0_vnni),
-        (GgmlType::Q5_0, q5_0_vnni),
-        (GgmlType::Q4_1, q4_1_vnni),
-        (GgmlType::Q5_1, q5_1_vnni),
-    ] {
+    with_legacy(
+        kernels(),
+        [
+            q8_0_vnni as DotFn,
+            q4_0_vnni,
+            q5_0_vnni,
+            q4_1_vnni,
+            q5_1_vnni,
+        ],
+    )
+}
+
+/// `k` with the five legacy types' kernels replaced, in [`LEGACY`] order.
+fn with_legacy<F>(mut k: Vec<(GgmlType, F)>, legacy: [F; 5]) -> Vec<(GgmlType, F)> {
+    for (t, f) in LEGACY.into_iter().zip(legacy) {
         if let Some(e) = k.iter_mut().find(|e| e.0 == t) {
             e.1 = f;
         }
     }
     k
 }
+
+/// The types whose blocks are 32 levels with one scale (and a min).
+const LEGACY: [GgmlType; 5] = [
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q5_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_1,
+];
 
 /// Q8_1 weights (no min) against Q8_1 activations.
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -179,6 +179,101 @@ fn avx2_covers_every_type() {
     assert_eq!(simd_name(), expected);
 }
 
+/// The integer levels of one legacy block (32 of them, in element order),
+/// and its scale and min (0 for the types without one).
+fn legacy_levels(t: GgmlType, b: &[u8]) -> ([i32; 32], f32, f32) {
+    let f16 = |o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
+    let qh = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let nib = |qs: &[u8], j: usize| {
+        if j < 16 {
+            qs[j] & 15
+        } else {
+            qs[j - 16] >> 4
+        }
+    };
+    let mut q = [0i32; 32];
+    let (mut m, mut hi, mut qs, mut bias) = (0.0, None, &b[2..], 0);
+    match t {
+        GgmlType::Q8_0 => {}
+        GgmlType::Q4_0 => bias = 8,
+        GgmlType::Q5_0 => (hi, qs, bias) = (Some(qh(2)), &b[6..], 16),
+        GgmlType::Q4_1 => (m, qs) = (f16(2), &b[4..]),
+        GgmlType::Q5_1 => (m, hi, qs) = (f16(2), Some(qh(4)), &b[8..]),
+        _ => unreachable!("{t} is not a legacy type"),
+    }
+    for (j, v) in q.iter_mut().enumerate() {
+        *v = match (t, hi) {
+            (GgmlType::Q8_0, _) => qs[j] as i8 as i32,
+            (_, None) => nib(qs, j) as i32 - bias,
+            (_, Some(h)) => (nib(qs, j) as i32 | (((h >> j) & 1) << 4) as i32) - bias,
+        };
+    }
+    (q, f16(0), m)
+}
+
+/// The one-row legacy kernels give, bit for bit, ggml's AVX2 `vec_dot`
+/// order written out in scalar code: per block `d = dw * dx` and eight
+/// lanes `acc[j] = fma(d, sum of elements 4j..4j+3, acc[j])`, the Q8_1
+/// sum `mins = fma(mw, sx, mins)`, then `hsum_float_8(acc) + mins`.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn legacy_kernels_follow_ggml_avx2_order_bit_for_bit() {
+    if !avx2::detected() {
+        eprintln!("no AVX2 here; the AVX2 order is not checked");
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 6);
+    let plain = avx2::kernels();
+    for t in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_1,
+    ] {
+        let xb = if activation_type(t) == ActivationType::Q8_1 {
+            36
+        } else {
+            34
+        };
+        for n in lengths(t) {
+            for random_bytes in [false, true] {
+                let w = weight_row(&mut rng, t, n, random_bytes);
+                let mut xq = Vec::new();
+                quantize_activation(t, &f32_row(&mut rng, n), &mut xq);
+                let (mut acc, mut mins) = ([0f32; 8], 0f32);
+                for (bw, bx) in w.chunks(t.block_bytes()).zip(xq.chunks(xb)) {
+                    let (q, dw, mw) = legacy_levels(t, bw);
+                    let f16 = |o: usize| half::f16::from_le_bytes([bx[o], bx[o + 1]]).to_f32();
+                    let d = dw * f16(0);
+                    if xb == 36 {
+                        mins = mw.mul_add(f16(2), mins);
+                    }
+                    let x = &bx[xb - 32..];
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let sum: i32 = (4 * j..4 * j + 4).map(|e| q[e] * x[e] as i8 as i32).sum();
+                        *a = d.mul_add(sum as f32, *a);
+                    }
+                }
+                let h: [f32; 4] = std::array::from_fn(|k| acc[k] + acc[k + 4]);
+                let expected = (h[0] + h[2]) + (h[1] + h[3]) + mins;
+                let ctx = format!("{t} n={n} random_bytes={random_bytes}");
+                let find = |k: &[(GgmlType, DotFn)]| k.iter().find(|e| e.0 == t).unwrap().1;
+                // SAFETY: AVX2 is there; the lengths are one row's.
+                let got = unsafe { find(&plain)(n, &w, &xq) };
+                assert_eq!(got.to_bits(), expected.to_bits(), "{ctx}: plain AVX2");
+                let got = vec_dot(t, n, &w, &xq);
+                assert_eq!(
+                    got.to_bits(),
+                    expected.to_bits(),
+                    "{ctx}: vec_dot ({})",
+                    simd_name()
+                );
+            }
+        }
+    }
+}
+
 /// The VNNI loops of the legacy types give the plain AVX2 loops' bits, one
 /// row and four tokens at a time: a box without VNNI runs the plain ones.
 #[cfg(target_arch = "x86_64")]
