@@ -60,8 +60,8 @@ pub fn encode(msg: &v1::LinkMessage) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Appends `msg` with its length prefix to `buf`; returns its length.
-fn encode_into(msg: &v1::LinkMessage, buf: &mut Vec<u8>) -> io::Result<usize> {
+/// Appends `msg` with its length prefix to `buf`.
+fn encode_into(msg: &v1::LinkMessage, buf: &mut Vec<u8>) -> io::Result<()> {
     let len = msg.encoded_len();
     if len > MAX_MESSAGE_BYTES {
         return Err(io::Error::new(
@@ -72,7 +72,7 @@ fn encode_into(msg: &v1::LinkMessage, buf: &mut Vec<u8>) -> io::Result<usize> {
     buf.reserve(4 + len);
     buf.extend_from_slice(&(len as u32).to_le_bytes());
     msg.encode(buf).expect("a Vec grows");
-    Ok(4 + len)
+    Ok(())
 }
 
 /// TCP keep-alive probes after 10 s idle, every 5 s, 3 unanswered: an idle
@@ -312,14 +312,15 @@ impl LinkConn {
     /// means the link is of no more use.
     pub fn send(&mut self, msg: &v1::LinkMessage) -> io::Result<()> {
         let waiting = self.out.len() - self.out_start;
-        if waiting > 0 && waiting + 4 + msg.encoded_len() > REPLY_QUEUE_BYTES {
+        self.start_waiting();
+        encode_into(msg, &mut self.out)?;
+        if waiting > 0 && self.out.len() - self.out_start > REPLY_QUEUE_BYTES {
+            self.out.truncate(self.out_start + waiting);
             return Err(io::Error::new(
                 io::ErrorKind::OutOfMemory,
                 format!("the peer reads too slowly: {waiting} bytes of replies wait"),
             ));
         }
-        self.start_waiting();
-        encode_into(msg, &mut self.out)?;
         self.flush()
     }
 

@@ -241,8 +241,9 @@ impl Links {
         let mut closed = Vec::new();
         let mut lines = Vec::new();
         for (i, inbound) in self.inbound.iter_mut().enumerate() {
+            // A read flushes too; a link with nothing to read is flushed here.
             let mut look = ready(1 + i);
-            if inbound.conn.wants_write() {
+            if !look && inbound.conn.wants_write() {
                 if let Err(e) = inbound.conn.flush() {
                     // The read below then sees the link end.
                     inbound.end(&e);

@@ -309,7 +309,7 @@ fn with_legacy<F>(mut k: Vec<(GgmlType, F)>, legacy: [F; 5]) -> Vec<(GgmlType, F
 }
 
 /// The types whose blocks are 32 levels with one scale (and a min).
-const LEGACY: [GgmlType; 5] = [
+pub(super) const LEGACY: [GgmlType; 5] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q5_0,

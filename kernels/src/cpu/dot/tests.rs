@@ -224,13 +224,7 @@ fn legacy_kernels_follow_ggml_avx2_order_bit_for_bit() {
     }
     let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 6);
     let plain = avx2::kernels();
-    for t in [
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q5_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_1,
-    ] {
+    for t in avx2::LEGACY {
         let xb = if activation_type(t) == ActivationType::Q8_1 {
             36
         } else {
@@ -288,14 +282,7 @@ fn vnni_and_plain_avx2_kernels_give_the_same_bits() {
     let find_x4 = |k: &[(GgmlType, DotFnX4)], t| k.iter().find(|e| e.0 == t).unwrap().1;
     let (plain, vnni) = (avx2::kernels(), avx2::kernels_vnni());
     let (plain_x4, vnni_x4) = (avx2::kernels_x4(), avx2::kernels_x4_vnni());
-    let legacy = [
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q5_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_1,
-    ];
-    for t in legacy {
+    for t in avx2::LEGACY {
         for n in lengths(t) {
             for random_bytes in [false, true] {
                 let (w, xq) = rows_and_tokens(&mut rng, t, n, random_bytes);
