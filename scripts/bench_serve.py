@@ -111,16 +111,15 @@ def main():
     ap.add_argument("--against", help="another server: one stream on each in turn")
     args = ap.parse_args()
     client, model = connect(args.base_url)
-    if args.against:
-        other = connect(args.against)
-        for c, m in ((client, model), other):
-            level(c, m, 1, 8)  # warm up
+    other = connect(args.against) if args.against else None
+    for c, m in [(client, model)] + ([other] if other else []):
+        level(c, m, 1, 8)  # warm up
+    if other:
         paired((client, model), other, 6 if args.rounds is None else args.rounds, args.max_tokens)
         return
     if args.rounds is None:
         args.rounds = 2
     levels = [int(x) for x in args.concurrency.split(",")]
-    level(client, model, 1, 8)  # warm up
     best = {}
     for _ in range(args.rounds):
         for c in levels:

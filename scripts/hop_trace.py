@@ -52,7 +52,7 @@ def wait_port(port, proc, seconds=60):
     raise SystemExit(f"port {port} did not open")
 
 
-def sleeps(pid):
+def thread_counters(pid):
     """{thread id: (name, voluntary context switches, involuntary ones,
     CPU time in ns)} of process `pid` (Linux /proc; empty elsewhere or once
     it has exited)."""
@@ -198,11 +198,11 @@ def main():
                            "temperature": 0, "ignore_eos": True}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{http}/v1/completions", body,
                                      {"Content-Type": "application/json"})
-        before = [sleeps(p.pid) for p in procs]
+        before = [thread_counters(p.pid) for p in procs]
         start = time.perf_counter()
         usage = json.load(urllib.request.urlopen(req))["usage"]
         wall = time.perf_counter() - start
-        after = [sleeps(p.pid) for p in procs]
+        after = [thread_counters(p.pid) for p in procs]
         time.sleep(0.5)
     finally:
         for p in procs:
